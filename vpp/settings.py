@@ -12,7 +12,6 @@ from pathlib import Path
 import dj_database_url
 
 from vpp.env import (
-    ImproperlyConfiguredEnv,
     env_bool,
     env_int,
     env_list,
@@ -26,10 +25,23 @@ VAR_DIR = Path(env_str("VPP_VAR_DIR", str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env_bool("DEBUG", False)
-_DEV_SECRET = "insecure-dev-only-secret-key-set-SECRET_KEY-in-production"
-SECRET_KEY = env_str("SECRET_KEY", _DEV_SECRET)
-if not DEBUG and SECRET_KEY == _DEV_SECRET and env_bool("VPP_REQUIRE_SECRET_KEY", False):
-    raise ImproperlyConfiguredEnv("SECRET_KEY must be set when VPP_REQUIRE_SECRET_KEY is on")
+
+
+def _secret_key() -> str:
+    """SECRET_KEY from the environment; with none, a random key kept in var/ so sessions survive restarts."""
+    configured = env_opt("SECRET_KEY")
+    if configured:
+        return configured
+    key_file = VAR_DIR / "secret_key"
+    if not key_file.exists():
+        import secrets
+
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
