@@ -5,10 +5,13 @@ from __future__ import annotations
 import importlib
 import os
 
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vpp.settings")
-django_asgi_app = get_asgi_application()
+# Static files (the dashboard's JS, plotly.js from the plotly package) are served by the app itself, the same way
+# in every environment: one process to run, nothing production-only.
+django_asgi_app = ASGIStaticFilesHandler(get_asgi_application())
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+import plotly
 
 from vpp.env import (
     env_bool,
@@ -151,7 +152,8 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# plotly.js is served from the pinned plotly package itself (static/plotly/plotly.min.js): no CDN, no vendored copy.
+STATICFILES_DIRS = [BASE_DIR / "static", ("plotly", str(Path(plotly.__file__).parent / "package_data"))]
 STATIC_ROOT = VAR_DIR / "staticfiles"
 
 LOGIN_URL = "/admin/login/"

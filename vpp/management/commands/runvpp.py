@@ -1,0 +1,143 @@
+"""Run the whole product on one machine: Daphne, the Celery side and a simulated fleet of chargers.
+
+With REDIS_URL set, a real Celery worker (with beat) consumes from Redis. Without it, tasks run eagerly in the
+process that enqueues them, so the Celery side is a beat process that runs the periodic tasks itself.
+The simulated fleet is the edge agent's own ``simulate`` command: real OCPP over real WebSockets.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from vpp.demo import demo_credentials
+
+
+class Command(BaseCommand):
+    help = "Start Daphne, Celery and a simulated fleet of chargers with edge agents; Ctrl-C stops them all."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--fleet", type=int, default=10, help="simulated chargers with edge agents (0: none)")
+        parser.add_argument("--id-prefix", default="demo")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        host, port = options["host"], options["port"]
+        if _port_busy(host, port):
+            raise CommandError(f"{host}:{port} is already in use; pass --port (make run PORT=...)")
+        bin_dir = Path(sys.executable).parent
+        children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        try:
+            children.append(
+                ("daphne", _spawn([str(bin_dir / "daphne"), "-b", host, "-p", str(port), "vpp.asgi:application"]))
+            )
+            children.append(("celery", _spawn(_celery_command(bin_dir))))
+            _wait_for_port(host, port, timeout_s=30)
+            self.stdout.write(
+                self.style.SUCCESS(f"Dashboard: http://{host}:{port}/   admin: http://{host}:{port}/admin/")
+            )
+            creds = demo_credentials()
+            self.stdout.write(f"Demo admin: {creds.admin_username} / {creds.admin_password}")
+            if options["fleet"] > 0:
+                children.append(("edge-agents", _spawn(_fleet_command(bin_dir, host, port, options, creds))))
+                self.stdout.write(f"Simulated fleet: {options['fleet']} chargers ({options['id_prefix']}-1 ...)")
+            self.stdout.write(f"OCPP endpoint: ws://{host}:{port}/ocpp/<station_id>")
+            _supervise(children, self)
+        finally:
+            _stop_all(children)
+
+
+def _celery_command(bin_dir: Path) -> list[str]:
+    celery = str(bin_dir / "celery")
+    schedule = str(Path(settings.VAR_DIR) / "celerybeat-schedule")
+    if settings.REDIS_URL:
+        return [
+            celery,
+            "-A",
+            "vpp",
+            "worker",
+            "--beat",
+            "--schedule",
+            schedule,
+            "--loglevel",
+            "INFO",
+            "--concurrency",
+            "2",
+        ]
+    # Eager mode: beat itself runs each periodic task when it falls due.
+    return [celery, "-A", "vpp", "beat", "--schedule", schedule, "--loglevel", "INFO"]
+
+
+def _fleet_command(bin_dir: Path, host: str, port: int, options: dict[str, Any], creds: Any) -> list[str]:
+    agent = shutil.which("edge-agent", path=str(bin_dir)) or "edge-agent"
+    return [
+        agent,
+        "simulate",
+        "--count",
+        str(options["fleet"]),
+        "--csms",
+        f"ws://{host}:{port}/ocpp",
+        "--id-prefix",
+        options["id_prefix"],
+        "--password",
+        creds.station_password,
+    ]
+
+
+def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+    # Own process group so Ctrl-C in the terminal reaches us first and we stop children in order.
+    return subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)  # noqa: S603
+
+
+def _port_busy(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex((host, port)) == 0
+
+
+def _wait_for_port(host: str, port: int, *, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _port_busy(host, port):
+            return
+        time.sleep(0.2)
+    raise CommandError(f"Daphne did not start listening on {host}:{port} within {timeout_s:.0f} s")
+
+
+def _supervise(children: list[tuple[str, subprocess.Popen[bytes]]], cmd: BaseCommand) -> None:
+    stop = {"now": False}
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    while not stop["now"]:
+        for name, proc in children:
+            code = proc.poll()
+            if code is not None:
+                cmd.stderr.write(f"{name} exited with status {code}; stopping the rest")
+                return
+        time.sleep(0.5)
+
+
+def _stop_all(children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    # Reverse order: the simulated fleet first, then Celery, then the server the fleet talks to.
+    for _, proc in reversed(children):
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for _, proc in reversed(children):
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
