@@ -1,0 +1,59 @@
+from django.contrib import admin
+
+from markets.models import Award, Bid, BidEvent, BidProposal, DepotSite, MarketOperator, PricePoint, Product
+
+
+@admin.register(MarketOperator)
+class MarketOperatorAdmin(admin.ModelAdmin):
+    list_display = ("code", "name", "interval_minutes", "gate_closure_local", "min_bid_w", "bid_increment_w")
+
+
+@admin.register(Product)
+class ProductAdmin(admin.ModelAdmin):
+    list_display = ("code", "operator", "kind", "direction", "sustain_minutes", "active")
+
+
+@admin.register(DepotSite)
+class DepotSiteAdmin(admin.ModelAdmin):
+    list_display = ("code", "name", "threshold_w", "demand_charge")
+
+
+@admin.register(PricePoint)
+class PricePointAdmin(admin.ModelAdmin):
+    list_display = ("product", "location", "interval_start", "price", "kind", "source", "belief_time")
+    list_filter = ("product", "kind", "source")
+
+
+@admin.register(BidProposal)
+class BidProposalAdmin(admin.ModelAdmin):
+    list_display = ("operator", "portfolio", "horizon_start", "status", "scheduler", "objective", "solve_ms")
+    readonly_fields = ("inputs",)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Bids, awards and their audit change only through markets.services, never by hand in the admin."""
+
+    def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+
+@admin.register(Bid)
+class BidAdmin(ReadOnlyAdmin):
+    list_display = ("external_ref", "product", "interval_start", "quantity_w", "price", "status")
+    list_filter = ("status", "product")
+
+
+@admin.register(Award)
+class AwardAdmin(ReadOnlyAdmin):
+    list_display = ("bid", "product", "interval_start", "awarded_w", "clearing_price", "source")
+
+
+@admin.register(BidEvent)
+class BidEventAdmin(ReadOnlyAdmin):
+    list_display = ("bid", "at", "actor_label", "action", "from_status", "to_status")
