@@ -1,0 +1,195 @@
+"""Split a fleet power setpoint across vehicles: exact when feasible, safe always, wear-balanced. Pure numpy.
+
+API::
+
+    allocate(vehicles: Sequence[VehicleSnapshot] | FleetArrays, setpoint_w: int, *,
+             now: datetime | float, duration_s: float = 900.0,
+             weighting: Weighting = wear_balanced_weights) -> Allocation
+
+``setpoint_w`` is the fleet's total grid power (W, + charge / - discharge) to hold for ``duration_s`` seconds from
+``now``. Each vehicle gets an integer power inside its :func:`~vpp.fleet_arrays.power_bounds` (power limits after
+thermal derating; never below the mobility floor; departure target still reachable at maximum charge power after
+the interval). If ``sum(lo) <= setpoint_w <= sum(hi)`` the powers add up to exactly ``setpoint_w``; otherwise every
+vehicle sits at the bound on the requested side, the total is the nearest feasible one and ``reason`` says why.
+
+Method (O(n log n), deterministic): the continuous problem
+
+    minimise  sum_i p_i^2 / (2 w_i)   subject to  sum_i p_i = S,  lo_i <= p_i <= hi_i
+
+has the solution ``p_i = clip(lambda * w_i, lo_i, hi_i)`` (KKT). ``F(lambda) = sum_i p_i`` is piecewise linear
+and non-decreasing with 2n breakpoints; sorting them gives ``lambda`` exactly. ``w_i`` is the charge weight when
+the fleet charges beyond its must-run level, the discharge weight otherwise (see :func:`wear_balanced_weights`).
+The powers are then rounded to whole watts, handing the remainder out by largest fractional part, so the integer
+sum is exact. 10,000 vehicles take a few milliseconds (see ``bench/vpp_allocation.py``).
+
+For the dispatch hot path, build :class:`~vpp.fleet_arrays.FleetArrays` once and pass it in (and
+``fleet.with_soc(...)`` when state of charge changes): no Python loop over vehicles and no database access here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import numpy.typing as npt
+
+from vpp.fleet_arrays import FleetArrays, PowerBounds, power_bounds
+from vpp.thermal import wear_weight
+from vpp.types import VehicleSnapshot
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+Weighting = Callable[[FleetArrays], tuple[FloatArray, FloatArray]]
+
+__all__ = ["Allocation", "FleetArrays", "Weighting", "allocate", "wear_balanced_weights"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Allocation:
+    """Result of :func:`allocate`. ``power_w[i]`` (int W, + charge) is for ``vehicle_id[i]`` (input order).
+
+    ``feasible`` is True when ``achieved_w == requested_w``. ``reason`` explains an infeasible request and names
+    vehicles that cannot reach their departure target even at full charge power (``short_vehicle_ids``; they are
+    charged at full power and never discharged). ``min_w``/``max_w`` are the fleet's feasible range this interval.
+    """
+
+    vehicle_id: IntArray
+    power_w: IntArray
+    requested_w: int
+    achieved_w: int
+    feasible: bool
+    reason: str | None
+    min_w: int
+    max_w: int
+    short_vehicle_ids: tuple[int, ...]
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        """(vehicle_id, power_w) pairs as plain ints."""
+        return zip(self.vehicle_id.tolist(), self.power_w.tolist(), strict=True)
+
+    def as_dict(self) -> dict[int, int]:
+        return dict(self.items())
+
+
+def wear_balanced_weights(fleet: FleetArrays) -> tuple[FloatArray, FloatArray]:
+    """(charge weight, discharge weight) per vehicle: the wear factor times the energy room in that direction.
+
+    Scaling by room (``capacity - soc`` for charge, ``soc - floor`` for discharge) makes every vehicle move the same
+    fraction of its room, which spreads cycle depth instead of draining a few packs deeply; the wear factor
+    (:func:`vpp.thermal.wear_weight`) gives lower-SoH, hotter and more-cycled packs a smaller share.
+    """
+    wear = wear_weight(fleet.state_of_health, fleet.temperature_c, fleet.cycles_today)
+    charge_room = np.maximum(fleet.capacity_wh - fleet.soc_wh, 0.0) + 1.0
+    discharge_room = np.maximum(fleet.soc_wh - fleet.floor_wh, 0.0) + 1.0
+    return wear * charge_room, wear * discharge_room
+
+
+def allocate(
+    vehicles: Sequence[VehicleSnapshot] | FleetArrays,
+    setpoint_w: int,
+    *,
+    now: datetime | float,
+    duration_s: float = 900.0,
+    weighting: Weighting = wear_balanced_weights,
+) -> Allocation:
+    """Split ``setpoint_w`` across ``vehicles`` for ``duration_s`` seconds from ``now`` (see module docstring)."""
+    fleet = vehicles if isinstance(vehicles, FleetArrays) else FleetArrays.from_snapshots(vehicles)
+    bounds = power_bounds(fleet, now=now, duration_s=duration_s)
+    requested = int(setpoint_w)
+    min_w, max_w = int(bounds.lo.sum()), int(bounds.hi.sum())
+    target = min(max(requested, min_w), max_w)
+    if len(fleet) == 0:
+        power = np.zeros(0, dtype=np.int64)
+    elif target == min_w:
+        power = bounds.lo.astype(np.int64)
+    elif target == max_w:
+        power = bounds.hi.astype(np.int64)
+    else:
+        w_charge, w_discharge = weighting(fleet)
+        continuous = _solve(bounds, target, w_charge, w_discharge)
+        power = _round_to_total(continuous, bounds.lo, bounds.hi, target)
+    short_ids = tuple(fleet.vehicle_id[bounds.short].tolist())
+    return Allocation(
+        vehicle_id=fleet.vehicle_id,
+        power_w=power,
+        requested_w=requested,
+        achieved_w=int(power.sum()),
+        feasible=target == requested,
+        reason=_reason(requested, min_w, max_w, short_ids),
+        min_w=min_w,
+        max_w=max_w,
+        short_vehicle_ids=short_ids,
+    )
+
+
+def _reason(requested: int, min_w: int, max_w: int, short_ids: tuple[int, ...]) -> str | None:
+    parts = []
+    if requested > max_w:
+        parts.append(f"requested {requested} W exceeds the fleet's maximum {max_w} W (charge limits, full packs)")
+    elif requested < min_w:
+        parts.append(
+            f"requested {requested} W is below the fleet's minimum {min_w} W "
+            "(discharge limits, mobility floors, departure needs)"
+        )
+    if short_ids:
+        shown = ", ".join(str(i) for i in short_ids[:10])
+        more = f" and {len(short_ids) - 10} more" if len(short_ids) > 10 else ""
+        parts.append(f"vehicles {shown}{more} cannot reach their departure target even at full charge power")
+    return "; ".join(parts) or None
+
+
+def _solve(bounds: PowerBounds, target: int, w_charge: FloatArray, w_discharge: FloatArray) -> FloatArray:
+    """Continuous KKT solution with direction-dependent weights (charge side for lambda >= 0)."""
+    lo, hi = bounds.lo, bounds.hi
+    at_zero = float(np.clip(0.0, lo, hi).sum())
+    if target >= at_zero:
+        return _waterfill_up(lo, hi, np.maximum(w_charge, 1e-12), float(target))
+    # Mirror the discharge side into the same increasing problem: p' = -p.
+    return -_waterfill_up(-hi, -lo, np.maximum(w_discharge, 1e-12), float(-target))
+
+
+def _waterfill_up(lo: FloatArray, hi: FloatArray, w: FloatArray, target: float) -> FloatArray:
+    """``clip(lam * w, lo, hi)`` with the smallest ``lam >= 0`` whose sum reaches ``target`` (exact breakpoints)."""
+    start = np.maximum(lo, 0.0) / w  # where a vehicle starts to follow lam * w
+    stop = np.maximum(hi, 0.0) / w  # where it saturates at hi
+    keys = np.concatenate((start, stop))
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    slope = np.cumsum(np.concatenate((w, -w))[order])
+    total_at = float(np.clip(0.0, lo, hi).sum()) + np.concatenate(([0.0], np.cumsum(slope[:-1] * np.diff(keys))))
+    total_at = np.maximum.accumulate(total_at)  # guard the sort key against rounding noise
+    k = int(np.clip(np.searchsorted(total_at, target, side="right") - 1, 0, keys.size - 1))
+    lam = keys[k] + (target - total_at[k]) / slope[k] if slope[k] > 1e-12 else keys[k]
+    return np.clip(lam * w, lo, hi)
+
+
+def _round_to_total(p: FloatArray, lo: FloatArray, hi: FloatArray, total: int) -> IntArray:
+    """Whole watts within [lo, hi] summing exactly to ``total`` (which lies within [sum lo, sum hi])."""
+    base = np.clip(np.floor(p), lo, hi)
+    frac = p - base
+    remainder = total - int(base.sum())
+    if remainder > 0:
+        order = np.argsort(-frac, kind="stable")
+        base = _hand_out(base, hi - base, order, remainder, sign=1)
+    elif remainder < 0:
+        order = np.argsort(frac, kind="stable")
+        base = _hand_out(base, base - lo, order, -remainder, sign=-1)
+    return base.astype(np.int64)
+
+
+def _hand_out(base: FloatArray, room: FloatArray, order: IntArray, units: int, *, sign: int) -> FloatArray:
+    """Move ``units`` watts in priority ``order``: first one watt each, then whatever room is left."""
+    for cap in (np.minimum(room, 1.0), room):
+        if units <= 0:
+            break
+        caps = cap[order]
+        before = np.cumsum(caps) - caps
+        take = np.clip(units - before, 0.0, caps)
+        base = base.copy()
+        base[order] += sign * take
+        room = room.copy()
+        room[order] -= take
+        units -= int(take.sum())
+    return base
