@@ -288,9 +288,8 @@ async def _connect_and_boot(station: Station, sem: asyncio.Semaphore, started: f
             return True
         except (OSError, TimeoutError, ConnectionClosed, InvalidStatus, CallError) as exc:
             key = _error_key(exc)
-            final = attempt == station.cfg.connect_retries or key.startswith(
-                ("HTTP 4", "boot R")
-            )  # refused: retrying is futile
+            refused = key.startswith(("HTTP 4", "boot R"))  # the server said no: retrying is futile
+            final = refused or attempt == station.cfg.connect_retries
             report.errors[f"connect: {key}" if final else "connect retries"] += 1
             if final:
                 return False
