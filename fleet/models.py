@@ -1,1 +1,236 @@
-from django.db import models  # noqa: F401
+"""Fleet data: organisations own fleets, fleets own vehicles; departure plans, plug-in sessions and SoC beliefs.
+
+Energy in integer Wh, power in integer W, timestamps UTC. Rules across rows live in ``fleet/services.py``; model
+methods here only answer single-row questions.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+
+def _default_floor_pct() -> int:
+    return int(settings.FLEET_DEFAULT_MOBILITY_FLOOR_PCT)
+
+
+_PCT = [MinValueValidator(0), MaxValueValidator(100)]
+_FRACTION = [MinValueValidator(0.0), MaxValueValidator(1.0)]
+
+
+class Organisation(models.Model):
+    """A fleet operator. Users see and act on their organisations' data only."""
+
+    name = models.CharField(max_length=120)
+    slug = models.SlugField(max_length=60, unique=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="fleet_organisations", blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Fleet(models.Model):
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="fleets")
+    name = models.CharField(max_length=120)
+    mobility_floor_pct = models.PositiveSmallIntegerField(
+        default=_default_floor_pct, validators=_PCT, help_text="no discharge below this SoC (%), unless a vehicle says"
+    )
+    default_node = models.CharField(max_length=64, default="default", help_text="market location / grid node")
+    timezone = models.CharField(max_length=64, default="UTC", help_text="IANA zone of the weekly schedules")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["organisation__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["organisation", "name"], name="fleet_unique_name")]
+
+    def __str__(self) -> str:
+        return f"{self.organisation} / {self.name}"
+
+
+class Vehicle(models.Model):
+    """One car. Identifiers match it to a charging session: the id token it presents, its EVCCID, or its VIN."""
+
+    fleet = models.ForeignKey(Fleet, on_delete=models.CASCADE, related_name="vehicles")
+    name = models.CharField(max_length=120, help_text="fleet's label, e.g. the plate")
+    vin = models.CharField(max_length=17, blank=True, db_index=True)
+    evccid = models.CharField(max_length=64, blank=True, db_index=True, help_text="ISO 15118 EVCCID (MAC)")
+    id_token = models.CharField(max_length=255, blank=True, db_index=True, help_text="token presented at the charger")
+    model = models.CharField(max_length=80)
+    usable_capacity_wh = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    ac_max_charge_w = models.PositiveIntegerField()
+    ac_max_discharge_w = models.PositiveIntegerField(default=0)
+    dc_max_charge_w = models.PositiveIntegerField(default=0)
+    dc_max_discharge_w = models.PositiveIntegerField(default=0)
+    charge_efficiency = models.FloatField(default=0.92, validators=_FRACTION, help_text="grid -> pack")
+    discharge_efficiency = models.FloatField(default=0.92, validators=_FRACTION, help_text="pack -> grid")
+    state_of_health = models.FloatField(default=1.0, validators=_FRACTION)
+    equivalent_full_cycles = models.FloatField(default=0.0, validators=[MinValueValidator(0.0)])
+    cycles_today = models.FloatField(default=0.0, help_text="equivalent full cycles on cycles_date (UTC)")
+    cycles_date = models.DateField(null=True, blank=True)
+    pack_temperature_c = models.FloatField(default=25.0)
+    mobility_floor_pct = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=_PCT, help_text="overrides the fleet's floor when set"
+    )
+    node = models.CharField(max_length=64, blank=True, help_text="blank: the fleet's default node")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["fleet", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["vin"], condition=~models.Q(vin=""), name="vehicle_unique_vin"),
+            models.UniqueConstraint(fields=["evccid"], condition=~models.Q(evccid=""), name="vehicle_unique_evccid"),
+            models.UniqueConstraint(
+                fields=["id_token"], condition=~models.Q(id_token=""), name="vehicle_unique_id_token"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(charge_efficiency__gt=0, charge_efficiency__lte=1)
+                & models.Q(discharge_efficiency__gt=0, discharge_efficiency__lte=1),
+                name="vehicle_efficiency_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.model})"
+
+    @property
+    def effective_floor_pct(self) -> int:
+        return self.mobility_floor_pct if self.mobility_floor_pct is not None else self.fleet.mobility_floor_pct
+
+    @property
+    def floor_wh(self) -> int:
+        return self.usable_capacity_wh * self.effective_floor_pct // 100
+
+    @property
+    def effective_node(self) -> str:
+        return self.node or self.fleet.default_node
+
+
+class PlanSource(models.TextChoices):
+    STATION = "station", "station (ISO 15118 / NotifyEVChargingNeeds)"
+    FLEET_MANAGER = "fleet_manager", "fleet manager"
+    SCHEDULE = "schedule", "weekly schedule"
+
+
+class DeparturePlan(models.Model):
+    """When a vehicle must leave and with how much energy. Kept as history: the newest known plan wins."""
+
+    vehicle = models.ForeignKey(Vehicle, on_delete=models.CASCADE, related_name="departure_plans")
+    source = models.CharField(max_length=16, choices=PlanSource.choices)
+    departure_at = models.DateTimeField()
+    target_soc_pct = models.PositiveSmallIntegerField(validators=_PCT)
+    known_at = models.DateTimeField(help_text="when the aggregator learned it")
+    session = models.ForeignKey("PlugSession", null=True, blank=True, on_delete=models.SET_NULL, related_name="plans")
+
+    class Meta:
+        ordering = ["-known_at"]
+        indexes = [models.Index(fields=["vehicle", "-known_at"], name="plan_vehicle_known")]
+
+    def __str__(self) -> str:
+        return f"{self.vehicle} leaves {self.departure_at:%Y-%m-%d %H:%M} at {self.target_soc_pct} % ({self.source})"
+
+
+class WeeklyDeparture(models.Model):
+    """A standing departure: every ``weekday`` (0 = Monday) at ``departure_time`` in the fleet's time zone."""
+
+    vehicle = models.ForeignKey(Vehicle, on_delete=models.CASCADE, related_name="weekly_departures")
+    weekday = models.PositiveSmallIntegerField(validators=[MaxValueValidator(6)])
+    departure_time = models.TimeField()
+    target_soc_pct = models.PositiveSmallIntegerField(validators=_PCT)
+
+    class Meta:
+        ordering = ["vehicle", "weekday"]
+        constraints = [models.UniqueConstraint(fields=["vehicle", "weekday"], name="weekly_departure_unique_day")]
+
+    def __str__(self) -> str:
+        return f"{self.vehicle} day {self.weekday} {self.departure_time:%H:%M} -> {self.target_soc_pct} %"
+
+
+class PlugSession(models.Model):
+    """A vehicle plugged in at a station's EVSE, from matching until unplugged; carries the EV's reported limits."""
+
+    vehicle = models.ForeignKey(Vehicle, on_delete=models.CASCADE, related_name="sessions")
+    station_id = models.CharField(max_length=48, help_text="OCPP identity of the station")
+    evse_id = models.PositiveIntegerField(null=True, blank=True)
+    transaction_id = models.CharField(max_length=36, blank=True, help_text="OCPP transactionId")
+    matched_by = models.CharField(max_length=16, help_text="id_token, evccid, vin or manual")
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    dc = models.BooleanField(default=False, help_text="DC charging: the vehicle's DC limits apply")
+    ev_max_charge_w = models.PositiveIntegerField(null=True, blank=True, help_text="EV-reported limit (ISO 15118)")
+    ev_max_discharge_w = models.PositiveIntegerField(null=True, blank=True, help_text="EV-reported V2X limit")
+    evse_max_charge_w = models.PositiveIntegerField(null=True, blank=True)
+    evse_max_discharge_w = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["vehicle"], condition=models.Q(ended_at__isnull=True), name="plug_session_one_open_per_vehicle"
+            )
+        ]
+        indexes = [models.Index(fields=["station_id", "transaction_id"], name="plug_session_tx")]
+
+    def __str__(self) -> str:
+        return f"{self.vehicle} at {self.station_id}/{self.evse_id}"
+
+
+class SocSource(models.TextChoices):
+    REPORTED = "reported", "reported by the vehicle (via the station)"
+    METERED = "metered", "last report advanced by metered energy"
+    FLEET_MANAGER = "fleet_manager", "entered by the fleet manager"
+    SEED = "seed", "demo seed"
+
+
+class SocEstimate(models.Model):
+    """A belief about a vehicle's stored energy: its value, where it came from, when valid and when known.
+
+    A ``metered`` belief points at the report it was advanced from (``basis``) and records the meter registers used,
+    so it can be recomputed; a fresh report starts a new chain.
+    """
+
+    vehicle = models.ForeignKey(Vehicle, on_delete=models.CASCADE, related_name="soc_estimates")
+    soc_wh = models.PositiveIntegerField()
+    source = models.CharField(max_length=16, choices=SocSource.choices)
+    valid_at = models.DateTimeField(help_text="the instant the value describes")
+    known_at = models.DateTimeField(help_text="when the aggregator learned or computed it")
+    import_register_wh = models.BigIntegerField(null=True, blank=True, help_text="meter import register at valid_at")
+    export_register_wh = models.BigIntegerField(null=True, blank=True, help_text="meter export register at valid_at")
+    basis = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="advanced")
+
+    class Meta:
+        ordering = ["-valid_at", "-known_at"]
+        indexes = [models.Index(fields=["vehicle", "-valid_at", "-known_at"], name="soc_vehicle_latest")]
+
+    def __str__(self) -> str:
+        return f"{self.vehicle}: {self.soc_wh} Wh at {self.valid_at:%H:%M:%S} ({self.source})"
+
+
+class VehicleState(models.Model):
+    """Derived, refreshed by ``fleet.tasks.refresh_vehicle_state`` when telemetry changes (never polled).
+
+    ``dirty`` is the work claim: a refresh request sets it, the task clears it with one atomic update and only the
+    worker whose update changed a row does the work, so duplicate deliveries cost nothing.
+    """
+
+    vehicle = models.OneToOneField(Vehicle, on_delete=models.CASCADE, related_name="state", primary_key=True)
+    dirty = models.BooleanField(default=True)
+    requested_at = models.DateTimeField(null=True, blank=True)
+    refreshed_at = models.DateTimeField(null=True, blank=True)
+    plugged_in = models.BooleanField(default=False)
+    soc_wh = models.PositiveIntegerField(null=True, blank=True)
+    soc_source = models.CharField(max_length=16, blank=True)
+    soc_valid_at = models.DateTimeField(null=True, blank=True)
+    departure_at = models.DateTimeField(null=True, blank=True)
+    target_wh = models.PositiveIntegerField(null=True, blank=True)
+    up_w = models.IntegerField(default=0, help_text="discharge-direction flexibility now, 15 min hold")
+    down_w = models.IntegerField(default=0, help_text="charge-direction flexibility now, 15 min hold")
+    baseline_w = models.IntegerField(default=0)
+    flexibility = models.JSONField(default=dict, blank=True, help_text="envelope over the horizon (as_dict)")
+
+    def __str__(self) -> str:
+        return f"state of {self.vehicle_id}"

@@ -1,0 +1,86 @@
+"""Admin for fleet managers: organisations, fleets, vehicles with their plans, schedules and beliefs."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+
+from fleet.models import (
+    DeparturePlan,
+    Fleet,
+    Organisation,
+    PlugSession,
+    SocEstimate,
+    Vehicle,
+    VehicleState,
+    WeeklyDeparture,
+)
+
+
+@admin.register(Organisation)
+class OrganisationAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "created_at"]
+    search_fields = ["name", "slug"]
+    filter_horizontal = ["members"]
+
+
+@admin.register(Fleet)
+class FleetAdmin(admin.ModelAdmin):
+    list_display = ["name", "organisation", "mobility_floor_pct", "default_node", "timezone"]
+    list_filter = ["organisation"]
+    search_fields = ["name"]
+
+
+class WeeklyDepartureInline(admin.TabularInline):
+    model = WeeklyDeparture
+    extra = 0
+
+
+class DeparturePlanInline(admin.TabularInline):
+    model = DeparturePlan
+    extra = 0
+    fields = ["source", "departure_at", "target_soc_pct", "known_at"]
+    ordering = ["-known_at"]
+
+
+@admin.register(Vehicle)
+class VehicleAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "model",
+        "fleet",
+        "usable_capacity_wh",
+        "ac_max_charge_w",
+        "ac_max_discharge_w",
+        "state_of_health",
+        "pack_temperature_c",
+        "effective_floor_pct",
+        "node",
+    ]
+    list_filter = ["fleet", "model"]
+    search_fields = ["name", "vin", "evccid", "id_token"]
+    inlines = [WeeklyDepartureInline, DeparturePlanInline]
+    list_select_related = ["fleet"]
+
+
+@admin.register(PlugSession)
+class PlugSessionAdmin(admin.ModelAdmin):
+    list_display = ["vehicle", "station_id", "evse_id", "transaction_id", "matched_by", "started_at", "ended_at"]
+    list_filter = ["matched_by"]
+    search_fields = ["station_id", "transaction_id", "vehicle__name"]
+    list_select_related = ["vehicle"]
+
+
+@admin.register(SocEstimate)
+class SocEstimateAdmin(admin.ModelAdmin):
+    list_display = ["vehicle", "soc_wh", "source", "valid_at", "known_at"]
+    list_filter = ["source"]
+    search_fields = ["vehicle__name"]
+    list_select_related = ["vehicle"]
+    raw_id_fields = ["vehicle", "basis"]
+
+
+@admin.register(VehicleState)
+class VehicleStateAdmin(admin.ModelAdmin):
+    list_display = ["vehicle", "plugged_in", "soc_wh", "soc_source", "departure_at", "up_w", "down_w", "refreshed_at"]
+    list_filter = ["plugged_in"]
+    readonly_fields = [f.name for f in VehicleState._meta.fields]

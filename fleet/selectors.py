@@ -1,0 +1,210 @@
+"""Reads for the fleet app: scoped querysets, current beliefs, resolved departures and VPP snapshots."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
+from django.db.models import OuterRef, QuerySet, Subquery
+
+from fleet.models import (
+    DeparturePlan,
+    Fleet,
+    Organisation,
+    PlanSource,
+    PlugSession,
+    SocEstimate,
+    SocSource,
+    Vehicle,
+    WeeklyDeparture,
+)
+from vpp.types import VehicleSnapshot
+
+# Beliefs that start an estimate chain: values observed or entered, not derived from metering.
+CHAIN_SOURCES = (SocSource.REPORTED, SocSource.FLEET_MANAGER, SocSource.SEED)
+
+
+def organisations_for(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Organisation]:
+    if not user.is_authenticated:
+        return Organisation.objects.none()
+    return Organisation.objects.filter(members=user)
+
+
+def fleets_for(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Fleet]:
+    return Fleet.objects.filter(organisation__in=organisations_for(user)).select_related("organisation")
+
+
+def vehicles_for(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Vehicle]:
+    return Vehicle.objects.filter(fleet__in=fleets_for(user)).select_related("fleet", "fleet__organisation")
+
+
+def latest_soc(vehicle_id: int, *, at: datetime | None = None) -> SocEstimate | None:
+    """The newest belief about the vehicle's stored energy (valid at or before ``at`` when given)."""
+    qs = SocEstimate.objects.filter(vehicle_id=vehicle_id)
+    if at is not None:
+        qs = qs.filter(valid_at__lte=at)
+    return qs.order_by("-valid_at", "-known_at", "-id").first()
+
+
+def latest_chain_start(vehicle_id: int, *, at: datetime) -> SocEstimate | None:
+    """The newest non-derived belief (a report, a manager's entry or the seed) valid at or before ``at``."""
+    return (
+        SocEstimate.objects.filter(vehicle_id=vehicle_id, source__in=CHAIN_SOURCES, valid_at__lte=at)
+        .order_by("-valid_at", "-known_at", "-id")
+        .first()
+    )
+
+
+def open_session(vehicle_id: int) -> PlugSession | None:
+    return PlugSession.objects.filter(vehicle_id=vehicle_id, ended_at__isnull=True).first()
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedDeparture:
+    departure_at: datetime
+    target_soc_pct: int
+    source: str
+
+
+def next_weekly_departure(rows: Iterable[WeeklyDeparture], *, tz_name: str, at: datetime) -> ResolvedDeparture | None:
+    """The first occurrence at or after ``at`` of any weekly row (times are wall-clock in ``tz_name``)."""
+    tz = ZoneInfo(tz_name)
+    local = at.astimezone(tz)
+    best: ResolvedDeparture | None = None
+    for row in rows:
+        days_ahead = (row.weekday - local.weekday()) % 7
+        for extra in (0, 7):
+            day = local.date() + timedelta(days=days_ahead + extra)
+            when = datetime.combine(day, row.departure_time, tzinfo=tz)
+            if when >= local:
+                break
+        candidate = ResolvedDeparture(when.astimezone(ZoneInfo("UTC")), row.target_soc_pct, PlanSource.SCHEDULE)
+        if best is None or candidate.departure_at < best.departure_at:
+            best = candidate
+    return best
+
+
+def resolve_departure(
+    *,
+    plans: Iterable[DeparturePlan],
+    weekly: Iterable[WeeklyDeparture],
+    tz_name: str,
+    at: datetime,
+    plugged_since: datetime | None,
+) -> ResolvedDeparture | None:
+    """Newest explicit plan (station or fleet manager) made for the current plug-in, else the weekly schedule.
+
+    A plan counts for the current plug-in if it was learned after the car plugged in or its departure is still
+    ahead; a plan whose departure has passed while the car is still plugged in stays in force (the car is overdue:
+    it must reach its target before anything else).
+    """
+    since = plugged_since or at
+    current = [p for p in plans if p.known_at >= since or p.departure_at >= at]
+    if current:
+        plan = max(current, key=lambda p: (p.known_at, p.id))
+        return ResolvedDeparture(plan.departure_at, plan.target_soc_pct, plan.source)
+    return next_weekly_departure(weekly, tz_name=tz_name, at=at)
+
+
+def power_limits(vehicle: Vehicle, session: PlugSession | None) -> tuple[int, int]:
+    """(charge W, discharge W): the lowest of the vehicle's AC or DC rating and what the EV and EVSE reported."""
+    dc = bool(session and session.dc)
+    charge = vehicle.dc_max_charge_w if dc else vehicle.ac_max_charge_w
+    discharge = vehicle.dc_max_discharge_w if dc else vehicle.ac_max_discharge_w
+    if session is not None:
+        for limit in (session.ev_max_charge_w, session.evse_max_charge_w):
+            if limit is not None:
+                charge = min(charge, limit)
+        for limit in (session.ev_max_discharge_w, session.evse_max_discharge_w):
+            if limit is not None:
+                discharge = min(discharge, limit)
+    return charge, discharge
+
+
+def plugged_in_snapshots(
+    *, at: datetime, vehicles: QuerySet[Vehicle] | None = None, fleet_id: int | None = None
+) -> list[VehicleSnapshot]:
+    """A :class:`VehicleSnapshot` for every plugged-in vehicle with a known SoC, in four queries whatever the size.
+
+    SoC is the newest belief (valid at or before ``at``); departure and target come from :func:`resolve_departure`.
+    Restrict with ``vehicles`` (e.g. :func:`vehicles_for` a user) or ``fleet_id``.
+    """
+    sessions = PlugSession.objects.filter(ended_at__isnull=True).select_related("vehicle", "vehicle__fleet")
+    if vehicles is not None:
+        sessions = sessions.filter(vehicle__in=vehicles)
+    if fleet_id is not None:
+        sessions = sessions.filter(vehicle__fleet_id=fleet_id)
+    newest = SocEstimate.objects.filter(vehicle_id=OuterRef("vehicle_id"), valid_at__lte=at).order_by(
+        "-valid_at", "-known_at", "-id"
+    )
+    rows = list(sessions.annotate(soc_wh=Subquery(newest.values("soc_wh")[:1])).order_by("vehicle_id"))
+    ids = [s.vehicle_id for s in rows]
+    plans: dict[int, list[DeparturePlan]] = defaultdict(list)
+    for plan in DeparturePlan.objects.filter(vehicle_id__in=ids).exclude(source=PlanSource.SCHEDULE):
+        plans[plan.vehicle_id].append(plan)
+    weekly: dict[int, list[WeeklyDeparture]] = defaultdict(list)
+    for row in WeeklyDeparture.objects.filter(vehicle_id__in=ids):
+        weekly[row.vehicle_id].append(row)
+    return [
+        snapshot_of(s.vehicle, s, soc_wh=s.soc_wh, plans=plans[s.vehicle_id], weekly=weekly[s.vehicle_id], at=at)
+        for s in rows
+        if s.soc_wh is not None
+    ]
+
+
+def snapshot_of(
+    vehicle: Vehicle,
+    session: PlugSession | None,
+    *,
+    soc_wh: int,
+    plans: Iterable[DeparturePlan],
+    weekly: Iterable[WeeklyDeparture],
+    at: datetime,
+) -> VehicleSnapshot:
+    charge_w, discharge_w = power_limits(vehicle, session)
+    departure = resolve_departure(
+        plans=plans,
+        weekly=weekly,
+        tz_name=vehicle.fleet.timezone,
+        at=at,
+        plugged_since=session.started_at if session else None,
+    )
+    capacity = vehicle.usable_capacity_wh
+    return VehicleSnapshot(
+        vehicle_id=vehicle.id,
+        capacity_wh=capacity,
+        soc_wh=min(max(int(soc_wh), 0), capacity),
+        floor_wh=vehicle.floor_wh,
+        max_charge_w=charge_w,
+        max_discharge_w=discharge_w,
+        charge_efficiency=vehicle.charge_efficiency,
+        discharge_efficiency=vehicle.discharge_efficiency,
+        departure=departure.departure_at if departure else None,
+        target_wh=capacity * departure.target_soc_pct // 100 if departure else 0,
+        state_of_health=vehicle.state_of_health,
+        temperature_c=vehicle.pack_temperature_c,
+        cycles_today=vehicle.cycles_today if vehicle.cycles_date == at.date() else 0.0,
+        node=vehicle.effective_node,
+        station_id=session.station_id if session else None,
+        evse_id=session.evse_id if session else None,
+    )
+
+
+def vehicle_snapshot(vehicle: Vehicle, *, at: datetime) -> VehicleSnapshot | None:
+    """The snapshot of one vehicle (plugged in or not), or None while its SoC is unknown."""
+    belief = latest_soc(vehicle.id, at=at)
+    if belief is None:
+        return None
+    return snapshot_of(
+        vehicle,
+        open_session(vehicle.id),
+        soc_wh=belief.soc_wh,
+        plans=list(vehicle.departure_plans.exclude(source=PlanSource.SCHEDULE)),
+        weekly=list(vehicle.weekly_departures.all()),
+        at=at,
+    )

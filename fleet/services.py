@@ -1,0 +1,305 @@
+"""Fleet domain operations: keyword-only, typed, one transaction each where they write."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from fleet import selectors
+from fleet.models import (
+    DeparturePlan,
+    PlanSource,
+    PlugSession,
+    SocEstimate,
+    SocSource,
+    Vehicle,
+    VehicleState,
+)
+from vpp.degradation import equivalent_full_cycles
+from vpp.flexibility import vehicle_flexibility
+
+FLEX_INTERVALS = 96
+FLEX_INTERVAL_S = 900
+
+
+class FleetError(ValueError):
+    """A request the fleet domain refuses, with a reason fit for the API's 4xx answer."""
+
+
+# --- Matching vehicles to sessions ----------------------------------------------------------------------------------
+
+
+def vehicle_match(*, id_token: str = "", evccid: str = "", vin: str = "") -> tuple[Vehicle, str] | None:
+    """The vehicle a session belongs to and what matched it: EVCCID first (ISO 15118), then VIN, then id token."""
+    for field, value in (("evccid", evccid), ("vin", vin), ("id_token", id_token)):
+        if value:
+            vehicle = Vehicle.objects.select_related("fleet").filter(**{field: value}).first()
+            if vehicle is not None:
+                return vehicle, field
+    return None
+
+
+@transaction.atomic
+def session_open(
+    *,
+    vehicle: Vehicle,
+    station_id: str,
+    evse_id: int | None,
+    transaction_id: str,
+    matched_by: str,
+    started_at: datetime,
+    dc: bool = False,
+) -> PlugSession:
+    """Open (or return the already open) plug-in session; an older open session of the vehicle is closed first."""
+    existing = PlugSession.objects.select_for_update().filter(vehicle=vehicle, ended_at__isnull=True).first()
+    if existing is not None:
+        if existing.station_id == station_id and existing.transaction_id == transaction_id:
+            return existing
+        existing.ended_at = started_at
+        existing.save(update_fields=["ended_at"])
+    session = PlugSession.objects.create(
+        vehicle=vehicle,
+        station_id=station_id,
+        evse_id=evse_id,
+        transaction_id=transaction_id,
+        matched_by=matched_by,
+        started_at=started_at,
+        dc=dc,
+    )
+    vehicle_request_refresh(vehicle_id=vehicle.id)
+    return session
+
+
+def session_close(*, station_id: str, transaction_id: str, ended_at: datetime) -> int:
+    """Close the open session of a transaction; returns how many were closed (0 or 1). Idempotent."""
+    sessions = list(
+        PlugSession.objects.filter(station_id=station_id, transaction_id=transaction_id, ended_at__isnull=True)
+    )
+    closed = PlugSession.objects.filter(id__in=[s.id for s in sessions], ended_at__isnull=True).update(
+        ended_at=ended_at
+    )
+    for s in sessions:
+        vehicle_request_refresh(vehicle_id=s.vehicle_id)
+    return closed
+
+
+def session_set_limits(
+    *,
+    session: PlugSession,
+    ev_max_charge_w: int | None = None,
+    ev_max_discharge_w: int | None = None,
+    evse_max_charge_w: int | None = None,
+    evse_max_discharge_w: int | None = None,
+) -> PlugSession:
+    """Record power limits the EV (ISO 15118 V2X parameters) or the EVSE reported for this session."""
+    changed = []
+    for name, value in (
+        ("ev_max_charge_w", ev_max_charge_w),
+        ("ev_max_discharge_w", ev_max_discharge_w),
+        ("evse_max_charge_w", evse_max_charge_w),
+        ("evse_max_discharge_w", evse_max_discharge_w),
+    ):
+        if value is not None:
+            setattr(session, name, max(int(value), 0))
+            changed.append(name)
+    if changed:
+        session.save(update_fields=changed)
+        vehicle_request_refresh(vehicle_id=session.vehicle_id)
+    return session
+
+
+# --- Departure plans ------------------------------------------------------------------------------------------------
+
+
+def departure_plan_set(
+    *,
+    vehicle: Vehicle,
+    departure_at: datetime,
+    target_soc_pct: int,
+    source: PlanSource | str,
+    known_at: datetime | None = None,
+    session: PlugSession | None = None,
+) -> DeparturePlan:
+    if timezone.is_naive(departure_at):
+        raise FleetError("departure_at must carry a time zone")
+    if not 0 <= target_soc_pct <= 100:
+        raise FleetError("target_soc_pct must be within 0..100")
+    if source not in PlanSource.values:
+        raise FleetError(f"unknown plan source {source!r}")
+    plan = DeparturePlan.objects.create(
+        vehicle=vehicle,
+        source=source,
+        departure_at=departure_at,
+        target_soc_pct=target_soc_pct,
+        known_at=known_at or timezone.now(),
+        session=session,
+    )
+    vehicle_request_refresh(vehicle_id=vehicle.id)
+    return plan
+
+
+# --- State of charge beliefs ----------------------------------------------------------------------------------------
+
+
+def soc_report(
+    *,
+    vehicle: Vehicle,
+    soc_wh: int,
+    valid_at: datetime,
+    source: SocSource | str = SocSource.REPORTED,
+    import_register_wh: int | None = None,
+    export_register_wh: int | None = None,
+    known_at: datetime | None = None,
+) -> SocEstimate:
+    """Record an observed SoC (a report, a fleet manager's entry or the seed): it resets the estimate chain."""
+    if source == SocSource.METERED:
+        raise FleetError("metered estimates are derived with soc_advance, not reported")
+    if not 0 <= soc_wh <= vehicle.usable_capacity_wh:
+        raise FleetError(f"soc_wh {soc_wh} is outside 0..{vehicle.usable_capacity_wh}")
+    belief = SocEstimate.objects.create(
+        vehicle=vehicle,
+        soc_wh=soc_wh,
+        source=source,
+        valid_at=valid_at,
+        known_at=known_at or timezone.now(),
+        import_register_wh=import_register_wh,
+        export_register_wh=export_register_wh,
+    )
+    vehicle_request_refresh(vehicle_id=vehicle.id)
+    return belief
+
+
+def advanced_soc_wh(*, basis: SocEstimate, vehicle: Vehicle, import_register_wh: int, export_register_wh: int) -> int:
+    """Basis SoC plus metered energy: imported Wh times eta_c in, exported Wh divided by eta_d out (clipped)."""
+    imported = import_register_wh - (basis.import_register_wh or 0)
+    exported = export_register_wh - (basis.export_register_wh or 0)
+    soc = basis.soc_wh + imported * vehicle.charge_efficiency - exported / vehicle.discharge_efficiency
+    return round(min(max(soc, 0.0), float(vehicle.usable_capacity_wh)))
+
+
+def soc_advance(
+    *,
+    vehicle: Vehicle,
+    import_register_wh: int,
+    export_register_wh: int,
+    valid_at: datetime,
+    known_at: datetime | None = None,
+) -> SocEstimate | None:
+    """Advance the newest observed SoC by the meter registers read at ``valid_at``; None when it cannot.
+
+    It cannot when no observation with register readings precedes ``valid_at``, or when the registers went
+    backwards (another meter, a reset): then the estimate waits for the next report instead of guessing.
+    Idempotent: the same reading yields the existing estimate.
+    """
+    basis = selectors.latest_chain_start(vehicle.id, at=valid_at)
+    if basis is None or basis.import_register_wh is None:
+        return None
+    if import_register_wh < basis.import_register_wh or export_register_wh < (basis.export_register_wh or 0):
+        return None
+    existing = SocEstimate.objects.filter(
+        vehicle=vehicle, source=SocSource.METERED, basis=basis, valid_at=valid_at
+    ).first()
+    if existing is not None:
+        return existing
+    belief = SocEstimate.objects.create(
+        vehicle=vehicle,
+        soc_wh=advanced_soc_wh(
+            basis=basis, vehicle=vehicle, import_register_wh=import_register_wh, export_register_wh=export_register_wh
+        ),
+        source=SocSource.METERED,
+        valid_at=valid_at,
+        known_at=known_at or timezone.now(),
+        import_register_wh=import_register_wh,
+        export_register_wh=export_register_wh,
+        basis=basis,
+    )
+    vehicle_request_refresh(vehicle_id=vehicle.id)
+    return belief
+
+
+# --- Derived state refresh ------------------------------------------------------------------------------------------
+
+
+def vehicle_request_refresh(*, vehicle_id: int) -> None:
+    """Mark the vehicle's derived state stale and enqueue one refresh after the surrounding transaction commits."""
+    now = timezone.now()
+    updated = VehicleState.objects.filter(vehicle_id=vehicle_id).update(dirty=True, requested_at=now)
+    if not updated:
+        try:
+            with transaction.atomic():
+                VehicleState.objects.create(vehicle_id=vehicle_id, dirty=True, requested_at=now)
+        except IntegrityError:  # created concurrently: mark it
+            VehicleState.objects.filter(vehicle_id=vehicle_id).update(dirty=True, requested_at=now)
+    from fleet.tasks import refresh_vehicle_state  # the task module imports this one
+
+    transaction.on_commit(lambda: refresh_vehicle_state.delay(vehicle_id))
+
+
+def vehicle_state_claim(*, vehicle_id: int) -> bool:
+    """Claim a pending refresh: True for exactly one caller per request (atomic update, rowcount check)."""
+    return bool(VehicleState.objects.filter(vehicle_id=vehicle_id, dirty=True).update(dirty=False))
+
+
+def vehicle_state_refresh(*, vehicle_id: int, now: datetime | None = None) -> VehicleState | None:
+    """Recompute cycles today, the current SoC belief, departure and the flexibility envelope of one vehicle."""
+    now = now or timezone.now()
+    vehicle = Vehicle.objects.select_related("fleet").filter(id=vehicle_id).first()
+    if vehicle is None:
+        return None
+    _update_cycles_today(vehicle, now=now)
+    session = selectors.open_session(vehicle.id)
+    belief = selectors.latest_soc(vehicle.id, at=now)
+    snapshot = selectors.vehicle_snapshot(vehicle, at=now)
+    state, _ = VehicleState.objects.get_or_create(vehicle=vehicle, defaults={"dirty": False})
+    state.refreshed_at = now
+    state.plugged_in = session is not None
+    state.soc_wh = belief.soc_wh if belief else None
+    state.soc_source = belief.source if belief else ""
+    state.soc_valid_at = belief.valid_at if belief else None
+    state.departure_at = snapshot.departure if snapshot else None
+    state.target_wh = snapshot.target_wh if snapshot and snapshot.departure else None
+    if snapshot is not None and session is not None:
+        envelope = vehicle_flexibility(snapshot, start=now, intervals=FLEX_INTERVALS, interval_s=FLEX_INTERVAL_S)
+        state.up_w, state.down_w = int(envelope.up_w[0]), int(envelope.down_w[0])
+        state.baseline_w = int(envelope.baseline_w[0])
+        state.flexibility = envelope.as_dict()
+    else:
+        state.up_w = state.down_w = state.baseline_w = 0
+        state.flexibility = {}
+    state.save(
+        update_fields=[
+            "refreshed_at",
+            "plugged_in",
+            "soc_wh",
+            "soc_source",
+            "soc_valid_at",
+            "departure_at",
+            "target_wh",
+            "up_w",
+            "down_w",
+            "baseline_w",
+            "flexibility",
+        ]
+    )
+    return state
+
+
+def _update_cycles_today(vehicle: Vehicle, *, now: datetime) -> None:
+    """Equivalent full cycles of today's SoC beliefs (rainflow); the lifetime count grows by today's increase."""
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    socs = list(
+        SocEstimate.objects.filter(vehicle=vehicle, valid_at__gte=day_start, valid_at__lte=now)
+        .order_by("valid_at", "known_at", "id")
+        .values_list("soc_wh", flat=True)
+    )
+    today = equivalent_full_cycles([s / vehicle.usable_capacity_wh for s in socs]) if len(socs) > 1 else 0.0
+    previous = vehicle.cycles_today if vehicle.cycles_date == now.date() else 0.0
+    increase = max(today - previous, 0.0)
+    Vehicle.objects.filter(id=vehicle.id).update(
+        cycles_today=today, cycles_date=now.date(), equivalent_full_cycles=F("equivalent_full_cycles") + increase
+    )
+    vehicle.cycles_today, vehicle.cycles_date = today, now.date()
+    vehicle.equivalent_full_cycles += increase

@@ -1,0 +1,67 @@
+"""factory_boy factories for the fleet app."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import factory
+from django.contrib.auth import get_user_model
+
+from fleet.models import Fleet, Organisation, PlugSession, Vehicle
+
+T0 = datetime(2025, 6, 2, 6, 0, tzinfo=UTC)  # a Monday
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+        skip_postgeneration_save = True
+
+    username = factory.Sequence(lambda n: f"manager{n}")
+    password = factory.PostGenerationMethodCall("set_password", "s3cret-pass")
+
+
+class OrganisationFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Organisation
+
+    name = factory.Sequence(lambda n: f"Operator {n}")
+    slug = factory.Sequence(lambda n: f"operator-{n}")
+
+
+class FleetFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Fleet
+
+    organisation = factory.SubFactory(OrganisationFactory)
+    name = factory.Sequence(lambda n: f"Depot {n}")
+
+
+class VehicleFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Vehicle
+
+    fleet = factory.SubFactory(FleetFactory)
+    name = factory.Sequence(lambda n: f"EV-{n:03d}")
+    vin = factory.Sequence(lambda n: f"WVWZZZE1ZPP{n:06d}")
+    id_token = factory.Sequence(lambda n: f"TOKEN{n:04d}")
+    model = "Volkswagen ID.3"
+    usable_capacity_wh = 58_000
+    ac_max_charge_w = 11_000
+    ac_max_discharge_w = 11_000
+    dc_max_charge_w = 120_000
+    dc_max_discharge_w = 11_000
+    charge_efficiency = 0.9
+    discharge_efficiency = 0.9
+
+
+class PlugSessionFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = PlugSession
+
+    vehicle = factory.SubFactory(VehicleFactory)
+    station_id = "depot-1"
+    evse_id = 1
+    transaction_id = factory.Sequence(lambda n: f"tx-{n}")
+    matched_by = "id_token"
+    started_at = T0
