@@ -1,1 +1,436 @@
-from django.db import models  # noqa: F401
+"""CSMS data: stations and what they report, in the units the project stores (integer Wh/W/%, UTC).
+
+Rows written on the hot path (message log, meter values) are created in bulk by the group-commit writer
+(``chargers.writer``); nothing here has side effects in ``save()``.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from chargers.passwords import password_hash, password_verify
+
+
+def _default_heartbeat_interval() -> int:
+    return int(settings.OCPP_HEARTBEAT_INTERVAL)
+
+
+class BootStatus(models.TextChoices):
+    """What the CSMS answers to BootNotification (RegistrationStatusEnumType)."""
+
+    ACCEPTED = "Accepted"
+    PENDING = "Pending"
+    REJECTED = "Rejected"
+
+
+class Station(models.Model):
+    """A charging station, identified by its OCPP identity (the last segment of its WebSocket URL)."""
+
+    station_id = models.CharField(max_length=48, unique=True, help_text="OCPP identity, the user of Basic auth")
+    password_hash = models.CharField(max_length=128, blank=True, help_text="hmac-sha256$salt$digest; empty: refused")
+    boot_status = models.CharField(max_length=16, choices=BootStatus.choices, default=BootStatus.ACCEPTED)
+    heartbeat_interval = models.PositiveIntegerField(default=_default_heartbeat_interval, help_text="seconds")
+    # Learned from the station.
+    ocpp_version = models.CharField(max_length=8, blank=True, help_text="negotiated subprotocol, e.g. 2.1")
+    vendor = models.CharField(max_length=50, blank=True)
+    model = models.CharField(max_length=50, blank=True)
+    serial_number = models.CharField(max_length=25, blank=True)
+    firmware_version = models.CharField(max_length=50, blank=True)
+    last_boot_at = models.DateTimeField(null=True, blank=True)
+    last_boot_reason = models.CharField(max_length=32, blank=True)
+    # Connection state.
+    online = models.BooleanField(default=False)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    connected_at = models.DateTimeField(null=True, blank=True)
+    channel_name = models.CharField(
+        max_length=200, blank=True, help_text="channel-layer name of the consumer holding the socket; empty: none"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["station_id"]
+        indexes = [models.Index(fields=["online", "last_seen"], name="station_online_seen")]
+
+    def __str__(self) -> str:
+        return self.station_id
+
+    def set_password(self, raw: str) -> None:
+        self.password_hash = password_hash(raw)
+
+    def check_password(self, raw: str) -> bool:
+        return bool(self.password_hash) and password_verify(raw, self.password_hash)
+
+
+class Evse(models.Model):
+    station = models.ForeignKey(Station, on_delete=models.CASCADE, related_name="evses")
+    evse_id = models.PositiveIntegerField(help_text="OCPP evse id (> 0)")
+
+    class Meta:
+        ordering = ["station", "evse_id"]
+        constraints = [models.UniqueConstraint(fields=["station", "evse_id"], name="evse_unique_per_station")]
+
+    def __str__(self) -> str:
+        return f"{self.station_id}/{self.evse_id}"
+
+
+class ConnectorStatus(models.TextChoices):
+    AVAILABLE = "Available"
+    OCCUPIED = "Occupied"
+    RESERVED = "Reserved"
+    UNAVAILABLE = "Unavailable"
+    FAULTED = "Faulted"
+
+
+class Connector(models.Model):
+    evse = models.ForeignKey(Evse, on_delete=models.CASCADE, related_name="connectors")
+    connector_id = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=ConnectorStatus.choices, blank=True)
+    status_at = models.DateTimeField(null=True, blank=True, help_text="station's timestamp of the last status")
+
+    class Meta:
+        ordering = ["evse", "connector_id"]
+        constraints = [models.UniqueConstraint(fields=["evse", "connector_id"], name="connector_unique_per_evse")]
+
+    def __str__(self) -> str:
+        return f"{self.evse}/{self.connector_id}"
+
+
+class IdTokenStatus(models.TextChoices):
+    """The subset of AuthorizationStatusEnumType an operator provisions."""
+
+    ACCEPTED = "Accepted"
+    BLOCKED = "Blocked"
+    EXPIRED = "Expired"
+    INVALID = "Invalid"
+
+
+class IdToken(models.Model):
+    id_token = models.CharField(max_length=255)
+    type = models.CharField(max_length=20, help_text="IdTokenEnumType, e.g. ISO14443, eMAID, Central")
+    status = models.CharField(max_length=16, choices=IdTokenStatus.choices, default=IdTokenStatus.ACCEPTED)
+    group = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="members")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id_token"]
+        constraints = [models.UniqueConstraint(fields=["id_token", "type"], name="idtoken_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.id_token} ({self.type})"
+
+
+class Transaction(models.Model):
+    """A charging session as the station reports it. State follows the event with the highest seqNo."""
+
+    station = models.ForeignKey(Station, on_delete=models.CASCADE, related_name="transactions")
+    transaction_id = models.CharField(max_length=36)
+    evse_id = models.PositiveIntegerField(null=True, blank=True)
+    connector_id = models.PositiveIntegerField(null=True, blank=True)
+    id_token = models.CharField(max_length=255, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    active = models.BooleanField(default=True)
+    charging_state = models.CharField(max_length=20, blank=True)
+    stopped_reason = models.CharField(max_length=32, blank=True)
+    last_seq_no = models.IntegerField(default=-1, help_text="seqNo of the event the state above comes from")
+    energy_wh = models.BigIntegerField(null=True, blank=True, help_text="last Energy.Active.Import.Register, Wh")
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["station", "transaction_id"], name="transaction_unique_per_station")
+        ]
+        indexes = [models.Index(fields=["station", "active"], name="transaction_station_active")]
+
+    def __str__(self) -> str:
+        return f"{self.station_id}:{self.transaction_id}"
+
+
+class TransactionEventType(models.TextChoices):
+    STARTED = "Started"
+    UPDATED = "Updated"
+    ENDED = "Ended"
+
+
+class TransactionEvent(models.Model):
+    """One TransactionEvent as received; unique per transaction (so per station + transactionId) and seqNo."""
+
+    transaction = models.ForeignKey(Transaction, on_delete=models.CASCADE, related_name="events")
+    seq_no = models.IntegerField()
+    event_type = models.CharField(max_length=8, choices=TransactionEventType.choices)
+    trigger_reason = models.CharField(max_length=32)
+    timestamp = models.DateTimeField(help_text="station's time of the event")
+    received_at = models.DateTimeField()
+    offline = models.BooleanField(default=False, help_text="queued while the station was offline")
+    charging_state = models.CharField(max_length=20, blank=True)
+    payload = models.JSONField()
+
+    class Meta:
+        ordering = ["transaction", "seq_no"]
+        constraints = [models.UniqueConstraint(fields=["transaction", "seq_no"], name="txevent_unique_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.transaction} #{self.seq_no} {self.event_type}"
+
+
+class MeterValue(models.Model):
+    """One sampled value, as an integer in the unit named by ``unit`` (Wh, W, var, varh, Percent, mA, mV, mHz, ...).
+
+    ``timestamp`` is when the station measured it; ``received_at`` is when the CSMS learned it (its belief time);
+    ``source`` names the message that carried it.
+    """
+
+    station = models.ForeignKey(Station, on_delete=models.CASCADE, related_name="meter_values")
+    evse_id = models.PositiveIntegerField(default=0, help_text="0 = the station's main meter")
+    transaction = models.ForeignKey(
+        Transaction, null=True, blank=True, on_delete=models.SET_NULL, related_name="meter_values"
+    )
+    timestamp = models.DateTimeField()
+    received_at = models.DateTimeField()
+    measurand = models.CharField(max_length=48, default="Energy.Active.Import.Register")
+    phase = models.CharField(max_length=8, blank=True)
+    location = models.CharField(max_length=8, blank=True)
+    context = models.CharField(max_length=24, blank=True)
+    value = models.BigIntegerField()
+    unit = models.CharField(max_length=16)
+    source = models.CharField(max_length=32, help_text="carrying action, e.g. MeterValues or TransactionEvent")
+
+    class Meta:
+        ordering = ["-timestamp"]
+        indexes = [
+            models.Index(fields=["station", "measurand", "timestamp"], name="meter_station_measurand_ts"),
+            models.Index(fields=["transaction", "timestamp"], name="meter_transaction_ts"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.station_id} {self.measurand}={self.value} {self.unit} @ {self.timestamp:%Y-%m-%dT%H:%M:%SZ}"
+
+
+class Direction(models.TextChoices):
+    IN = "in", "station -> CSMS"
+    OUT = "out", "CSMS -> station"
+
+
+class MessageLog(models.Model):
+    """Every OCPP-J frame exchanged. An incoming CALL keeps the answer sent, so a retransmit is answered again.
+
+    ``message_type``: 2 CALL, 3 CALLRESULT, 4 CALLERROR, 5 CALLRESULTERROR, 6 SEND, 0 unparsable frame.
+    For a CALL, ``response`` is the CALLRESULT payload (or empty with ``error_code`` for a CALLERROR).
+    """
+
+    station = models.ForeignKey(Station, on_delete=models.CASCADE, related_name="messages")
+    direction = models.CharField(max_length=3, choices=Direction.choices)
+    message_type = models.PositiveSmallIntegerField()
+    message_id = models.CharField(max_length=64, blank=True)
+    action = models.CharField(max_length=64, blank=True)
+    ocpp_version = models.CharField(max_length=8, blank=True)
+    payload = models.JSONField(null=True, blank=True)
+    raw = models.TextField(blank=True, help_text="the frame as received when it could not be parsed")
+    response = models.JSONField(null=True, blank=True)
+    error_code = models.CharField(max_length=40, blank=True)
+    error_description = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField()
+    responded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["station", "message_id"],
+                condition=Q(direction="in", message_type=2, error_code=""),
+                name="messagelog_unique_incoming_call",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["station", "created_at"], name="messagelog_station_created"),
+            models.Index(fields=["action", "created_at"], name="messagelog_action_created"),
+            models.Index(fields=["message_id"], name="messagelog_message_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.station_id} {self.direction} [{self.message_type}] {self.action} {self.message_id}"
+
+
+class StationEventKind(models.TextChoices):
+    CONNECTED = "Connected"
+    DISCONNECTED = "Disconnected"
+    HEARTBEAT_TIMEOUT = "HeartbeatTimeout"
+    REPLACED = "Replaced"
+    BOOTED = "Booted"
+    NOTIFY_EVENT = "NotifyEvent"
+    SECURITY_EVENT = "SecurityEvent"
+    FIRMWARE_STATUS = "FirmwareStatus"
+    LOG_STATUS = "LogStatus"
+    CHARGING_LIMIT = "ChargingLimit"
+    CHARGING_LIMIT_CLEARED = "ChargingLimitCleared"
+    DATA_TRANSFER = "DataTransfer"
+    DER_START_STOP = "DERStartStop"
+    RESERVATION_STATUS = "ReservationStatus"
+    OTHER = "Other"
+
+
+class StationEvent(models.Model):
+    """Something that happened to or was reported by a station, for operators and audits."""
+
+    station = models.ForeignKey(Station, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=24, choices=StationEventKind.choices)
+    timestamp = models.DateTimeField(help_text="when it happened (station's clock for reported events)")
+    received_at = models.DateTimeField()
+    summary = models.CharField(max_length=255, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-timestamp"]
+        indexes = [models.Index(fields=["station", "kind", "timestamp"], name="stationevent_station_kind_ts")]
+
+    def __str__(self) -> str:
+        return f"{self.station_id} {self.kind} {self.summary}"
+
+
+class EvChargingNeeds(models.Model):
+    """NotifyEVChargingNeeds: what the EV asks for, incl. OCPP 2.1 V2X parameters. Energy in Wh, power in W."""
+
+    station = models.ForeignKey(Station, on_delete=models.CASCADE, related_name="charging_needs")
+    evse_id = models.PositiveIntegerField()
+    received_at = models.DateTimeField()
+    requested_energy_transfer = models.CharField(max_length=24)
+    control_mode = models.CharField(max_length=24, blank=True, help_text="2.1: ScheduledControl/DynamicControl")
+    mobility_needs_mode = models.CharField(max_length=24, blank=True, help_text="2.1: EVCC or EVCC_SECC")
+    departure_time = models.DateTimeField(null=True, blank=True)
+    energy_amount_wh = models.BigIntegerField(null=True, blank=True)
+    ev_max_power_w = models.IntegerField(null=True, blank=True)
+    # 2.1 v2xChargingParameters (W / Wh, discharge values are magnitudes as the schema gives them).
+    min_charge_power_w = models.IntegerField(null=True, blank=True)
+    max_charge_power_w = models.IntegerField(null=True, blank=True)
+    min_discharge_power_w = models.IntegerField(null=True, blank=True)
+    max_discharge_power_w = models.IntegerField(null=True, blank=True)
+    ev_target_energy_request_wh = models.BigIntegerField(null=True, blank=True)
+    ev_min_energy_request_wh = models.BigIntegerField(null=True, blank=True)
+    ev_max_energy_request_wh = models.BigIntegerField(null=True, blank=True)
+    ev_min_v2x_energy_request_wh = models.BigIntegerField(null=True, blank=True)
+    ev_max_v2x_energy_request_wh = models.BigIntegerField(null=True, blank=True)
+    target_soc = models.PositiveSmallIntegerField(null=True, blank=True)
+    payload = models.JSONField(help_text="the chargingNeeds object as received")
+
+    class Meta:
+        ordering = ["-received_at"]
+        verbose_name_plural = "EV charging needs"
+        indexes = [models.Index(fields=["station", "evse_id", "received_at"], name="needs_station_evse_ts")]
+
+    def __str__(self) -> str:
+        return f"{self.station_id}/{self.evse_id} needs @ {self.received_at:%Y-%m-%dT%H:%M:%SZ}"
+
+
+class DeviceVariable(models.Model):
+    """One attribute of one variable of the station's device model, from NotifyReport.
+
+    ``evse_id``/``connector_id`` 0 = the component is not tied to an EVSE/connector (OCPP ids start at 1).
+    """
+
+    station = models.ForeignKey(Station, on_delete=models.CASCADE, related_name="variables")
+    component = models.CharField(max_length=50)
+    component_instance = models.CharField(max_length=50, blank=True)
+    evse_id = models.PositiveIntegerField(default=0)
+    connector_id = models.PositiveIntegerField(default=0)
+    variable = models.CharField(max_length=50)
+    variable_instance = models.CharField(max_length=50, blank=True)
+    attribute_type = models.CharField(max_length=8, default="Actual")
+    value = models.TextField(blank=True)
+    mutability = models.CharField(max_length=10, blank=True)
+    data_type = models.CharField(max_length=20, blank=True)
+    unit = models.CharField(max_length=16, blank=True)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["station", "component", "variable"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "station",
+                    "component",
+                    "component_instance",
+                    "evse_id",
+                    "connector_id",
+                    "variable",
+                    "variable_instance",
+                    "attribute_type",
+                ],
+                name="devicevariable_unique",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.station_id} {self.component}.{self.variable}[{self.attribute_type}]={self.value}"
+
+
+class ProfileSource(models.TextChoices):
+    CSMS = "csms", "set by the CSMS"
+    REPORTED = "reported", "reported by the station"
+    CHARGING_LIMIT = "limit", "external charging limit"
+
+
+class ChargingProfile(models.Model):
+    """A charging profile as set by the CSMS or reported by the station; ``payload`` is the OCPP object."""
+
+    station = models.ForeignKey(Station, on_delete=models.CASCADE, related_name="charging_profiles")
+    evse_id = models.PositiveIntegerField(default=0, help_text="0 = the whole station")
+    profile_id = models.IntegerField()
+    stack_level = models.IntegerField()
+    purpose = models.CharField(max_length=32)
+    kind = models.CharField(max_length=16)
+    source = models.CharField(max_length=8, choices=ProfileSource.choices)
+    status = models.CharField(max_length=16, blank=True, help_text="station's answer when set by the CSMS")
+    limit_source = models.CharField(max_length=20, blank=True, help_text="chargingLimitSource when reported")
+    active = models.BooleanField(default=True)
+    payload = models.JSONField()
+    recorded_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["station", "evse_id", "-stack_level"]
+        indexes = [models.Index(fields=["station", "profile_id", "source"], name="profile_station_id_source")]
+
+    def __str__(self) -> str:
+        return f"{self.station_id}/{self.evse_id} profile {self.profile_id} ({self.purpose})"
+
+
+class DerControl(models.Model):
+    """An OCPP 2.1 DER control (SetDERControl from the CSMS, or ReportDERControl from the station)."""
+
+    station = models.ForeignKey(Station, on_delete=models.CASCADE, related_name="der_controls")
+    control_id = models.CharField(max_length=36)
+    control_type = models.CharField(max_length=32)
+    is_default = models.BooleanField(default=False)
+    is_superseded = models.BooleanField(default=False)
+    source = models.CharField(max_length=8, choices=ProfileSource.choices)
+    status = models.CharField(max_length=16, blank=True, help_text="station's answer when set by the CSMS")
+    started = models.BooleanField(null=True, blank=True, help_text="last NotifyDERStartStop: running or not")
+    payload = models.JSONField()
+    recorded_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["station", "control_type", "-recorded_at"]
+        indexes = [models.Index(fields=["station", "control_id"], name="dercontrol_station_id")]
+
+    def __str__(self) -> str:
+        return f"{self.station_id} DER {self.control_type} {self.control_id}"
+
+
+class DerAlarm(models.Model):
+    """NotifyDERAlarm: a grid event the station's DER function detected."""
+
+    station = models.ForeignKey(Station, on_delete=models.CASCADE, related_name="der_alarms")
+    control_type = models.CharField(max_length=32)
+    grid_event_fault = models.CharField(max_length=32, blank=True)
+    alarm_ended = models.BooleanField(default=False)
+    timestamp = models.DateTimeField()
+    received_at = models.DateTimeField()
+    extra_info = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-timestamp"]
+        indexes = [models.Index(fields=["station", "timestamp"], name="deralarm_station_ts")]
+
+    def __str__(self) -> str:
+        return f"{self.station_id} DER alarm {self.control_type} {self.grid_event_fault}"

@@ -1,0 +1,327 @@
+"""The OCPP-J endpoint ``ws://HOST:PORT/ocpp/<station_id>`` (OCPP 2.1 preferred, 2.0.1).
+
+A thin edge: authenticate the handshake, negotiate the subprotocol, parse and validate each frame, hand valid
+station messages to the group-commit writer and answer once they are durable. CSMS-initiated calls arrive over the
+channel layer (``ocpp.call``) and go out one at a time, in order, as OCPP-J requires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from channels.consumer import AsyncConsumer
+from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
+
+from chargers import ocpp_j
+from chargers.daphne_denial import EXTENSION as DENIAL_EXTENSION
+from chargers.models import BootStatus, Direction, Station
+from chargers.ocpp_j import Frame, OcppError
+from chargers.services import (
+    CallOutcome,
+    Connected,
+    Disconnected,
+    IncomingCall,
+    IncomingSend,
+    Job,
+    LogEntry,
+    StationRef,
+    batch_apply,
+)
+from chargers.writer import GroupCommitWriter, writer_for_loop
+
+LOG = logging.getLogger(__name__)
+CLOSE_NO_SUBPROTOCOL = 4002  # application code (autobahn allows 1000 and 3000-4999 only)
+CLOSE_REPLACED = 4000  # application code: another connection took over this station id
+
+
+class OcppConsumer(AsyncConsumer):
+    station: StationRef
+    boot_status: str
+    writer: GroupCommitWriter[Job]
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        station_id = self.scope["url_route"]["kwargs"]["station_id"]
+        row = await _authenticate(station_id, _basic_credentials(self.scope))
+        if row is None:
+            await self._deny(401)
+        version = _negotiate(self.scope.get("subprotocols", []))
+        if version is None:
+            # OCPP-J: complete the handshake without a Sec-WebSocket-Protocol header, then close at once.
+            await self.send({"type": "websocket.accept"})
+            await self.send({"type": "websocket.close", "code": CLOSE_NO_SUBPROTOCOL})
+            raise StopConsumer
+        pk, self.boot_status = row
+        self.station = StationRef(pk=pk, station_id=station_id, version=version)
+        self.writer = writer_for_loop(batch_apply)
+        self.closed = False
+        self.calls: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.pending: tuple[str, asyncio.Future[Frame]] | None = None
+        await self.send({"type": "websocket.accept", "subprotocol": f"ocpp{version}"})
+        previous = await self.writer.submit(Connected(self.station, self.channel_name, datetime.now(UTC)))
+        if previous:
+            await self.channel_layer.send(previous, {"type": "ocpp.replaced"})
+        self.call_worker = asyncio.get_running_loop().create_task(self._call_worker())
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        received_at = datetime.now(UTC)
+        text = message.get("text")
+        if text is None:
+            await self._reply_error(OcppError("RpcFrameworkError", "OCPP-J frames are text"), raw="<binary>")
+            return
+        try:
+            frame = ocpp_j.parse(text, self.station.version)
+        except OcppError as exc:
+            await self._reply_error(exc, raw=text[:10000])
+            return
+        if frame.message_type == ocpp_j.CALL:
+            await self._on_call(frame, received_at, text)
+        elif frame.message_type in (ocpp_j.CALLRESULT, ocpp_j.CALLERROR):
+            await self._on_answer(frame)
+        elif frame.message_type == ocpp_j.SEND:
+            await self._on_send(frame, received_at)
+        else:  # CALLRESULTERROR: the station rejects one of our CALLRESULTs; nothing to answer
+            await self._log(ocpp_j.CALLRESULTERROR, frame.message_id, error=(frame.error_code, frame.error_description))
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        if hasattr(self, "station"):
+            self.closed = True
+            self.call_worker.cancel()
+            self._fail_outstanding("offline")
+            await self.writer.submit(
+                Disconnected(self.station, self.channel_name, datetime.now(UTC), message.get("code"))
+            )
+        raise StopConsumer
+
+    # --- channel-layer messages --------------------------------------------------------------------------------
+
+    async def ocpp_call(self, message: dict[str, Any]) -> None:
+        """A CSMS-initiated call from ``station_call``; queued so only one is outstanding at a time."""
+        self.calls.put_nowait(message)
+
+    async def ocpp_replaced(self, message: dict[str, Any]) -> None:
+        """A newer connection took over this station id: close this socket; the new one owns the state."""
+        self.closed = True
+        self._fail_outstanding("offline")
+        await self.send({"type": "websocket.close", "code": CLOSE_REPLACED})
+
+    # --- station-initiated messages ----------------------------------------------------------------------------
+
+    async def _on_call(self, frame: Frame, received_at: datetime, text: str) -> None:
+        try:
+            ocpp_j.validate_station_request(frame, self.station.version)
+            if self.boot_status == BootStatus.REJECTED and frame.action != "BootNotification":
+                raise OcppError("SecurityError", "station is not accepted by the CSMS", frame.message_id)
+        except OcppError as exc:
+            await self._reply_error(exc, raw=text[:10000], frame=frame)
+            return
+        job = IncomingCall(self.station, frame.message_id, frame.action, frame.payload, received_at)
+        try:
+            outcome: CallOutcome = await self.writer.submit(job)
+        except Exception:
+            # Not stored, so not acknowledged: the station will retry the same message.
+            LOG.exception("storing %s from %s failed", frame.action, self.station.station_id)
+            await self._send(ocpp_j.error_frame(frame.message_id, "InternalError", "could not store the message"))
+            return
+        if outcome.error_code:
+            await self._send(ocpp_j.error_frame(frame.message_id, outcome.error_code, outcome.error_description))
+            return
+        if frame.action == "BootNotification" and outcome.payload:
+            self.boot_status = outcome.payload["status"]
+        await self._send(ocpp_j.result_frame(frame.message_id, outcome.payload or {}))
+
+    async def _on_send(self, frame: Frame, received_at: datetime) -> None:
+        try:
+            ocpp_j.validate_station_request(frame, self.station.version)
+        except OcppError as exc:  # SEND is never answered, not even with an error: keep it in the log
+            error = (exc.code, exc.description)
+            await self._log(ocpp_j.SEND, frame.message_id, frame.action, frame.payload, error=error)
+            return
+        await self.writer.submit(IncomingSend(self.station, frame.message_id, frame.action, frame.payload, received_at))
+
+    async def _on_answer(self, frame: Frame) -> None:
+        if self.pending is not None and self.pending[0] == frame.message_id and not self.pending[1].done():
+            self.pending[1].set_result(frame)
+            return
+        # An answer to nothing we are waiting for (late, after our timeout): keep it, do not act on it.
+        await self._log(frame.message_type, frame.message_id, payload=frame.payload, error=(frame.error_code, ""))
+
+    # --- CSMS-initiated calls ----------------------------------------------------------------------------------
+
+    async def _call_worker(self) -> None:
+        while True:
+            message = await self.calls.get()
+            try:
+                reply = await self._call_once(message)
+            except asyncio.CancelledError:
+                await self._reply(message, {"status": "offline"})
+                raise
+            await self._reply(message, reply)
+
+    async def _call_once(self, message: dict[str, Any]) -> dict[str, Any]:
+        action, payload = message["action"], message["payload"]
+        remaining = message["deadline"] - time.time()
+        if remaining <= 0 or self.closed:
+            return {"status": "timeout" if remaining <= 0 else "offline"}
+        message_id = str(uuid.uuid4())
+        future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        self.pending = (message_id, future)
+        sent_at = datetime.now(UTC)
+        await self._send(ocpp_j.call_frame(message_id, action, payload))
+        try:
+            answer = await asyncio.wait_for(future, remaining)
+        except TimeoutError:
+            await self._log(ocpp_j.CALL, message_id, action, payload, Direction.OUT, error=("Timeout", ""), at=sent_at)
+            return {"status": "timeout"}
+        except _Offline:
+            return {"status": "offline"}
+        finally:
+            self.pending = None
+        if answer.message_type == ocpp_j.CALLERROR:
+            reply = {
+                "status": "error",
+                "code": answer.error_code,
+                "description": answer.error_description,
+                "details": answer.error_details,
+            }
+        else:
+            reply = self._check_result(message_id, action, answer.payload)
+        await self._log(
+            ocpp_j.CALL,
+            message_id,
+            action,
+            payload,
+            Direction.OUT,
+            response=answer.payload,
+            error=(reply.get("code", ""), reply.get("description", "")),
+            at=sent_at,
+        )
+        return reply
+
+    def _check_result(self, message_id: str, action: str, payload: Any) -> dict[str, Any]:
+        try:
+            ocpp_j.check(ocpp_j.response_validator(self.station.version, action), payload, message_id)
+        except OcppError as exc:
+            if self.station.version == "2.1":
+                asyncio.get_running_loop().create_task(
+                    self._send(ocpp_j.result_error_frame(message_id, exc.code, exc.description))
+                )
+            return {"status": "error", "code": exc.code, "description": f"invalid CALLRESULT: {exc.description}"}
+        return {"status": "result", "payload": payload}
+
+    async def _reply(self, message: dict[str, Any], reply: dict[str, Any]) -> None:
+        try:
+            await self.channel_layer.send(message["reply_to"], reply)
+        except Exception:
+            LOG.warning("could not deliver a call reply to %s", message["reply_to"], exc_info=True)
+
+    def _fail_outstanding(self, status: str) -> None:
+        if self.pending is not None and not self.pending[1].done():
+            self.pending[1].set_exception(_Offline())
+        while not self.calls.empty():
+            message = self.calls.get_nowait()
+            asyncio.get_running_loop().create_task(self._reply(message, {"status": status}))
+
+    # --- helpers -----------------------------------------------------------------------------------------------
+
+    async def _send(self, text: str) -> None:
+        if not self.closed:
+            await self.send({"type": "websocket.send", "text": text})
+
+    async def _reply_error(self, exc: OcppError, *, raw: str, frame: Frame | None = None) -> None:
+        """Log the offending frame, then answer it with the CALLERROR the spec names; the connection stays."""
+        await self.writer.submit(
+            LogEntry(
+                self.station,
+                Direction.IN,
+                frame.message_type if frame else 0,
+                message_id=exc.message_id,
+                action=frame.action if frame else "",
+                payload=frame.payload if frame else None,
+                raw=raw if frame is None else "",
+                error_code=exc.code,
+                error_description=exc.description,
+            )
+        )
+        await self._send(ocpp_j.error_frame(exc.message_id, exc.code, exc.description))
+
+    async def _log(
+        self,
+        message_type: int,
+        message_id: str,
+        action: str = "",
+        payload: Any = None,
+        direction: str = Direction.IN,
+        *,
+        response: Any = None,
+        error: tuple[str, str] = ("", ""),
+        at: datetime | None = None,
+    ) -> None:
+        now = datetime.now(UTC)
+        await self.writer.submit(
+            LogEntry(
+                self.station,
+                direction,
+                message_type,
+                message_id=message_id,
+                action=action,
+                payload=payload,
+                response=response,
+                error_code=error[0],
+                error_description=error[1],
+                created_at=at or now,
+                responded_at=now if at else None,
+            )
+        )
+
+    async def _deny(self, status: int) -> None:
+        if DENIAL_EXTENSION in self.scope.get("extensions", {}):
+            headers = [(b"www-authenticate", b'Basic realm="OCPP", charset="UTF-8"')] if status == 401 else []
+            await self.send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+            await self.send({"type": "websocket.http.response.body", "body": b""})
+        else:  # a server without the extension can only refuse with its default (403 in Daphne)
+            await self.send({"type": "websocket.close"})
+        raise StopConsumer
+
+
+class _Offline(Exception):
+    """The socket went away while a CSMS call was outstanding."""
+
+
+def _negotiate(offered: list[str]) -> str | None:
+    for subprotocol, version in ocpp_j.SUBPROTOCOLS.items():
+        if subprotocol in offered:
+            return version
+    return None
+
+
+def _basic_credentials(scope: dict[str, Any]) -> tuple[str, str] | None:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, encoded = value.partition(b" ")
+            if scheme.lower() != b"basic":
+                return None
+            try:
+                user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            return (user, password) if sep else None
+    return None
+
+
+@database_sync_to_async
+def _authenticate(station_id: str, credentials: tuple[str, str] | None) -> tuple[int, str] | None:
+    """(pk, boot status) when the Basic credentials name this station and its password matches; else None."""
+    if credentials is None or credentials[0] != station_id:
+        return None
+    station = Station.objects.filter(station_id=station_id).only("pk", "password_hash", "boot_status").first()
+    if station is None or not station.check_password(credentials[1]):
+        return None
+    return station.pk, station.boot_status

@@ -1,0 +1,213 @@
+"""OCPP-J framing and schema validation for 2.0.1 and 2.1, without the `ocpp` library's executor round trip.
+
+The `ocpp` package parses only message types 2-4 and validates in a thread per message; a CSMS serving thousands
+of stations parses every frame itself, validates inline against the package's JSON schemas (validators cached by
+``ocpp.messages.get_validator``), and understands OCPP 2.1's CALLRESULTERROR (5) and SEND (6).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import ocpp.messages
+from jsonschema import Draft4Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+CALL, CALLRESULT, CALLERROR, CALLRESULTERROR, SEND = 2, 3, 4, 5, 6
+_MESSAGE_TYPES_201 = (CALL, CALLRESULT, CALLERROR)
+_MESSAGE_TYPES_21 = (CALL, CALLRESULT, CALLERROR, CALLRESULTERROR, SEND)
+SUBPROTOCOLS = {"ocpp2.1": "2.1", "ocpp2.0.1": "2.0.1"}  # in order of preference
+MESSAGE_ID_MAX = 36
+
+# Station -> CSMS actions per version (OCPP 2.0.1 part 2 and OCPP 2.1 part 2, "messages sent by the CS").
+_STATION_ACTIONS_201 = frozenset(
+    {
+        "Authorize",
+        "BootNotification",
+        "ClearedChargingLimit",
+        "DataTransfer",
+        "FirmwareStatusNotification",
+        "Get15118EVCertificate",
+        "GetCertificateStatus",
+        "Heartbeat",
+        "LogStatusNotification",
+        "MeterValues",
+        "NotifyChargingLimit",
+        "NotifyCustomerInformation",
+        "NotifyDisplayMessages",
+        "NotifyEVChargingNeeds",
+        "NotifyEVChargingSchedule",
+        "NotifyEvent",
+        "NotifyMonitoringReport",
+        "NotifyReport",
+        "PublishFirmwareStatusNotification",
+        "ReportChargingProfiles",
+        "ReservationStatusUpdate",
+        "SecurityEventNotification",
+        "SignCertificate",
+        "StatusNotification",
+        "TransactionEvent",
+    }
+)
+_STATION_ACTIONS_21 = _STATION_ACTIONS_201 | {
+    "BatterySwap",
+    "ClosePeriodicEventStream",
+    "GetCertificateChainStatus",
+    "NotifyDERAlarm",
+    "NotifyDERStartStop",
+    "NotifyPriorityCharging",
+    "NotifySettlement",
+    "OpenPeriodicEventStream",
+    "PullDynamicScheduleUpdate",
+    "ReportDERControl",
+    "VatNumberValidation",
+}
+STATION_ACTIONS: dict[str, frozenset[str]] = {"2.0.1": _STATION_ACTIONS_201, "2.1": frozenset(_STATION_ACTIONS_21)}
+SEND_ACTIONS: dict[str, frozenset[str]] = {"2.0.1": frozenset(), "2.1": frozenset({"NotifyPeriodicEventStream"})}
+
+
+class OcppError(Exception):
+    """A frame or payload the spec answers with a CALLERROR of ``code``."""
+
+    def __init__(self, code: str, description: str, message_id: str = "-1", details: dict[str, Any] | None = None):
+        super().__init__(f"{code}: {description}")
+        self.code = code
+        self.description = description[:255]
+        self.message_id = message_id
+        self.details = details or {}
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    message_type: int
+    message_id: str
+    action: str = ""  # CALL and SEND
+    payload: Any = None  # CALL, CALLRESULT, SEND
+    error_code: str = ""  # CALLERROR, CALLRESULTERROR
+    error_description: str = ""
+    error_details: Any = None
+
+
+def parse(text: str, version: str) -> Frame:
+    """Parse one OCPP-J frame. Raises OcppError with the CALLERROR to answer (message id "-1" if unreadable)."""
+    try:
+        msg = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise OcppError("RpcFrameworkError", "frame is not valid JSON") from exc
+    if not isinstance(msg, list) or len(msg) < 3 or not isinstance(msg[1], str):
+        raise OcppError("RpcFrameworkError", "frame is not an OCPP-J array [type, messageId, ...]")
+    message_type, message_id = msg[0], msg[1]
+    if len(message_id) > MESSAGE_ID_MAX:
+        raise OcppError("RpcFrameworkError", f"messageId longer than {MESSAGE_ID_MAX} characters")
+    if type(message_type) is not int:
+        raise OcppError("RpcFrameworkError", "MessageTypeId is not an integer", message_id)
+    allowed = _MESSAGE_TYPES_21 if version == "2.1" else _MESSAGE_TYPES_201
+    if message_type not in allowed:
+        raise OcppError("MessageTypeNotSupported", f"MessageTypeId {message_type} not supported", message_id)
+    if message_type in (CALL, SEND):
+        if len(msg) != 4 or not isinstance(msg[2], str):
+            raise OcppError("RpcFrameworkError", "CALL must be [2, messageId, action, payload]", message_id)
+        if not isinstance(msg[3], dict):
+            raise OcppError("FormationViolation", "payload is not a JSON object", message_id)
+        return Frame(message_type, message_id, action=msg[2], payload=msg[3])
+    if message_type == CALLRESULT:
+        if len(msg) != 3:
+            raise OcppError("RpcFrameworkError", "CALLRESULT must be [3, messageId, payload]", message_id)
+        return Frame(message_type, message_id, payload=msg[2])
+    if len(msg) != 5:
+        raise OcppError("RpcFrameworkError", "CALLERROR must have 5 elements", message_id)
+    return Frame(
+        message_type,
+        message_id,
+        error_code=str(msg[2]),
+        error_description=str(msg[3]),
+        error_details=msg[4],
+    )
+
+
+def validate_station_request(frame: Frame, version: str) -> None:
+    """Check that the station may send ``frame.action`` and that its payload matches the schema."""
+    known = STATION_ACTIONS[version] if frame.message_type == CALL else SEND_ACTIONS[version]
+    if frame.action not in known:
+        if _schema_exists(version, f"{frame.action}Request"):
+            raise OcppError("NotSupported", f"{frame.action} is not sent by a charging station", frame.message_id)
+        raise OcppError("NotImplemented", f"unknown action {frame.action!r}", frame.message_id)
+    validator = (
+        send_validator(version, frame.action)
+        if frame.message_type == SEND
+        else request_validator(version, frame.action)
+    )
+    check(validator, frame.payload, frame.message_id)
+
+
+def request_validator(version: str, action: str) -> Draft4Validator:
+    return ocpp.messages.get_validator(CALL, action, version)
+
+
+def response_validator(version: str, action: str) -> Draft4Validator:
+    return ocpp.messages.get_validator(CALLRESULT, action, version)
+
+
+@cache
+def send_validator(version: str, action: str) -> Draft4Validator:
+    """SEND payload schemas carry no Request/Response suffix (e.g. NotifyPeriodicEventStream.json)."""
+    with open(_schema_path(version, action), encoding="utf-8-sig") as fh:
+        return Draft4Validator(json.load(fh))
+
+
+def is_csms_action(version: str, action: str) -> bool:
+    """An action the CSMS may send: it has a request schema and is not station-initiated."""
+    return action not in STATION_ACTIONS[version] and _schema_exists(version, f"{action}Request")
+
+
+def check(validator: Draft4Validator, payload: Any, message_id: str = "-1") -> None:
+    """Raise the OcppError the spec names for the most relevant schema violation, if any."""
+    error = best_match(validator.iter_errors(payload))
+    if error is not None:
+        raise OcppError(_error_code(error), _describe(error), message_id)
+
+
+def _error_code(error: ValidationError) -> str:
+    if error.validator == "type":
+        return "TypeConstraintViolation"
+    if error.validator in ("required", "minItems", "maxItems"):
+        return "OccurrenceConstraintViolation"
+    if error.validator == "additionalProperties":
+        return "FormationViolation"
+    return "PropertyConstraintViolation"  # enum, maxLength, minimum, maximum, pattern, ...
+
+
+def _describe(error: ValidationError) -> str:
+    where = "/".join(str(p) for p in error.absolute_path)
+    return f"{where or 'payload'}: {error.message}"
+
+
+def _schema_path(version: str, name: str) -> str:
+    package_dir = os.path.dirname(ocpp.messages.__file__)
+    return os.path.join(package_dir, f"v{version.replace('.', '')}", "schemas", f"{name}.json")
+
+
+@cache
+def _schema_exists(version: str, name: str) -> bool:
+    return os.path.exists(_schema_path(version, name))
+
+
+def call_frame(message_id: str, action: str, payload: dict[str, Any]) -> str:
+    return json.dumps([CALL, message_id, action, payload], separators=(",", ":"))
+
+
+def result_frame(message_id: str, payload: dict[str, Any]) -> str:
+    return json.dumps([CALLRESULT, message_id, payload], separators=(",", ":"))
+
+
+def error_frame(message_id: str, code: str, description: str, details: dict[str, Any] | None = None) -> str:
+    return json.dumps([CALLERROR, message_id, code, description, details or {}], separators=(",", ":"))
+
+
+def result_error_frame(message_id: str, code: str, description: str) -> str:
+    """OCPP 2.1 CALLRESULTERROR: our complaint about a CALLRESULT the station sent."""
+    return json.dumps([CALLRESULTERROR, message_id, code, description, {}], separators=(",", ":"))

@@ -1,0 +1,1107 @@
+"""CSMS domain operations.
+
+Station-initiated messages are applied in batches by the group-commit writer (``batch_apply``): each action's
+handler turns one validated payload into rows and an answer, hot-path rows (message log, meter values, last-seen)
+are written in bulk once per batch, and the answers are released only after COMMIT.
+
+CSMS-initiated messages go through ``station_call`` / ``station_call_async``, from any process, over the channel
+layer to whichever server process holds the station's socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Case, Value, When
+
+from chargers import ocpp_j
+from chargers.models import (
+    BootStatus,
+    ChargingProfile,
+    Connector,
+    DerAlarm,
+    DerControl,
+    DeviceVariable,
+    Direction,
+    EvChargingNeeds,
+    Evse,
+    IdToken,
+    MessageLog,
+    MeterValue,
+    ProfileSource,
+    Station,
+    StationEvent,
+    StationEventKind,
+    Transaction,
+    TransactionEvent,
+)
+from chargers.ocpp_j import OcppError
+
+LOG = logging.getLogger(__name__)
+TELEMETRY_GROUP = "telemetry"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Jobs the consumer hands to the writer
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StationRef:
+    """What a connection knows about its station without reading the database again."""
+
+    pk: int
+    station_id: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """The answer to an incoming CALL: a CALLRESULT payload, or a CALLERROR code and description."""
+
+    payload: dict[str, Any] | None = None
+    error_code: str = ""
+    error_description: str = ""
+    retransmit: bool = False  # answered from the message log, nothing new stored
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingCall:
+    station: StationRef
+    message_id: str
+    action: str
+    payload: dict[str, Any]
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingSend:
+    """OCPP 2.1 SEND (type 6): stored, never answered."""
+
+    station: StationRef
+    message_id: str
+    action: str
+    payload: dict[str, Any]
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """A frame recorded as is: CALLERRORs we sent for bad frames, CALLRESULTERRORs, CSMS calls and their answers."""
+
+    station: StationRef
+    direction: str
+    message_type: int
+    message_id: str = ""
+    action: str = ""
+    payload: Any = None
+    raw: str = ""
+    response: Any = None
+    error_code: str = ""
+    error_description: str = ""
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    responded_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    station: StationRef
+    channel_name: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    station: StationRef
+    channel_name: str
+    at: datetime
+    code: int | None
+
+
+Job = IncomingCall | IncomingSend | LogEntry | Connected | Disconnected
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryUpdate:
+    """One live reading for the dashboard feed and downstream estimators (integer units, UTC timestamp).
+
+    ``kind``: "meter" (``values`` maps measurand[.phase] to its stored integer), "status" (``status`` is the
+    connector status) or "connection" (``status`` is "online"/"offline").
+    """
+
+    station_id: str
+    kind: str
+    timestamp: datetime
+    evse_id: int = 0
+    values: dict[str, int] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
+    status: str = ""
+    transaction_id: str = ""
+
+
+class BatchContext:
+    """Rows collected while a batch's jobs run, written in bulk before COMMIT."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.logs: list[MessageLog] = []
+        self.meter_values: list[MeterValue] = []
+        self.events: list[StationEvent] = []
+        self.touched: set[int] = set()
+        self.telemetry: list[TelemetryUpdate] = []
+        self.answered: dict[tuple[int, str], CallOutcome] = {}
+
+    def event(self, station: StationRef, kind: str, *, at: datetime | None = None, summary: str = "", **data: Any):
+        self.events.append(
+            StationEvent(
+                station_id=station.pk,
+                kind=kind,
+                timestamp=at or self.now,
+                received_at=self.now,
+                summary=summary[:255],
+                data=data,
+            )
+        )
+
+    def flush(self) -> None:
+        if self.meter_values:
+            MeterValue.objects.bulk_create(self.meter_values)
+        if self.events:
+            StationEvent.objects.bulk_create(self.events)
+        if self.logs:
+            MessageLog.objects.bulk_create(self.logs)
+        if self.touched:
+            # A message proves the station is alive; a station whose socket is already gone stays offline.
+            Station.objects.filter(pk__in=self.touched).update(
+                last_seen=self.now,
+                online=Case(When(channel_name="", then=Value(False)), default=Value(True)),
+            )
+
+
+def batch_apply(jobs: Sequence[Job]) -> list[Any]:
+    """Apply ``jobs`` in one transaction; returns one outcome per job. Called by the writer thread only."""
+    ctx = BatchContext(datetime.now(UTC))
+    with transaction.atomic():
+        _load_answered(ctx, [j for j in jobs if isinstance(j, IncomingCall)])
+        outcomes = [_apply_job(ctx, job) for job in jobs]
+        ctx.flush()
+    if ctx.telemetry:
+        telemetry_committed(updates=ctx.telemetry)
+    return outcomes
+
+
+def telemetry_committed(*, updates: list[TelemetryUpdate]) -> None:
+    """The one place downstream refreshes hang off committed telemetry (meter values, statuses, connections).
+
+    Runs on the writer thread right after the COMMIT that stored ``updates``; keep it quick (enqueue Celery work
+    with ``transaction.on_commit`` rather than computing here). Also publishes the live feed to the channel-layer
+    group ``telemetry`` as ``{"type": "telemetry.update", "updates": [TelemetryUpdate as dict, ...]}``.
+    """
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    message = {"type": "telemetry.update", "updates": [_telemetry_dict(u) for u in updates]}
+    try:
+        async_to_sync(layer.group_send)(TELEMETRY_GROUP, message)
+    except Exception:  # the live feed is best effort: the data is already committed
+        LOG.warning("telemetry publish failed", exc_info=True)
+
+
+def _telemetry_dict(update: TelemetryUpdate) -> dict[str, Any]:
+    data = asdict(update)
+    data["timestamp"] = update.timestamp.isoformat()
+    return data
+
+
+def _load_answered(ctx: BatchContext, calls: list[IncomingCall]) -> None:
+    """Answers already stored for retransmitted CALLs (same station, same message id): one query per batch."""
+    if not calls:
+        return
+    keys = {(c.station.pk, c.message_id) for c in calls}
+    rows = MessageLog.objects.filter(
+        direction=Direction.IN,
+        message_type=ocpp_j.CALL,
+        error_code="",
+        station_id__in={k[0] for k in keys},
+        message_id__in={k[1] for k in keys},
+    ).values_list("station_id", "message_id", "response")
+    for station_pk, message_id, response in rows:
+        if (station_pk, message_id) in keys:
+            ctx.answered[(station_pk, message_id)] = CallOutcome(payload=response, retransmit=True)
+
+
+def _apply_job(ctx: BatchContext, job: Job) -> Any:
+    if isinstance(job, IncomingCall):
+        return _apply_call(ctx, job)
+    if isinstance(job, IncomingSend):
+        ctx.logs.append(
+            MessageLog(
+                station_id=job.station.pk,
+                direction=Direction.IN,
+                message_type=ocpp_j.SEND,
+                message_id=job.message_id,
+                action=job.action,
+                ocpp_version=job.station.version,
+                payload=job.payload,
+                created_at=job.received_at,
+            )
+        )
+        ctx.touched.add(job.station.pk)
+        return None
+    if isinstance(job, LogEntry):
+        ctx.logs.append(
+            MessageLog(
+                station_id=job.station.pk,
+                direction=job.direction,
+                message_type=job.message_type,
+                message_id=job.message_id,
+                action=job.action,
+                ocpp_version=job.station.version,
+                payload=job.payload,
+                raw=job.raw,
+                response=job.response,
+                error_code=job.error_code,
+                error_description=job.error_description[:255],
+                created_at=job.created_at,
+                responded_at=job.responded_at,
+            )
+        )
+        return None
+    if isinstance(job, Connected):
+        return _station_connected(ctx, job)
+    return _station_disconnected(ctx, job)
+
+
+def _apply_call(ctx: BatchContext, job: IncomingCall) -> CallOutcome:
+    key = (job.station.pk, job.message_id)
+    known = ctx.answered.get(key)
+    if known is not None:
+        return CallOutcome(known.payload, known.error_code, known.error_description, retransmit=True)
+    handler = HANDLERS.get(job.action, _generic_handler(job.action))
+    try:
+        payload = handler(ctx, job.station, job.payload)
+        outcome = CallOutcome(payload=payload)
+    except OcppError as exc:
+        outcome = CallOutcome(error_code=exc.code, error_description=exc.description)
+    if not outcome.error_code:
+        ctx.answered[key] = outcome
+    ctx.logs.append(
+        MessageLog(
+            station_id=job.station.pk,
+            direction=Direction.IN,
+            message_type=ocpp_j.CALL,
+            message_id=job.message_id,
+            action=job.action,
+            ocpp_version=job.station.version,
+            payload=job.payload,
+            response=outcome.payload,
+            error_code=outcome.error_code,
+            error_description=outcome.error_description,
+            created_at=job.received_at,
+            responded_at=ctx.now,
+        )
+    )
+    ctx.touched.add(job.station.pk)
+    return outcome
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Connection lifecycle
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _station_connected(ctx: BatchContext, job: Connected) -> str:
+    """Claim the station for ``job.channel_name``; returns the channel of a connection it replaces ("" if none)."""
+    previous = Station.objects.filter(pk=job.station.pk).values_list("channel_name", flat=True).first() or ""
+    Station.objects.filter(pk=job.station.pk).update(
+        channel_name=job.channel_name,
+        online=True,
+        connected_at=job.at,
+        last_seen=job.at,
+        ocpp_version=job.station.version,
+    )
+    if previous and previous != job.channel_name:
+        ctx.event(job.station, StationEventKind.REPLACED, at=job.at, summary="a new connection replaced the old one")
+    ctx.event(job.station, StationEventKind.CONNECTED, at=job.at, summary=f"OCPP {job.station.version}")
+    ctx.telemetry.append(TelemetryUpdate(job.station.station_id, "connection", job.at, status="online"))
+    return previous if previous != job.channel_name else ""
+
+
+def _station_disconnected(ctx: BatchContext, job: Disconnected) -> bool:
+    """Mark offline only if this connection still owns the station (a replaced socket must not)."""
+    released = Station.objects.filter(pk=job.station.pk, channel_name=job.channel_name).update(
+        channel_name="", online=False
+    )
+    if released:
+        ctx.event(job.station, StationEventKind.DISCONNECTED, at=job.at, summary=f"close code {job.code}")
+        ctx.telemetry.append(TelemetryUpdate(job.station.station_id, "connection", job.at, status="offline"))
+    return bool(released)
+
+
+def station_heartbeat_timeouts_mark(*, now: datetime | None = None) -> int:
+    """Mark offline every online station silent for longer than its heartbeat interval plus the grace period.
+
+    Each station is claimed with a conditional UPDATE on the ``last_seen`` we read, so a message arriving
+    meanwhile wins and a concurrent sweep cannot record the timeout twice. Returns how many were marked.
+    """
+    now = now or datetime.now(UTC)
+    grace = timedelta(seconds=settings.OCPP_HEARTBEAT_GRACE)
+    shortest = (
+        Station.objects.filter(online=True)
+        .order_by("heartbeat_interval")
+        .values_list("heartbeat_interval", flat=True)[:1]
+    )
+    if not shortest:
+        return 0
+    horizon = now - grace - timedelta(seconds=shortest[0])
+    candidates = Station.objects.filter(online=True, last_seen__lt=horizon).values_list(
+        "pk", "station_id", "last_seen", "heartbeat_interval"
+    )
+    marked = 0
+    for pk, station_id, last_seen, interval in candidates:
+        if last_seen + timedelta(seconds=interval) + grace >= now:
+            continue
+        with transaction.atomic():
+            claimed = Station.objects.filter(pk=pk, online=True, last_seen=last_seen).update(online=False)
+            if claimed:
+                StationEvent.objects.create(
+                    station_id=pk,
+                    kind=StationEventKind.HEARTBEAT_TIMEOUT,
+                    timestamp=now,
+                    received_at=now,
+                    summary=f"silent since {last_seen.isoformat()} (interval {interval} s)",
+                    data={"last_seen": last_seen.isoformat(), "heartbeat_interval": interval},
+                )
+                marked += 1
+                transaction.on_commit(
+                    lambda sid=station_id: telemetry_committed(
+                        updates=[TelemetryUpdate(sid, "connection", now, status="offline")]
+                    )
+                )
+    return marked
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Station-initiated actions
+# --------------------------------------------------------------------------------------------------------------
+
+Handler = Callable[[BatchContext, StationRef, dict[str, Any]], dict[str, Any]]
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _ts(value: str | None, default: datetime) -> datetime:
+    if not value:
+        return default
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise OcppError("PropertyConstraintViolation", f"not an ISO 8601 date-time: {value!r}") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def station_boot(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    """BootNotification: record what the station is, answer with its configured registration status."""
+    row = Station.objects.only("boot_status", "heartbeat_interval").get(pk=station.pk)
+    cs = payload["chargingStation"]
+    modem = cs.get("modem", {})
+    Station.objects.filter(pk=station.pk).update(
+        vendor=cs["vendorName"],
+        model=cs["model"],
+        serial_number=cs.get("serialNumber", ""),
+        firmware_version=cs.get("firmwareVersion", ""),
+        last_boot_at=ctx.now,
+        last_boot_reason=payload["reason"],
+        ocpp_version=station.version,
+    )
+    ctx.event(
+        station,
+        StationEventKind.BOOTED,
+        summary=f"{payload['reason']}: {row.boot_status}",
+        reason=payload["reason"],
+        status=row.boot_status,
+        firmware=cs.get("firmwareVersion", ""),
+        modem=modem,
+    )
+    return {"currentTime": _iso(ctx.now), "interval": row.heartbeat_interval, "status": row.boot_status}
+
+
+def _heartbeat(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"currentTime": _iso(ctx.now)}
+
+
+def connector_status_record(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    """StatusNotification: the connector's status, newest station timestamp wins."""
+    at = _ts(payload["timestamp"], ctx.now)
+    evse, _ = Evse.objects.get_or_create(station_id=station.pk, evse_id=payload["evseId"])
+    connector, created = Connector.objects.get_or_create(
+        evse=evse, connector_id=payload["connectorId"], defaults={"status": payload["connectorStatus"], "status_at": at}
+    )
+    if not created and (connector.status_at is None or connector.status_at <= at):
+        Connector.objects.filter(pk=connector.pk).update(status=payload["connectorStatus"], status_at=at)
+    ctx.telemetry.append(
+        TelemetryUpdate(station.station_id, "status", at, evse_id=payload["evseId"], status=payload["connectorStatus"])
+    )
+    return {}
+
+
+def _id_token_info(id_token: dict[str, Any]) -> dict[str, Any]:
+    token = IdToken.objects.select_related("group").filter(id_token=id_token["idToken"], type=id_token["type"]).first()
+    if token is None:
+        return {"status": "Unknown"}
+    info: dict[str, Any] = {"status": token.status}
+    if token.group is not None:
+        info["groupIdToken"] = {"idToken": token.group.id_token, "type": token.group.type}
+    return info
+
+
+def id_token_authorize(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"idTokenInfo": _id_token_info(payload["idToken"])}
+
+
+# OCPP unit -> (stored unit, factor); values are stored as round(value * 10^multiplier * factor).
+_UNITS: dict[str, tuple[str, int]] = {
+    "Wh": ("Wh", 1),
+    "kWh": ("Wh", 1000),
+    "W": ("W", 1),
+    "kW": ("W", 1000),
+    "varh": ("varh", 1),
+    "kvarh": ("varh", 1000),
+    "var": ("var", 1),
+    "kvar": ("var", 1000),
+    "VA": ("VA", 1),
+    "kVA": ("VA", 1000),
+    "Percent": ("Percent", 1),
+    "A": ("mA", 1000),
+    "V": ("mV", 1000),
+    "Hz": ("mHz", 1000),
+    "Celsius": ("mCelsius", 1000),
+    "K": ("mK", 1000),
+}
+_DEFAULT_UNIT = [
+    ("Energy.Reactive", "varh"),
+    ("Energy", "Wh"),
+    ("Power.Reactive", "var"),
+    ("Power.Factor", ""),
+    ("Power", "W"),
+    ("SoC", "Percent"),
+    ("Current", "A"),
+    ("Voltage", "V"),
+    ("Frequency", "Hz"),
+    ("Temperature", "Celsius"),
+]
+
+
+def _unit_for(measurand: str, sampled: dict[str, Any]) -> tuple[str, int, int]:
+    uom = sampled.get("unitOfMeasure") or {}
+    unit = uom.get("unit") or next((u for prefix, u in _DEFAULT_UNIT if measurand.startswith(prefix)), "Wh")
+    stored, factor = _UNITS.get(unit, (unit or "permille", 1000 if not unit else 1))
+    return stored, factor, int(uom.get("multiplier", 0))
+
+
+def _meter_rows(
+    ctx: BatchContext,
+    station: StationRef,
+    meter_values: list[dict[str, Any]],
+    *,
+    evse_id: int,
+    source: str,
+    transaction: Transaction | None = None,
+) -> TelemetryUpdate | None:
+    """Queue integer MeterValue rows; returns the newest sample set as a telemetry update."""
+    newest: TelemetryUpdate | None = None
+    for mv in meter_values:
+        at = _ts(mv["timestamp"], ctx.now)
+        values: dict[str, int] = {}
+        units: dict[str, str] = {}
+        for sv in mv["sampledValue"]:
+            measurand = sv.get("measurand", "Energy.Active.Import.Register")
+            unit, factor, multiplier = _unit_for(measurand, sv)
+            value = round(float(sv["value"]) * (10.0**multiplier) * factor)
+            ctx.meter_values.append(
+                MeterValue(
+                    station_id=station.pk,
+                    evse_id=evse_id,
+                    transaction=transaction,
+                    timestamp=at,
+                    received_at=ctx.now,
+                    measurand=measurand,
+                    phase=sv.get("phase", ""),
+                    location=sv.get("location", ""),
+                    context=sv.get("context", ""),
+                    value=value,
+                    unit=unit,
+                    source=source,
+                )
+            )
+            name = f"{measurand}.{sv['phase']}" if sv.get("phase") else measurand
+            if sv.get("location", "Outlet") == "Outlet":
+                values[name] = value
+                units[name] = unit
+        if newest is None or at >= newest.timestamp:
+            newest = TelemetryUpdate(
+                station.station_id,
+                "meter",
+                at,
+                evse_id=evse_id,
+                values=values,
+                units=units,
+                transaction_id=transaction.transaction_id if transaction else "",
+            )
+    return newest
+
+
+def meter_values_record(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    update = _meter_rows(ctx, station, payload["meterValue"], evse_id=payload["evseId"], source="MeterValues")
+    if update is not None:
+        ctx.telemetry.append(update)
+    return {}
+
+
+def transaction_event_record(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    """TransactionEvent: stored once per (transaction, seqNo); the transaction's state follows the highest seqNo.
+
+    Offline-queued events replayed out of order still land as their own rows (read them ordered by seqNo), and an
+    older event never overwrites the state set by a newer one.
+    """
+    info = payload["transactionInfo"]
+    at = _ts(payload["timestamp"], ctx.now)
+    seq_no = payload["seqNo"]
+    event_type = payload["eventType"]
+    evse = payload.get("evse") or {}
+    tx, _ = Transaction.objects.get_or_create(
+        station_id=station.pk,
+        transaction_id=info["transactionId"],
+        defaults={"evse_id": evse.get("id"), "connector_id": evse.get("connectorId"), "started_at": at},
+    )
+    response: dict[str, Any] = {}
+    if "idToken" in payload:
+        response["idTokenInfo"] = _id_token_info(payload["idToken"])
+    if TransactionEvent.objects.filter(transaction=tx, seq_no=seq_no).exists():
+        return response  # the same event again (e.g. replayed after a reconnect): already stored
+    TransactionEvent.objects.create(
+        transaction=tx,
+        seq_no=seq_no,
+        event_type=event_type,
+        trigger_reason=payload["triggerReason"],
+        timestamp=at,
+        received_at=ctx.now,
+        offline=bool(payload.get("offline", False)),
+        charging_state=info.get("chargingState", ""),
+        payload=payload,
+    )
+    update = _meter_rows(
+        ctx,
+        station,
+        payload.get("meterValue", []),
+        evse_id=evse.get("id", tx.evse_id or 0),
+        source="TransactionEvent",
+        transaction=tx,
+    )
+    if update is not None:
+        ctx.telemetry.append(update)
+    _transaction_state_apply(tx, payload, at, seq_no, update)
+    return response
+
+
+def _transaction_state_apply(
+    tx: Transaction, payload: dict[str, Any], at: datetime, seq_no: int, update: TelemetryUpdate | None
+) -> None:
+    info = payload["transactionInfo"]
+    evse = payload.get("evse") or {}
+    changes: dict[str, Any] = {}
+    if payload["eventType"] == "Started" and (tx.started_at is None or at < tx.started_at):
+        changes["started_at"] = at
+    if payload["eventType"] == "Ended":
+        changes.update(active=False, ended_at=at, stopped_reason=info.get("stoppedReason", "Local"))
+    if "idToken" in payload:
+        changes["id_token"] = payload["idToken"]["idToken"]
+    if seq_no > tx.last_seq_no:
+        changes["last_seq_no"] = seq_no
+        if "chargingState" in info:
+            changes["charging_state"] = info["chargingState"]
+        if evse.get("id"):
+            changes.update(evse_id=evse["id"], connector_id=evse.get("connectorId", tx.connector_id))
+        if update is not None and "Energy.Active.Import.Register" in update.values:
+            changes["energy_wh"] = update.values["Energy.Active.Import.Register"]
+    if changes:
+        Transaction.objects.filter(pk=tx.pk).update(**changes)
+
+
+def device_report_record(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    """NotifyReport: upsert each reported variable attribute of the device model."""
+    rows: list[DeviceVariable] = []
+    for item in payload.get("reportData", []):
+        component, variable = item["component"], item["variable"]
+        evse = component.get("evse") or {}
+        characteristics = item.get("variableCharacteristics") or {}
+        for attribute in item["variableAttribute"]:
+            rows.append(
+                DeviceVariable(
+                    station_id=station.pk,
+                    component=component["name"],
+                    component_instance=component.get("instance", ""),
+                    evse_id=evse.get("id", 0),
+                    connector_id=evse.get("connectorId", 0),
+                    variable=variable["name"],
+                    variable_instance=variable.get("instance", ""),
+                    attribute_type=attribute.get("type", "Actual"),
+                    value=attribute.get("value", ""),
+                    mutability=attribute.get("mutability", ""),
+                    data_type=characteristics.get("dataType", ""),
+                    unit=characteristics.get("unit", ""),
+                    updated_at=ctx.now,
+                )
+            )
+    if rows:
+        DeviceVariable.objects.bulk_create(
+            rows,
+            update_conflicts=True,
+            unique_fields=[
+                "station",
+                "component",
+                "component_instance",
+                "evse_id",
+                "connector_id",
+                "variable",
+                "variable_instance",
+                "attribute_type",
+            ],
+            update_fields=["value", "mutability", "data_type", "unit", "updated_at"],
+        )
+    return {}
+
+
+def _notify_event(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    for item in payload["eventData"]:
+        ctx.event(
+            station,
+            StationEventKind.NOTIFY_EVENT,
+            at=_ts(item["timestamp"], ctx.now),
+            summary=f"{item['component']['name']}.{item['variable']['name']}={item['actualValue']} ({item['trigger']})",
+            **item,
+        )
+    return {}
+
+
+def _security_event(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    ctx.event(
+        station,
+        StationEventKind.SECURITY_EVENT,
+        at=_ts(payload["timestamp"], ctx.now),
+        summary=payload["type"],
+        **payload,
+    )
+    return {}
+
+
+def _event_handler(kind: str, summary_key: str, response: dict[str, Any] | None = None) -> Handler:
+    def handle(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+        ctx.event(station, kind, summary=str(payload.get(summary_key, "")), **payload)
+        return dict(response or {})
+
+    return handle
+
+
+def _data_transfer(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    ctx.event(station, StationEventKind.DATA_TRANSFER, summary=payload["vendorId"], **payload)
+    return {"status": "UnknownVendorId"}  # no vendor extensions are implemented
+
+
+def _charging_limit(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    limit = payload["chargingLimit"]
+    ctx.event(station, StationEventKind.CHARGING_LIMIT, summary=limit["chargingLimitSource"], **payload)
+    return {}
+
+
+def charging_profiles_report_record(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    """ReportChargingProfiles: the station's installed profiles replace what it reported before for them."""
+    evse_id = payload["evseId"]
+    profiles = payload["chargingProfile"]
+    ChargingProfile.objects.filter(
+        station_id=station.pk,
+        evse_id=evse_id,
+        source=ProfileSource.REPORTED,
+        profile_id__in=[p["id"] for p in profiles],
+    ).update(active=False)
+    ChargingProfile.objects.bulk_create(
+        ChargingProfile(
+            station_id=station.pk,
+            evse_id=evse_id,
+            profile_id=p["id"],
+            stack_level=p["stackLevel"],
+            purpose=p["chargingProfilePurpose"],
+            kind=p["chargingProfileKind"],
+            source=ProfileSource.REPORTED,
+            limit_source=str(payload["chargingLimitSource"]),
+            payload=p,
+            recorded_at=ctx.now,
+        )
+        for p in profiles
+    )
+    return {}
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else round(float(value))
+
+
+def ev_charging_needs_record(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    """NotifyEVChargingNeeds (2.0.1 and 2.1 incl. v2xChargingParameters), stored in W / Wh."""
+    needs = payload["chargingNeeds"]
+    ac = needs.get("acChargingParameters") or {}
+    dc = needs.get("dcChargingParameters") or {}
+    v2x = needs.get("v2xChargingParameters") or {}
+    departure = needs.get("departureTime")
+    EvChargingNeeds.objects.create(
+        station_id=station.pk,
+        evse_id=payload["evseId"],
+        received_at=ctx.now,
+        requested_energy_transfer=needs["requestedEnergyTransfer"],
+        control_mode=needs.get("controlMode", ""),
+        mobility_needs_mode=needs.get("mobilityNeedsMode", ""),
+        departure_time=_ts(departure, ctx.now) if departure else None,
+        energy_amount_wh=_int_or_none(ac.get("energyAmount", dc.get("energyAmount"))),
+        ev_max_power_w=_int_or_none(dc.get("evMaxPower")),
+        min_charge_power_w=_int_or_none(v2x.get("minChargePower")),
+        max_charge_power_w=_int_or_none(v2x.get("maxChargePower")),
+        min_discharge_power_w=_int_or_none(v2x.get("minDischargePower")),
+        max_discharge_power_w=_int_or_none(v2x.get("maxDischargePower")),
+        ev_target_energy_request_wh=_int_or_none(v2x.get("evTargetEnergyRequest")),
+        ev_min_energy_request_wh=_int_or_none(v2x.get("evMinEnergyRequest")),
+        ev_max_energy_request_wh=_int_or_none(v2x.get("evMaxEnergyRequest")),
+        ev_min_v2x_energy_request_wh=_int_or_none(v2x.get("evMinV2XEnergyRequest")),
+        ev_max_v2x_energy_request_wh=_int_or_none(v2x.get("evMaxV2XEnergyRequest")),
+        target_soc=v2x.get("targetSoC"),
+        payload=needs,
+    )
+    return {"status": "Accepted"}
+
+
+def _der_alarm(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    DerAlarm.objects.create(
+        station_id=station.pk,
+        control_type=payload["controlType"],
+        grid_event_fault=payload.get("gridEventFault", ""),
+        alarm_ended=bool(payload.get("alarmEnded", False)),
+        timestamp=_ts(payload["timestamp"], ctx.now),
+        received_at=ctx.now,
+        extra_info=payload.get("extraInfo", ""),
+    )
+    return {}
+
+
+def _der_start_stop(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    DerControl.objects.filter(station_id=station.pk, control_id=payload["controlId"]).update(started=payload["started"])
+    if payload.get("supersededIds"):
+        DerControl.objects.filter(station_id=station.pk, control_id__in=payload["supersededIds"]).update(
+            is_superseded=True
+        )
+    ctx.event(
+        station,
+        StationEventKind.DER_START_STOP,
+        at=_ts(payload["timestamp"], ctx.now),
+        summary=f"{payload['controlId']} {'started' if payload['started'] else 'stopped'}",
+        **payload,
+    )
+    return {}
+
+
+# ReportDERControl list key -> DERControlEnumType for blocks that do not name their own type.
+_DER_BLOCKS = {
+    "curve": None,
+    "enterService": "EnterService",
+    "fixedPFAbsorb": "FixedPFAbsorb",
+    "fixedPFInject": "FixedPFInject",
+    "fixedVar": "FixedVar",
+    "freqDroop": "FreqDroop",
+    "gradient": "Gradients",
+    "limitMaxDischarge": "LimitMaxDischarge",
+}
+
+
+def der_controls_report_record(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    rows = []
+    for key, control_type in _DER_BLOCKS.items():
+        for item in payload.get(key, []):
+            rows.append(
+                DerControl(
+                    station_id=station.pk,
+                    control_id=item["id"],
+                    control_type=control_type or item["curveType"],
+                    is_default=bool(item.get("isDefault", False)),
+                    is_superseded=bool(item.get("isSuperseded", False)),
+                    source=ProfileSource.REPORTED,
+                    payload=item,
+                    recorded_at=ctx.now,
+                )
+            )
+    DerControl.objects.bulk_create(rows)
+    return {}
+
+
+def _certificate_chain_status(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    # No OCSP/CRL client: every certificate's revocation status is honestly Unknown.
+    next_update = _iso(ctx.now + timedelta(hours=1))
+    return {
+        "certificateStatus": [
+            {
+                "certificateHashData": req["certificateHashData"],
+                "source": req["source"],
+                "status": "Unknown",
+                "nextUpdate": next_update,
+            }
+            for req in payload["certificateStatusRequests"]
+        ]
+    }
+
+
+def _generic_handler(action: str) -> Handler:
+    """Actions kept in the message log only; answered with the schema's minimal truthful response."""
+    fixed = _FIXED_RESPONSES.get(action, {})
+
+    def handle(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+        response = dict(fixed)
+        if action == "VatNumberValidation":
+            response["vatNumber"] = payload["vatNumber"]
+        return response
+
+    return handle
+
+
+# No PKI, no ISO 15118 certificate service, no dynamic schedules, no VAT lookup are run by this CSMS: refuse.
+_FIXED_RESPONSES: dict[str, dict[str, Any]] = {
+    "Get15118EVCertificate": {"status": "Failed", "exiResponse": ""},
+    "GetCertificateStatus": {"status": "Failed"},
+    "SignCertificate": {"status": "Rejected"},
+    "NotifyEVChargingSchedule": {"status": "Accepted"},
+    "OpenPeriodicEventStream": {"status": "Accepted"},
+    "PullDynamicScheduleUpdate": {"status": "Rejected"},
+    "VatNumberValidation": {"status": "Rejected"},
+}
+
+HANDLERS: dict[str, Handler] = {
+    "BootNotification": station_boot,
+    "Heartbeat": _heartbeat,
+    "StatusNotification": connector_status_record,
+    "Authorize": id_token_authorize,
+    "MeterValues": meter_values_record,
+    "TransactionEvent": transaction_event_record,
+    "NotifyReport": device_report_record,
+    "NotifyEvent": _notify_event,
+    "NotifyEVChargingNeeds": ev_charging_needs_record,
+    "NotifyChargingLimit": _charging_limit,
+    "ClearedChargingLimit": _event_handler(StationEventKind.CHARGING_LIMIT_CLEARED, "chargingLimitSource"),
+    "ReportChargingProfiles": charging_profiles_report_record,
+    "SecurityEventNotification": _security_event,
+    "FirmwareStatusNotification": _event_handler(StationEventKind.FIRMWARE_STATUS, "status"),
+    "LogStatusNotification": _event_handler(StationEventKind.LOG_STATUS, "status"),
+    "ReservationStatusUpdate": _event_handler(StationEventKind.RESERVATION_STATUS, "reservationUpdateStatus"),
+    "DataTransfer": _data_transfer,
+    "NotifyDERAlarm": _der_alarm,
+    "NotifyDERStartStop": _der_start_stop,
+    "ReportDERControl": der_controls_report_record,
+    "GetCertificateChainStatus": _certificate_chain_status,
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Provisioning
+# --------------------------------------------------------------------------------------------------------------
+
+
+def stations_add(
+    *,
+    station_ids: Sequence[str],
+    password: str,
+    update: bool = False,
+    boot_status: str = BootStatus.ACCEPTED,
+) -> tuple[int, int]:
+    """Create stations (one bulk insert for a whole fleet); ``update`` also resets existing ones' password.
+
+    Returns (created, updated). Raises WeakStationPassword for a password outside 16-40 characters.
+    """
+    from chargers.passwords import password_hash
+
+    password_hash(password)  # validate once before touching anything
+    with transaction.atomic():
+        existing = set(Station.objects.filter(station_id__in=station_ids).values_list("station_id", flat=True))
+        new = [
+            Station(station_id=sid, password_hash=password_hash(password), boot_status=boot_status)
+            for sid in dict.fromkeys(station_ids)
+            if sid not in existing
+        ]
+        Station.objects.bulk_create(new, batch_size=1000)
+        updated = 0
+        if update and existing:
+            # One salted hash per station; bulk_update keeps it to a few statements for a whole fleet.
+            rows = list(Station.objects.filter(station_id__in=existing))
+            for row in rows:
+                row.set_password(password)
+                row.boot_status = boot_status
+            updated = Station.objects.bulk_update(rows, ["password_hash", "boot_status"], batch_size=1000)
+    return len(new), updated
+
+
+def id_token_add(*, token: str, type: str, status: str, group: str | None = None) -> IdToken:
+    """Create or update an identity token; ``group`` names an existing or new group token of the same type."""
+    group_row = None
+    if group:
+        group_row, _ = IdToken.objects.get_or_create(id_token=group, type=type)
+    row, _ = IdToken.objects.update_or_create(
+        id_token=token, type=type, defaults={"status": status, "group": group_row}
+    )
+    return row
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Commands to stations
+# --------------------------------------------------------------------------------------------------------------
+
+
+class StationCallError(Exception):
+    """Base of the errors ``station_call`` raises."""
+
+
+class StationUnknown(StationCallError):
+    pass
+
+
+class StationOffline(StationCallError):
+    pass
+
+
+class CallTimeout(StationCallError):
+    pass
+
+
+class CallPayloadInvalid(StationCallError):
+    """The request was not sent: it does not match the action's schema (or the action is not a CSMS action)."""
+
+
+class CallErrorResponse(StationCallError):
+    """The station answered with a CALLERROR (or with a CALLRESULT that breaks the response schema)."""
+
+    def __init__(self, code: str, description: str, details: Any = None) -> None:
+        super().__init__(f"{code}: {description}")
+        self.code = code
+        self.description = description
+        self.details = details
+
+
+def station_call(
+    *, station_id: str, action: str, payload: dict[str, Any], timeout: float | None = None
+) -> dict[str, Any]:
+    """Send a CSMS-initiated ``action`` to a station, wherever its socket is; returns the CALLRESULT payload.
+
+    Raises StationUnknown, StationOffline, CallPayloadInvalid (nothing sent), CallTimeout or CallErrorResponse.
+    """
+    return async_to_sync(station_call_async)(station_id=station_id, action=action, payload=payload, timeout=timeout)
+
+
+async def station_call_async(
+    *,
+    station_id: str,
+    action: str,
+    payload: dict[str, Any],
+    timeout: float | None = None,  # noqa: ASYNC109
+) -> dict[str, Any]:
+    """The async twin of ``station_call``, for consumers and async views."""
+    timeout = float(timeout if timeout is not None else settings.OCPP_CALL_TIMEOUT)
+    row = await _station_route(station_id)
+    if row is None:
+        raise StationUnknown(f"no station {station_id!r}")
+    version, channel = row
+    if not channel:
+        raise StationOffline(f"station {station_id!r} is not connected")
+    version = version or "2.0.1"
+    if not ocpp_j.is_csms_action(version, action):
+        raise CallPayloadInvalid(f"{action!r} is not a CSMS-initiated action of OCPP {version}")
+    try:
+        ocpp_j.check(ocpp_j.request_validator(version, action), payload)
+    except OcppError as exc:
+        raise CallPayloadInvalid(f"{action}: {exc.description}") from exc
+    layer = get_channel_layer()
+    assert layer is not None, "CHANNEL_LAYERS must be configured"
+    reply_channel = await layer.new_channel()
+    deadline = time.time() + timeout
+    await layer.send(
+        channel,
+        {"type": "ocpp.call", "action": action, "payload": payload, "reply_to": reply_channel, "deadline": deadline},
+    )
+    try:
+        reply = await asyncio.wait_for(layer.receive(reply_channel), timeout)
+    except TimeoutError as exc:
+        raise CallTimeout(f"{station_id} did not answer {action} within {timeout:g} s") from exc
+    return _reply_unpack(station_id, action, reply)
+
+
+def _reply_unpack(station_id: str, action: str, reply: dict[str, Any]) -> dict[str, Any]:
+    status = reply.get("status")
+    if status == "result":
+        return dict(reply["payload"])
+    if status == "offline":
+        raise StationOffline(f"station {station_id!r} disconnected before answering {action}")
+    if status == "timeout":
+        raise CallTimeout(f"{station_id} did not answer {action} in time")
+    raise CallErrorResponse(reply.get("code", "InternalError"), reply.get("description", ""), reply.get("details"))
+
+
+@database_sync_to_async
+def _station_route(station_id: str) -> tuple[str, str] | None:
+    return Station.objects.filter(station_id=station_id).values_list("ocpp_version", "channel_name").first()
+
+
+def charging_profile_set(
+    *, station_id: str, evse_id: int, profile: dict[str, Any], timeout: float | None = None
+) -> dict[str, Any]:
+    """SetChargingProfile (incl. 2.1 V2X operation modes) and record the profile with the station's answer."""
+    response = station_call(
+        station_id=station_id,
+        action="SetChargingProfile",
+        payload={"evseId": evse_id, "chargingProfile": profile},
+        timeout=timeout,
+    )
+    ChargingProfile.objects.create(
+        station=Station.objects.get(station_id=station_id),
+        evse_id=evse_id,
+        profile_id=profile["id"],
+        stack_level=profile["stackLevel"],
+        purpose=profile["chargingProfilePurpose"],
+        kind=profile["chargingProfileKind"],
+        source=ProfileSource.CSMS,
+        status=response.get("status", ""),
+        active=response.get("status") == "Accepted",
+        payload=profile,
+        recorded_at=datetime.now(UTC),
+    )
+    return response
+
+
+def der_control_set(*, station_id: str, control: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    """SetDERControl (OCPP 2.1) and record the control with the station's answer."""
+    response = station_call(station_id=station_id, action="SetDERControl", payload=control, timeout=timeout)
+    DerControl.objects.create(
+        station=Station.objects.get(station_id=station_id),
+        control_id=control["controlId"],
+        control_type=control["controlType"],
+        is_default=control["isDefault"],
+        source=ProfileSource.CSMS,
+        status=response.get("status", ""),
+        payload=control,
+        recorded_at=datetime.now(UTC),
+    )
+    return response

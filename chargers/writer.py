@@ -1,0 +1,101 @@
+"""Group commit: one writer per server process turns many stations' writes into one DB transaction.
+
+Consumers ``await writer.submit(job)``; the writer drains everything queued, runs the whole batch in one
+transaction on its own database thread, and resolves each job's future only after COMMIT, so a station is answered
+only once what it sent is durable. While one batch commits the next one accumulates: the batch size adapts to the
+load with no timer, and an idle server answers after a single round trip.
+
+A batch that fails as a whole is retried job by job, each in its own transaction, so one bad job cannot take down
+its neighbours: its own future gets the exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
+
+from django.db import close_old_connections
+
+LOG = logging.getLogger(__name__)
+J = TypeVar("J")
+
+BatchFn = Callable[[Sequence[J]], list[Any]]
+
+
+class GroupCommitWriter(Generic[J]):
+    def __init__(self, batch_fn: BatchFn[J], *, max_batch: int = 1000) -> None:
+        self._batch_fn = batch_fn
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[J, asyncio.Future[Any]]] = asyncio.Queue()
+        # One thread keeps one persistent DB connection; batches are strictly sequential, which is also what
+        # keeps a station's messages in arrival order.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocpp-writer")
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.jobs = 0
+
+    async def submit(self, job: J) -> Any:
+        """Queue ``job`` and wait until its batch has committed; returns the job's result or raises its error."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="ocpp-group-commit")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((job, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            jobs = [job for job, _ in batch]
+            try:
+                outcomes = await loop.run_in_executor(self._executor, self._apply, jobs)
+            except Exception as exc:  # the executor itself failed: nothing was applied
+                LOG.exception("group commit failed")
+                outcomes = [exc] * len(batch)
+            self.batches += 1
+            self.jobs += len(batch)
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():  # the submitter gave up (connection closed); the write stands
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+    def _apply(self, jobs: list[J]) -> list[Any]:
+        """Runs on the writer thread: the batch in one transaction, else each job alone."""
+        try:
+            return self._batch_fn(jobs)
+        except Exception:
+            if len(jobs) == 1:
+                close_old_connections()
+                return [_capture(self._batch_fn, jobs)]
+            LOG.warning("batch of %d failed; retrying job by job", len(jobs), exc_info=True)
+        close_old_connections()
+        return [_capture(self._batch_fn, [job]) for job in jobs]
+
+
+def _capture(batch_fn: BatchFn[J], jobs: list[J]) -> Any:
+    try:
+        return batch_fn(jobs)[0]
+    except Exception as exc:
+        LOG.exception("job failed: %r", jobs[0])
+        return exc
+
+
+_writers: dict[int, GroupCommitWriter[Any]] = {}
+
+
+def writer_for_loop(batch_fn: BatchFn[J]) -> GroupCommitWriter[J]:
+    """The process's writer for the running event loop (Daphne runs one loop; tests may run several)."""
+    loop = asyncio.get_running_loop()
+    writer = _writers.get(id(loop))
+    if writer is None:
+        writer = _writers[id(loop)] = GroupCommitWriter(batch_fn)
+    return writer

@@ -1,0 +1,129 @@
+"""Live CSMS fixtures: a Daphne subprocess serving the real app on a free port, and OCPP clients for it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import websockets.asyncio.client
+from django.conf import settings
+
+from tests.chargers.factories import STATION_PASSWORD
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class LiveServer:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ocpp"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(extra_env: dict[str, str] | None = None) -> LiveServer:
+    port = _free_port()
+    env = {**os.environ, **(extra_env or {})}
+    db_name = str(settings.DATABASES["default"]["NAME"])
+    process = subprocess.Popen([sys.executable, "-m", "tests.chargers.serve", str(port), db_name], cwd=ROOT, env=env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"live server exited with {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return LiveServer(port, process)
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("live server did not start listening within 30 s")
+
+
+def stop_server(server: LiveServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def live_csms(django_db_setup: None, django_db_blocker: object) -> Iterator[LiveServer]:
+    server = start_server()
+    yield server
+    stop_server(server)
+
+
+def basic_auth(station_id: str, password: str = STATION_PASSWORD) -> dict[str, str]:
+    token = base64.b64encode(f"{station_id}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+class StationClient:
+    """A charging station for tests: the `ocpp` library's ChargePoint (v2.0.1 or v2.1) over a real WebSocket."""
+
+    def __init__(self, cp: object, ws: object) -> None:
+        self.cp = cp
+        self.ws = ws
+
+
+@contextlib.asynccontextmanager
+async def station_client(
+    server: LiveServer, station_id: str, *, version: str = "2.1", password: str = STATION_PASSWORD, handlers=None
+) -> AsyncIterator[StationClient]:
+    """Connect as ``station_id``; ``handlers`` maps an action to an async function answering CSMS calls."""
+    from ocpp.v21 import ChargePoint as ChargePoint21
+    from ocpp.v201 import ChargePoint as ChargePoint201
+
+    cls = ChargePoint21 if version == "2.1" else ChargePoint201
+    ws = await websockets.asyncio.client.connect(
+        f"{server.ws_url}/{station_id}",
+        subprotocols=[f"ocpp{version}"],
+        additional_headers=basic_auth(station_id, password),
+        open_timeout=10,
+    )
+    cp = cls(station_id, ws, response_timeout=10)
+    for action, handler in (handlers or {}).items():
+        cp.route_map[action] = {"_on_action": handler, "_skip_schema_validation": False}
+    task = asyncio.create_task(cp.start())
+    try:
+        yield StationClient(cp, ws)
+    finally:
+        task.cancel()
+        await ws.close()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+async def wait_until(predicate, within: float = 10.0, interval: float = 0.05):
+    """Poll an async predicate until it returns something truthy; returns it or fails the test."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within} s")
+        await asyncio.sleep(interval)
