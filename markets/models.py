@@ -321,3 +321,7 @@ class BidEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.bid_id} {self.action} by {self.actor_label} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+# Regulation signal, scores and settlement (the settlement engineer's models, kept in their own module).
+from markets.regulation_models import *  # noqa: E402, F403

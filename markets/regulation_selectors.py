@@ -1,0 +1,300 @@
+"""Reads for regulation scoring and settlement: signal, basepoint, meter readings (deduplicated), prices.
+
+Meter readings: the CSMS stores every sampled value it receives, so a reading retransmitted in a second message
+(an offline queue flushed twice, a MeterValues resent after a lost CALLRESULT) may be stored twice. Everything here
+counts a reading once: the key is (station, EVSE, measurand, phase, timestamp) and the first one received wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import numpy as np
+from django.db.models import Q, Sum
+from numpy.typing import NDArray
+
+from chargers.models import MeterValue
+from markets.models import Award, Product
+from markets.regulation_models import EnergyPrice, RegulationBasepoint, RegulationPrice, RegulationSignal
+
+POWER_IMPORT = "Power.Active.Import"
+POWER_EXPORT = "Power.Active.Export"
+REGISTER_IMPORT = "Energy.Active.Import.Register"
+REGISTER_EXPORT = "Energy.Active.Export.Register"
+OUTLET_LOCATIONS = ("", "Outlet")
+# A power reading is the value in force for at most this long: regulating stations report every 1-2 s, an idle
+# one every 60 s (the edge agent's IdleTxUpdatedInterval); past it the charge point's power is unknown.
+POWER_MAX_AGE_S = 60.0
+
+ChargePoint = tuple[int, int]  # (station pk, EVSE id)
+
+
+def epoch_s(moment: datetime) -> float:
+    return moment.timestamp()
+
+
+@dataclass
+class MeterSeries:
+    """One charge point's deduplicated readings of one kind (net power W, or a register pair Wh)."""
+
+    station_pk: int
+    station_id: str
+    evse_id: int
+    times_s: NDArray[np.float64]
+    values: NDArray[np.float64]  # net power (import - export), or import register
+    second: NDArray[np.float64]  # export register for register series; unused for power
+    meter_ids: list[int]
+    duplicates: int
+    transaction_pk: int | None = None
+    id_token: str = ""
+
+    @property
+    def charge_point(self) -> ChargePoint:
+        return (self.station_pk, self.evse_id)
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the ids of the readings used, in order: an auditor recomputes it to see the set unchanged."""
+        return hashlib.sha256(",".join(map(str, self.meter_ids)).encode()).hexdigest()
+
+
+@dataclass
+class _Acc:
+    station_id: str = ""
+    rows: dict[tuple[float, str], dict[str, tuple[int, int]]] = field(default_factory=dict)  # (t, measurand)
+    ids: list[int] = field(default_factory=list)
+    duplicates: int = 0
+    transaction_pk: int | None = None
+    id_token: str = ""
+
+
+def _meter_rows(measurands: tuple[str, str], start: datetime, end: datetime, stations: Iterable[int] | None):
+    query = MeterValue.objects.filter(
+        timestamp__gte=start, timestamp__lt=end, measurand__in=measurands, location__in=OUTLET_LOCATIONS
+    )
+    if stations is not None:
+        query = query.filter(station_id__in=list(stations))
+    return query.order_by("id").values_list(
+        "id",
+        "station_id",
+        "station__station_id",
+        "evse_id",
+        "measurand",
+        "phase",
+        "timestamp",
+        "value",
+        "transaction_id",
+        "transaction__id_token",
+    )
+
+
+def _collect(measurands: tuple[str, str], start: datetime, end: datetime, stations: Iterable[int] | None):
+    accs: dict[ChargePoint, _Acc] = defaultdict(_Acc)
+    seen: set[tuple[int, int, str, str, datetime]] = set()
+    for pk, station_pk, station_id, evse_id, measurand, phase, ts, value, tx_pk, token in _meter_rows(
+        measurands, start, end, stations
+    ):
+        acc = accs[(station_pk, evse_id)]
+        acc.station_id = station_id
+        key = (station_pk, evse_id, measurand, phase, ts)
+        if key in seen:  # retransmitted reading: counted once, the first received
+            acc.duplicates += 1
+            continue
+        seen.add(key)
+        acc.ids.append(pk)
+        phases = acc.rows.setdefault((ts.timestamp(), measurand), {})
+        phases[phase] = (value, pk)
+        if tx_pk is not None:
+            acc.transaction_pk, acc.id_token = tx_pk, token or ""
+    # A station's EVSE 0 is its main meter: when the EVSEs report, counting EVSE 0 as well would double the energy.
+    metered_stations = {station_pk for station_pk, evse in accs if evse > 0}
+    return {cp: acc for cp, acc in accs.items() if cp[1] > 0 or cp[0] not in metered_stations}
+
+
+def _phase_total(phases: dict[str, tuple[int, int]]) -> int:
+    """The total reading when the station sent one (phase ""), else the sum of its per-phase readings."""
+    if "" in phases:
+        return phases[""][0]
+    return sum(value for value, _ in phases.values())
+
+
+def _series(cp: ChargePoint, acc: _Acc, first: str, second: str) -> MeterSeries:
+    by_time: dict[float, dict[str, int]] = defaultdict(dict)
+    for (t, measurand), phases in acc.rows.items():
+        by_time[t][measurand] = _phase_total(phases)
+    times = np.array(sorted(by_time), dtype=float)
+    firsts = np.array([by_time[t].get(first, 0) for t in times], dtype=float)
+    seconds = np.array([by_time[t].get(second, 0) for t in times], dtype=float)
+    return MeterSeries(
+        station_pk=cp[0],
+        station_id=acc.station_id,
+        evse_id=cp[1],
+        times_s=times,
+        values=firsts,
+        second=seconds,
+        meter_ids=sorted(acc.ids),
+        duplicates=acc.duplicates,
+        transaction_pk=acc.transaction_pk,
+        id_token=acc.id_token,
+    )
+
+
+def charge_point_power(
+    *, start: datetime, end: datetime, stations: Iterable[int] | None = None, lookback_s: float = POWER_MAX_AGE_S
+) -> list[MeterSeries]:
+    """Net power (W, + import) per charge point from ``start - lookback`` to ``end``, deduplicated.
+
+    The look-back gives the reading in force at ``start``. ``values`` = Power.Active.Import - Power.Active.Export
+    at each timestamp (stations that report a signed import and no export work too).
+    """
+    accs = _collect((POWER_IMPORT, POWER_EXPORT), start - timedelta(seconds=lookback_s), end, stations)
+    series = [_series(cp, acc, POWER_IMPORT, POWER_EXPORT) for cp, acc in accs.items()]
+    for s in series:
+        s.second = np.zeros(0)
+    return sorted(series, key=lambda s: s.charge_point)
+
+
+def charge_point_registers(
+    *, start: datetime, end: datetime, stations: Iterable[int] | None = None
+) -> dict[ChargePoint, MeterSeries]:
+    """Energy registers per charge point: ``values`` import, ``second`` export (Wh), at each reading time.
+
+    Only timestamps that carry both registers are kept (a meter with no export register counts export as 0), so a
+    delta is always taken between comparable readings.
+    """
+    accs = _collect((REGISTER_IMPORT, REGISTER_EXPORT), start, end, stations)
+    out: dict[ChargePoint, MeterSeries] = {}
+    for cp, acc in accs.items():
+        import_times = {t for (t, m) in acc.rows if m == REGISTER_IMPORT}
+        export_times = {t for (t, m) in acc.rows if m == REGISTER_EXPORT}
+        keep = import_times & export_times if export_times else import_times  # import-only meters: export 0
+        acc.rows = {k: v for k, v in acc.rows.items() if k[0] in keep}
+        out[cp] = _series(cp, acc, REGISTER_IMPORT, REGISTER_EXPORT)
+    return out
+
+
+def _held_series(model: type[RegulationSignal] | type[RegulationBasepoint], field_name: str, **filters):
+    """Values of a step series from the one in force at ``start`` to ``end`` as (epoch s, values, count)."""
+    start: datetime = filters.pop("start")
+    end: datetime = filters.pop("end")
+    base = model.objects.filter(**filters)
+    before = base.filter(at__lte=start).order_by("-at").values_list("at", field_name)[:1]
+    within = base.filter(at__gt=start, at__lt=end).order_by("at").values_list("at", field_name)
+    rows = list(before) + list(within)
+    times = np.array([at.timestamp() for at, _ in rows], dtype=float)
+    values = np.array([float(v) for _, v in rows], dtype=float)
+    return times, values, len(rows)
+
+
+def signal_values(
+    *, product: Product, portfolio: str, start: datetime, end: datetime
+) -> tuple[NDArray[np.float64], NDArray[np.float64], int]:
+    """The normalised signal in force from ``start`` to ``end``: (epoch seconds, values, number of samples)."""
+    return _held_series(RegulationSignal, "value", product=product, portfolio=portfolio, start=start, end=end)
+
+
+def basepoint_values(
+    *, product: Product, portfolio: str, start: datetime, end: datetime
+) -> tuple[NDArray[np.float64], NDArray[np.float64], int]:
+    """The fleet basepoint (W) in force from ``start`` to ``end``."""
+    return _held_series(RegulationBasepoint, "basepoint_w", product=product, portfolio=portfolio, start=start, end=end)
+
+
+def awarded_capacity_w(*, product: Product, portfolio: str, at: datetime) -> int:
+    """Regulation capacity (W) awarded to a portfolio for the interval containing ``at``."""
+    total = Award.objects.filter(
+        product=product, portfolio=portfolio, interval_start__lte=at, interval_end__gt=at
+    ).aggregate(total=Sum("awarded_w"))["total"]
+    return int(total or 0)
+
+
+def awards_in_force(*, product: Product | None = None, at: datetime) -> list[Award]:
+    query = Award.objects.filter(interval_start__lte=at, interval_end__gt=at, awarded_w__gt=0)
+    if product is not None:
+        query = query.filter(product=product)
+    return list(query.select_related("product__operator").order_by("id"))
+
+
+def regulation_price(*, product: Product, interval_start: datetime, as_of: datetime) -> RegulationPrice | None:
+    """The newest belief about an hour's regulation prices known at ``as_of``."""
+    return (
+        RegulationPrice.objects.filter(product=product, interval_start=interval_start, belief_time__lte=as_of)
+        .order_by("-belief_time", "-id")
+        .first()
+    )
+
+
+def energy_prices(
+    *, operator_id: int, location: str, start: datetime, end: datetime, as_of: datetime
+) -> list[tuple[datetime, int, Decimal]]:
+    """Energy price intervals (start, minutes, $/MWh) covering ``[start, end)``, newest belief known at ``as_of``."""
+    rows = (
+        EnergyPrice.objects.filter(
+            Q(operator_id=operator_id, location=location, belief_time__lte=as_of),
+            interval_start__gte=start,
+            interval_start__lt=end,
+        )
+        .order_by("interval_start", "-belief_time", "-id")
+        .values_list("interval_start", "interval_minutes", "price")
+    )
+    newest: dict[datetime, tuple[datetime, int, Decimal]] = {}
+    for interval_start, minutes, price in rows:
+        newest.setdefault(interval_start, (interval_start, minutes, price))
+    return list(newest.values())
+
+
+@dataclass(frozen=True)
+class ChargePointVehicle:
+    """Who a charge point served over a period: the fleet vehicle and its owner when known."""
+
+    vehicle_id: int | None
+    owner_id: int | None
+    vehicle_ref: str
+    owner_ref: str
+    charge_efficiency: float = 0.92
+    discharge_efficiency: float = 0.92
+
+
+def charge_point_vehicles(*, series: list[MeterSeries], start: datetime, end: datetime) -> list[ChargePointVehicle]:
+    """The vehicle plugged in at each charge point for the longest part of ``[start, end)`` (``fleet.PlugSession``).
+
+    Without a matching session the session's id token (or the charge point itself) names the vehicle and the owner
+    is ``unassigned``: revenue is still attributed to where the energy was metered, never dropped.
+    """
+    from fleet.models import PlugSession  # fleet depends on nothing here; imported late to keep the apps decoupled
+
+    sessions = (
+        PlugSession.objects.filter(station_id__in={s.station_id for s in series}, started_at__lt=end)
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=start))
+        .select_related("vehicle__fleet__organisation")
+    )
+    best: dict[tuple[str, int | None], tuple[float, PlugSession]] = {}
+    for session in sessions:
+        overlap = (min(session.ended_at or end, end) - max(session.started_at, start)).total_seconds()
+        key = (session.station_id, session.evse_id)
+        if key not in best or overlap > best[key][0]:
+            best[key] = (overlap, session)
+    out = []
+    for s in series:
+        found = best.get((s.station_id, s.evse_id)) or best.get((s.station_id, None))
+        if found is None:
+            out.append(ChargePointVehicle(None, None, s.id_token or f"{s.station_id}/{s.evse_id}", "unassigned"))
+            continue
+        vehicle = found[1].vehicle
+        organisation = vehicle.fleet.organisation
+        out.append(
+            ChargePointVehicle(
+                vehicle.pk,
+                organisation.pk,
+                vehicle.name,
+                organisation.name,
+                vehicle.charge_efficiency,
+                vehicle.discharge_efficiency,
+            )
+        )
+    return out
