@@ -1,0 +1,97 @@
+"""Fleet REST API: authenticated, scoped to the user's organisation, validated input."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from fleet import services
+from fleet.models import DeparturePlan, PlanSource
+from tests.fleet.factories import FleetFactory, PlugSessionFactory, UserFactory, VehicleFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def setup(django_capture_on_commit_callbacks) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    user = UserFactory()
+    mine = FleetFactory()
+    mine.organisation.members.add(user)
+    theirs = FleetFactory()
+    session = PlugSessionFactory(vehicle=VehicleFactory(fleet=mine), started_at=timezone.now() - timedelta(hours=1))
+    with django_capture_on_commit_callbacks(execute=True):  # the refresh task runs after commit
+        services.soc_report(vehicle=session.vehicle, soc_wh=30_000, valid_at=timezone.now())
+    other = VehicleFactory(fleet=theirs)
+    client = APIClient()
+    client.force_authenticate(user)
+    return {"client": client, "vehicle": session.vehicle, "other": other, "fleet": mine}
+
+
+def test_it_refuses_anonymous_calls() -> None:
+    response = APIClient().get("/api/fleet/vehicles/")
+    assert response.status_code in (401, 403)
+
+
+def test_a_user_sees_only_their_organisations_vehicles(setup: dict) -> None:
+    client: APIClient = setup["client"]
+    response = client.get("/api/fleet/vehicles/")
+    assert response.status_code == 200
+    ids = [v["id"] for v in response.json()["results"]]
+    assert ids == [setup["vehicle"].id]
+    assert response.json()["results"][0]["state"]["soc_wh"] == 30_000
+    assert client.get(f"/api/fleet/vehicles/{setup['other'].id}/").status_code == 404
+
+
+def test_the_fleet_manager_sets_a_departure_and_bad_input_is_refused(setup: dict) -> None:
+    client: APIClient = setup["client"]
+    url = f"/api/fleet/vehicles/{setup['vehicle'].id}/departure/"
+    leave = (timezone.now() + timedelta(hours=6)).isoformat()
+    response = client.post(url, {"departure_at": leave, "target_soc_pct": 85}, format="json")
+    assert response.status_code == 201
+    plan = DeparturePlan.objects.get(vehicle=setup["vehicle"])
+    assert (plan.source, plan.target_soc_pct) == (PlanSource.FLEET_MANAGER, 85)
+    bad = client.post(url, {"departure_at": leave, "target_soc_pct": 150}, format="json")
+    assert bad.status_code == 400
+    assert "target_soc_pct" in bad.json()
+    other = client.post(
+        f"/api/fleet/vehicles/{setup['other'].id}/departure/",
+        {"departure_at": leave, "target_soc_pct": 80},
+        format="json",
+    )
+    assert other.status_code == 404
+
+
+def test_the_floor_is_settable_within_bounds(setup: dict) -> None:
+    client: APIClient = setup["client"]
+    url = f"/api/fleet/vehicles/{setup['vehicle'].id}/"
+    assert client.patch(url, {"mobility_floor_pct": 30}, format="json").json()["effective_floor_pct"] == 30
+    assert client.patch(url, {"mobility_floor_pct": 130}, format="json").status_code == 400
+    fleet_url = f"/api/fleet/fleets/{setup['fleet'].id}/"
+    assert client.patch(fleet_url, {"mobility_floor_pct": 25}, format="json").status_code == 200
+
+
+def test_fleet_flexibility_covers_plugged_in_vehicles_by_node(setup: dict) -> None:
+    client: APIClient = setup["client"]
+    response = client.get("/api/fleet/flexibility/", {"intervals": 8, "hold_s": 1800})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["vehicles"] == 1
+    assert len(body["total"]["up_w"]) == 8
+    assert body["total"]["hold_s"] == 1800
+    assert set(body["by_node"]) == {"default"}
+    assert body["total"]["up_w"][0] > 0
+    assert client.get("/api/fleet/flexibility/", {"intervals": 0}).status_code == 400
+    assert client.get("/api/fleet/flexibility/", {"fleet": 999_999}).status_code == 400
+
+
+def test_vehicle_flexibility_and_soc_entry(setup: dict) -> None:
+    client: APIClient = setup["client"]
+    vid = setup["vehicle"].id
+    assert client.post(f"/api/fleet/vehicles/{vid}/soc/", {"soc_pct": 50}, format="json").status_code == 201
+    body = client.get(f"/api/fleet/vehicles/{vid}/flexibility/", {"intervals": 4}).json()
+    assert body["plugged_in"] is True
+    assert body["up_energy_wh"][0] == int((29_000 - 11_600) * 0.9)
+    assert client.post(f"/api/fleet/vehicles/{vid}/soc/", {"soc_pct": -3}, format="json").status_code == 400
