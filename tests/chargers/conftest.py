@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,3 +130,86 @@ async def wait_until(predicate, within: float = 10.0, interval: float = 0.05):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within} s")
         await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def raw_station(server: LiveServer, station_id: str, *, version: str = "2.1") -> AsyncIterator[RawStation]:
+    """A station that writes OCPP-J frames by hand, for malformed frames and exact retransmits."""
+    ws = await websockets.asyncio.client.connect(
+        f"{server.ws_url}/{station_id}",
+        subprotocols=[f"ocpp{version}"],
+        additional_headers=basic_auth(station_id),
+        open_timeout=10,
+    )
+    try:
+        yield RawStation(ws)
+    finally:
+        await ws.close()
+
+
+class RawStation:
+    def __init__(self, ws: websockets.asyncio.client.ClientConnection) -> None:
+        self.ws = ws
+
+    async def send(self, frame: object) -> None:
+        await self.ws.send(frame if isinstance(frame, str) else json.dumps(frame))
+
+    async def recv(self, within: float = 10.0) -> list:
+        return json.loads(await asyncio.wait_for(self.ws.recv(), within))
+
+    async def rpc(self, frame: object, within: float = 10.0) -> list:
+        await self.send(frame)
+        return await self.recv(within)
+
+
+@pytest.fixture
+def call_station(live_csms: LiveServer, transactional_db: None):
+    """``await call_station(station_id, action, payload, timeout)`` through ``station_call`` in some process.
+
+    With REDIS_URL the test process itself calls ``station_call_async`` over the shared channel layer; with the
+    in-memory layer it goes through the server's ``POST /api/stations/<id>/call`` (what ``station call`` does),
+    and HTTP statuses are mapped back to the service's exceptions.
+    """
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    from chargers import services
+
+    if settings.REDIS_URL:
+
+        async def direct(station_id: str, action: str, payload: dict, timeout: float = 10.0) -> dict:  # noqa: ASYNC109
+            return await services.station_call_async(
+                station_id=station_id, action=action, payload=payload, timeout=timeout
+            )
+
+        return direct
+
+    admin = get_user_model().objects.create_user("ops", is_staff=True, password=None)
+    token = Token.objects.create(user=admin).key
+    errors = {
+        404: services.StationUnknown,
+        400: services.CallPayloadInvalid,
+        409: services.StationOffline,
+        504: services.CallTimeout,
+    }
+
+    def post(station_id: str, action: str, payload: dict, timeout: float) -> dict:
+        request = urllib.request.Request(
+            f"{live_csms.http_url}/api/stations/{station_id}/call",
+            data=json.dumps({"action": action, "payload": payload, "timeout": timeout}).encode(),
+            headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout + 10) as response:
+                return json.loads(response.read())["payload"]
+        except urllib.error.HTTPError as exc:
+            body = json.loads(exc.read())
+            if exc.code == 502:
+                raise services.CallErrorResponse(body["code"], body["description"], body.get("details")) from exc
+            raise errors.get(exc.code, RuntimeError)(body.get("error")) from exc
+
+    async def via_api(station_id: str, action: str, payload: dict, timeout: float = 10.0) -> dict:  # noqa: ASYNC109
+        return await asyncio.to_thread(post, station_id, action, payload, timeout)
+
+    return via_api

@@ -1,0 +1,62 @@
+"""``station call`` without a shared channel layer: ask the running server to run ``station_call`` for us.
+
+With the in-memory channel layer (no REDIS_URL) only the server process can reach its sockets, so the command
+posts to ``/api/stations/<id>/call`` with the API token of a staff user (created on first use).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import urllib.error
+import urllib.request
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
+
+
+class RemoteCallError(Exception):
+    pass
+
+
+def station_call_remote(
+    *,
+    station_id: str,
+    action: str,
+    payload: dict[str, Any],
+    timeout: float,
+    server: str | None = None,
+    username: str | None = None,
+) -> dict[str, Any]:
+    base = (server or os.environ.get("VPP_SERVER_URL") or "http://127.0.0.1:8000").rstrip("/")
+    url = f"{base}/api/stations/{urllib.request.quote(station_id, safe='')}/call"
+    body = json.dumps({"action": action, "payload": payload, "timeout": timeout}).encode()
+    request = urllib.request.Request(  # noqa: S310 - the operator names the server; http(s) only below
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Token {_api_token(username)}"},
+    )
+    if not url.startswith(("http://", "https://")):
+        raise RemoteCallError(f"server URL must be http(s): {base}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout + 5) as response:  # noqa: S310
+            return dict(json.loads(response.read())["payload"])
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        with contextlib.suppress(ValueError):
+            detail = json.loads(detail).get("error", detail)
+        raise RemoteCallError(f"HTTP {exc.code}: {detail}") from exc
+    except urllib.error.URLError as exc:
+        raise RemoteCallError(f"cannot reach the server at {base}: {exc.reason}") from exc
+
+
+def _api_token(username: str | None) -> str:
+    users = get_user_model().objects.filter(is_active=True, is_staff=True)
+    user = users.filter(username=username).first() if username else users.filter(is_superuser=True).first()
+    if user is None:
+        raise RemoteCallError(f"no active staff user {username!r}" if username else "no active superuser")
+    token, _ = Token.objects.get_or_create(user=user)
+    return str(token.key)
