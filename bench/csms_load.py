@@ -180,6 +180,9 @@ class Station:
         self.report = report
         self.cfg = cfg
         self.ws: ClientConnection | None = None
+        # Message ids must not repeat across runs either: a CSMS may answer a repeated (station, id) from its
+        # log as a retransmission without storing it again, which would make "stored" fall short of "sent".
+        self._id_prefix = f"{random.getrandbits(48):012x}-"
         self._seq = 0
         self.energy_wh = random.randint(1_000, 50_000_000)
 
@@ -203,7 +206,7 @@ class Station:
 
     def _next_id(self) -> str:
         self._seq += 1
-        return str(self._seq)
+        return f"{self._id_prefix}{self._seq}"
 
     async def call(self, message_id: str, frame: str) -> Any:
         """Send one CALL frame and wait for its CALLRESULT payload; answers any CSMS CALL in between."""
