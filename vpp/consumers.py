@@ -29,4 +29,5 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         return None
 
     async def telemetry_update(self, event: dict[str, Any]) -> None:
-        await self.send_json(event["data"])
+        # The CSMS publishes {"type": "telemetry.update", "updates": [...]} once per committed batch.
+        await self.send_json({"updates": event["updates"]})

@@ -15,10 +15,10 @@ T0 = datetime(2025, 6, 2, 6, 0, tzinfo=UTC)  # a Monday
 class UserFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = get_user_model()
-        skip_postgeneration_save = True
 
     username = factory.Sequence(lambda n: f"manager{n}")
-    password = factory.PostGenerationMethodCall("set_password", "s3cret-pass")
+    # Hashed at create time: a password set after saving would not match the session's auth hash on later requests.
+    password = factory.django.Password("s3cret-pass")
 
 
 class OrganisationFactory(factory.django.DjangoModelFactory):

@@ -29,8 +29,8 @@ async def test_it_forwards_committed_telemetry_to_staff() -> None:
     connected, _ = await communicator.connect()
     assert connected
     # when the CSMS publishes an update to the telemetry group
-    update = {"kind": "meter", "station": "cs-1", "power_w": -7200}
-    await get_channel_layer().group_send(TELEMETRY_GROUP, {"type": "telemetry.update", "data": update})
+    update = {"kind": "meter", "station_id": "cs-1", "values": {"Power.Active.Export": 7200}}
+    await get_channel_layer().group_send(TELEMETRY_GROUP, {"type": "telemetry.update", "updates": [update]})
     # then the browser receives it unchanged
-    assert await communicator.receive_json_from(timeout=2) == update
+    assert await communicator.receive_json_from(timeout=2) == {"updates": [update]}
     await communicator.disconnect()

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.test import Client
+
+from chargers.models import MeterValue
+from fleet.services import soc_report
+from tests.chargers.factories import StationFactory
+from tests.fleet.factories import PlugSessionFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _staff_client_with_a_plugged_car() -> tuple[Client, str]:
+    manager = UserFactory(is_staff=True)
+    session = PlugSessionFactory(started_at=datetime.now(UTC) - timedelta(minutes=5))
+    session.vehicle.fleet.organisation.members.add(manager)
+    station = StationFactory(station_id=session.station_id, online=True)
+    now = datetime.now(UTC)
+    soc_report(vehicle=session.vehicle, soc_wh=29_000, valid_at=now)
+    MeterValue.objects.create(
+        station=station,
+        timestamp=now,
+        received_at=now,
+        measurand="Power.Active.Export",
+        value=7_000,
+        unit="W",
+        source="MeterValues",
+    )
+    client = Client()
+    client.force_login(manager)
+    return client, station.station_id
+
+
+def test_it_sends_anonymous_visitors_to_the_login_page() -> None:
+    response = Client().get("/")
+    assert response.status_code == 302
+    assert "/admin/login/" in response["Location"]
+
+
+def test_it_shows_the_managers_plugged_in_vehicles_and_station_power() -> None:
+    # given a fleet manager whose car is plugged in at a station discharging 7 kW
+    client, station_id = _staff_client_with_a_plugged_car()
+    # when they open the dashboard
+    response = client.get("/")
+    # then the station, its net power and the car's SoC (29 of 58 kWh) are on the page
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert station_id in html
+    assert "-7000 W" in html
+    assert "50.0 %" in html
+
+
+def test_its_json_overview_carries_the_flexibility_envelope() -> None:
+    client, _ = _staff_client_with_a_plugged_car()
+    data = client.get("/dashboard/overview.json").json()
+    assert data["stations_online"] == 1
+    assert data["fleet_power_w"] == -7000
+    assert len(data["flexibility"]["up_w"]) == 96
+    # a half-full 58 kWh car with an 11 kW inverter can discharge right now
+    assert data["flexibility"]["up_w"][0] > 0
+
+
+def test_it_hides_other_organisations_vehicles() -> None:
+    # given a car of another organisation
+    _staff_client_with_a_plugged_car()
+    outsider = UserFactory(is_staff=True)
+    client = Client()
+    client.force_login(outsider)
+    # then the outsider's overview lists no vehicle
+    assert client.get("/dashboard/overview.json").json()["vehicles"] == []

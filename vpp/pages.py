@@ -1,0 +1,8 @@
+from django.urls import path
+
+from vpp import views
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("dashboard/overview.json", views.dashboard_json, name="dashboard-json"),
+]
