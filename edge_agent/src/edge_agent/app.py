@@ -1,0 +1,162 @@
+"""Wiring: configuration -> hardware driver, frequency source, station, OCPP client; and ``run_agent``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+from edge_agent.buffer import Outbox, OutboxStore
+from edge_agent.clock import Clock, SystemClock
+from edge_agent.config import AgentConfig
+from edge_agent.control import DroopSettings, Limits
+from edge_agent.failsafe import SafeMode
+from edge_agent.frequency import GridSample, MeterFrequency, ReplayFrequency, SimulatedFrequency
+from edge_agent.hardware import Hardware
+from edge_agent.hardware.sim import SimulatedCar, SimulatedHardware
+from edge_agent.ocpp_client import OcppClient
+from edge_agent.protection import EnterService
+from edge_agent.runner import tick_forever
+from edge_agent.sessionlog import configure_session_log, log_event
+from edge_agent.station import Station, StationParams
+
+LOG = logging.getLogger("edge_agent")
+
+
+def station_params(cfg: AgentConfig) -> StationParams:
+    c = cfg.control
+    return StationParams(
+        station_id=cfg.station_id,
+        tick_s=c.tick_s,
+        nominal_hz=c.nominal_hz,
+        nominal_voltage_v=cfg.hardware.nominal_voltage_v,
+        limits=Limits(
+            max_charge_w=c.max_charge_w,
+            max_discharge_w=c.max_discharge_w,
+            rated_w=max(c.max_charge_w, c.max_discharge_w),
+            ramp_w_per_s=c.ramp_w_per_s,
+            floor_soc=c.floor_soc,
+        ),
+        droop=DroopSettings(
+            nominal_hz=c.nominal_hz,
+            deadband_over_hz=c.deadband_hz,
+            deadband_under_hz=c.deadband_hz,
+            over_droop=c.droop_pct / 100,
+            under_droop=c.droop_pct / 100,
+        ),
+        default_mode=c.default_mode,
+        meter_interval_s=cfg.ocpp.meter_interval_s,
+        idle_meter_interval_s=cfg.ocpp.idle_meter_interval_s,
+        heartbeat_s=cfg.ocpp.heartbeat_s,
+        filter_samples=c.filter_samples,
+        lookahead_s=c.lookahead_s,
+        islanding_clearing_s=c.islanding_clearing_s,
+        enter_service=EnterService(delay_s=c.enter_service_delay_s, ramp_s=c.enter_service_ramp_s),
+        link_loss_timeout_s=cfg.failsafe.link_loss_timeout_s,
+        safe_mode=SafeMode(cfg.failsafe.mode, cfg.failsafe.charge_limit_w),
+        vendor=cfg.vendor,
+        model=cfg.model,
+    )
+
+
+def device_model_seed(cfg: AgentConfig) -> dict[tuple[str, str], str]:
+    """The config's values as device-model defaults (a value the CSMS set and we persisted wins)."""
+    c, fs = cfg.control, cfg.failsafe
+    return {
+        ("SampledDataCtrlr", "TxUpdatedInterval"): str(max(1, round(cfg.ocpp.meter_interval_s))),
+        ("EdgeAgentCtrlr", "IdleTxUpdatedInterval"): str(max(1, round(cfg.ocpp.idle_meter_interval_s))),
+        ("EdgeAgentCtrlr", "FailSafeMode"): fs.mode,
+        ("EdgeAgentCtrlr", "FailSafeChargeLimit"): f"{fs.charge_limit_w:g}",
+        ("EdgeAgentCtrlr", "LinkLossTimeout"): f"{fs.link_loss_timeout_s:g}",
+        ("EdgeAgentCtrlr", "MobilityFloorSoC"): f"{c.floor_soc * 100:g}",
+        ("EdgeAgentCtrlr", "DroopDeadband"): f"{c.deadband_hz:g}",
+        ("EdgeAgentCtrlr", "DroopPercent"): f"{c.droop_pct:g}",
+    }
+
+
+def make_hardware(cfg: AgentConfig, clock: Clock, grid: SimulatedFrequency | ReplayFrequency | None) -> Hardware:
+    hw = cfg.hardware
+    if hw.driver == "modbus":
+        from edge_agent.hardware.sunspec import SunSpecHardware
+
+        return SunSpecHardware(host=hw.modbus_host, port=hw.modbus_port, unit_id=hw.modbus_unit_id)
+    if hw.driver == "can":
+        from edge_agent.hardware.canbus import CanHardware
+
+        return CanHardware(interface=hw.can_interface, channel=hw.can_channel)
+    return SimulatedHardware(clock=clock, grid=grid, nominal_voltage_v=hw.nominal_voltage_v, ambient_c=hw.sim_ambient_c)
+
+
+def build_station(cfg: AgentConfig, *, clock: Clock, store: OutboxStore) -> Station:
+    source = cfg.frequency.source
+    grid: SimulatedFrequency | ReplayFrequency | None = None
+    if source == "sim":
+        grid = SimulatedFrequency(nominal_hz=cfg.control.nominal_hz)
+    elif source == "replay":
+        grid = ReplayFrequency(path=cfg.frequency.replay_path or None, offset_s=cfg.frequency.replay_offset_s)
+    hardware = make_hardware(cfg, clock, grid)
+    station: Station
+    if grid is not None:
+        station = Station(
+            station_params(cfg), clock=clock, hardware=hardware, grid=grid, outbox=Outbox(store, cfg.station_id)
+        )
+    else:
+        meter = MeterFrequency(reading=lambda: station.last, nominal_voltage_v=cfg.hardware.nominal_voltage_v)
+
+        def read_meter(now: float) -> GridSample:
+            return meter(now)
+
+        station = Station(station_params(cfg), clock=clock, hardware=hardware, grid=read_meter,
+                          outbox=Outbox(store, cfg.station_id))  # fmt: skip
+    station.seed_device_model(device_model_seed(cfg))
+    return station
+
+
+async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, clock: Clock | None = None) -> None:
+    """Run one station until SIGTERM/SIGINT (or ``stop``); leaves the inverter at 0 W on the way out."""
+    clock = clock or SystemClock()
+    var_dir = Path(cfg.var_dir)
+    var_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start-up
+    configure_session_log(cfg.session_log or var_dir / "session.log")
+    store = OutboxStore(var_dir / "edge-agent.sqlite3")
+    station = build_station(cfg, clock=clock, store=store)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if cfg.hardware.driver == "sim":
+        hw = cfg.hardware
+        station.plug_in(
+            SimulatedCar(
+                capacity_wh=hw.sim_capacity_wh,
+                soc=hw.sim_initial_soc,
+                target_soc=hw.sim_target_soc,
+                departure=station.departure_in(hw.sim_departure_h),
+            )
+        )
+    client = OcppClient(
+        station,
+        csms_url=cfg.csms_url,
+        password=cfg.password,
+        versions=cfg.versions,
+        call_timeout_s=cfg.ocpp.call_timeout_s,
+        reconnect_min_s=cfg.ocpp.reconnect_min_s,
+        reconnect_max_s=cfg.ocpp.reconnect_max_s,
+        ping_interval_s=cfg.ocpp.ping_interval_s,
+        validate_messages=cfg.ocpp.validate_messages,
+    )
+    log_event(cfg.station_id, "agent_start", csms=client.url, driver=cfg.hardware.driver, source=cfg.frequency.source)
+    client_task = asyncio.ensure_future(client.run())
+    try:
+        await tick_forever([station], store, cfg.control.tick_s, stop=stop)
+    finally:
+        client.stop()
+        with contextlib.suppress(Exception):
+            await station.hw.apply(0.0, True)
+        await asyncio.gather(client_task, return_exceptions=True)
+        await station.hw.close()
+        store.close()
+        log_event(cfg.station_id, "agent_stop")

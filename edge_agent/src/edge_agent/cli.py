@@ -1,0 +1,113 @@
+"""``edge-agent`` command line.
+
+edge-agent run --config /etc/edge-agent/agent.toml
+edge-agent simulate --count 10 --csms ws://127.0.0.1:8000/ocpp --id-prefix demo --password PW
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from edge_agent import __version__
+from edge_agent.config import ConfigError, load_config
+from edge_agent.sessionlog import configure_session_log
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description="V2G charger-side edge agent (OCPP 2.1/2.0.1)")
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("EDGE_AGENT_LOG_LEVEL", "WARNING"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one agent from a TOML config (env overrides: EDGE_AGENT_*)")
+    run.add_argument("--config", required=False, help="TOML file (default: env and built-in defaults only)")
+
+    sim = sub.add_parser("simulate", help="run N simulated chargers with cars in one process")
+    sim.add_argument("--count", type=int, required=True, help="number of agents")
+    sim.add_argument("--csms", required=True, help="CSMS base URL, e.g. ws://127.0.0.1:8000/ocpp")
+    sim.add_argument("--id-prefix", default="sim", help="station ids are <prefix>-1 ... <prefix>-N")
+    sim.add_argument("--password", default=None, help="Basic-auth password (default: $EDGE_AGENT_PASSWORD)")
+    sim.add_argument("--start-index", type=int, default=1)
+    sim.add_argument("--tick", type=float, default=0.5, help="control-loop period of the simulated chargers, s")
+    sim.add_argument("--meter-interval", type=float, default=1.0, help="meter values while regulating, s")
+    sim.add_argument("--idle-meter-interval", type=float, default=1.0, help="meter values otherwise, s")
+    sim.add_argument("--freq-source", choices=("replay", "sim"), default="replay")
+    sim.add_argument("--ocpp", default="2.1,2.0.1", help="offered OCPP versions, preferred first")
+    sim.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    sim.add_argument("--var-dir", default=os.environ.get("VPP_VAR_DIR"), help="outbox and session log location")
+    sim.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edge_agent.app import run_agent
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"edge-agent: configuration error: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(run_agent(cfg))
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from edge_agent.simulate import Fleet
+
+    password = args.password if args.password is not None else os.environ.get("EDGE_AGENT_PASSWORD", "")
+    if args.count < 1:
+        print("edge-agent: --count must be >= 1", file=sys.stderr)
+        return 2
+    if not args.csms.startswith(("ws://", "wss://")):
+        print("edge-agent: --csms must be a ws:// or wss:// URL", file=sys.stderr)
+        return 2
+    if args.var_dir:
+        configure_session_log(os.path.join(args.var_dir, f"edge-fleet-{args.id_prefix}.log"))
+
+    async def main() -> None:
+        fleet = Fleet(
+            args.count,
+            args.csms,
+            args.id_prefix,
+            password,
+            start_index=args.start_index,
+            tick_s=args.tick,
+            meter_interval_s=args.meter_interval,
+            idle_meter_interval_s=args.idle_meter_interval,
+            freq_source=args.freq_source,
+            versions=[v.strip() for v in args.ocpp.split(",") if v.strip()],
+            var_dir=os.path.join(args.var_dir, "edge-fleet") if args.var_dir else None,
+            seed=args.seed,
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, fleet.stop)
+        report = await fleet.run(args.duration)
+        print(
+            f"edge-agent simulate: {report.count} agents, {report.connected} connected at the end, "
+            f"{report.ticks} ticks in {report.duration_s:.1f} s, {report.queued} messages still queued",
+            file=sys.stderr,
+        )
+
+    asyncio.run(main())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("ocpp").setLevel(max(logging.WARNING, logging.getLogger().level))
+    if args.command == "run":
+        return _cmd_run(args)
+    return _cmd_simulate(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""Agent settings: a TOML file, overridden by environment variables, with safe defaults.
+
+Every setting ``[section] key`` can be overridden by ``EDGE_AGENT_<SECTION>_<KEY>`` (top-level keys by
+``EDGE_AGENT_<KEY>``), e.g. ``EDGE_AGENT_CSMS_URL``, ``EDGE_AGENT_CONTROL_FLOOR_SOC``. The station password is
+never read from the TOML file: it comes from ``EDGE_AGENT_PASSWORD`` (or the file named by
+``EDGE_AGENT_PASSWORD_FILE``, e.g. a systemd credential).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "EDGE_AGENT_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass
+class OcppSettings:
+    versions: str = "2.1,2.0.1"  # offered subprotocols, preferred first
+    meter_interval_s: float = 1.0  # TransactionEvent meter values while regulating
+    idle_meter_interval_s: float = 60.0  # ... while only charging or idle
+    heartbeat_s: float = 300.0  # until BootNotification says otherwise
+    call_timeout_s: float = 10.0
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    ping_interval_s: float = 20.0  # WebSocket keep-alive (0 = off)
+    validate_messages: bool = True  # JSON-schema validation of every message (the ocpp library's)
+
+
+@dataclass
+class ControlSettings:
+    tick_s: float = 0.1  # local loop period (sample -> command); 100 ms keeps it well under 200 ms
+    nominal_hz: float = 60.0
+    deadband_hz: float = 0.036
+    droop_pct: float = 5.0
+    max_charge_w: float = 11_000.0
+    max_discharge_w: float = 11_000.0
+    ramp_w_per_s: float = 22_000.0
+    floor_soc: float = 0.20
+    filter_samples: int = 5
+    lookahead_s: float = 0.0
+    default_mode: str = "ChargingOnly"  # without any charging profile
+    islanding_clearing_s: float = 1.0  # <= 2 s (IEEE 1547)
+    enter_service_delay_s: float = 300.0
+    enter_service_ramp_s: float = 300.0
+
+
+@dataclass
+class FailsafeSettings:
+    link_loss_timeout_s: float = 2.0
+    mode: str = "ChargingOnly"  # until the CSMS sets EdgeAgentCtrlr.FailSafeMode
+    charge_limit_w: float = 7_400.0
+
+
+@dataclass
+class HardwareSettings:
+    driver: str = "sim"  # sim | modbus | can
+    modbus_host: str = "127.0.0.1"
+    modbus_port: int = 502
+    modbus_unit_id: int = 1
+    can_interface: str = "socketcan"
+    can_channel: str = "can0"
+    nominal_voltage_v: float = 240.0
+    # simulator (default driver): the car plugged in at start
+    sim_capacity_wh: float = 60_000.0
+    sim_initial_soc: float = 0.5
+    sim_target_soc: float = 0.8
+    sim_departure_h: float = 8.0
+    sim_ambient_c: float = 25.0
+
+
+@dataclass
+class FrequencySettings:
+    source: str = "replay"  # sim | replay | meter
+    replay_path: str = ""  # empty: the packaged one-day 1-s recording
+    replay_offset_s: float = 0.0
+
+
+@dataclass
+class AgentConfig:
+    station_id: str = ""
+    csms_url: str = ""  # e.g. wss://csms.example.com/ocpp (the station id is appended)
+    password: str = field(default="", repr=False)
+    var_dir: str = "/var/lib/edge-agent"
+    session_log: str = ""  # empty: <var_dir>/session.log
+    vendor: str = "OpenV2G"
+    model: str = "EdgeAgent-11kW-BPT"
+    ocpp: OcppSettings = field(default_factory=OcppSettings)
+    control: ControlSettings = field(default_factory=ControlSettings)
+    failsafe: FailsafeSettings = field(default_factory=FailsafeSettings)
+    hardware: HardwareSettings = field(default_factory=HardwareSettings)
+    frequency: FrequencySettings = field(default_factory=FrequencySettings)
+
+    @property
+    def versions(self) -> list[str]:
+        return [v.strip() for v in self.ocpp.versions.split(",") if v.strip()]
+
+    def validate(self) -> AgentConfig:
+        if not self.station_id:
+            raise ConfigError("station_id is required")
+        if not self.csms_url.startswith(("ws://", "wss://")):
+            raise ConfigError("csms_url must be a ws:// or wss:// URL")
+        if not set(self.versions) <= {"2.1", "2.0.1"} or not self.versions:
+            raise ConfigError("ocpp.versions must list 2.1 and/or 2.0.1")
+        if not 0 < self.failsafe.link_loss_timeout_s <= 2.0:
+            raise ConfigError("failsafe.link_loss_timeout_s must be in (0, 2]")
+        if self.failsafe.mode not in ("ChargingOnly", "Idle"):
+            raise ConfigError("failsafe.mode must be ChargingOnly or Idle")
+        if not 0.0 <= self.control.floor_soc < 1.0:
+            raise ConfigError("control.floor_soc must be in [0, 1)")
+        if not 0 < self.control.tick_s <= 0.2:
+            raise ConfigError("control.tick_s must be in (0, 0.2] s (the fast loop is sub-200 ms)")
+        if self.hardware.driver not in ("sim", "modbus", "can"):
+            raise ConfigError("hardware.driver must be sim, modbus or can")
+        if self.frequency.source not in ("sim", "replay", "meter"):
+            raise ConfigError("frequency.source must be sim, replay or meter")
+        return self
+
+
+def _coerce(name: str, raw: Any, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: cannot read {raw!r} as {type(default).__name__}") from exc
+
+
+def _fill(obj: Any, data: Mapping[str, Any], env: Mapping[str, str], path: str) -> None:
+    known = {f.name for f in dataclasses.fields(obj)}
+    for key in data:
+        if key not in known or key == "password":
+            raise ConfigError(f"unknown setting {path}{key}" if key != "password" else "password belongs in env")
+    for f in dataclasses.fields(obj):
+        current = getattr(obj, f.name)
+        if dataclasses.is_dataclass(current):
+            section = data.get(f.name, {})
+            if not isinstance(section, Mapping):
+                raise ConfigError(f"[{path}{f.name}] must be a table")
+            _fill(current, section, env, f"{path}{f.name}.")
+            continue
+        name = f"{path}{f.name}"
+        env_key = ENV_PREFIX + name.replace(".", "_").upper()
+        if env_key in env:
+            setattr(obj, f.name, _coerce(name, env[env_key], current))
+        elif f.name in data:
+            setattr(obj, f.name, _coerce(name, data[f.name], current))
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read ``path`` (TOML; None = defaults only), apply environment overrides, validate."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    cfg = AgentConfig()
+    _fill(cfg, data, env, "")
+    if env.get(ENV_PREFIX + "PASSWORD_FILE"):
+        cfg.password = Path(env[ENV_PREFIX + "PASSWORD_FILE"]).read_text().strip()
+    if env.get(ENV_PREFIX + "PASSWORD"):
+        cfg.password = env[ENV_PREFIX + "PASSWORD"]
+    return cfg.validate()

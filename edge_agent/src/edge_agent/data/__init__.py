@@ -1,0 +1,1 @@
+"""Run-time data shipped with the agent (see README.md here for provenance)."""

@@ -1,0 +1,67 @@
+"""CSMS link supervision and the fail-safe.
+
+The link counts as lost from the moment the WebSocket closes, or from the moment a request to the CSMS has gone
+unanswered for longer than ``round_trip_limit_s`` (a half-open link sends nothing back). Once lost for more than
+``timeout_s`` (2 s by default) the fail-safe engages: no discharging at all, and the setpoints become the safe mode
+the CSMS configured (``FailSafeMode`` in the device model: ChargingOnly with ``FailSafeChargeLimit``, or Idle).
+Protection is not part of this: it keeps running on local measurements whatever the link does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge_agent.control import OperationMode, Setpoints
+
+
+@dataclass
+class LinkMonitor:
+    timeout_s: float = 2.0
+    round_trip_limit_s: float = 0.5
+    connected: bool = False
+    _down_since: float | None = 0.0  # not connected yet counts as down since start
+    _pending_since: float | None = None
+
+    def up(self, now: float) -> None:
+        self.connected = True
+        self._down_since = None
+        self._pending_since = None
+
+    def down(self, now: float) -> None:
+        if self.connected or self._down_since is None:
+            self._down_since = now
+        self.connected = False
+        self._pending_since = None
+
+    def request_sent(self, now: float) -> None:
+        if self._pending_since is None:
+            self._pending_since = now
+
+    def answer_received(self, now: float) -> float | None:
+        """Clear the pending request; return its round-trip time."""
+        started, self._pending_since = self._pending_since, None
+        return None if started is None else now - started
+
+    def lost_since(self, now: float) -> float | None:
+        if self._down_since is not None:
+            return self._down_since
+        if self._pending_since is not None and now - self._pending_since > self.round_trip_limit_s:
+            return self._pending_since
+        return None
+
+    def failsafe(self, now: float) -> bool:
+        since = self.lost_since(now)
+        return since is not None and now - since > self.timeout_s
+
+
+@dataclass(frozen=True, slots=True)
+class SafeMode:
+    """What the charger does without its CSMS (configured by the CSMS through SetVariables)."""
+
+    mode: str = OperationMode.CHARGING_ONLY
+    charge_limit_w: float | None = None  # None: the charger maximum
+
+    def setpoints(self) -> Setpoints:
+        if self.mode == OperationMode.IDLE:
+            return Setpoints(mode=OperationMode.IDLE, limit_w=0.0)
+        return Setpoints(mode=OperationMode.CHARGING_ONLY, limit_w=self.charge_limit_w)

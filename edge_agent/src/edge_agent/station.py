@@ -1,0 +1,487 @@
+"""One charger: the local loop, protection, fail-safe, transactions and metering, with no network code.
+
+The OCPP client (``edge_agent.ocpp_client``) feeds it CSMS requests and drains its outbox; whoever owns the
+timers (``run`` for one station, the fleet simulator for many) calls ``tick()`` every ``tick_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from edge_agent import sessionlog as slog
+from edge_agent.buffer import Outbox
+from edge_agent.clock import Clock, iso
+from edge_agent.control import (
+    BatteryState,
+    Command,
+    Departure,
+    DroopSettings,
+    Limits,
+    LookAheadFilter,
+    OperationMode,
+    Setpoints,
+    control_step,
+)
+from edge_agent.devicemodel import DeviceModel, default_variables
+from edge_agent.failsafe import LinkMonitor, SafeMode
+from edge_agent.frequency import GridSample
+from edge_agent.hardware import Hardware, Measurement
+from edge_agent.hardware.sim import SimulatedCar
+from edge_agent.profiles import ProfileStore
+from edge_agent.protection import EnterService, Protection
+
+ISO15118_TIMEOUT_S = 0.25  # PowerDeliveryRes must arrive within 250 ms
+REGULATING_MODES = {OperationMode.CENTRAL_SETPOINT, OperationMode.CENTRAL_FREQUENCY, OperationMode.LOCAL_FREQUENCY}
+
+
+@dataclass(slots=True)
+class Transaction:
+    transaction_id: str
+    started_wall: datetime
+    id_token: dict[str, Any] | None = None
+    remote_start_id: int | None = None
+
+
+@dataclass
+class StationParams:
+    station_id: str
+    tick_s: float = 0.1
+    nominal_hz: float = 60.0
+    nominal_voltage_v: float = 240.0
+    limits: Limits = field(default_factory=Limits)
+    droop: DroopSettings = field(default_factory=DroopSettings)
+    default_mode: str = OperationMode.CHARGING_ONLY
+    meter_interval_s: float = 1.0
+    idle_meter_interval_s: float = 60.0
+    heartbeat_s: float = 300.0
+    filter_samples: int = 5
+    lookahead_s: float = 0.0
+    islanding_clearing_s: float = 1.0
+    enter_service: EnterService = field(default_factory=EnterService)
+    link_loss_timeout_s: float = 2.0
+    safe_mode: SafeMode = field(default_factory=SafeMode)
+    vendor: str = "OpenV2G"
+    model: str = "EdgeAgent-11kW-BPT"
+
+
+class Station:
+    """Charger state and its local control. All timing comes from the injected clock."""
+
+    def __init__(
+        self,
+        params: StationParams,
+        *,
+        clock: Clock,
+        hardware: Hardware,
+        grid: Callable[[float], GridSample],
+        outbox: Outbox,
+        car: SimulatedCar | None = None,
+    ) -> None:
+        self.p = params
+        self.id = params.station_id
+        self.clock = clock
+        self.hw = hardware
+        self.grid = grid
+        self.outbox = outbox
+        self.car = car
+        store = outbox.store
+        self.dm = DeviceModel(
+            default_variables(vendor=params.vendor, model=params.model, serial=params.station_id),
+            load=lambda k: store.kv_get(self.id, k),
+            save=lambda k, v: store.kv_set(self.id, k, v),
+        )
+        self.dm.listeners.append(self._on_variable)
+        self.profiles = ProfileStore(nominal_voltage_v=params.nominal_voltage_v)
+        self.protection = Protection(
+            sample_period_s=params.tick_s,
+            islanding_clearing_s=params.islanding_clearing_s,
+            enter_service=params.enter_service,
+        )
+        self.link = LinkMonitor(timeout_s=params.link_loss_timeout_s)
+        self.filter = LookAheadFilter(size=params.filter_samples, lookahead_s=params.lookahead_s)
+        self.droop = params.droop
+        self.limits = params.limits
+        self.safe_mode = params.safe_mode
+        self._apply_device_model()
+        self.tx: Transaction | None = None
+        self.discharge_cap_pct = 100.0  # SetDERControl LimitMaxDischarge
+        self.available = True
+        self.direct: deque[tuple[str, dict[str, Any]]] = deque()  # unbuffered messages for the client
+        self.wakeup: Callable[[], None] = lambda: None
+        self.outbox.on_put(lambda: self.wakeup())
+        self.last: Measurement | None = None
+        self.last_command = Command(power_w=0.0)
+        self.last_setpoints = Setpoints()
+        self.in_failsafe = False
+        self.ev_ready = False  # ISO 15118 power delivery confirmed by the car
+        self._handshake: asyncio.Task[None] | None = None
+        self._next_meter = 0.0
+        self._next_heartbeat: float | None = None
+        self._last_tick: float | None = None
+        self._flags: set[str] = set()  # edge-triggered fault codes currently active
+        self.pending_reset: str | None = None
+        self.reset_requested: Callable[[], None] = lambda: None
+        self._recover_transaction()
+
+    def _recover_transaction(self) -> None:
+        """A transaction still open from before a crash or power cut ends now, as OCPP asks (PowerLoss)."""
+        stored = self.outbox.store.kv_get(self.id, "tx:active")
+        if not stored:
+            return
+        tx_id, _, started = stored.partition("|")
+        self.tx = Transaction(transaction_id=tx_id, started_wall=datetime.fromisoformat(started))
+        self.end_transaction(trigger="AbnormalCondition", reason="PowerLoss")
+
+    # -- configuration -------------------------------------------------------------------------------------------
+    def _apply_device_model(self) -> None:
+        dm = self.dm
+        self.safe_mode = SafeMode(
+            mode=dm.get("EdgeAgentCtrlr", "FailSafeMode"),
+            charge_limit_w=dm.number("EdgeAgentCtrlr", "FailSafeChargeLimit"),
+        )
+        self.link.timeout_s = dm.number("EdgeAgentCtrlr", "LinkLossTimeout")
+        self.limits = replace(self.limits, floor_soc=dm.number("EdgeAgentCtrlr", "MobilityFloorSoC") / 100.0)
+        db = dm.number("EdgeAgentCtrlr", "DroopDeadband")
+        k = dm.number("EdgeAgentCtrlr", "DroopPercent") / 100.0
+        self.droop = replace(self.droop, deadband_over_hz=db, deadband_under_hz=db, over_droop=k, under_droop=k)
+        self.p.meter_interval_s = dm.number("SampledDataCtrlr", "TxUpdatedInterval")
+        self.p.idle_meter_interval_s = dm.number("EdgeAgentCtrlr", "IdleTxUpdatedInterval")
+
+    def _on_variable(self, component: str, name: str, value: str) -> None:
+        self._apply_device_model()
+        slog.log_event(self.id, "variable_set", variable=f"{component}.{name}")
+
+    def seed_device_model(self, values: dict[tuple[str, str], str]) -> None:
+        """Local defaults from the agent's config, unless the CSMS already set (and we persisted) a value."""
+        for (component, name), value in values.items():
+            if self.outbox.store.kv_get(self.id, f"dm:{component}.{name}") is None:
+                self.dm.set_internal(component, name, value)
+        self._apply_device_model()
+
+    # -- car and transactions ------------------------------------------------------------------------------------
+    def plug_in(self, car: SimulatedCar) -> None:
+        """The car arrived: start a transaction (cable plugged in) and tell the CSMS the driver's plan."""
+        self.car = car
+        hw_car = getattr(self.hw, "car", "absent")
+        if hw_car != "absent":
+            self.hw.car = car  # type: ignore[attr-defined]
+        self.limits = replace(
+            self.limits,
+            max_charge_w=min(self.p.limits.max_charge_w, car.max_charge_w),
+            max_discharge_w=min(self.p.limits.max_discharge_w, car.max_discharge_w) * self.discharge_cap_pct / 100.0,
+        )
+        self.ev_ready = False
+        self.queue_status("Occupied")
+        self.start_transaction(trigger="CablePluggedIn")
+        self.queue_charging_needs()
+        self._start_handshake()
+
+    def unplug(self) -> None:
+        if self.tx is not None:
+            self.end_transaction(trigger="EVDeparted", reason="EVDisconnected")
+        self.car = None
+        if getattr(self.hw, "car", "absent") != "absent":
+            self.hw.car = None  # type: ignore[attr-defined]
+        self.ev_ready = False
+        self.queue_status("Available" if self.available else "Unavailable")
+
+    def start_transaction(self, *, trigger: str, id_token: dict[str, Any] | None = None) -> Transaction:
+        tx = Transaction(transaction_id=str(uuid.uuid4()), started_wall=self.clock.wall(), id_token=id_token)
+        self.tx = tx
+        with self.outbox.store.batch():
+            self.outbox.store.kv_set(self.id, "tx:active", f"{tx.transaction_id}|{tx.started_wall.isoformat()}")
+            self._tx_event("Started", trigger, charging_state="EVConnected", id_token=id_token)
+        self._next_meter = self.clock.monotonic() + self._meter_interval()
+        slog.log_event(self.id, "transaction_started", transaction_id=tx.transaction_id, trigger=trigger)
+        return tx
+
+    def end_transaction(self, *, trigger: str, reason: str) -> None:
+        if self.tx is None:
+            return
+        tx_id = self.tx.transaction_id
+        with self.outbox.store.batch():
+            self._tx_event(
+                "Ended", trigger, charging_state="EVConnected" if self.car else "Idle", stopped_reason=reason
+            )
+            self.outbox.store.kv_set(self.id, "tx:active", "")
+        self.profiles.end_transaction(tx_id)
+        self.tx = None
+        slog.log_event(self.id, "transaction_ended", transaction_id=tx_id, reason=reason)
+        if self.pending_reset == "OnIdle":
+            self.pending_reset = None
+            self.reset_requested()
+
+    def remote_start(self, id_token: dict[str, Any], remote_start_id: int) -> Transaction | None:
+        if self.car is None or not self.available:
+            return None
+        if self.tx is None:
+            self.start_transaction(trigger="RemoteStart", id_token=id_token)
+        assert self.tx is not None
+        self.tx.id_token, self.tx.remote_start_id = id_token, remote_start_id
+        self._tx_event("Updated", "RemoteStart", charging_state="EVConnected", id_token=id_token)
+        return self.tx
+
+    def _tx_event(
+        self,
+        event_type: str,
+        trigger: str,
+        *,
+        charging_state: str | None = None,
+        stopped_reason: str | None = None,
+        id_token: dict[str, Any] | None = None,
+        with_meter: bool = True,
+    ) -> None:
+        assert self.tx is not None
+        info: dict[str, Any] = {"transaction_id": self.tx.transaction_id}
+        if charging_state is not None:
+            info["charging_state"] = charging_state
+        if stopped_reason is not None:
+            info["stopped_reason"] = stopped_reason
+        if self.tx.remote_start_id is not None:
+            info["remote_start_id"] = self.tx.remote_start_id
+        ts = iso(self.clock.wall())
+        payload: dict[str, Any] = {
+            "event_type": event_type,
+            "timestamp": ts,
+            "trigger_reason": trigger,
+            "seq_no": self.outbox.next_seq_no(self.tx.transaction_id),
+            "transaction_info": info,
+            "evse": {"id": 1, "connector_id": 1},
+            "offline": not self.link.connected,
+        }
+        if id_token is not None:
+            payload["id_token"] = id_token
+        if with_meter and self.last is not None:
+            payload["meter_value"] = [self.meter_value(self.last, ts)]
+        self.outbox.put("TransactionEvent", payload, offline=not self.link.connected)
+
+    def meter_value(self, m: Measurement, ts: str) -> dict[str, Any]:
+        def sv(value: float, measurand: str, unit: str) -> dict[str, Any]:
+            return {"value": round(value, 1), "measurand": measurand, "unit_of_measure": {"unit": unit}}
+
+        p = m.power_w
+        return {
+            "timestamp": ts,
+            "sampled_value": [
+                sv(m.soc * 100.0, "SoC", "Percent"),
+                sv(m.energy_import_wh, "Energy.Active.Import.Register", "Wh"),
+                sv(m.energy_export_wh, "Energy.Active.Export.Register", "Wh"),
+                sv(max(p, 0.0), "Power.Active.Import", "W"),
+                sv(max(-p, 0.0), "Power.Active.Export", "W"),
+                sv(m.frequency_hz if m.frequency_hz == m.frequency_hz else 0.0, "Frequency", "Hz"),
+            ],
+        }
+
+    def queue_status(self, status: str) -> None:
+        self.dm.set_internal("ChargingStation", "AvailabilityState", status)
+        self.direct.append(
+            (
+                "StatusNotification",
+                {"timestamp": iso(self.clock.wall()), "connector_status": status, "evse_id": 1, "connector_id": 1},
+            )
+        )
+        self.wakeup()
+
+    def connector_status(self) -> str:
+        if not self.available:
+            return "Unavailable"
+        return "Occupied" if self.car is not None else "Available"
+
+    def queue_charging_needs(self) -> None:
+        """NotifyEVChargingNeeds (2.1 form; the client down-converts for 2.0.1)."""
+        car = self.car
+        if car is None:
+            return
+        need_wh = max(0.0, (car.target_soc - car.soc) * car.capacity_wh)
+        needs: dict[str, Any] = {
+            "requested_energy_transfer": "AC_BPT",
+            "available_energy_transfer": ["AC_single_phase", "AC_BPT"],
+            "control_mode": "DynamicControl",
+            "mobility_needs_mode": "EVCC",
+            "ac_charging_parameters": {
+                "energy_amount": round(need_wh),
+                "ev_min_current": 6,
+                "ev_max_current": round(car.max_charge_w / self.p.nominal_voltage_v),
+                "ev_max_voltage": round(self.p.nominal_voltage_v * 1.1),
+            },
+            "v2x_charging_parameters": {
+                "max_charge_power": car.max_charge_w,
+                "max_discharge_power": car.max_discharge_w,
+                "ev_target_energy_request": round(need_wh),
+                "ev_min_energy_request": round(max(0.0, (self.limits.floor_soc - car.soc) * car.capacity_wh)),
+                "ev_max_energy_request": round((1.0 - car.soc) * car.capacity_wh),
+                "ev_min_v2x_energy_request": round(-(car.soc - self.limits.floor_soc) * car.capacity_wh),
+                "ev_max_v2x_energy_request": round((1.0 - car.soc) * car.capacity_wh),
+                "target_soc": round(car.target_soc * 100),
+            },
+        }
+        if car.departure is not None:
+            needs["departure_time"] = iso(car.departure)
+        self.direct.append(
+            ("NotifyEVChargingNeeds", {"evse_id": 1, "charging_needs": needs, "timestamp": iso(self.clock.wall())})
+        )
+        self.wakeup()
+
+    # -- ISO 15118 handshake with the car ------------------------------------------------------------------------
+    def _start_handshake(self) -> None:
+        if self.car is None or (self._handshake is not None and not self._handshake.done()):
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop (pure unit tests): stay not ready
+            self._handshake = asyncio.get_running_loop().create_task(self._power_delivery(self.car))
+
+    async def _power_delivery(self, car: SimulatedCar) -> None:
+        try:
+            await asyncio.wait_for(car.power_delivery(self.last_command.power_w), ISO15118_TIMEOUT_S)
+        except TimeoutError:
+            slog.log_event(self.id, "ev_timeout", code=slog.EVSE_ERR_TIMEOUT, level=logging.WARNING, timeout_ms=250)
+            return
+        if self.car is car:
+            self.ev_ready = True
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def _meter_interval(self) -> float:
+        regulating = self.last_setpoints.mode in REGULATING_MODES or self.last_command.power_w < 0
+        return self.p.meter_interval_s if regulating else self.p.idle_meter_interval_s
+
+    def setpoints(self, now: float) -> Setpoints:
+        if self.in_failsafe:
+            return self.safe_mode.setpoints()
+        if self.car is None or self.tx is None or not self.available or not self.ev_ready:
+            return Setpoints(mode=OperationMode.IDLE, limit_w=0.0)
+        tx = self.tx
+        sp = self.profiles.setpoints_at(self.clock.wall(), tx.transaction_id, tx.started_wall)
+        return sp if sp is not None else Setpoints(mode=self.p.default_mode)
+
+    def control(self, now: float, sample: GridSample, m: Measurement, dt: float) -> Command:
+        """Sample -> command: protection, fail-safe, setpoints, control law. No I/O."""
+        f_hz, v_pu, locked = sample
+        prot = self.protection.update(now, f_hz, v_pu, locked)
+        if prot.event == "trip":
+            slog.log_event(self.id, "trip", code=slog.GRID_TRIP, level=logging.WARNING, by=prot.tripped_by,
+                           f_hz=f_hz, v_pu=v_pu)  # fmt: skip
+        elif prot.event == "enter_service":
+            slog.log_event(self.id, "enter_service")
+        failsafe = self.link.failsafe(now)
+        if failsafe != self.in_failsafe:
+            self.in_failsafe = failsafe
+            slog.log_event(
+                self.id,
+                "failsafe_enter" if failsafe else "failsafe_exit",
+                code=slog.FAILSAFE if failsafe else None,
+                level=logging.WARNING if failsafe else logging.INFO,
+                safe_mode=self.safe_mode.mode,
+            )
+        sp = self.setpoints(now)
+        self.last_setpoints = sp
+        f_used = self.filter.push(now, f_hz) if (locked and f_hz > 0.0) else self.p.nominal_hz
+        car = self.car
+        bat = BatteryState(
+            soc=m.soc,
+            capacity_wh=m.capacity_wh or (car.capacity_wh if car else 1.0),
+            pack_temp_c=m.pack_temp_c,
+            inverter_temp_c=m.inverter_temp_c,
+        )
+        dep = Departure()
+        if car is not None and car.departure is not None:
+            dep = Departure((car.departure - self.clock.wall()).total_seconds(), car.target_soc)
+        cmd = control_step(
+            f_used,
+            self.last_command.power_w,
+            sp,
+            self.droop,
+            self.limits,
+            bat,
+            dep,
+            dt,
+            allow_discharge=not failsafe,
+            energize=prot.energize,
+            cap_fraction=prot.cap_fraction,
+        )
+        self._faults(m, locked)
+        return cmd
+
+    def _faults(self, m: Measurement, locked: bool) -> None:
+        lim = self.limits
+        hot = m.pack_temp_c >= lim.pack_max_c or m.inverter_temp_c >= lim.inverter_max_c
+        self._edge(slog.OVER_TEMPERATURE, hot, pack_c=round(m.pack_temp_c, 1), inverter_c=round(m.inverter_temp_c, 1))
+        self._edge(slog.PLL_SYNC_ERROR, not locked)
+
+    def _edge(self, code: str, active: bool, **detail: Any) -> None:
+        if active and code not in self._flags:
+            self._flags.add(code)
+            slog.log_event(self.id, "fault", code=code, level=logging.WARNING, **detail)
+        elif not active and code in self._flags:
+            self._flags.discard(code)
+            slog.log_event(self.id, "fault_cleared", code=code)
+
+    async def tick(self) -> Command:
+        now = self.clock.monotonic()
+        dt = self.p.tick_s if self._last_tick is None else max(1e-3, min(now - self._last_tick, 5.0))
+        self._last_tick = now
+        m = await self.hw.read()
+        self.last = m
+        cmd = self.control(now, self.grid(now), m, dt)
+        await self.hw.apply(cmd.power_w, cmd.energize)
+        self.last_command = cmd
+        if self.car is not None and not self.ev_ready:
+            self._start_handshake()
+        self._periodic(now)
+        return cmd
+
+    def _periodic(self, now: float) -> None:
+        if self.tx is not None and now >= self._next_meter:
+            self._next_meter = now + self._meter_interval()
+            self._tx_event("Updated", "MeterValuePeriodic", charging_state=self._charging_state())
+        if self._next_heartbeat is not None and now >= self._next_heartbeat and self.link.connected:
+            self._next_heartbeat = now + self.p.heartbeat_s
+            self.direct.append(("Heartbeat", {}))
+            self.wakeup()
+
+    def _charging_state(self) -> str:
+        if abs(self.last_command.power_w) > 1.0:
+            return "Charging"
+        return "SuspendedEVSE" if self.car is not None else "Idle"
+
+    # -- called by the OCPP client -------------------------------------------------------------------------------
+    def on_connected(self, heartbeat_s: float) -> None:
+        self.p.heartbeat_s = heartbeat_s
+        self.dm.set_internal("OCPPCommCtrlr", "HeartbeatInterval", str(int(heartbeat_s)))
+        self._next_heartbeat = self.clock.monotonic() + heartbeat_s
+
+    def set_available(self, operative: bool) -> str:
+        if operative == self.available:
+            return "Accepted"
+        self.available = operative
+        if not operative and self.tx is not None:
+            self.end_transaction(trigger="ChargingStateChanged", reason="Other")
+        self.queue_status(self.connector_status())
+        return "Accepted"
+
+    def trigger_meter_values(self) -> None:
+        m = self.last
+        if m is None:
+            return
+        self.outbox.put(
+            "MeterValues",
+            {"evse_id": 1, "meter_value": [self.meter_value(m, iso(self.clock.wall()))]},
+            offline=not self.link.connected,
+        )
+
+    def trigger_transaction_event(self) -> None:
+        if self.tx is not None:
+            self._tx_event("Updated", "Trigger", charging_state=self._charging_state())
+
+    def schedule_heartbeat_now(self) -> None:
+        self.direct.append(("Heartbeat", {}))
+        self.wakeup()
+
+    def departure_in(self, hours: float) -> datetime:
+        return self.clock.wall() + timedelta(hours=hours)

@@ -1,0 +1,100 @@
+"""The fail-safe on CSMS link loss, timed on a simulated clock injected into the station's loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_agent.failsafe import LinkMonitor
+from tests.edge_agent.helpers import profile, sim_station, tick_for
+
+TICK = 0.1
+
+
+async def _discharging_station(tmp_path: Path) -> tuple:
+    st, clock, hw, grid = sim_station(tmp_path, tick_s=TICK)
+    st.link.up(0.0)
+    st.profiles.install(profile(mode="CentralSetpoint", setpoint=-8_000.0), 1, clock.wall())
+    await tick_for(st, clock, 1.0)
+    assert hw.power_w == pytest.approx(-8_000.0, abs=1.0)
+    return st, clock, hw, grid
+
+
+def _first(trace: list, pred) -> float:
+    return next(t for t, cmd in trace if pred(cmd))
+
+
+async def test_it_stops_discharging_within_2_s_plus_one_tick_of_losing_the_link(tmp_path: Path) -> None:
+    # given a station discharging 8 kW, connected
+    st, clock, _hw, _ = await _discharging_station(tmp_path)
+    # when the WebSocket closes between two ticks
+    clock.advance(0.03)
+    t_lost = clock.monotonic()
+    st.link.down(t_lost)
+    trace = await tick_for(st, clock, 3.0, TICK)
+    # then it keeps going for the 2 s grace, and stops discharging no later than 2 s + one tick
+    stopped = _first(trace, lambda c: c.power_w >= 0.0)
+    assert 2.0 < stopped - t_lost <= 2.0 + TICK + 1e-9
+    assert all(cmd.power_w < 0 for t, cmd in trace if t - t_lost <= 2.0)
+    assert st.in_failsafe
+
+
+async def test_it_falls_back_to_the_safe_mode_the_csms_configured(tmp_path: Path) -> None:
+    st, clock, hw, _ = await _discharging_station(tmp_path)
+    # the CSMS chose "charge at most 3 kW" as the safe mode
+    for name, value in (("FailSafeMode", "ChargingOnly"), ("FailSafeChargeLimit", "3000")):
+        result = st.dm.set_variable(
+            {"component": {"name": "EdgeAgentCtrlr"}, "variable": {"name": name}, "attribute_value": value}
+        )
+        assert result["attribute_status"] == "Accepted"
+    st.link.down(clock.monotonic())
+    await tick_for(st, clock, 4.0)
+    assert hw.power_w == pytest.approx(3_000.0, abs=1.0)
+    # and Idle means no power at all
+    st.dm.set_variable(
+        {"component": {"name": "EdgeAgentCtrlr"}, "variable": {"name": "FailSafeMode"}, "attribute_value": "Idle"}
+    )
+    await tick_for(st, clock, 1.0)
+    assert hw.power_w == 0.0
+
+
+async def test_a_half_open_link_counts_from_the_unanswered_request(tmp_path: Path) -> None:
+    st, clock, _hw, _ = await _discharging_station(tmp_path)
+    t_sent = clock.monotonic()
+    st.link.request_sent(t_sent)  # never answered, socket still "open"
+    trace = await tick_for(st, clock, 3.0, TICK)
+    stopped = _first(trace, lambda c: c.power_w >= 0.0)
+    assert 2.0 < stopped - t_sent <= 2.0 + TICK + 1e-9
+
+
+async def test_it_resumes_the_profile_when_the_link_is_back(tmp_path: Path) -> None:
+    st, clock, hw, _ = await _discharging_station(tmp_path)
+    st.link.down(clock.monotonic())
+    await tick_for(st, clock, 3.0)
+    assert not hw.power_w < 0
+    st.link.up(clock.monotonic())
+    await tick_for(st, clock, 1.5)
+    assert not st.in_failsafe
+    assert hw.power_w == pytest.approx(-8_000.0, abs=1.0)
+
+
+async def test_local_protection_keeps_working_in_failsafe(tmp_path: Path) -> None:
+    st, clock, hw, grid = await _discharging_station(tmp_path)
+    st.link.down(clock.monotonic())
+    await tick_for(st, clock, 3.0)
+    assert st.in_failsafe
+    assert hw.energized
+    grid.faults.frequency_hz = 0.0
+    await tick_for(st, clock, 0.3)
+    assert not hw.energized
+
+
+def test_link_monitor_is_down_until_first_connected() -> None:
+    link = LinkMonitor(timeout_s=2.0)
+    assert link.failsafe(2.5)  # never connected since t = 0
+    link.up(3.0)
+    assert not link.failsafe(10.0)
+    link.down(10.0)
+    link.down(11.0)  # a second notice does not restart the grace period
+    assert link.failsafe(12.01)
