@@ -295,6 +295,8 @@ def _mode_rows(mode: str, pair: tuple[LoadResult | None, LoadResult | None], p: 
                          (lambda v: v <= P99_TARGET_MS) if mode == "fixed" else None))  # fmt: skip
         rows.append(_row(label, "latency max", pair, lambda r: r.max_ms, ".1f", " ms"))
         rows.append(_row(label, "server CPU", pair, lambda r: r.server_cpu_pct, ".0f", " %"))
+        rows.append(_row(label, "server CPU per CALL", pair, lambda r: r.server_cpu_us_per_msg, ".0f", " us",
+                         ratio=True))  # fmt: skip
     rows.append(_row(label, "errors", pair, lambda r: sum(r.errors.values()), "d", "", "0", lambda v: v == 0))
     rows.append(_row(label, "memory per connection", pair, lambda r: (r.mem_per_conn or 0) / 1e3, ".1f", " kB"))
     bare, ours = pair

@@ -138,6 +138,13 @@ class LoadResult:
         return self.answered * self.config.values
 
     @property
+    def server_cpu_us_per_msg(self) -> float | None:
+        """Server CPU time per answered CALL: on a shared machine a steadier figure than throughput."""
+        if self.server_cpu_pct is None or not self.answered:
+            return None
+        return self.server_cpu_pct / 100 * self.elapsed_s / self.answered * 1e6
+
+    @property
     def mem_per_conn(self) -> float | None:
         if self.server_rss_before is None or self.server_rss_connected is None or not self.connected:
             return None
@@ -145,7 +152,12 @@ class LoadResult:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(values_sent=self.values_sent, values_answered=self.values_answered, mem_per_conn=self.mem_per_conn)
+        data.update(
+            values_sent=self.values_sent,
+            values_answered=self.values_answered,
+            mem_per_conn=self.mem_per_conn,
+            server_cpu_us_per_msg=self.server_cpu_us_per_msg,
+        )
         return data
 
 
@@ -544,6 +556,9 @@ def result_rows(res: LoadResult) -> list[tuple[str, str, str, str]]:
     rows.append(("memory per connection", _kb(res.mem_per_conn), "", "-"))
     if res.server_cpu_pct is not None:
         rows.append(("server CPU during run", f"{res.server_cpu_pct:.0f} %", "", "-"))
+        if res.answered:
+            rows.append(("server CPU per answered CALL", f"{res.server_cpu_us_per_msg:.0f} us",
+                         "load-independent cost figure", "-"))  # fmt: skip
     gen = ", ".join(f"{x:.0f}%" for x in res.generator_cpu_pct)
     rows.append(("generator CPU per process (run)", gen, "well below 100% (not the bottleneck)",
                  _verdict(all(x < 90 for x in res.generator_cpu_pct))))  # fmt: skip
