@@ -35,7 +35,7 @@ class Command(BaseCommand):
         if ids:
             call_command("station", "add", *ids, "--password", creds.station_password, "--update")
         if "fleet" in commands:
-            call_command("fleet", "seed", "--stations", *ids)
+            call_command("fleet", "seed", "--stations", *ids, "--member", creds.admin_username)
         if "markets" in commands:
             call_command("markets", "seed")
         self.stdout.write(self.style.SUCCESS(f"Demo ready: admin '{creds.admin_username}', {len(ids)} stations"))
