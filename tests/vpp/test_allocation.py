@@ -217,3 +217,23 @@ def test_advancing_the_arrays_moves_the_state_of_charge() -> None:
     after = arrays.advance([10_000], 3600)
     assert after.soc_wh.tolist() == [39_000.0]
     assert arrays.soc_wh.tolist() == [30_000.0]
+
+
+@settings(max_examples=100, deadline=None)
+@given(fleet=fleets(min_size=2, max_size=40), fraction=st.floats(0.0, 1.0))
+def test_the_newton_solution_matches_the_exact_breakpoint_solution(
+    fleet: list[VehicleSnapshot], fraction: float
+) -> None:
+    from vpp.allocation import _waterfill_sorted, _waterfill_up, wear_balanced_weights
+    from vpp.fleet_arrays import power_bounds
+
+    arrays = FleetArrays.from_snapshots(fleet)
+    bounds = power_bounds(arrays, now=NOW, duration_s=900)
+    lo, hi = bounds.lo, bounds.hi
+    start = float(np.clip(0.0, lo, hi).sum())
+    target = start + fraction * (float(hi.sum()) - start)
+    weights = np.maximum(wear_balanced_weights(arrays)[0], 1e-12)
+    newton = _waterfill_up(lo, hi, weights, target)
+    exact = _waterfill_sorted(lo, hi, weights, target)
+    assert abs(newton.sum() - target) < 0.5
+    assert np.allclose(newton, exact, atol=1.0)
