@@ -126,7 +126,9 @@ else:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # redis-py 8 reads with a 5 s socket timeout by default, exactly channels-redis's 5 s blocking pop,
+                # so an idle consumer's receive() would now and then die with TimeoutError: give reads headroom.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": env_int("REDIS_SOCKET_TIMEOUT", 30, minimum=10)}],
                 "prefix": env_str("CHANNEL_LAYER_PREFIX", "vpp"),
                 "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000, minimum=10),
                 "expiry": 60,
