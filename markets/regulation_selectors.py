@@ -155,7 +155,7 @@ def charge_point_power(
     accs = _collect((POWER_IMPORT, POWER_EXPORT), start - timedelta(seconds=lookback_s), end, stations)
     series = [_series(cp, acc, POWER_IMPORT, POWER_EXPORT) for cp, acc in accs.items()]
     for s in series:
-        s.second = np.zeros(0)
+        s.values, s.second = s.values - s.second, np.zeros(0)  # net W: import - export
     return sorted(series, key=lambda s: s.charge_point)
 
 

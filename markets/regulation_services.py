@@ -312,6 +312,12 @@ def _dec6(value: float) -> Decimal:
     return Decimal(repr(value)).quantize(Decimal("0.000001"), rounding=ROUND_HALF_EVEN)
 
 
+def _signal_mileage(product: Product, portfolio: str, start: datetime, end: datetime) -> Decimal:
+    """Mileage of the signal as sent (2-s values) from the one in force at ``start`` to ``end`` inclusive."""
+    _, values, _ = signal_values(product=product, portfolio=portfolio, start=start, end=end + timedelta(seconds=1))
+    return Decimal(repr(scoring.mileage(values))).quantize(Decimal("0.00001"), rounding=ROUND_HALF_EVEN)
+
+
 def performance_score_compute(
     *,
     product: Product,
@@ -351,7 +357,7 @@ def performance_score_compute(
         "composite": _dec6(score.composite),
         "passed": score.passed,
         "rows": rows,
-        "signal_mileage": Decimal(repr(scoring.mileage(trace.signal[:scored]))).quantize(Decimal("0.00001")),
+        "signal_mileage": _signal_mileage(product, portfolio, period_start, period_start + ROW * scored),
         "signal_samples": trace.signal_samples,
         "meter_values": trace.meter_values,
         "duplicates_ignored": trace.duplicates,
