@@ -76,7 +76,7 @@ async def make_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         grid = SimulatedFrequency(sigma_hz=0.0, seed=1)
         hw = SimulatedHardware(clock=clock, grid=grid, seed=1)
         st = Station(
-            StationParams(station_id=station_id, tick_s=tick_s, **params),
+            StationParams(station_id=station_id, tick_s=tick_s, **{"idle_meter_interval_s": 1.0, **params}),
             clock=clock,
             hardware=hw,
             grid=grid,

@@ -45,6 +45,11 @@ class _Handlers:
     def _rec(self, action: str, payload: dict[str, Any]) -> None:
         self.csms.record(self.id, action, payload)  # type: ignore[attr-defined]
 
+    async def _send(self, message: str) -> None:
+        if self.csms.lose_answers:
+            return  # the request was handled and stored, but the answer never reaches the station
+        await super()._send(message)  # type: ignore[misc]
+
     async def _handle_call(self, msg: Any) -> Any:
         if self.csms.mute:
             return None  # half-open link: swallow the request, never answer
@@ -110,6 +115,7 @@ class RecordingCsms:
     host: str = "127.0.0.1"
     port: int = 0
     mute: bool = False
+    lose_answers: bool = False
     delay_s: float = 0.0
     record_all: bool = True
     received: list[Received] = field(default_factory=list)

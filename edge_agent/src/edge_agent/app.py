@@ -61,21 +61,6 @@ def station_params(cfg: AgentConfig) -> StationParams:
     )
 
 
-def device_model_seed(cfg: AgentConfig) -> dict[tuple[str, str], str]:
-    """The config's values as device-model defaults (a value the CSMS set and we persisted wins)."""
-    c, fs = cfg.control, cfg.failsafe
-    return {
-        ("SampledDataCtrlr", "TxUpdatedInterval"): str(max(1, round(cfg.ocpp.meter_interval_s))),
-        ("EdgeAgentCtrlr", "IdleTxUpdatedInterval"): str(max(1, round(cfg.ocpp.idle_meter_interval_s))),
-        ("EdgeAgentCtrlr", "FailSafeMode"): fs.mode,
-        ("EdgeAgentCtrlr", "FailSafeChargeLimit"): f"{fs.charge_limit_w:g}",
-        ("EdgeAgentCtrlr", "LinkLossTimeout"): f"{fs.link_loss_timeout_s:g}",
-        ("EdgeAgentCtrlr", "MobilityFloorSoC"): f"{c.floor_soc * 100:g}",
-        ("EdgeAgentCtrlr", "DroopDeadband"): f"{c.deadband_hz:g}",
-        ("EdgeAgentCtrlr", "DroopPercent"): f"{c.droop_pct:g}",
-    }
-
-
 def make_hardware(cfg: AgentConfig, clock: Clock, grid: SimulatedFrequency | ReplayFrequency | None) -> Hardware:
     hw = cfg.hardware
     if hw.driver == "modbus":
@@ -110,7 +95,6 @@ def build_station(cfg: AgentConfig, *, clock: Clock, store: OutboxStore) -> Stat
 
         station = Station(station_params(cfg), clock=clock, hardware=hardware, grid=read_meter,
                           outbox=Outbox(store, cfg.station_id))  # fmt: skip
-    station.seed_device_model(device_model_seed(cfg))
     return station
 
 

@@ -127,13 +127,6 @@ class Fleet:
             )
             st = Station(params, clock=self.clock, hardware=hw, grid=grid,
                          outbox=Outbox(self.store, sid, defer_acks=True))  # fmt: skip
-            st.seed_device_model(
-                {
-                    ("SampledDataCtrlr", "TxUpdatedInterval"): str(max(1, round(meter_interval_s))),
-                    ("EdgeAgentCtrlr", "IdleTxUpdatedInterval"): str(max(1, round(idle_meter_interval_s))),
-                    ("EdgeAgentCtrlr", "LinkLossTimeout"): f"{min(2.0, link_loss_timeout_s):g}",
-                }
-            )
             self.stations.append(st)
             self.clients.append(
                 OcppClient(

@@ -110,7 +110,7 @@ class Station:
         self.droop = params.droop
         self.limits = params.limits
         self.safe_mode = params.safe_mode
-        self._apply_device_model()
+        self.seed_device_model(self._params_as_variables())
         self.tx: Transaction | None = None
         self.discharge_cap_pct = 100.0  # SetDERControl LimitMaxDischarge
         self.available = True
@@ -154,6 +154,19 @@ class Station:
         self.droop = replace(self.droop, deadband_over_hz=db, deadband_under_hz=db, over_droop=k, under_droop=k)
         self.p.meter_interval_s = dm.number("SampledDataCtrlr", "TxUpdatedInterval")
         self.p.idle_meter_interval_s = dm.number("EdgeAgentCtrlr", "IdleTxUpdatedInterval")
+
+    def _params_as_variables(self) -> dict[tuple[str, str], str]:
+        p = self.p
+        return {
+            ("SampledDataCtrlr", "TxUpdatedInterval"): str(max(1, round(p.meter_interval_s))),
+            ("EdgeAgentCtrlr", "IdleTxUpdatedInterval"): str(max(1, round(p.idle_meter_interval_s))),
+            ("EdgeAgentCtrlr", "FailSafeMode"): p.safe_mode.mode,
+            ("EdgeAgentCtrlr", "FailSafeChargeLimit"): f"{p.safe_mode.charge_limit_w or p.limits.max_charge_w:g}",
+            ("EdgeAgentCtrlr", "LinkLossTimeout"): f"{p.link_loss_timeout_s:g}",
+            ("EdgeAgentCtrlr", "MobilityFloorSoC"): f"{p.limits.floor_soc * 100:g}",
+            ("EdgeAgentCtrlr", "DroopDeadband"): f"{p.droop.deadband_over_hz:g}",
+            ("EdgeAgentCtrlr", "DroopPercent"): f"{p.droop.over_droop * 100:g}",
+        }
 
     def _on_variable(self, component: str, name: str, value: str) -> None:
         self._apply_device_model()
