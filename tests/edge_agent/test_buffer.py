@@ -38,9 +38,14 @@ def test_a_message_is_durable_before_the_sender_can_see_it(tmp_path: Path) -> No
 def test_a_failed_batch_leaves_nothing_behind(tmp_path: Path) -> None:
     store = OutboxStore(tmp_path / "q.sqlite3")
     box = Outbox(store, "edge-1")
-    with pytest.raises(RuntimeError), store.batch():
-        box.put("TransactionEvent", {"seq_no": 0}, offline=False)
-        raise RuntimeError("crash inside the tick")
+
+    def tick_that_crashes() -> None:
+        with store.batch():
+            box.put("TransactionEvent", {"seq_no": 0}, offline=False)
+            raise RuntimeError("crash inside the tick")
+
+    with pytest.raises(RuntimeError):
+        tick_that_crashes()
     assert store.count() == 0
     assert len(box) == 0
 

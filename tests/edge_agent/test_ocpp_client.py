@@ -54,7 +54,7 @@ async def test_it_boots_reports_status_and_starts_a_transaction_with_the_drivers
 async def test_it_falls_back_to_ocpp_201(make_agent: Any) -> None:
     csms = await RecordingCsms(stations={"edge-1": "pw"}).start(subprotocols=("ocpp2.0.1",))
     try:
-        agent = await make_agent(csms, password="pw")  # noqa: S106
+        agent = await make_agent(csms, password="pw")
         await csms.wait_for(lambda: csms.of("NotifyEVChargingNeeds"))
         assert agent.client.version == "2.0.1"
         needs = csms.of("NotifyEVChargingNeeds")[0]["charging_needs"]
@@ -68,7 +68,7 @@ async def test_a_wrong_password_is_refused_and_logged(
     csms: RecordingCsms, make_agent: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="edge_agent.session")
-    agent = await make_agent(csms, password="wrong")  # noqa: S106
+    agent = await make_agent(csms, password="wrong")
     await csms.wait_for(lambda: csms.refused)
     await csms.wait_for(
         lambda: any(getattr(r, "fields", {}).get("code") == "AUTH_REJECTED" for r in caplog.records), within_s=5
