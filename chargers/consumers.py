@@ -20,7 +20,7 @@ from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 
-from chargers import ocpp_j
+from chargers import fanout, ocpp_j
 from chargers.daphne_denial import EXTENSION as DENIAL_EXTENSION
 from chargers.models import BootStatus, Direction, Station
 from chargers.ocpp_j import Frame, OcppError
@@ -69,6 +69,7 @@ class OcppConsumer(AsyncConsumer):
         if previous:
             await self.channel_layer.send(previous, {"type": "ocpp.replaced"})
         self.call_worker = asyncio.get_running_loop().create_task(self._call_worker())
+        fanout.LOCAL.register(station_id, self)
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         received_at = datetime.now(UTC)
@@ -92,6 +93,7 @@ class OcppConsumer(AsyncConsumer):
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         if hasattr(self, "station"):
+            fanout.LOCAL.unregister(self.station.station_id, self)
             self.closed = True
             self.call_worker.cancel()
             self._fail_outstanding("offline")
@@ -108,9 +110,19 @@ class OcppConsumer(AsyncConsumer):
 
     async def ocpp_replaced(self, message: dict[str, Any]) -> None:
         """A newer connection took over this station id: close this socket; the new one owns the state."""
+        fanout.LOCAL.unregister(self.station.station_id, self)
         self.closed = True
         self._fail_outstanding("offline")
         await self.send({"type": "websocket.close", "code": CLOSE_REPLACED})
+
+    def call_local(self, action: str, payload: dict[str, Any], deadline: float) -> asyncio.Future[dict[str, Any]]:
+        """The same queued call as ``ocpp_call``, from this process without a channel-layer hop (chargers.fanout).
+
+        Resolves with the reply ``ocpp_call`` would send (``answered_at``: when the station's answer arrived).
+        """
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.calls.put_nowait({"action": action, "payload": payload, "deadline": deadline, "future": future})
+        return future
 
     # --- station-initiated messages ----------------------------------------------------------------------------
 
@@ -177,6 +189,7 @@ class OcppConsumer(AsyncConsumer):
         await self._send(ocpp_j.call_frame(message_id, action, payload))
         try:
             answer = await asyncio.wait_for(future, remaining)
+            answered_at = time.time()
         except TimeoutError:
             await self._log(ocpp_j.CALL, message_id, action, payload, Direction.OUT, error=("Timeout", ""), at=sent_at)
             return {"status": "timeout"}
@@ -193,6 +206,7 @@ class OcppConsumer(AsyncConsumer):
             }
         else:
             reply = self._check_result(message_id, action, answer.payload)
+        reply["answered_at"] = answered_at
         await self._log(
             ocpp_j.CALL,
             message_id,
@@ -217,6 +231,10 @@ class OcppConsumer(AsyncConsumer):
         return {"status": "result", "payload": payload}
 
     async def _reply(self, message: dict[str, Any], reply: dict[str, Any]) -> None:
+        if "future" in message:  # a call_local from this process
+            if not message["future"].done():
+                message["future"].set_result(reply)
+            return
         try:
             await self.channel_layer.send(message["reply_to"], reply)
         except Exception:

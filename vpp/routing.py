@@ -1,5 +1,9 @@
 from django.urls import path
 
 from vpp.consumers import DashboardConsumer
+from vpp.regulation_consumers import RegulationSignalConsumer
 
-websocket_urlpatterns = [path("ws/dashboard", DashboardConsumer.as_asgi())]
+websocket_urlpatterns = [
+    path("ws/dashboard", DashboardConsumer.as_asgi()),
+    path("ws/regulation", RegulationSignalConsumer.as_asgi()),
+]

@@ -14,6 +14,7 @@ import plotly
 
 from vpp.env import (
     env_bool,
+    env_float,
     env_int,
     env_list,
     env_opt,
@@ -181,6 +182,11 @@ SPECTACULAR_SETTINGS = {
 OCPP_HEARTBEAT_INTERVAL = env_int("OCPP_HEARTBEAT_INTERVAL", 60, minimum=1)
 OCPP_HEARTBEAT_GRACE = env_int("OCPP_HEARTBEAT_GRACE", 30, minimum=0)
 OCPP_CALL_TIMEOUT = env_int("OCPP_CALL_TIMEOUT", 30, minimum=1)
+
+# --- Regulation dispatch (vpp.dispatch) ------------------------------------------------------------------------
+DISPATCH_REFRESH_S = env_float("DISPATCH_REFRESH_S", 5.0, minimum=0.1)  # in-memory fleet state reload period
+DISPATCH_HOLD_S = env_float("DISPATCH_HOLD_S", 60.0, minimum=1.0)  # each setpoint must be holdable this long
+DISPATCH_CALL_TIMEOUT_S = env_float("DISPATCH_CALL_TIMEOUT_S", 1.5, minimum=0.1)  # per command, < signal period
 
 # --- Fleet -------------------------------------------------------------------------------------------------------
 FLEET_DEFAULT_MOBILITY_FLOOR_PCT = env_int("FLEET_DEFAULT_MOBILITY_FLOOR_PCT", 20, minimum=0, maximum=100)

@@ -1,0 +1,82 @@
+"""Reads for regulation dispatch: the state a :class:`vpp.dispatch.Dispatcher` keeps in memory.
+
+(Kept apart from ``vpp.selectors``, which serves the dashboard.)
+
+Called on the dispatcher's background thread, never per signal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import numpy as np
+from django.db.models import Max, Sum
+
+from chargers.models import Station, Transaction
+from fleet.selectors import plugged_in_snapshots
+from markets.models import Award
+from vpp.dispatch import DispatchState, Route
+from vpp.fleet_arrays import FleetArrays, power_bounds
+
+
+def dispatch_state_load(*, product_id: int, portfolio: str, now: float, hold_s: float = 60.0) -> DispatchState:
+    """Plugged-in vehicles on connected stations, their routes, and the capacity awarded at ``now``.
+
+    A vehicle is dispatchable when its plug session names a station that is online (has a socket); OCPP 2.0.1
+    stations cannot discharge, so their vehicles get no discharge power. The transaction is the station's active
+    one on the session's EVSE (TxProfiles are bound to it).
+    """
+    at = datetime.fromtimestamp(now, UTC)
+    snapshots = [s for s in plugged_in_snapshots(at=at) if s.station_id]
+    stations = {
+        row["station_id"]: row
+        for row in Station.objects.filter(station_id__in={s.station_id for s in snapshots})
+        .exclude(channel_name="")
+        .values("pk", "station_id", "ocpp_version")
+    }
+    transactions: dict[tuple[str, int | None], str] = {}
+    for station_id, evse_id, tx_id in (
+        Transaction.objects.filter(station__station_id__in=stations.keys(), active=True)
+        .order_by("started_at")
+        .values_list("station__station_id", "evse_id", "transaction_id")
+    ):
+        transactions[(station_id, evse_id)] = tx_id  # the newest active one wins
+    usable, routes = [], []
+    for snap in snapshots:
+        station = stations.get(snap.station_id or "")
+        if station is None:
+            continue
+        version = station["ocpp_version"] or "2.0.1"
+        evse_id = snap.evse_id or 1
+        if version != "2.1":
+            snap = replace(snap, max_discharge_w=0)
+        usable.append(snap)
+        routes.append(
+            Route(snap.station_id or "", evse_id, version, transactions.get((snap.station_id or "", evse_id), ""))
+        )
+    fleet = FleetArrays.from_snapshots(usable)
+    capacity, until = awarded_capacity(product_id=product_id, portfolio=portfolio, at=at)
+    preferred = 0
+    if len(fleet):
+        # Basepoint preference: what the fleet must charge anyway to keep every departure reachable.
+        bounds = power_bounds(fleet, now=now, duration_s=hold_s)
+        preferred = int(np.maximum(bounds.lo, 0).sum())
+    return DispatchState(
+        fleet=fleet,
+        routes=routes,
+        capacity_w=capacity,
+        award_until=until,
+        loaded_at=now,
+        preferred_basepoint_w=preferred,
+    )
+
+
+def awarded_capacity(*, product_id: int, portfolio: str, at: datetime) -> tuple[int, float | None]:
+    """(W awarded for the interval containing ``at``, epoch s when the earliest of those awards ends)."""
+    totals = Award.objects.filter(
+        product_id=product_id, portfolio=portfolio, interval_start__lte=at, interval_end__gt=at, awarded_w__gt=0
+    ).aggregate(total=Sum("awarded_w"), until=Max("interval_end"))
+    if not totals["total"]:
+        return 0, None
+    return int(totals["total"]), totals["until"].timestamp()

@@ -1,0 +1,62 @@
+"""What regulation dispatch sent and how the stations answered: written after the fan-out, off the hot path.
+
+Power in integer W (+ charging), times UTC, latencies in milliseconds from the instant the signal was received.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Dispatch(models.Model):
+    """One signal value turned into one fleet setpoint, its allocation and the fan-out of the commands."""
+
+    product = models.ForeignKey("markets.Product", on_delete=models.PROTECT, related_name="dispatches")
+    portfolio = models.CharField(max_length=64, default="default")
+    node = models.CharField(max_length=32, help_text="server process that dispatched")
+    signal_at = models.DateTimeField(help_text="instant the operator's value applies from")
+    signal = models.DecimalField(max_digits=7, decimal_places=5)
+    source = models.CharField(max_length=16, help_text="utility_api, websocket, file, simulated")
+    received_at = models.DateTimeField(help_text="when the signal reached the dispatcher")
+    capacity_w = models.BigIntegerField(help_text="regulation capacity awarded (AREG)")
+    basepoint_w = models.BigIntegerField()
+    reserve_w = models.BigIntegerField(default=0, help_text="reserve deployment in force (W of discharge)")
+    setpoint_w = models.BigIntegerField(help_text="fleet setpoint asked of the allocation")
+    allocated_w = models.BigIntegerField(help_text="sum of the vehicle setpoints (the nearest feasible total)")
+    feasible = models.BooleanField()
+    reason = models.TextField(blank=True)
+    vehicles = models.PositiveIntegerField()
+    commands = models.PositiveIntegerField()
+    accepted = models.PositiveIntegerField(help_text="CALLRESULTs with status Accepted")
+    failed = models.PositiveIntegerField(help_text="rejected, CALLERROR, timeout or offline")
+    compute_ms = models.FloatField(help_text="signal received -> commands ready (allocation and payloads)")
+    p50_ms = models.FloatField(null=True, blank=True, help_text="median signal -> CALLRESULT")
+    last_ms = models.FloatField(null=True, blank=True, help_text="signal -> last station's CALLRESULT")
+    state_age_s = models.FloatField(help_text="age of the in-memory fleet state used")
+    recorded_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-signal_at"]
+        indexes = [models.Index(fields=["product", "portfolio", "signal_at"], name="dispatch_product_signal")]
+
+    def __str__(self) -> str:
+        return f"{self.product_id}/{self.portfolio} {self.signal_at:%H:%M:%S} {self.setpoint_w} W"
+
+
+class DispatchCommand(models.Model):
+    """One station's share of a dispatch and its answer."""
+
+    dispatch = models.ForeignKey(Dispatch, on_delete=models.CASCADE, related_name="station_commands")
+    station_id = models.CharField(max_length=48)
+    evse_id = models.PositiveIntegerField()
+    vehicle_id = models.BigIntegerField()
+    power_w = models.IntegerField()
+    status = models.CharField(max_length=16, help_text="result, error, timeout, offline")
+    answer = models.CharField(max_length=40, blank=True, help_text="CALLRESULT status or CALLERROR code")
+    latency_ms = models.FloatField(null=True, blank=True, help_text="signal received -> this CALLRESULT")
+
+    class Meta:
+        ordering = ["dispatch", "station_id"]
+
+    def __str__(self) -> str:
+        return f"{self.station_id}: {self.power_w} W {self.status}"
