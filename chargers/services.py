@@ -208,6 +208,9 @@ def telemetry_committed(*, updates: list[TelemetryUpdate]) -> None:
     with ``transaction.on_commit`` rather than computing here). Also publishes the live feed to the channel-layer
     group ``telemetry`` as ``{"type": "telemetry.update", "updates": [TelemetryUpdate as dict, ...]}``.
     """
+    from fleet.telemetry import on_telemetry_committed  # fleet: vehicle sessions, SoC beliefs (enqueues only)
+
+    on_telemetry_committed(updates)
     layer = get_channel_layer()
     if layer is None:
         return

@@ -157,6 +157,9 @@ class PlugSession(models.Model):
     station_id = models.CharField(max_length=48, help_text="OCPP identity of the station")
     evse_id = models.PositiveIntegerField(null=True, blank=True)
     transaction_id = models.CharField(max_length=36, blank=True, help_text="OCPP transactionId")
+    charger_transaction = models.ForeignKey(
+        "chargers.Transaction", null=True, blank=True, on_delete=models.SET_NULL, related_name="plug_sessions"
+    )
     matched_by = models.CharField(max_length=16, help_text="id_token, evccid, vin or manual")
     started_at = models.DateTimeField()
     ended_at = models.DateTimeField(null=True, blank=True)

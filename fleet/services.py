@@ -195,8 +195,8 @@ def soc_advance(
     Idempotent: the same reading yields the existing estimate.
     """
     basis = selectors.latest_chain_start(vehicle.id, at=valid_at)
-    if basis is None or basis.import_register_wh is None:
-        return None
+    if basis is None or basis.import_register_wh is None or valid_at <= basis.valid_at:
+        return None  # nothing to advance from, or the reading is the observation itself
     if import_register_wh < basis.import_register_wh or export_register_wh < (basis.export_register_wh or 0):
         return None
     existing = SocEstimate.objects.filter(

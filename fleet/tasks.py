@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
 
 from fleet import services
@@ -18,3 +20,11 @@ def refresh_vehicle_state(vehicle_id: int) -> bool:
         return False
     services.vehicle_state_refresh(vehicle_id=vehicle_id)
     return True
+
+
+@shared_task(name="fleet.ingest_telemetry", ignore_result=True)
+def ingest_telemetry(readings: list[dict[str, Any]]) -> int:
+    """Apply committed CSMS readings to vehicles (sessions, SoC beliefs, ISO 15118 needs); idempotent."""
+    from fleet.telemetry import Reading, telemetry_ingest
+
+    return telemetry_ingest(readings=[Reading.from_message(r) for r in readings])

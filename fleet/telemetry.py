@@ -1,0 +1,247 @@
+"""Fleet side of committed CSMS telemetry: match sessions to vehicles, track SoC beliefs and ISO 15118 needs.
+
+``on_telemetry_committed`` is called by ``chargers.services.telemetry_committed`` right after the COMMIT that stored
+the readings; it only filters and enqueues (``fleet.tasks.ingest_telemetry``); the work happens in the task, which
+calls :func:`telemetry_ingest`. Everything here is idempotent: a redelivered batch changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+
+from chargers.models import EvChargingNeeds
+from chargers.models import Transaction as ChargerTransaction
+from fleet import selectors, services
+from fleet.models import DeparturePlan, PlanSource, PlugSession, SocEstimate, SocSource, Vehicle
+
+LOG = logging.getLogger(__name__)
+
+SOC = "SoC"
+IMPORT = "Energy.Active.Import.Register"
+EXPORT = "Energy.Active.Export.Register"
+FREE_STATUSES = {"Available"}
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """The part of a CSMS telemetry update the fleet uses (plain data, safe to pass to Celery as a dict)."""
+
+    station_id: str
+    kind: str
+    timestamp: datetime
+    evse_id: int = 0
+    values: dict[str, int] = field(default_factory=dict)
+    status: str = ""
+    transaction_id: str = ""
+
+    def as_message(self) -> dict[str, Any]:
+        return {
+            "station_id": self.station_id,
+            "kind": self.kind,
+            "timestamp": self.timestamp.isoformat(),
+            "evse_id": self.evse_id,
+            "values": self.values,
+            "status": self.status,
+            "transaction_id": self.transaction_id,
+        }
+
+    @classmethod
+    def from_message(cls, data: dict[str, Any]) -> Reading:
+        return cls(
+            station_id=str(data["station_id"]),
+            kind=str(data["kind"]),
+            timestamp=datetime.fromisoformat(data["timestamp"]),
+            evse_id=int(data.get("evse_id") or 0),
+            values={str(k): int(v) for k, v in (data.get("values") or {}).items()},
+            status=str(data.get("status") or ""),
+            transaction_id=str(data.get("transaction_id") or ""),
+        )
+
+
+def _relevant(update: Any) -> bool:
+    if update.kind == "status":
+        return update.status in FREE_STATUSES
+    return update.kind == "meter" and bool(update.transaction_id or SOC in update.values or IMPORT in update.values)
+
+
+def on_telemetry_committed(updates: Iterable[Any]) -> None:
+    """Hook for the CSMS: enqueue one ingest task for the readings that concern vehicles. Never raises."""
+    try:
+        readings = [
+            Reading(
+                station_id=u.station_id,
+                kind=u.kind,
+                timestamp=u.timestamp,
+                evse_id=u.evse_id,
+                values={k: v for k, v in u.values.items() if k in (SOC, IMPORT, EXPORT)},
+                status=u.status,
+                transaction_id=u.transaction_id,
+            ).as_message()
+            for u in updates
+            if _relevant(u)
+        ]
+        if readings:
+            from fleet.tasks import ingest_telemetry
+
+            transaction.on_commit(lambda: ingest_telemetry.delay(readings))
+    except Exception:  # the CSMS has already stored and acknowledged the data: never fail it from here
+        LOG.exception("fleet telemetry hook failed")
+
+
+def telemetry_ingest(*, readings: Sequence[Reading]) -> int:
+    """Apply readings in time order; returns how many touched a vehicle."""
+    touched = 0
+    for reading in sorted(readings, key=lambda r: r.timestamp):
+        with transaction.atomic():
+            touched += _apply(reading)
+    return touched
+
+
+def _apply(reading: Reading) -> int:
+    if reading.kind == "status":
+        return _close_at_evse(reading)
+    session = _session_for(reading)
+    if session is None:
+        return 0
+    if session.charger_transaction is not None and not session.charger_transaction.active:
+        ended = session.charger_transaction.ended_at or reading.timestamp
+        services.session_close(station_id=session.station_id, transaction_id=session.transaction_id, ended_at=ended)
+        return 1
+    _apply_charging_needs(session)
+    _apply_soc(session.vehicle, reading)
+    return 1
+
+
+def _close_at_evse(reading: Reading) -> int:
+    """A connector back to Available means the car is gone: close any open session on that EVSE."""
+    open_ids = list(
+        PlugSession.objects.filter(
+            station_id=reading.station_id, evse_id=reading.evse_id, ended_at__isnull=True
+        ).values_list("transaction_id", flat=True)
+    )
+    for tx_id in open_ids:
+        services.session_close(station_id=reading.station_id, transaction_id=tx_id, ended_at=reading.timestamp)
+    return len(open_ids)
+
+
+def _session_for(reading: Reading) -> PlugSession | None:
+    """The open session the reading belongs to, opening it when the transaction's id token names a vehicle."""
+    sessions = PlugSession.objects.select_related("vehicle", "vehicle__fleet", "charger_transaction").filter(
+        station_id=reading.station_id, ended_at__isnull=True
+    )
+    if reading.transaction_id:
+        found = sessions.filter(transaction_id=reading.transaction_id).first()
+    else:
+        found = sessions.filter(evse_id=reading.evse_id).first() if reading.evse_id else None
+    if found is not None or not reading.transaction_id:
+        return found
+    tx = (
+        ChargerTransaction.objects.select_related("station")
+        .filter(station__station_id=reading.station_id, transaction_id=reading.transaction_id)
+        .first()
+    )
+    if tx is None or not tx.active or not tx.id_token:
+        return None
+    # With ISO 15118 the token can be the EV's EVCCID (MacAddress type); else a card or app token.
+    match = services.vehicle_match(id_token=tx.id_token, evccid=tx.id_token)
+    if match is None:
+        return None
+    vehicle, matched_by = match
+    session = services.session_open(
+        vehicle=vehicle,
+        station_id=reading.station_id,
+        evse_id=tx.evse_id or reading.evse_id or None,
+        transaction_id=tx.transaction_id,
+        matched_by=matched_by,
+        started_at=tx.started_at or reading.timestamp,
+    )
+    if session.transaction_id == tx.transaction_id and session.transaction_id != "":
+        PlugSession.objects.filter(id=session.id).update(charger_transaction=tx)
+        session.charger_transaction = tx
+    return session
+
+
+def _apply_charging_needs(session: PlugSession) -> None:
+    """The newest NotifyEVChargingNeeds of this EVSE since plug-in: V2X limits and the driver's departure."""
+    if session.evse_id is None:
+        return
+    needs = (
+        EvChargingNeeds.objects.filter(
+            station__station_id=session.station_id, evse_id=session.evse_id, received_at__gte=session.started_at
+        )
+        .order_by("-received_at", "-id")
+        .first()
+    )
+    if needs is None:
+        return
+    limits = {
+        "ev_max_charge_w": needs.max_charge_power_w or needs.ev_max_power_w,
+        "ev_max_discharge_w": needs.max_discharge_power_w,
+    }
+    if any(v is not None and getattr(session, k) != v for k, v in limits.items()):
+        services.session_set_limits(session=session, **limits)
+    target_pct = _target_pct(session.vehicle, needs)
+    if needs.departure_time is None or target_pct is None:
+        return
+    latest = DeparturePlan.objects.filter(session=session, source=PlanSource.STATION).order_by("-known_at").first()
+    if latest is not None and (latest.departure_at, latest.target_soc_pct) == (needs.departure_time, target_pct):
+        return
+    services.departure_plan_set(
+        vehicle=session.vehicle,
+        departure_at=needs.departure_time,
+        target_soc_pct=target_pct,
+        source=PlanSource.STATION,
+        known_at=needs.received_at,
+        session=session,
+    )
+
+
+def _target_pct(vehicle: Vehicle, needs: EvChargingNeeds) -> int | None:
+    """Target SoC the EV asked for: explicit targetSoC, else the energy request on top of the current belief."""
+    if needs.target_soc is not None:
+        return int(needs.target_soc)
+    energy = needs.ev_target_energy_request_wh or needs.energy_amount_wh
+    belief = selectors.latest_soc(vehicle.id)
+    if energy is None or belief is None:
+        return None
+    return min(100, round((belief.soc_wh + energy) * 100 / vehicle.usable_capacity_wh))
+
+
+def _apply_soc(vehicle: Vehicle, reading: Reading) -> None:
+    """A changed SoC report resets the chain; otherwise the meter registers advance the last report.
+
+    Stations report SoC in whole percent: while the percentage stays the same, the metered estimate is the finer
+    figure, so an unchanged report does not reset it.
+    """
+    pct = reading.values.get(SOC)
+    imported, exported = reading.values.get(IMPORT), reading.values.get(EXPORT)
+    last_report = (
+        SocEstimate.objects.filter(vehicle=vehicle, source=SocSource.REPORTED, valid_at__lte=reading.timestamp)
+        .order_by("-valid_at", "-id")
+        .first()
+    )
+    reported_pct = round(last_report.soc_wh * 100 / vehicle.usable_capacity_wh) if last_report else None
+    if pct is not None and 0 <= pct <= 100 and (last_report is None or pct != reported_pct):
+        if last_report is not None and last_report.valid_at == reading.timestamp:
+            return  # the same reading again
+        services.soc_report(
+            vehicle=vehicle,
+            soc_wh=vehicle.usable_capacity_wh * pct // 100,
+            valid_at=reading.timestamp,
+            import_register_wh=imported,
+            export_register_wh=exported if exported is not None else (0 if imported is not None else None),
+        )
+        return
+    if imported is not None:
+        services.soc_advance(
+            vehicle=vehicle,
+            import_register_wh=imported,
+            export_register_wh=exported or 0,
+            valid_at=reading.timestamp,
+        )
