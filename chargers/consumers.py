@@ -64,8 +64,9 @@ class OcppConsumer(AsyncConsumer):
         self.closed = False
         self.calls: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.pending: tuple[str, asyncio.Future[Frame]] | None = None
-        await self.send({"type": "websocket.accept", "subprotocol": f"ocpp{version}"})
+        # Claim the station before accepting: once the station sees the socket open, station_call can route to it.
         previous = await self.writer.submit(Connected(self.station, self.channel_name, datetime.now(UTC)))
+        await self.send({"type": "websocket.accept", "subprotocol": f"ocpp{version}"})
         if previous:
             await self.channel_layer.send(previous, {"type": "ocpp.replaced"})
         self.call_worker = asyncio.get_running_loop().create_task(self._call_worker())
