@@ -14,6 +14,7 @@ Usage: ``python bench/vpp_allocation.py [--repeat N]``. The machine is shared (2
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -91,7 +92,7 @@ def main() -> int:
         repeat = max(args.repeat // (10 if n >= 100_000 else 1), 5)
         samples: list[float] = []
         for sp in setpoints:
-            samples += timed(lambda sp=sp, arrays=arrays: allocate(arrays, sp, now=NOW, duration_s=900), repeat)
+            samples += timed(functools.partial(allocate, arrays, sp, now=NOW, duration_s=900), repeat)
             assert allocate(arrays, sp, now=NOW, duration_s=900).achieved_w == sp
         median = statistics.median(samples)
         rows.append((f"allocate {n:>7,} vehicles", median, p99(samples), target, median < target))

@@ -32,7 +32,7 @@ CHAIN_SOURCES = (SocSource.REPORTED, SocSource.FLEET_MANAGER, SocSource.SEED)
 def organisations_for(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Organisation]:
     if not user.is_authenticated:
         return Organisation.objects.none()
-    return Organisation.objects.filter(members=user)
+    return Organisation.objects.filter(members__pk=user.pk)
 
 
 def fleets_for(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Fleet]:

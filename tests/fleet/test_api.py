@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def setup(django_capture_on_commit_callbacks) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def setup(django_capture_on_commit_callbacks) -> dict[str, object]:
     user = UserFactory()
     mine = FleetFactory()
     mine.organisation.members.add(user)

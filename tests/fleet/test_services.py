@@ -162,7 +162,7 @@ def test_plugged_in_snapshots_apply_session_limits_and_skip_unknown_soc() -> Non
     assert (snap.station_id, snap.evse_id) == ("depot-1", 1)
 
 
-def test_telemetry_refreshes_the_state_once_per_request(django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+def test_telemetry_refreshes_the_state_once_per_request(django_capture_on_commit_callbacks) -> None:
     session = PlugSessionFactory()
     vehicle = session.vehicle
     # when a report is stored, the refresh runs after commit

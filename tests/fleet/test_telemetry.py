@@ -113,7 +113,7 @@ def test_the_session_closes_when_the_transaction_ends_or_the_connector_is_free(p
     assert selectors.open_session(plugged["vehicle"].id) is None
 
 
-def test_the_csms_hook_feeds_the_fleet_after_commit(plugged: dict, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+def test_the_csms_hook_feeds_the_fleet_after_commit(plugged: dict, django_capture_on_commit_callbacks) -> None:
     update = TelemetryUpdate(
         "depot-7",
         "meter",

@@ -63,7 +63,8 @@ def test_fleet_figures_are_the_sum_of_cars_grouped_by_node() -> None:
     assert flex.by_node["b"].baseline_w.tolist() == single.baseline_w.tolist()
     assert flex.per_vehicle is not None
     assert flex.per_vehicle.up_w.shape == (3, 8)
-    assert flex.total.as_dict()["interval_starts"][1] == (NOW + timedelta(minutes=15)).isoformat()
+    assert flex.total.interval_starts[1] == NOW + timedelta(minutes=15)
+    assert flex.total.as_dict()["interval_starts"] == [t.isoformat() for t in flex.total.interval_starts]
 
 
 @settings(max_examples=150, deadline=None)
