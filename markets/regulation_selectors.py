@@ -11,16 +11,26 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import numpy as np
-from django.db.models import Q, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
+from django.db.models.functions import TruncDate
 from numpy.typing import NDArray
 
 from chargers.models import MeterValue
 from markets.models import Award, Product
-from markets.regulation_models import EnergyPrice, RegulationBasepoint, RegulationPrice, RegulationSignal
+from markets.regulation_models import (
+    EnergyPrice,
+    PerformanceScoreRecord,
+    RegulationBasepoint,
+    RegulationPrice,
+    RegulationSignal,
+    Settlement,
+    SettlementLine,
+)
 
 POWER_IMPORT = "Power.Active.Import"
 POWER_EXPORT = "Power.Active.Export"
@@ -298,3 +308,51 @@ def charge_point_vehicles(*, series: list[MeterSeries], start: datetime, end: da
             )
         )
     return out
+
+
+# --- reports (scoped to the user) ----------------------------------------------------------------------------------
+
+
+def settlement_lines_for(user) -> QuerySet[SettlementLine]:
+    """Settlement lines a user may see: all for staff and holders of ``markets.view_settlement``, else those of
+    vehicles owned by the user's organisations."""
+    lines = SettlementLine.objects.select_related("settlement__award__product", "station")
+    if user.is_staff or user.has_perm("markets.view_settlement"):
+        return lines
+    return lines.filter(owner__members=user)
+
+
+def settlements_for(user) -> QuerySet[Settlement]:
+    """Award-level settlements: market-wide figures, for staff and holders of ``markets.view_settlement`` only."""
+    if user.is_staff or user.has_perm("markets.view_settlement"):
+        return Settlement.objects.select_related("award__product", "score")
+    return Settlement.objects.none()
+
+
+def scores_for(user) -> QuerySet[PerformanceScoreRecord]:
+    if user.is_staff or user.has_perm("markets.view_performancescorerecord"):
+        return PerformanceScoreRecord.objects.select_related("product")
+    return PerformanceScoreRecord.objects.none()
+
+
+_MONEY_FIELDS = ("capacity_credit", "performance_credit", "energy_amount", "degradation_cost", "net")
+
+
+def revenue_by(lines: QuerySet[SettlementLine], *, by: str) -> list[dict[str, Any]]:
+    """Revenue totals of settlement lines per ``day`` (UTC), ``product`` or ``vehicle``; money as Decimal."""
+    keys = {
+        "day": ("key", TruncDate("settlement__period_start", tzinfo=UTC)),
+        "product": ("key", F("settlement__award__product__code")),
+        "vehicle": ("key", F("vehicle_ref")),
+    }
+    if by not in keys:
+        raise ValueError(f"revenue can be grouped by day, product or vehicle, not {by!r}")
+    name, expression = keys[by]
+    sums = {field: Sum(field) for field in _MONEY_FIELDS}
+    rows = (
+        lines.annotate(**{name: expression})
+        .values(name)
+        .annotate(**sums, import_wh=Sum("import_wh"), export_wh=Sum("export_wh"), lines=Count("id"))
+        .order_by(name)
+    )
+    return list(rows)

@@ -633,30 +633,44 @@ def _register_delta(series: MeterSeries, start: datetime, end: datetime) -> tupl
 
 
 def reconciliation_report(*, start: datetime, end: datetime) -> list[ReconciliationRow]:
-    """Per charge point: energy settled over ``[start, end)`` against its meter registers' deltas.
+    """Per charge point: energy settled in the periods settled within ``[start, end)`` against its meter
+    registers' deltas over those same periods.
 
     Settled energy is what the settlement lines hold (integrated from power readings); the registers are the
-    meter's own energy counters, interpolated at ``start`` and ``end``. Each direction agrees within 0.1 % (or
-    1 Wh). A charge point whose registers do not cover the span is reported with a register delta of 0.
+    meter's own energy counters, interpolated linearly at each settled period's start and end. Each period counts
+    once per charge point, however many awards it was settled under. Each direction agrees within 0.1 % (or 1 Wh).
+    A period whose register readings do not bracket it counts a register delta of 0, so it shows as disagreeing.
     """
     start, end = _utc(start, "start"), _utc(end, "end")
     lines = SettlementLine.objects.filter(settlement__period_start__gte=start, settlement__period_end__lte=end)
     settled: dict[tuple[int, int], list[int]] = {}
+    periods: dict[tuple[int, int], set[tuple[datetime, datetime]]] = {}
     names: dict[tuple[int, int], str] = {}
-    for station_pk, station_id, evse_id, imp, exp in lines.values_list(
-        "station_id", "station__station_id", "evse_id", "import_wh", "export_wh"
+    for station_pk, station_id, evse_id, imp, exp, p_start, p_end in lines.values_list(
+        "station_id",
+        "station__station_id",
+        "evse_id",
+        "import_wh",
+        "export_wh",
+        "settlement__period_start",
+        "settlement__period_end",
     ):
-        totals = settled.setdefault((station_pk, evse_id), [0, 0])
+        cp = (station_pk, evse_id)
+        totals = settled.setdefault(cp, [0, 0])
         totals[0] += imp
         totals[1] += exp
-        names[(station_pk, evse_id)] = station_id
+        periods.setdefault(cp, set()).add((p_start, p_end))
+        names[cp] = station_id
     margin = timedelta(seconds=POWER_MAX_AGE_S)
     registers = charge_point_registers(start=start - margin, end=end + margin, stations={cp[0] for cp in settled})
     rows = []
     for cp, (imp, exp) in sorted(settled.items()):
+        reg_imp = reg_exp = 0
         series = registers.get(cp)
-        delta = _register_delta(series, start, end) if series is not None else None
-        reg_imp, reg_exp = delta if delta is not None else (0, 0)
+        for p_start, p_end in sorted(periods[cp]):
+            delta = _register_delta(series, p_start, p_end) if series is not None else None
+            if delta is not None:
+                reg_imp, reg_exp = reg_imp + delta[0], reg_exp + delta[1]
         rows.append(
             ReconciliationRow(
                 station_pk=cp[0],

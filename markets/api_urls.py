@@ -1,0 +1,9 @@
+"""REST routes of the markets app, mounted under /api/ by ``vpp/urls.py``. Each area keeps its own module."""
+
+from __future__ import annotations
+
+from django.urls import include, path
+
+urlpatterns = [
+    path("", include("markets.regulation_api_urls")),
+]

@@ -1,0 +1,381 @@
+"""REST API for regulation: signal intake from a utility, performance scores, settlements, reconciliation, CSV.
+
+Thin edges: serializers validate, one service or selector does the work, the response is shaped here. Every call is
+authenticated (token or session); signal intake needs ``markets.submit_regulation_signal``; market-wide figures
+need staff or ``markets.view_settlement``; settlement lines are scoped to the user's organisations.
+"""
+
+from __future__ import annotations
+
+import csv
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.http import HttpResponse
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.generics import ListAPIView
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from markets.models import Product
+from markets.regulation_models import PerformanceScoreRecord, Settlement, SettlementLine, SignalSource
+from markets.regulation_selectors import scores_for, settlement_lines_for, settlements_for
+from markets.regulation_services import (
+    RegulationError,
+    SignalConflict,
+    reconciliation_report,
+    regulation_signal_record,
+)
+
+MAX_REPORT_DAYS = 62
+
+
+class SignalInSerializer(serializers.Serializer):
+    product = serializers.CharField(help_text="'<operator>:<product>' (e.g. pjm:reg-d) or a product code")
+    portfolio = serializers.CharField(default="default", max_length=64)
+    at = serializers.DateTimeField(help_text="instant the value applies from, ISO 8601 with offset")
+    value = serializers.DecimalField(max_digits=12, decimal_places=8, min_value=-1, max_value=1)
+    source_ref = serializers.CharField(required=False, default="", allow_blank=True, max_length=200)
+
+    def validate_at(self, value: datetime) -> datetime:
+        raw = str(self.initial_data.get("at", ""))
+        if not (raw.endswith("Z") or "+" in raw[10:] or "-" in raw[10:]):
+            raise serializers.ValidationError("give the UTC offset (e.g. 2025-07-01T14:00:02Z)")
+        return value
+
+    def validate_product(self, value: str) -> Product:
+        operator, _, code = value.rpartition(":")
+        products = Product.objects.filter(code=code, kind=Product.Kind.REGULATION, active=True)
+        if operator:
+            products = products.filter(operator__code=operator)
+        found = list(products.select_related("operator")[:2])
+        if len(found) != 1:
+            raise serializers.ValidationError(f"no single active regulation product {value!r}")
+        return found[0]
+
+
+class SignalIntakeView(APIView):
+    """``POST /api/regulation/signal``: one value of the regulation signal from a utility / market operator."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(request=SignalInSerializer, responses={201: dict, 200: dict, 400: dict, 403: dict, 409: dict})
+    def post(self, request: Request) -> Response:
+        if not request.user.has_perm("markets.submit_regulation_signal"):
+            raise PermissionDenied("sending regulation signal values needs markets.submit_regulation_signal")
+        data = SignalInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = data.validated_data
+        try:
+            row, created = regulation_signal_record(
+                product=fields["product"],
+                portfolio=fields["portfolio"],
+                at=fields["at"],
+                value=fields["value"],
+                source=SignalSource.UTILITY_API,
+                source_ref=fields["source_ref"] or request.user.get_username(),
+                received_by_id=request.user.pk,
+            )
+        except SignalConflict as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except RegulationError as exc:
+            raise ValidationError({"detail": str(exc)}) from exc
+        body = {
+            "id": row.pk,
+            "created": created,
+            "product": str(row.product),
+            "portfolio": row.portfolio,
+            "at": row.at,
+            "value": str(row.value),
+            "belief_time": row.belief_time,
+        }
+        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class PeriodSerializer(serializers.Serializer):
+    since = serializers.DateTimeField(required=False)
+    until = serializers.DateTimeField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        until = attrs.get("until") or timezone.now()
+        since = attrs.get("since") or until - timedelta(days=7)
+        if since >= until:
+            raise serializers.ValidationError("since must be before until")
+        if until - since > timedelta(days=MAX_REPORT_DAYS):
+            raise serializers.ValidationError(f"a report spans at most {MAX_REPORT_DAYS} days")
+        return {"since": since, "until": until}
+
+
+def period(request: Request) -> tuple[datetime, datetime]:
+    params = PeriodSerializer(data=request.query_params)
+    params.is_valid(raise_exception=True)
+    return params.validated_data["since"], params.validated_data["until"]
+
+
+PERIOD_PARAMS = [
+    OpenApiParameter("since", str, description="ISO 8601, default: until - 7 days"),
+    OpenApiParameter("until", str, description="ISO 8601, default: now"),
+]
+
+
+class ScoreSerializer(serializers.ModelSerializer):
+    product = serializers.CharField(source="product.__str__", read_only=True)
+
+    class Meta:
+        model = PerformanceScoreRecord
+        fields = [
+            "id",
+            "product",
+            "portfolio",
+            "kind",
+            "period_start",
+            "period_end",
+            "capacity_w",
+            "accuracy",
+            "delay",
+            "precision",
+            "composite",
+            "passed",
+            "rows",
+            "signal_mileage",
+            "signal_samples",
+            "meter_values",
+            "duplicates_ignored",
+            "stations",
+            "inputs",
+            "computed_at",
+        ]
+
+
+@extend_schema(parameters=PERIOD_PARAMS)
+class ScoreListView(ListAPIView):
+    """``GET /api/regulation/scores``: performance scores per hour / test."""
+
+    serializer_class = ScoreSerializer
+
+    def get_queryset(self) -> Any:
+        since, until = period(self.request)
+        return scores_for(self.request.user).filter(period_start__gte=since, period_start__lt=until)
+
+
+class LineSerializer(serializers.ModelSerializer):
+    station = serializers.CharField(source="station.station_id", read_only=True)
+
+    class Meta:
+        model = SettlementLine
+        fields = [
+            "id",
+            "station",
+            "evse_id",
+            "vehicle",
+            "vehicle_ref",
+            "owner",
+            "owner_ref",
+            "capacity_credit",
+            "performance_credit",
+            "energy_amount",
+            "degradation_cost",
+            "net",
+            "response_wh",
+            "import_wh",
+            "export_wh",
+            "pack_throughput_wh",
+            "meter_count",
+            "duplicates_ignored",
+            "meter_first",
+            "meter_last",
+            "meter_digest",
+        ]
+
+
+class SettlementSerializer(serializers.ModelSerializer):
+    product = serializers.CharField(source="award.product.__str__", read_only=True)
+    portfolio = serializers.CharField(source="award.portfolio", read_only=True)
+    lines = LineSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Settlement
+        fields = [
+            "id",
+            "award",
+            "product",
+            "portfolio",
+            "period_start",
+            "period_end",
+            "score",
+            "score_value",
+            "awarded_w",
+            "capacity_price",
+            "performance_price",
+            "mileage_ratio",
+            "capacity_credit",
+            "performance_credit",
+            "energy_amount",
+            "degradation_cost",
+            "net",
+            "exact",
+            "import_wh",
+            "export_wh",
+            "currency",
+            "computed_at",
+            "lines",
+        ]
+
+
+@extend_schema(parameters=PERIOD_PARAMS)
+class SettlementListView(ListAPIView):
+    """``GET /api/regulation/settlements``: award-hour settlements with their vehicle lines (market-wide view)."""
+
+    serializer_class = SettlementSerializer
+
+    def get_queryset(self) -> Any:
+        since, until = period(self.request)
+        return (
+            settlements_for(self.request.user)
+            .filter(period_start__gte=since, period_start__lt=until)
+            .prefetch_related("lines__station")
+        )
+
+
+class LineListView(ListAPIView):
+    """``GET /api/regulation/settlement-lines``: the user's vehicles' settlement lines."""
+
+    serializer_class = LineSerializer
+
+    @extend_schema(parameters=PERIOD_PARAMS)
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self) -> Any:
+        since, until = period(self.request)
+        return settlement_lines_for(self.request.user).filter(
+            settlement__period_start__gte=since, settlement__period_start__lt=until
+        )
+
+
+CSV_COLUMNS = [
+    "period_start",
+    "period_end",
+    "product",
+    "award",
+    "settlement",
+    "line",
+    "station",
+    "evse_id",
+    "vehicle",
+    "owner",
+    "score",
+    "capacity_credit",
+    "performance_credit",
+    "energy_amount",
+    "degradation_cost",
+    "net",
+    "currency",
+    "response_wh",
+    "import_wh",
+    "export_wh",
+    "pack_throughput_wh",
+    "meter_count",
+    "duplicates_ignored",
+    "meter_first",
+    "meter_last",
+    "meter_digest",
+]
+
+
+def settlement_csv(lines: Any, filename: str) -> HttpResponse:
+    """Settlement lines as CSV, one row per award-hour and vehicle, with the ids an auditor follows back."""
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    writer = csv.writer(response)
+    writer.writerow(CSV_COLUMNS)
+    for line in lines.order_by("settlement__period_start", "settlement_id", "station__station_id", "evse_id"):
+        s = line.settlement
+        writer.writerow(
+            [
+                s.period_start.isoformat(),
+                s.period_end.isoformat(),
+                str(s.award.product),
+                s.award_id,
+                s.pk,
+                line.pk,
+                line.station.station_id,
+                line.evse_id,
+                line.vehicle_ref,
+                line.owner_ref,
+                s.score_value,
+                line.capacity_credit,
+                line.performance_credit,
+                line.energy_amount,
+                line.degradation_cost,
+                line.net,
+                s.currency,
+                line.response_wh,
+                line.import_wh,
+                line.export_wh,
+                line.pack_throughput_wh,
+                line.meter_count,
+                line.duplicates_ignored,
+                line.meter_first_id or "",
+                line.meter_last_id or "",
+                line.meter_digest,
+            ]
+        )
+    return response
+
+
+class LineCsvView(APIView):
+    """``GET /api/regulation/settlement-lines.csv``: the same lines as CSV."""
+
+    @extend_schema(parameters=PERIOD_PARAMS, responses={200: str})
+    def get(self, request: Request) -> HttpResponse:
+        since, until = period(request)
+        lines = settlement_lines_for(request.user).filter(
+            settlement__period_start__gte=since, settlement__period_start__lt=until
+        )
+        return settlement_csv(lines, f"settlement-{since:%Y%m%d%H}-{until:%Y%m%d%H}.csv")
+
+
+class ReconciliationView(APIView):
+    """``GET /api/regulation/reconciliation``: settled energy against meter register deltas per charge point."""
+
+    @extend_schema(parameters=PERIOD_PARAMS, responses={200: dict})
+    def get(self, request: Request) -> Response:
+        if not (request.user.is_staff or request.user.has_perm("markets.view_settlement")):
+            raise PermissionDenied("the reconciliation is market-wide: staff or markets.view_settlement only")
+        since, until = period(request)
+        rows = reconciliation_report(start=since, end=until)
+        return Response(
+            {
+                "since": since,
+                "until": until,
+                "tolerance": "0.1 % of the register delta (or 1 Wh)",
+                "all_agree": all(r.agrees for r in rows),
+                "charge_points": [_reconciliation_row(r) for r in rows],
+            }
+        )
+
+
+def _reconciliation_row(row: Any) -> dict[str, Any]:
+    def check(c: Any) -> dict[str, Any]:
+        relative = c.relative
+        return {
+            "settled_wh": c.integrated_wh,
+            "register_wh": c.register_wh,
+            "difference_wh": c.difference_wh,
+            "relative": None if relative is None else f"{relative:.6f}",
+            "agrees": c.agrees,
+        }
+
+    return {
+        "station": row.station_id,
+        "evse_id": row.evse_id,
+        "import": check(row.import_check),
+        "export": check(row.export_check),
+        "agrees": row.agrees,
+    }

@@ -1,0 +1,235 @@
+"""Regulation REST API and pages: authenticated signal intake, scoped scores/settlements, CSV, audit, reports."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from fleet.models import Fleet, Organisation, PlugSession, Vehicle
+from markets.regulation_models import RegulationSignal
+from markets.regulation_services import energy_price_record, regulation_price_record, settlement_compute
+from tests.markets.regulation_data import (
+    HOUR_START,
+    award_for,
+    regulation_product,
+    stations,
+    store_following,
+    store_signal,
+)
+
+pytestmark = pytest.mark.django_db
+D = Decimal
+URL = "/api/regulation/signal"
+
+
+def user_with(username: str, *perms: str, staff: bool = False) -> User:
+    user = User.objects.create_user(username, password="a-long-test-password", is_staff=staff)
+    for perm in perms:
+        app, codename = perm.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=codename))
+    return User.objects.get(pk=user.pk)  # fresh: permission cache empty
+
+
+def client_for(user: User) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+@pytest.fixture
+def utility() -> APIClient:
+    return client_for(user_with("utility", "markets.submit_regulation_signal"))
+
+
+def signal(value="0.25", at="2025-07-01T14:00:02Z", product="pjm:reg-d"):
+    return {"product": product, "at": at, "value": value}
+
+
+# --- signal intake -------------------------------------------------------------------------------------------------
+
+
+def test_signal_intake_refuses_anonymous_callers():
+    response = APIClient().post(URL, signal(), format="json")
+    assert response.status_code == 401
+    assert not RegulationSignal.objects.exists()
+
+
+def test_signal_intake_refuses_users_without_the_permission():
+    response = client_for(user_with("viewer")).post(URL, signal(), format="json")
+    assert response.status_code == 403
+    assert "submit_regulation_signal" in response.json()["detail"]
+
+
+def test_a_utility_posts_a_signal_value_with_its_token():
+    user = user_with("utility-token", "markets.submit_regulation_signal")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    response = client.post(URL, signal("-0.71157"), format="json")
+    assert response.status_code == 201
+    row = RegulationSignal.objects.get()
+    assert (row.value, row.source, row.received_by, row.at) == (
+        D("-0.71157"),
+        "utility_api",
+        user,
+        HOUR_START + timedelta(seconds=2),
+    )
+
+
+def test_a_retransmitted_value_is_acknowledged_once_and_a_conflicting_one_refused(utility):
+    assert utility.post(URL, signal(), format="json").status_code == 201
+    again = utility.post(URL, signal(), format="json")
+    assert again.status_code == 200
+    assert again.json()["created"] is False
+    conflict = utility.post(URL, signal("0.3"), format="json")
+    assert conflict.status_code == 409
+    assert "already 0.25000" in conflict.json()["detail"]
+    assert RegulationSignal.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (signal("1.5"), "value"),
+        (signal("abc"), "value"),
+        (signal(at="2025-07-01T14:00:02"), "at"),  # no offset
+        (signal(at="yesterday"), "at"),
+        (signal(product="pjm:sync-reserve"), "product"),  # not a regulation product
+        (signal(product="nope"), "product"),
+    ],
+)
+def test_bad_signal_values_are_refused_with_a_reason(utility, payload, field):
+    response = utility.post(URL, payload, format="json")
+    assert response.status_code == 400
+    assert field in response.json()
+    assert not RegulationSignal.objects.exists()
+
+
+# --- a settled hour -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settled():
+    """One settled hour: two stations, one serving Acme's van, the other unassigned."""
+    product = regulation_product()
+    award = award_for(product, HOUR_START, awarded_w=1_000_000, price="20.00")
+    regulation_price_record(
+        product=product, interval_start=HOUR_START, performance_price=D("2.50"), mileage_ratio=D("3.2")
+    )
+    energy_price_record(
+        operator_id=product.operator_id, interval_start=HOUR_START, interval_minutes=60, price=D("30.00")
+    )
+    store_signal(product, HOUR_START)
+    first, second = stations(2)
+    store_following([first, second], HOUR_START, capacity_w=1_000_000)
+    owner = Organisation.objects.create(name="Acme Logistics", slug="acme")
+    fleet = Fleet.objects.create(organisation=owner, name="vans")
+    van = Vehicle.objects.create(
+        fleet=fleet, name="VAN-7", model="e-Transit", usable_capacity_wh=68_000, ac_max_charge_w=11_000
+    )
+    PlugSession.objects.create(
+        vehicle=van, station_id=first.station_id, evse_id=1, matched_by="manual", started_at=HOUR_START
+    )
+    return settlement_compute(award=award, period_start=HOUR_START), owner
+
+
+PERIOD = {"since": "2025-07-01T00:00:00Z", "until": "2025-07-02T00:00:00Z"}
+
+
+def test_staff_see_scores_and_settlements_others_do_not(settled):
+    staff = client_for(user_with("ops", staff=True))
+    scores = staff.get("/api/regulation/scores", PERIOD).json()["results"]
+    assert [s["composite"] for s in scores] == ["1.000000"]
+    settlements = staff.get("/api/regulation/settlements", PERIOD).json()["results"]
+    assert settlements[0]["net"] == "12.32"
+    assert len(settlements[0]["lines"]) == 2
+    outsider = client_for(user_with("outsider"))
+    assert outsider.get("/api/regulation/scores", PERIOD).json()["results"] == []
+    assert outsider.get("/api/regulation/settlements", PERIOD).json()["results"] == []
+
+
+def test_owners_see_only_their_vehicles_lines(settled):
+    _, owner = settled
+    member = user_with("acme-user")
+    owner.members.add(member)
+    lines = client_for(member).get("/api/regulation/settlement-lines", PERIOD).json()["results"]
+    assert [(line["vehicle_ref"], line["net"]) for line in lines] == [("VAN-7", "6.16")]
+    assert client_for(user_with("other")).get("/api/regulation/settlement-lines", PERIOD).json()["results"] == []
+
+
+def test_the_csv_export_carries_every_line_to_the_cent_with_its_meter_links(settled):
+    settlement, _ = settled
+    response = client_for(user_with("ops", staff=True)).get("/api/regulation/settlement-lines.csv", PERIOD)
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(response.content.decode())))
+    assert [r["net"] for r in rows] == ["6.16", "6.16"]
+    assert sum(D(r["net"]) for r in rows) == settlement.net
+    assert rows[0]["vehicle"] == "VAN-7"
+    assert rows[0]["meter_digest"] == settlement.lines.get(vehicle_ref="VAN-7").meter_digest
+    assert rows[1]["owner"] == "unassigned"
+
+
+def test_report_periods_are_validated(settled):
+    staff = client_for(user_with("ops", staff=True))
+    response = staff.get("/api/regulation/scores", {"since": "2025-07-02T00:00:00Z", "until": "2025-07-01T00:00:00Z"})
+    assert response.status_code == 400
+    assert staff.get("/api/regulation/scores", {"since": "2024-01-01T00:00:00Z"}).status_code == 400
+
+
+def test_the_reconciliation_endpoint_shows_agreement_with_the_registers(settled):
+    body = client_for(user_with("ops", staff=True)).get("/api/regulation/reconciliation", PERIOD).json()
+    assert body["all_agree"] is True
+    assert len(body["charge_points"]) == 2
+    assert body["charge_points"][0]["export"]["settled_wh"] == 125_000
+    assert client_for(user_with("outsider")).get("/api/regulation/reconciliation", PERIOD).status_code == 403
+
+
+# --- pages ------------------------------------------------------------------------------------------------------------
+
+
+def test_the_audit_page_traces_a_line_to_its_meter_values(client, settled):
+    settlement, _ = settled
+    client.force_login(user_with("ops", staff=True))
+    line = settlement.lines.get(vehicle_ref="VAN-7")
+    page = client.get(f"/regulation/settlements/{settlement.pk}/audit", {"line": line.pk})
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "the same readings (digest matches)" in text
+    assert line.meter_digest in text
+    assert "28.000000" not in text  # exact capacity is 20.0000000000 for 1 MW x $20 x 1.000000
+    assert "20.00" in text
+    readings = client.get(f"/regulation/settlements/{settlement.pk}/lines/{line.pk}/readings.csv")
+    assert readings.status_code == 200
+    assert len(readings.content.decode().strip().splitlines()) == 1 + 4 * 1951
+
+
+def test_an_owner_cannot_audit_another_owners_line(client, settled):
+    settlement, owner = settled
+    other_line = settlement.lines.get(vehicle_ref__endswith="/1", vehicle__isnull=True)
+    member = user_with("acme-user")
+    owner.members.add(member)
+    client.force_login(member)
+    assert client.get(f"/regulation/settlements/{settlement.pk}/audit", {"line": other_line.pk}).status_code == 404
+
+
+def test_the_reports_page_charts_signal_against_response_and_sums_revenue(client, settled):
+    client.force_login(user_with("ops", staff=True))
+    page = client.get("/regulation/", {"days": "2", "until": "2025-07-02T00:00:00Z"})
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert 'id="signal-chart"' in text
+    assert "fleet response (MW)" in text
+    assert "12.32" in text  # the award hour's net
+    assert "VAN-7" in text  # revenue per vehicle
+    assert client.get("/regulation/", {"days": "x"}).status_code == 400
+
+
+def test_pages_need_a_login(client):
+    assert client.get("/regulation/").status_code == 302
