@@ -1,0 +1,149 @@
+"""``manage.py markets <action>``: seed, import-prices, forecast, propose, export-bids, import-awards, clear."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
+
+from markets import services
+from markets.defaults import ensure_defaults
+from markets.models import Bid, DepotSite, MarketOperator, PricePoint, Product
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+PJM_SR = DATA / "pjm-synchronized-reserve-2017-07.csv"
+
+
+def _product(ref: str) -> Product:
+    try:
+        op, code = ref.split(":", 1)
+        return Product.objects.select_related("operator").get(operator__code=op, code=code)
+    except (ValueError, Product.DoesNotExist):
+        raise CommandError(f"unknown product {ref!r} (use operator:code, e.g. pjm:sync-reserve)") from None
+
+
+def _operator(code: str) -> MarketOperator:
+    try:
+        return MarketOperator.objects.get(code=code)
+    except MarketOperator.DoesNotExist:
+        raise CommandError(f"unknown operator {code!r}") from None
+
+
+class Command(BaseCommand):
+    help = "Market set-up, price import and forecast, bid proposals, CSV bid export and award import."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True)
+        sub.add_parser("seed", help="default operators/products, the PJM example prices and a forecast for tomorrow")
+        p = sub.add_parser("import-prices", help="import prices from CSV")
+        p.add_argument("path")
+        p.add_argument("--product", required=True, help="operator:code")
+        p.add_argument("--format", choices=["pjm-sr", "generic"], default="generic")
+        p.add_argument("--kind", choices=[k for k, _ in PricePoint.Kind.choices], default="forecast")
+        p.add_argument("--subzone")
+        f = sub.add_parser("forecast", help="hour-of-day forecast from cleared history")
+        f.add_argument("--product", required=True)
+        f.add_argument("--day", type=date.fromisoformat, help="delivery day (default tomorrow)")
+        f.add_argument("--location")
+        pr = sub.add_parser("propose", help="prepare (or re-run) the bid proposal for a delivery day")
+        pr.add_argument("--operator", default="pjm")
+        pr.add_argument("--portfolio", default="all")
+        pr.add_argument("--day", type=date.fromisoformat)
+        pr.add_argument("--scheduler", default="highs")
+        e = sub.add_parser("export-bids", help="write approved/submitted bids of a day as CSV")
+        e.add_argument("--operator", default="pjm")
+        e.add_argument("--day", type=date.fromisoformat)
+        e.add_argument("--status", action="append", default=None)
+        e.add_argument("--out", default="-")
+        a = sub.add_parser("import-awards", help="import the market's awards CSV")
+        a.add_argument("path")
+        c = sub.add_parser("clear", help="simulated market operator: clear submitted bids of a day")
+        c.add_argument("--operator", default="pjm")
+        c.add_argument("--day", type=date.fromisoformat)
+
+    def handle(self, *args: Any, **o: Any) -> None:
+        action = o["action"].replace("-", "_")
+        try:
+            getattr(self, f"do_{action}")(o)
+        except services.MarketError as exc:
+            raise CommandError(str(exc)) from exc
+
+    def _day(self, o: dict[str, Any]) -> date:
+        return o.get("day") or (timezone.now() + timedelta(days=1)).date()
+
+    def do_seed(self, o: dict[str, Any]) -> None:
+        created = ensure_defaults(MarketOperator, DepotSite, Product)
+        product = Product.objects.get(operator__code="pjm", code="sync-reserve")
+        with PJM_SR.open() as fh:
+            result = services.prices_import_pjm_sr(product=product, stream=fh, source_ref=PJM_SR.name)
+        tomorrow = self._day(o)
+        made = 0
+        pjm = MarketOperator.objects.get(code="pjm")
+        start, _ = services.delivery_window(pjm, tomorrow)
+        if not PricePoint.objects.filter(product=product, interval_start=start, kind="forecast").exists():
+            made = services.price_forecast_from_history(
+                product=product, day_start=start, location="PJM Mid Atlantic Dominion (MAD)"
+            )
+        self.stdout.write(
+            f"markets: {created} config rows created; PJM SR prices {result.created} new / {result.read} read; "
+            f"{made} forecast intervals for {tomorrow}"
+        )
+
+    def do_import_prices(self, o: dict[str, Any]) -> None:
+        product = _product(o["product"])
+        path = Path(o["path"])
+        if not path.exists():
+            raise CommandError(f"{path} does not exist")
+        with path.open() as fh:
+            if o["format"] == "pjm-sr":
+                result = services.prices_import_pjm_sr(
+                    product=product, stream=fh, source_ref=path.name, subzone=o.get("subzone")
+                )
+            else:
+                result = services.prices_import_csv(product=product, stream=fh, source_ref=path.name, kind=o["kind"])
+        self.stdout.write(f"{result.created} prices stored, {result.skipped_existing} already known")
+
+    def do_forecast(self, o: dict[str, Any]) -> None:
+        product = _product(o["product"])
+        start, _ = services.delivery_window(product.operator, self._day(o))
+        n = services.price_forecast_from_history(product=product, day_start=start, location=o.get("location"))
+        self.stdout.write(f"{n} forecast intervals from {start:%Y-%m-%d %H:%M} UTC")
+
+    def do_propose(self, o: dict[str, Any]) -> None:
+        proposal, _ = services.proposal_request(
+            operator=_operator(o["operator"]), portfolio=o["portfolio"], day=self._day(o)
+        )
+        services.proposal_rerun(proposal_id=proposal.id)
+        if not services.proposal_claim(proposal_id=proposal.id):
+            raise CommandError(f"proposal {proposal.id} is being run elsewhere")
+        done = services.proposal_run(proposal_id=proposal.id, scheduler=o["scheduler"])
+        self.stdout.write(f"proposal {done.id}: {done.status} {done.error}\n{done.explanation}")
+
+    def do_export_bids(self, o: dict[str, Any]) -> None:
+        operator = _operator(o["operator"])
+        start, end = services.delivery_window(operator, self._day(o))
+        text = services.bids_export_csv(
+            operator=operator, start=start, end=end, statuses=o["status"] or [Bid.Status.SUBMITTED]
+        )
+        if o["out"] == "-":
+            self.stdout.write(text, ending="")
+        else:
+            Path(o["out"]).write_text(text)
+
+    def do_import_awards(self, o: dict[str, Any]) -> None:
+        path = Path(o["path"])
+        with path.open() as fh:
+            n = services.awards_import_csv(stream=fh, source_ref=path.name, actor=services.Actor(label="cli"))
+        self.stdout.write(f"{n} awards recorded")
+
+    def do_clear(self, o: dict[str, Any]) -> None:
+        operator = _operator(o["operator"])
+        start, end = services.delivery_window(operator, self._day(o))
+        counts = services.market_clear_simulated(operator=operator, start=start, end=end)
+        self.stdout.write(f"cleared {start:%Y-%m-%d}: {counts}")
+
+
+__all__ = ["UTC", "Command", "datetime"]
