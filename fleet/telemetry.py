@@ -146,17 +146,21 @@ def _session_for(reading: Reading) -> PlugSession | None:
         .filter(station__station_id=reading.station_id, transaction_id=reading.transaction_id)
         .first()
     )
-    if tx is None or not tx.active or not tx.id_token:
+    if tx is None or not tx.active:
         return None
-    # With ISO 15118 the token can be the EV's EVCCID (MacAddress type); else a card or app token.
-    match = services.vehicle_match(id_token=tx.id_token, evccid=tx.id_token)
+    evse_id = tx.evse_id or reading.evse_id or None
+    if tx.id_token:
+        # With ISO 15118 the token can be the EV's EVCCID (MacAddress type); else a card or app token.
+        match = services.vehicle_match(id_token=tx.id_token, evccid=tx.id_token)
+    else:
+        match = _bay_vehicle(reading.station_id, evse_id)
     if match is None:
         return None
     vehicle, matched_by = match
     session = services.session_open(
         vehicle=vehicle,
         station_id=reading.station_id,
-        evse_id=tx.evse_id or reading.evse_id or None,
+        evse_id=evse_id,
         transaction_id=tx.transaction_id,
         matched_by=matched_by,
         started_at=tx.started_at or reading.timestamp,
@@ -165,6 +169,28 @@ def _session_for(reading: Reading) -> PlugSession | None:
         PlugSession.objects.filter(id=session.id).update(charger_transaction=tx)
         session.charger_transaction = tx
     return session
+
+
+def _bay_vehicle(station_id: str, evse_id: int | None) -> tuple[Vehicle, str] | None:
+    """A plug-in without any id token at a depot bay: the vehicle that used this EVSE last, if not plugged elsewhere.
+
+    Depot chargers are usually assigned to vehicles (cable plugged in, no card); a presented but unknown token is
+    never matched this way, since it says the car is someone else's.
+    """
+    if evse_id is None:
+        return None
+    last = (
+        PlugSession.objects.select_related("vehicle", "vehicle__fleet")
+        .filter(station_id=station_id, evse_id=evse_id)
+        .order_by("-started_at", "-id")
+        .first()
+    )
+    if last is None:
+        return None
+    elsewhere = selectors.open_session(last.vehicle_id)
+    if elsewhere is not None and (elsewhere.station_id, elsewhere.evse_id) != (station_id, evse_id):
+        return None
+    return last.vehicle, "bay"
 
 
 def _apply_charging_needs(session: PlugSession) -> None:

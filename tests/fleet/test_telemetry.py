@@ -127,3 +127,19 @@ def test_the_csms_hook_feeds_the_fleet_after_commit(plugged: dict, django_captur
     state = VehicleState.objects.get(vehicle=plugged["vehicle"])
     assert state.soc_wh == 33_000
     assert state.plugged_in is True
+
+
+def test_a_tokenless_plug_in_at_a_depot_bay_is_the_bays_last_vehicle(plugged: dict) -> None:
+    # given the vehicle used EVSE 1 of depot-7 before (an earlier, closed session)
+    telemetry_ingest(readings=[meter(1, SoC=50)])
+    PlugSession.objects.update(ended_at=T0 + timedelta(hours=1))
+    # when a new transaction starts there with no id token (cable plugged in)
+    Transaction.objects.create(
+        station=plugged["station"], transaction_id="tx-2", evse_id=1, started_at=T0 + timedelta(hours=10)
+    )
+    reading = Reading("depot-7", "meter", T0 + timedelta(hours=10, minutes=1), 1, {"SoC": 30}, "", "tx-2")
+    telemetry_ingest(readings=[reading])
+    # then the same vehicle is plugged in again, matched by its bay
+    session = selectors.open_session(plugged["vehicle"].id)
+    assert session is not None
+    assert (session.transaction_id, session.matched_by) == ("tx-2", "bay")
