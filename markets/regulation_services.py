@@ -531,6 +531,14 @@ def _power_only_trace(start: datetime, rows: int, stations: Iterable[int] | None
 
 
 def _settlement_store(award, period_start, period_end, score_row, terms, result, trace, owners, now) -> Settlement:
+    try:
+        return _settlement_write(award, period_start, period_end, score_row, terms, result, trace, owners, now)
+    except IntegrityError:
+        # Another worker settled the same award-hour meanwhile: same inputs, same figures; keep theirs.
+        return Settlement.objects.get(award=award, period_start=period_start)
+
+
+def _settlement_write(award, period_start, period_end, score_row, terms, result, trace, owners, now) -> Settlement:
     amounts, exact = result.amounts, result.exact
     with transaction.atomic():
         Settlement.objects.filter(award=award, period_start=period_start).delete()

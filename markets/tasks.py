@@ -1,0 +1,48 @@
+"""Celery: prepare tomorrow's bid proposals before each operator's gate closure.
+
+``prepare_proposals`` (beat, every 15 min) creates the proposal row for each active operator's next delivery day
+once its gate closure is less than ``PREPARE_LEAD`` away, and enqueues ``run_proposal`` after the row commits.
+``run_proposal`` claims the row (pending -> running, atomic), so duplicates and retries never run it twice.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from celery import shared_task
+from django.db import transaction
+from django.utils import timezone
+
+from markets import services
+from markets.models import BidProposal, MarketOperator
+
+PREPARE_LEAD = timedelta(hours=6)
+
+BEAT_SCHEDULE = {
+    "markets-prepare-proposals": {"task": "markets.tasks.prepare_proposals", "schedule": 900.0},
+}
+
+
+@shared_task
+def prepare_proposals(portfolio: str = "all") -> list[int]:
+    now = timezone.now()
+    queued = []
+    for operator in MarketOperator.objects.filter(active=True):
+        day = (now.astimezone(services.ZoneInfo(operator.timezone)) + timedelta(days=1)).date()
+        start, _ = services.delivery_window(operator, day)
+        closes = services.gate_closure(operator, start)
+        if not (closes - PREPARE_LEAD <= now < closes):
+            continue
+        with transaction.atomic():
+            proposal, _ = services.proposal_request(operator=operator, portfolio=portfolio, day=day)
+            if proposal.status == BidProposal.Status.PENDING:
+                transaction.on_commit(lambda pid=proposal.id: run_proposal.delay(pid))
+                queued.append(proposal.id)
+    return queued
+
+
+@shared_task
+def run_proposal(proposal_id: int) -> str:
+    if not services.proposal_claim(proposal_id=proposal_id):
+        return "already claimed"
+    return services.proposal_run(proposal_id=proposal_id).status
