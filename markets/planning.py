@@ -28,7 +28,9 @@ def build_problem(*, proposal: BidProposal, now: datetime) -> tuple[BidProblem, 
     start = proposal.horizon_start
     first = 0
     if now < start:
-        pre = math.ceil((start - now) / step)
+        # Whole intervals of the longest market so every product's intervals line up with the delivery day.
+        block = math.lcm(*[p.operator.interval_minutes // step_min for p in products]) if products else 1
+        pre = math.ceil((start - now) / (step * block)) * block
         first, start = pre, start - pre * step
     steps = first + int((proposal.horizon_end - proposal.horizon_start) / step)
     specs = [_spec(p, start=start, step=step, steps=steps, first=first, now=now) for p in products]
