@@ -46,3 +46,10 @@ def run_proposal(proposal_id: int) -> str:
     if not services.proposal_claim(proposal_id=proposal_id):
         return "already claimed"
     return services.proposal_run(proposal_id=proposal_id).status
+
+
+# Regulation scoring and settlement (markets/regulation_tasks.py): registered by importing it here.
+from markets.regulation_tasks import BEAT_SCHEDULE as _REGULATION_BEAT  # noqa: E402
+from markets.regulation_tasks import regulation_settle_hour  # noqa: E402, F401
+
+BEAT_SCHEDULE.update(_REGULATION_BEAT)

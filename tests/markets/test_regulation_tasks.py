@@ -9,7 +9,7 @@ import pytest
 
 from markets.regulation_models import Settlement
 from markets.regulation_services import energy_price_record, regulation_price_record
-from markets.tasks import _hour_due, regulation_settle_hour
+from markets.regulation_tasks import hour_due, regulation_settle_hour
 from tests.markets.regulation_data import (
     HOUR_START,
     award_for,
@@ -22,8 +22,8 @@ from tests.markets.regulation_data import (
 
 def test_an_hour_is_due_once_its_scoring_look_ahead_and_a_margin_have_passed():
     # the 14:00 hour needs rows to 15:05:10 (31 look-ahead rows) and a 2-min margin for late meter values
-    assert _hour_due(datetime(2025, 7, 1, 15, 7, 9, tzinfo=UTC)) == datetime(2025, 7, 1, 13, tzinfo=UTC)
-    assert _hour_due(datetime(2025, 7, 1, 15, 7, 10, tzinfo=UTC)) == datetime(2025, 7, 1, 14, tzinfo=UTC)
+    assert hour_due(datetime(2025, 7, 1, 15, 7, 9, tzinfo=UTC)) == datetime(2025, 7, 1, 13, tzinfo=UTC)
+    assert hour_due(datetime(2025, 7, 1, 15, 7, 10, tzinfo=UTC)) == datetime(2025, 7, 1, 14, tzinfo=UTC)
 
 
 @pytest.mark.django_db
