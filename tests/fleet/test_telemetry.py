@@ -143,3 +143,17 @@ def test_a_tokenless_plug_in_at_a_depot_bay_is_the_bays_last_vehicle(plugged: di
     session = selectors.open_session(plugged["vehicle"].id)
     assert session is not None
     assert (session.transaction_id, session.matched_by) == ("tx-2", "bay")
+
+
+def test_readings_from_foreign_stations_cost_a_few_queries(plugged: dict, django_assert_max_num_queries) -> None:
+    # given 50 stations the fleet never used, each with a transaction carrying a token no vehicle has
+    for n in range(50):
+        station = StationFactory(station_id=f"public-{n}")
+        Transaction.objects.create(station=station, transaction_id=f"p-{n}", evse_id=1, id_token=f"CARD-X{n}")
+    readings = [
+        Reading(f"public-{n}", "meter", T0, 1, {"SoC": 50, "Energy.Active.Import.Register": 10}, "", f"p-{n}")
+        for n in range(50)
+    ]
+    # when their batch is ingested, then it costs at most three queries and touches nothing
+    with django_assert_max_num_queries(3):
+        assert telemetry_ingest(readings=readings) == 0
