@@ -1,9 +1,8 @@
-"""REST routes of the markets app, mounted under /api/ by ``vpp/urls.py``. Each area keeps its own module."""
+from rest_framework.routers import DefaultRouter
 
-from __future__ import annotations
+from markets.api import AwardViewSet, BidViewSet
 
-from django.urls import include, path
-
-urlpatterns = [
-    path("", include("markets.regulation_api_urls")),
-]
+router = DefaultRouter()
+router.register("markets/bids", BidViewSet, basename="markets-bid")
+router.register("markets/awards", AwardViewSet, basename="markets-award")
+urlpatterns = router.urls

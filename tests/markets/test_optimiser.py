@@ -108,7 +108,8 @@ def test_a_car_leaving_soon_with_an_empty_battery_offers_nothing() -> None:
     # then no capacity is offered and the car charges
     assert all(q == 0 for qs in schedule.quantity_w.values() for q in qs)
     plan = schedule.plan(1)
-    assert plan is not None and plan.charge_w[:4].sum() > 0
+    assert plan is not None
+    assert plan.charge_w[:4].sum() > 0
 
 
 def test_the_milp_earns_at_least_the_greedy_on_the_same_prices() -> None:

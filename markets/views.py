@@ -1,0 +1,162 @@
+"""Bidding pages for a bidding admin (permission ``markets.bid_admin``): thin views calling one service each."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from decimal import Decimal, InvalidOperation
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from markets import services
+from markets.models import Bid, BidProposal, MarketOperator
+from markets.selectors import bids_in_window
+
+PERM = "markets.bid_admin"
+
+
+def _day(request: HttpRequest) -> date:
+    try:
+        return date.fromisoformat(request.GET.get("day", ""))
+    except ValueError:
+        return (timezone.now() + timedelta(days=1)).date()
+
+
+@login_required
+@permission_required(PERM, raise_exception=True)
+def bidding_day(request: HttpRequest) -> HttpResponse:
+    operator = get_object_or_404(MarketOperator, code=request.GET.get("operator", "pjm"))
+    day = _day(request)
+    start, end = services.delivery_window(operator, day)
+    bids = list(bids_in_window(start=start, end=end))
+    proposal = BidProposal.objects.filter(operator=operator, horizon_start=start).first()
+    chart = _chart(bids, proposal)
+    awards = [b for b in bids if hasattr(b, "award")]
+    return render(
+        request,
+        "markets/bidding_day.html",
+        {
+            "operator": operator,
+            "operators": MarketOperator.objects.filter(active=True),
+            "day": day,
+            "bids": bids,
+            "proposal": proposal,
+            "chart_json": json.dumps(chart),
+            "awards": [(b, b.award, max(0, b.quantity_w - b.award.awarded_w)) for b in awards],
+            "gate_closure": services.gate_closure(operator, start),
+        },
+    )
+
+
+def _chart(bids: list[Bid], proposal: BidProposal | None) -> dict[str, object]:
+    """Plotly traces: bids per product (bars), the fleet's up/down envelope, and offer / forecast prices."""
+    traces: list[dict[str, object]] = []
+    by_product: dict[str, list[Bid]] = {}
+    for b in bids:
+        by_product.setdefault(str(b.product), []).append(b)
+    for name, rows in by_product.items():
+        x = [b.interval_start.isoformat() for b in rows]
+        traces.append({"type": "bar", "name": f"{name} bid (kW)", "x": x, "y": [b.quantity_w / 1000 for b in rows]})
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "yaxis": "y2",
+                "name": f"{name} forecast price",
+                "x": x,
+                "y": [float(b.forecast_price) if b.forecast_price is not None else None for b in rows],
+            }
+        )
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "yaxis": "y2",
+                "name": f"{name} offer price",
+                "x": x,
+                "y": [float(b.price) for b in rows],
+            }
+        )
+    if proposal and proposal.inputs.get("envelope"):
+        env = proposal.inputs["envelope"]
+        start = timezone.datetime.fromisoformat(proposal.inputs["start"])
+        step = timedelta(seconds=proposal.inputs["step_s"])
+        x = [(start + k * step).isoformat() for k in range(len(env["up_w"]))]
+        for key, label in (("up_w", "fleet up headroom (kW)"), ("down_w", "fleet down headroom (kW)")):
+            traces.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines",
+                    "line": {"dash": "dot"},
+                    "name": label,
+                    "x": x,
+                    "y": [v / 1000 for v in env[key]],
+                }
+            )
+    return {
+        "data": traces,
+        "layout": {
+            "barmode": "group",
+            "yaxis": {"title": "kW"},
+            "yaxis2": {"title": "price", "overlaying": "y", "side": "right"},
+            "legend": {"orientation": "h"},
+            "margin": {"t": 20},
+        },
+    }
+
+
+@login_required
+@permission_required(PERM, raise_exception=True)
+@require_POST
+def bid_edit(request: HttpRequest, bid_id: int) -> HttpResponse:
+    try:
+        quantity_kw = Decimal(request.POST["quantity_kw"])
+        price = Decimal(request.POST["price"])
+        version = int(request.POST["version"])
+        services.bid_edit(
+            bid_id=bid_id, quantity_w=int(quantity_kw * 1000), price=price, version=version, actor=request.user
+        )
+        messages.success(request, "Bid updated (back to draft).")
+    except (KeyError, ValueError, InvalidOperation):
+        messages.error(request, "quantity, price and version are required numbers")
+        return _back(request, 400)
+    except services.MarketError as exc:
+        messages.error(request, str(exc))
+        return _back(request, 409)
+    return _back(request)
+
+
+@login_required
+@permission_required(PERM, raise_exception=True)
+@require_POST
+def bids_action(request: HttpRequest) -> HttpResponse:
+    target = {"approve": Bid.Status.APPROVED, "submit": Bid.Status.SUBMITTED, "reopen": Bid.Status.DRAFT}.get(
+        request.POST.get("action", "")
+    )
+    ids = [int(i) for i in request.POST.getlist("bid") if i.isdigit()]
+    if target is None or not ids:
+        messages.error(request, "choose bids and an action")
+        return _back(request, 400)
+    refused = services.bids_transition(bid_ids=ids, to_status=target, actor=request.user)
+    for reason in refused:
+        messages.error(request, reason)
+    if len(refused) < len(ids):
+        messages.success(request, f"{len(ids) - len(refused)} bid(s) now {target}.")
+    return _back(request)
+
+
+def _back(request: HttpRequest, status: int = 302) -> HttpResponse:
+    url = request.POST.get("next") or "/markets/bidding/"
+    if not url.startswith("/"):
+        url = "/markets/bidding/"
+    response = redirect(url)
+    if status != 302:
+        response.status_code = 303 if status < 400 else status
+        if status >= 400:
+            return HttpResponse("\n".join(str(m) for m in messages.get_messages(request)) or "refused", status=status)
+    return response

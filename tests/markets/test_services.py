@@ -1,0 +1,151 @@
+"""Bid lifecycle, audit, price and award CSV import, simulated clearing."""
+
+from __future__ import annotations
+
+import io
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from markets import services
+from markets.models import Award, Bid, BidEvent, PricePoint, Product
+
+PJM_FILE = Path(__file__).resolve().parents[2] / "markets" / "data" / "pjm-synchronized-reserve-2017-07.csv"
+S = Bid.Status
+
+
+def test_a_bid_goes_through_its_lifecycle_and_every_change_is_audited(bid_factory, bidding_admin) -> None:
+    bid = bid_factory()
+    for to in (S.APPROVED, S.SUBMITTED):
+        services.bid_transition(bid_id=bid.id, to_status=to, actor=bidding_admin)
+    services.award_record(
+        bid_id=bid.id, awarded_w=300_000, clearing_price=Decimal("12"), source="csv", source_ref="t", actor=None
+    )
+    services.bid_transition(bid_id=bid.id, to_status=S.DELIVERED, actor=None)
+    services.bid_transition(bid_id=bid.id, to_status=S.SETTLED, actor=None)
+    events = list(BidEvent.objects.filter(bid=bid).values_list("from_status", "to_status", "actor_label"))
+    assert events == [
+        (S.DRAFT, S.APPROVED, "bidder"),
+        (S.APPROVED, S.SUBMITTED, "bidder"),
+        (S.SUBMITTED, S.PARTIALLY_AWARDED, "system"),
+        (S.PARTIALLY_AWARDED, S.DELIVERED, "system"),
+        (S.DELIVERED, S.SETTLED, "system"),
+    ]
+    assert Bid.objects.get(pk=bid.id).version == 6
+
+
+def test_it_refuses_transitions_the_lifecycle_does_not_allow(bid_factory) -> None:
+    bid = bid_factory()
+    with pytest.raises(services.MarketError, match="cannot become submitted"):
+        services.bid_transition(bid_id=bid.id, to_status=S.SUBMITTED, actor=None)
+    with pytest.raises(services.MarketError):
+        services.bid_transition(bid_id=bid.id, to_status=S.SETTLED, actor=None)
+    assert Bid.objects.get(pk=bid.id).status == S.DRAFT
+    assert not BidEvent.objects.filter(bid=bid).exists()
+
+
+def test_a_stale_edit_is_refused_and_changes_nothing(bid_factory, bidding_admin) -> None:
+    bid = bid_factory()
+    services.bid_edit(bid_id=bid.id, quantity_w=700_000, price=Decimal("11"), version=1, actor=bidding_admin)
+    with pytest.raises(services.StaleBid):
+        services.bid_edit(bid_id=bid.id, quantity_w=900_000, price=Decimal("11"), version=1, actor=bidding_admin)
+    bid.refresh_from_db()
+    assert (bid.quantity_w, bid.version) == (700_000, 2)
+    assert BidEvent.objects.get(bid=bid).changes["quantity_w"] == "500000 -> 700000"
+
+
+@pytest.mark.parametrize(("quantity", "reason"), [(50_000, "below"), (250_000, "multiple"), (-1, ">= 0")])
+def test_edits_must_respect_minimum_size_and_increment(bid_factory, quantity, reason) -> None:
+    bid = bid_factory()
+    with pytest.raises(services.MarketError, match=reason):
+        services.bid_edit(bid_id=bid.id, quantity_w=quantity, price=Decimal(1), version=1, actor=None)
+
+
+def test_editing_an_approved_bid_sends_it_back_to_draft(bid_factory) -> None:
+    bid = bid_factory()
+    services.bid_transition(bid_id=bid.id, to_status=S.APPROVED, actor=None)
+    edited = services.bid_edit(bid_id=bid.id, quantity_w=200_000, price=Decimal("9.999"), version=2, actor=None)
+    assert edited.status == S.DRAFT
+    assert edited.price == Decimal("10.00")  # rounded up to the operator's 0.01 tick
+
+
+def test_it_imports_the_real_pjm_file_once(db) -> None:
+    product = Product.objects.get(operator__code="pjm", code="sync-reserve")
+    with PJM_FILE.open() as fh:
+        first = services.prices_import_pjm_sr(product=product, stream=fh, source_ref=PJM_FILE.name)
+    with PJM_FILE.open() as fh:
+        again = services.prices_import_pjm_sr(product=product, stream=fh, source_ref=PJM_FILE.name)
+    assert (first.created, again.created) == (1488, 0)
+    p = PricePoint.objects.get(location="Non PJM Mid Atlantic Dominion (MAD)", interval_start="2017-07-01T14:00Z")
+    assert p.price == Decimal("3.59")
+    assert p.belief_time.isoformat() == "2017-12-07T14:59:17+00:00"
+
+
+def test_a_bad_price_row_rejects_the_whole_file_with_its_line(db) -> None:
+    product = Product.objects.get(operator__code="pjm", code="reg-d")
+    text = "interval_start,interval_minutes,price\n2026-07-01T00:00Z,60,5\n2026-07-01T01:00,60,5\n"
+    with pytest.raises(services.CsvImportError, match="line 3"):
+        services.prices_import_csv(product=product, stream=io.StringIO(text), source_ref="t", kind="forecast")
+    assert not PricePoint.objects.exists()
+
+
+def test_awards_import_is_all_or_nothing(bid_factory) -> None:
+    a, b = bid_factory(), bid_factory()
+    for bid in (a, b):
+        services.bid_transition(bid_id=bid.id, to_status=S.APPROVED, actor=None)
+        services.bid_transition(bid_id=bid.id, to_status=S.SUBMITTED, actor=None)
+    bad = f"bid_ref,awarded_mw,clearing_price\n{a.external_ref},0.5,12\n{b.external_ref},0.9,12\n"
+    with pytest.raises(services.CsvImportError, match="line 3"):
+        services.awards_import_csv(stream=io.StringIO(bad), source_ref="f", actor=None)
+    assert not Award.objects.exists()
+    good = f"bid_ref,awarded_mw,clearing_price\n{a.external_ref},0.5,12\n{b.external_ref},0,12\n"
+    assert services.awards_import_csv(stream=io.StringIO(good), source_ref="f", actor=None) == 2
+    assert Bid.objects.get(pk=a.id).status == S.AWARDED
+    assert Bid.objects.get(pk=b.id).status == S.REJECTED
+
+
+def test_the_simulated_operator_clears_against_its_price_curve(bid_factory) -> None:
+    cheap, dear, capped = bid_factory(price=Decimal(5)), bid_factory(price=Decimal(50)), bid_factory(price=Decimal(1))
+    for bid in (cheap, dear, capped):
+        services.bid_transition(bid_id=bid.id, to_status=S.APPROVED, actor=None)
+        services.bid_transition(bid_id=bid.id, to_status=S.SUBMITTED, actor=None)
+    prices = {("reg-d", b.interval_start): Decimal(20) for b in (cheap, dear, capped)}
+    counts = services.market_clear_simulated(
+        operator=cheap.product.operator,
+        start=cheap.interval_start,
+        end=capped.interval_end,
+        clearing_prices=prices,
+        requirement_w={("reg-d", capped.interval_start): 200_000},
+    )
+    assert counts == {"awarded": 1, "partially_awarded": 1, "rejected": 1}
+    assert Award.objects.get(bid=capped).awarded_w == 200_000
+    assert Award.objects.get(bid=dear).awarded_w == 0
+
+
+def test_bids_export_in_the_documented_format(bid_factory) -> None:
+    bid = bid_factory()
+    services.bid_transition(bid_id=bid.id, to_status=S.APPROVED, actor=None)
+    text = services.bids_export_csv(
+        operator=bid.product.operator, start=bid.interval_start, end=bid.interval_end, statuses=[S.APPROVED]
+    )
+    header, row = text.strip().splitlines()
+    assert header == ",".join(services.BID_EXPORT_COLUMNS)
+    assert row.split(",")[6:8] == ["0.5", "10.0000"]
+
+
+def test_the_beat_task_prepares_one_proposal_per_window_idempotently(
+    db, monkeypatch, django_capture_on_commit_callbacks
+) -> None:
+    from markets import tasks
+    from markets.models import BidProposal
+
+    monkeypatch.setattr(tasks, "PREPARE_LEAD", __import__("datetime").timedelta(days=2))
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        first = tasks.prepare_proposals()
+    assert len(callbacks) == len(first)  # the run is enqueued after commit, not before
+    with django_capture_on_commit_callbacks(execute=True):
+        second = tasks.prepare_proposals()
+    assert len(first) >= 1
+    assert second == []
+    assert BidProposal.objects.filter(status=BidProposal.Status.DONE).count() == len(first)
