@@ -8,6 +8,7 @@ need staff or ``markets.view_settlement``; settlement lines are scoped to the us
 from __future__ import annotations
 
 import csv
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,6 +32,7 @@ from markets.regulation_services import (
     reconciliation_report,
     regulation_signal_record,
 )
+from vpp.services import regulation_dispatch_from_sync
 
 MAX_REPORT_DAYS = 62
 
@@ -66,11 +68,21 @@ class SignalIntakeView(APIView):
 
     @extend_schema(request=SignalInSerializer, responses={201: dict, 200: dict, 400: dict, 403: dict, 409: dict})
     def post(self, request: Request) -> Response:
+        received_at = time.time()  # dispatch latency is measured from here
         if not request.user.has_perm("markets.submit_regulation_signal"):
             raise PermissionDenied("sending regulation signal values needs markets.submit_regulation_signal")
         data = SignalInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         fields = data.validated_data
+        # Dispatch first (in memory, not waiting for the stations), then store: vpp.services explains why.
+        dispatched = regulation_dispatch_from_sync(
+            product_id=fields["product"].pk,
+            portfolio=fields["portfolio"],
+            value=fields["value"],
+            at=fields["at"],
+            source=SignalSource.UTILITY_API,
+            received_at=received_at,
+        )
         try:
             row, created = regulation_signal_record(
                 product=fields["product"],
@@ -93,6 +105,7 @@ class SignalIntakeView(APIView):
             "at": row.at,
             "value": str(row.value),
             "belief_time": row.belief_time,
+            "dispatched": dispatched,
         }
         return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 

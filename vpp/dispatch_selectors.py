@@ -23,12 +23,13 @@ from vpp.fleet_arrays import FleetArrays, power_bounds
 def dispatch_state_load(*, product_id: int, portfolio: str, now: float, hold_s: float = 60.0) -> DispatchState:
     """Plugged-in vehicles on connected stations, their routes, and the capacity awarded at ``now``.
 
+    The portfolio names the vehicles: ``fleet-<id>`` one fleet's, anything else (``default``) all of them.
     A vehicle is dispatchable when its plug session names a station that is online (has a socket); OCPP 2.0.1
     stations cannot discharge, so their vehicles get no discharge power. The transaction is the station's active
     one on the session's EVSE (TxProfiles are bound to it).
     """
     at = datetime.fromtimestamp(now, UTC)
-    snapshots = [s for s in plugged_in_snapshots(at=at) if s.station_id]
+    snapshots = [s for s in plugged_in_snapshots(at=at, fleet_id=portfolio_fleet_id(portfolio)) if s.station_id]
     stations = {
         row["station_id"]: row
         for row in Station.objects.filter(station_id__in={s.station_id for s in snapshots})
@@ -70,6 +71,12 @@ def dispatch_state_load(*, product_id: int, portfolio: str, now: float, hold_s: 
         loaded_at=now,
         preferred_basepoint_w=preferred,
     )
+
+
+def portfolio_fleet_id(portfolio: str) -> int | None:
+    """Portfolio ``fleet-<id>`` regulates that fleet's vehicles; any other name (``default``) every plugged-in one."""
+    prefix, _, number = portfolio.partition("-")
+    return int(number) if prefix == "fleet" and number.isdigit() else None
 
 
 def awarded_capacity(*, product_id: int, portfolio: str, at: datetime) -> tuple[int, float | None]:

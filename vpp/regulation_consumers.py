@@ -17,8 +17,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from markets.regulation_models import SignalSource
 from markets.regulation_services import RegulationError
-from vpp.api import parse_signal, token_user
 from vpp.services import regulation_signal_intake
+from vpp.signal_auth import parse_signal, token_user
 
 
 class RegulationSignalConsumer(AsyncWebsocketConsumer):

@@ -3,8 +3,10 @@
 * :func:`regulation_dispatch_start` -- async, non-blocking: hands a signal value to this process's dispatcher
   (created and started on first use) and returns the running dispatch as a task. Never touches the database
   except for the very first signal of a product in a process (product lookup and first state load).
-* :func:`regulation_signal_intake` -- what the REST and WebSocket edges do: validate, dispatch, then store the
-  value (settle's :func:`markets.regulation_services.regulation_signal_record`) and answer.
+* :func:`regulation_signal_intake` -- what the WebSocket edge does: validate, dispatch, then store the value
+  (settle's :func:`markets.regulation_services.regulation_signal_record`) and answer.
+* :func:`regulation_dispatch_from_sync` -- for sync edges (the REST intake ``POST /api/regulation/signal``):
+  hands a validated value to the dispatcher on the server's event loop without waiting for the stations.
 * :func:`dispatch_record` / :func:`dispatch_basepoint_record` -- run on the dispatcher's DB thread.
 """
 
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
+from asgiref.sync import SyncToAsync, async_to_sync
 from channels.db import database_sync_to_async
 from django.db import transaction
 from django.utils import timezone
@@ -37,6 +40,7 @@ __all__ = [
     "dispatch_basepoint_record",
     "dispatch_record",
     "product_resolve",
+    "regulation_dispatch_from_sync",
     "regulation_dispatch_start",
     "regulation_signal_intake",
 ]
@@ -96,6 +100,20 @@ async def regulation_dispatch_start(*, signal: Signal) -> asyncio.Task[DispatchR
         return None
     dispatcher.last_signal_at = signal.at
     return asyncio.get_running_loop().create_task(dispatcher.dispatch(signal))
+
+
+def regulation_dispatch_from_sync(
+    *, product_id: int, portfolio: str, value: Decimal, at: datetime, source: str, received_at: float
+) -> bool:
+    """Dispatch from a sync view (runs on the ASGI server's loop through ``async_to_sync``); True if dispatched.
+
+    ``received_at`` (epoch s) is when the edge received the value: dispatch latency is measured from it.
+    """
+    if getattr(SyncToAsync.threadlocal, "main_event_loop", None) is None:
+        # Not inside an ASGI server (a WSGI or test-client request): no long-lived loop to dispatch on.
+        return False
+    signal = Signal(product_id, portfolio, signal_value(value), at.astimezone(UTC), source, received_at)
+    return async_to_sync(regulation_dispatch_start)(signal=signal) is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,129 @@
+"""``python manage.py regulation replay --signal FILE.csv --vehicles N --out RESULT.csv [--csms URL] [--speed X]
+[--duration S] [--capacity-kw KW]``: the regulation path end to end (see :mod:`vpp.replay`)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from markets.signals import SignalFileError, read_signal_csv
+from vpp import replay
+
+
+class Command(BaseCommand):
+    help = "Regulation tools. replay: follow a signal file with simulated agents through the real dispatch path."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True)
+        rp = sub.add_parser("replay", help="replay a regulation signal file end to end")
+        rp.add_argument("--signal", required=True, help="signal CSV in the layout of the PJM RegD test file")
+        rp.add_argument("--vehicles", type=int, required=True, help="number of simulated vehicles / stations")
+        rp.add_argument("--out", required=True, help="result CSV, one row per signal value")
+        rp.add_argument("--csms", default=None, help="use this running CSMS (http(s):// or ws(s):// base URL)")
+        rp.add_argument("--speed", type=float, default=1.0, help="time compression (1.0 = real time)")
+        rp.add_argument("--duration", type=float, default=None, help="replay only the first S seconds of signal")
+        rp.add_argument("--capacity-kw", type=float, default=None, help="award this much (default: from the fleet)")
+        rp.add_argument("--ready-timeout", type=float, default=None, help="seconds to wait for the agents")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["action"] == "replay":
+            self.replay(**options)
+
+    def replay(self, **o: Any) -> None:
+        count, speed = int(o["vehicles"]), float(o["speed"])
+        if count < 1 or not speed > 0:
+            raise CommandError("--vehicles must be >= 1 and --speed > 0")
+        try:
+            trace = read_signal_csv(o["signal"])
+        except (OSError, SignalFileError) as exc:
+            raise CommandError(f"cannot read the signal file: {exc}") from exc
+        limit_s = float(o["duration"]) if o["duration"] else float(trace.duration_s)
+        product = replay.product_default()
+        product_code = f"{product.operator.code}:{product.code}"
+        prefix = f"rp{secrets.token_hex(3)}"
+        password = replay.env_password()
+        with replay.live_csms(o["csms"]) as (ws_base, http_base):
+            self.stdout.write(f"CSMS at {http_base}; {count} stations {prefix}-1..{prefix}-{count}")
+            station_ids = replay.stations_provision(count=count, prefix=prefix, password=password)
+            token = replay.utility_token()
+            with replay.simulated_agents(count=count, ws_base=ws_base, prefix=prefix, password=password):
+                ready = self._wait_ready(station_ids, o["ready_timeout"] or 60.0 + 0.2 * count)
+                fleet = replay.fleet_register(ready, name=f"replay {prefix}")
+                portfolio = f"fleet-{fleet.pk}"
+                capacity = (
+                    int(o["capacity_kw"] * 1000)
+                    if o["capacity_kw"]
+                    else replay.capacity_offer_w(product=product, portfolio=portfolio)
+                )
+                t0 = time.time() + 2.0
+                start = datetime.fromtimestamp(t0, UTC) - timedelta(seconds=60)
+                end = datetime.fromtimestamp(t0 + limit_s / speed, UTC) + timedelta(minutes=10)
+                replay.award_create(product=product, portfolio=portfolio, capacity_w=capacity, start=start, end=end)
+                self.stdout.write(
+                    f"{len(ready)} vehicles ready; awarded {capacity / 1000:.0f} kW of {product_code} to {portfolio}; "
+                    f"following {trace.name} for {limit_s:.0f} s of signal at speed {speed:g}"
+                )
+                answers = asyncio.run(
+                    replay.signal_follow(
+                        ws_base=ws_base,
+                        token=token,
+                        product=product_code,
+                        portfolio=portfolio,
+                        trace=trace,
+                        t0=t0,
+                        speed=speed,
+                        limit_s=limit_s,
+                    )
+                )
+                time.sleep(2.5)  # the last meter values are in flight
+        refused = [a for a in answers if not a.get("ok")]
+        if refused:
+            raise CommandError(f"the intake refused {len(refused)} values, e.g. {refused[0].get('error')}")
+        offsets = trace.offsets_s - trace.offsets_s[0]
+        keep = offsets <= limit_s
+        times = t0 + offsets[keep] / speed
+        rows = replay.replay_rows(
+            product=product,
+            portfolio=portfolio,
+            station_ids=[r.station_id for r in ready],
+            times_s=times.astype(float),
+            signal=trace.values[keep],
+        )
+        written = replay.rows_write(o["out"], rows)
+        self.stdout.write(f"{written} rows written to {o['out']}")
+        low = np.nanmin(rows.min_soc_pct) if not np.all(np.isnan(rows.min_soc_pct)) else math.nan
+        self.stdout.write(
+            f"lowest SoC in the fleet: {low:.0f} % (floor {20} %); meter values used: {rows.meter_values}, "
+            f"retransmissions ignored: {rows.duplicates}"
+        )
+        try:
+            score = replay.replay_score(rows, speed=speed)
+        except (replay.ReplayError, ValueError) as exc:
+            self.stdout.write(f"performance score: not computed ({exc})")
+            return
+        label = "hourly performance score" if speed == 1.0 else f"performance score (signal time, speed {speed:g})"
+        self.stdout.write(
+            f"{label}: composite {score.composite:.3f} = mean(accuracy {score.accuracy:.3f}, "
+            f"delay {score.delay:.3f}, precision {score.precision:.3f}); "
+            f"{'PASS' if score.passed else 'FAIL'} (pass mark 0.75)"
+        )
+
+    def _wait_ready(self, station_ids: list[str], timeout: float) -> list[replay.StationReady]:
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = replay.stations_ready(station_ids)
+            if len(ready) == len(station_ids):
+                return ready
+            if time.monotonic() > deadline:
+                if not ready:
+                    raise CommandError(f"no agent was ready within {timeout:.0f} s")
+                self.stderr.write(f"only {len(ready)} of {len(station_ids)} agents ready; going on with those")
+                return ready
+            time.sleep(1.0)
