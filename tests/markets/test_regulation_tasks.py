@@ -33,7 +33,7 @@ def test_the_task_settles_each_award_once_and_retries_when_inputs_are_missing():
     store_signal(product, HOUR_START)
     store_following(stations(1), HOUR_START, capacity_w=1_000_000)
     # prices not known yet: nothing settled, nothing stored
-    assert regulation_settle_hour.delay(HOUR_START.isoformat()).get() == {"settled": 0, "failed": 1}
+    assert regulation_settle_hour(HOUR_START.isoformat()) == {"settled": 0, "failed": 1}
     assert not Settlement.objects.exists()
     regulation_price_record(
         product=product, interval_start=HOUR_START, performance_price=Decimal("2.50"), mileage_ratio=Decimal("3.2")
@@ -41,7 +41,7 @@ def test_the_task_settles_each_award_once_and_retries_when_inputs_are_missing():
     energy_price_record(
         operator_id=product.operator_id, interval_start=HOUR_START, interval_minutes=60, price=Decimal("30")
     )
-    assert regulation_settle_hour.delay(HOUR_START.isoformat()).get() == {"settled": 1, "failed": 0}
-    assert regulation_settle_hour.delay(HOUR_START.isoformat()).get() == {"settled": 1, "failed": 0}
+    assert regulation_settle_hour(HOUR_START.isoformat()) == {"settled": 1, "failed": 0}
+    assert regulation_settle_hour(HOUR_START.isoformat()) == {"settled": 1, "failed": 0}
     assert Settlement.objects.count() == 1
     assert Settlement.objects.get().net == Decimal("6.16") + Decimal("6.16")
