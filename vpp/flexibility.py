@@ -16,8 +16,8 @@ charge is taken as valid at ``start``):
 * **min_w / max_w**: the lowest / highest grid power (W, + charge) the car can *hold* for ``hold_s`` seconds from
   ``t_k``, starting from its baseline state, without crossing its mobility floor, without making its departure target
   unreachable at maximum charge power, and within its power limits (see :func:`vpp.fleet_arrays.raw_bounds`).
-* **up_w** = ``baseline_w - min_w`` (discharge direction, >= 0) and **down_w** = ``max_w - baseline_w`` (charge
-  direction, >= 0): the regulation/reserve capacity the car offers relative to its baseline.
+* **up_w** = ``max(baseline_w - min_w, 0)`` (discharge direction) and **down_w** = ``max(max_w - baseline_w, 0)``
+  (charge direction): the regulation/reserve capacity the car offers relative to its baseline.
 * **up_energy_wh** / **down_energy_wh**: grid-side energy headroom at ``t_k``: what discharging down to the floor
   would deliver, and what charging up to full capacity would absorb.
 
@@ -177,8 +177,9 @@ def _vehicle_figures(
         duration_s=float(hold),
     )
     available = (t_k + hold <= present_until) & ~short
-    min_w = np.where(available, np.minimum(np.ceil(lo), baseline), baseline)
-    max_w = np.where(available, np.maximum(np.floor(hi), baseline), baseline)
+    # Holdable bounds; they may sit above (must charge) or below the baseline, which is an interval average.
+    min_w = np.where(available, np.ceil(lo), baseline)
+    max_w = np.where(available, np.maximum(np.floor(hi), np.ceil(lo)), baseline)
     present = t_k < present_until
     up_energy = np.where(present, np.floor(np.maximum(soc_k - floor, 0.0) * eta_d), 0.0)
     down_energy = np.where(present, np.floor((capacity - soc_k) / eta_c), 0.0)
@@ -187,8 +188,8 @@ def _vehicle_figures(
         "baseline_w": as_int(baseline),
         "min_w": as_int(min_w),
         "max_w": as_int(max_w),
-        "up_w": as_int(baseline - min_w),
-        "down_w": as_int(max_w - baseline),
+        "up_w": as_int(np.maximum(baseline - min_w, 0.0)),
+        "down_w": as_int(np.maximum(max_w - baseline, 0.0)),
         "up_energy_wh": as_int(up_energy),
         "down_energy_wh": as_int(down_energy),
         "available": as_int(available),

@@ -95,3 +95,11 @@ def test_vehicle_flexibility_and_soc_entry(setup: dict) -> None:
     assert body["plugged_in"] is True
     assert body["up_energy_wh"][0] == int((29_000 - 11_600) * 0.9)
     assert client.post(f"/api/fleet/vehicles/{vid}/soc/", {"soc_pct": -3}, format="json").status_code == 400
+
+
+def test_a_duplicate_identifier_is_refused_with_a_reason(setup: dict) -> None:
+    client: APIClient = setup["client"]
+    url = f"/api/fleet/vehicles/{setup['vehicle'].id}/"
+    response = client.patch(url, {"id_token": setup["other"].id_token}, format="json")
+    assert response.status_code == 400
+    assert "id_token" in response.json()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from tests.vpp.strategies import NOW, fleets
 from vpp.allocation import allocate
 from vpp.flexibility import fleet_flexibility, vehicle_flexibility
+from vpp.thermal import charge_derate, discharge_derate
 from vpp.types import VehicleSnapshot
 
 CAR = VehicleSnapshot(
@@ -83,3 +85,44 @@ def test_the_first_interval_offer_is_deliverable_by_allocation(fleet: list[Vehic
     assert (flex.total.up_w >= 0).all()
     assert (flex.total.down_w >= 0).all()
     assert np.all(flex.total.up_energy_wh >= 0)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    fleet=fleets(max_size=8),
+    interval=st.sampled_from([900, 3600]),
+    hold=st.sampled_from([900, 1800, 3600]),
+)
+def test_every_offer_is_holdable_from_the_baseline_without_breaking_a_promise(
+    fleet: list[VehicleSnapshot], interval: int, hold: int
+) -> None:
+    flex = fleet_flexibility(fleet, start=NOW, intervals=12, interval_s=interval, hold_s=hold, per_vehicle=True)
+    detail = flex.per_vehicle
+    assert detail is not None
+    for row, v in enumerate(fleet):
+        charge_w = math.floor(v.max_charge_w * float(charge_derate(v.temperature_c)))
+        discharge_w = math.floor(v.max_discharge_w * float(discharge_derate(v.temperature_c)))
+        left = (v.departure - NOW).total_seconds() if v.departure else math.inf
+        for k in range(12):
+            t_k = k * interval
+            if not detail.available[row, k]:
+                assert detail.up_w[row, k] == 0
+                assert detail.down_w[row, k] == 0
+                continue
+            assert t_k + hold <= left  # plugged in for the whole hold
+            # the baseline state at t_k: charge on arrival at full (derated) power up to the target
+            soc = min(v.soc_wh + charge_w * v.charge_efficiency * min(t_k, left) / 3600, max(v.soc_wh, v.target_wh))
+            low, high = int(detail.min_w[row, k]), int(detail.max_w[row, k])
+            assert -discharge_w <= low <= high <= charge_w
+            hours = hold / 3600
+            after_low = soc + (low * v.charge_efficiency if low >= 0 else low / v.discharge_efficiency) * hours
+            if soc >= v.floor_wh:
+                assert after_low >= v.floor_wh - 1e-6
+            if v.departure is not None and v.target_wh > 0:
+                reach = after_low + charge_w * v.charge_efficiency * max(left - t_k - hold, 0) / 3600
+                reachable_before = soc + charge_w * v.charge_efficiency * (left - t_k) / 3600 >= v.target_wh
+                assert reach >= v.target_wh - 1e-6 or not reachable_before
+            assert soc + max(high, 0) * v.charge_efficiency * hours <= v.capacity_wh + hours
+    # and the fleet figures are the sums of the vehicles', per node and in total
+    assert flex.total.up_w.tolist() == detail.up_w.sum(axis=0).tolist()
+    assert sum(env.down_w.sum() for env in flex.by_node.values()) == detail.down_w.sum()
