@@ -81,7 +81,8 @@ def build_clusters(problem: BidProblem) -> tuple[list[Cluster], list[MustCharge]
             chunk_members = [members[i] for i in chunk]
             reach = _cluster_reach(chunk_members, key[2], problem)
             kept = [v for v in chunk_members if own_need_fraction(v, problem) <= reach + 1e-12]
-            must += [_must_charge(v, problem) for v in chunk_members if v not in kept]
+            kept_ids = {v.vehicle_id for v in kept}
+            must += [_must_charge(v, problem) for v in chunk_members if v.vehicle_id not in kept_ids]
             if kept:
                 clusters.append(_aggregate(kept, key[2], problem))
     return clusters, must
