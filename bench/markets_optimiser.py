@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from markets.optimiser import BidProblem, ProductSpec, deliverability_violations, get_scheduler  # noqa: E402
-from markets.optimiser.synthetic import depot_load, pjm_like_prices, random_fleet  # noqa: E402
+from markets.optimiser import BidProblem, ProductSpec, deliverability_violations, get_scheduler
+from markets.optimiser.synthetic import depot_load, pjm_like_prices, random_fleet
 
 START = datetime(2026, 7, 1, tzinfo=UTC)
 TARGET_S = 10.0
