@@ -1,0 +1,67 @@
+"""Provisioning commands and the admin pages."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from chargers.models import IdToken, Station
+from tests.chargers.factories import StationFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_station_add_provisions_many_stations_with_hashed_passwords():
+    call_command("station", "add", "fleet-1", "fleet-2", "fleet-3", "--password", "a-very-long-secret-01")
+    stations = Station.objects.filter(station_id__startswith="fleet-")
+    assert stations.count() == 3
+    for station in stations:
+        assert "a-very-long-secret-01" not in station.password_hash
+        assert station.check_password("a-very-long-secret-01")
+        assert not station.check_password("a-very-long-secret-02")
+
+
+def test_station_add_keeps_existing_passwords_unless_update():
+    call_command("station", "add", "s-1", "--password", "first-password-00001")
+    call_command("station", "add", "s-1", "--password", "second-password-0002")
+    assert Station.objects.get(station_id="s-1").check_password("first-password-00001")
+    call_command("station", "add", "s-1", "--password", "second-password-0002", "--update")
+    assert Station.objects.get(station_id="s-1").check_password("second-password-0002")
+
+
+def test_station_add_refuses_a_password_ocpp_does_not_allow():
+    with pytest.raises(CommandError, match="16-40"):
+        call_command("station", "add", "s-2", "--password", "short")
+    assert not Station.objects.filter(station_id="s-2").exists()
+
+
+def test_idtoken_add_with_group():
+    call_command("idtoken", "add", "TAG-1", "--type", "ISO14443", "--status", "Accepted", "--group", "FLEET-A")
+    token = IdToken.objects.get(id_token="TAG-1")
+    assert (token.status, token.group.id_token, token.group.type) == ("Accepted", "FLEET-A", "ISO14443")
+
+
+def test_station_call_without_a_server_says_so(settings):
+    settings.REDIS_URL = None
+    StationFactory(station_id="s-3")
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.create_superuser("root", password="x" * 20)
+    with pytest.raises(CommandError, match="cannot reach the server"):
+        call_command("station", "call", "s-3", "Reset", '{"type": "Immediate"}', "--server", "http://127.0.0.1:9")
+
+
+def test_admin_lists_and_searches_stations_and_messages(admin_client):
+    StationFactory(station_id="needle-7")
+    for url in ["/admin/chargers/station/?q=needle", "/admin/chargers/messagelog/?q=x", "/admin/chargers/metervalue/"]:
+        response = admin_client.get(url)
+        assert response.status_code == 200
+    assert b"needle-7" in admin_client.get("/admin/chargers/station/?q=needle").content
+
+
+def test_the_call_endpoint_requires_a_staff_user(client, django_user_model):
+    assert client.post("/api/stations/x/call", {}, content_type="application/json").status_code == 401
+    user = django_user_model.objects.create_user("plain", password="p" * 20)
+    client.force_login(user)
+    assert client.post("/api/stations/x/call", {}, content_type="application/json").status_code in (403,)
