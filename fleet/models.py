@@ -6,9 +6,13 @@ methods here only answer single-row questions.
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+
+from vpp.degradation import DegradationParams
 
 
 def _default_floor_pct() -> int:
@@ -73,6 +77,16 @@ class Vehicle(models.Model):
     cycles_today = models.FloatField(default=0.0, help_text="equivalent full cycles on cycles_date (UTC)")
     cycles_date = models.DateField(null=True, blank=True)
     pack_temperature_c = models.FloatField(default=25.0)
+    pack_cost_per_kwh = models.DecimalField(
+        max_digits=8, decimal_places=2, default=Decimal("150.00"), help_text="pack replacement cost, $ per kWh"
+    )
+    cycle_life = models.PositiveIntegerField(default=3000, help_text="rated cycles at rated_dod")
+    rated_dod = models.DecimalField(
+        max_digits=4,
+        decimal_places=3,
+        default=Decimal("0.800"),
+        validators=[MinValueValidator(Decimal("0.01")), MaxValueValidator(Decimal("1"))],
+    )
     mobility_floor_pct = models.PositiveSmallIntegerField(
         null=True, blank=True, validators=_PCT, help_text="overrides the fleet's floor when set"
     )
@@ -104,6 +118,11 @@ class Vehicle(models.Model):
     @property
     def floor_wh(self) -> int:
         return self.usable_capacity_wh * self.effective_floor_pct // 100
+
+    def degradation_params(self) -> DegradationParams:
+        return DegradationParams(
+            pack_cost_per_kwh=self.pack_cost_per_kwh, cycle_life=self.cycle_life, rated_dod=self.rated_dod
+        )
 
     @property
     def effective_node(self) -> str:

@@ -23,6 +23,7 @@ from fleet.models import (
     Vehicle,
     WeeklyDeparture,
 )
+from vpp.degradation import throughput_cost_per_kwh
 from vpp.types import VehicleSnapshot
 
 # Beliefs that start an estimate chain: values observed or entered, not derived from metering.
@@ -192,6 +193,7 @@ def snapshot_of(
         node=vehicle.effective_node,
         station_id=session.station_id if session else None,
         evse_id=session.evse_id if session else None,
+        degradation_cost_per_kwh=float(throughput_cost_per_kwh(vehicle.degradation_params())),
     )
 
 

@@ -195,3 +195,16 @@ def test_cycles_today_come_from_the_rainflow_count_of_todays_beliefs() -> None:
     services.vehicle_state_refresh(vehicle_id=vehicle.id, now=T0 + timedelta(hours=3))
     vehicle.refresh_from_db()
     assert vehicle.equivalent_full_cycles == pytest.approx(0.6**1.1)
+
+
+def test_a_snapshot_carries_the_vehicles_own_degradation_cost() -> None:
+    from decimal import Decimal
+
+    session = PlugSessionFactory(
+        vehicle=VehicleFactory(pack_cost_per_kwh=Decimal("120"), cycle_life=4000, rated_dod=Decimal("0.8"))
+    )
+    services.soc_report(vehicle=session.vehicle, soc_wh=30_000, valid_at=T0)
+    snap = selectors.vehicle_snapshot(session.vehicle, at=T0)
+    assert snap is not None
+    # 120 / (2 * 4000 * 0.8)
+    assert snap.degradation_cost_per_kwh == pytest.approx(0.01875)
