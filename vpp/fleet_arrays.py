@@ -55,6 +55,7 @@ class FleetArrays:
     state_of_health: FloatArray
     temperature_c: FloatArray
     cycles_today: FloatArray
+    degradation_cost_per_kwh: FloatArray
     node_code: IntArray
     nodes: tuple[str, ...]
     station_id: tuple[str | None, ...]
@@ -96,6 +97,7 @@ class FleetArrays:
             state_of_health=col("state_of_health"),
             temperature_c=temp,
             cycles_today=col("cycles_today"),
+            degradation_cost_per_kwh=col("degradation_cost_per_kwh"),
             node_code=np.fromiter((node_index[v.node] for v in vehicles), dtype=np.int64, count=len(vehicles)),
             nodes=tuple(node_names),
             station_id=tuple(v.station_id for v in vehicles),
