@@ -328,10 +328,12 @@ def performance_score_compute(
     capacity_w: int | None = None,
     stations: Iterable[int] | None = None,
     recompute: bool = False,
+    trace: RegulationTrace | None = None,
 ) -> PerformanceScoreRecord:
     """Score a period from stored signal and meter values and store the result (returned if already stored).
 
     Hourly: 391 rows from the top of the hour (computable 5 min 10 s after the hour ends). Test: any ``rows``.
+    ``trace`` lets a caller that already read the period (settlement) pass it instead of reading it again.
     """
     period_start = _utc(period_start, "period_start")
     if not recompute:
@@ -340,9 +342,15 @@ def performance_score_compute(
         ).first()
         if stored is not None:
             return stored
-    trace = regulation_trace(
-        product=product, portfolio=portfolio, start=period_start, rows=rows, capacity_w=capacity_w, stations=stations
-    )
+    if trace is None:
+        trace = regulation_trace(
+            product=product,
+            portfolio=portfolio,
+            start=period_start,
+            rows=rows,
+            capacity_w=capacity_w,
+            stations=stations,
+        )
     try:
         score = scoring.performance_score(trace.reg_mw, trace.response_mw)
     except scoring.ScoringError as exc:
@@ -465,11 +473,7 @@ def settlement_compute(
     score_row = None
     score: Decimal = Decimal(1)
     capacity_price, performance_price, mileage_ratio = award.clearing_price, Decimal(0), Decimal(1)
-    if regulated:
-        score_row = performance_score_compute(
-            product=product, portfolio=award.portfolio, period_start=period_start, stations=stations
-        )
-        score = score_row.composite
+    if regulated:  # prices first: a missing price fails fast, before the meter values are read
         price = regulation_price(product=product, interval_start=period_start, as_of=now)
         if price is None:
             raise SettlementError(f"no regulation prices (RMPCP, mileage ratio) for {period_start.isoformat()}")
@@ -479,18 +483,18 @@ def settlement_compute(
     edges, prices = _price_edges(award, period_start, period_end, now, location) if with_energy else ([], {})
     rows = scoring.HOURLY_ROWS if regulated else 361
     scored = rows - scoring.LOOKAHEAD_ROWS if regulated else 360
-    trace = (
-        regulation_trace(
-            product=product,
-            portfolio=award.portfolio,
-            start=period_start,
-            rows=rows,
-            capacity_w=award.awarded_w,
-            stations=stations,
+    if regulated:
+        # One read of the hour serves both the score (signal scaled by the portfolio's awarded capacity, as the
+        # operator scores it) and the metering of this award.
+        trace = regulation_trace(
+            product=product, portfolio=award.portfolio, start=period_start, rows=rows, stations=stations
         )
-        if regulated
-        else _power_only_trace(period_start, rows, stations)
-    )
+        score_row = performance_score_compute(
+            product=product, portfolio=award.portfolio, period_start=period_start, trace=trace
+        )
+        score = score_row.composite
+    else:
+        trace = _power_only_trace(period_start, rows, stations)
     owners = charge_point_vehicles(series=trace.series, start=period_start, end=period_end)
     metering = _metering(trace, owners, edges, with_energy, scored)
     terms = RegulationTerms(
