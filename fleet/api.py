@@ -90,6 +90,12 @@ class DepartureInSerializer(serializers.Serializer):
     target_soc_pct = serializers.IntegerField(min_value=0, max_value=100)
 
 
+class WeeklyDepartureSerializer(serializers.Serializer):
+    weekday = serializers.IntegerField(min_value=0, max_value=6, help_text="0 = Monday")
+    departure_time = serializers.TimeField(help_text="wall-clock time in the fleet's time zone")
+    target_soc_pct = serializers.IntegerField(min_value=0, max_value=100)
+
+
 class SocInSerializer(serializers.Serializer):
     soc_pct = serializers.FloatField(min_value=0, max_value=100)
     valid_at = serializers.DateTimeField(required=False)
@@ -151,6 +157,22 @@ class VehicleViewSet(
         )
         body = {"id": plan.id, "departure_at": plan.departure_at, "target_soc_pct": plan.target_soc_pct}
         return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=WeeklyDepartureSerializer(many=True), responses={200: WeeklyDepartureSerializer(many=True)})
+    @action(detail=True, methods=["get", "put"])
+    def schedule(self, request: Request, pk: str | None = None) -> Response:
+        """The vehicle's weekly departures; PUT replaces them (a list, at most one per weekday)."""
+        vehicle = self.get_object()
+        if request.method == "PUT":
+            data = WeeklyDepartureSerializer(data=request.data, many=True)
+            data.is_valid(raise_exception=True)
+            rows = [(r["weekday"], r["departure_time"], r["target_soc_pct"]) for r in data.validated_data]
+            try:
+                services.weekly_schedule_set(vehicle=vehicle, rows=rows)
+            except services.FleetError as exc:
+                raise ValidationError({"detail": str(exc)}) from exc
+        current = vehicle.weekly_departures.order_by("weekday")
+        return Response(WeeklyDepartureSerializer(current, many=True).data)
 
     @extend_schema(request=SocInSerializer, responses={201: dict})
     @action(detail=True, methods=["post"])

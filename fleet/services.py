@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, time
 
 from django.db import IntegrityError, transaction
 from django.db.models import F
@@ -17,6 +17,7 @@ from fleet.models import (
     SocSource,
     Vehicle,
     VehicleState,
+    WeeklyDeparture,
 )
 from vpp.degradation import equivalent_full_cycles
 from vpp.flexibility import vehicle_flexibility
@@ -139,6 +140,23 @@ def departure_plan_set(
     )
     vehicle_request_refresh(vehicle_id=vehicle.id)
     return plan
+
+
+@transaction.atomic
+def weekly_schedule_set(*, vehicle: Vehicle, rows: list[tuple[int, time, int]]) -> list[WeeklyDeparture]:
+    """Replace the vehicle's weekly departures with ``rows`` of (weekday 0=Monday, local time, target SoC %)."""
+    days = [day for day, _, _ in rows]
+    if len(set(days)) != len(days):
+        raise FleetError("one departure per weekday")
+    for day, _, pct in rows:
+        if not 0 <= day <= 6 or not 0 <= pct <= 100:
+            raise FleetError("weekday must be 0..6 and target_soc_pct 0..100")
+    WeeklyDeparture.objects.filter(vehicle=vehicle).delete()
+    created = WeeklyDeparture.objects.bulk_create(
+        WeeklyDeparture(vehicle=vehicle, weekday=day, departure_time=at, target_soc_pct=pct) for day, at, pct in rows
+    )
+    vehicle_request_refresh(vehicle_id=vehicle.id)
+    return created
 
 
 # --- State of charge beliefs ----------------------------------------------------------------------------------------

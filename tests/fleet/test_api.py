@@ -103,3 +103,23 @@ def test_a_duplicate_identifier_is_refused_with_a_reason(setup: dict) -> None:
     response = client.patch(url, {"id_token": setup["other"].id_token}, format="json")
     assert response.status_code == 400
     assert "id_token" in response.json()
+
+
+def test_the_weekly_schedule_is_replaced_and_validated(setup: dict) -> None:
+    client: APIClient = setup["client"]
+    url = f"/api/fleet/vehicles/{setup['vehicle'].id}/schedule/"
+    rows = [
+        {"weekday": 0, "departure_time": "07:30", "target_soc_pct": 80},
+        {"weekday": 4, "departure_time": "06:00", "target_soc_pct": 90},
+    ]
+    assert client.put(url, rows, format="json").status_code == 200
+    got = client.get(url).json()
+    assert [(r["weekday"], r["departure_time"]) for r in got] == [(0, "07:30:00"), (4, "06:00:00")]
+    twice = client.put(url, [*rows, {"weekday": 0, "departure_time": "09:00", "target_soc_pct": 50}], format="json")
+    assert twice.status_code == 400
+    assert "weekday" in twice.json()["detail"]
+    assert (
+        client.put(url, [{"weekday": 9, "departure_time": "09:00", "target_soc_pct": 50}], format="json").status_code
+        == 400
+    )
+    assert len(client.get(url).json()) == 2
