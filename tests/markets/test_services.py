@@ -137,15 +137,26 @@ def test_bids_export_in_the_documented_format(bid_factory) -> None:
 def test_the_beat_task_prepares_one_proposal_per_window_idempotently(
     db, monkeypatch, django_capture_on_commit_callbacks
 ) -> None:
+    from datetime import timedelta
+
     from markets import tasks
     from markets.models import BidProposal
 
-    monkeypatch.setattr(tasks, "PREPARE_LEAD", __import__("datetime").timedelta(days=2))
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+    # given gate closure within the preparation lead, and a broker we can watch
+    monkeypatch.setattr(tasks, "PREPARE_LEAD", timedelta(days=2))
+    sent: list[int] = []
+    monkeypatch.setattr(tasks.run_proposal, "delay", sent.append)
+    # when beat fires: nothing is sent before the proposal row commits
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
         first = tasks.prepare_proposals()
-    assert len(callbacks) == len(first)  # the run is enqueued after commit, not before
-    with django_capture_on_commit_callbacks(execute=True):
-        second = tasks.prepare_proposals()
-    assert len(first) >= 1
-    assert second == []
+    assert first
+    assert sent == []
+    for callback in callbacks:
+        callback()
+    assert sent == first
+    # then the worker runs it once; a duplicate delivery finds it claimed
+    assert [tasks.run_proposal(pid) for pid in sent] == ["done"] * len(sent)
+    assert tasks.run_proposal(sent[0]) == "already claimed"
+    # and the next beat has nothing left to prepare
+    assert tasks.prepare_proposals() == []
     assert BidProposal.objects.filter(status=BidProposal.Status.DONE).count() == len(first)
