@@ -356,3 +356,23 @@ def revenue_by(lines: QuerySet[SettlementLine], *, by: str) -> list[dict[str, An
         .order_by(name)
     )
     return list(rows)
+
+
+def portfolio_stations(*, portfolio: str, start: datetime, end: datetime) -> list[int] | None:
+    """Stations whose meters make up a portfolio's response over ``[start, end)``.
+
+    Portfolio ``fleet-<id>`` (as dispatch names it): the stations where that fleet's vehicles were plugged in at
+    some point of the period (``fleet.PlugSession``). Any other name (``default``): every station (None).
+    """
+    from chargers.models import Station
+    from fleet.models import PlugSession
+
+    prefix, _, number = portfolio.partition("-")
+    if prefix != "fleet" or not number.isdigit():
+        return None
+    station_ids = (
+        PlugSession.objects.filter(vehicle__fleet_id=int(number), started_at__lt=end)
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=start))
+        .values_list("station_id", flat=True)
+    )
+    return list(Station.objects.filter(station_id__in=set(station_ids)).values_list("pk", flat=True))

@@ -48,6 +48,7 @@ from markets.regulation_selectors import (
     charge_point_registers,
     charge_point_vehicles,
     energy_prices,
+    portfolio_stations,
     regulation_price,
     signal_values,
 )
@@ -287,6 +288,8 @@ def regulation_trace(
     base_t, base_v, base_n = basepoint_values(product=product, portfolio=portfolio, start=start, end=end)
     basepoint = scoring.sample_hold(base_t, base_v, grid, max_age_s=np.inf) if base_n else np.zeros(grid.shape)
     basepoint = np.nan_to_num(basepoint, nan=0.0)
+    if stations is None:
+        stations = portfolio_stations(portfolio=portfolio, start=start, end=end)
     series = charge_point_power(start=start, end=end, stations=stations)
     power = np.zeros((len(series), grid.size))
     for i, s in enumerate(series):
@@ -494,7 +497,7 @@ def settlement_compute(
         )
         score = score_row.composite
     else:
-        trace = _power_only_trace(period_start, rows, stations)
+        trace = _power_only_trace(period_start, rows, award.portfolio, stations)
     owners = charge_point_vehicles(series=trace.series, start=period_start, end=period_end)
     metering = _metering(trace, owners, edges, with_energy, scored)
     terms = RegulationTerms(
@@ -510,10 +513,13 @@ def settlement_compute(
     return _settlement_store(award, period_start, period_end, score_row, terms, result, trace, owners, now)
 
 
-def _power_only_trace(start: datetime, rows: int, stations: Iterable[int] | None) -> RegulationTrace:
+def _power_only_trace(start: datetime, rows: int, portfolio: str, stations: Iterable[int] | None) -> RegulationTrace:
     """Meter values on the grid for a product with no signal (reserve, peak shaving)."""
     grid = scoring.scoring_grid(start.timestamp(), rows)
-    series = charge_point_power(start=start, end=start + ROW * (rows - 1) + timedelta(seconds=1), stations=stations)
+    end = start + ROW * (rows - 1) + timedelta(seconds=1)
+    if stations is None:
+        stations = portfolio_stations(portfolio=portfolio, start=start, end=end)
+    series = charge_point_power(start=start, end=end, stations=stations)
     power = np.zeros((len(series), grid.size))
     for i, s in enumerate(series):
         power[i] = np.nan_to_num(scoring.sample_hold(s.times_s, s.values, grid, max_age_s=POWER_MAX_AGE_S), nan=0.0)

@@ -31,10 +31,13 @@ def regulation_product() -> Product:
     return Product.objects.get(operator__code="pjm", code="reg-d")
 
 
-def award_for(product: Product, start: datetime, *, awarded_w: int, price: str, hours: int = 1) -> Award:
+def award_for(
+    product: Product, start: datetime, *, awarded_w: int, price: str, hours: int = 1, portfolio: str = "default"
+) -> Award:
     end = start + timedelta(hours=hours)
     bid = Bid.objects.create(
         product=product,
+        portfolio=portfolio,
         interval_start=start,
         interval_end=end,
         quantity_w=awarded_w,
@@ -45,6 +48,7 @@ def award_for(product: Product, start: datetime, *, awarded_w: int, price: str, 
     return Award.objects.create(
         bid=bid,
         product=product,
+        portfolio=portfolio,
         interval_start=start,
         interval_end=end,
         awarded_w=awarded_w,
@@ -54,11 +58,18 @@ def award_for(product: Product, start: datetime, *, awarded_w: int, price: str, 
     )
 
 
-def store_signal(product: Product, start: datetime, fn: Callable[[float], float] = triangle, span_s: int = SPAN_S):
+def store_signal(
+    product: Product,
+    start: datetime,
+    fn: Callable[[float], float] = triangle,
+    span_s: int = SPAN_S,
+    portfolio: str = "default",
+) -> None:
     now = datetime.now(UTC)
     RegulationSignal.objects.bulk_create(
         RegulationSignal(
             product=product,
+            portfolio=portfolio,
             at=start + timedelta(seconds=t),
             value=Decimal(f"{fn(t):.5f}"),
             source=SignalSource.SIMULATED,

@@ -294,3 +294,26 @@ def test_scores_match_the_pure_function_on_the_same_rows(product, award):
     pure = scoring.performance_score(trace.reg_mw, trace.response_mw)
     record = performance_score_compute(product=product, period_start=HOUR_START)
     assert float(record.composite) == pytest.approx(pure.composite, abs=1e-6)
+
+
+def test_a_fleet_portfolio_is_scored_on_its_own_vehicles_stations_only(product):
+    # given fleet F's van plugged in at one station following the signal, and a stranger's station charging flat out
+    owner = Organisation.objects.create(name="Acme Logistics", slug="acme")
+    fleet = Fleet.objects.create(organisation=owner, name="vans")
+    van = Vehicle.objects.create(
+        fleet=fleet, name="VAN-7", model="e-Transit", usable_capacity_wh=68_000, ac_max_charge_w=11_000
+    )
+    ours, theirs = stations(2)
+    PlugSession.objects.create(
+        vehicle=van, station_id=ours.station_id, evse_id=1, matched_by="manual", started_at=HOUR_START
+    )
+    portfolio = f"fleet-{fleet.pk}"
+    award_for(product, HOUR_START, awarded_w=10_000, price="20.00", portfolio=portfolio)
+    store_signal(product, HOUR_START, portfolio=portfolio)
+    store_following([ours], HOUR_START, capacity_w=10_000)
+    store_following([theirs], HOUR_START, capacity_w=7_000, fn=lambda t: -1.0)  # charging 7 kW all hour
+    # when the fleet's hour is scored
+    record = performance_score_compute(product=product, portfolio=portfolio, period_start=HOUR_START)
+    # then only its own station counts, and it followed perfectly
+    assert record.stations == 1
+    assert record.composite == D(1)
