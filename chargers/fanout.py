@@ -153,7 +153,9 @@ async def calls_fanout(commands: Sequence[Command], *, timeout: float) -> Fanout
 
 
 async def _remote(layer: Any, commands: list[Command], deadline: float) -> tuple[list[CommandResult], int]:
-    reply_to = await layer.new_channel(prefix="csms.fanout")
+    # The default "specific" prefix matters on channels-redis: every process-local channel of a layer is served by
+    # one receive loop per real channel, and a second prefix would queue behind the consumers' 5-s blocking pops.
+    reply_to = await layer.new_channel()
     await layer.group_send(
         NODES_GROUP,
         {
@@ -206,7 +208,7 @@ class NodeListener:
 
     @classmethod
     async def _run(cls, layer: Any) -> None:
-        channel = await layer.new_channel(prefix="csms.node")
+        channel = await layer.new_channel()  # default prefix: see _remote
         joined: float | None = None
         while True:
             if joined is None or time.monotonic() - joined > GROUP_REFRESH_S:

@@ -321,7 +321,7 @@ class Dispatcher:
         layer = get_channel_layer()
         if layer is None:
             return
-        channel = await layer.new_channel(prefix="dispatch.telemetry")
+        channel = await layer.new_channel()  # default prefix (chargers.fanout._remote says why)
         await layer.group_add(TELEMETRY_GROUP, channel)
         try:
             while True:
