@@ -120,8 +120,8 @@ def bare_argv(port: int) -> list[str]:
     return [sys.executable, str(ROOT / "bench" / "ocpp_bare_server.py"), "--host", "127.0.0.1", "--port", str(port)]
 
 
-def daphne_argv(port: int, backlog: int | None) -> list[str]:
-    daphne = [sys.executable, "-m", "daphne"]
+def daphne_argv(port: int, backlog: int | None, extra: Sequence[str] = ()) -> list[str]:
+    daphne = [sys.executable, "-m", "daphne", *extra]
     if backlog:  # Twisted's listen backlog defaults to 50; an endpoint string can raise it
         return [*daphne, "-e", f"tcp:port={port}:interface=127.0.0.1:backlog={backlog}", "vpp.asgi:application"]
     return [*daphne, "-b", "127.0.0.1", "-p", str(port), "vpp.asgi:application"]
@@ -311,11 +311,12 @@ def _mode_rows(mode: str, pair: tuple[LoadResult | None, LoadResult | None], p: 
     return rows
 
 
-def run(args: argparse.Namespace) -> tuple[dict[tuple[str, str], LoadResult], dict[str, Persistence]]:
+def run(args: argparse.Namespace) -> tuple[dict[tuple[str, str], LoadResult], dict[str, Persistence], list[str]]:
     raise_fd_limit()  # inherited by both servers: 10,000 idle sockets need 10,000 fds
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     results: dict[tuple[str, str], LoadResult] = {}
     persisted: dict[str, Persistence] = {}
+    failures: list[str] = []
     servers = [s for s in ("bare", "django") if s in args.servers]
     env = django_env(args.database_url, args.redis_url)
     if "django" in servers:
@@ -328,19 +329,23 @@ def run(args: argparse.Namespace) -> tuple[dict[tuple[str, str], LoadResult], di
         for server in servers:
             port = free_port()
             load = replace(plan.load, url=f"ws://127.0.0.1:{port}/ocpp")
-            argv = bare_argv(port) if server == "bare" else daphne_argv(port, args.daphne_backlog)
+            argv = bare_argv(port) if server == "bare" else daphne_argv(port, args.daphne_backlog, args.daphne_arg)
             server_env = dict(os.environ) if server == "bare" else env
             counting = server == "django" and plan.name != "idle" and args.meter_model
-            with running(f"{server}-{plan.name}", argv, server_env, port) as pid:
-                before = count_rows(env, args.meter_model, args.meter_station_field, args.prefix) if counting else 0
-                print(f"--- {server} / {plan.name} (pid {pid})", file=sys.stderr)
-                res = run_generator(replace(load, server_pid=pid))
-                results[(plan.name, server)] = res
-                if counting:
-                    stored = count_rows(env, args.meter_model, args.meter_station_field, args.prefix) - before
-                    persisted[plan.name] = Persistence(stored, res.values_sent, res.values_answered)
+            try:
+                with running(f"{server}-{plan.name}", argv, server_env, port) as pid:
+                    before = count_rows(env, args.meter_model, args.meter_station_field, args.prefix) if counting else 0
+                    print(f"--- {server} / {plan.name} (pid {pid})", file=sys.stderr)
+                    res = run_generator(replace(load, server_pid=pid))
+                    results[(plan.name, server)] = res
+                    if counting:
+                        stored = count_rows(env, args.meter_model, args.meter_station_field, args.prefix) - before
+                        persisted[plan.name] = Persistence(stored, res.values_sent, res.values_answered)
+            except Exception as exc:  # one broken run must not hide the others' figures
+                failures.append(f"{server} / {plan.name}: {type(exc).__name__}: {exc}")
+                print(f"!!! {failures[-1]}", file=sys.stderr)
             time.sleep(1.0)  # let the kernel reap the closed sockets before the next server starts
-    return results, persisted
+    return results, persisted, failures
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
     p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL"), help="e.g. redis://127.0.0.1:6379/4")
     p.add_argument("--daphne-backlog", type=int, default=None, help="listen backlog via a Twisted endpoint string")
+    p.add_argument("--daphne-arg", action="append", default=[], metavar="ARG",
+                   help="extra Daphne option, repeatable: --daphne-arg=--websocket_connect_timeout=30")  # fmt: skip
     p.add_argument("--prefix", default="bench-")
     p.add_argument("--password", default=os.environ.get("BENCH_STATION_PASSWORD", LoadConfig.password))
     p.add_argument("--meter-model", default="chargers.MeterValue", help="app_label.Model holding one sampled value")
@@ -375,17 +382,19 @@ def main(argv: list[str] | None = None) -> int:
         args.stations, args.duration = max(args.stations, 1000), max(args.duration, 30.0)
         args.saturation_stations, args.saturation_duration = max(args.saturation_stations, 500), 30.0
         args.idle, args.idle_duration = max(args.idle, IDLE_TARGET), 10.0
-    results, persisted = run(args)
+    results, persisted, failures = run(args)
     title = (f"CSMS comparison: Django CSMS (Daphne, {'Redis' if args.redis_url else 'in-memory'} layer, "
              f"{urlsplit(args.database_url).scheme}) vs bare ocpp-library server; OCPP {args.ocpp_version}, "
              f"{args.processes} generator processes, {os.cpu_count()} CPUs shared")  # fmt: skip
     rows = compare_rows(results, persisted)
     print(format_table(title, rows, ("figure", "bare ocpp", "django csms", "ratio", "target", "django")))
+    for failure in failures:
+        print(f"RUN FAILED: {failure}")
     if args.json_path:
         data: dict[str, Any] = {f"{mode}/{server}": r.to_dict() for (mode, server), r in results.items()}
         data["persistence"] = {m: vars(p) for m, p in persisted.items()}
         Path(args.json_path).write_text(json.dumps(data, indent=1, default=list))
-    return 0 if all(r[5] != "MISS" for r in rows) else 1
+    return 0 if not failures and all(r[5] != "MISS" for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from typing import Any
 
 import psutil
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.protocol import State
 
 SUBPROTOCOL = {"2.0.1": "ocpp2.0.1", "2.1": "ocpp2.1"}
@@ -274,6 +274,8 @@ class Station:
 def _error_key(exc: BaseException) -> str:
     if isinstance(exc, InvalidStatus):
         return f"HTTP {exc.response.status_code}"
+    if isinstance(exc, InvalidHandshake):  # e.g. the server hung up mid-handshake (Daphne's connect timeout)
+        return f"handshake {type(exc).__name__}"
     if isinstance(exc, TimeoutError):
         return "timeout"
     if isinstance(exc, ConnectionClosed):
@@ -301,7 +303,7 @@ async def _connect_and_boot(station: Station, sem: asyncio.Semaphore, started: f
             report.connect_times.append(booted_at - started)
             report.last_boot_at = max(report.last_boot_at, booted_at)
             return True
-        except (OSError, TimeoutError, ConnectionClosed, InvalidStatus, CallError) as exc:
+        except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake, CallError) as exc:
             key = _error_key(exc)
             refused = key.startswith(("HTTP 4", "boot R"))  # the server said no: retrying is futile
             final = refused or attempt == station.cfg.connect_retries
@@ -309,6 +311,9 @@ async def _connect_and_boot(station: Station, sem: asyncio.Semaphore, started: f
             if final:
                 return False
             await asyncio.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
+        except Exception as exc:  # anything unforeseen counts against the server, it must not kill the run
+            report.errors[f"connect: {type(exc).__name__}"] += 1
+            return False
     return False
 
 
@@ -332,6 +337,9 @@ async def _drive(station: Station, cfg: LoadConfig, run_at: float, end_at: float
             station.report.errors[f"call: {_error_key(exc)}"] += 1
             if isinstance(exc, ConnectionClosed | OSError):
                 return
+        except Exception as exc:  # e.g. a frame that is not JSON: count it, stop this station
+            station.report.errors[f"call: {type(exc).__name__}"] += 1
+            return
 
 
 def _own_cpu() -> float:
@@ -409,6 +417,18 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
+class WorkerDied(RuntimeError):
+    """A generator process exited without reporting (its traceback is on stderr)."""
+
+
+def _recv(pipe: Connection, proc: Any) -> Any:
+    """The worker's next report; raises WorkerDied instead of waiting forever on a worker that crashed."""
+    while not pipe.poll(1.0):
+        if not proc.is_alive():
+            raise WorkerDied(f"load-generator process {proc.pid} exited with {proc.exitcode}")
+    return pipe.recv()
+
+
 def run_load(cfg: LoadConfig, *, log: Any = None) -> LoadResult:
     """Run one load against cfg.url and return the merged figures (blocking; spawns cfg.processes workers)."""
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -432,8 +452,8 @@ def run_load(cfg: LoadConfig, *, log: Any = None) -> LoadResult:
         pipes.append(parent_end)
         workers.append(proc)
     try:
-        for p in pipes:
-            p.recv()  # ready
+        for p, proc in zip(pipes, workers, strict=True):
+            _recv(p, proc)  # ready
         rss_before = _rss(server)
         connect_at = time.monotonic() + 0.2
         say(f"{cfg.mode}: connecting {len(ids)} stations over {nproc} process(es) to {cfg.url}")
@@ -442,8 +462,8 @@ def run_load(cfg: LoadConfig, *, log: Any = None) -> LoadResult:
         connected = booted = 0
         last_boot = connect_at
         connect_times: list[float] = []
-        for p in pipes:
-            _, c, b, last, times = p.recv()
+        for p, proc in zip(pipes, workers, strict=True):
+            _, c, b, last, times = _recv(p, proc)
             connected, booted = connected + c, booted + b
             last_boot = max(last_boot, last)
             connect_times.extend(times)
@@ -454,7 +474,7 @@ def run_load(cfg: LoadConfig, *, log: Any = None) -> LoadResult:
         cpu_before = _cpu(server)
         for p in pipes:
             p.send(("run", run_at, end_at))
-        reports: list[WorkerReport] = [p.recv()[1] for p in pipes]
+        reports: list[WorkerReport] = [_recv(p, proc)[1] for p, proc in zip(pipes, workers, strict=True)]
         cpu_after = _cpu(server)
         rss_after = _rss(server)
         for p in pipes:
