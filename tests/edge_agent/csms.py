@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import binascii
 import json
 from collections import defaultdict
@@ -112,6 +113,7 @@ class _CP201(_Handlers, CP201):
 class RecordingCsms:
     stations: dict[str, str]  # station id -> password
     heartbeat_s: int = 300
+    default_password: str | None = None  # accept any station id with this password (benches)
     host: str = "127.0.0.1"
     port: int = 0
     mute: bool = False
@@ -153,7 +155,8 @@ class RecordingCsms:
             user, _, password = base64.b64decode(token, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             user = password = ""
-        if scheme.lower() != "basic" or user != station or self.stations.get(station) != password:
+        expected = self.stations.get(station, self.default_password)
+        if scheme.lower() != "basic" or user != station or expected is None or expected != password:
             self.refused.append((station, 401))
             return connection.respond(HTTPStatus.UNAUTHORIZED, "unknown station or wrong password\n")
         return None
@@ -212,3 +215,42 @@ def raw(payload: dict[str, Any]) -> str:
 
 
 __all__ = ["RecordingCsms", "r21", "r201"]
+
+
+async def _serve_main(port: int, password: str, validate: bool, report_every_s: float) -> None:
+    import signal
+    import sys
+
+    if not validate:
+        import ocpp.charge_point
+
+        async def _no_validation(*_: Any) -> None:
+            return None
+
+        ocpp.charge_point.validate_payload = _no_validation  # type: ignore[assignment]
+    server = await RecordingCsms(stations={}, default_password=password, port=port, record_all=False).start()
+    print(json.dumps({"port": server.port}), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), report_every_s)
+        counts = dict(server.counts)
+        print(json.dumps({"t": loop.time(), "counts": counts, "connections": len(server.connections),
+                          "duplicates": len(server.duplicates)}), flush=True)  # fmt: skip
+    await server.stop()
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Recording CSMS for the edge agent's benches")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--password", required=True)
+    parser.add_argument("--no-validate", action="store_true", help="skip JSON-schema validation (CSMS-side cost)")
+    parser.add_argument("--report-every", type=float, default=1.0)
+    a = parser.parse_args()
+    asyncio.run(_serve_main(a.port, a.password, not a.no_validate, a.report_every))

@@ -71,7 +71,7 @@ async def test_events_queued_during_a_disconnect_are_replayed_in_order_exactly_o
     await csms.drop("edge-1")
     await csms.wait_for(lambda: not agent.station.link.connected)
     await csms.wait_for(lambda: len(agent.station.outbox) >= 3, within_s=6)
-    queued = [item.payload["seq_no"] for item in agent.station.outbox.items]
+    queued = [item.payload["seqNo"] for item in agent.station.outbox.items]
     csms.stations["edge-1"] = PASSWORD
     await csms.wait_for(lambda: agent.station.link.connected and len(agent.station.outbox) == 0, within_s=10)
     # then every event of the transaction was stored exactly once, none lost, in seqNo order

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -119,6 +120,7 @@ class Station:
         self.outbox.on_put(lambda: self.wakeup())
         self.last: Measurement | None = None
         self.last_command = Command(power_w=0.0)
+        self.last_latency_s = 0.0
         self.last_setpoints = Setpoints()
         self.in_failsafe = False
         self.ev_ready = False  # ISO 15118 power delivery confirmed by the car
@@ -253,37 +255,41 @@ class Station:
         with_meter: bool = True,
     ) -> None:
         assert self.tx is not None
-        info: dict[str, Any] = {"transaction_id": self.tx.transaction_id}
+        # Buffered messages are stored as the wire's camelCase JSON: sent as they are, no per-send conversion.
+        info: dict[str, Any] = {"transactionId": self.tx.transaction_id}
         if charging_state is not None:
-            info["charging_state"] = charging_state
+            info["chargingState"] = charging_state
         if stopped_reason is not None:
-            info["stopped_reason"] = stopped_reason
+            info["stoppedReason"] = stopped_reason
         if self.tx.remote_start_id is not None:
-            info["remote_start_id"] = self.tx.remote_start_id
+            info["remoteStartId"] = self.tx.remote_start_id
         ts = iso(self.clock.wall())
         payload: dict[str, Any] = {
-            "event_type": event_type,
+            "eventType": event_type,
             "timestamp": ts,
-            "trigger_reason": trigger,
-            "seq_no": self.outbox.next_seq_no(self.tx.transaction_id),
-            "transaction_info": info,
-            "evse": {"id": 1, "connector_id": 1},
+            "triggerReason": trigger,
+            "seqNo": self.outbox.next_seq_no(self.tx.transaction_id),
+            "transactionInfo": info,
+            "evse": {"id": 1, "connectorId": 1},
             "offline": not self.link.connected,
         }
         if id_token is not None:
-            payload["id_token"] = id_token
+            payload["idToken"] = {
+                "idToken": id_token.get("id_token", id_token.get("idToken")),
+                "type": id_token["type"],
+            }
         if with_meter and self.last is not None:
-            payload["meter_value"] = [self.meter_value(self.last, ts)]
+            payload["meterValue"] = [self.meter_value(self.last, ts)]
         self.outbox.put("TransactionEvent", payload, offline=not self.link.connected)
 
     def meter_value(self, m: Measurement, ts: str) -> dict[str, Any]:
         def sv(value: float, measurand: str, unit: str) -> dict[str, Any]:
-            return {"value": round(value, 1), "measurand": measurand, "unit_of_measure": {"unit": unit}}
+            return {"value": round(value, 1), "measurand": measurand, "unitOfMeasure": {"unit": unit}}
 
         p = m.power_w
         return {
             "timestamp": ts,
-            "sampled_value": [
+            "sampledValue": [
                 sv(m.soc * 100.0, "SoC", "Percent"),
                 sv(m.energy_import_wh, "Energy.Active.Import.Register", "Wh"),
                 sv(m.energy_export_wh, "Energy.Active.Export.Register", "Wh"),
@@ -440,9 +446,12 @@ class Station:
         dt = self.p.tick_s if self._last_tick is None else max(1e-3, min(now - self._last_tick, 5.0))
         self._last_tick = now
         m = await self.hw.read()
+        t_sample = time.perf_counter()
         self.last = m
         cmd = self.control(now, self.grid(now), m, dt)
         await self.hw.apply(cmd.power_w, cmd.energize)
+        # Wall-time cost from measurement in hand to command delivered (a measurement, not a decision input).
+        self.last_latency_s = time.perf_counter() - t_sample
         self.last_command = cmd
         if self.car is not None and not self.ev_ready:
             self._start_handshake()
@@ -451,7 +460,8 @@ class Station:
 
     def _periodic(self, now: float) -> None:
         if self.tx is not None and now >= self._next_meter:
-            self._next_meter = now + self._meter_interval()
+            # A fixed grid (not "now + interval"), so the tick period does not stretch the reporting interval.
+            self._next_meter = max(self._next_meter + self._meter_interval(), now - self.p.tick_s)
             self._tx_event("Updated", "MeterValuePeriodic", charging_state=self._charging_state())
         if self._next_heartbeat is not None and now >= self._next_heartbeat and self.link.connected:
             self._next_heartbeat = now + self.p.heartbeat_s
@@ -484,7 +494,7 @@ class Station:
             return
         self.outbox.put(
             "MeterValues",
-            {"evse_id": 1, "meter_value": [self.meter_value(m, iso(self.clock.wall()))]},
+            {"evseId": 1, "meterValue": [self.meter_value(m, iso(self.clock.wall()))]},
             offline=not self.link.connected,
         )
 
