@@ -171,7 +171,7 @@ def main() -> None:
              r["per_agent"] >= 0.95),
             (f"{n} agents: outbox backlog", f"{r['backlog0']} -> {r['backlog1']}", "not growing",
              r["backlog1"] <= r["backlog0"] + n),
-            (f"{n} agents: agent process CPU", f"{r['agent_cpu'] * 100:.0f} %", "< 100 % (one core)", r["agent_cpu"] < 1.0),
+            (f"{n} agents: agent process CPU", f"{r['agent_cpu'] * 100:.0f} %", "< 100 % (1 core)", r["agent_cpu"] < 1),
             (f"{n} agents: CSMS process CPU", f"{r['csms_cpu'] * 100:.0f} %", "(separate process)", None),
             (f"{n} agents: event-loop lag max", f"{r['lag_max'] * 1000:.0f} ms", "< 500 ms", r["lag_max"] < 0.5),
         ]  # fmt: skip
