@@ -1045,11 +1045,49 @@ async def station_call_async(
         channel,
         {"type": "ocpp.call", "action": action, "payload": payload, "reply_to": reply_channel, "deadline": deadline},
     )
-    try:
-        reply = await asyncio.wait_for(layer.receive(reply_channel), timeout)
-    except TimeoutError as exc:
-        raise CallTimeout(f"{station_id} did not answer {action} within {timeout:g} s") from exc
+    reply = await _await_reply(
+        layer, reply_channel, station_id=station_id, action=action, channel=channel, timeout=timeout
+    )
     return _reply_unpack(station_id, action, reply)
+
+
+#: How often a caller waiting for an answer checks that the socket it sent to is still the station's.
+ROUTE_RECHECK_S = 1.0
+
+
+async def _await_reply(
+    layer: Any,
+    reply_channel: str,
+    *,
+    station_id: str,
+    action: str,
+    channel: str,
+    timeout: float,  # noqa: ASYNC109
+) -> dict[str, Any]:
+    """Wait for the consumer's reply; fail fast with StationOffline if the socket went away meanwhile.
+
+    A call sent to a consumer that is closing sits unread in its channel (the consumer can only answer "offline"
+    for calls it has already taken). Rather than hold the caller for the whole timeout, re-read the station's route
+    every ``ROUTE_RECHECK_S``: once the station's channel is gone or belongs to a newer connection, the call was never
+    delivered and the caller learns so within a second.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    receive = asyncio.ensure_future(layer.receive(reply_channel))
+    try:
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise CallTimeout(f"{station_id} did not answer {action} within {timeout:g} s")
+            done, _ = await asyncio.wait({receive}, timeout=min(ROUTE_RECHECK_S, remaining))
+            if done:
+                return dict(receive.result())
+            route = await _station_route(station_id)
+            if route is None or route[1] != channel:
+                raise StationOffline(f"station {station_id!r} disconnected before answering {action}")
+    finally:
+        if not receive.done():
+            receive.cancel()
 
 
 def _reply_unpack(station_id: str, action: str, reply: dict[str, Any]) -> dict[str, Any]:

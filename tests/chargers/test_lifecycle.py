@@ -18,13 +18,6 @@ from tests.chargers.factories import StationFactory
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
 
-REDIS_CALL_AFTER_CHURN = pytest.mark.xfail(
-    bool(settings.REDIS_URL),
-    reason="known bug under investigation: on channels-redis, a station_call sent after another consumer of the "
-    "same server process was closed is not delivered (in-memory layer passes)",
-    strict=False,
-)
-
 
 def _events(station, kind):
     return StationEvent.objects.filter(station=station, kind=kind).count()
@@ -61,7 +54,6 @@ def test_the_sweep_spares_stations_within_interval_and_grace(transactional_db, s
     assert Station.objects.get(pk=stale.pk).online is False
 
 
-@REDIS_CALL_AFTER_CHURN
 async def test_a_second_connection_replaces_the_first_cleanly(live_csms, call_station):
     # Given a station connected once
     station = await sync_to_async(StationFactory)()
@@ -91,7 +83,6 @@ async def test_a_second_connection_replaces_the_first_cleanly(live_csms, call_st
 
 
 @pytest.mark.skipif(not settings.REDIS_URL, reason="two server processes share stations only through Redis")
-@REDIS_CALL_AFTER_CHURN
 async def test_a_station_on_one_server_is_commanded_through_another(live_csms, transactional_db):
     # Given a second server process on the same Redis and database, and a station connected to the first
     station = await sync_to_async(StationFactory)()
