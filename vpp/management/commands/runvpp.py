@@ -39,9 +39,7 @@ class Command(BaseCommand):
         bin_dir = Path(sys.executable).parent
         children: list[tuple[str, subprocess.Popen[bytes]]] = []
         try:
-            children.append(
-                ("daphne", _spawn([str(bin_dir / "daphne"), "-b", host, "-p", str(port), "vpp.asgi:application"]))
-            )
+            children.append(("daphne", _spawn(_daphne_command(bin_dir, host, port))))
             children.append(("celery", _spawn(_celery_command(bin_dir))))
             _wait_for_port(host, port, timeout_s=30)
             self.stdout.write(
@@ -56,6 +54,11 @@ class Command(BaseCommand):
             _supervise(children, self)
         finally:
             _stop_all(children)
+
+
+def _daphne_command(bin_dir: Path, host: str, port: int) -> list[str]:
+    # Daphne closes every WebSocket after 24 h by default; charger connections are meant to live for months.
+    return [str(bin_dir / "daphne"), "-b", host, "-p", str(port), "--websocket_timeout", "-1", "vpp.asgi:application"]
 
 
 def _celery_command(bin_dir: Path) -> list[str]:
