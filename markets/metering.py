@@ -47,12 +47,17 @@ def cumulative_energy_wh(
 def interval_energy_wh(
     times_s: ArrayLike, power_w: ArrayLike, edges_s: ArrayLike, *, max_hold_s: float
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Import and export Wh in each interval ``[edges[k], edges[k+1])``, rounded to whole Wh per interval."""
+    """Import and export Wh in each interval ``[edges[k], edges[k+1])`` as whole Wh.
+
+    The cumulative energy is rounded at each edge and the intervals are its differences, so rounding never
+    accumulates: the intervals add up to the rounded total (each within 1 Wh of its exact value). Rounding each
+    interval on its own would let 12 five-minute intervals drift by several Wh an hour -- visible at 0.1 %.
+    """
     edges = np.asarray(edges_s, dtype=float)
     if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
         raise ValueError("interval edges must be increasing and at least two")
     imported, exported = cumulative_energy_wh(times_s, power_w, edges, max_hold_s=max_hold_s)
-    return np.rint(np.diff(imported)).astype(np.int64), np.rint(np.diff(exported)).astype(np.int64)
+    return np.diff(np.rint(imported)).astype(np.int64), np.diff(np.rint(exported)).astype(np.int64)
 
 
 @dataclass(frozen=True, slots=True)

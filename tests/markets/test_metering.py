@@ -57,3 +57,15 @@ def test_integrated_power_matches_registers_kept_by_an_ideal_meter(powers):
     # then both directions agree to the rounding of whole Wh
     assert abs(imp.difference_wh) <= 1
     assert abs(exp.difference_wh) <= 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(min_value=-11_000, max_value=11_000), min_size=10, max_size=400))
+def test_interval_energies_add_up_to_the_rounded_total(powers):
+    # given readings every 2 s and 5-min intervals whose rounding would drift if done interval by interval
+    times = np.arange(len(powers), dtype=float) * 2
+    edges = np.arange(0, times[-1] + 300, 300.0)
+    imported, exported = interval_energy_wh(times, powers, edges, max_hold_s=10)
+    total_import, total_export = cumulative_energy_wh(times, powers, edges[[0, -1]], max_hold_s=10)
+    assert imported.sum() == round(total_import[1])
+    assert exported.sum() == round(total_export[1])
