@@ -84,7 +84,7 @@ class BidProblem:
     first_biddable_step: int = 0
     energy_price: Sequence[float] | None = None
     degradation_usd_per_wh: dict[int, float] | None = None
-    max_clusters: int = 12
+    max_clusters: int = 24
     time_limit_s: float = 8.0
     baseline_discharge: bool = False  # energy arbitrage in the operating point (off: the fleet sells services)
 
@@ -145,7 +145,9 @@ class VehiclePlan:
 @dataclass(slots=True)
 class BidSchedule:
     """The optimiser's answer. ``quantity_w[code][m]`` is the bid in market interval m; ``envelope`` is the fleet
-    flexibility it bid against (per interval: up/down W holdable, baseline W, energy in the packs Wh)."""
+    flexibility it bid against (per interval: up/down W holdable, baseline W, energy in the packs Wh).
+    ``revenue_usd`` = capacity revenue + peak value; ``objective_usd`` = revenue - ``cost_usd`` (degradation and
+    energy bought, must-charge vehicles included)."""
 
     scheduler: str
     status: str
@@ -159,6 +161,8 @@ class BidSchedule:
     envelope: dict[str, list[float]]
     solution: Any = None  # markets.optimiser.result.ClusterSolution: per-vehicle plans via solution.plan(id)
     notes: list[str] = field(default_factory=list)
+    capacity_revenue_usd: float = 0.0  # forecast price x capacity bid, priced products only
+    peak_value_usd: float = 0.0  # demand charge avoided vs the site without the fleet (may be negative)
 
     def plan(self, vehicle_id: int) -> VehiclePlan | None:
         return None if self.solution is None else self.solution.plan(vehicle_id)

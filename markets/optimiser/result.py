@@ -93,7 +93,9 @@ def assemble_schedule(
                 )
             )
     fixed = must_charge_load(problem, must)
-    revenue += _peak_value(problem, clusters, pp, pm, r, fixed)
+    capacity_revenue = revenue
+    peak_value = _peak_value(problem, clusters, pp, pm, r, fixed)
+    revenue += peak_value
     cost = _cost(problem, clusters, pp, pm, r) + _must_cost(problem, must)
     solution = ClusterSolution(clusters, pp, pm, r, codes, must)
     return BidSchedule(
@@ -106,6 +108,8 @@ def assemble_schedule(
         cost_usd=cost,
         solve_s=solve_s,
         clusters=len(clusters),
+        capacity_revenue_usd=capacity_revenue,
+        peak_value_usd=peak_value,
         envelope=_envelope(problem, clusters, pp, pm, r, h, fixed),
         solution=solution,
     )
@@ -153,7 +157,9 @@ def _peak_value(
     r: FloatArray,
     fixed: dict[str, FloatArray],
 ) -> float:
-    """Demand charge avoided: the site's peak excess with the fleet's schedule, minus it with the shaving held."""
+    """Demand charge avoided against the site without the fleet: the peak excess of the site load alone minus the
+    peak excess with the fleet's operating point (fixed must-charge load included) and the shaving held. Negative
+    when the fleet's own charging sets a new peak, so it is the same trade-off the MILP prices with ``X``."""
     value = 0.0
     for k, prod in enumerate(problem.products):
         if not prod.is_peak_shaving or prod.site_load_w is None:
@@ -163,10 +169,10 @@ def _peak_value(
         q = q + sum((load for node, load in fixed.items() if prod.node in (None, node)), np.zeros(problem.steps))
         shave = r[at_node, :, k].sum(axis=0) if at_node else np.zeros(problem.steps)
         window = slice(problem.first_biddable_step, problem.steps)
-        meter = np.asarray(prod.site_load_w, dtype=float)[window] + q[window] - prod.site_threshold_w
-        before = float(np.max(np.maximum(meter, 0.0), initial=0.0))
-        after = float(np.max(np.maximum(meter - shave[window], 0.0), initial=0.0))
-        value += prod.demand_charge_usd_per_w * (before - after)
+        site = np.asarray(prod.site_load_w, dtype=float)[window] - prod.site_threshold_w
+        alone = float(np.max(np.maximum(site, 0.0), initial=0.0))
+        after = float(np.max(np.maximum(site + q[window] - shave[window], 0.0), initial=0.0))
+        value += prod.demand_charge_usd_per_w * (alone - after)
     return value
 
 
