@@ -1,0 +1,74 @@
+"""The README's run command, end to end: server, Celery side and simulated chargers with edge agents."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings as django_settings
+from django.core.management import call_command
+
+from chargers.models import MeterValue, Station
+from fleet.models import PlugSession
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _database_url_of_test_db() -> str:
+    db = django_settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    return f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def _wait_for(predicate, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_runvpp_brings_up_a_fleet_that_reports_to_the_csms(
+    tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given the demo seeded for two chargers (as `make run` does before starting), both processes sharing var/
+    settings.VAR_DIR = tmp_path
+    monkeypatch.setenv("VPP_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("DATABASE_URL", _database_url_of_test_db())
+    call_command("demo_seed", "--stations", "2", "--id-prefix", "rt")
+    env = dict(os.environ)
+    # when the run command starts
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "runvpp", "--port", str(port), "--fleet", "2", "--id-prefix", "rt"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        # then both simulated chargers connect, authenticate and their meter values are stored
+        assert _wait_for(lambda: Station.objects.filter(station_id__startswith="rt-", online=True).count() == 2, 60)
+        assert _wait_for(lambda: MeterValue.objects.filter(station__station_id__startswith="rt-").exists(), 30)
+        # and the fleet side matched the seeded cars to their charging sessions
+        assert PlugSession.objects.filter(station_id__startswith="rt-", ended_at__isnull=True).exists()
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=30)
+    # and Ctrl-C stops the whole product cleanly
+    assert process.returncode == 0
