@@ -13,6 +13,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
+
 from markets.models import BidProposal, MarketOperator, Product
 from markets.optimiser import BidProblem, BidSchedule, ProductSpec, schedule_bids
 from markets.selectors import latest_prices, latest_site_load, portfolio_snapshots
@@ -43,6 +45,7 @@ def build_problem(*, proposal: BidProposal, now: datetime) -> tuple[BidProblem, 
         vehicles=vehicles,
         products=specs,
         first_biddable_step=first,
+        energy_price=[float(settings.MARKETS_ENERGY_PRICE_USD_PER_MWH)] * steps,
         degradation_usd_per_wh={v.vehicle_id: deg / max(v.state_of_health, 0.5) for v in vehicles},
     )
     context: dict[str, Any] = {

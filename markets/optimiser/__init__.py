@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from markets.optimiser.greedy import GreedyScheduler
 from markets.optimiser.highs import HighsScheduler
+from markets.optimiser.naive import NaiveScheduler
 from markets.optimiser.problem import (
     BidProblem,
     BidSchedule,
@@ -25,7 +26,11 @@ from markets.optimiser.verify import deliverability_violations
 
 logger = logging.getLogger(__name__)
 
-SCHEDULERS: dict[str, Callable[[], Scheduler]] = {"highs": HighsScheduler, "greedy": GreedyScheduler}
+SCHEDULERS: dict[str, Callable[[], Scheduler]] = {
+    "highs": HighsScheduler,
+    "greedy": GreedyScheduler,
+    "naive": NaiveScheduler,  # the benchmark's baseline: a fixed share of discharge power, checked car by car
+}
 
 
 def get_scheduler(name: str) -> Scheduler:

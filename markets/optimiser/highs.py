@@ -335,7 +335,7 @@ class _Model:
         left = min(left, max(1.0, 0.25 * self.p.time_limit_s))
         solver.changeColsBounds(len(ints), ints, self.lb[ints], self.ub[ints])
         solver.changeColsIntegrality(len(ints), ints, np.ones(len(ints), dtype=np.uint8))
-        solver.setOptionValue("time_limit", left)
+        solver.setOptionValue("time_limit", solver.getRunTime() + left)
         start = highspy.HighsSolution()
         start.col_value = list(x / self.scale)
         solver.setSolution(start)
@@ -368,7 +368,8 @@ class _Model:
     ) -> tuple[str, FloatArray | None, FloatArray | None]:
         vals = values[ints] if values.shape[0] == self.n_vars else values
         solver.changeColsBounds(len(ints), ints, vals, vals)
-        solver.setOptionValue("time_limit", max(1.0, self.p.time_limit_s))
+        # HiGHS measures time_limit on the instance's cumulative run clock: the budget is counted from now.
+        solver.setOptionValue("time_limit", solver.getRunTime() + max(1.0, self.p.time_limit_s))
         solver.run()
         if solver.getModelStatus() != highspy.HighsModelStatus.kOptimal:
             return f"{label}: {solver.modelStatusToString(solver.getModelStatus())}", None, None

@@ -14,7 +14,8 @@ import math
 import numpy as np
 
 from markets.optimiser.clusters import own_horizon_hours, own_need_fraction
-from markets.optimiser.problem import BidProblem, BidSchedule
+from markets.optimiser.problem import BidProblem, BidSchedule, VehiclePlan
+from vpp.types import VehicleSnapshot
 
 TOL_WH = 1e-3
 TOL_W = 1e-3
@@ -22,7 +23,6 @@ TOL_W = 1e-3
 
 def deliverability_violations(problem: BidProblem, schedule: BidSchedule, limit: int = 20) -> list[str]:
     found: list[str] = []
-    h = problem.step_h
     totals = {p.code: np.zeros(problem.steps) for p in problem.products}
     for v in problem.vehicles:
         plan = schedule.plan(v.vehicle_id)
@@ -30,59 +30,63 @@ def deliverability_violations(problem: BidProblem, schedule: BidSchedule, limit:
             continue
         for code in totals:
             totals[code] += plan.reserved_w[code]
-        below = v.soc_wh < v.floor_wh
-        floor = float(v.soc_wh) if below else float(v.floor_wh)
-        dep_h = math.inf if v.departure is None else own_horizon_hours(v, problem)
-        e = float(v.soc_wh)
-        for t in range(problem.steps):
-            ch, dis = float(plan.charge_w[t]), float(plan.discharge_w[t])
-            up = sum(float(plan.reserved_w[p.code][t]) for p in problem.products if p.up)
-            down = sum(float(plan.reserved_w[p.code][t]) for p in problem.products if p.down)
-            active = ch + dis + up + down > TOL_W
-            if active and (t + 1) * h > dep_h + 1e-9:
-                found.append(f"vehicle {v.vehicle_id} step {t}: scheduled after its departure")
-            if ch < -TOL_W or dis < -TOL_W:
-                found.append(f"vehicle {v.vehicle_id} step {t}: negative power")
-            if ch - dis + down > v.max_charge_w + TOL_W:
-                found.append(f"vehicle {v.vehicle_id} step {t}: charge side {ch - dis + down:.0f} > {v.max_charge_w}")
-            max_dis = 0 if below else v.max_discharge_w
-            if dis - ch + up > max_dis + TOL_W:
-                found.append(f"vehicle {v.vehicle_id} step {t}: discharge side {dis - ch + up:.0f} > {max_dis}")
-            draw = sum(
-                float(plan.reserved_w[p.code][t]) * p.sustain_h / v.discharge_efficiency
-                for p in problem.products
-                if p.up
-            )
-            fill = sum(
-                float(plan.reserved_w[p.code][t]) * p.sustain_h * v.charge_efficiency
-                for p in problem.products
-                if p.down
-            )
-            drift = sum(
-                float(plan.reserved_w[p.code][t])
-                * (p.up_activation / v.discharge_efficiency - p.down_activation * v.charge_efficiency)
-                for p in problem.products
-            )
-            e_end = e + h * (ch * v.charge_efficiency - dis / v.discharge_efficiency - drift)
-            if active:
-                for when, energy in ((t * h, e), ((t + 1) * h, e_end)):
-                    least = max(floor, _departure_need(v, problem, dep_h, when))
-                    if energy - draw < least - TOL_WH:
-                        found.append(
-                            f"vehicle {v.vehicle_id} step {t}: {energy - draw:.1f} Wh after full up activation "
-                            f"< {least:.1f} Wh (floor / departure need)"
-                        )
-                    if energy + fill > v.capacity_wh + TOL_WH:
-                        found.append(f"vehicle {v.vehicle_id} step {t}: overfills after full down activation")
-            e = e_end
-            if len(found) >= limit:
-                return found
+        found += vehicle_violations(problem, v, plan)
+        if len(found) >= limit:
+            return found[:limit]
     for prod in problem.products:
         steps = prod.market_interval_steps
         for m, q in enumerate(schedule.quantity_w[prod.code]):
             held = totals[prod.code][m * steps : (m + 1) * steps]
             if np.any(np.abs(held - q) > max(1.0, 1e-6 * q)):
                 found.append(f"{prod.code} interval {m}: vehicles hold {held.min():.0f}..{held.max():.0f} W, bid {q}")
+    return found
+
+
+def vehicle_violations(problem: BidProblem, v: VehicleSnapshot, plan: VehiclePlan) -> list[str]:
+    """Simulate one vehicle's plan alone; every broken power, floor, departure or fullness rule, step by step."""
+    found: list[str] = []
+    h = problem.step_h
+    below = v.soc_wh < v.floor_wh
+    floor = float(v.soc_wh) if below else float(v.floor_wh)
+    dep_h = math.inf if v.departure is None else own_horizon_hours(v, problem)
+    e = float(v.soc_wh)
+    for t in range(problem.steps):
+        ch, dis = float(plan.charge_w[t]), float(plan.discharge_w[t])
+        up = sum(float(plan.reserved_w[p.code][t]) for p in problem.products if p.up)
+        down = sum(float(plan.reserved_w[p.code][t]) for p in problem.products if p.down)
+        active = ch + dis + up + down > TOL_W
+        if active and (t + 1) * h > dep_h + 1e-9:
+            found.append(f"vehicle {v.vehicle_id} step {t}: scheduled after its departure")
+        if ch < -TOL_W or dis < -TOL_W:
+            found.append(f"vehicle {v.vehicle_id} step {t}: negative power")
+        if ch - dis + down > v.max_charge_w + TOL_W:
+            found.append(f"vehicle {v.vehicle_id} step {t}: charge side {ch - dis + down:.0f} > {v.max_charge_w}")
+        max_dis = 0 if below else v.max_discharge_w
+        if dis - ch + up > max_dis + TOL_W:
+            found.append(f"vehicle {v.vehicle_id} step {t}: discharge side {dis - ch + up:.0f} > {max_dis}")
+        draw = sum(
+            float(plan.reserved_w[p.code][t]) * p.sustain_h / v.discharge_efficiency for p in problem.products if p.up
+        )
+        fill = sum(
+            float(plan.reserved_w[p.code][t]) * p.sustain_h * v.charge_efficiency for p in problem.products if p.down
+        )
+        drift = sum(
+            float(plan.reserved_w[p.code][t])
+            * (p.up_activation / v.discharge_efficiency - p.down_activation * v.charge_efficiency)
+            for p in problem.products
+        )
+        e_end = e + h * (ch * v.charge_efficiency - dis / v.discharge_efficiency - drift)
+        if active:
+            for when, energy in ((t * h, e), ((t + 1) * h, e_end)):
+                least = max(floor, _departure_need(v, problem, dep_h, when))
+                if energy - draw < least - TOL_WH:
+                    found.append(
+                        f"vehicle {v.vehicle_id} step {t}: {energy - draw:.1f} Wh after full up activation "
+                        f"< {least:.1f} Wh (floor / departure need)"
+                    )
+                if energy + fill > v.capacity_wh + TOL_WH:
+                    found.append(f"vehicle {v.vehicle_id} step {t}: overfills after full down activation")
+        e = e_end
     return found
 
 

@@ -134,3 +134,65 @@ def test_it_falls_back_to_greedy_when_the_solver_fails(monkeypatch: pytest.Monke
     schedule = schedule_bids(problem)
     assert schedule.scheduler == "greedy"
     assert "solver crashed" in schedule.notes[0]
+
+
+def test_identical_cars_aggregate_exactly_into_sums() -> None:
+    # given ten identical cars with the same plug-in window
+    from markets.optimiser.clusters import build_clusters
+
+    cars = [
+        VehicleSnapshot(
+            i, 60_000, 36_000, 12_000, 11_000, 7_400, departure=START + timedelta(hours=6), target_wh=48_000
+        )
+        for i in range(1, 11)
+    ]
+    problem = BidProblem(start=START, step_s=900, steps=32, vehicles=cars, products=_products(10, 32))
+    # when they are clustered
+    clusters, must = build_clusters(problem)
+    # then they form one battery whose limits are the sums of theirs
+    assert must == []
+    assert len(clusters) == 1
+    c = clusters[0]
+    assert c.max_charge_w == pytest.approx(110_000)
+    assert c.max_discharge_w == pytest.approx(74_000)
+    assert c.capacity_wh == pytest.approx(600_000)
+    assert c.lower_end[0] == pytest.approx(10 * (12_000 - 36_000))  # down to the floors
+    assert c.upper == pytest.approx(10 * (60_000 - 36_000))  # up to full
+
+
+def test_a_car_that_must_charge_flat_out_is_scheduled_alone_and_others_still_bid() -> None:
+    # given a flexible car and one whose target takes flat-out charging until it leaves
+    flexible = VehicleSnapshot(1, 60_000, 40_000, 12_000, 11_000, 11_000)
+    stuck = VehicleSnapshot(
+        2, 60_000, 12_000, 12_000, 11_000, 11_000, departure=START + timedelta(hours=2), target_wh=60_000
+    )
+    problem = BidProblem(
+        start=START, step_s=900, steps=32, vehicles=[flexible, stuck], products=_products(2, 32, min_w=1000, inc=1000)
+    )
+    # when the optimiser bids
+    schedule = get_scheduler("highs").schedule(problem)
+    # then the stuck car charges flat out, the flexible one carries the bids, and everything is deliverable
+    plan = schedule.plan(2)
+    assert plan is not None
+    assert plan.charge_w[:8].min() == pytest.approx(11_000)
+    assert sum(sum(qs) for qs in schedule.quantity_w.values()) > 0
+    assert deliverability_violations(problem, schedule) == []
+
+
+def test_the_naive_bid_is_checked_car_by_car_and_the_milp_beats_it() -> None:
+    # given a fleet, prices and a flat energy price
+    fleet = random_fleet(120, start=START, seed=5)
+    problem = BidProblem(
+        start=START, step_s=900, steps=96, vehicles=fleet, products=_products(120), energy_price=[40.0] * 96
+    )
+    # when the naive share is bid as offered and with the cars that cannot honour it removed
+    from markets.optimiser.naive import NaiveScheduler
+
+    raw = NaiveScheduler(deliverable=False).schedule(problem)
+    checked = NaiveScheduler(deliverable=True).schedule(problem)
+    milp = get_scheduler("highs").schedule(problem)
+    # then the checked naive bid is deliverable (the raw one is not), and the MILP nets more than either
+    assert deliverability_violations(problem, raw) != []
+    assert deliverability_violations(problem, checked) == []
+    assert checked.capacity_revenue_usd <= raw.capacity_revenue_usd
+    assert milp.objective_usd > max(raw.objective_usd, checked.objective_usd)
