@@ -44,19 +44,25 @@ CREATE TABLE IF NOT EXISTS kv (
 class OutboxItem:
     id: int
     action: str
-    payload: dict[str, Any]  # snake_case kwargs of the ocpp library's call dataclass
+    payload: dict[str, Any]  # the OCPP payload as it goes on the wire (camelCase)
     replay: bool  # True: send with offline=true (queued offline, tried before, or from before a restart)
+    text: str = ""  # the payload's JSON as stored (sent as is when nothing needs changing)
 
 
 class OutboxStore:
-    """The SQLite file. ``durable=True`` fsyncs every commit (synchronous=FULL); the fleet simulator may relax it."""
+    """The SQLite file.
+
+    ``durable=True`` (a real agent) fsyncs every commit: nothing acknowledged by the disk is lost even on a power
+    cut. ``durable=False`` (the simulated fleet, thousands of stations in one process on a shared disk) never
+    fsyncs: a crash of the process still loses nothing (the kernel holds the written pages), a power cut may.
+    """
 
     def __init__(self, path: str | Path, *, durable: bool = True) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
         self._db.executescript(SCHEMA)
         self._depth = 0
         self._after_commit: list[Callable[[], None]] = []
@@ -85,11 +91,11 @@ class OutboxStore:
             for cb in callbacks:
                 cb()
 
-    def insert(self, station_id: str, action: str, payload: dict[str, Any], queued_offline: bool) -> int:
+    def insert(self, station_id: str, action: str, text: str, queued_offline: bool) -> int:
         with self.batch():
             cur = self._db.execute(
                 "INSERT INTO outbox (station_id, action, payload, queued_offline) VALUES (?, ?, ?, ?)",
-                (station_id, action, json.dumps(payload, separators=(",", ":")), int(queued_offline)),
+                (station_id, action, text, int(queued_offline)),
             )
             assert cur.lastrowid is not None
             return cur.lastrowid
@@ -121,7 +127,7 @@ class OutboxStore:
             "SELECT id, action, payload FROM outbox WHERE station_id = ? ORDER BY id", (station_id,)
         ).fetchall()
         # Anything still here from an earlier run may have reached the CSMS already: always a replay.
-        return [OutboxItem(r[0], r[1], json.loads(r[2]), True) for r in rows]
+        return [OutboxItem(r[0], r[1], json.loads(r[2]), True, r[2]) for r in rows]
 
     def count(self, station_id: str | None = None) -> int:
         if station_id is None:
@@ -161,8 +167,9 @@ class Outbox:
 
     def put(self, action: str, payload: dict[str, Any], *, offline: bool) -> int:
         """Store the message durably; the sender sees it only once it is committed."""
-        item_id = self.store.insert(self.station_id, action, payload, offline)
-        item = OutboxItem(item_id, action, payload, offline)
+        text = json.dumps(payload, separators=(",", ":"))
+        item_id = self.store.insert(self.station_id, action, text, offline)
+        item = OutboxItem(item_id, action, payload, offline, text)
 
         def _visible() -> None:
             self.items.append(item)

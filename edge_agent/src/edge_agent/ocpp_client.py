@@ -535,7 +535,9 @@ class OcppClient:
             )
         return result
 
-    async def _raw_call(self, cp: Any, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+    async def _raw_call(
+        self, cp: Any, action: str, payload: dict[str, Any], text: str | None = None
+    ) -> dict[str, Any]:
         """Send an already camelCase payload through the library's framing and response matching.
 
         The hot path (meter values every second, thousands of stations per process) skips the library's
@@ -546,10 +548,12 @@ class OcppClient:
         call = Call(unique_id=str(uuid.uuid4()), action=action, payload=payload)
         if not self.skip_validation:
             await validate_payload(call, cp._ocpp_version)
+        # The stored JSON text is framed as is: no second encoding of the payload on the hot path.
+        frame = f'[2,"{call.unique_id}","{action}",{text}]' if text else call.to_json()
         st.link.request_sent(st.clock.monotonic())
         try:
             async with cp._call_lock:
-                await cp._send(call.to_json())
+                await cp._send(frame)
                 response = await cp._get_specific_response(call.unique_id, cp._response_timeout)
         except TimeoutError:
             slog.log_event(st.id, "no_answer", code=slog.HEARTBEAT_TIMEOUT, level=logging.WARNING, action=action)
@@ -609,12 +613,13 @@ class OcppClient:
     async def _send_buffered(self, cp: Any, item: OutboxItem) -> None:
         st = self.station
         payload = item.payload
-        if item.action == "TransactionEvent" and item.replay:
-            payload = {**payload, "offline": True}
+        text: str | None = item.text or None
+        if item.action == "TransactionEvent" and item.replay and payload.get("offline") is not True:
+            payload, text = {**payload, "offline": True}, None
         # From here on a repeat of this message is a replay, whatever happens to this attempt.
         item.replay = True
         try:
-            await self._raw_call(cp, item.action, payload)
+            await self._raw_call(cp, item.action, payload, text)
         except OCPPError as exc:
             # Refused for good (malformed or not acceptable): keep it in the log, do not block the queue.
             slog.log_event(
