@@ -2,8 +2,9 @@
 
 1. Pure: ``markets.scoring.performance_score`` on one hourly template (391 rows), repeated; median and p99.
 2. Database: N stations (default 100) follow the PJM RegD test signal (the 40-minute file, looped over the hour)
-   with a 3-s first-order lag, 1 % meter noise, reporting power and energy registers every ``--interval`` s (the
-   edge agent reports every 1-2 s while regulating); 2 % of the readings are stored twice, as retransmissions.
+   with a 3-s first-order lag, meter noise 0.2 % + 5 W (the edge simulator's), reporting power and energy
+   registers (kept by an ideal meter) every ``--interval`` s (the edge agent reports every 1-2 s while
+   regulating); 2 % of the readings are stored twice, as retransmissions.
    Then timed: ``performance_score_compute`` (read + deduplicate + align + score), ``settlement_compute`` (again
    reading the meter values, energy per price interval, vehicle lines) and ``reconciliation_report``. The score
    and the reconciliation's worst disagreement are printed too.
@@ -11,8 +12,8 @@
 Targets: the issue sets none for settlement. Our own bounds: hourly score < 50 ms pure; scoring + settling one
 hour of 100 vehicles < 60 s (the settle task runs every 5 min on a shared 2-core machine).
 
-Usage: ``python bench/regulation_settlement.py [--vehicles 100] [--interval 2] [--repeat 50]``. Runs in a fresh
-test database (SQLite under a temp dir, or ``test_<name>`` of DATABASE_URL), destroyed at the end.
+Usage: ``python bench/regulation_settlement.py [--vehicles 100] [--interval 2] [--repeat 50] [--noise-pct 0.2]``.
+Runs in a fresh test database (SQLite under a temp dir, or ``test_<name>`` of DATABASE_URL), destroyed at the end.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def _signal() -> np.ndarray:
     return np.tile(values, SPAN_S // (2 * values.size) + 2)[: SPAN_S // 2 + 1]
 
 
-def seed(vehicles: int, interval: int) -> tuple[object, int]:
+def seed(vehicles: int, interval: int, noise_pct: float = 0.2) -> tuple[object, int]:
     from chargers.models import MeterValue, Station
     from markets.models import Award, Bid, Product
     from markets.regulation_models import RegulationSignal
@@ -123,7 +124,9 @@ def seed(vehicles: int, interval: int) -> tuple[object, int]:
         for i, goal in enumerate(target):  # first-order lag, 3 s time constant
             p += (goal - p) * (1 - np.exp(-interval / 3.0))
             power[i] = p
-        measured = np.rint(power * (1 + rng.normal(0, 0.01, power.size)))
+        # Meter noise as the edge agent's simulated meter has it: 0.2 % of reading + 5 W (hardware/sim.py).
+        noise = rng.normal(0, 1, power.size) * (noise_pct / 100 * np.abs(power) + 5.0)
+        measured = np.rint(power + noise)
         imported = np.concatenate([[0.0], np.cumsum(np.clip(power, 0, None) * interval / 3600)])[:-1]
         exported = np.concatenate([[0.0], np.cumsum(np.clip(-power, 0, None) * interval / 3600)])[:-1]
         batch = []
@@ -164,14 +167,14 @@ def seed(vehicles: int, interval: int) -> tuple[object, int]:
     return award, rows
 
 
-def bench_db(vehicles: int, interval: int) -> list[tuple[str, str, str, str]]:
+def bench_db(vehicles: int, interval: int, noise_pct: float) -> list[tuple[str, str, str, str]]:
     from django.db import transaction
 
     from markets.regulation_services import performance_score_compute, reconciliation_report, settlement_compute
 
     t0 = time.perf_counter()
     with transaction.atomic():
-        award, rows = seed(vehicles, interval)
+        award, rows = seed(vehicles, interval, noise_pct)
     seeded = time.perf_counter() - t0
     t0 = time.perf_counter()
     score = performance_score_compute(product=award.product, period_start=HOUR)
@@ -198,6 +201,7 @@ def main() -> None:
     parser.add_argument("--vehicles", type=int, default=100)
     parser.add_argument("--interval", type=int, default=2, help="meter reporting interval, s")
     parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--noise-pct", type=float, default=0.2, help="meter noise, %% of reading (+ 5 W)")
     args = parser.parse_args()
 
     import django
@@ -211,7 +215,7 @@ def main() -> None:
     old_name = connection.settings_dict["NAME"]
     connection.creation.create_test_db(verbosity=0, autoclobber=True)
     try:
-        rows += bench_db(args.vehicles, args.interval)
+        rows += bench_db(args.vehicles, args.interval, args.noise_pct)
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)
     print(f"{'figure':<34} {'value':>12}  {'detail':<28} target")
