@@ -13,11 +13,11 @@ import binascii
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from channels.consumer import AsyncConsumer, get_handler_name
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 
 from chargers import fanout, ocpp_j
@@ -52,8 +52,8 @@ class OcppConsumer(AsyncConsumer):
 
         Channels runs close_old_connections in the thread-sensitive sync executor before every handler: one thread
         hop per OCPP frame, 15-20% of the server's CPU under load. This consumer uses no database connection on the
-        event loop (``_authenticate`` goes through database_sync_to_async, which closes its own; the group-commit
-        writer owns its thread's connection), so there is nothing to close here.
+        event loop (``_authenticate`` and the group-commit writer run on batcher threads that own their
+        connections), so there is nothing to close here.
         """
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
@@ -313,7 +313,7 @@ class OcppConsumer(AsyncConsumer):
             )
         )
 
-    async def _deny(self, status: int) -> None:
+    async def _deny(self, status: int) -> NoReturn:
         if DENIAL_EXTENSION in self.scope.get("extensions", {}):
             headers = [(b"www-authenticate", b'Basic realm="OCPP", charset="UTF-8"')] if status == 401 else []
             await self.send({"type": "websocket.http.response.start", "status": status, "headers": headers})
@@ -348,12 +348,29 @@ def _basic_credentials(scope: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-@database_sync_to_async
-def _authenticate(station_id: str, credentials: tuple[str, str] | None) -> tuple[int, str] | None:
-    """(pk, boot status) when the Basic credentials name this station and its password matches; else None."""
-    if credentials is None or credentials[0] != station_id:
-        return None
-    station = Station.objects.filter(station_id=station_id).only("pk", "password_hash", "boot_status").first()
-    if station is None or not station.check_password(credentials[1]):
-        return None
-    return station.pk, station.boot_status
+AuthJob = tuple[str, tuple[str, str] | None]  # (station id from the URL, Basic credentials)
+
+
+async def _authenticate(station_id: str, credentials: tuple[str, str] | None) -> tuple[int, str] | None:
+    """(pk, boot status) when the Basic credentials name this station and its password matches; else None.
+
+    Handshakes are batched like writes: when 1,000 stations reconnect at once, one query serves all that are
+    waiting, on the batcher's own thread and connection (a per-handshake sync_to_async hop with its health-check
+    round trip made a reconnect wave overrun Daphne's handshake timeout).
+    """
+    return await writer_for_loop(authenticate_many).submit((station_id, credentials))
+
+
+def authenticate_many(jobs: Sequence[AuthJob]) -> list[tuple[int, str] | None]:
+    """One outcome per (station id, credentials), with a single query for the whole batch."""
+    claimed = {sid for sid, creds in jobs if creds is not None and creds[0] == sid}
+    rows = Station.objects.filter(station_id__in=claimed).only("pk", "station_id", "password_hash", "boot_status")
+    stations = {s.station_id: s for s in rows} if claimed else {}
+    outcomes: list[tuple[int, str] | None] = []
+    for station_id, credentials in jobs:
+        station = stations.get(station_id) if credentials is not None and credentials[0] == station_id else None
+        if station is None or credentials is None or not station.check_password(credentials[1]):
+            outcomes.append(None)
+        else:
+            outcomes.append((station.pk, station.boot_status))
+    return outcomes

@@ -89,13 +89,15 @@ def _capture(batch_fn: BatchFn[J], jobs: list[J]) -> Any:
         return exc
 
 
-_writers: dict[int, GroupCommitWriter[Any]] = {}
+_writers: dict[tuple[int, BatchFn[Any]], GroupCommitWriter[Any]] = {}
 
 
 def writer_for_loop(batch_fn: BatchFn[J]) -> GroupCommitWriter[J]:
-    """The process's writer for the running event loop (Daphne runs one loop; tests may run several)."""
-    loop = asyncio.get_running_loop()
-    writer = _writers.get(id(loop))
+    """The process's batcher of ``batch_fn`` for the running event loop (Daphne runs one loop; tests may run
+    several). Each batch function gets its own thread and connection, so handshake reads never queue behind writes.
+    """
+    key = (id(asyncio.get_running_loop()), batch_fn)
+    writer = _writers.get(key)
     if writer is None:
-        writer = _writers[id(loop)] = GroupCommitWriter(batch_fn)
+        writer = _writers[key] = GroupCommitWriter(batch_fn)
     return writer
