@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from fleet import selectors
@@ -24,6 +24,8 @@ from vpp.flexibility import vehicle_flexibility
 
 FLEX_INTERVALS = 96
 FLEX_INTERVAL_S = 900
+REFRESH_DEBOUNCE_S = 2  # telemetry arriving within this window shares one refresh
+REFRESH_STALE_S = 60  # a refresh pending longer than this is assumed lost and enqueued again
 
 
 class FleetError(ValueError):
@@ -242,18 +244,28 @@ def soc_advance(
 
 
 def vehicle_request_refresh(*, vehicle_id: int) -> None:
-    """Mark the vehicle's derived state stale and enqueue one refresh after the surrounding transaction commits."""
+    """Mark the vehicle's derived state stale; enqueue a refresh after commit unless one is already pending.
+
+    Only the clean -> dirty transition enqueues (the task runs ``REFRESH_DEBOUNCE_S`` later), so a burst of
+    telemetry costs one recomputation. A request left pending longer than ``REFRESH_STALE_S`` (a lost message)
+    is enqueued again.
+    """
     now = timezone.now()
-    updated = VehicleState.objects.filter(vehicle_id=vehicle_id).update(dirty=True, requested_at=now)
-    if not updated:
+    stale = now - timedelta(seconds=REFRESH_STALE_S)
+    rows = VehicleState.objects.filter(vehicle_id=vehicle_id)
+    if not rows.filter(Q(dirty=False) | Q(requested_at__lt=stale) | Q(requested_at__isnull=True)).update(
+        dirty=True, requested_at=now
+    ):
+        if rows.exists():
+            return  # a refresh is already pending and will read this transaction's data
         try:
             with transaction.atomic():
                 VehicleState.objects.create(vehicle_id=vehicle_id, dirty=True, requested_at=now)
-        except IntegrityError:  # created concurrently: mark it
-            VehicleState.objects.filter(vehicle_id=vehicle_id).update(dirty=True, requested_at=now)
+        except IntegrityError:  # created concurrently: that request enqueues
+            return
     from fleet.tasks import refresh_vehicle_state  # the task module imports this one
 
-    transaction.on_commit(lambda: refresh_vehicle_state.delay(vehicle_id))
+    transaction.on_commit(lambda: refresh_vehicle_state.apply_async((vehicle_id,), countdown=REFRESH_DEBOUNCE_S))
 
 
 def vehicle_state_claim(*, vehicle_id: int) -> bool:

@@ -208,3 +208,19 @@ def test_a_snapshot_carries_the_vehicles_own_degradation_cost() -> None:
     assert snap is not None
     # 120 / (2 * 4000 * 0.8)
     assert snap.degradation_cost_per_kwh == pytest.approx(0.01875)
+
+
+def test_a_burst_of_telemetry_enqueues_one_refresh(django_capture_on_commit_callbacks) -> None:
+    vehicle = PlugSessionFactory().vehicle
+    # when three readings are stored in one go
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        for minute in range(3):
+            services.soc_report(vehicle=vehicle, soc_wh=30_000 + minute, valid_at=T0 + timedelta(minutes=minute))
+    # then one refresh is enqueued, and the pending state is visible
+    assert len(callbacks) == 1
+    assert VehicleState.objects.get(vehicle=vehicle).dirty is True
+    # once the refresh ran, the next reading enqueues again
+    assert refresh_vehicle_state(vehicle.id) is True
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        services.soc_report(vehicle=vehicle, soc_wh=31_000, valid_at=T0 + timedelta(minutes=5))
+    assert len(callbacks) == 1
