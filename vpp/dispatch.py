@@ -48,7 +48,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections
 
-from chargers.fanout import Command, CommandResult, FanoutOutcome, NodeListener, calls_fanout
+from chargers.fanout import Command, CommandResult, FanoutOutcome, calls_fanout
 from vpp.allocation import Allocation, allocate
 from vpp.fleet_arrays import FleetArrays, PowerBounds, power_bounds
 
@@ -215,9 +215,11 @@ class Dispatcher:
         refresh_s: float | None = None,
         hold_s: float | None = None,
         call_timeout_s: float | None = None,
+        telemetry: bool = True,
     ) -> None:
         self.product_id = product_id
         self.portfolio = portfolio
+        self.telemetry = telemetry  # follow the CSMS's committed telemetry (off in unit tests that feed it)
         self._loader = loader
         self._recorder = recorder
         self._basepoint_recorder = basepoint_recorder
@@ -242,11 +244,9 @@ class Dispatcher:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._refresh_loop(), name=f"dispatch-refresh-{self.product_id}"),
-            loop.create_task(self._telemetry_loop(), name=f"dispatch-telemetry-{self.product_id}"),
-        ]
-        NodeListener.ensure_started()
+        self._tasks = [loop.create_task(self._refresh_loop(), name=f"dispatch-refresh-{self.product_id}")]
+        if self.telemetry:
+            self._tasks.append(loop.create_task(self._telemetry_loop(), name=f"dispatch-telemetry-{self.product_id}"))
 
     async def stop(self) -> None:
         for task in self._tasks:

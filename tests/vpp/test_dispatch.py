@@ -131,8 +131,13 @@ def _fleet(n: int) -> tuple[FleetArrays, list[Route]]:
 
 
 @pytest.fixture
-def stations():
-    """Register stand-in stations in this process's fan-out registry; unregistered after the test."""
+def stations(monkeypatch):
+    """Register stand-in stations in this process's fan-out registry; unregistered after the test.
+
+    This process is not a server: it does not join the csms.nodes group (a listener left on a closed test loop
+    would hold the Redis layer's receive lock).
+    """
+    monkeypatch.setattr(fanout.NodeListener, "ensure_started", classmethod(lambda cls: None))
     registered: dict[str, AnsweringStation] = {}
 
     def register(station_id: str, station: AnsweringStation) -> None:
@@ -155,7 +160,7 @@ async def test_a_signal_reaches_every_station_with_setpoints_that_add_up_to_the_
     def loader(**_: Any) -> DispatchState:
         return DispatchState(fleet, routes, 100_000, time.time() + 3600, time.time(), preferred_basepoint_w=0)
 
-    dispatcher = Dispatcher(product_id=1, portfolio="default", loader=loader, recorder=recorded.append)
+    dispatcher = Dispatcher(product_id=1, portfolio="default", loader=loader, recorder=recorded.append, telemetry=False)
     dispatcher.start()
     try:
         await dispatcher.ready()
@@ -183,6 +188,7 @@ async def test_telemetry_updates_the_state_of_charge_between_reloads(stations):
         portfolio="default",
         loader=lambda **_: DispatchState(fleet, routes, 10_000, time.time() + 60, time.time()),
         recorder=None,
+        telemetry=False,
     )
     dispatcher.start()
     try:
@@ -208,6 +214,7 @@ async def test_without_an_award_nothing_is_sent(stations):
         portfolio="default",
         loader=lambda **_: DispatchState(fleet, routes, 0, None, time.time()),
         recorder=None,
+        telemetry=False,
     )
     dispatcher.start()
     try:
