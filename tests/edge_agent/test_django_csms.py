@@ -1,0 +1,102 @@
+"""The edge agent against the real Django CSMS (Daphne live server): replayed events are stored exactly once.
+
+This is the only edge-agent test that touches Django, and only on the CSMS side (the agent runs in this process
+but never imports Django; the test reads the CSMS's database to check what it stored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from chargers.models import TransactionEvent
+from tests.chargers.conftest import LiveServer, start_server, stop_server
+from tests.chargers.factories import STATION_PASSWORD, StationFactory
+
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
+
+
+@dataclass
+class Endpoint:
+    url: str
+
+
+@pytest.fixture(scope="module")
+def django_csms(django_db_setup: None, django_db_blocker: Any) -> Iterator[LiveServer]:
+    server = start_server()
+    yield server
+    stop_server(server)
+
+
+async def _stored(station_id: str, tx_id: str) -> list[tuple[int, bool, str]]:
+    return await sync_to_async(list)(
+        TransactionEvent.objects.filter(transaction__station__station_id=station_id, transaction__transaction_id=tx_id)
+        .order_by("seq_no")
+        .values_list("seq_no", "offline", "event_type")
+    )
+
+
+async def _until(predicate: Any, within: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)
+
+
+async def test_the_csms_stores_each_replayed_event_exactly_once(
+    django_csms: LiveServer, make_agent: Any, tmp_path: Path
+) -> None:
+    station = await sync_to_async(StationFactory)(station_id="edge-live-1")
+    db = tmp_path / "edge-live.sqlite3"
+    endpoint = Endpoint(django_csms.ws_url)
+    # given an agent in a transaction, reporting every second to the real CSMS
+    agent = await make_agent(endpoint, station.station_id, password=STATION_PASSWORD, db=db)
+    await _until(lambda: _ready(agent))
+    tx_id = agent.station.tx.transaction_id
+    await _until(lambda: _count_at_least(station.station_id, tx_id, 2))
+
+    # when the link drops and reconnection fails for ~3 s (the CSMS refuses a wrong password)
+    agent.client.password = "not-the-password"
+    agent.client.drop_connection()
+    await asyncio.sleep(3.0)
+    already = {seq for seq, _, _ in await _stored(station.station_id, tx_id)}
+    # (the message in flight at the cut may have been stored without its answer arriving: that one is a repeat)
+    queued_offline = [
+        item.payload["seqNo"] for item in agent.station.outbox.items if item.payload["seqNo"] not in already
+    ]
+    assert len(queued_offline) >= 2
+    # and the agent then crashes with its queue on disk, and restarts with the right password
+    await agent.crash()
+    restarted = await make_agent(endpoint, station.station_id, password=STATION_PASSWORD, db=db)
+    await _until(lambda: _drained(restarted))
+
+    # then the CSMS stored every event of the old transaction exactly once, none lost, the replayed ones as offline
+    stored = await _stored(station.station_id, tx_id)
+    seqs = [s for s, _, _ in stored]
+    assert seqs == list(range(len(seqs)))
+    assert stored[-1][2] == "Ended"  # the restart ended it (PowerLoss)
+    by_seq = {s: offline for s, offline, _ in stored}
+    assert all(by_seq[s] for s in queued_offline)
+    # and the new transaction is being stored too
+    new_tx = restarted.station.tx.transaction_id
+    assert new_tx != tx_id
+    await _until(lambda: _count_at_least(station.station_id, new_tx, 1))
+
+
+async def _ready(agent: Any) -> bool:
+    return bool(agent.station.link.connected and agent.station.tx is not None)
+
+
+async def _drained(agent: Any) -> bool:
+    return bool(agent.station.link.connected and len(agent.station.outbox) == 0)
+
+
+async def _count_at_least(station_id: str, tx_id: str, n: int) -> bool:
+    return len(await _stored(station_id, tx_id)) >= n
