@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import websockets.asyncio.client
 from django.conf import settings
+from ocpp.charge_point import ChargePoint
+from websockets.typing import Subprotocol
 
 from tests.chargers.factories import STATION_PASSWORD
 
@@ -87,7 +89,7 @@ def basic_auth(station_id: str, password: str = STATION_PASSWORD) -> dict[str, s
 class StationClient:
     """A charging station for tests: the `ocpp` library's ChargePoint (v2.0.1 or v2.1) over a real WebSocket."""
 
-    def __init__(self, cp: object, ws: object) -> None:
+    def __init__(self, cp: ChargePoint, ws: websockets.asyncio.client.ClientConnection) -> None:
         self.cp = cp
         self.ws = ws
 
@@ -103,7 +105,7 @@ async def station_client(
     cls = ChargePoint21 if version == "2.1" else ChargePoint201
     ws = await websockets.asyncio.client.connect(
         f"{server.ws_url}/{station_id}",
-        subprotocols=[f"ocpp{version}"],
+        subprotocols=[Subprotocol(f"ocpp{version}")],
         additional_headers=basic_auth(station_id, password),
         open_timeout=10,
     )
@@ -137,7 +139,7 @@ async def raw_station(server: LiveServer, station_id: str, *, version: str = "2.
     """A station that writes OCPP-J frames by hand, for malformed frames and exact retransmits."""
     ws = await websockets.asyncio.client.connect(
         f"{server.ws_url}/{station_id}",
-        subprotocols=[f"ocpp{version}"],
+        subprotocols=[Subprotocol(f"ocpp{version}")],
         additional_headers=basic_auth(station_id),
         open_timeout=10,
     )

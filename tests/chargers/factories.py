@@ -1,3 +1,5 @@
+"""factory_boy factories for the chargers app; call ``XFactory.create()`` so type checkers see the model."""
+
 from __future__ import annotations
 
 import factory
@@ -8,7 +10,7 @@ from chargers.passwords import password_hash
 STATION_PASSWORD = "test-station-pass-0123"  # 22 characters, a valid OCPP BasicAuthPassword
 
 
-class StationFactory(factory.django.DjangoModelFactory):
+class StationFactory(factory.django.DjangoModelFactory[Station]):
     class Meta:
         model = Station
 
@@ -16,7 +18,7 @@ class StationFactory(factory.django.DjangoModelFactory):
     password_hash = factory.LazyFunction(lambda: password_hash(STATION_PASSWORD))
 
 
-class IdTokenFactory(factory.django.DjangoModelFactory):
+class IdTokenFactory(factory.django.DjangoModelFactory[IdToken]):
     class Meta:
         model = IdToken
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.django_db
 
 def test_a_wave_of_handshakes_is_authenticated_with_one_query():
     # Given three provisioned stations
-    a, b, c = StationFactory(), StationFactory(), StationFactory(boot_status="Pending")
+    a, b, c = StationFactory.create(), StationFactory.create(), StationFactory.create(boot_status="Pending")
     jobs = [
         (a.station_id, (a.station_id, STATION_PASSWORD)),  # right password
         (b.station_id, (b.station_id, "wrong-password-0000000")),  # wrong password

@@ -39,12 +39,13 @@ def test_station_add_refuses_a_password_ocpp_does_not_allow():
 def test_idtoken_add_with_group():
     call_command("idtoken", "add", "TAG-1", "--type", "ISO14443", "--status", "Accepted", "--group", "FLEET-A")
     token = IdToken.objects.get(id_token="TAG-1")
+    assert token.group is not None
     assert (token.status, token.group.id_token, token.group.type) == ("Accepted", "FLEET-A", "ISO14443")
 
 
 def test_station_call_without_a_server_says_so(settings):
     settings.REDIS_URL = None
-    StationFactory(station_id="s-3")
+    StationFactory.create(station_id="s-3")
     from django.contrib.auth import get_user_model
 
     get_user_model().objects.create_superuser("root", password="x" * 20)
@@ -53,7 +54,7 @@ def test_station_call_without_a_server_says_so(settings):
 
 
 def test_admin_lists_and_searches_stations_and_messages(admin_client):
-    StationFactory(station_id="needle-7")
+    StationFactory.create(station_id="needle-7")
     for url in ["/admin/chargers/station/?q=needle", "/admin/chargers/messagelog/?q=x", "/admin/chargers/metervalue/"]:
         response = admin_client.get(url)
         assert response.status_code == 200

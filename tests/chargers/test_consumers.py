@@ -11,6 +11,7 @@ from asgiref.sync import sync_to_async
 from ocpp.v21 import call as call21
 from ocpp.v201 import call as call201
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
 from chargers.models import BootStatus, MessageLog, Station, StationEvent
 from tests.chargers.conftest import basic_auth, station_client, wait_until
@@ -29,7 +30,7 @@ def _boot(version: str):
 @pytest.mark.parametrize("version", ["2.1", "2.0.1"])
 async def test_it_accepts_a_boot_and_heartbeats_and_records_the_station(live_csms, version):
     # Given a provisioned station
-    station = await sync_to_async(StationFactory)(heartbeat_interval=42)
+    station = await sync_to_async(StationFactory.create)(heartbeat_interval=42)
     # When it connects, boots and heartbeats
     async with station_client(live_csms, station.station_id, version=version) as client:
         assert client.ws.subprotocol == f"ocpp{version}"
@@ -47,9 +48,12 @@ async def test_it_accepts_a_boot_and_heartbeats_and_records_the_station(live_csm
             version,
         )
         assert row.last_seen is not None
-        actions = await sync_to_async(list)(
-            MessageLog.objects.filter(station=station).order_by("created_at").values_list("action", flat=True)
-        )
+        actions = [
+            row
+            async for row in MessageLog.objects.filter(station=station)
+            .order_by("created_at")
+            .values_list("action", flat=True)
+        ]
         assert actions == ["BootNotification", "Heartbeat"]
 
     # And when it disconnects it goes offline with a Disconnected event
@@ -57,20 +61,20 @@ async def test_it_accepts_a_boot_and_heartbeats_and_records_the_station(live_csm
         return not (await sync_to_async(Station.objects.get)(pk=station.pk)).online
 
     await wait_until(offline)
-    kinds = await sync_to_async(set)(StationEvent.objects.filter(station=station).values_list("kind", flat=True))
+    kinds = {row async for row in StationEvent.objects.filter(station=station).values_list("kind", flat=True)}
     assert {"Connected", "Booted", "Disconnected"} <= kinds
 
 
 @pytest.mark.parametrize("boot_status", [BootStatus.PENDING, BootStatus.REJECTED])
 async def test_it_answers_boot_with_the_configured_registration_status(live_csms, boot_status):
-    station = await sync_to_async(StationFactory)(boot_status=boot_status)
+    station = await sync_to_async(StationFactory.create)(boot_status=boot_status)
     async with station_client(live_csms, station.station_id) as client:
         boot = await client.cp.call(_boot("2.1"))
         assert boot.status == boot_status
 
 
 async def test_a_rejected_station_gets_security_error_for_anything_but_boot(live_csms):
-    station = await sync_to_async(StationFactory)(boot_status=BootStatus.REJECTED)
+    station = await sync_to_async(StationFactory.create)(boot_status=BootStatus.REJECTED)
     async with station_client(live_csms, station.station_id) as client:
         await client.ws.send(json.dumps([2, "hb-1", "Heartbeat", {}]))
         assert json.loads(await client.ws.recv())[:3] == [4, "hb-1", "SecurityError"]
@@ -82,12 +86,12 @@ async def test_a_rejected_station_gets_security_error_for_anything_but_boot(live
 )
 async def test_it_refuses_unknown_stations_and_wrong_passwords_with_401(live_csms, who, password):
     # Given a known station, or an id nobody provisioned
-    station_id = (await sync_to_async(StationFactory)()).station_id if who == "known" else "nobody-here"
+    station_id = (await sync_to_async(StationFactory.create)()).station_id if who == "known" else "nobody-here"
     headers = basic_auth(station_id, password) if password else {}
     # When it opens the WebSocket with bad or missing credentials
     with pytest.raises(InvalidStatus) as refused:
         await websockets.asyncio.client.connect(
-            f"{live_csms.ws_url}/{station_id}", subprotocols=["ocpp2.1"], additional_headers=headers
+            f"{live_csms.ws_url}/{station_id}", subprotocols=[Subprotocol("ocpp2.1")], additional_headers=headers
         )
     # Then the handshake is refused with HTTP 401 and a Basic challenge, before any OCPP message
     assert refused.value.response.status_code == 401
@@ -100,7 +104,7 @@ async def test_it_refuses_basic_auth_naming_another_station(live_csms):
     with pytest.raises(InvalidStatus) as refused:
         await websockets.asyncio.client.connect(
             f"{live_csms.ws_url}/{station.station_id}",
-            subprotocols=["ocpp2.1"],
+            subprotocols=[Subprotocol("ocpp2.1")],
             additional_headers={"Authorization": f"Basic {token}"},
         )
     assert refused.value.response.status_code == 401
@@ -108,14 +112,15 @@ async def test_it_refuses_basic_auth_naming_another_station(live_csms):
 
 async def test_it_closes_a_client_offering_no_ocpp2_subprotocol(live_csms):
     # Given a known station whose client only speaks OCPP 1.6
-    station = await sync_to_async(StationFactory)()
+    station = await sync_to_async(StationFactory.create)()
     ws = await websockets.asyncio.client.connect(
         f"{live_csms.ws_url}/{station.station_id}",
-        subprotocols=["ocpp1.6"],
+        subprotocols=[Subprotocol("ocpp1.6")],
         additional_headers=basic_auth(station.station_id),
     )
     # Then the handshake completes with no subprotocol and the server closes at once, before any OCPP message
     assert ws.subprotocol is None
     with pytest.raises(ConnectionClosed) as closed:
         await ws.recv()
+    assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 4002

@@ -18,7 +18,6 @@ from tests.chargers.factories import StationFactory
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
 
-
 def _events(station, kind):
     return StationEvent.objects.filter(station=station, kind=kind).count()
 
@@ -26,7 +25,7 @@ def _events(station, kind):
 async def test_a_silent_station_is_marked_offline_once_with_a_heartbeat_timeout(live_csms, settings):
     # Given a connected station with a 1 s heartbeat interval and no grace
     settings.OCPP_HEARTBEAT_GRACE = 0
-    station = await sync_to_async(StationFactory)(heartbeat_interval=1)
+    station = await sync_to_async(StationFactory.create)(heartbeat_interval=1)
     async with raw_station(live_csms, station.station_id) as cs:
         assert (await cs.rpc([2, "hb", "Heartbeat", {}]))[0] == 3
         # When it stays silent past its interval and the sweep runs (twice, as beat might)
@@ -45,8 +44,8 @@ async def test_a_silent_station_is_marked_offline_once_with_a_heartbeat_timeout(
 def test_the_sweep_spares_stations_within_interval_and_grace(transactional_db, settings):
     settings.OCPP_HEARTBEAT_GRACE = 30
     now = datetime.now(UTC)
-    fresh = StationFactory(online=True, heartbeat_interval=60, last_seen=now - timedelta(seconds=80))
-    stale = StationFactory(online=True, heartbeat_interval=60, last_seen=now - timedelta(seconds=95))
+    fresh = StationFactory.create(online=True, heartbeat_interval=60, last_seen=now - timedelta(seconds=80))
+    stale = StationFactory.create(online=True, heartbeat_interval=60, last_seen=now - timedelta(seconds=95))
     from chargers.services import station_heartbeat_timeouts_mark
 
     assert station_heartbeat_timeouts_mark(now=now) == 1
@@ -56,7 +55,7 @@ def test_the_sweep_spares_stations_within_interval_and_grace(transactional_db, s
 
 async def test_a_second_connection_replaces_the_first_cleanly(live_csms, call_station):
     # Given a station connected once
-    station = await sync_to_async(StationFactory)()
+    station = await sync_to_async(StationFactory.create)()
     async with raw_station(live_csms, station.station_id) as old:
         assert (await old.rpc([2, "a", "Heartbeat", {}]))[0] == 3
         # When it connects again under the same id (e.g. after a half-open TCP connection)
@@ -64,6 +63,7 @@ async def test_a_second_connection_replaces_the_first_cleanly(live_csms, call_st
             # Then the old socket is closed by the server
             with pytest.raises(ConnectionClosed) as closed:
                 await old.recv(within=5)
+            assert closed.value.rcvd is not None
             assert closed.value.rcvd.code == 4000
             # And the station stays online and is served on the new connection, commands included
             assert (await new.rpc([2, "b", "Heartbeat", {}]))[0] == 3
@@ -85,7 +85,7 @@ async def test_a_second_connection_replaces_the_first_cleanly(live_csms, call_st
 @pytest.mark.skipif(not settings.REDIS_URL, reason="two server processes share stations only through Redis")
 async def test_a_station_on_one_server_is_commanded_through_another(live_csms, transactional_db):
     # Given a second server process on the same Redis and database, and a station connected to the first
-    station = await sync_to_async(StationFactory)()
+    station = await sync_to_async(StationFactory.create)()
     other = await asyncio.to_thread(start_server)
     try:
         async with raw_station(live_csms, station.station_id) as cs:

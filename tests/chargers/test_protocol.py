@@ -57,7 +57,7 @@ BAD_FRAMES = [
 async def test_a_bad_frame_gets_the_callerror_the_spec_names_and_the_connection_lives_on(
     live_csms, frame, message_id, code
 ):
-    station = await sync_to_async(StationFactory)()
+    station = await sync_to_async(StationFactory.create)()
     async with raw_station(live_csms, station.station_id) as cs:
         # When the station sends a malformed frame
         answer = await cs.rpc(frame)
@@ -74,7 +74,7 @@ async def test_a_bad_frame_gets_the_callerror_the_spec_names_and_the_connection_
 @pytest.mark.parametrize("version", ["2.0.1", "2.1"])
 async def test_every_station_initiated_action_is_answered_with_a_schema_valid_response(live_csms, version):
     # Given a connected station of this OCPP version
-    station = await sync_to_async(StationFactory)()
+    station = await sync_to_async(StationFactory.create)()
     payloads = station_payloads(version)
     assert set(payloads) == ocpp_j.STATION_ACTIONS[version]
     async with raw_station(live_csms, station.station_id, version=version) as cs:
@@ -86,15 +86,18 @@ async def test_every_station_initiated_action_is_answered_with_a_schema_valid_re
             result = ocpp.messages.CallResult(f"c{n}", answer[2], action=action)
             ocpp.messages._validate_payload(result, version)
     # And every message is in the log with its answer, and the domain ones are stored as data
-    logged = await sync_to_async(set)(
-        MessageLog.objects.filter(station=station, message_type=2, error_code="").values_list("action", flat=True)
-    )
+    logged = {
+        row
+        async for row in MessageLog.objects.filter(station=station, message_type=2, error_code="").values_list(
+            "action", flat=True
+        )
+    }
     assert logged == set(payloads)
     assert await sync_to_async(MeterValue.objects.filter(station=station).count)() == 6
     assert await sync_to_async(Transaction.objects.filter(station=station).count)() == 1
     assert await sync_to_async(DeviceVariable.objects.filter(station=station).count)() == 2
     assert await sync_to_async(EvChargingNeeds.objects.filter(station=station).count)() == 1
-    kinds = await sync_to_async(set)(StationEvent.objects.filter(station=station).values_list("kind", flat=True))
+    kinds = {row async for row in StationEvent.objects.filter(station=station).values_list("kind", flat=True)}
     assert {"NotifyEvent", "SecurityEvent", "FirmwareStatus", "LogStatus", "ChargingLimit", "DataTransfer"} <= kinds
     if version == "2.1":
         assert await sync_to_async(DerAlarm.objects.filter(station=station).count)() == 1
@@ -107,12 +110,15 @@ async def test_every_station_initiated_action_is_answered_with_a_schema_valid_re
 
 
 async def test_meter_values_are_stored_as_integers_with_their_dimensions(live_csms):
-    station = await sync_to_async(StationFactory)()
+    station = await sync_to_async(StationFactory.create)()
     async with raw_station(live_csms, station.station_id) as cs:
         await cs.rpc([2, "mv", "MeterValues", station_payloads("2.1")["MeterValues"]])
-    rows = await sync_to_async(list)(
-        MeterValue.objects.filter(station=station).values_list("measurand", "value", "unit", "location", "evse_id")
-    )
+    rows = [
+        row
+        async for row in MeterValue.objects.filter(station=station).values_list(
+            "measurand", "value", "unit", "location", "evse_id"
+        )
+    ]
     assert sorted(rows) == [
         ("Energy.Active.Import.Register", 12500, "Wh", "", 1),
         ("Power.Active.Import", -3600, "W", "", 1),
@@ -121,19 +127,19 @@ async def test_meter_values_are_stored_as_integers_with_their_dimensions(live_cs
 
 
 async def test_send_and_callresulterror_frames_of_ocpp21_are_stored_and_never_answered(live_csms):
-    station = await sync_to_async(StationFactory)()
+    station = await sync_to_async(StationFactory.create)()
     async with raw_station(live_csms, station.station_id) as cs:
         # When the station sends a SEND and a CALLRESULTERROR
         await cs.send([6, "s1", "NotifyPeriodicEventStream", SEND_21["NotifyPeriodicEventStream"]])
         await cs.send([5, "r1", "FormationViolation", "your CALLRESULT was bad", {}])
         # Then nothing answers them: the next frame received is the answer to the next CALL
         assert (await cs.rpc([2, "hb", "Heartbeat", {}]))[:2] == [3, "hb"]
-    types = await sync_to_async(set)(MessageLog.objects.filter(station=station).values_list("message_type", "action"))
+    types = {row async for row in MessageLog.objects.filter(station=station).values_list("message_type", "action")}
     assert {(6, "NotifyPeriodicEventStream"), (5, ""), (2, "Heartbeat")} <= types
 
 
 async def test_an_ocpp201_connection_does_not_accept_ocpp21_frame_types(live_csms):
-    station = await sync_to_async(StationFactory)()
+    station = await sync_to_async(StationFactory.create)()
     async with raw_station(live_csms, station.station_id, version="2.0.1") as cs:
         answer = await cs.rpc([6, "s1", "NotifyPeriodicEventStream", SEND_21["NotifyPeriodicEventStream"]])
         assert answer[:3] == [4, "s1", "MessageTypeNotSupported"]
@@ -141,7 +147,7 @@ async def test_an_ocpp201_connection_does_not_accept_ocpp21_frame_types(live_csm
 
 async def test_a_retransmitted_call_is_answered_again_and_stored_once(live_csms):
     # Given a station that sent MeterValues
-    station = await sync_to_async(StationFactory)()
+    station = await sync_to_async(StationFactory.create)()
     frame = [2, "retx-1", "MeterValues", station_payloads("2.1")["MeterValues"]]
     async with raw_station(live_csms, station.station_id) as cs:
         first = await cs.rpc(frame)

@@ -48,7 +48,7 @@ V2X_PROFILE = {
 
 async def test_station_call_round_trips_a_v2x_charging_profile(live_csms, call_station):
     # Given a connected OCPP 2.1 station that accepts charging profiles
-    station = await sync_to_async(StationFactory)()
+    station = await sync_to_async(StationFactory.create)()
     received = []
 
     async def on_set_charging_profile(evse_id, charging_profile, **_):
@@ -72,7 +72,7 @@ async def test_station_call_round_trips_a_v2x_charging_profile(live_csms, call_s
 
 
 async def test_der_control_and_afrr_signal_reach_the_station(live_csms, call_station):
-    station = await sync_to_async(StationFactory)()
+    station = await sync_to_async(StationFactory.create)()
     async with raw_station(live_csms, station.station_id) as cs:
 
         async def answer_next():
@@ -107,7 +107,7 @@ async def test_der_control_and_afrr_signal_reach_the_station(live_csms, call_sta
 
 async def test_calls_to_one_station_are_sent_one_at_a_time_and_none_is_lost(live_csms, call_station):
     # Given a station that answers slowly
-    station = await sync_to_async(StationFactory)()
+    station = await sync_to_async(StationFactory.create)()
     async with raw_station(live_csms, station.station_id) as cs:
         # When three calls are made at once
         calls = [
@@ -130,7 +130,7 @@ async def test_calls_to_one_station_are_sent_one_at_a_time_and_none_is_lost(live
 
 
 async def test_station_call_reports_callerror_timeout_offline_unknown_and_invalid_payloads(live_csms, call_station):
-    station = await sync_to_async(StationFactory)()
+    station = await sync_to_async(StationFactory.create)()
     async with raw_station(live_csms, station.station_id) as cs:
         # A CALLERROR from the station
         task = asyncio.create_task(call_station(station.station_id, "Reset", {"type": "Immediate"}))
@@ -182,7 +182,7 @@ def test_charging_profile_set_records_the_profile(live_csms, transactional_db, s
         pytest.skip("needs REDIS_URL: in-memory channel layers cannot reach another process")
     from chargers.services import charging_profile_set
 
-    station = StationFactory()
+    station = StationFactory.create()
 
     async def scenario():
         async with raw_station(live_csms, station.station_id) as cs:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from asgiref.sync import sync_to_async
 
@@ -13,7 +15,7 @@ pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
 
 def tx_event(seq_no: int, event_type: str, *, minute: int, offline: bool = False, state: str = "Charging", wh=None):
-    payload = {
+    payload: dict[str, Any] = {
         "eventType": event_type,
         "timestamp": f"2026-01-15T10:{minute:02d}:00Z",
         "triggerReason": {"Started": "CablePluggedIn", "Ended": "EVCommunicationLost"}.get(
@@ -39,7 +41,7 @@ def tx_event(seq_no: int, event_type: str, *, minute: int, offline: bool = False
 
 
 async def test_a_repeated_seq_no_is_stored_once_and_replayed_events_land_in_seq_order(live_csms):
-    station = await sync_to_async(StationFactory)()
+    station = await sync_to_async(StationFactory.create)()
     # Given a transaction started and updated online
     async with raw_station(live_csms, station.station_id) as cs:
         assert (await cs.rpc([2, "a", "TransactionEvent", tx_event(0, "Started", minute=0, wh=1000)]))[0] == 3
@@ -57,11 +59,12 @@ async def test_a_repeated_seq_no_is_stored_once_and_replayed_events_land_in_seq_
         ):
             assert (await cs.rpc([2, f"replay-{n}", "TransactionEvent", event]))[0] == 3
     # Then every seqNo is stored exactly once, readable in seqNo order with the offline flag kept
-    events = await sync_to_async(list)(
-        TransactionEvent.objects.filter(transaction__station=station)
+    events = [
+        row
+        async for row in TransactionEvent.objects.filter(transaction__station=station)
         .order_by("seq_no")
         .values_list("seq_no", "offline")
-    )
+    ]
     assert events == [(0, False), (1, False), (2, True), (3, True), (4, True)]
     # And the transaction's state is the one of the highest seqNo, not of the event that arrived last
     tx = await sync_to_async(Transaction.objects.get)(station=station, transaction_id="tx-42")
@@ -72,8 +75,8 @@ async def test_a_repeated_seq_no_is_stored_once_and_replayed_events_land_in_seq_
 
 
 async def test_transaction_events_answer_the_id_token_status(live_csms):
-    station = await sync_to_async(StationFactory)()
-    token = await sync_to_async(IdTokenFactory)(status=IdTokenStatus.BLOCKED)
+    station = await sync_to_async(StationFactory.create)()
+    token = await sync_to_async(IdTokenFactory.create)(status=IdTokenStatus.BLOCKED)
     event = tx_event(0, "Started", minute=0)
     async with raw_station(live_csms, station.station_id) as cs:
         known = await cs.rpc(

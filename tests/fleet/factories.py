@@ -1,4 +1,4 @@
-"""factory_boy factories for the fleet app."""
+"""factory_boy factories for the fleet app; call ``XFactory.create()`` so type checkers see the model."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ from datetime import UTC, datetime
 
 import factory
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
 
 from fleet.models import Fleet, Organisation, PlugSession, Vehicle
 
 T0 = datetime(2025, 6, 2, 6, 0, tzinfo=UTC)  # a Monday
 
 
-class UserFactory(factory.django.DjangoModelFactory):
+class UserFactory(factory.django.DjangoModelFactory[User]):
     class Meta:
         model = get_user_model()
 
@@ -21,7 +22,7 @@ class UserFactory(factory.django.DjangoModelFactory):
     password = factory.django.Password("s3cret-pass")
 
 
-class OrganisationFactory(factory.django.DjangoModelFactory):
+class OrganisationFactory(factory.django.DjangoModelFactory[Organisation]):
     class Meta:
         model = Organisation
 
@@ -29,7 +30,7 @@ class OrganisationFactory(factory.django.DjangoModelFactory):
     slug = factory.Sequence(lambda n: f"operator-{n}")
 
 
-class FleetFactory(factory.django.DjangoModelFactory):
+class FleetFactory(factory.django.DjangoModelFactory[Fleet]):
     class Meta:
         model = Fleet
 
@@ -37,7 +38,7 @@ class FleetFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"Depot {n}")
 
 
-class VehicleFactory(factory.django.DjangoModelFactory):
+class VehicleFactory(factory.django.DjangoModelFactory[Vehicle]):
     class Meta:
         model = Vehicle
 
@@ -55,7 +56,7 @@ class VehicleFactory(factory.django.DjangoModelFactory):
     discharge_efficiency = 0.9
 
 
-class PlugSessionFactory(factory.django.DjangoModelFactory):
+class PlugSessionFactory(factory.django.DjangoModelFactory[PlugSession]):
     class Meta:
         model = PlugSession
 

@@ -17,14 +17,16 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def setup(django_capture_on_commit_callbacks) -> dict[str, object]:
-    user = UserFactory()
-    mine = FleetFactory()
+    user = UserFactory.create()
+    mine = FleetFactory.create()
     mine.organisation.members.add(user)
-    theirs = FleetFactory()
-    session = PlugSessionFactory(vehicle=VehicleFactory(fleet=mine), started_at=timezone.now() - timedelta(hours=1))
+    theirs = FleetFactory.create()
+    session = PlugSessionFactory.create(
+        vehicle=VehicleFactory.create(fleet=mine), started_at=timezone.now() - timedelta(hours=1)
+    )
     with django_capture_on_commit_callbacks(execute=True):  # the refresh task runs after commit
         services.soc_report(vehicle=session.vehicle, soc_wh=30_000, valid_at=timezone.now())
-    other = VehicleFactory(fleet=theirs)
+    other = VehicleFactory.create(fleet=theirs)
     client = APIClient()
     client.force_authenticate(user)
     return {"client": client, "vehicle": session.vehicle, "other": other, "fleet": mine}

@@ -38,7 +38,7 @@ def test_sampling_is_reproducible_and_follows_the_data() -> None:
 
 @pytest.mark.django_db
 def test_the_seed_command_is_idempotent_and_plugs_cars_into_the_given_stations() -> None:
-    UserFactory(username="admin")
+    UserFactory.create(username="admin")
     call_command("fleet", "seed", "--vehicles", "30", "--stations", "demo-1", "demo-2", "demo-3")
     call_command("fleet", "seed", "--vehicles", "30", "--stations", "demo-1", "demo-2", "demo-3")
     assert Vehicle.objects.count() == 30

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 
 def test_a_metered_estimate_advances_the_last_report_with_efficiencies() -> None:
     # given a report of 29 kWh with the meter at 1,000 Wh imported and 0 exported
-    vehicle = VehicleFactory()
+    vehicle = VehicleFactory.create()
     services.soc_report(vehicle=vehicle, soc_wh=29_000, valid_at=T0, import_register_wh=1_000, export_register_wh=0)
     # when 2 kWh more were imported and 900 Wh exported
     belief = services.soc_advance(
@@ -32,7 +32,7 @@ def test_a_metered_estimate_advances_the_last_report_with_efficiencies() -> None
 
 
 def test_a_fresh_report_resets_the_chain() -> None:
-    vehicle = VehicleFactory()
+    vehicle = VehicleFactory.create()
     services.soc_report(vehicle=vehicle, soc_wh=20_000, valid_at=T0, import_register_wh=0, export_register_wh=0)
     services.soc_advance(
         vehicle=vehicle, import_register_wh=5_000, export_register_wh=0, valid_at=T0 + timedelta(minutes=10)
@@ -55,7 +55,7 @@ def test_a_fresh_report_resets_the_chain() -> None:
 
 
 def test_advancing_is_idempotent_and_refuses_a_meter_going_backwards() -> None:
-    vehicle = VehicleFactory()
+    vehicle = VehicleFactory.create()
     services.soc_report(vehicle=vehicle, soc_wh=20_000, valid_at=T0, import_register_wh=5_000, export_register_wh=0)
     at = T0 + timedelta(minutes=5)
     first = services.soc_advance(vehicle=vehicle, import_register_wh=6_000, export_register_wh=0, valid_at=at)
@@ -67,16 +67,16 @@ def test_advancing_is_idempotent_and_refuses_a_meter_going_backwards() -> None:
 
 
 def test_it_refuses_an_impossible_soc() -> None:
-    vehicle = VehicleFactory()
+    vehicle = VehicleFactory.create()
     with pytest.raises(services.FleetError, match="outside"):
         services.soc_report(vehicle=vehicle, soc_wh=90_000, valid_at=T0)
 
 
 def test_the_floor_defaults_from_settings_and_is_overridable_per_fleet_and_vehicle() -> None:
     with override_settings(FLEET_DEFAULT_MOBILITY_FLOOR_PCT=25):
-        fleet = FleetFactory()
+        fleet = FleetFactory.create()
     assert fleet.mobility_floor_pct == 25
-    vehicle = VehicleFactory(fleet=fleet)
+    vehicle = VehicleFactory.create(fleet=fleet)
     assert vehicle.floor_wh == 14_500
     vehicle.mobility_floor_pct = 40
     assert vehicle.floor_wh == 23_200
@@ -84,8 +84,8 @@ def test_the_floor_defaults_from_settings_and_is_overridable_per_fleet_and_vehic
 
 
 def test_a_session_is_matched_by_evccid_before_the_token() -> None:
-    by_token = VehicleFactory(id_token="CARD1")
-    by_evccid = VehicleFactory(evccid="0A1B2C3D4E5F")
+    by_token = VehicleFactory.create(id_token="CARD1")
+    by_evccid = VehicleFactory.create(evccid="0A1B2C3D4E5F")
     match = services.vehicle_match(id_token="CARD1", evccid="0A1B2C3D4E5F")
     assert match == (by_evccid, "evccid")
     assert services.vehicle_match(id_token="CARD1") == (by_token, "id_token")
@@ -93,7 +93,7 @@ def test_a_session_is_matched_by_evccid_before_the_token() -> None:
 
 
 def test_opening_a_session_closes_the_previous_one_and_is_idempotent() -> None:
-    vehicle = VehicleFactory()
+    vehicle = VehicleFactory.create()
     first = services.session_open(
         vehicle=vehicle, station_id="s1", evse_id=1, transaction_id="a", matched_by="id_token", started_at=T0
     )
@@ -112,7 +112,7 @@ def test_opening_a_session_closes_the_previous_one_and_is_idempotent() -> None:
 
 
 def test_the_newest_explicit_plan_wins_over_the_weekly_schedule() -> None:
-    session = PlugSessionFactory()
+    session = PlugSessionFactory.create()
     vehicle = session.vehicle
     WeeklyDeparture.objects.create(vehicle=vehicle, weekday=0, departure_time=time(17, 0), target_soc_pct=70)
     services.soc_report(vehicle=vehicle, soc_wh=20_000, valid_at=T0)
@@ -151,8 +151,8 @@ def test_the_weekly_schedule_wraps_to_next_week() -> None:
 
 
 def test_plugged_in_snapshots_apply_session_limits_and_skip_unknown_soc() -> None:
-    session = PlugSessionFactory(ev_max_discharge_w=7_000)
-    PlugSessionFactory()  # plugged in, SoC never reported: not offered
+    session = PlugSessionFactory.create(ev_max_discharge_w=7_000)
+    PlugSessionFactory.create()  # plugged in, SoC never reported: not offered
     services.soc_report(vehicle=session.vehicle, soc_wh=30_000, valid_at=T0)
     snaps = selectors.plugged_in_snapshots(at=T0 + timedelta(minutes=1))
     assert len(snaps) == 1
@@ -163,7 +163,7 @@ def test_plugged_in_snapshots_apply_session_limits_and_skip_unknown_soc() -> Non
 
 
 def test_telemetry_refreshes_the_state_once_per_request(django_capture_on_commit_callbacks) -> None:
-    session = PlugSessionFactory()
+    session = PlugSessionFactory.create()
     vehicle = session.vehicle
     # when a report is stored, the refresh runs after commit
     with django_capture_on_commit_callbacks(execute=True):
@@ -181,7 +181,7 @@ def test_telemetry_refreshes_the_state_once_per_request(django_capture_on_commit
 
 
 def test_cycles_today_come_from_the_rainflow_count_of_todays_beliefs() -> None:
-    vehicle = VehicleFactory(usable_capacity_wh=50_000)
+    vehicle = VehicleFactory.create(usable_capacity_wh=50_000)
     for minutes, soc in ((0, 10_000), (60, 40_000), (120, 10_000)):
         services.soc_report(
             vehicle=vehicle, soc_wh=soc, valid_at=T0 + timedelta(minutes=minutes), source=SocSource.FLEET_MANAGER
@@ -200,8 +200,8 @@ def test_cycles_today_come_from_the_rainflow_count_of_todays_beliefs() -> None:
 def test_a_snapshot_carries_the_vehicles_own_degradation_cost() -> None:
     from decimal import Decimal
 
-    session = PlugSessionFactory(
-        vehicle=VehicleFactory(pack_cost_per_kwh=Decimal("120"), cycle_life=4000, rated_dod=Decimal("0.8"))
+    session = PlugSessionFactory.create(
+        vehicle=VehicleFactory.create(pack_cost_per_kwh=Decimal("120"), cycle_life=4000, rated_dod=Decimal("0.8"))
     )
     services.soc_report(vehicle=session.vehicle, soc_wh=30_000, valid_at=T0)
     snap = selectors.vehicle_snapshot(session.vehicle, at=T0)
@@ -211,7 +211,7 @@ def test_a_snapshot_carries_the_vehicles_own_degradation_cost() -> None:
 
 
 def test_a_burst_of_telemetry_enqueues_one_refresh(django_capture_on_commit_callbacks) -> None:
-    vehicle = PlugSessionFactory().vehicle
+    vehicle = PlugSessionFactory.create().vehicle
     # when three readings are stored in one go
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         for minute in range(3):

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def plugged() -> dict:
-    station = StationFactory(station_id="depot-7")
-    vehicle = VehicleFactory(id_token="CARD-42", usable_capacity_wh=60_000)
+    station = StationFactory.create(station_id="depot-7")
+    vehicle = VehicleFactory.create(id_token="CARD-42", usable_capacity_wh=60_000)
     tx = Transaction.objects.create(
         station=station, transaction_id="tx-1", evse_id=1, id_token="CARD-42", started_at=T0, active=True
     )
@@ -148,7 +148,7 @@ def test_a_tokenless_plug_in_at_a_depot_bay_is_the_bays_last_vehicle(plugged: di
 def test_readings_from_foreign_stations_cost_a_few_queries(plugged: dict, django_assert_max_num_queries) -> None:
     # given 50 stations the fleet never used, each with a transaction carrying a token no vehicle has
     for n in range(50):
-        station = StationFactory(station_id=f"public-{n}")
+        station = StationFactory.create(station_id=f"public-{n}")
         Transaction.objects.create(station=station, transaction_id=f"p-{n}", evse_id=1, id_token=f"CARD-X{n}")
     readings = [
         Reading(f"public-{n}", "meter", T0, 1, {"SoC": 50, "Energy.Active.Import.Register": 10}, "", f"p-{n}")

@@ -14,10 +14,10 @@ pytestmark = pytest.mark.django_db
 
 
 def _staff_client_with_a_plugged_car() -> tuple[Client, str]:
-    manager = UserFactory(is_staff=True)
-    session = PlugSessionFactory(started_at=datetime.now(UTC) - timedelta(minutes=5))
+    manager = UserFactory.create(is_staff=True)
+    session = PlugSessionFactory.create(started_at=datetime.now(UTC) - timedelta(minutes=5))
     session.vehicle.fleet.organisation.members.add(manager)
-    station = StationFactory(station_id=session.station_id, online=True)
+    station = StationFactory.create(station_id=session.station_id, online=True)
     now = datetime.now(UTC)
     soc_report(vehicle=session.vehicle, soc_wh=29_000, valid_at=now)
     MeterValue.objects.create(
@@ -66,7 +66,7 @@ def test_its_json_overview_carries_the_flexibility_envelope() -> None:
 def test_it_hides_other_organisations_vehicles() -> None:
     # given a car of another organisation
     _staff_client_with_a_plugged_car()
-    outsider = UserFactory(is_staff=True)
+    outsider = UserFactory.create(is_staff=True)
     client = Client()
     client.force_login(outsider)
     # then the outsider's overview lists no vehicle
