@@ -413,6 +413,8 @@ class OcppClient:
         self.connects = 0
         self.boot_reason = "PowerUp"
         self._booted = False
+        self._slow = 0
+        self._slow_logged_at = float("-inf")
         self._closing: asyncio.Future[None] | None = None
         station.wakeup = self._wake.set
         station.reset_requested = self.request_reset  # Reset OnIdle: when the transaction ends
@@ -523,21 +525,23 @@ class OcppClient:
         except TimeoutError:
             slog.log_event(st.id, "no_answer", code=slog.HEARTBEAT_TIMEOUT, level=logging.WARNING, action=action)
             raise
-        rtt = st.link.answer_received(st.clock.monotonic())
-        if rtt is not None and rtt > HEARTBEAT_LIMIT_S:
-            slog.log_event(
-                st.id,
-                "slow_round_trip",
-                code=slog.HEARTBEAT_TIMEOUT,
-                level=logging.WARNING,
-                action=action,
-                rtt_ms=round(rtt * 1000),
-            )
+        self._round_trip(action)
         return result
 
-    async def _raw_call(
-        self, cp: Any, action: str, payload: dict[str, Any], text: str | None = None
-    ) -> dict[str, Any]:
+    def _round_trip(self, action: str) -> None:
+        """Log HeartbeatTimeout when a round trip exceeds 500 ms; at most once per 30 s, with a count."""
+        st = self.station
+        now = st.clock.monotonic()
+        rtt = st.link.answer_received(now)
+        if rtt is None or rtt <= HEARTBEAT_LIMIT_S:
+            return
+        self._slow += 1
+        if now - self._slow_logged_at >= 30.0:
+            slog.log_event(st.id, "slow_round_trip", code=slog.HEARTBEAT_TIMEOUT, level=logging.WARNING,
+                           action=action, rtt_ms=round(rtt * 1000), slow_since_last_log=self._slow)  # fmt: skip
+            self._slow, self._slow_logged_at = 0, now
+
+    async def _raw_call(self, cp: Any, action: str, payload: dict[str, Any], text: str | None = None) -> dict[str, Any]:
         """Send an already camelCase payload through the library's framing and response matching.
 
         The hot path (meter values every second, thousands of stations per process) skips the library's
@@ -558,10 +562,7 @@ class OcppClient:
         except TimeoutError:
             slog.log_event(st.id, "no_answer", code=slog.HEARTBEAT_TIMEOUT, level=logging.WARNING, action=action)
             raise
-        rtt = st.link.answer_received(st.clock.monotonic())
-        if rtt is not None and rtt > HEARTBEAT_LIMIT_S:
-            slog.log_event(st.id, "slow_round_trip", code=slog.HEARTBEAT_TIMEOUT, level=logging.WARNING,
-                           action=action, rtt_ms=round(rtt * 1000))  # fmt: skip
+        self._round_trip(action)
         if response.message_type_id == MessageType.CallError:
             raise response.to_exception()
         return dict(response.payload)
