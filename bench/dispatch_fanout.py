@@ -7,14 +7,19 @@ utility WebSocket ``ws/regulation``. Each dispatch records, in the CSMS process,
 to each station's CALLRESULT; the table gives the distribution of the LAST one per dispatch (target p99 <= 200 ms)
 and of all per-station answers.
 
-    python bench/dispatch_fanout.py [--stations 100 1000] [--signals 30]
+    python bench/dispatch_fanout.py [--stations 100 1000] [--signals 30] [--light]
+
+``--light`` replaces the edge agents by minimal OCPP 2.1 stations (one process, raw WebSockets: boot, then answer
+every CSMS call at once, no meter values): it isolates the fan-out from the agents' and the telemetry's load.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,18 +46,88 @@ from vpp.models import Dispatch, DispatchCommand  # noqa: E402
 TARGET_MS = 200.0
 
 
-def run(count: int, signals: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+LIGHT_STATIONS = r"""
+import asyncio, base64, json, sys
+import websockets.asyncio.client as client
+
+async def station(url, sid, password, ready):
+    auth = base64.b64encode(f"{sid}:{password}".encode()).decode()
+    async with client.connect(f"{url}/{sid}", subprotocols=["ocpp2.1"],
+                              additional_headers={"Authorization": f"Basic {auth}"}, open_timeout=60) as ws:
+        await ws.send(json.dumps([2, "boot", "BootNotification",
+                                  {"chargingStation": {"model": "light", "vendorName": "bench"}, "reason": "PowerUp"}]))
+        async for frame in ws:
+            msg = json.loads(frame)
+            if msg[0] == 2:
+                await ws.send(json.dumps([3, msg[1], {"status": "Accepted"}]))
+            elif msg[1] == "boot":
+                ready.append(sid)
+
+async def main(url, prefix, count, password):
+    ready = []
+    tasks = []
+    for i in range(1, count + 1):
+        tasks.append(asyncio.ensure_future(station(url, f"{prefix}-{i}", password, ready)))
+        if i % 50 == 0:
+            await asyncio.sleep(0.2)
+    await asyncio.gather(*tasks)
+
+asyncio.run(main(*sys.argv[1:3], int(sys.argv[3]), sys.argv[4]))
+"""
+
+
+@contextlib.contextmanager
+def light_stations(*, count: int, ws_base: str, prefix: str, password: str):
+    process = subprocess.Popen([sys.executable, "-c", LIGHT_STATIONS, f"{ws_base}/ocpp", prefix, str(count), password])
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def light_fleet(station_ids: list[str]):
+    """A vehicle plugged in at each light station (they report nothing, so the fleet is registered as given)."""
+    from datetime import UTC, datetime
+
+    from fleet.models import Fleet, Organisation, Vehicle
+    from fleet.services import session_open, soc_report
+
+    org, _ = Organisation.objects.get_or_create(slug="bench", defaults={"name": "bench"})
+    fleet = Fleet.objects.create(organisation=org, name=f"light {station_ids[0]}")
+    now = datetime.now(UTC)
+    for sid in station_ids:
+        vehicle = Vehicle.objects.create(
+            fleet=fleet, name=sid, model="bench", usable_capacity_wh=60_000, ac_max_charge_w=11_000,
+            ac_max_discharge_w=11_000,
+        )  # fmt: skip
+        session_open(vehicle=vehicle, station_id=sid, evse_id=1, transaction_id="", matched_by="manual", started_at=now)
+        soc_report(vehicle=vehicle, soc_wh=36_000, valid_at=now)
+    return fleet
+
+
+def run(count: int, signals: int, light: bool) -> tuple[np.ndarray, np.ndarray, int, int]:
     product = replay.product_default()
     prefix = f"bf{count}x{os.getpid() % 1000}"
     password = replay.env_password()
     with replay.live_csms(None) as (ws_base, _http):
         ids = replay.stations_provision(count=count, prefix=prefix, password=password)
         token = replay.utility_token()
-        with replay.simulated_agents(count=count, ws_base=ws_base, prefix=prefix, password=password):
+        stations = light_stations if light else replay.simulated_agents
+        with stations(count=count, ws_base=ws_base, prefix=prefix, password=password):
             deadline = time.monotonic() + 60 + 0.2 * count
-            while len(ready := replay.stations_ready(ids)) < count and time.monotonic() < deadline:
-                time.sleep(1.0)
-            fleet = replay.fleet_register(ready, name=f"bench {prefix}")
+            if light:
+                from chargers.models import Station
+
+                while Station.objects.filter(station_id__in=ids, online=True).count() < count:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(1.0)
+                fleet = light_fleet(ids)
+            else:
+                while len(ready := replay.stations_ready(ids)) < count and time.monotonic() < deadline:
+                    time.sleep(1.0)
+                fleet = replay.fleet_register(ready, name=f"bench {prefix}")
             portfolio = f"fleet-{fleet.pk}"
             capacity = replay.capacity_offer_w(product=product, portfolio=portfolio)
             t0 = time.time() + 2.0
@@ -100,16 +175,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stations", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--signals", type=int, default=30)
+    parser.add_argument("--light", action="store_true", help="minimal stations instead of edge agents")
     args = parser.parse_args()
     call_command("migrate", verbosity=0)
     print(
         f"database: {django.conf.settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
-        f"channel layer: {'redis' if os.environ.get('REDIS_URL') else 'in-memory'}; shared, loaded 2-core machine"
+        f"channel layer: {'redis' if os.environ.get('REDIS_URL') else 'in-memory'}; "
+        f"stations: {'light (answer at once)' if args.light else 'edge-agent simulate'}; shared, loaded 2-core machine"
     )
     print(f"{'stations':>8} {'dispatches':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'answers p50/p99 ms':>20} {'accepted':>12} {'target p99':>11}")  # fmt: skip
     for count in args.stations:
-        last, per, accepted, sent = run(count, args.signals)
+        last, per, accepted, sent = run(count, args.signals, args.light)
         if last.size == 0:
             print(f"{count:>8} no dispatch measured")
             continue
