@@ -227,7 +227,7 @@ async def _serve_main(port: int, password: str, validate: bool, report_every_s: 
         async def _no_validation(*_: Any) -> None:
             return None
 
-        ocpp.charge_point.validate_payload = _no_validation  # type: ignore[assignment]
+        ocpp.charge_point.validate_payload = _no_validation
     server = await RecordingCsms(stations={}, default_password=password, port=port, record_all=False).start()
     print(json.dumps({"port": server.port}), flush=True)
     stop = asyncio.Event()

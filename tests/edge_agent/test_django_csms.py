@@ -35,11 +35,16 @@ def django_csms(django_db_setup: None, django_db_blocker: Any) -> Iterator[LiveS
 
 
 async def _stored(station_id: str, tx_id: str) -> list[tuple[int, bool, str]]:
-    return await sync_to_async(list)(
-        TransactionEvent.objects.filter(transaction__station__station_id=station_id, transaction__transaction_id=tx_id)
-        .order_by("seq_no")
-        .values_list("seq_no", "offline", "event_type")
-    )
+    def query() -> list[tuple[int, bool, str]]:
+        return list(
+            TransactionEvent.objects.filter(
+                transaction__station__station_id=station_id, transaction__transaction_id=tx_id
+            )
+            .order_by("seq_no")
+            .values_list("seq_no", "offline", "event_type")
+        )
+
+    return await sync_to_async(query)()
 
 
 async def _until(predicate: Any, within: float = 20.0) -> None:
@@ -53,20 +58,21 @@ async def _until(predicate: Any, within: float = 20.0) -> None:
 async def test_the_csms_stores_each_replayed_event_exactly_once(
     django_csms: LiveServer, make_agent: Any, tmp_path: Path
 ) -> None:
-    station = await sync_to_async(StationFactory)(station_id="edge-live-1")
+    sid = "edge-live-1"
+    await sync_to_async(StationFactory)(station_id=sid)
     db = tmp_path / "edge-live.sqlite3"
     endpoint = Endpoint(django_csms.ws_url)
     # given an agent in a transaction, reporting every second to the real CSMS
-    agent = await make_agent(endpoint, station.station_id, password=STATION_PASSWORD, db=db)
+    agent = await make_agent(endpoint, sid, password=STATION_PASSWORD, db=db)
     await _until(lambda: _ready(agent))
     tx_id = agent.station.tx.transaction_id
-    await _until(lambda: _count_at_least(station.station_id, tx_id, 2))
+    await _until(lambda: _count_at_least(sid, tx_id, 2))
 
     # when the link drops and reconnection fails for ~3 s (the CSMS refuses a wrong password)
     agent.client.password = "not-the-password"
     agent.client.drop_connection()
     await asyncio.sleep(3.0)
-    already = {seq for seq, _, _ in await _stored(station.station_id, tx_id)}
+    already = {seq for seq, _, _ in await _stored(sid, tx_id)}
     # (the message in flight at the cut may have been stored without its answer arriving: that one is a repeat)
     queued_offline = [
         item.payload["seqNo"] for item in agent.station.outbox.items if item.payload["seqNo"] not in already
@@ -74,11 +80,11 @@ async def test_the_csms_stores_each_replayed_event_exactly_once(
     assert len(queued_offline) >= 2
     # and the agent then crashes with its queue on disk, and restarts with the right password
     await agent.crash()
-    restarted = await make_agent(endpoint, station.station_id, password=STATION_PASSWORD, db=db)
+    restarted = await make_agent(endpoint, sid, password=STATION_PASSWORD, db=db)
     await _until(lambda: _drained(restarted))
 
     # then the CSMS stored every event of the old transaction exactly once, none lost, the replayed ones as offline
-    stored = await _stored(station.station_id, tx_id)
+    stored = await _stored(sid, tx_id)
     seqs = [s for s, _, _ in stored]
     assert seqs == list(range(len(seqs)))
     assert stored[-1][2] == "Ended"  # the restart ended it (PowerLoss)
@@ -87,7 +93,7 @@ async def test_the_csms_stores_each_replayed_event_exactly_once(
     # and the new transaction is being stored too
     new_tx = restarted.station.tx.transaction_id
     assert new_tx != tx_id
-    await _until(lambda: _count_at_least(station.station_id, new_tx, 1))
+    await _until(lambda: _count_at_least(sid, new_tx, 1))
 
 
 async def _ready(agent: Any) -> bool:

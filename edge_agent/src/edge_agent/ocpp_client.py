@@ -155,7 +155,7 @@ class Handlers:
         start = st.clock.wall().replace(microsecond=0)
         end = start + timedelta(seconds=duration)
         tx = st.tx
-        periods = []
+        periods: list[dict[str, Any]] = []
         for t in st.profiles.boundaries(start, end, tx.started_wall if tx else None):
             sp = st.profiles.setpoints_at(t, tx.transaction_id if tx else None, tx.started_wall if tx else None)
             limit = st.limits.max_charge_w if sp is None or sp.limit_w is None else sp.limit_w
