@@ -510,7 +510,8 @@ def settlement_compute(
     result = settle_award_hour(
         terms=terms, score=score, vehicles=metering, energy_prices=prices, degradation=degradation
     )
-    return _settlement_store(award, period_start, period_end, score_row, terms, result, trace, owners, now)
+    used_prices = [[start.isoformat(), str(price)] for start, price in sorted(prices.items())]
+    return _settlement_store(award, period_start, period_end, score_row, terms, result, trace, owners, now, used_prices)
 
 
 def _power_only_trace(start: datetime, rows: int, portfolio: str, stations: Iterable[int] | None) -> RegulationTrace:
@@ -540,15 +541,21 @@ def _power_only_trace(start: datetime, rows: int, portfolio: str, stations: Iter
     )
 
 
-def _settlement_store(award, period_start, period_end, score_row, terms, result, trace, owners, now) -> Settlement:
+def _settlement_store(
+    award, period_start, period_end, score_row, terms, result, trace, owners, now, used_prices
+) -> Settlement:
     try:
-        return _settlement_write(award, period_start, period_end, score_row, terms, result, trace, owners, now)
+        return _settlement_write(
+            award, period_start, period_end, score_row, terms, result, trace, owners, now, used_prices
+        )
     except IntegrityError:
         # Another worker settled the same award-hour meanwhile: same inputs, same figures; keep theirs.
         return Settlement.objects.get(award=award, period_start=period_start)
 
 
-def _settlement_write(award, period_start, period_end, score_row, terms, result, trace, owners, now) -> Settlement:
+def _settlement_write(
+    award, period_start, period_end, score_row, terms, result, trace, owners, now, used_prices
+) -> Settlement:
     amounts, exact = result.amounts, result.exact
     with transaction.atomic():
         Settlement.objects.filter(award=award, period_start=period_start).delete()
@@ -572,6 +579,7 @@ def _settlement_write(award, period_start, period_end, score_row, terms, result,
                 "performance": str(exact.performance),
                 "energy": str(exact.energy),
                 "degradation": str(exact.degradation),
+                "energy_prices": used_prices,  # [interval start, $/MWh]: the beliefs used
             },
             import_wh=sum(line.import_wh for line in result.vehicles),
             export_wh=sum(line.export_wh for line in result.vehicles),

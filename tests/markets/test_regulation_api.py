@@ -205,6 +205,7 @@ def test_the_audit_page_traces_a_line_to_its_meter_values(client, settled):
     assert line.meter_digest in text
     assert "28.000000" not in text  # exact capacity is 20.0000000000 for 1 MW x $20 x 1.000000
     assert "20.00" in text
+    assert "14:00 30.0000/MWh" in text  # the energy price belief used
     readings = client.get(f"/regulation/settlements/{settlement.pk}/lines/{line.pk}/readings.csv")
     assert readings.status_code == 200
     assert len(readings.content.decode().strip().splitlines()) == 1 + 4 * 1951
