@@ -76,8 +76,8 @@ class StationAdmin(admin.ModelAdmin):
     ]
     inlines = [EvseInline]
 
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return ["station_id", "new_password", "boot_status", "heartbeat_interval", *self.readonly_fields]
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return ("station_id", "new_password", "boot_status", "heartbeat_interval", *self.readonly_fields)
 
 
 @admin.register(Connector)
@@ -95,11 +95,14 @@ class IdTokenAdmin(admin.ModelAdmin):
     raw_id_fields = ["group"]
 
 
+_TRANSACTION_EVENT_FIELDS = ("seq_no", "event_type", "trigger_reason", "timestamp", "offline", "charging_state")
+
+
 class TransactionEventInline(admin.TabularInline):
     model = TransactionEvent
     extra = 0
-    fields = ["seq_no", "event_type", "trigger_reason", "timestamp", "offline", "charging_state"]
-    readonly_fields = fields
+    fields = _TRANSACTION_EVENT_FIELDS
+    readonly_fields = _TRANSACTION_EVENT_FIELDS
     ordering = ["seq_no"]
 
 

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.authtoken.models import Token
@@ -79,7 +79,7 @@ async def _staff_user(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
     else:
         user = await request.auser()
         if user.is_authenticated:
-            rejected = await sync_to_async(CsrfViewMiddleware(lambda r: None).process_view)(request, None, (), {})
+            rejected = await sync_to_async(_csrf_rejection)(request)
             if rejected is not None:
                 return None, JsonResponse({"error": "CSRF check failed"}, status=403)
     if user is None or not user.is_authenticated or not user.is_active:
@@ -87,3 +87,12 @@ async def _staff_user(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
     if not user.is_staff:
         return None, JsonResponse({"error": "staff only"}, status=403)
     return user, None
+
+
+def _csrf_rejection(request: HttpRequest) -> HttpResponseBase | None:
+    """Django's CSRF verdict for a session-authenticated request, as DRF runs it: the middleware with no view."""
+
+    def no_view(_request: HttpRequest) -> HttpResponse:  # only process_view runs; it never calls the view
+        raise AssertionError("not called")
+
+    return CsrfViewMiddleware(no_view).process_view(request, no_view, (), {})

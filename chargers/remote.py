@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -31,7 +32,7 @@ def station_call_remote(
     username: str | None = None,
 ) -> dict[str, Any]:
     base = (server or os.environ.get("VPP_SERVER_URL") or "http://127.0.0.1:8000").rstrip("/")
-    url = f"{base}/api/stations/{urllib.request.quote(station_id, safe='')}/call"
+    url = f"{base}/api/stations/{urllib.parse.quote(station_id, safe='')}/call"
     body = json.dumps({"action": action, "payload": payload, "timeout": timeout}).encode()
     request = urllib.request.Request(  # noqa: S310 - the operator names the server; http(s) only below
         url,

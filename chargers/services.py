@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -373,7 +374,8 @@ def station_heartbeat_timeouts_mark(*, now: datetime | None = None) -> int:
     )
     marked = 0
     for pk, station_id, last_seen, interval in candidates:
-        if last_seen + timedelta(seconds=interval) + grace >= now:
+        # last_seen is never NULL here (the ``__lt`` filter excludes it); the check narrows the type.
+        if last_seen is None or last_seen + timedelta(seconds=interval) + grace >= now:
             continue
         with transaction.atomic():
             claimed = Station.objects.filter(pk=pk, online=True, last_seen=last_seen).update(online=False)
@@ -387,12 +389,12 @@ def station_heartbeat_timeouts_mark(*, now: datetime | None = None) -> int:
                     data={"last_seen": last_seen.isoformat(), "heartbeat_interval": interval},
                 )
                 marked += 1
-                transaction.on_commit(
-                    lambda sid=station_id: telemetry_committed(
-                        updates=[TelemetryUpdate(sid, "connection", now, status="offline")]
-                    )
-                )
+                transaction.on_commit(partial(_offline_publish, station_id=station_id, at=now))
     return marked
+
+
+def _offline_publish(*, station_id: str, at: datetime) -> None:
+    telemetry_committed(updates=[TelemetryUpdate(station_id, "connection", at, status="offline")])
 
 
 # --------------------------------------------------------------------------------------------------------------

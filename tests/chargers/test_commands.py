@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import Client
+from django.utils import timezone
 
-from chargers.models import IdToken, Station
+from chargers.models import IdToken, Station, Transaction, TransactionEvent
 from tests.chargers.factories import StationFactory
 
 pytestmark = pytest.mark.django_db
@@ -66,3 +68,37 @@ def test_the_call_endpoint_requires_a_staff_user(client, django_user_model):
     user = django_user_model.objects.create_user("plain", password="p" * 20)
     client.force_login(user)
     assert client.post("/api/stations/x/call", {}, content_type="application/json").status_code in (403,)
+
+
+def test_the_call_endpoint_refuses_a_session_post_without_the_csrf_token(django_user_model):
+    # Given a staff user signed in through the browser session (a client that enforces CSRF like a real browser)
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(django_user_model.objects.create_user("ops-csrf", password="p" * 20, is_staff=True))
+    # When it posts without the CSRF token, then the call is refused before the body is read
+    refused = browser.post("/api/stations/x/call", {}, content_type="application/json")
+    assert (refused.status_code, refused.json()) == (403, {"error": "CSRF check failed"})
+    # And with the cookie's token the request passes the check and is judged on its body
+    browser.get("/admin/")  # its logout form sets the csrftoken cookie
+    token = browser.cookies["csrftoken"].value
+    judged = browser.post("/api/stations/x/call", {}, content_type="application/json", headers={"X-CSRFToken": token})
+    assert judged.status_code == 400
+
+
+def test_admin_change_pages_show_a_station_and_a_transaction_with_its_events(admin_client):
+    station = StationFactory.create(station_id="edit-me")
+    tx = Transaction.objects.create(station=station, transaction_id="tx-admin-1")
+    TransactionEvent.objects.create(
+        transaction=tx,
+        seq_no=0,
+        event_type="Started",
+        trigger_reason="CablePluggedIn",
+        timestamp=timezone.now(),
+        received_at=timezone.now(),
+        payload={},
+    )
+    page = admin_client.get(f"/admin/chargers/station/{station.pk}/change/")
+    assert page.status_code == 200
+    assert b'name="new_password"' in page.content
+    page = admin_client.get(f"/admin/chargers/transaction/{tx.pk}/change/")
+    assert page.status_code == 200
+    assert b"CablePluggedIn" in page.content
