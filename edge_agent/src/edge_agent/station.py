@@ -460,6 +460,9 @@ class Station:
         return cmd
 
     def _periodic(self, now: float) -> None:
+        interval = self._meter_interval()
+        if self._next_meter - now > interval:  # started regulating: report at the fast rate from now on
+            self._next_meter = now + interval
         if self.tx is not None and now >= self._next_meter:
             # A fixed grid (not "now + interval"), so the tick period does not stretch the reporting interval.
             self._next_meter = max(self._next_meter + self._meter_interval(), now - self.p.tick_s)
