@@ -8,12 +8,17 @@ Contract:
   original seqNo and timestamp, so the CSMS can recognise a repeat instead of storing it twice.
 - Many stations may share one file (the simulated fleet); ``batch()`` groups their inserts and acknowledgements
   into one commit (group commit), and queued messages become visible to senders only after that commit.
+- Under a running agent (``run_writer()``), writes leave the event loop: a writer task group-commits everything
+  queued so far in a worker thread (the fsync happens there) and only then hands the messages to the senders.
+  The control loop never waits for the disk; a message is still never sent before it is on disk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,6 +43,10 @@ CREATE TABLE IF NOT EXISTS kv (
     PRIMARY KEY (station_id, key)
 );
 """
+KV_UPSERT = (
+    "INSERT INTO kv (station_id, key, value) VALUES (?, ?, ?) "
+    "ON CONFLICT (station_id, key) DO UPDATE SET value = excluded.value"
+)
 
 
 @dataclass(slots=True)
@@ -67,10 +76,18 @@ class OutboxStore:
         self._depth = 0
         self._after_commit: list[Callable[[], None]] = []
         self._acks: list[int] = []
+        self._lock = threading.Lock()  # the connection is used by the writer thread and, at start-up, the loop
+        self._writer_on = False
+        self._queue: list[tuple[Any, ...]] = []
+        self._wake: asyncio.Event | None = None
+        self._drain_lock = asyncio.Lock()
 
     @contextmanager
     def batch(self) -> Iterator[None]:
         """One transaction for everything inside (nested batches join the outer one)."""
+        if self._writer_on:  # the writer task group-commits anyway
+            yield
+            return
         if self._depth == 0:
             self._db.execute("BEGIN IMMEDIATE")
         self._depth += 1
@@ -100,6 +117,83 @@ class OutboxStore:
             assert cur.lastrowid is not None
             return cur.lastrowid
 
+    def put_row(
+        self, station_id: str, action: str, text: str, queued_offline: bool, committed: Callable[[int], None]
+    ) -> None:
+        """Store a message; ``committed(row_id)`` runs once it is durably on disk."""
+        if self._writer_on:
+            self._queue.append(("ins", station_id, action, text, int(queued_offline), committed))
+            self._signal()
+            return
+        row_id = self.insert(station_id, action, text, queued_offline)
+        self.after_commit(lambda: committed(row_id))
+
+    def _signal(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    @property
+    def writer_running(self) -> bool:
+        return self._writer_on
+
+    def start_writer(self) -> asyncio.Task[None]:
+        """From now on writes are queued and group-committed by a writer task in a worker thread.
+
+        Cancelling the task drops rows not yet written, as a crash would: they were never visible to a sender.
+        """
+        if self._depth:
+            raise RuntimeError("start the writer outside a batch")
+        self._wake = asyncio.Event()
+        self._drain_lock = asyncio.Lock()
+        self._writer_on = True
+        return asyncio.ensure_future(self._writer_loop())
+
+    async def _writer_loop(self) -> None:
+        assert self._wake is not None
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                await self.drain()
+        finally:
+            self._writer_on = False
+            self._wake = None
+
+    async def drain(self) -> None:
+        """Write and commit everything queued so far, then publish the committed messages, in order."""
+        async with self._drain_lock:
+            queue, self._queue = self._queue, []
+            acks, self._acks = self._acks, []
+            if not queue and not acks:
+                return
+            row_ids = await asyncio.to_thread(self._write, queue, acks)
+            for entry, row_id in zip([e for e in queue if e[0] == "ins"], row_ids, strict=True):
+                entry[5](row_id)
+
+    def _write(self, queue: list[tuple[Any, ...]], acks: list[int]) -> list[int]:
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row_ids = []
+                for entry in queue:
+                    if entry[0] == "ins":
+                        cur = db.execute(
+                            "INSERT INTO outbox (station_id, action, payload, queued_offline) VALUES (?, ?, ?, ?)",
+                            entry[1:5],
+                        )
+                        assert cur.lastrowid is not None
+                        row_ids.append(cur.lastrowid)
+                    else:
+                        db.execute(KV_UPSERT, entry[1:4])
+                if acks:
+                    db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in acks])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return row_ids
+
     def after_commit(self, cb: Callable[[], None]) -> None:
         if self._depth == 0:
             cb()
@@ -109,6 +203,9 @@ class OutboxStore:
     def ack(self, item_id: int, *, defer: bool = False) -> None:
         """Delete an answered message; ``defer`` folds it into the next batch commit (a repeat is harmless)."""
         self._acks.append(item_id)
+        if self._writer_on:
+            self._signal()
+            return
         if not defer and self._depth == 0:
             with self.batch():
                 pass
@@ -118,7 +215,7 @@ class OutboxStore:
         self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
 
     def flush(self) -> None:
-        if self._acks and self._depth == 0:
+        if self._acks and self._depth == 0 and not self._writer_on:
             with self.batch():
                 pass
 
@@ -139,12 +236,12 @@ class OutboxStore:
         return None if row is None else str(row[0])
 
     def kv_set(self, station_id: str, key: str, value: str) -> None:
+        if self._writer_on:  # written with the messages queued before and after it, in order
+            self._queue.append(("kv", station_id, key, value))
+            self._signal()
+            return
         with self.batch():
-            self._db.execute(
-                "INSERT INTO kv (station_id, key, value) VALUES (?, ?, ?) "
-                "ON CONFLICT (station_id, key) DO UPDATE SET value = excluded.value",
-                (station_id, key, value),
-            )
+            self._db.execute(KV_UPSERT, (station_id, key, value))
 
     def close(self) -> None:
         self.flush()
@@ -165,19 +262,19 @@ class Outbox:
     def on_put(self, wakeup: Callable[[], None]) -> None:
         self._wakeup = wakeup
 
-    def put(self, action: str, payload: dict[str, Any], *, offline: bool) -> int:
+    def put(self, action: str, payload: dict[str, Any], *, offline: bool) -> OutboxItem:
         """Store the message durably; the sender sees it only once it is committed."""
         text = json.dumps(payload, separators=(",", ":"))
-        item_id = self.store.insert(self.station_id, action, text, offline)
-        item = OutboxItem(item_id, action, payload, offline, text)
+        item = OutboxItem(0, action, payload, offline, text)
 
-        def _visible() -> None:
+        def _visible(row_id: int) -> None:
+            item.id = row_id
             self.items.append(item)
             if self._wakeup is not None:
                 self._wakeup()
 
-        self.store.after_commit(_visible)
-        return item_id
+        self.store.put_row(self.station_id, action, text, offline, _visible)
+        return item
 
     def head(self) -> OutboxItem | None:
         return self.items[0] if self.items else None

@@ -29,6 +29,29 @@ async def tick_forever(
     loop = asyncio.get_running_loop()
     next_at = loop.time()
     ticks = 0
+    # Disk writes leave the loop: the writer task group-commits in a thread while the stations keep ticking.
+    writer = None if store.writer_running else store.start_writer()
+    try:
+        ticks = await _loop(stations, store, tick_s, stop, before_tick, loop, next_at)
+        if writer is not None:
+            await store.drain()  # a clean stop writes everything out; a cancellation (crash) does not
+    finally:
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+    return ticks
+
+
+async def _loop(
+    stations: Sequence[Station],
+    store: OutboxStore,
+    tick_s: float,
+    stop: asyncio.Event,
+    before_tick: Callable[[float], None] | None,
+    loop: asyncio.AbstractEventLoop,
+    next_at: float,
+) -> int:
+    ticks = 0
     while not stop.is_set():
         if before_tick is not None:
             before_tick(loop.time())
