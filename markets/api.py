@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.db.models import QuerySet
 from rest_framework import permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from markets import services
 from markets.models import Award, Bid, BidEvent
 
 
 class BidAdminOrReadOnly(permissions.BasePermission):
-    def has_permission(self, request, view):  # type: ignore[no-untyped-def]
+    def has_permission(self, request: Request, view: APIView) -> bool:
         if not (request.user and request.user.is_authenticated):
             return False
         return request.method in permissions.SAFE_METHODS or request.user.has_perm("markets.bid_admin")
@@ -84,7 +86,7 @@ class BidViewSet(viewsets.ReadOnlyModelViewSet):
     permission_classes = [BidAdminOrReadOnly]
     queryset = Bid.objects.select_related("product", "product__operator").order_by("interval_start", "id")
 
-    def get_queryset(self):  # type: ignore[no-untyped-def]
+    def get_queryset(self) -> QuerySet[Bid]:
         qs = super().get_queryset()
         if status_ := self.request.query_params.get("status"):
             qs = qs.filter(status=status_)

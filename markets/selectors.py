@@ -25,7 +25,7 @@ def latest_prices(
     for p in rows.only("interval_start", "kind", "belief_time", "price"):
         rank = (1 if p.kind == PricePoint.Kind.CLEARED else 0, p.belief_time)
         if p.interval_start not in best or rank > best[p.interval_start][:2]:
-            best[p.interval_start] = (*rank, p.price)  # type: ignore[assignment]
+            best[p.interval_start] = (*rank, p.price)
     return {k: v[2] for k, v in best.items()}
 
 

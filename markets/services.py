@@ -22,7 +22,7 @@ from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -67,7 +67,7 @@ class StaleBid(MarketError):
 class Actor:
     """Who acts: a user, or an automated component (``system:<name>``)."""
 
-    user: AbstractBaseUser | None = None
+    user: User | None = None
     label: str = ""
 
     @property
@@ -75,7 +75,11 @@ class Actor:
         return self.label or (self.user.get_username() if self.user is not None else "system")
 
 
-def _actor(actor: Actor | AbstractBaseUser | None) -> Actor:
+#: What the services accept as "who": an Actor, a signed-in user, or None for the system.
+ActorLike = Actor | User | None
+
+
+def _actor(actor: ActorLike) -> Actor:
     if actor is None:
         return Actor(label="system")
     if isinstance(actor, Actor):
@@ -100,9 +104,7 @@ def _audit(bid_id: int, actor: Actor, action: str, *, before: str = "", after: s
 # --- Lifecycle -----------------------------------------------------------------------------------------------------
 
 
-def bid_transition(
-    *, bid_id: int, to_status: str, actor: Actor | AbstractBaseUser | None, note: str = "", version: int | None = None
-) -> Bid:
+def bid_transition(*, bid_id: int, to_status: str, actor: ActorLike, note: str = "", version: int | None = None) -> Bid:
     """Move one bid to ``to_status`` if the lifecycle allows it from its current status; atomic and audited.
 
     ``version``: the version the caller saw (pages pass it so a stale click is refused). Raises ``StaleBid`` when
@@ -134,7 +136,7 @@ def bid_edit(
     quantity_w: int,
     price: Decimal,
     version: int,
-    actor: Actor | AbstractBaseUser | None,
+    actor: ActorLike,
     note: str = "",
 ) -> Bid:
     """Change a draft or approved bid's quantity and price (an approved bid goes back to draft); audited.
@@ -169,7 +171,7 @@ def bid_edit(
     return Bid.objects.get(pk=bid_id)
 
 
-def bids_transition(*, bid_ids: Iterable[int], to_status: str, actor: Actor | AbstractBaseUser | None) -> list[str]:
+def bids_transition(*, bid_ids: Iterable[int], to_status: str, actor: ActorLike) -> list[str]:
     """Apply :func:`bid_transition` to several bids; returns the refusals (the others went through)."""
     refused = []
     for bid_id in bid_ids:
@@ -379,7 +381,7 @@ def price_forecast_from_history(
                 location=location or "",
                 interval_start=start,
                 interval_minutes=minutes,
-                price=(sum(history) / len(history)).quantize(Decimal("0.0001")),
+                price=(sum(history, Decimal(0)) / len(history)).quantize(Decimal("0.0001")),
                 kind=PricePoint.Kind.FORECAST,
                 source=Source.FORECAST,
                 source_ref=f"hour-of-day mean of {lookback_days} days to {last:%Y-%m-%d}",
@@ -427,7 +429,7 @@ def market_clear_simulated(
     ``Award`` (0 W when rejected) and its transition, in one transaction per bid.
     """
     who = Actor(label=f"system:simulated-{operator.code}")
-    counts = {S.AWARDED: 0, S.PARTIALLY_AWARDED: 0, S.REJECTED: 0}
+    counts: dict[str, int] = {S.AWARDED: 0, S.PARTIALLY_AWARDED: 0, S.REJECTED: 0}
     bids = list(
         Bid.objects.filter(
             product__operator=operator, status=S.SUBMITTED, interval_start__gte=start, interval_start__lt=end
@@ -471,7 +473,7 @@ def award_record(
     clearing_price: Decimal,
     source: str,
     source_ref: str,
-    actor: Actor | AbstractBaseUser | None,
+    actor: ActorLike,
 ) -> str:
     """Record the market's answer for one submitted bid and move it to awarded / partially awarded / rejected."""
     with transaction.atomic():
@@ -544,7 +546,7 @@ def bids_export_csv(*, operator: MarketOperator, start: datetime, end: datetime,
     return out.getvalue()
 
 
-def awards_import_csv(*, stream: TextIO, source_ref: str, actor: Actor | AbstractBaseUser | None) -> int:
+def awards_import_csv(*, stream: TextIO, source_ref: str, actor: ActorLike) -> int:
     """Import the market's awards: header ``bid_ref,awarded_mw,clearing_price``; every bid must be submitted.
 
     All-or-nothing: any bad row (unknown or not-submitted bid, award above the offer, bad number, duplicate row)

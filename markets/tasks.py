@@ -8,6 +8,7 @@ once its gate closure is less than ``PREPARE_LEAD`` away, and enqueues ``run_pro
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 
 from celery import shared_task
 from django.db import transaction
@@ -36,7 +37,7 @@ def prepare_proposals(portfolio: str = "all") -> list[int]:
         with transaction.atomic():
             proposal, _ = services.proposal_request(operator=operator, portfolio=portfolio, day=day)
             if proposal.status == BidProposal.Status.PENDING:
-                transaction.on_commit(lambda pid=proposal.id: run_proposal.delay(pid))
+                transaction.on_commit(partial(run_proposal.delay, proposal.id))
                 queued.append(proposal.id)
     return queued
 

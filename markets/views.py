@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -18,6 +19,12 @@ from markets.models import Bid, BidProposal, MarketOperator
 from markets.selectors import bids_in_window
 
 PERM = "markets.bid_admin"
+
+
+class AuthenticatedHttpRequest(HttpRequest):
+    """A request behind ``login_required``: its user is a signed-in ``User``, never ``AnonymousUser``."""
+
+    user: User
 
 
 def _day(request: HttpRequest) -> date:
@@ -84,7 +91,7 @@ def _chart(bids: list[Bid], proposal: BidProposal | None) -> dict[str, object]:
         )
     if proposal and proposal.inputs.get("envelope"):
         env = proposal.inputs["envelope"]
-        start = timezone.datetime.fromisoformat(proposal.inputs["start"])
+        start = datetime.fromisoformat(proposal.inputs["start"])
         step = timedelta(seconds=proposal.inputs["step_s"])
         x = [(start + k * step).isoformat() for k in range(len(env["up_w"]))]
         for key, label in (("up_w", "fleet up headroom (kW)"), ("down_w", "fleet down headroom (kW)")):
@@ -113,7 +120,7 @@ def _chart(bids: list[Bid], proposal: BidProposal | None) -> dict[str, object]:
 @login_required
 @permission_required(PERM, raise_exception=True)
 @require_POST
-def bid_edit(request: HttpRequest, bid_id: int) -> HttpResponse:
+def bid_edit(request: AuthenticatedHttpRequest, bid_id: int) -> HttpResponse:
     try:
         quantity_kw = Decimal(request.POST["quantity_kw"])
         price = Decimal(request.POST["price"])
@@ -134,7 +141,7 @@ def bid_edit(request: HttpRequest, bid_id: int) -> HttpResponse:
 @login_required
 @permission_required(PERM, raise_exception=True)
 @require_POST
-def bids_action(request: HttpRequest) -> HttpResponse:
+def bids_action(request: AuthenticatedHttpRequest) -> HttpResponse:
     target = {"approve": Bid.Status.APPROVED, "submit": Bid.Status.SUBMITTED, "reopen": Bid.Status.DRAFT}.get(
         request.POST.get("action", "")
     )

@@ -97,7 +97,12 @@ def _baseline(c: Cluster, problem: BidProblem) -> FloatArray:
     return out
 
 
-def _trajectories(c: Cluster, ci: int, problem: BidProblem, pp: FloatArray, pm: FloatArray, r: FloatArray):  # type: ignore[no-untyped-def]
+def _trajectories(
+    c: Cluster, ci: int, problem: BidProblem, pp: FloatArray, pm: FloatArray, r: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Per available step of cluster ``ci``: the energy gained since the start, at each step's start and end, on
+    the low- then the high-efficiency bound; then what a sustained up activation of its reserves would draw and a
+    down activation would fill."""
     h, A = problem.step_h, c.avail_steps
     a_up = np.array([p.up_activation for p in problem.products])
     a_dn = np.array([p.down_activation for p in problem.products])
@@ -155,7 +160,17 @@ def _max_hold(
     return max(0.0, min(limits) * (1 - 1e-9))
 
 
-def _excess(problem, prod, clusters, pp, pm, r, k, t, fixed) -> float:  # type: ignore[no-untyped-def]
+def _excess(
+    problem: BidProblem,
+    prod: ProductSpec,
+    clusters: list[Cluster],
+    pp: FloatArray,
+    pm: FloatArray,
+    r: FloatArray,
+    k: int,
+    t: int,
+    fixed: dict[str, FloatArray],
+) -> float:
     """Site meter above the threshold at step t with the fleet's plan, minus shaving already held."""
     assert prod.site_load_w is not None
     at_node = [ci for ci, c in enumerate(clusters) if prod.node in (None, c.node)]

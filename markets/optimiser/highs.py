@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import highspy
@@ -64,7 +65,11 @@ class _Builder:
     n_rows: int = 0
 
     def add(
-        self, n: int, terms: list[tuple[np.ndarray, np.ndarray | float]], lo: np.ndarray | float, hi: np.ndarray | float
+        self,
+        n: int,
+        terms: Sequence[tuple[np.ndarray, np.ndarray | float]],
+        lo: np.ndarray | float,
+        hi: np.ndarray | float,
     ) -> np.ndarray:
         """Add ``n`` rows; each term is (column index per row, coefficient per row or scalar)."""
         row_ids = np.arange(self.n_rows, self.n_rows + n)
@@ -324,9 +329,9 @@ class _Model:
         solver.run()
         if solver.getModelStatus() != highspy.HighsModelStatus.kOptimal:
             return solver.modelStatusToString(solver.getModelStatus()), None, None
-        x = np.asarray(solver.getSolution().col_value) * self.scale
-        bound = float(np.dot(self.cost, x))
-        fixed = self._round_down(x)
+        relaxed = np.asarray(solver.getSolution().col_value) * self.scale
+        bound = float(np.dot(self.cost, relaxed))
+        fixed = self._round_down(relaxed)
         status, x, duals = self._fix_and_price(solver, ints, fixed, "LP relaxation rounded down")
         if x is None:
             return status, None, None
@@ -389,11 +394,11 @@ class _Model:
         r = np.zeros((C, self.T, self.K))
         for ci, c in enumerate(self.clusters):
             A = c.avail_steps
-            t = np.arange(A)
-            pp[ci, :A] = np.maximum(x[self.col(ci, 0, t)], 0.0)
-            pm[ci, :A] = np.maximum(x[self.col(ci, 1, t)], 0.0)
+            steps = np.arange(A)
+            pp[ci, :A] = np.maximum(x[self.col(ci, 0, steps)], 0.0)
+            pm[ci, :A] = np.maximum(x[self.col(ci, 1, steps)], 0.0)
             for k in range(self.K):
-                r[ci, :A, k] = np.maximum(x[self.col(ci, 4 + k, t)], 0.0)
+                r[ci, :A, k] = np.maximum(x[self.col(ci, 4 + k, steps)], 0.0)
         # The cluster split must sum exactly to the integer bid: rescale away solver tolerance.
         for k, prod in enumerate(self.products):
             for t in range(self.T):

@@ -21,6 +21,7 @@ from markets.optimiser.clusters import _avail_steps, _must_charge, own_need_frac
 from markets.optimiser.problem import BidProblem, BidSchedule, FloatArray, ProductBid, VehiclePlan
 from markets.optimiser.result import _peak_value
 from markets.optimiser.verify import vehicle_violations
+from vpp.types import VehicleSnapshot
 
 
 @dataclass(slots=True)
@@ -55,7 +56,7 @@ class NaiveScheduler:
             schedule.notes.append(f"{dropped} cars offer nothing: their share would break a floor or departure need")
         return schedule
 
-    def _plan(self, problem: BidProblem, v) -> VehiclePlan:  # type: ignore[no-untyped-def]
+    def _plan(self, problem: BidProblem, v: VehicleSnapshot) -> VehiclePlan:
         charge = _must_charge(v, problem).charge_w if math.isfinite(own_need_fraction(v, problem)) else None
         charge = np.zeros(problem.steps) if charge is None else charge
         priced = [p for p in problem.products if not p.is_peak_shaving]

@@ -90,7 +90,7 @@ def vehicle_violations(problem: BidProblem, v: VehicleSnapshot, plan: VehiclePla
     return found
 
 
-def _departure_need(v, problem: BidProblem, dep_h: float, when_h: float) -> float:  # type: ignore[no-untyped-def]
+def _departure_need(v: VehicleSnapshot, problem: BidProblem, dep_h: float, when_h: float) -> float:
     """Least energy at ``when_h`` from which charging flat out still reaches the target by departure (capped at
     what flat-out charging from the start could reach, as the optimiser does for an unreachable target)."""
     if not math.isfinite(dep_h):

@@ -11,7 +11,7 @@ from django.utils import timezone
 from markets.models import Bid, Product
 
 
-class BidFactory(factory.django.DjangoModelFactory):
+class BidFactory(factory.django.DjangoModelFactory[Bid]):
     class Meta:
         model = Bid
 
@@ -26,17 +26,17 @@ class BidFactory(factory.django.DjangoModelFactory):
 
 
 @pytest.fixture
-def bid_factory(db):  # type: ignore[no-untyped-def]
+def bid_factory(db: None) -> type[BidFactory]:
     return BidFactory
 
 
 @pytest.fixture
-def bidding_admin(db):  # type: ignore[no-untyped-def]
+def bidding_admin(db: None) -> User:
     user = User.objects.create_user("bidder", password="pw-bidder-123")
     user.groups.add(Group.objects.get(name="bidding admin"))
     return user
 
 
 @pytest.fixture
-def plain_user(db):  # type: ignore[no-untyped-def]
+def plain_user(db: None) -> User:
     return User.objects.create_user("viewer", password="pw-viewer-123")

@@ -8,7 +8,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from markets.optimiser import BidProblem, ProductSpec, deliverability_violations, get_scheduler, schedule_bids
+from markets.optimiser import (
+    BidProblem,
+    BidSchedule,
+    ProductSpec,
+    deliverability_violations,
+    get_scheduler,
+    schedule_bids,
+)
 from markets.optimiser.synthetic import depot_load, pjm_like_prices, random_fleet
 from vpp.types import VehicleSnapshot
 
@@ -124,7 +131,7 @@ def test_the_milp_earns_at_least_the_greedy_on_the_same_prices() -> None:
 def test_it_falls_back_to_greedy_when_the_solver_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     from markets.optimiser import highs
 
-    def broken(self, problem):  # type: ignore[no-untyped-def]
+    def broken(self: highs.HighsScheduler, problem: BidProblem) -> BidSchedule:
         raise RuntimeError("solver crashed")
 
     monkeypatch.setattr(highs.HighsScheduler, "schedule", broken)
