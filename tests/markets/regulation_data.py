@@ -13,7 +13,8 @@ from decimal import Decimal
 import factory
 
 from chargers.models import MeterValue, Station
-from markets.models import Award, Bid, Product
+from markets.defaults import ensure_defaults
+from markets.models import Award, Bid, DepotSite, MarketOperator, Product
 from markets.regulation_models import RegulationSignal, SignalSource
 from tests.chargers.factories import StationFactory
 
@@ -28,6 +29,8 @@ def triangle(t: float) -> float:
 
 
 def regulation_product() -> Product:
+    """PJM RegD as the data migration seeds it (re-seeded if a transactional test flushed the tables)."""
+    ensure_defaults(MarketOperator, DepotSite, Product)
     return Product.objects.get(operator__code="pjm", code="reg-d")
 
 

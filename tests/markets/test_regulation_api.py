@@ -43,6 +43,11 @@ def client_for(user: User) -> APIClient:
     return client
 
 
+@pytest.fixture(autouse=True)
+def _products():
+    regulation_product()  # the seeded PJM products, even after a transactional test flushed them
+
+
 @pytest.fixture
 def utility() -> APIClient:
     return client_for(user_with("utility", "markets.submit_regulation_signal"))
