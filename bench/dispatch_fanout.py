@@ -51,6 +51,13 @@ import asyncio, base64, json, sys
 import websockets.asyncio.client as client
 
 async def station(url, sid, password, ready):
+    while True:  # reconnect after a refused or dropped handshake (1,000 at once on a loaded machine)
+        try:
+            await session(url, sid, password, ready)
+        except Exception:
+            await asyncio.sleep(1.0)
+
+async def session(url, sid, password, ready):
     auth = base64.b64encode(f"{sid}:{password}".encode()).decode()
     async with client.connect(f"{url}/{sid}", subprotocols=["ocpp2.1"],
                               additional_headers={"Authorization": f"Basic {auth}"}, open_timeout=60) as ws:
