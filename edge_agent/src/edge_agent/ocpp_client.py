@@ -416,6 +416,8 @@ class OcppClient:
         self._slow = 0
         self._slow_logged_at = float("-inf")
         self._closing: asyncio.Future[None] | None = None
+        self._failsafe_timer: asyncio.TimerHandle | None = None
+        self._failsafe_tick: asyncio.Future[Any] | None = None
         station.wakeup = self._wake.set
         station.reset_requested = self.request_reset  # Reset OnIdle: when the transaction ends
 
@@ -434,6 +436,20 @@ class OcppClient:
         """Close the socket without stopping (tests and the fail-safe bench use this)."""
         if self._ws is not None:
             self._ws.transport.abort()
+
+    def _arm_failsafe(self) -> None:
+        """Run one extra loop step the moment the grace period ends, instead of waiting for the next tick."""
+        st = self.station
+        loop = asyncio.get_running_loop()
+
+        def _due() -> None:
+            self._failsafe_timer = None
+            if not st.link.connected:
+                self._failsafe_tick = asyncio.ensure_future(st.tick())
+
+        if self._failsafe_timer is not None:
+            self._failsafe_timer.cancel()
+        self._failsafe_timer = loop.call_later(st.link.timeout_s + 0.002, _due)
 
     def request_reset(self) -> None:
         """Reboot the OCPP side: close after a short grace so the Reset answer leaves first, then boot again."""
@@ -468,8 +484,11 @@ class OcppClient:
             except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
                 LOG.debug("%s: connection failed: %r", self.station.id, exc)
             finally:
+                was_up = self.station.link.connected
                 self.station.link.down(self.station.clock.monotonic())
                 self._ws, self.cp = None, None
+                if was_up:
+                    self._arm_failsafe()
             if booted:
                 delays = backoff_delays(self.reconnect_min_s, self.reconnect_max_s, self._rng)
             if self._stop.is_set():
@@ -584,6 +603,9 @@ class OcppClient:
         self._booted = True
         self.boot_reason = "PowerUp"
         st.link.up(st.clock.monotonic())
+        if self._failsafe_timer is not None:
+            self._failsafe_timer.cancel()
+            self._failsafe_timer = None
         slog.log_event(st.id, "connected", ocpp=cp._ocpp_version, queued=len(st.outbox))
         st.queue_status(st.connector_status())
         while True:
