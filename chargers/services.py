@@ -50,6 +50,7 @@ from chargers.models import (
 from chargers.ocpp_j import OcppError
 
 LOG = logging.getLogger(__name__)
+#: Channel-layer group committed telemetry is published to (see ``telemetry_committed``); the dashboard joins it.
 TELEMETRY_GROUP = "telemetry"
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-#: Channel-layer group the CSMS publishes committed telemetry to (meter values, status, connection changes).
-TELEMETRY_GROUP = "telemetry"
+# The group the CSMS publishes committed telemetry to (meter values, status, connection changes).
+from chargers.services import TELEMETRY_GROUP
 
 
 class DashboardConsumer(AsyncJsonWebsocketConsumer):

@@ -1,7 +1,8 @@
-"""Serve the project's ASGI app with Daphne: ``python -m vpp.serve PORT [DB_NAME]`` (used by ``regulation replay``).
+"""Serve the project's ASGI app with Daphne: ``python -m vpp.serve PORT [DB_NAME [VERBOSITY]]``.
 
-The same settings as ``make run``; ``DB_NAME`` overrides the database name only (a test database, when the
-replay runs under pytest).
+Used by ``regulation replay`` and the live-server tests. The same settings as ``make run``; ``DB_NAME`` overrides
+the database name only (a test database, when run under pytest); ``VERBOSITY`` is Daphne's ``-v`` (default 0,
+1 adds the access log).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 
 def main() -> None:
     port = sys.argv[1]
+    verbosity = sys.argv[3] if len(sys.argv) > 3 else "0"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vpp.settings")
     from django.conf import settings
 
@@ -23,7 +25,7 @@ def main() -> None:
     from daphne.cli import CommandLineInterface
 
     CommandLineInterface().run(
-        ["-b", "127.0.0.1", "-p", port, "--websocket_timeout", "-1", "-v", "0", "vpp.asgi:application"]
+        ["-b", "127.0.0.1", "-p", port, "--websocket_timeout", "-1", "-v", verbosity, "vpp.asgi:application"]
     )
 
 

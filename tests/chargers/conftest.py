@@ -7,7 +7,6 @@ import base64
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from ocpp.charge_point import ChargePoint
 from websockets.typing import Subprotocol
 
 from tests.chargers.factories import STATION_PASSWORD
+from tests.live import free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,27 +42,16 @@ class LiveServer:
         return f"http://127.0.0.1:{self.port}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(extra_env: dict[str, str] | None = None) -> LiveServer:
-    port = _free_port()
+    """The real ASGI app under Daphne (``vpp.serve``) on a free port, on the test database pytest-django made."""
+    port = free_port()
     env = {**os.environ, **(extra_env or {})}
     db_name = str(settings.DATABASES["default"]["NAME"])
-    process = subprocess.Popen([sys.executable, "-m", "tests.chargers.serve", str(port), db_name], cwd=ROOT, env=env)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"live server exited with {process.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return LiveServer(port, process)
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("live server did not start listening within 30 s")
+    # Verbosity 1: Daphne's access log lands in the captured output of a failing test.
+    command = [sys.executable, "-m", "vpp.serve", str(port), db_name, "1"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env)
+    wait_listening(process, port)
+    return LiveServer(port, process)
 
 
 def stop_server(server: LiveServer) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,10 @@ from django.core.management import call_command
 
 from chargers.models import MeterValue, Station
 from fleet.models import PlugSession
+from tests.live import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _database_url_of_test_db() -> str:
@@ -54,7 +48,7 @@ def test_runvpp_brings_up_a_fleet_that_reports_to_the_csms(
     call_command("demo_seed", "--stations", "2", "--id-prefix", "rt")
     env = dict(os.environ)
     # when the run command starts
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "manage.py", "runvpp", "--port", str(port), "--fleet", "2", "--id-prefix", "rt"],
         cwd=ROOT,
