@@ -7,7 +7,9 @@ Every setting the project reads from the environment goes through one of these, 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
+from typing import TypeVar
 
 
 class ImproperlyConfiguredEnv(RuntimeError):
@@ -41,41 +43,42 @@ def env_bool(name: str, default: bool) -> bool:
 
 
 def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    return _env_number(name, default, int, "an integer", minimum=minimum, maximum=maximum)
+
+
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+    return _env_number(name, default, float, "a number", minimum=minimum)
+
+
+def env_decimal(name: str, default: Decimal) -> Decimal:
+    return _env_number(name, default, Decimal, "a decimal number")
+
+
+_Number = TypeVar("_Number", int, float, Decimal)
+
+
+def _env_number(
+    name: str,
+    default: _Number,
+    parse: Callable[[str], _Number],
+    what: str,
+    *,
+    minimum: _Number | None = None,
+    maximum: _Number | None = None,
+) -> _Number:
+    """``parse`` of the stripped value, ``default`` when unset or blank; a bad value or one out of range raises."""
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
-        value = int(raw.strip())
-    except ValueError as exc:
-        raise ImproperlyConfiguredEnv(f"{name}={raw!r} is not an integer") from exc
+        value = parse(raw.strip())
+    except (ValueError, InvalidOperation) as exc:
+        raise ImproperlyConfiguredEnv(f"{name}={raw!r} is not {what}") from exc
     if minimum is not None and value < minimum:
         raise ImproperlyConfiguredEnv(f"{name}={value} is below its minimum {minimum}")
     if maximum is not None and value > maximum:
         raise ImproperlyConfiguredEnv(f"{name}={value} is above its maximum {maximum}")
     return value
-
-
-def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw.strip())
-    except ValueError as exc:
-        raise ImproperlyConfiguredEnv(f"{name}={raw!r} is not a number") from exc
-    if minimum is not None and value < minimum:
-        raise ImproperlyConfiguredEnv(f"{name}={value} is below its minimum {minimum}")
-    return value
-
-
-def env_decimal(name: str, default: Decimal) -> Decimal:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return Decimal(raw.strip())
-    except InvalidOperation as exc:
-        raise ImproperlyConfiguredEnv(f"{name}={raw!r} is not a decimal number") from exc
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
