@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 
 from django.db.models import QuerySet
@@ -81,6 +82,17 @@ class TransitionSerializer(serializers.Serializer):
     version = serializers.IntegerField(min_value=1, required=False)
 
 
+def _bid_answer(change: Callable[[], Bid]) -> Response:
+    """Run a bid write; the bid as now stored, 409 when someone changed it first, 400 when the rules refuse it."""
+    try:
+        bid = change()
+    except services.StaleBid as exc:
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    except services.MarketError as exc:
+        return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+    return Response(BidSerializer(bid).data)
+
+
 class BidViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = BidSerializer
     permission_classes = [BidAdminOrReadOnly]
@@ -96,25 +108,13 @@ class BidViewSet(viewsets.ReadOnlyModelViewSet):
     def edit(self, request: Request, pk: str) -> Response:
         data = EditSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            bid = services.bid_edit(bid_id=int(pk), actor=request.user, **data.validated_data)
-        except services.StaleBid as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        except services.MarketError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-        return Response(BidSerializer(bid).data)
+        return _bid_answer(lambda: services.bid_edit(bid_id=int(pk), actor=request.user, **data.validated_data))
 
     @action(detail=True, methods=["post"])
     def transition(self, request: Request, pk: str) -> Response:
         data = TransitionSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            bid = services.bid_transition(bid_id=int(pk), actor=request.user, **data.validated_data)
-        except services.StaleBid as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        except services.MarketError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-        return Response(BidSerializer(bid).data)
+        return _bid_answer(lambda: services.bid_transition(bid_id=int(pk), actor=request.user, **data.validated_data))
 
     @action(detail=True, methods=["get"])
     def events(self, request: Request, pk: str) -> Response:

@@ -49,3 +49,19 @@ def test_the_api_needs_authentication_and_the_permission_to_write(client, plain_
         f"/api/markets/bids/{bid.id}/transition/", {"to_status": "approved"}, content_type="application/json"
     )
     assert r.status_code == 400
+
+
+def test_the_api_edits_a_bid_and_refuses_a_stale_version(client, bidding_admin, bid_factory) -> None:
+    # given a fresh draft bid (version 1) and a bidding admin
+    bid = bid_factory()
+    client.force_login(bidding_admin)
+    url = f"/api/markets/bids/{bid.id}/edit/"
+    # when the admin edits it on the current version, then the stored bid comes back one version on
+    r = client.post(url, {"quantity_w": 600_000, "price": "12.5", "version": 1}, content_type="application/json")
+    assert r.status_code == 200
+    assert (r.json()["quantity_w"], Bid.objects.get(pk=bid.id).version) == (600_000, 2)
+    # and an edit made on the old version is refused as a conflict, leaving the bid as it was
+    r = client.post(url, {"quantity_w": 700_000, "price": "12.5", "version": 1}, content_type="application/json")
+    assert r.status_code == 409
+    assert "changed meanwhile" in r.json()["detail"]
+    assert Bid.objects.get(pk=bid.id).quantity_w == 600_000
