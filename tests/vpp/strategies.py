@@ -1,14 +1,31 @@
-"""Hypothesis strategies for random fleets (shared by the VPP core tests)."""
+"""Hypothesis strategies for random fleets and a hand-set car (shared by the VPP core tests)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hypothesis import strategies as st
 
 from vpp.types import VehicleSnapshot
 
 NOW = datetime(2025, 6, 2, 6, 0, tzinfo=UTC)
+
+
+def car(vehicle_id: int = 1, **overrides: Any) -> VehicleSnapshot:
+    """A lossless 60 kWh car at half charge, 20 % floor, 10 kW both ways; ``overrides`` change any field."""
+    base = VehicleSnapshot(
+        vehicle_id=vehicle_id,
+        capacity_wh=60_000,
+        soc_wh=30_000,
+        floor_wh=12_000,
+        max_charge_w=10_000,
+        max_discharge_w=10_000,
+        charge_efficiency=1.0,
+        discharge_efficiency=1.0,
+    )
+    return replace(base, **overrides)
 
 
 @st.composite

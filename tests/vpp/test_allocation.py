@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from datetime import timedelta
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.vpp.strategies import NOW, fleets
+from tests.vpp.strategies import NOW, car, fleets
 from vpp.allocation import allocate
 from vpp.fleet_arrays import FleetArrays
 from vpp.thermal import charge_derate, discharge_derate
@@ -18,20 +17,6 @@ from vpp.types import VehicleSnapshot
 
 TOL_WH = 1e-6
 EPS_WH = 1e-9  # a bound met to within float rounding counts as binding
-
-
-def car(vehicle_id: int = 1, **overrides: object) -> VehicleSnapshot:
-    base = VehicleSnapshot(
-        vehicle_id=vehicle_id,
-        capacity_wh=60_000,
-        soc_wh=30_000,
-        floor_wh=12_000,
-        max_charge_w=10_000,
-        max_discharge_w=10_000,
-        charge_efficiency=1.0,
-        discharge_efficiency=1.0,
-    )
-    return replace(base, **overrides)  # type: ignore[arg-type]
 
 
 def _hold_s(v: VehicleSnapshot, duration_s: float) -> float:

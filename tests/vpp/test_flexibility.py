@@ -10,21 +10,15 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.vpp.strategies import NOW, fleets
+from tests.vpp.strategies import NOW, car, fleets
 from vpp.allocation import allocate
 from vpp.flexibility import fleet_flexibility, vehicle_flexibility
 from vpp.thermal import charge_derate, discharge_derate
 from vpp.types import VehicleSnapshot
 
-CAR = VehicleSnapshot(
-    vehicle_id=1,
-    capacity_wh=60_000,
-    soc_wh=30_000,
-    floor_wh=12_000,
+CAR = car(
     max_charge_w=11_000,
     max_discharge_w=11_000,
-    charge_efficiency=1.0,
-    discharge_efficiency=1.0,
     departure=NOW + timedelta(hours=4),
     target_wh=48_000,
 )
