@@ -23,8 +23,8 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Case, Value, When
+from django.db import connection, transaction
+from django.db.models import Case, Model, Value, When
 
 from chargers import ocpp_j
 from chargers.models import (
@@ -177,18 +177,39 @@ class BatchContext:
         )
 
     def flush(self) -> None:
-        if self.meter_values:
-            MeterValue.objects.bulk_create(self.meter_values)
-        if self.events:
-            StationEvent.objects.bulk_create(self.events)
-        if self.logs:
-            MessageLog.objects.bulk_create(self.logs)
+        bulk_insert(MeterValue, self.meter_values)
+        bulk_insert(StationEvent, self.events)
+        bulk_insert(MessageLog, self.logs)
         if self.touched:
             # A message proves the station is alive; a station whose socket is already gone stays offline.
             Station.objects.filter(pk__in=self.touched).update(
                 last_seen=self.now,
                 online=Case(When(channel_name="", then=Value(False)), default=Value(True)),
             )
+
+
+def bulk_insert(model: type[Model], rows: Sequence[Model]) -> None:
+    """Insert new rows (primary keys are not read back). On PostgreSQL through COPY, elsewhere bulk_create.
+
+    bulk_create quotes every value in Python (psycopg's client-side binding of its UNNEST arrays): a third of the
+    CSMS's CPU under load. COPY hands the rows to psycopg's C row writer; values are still prepared by each field
+    (pre_save, get_db_prep_save), exactly as bulk_create prepares them, and errors are Django's (IntegrityError).
+    """
+    if not rows:
+        return
+    if connection.vendor != "postgresql":
+        model._default_manager.bulk_create(rows)
+        return
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    table = connection.ops.quote_name(model._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields if f.column)
+    with (
+        connection.cursor() as cursor,
+        connection.wrap_database_errors,
+        cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy,
+    ):
+        for row in rows:
+            copy.write_row([f.get_db_prep_save(f.pre_save(row, True), connection) for f in fields])
 
 
 def batch_apply(jobs: Sequence[Job]) -> list[Any]:

@@ -1,0 +1,62 @@
+"""The writer's bulk insert (COPY on PostgreSQL, bulk_create elsewhere) stores every field exactly as given."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from django.db import IntegrityError, transaction
+
+from chargers.models import MessageLog, MeterValue, StationEvent
+from chargers.services import bulk_insert
+from tests.chargers.factories import StationFactory
+
+pytestmark = pytest.mark.django_db
+
+AT = datetime(2026, 1, 15, 10, 0, 0, 123000, tzinfo=UTC)
+
+
+def test_rows_come_back_field_for_field():
+    # Given rows of the three kinds the writer inserts, with awkward values (negative, unicode, tabs, JSON nulls)
+    station = StationFactory()
+    meters = [
+        MeterValue(station=station, evse_id=1, timestamp=AT, received_at=AT, measurand="Power.Active.Import",
+                   phase="L1", location="EV", context="Sample.Periodic", value=-11_000 + i, unit="W",
+                   source="MeterValues")
+        for i in range(3)
+    ]  # fmt: skip
+    payload = {"evseId": 1, "note": "tab\there, newline\n, back\\slash, \u00e9\u20ac\U0001f600", "none": None}
+    log = MessageLog(station=station, direction="in", message_type=2, message_id="m-1", action="MeterValues",
+                     ocpp_version="2.0.1", payload=payload, response={}, created_at=AT, responded_at=None)  # fmt: skip
+    event = StationEvent(station=station, kind="Booted", timestamp=AT, received_at=AT, summary="PowerUp",
+                         data={"modem": {}, "list": [1, 2.5, "x"]})  # fmt: skip
+    # When they are bulk-inserted in one transaction
+    with transaction.atomic():
+        bulk_insert(MeterValue, meters)
+        bulk_insert(MessageLog, [log])
+        bulk_insert(StationEvent, [event])
+        bulk_insert(StationEvent, [])
+    # Then every field reads back as given
+    stored = list(MeterValue.objects.filter(station=station).order_by("value").values())
+    assert [m["value"] for m in stored] == [-11_000, -10_999, -10_998]
+    assert {(m["phase"], m["location"], m["context"], m["unit"], m["timestamp"]) for m in stored} == {
+        ("L1", "EV", "Sample.Periodic", "W", AT)
+    }
+    row = MessageLog.objects.get(station=station, message_id="m-1")
+    assert (row.payload, row.response, row.created_at, row.responded_at) == (payload, {}, AT, None)
+    assert StationEvent.objects.get(station=station).data == {"modem": {}, "list": [1, 2.5, "x"]}
+
+
+def test_a_duplicate_incoming_call_is_refused_as_an_integrity_error():
+    # Given an incoming CALL already logged
+    station = StationFactory()
+
+    def call() -> MessageLog:
+        return MessageLog(station=station, direction="in", message_type=2, message_id="dup", action="Heartbeat",
+                          payload={}, created_at=AT)  # fmt: skip
+
+    bulk_insert(MessageLog, [call()])
+    # When the same (station, message id) is inserted again / Then Django's IntegrityError is raised
+    with pytest.raises(IntegrityError), transaction.atomic():
+        bulk_insert(MessageLog, [call()])
+    assert MessageLog.objects.filter(station=station, message_id="dup").count() == 1
