@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
@@ -17,18 +16,11 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import URLPattern, URLResolver  # noqa: E402
 
+from vpp.discovery import app_modules  # noqa: E402
+
 
 def _websocket_patterns() -> list[URLPattern | URLResolver]:
-    patterns: list[URLPattern | URLResolver] = []
-    for label in ("chargers", "fleet", "markets", "vpp"):
-        try:
-            module = importlib.import_module(f"{label}.routing")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{label}.routing":
-                raise
-            continue
-        patterns.extend(module.websocket_urlpatterns)
-    return patterns
+    return [pattern for module in app_modules("routing") for pattern in module.websocket_urlpatterns]
 
 
 # OCPP stations authenticate with HTTP Basic inside their own consumer; browser sockets use the Django session.

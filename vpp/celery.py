@@ -6,10 +6,11 @@ process schedules the whole project.
 
 from __future__ import annotations
 
-import importlib
 import os
 
 from celery import Celery
+
+from vpp.discovery import app_modules
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vpp.settings")
 
@@ -20,15 +21,5 @@ app.autodiscover_tasks()
 
 @app.on_after_finalize.connect
 def _merge_beat_schedules(sender: Celery, **_: object) -> None:
-    from django.conf import settings
-
-    for label in ("chargers", "fleet", "markets", "vpp"):
-        if label not in settings.INSTALLED_APPS:
-            continue
-        try:
-            module = importlib.import_module(f"{label}.tasks")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{label}.tasks":
-                raise
-            continue
+    for module in app_modules("tasks"):
         sender.conf.beat_schedule.update(getattr(module, "BEAT_SCHEDULE", {}))

@@ -1,25 +1,15 @@
 from __future__ import annotations
 
-import importlib
-
 from django.contrib import admin
 from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from vpp.discovery import app_modules
+
 
 def _app_urls(suffix: str) -> list[URLPattern | URLResolver]:
-    """Each app may ship ``urls`` (pages) and ``api_urls`` (REST); include those that exist."""
-    found: list[URLPattern | URLResolver] = []
-    for label in ("vpp", "chargers", "fleet", "markets"):
-        module_name = f"{label}.{suffix}"
-        try:
-            importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        found.append(path("", include(module_name)))
-    return found
+    """Each app may ship ``pages`` (HTML) and ``api_urls`` (REST); include those that exist."""
+    return [path("", include(module)) for module in app_modules(suffix)]
 
 
 urlpatterns: list[URLPattern | URLResolver] = [
