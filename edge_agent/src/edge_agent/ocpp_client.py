@@ -428,6 +428,9 @@ class OcppClient:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._failsafe_timer is not None:
+            self._failsafe_timer.cancel()
+            self._failsafe_timer = None
         self._wake.set()
         if self._ws is not None:
             self._closing = asyncio.ensure_future(self._ws.close())
@@ -487,7 +490,7 @@ class OcppClient:
                 was_up = self.station.link.connected
                 self.station.link.down(self.station.clock.monotonic())
                 self._ws, self.cp = None, None
-                if was_up:
+                if was_up and not self._stop.is_set():
                     self._arm_failsafe()
             if booted:
                 delays = backoff_delays(self.reconnect_min_s, self.reconnect_max_s, self._rng)
