@@ -323,6 +323,19 @@ class EvChargingNeeds(models.Model):
         return f"{self.station_id}/{self.evse_id} needs @ {self.received_at:%Y-%m-%dT%H:%M:%SZ}"
 
 
+#: What identifies one device-model attribute of a station (NotifyReport upserts on exactly this key).
+DEVICE_VARIABLE_KEY = [
+    "station",
+    "component",
+    "component_instance",
+    "evse_id",
+    "connector_id",
+    "variable",
+    "variable_instance",
+    "attribute_type",
+]
+
+
 class DeviceVariable(models.Model):
     """One attribute of one variable of the station's device model, from NotifyReport.
 
@@ -347,16 +360,7 @@ class DeviceVariable(models.Model):
         ordering = ["station", "component", "variable"]
         constraints = [
             models.UniqueConstraint(
-                fields=[
-                    "station",
-                    "component",
-                    "component_instance",
-                    "evse_id",
-                    "connector_id",
-                    "variable",
-                    "variable_instance",
-                    "attribute_type",
-                ],
+                fields=DEVICE_VARIABLE_KEY,
                 name="devicevariable_unique",
             )
         ]

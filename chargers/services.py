@@ -28,6 +28,7 @@ from django.db.models import Case, Model, Value, When
 
 from chargers import ocpp_j
 from chargers.models import (
+    DEVICE_VARIABLE_KEY,
     BootStatus,
     ChargingProfile,
     Connector,
@@ -697,16 +698,7 @@ def device_report_record(ctx: BatchContext, station: StationRef, payload: dict[s
         DeviceVariable.objects.bulk_create(
             rows,
             update_conflicts=True,
-            unique_fields=[
-                "station",
-                "component",
-                "component_instance",
-                "evse_id",
-                "connector_id",
-                "variable",
-                "variable_instance",
-                "attribute_type",
-            ],
+            unique_fields=DEVICE_VARIABLE_KEY,
             update_fields=["value", "mutability", "data_type", "unit", "updated_at"],
         )
     return {}
