@@ -19,35 +19,13 @@ from datetime import UTC, datetime
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from markets.optimiser import BidProblem, ProductSpec, deliverability_violations, get_scheduler
+from markets.optimiser import BidProblem, deliverability_violations, get_scheduler
 from markets.optimiser.naive import NaiveScheduler
-from markets.optimiser.synthetic import depot_load, pjm_like_prices, random_fleet
+from markets.optimiser.synthetic import pjm_like_products, random_fleet
 
 START = datetime(2026, 7, 1, tzinfo=UTC)
 TARGET_S = 10.0
 ENERGY_PRICE = 40.0  # $/MWh, flat (the default of MARKETS_ENERGY_PRICE_USD_PER_MWH)
-
-
-def products(n: int) -> list[ProductSpec]:
-    return [
-        ProductSpec("reg-d", "symmetric", pjm_like_prices(24, base=25), 4, 0.25, 0.32, 0.25, 100_000, 100_000),
-        ProductSpec("sync-reserve", "up", pjm_like_prices(24, seed=9), 4, 0.5, 0.005, 0.0, 100_000, 100_000),
-        ProductSpec(
-            "peak-shaving",
-            "up",
-            [None] * 96,
-            1,
-            0.25,
-            1.0,
-            0.0,
-            1000,
-            1000,
-            node="depot",
-            site_load_w=depot_load(96, base_w=4000 * n),
-            site_threshold_w=5000 * n,
-            demand_charge_usd_per_w=0.015,
-        ),
-    ]
 
 
 def main() -> None:
@@ -61,7 +39,12 @@ def main() -> None:
     for n in sizes:
         fleet = random_fleet(n, start=START, seed=11)
         problem = BidProblem(
-            start=START, step_s=900, steps=96, vehicles=fleet, products=products(n), energy_price=[ENERGY_PRICE] * 96
+            start=START,
+            step_s=900,
+            steps=96,
+            vehicles=fleet,
+            products=pjm_like_products(n),
+            energy_price=[ENERGY_PRICE] * 96,
         )
         runs = [
             ("highs", get_scheduler("highs")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta
 
+from markets.optimiser.problem import ProductSpec
 from vpp.types import VehicleSnapshot
 
 # (capacity kWh, AC charge/discharge kW) of common V2G-capable models (ev_specs_v2g_enabled2024.json ranges)
@@ -55,3 +56,30 @@ def depot_load(steps: int, *, step_h: float = 0.25, seed: int = 3, base_w: float
         shape = 1.8 if 8 <= hod <= 11 or 17 <= hod <= 19 else 1.0
         out.append(base_w * shape * rng.uniform(0.9, 1.1))
     return out
+
+
+def pjm_like_products(
+    n_vehicles: int, steps: int = 96, *, min_w: int = 100_000, increment_w: int = 100_000
+) -> list[ProductSpec]:
+    """Reg-D and synchronised reserve at ``pjm_like_prices``, plus depot peak shaving sized for ``n_vehicles``,
+    over ``steps`` 15-min steps (the product set the optimiser tests and benchmark run against)."""
+    hours = steps // 4
+    return [
+        ProductSpec("reg-d", "symmetric", pjm_like_prices(hours, base=25), 4, 0.25, 0.32, 0.25, min_w, increment_w),
+        ProductSpec("sync-reserve", "up", pjm_like_prices(hours, seed=9), 4, 0.5, 0.005, 0.0, min_w, increment_w),
+        ProductSpec(
+            "peak-shaving",
+            "up",
+            [None] * steps,
+            1,
+            0.25,
+            1.0,
+            0.0,
+            1000,
+            1000,
+            node="depot",
+            site_load_w=depot_load(steps, base_w=4000 * n_vehicles),
+            site_threshold_w=5000 * n_vehicles,
+            demand_charge_usd_per_w=0.015,
+        ),
+    ]

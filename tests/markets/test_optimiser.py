@@ -11,38 +11,14 @@ from hypothesis import strategies as st
 from markets.optimiser import (
     BidProblem,
     BidSchedule,
-    ProductSpec,
     deliverability_violations,
     get_scheduler,
     schedule_bids,
 )
-from markets.optimiser.synthetic import depot_load, pjm_like_prices, random_fleet
+from markets.optimiser.synthetic import pjm_like_products, random_fleet
 from vpp.types import VehicleSnapshot
 
 START = datetime(2026, 7, 1, tzinfo=UTC)
-
-
-def _products(n_vehicles: int, steps: int = 96, *, min_w: int = 100_000, inc: int = 100_000) -> list[ProductSpec]:
-    hours = steps // 4
-    return [
-        ProductSpec("reg-d", "symmetric", pjm_like_prices(hours, base=25), 4, 0.25, 0.32, 0.25, min_w, inc),
-        ProductSpec("sync-reserve", "up", pjm_like_prices(hours, seed=9), 4, 0.5, 0.005, 0.0, min_w, inc),
-        ProductSpec(
-            "peak-shaving",
-            "up",
-            [None] * steps,
-            1,
-            0.25,
-            1.0,
-            0.0,
-            1000,
-            1000,
-            node="depot",
-            site_load_w=depot_load(steps, base_w=4000 * n_vehicles),
-            site_threshold_w=5000 * n_vehicles,
-            demand_charge_usd_per_w=0.015,
-        ),
-    ]
 
 
 vehicle = st.builds(
@@ -77,7 +53,11 @@ vehicle = st.builds(
 def test_it_never_offers_more_than_each_car_can_deliver(scheduler: str, fleet: list[VehicleSnapshot]) -> None:
     # given a small random fleet and 8 hours of three products with 10 kW increments
     problem = BidProblem(
-        start=START, step_s=900, steps=32, vehicles=fleet, products=_products(len(fleet), 32, min_w=10_000, inc=10_000)
+        start=START,
+        step_s=900,
+        steps=32,
+        vehicles=fleet,
+        products=pjm_like_products(len(fleet), 32, min_w=10_000, increment_w=10_000),
     )
     # when the optimiser bids
     schedule = get_scheduler(scheduler).schedule(problem)
@@ -90,7 +70,11 @@ def test_bids_respect_minimum_size_and_increment(scheduler: str) -> None:
     # given a fleet able to offer a few MW and a market with 0.3 MW minimum and 0.1 MW increments
     fleet = random_fleet(150, start=START, seed=4)
     problem = BidProblem(
-        start=START, step_s=900, steps=96, vehicles=fleet, products=_products(150, min_w=300_000, inc=100_000)[:2]
+        start=START,
+        step_s=900,
+        steps=96,
+        vehicles=fleet,
+        products=pjm_like_products(150, min_w=300_000, increment_w=100_000)[:2],
     )
     # when it bids
     schedule = get_scheduler(scheduler).schedule(problem)
@@ -108,7 +92,7 @@ def test_a_car_leaving_soon_with_an_empty_battery_offers_nothing() -> None:
         1, 60_000, 12_000, 12_000, 11_000, 11_000, departure=START + timedelta(hours=1), target_wh=22_000
     )
     problem = BidProblem(
-        start=START, step_s=900, steps=8, vehicles=[car], products=_products(1, 8, min_w=1000, inc=1000)
+        start=START, step_s=900, steps=8, vehicles=[car], products=pjm_like_products(1, 8, min_w=1000, increment_w=1000)
     )
     # when the optimiser bids
     schedule = schedule_bids(problem)
@@ -121,7 +105,7 @@ def test_a_car_leaving_soon_with_an_empty_battery_offers_nothing() -> None:
 
 def test_the_milp_earns_at_least_the_greedy_on_the_same_prices() -> None:
     fleet = random_fleet(300, start=START, seed=2)
-    problem = BidProblem(start=START, step_s=900, steps=96, vehicles=fleet, products=_products(300))
+    problem = BidProblem(start=START, step_s=900, steps=96, vehicles=fleet, products=pjm_like_products(300))
     milp = get_scheduler("highs").schedule(problem)
     greedy = get_scheduler("greedy").schedule(problem)
     assert milp.objective_usd >= greedy.objective_usd - 1e-6
@@ -136,7 +120,7 @@ def test_it_falls_back_to_greedy_when_the_solver_fails(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(highs.HighsScheduler, "schedule", broken)
     problem = BidProblem(
-        start=START, step_s=900, steps=8, vehicles=random_fleet(5, start=START), products=_products(5, 8)
+        start=START, step_s=900, steps=8, vehicles=random_fleet(5, start=START), products=pjm_like_products(5, 8)
     )
     schedule = schedule_bids(problem)
     assert schedule.scheduler == "greedy"
@@ -153,7 +137,7 @@ def test_identical_cars_aggregate_exactly_into_sums() -> None:
         )
         for i in range(1, 11)
     ]
-    problem = BidProblem(start=START, step_s=900, steps=32, vehicles=cars, products=_products(10, 32))
+    problem = BidProblem(start=START, step_s=900, steps=32, vehicles=cars, products=pjm_like_products(10, 32))
     # when they are clustered
     clusters, must = build_clusters(problem)
     # then they form one battery whose limits are the sums of theirs
@@ -174,7 +158,11 @@ def test_a_car_that_must_charge_flat_out_is_scheduled_alone_and_others_still_bid
         2, 60_000, 12_000, 12_000, 11_000, 11_000, departure=START + timedelta(hours=2), target_wh=60_000
     )
     problem = BidProblem(
-        start=START, step_s=900, steps=32, vehicles=[flexible, stuck], products=_products(2, 32, min_w=1000, inc=1000)
+        start=START,
+        step_s=900,
+        steps=32,
+        vehicles=[flexible, stuck],
+        products=pjm_like_products(2, 32, min_w=1000, increment_w=1000),
     )
     # when the optimiser bids
     schedule = get_scheduler("highs").schedule(problem)
@@ -190,7 +178,7 @@ def test_the_naive_bid_is_checked_car_by_car_and_the_milp_beats_it() -> None:
     # given a fleet, prices and a flat energy price
     fleet = random_fleet(120, start=START, seed=5)
     problem = BidProblem(
-        start=START, step_s=900, steps=96, vehicles=fleet, products=_products(120), energy_price=[40.0] * 96
+        start=START, step_s=900, steps=96, vehicles=fleet, products=pjm_like_products(120), energy_price=[40.0] * 96
     )
     # when the naive share is bid as offered and with the cars that cannot honour it removed
     from markets.optimiser.naive import NaiveScheduler
