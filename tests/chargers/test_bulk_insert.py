@@ -18,7 +18,7 @@ AT = datetime(2026, 1, 15, 10, 0, 0, 123000, tzinfo=UTC)
 
 def test_rows_come_back_field_for_field():
     # Given rows of the three kinds the writer inserts, with awkward values (negative, unicode, tabs, JSON nulls)
-    station = StationFactory()
+    station = StationFactory.create()
     meters = [
         MeterValue(station=station, evse_id=1, timestamp=AT, received_at=AT, measurand="Power.Active.Import",
                    phase="L1", location="EV", context="Sample.Periodic", value=-11_000 + i, unit="W",
@@ -49,7 +49,7 @@ def test_rows_come_back_field_for_field():
 
 def test_a_duplicate_incoming_call_is_refused_as_an_integrity_error():
     # Given an incoming CALL already logged
-    station = StationFactory()
+    station = StationFactory.create()
 
     def call() -> MessageLog:
         return MessageLog(station=station, direction="in", message_type=2, message_id="dup", action="Heartbeat",
