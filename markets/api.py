@@ -13,14 +13,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from markets import services
-from markets.models import Award, Bid, BidEvent
+from markets.models import BID_ADMIN_PERM, Award, Bid, BidEvent
 
 
 class BidAdminOrReadOnly(permissions.BasePermission):
     def has_permission(self, request: Request, view: APIView) -> bool:
         if not (request.user and request.user.is_authenticated):
             return False
-        return request.method in permissions.SAFE_METHODS or request.user.has_perm("markets.bid_admin")
+        return request.method in permissions.SAFE_METHODS or request.user.has_perm(BID_ADMIN_PERM)
 
 
 class BidSerializer(serializers.ModelSerializer):

@@ -221,6 +221,10 @@ class BidProposal(models.Model):
         return f"{self.operator_id}/{self.portfolio} {self.horizon_start:%Y-%m-%d %H:%M} {self.status}"
 
 
+#: The permission (``Bid.Meta.permissions``) to prepare, approve and submit bids: pages and REST writes need it.
+BID_ADMIN_PERM = "markets.bid_admin"
+
+
 class Bid(models.Model):
     """One offer: ``quantity_w`` of one product over one interval at ``price`` (operator's unit and currency).
 

@@ -15,10 +15,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from markets import services
-from markets.models import Bid, BidProposal, MarketOperator
+from markets.models import BID_ADMIN_PERM, Bid, BidProposal, MarketOperator
 from markets.selectors import bids_in_window
-
-PERM = "markets.bid_admin"
 
 
 class AuthenticatedHttpRequest(HttpRequest):
@@ -35,7 +33,7 @@ def _day(request: HttpRequest) -> date:
 
 
 @login_required
-@permission_required(PERM, raise_exception=True)
+@permission_required(BID_ADMIN_PERM, raise_exception=True)
 def bidding_day(request: HttpRequest) -> HttpResponse:
     operator = get_object_or_404(MarketOperator, code=request.GET.get("operator", "pjm"))
     day = _day(request)
@@ -118,7 +116,7 @@ def _chart(bids: list[Bid], proposal: BidProposal | None) -> dict[str, object]:
 
 
 @login_required
-@permission_required(PERM, raise_exception=True)
+@permission_required(BID_ADMIN_PERM, raise_exception=True)
 @require_POST
 def bid_edit(request: AuthenticatedHttpRequest, bid_id: int) -> HttpResponse:
     try:
@@ -139,7 +137,7 @@ def bid_edit(request: AuthenticatedHttpRequest, bid_id: int) -> HttpResponse:
 
 
 @login_required
-@permission_required(PERM, raise_exception=True)
+@permission_required(BID_ADMIN_PERM, raise_exception=True)
 @require_POST
 def bids_action(request: AuthenticatedHttpRequest) -> HttpResponse:
     target = {"approve": Bid.Status.APPROVED, "submit": Bid.Status.SUBMITTED, "reopen": Bid.Status.DRAFT}.get(
