@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
@@ -210,5 +211,5 @@ def marginal_cycle_depth_cost(
     """
     before = np.asarray(history_soc, dtype=np.float64)
     after = np.concatenate((before, np.asarray(added_soc, dtype=np.float64)))
-    kwargs = {"capacity_wh": capacity_wh, "temperature_c": temperature_c, "params": params}
-    return cycle_depth_cost(after, **kwargs) - cycle_depth_cost(before, **kwargs)  # type: ignore[arg-type]
+    cost = partial(cycle_depth_cost, capacity_wh=capacity_wh, temperature_c=temperature_c, params=params)
+    return cost(after) - cost(before)
