@@ -29,7 +29,7 @@ django.setup()
 
 from django.core.management import call_command  # noqa: E402
 
-SIGNAL = ROOT.parent / "shared" / "data" / "pjm-regd-test-signal-40min.csv"
+SIGNAL = ROOT / "markets" / "data" / "pjm-regd-test-signal-40min.csv"
 
 
 def main() -> None:

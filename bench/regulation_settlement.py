@@ -36,7 +36,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vpp.settings")
 if not os.environ.get("DATABASE_URL"):
     os.environ.setdefault("VPP_VAR_DIR", tempfile.mkdtemp(prefix="vpp-bench-settle-"))
 
-REGD = ROOT.parent / "shared" / "data" / "pjm-regd-test-signal-40min.csv"
+REGD = ROOT / "markets" / "data" / "pjm-regd-test-signal-40min.csv"
 HOUR = datetime(2025, 7, 1, 14, 0, tzinfo=UTC)
 SPAN_S = 3902
 

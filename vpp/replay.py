@@ -458,6 +458,11 @@ def replay_score(rows: ReplayRows, *, speed: float) -> scoring.PerformanceScore:
 
 
 def product_default() -> Product:
+    """The RegD product; (re)creates the market defaults if they are missing (e.g. a database flushed since migrate)."""
+    from markets.defaults import ensure_defaults
+    from markets.models import DepotSite, MarketOperator
+
+    ensure_defaults(MarketOperator, DepotSite, Product)
     return Product.objects.select_related("operator").get(operator__code=PRODUCT[0], code=PRODUCT[1])
 
 

@@ -25,7 +25,7 @@ from markets.scoring import (
 )
 from markets.signals import read_signal_csv
 
-REGD_FILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "pjm-regd-test-signal-40min.csv"
+REGD_FILE = Path(__file__).resolve().parents[2] / "markets" / "data" / "pjm-regd-test-signal-40min.csv"
 
 # A triangle wave of period 20 samples (200 s) between -10 and +10 MW, steps of 2 MW: every 31-sample window holds
 # a corner, so correlation pins down the shift (a straight ramp correlates perfectly at every shift).

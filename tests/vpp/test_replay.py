@@ -17,7 +17,7 @@ from tests.chargers.factories import StationFactory
 from vpp.models import Dispatch, DispatchCommand
 from vpp.replay import replay_rows
 
-SIGNAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "pjm-regd-test-signal-40min.csv"
+SIGNAL = Path(__file__).resolve().parents[2] / "markets" / "data" / "pjm-regd-test-signal-40min.csv"
 
 
 @pytest.mark.live
