@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connections
 
 from chargers.models import TransactionEvent
 from tests.chargers.conftest import LiveServer, start_server, stop_server
@@ -55,6 +56,15 @@ async def _until(predicate: Any, within: float = 20.0) -> None:
         await asyncio.sleep(0.1)
 
 
+@pytest.fixture
+async def close_db_threads() -> Any:
+    yield
+    # sync_to_async ran the ORM in its worker thread: close that thread's connection, or the test database
+    # cannot be dropped at the end of the session (PostgreSQL: "being accessed by other users").
+    await sync_to_async(connections.close_all)()
+
+
+@pytest.mark.usefixtures("close_db_threads")
 async def test_the_csms_stores_each_replayed_event_exactly_once(
     django_csms: LiveServer, make_agent: Any, tmp_path: Path
 ) -> None:
