@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.buffer import Outbox, OutboxStore
+from edge_agent.clock import SimClock
 from edge_agent.failsafe import LinkMonitor
+from edge_agent.frequency import SimulatedFrequency
+from edge_agent.hardware.sim import SimulatedHardware
+from edge_agent.station import Station, StationParams
 from tests.edge_agent.helpers import profile, sim_station, tick_for
 
 TICK = 0.1
@@ -98,3 +103,19 @@ def test_link_monitor_is_down_until_first_connected() -> None:
     link.down(10.0)
     link.down(11.0)  # a second notice does not restart the grace period
     assert link.failsafe(12.01)
+
+
+def test_a_freshly_started_station_gets_the_grace_period_before_the_failsafe(tmp_path: Path) -> None:
+    # given a station created at t = 1000 s on a monotonic clock far from zero (like the real one), never connected
+    clock = SimClock(t0=1_000.0)
+    grid = SimulatedFrequency(sigma_hz=0.0)
+    st = Station(
+        StationParams(station_id="fresh"),
+        clock=clock,
+        hardware=SimulatedHardware(clock=clock, grid=grid),
+        grid=grid,
+        outbox=Outbox(OutboxStore(tmp_path / "fresh.sqlite3"), "fresh"),
+    )
+    # then the fail-safe waits its 2 s from start-up, not from the clock's origin
+    assert not st.link.failsafe(1_001.9)
+    assert st.link.failsafe(1_002.1)

@@ -33,6 +33,11 @@ class LinkMonitor:
         self.connected = False
         self._pending_since = None
 
+    def started(self, now: float) -> None:
+        """The agent starts unconnected: the grace period before the fail-safe runs from ``now``."""
+        if not self.connected:
+            self._down_since = now
+
     def request_sent(self, now: float) -> None:
         if self._pending_since is None:
             self._pending_since = now

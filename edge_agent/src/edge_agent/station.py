@@ -107,7 +107,7 @@ class Station:
             enter_service=params.enter_service,
         )
         self.link = LinkMonitor(timeout_s=params.link_loss_timeout_s)
-        self.link.down(clock.monotonic())  # not connected yet: the fail-safe grace runs from start-up
+        self.link.started(clock.monotonic())  # not connected yet: the fail-safe grace runs from start-up
         self.filter = LookAheadFilter(size=params.filter_samples, lookahead_s=params.lookahead_s)
         self.droop = params.droop
         self.limits = params.limits
