@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -77,39 +78,64 @@ class OcppConsumer(AsyncConsumer):
         self.closed = False
         self.calls: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.pending: tuple[str, asyncio.Future[Frame]] | None = None
+        # The station's own frames, handled strictly in arrival order by one task; see websocket_receive.
+        self.inbox: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
         # Claim the station before accepting: once the station sees the socket open, station_call can route to it.
         previous = await self.writer.submit(Connected(self.station, self.channel_name, datetime.now(UTC)))
         await self.send({"type": "websocket.accept", "subprotocol": f"ocpp{version}"})
         if previous:
             await self.channel_layer.send(previous, {"type": "ocpp.replaced"})
         self.call_worker = asyncio.get_running_loop().create_task(self._call_worker())
+        self.inbox_worker = asyncio.get_running_loop().create_task(self._drain_inbox())
         fanout.LOCAL.register(station_id, self)
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
+        """Answers to our calls are routed at once; everything else queues, in order, behind its own storage.
+
+        A station's CALLs are answered only once stored, so each waits for a group commit. Channels hands a consumer
+        one frame at a time: handled inline, the station's answer to a dispatch command would wait behind the
+        commits of the meter values it sent just before. The inbox keeps the station's own messages strictly
+        ordered (stored and answered in arrival order) while CALLRESULT/CALLERROR frames bypass it.
+        """
         received_at = datetime.now(UTC)
         text = message.get("text")
         if text is None:
-            await self._reply_error(OcppError("RpcFrameworkError", "OCPP-J frames are text"), raw="<binary>")
+            error = OcppError("RpcFrameworkError", "OCPP-J frames are text")
+            self.inbox.put_nowait(functools.partial(self._reply_error, error, raw="<binary>"))
             return
         try:
             frame = ocpp_j.parse(text, self.station.version)
         except OcppError as exc:
-            await self._reply_error(exc, raw=text[:10000])
+            self.inbox.put_nowait(functools.partial(self._reply_error, exc, raw=text[:10000]))
             return
-        if frame.message_type == ocpp_j.CALL:
-            await self._on_call(frame, received_at, text)
-        elif frame.message_type in (ocpp_j.CALLRESULT, ocpp_j.CALLERROR):
+        if frame.message_type in (ocpp_j.CALLRESULT, ocpp_j.CALLERROR):
             await self._on_answer(frame)
+        elif frame.message_type == ocpp_j.CALL:
+            self.inbox.put_nowait(functools.partial(self._on_call, frame, received_at, text))
         elif frame.message_type == ocpp_j.SEND:
-            await self._on_send(frame, received_at)
+            self.inbox.put_nowait(functools.partial(self._on_send, frame, received_at))
         else:  # CALLRESULTERROR: the station rejects one of our CALLRESULTs; nothing to answer
-            await self._log(ocpp_j.CALLRESULTERROR, frame.message_id, error=(frame.error_code, frame.error_description))
+            reason = (frame.error_code, frame.error_description)
+            self.inbox.put_nowait(functools.partial(self._log, ocpp_j.CALLRESULTERROR, frame.message_id, error=reason))
+
+    async def _drain_inbox(self) -> None:
+        """Handle the station's frames one after another until the socket closes and the queue is empty.
+
+        Frames already received when the station disconnects are still stored (their answers are not sent): the
+        station retransmits them and the message-id check stores them once.
+        """
+        while (handle := await self.inbox.get()) is not None:
+            try:
+                await handle()
+            except Exception:
+                LOG.exception("handling a frame from %s failed", self.station.station_id)
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         if hasattr(self, "station"):
             fanout.LOCAL.unregister(self.station.station_id, self)
             self.closed = True
             self.call_worker.cancel()
+            self.inbox.put_nowait(None)  # the inbox worker stores what is queued, then stops
             self._fail_outstanding("offline")
             await self.writer.submit(
                 Disconnected(self.station, self.channel_name, datetime.now(UTC), message.get("code"))
@@ -185,17 +211,22 @@ class OcppConsumer(AsyncConsumer):
         while True:
             message = await self.calls.get()
             try:
-                reply = await self._call_once(message)
+                reply, log = await self._call_once(message)
             except asyncio.CancelledError:
                 await self._reply(message, {"status": "offline"})
                 raise
+            # The caller (a dispatch fan-out waiting on hundreds of stations) gets the answer first; our own record
+            # of the exchange follows. The next call to this station still waits for both.
             await self._reply(message, reply)
+            if log is not None:
+                await log()
 
-    async def _call_once(self, message: dict[str, Any]) -> dict[str, Any]:
+    async def _call_once(self, message: dict[str, Any]) -> tuple[dict[str, Any], Callable[[], Awaitable[None]] | None]:
+        """Send one call and wait for its answer; returns the reply for the caller and how to log the exchange."""
         action, payload = message["action"], message["payload"]
         remaining = message["deadline"] - time.time()
         if remaining <= 0 or self.closed:
-            return {"status": "timeout" if remaining <= 0 else "offline"}
+            return {"status": "timeout" if remaining <= 0 else "offline"}, None
         message_id = str(uuid.uuid4())
         future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         self.pending = (message_id, future)
@@ -205,10 +236,12 @@ class OcppConsumer(AsyncConsumer):
             answer = await asyncio.wait_for(future, remaining)
             answered_at = time.time()
         except TimeoutError:
-            await self._log(ocpp_j.CALL, message_id, action, payload, Direction.OUT, error=("Timeout", ""), at=sent_at)
-            return {"status": "timeout"}
+            log = functools.partial(
+                self._log, ocpp_j.CALL, message_id, action, payload, Direction.OUT, error=("Timeout", ""), at=sent_at
+            )
+            return {"status": "timeout"}, log
         except _Offline:
-            return {"status": "offline"}
+            return {"status": "offline"}, None
         finally:
             self.pending = None
         if answer.message_type == ocpp_j.CALLERROR:
@@ -221,7 +254,8 @@ class OcppConsumer(AsyncConsumer):
         else:
             reply = self._check_result(message_id, action, answer.payload)
         reply["answered_at"] = answered_at
-        await self._log(
+        log = functools.partial(
+            self._log,
             ocpp_j.CALL,
             message_id,
             action,
@@ -231,7 +265,7 @@ class OcppConsumer(AsyncConsumer):
             error=(reply.get("code", ""), reply.get("description", "")),
             at=sent_at,
         )
-        return reply
+        return reply, log
 
     def _check_result(self, message_id: str, action: str, payload: Any) -> dict[str, Any]:
         try:
