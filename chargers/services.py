@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -122,6 +122,8 @@ class Connected:
     station: StationRef
     channel_name: str
     at: datetime
+    # A claim for a handshake that was abandoned (its consumer cancelled) must not be applied.
+    drop_if_abandoned: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,14 @@ class GroupCommitWriter(Generic[J]):
             batch = [first]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            # A job that is pointless once its submitter is gone (a handshake Daphne killed for waiting too long)
+            # is skipped: applying it would spend a reconnect storm's capacity on dead sockets and leave a stale
+            # claim behind. Jobs say so with a true ``drop_if_abandoned`` attribute; all others always apply.
+            batch = [
+                (job, fut) for job, fut in batch if not (fut.cancelled() and getattr(job, "drop_if_abandoned", False))
+            ]
+            if not batch:
+                continue
             jobs = [job for job, _ in batch]
             try:
                 outcomes = await loop.run_in_executor(self._executor, self._apply, jobs)
