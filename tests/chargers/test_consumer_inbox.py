@@ -55,7 +55,7 @@ def slow_commits(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_a_call_result_is_routed_while_the_stations_own_messages_commit(slow_commits: None) -> None:
     # given a connected station whose messages take SLOW_COMMIT_S to commit
-    station = await sync_to_async(StationFactory)()
+    station = await sync_to_async(StationFactory.create)()
     socket = _socket(station.station_id)
     connected, _ = await socket.connect(timeout=5)
     assert connected
