@@ -49,11 +49,11 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from chargers.fanout import Command, CommandResult, FanoutOutcome, calls_fanout
+from chargers.services import TELEMETRY_GROUP  # committed meter values, statuses, connections
 from vpp.allocation import Allocation, allocate
 from vpp.fleet_arrays import FleetArrays, PowerBounds, power_bounds
 
 LOG = logging.getLogger(__name__)
-TELEMETRY_GROUP = "telemetry"  # chargers.services.TELEMETRY_GROUP: committed meter values, statuses, connections
 PROFILE_ID = 7_700  # one TxProfile id per EVSE for regulation: each command replaces the previous one
 STACK_LEVEL = 50
 
