@@ -51,6 +51,7 @@ from bench.csms_load import (  # noqa: E402
     station_ids,
 )
 from bench.csms_load import run_load as run_generator  # noqa: E402
+from vpp.serve import DAPHNE_OPTIONS  # noqa: E402  (Django-free: just the options)
 
 VAR_DIR = Path(os.environ.get("VPP_VAR_DIR", "/tmp/vpp-bench"))
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/vpp_bench"
@@ -121,7 +122,7 @@ def bare_argv(port: int) -> list[str]:
 
 
 def daphne_argv(port: int, backlog: int | None, extra: Sequence[str] = ()) -> list[str]:
-    daphne = [sys.executable, "-m", "daphne", *extra]
+    daphne = [sys.executable, "-m", "daphne", *DAPHNE_OPTIONS, *extra]
     if backlog:  # Twisted's listen backlog defaults to 50; an endpoint string can raise it
         return [*daphne, "-e", f"tcp:port={port}:interface=127.0.0.1:backlog={backlog}", "vpp.asgi:application"]
     return [*daphne, "-b", "127.0.0.1", "-p", str(port), "vpp.asgi:application"]

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from vpp.demo import demo_credentials
+from vpp.serve import DAPHNE_OPTIONS
 
 
 class Command(BaseCommand):
@@ -57,8 +58,7 @@ class Command(BaseCommand):
 
 
 def _daphne_command(bin_dir: Path, host: str, port: int) -> list[str]:
-    # Daphne closes every WebSocket after 24 h by default; charger connections are meant to live for months.
-    return [str(bin_dir / "daphne"), "-b", host, "-p", str(port), "--websocket_timeout", "-1", "vpp.asgi:application"]
+    return [str(bin_dir / "daphne"), "-b", host, "-p", str(port), *DAPHNE_OPTIONS, "vpp.asgi:application"]
 
 
 def _celery_command(bin_dir: Path) -> list[str]:
