@@ -11,6 +11,7 @@ layer to whichever server process holds the station's socket.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +50,7 @@ from chargers.models import (
     TransactionEvent,
 )
 from chargers.ocpp_j import OcppError
+from chargers.writer import writer_loop
 
 LOG = logging.getLogger(__name__)
 #: Channel-layer group committed telemetry is published to (see ``telemetry_committed``); the dashboard joins it.
@@ -241,10 +243,21 @@ def telemetry_committed(*, updates: list[TelemetryUpdate]) -> None:
     if layer is None:
         return
     message = {"type": "telemetry.update", "updates": [_telemetry_dict(u) for u in updates]}
+    loop = writer_loop()
+    if loop is not None and not loop.is_closed():
+        # On the CSMS writer thread: publish from the server's own loop, without waiting and without a new loop.
+        future = asyncio.run_coroutine_threadsafe(layer.group_send(TELEMETRY_GROUP, message), loop)
+        future.add_done_callback(_publish_done)
+        return
     try:
         async_to_sync(layer.group_send)(TELEMETRY_GROUP, message)
     except Exception:  # the live feed is best effort: the data is already committed
         LOG.warning("telemetry publish failed", exc_info=True)
+
+
+def _publish_done(future: concurrent.futures.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        LOG.warning("telemetry publish failed", exc_info=future.exception())
 
 
 def _telemetry_dict(update: TelemetryUpdate) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
@@ -24,6 +25,28 @@ J = TypeVar("J")
 
 BatchFn = Callable[[Sequence[J]], list[Any]]
 
+_thread = threading.local()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _bind_loop(loop: asyncio.AbstractEventLoop | None) -> None:
+    _thread.loop = loop
+
+
+def writer_loop() -> asyncio.AbstractEventLoop | None:
+    """On a writer thread, the event loop its writer serves; elsewhere None.
+
+    Work that must happen on the loop after a commit (publishing to the channel layer, whose in-memory
+    implementation is not thread-safe) is handed back to it with ``asyncio.run_coroutine_threadsafe``.
+    """
+    return getattr(_thread, "loop", None)
+
 
 class GroupCommitWriter(Generic[J]):
     def __init__(self, batch_fn: BatchFn[J], *, max_batch: int = 1000) -> None:
@@ -32,7 +55,9 @@ class GroupCommitWriter(Generic[J]):
         self._queue: asyncio.Queue[tuple[J, asyncio.Future[Any]]] = asyncio.Queue()
         # One thread keeps one persistent DB connection; batches are strictly sequential, which is also what
         # keeps a station's messages in arrival order.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocpp-writer")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="ocpp-writer", initializer=_bind_loop, initargs=(_running_loop(),)
+        )
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.jobs = 0
