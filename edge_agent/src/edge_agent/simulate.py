@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import tempfile
@@ -179,6 +180,11 @@ class Fleet:
             tick_forever(self.stations, self.store, self.tick_s, stop=self._stop, before_tick=self._cars_come_and_go)
         )
         client_tasks = await self._start_clients()
+        # Thousands of long-lived station objects: keep them out of the cyclic GC's scans (full collections
+        # otherwise stall the shared loop for hundreds of ms) and collect the young generation less often.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         log_event("fleet", "fleet_started", count=len(self.stations))
         try:
             if duration_s is None:
