@@ -63,6 +63,24 @@ def stop_server(server: LiveServer) -> None:
         server.process.wait()
 
 
+@pytest.fixture(autouse=True)
+def _live_server_settled(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used the live server, wait until it has applied its stations' disconnects.
+
+    The server keeps writing for a moment after a test's sockets close (disconnect jobs, frames still queued).
+    On PostgreSQL the test database's TRUNCATE between tests would otherwise deadlock with those writes.
+    """
+    yield
+    if "live_csms" not in request.fixturenames:
+        return
+    from chargers.models import Station
+
+    deadline = time.monotonic() + 10
+    while Station.objects.exclude(channel_name="").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # the last batch's COMMIT, after the row that said "disconnected" became visible
+
+
 @pytest.fixture(scope="session")
 def live_csms(django_db_setup: None, django_db_blocker: object) -> Iterator[LiveServer]:
     server = start_server()
