@@ -15,6 +15,20 @@ from tests.edge_agent.csms import RecordingCsms
 pytestmark = pytest.mark.timeout(60)
 
 
+def _profile(
+    profile_id: int, period: dict[str, Any], *, purpose: str = "TxDefaultProfile", stack_level: int = 0, **extra: Any
+) -> dict[str, Any]:
+    """A relative, single-period charging profile in W (the shape every V2X test here sends)."""
+    return {
+        "id": profile_id,
+        "stackLevel": stack_level,
+        "chargingProfilePurpose": purpose,
+        "chargingProfileKind": "Relative",
+        **extra,
+        "chargingSchedule": [{"id": 1, "chargingRateUnit": "W", "chargingSchedulePeriod": [period]}],
+    }
+
+
 def _measurands(event: dict[str, Any]) -> set[str]:
     return {sv["measurand"] for mv in event.get("meter_value", []) for sv in mv["sampled_value"]}
 
@@ -86,22 +100,13 @@ async def test_central_setpoint_profile_makes_the_car_discharge(csms: RecordingC
         "edge-1",
         c21.SetChargingProfile(
             evse_id=1,
-            charging_profile={
-                "id": 10,
-                "stackLevel": 1,
-                "chargingProfilePurpose": "TxProfile",
-                "chargingProfileKind": "Relative",
-                "transactionId": tx_id,
-                "chargingSchedule": [
-                    {
-                        "id": 1,
-                        "chargingRateUnit": "W",
-                        "chargingSchedulePeriod": [
-                            {"startPeriod": 0, "operationMode": "CentralSetpoint", "setpoint": -6000.0}
-                        ],
-                    }
-                ],
-            },
+            charging_profile=_profile(
+                10,
+                {"startPeriod": 0, "operationMode": "CentralSetpoint", "setpoint": -6000.0},
+                purpose="TxProfile",
+                stack_level=1,
+                transactionId=tx_id,
+            ),
         ),
     )
     assert result.status == "Accepted"
@@ -125,21 +130,7 @@ async def test_it_rejects_a_local_frequency_period_without_its_curve(csms: Recor
         "edge-1",
         c21.SetChargingProfile(
             evse_id=1,
-            charging_profile={
-                "id": 11,
-                "stackLevel": 0,
-                "chargingProfilePurpose": "TxDefaultProfile",
-                "chargingProfileKind": "Relative",
-                "chargingSchedule": [
-                    {
-                        "id": 1,
-                        "chargingRateUnit": "W",
-                        "chargingSchedulePeriod": [
-                            {"startPeriod": 0, "operationMode": "LocalFrequency", "v2xBaseline": 0.0}
-                        ],
-                    }
-                ],
-            },
+            charging_profile=_profile(11, {"startPeriod": 0, "operationMode": "LocalFrequency", "v2xBaseline": 0.0}),
         ),
     )
     assert result.status == "Rejected"
@@ -154,29 +145,18 @@ async def test_local_frequency_with_baseline_and_curve_is_executed(csms: Recordi
         "edge-1",
         c21.SetChargingProfile(
             evse_id=1,
-            charging_profile={
-                "id": 12,
-                "stackLevel": 0,
-                "chargingProfilePurpose": "TxDefaultProfile",
-                "chargingProfileKind": "Relative",
-                "chargingSchedule": [
-                    {
-                        "id": 1,
-                        "chargingRateUnit": "W",
-                        "chargingSchedulePeriod": [
-                            {
-                                "startPeriod": 0,
-                                "operationMode": "LocalFrequency",
-                                "v2xBaseline": 1000.0,
-                                "v2xFreqWattCurve": [
-                                    {"frequency": 59.9, "power": -10000.0},
-                                    {"frequency": 60.0, "power": 0.0},
-                                ],
-                            }
-                        ],
-                    }
-                ],
-            },
+            charging_profile=_profile(
+                12,
+                {
+                    "startPeriod": 0,
+                    "operationMode": "LocalFrequency",
+                    "v2xBaseline": 1000.0,
+                    "v2xFreqWattCurve": [
+                        {"frequency": 59.9, "power": -10000.0},
+                        {"frequency": 60.0, "power": 0.0},
+                    ],
+                },
+            ),
         ),
     )
     assert result.status == "Accepted"
