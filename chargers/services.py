@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -52,7 +53,7 @@ from chargers.models import (
     TransactionEvent,
 )
 from chargers.ocpp_j import OcppError
-from chargers.writer import writer_loop
+from chargers.writer import after_batch, writer_loop
 
 LOG = logging.getLogger(__name__)
 #: Channel-layer group committed telemetry is published to (see ``telemetry_committed``); the dashboard joins it.
@@ -210,11 +211,26 @@ class BatchContext:
         bulk_insert(StationEvent, self.events)
         insert_rows(MessageLog, MESSAGE_LOG_COLUMNS, self.logs)
         if self.touched:
-            # A message proves the station is alive; a station whose socket is already gone stays offline.
-            Station.objects.filter(pk__in=self.touched).update(
-                last_seen=self.now,
-                online=Case(When(channel_name="", then=Value(False)), default=Value(True)),
-            )
+            _stations_touch(self.touched, self.now)
+
+
+def _stations_touch(pks: set[int], now: datetime) -> None:
+    """A message proves the station is alive; a station whose socket is already gone stays offline.
+
+    Once per batch. On PostgreSQL as one prepared-shape statement with an array parameter: the ORM's compile and
+    per-id parameter binding cost a millisecond of CPU per batch.
+    """
+    if connection.vendor != "postgresql":
+        Station.objects.filter(pk__in=pks).update(
+            last_seen=now, online=Case(When(channel_name="", then=Value(False)), default=Value(True))
+        )
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(_TOUCH_SQL, [now, list(pks)])
+
+
+# Only the model's table name is interpolated (no input): S608 does not apply.
+_TOUCH_SQL = f"UPDATE {Station._meta.db_table} SET last_seen = %s, online = (channel_name <> '') WHERE id = ANY(%s)"  # noqa: S608
 
 
 MESSAGE_LOG_COLUMNS = (
@@ -294,14 +310,15 @@ def batch_apply(jobs: Sequence[Job]) -> list[Any]:
         outcomes = [_apply_job(ctx, job) for job in jobs]
         ctx.flush()
     if ctx.telemetry:
-        telemetry_committed(updates=ctx.telemetry)
+        after_batch(partial(telemetry_committed, updates=ctx.telemetry))
     return outcomes
 
 
 def telemetry_committed(*, updates: list[TelemetryUpdate]) -> None:
     """The one place downstream refreshes hang off committed telemetry (meter values, statuses, connections).
 
-    Runs on the writer thread right after the COMMIT that stored ``updates``; keep it quick (enqueue Celery work
+    Runs on the writer thread right after the COMMIT that stored ``updates`` and the answers to the stations that
+    sent them (``after_batch``); keep it quick (enqueue Celery work
     with ``transaction.on_commit`` rather than computing here). Also publishes the live feed to the channel-layer
     group ``telemetry`` as ``{"type": "telemetry.update", "updates": [TelemetryUpdate as dict, ...]}``.
     """
@@ -348,16 +365,39 @@ def _load_answered(ctx: BatchContext, calls: list[IncomingCall]) -> None:
     if not calls:
         return
     keys = {(c.station.pk, c.message_id) for c in calls}
-    rows = MessageLog.objects.filter(
-        direction=Direction.IN,
-        message_type=ocpp_j.CALL,
-        error_code="",
-        station_id__in={k[0] for k in keys},
-        message_id__in={k[1] for k in keys},
-    ).values_list("station_id", "message_id", "response")
+    rows: Iterable[tuple[int, str, Any]]
+    if connection.vendor == "postgresql":
+        # The (station, message id) pairs joined against the unique index: an index probe per pair, and no ORM
+        # compile or per-value binding (1.1 ms of CPU per batch through the ORM's two IN lists).
+        with connection.cursor() as cursor:
+            cursor.execute(_ANSWERED_SQL, [[k[0] for k in keys], [k[1] for k in keys]])
+            rows = [(pk, mid, _json_value(response)) for pk, mid, response in cursor.fetchall()]
+    else:
+        rows = MessageLog.objects.filter(
+            direction=Direction.IN,
+            message_type=ocpp_j.CALL,
+            error_code="",
+            station_id__in={k[0] for k in keys},
+            message_id__in={k[1] for k in keys},
+        ).values_list("station_id", "message_id", "response")
     for station_pk, message_id, response in rows:
         if (station_pk, message_id) in keys:
             ctx.answered[(station_pk, message_id)] = CallOutcome(payload=response, retransmit=True)
+
+
+# Matches the partial unique index messagelog_unique_incoming_call (direction, message type, error code), so each
+# pair is one index probe. Only the table name and constants are interpolated (no input): S608 does not apply.
+_ANSWERED_SQL = (
+    f"SELECT m.station_id, m.message_id, m.response FROM {MessageLog._meta.db_table} m"  # noqa: S608
+    " JOIN unnest(%s::bigint[], %s::text[]) AS k(station_id, message_id)"
+    " ON m.station_id = k.station_id AND m.message_id = k.message_id"
+    f" WHERE m.direction = '{Direction.IN.value}' AND m.message_type = {ocpp_j.CALL} AND m.error_code = ''"
+)
+
+
+def _json_value(value: Any) -> Any:
+    """A jsonb column as the ORM's JSONField reads it (psycopg returns it decoded already; text on a cast)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _apply_job(ctx: BatchContext, job: Job) -> Any:

@@ -39,6 +39,28 @@ def _bind_loop(loop: asyncio.AbstractEventLoop | None) -> None:
     _thread.loop = loop
 
 
+def after_batch(fn: Callable[[], None]) -> None:
+    """Run ``fn`` on this writer thread once the current batch's submitters have their answers; elsewhere now.
+
+    For work that must follow a COMMIT but need not delay the stations' acknowledgements (enqueueing downstream
+    refreshes, publishing the live feed). Discarded if the batch fails and is retried job by job: each retried job
+    registers its own. Exceptions are logged, never raised into the writer.
+    """
+    pending: list[Callable[[], None]] | None = getattr(_thread, "after", None)
+    if pending is None:
+        fn()
+    else:
+        pending.append(fn)
+
+
+def _run_after(fns: list[Callable[[], None]]) -> None:
+    for fn in fns:
+        try:
+            fn()
+        except Exception:
+            LOG.exception("after-batch work failed")
+
+
 def writer_loop() -> asyncio.AbstractEventLoop | None:
     """On a writer thread, the event loop its writer serves; elsewhere None.
 
@@ -86,8 +108,9 @@ class GroupCommitWriter(Generic[J]):
             if not batch:
                 continue
             jobs = [job for job, _ in batch]
+            after: list[Callable[[], None]] = []
             try:
-                outcomes = await loop.run_in_executor(self._executor, self._apply, jobs)
+                outcomes, after = await loop.run_in_executor(self._executor, self._apply_collecting, jobs)
             except Exception as exc:  # the executor itself failed: nothing was applied
                 LOG.exception("group commit failed")
                 outcomes = [exc] * len(batch)
@@ -100,12 +123,24 @@ class GroupCommitWriter(Generic[J]):
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
+            if after:  # queued on the writer thread ahead of the next batch, behind nothing the stations wait for
+                self._executor.submit(_run_after, after)
+
+    def _apply_collecting(self, jobs: list[J]) -> tuple[list[Any], list[Callable[[], None]]]:
+        """``_apply`` with ``after_batch`` work collected from the attempt that committed."""
+        try:
+            _thread.after = []
+            outcomes = self._apply(jobs)
+            return outcomes, _thread.after
+        finally:
+            _thread.after = None
 
     def _apply(self, jobs: list[J]) -> list[Any]:
         """Runs on the writer thread: the batch in one transaction, else each job alone."""
         try:
             return self._batch_fn(jobs)
         except Exception:
+            _thread.after = []  # the batch rolled back: nothing it registered may run
             if len(jobs) == 1:
                 close_old_connections()
                 return [_capture(self._batch_fn, jobs)]
@@ -115,9 +150,13 @@ class GroupCommitWriter(Generic[J]):
 
 
 def _capture(batch_fn: BatchFn[J], jobs: list[J]) -> Any:
+    pending: list[Callable[[], None]] | None = getattr(_thread, "after", None)
+    mark = len(pending) if pending is not None else 0
     try:
         return batch_fn(jobs)[0]
     except Exception as exc:
+        if pending is not None:
+            del pending[mark:]  # this job rolled back: drop what it registered
         LOG.exception("job failed: %r", jobs[0])
         return exc
 
