@@ -2,7 +2,7 @@
 
 For each load (fixed rate, saturation, idle) each server is started fresh on a free port (so RSS figures start
 from a clean process), loaded with ``bench/csms_load.py``'s generator, and stopped. The Django side runs exactly
-as ``runvpp`` starts it (``daphne -b HOST -p PORT vpp.asgi:application``) on PostgreSQL (``--database-url``,
+as ``runvpp`` starts it (``python -m vpp.serve PORT [--workers N]``) on PostgreSQL (``--database-url``,
 default ``postgres://postgres@127.0.0.1:5432/vpp_bench``; the database is created and migrated if needed), with
 the in-memory channel layer unless ``--redis-url`` is given. The bench stations are provisioned in bulk with
 ``python manage.py station add <id> ... --password PW``.
@@ -51,7 +51,6 @@ from bench.csms_load import (  # noqa: E402
     station_ids,
 )
 from bench.csms_load import run_load as run_generator  # noqa: E402
-from vpp.serve import DAPHNE_OPTIONS  # noqa: E402  (Django-free: just the options)
 
 VAR_DIR = Path(os.environ.get("VPP_VAR_DIR", "/tmp/vpp-bench"))
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/vpp_bench"
@@ -121,11 +120,9 @@ def bare_argv(port: int) -> list[str]:
     return [sys.executable, str(ROOT / "bench" / "ocpp_bare_server.py"), "--host", "127.0.0.1", "--port", str(port)]
 
 
-def daphne_argv(port: int, backlog: int | None, extra: Sequence[str] = ()) -> list[str]:
-    daphne = [sys.executable, "-m", "daphne", *DAPHNE_OPTIONS, *extra]
-    if backlog:  # Twisted's listen backlog defaults to 50; an endpoint string can raise it
-        return [*daphne, "-e", f"tcp:port={port}:interface=127.0.0.1:backlog={backlog}", "vpp.asgi:application"]
-    return [*daphne, "-b", "127.0.0.1", "-p", str(port), "vpp.asgi:application"]
+def daphne_argv(port: int, workers: int) -> list[str]:
+    """The Django CSMS exactly as ``make run`` serves it (``vpp.serve``: Daphne, the project's options)."""
+    return [sys.executable, "-m", "vpp.serve", str(port), "", "0", "--workers", str(workers)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -334,7 +331,7 @@ def run(args: argparse.Namespace) -> tuple[dict[tuple[str, str], LoadResult], di
         for server in servers:
             port = free_port()
             load = replace(plan.load, url=f"ws://127.0.0.1:{port}/ocpp")
-            argv = bare_argv(port) if server == "bare" else daphne_argv(port, args.daphne_backlog, args.daphne_arg)
+            argv = bare_argv(port) if server == "bare" else daphne_argv(port, args.workers)
             server_env = dict(os.environ) if server == "bare" else env
             counting = server == "django" and plan.name != "idle" and args.meter_model
             try:
@@ -369,9 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--servers", nargs="+", choices=("bare", "django"), default=["bare", "django"])
     p.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
     p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL"), help="e.g. redis://127.0.0.1:6379/4")
-    p.add_argument("--daphne-backlog", type=int, default=None, help="listen backlog via a Twisted endpoint string")
-    p.add_argument("--daphne-arg", action="append", default=[], metavar="ARG",
-                   help="extra Daphne option, repeatable: --daphne-arg=--websocket_connect_timeout=30")  # fmt: skip
+    p.add_argument("--workers", type=int, default=1, help="Daphne worker processes on one socket (needs --redis-url)")
     p.add_argument("--prefix", default="bench-")
     p.add_argument("--password", default=os.environ.get("BENCH_STATION_PASSWORD", LoadConfig.password))
     p.add_argument("--meter-model", default="chargers.MeterValue", help="app_label.Model holding one sampled value")
@@ -388,7 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         args.saturation_stations, args.saturation_duration = max(args.saturation_stations, 500), 30.0
         args.idle, args.idle_duration = max(args.idle, IDLE_TARGET), 10.0
     results, persisted, failures = run(args)
-    title = (f"CSMS comparison: Django CSMS (Daphne, {'Redis' if args.redis_url else 'in-memory'} layer, "
+    if args.workers > 1 and not args.redis_url:
+        raise SystemExit("--workers > 1 needs --redis-url (workers reach each other's stations over Redis)")
+    title = (f"CSMS comparison: Django CSMS ({args.workers} Daphne process(es), "
+             f"{'Redis' if args.redis_url else 'in-memory'} layer, "
              f"{urlsplit(args.database_url).scheme}) vs bare ocpp-library server; OCPP {args.ocpp_version}, "
              f"{args.processes} generator processes, {os.cpu_count()} CPUs shared")  # fmt: skip
     rows = compare_rows(results, persisted)

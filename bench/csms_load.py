@@ -399,15 +399,19 @@ def raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def _tree(proc: psutil.Process) -> list[psutil.Process]:
+    """The server and its worker processes (``vpp.serve --workers N`` serves from its children)."""
+    return [proc, *proc.children(recursive=True)]
+
+
 def _rss(proc: psutil.Process | None) -> int | None:
-    return proc.memory_info().rss if proc is not None else None
+    return sum(p.memory_info().rss for p in _tree(proc)) if proc is not None else None
 
 
 def _cpu(proc: psutil.Process | None) -> float | None:
     if proc is None:
         return None
-    t = proc.cpu_times()
-    return float(t.user + t.system)
+    return float(sum(t.user + t.system for t in (p.cpu_times() for p in _tree(proc))))
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:

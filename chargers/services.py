@@ -310,17 +310,22 @@ def batch_apply(jobs: Sequence[Job]) -> list[Any]:
         outcomes = [_apply_job(ctx, job) for job in jobs]
         ctx.flush()
     if ctx.telemetry:
-        after_batch(partial(telemetry_committed, updates=ctx.telemetry))
+        after_batch(_telemetry_released, ctx.telemetry)
     return outcomes
+
+
+def _telemetry_released(updates: list[TelemetryUpdate]) -> None:
+    telemetry_committed(updates=updates)
 
 
 def telemetry_committed(*, updates: list[TelemetryUpdate]) -> None:
     """The one place downstream refreshes hang off committed telemetry (meter values, statuses, connections).
 
-    Runs on the writer thread right after the COMMIT that stored ``updates`` and the answers to the stations that
-    sent them (``after_batch``); keep it quick (enqueue Celery work
-    with ``transaction.on_commit`` rather than computing here). Also publishes the live feed to the channel-layer
-    group ``telemetry`` as ``{"type": "telemetry.update", "updates": [TelemetryUpdate as dict, ...]}``.
+    Runs on the writer thread after the COMMITs that stored ``updates`` and the answers to the stations that sent
+    them, with everything committed in the last ``OCPP_TELEMETRY_INTERVAL`` seconds (``after_batch``); keep it
+    quick (enqueue Celery work with ``transaction.on_commit`` rather than computing here). Also publishes the live
+    feed to the channel-layer group ``telemetry`` as
+    ``{"type": "telemetry.update", "updates": [TelemetryUpdate as dict, ...]}``.
     """
     from fleet.telemetry import on_telemetry_committed  # fleet: vehicle sessions, SoC beliefs (enqueues only)
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
+from django.conf import settings
 from django.db import close_old_connections
 
 LOG = logging.getLogger(__name__)
@@ -39,24 +40,30 @@ def _bind_loop(loop: asyncio.AbstractEventLoop | None) -> None:
     _thread.loop = loop
 
 
-def after_batch(fn: Callable[[], None]) -> None:
-    """Run ``fn`` on this writer thread once the current batch's submitters have their answers; elsewhere now.
+AfterFn = Callable[[list[Any]], None]
+
+
+def after_batch(fn: AfterFn, items: list[Any]) -> None:
+    """Call ``fn(items)`` on this writer thread after the current batch's submitters have their answers.
 
     For work that must follow a COMMIT but need not delay the stations' acknowledgements (enqueueing downstream
-    refreshes, publishing the live feed). Discarded if the batch fails and is retried job by job: each retried job
-    registers its own. Exceptions are logged, never raised into the writer.
+    refreshes, publishing the live feed). The writer releases such work at most once per ``after_interval``: the
+    items of every batch committed meanwhile are concatenated, in commit order, into one call per ``fn``, so a
+    server answering a thousand stations enqueues a few downstream tasks a second, not one per batch. Discarded if
+    its batch rolls back. Off a writer thread, ``fn(items)`` runs now. Exceptions are logged, never raised into the
+    writer.
     """
-    pending: list[Callable[[], None]] | None = getattr(_thread, "after", None)
+    pending: list[tuple[AfterFn, list[Any]]] | None = getattr(_thread, "after", None)
     if pending is None:
-        fn()
+        fn(items)
     else:
-        pending.append(fn)
+        pending.append((fn, items))
 
 
-def _run_after(fns: list[Callable[[], None]]) -> None:
-    for fn in fns:
+def _run_after(work: dict[AfterFn, list[Any]]) -> None:
+    for fn, items in work.items():
         try:
-            fn()
+            fn(items)
         except Exception:
             LOG.exception("after-batch work failed")
 
@@ -71,9 +78,13 @@ def writer_loop() -> asyncio.AbstractEventLoop | None:
 
 
 class GroupCommitWriter(Generic[J]):
-    def __init__(self, batch_fn: BatchFn[J], *, max_batch: int = 1000) -> None:
+    def __init__(self, batch_fn: BatchFn[J], *, max_batch: int = 1000, after_interval: float = 0.0) -> None:
         self._batch_fn = batch_fn
         self._max_batch = max_batch
+        self._after_interval = after_interval
+        self._held: list[tuple[AfterFn, list[Any]]] = []  # after_batch work waiting for its release
+        self._release_at: float | None = None  # loop time of the scheduled release, if one is scheduled
+        self._released_at = float("-inf")
         self._queue: asyncio.Queue[tuple[J, asyncio.Future[Any]]] = asyncio.Queue()
         # One thread keeps one persistent DB connection; batches are strictly sequential, which is also what
         # keeps a station's messages in arrival order.
@@ -108,7 +119,7 @@ class GroupCommitWriter(Generic[J]):
             if not batch:
                 continue
             jobs = [job for job, _ in batch]
-            after: list[Callable[[], None]] = []
+            after: list[tuple[AfterFn, list[Any]]] = []
             try:
                 outcomes, after = await loop.run_in_executor(self._executor, self._apply_collecting, jobs)
             except Exception as exc:  # the executor itself failed: nothing was applied
@@ -123,10 +134,27 @@ class GroupCommitWriter(Generic[J]):
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
-            if after:  # queued on the writer thread ahead of the next batch, behind nothing the stations wait for
-                self._executor.submit(_run_after, after)
+            if after:
+                self._hold(after)
 
-    def _apply_collecting(self, jobs: list[J]) -> tuple[list[Any], list[Callable[[], None]]]:
+    def _hold(self, after: list[tuple[AfterFn, list[Any]]]) -> None:
+        self._held.extend(after)
+        if self._release_at is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._release_at = max(loop.time(), self._released_at + self._after_interval)
+        loop.call_at(self._release_at, self._release)
+
+    def _release(self) -> None:
+        """Queue the held work on the writer thread (ahead of the next batch, behind nothing a station waits for)."""
+        work: dict[AfterFn, list[Any]] = {}
+        for fn, items in self._held:
+            work.setdefault(fn, []).extend(items)
+        self._held, self._release_at = [], None
+        self._released_at = asyncio.get_running_loop().time()
+        self._executor.submit(_run_after, work)
+
+    def _apply_collecting(self, jobs: list[J]) -> tuple[list[Any], list[tuple[AfterFn, list[Any]]]]:
         """``_apply`` with ``after_batch`` work collected from the attempt that committed."""
         try:
             _thread.after = []
@@ -150,7 +178,7 @@ class GroupCommitWriter(Generic[J]):
 
 
 def _capture(batch_fn: BatchFn[J], jobs: list[J]) -> Any:
-    pending: list[Callable[[], None]] | None = getattr(_thread, "after", None)
+    pending: list[tuple[AfterFn, list[Any]]] | None = getattr(_thread, "after", None)
     mark = len(pending) if pending is not None else 0
     try:
         return batch_fn(jobs)[0]
@@ -171,5 +199,5 @@ def writer_for_loop(batch_fn: BatchFn[J]) -> GroupCommitWriter[J]:
     key = (id(asyncio.get_running_loop()), batch_fn)
     writer = _writers.get(key)
     if writer is None:
-        writer = _writers[key] = GroupCommitWriter(batch_fn)
+        writer = _writers[key] = GroupCommitWriter(batch_fn, after_interval=settings.OCPP_TELEMETRY_INTERVAL)
     return writer

@@ -1,37 +1,134 @@
-"""Serve the project's ASGI app with Daphne: ``python -m vpp.serve PORT [DB_NAME [VERBOSITY]]``.
+"""Serve the project's ASGI app with Daphne: ``python -m vpp.serve PORT [DB_NAME [VERBOSITY]] [--workers N]``.
 
-Used by ``regulation replay`` and the live-server tests. The same settings as ``make run``; ``DB_NAME`` overrides
-the database name only (a test database, when run under pytest); ``VERBOSITY`` is Daphne's ``-v`` (default 0,
-1 adds the access log).
+Used by ``runvpp`` (``make run``), ``regulation replay``, the live-server tests and the benchmarks: the same
+settings everywhere. ``DB_NAME`` overrides the database name only (a test database, under pytest); ``VERBOSITY`` is
+Daphne's ``-v`` (default 0, 1 adds the access log).
+
+``--workers N`` (N > 1) runs N Daphne processes on one port: this process binds one ``SO_REUSEPORT`` socket per
+worker and each worker serves the one it inherits (Daphne's ``fd:`` endpoint); the kernel spreads new connections
+over them, so all of a machine's cores serve chargers. It is the same scale-out as more Daphne nodes, so it needs
+what they need: the Redis channel layer (``REDIS_URL``), through which a command or a dispatch reaches whichever
+process holds the station's socket. If a worker dies, the others are stopped and this process exits with its
+status, for the supervisor to restart the lot.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Sequence
 
 #: How every Daphne of this project runs (``make run``, the live tests, replays and benchmarks). Charger WebSockets
 #: live for months, so no 24-h cut-off; a 60-s handshake timeout lets a reconnect wave of thousands of chargers
 #: queue instead of being refused at 5 s and all retrying at once.
 DAPHNE_OPTIONS = ("--websocket_timeout", "-1", "--websocket_connect_timeout", "60")
+#: Listen backlog: Twisted's default of 50 drops SYNs when a thousand chargers reconnect at once.
+BACKLOG = 2048
+APPLICATION = "vpp.asgi:application"
 
 
-def main() -> None:
-    port = sys.argv[1]
-    verbosity = sys.argv[3] if len(sys.argv) > 3 else "0"
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m vpp.serve", description=__doc__.splitlines()[0])
+    parser.add_argument("port", type=int)
+    parser.add_argument("db_name", nargs="?", default="", help="database name override (tests)")
+    parser.add_argument("verbosity", nargs="?", default="0", help="Daphne's -v")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--workers", type=int, default=1, help="Daphne processes on one socket (needs REDIS_URL)")
+    parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # a worker: the inherited socket
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.workers > 1:
+        _require_shared_layer()
+        sys.exit(serve_workers(args))
+    _serve_one(args)
+
+
+def _require_shared_layer() -> None:
+    if not os.environ.get("REDIS_URL"):
+        sys.exit(
+            "vpp.serve: --workers > 1 needs REDIS_URL: with the in-memory channel layer a worker cannot reach a "
+            "station connected to another worker"
+        )
+
+
+def _serve_one(args: argparse.Namespace) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vpp.settings")
     from django.conf import settings
 
-    if len(sys.argv) > 2 and sys.argv[2]:
-        settings.DATABASES["default"]["NAME"] = sys.argv[2]
+    if args.db_name:
+        settings.DATABASES["default"]["NAME"] = args.db_name
     import django
 
     django.setup()
     from daphne.cli import CommandLineInterface
 
-    CommandLineInterface().run(
-        ["-b", "127.0.0.1", "-p", port, *DAPHNE_OPTIONS, "-v", verbosity, "vpp.asgi:application"]
-    )
+    if args.fd is not None:
+        endpoint = f"fd:fileno={args.fd}"  # Daphne's own fd parser; AF_INET by default
+    else:
+        endpoint = f"tcp:port={args.port}:interface={args.host}:backlog={BACKLOG}"
+    CommandLineInterface().run(["-e", endpoint, *DAPHNE_OPTIONS, "-v", args.verbosity, APPLICATION])
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that shares its port with its siblings; the kernel balances connections across them
+    (one accept queue each, so no worker wakes for a connection another takes)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(BACKLOG)
+    sock.set_inheritable(True)
+    return sock
+
+
+def worker_argv(args: argparse.Namespace, fd: int) -> list[str]:
+    return [sys.executable, "-m", "vpp.serve", str(args.port), args.db_name, args.verbosity, "--fd", str(fd)]
+
+
+def serve_workers(args: argparse.Namespace) -> int:
+    """Bind the port, start ``args.workers`` Daphne workers on it, stop them all on a signal or a death."""
+    sockets = [listening_socket(args.host, args.port) for _ in range(args.workers)]
+    workers = [
+        subprocess.Popen(worker_argv(args, sock.fileno()), pass_fds=(sock.fileno(),))  # noqa: S603
+        for sock in sockets
+    ]
+    for sock in sockets:
+        sock.close()  # each worker holds its own now
+    stopping = {"signal": 0}
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        stopping["signal"] = signum
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    status = 0
+    while not stopping["signal"]:
+        exited = [w for w in workers if w.poll() is not None]
+        if exited:
+            status = exited[0].returncode or 1
+            print(f"vpp.serve: worker {exited[0].pid} exited with {exited[0].returncode}; stopping", file=sys.stderr)
+            break
+        time.sleep(0.2)
+    for worker in workers:
+        if worker.poll() is None:
+            worker.terminate()
+    for worker in workers:
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    return status
 
 
 if __name__ == "__main__":

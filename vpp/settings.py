@@ -183,6 +183,9 @@ SPECTACULAR_SETTINGS = {
 OCPP_HEARTBEAT_INTERVAL = env_int("OCPP_HEARTBEAT_INTERVAL", 60, minimum=1)
 OCPP_HEARTBEAT_GRACE = env_int("OCPP_HEARTBEAT_GRACE", 30, minimum=0)
 OCPP_CALL_TIMEOUT = env_int("OCPP_CALL_TIMEOUT", 30, minimum=1)
+# Committed telemetry (live feed, fleet SoC tracking) is handed downstream at most this often per server process,
+# batched: per-batch publishing cost more CPU than storing the readings once a thousand stations report every second.
+OCPP_TELEMETRY_INTERVAL = env_float("OCPP_TELEMETRY_INTERVAL", 0.2, minimum=0.0)
 
 # --- Regulation dispatch (vpp.dispatch) ------------------------------------------------------------------------
 DISPATCH_REFRESH_S = env_float("DISPATCH_REFRESH_S", 5.0, minimum=0.1)  # in-memory fleet state reload period

@@ -21,7 +21,6 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from vpp.demo import demo_credentials
-from vpp.serve import DAPHNE_OPTIONS
 
 
 class Command(BaseCommand):
@@ -32,15 +31,20 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--fleet", type=int, default=10, help="simulated chargers with edge agents (0: none)")
         parser.add_argument("--id-prefix", default="demo")
+        parser.add_argument(
+            "--workers", type=int, default=1, help="Daphne processes on one socket (more than 1 needs REDIS_URL)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         host, port = options["host"], options["port"]
+        if options["workers"] > 1 and not settings.REDIS_URL:
+            raise CommandError("--workers > 1 needs REDIS_URL: workers reach each other's stations through Redis")
         if _port_busy(host, port):
             raise CommandError(f"{host}:{port} is already in use; pass --port (make run PORT=...)")
         bin_dir = Path(sys.executable).parent
         children: list[tuple[str, subprocess.Popen[bytes]]] = []
         try:
-            children.append(("daphne", _spawn(_daphne_command(bin_dir, host, port))))
+            children.append(("daphne", _spawn(_daphne_command(host, port, options["workers"]))))
             children.append(("celery", _spawn(_celery_command(bin_dir))))
             _wait_for_port(host, port, timeout_s=30)
             self.stdout.write(
@@ -57,8 +61,9 @@ class Command(BaseCommand):
             _stop_all(children)
 
 
-def _daphne_command(bin_dir: Path, host: str, port: int) -> list[str]:
-    return [str(bin_dir / "daphne"), "-b", host, "-p", str(port), *DAPHNE_OPTIONS, "vpp.asgi:application"]
+def _daphne_command(host: str, port: int, workers: int) -> list[str]:
+    # Verbosity 1: Daphne's access log on the terminal, as a developer running the product expects.
+    return [sys.executable, "-m", "vpp.serve", str(port), "", "1", "--host", host, "--workers", str(workers)]
 
 
 def _celery_command(bin_dir: Path) -> list[str]:

@@ -1,0 +1,67 @@
+"""``python -m vpp.serve --workers N``: several Daphne processes serve one port, and only on a shared layer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+
+import psutil
+import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from chargers.models import Station
+from tests.chargers.conftest import LiveServer, raw_station
+from tests.chargers.factories import StationFactory
+from tests.live import free_port, wait_listening
+
+
+def test_it_refuses_several_workers_without_redis():
+    # Given no REDIS_URL (the in-memory channel layer cannot cross processes)
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    # When two workers are asked for
+    done = subprocess.run(
+        [sys.executable, "-m", "vpp.serve", str(free_port()), "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Then it exits with the reason, before binding anything
+    assert done.returncode != 0
+    assert "needs REDIS_URL" in done.stderr
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="several workers share stations only through Redis")
+async def test_two_workers_share_the_port_and_stop_together(transactional_db):
+    # Given the server started with two workers on the test database
+    port = free_port()
+    db_name = str(settings.DATABASES["default"]["NAME"])
+    argv = [sys.executable, "-m", "vpp.serve", str(port), db_name, "1", "--workers", "2"]
+    server = await asyncio.to_thread(subprocess.Popen, argv)
+    try:
+        await asyncio.to_thread(wait_listening, server, port)
+        workers = psutil.Process(server.pid).children()
+        assert len(workers) == 2
+        stations = [await sync_to_async(StationFactory.create)() for _ in range(16)]
+        live = LiveServer(port, server)
+        # When sixteen stations connect and each gets an answer
+        async with contextlib.AsyncExitStack() as stack:
+            for station in stations:
+                cs = await stack.enter_async_context(raw_station(live, station.station_id))
+                assert (await cs.rpc([2, "hb", "Heartbeat", {}]))[0] == 3
+            # Then both workers hold stations (a channel name starts with its process's prefix)
+            assert len(await sync_to_async(_holders)([s.pk for s in stations])) == 2
+    finally:
+        # And stopping the server stops both workers
+        server.terminate()
+        await asyncio.to_thread(server.wait, 20)
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+
+
+def _holders(pks: list[int]) -> set[str]:
+    names = Station.objects.filter(pk__in=pks).exclude(channel_name="").values_list("channel_name", flat=True)
+    return {name.split("!")[0] for name in names}
