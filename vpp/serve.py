@@ -15,6 +15,7 @@ status, for the supervisor to restart the lot.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import socket
@@ -71,6 +72,7 @@ def _serve_one(args: argparse.Namespace) -> None:
     import django
 
     django.setup()
+    _tune_gc()
     from daphne.cli import CommandLineInterface
 
     if args.fd is not None:
@@ -78,6 +80,20 @@ def _serve_one(args: argparse.Namespace) -> None:
     else:
         endpoint = f"tcp:port={args.port}:interface={args.host}:backlog={BACKLOG}"
     CommandLineInterface().run(["-e", endpoint, *DAPHNE_OPTIONS, "-v", args.verbosity, APPLICATION])
+
+
+def _tune_gc() -> None:
+    """Fewer, cheaper cyclic-GC passes for a server whose heap is mostly long-lived connection state.
+
+    With Python's default thresholds (700, 10, 10) a thousand connected stations make the collector walk every
+    connection's objects several times a second, and each older-generation pass stalls the event loop for tens
+    to hundreds of milliseconds: measured, it was the whole of the CSMS's p99 above 50 ms at 1,000 msg/s. The
+    code and settings loaded at start-up are frozen out of collection; young garbage is still collected, just in
+    larger batches.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
