@@ -56,6 +56,7 @@ from vpp.fleet_arrays import FleetArrays, PowerBounds, power_bounds
 LOG = logging.getLogger(__name__)
 PROFILE_ID = 7_700  # one TxProfile id per EVSE for regulation: each command replaces the previous one
 STACK_LEVEL = 50
+FLOWING_S = 10.0  # a dispatch ended this recently: signals are flowing (they come every 2 s)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -237,6 +238,8 @@ class Dispatcher:
         self._refresh_now = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._loaded = asyncio.Event()
+        self._dispatch_ended = asyncio.Event()
+        self._last_dispatch_end: float | None = None  # time.monotonic()
         self.last: DispatchResult | None = None
         self.last_signal_at: datetime | None = None  # newest signal instant handed to dispatch
 
@@ -270,6 +273,20 @@ class Dispatcher:
             self._refresh_now.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._refresh_now.wait(), self.refresh_s)
+            await self._between_dispatches()
+
+    async def _between_dispatches(self) -> None:
+        """While signals flow, wait for the end of the next dispatch before reloading.
+
+        A reload of a thousand vehicles costs the server process a few hundred milliseconds of CPU; started at a
+        random moment it lands in the middle of a fan-out and stretches that dispatch's latency. Right after a
+        dispatch there is most of a signal interval (2 s) to spare. The state is at most one interval staler.
+        """
+        if self._last_dispatch_end is None or time.monotonic() - self._last_dispatch_end > FLOWING_S:
+            return
+        self._dispatch_ended.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._dispatch_ended.wait(), FLOWING_S)
 
     async def refresh(self) -> None:
         """Reload the state from the database (on the dispatcher's own DB thread) and swap it in."""
@@ -409,6 +426,8 @@ class Dispatcher:
 
     def _record(self, result: DispatchResult) -> None:
         self.last = result
+        self._last_dispatch_end = time.monotonic()
+        self._dispatch_ended.set()
         if self._recorder is not None:
             self._db.submit(self._guarded, self._recorder, result)
 

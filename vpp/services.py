@@ -24,6 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from chargers.fanout import NodeListener
+from chargers.services import insert_rows
 from markets.models import Product
 from markets.regulation_services import (
     RegulationError,
@@ -175,6 +176,11 @@ def dispatch_basepoint_record(product_id: int, portfolio: str, at: datetime, bas
     )
 
 
+DISPATCH_COMMAND_COLUMNS = (
+    "dispatch_id", "station_id", "evse_id", "vehicle_id", "power_w", "status", "answer", "latency_ms",
+)  # fmt: skip
+
+
 def dispatch_record(result: DispatchResult) -> None:
     """Store one dispatch and its per-station commands and answers (after the fan-out, on the DB thread)."""
     by_station = {r.station_id: r for r in result.results}
@@ -209,21 +215,13 @@ def dispatch_record(result: DispatchResult) -> None:
         )
         if allocation is None:
             return
-        commands = []
+        rows = []
         for route, vehicle_id, power in zip(
             result.routes, allocation.vehicle_id.tolist(), allocation.power_w.tolist(), strict=True
         ):
             answer = by_station.get(route.station_id)
-            commands.append(
-                DispatchCommand(
-                    dispatch=row,
-                    station_id=route.station_id,
-                    evse_id=route.evse_id,
-                    vehicle_id=vehicle_id,
-                    power_w=power,
-                    status=answer.status if answer else "offline",
-                    answer=(answer.answer if answer else "")[:40],
-                    latency_ms=(answer.answered_at - t0) * 1000.0 if answer and answer.answered_at else None,
-                )
-            )
-        DispatchCommand.objects.bulk_create(commands, batch_size=1000)
+            latency = (answer.answered_at - t0) * 1000.0 if answer and answer.answered_at else None
+            status, code = (answer.status, answer.answer[:40]) if answer else ("offline", "")
+            rows.append((row.pk, route.station_id, route.evse_id, vehicle_id, power, status, code, latency))
+        # A thousand rows per dispatch, every 2 s, in the server process that dispatches: COPY, not the ORM.
+        insert_rows(DispatchCommand, DISPATCH_COMMAND_COLUMNS, rows)
