@@ -113,11 +113,11 @@ def light_fleet(station_ids: list[str]):
     return fleet
 
 
-def run(count: int, signals: int, light: bool) -> tuple[np.ndarray, np.ndarray, int, int]:
+def run(count: int, signals: int, light: bool, workers: int = 1) -> tuple[np.ndarray, np.ndarray, int, int]:
     product = replay.product_default()
     prefix = f"bf{count}x{os.getpid() % 1000}"
     password = replay.env_password()
-    with replay.live_csms(None) as (ws_base, _http):
+    with replay.live_csms(None, workers=workers) as (ws_base, _http):
         ids = replay.stations_provision(count=count, prefix=prefix, password=password)
         token = replay.utility_token()
         stations = light_stations if light else replay.simulated_agents
@@ -183,17 +183,19 @@ def main() -> None:
     parser.add_argument("--stations", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--signals", type=int, default=30)
     parser.add_argument("--light", action="store_true", help="minimal stations instead of edge agents")
+    parser.add_argument("--workers", type=int, default=1, help="Daphne worker processes (vpp.serve; needs REDIS_URL)")
     args = parser.parse_args()
     call_command("migrate", verbosity=0)
     print(
         f"database: {django.conf.settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
         f"channel layer: {'redis' if os.environ.get('REDIS_URL') else 'in-memory'}; "
-        f"stations: {'light (answer at once)' if args.light else 'edge-agent simulate'}; shared, loaded 2-core machine"
+        f"stations: {'light (answer at once)' if args.light else 'edge-agent simulate'}; "
+        f"{args.workers} Daphne process(es); {os.cpu_count()} CPUs shared with the stations"
     )
     print(f"{'stations':>8} {'dispatches':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'answers p50/p99 ms':>20} {'accepted':>12} {'target p99':>11}")  # fmt: skip
     for count in args.stations:
-        last, per, accepted, sent = run(count, args.signals, args.light)
+        last, per, accepted, sent = run(count, args.signals, args.light, args.workers)
         if last.size == 0:
             print(f"{count:>8} no dispatch measured")
             continue

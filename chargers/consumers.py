@@ -330,8 +330,10 @@ class OcppConsumer(AsyncConsumer):
         error: tuple[str, str] = ("", ""),
         at: datetime | None = None,
     ) -> None:
+        # A record of an exchange nobody is waiting on: queued for the next batch, not waited for (in queue order,
+        # so it still lands before anything this station sends later).
         now = datetime.now(UTC)
-        await self.writer.submit(
+        self.writer.submit_nowait(
             LogEntry(
                 self.station,
                 direction,

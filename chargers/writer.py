@@ -85,7 +85,7 @@ class GroupCommitWriter(Generic[J]):
         self._held: list[tuple[AfterFn, list[Any]]] = []  # after_batch work waiting for its release
         self._release_at: float | None = None  # loop time of the scheduled release, if one is scheduled
         self._released_at = float("-inf")
-        self._queue: asyncio.Queue[tuple[J, asyncio.Future[Any]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[J, asyncio.Future[Any] | None]] = asyncio.Queue()
         # One thread keeps one persistent DB connection; batches are strictly sequential, which is also what
         # keeps a station's messages in arrival order.
         self._executor = ThreadPoolExecutor(
@@ -97,11 +97,23 @@ class GroupCommitWriter(Generic[J]):
 
     async def submit(self, job: J) -> Any:
         """Queue ``job`` and wait until its batch has committed; returns the job's result or raises its error."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="ocpp-group-commit")
+        self._ensure_running()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((job, future))
         return await future
+
+    def submit_nowait(self, job: J) -> None:
+        """Queue ``job`` with nothing waiting for its commit (records nobody is answered on); a failure is logged.
+
+        It is applied in queue order like any other job. Saves the waiter's wake-up after the commit: a dispatch
+        to a thousand stations logs a thousand calls at once.
+        """
+        self._ensure_running()
+        self._queue.put_nowait((job, None))
+
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="ocpp-group-commit")
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -114,7 +126,9 @@ class GroupCommitWriter(Generic[J]):
             # is skipped: applying it would spend a reconnect storm's capacity on dead sockets and leave a stale
             # claim behind. Jobs say so with a true ``drop_if_abandoned`` attribute; all others always apply.
             batch = [
-                (job, fut) for job, fut in batch if not (fut.cancelled() and getattr(job, "drop_if_abandoned", False))
+                (job, fut)
+                for job, fut in batch
+                if fut is None or not (fut.cancelled() and getattr(job, "drop_if_abandoned", False))
             ]
             if not batch:
                 continue
@@ -128,6 +142,8 @@ class GroupCommitWriter(Generic[J]):
             self.batches += 1
             self.jobs += len(batch)
             for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future is None:  # submit_nowait: nobody waits; _apply_collecting already logged a failure
+                    continue
                 if future.done():  # the submitter gave up (connection closed); the write stands
                     continue
                 if isinstance(outcome, BaseException):

@@ -69,8 +69,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def live_csms(csms_url: str | None) -> Iterator[tuple[str, str]]:
-    """(ws base URL ``ws://host:port``, http base URL); starts and stops a Daphne subprocess unless given one."""
+def live_csms(csms_url: str | None, *, workers: int = 1) -> Iterator[tuple[str, str]]:
+    """(ws base URL ``ws://host:port``, http base URL); starts and stops a Daphne subprocess unless given one.
+
+    ``workers`` > 1 serves from that many Daphne processes (``vpp.serve --workers``; needs REDIS_URL).
+    """
     if csms_url:
         base = csms_url.rstrip("/").removesuffix("/ocpp")
         yield base.replace("http://", "ws://").replace("https://", "wss://"), base.replace("ws", "http", 1)
@@ -78,7 +81,8 @@ def live_csms(csms_url: str | None) -> Iterator[tuple[str, str]]:
     port = free_port()
     db_name = str(settings.DATABASES["default"]["NAME"])
     # Our own interpreter and module; the database name comes from our settings.
-    process = subprocess.Popen([sys.executable, "-m", "vpp.serve", str(port), db_name], cwd=ROOT)  # noqa: S603
+    argv = [sys.executable, "-m", "vpp.serve", str(port), db_name, "0", "--workers", str(workers)]
+    process = subprocess.Popen(argv, cwd=ROOT)  # noqa: S603
     try:
         deadline = time.monotonic() + 30
         while True:
