@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 FLEET ?= 10
+WORKERS ?= 1
 
 .PHONY: run test install lint typecheck bench clean
 
@@ -21,7 +22,7 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py demo_seed --stations $(FLEET)
-	$(BIN)/python manage.py runvpp --host $(HOST) --port $(PORT) --fleet $(FLEET)
+	$(BIN)/python manage.py runvpp --host $(HOST) --port $(PORT) --fleet $(FLEET) --workers $(WORKERS)
 
 ## make test: the whole test suite (SQLite + in-memory layer by default; DATABASE_URL/REDIS_URL for the real ones).
 test: install

@@ -130,7 +130,15 @@ else:
             "CONFIG": {
                 # redis-py 8 reads with a 5 s socket timeout by default, exactly channels-redis's 5 s blocking pop,
                 # so an idle consumer's receive() would now and then die with TimeoutError: give reads headroom.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": env_int("REDIS_SOCKET_TIMEOUT", 30, minimum=10)}],
+                # redis-py 8 caps a pool at 100 connections and fails the 101st command at once: a reconnect wave of
+                # a thousand chargers notifying their replaced connections needs more, briefly.
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": env_int("REDIS_SOCKET_TIMEOUT", 30, minimum=10),
+                        "max_connections": env_int("REDIS_MAX_CONNECTIONS", 2000, minimum=10),
+                    }
+                ],
                 "prefix": env_str("CHANNEL_LAYER_PREFIX", "vpp"),
                 "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000, minimum=10),
                 "expiry": 60,

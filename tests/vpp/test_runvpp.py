@@ -66,3 +66,13 @@ def test_runvpp_brings_up_a_fleet_that_reports_to_the_csms(
         process.wait(timeout=30)
     # and Ctrl-C stops the whole product cleanly
     assert process.returncode == 0
+
+
+def test_runvpp_refuses_several_workers_without_redis(settings: Any) -> None:
+    # Given the embedded default (no REDIS_URL: the in-memory layer cannot cross processes)
+    settings.REDIS_URL = None
+    # When two Daphne workers are asked for / Then it stops before starting anything, saying why
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="needs REDIS_URL"):
+        call_command("runvpp", "--port", str(free_port()), "--fleet", "0", "--workers", "2")
