@@ -32,7 +32,6 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 LOG = logging.getLogger(__name__)
 NODES_GROUP = "csms.nodes"
-SEND_CHUNK = 50  # calls queued between two polls of the sockets (see deliver_local)
 GROUP_REFRESH_S = 3600.0  # channel-layer group membership expires (default one day): join again well before
 
 
@@ -112,11 +111,6 @@ async def deliver_local(commands: Sequence[Command], deadline: float) -> list[Co
         consumer = LOCAL.get(command.station_id)
         if consumer is not None:
             pending.append((command.station_id, consumer.call_local(command.action, command.payload, deadline)))
-            if len(pending) % SEND_CHUNK == 0:
-                # Let this chunk's frames go out (and early answers come in) before queueing the next: the event
-                # loop runs every ready task before it polls the sockets, so a thousand queued calls would all be
-                # built before the first left, and the stations would sit idle meanwhile.
-                await asyncio.sleep(0)
     if not pending:
         return []
     remaining = max(deadline - time.time(), 0.0) + 0.5  # the consumer enforces the deadline; this is a backstop
