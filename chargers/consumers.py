@@ -372,8 +372,9 @@ class OcppConsumer(AsyncConsumer):
         error: tuple[str, str] = ("", ""),
         at: datetime | None = None,
     ) -> None:
-        # A record of an exchange nobody is waiting on: queued for the next batch, not waited for (in queue order,
-        # so it still lands before anything this station sends later).
+        # A record nobody waits on: not waited for. The station's own frames are queued in order, so each lands
+        # before anything the station sends later; records of our calls (direction out) wait for their burst to
+        # pause (GroupCommitWriter.submit_nowait).
         now = datetime.now(UTC)
         self.writer.submit_nowait(
             LogEntry(
@@ -388,7 +389,8 @@ class OcppConsumer(AsyncConsumer):
                 error_description=error[1],
                 created_at=at or now,
                 responded_at=now if at else None,
-            )
+            ),
+            defer=direction == Direction.OUT,
         )
 
     async def _deny(self, status: int) -> NoReturn:

@@ -78,10 +78,16 @@ def writer_loop() -> asyncio.AbstractEventLoop | None:
 
 
 class GroupCommitWriter(Generic[J]):
-    def __init__(self, batch_fn: BatchFn[J], *, max_batch: int = 1000, after_interval: float = 0.0) -> None:
+    def __init__(
+        self, batch_fn: BatchFn[J], *, max_batch: int = 1000, after_interval: float = 0.0, linger: float = 0.0
+    ) -> None:
         self._batch_fn = batch_fn
         self._max_batch = max_batch
         self._after_interval = after_interval
+        self._linger = linger
+        self._deferred: list[J] = []  # submit_nowait jobs waiting for a pause (see submit_nowait)
+        self._deferred_last = 0.0  # loop time of the newest one
+        self._deferred_timer: asyncio.TimerHandle | None = None
         self._held: list[tuple[AfterFn, list[Any]]] = []  # after_batch work waiting for its release
         self._release_at: float | None = None  # loop time of the scheduled release, if one is scheduled
         self._released_at = float("-inf")
@@ -102,14 +108,43 @@ class GroupCommitWriter(Generic[J]):
         self._queue.put_nowait((job, future))
         return await future
 
-    def submit_nowait(self, job: J) -> None:
+    def submit_nowait(self, job: J, *, defer: bool = False) -> None:
         """Queue ``job`` with nothing waiting for its commit (records nobody is answered on); a failure is logged.
 
-        It is applied in queue order like any other job. Saves the waiter's wake-up after the commit: a dispatch
-        to a thousand stations logs a thousand calls at once.
+        Without ``defer`` it is queued now, in order with every other job. With ``defer`` it is held until
+        ``linger`` seconds pass without a new deferred job (or ``max_batch`` are held), then queued with the
+        others in submission order: a dispatch to a thousand stations logs a thousand calls as their
+        answers arrive, and writing them meanwhile would take the CPU the answers still need. Nothing waits on them,
+        so no answer is delayed; nothing may depend on them being stored before a later job (they are records).
         """
         self._ensure_running()
-        self._queue.put_nowait((job, None))
+        if not defer:
+            self._queue.put_nowait((job, None))
+            return
+        self._deferred.append(job)
+        loop = asyncio.get_running_loop()
+        self._deferred_last = loop.time()
+        if len(self._deferred) >= self._max_batch or self._linger <= 0:
+            self._release_deferred()
+        elif self._deferred_timer is None:
+            self._deferred_timer = loop.call_at(self._deferred_last + self._linger, self._deferred_due)
+
+    def _deferred_due(self) -> None:
+        loop = asyncio.get_running_loop()
+        quiet_at = self._deferred_last + self._linger
+        if loop.time() < quiet_at:  # more arrived meanwhile: wait for the pause
+            self._deferred_timer = loop.call_at(quiet_at, self._deferred_due)
+            return
+        self._deferred_timer = None
+        self._release_deferred()
+
+    def _release_deferred(self) -> None:
+        if self._deferred_timer is not None:
+            self._deferred_timer.cancel()
+            self._deferred_timer = None
+        jobs, self._deferred = self._deferred, []
+        for job in jobs:
+            self._queue.put_nowait((job, None))
 
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
@@ -215,5 +250,7 @@ def writer_for_loop(batch_fn: BatchFn[J]) -> GroupCommitWriter[J]:
     key = (id(asyncio.get_running_loop()), batch_fn)
     writer = _writers.get(key)
     if writer is None:
-        writer = _writers[key] = GroupCommitWriter(batch_fn, after_interval=settings.OCPP_TELEMETRY_INTERVAL)
+        writer = _writers[key] = GroupCommitWriter(
+            batch_fn, after_interval=settings.OCPP_TELEMETRY_INTERVAL, linger=settings.OCPP_LOG_LINGER
+        )
     return writer

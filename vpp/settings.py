@@ -194,6 +194,8 @@ OCPP_CALL_TIMEOUT = env_int("OCPP_CALL_TIMEOUT", 30, minimum=1)
 # Committed telemetry (live feed, fleet SoC tracking) is handed downstream at most this often per server process,
 # batched: per-batch publishing cost more CPU than storing the readings once a thousand stations report every second.
 OCPP_TELEMETRY_INTERVAL = env_float("OCPP_TELEMETRY_INTERVAL", 0.2, minimum=0.0)
+# Records of CSMS calls (answers already delivered) are written once the burst they belong to pauses this long.
+OCPP_LOG_LINGER = env_float("OCPP_LOG_LINGER", 0.1, minimum=0.0)
 
 # --- Regulation dispatch (vpp.dispatch) ------------------------------------------------------------------------
 DISPATCH_REFRESH_S = env_float("DISPATCH_REFRESH_S", 5.0, minimum=0.1)  # in-memory fleet state reload period

@@ -67,7 +67,9 @@ async def test_station_call_round_trips_a_v2x_charging_profile(live_csms, call_s
     assert answer == {"status": "Accepted"}
     assert received[0][0] == 1
     assert received[0][1]["charging_schedule"][0]["charging_schedule_period"][1]["operation_mode"] == "LocalFrequency"
-    logged = await sync_to_async(MessageLog.objects.get)(station=station, direction="out", action="SetChargingProfile")
+    # And the exchange is logged (records of the CSMS's calls are written once their burst pauses)
+    logs = MessageLog.objects.filter(station=station, direction="out", action="SetChargingProfile")
+    logged = await wait_until(lambda: sync_to_async(logs.first)())
     assert logged.response == {"status": "Accepted"}
 
 
