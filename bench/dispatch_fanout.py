@@ -199,7 +199,8 @@ def main() -> None:
         if last.size == 0:
             print(f"{count:>8} no dispatch measured")
             continue
-        p50, p90, p99, worst = [*np.percentile(last, [50, 90, 99]).tolist(), float(last.max())]
+        p50, p90, p99 = (float(v) for v in np.percentile(last, [50, 90, 99]))
+        worst = float(last.max())
         verdict = "MET" if p99 <= TARGET_MS else "NOT MET"
         answers = f"{np.percentile(per, 50):.0f}/{np.percentile(per, 99):.0f}"
         print(f"{count:>8} {last.size:>10} {p50:>8.1f} {p90:>8.1f} {p99:>8.1f} {worst:>8.1f} {answers:>20} "

@@ -27,6 +27,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # Django is set up below, before the models can be imported for real
+    from markets.models import Award
 
 import numpy as np
 
@@ -64,7 +68,7 @@ def _signal() -> np.ndarray:
     return np.tile(values, SPAN_S // (2 * values.size) + 2)[: SPAN_S // 2 + 1]
 
 
-def seed(vehicles: int, interval: int, noise_pct: float = 0.2) -> tuple[object, int]:
+def seed(vehicles: int, interval: int, noise_pct: float = 0.2) -> tuple[Award, int]:
     from chargers.models import MeterValue, Station
     from markets.models import Award, Bid, Product
     from markets.regulation_models import RegulationSignal
@@ -185,7 +189,8 @@ def bench_db(vehicles: int, interval: int, noise_pct: float) -> list[tuple[str, 
     t0 = time.perf_counter()
     report = reconciliation_report(start=HOUR, end=HOUR + timedelta(hours=1))
     reconciled = time.perf_counter() - t0
-    worst = max(abs(c.relative or 0) for row in report for c in (row.import_check, row.export_check) if c.register_wh)
+    checks = [c for row in report for c in (row.import_check, row.export_check) if c.register_wh]
+    worst = max(abs(c.relative or Decimal(0)) for c in checks)
     return [
         (f"seed {rows:,} meter rows", f"{seeded:.1f} s", "", "(setup)"),
         (f"score 1 h, {vehicles} vehicles", f"{scored:.2f} s", f"composite {score.composite}", ""),

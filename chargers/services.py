@@ -20,14 +20,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, JSONField, Model, Value, When
+from django.db.models import Case, Field, JSONField, Model, Value, When
 from psycopg.types.json import Jsonb
 
 from chargers import ocpp_j
@@ -295,9 +295,9 @@ def insert_rows(model: type[Model], columns: Sequence[str], rows: Sequence[Seque
 
 @functools.cache
 def _copy_plan(model: type[Model], columns: tuple[str, ...]) -> tuple[str, tuple[int, ...]]:
-    fields = [model._meta.get_field(name) for name in columns]
+    fields = [cast("Field[Any, Any]", model._meta.get_field(name)) for name in columns]  # concrete columns only
     quote = connection.ops.quote_name
-    names = ", ".join(quote(f.column) for f in fields)  # type: ignore[union-attr]
+    names = ", ".join(quote(cast(str, f.column)) for f in fields)
     json_at = tuple(i for i, f in enumerate(fields) if isinstance(f, JSONField))
     return f"COPY {quote(model._meta.db_table)} ({names}) FROM STDIN", json_at
 

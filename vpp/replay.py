@@ -169,7 +169,7 @@ def utility_token(username: str = "replay-utility") -> str:
 class StationReady:
     station_id: str
     transaction_id: str
-    started_at: datetime
+    started_at: datetime | None
     soc_pct: int
     needs: EvChargingNeeds
 

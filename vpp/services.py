@@ -156,7 +156,7 @@ async def regulation_signal_intake(
     return SignalIntake(at=row.at, value=row.value, created=created, dispatched=task is not None)
 
 
-def _signal_store(product_id, portfolio, at, value, source, source_ref, user_id):  # type: ignore[no-untyped-def]
+def _signal_store(product_id, portfolio, at, value, source, source_ref, user_id):
     product = Product.objects.get(pk=product_id)
     return regulation_signal_record(
         product=product,

@@ -31,7 +31,8 @@ def bare_server() -> Iterator[tuple[int, int]]:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         match = re.search(r"ws://127\.0\.0\.1:(\d+)/", line)
-        assert match, f"bare server did not start: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
+        stderr = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
+        assert match, f"bare server did not start: {line!r} {stderr}"
         yield int(match.group(1)), proc.pid
     finally:
         proc.terminate()

@@ -12,7 +12,7 @@ from edge_agent.hardware.sim import SimulatedCar
 from tests.edge_agent.helpers import profile, sim_station, tick_for
 
 
-def _codes(caplog: pytest.LogCaptureFixture) -> list[str]:
+def _codes(caplog: pytest.LogCaptureFixture) -> list[str | None]:
     return [getattr(r, "fields", {}).get("code") for r in caplog.records]
 
 

@@ -146,7 +146,7 @@ def test_split_cents_adds_up_exactly_and_stays_within_a_cent_of_each_share(share
     ),
 )
 def test_vehicle_lines_always_add_up_to_the_award_line(awarded_w, score, meters):
-    fleet = [vehicle(i, i % 3, resp, (T0, imp, exp)) for i, (resp, imp, exp) in enumerate(meters)]
+    fleet = [vehicle(i, f"owner-{i % 3}", resp, (T0, imp, exp)) for i, (resp, imp, exp) in enumerate(meters)]
     terms = RegulationTerms(
         awarded_w=awarded_w, hours=D(1), capacity_price=D("31.07"), performance_price=D("2.93"), mileage_ratio=D("3.2")
     )

@@ -155,7 +155,7 @@ async def test_a_signal_reaches_every_station_with_setpoints_that_add_up_to_the_
     agents = {r.station_id: AnsweringStation() for r in routes}
     for sid, agent in agents.items():
         stations(sid, agent)
-    recorded = []
+    recorded: list[Any] = []
 
     def loader(**_: Any) -> DispatchState:
         return DispatchState(fleet, routes, 100_000, time.time() + 3600, time.time(), preferred_basepoint_w=0)
@@ -250,7 +250,7 @@ async def test_the_fan_out_reaches_stations_held_by_another_server_process(live_
     from tests.chargers.factories import StationFactory
 
     # Given a station connected to another server process on the same Redis
-    station = await sync_to_async(StationFactory)()
+    station = await sync_to_async(StationFactory.create)()
     received: list[dict[str, Any]] = []
 
     async def on_profile(**kwargs: Any) -> Any:

@@ -60,7 +60,7 @@ def test_a_short_accelerated_replay_follows_the_signal_above_the_floor_and_is_sc
 @pytest.mark.django_db
 def test_a_retransmitted_meter_value_is_counted_once():
     # Given a station whose power reading was stored twice (the station resent the same MeterValues)
-    station = StationFactory()
+    station = StationFactory.create()
     at = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     for _ in range(2):
         MeterValue.objects.create(

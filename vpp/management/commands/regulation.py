@@ -15,6 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from markets.signals import SignalFileError, read_signal_csv
 from vpp import replay
+from vpp.replay import StationReady  # the class has a replay() method: annotations cannot say replay.X
 
 
 class Command(BaseCommand):
@@ -115,7 +116,7 @@ class Command(BaseCommand):
             f"{'PASS' if score.passed else 'FAIL'} (pass mark 0.75)"
         )
 
-    def _wait_ready(self, station_ids: list[str], timeout: float) -> list[replay.StationReady]:
+    def _wait_ready(self, station_ids: list[str], timeout: float) -> list[StationReady]:
         deadline = time.monotonic() + timeout
         while True:
             ready = replay.stations_ready(station_ids)
