@@ -3,6 +3,7 @@ from django.db.models import Model
 from django.http import HttpRequest
 
 from markets.models import Award, Bid, BidEvent, BidProposal, DepotSite, MarketOperator, PricePoint, Product
+from markets.regulation_models import RegulationSignal, ReserveDeployment
 
 
 @admin.register(MarketOperator)
@@ -59,3 +60,18 @@ class AwardAdmin(ReadOnlyAdmin):
 @admin.register(BidEvent)
 class BidEventAdmin(ReadOnlyAdmin):
     list_display = ("bid", "at", "actor_label", "action", "from_status", "to_status")
+
+
+@admin.register(RegulationSignal)
+class RegulationSignalAdmin(admin.ModelAdmin):
+    list_display = ("product", "portfolio", "at", "value", "source", "belief_time")
+    list_filter = ("product", "portfolio", "source")
+    date_hierarchy = "at"
+
+
+@admin.register(ReserveDeployment)
+class ReserveDeploymentAdmin(admin.ModelAdmin):
+    list_display = ("portfolio", "event_id", "power_w", "start", "end", "source", "belief_time")
+    list_filter = ("portfolio", "source")
+    search_fields = ("event_id",)
+    date_hierarchy = "start"

@@ -28,11 +28,12 @@ from markets.regulation_models import PerformanceScoreRecord, Settlement, Settle
 from markets.regulation_selectors import scores_for, settlement_lines_for, settlements_for
 from markets.regulation_services import (
     RegulationError,
+    ReserveConflict,
     SignalConflict,
     reconciliation_report,
     regulation_signal_record,
 )
-from vpp.services import regulation_dispatch_from_sync
+from vpp.services import regulation_dispatch_from_sync, reserve_deployment_intake
 
 MAX_REPORT_DAYS = 62
 
@@ -106,6 +107,57 @@ class SignalIntakeView(APIView):
             "value": str(row.value),
             "belief_time": row.belief_time,
             "dispatched": dispatched,
+        }
+        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class ReserveInSerializer(serializers.Serializer):
+    portfolio = serializers.CharField(default="default", max_length=64)
+    event_id = serializers.CharField(max_length=100, help_text="the operator's reference (idempotency key)")
+    power_w = serializers.IntegerField(min_value=1, help_text="extra discharge asked for, W")
+    start = serializers.DateTimeField(required=False, help_text="default: now; ISO 8601 with offset")
+    end = serializers.DateTimeField(help_text="ISO 8601 with offset")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        for name in ("start", "end"):
+            raw = str(self.initial_data.get(name, "Z"))
+            if not (raw.endswith("Z") or "+" in raw[10:] or "-" in raw[10:]):
+                raise serializers.ValidationError({name: "give the UTC offset (e.g. 2025-07-01T14:00:00Z)"})
+        attrs.setdefault("start", timezone.now())
+        return attrs
+
+
+class ReserveDeploymentView(APIView):
+    """``POST /api/regulation/reserve``: a reserve event called on a portfolio (extra discharge on top of regulation).
+
+    201 when new, 200 for the same event again, 409 for a different event under the same ``event_id``.
+    """
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(request=ReserveInSerializer, responses={201: dict, 200: dict, 400: dict, 403: dict, 409: dict})
+    def post(self, request: Request) -> Response:
+        if not request.user.has_perm("markets.submit_regulation_signal"):
+            raise PermissionDenied("calling reserve deployments needs markets.submit_regulation_signal")
+        data = ReserveInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            row, created = reserve_deployment_intake(
+                **data.validated_data, source=SignalSource.UTILITY_API, received_by_id=request.user.pk
+            )
+        except ReserveConflict as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except RegulationError as exc:
+            raise ValidationError({"detail": str(exc)}) from exc
+        body = {
+            "id": row.pk,
+            "created": created,
+            "portfolio": row.portfolio,
+            "event_id": row.event_id,
+            "power_w": row.power_w,
+            "start": row.start,
+            "end": row.end,
+            "belief_time": row.belief_time,
         }
         return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 

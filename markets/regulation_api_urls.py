@@ -8,6 +8,7 @@ from markets import regulation_api as api
 
 urlpatterns = [
     path("regulation/signal", api.SignalIntakeView.as_view(), name="regulation-signal"),
+    path("regulation/reserve", api.ReserveDeploymentView.as_view(), name="regulation-reserve"),
     path("regulation/scores", api.ScoreListView.as_view(), name="regulation-scores"),
     path("regulation/settlements", api.SettlementListView.as_view(), name="regulation-settlements"),
     path("regulation/settlement-lines", api.LineListView.as_view(), name="regulation-lines"),

@@ -67,6 +67,36 @@ class RegulationSignal(models.Model):
         return f"{self.product_id}/{self.portfolio} {self.at:%Y-%m-%dT%H:%M:%SZ} {self.value}"
 
 
+class ReserveDeployment(models.Model):
+    """A reserve event called on a portfolio: extra discharge (W) on top of regulation, from ``start`` to ``end``.
+
+    Every dispatch of the portfolio in that window adds ``power_w`` of discharge to its setpoint
+    (:func:`vpp.dispatch.fleet_setpoint_w`). One row per operator event: a retransmission is a no-op, a different
+    event under the same reference is refused.
+    """
+
+    portfolio = models.CharField(max_length=64, default="default")
+    event_id = models.CharField(max_length=100, help_text="the operator's reference for the event")
+    power_w = models.PositiveBigIntegerField(help_text="extra discharge asked for (W)")
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    source = models.CharField(max_length=16, choices=SignalSource.choices)
+    belief_time = models.DateTimeField(help_text="when the aggregator received it")
+    received_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+
+    class Meta:
+        ordering = ["-start"]
+        constraints = [
+            models.UniqueConstraint(fields=["portfolio", "event_id"], name="markets_reserve_one_row_per_event"),
+            models.CheckConstraint(condition=Q(end__gt=F("start")), name="markets_reserve_ends_after_start"),
+            models.CheckConstraint(condition=Q(power_w__gt=0), name="markets_reserve_power_positive"),
+        ]
+        indexes = [models.Index(fields=["portfolio", "end"], name="markets_reserve_portfolio_end")]
+
+    def __str__(self) -> str:
+        return f"{self.portfolio} {self.event_id}: {self.power_w} W {self.start:%Y-%m-%dT%H:%M:%SZ}-{self.end:%H:%M}"
+
+
 class RegulationBasepoint(models.Model):
     """The fleet's basepoint (W, + charging) for a product and portfolio from ``at`` on, as dispatch set it.
 

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
-from django.db.models import Count, F, Q, QuerySet, Sum
+from django.db.models import Count, F, Min, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from numpy.typing import NDArray
 
@@ -28,6 +28,7 @@ from markets.regulation_models import (
     RegulationBasepoint,
     RegulationPrice,
     RegulationSignal,
+    ReserveDeployment,
     Settlement,
     SettlementLine,
 )
@@ -42,6 +43,13 @@ OUTLET_LOCATIONS = ("", "Outlet")
 POWER_MAX_AGE_S = 60.0
 
 ChargePoint = tuple[int, int]  # (station pk, EVSE id)
+
+
+def reserve_in_force(*, portfolio: str, at: datetime) -> tuple[int, datetime | None]:
+    """(W of reserve discharge called on ``portfolio`` at ``at``, when the first of those events ends)."""
+    active = ReserveDeployment.objects.filter(portfolio=portfolio, start__lte=at, end__gt=at)
+    totals = active.aggregate(power=Sum("power_w"), until=Min("end"))
+    return int(totals["power"] or 0), totals["until"]
 
 
 def epoch_s(moment: datetime) -> float:

@@ -33,6 +33,7 @@ from markets.regulation_models import (
     RegulationBasepoint,
     RegulationPrice,
     RegulationSignal,
+    ReserveDeployment,
     Settlement,
     SettlementLine,
     SignalSource,
@@ -77,6 +78,14 @@ class SignalConflict(RegulationError):
     """A different value for a signal instant already stored."""
 
 
+class ReserveConflict(RegulationError):
+    """A different reserve event under a reference already stored for the portfolio."""
+
+
+#: Longest reserve event accepted (PJM synchronized reserve events last at most 30 minutes; leave room).
+RESERVE_MAX = timedelta(hours=4)
+
+
 def _utc(moment: datetime, name: str) -> datetime:
     if timezone.is_naive(moment):
         raise RegulationError(f"{name} must carry a UTC offset")
@@ -94,6 +103,49 @@ def _signal_value(value: Decimal | float | str) -> Decimal:
 
 
 # --- signal and basepoint intake ---------------------------------------------------------------------------------
+
+
+def reserve_deployment_record(
+    *,
+    portfolio: str,
+    event_id: str,
+    power_w: int,
+    start: datetime,
+    end: datetime,
+    source: str,
+    received_by_id: int | None = None,
+) -> tuple[ReserveDeployment, bool]:
+    """Store one reserve event called on ``portfolio``; returns ``(row, created)``.
+
+    Idempotent on ``(portfolio, event_id)``: the same event again returns the stored row with ``created=False``,
+    a different one under the same reference raises :class:`ReserveConflict`.
+    """
+    start, end = _utc(start, "start"), _utc(end, "end")
+    if power_w <= 0:
+        raise RegulationError("a reserve deployment asks for a positive power (W of discharge)")
+    if end <= start:
+        raise RegulationError("a reserve deployment ends after it starts")
+    if end - start > RESERVE_MAX:
+        raise RegulationError(f"a reserve deployment lasts at most {RESERVE_MAX}")
+    fields = {"power_w": power_w, "start": start, "end": end}
+    try:
+        with transaction.atomic():
+            row = ReserveDeployment.objects.create(
+                portfolio=portfolio,
+                event_id=event_id,
+                source=source,
+                belief_time=timezone.now(),
+                received_by_id=received_by_id,
+                **fields,
+            )
+        return row, True
+    except IntegrityError:
+        existing = ReserveDeployment.objects.get(portfolio=portfolio, event_id=event_id)
+        if any(getattr(existing, name) != value for name, value in fields.items()):
+            raise ReserveConflict(
+                f"reserve event {event_id!r} of {portfolio!r} is already stored as {existing}; refusing a different one"
+            ) from None
+        return existing, False
 
 
 def regulation_signal_record(

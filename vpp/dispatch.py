@@ -147,6 +147,8 @@ class DispatchState:
     award_until: float | None  # epoch s the awards in force end; None = no award
     loaded_at: float
     preferred_basepoint_w: int = 0
+    reserve_w: int = 0  # reserve deployments called on the portfolio (W of extra discharge) ...
+    reserve_until: float | None = None  # ... until this epoch s (the first of them to end)
     row_of: dict[str, int] = field(default_factory=dict)  # station id -> fleet row
 
     def __post_init__(self) -> None:
@@ -229,13 +231,12 @@ class Dispatcher:
         self.call_timeout_s = call_timeout_s if call_timeout_s is not None else settings.DISPATCH_CALL_TIMEOUT_S
         self.state: DispatchState | None = None
         self.basepoint_w: int | None = None
-        self.reserve_w = 0
-        self.reserve_until: float | None = None
         self._soc = np.zeros(0)
         self._soc_dirty = False
         self._live_soc_pct: dict[str, float] = {}  # newest SoC reading per station, from committed telemetry
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatch-db")
         self._refresh_now = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._loaded = asyncio.Event()
         self._dispatch_ended = asyncio.Event()
@@ -246,10 +247,15 @@ class Dispatcher:
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._refresh_loop(), name=f"dispatch-refresh-{self.product_id}")]
         if self.telemetry:
             self._tasks.append(loop.create_task(self._telemetry_loop(), name=f"dispatch-telemetry-{self.product_id}"))
+
+    def refresh_soon(self) -> None:
+        """Reload the state now rather than at the next period; callable from any thread (e.g. a request's)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._refresh_now.set)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -371,11 +377,6 @@ class Dispatcher:
 
     # --- the hot path -------------------------------------------------------------------------------------------
 
-    def reserve_deploy(self, *, power_w: int, until: float | None) -> None:
-        """A reserve deployment (W of extra discharge) added to every setpoint until ``until`` (epoch s)."""
-        self.reserve_w = max(int(power_w), 0)
-        self.reserve_until = until
-
     async def dispatch(self, signal: Signal) -> DispatchResult:
         """Allocate and send one signal value; returns once every station answered or the call deadline passed."""
         if self.state is None:
@@ -386,7 +387,7 @@ class Dispatcher:
         if self._soc_dirty:
             state = self.state = replace(state, fleet=state.fleet.with_soc(self._soc.copy()))
             self._soc_dirty = False
-        reserve = self.reserve_w if self.reserve_until is None or now < self.reserve_until else 0
+        reserve = state.reserve_w if state.reserve_until is not None and now < state.reserve_until else 0
         capacity = state.capacity_w if state.award_until is not None and now < state.award_until else 0
         base = self.basepoint_w or 0
         setpoint = fleet_setpoint_w(
@@ -461,3 +462,14 @@ def dispatcher_for(*, product_id: int, portfolio: str, factory: Callable[[], Dis
 
 def dispatchers_running() -> list[Dispatcher]:
     return list(_dispatchers.values())
+
+
+def dispatchers_refresh(*, portfolio: str) -> int:
+    """Ask this process's dispatchers of ``portfolio`` to reload their state now; returns how many were asked.
+
+    Other processes' dispatchers pick the change up with their next periodic reload (``DISPATCH_REFRESH_S``).
+    """
+    asked = [d for d in list(_dispatchers.values()) if d.portfolio == portfolio]
+    for dispatcher in asked:
+        dispatcher.refresh_soon()
+    return len(asked)

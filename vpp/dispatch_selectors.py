@@ -16,6 +16,7 @@ from django.db.models import Max, Sum
 from chargers.models import Station, Transaction
 from fleet.selectors import plugged_in_snapshots
 from markets.models import Award
+from markets.regulation_selectors import reserve_in_force
 from vpp.dispatch import DispatchState, Route
 from vpp.fleet_arrays import FleetArrays, power_bounds
 
@@ -58,6 +59,7 @@ def dispatch_state_load(*, product_id: int, portfolio: str, now: float, hold_s: 
         )
     fleet = FleetArrays.from_snapshots(usable)
     capacity, until = awarded_capacity(product_id=product_id, portfolio=portfolio, at=at)
+    reserve_w, reserve_until = reserve_in_force(portfolio=portfolio, at=at)
     preferred = 0
     if len(fleet):
         # Basepoint preference: what the fleet must charge anyway to keep every departure reachable.
@@ -70,6 +72,8 @@ def dispatch_state_load(*, product_id: int, portfolio: str, now: float, hold_s: 
         award_until=until,
         loaded_at=now,
         preferred_basepoint_w=preferred,
+        reserve_w=reserve_w,
+        reserve_until=reserve_until.timestamp() if reserve_until is not None else None,
     )
 
 

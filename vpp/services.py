@@ -26,12 +26,14 @@ from django.utils import timezone
 from chargers.fanout import NodeListener
 from chargers.services import insert_rows
 from markets.models import Product
+from markets.regulation_models import ReserveDeployment
 from markets.regulation_services import (
     RegulationError,
     regulation_basepoint_record,
     regulation_signal_record,
+    reserve_deployment_record,
 )
-from vpp.dispatch import Dispatcher, DispatchResult, Signal, dispatcher_for
+from vpp.dispatch import Dispatcher, DispatchResult, Signal, dispatcher_for, dispatchers_refresh
 from vpp.dispatch_selectors import dispatch_state_load
 from vpp.models import Dispatch, DispatchCommand
 
@@ -115,6 +117,34 @@ def regulation_dispatch_from_sync(
         return False
     signal = Signal(product_id, portfolio, signal_value(value), at.astimezone(UTC), source, received_at)
     return async_to_sync(regulation_dispatch_start)(signal=signal) is not None
+
+
+def reserve_deployment_intake(
+    *,
+    portfolio: str,
+    event_id: str,
+    power_w: int,
+    start: datetime,
+    end: datetime,
+    source: str,
+    received_by_id: int | None = None,
+) -> tuple[ReserveDeployment, bool]:
+    """Record a reserve event (markets) and, once committed, have this process's dispatchers of the portfolio
+    reload at once: the next signal's setpoint carries the extra discharge. Other server processes pick it up
+    within ``DISPATCH_REFRESH_S``; a 10-minute reserve product leaves ample time for both.
+    """
+    row, created = reserve_deployment_record(
+        portfolio=portfolio,
+        event_id=event_id,
+        power_w=power_w,
+        start=start,
+        end=end,
+        source=source,
+        received_by_id=received_by_id,
+    )
+    if created:
+        transaction.on_commit(lambda: dispatchers_refresh(portfolio=portfolio))
+    return row, created
 
 
 @dataclass(frozen=True, slots=True)

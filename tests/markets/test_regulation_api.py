@@ -239,3 +239,51 @@ def test_the_reports_page_charts_signal_against_response_and_sums_revenue(client
 
 def test_pages_need_a_login(client):
     assert client.get("/regulation/").status_code == 302
+
+
+# --- reserve deployments -----------------------------------------------------------------------------------------
+
+RESERVE_URL = "/api/regulation/reserve"
+
+
+def reserve(event_id="sr-1", power_w=50_000, start="2025-07-01T14:00:00Z", end="2025-07-01T14:30:00Z"):
+    return {"portfolio": "default", "event_id": event_id, "power_w": power_w, "start": start, "end": end}
+
+
+def test_a_reserve_event_is_stored_once_and_a_different_one_under_its_reference_is_refused(utility):
+    # Given a utility calling a 50 kW reserve event
+    first = utility.post(RESERVE_URL, reserve(), format="json")
+    # When the same event is sent again, then a different one under the same reference
+    again = utility.post(RESERVE_URL, reserve(), format="json")
+    changed = utility.post(RESERVE_URL, reserve(power_w=80_000), format="json")
+    # Then it is stored once, answered 201 then 200, and the changed one is refused with the reason
+    assert (first.status_code, again.status_code, changed.status_code) == (201, 200, 409)
+    assert first.json()["id"] == again.json()["id"]
+    assert "sr-1" in changed.json()["detail"]
+    from markets.regulation_models import ReserveDeployment
+
+    assert ReserveDeployment.objects.get().power_w == 50_000
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (reserve(end="2025-07-01T13:00:00Z"), "detail"),  # ends before it starts
+        (reserve(end="2025-07-01T20:00:00Z"), "detail"),  # longer than any reserve event
+        (reserve(power_w=0), "power_w"),
+        (reserve(end="2025-07-01T14:30:00"), "end"),  # no UTC offset
+        ({"event_id": "x", "power_w": 1}, "end"),
+    ],
+)
+def test_a_bad_reserve_event_gets_a_400_with_the_reason(utility, body, field):
+    response = utility.post(RESERVE_URL, body, format="json")
+    assert response.status_code == 400
+    assert field in response.json()
+
+
+def test_calling_reserve_needs_the_utility_permission():
+    # Given a signed-in user without markets.submit_regulation_signal / When it calls a reserve event
+    response = client_for(user_with("viewer")).post(RESERVE_URL, reserve(), format="json")
+    # Then it is refused and nothing is stored
+    assert response.status_code == 403
+    assert APIClient().post(RESERVE_URL, reserve(), format="json").status_code in (401, 403)

@@ -181,6 +181,34 @@ async def test_a_signal_reaches_every_station_with_setpoints_that_add_up_to_the_
     assert recorded == [result]
 
 
+async def test_a_reserve_event_in_force_adds_its_discharge_to_the_dispatched_setpoints(stations):
+    # Given 20 vehicles, 100 kW of regulation awarded and a 30 kW reserve event in force for another minute
+    fleet, routes = _fleet(20)
+    agents = {r.station_id: AnsweringStation() for r in routes}
+    for sid, agent in agents.items():
+        stations(sid, agent)
+
+    def loader(**_: Any) -> DispatchState:
+        now = time.time()
+        return DispatchState(fleet, routes, 100_000, now + 3600, now, reserve_w=30_000, reserve_until=now + 60)
+
+    dispatcher = Dispatcher(product_id=1, portfolio="default", loader=loader, recorder=None, telemetry=False)
+    dispatcher.start()
+    try:
+        await dispatcher.ready()
+        # When the operator asks for 0.6 regulation up
+        result = await dispatcher.dispatch(Signal(1, "default", Decimal("0.6"), datetime.now(UTC), "file", time.time()))
+    finally:
+        await dispatcher.stop()
+    # Then the stations' setpoints add up to 0 - 0.6 x 100 kW - 30 kW
+    setpoints = [
+        payload["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"][0]["setpoint"]
+        for agent in agents.values()
+        for _, payload in agent.calls
+    ]
+    assert (result.reserve_w, result.setpoint_w, sum(setpoints)) == (30_000, -90_000, -90_000)
+
+
 async def test_telemetry_updates_the_state_of_charge_between_reloads(stations):
     fleet, routes = _fleet(2)
     dispatcher = Dispatcher(
