@@ -194,6 +194,25 @@ def stations_ready(station_ids: list[str]) -> list[StationReady]:
     return ready
 
 
+def stations_reported_since(*, station_ids: list[str], since: datetime) -> int:
+    """How many of the stations have a stored meter value taken at or after ``since`` (station clock)."""
+    readings = MeterValue.objects.filter(station__station_id__in=station_ids, timestamp__gte=since)
+    return readings.values("station_id").distinct().count()
+
+
+def meter_values_await(*, station_ids: list[str], since: datetime, timeout_s: float) -> int:
+    """Wait until every station's meter values reach ``since`` (their agents catching up on queued messages), at
+    most ``timeout_s``; returns how many stations did. The response is measured from stored meter values: scored
+    before they arrive, the last minutes of a replay read as no response at all.
+    """
+    deadline = time.monotonic() + timeout_s
+    while (done := stations_reported_since(station_ids=station_ids, since=since)) < len(station_ids):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    return done
+
+
 def capacity_estimate_wh(needs: EvChargingNeeds, soc_pct: int) -> int:
     """Usable capacity from what the EV reported: energy to full over the room left (ISO 15118 V2X parameters)."""
     to_full = needs.ev_max_energy_request_wh or 0

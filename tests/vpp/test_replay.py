@@ -15,7 +15,7 @@ from chargers.models import MeterValue
 from markets.models import Product
 from tests.chargers.factories import StationFactory
 from vpp.models import Dispatch, DispatchCommand
-from vpp.replay import replay_rows
+from vpp.replay import meter_values_await, replay_rows
 
 SIGNAL = Path(__file__).resolve().parents[2] / "markets" / "data" / "pjm-regd-test-signal-40min.csv"
 
@@ -76,3 +76,23 @@ def test_a_retransmitted_meter_value_is_counted_once():
     # Then the fleet power is the reading once, and the duplicate is reported
     assert rows.fleet_power_w.tolist() == [5_000.0, 5_000.0]
     assert rows.duplicates == 1
+
+
+@pytest.mark.django_db
+def test_the_replay_waits_for_every_station_s_meter_values_to_reach_the_end():
+    # Given two stations, only one of which has reported up to the end of the replay
+    end = datetime(2026, 1, 1, 12, 40, 0, tzinfo=UTC)
+    done, late = StationFactory.create(), StationFactory.create()
+    for station, at in ((done, end + timedelta(seconds=1)), (late, end - timedelta(seconds=30))):
+        MeterValue.objects.create(
+            station=station, evse_id=1, timestamp=at, received_at=at, measurand="Power.Active.Import", value=1, unit="W"
+        )
+    ids = [done.station_id, late.station_id]
+    # When the replay waits for them (not long: the late one's queued values do not arrive)
+    caught_up = meter_values_await(station_ids=ids, since=end, timeout_s=0.0)
+    # Then it reports that only one caught up; once the late one's value lands, both have
+    assert caught_up == 1
+    MeterValue.objects.create(
+        station=late, evse_id=1, timestamp=end, received_at=end, measurand="Power.Active.Import", value=1, unit="W"
+    )
+    assert meter_values_await(station_ids=ids, since=end, timeout_s=0.0) == 2

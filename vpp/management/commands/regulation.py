@@ -32,6 +32,9 @@ class Command(BaseCommand):
         rp.add_argument("--duration", type=float, default=None, help="replay only the first S seconds of signal")
         rp.add_argument("--capacity-kw", type=float, default=None, help="award this much (default: from the fleet)")
         rp.add_argument("--ready-timeout", type=float, default=None, help="seconds to wait for the agents")
+        rp.add_argument(
+            "--drain-timeout", type=float, default=180.0, help="seconds to wait for the last meter values (default 180)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["action"] == "replay":
@@ -83,13 +86,18 @@ class Command(BaseCommand):
                         limit_s=limit_s,
                     )
                 )
-                time.sleep(2.5)  # the last meter values are in flight
+                offsets = trace.offsets_s - trace.offsets_s[0]
+                keep = offsets <= limit_s
+                times = t0 + offsets[keep] / speed
+                # The agents may still be sending queued meter values: score once they cover the last signal value.
+                ids = [r.station_id for r in ready]
+                last = datetime.fromtimestamp(float(times[-1]) + 2.0 / speed, UTC)
+                caught_up = replay.meter_values_await(station_ids=ids, since=last, timeout_s=o["drain_timeout"])
+                if caught_up < len(ids):
+                    self.stdout.write(f"{len(ids) - caught_up} stations' meter values did not reach the end in time")
         refused = [a for a in answers if not a.get("ok")]
         if refused:
             raise CommandError(f"the intake refused {len(refused)} values, e.g. {refused[0].get('error')}")
-        offsets = trace.offsets_s - trace.offsets_s[0]
-        keep = offsets <= limit_s
-        times = t0 + offsets[keep] / speed
         rows = replay.replay_rows(
             product=product,
             portfolio=portfolio,
