@@ -149,31 +149,38 @@ def stations(monkeypatch):
         fanout.LOCAL.unregister(sid, station)
 
 
-async def test_a_signal_reaches_every_station_with_setpoints_that_add_up_to_the_fleet_setpoint(stations):
-    # Given 20 plugged-in vehicles on stations held by this process and 100 kW awarded
-    fleet, routes = _fleet(20)
-    agents = {r.station_id: AnsweringStation() for r in routes}
+async def _dispatch_once(stations, state: Any, value: str, recorder: Any = None) -> tuple[Any, list[float]]:
+    """Dispatch one signal value to stand-in stations for the routes of ``state()``; the result and the setpoints."""
+    agents = {r.station_id: AnsweringStation() for r in state().routes}
     for sid, agent in agents.items():
         stations(sid, agent)
-    recorded: list[Any] = []
-
-    def loader(**_: Any) -> DispatchState:
-        return DispatchState(fleet, routes, 100_000, time.time() + 3600, time.time(), preferred_basepoint_w=0)
-
-    dispatcher = Dispatcher(product_id=1, portfolio="default", loader=loader, recorder=recorded.append, telemetry=False)
+    dispatcher = Dispatcher(product_id=1, portfolio="default", loader=lambda **_: state(), recorder=recorder,
+                            telemetry=False)  # fmt: skip
     dispatcher.start()
     try:
         await dispatcher.ready()
-        # When the operator asks for 0.6 regulation up
-        result = await dispatcher.dispatch(Signal(1, "default", Decimal("0.6"), datetime.now(UTC), "file", time.time()))
+        result = await dispatcher.dispatch(Signal(1, "default", Decimal(value), datetime.now(UTC), "file", time.time()))
     finally:
         await dispatcher.stop()
-    # Then every station got one SetChargingProfile, and the setpoints add up to 0 - 0.6 x 100 kW
     setpoints = [
         payload["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"][0]["setpoint"]
         for agent in agents.values()
         for _, payload in agent.calls
     ]
+    return result, setpoints
+
+
+async def test_a_signal_reaches_every_station_with_setpoints_that_add_up_to_the_fleet_setpoint(stations):
+    # Given 20 plugged-in vehicles on stations held by this process and 100 kW awarded
+    fleet, routes = _fleet(20)
+    recorded: list[Any] = []
+
+    def state() -> DispatchState:
+        return DispatchState(fleet, routes, 100_000, time.time() + 3600, time.time(), preferred_basepoint_w=0)
+
+    # When the operator asks for 0.6 regulation up
+    result, setpoints = await _dispatch_once(stations, state, "0.6", recorder=recorded.append)
+    # Then every station got one SetChargingProfile, and the setpoints add up to 0 - 0.6 x 100 kW
     assert len(setpoints) == 20
     assert sum(setpoints) == -60_000
     assert result.accepted == 20
@@ -184,28 +191,14 @@ async def test_a_signal_reaches_every_station_with_setpoints_that_add_up_to_the_
 async def test_a_reserve_event_in_force_adds_its_discharge_to_the_dispatched_setpoints(stations):
     # Given 20 vehicles, 100 kW of regulation awarded and a 30 kW reserve event in force for another minute
     fleet, routes = _fleet(20)
-    agents = {r.station_id: AnsweringStation() for r in routes}
-    for sid, agent in agents.items():
-        stations(sid, agent)
 
-    def loader(**_: Any) -> DispatchState:
+    def state() -> DispatchState:
         now = time.time()
         return DispatchState(fleet, routes, 100_000, now + 3600, now, reserve_w=30_000, reserve_until=now + 60)
 
-    dispatcher = Dispatcher(product_id=1, portfolio="default", loader=loader, recorder=None, telemetry=False)
-    dispatcher.start()
-    try:
-        await dispatcher.ready()
-        # When the operator asks for 0.6 regulation up
-        result = await dispatcher.dispatch(Signal(1, "default", Decimal("0.6"), datetime.now(UTC), "file", time.time()))
-    finally:
-        await dispatcher.stop()
+    # When the operator asks for 0.6 regulation up
+    result, setpoints = await _dispatch_once(stations, state, "0.6")
     # Then the stations' setpoints add up to 0 - 0.6 x 100 kW - 30 kW
-    setpoints = [
-        payload["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"][0]["setpoint"]
-        for agent in agents.values()
-        for _, payload in agent.calls
-    ]
     assert (result.reserve_w, result.setpoint_w, sum(setpoints)) == (30_000, -90_000, -90_000)
 
 
