@@ -38,18 +38,22 @@ from vpp.services import regulation_dispatch_from_sync, reserve_deployment_intak
 MAX_REPORT_DAYS = 62
 
 
+class OffsetDateTimeField(serializers.DateTimeField):
+    """An ISO 8601 instant that must carry its UTC offset: a bare local time from an operator is ambiguous."""
+
+    def to_internal_value(self, value: Any) -> datetime:
+        raw = str(value)
+        if not (raw.endswith("Z") or "+" in raw[10:] or "-" in raw[10:]):
+            raise serializers.ValidationError("give the UTC offset (e.g. 2025-07-01T14:00:02Z)")
+        return super().to_internal_value(value)
+
+
 class SignalInSerializer(serializers.Serializer):
     product = serializers.CharField(help_text="'<operator>:<product>' (e.g. pjm:reg-d) or a product code")
     portfolio = serializers.CharField(default="default", max_length=64)
-    at = serializers.DateTimeField(help_text="instant the value applies from, ISO 8601 with offset")
+    at = OffsetDateTimeField(help_text="instant the value applies from, ISO 8601 with offset")
     value = serializers.DecimalField(max_digits=12, decimal_places=8, min_value=-1, max_value=1)
     source_ref = serializers.CharField(required=False, default="", allow_blank=True, max_length=200)
-
-    def validate_at(self, value: datetime) -> datetime:
-        raw = str(self.initial_data.get("at", ""))
-        if not (raw.endswith("Z") or "+" in raw[10:] or "-" in raw[10:]):
-            raise serializers.ValidationError("give the UTC offset (e.g. 2025-07-01T14:00:02Z)")
-        return value
 
     def validate_product(self, value: str) -> Product:
         operator, _, code = value.rpartition(":")
@@ -115,14 +119,10 @@ class ReserveInSerializer(serializers.Serializer):
     portfolio = serializers.CharField(default="default", max_length=64)
     event_id = serializers.CharField(max_length=100, help_text="the operator's reference (idempotency key)")
     power_w = serializers.IntegerField(min_value=1, help_text="extra discharge asked for, W")
-    start = serializers.DateTimeField(required=False, help_text="default: now; ISO 8601 with offset")
-    end = serializers.DateTimeField(help_text="ISO 8601 with offset")
+    start = OffsetDateTimeField(required=False, help_text="default: now; ISO 8601 with offset")
+    end = OffsetDateTimeField(help_text="ISO 8601 with offset")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        for name in ("start", "end"):
-            raw = str(self.initial_data.get(name, "Z"))
-            if not (raw.endswith("Z") or "+" in raw[10:] or "-" in raw[10:]):
-                raise serializers.ValidationError({name: "give the UTC offset (e.g. 2025-07-01T14:00:00Z)"})
         attrs.setdefault("start", timezone.now())
         return attrs
 
