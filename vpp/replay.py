@@ -111,9 +111,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def simulated_agents(
-    *, count: int, ws_base: str, prefix: str, password: str, versions: str = "2.1"
+    *, count: int, ws_base: str, prefix: str, password: str, versions: str = "2.1", log_to: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``edge-agent simulate`` in its own process (its own core), stopped with SIGTERM at the end."""
+    """``edge-agent simulate`` in its own process (its own core), stopped with SIGTERM at the end.
+
+    ``log_to``: keep the agents' session log (JSON lines, with a ``fleet_status`` line a minute) at this path.
+    """
     exe = shutil.which("edge-agent", path=str(Path(sys.executable).parent)) or shutil.which("edge-agent")
     if exe is None:
         raise ReplayError("the edge-agent command is not installed (pip install ./edge_agent)")
@@ -143,6 +146,9 @@ def simulated_agents(
         yield process
     finally:
         _stop(process)
+        session_log = Path(var_dir) / f"edge-fleet-{prefix}.log"
+        if log_to is not None and session_log.exists():
+            shutil.copyfile(session_log, log_to)
         shutil.rmtree(var_dir, ignore_errors=True)
 
 

@@ -21,6 +21,7 @@ class LinkMonitor:
     connected: bool = False
     _down_since: float | None = 0.0  # not connected yet counts as down since start
     _pending_since: float | None = None
+    rtt_peak_s: float = 0.0  # the longest round trip since the last ``rtt_peak_take`` (fleet status reports)
 
     def up(self, now: float) -> None:
         self.connected = True
@@ -45,7 +46,15 @@ class LinkMonitor:
     def answer_received(self, now: float) -> float | None:
         """Clear the pending request; return its round-trip time."""
         started, self._pending_since = self._pending_since, None
-        return None if started is None else now - started
+        if started is None:
+            return None
+        rtt = now - started
+        self.rtt_peak_s = max(self.rtt_peak_s, rtt)
+        return rtt
+
+    def rtt_peak_take(self) -> float:
+        peak, self.rtt_peak_s = self.rtt_peak_s, 0.0
+        return peak
 
     def lost_since(self, now: float) -> float | None:
         if self._down_since is not None:

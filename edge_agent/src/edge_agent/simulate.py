@@ -33,6 +33,7 @@ from edge_agent.sessionlog import log_event
 from edge_agent.station import Station, StationParams
 
 LOG = logging.getLogger("edge_agent.simulate")
+STATUS_INTERVAL_S = 60.0  # how often the fleet logs its connected count, backlog and slowest round trips
 CAR_MODELS = (  # (name, usable kWh, AC charge kW, AC discharge kW): typical bidirectional cars
     ("Nissan Leaf e+", 59_000.0, 7_400.0, 7_400.0),
     ("Kia EV6", 74_000.0, 11_000.0, 11_000.0),
@@ -145,9 +146,29 @@ class Fleet:
         self._rng = rng
         self._stop = asyncio.Event()
         self._next_presence_check = 0.0
+        self._next_status = 0.0
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _before_tick(self, now: float) -> None:
+        self._cars_come_and_go(now)
+        if now >= self._next_status:
+            self._next_status = now + STATUS_INTERVAL_S
+            self._status()
+
+    def _status(self) -> None:
+        """One ``fleet_status`` line a minute: a backlog or slow CSMS answers show up while it happens."""
+        peaks = sorted(st.link.rtt_peak_take() for st in self.stations)
+        log_event(
+            "fleet",
+            "fleet_status",
+            connected=sum(1 for st in self.stations if st.link.connected),
+            queued=sum(len(st.outbox) for st in self.stations),
+            queued_max=max(len(st.outbox) for st in self.stations),
+            rtt_peak_p50_ms=round(peaks[len(peaks) // 2] * 1000),
+            rtt_peak_max_ms=round(peaks[-1] * 1000),
+        )
 
     def _cars_come_and_go(self, now: float) -> None:
         """Every few seconds: cars past their departure leave; empty chargers get a new car now and then."""
@@ -177,7 +198,7 @@ class Fleet:
         for st in self.stations:
             st.plug_in(make_car(self._rng, self.clock))
         ticker = asyncio.ensure_future(
-            tick_forever(self.stations, self.store, self.tick_s, stop=self._stop, before_tick=self._cars_come_and_go)
+            tick_forever(self.stations, self.store, self.tick_s, stop=self._stop, before_tick=self._before_tick)
         )
         client_tasks = await self._start_clients()
         # Thousands of long-lived station objects: keep them out of the cyclic GC's scans (full collections

@@ -7,6 +7,7 @@ import asyncio
 import math
 import secrets
 import time
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,7 +58,10 @@ class Command(BaseCommand):
             self.stdout.write(f"CSMS at {http_base}; {count} stations {prefix}-1..{prefix}-{count}")
             station_ids = replay.stations_provision(count=count, prefix=prefix, password=password)
             token = replay.utility_token()
-            with replay.simulated_agents(count=count, ws_base=ws_base, prefix=prefix, password=password):
+            agents_log = Path(o["out"]).with_suffix(".agents.log")
+            with replay.simulated_agents(
+                count=count, ws_base=ws_base, prefix=prefix, password=password, log_to=agents_log
+            ):
                 ready = self._wait_ready(station_ids, o["ready_timeout"] or 60.0 + 0.2 * count)
                 fleet = replay.fleet_register(ready, name=f"replay {prefix}")
                 portfolio = f"fleet-{fleet.pk}"
@@ -106,7 +110,7 @@ class Command(BaseCommand):
             signal=trace.values[keep],
         )
         written = replay.rows_write(o["out"], rows)
-        self.stdout.write(f"{written} rows written to {o['out']}")
+        self.stdout.write(f"{written} rows written to {o['out']}; the agents' session log: {agents_log}")
         low = np.nanmin(rows.min_soc_pct) if not np.all(np.isnan(rows.min_soc_pct)) else math.nan
         self.stdout.write(
             f"lowest SoC in the fleet: {low:.0f} % (floor {20} %); meter values used: {rows.meter_values}, "
