@@ -7,8 +7,8 @@ import asyncio
 import math
 import secrets
 import time
-from pathlib import Path
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
