@@ -6,6 +6,9 @@ Rows written on the hot path (message log, meter values) are created in bulk by 
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -146,6 +149,33 @@ class Transaction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.station_id}:{self.transaction_id}"
+
+    def event_apply(self, payload: dict[str, Any], *, at: datetime, energy_wh: int | None) -> set[str]:
+        """Apply one new TransactionEvent to this row in memory; returns the names of the fields it changed.
+
+        The start and end are taken from whichever event reports them; everything else only from an event newer
+        (higher seqNo) than the one the state comes from, so a replayed older event never rolls the state back.
+        """
+        info, evse, seq_no = payload["transactionInfo"], payload.get("evse") or {}, payload["seqNo"]
+        changes: dict[str, Any] = {}
+        if payload["eventType"] == "Started" and (self.started_at is None or at < self.started_at):
+            changes["started_at"] = at
+        if payload["eventType"] == "Ended":
+            changes.update(active=False, ended_at=at, stopped_reason=info.get("stoppedReason", "Local"))
+        if "idToken" in payload:
+            changes["id_token"] = payload["idToken"]["idToken"]
+        if seq_no > self.last_seq_no:
+            changes["last_seq_no"] = seq_no
+            if "chargingState" in info:
+                changes["charging_state"] = info["chargingState"]
+            if evse.get("id"):
+                changes.update(evse_id=evse["id"], connector_id=evse.get("connectorId", self.connector_id))
+            if energy_wh is not None:
+                changes["energy_wh"] = energy_wh
+        changed = {name for name, value in changes.items() if getattr(self, name) != value}
+        for name in changed:
+            setattr(self, name, changes[name])
+        return changed
 
 
 class TransactionEventType(models.TextChoices):

@@ -171,6 +171,11 @@ class BatchContext:
         self.touched: set[int] = set()
         self.telemetry: list[TelemetryUpdate] = []
         self.answered: dict[tuple[int, str], CallOutcome] = {}
+        # TransactionEvent state for the batch: loaded once (_load_transactions), changed in memory, written in flush.
+        self.transactions: dict[tuple[int, str], Transaction] = {}
+        self.stored_events: set[tuple[int, int]] = set()  # (transaction pk, seqNo) already in the database
+        self.tx_events: list[tuple[Any, ...]] = []  # TRANSACTION_EVENT_COLUMNS
+        self.tx_changed: dict[int, set[str]] = {}  # transaction pk -> fields to write
 
     def event(self, station: StationRef, kind: str, *, at: datetime | None = None, summary: str = "", **data: Any):
         self.events.append(
@@ -207,6 +212,8 @@ class BatchContext:
         )  # fmt: skip
 
     def flush(self) -> None:
+        insert_rows(TransactionEvent, TRANSACTION_EVENT_COLUMNS, self.tx_events)
+        _transactions_save(self)
         insert_rows(MeterValue, METER_VALUE_COLUMNS, self.meter_values)
         bulk_insert(StationEvent, self.events)
         insert_rows(MessageLog, MESSAGE_LOG_COLUMNS, self.logs)
@@ -236,6 +243,10 @@ _TOUCH_SQL = f"UPDATE {Station._meta.db_table} SET last_seen = %s, online = (cha
 MESSAGE_LOG_COLUMNS = (
     "station_id", "direction", "message_type", "message_id", "action", "ocpp_version", "payload", "raw", "response",
     "error_code", "error_description", "created_at", "responded_at",
+)  # fmt: skip
+TRANSACTION_EVENT_COLUMNS = (
+    "transaction_id", "seq_no", "event_type", "trigger_reason", "timestamp", "received_at", "offline",
+    "charging_state", "payload",
 )  # fmt: skip
 METER_VALUE_COLUMNS = (
     "station_id", "evse_id", "transaction_id", "timestamp", "received_at", "measurand", "phase", "location",
@@ -306,7 +317,9 @@ def batch_apply(jobs: Sequence[Job]) -> list[Any]:
     """Apply ``jobs`` in one transaction; returns one outcome per job. Called by the writer thread only."""
     ctx = BatchContext(datetime.now(UTC))
     with transaction.atomic():
-        _load_answered(ctx, [j for j in jobs if isinstance(j, IncomingCall)])
+        calls = [j for j in jobs if isinstance(j, IncomingCall)]
+        _load_answered(ctx, calls)
+        _load_transactions(ctx, [c for c in calls if c.action == "TransactionEvent"])
         outcomes = [_apply_job(ctx, job) for job in jobs]
         ctx.flush()
     if ctx.telemetry:
@@ -721,34 +734,32 @@ def transaction_event_record(ctx: BatchContext, station: StationRef, payload: di
     """TransactionEvent: stored once per (transaction, seqNo); the transaction's state follows the highest seqNo.
 
     Offline-queued events replayed out of order still land as their own rows (read them ordered by seqNo), and an
-    older event never overwrites the state set by a newer one.
+    older event never overwrites the state set by a newer one. Set-based per batch: the batch's transactions and
+    their stored seqNos are read in one go (``_load_transactions``), events are COPYed and the transactions'
+    new state written once in ``BatchContext.flush`` (a regulating fleet sends one event per vehicle a second).
     """
     info = payload["transactionInfo"]
     at = _ts(payload["timestamp"], ctx.now)
     seq_no = payload["seqNo"]
-    event_type = payload["eventType"]
     evse = payload.get("evse") or {}
-    tx, _ = Transaction.objects.get_or_create(
-        station_id=station.pk,
-        transaction_id=info["transactionId"],
-        defaults={"evse_id": evse.get("id"), "connector_id": evse.get("connectorId"), "started_at": at},
-    )
+    tx = ctx.transactions.get((station.pk, info["transactionId"]))
+    if tx is None:  # a new transaction (its first event, or the first after a restart of the CSMS's cache)
+        tx, _ = Transaction.objects.get_or_create(
+            station_id=station.pk,
+            transaction_id=info["transactionId"],
+            defaults={"evse_id": evse.get("id"), "connector_id": evse.get("connectorId"), "started_at": at},
+        )
+        ctx.transactions[(station.pk, info["transactionId"])] = tx
     response: dict[str, Any] = {}
     if "idToken" in payload:
         response["idTokenInfo"] = _id_token_info(payload["idToken"])
-    if TransactionEvent.objects.filter(transaction=tx, seq_no=seq_no).exists():
+    if (tx.pk, seq_no) in ctx.stored_events:
         return response  # the same event again (e.g. replayed after a reconnect): already stored
-    TransactionEvent.objects.create(
-        transaction=tx,
-        seq_no=seq_no,
-        event_type=event_type,
-        trigger_reason=payload["triggerReason"],
-        timestamp=at,
-        received_at=ctx.now,
-        offline=bool(payload.get("offline", False)),
-        charging_state=info.get("chargingState", ""),
-        payload=payload,
-    )
+    ctx.stored_events.add((tx.pk, seq_no))
+    ctx.tx_events.append(
+        (tx.pk, seq_no, payload["eventType"], payload["triggerReason"], at, ctx.now, bool(payload.get("offline")),
+         info.get("chargingState", ""), payload)
+    )  # fmt: skip
     update = _meter_rows(
         ctx,
         station,
@@ -759,32 +770,68 @@ def transaction_event_record(ctx: BatchContext, station: StationRef, payload: di
     )
     if update is not None:
         ctx.telemetry.append(update)
-    _transaction_state_apply(tx, payload, at, seq_no, update)
+    changed = tx.event_apply(payload, at=at, energy_wh=update.values.get(ENERGY_IMPORT) if update else None)
+    if changed:
+        ctx.tx_changed.setdefault(tx.pk, set()).update(changed)
     return response
 
 
-def _transaction_state_apply(
-    tx: Transaction, payload: dict[str, Any], at: datetime, seq_no: int, update: TelemetryUpdate | None
-) -> None:
-    info = payload["transactionInfo"]
-    evse = payload.get("evse") or {}
-    changes: dict[str, Any] = {}
-    if payload["eventType"] == "Started" and (tx.started_at is None or at < tx.started_at):
-        changes["started_at"] = at
-    if payload["eventType"] == "Ended":
-        changes.update(active=False, ended_at=at, stopped_reason=info.get("stoppedReason", "Local"))
-    if "idToken" in payload:
-        changes["id_token"] = payload["idToken"]["idToken"]
-    if seq_no > tx.last_seq_no:
-        changes["last_seq_no"] = seq_no
-        if "chargingState" in info:
-            changes["charging_state"] = info["chargingState"]
-        if evse.get("id"):
-            changes.update(evse_id=evse["id"], connector_id=evse.get("connectorId", tx.connector_id))
-        if update is not None and "Energy.Active.Import.Register" in update.values:
-            changes["energy_wh"] = update.values["Energy.Active.Import.Register"]
-    if changes:
-        Transaction.objects.filter(pk=tx.pk).update(**changes)
+ENERGY_IMPORT = "Energy.Active.Import.Register"
+
+
+def _load_transactions(ctx: BatchContext, calls: list[IncomingCall]) -> None:
+    """The batch's transactions (locked until COMMIT) and which of their events' seqNos are stored: two queries."""
+    if not calls:
+        return
+    keys = {(c.station.pk, c.payload["transactionInfo"]["transactionId"]) for c in calls}
+    rows = Transaction.objects.select_for_update().filter(
+        station_id__in={k[0] for k in keys}, transaction_id__in={k[1] for k in keys}
+    )
+    ctx.transactions = {key: tx for tx in rows if (key := (tx.station_id, tx.transaction_id)) in keys}
+    if not ctx.transactions:
+        return
+    pks = {tx.pk for tx in ctx.transactions.values()}
+    seqs = {c.payload["seqNo"] for c in calls}
+    ctx.stored_events = set(
+        TransactionEvent.objects.filter(transaction_id__in=pks, seq_no__in=seqs).values_list("transaction_id", "seq_no")
+    )
+
+
+def _transactions_save(ctx: BatchContext) -> None:
+    """Write the changed fields of the batch's transactions: one UPDATE on PostgreSQL, one per row elsewhere."""
+    if not ctx.tx_changed:
+        return
+    by_pk = {tx.pk: tx for tx in ctx.transactions.values()}
+    if connection.vendor != "postgresql":
+        for pk, names in ctx.tx_changed.items():
+            tx = by_pk[pk]
+            Transaction.objects.filter(pk=pk).update(**{name: getattr(tx, name) for name in names})
+        return
+    columns = sorted(set[str]().union(*ctx.tx_changed.values()))
+    update_rows(Transaction, columns, [by_pk[pk] for pk in ctx.tx_changed])
+
+
+def update_rows(model: type[Model], names: Sequence[str], objs: Sequence[Model]) -> None:
+    """PostgreSQL: set ``names`` of every object in ``objs`` to its in-memory values in one UPDATE ... FROM unnest.
+
+    The ORM's ``bulk_update`` builds a CASE per field and object (compile cost grows with the batch); here every
+    column travels as one array parameter.
+    """
+    fields = [cast("Field[Any, Any]", model._meta.get_field(name)) for name in names]
+    pk = model._meta.pk
+    assert pk is not None
+    quote = connection.ops.quote_name
+    columns = [pk, *fields]
+    arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f in columns)
+    aliases = ", ".join(f"c{i}" for i in range(len(columns)))
+    sets = ", ".join(f"{quote(cast(str, f.column))} = v.c{i}" for i, f in enumerate(columns) if i)
+    sql = (
+        f"UPDATE {quote(model._meta.db_table)} AS t SET {sets} FROM unnest({arrays}) AS v({aliases})"  # noqa: S608
+        f" WHERE t.{quote(cast(str, pk.column))} = v.c0"
+    )
+    params = [[f.get_db_prep_save(getattr(obj, f.attname), connection) for obj in objs] for f in columns]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def device_report_record(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
