@@ -300,7 +300,7 @@ def insert_rows(model: type[Model], columns: Sequence[str], rows: Sequence[Seque
             values = list(row)
             for i in json_at:
                 if values[i] is not None:  # None is SQL NULL, as the ORM stores it for a nullable JSONField
-                    values[i] = Jsonb(values[i])
+                    values[i] = Jsonb(values[i], dumps=ocpp_j.dumps_bytes)
             copy.write_row(values)
 
 

@@ -14,19 +14,26 @@ django_asgi_app = ASGIStaticFilesHandler(get_asgi_application())
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.urls import URLPattern, URLResolver  # noqa: E402
+from django.urls import URLPattern, URLResolver, re_path  # noqa: E402
 
 from vpp.discovery import app_modules  # noqa: E402
 
 
-def _websocket_patterns() -> list[URLPattern | URLResolver]:
-    return [pattern for module in app_modules("routing") for pattern in module.websocket_urlpatterns]
+def _websocket_patterns(name: str) -> list[URLPattern | URLResolver]:
+    return [pattern for module in app_modules("routing") for pattern in getattr(module, name, [])]
 
 
-# OCPP stations authenticate with HTTP Basic inside their own consumer; browser sockets use the Django session.
+# Devices (OCPP stations) authenticate with HTTP Basic inside their own consumer: their routes come first and skip
+# the session and user middleware, which would otherwise wrap every frame a station is sent (a thousand per
+# regulation dispatch). Browser and API sockets (``websocket_urlpatterns``) use the Django session or a token.
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AuthMiddlewareStack(URLRouter(_websocket_patterns())),
+        "websocket": URLRouter(
+            [
+                *_websocket_patterns("device_websocket_urlpatterns"),
+                re_path(r"", AuthMiddlewareStack(URLRouter(_websocket_patterns("websocket_urlpatterns")))),
+            ]
+        ),
     }
 )

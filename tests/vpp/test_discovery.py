@@ -40,6 +40,8 @@ def test_every_apps_beat_schedule_and_websocket_route_is_wired() -> None:
     assert {"chargers-heartbeat-sweep", "markets-prepare-proposals", "markets-regulation-settle"} <= set(
         celery_app.conf.beat_schedule
     )
-    # and the WebSocket router serves the stations' and the dashboard's routes
-    routes = {str(p.pattern) for p in _websocket_patterns()}
-    assert {"ws/dashboard", "^ocpp/(?P<station_id>[^/]{1,48})/?$"} <= routes
+    # and the WebSocket router serves the stations' routes as device routes (no session) and the dashboard's
+    devices = {str(p.pattern) for p in _websocket_patterns("device_websocket_urlpatterns")}
+    browsers = {str(p.pattern) for p in _websocket_patterns("websocket_urlpatterns")}
+    assert "^ocpp/(?P<station_id>[^/]{1,48})/?$" in devices
+    assert {"ws/dashboard", "ws/regulation"} <= browsers

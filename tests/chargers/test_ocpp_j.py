@@ -1,0 +1,26 @@
+"""OCPP-J framing: frames encode and parse exactly, whatever the payload holds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chargers import ocpp_j
+
+
+def test_a_call_frame_round_trips_unicode_floats_and_integers_beyond_64_bits():
+    # Given a payload with text outside ASCII, a float and an integer orjson cannot encode
+    payload = {"text": "Zürich €", "setpoint": -3456.5, "big": 2**70, "list": [1, None, True]}
+    # When it is framed as a CALL
+    frame = ocpp_j.call_frame("m-1", "DataTransfer", payload)
+    # Then the text is compact JSON that parses back to the same frame
+    assert json.loads(frame) == [2, "m-1", "DataTransfer", payload]
+    assert ", " not in frame and ": " not in frame
+
+
+@pytest.mark.parametrize("text", ['[2,"m-1","Heartbeat",{"x":NaN}]', '[2,"m-1","Heartbeat",{}', "\ud800"])
+def test_it_refuses_text_that_is_not_json_with_a_rpc_framework_error(text):
+    with pytest.raises(ocpp_j.OcppError) as caught:
+        ocpp_j.parse(text, "2.0.1")
+    assert caught.value.code == "RpcFrameworkError"
