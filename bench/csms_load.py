@@ -408,7 +408,8 @@ def _rss(proc: psutil.Process | None) -> int | None:
     return sum(p.memory_info().rss for p in _tree(proc)) if proc is not None else None
 
 
-def _cpu(proc: psutil.Process | None) -> float | None:
+def tree_cpu_s(proc: psutil.Process | None) -> float | None:
+    """CPU seconds (user + system) of ``proc`` and its worker processes."""
     if proc is None:
         return None
     return float(sum(t.user + t.system for t in (p.cpu_times() for p in _tree(proc))))
@@ -475,11 +476,11 @@ def run_load(cfg: LoadConfig, *, log: Any = None) -> LoadResult:
         say(f"{cfg.mode}: {booted}/{len(ids)} booted in {last_boot - connect_at:.2f} s; running {cfg.duration:g} s")
         run_at = time.monotonic() + 0.2
         end_at = run_at + cfg.duration
-        cpu_before = _cpu(server)
+        cpu_before = tree_cpu_s(server)
         for p in pipes:
             p.send(("run", run_at, end_at))
         reports: list[WorkerReport] = [_recv(p, proc)[1] for p, proc in zip(pipes, workers, strict=True)]
-        cpu_after = _cpu(server)
+        cpu_after = tree_cpu_s(server)
         rss_after = _rss(server)
         for p in pipes:
             p.send(("close",))

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -40,6 +41,7 @@ django.setup()
 
 from django.core.management import call_command  # noqa: E402
 
+from bench.csms_load import tree_cpu_s  # noqa: E402
 from markets.signals import SignalTrace  # noqa: E402
 from vpp import replay  # noqa: E402
 from vpp.models import Dispatch, DispatchCommand  # noqa: E402
@@ -128,7 +130,12 @@ def light_fleet(station_ids: list[str]):
     return fleet
 
 
-def run(count: int, signals: int, light: bool, workers: int = 1) -> tuple[np.ndarray, np.ndarray, int, int]:
+def csms_process() -> psutil.Process:
+    """The live CSMS this bench started (``vpp.serve``; its workers are its children)."""
+    return next(p for p in psutil.Process().children() if "vpp.serve" in " ".join(p.cmdline()))
+
+
+def run(count: int, signals: int, light: bool, workers: int = 1) -> tuple[np.ndarray, np.ndarray, int, int, float]:
     product = replay.product_default()
     prefix = f"bf{count}x{os.getpid() % 1000}"
     password = replay.env_password()
@@ -164,6 +171,8 @@ def run(count: int, signals: int, light: bool, workers: int = 1) -> tuple[np.nda
             )
             offsets = np.arange(signals, dtype=np.int64) * 2
             trace = SignalTrace("bench", offsets, np.sin(offsets / 20.0) * 0.8)
+            server = csms_process()
+            cpu_before = tree_cpu_s(server) or 0.0
             asyncio.run(
                 replay.signal_follow(
                     ws_base=ws_base,
@@ -177,6 +186,7 @@ def run(count: int, signals: int, light: bool, workers: int = 1) -> tuple[np.nda
                 )
             )
             time.sleep(2.0)
+            cpu_s = (tree_cpu_s(server) or 0.0) - cpu_before
     rows = Dispatch.objects.filter(portfolio=portfolio).exclude(last_ms=None)
     # The first dispatch of a process loads the state from the database (once): reported apart, not in the figures.
     last = np.array(list(rows.order_by("signal_at").values_list("last_ms", flat=True))[1:], dtype=float)
@@ -190,7 +200,9 @@ def run(count: int, signals: int, light: bool, workers: int = 1) -> tuple[np.nda
     )
     accepted = DispatchCommand.objects.filter(dispatch__portfolio=portfolio, answer="Accepted").count()
     sent = DispatchCommand.objects.filter(dispatch__portfolio=portfolio).count()
-    return last, per, accepted, sent
+    # Everything the server did for the signals (intake, allocation, the calls, their records) per command sent:
+    # unlike the latency, this does not depend on what else the machine's cores are doing.
+    return last, per, accepted, sent, cpu_s / max(sent, 1) * 1e6
 
 
 def main() -> None:
@@ -208,9 +220,9 @@ def main() -> None:
         f"{args.workers} Daphne process(es); {os.cpu_count()} CPUs shared with the stations"
     )
     print(f"{'stations':>8} {'dispatches':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-          f"{'answers p50/p99 ms':>20} {'accepted':>12} {'target p99':>11}")  # fmt: skip
+          f"{'answers p50/p99 ms':>20} {'accepted':>12} {'CPU us/cmd':>10} {'target p99':>11}")  # fmt: skip
     for count in args.stations:
-        last, per, accepted, sent = run(count, args.signals, args.light, args.workers)
+        last, per, accepted, sent, cpu_us = run(count, args.signals, args.light, args.workers)
         if last.size == 0:
             print(f"{count:>8} no dispatch measured")
             continue
@@ -219,7 +231,7 @@ def main() -> None:
         verdict = "MET" if p99 <= TARGET_MS else "NOT MET"
         answers = f"{np.percentile(per, 50):.0f}/{np.percentile(per, 99):.0f}"
         print(f"{count:>8} {last.size:>10} {p50:>8.1f} {p90:>8.1f} {p99:>8.1f} {worst:>8.1f} {answers:>20} "
-              f"{accepted:>5}/{sent:<6} {'<= 200 ' + verdict:>11}")  # fmt: skip
+              f"{accepted:>5}/{sent:<6} {cpu_us:>10.0f} {'<= 200 ' + verdict:>11}")  # fmt: skip
 
 
 if __name__ == "__main__":
