@@ -228,7 +228,7 @@ def dumps_bytes(obj: Any) -> bytes:
     try:
         return orjson.dumps(obj)
     except TypeError:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def dumps(obj: Any) -> str:

@@ -15,6 +15,7 @@ import concurrent.futures
 import functools
 import json
 import logging
+import operator
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, Field, JSONField, Model, Value, When
+from django.db.models import Case, CharField, Field, JSONField, Model, Q, Value, When
 from psycopg.types.json import Jsonb
 
 from chargers import ocpp_j
@@ -694,9 +695,10 @@ def _meter_rows(
     source: str,
     transaction: Transaction | None = None,
 ) -> TelemetryUpdate | None:
-    """Queue integer MeterValue rows; returns the newest sample set as a telemetry update."""
+    """Queue integer MeterValue rows, all or none; returns the newest sample set as a telemetry update."""
     newest: TelemetryUpdate | None = None
     tx_pk = transaction.pk if transaction is not None else None
+    rows: list[tuple[Any, ...]] = []
     for mv in meter_values:
         at = _ts(mv["timestamp"], ctx.now)
         values: dict[str, int] = {}
@@ -706,7 +708,7 @@ def _meter_rows(
             unit, factor, multiplier = _unit_for(measurand, sv)
             value = round(float(sv["value"]) * (10.0**multiplier) * factor)
             phase, location = sv.get("phase", ""), sv.get("location", "")
-            ctx.meter_values.append(
+            rows.append(
                 (station.pk, evse_id, tx_pk, at, ctx.now, measurand, phase, location, sv.get("context", ""), value,
                  unit, source)
             )  # fmt: skip
@@ -724,6 +726,7 @@ def _meter_rows(
                 units=units,
                 transaction_id=transaction.transaction_id if transaction else "",
             )
+    ctx.meter_values.extend(rows)
     return newest
 
 
@@ -759,11 +762,7 @@ def transaction_event_record(ctx: BatchContext, station: StationRef, payload: di
         response["idTokenInfo"] = _id_token_info(payload["idToken"])
     if (tx.pk, seq_no) in ctx.stored_events:
         return response  # the same event again (e.g. replayed after a reconnect): already stored
-    ctx.stored_events.add((tx.pk, seq_no))
-    ctx.tx_events.append(
-        (tx.pk, seq_no, payload["eventType"], payload["triggerReason"], at, ctx.now, bool(payload.get("offline")),
-         info.get("chargingState", ""), payload)
-    )  # fmt: skip
+    # Meter values first: one it cannot read refuses the whole event (CALLERROR), nothing of it stored.
     update = _meter_rows(
         ctx,
         station,
@@ -772,6 +771,11 @@ def transaction_event_record(ctx: BatchContext, station: StationRef, payload: di
         source="TransactionEvent",
         transaction=tx,
     )
+    ctx.stored_events.add((tx.pk, seq_no))
+    ctx.tx_events.append(
+        (tx.pk, seq_no, payload["eventType"], payload["triggerReason"], at, ctx.now, bool(payload.get("offline")),
+         info.get("chargingState", ""), payload)
+    )  # fmt: skip
     if update is not None:
         ctx.telemetry.append(update)
     changed = tx.event_apply(payload, at=at, energy_wh=update.values.get(ENERGY_IMPORT) if update else None)
@@ -784,21 +788,54 @@ ENERGY_IMPORT = "Energy.Active.Import.Register"
 
 
 def _load_transactions(ctx: BatchContext, calls: list[IncomingCall]) -> None:
-    """The batch's transactions (locked until COMMIT) and which of their events' seqNos are stored: two queries."""
+    """The batch's transactions (locked until COMMIT) and which of their events' seqNos are stored: two queries.
+
+    Both look up exact pairs, one index probe each (not the cross product of two IN lists: stations number their
+    transactions alike, and an old transaction's seqNos would match another's).
+    """
     if not calls:
         return
     keys = {(c.station.pk, c.payload["transactionInfo"]["transactionId"]) for c in calls}
-    rows = Transaction.objects.select_for_update().filter(
-        station_id__in={k[0] for k in keys}, transaction_id__in={k[1] for k in keys}
-    )
-    ctx.transactions = {key: tx for tx in rows if (key := (tx.station_id, tx.transaction_id)) in keys}
-    if not ctx.transactions:
+    rows: Iterable[Transaction]
+    if connection.vendor == "postgresql":
+        station_pks, tx_ids = zip(*keys, strict=True)
+        rows = Transaction.objects.raw(_TRANSACTIONS_SQL, [list(station_pks), list(tx_ids)])
+    else:
+        rows = Transaction.objects.filter(_pairs_q("station_id", "transaction_id", keys))
+    ctx.transactions = {(tx.station_id, tx.transaction_id): tx for tx in rows}
+    events = {
+        (tx.pk, c.payload["seqNo"])
+        for c in calls
+        if (tx := ctx.transactions.get((c.station.pk, c.payload["transactionInfo"]["transactionId"])))
+    }
+    if not events:
         return
-    pks = {tx.pk for tx in ctx.transactions.values()}
-    seqs = {c.payload["seqNo"] for c in calls}
-    ctx.stored_events = set(
-        TransactionEvent.objects.filter(transaction_id__in=pks, seq_no__in=seqs).values_list("transaction_id", "seq_no")
-    )
+    if connection.vendor == "postgresql":
+        tx_pks, seq_nos = zip(*events, strict=True)
+        with connection.cursor() as cursor:
+            cursor.execute(_STORED_EVENTS_SQL, [list(tx_pks), list(seq_nos)])
+            ctx.stored_events = {(pk, seq) for pk, seq in cursor.fetchall()}
+    else:
+        query = _pairs_q("transaction_id", "seq_no", events)
+        ctx.stored_events = set(TransactionEvent.objects.filter(query).values_list("transaction_id", "seq_no"))
+
+
+def _pairs_q(first: str, second: str, pairs: Iterable[tuple[Any, Any]]) -> Q:
+    return functools.reduce(operator.or_, (Q(**{first: a, second: b}) for a, b in pairs))
+
+
+# Exact pairs, each one probe of the table's unique index (LATERAL: whatever the statistics say). Only table names
+# are interpolated (no input): S608 does not apply.
+_TRANSACTIONS_SQL = (
+    "SELECT t.* FROM unnest(%s::bigint[], %s::text[]) AS k(station_id, transaction_id)"  # noqa: S608
+    f" CROSS JOIN LATERAL (SELECT * FROM {Transaction._meta.db_table} r"
+    " WHERE r.station_id = k.station_id AND r.transaction_id = k.transaction_id FOR UPDATE) AS t"
+)
+_STORED_EVENTS_SQL = (
+    "SELECT k.transaction_id, k.seq_no FROM unnest(%s::bigint[], %s::int[]) AS k(transaction_id, seq_no)"  # noqa: S608
+    f" CROSS JOIN LATERAL (SELECT 1 FROM {TransactionEvent._meta.db_table} e"
+    " WHERE e.transaction_id = k.transaction_id AND e.seq_no = k.seq_no LIMIT 1) AS e"
+)
 
 
 def _transactions_save(ctx: BatchContext) -> None:
@@ -826,7 +863,9 @@ def update_rows(model: type[Model], names: Sequence[str], objs: Sequence[Model])
     assert pk is not None
     quote = connection.ops.quote_name
     columns = [pk, *fields]
-    arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f in columns)
+    # Text columns travel as text[]: the assignment to varchar(n) then refuses an over-long value (a cast to
+    # varchar(n)[] would cut it short).
+    arrays = ", ".join(f"%s::{'text' if isinstance(f, CharField) else f.db_type(connection)}[]" for f in columns)
     aliases = ", ".join(f"c{i}" for i in range(len(columns)))
     sets = ", ".join(f"{quote(cast(str, f.column))} = v.c{i}" for i, f in enumerate(columns) if i)
     sql = (

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import csv
 import json
+import logging
 import math
 import os
 import secrets
@@ -52,6 +53,7 @@ from vpp.dispatch_selectors import dispatch_state_load
 from vpp.fleet_arrays import power_bounds
 from vpp.models import Dispatch
 
+LOG = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ("pjm", "reg-d")
 SOC_MAX_AGE_S = 30.0
@@ -146,10 +148,13 @@ def simulated_agents(
         yield process
     finally:
         _stop(process)
-        session_log = Path(var_dir) / f"edge-fleet-{prefix}.log"
-        if log_to is not None and session_log.exists():
-            shutil.copyfile(session_log, log_to)
-        shutil.rmtree(var_dir, ignore_errors=True)
+        try:
+            if log_to is not None:
+                shutil.copyfile(Path(var_dir) / f"edge-fleet-{prefix}.log", log_to)
+        except OSError as exc:  # the log is a by-product: losing it must not hide how the replay ended
+            LOG.warning("could not keep the agents' session log at %s: %s", log_to, exc)
+        finally:
+            shutil.rmtree(var_dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -69,3 +69,21 @@ def test_a_start_reported_late_moves_the_start_back_without_touching_the_newer_s
     tx = Transaction.objects.get(station_id=a.pk)
     assert tx.started_at == datetime(2026, 1, 15, 10, 0, tzinfo=UTC)
     assert (tx.last_seq_no, tx.charging_state, tx.energy_wh) == (1, "Charging", 1500)
+
+
+def test_an_event_with_an_unreadable_meter_timestamp_is_refused_whole_and_its_correction_is_stored():
+    # Given an event whose second meter value has a timestamp that is not ISO 8601
+    (a,) = refs(1)
+    event = tx_event(0, "Started", minute=0, wh=1000)
+    event["meterValue"].append({**event["meterValue"][0], "timestamp": "yesterday"})
+    # When it is applied, then the station gets a CALLERROR naming the constraint
+    (outcome,) = batch_apply(calls(a, [event], "bad"))
+    assert outcome.error_code == "PropertyConstraintViolation"
+    # And nothing of the event was stored, so the station's corrected retry is not taken for a repeat
+    assert not TransactionEvent.objects.exists()
+    assert not MeterValue.objects.exists()
+    event["meterValue"].pop()
+    (retry,) = batch_apply(calls(a, [event], "fixed"))
+    assert retry.error_code == ""
+    assert TransactionEvent.objects.count() == 1
+    assert MeterValue.objects.count() == 1

@@ -119,3 +119,18 @@ def test_a_freshly_started_station_gets_the_grace_period_before_the_failsafe(tmp
     # then the fail-safe waits its 2 s from start-up, not from the clock's origin
     assert not st.link.failsafe(1_001.9)
     assert st.link.failsafe(1_002.1)
+
+
+def test_the_round_trip_peak_counts_a_request_still_waiting_and_restarts_once_taken() -> None:
+    # Given a link with one answered request (0.3 s) and one sent 1.2 s ago that is still unanswered
+    link = LinkMonitor(timeout_s=2.0)
+    link.up(0.0)
+    link.request_sent(1.0)
+    link.answer_received(1.3)
+    link.request_sent(2.0)
+    # When the peak is taken, then the waiting request counts as long as it has waited
+    assert link.rtt_peak_take(3.2) == pytest.approx(1.2)
+    # And once answered (0.1 s later) the next peak is that answer's round trip, not the old peak
+    link.answer_received(3.3)
+    assert link.rtt_peak_take(4.0) == pytest.approx(1.3)
+    assert link.rtt_peak_take(5.0) == 0.0

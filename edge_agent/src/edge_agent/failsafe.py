@@ -52,8 +52,10 @@ class LinkMonitor:
         self.rtt_peak_s = max(self.rtt_peak_s, rtt)
         return rtt
 
-    def rtt_peak_take(self) -> float:
-        peak, self.rtt_peak_s = self.rtt_peak_s, 0.0
+    def rtt_peak_take(self, now: float) -> float:
+        """The longest round trip since the last call, a request still waiting counted as long as it has waited."""
+        waiting = now - self._pending_since if self._pending_since is not None else 0.0
+        peak, self.rtt_peak_s = max(self.rtt_peak_s, waiting), 0.0
         return peak
 
     def lost_since(self, now: float) -> float | None:

@@ -159,7 +159,8 @@ class Fleet:
 
     def _status(self) -> None:
         """One ``fleet_status`` line a minute: a backlog or slow CSMS answers show up while it happens."""
-        peaks = sorted(st.link.rtt_peak_take() for st in self.stations)
+        now = self.clock.monotonic()
+        peaks = sorted(st.link.rtt_peak_take(now) for st in self.stations)
         log_event(
             "fleet",
             "fleet_status",

@@ -110,7 +110,8 @@ class Command(BaseCommand):
             signal=trace.values[keep],
         )
         written = replay.rows_write(o["out"], rows)
-        self.stdout.write(f"{written} rows written to {o['out']}; the agents' session log: {agents_log}")
+        kept = f"; the agents' session log: {agents_log}" if agents_log.exists() else ""
+        self.stdout.write(f"{written} rows written to {o['out']}{kept}")
         low = np.nanmin(rows.min_soc_pct) if not np.all(np.isnan(rows.min_soc_pct)) else math.nan
         self.stdout.write(
             f"lowest SoC in the fleet: {low:.0f} % (floor {20} %); meter values used: {rows.meter_values}, "
