@@ -383,10 +383,19 @@ def _held(times: np.ndarray, values: np.ndarray, grid: np.ndarray, max_age_s: fl
 
 
 def replay_rows(
-    *, product: Product, portfolio: str, station_ids: list[str], times_s: np.ndarray, signal: np.ndarray
+    *,
+    product: Product,
+    portfolio: str,
+    station_ids: list[str],
+    times_s: np.ndarray,
+    signal: np.ndarray,
+    sample_at_s: float = 0.0,
 ) -> ReplayRows:
+    """One row per signal value; the fleet's metered response (power, lowest SoC) is read ``sample_at_s`` after
+    the value's instant (0: at the instant itself, when the answer to that value cannot have been metered yet)."""
     start = datetime.fromtimestamp(float(times_s[0]), UTC)
-    end = datetime.fromtimestamp(float(times_s[-1]) + 1.0, UTC)
+    end = datetime.fromtimestamp(float(times_s[-1]) + 1.0 + sample_at_s, UTC)
+    sampled_s = times_s + sample_at_s
     dispatches = list(
         Dispatch.objects.filter(
             product=product, portfolio=portfolio, signal_at__gte=start - timedelta(seconds=1), signal_at__lt=end
@@ -404,7 +413,7 @@ def replay_rows(
     series = charge_point_power(start=start, end=end, stations=pks)
     power = np.zeros(times_s.shape)
     for s in series:
-        power += np.nan_to_num(_held(s.times_s, s.values, times_s, POWER_MAX_AGE_S), nan=0.0)
+        power += np.nan_to_num(_held(s.times_s, s.values, sampled_s, POWER_MAX_AGE_S), nan=0.0)
     min_soc = np.full(times_s.shape, np.nan)
     soc_rows = (
         MeterValue.objects.filter(
@@ -420,9 +429,8 @@ def replay_rows(
     for station_pk, ts, value in soc_rows:
         by_station.setdefault(station_pk, []).append((ts.timestamp(), value))
     for readings in by_station.values():
-        held = _held(
-            np.array([r[0] for r in readings]), np.array([r[1] for r in readings], dtype=float), times_s, SOC_MAX_AGE_S
-        )
+        at, values = np.array([r[0] for r in readings]), np.array([r[1] for r in readings], dtype=float)
+        held = _held(at, values, sampled_s, SOC_MAX_AGE_S)
         min_soc = np.fmin(min_soc, held)
     return ReplayRows(
         times_s=times_s,

@@ -51,6 +51,7 @@ def test_a_short_accelerated_replay_follows_the_signal_above_the_floor_and_is_sc
     assert socs
     assert min(socs) >= 20
     assert "composite" in text
+    assert "worst case, response read at each update instant: composite" in text
     # And the fleet followed the setpoint: metered power tracks it once the first meter values are in
     setpoint = np.array([float(r["fleet_setpoint_kw"]) for r in rows[40:]])
     response = np.array([float(r["fleet_response_kw"]) for r in rows[40:]])
@@ -96,3 +97,30 @@ def test_the_replay_waits_for_every_station_s_meter_values_to_reach_the_end():
         station=late, evse_id=1, timestamp=end, received_at=end, measurand="Power.Active.Import", value=1, unit="W"
     )
     assert meter_values_await(station_ids=ids, since=end, timeout_s=0.0) == 2
+
+
+@pytest.mark.django_db
+def test_the_response_to_a_value_is_read_mid_interval_and_at_the_update_instant_for_the_worst_case():
+    # Given a station drawing 1 kW until a value is sent at t, then 3 kW from 0.3 s after it (its answer metered)
+    station = StationFactory.create()
+    t = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    for offset, watts in ((-1.7, 1_000), (-0.7, 1_000), (0.3, 3_000), (1.3, 3_000)):
+        at = t + timedelta(seconds=offset)
+        MeterValue.objects.create(
+            station=station, evse_id=1, timestamp=at, received_at=at, measurand="Power.Active.Import", value=watts,
+            unit="W",
+        )  # fmt: skip
+    product = Product.objects.get(operator__code="pjm", code="reg-d")
+    times = np.array([t.timestamp()])
+
+    def power(sample_at_s: float) -> float:
+        rows = replay_rows(
+            product=product, portfolio="x", station_ids=[station.station_id], times_s=times, signal=np.zeros(1),
+            sample_at_s=sample_at_s,
+        )  # fmt: skip
+        return float(rows.fleet_power_w[0])
+
+    # When the response to the value is read at its instant, and 1 s into its 2-s interval
+    # Then at the instant it is still the answer to the previous value; mid-interval it is the answer to this one
+    assert power(0.0) == 1_000.0
+    assert power(1.0) == 3_000.0
