@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import os
 import signal
 import socket
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 #: How every Daphne of this project runs (``make run``, the live tests, replays and benchmarks). Charger WebSockets
 #: live for months, so no 24-h cut-off; a 60-s handshake timeout lets a reconnect wave of thousands of chargers
 #: queue instead of being refused at 5 s and all retrying at once.
+LOG = logging.getLogger("vpp.serve")  # also when run as __main__
 DAPHNE_OPTIONS = ("--websocket_timeout", "-1", "--websocket_connect_timeout", "60")
 #: Listen backlog: Twisted's default of 50 drops SYNs when a thousand chargers reconnect at once.
 BACKLOG = 2048
@@ -72,7 +74,7 @@ def _serve_one(args: argparse.Namespace) -> None:
     import django
 
     django.setup()
-    _tune_gc()
+    _tune_gc(log_pauses_ms=settings.GC_PAUSE_LOG_MS)
     from daphne.cli import CommandLineInterface
 
     if args.fd is not None:
@@ -82,7 +84,7 @@ def _serve_one(args: argparse.Namespace) -> None:
     CommandLineInterface().run(["-e", endpoint, *DAPHNE_OPTIONS, "-v", args.verbosity, APPLICATION])
 
 
-def _tune_gc() -> None:
+def _tune_gc(*, log_pauses_ms: float = 0.0) -> None:
     """Fewer, cheaper cyclic-GC passes for a server whose heap is mostly long-lived connection state.
 
     With Python's default thresholds (700, 10, 10) a thousand connected stations make the collector walk every
@@ -94,6 +96,27 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    if log_pauses_ms > 0:
+        gc.callbacks.append(GcPauseLog(log_pauses_ms / 1000.0))
+
+
+class GcPauseLog:
+    """A ``gc.callbacks`` hook: logs each collection that held the process longer than ``threshold_s``."""
+
+    def __init__(self, threshold_s: float) -> None:
+        self.threshold_s = threshold_s
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        paused = time.perf_counter() - self._started
+        if paused >= self.threshold_s:
+            LOG.warning(
+                "cyclic GC paused the server %.1f ms (generation %d, %d collected)",
+                paused * 1000, info["generation"], info["collected"],
+            )  # fmt: skip
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

@@ -196,6 +196,8 @@ OCPP_CALL_TIMEOUT = env_int("OCPP_CALL_TIMEOUT", 30, minimum=1)
 OCPP_TELEMETRY_INTERVAL = env_float("OCPP_TELEMETRY_INTERVAL", 0.2, minimum=0.0)
 # Records of CSMS calls (answers already delivered) are written once the burst they belong to pauses this long.
 OCPP_LOG_LINGER = env_float("OCPP_LOG_LINGER", 0.1, minimum=0.0)
+# vpp.serve logs every cyclic-GC pass that stops the server longer than this (ms); 0 = off. For diagnosing tails.
+GC_PAUSE_LOG_MS = env_float("GC_PAUSE_LOG_MS", 0.0, minimum=0.0)
 
 # --- Regulation dispatch (vpp.dispatch) ------------------------------------------------------------------------
 DISPATCH_REFRESH_S = env_float("DISPATCH_REFRESH_S", 5.0, minimum=0.1)  # in-memory fleet state reload period

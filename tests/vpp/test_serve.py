@@ -65,3 +65,24 @@ async def test_two_workers_share_the_port_and_stop_together(transactional_db):
 def _holders(pks: list[int]) -> set[str]:
     names = Station.objects.filter(pk__in=pks).exclude(channel_name="").values_list("channel_name", flat=True)
     return {name.split("!")[0] for name in names}
+
+
+def test_the_gc_pause_log_reports_a_collection_longer_than_its_threshold(caplog: pytest.LogCaptureFixture) -> None:
+    import gc
+
+    from vpp.serve import GcPauseLog
+
+    # Given the pause log with a threshold every collection exceeds, and one no collection reaches
+    every, none = GcPauseLog(0.0), GcPauseLog(3600.0)
+    gc.callbacks.extend([every, none])
+    try:
+        # When a full collection runs
+        with caplog.at_level("WARNING", logger="vpp.serve"):
+            gc.collect()
+    finally:
+        gc.callbacks.remove(every)
+        gc.callbacks.remove(none)
+    # Then exactly one line reports it, with its generation
+    lines = [r.getMessage() for r in caplog.records if "cyclic GC paused" in r.getMessage()]
+    assert len(lines) == 1
+    assert "generation 2" in lines[0]
