@@ -26,7 +26,8 @@ async def test_it_logs_the_fleet_status_with_the_messages_queued_while_the_csms_
     with caplog.at_level(logging.INFO, logger="edge_agent.session"):
         report = await run_fleet(3, url, "st", "pw", duration_s=1.5, tick_s=0.25, var_dir=tmp_path)
     # Then its status line says none is connected and counts the messages each agent holds (its transaction start)
-    statuses = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == "fleet_status"]
+    fields = [getattr(r, "fields", {}) for r in caplog.records]
+    statuses = [f for f in fields if f.get("event") == "fleet_status"]
     assert statuses, "no fleet_status line"
     last = statuses[-1]
     assert last["connected"] == 0
