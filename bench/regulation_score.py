@@ -4,7 +4,9 @@ with the mobility floor never crossed: ``regulation replay`` end to end (live CS
     python bench/regulation_score.py [--vehicles 100] [--speed 1.0] [--duration 2400]
 
 Real time (speed 1.0) takes the signal's 40 minutes; ``--speed`` compresses time for quicker runs (the score is then
-taken on 10-s rows of signal time, which the agents' 1-s meter values and ramp limits penalise).
+taken on 10-s rows of signal time, which the agents' 1-s meter values and ramp limits penalise). The score reads the
+fleet's response in the middle of each signal interval; the worst case, read at each update instant, is printed too
+(README, "Why two scores").
 """
 
 from __future__ import annotations
