@@ -205,6 +205,10 @@ class TransactionEvent(models.Model):
         return f"{self.transaction} #{self.seq_no} {self.event_type}"
 
 
+# The OCPP measurand of the import energy register, the default when a sampled value names none.
+ENERGY_IMPORT_REGISTER = "Energy.Active.Import.Register"
+
+
 class MeterValue(models.Model):
     """One sampled value, as an integer in the unit named by ``unit`` (Wh, W, var, varh, Percent, mA, mV, mHz, ...).
 
@@ -219,7 +223,7 @@ class MeterValue(models.Model):
     )
     timestamp = models.DateTimeField()
     received_at = models.DateTimeField()
-    measurand = models.CharField(max_length=48, default="Energy.Active.Import.Register")
+    measurand = models.CharField(max_length=48, default=ENERGY_IMPORT_REGISTER)
     phase = models.CharField(max_length=8, blank=True)
     location = models.CharField(max_length=8, blank=True)
     context = models.CharField(max_length=24, blank=True)

@@ -34,6 +34,7 @@ from psycopg.types.json import Jsonb
 from chargers import ocpp_j
 from chargers.models import (
     DEVICE_VARIABLE_KEY,
+    ENERGY_IMPORT_REGISTER,
     BootStatus,
     ChargingProfile,
     Connector,
@@ -704,7 +705,7 @@ def _meter_rows(
         values: dict[str, int] = {}
         units: dict[str, str] = {}
         for sv in mv["sampledValue"]:
-            measurand = sv.get("measurand", "Energy.Active.Import.Register")
+            measurand = sv.get("measurand", ENERGY_IMPORT_REGISTER)
             unit, factor, multiplier = _unit_for(measurand, sv)
             value = round(float(sv["value"]) * (10.0**multiplier) * factor)
             phase, location = sv.get("phase", ""), sv.get("location", "")
@@ -778,13 +779,10 @@ def transaction_event_record(ctx: BatchContext, station: StationRef, payload: di
     )  # fmt: skip
     if update is not None:
         ctx.telemetry.append(update)
-    changed = tx.event_apply(payload, at=at, energy_wh=update.values.get(ENERGY_IMPORT) if update else None)
+    changed = tx.event_apply(payload, at=at, energy_wh=update.values.get(ENERGY_IMPORT_REGISTER) if update else None)
     if changed:
         ctx.tx_changed.setdefault(tx.pk, set()).update(changed)
     return response
-
-
-ENERGY_IMPORT = "Energy.Active.Import.Register"
 
 
 def _load_transactions(ctx: BatchContext, calls: list[IncomingCall]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models import Q
 
-from chargers.models import EvChargingNeeds
+from chargers.models import ENERGY_IMPORT_REGISTER, EvChargingNeeds
 from chargers.models import Transaction as ChargerTransaction
 from fleet import selectors, services
 from fleet.models import DeparturePlan, PlanSource, PlugSession, SocEstimate, SocSource, Vehicle
@@ -24,7 +24,7 @@ from fleet.models import DeparturePlan, PlanSource, PlugSession, SocEstimate, So
 LOG = logging.getLogger(__name__)
 
 SOC = "SoC"
-IMPORT = "Energy.Active.Import.Register"
+IMPORT = ENERGY_IMPORT_REGISTER
 EXPORT = "Energy.Active.Export.Register"
 FREE_STATUSES = {"Available"}
 

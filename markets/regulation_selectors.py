@@ -20,7 +20,7 @@ from django.db.models import Count, F, Min, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from numpy.typing import NDArray
 
-from chargers.models import MeterValue
+from chargers.models import ENERGY_IMPORT_REGISTER, MeterValue
 from markets.models import Award, Product
 from markets.regulation_models import (
     EnergyPrice,
@@ -35,7 +35,7 @@ from markets.regulation_models import (
 
 POWER_IMPORT = "Power.Active.Import"
 POWER_EXPORT = "Power.Active.Export"
-REGISTER_IMPORT = "Energy.Active.Import.Register"
+REGISTER_IMPORT = ENERGY_IMPORT_REGISTER
 REGISTER_EXPORT = "Energy.Active.Export.Register"
 OUTLET_LOCATIONS = ("", "Outlet")
 # A power reading is the value in force for at most this long: regulating stations report every 1-2 s, an idle
