@@ -7,7 +7,7 @@ once its gate closure is less than ``PREPARE_LEAD`` away, and enqueues ``run_pro
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from functools import partial
 
 from celery import shared_task
@@ -29,9 +29,7 @@ def prepare_proposals(portfolio: str = "all") -> list[int]:
     now = timezone.now()
     queued = []
     for operator in MarketOperator.objects.filter(active=True):
-        day = (now.astimezone(services.ZoneInfo(operator.timezone)) + timedelta(days=1)).date()
-        start, _ = services.delivery_window(operator, day)
-        closes = services.gate_closure(operator, start)
+        day, closes = _next_open_gate(operator, now)
         if not (closes - PREPARE_LEAD <= now < closes):
             continue
         with transaction.atomic():
@@ -40,6 +38,20 @@ def prepare_proposals(portfolio: str = "all") -> list[int]:
                 transaction.on_commit(partial(run_proposal.delay, proposal.id))
                 queued.append(proposal.id)
     return queued
+
+
+def _next_open_gate(operator: MarketOperator, now: datetime) -> tuple[date, datetime]:
+    """The next delivery day (operator's local date) whose gate has not closed, and its gate closure.
+
+    Tomorrow's, or once that gate has closed (e.g. after 10:30 in New York for PJM's day-ahead) the day after's.
+    """
+    today = now.astimezone(services.ZoneInfo(operator.timezone)).date()
+    for ahead in (1, 2):
+        day = today + timedelta(days=ahead)
+        closes = services.gate_closure(operator, services.delivery_window(operator, day)[0])
+        if now < closes:
+            break
+    return day, closes
 
 
 @shared_task
