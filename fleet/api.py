@@ -17,7 +17,7 @@ from rest_framework.response import Response
 
 from fleet import selectors, services
 from fleet.models import Fleet, PlanSource, SocSource, Vehicle, VehicleState
-from vpp.flexibility import fleet_flexibility, vehicle_flexibility
+from fleet.numerics.flexibility import fleet_flexibility, vehicle_flexibility
 
 MAX_INTERVALS = 7 * 96
 

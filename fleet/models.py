@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from vpp.degradation import DegradationParams
+from fleet.numerics.degradation import DegradationParams
 
 
 def _default_floor_pct() -> int:

@@ -23,8 +23,8 @@ from fleet.models import (
     Vehicle,
     WeeklyDeparture,
 )
-from vpp.degradation import throughput_cost_per_kwh
-from vpp.types import VehicleSnapshot
+from fleet.numerics.degradation import throughput_cost_per_kwh
+from fleet.numerics.snapshot import VehicleSnapshot
 
 # Beliefs that start an estimate chain: values observed or entered, not derived from metering.
 CHAIN_SOURCES = (SocSource.REPORTED, SocSource.FLEET_MANAGER, SocSource.SEED)

@@ -19,8 +19,8 @@ from fleet.models import (
     VehicleState,
     WeeklyDeparture,
 )
-from vpp.degradation import equivalent_full_cycles
-from vpp.flexibility import vehicle_flexibility
+from fleet.numerics.degradation import equivalent_full_cycles
+from fleet.numerics.flexibility import vehicle_flexibility
 
 FLEX_INTERVALS = 96
 FLEX_INTERVAL_S = 900

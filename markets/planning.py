@@ -15,10 +15,10 @@ from typing import Any
 
 from django.conf import settings
 
+from fleet.numerics.degradation import throughput_cost_per_kwh
 from markets.models import BidProposal, MarketOperator, Product
 from markets.optimiser import BidProblem, BidSchedule, ProductSpec, schedule_bids
 from markets.selectors import latest_prices, latest_site_load, portfolio_snapshots
-from vpp.degradation import throughput_cost_per_kwh
 
 
 def build_problem(*, proposal: BidProposal, now: datetime) -> tuple[BidProblem, dict[str, Any]]:

@@ -3,7 +3,7 @@
 Imported by ``markets/models.py`` (so these are ``markets`` models). Conventions as in the rest of ``markets``:
 power integer W, energy integer Wh, money ``Decimal``, UTC. Sign convention of regulation (PJM): a positive signal
 asks for regulation *up* -- inject more / consume less -- so a vehicle's response is ``basepoint_w - power_w`` with
-power positive when charging (``vpp.types``). Time series carry their source and time of knowledge.
+power positive when charging (``fleet.numerics.snapshot``). Time series carry their source and time of knowledge.
 
 Nothing here computes: ``markets/regulation_services.py`` does, with the pure code in ``markets/scoring.py`` and
 ``markets/settlement.py``.

@@ -7,8 +7,8 @@ from decimal import Decimal
 
 from django.db.models import QuerySet
 
+from fleet.numerics.snapshot import VehicleSnapshot
 from markets.models import Award, Bid, BidProposal, DepotSite, MarketOperator, PricePoint, Product, SiteLoadPoint
-from vpp.types import VehicleSnapshot
 
 
 def latest_prices(

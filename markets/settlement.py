@@ -5,7 +5,7 @@ Credits (PJM, ``grid-and-market-figures.md``)::
     capacity credit     = MW x hours x capacity price (RMCCP, $/MW-h) x score
     performance credit  = MW x hours x mileage ratio x performance price (RMPCP, $/MW-h) x score
     energy              = sum over intervals of (injected - withdrawn) MWh x interval price ($/MWh)
-    degradation         = throughput cost of the energy through each pack (``vpp.degradation``)
+    degradation         = throughput cost of the energy through each pack (``fleet.numerics.degradation``)
     net                 = capacity + performance + energy - degradation
 
 Numbers: energy is integer Wh throughout; money is ``Decimal``. Each award-hour component is computed exactly
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
-from vpp.degradation import DegradationParams, throughput_cost
+from fleet.numerics.degradation import DegradationParams, throughput_cost
 
 CENT = Decimal("0.01")
 SCORE_PLACES = Decimal("0.000001")
@@ -114,7 +114,7 @@ DegradationCost = Callable[[VehicleMetering], Decimal]
 
 
 def throughput_degradation(params: DegradationParams | None = None) -> DegradationCost:
-    """Degradation cost of a vehicle's pack throughput under the throughput model (``vpp.degradation``)."""
+    """Degradation cost of a vehicle's pack throughput under the throughput model (``fleet.numerics.degradation``)."""
     chosen = params or DegradationParams()
 
     def cost(vehicle: VehicleMetering) -> Decimal:

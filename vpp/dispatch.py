@@ -5,7 +5,8 @@ power here is + charging as everywhere in the VPP)::
 
     fleet setpoint (W) = basepoint - signal x awarded capacity - reserve deployment
 
-Each vehicle's share (:func:`vpp.allocation.allocate`) becomes an OCPP SetChargingProfile TxProfile with one period:
+Each vehicle's share (:func:`fleet.numerics.allocation.allocate`) becomes an OCPP SetChargingProfile TxProfile with
+one period:
 
 * OCPP 2.1 station: ``operationMode`` CentralSetpoint, ``setpoint`` = the vehicle's power (negative = discharge),
   ``limit`` / ``dischargeLimit`` = the allocation's safe bounds for the vehicle (so the charger's own frequency
@@ -14,7 +15,7 @@ Each vehicle's share (:func:`vpp.allocation.allocate`) becomes an OCPP SetChargi
   power in the allocation, and the profile's ``limit`` is the vehicle's power.
 
 **The hot path does not touch the database.** A :class:`Dispatcher` (one per product and portfolio, per server
-process) holds in memory the :class:`~vpp.fleet_arrays.FleetArrays` of the plugged-in vehicles, their station
+process) holds in memory the :class:`~fleet.numerics.arrays.FleetArrays` of the plugged-in vehicles, their station
 routes (station id, EVSE, OCPP version, transaction) and the capacity awarded. A background task reloads them
 every ``DISPATCH_REFRESH_S`` seconds and at once when a station connects or disconnects; committed telemetry (the
 CSMS's ``telemetry`` group) updates state of charge in place between reloads. What was sent, the answers and the
@@ -50,8 +51,8 @@ from django.db import close_old_connections
 
 from chargers.fanout import Command, CommandResult, FanoutOutcome, calls_fanout
 from chargers.services import TELEMETRY_GROUP  # committed meter values, statuses, connections
-from vpp.allocation import Allocation, allocate
-from vpp.fleet_arrays import FleetArrays, PowerBounds, power_bounds
+from fleet.numerics.allocation import Allocation, allocate
+from fleet.numerics.arrays import FleetArrays, PowerBounds, power_bounds
 
 LOG = logging.getLogger(__name__)
 PROFILE_ID = 7_700  # one TxProfile id per EVSE for regulation: each command replaces the previous one

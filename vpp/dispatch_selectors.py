@@ -14,11 +14,11 @@ import numpy as np
 from django.db.models import Max, Sum
 
 from chargers.models import Station, Transaction
+from fleet.numerics.arrays import FleetArrays, power_bounds
 from fleet.selectors import plugged_in_snapshots
 from markets.models import Award
 from markets.regulation_selectors import reserve_in_force
 from vpp.dispatch import DispatchState, Route
-from vpp.fleet_arrays import FleetArrays, power_bounds
 
 
 def dispatch_state_load(*, product_id: int, portfolio: str, now: float, hold_s: float = 60.0) -> DispatchState:

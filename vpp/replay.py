@@ -44,13 +44,13 @@ from rest_framework.authtoken.models import Token
 from chargers.models import EvChargingNeeds, MeterValue, Station, Transaction
 from chargers.services import stations_add
 from fleet.models import Fleet, Organisation, PlanSource, Vehicle
+from fleet.numerics.arrays import power_bounds
 from fleet.services import departure_plan_set, session_open, session_set_limits, soc_report
 from markets import scoring
 from markets.models import Award, Bid, Product
 from markets.regulation_selectors import charge_point_power
 from markets.signals import SignalTrace
 from vpp.dispatch_selectors import dispatch_state_load
-from vpp.fleet_arrays import power_bounds
 from vpp.models import Dispatch
 
 LOG = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import OuterRef, Subquery
 
 from chargers.models import MeterValue, Station
+from fleet.numerics.flexibility import fleet_flexibility
+from fleet.numerics.snapshot import VehicleSnapshot
 from fleet.selectors import plugged_in_snapshots, vehicles_for
-from vpp.flexibility import fleet_flexibility
-from vpp.types import VehicleSnapshot
 
 #: The dashboard's horizon: the next 24 h in market intervals of 15 min.
 HORIZON_INTERVALS = 96

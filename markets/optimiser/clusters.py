@@ -39,8 +39,8 @@ from datetime import datetime
 
 import numpy as np
 
+from fleet.numerics.snapshot import VehicleSnapshot
 from markets.optimiser.problem import DEFAULT_DEGRADATION_USD_PER_WH, BidProblem, FloatArray
-from vpp.types import VehicleSnapshot
 
 # Weight of each feature's range in a cluster's spread score (see _features).
 # Power is what the products buy, so c-rate spread weighs most; energy-fraction spreads (SoC, floor, need) next.

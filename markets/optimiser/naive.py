@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fleet.numerics.snapshot import VehicleSnapshot
 from markets.optimiser.clusters import _avail_steps, _must_charge, own_need_fraction
 from markets.optimiser.problem import BidProblem, BidSchedule, FloatArray, ProductBid, VehiclePlan
 from markets.optimiser.result import _peak_value
 from markets.optimiser.verify import vehicle_violations
-from vpp.types import VehicleSnapshot
 
 
 @dataclass(slots=True)

@@ -1,7 +1,7 @@
 """The bid-optimisation problem and its answer, as plain data (no Django): the optimisers are pure functions.
 
-Sign and unit conventions follow ``vpp.types``: W and Wh, positive = charging. Prices are per MW of capacity per
-hour (``$/MW-h``); the energy price is per MWh. A product's market interval may be longer than the problem's
+Sign and unit conventions follow ``fleet.numerics.snapshot``: W and Wh, positive = charging. Prices are per MW of
+capacity per hour (``$/MW-h``); the energy price is per MWh. A product's market interval may be longer than the problem's
 interval (PJM hours over a 15-minute grid): its quantity is then held constant over the sub-intervals.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from vpp.types import VehicleSnapshot
+from fleet.numerics.snapshot import VehicleSnapshot
 
 Direction = Literal["up", "down", "symmetric"]
 FloatArray = npt.NDArray[np.float64]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta
 
+from fleet.numerics.snapshot import VehicleSnapshot
 from markets.optimiser.problem import ProductSpec
-from vpp.types import VehicleSnapshot
 
 # (capacity kWh, AC charge/discharge kW) of common V2G-capable models (ev_specs_v2g_enabled2024.json ranges)
 MODELS = [(60_000, 11_000, 11_000), (77_000, 11_000, 11_000), (40_000, 7_400, 7_400), (100_000, 22_000, 11_000)]

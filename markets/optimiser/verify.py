@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 
+from fleet.numerics.snapshot import VehicleSnapshot
 from markets.optimiser.clusters import own_horizon_hours, own_need_fraction
 from markets.optimiser.problem import BidProblem, BidSchedule, VehiclePlan
-from vpp.types import VehicleSnapshot
 
 TOL_WH = 1e-3
 TOL_W = 1e-3

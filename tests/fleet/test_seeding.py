@@ -9,9 +9,9 @@ from django.core.management import call_command
 
 from fleet import selectors
 from fleet.models import PlugSession, Vehicle
+from fleet.numerics.flexibility import fleet_flexibility
 from fleet.seeding import load_distributions, sample_fleet
 from tests.fleet.factories import T0, UserFactory
-from vpp.flexibility import fleet_flexibility
 
 
 def test_the_copied_data_has_the_published_shapes() -> None:

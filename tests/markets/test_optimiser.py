@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fleet.numerics.snapshot import VehicleSnapshot
 from markets.optimiser import (
     BidProblem,
     BidSchedule,
@@ -16,7 +17,6 @@ from markets.optimiser import (
     schedule_bids,
 )
 from markets.optimiser.synthetic import pjm_like_products, random_fleet
-from vpp.types import VehicleSnapshot
 
 START = datetime(2026, 7, 1, tzinfo=UTC)
 

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from chargers import fanout, ocpp_j
 from chargers.fanout import Command, calls_fanout
+from fleet.numerics.arrays import FleetArrays
+from fleet.numerics.snapshot import VehicleSnapshot
 from vpp.dispatch import (
     Dispatcher,
     DispatchState,
@@ -24,8 +26,6 @@ from vpp.dispatch import (
     fleet_setpoint_w,
     profile_payload,
 )
-from vpp.fleet_arrays import FleetArrays
-from vpp.types import VehicleSnapshot
 
 # --- arithmetic ------------------------------------------------------------------------------------------------
 

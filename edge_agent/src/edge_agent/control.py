@@ -1,7 +1,7 @@
 """The local control law: pure functions and small value objects, no I/O, no network, no clock reads.
 
-Sign convention (OCPP and ``vpp.types``): power in W, positive = charging (import from the grid), negative =
-discharging (export to the grid).
+Sign convention (OCPP and ``fleet.numerics.snapshot``): power in W, positive = charging (import from the grid),
+negative = discharging (export to the grid).
 
 One step turns a (filtered) frequency sample plus what the CSMS asked for into an inverter power command:
 

@@ -1,7 +1,7 @@
 """Struct-of-arrays view of a fleet and the per-vehicle power bounds every VPP computation starts from.
 
-Pure numpy, no Django. Build :class:`FleetArrays` once from :class:`~vpp.types.VehicleSnapshot` objects and reuse it on
-the dispatch hot path (``with_soc`` / ``advance`` give a new view with updated state of charge, sharing the rest).
+Pure numpy, no Django. Build :class:`FleetArrays` once from :class:`~fleet.numerics.snapshot.VehicleSnapshot` objects and
+reuse it on the dispatch hot path (``with_soc`` / ``advance`` give a new view with updated state of charge, sharing the rest).
 
 Energy model (used everywhere in the VPP core):
 
@@ -25,8 +25,8 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-from vpp.thermal import charge_derate, discharge_derate
-from vpp.types import VehicleSnapshot
+from fleet.numerics.snapshot import VehicleSnapshot
+from fleet.numerics.thermal import charge_derate, discharge_derate
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

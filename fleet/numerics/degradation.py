@@ -118,7 +118,7 @@ def dispatch_throughput_cost(
     discharge_efficiency: npt.ArrayLike = 0.92,
     params: DegradationParams = DegradationParams(),
 ) -> list[Decimal]:
-    """Per-vehicle throughput cost ($) of one dispatch (e.g. an :class:`~vpp.allocation.Allocation`'s powers)."""
+    """Per-vehicle throughput cost ($) of one dispatch (e.g. an ``Allocation``'s powers)."""
     energy = pack_throughput_wh(
         power_w, duration_s, charge_efficiency=charge_efficiency, discharge_efficiency=discharge_efficiency
     )

@@ -7,7 +7,7 @@ API::
              weighting: Weighting = wear_balanced_weights) -> Allocation
 
 ``setpoint_w`` is the fleet's total grid power (W, + charge / - discharge) to hold for ``duration_s`` seconds from
-``now``. Each vehicle gets an integer power inside its :func:`~vpp.fleet_arrays.power_bounds` (power limits after
+``now``. Each vehicle gets an integer power inside its :func:`~fleet.numerics.arrays.power_bounds` (power limits after
 thermal derating; never below the mobility floor; departure target still reachable at maximum charge power after
 the interval). If ``sum(lo) <= setpoint_w <= sum(hi)`` the powers add up to exactly ``setpoint_w``; otherwise every
 vehicle sits at the bound on the requested side, the total is the nearest feasible one and ``reason`` says why.
@@ -21,9 +21,9 @@ and non-decreasing with 2n breakpoints; a safeguarded Newton iteration finds ``l
 falling back to sorting the breakpoints (exact, O(n log n)) if it has not converged. ``w_i`` is the charge weight when
 the fleet charges beyond its must-run level, the discharge weight otherwise (see :func:`wear_balanced_weights`).
 The powers are then rounded to whole watts, handing the remainder out by largest fractional part, so the integer
-sum is exact. 10,000 vehicles take a few milliseconds (see ``bench/vpp_allocation.py``).
+sum is exact. 10,000 vehicles take a few milliseconds (see ``bench/fleet_allocation.py``).
 
-For the dispatch hot path, build :class:`~vpp.fleet_arrays.FleetArrays` once and pass it in (and
+For the dispatch hot path, build :class:`~fleet.numerics.arrays.FleetArrays` once and pass it in (and
 ``fleet.with_soc(...)`` when state of charge changes): no Python loop over vehicles and no database access here.
 """
 
@@ -36,9 +36,9 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-from vpp.fleet_arrays import FleetArrays, PowerBounds, power_bounds
-from vpp.thermal import wear_weight
-from vpp.types import VehicleSnapshot
+from fleet.numerics.arrays import FleetArrays, PowerBounds, power_bounds
+from fleet.numerics.snapshot import VehicleSnapshot
+from fleet.numerics.thermal import wear_weight
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -81,7 +81,7 @@ def wear_balanced_weights(fleet: FleetArrays) -> tuple[FloatArray, FloatArray]:
 
     Scaling by room (``capacity - soc`` for charge, ``soc - floor`` for discharge) makes every vehicle move the same
     fraction of its room, which spreads cycle depth instead of draining a few packs deeply; the wear factor
-    (:func:`vpp.thermal.wear_weight`) gives lower-SoH, hotter and more-cycled packs a smaller share.
+    (:func:`fleet.numerics.thermal.wear_weight`) gives lower-SoH, hotter and more-cycled packs a smaller share.
     """
     wear = wear_weight(fleet.state_of_health, fleet.temperature_c, fleet.cycles_today)
     charge_room = np.maximum(fleet.capacity_wh - fleet.soc_wh, 0.0) + 1.0

@@ -9,11 +9,11 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.vpp.strategies import NOW, car, fleets
-from vpp.allocation import allocate
-from vpp.fleet_arrays import FleetArrays
-from vpp.thermal import charge_derate, discharge_derate
-from vpp.types import VehicleSnapshot
+from fleet.numerics.allocation import allocate
+from fleet.numerics.arrays import FleetArrays
+from fleet.numerics.snapshot import VehicleSnapshot
+from fleet.numerics.thermal import charge_derate, discharge_derate
+from tests.fleet.numerics.strategies import NOW, car, fleets
 
 TOL_WH = 1e-6
 EPS_WH = 1e-9  # a bound met to within float rounding counts as binding
@@ -210,8 +210,8 @@ def test_advancing_the_arrays_moves_the_state_of_charge() -> None:
 def test_the_newton_solution_matches_the_exact_breakpoint_solution(
     fleet: list[VehicleSnapshot], fraction: float
 ) -> None:
-    from vpp.allocation import _waterfill_sorted, _waterfill_up, wear_balanced_weights
-    from vpp.fleet_arrays import power_bounds
+    from fleet.numerics.allocation import _waterfill_sorted, _waterfill_up, wear_balanced_weights
+    from fleet.numerics.arrays import power_bounds
 
     arrays = FleetArrays.from_snapshots(fleet)
     bounds = power_bounds(arrays, now=NOW, duration_s=900)

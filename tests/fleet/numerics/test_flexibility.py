@@ -10,11 +10,11 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.vpp.strategies import NOW, car, fleets
-from vpp.allocation import allocate
-from vpp.flexibility import fleet_flexibility, vehicle_flexibility
-from vpp.thermal import charge_derate, discharge_derate
-from vpp.types import VehicleSnapshot
+from fleet.numerics.allocation import allocate
+from fleet.numerics.flexibility import fleet_flexibility, vehicle_flexibility
+from fleet.numerics.snapshot import VehicleSnapshot
+from fleet.numerics.thermal import charge_derate, discharge_derate
+from tests.fleet.numerics.strategies import NOW, car, fleets
 
 CAR = car(
     max_charge_w=11_000,

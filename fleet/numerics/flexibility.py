@@ -15,7 +15,7 @@ charge is taken as valid at ``start``):
   charge power from ``start`` until it reaches its target (or departs), then idle. Average grid W over the interval.
 * **min_w / max_w**: the lowest / highest grid power (W, + charge) the car can *hold* for ``hold_s`` seconds from
   ``t_k``, starting from its baseline state, without crossing its mobility floor, without making its departure target
-  unreachable at maximum charge power, and within its power limits (see :func:`vpp.fleet_arrays.raw_bounds`).
+  unreachable at maximum charge power, and within its power limits (see :func:`fleet.numerics.arrays.raw_bounds`).
 * **up_w** = ``max(baseline_w - min_w, 0)`` (discharge direction) and **down_w** = ``max(max_w - baseline_w, 0)``
   (charge direction): the regulation/reserve capacity the car offers relative to its baseline.
 * **up_energy_wh** / **down_energy_wh**: grid-side energy headroom at ``t_k``: what discharging down to the floor
@@ -35,8 +35,8 @@ from datetime import datetime, timedelta
 import numpy as np
 import numpy.typing as npt
 
-from vpp.fleet_arrays import FleetArrays, raw_bounds
-from vpp.types import VehicleSnapshot
+from fleet.numerics.arrays import FleetArrays, raw_bounds
+from fleet.numerics.snapshot import VehicleSnapshot
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]

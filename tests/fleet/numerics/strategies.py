@@ -8,7 +8,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from vpp.types import VehicleSnapshot
+from fleet.numerics.snapshot import VehicleSnapshot
 
 NOW = datetime(2025, 6, 2, 6, 0, tzinfo=UTC)
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from vpp.degradation import (
+from fleet.numerics.degradation import (
     DegradationParams,
     count_cycles,
     cycle_damage,

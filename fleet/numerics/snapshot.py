@@ -35,8 +35,8 @@ class VehicleSnapshot:
     node: str = "default"  # market location / grid node
     station_id: str | None = None
     evse_id: int | None = None
-    # Throughput degradation cost of this pack, $ per kWh through it (vpp.degradation.throughput_cost_per_kwh of the
-    # vehicle's pack cost and cycle life); a float weight for optimisers, money stays Decimal at the boundary.
+    # Throughput degradation cost of this pack, $ per kWh through it (degradation.throughput_cost_per_kwh of
+    # the vehicle's pack cost and cycle life); a float weight for optimisers, money stays Decimal at the boundary.
     degradation_cost_per_kwh: float = 0.03125
 
     @property

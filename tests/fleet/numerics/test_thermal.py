@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vpp.thermal import charge_derate, discharge_derate, temperature_stress, wear_weight
+from fleet.numerics.thermal import charge_derate, discharge_derate, temperature_stress, wear_weight
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ Targets (issue 4): allocation of 10,000 vehicles < 10 ms. Not set by the issue, 
 1,000 vehicles < 2 ms (dispatch budget), 100,000 < 150 ms (O(n log n) from the 10k figure), flexibility for
 10,000 vehicles x 96 intervals < 1 s (recomputed per bid, not per signal).
 
-Usage: ``python bench/vpp_allocation.py [--repeat N]``. The machine is shared (2 cores): figures vary with load.
+Usage: ``python bench/fleet_allocation.py [--repeat N]``. The machine is shared (2 cores): figures vary with load.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vpp.allocation import allocate
-from vpp.fleet_arrays import FleetArrays
-from vpp.flexibility import fleet_flexibility
-from vpp.types import VehicleSnapshot
+from fleet.numerics.allocation import allocate
+from fleet.numerics.arrays import FleetArrays
+from fleet.numerics.flexibility import fleet_flexibility
+from fleet.numerics.snapshot import VehicleSnapshot
 
 NOW = datetime(2025, 6, 2, 18, 0, tzinfo=UTC)
 
