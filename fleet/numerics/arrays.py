@@ -1,7 +1,8 @@
 """Struct-of-arrays view of a fleet and the per-vehicle power bounds every VPP computation starts from.
 
-Pure numpy, no Django. Build :class:`FleetArrays` once from :class:`~fleet.numerics.snapshot.VehicleSnapshot` objects and
-reuse it on the dispatch hot path (``with_soc`` / ``advance`` give a new view with updated state of charge, sharing the rest).
+Pure numpy, no Django. Build :class:`FleetArrays` once from :class:`~fleet.numerics.snapshot.VehicleSnapshot`
+objects and reuse it on the dispatch hot path (``with_soc`` / ``advance`` give a new view with updated state of
+charge, sharing the rest).
 
 Energy model (used everywhere in the VPP core):
 

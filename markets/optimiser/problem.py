@@ -1,8 +1,8 @@
 """The bid-optimisation problem and its answer, as plain data (no Django): the optimisers are pure functions.
 
 Sign and unit conventions follow ``fleet.numerics.snapshot``: W and Wh, positive = charging. Prices are per MW of
-capacity per hour (``$/MW-h``); the energy price is per MWh. A product's market interval may be longer than the problem's
-interval (PJM hours over a 15-minute grid): its quantity is then held constant over the sub-intervals.
+capacity per hour (``$/MW-h``); the energy price is per MWh. A product's market interval may be longer than the
+problem's interval (PJM hours over a 15-minute grid): its quantity is then held constant over the sub-intervals.
 """
 
 from __future__ import annotations
