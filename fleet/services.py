@@ -8,7 +8,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from fleet import selectors
+from fleet import jobs, selectors
 from fleet.models import (
     DeparturePlan,
     PlanSource,
@@ -263,9 +263,7 @@ def vehicle_request_refresh(*, vehicle_id: int) -> None:
                 VehicleState.objects.create(vehicle_id=vehicle_id, dirty=True, requested_at=now)
         except IntegrityError:  # created concurrently: that request enqueues
             return
-    from fleet.tasks import refresh_vehicle_state  # the task module imports this one
-
-    transaction.on_commit(lambda: refresh_vehicle_state.apply_async((vehicle_id,), countdown=REFRESH_DEBOUNCE_S))
+    jobs.task_enqueue_on_commit(name=jobs.REFRESH_VEHICLE_STATE, args=(vehicle_id,), countdown=REFRESH_DEBOUNCE_S)
 
 
 def vehicle_state_claim(*, vehicle_id: int) -> bool:

@@ -1,4 +1,4 @@
-"""Celery tasks of the fleet app. Enqueued on commit by ``fleet.services.vehicle_request_refresh``; never polling."""
+"""Celery tasks of the fleet app. Enqueued on commit, by name, through ``fleet.jobs``; never polling."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Any
 
 from celery import shared_task
 
-from fleet import services
+from fleet import jobs, services, telemetry
 
 
-@shared_task(name="fleet.refresh_vehicle_state", ignore_result=True)
+@shared_task(name=jobs.REFRESH_VEHICLE_STATE, ignore_result=True)
 def refresh_vehicle_state(vehicle_id: int) -> bool:
     """Refresh one vehicle's derived state if a refresh is pending; returns whether this call did the work.
 
@@ -22,9 +22,7 @@ def refresh_vehicle_state(vehicle_id: int) -> bool:
     return True
 
 
-@shared_task(name="fleet.ingest_telemetry", ignore_result=True)
+@shared_task(name=jobs.INGEST_TELEMETRY, ignore_result=True)
 def ingest_telemetry(readings: list[dict[str, Any]]) -> int:
     """Apply committed CSMS readings to vehicles (sessions, SoC beliefs, ISO 15118 needs); idempotent."""
-    from fleet.telemetry import Reading, telemetry_ingest
-
-    return telemetry_ingest(readings=[Reading.from_message(r) for r in readings])
+    return telemetry.telemetry_ingest(readings=[telemetry.Reading.from_message(r) for r in readings])

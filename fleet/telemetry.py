@@ -18,7 +18,7 @@ from django.db.models import Q
 
 from chargers.models import ENERGY_IMPORT_REGISTER, EvChargingNeeds
 from chargers.models import Transaction as ChargerTransaction
-from fleet import selectors, services
+from fleet import jobs, selectors, services
 from fleet.models import DeparturePlan, PlanSource, PlugSession, SocEstimate, SocSource, Vehicle
 
 LOG = logging.getLogger(__name__)
@@ -88,9 +88,7 @@ def on_telemetry_committed(updates: Iterable[Any]) -> None:
             if _relevant(u)
         ]
         if readings:
-            from fleet.tasks import ingest_telemetry
-
-            transaction.on_commit(lambda: ingest_telemetry.delay(readings))
+            jobs.task_enqueue_on_commit(name=jobs.INGEST_TELEMETRY, args=(readings,))
     except Exception:  # the CSMS has already stored and acknowledged the data: never fail it from here
         LOG.exception("fleet telemetry hook failed")
 

@@ -7,7 +7,7 @@ the charger's power limits.
 
 Wear weight: a dimensionless factor in (0, 1] that scales how much of a fleet setpoint a vehicle carries. It is a
 dispatch *policy*, not a physical model; its temperature term is the inverse of the Arrhenius-type temperature stress
-of Xu et al. 2018 (see :mod:`fleet.numerics.degradation`), so a pack that ages twice as fast carries half as much.
+of B. Xu et al., IEEE Trans. Smart Grid 9(2), 2018, so a pack that ages twice as fast carries half as much.
 """
 
 from __future__ import annotations

@@ -27,11 +27,8 @@ class Command(BaseCommand):
             raise CommandError(f"unknown action {options['action']}")
         if options["vehicles"] < 0:
             raise CommandError("--vehicles must be >= 0")
-        members = options["member"]
-        if members is None:
-            from vpp.demo import demo_credentials
-
-            members = [demo_credentials().admin_username]
+        # Members are named (``demo_seed`` names the demo admin): the fleet layer knows no demo credentials.
+        members = options["member"] or []
         result = demo_fleet_seed(
             now=timezone.now(),
             vehicles=options["vehicles"],
