@@ -2,6 +2,9 @@
 
 The OCPP client (``edge_agent.ocpp_client``) feeds it CSMS requests and drains its outbox; whoever owns the
 timers (``run`` for one station, the fleet simulator for many) calls ``tick()`` every ``tick_s``.
+
+Why one module: ``Station`` is one state machine (transaction, setpoints, protection edges, queues) that each tick
+reads and changes as a whole; the pure parts already live apart (``control``, ``protection``, ``failsafe``).
 """
 
 from __future__ import annotations
