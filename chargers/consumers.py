@@ -23,10 +23,7 @@ from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 
 from chargers import fanout, ocpp_j
-from chargers.daphne_denial import EXTENSION as DENIAL_EXTENSION
-from chargers.models import BootStatus, Direction, Station
-from chargers.ocpp_j import Frame, OcppError
-from chargers.services import (
+from chargers.batch import (
     CallOutcome,
     Connected,
     Disconnected,
@@ -37,6 +34,9 @@ from chargers.services import (
     StationRef,
     batch_apply,
 )
+from chargers.daphne_denial import EXTENSION as DENIAL_EXTENSION
+from chargers.models import BootStatus, Direction, Station
+from chargers.ocpp_j import Frame, OcppError
 from chargers.writer import GroupCommitWriter, writer_for_loop
 
 LOG = logging.getLogger(__name__)

@@ -182,7 +182,7 @@ def call_station(live_csms: LiveServer, transactional_db: None):
     from django.contrib.auth import get_user_model
     from rest_framework.authtoken.models import Token
 
-    from chargers import services
+    from chargers import batch as services
 
     if settings.REDIS_URL:
 

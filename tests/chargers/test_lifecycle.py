@@ -46,7 +46,7 @@ def test_the_sweep_spares_stations_within_interval_and_grace(transactional_db, s
     now = datetime.now(UTC)
     fresh = StationFactory.create(online=True, heartbeat_interval=60, last_seen=now - timedelta(seconds=80))
     stale = StationFactory.create(online=True, heartbeat_interval=60, last_seen=now - timedelta(seconds=95))
-    from chargers.services import station_heartbeat_timeouts_mark
+    from chargers.batch import station_heartbeat_timeouts_mark
 
     assert station_heartbeat_timeouts_mark(now=now) == 1
     assert Station.objects.get(pk=fresh.pk).online is True

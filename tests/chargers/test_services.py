@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from chargers.batch import IncomingCall, StationRef, batch_apply
 from chargers.models import MeterValue, Transaction, TransactionEvent
-from chargers.services import IncomingCall, StationRef, batch_apply
 from tests.chargers.factories import StationFactory
 from tests.chargers.test_transactions import tx_event
 

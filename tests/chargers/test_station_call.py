@@ -8,8 +8,8 @@ import pytest
 from asgiref.sync import sync_to_async
 from ocpp.v21 import call_result as result21
 
+from chargers.batch import CallErrorResponse, CallPayloadInvalid, CallTimeout, StationOffline, StationUnknown
 from chargers.models import ChargingProfile, MessageLog
-from chargers.services import CallErrorResponse, CallPayloadInvalid, CallTimeout, StationOffline, StationUnknown
 from tests.chargers.conftest import raw_station, station_client, wait_until
 from tests.chargers.factories import StationFactory
 
@@ -182,7 +182,7 @@ def test_charging_profile_set_records_the_profile(live_csms, transactional_db, s
     """The sync service used by Celery tasks and views, exercised from a thread like a task would."""
     if not settings.REDIS_URL:
         pytest.skip("needs REDIS_URL: in-memory channel layers cannot reach another process")
-    from chargers.services import charging_profile_set
+    from chargers.batch import charging_profile_set
 
     station = StationFactory.create()
 

@@ -8,9 +8,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from chargers.batch import StationCallError, station_call, stations_add
 from chargers.models import BootStatus
 from chargers.passwords import WeakStationPassword
-from chargers.services import StationCallError, station_call, stations_add
 
 
 class Command(BaseCommand):
