@@ -49,8 +49,8 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections
 
-from chargers.batch import TELEMETRY_GROUP  # committed meter values, statuses, connections
 from chargers.fanout import Command, CommandResult, FanoutOutcome, calls_fanout
+from chargers.telemetry import TELEMETRY_GROUP  # committed meter values, statuses, connections
 from fleet.numerics.allocation import Allocation, allocate
 from fleet.numerics.arrays import FleetArrays, PowerBounds, power_bounds
 

@@ -23,7 +23,7 @@ from channels.db import database_sync_to_async
 from django.db import transaction
 from django.utils import timezone
 
-from chargers.batch import insert_rows
+from chargers.bulk import insert_rows
 from chargers.fanout import NodeListener
 from markets.models import Product
 from markets.regulation_models import ReserveDeployment

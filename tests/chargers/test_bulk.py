@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from django.db import IntegrityError, transaction
 
-from chargers.batch import bulk_insert
+from chargers.bulk import bulk_insert
 from chargers.models import MessageLog, MeterValue, StationEvent
 from tests.chargers.factories import StationFactory
 

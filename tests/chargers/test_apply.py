@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from chargers.batch import IncomingCall, StationRef, batch_apply
+from chargers.apply import batch_apply
+from chargers.jobs import IncomingCall, StationRef
 from chargers.models import MeterValue, Transaction, TransactionEvent
 from tests.chargers.factories import StationFactory
 from tests.chargers.test_transactions import tx_event
