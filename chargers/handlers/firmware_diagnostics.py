@@ -1,5 +1,7 @@
-"""Firmware management (OCPP block L) and diagnostics (block N): status notifications, monitoring events and
-(2.1) periodic event streams, all recorded as station events or in the message log.
+"""Firmware management (OCPP block L) and diagnostics (block N).
+
+FirmwareStatusNotification, LogStatusNotification and NotifyEvent are recorded as station events; an OCPP 2.1
+periodic event stream is accepted, and its frames are kept in the message log.
 """
 
 from __future__ import annotations
