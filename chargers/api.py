@@ -15,7 +15,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.authtoken.models import Token
 
-from chargers.services import (
+from chargers.services.station_call import (
     CallErrorResponse,
     CallPayloadInvalid,
     CallTimeout,

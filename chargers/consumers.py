@@ -23,20 +23,11 @@ from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 
 from chargers import fanout, ocpp_j
+from chargers.apply import batch_apply
 from chargers.daphne_denial import EXTENSION as DENIAL_EXTENSION
+from chargers.jobs import CallOutcome, Connected, Disconnected, IncomingCall, IncomingSend, Job, LogEntry, StationRef
 from chargers.models import BootStatus, Direction, Station
 from chargers.ocpp_j import Frame, OcppError
-from chargers.services import (
-    CallOutcome,
-    Connected,
-    Disconnected,
-    IncomingCall,
-    IncomingSend,
-    Job,
-    LogEntry,
-    StationRef,
-    batch_apply,
-)
 from chargers.writer import GroupCommitWriter, writer_for_loop
 
 LOG = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from chargers.services import station_heartbeat_timeouts_mark
+from chargers.services.heartbeat import station_heartbeat_timeouts_mark
 
 
 @shared_task(name="chargers.station_heartbeat_sweep", ignore_result=True)

@@ -1,6 +1,6 @@
 """Fleet side of committed CSMS telemetry: match sessions to vehicles, track SoC beliefs and ISO 15118 needs.
 
-``on_telemetry_committed`` is called by ``chargers.services.telemetry_committed`` right after the COMMIT that stored
+``on_telemetry_committed`` is called by ``chargers.telemetry.telemetry_committed`` right after the COMMIT that stored
 the readings; it only filters and enqueues (``fleet.tasks.ingest_telemetry``); the work happens in the task, which
 calls :func:`telemetry_ingest`. Everything here is idempotent: a redelivered batch changes nothing.
 """

@@ -7,7 +7,7 @@ from typing import Any
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 # The group the CSMS publishes committed telemetry to (meter values, status, connection changes).
-from chargers.services import TELEMETRY_GROUP
+from chargers.telemetry import TELEMETRY_GROUP
 
 
 class DashboardConsumer(AsyncJsonWebsocketConsumer):

@@ -50,7 +50,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from chargers.fanout import Command, CommandResult, FanoutOutcome, calls_fanout
-from chargers.services import TELEMETRY_GROUP  # committed meter values, statuses, connections
+from chargers.telemetry import TELEMETRY_GROUP  # committed meter values, statuses, connections
 from fleet.numerics.allocation import Allocation, allocate
 from fleet.numerics.arrays import FleetArrays, PowerBounds, power_bounds
 

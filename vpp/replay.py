@@ -42,7 +42,7 @@ from django.db import transaction
 from rest_framework.authtoken.models import Token
 
 from chargers.models import EvChargingNeeds, MeterValue, Station, Transaction
-from chargers.services import stations_add
+from chargers.services.provisioning import stations_add
 from fleet.models import Fleet, Organisation, PlanSource, Vehicle
 from fleet.numerics.arrays import power_bounds
 from fleet.services import departure_plan_set, session_open, session_set_limits, soc_report

@@ -23,8 +23,8 @@ from channels.db import database_sync_to_async
 from django.db import transaction
 from django.utils import timezone
 
+from chargers.bulk import insert_rows
 from chargers.fanout import NodeListener
-from chargers.services import insert_rows
 from markets.models import Product
 from markets.regulation_models import ReserveDeployment
 from markets.regulation_services import (

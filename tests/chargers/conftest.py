@@ -182,12 +182,12 @@ def call_station(live_csms: LiveServer, transactional_db: None):
     from django.contrib.auth import get_user_model
     from rest_framework.authtoken.models import Token
 
-    from chargers import services
+    from chargers.services import station_call
 
     if settings.REDIS_URL:
 
         async def direct(station_id: str, action: str, payload: dict, timeout: float = 10.0) -> dict:  # noqa: ASYNC109
-            return await services.station_call_async(
+            return await station_call.station_call_async(
                 station_id=station_id, action=action, payload=payload, timeout=timeout
             )
 
@@ -196,10 +196,10 @@ def call_station(live_csms: LiveServer, transactional_db: None):
     admin = get_user_model().objects.create_user("ops", is_staff=True, password=None)
     token = Token.objects.create(user=admin).key
     errors = {
-        404: services.StationUnknown,
-        400: services.CallPayloadInvalid,
-        409: services.StationOffline,
-        504: services.CallTimeout,
+        404: station_call.StationUnknown,
+        400: station_call.CallPayloadInvalid,
+        409: station_call.StationOffline,
+        504: station_call.CallTimeout,
     }
 
     def post(station_id: str, action: str, payload: dict, timeout: float) -> dict:
@@ -215,7 +215,7 @@ def call_station(live_csms: LiveServer, transactional_db: None):
         except urllib.error.HTTPError as exc:
             body = json.loads(exc.read())
             if exc.code == 502:
-                raise services.CallErrorResponse(body["code"], body["description"], body.get("details")) from exc
+                raise station_call.CallErrorResponse(body["code"], body["description"], body.get("details")) from exc
             raise errors.get(exc.code, RuntimeError)(body.get("error")) from exc
 
     async def via_api(station_id: str, action: str, payload: dict, timeout: float = 10.0) -> dict:  # noqa: ASYNC109

@@ -11,6 +11,7 @@ from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 
 from chargers.models import Station, StationEvent
+from chargers.services.heartbeat import station_heartbeat_timeouts_mark
 from chargers.tasks import station_heartbeat_sweep
 from tests.chargers.conftest import raw_station, start_server, stop_server, wait_until
 from tests.chargers.factories import StationFactory
@@ -46,8 +47,6 @@ def test_the_sweep_spares_stations_within_interval_and_grace(transactional_db, s
     now = datetime.now(UTC)
     fresh = StationFactory.create(online=True, heartbeat_interval=60, last_seen=now - timedelta(seconds=80))
     stale = StationFactory.create(online=True, heartbeat_interval=60, last_seen=now - timedelta(seconds=95))
-    from chargers.services import station_heartbeat_timeouts_mark
-
     assert station_heartbeat_timeouts_mark(now=now) == 1
     assert Station.objects.get(pk=fresh.pk).online is True
     assert Station.objects.get(pk=stale.pk).online is False

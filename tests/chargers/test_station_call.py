@@ -8,8 +8,14 @@ import pytest
 from asgiref.sync import sync_to_async
 from ocpp.v21 import call_result as result21
 
-from chargers.models import ChargingProfile, MessageLog
-from chargers.services import CallErrorResponse, CallPayloadInvalid, CallTimeout, StationOffline, StationUnknown
+from chargers.models import MessageLog
+from chargers.services.station_call import (
+    CallErrorResponse,
+    CallPayloadInvalid,
+    CallTimeout,
+    StationOffline,
+    StationUnknown,
+)
 from tests.chargers.conftest import raw_station, station_client, wait_until
 from tests.chargers.factories import StationFactory
 
@@ -176,28 +182,3 @@ def _boot():
     from ocpp.v21 import call
 
     return call.BootNotification(charging_station={"model": "VX-1", "vendor_name": "Acme"}, reason="PowerUp")
-
-
-def test_charging_profile_set_records_the_profile(live_csms, transactional_db, settings):
-    """The sync service used by Celery tasks and views, exercised from a thread like a task would."""
-    if not settings.REDIS_URL:
-        pytest.skip("needs REDIS_URL: in-memory channel layers cannot reach another process")
-    from chargers.services import charging_profile_set
-
-    station = StationFactory.create()
-
-    async def scenario():
-        async with raw_station(live_csms, station.station_id) as cs:
-            task = asyncio.create_task(
-                asyncio.to_thread(
-                    charging_profile_set, station_id=station.station_id, evse_id=1, profile=V2X_PROFILE, timeout=10
-                )
-            )
-            frame = await cs.recv()
-            await cs.send([3, frame[1], {"status": "Accepted"}])
-            return await task
-
-    assert asyncio.run(scenario()) == {"status": "Accepted"}
-    profile = ChargingProfile.objects.get(station=station, profile_id=100)
-    assert (profile.source, profile.status, profile.active) == ("csms", "Accepted", True)
-    assert profile.payload == V2X_PROFILE  # jsonb does not keep key order: compare values

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from chargers.models import EvChargingNeeds, Transaction
-from chargers.services import TelemetryUpdate, telemetry_committed
+from chargers.telemetry import TelemetryUpdate, telemetry_committed
 from fleet import selectors
 from fleet.models import DeparturePlan, PlanSource, PlugSession, SocEstimate, SocSource, VehicleState
 from fleet.telemetry import Reading, telemetry_ingest

@@ -5,7 +5,7 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
 
-from chargers.services import TELEMETRY_GROUP
+from chargers.telemetry import TELEMETRY_GROUP
 from vpp.consumers import DashboardConsumer
 
 pytestmark = pytest.mark.django_db(transaction=True)

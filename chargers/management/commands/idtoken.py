@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from chargers.models import IdTokenStatus
-from chargers.services import id_token_add
+from chargers.services.provisioning import id_token_add
 
 # IdTokenEnumType of OCPP 2.0.1 and 2.1.
 ID_TOKEN_TYPES = [

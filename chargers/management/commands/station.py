@@ -10,7 +10,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from chargers.models import BootStatus
 from chargers.passwords import WeakStationPassword
-from chargers.services import StationCallError, station_call, stations_add
+from chargers.remote import RemoteCallError, station_call_remote
+from chargers.services.provisioning import stations_add
+from chargers.services.station_call import StationCallError, station_call
 
 
 class Command(BaseCommand):
@@ -73,8 +75,6 @@ class Command(BaseCommand):
             except StationCallError as exc:
                 raise CommandError(f"{type(exc).__name__}: {exc}") from exc
         else:
-            from chargers.remote import RemoteCallError, station_call_remote
-
             try:
                 result = station_call_remote(
                     station_id=options["station_id"],

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 from django.db import IntegrityError, transaction
 
+from chargers.bulk import bulk_insert
 from chargers.models import MessageLog, MeterValue, StationEvent
-from chargers.services import bulk_insert
 from tests.chargers.factories import StationFactory
 
 pytestmark = pytest.mark.django_db

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from chargers.apply import batch_apply
+from chargers.jobs import IncomingCall, StationRef
 from chargers.models import MeterValue, Transaction, TransactionEvent
-from chargers.services import IncomingCall, StationRef, batch_apply
 from tests.chargers.factories import StationFactory
 from tests.chargers.test_transactions import tx_event
 

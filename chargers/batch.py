@@ -1,0 +1,229 @@
+"""One group-commit batch's state: loaded once before the jobs run, collected by the handlers, written before COMMIT.
+
+``BatchContext`` is what every handler in ``chargers.handlers`` gets: the batch's clock, the hot-path rows it
+queues as plain tuples (message log, meter values, transaction events), the station events, the telemetry to
+release after COMMIT, and the answers and transactions the batch already knows. ``answered_load`` and
+``transactions_load`` fill it with one query each per batch; ``BatchContext.flush`` writes it in bulk.
+``chargers.apply.batch_apply`` runs the whole sequence.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import operator
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from django.db import connection
+from django.db.models import Case, Q, Value, When
+
+from chargers import ocpp_j
+from chargers.bulk import bulk_insert, insert_rows, update_rows
+from chargers.jobs import CallOutcome, IncomingCall, StationRef
+from chargers.models import Direction, MessageLog, MeterValue, Station, StationEvent, Transaction, TransactionEvent
+from chargers.telemetry import TelemetryUpdate
+
+
+class BatchContext:
+    """Rows collected while a batch's jobs run, written in bulk before COMMIT."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.logs: list[tuple[Any, ...]] = []  # MESSAGE_LOG_COLUMNS
+        self.meter_values: list[tuple[Any, ...]] = []  # METER_VALUE_COLUMNS
+        self.events: list[StationEvent] = []
+        self.touched: set[int] = set()
+        self.telemetry: list[TelemetryUpdate] = []
+        self.answered: dict[tuple[int, str], CallOutcome] = {}
+        # TransactionEvent state for the batch: loaded once (transactions_load), changed in memory, written in flush.
+        self.transactions: dict[tuple[int, str], Transaction] = {}
+        self.stored_events: set[tuple[int, int]] = set()  # (transaction pk, seqNo) already in the database
+        self.tx_events: list[tuple[Any, ...]] = []  # TRANSACTION_EVENT_COLUMNS
+        self.tx_changed: dict[int, set[str]] = {}  # transaction pk -> fields to write
+
+    def event(self, station: StationRef, kind: str, *, at: datetime | None = None, summary: str = "", **data: Any):
+        self.events.append(
+            StationEvent(
+                station_id=station.pk,
+                kind=kind,
+                timestamp=at or self.now,
+                received_at=self.now,
+                summary=summary[:255],
+                data=data,
+            )
+        )
+
+    def log(
+        self,
+        station: StationRef,
+        direction: str,
+        message_type: int,
+        *,
+        message_id: str = "",
+        action: str = "",
+        payload: Any = None,
+        raw: str = "",
+        response: Any = None,
+        error_code: str = "",
+        error_description: str = "",
+        created_at: datetime,
+        responded_at: datetime | None = None,
+    ) -> None:
+        """Queue one MessageLog row (a plain tuple: building Django models here cost a tenth of the CSMS's CPU)."""
+        self.logs.append(
+            (station.pk, direction, message_type, message_id, action, station.version, payload, raw, response,
+             error_code, error_description[:255], created_at, responded_at)
+        )  # fmt: skip
+
+    def flush(self) -> None:
+        insert_rows(TransactionEvent, TRANSACTION_EVENT_COLUMNS, self.tx_events)
+        _transactions_save(self)
+        insert_rows(MeterValue, METER_VALUE_COLUMNS, self.meter_values)
+        bulk_insert(StationEvent, self.events)
+        insert_rows(MessageLog, MESSAGE_LOG_COLUMNS, self.logs)
+        if self.touched:
+            _stations_touch(self.touched, self.now)
+
+
+def _stations_touch(pks: set[int], now: datetime) -> None:
+    """A message proves the station is alive; a station whose socket is already gone stays offline.
+
+    Once per batch. On PostgreSQL as one prepared-shape statement with an array parameter: the ORM's compile and
+    per-id parameter binding cost a millisecond of CPU per batch.
+    """
+    if connection.vendor != "postgresql":
+        Station.objects.filter(pk__in=pks).update(
+            last_seen=now, online=Case(When(channel_name="", then=Value(False)), default=Value(True))
+        )
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(_TOUCH_SQL, [now, list(pks)])
+
+
+# Only the model's table name is interpolated (no input): S608 does not apply.
+_TOUCH_SQL = f"UPDATE {Station._meta.db_table} SET last_seen = %s, online = (channel_name <> '') WHERE id = ANY(%s)"  # noqa: S608
+
+
+MESSAGE_LOG_COLUMNS = (
+    "station_id", "direction", "message_type", "message_id", "action", "ocpp_version", "payload", "raw", "response",
+    "error_code", "error_description", "created_at", "responded_at",
+)  # fmt: skip
+TRANSACTION_EVENT_COLUMNS = (
+    "transaction_id", "seq_no", "event_type", "trigger_reason", "timestamp", "received_at", "offline",
+    "charging_state", "payload",
+)  # fmt: skip
+METER_VALUE_COLUMNS = (
+    "station_id", "evse_id", "transaction_id", "timestamp", "received_at", "measurand", "phase", "location",
+    "context", "value", "unit", "source",
+)  # fmt: skip
+
+
+def answered_load(ctx: BatchContext, calls: list[IncomingCall]) -> None:
+    """Answers already stored for retransmitted CALLs (same station, same message id): one query per batch."""
+    if not calls:
+        return
+    keys = {(c.station.pk, c.message_id) for c in calls}
+    rows: Iterable[tuple[int, str, Any]]
+    if connection.vendor == "postgresql":
+        # The (station, message id) pairs joined against the unique index: an index probe per pair, and no ORM
+        # compile or per-value binding (1.1 ms of CPU per batch through the ORM's two IN lists).
+        with connection.cursor() as cursor:
+            cursor.execute(_ANSWERED_SQL, [[k[0] for k in keys], [k[1] for k in keys]])
+            rows = [(pk, mid, _json_value(response)) for pk, mid, response in cursor.fetchall()]
+    else:
+        rows = MessageLog.objects.filter(
+            direction=Direction.IN,
+            message_type=ocpp_j.CALL,
+            error_code="",
+            station_id__in={k[0] for k in keys},
+            message_id__in={k[1] for k in keys},
+        ).values_list("station_id", "message_id", "response")
+    for station_pk, message_id, response in rows:
+        if (station_pk, message_id) in keys:
+            ctx.answered[(station_pk, message_id)] = CallOutcome(payload=response, retransmit=True)
+
+
+# One probe of the partial unique index messagelog_unique_incoming_call per (station, message id) pair, whatever
+# the table's statistics say: LATERAL ... LIMIT 1 runs once per pair. (A plain join was planned from statistics, and
+# with stale ones, e.g. autovacuum off, it scanned the whole index per batch: 1.6 s at 170,000 rows.)
+# Only the table name and constants are interpolated (no input): S608 does not apply.
+_ANSWERED_SQL = (
+    "SELECT k.station_id, k.message_id, m.response"  # noqa: S608
+    " FROM unnest(%s::bigint[], %s::text[]) AS k(station_id, message_id)"
+    f" CROSS JOIN LATERAL (SELECT r.response FROM {MessageLog._meta.db_table} r"
+    " WHERE r.station_id = k.station_id AND r.message_id = k.message_id"
+    f" AND r.direction = '{Direction.IN.value}' AND r.message_type = {ocpp_j.CALL} AND r.error_code = ''"
+    " LIMIT 1) AS m"
+)
+
+
+def _json_value(value: Any) -> Any:
+    """A jsonb column as the ORM's JSONField reads it (psycopg returns it decoded already; text on a cast)."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def transactions_load(ctx: BatchContext, calls: list[IncomingCall]) -> None:
+    """The batch's transactions (locked until COMMIT) and which of their events' seqNos are stored: two queries.
+
+    Both look up exact pairs, one index probe each (not the cross product of two IN lists: stations number their
+    transactions alike, and an old transaction's seqNos would match another's).
+    """
+    if not calls:
+        return
+    keys = {(c.station.pk, c.payload["transactionInfo"]["transactionId"]) for c in calls}
+    rows: Iterable[Transaction]
+    if connection.vendor == "postgresql":
+        station_pks, tx_ids = zip(*keys, strict=True)
+        rows = Transaction.objects.raw(_TRANSACTIONS_SQL, [list(station_pks), list(tx_ids)])
+    else:
+        rows = Transaction.objects.filter(_pairs_q("station_id", "transaction_id", keys))
+    ctx.transactions = {(tx.station_id, tx.transaction_id): tx for tx in rows}
+    events = {
+        (tx.pk, c.payload["seqNo"])
+        for c in calls
+        if (tx := ctx.transactions.get((c.station.pk, c.payload["transactionInfo"]["transactionId"])))
+    }
+    if not events:
+        return
+    if connection.vendor == "postgresql":
+        tx_pks, seq_nos = zip(*events, strict=True)
+        with connection.cursor() as cursor:
+            cursor.execute(_STORED_EVENTS_SQL, [list(tx_pks), list(seq_nos)])
+            ctx.stored_events = {(pk, seq) for pk, seq in cursor.fetchall()}
+    else:
+        query = _pairs_q("transaction_id", "seq_no", events)
+        ctx.stored_events = set(TransactionEvent.objects.filter(query).values_list("transaction_id", "seq_no"))
+
+
+def _pairs_q(first: str, second: str, pairs: Iterable[tuple[Any, Any]]) -> Q:
+    return functools.reduce(operator.or_, (Q(**{first: a, second: b}) for a, b in pairs))
+
+
+# Exact pairs, each one probe of the table's unique index (LATERAL: whatever the statistics say). Only table names
+# are interpolated (no input): S608 does not apply.
+_TRANSACTIONS_SQL = (
+    "SELECT t.* FROM unnest(%s::bigint[], %s::text[]) AS k(station_id, transaction_id)"  # noqa: S608
+    f" CROSS JOIN LATERAL (SELECT * FROM {Transaction._meta.db_table} r"
+    " WHERE r.station_id = k.station_id AND r.transaction_id = k.transaction_id FOR UPDATE) AS t"
+)
+_STORED_EVENTS_SQL = (
+    "SELECT k.transaction_id, k.seq_no FROM unnest(%s::bigint[], %s::int[]) AS k(transaction_id, seq_no)"  # noqa: S608
+    f" CROSS JOIN LATERAL (SELECT 1 FROM {TransactionEvent._meta.db_table} e"
+    " WHERE e.transaction_id = k.transaction_id AND e.seq_no = k.seq_no LIMIT 1) AS e"
+)
+
+
+def _transactions_save(ctx: BatchContext) -> None:
+    """Write the changed fields of the batch's transactions: one UPDATE on PostgreSQL, one per row elsewhere."""
+    if not ctx.tx_changed:
+        return
+    by_pk = {tx.pk: tx for tx in ctx.transactions.values()}
+    if connection.vendor != "postgresql":
+        for pk, names in ctx.tx_changed.items():
+            tx = by_pk[pk]
+            Transaction.objects.filter(pk=pk).update(**{name: getattr(tx, name) for name in names})
+        return
+    columns = sorted(set[str]().union(*ctx.tx_changed.values()))
+    update_rows(Transaction, columns, [by_pk[pk] for pk in ctx.tx_changed])

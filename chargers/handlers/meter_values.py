@@ -1,0 +1,104 @@
+"""Meter values (OCPP block J): MeterValues, and the sampled-value rows TransactionEvent carries too.
+
+Values are stored as integers in a base unit (Wh, W, mA, mV, ...), queued as plain tuples for one COPY per batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chargers.batch import BatchContext
+from chargers.handlers.common import datetime_parse
+from chargers.jobs import StationRef
+from chargers.models import ENERGY_IMPORT_REGISTER, Transaction
+from chargers.telemetry import TelemetryUpdate
+
+# OCPP unit -> (stored unit, factor); values are stored as round(value * 10^multiplier * factor).
+_UNITS: dict[str, tuple[str, int]] = {
+    "Wh": ("Wh", 1),
+    "kWh": ("Wh", 1000),
+    "W": ("W", 1),
+    "kW": ("W", 1000),
+    "varh": ("varh", 1),
+    "kvarh": ("varh", 1000),
+    "var": ("var", 1),
+    "kvar": ("var", 1000),
+    "VA": ("VA", 1),
+    "kVA": ("VA", 1000),
+    "Percent": ("Percent", 1),
+    "A": ("mA", 1000),
+    "V": ("mV", 1000),
+    "Hz": ("mHz", 1000),
+    "Celsius": ("mCelsius", 1000),
+    "K": ("mK", 1000),
+}
+_DEFAULT_UNIT = [
+    ("Energy.Reactive", "varh"),
+    ("Energy", "Wh"),
+    ("Power.Reactive", "var"),
+    ("Power.Factor", ""),
+    ("Power", "W"),
+    ("SoC", "Percent"),
+    ("Current", "A"),
+    ("Voltage", "V"),
+    ("Frequency", "Hz"),
+    ("Temperature", "Celsius"),
+]
+
+
+def _unit_for(measurand: str, sampled: dict[str, Any]) -> tuple[str, int, int]:
+    uom = sampled.get("unitOfMeasure") or {}
+    unit = uom.get("unit") or next((u for prefix, u in _DEFAULT_UNIT if measurand.startswith(prefix)), "Wh")
+    stored, factor = _UNITS.get(unit, (unit or "permille", 1000 if not unit else 1))
+    return stored, factor, int(uom.get("multiplier", 0))
+
+
+def meter_rows_queue(
+    ctx: BatchContext,
+    station: StationRef,
+    meter_values: list[dict[str, Any]],
+    *,
+    evse_id: int,
+    source: str,
+    transaction: Transaction | None = None,
+) -> TelemetryUpdate | None:
+    """Queue integer MeterValue rows, all or none; returns the newest sample set as a telemetry update."""
+    newest: TelemetryUpdate | None = None
+    tx_pk = transaction.pk if transaction is not None else None
+    rows: list[tuple[Any, ...]] = []
+    for mv in meter_values:
+        at = datetime_parse(mv["timestamp"], ctx.now)
+        values: dict[str, int] = {}
+        units: dict[str, str] = {}
+        for sv in mv["sampledValue"]:
+            measurand = sv.get("measurand", ENERGY_IMPORT_REGISTER)
+            unit, factor, multiplier = _unit_for(measurand, sv)
+            value = round(float(sv["value"]) * (10.0**multiplier) * factor)
+            phase, location = sv.get("phase", ""), sv.get("location", "")
+            rows.append(
+                (station.pk, evse_id, tx_pk, at, ctx.now, measurand, phase, location, sv.get("context", ""), value,
+                 unit, source)
+            )  # fmt: skip
+            name = f"{measurand}.{phase}" if phase else measurand
+            if location in ("", "Outlet"):
+                values[name] = value
+                units[name] = unit
+        if newest is None or at >= newest.timestamp:
+            newest = TelemetryUpdate(
+                station.station_id,
+                "meter",
+                at,
+                evse_id=evse_id,
+                values=values,
+                units=units,
+                transaction_id=transaction.transaction_id if transaction else "",
+            )
+    ctx.meter_values.extend(rows)
+    return newest
+
+
+def meter_values_record(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    update = meter_rows_queue(ctx, station, payload["meterValue"], evse_id=payload["evseId"], source="MeterValues")
+    if update is not None:
+        ctx.telemetry.append(update)
+    return {}

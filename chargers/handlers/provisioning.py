@@ -1,0 +1,71 @@
+"""Provisioning (OCPP block B): BootNotification and NotifyReport (the device model)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chargers.batch import BatchContext
+from chargers.handlers.common import datetime_iso
+from chargers.jobs import StationRef
+from chargers.models import DEVICE_VARIABLE_KEY, DeviceVariable, Station, StationEventKind
+
+
+def station_boot(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    """BootNotification: record what the station is, answer with its configured registration status."""
+    row = Station.objects.only("boot_status", "heartbeat_interval").get(pk=station.pk)
+    cs = payload["chargingStation"]
+    modem = cs.get("modem", {})
+    Station.objects.filter(pk=station.pk).update(
+        vendor=cs["vendorName"],
+        model=cs["model"],
+        serial_number=cs.get("serialNumber", ""),
+        firmware_version=cs.get("firmwareVersion", ""),
+        last_boot_at=ctx.now,
+        last_boot_reason=payload["reason"],
+        ocpp_version=station.version,
+    )
+    ctx.event(
+        station,
+        StationEventKind.BOOTED,
+        summary=f"{payload['reason']}: {row.boot_status}",
+        reason=payload["reason"],
+        status=row.boot_status,
+        firmware=cs.get("firmwareVersion", ""),
+        modem=modem,
+    )
+    return {"currentTime": datetime_iso(ctx.now), "interval": row.heartbeat_interval, "status": row.boot_status}
+
+
+def device_report_record(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    """NotifyReport: upsert each reported variable attribute of the device model."""
+    rows: list[DeviceVariable] = []
+    for item in payload.get("reportData", []):
+        component, variable = item["component"], item["variable"]
+        evse = component.get("evse") or {}
+        characteristics = item.get("variableCharacteristics") or {}
+        for attribute in item["variableAttribute"]:
+            rows.append(
+                DeviceVariable(
+                    station_id=station.pk,
+                    component=component["name"],
+                    component_instance=component.get("instance", ""),
+                    evse_id=evse.get("id", 0),
+                    connector_id=evse.get("connectorId", 0),
+                    variable=variable["name"],
+                    variable_instance=variable.get("instance", ""),
+                    attribute_type=attribute.get("type", "Actual"),
+                    value=attribute.get("value", ""),
+                    mutability=attribute.get("mutability", ""),
+                    data_type=characteristics.get("dataType", ""),
+                    unit=characteristics.get("unit", ""),
+                    updated_at=ctx.now,
+                )
+            )
+    if rows:
+        DeviceVariable.objects.bulk_create(
+            rows,
+            update_conflicts=True,
+            unique_fields=DEVICE_VARIABLE_KEY,
+            update_fields=["value", "mutability", "data_type", "unit", "updated_at"],
+        )
+    return {}

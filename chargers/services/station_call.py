@@ -1,0 +1,152 @@
+"""CSMS-initiated messages: ``station_call`` / ``station_call_async`` from any process.
+
+The request is validated against its action's schema, then sent over the channel layer to whichever server
+process holds the station's socket (``chargers.consumers.OcppConsumer``), which sends it, one outstanding call
+per station, and replies with the station's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from chargers import ocpp_j
+from chargers.models import Station
+from chargers.ocpp_j import OcppError
+
+
+class StationCallError(Exception):
+    """Base of the errors ``station_call`` raises."""
+
+
+class StationUnknown(StationCallError):
+    pass
+
+
+class StationOffline(StationCallError):
+    pass
+
+
+class CallTimeout(StationCallError):
+    pass
+
+
+class CallPayloadInvalid(StationCallError):
+    """The request was not sent: it does not match the action's schema (or the action is not a CSMS action)."""
+
+
+class CallErrorResponse(StationCallError):
+    """The station answered with a CALLERROR (or with a CALLRESULT that breaks the response schema)."""
+
+    def __init__(self, code: str, description: str, details: Any = None) -> None:
+        super().__init__(f"{code}: {description}")
+        self.code = code
+        self.description = description
+        self.details = details
+
+
+def station_call(
+    *, station_id: str, action: str, payload: dict[str, Any], timeout: float | None = None
+) -> dict[str, Any]:
+    """Send a CSMS-initiated ``action`` to a station, wherever its socket is; returns the CALLRESULT payload.
+
+    Raises StationUnknown, StationOffline, CallPayloadInvalid (nothing sent), CallTimeout or CallErrorResponse.
+    """
+    return async_to_sync(station_call_async)(station_id=station_id, action=action, payload=payload, timeout=timeout)
+
+
+async def station_call_async(
+    *,
+    station_id: str,
+    action: str,
+    payload: dict[str, Any],
+    timeout: float | None = None,  # noqa: ASYNC109
+) -> dict[str, Any]:
+    """The async twin of ``station_call``, for consumers and async views."""
+    timeout = float(timeout if timeout is not None else settings.OCPP_CALL_TIMEOUT)
+    row = await _station_route(station_id)
+    if row is None:
+        raise StationUnknown(f"no station {station_id!r}")
+    version, channel = row
+    if not channel:
+        raise StationOffline(f"station {station_id!r} is not connected")
+    version = version or "2.0.1"
+    if not ocpp_j.is_csms_action(version, action):
+        raise CallPayloadInvalid(f"{action!r} is not a CSMS-initiated action of OCPP {version}")
+    try:
+        ocpp_j.check(ocpp_j.request_validator(version, action), payload)
+    except OcppError as exc:
+        raise CallPayloadInvalid(f"{action}: {exc.description}") from exc
+    layer = get_channel_layer()
+    assert layer is not None, "CHANNEL_LAYERS must be configured"
+    reply_channel = await layer.new_channel()
+    deadline = time.time() + timeout
+    await layer.send(
+        channel,
+        {"type": "ocpp.call", "action": action, "payload": payload, "reply_to": reply_channel, "deadline": deadline},
+    )
+    reply = await _await_reply(
+        layer, reply_channel, station_id=station_id, action=action, channel=channel, timeout=timeout
+    )
+    return _reply_unpack(station_id, action, reply)
+
+
+#: How often a caller waiting for an answer checks that the socket it sent to is still the station's.
+ROUTE_RECHECK_S = 1.0
+
+
+async def _await_reply(
+    layer: Any,
+    reply_channel: str,
+    *,
+    station_id: str,
+    action: str,
+    channel: str,
+    timeout: float,  # noqa: ASYNC109
+) -> dict[str, Any]:
+    """Wait for the consumer's reply; fail fast with StationOffline if the socket went away meanwhile.
+
+    A call sent to a consumer that is closing sits unread in its channel (the consumer can only answer "offline"
+    for calls it has already taken). Rather than hold the caller for the whole timeout, re-read the station's route
+    every ``ROUTE_RECHECK_S``: once the station's channel is gone or belongs to a newer connection, the call was never
+    delivered and the caller learns so within a second.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    receive = asyncio.ensure_future(layer.receive(reply_channel))
+    try:
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise CallTimeout(f"{station_id} did not answer {action} within {timeout:g} s")
+            done, _ = await asyncio.wait({receive}, timeout=min(ROUTE_RECHECK_S, remaining))
+            if done:
+                return dict(receive.result())
+            route = await _station_route(station_id)
+            if route is None or route[1] != channel:
+                raise StationOffline(f"station {station_id!r} disconnected before answering {action}")
+    finally:
+        if not receive.done():
+            receive.cancel()
+
+
+def _reply_unpack(station_id: str, action: str, reply: dict[str, Any]) -> dict[str, Any]:
+    status = reply.get("status")
+    if status == "result":
+        return dict(reply["payload"])
+    if status == "offline":
+        raise StationOffline(f"station {station_id!r} disconnected before answering {action}")
+    if status == "timeout":
+        raise CallTimeout(f"{station_id} did not answer {action} in time")
+    raise CallErrorResponse(reply.get("code", "InternalError"), reply.get("description", ""), reply.get("details"))
+
+
+@database_sync_to_async
+def _station_route(station_id: str) -> tuple[str, str] | None:
+    return Station.objects.filter(station_id=station_id).values_list("ocpp_version", "channel_name").first()
