@@ -15,8 +15,8 @@ from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from markets.regulation_models import SignalSource
-from markets.regulation_services import RegulationError
+from markets.regulation.models import SignalSource
+from markets.regulation.services import RegulationError
 from vpp.services import regulation_signal_intake
 from vpp.signal_auth import parse_signal, token_user
 

@@ -4,7 +4,7 @@
   (created and started on first use) and returns the running dispatch as a task. Never touches the database
   except for the very first signal of a product in a process (product lookup and first state load).
 * :func:`regulation_signal_intake` -- what the WebSocket edge does: validate, dispatch, then store the value
-  (settle's :func:`markets.regulation_services.regulation_signal_record`) and answer.
+  (settle's :func:`markets.regulation.services.regulation_signal_record`) and answer.
 * :func:`regulation_dispatch_from_sync` -- for sync edges (the REST intake ``POST /api/regulation/signal``):
   hands a validated value to the dispatcher on the server's event loop without waiting for the stations.
 * :func:`dispatch_record` / :func:`dispatch_basepoint_record` -- run on the dispatcher's DB thread.
@@ -26,8 +26,8 @@ from django.utils import timezone
 from chargers.fanout import NodeListener
 from chargers.services import insert_rows
 from markets.models import Product
-from markets.regulation_models import ReserveDeployment
-from markets.regulation_services import (
+from markets.regulation.models import ReserveDeployment
+from markets.regulation.services import (
     RegulationError,
     regulation_basepoint_record,
     regulation_signal_record,

@@ -12,7 +12,7 @@ from typing import Any
 
 from rest_framework.authtoken.models import Token
 
-from markets.regulation_services import RegulationError
+from markets.regulation.services import RegulationError
 
 PERMISSION = "markets.submit_regulation_signal"
 TOKEN_TTL_S = 60.0

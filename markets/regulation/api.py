@@ -24,9 +24,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from markets.models import Product
-from markets.regulation_models import PerformanceScoreRecord, Settlement, SettlementLine, SignalSource
-from markets.regulation_selectors import scores_for, settlement_lines_for, settlements_for
-from markets.regulation_services import (
+from markets.regulation.models import PerformanceScoreRecord, Settlement, SettlementLine, SignalSource
+from markets.regulation.selectors import scores_for, settlement_lines_for, settlements_for
+from markets.regulation.services import (
     RegulationError,
     ReserveConflict,
     SignalConflict,

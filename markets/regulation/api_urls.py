@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from markets import regulation_api as api
+from markets.regulation import api as api
 
 urlpatterns = [
     path("regulation/signal", api.SignalIntakeView.as_view(), name="regulation-signal"),

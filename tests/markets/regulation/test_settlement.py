@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from markets.settlement import (
+from markets.regulation.settlement import (
     CENT,
     Amounts,
     IntervalEnergy,

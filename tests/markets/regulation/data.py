@@ -15,7 +15,7 @@ import factory
 from chargers.models import MeterValue, Station
 from markets.defaults import ensure_defaults
 from markets.models import Award, Bid, DepotSite, MarketOperator, Product
-from markets.regulation_models import RegulationSignal, SignalSource
+from markets.regulation.models import RegulationSignal, SignalSource
 from tests.chargers.factories import StationFactory
 
 HOUR_START = datetime(2025, 7, 1, 14, 0, tzinfo=UTC)

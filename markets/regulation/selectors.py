@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from chargers.models import ENERGY_IMPORT_REGISTER, MeterValue
 from markets.models import Award, Product
-from markets.regulation_models import (
+from markets.regulation.models import (
     EnergyPrice,
     PerformanceScoreRecord,
     RegulationBasepoint,

@@ -10,9 +10,9 @@ import pytest
 
 from chargers.models import MeterValue
 from fleet.models import Fleet, Organisation, PlugSession, Vehicle
-from markets import scoring
-from markets.regulation_models import PerformanceScoreRecord, RegulationSignal, Settlement, SignalSource
-from markets.regulation_services import (
+from markets.regulation import scoring
+from markets.regulation.models import PerformanceScoreRecord, RegulationSignal, Settlement, SignalSource
+from markets.regulation.services import (
     RegulationError,
     SignalConflict,
     energy_price_record,
@@ -25,9 +25,9 @@ from markets.regulation_services import (
     regulation_trace,
     settlement_compute,
 )
-from markets.settlement import SettlementError
-from markets.signals import read_signal_csv
-from tests.markets.regulation_data import (
+from markets.regulation.settlement import SettlementError
+from markets.regulation.signals import read_signal_csv
+from tests.markets.regulation.data import (
     HOUR_START,
     award_for,
     regulation_product,
@@ -36,7 +36,7 @@ from tests.markets.regulation_data import (
     store_signal,
     triangle,
 )
-from tests.markets.test_scoring import REGD_FILE
+from tests.markets.regulation.test_scoring import REGD_FILE
 
 pytestmark = pytest.mark.django_db
 

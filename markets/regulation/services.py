@@ -24,10 +24,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from numpy.typing import NDArray
 
-from markets import scoring
-from markets.metering import Reconciliation, interval_energy_wh, reconcile
 from markets.models import Award, Product
-from markets.regulation_models import (
+from markets.regulation import scoring
+from markets.regulation.metering import Reconciliation, interval_energy_wh, reconcile
+from markets.regulation.models import (
     EnergyPrice,
     PerformanceScoreRecord,
     RegulationBasepoint,
@@ -38,7 +38,7 @@ from markets.regulation_models import (
     SettlementLine,
     SignalSource,
 )
-from markets.regulation_selectors import (
+from markets.regulation.selectors import (
     POWER_MAX_AGE_S,
     ChargePointVehicle,
     MeterSeries,
@@ -53,7 +53,7 @@ from markets.regulation_selectors import (
     regulation_price,
     signal_values,
 )
-from markets.settlement import (
+from markets.regulation.settlement import (
     DegradationCost,
     IntervalEnergy,
     RegulationTerms,
@@ -61,7 +61,7 @@ from markets.settlement import (
     VehicleMetering,
     settle_award_hour,
 )
-from markets.signals import SignalTrace
+from markets.regulation.signals import SignalTrace
 
 LOG = logging.getLogger(__name__)
 SIGNAL_PLACES = Decimal("0.00001")

@@ -13,9 +13,9 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from fleet.models import Fleet, Organisation, PlugSession, Vehicle
-from markets.regulation_models import RegulationSignal
-from markets.regulation_services import energy_price_record, regulation_price_record, settlement_compute
-from tests.markets.regulation_data import (
+from markets.regulation.models import RegulationSignal
+from markets.regulation.services import energy_price_record, regulation_price_record, settlement_compute
+from tests.markets.regulation.data import (
     HOUR_START,
     award_for,
     regulation_product,
@@ -260,7 +260,7 @@ def test_a_reserve_event_is_stored_once_and_a_different_one_under_its_reference_
     assert (first.status_code, again.status_code, changed.status_code) == (201, 200, 409)
     assert first.json()["id"] == again.json()["id"]
     assert "sr-1" in changed.json()["detail"]
-    from markets.regulation_models import ReserveDeployment
+    from markets.regulation.models import ReserveDeployment
 
     assert ReserveDeployment.objects.get().power_w == 50_000
 
