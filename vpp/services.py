@@ -16,7 +16,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from asgiref.sync import SyncToAsync, async_to_sync
 from channels.db import database_sync_to_async
@@ -32,7 +32,9 @@ from markets.regulation.services import (
     regulation_basepoint_record,
     regulation_signal_record,
     reserve_deployment_record,
+    signal_value,
 )
+from markets.selectors import product_get
 from vpp.dispatch import Dispatcher, DispatchResult, Signal, dispatcher_for, dispatchers_refresh
 from vpp.dispatch_selectors import dispatch_state_load
 from vpp.models import Dispatch, DispatchCommand
@@ -52,30 +54,15 @@ _products: dict[str, int] = {}  # "operator:code" -> product id, cached per proc
 
 
 def product_resolve(*, code: str) -> int:
-    """The id of a regulation product named ``operator:code`` (e.g. ``pjm:reg-d``); RegulationError if none."""
+    """The id of the active regulation product ``code`` names (:func:`markets.selectors.product_get`)."""
     if code in _products:
         return _products[code]
-    operator, sep, product_code = code.partition(":")
-    if not sep:
-        raise RegulationError(f"product must be given as operator:code, got {code!r}")
-    product = Product.objects.filter(operator__code=operator, code=product_code, active=True).first()
-    if product is None:
-        raise RegulationError(f"no active product {code!r}")
-    if product.kind != Product.Kind.REGULATION:
-        raise RegulationError(f"{code} is not a regulation product")
+    try:
+        product = product_get(ref=code, kind=Product.Kind.REGULATION, active_only=True)
+    except Product.DoesNotExist as exc:
+        raise RegulationError(str(exc)) from None
     _products[code] = product.pk
     return product.pk
-
-
-def signal_value(raw: object) -> Decimal:
-    """A normalised signal value in [-1, 1], kept to 5 places (the RegD files' precision)."""
-    try:
-        value = Decimal(str(raw)).quantize(Decimal("0.00001"))
-    except (InvalidOperation, ValueError) as exc:
-        raise RegulationError(f"signal value {raw!r} is not a number") from exc
-    if not value.is_finite() or not Decimal(-1) <= value <= Decimal(1):
-        raise RegulationError(f"signal value {raw} is outside the normalised range [-1, 1]")
-    return value
 
 
 def _dispatcher_create(product_id: int, portfolio: str) -> Dispatcher:

@@ -92,13 +92,17 @@ def _utc(moment: datetime, name: str) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _signal_value(value: Decimal | float | str) -> Decimal:
+def signal_value(raw: object) -> Decimal:
+    """A normalised signal value in [-1, 1], kept to 5 places (the RegD files' precision); RegulationError if not.
+
+    The one parser of signal values: storage here and the dispatch edges (``vpp.services``) alike.
+    """
     try:
-        number = Decimal(str(value)).quantize(SIGNAL_PLACES, rounding=ROUND_HALF_EVEN)
-    except InvalidOperation as exc:
-        raise RegulationError(f"signal value {value!r} is not a number") from exc
+        number = Decimal(str(raw)).quantize(SIGNAL_PLACES, rounding=ROUND_HALF_EVEN)
+    except (InvalidOperation, ValueError) as exc:
+        raise RegulationError(f"signal value {raw!r} is not a number") from exc
     if not number.is_finite() or not Decimal(-1) <= number <= Decimal(1):
-        raise RegulationError(f"signal value {value} is outside the normalised range [-1, 1]")
+        raise RegulationError(f"signal value {raw} is outside the normalised range [-1, 1]")
     return number
 
 
@@ -167,7 +171,7 @@ def regulation_signal_record(
     if product.kind != Product.Kind.REGULATION:
         raise RegulationError(f"{product} is not a regulation product")
     at = _utc(at, "at")
-    number = _signal_value(value)
+    number = signal_value(value)
     try:
         with transaction.atomic():
             row = RegulationSignal.objects.create(
@@ -205,7 +209,7 @@ def regulation_signal_import(
             product=product,
             portfolio=portfolio,
             at=start + timedelta(seconds=int(offset)),
-            value=_signal_value(float(value)),
+            value=signal_value(float(value)),
             source=SignalSource.FILE,
             source_ref=source_ref or trace.name,
             belief_time=now,

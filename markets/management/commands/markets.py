@@ -12,6 +12,7 @@ from django.utils import timezone
 from markets import services
 from markets.defaults import ensure_defaults
 from markets.models import Bid, DepotSite, MarketOperator, PricePoint, Product
+from markets.selectors import product_get
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 PJM_SR = DATA / "pjm-synchronized-reserve-2017-07.csv"
@@ -19,9 +20,8 @@ PJM_SR = DATA / "pjm-synchronized-reserve-2017-07.csv"
 
 def _product(ref: str) -> Product:
     try:
-        op, code = ref.split(":", 1)
-        return Product.objects.select_related("operator").get(operator__code=op, code=code)
-    except (ValueError, Product.DoesNotExist):
+        return product_get(ref=ref)
+    except Product.DoesNotExist:
         raise CommandError(f"unknown product {ref!r} (use operator:code, e.g. pjm:sync-reserve)") from None
 
 
