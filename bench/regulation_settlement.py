@@ -174,7 +174,9 @@ def seed(vehicles: int, interval: int, noise_pct: float = 0.2) -> tuple[Award, i
 def bench_db(vehicles: int, interval: int, noise_pct: float) -> list[tuple[str, str, str, str]]:
     from django.db import transaction
 
-    from markets.regulation.services import performance_score_compute, reconciliation_report, settlement_compute
+    from markets.regulation.performance import performance_score_compute
+    from markets.regulation.reconciliation import reconciliation_report
+    from markets.regulation.settling import settlement_compute
 
     t0 = time.perf_counter()
     with transaction.atomic():

@@ -74,7 +74,7 @@ def _parse_body(raw: bytes) -> tuple[str, dict[str, Any], float | None]:
 async def _staff_user(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
     key = token_key(request.headers.get("Authorization"))
     if key is not None:
-        user = await token_user(key)
+        user: Any = await token_user(key)
     else:
         user = await request.auser()
         if user.is_authenticated:

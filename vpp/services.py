@@ -4,7 +4,7 @@
   (created and started on first use) and returns the running dispatch as a task. Never touches the database
   except for the very first signal of a product in a process (product lookup and first state load).
 * :func:`regulation_signal_intake` -- what the WebSocket edge does: validate, dispatch, then store the value
-  (settle's :func:`markets.regulation.services.regulation_signal_record`) and answer.
+  (:func:`markets.regulation.services.regulation_signal_record`) and answer.
 * :func:`regulation_dispatch_from_sync` -- for sync edges (the REST intake ``POST /api/regulation/signal``):
   hands a validated value to the dispatcher on the server's event loop without waiting for the stations.
 * :func:`dispatch_record` / :func:`dispatch_basepoint_record` -- run on the dispatcher's DB thread.
@@ -33,6 +33,7 @@ from markets.regulation.services import (
     regulation_signal_record,
     reserve_deployment_record,
     signal_value,
+    utc_instant,
 )
 from markets.selectors import product_get
 from vpp.dispatch import Dispatcher, DispatchResult, Signal, dispatcher_for, dispatchers_refresh
@@ -160,10 +161,7 @@ async def regulation_signal_intake(
     """
     received = time.time()
     number = signal_value(value)
-    moment = at or datetime.fromtimestamp(received, UTC)
-    if timezone.is_naive(moment):
-        raise RegulationError("at must carry a UTC offset")
-    moment = moment.astimezone(UTC)
+    moment = utc_instant(at or datetime.fromtimestamp(received, UTC), "at")
     product_id = _products.get(product) or await database_sync_to_async(product_resolve)(code=product)
     signal = Signal(product_id, portfolio, number, moment, source, received)
     task = await regulation_dispatch_start(signal=signal)

@@ -22,8 +22,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from markets.regulation.models import PerformanceScoreRecord, Settlement, SettlementLine
+from markets.regulation.reconciliation import reconciliation_report
 from markets.regulation.selectors import scores_for, settlement_lines_for, settlements_for
-from markets.regulation.services import reconciliation_report
 
 MAX_REPORT_DAYS = 62
 

@@ -11,8 +11,9 @@ from django.utils import timezone
 
 from markets.regulation import scoring
 from markets.regulation.selectors import awards_in_force
-from markets.regulation.services import RegulationError, settlement_compute
+from markets.regulation.services import RegulationError
 from markets.regulation.settlement import SettlementError
+from markets.regulation.settling import settlement_compute
 
 LOG = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from django.utils.dateparse import parse_datetime
 from chargers.models import MeterValue
 from markets.regulation.api import settlement_csv
 from markets.regulation.models import PerformanceScoreRecord, Settlement
+from markets.regulation.performance import regulation_trace
 from markets.regulation.scoring import HOURLY_ROWS
 from markets.regulation.selectors import (
     POWER_EXPORT,
@@ -34,7 +35,7 @@ from markets.regulation.selectors import (
     settlement_lines_for,
     settlements_for,
 )
-from markets.regulation.services import RegulationError, regulation_trace
+from markets.regulation.services import RegulationError
 
 AUDIT_ROWS_SHOWN = 120
 

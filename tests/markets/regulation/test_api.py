@@ -9,7 +9,8 @@ from decimal import Decimal
 import pytest
 
 from fleet.models import Fleet, Organisation, PlugSession, Vehicle
-from markets.regulation.services import energy_price_record, regulation_price_record, settlement_compute
+from markets.regulation.services import energy_price_record, regulation_price_record
+from markets.regulation.settling import settlement_compute
 from tests.markets.regulation.data import (
     HOUR_START,
     award_for,
