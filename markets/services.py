@@ -6,6 +6,11 @@ Lifecycle::
 
     draft -> approved -> submitted -> awarded | partially_awarded | rejected
     awarded | partially_awarded -> delivered -> settled        (approved -> draft: sent back for changes)
+
+Why one module of ~760 lines: it is the bidding side's whole write path (bid lifecycle, price and site-load
+imports, simulated clearing, CSV exchange with markets, proposals), section by section, and every caller reaches it
+as ``services.<name>``; splitting it by those sections is its own change (regulation's are in
+``markets/regulation/``).
 """
 
 from __future__ import annotations
