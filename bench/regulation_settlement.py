@@ -1,6 +1,6 @@
 """Regulation scoring and settlement speed: the pure hourly score, and an hour of N vehicles from the database.
 
-1. Pure: ``markets.scoring.performance_score`` on one hourly template (391 rows), repeated; median and p99.
+1. Pure: ``markets.regulation.scoring.performance_score`` on one hourly template (391 rows), repeated; median and p99.
 2. Database: N stations (default 100) follow the PJM RegD test signal (the 40-minute file, looped over the hour)
    with a 3-s first-order lag, meter noise 0.2 % + 5 W (the edge simulator's), reporting power and energy
    registers (kept by an ideal meter) every ``--interval`` s (the edge agent reports every 1-2 s while
@@ -46,7 +46,7 @@ SPAN_S = 3902
 
 
 def bench_pure(repeat: int) -> list[tuple[str, str, str, str]]:
-    from markets.scoring import HOURLY_ROWS, performance_score
+    from markets.regulation.scoring import HOURLY_ROWS, performance_score
 
     rng = np.random.default_rng(3)
     reg = np.cumsum(rng.normal(0, 0.1, HOURLY_ROWS))
@@ -62,7 +62,7 @@ def bench_pure(repeat: int) -> list[tuple[str, str, str, str]]:
 
 
 def _signal() -> np.ndarray:
-    from markets.signals import read_signal_csv
+    from markets.regulation.signals import read_signal_csv
 
     values = read_signal_csv(REGD).values[:-1]  # 1200 values, 2 s apart, 40 min
     return np.tile(values, SPAN_S // (2 * values.size) + 2)[: SPAN_S // 2 + 1]
@@ -71,8 +71,8 @@ def _signal() -> np.ndarray:
 def seed(vehicles: int, interval: int, noise_pct: float = 0.2) -> tuple[Award, int]:
     from chargers.models import MeterValue, Station
     from markets.models import Award, Bid, Product
-    from markets.regulation_models import RegulationSignal
-    from markets.regulation_services import energy_price_record, regulation_price_record
+    from markets.regulation.models import RegulationSignal
+    from markets.regulation.services import energy_price_record, regulation_price_record
 
     product = Product.objects.get(operator__code="pjm", code="reg-d")
     capacity_w = vehicles * 10_000  # 10 kW of regulation per vehicle
@@ -174,7 +174,9 @@ def seed(vehicles: int, interval: int, noise_pct: float = 0.2) -> tuple[Award, i
 def bench_db(vehicles: int, interval: int, noise_pct: float) -> list[tuple[str, str, str, str]]:
     from django.db import transaction
 
-    from markets.regulation_services import performance_score_compute, reconciliation_report, settlement_compute
+    from markets.regulation.performance import performance_score_compute
+    from markets.regulation.reconciliation import reconciliation_report
+    from markets.regulation.settling import settlement_compute
 
     t0 = time.perf_counter()
     with transaction.atomic():

@@ -13,8 +13,8 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework.authtoken.models import Token
 
+from chargers.api_tokens import token_key, token_user
 from chargers.services.station_call import (
     CallErrorResponse,
     CallPayloadInvalid,
@@ -72,10 +72,9 @@ def _parse_body(raw: bytes) -> tuple[str, dict[str, Any], float | None]:
 
 
 async def _staff_user(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Token "):
-        token = await Token.objects.select_related("user").filter(key=header[6:].strip()).afirst()
-        user = token.user if token else None
+    key = token_key(request.headers.get("Authorization"))
+    if key is not None:
+        user: Any = await token_user(key)
     else:
         user = await request.auser()
         if user.is_authenticated:

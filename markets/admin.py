@@ -3,7 +3,7 @@ from django.db.models import Model
 from django.http import HttpRequest
 
 from markets.models import Award, Bid, BidEvent, BidProposal, DepotSite, MarketOperator, PricePoint, Product
-from markets.regulation_models import RegulationSignal, ReserveDeployment
+from markets.regulation.models import RegulationSignal, ReserveDeployment
 
 
 @admin.register(MarketOperator)

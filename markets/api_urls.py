@@ -5,6 +5,6 @@ from __future__ import annotations
 from django.urls import include, path
 
 urlpatterns = [
-    path("", include("markets.regulation_api_urls")),
+    path("", include("markets.regulation.api_urls")),
     path("", include("markets.bidding_api_urls")),
 ]

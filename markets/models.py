@@ -328,4 +328,4 @@ class BidEvent(models.Model):
 
 
 # Regulation signal, scores and settlement (the settlement engineer's models, kept in their own module).
-from markets.regulation_models import *  # noqa: E402, F403
+from markets.regulation.models import *  # noqa: E402, F403

@@ -5,6 +5,6 @@ from __future__ import annotations
 from django.urls import include, path
 
 urlpatterns = [
-    path("", include("markets.regulation_pages")),
+    path("", include("markets.regulation.pages")),
     path("", include("markets.bidding_pages")),
 ]

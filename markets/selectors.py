@@ -8,6 +8,7 @@ from decimal import Decimal
 from django.db.models import QuerySet
 
 from fleet.numerics.snapshot import VehicleSnapshot
+from fleet.selectors import plugged_in_snapshots
 from markets.models import Award, Bid, BidProposal, DepotSite, MarketOperator, PricePoint, Product, SiteLoadPoint
 
 
@@ -29,6 +30,28 @@ def latest_prices(
     return {k: v[2] for k, v in best.items()}
 
 
+def product_get(*, ref: str, kind: str | None = None, active_only: bool = False) -> Product:
+    """The product ``ref`` names: ``operator:code`` (e.g. ``pjm:reg-d``, the documented form), or a bare ``code``
+    when exactly one product (of ``kind``, active if ``active_only``) has it -- the REST signal intake has always
+    accepted that spelling, so it stays. The one lookup of a product by name: the intake edges, the commands.
+
+    Raises ``Product.DoesNotExist`` (the message names ``ref``) when no product or more than one matches.
+    """
+    operator, _, code = ref.rpartition(":")
+    products = Product.objects.filter(code=code)
+    if operator:
+        products = products.filter(operator__code=operator)
+    if kind is not None:
+        products = products.filter(kind=kind)
+    if active_only:
+        products = products.filter(active=True)
+    found = list(products.select_related("operator")[:2])
+    if len(found) != 1:
+        what = " ".join(word for word in ("active" if active_only else "", kind or "", "product") if word)
+        raise Product.DoesNotExist(f"no single {what} {ref!r}")
+    return found[0]
+
+
 def latest_site_load(*, site: DepotSite, start: datetime, end: datetime, known_at: datetime) -> dict[datetime, int]:
     best: dict[datetime, tuple[datetime, int]] = {}
     for p in SiteLoadPoint.objects.filter(
@@ -41,8 +64,6 @@ def latest_site_load(*, site: DepotSite, start: datetime, end: datetime, known_a
 
 def portfolio_snapshots(*, portfolio: str, at: datetime) -> list[VehicleSnapshot]:
     """Plugged-in vehicles of the portfolio: ``all`` (every fleet) or ``fleet-<id>``."""
-    from fleet.selectors import plugged_in_snapshots
-
     if portfolio.startswith("fleet-") and portfolio[6:].isdigit():
         return plugged_in_snapshots(at=at, fleet_id=int(portfolio[6:]))
     return plugged_in_snapshots(at=at)

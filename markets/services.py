@@ -6,6 +6,11 @@ Lifecycle::
 
     draft -> approved -> submitted -> awarded | partially_awarded | rejected
     awarded | partially_awarded -> delivered -> settled        (approved -> draft: sent back for changes)
+
+Why one module of ~760 lines: it is the bidding side's whole write path (bid lifecycle, price and site-load
+imports, simulated clearing, CSV exchange with markets, proposals), section by section, and every caller reaches it
+as ``services.<name>``; splitting it by those sections is its own change (regulation's are in
+``markets/regulation/``).
 """
 
 from __future__ import annotations
@@ -408,6 +413,26 @@ def site_load_record(*, site_id: int, points: Sequence[tuple[datetime, int, int]
     ]
     SiteLoadPoint.objects.bulk_create(rows, ignore_conflicts=True)
     return len(rows)
+
+
+def site_load_import_csv(*, site_id: int, stream: TextIO, source_ref: str) -> int:
+    """Import a depot's site-meter load (peak shaving plans against it): header
+    ``interval_start,interval_minutes,load_w``, ISO-8601 times with an offset, load in W without the fleet.
+    All-or-nothing: a bad line refuses the file, naming the line."""
+    reader = csv.DictReader(stream)
+    needed = {"interval_start", "interval_minutes", "load_w"}
+    if not needed <= set(reader.fieldnames or []):
+        raise CsvImportError(f"header must contain {sorted(needed)}")
+    points = []
+    for n, row in enumerate(reader, start=2):
+        try:
+            point = (_aware(row["interval_start"]), int(row["interval_minutes"]), int(row["load_w"]))
+        except (ValueError, TypeError) as exc:
+            raise CsvImportError(f"line {n}: {exc}") from None
+        if point[1] <= 0:
+            raise CsvImportError(f"line {n}: interval_minutes must be > 0")
+        points.append(point)
+    return site_load_record(site_id=site_id, points=points, source=Source.CSV, source_ref=source_ref)
 
 
 # --- Simulated market operator ------------------------------------------------------------------------------------

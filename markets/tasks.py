@@ -61,8 +61,8 @@ def run_proposal(proposal_id: int) -> str:
     return services.proposal_run(proposal_id=proposal_id).status
 
 
-# Regulation scoring and settlement (markets/regulation_tasks.py): registered by importing it here.
-from markets.regulation_tasks import BEAT_SCHEDULE as _REGULATION_BEAT  # noqa: E402
-from markets.regulation_tasks import regulation_settle_hour  # noqa: E402, F401
+# Regulation scoring and settlement (markets/regulation/tasks.py): registered by importing it here.
+from markets.regulation.tasks import BEAT_SCHEDULE as _REGULATION_BEAT  # noqa: E402
+from markets.regulation.tasks import regulation_settle_hour  # noqa: E402, F401
 
 BEAT_SCHEDULE.update(_REGULATION_BEAT)

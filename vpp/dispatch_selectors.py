@@ -17,7 +17,7 @@ from chargers.models import Station, Transaction
 from fleet.numerics.arrays import FleetArrays, power_bounds
 from fleet.selectors import plugged_in_snapshots
 from markets.models import Award
-from markets.regulation_selectors import reserve_in_force
+from markets.regulation.selectors import reserve_in_force
 from vpp.dispatch import DispatchState, Route
 
 

@@ -7,7 +7,7 @@
 4. the signal followed in real time (``speed`` > 1 compresses time) over the utility WebSocket ``ws/regulation``,
    i.e. through the real intake, dispatcher, fan-out and stations;
 5. one output row per signal value (2 s of signal time) from what is stored -- dispatch records and the stations'
-   MeterValues -- and the PJM performance score (markets.scoring) over the replay.
+   MeterValues -- and the PJM performance score (markets.regulation.scoring) over the replay.
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ from chargers.services.provisioning import stations_add
 from fleet.models import Fleet, Organisation, PlanSource, Vehicle
 from fleet.numerics.arrays import power_bounds
 from fleet.services import departure_plan_set, session_open, session_set_limits, soc_report
-from markets import scoring
 from markets.models import Award, Bid, Product
-from markets.regulation_selectors import charge_point_power
-from markets.signals import SignalTrace
+from markets.regulation import scoring
+from markets.regulation.selectors import charge_point_power
+from markets.regulation.signals import SignalTrace
 from vpp.dispatch_selectors import dispatch_state_load
 from vpp.models import Dispatch
 

@@ -1,7 +1,7 @@
 from django.urls import path
 
 from vpp.consumers import DashboardConsumer
-from vpp.regulation_consumers import RegulationSignalConsumer
+from vpp.intake.consumers import RegulationSignalConsumer
 
 websocket_urlpatterns = [
     path("ws/dashboard", DashboardConsumer.as_asgi()),

@@ -4,7 +4,7 @@
   (created and started on first use) and returns the running dispatch as a task. Never touches the database
   except for the very first signal of a product in a process (product lookup and first state load).
 * :func:`regulation_signal_intake` -- what the WebSocket edge does: validate, dispatch, then store the value
-  (settle's :func:`markets.regulation_services.regulation_signal_record`) and answer.
+  (:func:`markets.regulation.services.regulation_signal_record`) and answer.
 * :func:`regulation_dispatch_from_sync` -- for sync edges (the REST intake ``POST /api/regulation/signal``):
   hands a validated value to the dispatcher on the server's event loop without waiting for the stations.
 * :func:`dispatch_record` / :func:`dispatch_basepoint_record` -- run on the dispatcher's DB thread.
@@ -16,7 +16,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from asgiref.sync import SyncToAsync, async_to_sync
 from channels.db import database_sync_to_async
@@ -26,13 +26,16 @@ from django.utils import timezone
 from chargers.bulk import insert_rows
 from chargers.fanout import NodeListener
 from markets.models import Product
-from markets.regulation_models import ReserveDeployment
-from markets.regulation_services import (
+from markets.regulation.models import ReserveDeployment
+from markets.regulation.services import (
     RegulationError,
     regulation_basepoint_record,
     regulation_signal_record,
     reserve_deployment_record,
+    signal_value,
+    utc_instant,
 )
+from markets.selectors import product_get
 from vpp.dispatch import Dispatcher, DispatchResult, Signal, dispatcher_for, dispatchers_refresh
 from vpp.dispatch_selectors import dispatch_state_load
 from vpp.models import Dispatch, DispatchCommand
@@ -52,30 +55,15 @@ _products: dict[str, int] = {}  # "operator:code" -> product id, cached per proc
 
 
 def product_resolve(*, code: str) -> int:
-    """The id of a regulation product named ``operator:code`` (e.g. ``pjm:reg-d``); RegulationError if none."""
+    """The id of the active regulation product ``code`` names (:func:`markets.selectors.product_get`)."""
     if code in _products:
         return _products[code]
-    operator, sep, product_code = code.partition(":")
-    if not sep:
-        raise RegulationError(f"product must be given as operator:code, got {code!r}")
-    product = Product.objects.filter(operator__code=operator, code=product_code, active=True).first()
-    if product is None:
-        raise RegulationError(f"no active product {code!r}")
-    if product.kind != Product.Kind.REGULATION:
-        raise RegulationError(f"{code} is not a regulation product")
+    try:
+        product = product_get(ref=code, kind=Product.Kind.REGULATION, active_only=True)
+    except Product.DoesNotExist as exc:
+        raise RegulationError(str(exc)) from None
     _products[code] = product.pk
     return product.pk
-
-
-def signal_value(raw: object) -> Decimal:
-    """A normalised signal value in [-1, 1], kept to 5 places (the RegD files' precision)."""
-    try:
-        value = Decimal(str(raw)).quantize(Decimal("0.00001"))
-    except (InvalidOperation, ValueError) as exc:
-        raise RegulationError(f"signal value {raw!r} is not a number") from exc
-    if not value.is_finite() or not Decimal(-1) <= value <= Decimal(1):
-        raise RegulationError(f"signal value {raw} is outside the normalised range [-1, 1]")
-    return value
 
 
 def _dispatcher_create(product_id: int, portfolio: str) -> Dispatcher:
@@ -173,10 +161,7 @@ async def regulation_signal_intake(
     """
     received = time.time()
     number = signal_value(value)
-    moment = at or datetime.fromtimestamp(received, UTC)
-    if timezone.is_naive(moment):
-        raise RegulationError("at must carry a UTC offset")
-    moment = moment.astimezone(UTC)
+    moment = utc_instant(at or datetime.fromtimestamp(received, UTC), "at")
     product_id = _products.get(product) or await database_sync_to_async(product_resolve)(code=product)
     signal = Signal(product_id, portfolio, number, moment, source, received)
     task = await regulation_dispatch_start(signal=signal)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from markets import services
-from markets.models import Award, Bid, BidEvent, PricePoint, Product
+from markets.defaults import ensure_defaults
+from markets.models import Award, Bid, BidEvent, DepotSite, MarketOperator, PricePoint, Product, SiteLoadPoint
+from markets.selectors import latest_site_load
 
 PJM_FILE = Path(__file__).resolve().parents[2] / "markets" / "data" / "pjm-synchronized-reserve-2017-07.csv"
 S = Bid.Status
@@ -182,3 +187,21 @@ def test_after_tomorrows_gate_has_closed_the_beat_prepares_the_next_open_day(db,
     assert [(p.operator.gate_closure_local.hour, p.horizon_start.astimezone(new_york).date()) for p in proposals] == [
         (10, date(2026, 11, 27))
     ]
+
+
+def test_a_depot_site_load_file_is_imported_for_peak_shaving_and_a_bad_line_refuses_it(db: None, tmp_path) -> None:
+    ensure_defaults(MarketOperator, DepotSite, Product)
+    site = DepotSite.objects.get(code="depot-1")
+    good = tmp_path / "load.csv"
+    good.write_text(
+        "interval_start,interval_minutes,load_w\n2025-07-01T14:00:00Z,60,42000\n2025-07-01T15:00:00Z,60,0\n"
+    )
+    call_command("markets", "import-site-load", str(good), "--site", "depot-1")
+    start = datetime(2025, 7, 1, 14, tzinfo=UTC)
+    loads = latest_site_load(site=site, start=start, end=start + timedelta(hours=2), known_at=timezone.now())
+    assert loads == {start: 42000, start + timedelta(hours=1): 0}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("interval_start,interval_minutes,load_w\n2025-07-01T16:00:00,60,1\n")  # no UTC offset
+    with pytest.raises(CommandError, match="line 2"):
+        call_command("markets", "import-site-load", str(bad), "--site", "depot-1")
+    assert SiteLoadPoint.objects.count() == 2

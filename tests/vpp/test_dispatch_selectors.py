@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from markets.regulation_services import reserve_deployment_record
+from markets.regulation.services import reserve_deployment_record
 from vpp.dispatch_selectors import dispatch_state_load
 
 pytestmark = pytest.mark.django_db

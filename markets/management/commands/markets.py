@@ -1,4 +1,5 @@
-"""``manage.py markets <action>``: seed, import-prices, forecast, propose, export-bids, import-awards, clear."""
+"""``manage.py markets <action>``: seed, import-prices, import-site-load, forecast, propose, export-bids,
+import-awards, clear."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from django.utils import timezone
 from markets import services
 from markets.defaults import ensure_defaults
 from markets.models import Bid, DepotSite, MarketOperator, PricePoint, Product
+from markets.selectors import product_get
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 PJM_SR = DATA / "pjm-synchronized-reserve-2017-07.csv"
@@ -19,9 +21,8 @@ PJM_SR = DATA / "pjm-synchronized-reserve-2017-07.csv"
 
 def _product(ref: str) -> Product:
     try:
-        op, code = ref.split(":", 1)
-        return Product.objects.select_related("operator").get(operator__code=op, code=code)
-    except (ValueError, Product.DoesNotExist):
+        return product_get(ref=ref)
+    except Product.DoesNotExist:
         raise CommandError(f"unknown product {ref!r} (use operator:code, e.g. pjm:sync-reserve)") from None
 
 
@@ -58,6 +59,9 @@ class Command(BaseCommand):
         e.add_argument("--day", type=date.fromisoformat)
         e.add_argument("--status", action="append", default=None)
         e.add_argument("--out", default="-")
+        sl = sub.add_parser("import-site-load", help="import a depot's site-meter load (peak shaving) from CSV")
+        sl.add_argument("path")
+        sl.add_argument("--site", required=True, help="depot site code")
         a = sub.add_parser("import-awards", help="import the market's awards CSV")
         a.add_argument("path")
         c = sub.add_parser("clear", help="simulated market operator: clear submitted bids of a day")
@@ -105,6 +109,17 @@ class Command(BaseCommand):
             else:
                 result = services.prices_import_csv(product=product, stream=fh, source_ref=path.name, kind=o["kind"])
         self.stdout.write(f"{result.created} prices stored, {result.skipped_existing} already known")
+
+    def do_import_site_load(self, o: dict[str, Any]) -> None:
+        site = DepotSite.objects.filter(code=o["site"]).first()
+        if site is None:
+            raise CommandError(f"unknown depot site {o['site']!r}")
+        path = Path(o["path"])
+        if not path.exists():
+            raise CommandError(f"{path} does not exist")
+        with path.open() as fh:
+            n = services.site_load_import_csv(site_id=site.pk, stream=fh, source_ref=path.name)
+        self.stdout.write(f"{n} site load intervals read for {site.code}")
 
     def do_forecast(self, o: dict[str, Any]) -> None:
         product = _product(o["product"])

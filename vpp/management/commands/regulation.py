@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from markets.signals import SignalFileError, read_signal_csv
+from markets.regulation.signals import SignalFileError, read_signal_csv
 from vpp import replay
 from vpp.replay import StationReady  # the class has a replay() method: annotations cannot say replay.X
 

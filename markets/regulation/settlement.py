@@ -21,12 +21,11 @@ exactly (largest-remainder method on the exact shares; ties go to the lower vehi
 * energy: each vehicle's own metered import/export at the interval prices (exact per vehicle);
 * degradation: each vehicle's own pack throughput.
 
-Fleet owners receive the sum of their vehicles' lines.
+Each line names its fleet owner; an owner's revenue is the sum of its vehicles' stored lines.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -168,9 +167,6 @@ class AwardSettlement:
     exact: Amounts
     vehicles: tuple[VehicleLine, ...] = field(default_factory=tuple)
 
-    def by_owner(self) -> dict[Hashable, Amounts]:
-        return owner_totals(self.vehicles)
-
 
 def capacity_credit(terms: RegulationTerms, score: Decimal) -> Decimal:
     """Exact capacity credit: MW x hours x RMCCP x score."""
@@ -273,11 +269,3 @@ def settle_award_hour(
         for i, v in enumerate(fleet)
     )
     return AwardSettlement(score=settled_score, amounts=rounded, exact=exact, vehicles=lines)
-
-
-def owner_totals(lines: Sequence[VehicleLine]) -> dict[Hashable, Amounts]:
-    """Sum vehicle lines per fleet owner (exact: the lines are already whole cents)."""
-    totals: dict[Hashable, Amounts] = defaultdict(lambda: ZERO)
-    for line in lines:
-        totals[line.owner] = totals[line.owner] + line.amounts
-    return dict(totals)

@@ -5,8 +5,7 @@ power integer W, energy integer Wh, money ``Decimal``, UTC. Sign convention of r
 asks for regulation *up* -- inject more / consume less -- so a vehicle's response is ``basepoint_w - power_w`` with
 power positive when charging (``fleet.numerics.snapshot``). Time series carry their source and time of knowledge.
 
-Nothing here computes: ``markets/regulation_services.py`` does, with the pure code in ``markets/scoring.py`` and
-``markets/settlement.py``.
+Nothing here computes: the services of this package do, with the pure code in ``scoring.py`` and ``settlement.py``.
 """
 
 from __future__ import annotations

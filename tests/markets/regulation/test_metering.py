@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from markets.metering import Reconciliation, cumulative_energy_wh, interval_energy_wh, reconcile
+from markets.regulation.metering import Reconciliation, cumulative_energy_wh, interval_energy_wh, reconcile
 
 
 def test_each_reading_holds_until_the_next_and_splits_at_interval_edges():

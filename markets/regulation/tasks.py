@@ -9,7 +9,11 @@ from datetime import UTC, datetime, timedelta
 from celery import shared_task
 from django.utils import timezone
 
-from markets import scoring
+from markets.regulation import scoring
+from markets.regulation.selectors import awards_in_force
+from markets.regulation.services import RegulationError
+from markets.regulation.settlement import SettlementError
+from markets.regulation.settling import settlement_compute
 
 LOG = logging.getLogger(__name__)
 
@@ -28,10 +32,6 @@ def regulation_settle_hour(period_start: str | None = None) -> dict[str, int]:
     """Score and settle every award in force in one hour (default: the latest hour due). Idempotent: settled
     awards are returned as stored; an award whose inputs are missing (prices, signal) is logged and retried on the
     next run, nothing half-written."""
-    from markets.regulation_selectors import awards_in_force
-    from markets.regulation_services import RegulationError, settlement_compute
-    from markets.settlement import SettlementError
-
     start = datetime.fromisoformat(period_start).astimezone(UTC) if period_start else hour_due(timezone.now())
     done = failed = 0
     for award in awards_in_force(at=start):

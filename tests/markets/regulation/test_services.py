@@ -10,24 +10,22 @@ import pytest
 
 from chargers.models import MeterValue
 from fleet.models import Fleet, Organisation, PlugSession, Vehicle
-from markets import scoring
-from markets.regulation_models import PerformanceScoreRecord, RegulationSignal, Settlement, SignalSource
-from markets.regulation_services import (
+from markets.regulation import scoring
+from markets.regulation.models import PerformanceScoreRecord, RegulationSignal, Settlement, SignalSource
+from markets.regulation.performance import performance_score_compute, regulation_trace
+from markets.regulation.reconciliation import reconciliation_report
+from markets.regulation.services import (
     RegulationError,
     SignalConflict,
     energy_price_record,
-    performance_score_compute,
-    reconciliation_report,
-    regulation_hour_settle,
     regulation_price_record,
     regulation_signal_import,
     regulation_signal_record,
-    regulation_trace,
-    settlement_compute,
 )
-from markets.settlement import SettlementError
-from markets.signals import read_signal_csv
-from tests.markets.regulation_data import (
+from markets.regulation.settlement import SettlementError
+from markets.regulation.settling import regulation_hour_settle, settlement_compute
+from markets.regulation.signals import read_signal_csv
+from tests.markets.regulation.data import (
     HOUR_START,
     award_for,
     regulation_product,
@@ -36,7 +34,7 @@ from tests.markets.regulation_data import (
     store_signal,
     triangle,
 )
-from tests.markets.test_scoring import REGD_FILE
+from tests.markets.regulation.test_scoring import REGD_FILE
 
 pytestmark = pytest.mark.django_db
 

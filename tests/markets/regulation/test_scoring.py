@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from markets.scoring import (
+from markets.regulation.scoring import (
     HOURLY_ROWS,
     TIE_TOLERANCE,
     ScoringError,
@@ -23,9 +23,9 @@ from markets.scoring import (
     scoring_grid,
     window_details,
 )
-from markets.signals import read_signal_csv
+from markets.regulation.signals import read_signal_csv
 
-REGD_FILE = Path(__file__).resolve().parents[2] / "markets" / "data" / "pjm-regd-test-signal-40min.csv"
+REGD_FILE = Path(__file__).resolve().parents[3] / "markets" / "data" / "pjm-regd-test-signal-40min.csv"
 
 # A triangle wave of period 20 samples (200 s) between -10 and +10 MW, steps of 2 MW: every 31-sample window holds
 # a corner, so correlation pins down the shift (a straight ramp correlates perfectly at every shift).

@@ -1,7 +1,7 @@
 """Energy from irregular power readings, and its reconciliation with energy registers. Pure numpy, no Django.
 
 A power reading (W, + charging/import, - discharging/export) is taken to hold from its timestamp until the next
-reading -- the value in force, as :func:`markets.scoring.sample_hold` reads it for scoring -- but never longer than
+reading -- the value in force, as :func:`.scoring.sample_hold` reads it for scoring -- but never longer than
 ``max_hold_s``: past that the charge point's power is unknown and no energy is counted (the reconciliation against
 the registers then shows the gap).
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from markets import regulation_views as views
+from markets.regulation import views
 
 urlpatterns = [
     path("regulation/", views.regulation_reports, name="regulation-reports"),

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from markets.scoring import mileage
+from markets.regulation.scoring import mileage
 
 
 class SignalFileError(ValueError):

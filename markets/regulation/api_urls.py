@@ -1,14 +1,15 @@
-"""REST routes of regulation (mounted under /api/ through ``markets/api_urls.py``)."""
+"""REST routes of regulation reports (mounted under /api/ through ``markets/api_urls.py``).
+
+The intake (``regulation/signal``, ``regulation/reserve``) is the orchestrator's: ``vpp/api_urls.py``.
+"""
 
 from __future__ import annotations
 
 from django.urls import path
 
-from markets import regulation_api as api
+from markets.regulation import api
 
 urlpatterns = [
-    path("regulation/signal", api.SignalIntakeView.as_view(), name="regulation-signal"),
-    path("regulation/reserve", api.ReserveDeploymentView.as_view(), name="regulation-reserve"),
     path("regulation/scores", api.ScoreListView.as_view(), name="regulation-scores"),
     path("regulation/settlements", api.SettlementListView.as_view(), name="regulation-settlements"),
     path("regulation/settlement-lines", api.LineListView.as_view(), name="regulation-lines"),

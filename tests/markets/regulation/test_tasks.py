@@ -7,10 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from markets.regulation_models import Settlement
-from markets.regulation_services import energy_price_record, regulation_price_record
-from markets.regulation_tasks import hour_due, regulation_settle_hour
-from tests.markets.regulation_data import (
+from markets.regulation.models import Settlement
+from markets.regulation.services import energy_price_record, regulation_price_record
+from markets.regulation.tasks import hour_due, regulation_settle_hour
+from tests.markets.regulation.data import (
     HOUR_START,
     award_for,
     regulation_product,

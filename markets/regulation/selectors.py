@@ -20,9 +20,10 @@ from django.db.models import Count, F, Min, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from numpy.typing import NDArray
 
-from chargers.models import ENERGY_IMPORT_REGISTER, MeterValue
+from chargers.models import ENERGY_IMPORT_REGISTER, MeterValue, Station
+from fleet.models import PlugSession
 from markets.models import Award, Product
-from markets.regulation_models import (
+from markets.regulation.models import (
     EnergyPrice,
     PerformanceScoreRecord,
     RegulationBasepoint,
@@ -284,8 +285,6 @@ def charge_point_vehicles(*, series: list[MeterSeries], start: datetime, end: da
     Without a matching session the session's id token (or the charge point itself) names the vehicle and the owner
     is ``unassigned``: revenue is still attributed to where the energy was metered, never dropped.
     """
-    from fleet.models import PlugSession  # fleet depends on nothing here; imported late to keep the apps decoupled
-
     sessions = (
         PlugSession.objects.filter(station_id__in={s.station_id for s in series}, started_at__lt=end)
         .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=start))
@@ -372,9 +371,6 @@ def portfolio_stations(*, portfolio: str, start: datetime, end: datetime) -> lis
     Portfolio ``fleet-<id>`` (as dispatch names it): the stations where that fleet's vehicles were plugged in at
     some point of the period (``fleet.PlugSession``). Any other name (``default``): every station (None).
     """
-    from chargers.models import Station
-    from fleet.models import PlugSession
-
     prefix, _, number = portfolio.partition("-")
     if prefix != "fleet" or not number.isdigit():
         return None

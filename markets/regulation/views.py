@@ -19,9 +19,11 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from chargers.models import MeterValue
-from markets.regulation_api import settlement_csv
-from markets.regulation_models import PerformanceScoreRecord, Settlement
-from markets.regulation_selectors import (
+from markets.regulation.api import settlement_csv
+from markets.regulation.models import PerformanceScoreRecord, Settlement
+from markets.regulation.performance import regulation_trace
+from markets.regulation.scoring import HOURLY_ROWS
+from markets.regulation.selectors import (
     POWER_EXPORT,
     POWER_IMPORT,
     POWER_MAX_AGE_S,
@@ -33,8 +35,7 @@ from markets.regulation_selectors import (
     settlement_lines_for,
     settlements_for,
 )
-from markets.regulation_services import RegulationError, regulation_trace
-from markets.scoring import HOURLY_ROWS
+from markets.regulation.services import RegulationError
 
 AUDIT_ROWS_SHOWN = 120
 

@@ -11,11 +11,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import factory
+from django.contrib.auth.models import Permission, User
+from rest_framework.test import APIClient
 
 from chargers.models import MeterValue, Station
 from markets.defaults import ensure_defaults
 from markets.models import Award, Bid, DepotSite, MarketOperator, Product
-from markets.regulation_models import RegulationSignal, SignalSource
+from markets.regulation.models import RegulationSignal, SignalSource
 from tests.chargers.factories import StationFactory
 
 HOUR_START = datetime(2025, 7, 1, 14, 0, tzinfo=UTC)
@@ -129,3 +131,17 @@ def store_following(
             imported += max(power, 0) * 2 / 3600
             exported += max(-power, 0) * 2 / 3600
     return MeterValue.objects.bulk_create(rows, batch_size=5000)
+
+
+def user_with(username: str, *perms: str, staff: bool = False) -> User:
+    user = User.objects.create_user(username, password="a-long-test-password", is_staff=staff)
+    for perm in perms:
+        app, codename = perm.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=codename))
+    return User.objects.get(pk=user.pk)  # fresh: permission cache empty
+
+
+def client_for(user: User) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from markets.settlement import (
+from markets.regulation.settlement import (
     CENT,
     Amounts,
     IntervalEnergy,
@@ -81,14 +81,6 @@ def test_vehicle_lines_split_the_cents_by_response_and_own_metering():
     ]
 
 
-def test_owners_receive_the_sum_of_their_vehicles_lines():
-    result = settle_award_hour(terms=TERMS, score=D("0.912345"), vehicles=FLEET, energy_prices=PRICES)
-    owners = result.by_owner()
-    assert owners["A"] == Amounts(D("22.52"), D("18.75"), D("0.07"), D("0.14"))
-    assert owners["B"] == Amounts(D("5.63"), D("4.68"), D("-0.04"), D("0.03"))
-    assert owners["A"].net + owners["B"].net == result.amounts.net == D("51.44")
-
-
 def test_a_zero_score_earns_no_capacity_or_performance_credit():
     result = settle_award_hour(terms=TERMS, score=0.0, vehicles=FLEET, energy_prices=PRICES)
     assert (result.amounts.capacity, result.amounts.performance) == (D("0.00"), D("0.00"))
@@ -155,4 +147,3 @@ def test_vehicle_lines_always_add_up_to_the_award_line(awarded_w, score, meters)
     for line in result.vehicles:
         summed = summed + line.amounts
     assert summed == result.amounts
-    assert sum((a.net for a in result.by_owner().values()), D(0)) == result.amounts.net

@@ -1,0 +1,1 @@
+"""Regulation market: signals, reserve deployments, performance scores, settlement (models stay in the markets app)."""

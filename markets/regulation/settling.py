@@ -1,0 +1,260 @@
+"""Regulation settlement from stored data (the arithmetic itself, pure, is :mod:`.settlement`).
+
+* :func:`settlement_compute` -- settle one award over one hour, attributed to charge points / vehicles / owners.
+* :func:`regulation_hour_settle` -- score and settle every award in force in an hour (the Celery task calls it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import numpy as np
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from markets.models import Award, Product
+from markets.regulation import scoring
+from markets.regulation.metering import interval_energy_wh
+from markets.regulation.models import (
+    Settlement,
+    SettlementLine,
+)
+from markets.regulation.performance import (
+    RegulationTrace,
+    performance_score_compute,
+    power_only_trace,
+    regulation_trace,
+)
+from markets.regulation.selectors import (
+    POWER_MAX_AGE_S,
+    ChargePointVehicle,
+    awards_in_force,
+    charge_point_vehicles,
+    energy_prices,
+    regulation_price,
+)
+from markets.regulation.services import utc_instant
+from markets.regulation.settlement import (
+    DegradationCost,
+    IntervalEnergy,
+    RegulationTerms,
+    SettlementError,
+    VehicleMetering,
+    settle_award_hour,
+)
+
+HOUR = timedelta(hours=1)
+
+
+def _price_edges(
+    award: Award, start: datetime, end: datetime, as_of: datetime, location: str
+) -> tuple[list[datetime], dict[datetime, Decimal]]:
+    intervals = energy_prices(
+        operator_id=award.product.operator_id, location=location, start=start, end=end, as_of=as_of
+    )
+    edges = [start]
+    prices: dict[datetime, Decimal] = {}
+    for interval_start, minutes, price in intervals:
+        if interval_start != edges[-1]:
+            raise SettlementError(f"no energy price for {edges[-1].isoformat()} (next known: {interval_start})")
+        prices[interval_start] = price
+        edges.append(interval_start + timedelta(minutes=minutes))
+    if edges[-1] < end:
+        raise SettlementError(f"no energy price for {edges[-1].isoformat()} onwards")
+    return edges, prices
+
+
+def _energy_award(award: Award, period_start: datetime) -> bool:
+    """Whether this award carries the portfolio-hour's energy and degradation.
+
+    A fleet holding two awards in one hour (regulation and reserve, say) moves its energy once: it is settled on
+    one award only -- the regulation award if any, else the lowest id -- so it is never counted twice.
+    """
+    siblings = [a for a in awards_in_force(at=period_start) if a.portfolio == award.portfolio]
+    siblings.sort(key=lambda a: (a.product.kind != Product.Kind.REGULATION, a.id))
+    return bool(siblings) and siblings[0].id == award.id
+
+
+def _metering(
+    trace: RegulationTrace, owners: list[ChargePointVehicle], edges: list[datetime], with_energy: bool, scored: int
+) -> list[VehicleMetering]:
+    """What each charge point delivered: its share key (regulation work, Wh) and its energy per price interval."""
+    edges_s = [e.timestamp() for e in edges]
+    out = []
+    for i, s in enumerate(trace.series):
+        who = owners[i]
+        held = trace.power_w[i, :scored]
+        response_wh = round(float(np.abs(held - held.mean()).sum()) * scoring.SAMPLE_PERIOD_S / 3600.0)
+        energy: tuple[IntervalEnergy, ...] = ()
+        if with_energy:
+            imported, exported = interval_energy_wh(s.times_s, s.values, edges_s, max_hold_s=POWER_MAX_AGE_S)
+            energy = tuple(IntervalEnergy(edges[k], int(imported[k]), int(exported[k])) for k in range(len(edges) - 1))
+        out.append(
+            VehicleMetering(
+                vehicle_id=i,  # position in trace.series: lines are mapped back to charge points by it
+                owner=who.owner_id or who.owner_ref,
+                response_wh=response_wh,
+                energy=energy,
+                charge_efficiency=who.charge_efficiency,
+                discharge_efficiency=who.discharge_efficiency,
+            )
+        )
+    return out
+
+
+def settlement_compute(
+    *,
+    award: Award,
+    period_start: datetime,
+    location: str = "",
+    degradation: DegradationCost | None = None,
+    stations: Iterable[int] | None = None,
+    recompute: bool = False,
+) -> Settlement:
+    """Settle one award over the hour from ``period_start``; stored with its vehicle lines (returned if stored).
+
+    Regulation awards are paid at the hour's performance score (computed if not yet stored); other products at 1.
+    Prices: the newest :class:`RegulationPrice` belief for the hour (capacity price defaults to the award's
+    clearing price) and the :class:`EnergyPrice` intervals covering the hour. Raises :class:`SettlementError` for
+    missing inputs rather than settling on a guess.
+    """
+    period_start = utc_instant(period_start, "period_start")
+    period_end = period_start + HOUR
+    if not (award.interval_start <= period_start and period_end <= award.interval_end):
+        raise SettlementError(f"the hour from {period_start.isoformat()} is outside award {award.pk}'s interval")
+    if not recompute:
+        stored = Settlement.objects.filter(award=award, period_start=period_start).first()
+        if stored is not None:
+            return stored
+    now = timezone.now()
+    product = award.product
+    regulated = product.kind == Product.Kind.REGULATION
+    score_row = None
+    score: Decimal = Decimal(1)
+    capacity_price, performance_price, mileage_ratio = award.clearing_price, Decimal(0), Decimal(1)
+    if regulated:  # prices first: a missing price fails fast, before the meter values are read
+        price = regulation_price(product=product, interval_start=period_start, as_of=now)
+        if price is None:
+            raise SettlementError(f"no regulation prices (RMPCP, mileage ratio) for {period_start.isoformat()}")
+        capacity_price = price.capacity_price if price.capacity_price is not None else award.clearing_price
+        performance_price, mileage_ratio = price.performance_price, price.mileage_ratio
+    with_energy = _energy_award(award, period_start)
+    edges, prices = _price_edges(award, period_start, period_end, now, location) if with_energy else ([], {})
+    rows = scoring.HOURLY_ROWS if regulated else 361
+    scored = rows - scoring.LOOKAHEAD_ROWS if regulated else 360
+    if regulated:
+        # One read of the hour serves both the score (signal scaled by the portfolio's awarded capacity, as the
+        # operator scores it) and the metering of this award.
+        trace = regulation_trace(
+            product=product, portfolio=award.portfolio, start=period_start, rows=rows, stations=stations
+        )
+        score_row = performance_score_compute(
+            product=product, portfolio=award.portfolio, period_start=period_start, trace=trace
+        )
+        score = score_row.composite
+    else:
+        trace = power_only_trace(period_start, rows, award.portfolio, stations)
+    owners = charge_point_vehicles(series=trace.series, start=period_start, end=period_end)
+    metering = _metering(trace, owners, edges, with_energy, scored)
+    terms = RegulationTerms(
+        awarded_w=award.awarded_w,
+        hours=Decimal(1),
+        capacity_price=capacity_price,
+        performance_price=performance_price,
+        mileage_ratio=mileage_ratio,
+    )
+    result = settle_award_hour(
+        terms=terms, score=score, vehicles=metering, energy_prices=prices, degradation=degradation
+    )
+    used_prices = [[start.isoformat(), str(price)] for start, price in sorted(prices.items())]
+    return _settlement_store(award, period_start, period_end, score_row, terms, result, trace, owners, now, used_prices)
+
+
+def _settlement_store(
+    award, period_start, period_end, score_row, terms, result, trace, owners, now, used_prices
+) -> Settlement:
+    try:
+        return _settlement_write(
+            award, period_start, period_end, score_row, terms, result, trace, owners, now, used_prices
+        )
+    except IntegrityError:
+        # Another worker settled the same award-hour meanwhile: same inputs, same figures; keep theirs.
+        return Settlement.objects.get(award=award, period_start=period_start)
+
+
+def _settlement_write(
+    award, period_start, period_end, score_row, terms, result, trace, owners, now, used_prices
+) -> Settlement:
+    amounts, exact = result.amounts, result.exact
+    with transaction.atomic():
+        Settlement.objects.filter(award=award, period_start=period_start).delete()
+        settlement = Settlement.objects.create(
+            award=award,
+            period_start=period_start,
+            period_end=period_end,
+            score=score_row,
+            score_value=result.score,
+            awarded_w=terms.awarded_w,
+            capacity_price=terms.capacity_price,
+            performance_price=terms.performance_price,
+            mileage_ratio=terms.mileage_ratio,
+            capacity_credit=amounts.capacity,
+            performance_credit=amounts.performance,
+            energy_amount=amounts.energy,
+            degradation_cost=amounts.degradation,
+            net=amounts.net,
+            exact={
+                "capacity": str(exact.capacity),
+                "performance": str(exact.performance),
+                "energy": str(exact.energy),
+                "degradation": str(exact.degradation),
+                "energy_prices": used_prices,  # [interval start, $/MWh]: the beliefs used
+            },
+            import_wh=sum(line.import_wh for line in result.vehicles),
+            export_wh=sum(line.export_wh for line in result.vehicles),
+            currency=award.product.operator.currency,
+            computed_at=now,
+        )
+        lines = []
+        for line in result.vehicles:
+            series = trace.series[line.vehicle_id]
+            who = owners[line.vehicle_id]
+            used = series.meter_ids  # deduplicated readings read, the one in force at the start included
+            lines.append(
+                SettlementLine(
+                    settlement=settlement,
+                    station_id=series.station_pk,
+                    evse_id=series.evse_id,
+                    vehicle_id=who.vehicle_id,
+                    owner_id=who.owner_id,
+                    vehicle_ref=who.vehicle_ref,
+                    owner_ref=who.owner_ref,
+                    capacity_credit=line.amounts.capacity,
+                    performance_credit=line.amounts.performance,
+                    energy_amount=line.amounts.energy,
+                    degradation_cost=line.amounts.degradation,
+                    net=line.amounts.net,
+                    response_wh=line.response_wh,
+                    import_wh=line.import_wh,
+                    export_wh=line.export_wh,
+                    pack_throughput_wh=line.pack_throughput_wh,
+                    meter_count=len(used),
+                    duplicates_ignored=series.duplicates,
+                    meter_first_id=used[0] if used else None,
+                    meter_last_id=used[-1] if used else None,
+                    meter_digest=series.digest,
+                )
+            )
+        SettlementLine.objects.bulk_create(lines)
+    return settlement
+
+
+def regulation_hour_settle(*, period_start: datetime, location: str = "") -> list[Settlement]:
+    """Score and settle every award in force for the hour from ``period_start`` (idempotent)."""
+    period_start = utc_instant(period_start, "period_start")
+    return [
+        settlement_compute(award=award, period_start=period_start, location=location)
+        for award in awards_in_force(at=period_start)
+    ]

@@ -1,0 +1,136 @@
+"""The regulation intake REST edges (vpp.intake.api): signal values and reserve events, authenticated."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from markets.regulation.models import RegulationSignal, ReserveDeployment
+from tests.markets.regulation.data import HOUR_START, client_for, regulation_product, user_with
+
+pytestmark = pytest.mark.django_db
+D = Decimal
+URL = "/api/regulation/signal"
+
+
+@pytest.fixture(autouse=True)
+def _products():
+    regulation_product()  # the seeded PJM products, even after a transactional test flushed them
+
+
+@pytest.fixture
+def utility() -> APIClient:
+    return client_for(user_with("utility", "markets.submit_regulation_signal"))
+
+
+def signal(value="0.25", at="2025-07-01T14:00:02Z", product="pjm:reg-d"):
+    return {"product": product, "at": at, "value": value}
+
+
+# --- signal intake -------------------------------------------------------------------------------------------------
+
+
+def test_signal_intake_refuses_anonymous_callers():
+    response = APIClient().post(URL, signal(), format="json")
+    assert response.status_code == 401
+    assert not RegulationSignal.objects.exists()
+
+
+def test_signal_intake_refuses_users_without_the_permission():
+    response = client_for(user_with("viewer")).post(URL, signal(), format="json")
+    assert response.status_code == 403
+    assert "submit_regulation_signal" in response.json()["detail"]
+
+
+def test_a_utility_posts_a_signal_value_with_its_token():
+    user = user_with("utility-token", "markets.submit_regulation_signal")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    response = client.post(URL, signal("-0.71157"), format="json")
+    assert response.status_code == 201
+    row = RegulationSignal.objects.get()
+    assert (row.value, row.source, row.received_by, row.at) == (
+        D("-0.71157"),
+        "utility_api",
+        user,
+        HOUR_START + timedelta(seconds=2),
+    )
+
+
+def test_a_retransmitted_value_is_acknowledged_once_and_a_conflicting_one_refused(utility):
+    assert utility.post(URL, signal(), format="json").status_code == 201
+    again = utility.post(URL, signal(), format="json")
+    assert again.status_code == 200
+    assert again.json()["created"] is False
+    conflict = utility.post(URL, signal("0.3"), format="json")
+    assert conflict.status_code == 409
+    assert "already 0.25000" in conflict.json()["detail"]
+    assert RegulationSignal.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        (signal("1.5"), "value"),
+        (signal("abc"), "value"),
+        (signal(at="2025-07-01T14:00:02"), "at"),  # no offset
+        (signal(at="yesterday"), "at"),
+        (signal(product="pjm:sync-reserve"), "product"),  # not a regulation product
+        (signal(product="nope"), "product"),
+    ],
+)
+def test_bad_signal_values_are_refused_with_a_reason(utility, payload, field):
+    response = utility.post(URL, payload, format="json")
+    assert response.status_code == 400
+    assert field in response.json()
+    assert not RegulationSignal.objects.exists()
+
+
+# --- reserve deployments -----------------------------------------------------------------------------------------
+
+RESERVE_URL = "/api/regulation/reserve"
+
+
+def reserve(event_id="sr-1", power_w=50_000, start="2025-07-01T14:00:00Z", end="2025-07-01T14:30:00Z"):
+    return {"portfolio": "default", "event_id": event_id, "power_w": power_w, "start": start, "end": end}
+
+
+def test_a_reserve_event_is_stored_once_and_a_different_one_under_its_reference_is_refused(utility):
+    # Given a utility calling a 50 kW reserve event
+    first = utility.post(RESERVE_URL, reserve(), format="json")
+    # When the same event is sent again, then a different one under the same reference
+    again = utility.post(RESERVE_URL, reserve(), format="json")
+    changed = utility.post(RESERVE_URL, reserve(power_w=80_000), format="json")
+    # Then it is stored once, answered 201 then 200, and the changed one is refused with the reason
+    assert (first.status_code, again.status_code, changed.status_code) == (201, 200, 409)
+    assert first.json()["id"] == again.json()["id"]
+    assert "sr-1" in changed.json()["detail"]
+    assert ReserveDeployment.objects.get().power_w == 50_000
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (reserve(end="2025-07-01T13:00:00Z"), "detail"),  # ends before it starts
+        (reserve(end="2025-07-01T20:00:00Z"), "detail"),  # longer than any reserve event
+        (reserve(power_w=0), "power_w"),
+        (reserve(end="2025-07-01T14:30:00"), "end"),  # no UTC offset
+        ({"event_id": "x", "power_w": 1}, "end"),
+    ],
+)
+def test_a_bad_reserve_event_gets_a_400_with_the_reason(utility, body, field):
+    response = utility.post(RESERVE_URL, body, format="json")
+    assert response.status_code == 400
+    assert field in response.json()
+
+
+def test_calling_reserve_needs_the_utility_permission():
+    # Given a signed-in user without markets.submit_regulation_signal / When it calls a reserve event
+    response = client_for(user_with("viewer")).post(RESERVE_URL, reserve(), format="json")
+    # Then it is refused and nothing is stored
+    assert response.status_code == 403
+    assert APIClient().post(RESERVE_URL, reserve(), format="json").status_code in (401, 403)

@@ -1,0 +1,147 @@
+"""REST intake of the regulation market: signal values and reserve events from a utility / market operator.
+
+The orchestrator's edges (they dispatch at once, then store through ``markets.regulation.services``): every call is
+authenticated (token or session) and needs ``markets.submit_regulation_signal``. The WebSocket edge for the same
+signal is :mod:`vpp.intake.consumers`.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from markets.models import Product
+from markets.regulation.models import SignalSource
+from markets.regulation.services import RegulationError, ReserveConflict, SignalConflict, regulation_signal_record
+from markets.selectors import product_get
+from vpp.services import regulation_dispatch_from_sync, reserve_deployment_intake
+
+
+class OffsetDateTimeField(serializers.DateTimeField):
+    """An ISO 8601 instant that must carry its UTC offset: a bare local time from an operator is ambiguous."""
+
+    def to_internal_value(self, value: Any) -> datetime:
+        raw = str(value)
+        if not (raw.endswith("Z") or "+" in raw[10:] or "-" in raw[10:]):
+            raise serializers.ValidationError("give the UTC offset (e.g. 2025-07-01T14:00:02Z)")
+        return super().to_internal_value(value)
+
+
+class SignalInSerializer(serializers.Serializer):
+    product = serializers.CharField(help_text="'<operator>:<product>' (e.g. pjm:reg-d) or a product code")
+    portfolio = serializers.CharField(default="default", max_length=64)
+    at = OffsetDateTimeField(help_text="instant the value applies from, ISO 8601 with offset")
+    value = serializers.DecimalField(max_digits=12, decimal_places=8, min_value=-1, max_value=1)
+    source_ref = serializers.CharField(required=False, default="", allow_blank=True, max_length=200)
+
+    def validate_product(self, value: str) -> Product:
+        try:
+            return product_get(ref=value, kind=Product.Kind.REGULATION, active_only=True)
+        except Product.DoesNotExist as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+class SignalIntakeView(APIView):
+    """``POST /api/regulation/signal``: one value of the regulation signal from a utility / market operator."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(request=SignalInSerializer, responses={201: dict, 200: dict, 400: dict, 403: dict, 409: dict})
+    def post(self, request: Request) -> Response:
+        received_at = time.time()  # dispatch latency is measured from here
+        if not request.user.has_perm("markets.submit_regulation_signal"):
+            raise PermissionDenied("sending regulation signal values needs markets.submit_regulation_signal")
+        data = SignalInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = data.validated_data
+        # Dispatch first (in memory, not waiting for the stations), then store: vpp.services explains why.
+        dispatched = regulation_dispatch_from_sync(
+            product_id=fields["product"].pk,
+            portfolio=fields["portfolio"],
+            value=fields["value"],
+            at=fields["at"],
+            source=SignalSource.UTILITY_API,
+            received_at=received_at,
+        )
+        try:
+            row, created = regulation_signal_record(
+                product=fields["product"],
+                portfolio=fields["portfolio"],
+                at=fields["at"],
+                value=fields["value"],
+                source=SignalSource.UTILITY_API,
+                source_ref=fields["source_ref"] or request.user.get_username(),
+                received_by_id=request.user.pk,
+            )
+        except SignalConflict as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except RegulationError as exc:
+            raise ValidationError({"detail": str(exc)}) from exc
+        body = {
+            "id": row.pk,
+            "created": created,
+            "product": str(row.product),
+            "portfolio": row.portfolio,
+            "at": row.at,
+            "value": str(row.value),
+            "belief_time": row.belief_time,
+            "dispatched": dispatched,
+        }
+        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class ReserveInSerializer(serializers.Serializer):
+    portfolio = serializers.CharField(default="default", max_length=64)
+    event_id = serializers.CharField(max_length=100, help_text="the operator's reference (idempotency key)")
+    power_w = serializers.IntegerField(min_value=1, help_text="extra discharge asked for, W")
+    start = OffsetDateTimeField(required=False, help_text="default: now; ISO 8601 with offset")
+    end = OffsetDateTimeField(help_text="ISO 8601 with offset")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs.setdefault("start", timezone.now())
+        return attrs
+
+
+class ReserveDeploymentView(APIView):
+    """``POST /api/regulation/reserve``: a reserve event called on a portfolio (extra discharge on top of regulation).
+
+    201 when new, 200 for the same event again, 409 for a different event under the same ``event_id``.
+    """
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(request=ReserveInSerializer, responses={201: dict, 200: dict, 400: dict, 403: dict, 409: dict})
+    def post(self, request: Request) -> Response:
+        if not request.user.has_perm("markets.submit_regulation_signal"):
+            raise PermissionDenied("calling reserve deployments needs markets.submit_regulation_signal")
+        data = ReserveInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            row, created = reserve_deployment_intake(
+                **data.validated_data, source=SignalSource.UTILITY_API, received_by_id=request.user.pk
+            )
+        except ReserveConflict as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except RegulationError as exc:
+            raise ValidationError({"detail": str(exc)}) from exc
+        body = {
+            "id": row.pk,
+            "created": created,
+            "portfolio": row.portfolio,
+            "event_id": row.event_id,
+            "power_w": row.power_w,
+            "start": row.start,
+            "end": row.end,
+            "belief_time": row.belief_time,
+        }
+        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
