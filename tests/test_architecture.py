@@ -71,7 +71,6 @@ def _strongly_connected(nodes: set[str], edges: dict[str, set[str]]) -> list[lis
     return groups
 
 
-@pytest.mark.xfail(reason="issue 11 in progress: the chargers and regulation moves are not merged yet", strict=False)
 def test_the_import_contracts_are_kept() -> None:
     # Given the contracts in pyproject.toml, when lint-imports checks the code, then none is broken.
     lint = Path(sys.executable).with_name("lint-imports")
