@@ -15,6 +15,7 @@ from django.db.migrations.executor import MigrationExecutor
 
 from chargers.models import Station
 from fleet.models import Fleet, Vehicle
+from markets.defaults import ensure_defaults
 from markets.models import RegulationSignal
 
 # The leaf migration of each app as released before the issue-11 layout (main at 66577cf): databases in the field
@@ -49,6 +50,8 @@ def _seed_released_schema(executor: MigrationExecutor) -> None:
         ac_max_charge_w=11_000,
         vin="VIN00000000000001",
     )
+    # The data migration's defaults, in case an earlier test flushed them (as the released code seeded them).
+    ensure_defaults(*(apps.get_model("markets", name) for name in ("MarketOperator", "DepotSite", "Product")))
     product = apps.get_model("markets", "Product").objects.get(operator__code="pjm", code="reg-d")
     apps.get_model("markets", "RegulationSignal").objects.create(
         product=product, portfolio="default", at=AT, value=Decimal("-0.25"), source="api", belief_time=AT
