@@ -43,8 +43,8 @@ from django.core.management import call_command  # noqa: E402
 
 from bench.csms_load import tree_cpu_s  # noqa: E402
 from markets.regulation.signals import SignalTrace  # noqa: E402
-from vpp import replay  # noqa: E402
 from vpp.models import Dispatch, DispatchCommand  # noqa: E402
+from vpp.replay import harness as replay  # noqa: E402
 
 TARGET_MS = 200.0
 

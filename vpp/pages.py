@@ -1,6 +1,6 @@
 from django.urls import path
 
-from vpp import views
+from vpp.dashboard import views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),

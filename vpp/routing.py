@@ -1,6 +1,6 @@
 from django.urls import path
 
-from vpp.consumers import DashboardConsumer
+from vpp.dashboard.consumers import DashboardConsumer
 from vpp.intake.consumers import RegulationSignalConsumer
 
 websocket_urlpatterns = [

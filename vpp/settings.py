@@ -199,7 +199,7 @@ OCPP_LOG_LINGER = env_float("OCPP_LOG_LINGER", 0.1, minimum=0.0)
 # vpp.serve logs every cyclic-GC pass that stops the server longer than this (ms); 0 = off. For diagnosing tails.
 GC_PAUSE_LOG_MS = env_float("GC_PAUSE_LOG_MS", 0.0, minimum=0.0)
 
-# --- Regulation dispatch (vpp.dispatch) ------------------------------------------------------------------------
+# --- Regulation dispatch (vpp.dispatch) ----------------------------------------------------------------------------
 DISPATCH_REFRESH_S = env_float("DISPATCH_REFRESH_S", 5.0, minimum=0.1)  # in-memory fleet state reload period
 DISPATCH_HOLD_S = env_float("DISPATCH_HOLD_S", 60.0, minimum=1.0)  # each setpoint must be holdable this long
 DISPATCH_CALL_TIMEOUT_S = env_float("DISPATCH_CALL_TIMEOUT_S", 1.5, minimum=0.1)  # per command, < signal period

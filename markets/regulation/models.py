@@ -70,8 +70,8 @@ class ReserveDeployment(models.Model):
     """A reserve event called on a portfolio: extra discharge (W) on top of regulation, from ``start`` to ``end``.
 
     Every dispatch of the portfolio in that window adds ``power_w`` of discharge to its setpoint
-    (:func:`vpp.dispatch.fleet_setpoint_w`). One row per operator event: a retransmission is a no-op, a different
-    event under the same reference is refused.
+    (:func:`vpp.dispatch.dispatcher.fleet_setpoint_w`). One row per operator event: a retransmission is a no-op, a
+    different event under the same reference is refused.
     """
 
     portfolio = models.CharField(max_length=64, default="default")

@@ -57,7 +57,7 @@ def utc_instant(moment: datetime, name: str) -> datetime:
 def signal_value(raw: object) -> Decimal:
     """A normalised signal value in [-1, 1], kept to 5 places (the RegD files' precision); RegulationError if not.
 
-    The one parser of signal values: storage here and the dispatch edges (``vpp.services``) alike.
+    The one parser of signal values: storage here and the dispatch edges (``vpp.dispatch.services``) alike.
     """
     try:
         number = Decimal(str(raw)).quantize(SIGNAL_PLACES, rounding=ROUND_HALF_EVEN)

@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 
 from tests.chargers.factories import StationFactory
 from tests.chargers.test_consumer_inbox import METER_VALUES, _socket
-from vpp.consumers import DashboardConsumer
+from vpp.dashboard.consumers import DashboardConsumer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

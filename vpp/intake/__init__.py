@@ -4,5 +4,5 @@
 * :mod:`vpp.intake.consumers` -- ``ws/regulation`` (one authenticated socket, one frame per value).
 * :mod:`vpp.intake.auth` -- the WebSocket's token and permission check.
 
-They dispatch through :mod:`vpp.services` and store through ``markets.regulation.services``.
+They dispatch through :mod:`vpp.dispatch.services` and store through ``markets.regulation.services``.
 """

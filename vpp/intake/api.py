@@ -24,7 +24,7 @@ from markets.models import Product
 from markets.regulation.models import SignalSource
 from markets.regulation.services import RegulationError, ReserveConflict, SignalConflict, regulation_signal_record
 from markets.selectors import product_get
-from vpp.services import regulation_dispatch_from_sync, reserve_deployment_intake
+from vpp.dispatch.services import regulation_dispatch_from_sync, reserve_deployment_intake
 
 
 class OffsetDateTimeField(serializers.DateTimeField):
@@ -64,7 +64,7 @@ class SignalIntakeView(APIView):
         data = SignalInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         fields = data.validated_data
-        # Dispatch first (in memory, not waiting for the stations), then store: vpp.services explains why.
+        # Dispatch first (in memory, not waiting for the stations), then store: vpp.dispatch.services explains why.
         dispatched = regulation_dispatch_from_sync(
             product_id=fields["product"].pk,
             portfolio=fields["portfolio"],

@@ -17,8 +17,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from markets.regulation.models import SignalSource
 from markets.regulation.services import RegulationError
+from vpp.dispatch.services import regulation_signal_intake
 from vpp.intake.auth import scope_token, token_user
-from vpp.services import regulation_signal_intake
 
 
 class RegulationSignalConsumer(AsyncWebsocketConsumer):

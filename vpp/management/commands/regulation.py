@@ -1,5 +1,5 @@
 """``python manage.py regulation replay --signal FILE.csv --vehicles N --out RESULT.csv [--csms URL] [--speed X]
-[--duration S] [--capacity-kw KW]``: the regulation path end to end (see :mod:`vpp.replay`)."""
+[--duration S] [--capacity-kw KW]``: the regulation path end to end (see :mod:`vpp.replay.harness`)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from markets.regulation.signals import SignalFileError, read_signal_csv
-from vpp import replay
-from vpp.replay import StationReady  # the class has a replay() method: annotations cannot say replay.X
+from vpp.replay import harness, results
+from vpp.replay.harness import StationReady  # the class has a replay() method: annotations cannot say replay.X
 
 
 class Command(BaseCommand):
@@ -50,36 +50,36 @@ class Command(BaseCommand):
         except (OSError, SignalFileError) as exc:
             raise CommandError(f"cannot read the signal file: {exc}") from exc
         limit_s = float(o["duration"]) if o["duration"] else float(trace.duration_s)
-        product = replay.product_default()
+        product = harness.product_default()
         product_code = f"{product.operator.code}:{product.code}"
         prefix = f"rp{secrets.token_hex(3)}"
-        password = replay.env_password()
-        with replay.live_csms(o["csms"]) as (ws_base, http_base):
+        password = harness.env_password()
+        with harness.live_csms(o["csms"]) as (ws_base, http_base):
             self.stdout.write(f"CSMS at {http_base}; {count} stations {prefix}-1..{prefix}-{count}")
-            station_ids = replay.stations_provision(count=count, prefix=prefix, password=password)
-            token = replay.utility_token()
+            station_ids = harness.stations_provision(count=count, prefix=prefix, password=password)
+            token = harness.utility_token()
             agents_log = Path(o["out"]).with_suffix(".agents.log")
-            with replay.simulated_agents(
+            with harness.simulated_agents(
                 count=count, ws_base=ws_base, prefix=prefix, password=password, log_to=agents_log
             ):
                 ready = self._wait_ready(station_ids, o["ready_timeout"] or 60.0 + 0.2 * count)
-                fleet = replay.fleet_register(ready, name=f"replay {prefix}")
+                fleet = harness.fleet_register(ready, name=f"replay {prefix}")
                 portfolio = f"fleet-{fleet.pk}"
                 capacity = (
                     int(o["capacity_kw"] * 1000)
                     if o["capacity_kw"]
-                    else replay.capacity_offer_w(product=product, portfolio=portfolio)
+                    else harness.capacity_offer_w(product=product, portfolio=portfolio)
                 )
                 t0 = time.time() + 2.0
                 start = datetime.fromtimestamp(t0, UTC) - timedelta(seconds=60)
                 end = datetime.fromtimestamp(t0 + limit_s / speed, UTC) + timedelta(minutes=10)
-                replay.award_create(product=product, portfolio=portfolio, capacity_w=capacity, start=start, end=end)
+                harness.award_create(product=product, portfolio=portfolio, capacity_w=capacity, start=start, end=end)
                 self.stdout.write(
                     f"{len(ready)} vehicles ready; awarded {capacity / 1000:.0f} kW of {product_code} to {portfolio}; "
                     f"following {trace.name} for {limit_s:.0f} s of signal at speed {speed:g}"
                 )
                 answers = asyncio.run(
-                    replay.signal_follow(
+                    harness.signal_follow(
                         ws_base=ws_base,
                         token=token,
                         product=product_code,
@@ -96,7 +96,7 @@ class Command(BaseCommand):
                 # The agents may still be sending queued meter values: score once they cover the last signal value.
                 ids = [r.station_id for r in ready]
                 last = datetime.fromtimestamp(float(times[-1]) + 2.0 / speed, UTC)
-                caught_up = replay.meter_values_await(station_ids=ids, since=last, timeout_s=o["drain_timeout"])
+                caught_up = harness.meter_values_await(station_ids=ids, since=last, timeout_s=o["drain_timeout"])
                 if caught_up < len(ids):
                     self.stdout.write(f"{len(ids) - caught_up} stations' meter values did not reach the end in time")
         refused = [a for a in answers if not a.get("ok")]
@@ -107,7 +107,7 @@ class Command(BaseCommand):
         # to the value just sent cannot have been metered yet: that worst case is scored and printed too.
         interval_s = float(np.median(np.diff(offsets[keep]))) / speed if keep.sum() > 1 else 2.0 / speed
         rows, at_updates = (
-            replay.replay_rows(
+            results.replay_rows(
                 product=product,
                 portfolio=portfolio,
                 station_ids=[r.station_id for r in ready],
@@ -117,7 +117,7 @@ class Command(BaseCommand):
             )
             for phase in (interval_s / 2.0, 0.0)
         )
-        written = replay.rows_write(o["out"], rows)
+        written = results.rows_write(o["out"], rows)
         kept = f"; the agents' session log: {agents_log}" if agents_log.exists() else ""
         self.stdout.write(f"{written} rows written to {o['out']}{kept}")
         low = np.nanmin(rows.min_soc_pct) if not np.all(np.isnan(rows.min_soc_pct)) else math.nan
@@ -126,8 +126,8 @@ class Command(BaseCommand):
             f"retransmissions ignored: {rows.duplicates}"
         )
         try:
-            score, worst = (replay.replay_score(r, speed=speed) for r in (rows, at_updates))
-        except (replay.ReplayError, ValueError) as exc:
+            score, worst = (results.replay_score(r, speed=speed) for r in (rows, at_updates))
+        except (harness.ReplayError, ValueError) as exc:
             self.stdout.write(f"performance score: not computed ({exc})")
             return
         label = "hourly performance score" if speed == 1.0 else f"performance score (signal time, speed {speed:g})"
@@ -144,7 +144,7 @@ class Command(BaseCommand):
     def _wait_ready(self, station_ids: list[str], timeout: float) -> list[StationReady]:
         deadline = time.monotonic() + timeout
         while True:
-            ready = replay.stations_ready(station_ids)
+            ready = harness.stations_ready(station_ids)
             if len(ready) == len(station_ids):
                 return ready
             if time.monotonic() > deadline:

@@ -6,7 +6,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
 
 from chargers.telemetry import TELEMETRY_GROUP
-from vpp.consumers import DashboardConsumer
+from vpp.dashboard.consumers import DashboardConsumer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

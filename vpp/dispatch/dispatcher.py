@@ -140,7 +140,7 @@ def station_commands(routes: list[Route], allocation: Allocation, bounds: PowerB
 
 @dataclass
 class DispatchState:
-    """Everything a dispatch needs, loaded from the database in the background (see ``vpp.selectors``)."""
+    """Everything a dispatch needs, loaded from the database in the background (see ``vpp.dispatch.selectors``)."""
 
     fleet: FleetArrays
     routes: list[Route]

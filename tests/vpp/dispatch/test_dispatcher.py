@@ -17,7 +17,7 @@ from chargers import fanout, ocpp_j
 from chargers.fanout import Command, calls_fanout
 from fleet.numerics.arrays import FleetArrays
 from fleet.numerics.snapshot import VehicleSnapshot
-from vpp.dispatch import (
+from vpp.dispatch.dispatcher import (
     Dispatcher,
     DispatchState,
     Route,

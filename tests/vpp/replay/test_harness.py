@@ -15,9 +15,10 @@ from chargers.models import MeterValue
 from markets.models import Product
 from tests.chargers.factories import StationFactory
 from vpp.models import Dispatch, DispatchCommand
-from vpp.replay import meter_values_await, replay_rows
+from vpp.replay.harness import meter_values_await
+from vpp.replay.results import replay_rows
 
-SIGNAL = Path(__file__).resolve().parents[2] / "markets" / "data" / "pjm-regd-test-signal-40min.csv"
+SIGNAL = Path(__file__).resolve().parents[3] / "markets" / "data" / "pjm-regd-test-signal-40min.csv"
 
 
 @pytest.mark.live

@@ -1,6 +1,6 @@
 """Reads for regulation dispatch: the state a :class:`vpp.dispatch.Dispatcher` keeps in memory.
 
-(Kept apart from ``vpp.selectors``, which serves the dashboard.)
+(Kept apart from ``vpp.dashboard.selectors``, which serves the dashboard.)
 
 Called on the dispatcher's background thread, never per signal.
 """
@@ -18,7 +18,7 @@ from fleet.numerics.arrays import FleetArrays, power_bounds
 from fleet.selectors import plugged_in_snapshots
 from markets.models import Award
 from markets.regulation.selectors import reserve_in_force
-from vpp.dispatch import DispatchState, Route
+from vpp.dispatch.dispatcher import DispatchState, Route
 
 
 def dispatch_state_load(*, product_id: int, portfolio: str, now: float, hold_s: float = 60.0) -> DispatchState:

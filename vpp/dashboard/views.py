@@ -1,4 +1,4 @@
-"""Fleet dashboard pages: thin views over ``vpp.selectors.dashboard_overview``."""
+"""Fleet dashboard pages: thin views over ``vpp.dashboard.selectors.dashboard_overview``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
-from vpp.selectors import dashboard_overview
+from vpp.dashboard.selectors import dashboard_overview
 
 
 @staff_member_required

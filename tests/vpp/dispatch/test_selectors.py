@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from markets.regulation.services import reserve_deployment_record
-from vpp.dispatch_selectors import dispatch_state_load
+from vpp.dispatch.selectors import dispatch_state_load
 
 pytestmark = pytest.mark.django_db
 

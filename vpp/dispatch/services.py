@@ -36,8 +36,8 @@ from markets.regulation.services import (
     utc_instant,
 )
 from markets.selectors import product_get
-from vpp.dispatch import Dispatcher, DispatchResult, Signal, dispatcher_for, dispatchers_refresh
-from vpp.dispatch_selectors import dispatch_state_load
+from vpp.dispatch.dispatcher import Dispatcher, DispatchResult, Signal, dispatcher_for, dispatchers_refresh
+from vpp.dispatch.selectors import dispatch_state_load
 from vpp.models import Dispatch, DispatchCommand
 
 __all__ = [
