@@ -12,8 +12,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from markets import services
 from markets.models import BID_ADMIN_PERM, Award, Bid, BidEvent
+from markets.services import bids as services
 
 
 class BidAdminOrReadOnly(permissions.BasePermission):

@@ -14,8 +14,8 @@ from celery import shared_task
 from django.db import transaction
 from django.utils import timezone
 
-from markets import services
 from markets.models import BidProposal, MarketOperator
+from markets.services import bids as services
 
 PREPARE_LEAD = timedelta(hours=6)
 

@@ -14,9 +14,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from markets import services
 from markets.models import BID_ADMIN_PERM, Bid, BidProposal, MarketOperator
 from markets.selectors import bids_in_window
+from markets.services import bids as services
 
 
 class AuthenticatedHttpRequest(HttpRequest):

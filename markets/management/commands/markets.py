@@ -10,10 +10,10 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from markets import services
 from markets.defaults import ensure_defaults
 from markets.models import Bid, DepotSite, MarketOperator, PricePoint, Product
 from markets.selectors import product_get
+from markets.services import bids as services
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 PJM_SR = DATA / "pjm-synchronized-reserve-2017-07.csv"

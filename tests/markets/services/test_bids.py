@@ -11,12 +11,12 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from markets import services
 from markets.defaults import ensure_defaults
 from markets.models import Award, Bid, BidEvent, DepotSite, MarketOperator, PricePoint, Product, SiteLoadPoint
 from markets.selectors import latest_site_load
+from markets.services import bids as services
 
-PJM_FILE = Path(__file__).resolve().parents[2] / "markets" / "data" / "pjm-synchronized-reserve-2017-07.csv"
+PJM_FILE = Path(__file__).resolve().parents[3] / "markets" / "data" / "pjm-synchronized-reserve-2017-07.csv"
 S = Bid.Status
 
 
