@@ -14,7 +14,10 @@ from django.utils import timezone
 from markets.defaults import ensure_defaults
 from markets.models import Award, Bid, BidEvent, DepotSite, MarketOperator, PricePoint, Product, SiteLoadPoint
 from markets.selectors import latest_site_load
-from markets.services import bids as services
+from markets.services.bids import CsvImportError, MarketError, StaleBid, bid_edit, bid_transition
+from markets.services.clearing import award_record, market_clear_simulated
+from markets.services.exchange import BID_EXPORT_COLUMNS, awards_import_csv, bids_export_csv
+from markets.services.prices import prices_import_csv, prices_import_pjm_sr
 
 PJM_FILE = Path(__file__).resolve().parents[3] / "markets" / "data" / "pjm-synchronized-reserve-2017-07.csv"
 S = Bid.Status
@@ -23,12 +26,12 @@ S = Bid.Status
 def test_a_bid_goes_through_its_lifecycle_and_every_change_is_audited(bid_factory, bidding_admin) -> None:
     bid = bid_factory()
     for to in (S.APPROVED, S.SUBMITTED):
-        services.bid_transition(bid_id=bid.id, to_status=to, actor=bidding_admin)
-    services.award_record(
+        bid_transition(bid_id=bid.id, to_status=to, actor=bidding_admin)
+    award_record(
         bid_id=bid.id, awarded_w=300_000, clearing_price=Decimal("12"), source="csv", source_ref="t", actor=None
     )
-    services.bid_transition(bid_id=bid.id, to_status=S.DELIVERED, actor=None)
-    services.bid_transition(bid_id=bid.id, to_status=S.SETTLED, actor=None)
+    bid_transition(bid_id=bid.id, to_status=S.DELIVERED, actor=None)
+    bid_transition(bid_id=bid.id, to_status=S.SETTLED, actor=None)
     events = list(BidEvent.objects.filter(bid=bid).values_list("from_status", "to_status", "actor_label"))
     assert events == [
         (S.DRAFT, S.APPROVED, "bidder"),
@@ -42,19 +45,19 @@ def test_a_bid_goes_through_its_lifecycle_and_every_change_is_audited(bid_factor
 
 def test_it_refuses_transitions_the_lifecycle_does_not_allow(bid_factory) -> None:
     bid = bid_factory()
-    with pytest.raises(services.MarketError, match="cannot become submitted"):
-        services.bid_transition(bid_id=bid.id, to_status=S.SUBMITTED, actor=None)
-    with pytest.raises(services.MarketError):
-        services.bid_transition(bid_id=bid.id, to_status=S.SETTLED, actor=None)
+    with pytest.raises(MarketError, match="cannot become submitted"):
+        bid_transition(bid_id=bid.id, to_status=S.SUBMITTED, actor=None)
+    with pytest.raises(MarketError):
+        bid_transition(bid_id=bid.id, to_status=S.SETTLED, actor=None)
     assert Bid.objects.get(pk=bid.id).status == S.DRAFT
     assert not BidEvent.objects.filter(bid=bid).exists()
 
 
 def test_a_stale_edit_is_refused_and_changes_nothing(bid_factory, bidding_admin) -> None:
     bid = bid_factory()
-    services.bid_edit(bid_id=bid.id, quantity_w=700_000, price=Decimal("11"), version=1, actor=bidding_admin)
-    with pytest.raises(services.StaleBid):
-        services.bid_edit(bid_id=bid.id, quantity_w=900_000, price=Decimal("11"), version=1, actor=bidding_admin)
+    bid_edit(bid_id=bid.id, quantity_w=700_000, price=Decimal("11"), version=1, actor=bidding_admin)
+    with pytest.raises(StaleBid):
+        bid_edit(bid_id=bid.id, quantity_w=900_000, price=Decimal("11"), version=1, actor=bidding_admin)
     bid.refresh_from_db()
     assert (bid.quantity_w, bid.version) == (700_000, 2)
     assert BidEvent.objects.get(bid=bid).changes["quantity_w"] == "500000 -> 700000"
@@ -63,14 +66,14 @@ def test_a_stale_edit_is_refused_and_changes_nothing(bid_factory, bidding_admin)
 @pytest.mark.parametrize(("quantity", "reason"), [(50_000, "below"), (250_000, "multiple"), (-1, ">= 0")])
 def test_edits_must_respect_minimum_size_and_increment(bid_factory, quantity, reason) -> None:
     bid = bid_factory()
-    with pytest.raises(services.MarketError, match=reason):
-        services.bid_edit(bid_id=bid.id, quantity_w=quantity, price=Decimal(1), version=1, actor=None)
+    with pytest.raises(MarketError, match=reason):
+        bid_edit(bid_id=bid.id, quantity_w=quantity, price=Decimal(1), version=1, actor=None)
 
 
 def test_editing_an_approved_bid_sends_it_back_to_draft(bid_factory) -> None:
     bid = bid_factory()
-    services.bid_transition(bid_id=bid.id, to_status=S.APPROVED, actor=None)
-    edited = services.bid_edit(bid_id=bid.id, quantity_w=200_000, price=Decimal("9.999"), version=2, actor=None)
+    bid_transition(bid_id=bid.id, to_status=S.APPROVED, actor=None)
+    edited = bid_edit(bid_id=bid.id, quantity_w=200_000, price=Decimal("9.999"), version=2, actor=None)
     assert edited.status == S.DRAFT
     assert edited.price == Decimal("10.00")  # rounded up to the operator's 0.01 tick
 
@@ -78,9 +81,9 @@ def test_editing_an_approved_bid_sends_it_back_to_draft(bid_factory) -> None:
 def test_it_imports_the_real_pjm_file_once(db) -> None:
     product = Product.objects.get(operator__code="pjm", code="sync-reserve")
     with PJM_FILE.open() as fh:
-        first = services.prices_import_pjm_sr(product=product, stream=fh, source_ref=PJM_FILE.name)
+        first = prices_import_pjm_sr(product=product, stream=fh, source_ref=PJM_FILE.name)
     with PJM_FILE.open() as fh:
-        again = services.prices_import_pjm_sr(product=product, stream=fh, source_ref=PJM_FILE.name)
+        again = prices_import_pjm_sr(product=product, stream=fh, source_ref=PJM_FILE.name)
     assert (first.created, again.created) == (1488, 0)
     p = PricePoint.objects.get(location="Non PJM Mid Atlantic Dominion (MAD)", interval_start="2017-07-01T14:00Z")
     assert p.price == Decimal("3.59")
@@ -90,22 +93,22 @@ def test_it_imports_the_real_pjm_file_once(db) -> None:
 def test_a_bad_price_row_rejects_the_whole_file_with_its_line(db) -> None:
     product = Product.objects.get(operator__code="pjm", code="reg-d")
     text = "interval_start,interval_minutes,price\n2026-07-01T00:00Z,60,5\n2026-07-01T01:00,60,5\n"
-    with pytest.raises(services.CsvImportError, match="line 3"):
-        services.prices_import_csv(product=product, stream=io.StringIO(text), source_ref="t", kind="forecast")
+    with pytest.raises(CsvImportError, match="line 3"):
+        prices_import_csv(product=product, stream=io.StringIO(text), source_ref="t", kind="forecast")
     assert not PricePoint.objects.exists()
 
 
 def test_awards_import_is_all_or_nothing(bid_factory) -> None:
     a, b = bid_factory(), bid_factory()
     for bid in (a, b):
-        services.bid_transition(bid_id=bid.id, to_status=S.APPROVED, actor=None)
-        services.bid_transition(bid_id=bid.id, to_status=S.SUBMITTED, actor=None)
+        bid_transition(bid_id=bid.id, to_status=S.APPROVED, actor=None)
+        bid_transition(bid_id=bid.id, to_status=S.SUBMITTED, actor=None)
     bad = f"bid_ref,awarded_mw,clearing_price\n{a.external_ref},0.5,12\n{b.external_ref},0.9,12\n"
-    with pytest.raises(services.CsvImportError, match="line 3"):
-        services.awards_import_csv(stream=io.StringIO(bad), source_ref="f", actor=None)
+    with pytest.raises(CsvImportError, match="line 3"):
+        awards_import_csv(stream=io.StringIO(bad), source_ref="f", actor=None)
     assert not Award.objects.exists()
     good = f"bid_ref,awarded_mw,clearing_price\n{a.external_ref},0.5,12\n{b.external_ref},0,12\n"
-    assert services.awards_import_csv(stream=io.StringIO(good), source_ref="f", actor=None) == 2
+    assert awards_import_csv(stream=io.StringIO(good), source_ref="f", actor=None) == 2
     assert Bid.objects.get(pk=a.id).status == S.AWARDED
     assert Bid.objects.get(pk=b.id).status == S.REJECTED
 
@@ -113,10 +116,10 @@ def test_awards_import_is_all_or_nothing(bid_factory) -> None:
 def test_the_simulated_operator_clears_against_its_price_curve(bid_factory) -> None:
     cheap, dear, capped = bid_factory(price=Decimal(5)), bid_factory(price=Decimal(50)), bid_factory(price=Decimal(1))
     for bid in (cheap, dear, capped):
-        services.bid_transition(bid_id=bid.id, to_status=S.APPROVED, actor=None)
-        services.bid_transition(bid_id=bid.id, to_status=S.SUBMITTED, actor=None)
+        bid_transition(bid_id=bid.id, to_status=S.APPROVED, actor=None)
+        bid_transition(bid_id=bid.id, to_status=S.SUBMITTED, actor=None)
     prices = {("reg-d", b.interval_start): Decimal(20) for b in (cheap, dear, capped)}
-    counts = services.market_clear_simulated(
+    counts = market_clear_simulated(
         operator=cheap.product.operator,
         start=cheap.interval_start,
         end=capped.interval_end,
@@ -130,12 +133,12 @@ def test_the_simulated_operator_clears_against_its_price_curve(bid_factory) -> N
 
 def test_bids_export_in_the_documented_format(bid_factory) -> None:
     bid = bid_factory()
-    services.bid_transition(bid_id=bid.id, to_status=S.APPROVED, actor=None)
-    text = services.bids_export_csv(
+    bid_transition(bid_id=bid.id, to_status=S.APPROVED, actor=None)
+    text = bids_export_csv(
         operator=bid.product.operator, start=bid.interval_start, end=bid.interval_end, statuses=[S.APPROVED]
     )
     header, row = text.strip().splitlines()
-    assert header == ",".join(services.BID_EXPORT_COLUMNS)
+    assert header == ",".join(BID_EXPORT_COLUMNS)
     assert row.split(",")[6:8] == ["0.5", "10.0000"]
 
 
