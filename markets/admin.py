@@ -34,7 +34,7 @@ class BidProposalAdmin(admin.ModelAdmin):
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """Bids, awards and their audit change only through markets.services, never by hand in the admin."""
+    """Bids, awards and their audit change only through the ``markets.services`` modules, never by hand in the admin."""
 
     def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False

@@ -12,8 +12,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from markets import services
 from markets.models import BID_ADMIN_PERM, Award, Bid, BidEvent
+from markets.services.bids import MarketError, StaleBid, bid_edit, bid_transition
 
 
 class BidAdminOrReadOnly(permissions.BasePermission):
@@ -86,9 +86,9 @@ def _bid_answer(change: Callable[[], Bid]) -> Response:
     """Run a bid write; the bid as now stored, 409 when someone changed it first, 400 when the rules refuse it."""
     try:
         bid = change()
-    except services.StaleBid as exc:
+    except StaleBid as exc:
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-    except services.MarketError as exc:
+    except MarketError as exc:
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
     return Response(BidSerializer(bid).data)
 
@@ -108,13 +108,13 @@ class BidViewSet(viewsets.ReadOnlyModelViewSet):
     def edit(self, request: Request, pk: str) -> Response:
         data = EditSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return _bid_answer(lambda: services.bid_edit(bid_id=int(pk), actor=request.user, **data.validated_data))
+        return _bid_answer(lambda: bid_edit(bid_id=int(pk), actor=request.user, **data.validated_data))
 
     @action(detail=True, methods=["post"])
     def transition(self, request: Request, pk: str) -> Response:
         data = TransitionSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return _bid_answer(lambda: services.bid_transition(bid_id=int(pk), actor=request.user, **data.validated_data))
+        return _bid_answer(lambda: bid_transition(bid_id=int(pk), actor=request.user, **data.validated_data))
 
     @action(detail=True, methods=["get"])
     def events(self, request: Request, pk: str) -> Response:

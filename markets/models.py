@@ -4,8 +4,8 @@ Units: power in integer W, energy in integer Wh, money ``Decimal`` in the operat
 A price is per MW of capacity per hour (``$/MW-h``, what PJM publishes as ``$/MWh`` for reserve and regulation
 capacity) unless the operator's ``price_unit`` says otherwise.
 
-Rules that span rows (lifecycle transitions, clearing, imports) live in ``markets/services.py``; reads in
-``markets/selectors.py``. Nothing here has side effects in ``save()``.
+Rules that span rows (lifecycle transitions, clearing, imports) live in the ``markets/services/`` package (one
+module per subject); reads in ``markets/selectors.py``. Nothing here has side effects in ``save()``.
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ BID_ADMIN_PERM = "markets.bid_admin"
 class Bid(models.Model):
     """One offer: ``quantity_w`` of one product over one interval at ``price`` (operator's unit and currency).
 
-    ``status`` only changes through ``markets.services.bid_transition`` (atomic conditional update + audit row).
+    ``status`` only changes through ``markets.services.bids.bid_transition`` (atomic conditional update + audit row).
     ``version`` increases on every change so an edit made on a stale page is refused instead of overwriting.
     """
 

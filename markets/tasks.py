@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 from functools import partial
+from zoneinfo import ZoneInfo
 
 from celery import shared_task
 from django.db import transaction
 from django.utils import timezone
 
-from markets import services
 from markets.models import BidProposal, MarketOperator
+from markets.services.bids import gate_closure
+from markets.services.proposals import delivery_window, proposal_claim, proposal_request, proposal_run
 
 PREPARE_LEAD = timedelta(hours=6)
 
@@ -33,7 +35,7 @@ def prepare_proposals(portfolio: str = "all") -> list[int]:
         if not (closes - PREPARE_LEAD <= now < closes):
             continue
         with transaction.atomic():
-            proposal, _ = services.proposal_request(operator=operator, portfolio=portfolio, day=day)
+            proposal, _ = proposal_request(operator=operator, portfolio=portfolio, day=day)
             if proposal.status == BidProposal.Status.PENDING:
                 transaction.on_commit(partial(run_proposal.delay, proposal.id))
                 queued.append(proposal.id)
@@ -45,10 +47,10 @@ def _next_open_gate(operator: MarketOperator, now: datetime) -> tuple[date, date
 
     Tomorrow's, or once that gate has closed (e.g. after 10:30 in New York for PJM's day-ahead) the day after's.
     """
-    today = now.astimezone(services.ZoneInfo(operator.timezone)).date()
+    today = now.astimezone(ZoneInfo(operator.timezone)).date()
     for ahead in (1, 2):
         day = today + timedelta(days=ahead)
-        closes = services.gate_closure(operator, services.delivery_window(operator, day)[0])
+        closes = gate_closure(operator, delivery_window(operator, day)[0])
         if now < closes:
             break
     return day, closes
@@ -56,9 +58,9 @@ def _next_open_gate(operator: MarketOperator, now: datetime) -> tuple[date, date
 
 @shared_task
 def run_proposal(proposal_id: int) -> str:
-    if not services.proposal_claim(proposal_id=proposal_id):
+    if not proposal_claim(proposal_id=proposal_id):
         return "already claimed"
-    return services.proposal_run(proposal_id=proposal_id).status
+    return proposal_run(proposal_id=proposal_id).status
 
 
 # Regulation scoring and settlement (markets/regulation/tasks.py): registered by importing it here.

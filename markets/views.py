@@ -14,9 +14,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from markets import services
 from markets.models import BID_ADMIN_PERM, Bid, BidProposal, MarketOperator
 from markets.selectors import bids_in_window
+from markets.services.bids import MarketError, bids_transition, gate_closure
+from markets.services.bids import bid_edit as bid_edit_service
+from markets.services.proposals import delivery_window
 
 
 class AuthenticatedHttpRequest(HttpRequest):
@@ -37,7 +39,7 @@ def _day(request: HttpRequest) -> date:
 def bidding_day(request: HttpRequest) -> HttpResponse:
     operator = get_object_or_404(MarketOperator, code=request.GET.get("operator", "pjm"))
     day = _day(request)
-    start, end = services.delivery_window(operator, day)
+    start, end = delivery_window(operator, day)
     bids = list(bids_in_window(start=start, end=end))
     proposal = BidProposal.objects.filter(operator=operator, horizon_start=start).first()
     chart = _chart(bids, proposal)
@@ -53,7 +55,7 @@ def bidding_day(request: HttpRequest) -> HttpResponse:
             "proposal": proposal,
             "chart_json": json.dumps(chart),
             "awards": [(b, b.award, max(0, b.quantity_w - b.award.awarded_w)) for b in awards],
-            "gate_closure": services.gate_closure(operator, start),
+            "gate_closure": gate_closure(operator, start),
         },
     )
 
@@ -123,14 +125,14 @@ def bid_edit(request: AuthenticatedHttpRequest, bid_id: int) -> HttpResponse:
         quantity_kw = Decimal(request.POST["quantity_kw"])
         price = Decimal(request.POST["price"])
         version = int(request.POST["version"])
-        services.bid_edit(
+        bid_edit_service(
             bid_id=bid_id, quantity_w=int(quantity_kw * 1000), price=price, version=version, actor=request.user
         )
         messages.success(request, "Bid updated (back to draft).")
     except (KeyError, ValueError, InvalidOperation):
         messages.error(request, "quantity, price and version are required numbers")
         return _back(request, 400)
-    except services.MarketError as exc:
+    except MarketError as exc:
         messages.error(request, str(exc))
         return _back(request, 409)
     return _back(request)
@@ -147,7 +149,7 @@ def bids_action(request: AuthenticatedHttpRequest) -> HttpResponse:
     if target is None or not ids:
         messages.error(request, "choose bids and an action")
         return _back(request, 400)
-    refused = services.bids_transition(bid_ids=ids, to_status=target, actor=request.user)
+    refused = bids_transition(bid_ids=ids, to_status=target, actor=request.user)
     for reason in refused:
         messages.error(request, reason)
     if len(refused) < len(ids):

@@ -10,10 +10,19 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from markets import services
 from markets.defaults import ensure_defaults
 from markets.models import Bid, DepotSite, MarketOperator, PricePoint, Product
 from markets.selectors import product_get
+from markets.services.bids import Actor, MarketError
+from markets.services.clearing import market_clear_simulated
+from markets.services.exchange import awards_import_csv, bids_export_csv
+from markets.services.prices import (
+    price_forecast_from_history,
+    prices_import_csv,
+    prices_import_pjm_sr,
+    site_load_import_csv,
+)
+from markets.services.proposals import delivery_window, proposal_claim, proposal_request, proposal_rerun, proposal_run
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 PJM_SR = DATA / "pjm-synchronized-reserve-2017-07.csv"
@@ -72,7 +81,7 @@ class Command(BaseCommand):
         action = o["action"].replace("-", "_")
         try:
             getattr(self, f"do_{action}")(o)
-        except services.MarketError as exc:
+        except MarketError as exc:
             raise CommandError(str(exc)) from exc
 
     def _day(self, o: dict[str, Any]) -> date:
@@ -82,13 +91,13 @@ class Command(BaseCommand):
         created = ensure_defaults(MarketOperator, DepotSite, Product)
         product = Product.objects.get(operator__code="pjm", code="sync-reserve")
         with PJM_SR.open() as fh:
-            result = services.prices_import_pjm_sr(product=product, stream=fh, source_ref=PJM_SR.name)
+            result = prices_import_pjm_sr(product=product, stream=fh, source_ref=PJM_SR.name)
         tomorrow = self._day(o)
         made = 0
         pjm = MarketOperator.objects.get(code="pjm")
-        start, _ = services.delivery_window(pjm, tomorrow)
+        start, _ = delivery_window(pjm, tomorrow)
         if not PricePoint.objects.filter(product=product, interval_start=start, kind="forecast").exists():
-            made = services.price_forecast_from_history(
+            made = price_forecast_from_history(
                 product=product, day_start=start, location="PJM Mid Atlantic Dominion (MAD)"
             )
         self.stdout.write(
@@ -103,11 +112,11 @@ class Command(BaseCommand):
             raise CommandError(f"{path} does not exist")
         with path.open() as fh:
             if o["format"] == "pjm-sr":
-                result = services.prices_import_pjm_sr(
+                result = prices_import_pjm_sr(
                     product=product, stream=fh, source_ref=path.name, subzone=o.get("subzone")
                 )
             else:
-                result = services.prices_import_csv(product=product, stream=fh, source_ref=path.name, kind=o["kind"])
+                result = prices_import_csv(product=product, stream=fh, source_ref=path.name, kind=o["kind"])
         self.stdout.write(f"{result.created} prices stored, {result.skipped_existing} already known")
 
     def do_import_site_load(self, o: dict[str, Any]) -> None:
@@ -118,31 +127,27 @@ class Command(BaseCommand):
         if not path.exists():
             raise CommandError(f"{path} does not exist")
         with path.open() as fh:
-            n = services.site_load_import_csv(site_id=site.pk, stream=fh, source_ref=path.name)
+            n = site_load_import_csv(site_id=site.pk, stream=fh, source_ref=path.name)
         self.stdout.write(f"{n} site load intervals read for {site.code}")
 
     def do_forecast(self, o: dict[str, Any]) -> None:
         product = _product(o["product"])
-        start, _ = services.delivery_window(product.operator, self._day(o))
-        n = services.price_forecast_from_history(product=product, day_start=start, location=o.get("location"))
+        start, _ = delivery_window(product.operator, self._day(o))
+        n = price_forecast_from_history(product=product, day_start=start, location=o.get("location"))
         self.stdout.write(f"{n} forecast intervals from {start:%Y-%m-%d %H:%M} UTC")
 
     def do_propose(self, o: dict[str, Any]) -> None:
-        proposal, _ = services.proposal_request(
-            operator=_operator(o["operator"]), portfolio=o["portfolio"], day=self._day(o)
-        )
-        services.proposal_rerun(proposal_id=proposal.id)
-        if not services.proposal_claim(proposal_id=proposal.id):
+        proposal, _ = proposal_request(operator=_operator(o["operator"]), portfolio=o["portfolio"], day=self._day(o))
+        proposal_rerun(proposal_id=proposal.id)
+        if not proposal_claim(proposal_id=proposal.id):
             raise CommandError(f"proposal {proposal.id} is being run elsewhere")
-        done = services.proposal_run(proposal_id=proposal.id, scheduler=o["scheduler"])
+        done = proposal_run(proposal_id=proposal.id, scheduler=o["scheduler"])
         self.stdout.write(f"proposal {done.id}: {done.status} {done.error}\n{done.explanation}")
 
     def do_export_bids(self, o: dict[str, Any]) -> None:
         operator = _operator(o["operator"])
-        start, end = services.delivery_window(operator, self._day(o))
-        text = services.bids_export_csv(
-            operator=operator, start=start, end=end, statuses=o["status"] or [Bid.Status.SUBMITTED]
-        )
+        start, end = delivery_window(operator, self._day(o))
+        text = bids_export_csv(operator=operator, start=start, end=end, statuses=o["status"] or [Bid.Status.SUBMITTED])
         if o["out"] == "-":
             self.stdout.write(text, ending="")
         else:
@@ -151,13 +156,13 @@ class Command(BaseCommand):
     def do_import_awards(self, o: dict[str, Any]) -> None:
         path = Path(o["path"])
         with path.open() as fh:
-            n = services.awards_import_csv(stream=fh, source_ref=path.name, actor=services.Actor(label="cli"))
+            n = awards_import_csv(stream=fh, source_ref=path.name, actor=Actor(label="cli"))
         self.stdout.write(f"{n} awards recorded")
 
     def do_clear(self, o: dict[str, Any]) -> None:
         operator = _operator(o["operator"])
-        start, end = services.delivery_window(operator, self._day(o))
-        counts = services.market_clear_simulated(operator=operator, start=start, end=end)
+        start, end = delivery_window(operator, self._day(o))
+        counts = market_clear_simulated(operator=operator, start=start, end=end)
         self.stdout.write(f"cleared {start:%Y-%m-%d}: {counts}")
 
 
