@@ -22,6 +22,9 @@ Example::
 
     python bench/ocpp_bare_server.py --port 9100 &
     python bench/csms_load.py --url ws://127.0.0.1:9100/ocpp --stations 1000 --rate 1 --duration 30 --server-pid $!
+
+Why one module: it is a standalone script (``tests/bench`` runs it by path, ``csms_compare.py`` imports its
+``run_load``) whose spawned worker processes re-import it; one file keeps the generator copyable to a load machine.
 """
 
 from __future__ import annotations
