@@ -175,7 +175,7 @@ def manage(env: dict[str, str], *args: str, timeout: float = 600) -> str:
 def provision(env: dict[str, str], ids: Sequence[str], password: str, chunk: int = 5000) -> None:
     """Bulk-provision the bench stations (the same password for all: they are throwaway load-test identities)."""
     for start in range(0, len(ids), chunk):
-        manage(env, "station", "add", *ids[start : start + chunk], "--password", password)
+        manage(env, "station", "add", *ids[start : start + chunk], f"--password={password}")
 
 
 _COUNT_SNIPPET = (

@@ -33,7 +33,9 @@ class Command(BaseCommand):
         ids = [f"{options['id_prefix']}-{n}" for n in range(1, options["stations"] + 1)]
         commands = get_commands()
         if ids:
-            call_command("station", "add", *ids, "--password", creds.station_password, "--update")
+            call_command(
+                "station", "add", *ids, f"--password={creds.station_password}", "--update"
+            )  # may start with "-"
         if "fleet" in commands:
             call_command("fleet", "seed", "--stations", *ids, "--member", creds.admin_username)
         if "markets" in commands:
