@@ -31,25 +31,26 @@ def latest_prices(
 
 
 def product_get(*, ref: str, kind: str | None = None, active_only: bool = False) -> Product:
-    """The product ``ref`` names: ``operator:code`` (e.g. ``pjm:reg-d``, the documented form), or a bare ``code``
-    when exactly one product (of ``kind``, active if ``active_only``) has it -- the REST signal intake has always
-    accepted that spelling, so it stays. The one lookup of a product by name: the intake edges, the commands.
+    """The product ``ref`` names, always as ``operator:code`` (e.g. ``pjm:reg-d``): the one lookup of a product by
+    name, for the intake edges and the commands.
 
-    Raises ``Product.DoesNotExist`` (the message names ``ref``) when no product or more than one matches.
+    A bare code is refused: two operators may sell products under the same code, and a signal routed to the wrong
+    operator's product would dispatch the wrong portfolio. Raises ``Product.DoesNotExist`` with a message naming
+    ``ref`` when it is not of that form, or when no product (of ``kind``, active if ``active_only``) matches.
     """
-    operator, _, code = ref.rpartition(":")
-    products = Product.objects.filter(code=code)
-    if operator:
-        products = products.filter(operator__code=operator)
+    operator, sep, code = ref.partition(":")
+    if not (sep and operator and code):
+        raise Product.DoesNotExist(f"product must be given as operator:code (e.g. pjm:reg-d), got {ref!r}")
+    products = Product.objects.filter(operator__code=operator, code=code)
     if kind is not None:
         products = products.filter(kind=kind)
     if active_only:
         products = products.filter(active=True)
-    found = list(products.select_related("operator")[:2])
-    if len(found) != 1:
+    found = products.select_related("operator").first()
+    if found is None:
         what = " ".join(word for word in ("active" if active_only else "", kind or "", "product") if word)
-        raise Product.DoesNotExist(f"no single {what} {ref!r}")
-    return found[0]
+        raise Product.DoesNotExist(f"no {what} {ref!r}")
+    return found
 
 
 def latest_site_load(*, site: DepotSite, start: datetime, end: datetime, known_at: datetime) -> dict[datetime, int]:

@@ -38,7 +38,7 @@ class OffsetDateTimeField(serializers.DateTimeField):
 
 
 class SignalInSerializer(serializers.Serializer):
-    product = serializers.CharField(help_text="'<operator>:<product>' (e.g. pjm:reg-d) or a product code")
+    product = serializers.CharField(help_text="'<operator>:<product>', e.g. pjm:reg-d")
     portfolio = serializers.CharField(default="default", max_length=64)
     at = OffsetDateTimeField(help_text="instant the value applies from, ISO 8601 with offset")
     value = serializers.DecimalField(max_digits=12, decimal_places=8, min_value=-1, max_value=1)
