@@ -17,7 +17,7 @@ import numpy as np
 from django.db import transaction
 
 from fleet import services
-from fleet.models import Fleet, Organisation, PlanSource, SocSource, Vehicle, WeeklyDeparture
+from fleet.models import Fleet, Organisation, PlanSource, PlugSession, SocSource, Vehicle, WeeklyDeparture
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "ev-sessions"
 PROFILES = ("private", "public", "workplace")
@@ -191,8 +191,6 @@ def demo_fleet_seed(
 
 
 def _station_busy(station_id: str) -> bool:
-    from fleet.models import PlugSession
-
     return PlugSession.objects.filter(station_id=station_id, ended_at__isnull=True).exists()
 
 

@@ -13,6 +13,21 @@ from chargers.jobs import CallOutcome, IncomingCall, StationRef
 from chargers.ocpp_j import STATION_ACTIONS
 from tests.chargers.factories import StationFactory
 
+# Every station-initiated action this CSMS handles beyond the message log. An action dropped from the table would
+# silently fall back to "kept in the log only": pin the whole set.
+HANDLED = {
+    "BootNotification", "NotifyReport", "Heartbeat", "StatusNotification", "Authorize", "TransactionEvent",
+    "MeterValues", "NotifyEVChargingNeeds", "NotifyChargingLimit", "ClearedChargingLimit", "ReportChargingProfiles",
+    "NotifyEVChargingSchedule", "PullDynamicScheduleUpdate", "NotifyDERAlarm", "NotifyDERStartStop",
+    "ReportDERControl", "FirmwareStatusNotification", "LogStatusNotification", "NotifyEvent",
+    "OpenPeriodicEventStream", "SecurityEventNotification", "GetCertificateChainStatus", "SignCertificate",
+    "GetCertificateStatus", "Get15118EVCertificate", "ReservationStatusUpdate", "DataTransfer", "VatNumberValidation",
+}  # fmt: skip
+
+
+def test_the_table_handles_exactly_the_actions_this_csms_serves() -> None:
+    assert set(HANDLERS) == HANDLED
+
 
 def test_every_registered_action_is_one_a_station_sends() -> None:
     station_actions = STATION_ACTIONS["2.0.1"] | STATION_ACTIONS["2.1"]

@@ -1,4 +1,4 @@
-"""Reads for regulation dispatch: the state a :class:`vpp.dispatch.Dispatcher` keeps in memory.
+"""Reads for regulation dispatch: the state a :class:`vpp.dispatch.dispatcher.Dispatcher` keeps in memory.
 
 (Kept apart from ``vpp.dashboard.selectors``, which serves the dashboard.)
 

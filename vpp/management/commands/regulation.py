@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from markets.regulation.signals import SignalFileError, read_signal_csv
 from vpp.replay import harness, results
-from vpp.replay.harness import StationReady  # the class has a replay() method: annotations cannot say replay.X
+from vpp.replay.harness import StationReady
 
 
 class Command(BaseCommand):
