@@ -472,3 +472,37 @@ class DerAlarm(models.Model):
 
     def __str__(self) -> str:
         return f"{self.station_id} DER alarm {self.control_type} {self.grid_event_fault}"
+
+
+class StationCommand(models.Model):
+    """Audit trail of every command sent (or refused) to a station: who, when, which station, what, and the answer.
+
+    Written by ``chargers.services.station_call`` for every call that names an actor; rows are never edited.
+    """
+
+    class Outcome(models.TextChoices):
+        ANSWERED = "answered", "answered (CALLRESULT)"
+        CALL_ERROR = "call_error", "CALLERROR"
+        TIMEOUT = "timeout", "no answer in time"
+        OFFLINE = "offline", "station offline"
+        REFUSED = "refused", "refused before sending (permission or payload)"
+
+    station = models.ForeignKey(Station, null=True, on_delete=models.SET_NULL, related_name="commands")
+    station_ident = models.CharField(max_length=48, db_index=True, help_text="the station id as asked for")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="station_commands"
+    )
+    actor_label = models.CharField(max_length=150, help_text="who: username, API key name or system component")
+    action = models.CharField(max_length=64)
+    payload = models.JSONField(default=dict)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    answer = models.JSONField(null=True, blank=True, help_text="the station's CALLRESULT payload")
+    error = models.TextField(blank=True)
+    requested_at = models.DateTimeField(db_index=True)
+    answered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} -> {self.station_ident} by {self.actor_label} ({self.outcome})"

@@ -1,26 +1,57 @@
-"""Admin for fleet managers: organisations, fleets, vehicles with their plans, schedules and beliefs."""
+"""Admin for operators: organisations and their members, station ownership, API keys, fleets, vehicles with their
+plans, schedules and beliefs."""
 
 from __future__ import annotations
 
 from django.contrib import admin
+from rest_framework_api_key.admin import APIKeyModelAdmin
 
 from fleet.models import (
+    ApiKey,
     DeparturePlan,
     Fleet,
+    Membership,
     Organisation,
     PlugSession,
     SocEstimate,
+    StationOwnership,
     Vehicle,
     VehicleState,
     WeeklyDeparture,
 )
 
 
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
 @admin.register(Organisation)
 class OrganisationAdmin(admin.ModelAdmin):
     list_display = ["name", "slug", "created_at"]
     search_fields = ["name", "slug"]
-    filter_horizontal = ["members"]
+    inlines = [MembershipInline]
+
+
+@admin.register(StationOwnership)
+class StationOwnershipAdmin(admin.ModelAdmin):
+    """Moving a station to another organisation is an operator's edit of its row here."""
+
+    list_display = ["station", "organisation", "assigned_at"]
+    list_filter = ["organisation"]
+    search_fields = ["station__station_id"]
+    autocomplete_fields = ["station"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(APIKeyModelAdmin):
+    """Revoke a key by ticking "revoked"; the key itself is shown once, when it is created."""
+
+    # The library types its tuples by length: ours are longer on purpose.
+    list_display = (*APIKeyModelAdmin.list_display, "user", "organisation", "portfolio", "scopes")  # type: ignore[assignment]
+    list_filter = (*APIKeyModelAdmin.list_filter, "organisation")  # type: ignore[assignment]
+    search_fields = (*APIKeyModelAdmin.search_fields, "user__username")  # type: ignore[assignment]
 
 
 @admin.register(Fleet)

@@ -11,6 +11,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from rest_framework_api_key.models import AbstractAPIKey
 
 from fleet.numerics.degradation import DegradationParams
 
@@ -24,11 +25,12 @@ _FRACTION = [MinValueValidator(0.0), MaxValueValidator(1.0)]
 
 
 class Organisation(models.Model):
-    """A fleet operator. Users see and act on their organisations' data only."""
+    """A fleet operator: owns its depots, stations, fleets and vehicles. Its members see and act on those only."""
+
+    DEFAULT_SLUG = "default"  # where data from before tenancy was put by migration 0004
 
     name = models.CharField(max_length=120)
     slug = models.SlugField(max_length=60, unique=True)
-    members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="fleet_organisations", blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -36,6 +38,45 @@ class Organisation(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Role(models.TextChoices):
+    """What a member may do in an organisation. Operators (the aggregator's staff) are not members: they are Django
+    staff and see every organisation."""
+
+    FLEET_MANAGER = "fleet_manager", "fleet manager"
+    BIDDING_ADMIN = "bidding_admin", "bidding admin"
+    UTILITY = "utility", "utility"
+
+
+class Membership(models.Model):
+    """A user's role in one organisation (a user may belong to several, with a role in each)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["organisation__name", "user__username"]
+        constraints = [models.UniqueConstraint(fields=["user", "organisation"], name="membership_unique_user_org")]
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.get_role_display()}) in {self.organisation}"
+
+
+class StationOwnership(models.Model):
+    """Which organisation owns a charging station. Kept here, not on ``chargers.Station``: the CSMS knows no
+    organisations; the layers above scope every station read and command through this row."""
+
+    station = models.OneToOneField(
+        "chargers.Station", on_delete=models.CASCADE, primary_key=True, related_name="ownership"
+    )
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="station_ownerships")
+    assigned_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.station_id} -> {self.organisation}"
 
 
 class Fleet(models.Model):
@@ -256,3 +297,29 @@ class VehicleState(models.Model):
 
     def __str__(self) -> str:
         return f"state of {self.vehicle_id}"
+
+
+class ApiScope(models.TextChoices):
+    READ = "read", "read: flexibility, telemetry, reports"
+    SIGNAL = "signal", "signal: send regulation signal values and reserve events"
+    COMMAND = "command", "command: station commands"
+    FLEET_WRITE = "fleet:write", "fleet:write: vehicles, departures, SoC"
+
+
+class ApiKey(AbstractAPIKey):
+    """An API client's key: hashed at rest (only its prefix is stored in clear), with an expiry, revocable, limited
+    to scopes and to one organisation (and, for utilities, optionally one portfolio). Acts as its ``user``."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    scopes = models.JSONField(default=list, help_text='ApiScope values, e.g. ["read", "signal"]')
+    organisation = models.ForeignKey(
+        Organisation, null=True, blank=True, on_delete=models.CASCADE, related_name="api_keys"
+    )
+    portfolio = models.CharField(max_length=64, blank=True, help_text="blank: every portfolio of the organisation")
+
+    class Meta(AbstractAPIKey.Meta):
+        verbose_name = "API key"
+        verbose_name_plural = "API keys"
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes

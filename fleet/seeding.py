@@ -14,10 +14,21 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from fleet import services
-from fleet.models import Fleet, Organisation, PlanSource, PlugSession, SocSource, Vehicle, WeeklyDeparture
+from fleet.models import (
+    Fleet,
+    Membership,
+    Organisation,
+    PlanSource,
+    PlugSession,
+    Role,
+    SocSource,
+    Vehicle,
+    WeeklyDeparture,
+)
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "ev-sessions"
 PROFILES = ("private", "public", "workplace")
@@ -130,12 +141,10 @@ def demo_fleet_seed(
     spans ``now`` are plugged in (one per given station, EVSE 1), with the SoC they would have after charging on
     arrival, a fleet-manager departure plan and a weekday schedule at the same time of day.
     """
-    from django.contrib.auth import get_user_model
-
     with transaction.atomic():
         org, _ = Organisation.objects.get_or_create(slug="demo", defaults={"name": "Demo Fleet Operator"})
-        if member_usernames:
-            org.members.add(*get_user_model().objects.filter(username__in=member_usernames))
+        for user in get_user_model().objects.filter(username__in=member_usernames or []):
+            Membership.objects.get_or_create(user=user, organisation=org, defaults={"role": Role.FLEET_MANAGER})
         fleet, _ = Fleet.objects.get_or_create(organisation=org, name="Depot", defaults={"default_node": "depot-node"})
         existing = set(fleet.vehicles.values_list("name", flat=True))
         free_stations = [s for s in (stations or []) if not _station_busy(s)]

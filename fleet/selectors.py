@@ -12,9 +12,11 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.db.models import OuterRef, QuerySet, Subquery
 
+from chargers.models import Station
 from fleet.models import (
     DeparturePlan,
     Fleet,
+    Membership,
     Organisation,
     PlanSource,
     PlugSession,
@@ -30,10 +32,31 @@ from fleet.numerics.snapshot import VehicleSnapshot
 CHAIN_SOURCES = (SocSource.REPORTED, SocSource.FLEET_MANAGER, SocSource.SEED)
 
 
-def organisations_for(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Organisation]:
-    if not user.is_authenticated:
+def is_operator(user: AbstractBaseUser | AnonymousUser) -> bool:
+    """The aggregator's own staff: every organisation, station provisioning, grid-protection settings, the admin."""
+    return bool(user.is_authenticated and user.is_active and getattr(user, "is_staff", False))
+
+
+def organisations_for(
+    user: AbstractBaseUser | AnonymousUser, *, roles: Iterable[str] | None = None
+) -> QuerySet[Organisation]:
+    """The organisations a user acts in: all of them for an operator, else those where the user holds one of
+    ``roles`` (any role when None)."""
+    if not (user.is_authenticated and user.is_active):
         return Organisation.objects.none()
-    return Organisation.objects.filter(members__pk=user.pk)
+    if is_operator(user):
+        return Organisation.objects.all()
+    memberships = Membership.objects.filter(user_id=user.pk)
+    if roles is not None:
+        memberships = memberships.filter(role__in=list(roles))
+    return Organisation.objects.filter(pk__in=memberships.values("organisation_id"))
+
+
+def stations_for(user: AbstractBaseUser | AnonymousUser, *, roles: Iterable[str] | None = None) -> QuerySet[Station]:
+    """The charging stations a user may see and command: all for an operator, else their organisations' own."""
+    if is_operator(user):
+        return Station.objects.all()
+    return Station.objects.filter(ownership__organisation__in=organisations_for(user, roles=roles))
 
 
 def fleets_for(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Fleet]:

@@ -59,6 +59,14 @@ class DepotSite(models.Model):
 
     code = models.SlugField(max_length=32, unique=True)
     name = models.CharField(max_length=120)
+    organisation = models.ForeignKey(
+        "fleet.Organisation",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="depot_sites",
+        help_text="owner; blank only for sites not yet assigned (operators see them)",
+    )
     meter_id = models.CharField(max_length=64, blank=True)
     threshold_w = models.PositiveBigIntegerField(help_text="import the demand charge is set against")
     demand_charge = models.DecimalField(

@@ -14,7 +14,7 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
 from chargers.models import Station
-from fleet.models import Fleet, Vehicle
+from fleet.models import Fleet, Membership, Organisation, Role, StationOwnership, Vehicle
 from markets.defaults import ensure_defaults
 from markets.models import RegulationSignal
 
@@ -41,6 +41,8 @@ def _seed_released_schema(executor: MigrationExecutor) -> None:
     apps = executor.loader.project_state(RELEASED).apps
     station = apps.get_model("chargers", "Station").objects.create(station_id="cs-old-1", ocpp_version="2.1")
     org = apps.get_model("fleet", "Organisation").objects.create(name="Old Depot Ltd", slug="old-depot")
+    manager = apps.get_model("auth", "User").objects.create(username="old-manager")
+    org.members.add(manager)
     fleet = apps.get_model("fleet", "Fleet").objects.create(organisation=org, name="Vans", mobility_floor_pct=25)
     apps.get_model("fleet", "Vehicle").objects.create(
         fleet=fleet,
@@ -73,6 +75,12 @@ def test_a_released_database_with_data_migrates_to_today_without_loss() -> None:
     assert Fleet.objects.get(name="Vans").mobility_floor_pct == 25
     assert Vehicle.objects.get(vin="VIN00000000000001").usable_capacity_wh == 60_000
     assert RegulationSignal.objects.get(at=AT).value == Decimal("-0.25000")
+    # And tenancy (fleet 0004): the old member is a fleet manager of their organisation, and the station that had no
+    # owner belongs to the default organisation, where an operator can move it from
+    membership = Membership.objects.get(user__username="old-manager")
+    assert (membership.organisation.slug, membership.role) == ("old-depot", Role.FLEET_MANAGER)
+    ownership = StationOwnership.objects.get(station__station_id="cs-old-1")
+    assert ownership.organisation.slug == Organisation.DEFAULT_SLUG
 
 
 @pytest.mark.django_db

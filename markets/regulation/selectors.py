@@ -326,7 +326,7 @@ def settlement_lines_for(user) -> QuerySet[SettlementLine]:
     lines = SettlementLine.objects.select_related("settlement__award__product", "station")
     if user.is_staff or user.has_perm("markets.view_settlement"):
         return lines
-    return lines.filter(owner__members=user)
+    return lines.filter(owner__memberships__user=user)
 
 
 def settlements_for(user) -> QuerySet[Settlement]:

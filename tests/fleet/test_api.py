@@ -9,7 +9,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from fleet import services
-from fleet.models import DeparturePlan, PlanSource
+from fleet.models import DeparturePlan, Membership, PlanSource, Role
 from tests.fleet.factories import FleetFactory, PlugSessionFactory, UserFactory, VehicleFactory
 
 pytestmark = pytest.mark.django_db
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db
 def setup(django_capture_on_commit_callbacks) -> dict[str, object]:
     user = UserFactory.create()
     mine = FleetFactory.create()
-    mine.organisation.members.add(user)
+    Membership.objects.create(user=user, organisation=mine.organisation, role=Role.FLEET_MANAGER)
     theirs = FleetFactory.create()
     session = PlugSessionFactory.create(
         vehicle=VehicleFactory.create(fleet=mine), started_at=timezone.now() - timedelta(hours=1)

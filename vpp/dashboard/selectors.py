@@ -7,12 +7,12 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import OuterRef, Subquery
+from django.db.models import OuterRef, QuerySet, Subquery
 
 from chargers.models import MeterValue, Station
 from fleet.numerics.flexibility import fleet_flexibility
 from fleet.numerics.snapshot import VehicleSnapshot
-from fleet.selectors import plugged_in_snapshots, vehicles_for
+from fleet.selectors import plugged_in_snapshots, stations_for, vehicles_for
 
 #: The dashboard's horizon: the next 24 h in market intervals of 15 min.
 HORIZON_INTERVALS = 96
@@ -39,7 +39,7 @@ def interval_floor(moment: datetime, interval_s: int = INTERVAL_S) -> datetime:
 
 def dashboard_overview(*, user: AbstractBaseUser | AnonymousUser, at: datetime) -> DashboardOverview:
     snapshots = plugged_in_snapshots(at=at, vehicles=vehicles_for(user))
-    stations = _station_rows()
+    stations = _station_rows(stations_for(user))
     envelope = fleet_flexibility(
         snapshots, start=interval_floor(at), intervals=HORIZON_INTERVALS, interval_s=INTERVAL_S
     )
@@ -54,15 +54,15 @@ def dashboard_overview(*, user: AbstractBaseUser | AnonymousUser, at: datetime) 
     )
 
 
-def _station_rows() -> list[dict[str, Any]]:
-    """Every station with its newest net power reading (import - export, W), in one query."""
+def _station_rows(stations: QuerySet[Station]) -> list[dict[str, Any]]:
+    """The user's stations with their newest net power reading (import - export, W), in one query."""
 
     def newest(measurand: str) -> Subquery:
         rows = MeterValue.objects.filter(station_id=OuterRef("pk"), measurand=measurand, phase="")
         return Subquery(rows.order_by("-timestamp", "-id").values("value")[:1])
 
     rows = (
-        Station.objects.annotate(import_w=newest(_POWER_IMPORT), export_w=newest(_POWER_EXPORT))
+        stations.annotate(import_w=newest(_POWER_IMPORT), export_w=newest(_POWER_EXPORT))
         .order_by("station_id")
         .values("station_id", "online", "last_seen", "ocpp_version", "import_w", "export_w")
     )

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from fleet.models import Fleet, Organisation, PlugSession, Vehicle
+from fleet.models import Fleet, Membership, Organisation, PlugSession, Role, Vehicle
 from markets.regulation.services import energy_price_record, regulation_price_record
 from markets.regulation.settling import settlement_compute
 from tests.markets.regulation.data import (
@@ -72,7 +72,7 @@ def test_staff_see_scores_and_settlements_others_do_not(settled):
 def test_owners_see_only_their_vehicles_lines(settled):
     _, owner = settled
     member = user_with("acme-user")
-    owner.members.add(member)
+    Membership.objects.create(user=member, organisation=owner, role=Role.FLEET_MANAGER)
     lines = client_for(member).get("/api/regulation/settlement-lines", PERIOD).json()["results"]
     assert [(line["vehicle_ref"], line["net"]) for line in lines] == [("VAN-7", "6.16")]
     assert client_for(user_with("other")).get("/api/regulation/settlement-lines", PERIOD).json()["results"] == []
@@ -130,7 +130,7 @@ def test_an_owner_cannot_audit_another_owners_line(client, settled):
     settlement, owner = settled
     other_line = settlement.lines.get(vehicle_ref__endswith="/1", vehicle__isnull=True)
     member = user_with("acme-user")
-    owner.members.add(member)
+    Membership.objects.create(user=member, organisation=owner, role=Role.FLEET_MANAGER)
     client.force_login(member)
     assert client.get(f"/regulation/settlements/{settlement.pk}/audit", {"line": other_line.pk}).status_code == 404
 

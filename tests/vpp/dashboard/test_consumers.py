@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
 
 from chargers.telemetry import TELEMETRY_GROUP
+from fleet.models import Membership, Role, StationOwnership
+from tests.chargers.factories import StationFactory
+from tests.fleet.factories import OrganisationFactory, UserFactory
 from vpp.dashboard.consumers import DashboardConsumer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,8 +26,8 @@ async def test_it_refuses_an_anonymous_browser() -> None:
     assert code == 4401
 
 
-async def test_it_forwards_committed_telemetry_to_staff() -> None:
-    # given a staff user on the dashboard socket
+async def test_it_forwards_committed_telemetry_to_an_operator() -> None:
+    # given an operator (Django staff) on the dashboard socket
     staff = User(username="ops", is_staff=True)
     communicator = WebsocketCommunicator(DashboardConsumer.as_asgi(), "/ws/dashboard")
     communicator.scope["user"] = staff
@@ -35,3 +39,33 @@ async def test_it_forwards_committed_telemetry_to_staff() -> None:
     # then the browser receives it unchanged
     assert await communicator.receive_json_from(timeout=2) == {"updates": [update]}
     await communicator.disconnect()
+
+
+async def test_a_fleet_managers_feed_carries_only_their_organisations_stations() -> None:
+    # Given two organisations with a station each, and a fleet manager of the first (not Django staff)
+    manager = await sync_to_async(_manager_of_station)("mine-1", other_station="theirs-1")
+    communicator = WebsocketCommunicator(DashboardConsumer.as_asgi(), "/ws/dashboard")
+    communicator.scope["user"] = manager
+    connected, _ = await communicator.connect()
+    assert connected
+
+    # When the CSMS publishes one batch with both stations' readings, then one with the other's only
+    mine = {"kind": "meter", "station_id": "mine-1", "values": {"Power.Active.Export": 7200}}
+    theirs = {"kind": "meter", "station_id": "theirs-1", "values": {"Power.Active.Export": 3600}}
+    layer = get_channel_layer()
+    await layer.group_send(TELEMETRY_GROUP, {"type": "telemetry.update", "updates": [mine, theirs]})
+    await layer.group_send(TELEMETRY_GROUP, {"type": "telemetry.update", "updates": [theirs]})
+
+    # Then the manager receives their own station's reading only, and nothing of the second batch
+    assert await communicator.receive_json_from(timeout=2) == {"updates": [mine]}
+    assert await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()
+
+
+def _manager_of_station(station_id: str, *, other_station: str) -> User:
+    mine, theirs = OrganisationFactory.create(), OrganisationFactory.create()
+    StationOwnership.objects.create(station=StationFactory.create(station_id=station_id), organisation=mine)
+    StationOwnership.objects.create(station=StationFactory.create(station_id=other_station), organisation=theirs)
+    manager = UserFactory.create(is_staff=False)
+    Membership.objects.create(user=manager, organisation=mine, role=Role.FLEET_MANAGER)
+    return manager
