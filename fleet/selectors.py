@@ -14,6 +14,7 @@ from django.db.models import OuterRef, QuerySet, Subquery
 
 from chargers.models import Station
 from fleet.models import (
+    ApiKey,
     DeparturePlan,
     Fleet,
     Membership,
@@ -35,6 +36,12 @@ CHAIN_SOURCES = (SocSource.REPORTED, SocSource.FLEET_MANAGER, SocSource.SEED)
 def is_operator(user: AbstractBaseUser | AnonymousUser) -> bool:
     """The aggregator's own staff: every organisation, station provisioning, grid-protection settings, the admin."""
     return bool(user.is_authenticated and user.is_active and getattr(user, "is_staff", False))
+
+
+def key_allows(auth: object, scope: str) -> bool:
+    """Whether a request's credentials allow ``scope``: a signed-in session may do what the user's role allows; an
+    API key only what its scopes list as well (``request.auth`` is the ``ApiKey`` for key-authenticated requests)."""
+    return not isinstance(auth, ApiKey) or (auth.allows(scope) and not auth.has_expired and not auth.revoked)
 
 
 def organisations_for(
