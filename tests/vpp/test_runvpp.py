@@ -17,6 +17,7 @@ from django.core.management import call_command
 from chargers.models import MeterValue, Station
 from fleet.models import PlugSession
 from tests.live import free_port
+from vpp.management.commands.runvpp import _fleet_command
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -76,3 +77,9 @@ def test_runvpp_refuses_several_workers_without_redis(settings: Any) -> None:
 
     with pytest.raises(CommandError, match="needs REDIS_URL"):
         call_command("runvpp", "--port", str(free_port()), "--fleet", "0", "--workers", "2")
+
+
+def test_the_simulated_fleet_gets_its_password_from_the_environment_not_argv(tmp_path: Path) -> None:
+    # argv shows in `ps`, and a generated password starting with "-" would be read as an option.
+    command = _fleet_command(tmp_path, "127.0.0.1", 8000, {"fleet": 2, "id_prefix": "demo"})
+    assert "--password" not in command

@@ -126,8 +126,6 @@ def simulated_agents(
             f"{ws_base}/ocpp",
             "--id-prefix",
             prefix,
-            "--password",
-            password,
             "--ocpp",
             versions,
             "--var-dir",
@@ -136,6 +134,8 @@ def simulated_agents(
             "0.25",
         ],
         cwd=ROOT,
+        # The password in the environment, not argv (visible in `ps`; one starting with "-" reads as an option).
+        env={**os.environ, "EDGE_AGENT_PASSWORD": password},
     )
     try:
         yield process

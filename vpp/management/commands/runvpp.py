@@ -53,7 +53,10 @@ class Command(BaseCommand):
             creds = demo_credentials()
             self.stdout.write(f"Demo admin: {creds.admin_username} / {creds.admin_password}")
             if options["fleet"] > 0:
-                children.append(("edge-agents", _spawn(_fleet_command(bin_dir, host, port, options, creds))))
+                # The station password goes in the environment, not argv: `ps` shows argv, and a generated
+                # password may start with "-", which argparse would read as an option.
+                agents_env = {"EDGE_AGENT_PASSWORD": creds.station_password}
+                children.append(("edge-agents", _spawn(_fleet_command(bin_dir, host, port, options), agents_env)))
                 self.stdout.write(f"Simulated fleet: {options['fleet']} chargers ({options['id_prefix']}-1 ...)")
             self.stdout.write(f"OCPP endpoint: ws://{host}:{port}/ocpp/<station_id>")
             _supervise(children, self)
@@ -87,7 +90,7 @@ def _celery_command(bin_dir: Path) -> list[str]:
     return [celery, "-A", "vpp", "beat", "--schedule", schedule, "--loglevel", "INFO"]
 
 
-def _fleet_command(bin_dir: Path, host: str, port: int, options: dict[str, Any], creds: Any) -> list[str]:
+def _fleet_command(bin_dir: Path, host: str, port: int, options: dict[str, Any]) -> list[str]:
     agent = shutil.which("edge-agent", path=str(bin_dir)) or "edge-agent"
     return [
         agent,
@@ -98,14 +101,12 @@ def _fleet_command(bin_dir: Path, host: str, port: int, options: dict[str, Any],
         f"ws://{host}:{port}/ocpp",
         "--id-prefix",
         options["id_prefix"],
-        "--password",
-        creds.station_password,
     ]
 
 
-def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+def _spawn(cmd: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     # Own process group so Ctrl-C in the terminal reaches us first and we stop children in order.
-    return subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)  # noqa: S603
+    return subprocess.Popen(cmd, env={**os.environ, **(extra_env or {})}, start_new_session=True)  # noqa: S603
 
 
 def _port_busy(host: str, port: int) -> bool:
