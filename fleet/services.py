@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from datetime import datetime, time, timedelta
 
+from django.contrib.auth.models import User
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from django.utils.text import slugify
 
 from fleet import jobs, selectors
 from fleet.models import (
     DeparturePlan,
+    Membership,
+    Organisation,
     PlanSource,
     PlugSession,
+    Role,
     SocEstimate,
     SocSource,
     Vehicle,
@@ -30,6 +37,49 @@ REFRESH_STALE_S = 60  # a refresh pending longer than this is assumed lost and e
 
 class FleetError(ValueError):
     """A request the fleet domain refuses, with a reason fit for the API's 4xx answer."""
+
+
+# --- Organisations and their people ---------------------------------------------------------------------------------
+
+OPERATOR = "operator"  # not a membership role: operators are Django staff and see every organisation
+MIN_PASSWORD_LENGTH = 12
+
+
+def organisation_add(*, slug: str, name: str) -> tuple[Organisation, bool]:
+    """Create organisation ``slug`` (or rename it if it exists); returns it and whether it was created."""
+    if not slug or slug != slugify(slug):
+        raise FleetError(f"organisation slug must be a lowercase slug, got {slug!r}")
+    organisation, created = Organisation.objects.update_or_create(slug=slug, defaults={"name": name or slug})
+    return organisation, created
+
+
+@transaction.atomic
+def user_add(*, username: str, password: str, role: str, organisation_slug: str | None = None) -> tuple[User, bool]:
+    """Create (or update) a user with one role: ``operator`` (Django staff: every organisation, the admin) or a
+    membership role (``Role``) in organisation ``organisation_slug``. The password is validated by Django's
+    validators and stored hashed; members are never staff (the admin is for operators)."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise FleetError(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    if role != OPERATOR and role not in Role.values:
+        raise FleetError(f"role must be one of {', '.join([*Role.values, OPERATOR])}, got {role!r}")
+    organisation = None
+    if role != OPERATOR:
+        if not organisation_slug:
+            raise FleetError(f"a {role} belongs to an organisation: give --org")
+        organisation = Organisation.objects.filter(slug=organisation_slug).first()
+        if organisation is None:
+            raise FleetError(f"no organisation {organisation_slug!r} (create it with: manage.py org add)")
+    user, created = User.objects.get_or_create(username=username)
+    try:
+        validate_password(password, user)
+    except ValidationError as exc:
+        raise FleetError(" ".join(exc.messages)) from None
+    user.set_password(password)
+    user.is_staff = user.is_superuser = role == OPERATOR
+    user.save()
+    if organisation is not None:
+        Membership.objects.update_or_create(user=user, organisation=organisation, defaults={"role": role})
+    return user, created
 
 
 # --- Matching vehicles to sessions ----------------------------------------------------------------------------------

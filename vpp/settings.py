@@ -170,6 +170,13 @@ STATICFILES_DIRS = [BASE_DIR / "static", ("plotly", str(Path(plotly.__file__).pa
 STATIC_ROOT = VAR_DIR / "staticfiles"
 
 LOGIN_URL = "/admin/login/"
+# People's passwords (not stations': those are random machine secrets, chargers/passwords.py): Django's validators.
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
 
 # --- REST API --------------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
