@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.utils import timezone
 
@@ -19,7 +21,10 @@ def test_passwords_in_a_payload_are_masked():
     }  # fmt: skip
     masked = payload_masked(set_variables)
     assert [d["attributeValue"] for d in masked["setVariableData"]] == [MASK, "60"]
-    network = {"configurationSlot": 1, "connectionData": {"basicAuthPassword": "x" * 20, "apn": {"apnPassword": "y"}}}
+    network: dict[str, Any] = {
+        "configurationSlot": 1,
+        "connectionData": {"basicAuthPassword": "x" * 20, "apn": {"apnPassword": "y"}},
+    }
     masked_network = payload_masked(network)
     assert masked_network["connectionData"]["basicAuthPassword"] == MASK
     assert masked_network["connectionData"]["apn"]["apnPassword"] == MASK
