@@ -5,7 +5,7 @@ from a clean process), loaded with ``bench/csms_load.py``'s generator, and stopp
 as ``runvpp`` starts it (``python -m vpp.serve PORT [--workers N]``) on PostgreSQL (``--database-url``,
 default ``postgres://postgres@127.0.0.1:5432/vpp_bench``; the database is created and migrated if needed), with
 the in-memory channel layer unless ``--redis-url`` is given. The bench stations are provisioned in bulk with
-``python manage.py station add <id> ... --password PW``.
+``python manage.py station add <id> ... --org bench --create-org --password-file F`` (a 0600 temporary file).
 
 Persistence is verified, not assumed: the MeterValue rows in PostgreSQL are counted before and after each load
 against the Django server, and stored must equal sent (every sampled value of every MeterValues CALL).
@@ -30,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -173,9 +174,17 @@ def manage(env: dict[str, str], *args: str, timeout: float = 600) -> str:
 
 
 def provision(env: dict[str, str], ids: Sequence[str], password: str, chunk: int = 5000) -> None:
-    """Bulk-provision the bench stations (the same password for all: they are throwaway load-test identities)."""
-    for start in range(0, len(ids), chunk):
-        manage(env, "station", "add", *ids[start : start + chunk], f"--password={password}")
+    """Bulk-provision the bench stations (the same password for all: they are throwaway load-test identities), owned
+    by organisation ``bench``. The password goes through a 0600 file, never the argument list."""
+    with tempfile.TemporaryDirectory() as folder:
+        password_file = Path(folder) / "station-password"
+        password_file.touch(mode=0o600)
+        password_file.write_text(password)
+        for start in range(0, len(ids), chunk):
+            batch = ids[start : start + chunk]
+            manage(
+                env, "station", "add", *batch, "--org", "bench", "--create-org", "--password-file", str(password_file)
+            )
 
 
 _COUNT_SNIPPET = (

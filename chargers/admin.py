@@ -20,6 +20,7 @@ from chargers.models import (
     MessageLog,
     MeterValue,
     Station,
+    StationCommand,
     StationEvent,
     Transaction,
     TransactionEvent,
@@ -195,3 +196,17 @@ class DerAlarmAdmin(ReadOnlyAdmin):
     list_display = ["timestamp", "station", "control_type", "grid_event_fault", "alarm_ended"]
     list_filter = ["control_type", "grid_event_fault", "alarm_ended"]
     search_fields = ["station__station_id"]
+
+
+@admin.register(StationCommand)
+class StationCommandAdmin(ReadOnlyAdmin):
+    """The audit trail: read, never added to, edited or deleted (not even by superusers)."""
+
+    list_display = ["requested_at", "station_ident", "action", "outcome", "actor_label", "user", "answered_at"]
+    list_filter = ["outcome", "action"]
+    search_fields = ["station_ident", "actor_label", "action"]
+    list_select_related = ["user"]
+    date_hierarchy = "requested_at"
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

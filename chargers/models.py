@@ -2,6 +2,9 @@
 
 Rows written on the hot path (message log, meter values) are created in bulk by the group-commit writer
 (``chargers.writer``); nothing here has side effects in ``save()``.
+
+Why one module: it is the CSMS's whole schema (one table per OCPP concept, each a few lines), read as one; the
+``StationCommand`` audit trail pushed it past 500 lines.
 """
 
 from __future__ import annotations
@@ -477,7 +480,8 @@ class DerAlarm(models.Model):
 class StationCommand(models.Model):
     """Audit trail of every command sent (or refused) to a station: who, when, which station, what, and the answer.
 
-    Written by ``chargers.services.station_call`` for every call that names an actor; rows are never edited.
+    Written by ``chargers.services.station_commands.station_command_record``: ``station_call`` records every call
+    it makes, the call endpoint (``fleet.station_api``) the commands it refuses. Rows are never edited.
     """
 
     class Outcome(models.TextChoices):

@@ -30,10 +30,12 @@ def station_call_remote(
     timeout: float,
     server: str | None = None,
     username: str | None = None,
+    client: str = "",
 ) -> dict[str, Any]:
+    """Run the call in the server; ``client`` (e.g. ``cli:alice``) is recorded next to the user in the audit."""
     base = (server or os.environ.get("VPP_SERVER_URL") or "http://127.0.0.1:8000").rstrip("/")
     url = f"{base}/api/stations/{urllib.parse.quote(station_id, safe='')}/call"
-    body = json.dumps({"action": action, "payload": payload, "timeout": timeout}).encode()
+    body = json.dumps({"action": action, "payload": payload, "timeout": timeout, "client": client}).encode()
     request = urllib.request.Request(  # noqa: S310 - the operator names the server; http(s) only below
         url,
         data=body,
@@ -48,7 +50,8 @@ def station_call_remote(
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
         with contextlib.suppress(ValueError):
-            detail = json.loads(detail).get("error", detail)
+            problem = json.loads(detail)
+            detail = problem.get("error") or problem.get("detail") or detail
         raise RemoteCallError(f"HTTP {exc.code}: {detail}") from exc
     except urllib.error.URLError as exc:
         raise RemoteCallError(f"cannot reach the server at {base}: {exc.reason}") from exc

@@ -126,6 +126,12 @@ class SeedResult:
     plugged_in: int
 
 
+def demo_organisation() -> Organisation:
+    """The demo's organisation (slug ``demo``), created on first use: it owns the demo stations and fleet."""
+    org, _ = Organisation.objects.get_or_create(slug="demo", defaults={"name": "Demo Fleet Operator"})
+    return org
+
+
 def demo_fleet_seed(
     *,
     now: datetime,
@@ -142,7 +148,7 @@ def demo_fleet_seed(
     arrival, a fleet-manager departure plan and a weekday schedule at the same time of day.
     """
     with transaction.atomic():
-        org, _ = Organisation.objects.get_or_create(slug="demo", defaults={"name": "Demo Fleet Operator"})
+        org = demo_organisation()
         for user in get_user_model().objects.filter(username__in=member_usernames or []):
             Membership.objects.get_or_create(user=user, organisation=org, defaults={"role": Role.FLEET_MANAGER})
         fleet, _ = Fleet.objects.get_or_create(organisation=org, name="Depot", defaults={"default_node": "depot-node"})

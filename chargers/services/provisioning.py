@@ -1,4 +1,5 @@
-"""The operator provisions stations and identity tokens (``manage.py station add``, ``manage.py idtoken add``).
+"""The operator provisions stations and identity tokens (``manage.py idtoken add``; ``manage.py station add`` is
+fleet's: ``fleet.services.stations_provision`` adds the owning organisation).
 
 Not OCPP's Provisioning block, which is what a station sends (BootNotification, NotifyReport): that is
 ``chargers.handlers.provisioning``.

@@ -3,6 +3,11 @@
 The request is validated against its action's schema, then sent over the channel layer to whichever server
 process holds the station's socket (``chargers.consumers.OcppConsumer``), which sends it, one outstanding call
 per station, and replies with the station's answer.
+
+Every call names its actor (``actor_user_id``, ``actor_label``) and is audited: one ``StationCommand`` row per
+attempt, whatever its outcome (``chargers.services.station_commands``), written off the event loop. Permissions
+are the caller's business (``fleet`` knows who owns a station); a call to a station that does not exist is not
+recorded. Dispatch's fan-out (``chargers.fanout``) does not come through here: ``vpp.models.Dispatch`` records it.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.utils import timezone
 
 from chargers import ocpp_j
-from chargers.models import Station
+from chargers.models import Station, StationCommand
 from chargers.ocpp_j import OcppError
+from chargers.services.station_commands import station_command_record
 
 
 class StationCallError(Exception):
@@ -52,13 +59,28 @@ class CallErrorResponse(StationCallError):
 
 
 def station_call(
-    *, station_id: str, action: str, payload: dict[str, Any], timeout: float | None = None
+    *,
+    station_id: str,
+    action: str,
+    payload: dict[str, Any],
+    actor_user_id: int | None,
+    actor_label: str,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
     """Send a CSMS-initiated ``action`` to a station, wherever its socket is; returns the CALLRESULT payload.
 
     Raises StationUnknown, StationOffline, CallPayloadInvalid (nothing sent), CallTimeout or CallErrorResponse.
+    Every attempt on an existing station is audited under the actor (``actor_user_id`` may be None: a system
+    component or the command line, then ``actor_label`` says who, e.g. ``cli:alice``).
     """
-    return async_to_sync(station_call_async)(station_id=station_id, action=action, payload=payload, timeout=timeout)
+    return async_to_sync(station_call_async)(
+        station_id=station_id,
+        action=action,
+        payload=payload,
+        actor_user_id=actor_user_id,
+        actor_label=actor_label,
+        timeout=timeout,
+    )
 
 
 async def station_call_async(
@@ -66,9 +88,51 @@ async def station_call_async(
     station_id: str,
     action: str,
     payload: dict[str, Any],
+    actor_user_id: int | None,
+    actor_label: str,
     timeout: float | None = None,  # noqa: ASYNC109
 ) -> dict[str, Any]:
     """The async twin of ``station_call``, for consumers and async views."""
+    requested_at = timezone.now()
+    audit = {
+        "station_ident": station_id,
+        "action": action,
+        "payload": payload,
+        "actor_user_id": actor_user_id,
+        "actor_label": actor_label,
+        "requested_at": requested_at,
+    }
+    try:
+        result = await _call(station_id=station_id, action=action, payload=payload, timeout=timeout)
+    except StationUnknown:
+        raise
+    except StationCallError as exc:
+        await _record(**audit, **_failure_audit(exc))
+        raise
+    await _record(**audit, outcome=StationCommand.Outcome.ANSWERED, answer=result, answered_at=timezone.now())
+    return result
+
+
+_record = database_sync_to_async(station_command_record)
+
+
+def _failure_audit(exc: StationCallError) -> dict[str, Any]:
+    """The audit fields of a call that failed: its outcome, the error and, for a CALLERROR, the station's answer."""
+    Outcome = StationCommand.Outcome
+    if isinstance(exc, CallErrorResponse):
+        answer = {"errorCode": exc.code, "errorDescription": exc.description, "errorDetails": exc.details}
+        return {"outcome": Outcome.CALL_ERROR, "answer": answer, "error": str(exc), "answered_at": timezone.now()}
+    outcomes = {StationOffline: Outcome.OFFLINE, CallTimeout: Outcome.TIMEOUT, CallPayloadInvalid: Outcome.REFUSED}
+    return {"outcome": outcomes.get(type(exc), Outcome.REFUSED), "error": str(exc)}
+
+
+async def _call(
+    *,
+    station_id: str,
+    action: str,
+    payload: dict[str, Any],
+    timeout: float | None,  # noqa: ASYNC109
+) -> dict[str, Any]:
     timeout = float(timeout if timeout is not None else settings.OCPP_CALL_TIMEOUT)
     row = await _station_route(station_id)
     if row is None:

@@ -176,8 +176,9 @@ def call_station(live_csms: LiveServer, transactional_db: None):
     """``await call_station(station_id, action, payload, timeout)`` through ``station_call`` in some process.
 
     With REDIS_URL the test process itself calls ``station_call_async`` over the shared channel layer; with the
-    in-memory layer it goes through the server's ``POST /api/stations/<id>/call`` (what ``station call`` does),
-    and HTTP statuses are mapped back to the service's exceptions.
+    in-memory layer it goes through the server's ``POST /api/stations/<id>/call`` (fleet's, what ``station call``
+    does) as an operator, and HTTP statuses are mapped back to the service's exceptions. Either way the calls are
+    audited (``StationCommand``).
     """
     from django.contrib.auth import get_user_model
     from rest_framework.authtoken.models import Token
@@ -188,7 +189,12 @@ def call_station(live_csms: LiveServer, transactional_db: None):
 
         async def direct(station_id: str, action: str, payload: dict, timeout: float = 10.0) -> dict:  # noqa: ASYNC109
             return await station_call.station_call_async(
-                station_id=station_id, action=action, payload=payload, timeout=timeout
+                station_id=station_id,
+                action=action,
+                payload=payload,
+                actor_user_id=None,
+                actor_label="tests",
+                timeout=timeout,
             )
 
         return direct

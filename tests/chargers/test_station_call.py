@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from ocpp.v21 import call_result as result21
 
-from chargers.models import MessageLog
+from chargers.models import MessageLog, StationCommand
 from chargers.services.station_call import (
     CallErrorResponse,
     CallPayloadInvalid,
@@ -176,6 +176,23 @@ async def test_station_call_reports_callerror_timeout_offline_unknown_and_invali
     await wait_until(offline)
     with pytest.raises(StationUnknown):
         await call_station("no-such-station", "Reset", {"type": "Immediate"})
+    # And every attempt on the station is in the audit trail with its outcome (the unknown station is not)
+    audit = StationCommand.objects.filter(station=station).order_by("requested_at", "id")
+    rows = [row async for row in audit]
+    outcomes = [(r.action, r.outcome) for r in rows]
+    assert outcomes[:5] == [
+        ("Reset", "call_error"),
+        ("GetBaseReport", "timeout"),
+        ("Reset", "call_error"),
+        ("Reset", "refused"),
+        ("Heartbeat", "refused"),
+    ]
+    assert {outcome for _, outcome in outcomes[5:]} <= {"offline", "timeout"}
+    assert outcomes[-1] == ("Reset", "offline")
+    assert rows[0].answer == {"errorCode": "NotSupported", "errorDescription": "no reset here", "errorDetails": {}}
+    assert rows[0].answered_at is not None
+    assert rows[1].answered_at is None
+    assert not await StationCommand.objects.filter(station_ident="no-such-station").aexists()
 
 
 def _boot():

@@ -10,6 +10,7 @@ from django.core.management import call_command
 
 from chargers.models import Station
 from chargers.passwords import password_verify
+from fleet.models import StationOwnership
 
 
 @pytest.mark.django_db
@@ -27,3 +28,6 @@ def test_it_seeds_stations_whose_generated_password_starts_with_a_dash(
     for station in Station.objects.filter(station_id__in=["dash-1", "dash-2"]):
         assert password_verify("-starts-with-a-dash-0123", station.password_hash)
     assert Station.objects.filter(station_id__startswith="dash-").count() == 2
+    # And the demo organisation owns them
+    owners = StationOwnership.objects.filter(station__station_id__startswith="dash-")
+    assert sorted(owners.values_list("organisation__slug", flat=True)) == ["demo", "demo"]

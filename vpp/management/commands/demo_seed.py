@@ -11,6 +11,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command, get_commands
 from django.core.management.base import BaseCommand, CommandParser
 
+from fleet.seeding import demo_organisation
+from fleet.services import stations_provision
 from vpp.demo import demo_credentials
 
 
@@ -32,10 +34,10 @@ class Command(BaseCommand):
             admin.save(update_fields=["password"])
         ids = [f"{options['id_prefix']}-{n}" for n in range(1, options["stations"] + 1)]
         commands = get_commands()
-        if ids:
-            call_command(
-                "station", "add", *ids, f"--password={creds.station_password}", "--update"
-            )  # may start with "-"
+        if ids:  # in process: the password never goes through an argument list (it may also start with "-")
+            stations_provision(
+                station_ids=ids, password=creds.station_password, organisation=demo_organisation(), update=True
+            )
         if "fleet" in commands:
             call_command("fleet", "seed", "--stations", *ids, "--member", creds.admin_username)
         if "markets" in commands:

@@ -1,0 +1,161 @@
+"""``station add <id>... --org SLUG --password-file F`` provisions stations for an organisation; ``station assign
+<id>... --org SLUG`` moves them to another; ``station call <id> <Action> '<json>'`` commands one (audited as
+``cli:<os user>``).
+
+Passwords never go on the command line (where ``ps`` and shell history see them): ``--password-file`` or the
+``STATION_PASSWORD`` environment variable.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from chargers.models import BootStatus
+from chargers.passwords import WeakStationPassword
+from chargers.remote import RemoteCallError, station_call_remote
+from chargers.services.station_call import StationCallError, station_call
+from fleet.models import Organisation
+from fleet.services import FleetError, station_ownership_set, stations_provision
+
+PASSWORD_ENV = "STATION_PASSWORD"  # noqa: S105 - the variable's name, not a password
+
+
+class Command(BaseCommand):
+    help = (
+        "Provision OCPP stations for an organisation (add), move them to another (assign), or send a "
+        "CSMS-initiated message to one and print its answer (call)."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="subcommand", required=True)
+        add = sub.add_parser("add", help="create stations; many ids in one call for fleets and load tests")
+        add.add_argument("station_ids", nargs="+", metavar="ID")
+        add.add_argument("--org", required=True, help="slug of the owning organisation")
+        add.add_argument("--create-org", action="store_true", help="create the organisation if it does not exist")
+        add.add_argument(
+            "--password-file",
+            default=None,
+            help=f"file holding the OCPP BasicAuthPassword (16-40 characters); default ${PASSWORD_ENV}",
+        )
+        add.add_argument("--update", action="store_true", help="also reset the password of existing stations")
+        add.add_argument("--boot-status", choices=BootStatus.values, default=BootStatus.ACCEPTED)
+        assign = sub.add_parser("assign", help="move stations to an organisation (operators)")
+        assign.add_argument("station_ids", nargs="+", metavar="ID")
+        assign.add_argument("--org", required=True, help="slug of the new owner")
+        call = sub.add_parser("call", help="send <Action> with a JSON payload and print the CALLRESULT")
+        call.add_argument("station_id")
+        call.add_argument("action", help="e.g. Reset, GetVariables, SetChargingProfile, SetDERControl")
+        call.add_argument("payload", nargs="?", default="{}", help="JSON object")
+        call.add_argument("--timeout", type=float, default=float(settings.OCPP_CALL_TIMEOUT))
+        call.add_argument(
+            "--server",
+            default=None,
+            help="server base URL for the in-memory channel layer (no REDIS_URL); default $VPP_SERVER_URL "
+            "or http://127.0.0.1:8000",
+        )
+        call.add_argument("--user", default=None, help="staff user whose API token is used (default: first superuser)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        handlers = {"add": self._add, "assign": self._assign, "call": self._call}
+        handlers[options["subcommand"]](options)
+
+    def _add(self, options: dict[str, Any]) -> None:
+        organisation = _organisation(options["org"], create=options["create_org"])
+        try:
+            result = stations_provision(
+                station_ids=options["station_ids"],
+                password=_password(options["password_file"]),
+                organisation=organisation,
+                update=options["update"],
+                boot_status=options["boot_status"],
+            )
+        except WeakStationPassword as exc:
+            raise CommandError(str(exc)) from exc
+        skipped = len(set(options["station_ids"])) - result.created - result.updated
+        self.stdout.write(f"created {result.created}, updated {result.updated}, unchanged {skipped}")
+        if result.elsewhere:
+            shown = ", ".join(result.elsewhere[:10]) + (" ..." if len(result.elsewhere) > 10 else "")
+            self.stderr.write(f"owned by another organisation, left there (move with `station assign`): {shown}")
+
+    def _assign(self, options: dict[str, Any]) -> None:
+        organisation = _organisation(options["org"], create=False)
+        try:
+            result = station_ownership_set(station_ids=options["station_ids"], organisation=organisation)
+        except FleetError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"{result.assigned} stations moved to {organisation.slug}")
+
+    def _call(self, options: dict[str, Any]) -> None:
+        try:
+            payload = json.loads(options["payload"])
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"payload is not JSON: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise CommandError("payload must be a JSON object")
+        client = f"cli:{_os_user()}"
+        if settings.REDIS_URL:
+            try:
+                result = station_call(
+                    station_id=options["station_id"],
+                    action=options["action"],
+                    payload=payload,
+                    actor_user_id=None,
+                    actor_label=client,
+                    timeout=options["timeout"],
+                )
+            except StationCallError as exc:
+                raise CommandError(f"{type(exc).__name__}: {exc}") from exc
+        else:
+            try:
+                result = station_call_remote(
+                    station_id=options["station_id"],
+                    action=options["action"],
+                    payload=payload,
+                    timeout=options["timeout"],
+                    server=options["server"],
+                    username=options["user"],
+                    client=client,
+                )
+            except RemoteCallError as exc:
+                raise CommandError(str(exc)) from exc
+        self.stdout.write(json.dumps(result, indent=2))
+
+
+def _organisation(slug: str, *, create: bool) -> Organisation:
+    if create:
+        organisation, _ = Organisation.objects.get_or_create(slug=slug, defaults={"name": slug})
+        return organisation
+    found = Organisation.objects.filter(slug=slug).first()
+    if found is None:
+        raise CommandError(f"no organisation {slug!r} (create it in the admin, or pass --create-org)")
+    return found
+
+
+def _password(path: str | None) -> str:
+    """The station password from ``path`` (its first line) or ``$STATION_PASSWORD``; never from the command line."""
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise CommandError(f"cannot read the password file: {exc}") from exc
+        lines = text.splitlines()
+        password = lines[0] if lines else ""
+    else:
+        password = os.environ.get(PASSWORD_ENV, "")
+    if not password:
+        raise CommandError(f"no password: pass --password-file FILE or set ${PASSWORD_ENV}")
+    return password
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name (containers without a passwd entry)
+        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"

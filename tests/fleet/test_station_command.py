@@ -1,0 +1,131 @@
+"""``manage.py station``: add stations for an organisation (password from a file or the environment), move them
+(assign), command one (call)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from chargers.models import Station, StationCommand
+from fleet.models import Organisation, StationOwnership
+from tests.chargers.factories import StationFactory
+from tests.fleet.factories import OrganisationFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _password_file(tmp_path: Path, password: str) -> str:
+    path = tmp_path / "pw"
+    path.write_text(password + "\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+def _owner(station_id: str) -> str:
+    return StationOwnership.objects.get(station__station_id=station_id).organisation.slug
+
+
+def test_station_add_provisions_many_stations_for_an_organisation_from_a_password_file(tmp_path):
+    # Given an organisation and a password file
+    OrganisationFactory.create(slug="depot-co")
+    password_file = _password_file(tmp_path, "a-very-long-secret-01")
+    # When three stations are added for it
+    call_command(
+        "station", "add", "fleet-1", "fleet-2", "fleet-3", "--org", "depot-co", "--password-file", password_file
+    )
+    # Then they exist, owned by it, with the file's password hashed (the newline is not part of it)
+    stations = Station.objects.filter(station_id__startswith="fleet-")
+    assert stations.count() == 3
+    for station in stations:
+        assert "a-very-long-secret-01" not in station.password_hash
+        assert station.check_password("a-very-long-secret-01")
+        assert not station.check_password("a-very-long-secret-02")
+        assert _owner(station.station_id) == "depot-co"
+
+
+def test_station_add_reads_the_password_from_the_environment_and_keeps_it_unless_update(monkeypatch):
+    OrganisationFactory.create(slug="depot-co")
+    monkeypatch.setenv("STATION_PASSWORD", "first-password-00001")
+    call_command("station", "add", "s-1", "--org", "depot-co")
+    monkeypatch.setenv("STATION_PASSWORD", "second-password-0002")
+    call_command("station", "add", "s-1", "--org", "depot-co")
+    assert Station.objects.get(station_id="s-1").check_password("first-password-00001")
+    call_command("station", "add", "s-1", "--org", "depot-co", "--update", "--boot-status", "Pending")
+    station = Station.objects.get(station_id="s-1")
+    assert station.check_password("second-password-0002")
+    assert station.boot_status == "Pending"
+
+
+def test_station_add_takes_no_password_on_the_command_line_and_needs_one(tmp_path, monkeypatch):
+    OrganisationFactory.create(slug="depot-co")
+    monkeypatch.delenv("STATION_PASSWORD", raising=False)
+    with pytest.raises(CommandError):
+        call_command("station", "add", "s-2", "--org", "depot-co", "--password", "a-very-long-secret-01")
+    with pytest.raises(CommandError, match="no password"):
+        call_command("station", "add", "s-2", "--org", "depot-co")
+    with pytest.raises(CommandError, match="16-40"):
+        call_command("station", "add", "s-2", "--org", "depot-co", "--password-file", _password_file(tmp_path, "short"))
+    assert not Station.objects.filter(station_id="s-2").exists()
+
+
+def test_station_add_needs_an_existing_organisation_unless_told_to_create_it(tmp_path):
+    password_file = _password_file(tmp_path, "a-very-long-secret-01")
+    with pytest.raises(CommandError, match="no organisation 'bench'"):
+        call_command("station", "add", "b-1", "--org", "bench", "--password-file", password_file)
+    assert not Station.objects.filter(station_id="b-1").exists()
+    call_command("station", "add", "b-1", "--org", "bench", "--create-org", "--password-file", password_file)
+    assert _owner("b-1") == "bench"
+
+
+def test_station_add_leaves_a_station_another_organisation_owns_where_it_is(tmp_path, capsys):
+    # Given a station owned by one organisation
+    OrganisationFactory.create(slug="first")
+    OrganisationFactory.create(slug="second")
+    password_file = _password_file(tmp_path, "a-very-long-secret-01")
+    call_command("station", "add", "s-3", "--org", "first", "--password-file", password_file)
+    # When it is added again for another, then it stays with the first and the command says so
+    call_command("station", "add", "s-3", "--org", "second", "--password-file", password_file)
+    assert _owner("s-3") == "first"
+    assert "station assign" in capsys.readouterr().err
+
+
+def test_station_assign_moves_stations_and_refuses_unknown_ones_changing_nothing():
+    # Given two stations of one organisation
+    first, second = OrganisationFactory.create(slug="first"), OrganisationFactory.create(slug="second")
+    for station_id in ("m-1", "m-2"):
+        StationOwnership.objects.create(station=StationFactory.create(station_id=station_id), organisation=first)
+    # When the operator names an unknown station among them, then nothing moves
+    with pytest.raises(CommandError, match="no such station: m-9"):
+        call_command("station", "assign", "m-1", "m-9", "--org", "second")
+    assert _owner("m-1") == "first"
+    # And when all are known they move (an unowned station gets its first owner)
+    StationFactory.create(station_id="m-3")
+    call_command("station", "assign", "m-1", "m-2", "m-3", "--org", "second")
+    assert [_owner(s) for s in ("m-1", "m-2", "m-3")] == ["second"] * 3
+    assert Organisation.objects.get(pk=second.pk).station_ownerships.count() == 3
+
+
+def test_station_call_without_a_server_says_so(settings, django_user_model):
+    settings.REDIS_URL = None
+    StationFactory.create(station_id="s-4")
+    django_user_model.objects.create_superuser("root", password="x" * 20)
+    with pytest.raises(CommandError, match="cannot reach the server"):
+        call_command("station", "call", "s-4", "Reset", '{"type": "Immediate"}', "--server", "http://127.0.0.1:9")
+
+
+@pytest.mark.django_db(transaction=True)  # the service writes its audit row through database_sync_to_async
+def test_station_call_in_process_is_audited_as_the_command_line_and_its_os_user(settings, layer, monkeypatch, capsys):
+    # Given a shared channel layer (the command calls in process) and a connected station
+    settings.REDIS_URL = "redis://configured"
+    monkeypatch.setattr("getpass.getuser", lambda: "alice")
+    StationFactory.create(station_id="s-5", ocpp_version="2.1", channel_name="socket.s-5")
+    # When the operator resets it from the command line
+    call_command("station", "call", "s-5", "Reset", '{"type": "Immediate"}')
+    # Then the station's answer is printed and the call is in the audit trail under "cli:alice"
+    assert '"status": "Accepted"' in capsys.readouterr().out
+    assert [m["action"] for _, m in layer.sent] == ["Reset"]
+    row = StationCommand.objects.get()
+    assert (row.actor_label, row.user_id, row.action, row.outcome) == ("cli:alice", None, "Reset", "answered")
