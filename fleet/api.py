@@ -1,5 +1,12 @@
 """REST API for fleets, vehicles and flexibility. Authenticated; every query is scoped to the user's organisations.
 
+Who: fleets and vehicles (read and write: floor, departures, schedules, SoC) are a fleet manager's, in the
+organisations where they hold that role (operators: all); another organisation's vehicle is 404, a user without
+the role anywhere gets 403. Fleet flexibility (``/api/fleet/flexibility/``): fleet managers, bidding admins and
+utilities of the organisation, an API key narrowed to its portfolio. API keys read with ``read`` and write with
+``fleet:write``. A vehicle's identity (``vin``, ``evccid``, ``id_token``) is operator-only to change: a member
+setting another tenant's token would be matched to that tenant's charging sessions.
+
 Thin edges: serializers validate, one service or selector call does the work, the response is shaped here.
 """
 
@@ -14,10 +21,12 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from fleet import selectors, services
-from fleet.models import Fleet, PlanSource, SocSource, Vehicle, VehicleState
+from fleet.models import Fleet, Membership, PlanSource, Role, SocSource, Vehicle, VehicleState
 from fleet.numerics.flexibility import fleet_flexibility, vehicle_flexibility
+from fleet.permissions import FleetWriteKeys, ReadKeys
 
 MAX_INTERVALS = 7 * 96
 
@@ -48,7 +57,13 @@ class VehicleStateSerializer(serializers.ModelSerializer):
         ]
 
 
+IDENTITY_FIELDS = ("vin", "evccid", "id_token")
+
+
 class VehicleSerializer(serializers.ModelSerializer):
+    """A vehicle; its identity (``IDENTITY_FIELDS``) is read-only but for operators, and a changed value sent by
+    anyone else is refused (400) rather than silently dropped."""
+
     fleet = serializers.PrimaryKeyRelatedField(read_only=True)
     effective_floor_pct = serializers.IntegerField(read_only=True)
     state = VehicleStateSerializer(read_only=True)
@@ -83,6 +98,30 @@ class VehicleSerializer(serializers.ModelSerializer):
             "state",
         ]
         read_only_fields = ["id", "fleet", "equivalent_full_cycles", "cycles_today", "state"]
+
+    def _operator(self) -> bool:
+        request = self.context.get("request")
+        return request is not None and selectors.is_operator(request.user)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        if not self._operator():
+            for name in IDENTITY_FIELDS:
+                fields[name].read_only = True
+        return fields
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not self._operator() and isinstance(self.initial_data, dict):
+            current = self.instance
+            changed = [
+                name
+                for name in IDENTITY_FIELDS
+                if name in self.initial_data
+                and (current is None or str(self.initial_data[name] or "") != str(getattr(current, name) or ""))
+            ]
+            if changed:
+                raise ValidationError(dict.fromkeys(changed, "only an operator changes a vehicle's identity"))
+        return super().validate(attrs)
 
 
 class DepartureInSerializer(serializers.Serializer):
@@ -121,20 +160,55 @@ def _horizon(request: Request) -> dict[str, Any]:
     return dict(params.validated_data)
 
 
+FLEX_ROLES = (Role.FLEET_MANAGER, Role.BIDDING_ADMIN, Role.UTILITY)
+
+
+def _holds_role(user: Any, roles: tuple[str, ...]) -> bool:
+    return selectors.is_operator(user) or Membership.objects.filter(user_id=user.pk, role__in=roles).exists()
+
+
+class FleetManagers(FleetWriteKeys):
+    """Operators and fleet managers (of some organisation; the queryset scopes to which)."""
+
+    message = "fleets and vehicles are for fleet managers"
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return super().has_permission(request, view) and _holds_role(request.user, (Role.FLEET_MANAGER,))
+
+
+class FlexibilityReaders(ReadKeys):
+    """Operators, and fleet managers, bidding admins and utilities of some organisation."""
+
+    message = "flexibility is for the organisation's fleet managers, bidding admins and utilities"
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return super().has_permission(request, view) and _holds_role(request.user, FLEX_ROLES)
+
+
+def _managed_fleets(request: Request) -> Any:
+    return selectors.fleets_for_key(request.auth, selectors.fleets_for(request.user, roles=[Role.FLEET_MANAGER]))
+
+
 class FleetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin, viewsets.GenericViewSet):
     serializer_class = FleetSerializer
+    permission_classes = [FleetManagers]
 
     def get_queryset(self) -> Any:
-        return selectors.fleets_for(self.request.user)
+        return _managed_fleets(self.request)
 
 
 class VehicleViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin, viewsets.GenericViewSet
 ):
     serializer_class = VehicleSerializer
+    permission_classes = [FleetManagers]
 
     def get_queryset(self) -> Any:
-        qs = selectors.vehicles_for(self.request.user).select_related("state").order_by("id")
+        qs = (
+            Vehicle.objects.filter(fleet__in=_managed_fleets(self.request))
+            .select_related("fleet", "fleet__organisation", "state")
+            .order_by("id")
+        )
         fleet = self.request.query_params.get("fleet")
         if fleet is not None:
             if not fleet.isdigit():
@@ -212,14 +286,18 @@ class VehicleViewSet(
 
 
 class FlexibilityViewSet(viewsets.ViewSet):
-    """Fleet flexibility of the user's plugged-in vehicles: total and per node."""
+    """Fleet flexibility of the plugged-in vehicles of the user's portfolios (an API key's own when it names one):
+    total and per node."""
+
+    permission_classes = [FlexibilityReaders]
 
     @extend_schema(parameters=[*_HORIZON_PARAMS, OpenApiParameter("fleet", int)], responses={200: dict})
     def list(self, request: Request) -> Response:
         horizon = _horizon(request)
-        vehicles = selectors.vehicles_for(request.user)
+        fleets = selectors.fleets_for_key(request.auth, selectors.fleets_for(request.user, roles=FLEX_ROLES))
+        vehicles = Vehicle.objects.filter(fleet__in=fleets)
         fleet_id = horizon.get("fleet")
-        if fleet_id is not None and not selectors.fleets_for(request.user).filter(id=fleet_id).exists():
+        if fleet_id is not None and not fleets.filter(id=fleet_id).exists():
             raise ValidationError({"fleet": "no such fleet in your organisations"})
         now = timezone.now()
         snapshots = selectors.plugged_in_snapshots(at=now, vehicles=vehicles, fleet_id=fleet_id)

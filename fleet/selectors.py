@@ -66,12 +66,52 @@ def stations_for(user: AbstractBaseUser | AnonymousUser, *, roles: Iterable[str]
     return Station.objects.filter(ownership__organisation__in=organisations_for(user, roles=roles))
 
 
-def fleets_for(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Fleet]:
-    return Fleet.objects.filter(organisation__in=organisations_for(user)).select_related("organisation")
+def fleets_for(user: AbstractBaseUser | AnonymousUser, *, roles: Iterable[str] | None = None) -> QuerySet[Fleet]:
+    return Fleet.objects.filter(organisation__in=organisations_for(user, roles=roles)).select_related("organisation")
 
 
-def vehicles_for(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Vehicle]:
-    return Vehicle.objects.filter(fleet__in=fleets_for(user)).select_related("fleet", "fleet__organisation")
+def vehicles_for(user: AbstractBaseUser | AnonymousUser, *, roles: Iterable[str] | None = None) -> QuerySet[Vehicle]:
+    return Vehicle.objects.filter(fleet__in=fleets_for(user, roles=roles)).select_related(
+        "fleet", "fleet__organisation"
+    )
+
+
+FLEET_PORTFOLIO_PREFIX = "fleet-"
+
+
+def fleet_portfolio(fleet_id: int) -> str:
+    """The portfolio name of one fleet's vehicles (as dispatch and the markets name it)."""
+    return f"{FLEET_PORTFOLIO_PREFIX}{fleet_id}"
+
+
+def portfolio_fleet_id(portfolio: str) -> int | None:
+    """The fleet a ``fleet-<id>`` portfolio is made of; None for a whole-aggregator portfolio (``default``, ``all``)."""
+    prefix, _, number = portfolio.partition("-")
+    return int(number) if prefix == "fleet" and number.isdigit() else None
+
+
+def portfolios_for(user: AbstractBaseUser | AnonymousUser, *, roles: Iterable[str] | None = None) -> set[str] | None:
+    """The portfolios a user acts on: None (every portfolio) for an operator, else ``fleet-<id>`` for each fleet of
+    the organisations where the user holds one of ``roles``. Whole-aggregator portfolios (``default``, ``all``: any
+    name not of the form ``fleet-<id>``) are operators' only."""
+    if is_operator(user):
+        return None
+    return {fleet_portfolio(pk) for pk in fleets_for(user, roles=roles).values_list("pk", flat=True)}
+
+
+def fleets_for_key(auth: object, fleets: QuerySet[Fleet]) -> QuerySet[Fleet]:
+    """``fleets`` narrowed to what an API key is limited to: its organisation, and its portfolio when it names one
+    (a utility's contract). A key naming a whole-aggregator portfolio (``default``) keeps every fleet given (only an
+    operator's are all of them). Session and token requests (``auth`` not an ``ApiKey``) are not narrowed."""
+    if not isinstance(auth, ApiKey):
+        return fleets
+    if auth.organisation_id is not None:
+        fleets = fleets.filter(organisation_id=auth.organisation_id)
+    if auth.portfolio:
+        fleet_id = portfolio_fleet_id(auth.portfolio)
+        if fleet_id is not None:
+            fleets = fleets.filter(pk=fleet_id)
+    return fleets
 
 
 def latest_soc(vehicle_id: int, *, at: datetime | None = None) -> SocEstimate | None:

@@ -1,4 +1,9 @@
-"""REST API for bids and awards (authenticated; writes need ``markets.bid_admin``)."""
+"""REST API for bids and awards.
+
+Who: operators and the bidding desk (``markets.bid_admin``) every portfolio; a bidding admin the ``fleet-<id>``
+portfolios of their organisations (another portfolio's bid: 404); anyone without a bidding role: 403. API keys
+read with scope ``read`` and never write (bids carry no key scope): writes are session (or token) only.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,25 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from django.db.models import QuerySet
-from rest_framework import permissions, serializers, status, viewsets
+from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from markets.models import BID_ADMIN_PERM, Award, Bid, BidEvent
+from fleet.permissions import ReadKeys
+from markets.models import Award, Bid, BidEvent
+from markets.selectors import awards_for, bids_for, may_bid
 from markets.services.bids import MarketError, StaleBid, bid_edit, bid_transition
 
 
-class BidAdminOrReadOnly(permissions.BasePermission):
+class Bidder(ReadKeys):
+    """A bidding role (operator, bidding desk, bidding admin of some organisation); keys read only."""
+
+    message = "bids and awards are for operators and bidding admins"
+
     def has_permission(self, request: Request, view: APIView) -> bool:
-        if not (request.user and request.user.is_authenticated):
-            return False
-        return request.method in permissions.SAFE_METHODS or request.user.has_perm(BID_ADMIN_PERM)
+        return super().has_permission(request, view) and may_bid(request.user)
 
 
 class BidSerializer(serializers.ModelSerializer):
@@ -95,33 +104,37 @@ def _bid_answer(change: Callable[[], Bid]) -> Response:
 
 class BidViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = BidSerializer
-    permission_classes = [BidAdminOrReadOnly]
-    queryset = Bid.objects.select_related("product", "product__operator").order_by("interval_start", "id")
+    permission_classes = [Bidder]
 
     def get_queryset(self) -> QuerySet[Bid]:
-        qs = super().get_queryset()
+        qs = bids_for(self.request.user).order_by("interval_start", "id")
         if status_ := self.request.query_params.get("status"):
             qs = qs.filter(status=status_)
         return qs
 
     @action(detail=True, methods=["post"])
     def edit(self, request: Request, pk: str) -> Response:
+        bid = self.get_object()  # another portfolio's bid: 404
         data = EditSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return _bid_answer(lambda: bid_edit(bid_id=int(pk), actor=request.user, **data.validated_data))
+        return _bid_answer(lambda: bid_edit(bid_id=bid.pk, actor=request.user, **data.validated_data))
 
     @action(detail=True, methods=["post"])
     def transition(self, request: Request, pk: str) -> Response:
+        bid = self.get_object()
         data = TransitionSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return _bid_answer(lambda: bid_transition(bid_id=int(pk), actor=request.user, **data.validated_data))
+        return _bid_answer(lambda: bid_transition(bid_id=bid.pk, actor=request.user, **data.validated_data))
 
     @action(detail=True, methods=["get"])
     def events(self, request: Request, pk: str) -> Response:
-        return Response(EventSerializer(BidEvent.objects.filter(bid_id=pk), many=True).data)
+        bid = self.get_object()
+        return Response(EventSerializer(BidEvent.objects.filter(bid=bid), many=True).data)
 
 
 class AwardViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = AwardSerializer
-    permission_classes = [permissions.IsAuthenticated]
-    queryset = Award.objects.select_related("product", "bid").order_by("interval_start", "id")
+    permission_classes = [Bidder]
+
+    def get_queryset(self) -> QuerySet[Award]:
+        return awards_for(self.request.user).order_by("interval_start", "id")

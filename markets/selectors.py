@@ -4,12 +4,28 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import TypeVar
 
-from django.db.models import QuerySet
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
+from django.db.models import Model, QuerySet
 
+from fleet.models import Membership, Role
 from fleet.numerics.snapshot import VehicleSnapshot
-from fleet.selectors import plugged_in_snapshots
-from markets.models import Award, Bid, BidProposal, DepotSite, MarketOperator, PricePoint, Product, SiteLoadPoint
+from fleet.selectors import is_operator, plugged_in_snapshots, portfolios_for
+from markets.models import (
+    BID_ADMIN_PERM,
+    Award,
+    Bid,
+    BidProposal,
+    DepotSite,
+    MarketOperator,
+    PricePoint,
+    Product,
+    SiteLoadPoint,
+)
+
+M = TypeVar("M", bound=Model)
 
 
 def latest_prices(
@@ -70,10 +86,14 @@ def portfolio_snapshots(*, portfolio: str, at: datetime) -> list[VehicleSnapshot
     return plugged_in_snapshots(at=at)
 
 
-def bids_in_window(*, start: datetime, end: datetime, operator: MarketOperator | None = None) -> QuerySet[Bid]:
+def bids_in_window(
+    *, start: datetime, end: datetime, operator: MarketOperator | None = None, portfolios: set[str] | None = None
+) -> QuerySet[Bid]:
+    """Bids of intervals starting in ``[start, end)`` (of ``operator``'s products, of ``portfolios``: None = all)."""
     bids = Bid.objects.filter(interval_start__gte=start, interval_start__lt=end).select_related(
         "product", "product__operator"
     )
+    bids = in_portfolios(bids, portfolios)
     if operator is not None:
         bids = bids.filter(product__operator=operator)
     return bids.order_by("product__operator__code", "product__code", "interval_start")
@@ -86,3 +106,44 @@ def awards_active(*, at: datetime) -> QuerySet[Award]:
 
 def proposals_for_day(*, day_start: datetime) -> QuerySet[BidProposal]:
     return BidProposal.objects.filter(horizon_start__gte=day_start, horizon_start__lt=day_start + timedelta(days=1))
+
+
+# --- who bids for which portfolio ----------------------------------------------------------------------------------
+
+
+def is_bidding_desk(user: AbstractBaseUser | AnonymousUser) -> bool:
+    """Bids on every portfolio: operators, and holders of ``markets.bid_admin`` (the "bidding admin" group: the
+    aggregator's own bidding desk, kept from before tenancy; only an operator grants it, in the admin)."""
+    return is_operator(user) or bool(
+        user.is_authenticated and user.is_active and getattr(user, "has_perm", lambda _: False)(BID_ADMIN_PERM)
+    )
+
+
+def bid_portfolios_for(user: AbstractBaseUser | AnonymousUser) -> set[str] | None:
+    """The portfolios whose bids and awards a user sees and changes: None (all) for the bidding desk, else the
+    ``fleet-<id>`` portfolios of the organisations where the user is a bidding admin."""
+    if is_bidding_desk(user):
+        return None
+    return portfolios_for(user, roles=[Role.BIDDING_ADMIN])
+
+
+def may_bid(user: AbstractBaseUser | AnonymousUser) -> bool:
+    """Whether the user has a bidding role at all (the bidding pages and API refuse everyone else with 403)."""
+    if not (user.is_authenticated and user.is_active):
+        return False
+    return is_bidding_desk(user) or Membership.objects.filter(user_id=user.pk, role=Role.BIDDING_ADMIN).exists()
+
+
+def in_portfolios(rows: QuerySet[M], portfolios: set[str] | None, *, field: str = "portfolio") -> QuerySet[M]:
+    """``rows`` whose ``field`` is one of ``portfolios`` (None: every row)."""
+    return rows if portfolios is None else rows.filter(**{f"{field}__in": sorted(portfolios)})
+
+
+def bids_for(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Bid]:
+    bids = Bid.objects.select_related("product", "product__operator")
+    return in_portfolios(bids, bid_portfolios_for(user))
+
+
+def awards_for(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Award]:
+    awards = Award.objects.select_related("product", "bid")
+    return in_portfolios(awards, bid_portfolios_for(user))

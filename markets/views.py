@@ -1,30 +1,52 @@
-"""Bidding pages for a bidding admin (permission ``markets.bid_admin``): thin views calling one service each."""
+"""Bidding pages: thin views calling one service each.
+
+Who: operators and the bidding desk (``markets.bid_admin``) every portfolio; a bidding admin the ``fleet-<id>``
+portfolios of their organisations (another portfolio's bid: 404); anyone without a bidding role: 403.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import wraps
+from typing import TypeVar
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from markets.models import BID_ADMIN_PERM, Bid, BidProposal, MarketOperator
-from markets.selectors import bids_in_window
+from markets.models import Bid, BidProposal, MarketOperator
+from markets.selectors import bid_portfolios_for, bids_for, bids_in_window, in_portfolios, may_bid
 from markets.services.bids import MarketError, bids_transition, gate_closure
 from markets.services.bids import bid_edit as bid_edit_service
 from markets.services.proposals import delivery_window
+
+V = TypeVar("V", bound=Callable[..., HttpResponse])
 
 
 class AuthenticatedHttpRequest(HttpRequest):
     """A request behind ``login_required``: its user is a signed-in ``User``, never ``AnonymousUser``."""
 
     user: User
+
+
+def bidder_required(view: V) -> V:
+    """403 for a signed-in user without a bidding role (``markets.selectors.may_bid``)."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        if not may_bid(request.user):
+            raise PermissionDenied("the bidding pages are for operators and bidding admins")
+        return view(request, *args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
 
 
 def _day(request: HttpRequest) -> date:
@@ -35,13 +57,15 @@ def _day(request: HttpRequest) -> date:
 
 
 @login_required
-@permission_required(BID_ADMIN_PERM, raise_exception=True)
+@bidder_required
 def bidding_day(request: HttpRequest) -> HttpResponse:
     operator = get_object_or_404(MarketOperator, code=request.GET.get("operator", "pjm"))
     day = _day(request)
     start, end = delivery_window(operator, day)
-    bids = list(bids_in_window(start=start, end=end))
-    proposal = BidProposal.objects.filter(operator=operator, horizon_start=start).first()
+    portfolios = bid_portfolios_for(request.user)
+    bids = list(bids_in_window(start=start, end=end, portfolios=portfolios))
+    proposals = BidProposal.objects.filter(operator=operator, horizon_start=start).order_by("portfolio")
+    proposal = in_portfolios(proposals, portfolios).first()
     chart = _chart(bids, proposal)
     awards = [b for b in bids if hasattr(b, "award")]
     return render(
@@ -118,9 +142,10 @@ def _chart(bids: list[Bid], proposal: BidProposal | None) -> dict[str, object]:
 
 
 @login_required
-@permission_required(BID_ADMIN_PERM, raise_exception=True)
+@bidder_required
 @require_POST
 def bid_edit(request: AuthenticatedHttpRequest, bid_id: int) -> HttpResponse:
+    get_object_or_404(bids_for(request.user), pk=bid_id)  # another portfolio's bid: 404
     try:
         quantity_kw = Decimal(request.POST["quantity_kw"])
         price = Decimal(request.POST["price"])
@@ -139,7 +164,7 @@ def bid_edit(request: AuthenticatedHttpRequest, bid_id: int) -> HttpResponse:
 
 
 @login_required
-@permission_required(BID_ADMIN_PERM, raise_exception=True)
+@bidder_required
 @require_POST
 def bids_action(request: AuthenticatedHttpRequest) -> HttpResponse:
     target = {"approve": Bid.Status.APPROVED, "submit": Bid.Status.SUBMITTED, "reopen": Bid.Status.DRAFT}.get(
@@ -149,6 +174,8 @@ def bids_action(request: AuthenticatedHttpRequest) -> HttpResponse:
     if target is None or not ids:
         messages.error(request, "choose bids and an action")
         return _back(request, 400)
+    if bids_for(request.user).filter(pk__in=ids).count() < len(set(ids)):
+        raise Http404("no such bid")  # another portfolio's bid (or none): nothing is changed
     refused = bids_transition(bid_ids=ids, to_status=target, actor=request.user)
     for reason in refused:
         messages.error(request, reason)

@@ -1,8 +1,11 @@
 """REST API for regulation reports: performance scores, settlements, settlement lines (JSON and CSV), reconciliation.
 
-Thin edges: one selector or service does the work, the response is shaped here. Every call is authenticated (token
-or session); market-wide figures need staff or ``markets.view_settlement``; settlement lines are scoped to the
-user's organisations. The intake (signal values, reserve events) is the orchestrator's: ``vpp/intake/api.py``.
+Thin edges: one selector or service does the work, the response is shaped here. Every call is authenticated (token,
+session or an API key with scope ``read``). Scores and settlements: operators and holders of
+``markets.view_settlement`` all, a bidding admin those of their organisations' portfolios (with only their own
+organisations' vehicle lines); settlement lines: a fleet manager's organisations' vehicles; the reconciliation is
+market-wide (operators). See ``markets.regulation.selectors``.
+The intake (signal values, reserve events) is the orchestrator's: ``vpp/intake/api.py``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import csv
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db.models import Prefetch
 from django.http import HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -21,9 +25,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from fleet.permissions import ReadKeys
 from markets.regulation.models import PerformanceScoreRecord, Settlement, SettlementLine
 from markets.regulation.reconciliation import reconciliation_report
-from markets.regulation.selectors import scores_for, settlement_lines_for, settlements_for
+from markets.regulation.selectors import market_wide, scores_for, settlement_lines_for, settlements_for
 
 MAX_REPORT_DAYS = 62
 
@@ -88,6 +93,7 @@ class ScoreListView(ListAPIView):
     """``GET /api/regulation/scores``: performance scores per hour / test."""
 
     serializer_class = ScoreSerializer
+    permission_classes = [ReadKeys]
 
     def get_queryset(self) -> Any:
         since, until = period(self.request)
@@ -163,13 +169,17 @@ class SettlementListView(ListAPIView):
     """``GET /api/regulation/settlements``: award-hour settlements with their vehicle lines (market-wide view)."""
 
     serializer_class = SettlementSerializer
+    permission_classes = [ReadKeys]
 
     def get_queryset(self) -> Any:
         since, until = period(self.request)
+        user = self.request.user
+        # Vehicle lines nested in an award's settlement: every line market-wide, else the user's own vehicles' only.
+        lines = settlement_lines_for(user) if not market_wide(user) else SettlementLine.objects.all()
         return (
-            settlements_for(self.request.user)
+            settlements_for(user)
             .filter(period_start__gte=since, period_start__lt=until)
-            .prefetch_related("lines__station")
+            .prefetch_related(Prefetch("lines", queryset=lines.select_related("station").order_by("id")))
         )
 
 
@@ -177,6 +187,7 @@ class LineListView(ListAPIView):
     """``GET /api/regulation/settlement-lines``: the user's vehicles' settlement lines."""
 
     serializer_class = LineSerializer
+    permission_classes = [ReadKeys]
 
     @extend_schema(parameters=PERIOD_PARAMS)
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -263,6 +274,8 @@ def settlement_csv(lines: Any, filename: str) -> HttpResponse:
 class LineCsvView(APIView):
     """``GET /api/regulation/settlement-lines.csv``: the same lines as CSV."""
 
+    permission_classes = [ReadKeys]
+
     @extend_schema(parameters=PERIOD_PARAMS, responses={200: str})
     def get(self, request: Request) -> HttpResponse:
         since, until = period(request)
@@ -275,9 +288,11 @@ class LineCsvView(APIView):
 class ReconciliationView(APIView):
     """``GET /api/regulation/reconciliation``: settled energy against meter register deltas per charge point."""
 
+    permission_classes = [ReadKeys]
+
     @extend_schema(parameters=PERIOD_PARAMS, responses={200: dict})
     def get(self, request: Request) -> Response:
-        if not (request.user.is_staff or request.user.has_perm("markets.view_settlement")):
+        if not market_wide(request.user):
             raise PermissionDenied("the reconciliation is market-wide: staff or markets.view_settlement only")
         since, until = period(request)
         rows = reconciliation_report(start=since, end=until)

@@ -21,7 +21,8 @@ from django.db.models.functions import TruncDate
 from numpy.typing import NDArray
 
 from chargers.models import ENERGY_IMPORT_REGISTER, MeterValue, Station
-from fleet.models import PlugSession
+from fleet.models import PlugSession, Role
+from fleet.selectors import is_operator, organisations_for, portfolios_for
 from markets.models import Award, Product
 from markets.regulation.models import (
     EnergyPrice,
@@ -320,26 +321,37 @@ def charge_point_vehicles(*, series: list[MeterSeries], start: datetime, end: da
 # --- reports (scoped to the user) ----------------------------------------------------------------------------------
 
 
-def settlement_lines_for(user) -> QuerySet[SettlementLine]:
-    """Settlement lines a user may see: all for staff and holders of ``markets.view_settlement``, else those of
-    vehicles owned by the user's organisations."""
+def market_wide(user: Any) -> bool:
+    """Every settlement and score: operators, and holders of ``markets.view_settlement`` (an auditor an operator
+    named in the admin)."""
+    return is_operator(user) or bool(user.is_authenticated and user.has_perm("markets.view_settlement"))
+
+
+def settlement_lines_for(user: Any) -> QuerySet[SettlementLine]:
+    """Settlement lines (one vehicle's revenue in one award-hour) a user may see: all when market-wide, else those
+    of vehicles owned by the organisations where the user is a fleet manager."""
     lines = SettlementLine.objects.select_related("settlement__award__product", "station")
-    if user.is_staff or user.has_perm("markets.view_settlement"):
+    if market_wide(user):
         return lines
-    return lines.filter(owner__memberships__user=user)
+    return lines.filter(owner__in=organisations_for(user, roles=[Role.FLEET_MANAGER]))
 
 
-def settlements_for(user) -> QuerySet[Settlement]:
-    """Award-level settlements: market-wide figures, for staff and holders of ``markets.view_settlement`` only."""
-    if user.is_staff or user.has_perm("markets.view_settlement"):
-        return Settlement.objects.select_related("award__product", "score")
-    return Settlement.objects.none()
+def settlements_for(user: Any) -> QuerySet[Settlement]:
+    """Award-level settlements (market figures): all when market-wide, else those of awards on the portfolios of
+    the organisations where the user is a bidding admin."""
+    settlements = Settlement.objects.select_related("award__product", "score")
+    if market_wide(user):
+        return settlements
+    return settlements.filter(award__portfolio__in=sorted(portfolios_for(user, roles=[Role.BIDDING_ADMIN]) or ()))
 
 
-def scores_for(user) -> QuerySet[PerformanceScoreRecord]:
-    if user.is_staff or user.has_perm("markets.view_performancescorerecord"):
-        return PerformanceScoreRecord.objects.select_related("product")
-    return PerformanceScoreRecord.objects.none()
+def scores_for(user: Any) -> QuerySet[PerformanceScoreRecord]:
+    """Performance scores: all for operators and holders of ``markets.view_performancescorerecord``, else those of
+    the portfolios of the organisations where the user is a bidding admin."""
+    scores = PerformanceScoreRecord.objects.select_related("product")
+    if is_operator(user) or (user.is_authenticated and user.has_perm("markets.view_performancescorerecord")):
+        return scores
+    return scores.filter(portfolio__in=sorted(portfolios_for(user, roles=[Role.BIDDING_ADMIN]) or ()))
 
 
 _MONEY_FIELDS = ("capacity_credit", "performance_credit", "energy_amount", "degradation_cost", "net")

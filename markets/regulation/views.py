@@ -1,8 +1,9 @@
 """Regulation pages: reports (signal vs response, scores, revenue) and the audit trail of a settlement figure.
 
-Thin views: parse the request, call selectors/services, render. Logged-in users only; market-wide figures (scores,
-award settlements, the chart of the fleet's response) for staff and holders of ``markets.view_settlement``;
-everyone else sees the revenue of their own organisations' vehicles.
+Thin views: parse the request, call selectors/services, render. Logged-in users only. Award-level figures (scores,
+award settlements, the chart of the fleet's response): operators and holders of ``markets.view_settlement`` all of
+them, a bidding admin those of their organisations' portfolios; vehicle lines (revenue): a fleet manager those of
+their organisations' vehicles. Another organisation's settlement: 404 (``markets.regulation.selectors``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from markets.regulation.selectors import (
     REGISTER_EXPORT,
     REGISTER_IMPORT,
     charge_point_power,
+    market_wide,
     revenue_by,
     scores_for,
     settlement_lines_for,
@@ -38,10 +40,6 @@ from markets.regulation.selectors import (
 from markets.regulation.services import RegulationError
 
 AUDIT_ROWS_SHOWN = 120
-
-
-def _market_wide(request: HttpRequest) -> bool:
-    return bool(request.user.is_staff or request.user.has_perm("markets.view_settlement"))
 
 
 def _chart(score: PerformanceScoreRecord) -> dict[str, Any] | None:
@@ -78,10 +76,12 @@ def regulation_reports(request: HttpRequest) -> HttpResponse:
     lines = settlement_lines_for(request.user).filter(
         settlement__period_start__gte=since, settlement__period_start__lt=until
     )
+    scores = scores_for(request.user).filter(period_start__gte=since, period_start__lt=until).order_by("-period_start")
+    settlements = settlements_for(request.user).filter(period_start__gte=since, period_start__lt=until)
     context: dict[str, Any] = {
         "days": int(days),
         "until": until,
-        "market_wide": _market_wide(request),
+        "award_figures": market_wide(request.user) or scores.exists() or settlements.exists(),
         "by_day": revenue_by(lines, by="day"),
         "by_product": revenue_by(lines, by="product"),
         "by_vehicle": revenue_by(lines, by="vehicle"),
@@ -90,16 +90,9 @@ def regulation_reports(request: HttpRequest) -> HttpResponse:
         "chart": None,
         "chart_score": None,
     }
-    if context["market_wide"]:
-        scores = (
-            scores_for(request.user).filter(period_start__gte=since, period_start__lt=until).order_by("-period_start")
-        )
+    if context["award_figures"]:
         context["scores"] = list(scores[:200])
-        context["settlements"] = list(
-            settlements_for(request.user)
-            .filter(period_start__gte=since, period_start__lt=until)
-            .order_by("-period_start")[:200]
-        )
+        context["settlements"] = list(settlements.order_by("-period_start")[:200])
         chosen = request.GET.get("score")
         score = scores.filter(pk=int(chosen)).first() if chosen and chosen.isdigit() else scores.first()
         if score is not None:
@@ -120,6 +113,17 @@ def regulation_lines_csv(request: HttpRequest) -> HttpResponse:
     return settlement_csv(lines, f"settlement-{since:%Y%m%d%H}-{until:%Y%m%d%H}.csv")
 
 
+def _visible_settlement(user: Any, pk: int) -> Settlement:
+    """The settlement if the user sees its award figures (operator, bidding admin of its portfolio) or one of its
+    vehicle lines (fleet manager of the owner); else 404, as if it did not exist."""
+    visible = (
+        settlements_for(user).filter(pk=pk).exists() or settlement_lines_for(user).filter(settlement_id=pk).exists()
+    )
+    if not visible:
+        raise Http404("no such settlement")
+    return get_object_or_404(Settlement.objects.select_related("award__product__operator", "score"), pk=pk)
+
+
 def _audit_line(settlement: Settlement, line_id: str | None, user: Any) -> Any:
     lines = settlement_lines_for(user).filter(settlement=settlement)
     if line_id is not None:
@@ -133,16 +137,16 @@ def _audit_line(settlement: Settlement, line_id: str | None, user: Any) -> Any:
 def settlement_audit(request: HttpRequest, pk: int) -> HttpResponse:
     """A settlement figure traced to meter values: award and prices, score, the formula with the exact numbers,
     each vehicle line, and for one line the readings it was computed from (recounted and re-hashed here)."""
-    settlement = get_object_or_404(Settlement.objects.select_related("award__product__operator", "score"), pk=pk)
+    settlement = _visible_settlement(request.user, pk)
     line = _audit_line(settlement, request.GET.get("line"), request.user)
-    if line is None and not _market_wide(request):
-        raise Http404("no settlement line of yours here")
+    wide = market_wide(request.user)
+    order = ("station__station_id", "evse_id")
     context: dict[str, Any] = {
         "s": settlement,
-        "market_wide": _market_wide(request),
-        "lines": settlement.lines.select_related("station").order_by("station__station_id", "evse_id")
-        if _market_wide(request)
-        else settlement_lines_for(request.user).filter(settlement=settlement),
+        "market_wide": wide,
+        "lines": (settlement.lines.select_related("station") if wide else settlement_lines_for(request.user))
+        .filter(settlement=settlement)
+        .order_by(*order),
         "line": line,
         "awarded_mw": settlement.awarded_w / 1_000_000,
     }
@@ -179,7 +183,7 @@ def _line_evidence(settlement: Settlement, line: Any) -> dict[str, Any]:
 @login_required
 def settlement_line_readings_csv(request: HttpRequest, pk: int, line_pk: int) -> HttpResponse:
     """Every meter reading behind one settlement line, as CSV (ids, timestamps, received_at, values)."""
-    settlement = get_object_or_404(Settlement, pk=pk)
+    settlement = _visible_settlement(request.user, pk)
     line = _audit_line(settlement, str(line_pk), request.user)
     end = settlement.period_start + timedelta(seconds=(HOURLY_ROWS - 1) * 10 + 1)
     readings = MeterValue.objects.filter(

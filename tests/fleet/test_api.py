@@ -100,11 +100,34 @@ def test_vehicle_flexibility_and_soc_entry(setup: dict) -> None:
 
 
 def test_a_duplicate_identifier_is_refused_with_a_reason(setup: dict) -> None:
-    client: APIClient = setup["client"]
+    operator = APIClient()
+    operator.force_authenticate(UserFactory.create(is_staff=True))
     url = f"/api/fleet/vehicles/{setup['vehicle'].id}/"
-    response = client.patch(url, {"id_token": setup["other"].id_token}, format="json")
+    response = operator.patch(url, {"id_token": setup["other"].id_token}, format="json")
     assert response.status_code == 400
-    assert "id_token" in response.json()
+    assert "already exists" in str(response.json()["id_token"])
+
+
+@pytest.mark.parametrize("field", ["id_token", "evccid", "vin"])
+def test_only_an_operator_changes_a_vehicles_identity(setup: dict, field: str) -> None:
+    # given a fleet manager's vehicle; when the manager sends a new identifier, then it is refused and unchanged
+    vehicle = setup["vehicle"]
+    url = f"/api/fleet/vehicles/{vehicle.id}/"
+    before = getattr(vehicle, field)
+    response = setup["client"].patch(url, {field: "CLAIMED0001"}, format="json")
+    assert response.status_code == 400
+    assert "operator" in str(response.json()[field])
+    vehicle.refresh_from_db()
+    assert getattr(vehicle, field) == before
+    # the unchanged value sent back (a GET-modify-PUT client) passes, with the other changes
+    same = setup["client"].patch(url, {field: before, "name": "renamed"}, format="json")
+    assert same.status_code == 200, same.json()
+    # an operator changes it
+    operator = APIClient()
+    operator.force_authenticate(UserFactory.create(is_staff=True))
+    assert operator.patch(url, {field: "CLAIMED0001"}, format="json").status_code == 200
+    vehicle.refresh_from_db()
+    assert getattr(vehicle, field) == "CLAIMED0001"
 
 
 def test_the_weekly_schedule_is_replaced_and_validated(setup: dict) -> None:
