@@ -181,14 +181,17 @@ MATRIX: dict[str, Row] = {
         body={},
         pending="utilities' signal scope per portfolio: current rule is markets.submit_regulation_signal",
     ),
-    # -- station commands: being moved into fleet with an audit trail (wt-commands)
+    # -- station commands: members of the owning organisation see their stations' commands; Reset is operator-only
     "api/stations/<str:station_id>/call": Row(
         "/api/stations/{station_id}/call",
         # the operator's call reaches the (async) station link: tests/chargers/test_station_call.py
-        write=expect(DENIED, FORBIDDEN, FORBIDDEN, FORBIDDEN, ELSEWHERE),
+        write=expect(DENIED, FORBIDDEN, NOT_FOUND, FORBIDDEN, ELSEWHERE),
         body={"action": "Reset", "payload": {"type": "Immediate"}},
-        pending="tbd (wt-commands): today staff only; owner should become ALLOWED, other NOT_FOUND",
     ),
+    "api/stations/<str:station_id>/commands": Row(
+        "/api/stations/{station_id}/commands", read=expect(DENIED, OK, NOT_FOUND, OK, OK)
+    ),
+    "api/station-commands/": Row("/api/station-commands/", read=expect(DENIED, OK, OK, OK, OK)),
     # -- pages
     "": Row("/", api=False, read=expect(LOGIN, OK, OK, OK, OK)),
     "dashboard/overview.json": Row("/dashboard/overview.json", api=False, read=expect(LOGIN, OK, OK, OK, OK)),
