@@ -126,9 +126,23 @@ class SeedResult:
     plugged_in: int
 
 
-def demo_organisation() -> Organisation:
-    """The demo's organisation (slug ``demo``), created on first use: it owns the demo stations and fleet."""
-    org, _ = Organisation.objects.get_or_create(slug="demo", defaults={"name": "Demo Fleet Operator"})
+@dataclass(frozen=True, slots=True)
+class DemoOrganisation:
+    """One of the demo's tenants: its organisation, its fleet's name and the prefix of its vehicles' identities."""
+
+    slug: str
+    name: str
+    prefix: str  # vehicle names, VINs and id tokens start with it (unique across organisations)
+
+
+DEMO = DemoOrganisation(slug="demo", name="Demo Fleet Operator", prefix="DEMO")
+# The second tenant shows the scoping: its manager sees its stations and cars, not the first one's.
+HARBOUR = DemoOrganisation(slug="harbour", name="Harbour Logistics", prefix="HARB")
+
+
+def demo_organisation(tenant: DemoOrganisation = DEMO) -> Organisation:
+    """A demo tenant's organisation, created on first use: it owns its demo stations and fleet."""
+    org, _ = Organisation.objects.get_or_create(slug=tenant.slug, defaults={"name": tenant.name})
     return org
 
 
@@ -140,15 +154,17 @@ def demo_fleet_seed(
     profile: str = "private",
     seed: int = 7,
     member_usernames: list[str] | None = None,
+    tenant: DemoOrganisation = DEMO,
 ) -> SeedResult:
-    """Seed organisation "Demo Fleet Operator", fleet "Depot" and ``vehicles`` cars (idempotent).
+    """Seed the tenant's organisation (default "Demo Fleet Operator"), fleet "Depot" and ``vehicles`` cars
+    (idempotent).
 
     Each car's last session is placed on the most recent occurrence of its sampled arrival time; cars whose session
     spans ``now`` are plugged in (one per given station, EVSE 1), with the SoC they would have after charging on
     arrival, a fleet-manager departure plan and a weekday schedule at the same time of day.
     """
     with transaction.atomic():
-        org = demo_organisation()
+        org = demo_organisation(tenant)
         for user in get_user_model().objects.filter(username__in=member_usernames or []):
             Membership.objects.get_or_create(user=user, organisation=org, defaults={"role": Role.FLEET_MANAGER})
         fleet, _ = Fleet.objects.get_or_create(organisation=org, name="Depot", defaults={"default_node": "depot-node"})
@@ -156,10 +172,10 @@ def demo_fleet_seed(
         free_stations = [s for s in (stations or []) if not _station_busy(s)]
         created = plugged = 0
         for n, demo in enumerate(sample_fleet(vehicles, profile=profile, seed=seed), start=1):
-            name = f"DEMO-{n:03d}"
+            name = f"{tenant.prefix}-{n:03d}"
             if name in existing:
                 continue
-            vehicle = _create_vehicle(fleet, name, n, demo)
+            vehicle = _create_vehicle(fleet, name, n, demo, prefix=tenant.prefix)
             created += 1
             arrival, departure = _last_session(now, demo)
             for weekday in range(5):
@@ -209,13 +225,13 @@ def _station_busy(station_id: str) -> bool:
     return PlugSession.objects.filter(station_id=station_id, ended_at__isnull=True).exists()
 
 
-def _create_vehicle(fleet: Fleet, name: str, n: int, demo: DemoVehicle) -> Vehicle:
+def _create_vehicle(fleet: Fleet, name: str, n: int, demo: DemoVehicle, *, prefix: str) -> Vehicle:
     spec = demo.model
     return Vehicle.objects.create(
         fleet=fleet,
         name=name,
-        vin=f"DEMO{n:013d}",
-        id_token=f"DEMO-TOKEN-{n:04d}",
+        vin=f"{prefix}{n:013d}",
+        id_token=f"{prefix}-TOKEN-{n:04d}",
         model=spec.name,
         usable_capacity_wh=spec.capacity_wh,
         ac_max_charge_w=spec.ac_charge_w,
