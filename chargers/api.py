@@ -1,7 +1,8 @@
 """REST edge of the CSMS: ``POST /api/stations/<station_id>/call`` runs ``station_call`` inside the server.
 
 It is async on purpose: a call waits up to its timeout for the station, and a sync view would hold Django's one
-thread-sensitive worker (which the OCPP consumers also use) for that long. Staff only; token or session auth.
+thread-sensitive worker (which the OCPP consumers also use) for that long. Staff only; API key (scope ``command``)
+or session auth.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.request import Request
+from rest_framework.settings import api_settings
 
-from chargers.api_tokens import token_key, token_user
 from chargers.services.station_call import (
     CallErrorResponse,
     CallPayloadInvalid,
@@ -27,7 +31,7 @@ from chargers.services.station_call import (
 MAX_TIMEOUT_S = 120.0
 
 
-@csrf_exempt  # CSRF is enforced below for session auth only, as DRF does; token clients have no cookie to ride
+@csrf_exempt  # CSRF is enforced below for session auth only, as DRF does; key clients have no cookie to ride
 async def station_call_view(request: HttpRequest, station_id: str) -> JsonResponse:
     if request.method != "POST":
         return JsonResponse({"error": "use POST"}, status=405)
@@ -72,9 +76,10 @@ def _parse_body(raw: bytes) -> tuple[str, dict[str, Any], float | None]:
 
 
 async def _staff_user(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
-    key = token_key(request.headers.get("Authorization"))
-    if key is not None:
-        user: Any = await token_user(key)
+    claimed, user, auth = await sync_to_async(_header_credentials)(request)
+    if claimed:
+        if auth is not None and hasattr(auth, "allows") and not auth.allows("command"):
+            return None, JsonResponse({"error": "this API key lacks scope 'command'"}, status=403)
     else:
         user = await request.auser()
         if user.is_authenticated:
@@ -86,6 +91,23 @@ async def _staff_user(request: HttpRequest) -> tuple[Any, JsonResponse | None]:
     if not user.is_staff:
         return None, JsonResponse({"error": "staff only"}, status=403)
     return user, None
+
+
+def _header_credentials(request: HttpRequest) -> tuple[bool, Any, Any]:
+    """(claimed, user, auth) of the ``Authorization`` header as the project's DRF authentication classes judge it
+    (``REST_FRAMEWORK`` settings: the API key class lives in a higher layer, which the CSMS must not import). Claimed
+    but refused: (True, None, None); no class recognises the header (or none is sent): (False, None, None)."""
+    drf_request = Request(request)
+    for authentication in api_settings.DEFAULT_AUTHENTICATION_CLASSES:
+        if issubclass(authentication, SessionAuthentication):
+            continue  # the session is judged by the caller, with its CSRF check
+        try:
+            found = authentication().authenticate(drf_request)
+        except AuthenticationFailed:
+            return True, None, None
+        if found is not None:
+            return True, found[0], found[1]
+    return False, None, None
 
 
 def _csrf_rejection(request: HttpRequest) -> HttpResponseBase | None:

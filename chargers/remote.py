@@ -1,7 +1,8 @@
 """``station call`` without a shared channel layer: ask the running server to run ``station_call`` for us.
 
 With the in-memory channel layer (no REDIS_URL) only the server process can reach its sockets, so the command
-posts to ``/api/stations/<id>/call`` with the API token of a staff user (created on first use).
+posts to ``/api/stations/<id>/call`` with the API key in ``$VPP_API_KEY`` (a staff user's key with scope ``command``:
+``manage.py token add <user> --scopes command --expires 1d``; keys are hashed at rest, so none can be looked up here).
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
-
-from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 
 
 class RemoteCallError(Exception):
@@ -38,7 +36,7 @@ def station_call_remote(
         url,
         data=body,
         method="POST",
-        headers={"Content-Type": "application/json", "Authorization": f"Token {_api_token(username)}"},
+        headers={"Content-Type": "application/json", "Authorization": f"Api-Key {_api_key(username)}"},
     )
     if not url.startswith(("http://", "https://")):
         raise RemoteCallError(f"server URL must be http(s): {base}")
@@ -54,10 +52,12 @@ def station_call_remote(
         raise RemoteCallError(f"cannot reach the server at {base}: {exc.reason}") from exc
 
 
-def _api_token(username: str | None) -> str:
-    users = get_user_model().objects.filter(is_active=True, is_staff=True)
-    user = users.filter(username=username).first() if username else users.filter(is_superuser=True).first()
-    if user is None:
-        raise RemoteCallError(f"no active staff user {username!r}" if username else "no active superuser")
-    token, _ = Token.objects.get_or_create(user=user)
-    return str(token.key)
+def _api_key(username: str | None) -> str:
+    key = os.environ.get("VPP_API_KEY", "").strip()
+    if not key:
+        who = username or "<staff user>"
+        raise RemoteCallError(
+            f"set VPP_API_KEY to an API key with scope 'command' (python manage.py token add {who} --scopes command"
+            " --expires 1d)"
+        )
+    return key

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
@@ -53,7 +52,7 @@ def bidding_day(request: HttpRequest) -> HttpResponse:
             "day": day,
             "bids": bids,
             "proposal": proposal,
-            "chart_json": json.dumps(chart),
+            "chart": chart,  # handed to the page with json_script, never |safe
             "awards": [(b, b.award, max(0, b.quantity_w - b.award.awarded_w)) for b in awards],
             "gate_closure": gate_closure(operator, start),
         },

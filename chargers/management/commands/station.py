@@ -36,7 +36,7 @@ class Command(BaseCommand):
             help="server base URL for the in-memory channel layer (no REDIS_URL); default $VPP_SERVER_URL "
             "or http://127.0.0.1:8000",
         )
-        call.add_argument("--user", default=None, help="staff user whose API token is used (default: first superuser)")
+        call.add_argument("--user", default=None, help="staff user named in the hint when $VPP_API_KEY is unset")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["subcommand"] == "add":
