@@ -9,8 +9,10 @@ call endpoint (the latter through DRF's configured authentication classes).
 
 from __future__ import annotations
 
+from typing import cast
+
 from asgiref.sync import sync_to_async
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 
 from fleet.models import ApiKey
 
@@ -30,18 +32,20 @@ def key_from_header(header: str | bytes | None) -> str | None:
     return rest.strip()
 
 
-def api_key_user(raw: str) -> tuple[AbstractBaseUser, ApiKey] | None:
+def api_key_user(raw: str) -> tuple[User, ApiKey] | None:
     """(user, key) for a raw API key that is known, matches its hash, is neither revoked nor expired, and whose user
     is active; None otherwise (the caller answers 401 without saying which)."""
     if not raw or "." not in raw:
         return None
     try:
-        key = ApiKey.objects.get_from_key(raw)  # refuses revoked keys and a raw key that does not match the hash
+        key = cast(
+            ApiKey, ApiKey.objects.get_from_key(raw)
+        )  # refuses revoked keys and a raw key that does not match the hash
     except ApiKey.DoesNotExist:
         return None
     if key.has_expired:
         return None
-    user = key.user
+    user: User = key.user
     if not user.is_active:
         return None
     return user, key

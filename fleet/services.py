@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, time, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
@@ -375,7 +375,7 @@ def api_key_issue(
     name = name.strip() or f"{user.get_username()} {now:%Y-%m-%d}"
     if len(name) > 50 or len(portfolio) > 64:
         raise FleetError("the name may have at most 50 characters, the portfolio 64")
-    return ApiKey.objects.create_key(
+    key, raw = ApiKey.objects.create_key(
         user=user,
         scopes=scope_list,
         expiry_date=expires_at,
@@ -383,6 +383,7 @@ def api_key_issue(
         portfolio=portfolio.strip(),
         name=name,
     )
+    return cast(ApiKey, key), raw
 
 
 def api_key_revoke(*, key: ApiKey) -> ApiKey:

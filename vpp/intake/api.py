@@ -21,11 +21,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from fleet.models import ApiKey, ApiScope
+from fleet.selectors import key_allows
 from markets.models import Product
 from markets.regulation.models import SignalSource
 from markets.regulation.services import RegulationError, ReserveConflict, SignalConflict, regulation_signal_record
-from fleet.models import ApiKey, ApiScope
-from fleet.selectors import key_allows
 from markets.selectors import product_get
 from vpp.dispatch.services import regulation_dispatch_from_sync, reserve_deployment_intake
 
