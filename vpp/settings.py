@@ -287,7 +287,8 @@ LOGGING = {
         # One line per task run drowns the console when tasks run eagerly in-process; failures still show.
         "celery.app.trace": {"level": "WARNING"},
         "kombu.connection": {"level": "ERROR"},
-        "axes.apps": {"level": "WARNING"},  # its start-up banner; lockouts are still logged (axes.handlers)
+        # django-axes logs its banner and every login at INFO; lockouts (WARNING) still show.
+        "axes": {"level": "WARNING"},
     },
 }
 

@@ -45,13 +45,18 @@ def test_idtoken_add_with_group():
     assert (token.status, token.group.id_token, token.group.type) == ("Accepted", "FLEET-A", "ISO14443")
 
 
-def test_station_call_without_a_server_says_so(settings):
+def test_station_call_without_a_server_says_so(settings, monkeypatch):
     settings.REDIS_URL = None
     StationFactory.create(station_id="s-3")
-    from django.contrib.auth import get_user_model
-
-    get_user_model().objects.create_superuser("root", password="x" * 20)
+    monkeypatch.setenv("VPP_API_KEY", "abcdefgh.some-key")
     with pytest.raises(CommandError, match="cannot reach the server"):
+        call_command("station", "call", "s-3", "Reset", '{"type": "Immediate"}', "--server", "http://127.0.0.1:9")
+
+
+def test_station_call_without_an_api_key_says_how_to_get_one(settings, monkeypatch):
+    settings.REDIS_URL = None
+    monkeypatch.delenv("VPP_API_KEY", raising=False)
+    with pytest.raises(CommandError, match=r"VPP_API_KEY.*token add"):
         call_command("station", "call", "s-3", "Reset", '{"type": "Immediate"}', "--server", "http://127.0.0.1:9")
 
 
