@@ -1,7 +1,8 @@
 """``station call`` without a shared channel layer: ask the running server to run ``station_call`` for us.
 
 With the in-memory channel layer (no REDIS_URL) only the server process can reach its sockets, so the command
-posts to ``/api/stations/<id>/call`` with the API token of a staff user (created on first use).
+posts to ``/api/stations/<id>/call`` with an API key of scope ``command`` that the caller supplies (keys are hashed at
+rest and issued by the fleet layer: ``manage.py station call`` passes ``$VPP_API_KEY`` or a short-lived one).
 """
 
 from __future__ import annotations
@@ -14,9 +15,6 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
-
 
 class RemoteCallError(Exception):
     pass
@@ -28,8 +26,8 @@ def station_call_remote(
     action: str,
     payload: dict[str, Any],
     timeout: float,
+    api_key: str,
     server: str | None = None,
-    username: str | None = None,
     client: str = "",
 ) -> dict[str, Any]:
     """Run the call in the server; ``client`` (e.g. ``cli:alice``) is recorded next to the user in the audit."""
@@ -40,7 +38,7 @@ def station_call_remote(
         url,
         data=body,
         method="POST",
-        headers={"Content-Type": "application/json", "Authorization": f"Token {_api_token(username)}"},
+        headers={"Content-Type": "application/json", "Authorization": f"Api-Key {api_key}"},
     )
     if not url.startswith(("http://", "https://")):
         raise RemoteCallError(f"server URL must be http(s): {base}")
@@ -55,12 +53,3 @@ def station_call_remote(
         raise RemoteCallError(f"HTTP {exc.code}: {detail}") from exc
     except urllib.error.URLError as exc:
         raise RemoteCallError(f"cannot reach the server at {base}: {exc.reason}") from exc
-
-
-def _api_token(username: str | None) -> str:
-    users = get_user_model().objects.filter(is_active=True, is_staff=True)
-    user = users.filter(username=username).first() if username else users.filter(is_superuser=True).first()
-    if user is None:
-        raise RemoteCallError(f"no active staff user {username!r}" if username else "no active superuser")
-    token, _ = Token.objects.get_or_create(user=user)
-    return str(token.key)

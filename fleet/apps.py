@@ -12,3 +12,5 @@ class FleetConfig(AppConfig):
         from fleet.telemetry import on_telemetry_committed
 
         telemetry_receiver_register(on_telemetry_committed)
+
+        import fleet.schema  # noqa: F401 - registers the API key scheme with drf-spectacular

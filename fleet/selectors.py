@@ -280,3 +280,10 @@ def vehicle_snapshot(vehicle: Vehicle, *, at: datetime) -> VehicleSnapshot | Non
         weekly=list(vehicle.weekly_departures.all()),
         at=at,
     )
+
+
+def api_keys_of(user: AbstractBaseUser | AnonymousUser) -> QuerySet[ApiKey]:
+    """A user's own API keys, newest first (the account page lists and revokes only these, operators included)."""
+    if not user.is_authenticated:
+        return ApiKey.objects.none()
+    return ApiKey.objects.filter(user_id=user.pk).select_related("organisation").order_by("-created")

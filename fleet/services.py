@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from typing import Any, cast
 
 from django.contrib.auth.models import User
 from django.contrib.auth.password_validation import validate_password
@@ -18,6 +19,8 @@ from chargers.models import BootStatus, Station
 from chargers.services.provisioning import stations_add
 from fleet import jobs, selectors
 from fleet.models import (
+    ApiKey,
+    ApiScope,
     DeparturePlan,
     Membership,
     Organisation,
@@ -450,3 +453,60 @@ def _update_cycles_today(vehicle: Vehicle, *, now: datetime) -> None:
     )
     vehicle.cycles_today, vehicle.cycles_date = today, now.date()
     vehicle.equivalent_full_cycles += increase
+
+
+# --- API keys -------------------------------------------------------------------------------------------------------
+
+API_KEY_MAX_LIFETIME = timedelta(days=366)
+
+
+@transaction.atomic
+def api_key_issue(
+    *,
+    user: Any,
+    scopes: Iterable[str],
+    expires_at: datetime,
+    organisation: Organisation | None = None,
+    portfolio: str = "",
+    name: str,
+) -> tuple[ApiKey, str]:
+    """A new API key for ``user`` and its raw value, which is shown once and never stored (only its hash is).
+
+    Scopes must be :class:`ApiScope` values (at least one); the expiry is required, in the future and at most
+    :data:`API_KEY_MAX_LIFETIME` ahead; the organisation, when given, must be one the user is a member of (any for an
+    operator); a portfolio restricts a ``signal`` key to that portfolio's signal and reserve events.
+    """
+    scope_list = sorted(set(scopes))
+    unknown = [s for s in scope_list if s not in ApiScope.values]
+    if not scope_list or unknown:
+        raise FleetError(f"scopes must be some of {', '.join(ApiScope.values)}; got {', '.join(unknown) or 'none'}")
+    now = timezone.now()
+    if expires_at <= now:
+        raise FleetError("the expiry must be in the future")
+    if expires_at > now + API_KEY_MAX_LIFETIME:
+        raise FleetError(f"the expiry may be at most {API_KEY_MAX_LIFETIME.days} days ahead")
+    if not user.is_active:
+        raise FleetError(f"user {user.get_username()!r} is not active")
+    if organisation is not None and not selectors.organisations_for(user).filter(pk=organisation.pk).exists():
+        raise FleetError(f"user {user.get_username()!r} is not a member of {organisation.slug!r}")
+    name = name.strip() or f"{user.get_username()} {now:%Y-%m-%d}"
+    if len(name) > 50 or len(portfolio) > 64:
+        raise FleetError("the name may have at most 50 characters, the portfolio 64")
+    key, raw = ApiKey.objects.create_key(
+        user=user,
+        scopes=scope_list,
+        expiry_date=expires_at,
+        organisation=organisation,
+        portfolio=portfolio.strip(),
+        name=name,
+    )
+    return cast(ApiKey, key), raw
+
+
+def api_key_revoke(*, key: ApiKey) -> ApiKey:
+    """Revoke a key (for good: the library refuses to un-revoke). Idempotent. Every edge refuses it at once, the
+    regulation WebSocket's verification cache within its TTL."""
+    if not key.revoked:
+        key.revoked = True
+        key.save(update_fields=["revoked"])
+    return key

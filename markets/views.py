@@ -6,7 +6,6 @@ portfolios of their organisations (another portfolio's bid: 404); anyone without
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -77,7 +76,7 @@ def bidding_day(request: HttpRequest) -> HttpResponse:
             "day": day,
             "bids": bids,
             "proposal": proposal,
-            "chart_json": json.dumps(chart),
+            "chart": chart,  # handed to the page with json_script, never |safe
             "awards": [(b, b.award, max(0, b.quantity_w - b.award.awarded_w)) for b in awards],
             "gate_closure": gate_closure(operator, start),
         },

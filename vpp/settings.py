@@ -7,14 +7,17 @@ No configuration: SQLite file under ``var/``, in-memory channel layer, Celery ta
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import dj_database_url
 import plotly
+from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 
 from vpp.env import (
     env_bool,
+    env_choice,
     env_float,
     env_int,
     env_list,
@@ -28,6 +31,10 @@ VAR_DIR = Path(env_str("VPP_VAR_DIR", str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env_bool("DEBUG", False)
+# "production" turns on HTTPS-only cookies, the HTTPS redirect and HSTS (``manage.py check --deploy`` is clean);
+# "development" (the default) is the embedded ``make run``: plain http on 127.0.0.1.
+VPP_ENV = env_choice("VPP_ENV", "development", choices=("development", "production"))
+PRODUCTION = VPP_ENV == "production"
 
 
 def _secret_key() -> str:
@@ -57,8 +64,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "rest_framework_api_key",
+    "axes",
+    "csp",
     "drf_spectacular",
     "channels",
     "vpp",
@@ -69,12 +77,21 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its 429 answer.
+    "axes.middleware.AxesMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out username + IP before the password is even checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "vpp.urls"
@@ -178,10 +195,54 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
+# --- Access hardening ----------------------------------------------------------------------------------------------
+# Login attempts (admin login): AXES_FAILURE_LIMIT failures for one username from one IP lock that pair out for
+# AXES_COOLOFF_MINUTES; a success resets the count. The IP is REMOTE_ADDR: behind a reverse proxy, have Daphne take
+# the client's address from the proxy (``daphne --proxy-headers``), or every login shares the proxy's IP.
+AXES_ENABLED = env_bool("AXES_ENABLED", True)
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+
+# Content Security Policy (django-csp 4): scripts only from this origin (plotly.js is a static file of the pinned
+# plotly package, no CDN) or inline with the per-request nonce (``nonce="{{ request.csp_nonce }}"``); styles also
+# inline, for the templates' style attributes and the styles plotly.js injects into its charts; images also data:
+# and blob: (plotly's download-as-PNG). The live feed's WebSocket is same-origin ('self' covers ws(s) in CSP 3).
+# The API docs page loads Swagger UI from its CDN: vpp.urls widens the policy for that page only.
+CONTENT_SECURITY_POLICY: dict[str, Any] = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:", "blob:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+
+if PRODUCTION:
+    if DEBUG:
+        raise RuntimeError("VPP_ENV=production with DEBUG=1: turn DEBUG off")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+    # Only behind a TLS-terminating proxy that sets X-Forwarded-Proto and strips it from clients: opt in.
+    if env_bool("SECURE_PROXY_SSL_HEADER", False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
 # --- REST API --------------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
+    # API keys first: DRF answers 401 with the first class's challenge (Api-Key); the session has none (403).
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "fleet.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -233,6 +294,8 @@ LOGGING = {
         # One line per task run drowns the console when tasks run eagerly in-process; failures still show.
         "celery.app.trace": {"level": "WARNING"},
         "kombu.connection": {"level": "ERROR"},
+        # django-axes logs its banner and every login at INFO; lockouts (WARNING) still show.
+        "axes": {"level": "WARNING"},
     },
 }
 

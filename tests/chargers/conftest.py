@@ -181,9 +181,9 @@ def call_station(live_csms: LiveServer, transactional_db: None):
     audited (``StationCommand``).
     """
     from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
 
     from chargers.services import station_call
+    from tests.fleet.factories import api_key_for
 
     if settings.REDIS_URL:
 
@@ -200,7 +200,7 @@ def call_station(live_csms: LiveServer, transactional_db: None):
         return direct
 
     admin = get_user_model().objects.create_user("ops", is_staff=True, password=None)
-    token = Token.objects.create(user=admin).key
+    token = api_key_for(admin, "command")
     errors = {
         404: station_call.StationUnknown,
         400: station_call.CallPayloadInvalid,
@@ -212,7 +212,7 @@ def call_station(live_csms: LiveServer, transactional_db: None):
         request = urllib.request.Request(
             f"{live_csms.http_url}/api/stations/{station_id}/call",
             data=json.dumps({"action": action, "payload": payload, "timeout": timeout}).encode(),
-            headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+            headers={"Authorization": f"Api-Key {token}", "Content-Type": "application/json"},
             method="POST",
         )
         try:

@@ -91,11 +91,12 @@ async def test_a_station_on_one_server_is_commanded_through_another(live_csms, t
             assert (await cs.rpc([2, "hb", "Heartbeat", {}]))[0] == 3
             # When an operator asks the OTHER server's REST endpoint to reset it
             from django.contrib.auth import get_user_model
-            from rest_framework.authtoken.models import Token
+
+            from tests.fleet.factories import api_key_for
 
             user = await sync_to_async(get_user_model().objects.create_user)("ops2", is_staff=True)
-            token = await sync_to_async(Token.objects.create)(user=user)
-            task = asyncio.create_task(asyncio.to_thread(_post_call, other.http_url, token.key, station.station_id))
+            token = await sync_to_async(api_key_for)(user, "command")
+            task = asyncio.create_task(asyncio.to_thread(_post_call, other.http_url, token, station.station_id))
             # Then the call crosses Redis to the process holding the socket, and the answer comes back
             frame = await cs.recv()
             assert frame[2:] == ["Reset", {"type": "Immediate"}]
@@ -112,7 +113,7 @@ def _post_call(base: str, token: str, station_id: str) -> dict:
     request = urllib.request.Request(
         f"{base}/api/stations/{station_id}/call",
         data=json.dumps({"action": "Reset", "payload": {"type": "Immediate"}, "timeout": 10}).encode(),
-        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+        headers={"Authorization": f"Api-Key {token}", "Content-Type": "application/json"},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=20) as response:

@@ -66,3 +66,22 @@ class PlugSessionFactory(factory.django.DjangoModelFactory[PlugSession]):
     transaction_id = factory.Sequence(lambda n: f"tx-{n}")
     matched_by = "id_token"
     started_at = T0
+
+
+def api_key_for(user: User, *scopes: str, portfolio: str = "", days: int = 30, **fields: object) -> str:
+    """A raw API key (issued through the service, hashed at rest) of ``user`` with ``scopes`` (default: signal)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from fleet.services import api_key_issue
+
+    _key, raw = api_key_issue(
+        user=user,
+        scopes=scopes or ("signal",),
+        expires_at=timezone.now() + timedelta(days=days),
+        portfolio=portfolio,
+        name=str(fields.pop("name", "test key")),
+        **fields,  # type: ignore[arg-type]
+    )
+    return raw

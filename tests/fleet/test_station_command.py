@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from chargers.models import Station, StationCommand
-from fleet.models import Organisation, StationOwnership
+from fleet.models import ApiKey, Organisation, StationOwnership
 from tests.chargers.factories import StationFactory
 from tests.fleet.factories import OrganisationFactory
 
@@ -108,12 +108,27 @@ def test_station_assign_moves_stations_and_refuses_unknown_ones_changing_nothing
     assert Organisation.objects.get(pk=second.pk).station_ownerships.count() == 3
 
 
-def test_station_call_without_a_server_says_so(settings, django_user_model):
+def test_station_call_without_a_server_says_so_and_revokes_its_one_call_key(settings, django_user_model, monkeypatch):
+    # Given no Redis (the call goes through the server), no $VPP_API_KEY, and a superuser
     settings.REDIS_URL = None
+    monkeypatch.delenv("VPP_API_KEY", raising=False)
     StationFactory.create(station_id="s-4")
-    django_user_model.objects.create_superuser("root", password="x" * 20)
+    root = django_user_model.objects.create_superuser("root", password="x" * 20)
+    # When the server cannot be reached
     with pytest.raises(CommandError, match="cannot reach the server"):
         call_command("station", "call", "s-4", "Reset", '{"type": "Immediate"}', "--server", "http://127.0.0.1:9")
+    # Then the key issued for that one call is revoked (and expires within minutes anyway)
+    key = ApiKey.objects.get(user=root)
+    assert key.revoked
+    assert key.scopes == ["command"]
+
+
+def test_station_call_through_the_server_needs_a_staff_user_or_a_key(settings, monkeypatch):
+    settings.REDIS_URL = None
+    monkeypatch.delenv("VPP_API_KEY", raising=False)
+    StationFactory.create(station_id="s-5")
+    with pytest.raises(CommandError, match="no active superuser"):
+        call_command("station", "call", "s-5", "Reset", '{"type": "Immediate"}', "--server", "http://127.0.0.1:9")
 
 
 @pytest.mark.django_db(transaction=True)  # the service writes its audit row through database_sync_to_async

@@ -1,8 +1,9 @@
 """REST intake of the regulation market: signal values and reserve events from a utility / market operator.
 
 The orchestrator's edges (they dispatch at once, then store through ``markets.regulation.services``): every call is
-authenticated (token or session) and needs ``markets.submit_regulation_signal``. The WebSocket edge for the same
-signal is :mod:`vpp.intake.consumers`.
+authenticated (API key or session) and needs ``markets.submit_regulation_signal``; an API key also needs scope
+``signal`` and, when it names a portfolio, sends for that portfolio only (403 otherwise). The WebSocket edge for the
+same signal is :mod:`vpp.intake.consumers`, under the same rule.
 """
 
 from __future__ import annotations
@@ -20,11 +21,28 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from fleet.models import ApiKey, ApiScope
+from fleet.selectors import key_allows
 from markets.models import Product
 from markets.regulation.models import SignalSource
 from markets.regulation.services import RegulationError, ReserveConflict, SignalConflict, regulation_signal_record
 from markets.selectors import product_get
 from vpp.dispatch.services import regulation_dispatch_from_sync, reserve_deployment_intake
+
+
+def signal_sender_check(request: Request, *, what: str) -> None:
+    """403 unless the caller may send regulation values: the permission, and for an API key its scope ``signal``.
+    Runs before the body is judged (403, not 400, for a caller who may not send at all)."""
+    if not request.user.has_perm("markets.submit_regulation_signal"):
+        raise PermissionDenied(f"{what} needs markets.submit_regulation_signal")
+    if not key_allows(request.auth, ApiScope.SIGNAL):
+        raise PermissionDenied(f"{what} needs an API key with scope 'signal'")
+
+
+def portfolio_check(request: Request, portfolio: str) -> None:
+    """403 when the request's API key is limited to another portfolio."""
+    if isinstance(request.auth, ApiKey) and request.auth.portfolio and request.auth.portfolio != portfolio:
+        raise PermissionDenied(f"this API key sends for portfolio {request.auth.portfolio!r} only")
 
 
 class OffsetDateTimeField(serializers.DateTimeField):
@@ -59,11 +77,11 @@ class SignalIntakeView(APIView):
     @extend_schema(request=SignalInSerializer, responses={201: dict, 200: dict, 400: dict, 403: dict, 409: dict})
     def post(self, request: Request) -> Response:
         received_at = time.time()  # dispatch latency is measured from here
-        if not request.user.has_perm("markets.submit_regulation_signal"):
-            raise PermissionDenied("sending regulation signal values needs markets.submit_regulation_signal")
+        signal_sender_check(request, what="sending regulation signal values")
         data = SignalInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         fields = data.validated_data
+        portfolio_check(request, fields["portfolio"])
         # Dispatch first (in memory, not waiting for the stations), then store: vpp.dispatch.services explains why.
         dispatched = regulation_dispatch_from_sync(
             product_id=fields["product"].pk,
@@ -122,10 +140,10 @@ class ReserveDeploymentView(APIView):
 
     @extend_schema(request=ReserveInSerializer, responses={201: dict, 200: dict, 400: dict, 403: dict, 409: dict})
     def post(self, request: Request) -> Response:
-        if not request.user.has_perm("markets.submit_regulation_signal"):
-            raise PermissionDenied("calling reserve deployments needs markets.submit_regulation_signal")
+        signal_sender_check(request, what="calling reserve deployments")
         data = ReserveInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        portfolio_check(request, data.validated_data["portfolio"])
         try:
             row, created = reserve_deployment_intake(
                 **data.validated_data, source=SignalSource.UTILITY_API, received_by_id=request.user.pk

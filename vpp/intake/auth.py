@@ -1,42 +1,103 @@
 """Who may send regulation signal values over the WebSocket edge (``ws/regulation``).
 
-The key comes from the ``Authorization: Token <key>`` header or, for clients that cannot set headers on a WebSocket
-handshake (browsers), the ``token`` query parameter; the lookup is :mod:`chargers.api_tokens`'. A token, once
-verified, is trusted for :data:`TOKEN_TTL_S` seconds from memory so that the database stays off the signal's path
-(a revoked token stops working within that time).
+The API key comes from the ``Authorization: Api-Key <key>`` (or ``Bearer <key>``) header of the handshake or, for
+clients that cannot set headers on a WebSocket (browsers), from the subprotocol list: offer
+``["vpp.regulation.v1", "apikey.<key>"]`` and the server accepts ``vpp.regulation.v1`` (never echoing the key). A key
+in the query string (``?token=``, ``?key=``, ...) is refused: URLs end up in access logs, proxies and browser history.
+
+The rule, the same as the REST intake's: the key must carry scope ``signal`` and its user must hold
+``markets.submit_regulation_signal``; a key naming a ``portfolio`` sends values for that portfolio only.
+
+A verdict is kept in memory for :data:`KEY_TTL_S` seconds so that the database stays off the signal's path; an open
+socket asks again after that, so a revoked or expired key stops within :data:`KEY_TTL_S` even mid-stream. The cache
+is keyed by the key's SHA-256 (raw keys are not kept in it) and holds at most :data:`CACHE_MAX` verdicts, least
+recently used dropped first, so a flood of made-up keys cannot grow it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from chargers.api_tokens import token_key
-from chargers.api_tokens import token_user as api_token_user
+from fleet.keys import aapi_key_user, key_from_header
+from fleet.models import ApiScope
+
+log = logging.getLogger(__name__)
 
 PERMISSION = "markets.submit_regulation_signal"
-TOKEN_TTL_S = 60.0
-_tokens: dict[str, tuple[float, int | None, bool]] = {}  # key -> (verified at, user id, may submit)
+SUBPROTOCOL = "vpp.regulation.v1"
+KEY_SUBPROTOCOL_PREFIX = "apikey."
+KEY_TTL_S = 30.0
+CACHE_MAX = 1024
+QUERY_KEY_NAMES = ("token", "key", "api_key", "apikey")
 
 
-def scope_token(scope: dict[str, Any]) -> str:
-    """The API token of a WebSocket handshake: the ``Authorization: Token`` header, else ``?token=``; "" if none."""
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    user_id: int | None  # None: no such usable key (401)
+    allowed: bool  # scope signal and the permission (else 403)
+    portfolio: str = ""  # "": any portfolio
+
+
+_REFUSED = Verdict(None, False)
+_verdicts: OrderedDict[str, tuple[float, Verdict]] = OrderedDict()  # sha256(key) -> (verified at, verdict)
+
+
+class KeyInQueryString(ValueError):
+    """The handshake carried an API key in its URL: refused, whatever else it carried."""
+
+
+def scope_key(scope: dict[str, Any]) -> str:
+    """The API key of a WebSocket handshake: the ``Authorization`` header, else an ``apikey.<key>`` subprotocol;
+    "" if none. Raises :class:`KeyInQueryString` when the URL carries one."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    if any(name in query for name in QUERY_KEY_NAMES):
+        raise KeyInQueryString("API keys are not accepted in the query string")
     for name, value in scope.get("headers", []):
         if name == b"authorization":
-            key = token_key(value)
+            key = key_from_header(value)
             if key is not None:
                 return key
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    return (query.get("token") or [""])[0]
+    for protocol in scope.get("subprotocols", []) or []:
+        if protocol.startswith(KEY_SUBPROTOCOL_PREFIX):
+            return protocol[len(KEY_SUBPROTOCOL_PREFIX) :]
+    return ""
 
 
-async def token_user(key: str) -> tuple[int | None, bool]:
-    """(user id or None, holds the signal permission) for an API token; cached for TOKEN_TTL_S."""
-    cached = _tokens.get(key)
-    if cached is not None and time.monotonic() - cached[0] < TOKEN_TTL_S:
-        return cached[1], cached[2]
-    user = await api_token_user(key)
-    allowed = user is not None and await user.ahas_perm(PERMISSION)
-    _tokens[key] = (time.monotonic(), user.pk if user else None, allowed)
-    return (user.pk if user else None), allowed
+def accepted_subprotocol(scope: dict[str, Any]) -> str | None:
+    """``vpp.regulation.v1`` when the client offered it (it must, when it offered any), else None."""
+    return SUBPROTOCOL if SUBPROTOCOL in (scope.get("subprotocols") or []) else None
+
+
+async def key_verdict(key: str) -> Verdict:
+    """Who the key acts as and whether it may send signal values; cached for KEY_TTL_S, at most CACHE_MAX entries."""
+    if not key:
+        return _REFUSED
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    now = time.monotonic()
+    cached = _verdicts.get(digest)
+    if cached is not None and now - cached[0] < KEY_TTL_S:
+        _verdicts.move_to_end(digest)
+        return cached[1]
+    found = await aapi_key_user(key)
+    if found is None:
+        verdict = _REFUSED
+    else:
+        user, api_key = found
+        allowed = api_key.allows(ApiScope.SIGNAL) and await user.ahas_perm(PERMISSION)
+        verdict = Verdict(user.pk, allowed, api_key.portfolio)
+    _verdicts[digest] = (now, verdict)
+    _verdicts.move_to_end(digest)
+    while len(_verdicts) > CACHE_MAX:
+        _verdicts.popitem(last=False)
+    return verdict
+
+
+def forget_all() -> None:
+    """Drop every cached verdict (tests; a process that must apply a revocation at once)."""
+    _verdicts.clear()

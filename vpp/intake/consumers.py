@@ -1,15 +1,19 @@
 """``ws/regulation``: a utility / grid operator streams its regulation signal over one authenticated socket.
 
-Authentication (:mod:`vpp.intake.auth`): the API token in the ``Authorization: Token <key>`` header or the
-``token`` query parameter, of a user holding ``markets.submit_regulation_signal``; anything else is refused (close
-code 4401 / 4403). Each text frame is one value, ``{"product": "pjm:reg-d", "value": 0.42, "at"?: ISO,
-"portfolio"?: "default"}``; each is dispatched at once and answered, after it is stored, with ``{"ok": true, "at",
-"value", "created", "dispatched"}`` or ``{"ok": false, "error"}`` (the socket stays open).
+Authentication (:mod:`vpp.intake.auth`): an API key with scope ``signal`` of a user holding
+``markets.submit_regulation_signal``, in the ``Authorization: Api-Key <key>`` header or as the subprotocol
+``apikey.<key>`` next to ``vpp.regulation.v1`` (which the server then accepts); a key in the query string, an unknown,
+revoked or expired key close with 4401, a key without the scope or permission with 4403. Each text frame is one
+value, ``{"product": "pjm:reg-d", "value": 0.42, "at"?: ISO, "portfolio"?: "default"}``; each is dispatched at once
+and answered, after it is stored, with ``{"ok": true, "at", "value", "created", "dispatched"}`` or
+``{"ok": false, "error"}`` (the socket stays open). A key limited to a portfolio has frames for another refused; a
+key revoked or expired while the socket is open closes it (4401) within ``vpp.intake.auth.KEY_TTL_S``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -18,24 +22,42 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from markets.regulation.models import SignalSource
 from markets.regulation.services import RegulationError
 from vpp.dispatch.services import regulation_signal_intake
-from vpp.intake.auth import scope_token, token_user
+from vpp.intake.auth import KeyInQueryString, accepted_subprotocol, key_verdict, scope_key
+
+log = logging.getLogger(__name__)
 
 
 class RegulationSignalConsumer(AsyncWebsocketConsumer):
     user_id: int | None = None
+    key: str = ""
 
     async def connect(self) -> None:
-        key = scope_token(self.scope)
-        user_id, allowed = await token_user(key) if key else (None, False)
-        if user_id is None or not allowed:
-            await self.close(code=4401 if user_id is None else 4403)
+        try:
+            key = scope_key(self.scope)
+        except KeyInQueryString:
+            log.warning(
+                "ws/regulation refused from %s: API key in the query string (send it in the Authorization header "
+                "or the apikey.<key> subprotocol; URLs are logged)",
+                (self.scope.get("client") or ["?"])[0],
+            )
+            await self.close(code=4401)
             return
-        self.user_id = user_id
-        await self.accept()
+        verdict = await key_verdict(key)
+        if verdict.user_id is None or not verdict.allowed:
+            await self.close(code=4401 if verdict.user_id is None else 4403)
+            return
+        self.user_id, self.key = verdict.user_id, key
+        await self.accept(subprotocol=accepted_subprotocol(self.scope))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        verdict = await key_verdict(self.key)  # from memory; asks the database again once KEY_TTL_S has passed
+        if verdict.user_id != self.user_id or not verdict.allowed:
+            await self.close(code=4401 if verdict.user_id is None else 4403)
+            return
         try:
             product, portfolio, value, at = parse_signal(json.loads(text_data or "null"))
+            if verdict.portfolio and portfolio != verdict.portfolio:
+                raise RegulationError(f"this API key sends values for portfolio {verdict.portfolio!r} only")
             intake = await regulation_signal_intake(
                 product=product,
                 portfolio=portfolio,

@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -36,13 +36,20 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.db import transaction
-from rest_framework.authtoken.models import Token
+from django.utils import timezone
 
 from chargers.models import EvChargingNeeds, MeterValue, Station, Transaction
 from chargers.services.provisioning import stations_add
-from fleet.models import Fleet, Organisation, PlanSource, Vehicle
+from fleet.models import ApiKey, ApiScope, Fleet, Organisation, PlanSource, Vehicle
 from fleet.numerics.arrays import power_bounds
-from fleet.services import departure_plan_set, session_open, session_set_limits, soc_report
+from fleet.services import (
+    api_key_issue,
+    api_key_revoke,
+    departure_plan_set,
+    session_open,
+    session_set_limits,
+    soc_report,
+)
 from markets.defaults import ensure_defaults
 from markets.models import Award, Bid, DepotSite, MarketOperator, Product
 from markets.regulation.signals import SignalTrace
@@ -161,12 +168,23 @@ def stations_provision(*, count: int, prefix: str, password: str) -> list[str]:
     return ids
 
 
+REPLAY_KEY_NAME = "replay"
+
+
 def utility_token(username: str = "replay-utility") -> str:
-    """API token of a (non-staff) utility user holding the signal-intake permission."""
+    """A fresh API key (scope ``signal``, a day long) of a (non-staff) utility user holding the signal-intake
+    permission; the user's earlier replay keys are revoked (keys are hashed: an old one cannot be read back)."""
     user, _ = get_user_model().objects.get_or_create(username=username, defaults={"is_active": True})
     user.user_permissions.add(Permission.objects.get(codename="submit_regulation_signal"))
-    token, _ = Token.objects.get_or_create(user=user)
-    return str(token.key)
+    for old in ApiKey.objects.filter(user=user, name=REPLAY_KEY_NAME, revoked=False):
+        api_key_revoke(key=old)
+    _key, raw = api_key_issue(
+        user=user,
+        scopes=[ApiScope.SIGNAL],
+        expires_at=timezone.now() + timedelta(days=1),
+        name=REPLAY_KEY_NAME,
+    )
+    return raw
 
 
 @dataclass
@@ -330,7 +348,7 @@ async def signal_follow(
     """Send each value at its (scaled) time over ``ws/regulation``; returns the intake's answers."""
     answers: list[dict[str, Any]] = []
     async with websockets.asyncio.client.connect(
-        f"{ws_base}/ws/regulation", additional_headers={"Authorization": f"Token {token}"}, open_timeout=10
+        f"{ws_base}/ws/regulation", additional_headers={"Authorization": f"Api-Key {token}"}, open_timeout=10
     ) as ws:
 
         async def read() -> None:

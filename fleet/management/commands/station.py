@@ -8,21 +8,26 @@ Passwords never go on the command line (where ``ps`` and shell history see them)
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
 from chargers.models import BootStatus
 from chargers.passwords import WeakStationPassword
 from chargers.remote import RemoteCallError, station_call_remote
 from chargers.services.station_call import StationCallError, station_call
-from fleet.models import Organisation
-from fleet.services import FleetError, station_ownership_set, stations_provision
+from fleet.models import ApiScope, Organisation
+from fleet.services import FleetError, api_key_issue, api_key_revoke, station_ownership_set, stations_provision
 
 PASSWORD_ENV = "STATION_PASSWORD"  # noqa: S105 - the variable's name, not a password
 
@@ -60,7 +65,11 @@ class Command(BaseCommand):
             help="server base URL for the in-memory channel layer (no REDIS_URL); default $VPP_SERVER_URL "
             "or http://127.0.0.1:8000",
         )
-        call.add_argument("--user", default=None, help="staff user whose API token is used (default: first superuser)")
+        call.add_argument(
+            "--user",
+            default=None,
+            help="without $VPP_API_KEY: the staff user a 5-minute key is issued to (default: first superuser)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         handlers = {"add": self._add, "assign": self._assign, "call": self._call}
@@ -113,19 +122,46 @@ class Command(BaseCommand):
             except StationCallError as exc:
                 raise CommandError(f"{type(exc).__name__}: {exc}") from exc
         else:
-            try:
-                result = station_call_remote(
-                    station_id=options["station_id"],
-                    action=options["action"],
-                    payload=payload,
-                    timeout=options["timeout"],
-                    server=options["server"],
-                    username=options["user"],
-                    client=client,
-                )
-            except RemoteCallError as exc:
-                raise CommandError(str(exc)) from exc
+            with _call_key(options["user"]) as api_key:
+                try:
+                    result = station_call_remote(
+                        station_id=options["station_id"],
+                        action=options["action"],
+                        payload=payload,
+                        timeout=options["timeout"],
+                        server=options["server"],
+                        api_key=api_key,
+                        client=client,
+                    )
+                except RemoteCallError as exc:
+                    raise CommandError(str(exc)) from exc
         self.stdout.write(json.dumps(result, indent=2))
+
+
+CALL_KEY_LIFETIME = timedelta(minutes=5)
+
+
+@contextlib.contextmanager
+def _call_key(username: str | None) -> Iterator[str]:
+    """The key for one call through the server: ``$VPP_API_KEY``, else a key of scope ``command`` issued to a staff
+    user for this call only (it expires in 5 minutes and is revoked as soon as the call ends)."""
+    supplied = os.environ.get("VPP_API_KEY", "").strip()
+    if supplied:
+        yield supplied
+        return
+    staff = get_user_model().objects.filter(is_active=True, is_staff=True)
+    user = staff.filter(username=username).first() if username else staff.filter(is_superuser=True).first()
+    if user is None:
+        raise CommandError(
+            f"no active staff user {username!r}" if username else "no active superuser: give --user or $VPP_API_KEY"
+        )
+    key, raw = api_key_issue(
+        user=user, scopes=[ApiScope.COMMAND], expires_at=timezone.now() + CALL_KEY_LIFETIME, name="station call (cli)"
+    )
+    try:
+        yield raw
+    finally:
+        api_key_revoke(key=key)
 
 
 def _organisation(slug: str, *, create: bool) -> Organisation:

@@ -6,10 +6,10 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from markets.regulation.models import RegulationSignal, ReserveDeployment
+from tests.fleet.factories import api_key_for
 from tests.markets.regulation.data import HOUR_START, client_for, regulation_product, user_with
 
 pytestmark = pytest.mark.django_db
@@ -46,10 +46,15 @@ def test_signal_intake_refuses_users_without_the_permission():
     assert "submit_regulation_signal" in response.json()["detail"]
 
 
-def test_a_utility_posts_a_signal_value_with_its_token():
-    user = user_with("utility-token", "markets.submit_regulation_signal")
+def key_client(raw: str, scheme: str = "Api-Key") -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"{scheme} {raw}")
+    return client
+
+
+def test_a_utility_posts_a_signal_value_with_its_api_key():
+    user = user_with("utility-token", "markets.submit_regulation_signal")
+    client = key_client(api_key_for(user, "signal"))
     response = client.post(URL, signal("-0.71157"), format="json")
     assert response.status_code == 201
     row = RegulationSignal.objects.get()
@@ -134,3 +139,32 @@ def test_calling_reserve_needs_the_utility_permission():
     # Then it is refused and nothing is stored
     assert response.status_code == 403
     assert APIClient().post(RESERVE_URL, reserve(), format="json").status_code in (401, 403)
+
+
+# --- API keys: scope and portfolio ---------------------------------------------------------------------------------
+
+
+def test_a_key_without_scope_signal_is_refused_403_even_for_a_permitted_user():
+    # Given a permitted utility whose key only has scope read
+    user = user_with("utility-read", "markets.submit_regulation_signal")
+    # When it posts a value, then 403 names the missing scope and nothing is stored
+    response = key_client(api_key_for(user, "read")).post(URL, signal(), format="json")
+    assert response.status_code == 403
+    assert "scope 'signal'" in response.json()["detail"]
+    assert not RegulationSignal.objects.exists()
+
+
+def test_a_key_limited_to_a_portfolio_sends_signal_and_reserve_for_it_only():
+    # Given a key limited to portfolio "east", sent as a Bearer token
+    user = user_with("utility-east", "markets.submit_regulation_signal")
+    client = key_client(api_key_for(user, "signal", portfolio="east"), scheme="Bearer")
+    # When it posts for "west", then 403 for the signal and for a reserve event, nothing stored
+    west = client.post(URL, {**signal(), "portfolio": "west"}, format="json")
+    assert west.status_code == 403
+    assert "east" in west.json()["detail"]
+    reserve = {"portfolio": "west", "event_id": "e1", "power_w": 1000, "end": "2030-01-01T00:00:00Z"}
+    assert client.post("/api/regulation/reserve", reserve, format="json").status_code == 403
+    assert not RegulationSignal.objects.exists()
+    assert not ReserveDeployment.objects.exists()
+    # And for "east" the value is stored
+    assert client.post(URL, {**signal(), "portfolio": "east"}, format="json").status_code == 201

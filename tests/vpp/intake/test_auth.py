@@ -1,28 +1,94 @@
-"""Token authentication of the regulation WebSocket (vpp.intake.auth on chargers.api_tokens)."""
+"""API key authentication of the regulation WebSocket (vpp.intake.auth on fleet.keys)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from asgiref.sync import sync_to_async
-from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
+from django.contrib.auth.models import Permission, User
+from django.utils import timezone
 
-from chargers.api_tokens import token_key
+from fleet.keys import key_from_header
+from fleet.models import ApiKey
+from fleet.services import api_key_revoke
+from tests.fleet.factories import api_key_for
 from vpp.intake import auth
 
 
-def test_the_token_comes_from_the_authorization_header_else_the_query_string():
-    header = {"headers": [(b"authorization", b"Token abc "), (b"host", b"x")], "query_string": b"token=q"}
-    assert auth.scope_token(header) == "abc"
-    assert auth.scope_token({"headers": [(b"authorization", b"Basic eDp5")], "query_string": b"token=q"}) == "q"
-    assert auth.scope_token({"headers": []}) == ""
-    assert (token_key("Token k"), token_key(b"Token "), token_key("Bearer k"), token_key(None)) == ("k", "", None, None)
+@pytest.fixture(autouse=True)
+def _no_cached_verdicts() -> None:
+    auth.forget_all()
+
+
+def test_the_key_comes_from_the_authorization_header_else_the_subprotocol():
+    # Given handshakes carrying a key in the header, in the subprotocol list, or nowhere
+    header = {"headers": [(b"authorization", b"Api-Key abc.def "), (b"host", b"x")], "subprotocols": ["apikey.zz"]}
+    offered = {"headers": [(b"authorization", b"Basic eDp5")], "subprotocols": ["vpp.regulation.v1", "apikey.p.k"]}
+    # Then the header wins, the subprotocol is the fallback, and no key is ""
+    assert auth.scope_key(header) == "abc.def"
+    assert auth.scope_key(offered) == "p.k"
+    assert auth.scope_key({"headers": []}) == ""
+    # And the server accepts its own protocol, never the key's
+    assert (auth.accepted_subprotocol(offered), auth.accepted_subprotocol(header)) == ("vpp.regulation.v1", None)
+    assert (key_from_header("Api-Key k"), key_from_header(b"Bearer k"), key_from_header("Api-Key ")) == ("k", "k", "")
+    assert (key_from_header("Token k"), key_from_header(None)) == (None, None)
+
+
+def test_a_key_in_the_query_string_is_refused_even_with_a_good_header():
+    scope = {"headers": [(b"authorization", b"Api-Key a.b")], "query_string": b"token=a.b"}
+    with pytest.raises(auth.KeyInQueryString):
+        auth.scope_key(scope)
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_token_names_its_active_user_and_whether_it_may_send_signal_values(monkeypatch):
-    monkeypatch.setattr(auth, "_tokens", {})
-    user = await sync_to_async(User.objects.create_user)("viewer", password="a-long-test-password")
-    key = (await sync_to_async(Token.objects.create)(user=user)).key
-    assert await auth.token_user(key) == (user.pk, False)
-    assert await auth.token_user("no-such-key") == (None, False)
+async def test_a_key_names_its_active_user_and_whether_it_may_send_signal_values():
+    # Given a user without the permission holding a signal key, and a utility holding a read-only key
+    viewer = await sync_to_async(User.objects.create_user)("viewer", password="a-long-test-password")
+    viewer_key = await sync_to_async(api_key_for)(viewer, "signal")
+    utility = await sync_to_async(User.objects.create_user)("utility", password="a-long-test-password")
+    perm = await Permission.objects.aget(codename="submit_regulation_signal")
+    await utility.user_permissions.aadd(perm)
+    read_key = await sync_to_async(api_key_for)(utility, "read")
+    signal_key = await sync_to_async(api_key_for)(utility, "signal", portfolio="east")
+    # Then each verdict says who and whether, and an unknown key is nobody
+    assert await auth.key_verdict(viewer_key) == auth.Verdict(viewer.pk, False, "")
+    assert await auth.key_verdict(read_key) == auth.Verdict(utility.pk, False, "")
+    assert await auth.key_verdict(signal_key) == auth.Verdict(utility.pk, True, "east")
+    assert await auth.key_verdict("no-such.key") == auth.Verdict(None, False)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_revoked_key_stops_once_its_cached_verdict_is_older_than_the_ttl(monkeypatch):
+    # Given a utility's key, verified once (cached)
+    utility = await sync_to_async(User.objects.create_user)("utility", password="a-long-test-password")
+    await utility.user_permissions.aadd(await Permission.objects.aget(codename="submit_regulation_signal"))
+    raw = await sync_to_async(api_key_for)(utility, "signal")
+    clock = [1000.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: clock[0])
+    assert (await auth.key_verdict(raw)).allowed
+    # When it is revoked, it still passes from memory within the TTL
+    key = await ApiKey.objects.aget(prefix=raw.partition(".")[0])
+    await sync_to_async(api_key_revoke)(key=key)
+    clock[0] += auth.KEY_TTL_S - 1
+    assert (await auth.key_verdict(raw)).allowed
+    # Then once the TTL has passed it is refused
+    clock[0] += 2
+    assert await auth.key_verdict(raw) == auth.Verdict(None, False)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_verdict_cache_is_bounded(monkeypatch):
+    # Given a small cache, when more made-up keys than it holds are tried, then it keeps only the newest
+    monkeypatch.setattr(auth, "CACHE_MAX", 3)
+    for n in range(10):
+        await auth.key_verdict(f"made{n}.up")
+    assert len(auth._verdicts) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_expired_key_is_nobody():
+    utility = await sync_to_async(User.objects.create_user)("utility", password="a-long-test-password")
+    raw = await sync_to_async(api_key_for)(utility, "signal")
+    await ApiKey.objects.filter(user=utility).aupdate(expiry_date=timezone.now() - timedelta(seconds=1))
+    assert await auth.key_verdict(raw) == auth.Verdict(None, False)

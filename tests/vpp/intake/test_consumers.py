@@ -1,4 +1,5 @@
-"""ws/regulation: only a utility holding the signal permission may stream values; each frame is answered alone."""
+"""ws/regulation: only a utility's API key (scope signal, user with the signal permission) may stream values, sent
+in the header or the subprotocol, never the query string; each frame is answered alone."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import Permission, User
-from rest_framework.authtoken.models import Token
 
 from markets.models import RegulationSignal
+from tests.fleet.factories import api_key_for
 from tests.markets.regulation.data import regulation_product
+from vpp.dispatch import services as dispatch_services
 from vpp.intake import auth
 from vpp.intake.consumers import RegulationSignalConsumer
 
@@ -19,28 +21,44 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def _no_cached_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(auth, "_tokens", {})
+def _no_cached_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    auth.forget_all()
+    # Product ids are cached per process; a transactional test's flush re-creates the products under new ids.
+    monkeypatch.setattr(dispatch_services, "_products", {})
 
 
-def _token(username: str, *, may_submit: bool) -> str:
+def _token(username: str, *, may_submit: bool, scopes: tuple[str, ...] = ("signal",), portfolio: str = "") -> str:
     user = User.objects.create_user(username, password="a-long-test-password")
     if may_submit:
         user.user_permissions.add(Permission.objects.get(codename="submit_regulation_signal"))
-    return Token.objects.create(user=user).key
+    return api_key_for(user, *scopes, portfolio=portfolio)
 
 
-async def _connect(key: str | None) -> tuple[WebsocketCommunicator, bool, Any]:
-    headers = [(b"authorization", f"Token {key}".encode())] if key else []
-    communicator = WebsocketCommunicator(RegulationSignalConsumer.as_asgi(), "/ws/regulation", headers=headers)
+async def _connect(
+    key: str | None, *, via: str = "header", path: str = "/ws/regulation"
+) -> tuple[WebsocketCommunicator, bool, Any]:
+    headers = [(b"authorization", f"Api-Key {key}".encode())] if key and via == "header" else []
+    subprotocols = ["vpp.regulation.v1", f"apikey.{key}"] if key and via == "subprotocol" else None
+    communicator = WebsocketCommunicator(
+        RegulationSignalConsumer.as_asgi(), path, headers=headers, subprotocols=subprotocols
+    )
     connected, code = await communicator.connect()
     return communicator, connected, code
 
 
-@pytest.mark.parametrize(("who", "close_code"), [("nobody", 4401), ("viewer", 4403)])
-async def test_it_refuses_a_socket_without_a_token_or_without_the_permission(who: str, close_code: int) -> None:
-    # Given no token, or the token of a user who may not send signal values
-    key = None if who == "nobody" else await sync_to_async(_token)(who, may_submit=False)
+@pytest.mark.parametrize(
+    ("who", "close_code"), [("nobody", 4401), ("viewer", 4403), ("read-only", 4403), ("bogus", 4401)]
+)
+async def test_it_refuses_a_socket_without_a_key_scope_or_permission(who: str, close_code: int) -> None:
+    # Given no key, a key of a user who may not send, a read-only key of one who may, or an unknown key
+    keys = {
+        "nobody": None,
+        "viewer": lambda: _token("viewer", may_submit=False),
+        "read-only": lambda: _token("reader", may_submit=True, scopes=("read",)),
+        "bogus": lambda: "abcdefgh.not-a-real-key",
+    }
+    make = keys[who]
+    key = None if make is None else await sync_to_async(make)()
 
     # When the utility opens the socket, then the handshake is refused with the close code that says why
     _, connected, code = await _connect(key)
@@ -67,4 +85,49 @@ async def test_it_refuses_a_product_named_without_its_operator_and_stays_open() 
     assert answer["ok"] is True, answer
     assert (answer["created"], answer["value"]) == (True, "-0.25000")
     assert await RegulationSignal.objects.filter(portfolio="ws-test").acount() == 1
+    await communicator.disconnect()
+
+
+async def test_a_key_in_the_query_string_is_refused_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    # Given a valid key of an authorised utility
+    key = await sync_to_async(_token)("utility", may_submit=True)
+
+    # When it is sent as ?token=, then the handshake is refused (4401) and a log line says why
+    _, connected, code = await _connect(None, path=f"/ws/regulation?token={key}")
+    assert (connected, code) == (False, 4401)
+    assert "query string" in caplog.text
+    assert key not in caplog.text
+
+
+async def test_a_key_in_the_subprotocol_is_accepted_and_the_server_picks_its_own_protocol() -> None:
+    # Given an authorised utility's key offered as a subprotocol next to vpp.regulation.v1
+    key = await sync_to_async(_token)("utility", may_submit=True)
+
+    # When it connects, then it is accepted with vpp.regulation.v1 (the key is never echoed)
+    communicator, connected, protocol = await _connect(key, via="subprotocol")
+    assert (connected, protocol) == (True, "vpp.regulation.v1")
+    await communicator.disconnect()
+
+
+async def test_a_key_limited_to_a_portfolio_sends_for_that_portfolio_only() -> None:
+    # Given a key limited to portfolio "east"
+    await sync_to_async(regulation_product)()
+    key = await sync_to_async(_token)("utility", may_submit=True, portfolio="east")
+    communicator, connected, _ = await _connect(key)
+    assert connected
+
+    # When it sends a value for "west", then that frame is refused and nothing stored
+    await communicator.send_json_to(
+        {"product": "pjm:reg-d", "portfolio": "west", "value": 0.1, "at": "2026-12-01T10:00:00+00:00"}
+    )
+    answer = await communicator.receive_json_from(timeout=10)
+    assert answer["ok"] is False
+    assert "east" in answer["error"]
+    assert not await RegulationSignal.objects.filter(portfolio="west").aexists()
+
+    # And a value for "east" is stored
+    await communicator.send_json_to(
+        {"product": "pjm:reg-d", "portfolio": "east", "value": 0.1, "at": "2026-12-01T10:00:00+00:00"}
+    )
+    assert (await communicator.receive_json_from(timeout=10))["ok"] is True
     await communicator.disconnect()
