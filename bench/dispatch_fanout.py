@@ -115,7 +115,7 @@ def light_fleet(station_ids: list[str]):
     from datetime import UTC, datetime
 
     from fleet.models import Fleet, Organisation, Vehicle
-    from fleet.services import session_open, soc_report
+    from fleet.services.vehicles import session_open, soc_report
 
     org, _ = Organisation.objects.get_or_create(slug="bench", defaults={"name": "bench"})
     fleet = Fleet.objects.create(organisation=org, name=f"light {station_ids[0]}")

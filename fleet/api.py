@@ -23,10 +23,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from fleet import selectors, services
+from fleet import selectors
 from fleet.models import Fleet, Membership, PlanSource, Role, SocSource, Vehicle, VehicleState
 from fleet.numerics.flexibility import fleet_flexibility, vehicle_flexibility
 from fleet.permissions import FleetWriteKeys, ReadKeys
+from fleet.services import errors, vehicles
 
 MAX_INTERVALS = 7 * 96
 
@@ -223,7 +224,7 @@ class VehicleViewSet(
         vehicle = self.get_object()
         data = DepartureInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        plan = services.departure_plan_set(
+        plan = vehicles.departure_plan_set(
             vehicle=vehicle,
             departure_at=data.validated_data["departure_at"],
             target_soc_pct=data.validated_data["target_soc_pct"],
@@ -242,8 +243,8 @@ class VehicleViewSet(
             data.is_valid(raise_exception=True)
             rows = [(r["weekday"], r["departure_time"], r["target_soc_pct"]) for r in data.validated_data]
             try:
-                services.weekly_schedule_set(vehicle=vehicle, rows=rows)
-            except services.FleetError as exc:
+                vehicles.weekly_schedule_set(vehicle=vehicle, rows=rows)
+            except errors.FleetError as exc:
                 raise ValidationError({"detail": str(exc)}) from exc
         current = vehicle.weekly_departures.order_by("weekday")
         return Response(WeeklyDepartureSerializer(current, many=True).data)
@@ -256,7 +257,7 @@ class VehicleViewSet(
         data = SocInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         soc_wh = round(vehicle.usable_capacity_wh * data.validated_data["soc_pct"] / 100)
-        belief = services.soc_report(
+        belief = vehicles.soc_report(
             vehicle=vehicle,
             soc_wh=soc_wh,
             valid_at=data.validated_data.get("valid_at") or timezone.now(),

@@ -17,7 +17,6 @@ import numpy as np
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from fleet import services
 from fleet.models import (
     Fleet,
     Membership,
@@ -29,6 +28,7 @@ from fleet.models import (
     Vehicle,
     WeeklyDeparture,
 )
+from fleet.services import vehicles as vehicle_services
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "ev-sessions"
 PROFILES = ("private", "public", "workplace")
@@ -189,7 +189,7 @@ def demo_fleet_seed(
             arrival_soc = max(target_wh - demo.energy_wh, vehicle.floor_wh // 2)
             plugged_now = arrival <= now < departure and (stations is None or bool(free_stations))
             if not plugged_now:
-                services.soc_report(
+                vehicle_services.soc_report(
                     vehicle=vehicle,
                     soc_wh=target_wh,
                     valid_at=departure - timedelta(days=1),
@@ -200,7 +200,7 @@ def demo_fleet_seed(
             charged = vehicle.ac_max_charge_w * vehicle.charge_efficiency * (now - arrival).total_seconds() / 3600
             soc_now = int(min(arrival_soc + charged, max(arrival_soc, target_wh)))
             station_id = free_stations.pop(0) if stations is not None else f"seed-evse-{n}"
-            session = services.session_open(
+            session = vehicle_services.session_open(
                 vehicle=vehicle,
                 station_id=station_id,
                 evse_id=1,
@@ -208,8 +208,10 @@ def demo_fleet_seed(
                 matched_by="seed",
                 started_at=arrival,
             )
-            services.soc_report(vehicle=vehicle, soc_wh=soc_now, valid_at=now, source=SocSource.SEED, known_at=now)
-            services.departure_plan_set(
+            vehicle_services.soc_report(
+                vehicle=vehicle, soc_wh=soc_now, valid_at=now, source=SocSource.SEED, known_at=now
+            )
+            vehicle_services.departure_plan_set(
                 vehicle=vehicle,
                 departure_at=departure,
                 target_soc_pct=DEMO_TARGET_PCT,

@@ -21,6 +21,7 @@ from fleet.models import (
     Organisation,
     PlanSource,
     PlugSession,
+    Role,
     SocEstimate,
     SocSource,
     Vehicle,
@@ -57,6 +58,24 @@ def organisations_for(
     if roles is not None:
         memberships = memberships.filter(role__in=list(roles))
     return Organisation.objects.filter(pk__in=memberships.values("organisation_id"))
+
+
+def signal_portfolios_for(user: AbstractBaseUser | AnonymousUser) -> set[str] | None:
+    """The portfolios a user may send regulation signal values and reserve events for: every one (None) for an
+    operator and for holders of ``markets.submit_regulation_signal`` (a service account the aggregator trusts, as the
+    "bidding admin" group is its own bidding desk); else, for a utility, its organisations' ``fleet-<id>``
+    portfolios (a whole-aggregator portfolio such as ``default`` moves every tenant's cars); else none."""
+    if not (user.is_authenticated and user.is_active):
+        return set()
+    if is_operator(user) or getattr(user, "has_perm", lambda _: False)("markets.submit_regulation_signal"):
+        return None
+    return portfolios_for(user, roles=[Role.UTILITY])
+
+
+def may_send_signals(user: AbstractBaseUser | AnonymousUser) -> bool:
+    """Whether a user may send signal values at all (for which portfolios: :func:`signal_portfolios_for`)."""
+    portfolios = signal_portfolios_for(user)
+    return portfolios is None or bool(portfolios)
 
 
 def stations_for(user: AbstractBaseUser | AnonymousUser, *, roles: Iterable[str] | None = None) -> QuerySet[Station]:

@@ -6,7 +6,8 @@ from typing import Any
 
 from celery import shared_task
 
-from fleet import jobs, services, telemetry
+from fleet import jobs, telemetry
+from fleet.services import vehicles
 
 
 @shared_task(name=jobs.REFRESH_VEHICLE_STATE, ignore_result=True)
@@ -16,9 +17,9 @@ def refresh_vehicle_state(vehicle_id: int) -> bool:
     Loads by id, claims the request with an atomic update, so a burst of telemetry or a redelivered message
     costs one recomputation, not one per message.
     """
-    if not services.vehicle_state_claim(vehicle_id=vehicle_id):
+    if not vehicles.vehicle_state_claim(vehicle_id=vehicle_id):
         return False
-    services.vehicle_state_refresh(vehicle_id=vehicle_id)
+    vehicles.vehicle_state_refresh(vehicle_id=vehicle_id)
     return True
 
 

@@ -18,8 +18,9 @@ from django.db.models import Q
 
 from chargers.models import ENERGY_IMPORT_REGISTER, EvChargingNeeds
 from chargers.models import Transaction as ChargerTransaction
-from fleet import jobs, selectors, services
+from fleet import jobs, selectors
 from fleet.models import DeparturePlan, PlanSource, PlugSession, SocEstimate, SocSource, Vehicle
+from fleet.services import vehicles
 
 LOG = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def _apply(reading: Reading) -> int:
         return 0
     if session.charger_transaction is not None and not session.charger_transaction.active:
         ended = session.charger_transaction.ended_at or reading.timestamp
-        services.session_close(station_id=session.station_id, transaction_id=session.transaction_id, ended_at=ended)
+        vehicles.session_close(station_id=session.station_id, transaction_id=session.transaction_id, ended_at=ended)
         return 1
     _apply_charging_needs(session)
     _apply_soc(session.vehicle, reading)
@@ -151,7 +152,7 @@ def _close_at_evse(reading: Reading) -> int:
         ).values_list("transaction_id", flat=True)
     )
     for tx_id in open_ids:
-        services.session_close(station_id=reading.station_id, transaction_id=tx_id, ended_at=reading.timestamp)
+        vehicles.session_close(station_id=reading.station_id, transaction_id=tx_id, ended_at=reading.timestamp)
     return len(open_ids)
 
 
@@ -176,13 +177,13 @@ def _session_for(reading: Reading) -> PlugSession | None:
     evse_id = tx.evse_id or reading.evse_id or None
     if tx.id_token:
         # With ISO 15118 the token can be the EV's EVCCID (MacAddress type); else a card or app token.
-        match = services.vehicle_match(id_token=tx.id_token, evccid=tx.id_token)
+        match = vehicles.vehicle_match(id_token=tx.id_token, evccid=tx.id_token)
     else:
         match = _bay_vehicle(reading.station_id, evse_id)
     if match is None:
         return None
     vehicle, matched_by = match
-    session = services.session_open(
+    session = vehicles.session_open(
         vehicle=vehicle,
         station_id=reading.station_id,
         evse_id=evse_id,
@@ -236,14 +237,14 @@ def _apply_charging_needs(session: PlugSession) -> None:
         "ev_max_discharge_w": needs.max_discharge_power_w,
     }
     if any(v is not None and getattr(session, k) != v for k, v in limits.items()):
-        services.session_set_limits(session=session, **limits)
+        vehicles.session_set_limits(session=session, **limits)
     target_pct = _target_pct(session.vehicle, needs)
     if needs.departure_time is None or target_pct is None:
         return
     latest = DeparturePlan.objects.filter(session=session, source=PlanSource.STATION).order_by("-known_at").first()
     if latest is not None and (latest.departure_at, latest.target_soc_pct) == (needs.departure_time, target_pct):
         return
-    services.departure_plan_set(
+    vehicles.departure_plan_set(
         vehicle=session.vehicle,
         departure_at=needs.departure_time,
         target_soc_pct=target_pct,
@@ -281,7 +282,7 @@ def _apply_soc(vehicle: Vehicle, reading: Reading) -> None:
     if pct is not None and 0 <= pct <= 100 and (last_report is None or pct != reported_pct):
         if last_report is not None and last_report.valid_at == reading.timestamp:
             return  # the same reading again
-        services.soc_report(
+        vehicles.soc_report(
             vehicle=vehicle,
             soc_wh=vehicle.usable_capacity_wh * pct // 100,
             valid_at=reading.timestamp,
@@ -290,7 +291,7 @@ def _apply_soc(vehicle: Vehicle, reading: Reading) -> None:
         )
         return
     if imported is not None:
-        services.soc_advance(
+        vehicles.soc_advance(
             vehicle=vehicle,
             import_register_wh=imported,
             export_register_wh=exported or 0,

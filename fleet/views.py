@@ -16,7 +16,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from fleet import selectors
 from fleet.models import ApiScope, Organisation
-from fleet.services import API_KEY_MAX_LIFETIME, FleetError, api_key_issue, api_key_revoke
+from fleet.services.accounts import API_KEY_MAX_LIFETIME, api_key_issue, api_key_revoke
+from fleet.services.errors import FleetError
 
 
 class ApiKeyIssueForm(forms.Form):

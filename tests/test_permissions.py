@@ -165,21 +165,32 @@ MATRIX: dict[str, Row] = {
         "/api/regulation/reconciliation", read=expect(DENIED, FORBIDDEN, FORBIDDEN, FORBIDDEN, OK)
     ),
     # -- regulation intake (vpp.intake): today a Django permission, not yet a role or key scope
+    # -- the regulation intake: a utility for its organisations' fleet portfolios (the owner's fleet here); operators
+    # and holders of markets.submit_regulation_signal for any (tests/vpp/intake: keys, scopes, key portfolios)
     "api/regulation/signal": Row(
         "/api/regulation/signal",
         role=UT,
         wrong_role=FM,
-        write=expect(DENIED, FORBIDDEN, FORBIDDEN, FORBIDDEN, FORBIDDEN),
-        body={},
-        pending="utilities' signal scope per portfolio: current rule is markets.submit_regulation_signal",
+        write=expect(DENIED, ALLOWED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        body=lambda w: {
+            "product": "pjm:reg-d",
+            "portfolio": f"fleet-{w.fleet}",
+            "at": "2026-11-30T12:00:00Z",
+            "value": "0.25",
+        },
     ),
     "api/regulation/reserve": Row(
         "/api/regulation/reserve",
         role=UT,
         wrong_role=FM,
-        write=expect(DENIED, FORBIDDEN, FORBIDDEN, FORBIDDEN, FORBIDDEN),
-        body={},
-        pending="utilities' signal scope per portfolio: current rule is markets.submit_regulation_signal",
+        write=expect(DENIED, ALLOWED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        body=lambda w: {
+            "portfolio": f"fleet-{w.fleet}",
+            "event_id": "matrix-1",
+            "power_w": 10_000,
+            "start": "2026-11-30T12:00:00Z",
+            "end": "2026-11-30T12:30:00Z",
+        },
     ),
     # -- station commands: members of the owning organisation see their stations' commands; Reset is operator-only
     "api/stations/<str:station_id>/call": Row(
@@ -192,6 +203,13 @@ MATRIX: dict[str, Row] = {
         "/api/stations/{station_id}/commands", read=expect(DENIED, OK, NOT_FOUND, OK, OK)
     ),
     "api/station-commands/": Row("/api/station-commands/", read=expect(DENIED, OK, OK, OK, OK)),
+    # -- a user's own API keys (tests/fleet/test_keys.py: issuing, and revoking one's own); another's prefix is 404
+    "account/api-keys/": Row("/account/api-keys/", api=False, read=expect(LOGIN, OK, OK, OK, OK)),
+    "account/api-keys/<str:prefix>/revoke": Row(
+        "/account/api-keys/notmine1/revoke",
+        api=False,
+        write=expect(LOGIN, NOT_FOUND, NOT_FOUND, NOT_FOUND, NOT_FOUND),
+    ),
     # -- pages
     "": Row("/", api=False, read=expect(LOGIN, OK, OK, OK, OK)),
     "dashboard/overview.json": Row("/dashboard/overview.json", api=False, read=expect(LOGIN, OK, OK, OK, OK)),

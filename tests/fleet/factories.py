@@ -74,7 +74,7 @@ def api_key_for(user: User, *scopes: str, portfolio: str = "", days: int = 30, *
 
     from django.utils import timezone
 
-    from fleet.services import api_key_issue
+    from fleet.services.accounts import api_key_issue
 
     _key, raw = api_key_issue(
         user=user,

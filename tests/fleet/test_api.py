@@ -8,8 +8,8 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from fleet import services
 from fleet.models import DeparturePlan, Membership, PlanSource, Role
+from fleet.services import vehicles
 from tests.fleet.factories import FleetFactory, PlugSessionFactory, UserFactory, VehicleFactory
 
 pytestmark = pytest.mark.django_db
@@ -25,7 +25,7 @@ def setup(django_capture_on_commit_callbacks) -> dict[str, object]:
         vehicle=VehicleFactory.create(fleet=mine), started_at=timezone.now() - timedelta(hours=1)
     )
     with django_capture_on_commit_callbacks(execute=True):  # the refresh task runs after commit
-        services.soc_report(vehicle=session.vehicle, soc_wh=30_000, valid_at=timezone.now())
+        vehicles.soc_report(vehicle=session.vehicle, soc_wh=30_000, valid_at=timezone.now())
     other = VehicleFactory.create(fleet=theirs)
     client = APIClient()
     client.force_authenticate(user)

@@ -15,11 +15,19 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from fleet.models import ApiKey, Membership, Role
-from fleet.services import FleetError, api_key_issue
+from fleet.services.accounts import api_key_issue
+from fleet.services.errors import FleetError
 from tests.fleet.factories import OrganisationFactory, UserFactory, api_key_for
 
 pytestmark = pytest.mark.django_db
 URL = "/api/fleet/vehicles/"
+
+
+def fleet_manager():
+    """A fleet manager of an organisation of their own: the vehicles list answers them 200."""
+    user = UserFactory.create()
+    Membership.objects.create(user=user, organisation=OrganisationFactory.create(), role=Role.FLEET_MANAGER)
+    return user
 
 
 def key_client(header: str) -> APIClient:
@@ -34,7 +42,7 @@ def key_client(header: str) -> APIClient:
 @pytest.mark.parametrize("scheme", ["Api-Key", "Bearer"])
 def test_a_valid_key_authenticates_as_its_user(scheme: str) -> None:
     # Given a fleet manager's read key
-    raw = api_key_for(UserFactory.create(), "read")
+    raw = api_key_for(fleet_manager(), "read")
     # When it calls the API with the key, then it is let in
     assert key_client(f"{scheme} {raw}").get(URL).status_code == 200
 
@@ -42,7 +50,7 @@ def test_a_valid_key_authenticates_as_its_user(scheme: str) -> None:
 @pytest.mark.parametrize("change", ["revoked", "expired", "inactive user"])
 def test_a_revoked_or_expired_key_or_an_inactive_users_key_is_401(change: str) -> None:
     # Given a key that worked
-    user = UserFactory.create()
+    user = fleet_manager()
     raw = api_key_for(user, "read")
     client = key_client(f"Api-Key {raw}")
     assert client.get(URL).status_code == 200
@@ -104,8 +112,9 @@ def test_issuing_checks_scopes_expiry_and_membership() -> None:
 
 
 def test_token_add_prints_the_key_once_and_stores_it_hashed() -> None:
-    # Given a utility user
+    # Given a fleet manager
     user = UserFactory.create(username="grid-op")
+    Membership.objects.create(user=user, organisation=OrganisationFactory.create(), role=Role.FLEET_MANAGER)
     out, err = io.StringIO(), io.StringIO()
     # When an operator issues a key from the command line
     call_command("token", "add", "grid-op", "--scopes", "read,signal", "--expires", "30d", stdout=out, stderr=err)

@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from fleet.models import ApiKey, ApiScope
-from fleet.selectors import key_allows
+from fleet.selectors import key_allows, may_send_signals, signal_portfolios_for
 from markets.models import Product
 from markets.regulation.models import SignalSource
 from markets.regulation.services import RegulationError, ReserveConflict, SignalConflict, regulation_signal_record
@@ -31,18 +31,23 @@ from vpp.dispatch.services import regulation_dispatch_from_sync, reserve_deploym
 
 
 def signal_sender_check(request: Request, *, what: str) -> None:
-    """403 unless the caller may send regulation values: the permission, and for an API key its scope ``signal``.
+    """403 unless the caller may send regulation values (:func:`fleet.selectors.may_send_signals`), and for an API
+    key its scope ``signal``.
     Runs before the body is judged (403, not 400, for a caller who may not send at all)."""
-    if not request.user.has_perm("markets.submit_regulation_signal"):
-        raise PermissionDenied(f"{what} needs markets.submit_regulation_signal")
+    if not may_send_signals(request.user):
+        raise PermissionDenied(f"{what} needs a utility's role, an operator, or markets.submit_regulation_signal")
     if not key_allows(request.auth, ApiScope.SIGNAL):
         raise PermissionDenied(f"{what} needs an API key with scope 'signal'")
 
 
 def portfolio_check(request: Request, portfolio: str) -> None:
-    """403 when the request's API key is limited to another portfolio."""
+    """403 unless the caller may dispatch ``portfolio`` (:func:`fleet.selectors.signal_portfolios_for`: a utility
+    only its organisations' ``fleet-<id>``), and an API key limited to a portfolio that one only."""
     if isinstance(request.auth, ApiKey) and request.auth.portfolio and request.auth.portfolio != portfolio:
         raise PermissionDenied(f"this API key sends for portfolio {request.auth.portfolio!r} only")
+    allowed = signal_portfolios_for(request.user)
+    if allowed is not None and portfolio not in allowed:
+        raise PermissionDenied(f"portfolio {portfolio!r} is not one of your organisations' (fleet-<id>)")
 
 
 class OffsetDateTimeField(serializers.DateTimeField):

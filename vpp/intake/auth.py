@@ -24,12 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+from channels.db import database_sync_to_async
+
 from fleet.keys import aapi_key_user, key_from_header
 from fleet.models import ApiScope
+from fleet.selectors import may_send_signals
 
 log = logging.getLogger(__name__)
 
-PERMISSION = "markets.submit_regulation_signal"
 SUBPROTOCOL = "vpp.regulation.v1"
 KEY_SUBPROTOCOL_PREFIX = "apikey."
 KEY_TTL_S = 30.0
@@ -89,7 +91,7 @@ async def key_verdict(key: str) -> Verdict:
         verdict = _REFUSED
     else:
         user, api_key = found
-        allowed = api_key.allows(ApiScope.SIGNAL) and await user.ahas_perm(PERMISSION)
+        allowed = api_key.allows(ApiScope.SIGNAL) and await database_sync_to_async(may_send_signals)(user)
         verdict = Verdict(user.pk, allowed, api_key.portfolio)
     _verdicts[digest] = (now, verdict)
     _verdicts.move_to_end(digest)

@@ -17,8 +17,11 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.contrib.auth import get_user_model
 
+from fleet.selectors import signal_portfolios_for
 from markets.regulation.models import SignalSource
 from markets.regulation.services import RegulationError
 from vpp.dispatch.services import regulation_signal_intake
@@ -30,6 +33,9 @@ log = logging.getLogger(__name__)
 class RegulationSignalConsumer(AsyncWebsocketConsumer):
     user_id: int | None = None
     key: str = ""
+    # The portfolios this user may dispatch (fleet.selectors.signal_portfolios_for), read at connect; None: every
+    # one. A fleet added later needs a reconnect.
+    portfolios: set[str] | None = set()
 
     async def connect(self) -> None:
         try:
@@ -47,6 +53,7 @@ class RegulationSignalConsumer(AsyncWebsocketConsumer):
             await self.close(code=4401 if verdict.user_id is None else 4403)
             return
         self.user_id, self.key = verdict.user_id, key
+        self.portfolios = await database_sync_to_async(_portfolios_of)(verdict.user_id)
         await self.accept(subprotocol=accepted_subprotocol(self.scope))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -58,6 +65,8 @@ class RegulationSignalConsumer(AsyncWebsocketConsumer):
             product, portfolio, value, at = parse_signal(json.loads(text_data or "null"))
             if verdict.portfolio and portfolio != verdict.portfolio:
                 raise RegulationError(f"this API key sends values for portfolio {verdict.portfolio!r} only")
+            if self.portfolios is not None and portfolio not in self.portfolios:
+                raise RegulationError(f"portfolio {portfolio!r} is not one of your organisations' (fleet-<id>)")
             intake = await regulation_signal_intake(
                 product=product,
                 portfolio=portfolio,
@@ -84,6 +93,10 @@ class RegulationSignalConsumer(AsyncWebsocketConsumer):
 
     async def _answer(self, body: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(body))
+
+
+def _portfolios_of(user_id: int) -> set[str] | None:
+    return signal_portfolios_for(get_user_model().objects.get(pk=user_id))
 
 
 def parse_signal(body: Any) -> tuple[str, str, Any, datetime | None]:

@@ -42,14 +42,8 @@ from chargers.models import EvChargingNeeds, MeterValue, Station, Transaction
 from chargers.services.provisioning import stations_add
 from fleet.models import ApiKey, ApiScope, Fleet, Organisation, PlanSource, Vehicle
 from fleet.numerics.arrays import power_bounds
-from fleet.services import (
-    api_key_issue,
-    api_key_revoke,
-    departure_plan_set,
-    session_open,
-    session_set_limits,
-    soc_report,
-)
+from fleet.services.accounts import api_key_issue, api_key_revoke
+from fleet.services.vehicles import departure_plan_set, session_open, session_set_limits, soc_report
 from markets.defaults import ensure_defaults
 from markets.models import Award, Bid, DepotSite, MarketOperator, Product
 from markets.regulation.signals import SignalTrace

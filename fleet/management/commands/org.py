@@ -7,7 +7,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from fleet.models import Organisation
-from fleet.services import FleetError, organisation_add
+from fleet.services.accounts import organisation_add
+from fleet.services.errors import FleetError
 
 
 class Command(BaseCommand):

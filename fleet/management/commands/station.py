@@ -27,7 +27,9 @@ from chargers.passwords import WeakStationPassword
 from chargers.remote import RemoteCallError, station_call_remote
 from chargers.services.station_call import StationCallError, station_call
 from fleet.models import ApiScope, Organisation
-from fleet.services import FleetError, api_key_issue, api_key_revoke, station_ownership_set, stations_provision
+from fleet.services.accounts import api_key_issue, api_key_revoke
+from fleet.services.errors import FleetError
+from fleet.services.stations import station_ownership_set, stations_provision
 
 PASSWORD_ENV = "STATION_PASSWORD"  # noqa: S105 - the variable's name, not a password
 

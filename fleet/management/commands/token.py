@@ -16,7 +16,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from fleet.models import ApiKey, Organisation
-from fleet.services import FleetError, api_key_issue, api_key_revoke
+from fleet.services.accounts import api_key_issue, api_key_revoke
+from fleet.services.errors import FleetError
 
 _DURATION = re.compile(r"^(\d+)([dh])$")
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from fleet.services import OPERATOR, FleetError, user_add
+from fleet.services.accounts import OPERATOR, user_add
+from fleet.services.errors import FleetError
 
 PASSWORD_ENV = "VPP_USER_PASSWORD"  # noqa: S105 - the name of the variable, not a password
 ROLES = ("fleet-manager", "bidding-admin", "operator", "utility")

@@ -7,7 +7,7 @@ from django.test import Client
 
 from chargers.models import MeterValue
 from fleet.models import Membership, Role, StationOwnership
-from fleet.services import soc_report
+from fleet.services.vehicles import soc_report
 from tests.chargers.factories import StationFactory
 from tests.fleet.factories import OrganisationFactory, PlugSessionFactory, UserFactory
 

@@ -8,8 +8,9 @@ from decimal import Decimal
 import pytest
 from rest_framework.test import APIClient
 
+from fleet.models import Membership, Role
 from markets.regulation.models import RegulationSignal, ReserveDeployment
-from tests.fleet.factories import api_key_for
+from tests.fleet.factories import FleetFactory, UserFactory, api_key_for
 from tests.markets.regulation.data import HOUR_START, client_for, regulation_product, user_with
 
 pytestmark = pytest.mark.django_db
@@ -168,3 +169,18 @@ def test_a_key_limited_to_a_portfolio_sends_signal_and_reserve_for_it_only():
     assert not ReserveDeployment.objects.exists()
     # And for "east" the value is stored
     assert client.post(URL, {**signal(), "portfolio": "east"}, format="json").status_code == 201
+
+
+def test_a_utility_sends_for_its_organisations_fleets_only_never_the_whole_aggregator():
+    # Given a utility of an organisation with a fleet (no global signal permission)
+    fleet = FleetFactory.create()
+    user = UserFactory.create()
+    Membership.objects.create(user=user, organisation=fleet.organisation, role=Role.UTILITY)
+    client = key_client(api_key_for(user, "signal"))
+    # When it sends for "default" (every tenant's cars), then it is refused and nothing is stored
+    response = client.post(URL, {**signal(), "portfolio": "default"}, format="json")
+    assert response.status_code == 403
+    assert not RegulationSignal.objects.exists()
+    # And for its own fleet's portfolio the value is stored
+    response = client.post(URL, {**signal(), "portfolio": f"fleet-{fleet.pk}"}, format="json")
+    assert response.status_code == 201

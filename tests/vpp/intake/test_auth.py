@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from fleet.keys import key_from_header
 from fleet.models import ApiKey
-from fleet.services import api_key_revoke
+from fleet.services.accounts import api_key_revoke
 from tests.fleet.factories import api_key_for
 from vpp.intake import auth
 

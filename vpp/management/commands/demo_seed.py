@@ -12,7 +12,7 @@ from django.core.management import call_command, get_commands
 from django.core.management.base import BaseCommand, CommandParser
 
 from fleet.seeding import demo_organisation
-from fleet.services import stations_provision
+from fleet.services.stations import stations_provision
 from vpp.demo import demo_credentials
 
 

@@ -1,157 +1,33 @@
-"""Fleet domain operations: keyword-only, typed, one transaction each where they write."""
+"""Vehicles' write path: matching sessions, plug sessions, departure plans, SoC beliefs and the derived state
+refresh. Keyword-only, typed, one transaction each where they write."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from typing import Any, cast
 
-from django.contrib.auth.models import User
-from django.contrib.auth.password_validation import validate_password
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
-from django.utils.text import slugify
 
-from chargers.models import BootStatus, Station
-from chargers.services.provisioning import stations_add
 from fleet import jobs, selectors
 from fleet.models import (
-    ApiKey,
-    ApiScope,
     DeparturePlan,
-    Membership,
-    Organisation,
     PlanSource,
     PlugSession,
-    Role,
     SocEstimate,
     SocSource,
-    StationOwnership,
     Vehicle,
     VehicleState,
     WeeklyDeparture,
 )
 from fleet.numerics.degradation import equivalent_full_cycles
 from fleet.numerics.flexibility import vehicle_flexibility
+from fleet.services.errors import FleetError
 
 FLEX_INTERVALS = 96
 FLEX_INTERVAL_S = 900
 REFRESH_DEBOUNCE_S = 2  # telemetry arriving within this window shares one refresh
 REFRESH_STALE_S = 60  # a refresh pending longer than this is assumed lost and enqueued again
-
-
-class FleetError(ValueError):
-    """A request the fleet domain refuses, with a reason fit for the API's 4xx answer."""
-
-
-# --- Organisations and their people ---------------------------------------------------------------------------------
-
-OPERATOR = "operator"  # not a membership role: operators are Django staff and see every organisation
-MIN_PASSWORD_LENGTH = 12
-
-
-def organisation_add(*, slug: str, name: str) -> tuple[Organisation, bool]:
-    """Create organisation ``slug`` (or rename it if it exists); returns it and whether it was created."""
-    if not slug or slug != slugify(slug):
-        raise FleetError(f"organisation slug must be a lowercase slug, got {slug!r}")
-    organisation, created = Organisation.objects.update_or_create(slug=slug, defaults={"name": name or slug})
-    return organisation, created
-
-
-@transaction.atomic
-def user_add(*, username: str, password: str, role: str, organisation_slug: str | None = None) -> tuple[User, bool]:
-    """Create (or update) a user with one role: ``operator`` (Django staff: every organisation, the admin) or a
-    membership role (``Role``) in organisation ``organisation_slug``. The password is validated by Django's
-    validators and stored hashed; members are never staff (the admin is for operators)."""
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise FleetError(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
-    if role != OPERATOR and role not in Role.values:
-        raise FleetError(f"role must be one of {', '.join([*Role.values, OPERATOR])}, got {role!r}")
-    organisation = None
-    if role != OPERATOR:
-        if not organisation_slug:
-            raise FleetError(f"a {role} belongs to an organisation: give --org")
-        organisation = Organisation.objects.filter(slug=organisation_slug).first()
-        if organisation is None:
-            raise FleetError(f"no organisation {organisation_slug!r} (create it with: manage.py org add)")
-    user, created = User.objects.get_or_create(username=username)
-    try:
-        validate_password(password, user)
-    except ValidationError as exc:
-        raise FleetError(" ".join(exc.messages)) from None
-    user.set_password(password)
-    user.is_staff = user.is_superuser = role == OPERATOR
-    user.save()
-    if organisation is not None:
-        Membership.objects.update_or_create(user=user, organisation=organisation, defaults={"role": role})
-    return user, created
-
-
-# --- Stations: provisioning and ownership ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class OwnershipResult:
-    assigned: int  # stations that got this owner (new rows or moved)
-    elsewhere: list[str]  # stations left with another owner (``move=False``)
-
-
-def station_ownership_set(
-    *, station_ids: Sequence[str], organisation: Organisation, move: bool = True
-) -> OwnershipResult:
-    """Make ``organisation`` the owner of the stations (ids as in OCPP); with ``move=False`` a station another
-    organisation owns keeps its owner (and is listed in ``elsewhere``). All or nothing: raises FleetError, changing
-    nothing, when a station does not exist."""
-    ids = list(dict.fromkeys(station_ids))
-    with transaction.atomic():
-        pks = dict(Station.objects.filter(station_id__in=ids).values_list("station_id", "pk"))
-        unknown = [sid for sid in ids if sid not in pks]
-        if unknown:
-            raise FleetError(f"no such station: {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}")
-        owners = dict(
-            StationOwnership.objects.select_for_update()
-            .filter(station_id__in=pks.values())
-            .values_list("station_id", "organisation_id")
-        )
-        new = [StationOwnership(station_id=pk, organisation=organisation) for pk in pks.values() if pk not in owners]
-        StationOwnership.objects.bulk_create(new, batch_size=1000)
-        others = [pk for pk, org_id in owners.items() if org_id != organisation.pk]
-        if move and others:
-            StationOwnership.objects.filter(station_id__in=others).update(
-                organisation=organisation, assigned_at=timezone.now()
-            )
-    by_pk = {pk: sid for sid, pk in pks.items()}
-    if move:
-        return OwnershipResult(assigned=len(new) + len(others), elsewhere=[])
-    return OwnershipResult(assigned=len(new), elsewhere=sorted(by_pk[pk] for pk in others))
-
-
-@dataclass(frozen=True, slots=True)
-class ProvisionResult:
-    created: int
-    updated: int
-    elsewhere: list[str]  # existing stations another organisation owns: left there (``station assign`` moves them)
-
-
-def stations_provision(
-    *,
-    station_ids: Sequence[str],
-    password: str,
-    organisation: Organisation,
-    update: bool = False,
-    boot_status: str = BootStatus.ACCEPTED,
-) -> ProvisionResult:
-    """Create stations in the CSMS (``update``: also reset existing ones' password) owned by ``organisation``;
-    existing stations without an owner get it too. One transaction. Raises WeakStationPassword."""
-    with transaction.atomic():
-        created, updated = stations_add(
-            station_ids=station_ids, password=password, update=update, boot_status=boot_status
-        )
-        owned = station_ownership_set(station_ids=station_ids, organisation=organisation, move=False)
-    return ProvisionResult(created=created, updated=updated, elsewhere=owned.elsewhere)
 
 
 # --- Matching vehicles to sessions ----------------------------------------------------------------------------------
@@ -453,60 +329,3 @@ def _update_cycles_today(vehicle: Vehicle, *, now: datetime) -> None:
     )
     vehicle.cycles_today, vehicle.cycles_date = today, now.date()
     vehicle.equivalent_full_cycles += increase
-
-
-# --- API keys -------------------------------------------------------------------------------------------------------
-
-API_KEY_MAX_LIFETIME = timedelta(days=366)
-
-
-@transaction.atomic
-def api_key_issue(
-    *,
-    user: Any,
-    scopes: Iterable[str],
-    expires_at: datetime,
-    organisation: Organisation | None = None,
-    portfolio: str = "",
-    name: str,
-) -> tuple[ApiKey, str]:
-    """A new API key for ``user`` and its raw value, which is shown once and never stored (only its hash is).
-
-    Scopes must be :class:`ApiScope` values (at least one); the expiry is required, in the future and at most
-    :data:`API_KEY_MAX_LIFETIME` ahead; the organisation, when given, must be one the user is a member of (any for an
-    operator); a portfolio restricts a ``signal`` key to that portfolio's signal and reserve events.
-    """
-    scope_list = sorted(set(scopes))
-    unknown = [s for s in scope_list if s not in ApiScope.values]
-    if not scope_list or unknown:
-        raise FleetError(f"scopes must be some of {', '.join(ApiScope.values)}; got {', '.join(unknown) or 'none'}")
-    now = timezone.now()
-    if expires_at <= now:
-        raise FleetError("the expiry must be in the future")
-    if expires_at > now + API_KEY_MAX_LIFETIME:
-        raise FleetError(f"the expiry may be at most {API_KEY_MAX_LIFETIME.days} days ahead")
-    if not user.is_active:
-        raise FleetError(f"user {user.get_username()!r} is not active")
-    if organisation is not None and not selectors.organisations_for(user).filter(pk=organisation.pk).exists():
-        raise FleetError(f"user {user.get_username()!r} is not a member of {organisation.slug!r}")
-    name = name.strip() or f"{user.get_username()} {now:%Y-%m-%d}"
-    if len(name) > 50 or len(portfolio) > 64:
-        raise FleetError("the name may have at most 50 characters, the portfolio 64")
-    key, raw = ApiKey.objects.create_key(
-        user=user,
-        scopes=scope_list,
-        expiry_date=expires_at,
-        organisation=organisation,
-        portfolio=portfolio.strip(),
-        name=name,
-    )
-    return cast(ApiKey, key), raw
-
-
-def api_key_revoke(*, key: ApiKey) -> ApiKey:
-    """Revoke a key (for good: the library refuses to un-revoke). Idempotent. Every edge refuses it at once, the
-    regulation WebSocket's verification cache within its TTL."""
-    if not key.revoked:
-        key.revoked = True
-        key.save(update_fields=["revoked"])
-    return key
