@@ -20,6 +20,15 @@ class DemoCredentials:
     admin_username: str
     admin_password: str
     station_password: str
+    member_password: str  # the demo organisations' users (DEMO_MEMBERS)
+
+
+# The demo's people besides the operator (admin): one login per role, in two organisations, to show the scoping.
+DEMO_MEMBERS = (
+    ("demo-manager", "fleet_manager", "demo"),
+    ("demo-bidder", "bidding_admin", "demo"),
+    ("harbour-manager", "fleet_manager", "harbour"),
+)
 
 
 def demo_credentials() -> DemoCredentials:
@@ -32,6 +41,7 @@ def demo_credentials() -> DemoCredentials:
         station_password=env_opt("DEMO_STATION_PASSWORD")
         or stored.get("station_password")
         or secrets.token_urlsafe(18),
+        member_password=env_opt("DEMO_MEMBER_PASSWORD") or stored.get("member_password") or secrets.token_urlsafe(12),
     )
     if asdict(creds) != stored:
         path.write_text(json.dumps(asdict(creds), indent=2))

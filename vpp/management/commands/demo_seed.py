@@ -1,4 +1,5 @@
-"""Seed the demo: an admin user, demo stations for the simulated fleet, the demo fleet and market set-up.
+"""Seed the demo: an operator (admin), two organisations with their own people, stations and fleets (the demo
+stations split between them, so each manager sees only their own), and the market set-up.
 
 Idempotent: running it again changes nothing that is already there (passwords come from var/ or the env).
 """
@@ -10,10 +11,12 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management import call_command, get_commands
 from django.core.management.base import BaseCommand, CommandParser
+from django.utils import timezone
 
-from fleet.seeding import demo_organisation
+from fleet.seeding import DEMO, HARBOUR, demo_fleet_seed, demo_organisation
+from fleet.services.accounts import user_add
 from fleet.services.stations import stations_provision
-from vpp.demo import demo_credentials
+from vpp.demo import DEMO_MEMBERS, demo_credentials
 
 
 class Command(BaseCommand):
@@ -33,13 +36,24 @@ class Command(BaseCommand):
             admin.set_password(creds.admin_password)
             admin.save(update_fields=["password"])
         ids = [f"{options['id_prefix']}-{n}" for n in range(1, options["stations"] + 1)]
-        commands = get_commands()
-        if ids:  # in process: the password never goes through an argument list (it may also start with "-")
-            stations_provision(
-                station_ids=ids, password=creds.station_password, organisation=demo_organisation(), update=True
-            )
-        if "fleet" in commands:
-            call_command("fleet", "seed", "--stations", *ids, "--member", creds.admin_username)
-        if "markets" in commands:
+        # The first half of the stations (and their cars) are the demo operator's, the rest Harbour Logistics'.
+        split = (len(ids) + 1) // 2
+        tenants = ((DEMO, ids[:split], 40, 7), (HARBOUR, ids[split:], 20, 11))
+        now = timezone.now()
+        for tenant, station_ids, vehicles, seed in tenants:
+            if station_ids:  # in process: the password never goes through an argument list
+                stations_provision(
+                    station_ids=station_ids,
+                    password=creds.station_password,
+                    organisation=demo_organisation(tenant),
+                    update=True,
+                )
+            demo_fleet_seed(now=now, vehicles=vehicles, stations=station_ids, seed=seed, tenant=tenant)
+        for username, role, organisation in DEMO_MEMBERS:
+            user_add(username=username, password=creds.member_password, role=role, organisation_slug=organisation)
+        if "markets" in get_commands():
             call_command("markets", "seed")
-        self.stdout.write(self.style.SUCCESS(f"Demo ready: admin '{creds.admin_username}', {len(ids)} stations"))
+        members = ", ".join(username for username, _, _ in DEMO_MEMBERS)
+        self.stdout.write(
+            self.style.SUCCESS(f"Demo ready: operator '{creds.admin_username}', members {members}; {len(ids)} stations")
+        )

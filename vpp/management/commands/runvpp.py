@@ -20,7 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from vpp.demo import demo_credentials
+from vpp.demo import DEMO_MEMBERS, demo_credentials
 
 
 class Command(BaseCommand):
@@ -51,7 +51,9 @@ class Command(BaseCommand):
                 self.style.SUCCESS(f"Dashboard: http://{host}:{port}/   admin: http://{host}:{port}/admin/")
             )
             creds = demo_credentials()
-            self.stdout.write(f"Demo admin: {creds.admin_username} / {creds.admin_password}")
+            self.stdout.write(f"Demo admin (operator): {creds.admin_username} / {creds.admin_password}")
+            members = ", ".join(f"{username} ({role.replace('_', ' ')}, {org})" for username, role, org in DEMO_MEMBERS)
+            self.stdout.write(f"Demo members: {members} / {creds.member_password}")
             if options["fleet"] > 0:
                 # The station password goes in the environment, not argv: `ps` shows argv, and a generated
                 # password may start with "-", which argparse would read as an option.
