@@ -149,6 +149,9 @@ def settlement_audit(request: HttpRequest, pk: int) -> HttpResponse:
         .order_by(*order),
         "line": line,
         "awarded_mw": settlement.awarded_w / 1_000_000,
+        # The award's figures (its net, prices, score) are the award holder's: a fleet manager with one line in a
+        # shared award must not see them (the net minus their own lines would be the other tenants' revenue).
+        "award_figures": wide or settlements_for(request.user).filter(pk=settlement.pk).exists(),
     }
     if line is not None:
         context.update(_line_evidence(settlement, line))

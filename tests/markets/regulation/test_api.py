@@ -126,6 +126,22 @@ def test_the_audit_page_traces_a_line_to_its_meter_values(client, settled):
     assert len(readings.content.decode().strip().splitlines()) == 1 + 4 * 1951
 
 
+def test_a_fleet_manager_audits_their_line_without_the_awards_figures(client, settled):
+    # Given a fleet manager whose van has one line in an award shared with another station
+    settlement, owner = settled
+    member = user_with("acme-manager")
+    Membership.objects.create(user=member, organisation=owner, role=Role.FLEET_MANAGER)
+    client.force_login(member)
+    # When they open the settlement's audit page
+    page = client.get(f"/regulation/settlements/{settlement.pk}/audit")
+    # Then their line is there, but not the award's net (which, minus their lines, is the others' revenue)
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "VAN-7" in text
+    assert "How the figures were computed" not in text
+    assert f"<strong>{settlement.net} {settlement.currency}</strong>" not in text
+
+
 def test_an_owner_cannot_audit_another_owners_line(client, settled):
     settlement, owner = settled
     other_line = settlement.lines.get(vehicle_ref__endswith="/1", vehicle__isnull=True)
