@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -58,6 +59,39 @@ def organisations_for(
     if roles is not None:
         memberships = memberships.filter(role__in=list(roles))
     return Organisation.objects.filter(pk__in=memberships.values("organisation_id"))
+
+
+def key_portfolios_of(*, organisation_id: int | None, portfolio: str) -> set[str] | None:
+    """The portfolios an API key limited to ``organisation_id`` and/or ``portfolio`` may touch; None: not limited.
+    A key of an organisation reaches that organisation's ``fleet-<id>`` portfolios only (never a whole-aggregator
+    one); a key naming a portfolio that one only (and only if it is its organisation's, when it has one)."""
+    allowed: set[str] | None = None
+    if organisation_id is not None:
+        fleet_ids = Fleet.objects.filter(organisation_id=organisation_id).values_list("pk", flat=True)
+        allowed = {fleet_portfolio(pk) for pk in fleet_ids}
+    if portfolio:
+        allowed = {portfolio} if allowed is None else allowed & {portfolio}
+    return allowed
+
+
+def key_portfolios(auth: object) -> set[str] | None:
+    """:func:`key_portfolios_of` for a request's credentials; None for a session (not limited by a key)."""
+    if not isinstance(auth, ApiKey):
+        return None
+    return key_portfolios_of(organisation_id=auth.organisation_id, portfolio=auth.portfolio)
+
+
+def key_narrowed(rows: QuerySet[Any], auth: object, field: str = "portfolio") -> QuerySet[Any]:
+    """``rows`` of the portfolios an API key is limited to (``field`` holds a row's portfolio); all for a session."""
+    allowed = key_portfolios(auth)
+    return rows if allowed is None else rows.filter(**{f"{field}__in": allowed})
+
+
+def portfolios_meet(first: set[str] | None, second: set[str] | None) -> set[str] | None:
+    """Both limits at once (None: no limit)."""
+    if first is None:
+        return second
+    return first if second is None else first & second
 
 
 def signal_portfolios_for(user: AbstractBaseUser | AnonymousUser) -> set[str] | None:

@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from fleet.permissions import ReadKeys
+from fleet.selectors import key_narrowed
 from markets.models import Award, Bid, BidEvent
 from markets.selectors import awards_for, bids_for, may_bid
 from markets.services.bids import MarketError, StaleBid, bid_edit, bid_transition
@@ -107,7 +108,7 @@ class BidViewSet(viewsets.ReadOnlyModelViewSet):
     permission_classes = [Bidder]
 
     def get_queryset(self) -> QuerySet[Bid]:
-        qs = bids_for(self.request.user).order_by("interval_start", "id")
+        qs = key_narrowed(bids_for(self.request.user), self.request.auth).order_by("interval_start", "id")
         if status_ := self.request.query_params.get("status"):
             qs = qs.filter(status=status_)
         return qs
@@ -137,4 +138,4 @@ class AwardViewSet(viewsets.ReadOnlyModelViewSet):
     permission_classes = [Bidder]
 
     def get_queryset(self) -> QuerySet[Award]:
-        return awards_for(self.request.user).order_by("interval_start", "id")
+        return key_narrowed(awards_for(self.request.user), self.request.auth).order_by("interval_start", "id")

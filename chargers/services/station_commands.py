@@ -46,19 +46,29 @@ def station_command_record(
 
 
 def payload_masked(payload: Any) -> Any:
-    """A copy of ``payload`` with secrets masked: any value under a key naming a password (``basicAuthPassword``,
-    ``apnPassword``) and the ``attributeValue`` of a variable whose name does (``SetVariables`` of
-    ``BasicAuthPassword``)."""
+    """A copy of ``payload`` with secrets masked: any value under a key naming a secret (``basicAuthPassword``,
+    ``apnPassword``, the VPN ``key``, ``simPin``) and the ``attributeValue`` of a variable whose name does
+    (``SetVariables`` of ``BasicAuthPassword``)."""
     if isinstance(payload, list):
         return [payload_masked(item) for item in payload]
     if not isinstance(payload, dict):
         return payload
     variable = payload.get("variable")
-    secret_variable = isinstance(variable, dict) and "password" in str(variable.get("name", "")).lower()
+    secret_variable = isinstance(variable, dict) and _names_a_secret(str(variable.get("name", "")))
     masked: dict[str, Any] = {}
     for key, value in payload.items():
-        if "password" in key.lower() or (secret_variable and key == "attributeValue"):
+        if _names_a_secret(key) or (secret_variable and key == "attributeValue"):
             masked[key] = MASK
         else:
             masked[key] = payload_masked(value)
     return masked
+
+
+# Key and variable names that carry secrets in OCPP 2.0.1/2.1 payloads: basicAuthPassword, apnPassword, the VPN's
+# shared ``key``, the SIM's ``simPin``, certificate private keys and any "secret".
+_SECRET_NAMES = ("password", "secret", "simpin", "privatekey")
+
+
+def _names_a_secret(name: str) -> bool:
+    lowered = name.lower()
+    return lowered == "key" or any(part in lowered for part in _SECRET_NAMES)

@@ -25,7 +25,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from fleet.models import ApiKey
 from fleet.permissions import ReadKeys
+from fleet.selectors import key_narrowed
 from markets.regulation.models import PerformanceScoreRecord, Settlement, SettlementLine
 from markets.regulation.reconciliation import reconciliation_report
 from markets.regulation.selectors import market_wide, scores_for, settlement_lines_for, settlements_for
@@ -97,7 +99,8 @@ class ScoreListView(ListAPIView):
 
     def get_queryset(self) -> Any:
         since, until = period(self.request)
-        return scores_for(self.request.user).filter(period_start__gte=since, period_start__lt=until)
+        scores = key_narrowed(scores_for(self.request.user), self.request.auth, "portfolio")
+        return scores.filter(period_start__gte=since, period_start__lt=until)
 
 
 class LineSerializer(serializers.ModelSerializer):
@@ -177,7 +180,7 @@ class SettlementListView(ListAPIView):
         # Vehicle lines nested in an award's settlement: every line market-wide, else the user's own vehicles' only.
         lines = settlement_lines_for(user) if not market_wide(user) else SettlementLine.objects.all()
         return (
-            settlements_for(user)
+            key_narrowed(settlements_for(user), self.request.auth, "award__portfolio")
             .filter(period_start__gte=since, period_start__lt=until)
             .prefetch_related(Prefetch("lines", queryset=lines.select_related("station").order_by("id")))
         )
@@ -195,9 +198,10 @@ class LineListView(ListAPIView):
 
     def get_queryset(self) -> Any:
         since, until = period(self.request)
-        return settlement_lines_for(self.request.user).filter(
-            settlement__period_start__gte=since, settlement__period_start__lt=until
-        )
+        lines = settlement_lines_for(self.request.user)
+        if isinstance(self.request.auth, ApiKey) and self.request.auth.organisation_id is not None:
+            lines = lines.filter(owner_id=self.request.auth.organisation_id)  # a key of one organisation: its lines
+        return lines.filter(settlement__period_start__gte=since, settlement__period_start__lt=until)
 
 
 CSV_COLUMNS = [

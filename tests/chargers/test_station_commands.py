@@ -45,3 +45,19 @@ def test_a_record_links_the_station_when_it_exists_and_keeps_the_id_asked_for():
     )  # fmt: skip
     assert (known.station_id, known.station_ident, known.error) == (station.pk, "cs-audit", "not connected")
     assert (unknown.station_id, unknown.station_ident) == (None, "cs-gone")
+
+
+def test_the_vpn_key_and_the_sim_pin_of_a_network_profile_are_masked():
+    # SetNetworkProfile carries the VPN's shared secret under "key" and the SIM's PIN under "simPin" (OCPP 2.0.1).
+    profile = {
+        "configurationSlot": 1,
+        "connectionData": {
+            "ocppCsmsUrl": "wss://csms.example/ocpp",
+            "vpn": {"server": "vpn.example", "user": "u", "password": "p", "key": "shared-secret", "type": "IPSec"},
+            "apn": {"apn": "internet", "apnAuthentication": "AUTO", "simPin": 1234},
+        },
+    }
+    masked = payload_masked(profile)["connectionData"]
+    assert (masked["vpn"]["key"], masked["vpn"]["password"], masked["apn"]["simPin"]) == (MASK, MASK, MASK)
+    assert masked["vpn"]["server"] == "vpn.example"
+    assert masked["apn"]["apn"] == "internet"

@@ -44,6 +44,7 @@ class Verdict:
     user_id: int | None  # None: no such usable key (401)
     allowed: bool  # scope signal and the permission (else 403)
     portfolio: str = ""  # "": any portfolio
+    organisation_id: int | None = None  # the key's organisation: its fleets' portfolios only
 
 
 _REFUSED = Verdict(None, False)
@@ -92,7 +93,7 @@ async def key_verdict(key: str) -> Verdict:
     else:
         user, api_key = found
         allowed = api_key.allows(ApiScope.SIGNAL) and await database_sync_to_async(may_send_signals)(user)
-        verdict = Verdict(user.pk, allowed, api_key.portfolio)
+        verdict = Verdict(user.pk, allowed, api_key.portfolio, api_key.organisation_id)
     _verdicts[digest] = (now, verdict)
     _verdicts.move_to_end(digest)
     while len(_verdicts) > CACHE_MAX:

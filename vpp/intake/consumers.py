@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import datetime
 from typing import Any
 
@@ -21,11 +22,11 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth import get_user_model
 
-from fleet.selectors import signal_portfolios_for
+from fleet.selectors import key_portfolios_of, portfolios_meet, signal_portfolios_for
 from markets.regulation.models import SignalSource
 from markets.regulation.services import RegulationError
 from vpp.dispatch.services import regulation_signal_intake
-from vpp.intake.auth import KeyInQueryString, accepted_subprotocol, key_verdict, scope_key
+from vpp.intake.auth import KEY_TTL_S, KeyInQueryString, Verdict, accepted_subprotocol, key_verdict, scope_key
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class RegulationSignalConsumer(AsyncWebsocketConsumer):
     # The portfolios this user may dispatch (fleet.selectors.signal_portfolios_for), read at connect; None: every
     # one. A fleet added later needs a reconnect.
     portfolios: set[str] | None = set()
+    portfolios_at = 0.0
 
     async def connect(self) -> None:
         try:
@@ -53,7 +55,8 @@ class RegulationSignalConsumer(AsyncWebsocketConsumer):
             await self.close(code=4401 if verdict.user_id is None else 4403)
             return
         self.user_id, self.key = verdict.user_id, key
-        self.portfolios = await database_sync_to_async(_portfolios_of)(verdict.user_id)
+        self.portfolios = await database_sync_to_async(_portfolios_of)(verdict)
+        self.portfolios_at = time.monotonic()
         await self.accept(subprotocol=accepted_subprotocol(self.scope))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -65,6 +68,9 @@ class RegulationSignalConsumer(AsyncWebsocketConsumer):
             product, portfolio, value, at = parse_signal(json.loads(text_data or "null"))
             if verdict.portfolio and portfolio != verdict.portfolio:
                 raise RegulationError(f"this API key sends values for portfolio {verdict.portfolio!r} only")
+            if time.monotonic() - self.portfolios_at > KEY_TTL_S:  # memberships and fleets change: read them again
+                self.portfolios = await database_sync_to_async(_portfolios_of)(verdict)
+                self.portfolios_at = time.monotonic()
             if self.portfolios is not None and portfolio not in self.portfolios:
                 raise RegulationError(f"portfolio {portfolio!r} is not one of your organisations' (fleet-<id>)")
             intake = await regulation_signal_intake(
@@ -95,8 +101,11 @@ class RegulationSignalConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps(body))
 
 
-def _portfolios_of(user_id: int) -> set[str] | None:
-    return signal_portfolios_for(get_user_model().objects.get(pk=user_id))
+def _portfolios_of(verdict: Verdict) -> set[str] | None:
+    """What the key's user may dispatch, narrowed by the key's organisation and portfolio."""
+    user = get_user_model().objects.get(pk=int(verdict.user_id or 0))
+    key_limit = key_portfolios_of(organisation_id=verdict.organisation_id, portfolio=verdict.portfolio)
+    return portfolios_meet(signal_portfolios_for(user), key_limit)
 
 
 def parse_signal(body: Any) -> tuple[str, str, Any, datetime | None]:

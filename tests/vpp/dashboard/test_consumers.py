@@ -5,11 +5,13 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
+from django.test import Client
 
 from chargers.telemetry import TELEMETRY_GROUP
 from fleet.models import Membership, Role, StationOwnership
 from tests.chargers.factories import StationFactory
 from tests.fleet.factories import OrganisationFactory, UserFactory
+from vpp.asgi import application
 from vpp.dashboard.consumers import DashboardConsumer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -69,3 +71,26 @@ def _manager_of_station(station_id: str, *, other_station: str) -> User:
     manager = UserFactory.create(is_staff=False)
     Membership.objects.create(user=manager, organisation=mine, role=Role.FLEET_MANAGER)
     return manager
+
+
+async def test_a_page_of_another_site_cannot_open_the_feed_with_a_visitors_cookie() -> None:
+    # Given an operator's session cookie
+    cookie = await sync_to_async(_operator_session_cookie)()
+
+    async def handshake(origin: bytes) -> bool:
+        headers = [(b"origin", origin), (b"host", b"127.0.0.1"), (b"cookie", cookie)]
+        communicator = WebsocketCommunicator(application, "/ws/dashboard", headers=headers)
+        connected, _ = await communicator.connect()
+        if connected:
+            await communicator.disconnect()
+        return connected
+
+    # When a page of this site opens the feed, it connects; when another site's page does, it is refused
+    assert await handshake(b"http://127.0.0.1")
+    assert not await handshake(b"https://evil.example")
+
+
+def _operator_session_cookie() -> bytes:
+    client = Client()
+    client.force_login(UserFactory.create(is_staff=True))
+    return f"sessionid={client.cookies['sessionid'].value}".encode()

@@ -184,3 +184,18 @@ def test_a_utility_sends_for_its_organisations_fleets_only_never_the_whole_aggre
     # And for its own fleet's portfolio the value is stored
     response = client.post(URL, {**signal(), "portfolio": f"fleet-{fleet.pk}"}, format="json")
     assert response.status_code == 201
+
+
+def test_a_key_of_one_organisation_never_dispatches_another_organisations_fleet():
+    # Given a utility of two organisations, and a key it gave a vendor limited to the first
+    first, second = FleetFactory.create(), FleetFactory.create()
+    user = UserFactory.create()
+    for fleet in (first, second):
+        Membership.objects.create(user=user, organisation=fleet.organisation, role=Role.UTILITY)
+    client = key_client(api_key_for(user, "signal", organisation=first.organisation))
+    # When the key sends for the second organisation's fleet, then it is refused and nothing is stored
+    response = client.post(URL, {**signal(), "portfolio": f"fleet-{second.pk}"}, format="json")
+    assert response.status_code == 403
+    assert not RegulationSignal.objects.exists()
+    # And for the first organisation's fleet the value is stored
+    assert client.post(URL, {**signal(), "portfolio": f"fleet-{first.pk}"}, format="json").status_code == 201
