@@ -101,6 +101,11 @@ def api_key_issue(
         raise FleetError(f"user {user.get_username()!r} is not active")
     if organisation is not None and not selectors.organisations_for(user).filter(pk=organisation.pk).exists():
         raise FleetError(f"user {user.get_username()!r} is not a member of {organisation.slug!r}")
+    portfolio = portfolio.strip()
+    if portfolio and organisation is not None:
+        limit = selectors.key_portfolios_of(organisation_id=organisation.pk, portfolio=portfolio)
+        if not limit:
+            raise FleetError(f"portfolio {portfolio!r} is not a fleet of {organisation.slug!r}")
     name = name.strip() or f"{user.get_username()} {now:%Y-%m-%d}"
     if len(name) > 50 or len(portfolio) > 64:
         raise FleetError("the name may have at most 50 characters, the portfolio 64")
@@ -109,7 +114,7 @@ def api_key_issue(
         scopes=scope_list,
         expiry_date=expires_at,
         organisation=organisation,
-        portfolio=portfolio.strip(),
+        portfolio=portfolio,
         name=name,
     )
     return cast(ApiKey, key), raw

@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 from fleet.models import ApiKey, Membership, Role
 from fleet.services.accounts import api_key_issue
 from fleet.services.errors import FleetError
-from tests.fleet.factories import OrganisationFactory, UserFactory, api_key_for
+from tests.fleet.factories import FleetFactory, OrganisationFactory, UserFactory, api_key_for
 
 pytestmark = pytest.mark.django_db
 URL = "/api/fleet/vehicles/"
@@ -215,3 +215,22 @@ def test_the_station_call_endpoint_wants_a_staff_key_with_scope_command() -> Non
     assert (
         Client().post(url, {}, "application/json", headers={"Authorization": f"Api-Key {command}"}).status_code == 400
     )
+
+
+def test_a_key_of_an_organisation_may_name_only_that_organisations_fleet_as_its_portfolio() -> None:
+    # Given a utility of two organisations
+    first, second = OrganisationFactory.create(), OrganisationFactory.create()
+    user = UserFactory.create()
+    for org in (first, second):
+        Membership.objects.create(user=user, organisation=org, role=Role.UTILITY)
+    other_fleet = FleetFactory.create(organisation=second)
+    # When a key of the first organisation names the second's fleet, then it is refused
+    with pytest.raises(FleetError, match="is not a fleet of"):
+        api_key_issue(
+            user=user,
+            scopes=["signal"],
+            expires_at=timezone.now() + timedelta(days=1),
+            organisation=first,
+            portfolio=f"fleet-{other_fleet.pk}",
+            name="vendor",
+        )
