@@ -541,6 +541,7 @@ def test_the_admin_refuses_non_staff(world: World) -> None:
     assert operator.get("/admin/").status_code == 200
 
 
+@pytest.mark.django_db(transaction=True)  # the consumers close stale DB connections around each event
 @pytest.mark.parametrize("key", [k for k, row in MATRIX.items() if row.ws])
 async def test_websockets_refuse_anonymous(key: str) -> None:
     from vpp.asgi import application
@@ -548,7 +549,6 @@ async def test_websockets_refuse_anonymous(key: str) -> None:
     communicator = WebsocketCommunicator(application, MATRIX[key].url)
     connected, _ = await communicator.connect()
     assert not connected
-    await communicator.disconnect()
 
 
 # --- API keys -------------------------------------------------------------------------------------------------------
