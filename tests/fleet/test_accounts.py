@@ -69,3 +69,12 @@ def test_the_user_command_takes_no_password_argument() -> None:
     # The password never travels on the command line.
     with pytest.raises(CommandError):
         call_command("user", "add", "dan", "--role", "operator", "--password", PASSWORD)
+
+
+def test_it_refuses_a_short_password_through_djangos_validators(tmp_path: Path) -> None:
+    Organisation.objects.create(slug="acme", name="ACME")
+    short = tmp_path / "short"
+    short.write_text("x7Kq9!mZ\n")
+    with pytest.raises(CommandError, match="too short"):
+        call_command("user", "add", "eve", "--org", "acme", "--role", "utility", "--password-file", str(short))
+    assert not User.objects.filter(username="eve").exists()
