@@ -94,6 +94,14 @@ def portfolios_meet(first: set[str] | None, second: set[str] | None) -> set[str]
     return first if second is None else first & second
 
 
+def portfolio_refusal(portfolio: str, allowed: set[str] | None) -> str | None:
+    """Why ``portfolio`` is outside ``allowed`` (None: no limit), naming what is allowed; None when it is inside."""
+    if allowed is None or portfolio in allowed:
+        return None
+    named = ", ".join(sorted(allowed)[:10]) + (", ..." if len(allowed) > 10 else "")
+    return f"portfolio {portfolio!r} is not one this caller may dispatch (allowed: {named or 'none'})"
+
+
 def signal_portfolios_for(user: AbstractBaseUser | AnonymousUser) -> set[str] | None:
     """The portfolios a user may send regulation signal values and reserve events for: every one (None) for an
     operator and for holders of ``markets.submit_regulation_signal`` (a service account the aggregator trusts, as the

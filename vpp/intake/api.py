@@ -21,8 +21,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from fleet.models import ApiKey, ApiScope
-from fleet.selectors import key_allows, key_portfolios, may_send_signals, portfolios_meet, signal_portfolios_for
+from fleet.models import ApiScope
+from fleet.selectors import (
+    key_allows,
+    key_portfolios,
+    may_send_signals,
+    portfolio_refusal,
+    portfolios_meet,
+    signal_portfolios_for,
+)
 from markets.models import Product
 from markets.regulation.models import SignalSource
 from markets.regulation.services import RegulationError, ReserveConflict, SignalConflict, regulation_signal_record
@@ -43,11 +50,11 @@ def signal_sender_check(request: Request, *, what: str) -> None:
 def portfolio_check(request: Request, portfolio: str) -> None:
     """403 unless the caller may dispatch ``portfolio`` (:func:`fleet.selectors.signal_portfolios_for`: a utility
     only its organisations' ``fleet-<id>``), narrowed by an API key's organisation and portfolio."""
-    if isinstance(request.auth, ApiKey) and request.auth.portfolio and request.auth.portfolio != portfolio:
-        raise PermissionDenied(f"this API key sends for portfolio {request.auth.portfolio!r} only")
-    allowed = portfolios_meet(signal_portfolios_for(request.user), key_portfolios(request.auth))
-    if allowed is not None and portfolio not in allowed:
-        raise PermissionDenied(f"portfolio {portfolio!r} is not one this caller may dispatch (fleet-<id> of its own)")
+    refusal = portfolio_refusal(
+        portfolio, portfolios_meet(signal_portfolios_for(request.user), key_portfolios(request.auth))
+    )
+    if refusal is not None:
+        raise PermissionDenied(refusal)
 
 
 class OffsetDateTimeField(serializers.DateTimeField):

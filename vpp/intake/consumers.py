@@ -22,7 +22,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth import get_user_model
 
-from fleet.selectors import key_portfolios_of, portfolios_meet, signal_portfolios_for
+from fleet.selectors import key_portfolios_of, portfolio_refusal, portfolios_meet, signal_portfolios_for
 from markets.regulation.models import SignalSource
 from markets.regulation.services import RegulationError
 from vpp.dispatch.services import regulation_signal_intake
@@ -66,13 +66,12 @@ class RegulationSignalConsumer(AsyncWebsocketConsumer):
             return
         try:
             product, portfolio, value, at = parse_signal(json.loads(text_data or "null"))
-            if verdict.portfolio and portfolio != verdict.portfolio:
-                raise RegulationError(f"this API key sends values for portfolio {verdict.portfolio!r} only")
             if time.monotonic() - self.portfolios_at > KEY_TTL_S:  # memberships and fleets change: read them again
                 self.portfolios = await database_sync_to_async(_portfolios_of)(verdict)
                 self.portfolios_at = time.monotonic()
-            if self.portfolios is not None and portfolio not in self.portfolios:
-                raise RegulationError(f"portfolio {portfolio!r} is not one of your organisations' (fleet-<id>)")
+            refusal = portfolio_refusal(portfolio, self.portfolios)
+            if refusal is not None:
+                raise RegulationError(refusal)
             intake = await regulation_signal_intake(
                 product=product,
                 portfolio=portfolio,
