@@ -7,6 +7,7 @@ of stations parses every frame itself, validates inline against the package's JS
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -250,3 +251,9 @@ def error_frame(message_id: str, code: str, description: str, details: dict[str,
 def result_error_frame(message_id: str, code: str, description: str) -> str:
     """OCPP 2.1 CALLRESULTERROR: our complaint about a CALLRESULT the station sent."""
     return dumps([CALLRESULTERROR, message_id, code, description, {}])
+
+
+def payload_digest(payload: Any) -> str:
+    """SHA-256 of a payload's canonical JSON: what an edge agent's ledger records for each acknowledged message."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

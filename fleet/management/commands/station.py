@@ -1,6 +1,7 @@
 """``station add <id>... --org SLUG --password-file F`` provisions stations for an organisation; ``station assign
 <id>... --org SLUG`` moves them to another; ``station call <id> <Action> '<json>'`` commands one (audited as
-``cli:<os user>``).
+``cli:<os user>``); ``station ledger-check FILE`` prints ``N acknowledged, N stored, M missing, D doubled`` for an
+edge agent's ledger and exits non-zero unless nothing is missing or doubled.
 
 Passwords never go on the command line (where ``ps`` and shell history see them): ``--password-file`` or the
 ``STATION_PASSWORD`` environment variable.
@@ -22,6 +23,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from chargers.ledger import ledger_compare, ledger_read
 from chargers.models import BootStatus
 from chargers.passwords import WeakStationPassword
 from chargers.remote import RemoteCallError, station_call_remote
@@ -73,8 +75,14 @@ class Command(BaseCommand):
             help="without $VPP_API_KEY: the staff user a 5-minute key is issued to (default: first superuser)",
         )
 
+        check = sub.add_parser(
+            "ledger-check",
+            help="compare an edge agent's ledger (edge-agent simulate --ledger FILE) with what is stored",
+        )
+        check.add_argument("ledger", metavar="FILE", help="JSON lines, one per acknowledged message")
+
     def handle(self, *args: Any, **options: Any) -> None:
-        handlers = {"add": self._add, "assign": self._assign, "call": self._call}
+        handlers = {"add": self._add, "assign": self._assign, "call": self._call, "ledger-check": self._ledger_check}
         handlers[options["subcommand"]](options)
 
     def _add(self, options: dict[str, Any]) -> None:
@@ -138,6 +146,22 @@ class Command(BaseCommand):
                 except RemoteCallError as exc:
                     raise CommandError(str(exc)) from exc
         self.stdout.write(json.dumps(result, indent=2))
+
+    def _ledger_check(self, options: dict[str, Any]) -> None:
+        try:
+            with Path(options["ledger"]).open(encoding="utf-8") as lines:
+                entries, torn = ledger_read(lines)
+        except OSError as exc:
+            raise CommandError(f"cannot read the ledger: {exc}") from exc
+        report = ledger_compare(entries=entries)
+        report.torn_lines = torn
+        for problem in report.problems:
+            self.stderr.write(problem)
+        if torn:
+            self.stderr.write(f"{torn} unreadable ledger lines skipped (an agent killed while writing one)")
+        self.stdout.write(report.summary())
+        if not report.ok:
+            raise CommandError(f"the ledger does not match what is stored: {report.summary()}")
 
 
 CALL_KEY_LIFETIME = timedelta(minutes=5)
