@@ -50,6 +50,7 @@ class Frame:
     action: str
     payload: dict[str, Any]  # camelCase, exactly as it arrived
     answer: str = "result"  # "result", or the CALLERROR code it was answered with
+    at: float = 0.0  # event-loop time of arrival
 
 
 def canonical(payload: dict[str, Any]) -> str:
@@ -77,7 +78,7 @@ class _Handlers:
         if self.csms.delay_s:
             await asyncio.sleep(self.csms.delay_s)
         csms, station = self.csms, self.id  # type: ignore[attr-defined]
-        frame = Frame(station, msg.unique_id, msg.action, msg.payload)
+        frame = Frame(station, msg.unique_id, msg.action, msg.payload, at=asyncio.get_running_loop().time())
         if csms.record_all:  # (benches run thousands of stations for minutes: keep no per-message state there)
             csms.frames.append(frame)
         queued = csms.failures.get(msg.action)
