@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ async def test_the_ledger_has_one_line_per_acknowledged_call_with_the_digest_of_
         assert line["seq_no"] == frame.payload.get("seqNo")
         meter = frame.payload.get("meterValue")
         assert line["meter_timestamp"] == (meter[0]["timestamp"] if meter else None)
-        assert datetime.fromisoformat(line["acked_at"]).utcoffset().total_seconds() == 0
+        assert datetime.fromisoformat(line["acked_at"]).utcoffset() == timedelta(0)
     assert {"BootNotification", "StatusNotification", "NotifyEVChargingNeeds", "TransactionEvent"} <= {
         line["action"] for line in lines
     }
