@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,23 @@ async def test_nothing_is_lost_or_sent_twice_as_new_across_a_crash(
     assert csms.duplicates == []
     # and the new run started its own transaction
     assert second.station.tx.transaction_id != tx_id
+
+
+def test_a_queue_file_from_before_message_ids_gets_one_id_per_row_kept_across_restarts(tmp_path: Path) -> None:
+    # given a queue file written by an agent that did not store message ids yet
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, station_id TEXT NOT NULL, action TEXT NOT NULL,"
+        " payload TEXT NOT NULL, queued_offline INTEGER NOT NULL DEFAULT 0, created_at TEXT)"
+    )
+    old.execute("INSERT INTO outbox (station_id, action, payload) VALUES ('edge-1', 'MeterValues', '{\"evseId\":1}')")
+    old.commit()
+    old.close()
+    # when the new agent opens it twice (a restart in between)
+    first = OutboxStore(path).pending("edge-1")
+    second = OutboxStore(path).pending("edge-1")
+    # then the row got an id once, and keeps it
+    assert len(first) == 1
+    assert first[0].message_id
+    assert second[0].message_id == first[0].message_id
