@@ -15,6 +15,7 @@ from edge_agent.buffer import Outbox, OutboxStore
 from edge_agent.clock import SystemClock
 from edge_agent.frequency import SimulatedFrequency
 from edge_agent.hardware.sim import SimulatedCar, SimulatedHardware
+from edge_agent.ledger import Ledger
 from edge_agent.ocpp_client import OcppClient
 from edge_agent.runner import tick_forever
 from edge_agent.station import Station, StationParams
@@ -69,6 +70,7 @@ async def make_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         plug: bool = True,
         start: bool = True,
         db: Path | None = None,
+        ledger: Ledger | None = None,
         **params: Any,
     ) -> Agent:
         clock = SystemClock()
@@ -84,7 +86,7 @@ async def make_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         )
         client = OcppClient(
             st, csms_url=csms.url, password=password, versions=versions, reconnect_min_s=0.05, reconnect_max_s=0.2,
-            call_timeout_s=3.0, seed=1,
+            call_timeout_s=3.0, seed=1, ledger=ledger,
         )  # fmt: skip
         stop = asyncio.Event()
         tasks: list[asyncio.Task[Any]] = []

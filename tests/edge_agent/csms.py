@@ -2,8 +2,11 @@
 
 It refuses unknown stations and wrong passwords at the handshake (401), answers the station-initiated actions,
 records everything it receives, and stores TransactionEvents keyed by (transactionId, seqNo) the way a real CSMS
-deduplicates, so a test can assert "each event stored exactly once". Tests drive the station through ``call()``,
-cut links with ``drop()`` and simulate a half-open link with ``mute``.
+deduplicates, so a test can assert "each event stored exactly once". Like our CSMS, it recognises a retransmission
+(same station, same message id, same payload as a message it already stored): answered again, not stored again,
+listed in ``retransmits``. ``frames`` holds every CALL as it arrived on the wire (camelCase, with its id and how it
+was answered); ``fail_next(action, code, ...)`` answers the next CALLs of that action with CALLERRORs. Tests drive
+the station through ``call()``, cut links with ``drop()`` and simulate a half-open link with ``mute``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
+from ocpp.messages import CallError
 from ocpp.routing import on
 from ocpp.v21 import ChargePoint as CP21
 from ocpp.v21 import call_result as r21
@@ -39,11 +43,28 @@ class Received:
     at: float
 
 
+@dataclass
+class Frame:
+    station: str
+    message_id: str
+    action: str
+    payload: dict[str, Any]  # camelCase, exactly as it arrived
+    answer: str = "result"  # "result", or the CALLERROR code it was answered with
+    at: float = 0.0  # event-loop time of arrival
+
+
+def canonical(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 class _Handlers:
     csms: RecordingCsms
     _call_result: Any
+    _retransmit: bool = False
 
     def _rec(self, action: str, payload: dict[str, Any]) -> None:
+        if self._retransmit:
+            return  # stored already: answered again, not stored twice
         self.csms.record(self.id, action, payload)  # type: ignore[attr-defined]
 
     async def _send(self, message: str) -> None:
@@ -56,7 +77,27 @@ class _Handlers:
             return None  # half-open link: swallow the request, never answer
         if self.csms.delay_s:
             await asyncio.sleep(self.csms.delay_s)
-        return await super()._handle_call(msg)  # type: ignore[misc]
+        csms, station = self.csms, self.id  # type: ignore[attr-defined]
+        frame = Frame(station, msg.unique_id, msg.action, msg.payload, at=asyncio.get_running_loop().time())
+        if csms.record_all:  # (benches run thousands of stations for minutes: keep no per-message state there)
+            csms.frames.append(frame)
+        queued = csms.failures.get(msg.action)
+        if queued:
+            frame.answer = queued.pop(0)
+            error = CallError(msg.unique_id, frame.answer, "injected by the test CSMS", {})
+            await self._send(error.to_json())
+            return None
+        key, body = (station, msg.unique_id), canonical(msg.payload) if csms.record_all else ""
+        self._retransmit = csms.record_all and csms.stored_ids.get(key) == body
+        if self._retransmit:
+            csms.retransmits.append(frame)
+        try:
+            result = await super()._handle_call(msg)  # type: ignore[misc]
+        finally:
+            self._retransmit = False
+        if csms.record_all:
+            csms.stored_ids.setdefault(key, body)
+        return result
 
     @on("BootNotification")
     def boot(self, **kw: Any) -> Any:
@@ -126,6 +167,10 @@ class RecordingCsms:
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     connections: dict[str, Any] = field(default_factory=dict)  # station id -> ChargePoint
     refused: list[tuple[str, int]] = field(default_factory=list)
+    frames: list[Frame] = field(default_factory=list)  # every CALL received, in order
+    failures: dict[str, list[str]] = field(default_factory=dict)  # action -> CALLERROR codes still to answer
+    stored_ids: dict[tuple[str, str], str] = field(default_factory=dict)  # (station, message id) -> payload
+    retransmits: list[Frame] = field(default_factory=list)
     _server: Server | None = None
 
     @property
@@ -142,6 +187,13 @@ class RecordingCsms:
                 self.duplicates.append(payload)
             else:
                 self.events[key] = payload
+
+    def fail_next(self, action: str, *codes: str) -> None:
+        """Answer the next CALLs of ``action`` with these CALLERROR codes, in order (then normally again)."""
+        self.failures.setdefault(action, []).extend(codes)
+
+    def frames_of(self, action: str, station: str | None = None) -> list[Frame]:
+        return [f for f in self.frames if f.action == action and (station is None or f.station == station)]
 
     def of(self, action: str, station: str | None = None) -> list[dict[str, Any]]:
         return [r.payload for r in self.received if r.action == action and (station is None or r.station == station)]

@@ -1,8 +1,9 @@
-"""The offline buffer: written before sending, replayed in order with seqNo, timestamps and offline=true."""
+"""The offline buffer: written before sending, resent in order, each row with its message id and payload unchanged."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,16 @@ def test_a_message_is_durable_before_the_sender_can_see_it(tmp_path: Path) -> No
     seen: list[int] = []
     box.on_put(lambda: seen.append(len(box)))
     with store.batch():
-        box.put("TransactionEvent", {"seq_no": 0}, offline=False)
+        item = box.put("TransactionEvent", {"seq_no": 0}, offline=False)
         # inside the batch nothing is visible to the sender yet
         assert len(box) == 0
     assert seen == [1]
-    # a second process (or the next run) sees the committed row, marked as a replay
+    # a second process (or the next run) sees the committed row, with the message id it will be sent under
     other = OutboxStore(tmp_path / "q.sqlite3")
     pending = other.pending("edge-1")
-    assert [(p.action, p.payload, p.replay) for p in pending] == [("TransactionEvent", {"seq_no": 0}, True)]
+    assert [(p.action, p.payload, p.text, p.message_id) for p in pending] == [
+        ("TransactionEvent", {"seq_no": 0}, '{"seq_no":0}', item.message_id)
+    ]
 
 
 def test_a_failed_batch_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -72,22 +75,26 @@ async def test_events_queued_during_a_disconnect_are_replayed_in_order_exactly_o
     await csms.wait_for(lambda: not agent.station.link.connected)
     await csms.wait_for(lambda: len(agent.station.outbox) >= 3, within_s=6)
     stored_before = {seq for tx, seq in csms.events if tx == tx_id}
-    queued = [
-        item.payload["seqNo"] for item in agent.station.outbox.items if item.payload["seqNo"] not in stored_before
-    ]
-    assert len(queued) >= 2
+    # (seqNo -> offline flag as queued; the one in flight at the cut was queued online, the others offline)
+    queued = {
+        item.payload["seqNo"]: item.payload["offline"]
+        for item in agent.station.outbox.items
+        if item.payload["seqNo"] not in stored_before
+    }
+    assert sum(queued.values()) >= 2
     csms.stations["edge-1"] = PASSWORD
     await csms.wait_for(lambda: agent.station.link.connected and len(agent.station.outbox) == 0, within_s=10)
     # then every event of the transaction was stored exactly once, none lost, arriving in seqNo order
     firsts = [e["seq_no"] for e in _tx_events(csms, tx_id) if not any(e is d for d in csms.duplicates)]
     assert firsts == sorted(firsts)
     assert sorted(seq for tx, seq in csms.events if tx == tx_id) == list(range(max(firsts) + 1))
-    # (the message in flight at the cut may have been stored with its answer lost: its repeat is a flagged replay)
-    assert all(d["offline"] is True for d in csms.duplicates)
-    assert len(csms.duplicates) <= 1
-    # and the ones queued while offline were stored with offline=true and their original timestamps, in order
+    # (the message in flight at the cut may have been stored with its answer lost: its repeat carried the same
+    # message id and payload, so it was recognised as a retransmission, never stored as a second event)
+    assert csms.duplicates == []
+    # and each was stored as it was queued: offline=true if queued while offline, never rewritten on a resend,
+    # with its original timestamp, in order
     replayed = [csms.events[(tx_id, seq)] for seq in queued]
-    assert all(e["offline"] is True for e in replayed)
+    assert [e["offline"] for e in replayed] == list(queued.values())
     stamps = [e["timestamp"] for e in replayed]
     assert stamps == sorted(stamps)
     assert len(set(stamps)) == len(stamps)
@@ -116,8 +123,29 @@ async def test_nothing_is_lost_or_sent_twice_as_new_across_a_crash(
     last = csms.events[(tx_id, seqs[-1])]
     assert last["event_type"] == "Ended"
     assert last["transaction_info"]["stopped_reason"] == "PowerLoss"
-    # and the only repeats the CSMS saw were flagged offline (replays), never sent twice as new
-    assert csms.duplicates, "the unanswered in-flight message must have been sent again"
-    assert all(d["offline"] is True for d in csms.duplicates)
+    # and the unanswered in-flight message was sent again with its message id and payload unchanged: the CSMS
+    # recognised the retransmission, and nothing was ever sent twice as a new message
+    assert csms.retransmits, "the unanswered in-flight message must have been sent again"
+    assert csms.duplicates == []
     # and the new run started its own transaction
     assert second.station.tx.transaction_id != tx_id
+
+
+def test_a_queue_file_from_before_message_ids_gets_one_id_per_row_kept_across_restarts(tmp_path: Path) -> None:
+    # given a queue file written by an agent that did not store message ids yet
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, station_id TEXT NOT NULL, action TEXT NOT NULL,"
+        " payload TEXT NOT NULL, queued_offline INTEGER NOT NULL DEFAULT 0, created_at TEXT)"
+    )
+    old.execute("INSERT INTO outbox (station_id, action, payload) VALUES ('edge-1', 'MeterValues', '{\"evseId\":1}')")
+    old.commit()
+    old.close()
+    # when the new agent opens it twice (a restart in between)
+    first = OutboxStore(path).pending("edge-1")
+    second = OutboxStore(path).pending("edge-1")
+    # then the row got an id once, and keeps it
+    assert len(first) == 1
+    assert first[0].message_id
+    assert second[0].message_id == first[0].message_id

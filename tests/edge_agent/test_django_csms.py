@@ -83,23 +83,26 @@ async def test_the_csms_stores_each_replayed_event_exactly_once(
     agent.client.drop_connection()
     await asyncio.sleep(3.0)
     already = {seq for seq, _, _ in await _stored(sid, tx_id)}
-    # (the message in flight at the cut may have been stored without its answer arriving: that one is a repeat)
-    queued_offline = [
-        item.payload["seqNo"] for item in agent.station.outbox.items if item.payload["seqNo"] not in already
-    ]
-    assert len(queued_offline) >= 2
+    # (the message in flight at the cut may have been stored without its answer arriving: that one is a repeat,
+    # sent again with the same message id and payload; it was queued online, the others offline)
+    queued = {
+        item.payload["seqNo"]: item.payload["offline"]
+        for item in agent.station.outbox.items
+        if item.payload["seqNo"] not in already
+    }
+    assert sum(queued.values()) >= 2
     # and the agent then crashes with its queue on disk, and restarts with the right password
     await agent.crash()
     restarted = await make_agent(endpoint, sid, password=STATION_PASSWORD, db=db)
     await _until(lambda: _drained(restarted))
 
-    # then the CSMS stored every event of the old transaction exactly once, none lost, the replayed ones as offline
+    # then the CSMS stored every event of the old transaction exactly once, none lost, each offline flag as queued
     stored = await _stored(sid, tx_id)
     seqs = [s for s, _, _ in stored]
     assert seqs == list(range(len(seqs)))
     assert stored[-1][2] == "Ended"  # the restart ended it (PowerLoss)
     by_seq = {s: offline for s, offline, _ in stored}
-    assert all(by_seq[s] for s in queued_offline)
+    assert {s: by_seq[s] for s in queued} == queued
     # and the new transaction is being stored too
     new_tx = restarted.station.tx.transaction_id
     assert new_tx != tx_id

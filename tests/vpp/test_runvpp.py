@@ -83,3 +83,12 @@ def test_the_simulated_fleet_gets_its_password_from_the_environment_not_argv(tmp
     # argv shows in `ps`, and a generated password starting with "-" would be read as an option.
     command = _fleet_command(tmp_path, "127.0.0.1", 8000, {"fleet": 2, "id_prefix": "demo"})
     assert "--password" not in command
+
+
+def test_the_simulated_fleet_gets_the_ledger_file_when_one_is_asked_for(tmp_path: Path) -> None:
+    # Given runvpp started with --ledger, and without it
+    with_ledger = _fleet_command(tmp_path, "127.0.0.1", 8000, {"fleet": 2, "id_prefix": "demo", "ledger": "/x.jsonl"})
+    without = _fleet_command(tmp_path, "127.0.0.1", 8000, {"fleet": 2, "id_prefix": "demo", "ledger": None})
+    # Then only the first passes it on to edge-agent simulate
+    assert with_ledger[-2:] == ["--ledger", "/x.jsonl"]
+    assert "--ledger" not in without

@@ -58,6 +58,9 @@ def station_params(cfg: AgentConfig) -> StationParams:
         safe_mode=SafeMode(cfg.failsafe.mode, cfg.failsafe.charge_limit_w),
         vendor=cfg.vendor,
         model=cfg.model,
+        message_attempts=cfg.ocpp.message_attempts,
+        message_attempt_interval_s=cfg.ocpp.message_attempt_interval_s,
+        message_attempt_interval_max_s=cfg.ocpp.message_attempt_interval_max_s,
     )
 
 

@@ -3,9 +3,11 @@
 Contract:
 - ``Outbox.put`` commits the message (with its seqNo and timestamp already in the payload) before the sender can
   see it; the sender sends strictly in insertion order and deletes a row only after the CSMS answered it.
-- A message is sent "live" (``offline`` false) at most once: if it was queued while the link was down, was sent
-  before without an answer, or survived a restart of the agent, it is replayed with ``offline`` true and its
-  original seqNo and timestamp, so the CSMS can recognise a repeat instead of storing it twice.
+- Every row carries its OCPP message id, chosen when it is queued. Every transmission of the row (the first, a
+  retry after a CALLERROR or a timeout, a resend after a reconnect or an agent restart) sends that id with the
+  stored JSON text unchanged, so the CSMS recognises a retransmission (same id, same payload) of a message it
+  may already have stored. ``offline`` is decided once, when the event happens (the link's state then, as the
+  spec defines the field: "this event happened while the station was offline"), and frozen with the row.
 - Many stations may share one file (the simulated fleet); ``batch()`` groups their inserts and acknowledgements
   into one commit (group commit), and queued messages become visible to senders only after that commit.
 - Under a running agent (``run_writer()``), writes leave the event loop: a writer task group-commits everything
@@ -19,6 +21,7 @@ import asyncio
 import json
 import sqlite3
 import threading
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +36,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     action TEXT NOT NULL,
     payload TEXT NOT NULL,
     queued_offline INTEGER NOT NULL DEFAULT 0,
+    message_id TEXT,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 CREATE INDEX IF NOT EXISTS outbox_station ON outbox (station_id, id);
@@ -49,13 +53,22 @@ KV_UPSERT = (
 )
 
 
+INSERT_ROW = "INSERT INTO outbox (station_id, action, payload, queued_offline, message_id) VALUES (?, ?, ?, ?, ?)"
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
 @dataclass(slots=True)
 class OutboxItem:
     id: int
     action: str
     payload: dict[str, Any]  # the OCPP payload as it goes on the wire (camelCase)
-    replay: bool  # True: send with offline=true (queued offline, tried before, or from before a restart)
-    text: str = ""  # the payload's JSON as stored (sent as is when nothing needs changing)
+    text: str  # the payload's JSON as stored: sent as is, byte for byte, on every transmission
+    message_id: str  # the OCPP message id of every transmission of this row
+    failures: int = 0  # transmissions the CSMS refused with a retryable error or did not answer (this run)
+    not_before: float = 0.0  # event-loop time before which the next transmission waits (E13 back-off)
 
 
 class OutboxStore:
@@ -73,6 +86,9 @@ class OutboxStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "message_id" not in columns:  # a queue file from before message ids were stored
+            self._db.execute("ALTER TABLE outbox ADD COLUMN message_id TEXT")
         self._depth = 0
         self._after_commit: list[Callable[[], None]] = []
         self._acks: list[int] = []
@@ -108,24 +124,27 @@ class OutboxStore:
             for cb in callbacks:
                 cb()
 
-    def insert(self, station_id: str, action: str, text: str, queued_offline: bool) -> int:
+    def insert(self, station_id: str, action: str, text: str, queued_offline: bool, message_id: str) -> int:
         with self.batch():
-            cur = self._db.execute(
-                "INSERT INTO outbox (station_id, action, payload, queued_offline) VALUES (?, ?, ?, ?)",
-                (station_id, action, text, int(queued_offline)),
-            )
+            cur = self._db.execute(INSERT_ROW, (station_id, action, text, int(queued_offline), message_id))
             assert cur.lastrowid is not None
             return cur.lastrowid
 
     def put_row(
-        self, station_id: str, action: str, text: str, queued_offline: bool, committed: Callable[[int], None]
+        self,
+        station_id: str,
+        action: str,
+        text: str,
+        queued_offline: bool,
+        message_id: str,
+        committed: Callable[[int], None],
     ) -> None:
         """Store a message; ``committed(row_id)`` runs once it is durably on disk."""
         if self._writer_on:
-            self._queue.append(("ins", station_id, action, text, int(queued_offline), committed))
+            self._queue.append(("ins", station_id, action, text, int(queued_offline), message_id, committed))
             self._signal()
             return
-        row_id = self.insert(station_id, action, text, queued_offline)
+        row_id = self.insert(station_id, action, text, queued_offline, message_id)
         self.after_commit(lambda: committed(row_id))
 
     def _signal(self) -> None:
@@ -168,7 +187,7 @@ class OutboxStore:
                 return
             row_ids = await asyncio.to_thread(self._write, queue, acks)
             for entry, row_id in zip([e for e in queue if e[0] == "ins"], row_ids, strict=True):
-                entry[5](row_id)
+                entry[6](row_id)
 
     def _write(self, queue: list[tuple[Any, ...]], acks: list[int]) -> list[int]:
         with self._lock:
@@ -178,10 +197,7 @@ class OutboxStore:
                 row_ids = []
                 for entry in queue:
                     if entry[0] == "ins":
-                        cur = db.execute(
-                            "INSERT INTO outbox (station_id, action, payload, queued_offline) VALUES (?, ?, ?, ?)",
-                            entry[1:5],
-                        )
+                        cur = db.execute(INSERT_ROW, entry[1:6])
                         assert cur.lastrowid is not None
                         row_ids.append(cur.lastrowid)
                     else:
@@ -220,11 +236,17 @@ class OutboxStore:
                 pass
 
     def pending(self, station_id: str) -> list[OutboxItem]:
-        rows = self._db.execute(
-            "SELECT id, action, payload FROM outbox WHERE station_id = ? ORDER BY id", (station_id,)
-        ).fetchall()
-        # Anything still here from an earlier run may have reached the CSMS already: always a replay.
-        return [OutboxItem(r[0], r[1], json.loads(r[2]), True, r[2]) for r in rows]
+        """The station's unanswered rows, oldest first, each with the id and text of its earlier transmissions."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, action, payload, message_id FROM outbox WHERE station_id = ? ORDER BY id", (station_id,)
+            ).fetchall()
+            legacy = [(new_message_id(), r[0]) for r in rows if not r[3]]
+            if legacy:  # rows from before ids were stored: fix an id now, so every later run resends the same
+                with self.batch():
+                    self._db.executemany("UPDATE outbox SET message_id = ? WHERE id = ?", legacy)
+        ids = {row_id: mid for mid, row_id in legacy}
+        return [OutboxItem(r[0], r[1], json.loads(r[2]), r[2], r[3] or ids[r[0]]) for r in rows]
 
     def count(self, station_id: str | None = None) -> int:
         if station_id is None:
@@ -265,7 +287,7 @@ class Outbox:
     def put(self, action: str, payload: dict[str, Any], *, offline: bool) -> OutboxItem:
         """Store the message durably; the sender sees it only once it is committed."""
         text = json.dumps(payload, separators=(",", ":"))
-        item = OutboxItem(0, action, payload, offline, text)
+        item = OutboxItem(0, action, payload, text, new_message_id())
 
         def _visible(row_id: int) -> None:
             item.id = row_id
@@ -273,14 +295,14 @@ class Outbox:
             if self._wakeup is not None:
                 self._wakeup()
 
-        self.store.put_row(self.station_id, action, text, offline, _visible)
+        self.store.put_row(self.station_id, action, text, offline, item.message_id, _visible)
         return item
 
     def head(self) -> OutboxItem | None:
         return self.items[0] if self.items else None
 
     def done(self, item: OutboxItem) -> None:
-        """The CSMS answered (or refused for good): forget the message."""
+        """The CSMS answered with a CALLRESULT, or refused the message for good: forget it (never on a retry)."""
         if self.items and self.items[0].id == item.id:
             self.items.popleft()
         self.store.ack(item.id, defer=self.defer_acks)

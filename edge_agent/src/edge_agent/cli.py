@@ -1,7 +1,7 @@
 """``edge-agent`` command line.
 
 edge-agent run --config /etc/edge-agent/agent.toml
-edge-agent simulate --count 10 --csms ws://127.0.0.1:8000/ocpp --id-prefix demo --password PW
+edge-agent simulate --count 10 --csms ws://127.0.0.1:8000/ocpp --id-prefix demo --password PW [--ledger FILE]
 """
 
 from __future__ import annotations
@@ -42,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     sim.add_argument("--var-dir", default=os.environ.get("VPP_VAR_DIR"), help="outbox and session log location")
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument(
+        "--ledger", default=None, metavar="FILE", help="append one JSON line per CALL the CSMS acknowledged"
+    )
+    sim.add_argument(
+        "--message-attempts", type=int, default=3, help="E13: MessageAttempts[TransactionEvent] (then keep retrying)"
+    )
+    sim.add_argument(
+        "--message-attempt-interval", type=float, default=10.0, help="E13: retry interval x attempt number, s"
+    )
     return parser
 
 
@@ -84,6 +93,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             versions=[v.strip() for v in args.ocpp.split(",") if v.strip()],
             var_dir=os.path.join(args.var_dir, "edge-fleet") if args.var_dir else None,
             seed=args.seed,
+            ledger=args.ledger,
+            message_attempts=args.message_attempts,
+            message_attempt_interval_s=args.message_attempt_interval,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -34,6 +34,11 @@ class OcppSettings:
     reconnect_max_s: float = 60.0
     ping_interval_s: float = 20.0  # WebSocket keep-alive (0 = off)
     validate_messages: bool = True  # JSON-schema validation of every message (the ocpp library's)
+    # E13 retries of buffered messages (until the CSMS sets OCPPCommCtrlr.MessageAttempt*[TransactionEvent]):
+    # wait interval x number of failed transmissions, at most max; past `message_attempts` keep retrying at that pace.
+    message_attempts: int = 3
+    message_attempt_interval_s: float = 10.0
+    message_attempt_interval_max_s: float = 60.0
 
 
 @dataclass
@@ -123,6 +128,10 @@ class AgentConfig:
             raise ConfigError("hardware.driver must be sim, modbus or can")
         if self.frequency.source not in ("sim", "replay", "meter"):
             raise ConfigError("frequency.source must be sim, replay or meter")
+        if self.ocpp.message_attempts < 1:
+            raise ConfigError("ocpp.message_attempts must be >= 1")
+        if not 0 < self.ocpp.message_attempt_interval_s <= self.ocpp.message_attempt_interval_max_s:
+            raise ConfigError("ocpp.message_attempt_interval_s must be > 0 and <= ocpp.message_attempt_interval_max_s")
         return self
 
 

@@ -24,6 +24,15 @@ class Variable:
     options: tuple[str, ...] = ()
     min_value: float | None = None
     max_value: float | None = None
+    instance: str | None = None  # e.g. OCPPCommCtrlr.MessageAttempts[TransactionEvent]
+
+    @property
+    def key(self) -> tuple[str, str, str | None]:
+        return (self.component, self.name, self.instance)
+
+    @property
+    def storage_key(self) -> str:
+        return storage_key(self.component, self.name, self.instance)
 
     def check(self, value: str) -> str | None:
         """Why ``value`` is not acceptable, or None."""
@@ -55,12 +64,20 @@ class Variable:
             characteristics["unit"] = self.unit
         if self.options:
             characteristics["values_list"] = ",".join(self.options)
+        variable: dict[str, Any] = {"name": self.name}
+        if self.instance is not None:
+            variable["instance"] = self.instance
         return {
             "component": {"name": self.component},
-            "variable": {"name": self.name},
+            "variable": variable,
             "variable_attribute": [attribute],
             "variable_characteristics": characteristics,
         }
+
+
+def storage_key(component: str, name: str, instance: str | None = None) -> str:
+    """The key a CSMS-set value is persisted under in the agent's state."""
+    return f"dm:{component}.{name}" + (f".{instance}" if instance is not None else "")
 
 
 def default_variables(*, vendor: str, model: str, serial: str) -> list[Variable]:
@@ -77,6 +94,20 @@ def default_variables(*, vendor: str, model: str, serial: str) -> list[Variable]
             options=("Available", "Occupied", "Unavailable", "Faulted"),
         ),
         Variable("OCPPCommCtrlr", "HeartbeatInterval", "300", data_type="integer", unit="s", min_value=1),
+        # E13 retries of buffered (transaction-related) messages. The interval is a decimal here, not the spec's
+        # integer, so the simulated fleet and tests can retry within a second; a CSMS's integer value is accepted.
+        Variable(
+            "OCPPCommCtrlr", "MessageAttempts", "3", data_type="integer", min_value=1, instance="TransactionEvent"
+        ),
+        Variable(
+            "OCPPCommCtrlr",
+            "MessageAttemptInterval",
+            "10",
+            data_type="decimal",
+            unit="s",
+            min_value=0.05,
+            instance="TransactionEvent",
+        ),
         Variable("SampledDataCtrlr", "TxUpdatedInterval", "1", data_type="integer", unit="s", min_value=1),
         Variable(
             "SampledDataCtrlr",
@@ -98,6 +129,8 @@ def default_variables(*, vendor: str, model: str, serial: str) -> list[Variable]
             "EdgeAgentCtrlr", "DroopDeadband", "0.036", data_type="decimal", unit="Hz", min_value=0.017, max_value=1.0
         ),
         Variable("EdgeAgentCtrlr", "DroopPercent", "5", data_type="decimal", unit="Percent", min_value=2, max_value=10),
+        # The cap on the E13 back-off: past MessageAttempts the agent keeps retrying at this pace at most.
+        Variable("EdgeAgentCtrlr", "MessageAttemptIntervalMax", "60", data_type="decimal", unit="s", min_value=0.05),
     ]
 
 
@@ -109,37 +142,37 @@ class DeviceModel:
         load: Callable[[str], str | None] | None = None,
         save: Callable[[str, str], None] | None = None,
     ) -> None:
-        self._vars = {(v.component, v.name): v for v in variables}
+        self._vars = {v.key: v for v in variables}
         self._components = {v.component for v in variables}
         self._save = save
         self.listeners: list[Callable[[str, str, str], None]] = []
         if load is not None:
             for v in variables:
-                stored = load(f"dm:{v.component}.{v.name}")
+                stored = load(v.storage_key)
                 if stored is not None and v.mutability != READ_ONLY and v.check(stored) is None:
                     v.value = stored
 
-    def get(self, component: str, name: str) -> str:
-        return self._vars[(component, name)].value
+    def get(self, component: str, name: str, instance: str | None = None) -> str:
+        return self._vars[(component, name, instance)].value
 
-    def number(self, component: str, name: str) -> float:
-        return float(self.get(component, name))
+    def number(self, component: str, name: str, instance: str | None = None) -> float:
+        return float(self.get(component, name, instance))
 
-    def set_internal(self, component: str, name: str, value: str) -> None:
+    def set_internal(self, component: str, name: str, value: str, instance: str | None = None) -> None:
         """Set by the agent itself (read-only state such as AvailabilityState)."""
-        self._vars[(component, name)].value = value
+        self._vars[(component, name, instance)].value = value
 
-    def _lookup(self, component: str, name: str) -> tuple[Variable | None, str | None]:
+    def _lookup(self, component: str, variable: dict[str, Any]) -> tuple[Variable | None, str | None]:
         if component not in self._components:
             return None, "UnknownComponent"
-        var = self._vars.get((component, name))
+        var = self._vars.get((component, variable["name"], variable.get("instance")))
         return (var, None) if var is not None else (None, "UnknownVariable")
 
     def get_variable(self, request: dict[str, Any]) -> dict[str, Any]:
         component, variable = request["component"], request["variable"]
         result: dict[str, Any] = {"component": component, "variable": variable}
         attr_type = request.get("attribute_type", "Actual")
-        var, error = self._lookup(component["name"], variable["name"])
+        var, error = self._lookup(component["name"], variable)
         if var is None:
             result["attribute_status"] = error
         elif attr_type != "Actual":
@@ -156,7 +189,7 @@ class DeviceModel:
         attr_type = request.get("attribute_type", "Actual")
         value = str(request["attribute_value"])
         result: dict[str, Any] = {"component": component, "variable": variable, "attribute_type": attr_type}
-        var, error = self._lookup(component["name"], variable["name"])
+        var, error = self._lookup(component["name"], variable)
         if var is None:
             result["attribute_status"] = error
             return result
@@ -170,7 +203,7 @@ class DeviceModel:
             return result
         var.value = value
         if self._save is not None:
-            self._save(f"dm:{var.component}.{var.name}", value)
+            self._save(var.storage_key, value)
         for listener in self.listeners:
             listener(var.component, var.name, value)
         result["attribute_status"] = "Accepted"

@@ -5,6 +5,12 @@
   as AUTH_REJECTED and retried at the slowest pace.
 - One sender per connection drains, in this order, unbuffered messages (status, charging needs, reports,
   heartbeats) and then the durable outbox (TransactionEvent, MeterValues), one CALL at a time as OCPP requires.
+- A message the CSMS refuses with a retryable CALLERROR (InternalError: it could not store it) or does not answer
+  is sent again after the E13 back-off (:mod:`edge_agent.delivery`), with the SAME message id and payload, so the
+  CSMS can tell a retransmission from a new message. An outbox row is deleted only after a CALLRESULT, or after a
+  final CALLERROR (the refused message is kept in the session log). Unbuffered messages are retried the same way,
+  at most ``MessageAttempts`` times (they are status and reports that a newer one supersedes, not stored data).
+- With a :class:`~edge_agent.ledger.Ledger`, every CALLRESULT to a station-initiated CALL is written down.
 - The CSMS's requests are answered by the handlers in :mod:`edge_agent.csms_requests`.
 """
 
@@ -16,8 +22,10 @@ import contextlib
 import logging
 import random
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+from ocpp.charge_point import remove_nones, serialize_as_dict, snake_to_camel_case
 from ocpp.exceptions import OCPPError
 from ocpp.messages import Call, MessageType, validate_payload
 from websockets.asyncio.client import ClientConnection, connect
@@ -26,6 +34,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from edge_agent import sessionlog as slog
 from edge_agent.buffer import OutboxItem
 from edge_agent.csms_requests import StationCP21, StationCP201
+from edge_agent.delivery import CsmsCallError
+from edge_agent.ledger import Ledger
 from edge_agent.station import Station
 
 LOG = logging.getLogger("edge_agent.ocpp")
@@ -55,6 +65,24 @@ def render(action: str, payload: dict[str, Any], version: str) -> dict[str, Any]
     return {"evse_id": payload["evse_id"], "charging_needs": needs}
 
 
+def wire_payload(cp: Any, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The camelCase payload ``cp.call`` would frame for this snake_case one (fixed once, then resent as is)."""
+    request = getattr(cp._call, action)(**render(action, payload, cp._ocpp_version))
+    return dict(remove_nones(snake_to_camel_case(serialize_as_dict(request))))
+
+
+@dataclass(slots=True)
+class _DirectHead:
+    """The unbuffered message being sent: its id and wire payload stay the same across retransmissions."""
+
+    entry: tuple[str, dict[str, Any]]  # st.direct[0], by identity
+    version: str  # the payload's shape depends on the OCPP version of the connection
+    message_id: str
+    payload: dict[str, Any]
+    failures: int = 0
+    not_before: float = 0.0
+
+
 class OcppClient:
     """Keeps one station connected to its CSMS and its queues drained."""
 
@@ -71,6 +99,7 @@ class OcppClient:
         ping_interval_s: float | None = 20.0,
         validate_messages: bool = True,
         seed: int | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.station = station
         self.url = csms_url.rstrip("/") + "/" + station.id
@@ -95,6 +124,8 @@ class OcppClient:
         self._closing: asyncio.Future[None] | None = None
         self._failsafe_timer: asyncio.TimerHandle | None = None
         self._failsafe_tick: asyncio.Future[Any] | None = None
+        self.ledger = ledger
+        self._direct_head: _DirectHead | None = None
         station.wakeup = self._wake.set
         station.reset_requested = self.request_reset  # Reset OnIdle: when the transaction ends
 
@@ -215,18 +246,6 @@ class OcppClient:
                 await asyncio.gather(reader, sender, return_exceptions=True)
             return self._booted
 
-    async def _call(self, cp: Any, action: str, payload: dict[str, Any]) -> Any:
-        st = self.station
-        st.link.request_sent(st.clock.monotonic())
-        request = getattr(cp._call, action)(**render(action, payload, cp._ocpp_version))
-        try:
-            result = await cp.call(request, suppress=False, skip_schema_validation=self.skip_validation)
-        except TimeoutError:
-            slog.log_event(st.id, "no_answer", code=slog.HEARTBEAT_TIMEOUT, level=logging.WARNING, action=action)
-            raise
-        self._round_trip(action)
-        return result
-
     def _round_trip(self, action: str) -> None:
         """Log HeartbeatTimeout when a round trip exceeds 500 ms; at most once per 30 s, with a count."""
         st = self.station
@@ -240,15 +259,25 @@ class OcppClient:
                            action=action, rtt_ms=round(rtt * 1000), slow_since_last_log=self._slow)  # fmt: skip
             self._slow, self._slow_logged_at = 0, now
 
-    async def _raw_call(self, cp: Any, action: str, payload: dict[str, Any], text: str | None = None) -> dict[str, Any]:
+    async def _raw_call(
+        self,
+        cp: Any,
+        action: str,
+        payload: dict[str, Any],
+        text: str | None = None,
+        *,
+        message_id: str | None = None,
+    ) -> dict[str, Any]:
         """Send an already camelCase payload through the library's framing and response matching.
 
         The hot path (meter values every second, thousands of stations per process) skips the library's
         dataclass/case conversion, which costs more than everything else an agent does per message. Uses the
         ``ocpp`` 2.1.0 ChargePoint internals (call lock, response queue), so the library version is pinned.
+        ``message_id``: the id of a retransmission (the first transmission's). A CALLERROR raises
+        :class:`CsmsCallError` (whatever its code); a CALLRESULT is written to the ledger.
         """
         st = self.station
-        call = Call(unique_id=str(uuid.uuid4()), action=action, payload=payload)
+        call = Call(unique_id=message_id or str(uuid.uuid4()), action=action, payload=payload)
         if not self.skip_validation:
             await validate_payload(call, cp._ocpp_version)
         # The stored JSON text is framed as is: no second encoding of the payload on the hot path.
@@ -263,18 +292,21 @@ class OcppClient:
             raise
         self._round_trip(action)
         if response.message_type_id == MessageType.CallError:
-            raise response.to_exception()
+            raise CsmsCallError(response.error_code, response.error_description, response.error_details)
+        if self.ledger is not None:
+            self.ledger.record(station=st.id, action=action, message_id=call.unique_id, payload=payload)
         return dict(response.payload)
 
     async def _boot(self, cp: Any) -> None:
         st = self.station
         while True:
-            resp = await self._call(cp, "BootNotification", self.boot_payload(self.boot_reason))
-            if resp.status == "Accepted":
-                st.on_connected(float(resp.interval or st.p.heartbeat_s))
+            payload = wire_payload(cp, "BootNotification", self.boot_payload(self.boot_reason))
+            resp = await self._raw_call(cp, "BootNotification", payload)
+            if resp.get("status") == "Accepted":
+                st.on_connected(float(resp.get("interval") or st.p.heartbeat_s))
                 return
             # Pending / Rejected: wait as told, answering the CSMS's requests meanwhile (reader keeps running).
-            await asyncio.sleep(max(1.0, float(resp.interval or 10)))
+            await asyncio.sleep(max(1.0, float(resp.get("interval") or 10)))
 
     async def _send_loop(self, cp: Any) -> None:
         st = self.station
@@ -288,50 +320,127 @@ class OcppClient:
             self._failsafe_timer = None
         slog.log_event(st.id, "connected", ocpp=cp._ocpp_version, queued=len(st.outbox))
         st.queue_status(st.connector_status())
+        loop = asyncio.get_running_loop()
         while True:
+            now = loop.time()
+            wait: float | None = None
             if st.direct:
-                action, payload = st.direct[0]
-                try:
-                    await self._call(cp, action, payload)
-                except OCPPError as exc:
-                    slog.log_event(
-                        st.id,
-                        "call_error",
-                        code=slog.CSMS_REJECTED,
-                        level=logging.WARNING,
-                        action=action,
-                        error=exc.code,
-                    )
-                if action == "BootNotification":
-                    st.on_connected(st.p.heartbeat_s)
-                st.direct.popleft()
-                continue
+                head = self._direct_head
+                due = head.not_before - now if head is not None and head.entry is st.direct[0] else 0.0
+                if due <= 0:
+                    await self._send_direct(cp)
+                    continue
+                wait = due
             item = st.outbox.head()
             if item is not None:
-                await self._send_buffered(cp, item)
-                continue
+                # The head waits out its back-off; the rows behind it wait too (order is the spec's and seqNo's).
+                due = item.not_before - now
+                if due <= 0:
+                    await self._send_buffered(cp, item)
+                    continue
+                wait = due if wait is None else min(wait, due)
             self._wake.clear()
-            await self._wake.wait()
+            if wait is None:
+                await self._wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
 
-    async def _send_buffered(self, cp: Any, item: OutboxItem) -> None:
+    async def _send_direct(self, cp: Any) -> None:
         st = self.station
-        payload = item.payload
-        text: str | None = item.text or None
-        if item.action == "TransactionEvent" and item.replay and payload.get("offline") is not True:
-            payload, text = {**payload, "offline": True}, None
-        # From here on a repeat of this message is a replay, whatever happens to this attempt.
-        item.replay = True
+        entry = st.direct[0]
+        action = entry[0]
+        head = self._direct_head
+        if head is None or head.entry is not entry or head.version != cp._ocpp_version:
+            head = _DirectHead(entry, cp._ocpp_version, str(uuid.uuid4()), wire_payload(cp, action, entry[1]))
+            self._direct_head = head
         try:
-            await self._raw_call(cp, item.action, payload, text)
-        except OCPPError as exc:
-            # Refused for good (malformed or not acceptable): keep it in the log, do not block the queue.
+            await self._raw_call(cp, action, head.payload, message_id=head.message_id)
+        except CsmsCallError as exc:
+            head.failures += 1
+            # A heartbeat is never worth a retry: the next one is due anyway.
+            retry = not exc.final and action != "Heartbeat" and head.failures < st.retry.attempts
+            delay = st.retry.delay_s(head.failures)
             slog.log_event(
                 st.id,
-                "buffered_message_refused",
+                "call_error",
                 code=slog.CSMS_REJECTED,
-                level=logging.ERROR,
-                action=item.action,
+                level=logging.WARNING if retry else logging.ERROR,
+                action=action,
                 error=exc.code,
-                payload=payload,
+                description=exc.description,
+                message_id=head.message_id,
+                failures=head.failures,
+                retry_in_s=round(delay, 3) if retry else None,
+                payload=None if retry else head.payload,
             )
+            if retry:
+                head.not_before = asyncio.get_running_loop().time() + delay
+                return
+        except OCPPError as exc:  # our own payload failed the schema check: it can never be sent as it is
+            slog.log_event(st.id, "call_invalid", code=slog.CSMS_REJECTED, level=logging.ERROR, action=action,
+                           error=exc.code, description=str(exc.description), payload=head.payload)  # fmt: skip
+        except TimeoutError:
+            head.failures += 1
+            head.not_before = asyncio.get_running_loop().time() + st.retry.delay_s(head.failures)
+            raise
+        if action == "BootNotification":
+            st.on_connected(st.p.heartbeat_s)
+        st.direct.popleft()
+        self._direct_head = None
+
+    async def _send_buffered(self, cp: Any, item: OutboxItem) -> None:
+        """One transmission of the outbox's head: same id and text as every earlier one; deleted only when done."""
+        st = self.station
+        try:
+            await self._raw_call(cp, item.action, item.payload, item.text, message_id=item.message_id)
+        except CsmsCallError as exc:
+            if not exc.final:
+                self._retry_later(item, exc.code, exc.description)
+                return
+            self._refused(item, exc.code, exc.description, by="csms")
+        except OCPPError as exc:  # failed our own schema check: no transmission can ever succeed
+            self._refused(item, exc.code, str(exc.description), by="agent")
+        except TimeoutError:
+            # No answer: it may be stored. The session ends (a silent CSMS is usually a half-open link); after the
+            # reconnect the row goes again, unchanged, once its back-off has passed.
+            self._retry_later(item, "Timeout", "no answer within the call timeout")
+            raise
         st.outbox.done(item)
+
+    def _retry_later(self, item: OutboxItem, error: str, description: str) -> None:
+        st = self.station
+        item.failures += 1
+        delay = st.retry.delay_s(item.failures)
+        item.not_before = asyncio.get_running_loop().time() + delay
+        # Past MessageAttempts the spec lets a station discard the message. We do not (it is the operator's
+        # metering and billing data): we keep retrying at the capped interval and say so at ERROR, every time.
+        exhausted = st.retry.exhausted(item.failures)
+        slog.log_event(
+            st.id,
+            "buffered_message_retry_exhausted" if exhausted else "buffered_message_retry",
+            code=slog.CSMS_REJECTED,
+            level=logging.ERROR if exhausted else logging.WARNING,
+            action=item.action,
+            error=error,
+            description=description,
+            message_id=item.message_id,
+            failures=item.failures,
+            retry_in_s=round(delay, 3),
+            queued=len(st.outbox),
+        )
+
+    def _refused(self, item: OutboxItem, error: str, description: str, *, by: str) -> None:
+        """Refused for good (malformed or not acceptable): keep it in the log, do not block the queue."""
+        slog.log_event(
+            self.station.id,
+            "buffered_message_refused",
+            code=slog.CSMS_REJECTED,
+            level=logging.ERROR,
+            action=item.action,
+            error=error,
+            description=description,
+            refused_by=by,
+            message_id=item.message_id,
+            payload=item.payload,
+        )

@@ -27,6 +27,7 @@ from edge_agent.clock import Clock, SystemClock
 from edge_agent.control import DroopSettings, Limits
 from edge_agent.frequency import ReplayFrequency, SimulatedFrequency
 from edge_agent.hardware.sim import SimulatedCar, SimulatedHardware
+from edge_agent.ledger import Ledger
 from edge_agent.ocpp_client import OcppClient
 from edge_agent.runner import tick_forever
 from edge_agent.sessionlog import log_event
@@ -93,9 +94,14 @@ class Fleet:
         ping_interval_s: float | None = None,
         link_loss_timeout_s: float = 2.0,
         clock: Clock | None = None,
+        ledger: str | Path | None = None,
+        message_attempts: int = 3,
+        message_attempt_interval_s: float = 10.0,
     ) -> None:
         if count < 1:
             raise ValueError("count must be >= 1")
+        # One ledger for the whole fleet: a line per CALLRESULT, appended by whichever station got it.
+        self.ledger = Ledger(ledger) if ledger else None
         self.clock = clock or SystemClock()
         self.tick_s = tick_s
         self.connect_rate = connect_rate_per_s
@@ -126,6 +132,8 @@ class Fleet:
                 meter_interval_s=meter_interval_s,
                 idle_meter_interval_s=idle_meter_interval_s,
                 link_loss_timeout_s=link_loss_timeout_s,
+                message_attempts=message_attempts,
+                message_attempt_interval_s=message_attempt_interval_s,
             )
             st = Station(params, clock=self.clock, hardware=hw, grid=grid,
                          outbox=Outbox(self.store, sid, defer_acks=True))  # fmt: skip
@@ -141,6 +149,7 @@ class Fleet:
                     ping_interval_s=ping_interval_s,
                     validate_messages=validate_messages,
                     seed=rng.randrange(2**31),
+                    ledger=self.ledger,
                 )
             )
         self._rng = rng
@@ -232,6 +241,8 @@ class Fleet:
                 station_ids=[st.id for st in self.stations],
             )
             self.store.close()
+            if self.ledger is not None:
+                self.ledger.close()
             if self._tmp is not None:
                 self._tmp.cleanup()
         return report
@@ -253,6 +264,7 @@ async def run_fleet(
     versions: list[str] | None = None,
     var_dir: str | Path | None = None,
     seed: int = 0,
+    ledger: str | Path | None = None,
 ) -> FleetReport:
     """Run ``count`` simulated agents against ``csms_url`` (``ws://host:port/ocpp``; the id is appended).
 
@@ -260,6 +272,7 @@ async def run_fleet(
     reports status, starts a transaction for its car (NotifyEVChargingNeeds with departure and V2X parameters)
     and sends meter values every ``meter_interval_s`` while regulating (``idle_meter_interval_s`` otherwise).
     Agents obey the CSMS's charging profiles (CentralSetpoint etc.), AFRR signals and DER controls.
+    ``ledger``: a file to append one line per acknowledged CALL to (:mod:`edge_agent.ledger`).
     """
     fleet = Fleet(
         count,
@@ -274,6 +287,7 @@ async def run_fleet(
         versions=versions,
         var_dir=var_dir,
         seed=seed,
+        ledger=ledger,
     )
     if stop is not None:
         watcher = asyncio.ensure_future(_relay(stop, fleet))

@@ -34,7 +34,8 @@ from edge_agent.control import (
     Setpoints,
     control_step,
 )
-from edge_agent.devicemodel import DeviceModel, default_variables
+from edge_agent.delivery import RetryPolicy
+from edge_agent.devicemodel import DeviceModel, default_variables, storage_key
 from edge_agent.failsafe import LinkMonitor, SafeMode
 from edge_agent.frequency import GridSample
 from edge_agent.hardware import Hardware, Measurement
@@ -74,6 +75,12 @@ class StationParams:
     safe_mode: SafeMode = field(default_factory=SafeMode)
     vendor: str = "OpenV2G"
     model: str = "EdgeAgent-11kW-BPT"
+    message_attempts: int = 3  # OCPPCommCtrlr.MessageAttempts[TransactionEvent] until the CSMS sets it
+    message_attempt_interval_s: float = 10.0  # OCPPCommCtrlr.MessageAttemptInterval[TransactionEvent]
+    message_attempt_interval_max_s: float = 60.0  # EdgeAgentCtrlr.MessageAttemptIntervalMax
+
+
+TX = "TransactionEvent"  # the variable instance of the E13 retry settings
 
 
 class Station:
@@ -115,6 +122,7 @@ class Station:
         self.droop = params.droop
         self.limits = params.limits
         self.safe_mode = params.safe_mode
+        self.retry = RetryPolicy()  # E13 back-off of buffered messages, from the device model (below)
         self.seed_device_model(self._params_as_variables())
         self.tx: Transaction | None = None
         self.discharge_cap_pct = 100.0  # SetDERControl LimitMaxDischarge
@@ -160,8 +168,13 @@ class Station:
         self.droop = replace(self.droop, deadband_over_hz=db, deadband_under_hz=db, over_droop=k, under_droop=k)
         self.p.meter_interval_s = dm.number("SampledDataCtrlr", "TxUpdatedInterval")
         self.p.idle_meter_interval_s = dm.number("EdgeAgentCtrlr", "IdleTxUpdatedInterval")
+        self.retry = RetryPolicy(
+            attempts=int(dm.number("OCPPCommCtrlr", "MessageAttempts", TX)),
+            interval_s=dm.number("OCPPCommCtrlr", "MessageAttemptInterval", TX),
+            max_interval_s=dm.number("EdgeAgentCtrlr", "MessageAttemptIntervalMax"),
+        )
 
-    def _params_as_variables(self) -> dict[tuple[str, str], str]:
+    def _params_as_variables(self) -> dict[tuple[str, ...], str]:
         p = self.p
         return {
             ("SampledDataCtrlr", "TxUpdatedInterval"): str(max(1, round(p.meter_interval_s))),
@@ -172,17 +185,25 @@ class Station:
             ("EdgeAgentCtrlr", "MobilityFloorSoC"): f"{p.limits.floor_soc * 100:g}",
             ("EdgeAgentCtrlr", "DroopDeadband"): f"{p.droop.deadband_over_hz:g}",
             ("EdgeAgentCtrlr", "DroopPercent"): f"{p.droop.over_droop * 100:g}",
+            ("OCPPCommCtrlr", "MessageAttempts", TX): str(max(1, p.message_attempts)),
+            ("OCPPCommCtrlr", "MessageAttemptInterval", TX): f"{p.message_attempt_interval_s:g}",
+            ("EdgeAgentCtrlr", "MessageAttemptIntervalMax"): f"{p.message_attempt_interval_max_s:g}",
         }
 
     def _on_variable(self, component: str, name: str, value: str) -> None:
         self._apply_device_model()
         slog.log_event(self.id, "variable_set", variable=f"{component}.{name}")
 
-    def seed_device_model(self, values: dict[tuple[str, str], str]) -> None:
-        """Local defaults from the agent's config, unless the CSMS already set (and we persisted) a value."""
-        for (component, name), value in values.items():
-            if self.outbox.store.kv_get(self.id, f"dm:{component}.{name}") is None:
-                self.dm.set_internal(component, name, value)
+    def seed_device_model(self, values: dict[tuple[str, ...], str]) -> None:
+        """Local defaults from the agent's config, unless the CSMS already set (and we persisted) a value.
+
+        Keys are (component, variable) or (component, variable, instance).
+        """
+        for key, value in values.items():
+            component, name, *rest = key
+            instance = rest[0] if rest else None
+            if self.outbox.store.kv_get(self.id, storage_key(component, name, instance)) is None:
+                self.dm.set_internal(component, name, value, instance)
         self._apply_device_model()
 
     # -- car and transactions ------------------------------------------------------------------------------------

@@ -32,6 +32,9 @@ class Command(BaseCommand):
         parser.add_argument("--fleet", type=int, default=10, help="simulated chargers with edge agents (0: none)")
         parser.add_argument("--id-prefix", default="demo")
         parser.add_argument(
+            "--ledger", default=None, help="the fleet appends a line per CALL the CSMS acknowledged to this file"
+        )
+        parser.add_argument(
             "--workers", type=int, default=1, help="Daphne processes on one socket (more than 1 needs REDIS_URL)"
         )
 
@@ -94,6 +97,7 @@ def _celery_command(bin_dir: Path) -> list[str]:
 
 def _fleet_command(bin_dir: Path, host: str, port: int, options: dict[str, Any]) -> list[str]:
     agent = shutil.which("edge-agent", path=str(bin_dir)) or "edge-agent"
+    ledger = ["--ledger", str(options["ledger"])] if options.get("ledger") else []
     return [
         agent,
         "simulate",
@@ -103,6 +107,7 @@ def _fleet_command(bin_dir: Path, host: str, port: int, options: dict[str, Any])
         f"ws://{host}:{port}/ocpp",
         "--id-prefix",
         options["id_prefix"],
+        *ledger,
     ]
 
 
