@@ -7,6 +7,7 @@ of stations parses every frame itself, validates inline against the package's JS
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -105,6 +106,8 @@ def parse(text: str, version: str) -> Frame:
     message_type, message_id = msg[0], msg[1]
     if len(message_id) > MESSAGE_ID_MAX:
         raise OcppError("RpcFrameworkError", f"messageId longer than {MESSAGE_ID_MAX} characters")
+    if "\x00" in message_id:  # PostgreSQL refuses U+0000 in text: the message log could not keep the frame
+        raise OcppError("RpcFrameworkError", "messageId contains U+0000", message_id)
     if type(message_type) is not int:
         raise OcppError("RpcFrameworkError", "MessageTypeId is not an integer", message_id)
     allowed = _MESSAGE_TYPES_21 if version == "2.1" else _MESSAGE_TYPES_201
@@ -220,6 +223,17 @@ def _schema_path(version: str, name: str) -> str:
 @cache
 def _schema_exists(version: str, name: str) -> bool:
     return os.path.exists(_schema_path(version, name))
+
+
+def payload_digest(payload: Any) -> str:
+    """Hex SHA-256 of a payload as received: the message-id dedup and the edge agent's ledger both key on it.
+
+    CONTRACT (the edge agent computes the same bytes): ``json.dumps(payload, sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)`` encoded as UTF-8, of the parsed payload before any normalisation. ``json`` and not orjson:
+    the two spell some floats differently (``1e+16`` / ``1e16``), and the digest must not depend on the encoder.
+    """
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def dumps_bytes(obj: Any) -> bytes:
