@@ -85,7 +85,10 @@ class BatchContext:
             payload_sha256 = ocpp_j.payload_digest(payload)
         if not checked:
             message_id, action, raw, error_code = (
-                _text_safe(message_id)[:64], _text_safe(action)[:64], _text_safe(raw), _text_safe(error_code)[:40]
+                _text_safe(message_id)[:64],
+                _text_safe(action)[:64],
+                _text_safe(raw),
+                _text_safe(error_code)[:40],
             )
             error_description = _text_safe(error_description)
             kept = {name: value for name, value in (("payload", payload), ("response", response)) if _has_nul(value)}

@@ -28,7 +28,7 @@ from chargers.daphne_denial import EXTENSION as DENIAL_EXTENSION
 from chargers.handlers.provisioning import boot_refusal_check, boot_triggers
 from chargers.handlers.storable import payload_storable_check
 from chargers.jobs import CallOutcome, Connected, Disconnected, IncomingCall, IncomingSend, Job, LogEntry, StationRef
-from chargers.models import BootStatus, Direction, Station
+from chargers.models import Direction, Station
 from chargers.ocpp_j import Frame, OcppError
 from chargers.writer import GroupCommitWriter, writer_for_loop
 

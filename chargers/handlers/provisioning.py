@@ -69,33 +69,36 @@ def station_boot(ctx: BatchContext, station: StationRef, payload: dict[str, Any]
 
 
 def device_report_record(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
-    """NotifyReport: upsert each reported variable attribute of the device model."""
-    rows: list[DeviceVariable] = []
+    """NotifyReport: upsert each reported variable attribute of the device model.
+
+    An attribute reported twice in one message is stored once, as its last report says: PostgreSQL refuses an
+    upsert that would change the same row twice, and the whole batch would roll back with it.
+    """
+    rows: dict[tuple[Any, ...], DeviceVariable] = {}
     for item in payload.get("reportData", []):
         component, variable = item["component"], item["variable"]
         evse = component.get("evse") or {}
         characteristics = item.get("variableCharacteristics") or {}
         for attribute in item["variableAttribute"]:
-            rows.append(
-                DeviceVariable(
-                    station_id=station.pk,
-                    component=component["name"],
-                    component_instance=component.get("instance", ""),
-                    evse_id=evse.get("id", 0),
-                    connector_id=evse.get("connectorId", 0),
-                    variable=variable["name"],
-                    variable_instance=variable.get("instance", ""),
-                    attribute_type=attribute.get("type", "Actual"),
-                    value=attribute.get("value", ""),
-                    mutability=attribute.get("mutability", ""),
-                    data_type=characteristics.get("dataType", ""),
-                    unit=characteristics.get("unit", ""),
-                    updated_at=ctx.now,
-                )
+            row = DeviceVariable(
+                station_id=station.pk,
+                component=component["name"],
+                component_instance=component.get("instance", ""),
+                evse_id=evse.get("id", 0),
+                connector_id=evse.get("connectorId", 0),
+                variable=variable["name"],
+                variable_instance=variable.get("instance", ""),
+                attribute_type=attribute.get("type", "Actual"),
+                value=attribute.get("value", ""),
+                mutability=attribute.get("mutability", ""),
+                data_type=characteristics.get("dataType", ""),
+                unit=characteristics.get("unit", ""),
+                updated_at=ctx.now,
             )
+            rows[tuple(getattr(row, f"{name}_id" if name == "station" else name) for name in DEVICE_VARIABLE_KEY)] = row
     if rows:
         DeviceVariable.objects.bulk_create(
-            rows,
+            list(rows.values()),
             update_conflicts=True,
             unique_fields=DEVICE_VARIABLE_KEY,
             update_fields=["value", "mutability", "data_type", "unit", "updated_at"],

@@ -59,6 +59,7 @@ class Column:
 _DER_BLOCKS = ("curve", "enterService", "fixedPFAbsorb", "fixedPFInject", "fixedVar", "freqDroop", "gradient",
                "limitMaxDischarge")  # fmt: skip
 _METER_COLUMNS = ("measurand", "phase", "location", "context")
+_NEEDS = "NotifyEVChargingNeeds"
 
 COLUMNS: tuple[Column, ...] = (
     # BootNotification (handlers.provisioning.station_boot)
@@ -104,23 +105,26 @@ COLUMNS: tuple[Column, ...] = (
     # MeterValues (handlers.meter_values)
     Column("MeterValue.evse_id", "MeterValues", "evseId"),
     # NotifyEVChargingNeeds (handlers.smart_charging.ev_charging_needs_record)
-    Column("EvChargingNeeds.evse_id", "NotifyEVChargingNeeds", "evseId"),
-    Column("EvChargingNeeds.requested_energy_transfer", "NotifyEVChargingNeeds", "chargingNeeds.requestedEnergyTransfer"),
-    Column("EvChargingNeeds.control_mode", "NotifyEVChargingNeeds", "chargingNeeds.controlMode"),
-    Column("EvChargingNeeds.mobility_needs_mode", "NotifyEVChargingNeeds", "chargingNeeds.mobilityNeedsMode"),
-    Column("EvChargingNeeds.energy_amount_wh", "NotifyEVChargingNeeds", "chargingNeeds.acChargingParameters.energyAmount", number=True),
-    Column("EvChargingNeeds.energy_amount_wh", "NotifyEVChargingNeeds", "chargingNeeds.dcChargingParameters.energyAmount", number=True),
-    Column("EvChargingNeeds.ev_max_power_w", "NotifyEVChargingNeeds", "chargingNeeds.dcChargingParameters.evMaxPower", number=True),
-    *(Column(f"EvChargingNeeds.{name}", "NotifyEVChargingNeeds", f"chargingNeeds.v2xChargingParameters.{key}", number=True)
+    Column("EvChargingNeeds.evse_id", _NEEDS, "evseId"),
+    Column("EvChargingNeeds.requested_energy_transfer", _NEEDS, "chargingNeeds.requestedEnergyTransfer"),
+    Column("EvChargingNeeds.control_mode", _NEEDS, "chargingNeeds.controlMode"),
+    Column("EvChargingNeeds.mobility_needs_mode", _NEEDS, "chargingNeeds.mobilityNeedsMode"),
+    *(Column(f"EvChargingNeeds.{name}", _NEEDS, f"chargingNeeds.{key}", number=True)
       for name, key in (
-          ("min_charge_power_w", "minChargePower"), ("max_charge_power_w", "maxChargePower"),
-          ("min_discharge_power_w", "minDischargePower"), ("max_discharge_power_w", "maxDischargePower"),
-          ("ev_target_energy_request_wh", "evTargetEnergyRequest"), ("ev_min_energy_request_wh", "evMinEnergyRequest"),
-          ("ev_max_energy_request_wh", "evMaxEnergyRequest"),
-          ("ev_min_v2x_energy_request_wh", "evMinV2XEnergyRequest"),
-          ("ev_max_v2x_energy_request_wh", "evMaxV2XEnergyRequest"),
+          ("energy_amount_wh", "acChargingParameters.energyAmount"),
+          ("energy_amount_wh", "dcChargingParameters.energyAmount"),
+          ("ev_max_power_w", "dcChargingParameters.evMaxPower"),
+          ("min_charge_power_w", "v2xChargingParameters.minChargePower"),
+          ("max_charge_power_w", "v2xChargingParameters.maxChargePower"),
+          ("min_discharge_power_w", "v2xChargingParameters.minDischargePower"),
+          ("max_discharge_power_w", "v2xChargingParameters.maxDischargePower"),
+          ("ev_target_energy_request_wh", "v2xChargingParameters.evTargetEnergyRequest"),
+          ("ev_min_energy_request_wh", "v2xChargingParameters.evMinEnergyRequest"),
+          ("ev_max_energy_request_wh", "v2xChargingParameters.evMaxEnergyRequest"),
+          ("ev_min_v2x_energy_request_wh", "v2xChargingParameters.evMinV2XEnergyRequest"),
+          ("ev_max_v2x_energy_request_wh", "v2xChargingParameters.evMaxV2XEnergyRequest"),
       )),
-    Column("EvChargingNeeds.target_soc", "NotifyEVChargingNeeds", "chargingNeeds.v2xChargingParameters.targetSoC"),
+    Column("EvChargingNeeds.target_soc", _NEEDS, "chargingNeeds.v2xChargingParameters.targetSoC"),
     # ReportChargingProfiles (handlers.smart_charging.charging_profiles_report_record)
     Column("ChargingProfile.evse_id", "ReportChargingProfiles", "evseId"),
     Column("ChargingProfile.profile_id", "ReportChargingProfiles", "chargingProfile[].id"),
@@ -277,5 +281,5 @@ def _date_time_paths(version: str, action: str) -> tuple[tuple[str, ...], ...]:
 
 
 def _split(path: str) -> list[str]:
-    """"a.b[].c" -> ["a", "b[]", "c"]; a list of lists ("a[][]") is not in any OCPP request."""
+    """ "a.b[].c" -> ["a", "b[]", "c"]; a list of lists ("a[][]") is not in any OCPP request."""
     return path.split(".")

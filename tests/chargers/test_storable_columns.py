@@ -13,6 +13,7 @@ from django.apps import apps
 from django.db.models import CharField, IntegerField, TextField
 
 from chargers.handlers.storable import COLUMNS, INTEGER_RANGES, schema_paths
+from chargers.models import ChargingProfile, MeterValue
 
 VERSIONS = ("2.0.1", "2.1")
 
@@ -30,7 +31,11 @@ NOT_FROM_PAYLOAD = {
 
 def _leaves(column):
     """(version, schema of the value at the column's path) for each version whose schema has the path."""
-    return [(v, schema_paths(v, column.action)[column.path]) for v in VERSIONS if column.path in schema_paths(v, column.action)]
+    return [
+        (v, schema_paths(v, column.action)[column.path])
+        for v in VERSIONS
+        if column.path in schema_paths(v, column.action)
+    ]
 
 
 def _widest(leaf: dict) -> int | None:
@@ -85,5 +90,5 @@ def test_the_schemas_longest_known_values_need_the_columns_widened_in_chargers_0
     # custom 20-character unit of measure.
     purpose = schema_paths("2.0.1", "ReportChargingProfiles")["chargingProfile[].chargingProfilePurpose"]
     assert "ChargingStationExternalConstraints" in purpose["enum"]
-    assert apps.get_model("chargers", "ChargingProfile")._meta.get_field("purpose").max_length >= 34
-    assert apps.get_model("chargers", "MeterValue")._meta.get_field("unit").max_length >= 20
+    assert (ChargingProfile._meta.get_field("purpose").max_length or 0) >= 34
+    assert (MeterValue._meta.get_field("unit").max_length or 0) >= 20
