@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.db import connections
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -164,11 +165,10 @@ async def test_poison_messages_get_their_callerror_and_good_ones_commit_in_one_b
     assert all(row.payload_sha256 and (row.payload is not None or "\\u0000" in row.raw) for row in logged)
     assert all(row.payload is not None for row in logged if "\\u0000" not in row.raw)
     assert await MeterValue.objects.filter(station_id=bad_station.pk).acount() == 0
+    await sync_to_async(connections.close_all)()  # the ORM's async thread: nothing may outlive the test database
 
 
 async def _station() -> StationRef:
-    from asgiref.sync import sync_to_async
-
     station = await sync_to_async(StationFactory.create)()
     return StationRef(pk=station.pk, station_id=station.station_id, version="2.1")
 
