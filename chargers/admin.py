@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from chargers.models import (
@@ -26,6 +27,7 @@ from chargers.models import (
     TransactionEvent,
 )
 from chargers.passwords import MAX_LENGTH, MIN_LENGTH
+from chargers.services.provisioning import station_accept
 
 
 class StationForm(forms.ModelForm):
@@ -76,9 +78,21 @@ class StationAdmin(admin.ModelAdmin):
         "created_at",
     ]
     inlines = [EvseInline]
+    actions = ["accept"]
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         return ("station_id", "new_password", "boot_status", "heartbeat_interval", *self.readonly_fields)
+
+    @admin.action(description="Accept the selected stations (online ones are asked to boot again now)")
+    def accept(self, request: HttpRequest, queryset: QuerySet[Station]) -> None:
+        """OCPP B02: a Pending station is Accepted at its next boot, which an online station is asked for now."""
+        user = getattr(request, "user", None)
+        actor = getattr(user, "username", "") or "admin"
+        for station in queryset.exclude(boot_status="Accepted"):
+            result = station_accept(station_id=station.station_id, actor_user_id=getattr(user, "pk", None),
+                                    actor_label=f"admin:{actor}", timeout=10)  # fmt: skip
+            note = "booting again now" if result.triggered else result.note
+            self.message_user(request, f"{station.station_id}: {result.previous} -> Accepted ({note})", messages.INFO)
 
 
 @admin.register(Connector)

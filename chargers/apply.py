@@ -15,7 +15,7 @@ from typing import Any
 from django.db import transaction
 
 from chargers import ocpp_j
-from chargers.batch import BatchContext, answered_load, transactions_load
+from chargers.batch import ANSWERED_FRESH, BatchContext, answered_load, call_digest, transactions_load
 from chargers.handlers.registry import HANDLERS, log_only
 from chargers.jobs import CallOutcome, Connected, Disconnected, IncomingCall, IncomingSend, Job, LogEntry
 from chargers.models import Direction, Station, StationEventKind
@@ -79,8 +79,9 @@ def _apply_job(ctx: BatchContext, job: Job) -> Any:
 
 
 def _apply_call(ctx: BatchContext, job: IncomingCall) -> CallOutcome:
-    key = (job.station.pk, job.message_id)
-    known = ctx.answered.get(key)
+    digest = call_digest(ctx, job)
+    key = (job.station.pk, job.message_id, digest)
+    known = None if job.action in ANSWERED_FRESH else ctx.answered.get(key)
     if known is not None:
         return CallOutcome(known.payload, known.error_code, known.error_description, retransmit=True)
     handler = HANDLERS.get(job.action, log_only)
@@ -103,6 +104,8 @@ def _apply_call(ctx: BatchContext, job: IncomingCall) -> CallOutcome:
         error_description=outcome.error_description,
         created_at=job.received_at,
         responded_at=ctx.now,
+        payload_sha256=digest,
+        checked=True,  # storable: chargers.handlers.storable checked it at the door
     )
     ctx.touched.add(job.station.pk)
     return outcome

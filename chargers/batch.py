@@ -13,9 +13,10 @@ import functools
 import json
 import operator
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Case, Q, Value, When
 
@@ -36,7 +37,8 @@ class BatchContext:
         self.events: list[StationEvent] = []
         self.touched: set[int] = set()
         self.telemetry: list[TelemetryUpdate] = []
-        self.answered: dict[tuple[int, str], CallOutcome] = {}
+        self.answered: dict[tuple[int, str, str], CallOutcome] = {}  # (station pk, message id, payload digest)
+        self.digests: dict[int, str] = {}  # id(IncomingCall) -> its payload digest, computed once per batch
         # TransactionEvent state for the batch: loaded once (transactions_load), changed in memory, written in flush.
         self.transactions: dict[tuple[int, str], Transaction] = {}
         self.stored_events: set[tuple[int, int]] = set()  # (transaction pk, seqNo) already in the database
@@ -70,11 +72,34 @@ class BatchContext:
         error_description: str = "",
         created_at: datetime,
         responded_at: datetime | None = None,
+        payload_sha256: str = "",
+        checked: bool = False,
     ) -> None:
-        """Queue one MessageLog row (a plain tuple: building Django models here cost a tenth of the CSMS's CPU)."""
+        """Queue one MessageLog row (a plain tuple: building Django models here cost a tenth of the CSMS's CPU).
+
+        Every incoming CALL gets its payload's digest (``ocpp_j.payload_digest``, the edge agent's ledger matches
+        on it). A row not ``checked`` at the door (refused frames, SENDs, our calls and the station's answers) is
+        made storable first: one unstorable frame must not roll back the batch that logs it.
+        """
+        if not payload_sha256 and direction == Direction.IN and message_type == ocpp_j.CALL and payload is not None:
+            payload_sha256 = ocpp_j.payload_digest(payload)
+        if not checked:
+            message_id, action, raw, error_code = (
+                _text_safe(message_id)[:64],
+                _text_safe(action)[:64],
+                _text_safe(raw),
+                _text_safe(error_code)[:40],
+            )
+            error_description = _text_safe(error_description)
+            kept = {name: value for name, value in (("payload", payload), ("response", response)) if _has_nul(value)}
+            if kept:  # jsonb cannot hold U+0000: keep the JSON text (escaped) instead
+                payload = None if "payload" in kept else payload
+                response = None if "response" in kept else response
+                text = json.dumps(kept, ensure_ascii=False)
+                raw = f"{raw}\n{text}" if raw else text
         self.logs.append(
             (station.pk, direction, message_type, message_id, action, station.version, payload, raw, response,
-             error_code, error_description[:255], created_at, responded_at)
+             error_code, error_description[:255], created_at, responded_at, payload_sha256)
         )  # fmt: skip
 
     def flush(self) -> None:
@@ -85,6 +110,21 @@ class BatchContext:
         insert_rows(MessageLog, MESSAGE_LOG_COLUMNS, self.logs)
         if self.touched:
             _stations_touch(self.touched, self.now)
+
+
+def _text_safe(text: str) -> str:
+    """PostgreSQL refuses U+0000 in text: shown as U+FFFD in a record that is not data of record."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _stations_touch(pks: set[int], now: datetime) -> None:
@@ -108,7 +148,7 @@ _TOUCH_SQL = f"UPDATE {Station._meta.db_table} SET last_seen = %s, online = (cha
 
 MESSAGE_LOG_COLUMNS = (
     "station_id", "direction", "message_type", "message_id", "action", "ocpp_version", "payload", "raw", "response",
-    "error_code", "error_description", "created_at", "responded_at",
+    "error_code", "error_description", "created_at", "responded_at", "payload_sha256",
 )  # fmt: skip
 TRANSACTION_EVENT_COLUMNS = (
     "transaction_id", "seq_no", "event_type", "trigger_reason", "timestamp", "received_at", "offline",
@@ -120,18 +160,41 @@ METER_VALUE_COLUMNS = (
 )  # fmt: skip
 
 
+# Actions answered with the present state are never answered from the log: handling them again stores nothing twice
+# (a boot updates the station row, a heartbeat and an authorisation store nothing), while an old answer would be
+# wrong (the registration status an operator changed since, yesterday's time, a token's former status).
+ANSWERED_FRESH = frozenset({"BootNotification", "Heartbeat", "Authorize"})
+
+
+def call_digest(ctx: BatchContext, call: IncomingCall) -> str:
+    """The call's ``payload_sha256``: as the consumer computed it, else computed once per batch."""
+    if call.payload_sha256:
+        return call.payload_sha256
+    digest = ctx.digests.get(id(call))
+    if digest is None:
+        digest = ctx.digests[id(call)] = ocpp_j.payload_digest(call.payload)
+    return digest
+
+
 def answered_load(ctx: BatchContext, calls: list[IncomingCall]) -> None:
-    """Answers already stored for retransmitted CALLs (same station, same message id): one query per batch."""
-    if not calls:
+    """Answers already stored for retransmitted CALLs: one query per batch.
+
+    A retransmit is the same message id from the same station *with the same payload* (``payload_sha256``) within
+    ``OCPP_RETRANSMIT_WINDOW`` seconds. OCPP-J asks message ids to be unique per connection only: a station that
+    restarts its counter after a reboot sends old ids with new data, and that is stored and answered fresh.
+    """
+    keys = {(c.station.pk, c.message_id, call_digest(ctx, c)) for c in calls if c.action not in ANSWERED_FRESH}
+    if not keys:
         return
-    keys = {(c.station.pk, c.message_id) for c in calls}
-    rows: Iterable[tuple[int, str, Any]]
+    since = ctx.now - timedelta(seconds=settings.OCPP_RETRANSMIT_WINDOW)
+    rows: Iterable[tuple[int, str, str, Any]]
     if connection.vendor == "postgresql":
-        # The (station, message id) pairs joined against the unique index: an index probe per pair, and no ORM
-        # compile or per-value binding (1.1 ms of CPU per batch through the ORM's two IN lists).
+        # The (station, message id, digest) triples probe the partial index messagelog_incoming_call one by one,
+        # bounded to the window; no ORM compile or per-value binding (1.1 ms of CPU per batch through the ORM).
+        station_pks, message_ids, digests = zip(*keys, strict=True)
         with connection.cursor() as cursor:
-            cursor.execute(_ANSWERED_SQL, [[k[0] for k in keys], [k[1] for k in keys]])
-            rows = [(pk, mid, _json_value(response)) for pk, mid, response in cursor.fetchall()]
+            cursor.execute(_ANSWERED_SQL, [list(station_pks), list(message_ids), list(digests), since])
+            rows = [(pk, mid, digest, _json_value(response)) for pk, mid, digest, response in cursor.fetchall()]
     else:
         rows = MessageLog.objects.filter(
             direction=Direction.IN,
@@ -139,23 +202,26 @@ def answered_load(ctx: BatchContext, calls: list[IncomingCall]) -> None:
             error_code="",
             station_id__in={k[0] for k in keys},
             message_id__in={k[1] for k in keys},
-        ).values_list("station_id", "message_id", "response")
-    for station_pk, message_id, response in rows:
-        if (station_pk, message_id) in keys:
-            ctx.answered[(station_pk, message_id)] = CallOutcome(payload=response, retransmit=True)
+            payload_sha256__in={k[2] for k in keys},
+            created_at__gte=since,
+        ).values_list("station_id", "message_id", "payload_sha256", "response")
+    for station_pk, message_id, digest, response in rows:
+        if (station_pk, message_id, digest) in keys:
+            ctx.answered[(station_pk, message_id, digest)] = CallOutcome(payload=response, retransmit=True)
 
 
-# One probe of the partial unique index messagelog_unique_incoming_call per (station, message id) pair, whatever
-# the table's statistics say: LATERAL ... LIMIT 1 runs once per pair. (A plain join was planned from statistics, and
-# with stale ones, e.g. autovacuum off, it scanned the whole index per batch: 1.6 s at 170,000 rows.)
+# One probe of the partial index messagelog_incoming_call per (station, message id) pair, whatever the table's
+# statistics say: LATERAL ... LIMIT 1 runs once per triple. (A plain join was planned from statistics, and with stale
+# ones, e.g. autovacuum off, it scanned the whole index per batch: 1.6 s at 170,000 rows.)
 # Only the table name and constants are interpolated (no input): S608 does not apply.
 _ANSWERED_SQL = (
-    "SELECT k.station_id, k.message_id, m.response"  # noqa: S608
-    " FROM unnest(%s::bigint[], %s::text[]) AS k(station_id, message_id)"
+    "SELECT k.station_id, k.message_id, k.digest, m.response"  # noqa: S608
+    " FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS k(station_id, message_id, digest)"
     f" CROSS JOIN LATERAL (SELECT r.response FROM {MessageLog._meta.db_table} r"
     " WHERE r.station_id = k.station_id AND r.message_id = k.message_id"
     f" AND r.direction = '{Direction.IN.value}' AND r.message_type = {ocpp_j.CALL} AND r.error_code = ''"
-    " LIMIT 1) AS m"
+    " AND r.created_at >= %s AND r.payload_sha256 = k.digest"
+    " ORDER BY r.created_at DESC LIMIT 1) AS m"
 )
 
 

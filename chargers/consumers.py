@@ -25,8 +25,10 @@ from channels.layers import get_channel_layer
 from chargers import fanout, ocpp_j
 from chargers.apply import batch_apply
 from chargers.daphne_denial import EXTENSION as DENIAL_EXTENSION
+from chargers.handlers.provisioning import boot_refusal_check, boot_triggers
+from chargers.handlers.storable import payload_storable_check
 from chargers.jobs import CallOutcome, Connected, Disconnected, IncomingCall, IncomingSend, Job, LogEntry, StationRef
-from chargers.models import BootStatus, Direction, Station
+from chargers.models import Direction, Station
 from chargers.ocpp_j import Frame, OcppError
 from chargers.writer import GroupCommitWriter, writer_for_loop
 
@@ -98,6 +100,7 @@ class OcppConsumer(AsyncConsumer):
             await self.send({"type": "websocket.close", "code": CLOSE_NO_SUBPROTOCOL})
             raise StopConsumer
         pk, self.boot_status = row
+        self.boot_triggered: set[str] = set()  # what our calls asked the station to send while not Accepted
         self.station = StationRef(pk=pk, station_id=station_id, version=version)
         self.writer = writer_for_loop(batch_apply)
         self.closed = False
@@ -200,8 +203,8 @@ class OcppConsumer(AsyncConsumer):
     async def _on_call(self, frame: Frame, received_at: datetime, text: str) -> None:
         try:
             ocpp_j.validate_station_request(frame, self.station.version)
-            if self.boot_status == BootStatus.REJECTED and frame.action != "BootNotification":
-                raise OcppError("SecurityError", "station is not accepted by the CSMS", frame.message_id)
+            payload_storable_check(self.station.version, frame.action, frame.payload, frame.message_id)
+            boot_refusal_check(self.boot_status, frame.action, self.boot_triggered, frame.message_id)
         except OcppError as exc:
             await self._reply_error(exc, raw=text[:10000], frame=frame)
             return
@@ -218,6 +221,7 @@ class OcppConsumer(AsyncConsumer):
             return
         if frame.action == "BootNotification" and outcome.payload:
             self.boot_status = outcome.payload["status"]
+            self.boot_triggered = set()
         await self._send(ocpp_j.result_frame(frame.message_id, outcome.payload or {}))
 
     async def _on_send(self, frame: Frame, received_at: datetime) -> None:
@@ -262,6 +266,7 @@ class OcppConsumer(AsyncConsumer):
         future: asyncio.Future[tuple[Frame, float]] = asyncio.get_running_loop().create_future()
         self.pending = (message_id, future)
         sent_at = datetime.now(UTC)
+        self.boot_triggered |= boot_triggers(action, payload)
         await self._send(ocpp_j.call_frame(message_id, action, payload))
         # A timer instead of asyncio.wait_for: no wrapper and one wake-up less per call (a dispatch makes a thousand).
         timer = asyncio.get_running_loop().call_later(remaining, _expire, future)

@@ -37,6 +37,7 @@ class IncomingCall:
     action: str
     payload: dict[str, Any]
     received_at: datetime
+    payload_sha256: str = ""  # ocpp_j.payload_digest of the payload as received; computed by the batch if empty
 
 
 @dataclass(frozen=True, slots=True)

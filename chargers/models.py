@@ -231,7 +231,7 @@ class MeterValue(models.Model):
     location = models.CharField(max_length=8, blank=True)
     context = models.CharField(max_length=24, blank=True)
     value = models.BigIntegerField()
-    unit = models.CharField(max_length=16)
+    unit = models.CharField(max_length=20, help_text="stored unit, or the station's own (schema: up to 20 characters)")
     source = models.CharField(max_length=32, help_text="carrying action, e.g. MeterValues or TransactionEvent")
 
     class Meta:
@@ -253,6 +253,9 @@ class Direction(models.TextChoices):
 class MessageLog(models.Model):
     """Every OCPP-J frame exchanged. An incoming CALL keeps the answer sent, so a retransmit is answered again.
 
+    A retransmit is the same message id with the same payload (``payload_sha256``) within
+    ``OCPP_RETRANSMIT_WINDOW``; message ids are unique per connection only, so nothing here is unique.
+
     ``message_type``: 2 CALL, 3 CALLRESULT, 4 CALLERROR, 5 CALLRESULTERROR, 6 SEND, 0 unparsable frame.
     For a CALL, ``response`` is the CALLRESULT payload (or empty with ``error_code`` for a CALLERROR).
     """
@@ -270,17 +273,22 @@ class MessageLog(models.Model):
     error_description = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField()
     responded_at = models.DateTimeField(null=True, blank=True)
+    payload_sha256 = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        help_text="incoming CALL: hex SHA-256 of the payload as received (chargers.ocpp_j.payload_digest)",
+    )
 
     class Meta:
         ordering = ["-created_at"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["station", "message_id"],
-                condition=Q(direction="in", message_type=2, error_code=""),
-                name="messagelog_unique_incoming_call",
-            )
-        ]
         indexes = [
+            # The retransmit lookup (chargers.batch.answered_load): one probe per (station, message id), in the window.
+            models.Index(
+                fields=["station", "message_id", "created_at"],
+                condition=Q(direction="in", message_type=2, error_code=""),
+                name="messagelog_incoming_call",
+            ),
             models.Index(fields=["station", "created_at"], name="messagelog_station_created"),
             models.Index(fields=["action", "created_at"], name="messagelog_action_created"),
             models.Index(fields=["message_id"], name="messagelog_message_id"),
@@ -305,6 +313,7 @@ class StationEventKind(models.TextChoices):
     DATA_TRANSFER = "DataTransfer"
     DER_START_STOP = "DERStartStop"
     RESERVATION_STATUS = "ReservationStatus"
+    REGISTRATION = "Registration"  # an operator changed the station's registration status (e.g. accepted it)
     OTHER = "Other"
 
 
@@ -419,7 +428,7 @@ class ChargingProfile(models.Model):
     evse_id = models.PositiveIntegerField(default=0, help_text="0 = the whole station")
     profile_id = models.IntegerField()
     stack_level = models.IntegerField()
-    purpose = models.CharField(max_length=32)
+    purpose = models.CharField(max_length=40, help_text="ChargingProfilePurposeEnumType (up to 34 characters)")
     kind = models.CharField(max_length=16)
     source = models.CharField(max_length=8, choices=ProfileSource.choices)
     status = models.CharField(max_length=16, blank=True, help_text="station's answer when set by the CSMS")

@@ -106,6 +106,8 @@ def parse(text: str, version: str) -> Frame:
     message_type, message_id = msg[0], msg[1]
     if len(message_id) > MESSAGE_ID_MAX:
         raise OcppError("RpcFrameworkError", f"messageId longer than {MESSAGE_ID_MAX} characters")
+    if "\x00" in message_id:  # PostgreSQL refuses U+0000 in text: the message log could not keep the frame
+        raise OcppError("RpcFrameworkError", "messageId contains U+0000", message_id)
     if type(message_type) is not int:
         raise OcppError("RpcFrameworkError", "MessageTypeId is not an integer", message_id)
     allowed = _MESSAGE_TYPES_21 if version == "2.1" else _MESSAGE_TYPES_201
@@ -223,6 +225,17 @@ def _schema_exists(version: str, name: str) -> bool:
     return os.path.exists(_schema_path(version, name))
 
 
+def payload_digest(payload: Any) -> str:
+    """Hex SHA-256 of a payload as received: the message-id dedup and the edge agent's ledger both key on it.
+
+    CONTRACT (the edge agent computes the same bytes): ``json.dumps(payload, sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)`` encoded as UTF-8, of the parsed payload before any normalisation. ``json`` and not orjson:
+    the two spell some floats differently (``1e+16`` / ``1e16``), and the digest must not depend on the encoder.
+    """
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def dumps_bytes(obj: Any) -> bytes:
     """Compact JSON as UTF-8: orjson, ten times faster than ``json`` on OCPP payloads (every frame and stored
     payload goes through here); ``json`` for what orjson refuses (integers beyond 64 bits)."""
@@ -251,9 +264,3 @@ def error_frame(message_id: str, code: str, description: str, details: dict[str,
 def result_error_frame(message_id: str, code: str, description: str) -> str:
     """OCPP 2.1 CALLRESULTERROR: our complaint about a CALLRESULT the station sent."""
     return dumps([CALLRESULTERROR, message_id, code, description, {}])
-
-
-def payload_digest(payload: Any) -> str:
-    """SHA-256 of a payload's canonical JSON: what an edge agent's ledger records for each acknowledged message."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

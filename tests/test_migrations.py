@@ -12,8 +12,10 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
+from django.utils import timezone
 
-from chargers.models import Station
+from chargers.models import MessageLog, Station
+from chargers.ocpp_j import payload_digest
 from fleet.models import Fleet, Membership, Organisation, Role, StationOwnership, Vehicle
 from markets.defaults import ensure_defaults
 from markets.models import RegulationSignal
@@ -40,6 +42,10 @@ def _seed_released_schema(executor: MigrationExecutor) -> None:
     """Rows in the released schema, written with the historical models (the code of that day)."""
     apps = executor.loader.project_state(RELEASED).apps
     station = apps.get_model("chargers", "Station").objects.create(station_id="cs-old-1", ocpp_version="2.1")
+    apps.get_model("chargers", "MessageLog").objects.create(
+        station=station, direction="in", message_type=2, message_id="m-1", action="Heartbeat", payload={"a": "é"},
+        response={}, created_at=timezone.now(),
+    )  # fmt: skip
     org = apps.get_model("fleet", "Organisation").objects.create(name="Old Depot Ltd", slug="old-depot")
     manager = apps.get_model("auth", "User").objects.create(username="old-manager")
     org.members.add(manager)
@@ -72,6 +78,8 @@ def test_a_released_database_with_data_migrates_to_today_without_loss() -> None:
 
     # Then every row is still there, read through today's models
     assert Station.objects.get(station_id="cs-old-1").ocpp_version == "2.1"
+    # And (chargers 0003) a recent incoming CALL has its payload's digest, so its retransmit is still recognised
+    assert MessageLog.objects.get(message_id="m-1").payload_sha256 == payload_digest({"a": "é"})
     assert Fleet.objects.get(name="Vans").mobility_floor_pct == 25
     assert Vehicle.objects.get(vin="VIN00000000000001").usable_capacity_wh == 60_000
     assert RegulationSignal.objects.get(at=AT).value == Decimal("-0.25000")

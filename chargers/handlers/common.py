@@ -26,7 +26,14 @@ def datetime_parse(value: str | None, default: datetime) -> datetime:
         moment = datetime.fromisoformat(value)
     except ValueError as exc:
         raise OcppError("PropertyConstraintViolation", f"not an ISO 8601 date-time: {value!r}") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        # In UTC, as it is stored: an offset that moves it past year 9999 or before year 1 is refused here, not by
+        # the database adapter in the middle of a batch.
+        return moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise OcppError("PropertyConstraintViolation", f"date-time out of range in UTC: {value!r}") from exc
 
 
 def event_handler(kind: str, summary_key: str, response: dict[str, Any] | None = None) -> Handler:

@@ -5,12 +5,14 @@ Values are stored as integers in a base unit (Wh, W, mA, mV, ...), queued as pla
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from chargers.batch import BatchContext
 from chargers.handlers.common import datetime_parse
 from chargers.jobs import StationRef
 from chargers.models import ENERGY_IMPORT_REGISTER, Transaction
+from chargers.ocpp_j import OcppError
 from chargers.telemetry import TelemetryUpdate
 
 # OCPP unit -> (stored unit, factor); values are stored as round(value * 10^multiplier * factor).
@@ -53,6 +55,37 @@ def _unit_for(measurand: str, sampled: dict[str, Any]) -> tuple[str, int, int]:
     return stored, factor, int(uom.get("multiplier", 0))
 
 
+# MeterValue.value is a bigint: what a stored sample may be, in its base unit.
+VALUE_MIN, VALUE_MAX = -(2**63), 2**63 - 1
+# 10^18 already overflows a bigint for any value >= 10; beyond this no sample is storable but 0 (and an unbounded
+# exponent would make the exact integer path below compute a number of arbitrary size).
+_MULTIPLIER_MAX = 18
+
+
+def sampled_value_int(sampled: dict[str, Any], measurand: str) -> tuple[int, str]:
+    """One sampledValue as (integer in the stored unit, stored unit); OcppError if no bigint can hold it.
+
+    Integers with a non-negative multiplier are scaled exactly (a float holds only 53 bits); everything else goes
+    through a float, in the order this CSMS always computed it, and is rounded to the unit (Wh, W, mA, ...).
+    """
+    unit, factor, multiplier = _unit_for(measurand, sampled)
+    raw = sampled["value"]
+    if abs(multiplier) > _MULTIPLIER_MAX:
+        if raw == 0:
+            return 0, unit
+        raise OcppError("PropertyConstraintViolation", f"unitOfMeasure.multiplier {multiplier} is outside ±18")
+    if type(raw) is int and multiplier >= 0:
+        value = raw * 10**multiplier * factor
+    else:
+        scaled = float(raw) * (10.0**multiplier) * factor
+        if not math.isfinite(scaled):
+            raise OcppError("PropertyConstraintViolation", f"value {raw!r} is beyond what a meter reading can be")
+        value = round(scaled)
+    if not VALUE_MIN <= value <= VALUE_MAX:
+        raise OcppError("PropertyConstraintViolation", f"value {raw!r} {unit} does not fit a 64-bit integer")
+    return value, unit
+
+
 def meter_rows_queue(
     ctx: BatchContext,
     station: StationRef,
@@ -72,8 +105,7 @@ def meter_rows_queue(
         units: dict[str, str] = {}
         for sv in mv["sampledValue"]:
             measurand = sv.get("measurand", ENERGY_IMPORT_REGISTER)
-            unit, factor, multiplier = _unit_for(measurand, sv)
-            value = round(float(sv["value"]) * (10.0**multiplier) * factor)
+            value, unit = sampled_value_int(sv, measurand)
             phase, location = sv.get("phase", ""), sv.get("location", "")
             rows.append(
                 (station.pk, evse_id, tx_pk, at, ctx.now, measurand, phase, location, sv.get("context", ""), value,

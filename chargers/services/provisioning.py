@@ -8,11 +8,73 @@ Not OCPP's Provisioning block, which is what a station sends (BootNotification, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from django.db import transaction
+from django.utils import timezone
 
-from chargers.models import BootStatus, IdToken, Station
+from chargers.models import BootStatus, IdToken, Station, StationEvent, StationEventKind
 from chargers.passwords import password_hash
+from chargers.services.station_call import StationCallError, StationUnknown, station_call
+
+# OCPP 2.0.1/2.1 B02: the CSMS may ask a Pending station to boot again at once (F06, TriggerMessage BootNotification).
+BOOT_TRIGGER = {"requestedMessage": "BootNotification"}
+
+
+@dataclass(frozen=True)
+class StationAccepted:
+    previous: str  # the registration status before
+    triggered: bool  # a TriggerMessage BootNotification was sent and the station accepted it
+    note: str = ""  # why no boot was triggered, if none was
+
+
+def station_accept(
+    *, station_id: str, actor_user_id: int | None, actor_label: str, trigger: bool = True, timeout: float | None = None
+) -> StationAccepted:
+    """An operator accepts a Pending (or Rejected) station: it is Accepted at its next BootNotification.
+
+    Recorded as a ``Registration`` station event naming the operator. With ``trigger`` and the station online, it
+    is asked to boot now (TriggerMessage BootNotification, through ``station_call``, audited as the operator);
+    without ``trigger`` the caller sends that itself (the command line without a shared channel layer).
+    Raises StationUnknown.
+    """
+    with transaction.atomic():
+        row = Station.objects.select_for_update().filter(station_id=station_id).first()
+        if row is None:
+            raise StationUnknown(station_id)
+        previous = row.boot_status
+        if previous != BootStatus.ACCEPTED:
+            Station.objects.filter(pk=row.pk).update(boot_status=BootStatus.ACCEPTED)
+            now = timezone.now()
+            StationEvent.objects.create(
+                station=row,
+                kind=StationEventKind.REGISTRATION,
+                timestamp=now,
+                received_at=now,
+                summary=f"{previous} -> Accepted by {actor_label}"[:255],
+                data={"previous": previous, "status": BootStatus.ACCEPTED, "actor": actor_label, "user": actor_user_id},
+            )
+    if previous == BootStatus.ACCEPTED:
+        return StationAccepted(previous, False, "already accepted")
+    if not trigger:
+        return StationAccepted(previous, False, "boot not triggered")
+    if not row.online:
+        return StationAccepted(previous, False, "offline: accepted at its next boot")
+    try:
+        answer = station_call(
+            station_id=station_id,
+            action="TriggerMessage",
+            payload=BOOT_TRIGGER,
+            actor_user_id=actor_user_id,
+            actor_label=actor_label,
+            timeout=timeout,
+        )
+    except StationCallError as exc:
+        return StationAccepted(previous, False, f"TriggerMessage failed ({type(exc).__name__}: {exc}); "
+                                                "accepted at its next boot")  # fmt: skip
+    if answer.get("status") != "Accepted":
+        return StationAccepted(previous, False, f"TriggerMessage {answer.get('status')}; accepted at its next boot")
+    return StationAccepted(previous, True)
 
 
 def stations_add(

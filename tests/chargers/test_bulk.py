@@ -8,7 +8,7 @@ import pytest
 from django.db import IntegrityError, transaction
 
 from chargers.bulk import bulk_insert
-from chargers.models import MessageLog, MeterValue, StationEvent
+from chargers.models import Evse, MessageLog, MeterValue, StationEvent
 from tests.chargers.factories import StationFactory
 
 pytestmark = pytest.mark.django_db
@@ -47,16 +47,11 @@ def test_rows_come_back_field_for_field():
     assert StationEvent.objects.get(station=station).data == {"modem": {}, "list": [1, 2.5, "x"]}
 
 
-def test_a_duplicate_incoming_call_is_refused_as_an_integrity_error():
-    # Given an incoming CALL already logged
+def test_a_row_breaking_a_unique_constraint_is_refused_as_an_integrity_error():
+    # Given an EVSE already stored (unique per station and evse id)
     station = StationFactory.create()
-
-    def call() -> MessageLog:
-        return MessageLog(station=station, direction="in", message_type=2, message_id="dup", action="Heartbeat",
-                          payload={}, created_at=AT)  # fmt: skip
-
-    bulk_insert(MessageLog, [call()])
-    # When the same (station, message id) is inserted again / Then Django's IntegrityError is raised
+    bulk_insert(Evse, [Evse(station=station, evse_id=1)])
+    # When the same (station, evse id) is inserted again / Then Django's IntegrityError is raised
     with pytest.raises(IntegrityError), transaction.atomic():
-        bulk_insert(MessageLog, [call()])
-    assert MessageLog.objects.filter(station=station, message_id="dup").count() == 1
+        bulk_insert(Evse, [Evse(station=station, evse_id=1)])
+    assert Evse.objects.filter(station=station).count() == 1

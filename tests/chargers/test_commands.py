@@ -6,7 +6,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from chargers.models import IdToken, StationCommand, Transaction, TransactionEvent
+from chargers.models import IdToken, StationCommand, StationEvent, Transaction, TransactionEvent
 from tests.chargers.factories import StationFactory
 
 pytestmark = pytest.mark.django_db
@@ -62,3 +62,23 @@ def test_the_audit_trail_is_read_only_in_the_admin(admin_client):
     assert admin_client.get("/admin/chargers/stationcommand/add/").status_code == 403
     assert admin_client.post(f"/admin/chargers/stationcommand/{row.pk}/delete/", {"post": "yes"}).status_code == 403
     assert StationCommand.objects.filter(pk=row.pk).exists()
+
+
+def test_admin_accepts_pending_stations_and_records_who_did(admin_client, admin_user):
+    # Given a Pending station (offline) and an Accepted one
+    pending = StationFactory.create(boot_status="Pending")
+    accepted = StationFactory.create()
+    # When an operator runs the admin action on both
+    response = admin_client.post(
+        "/admin/chargers/station/",
+        {"action": "accept", "index": 0, "_selected_action": [pending.pk, accepted.pk]},
+        follow=True,
+    )
+    # Then the Pending one is Accepted (at its next boot: it is offline), recorded under the operator
+    assert response.status_code == 200
+    assert f"{pending.station_id.capitalize()}: Pending -&gt; Accepted (offline" in response.content.decode()
+    pending.refresh_from_db()
+    assert pending.boot_status == "Accepted"
+    event = StationEvent.objects.get(station=pending, kind="Registration")
+    assert event.data["actor"] == f"admin:{admin_user.username}"
+    assert not StationEvent.objects.filter(station=accepted).exists()

@@ -159,7 +159,9 @@ async def test_a_retransmitted_call_is_answered_again_and_stored_once(live_csms)
         boot_answers = [await cs.rpc(boot), await cs.rpc(boot)]
     # Then each time it gets the same answer, and the message and its values are stored once
     assert first == second == third == [3, "retx-1", {}]
-    assert boot_answers[0] == boot_answers[1]
+    # And a BootNotification, whose answer is the present state (status, time), is answered fresh each time
+    assert [a[2]["status"] for a in boot_answers] == ["Accepted", "Accepted"]
+    assert boot_answers[0][2]["currentTime"] < boot_answers[1][2]["currentTime"]
     assert await sync_to_async(MeterValue.objects.filter(station=station).count)() == 3
     assert await sync_to_async(MessageLog.objects.filter(station=station, message_id="retx-1").count)() == 1
 

@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from chargers.models import Station, StationCommand
+from chargers.models import Station, StationCommand, StationEvent
 from fleet.models import ApiKey, Organisation, StationOwnership
 from tests.chargers.factories import StationFactory
 from tests.fleet.factories import OrganisationFactory
@@ -144,3 +144,37 @@ def test_station_call_in_process_is_audited_as_the_command_line_and_its_os_user(
     assert [m["action"] for _, m in layer.sent] == ["Reset"]
     row = StationCommand.objects.get()
     assert (row.actor_label, row.user_id, row.action, row.outcome) == ("cli:alice", None, "Reset", "answered")
+
+
+@pytest.mark.django_db(transaction=True)  # the boot trigger's audit row is written through database_sync_to_async
+def test_station_accept_accepts_a_pending_station_and_asks_an_online_one_to_boot(settings, layer, monkeypatch, capsys):
+    # Given a shared channel layer, a Pending station online and one offline
+    settings.REDIS_URL = "redis://configured"
+    monkeypatch.setattr("getpass.getuser", lambda: "alice")
+    StationFactory.create(station_id="p-1", boot_status="Pending", online=True, channel_name="socket.p-1")
+    StationFactory.create(station_id="p-2", boot_status="Pending")
+    # When the operator accepts both
+    call_command("station", "accept", "p-1")
+    call_command("station", "accept", "p-2")
+    # Then both are Accepted, recorded under the operator, and only the online one was asked to boot (audited)
+    out = capsys.readouterr().out
+    assert "p-1: Pending -> Accepted (booting again now)" in out
+    assert "p-2: Pending -> Accepted (offline: accepted at its next boot)" in out
+    assert set(Station.objects.values_list("boot_status", flat=True)) == {"Accepted"}
+    assert [(m["action"], m["payload"]) for _, m in layer.sent] == [
+        ("TriggerMessage", {"requestedMessage": "BootNotification"})
+    ]
+    row = StationCommand.objects.get()
+    assert (row.station_ident, row.actor_label, row.action, row.outcome) == (
+        "p-1",
+        "cli:alice",
+        "TriggerMessage",
+        "answered",
+    )
+    summaries = set(StationEvent.objects.filter(kind="Registration").values_list("summary", flat=True))
+    assert summaries == {"Pending -> Accepted by cli:alice"}
+
+
+def test_station_accept_refuses_an_unknown_station():
+    with pytest.raises(CommandError, match="no station"):
+        call_command("station", "accept", "nobody")

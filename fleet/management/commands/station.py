@@ -1,7 +1,9 @@
 """``station add <id>... --org SLUG --password-file F`` provisions stations for an organisation; ``station assign
 <id>... --org SLUG`` moves them to another; ``station call <id> <Action> '<json>'`` commands one (audited as
-``cli:<os user>``); ``station ledger-check FILE`` prints ``N acknowledged, N stored, M missing, D doubled`` for an
-edge agent's ledger and exits non-zero unless nothing is missing or doubled.
+``cli:<os user>``); ``station accept <id>`` accepts a Pending station (recorded as ``cli:<os user>``; an online
+station is asked to boot again, a call audited like ``station call``); ``station ledger-check FILE`` prints
+``N acknowledged, N stored, M missing, D doubled`` for an edge agent's ledger and exits non-zero unless nothing is
+missing or doubled.
 
 Passwords never go on the command line (where ``ps`` and shell history see them): ``--password-file`` or the
 ``STATION_PASSWORD`` environment variable.
@@ -24,10 +26,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from chargers.ledger import ledger_compare, ledger_read
-from chargers.models import BootStatus
+from chargers.models import BootStatus, Station
 from chargers.passwords import WeakStationPassword
 from chargers.remote import RemoteCallError, station_call_remote
-from chargers.services.station_call import StationCallError, station_call
+from chargers.services.provisioning import BOOT_TRIGGER, station_accept
+from chargers.services.station_call import StationCallError, StationUnknown, station_call
 from fleet.models import ApiScope, Organisation
 from fleet.services.accounts import api_key_issue, api_key_revoke
 from fleet.services.errors import FleetError
@@ -58,6 +61,11 @@ class Command(BaseCommand):
         assign = sub.add_parser("assign", help="move stations to an organisation (operators)")
         assign.add_argument("station_ids", nargs="+", metavar="ID")
         assign.add_argument("--org", required=True, help="slug of the new owner")
+        accept = sub.add_parser("accept", help="accept a Pending or Rejected station (it boots again if online)")
+        accept.add_argument("station_id")
+        accept.add_argument("--timeout", type=float, default=float(settings.OCPP_CALL_TIMEOUT))
+        accept.add_argument("--server", default=None, help="as for call")
+        accept.add_argument("--user", default=None, help="as for call")
         call = sub.add_parser("call", help="send <Action> with a JSON payload and print the CALLRESULT")
         call.add_argument("station_id")
         call.add_argument("action", help="e.g. Reset, GetVariables, SetChargingProfile, SetDERControl")
@@ -82,7 +90,13 @@ class Command(BaseCommand):
         check.add_argument("ledger", metavar="FILE", help="JSON lines, one per acknowledged message")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        handlers = {"add": self._add, "assign": self._assign, "call": self._call, "ledger-check": self._ledger_check}
+        handlers = {
+            "add": self._add,
+            "assign": self._assign,
+            "call": self._call,
+            "accept": self._accept,
+            "ledger-check": self._ledger_check,
+        }
         handlers[options["subcommand"]](options)
 
     def _add(self, options: dict[str, Any]) -> None:
@@ -110,6 +124,41 @@ class Command(BaseCommand):
         except FleetError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"{result.assigned} stations moved to {organisation.slug}")
+
+    def _accept(self, options: dict[str, Any]) -> None:
+        client = f"cli:{_os_user()}"
+        in_process = bool(settings.REDIS_URL)  # else the server holding the socket triggers the boot (as _call)
+        try:
+            result = station_accept(
+                station_id=options["station_id"],
+                actor_user_id=None,
+                actor_label=client,
+                trigger=in_process,
+                timeout=options["timeout"],
+            )
+        except StationUnknown as exc:
+            raise CommandError(f"no station {exc}") from exc
+        note = "booting again now" if result.triggered else result.note
+        if not in_process and result.previous != BootStatus.ACCEPTED:
+            online = Station.objects.filter(station_id=options["station_id"], online=True).exists()
+            note = self._boot_trigger_remote(options, client) if online else "offline: accepted at its next boot"
+        self.stdout.write(f"{options['station_id']}: {result.previous} -> Accepted ({note})")
+
+    def _boot_trigger_remote(self, options: dict[str, Any], client: str) -> str:
+        try:
+            with _call_key(options["user"]) as api_key:
+                answer = station_call_remote(
+                    station_id=options["station_id"],
+                    action="TriggerMessage",
+                    payload=BOOT_TRIGGER,
+                    timeout=options["timeout"],
+                    server=options["server"],
+                    api_key=api_key,
+                    client=client,
+                )
+        except (RemoteCallError, CommandError) as exc:  # accepted all the same: Accepted at its next boot
+            return f"boot not triggered ({exc}); accepted at its next boot"
+        return "booting again now" if answer.get("status") == "Accepted" else f"TriggerMessage {answer.get('status')}"
 
     def _call(self, options: dict[str, Any]) -> None:
         try:
