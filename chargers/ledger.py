@@ -133,10 +133,11 @@ def _stored_calls(pk: int, message_ids: set[str]) -> dict[tuple[str, str], list[
     """Stored incoming CALLs answered with a CALLRESULT, by (message id, payload digest)."""
     rows = MessageLog.objects.filter(
         station_id=pk, direction=Direction.IN, message_type=ocpp_j.CALL, error_code="", message_id__in=message_ids
-    ).values_list("message_id", "payload")
+    ).values_list("message_id", "payload_sha256", "payload")
     stored: dict[tuple[str, str], list[Any]] = {}
-    for message_id, payload in rows.iterator(chunk_size=2000):
-        stored.setdefault((message_id, ocpp_j.payload_digest(payload)), []).append(payload)
+    for message_id, digest, payload in rows.iterator(chunk_size=2000):
+        # The digest of the payload as received (rows from before the column existed: computed from the payload).
+        stored.setdefault((message_id, digest or ocpp_j.payload_digest(payload)), []).append(payload)
     return stored
 
 
