@@ -116,6 +116,8 @@ class PausableTcpProxy:
                 self._pipe(upstream_reader, client_writer, upstream_writer),
                 return_exceptions=True,
             )
+        except asyncio.CancelledError:  # cut(): this connection is gone, the proxy goes on
+            pass
         finally:
             self._links.discard(link)
             self._writers -= {client_writer, upstream_writer}
