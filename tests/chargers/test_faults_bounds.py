@@ -120,7 +120,8 @@ async def test_a_full_calls_queue_answers_busy_at_once(settings: Any) -> None:
     # Then both are answered busy at once, and the queued one still waits its turn
     assert (await asyncio.wait_for(extra, 1))["status"] == "busy"
     assert (await asyncio.wait_for(layer.receive(reply_to), 1))["status"] == "busy"
-    assert not queued.done() and not in_flight.done()
+    assert not queued.done()
+    assert not in_flight.done()
     await socket.disconnect()
 
 
