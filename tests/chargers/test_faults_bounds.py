@@ -55,7 +55,8 @@ async def test_awaiting_submitters_wait_for_room_while_records_are_never_held_ba
         writer.submit_nowait(f"record-{n}")
     # Then only two of the five were let into the queue; the records were queued all the same
     assert writer._queue.qsize() == 5
-    assert sum(1 for job, _ in list(writer._queue._queue) if job.startswith("job-")) == 2  # type: ignore[attr-defined]
+    queued: list[tuple[str, Any]] = list(writer._queue._queue)  # type: ignore[attr-defined]
+    assert [job for job, _ in queued if job.startswith("job-")] == ["job-0", "job-1"]
     # When the database answers again, everything is applied, the waiting jobs in submission order
     gate.set()
     assert await asyncio.wait_for(asyncio.gather(first, *waiting), 5) == ["first"] + [f"job-{n}" for n in range(5)]

@@ -96,7 +96,7 @@ async def test_a_station_is_commandable_again_within_seconds_after_redis_restart
     socket = _socket(station.station_id)
     assert (await socket.connect(timeout=5))[0]
     consumer = fanout.LOCAL.get(station.station_id)
-    assert consumer is not None
+    assert isinstance(consumer, OcppConsumer)
     layer = get_channel_layer()
     assert (await _command(layer, socket, consumer.channel_name))["status"] == "result"
     # When Redis dies under the pump's blocking receive and comes back empty
