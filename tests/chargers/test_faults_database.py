@@ -33,6 +33,7 @@ def db_proxy() -> Iterator[PausableTcpProxy]:
     if connection.vendor != "postgresql":
         pytest.skip("a TCP proxy stands between Django and PostgreSQL only; SQLite is a file")
     settings_dict = connection.settings_dict
+    connection.ensure_connection()  # this thread's connection stays direct: pytest-django flushes through it
     with PausableTcpProxy(settings_dict["HOST"] or "127.0.0.1", int(settings_dict["PORT"] or 5432)) as proxy:
         original = settings_dict["HOST"], settings_dict["PORT"]
         settings_dict["HOST"], settings_dict["PORT"] = "127.0.0.1", proxy.port
@@ -41,6 +42,8 @@ def db_proxy() -> Iterator[PausableTcpProxy]:
         finally:
             settings_dict["HOST"], settings_dict["PORT"] = original
             proxy.resume()
+            if not connection.is_usable():
+                connection.close()
 
 
 def _heartbeat(station: StationRef, message_id: str) -> IncomingCall:
