@@ -44,7 +44,7 @@ def redis_layer(own_redis: RedisProcess, settings: Any) -> RedisProcess:
     settings.CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": own_redis.url, "socket_timeout": 10, "socket_connect_timeout": 2}]},
+            "CONFIG": {"hosts": [{"address": own_redis.url, "socket_timeout": 10}]},
         }
     }
     return own_redis
