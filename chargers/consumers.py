@@ -21,8 +21,9 @@ from typing import Any, NoReturn
 from channels.consumer import AsyncConsumer, get_handler_name
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
+from django.conf import settings
 
-from chargers import fanout, ocpp_j
+from chargers import fanout, ocpp_j, outage, ownership
 from chargers.apply import batch_apply
 from chargers.daphne_denial import EXTENSION as DENIAL_EXTENSION
 from chargers.handlers.provisioning import boot_refusal_check, boot_triggers
@@ -67,9 +68,28 @@ class OcppConsumer(AsyncConsumer):
                 self.channel_pump.cancel()
 
     async def _pump_channel(self) -> None:
+        """Channel-layer messages for this socket, for as long as it is open, through Redis outages.
+
+        A failed receive (Redis down or restarting: ConnectionError, TimeoutError, ...) must not end the pump, or
+        the station stays connected but can no longer be commanded: back off (0.1 s doubling, capped at 2 s) and
+        receive again, so the socket is commandable within seconds of Redis returning. The outage is logged once
+        per process (chargers.outage), not per retry. Nothing needs re-registering after a restart that lost
+        Redis's data: this socket's channel is process-local (a list key created by the first send) and joins no
+        group; the fan-out node re-joins its group by itself (chargers.fanout).
+        """
         assert self.channel_layer is not None
+        failures = 0
         while True:
-            message = await self.channel_layer.receive(self.channel_name)
+            try:
+                message = await self.channel_layer.receive(self.channel_name)
+            except Exception as exc:  # not CancelledError (a BaseException): closing the socket still stops it
+                failures += 1
+                outage.CHANNEL_LAYER.failed(exc)
+                await asyncio.sleep(outage.backoff(failures))
+                continue
+            if failures:
+                failures = 0
+                outage.CHANNEL_LAYER.recovered()
             try:
                 await self.dispatch(message)
             except Exception:
@@ -104,17 +124,19 @@ class OcppConsumer(AsyncConsumer):
         self.station = StationRef(pk=pk, station_id=station_id, version=version)
         self.writer = writer_for_loop(batch_apply)
         self.closed = False
-        self.calls: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # CSMS calls waiting for their turn (one outstanding at a time); a full queue answers "busy" at once.
+        self.calls: asyncio.Queue[dict[str, Any]] = asyncio.Queue(settings.OCPP_CALLS_MAX)
         self.pending: tuple[str, asyncio.Future[tuple[Frame, float]]] | None = None
-        # The station's own frames, handled strictly in arrival order by one task; see websocket_receive.
-        self.inbox: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
+        # The station's own frames, handled strictly in arrival order by one task; see websocket_receive. Bounded:
+        # a full inbox stops this consumer reading further frames until the writer catches up (websocket_receive).
+        self.inbox: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue(settings.OCPP_INBOX_MAX)
         # Claim the station before accepting: once the station sees the socket open, station_call can route to it.
         previous = await self.writer.submit(Connected(self.station, self.channel_name, datetime.now(UTC)))
         await self.send({"type": "websocket.accept", "subprotocol": f"ocpp{version}"})
         if previous:
             try:
                 await self.channel_layer.send(previous, {"type": "ocpp.replaced"})
-            except Exception:  # best effort: the claim above already moved the station to this connection
+            except Exception:  # the claim above already moved the station; the ownership check closes the old one
                 LOG.warning("could not tell %s's previous connection it was replaced", station_id, exc_info=True)
         loop = asyncio.get_running_loop()
         self.call_worker = loop.create_task(self._call_worker())
@@ -122,6 +144,11 @@ class OcppConsumer(AsyncConsumer):
         if self.channel_layer is not None:
             self.channel_pump = loop.create_task(self._pump_channel())
         fanout.LOCAL.register(station_id, self)
+        ownership.holder_watch(self)
+
+    @property
+    def held_station_id(self) -> str:
+        return self.station.station_id
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         """Answers to our calls are routed at once; everything else queues, in order, behind its own storage.
@@ -130,27 +157,37 @@ class OcppConsumer(AsyncConsumer):
         one frame at a time: handled inline, the station's answer to a dispatch command would wait behind the
         commits of the meter values it sent just before. The inbox keeps the station's own messages strictly
         ordered (stored and answered in arrival order) while CALLRESULT/CALLERROR frames bypass it.
+
+        The inbox is bounded (OCPP_INBOX_MAX): when it is full this handler waits for room, so no further frame is
+        taken from this connection meanwhile (Daphne keeps what it already read; TCP holds the rest at the
+        station). That cannot deadlock: draining the inbox waits only on the writer, never on an answer from this
+        station. A compliant station has one CALL outstanding, so only a flood of SENDs or bad frames fills it.
         """
         received_at = datetime.now(UTC)
         text = message.get("text")
         if text is None:
             error = OcppError("RpcFrameworkError", "OCPP-J frames are text")
-            self.inbox.put_nowait(functools.partial(self._reply_error, error, raw="<binary>"))
-            return
-        try:
-            frame = ocpp_j.parse(text, self.station.version)
-        except OcppError as exc:
-            self.inbox.put_nowait(functools.partial(self._reply_error, exc, raw=text[:10000]))
-            return
-        if frame.message_type in (ocpp_j.CALLRESULT, ocpp_j.CALLERROR):
-            await self._on_answer(frame)
-        elif frame.message_type == ocpp_j.CALL:
-            self.inbox.put_nowait(functools.partial(self._on_call, frame, received_at, text))
-        elif frame.message_type == ocpp_j.SEND:
-            self.inbox.put_nowait(functools.partial(self._on_send, frame, received_at))
-        else:  # CALLRESULTERROR: the station rejects one of our CALLRESULTs; nothing to answer
-            reason = (frame.error_code, frame.error_description)
-            self.inbox.put_nowait(functools.partial(self._log, ocpp_j.CALLRESULTERROR, frame.message_id, error=reason))
+            handle = functools.partial(self._reply_error, error, raw="<binary>")
+        else:
+            try:
+                frame = ocpp_j.parse(text, self.station.version)
+            except OcppError as exc:
+                handle = functools.partial(self._reply_error, exc, raw=text[:10000])
+            else:
+                if frame.message_type in (ocpp_j.CALLRESULT, ocpp_j.CALLERROR):
+                    await self._on_answer(frame)
+                    return
+                if frame.message_type == ocpp_j.CALL:
+                    handle = functools.partial(self._on_call, frame, received_at, text)
+                elif frame.message_type == ocpp_j.SEND:
+                    handle = functools.partial(self._on_send, frame, received_at)
+                else:  # CALLRESULTERROR: the station rejects one of our CALLRESULTs; nothing to answer
+                    reason = (frame.error_code, frame.error_description)
+                    handle = functools.partial(self._log, ocpp_j.CALLRESULTERROR, frame.message_id, error=reason)
+        if self.inbox.full():  # only then an await: the common frame costs none
+            await self.inbox.put(handle)
+        else:
+            self.inbox.put_nowait(handle)
 
     async def _drain_inbox(self) -> None:
         """Handle the station's frames one after another until the socket closes and the queue is empty.
@@ -167,9 +204,10 @@ class OcppConsumer(AsyncConsumer):
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         if hasattr(self, "station"):
             fanout.LOCAL.unregister(self.station.station_id, self)
+            ownership.holder_forget(self)
             self.closed = True
             self.call_worker.cancel()
-            self.inbox.put_nowait(None)  # the inbox worker stores what is queued, then stops
+            await self.inbox.put(None)  # the inbox worker stores what is queued, then stops (waits if it is full)
             self._fail_outstanding("offline")
             await self.writer.submit(
                 Disconnected(self.station, self.channel_name, datetime.now(UTC), message.get("code"))
@@ -180,11 +218,17 @@ class OcppConsumer(AsyncConsumer):
 
     async def ocpp_call(self, message: dict[str, Any]) -> None:
         """A CSMS-initiated call from ``station_call``; queued so only one is outstanding at a time."""
+        if self.calls.full():  # the caller learns at once rather than queueing behind calls that will time out
+            await self._reply(message, {"status": "busy"})
+            return
         self.calls.put_nowait(message)
 
     async def ocpp_replaced(self, message: dict[str, Any]) -> None:
         """A newer connection took over this station id: close this socket; the new one owns the state."""
+        if self.closed:  # told twice (the notice and the ownership check): closed once
+            return
         fanout.LOCAL.unregister(self.station.station_id, self)
+        ownership.holder_forget(self)
         self.closed = True
         self._fail_outstanding("offline")
         await self.send({"type": "websocket.close", "code": CLOSE_REPLACED})
@@ -195,7 +239,10 @@ class OcppConsumer(AsyncConsumer):
         Resolves with the reply ``ocpp_call`` would send (``answered_at``: when the station's answer arrived).
         """
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.calls.put_nowait({"action": action, "payload": payload, "deadline": deadline, "future": future})
+        if self.calls.full():
+            future.set_result({"status": "busy"})
+        else:
+            self.calls.put_nowait({"action": action, "payload": payload, "deadline": deadline, "future": future})
         return future
 
     # --- station-initiated messages ----------------------------------------------------------------------------

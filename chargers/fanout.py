@@ -30,9 +30,16 @@ from typing import Any, Protocol
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
+from chargers import outage
+
 LOG = logging.getLogger(__name__)
 NODES_GROUP = "csms.nodes"
-GROUP_REFRESH_S = 3600.0  # channel-layer group membership expires (default one day): join again well before
+# The node re-joins its group this often. A Redis restart without persistence forgets every group membership, and
+# this listener cannot rely on seeing an error to notice: its receive shares the process's one blocking pop with
+# every consumer, so the failure may surface in a consumer's pump instead. group_add is idempotent and cheap (one
+# ZADD and one EXPIRE per process every few seconds), so a periodic join bounds the time a restarted Redis leaves
+# this node deaf to dispatches to GROUP_REFRESH_S (it also renews the membership's one-day expiry).
+GROUP_REFRESH_S = 3.0
 
 
 class LocalStation(Protocol):
@@ -209,25 +216,45 @@ class NodeListener:
     @classmethod
     async def _run(cls, layer: Any) -> None:
         channel = await layer.new_channel()  # default prefix: see _remote
+        failures = 0
         joined: float | None = None
-        while True:
-            if joined is None or time.monotonic() - joined > GROUP_REFRESH_S:
-                await layer.group_add(NODES_GROUP, channel)
-                joined = time.monotonic()
-            try:
-                message = await asyncio.wait_for(layer.receive(channel), GROUP_REFRESH_S)
-            except TimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the layer hiccuped (Redis restart): keep serving
-                LOG.warning("fan-out node receive failed", exc_info=True)
-                await asyncio.sleep(0.5)
-                continue
-            if message.get("type") == "fanout.calls" and message.get("origin") != cls.node_id:
-                task = asyncio.ensure_future(cls._serve(layer, message))
-                cls._serving.add(task)
-                task.add_done_callback(cls._serving.discard)
+        receiving: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                if joined is None or time.monotonic() - joined >= GROUP_REFRESH_S:
+                    try:
+                        await layer.group_add(NODES_GROUP, channel)
+                    except Exception as exc:  # Redis away: the outage is logged once; join again after a back-off
+                        failures += 1
+                        outage.CHANNEL_LAYER.failed(exc)
+                        await asyncio.sleep(outage.backoff(failures))
+                        continue
+                    joined = time.monotonic()
+                    if failures:
+                        failures = 0
+                        outage.CHANNEL_LAYER.recovered()
+                if receiving is None:
+                    receiving = asyncio.ensure_future(layer.receive(channel))
+                # The receive outlives the wait's timeout (a cancelled receive may drop a buffered message).
+                done, _ = await asyncio.wait({receiving}, timeout=max(joined + GROUP_REFRESH_S - time.monotonic(), 0.0))
+                if not done:
+                    continue
+                finished, receiving = receiving, None
+                try:
+                    message = finished.result()
+                except Exception as exc:  # the layer hiccuped (Redis restart): join again at once, then keep serving
+                    failures += 1
+                    outage.CHANNEL_LAYER.failed(exc)
+                    joined = None
+                    await asyncio.sleep(outage.backoff(failures))
+                    continue
+                if message.get("type") == "fanout.calls" and message.get("origin") != cls.node_id:
+                    task = asyncio.ensure_future(cls._serve(layer, message))
+                    cls._serving.add(task)
+                    task.add_done_callback(cls._serving.discard)
+        finally:
+            if receiving is not None:
+                receiving.cancel()
 
     @classmethod
     async def _serve(cls, layer: Any, message: dict[str, Any]) -> None:

@@ -89,7 +89,13 @@ def on_telemetry_committed(updates: Iterable[Any]) -> None:
             if _relevant(u)
         ]
         if readings:
-            jobs.task_enqueue_on_commit(name=jobs.INGEST_TELEMETRY, args=(readings,))
+            # This runs on the CSMS's writer thread: never wait on the broker here (jobs.task_enqueue_background).
+            # What a broker outage long enough to fill its queue loses: the oldest ingest batches. Mostly
+            # superseded by the next readings (SoC reports are absolute, energy registers cumulative, and the next
+            # reading of a transaction opens its session); a dropped "Available" status leaves a plug session open
+            # until that EVSE next reports Available or a reading of its ended transaction arrives. The readings
+            # themselves stay in the CSMS's tables.
+            jobs.task_enqueue_background(name=jobs.INGEST_TELEMETRY, args=(readings,))
     except Exception:  # the CSMS has already stored and acknowledged the data: never fail it from here
         LOG.exception("fleet telemetry hook failed")
 

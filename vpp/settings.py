@@ -133,6 +133,32 @@ else:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+        # A database that is away must cost a request or a group commit seconds, never a hang: libpq gives up
+        # connecting after DB_CONNECT_TIMEOUT_S (the whole startup, authentication included), the server cancels a
+        # statement after DB_STATEMENT_TIMEOUT_S and a lock wait after DB_LOCK_TIMEOUT_S, and TCP keepalives plus
+        # tcp_user_timeout drop a connection whose peer vanished (a partition that swallows packets). These are
+        # the web requests' and the workers' limits; the CSMS writer threads set tighter ones on their own
+        # connections (DB_WRITER_STATEMENT_TIMEOUT_S, chargers.writer). A server that is alive at the TCP level but
+        # answers nothing (paused) is caught by the writer's own stall watchdog (DB_WRITER_STALL_S).
+        _statement_ms = env_int("DB_STATEMENT_TIMEOUT_S", 15, minimum=0) * 1000
+        _lock_ms = env_int("DB_LOCK_TIMEOUT_S", 5, minimum=0) * 1000
+        DATABASES["default"].setdefault("OPTIONS", {}).update(
+            {
+                "connect_timeout": env_int("DB_CONNECT_TIMEOUT_S", 5, minimum=1),
+                "options": f"-c statement_timeout={_statement_ms} -c lock_timeout={_lock_ms}",
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+                "tcp_user_timeout": env_int("DB_CONNECT_TIMEOUT_S", 5, minimum=1) * 3000,
+            }
+        )
+# The CSMS group-commit writers (chargers.writer): a station waits for its answer, and retransmits a CALL that is
+# answered InternalError, so a batch statement that takes longer than this is better cancelled (0 = the default
+# above). DB_WRITER_STALL_S bounds a whole batch: past it the waiting stations are answered InternalError (never
+# acknowledged without storage) and new jobs fail at once until the database answers again.
+DB_WRITER_STATEMENT_TIMEOUT_S = env_int("DB_WRITER_STATEMENT_TIMEOUT_S", 5, minimum=0)
+DB_WRITER_STALL_S = env_float("DB_WRITER_STALL_S", 10.0, minimum=0.1)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -154,6 +180,10 @@ else:
                     {
                         "address": REDIS_URL,
                         "socket_timeout": env_int("REDIS_SOCKET_TIMEOUT", 30, minimum=10),
+                        # No socket_connect_timeout here: redis-py 8's asyncio connect with one made an event loop's
+                        # shutdown hang (tests/vpp/intake, on cancelling a pending receive); a connect then times out
+                        # after socket_timeout, and a refused one fails at once. The consumers' pumps and the fan-out
+                        # node back off and retry either way (chargers.outage).
                         "max_connections": env_int("REDIS_MAX_CONNECTIONS", 2000, minimum=10),
                     }
                 ],
@@ -173,6 +203,14 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
+# Publishing a task to a Redis that is away fails within seconds instead of hanging the publisher: connects and
+# reads time out (the worker's BRPOP polls every second, well inside socket_timeout). Publishers that must not block
+# (the CSMS's telemetry hand-off, fleet.jobs.task_enqueue_background) retry on their own thread.
+CELERY_BROKER_CONNECTION_TIMEOUT = env_int("REDIS_CONNECT_TIMEOUT_S", 3, minimum=1)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "socket_connect_timeout": env_int("REDIS_CONNECT_TIMEOUT_S", 3, minimum=1),
+    "socket_timeout": env_int("REDIS_SOCKET_TIMEOUT", 30, minimum=10),
+}
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}  # filled by vpp.celery from each app's BEAT_SCHEDULE
 
 # --- Internationalisation: UTC everywhere --------------------------------------------------------------------
@@ -268,6 +306,15 @@ OCPP_RETRANSMIT_WINDOW = env_int("OCPP_RETRANSMIT_WINDOW", 86400, minimum=0)
 OCPP_TELEMETRY_INTERVAL = env_float("OCPP_TELEMETRY_INTERVAL", 0.2, minimum=0.0)
 # Records of CSMS calls (answers already delivered) are written once the burst they belong to pauses this long.
 OCPP_LOG_LINGER = env_float("OCPP_LOG_LINGER", 0.1, minimum=0.0)
+# Bounds (issue 13): jobs waiting for a group commit (awaiting submitters wait for room), frames of one station
+# waiting to be handled (the socket is then read no further) and CSMS calls queued for one station (more are
+# answered "busy" at once). OCPP-J lets a station have one CALL outstanding, so a full inbox means a misbehaving one.
+OCPP_WRITER_QUEUE_MAX = env_int("OCPP_WRITER_QUEUE_MAX", 10_000, minimum=10)
+OCPP_INBOX_MAX = env_int("OCPP_INBOX_MAX", 100, minimum=1)
+OCPP_CALLS_MAX = env_int("OCPP_CALLS_MAX", 20, minimum=1)
+# Every consumer checks this often that the station's row still names its socket; if another took the station over
+# (two processes claimed it at once, or the "replaced" notice was lost), it closes with 4000 (replaced).
+OCPP_OWNERSHIP_CHECK_S = env_float("OCPP_OWNERSHIP_CHECK_S", 15.0, minimum=0.1)
 # vpp.serve logs every cyclic-GC pass that stops the server longer than this (ms); 0 = off. For diagnosing tails.
 GC_PAUSE_LOG_MS = env_float("GC_PAUSE_LOG_MS", 0.0, minimum=0.0)
 

@@ -40,6 +40,10 @@ class StationOffline(StationCallError):
     pass
 
 
+class StationBusy(StationOffline):
+    """Not sent: the station's connection already has OCPP_CALLS_MAX calls queued (audited as refused)."""
+
+
 class CallTimeout(StationCallError):
     pass
 
@@ -204,6 +208,8 @@ def _reply_unpack(station_id: str, action: str, reply: dict[str, Any]) -> dict[s
     status = reply.get("status")
     if status == "result":
         return dict(reply["payload"])
+    if status == "busy":
+        raise StationBusy(f"station {station_id!r} has too many calls queued; {action} was not sent")
     if status == "offline":
         raise StationOffline(f"station {station_id!r} disconnected before answering {action}")
     if status == "timeout":
