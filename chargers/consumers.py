@@ -8,13 +8,11 @@ channel layer (``ocpp.call``) and go out one at a time, in order, as OCPP-J requ
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -28,8 +26,9 @@ from chargers.apply import batch_apply
 from chargers.daphne_denial import EXTENSION as DENIAL_EXTENSION
 from chargers.handlers.provisioning import boot_refusal_check, boot_triggers
 from chargers.handlers.storable import payload_storable_check
+from chargers.handshake import basic_credentials, station_authenticate, subprotocol_negotiate
 from chargers.jobs import CallOutcome, Connected, Disconnected, IncomingCall, IncomingSend, Job, LogEntry, StationRef
-from chargers.models import Direction, Station
+from chargers.models import Direction
 from chargers.ocpp_j import Frame, OcppError
 from chargers.writer import GroupCommitWriter, writer_for_loop
 
@@ -110,10 +109,10 @@ class OcppConsumer(AsyncConsumer):
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         station_id = self.scope["url_route"]["kwargs"]["station_id"]
-        row = await _authenticate(station_id, _basic_credentials(self.scope))
+        row = await station_authenticate(station_id, basic_credentials(self.scope))
         if row is None:
             await self._deny(401)
-        version = _negotiate(self.scope.get("subprotocols", []))
+        version = subprotocol_negotiate(self.scope.get("subprotocols", []))
         if version is None:
             # OCPP-J: complete the handshake without a Sec-WebSocket-Protocol header, then close at once.
             await self.send({"type": "websocket.accept"})
@@ -453,52 +452,3 @@ def _expire(future: asyncio.Future[Any]) -> None:
 
 class _Offline(Exception):
     """The socket went away while a CSMS call was outstanding."""
-
-
-def _negotiate(offered: list[str]) -> str | None:
-    for subprotocol, version in ocpp_j.SUBPROTOCOLS.items():
-        if subprotocol in offered:
-            return version
-    return None
-
-
-def _basic_credentials(scope: dict[str, Any]) -> tuple[str, str] | None:
-    for name, value in scope.get("headers", []):
-        if name == b"authorization":
-            scheme, _, encoded = value.partition(b" ")
-            if scheme.lower() != b"basic":
-                return None
-            try:
-                user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                return None
-            return (user, password) if sep else None
-    return None
-
-
-AuthJob = tuple[str, tuple[str, str] | None]  # (station id from the URL, Basic credentials)
-
-
-async def _authenticate(station_id: str, credentials: tuple[str, str] | None) -> tuple[int, str] | None:
-    """(pk, boot status) when the Basic credentials name this station and its password matches; else None.
-
-    Handshakes are batched like writes: when 1,000 stations reconnect at once, one query serves all that are
-    waiting, on the batcher's own thread and connection (a per-handshake sync_to_async hop with its health-check
-    round trip made a reconnect wave overrun Daphne's handshake timeout).
-    """
-    return await writer_for_loop(authenticate_many).submit((station_id, credentials))
-
-
-def authenticate_many(jobs: Sequence[AuthJob]) -> list[tuple[int, str] | None]:
-    """One outcome per (station id, credentials), with a single query for the whole batch."""
-    claimed = {sid for sid, creds in jobs if creds is not None and creds[0] == sid}
-    rows = Station.objects.filter(station_id__in=claimed).only("pk", "station_id", "password_hash", "boot_status")
-    stations = {s.station_id: s for s in rows} if claimed else {}
-    outcomes: list[tuple[int, str] | None] = []
-    for station_id, credentials in jobs:
-        station = stations.get(station_id) if credentials is not None and credentials[0] == station_id else None
-        if station is None or credentials is None or not station.check_password(credentials[1]):
-            outcomes.append(None)
-        else:
-            outcomes.append((station.pk, station.boot_status))
-    return outcomes

@@ -6,7 +6,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from chargers.consumers import authenticate_many
+from chargers.handshake import authenticate_many
 from tests.chargers.factories import STATION_PASSWORD, StationFactory
 
 pytestmark = pytest.mark.django_db

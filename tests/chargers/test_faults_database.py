@@ -46,8 +46,11 @@ def db_proxy() -> Iterator[PausableTcpProxy]:
                 connection.close()
 
 
-def _heartbeat(station: StationRef, message_id: str) -> IncomingCall:
-    return IncomingCall(station, message_id, "Heartbeat", {}, datetime.now(UTC))
+def _status(station: StationRef, message_id: str) -> IncomingCall:
+    """A StatusNotification (not a Heartbeat: a repeated heartbeat is always a new one, never answered from the
+    log), the same payload on every retransmission, as a station resends it."""
+    payload = {"timestamp": "2026-01-15T10:00:00Z", "connectorStatus": "Available", "evseId": 1, "connectorId": 1}
+    return IncomingCall(station, message_id, "StatusNotification", payload, datetime.now(UTC))
 
 
 def _stored(message_id: str) -> int:
@@ -78,23 +81,23 @@ def test_a_paused_then_cut_database_gets_errors_not_acknowledgements_and_the_wri
 
     async def scenario() -> None:
         writer: GroupCommitWriter[Any] = GroupCommitWriter(batch_apply, stall_timeout=1.0)
-        assert (await writer.submit(_heartbeat(station, "hb-1"))).payload
+        assert (await writer.submit(_status(station, "hb-1"))).error_code == ""
         acknowledged.append("hb-1")
         # When the database stops answering
         db_proxy.pause()
         # Then the waiting station is answered with an error within the stall timeout, not left hanging
         with pytest.raises(DatabaseError):
-            await asyncio.wait_for(writer.submit(_heartbeat(station, "hb-2")), 10)
+            await asyncio.wait_for(writer.submit(_status(station, "hb-2")), 10)
         # and while the batch is stuck, further jobs fail at once
         with pytest.raises(DatabaseError):
-            await asyncio.wait_for(writer.submit(_heartbeat(station, "hb-3")), 5)
+            await asyncio.wait_for(writer.submit(_status(station, "hb-3")), 5)
         # When it answers again, the station's retransmission is acknowledged without a restart
         db_proxy.resume()
-        await _retransmit_until_stored(writer, _heartbeat(station, "hb-2"))
+        await _retransmit_until_stored(writer, _status(station, "hb-2"))
         acknowledged.append("hb-2")
         # When every connection is cut (the server vanished), the writer reconnects by itself
         db_proxy.cut()
-        await _retransmit_until_stored(writer, _heartbeat(station, "hb-4"))
+        await _retransmit_until_stored(writer, _status(station, "hb-4"))
         acknowledged.append("hb-4")
         writer._executor.submit(lambda: connection.close()).result()  # its connection goes through the proxy
 
@@ -118,11 +121,11 @@ def test_a_locked_sqlite_database_gets_errors_not_acknowledgements_and_the_write
         # When a heartbeat must be stored
         # Then the station is answered with an error within the stall timeout, not acknowledged
         with pytest.raises(DatabaseError):
-            await asyncio.wait_for(writer.submit(_heartbeat(station, "hb-1")), 10)
+            await asyncio.wait_for(writer.submit(_status(station, "hb-1")), 10)
         # When the lock is released, the retransmission is acknowledged without a restart
         locker.execute("ROLLBACK")
-        outcome = await _retransmit_until_stored(writer, _heartbeat(station, "hb-1"))
-        assert outcome.payload
+        outcome = await _retransmit_until_stored(writer, _status(station, "hb-1"))
+        assert outcome.error_code == ""
         writer._executor.submit(lambda: connection.close()).result()
 
     try:
