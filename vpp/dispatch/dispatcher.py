@@ -178,13 +178,19 @@ class Dispatcher:
     def halt(self) -> None:
         """Cancel the background tasks without waiting (recordings already queued still run on the DB thread)."""
         try:
-            current = asyncio.current_task()
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:  # called from a thread without a loop
-            current = None
+            running = None
+        current = asyncio.current_task() if running is not None else None
         for task in self._tasks:
             if task is not current:
                 task.cancel()
-        self._db.shutdown(wait=False)
+        # A dispatch still under way (at most the call timeout) records after its fan-out: leave the DB thread that
+        # long, then let it end once what is queued is written.
+        if running is not None and running is self._loop:
+            running.call_later(self.call_timeout_s + 5.0, self._db.shutdown, False)
+        else:
+            self._db.shutdown(wait=False)
 
     def _retire(self) -> None:
         """Leave the registry and stop the background tasks (called from the refresh task itself)."""
@@ -268,7 +274,7 @@ class Dispatcher:
             self.basepoint_w = chosen
             if self._basepoint_recorder is not None and state.capacity_w > 0:
                 at = datetime.fromtimestamp(now, UTC)
-                self._db.submit(self._guarded, self._basepoint_recorder, self.product_id, self.portfolio, at, chosen)
+                self._submit(self._basepoint_recorder, self.product_id, self.portfolio, at, chosen)
 
     # --- telemetry (state of charge and connections between reloads) -------------------------------------------
 
@@ -413,7 +419,13 @@ class Dispatcher:
         self._last_dispatch_end = time.monotonic()
         self._dispatch_ended.set()
         if self._recorder is not None:
-            self._db.submit(self._guarded, self._recorder, result)
+            self._submit(self._recorder, result)
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            self._db.submit(self._guarded, fn, *args)
+        except RuntimeError:  # stopped (idle or evicted) while a dispatch was still under way
+            LOG.error("dispatch %s/%s: stopped; a record was not written", self.product_id, self.portfolio)
 
     @staticmethod
     def _guarded(fn: Callable[..., None], *args: Any) -> None:
