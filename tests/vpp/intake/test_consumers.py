@@ -56,6 +56,10 @@ async def _connect(
         RegulationSignalConsumer.as_asgi(), path, headers=headers, subprotocols=subprotocols
     )
     connected, code = await communicator.connect()
+    if not connected:
+        # The refused consumer still waits on its channel (on Redis, a blocking pop): end it here, not when the
+        # test's event loop is torn down (where its cancellation can wait for the socket timeout).
+        await communicator.disconnect()
     return communicator, connected, code
 
 
