@@ -322,6 +322,14 @@ GC_PAUSE_LOG_MS = env_float("GC_PAUSE_LOG_MS", 0.0, minimum=0.0)
 DISPATCH_REFRESH_S = env_float("DISPATCH_REFRESH_S", 5.0, minimum=0.1)  # in-memory fleet state reload period
 DISPATCH_HOLD_S = env_float("DISPATCH_HOLD_S", 60.0, minimum=1.0)  # each setpoint must be holdable this long
 DISPATCH_CALL_TIMEOUT_S = env_float("DISPATCH_CALL_TIMEOUT_S", 1.5, minimum=0.1)  # per command, < signal period
+# Issue 13 (dispatch correctness): the intake's clock window, idle dispatchers, the telemetry group re-join.
+# A value stamped further than this ahead of this server's clock is refused (422 / an error frame), never dispatched.
+REGULATION_SIGNAL_MAX_SKEW_S = env_float("REGULATION_SIGNAL_MAX_SKEW_S", 5.0, minimum=0.0)
+# A value older than this is stored (the operator's record; retransmissions stay idempotent) but not dispatched.
+REGULATION_SIGNAL_MAX_AGE_S = env_float("REGULATION_SIGNAL_MAX_AGE_S", 10.0, minimum=0.0)
+DISPATCH_IDLE_S = env_float("DISPATCH_IDLE_S", 600.0, minimum=1.0)  # a dispatcher with no signal this long stops
+DISPATCHERS_MAX = env_int("DISPATCHERS_MAX", 64, minimum=1)  # per server process; the least recently used goes
+DISPATCH_TELEMETRY_REJOIN_S = env_float("DISPATCH_TELEMETRY_REJOIN_S", 5.0, minimum=0.1)  # group_add again this often
 
 # --- Markets: bid optimiser ------------------------------------------------------------------------------------
 # Flat energy price ($/MWh) for the fleet's own charging and the expected energy of activations: the imported

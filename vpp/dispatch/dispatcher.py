@@ -35,13 +35,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -49,160 +47,27 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections
 
-from chargers.fanout import Command, CommandResult, FanoutOutcome, calls_fanout
+from chargers.fanout import FanoutOutcome, calls_fanout
 from chargers.telemetry import TELEMETRY_GROUP  # committed meter values, statuses, connections
-from fleet.numerics.allocation import Allocation, allocate
-from fleet.numerics.arrays import FleetArrays, PowerBounds, power_bounds
+from fleet.numerics.allocation import allocate
+from fleet.numerics.arrays import power_bounds
+from vpp.dispatch.values import (  # noqa: F401 - re-exported: the dispatcher's arithmetic, payloads and values
+    PROFILE_ID,
+    STACK_LEVEL,
+    DispatchResult,
+    DispatchState,
+    Route,
+    Signal,
+    StateLoader,
+    basepoint_choose,
+    fleet_setpoint_w,
+    profile_payload,
+    station_commands,
+)
 
 LOG = logging.getLogger(__name__)
-PROFILE_ID = 7_700  # one TxProfile id per EVSE for regulation: each command replaces the previous one
-STACK_LEVEL = 50
 FLOWING_S = 10.0  # a dispatch ended this recently: signals are flowing (they come every 2 s)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Pure arithmetic
-# --------------------------------------------------------------------------------------------------------------
-
-
-def fleet_setpoint_w(*, basepoint_w: int, signal: float, capacity_w: int, reserve_w: int = 0) -> int:
-    """Fleet power to ask for (W, + charging): basepoint - signal x capacity - reserve deployed (W of discharge).
-
-    ``signal`` is the operator's normalised value, clipped to [-1, 1] (PJM: + = regulation up).
-    """
-    clipped = min(max(float(signal), -1.0), 1.0)
-    return round(basepoint_w - clipped * capacity_w - reserve_w)
-
-
-def basepoint_choose(*, min_w: int, max_w: int, capacity_w: int, preferred_w: int, current_w: int | None) -> int:
-    """The fleet basepoint: room for +/- capacity on both sides, as close to ``preferred_w`` as that allows.
-
-    The current basepoint is kept while it still leaves that room (a stable basepoint is what the operator
-    scores around); if the fleet cannot hold +/- capacity at all, the middle of its range is the best there is.
-    """
-    low, high = min_w + capacity_w, max_w - capacity_w
-    if low > high:
-        return (min_w + max_w) // 2
-    if current_w is not None and low <= current_w <= high:
-        return current_w
-    return min(max(preferred_w, low), high)
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where a vehicle's commands go: its station, EVSE, negotiated OCPP version and open transaction."""
-
-    station_id: str
-    evse_id: int
-    version: str
-    transaction_id: str
-
-
-def profile_payload(route: Route, power_w: int, lo_w: int, hi_w: int) -> dict[str, Any]:
-    """SetChargingProfile request for one EVSE: a TxProfile with a single period (see the module docstring)."""
-    if route.version == "2.1":
-        period: dict[str, Any] = {
-            "startPeriod": 0,
-            "operationMode": "CentralSetpoint",
-            "setpoint": float(power_w),
-            "limit": float(max(hi_w, 0)),
-            "dischargeLimit": float(min(lo_w, 0)),
-        }
-    else:  # 2.0.1: a charging-rate limit only
-        period = {"startPeriod": 0, "limit": float(max(power_w, 0))}
-    profile: dict[str, Any] = {
-        "id": PROFILE_ID,
-        "stackLevel": STACK_LEVEL,
-        "chargingProfilePurpose": "TxProfile",
-        "chargingProfileKind": "Relative",
-        "chargingSchedule": [{"id": 1, "chargingRateUnit": "W", "chargingSchedulePeriod": [period]}],
-    }
-    if route.transaction_id:
-        profile["transactionId"] = route.transaction_id
-    return {"evseId": route.evse_id, "chargingProfile": profile}
-
-
-def station_commands(routes: list[Route], allocation: Allocation, bounds: PowerBounds) -> list[Command]:
-    """One SetChargingProfile per vehicle (row i of the fleet goes to ``routes[i]``)."""
-    power = allocation.power_w.tolist()
-    lo = bounds.lo.astype(np.int64).tolist()
-    hi = bounds.hi.astype(np.int64).tolist()
-    return [
-        Command(route.station_id, "SetChargingProfile", profile_payload(route, p, low, high))
-        for route, p, low, high in zip(routes, power, lo, hi, strict=True)
-    ]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# In-memory state
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class DispatchState:
-    """Everything a dispatch needs, loaded from the database in the background (see ``vpp.dispatch.selectors``)."""
-
-    fleet: FleetArrays
-    routes: list[Route]
-    capacity_w: int
-    award_until: float | None  # epoch s the awards in force end; None = no award
-    loaded_at: float
-    preferred_basepoint_w: int = 0
-    reserve_w: int = 0  # reserve deployments called on the portfolio (W of extra discharge) ...
-    reserve_until: float | None = None  # ... until this epoch s (the first of them to end)
-    row_of: dict[str, int] = field(default_factory=dict)  # station id -> fleet row
-
-    def __post_init__(self) -> None:
-        self.row_of = {route.station_id: i for i, route in enumerate(self.routes)}
-
-
-StateLoader = Callable[..., DispatchState]
-
-
-@dataclass(frozen=True, slots=True)
-class Signal:
-    product_id: int
-    portfolio: str
-    value: Decimal
-    at: datetime
-    source: str
-    received_at: float  # epoch s, when the intake got it
-
-
-@dataclass(frozen=True)
-class DispatchResult:
-    """The outcome of one dispatch (what gets recorded)."""
-
-    signal: Signal
-    capacity_w: int
-    basepoint_w: int
-    reserve_w: int
-    setpoint_w: int
-    allocation: Allocation | None
-    routes: list[Route]
-    results: list[CommandResult]
-    compute_ms: float
-    state_age_s: float
-    nodes: int
-    skipped: str = ""  # why nothing was sent (no award, no vehicles)
-
-    def latencies_ms(self) -> list[float]:
-        t0 = self.signal.received_at
-        return [(r.answered_at - t0) * 1000.0 for r in self.results if r.answered_at is not None]
-
-    @property
-    def last_ms(self) -> float | None:
-        values = self.latencies_ms()
-        return max(values) if values else None
-
-    @property
-    def p50_ms(self) -> float | None:
-        values = self.latencies_ms()
-        return statistics.median(values) if values else None
-
-    @property
-    def accepted(self) -> int:
-        return sum(1 for r in self.results if r.status == "result" and r.answer == "Accepted")
+FEED_RETRY_S = 1.0  # the telemetry feed's retry period while the channel layer fails
 
 
 class Dispatcher:
@@ -220,6 +85,8 @@ class Dispatcher:
         hold_s: float | None = None,
         call_timeout_s: float | None = None,
         telemetry: bool = True,
+        idle_s: float | None = None,
+        rejoin_s: float | None = None,
     ) -> None:
         self.product_id = product_id
         self.portfolio = portfolio
@@ -230,6 +97,10 @@ class Dispatcher:
         self.refresh_s = refresh_s if refresh_s is not None else settings.DISPATCH_REFRESH_S
         self.hold_s = hold_s if hold_s is not None else settings.DISPATCH_HOLD_S
         self.call_timeout_s = call_timeout_s if call_timeout_s is not None else settings.DISPATCH_CALL_TIMEOUT_S
+        self.idle_s = idle_s if idle_s is not None else settings.DISPATCH_IDLE_S
+        self.rejoin_s = rejoin_s if rejoin_s is not None else settings.DISPATCH_TELEMETRY_REJOIN_S
+        self.used_at = time.monotonic()  # the last signal handed to it (or its creation): idle ones stop
+        self._feed_lost_at: float | None = None  # time.monotonic() the telemetry feed failed; None while it works
         self.state: DispatchState | None = None
         self.basepoint_w: int | None = None
         self._soc = np.zeros(0)
@@ -264,6 +135,69 @@ class Dispatcher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._db.shutdown(wait=True)
 
+    @property
+    def stopped(self) -> bool:
+        return bool(self._tasks) and all(task.done() for task in self._tasks)
+
+    def take(self, signal: Signal, *, now: float | None = None) -> str:
+        """Whether to dispatch ``signal``: "" when it is taken (it becomes the newest), else why not.
+
+        Newest wins: a retransmission or a late value is not dispatched, the stations already follow a newer one.
+        A value stamped in the future never becomes "the newest": it would make every real value after it look
+        late and freeze dispatch until a restart. The intake refuses such values (``vpp.dispatch.services``); this
+        is the dispatcher's own guard for any other path, and it also forgets a newest instant that is now in the
+        future (the server's clock stepped back).
+        """
+        now = time.time() if now is None else now
+        skew = settings.REGULATION_SIGNAL_MAX_SKEW_S
+        at = signal.at.timestamp()
+        self.used_at = time.monotonic()
+        if at > now + skew:
+            LOG.warning(
+                "dispatch %s/%s: ignoring a signal stamped %s, %.1f s ahead of this server's clock (window %.1f s)",
+                self.product_id, self.portfolio, signal.at.isoformat(), at - now, skew,
+            )  # fmt: skip
+            return f"stamped {at - now:.1f} s in the future (more than {skew:g} s ahead of this server's clock)"
+        if self.last_signal_at is not None and self.last_signal_at.timestamp() > now + skew:
+            LOG.warning(
+                "dispatch %s/%s: the newest signal instant %s is ahead of this server's clock; forgetting it",
+                self.product_id, self.portfolio, self.last_signal_at.isoformat(),
+            )  # fmt: skip
+            self.last_signal_at = None
+        if at < now - settings.REGULATION_SIGNAL_MAX_AGE_S:
+            return f"older than {settings.REGULATION_SIGNAL_MAX_AGE_S:g} s: too old to act on"
+        if self.last_signal_at is not None and signal.at <= self.last_signal_at:
+            return "a value for the same or a later instant was already dispatched"
+        self.last_signal_at = signal.at
+        return ""
+
+    def idle(self) -> bool:
+        """No signal for ``idle_s``: an unused product or portfolio must not keep a task and a thread for ever."""
+        return time.monotonic() - self.used_at > self.idle_s
+
+    def halt(self) -> None:
+        """Cancel the background tasks without waiting (recordings already queued still run on the DB thread)."""
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # called from a thread without a loop
+            running = None
+        current = asyncio.current_task() if running is not None else None
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        # A dispatch still under way (at most the call timeout) records after its fan-out: leave the DB thread that
+        # long, then let it end once what is queued is written.
+        if running is not None and running is self._loop:
+            running.call_later(self.call_timeout_s + 5.0, self._db.shutdown, False)
+        else:
+            self._db.shutdown(wait=False)
+
+    def _retire(self) -> None:
+        """Leave the registry and stop the background tasks (called from the refresh task itself)."""
+        _registry_drop(self)
+        self.halt()
+        LOG.info("dispatch %s/%s: no signal for %.0f s; stopped", self.product_id, self.portfolio, self.idle_s)
+
     async def ready(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
         await asyncio.wait_for(self._loaded.wait(), timeout)
 
@@ -280,6 +214,9 @@ class Dispatcher:
             self._refresh_now.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._refresh_now.wait(), self.refresh_s)
+            if self.idle():
+                self._retire()
+                return
             await self._between_dispatches()
 
     async def _between_dispatches(self) -> None:
@@ -337,23 +274,74 @@ class Dispatcher:
             self.basepoint_w = chosen
             if self._basepoint_recorder is not None and state.capacity_w > 0:
                 at = datetime.fromtimestamp(now, UTC)
-                self._db.submit(self._guarded, self._basepoint_recorder, self.product_id, self.portfolio, at, chosen)
+                self._submit(self._basepoint_recorder, self.product_id, self.portfolio, at, chosen)
 
     # --- telemetry (state of charge and connections between reloads) -------------------------------------------
 
     async def _telemetry_loop(self) -> None:
+        """Follow the ``telemetry`` group for as long as the dispatcher runs, whatever the channel layer does.
+
+        Group memberships live in the channel layer (on Redis, a key that a restart without persistence loses):
+        :meth:`_telemetry_join` adds this channel again every ``rejoin_s`` (``group_add`` is idempotent). A receive
+        that fails (Redis down) is retried every second; the outage and the recovery are logged once each, and the
+        state is reloaded on recovery (what the feed carried meanwhile is lost, the database has it).
+        """
         layer = get_channel_layer()
         if layer is None:
             return
         channel = await layer.new_channel()  # default prefix (chargers.fanout._remote says why)
-        await layer.group_add(TELEMETRY_GROUP, channel)
+        joiner = asyncio.get_running_loop().create_task(self._telemetry_join(layer, channel))
         try:
             while True:
-                message = await layer.receive(channel)
+                try:
+                    message = await layer.receive(channel)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._feed_lost(exc)
+                    await asyncio.sleep(FEED_RETRY_S)
+                    continue
                 if message.get("type") == "telemetry.update":
                     self.telemetry_apply(message.get("updates", []))
         finally:
-            await layer.group_discard(TELEMETRY_GROUP, channel)
+            joiner.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(layer.group_discard(TELEMETRY_GROUP, channel), FEED_RETRY_S)
+
+    async def _telemetry_join(self, layer: Any, channel: str) -> None:
+        while True:
+            try:
+                await layer.group_add(TELEMETRY_GROUP, channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._feed_lost(exc)
+                await asyncio.sleep(FEED_RETRY_S)
+                continue
+            self._feed_back()
+            await asyncio.sleep(self.rejoin_s)
+
+    def _feed_lost(self, exc: BaseException) -> None:
+        if self._feed_lost_at is None:
+            self._feed_lost_at = time.monotonic()
+            LOG.warning(
+                "dispatch %s/%s: telemetry feed lost (channel layer: %s: %s); retrying every %.0f s, "
+                "state of charge comes from the database reloads meanwhile",
+                self.product_id, self.portfolio, type(exc).__name__, exc, FEED_RETRY_S,
+            )  # fmt: skip
+
+    def _feed_back(self) -> None:
+        if self._feed_lost_at is not None:
+            LOG.warning(
+                "dispatch %s/%s: telemetry feed back after %.1f s; reloading the state",
+                self.product_id, self.portfolio, time.monotonic() - self._feed_lost_at,
+            )  # fmt: skip
+            self._feed_lost_at = None
+            self._refresh_now.set()
+
+    def soc_pct_heard(self, station_id: str) -> float | None:
+        """The newest state of charge (%) the telemetry feed reported for ``station_id``; None if none yet."""
+        return self._live_soc_pct.get(station_id)
 
     def telemetry_apply(self, updates: list[dict[str, Any]]) -> None:
         """SoC readings update the in-memory fleet; a station connecting or leaving triggers a reload."""
@@ -431,7 +419,13 @@ class Dispatcher:
         self._last_dispatch_end = time.monotonic()
         self._dispatch_ended.set()
         if self._recorder is not None:
-            self._db.submit(self._guarded, self._recorder, result)
+            self._submit(self._recorder, result)
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            self._db.submit(self._guarded, fn, *args)
+        except RuntimeError:  # stopped (idle or evicted) while a dispatch was still under way
+            LOG.error("dispatch %s/%s: stopped; a record was not written", self.product_id, self.portfolio)
 
     @staticmethod
     def _guarded(fn: Callable[..., None], *args: Any) -> None:
@@ -448,17 +442,46 @@ class Dispatcher:
 # Per-process registry
 # --------------------------------------------------------------------------------------------------------------
 
+# Insertion order is use order (dispatcher_for moves a used one to the end): the first is the least recently used.
 _dispatchers: dict[tuple[int, int, str], Dispatcher] = {}
 
 
 def dispatcher_for(*, product_id: int, portfolio: str, factory: Callable[[], Dispatcher]) -> Dispatcher:
-    """This event loop's dispatcher for a product and portfolio, created and started on first use."""
+    """This event loop's dispatcher for a product and portfolio, created and started on first use.
+
+    Bounded: at most ``DISPATCHERS_MAX`` per process (the least recently used is stopped to make room), and each
+    stops by itself after ``DISPATCH_IDLE_S`` without a signal. The intake only lets awarded portfolios through
+    (:func:`vpp.dispatch.selectors.portfolio_dispatchable`); this bounds what any other path could create.
+    """
     key = (id(asyncio.get_running_loop()), product_id, portfolio)
-    dispatcher = _dispatchers.get(key)
-    if dispatcher is None:
-        dispatcher = _dispatchers[key] = factory()
+    dispatcher = _dispatchers.pop(key, None)
+    if dispatcher is None or dispatcher.stopped:
+        while len(_dispatchers) >= settings.DISPATCHERS_MAX:
+            evicted = _dispatchers.pop(next(iter(_dispatchers)))
+            LOG.warning(
+                "dispatch: %d dispatchers in this process (DISPATCHERS_MAX); stopping the least recently used, %s/%s",
+                settings.DISPATCHERS_MAX, evicted.product_id, evicted.portfolio,
+            )  # fmt: skip
+            _stop_soon(evicted)
+        dispatcher = factory()
         dispatcher.start()
+    _dispatchers[key] = dispatcher
     return dispatcher
+
+
+def _stop_soon(dispatcher: Dispatcher) -> None:
+    """Cancel an evicted dispatcher's tasks from whichever loop runs them, without waiting for its recordings."""
+    loop = dispatcher._loop
+    if loop is not None and not loop.is_closed():
+        loop.call_soon_threadsafe(dispatcher.halt)
+    else:
+        dispatcher.halt()
+
+
+def _registry_drop(dispatcher: Dispatcher) -> None:
+    for key, registered in list(_dispatchers.items()):
+        if registered is dispatcher:
+            del _dispatchers[key]
 
 
 def dispatchers_running() -> list[Dispatcher]:

@@ -11,7 +11,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
-from django.db.models import Max, Sum
+from django.db.models import Min, Sum
 
 from chargers.models import Station, Transaction
 from fleet.numerics.arrays import FleetArrays, power_bounds
@@ -84,10 +84,29 @@ def portfolio_fleet_id(portfolio: str) -> int | None:
 
 
 def awarded_capacity(*, product_id: int, portfolio: str, at: datetime) -> tuple[int, float | None]:
-    """(W awarded for the interval containing ``at``, epoch s when the earliest of those awards ends)."""
+    """The regulation capacity (W) awarded at the instant ``at``, and the epoch s until which that figure holds.
+
+    Awards may overlap (two bids cleared for the same hour, or an hour's award inside a longer one): the capacity
+    at ``at`` is the sum of ``awarded_w`` over every award of the product and portfolio whose interval contains
+    ``at`` (``interval_start <= at < interval_end``). That sum holds until the EARLIEST end among those awards:
+    after it the sum is smaller, so a dispatcher using it longer would regulate more than was awarded. (An award
+    starting before then raises the sum only at the next reload, ``DISPATCH_REFRESH_S`` later: under- rather than
+    over-regulating meanwhile.) ``(0, None)`` when nothing is awarded at ``at``.
+    """
     totals = Award.objects.filter(
         product_id=product_id, portfolio=portfolio, interval_start__lte=at, interval_end__gt=at, awarded_w__gt=0
-    ).aggregate(total=Sum("awarded_w"), until=Max("interval_end"))
+    ).aggregate(total=Sum("awarded_w"), until=Min("interval_end"))
     if not totals["total"]:
         return 0, None
     return int(totals["total"]), totals["until"].timestamp()
+
+
+def portfolio_dispatchable(*, product_id: int, portfolio: str, at: datetime) -> bool:
+    """Whether a signal value of the product for ``portfolio`` at ``at`` has anything to dispatch: regulation
+    capacity awarded then, or a reserve event in force then (what :class:`~vpp.dispatch.dispatcher.Dispatcher`
+    would otherwise skip). The intake takes values for such portfolios only."""
+    capacity, _ = awarded_capacity(product_id=product_id, portfolio=portfolio, at=at)
+    if capacity > 0:
+        return True
+    reserve_w, _ = reserve_in_force(portfolio=portfolio, at=at)
+    return reserve_w > 0

@@ -3,10 +3,24 @@
 * :func:`regulation_dispatch_start` -- async, non-blocking: hands a signal value to this process's dispatcher
   (created and started on first use) and returns the running dispatch as a task. Never touches the database
   except for the very first signal of a product in a process (product lookup and first state load).
-* :func:`regulation_signal_intake` -- what the WebSocket edge does: validate, dispatch, then store the value
-  (:func:`markets.regulation.services.regulation_signal_record`) and answer.
-* :func:`regulation_dispatch_from_sync` -- for sync edges (the REST intake ``POST /api/regulation/signal``):
-  hands a validated value to the dispatcher on the server's event loop without waiting for the stations.
+* :func:`regulation_signal_intake` (async, the WebSocket edge) / :func:`regulation_signal_accept` (sync, the REST
+  edge): check the value's instant against this server's clock and its portfolio against the awards, store it
+  (:func:`markets.regulation.services.regulation_signal_record`), and only then dispatch it.
+* :func:`regulation_dispatch_from_sync` -- for sync edges: hands a stored value to the dispatcher on the server's
+  event loop without waiting for the stations.
+
+**Store, then dispatch.** The database's one-value-per-instant constraint is the only place where two sources, or
+two server processes, sending different values for the same instant meet. Dispatching first (as this module once
+did) sent a value's setpoints out and only then found the conflict (409 to the sender, the fleet following the
+refused value). Storing first costs the signal one INSERT before its setpoints leave; only a value this call
+created is dispatched, so an instant is dispatched once however many sources or nodes send it.
+
+**Which instants.** A value stamped more than ``REGULATION_SIGNAL_MAX_SKEW_S`` ahead of this server's clock is
+refused (:class:`SignalRefused`, nothing stored): as "the newest value" it would make every real one after it look
+late. A value older than ``REGULATION_SIGNAL_MAX_AGE_S`` is stored (it is what the operator sent; a retransmission
+of a stored one is still acknowledged) but not dispatched: the fleet follows a newer one, or should. A value for a
+portfolio with neither regulation capacity awarded nor a reserve event in force at its instant is refused: there is
+nothing to dispatch, and each portfolio named would otherwise start a dispatcher.
 * :func:`dispatch_record` / :func:`dispatch_basepoint_record` -- run on the dispatcher's DB thread.
 """
 
@@ -20,13 +34,14 @@ from decimal import Decimal
 
 from asgiref.sync import SyncToAsync, async_to_sync
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from chargers.bulk import insert_rows
 from chargers.fanout import NodeListener
 from markets.models import Product
-from markets.regulation.models import ReserveDeployment
+from markets.regulation.models import RegulationSignal, ReserveDeployment
 from markets.regulation.services import (
     RegulationError,
     regulation_basepoint_record,
@@ -37,18 +52,22 @@ from markets.regulation.services import (
 )
 from markets.selectors import product_get
 from vpp.dispatch.dispatcher import Dispatcher, DispatchResult, Signal, dispatcher_for, dispatchers_refresh
-from vpp.dispatch.selectors import dispatch_state_load
+from vpp.dispatch.selectors import dispatch_state_load, portfolio_dispatchable
 from vpp.models import Dispatch, DispatchCommand
 
 __all__ = [
     "RegulationError",
     "SignalIntake",
+    "SignalRefused",
     "dispatch_basepoint_record",
     "dispatch_record",
     "product_resolve",
     "regulation_dispatch_from_sync",
     "regulation_dispatch_start",
+    "regulation_signal_accept",
     "regulation_signal_intake",
+    "signal_instant_check",
+    "signal_portfolio_check",
 ]
 
 _products: dict[str, int] = {}  # "operator:code" -> product id, cached per process (products do not move)
@@ -76,35 +95,76 @@ def _dispatcher_create(product_id: int, portfolio: str) -> Dispatcher:
     )
 
 
-async def regulation_dispatch_start(*, signal: Signal) -> asyncio.Task[DispatchResult] | None:
+class SignalRefused(RegulationError):
+    """A value the intake does not take (nothing stored, nothing dispatched): ``window`` describes the instants it
+    takes when the instant was the reason."""
+
+    def __init__(self, reason: str, *, window: dict[str, object] | None = None) -> None:
+        super().__init__(reason)
+        self.window = window
+
+
+def signal_instant_check(*, at: datetime, now: float) -> None:
+    """Raise :class:`SignalRefused` when ``at`` is more than ``REGULATION_SIGNAL_MAX_SKEW_S`` ahead of ``now``."""
+    skew = settings.REGULATION_SIGNAL_MAX_SKEW_S
+    if at.timestamp() <= now + skew:
+        return
+    latest = datetime.fromtimestamp(now + skew, UTC)
+    raise SignalRefused(
+        f"'at' {at.isoformat()} is {at.timestamp() - now:.1f} s ahead of this server's clock; values are taken up to "
+        f"{skew:g} s ahead (clock skew), so no later than {latest.isoformat()}",
+        window={
+            "server_time": datetime.fromtimestamp(now, UTC).isoformat(),
+            "latest": latest.isoformat(),
+            "max_skew_s": skew,
+            "dispatched_if_newer_than_s": settings.REGULATION_SIGNAL_MAX_AGE_S,
+        },
+    )
+
+
+def signal_portfolio_check(*, product_id: int, portfolio: str, at: datetime, product_label: str = "") -> None:
+    """Raise :class:`SignalRefused` unless ``portfolio`` has something to dispatch at ``at`` (an award of the product
+    or a reserve event in force, :func:`vpp.dispatch.selectors.portfolio_dispatchable`)."""
+    if portfolio_dispatchable(product_id=product_id, portfolio=portfolio, at=at):
+        return
+    raise SignalRefused(
+        f"portfolio {portfolio!r} has no regulation capacity of {product_label or f'product {product_id}'} awarded "
+        f"(nor a reserve event in force) at {at.isoformat()}: values are taken only for an awarded portfolio's "
+        "awarded intervals"
+    )
+
+
+async def regulation_dispatch_start(*, signal: Signal) -> asyncio.Task[DispatchResult] | str:
     """Dispatch ``signal`` on this process's dispatcher without waiting for the stations.
 
-    Returns None when the value is not newer than the last one dispatched (a retransmission or a late value: the
-    stations already follow a newer one).
+    Returns the running dispatch, or why it was not dispatched (:meth:`Dispatcher.take`: not newer than the last
+    one dispatched, too old, or stamped in the future).
     """
     dispatcher = dispatcher_for(
         product_id=signal.product_id,
         portfolio=signal.portfolio,
         factory=lambda: _dispatcher_create(signal.product_id, signal.portfolio),
     )
-    if dispatcher.last_signal_at is not None and signal.at <= dispatcher.last_signal_at:
-        return None
-    dispatcher.last_signal_at = signal.at
+    why_not = dispatcher.take(signal)
+    if why_not:
+        return why_not
     return asyncio.get_running_loop().create_task(dispatcher.dispatch(signal))
 
 
 def regulation_dispatch_from_sync(
     *, product_id: int, portfolio: str, value: Decimal, at: datetime, source: str, received_at: float
-) -> bool:
-    """Dispatch from a sync view (runs on the ASGI server's loop through ``async_to_sync``); True if dispatched.
+) -> str:
+    """Dispatch a stored value from a sync view (on the ASGI server's loop through ``async_to_sync``); returns ""
+    when dispatched, else why not.
 
     ``received_at`` (epoch s) is when the edge received the value: dispatch latency is measured from it.
     """
     if getattr(SyncToAsync.threadlocal, "main_event_loop", None) is None:
         # Not inside an ASGI server (a WSGI or test-client request): no long-lived loop to dispatch on.
-        return False
+        return "not served by an ASGI server: no dispatcher in this process"
     signal = Signal(product_id, portfolio, signal_value(value), at.astimezone(UTC), source, received_at)
-    return async_to_sync(regulation_dispatch_start)(signal=signal) is not None
+    started = async_to_sync(regulation_dispatch_start)(signal=signal)
+    return started if isinstance(started, str) else ""
 
 
 def reserve_deployment_intake(
@@ -137,12 +197,23 @@ def reserve_deployment_intake(
 
 @dataclass(frozen=True, slots=True)
 class SignalIntake:
-    """What the intake answers: the stored row's instant and whether it was new and dispatched."""
+    """What the intake answers: the stored row, whether this call created it, whether it was dispatched and why not."""
 
-    at: datetime
-    value: Decimal
+    row: RegulationSignal
     created: bool
     dispatched: bool
+    why_not: str = ""  # why it was not dispatched ("" when it was)
+
+    @property
+    def at(self) -> datetime:
+        return self.row.at
+
+    @property
+    def value(self) -> Decimal:
+        return self.row.value
+
+
+ALREADY_STORED = "already stored (a retransmission, or another source or server took this instant first)"
 
 
 async def regulation_signal_intake(
@@ -155,24 +226,60 @@ async def regulation_signal_intake(
     source_ref: str = "",
     user_id: int | None = None,
 ) -> SignalIntake:
-    """Validate, dispatch at once, then store the value durably and return (the caller answers after this).
+    """Check, store, then dispatch (the module docstring says why in this order); the caller answers after this.
 
-    Raises RegulationError (bad value, unknown product, a different value for an instant already stored).
+    Raises :class:`SignalRefused` (instant outside the window, portfolio with nothing awarded), SignalConflict (a
+    different value for an instant already stored: nothing dispatched) or RegulationError (bad value, unknown
+    product).
     """
     received = time.time()
     number = signal_value(value)
     moment = utc_instant(at or datetime.fromtimestamp(received, UTC), "at")
+    signal_instant_check(at=moment, now=received)
     product_id = _products.get(product) or await database_sync_to_async(product_resolve)(code=product)
-    signal = Signal(product_id, portfolio, number, moment, source, received)
-    task = await regulation_dispatch_start(signal=signal)
     row, created = await database_sync_to_async(_signal_store)(
         product_id, portfolio, moment, number, source, source_ref, user_id
     )
-    return SignalIntake(at=row.at, value=row.value, created=created, dispatched=task is not None)
+    if not created:
+        return SignalIntake(row, created, False, ALREADY_STORED)
+    started = await regulation_dispatch_start(signal=Signal(product_id, portfolio, number, moment, source, received))
+    return SignalIntake(row, created, not isinstance(started, str), started if isinstance(started, str) else "")
 
 
-def _signal_store(product_id, portfolio, at, value, source, source_ref, user_id):
-    product = Product.objects.get(pk=product_id)
+def regulation_signal_accept(
+    *,
+    product: Product,
+    portfolio: str,
+    value: Decimal,
+    at: datetime,
+    source: str,
+    source_ref: str = "",
+    user_id: int | None = None,
+    received_at: float,
+) -> SignalIntake:
+    """The sync edge's :func:`regulation_signal_intake` (REST): check, store, then dispatch; same errors."""
+    moment = utc_instant(at, "at")
+    signal_instant_check(at=moment, now=received_at)
+    row, created = _signal_store(product.pk, portfolio, moment, value, source, source_ref, user_id)
+    if not created:
+        return SignalIntake(row, created, False, ALREADY_STORED)
+    why_not = regulation_dispatch_from_sync(
+        product_id=product.pk, portfolio=portfolio, value=row.value, at=moment, source=source, received_at=received_at
+    )
+    return SignalIntake(row, created, not why_not, why_not)
+
+
+def _signal_store(
+    product_id: int,
+    portfolio: str,
+    at: datetime,
+    value: Decimal,
+    source: str,
+    source_ref: str,
+    user_id: int | None,
+) -> tuple[RegulationSignal, bool]:
+    product = Product.objects.select_related("operator").get(pk=product_id)
+    signal_portfolio_check(product_id=product_id, portfolio=portfolio, at=at, product_label=product_label(product))
     return regulation_signal_record(
         product=product,
         portfolio=portfolio,
@@ -182,6 +289,10 @@ def _signal_store(product_id, portfolio, at, value, source, source_ref, user_id)
         source_ref=source_ref,
         received_by_id=user_id,
     )
+
+
+def product_label(product: Product) -> str:
+    return f"{product.operator.code}:{product.code}"
 
 
 def dispatch_basepoint_record(product_id: int, portfolio: str, at: datetime, basepoint_w: int) -> None:

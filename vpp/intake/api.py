@@ -4,6 +4,10 @@ The orchestrator's edges (they dispatch at once, then store through ``markets.re
 authenticated (API key or session) and needs ``markets.submit_regulation_signal``; an API key also needs scope
 ``signal`` and, when it names a portfolio, sends for that portfolio only (403 otherwise). The WebSocket edge for the
 same signal is :mod:`vpp.intake.consumers`, under the same rule.
+
+A signal value stamped too far ahead of this server's clock, or for a portfolio with nothing awarded at its instant,
+is refused with 422 (``application/problem+json``: the reason, and the window of instants taken);
+``vpp.dispatch.services`` says why.
 """
 
 from __future__ import annotations
@@ -32,9 +36,9 @@ from fleet.selectors import (
 )
 from markets.models import Product
 from markets.regulation.models import SignalSource
-from markets.regulation.services import RegulationError, ReserveConflict, SignalConflict, regulation_signal_record
+from markets.regulation.services import RegulationError, ReserveConflict, SignalConflict
 from markets.selectors import product_get
-from vpp.dispatch.services import regulation_dispatch_from_sync, reserve_deployment_intake
+from vpp.dispatch.services import SignalRefused, regulation_signal_accept, reserve_deployment_intake
 
 
 def signal_sender_check(request: Request, *, what: str) -> None:
@@ -86,7 +90,9 @@ class SignalIntakeView(APIView):
 
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(request=SignalInSerializer, responses={201: dict, 200: dict, 400: dict, 403: dict, 409: dict})
+    @extend_schema(
+        request=SignalInSerializer, responses={201: dict, 200: dict, 400: dict, 403: dict, 409: dict, 422: dict}
+    )
     def post(self, request: Request) -> Response:
         received_at = time.time()  # dispatch latency is measured from here
         signal_sender_check(request, what="sending regulation signal values")
@@ -94,40 +100,45 @@ class SignalIntakeView(APIView):
         data.is_valid(raise_exception=True)
         fields = data.validated_data
         portfolio_check(request, fields["portfolio"])
-        # Dispatch first (in memory, not waiting for the stations), then store: vpp.dispatch.services explains why.
-        dispatched = regulation_dispatch_from_sync(
-            product_id=fields["product"].pk,
-            portfolio=fields["portfolio"],
-            value=fields["value"],
-            at=fields["at"],
-            source=SignalSource.UTILITY_API,
-            received_at=received_at,
-        )
+        # Check, store, then dispatch: vpp.dispatch.services explains the order.
         try:
-            row, created = regulation_signal_record(
+            intake = regulation_signal_accept(
                 product=fields["product"],
                 portfolio=fields["portfolio"],
-                at=fields["at"],
                 value=fields["value"],
+                at=fields["at"],
                 source=SignalSource.UTILITY_API,
                 source_ref=fields["source_ref"] or request.user.get_username(),
-                received_by_id=request.user.pk,
+                user_id=request.user.pk,
+                received_at=received_at,
             )
+        except SignalRefused as exc:
+            extra = {"window": exc.window} if exc.window else {}
+            return problem(422, "signal value refused", str(exc), **extra)
         except SignalConflict as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         except RegulationError as exc:
             raise ValidationError({"detail": str(exc)}) from exc
+        row = intake.row
         body = {
             "id": row.pk,
-            "created": created,
+            "created": intake.created,
             "product": str(row.product),
             "portfolio": row.portfolio,
             "at": row.at,
             "value": str(row.value),
             "belief_time": row.belief_time,
-            "dispatched": dispatched,
+            "dispatched": intake.dispatched,
         }
-        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        if not intake.dispatched:
+            body["not_dispatched"] = intake.why_not
+        return Response(body, status=status.HTTP_201_CREATED if intake.created else status.HTTP_200_OK)
+
+
+def problem(status_code: int, title: str, detail: str, **extra: Any) -> Response:
+    """An RFC 9457 problem document (``application/problem+json``); ``error`` repeats ``detail`` for older clients."""
+    body = {"type": "about:blank", "title": title, "status": status_code, "detail": detail, "error": detail, **extra}
+    return Response(body, status=status_code, content_type="application/problem+json")
 
 
 class ReserveInSerializer(serializers.Serializer):

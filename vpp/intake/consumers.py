@@ -6,8 +6,10 @@ Authentication (:mod:`vpp.intake.auth`): an API key with scope ``signal`` of a u
 revoked or expired key close with 4401, a key without the scope or permission with 4403. Each text frame is one
 value, ``{"product": "pjm:reg-d", "value": 0.42, "at"?: ISO, "portfolio"?: "default"}``; each is dispatched at once
 and answered, after it is stored, with ``{"ok": true, "at", "value", "created", "dispatched"}`` or
-``{"ok": false, "error"}`` (the socket stays open). A key limited to a portfolio has frames for another refused; a
-key revoked or expired while the socket is open closes it (4401) within ``vpp.intake.auth.KEY_TTL_S``.
+``{"ok": false, "error"}`` (the socket stays open; a value stamped more than ``REGULATION_SIGNAL_MAX_SKEW_S``
+ahead of the server's clock, or for a portfolio with nothing awarded then, is refused this way, the former with a
+``window``; one not dispatched says why in ``not_dispatched``). A key limited to a portfolio has frames for another
+refused; a key revoked or expired while the socket is open closes it (4401) within ``vpp.intake.auth.KEY_TTL_S``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from django.contrib.auth import get_user_model
 from fleet.selectors import key_portfolios_of, portfolio_refusal, portfolios_meet, signal_portfolios_for
 from markets.regulation.models import SignalSource
 from markets.regulation.services import RegulationError
-from vpp.dispatch.services import regulation_signal_intake
+from vpp.dispatch.services import SignalRefused, regulation_signal_intake
 from vpp.intake.auth import KEY_TTL_S, KeyInQueryString, Verdict, accepted_subprotocol, key_verdict, scope_key
 
 log = logging.getLogger(__name__)
@@ -83,18 +85,22 @@ class RegulationSignalConsumer(AsyncWebsocketConsumer):
         except json.JSONDecodeError:
             await self._answer({"ok": False, "error": "frame is not JSON"})
             return
+        except SignalRefused as exc:
+            await self._answer({"ok": False, "error": str(exc), **({"window": exc.window} if exc.window else {})})
+            return
         except RegulationError as exc:
             await self._answer({"ok": False, "error": str(exc)})
             return
-        await self._answer(
-            {
-                "ok": True,
-                "at": intake.at.isoformat(),
-                "value": str(intake.value),
-                "created": intake.created,
-                "dispatched": intake.dispatched,
-            }
-        )
+        answer: dict[str, Any] = {
+            "ok": True,
+            "at": intake.at.isoformat(),
+            "value": str(intake.value),
+            "created": intake.created,
+            "dispatched": intake.dispatched,
+        }
+        if not intake.dispatched:
+            answer["not_dispatched"] = intake.why_not
+        await self._answer(answer)
 
     async def _answer(self, body: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(body))

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chargers import fanout, ocpp_j
+from chargers import ocpp_j
 from chargers.fanout import Command, calls_fanout
 from fleet.numerics.arrays import FleetArrays
-from fleet.numerics.snapshot import VehicleSnapshot
+from tests.vpp.stand_ins import AnsweringStation, fleet_of
 from vpp.dispatch.dispatcher import (
     Dispatcher,
     DispatchState,
@@ -95,58 +95,8 @@ def test_a_2_0_1_station_gets_a_charging_rate_limit_only():
 # --- the dispatcher, in memory ----------------------------------------------------------------------------------
 
 
-class AnsweringStation:
-    """Stands in for an OcppConsumer in this process's registry: answers every call Accepted after ``delay``."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-
-    def call_local(self, action: str, payload: dict[str, Any], deadline: float) -> asyncio.Future[dict[str, Any]]:
-        self.calls.append((action, payload))
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-
-        def answer() -> None:
-            future.set_result({"status": "result", "payload": {"status": "Accepted"}, "answered_at": time.time()})
-
-        asyncio.get_running_loop().call_later(self.delay, answer)
-        return future
-
-
 def _fleet(n: int) -> tuple[FleetArrays, list[Route]]:
-    snapshots = [
-        VehicleSnapshot(
-            vehicle_id=i + 1,
-            capacity_wh=60_000,
-            soc_wh=36_000,
-            floor_wh=12_000,
-            max_charge_w=11_000,
-            max_discharge_w=11_000,
-            station_id=f"disp-{i + 1}",
-            evse_id=1,
-        )
-        for i in range(n)
-    ]
-    return FleetArrays.from_snapshots(snapshots), [Route(f"disp-{i + 1}", 1, "2.1", f"tx-{i + 1}") for i in range(n)]
-
-
-@pytest.fixture
-def stations(monkeypatch):
-    """Register stand-in stations in this process's fan-out registry; unregistered after the test.
-
-    This process is not a server: it does not join the csms.nodes group (a listener left on a closed test loop
-    would hold the Redis layer's receive lock).
-    """
-    monkeypatch.setattr(fanout.NodeListener, "ensure_started", classmethod(lambda cls: None))
-    registered: dict[str, AnsweringStation] = {}
-
-    def register(station_id: str, station: AnsweringStation) -> None:
-        registered[station_id] = station
-        fanout.LOCAL.register(station_id, station)
-
-    yield register
-    for sid, station in registered.items():
-        fanout.LOCAL.unregister(sid, station)
+    return fleet_of(n)
 
 
 async def _dispatch_once(stations, state: Any, value: str, recorder: Any = None) -> tuple[Any, list[float]]:

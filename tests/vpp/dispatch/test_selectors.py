@@ -1,14 +1,16 @@
-"""The dispatcher's state as read from the database: reserve events in force."""
+"""The dispatcher's state as read from the database: reserve events and awards in force."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.utils import timezone
 
 from markets.regulation.services import reserve_deployment_record
-from vpp.dispatch.selectors import dispatch_state_load
+from tests.markets.regulation.data import regulation_product
+from tests.vpp.stand_ins import award
+from vpp.dispatch.selectors import awarded_capacity, dispatch_state_load
 
 pytestmark = pytest.mark.django_db
 
@@ -32,3 +34,17 @@ def test_the_state_carries_the_reserve_events_in_force_and_only_those():
     # Then the reserve is the sum of the two in force, until the first of them ends
     assert state.reserve_w == 35_000
     assert state.reserve_until == pytest.approx((now + 2 * minute).timestamp())
+
+
+def test_overlapping_awards_add_up_until_the_first_of_them_ends():
+    # Given 100 kW of RegD awarded to "default" for 14:00-15:00 and 50 kW for a block of 13:00-16:00 (overlapping)
+    product = regulation_product()
+    start = datetime(2026, 7, 1, 14, 0, tzinfo=UTC)
+    award(product, "default", start, start + timedelta(hours=1), 100_000)
+    award(product, "default", start - timedelta(hours=1), start + timedelta(hours=2), 50_000)
+    # When the capacity is read at 14:30 and at 15:30
+    at_1430 = awarded_capacity(product_id=product.pk, portfolio="default", at=start + timedelta(minutes=30))
+    at_1530 = awarded_capacity(product_id=product.pk, portfolio="default", at=start + timedelta(minutes=90))
+    # Then 14:30 has both (150 kW), holding only until 15:00, when the first ends; 15:30 has the second alone
+    assert at_1430 == (150_000, (start + timedelta(hours=1)).timestamp())
+    assert at_1530 == (50_000, (start + timedelta(hours=2)).timestamp())

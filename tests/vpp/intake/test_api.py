@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -11,7 +11,8 @@ from rest_framework.test import APIClient
 from fleet.models import Membership, Role
 from markets.regulation.models import RegulationSignal, ReserveDeployment
 from tests.fleet.factories import FleetFactory, UserFactory, api_key_for
-from tests.markets.regulation.data import HOUR_START, client_for, regulation_product, user_with
+from tests.markets.regulation.data import HOUR_START, award_for, client_for, regulation_product, user_with
+from tests.vpp.stand_ins import award, award_now
 
 pytestmark = pytest.mark.django_db
 D = Decimal
@@ -20,12 +21,18 @@ URL = "/api/regulation/signal"
 
 @pytest.fixture(autouse=True)
 def _products():
-    regulation_product()  # the seeded PJM products, even after a transactional test flushed them
+    product = regulation_product()  # the seeded PJM products, even after a transactional test flushed them
+    award_for(product, HOUR_START, awarded_w=100_000, price="10")  # the hour the fixed-instant values fall in
 
 
 @pytest.fixture
 def utility() -> APIClient:
     return client_for(user_with("utility", "markets.submit_regulation_signal"))
+
+
+def awarded_in_the_hour(portfolio: str) -> None:
+    """RegD awarded to ``portfolio`` for the hour the fixed-instant values fall in."""
+    award(regulation_product(), portfolio, HOUR_START, HOUR_START + timedelta(hours=1), 50_000)
 
 
 def signal(value="0.25", at="2025-07-01T14:00:02Z", product="pjm:reg-d"):
@@ -93,6 +100,40 @@ def test_bad_signal_values_are_refused_with_a_reason(utility, payload, field):
     response = utility.post(URL, payload, format="json")
     assert response.status_code == 400
     assert field in response.json()
+    assert not RegulationSignal.objects.exists()
+
+
+def test_a_value_stamped_beyond_the_clock_skew_window_is_refused_with_the_window(utility):
+    # Given RegD awarded to "default" now
+    award_now(regulation_product(), "default")
+    # When a value stamped an hour ahead of the server's clock arrives
+    ahead = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    response = utility.post(URL, signal(at=ahead), format="json")
+    # Then it is refused as a problem document naming the reason and the window, and nothing is stored
+    assert response.status_code == 422
+    assert response["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert "ahead of this server's clock" in body["detail"]
+    assert body["window"]["max_skew_s"] == 5.0
+    assert datetime.fromisoformat(body["window"]["latest"]) < datetime.fromisoformat(ahead)
+    assert not RegulationSignal.objects.exists()
+
+
+def test_a_value_within_the_skew_window_is_taken(utility):
+    award_now(regulation_product(), "default")
+    slightly_ahead = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    assert utility.post(URL, signal(at=slightly_ahead), format="json").status_code == 201
+
+
+def test_a_portfolio_nobody_awarded_is_refused_with_the_reason(utility):
+    # Given no award for portfolio "typo-fleet" (RegD is awarded to "default" only)
+    now = datetime.now(UTC).isoformat()
+    # When a value for it arrives
+    response = utility.post(URL, {**signal(at=now), "portfolio": "typo-fleet"}, format="json")
+    # Then it is refused, naming the portfolio and why, and nothing is stored
+    assert response.status_code == 422
+    assert response["Content-Type"] == "application/problem+json"
+    assert "'typo-fleet' has no regulation capacity of pjm:reg-d awarded" in response.json()["detail"]
     assert not RegulationSignal.objects.exists()
 
 
@@ -167,7 +208,8 @@ def test_a_key_limited_to_a_portfolio_sends_signal_and_reserve_for_it_only():
     assert client.post("/api/regulation/reserve", reserve, format="json").status_code == 403
     assert not RegulationSignal.objects.exists()
     assert not ReserveDeployment.objects.exists()
-    # And for "east" the value is stored
+    # And for "east" (awarded that hour) the value is stored
+    awarded_in_the_hour("east")
     assert client.post(URL, {**signal(), "portfolio": "east"}, format="json").status_code == 201
 
 
@@ -181,7 +223,8 @@ def test_a_utility_sends_for_its_organisations_fleets_only_never_the_whole_aggre
     response = client.post(URL, {**signal(), "portfolio": "default"}, format="json")
     assert response.status_code == 403
     assert not RegulationSignal.objects.exists()
-    # And for its own fleet's portfolio the value is stored
+    # And for its own fleet's portfolio (awarded that hour) the value is stored
+    awarded_in_the_hour(f"fleet-{fleet.pk}")
     response = client.post(URL, {**signal(), "portfolio": f"fleet-{fleet.pk}"}, format="json")
     assert response.status_code == 201
 
@@ -193,6 +236,8 @@ def test_a_key_of_one_organisation_never_dispatches_another_organisations_fleet(
     for fleet in (first, second):
         Membership.objects.create(user=user, organisation=fleet.organisation, role=Role.UTILITY)
     client = key_client(api_key_for(user, "signal", organisation=first.organisation))
+    for fleet in (first, second):
+        awarded_in_the_hour(f"fleet-{fleet.pk}")
     # When the key sends for the second organisation's fleet, then it is refused and nothing is stored
     response = client.post(URL, {**signal(), "portfolio": f"fleet-{second.pk}"}, format="json")
     assert response.status_code == 403

@@ -3,6 +3,7 @@ in the header or the subprotocol, never the query string; each frame is answered
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,7 +14,10 @@ from django.contrib.auth.models import Permission, User
 from markets.models import RegulationSignal
 from tests.fleet.factories import api_key_for
 from tests.markets.regulation.data import regulation_product
+from tests.vpp.stand_ins import award_now
+from vpp.dispatch import dispatcher as dispatcher_module
 from vpp.dispatch import services as dispatch_services
+from vpp.dispatch.dispatcher import dispatchers_running
 from vpp.intake import auth
 from vpp.intake.consumers import RegulationSignalConsumer
 
@@ -21,10 +25,19 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def _no_cached_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
+async def _no_cached_verdicts(monkeypatch: pytest.MonkeyPatch):
     auth.forget_all()
     # Product ids are cached per process; a transactional test's flush re-creates the products under new ids.
     monkeypatch.setattr(dispatch_services, "_products", {})
+    # The dispatchers a test's frames start are its own, stopped after it (they run on its event loop).
+    monkeypatch.setattr(dispatcher_module, "_dispatchers", {})
+    yield
+    for running in dispatchers_running():
+        await running.stop()
+
+
+def _now(**offset: float) -> str:
+    return (datetime.now(UTC) + timedelta(**offset)).isoformat()
 
 
 def _token(username: str, *, may_submit: bool, scopes: tuple[str, ...] = ("signal",), portfolio: str = "") -> str:
@@ -43,6 +56,10 @@ async def _connect(
         RegulationSignalConsumer.as_asgi(), path, headers=headers, subprotocols=subprotocols
     )
     connected, code = await communicator.connect()
+    if not connected:
+        # The refused consumer still waits on its channel (on Redis, a blocking pop): end it here, not when the
+        # test's event loop is torn down (where its cancellation can wait for the socket timeout).
+        await communicator.disconnect()
     return communicator, connected, code
 
 
@@ -66,21 +83,19 @@ async def test_it_refuses_a_socket_without_a_key_scope_or_permission(who: str, c
 
 
 async def test_it_refuses_a_product_named_without_its_operator_and_stays_open() -> None:
-    # Given the RegD product and an authorised utility
-    await sync_to_async(regulation_product)()
+    # Given RegD awarded to portfolio "ws-test" and an authorised utility
+    await sync_to_async(award_now)(await sync_to_async(regulation_product)(), "ws-test")
     communicator, connected, _ = await _connect(await sync_to_async(_token)("utility", may_submit=True))
     assert connected
 
     # When it names the product by its bare code, then that frame alone is refused with the reason
-    await communicator.send_json_to({"product": "reg-d", "value": 0.5, "at": "2026-12-01T10:00:00+00:00"})
+    await communicator.send_json_to({"product": "reg-d", "value": 0.5, "at": _now()})
     answer = await communicator.receive_json_from(timeout=10)
     assert answer["ok"] is False
     assert "operator:code" in answer["error"]
 
     # And the next, well-formed frame on the same socket is stored and answered
-    await communicator.send_json_to(
-        {"product": "pjm:reg-d", "portfolio": "ws-test", "value": -0.25, "at": "2026-12-01T10:00:02+00:00"}
-    )
+    await communicator.send_json_to({"product": "pjm:reg-d", "portfolio": "ws-test", "value": -0.25, "at": _now()})
     answer = await communicator.receive_json_from(timeout=10)
     assert answer["ok"] is True, answer
     assert (answer["created"], answer["value"]) == (True, "-0.25000")
@@ -110,24 +125,76 @@ async def test_a_key_in_the_subprotocol_is_accepted_and_the_server_picks_its_own
 
 
 async def test_a_key_limited_to_a_portfolio_sends_for_that_portfolio_only() -> None:
-    # Given a key limited to portfolio "east"
-    await sync_to_async(regulation_product)()
+    # Given a key limited to portfolio "east", and RegD awarded to "east" and "west"
+    product = await sync_to_async(regulation_product)()
+    for portfolio in ("east", "west"):
+        await sync_to_async(award_now)(product, portfolio)
     key = await sync_to_async(_token)("utility", may_submit=True, portfolio="east")
     communicator, connected, _ = await _connect(key)
     assert connected
 
     # When it sends a value for "west", then that frame is refused and nothing stored
-    await communicator.send_json_to(
-        {"product": "pjm:reg-d", "portfolio": "west", "value": 0.1, "at": "2026-12-01T10:00:00+00:00"}
-    )
+    await communicator.send_json_to({"product": "pjm:reg-d", "portfolio": "west", "value": 0.1, "at": _now()})
     answer = await communicator.receive_json_from(timeout=10)
     assert answer["ok"] is False
     assert "east" in answer["error"]
     assert not await RegulationSignal.objects.filter(portfolio="west").aexists()
 
     # And a value for "east" is stored
-    await communicator.send_json_to(
-        {"product": "pjm:reg-d", "portfolio": "east", "value": 0.1, "at": "2026-12-01T10:00:00+00:00"}
-    )
+    await communicator.send_json_to({"product": "pjm:reg-d", "portfolio": "east", "value": 0.1, "at": _now()})
     assert (await communicator.receive_json_from(timeout=10))["ok"] is True
+    await communicator.disconnect()
+
+
+async def _utility_socket(portfolio: str | None = "ws-test") -> WebsocketCommunicator:
+    """An authorised utility's open socket; RegD awarded to ``portfolio`` now (None: to no one)."""
+    product = await sync_to_async(regulation_product)()
+    if portfolio is not None:
+        await sync_to_async(award_now)(product, portfolio)
+    communicator, connected, _ = await _connect(await sync_to_async(_token)("utility", may_submit=True))
+    assert connected
+    return communicator
+
+
+async def test_a_frame_stamped_beyond_the_clock_skew_window_is_refused_with_the_window() -> None:
+    # Given an authorised utility streaming for an awarded portfolio
+    communicator = await _utility_socket()
+    # When a frame stamped an hour ahead arrives
+    await communicator.send_json_to({"product": "pjm:reg-d", "portfolio": "ws-test", "value": 0.5, "at": _now(hours=1)})
+    answer = await communicator.receive_json_from(timeout=10)
+    # Then that frame is refused with the reason and the window; nothing is stored
+    assert answer["ok"] is False
+    assert "ahead of this server's clock" in answer["error"]
+    assert answer["window"]["max_skew_s"] == 5.0
+    assert not await RegulationSignal.objects.aexists()
+    # And the next frame, stamped now, is stored and dispatched (the future one froze nothing)
+    await communicator.send_json_to({"product": "pjm:reg-d", "portfolio": "ws-test", "value": 0.5, "at": _now()})
+    answer = await communicator.receive_json_from(timeout=10)
+    assert (answer["ok"], answer["created"], answer["dispatched"]) == (True, True, True)
+    await communicator.disconnect()
+
+
+async def test_a_frame_too_old_to_act_on_is_stored_but_not_dispatched() -> None:
+    communicator = await _utility_socket()
+    await communicator.send_json_to(
+        {"product": "pjm:reg-d", "portfolio": "ws-test", "value": 0.5, "at": _now(minutes=-10)}
+    )
+    answer = await communicator.receive_json_from(timeout=10)
+    assert (answer["ok"], answer["created"], answer["dispatched"]) == (True, True, False)
+    assert "too old to act on" in answer["not_dispatched"]
+    assert await RegulationSignal.objects.acount() == 1
+    await communicator.disconnect()
+
+
+async def test_a_frame_for_a_portfolio_nobody_awarded_is_refused_and_starts_no_dispatcher() -> None:
+    # Given an authorised utility, and RegD awarded to no one
+    communicator = await _utility_socket(portfolio=None)
+    # When it sends a value for a portfolio string nobody awarded
+    await communicator.send_json_to({"product": "pjm:reg-d", "portfolio": "made-up-42", "value": 0.5, "at": _now()})
+    answer = await communicator.receive_json_from(timeout=10)
+    # Then that frame is refused with the reason, nothing is stored, and no dispatcher was started for it
+    assert answer["ok"] is False
+    assert "'made-up-42' has no regulation capacity of pjm:reg-d awarded" in answer["error"]
+    assert not await RegulationSignal.objects.aexists()
+    assert [d.portfolio for d in dispatchers_running()] == []
     await communicator.disconnect()

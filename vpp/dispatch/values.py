@@ -1,0 +1,158 @@
+"""The pure part of regulation dispatch: the fleet setpoint, the basepoint, each station's SetChargingProfile, and
+the values a dispatcher works with (its in-memory state, a signal, a dispatch's outcome).
+
+(:mod:`vpp.dispatch.dispatcher` explains the arithmetic and the profiles, and re-exports these names.)
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+from chargers.fanout import Command, CommandResult
+from fleet.numerics.allocation import Allocation
+from fleet.numerics.arrays import FleetArrays, PowerBounds
+
+PROFILE_ID = 7_700  # one TxProfile id per EVSE for regulation: each command replaces the previous one
+STACK_LEVEL = 50
+
+
+def fleet_setpoint_w(*, basepoint_w: int, signal: float, capacity_w: int, reserve_w: int = 0) -> int:
+    """Fleet power to ask for (W, + charging): basepoint - signal x capacity - reserve deployed (W of discharge).
+
+    ``signal`` is the operator's normalised value, clipped to [-1, 1] (PJM: + = regulation up).
+    """
+    clipped = min(max(float(signal), -1.0), 1.0)
+    return round(basepoint_w - clipped * capacity_w - reserve_w)
+
+
+def basepoint_choose(*, min_w: int, max_w: int, capacity_w: int, preferred_w: int, current_w: int | None) -> int:
+    """The fleet basepoint: room for +/- capacity on both sides, as close to ``preferred_w`` as that allows.
+
+    The current basepoint is kept while it still leaves that room (a stable basepoint is what the operator
+    scores around); if the fleet cannot hold +/- capacity at all, the middle of its range is the best there is.
+    """
+    low, high = min_w + capacity_w, max_w - capacity_w
+    if low > high:
+        return (min_w + max_w) // 2
+    if current_w is not None and low <= current_w <= high:
+        return current_w
+    return min(max(preferred_w, low), high)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a vehicle's commands go: its station, EVSE, negotiated OCPP version and open transaction."""
+
+    station_id: str
+    evse_id: int
+    version: str
+    transaction_id: str
+
+
+def profile_payload(route: Route, power_w: int, lo_w: int, hi_w: int) -> dict[str, Any]:
+    """SetChargingProfile request for one EVSE: a TxProfile with a single period (see the module docstring)."""
+    if route.version == "2.1":
+        period: dict[str, Any] = {
+            "startPeriod": 0,
+            "operationMode": "CentralSetpoint",
+            "setpoint": float(power_w),
+            "limit": float(max(hi_w, 0)),
+            "dischargeLimit": float(min(lo_w, 0)),
+        }
+    else:  # 2.0.1: a charging-rate limit only
+        period = {"startPeriod": 0, "limit": float(max(power_w, 0))}
+    profile: dict[str, Any] = {
+        "id": PROFILE_ID,
+        "stackLevel": STACK_LEVEL,
+        "chargingProfilePurpose": "TxProfile",
+        "chargingProfileKind": "Relative",
+        "chargingSchedule": [{"id": 1, "chargingRateUnit": "W", "chargingSchedulePeriod": [period]}],
+    }
+    if route.transaction_id:
+        profile["transactionId"] = route.transaction_id
+    return {"evseId": route.evse_id, "chargingProfile": profile}
+
+
+def station_commands(routes: list[Route], allocation: Allocation, bounds: PowerBounds) -> list[Command]:
+    """One SetChargingProfile per vehicle (row i of the fleet goes to ``routes[i]``)."""
+    power = allocation.power_w.tolist()
+    lo = bounds.lo.astype(np.int64).tolist()
+    hi = bounds.hi.astype(np.int64).tolist()
+    return [
+        Command(route.station_id, "SetChargingProfile", profile_payload(route, p, low, high))
+        for route, p, low, high in zip(routes, power, lo, hi, strict=True)
+    ]
+
+
+@dataclass
+class DispatchState:
+    """Everything a dispatch needs, loaded from the database in the background (see ``vpp.dispatch.selectors``)."""
+
+    fleet: FleetArrays
+    routes: list[Route]
+    capacity_w: int
+    award_until: float | None  # epoch s the awards in force end; None = no award
+    loaded_at: float
+    preferred_basepoint_w: int = 0
+    reserve_w: int = 0  # reserve deployments called on the portfolio (W of extra discharge) ...
+    reserve_until: float | None = None  # ... until this epoch s (the first of them to end)
+    row_of: dict[str, int] = field(default_factory=dict)  # station id -> fleet row
+
+    def __post_init__(self) -> None:
+        self.row_of = {route.station_id: i for i, route in enumerate(self.routes)}
+
+
+StateLoader = Callable[..., DispatchState]
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    product_id: int
+    portfolio: str
+    value: Decimal
+    at: datetime
+    source: str
+    received_at: float  # epoch s, when the intake got it
+
+
+@dataclass(frozen=True)
+class DispatchResult:
+    """The outcome of one dispatch (what gets recorded)."""
+
+    signal: Signal
+    capacity_w: int
+    basepoint_w: int
+    reserve_w: int
+    setpoint_w: int
+    allocation: Allocation | None
+    routes: list[Route]
+    results: list[CommandResult]
+    compute_ms: float
+    state_age_s: float
+    nodes: int
+    skipped: str = ""  # why nothing was sent (no award, no vehicles)
+
+    def latencies_ms(self) -> list[float]:
+        t0 = self.signal.received_at
+        return [(r.answered_at - t0) * 1000.0 for r in self.results if r.answered_at is not None]
+
+    @property
+    def last_ms(self) -> float | None:
+        values = self.latencies_ms()
+        return max(values) if values else None
+
+    @property
+    def p50_ms(self) -> float | None:
+        values = self.latencies_ms()
+        return statistics.median(values) if values else None
+
+    @property
+    def accepted(self) -> int:
+        return sum(1 for r in self.results if r.status == "result" and r.answer == "Accepted")
