@@ -8,6 +8,7 @@ channel layer (``ocpp.call``) and go out one at a time, in order, as OCPP-J requ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -16,10 +17,12 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
+from autobahn.exception import Disconnected as SocketClosed
 from channels.consumer import AsyncConsumer, get_handler_name
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import DatabaseError
 
 from chargers import fanout, ocpp_j, outage, ownership
 from chargers.apply import batch_apply
@@ -109,7 +112,11 @@ class OcppConsumer(AsyncConsumer):
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         station_id = self.scope["url_route"]["kwargs"]["station_id"]
-        row = await station_authenticate(station_id, basic_credentials(self.scope))
+        try:
+            row = await station_authenticate(station_id, basic_credentials(self.scope))
+        except DatabaseError:  # cannot check the password now: 503, and the station retries its connection
+            LOG.warning("refused %s's connection: the database is not answering", station_id)
+            await self._deny(503)
         if row is None:
             await self._deny(401)
         version = subprotocol_negotiate(self.scope.get("subprotocols", []))
@@ -130,7 +137,11 @@ class OcppConsumer(AsyncConsumer):
         # a full inbox stops this consumer reading further frames until the writer catches up (websocket_receive).
         self.inbox: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue(settings.OCPP_INBOX_MAX)
         # Claim the station before accepting: once the station sees the socket open, station_call can route to it.
-        previous = await self.writer.submit(Connected(self.station, self.channel_name, datetime.now(UTC)))
+        try:
+            previous = await self.writer.submit(Connected(self.station, self.channel_name, datetime.now(UTC)))
+        except DatabaseError:  # the claim is not stored: no socket for a station the CSMS cannot route to
+            LOG.warning("refused %s's connection: the database is not answering", station_id)
+            await self._deny(503)
         await self.send({"type": "websocket.accept", "subprotocol": f"ocpp{version}"})
         if previous:
             try:
@@ -208,9 +219,14 @@ class OcppConsumer(AsyncConsumer):
             self.call_worker.cancel()
             await self.inbox.put(None)  # the inbox worker stores what is queued, then stops (waits if it is full)
             self._fail_outstanding("offline")
-            await self.writer.submit(
-                Disconnected(self.station, self.channel_name, datetime.now(UTC), message.get("code"))
-            )
+            try:
+                await self.writer.submit(
+                    Disconnected(self.station, self.channel_name, datetime.now(UTC), message.get("code"))
+                )
+            except DatabaseError:
+                # The station stays marked online until its next connection claims it or the ownership check
+                # finds the socket gone; nothing it sent depends on this record.
+                LOG.warning("could not record %s's disconnection: the database is not answering", self.station)
         raise StopConsumer
 
     # --- channel-layer messages --------------------------------------------------------------------------------
@@ -257,9 +273,13 @@ class OcppConsumer(AsyncConsumer):
         job = IncomingCall(self.station, frame.message_id, frame.action, frame.payload, received_at)
         try:
             outcome: CallOutcome = await self.writer.submit(job)
-        except Exception:
-            # Not stored, so not acknowledged: the station will retry the same message.
-            LOG.exception("storing %s from %s failed", frame.action, self.station.station_id)
+        except Exception as exc:
+            # Not stored, so not acknowledged: the station will retry the same message. A database outage is
+            # logged once by the writer, not once per message of every station.
+            if isinstance(exc, DatabaseError):
+                LOG.debug("storing %s from %s failed: %s", frame.action, self.station.station_id, exc)
+            else:
+                LOG.exception("storing %s from %s failed", frame.action, self.station.station_id)
             await self._send(ocpp_j.error_frame(frame.message_id, "InternalError", "could not store the message"))
             return
         if outcome.error_code:
@@ -382,24 +402,32 @@ class OcppConsumer(AsyncConsumer):
     # --- helpers -----------------------------------------------------------------------------------------------
 
     async def _send(self, text: str) -> None:
-        if not self.closed:
+        if self.closed:
+            return
+        try:
             await self.send({"type": "websocket.send", "text": text})
+        except SocketClosed:  # the socket closed under us; its disconnect event follows and cleans up
+            LOG.debug("%s closed before an answer could be sent", self.station.station_id)
 
     async def _reply_error(self, exc: OcppError, *, raw: str, frame: Frame | None = None) -> None:
-        """Log the offending frame, then answer it with the CALLERROR the spec names; the connection stays."""
-        await self.writer.submit(
-            LogEntry(
-                self.station,
-                Direction.IN,
-                frame.message_type if frame else 0,
-                message_id=exc.message_id,
-                action=frame.action if frame else "",
-                payload=frame.payload if frame else None,
-                raw=raw if frame is None else "",
-                error_code=exc.code,
-                error_description=exc.description,
+        """Log the offending frame, then answer it with the CALLERROR the spec names; the connection stays.
+
+        The answer goes out even if the record cannot be stored (a CALLERROR acknowledges nothing).
+        """
+        with contextlib.suppress(DatabaseError):
+            await self.writer.submit(
+                LogEntry(
+                    self.station,
+                    Direction.IN,
+                    frame.message_type if frame else 0,
+                    message_id=exc.message_id,
+                    action=frame.action if frame else "",
+                    payload=frame.payload if frame else None,
+                    raw=raw if frame is None else "",
+                    error_code=exc.code,
+                    error_description=exc.description,
+                )
             )
-        )
         await self._send(ocpp_j.error_frame(exc.message_id, exc.code, exc.description))
 
     async def _log(

@@ -18,6 +18,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
+from chargers import outage
 from chargers.writer import writer_loop
 
 LOG = logging.getLogger(__name__)
@@ -85,8 +86,10 @@ def telemetry_committed(*, updates: list[TelemetryUpdate]) -> None:
         return
     try:
         async_to_sync(layer.group_send)(TELEMETRY_GROUP, message)
-    except Exception:  # the live feed is best effort: the data is already committed
-        LOG.warning("telemetry publish failed", exc_info=True)
+    except Exception as exc:  # the live feed is best effort: the data is already committed
+        outage.CHANNEL_LAYER.failed(exc)
+    else:
+        outage.CHANNEL_LAYER.recovered()
 
 
 def _receivers_notify(updates: list[TelemetryUpdate]) -> None:
@@ -98,8 +101,14 @@ def _receivers_notify(updates: list[TelemetryUpdate]) -> None:
 
 
 def _publish_done(future: concurrent.futures.Future[None]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        LOG.warning("telemetry publish failed", exc_info=future.exception())
+    """The live feed is best effort (the data is committed): an outage is logged once, not every 0.2 s."""
+    if future.cancelled():
+        return
+    exc = future.exception()
+    if exc is not None:
+        outage.CHANNEL_LAYER.failed(exc)
+    else:
+        outage.CHANNEL_LAYER.recovered()
 
 
 def _telemetry_dict(update: TelemetryUpdate) -> dict[str, Any]:

@@ -116,7 +116,7 @@ def test_a_reused_message_id_with_another_payload_is_not_taken_for_the_acknowled
 def test_it_counts_a_sampled_value_stored_twice_as_doubled(ref, messages):
     # Given everything stored, and then one sampled value written a second time
     lines = stored(ref, messages)
-    row = MeterValue.objects.filter(station_id=ref.pk, source="MeterValues").first()
+    row = MeterValue.objects.filter(station_id=ref.pk, source="MeterValues").earliest("id")
     row.pk = None
     row.save()
     # When compared / Then the copy is reported

@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 
 class RegulationSignalConsumer(AsyncWebsocketConsumer):
+    # No channel layer: this consumer only answers its own socket, and Channels would otherwise also wait on a
+    # channel-layer receive for it, which raises when Redis restarts and closes the utility's connection with 1011.
+    # An alias no CHANNEL_LAYERS entry has gives None (channels.layers.get_channel_layer).
+    channel_layer_alias = "intake-uses-no-channel-layer"
     user_id: int | None = None
     key: str = ""
     # The portfolios this user may dispatch (fleet.selectors.signal_portfolios_for), read at connect; None: every

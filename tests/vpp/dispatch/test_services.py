@@ -7,6 +7,7 @@ the database): what a test checks is what reached a station.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -163,7 +164,7 @@ async def test_dispatchers_are_bounded_per_process_the_least_recently_used_going
     # Given room for two dispatchers, and two in use, "a" used last
     monkeypatch.setattr(dispatcher_module, "_dispatchers", {})
     settings.DISPATCHERS_MAX = 2
-    made = {name: dispatcher_for(product_id=1, portfolio=name, factory=lambda n=name: _idle_dispatcher(n))
+    made = {name: dispatcher_for(product_id=1, portfolio=name, factory=functools.partial(_idle_dispatcher, name))
             for name in ("a", "b")}  # fmt: skip
     dispatcher_for(product_id=1, portfolio="a", factory=lambda: _idle_dispatcher("a"))
     # When a third portfolio needs one

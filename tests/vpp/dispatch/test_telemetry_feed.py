@@ -8,52 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
 
 import pytest
 from channels.layers import get_channel_layer
 
 from chargers.telemetry import TELEMETRY_GROUP
+from tests.faults import RedisProcess
 from tests.vpp.stand_ins import fleet_of
 from vpp.dispatch.dispatcher import Dispatcher, DispatchState
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server on PATH")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _answers_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """A throw-away redis-server on ``port``, without persistence (a restart forgets everything)."""
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not _answers_ping(port):
-            assert process.poll() is None, "redis-server exited"
-            assert time.monotonic() < deadline, "redis-server did not answer PING"
-            time.sleep(0.05)
-        yield process
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+pytestmark = pytest.mark.skipif(not RedisProcess.available(), reason="needs redis-server on PATH")
 
 
 async def _heard(dispatcher: Dispatcher, pct: float, within_s: float = 20.0) -> bool:
@@ -72,11 +37,11 @@ async def _heard(dispatcher: Dispatcher, pct: float, within_s: float = 20.0) -> 
 
 async def test_the_dispatcher_hears_telemetry_again_after_redis_restarts(settings, caplog):
     # Given a dispatcher following telemetry on a Redis channel layer (our own redis-server)
-    port = _free_port()
+    redis = RedisProcess()
     settings.CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": f"redis://127.0.0.1:{port}/0"}], "prefix": "feedtest", "expiry": 60},
+            "CONFIG": {"hosts": [{"address": redis.url}], "prefix": "feedtest", "expiry": 60},
         }
     }
     fleet, routes = fleet_of(1)
@@ -88,14 +53,14 @@ async def test_the_dispatcher_hears_telemetry_again_after_redis_restarts(setting
         refresh_s=3600,
         rejoin_s=0.5,
     )
-    with _redis(port):
+    with redis:
         dispatcher.start()
         await dispatcher.ready()
         assert await _heard(dispatcher, 41.0)
     try:
         # When Redis restarts (every group membership gone) after a moment down
         await asyncio.sleep(1.5)
-        with _redis(port):
+        with redis:
             # Then the dispatcher hears the stations again within seconds
             assert await _heard(dispatcher, 42.0)
             # And the outage was logged once, not once per retry

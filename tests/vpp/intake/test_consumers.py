@@ -3,6 +3,7 @@ in the header or the subprotocol, never the query string; each frame is answered
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,6 +13,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import Permission, User
 
 from markets.models import RegulationSignal
+from tests.faults import RedisProcess
 from tests.fleet.factories import api_key_for
 from tests.markets.regulation.data import regulation_product
 from tests.vpp.stand_ins import award_now
@@ -197,4 +199,22 @@ async def test_a_frame_for_a_portfolio_nobody_awarded_is_refused_and_starts_no_d
     assert "'made-up-42' has no regulation capacity of pjm:reg-d awarded" in answer["error"]
     assert not await RegulationSignal.objects.aexists()
     assert [d.portfolio for d in dispatchers_running()] == []
+    await communicator.disconnect()
+
+
+@pytest.mark.skipif(not RedisProcess.available(), reason="needs redis-server on PATH")
+async def test_a_redis_restart_does_not_close_a_utilitys_signal_connection(settings) -> None:
+    # Given the Redis channel layer (a redis-server of the test's own) and a utility's open signal socket
+    redis = RedisProcess()
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [{"address": redis.url}]}}
+    }
+    with redis:
+        communicator, connected, _ = await _connect(await sync_to_async(_token)("utility", may_submit=True))
+        assert connected
+    # When Redis goes away (Channels' consumers wait on the layer too: its receive fails)
+    await asyncio.sleep(1.0)
+    # Then the socket is still open and answers the next frame
+    await communicator.send_to(text_data="not json")
+    assert await communicator.receive_json_from(timeout=10) == {"ok": False, "error": "frame is not JSON"}
     await communicator.disconnect()
