@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 import websockets.asyncio.client
+from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from ocpp.charge_point import ChargePoint
 from websockets.typing import Subprotocol
 
+from chargers.consumers import OcppConsumer
 from tests.chargers.factories import STATION_PASSWORD
 from tests.live import free_port, wait_listening
 
@@ -91,6 +93,18 @@ def live_csms(django_db_setup: None, django_db_blocker: object) -> Iterator[Live
 def basic_auth(station_id: str, password: str = STATION_PASSWORD) -> dict[str, str]:
     token = base64.b64encode(f"{station_id}:{password}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
+
+
+def station_socket(station_id: str, *, password: str = STATION_PASSWORD) -> WebsocketCommunicator:
+    """An in-process connection to the OCPP consumer (no server): Basic auth and the ocpp2.1 subprotocol."""
+    communicator = WebsocketCommunicator(
+        OcppConsumer.as_asgi(),
+        f"/ocpp/{station_id}",
+        headers=[(b"authorization", basic_auth(station_id, password)["Authorization"].encode())],
+        subprotocols=["ocpp2.1"],
+    )
+    communicator.scope["url_route"] = {"kwargs": {"station_id": station_id}}
+    return communicator
 
 
 class StationClient:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 from collections.abc import Sequence
@@ -11,12 +10,11 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.testing import WebsocketCommunicator
 
 from chargers import consumers, fanout
-from chargers.consumers import OcppConsumer
 from chargers.models import MeterValue
-from tests.chargers.factories import STATION_PASSWORD, StationFactory
+from tests.chargers.conftest import station_socket
+from tests.chargers.factories import StationFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,18 +23,6 @@ METER_VALUES = {
     "evseId": 1,
     "meterValue": [{"timestamp": "2026-01-15T10:00:00Z", "sampledValue": [{"value": 7000.0}]}],
 }
-
-
-def _socket(station_id: str) -> WebsocketCommunicator:
-    credentials = base64.b64encode(f"{station_id}:{STATION_PASSWORD}".encode()).decode()
-    communicator = WebsocketCommunicator(
-        OcppConsumer.as_asgi(),
-        f"/ocpp/{station_id}",
-        headers=[(b"authorization", f"Basic {credentials}".encode())],
-        subprotocols=["ocpp2.1"],
-    )
-    communicator.scope["url_route"] = {"kwargs": {"station_id": station_id}}
-    return communicator
 
 
 @pytest.fixture
@@ -56,7 +42,7 @@ def slow_commits(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_a_call_result_is_routed_while_the_stations_own_messages_commit(slow_commits: None) -> None:
     # given a connected station whose messages take SLOW_COMMIT_S to commit
     station = await sync_to_async(StationFactory.create)()
-    socket = _socket(station.station_id)
+    socket = station_socket(station.station_id)
     connected, _ = await socket.connect(timeout=5)
     assert connected
     # and a CSMS call in flight to it

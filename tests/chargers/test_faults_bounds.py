@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import threading
 import time
@@ -13,25 +12,13 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
 
 from chargers import consumers, fanout, ownership
 from chargers.consumers import CLOSE_REPLACED, OcppConsumer
 from chargers.jobs import IncomingCall
 from chargers.writer import GroupCommitWriter
-from tests.chargers.factories import STATION_PASSWORD, StationFactory
-
-
-def _socket(station_id: str) -> WebsocketCommunicator:
-    credentials = base64.b64encode(f"{station_id}:{STATION_PASSWORD}".encode()).decode()
-    communicator = WebsocketCommunicator(
-        OcppConsumer.as_asgi(),
-        f"/ocpp/{station_id}",
-        headers=[(b"authorization", f"Basic {credentials}".encode())],
-        subprotocols=["ocpp2.1"],
-    )
-    communicator.scope["url_route"] = {"kwargs": {"station_id": station_id}}
-    return communicator
+from tests.chargers.conftest import station_socket
+from tests.chargers.factories import StationFactory
 
 
 async def test_awaiting_submitters_wait_for_room_while_records_are_never_held_back() -> None:
@@ -80,7 +67,7 @@ async def test_a_full_inbox_stops_reading_and_loses_nothing(monkeypatch: pytest.
     monkeypatch.setattr(consumers, "batch_apply", held)
     monkeypatch.setattr("chargers.writer._writers", {})
     station = await sync_to_async(StationFactory.create)()
-    socket = _socket(station.station_id)
+    socket = station_socket(station.station_id)
     assert (await socket.connect(timeout=5))[0]
     consumer = fanout.LOCAL.get(station.station_id)
     assert isinstance(consumer, OcppConsumer)
@@ -102,7 +89,7 @@ async def test_a_full_calls_queue_answers_busy_at_once(settings: Any) -> None:
     # Given a connected station with room for one queued CSMS call, that does not answer
     settings.OCPP_CALLS_MAX = 1
     station = await sync_to_async(StationFactory.create)()
-    socket = _socket(station.station_id)
+    socket = station_socket(station.station_id)
     assert (await socket.connect(timeout=5))[0]
     consumer = fanout.LOCAL.get(station.station_id)
     assert consumer is not None
@@ -142,10 +129,10 @@ async def test_a_socket_never_told_it_was_replaced_closes_itself(
 
     monkeypatch.setattr(layer, "send", lossy_send)
     station = await sync_to_async(StationFactory.create)()
-    old = _socket(station.station_id)
+    old = station_socket(station.station_id)
     assert (await old.connect(timeout=5))[0]
     # When a second connection of the same station claims it
-    new = _socket(station.station_id)
+    new = station_socket(station.station_id)
     assert (await new.connect(timeout=5))[0]
     # Then the old socket closes itself as replaced within a few checks, and the new one stays
     closed = await old.receive_output(timeout=5)

@@ -7,9 +7,12 @@ pauses; on SQLite another connection holds the write lock.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 import websockets.asyncio.client
@@ -20,7 +23,7 @@ from ocpp.v21 import call as call21
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
-from tests.chargers.conftest import basic_auth, start_server, station_client, stop_server
+from tests.chargers.conftest import LiveServer, basic_auth, start_server, station_client, stop_server
 from tests.chargers.factories import StationFactory
 from tests.faults import PausableTcpProxy
 
@@ -65,14 +68,29 @@ async def test_a_station_is_refused_with_503_while_the_database_does_not_answer_
                 )
             # Then it is refused with 503 (try again), not accepted on a claim that was never stored
             assert refused.value.response.status_code == 503
-            # When the database answers again, the same server lets it in and stores its boot
+            # When the database answers again, the same server lets it in (as soon as the stuck read has returned:
+            # a station retries its connection) and stores its boot
             release()
-            async with station_client(server, station.station_id) as client:
+            async with _connected_when_answering(server, station.station_id) as client:
                 boot = call21.BootNotification(charging_station={"model": "M", "vendor_name": "V"}, reason="PowerUp")
                 assert (await client.cp.call(boot)).status == "Accepted"
         finally:
             release_quietly(release)
             stop_server(server)
+
+
+@contextlib.asynccontextmanager
+async def _connected_when_answering(server: LiveServer, station_id: str, within: float = 20.0) -> AsyncIterator[Any]:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            async with station_client(server, station_id) as client:
+                yield client
+                return
+        except InvalidStatus as refused:
+            if refused.response.status_code != 503 or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 def release_quietly(release: Callable[[], None]) -> None:

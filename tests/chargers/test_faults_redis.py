@@ -23,7 +23,8 @@ from chargers import fanout
 from chargers.consumers import OcppConsumer
 from chargers.models import MeterValue
 from fleet import jobs
-from tests.chargers.factories import STATION_PASSWORD, StationFactory
+from tests.chargers.conftest import station_socket
+from tests.chargers.factories import StationFactory
 from tests.faults import PausableTcpProxy, RedisProcess
 
 pytestmark = [
@@ -48,18 +49,6 @@ def redis_layer(own_redis: RedisProcess, settings: Any) -> RedisProcess:
         }
     }
     return own_redis
-
-
-def _socket(station_id: str) -> WebsocketCommunicator:
-    credentials = base64.b64encode(f"{station_id}:{STATION_PASSWORD}".encode()).decode()
-    communicator = WebsocketCommunicator(
-        OcppConsumer.as_asgi(),
-        f"/ocpp/{station_id}",
-        headers=[(b"authorization", f"Basic {credentials}".encode())],
-        subprotocols=["ocpp2.1"],
-    )
-    communicator.scope["url_route"] = {"kwargs": {"station_id": station_id}}
-    return communicator
 
 
 async def _send_when_up(layer: Any, channel: str, message: dict[str, Any], within: float = 10.0) -> None:
@@ -93,7 +82,7 @@ async def test_a_station_is_commandable_again_within_seconds_after_redis_restart
     # (the fan-out node would otherwise take the failing blocking pop in its place)
     monkeypatch.setattr(fanout.NodeListener, "ensure_started", classmethod(lambda cls: None))
     station = await sync_to_async(StationFactory.create)()
-    socket = _socket(station.station_id)
+    socket = station_socket(station.station_id)
     assert (await socket.connect(timeout=5))[0]
     consumer = fanout.LOCAL.get(station.station_id)
     assert isinstance(consumer, OcppConsumer)
@@ -190,7 +179,7 @@ async def test_meter_values_are_stored_and_answered_while_the_broker_answers_not
         monkeypatch.setitem(jobs.current_app.conf, "task_always_eager", False)
         proxy.pause()
         station = await sync_to_async(StationFactory.create)()
-        socket = _socket(station.station_id)
+        socket = station_socket(station.station_id)
         assert (await socket.connect(timeout=5))[0]
         # When the station sends state-of-charge readings one after another
         for n in range(3):

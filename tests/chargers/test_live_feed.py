@@ -9,8 +9,9 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 
+from tests.chargers.conftest import station_socket
 from tests.chargers.factories import StationFactory
-from tests.chargers.test_consumer_inbox import METER_VALUES, _socket
+from tests.chargers.test_consumer_inbox import METER_VALUES
 from vpp.dashboard.consumers import DashboardConsumer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,7 +23,7 @@ async def test_stored_meter_values_appear_on_the_dashboard_feed() -> None:
     dashboard.scope["user"] = User(username="ops", is_staff=True)
     assert (await dashboard.connect())[0]
     station = await sync_to_async(StationFactory.create)()
-    socket = _socket(station.station_id)
+    socket = station_socket(station.station_id)
     assert (await socket.connect(timeout=5))[0]
     # when the station's meter values are stored and acknowledged
     await socket.send_to(text_data=json.dumps([2, "mv-1", "MeterValues", METER_VALUES]))

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from django.utils import timezone
 
 from fleet.numerics.arrays import FleetArrays
 from fleet.numerics.snapshot import VehicleSnapshot
-from markets.models import Award, Bid, Product
+from markets.models import Award, Product
 from vpp.dispatch.dispatcher import Route
-
-_refs = itertools.count(1)
+from vpp.replay.harness import award_create
 
 
 class AnsweringStation:
@@ -57,28 +54,7 @@ def fleet_of(n: int) -> tuple[FleetArrays, list[Route]]:
 
 def award(product: Product, portfolio: str, start: datetime, end: datetime, awarded_w: int) -> Award:
     """An award (and the bid it answers) of ``awarded_w`` to ``portfolio`` for ``[start, end)``; awards may overlap."""
-    ref = f"stand-in-{next(_refs)}-{time.time_ns()}"
-    bid = Bid.objects.create(
-        product=product,
-        portfolio=portfolio,
-        interval_start=start,
-        interval_end=end,
-        quantity_w=awarded_w,
-        price=Decimal("10"),
-        status=Bid.Status.AWARDED,
-        external_ref=ref[:64],
-    )
-    return Award.objects.create(
-        bid=bid,
-        product=product,
-        portfolio=portfolio,
-        interval_start=start,
-        interval_end=end,
-        awarded_w=awarded_w,
-        clearing_price=Decimal("10"),
-        source=Award.Source.SIMULATED,
-        received_at=start - timedelta(hours=12),
-    )
+    return award_create(product=product, portfolio=portfolio, capacity_w=awarded_w, start=start, end=end)
 
 
 def award_now(product: Product, portfolio: str, awarded_w: int = 100_000) -> Award:
