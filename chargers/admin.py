@@ -83,7 +83,9 @@ class StationAdmin(admin.ModelAdmin):
     def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         return ("station_id", "new_password", "boot_status", "heartbeat_interval", *self.readonly_fields)
 
-    @admin.action(description="Accept the selected stations (online ones are asked to boot again now)")
+    @admin.action(
+        description="Accept the selected stations (online ones are asked to boot again now)", permissions=["change"]
+    )
     def accept(self, request: HttpRequest, queryset: QuerySet[Station]) -> None:
         """OCPP B02: a Pending station is Accepted at its next boot, which an online station is asked for now."""
         user = getattr(request, "user", None)

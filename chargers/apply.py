@@ -15,7 +15,7 @@ from typing import Any
 from django.db import transaction
 
 from chargers import ocpp_j
-from chargers.batch import ANSWERED_FRESH, BatchContext, answered_load, call_digest, transactions_load
+from chargers.batch import ANSWERED_FRESH, BatchContext, answered_load, call_digest, stations_lock, transactions_load
 from chargers.handlers.registry import HANDLERS, log_only
 from chargers.jobs import CallOutcome, Connected, Disconnected, IncomingCall, IncomingSend, Job, LogEntry
 from chargers.models import Direction, Station, StationEventKind
@@ -29,6 +29,7 @@ def batch_apply(jobs: Sequence[Job]) -> list[Any]:
     ctx = BatchContext(datetime.now(UTC))
     with transaction.atomic():
         calls = [j for j in jobs if isinstance(j, IncomingCall)]
+        stations_lock({c.station.pk for c in calls})
         answered_load(ctx, calls)
         transactions_load(ctx, [c for c in calls if c.action == "TransactionEvent"])
         outcomes = [_apply_job(ctx, job) for job in jobs]

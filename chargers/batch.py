@@ -176,6 +176,25 @@ def call_digest(ctx: BatchContext, call: IncomingCall) -> str:
     return digest
 
 
+def stations_lock(pks: set[int]) -> None:
+    """Lock the batch's stations' rows until COMMIT, in id order, before looking up what is already answered.
+
+    Batches are sequential within one server process only. A station that reconnects to another process and
+    retransmits there while its first copy sits in this process's uncommitted batch would find nothing stored and be
+    stored twice; with its station row locked, the other process's batch waits for this COMMIT (up to the lock
+    timeout, then InternalError and a retransmit) and then answers from the log. The batch updates these rows anyway
+    (``_stations_touch``); this only takes the locks first. SQLite has one writer at a time: nothing to do.
+    """
+    if not pks or connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(_LOCK_STATIONS_SQL, [sorted(pks)])
+
+
+# Only the model's table name is interpolated (no input): S608 does not apply.
+_LOCK_STATIONS_SQL = f"SELECT id FROM {Station._meta.db_table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE"  # noqa: S608
+
+
 def answered_load(ctx: BatchContext, calls: list[IncomingCall]) -> None:
     """Answers already stored for retransmitted CALLs: one query per batch.
 

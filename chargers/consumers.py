@@ -316,6 +316,9 @@ class OcppConsumer(AsyncConsumer):
             except asyncio.CancelledError:
                 await self._reply(message, {"status": "offline"})
                 raise
+            except Exception as exc:  # one bad call must not end the worker: every later call would go unanswered
+                LOG.exception("call %s to %s failed", message.get("action"), self.station.station_id)
+                reply, log = {"status": "error", "code": "InternalError", "description": str(exc)[:200]}, None
             # The caller (a dispatch fan-out waiting on hundreds of stations) gets the answer first; our own record
             # of the exchange follows. The next call to this station still waits for both.
             await self._reply(message, reply)

@@ -107,10 +107,17 @@ def ledger_compare(*, entries: Iterable[LedgerEntry]) -> LedgerReport:
 
 def _station_compare(report: LedgerReport, station_id: str, pk: int, entries: list[LedgerEntry]) -> None:
     stored = _stored_calls(pk, {e.message_id for e in entries})
-    tx_events = set(
-        TransactionEvent.objects.filter(transaction__station_id=pk).values_list("transaction__transaction_id", "seq_no")
-    )
-    meter_rows = _meter_rows(pk)
+    # Each stored event's own digest: an acknowledged event whose seqNo was already taken by another event's
+    # content is not stored, whatever the message log says.
+    tx_events = {
+        (tx_id, seq_no): ocpp_j.payload_digest(payload)
+        for tx_id, seq_no, payload in TransactionEvent.objects.filter(transaction__station_id=pk)
+        .values_list("transaction__transaction_id", "seq_no", "payload")
+        .iterator(chunk_size=2000)
+    }
+    # Sampled values the acknowledged MeterValues carried, per (evse, instant), against those stored: two messages
+    # about the same instant are counted together, so one of them missing is not hidden by the other.
+    expected: Counter[tuple[int, datetime]] = Counter()
     for entry in entries:
         payloads = stored.get((entry.message_id, entry.payload_sha256), [])
         if not payloads:
@@ -121,9 +128,16 @@ def _station_compare(report: LedgerReport, station_id: str, pk: int, entries: li
         if len(payloads) > 1:
             report.doubled += len(payloads) - 1
             report.problem(f"{station_id} {entry.action} {entry.message_id}: stored {len(payloads)} times")
-        if not _data_present(entry.action, payloads[0], tx_events, meter_rows):
+        if entry.action == "MeterValues":
+            expected.update(_sampled_counts(payloads[0]))
+        elif entry.action == "TransactionEvent" and not _event_stored(entry, payloads[0], tx_events):
             report.missing += 1
-            report.problem(f"{station_id} {entry.action} {entry.message_id}: logged, but its data is not stored")
+            report.problem(f"{station_id} TransactionEvent {entry.message_id}: logged, but the event is not stored")
+    meter_rows = _meter_rows(pk)
+    short = [key for key, count in expected.items() if meter_rows[key] < count]
+    report.missing += len(short)
+    for evse_id, at in short[:EXAMPLES]:
+        report.problem(f"{station_id} meter values of EVSE {evse_id} at {at.isoformat()}: fewer stored than sent")
     for key, count in _meter_duplicates(pk):
         report.doubled += count - 1
         report.problem(f"{station_id} meter value {key} stored {count} times")
@@ -150,17 +164,16 @@ def _meter_rows(pk: int) -> Counter[tuple[int, datetime]]:
     return Counter(rows.iterator(chunk_size=5000))
 
 
-def _data_present(
-    action: str, payload: Any, tx_events: set[tuple[str, int]], meter_rows: Counter[tuple[int, datetime]]
-) -> bool:
-    if action == "TransactionEvent":
-        return (payload["transactionInfo"]["transactionId"], payload["seqNo"]) in tx_events
-    if action == "MeterValues":
-        for mv in payload["meterValue"]:
-            at = _instant(mv["timestamp"])
-            if meter_rows[(payload["evseId"], at)] < len(mv["sampledValue"]):
-                return False
-    return True
+def _event_stored(entry: LedgerEntry, payload: Any, tx_events: dict[tuple[str, int], str]) -> bool:
+    key = (payload["transactionInfo"]["transactionId"], payload["seqNo"])
+    return tx_events.get(key) == entry.payload_sha256
+
+
+def _sampled_counts(payload: Any) -> Counter[tuple[int, datetime]]:
+    counts: Counter[tuple[int, datetime]] = Counter()
+    for mv in payload["meterValue"]:
+        counts[(payload["evseId"], _instant(mv["timestamp"]))] += len(mv["sampledValue"])
+    return counts
 
 
 def _instant(value: str) -> datetime:
@@ -170,10 +183,10 @@ def _instant(value: str) -> datetime:
 
 def _meter_duplicates(pk: int) -> list[tuple[MeterKey, int]]:
     """Sampled values stored more than once: the same measurement (evse, time, measurand, phase, location, context)
-    from the same kind of message. One message never carries the same measurement twice."""
+    with the same value, from the same kind of message (a copy, not a second reading)."""
     groups = (
         MeterValue.objects.filter(station_id=pk)
-        .values("evse_id", "timestamp", "measurand", "phase", "location", "context", "source")
+        .values("evse_id", "timestamp", "measurand", "phase", "location", "context", "source", "value")
         .annotate(n=Count("id"))
         .filter(n__gt=1)
     )

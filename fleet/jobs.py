@@ -18,6 +18,8 @@ import threading
 import time
 from typing import Any
 
+import kombu.exceptions
+import redis.exceptions
 from celery import Celery, current_app
 from django.db import transaction
 
@@ -118,11 +120,16 @@ class BackgroundPublisher:
             try:
                 # By name, as the worker knows it; no retries inside kombu: this loop retries, keeping the order.
                 (self.app or current_app).send_task(name, args=args, retry=False)
-            except Exception as exc:  # the broker is away: keep the message, wait, try again
+            except (OSError, kombu.exceptions.OperationalError, redis.exceptions.RedisError) as exc:
+                # The broker is away: keep the message, wait, try again.
                 failures += 1
                 self.outage.failed(exc)
                 time.sleep(backoff(failures))
                 continue
+            except Exception:  # a message the broker can never take (it cannot be encoded): retrying would stall
+                LOG.exception("task %s could not be published; dropped", name)  # every message queued behind it
+                self.dropped += 1
+                return
             self.published += 1
             if failures:
                 self.outage.recovered()

@@ -299,8 +299,11 @@ OCPP_HEARTBEAT_INTERVAL = env_int("OCPP_HEARTBEAT_INTERVAL", 60, minimum=1)
 OCPP_HEARTBEAT_GRACE = env_int("OCPP_HEARTBEAT_GRACE", 30, minimum=0)
 OCPP_CALL_TIMEOUT = env_int("OCPP_CALL_TIMEOUT", 30, minimum=1)
 # A CALL with the message id *and payload* of one stored this long ago (s) is a retransmit, answered from the log.
-# A day: the edge agent replays what it buffered through outages of hours; after that the same id is a new message.
-OCPP_RETRANSMIT_WINDOW = env_int("OCPP_RETRANSMIT_WINDOW", 86400, minimum=0)
+# 30 days: the edge agent keeps a buffered message until it is acknowledged, however long the outage, so a copy
+# stored just before its acknowledgement was lost may come back weeks later with the same id and payload. The
+# payload digest already makes a reused id harmless; the window only bounds the lookup. At least an hour: it
+# cannot switch deduplication off.
+OCPP_RETRANSMIT_WINDOW = env_int("OCPP_RETRANSMIT_WINDOW", 30 * 86400, minimum=3600)
 # Committed telemetry (live feed, fleet SoC tracking) is handed downstream at most this often per server process,
 # batched: per-batch publishing cost more CPU than storing the readings once a thousand stations report every second.
 OCPP_TELEMETRY_INTERVAL = env_float("OCPP_TELEMETRY_INTERVAL", 0.2, minimum=0.0)

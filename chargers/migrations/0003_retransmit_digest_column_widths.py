@@ -3,6 +3,11 @@
 The unique (station, message id) index goes (ids are unique per connection only); ``payload_sha256`` is backfilled
 for the incoming CALLs of the last ``OCPP_RETRANSMIT_WINDOW``, the only rows a retransmit can still be matched to,
 so a station retransmitting across the upgrade is answered from the log rather than stored twice.
+
+Not atomic: each step commits on its own and the backfill in batches of 2,000 rows, so the message log is not
+locked against the stations' writes for the whole migration (the writer answers InternalError while it waits, and
+stations retransmit). The backfill covers the last day only (a retransmit across the upgrade comes within it)
+whatever the window is set to: it must not scan weeks of a large log.
 """
 
 import hashlib
@@ -20,9 +25,12 @@ def payload_digest(payload):
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+BACKFILL_S = 86400
+
+
 def digests_backfill(apps, schema_editor):
     MessageLog = apps.get_model("chargers", "MessageLog")
-    since = timezone.now() - timedelta(seconds=settings.OCPP_RETRANSMIT_WINDOW)
+    since = timezone.now() - timedelta(seconds=min(settings.OCPP_RETRANSMIT_WINDOW, BACKFILL_S))
     rows = MessageLog.objects.filter(
         direction="in", message_type=2, created_at__gte=since, payload__isnull=False, payload_sha256=""
     ).only("pk", "payload")
@@ -37,6 +45,7 @@ def digests_backfill(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
+    atomic = False
 
     dependencies = [
         ('chargers', '0002_stationcommand'),

@@ -95,3 +95,26 @@ async def test_accepting_an_online_pending_station_asks_it_to_boot_again_now(liv
         assert (await cs.rpc([2, "b-2", "BootNotification", COMMON["BootNotification"]]))[2]["status"] == "Accepted"
         assert await cs.rpc(_status("s-1")) == [3, "s-1", {}]
     assert (await Station.objects.aget(pk=station.pk)).boot_status == "Accepted"
+
+
+@pytest.mark.django_db
+def test_only_staff_who_may_change_stations_get_the_accept_action(rf):
+    # Given a staff user who may only view stations, and one who may change them
+    from django.contrib.admin.sites import site
+    from django.contrib.auth.models import Permission, User
+
+    from chargers.models import Station
+
+    viewer = User.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_station"))
+    changer = User.objects.create_user("changer", is_staff=True)
+    changer.user_permissions.add(Permission.objects.get(codename="change_station"))
+    model_admin = site._registry[Station]
+    actions = {}
+    for user in (viewer, changer):
+        request = rf.get("/admin/chargers/station/")
+        request.user = User.objects.get(pk=user.pk)  # fresh: permissions are cached per instance
+        actions[user.username] = set(model_admin.get_actions(request))
+    # Then only the one who may change stations can accept them (and so command them to reboot)
+    assert "accept" not in actions["viewer"]
+    assert "accept" in actions["changer"]

@@ -75,8 +75,10 @@ async def test_a_full_inbox_stops_reading_and_loses_nothing(monkeypatch: pytest.
     for n in range(8):
         await socket.send_to(text_data=json.dumps([2, f"hb-{n}", "Heartbeat", {}]))
     await asyncio.sleep(0.3)
-    # Then no more than two wait in the inbox (the rest are not read yet)
-    assert consumer.inbox.qsize() <= 2
+    # Then the inbox is full and the consumer stopped taking frames: the rest still wait in the connection's input
+    # (one is being stored, one waits for room; an unbounded inbox would have taken all eight)
+    assert consumer.inbox.full()
+    assert socket.input_queue.qsize() >= 3
     # and once the commits go through, all eight are answered, in order
     gate.set()
     answers = [json.loads(await socket.receive_from(timeout=10))[1] for _ in range(8)]

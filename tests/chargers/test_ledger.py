@@ -164,3 +164,25 @@ def _run(ledger: Path) -> str:
     buffer = io.StringIO()
     call_command("station", "ledger-check", str(ledger), stdout=buffer)
     return buffer.getvalue()
+
+
+def test_an_acknowledged_event_whose_seq_no_holds_another_events_content_is_missing(ref, messages):
+    # Given everything stored, then a different event acknowledged under an seqNo already taken (its content is
+    # not stored: events are unique per transaction and seqNo)
+    lines = stored(ref, messages)
+    lines += stored(ref, [("m-5", "TransactionEvent", tx_event(1, "Updated", minute=9, wh=9999))])
+    # When compared / Then the second one's content is missing
+    report = ledger_compare(entries=ledger_read(lines)[0])
+    assert (report.acknowledged, report.missing, report.doubled) == (5, 1, 0)
+
+
+def test_two_messages_about_the_same_instant_are_counted_together(ref, messages):
+    # Given two MeterValues about the same instant, both acknowledged, and one's sampled values then lost
+    lines = stored(ref, messages)
+    same_instant = meter_values(1, 500.0)
+    same_instant["meterValue"][0]["sampledValue"] = same_instant["meterValue"][0]["sampledValue"][:1]  # power only
+    lines += stored(ref, [("m-6", "MeterValues", same_instant)])
+    MeterValue.objects.filter(station_id=ref.pk, value=500).delete()
+    # When compared / Then the loss is not hidden by the other message's rows at that instant
+    report = ledger_compare(entries=ledger_read(lines)[0])
+    assert (report.missing, report.doubled) == (1, 0)

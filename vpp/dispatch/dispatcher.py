@@ -395,7 +395,7 @@ class Dispatcher:
             return result
         bounds = power_bounds(state.fleet, now=now, duration_s=self.hold_s)
         allocation = allocate(state.fleet, setpoint, now=now, duration_s=self.hold_s)
-        commands = station_commands(state.routes, allocation, bounds)
+        commands = station_commands(state.routes, allocation, bounds, valid_until_s=now + self.hold_s)
         compute_ms = (time.time() - signal.received_at) * 1000.0
         outcome: FanoutOutcome = await calls_fanout(commands, timeout=self.call_timeout_s)
         result = DispatchResult(

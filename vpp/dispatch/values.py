@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -56,8 +56,14 @@ class Route:
     transaction_id: str
 
 
-def profile_payload(route: Route, power_w: int, lo_w: int, hi_w: int) -> dict[str, Any]:
-    """SetChargingProfile request for one EVSE: a TxProfile with a single period (see the module docstring)."""
+def profile_payload(
+    route: Route, power_w: int, lo_w: int, hi_w: int, *, valid_to: datetime | None = None
+) -> dict[str, Any]:
+    """SetChargingProfile request for one EVSE: a TxProfile with a single period (see the module docstring).
+
+    ``valid_to`` ends the setpoint by itself: if no newer dispatch replaces it (the signal stopped, the award ended,
+    the aggregator lost its database or died), the station drops it rather than discharge on at the last value.
+    """
     if route.version == "2.1":
         period: dict[str, Any] = {
             "startPeriod": 0,
@@ -77,16 +83,22 @@ def profile_payload(route: Route, power_w: int, lo_w: int, hi_w: int) -> dict[st
     }
     if route.transaction_id:
         profile["transactionId"] = route.transaction_id
+    if valid_to is not None:
+        profile["validTo"] = valid_to.astimezone(UTC).isoformat().replace("+00:00", "Z")
     return {"evseId": route.evse_id, "chargingProfile": profile}
 
 
-def station_commands(routes: list[Route], allocation: Allocation, bounds: PowerBounds) -> list[Command]:
-    """One SetChargingProfile per vehicle (row i of the fleet goes to ``routes[i]``)."""
+def station_commands(
+    routes: list[Route], allocation: Allocation, bounds: PowerBounds, *, valid_until_s: float | None = None
+) -> list[Command]:
+    """One SetChargingProfile per vehicle (row i of the fleet goes to ``routes[i]``), each valid until the epoch
+    second ``valid_until_s`` (the dispatcher's hold, which the allocation was sized for)."""
+    valid_to = datetime.fromtimestamp(valid_until_s, UTC) if valid_until_s is not None else None
     power = allocation.power_w.tolist()
     lo = bounds.lo.astype(np.int64).tolist()
     hi = bounds.hi.astype(np.int64).tolist()
     return [
-        Command(route.station_id, "SetChargingProfile", profile_payload(route, p, low, high))
+        Command(route.station_id, "SetChargingProfile", profile_payload(route, p, low, high, valid_to=valid_to))
         for route, p, low, high in zip(routes, power, lo, hi, strict=True)
     ]
 

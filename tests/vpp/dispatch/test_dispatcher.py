@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -237,3 +237,31 @@ async def test_the_fan_out_reaches_stations_held_by_another_server_process(live_
     assert [(r.station_id, r.status, r.answer) for r in outcome.results] == [(station.station_id, "result", "Accepted")]
     assert outcome.nodes == 1
     assert received[0]["charging_profile"]["charging_schedule"][0]["charging_schedule_period"][0]["setpoint"] == -1000
+
+
+async def test_every_setpoint_expires_by_itself_after_the_hold_unless_a_newer_one_replaces_it(stations):
+    # Given 3 vehicles on stations held by this process and 30 kW awarded
+    fleet, routes = _fleet(3)
+    agents = {r.station_id: AnsweringStation() for r in routes}
+    for sid, agent in agents.items():
+        stations(sid, agent)
+
+    def state() -> DispatchState:
+        return DispatchState(fleet, routes, 30_000, time.time() + 3600, time.time(), preferred_basepoint_w=0)
+
+    dispatcher = Dispatcher(product_id=1, portfolio="default", loader=lambda **_: state(), recorder=None,
+                            telemetry=False, hold_s=60)  # fmt: skip
+    dispatcher.start()
+    try:
+        await dispatcher.ready()
+        # When a discharge is dispatched
+        sent_at = datetime.now(UTC)
+        await dispatcher.dispatch(Signal(1, "default", Decimal("1"), sent_at, "file", time.time()))
+    finally:
+        await dispatcher.stop()
+    # Then every profile ends at the hold (so a fleet nobody commands any more stops discharging by itself)
+    valid_to = [
+        datetime.fromisoformat(payload["chargingProfile"]["validTo"]) for a in agents.values() for _, payload in a.calls
+    ]
+    assert len(valid_to) == 3
+    assert all(timedelta(seconds=55) < end - sent_at < timedelta(seconds=65) for end in valid_to)

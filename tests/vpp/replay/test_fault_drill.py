@@ -17,6 +17,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -112,13 +113,18 @@ def test_nothing_acknowledged_is_lost_or_doubled_through_faults_and_every_agent_
             _wait(lambda: harness.stations_reported_since(station_ids=ids, since=settled) == AGENTS, 60, "caught up")
             for group in groups:
                 group.stop()
+        # And nothing is stuck in an outbox: what is left is what the last second produced, and no agent had a
+        # buffered message refused for good
+        queued = [group.queued_at_exit() for group in groups]
+        assert all(q is not None and q <= 3 * GROUP for q in queued), queued
+        assert not any(group.refused_for_good() for group in groups)
         ledger = tmp_path / "ledger.jsonl"
         ledger.write_text("".join(group.ledger.read_text() for group in groups))
         out = io.StringIO()
         call_command("station", "ledger-check", str(ledger), stdout=out)
         assert sender.refused == [], sender.refused[:3]
     with capsys.disabled():
-        print(f"\nfault drill, {AGENTS} agents: {out.getvalue().strip()}")
+        print(f"\nfault drill, {AGENTS} agents: {out.getvalue().strip()}; left in the outboxes at exit: {queued}")
         print("  " + ", ".join(f"{name} in {seconds:.1f} s" for name, seconds in timings.items()))
         print(f"  the utility's signal connection was dropped {sender.reconnects} times: {sender.drops}")
         for name, seconds in recoveries.items():
@@ -212,6 +218,14 @@ class Agents:
         with (self.var_dir / "agents.log").open("ab") as log:
             env = {**os.environ, "EDGE_AGENT_PASSWORD": self.password}
             self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=log)
+
+    def queued_at_exit(self) -> int | None:
+        """Messages still in the outboxes when the process last stopped (its exit line), None if it never said."""
+        found = re.findall(r"(\d+) messages still queued", (self.var_dir / "agents.log").read_text(errors="replace"))
+        return int(found[-1]) if found else None
+
+    def refused_for_good(self) -> bool:
+        return any("buffered_message_refused" in log.read_text(errors="replace") for log in self.var_dir.glob("*.log"))
 
     def kill(self) -> None:
         """SIGKILL: no goodbye, no flush; whatever was in flight is what the outbox and the CSMS must reconcile."""
