@@ -20,7 +20,9 @@ PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "V2G VPP test"), x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "V2G VPP test"), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    )
 
 
 def _sign_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
@@ -74,7 +76,9 @@ class Signer:
 
 def make_signer(ca: Ca, *, algorithm: str = "ecdsa", valid_days: tuple[int, int] = (-1, 365)) -> Signer:
     """A code-signing certificate issued by ``ca``; ``valid_days`` = (not before, not after) relative to now."""
-    key: PrivateKey = ed25519.Ed25519PrivateKey.generate() if algorithm == "ed25519" else ec.generate_private_key(ec.SECP256R1())
+    key: PrivateKey = (
+        ed25519.Ed25519PrivateKey.generate() if algorithm == "ed25519" else ec.generate_private_key(ec.SECP256R1())
+    )
     now = datetime.now(UTC)
     cert = (
         x509.CertificateBuilder()
@@ -138,5 +142,10 @@ def update_firmware(request_id: int, location: str, *, signature: str, cert_pem:
     now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     return {
         "requestId": request_id,
-        "firmware": {"location": location, "retrieveDateTime": now, "signature": signature, "signingCertificate": cert_pem},
+        "firmware": {
+            "location": location,
+            "retrieveDateTime": now,
+            "signature": signature,
+            "signingCertificate": cert_pem,
+        },
     }

@@ -130,7 +130,9 @@ class FirmwareUpdater:
         self._pending, self._security_pending = None, None
         if not request.signature or not request.signing_certificate:
             # Unsigned firmware is never installed: the signature is what makes an update trustworthy.
-            return self._refuse(request, Decision("Rejected", "NoSignature", "signature and signingCertificate required"))
+            return self._refuse(
+                request, Decision("Rejected", "NoSignature", "signature and signingCertificate required")
+            )
         try:
             anchors = load_trust_anchors(self.trust_anchor)
         except NoTrustAnchor as exc:
@@ -232,7 +234,9 @@ class FirmwareUpdater:
         self._kv_set(VERSION_KEY, version)
         self._kv_set(SHA256_KEY, digest)
         self._on_installed(version)
-        slog.log_event(self.station_id, "firmware_installed", request_id=request.request_id, version=version, sha256=digest)
+        slog.log_event(
+            self.station_id, "firmware_installed", request_id=request.request_id, version=version, sha256=digest
+        )
         self._status(request, "Installed")
         self._security_event("FirmwareUpdated", f"{version} sha256={digest}")
 
