@@ -108,7 +108,7 @@ class PackageServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            def do_GET(self) -> None:  # the http.server API names it
                 server.requests.append(self.path)
                 body = server.files.get(self.path)
                 if body is None:

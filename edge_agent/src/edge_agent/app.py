@@ -142,6 +142,7 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, cloc
         await tick_forever([station], store, cfg.control.tick_s, stop=stop)
     finally:
         client.stop()
+        await station.firmware.close()  # a download in progress is abandoned; installing has no await to cut
         with contextlib.suppress(Exception):
             await station.hw.apply(0.0, True)
         await asyncio.gather(client_task, return_exceptions=True)

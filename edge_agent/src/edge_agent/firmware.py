@@ -188,14 +188,10 @@ class FirmwareUpdater:
             LOG.exception("firmware update %s failed", request.request_id)
             self._status(request, "InstallationFailed")
 
-    async def _wait_until(self, at: datetime | None) -> bool:
-        if at is None:
-            return False
+    async def _wait_until(self, at: datetime) -> None:
         delay = (at - self.clock.wall()).total_seconds()
-        if delay <= 0:
-            return False
-        await self._sleep(delay)
-        return True
+        if delay > 0:
+            await self._sleep(delay)
 
     async def _update(self, request: FirmwareRequest) -> None:
         if request.retrieve_at is not None and request.retrieve_at > self.clock.wall():
