@@ -44,6 +44,7 @@ class Agent:
     async def stop(self) -> None:
         self.stop_event.set()
         self.client.stop()
+        await self.station.firmware.close()
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def crash(self) -> None:

@@ -136,6 +136,16 @@ class _Handlers:
         self._rec("NotifyReport", kw)
         return self._call_result.NotifyReport()
 
+    @on("FirmwareStatusNotification")
+    def firmware_status(self, **kw: Any) -> Any:
+        self._rec("FirmwareStatusNotification", kw)
+        return self._call_result.FirmwareStatusNotification()
+
+    @on("SecurityEventNotification")
+    def security_event(self, **kw: Any) -> Any:
+        self._rec("SecurityEventNotification", kw)
+        return self._call_result.SecurityEventNotification()
+
     @on("ReportChargingProfiles")
     def report_profiles(self, **kw: Any) -> Any:
         self._rec("ReportChargingProfiles", kw)

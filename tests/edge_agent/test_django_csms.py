@@ -7,6 +7,7 @@ but never imports Django; the test reads the CSMS's database to check what it st
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +15,14 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from django.db import connections
 
-from chargers.models import TransactionEvent
+from chargers.models import StationEvent, StationEventKind, TransactionEvent
 from tests.chargers.conftest import LiveServer, start_server, stop_server
 from tests.chargers.factories import STATION_PASSWORD, StationFactory
+from tests.edge_agent.firmware_kit import PackageServer, make_ca, make_signer, update_firmware
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
@@ -119,3 +123,62 @@ async def _drained(agent: Any) -> bool:
 
 async def _count_at_least(station_id: str, tx_id: str, n: int) -> bool:
     return len(await _stored(station_id, tx_id)) >= n
+
+
+async def _events(station_id: str, kind: str) -> list[str]:
+    def query() -> list[str]:
+        rows = StationEvent.objects.filter(station__station_id=station_id, kind=kind).order_by("timestamp", "id")
+        return [str(row.summary) for row in rows]
+
+    return await sync_to_async(query)()
+
+
+@pytest.mark.usefixtures("close_db_threads")
+async def test_the_csms_stores_a_signed_updates_progress_and_a_forged_ones_security_event(
+    django_csms: LiveServer, make_agent: Any, tmp_path: Path
+) -> None:
+    sid = "edge-live-fw"
+    await sync_to_async(StationFactory)(station_id=sid)
+    await sync_to_async(get_user_model().objects.create_superuser)("ops", "ops@example.com", "x")
+    ca = make_ca()
+    signer = make_signer(ca, algorithm="ed25519")
+    package = b"edge-agent firmware 3.1.0"
+    repo = PackageServer(files={"/fw/edge-agent-3.1.0.bin": package, "/fw/forged.bin": package + b"!"}).start()
+    try:
+        # given an agent connected to the real CSMS, trusting our firmware-signing CA
+        agent = await make_agent(
+            Endpoint(django_csms.ws_url),
+            sid,
+            password=STATION_PASSWORD,
+            firmware_trust_anchor=ca.write(tmp_path / "ca.pem"),
+        )
+        await _until(lambda: _ready(agent))
+
+        async def station_call(request: dict[str, Any]) -> None:
+            await sync_to_async(call_command)(
+                "station", "call", sid, "UpdateFirmware", json.dumps(request), "--server", django_csms.http_url
+            )
+
+        # when an operator sends a correctly signed update, then a forged one, through `station call`
+        await station_call(
+            update_firmware(
+                1, repo.url("/fw/edge-agent-3.1.0.bin"), signature=signer.sign(package), cert_pem=signer.cert_pem()
+            )
+        )
+        await _until(lambda: _has(sid, StationEventKind.FIRMWARE_STATUS, "Installed"))
+        await station_call(
+            update_firmware(2, repo.url("/fw/forged.bin"), signature=signer.sign(package), cert_pem=signer.cert_pem())
+        )
+        await _until(lambda: _has(sid, StationEventKind.SECURITY_EVENT, "InvalidFirmwareSignature"))
+    finally:
+        repo.stop()
+    # then the CSMS stored every step and both security events as station events, for operators to see
+    statuses = await _events(sid, StationEventKind.FIRMWARE_STATUS)
+    assert statuses[:5] == ["Downloading", "Downloaded", "SignatureVerified", "Installing", "Installed"]
+    await _until(lambda: _has(sid, StationEventKind.FIRMWARE_STATUS, "InvalidSignature"))
+    assert await _events(sid, StationEventKind.SECURITY_EVENT) == ["FirmwareUpdated", "InvalidFirmwareSignature"]
+    assert agent.station.firmware.installed_version == "edge-agent-3.1.0.bin"
+
+
+async def _has(station_id: str, kind: str, summary: str) -> bool:
+    return summary in await _events(station_id, kind)

@@ -61,6 +61,7 @@ def station_params(cfg: AgentConfig) -> StationParams:
         message_attempts=cfg.ocpp.message_attempts,
         message_attempt_interval_s=cfg.ocpp.message_attempt_interval_s,
         message_attempt_interval_max_s=cfg.ocpp.message_attempt_interval_max_s,
+        firmware_trust_anchor=cfg.firmware.trust_anchor,
     )
 
 
@@ -141,6 +142,7 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, cloc
         await tick_forever([station], store, cfg.control.tick_s, stop=stop)
     finally:
         client.stop()
+        await station.firmware.close()  # a download in progress is abandoned; installing has no await to cut
         with contextlib.suppress(Exception):
             await station.hw.apply(0.0, True)
         await asyncio.gather(client_task, return_exceptions=True)

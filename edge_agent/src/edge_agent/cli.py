@@ -2,6 +2,7 @@
 
 edge-agent run --config /etc/edge-agent/agent.toml
 edge-agent simulate --count 10 --csms ws://127.0.0.1:8000/ocpp --id-prefix demo --password PW [--ledger FILE]
+edge-agent apply-config --bundle new.toml --signature new.sig --cert signer.pem --config /etc/edge-agent/agent.toml
 """
 
 from __future__ import annotations
@@ -51,7 +52,47 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--message-attempt-interval", type=float, default=10.0, help="E13: retry interval x attempt number, s"
     )
+    apply = sub.add_parser("apply-config", help="install a signed configuration bundle (agent TOML)")
+    apply.add_argument("--bundle", required=True, help="the new agent TOML")
+    apply.add_argument("--signature", required=True, help="file with the base64 signature over the bundle")
+    apply.add_argument("--cert", required=True, help="PEM signing certificate (intermediates may follow)")
+    apply.add_argument("--config", default=None, help="current agent TOML: its [firmware] trust_anchor is used")
+    apply.add_argument("--trust-anchor", default=None, help="firmware-signing CA PEM (default: from --config)")
+    apply.add_argument("--target", default=None, help="file to replace (default: --config)")
     return parser
+
+
+def _cmd_apply_config(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from edge_agent.bundle import apply_config_bundle
+    from edge_agent.signing import CertificateRejected, NoTrustAnchor, SignatureRejected
+
+    target = args.target or args.config
+    if target is None:
+        print("edge-agent: apply-config needs --target or --config", file=sys.stderr)
+        return 2
+    try:
+        anchor = args.trust_anchor
+        if not anchor and args.config:
+            anchor = load_config(args.config).firmware.trust_anchor
+        apply_config_bundle(
+            bundle=Path(args.bundle).read_bytes(),
+            signature_b64=Path(args.signature).read_text(),
+            certificate_pem=Path(args.cert).read_text(),
+            trust_anchor=anchor or "",
+            target=Path(target),
+            now=datetime.now(UTC),
+        )
+    except (CertificateRejected, SignatureRejected, NoTrustAnchor) as exc:
+        print(f"edge-agent: configuration bundle refused: {exc}", file=sys.stderr)
+        return 3
+    except (ConfigError, OSError) as exc:
+        print(f"edge-agent: configuration bundle not applied: {exc}", file=sys.stderr)
+        return 2
+    print(f"edge-agent: configuration bundle installed to {target} (used from the next start)", file=sys.stderr)
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -118,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ocpp").setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.command == "run":
         return _cmd_run(args)
+    if args.command == "apply-config":
+        return _cmd_apply_config(args)
     return _cmd_simulate(args)
 
 

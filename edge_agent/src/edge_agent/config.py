@@ -91,6 +91,13 @@ class FrequencySettings:
 
 
 @dataclass
+class FirmwareSettings:
+    # PEM file with the firmware-signing CA certificate(s): UpdateFirmware packages and configuration bundles must
+    # be signed by a certificate issued under one of them. Empty: every signed update is refused.
+    trust_anchor: str = ""
+
+
+@dataclass
 class AgentConfig:
     station_id: str = ""
     csms_url: str = ""  # e.g. wss://csms.example.com/ocpp (the station id is appended)
@@ -104,6 +111,7 @@ class AgentConfig:
     failsafe: FailsafeSettings = field(default_factory=FailsafeSettings)
     hardware: HardwareSettings = field(default_factory=HardwareSettings)
     frequency: FrequencySettings = field(default_factory=FrequencySettings)
+    firmware: FirmwareSettings = field(default_factory=FirmwareSettings)
 
     @property
     def versions(self) -> list[str]:

@@ -19,6 +19,7 @@ from ocpp.v201 import ChargePoint as ChargePoint201
 
 from edge_agent import sessionlog as slog
 from edge_agent.clock import iso
+from edge_agent.firmware import FirmwareRequest
 from edge_agent.profiles import (
     SUPPORTED_DER,
     TRIP_FAMILIES,
@@ -310,6 +311,36 @@ class Handlers:
             if st.tx is not None:
                 st.end_transaction(trigger="ResetCommand", reason="ImmediateReset")
             self.client.request_reset()
+
+    @on("UpdateFirmware")
+    def on_update_firmware(
+        self,
+        request_id: int,
+        firmware: dict[str, Any],
+        retries: int | None = None,
+        retry_interval: int | None = None,
+        **_: Any,
+    ) -> Any:
+        request = FirmwareRequest(
+            request_id=request_id,
+            location=firmware["location"],
+            retrieve_at=parse_dt(firmware.get("retrieve_date_time")),
+            install_at=parse_dt(firmware.get("install_date_time")),
+            signature=firmware.get("signature") or "",
+            signing_certificate=firmware.get("signing_certificate") or "",
+            retries=retries or 0,
+            retry_interval_s=float(retry_interval if retry_interval is not None else 30),
+        )
+        decision = self.station.firmware.decide(request)
+        if decision.reason:
+            return self._call_result.UpdateFirmware(
+                status=decision.status, status_info=_status_info(decision.reason, decision.info)
+            )
+        return self._call_result.UpdateFirmware(status=decision.status)
+
+    @after("UpdateFirmware")
+    def after_update_firmware(self, **_: Any) -> None:
+        self.station.firmware.proceed()
 
     @on("TriggerMessage")
     def on_trigger_message(self, requested_message: str, evse: dict[str, Any] | None = None, **_: Any) -> Any:

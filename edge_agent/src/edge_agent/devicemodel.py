@@ -85,6 +85,8 @@ def default_variables(*, vendor: str, model: str, serial: str) -> list[Variable]
         Variable("ChargingStation", "VendorName", vendor, READ_ONLY),
         Variable("ChargingStation", "Model", model, READ_ONLY),
         Variable("ChargingStation", "SerialNumber", serial, READ_ONLY),
+        # Set by the agent after a verified firmware update (edge_agent.firmware); empty until the first one.
+        Variable("ChargingStation", "FirmwareVersion", "", READ_ONLY),
         Variable(
             "ChargingStation",
             "AvailabilityState",

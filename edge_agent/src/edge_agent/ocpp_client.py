@@ -174,10 +174,10 @@ class OcppClient:
 
     def boot_payload(self, reason: str) -> dict[str, Any]:
         p = self.station.p
-        return {
-            "charging_station": {"model": p.model, "vendor_name": p.vendor, "serial_number": self.station.id},
-            "reason": reason,
-        }
+        charging_station = {"model": p.model, "vendor_name": p.vendor, "serial_number": self.station.id}
+        if self.station.firmware.installed_version:
+            charging_station["firmware_version"] = self.station.firmware.installed_version
+        return {"charging_station": charging_station, "reason": reason}
 
     async def run(self) -> None:
         """Connect, serve, reconnect with backoff and jitter until ``stop()``."""

@@ -37,6 +37,7 @@ from edge_agent.control import (
 from edge_agent.delivery import RetryPolicy
 from edge_agent.devicemodel import DeviceModel, default_variables, storage_key
 from edge_agent.failsafe import LinkMonitor, SafeMode
+from edge_agent.firmware import FirmwareUpdater
 from edge_agent.frequency import GridSample
 from edge_agent.hardware import Hardware, Measurement
 from edge_agent.hardware.sim import SimulatedCar
@@ -78,6 +79,7 @@ class StationParams:
     message_attempts: int = 3  # OCPPCommCtrlr.MessageAttempts[TransactionEvent] until the CSMS sets it
     message_attempt_interval_s: float = 10.0  # OCPPCommCtrlr.MessageAttemptInterval[TransactionEvent]
     message_attempt_interval_max_s: float = 60.0  # EdgeAgentCtrlr.MessageAttemptIntervalMax
+    firmware_trust_anchor: str = ""  # PEM file of the firmware-signing CA(s); empty: every update is refused
 
 
 TX = "TransactionEvent"  # the variable instance of the E13 retry settings
@@ -143,6 +145,16 @@ class Station:
         self._flags: set[str] = set()  # edge-triggered fault codes currently active
         self.pending_reset: str | None = None
         self.reset_requested: Callable[[], None] = lambda: None
+        self.firmware = FirmwareUpdater(
+            self.id,
+            clock=clock,
+            trust_anchor=params.firmware_trust_anchor,
+            emit=self.send_direct,
+            kv_get=lambda k: store.kv_get(self.id, k),
+            kv_set=lambda k, v: store.kv_set(self.id, k, v),
+            on_installed=lambda version: self.dm.set_internal("ChargingStation", "FirmwareVersion", version),
+        )
+        self.dm.set_internal("ChargingStation", "FirmwareVersion", self.firmware.installed_version or "")
         self._recover_transaction()
 
     def _recover_transaction(self) -> None:
@@ -323,6 +335,11 @@ class Station:
                 sv(m.frequency_hz if m.frequency_hz == m.frequency_hz else 0.0, "Frequency", "Hz"),
             ],
         }
+
+    def send_direct(self, action: str, payload: dict[str, Any]) -> None:
+        """Queue an unbuffered station-initiated message (snake_case payload) and wake the sender."""
+        self.direct.append((action, payload))
+        self.wakeup()
 
     def queue_status(self, status: str) -> None:
         self.dm.set_internal("ChargingStation", "AvailabilityState", status)
