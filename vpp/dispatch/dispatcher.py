@@ -5,14 +5,8 @@ power here is + charging as everywhere in the VPP)::
 
     fleet setpoint (W) = basepoint - signal x awarded capacity - reserve deployment
 
-Each vehicle's share (:func:`fleet.numerics.allocation.allocate`) becomes an OCPP SetChargingProfile TxProfile with
-one period:
-
-* OCPP 2.1 station: ``operationMode`` CentralSetpoint, ``setpoint`` = the vehicle's power (negative = discharge),
-  ``limit`` / ``dischargeLimit`` = the allocation's safe bounds for the vehicle (so the charger's own frequency
-  droop cannot push it past the floor the allocation kept);
-* OCPP 2.0.1 station: a charging-rate limit (it can only modulate charging): its vehicle is given no discharge
-  power in the allocation, and the profile's ``limit`` is the vehicle's power.
+Each vehicle's share (:func:`fleet.numerics.allocation.allocate`) becomes an OCPP SetChargingProfile TxProfile
+(:mod:`vpp.dispatch.values` says what a 2.1 and a 2.0.1 station get).
 
 **The hot path does not touch the database.** A :class:`Dispatcher` (one per product and portfolio, per server
 process) holds in memory the :class:`~fleet.numerics.arrays.FleetArrays` of the plugged-in vehicles, their station
@@ -67,6 +61,7 @@ from vpp.dispatch.values import (  # noqa: F401 - re-exported: the dispatcher's 
 
 LOG = logging.getLogger(__name__)
 FLOWING_S = 10.0  # a dispatch ended this recently: signals are flowing (they come every 2 s)
+STOP_WAIT_S = 3.0
 FEED_RETRY_S = 1.0  # the telemetry feed's retry period while the channel layer fails
 
 
@@ -130,9 +125,13 @@ class Dispatcher:
             self._loop.call_soon_threadsafe(self._refresh_now.set)
 
     async def stop(self) -> None:
+        """Cancel the loops; a channels-redis ``receive`` can swallow a cancellation, so wait a bounded time."""
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
+            for task in stuck:
+                LOG.warning("dispatch %s/%s: %s did not stop; left cancelled", self.product_id, self.portfolio, task)
         self._db.shutdown(wait=True)
 
     @property
@@ -291,6 +290,7 @@ class Dispatcher:
             return
         channel = await layer.new_channel()  # default prefix (chargers.fanout._remote says why)
         joiner = asyncio.get_running_loop().create_task(self._telemetry_join(layer, channel))
+        self._tasks.append(joiner)  # stop() cancels it even if this loop's receive swallows the cancellation
         try:
             while True:
                 try:

@@ -1,7 +1,15 @@
 """The pure part of regulation dispatch: the fleet setpoint, the basepoint, each station's SetChargingProfile, and
 the values a dispatcher works with (its in-memory state, a signal, a dispatch's outcome).
 
-(:mod:`vpp.dispatch.dispatcher` explains the arithmetic and the profiles, and re-exports these names.)
+Each vehicle's share becomes a SetChargingProfile TxProfile with one period:
+
+* OCPP 2.1 station: ``operationMode`` CentralSetpoint, ``setpoint`` = the vehicle's power (negative = discharge),
+  ``limit`` / ``dischargeLimit`` = the allocation's safe bounds for the vehicle (so the charger's own frequency
+  droop cannot push it past the floor the allocation kept);
+* OCPP 2.0.1 station: a charging-rate limit (it can only modulate charging): its vehicle is given no discharge
+  power in the allocation, and the profile's ``limit`` is the vehicle's power.
+
+(:mod:`vpp.dispatch.dispatcher` explains the arithmetic, and re-exports these names.)
 """
 
 from __future__ import annotations
