@@ -99,7 +99,8 @@ class TlsServerEndpoint:
         from twisted.internet import defer
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
-        wrapped = TLSMemoryBIOFactory(self.context_factory, False, factory)
+        # ServerContextFactory provides IOpenSSLContextFactory (zope @implementer, which mypy cannot see).
+        wrapped = TLSMemoryBIOFactory(self.context_factory, False, factory)  # type: ignore[arg-type]
         try:
             if "fileno" in self.options:
                 fd = int(self.options["fileno"])
