@@ -168,7 +168,8 @@ def _bad_certificate(tmp_path: Path, station_id: str, kind: str) -> tuple[Path, 
     if kind == "wrong-cn":
         return station_files(tmp_path, profile(3))  # another station's valid certificate
     if kind == "expired":
-        return station_files(tmp_path, station_id, not_before=now - timedelta(days=10), not_after=now - timedelta(days=1))
+        ended = {"not_before": now - timedelta(days=10), "not_after": now - timedelta(days=1)}
+        return station_files(tmp_path, station_id, **ended)
     if kind == "revoked":
         files = station_files(tmp_path, station_id)
         issue.certificate_revoke(station_id=station_id, reason="keyCompromise")
@@ -237,7 +238,7 @@ def test_it_refuses_tls_1_1_and_weak_suites_and_speaks_1_3(tls_csms):
 
     old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     old.set_ciphers("ALL:@SECLEVEL=0")
-    with pytest.warns(DeprecationWarning):
+    with pytest.warns(DeprecationWarning, match="TLSv1_1"):
         old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
     weak = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     weak.maximum_version = ssl.TLSVersion.TLSv1_2
