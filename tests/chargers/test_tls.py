@@ -4,6 +4,7 @@ refusals, from an unrelated CA built here with ``cryptography``)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 import subprocess
@@ -20,17 +21,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.conf import settings
+from edge_agent.simulate import Fleet
 from django.test import override_settings
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
-from chargers.models import StationEvent, StationEventKind
+from chargers.models import Station, StationEvent, StationEventKind
 from chargers.pki import ca, issue, storage
 from tests.chargers.conftest import ROOT, basic_auth
 from tests.chargers.factories import STATION_PASSWORD, StationFactory
 from tests.live import free_port, wait_listening
 
-pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("close_db_threads")]
 PASSPHRASE = "test-pki-passphrase-0123456789"
 
 
@@ -75,6 +77,15 @@ def tls_csms(
             process.wait()
         override.disable()
         storage.signing_key_forget()
+
+
+@pytest.fixture
+async def close_db_threads() -> object:
+    yield
+    # The ORM ran in sync_to_async's thread: close its connection, or PostgreSQL cannot drop the test database.
+    from django.db import connections
+
+    await _sync(connections.close_all)
 
 
 def client_context(server: TlsServer, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
@@ -258,3 +269,27 @@ async def _sync(fn, *args, **kwargs):
     from asgiref.sync import sync_to_async
 
     return await sync_to_async(fn)(*args, **kwargs)
+
+
+async def test_the_edge_agent_connects_as_a_profile_3_station_with_its_certificate(tls_csms, tmp_path):
+    # Given a profile-3 station whose certificate and key sit in the agent's certificate directory
+    station_id = await _sync(lambda: StationFactory.create(station_id="edge-tls-1", security_profile=3).station_id)
+    issued = await _sync(issue.station_certificate_issue, station_id=station_id)
+    pem_files(tmp_path, station_id, issued.cert_pem(), issued.key)
+    # When `edge-agent simulate --ca ... --cert-dir ...` connects over wss:// without a password
+    fleet = Fleet(
+        1, f"wss://localhost:{tls_csms.tls_port}/ocpp", "edge-tls", "", var_dir=tmp_path / "agent",
+        ca_file=str(tls_csms.pki / "ca-bundle.pem"), cert_dir=tmp_path,
+    )  # fmt: skip
+    task = asyncio.create_task(fleet.run(30))
+    try:
+        # Then the CSMS admits it and it boots
+        deadline = asyncio.get_running_loop().time() + 20
+        while not await _sync(
+            lambda: Station.objects.filter(station_id=station_id, last_boot_at__isnull=False).exists()
+        ):
+            assert asyncio.get_running_loop().time() < deadline, "the agent never booted over TLS"
+            await asyncio.sleep(0.1)
+    finally:
+        fleet.stop()
+        await asyncio.wait_for(task, 15)
