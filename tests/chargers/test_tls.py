@@ -21,13 +21,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.conf import settings
-from edge_agent.simulate import Fleet
 from django.test import override_settings
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
 from chargers.models import Station, StationEvent, StationEventKind
 from chargers.pki import ca, issue, storage
+from edge_agent.simulate import Fleet
 from tests.chargers.conftest import ROOT, basic_auth
 from tests.chargers.factories import STATION_PASSWORD, StationFactory
 from tests.live import free_port, wait_listening
