@@ -18,6 +18,7 @@ verified; ``tls_version``) and ``scheme`` ``wss``/``https``. Installed by ``vpp.
 
 from __future__ import annotations
 
+import os
 import socket
 import weakref
 from typing import Any
@@ -104,7 +105,11 @@ class TlsServerEndpoint:
         try:
             if "fileno" in self.options:
                 fd = int(self.options["fileno"])
+                # As Twisted's own fd: endpoint does: adoptStreamPort needs a non-blocking socket (else its accept
+                # loop blocks the reactor once the queue is empty) and dups it, so the inherited fd is closed after.
+                os.set_blocking(fd, False)
                 port = self.reactor.adoptStreamPort(fd, socket.AF_INET, wrapped)
+                os.close(fd)
             else:
                 port = self.reactor.listenTCP(
                     int(self.options["port"]),

@@ -96,7 +96,7 @@ def authenticate_many(jobs: Sequence[AuthJob]) -> list[tuple[int, str] | Refused
     )
     now = datetime.now(UTC)
     outcomes: list[tuple[int, str] | Refused] = []
-    refusals: list[tuple[int, str, Refused]] = []
+    refusals: list[tuple[int, str, int, str]] = []
     for (station_id, credentials, tls), (cert, cert_problem) in zip(jobs, certs, strict=True):
         station = stations.get(station_id)
         if station is None:
@@ -107,7 +107,7 @@ def authenticate_many(jobs: Sequence[AuthJob]) -> list[tuple[int, str] | Refused
         )
         outcome = _admit(station, password_ok, tls, cert, cert_problem, now, registered)
         if isinstance(outcome, Refused):
-            refusals.append((station.pk, station_id, outcome))
+            refusals.append((station.pk, station_id, outcome.status, outcome.reason))
         outcomes.append(outcome)
     if refusals:
         after_batch(handshake_refusals_record, refusals)
