@@ -22,9 +22,14 @@ WRITTEN = ("Station", "DeviceVariable", "Evse", "Connector", "Transaction", "Tra
            "EvChargingNeeds", "ChargingProfile", "DerAlarm", "DerControl")  # fmt: skip
 NOT_FROM_PAYLOAD = {
     "Station": {
-        "station_id", "password_hash", "boot_status", "heartbeat_interval", "ocpp_version", "channel_name",
+        "station_id",
+        "password_hash",
+        "boot_status",
+        "heartbeat_interval",
+        "ocpp_version",
+        "channel_name",
         "security_profile",
-    },  # fmt: skip
+    },
     "MeterValue": {"value", "source"},  # value: meter_values.sampled_value_int (checked per sampledValue)
     "Transaction": {"energy_wh"},  # the sampled Energy.Active.Import.Register, as MeterValue.value
     "ChargingProfile": {"source", "status"},
