@@ -5,6 +5,7 @@ refusals, from an unrelated CA built here with ``cryptography``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import subprocess
@@ -293,3 +294,38 @@ async def test_the_edge_agent_connects_as_a_profile_3_station_with_its_certifica
     finally:
         fleet.stop()
         await asyncio.wait_for(task, 15)
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="several workers share stations only through Redis")
+async def test_two_workers_both_serve_the_tls_port(tls_csms):
+    # Given the server started with two workers and a TLS port, on the same PKI
+    port, tls_port = free_port(), free_port()
+    env = {**os.environ, "PKI_DIR": str(tls_csms.pki), "PKI_PASSPHRASE": PASSPHRASE}
+    db_name = str(settings.DATABASES["default"]["NAME"])
+    argv = [sys.executable, "-m", "vpp.serve", str(port), db_name, "1", "--workers", "2", "--tls-port", str(tls_port)]
+    server = await asyncio.to_thread(subprocess.Popen, argv, cwd=ROOT, env=env)
+    try:
+        await asyncio.to_thread(wait_listening, server, tls_port)
+        stations = [await _sync(profile, 2) for _ in range(16)]
+        # When sixteen profile-2 stations connect over TLS at once and each sends a Heartbeat
+        async with contextlib.AsyncExitStack() as stack:
+            for station_id in stations:
+                ws = await stack.enter_async_context(
+                    websockets.asyncio.client.connect(
+                        f"wss://localhost:{tls_port}/ocpp/{station_id}",
+                        ssl=client_context(tls_csms),
+                        subprotocols=[Subprotocol("ocpp2.1")],
+                        additional_headers=basic_auth(station_id, PASSWORD),
+                        open_timeout=10,
+                    )
+                )
+                await ws.send('[2, "hb", "Heartbeat", {}]')
+                assert (await asyncio.wait_for(ws.recv(), 10)).startswith("[3,")
+            # Then both workers hold some of them
+            names = await _sync(
+                lambda: set(Station.objects.filter(station_id__in=stations).values_list("channel_name", flat=True))
+            )
+            assert len({name.split("!")[0] for name in names if name}) == 2
+    finally:
+        server.terminate()
+        await asyncio.to_thread(server.wait, 20)
