@@ -41,7 +41,7 @@ class StationForm(forms.ModelForm):
 
     class Meta:
         model = Station
-        fields = ["station_id", "boot_status", "heartbeat_interval"]
+        fields = ["station_id", "boot_status", "security_profile", "heartbeat_interval"]
 
     def save(self, commit: bool = True) -> Station:
         station = super().save(commit=False)
@@ -60,7 +60,9 @@ class EvseInline(admin.TabularInline):
 @admin.register(Station)
 class StationAdmin(admin.ModelAdmin):
     form = StationForm
-    list_display = ["station_id", "online", "boot_status", "ocpp_version", "vendor", "model", "last_seen"]
+    list_display = [
+        "station_id", "online", "boot_status", "security_profile", "ocpp_version", "vendor", "model", "last_seen"
+    ]  # fmt: skip
     list_filter = ["online", "boot_status", "ocpp_version", "vendor"]
     search_fields = ["station_id", "vendor", "model", "serial_number"]
     readonly_fields = [
@@ -81,7 +83,9 @@ class StationAdmin(admin.ModelAdmin):
     actions = ["accept"]
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
-        return ("station_id", "new_password", "boot_status", "heartbeat_interval", *self.readonly_fields)
+        return (
+            "station_id", "new_password", "boot_status", "security_profile", "heartbeat_interval", *self.readonly_fields
+        )  # fmt: skip
 
     @admin.action(
         description="Accept the selected stations (online ones are asked to boot again now)", permissions=["change"]

@@ -27,9 +27,10 @@ from django.db import DatabaseError
 from chargers import fanout, ocpp_j, outage, ownership
 from chargers.apply import batch_apply
 from chargers.daphne_denial import EXTENSION as DENIAL_EXTENSION
+from chargers.daphne_tls import EXTENSION as TLS_EXTENSION
 from chargers.handlers.provisioning import boot_refusal_check, boot_triggers
 from chargers.handlers.storable import payload_storable_check
-from chargers.handshake import basic_credentials, station_authenticate, subprotocol_negotiate
+from chargers.handshake import Refused, basic_credentials, station_authenticate, subprotocol_negotiate
 from chargers.jobs import CallOutcome, Connected, Disconnected, IncomingCall, IncomingSend, Job, LogEntry, StationRef
 from chargers.models import Direction
 from chargers.ocpp_j import Frame, OcppError
@@ -112,13 +113,16 @@ class OcppConsumer(AsyncConsumer):
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         station_id = self.scope["url_route"]["kwargs"]["station_id"]
+        tls = self.scope.get("extensions", {}).get(TLS_EXTENSION)
         try:
-            row = await station_authenticate(station_id, basic_credentials(self.scope))
+            row = await station_authenticate(station_id, basic_credentials(self.scope), tls)
         except DatabaseError:  # cannot check the password now: 503, and the station retries its connection
             LOG.warning("refused %s's connection: the database is not answering", station_id)
             await self._deny(503)
-        if row is None:
-            await self._deny(401)
+        if isinstance(row, Refused):
+            # Known stations' refusals are logged and stored as SecurityEvents by the handshake batch.
+            LOG.info("refused %s's connection (%d): %s", station_id, row.status, row.reason)
+            await self._deny(row.status)
         version = subprotocol_negotiate(self.scope.get("subprotocols", []))
         if version is None:
             # OCPP-J: complete the handshake without a Sec-WebSocket-Protocol header, then close at once.

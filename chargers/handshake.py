@@ -1,5 +1,6 @@
-"""The OCPP-J handshake (security profile 1): the subprotocol offered, HTTP Basic credentials, and the station's
-password checked in batches on the group-commit writer's pattern (one query for every handshake waiting).
+"""The OCPP-J handshake: the subprotocol offered, HTTP Basic credentials, the TLS client certificate, and the
+station's security profile (1, 2 or 3) enforced in batches on the group-commit writer's pattern (one query for every
+handshake waiting).
 """
 
 from __future__ import annotations
@@ -7,11 +8,15 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from chargers import ocpp_j
-from chargers.models import Station
-from chargers.writer import writer_for_loop
+from chargers.models import PkiCertificate, SecurityProfile, Station
+from chargers.pki.verify import ClientCert, client_cert_from_scope, client_cert_refusal
+from chargers.services.security import handshake_refusals_record
+from chargers.writer import after_batch, writer_for_loop
 
 
 def subprotocol_negotiate(offered: list[str]) -> str | None:
@@ -35,29 +40,103 @@ def basic_credentials(scope: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-AuthJob = tuple[str, tuple[str, str] | None]  # (station id from the URL, Basic credentials)
+AuthJob = tuple[str, tuple[str, str] | None, dict[str, Any] | None]  # (station id from the URL, Basic, TLS scope)
 
 
-async def station_authenticate(station_id: str, credentials: tuple[str, str] | None) -> tuple[int, str] | None:
-    """(pk, boot status) when the Basic credentials name this station and its password matches; else None.
+@dataclass(frozen=True)
+class Refused:
+    """A refused handshake: the HTTP status to answer (401: not authenticated; 403: authenticated, or presenting a
+    certificate, but not allowed this way) and the reason, logged and stored, never sent to the client."""
+
+    status: int
+    reason: str
+
+
+UNAUTHENTICATED = Refused(401, "unknown station or wrong credentials")
+
+
+async def station_authenticate(
+    station_id: str, credentials: tuple[str, str] | None, tls: dict[str, Any] | None = None
+) -> tuple[int, str] | Refused:
+    """(pk, boot status) when the station may connect this way under its security profile; else a ``Refused``.
 
     Handshakes are batched like writes: when 1,000 stations reconnect at once, one query serves all that are
     waiting, on the batcher's own thread and connection (a per-handshake sync_to_async hop with its health-check
     round trip made a reconnect wave overrun Daphne's handshake timeout).
     """
-    return await writer_for_loop(authenticate_many).submit((station_id, credentials))
+    outcome: tuple[int, str] | Refused = await writer_for_loop(authenticate_many).submit((station_id, credentials, tls))
+    return outcome
 
 
-def authenticate_many(jobs: Sequence[AuthJob]) -> list[tuple[int, str] | None]:
-    """One outcome per (station id, credentials), with a single query for the whole batch."""
-    claimed = {sid for sid, creds in jobs if creds is not None and creds[0] == sid}
-    rows = Station.objects.filter(station_id__in=claimed).only("pk", "station_id", "password_hash", "boot_status")
+def authenticate_many(jobs: Sequence[AuthJob]) -> list[tuple[int, str] | Refused]:
+    """One outcome per handshake, with one query for the stations and one for the client certificates presented.
+
+    The profiles (OCPP 2.0.1 Part 2 A00): 1, Basic auth over ws:// or wss://; 2, Basic auth over TLS; 3, a client
+    certificate verified against our CA whose CN is the station id, known to the register, not revoked, not
+    expired; a password does not stand in for it. A station is never admitted below its profile.
+    """
+    certs = [client_cert_from_scope(tls) for _, _, tls in jobs]
+    claimed = {
+        sid for (sid, creds, _), (cert, _) in zip(jobs, certs, strict=True) if cert or (creds and creds[0] == sid)
+    }
+    rows = Station.objects.filter(station_id__in=claimed).only(
+        "pk", "station_id", "password_hash", "boot_status", "security_profile"
+    )
     stations = {s.station_id: s for s in rows} if claimed else {}
-    outcomes: list[tuple[int, str] | None] = []
-    for station_id, credentials in jobs:
-        station = stations.get(station_id) if credentials is not None and credentials[0] == station_id else None
-        if station is None or credentials is None or not station.check_password(credentials[1]):
-            outcomes.append(None)
-        else:
-            outcomes.append((station.pk, station.boot_status))
+    serials = {cert.serial for cert, _ in certs if cert and cert.common_name in stations}
+    registered = (
+        {
+            serial: (cn, revoked_at is not None)
+            for serial, cn, revoked_at in PkiCertificate.objects.filter(serial__in=serials).values_list(
+                "serial", "subject_cn", "revoked_at"
+            )
+        }
+        if serials
+        else {}
+    )
+    now = datetime.now(UTC)
+    outcomes: list[tuple[int, str] | Refused] = []
+    refusals: list[tuple[int, str, int, str]] = []
+    for (station_id, credentials, tls), (cert, cert_problem) in zip(jobs, certs, strict=True):
+        station = stations.get(station_id)
+        if station is None:
+            outcomes.append(UNAUTHENTICATED)
+            continue
+        password_ok = (
+            credentials is not None and credentials[0] == station_id and station.check_password(credentials[1])
+        )
+        outcome = _admit(station, password_ok, tls, cert, cert_problem, now, registered)
+        if isinstance(outcome, Refused):
+            refusals.append((station.pk, station_id, outcome.status, outcome.reason))
+        outcomes.append(outcome)
+    if refusals:
+        after_batch(handshake_refusals_record, refusals)
     return outcomes
+
+
+def _admit(
+    station: Station,
+    password_ok: bool,
+    tls: dict[str, Any] | None,
+    cert: ClientCert | None,
+    cert_problem: str,
+    now: datetime,
+    registered: dict[str, tuple[str, bool]],
+) -> tuple[int, str] | Refused:
+    admitted = (station.pk, station.boot_status)
+    profile = station.security_profile
+    if profile == SecurityProfile.TLS_CLIENT_CERT:
+        if cert is None:
+            if tls is None:
+                # No certificate can be presented over ws://: a password, right or wrong, is a downgrade attempt.
+                return Refused(403 if password_ok else 401, "profile 3 requires TLS with a client certificate")
+            return Refused(403 if password_ok else 401, f"profile 3 requires a client certificate ({cert_problem})")
+        problem = client_cert_refusal(
+            station_id=station.station_id, cert=cert, now=now, registered=registered.get(cert.serial)
+        )
+        return Refused(403, problem) if problem else admitted
+    if not password_ok:
+        return UNAUTHENTICATED
+    if profile == SecurityProfile.TLS_BASIC and tls is None:
+        return Refused(403, "profile 2 requires TLS (wss://)")
+    return admitted

@@ -4,7 +4,8 @@ Rows written on the hot path (message log, meter values) are created in bulk by 
 (``chargers.writer``); nothing here has side effects in ``save()``.
 
 Why one module: it is the CSMS's whole schema (one table per OCPP concept, each a few lines), read as one; the
-``StationCommand`` audit trail pushed it past 500 lines.
+``StationCommand`` audit trail pushed it past 500 lines; ``PkiCertificate`` (the PKI's register) belongs with the
+stations it certifies.
 """
 
 from __future__ import annotations
@@ -31,12 +32,25 @@ class BootStatus(models.TextChoices):
     REJECTED = "Rejected"
 
 
+class SecurityProfile(models.IntegerChoices):
+    """OCPP 2.0.1 Part 2 A00: how a station must connect."""
+
+    BASIC = 1, "1: Basic auth (ws:// or wss://)"
+    TLS_BASIC = 2, "2: TLS + Basic auth"
+    TLS_CLIENT_CERT = 3, "3: TLS with a client certificate"
+
+
 class Station(models.Model):
     """A charging station, identified by its OCPP identity (the last segment of its WebSocket URL)."""
 
     station_id = models.CharField(max_length=48, unique=True, help_text="OCPP identity, the user of Basic auth")
     password_hash = models.CharField(max_length=128, blank=True, help_text="hmac-sha256$salt$digest; empty: refused")
     boot_status = models.CharField(max_length=16, choices=BootStatus.choices, default=BootStatus.ACCEPTED)
+    security_profile = models.PositiveSmallIntegerField(
+        choices=SecurityProfile.choices,
+        default=SecurityProfile.BASIC,
+        help_text="OCPP security profile enforced at the handshake: 1 Basic auth, 2 TLS + Basic auth, 3 mutual TLS",
+    )
     heartbeat_interval = models.PositiveIntegerField(default=_default_heartbeat_interval, help_text="seconds")
     # Learned from the station.
     ocpp_version = models.CharField(max_length=8, blank=True, help_text="negotiated subprotocol, e.g. 2.1")
@@ -519,3 +533,31 @@ class StationCommand(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} -> {self.station_ident} by {self.actor_label} ({self.outcome})"
+
+
+class CertificateUse(models.TextChoices):
+    STATION = "Station"  # a station's TLS client certificate (security profile 3)
+    SERVER = "Server"  # the CSMS's TLS server certificate
+
+
+class PkiCertificate(models.Model):
+    """Every certificate the built-in PKI issued (chargers.pki), and its revocation: the CRL and the profile-3
+    handshake read this register (a certificate it does not know or marks revoked is refused)."""
+
+    serial = models.CharField(max_length=40, unique=True, help_text="serial number, lower-case hex")
+    use = models.CharField(max_length=8, choices=CertificateUse.choices)
+    subject_cn = models.CharField(max_length=64, help_text="station id for station certificates, host for servers")
+    station = models.ForeignKey(Station, null=True, blank=True, on_delete=models.SET_NULL, related_name="certificates")
+    fingerprint_sha256 = models.CharField(max_length=64)
+    not_before = models.DateTimeField()
+    not_after = models.DateTimeField()
+    issued_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revocation_reason = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        ordering = ["-issued_at"]
+        indexes = [models.Index(fields=["subject_cn"], name="pkicert_subject_cn")]
+
+    def __str__(self) -> str:
+        return f"{self.use} {self.subject_cn} {self.serial}"

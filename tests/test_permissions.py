@@ -210,6 +210,8 @@ MATRIX: dict[str, Row] = {
         api=False,
         write=expect(LOGIN, NOT_FOUND, NOT_FOUND, NOT_FOUND, NOT_FOUND),
     ),
+    # -- the PKI's CRL: public by design (RFC 5280 distribution point); contents in tests/chargers/test_pki.py
+    "pki/crl": Row("/pki/crl", api=False, read=PUBLIC),
     # -- pages
     "": Row("/", api=False, read=expect(LOGIN, OK, OK, OK, OK)),
     "dashboard/overview.json": Row("/dashboard/overview.json", api=False, read=expect(LOGIN, OK, OK, OK, OK)),
@@ -410,6 +412,20 @@ def _tenant(org: Organisation, tag: str, world: World | None) -> tuple[Fleet, Ve
         world.score, world.settlement, world.line, world.line_marker = score.pk, settlement.pk, line.pk, vehicle.name
         world.station_id = station.station_id
     return fleet, vehicle, bid, settlement
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A CA of its own for the module, so the public CRL route has a CRL to serve."""
+    from django.test import override_settings
+
+    from chargers.pki import ca, storage
+
+    with override_settings(PKI_DIR=tmp_path_factory.mktemp("pki"), PKI_PASSPHRASE="permissions-test-passphrase"):
+        storage.signing_key_forget()
+        ca.ca_init()
+        yield
+    storage.signing_key_forget()
 
 
 @pytest.fixture(scope="module")

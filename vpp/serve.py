@@ -1,4 +1,5 @@
-"""Serve the project's ASGI app with Daphne: ``python -m vpp.serve PORT [DB_NAME [VERBOSITY]] [--workers N]``.
+"""Serve the project's ASGI app with Daphne: ``python -m vpp.serve PORT [DB_NAME [VERBOSITY]] [--workers N]
+[--tls-port P]``.
 
 Used by ``runvpp`` (``make run``), ``regulation replay``, the live-server tests and the benchmarks: the same
 settings everywhere. ``DB_NAME`` overrides the database name only (a test database, under pytest); ``VERBOSITY`` is
@@ -10,6 +11,12 @@ over them, so all of a machine's cores serve chargers. It is the same scale-out 
 what they need: the Redis channel layer (``REDIS_URL``), through which a command or a dispatch reaches whichever
 process holds the station's socket. If a worker dies, the others are stopped and this process exits with its
 status, for the supervisor to restart the lot.
+
+``--tls-port P`` also serves the app over TLS on P (wss:// for OCPP security profiles 2 and 3; see
+``chargers.daphne_tls``): certificate and key from ``TLS_CERT_FILE``/``TLS_KEY_FILE``, else a server certificate
+issued from the built-in PKI into ``PKI_DIR`` (the CA is created on first use); client certificates are verified
+against ``TLS_CLIENT_CA_FILE``, else the built-in CA bundle. With ``--workers`` each worker inherits one socket of
+each port.
 """
 
 from __future__ import annotations
@@ -42,7 +49,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("verbosity", nargs="?", default="0", help="Daphne's -v")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--workers", type=int, default=1, help="Daphne processes on one socket (needs REDIS_URL)")
+    parser.add_argument("--tls-port", type=int, default=None, help="also serve over TLS (wss://) on this port")
     parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # a worker: the inherited socket
+    parser.add_argument("--tls-fd", type=int, default=None, help=argparse.SUPPRESS)  # a worker: its TLS socket
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -53,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.workers > 1:
         _require_shared_layer()
+        if args.tls_port:
+            _django_setup(args)
+            tls_files(args.host)  # issue the embedded default's certificate once, before the workers read it
         sys.exit(serve_workers(args))
     _serve_one(args)
 
@@ -65,7 +77,7 @@ def _require_shared_layer() -> None:
         )
 
 
-def _serve_one(args: argparse.Namespace) -> None:
+def _django_setup(args: argparse.Namespace) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vpp.settings")
     from django.conf import settings
 
@@ -74,6 +86,29 @@ def _serve_one(args: argparse.Namespace) -> None:
     import django
 
     django.setup()
+
+
+def tls_files(host: str) -> tuple[str, str, str]:
+    """(certificate, key, client CA bundle) for the TLS listener: configured files, else the built-in PKI's."""
+    from django.conf import settings
+
+    from chargers.pki import ca, issue
+
+    if not settings.TLS_CLIENT_CA_FILE and not ca.ca_exists():
+        ca.ca_init()
+    ca_file = settings.TLS_CLIENT_CA_FILE or ca.bundle_path()
+    if settings.TLS_CERT_FILE and settings.TLS_KEY_FILE:
+        return settings.TLS_CERT_FILE, settings.TLS_KEY_FILE, ca_file
+    wildcard = host in ("", "0.0.0.0", "::")  # noqa: S104 - recognising a wildcard bind, not making one
+    hosts = list(dict.fromkeys([socket.gethostname() if wildcard else host, "localhost"]))
+    cert_file, key_file = issue.server_credentials_ensure(hosts=hosts)
+    return cert_file, key_file, ca_file
+
+
+def _serve_one(args: argparse.Namespace) -> None:
+    _django_setup(args)
+    from django.conf import settings
+
     _tune_gc(log_pauses_ms=settings.GC_PAUSE_LOG_MS)
     from daphne.cli import CommandLineInterface
 
@@ -81,7 +116,17 @@ def _serve_one(args: argparse.Namespace) -> None:
         endpoint = f"fd:fileno={args.fd}"  # Daphne's own fd parser; AF_INET by default
     else:
         endpoint = f"tcp:port={args.port}:interface={args.host}:backlog={BACKLOG}"
-    CommandLineInterface().run(["-e", endpoint, *DAPHNE_OPTIONS, "-v", args.verbosity, APPLICATION])
+    endpoints = ["-e", endpoint]
+    if args.tls_port or args.tls_fd is not None:
+        from chargers import daphne_tls
+
+        cert_file, key_file, ca_file = tls_files(args.host)
+        daphne_tls.install(cert_file=cert_file, key_file=key_file, ca_file=ca_file)
+        if args.tls_fd is not None:
+            endpoints += ["-e", f"{daphne_tls.PREFIX}fileno={args.tls_fd}"]
+        else:
+            endpoints += ["-e", f"{daphne_tls.PREFIX}port={args.tls_port}:interface={args.host}:backlog={BACKLOG}"]
+    CommandLineInterface().run([*endpoints, *DAPHNE_OPTIONS, "-v", args.verbosity, APPLICATION])
 
 
 def _tune_gc(*, log_pauses_ms: float = 0.0) -> None:
@@ -131,18 +176,22 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def worker_argv(args: argparse.Namespace, fd: int) -> list[str]:
-    return [sys.executable, "-m", "vpp.serve", str(args.port), args.db_name, args.verbosity, "--fd", str(fd)]
+def worker_argv(args: argparse.Namespace, fd: int, tls_fd: int | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "vpp.serve", str(args.port), args.db_name, args.verbosity, "--fd", str(fd)]
+    return argv if tls_fd is None else [*argv, "--tls-fd", str(tls_fd)]
 
 
 def serve_workers(args: argparse.Namespace) -> int:
-    """Bind the port, start ``args.workers`` Daphne workers on it, stop them all on a signal or a death."""
+    """Bind the port(s), start ``args.workers`` Daphne workers on them, stop them all on a signal or a death."""
     sockets = [listening_socket(args.host, args.port) for _ in range(args.workers)]
-    workers = [
-        subprocess.Popen(worker_argv(args, sock.fileno()), pass_fds=(sock.fileno(),))  # noqa: S603
-        for sock in sockets
-    ]
-    for sock in sockets:
+    tls_sockets = [listening_socket(args.host, args.tls_port) for _ in range(args.workers)] if args.tls_port else []
+    workers = []
+    for i, sock in enumerate(sockets):
+        tls_sock = tls_sockets[i] if tls_sockets else None
+        fds = (sock.fileno(),) if tls_sock is None else (sock.fileno(), tls_sock.fileno())
+        argv = worker_argv(args, sock.fileno(), None if tls_sock is None else tls_sock.fileno())
+        workers.append(subprocess.Popen(argv, pass_fds=fds))  # noqa: S603
+    for sock in [*sockets, *tls_sockets]:
         sock.close()  # each worker holds its own now
     stopping = {"signal": 0}
 

@@ -321,6 +321,18 @@ OCPP_OWNERSHIP_CHECK_S = env_float("OCPP_OWNERSHIP_CHECK_S", 15.0, minimum=0.1)
 # vpp.serve logs every cyclic-GC pass that stops the server longer than this (ms); 0 = off. For diagnosing tails.
 GC_PAUSE_LOG_MS = env_float("GC_PAUSE_LOG_MS", 0.0, minimum=0.0)
 
+# --- Security profiles 2/3: the built-in PKI and the TLS listener (chargers.pki, vpp.serve --tls-port) ------------
+# CA keys are encrypted PEM files under PKI_DIR; the passphrase comes from PKI_PASSPHRASE or PKI_PASSPHRASE_FILE, else
+# one is generated into var/ (0600) on first use, as SECRET_KEY is.
+PKI_DIR = Path(env_str("PKI_DIR", str(VAR_DIR / "pki")))
+PKI_PASSPHRASE = env_opt("PKI_PASSPHRASE")
+PKI_PASSPHRASE_FILE = env_opt("PKI_PASSPHRASE_FILE")
+# The TLS listener's certificate and key (PEM); unset: a server certificate issued from the built-in PKI into PKI_DIR.
+TLS_CERT_FILE = env_opt("TLS_CERT_FILE")
+TLS_KEY_FILE = env_opt("TLS_KEY_FILE")
+# Client certificates (profile 3) are verified against this CA bundle; unset: the built-in PKI's root and sub-CA.
+TLS_CLIENT_CA_FILE = env_opt("TLS_CLIENT_CA_FILE")
+
 # --- Regulation dispatch (vpp.dispatch) ----------------------------------------------------------------------------
 DISPATCH_REFRESH_S = env_float("DISPATCH_REFRESH_S", 5.0, minimum=0.1)  # in-memory fleet state reload period
 DISPATCH_HOLD_S = env_float("DISPATCH_HOLD_S", 60.0, minimum=1.0)  # each setpoint must be holdable this long

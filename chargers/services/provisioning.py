@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
-from chargers.models import BootStatus, IdToken, Station, StationEvent, StationEventKind
+from chargers.models import BootStatus, IdToken, SecurityProfile, Station, StationEvent, StationEventKind
 from chargers.passwords import password_hash
 from chargers.services.station_call import StationCallError, StationUnknown, station_call
 
@@ -83,8 +83,10 @@ def stations_add(
     password: str,
     update: bool = False,
     boot_status: str = BootStatus.ACCEPTED,
+    security_profile: int | None = None,
 ) -> tuple[int, int]:
-    """Create stations (one bulk insert for a whole fleet); ``update`` also resets existing ones' password.
+    """Create stations (one bulk insert for a whole fleet); ``update`` also resets existing ones' password (and
+    security profile, when one is given). New stations default to profile 1.
 
     Returns (created, updated). Raises WeakStationPassword for a password outside 16-40 characters.
     """
@@ -92,7 +94,12 @@ def stations_add(
     with transaction.atomic():
         existing = set(Station.objects.filter(station_id__in=station_ids).values_list("station_id", flat=True))
         new = [
-            Station(station_id=sid, password_hash=password_hash(password), boot_status=boot_status)
+            Station(
+                station_id=sid,
+                password_hash=password_hash(password),
+                boot_status=boot_status,
+                security_profile=security_profile or SecurityProfile.BASIC,
+            )
             for sid in dict.fromkeys(station_ids)
             if sid not in existing
         ]
@@ -104,7 +111,10 @@ def stations_add(
             for row in rows:
                 row.set_password(password)
                 row.boot_status = boot_status
-            updated = Station.objects.bulk_update(rows, ["password_hash", "boot_status"], batch_size=1000)
+                if security_profile is not None:
+                    row.security_profile = security_profile
+            fields = ["password_hash", "boot_status", *(["security_profile"] if security_profile is not None else [])]
+            updated = Station.objects.bulk_update(rows, fields, batch_size=1000)
     return len(new), updated
 
 

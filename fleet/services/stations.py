@@ -70,12 +70,17 @@ def stations_provision(
     organisation: Organisation,
     update: bool = False,
     boot_status: str = BootStatus.ACCEPTED,
+    security_profile: int | None = None,
 ) -> ProvisionResult:
     """Create stations in the CSMS (``update``: also reset existing ones' password) owned by ``organisation``;
     existing stations without an owner get it too. One transaction. Raises WeakStationPassword."""
     with transaction.atomic():
         created, updated = stations_add(
-            station_ids=station_ids, password=password, update=update, boot_status=boot_status
+            station_ids=station_ids,
+            password=password,
+            update=update,
+            boot_status=boot_status,
+            security_profile=security_profile,
         )
         owned = station_ownership_set(station_ids=station_ids, organisation=organisation, move=False)
     return ProvisionResult(created=created, updated=updated, elsewhere=owned.elsewhere)

@@ -68,6 +68,8 @@ def test_config_reads_toml_and_env_overrides_win(tmp_path: Path) -> None:
         ('station_id = "x"\ncsms_url = "ws://h/ocpp"\n[failsafe]\nlink_loss_timeout_s = 5', "link_loss_timeout_s"),
         ('station_id = "x"\ncsms_url = "ws://h/ocpp"\n[control]\nfloor_soc = "lots"', "control.floor_soc"),
         ('station_id = "x"\ncsms_url = "ws://h/ocpp"\n[contorl]\nfloor_soc = 0.2', "unknown setting contorl"),
+        ('station_id = "x"\ncsms_url = "wss://h/ocpp"\n[tls]\ncert_file = "c.pem"', "go together"),
+        ('station_id = "x"\ncsms_url = "ws://h/ocpp"\n[tls]\nca_file = "ca.pem"', "need a wss://"),
     ],
 )
 def test_bad_config_is_refused_with_a_reason(tmp_path: Path, toml: str, message: str) -> None:

@@ -21,6 +21,7 @@ from edge_agent.protection import EnterService
 from edge_agent.runner import tick_forever
 from edge_agent.sessionlog import configure_session_log, log_event
 from edge_agent.station import Station, StationParams
+from edge_agent.tls import client_context
 
 LOG = logging.getLogger("edge_agent")
 
@@ -135,6 +136,11 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, cloc
         reconnect_max_s=cfg.ocpp.reconnect_max_s,
         ping_interval_s=cfg.ocpp.ping_interval_s,
         validate_messages=cfg.ocpp.validate_messages,
+        ssl_context=(
+            client_context(ca_file=cfg.tls.ca_file, cert_file=cfg.tls.cert_file, key_file=cfg.tls.key_file)
+            if cfg.csms_url.startswith("wss://")
+            else None
+        ),
     )
     log_event(cfg.station_id, "agent_start", csms=client.url, driver=cfg.hardware.driver, source=cfg.frequency.source)
     client_task = asyncio.ensure_future(client.run())

@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--csms", required=True, help="CSMS base URL, e.g. ws://127.0.0.1:8000/ocpp")
     sim.add_argument("--id-prefix", default="sim", help="station ids are <prefix>-1 ... <prefix>-N")
     sim.add_argument("--password", default=None, help="Basic-auth password (default: $EDGE_AGENT_PASSWORD)")
+    sim.add_argument("--ca", default="", metavar="FILE", help="wss://: CA bundle the CSMS certificate chains to")
+    sim.add_argument(
+        "--cert-dir", default=None, metavar="DIR", help="wss:// profile 3: <station id>.pem and .key per station"
+    )
     sim.add_argument("--start-index", type=int, default=1)
     sim.add_argument("--tick", type=float, default=0.5, help="control-loop period of the simulated chargers, s")
     sim.add_argument("--meter-interval", type=float, default=1.0, help="meter values while regulating, s")
@@ -137,6 +141,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             ledger=args.ledger,
             message_attempts=args.message_attempts,
             message_attempt_interval_s=args.message_attempt_interval,
+            ca_file=args.ca,
+            cert_dir=args.cert_dir,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

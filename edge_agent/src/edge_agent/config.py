@@ -98,6 +98,15 @@ class FirmwareSettings:
 
 
 @dataclass
+class TlsSettings:
+    """wss:// only. Paths, not secrets (the key file is the station's own, 0600, like the password file)."""
+
+    ca_file: str = ""  # CA bundle the CSMS certificate must chain to; empty: the system trust store
+    cert_file: str = ""  # security profile 3: this station's certificate chain (PEM), CN = station_id
+    key_file: str = ""  # ... and its private key
+
+
+@dataclass
 class AgentConfig:
     station_id: str = ""
     csms_url: str = ""  # e.g. wss://csms.example.com/ocpp (the station id is appended)
@@ -112,6 +121,7 @@ class AgentConfig:
     hardware: HardwareSettings = field(default_factory=HardwareSettings)
     frequency: FrequencySettings = field(default_factory=FrequencySettings)
     firmware: FirmwareSettings = field(default_factory=FirmwareSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     @property
     def versions(self) -> list[str]:
@@ -122,6 +132,10 @@ class AgentConfig:
             raise ConfigError("station_id is required")
         if not self.csms_url.startswith(("ws://", "wss://")):
             raise ConfigError("csms_url must be a ws:// or wss:// URL")
+        if bool(self.tls.cert_file) != bool(self.tls.key_file):
+            raise ConfigError("tls.cert_file and tls.key_file go together")
+        if any((self.tls.ca_file, self.tls.cert_file)) and not self.csms_url.startswith("wss://"):
+            raise ConfigError("tls.* settings need a wss:// csms_url")
         if not set(self.versions) <= {"2.1", "2.0.1"} or not self.versions:
             raise ConfigError("ocpp.versions must list 2.1 and/or 2.0.1")
         if not 0 < self.failsafe.link_loss_timeout_s <= 2.0:

@@ -21,6 +21,7 @@ import base64
 import contextlib
 import logging
 import random
+import ssl
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -100,8 +101,11 @@ class OcppClient:
         validate_messages: bool = True,
         seed: int | None = None,
         ledger: Ledger | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.station = station
+        # wss:// only: the CA to trust and, for security profile 3, the client certificate (edge_agent.tls).
+        self.ssl_context = ssl_context
         self.url = csms_url.rstrip("/") + "/" + station.id
         self.password = password
         self.versions = versions or ["2.1", "2.0.1"]
@@ -213,10 +217,14 @@ class OcppClient:
     # -- one connection ------------------------------------------------------------------------------------------
     async def _session(self) -> bool:
         st = self.station
+        # Profile 3 stations authenticate with their certificate alone: no password, no Authorization header.
+        headers = {"Authorization": basic_auth(st.id, self.password)} if self.password else {}
+        tls: dict[str, Any] = {"ssl": self.ssl_context} if self.url.startswith("wss://") and self.ssl_context else {}
         async with connect(
             self.url,
             subprotocols=[f"ocpp{v}" for v in self.versions],  # type: ignore[misc]
-            additional_headers={"Authorization": basic_auth(st.id, self.password)},
+            additional_headers=headers,
+            **tls,
             open_timeout=self.call_timeout_s,
             ping_interval=self.ping_interval_s,
             ping_timeout=self.ping_interval_s,

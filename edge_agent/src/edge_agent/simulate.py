@@ -16,6 +16,7 @@ import contextlib
 import gc
 import logging
 import random
+import ssl
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from edge_agent.ocpp_client import OcppClient
 from edge_agent.runner import tick_forever
 from edge_agent.sessionlog import log_event
 from edge_agent.station import Station, StationParams
+from edge_agent.tls import client_context
 
 LOG = logging.getLogger("edge_agent.simulate")
 STATUS_INTERVAL_S = 60.0  # how often the fleet logs its connected count, backlog and slowest round trips
@@ -97,7 +99,11 @@ class Fleet:
         ledger: str | Path | None = None,
         message_attempts: int = 3,
         message_attempt_interval_s: float = 10.0,
+        ca_file: str = "",
+        cert_dir: str | Path | None = None,
     ) -> None:
+        """``ca_file``/``cert_dir`` (wss://): the CA bundle to trust, and a directory of ``<station id>.pem`` /
+        ``<station id>.key`` client certificates (security profile 3, e.g. from ``manage.py pki station-cert``)."""
         if count < 1:
             raise ValueError("count must be >= 1")
         # One ledger for the whole fleet: a line per CALLRESULT, appended by whichever station got it.
@@ -150,6 +156,7 @@ class Fleet:
                     validate_messages=validate_messages,
                     seed=rng.randrange(2**31),
                     ledger=self.ledger,
+                    ssl_context=_station_tls(csms_url, sid, ca_file, cert_dir),
                 )
             )
         self._rng = rng
@@ -246,6 +253,15 @@ class Fleet:
             if self._tmp is not None:
                 self._tmp.cleanup()
         return report
+
+
+def _station_tls(csms_url: str, station_id: str, ca_file: str, cert_dir: str | Path | None) -> ssl.SSLContext | None:
+    if not csms_url.startswith("wss://"):
+        return None
+    if cert_dir is None:
+        return client_context(ca_file=ca_file)
+    base = Path(cert_dir) / station_id
+    return client_context(ca_file=ca_file, cert_file=f"{base}.pem", key_file=f"{base}.key")
 
 
 async def run_fleet(

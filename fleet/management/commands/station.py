@@ -58,6 +58,13 @@ class Command(BaseCommand):
         )
         add.add_argument("--update", action="store_true", help="also reset the password of existing stations")
         add.add_argument("--boot-status", choices=BootStatus.values, default=BootStatus.ACCEPTED)
+        add.add_argument(
+            "--profile",
+            type=int,
+            choices=(1, 2, 3),
+            default=None,
+            help="OCPP security profile: 1 Basic auth, 2 TLS + Basic auth, 3 TLS client certificate (new: 1)",
+        )
         assign = sub.add_parser("assign", help="move stations to an organisation (operators)")
         assign.add_argument("station_ids", nargs="+", metavar="ID")
         assign.add_argument("--org", required=True, help="slug of the new owner")
@@ -108,6 +115,7 @@ class Command(BaseCommand):
                 organisation=organisation,
                 update=options["update"],
                 boot_status=options["boot_status"],
+                security_profile=options["profile"],
             )
         except WeakStationPassword as exc:
             raise CommandError(str(exc)) from exc

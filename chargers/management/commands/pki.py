@@ -1,0 +1,80 @@
+"""``manage.py pki``: the built-in V2G PKI (security profiles 2 and 3).
+
+pki init [--organisation O] [--force]            root CA + CPO sub-CA (keys encrypted under PKI_DIR)
+pki station-cert ID --out-cert F --out-key F [--organisation O]   a station's client certificate (CN = ID)
+pki server-cert --host H [--host H2] --out-cert F --out-key F    the CSMS's TLS server certificate
+pki revoke SERIAL|STATION_ID [--reason R]        revoke one certificate, or all of a station's; the CRL follows
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from chargers.models import PkiCertificate
+from chargers.pki import ca, issue, storage
+from chargers.pki.storage import PkiError
+
+
+class Command(BaseCommand):
+    help = "The built-in V2G PKI: init, station-cert, server-cert, revoke"
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True)
+        init = sub.add_parser("init", help="create the V2G root CA and the CPO sub-CA")
+        init.add_argument("--organisation", default="", help="O= of the CA certificates")
+        init.add_argument(
+            "--force", action="store_true", help="replace an existing CA (its certificates stop verifying)"
+        )
+        station = sub.add_parser("station-cert", help="issue a station's TLS client certificate (profile 3)")
+        station.add_argument("station_id")
+        station.add_argument("--out-cert", required=True)
+        station.add_argument("--out-key", required=True)
+        # The CSMS layer knows no organisations (fleet owns that): the operator names the owner for O=.
+        station.add_argument("--organisation", default="", help="O= of the certificate (the station's owner)")
+        server = sub.add_parser("server-cert", help="issue the CSMS's TLS server certificate")
+        server.add_argument("--host", action="append", required=True, help="DNS name or IP address (repeatable)")
+        server.add_argument("--out-cert", required=True)
+        server.add_argument("--out-key", required=True)
+        revoke = sub.add_parser("revoke", help="revoke a certificate by serial (hex) or all of a station's")
+        revoke.add_argument("target", metavar="SERIAL|STATION_ID")
+        revoke.add_argument("--reason", default="", help="e.g. keyCompromise, superseded")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            getattr(self, "_" + options["action"].replace("-", "_"))(options)
+        except PkiError as exc:
+            raise CommandError(str(exc)) from exc
+
+    def _init(self, options: dict[str, Any]) -> None:
+        root, sub = ca.ca_init(organisation=options["organisation"], force=options["force"])
+        self.stdout.write(f"root CA {root.serial_number:x} and CPO sub-CA {sub.serial_number:x} in {storage.pki_dir()}")
+        self.stdout.write(f"trust bundle for stations: {ca.bundle_path()}")
+
+    def _station_cert(self, options: dict[str, Any]) -> None:
+        station_id = options["station_id"]
+        issued = issue.station_certificate_issue(station_id=station_id, organisation=options["organisation"])
+        self._write(issued, options)
+        self.stdout.write(f"station certificate {issued.cert.serial_number:x} for {station_id}")
+
+    def _server_cert(self, options: dict[str, Any]) -> None:
+        issued = issue.server_certificate_issue(hosts=options["host"])
+        self._write(issued, options)
+        self.stdout.write(f"server certificate {issued.cert.serial_number:x} for {', '.join(options['host'])}")
+
+    def _revoke(self, options: dict[str, Any]) -> None:
+        target: str = options["target"]
+        by_serial = PkiCertificate.objects.filter(serial=target.lower().removeprefix("0x")).exists()
+        count = issue.certificate_revoke(
+            serial=target if by_serial else None, station_id=None if by_serial else target, reason=options["reason"]
+        )
+        if not count:
+            raise CommandError(f"no unrevoked certificate with serial or station id {target}")
+        self.stdout.write(f"revoked {count} certificate(s); the CRL at /pki/crl lists them")
+
+    @staticmethod
+    def _write(issued: issue.Issued, options: dict[str, Any]) -> None:
+        Path(options["out_cert"]).write_bytes(issued.cert_pem())
+        storage.write_private(Path(options["out_key"]), issued.key_pem())

@@ -1,0 +1,117 @@
+"""The V2G root CA and the CPO sub-CA that signs station and server certificates.
+
+ECDSA P-256 (secp256r1) with SHA-256, as ISO 15118-2's V2G PKI and OCPP 2.0.1's security profiles use. Validity
+follows ISO 15118-2's maxima scaled to an operator's own PKI: root 10 years, sub-CA 4 years (the sub-CA is the one
+that signs day to day; rotate it before it expires, the root stays).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from chargers.pki import storage
+from chargers.pki.storage import PkiError
+
+ROOT = "v2g-root-ca"
+SUB_CA = "cpo-sub-ca"
+BUNDLE = "ca-bundle"  # root + sub-CA, PEM: what stations and TLS clients trust
+CURVE = ec.SECP256R1()
+ROOT_VALIDITY = timedelta(days=3650)
+SUB_CA_VALIDITY = timedelta(days=4 * 365)
+BACKDATE = timedelta(minutes=5)  # tolerate a station clock a few minutes behind
+
+
+def key_usage(**allowed: bool) -> x509.KeyUsage:
+    """A KeyUsage with only the named uses set (cryptography wants all nine flags spelled out)."""
+    flags = (
+        "digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+        "key_cert_sign", "crl_sign", "encipher_only", "decipher_only",
+    )  # fmt: skip
+    return x509.KeyUsage(**{flag: allowed.get(flag, False) for flag in flags})
+
+
+@dataclass(frozen=True)
+class Ca:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+
+def _name(common_name: str, organisation: str) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organisation:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation))
+    attributes.append(x509.NameAttribute(NameOID.DOMAIN_COMPONENT, "V2G"))
+    return x509.Name(attributes)
+
+
+def _ca_cert(
+    *, subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: Ca | None, validity: timedelta, path_length: int
+) -> x509.Certificate:
+    now = datetime.now(UTC)
+    issuer_name = issuer.cert.subject if issuer else subject
+    signer = issuer.key if issuer else key
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + validity)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if issuer:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False
+        )
+    return builder.sign(signer, hashes.SHA256())
+
+
+def ca_init(*, organisation: str = "", force: bool = False) -> tuple[x509.Certificate, x509.Certificate]:
+    """Create the root CA and the CPO sub-CA (keys encrypted in the key store, certificates and bundle as PEM).
+
+    Refuses to replace an existing CA without ``force``: every certificate it issued would stop verifying.
+    """
+    keys = storage.key_store()
+    if not force and (keys.key_exists(ROOT) or keys.key_exists(SUB_CA)):
+        raise PkiError(f"a CA already exists in {storage.pki_dir()} (use --force to replace it and its trust)")
+    root_key = ec.generate_private_key(CURVE)
+    root_cert = _ca_cert(
+        subject=_name("V2G Root CA", organisation), key=root_key, issuer=None, validity=ROOT_VALIDITY, path_length=1
+    )
+    sub_key = ec.generate_private_key(CURVE)
+    sub_cert = _ca_cert(
+        subject=_name("CPO Sub-CA", organisation),
+        key=sub_key,
+        issuer=Ca(root_cert, root_key),
+        validity=SUB_CA_VALIDITY,
+        path_length=0,
+    )
+    keys.key_store(ROOT, root_key)
+    keys.key_store(SUB_CA, sub_key)
+    storage.cert_store(ROOT, root_cert)
+    storage.cert_store(SUB_CA, sub_cert)
+    bundle = sub_cert.public_bytes(serialization.Encoding.PEM) + root_cert.public_bytes(serialization.Encoding.PEM)
+    storage.cert_path(BUNDLE).write_bytes(bundle)
+    storage.signing_key_forget()
+    return root_cert, sub_cert
+
+
+def ca_exists() -> bool:
+    return storage.key_store().key_exists(SUB_CA) and storage.cert_path(SUB_CA).exists()
+
+
+def sub_ca() -> Ca:
+    return Ca(storage.cert_load(SUB_CA), storage.signing_key(SUB_CA))
+
+
+def bundle_path() -> str:
+    return str(storage.cert_path(BUNDLE))

@@ -1,0 +1,223 @@
+"""Issue station and server certificates from the CPO sub-CA, record them, revoke them, and build the CRL.
+
+Every issued certificate is recorded in ``PkiCertificate`` in the same call (the profile-3 handshake refuses a
+certificate the register does not know, so a certificate is usable only once it is recorded).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from django.db import transaction
+
+from chargers.models import CertificateUse, PkiCertificate, Station
+from chargers.pki import ca, storage
+from chargers.pki.storage import PkiError
+
+LEAF_VALIDITY = timedelta(days=365)
+CRL_VALIDITY = timedelta(days=1)  # nextUpdate: relying parties fetch a fresh one at least daily
+CRL_REBUILD_AFTER = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Issued:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    def cert_pem(self) -> bytes:
+        issuer = ca.sub_ca().cert.public_bytes(serialization.Encoding.PEM)
+        return self.cert.public_bytes(serialization.Encoding.PEM) + issuer  # leaf + sub-CA: the chain to present
+
+    def key_pem(self, passphrase: bytes | None = None) -> bytes:
+        encryption: serialization.KeySerializationEncryption = (
+            serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+        )
+        return self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+def serial_hex(serial: int) -> str:
+    return format(serial, "x")
+
+
+def _leaf(
+    *,
+    subject: x509.Name,
+    eku: list[x509.ObjectIdentifier],
+    san: list[x509.GeneralName],
+    not_before: datetime | None,
+    not_after: datetime | None,
+) -> Issued:
+    issuer = ca.sub_ca()
+    key = ec.generate_private_key(ca.CURVE)
+    now = datetime.now(UTC)
+    start = not_before or now - ca.BACKDATE
+    end = min(not_after or now + LEAF_VALIDITY, issuer.cert.not_valid_after_utc)  # never outlive the issuer
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(ca.key_usage(digital_signature=True, key_agreement=True), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False)
+    )
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    return Issued(builder.sign(issuer.key, hashes.SHA256()), key)
+
+
+def _record(issued: Issued, *, use: str, subject_cn: str, station: Station | None) -> None:
+    PkiCertificate.objects.create(
+        serial=serial_hex(issued.cert.serial_number),
+        use=use,
+        subject_cn=subject_cn,
+        station=station,
+        fingerprint_sha256=issued.cert.fingerprint(hashes.SHA256()).hex(),
+        not_before=issued.cert.not_valid_before_utc,
+        not_after=issued.cert.not_valid_after_utc,
+    )
+
+
+def station_certificate_issue(
+    *, station_id: str, organisation: str = "", not_before: datetime | None = None, not_after: datetime | None = None
+) -> Issued:
+    """A profile-3 client certificate: CN = the station id (OCPP 2.0.1 A00.FR.417), O = its owner, clientAuth."""
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, station_id)]
+    if organisation:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation))
+    issued = _leaf(
+        subject=x509.Name(attributes),
+        eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
+        san=[],
+        not_before=not_before,
+        not_after=not_after,
+    )
+    _record(
+        issued,
+        use=CertificateUse.STATION,
+        subject_cn=station_id,
+        station=Station.objects.filter(station_id=station_id).first(),
+    )
+    return issued
+
+
+def server_certificate_issue(*, hosts: list[str], organisation: str = "") -> Issued:
+    """The CSMS's TLS server certificate: the hosts (names or IP addresses) in the SAN, serverAuth."""
+    if not hosts:
+        raise PkiError("a server certificate needs at least one host")
+    san: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            san.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            san.append(x509.DNSName(host))
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]
+    if organisation:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation))
+    issued = _leaf(
+        subject=x509.Name(attributes),
+        eku=[ExtendedKeyUsageOID.SERVER_AUTH],
+        san=san,
+        not_before=None,
+        not_after=None,
+    )
+    _record(issued, use=CertificateUse.SERVER, subject_cn=hosts[0], station=None)
+    return issued
+
+
+def certificate_revoke(*, serial: str | None = None, station_id: str | None = None, reason: str = "") -> int:
+    """Revoke one certificate by serial (hex), or every unrevoked certificate of a station. Returns how many."""
+    if (serial is None) == (station_id is None):
+        raise PkiError("revoke by serial or by station id, one of them")
+    rows = PkiCertificate.objects.filter(revoked_at__isnull=True)
+    rows = rows.filter(serial=serial.lower().removeprefix("0x")) if serial else rows.filter(subject_cn=station_id)
+    with transaction.atomic():
+        count = rows.update(revoked_at=datetime.now(UTC), revocation_reason=reason[:32])
+    _CRL.forget()
+    return count
+
+
+class _CrlCache:
+    """The signed CRL, rebuilt when a revocation is recorded here or after CRL_REBUILD_AFTER: a public endpoint must
+    not sign on every request. Another process's revocation shows up within CRL_REBUILD_AFTER, or at once through
+    the revocation count the check below compares."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._der = b""
+        self._built_at = datetime.min.replace(tzinfo=UTC)
+        self._count = -1
+
+    def forget(self) -> None:
+        with self._lock:
+            self._der = b""
+
+    def der(self) -> bytes:
+        revoked = PkiCertificate.objects.filter(revoked_at__isnull=False)
+        count = revoked.count()
+        now = datetime.now(UTC)
+        with self._lock:
+            if self._der and count == self._count and now - self._built_at < CRL_REBUILD_AFTER:
+                return self._der
+        der = crl_build(now=now)
+        with self._lock:
+            self._der, self._built_at, self._count = der, now, count
+        return der
+
+
+_CRL = _CrlCache()
+
+
+def crl_der() -> bytes:
+    return _CRL.der()
+
+
+def crl_build(*, now: datetime) -> bytes:
+    """A CRL signed by the CPO sub-CA listing every revoked certificate it issued, DER (RFC 5280)."""
+    issuer = ca.sub_ca()
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.cert.subject)
+        .last_update(now)
+        .next_update(now + CRL_VALIDITY)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False)
+    )
+    revoked = PkiCertificate.objects.filter(revoked_at__isnull=False).values_list("serial", "revoked_at")
+    for serial, revoked_at in revoked:
+        assert revoked_at is not None  # filtered above
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(int(serial, 16)).revocation_date(revoked_at).build()
+        )
+    return builder.sign(issuer.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def server_credentials_ensure(*, hosts: list[str]) -> tuple[str, str]:
+    """The embedded default's TLS certificate and key files in PKI_DIR, issued (and the CA created) on first use.
+
+    The key file is unencrypted (0600): Daphne must read it unattended at every start. Re-issued when it is within
+    30 days of expiry.
+    """
+    cert_file = storage.cert_path("server")
+    key_file = storage.pki_dir() / "server.key.pem"
+    if cert_file.exists() and key_file.exists():
+        current = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        if current.not_valid_after_utc - datetime.now(UTC) > timedelta(days=30):
+            return str(cert_file), str(key_file)
+    if not ca.ca_exists():
+        ca.ca_init()
+    issued = server_certificate_issue(hosts=hosts)
+    storage.write_private(key_file, issued.key_pem())
+    cert_file.write_bytes(issued.cert_pem())
+    return str(cert_file), str(key_file)

@@ -1,0 +1,113 @@
+"""The built-in PKI: ``manage.py pki`` issues what it says, keeps CA keys encrypted, and the CRL lists revocations."""
+
+from __future__ import annotations
+
+import ipaddress
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from django.core.management import CommandError, call_command
+from django.test import Client, override_settings
+
+from chargers.models import PkiCertificate
+from chargers.pki import storage
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Iterator[Path]:
+    directory = tmp_path / "pki"
+    with override_settings(PKI_DIR=directory, PKI_PASSPHRASE=None, PKI_PASSPHRASE_FILE=None, VAR_DIR=tmp_path):
+        storage.signing_key_forget()
+        call_command("pki", "init", organisation="Test CPO")
+        yield directory
+    storage.signing_key_forget()
+
+
+def load_chain(path: Path) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(path.read_bytes())
+
+
+def test_init_keeps_ca_keys_encrypted_under_a_generated_owner_only_passphrase(pki: Path) -> None:
+    # Given an initialised PKI (fixture) / When its key files are read without and with the passphrase
+    key_file = pki / "cpo-sub-ca.key.pem"
+    passphrase_file = pki.parent / "pki_passphrase"
+    # Then they do not open without it, do with it, and key and passphrase files are owner-only
+    with pytest.raises(TypeError):
+        serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    serialization.load_pem_private_key(key_file.read_bytes(), password=passphrase_file.read_text().strip().encode())
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(passphrase_file.stat().st_mode) == 0o600
+
+
+def test_init_refuses_to_replace_an_existing_ca(pki: Path) -> None:
+    with pytest.raises(CommandError, match="already exists"):
+        call_command("pki", "init")
+
+
+def test_a_station_certificate_names_the_station_and_chains_to_the_root(pki: Path, tmp_path: Path) -> None:
+    # When a station certificate is issued
+    call_command(
+        "pki", "station-cert", "cs-42", out_cert=str(tmp_path / "c.pem"), out_key=str(tmp_path / "k.pem"),
+        organisation="Acme",
+    )  # fmt: skip
+    # Then it is CN=station id, O=owner, clientAuth, issued by the sub-CA the root signed, and recorded
+    leaf, sub = load_chain(tmp_path / "c.pem")
+    root = load_chain(pki / "v2g-root-ca.pem")[0]
+    assert leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "cs-42"
+    assert leaf.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "Acme"
+    assert list(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH
+    ]
+    leaf.verify_directly_issued_by(sub)
+    sub.verify_directly_issued_by(root)
+    assert stat.S_IMODE((tmp_path / "k.pem").stat().st_mode) == 0o600
+    assert PkiCertificate.objects.get(serial=format(leaf.serial_number, "x")).subject_cn == "cs-42"
+
+
+def test_a_server_certificate_carries_its_hosts_in_the_san(pki: Path, tmp_path: Path) -> None:
+    call_command(
+        "pki", "server-cert", "--host", "csms.example.org", "--host", "10.0.0.5",
+        "--out-cert", str(tmp_path / "s.pem"), "--out-key", str(tmp_path / "s.key"),
+    )  # fmt: skip
+    san = load_chain(tmp_path / "s.pem")[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["csms.example.org"]
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.5")]
+
+
+def test_the_crl_lists_a_revoked_serial_signed_by_the_sub_ca(pki: Path, tmp_path: Path) -> None:
+    # Given two station certificates, one revoked by station id and one left alone
+    for station_id in ("cs-1", "cs-2"):
+        call_command(
+            "pki", "station-cert", station_id, out_cert=str(tmp_path / f"{station_id}.pem"),
+            out_key=str(tmp_path / f"{station_id}.key"),
+        )  # fmt: skip
+    client = Client()
+    client.get("/pki/crl")  # a CRL built (and cached) before the revocation
+    call_command("pki", "revoke", "cs-1", reason="keyCompromise")
+    # When the CRL is fetched
+    response = Client().get("/pki/crl")
+    # Then it is DER, signed by the sub-CA, and lists exactly the revoked serial
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/pkix-crl"
+    crl = x509.load_der_x509_crl(response.content)
+    sub = load_chain(pki / "cpo-sub-ca.pem")[0]
+    assert crl.is_signature_valid(sub.public_key())
+    revoked, kept = (load_chain(tmp_path / f"{s}.pem")[0].serial_number for s in ("cs-1", "cs-2"))
+    assert [r.serial_number for r in crl] == [revoked]
+    assert crl.get_revoked_certificate_by_serial_number(kept) is None
+
+
+def test_revoke_by_serial_and_of_nothing(pki: Path, tmp_path: Path) -> None:
+    call_command("pki", "station-cert", "cs-7", out_cert=str(tmp_path / "c.pem"), out_key=str(tmp_path / "k.pem"))
+    serial = format(load_chain(tmp_path / "c.pem")[0].serial_number, "x")
+    call_command("pki", "revoke", serial)
+    assert PkiCertificate.objects.get(serial=serial).revoked_at is not None
+    with pytest.raises(CommandError, match="no unrevoked certificate"):
+        call_command("pki", "revoke", serial)
