@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -12,7 +14,12 @@ from tests.chargers.factories import STATION_PASSWORD, StationFactory
 
 pytestmark = pytest.mark.django_db
 
-TLS_WITHOUT_CERT = {"client_cert_chain": [], "client_cert_name": None, "client_cert_error": None, "tls_version": 772}
+TLS_WITHOUT_CERT: dict[str, Any] = {
+    "client_cert_chain": [],
+    "client_cert_name": None,
+    "client_cert_error": None,
+    "tls_version": 772,
+}
 
 
 def test_a_wave_of_handshakes_is_authenticated_with_one_query():

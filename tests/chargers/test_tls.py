@@ -106,7 +106,7 @@ def pem_files(tmp_path: Path, name: str, cert_pem: bytes, key: ec.EllipticCurveP
 
 
 def station_files(tmp_path: Path, cn: str, **validity: datetime) -> tuple[Path, Path]:
-    issued = issue.station_certificate_issue(station_id=cn, **validity)
+    issued = issue.station_certificate_issue(station_id=cn, **validity)  # type: ignore[arg-type]
     return pem_files(tmp_path, cn, issued.cert_pem(), issued.key)
 
 
@@ -320,7 +320,7 @@ async def test_two_workers_both_serve_the_tls_port(tls_csms):
                     )
                 )
                 await ws.send('[2, "hb", "Heartbeat", {}]')
-                assert (await asyncio.wait_for(ws.recv(), 10)).startswith("[3,")
+                assert str(await asyncio.wait_for(ws.recv(), 10)).startswith("[3,")
             # Then both workers hold some of them
             names = await _sync(
                 lambda: set(Station.objects.filter(station_id__in=stations).values_list("channel_name", flat=True))
