@@ -8,7 +8,6 @@ channel layer (``ocpp.call``) and go out one at a time, in order, as OCPP-J requ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -421,7 +420,7 @@ class OcppConsumer(AsyncConsumer):
 
         The answer goes out even if the record cannot be stored (a CALLERROR acknowledges nothing).
         """
-        with contextlib.suppress(DatabaseError):
+        try:
             await self.writer.submit(
                 LogEntry(
                     self.station,
@@ -435,6 +434,10 @@ class OcppConsumer(AsyncConsumer):
                     error_description=exc.description,
                 )
             )
+        except DatabaseError:
+            pass
+        except Exception:  # a record that cannot be built must not cost the station its answer
+            LOG.exception("could not log a refused frame from %s", self.station.station_id)
         await self._send(ocpp_j.error_frame(exc.message_id, exc.code, exc.description))
 
     async def _log(

@@ -117,7 +117,7 @@ def parse(text: str, version: str) -> Frame:
         if len(msg) != 4 or not isinstance(msg[2], str):
             raise OcppError("RpcFrameworkError", "CALL must be [2, messageId, action, payload]", message_id)
         if not isinstance(msg[3], dict):
-            raise OcppError("FormationViolation", "payload is not a JSON object", message_id)
+            raise OcppError("FormatViolation", "payload is not a JSON object", message_id)
         return Frame(message_type, message_id, action=msg[2], payload=msg[3])
     if message_type == CALLRESULT:
         if len(msg) != 3:
@@ -206,7 +206,7 @@ def _error_code(error: ValidationError) -> str:
     if error.validator in ("required", "minItems", "maxItems"):
         return "OccurrenceConstraintViolation"
     if error.validator == "additionalProperties":
-        return "FormationViolation"
+        return "FormatViolation"  # OCPP-J 2.0.1/2.1; "FormationViolation" is 1.6's spelling
     return "PropertyConstraintViolation"  # enum, maxLength, minimum, maximum, pattern, ...
 
 

@@ -25,3 +25,23 @@ def test_it_refuses_text_that_is_not_json_with_a_rpc_framework_error(text):
     with pytest.raises(ocpp_j.OcppError) as caught:
         ocpp_j.parse(text, "2.0.1")
     assert caught.value.code == "RpcFrameworkError"
+
+
+@pytest.mark.parametrize(
+    ("frame", "version"),
+    [('[2,"m-1","Heartbeat",[]]', "2.0.1"), ('[2,"m-1","Heartbeat",[]]', "2.1")],
+)
+def test_it_names_a_payload_that_is_not_an_object_with_the_ocpp2_spelling_format_violation(frame, version):
+    # OCPP-J 2.0.1 and 2.1 list FormatViolation; "FormationViolation" is OCPP 1.6's and not a valid 2.x code
+    with pytest.raises(ocpp_j.OcppError) as caught:
+        ocpp_j.parse(frame, version)
+    assert caught.value.code == "FormatViolation"
+
+
+def test_it_names_a_property_the_schema_does_not_allow_with_format_violation():
+    # Given a Heartbeat with a property its schema forbids (additionalProperties: false)
+    frame = ocpp_j.parse('[2,"m-1","Heartbeat",{"extra":1}]', "2.1")
+    # Then the CALLERROR code is OCPP-J 2.x's FormatViolation
+    with pytest.raises(ocpp_j.OcppError) as caught:
+        ocpp_j.validate_station_request(frame, "2.1")
+    assert caught.value.code == "FormatViolation"

@@ -32,8 +32,8 @@ BAD_FRAMES = [
     ([9, "m2", "Heartbeat", {}], "m2", "MessageTypeNotSupported"),
     ([2, "m3", "MakeCoffee", {}], "m3", "NotImplemented"),
     ([2, "m4", "Reset", {"type": "Immediate"}], "m4", "NotSupported"),
-    ([2, "m5", "Heartbeat", []], "m5", "FormationViolation"),
-    ([2, "m6", "Heartbeat", {"unexpected": 1}], "m6", "FormationViolation"),
+    ([2, "m5", "Heartbeat", []], "m5", "FormatViolation"),
+    ([2, "m6", "Heartbeat", {"unexpected": 1}], "m6", "FormatViolation"),
     ([2, "m7", "BootNotification", {"reason": "PowerUp"}], "m7", "OccurrenceConstraintViolation"),
     (
         [
