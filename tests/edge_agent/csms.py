@@ -61,11 +61,14 @@ class _Handlers:
     csms: RecordingCsms
     _call_result: Any
     _retransmit: bool = False
+    _storing: tuple[tuple[str, str], str] | None = None
 
     def _rec(self, action: str, payload: dict[str, Any]) -> None:
         if self._retransmit:
             return  # stored already: answered again, not stored twice
         self.csms.record(self.id, action, payload)  # type: ignore[attr-defined]
+        if self._storing is not None:  # stored now, whether or not the answer then reaches the station
+            self.csms.stored_ids.setdefault(*self._storing)
 
     async def _send(self, message: str) -> None:
         if self.csms.lose_answers:
@@ -91,13 +94,14 @@ class _Handlers:
         self._retransmit = csms.record_all and csms.stored_ids.get(key) == body
         if self._retransmit:
             csms.retransmits.append(frame)
+        # Remembered when the handler stores the message (_rec), not after the answer is sent: a link cut between
+        # the two would otherwise make the station's retransmission look like a new message.
+        self._storing = (key, body) if csms.record_all else None
         try:
-            result = await super()._handle_call(msg)  # type: ignore[misc]
+            return await super()._handle_call(msg)  # type: ignore[misc]
         finally:
             self._retransmit = False
-        if csms.record_all:
-            csms.stored_ids.setdefault(key, body)
-        return result
+            self._storing = None
 
     @on("BootNotification")
     def boot(self, **kw: Any) -> Any:
