@@ -81,7 +81,16 @@ def _serve_one(args: argparse.Namespace) -> None:
         endpoint = f"fd:fileno={args.fd}"  # Daphne's own fd parser; AF_INET by default
     else:
         endpoint = f"tcp:port={args.port}:interface={args.host}:backlog={BACKLOG}"
-    CommandLineInterface().run(["-e", endpoint, *DAPHNE_OPTIONS, "-v", args.verbosity, APPLICATION])
+    CommandLineInterface().run(
+        ["-e", endpoint, *DAPHNE_OPTIONS, *message_size_options(settings.OCPP_MAX_MESSAGE_BYTES), "-v", args.verbosity,
+         APPLICATION]
+    )  # fmt: skip
+
+
+def message_size_options(limit: int) -> list[str]:
+    """Daphne's (autobahn's) own limit: a longer WebSocket message or frame fails the connection with 1009 while it
+    is still arriving, so it never sits in memory whole (OCPP_MAX_MESSAGE_BYTES; Daphne's default is 1 MiB)."""
+    return ["--websocket-max-message-size", str(limit), "--websocket-max-frame-size", str(limit)]
 
 
 def _tune_gc(*, log_pauses_ms: float = 0.0) -> None:

@@ -327,6 +327,10 @@ OCPP_MESSAGE_BURST = env_int("OCPP_MESSAGE_BURST", 200, minimum=1)
 OCPP_AUTH_FAILURES_PER_STATION = env_int("OCPP_AUTH_FAILURES_PER_STATION", 10, minimum=1)
 OCPP_AUTH_FAILURES_PER_ADDRESS = env_int("OCPP_AUTH_FAILURES_PER_ADDRESS", 50, minimum=1)
 OCPP_AUTH_FAILURE_WINDOW_S = env_float("OCPP_AUTH_FAILURE_WINDOW_S", 60.0, minimum=1.0)
+# Invalid API keys (REST and ws/regulation) allowed per client address within the window (s); beyond them that
+# address's keys are refused without a database lookup until the window has passed (fleet.keys).
+API_UNKNOWN_KEYS_PER_ADDRESS = env_int("API_UNKNOWN_KEYS_PER_ADDRESS", 20, minimum=1)
+API_UNKNOWN_KEY_WINDOW_S = env_float("API_UNKNOWN_KEY_WINDOW_S", 60.0, minimum=1.0)
 # vpp.serve logs every cyclic-GC pass that stops the server longer than this (ms); 0 = off. For diagnosing tails.
 GC_PAUSE_LOG_MS = env_float("GC_PAUSE_LOG_MS", 0.0, minimum=0.0)
 

@@ -39,6 +39,12 @@ def password_generate() -> str:
     return "".join(secrets.choice(_ALPHABET) for _ in range(GENERATED_LENGTH))
 
 
+def rotation_payload(raw: str) -> dict[str, Any]:
+    """The SetVariables request that sets ``raw`` as the station's BasicAuthPassword."""
+    item = {"component": {"name": COMPONENT}, "variable": {"name": VARIABLE}, "attributeValue": raw}
+    return {"setVariableData": [item]}
+
+
 def rotation_password(action: str, payload: dict[str, Any]) -> str | None:
     """The BasicAuthPassword a SetVariables payload sets, else None."""
     if action != "SetVariables":
@@ -69,7 +75,7 @@ def rotation_begin(*, station_id: str, raw: str) -> Rotation:
 def rotation_answered(rotation: Rotation, *, answer: dict[str, Any] | None, actor_label: str, failure: str = "") -> str:
     """Keep or drop the pending password after the station's answer (``answer`` None: ``failure`` says why).
     Returns the station's status for the variable, or the failure (e.g. ``CallTimeout``)."""
-    status = _status_in(answer) if answer is not None else failure
+    status = rotation_status(answer) if answer is not None else failure
     keep = status in ADOPTED or status == "CallTimeout"
     if not keep:  # only if it is still this rotation's: a later one or the station's reconnect may have moved it
         Station.objects.filter(station_id=rotation.station_id, password_pending_hash=rotation.pending_hash).update(
@@ -107,7 +113,8 @@ def _names_password(item: Any) -> bool:
     )
 
 
-def _status_in(answer: dict[str, Any]) -> str:
+def rotation_status(answer: dict[str, Any]) -> str:
+    """The station's attributeStatus for BasicAuthPassword in a SetVariables answer ("NoResult" if missing)."""
     for result in answer.get("setVariableResult", []) or []:
         if _names_password(result):
             return str(result.get("attributeStatus", ""))
