@@ -77,6 +77,8 @@ def _serve_one(args: argparse.Namespace) -> None:
     _tune_gc(log_pauses_ms=settings.GC_PAUSE_LOG_MS)
     from daphne.cli import CommandLineInterface
 
+    _close_failed_sockets_cleanly()
+
     if args.fd is not None:
         endpoint = f"fd:fileno={args.fd}"  # Daphne's own fd parser; AF_INET by default
     else:
@@ -85,6 +87,22 @@ def _serve_one(args: argparse.Namespace) -> None:
         ["-e", endpoint, *DAPHNE_OPTIONS, *message_size_options(settings.OCPP_MAX_MESSAGE_BYTES), "-v", args.verbosity,
          APPLICATION]
     )  # fmt: skip
+
+
+def _close_failed_sockets_cleanly() -> None:
+    """Make autobahn send a close frame with its reason (e.g. 1009, message too big) before dropping a connection
+    it fails, instead of only dropping the TCP connection (its default, ``failByDrop``): the station then learns why
+    (OCPP-J: a close with a reason) and our consumer sees the code. Daphne exposes no option, so its factory is
+    subclassed before its server is built."""
+    import daphne.server
+    from daphne.ws_protocol import WebSocketFactory
+
+    class ClosingWebSocketFactory(WebSocketFactory):  # type: ignore[misc]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            self.setProtocolOptions(failByDrop=False)
+
+    daphne.server.WebSocketFactory = ClosingWebSocketFactory  # type: ignore[misc]
 
 
 def message_size_options(limit: int) -> list[str]:
