@@ -97,12 +97,12 @@ def _close_failed_sockets_cleanly() -> None:
     import daphne.server
     from daphne.ws_protocol import WebSocketFactory
 
-    class ClosingWebSocketFactory(WebSocketFactory):  # type: ignore[misc]
+    class ClosingWebSocketFactory(WebSocketFactory):
         def __init__(self, *args: object, **kwargs: object) -> None:
             super().__init__(*args, **kwargs)
             self.setProtocolOptions(failByDrop=False)
 
-    daphne.server.WebSocketFactory = ClosingWebSocketFactory  # type: ignore[misc]
+    daphne.server.WebSocketFactory = ClosingWebSocketFactory
 
 
 def message_size_options(limit: int) -> list[str]:
