@@ -21,7 +21,15 @@ VERSIONS = ("2.0.1", "2.1")
 WRITTEN = ("Station", "DeviceVariable", "Evse", "Connector", "Transaction", "TransactionEvent", "MeterValue",
            "EvChargingNeeds", "ChargingProfile", "DerAlarm", "DerControl")  # fmt: skip
 NOT_FROM_PAYLOAD = {
-    "Station": {"station_id", "password_hash", "boot_status", "heartbeat_interval", "ocpp_version", "channel_name"},
+    "Station": {
+        "station_id",
+        "password_hash",
+        "password_pending_hash",
+        "boot_status",
+        "heartbeat_interval",
+        "ocpp_version",
+        "channel_name",
+    },
     "MeterValue": {"value", "source"},  # value: meter_values.sampled_value_int (checked per sampledValue)
     "Transaction": {"energy_wh"},  # the sampled Energy.Active.Import.Register, as MeterValue.value
     "ChargingProfile": {"source", "status"},
