@@ -20,6 +20,7 @@ from chargers.models import (
     IdToken,
     MessageLog,
     MeterValue,
+    SecurityEvent,
     Station,
     StationCommand,
     StationEvent,
@@ -172,6 +173,17 @@ class StationEventAdmin(ReadOnlyAdmin):
     search_fields = ["station__station_id", "summary"]
     date_hierarchy = "timestamp"
     list_select_related = ["station"]
+
+
+@admin.register(SecurityEvent)
+class SecurityEventAdmin(ReadOnlyAdmin):
+    """Security events about unknown station ids or client addresses (a known station's are StationEvents, kinds
+    AuthFailed, RateLimited, PasswordRotated, ProfileViolation)."""
+
+    list_display = ["timestamp", "kind", "station_ident", "address", "summary"]
+    list_filter = ["kind"]
+    search_fields = ["station_ident", "address"]
+    date_hierarchy = "timestamp"
 
 
 @admin.register(EvChargingNeeds)

@@ -20,6 +20,7 @@ from chargers.handlers.registry import HANDLERS, log_only
 from chargers.jobs import CallOutcome, Connected, Disconnected, IncomingCall, IncomingSend, Job, LogEntry
 from chargers.models import Direction, Station, StationEventKind
 from chargers.ocpp_j import OcppError
+from chargers.services.station_commands import SECRET_ACTIONS, payload_masked
 from chargers.telemetry import TelemetryUpdate, telemetry_committed
 from chargers.writer import after_batch
 
@@ -59,13 +60,16 @@ def _apply_job(ctx: BatchContext, job: Job) -> Any:
         ctx.touched.add(job.station.pk)
         return None
     if isinstance(job, LogEntry):
+        # The actions whose requests carry secrets (a rotated BasicAuthPassword, a network profile's) are logged
+        # masked, as in the StationCommand audit; the others are not walked (a dispatch logs a thousand calls).
+        secret = job.direction == Direction.OUT and job.action in SECRET_ACTIONS
         ctx.log(
             job.station,
             job.direction,
             job.message_type,
             message_id=job.message_id,
             action=job.action,
-            payload=job.payload,
+            payload=payload_masked(job.payload) if secret else job.payload,
             raw=job.raw,
             response=job.response,
             error_code=job.error_code,

@@ -3,6 +3,9 @@
 A thin edge: authenticate the handshake, negotiate the subprotocol, parse and validate each frame, hand valid
 station messages to the group-commit writer and answer once they are durable. CSMS-initiated calls arrive over the
 channel layer (``ocpp.call``) and go out one at a time, in order, as OCPP-J requires.
+
+Why one module: it is one connection's life (handshake, frames in, calls out, close), whose state the parts share;
+the handshake's checks (chargers.handshake) and the frame limits (chargers.frame_gate) are already outside it.
 """
 
 from __future__ import annotations
@@ -27,9 +30,18 @@ from chargers import fanout, ocpp_j, outage, ownership
 from chargers.apply import batch_apply
 from chargers.daphne_denial import EXTENSION as DENIAL_EXTENSION
 from chargers.daphne_tls import EXTENSION as TLS_EXTENSION
+from chargers.frame_gate import CLOSE_TOO_BIG, RATE_LIMITED_CODE, RATE_LIMITED_DESCRIPTION, FrameGate
 from chargers.handlers.provisioning import boot_refusal_check, boot_triggers
 from chargers.handlers.storable import payload_storable_check
-from chargers.handshake import Refused, basic_credentials, station_authenticate, subprotocol_negotiate
+from chargers.handshake import (
+    Refused,
+    basic_credentials,
+    client_address,
+    handshake_blocked,
+    handshake_failed,
+    station_authenticate,
+    subprotocol_negotiate,
+)
 from chargers.jobs import CallOutcome, Connected, Disconnected, IncomingCall, IncomingSend, Job, LogEntry, StationRef
 from chargers.models import Direction
 from chargers.ocpp_j import Frame, OcppError
@@ -113,14 +125,19 @@ class OcppConsumer(AsyncConsumer):
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         station_id = self.scope["url_route"]["kwargs"]["station_id"]
         tls = self.scope.get("extensions", {}).get(TLS_EXTENSION)
+        address = client_address(self.scope)
+        if handshake_blocked(station_id, address):  # too many failures: refused without checking (chargers.handshake)
+            await self._deny(429)
         try:
             row = await station_authenticate(station_id, basic_credentials(self.scope), tls)
         except DatabaseError:  # cannot check the password now: 503, and the station retries its connection
             LOG.warning("refused %s's connection: the database is not answering", station_id)
             await self._deny(503)
         if isinstance(row, Refused):
-            # Known stations' refusals are logged and stored as SecurityEvents by the handshake batch.
+            # Known stations' refusals are logged and stored as SecurityEvents by the handshake batch; every
+            # refusal counts towards the per-station and per-address limits.
             LOG.info("refused %s's connection (%d): %s", station_id, row.status, row.reason)
+            handshake_failed(station_id, address, reason=row.reason)
             await self._deny(row.status)
         version = subprotocol_negotiate(self.scope.get("subprotocols", []))
         if version is None:
@@ -139,6 +156,7 @@ class OcppConsumer(AsyncConsumer):
         # The station's own frames, handled strictly in arrival order by one task; see websocket_receive. Bounded:
         # a full inbox stops this consumer reading further frames until the writer catches up (websocket_receive).
         self.inbox: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue(settings.OCPP_INBOX_MAX)
+        self.gate = FrameGate(station_id=station_id, address=address)  # message size and rate (issue 14)
         # Claim the station before accepting: once the station sees the socket open, station_call can route to it.
         try:
             previous = await self.writer.submit(Connected(self.station, self.channel_name, datetime.now(UTC)))
@@ -178,6 +196,10 @@ class OcppConsumer(AsyncConsumer):
         """
         received_at = datetime.now(UTC)
         text = message.get("text")
+        if text is not None and self.gate.too_big(text):
+            await self.send({"type": "websocket.close", "code": CLOSE_TOO_BIG})
+            return
+        call_id = None
         if text is None:
             error = OcppError("RpcFrameworkError", "OCPP-J frames are text")
             handle = functools.partial(self._reply_error, error, raw="<binary>")
@@ -191,12 +213,19 @@ class OcppConsumer(AsyncConsumer):
                     await self._on_answer(frame)
                     return
                 if frame.message_type == ocpp_j.CALL:
+                    call_id = frame.message_id
                     handle = functools.partial(self._on_call, frame, received_at, text)
                 elif frame.message_type == ocpp_j.SEND:
                     handle = functools.partial(self._on_send, frame, received_at)
                 else:  # CALLRESULTERROR: the station rejects one of our CALLRESULTs; nothing to answer
                     reason = (frame.error_code, frame.error_description)
                     handle = functools.partial(self._log, ocpp_j.CALLRESULTERROR, frame.message_id, error=reason)
+        # Answers to our calls are exempt (we asked for them). Over the rate a CALL gets an error (not stored: the
+        # station sends it again later); anything else is dropped.
+        if not self.gate.admit():
+            if call_id is not None:
+                await self._send(ocpp_j.error_frame(call_id, RATE_LIMITED_CODE, RATE_LIMITED_DESCRIPTION))
+            return
         if self.inbox.full():  # only then an await: the common frame costs none
             await self.inbox.put(handle)
         else:
@@ -216,6 +245,8 @@ class OcppConsumer(AsyncConsumer):
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         if hasattr(self, "station"):
+            if message.get("code") == CLOSE_TOO_BIG:
+                self.gate.closed_too_big()
             fanout.LOCAL.unregister(self.station.station_id, self)
             ownership.holder_forget(self)
             self.closed = True

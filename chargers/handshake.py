@@ -7,16 +7,24 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
+
 from chargers import ocpp_j
-from chargers.models import PkiCertificate, SecurityProfile, Station
+from chargers.limits import FailureCounter
+from chargers.models import PkiCertificate, SecurityProfile, Station, StationEventKind
 from chargers.pki.verify import ClientCert, client_cert_from_scope, client_cert_refusal
+from chargers.services.password_rotation import rotation_adopt_on_connect
 from chargers.services.security import handshake_refusals_record
+from chargers.services.security_events import security_event_later
 from chargers.writer import after_batch, writer_for_loop
+
+LOG = logging.getLogger(__name__)
 
 
 def subprotocol_negotiate(offered: list[str]) -> str | None:
@@ -80,7 +88,7 @@ def authenticate_many(jobs: Sequence[AuthJob]) -> list[tuple[int, str] | Refused
         sid for (sid, creds, _), (cert, _) in zip(jobs, certs, strict=True) if cert or (creds and creds[0] == sid)
     }
     rows = Station.objects.filter(station_id__in=claimed).only(
-        "pk", "station_id", "password_hash", "boot_status", "security_profile"
+        "pk", "station_id", "password_hash", "password_pending_hash", "boot_status", "security_profile"
     )
     stations = {s.station_id: s for s in rows} if claimed else {}
     serials = {cert.serial for cert, _ in certs if cert and cert.common_name in stations}
@@ -102,9 +110,7 @@ def authenticate_many(jobs: Sequence[AuthJob]) -> list[tuple[int, str] | Refused
         if station is None:
             outcomes.append(UNAUTHENTICATED)
             continue
-        password_ok = (
-            credentials is not None and credentials[0] == station_id and station.check_password(credentials[1])
-        )
+        password_ok = _password_ok(station, credentials)
         outcome = _admit(station, password_ok, tls, cert, cert_problem, now, registered)
         if isinstance(outcome, Refused):
             refusals.append((station.pk, station_id, outcome.status, outcome.reason))
@@ -112,6 +118,17 @@ def authenticate_many(jobs: Sequence[AuthJob]) -> list[tuple[int, str] | Refused
     if refusals:
         after_batch(handshake_refusals_record, refusals)
     return outcomes
+
+
+def _password_ok(station: Station, credentials: tuple[str, str] | None) -> bool:
+    if credentials is None or credentials[0] != station.station_id:
+        return False
+    if station.check_password(credentials[1]):
+        return True
+    if station.check_pending_password(credentials[1]):  # a rotated password, first used: now the only one
+        rotation_adopt_on_connect(station)
+        return True
+    return False
 
 
 def _admit(
@@ -140,3 +157,53 @@ def _admit(
     if profile == SecurityProfile.TLS_BASIC and tls is None:
         return Refused(403, "profile 2 requires TLS (wss://)")
     return admitted
+
+
+# --- failed handshakes ------------------------------------------------------------------------------------------
+# Counted per station id and per client address in this process (chargers.limits). Past the limit a handshake is
+# refused with 429 before its password is checked: guessing costs the server nothing more, and the station's
+# legitimate owner is locked out for one window at most. A key's first failure and its being blocked are logged and
+# stored as security events; the attempts in between only counted, so a brute force costs no write per attempt.
+
+FAILURES = FailureCounter()
+
+
+def client_address(scope: dict[str, Any]) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
+def handshake_blocked(station_id: str, address: str) -> bool:
+    """True when this station id or address has failed too often in the current window (refuse with 429)."""
+    window = settings.OCPP_AUTH_FAILURE_WINDOW_S
+    return FAILURES.count(f"station:{station_id}", window_s=window) >= settings.OCPP_AUTH_FAILURES_PER_STATION or (
+        bool(address)
+        and FAILURES.count(f"address:{address}", window_s=window) >= settings.OCPP_AUTH_FAILURES_PER_ADDRESS
+    )
+
+
+def handshake_failed(station_id: str, address: str, *, reason: str) -> None:
+    """Count a refused handshake (wrong or missing credentials) against the station id and the address."""
+    window = settings.OCPP_AUTH_FAILURE_WINDOW_S
+    for key, limit in (
+        (f"station:{station_id}", settings.OCPP_AUTH_FAILURES_PER_STATION),
+        (f"address:{address}", settings.OCPP_AUTH_FAILURES_PER_ADDRESS),
+    ):
+        if key == "address:":
+            continue
+        failures = FAILURES.failed(key, window_s=window)
+        if failures == 1:
+            LOG.warning("OCPP handshake refused for %s from %s: %s", station_id, address or "?", reason)
+            summary = f"handshake refused from {address or '?'}: {reason}"
+        elif failures == limit:
+            LOG.warning(
+                "OCPP handshakes of %s blocked for %g s: %d failures (last: %s from %s)",
+                key, window, failures, station_id, address or "?",
+            )  # fmt: skip
+            summary = f"{key} blocked for {window:g} s after {failures} failed handshakes"
+        else:
+            continue
+        data = {"reason": reason, "failures": failures, "key": key}
+        security_event_later(
+            kind=StationEventKind.AUTH_FAILED, station_ident=station_id, address=address, summary=summary, data=data
+        )

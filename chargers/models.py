@@ -45,6 +45,12 @@ class Station(models.Model):
 
     station_id = models.CharField(max_length=48, unique=True, help_text="OCPP identity, the user of Basic auth")
     password_hash = models.CharField(max_length=128, blank=True, help_text="hmac-sha256$salt$digest; empty: refused")
+    # A rotated password (SetVariables SecurityCtrlr.BasicAuthPassword): valid beside the current one until the
+    # station connects with it, which makes it the current one (chargers.services.password_rotation).
+    password_pending_hash = models.CharField(
+        max_length=128, blank=True, help_text="rotated password sent to the station, not yet used by it"
+    )
+    password_pending_at = models.DateTimeField(null=True, blank=True, help_text="when the rotated password was sent")
     boot_status = models.CharField(max_length=16, choices=BootStatus.choices, default=BootStatus.ACCEPTED)
     security_profile = models.PositiveSmallIntegerField(
         choices=SecurityProfile.choices,
@@ -81,6 +87,9 @@ class Station(models.Model):
 
     def check_password(self, raw: str) -> bool:
         return bool(self.password_hash) and password_verify(raw, self.password_hash)
+
+    def check_pending_password(self, raw: str) -> bool:
+        return bool(self.password_pending_hash) and password_verify(raw, self.password_pending_hash)
 
 
 class Evse(models.Model):
@@ -328,6 +337,11 @@ class StationEventKind(models.TextChoices):
     DER_START_STOP = "DERStartStop"
     RESERVATION_STATUS = "ReservationStatus"
     REGISTRATION = "Registration"  # an operator changed the station's registration status (e.g. accepted it)
+    # Security events the CSMS itself detects (issue 14); SECURITY_EVENT above is what a station reports.
+    AUTH_FAILED = "AuthFailed"  # a handshake with wrong credentials, or refused for too many of them
+    RATE_LIMITED = "RateLimited"  # frames beyond OCPP_MAX_MESSAGES_PER_S, or a message above OCPP_MAX_MESSAGE_BYTES
+    PASSWORD_ROTATED = "PasswordRotated"  # noqa: S105 (a kind) - a new password sent, accepted, refused, used
+    PROFILE_VIOLATION = "ProfileViolation"  # a connection breaking the station's security profile
     OTHER = "Other"
 
 
@@ -347,6 +361,25 @@ class StationEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.station_id} {self.kind} {self.summary}"
+
+
+class SecurityEvent(models.Model):
+    """A security event the CSMS detected about a station id that does not exist, or about a client address
+    (the same kinds as StationEvent's security kinds; a known station's events are StationEvents)."""
+
+    kind = models.CharField(max_length=24, choices=StationEventKind.choices)
+    station_ident = models.CharField(max_length=48, blank=True, help_text="the station id claimed, as given")
+    address = models.CharField(max_length=64, blank=True, help_text="client address of the connection")
+    timestamp = models.DateTimeField()
+    summary = models.CharField(max_length=255, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-timestamp"]
+        indexes = [models.Index(fields=["kind", "timestamp"], name="securityevent_kind_ts")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.station_ident or self.address} {self.summary}"
 
 
 class EvChargingNeeds(models.Model):

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from rest_framework.authentication import BaseAuthentication
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.request import Request
 
-from fleet.keys import api_key_user, key_from_header
+from fleet.keys import api_key_user, key_from_header, unknown_key_seen, unknown_keys_blocked
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -24,8 +25,12 @@ class ApiKeyAuthentication(BaseAuthentication):
         raw = key_from_header(request.META.get("HTTP_AUTHORIZATION"))
         if raw is None:
             return None  # no key offered: the next class (session) may still authenticate the request
+        address = str(request.META.get("REMOTE_ADDR", ""))
+        if unknown_keys_blocked(address):  # refused without a lookup (fleet.keys)
+            raise Throttled(wait=settings.API_UNKNOWN_KEY_WINDOW_S, detail="too many invalid API keys from here")
         found = api_key_user(raw)
         if found is None:
+            unknown_key_seen(address, edge="API")
             raise AuthenticationFailed("invalid, revoked or expired API key")
         return found
 

@@ -9,12 +9,17 @@ call endpoint (the latter through DRF's configured authentication classes).
 
 from __future__ import annotations
 
+import logging
 from typing import cast
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth.models import User
 
+from chargers.limits import FailureCounter
 from fleet.models import ApiKey
+
+log = logging.getLogger(__name__)
 
 SCHEMES = ("Api-Key", "Bearer")
 
@@ -52,3 +57,27 @@ def api_key_user(raw: str) -> tuple[User, ApiKey] | None:
 
 
 aapi_key_user = sync_to_async(api_key_user)
+
+
+# --- unknown keys per client address ----------------------------------------------------------------------------
+# Each unknown key costs a database lookup. Past API_UNKNOWN_KEYS_PER_ADDRESS of them from one address within the
+# window, that address's keys are refused without a lookup (429 on REST, 4429 on ws/regulation) until the window
+# has passed: guessing keys costs us nothing more. In memory, per process, at most 10,000 addresses (chargers.limits).
+UNKNOWN_KEYS = FailureCounter()
+
+
+def unknown_keys_blocked(address: str) -> bool:
+    window = settings.API_UNKNOWN_KEY_WINDOW_S
+    return bool(address) and UNKNOWN_KEYS.count(address, window_s=window) >= settings.API_UNKNOWN_KEYS_PER_ADDRESS
+
+
+def unknown_key_seen(address: str, *, edge: str) -> None:
+    """Count an unknown, revoked or expired key from ``address``; logged at the first and when it is blocked."""
+    if not address:
+        return
+    failures = UNKNOWN_KEYS.failed(address, window_s=settings.API_UNKNOWN_KEY_WINDOW_S)
+    if failures == 1:
+        log.warning("%s: invalid API key from %s", edge, address)
+    elif failures == settings.API_UNKNOWN_KEYS_PER_ADDRESS:
+        log.warning("%s: %d invalid API keys from %s; its keys are refused unchecked for %g s", edge, failures,
+                    address, settings.API_UNKNOWN_KEY_WINDOW_S)  # fmt: skip

@@ -112,6 +112,8 @@ def _serve_one(args: argparse.Namespace) -> None:
     _tune_gc(log_pauses_ms=settings.GC_PAUSE_LOG_MS)
     from daphne.cli import CommandLineInterface
 
+    _close_failed_sockets_cleanly()
+
     if args.fd is not None:
         endpoint = f"fd:fileno={args.fd}"  # Daphne's own fd parser; AF_INET by default
     else:
@@ -126,7 +128,30 @@ def _serve_one(args: argparse.Namespace) -> None:
             endpoints += ["-e", f"{daphne_tls.PREFIX}fileno={args.tls_fd}"]
         else:
             endpoints += ["-e", f"{daphne_tls.PREFIX}port={args.tls_port}:interface={args.host}:backlog={BACKLOG}"]
-    CommandLineInterface().run([*endpoints, *DAPHNE_OPTIONS, "-v", args.verbosity, APPLICATION])
+    options = [*DAPHNE_OPTIONS, *message_size_options(settings.OCPP_MAX_MESSAGE_BYTES)]
+    CommandLineInterface().run([*endpoints, *options, "-v", args.verbosity, APPLICATION])
+
+
+def _close_failed_sockets_cleanly() -> None:
+    """Make autobahn send a close frame with its reason (e.g. 1009, message too big) before dropping a connection
+    it fails, instead of only dropping the TCP connection (its default, ``failByDrop``): the station then learns why
+    (OCPP-J: a close with a reason) and our consumer sees the code. Daphne exposes no option, so its factory is
+    subclassed before its server is built."""
+    import daphne.server
+    from daphne.ws_protocol import WebSocketFactory
+
+    class ClosingWebSocketFactory(WebSocketFactory):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            self.setProtocolOptions(failByDrop=False)
+
+    daphne.server.WebSocketFactory = ClosingWebSocketFactory
+
+
+def message_size_options(limit: int) -> list[str]:
+    """Daphne's (autobahn's) own limit: a longer WebSocket message or frame fails the connection with 1009 while it
+    is still arriving, so it never sits in memory whole (OCPP_MAX_MESSAGE_BYTES; Daphne's default is 1 MiB)."""
+    return ["--websocket-max-message-size", str(limit), "--websocket-max-frame-size", str(limit)]
 
 
 def _tune_gc(*, log_pauses_ms: float = 0.0) -> None:

@@ -318,6 +318,22 @@ OCPP_CALLS_MAX = env_int("OCPP_CALLS_MAX", 20, minimum=1)
 # Every consumer checks this often that the station's row still names its socket; if another took the station over
 # (two processes claimed it at once, or the "replaced" notice was lost), it closes with 4000 (replaced).
 OCPP_OWNERSHIP_CHECK_S = env_float("OCPP_OWNERSHIP_CHECK_S", 15.0, minimum=0.1)
+# Hardening (issue 14). A WebSocket message above OCPP_MAX_MESSAGE_BYTES closes the socket with 1009 (Daphne
+# refuses it while it is still arriving, so it never sits in memory whole; the consumer checks again). Each station
+# may send OCPP_MAX_MESSAGES_PER_S frames a second on average, in bursts of up to OCPP_MESSAGE_BURST; CALLs beyond
+# that get a CALLERROR (not stored, so the station sends them again later).
+OCPP_MAX_MESSAGE_BYTES = env_int("OCPP_MAX_MESSAGE_BYTES", 64 * 1024, minimum=1024)
+OCPP_MAX_MESSAGES_PER_S = env_float("OCPP_MAX_MESSAGES_PER_S", 50.0, minimum=0.1)
+OCPP_MESSAGE_BURST = env_int("OCPP_MESSAGE_BURST", 200, minimum=1)
+# Failed OCPP handshakes allowed per station id and per client address within the window (s); beyond them the
+# handshake is refused with 429 before any password is checked, until the window has passed.
+OCPP_AUTH_FAILURES_PER_STATION = env_int("OCPP_AUTH_FAILURES_PER_STATION", 10, minimum=1)
+OCPP_AUTH_FAILURES_PER_ADDRESS = env_int("OCPP_AUTH_FAILURES_PER_ADDRESS", 50, minimum=1)
+OCPP_AUTH_FAILURE_WINDOW_S = env_float("OCPP_AUTH_FAILURE_WINDOW_S", 60.0, minimum=1.0)
+# Invalid API keys (REST and ws/regulation) allowed per client address within the window (s); beyond them that
+# address's keys are refused without a database lookup until the window has passed (fleet.keys).
+API_UNKNOWN_KEYS_PER_ADDRESS = env_int("API_UNKNOWN_KEYS_PER_ADDRESS", 20, minimum=1)
+API_UNKNOWN_KEY_WINDOW_S = env_float("API_UNKNOWN_KEY_WINDOW_S", 60.0, minimum=1.0)
 # vpp.serve logs every cyclic-GC pass that stops the server longer than this (ms); 0 = off. For diagnosing tails.
 GC_PAUSE_LOG_MS = env_float("GC_PAUSE_LOG_MS", 0.0, minimum=0.0)
 

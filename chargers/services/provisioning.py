@@ -7,7 +7,7 @@ Not OCPP's Provisioning block, which is what a station sends (BootNotification, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -15,6 +15,12 @@ from django.utils import timezone
 
 from chargers.models import BootStatus, IdToken, SecurityProfile, Station, StationEvent, StationEventKind
 from chargers.passwords import password_hash
+from chargers.services.password_rotation import (
+    ADOPTED,
+    password_generate,
+    rotation_payload,
+    rotation_status,
+)
 from chargers.services.station_call import StationCallError, StationUnknown, station_call
 
 # OCPP 2.0.1/2.1 B02: the CSMS may ask a Pending station to boot again at once (F06, TriggerMessage BootNotification).
@@ -80,7 +86,7 @@ def station_accept(
 def stations_add(
     *,
     station_ids: Sequence[str],
-    password: str,
+    password: str | Mapping[str, str],
     update: bool = False,
     boot_status: str = BootStatus.ACCEPTED,
     security_profile: int | None = None,
@@ -88,15 +94,21 @@ def stations_add(
     """Create stations (one bulk insert for a whole fleet); ``update`` also resets existing ones' password (and
     security profile, when one is given). New stations default to profile 1.
 
+    ``password``: one for all, or one per station id (a mapping covering every id, e.g. from ``password_generate``).
     Returns (created, updated). Raises WeakStationPassword for a password outside 16-40 characters.
     """
-    password_hash(password)  # validate once before touching anything
+
+    def raw(sid: str) -> str:
+        return password if isinstance(password, str) else password[sid]
+
+    for candidate in [password] if isinstance(password, str) else [raw(sid) for sid in station_ids]:
+        password_hash(candidate)  # validate all before touching anything
     with transaction.atomic():
         existing = set(Station.objects.filter(station_id__in=station_ids).values_list("station_id", flat=True))
         new = [
             Station(
                 station_id=sid,
-                password_hash=password_hash(password),
+                password_hash=password_hash(raw(sid)),
                 boot_status=boot_status,
                 security_profile=security_profile or SecurityProfile.BASIC,
             )
@@ -109,13 +121,46 @@ def stations_add(
             # One salted hash per station; bulk_update keeps it to a few statements for a whole fleet.
             rows = list(Station.objects.filter(station_id__in=existing))
             for row in rows:
-                row.set_password(password)
+                row.set_password(raw(row.station_id))
                 row.boot_status = boot_status
                 if security_profile is not None:
                     row.security_profile = security_profile
             fields = ["password_hash", "boot_status", *(["security_profile"] if security_profile is not None else [])]
             updated = Station.objects.bulk_update(rows, fields, batch_size=1000)
     return len(new), updated
+
+
+@dataclass(frozen=True)
+class PasswordRotation:
+    station_id: str
+    status: str  # the station's attributeStatus for BasicAuthPassword, or the failure (e.g. StationOffline)
+    adopted: bool  # the station accepted the new password: it uses it from its next connection on
+
+
+def station_password_rotate(
+    *, station_id: str, actor_user_id: int | None, actor_label: str, timeout: float | None = None
+) -> PasswordRotation:
+    """Send the station a new random BasicAuthPassword (SetVariables SecurityCtrlr.BasicAuthPassword).
+
+    The password exists only in this call's memory and payload; ``station_call`` stores its hash as the pending
+    password, audits the call (masked) and records the outcome as a PasswordRotated station event
+    (chargers.services.password_rotation). Raises StationUnknown.
+    """
+    try:
+        answer = station_call(
+            station_id=station_id,
+            action="SetVariables",
+            payload=rotation_payload(password_generate()),
+            actor_user_id=actor_user_id,
+            actor_label=actor_label,
+            timeout=timeout,
+        )
+    except StationUnknown:
+        raise
+    except StationCallError as exc:
+        return PasswordRotation(station_id, type(exc).__name__, False)
+    status = rotation_status(answer)
+    return PasswordRotation(station_id, status, status in ADOPTED)
 
 
 def id_token_add(*, token: str, type: str, status: str, group: str | None = None) -> IdToken:

@@ -25,6 +25,8 @@ from django.utils import timezone
 from chargers import ocpp_j
 from chargers.models import Station, StationCommand
 from chargers.ocpp_j import OcppError
+from chargers.passwords import WeakStationPassword
+from chargers.services.password_rotation import rotation_answered, rotation_begin, rotation_password
 from chargers.services.station_commands import station_command_record
 
 
@@ -106,18 +108,31 @@ async def station_call_async(
         "actor_label": actor_label,
         "requested_at": requested_at,
     }
+    rotation = None
     try:
+        new_password = rotation_password(action, payload)
+        if new_password is not None:  # stored (hashed) as pending before it goes out; see password_rotation
+            try:
+                rotation = await _rotation_begin(station_id=station_id, raw=new_password)
+            except WeakStationPassword as exc:
+                raise CallPayloadInvalid(f"{action}: BasicAuthPassword: {exc}") from exc
         result = await _call(station_id=station_id, action=action, payload=payload, timeout=timeout)
     except StationUnknown:
         raise
     except StationCallError as exc:
         await _record(**audit, **_failure_audit(exc))
+        if rotation is not None:
+            await _rotation_answered(rotation, answer=None, actor_label=actor_label, failure=type(exc).__name__)
         raise
     await _record(**audit, outcome=StationCommand.Outcome.ANSWERED, answer=result, answered_at=timezone.now())
+    if rotation is not None:
+        await _rotation_answered(rotation, answer=result, actor_label=actor_label)
     return result
 
 
 _record = database_sync_to_async(station_command_record)
+_rotation_begin = database_sync_to_async(rotation_begin)
+_rotation_answered = database_sync_to_async(rotation_answered)
 
 
 def _failure_audit(exc: StationCallError) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from typing import Any
 from chargers.models import Station, StationCommand
 
 MASK = "********"
+#: CSMS-initiated actions whose requests may carry secrets (their MessageLog rows are masked too: chargers.apply).
+SECRET_ACTIONS = frozenset({"SetVariables", "SetNetworkProfile"})
 
 
 def station_command_record(

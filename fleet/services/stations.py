@@ -3,7 +3,7 @@ CSMS below knows no organisations: ``chargers.services.provisioning`` creates th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -66,14 +66,15 @@ class ProvisionResult:
 def stations_provision(
     *,
     station_ids: Sequence[str],
-    password: str,
+    password: str | Mapping[str, str],
     organisation: Organisation,
     update: bool = False,
     boot_status: str = BootStatus.ACCEPTED,
     security_profile: int | None = None,
 ) -> ProvisionResult:
     """Create stations in the CSMS (``update``: also reset existing ones' password) owned by ``organisation``;
-    existing stations without an owner get it too. One transaction. Raises WeakStationPassword."""
+    existing stations without an owner get it too. ``password``: one for all or one per id (as ``stations_add``).
+    One transaction. Raises WeakStationPassword."""
     with transaction.atomic():
         created, updated = stations_add(
             station_ids=station_ids,

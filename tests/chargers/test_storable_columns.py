@@ -24,6 +24,7 @@ NOT_FROM_PAYLOAD = {
     "Station": {
         "station_id",
         "password_hash",
+        "password_pending_hash",
         "boot_status",
         "heartbeat_interval",
         "ocpp_version",

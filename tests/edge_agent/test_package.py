@@ -98,9 +98,13 @@ async def test_edge_agent_simulate_runs_a_fleet_against_a_csms(tmp_path: Path) -
     try:
         # when the CLI runs three simulated agents for a few seconds
         exe = Path(sys.executable).parent / "edge-agent"
+        secret = tmp_path / "password"
+        secret.write_text(PASSWORD + "\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_PASSWORD")}
         proc = await asyncio.create_subprocess_exec(
-            str(exe), "simulate", "--count", "3", "--csms", csms.url, "--id-prefix", "cli", "--password", PASSWORD,
+            str(exe), "simulate", "--count", "3", "--csms", csms.url, "--id-prefix", "cli",
             "--duration", "4", "--var-dir", str(tmp_path),
+            env={**env, "EDGE_AGENT_PASSWORD_FILE": str(secret)},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         _, err = await asyncio.wait_for(proc.communicate(), 40)
@@ -126,3 +130,15 @@ def test_simulate_refuses_bad_arguments() -> None:
     )
     assert out.returncode == 2
     assert "--count" in out.stderr
+
+
+def test_edge_agent_simulate_refuses_a_password_on_the_command_line() -> None:
+    # Given a password offered as an argument (visible to every user of the machine through ps)
+    exe = Path(sys.executable).parent / "edge-agent"
+    result = subprocess.run(
+        [str(exe), "simulate", "--count", "1", "--csms", "ws://127.0.0.1:9/ocpp", "--password", "a-secret-on-argv-1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    # Then the agent does not start, and says where the password goes instead
+    assert result.returncode == 2
+    assert "EDGE_AGENT_PASSWORD_FILE" in result.stderr

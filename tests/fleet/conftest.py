@@ -28,13 +28,14 @@ class FakeStationLayer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self._replies: dict[str, dict[str, Any]] = {}
+        self.answer: dict[str, Any] = ANSWER  # what "the station" answers every call with
 
     async def new_channel(self) -> str:
         return f"reply!{len(self.sent)}"
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         self.sent.append((channel, message))
-        self._replies[message["reply_to"]] = {"status": "result", "payload": ANSWER}
+        self._replies[message["reply_to"]] = {"status": "result", "payload": self.answer}
 
     async def receive(self, channel: str) -> dict[str, Any]:
         return self._replies.pop(channel)

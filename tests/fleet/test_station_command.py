@@ -178,3 +178,84 @@ def test_station_accept_accepts_a_pending_station_and_asks_an_online_one_to_boot
 def test_station_accept_refuses_an_unknown_station():
     with pytest.raises(CommandError, match="no station"):
         call_command("station", "accept", "nobody")
+
+
+def _password_answer(status: str) -> dict:
+    result = {
+        "attributeStatus": status,
+        "component": {"name": "SecurityCtrlr"},
+        "variable": {"name": "BasicAuthPassword"},
+    }
+    return {"setVariableResult": [result]}
+
+
+@pytest.mark.django_db(transaction=True)  # station_call writes through database_sync_to_async
+def test_station_rotate_password_sends_each_station_its_own_and_keeps_only_its_hash(settings, layer, capsys):
+    # Given two connected stations that accept a new password
+    settings.REDIS_URL = "redis://configured"
+    layer.answer = _password_answer("Accepted")
+    for sid in ("r-1", "r-2"):
+        StationFactory.create(station_id=sid, ocpp_version="2.1", channel_name=f"socket.{sid}")
+    # When the operator rotates their passwords
+    call_command("station", "rotate-password", "r-1", "r-2")
+    # Then each got a distinct random password by SetVariables SecurityCtrlr.BasicAuthPassword
+    sent = {m["payload"]["setVariableData"][0]["attributeValue"] for _, m in layer.sent}
+    assert len(sent) == 2
+    assert all(len(p) >= 16 for p in sent)
+    assert "r-1: Accepted" in capsys.readouterr().out
+    # And each station keeps the new password's hash as pending beside its current one
+    for (_, message), sid in zip(layer.sent, ("r-1", "r-2"), strict=True):
+        station = Station.objects.get(station_id=sid)
+        assert station.check_pending_password(message["payload"]["setVariableData"][0]["attributeValue"])
+        assert station.check_password("test-station-pass-0123")
+    # And the password is nowhere in the audit trail, and the rotation is a station event
+    audit = [str(p) for p in StationCommand.objects.values_list("payload", flat=True)]
+    assert len(audit) == 2
+    assert not any(p in row for p in sent for row in audit)
+    assert StationEvent.objects.filter(kind="PasswordRotated").count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_station_rotate_password_refused_by_the_station_keeps_the_old_one_only(settings, layer):
+    # Given a station that refuses the new password
+    settings.REDIS_URL = "redis://configured"
+    layer.answer = _password_answer("Rejected")
+    StationFactory.create(station_id="r-3", ocpp_version="2.1", channel_name="socket.r-3")
+    # When its password is rotated, then the command says it kept it, and no pending password remains
+    with pytest.raises(CommandError, match="kept their password: r-3"):
+        call_command("station", "rotate-password", "r-3")
+    station = Station.objects.get(station_id="r-3")
+    assert station.password_pending_hash == ""
+    assert station.check_password("test-station-pass-0123")
+    assert "Rejected" in StationEvent.objects.get(kind="PasswordRotated").summary
+
+
+def test_station_add_generates_a_distinct_password_per_station_into_a_private_file(tmp_path, monkeypatch):
+    # Given no password anywhere
+    monkeypatch.delenv("STATION_PASSWORD", raising=False)
+    OrganisationFactory.create(slug="depot-co")
+    out = tmp_path / "passwords.tsv"
+    # When three stations are added with --passwords-out
+    call_command("station", "add", "g-1", "g-2", "g-3", "--org", "depot-co", "--passwords-out", str(out))
+    # Then the file is the owner's only, one line per station, each password distinct and the station's own
+    assert out.stat().st_mode & 0o777 == 0o600
+    lines = dict(line.split("\t") for line in out.read_text().splitlines())
+    assert sorted(lines) == ["g-1", "g-2", "g-3"]
+    assert len(set(lines.values())) == 3
+    for sid, password in lines.items():
+        assert Station.objects.get(station_id=sid).check_password(password)
+    assert not Station.objects.get(station_id="g-1").check_password(lines["g-2"])
+
+
+def test_station_add_passwords_out_refuses_to_overwrite_or_to_mix_with_a_given_password(tmp_path, monkeypatch):
+    OrganisationFactory.create(slug="depot-co")
+    existing = tmp_path / "passwords.tsv"
+    existing.write_text("kept\n")
+    monkeypatch.delenv("STATION_PASSWORD", raising=False)
+    with pytest.raises(CommandError, match="cannot create the passwords file"):
+        call_command("station", "add", "h-1", "--org", "depot-co", "--passwords-out", str(existing))
+    assert existing.read_text() == "kept\n"
+    assert not Station.objects.filter(station_id="h-1").exists()
+    monkeypatch.setenv("STATION_PASSWORD", "a-very-long-secret-01")
+    with pytest.raises(CommandError, match="generates the passwords"):
+        call_command("station", "add", "h-1", "--org", "depot-co", "--passwords-out", str(tmp_path / "new.tsv"))

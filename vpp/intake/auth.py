@@ -11,7 +11,8 @@ The rule, the same as the REST intake's: the key must carry scope ``signal`` and
 A verdict is kept in memory for :data:`KEY_TTL_S` seconds so that the database stays off the signal's path; an open
 socket asks again after that, so a revoked or expired key stops within :data:`KEY_TTL_S` even mid-stream. The cache
 is keyed by the key's SHA-256 (raw keys are not kept in it) and holds at most :data:`CACHE_MAX` verdicts, least
-recently used dropped first, so a flood of made-up keys cannot grow it.
+recently used dropped first. Keys that do not exist are not cached at all, so made-up keys neither grow it nor evict
+real ones; they are counted per client address, and an address past its limit is refused without a query.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 
-from fleet.keys import aapi_key_user, key_from_header
+from fleet.keys import UNKNOWN_KEYS, aapi_key_user, key_from_header, unknown_key_seen, unknown_keys_blocked
 from fleet.models import ApiScope
 from fleet.selectors import may_send_signals
 
@@ -77,8 +78,12 @@ def accepted_subprotocol(scope: dict[str, Any]) -> str | None:
     return SUBPROTOCOL if SUBPROTOCOL in (scope.get("subprotocols") or []) else None
 
 
-async def key_verdict(key: str) -> Verdict:
-    """Who the key acts as and whether it may send signal values; cached for KEY_TTL_S, at most CACHE_MAX entries."""
+async def key_verdict(key: str, *, address: str = "") -> Verdict:
+    """Who the key acts as and whether it may send signal values; cached for KEY_TTL_S, at most CACHE_MAX entries.
+
+    Only keys that exist are cached: a flood of made-up keys would otherwise evict the real ones (and cost a query
+    each all the same). Unknown keys are counted per client ``address`` instead (fleet.keys): past the limit that
+    address's keys are refused without a query (:func:`address_blocked`)."""
     if not key:
         return _REFUSED
     digest = hashlib.sha256(key.encode()).hexdigest()
@@ -87,13 +92,16 @@ async def key_verdict(key: str) -> Verdict:
     if cached is not None and now - cached[0] < KEY_TTL_S:
         _verdicts.move_to_end(digest)
         return cached[1]
+    if unknown_keys_blocked(address):
+        return _REFUSED
     found = await aapi_key_user(key)
     if found is None:
-        verdict = _REFUSED
-    else:
-        user, api_key = found
-        allowed = api_key.allows(ApiScope.SIGNAL) and await database_sync_to_async(may_send_signals)(user)
-        verdict = Verdict(user.pk, allowed, api_key.portfolio, api_key.organisation_id)
+        _verdicts.pop(digest, None)  # a key revoked since: its old verdict goes
+        unknown_key_seen(address, edge="ws/regulation")
+        return _REFUSED
+    user, api_key = found
+    allowed = api_key.allows(ApiScope.SIGNAL) and await database_sync_to_async(may_send_signals)(user)
+    verdict = Verdict(user.pk, allowed, api_key.portfolio, api_key.organisation_id)
     _verdicts[digest] = (now, verdict)
     _verdicts.move_to_end(digest)
     while len(_verdicts) > CACHE_MAX:
@@ -101,6 +109,12 @@ async def key_verdict(key: str) -> Verdict:
     return verdict
 
 
+def address_blocked(address: str) -> bool:
+    """True when this client address sent too many unknown keys lately: refuse it without looking its key up."""
+    return unknown_keys_blocked(address)
+
+
 def forget_all() -> None:
-    """Drop every cached verdict (tests; a process that must apply a revocation at once)."""
+    """Drop every cached verdict and unknown-key count (tests; a process that must apply a revocation at once)."""
     _verdicts.clear()
+    UNKNOWN_KEYS.clear()

@@ -28,7 +28,15 @@ from fleet.selectors import key_portfolios_of, portfolio_refusal, portfolios_mee
 from markets.regulation.models import SignalSource
 from markets.regulation.services import RegulationError
 from vpp.dispatch.services import SignalRefused, regulation_signal_intake
-from vpp.intake.auth import KEY_TTL_S, KeyInQueryString, Verdict, accepted_subprotocol, key_verdict, scope_key
+from vpp.intake.auth import (
+    KEY_TTL_S,
+    KeyInQueryString,
+    Verdict,
+    accepted_subprotocol,
+    address_blocked,
+    key_verdict,
+    scope_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +64,11 @@ class RegulationSignalConsumer(AsyncWebsocketConsumer):
             )
             await self.close(code=4401)
             return
-        verdict = await key_verdict(key)
+        address = str((self.scope.get("client") or [""])[0])
+        if address_blocked(address):  # too many unknown keys from there: refused without a lookup
+            await self.close(code=4429)
+            return
+        verdict = await key_verdict(key, address=address)
         if verdict.user_id is None or not verdict.allowed:
             await self.close(code=4401 if verdict.user_id is None else 4403)
             return

@@ -1,8 +1,11 @@
 """``edge-agent`` command line.
 
 edge-agent run --config /etc/edge-agent/agent.toml
-edge-agent simulate --count 10 --csms ws://127.0.0.1:8000/ocpp --id-prefix demo --password PW [--ledger FILE]
+EDGE_AGENT_PASSWORD_FILE=F edge-agent simulate --count 10 --csms ws://127.0.0.1:8000/ocpp --id-prefix demo [--ledger F]
 edge-agent apply-config --bundle new.toml --signature new.sig --cert signer.pem --config /etc/edge-agent/agent.toml
+
+The simulated stations' password comes from ``$EDGE_AGENT_PASSWORD_FILE`` (its first line) or ``$EDGE_AGENT_PASSWORD``,
+never from the command line, where ``ps`` and shell history show it to every user of the machine.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 
 from edge_agent import __version__
 from edge_agent.config import ConfigError, load_config
@@ -33,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--count", type=int, required=True, help="number of agents")
     sim.add_argument("--csms", required=True, help="CSMS base URL, e.g. ws://127.0.0.1:8000/ocpp")
     sim.add_argument("--id-prefix", default="sim", help="station ids are <prefix>-1 ... <prefix>-N")
-    sim.add_argument("--password", default=None, help="Basic-auth password (default: $EDGE_AGENT_PASSWORD)")
+    # --password is gone (argv is readable by every user of the machine); kept only to say where it went.
+    sim.add_argument("--password", default=None, help=argparse.SUPPRESS)
     sim.add_argument("--ca", default="", metavar="FILE", help="wss://: CA bundle the CSMS certificate chains to")
     sim.add_argument(
         "--cert-dir", default=None, metavar="DIR", help="wss:// profile 3: <station id>.pem and .key per station"
@@ -111,10 +116,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _password_from_env(env: Mapping[str, str]) -> str:
+    path = env.get("EDGE_AGENT_PASSWORD_FILE", "")
+    if path:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    return env.get("EDGE_AGENT_PASSWORD", "")
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from edge_agent.simulate import Fleet
 
-    password = args.password if args.password is not None else os.environ.get("EDGE_AGENT_PASSWORD", "")
+    if args.password is not None:
+        print("edge-agent: --password is no longer accepted: set EDGE_AGENT_PASSWORD_FILE or EDGE_AGENT_PASSWORD",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        password = _password_from_env(os.environ)
+    except OSError as exc:
+        print(f"edge-agent: cannot read EDGE_AGENT_PASSWORD_FILE: {exc}", file=sys.stderr)
+        return 2
     if args.count < 1:
         print("edge-agent: --count must be >= 1", file=sys.stderr)
         return 2

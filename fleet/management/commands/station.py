@@ -1,4 +1,6 @@
-"""``station add <id>... --org SLUG --password-file F`` provisions stations for an organisation; ``station assign
+"""``station add <id>... --org SLUG --password-file F`` provisions stations for an organisation (``--passwords-out F``
+instead: a distinct random password per station, written to F); ``station rotate-password <id>...`` sends each a new
+random password (audited, its hash kept as pending until the station uses it); ``station assign
 <id>... --org SLUG`` moves them to another; ``station call <id> <Action> '<json>'`` commands one (audited as
 ``cli:<os user>``); ``station accept <id>`` accepts a Pending station (recorded as ``cli:<os user>``; an online
 station is asked to boot again, a call audited like ``station call``); ``station ledger-check FILE`` prints
@@ -29,7 +31,8 @@ from chargers.ledger import ledger_compare, ledger_read
 from chargers.models import BootStatus, Station
 from chargers.passwords import WeakStationPassword
 from chargers.remote import RemoteCallError, station_call_remote
-from chargers.services.provisioning import BOOT_TRIGGER, station_accept
+from chargers.services.password_rotation import ADOPTED, password_generate, rotation_payload, rotation_status
+from chargers.services.provisioning import BOOT_TRIGGER, PasswordRotation, station_accept, station_password_rotate
 from chargers.services.station_call import StationCallError, StationUnknown, station_call
 from fleet.models import ApiScope, Organisation
 from fleet.services.accounts import api_key_issue, api_key_revoke
@@ -56,6 +59,13 @@ class Command(BaseCommand):
             default=None,
             help=f"file holding the OCPP BasicAuthPassword (16-40 characters); default ${PASSWORD_ENV}",
         )
+        add.add_argument(
+            "--passwords-out",
+            default=None,
+            metavar="FILE",
+            help="generate a distinct random password per station instead, written to FILE (created 0600, "
+            "lines ID<TAB>PASSWORD); FILE must not exist",
+        )
         add.add_argument("--update", action="store_true", help="also reset the password of existing stations")
         add.add_argument("--boot-status", choices=BootStatus.values, default=BootStatus.ACCEPTED)
         add.add_argument(
@@ -73,6 +83,15 @@ class Command(BaseCommand):
         accept.add_argument("--timeout", type=float, default=float(settings.OCPP_CALL_TIMEOUT))
         accept.add_argument("--server", default=None, help="as for call")
         accept.add_argument("--user", default=None, help="as for call")
+        rotate = sub.add_parser(
+            "rotate-password",
+            help="send each station a new random BasicAuthPassword (SetVariables); the old one stays valid until "
+            "the station connects with the new one",
+        )
+        rotate.add_argument("station_ids", nargs="+", metavar="ID")
+        rotate.add_argument("--timeout", type=float, default=float(settings.OCPP_CALL_TIMEOUT))
+        rotate.add_argument("--server", default=None, help="as for call")
+        rotate.add_argument("--user", default=None, help="as for call")
         call = sub.add_parser("call", help="send <Action> with a JSON payload and print the CALLRESULT")
         call.add_argument("station_id")
         call.add_argument("action", help="e.g. Reset, GetVariables, SetChargingProfile, SetDERControl")
@@ -102,16 +121,26 @@ class Command(BaseCommand):
             "assign": self._assign,
             "call": self._call,
             "accept": self._accept,
+            "rotate-password": self._rotate_password,
             "ledger-check": self._ledger_check,
         }
         handlers[options["subcommand"]](options)
 
     def _add(self, options: dict[str, Any]) -> None:
         organisation = _organisation(options["org"], create=options["create_org"])
+        out = options["passwords_out"]
+        if out is not None and (options["password_file"] is not None or os.environ.get(PASSWORD_ENV)):
+            raise CommandError(f"--passwords-out generates the passwords: give no --password-file nor ${PASSWORD_ENV}")
+        password: str | dict[str, str]
+        if out is not None:
+            password = {sid: password_generate() for sid in dict.fromkeys(options["station_ids"])}
+            _passwords_write(out, password)  # before storing: a password that is not kept anywhere is no use
+        else:
+            password = _password(options["password_file"])
         try:
             result = stations_provision(
                 station_ids=options["station_ids"],
-                password=_password(options["password_file"]),
+                password=password,
                 organisation=organisation,
                 update=options["update"],
                 boot_status=options["boot_status"],
@@ -167,6 +196,43 @@ class Command(BaseCommand):
         except (RemoteCallError, CommandError) as exc:  # accepted all the same: Accepted at its next boot
             return f"boot not triggered ({exc}); accepted at its next boot"
         return "booting again now" if answer.get("status") == "Accepted" else f"TriggerMessage {answer.get('status')}"
+
+    def _rotate_password(self, options: dict[str, Any]) -> None:
+        client = f"cli:{_os_user()}"
+        failed = []
+        for station_id in dict.fromkeys(options["station_ids"]):
+            if settings.REDIS_URL:
+                try:
+                    rotation = station_password_rotate(
+                        station_id=station_id, actor_user_id=None, actor_label=client, timeout=options["timeout"]
+                    )
+                except StationUnknown:
+                    rotation = PasswordRotation(station_id, "StationUnknown", False)
+            else:  # through the server holding the socket; its station_call stores the pending hash the same way
+                rotation = self._rotate_remote(options, station_id, client)
+            note = "the new one is valid now; the old one until the station uses the new one"
+            self.stdout.write(f"{station_id}: {rotation.status}" + (f" ({note})" if rotation.adopted else ""))
+            if not rotation.adopted:
+                failed.append(station_id)
+        if failed:
+            raise CommandError(f"{len(failed)} station(s) kept their password: {', '.join(failed[:10])}")
+
+    def _rotate_remote(self, options: dict[str, Any], station_id: str, client: str) -> PasswordRotation:
+        try:
+            with _call_key(options["user"]) as api_key:
+                answer = station_call_remote(
+                    station_id=station_id,
+                    action="SetVariables",
+                    payload=rotation_payload(password_generate()),
+                    timeout=options["timeout"],
+                    server=options["server"],
+                    api_key=api_key,
+                    client=client,
+                )
+        except RemoteCallError as exc:
+            return PasswordRotation(station_id, f"failed: {exc}", False)
+        status = rotation_status(answer)
+        return PasswordRotation(station_id, status, status in ADOPTED)
 
     def _call(self, options: dict[str, Any]) -> None:
         try:
@@ -271,6 +337,16 @@ def _password(path: str | None) -> str:
     if not password:
         raise CommandError(f"no password: pass --password-file FILE or set ${PASSWORD_ENV}")
     return password
+
+
+def _passwords_write(path: str, passwords: dict[str, str]) -> None:
+    """``ID<TAB>PASSWORD`` lines into a new file only its owner can read (refuses to overwrite one)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise CommandError(f"cannot create the passwords file: {exc}") from exc
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.writelines(f"{sid}\t{raw}\n" for sid, raw in passwords.items())
 
 
 def _os_user() -> str:

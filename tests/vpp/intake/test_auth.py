@@ -78,12 +78,45 @@ async def test_a_revoked_key_stops_once_its_cached_verdict_is_older_than_the_ttl
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_the_verdict_cache_is_bounded(monkeypatch):
-    # Given a small cache, when more made-up keys than it holds are tried, then it keeps only the newest
+async def test_made_up_keys_are_not_cached(monkeypatch):
+    # Given a small cache, when more made-up keys than it holds are tried, then none of them is kept
     monkeypatch.setattr(auth, "CACHE_MAX", 3)
     for n in range(10):
-        await auth.key_verdict(f"made{n}.up")
+        assert await auth.key_verdict(f"made{n}.up") == auth.Verdict(None, False)
+    assert len(auth._verdicts) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_verdict_cache_is_bounded(monkeypatch):
+    # Given a small cache, when more real keys than it holds are checked, then it keeps only the newest
+    monkeypatch.setattr(auth, "CACHE_MAX", 3)
+    for n in range(5):
+        user = await sync_to_async(User.objects.create_user)(f"utility{n}", password="a-long-test-password")
+        await auth.key_verdict(await sync_to_async(api_key_for)(user, "signal"))
     assert len(auth._verdicts) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_address_past_its_unknown_keys_is_refused_without_a_lookup(monkeypatch, settings):
+    # Given a limit of 5 unknown keys per address, and a count of the key lookups made
+    settings.API_UNKNOWN_KEYS_PER_ADDRESS = 5
+    lookups = []
+    real_lookup = auth.aapi_key_user
+
+    async def counted(key):
+        lookups.append(key)
+        return await real_lookup(key)
+
+    monkeypatch.setattr(auth, "aapi_key_user", counted)
+    # When one address tries 50 made-up keys
+    for n in range(50):
+        assert await auth.key_verdict(f"guess{n}.key", address="203.0.113.9") == auth.Verdict(None, False)
+    # Then only the first 5 were looked up, and the address is blocked while another is not
+    assert len(lookups) == 5
+    assert auth.address_blocked("203.0.113.9")
+    assert not auth.address_blocked("203.0.113.10")
+    await auth.key_verdict("guess.other", address="203.0.113.10")
+    assert len(lookups) == 6
 
 
 @pytest.mark.django_db(transaction=True)
