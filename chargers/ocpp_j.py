@@ -95,11 +95,31 @@ class Frame:
     error_details: Any = None
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")  # Python's json reads NaN and Infinity; the grammar has neither
+
+
+def _readable_id(text: str) -> str:
+    """The message id of a frame orjson refuses but the JSON grammar allows (a lone surrogate escape such as
+    ``"\\udb5d"``, a number too large for a double): the station can then match the error to its message. "-1"
+    when the frame is not even that."""
+    try:
+        msg = json.loads(text, parse_constant=_not_json)
+    except (ValueError, RecursionError):
+        return "-1"
+    found = msg[1] if isinstance(msg, list) and len(msg) > 1 and isinstance(msg[1], str) else ""
+    # Printable: nothing the message log cannot keep (U+0000, lone surrogates).
+    return found if 0 < len(found) <= MESSAGE_ID_MAX and found.isprintable() else "-1"
+
+
 def parse(text: str, version: str) -> Frame:
     """Parse one OCPP-J frame. Raises OcppError with the CALLERROR to answer (message id "-1" if unreadable)."""
     try:
         msg = orjson.loads(text)
     except (ValueError, RecursionError) as exc:
+        message_id = _readable_id(text)
+        if message_id != "-1":  # grammatical JSON whose content is not valid (a lone surrogate, a huge number)
+            raise OcppError("FormatViolation", "frame holds a value that is not valid JSON text", message_id) from exc
         raise OcppError("RpcFrameworkError", "frame is not valid JSON") from exc
     if not isinstance(msg, list) or len(msg) < 3 or not isinstance(msg[1], str):
         raise OcppError("RpcFrameworkError", "frame is not an OCPP-J array [type, messageId, ...]")

@@ -45,3 +45,12 @@ def test_it_names_a_property_the_schema_does_not_allow_with_format_violation():
     with pytest.raises(ocpp_j.OcppError) as caught:
         ocpp_j.validate_station_request(frame, "2.1")
     assert caught.value.code == "FormatViolation"
+
+
+def test_a_frame_orjson_refuses_but_json_allows_is_answered_under_its_own_message_id():
+    # Given a CALL whose payload holds a lone surrogate escape (allowed by the JSON grammar, not valid Unicode)
+    text = '[2,"m-42","DataTransfer",{"vendorId":"\\udb5d}"}]'
+    # When it is parsed / Then the error names the station's message id, so the station can match it
+    with pytest.raises(ocpp_j.OcppError) as refused:
+        ocpp_j.parse(text, "2.0.1")
+    assert refused.value.message_id == "m-42"
