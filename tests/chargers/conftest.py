@@ -47,7 +47,10 @@ class LiveServer:
 def start_server(extra_env: dict[str, str] | None = None) -> LiveServer:
     """The real ASGI app under Daphne (``vpp.serve``) on a free port, on the test database pytest-django made."""
     port = free_port()
-    env = {**os.environ, **(extra_env or {})}
+    # The tests connect from one address and provoke refusals on purpose: the per-address and per-station limits
+    # on failed handshakes (tested with their own server in test_hardening) would block the session's later tests.
+    unlimited = {"OCPP_AUTH_FAILURES_PER_ADDRESS": "1000000", "OCPP_AUTH_FAILURES_PER_STATION": "1000000"}
+    env = {**os.environ, **unlimited, **(extra_env or {})}
     db_name = str(settings.DATABASES["default"]["NAME"])
     # Verbosity 1: Daphne's access log lands in the captured output of a failing test.
     command = [sys.executable, "-m", "vpp.serve", str(port), db_name, "1"]
