@@ -44,7 +44,7 @@ class LiveServer:
         return f"http://127.0.0.1:{self.port}"
 
 
-def start_server(extra_env: dict[str, str] | None = None) -> LiveServer:
+def start_server(extra_env: dict[str, str] | None = None, *, log_path: Path | None = None) -> LiveServer:
     """The real ASGI app under Daphne (``vpp.serve``) on a free port, on the test database pytest-django made."""
     port = free_port()
     # The tests connect from one address and provoke refusals on purpose: the per-address and per-station limits
@@ -54,7 +54,9 @@ def start_server(extra_env: dict[str, str] | None = None) -> LiveServer:
     db_name = str(settings.DATABASES["default"]["NAME"])
     # Verbosity 1: Daphne's access log lands in the captured output of a failing test.
     command = [sys.executable, "-m", "vpp.serve", str(port), db_name, "1"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env)
+    # A server's own log file (``log_path``) outlives the test's output capture: what it said before it died.
+    log = log_path.open("ab") if log_path is not None else None
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
     wait_listening(process, port)
     return LiveServer(port, process)
 

@@ -20,8 +20,9 @@ import os
 import random
 import threading
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +33,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from tests.chargers import fuzz
-from tests.chargers.conftest import LiveServer, basic_auth
+from tests.chargers.conftest import LiveServer, basic_auth, start_server, stop_server
 from tests.chargers.factories import StationFactory
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
@@ -170,9 +171,24 @@ def _chunks(version: str) -> st.SearchStrategy[list[tuple[str, list[fuzz.Frame]]
     return st.lists(st.tuples(fuzz.valid_calls(version), st.integers(0, 2**32 - 1)), min_size=BASES, max_size=BASES)
 
 
+@pytest.fixture
+def fuzzed_csms(tmp_path: Path) -> Iterator[LiveServer]:
+    """A server of the fuzz test's own: if a frame kills it, this test says how, and no other test loses its server."""
+    server = start_server(log_path=tmp_path / "csms.log")
+    server.log_path = tmp_path / "csms.log"  # type: ignore[attr-defined]
+    yield server
+    stop_server(server)
+
+
+def _death(server: LiveServer) -> str:
+    log = server.log_path.read_text(errors="replace").splitlines()  # type: ignore[attr-defined]
+    return f"the server died (exit {server.process.poll()}); its last lines:\n" + "\n".join(log[-40:])
+
+
 def test_every_fuzzed_frame_gets_one_conformant_answer_and_others_keep_being_served(
-    live_csms: LiveServer,
+    fuzzed_csms: LiveServer,
 ) -> None:
+    live_csms = fuzzed_csms
     # Given fuzzing stations of both OCPP versions and a well-behaved one, connected to a live CSMS
     ids = [StationFactory.create().station_id for _ in range(CONNECTIONS * len(fuzz.VERSIONS) + 1)]
     stations = [Station(sid, fuzz.VERSIONS[i % 2]) for i, sid in enumerate(ids[:-1])]
@@ -209,10 +225,14 @@ def test_every_fuzzed_frame_gets_one_conformant_answer_and_others_keep_being_ser
 
     try:
         fuzz_once()
+    except Exception as exc:
+        if live_csms.process.poll() is not None:
+            raise AssertionError(_death(live_csms)) from exc
+        raise
     finally:
         harness.close()
     assert harness.frames_sent >= FUZZ_FRAMES
     assert harness.heartbeats == harness.batches  # one answered Heartbeat per batch of about 42 fuzzed frames
-    assert live_csms.process.poll() is None, "the server died"
+    assert live_csms.process.poll() is None, _death(live_csms)
     print(f"fuzz: {harness.frames_sent} frames, {harness.heartbeats} heartbeats, closes: "
           f"{[c for s in stations for c in s.closes]}")  # fmt: skip
