@@ -95,9 +95,6 @@ class Frame:
     error_details: Any = None
 
 
-_NESTING_MAX = 200  # brackets in a frame whose id is still looked for (an OCPP payload nests a few levels)
-
-
 def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")  # Python's json reads NaN and Infinity; the grammar has neither
 
@@ -106,9 +103,7 @@ def _readable_id(text: str) -> str:
     """The message id of a frame orjson refuses but the JSON grammar allows (a lone surrogate escape such as
     ``"\\udb5d"``, a number too large for a double): the station can then match the error to its message. "-1"
     when the frame is not even that."""
-    if text.count("[") + text.count("{") > _NESTING_MAX:  # never recurse deep in C on a hostile frame
-        return "-1"
-    try:
+    try:  # deep nesting stops at the interpreter's recursion limit (RecursionError), as orjson's does
         msg = json.loads(text, parse_constant=_not_json)
     except (ValueError, RecursionError):
         return "-1"
