@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
 from chargers.pki import storage
@@ -38,8 +39,31 @@ def key_usage(**allowed: bool) -> x509.KeyUsage:
 
 @dataclass(frozen=True)
 class Ca:
+    """A CA as the rest of the code sees it: its certificate and the name of its key in the key store.
+
+    Everything a CA signs goes through the ``*_sign`` methods, never through the private key: the key may live in a
+    token that signs inside itself (PKCS#11) and never hands it out.
+    """
+
+    name: str
     cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+
+    def authority_key_id(self) -> x509.AuthorityKeyIdentifier:
+        """The AuthorityKeyIdentifier of what this CA signs: its own SubjectKeyIdentifier."""
+        ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+    def certificate_sign(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        return builder.sign(storage.signing_key(self.name), hashes.SHA256())
+
+    def crl_sign(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
+        return builder.sign(storage.signing_key(self.name), hashes.SHA256())
+
+    def ocsp_sign(self, builder: ocsp.OCSPResponseBuilder) -> ocsp.OCSPResponse:
+        """An OCSP response signed by this CA itself (RFC 6960 4.2.2.2: the issuer of the certificates asked about)."""
+        return builder.responder_id(ocsp.OCSPResponderEncoding.HASH, self.cert).sign(
+            storage.signing_key(self.name), hashes.SHA256()
+        )
 
 
 def _name(common_name: str, organisation: str) -> x509.Name:
@@ -52,10 +76,10 @@ def _name(common_name: str, organisation: str) -> x509.Name:
 
 def _ca_cert(
     *, subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: Ca | None, validity: timedelta, path_length: int
-) -> x509.Certificate:
+) -> x509.CertificateBuilder:
+    """The CA certificate to be signed by ``issuer`` (or, for the root, by ``key`` itself)."""
     now = datetime.now(UTC)
     issuer_name = issuer.cert.subject if issuer else subject
-    signer = issuer.key if issuer else key
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -69,10 +93,8 @@ def _ca_cert(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     if issuer:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False
-        )
-    return builder.sign(signer, hashes.SHA256())
+        builder = builder.add_extension(issuer.authority_key_id(), critical=False)
+    return builder
 
 
 def ca_init(*, organisation: str = "", force: bool = False) -> tuple[x509.Certificate, x509.Certificate]:
@@ -86,16 +108,19 @@ def ca_init(*, organisation: str = "", force: bool = False) -> tuple[x509.Certif
     root_key = ec.generate_private_key(CURVE)
     root_cert = _ca_cert(
         subject=_name("V2G Root CA", organisation), key=root_key, issuer=None, validity=ROOT_VALIDITY, path_length=1
-    )
-    sub_key = ec.generate_private_key(CURVE)
-    sub_cert = _ca_cert(
-        subject=_name("CPO Sub-CA", organisation),
-        key=sub_key,
-        issuer=Ca(root_cert, root_key),
-        validity=SUB_CA_VALIDITY,
-        path_length=0,
-    )
+    ).sign(root_key, hashes.SHA256())
     keys.key_store(ROOT, root_key)
+    storage.signing_key_forget()
+    sub_key = ec.generate_private_key(CURVE)
+    sub_cert = Ca(ROOT, root_cert).certificate_sign(
+        _ca_cert(
+            subject=_name("CPO Sub-CA", organisation),
+            key=sub_key,
+            issuer=Ca(ROOT, root_cert),
+            validity=SUB_CA_VALIDITY,
+            path_length=0,
+        )
+    )
     keys.key_store(SUB_CA, sub_key)
     storage.cert_store(ROOT, root_cert)
     storage.cert_store(SUB_CA, sub_cert)
@@ -110,7 +135,7 @@ def ca_exists() -> bool:
 
 
 def sub_ca() -> Ca:
-    return Ca(storage.cert_load(SUB_CA), storage.signing_key(SUB_CA))
+    return Ca(SUB_CA, storage.cert_load(SUB_CA))
 
 
 def bundle_path() -> str:

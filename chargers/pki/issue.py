@@ -71,11 +71,11 @@ def _leaf(
         .add_extension(ca.key_usage(digital_signature=True, key_agreement=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False)
+        .add_extension(issuer.authority_key_id(), critical=False)
     )
     if san:
         builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return Issued(builder.sign(issuer.key, hashes.SHA256()), key)
+    return Issued(issuer.certificate_sign(builder), key)
 
 
 def _record(issued: Issued, *, use: str, subject_cn: str, station: Station | None) -> None:
@@ -192,7 +192,7 @@ def crl_build(*, now: datetime) -> bytes:
         .issuer_name(issuer.cert.subject)
         .last_update(now)
         .next_update(now + CRL_VALIDITY)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False)
+        .add_extension(issuer.authority_key_id(), critical=False)
     )
     revoked = PkiCertificate.objects.filter(revoked_at__isnull=False).values_list("serial", "revoked_at")
     for serial, revoked_at in revoked:
@@ -200,7 +200,7 @@ def crl_build(*, now: datetime) -> bytes:
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(int(serial, 16)).revocation_date(revoked_at).build()
         )
-    return builder.sign(issuer.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    return issuer.crl_sign(builder).public_bytes(serialization.Encoding.DER)
 
 
 def server_credentials_ensure(*, hosts: list[str]) -> tuple[str, str]:
