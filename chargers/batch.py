@@ -91,12 +91,15 @@ class BatchContext:
                 _text_safe(error_code)[:40],
             )
             error_description = _text_safe(error_description)
-            kept = {name: value for name, value in (("payload", payload), ("response", response)) if _has_nul(value)}
-            if kept:  # jsonb cannot hold U+0000: keep the JSON text (escaped) instead
+            kept = {name: v for name, v in (("payload", payload), ("response", response)) if _jsonb_unsafe(v)}
+            if kept:  # jsonb cannot hold U+0000, and deep nesting stays out of native encoders: keep JSON text
                 payload = None if "payload" in kept else payload
                 response = None if "response" in kept else response
-                text = json.dumps(kept, ensure_ascii=False)
-                raw = f"{raw}\n{text}" if raw else text
+                try:
+                    text = json.dumps(kept, ensure_ascii=False)
+                except RecursionError:  # deeper than Python's limit: the frame's own text (``raw``) is the record
+                    text = ""
+                raw = f"{raw}\n{text}" if raw and text else raw or text
         self.logs.append(
             (station.pk, direction, message_type, message_id, action, station.version, payload, raw, response,
              error_code, error_description[:255], created_at, responded_at, payload_sha256)
@@ -117,21 +120,29 @@ def _text_safe(text: str) -> str:
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
-def _has_nul(value: Any) -> bool:
-    """U+0000 anywhere in a JSON value. Iterative: a station may nest a payload as deep as the JSON parser allows
-    (orjson: 1,024 levels), deeper than Python's recursion limit, and the frame must still be logged and answered."""
-    stack = [value]
+def _jsonb_unsafe(value: Any) -> bool:
+    """U+0000 anywhere in a JSON value (PostgreSQL's jsonb refuses it), or nesting deeper than ``ocpp_j.MAX_NESTING``.
+
+    Iterative: a station may nest a payload as deep as the JSON parser allows (orjson: 1,024 levels), deeper than
+    Python's recursion limit, and the frame must still be logged and answered. Deep values are kept as text, never
+    handed to the native JSON encoder: orjson up to 3.11.9 overflowed its output buffer on some deeply nested lists
+    of dicts (heap corruption that killed the server in the fuzz test).
+    """
+    stack = [(value, 0)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         if isinstance(item, str):
             if "\x00" in item:
                 return True
-        elif isinstance(item, dict):
-            if any("\x00" in key for key in item):
+        elif isinstance(item, dict | list):
+            if depth >= ocpp_j.MAX_NESTING:
                 return True
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+            if isinstance(item, dict):
+                if any("\x00" in key for key in item):
+                    return True
+                stack.extend((v, depth + 1) for v in item.values())
+            else:
+                stack.extend((v, depth + 1) for v in item)
     return False
 
 

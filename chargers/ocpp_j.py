@@ -256,6 +256,12 @@ def payload_digest(payload: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+# The deepest nesting of containers a payload may have to be stored as JSON (the 2.0.1 and 2.1 schemas nest about
+# eight levels; customData is vendor-defined). Deeper payloads are refused at the door (PropertyConstraintViolation)
+# and logged as text: the native encoders never see them (orjson <= 3.11.9 corrupted its heap on some).
+MAX_NESTING = 32
+
+
 def dumps_bytes(obj: Any) -> bytes:
     """Compact JSON as UTF-8: orjson, ten times faster than ``json`` on OCPP payloads (every frame and stored
     payload goes through here); ``json`` for what orjson refuses (integers beyond 64 bits)."""

@@ -32,6 +32,7 @@ from django.apps import apps
 from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import CharField, Field
 
+from chargers import ocpp_j
 from chargers.handlers.common import datetime_parse
 from chargers.handlers.meter_values import sampled_value_int
 from chargers.models import ENERGY_IMPORT_REGISTER
@@ -144,7 +145,7 @@ COLUMNS: tuple[Column, ...] = (
 def payload_storable_check(version: str, action: str, payload: dict[str, Any], message_id: str) -> None:
     """Raise the OcppError to answer if the store cannot hold ``payload`` (schema-valid) exactly as sent."""
     try:
-        _nul_check(payload)
+        _shape_check(payload)
         for column, parts, low_high in _columns_of(action):
             for value in values_at(payload, parts):
                 _column_check(column, value, low_high)
@@ -165,10 +166,16 @@ class _Never:
 _NEVER: Any = _Never()
 
 
-def _nul_check(payload: Any) -> None:
-    stack: list[tuple[Any, str]] = [(payload, "")]
+def _shape_check(payload: Any) -> None:
+    """No U+0000 anywhere (jsonb and text refuse it) and no nesting deeper than ``ocpp_j.MAX_NESTING``."""
+    stack: list[tuple[Any, str, int]] = [(payload, "", 0)]
     while stack:
-        node, where = stack.pop()
+        node, where, depth = stack.pop()
+        if depth >= ocpp_j.MAX_NESTING:
+            _refuse(
+                where.rstrip("/") or "payload",
+                f"nested deeper than {ocpp_j.MAX_NESTING} levels, more than this CSMS stores",
+            )
         if isinstance(node, dict):
             for key, value in node.items():
                 if "\x00" in key:
@@ -177,14 +184,14 @@ def _nul_check(payload: Any) -> None:
                     if "\x00" in value:
                         _refuse(f"{where}{key}", "contains U+0000, which the store cannot hold")
                 elif isinstance(value, dict | list):
-                    stack.append((value, f"{where}{key}/"))
+                    stack.append((value, f"{where}{key}/", depth + 1))
         elif isinstance(node, list):
             for i, value in enumerate(node):
                 if isinstance(value, str):
                     if "\x00" in value:
                         _refuse(f"{where}{i}", "contains U+0000, which the store cannot hold")
                 elif isinstance(value, dict | list):
-                    stack.append((value, f"{where}{i}/"))
+                    stack.append((value, f"{where}{i}/", depth + 1))
 
 
 def _column_check(column: Column, value: Any, low_high: tuple[int, int] | None) -> None:

@@ -53,6 +53,13 @@ def door_jobs(ref: StationRef, frames: list[str]) -> list[Job]:
     return jobs
 
 
+def _deep(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def _sampled(p: dict[str, Any]) -> dict[str, Any]:
     return p["meterValue"][0]["sampledValue"][0]
 
@@ -73,6 +80,8 @@ HOSTILE: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
     ("StatusNotification", lambda p: p.update(timestamp="9999-12-31T23:00:00-05:00"), "date-time"),
     ("NotifyEVChargingNeeds", lambda p: p["chargingNeeds"]["dcChargingParameters"].update(evMaxPower=1e12),
      "evMaxPower"),
+    # Vendor data nested 40 levels deep: schema-valid, more than the store keeps as JSON
+    ("DataTransfer", lambda p: p.update(data=_deep(40)), "data/0/0/0"),
 ]  # fmt: skip
 
 
@@ -159,12 +168,16 @@ async def test_poison_messages_get_their_callerror_and_good_ones_commit_in_one_b
     assert await MeterValue.objects.filter(station_id__in=[r.pk for r in good_stations]).acount() == 2 * 3 * 3
     assert await TransactionEvent.objects.acount() == 3
     assert await StationEvent.objects.filter(kind="DataTransfer").acount() == 3
-    # And every poison message is in the message log with its CALLERROR, storable (U+0000 kept as escaped JSON text)
+    # And every poison message is in the message log with its CALLERROR, storable (U+0000 and deep nesting kept as
+    # JSON text, the rest as JSON)
     logged = [row async for row in MessageLog.objects.filter(station_id=bad_station.pk).order_by("message_id")]
     assert len(logged) == len(HOSTILE)
     assert {row.error_code for row in logged} == {"PropertyConstraintViolation"}
-    assert all(row.payload_sha256 and (row.payload is not None or "\\u0000" in row.raw) for row in logged)
-    assert all(row.payload is not None for row in logged if "\\u0000" not in row.raw)
+    assert all(row.payload_sha256 for row in logged)
+    deep = next(f"bad-{n}" for n, (_, _, path) in enumerate(HOSTILE) if path == "data/0/0/0")
+    by_id = {row.message_id: row for row in logged}
+    assert by_id[deep].payload is None and "[[[[" in by_id[deep].raw
+    assert all(row.payload is not None or "\\u0000" in row.raw for mid, row in by_id.items() if mid != deep)
     assert await MeterValue.objects.filter(station_id=bad_station.pk).acount() == 0
     await sync_to_async(connections.close_all)()  # the ORM's async thread: nothing may outlive the test database
 
