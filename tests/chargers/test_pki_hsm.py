@@ -8,6 +8,7 @@ Skipped when SoftHSM2 is not installed (Debian package ``softhsm2``; ``.ci/run``
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import threading
@@ -319,3 +320,29 @@ def test_a_token_that_does_not_answer_in_time_fails_the_signing_and_then_recover
         # Then, once the token answers again, signing works
         leaf = issue.station_certificate_issue(station_id="cs-11").cert
     leaf.verify_directly_issued_by(ca.sub_ca().cert)
+
+
+def test_a_forked_worker_process_signs_with_the_token(hsm_pki: Path) -> None:
+    # Given a parent that has used the token (its session and library state do not survive a fork)
+    sub = ca.sub_ca()
+    now = datetime.now(UTC)
+    builder = x509.CertificateRevocationListBuilder().issuer_name(sub.cert.subject).last_update(now).next_update(now)
+    sub.crl_sign(builder)
+    read_end, write_end = os.pipe()
+    # When a forked child (a prefork server or task worker) signs a CRL
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            der = sub.crl_sign(builder).public_bytes(serialization.Encoding.DER)
+            os.write(write_end, der)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        der = pipe.read()
+    os.waitpid(pid, 0)
+    # Then the child's CRL verifies, and the parent still signs too
+    public = sub.cert.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    assert x509.load_der_x509_crl(der).is_signature_valid(public)
+    assert sub.crl_sign(builder).is_signature_valid(public)
