@@ -16,6 +16,7 @@ import plotly
 from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE
 
 from vpp.env import (
+    ImproperlyConfiguredEnv,
     env_bool,
     env_choice,
     env_float,
@@ -343,6 +344,19 @@ GC_PAUSE_LOG_MS = env_float("GC_PAUSE_LOG_MS", 0.0, minimum=0.0)
 PKI_DIR = Path(env_str("PKI_DIR", str(VAR_DIR / "pki")))
 PKI_PASSPHRASE = env_opt("PKI_PASSPHRASE")
 PKI_PASSPHRASE_FILE = env_opt("PKI_PASSPHRASE_FILE")
+# CA keys in an HSM instead (chargers.pki.hsm): the token's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so;
+# unset: the encrypted files above. Keys are generated in the token labelled PKI_PKCS11_TOKEN_LABEL and never leave
+# it; the user PIN comes from PKI_PKCS11_PIN or the file PKI_PKCS11_PIN_FILE. A token that does not answer within
+# PKI_PKCS11_TIMEOUT_S fails the signing (PkiError), never falls back to files.
+PKI_PKCS11_MODULE = env_opt("PKI_PKCS11_MODULE")
+PKI_PKCS11_TOKEN_LABEL = env_opt("PKI_PKCS11_TOKEN_LABEL")
+PKI_PKCS11_PIN = env_opt("PKI_PKCS11_PIN")
+PKI_PKCS11_PIN_FILE = env_opt("PKI_PKCS11_PIN_FILE")
+PKI_PKCS11_TIMEOUT_S = env_float("PKI_PKCS11_TIMEOUT_S", 10.0, minimum=0.1)
+if PKI_PKCS11_MODULE and not PKI_PKCS11_TOKEN_LABEL:
+    raise ImproperlyConfiguredEnv("PKI_PKCS11_MODULE is set: set PKI_PKCS11_TOKEN_LABEL to the token's label too")
+if PKI_PKCS11_MODULE and bool(PKI_PKCS11_PIN) == bool(PKI_PKCS11_PIN_FILE):
+    raise ImproperlyConfiguredEnv("PKI_PKCS11_MODULE is set: set one of PKI_PKCS11_PIN_FILE and PKI_PKCS11_PIN")
 # The TLS listener's certificate and key (PEM); unset: a server certificate issued from the built-in PKI into PKI_DIR.
 TLS_CERT_FILE = env_opt("TLS_CERT_FILE")
 TLS_KEY_FILE = env_opt("TLS_KEY_FILE")

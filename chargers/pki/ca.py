@@ -54,16 +54,25 @@ class Ca:
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
     def certificate_sign(self, builder: x509.CertificateBuilder) -> x509.Certificate:
-        return builder.sign(storage.signing_key(self.name), hashes.SHA256())
+        return builder.sign(self._key(), hashes.SHA256())
 
     def crl_sign(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
-        return builder.sign(storage.signing_key(self.name), hashes.SHA256())
+        return builder.sign(self._key(), hashes.SHA256())
 
     def ocsp_sign(self, builder: ocsp.OCSPResponseBuilder) -> ocsp.OCSPResponse:
         """An OCSP response signed by this CA itself (RFC 6960 4.2.2.2: the issuer of the certificates asked about)."""
-        return builder.responder_id(ocsp.OCSPResponderEncoding.HASH, self.cert).sign(
-            storage.signing_key(self.name), hashes.SHA256()
-        )
+        return builder.responder_id(ocsp.OCSPResponderEncoding.HASH, self.cert).sign(self._key(), hashes.SHA256())
+
+    def _key(self) -> ec.EllipticCurvePrivateKey:
+        """The configured store's key (a decrypted file's, or a token's that signs inside the token), checked against
+        this CA's certificate: a key replaced under a certificate would sign what nobody can verify."""
+        key = storage.signing_key(self.name)
+        if key.public_key() != self.cert.public_key():
+            raise PkiError(
+                f"the key {self.name} in {storage.key_store().describe()} does not match its certificate "
+                f"{storage.cert_path(self.name)}: run `manage.py pki init --force` to make a new CA"
+            )
+        return key
 
 
 def _name(common_name: str, organisation: str) -> x509.Name:
@@ -75,22 +84,22 @@ def _name(common_name: str, organisation: str) -> x509.Name:
 
 
 def _ca_cert(
-    *, subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: Ca | None, validity: timedelta, path_length: int
+    *, subject: x509.Name, key: ec.EllipticCurvePublicKey, issuer: Ca | None, validity: timedelta, path_length: int
 ) -> x509.CertificateBuilder:
-    """The CA certificate to be signed by ``issuer`` (or, for the root, by ``key`` itself)."""
+    """The certificate of CA key ``key`` to be signed by ``issuer`` (or, for the root, by the key itself)."""
     now = datetime.now(UTC)
     issuer_name = issuer.cert.subject if issuer else subject
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer_name)
-        .public_key(key.public_key())
+        .public_key(key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(key_usage(key_cert_sign=True, crl_sign=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
     )
     if issuer:
         builder = builder.add_extension(issuer.authority_key_id(), critical=False)
@@ -98,30 +107,29 @@ def _ca_cert(
 
 
 def ca_init(*, organisation: str = "", force: bool = False) -> tuple[x509.Certificate, x509.Certificate]:
-    """Create the root CA and the CPO sub-CA (keys encrypted in the key store, certificates and bundle as PEM).
+    """Create the root CA and the CPO sub-CA: keys made by the configured key store (encrypted files, or generated
+    inside the PKCS#11 token, which then also signs the root's own certificate), certificates and bundle as PEM.
 
     Refuses to replace an existing CA without ``force``: every certificate it issued would stop verifying.
     """
     keys = storage.key_store()
     if not force and (keys.key_exists(ROOT) or keys.key_exists(SUB_CA)):
-        raise PkiError(f"a CA already exists in {storage.pki_dir()} (use --force to replace it and its trust)")
-    root_key = ec.generate_private_key(CURVE)
+        raise PkiError(f"a CA already exists in {keys.describe()} (use --force to replace it and its trust)")
+    root_public = keys.key_generate(ROOT, replace=force)
     root_cert = _ca_cert(
-        subject=_name("V2G Root CA", organisation), key=root_key, issuer=None, validity=ROOT_VALIDITY, path_length=1
-    ).sign(root_key, hashes.SHA256())
-    keys.key_store(ROOT, root_key)
-    storage.signing_key_forget()
-    sub_key = ec.generate_private_key(CURVE)
+        subject=_name("V2G Root CA", organisation), key=root_public, issuer=None, validity=ROOT_VALIDITY, path_length=1
+    ).sign(keys.signing_key(ROOT), hashes.SHA256())
+    root_cert.verify_directly_issued_by(root_cert)  # the store signed with the key it generated
+    sub_public = keys.key_generate(SUB_CA, replace=force)
     sub_cert = Ca(ROOT, root_cert).certificate_sign(
         _ca_cert(
             subject=_name("CPO Sub-CA", organisation),
-            key=sub_key,
+            key=sub_public,
             issuer=Ca(ROOT, root_cert),
             validity=SUB_CA_VALIDITY,
             path_length=0,
         )
     )
-    keys.key_store(SUB_CA, sub_key)
     storage.cert_store(ROOT, root_cert)
     storage.cert_store(SUB_CA, sub_cert)
     bundle = sub_cert.public_bytes(serialization.Encoding.PEM) + root_cert.public_bytes(serialization.Encoding.PEM)

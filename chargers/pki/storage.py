@@ -1,15 +1,22 @@
-"""Where the PKI keeps its files: CA private keys behind ``KeyStore``, certificates (public) as PEM files.
+"""Where the PKI keeps CA private keys (behind ``KeyStore``) and certificates (public, PEM files).
 
-The encrypted-file store is the embedded default: each key is a PKCS#8 PEM encrypted with ``BestAvailableEncryption``
-under one passphrase from ``PKI_PASSPHRASE`` / ``PKI_PASSPHRASE_FILE``, or generated once into ``var/`` (0600).
-An HSM (PKCS#11) store would implement ``KeyStore`` and return a key object that signs inside the token; nothing
-outside this module reads key files.
+Two stores, chosen by ``PKI_PKCS11_MODULE``:
+
+- unset (the embedded default): encrypted files. Each key is a PKCS#8 PEM encrypted with ``BestAvailableEncryption``
+  under one passphrase from ``PKI_PASSPHRASE`` / ``PKI_PASSPHRASE_FILE``, or generated once into ``var/`` (0600).
+- set: a PKCS#11 token (``chargers.pki.hsm``): keys generated in the token, never extractable, signing in the token.
+  A token that cannot be used is a ``PkiError``, never a quiet fall back to files.
+
+Either way a store hands out a cryptography ``EllipticCurvePrivateKey`` that signs; nothing outside this module and
+``hsm`` touches key files or token objects.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
 
 PASSPHRASE_FILE_NAME = "pki_passphrase"  # noqa: S105 - a file name, not a secret
+LOG = logging.getLogger("chargers.pki")
 
 
 class PkiError(Exception):
@@ -27,11 +35,19 @@ class PkiError(Exception):
 
 
 class KeyStore(Protocol):
+    def describe(self) -> str:
+        """Where the keys are, for operators (``pki status``) and error messages."""
+        ...
+
     def key_exists(self, name: str) -> bool: ...
 
-    def key_store(self, name: str, key: ec.EllipticCurvePrivateKey) -> None: ...
+    def key_generate(self, name: str, *, replace: bool = False) -> ec.EllipticCurvePublicKey:
+        """A new key ``name`` made and kept by the store; its public key. Refused if one exists, unless ``replace``."""
+        ...
 
-    def key_load(self, name: str) -> ec.EllipticCurvePrivateKey: ...
+    def signing_key(self, name: str) -> ec.EllipticCurvePrivateKey:
+        """Key ``name`` as cryptography's builders take it: its ``sign`` may run in a token that never shows it."""
+        ...
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -72,8 +88,23 @@ class EncryptedFileKeyStore:
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.key.pem"
 
+    def describe(self) -> str:
+        return f"encrypted files in {self.directory}"
+
     def key_exists(self, name: str) -> bool:
         return self._path(name).exists()
+
+    def key_generate(self, name: str, *, replace: bool = False) -> ec.EllipticCurvePublicKey:
+        if self.key_exists(name) and not replace:
+            raise PkiError(f"a key {name} already exists in {self.directory}")
+        key = ec.generate_private_key(ec.SECP256R1())
+        self.key_store(name, key)
+        _cached_key.cache_clear()
+        return key.public_key()
+
+    def signing_key(self, name: str) -> ec.EllipticCurvePrivateKey:
+        """Decrypted once per process (each decryption runs the passphrase KDF)."""
+        return _cached_key(str(self.directory), name)
 
     def key_store(self, name: str, key: ec.EllipticCurvePrivateKey) -> None:
         pem = key.private_bytes(
@@ -100,8 +131,41 @@ def pki_dir() -> Path:
     return Path(settings.PKI_DIR)
 
 
+def pkcs11_pin() -> str:
+    """The token's user PIN, from ``PKI_PKCS11_PIN`` or the file ``PKI_PKCS11_PIN_FILE`` (never from argv)."""
+    if settings.PKI_PKCS11_PIN and settings.PKI_PKCS11_PIN_FILE:
+        raise PkiError("set one of PKI_PKCS11_PIN and PKI_PKCS11_PIN_FILE, not both")
+    if settings.PKI_PKCS11_PIN:
+        return str(settings.PKI_PKCS11_PIN)
+    if not settings.PKI_PKCS11_PIN_FILE:
+        raise PkiError("PKI_PKCS11_MODULE is set: set PKI_PKCS11_PIN_FILE (or PKI_PKCS11_PIN) to the token's user PIN")
+    path = Path(settings.PKI_PKCS11_PIN_FILE)
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise PkiError(f"cannot read PKI_PKCS11_PIN_FILE {path}: {exc.strerror}") from exc
+
+
 def key_store() -> KeyStore:
-    return EncryptedFileKeyStore(pki_dir())
+    """The configured store: the PKCS#11 token when ``PKI_PKCS11_MODULE`` is set, else encrypted files."""
+    if not settings.PKI_PKCS11_MODULE:
+        return EncryptedFileKeyStore(pki_dir())
+    if not settings.PKI_PKCS11_TOKEN_LABEL:
+        LOG.error("PKI_PKCS11_MODULE is set without PKI_PKCS11_TOKEN_LABEL")
+        raise PkiError("PKI_PKCS11_MODULE is set: set PKI_PKCS11_TOKEN_LABEL to the label of the token to use")
+    try:
+        pin = pkcs11_pin()
+    except PkiError as exc:
+        LOG.error("%s", exc)
+        raise
+    from chargers.pki import hsm  # only a configured token loads python-pkcs11 and the vendor's library
+
+    return hsm.store(
+        module=str(settings.PKI_PKCS11_MODULE),
+        token_label=str(settings.PKI_PKCS11_TOKEN_LABEL),
+        pin=pin,
+        timeout_s=float(settings.PKI_PKCS11_TIMEOUT_S),
+    )
 
 
 def cert_path(name: str) -> Path:
@@ -123,13 +187,17 @@ def cert_load(name: str) -> x509.Certificate:
 
 @cache
 def _cached_key(directory: str, name: str) -> ec.EllipticCurvePrivateKey:
-    return key_store().key_load(name)
+    return EncryptedFileKeyStore(Path(directory)).key_load(name)
 
 
 def signing_key(name: str) -> ec.EllipticCurvePrivateKey:
-    """The CA key, decrypted once per process (each decryption runs the passphrase KDF)."""
-    return _cached_key(str(pki_dir()), name)
+    """CA key ``name`` from the configured store, ready for a builder's ``sign``."""
+    return key_store().signing_key(name)
 
 
 def signing_key_forget() -> None:
+    """Forget decrypted keys and close token sessions (after ``pki init``, and between tests)."""
     _cached_key.cache_clear()
+    hsm = sys.modules.get("chargers.pki.hsm")
+    if hsm is not None:
+        hsm.stores_close()

@@ -111,3 +111,22 @@ def test_revoke_by_serial_and_of_nothing(pki: Path, tmp_path: Path) -> None:
     assert PkiCertificate.objects.get(serial=serial).revoked_at is not None
     with pytest.raises(CommandError, match="no unrevoked certificate"):
         call_command("pki", "revoke", serial)
+
+
+def test_status_says_the_keys_are_encrypted_files(pki: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given the embedded default (no PKCS#11 module configured) / When the status is asked
+    call_command("pki", "status")
+    # Then it names the file store and finds each CA's key matching its certificate
+    out = capsys.readouterr().out
+    assert f"key store: encrypted files in {pki}" in out
+    lines = dict(line.split(": ", 1) for line in out.splitlines())
+    assert lines["v2g-root-ca"].startswith("key matches the certificate; DC=V2G,O=Test CPO,CN=V2G Root CA, valid until")
+    assert lines["cpo-sub-ca"].startswith("key matches the certificate; DC=V2G,O=Test CPO,CN=CPO Sub-CA, valid until")
+
+
+def test_a_key_replaced_under_its_certificate_is_refused(pki: Path, tmp_path: Path) -> None:
+    # Given the sub-CA's key replaced behind its certificate's back (a restored backup, a second init elsewhere)
+    storage.key_store().key_generate("cpo-sub-ca", replace=True)
+    # When a certificate is to be signed / Then the CA refuses instead of signing what nobody could verify
+    with pytest.raises(CommandError, match="does not match its certificate"):
+        call_command("pki", "station-cert", "cs-1", out_cert=str(tmp_path / "c.pem"), out_key=str(tmp_path / "k.pem"))

@@ -1,6 +1,7 @@
 """``manage.py pki``: the built-in V2G PKI (security profiles 2 and 3).
 
-pki init [--organisation O] [--force]            root CA + CPO sub-CA (keys encrypted under PKI_DIR)
+pki init [--organisation O] [--force]            root CA + CPO sub-CA (keys in the PKCS#11 token, or encrypted files)
+pki status                                       which key store holds the CA keys, and the CA certificates
 pki station-cert ID --out-cert F --out-key F [--organisation O]   a station's client certificate (CN = ID)
 pki server-cert --host H [--host H2] --out-cert F --out-key F    the CSMS's TLS server certificate
 pki revoke SERIAL|STATION_ID [--reason R]        revoke one certificate, or all of a station's; the CRL follows
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from chargers.models import PkiCertificate
@@ -19,7 +21,7 @@ from chargers.pki.storage import PkiError
 
 
 class Command(BaseCommand):
-    help = "The built-in V2G PKI: init, station-cert, server-cert, revoke"
+    help = "The built-in V2G PKI: init, status, station-cert, server-cert, revoke"
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
@@ -28,6 +30,7 @@ class Command(BaseCommand):
         init.add_argument(
             "--force", action="store_true", help="replace an existing CA (its certificates stop verifying)"
         )
+        sub.add_parser("status", help="say which key store holds the CA keys, and show the CA certificates")
         station = sub.add_parser("station-cert", help="issue a station's TLS client certificate (profile 3)")
         station.add_argument("station_id")
         station.add_argument("--out-cert", required=True)
@@ -50,8 +53,31 @@ class Command(BaseCommand):
 
     def _init(self, options: dict[str, Any]) -> None:
         root, sub = ca.ca_init(organisation=options["organisation"], force=options["force"])
-        self.stdout.write(f"root CA {root.serial_number:x} and CPO sub-CA {sub.serial_number:x} in {storage.pki_dir()}")
+        self.stdout.write(f"root CA {root.serial_number:x} and CPO sub-CA {sub.serial_number:x}")
+        self.stdout.write(f"keys: {storage.key_store().describe()}; certificates: {storage.pki_dir()}")
         self.stdout.write(f"trust bundle for stations: {ca.bundle_path()}")
+
+    def _status(self, options: dict[str, Any]) -> None:
+        keys = storage.key_store()
+        self.stdout.write(f"key store: {keys.describe()}")
+        for name in (ca.ROOT, ca.SUB_CA):
+            present = keys.key_exists(name)
+            path = storage.cert_path(name)
+            if not path.exists():
+                self.stdout.write(
+                    f"{name}: {'key' if present else 'no key'}, no certificate (run `manage.py pki init`)"
+                )
+                continue
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            if not present:
+                key = "NO KEY"
+            elif keys.signing_key(name).public_key() == cert.public_key():
+                key = "key matches the certificate"
+            else:
+                key = "KEY DOES NOT MATCH the certificate"
+            self.stdout.write(
+                f"{name}: {key}; {cert.subject.rfc4514_string()}, valid until {cert.not_valid_after_utc:%Y-%m-%d}"
+            )
 
     def _station_cert(self, options: dict[str, Any]) -> None:
         station_id = options["station_id"]
