@@ -42,7 +42,7 @@ from edge_agent.frequency import GridSample
 from edge_agent.hardware import Hardware, Measurement
 from edge_agent.hardware.sim import SimulatedCar
 from edge_agent.profiles import ProfileStore
-from edge_agent.protection import EnterService, Protection
+from edge_agent.protection import EnterService, IslandingSettings, Protection
 
 ISO15118_TIMEOUT_S = 0.25  # PowerDeliveryRes must arrive within 250 ms
 REGULATING_MODES = {OperationMode.CENTRAL_SETPOINT, OperationMode.CENTRAL_FREQUENCY, OperationMode.LOCAL_FREQUENCY}
@@ -72,6 +72,9 @@ class StationParams:
     lookahead_s: float = 0.0
     islanding_clearing_s: float = 1.0
     enter_service: EnterService = field(default_factory=EnterService)
+    protection_category: str = "II"  # IEEE 1547 abnormal operating performance category (edge_agent.grid_code)
+    phases: int = 1
+    islanding: IslandingSettings | None = None  # None: the category's defaults
     link_loss_timeout_s: float = 2.0
     safe_mode: SafeMode = field(default_factory=SafeMode)
     vendor: str = "OpenV2G"
@@ -113,10 +116,14 @@ class Station:
         )
         self.dm.listeners.append(self._on_variable)
         self.profiles = ProfileStore(nominal_voltage_v=params.nominal_voltage_v)
-        self.protection = Protection(
+        self.protection = Protection.for_category(
+            params.protection_category,
+            nominal_hz=params.nominal_hz,
+            phases=params.phases,
             sample_period_s=params.tick_s,
             islanding_clearing_s=params.islanding_clearing_s,
             enter_service=params.enter_service,
+            **({"islanding": params.islanding} if params.islanding is not None else {}),
         )
         self.link = LinkMonitor(timeout_s=params.link_loss_timeout_s)
         self.link.started(clock.monotonic())  # not connected yet: the fail-safe grace runs from start-up
