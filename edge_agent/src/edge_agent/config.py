@@ -182,7 +182,6 @@ class AgentConfig:
             raise ConfigError("ocpp.message_attempt_interval_s must be > 0 and <= ocpp.message_attempt_interval_max_s")
         return self
 
-
     def _validate_protection(self) -> None:
         p = self.protection
         if p.category not in grid_code.CATEGORIES:

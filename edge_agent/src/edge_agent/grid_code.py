@@ -110,7 +110,9 @@ def check_trip_curve(
     fam = family(category, nominal_hz, quantity, over)
     names = "/".join(s.name for s in fam)
     if len(points) != len(fam):
-        raise SettingRefused(f"{names} must-trip curve needs exactly {len(fam)} points (one per stage), got {len(points)}")
+        raise SettingRefused(
+            f"{names} must-trip curve needs exactly {len(fam)} points (one per stage), got {len(points)}"
+        )
     if not all(math.isfinite(x) for point in points for x in point):
         raise SettingRefused(f"{names}: every curve value must be a finite number")
     ordered = sorted(points, key=lambda p: -p[1] if over else p[1])
@@ -204,7 +206,9 @@ def check_islanding(
         )
     min_window = float(table()["ride_through"]["rocof_min_window_s"])
     if not min_window <= rocof_window_s <= 1.0:
-        raise SettingRefused(f"ROCOF window must be {min_window:g}-1 s (a 2 s islanding deadline), not {rocof_window_s:g}")
+        raise SettingRefused(
+            f"ROCOF window must be {min_window:g}-1 s (a 2 s islanding deadline), not {rocof_window_s:g}"
+        )
     jump = phase_jump_ride_through(phases)
     if not (math.isfinite(vector_shift_deg) and vector_shift_deg > jump):
         raise SettingRefused(

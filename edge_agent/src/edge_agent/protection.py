@@ -26,7 +26,6 @@ from enum import StrEnum
 
 from edge_agent import grid_code
 
-
 # A phase jump can be told from a drift only in samples close together (a vector-shift relay compares successive
 # cycles); the agent's loop samples every 0.2 s at most.
 VECTOR_SHIFT_MAX_DT_S = 0.2

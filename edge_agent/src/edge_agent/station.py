@@ -41,6 +41,7 @@ from edge_agent.firmware import FirmwareUpdater
 from edge_agent.frequency import GridSample
 from edge_agent.hardware import Hardware, Measurement
 from edge_agent.hardware.sim import SimulatedCar
+from edge_agent.metering import DEFAULT_RESOLUTION, sampled_values
 from edge_agent.profiles import ProfileStore
 from edge_agent.protection import EnterService, IslandingSettings, Protection
 
@@ -327,21 +328,8 @@ class Station:
         self.outbox.put("TransactionEvent", payload, offline=not self.link.connected)
 
     def meter_value(self, m: Measurement, ts: str) -> dict[str, Any]:
-        def sv(value: float, measurand: str, unit: str) -> dict[str, Any]:
-            return {"value": round(value, 1), "measurand": measurand, "unitOfMeasure": {"unit": unit}}
-
-        p = m.power_w
-        return {
-            "timestamp": ts,
-            "sampledValue": [
-                sv(m.soc * 100.0, "SoC", "Percent"),
-                sv(m.energy_import_wh, "Energy.Active.Import.Register", "Wh"),
-                sv(m.energy_export_wh, "Energy.Active.Export.Register", "Wh"),
-                sv(max(p, 0.0), "Power.Active.Import", "W"),
-                sv(max(-p, 0.0), "Power.Active.Export", "W"),
-                sv(m.frequency_hz if m.frequency_hz == m.frequency_hz else 0.0, "Frequency", "Hz"),
-            ],
-        }
+        res = getattr(self.hw, "meter_resolution", None) or DEFAULT_RESOLUTION  # the driver's meter, if it says
+        return {"timestamp": ts, "sampledValue": sampled_values(m, res)}
 
     def send_direct(self, action: str, payload: dict[str, Any]) -> None:
         """Queue an unbuffered station-initiated message (snake_case payload) and wake the sender."""
