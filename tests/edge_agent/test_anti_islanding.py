@@ -8,7 +8,7 @@ PLL meter reports). Before the island, the grid is the real 1-s recording in ``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +179,8 @@ def test_the_one_second_recording_never_trips_at_its_own_resolution(category: st
 @pytest.mark.parametrize("resolution_s", [1, 10])
 def test_a_day_of_normal_grid_replayed_through_the_agents_loop_causes_no_false_trip(resolution_s: int) -> None:
     # given the day recorded every second, or every 10 s, replayed (interpolated) at the agent's 100 ms tick
+    f: Sequence[float]
+    v: Sequence[float]
     if resolution_s == 1:
         f, v = load_recording(RECORDING)
     else:

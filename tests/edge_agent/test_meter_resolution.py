@@ -12,7 +12,7 @@ from tests.edge_agent.helpers import sim_station
 def reading(**kw: float) -> Measurement:
     base = {"power_w": -6_543.21, "energy_import_wh": 12_345.678, "energy_export_wh": 987.49, "soc": 0.61234,
             "pack_temp_c": 25.0, "inverter_temp_c": 30.0, "voltage_v": 239.8176, "frequency_hz": 59.9796}  # fmt: skip
-    return Measurement(**{**base, **kw})
+    return Measurement(**{**base, **kw})  # type: ignore[arg-type]
 
 
 def by_measurand(values: list[dict[str, object]]) -> dict[str, object]:
