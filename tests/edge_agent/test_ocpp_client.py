@@ -196,14 +196,14 @@ async def test_der_controls_set_droop_and_trip_curves_and_refuse_unsupported_one
             curve={
                 "priority": 0,
                 "yUnit": "Not_Applicable",
-                "curveData": [{"x": 0.16, "y": 61.8}, {"x": 10, "y": 60.8}],
+                "curveData": [{"x": 0.16, "y": 61.8}, {"x": 180, "y": 61.0}],
             },
         ),
     )
     assert trip.status == "Accepted"
     names = {t.name: (t.threshold, t.clearing_s) for t in agent.station.protection.trips}
-    assert names["HFMustTrip1"] == (61.8, 0.16)
-    assert "OF2" not in names
+    assert names["OF2"] == (61.8, 0.16)
+    assert names["OF1"] == (61.0, 180.0)
     unsupported = await csms.call(
         "edge-1",
         c21.SetDERControl(

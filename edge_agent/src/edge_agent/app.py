@@ -17,7 +17,7 @@ from edge_agent.frequency import GridSample, MeterFrequency, ReplayFrequency, Si
 from edge_agent.hardware import Hardware
 from edge_agent.hardware.sim import SimulatedCar, SimulatedHardware
 from edge_agent.ocpp_client import OcppClient
-from edge_agent.protection import EnterService
+from edge_agent.protection import EnterService, IslandingSettings
 from edge_agent.runner import tick_forever
 from edge_agent.sessionlog import configure_session_log, log_event
 from edge_agent.station import Station, StationParams
@@ -55,6 +55,9 @@ def station_params(cfg: AgentConfig) -> StationParams:
         lookahead_s=c.lookahead_s,
         islanding_clearing_s=c.islanding_clearing_s,
         enter_service=EnterService(delay_s=c.enter_service_delay_s, ramp_s=c.enter_service_ramp_s),
+        protection_category=cfg.protection.category,
+        phases=cfg.protection.phases,
+        islanding=IslandingSettings(*cfg.protection.resolved()),
         link_loss_timeout_s=cfg.failsafe.link_loss_timeout_s,
         safe_mode=SafeMode(cfg.failsafe.mode, cfg.failsafe.charge_limit_w),
         vendor=cfg.vendor,

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_agent import grid_code
+
 ENV_PREFIX = "EDGE_AGENT_"
 
 
@@ -57,6 +59,28 @@ class ControlSettings:
     islanding_clearing_s: float = 1.0  # <= 2 s (IEEE 1547)
     enter_service_delay_s: float = 300.0
     enter_service_ramp_s: float = 300.0
+
+
+@dataclass
+class ProtectionSettings:
+    """IEEE 1547 abnormal operating performance category, and the agent's own passive islanding detection.
+
+    The category bounds every protection setting the CSMS may send (SetDERControl). ROCOF and vector-shift
+    thresholds of 0 mean the category's defaults (``edge_agent.grid_code``: Cat I 1.0, II 2.5, III 3.5 Hz/s over
+    0.5 s; 65 degrees single-phase, 25 degrees three-phase); others must exceed IEEE 1547's ride-through.
+    """
+
+    category: str = "II"  # I | II | III
+    phases: int = 1  # 1: single-phase DER (rides through 60 degree phase jumps), 3: multi-phase (20 degrees)
+    rocof_hz_per_s: float = 0.0
+    rocof_window_s: float = 0.5
+    vector_shift_deg: float = 0.0
+
+    def resolved(self) -> tuple[float, float, float]:
+        """(ROCOF threshold, window, vector-shift threshold) with the category's defaults filled in."""
+        rocof = self.rocof_hz_per_s or grid_code.default_rocof(self.category)
+        shift = self.vector_shift_deg or grid_code.default_vector_shift(self.phases)
+        return rocof, self.rocof_window_s, shift
 
 
 @dataclass
@@ -117,6 +141,7 @@ class AgentConfig:
     model: str = "EdgeAgent-11kW-BPT"
     ocpp: OcppSettings = field(default_factory=OcppSettings)
     control: ControlSettings = field(default_factory=ControlSettings)
+    protection: ProtectionSettings = field(default_factory=ProtectionSettings)
     failsafe: FailsafeSettings = field(default_factory=FailsafeSettings)
     hardware: HardwareSettings = field(default_factory=HardwareSettings)
     frequency: FrequencySettings = field(default_factory=FrequencySettings)
@@ -146,6 +171,7 @@ class AgentConfig:
             raise ConfigError("control.floor_soc must be in [0, 1)")
         if not 0 < self.control.tick_s <= 0.2:
             raise ConfigError("control.tick_s must be in (0, 0.2] s (the fast loop is sub-200 ms)")
+        self._validate_protection()
         if self.hardware.driver not in ("sim", "modbus", "can"):
             raise ConfigError("hardware.driver must be sim, modbus or can")
         if self.frequency.source not in ("sim", "replay", "meter"):
@@ -155,6 +181,20 @@ class AgentConfig:
         if not 0 < self.ocpp.message_attempt_interval_s <= self.ocpp.message_attempt_interval_max_s:
             raise ConfigError("ocpp.message_attempt_interval_s must be > 0 and <= ocpp.message_attempt_interval_max_s")
         return self
+
+    def _validate_protection(self) -> None:
+        p = self.protection
+        if p.category not in grid_code.CATEGORIES:
+            raise ConfigError("protection.category must be I, II or III")
+        if p.phases not in (1, 3):
+            raise ConfigError("protection.phases must be 1 or 3")
+        rocof, window, shift = p.resolved()
+        try:
+            grid_code.check_islanding(
+                p.category, p.phases, rocof_hz_per_s=rocof, rocof_window_s=window, vector_shift_deg=shift
+            )
+        except grid_code.SettingRefused as exc:
+            raise ConfigError(f"protection: {exc.info}") from exc
 
 
 def _coerce(name: str, raw: Any, default: Any) -> Any:

@@ -7,6 +7,7 @@ connection itself (handshake, reconnects, the sender) is :mod:`edge_agent.ocpp_c
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any, Protocol
@@ -20,7 +21,9 @@ from ocpp.v201 import ChargePoint as ChargePoint201
 from edge_agent import sessionlog as slog
 from edge_agent.clock import iso
 from edge_agent.firmware import FirmwareRequest
+from edge_agent.grid_code import SettingRefused
 from edge_agent.profiles import (
+    PROTECTION_CONTROLS,
     SUPPORTED_DER,
     TRIP_FAMILIES,
     DerRejected,
@@ -33,6 +36,7 @@ from edge_agent.profiles import (
 from edge_agent.station import Station
 
 V21_ONLY = {"SetDERControl", "AFRRSignal", "GetDERControl", "ClearDERControl"}
+PROTECTION_REFUSED_EVENT = "ProtectionSettingRefused"  # SecurityEventNotification type (free text, <= 50)
 
 
 class ClientLink(Protocol):
@@ -168,39 +172,60 @@ class Handlers:
 
     @on("SetDERControl")
     def on_set_der_control(self, is_default: bool, control_id: str, control_type: str, **kw: Any) -> Any:
+        """DER controls; protection settings only inside IEEE 1547-2018's ranges for the configured category.
+
+        A refused protection setting (trip curve, enter service, droop) is answered Rejected, reported as a
+        SecurityEventNotification and logged; the settings in force before it stay in force.
+        """
         st = self.station
         if control_type not in SUPPORTED_DER:
             return self._call_result.SetDERControl(
                 status="NotSupported", status_info=_status_info("UnsupportedParam", control_type)
             )
+        prot = st.protection
         try:
             if control_type == "FreqDroop":
                 if not kw.get("freq_droop"):
                     raise DerRejected("Rejected", "freqDroop block missing")
-                st.droop = droop_from_der(kw["freq_droop"], st.droop)
+                st.droop = droop_from_der(kw["freq_droop"], st.droop, prot.category)
             elif control_type in TRIP_FAMILIES:
                 if not kw.get("curve"):
                     raise DerRejected("Rejected", "curve missing")
                 quantity, over = TRIP_FAMILIES[control_type]
-                st.protection.replace_trips(
-                    quantity, over, trips_from_curve(control_type, kw["curve"], st.p.nominal_hz)
-                )
+                trips = trips_from_curve(control_type, kw["curve"], prot.nominal_hz, prot.category)
+                prot.replace_trips(quantity, over, trips)
             elif control_type == "EnterService":
                 if not kw.get("enter_service"):
                     raise DerRejected("Rejected", "enterService block missing")
-                st.protection.enter_service = enter_service_from_der(kw["enter_service"], st.protection.enter_service)
+                prot.enter_service = enter_service_from_der(kw["enter_service"], prot.enter_service, prot.nominal_hz)
             elif control_type == "LimitMaxDischarge":
                 pct = (kw.get("limit_max_discharge") or {}).get("pct_max_discharge_power")
                 if pct is None or not 0 <= pct <= 100:
                     raise DerRejected("Rejected", "pctMaxDischargePower in 0..100 required")
                 st.discharge_cap_pct = float(pct)
                 st.limits = replace(st.limits, max_discharge_w=st.p.limits.max_discharge_w * pct / 100.0)
-        except DerRejected as exc:
-            return self._call_result.SetDERControl(
-                status=exc.status, status_info=_status_info("InvalidValue", exc.info)
-            )
+        except (DerRejected, SettingRefused) as exc:
+            if control_type in PROTECTION_CONTROLS:
+                self._protection_refused(control_id, control_type, exc.info)
+            status = exc.status if isinstance(exc, DerRejected) else "Rejected"
+            return self._call_result.SetDERControl(status=status, status_info=_status_info("InvalidValue", exc.info))
         slog.log_event(st.id, "der_control_set", control_id=control_id, control_type=control_type, default=is_default)
         return self._call_result.SetDERControl(status="Accepted")
+
+    def _protection_refused(self, control_id: str, control_type: str, info: str) -> None:
+        st = self.station
+        slog.log_event(
+            st.id, "der_control_refused", code=slog.PROTECTION_SETTING_REFUSED, level=logging.WARNING,
+            control_id=control_id, control_type=control_type, category=st.protection.category, info=info,
+        )  # fmt: skip
+        st.send_direct(
+            "SecurityEventNotification",
+            {
+                "type": PROTECTION_REFUSED_EVENT,
+                "timestamp": iso(st.clock.wall()),
+                "tech_info": f"{control_type} {control_id}: {info}"[:255],
+            },
+        )
 
     @on("AFRRSignal")
     def on_afrr_signal(self, timestamp: str, signal: int, **_: Any) -> Any:

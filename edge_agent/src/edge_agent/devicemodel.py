@@ -114,7 +114,8 @@ def default_variables(*, vendor: str, model: str, serial: str) -> list[Variable]
         Variable(
             "SampledDataCtrlr",
             "TxUpdatedMeasurands",
-            "SoC,Energy.Active.Import.Register,Energy.Active.Export.Register,Power.Active.Import,Power.Active.Export",
+            "SoC,Energy.Active.Import.Register,Energy.Active.Export.Register,Power.Active.Import,Power.Active.Export,"
+            "Frequency,Voltage",
             READ_ONLY,
         ),
         Variable("SecurityCtrlr", "BasicAuthPassword", "", WRITE_ONLY),

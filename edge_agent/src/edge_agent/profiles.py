@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from edge_agent import grid_code
 from edge_agent.control import SUPPORTED_MODES, Curve, DroopSettings, OperationMode, Setpoints
 from edge_agent.protection import EnterService, Quantity, TripSetting
 
@@ -277,11 +278,17 @@ class DerRejected(ValueError):
         self.info = info
 
 
-def droop_from_der(fd: dict[str, Any], base: DroopSettings) -> DroopSettings:
+PROTECTION_CONTROLS = {"FreqDroop", "EnterService", *TRIP_FAMILIES}  # refusals are security events
+VOLTAGE_Y_UNITS = {"PctEffectiveV", "Not_Applicable"}  # y = % of nominal voltage
+FREQUENCY_Y_UNITS = {"Not_Applicable"}  # y = Hz
+
+
+def droop_from_der(fd: dict[str, Any], base: DroopSettings, category: str = "II") -> DroopSettings:
     """FreqDroop: overFreq/underFreq are the absolute frequencies where droop starts; droops are per unit.
 
     A droop given as a percentage (> 1, e.g. 5) is read as percent, since the schema says "per unit" but
-    field tools commonly send 5 for 5 %.
+    field tools commonly send 5 for 5 %. Deadbands, droops and the response time must lie in IEEE 1547-2018's
+    ranges for the category (``grid_code.SettingRefused`` otherwise).
     """
 
     def pu(x: float) -> float:
@@ -293,7 +300,7 @@ def droop_from_der(fd: dict[str, Any], base: DroopSettings) -> DroopSettings:
     od, ud = pu(float(fd["over_droop"])), pu(float(fd["under_droop"]))
     if od <= 0 or ud <= 0:
         raise DerRejected("Rejected", "droop must be positive")
-    return replace(
+    droop = replace(
         base,
         deadband_over_hz=over - base.nominal_hz,
         deadband_under_hz=base.nominal_hz - under,
@@ -302,25 +309,40 @@ def droop_from_der(fd: dict[str, Any], base: DroopSettings) -> DroopSettings:
         response_time_s=float(fd["response_time"]),
         enabled=True,
     )
+    grid_code.check_droop(
+        category,
+        deadband_over_hz=droop.deadband_over_hz,
+        deadband_under_hz=droop.deadband_under_hz,
+        over_droop=od,
+        under_droop=ud,
+        response_time_s=droop.response_time_s,
+    )
+    return droop
 
 
-def trips_from_curve(control_type: str, curve: dict[str, Any], nominal_hz: float) -> list[TripSetting]:
-    """Must-trip curve points: x = clearing time (s), y = threshold (Hz, or % of nominal voltage)."""
+def trips_from_curve(
+    control_type: str, curve: dict[str, Any], nominal_hz: float, category: str = "II"
+) -> list[TripSetting]:
+    """Must-trip curve points: x = clearing time (s), y = threshold (Hz, or % of nominal voltage).
+
+    The curve replaces its family's IEEE 1547 stages (e.g. HVMustTrip: OV2 and OV1), one point per stage, each
+    inside the category's range of allowable settings (``grid_code.check_trip_curve``); anything else is refused
+    whole, so no curve can remove a stage or stretch a clearing time past its maximum.
+    """
     quantity, over = TRIP_FAMILIES[control_type]
-    settings = []
-    for i, point in enumerate(sorted(curve["curve_data"], key=lambda p: p["x"]), start=1):
-        clearing, y = float(point["x"]), float(point["y"])
-        if clearing <= 0:
-            raise DerRejected("Rejected", "clearing times must be positive")
-        threshold = y if quantity is Quantity.FREQUENCY else y / 100.0
-        if quantity is Quantity.FREQUENCY and not (0.8 * nominal_hz < threshold < 1.2 * nominal_hz):
-            raise DerRejected("Rejected", f"frequency threshold {threshold} Hz is implausible")
-        settings.append(TripSetting(f"{control_type}{i}", quantity, over, threshold, clearing))
-    return settings
+    y_unit = curve.get("y_unit", "Not_Applicable")
+    allowed = FREQUENCY_Y_UNITS if quantity is Quantity.FREQUENCY else VOLTAGE_Y_UNITS
+    if y_unit not in allowed:
+        raise grid_code.SettingRefused(f"{control_type} yUnit must be {' or '.join(sorted(allowed))}, not {y_unit}")
+    scale = 1.0 if quantity is Quantity.FREQUENCY else 0.01
+    points = [(float(p["x"]), float(p["y"]) * scale) for p in curve["curve_data"]]
+    checked = grid_code.check_trip_curve(category, nominal_hz, quantity.value, over, points)
+    return [TripSetting(stage.name, quantity, over, threshold, clearing) for stage, threshold, clearing in checked]
 
 
-def enter_service_from_der(es: dict[str, Any], base: EnterService) -> EnterService:
-    return EnterService(
+def enter_service_from_der(es: dict[str, Any], base: EnterService, nominal_hz: float = 60.0) -> EnterService:
+    """Enter-service criteria (voltages in pu, or in % of nominal when above 2), inside IEEE 1547-2018's ranges."""
+    out = EnterService(
         v_low_pu=float(es["low_voltage"]) / 100.0 if es["low_voltage"] > 2 else float(es["low_voltage"]),
         v_high_pu=float(es["high_voltage"]) / 100.0 if es["high_voltage"] > 2 else float(es["high_voltage"]),
         f_low_hz=float(es["low_freq"]),
@@ -328,3 +350,13 @@ def enter_service_from_der(es: dict[str, Any], base: EnterService) -> EnterServi
         delay_s=float(es.get("delay", base.delay_s)),
         ramp_s=float(es.get("ramp_rate", base.ramp_s)),
     )
+    grid_code.check_enter_service(
+        v_low_pu=out.v_low_pu,
+        v_high_pu=out.v_high_pu,
+        f_low_hz=out.f_low_hz,
+        f_high_hz=out.f_high_hz,
+        delay_s=out.delay_s,
+        ramp_s=out.ramp_s,
+        nominal_hz=nominal_hz,
+    )
+    return out

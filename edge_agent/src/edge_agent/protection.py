@@ -1,5 +1,13 @@
 """IEEE 1547-2018 protection: frequency and voltage must-trip with clearing times, anti-islanding, enter service.
 
+Anti-islanding here is a second, independent layer: the certified islanding detection is the inverter's (UL 1741 SB,
+with active methods). The agent adds passive methods on its own samples: loss of grid (0 Hz, not a number, PLL lost,
+dead bus), rate of change of frequency over a window (ROCOF) and voltage vector shift (phase jump), alongside the
+under/over frequency and voltage trips. Their thresholds sit just outside what IEEE 1547 obliges a DER to ride
+through (see ``edge_agent.grid_code``), so an island whose frequency and voltage stay inside that envelope (a
+load-matched island drifting slowly) is left to the inverter's active detection: no passive relay can tell it from
+a grid disturbance it must ride through.
+
 Pure state machine driven by (time, frequency, voltage, PLL lock) samples; it reads no clock of its own. It works
 on raw samples (never the smoothed ones) and does not depend on the CSMS link: it keeps working in fail-safe.
 
@@ -12,8 +20,15 @@ to energise within the clearing time, at most two sample periods early (never la
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from edge_agent import grid_code
+
+# A phase jump can be told from a drift only in samples close together (a vector-shift relay compares successive
+# cycles); the agent's loop samples every 0.2 s at most.
+VECTOR_SHIFT_MAX_DT_S = 0.2
 
 
 class Quantity(StrEnum):
@@ -34,20 +49,32 @@ class TripSetting:
         return value > self.threshold if self.over else value < self.threshold
 
 
-def default_trips(nominal_hz: float = 60.0) -> tuple[TripSetting, ...]:
-    """IEEE 1547-2018 default must-trip settings (Category II voltage), scaled by nominal/60 for 50 Hz."""
-    k = nominal_hz / 60.0
-    fq, vq = Quantity.FREQUENCY, Quantity.VOLTAGE
-    return (
-        TripSetting("OF2", fq, True, 62.0 * k, 0.16),
-        TripSetting("OF1", fq, True, 61.2 * k, 300.0),
-        TripSetting("UF1", fq, False, 58.5 * k, 300.0),
-        TripSetting("UF2", fq, False, 56.5 * k, 0.16),
-        TripSetting("OV2", vq, True, 1.20, 0.16),
-        TripSetting("OV1", vq, True, 1.10, 2.0),
-        TripSetting("UV1", vq, False, 0.70, 10.0),
-        TripSetting("UV2", vq, False, 0.45, 0.16),
+def default_trips(nominal_hz: float = 60.0, category: str = "II") -> tuple[TripSetting, ...]:
+    """IEEE 1547-2018 default must-trip settings of the category (Tables 11-13, 18), scaled by nominal/60 for 50 Hz."""
+    return tuple(
+        TripSetting(s.name, Quantity(s.quantity), s.over, s.threshold, s.clearing_s)
+        for s in grid_code.stages(category, nominal_hz)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class IslandingSettings:
+    """Passive islanding detection: ROCOF over a window, and vector shift (defaults: ``edge_agent.grid_code``).
+
+    Vector shift is measured the way a vector-shift relay measures it, from the cycle timing: the meter's frequency
+    is the phase advance over its sample period, so ``360 * (f - f_expected) * dt`` is the phase the voltage jumped
+    by in that sample, ``f_expected`` being extrapolated from the (median-filtered) samples before it. ROCOF is
+    taken over ``rocof_window_s`` from median-of-3 filtered samples, so that a phase jump (a one-sample frequency
+    spike) reads as a vector shift, not as a rate of change.
+    """
+
+    rocof_hz_per_s: float = 2.5
+    rocof_window_s: float = grid_code.ROCOF_WINDOW_S
+    vector_shift_deg: float = 65.0
+
+    @classmethod
+    def for_category(cls, category: str, phases: int = 1) -> IslandingSettings:
+        return cls(grid_code.default_rocof(category), grid_code.ROCOF_WINDOW_S, grid_code.default_vector_shift(phases))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,15 +121,28 @@ class Protection:
     sample_period_s: float = 0.1
     islanding_clearing_s: float = 1.0
     dead_bus_pu: float = 0.1
+    islanding: IslandingSettings = field(default_factory=IslandingSettings)
+    category: str = "II"  # IEEE 1547 abnormal operating performance category: what SetDERControl may set
+    nominal_hz: float = 60.0
     state: ProtectionState = ProtectionState.NORMAL
     tripped_by: str | None = None
+    last_rocof_hz_per_s: float = 0.0
+    last_vector_shift_deg: float = 0.0
     _since: dict[str, float] = field(default_factory=dict)
     _ok_since: float | None = None
     _ramp_start: float | None = None
+    _raw: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=3))
+    _filtered: deque[tuple[float, float]] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
         if not 0 < self.islanding_clearing_s <= 2.0:
             raise ValueError("IEEE 1547 requires anti-islanding within 2 s")
+
+    @classmethod
+    def for_category(cls, category: str, *, nominal_hz: float = 60.0, phases: int = 1, **kw: object) -> Protection:
+        """The category's default trips and islanding thresholds (kw: any other field, e.g. ``islanding``)."""
+        kw.setdefault("islanding", IslandingSettings.for_category(category, phases))
+        return cls(trips=default_trips(nominal_hz, category), category=category, nominal_hz=nominal_hz, **kw)  # type: ignore[arg-type]
 
     def replace_trips(self, quantity: Quantity, over: bool, settings: list[TripSetting]) -> None:
         """Swap one family of trip settings (e.g. HFMustTrip from SetDERControl) for new ones."""
@@ -113,12 +153,40 @@ class Protection:
     def _grid_lost(self, f_hz: float, v_pu: float, pll_locked: bool) -> bool:
         return (not pll_locked) or math.isnan(f_hz) or f_hz <= 0.0 or v_pu < self.dead_bus_pu
 
+    def _signature(self, now: float, f_hz: float, lost: bool) -> tuple[bool, bool]:
+        """(ROCOF beyond its threshold, vector shift beyond its threshold) on this sample."""
+        raw, filt, isl = self._raw, self._filtered, self.islanding
+        if lost or math.isinf(f_hz):
+            raw.clear()
+            filt.clear()
+            self.last_rocof_hz_per_s = self.last_vector_shift_deg = 0.0
+            return False, False
+        shift = 0.0
+        if len(filt) >= 2 and raw and now - raw[-1][0] <= VECTOR_SHIFT_MAX_DT_S:
+            (t1, m1), (t2, m2) = filt[-1], filt[-2]
+            t_prev = raw[-1][0]
+            # the filtered samples lag by one: extrapolate the trend to now, then the phase gained in this sample
+            expected = m1 + (m1 - m2) / max(t1 - t2, 1e-6) * (now - t1)
+            shift = 360.0 * (f_hz - expected) * (now - t_prev)
+        raw.append((now, f_hz))
+        rocof = 0.0
+        if len(raw) == 3:  # median of three, dated at the middle sample
+            filt.append((raw[1][0], sorted(f for _, f in raw)[1]))
+            while len(filt) > 2 and filt[1][0] <= filt[-1][0] - isl.rocof_window_s + 1e-9:
+                filt.popleft()
+            (t0, f0), (tn, fn) = filt[0], filt[-1]
+            if tn - t0 >= isl.rocof_window_s - 1e-9:
+                rocof = (fn - f0) / (tn - t0)
+        self.last_rocof_hz_per_s, self.last_vector_shift_deg = rocof, shift
+        return abs(rocof) > isl.rocof_hz_per_s, abs(shift) > isl.vector_shift_deg
+
     def _first_violation(self, now: float, f_hz: float, v_pu: float, pll_locked: bool) -> str | None:
         since = self._since
-        conditions: list[tuple[str, bool, float]] = [
-            ("ANTI_ISLANDING", self._grid_lost(f_hz, v_pu, pll_locked), self.islanding_clearing_s)
-        ]
+        lost = self._grid_lost(f_hz, v_pu, pll_locked)
+        rocof, shift = self._signature(now, f_hz, lost)
+        conditions: list[tuple[str, bool, float]] = [("ANTI_ISLANDING", lost, self.islanding_clearing_s)]
         conditions.extend((t.name, t.violated(f_hz, v_pu), t.clearing_s) for t in self.trips)
+        conditions += [("VECTOR_SHIFT", shift, 0.0), ("ROCOF", rocof, 0.0)]
         fired = None
         for name, bad, clearing in conditions:
             if not bad:

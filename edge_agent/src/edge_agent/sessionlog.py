@@ -22,6 +22,7 @@ GRID_TRIP = "GRID_TRIP"  # IEEE 1547 must-trip or anti-islanding: ceased to ener
 FAILSAFE = "FAILSAFE"  # CSMS link lost > timeout: discharging stopped, safe mode
 AUTH_REJECTED = "AUTH_REJECTED"  # the CSMS refused the station's credentials
 CSMS_REJECTED = "CSMS_REJECTED"  # the CSMS answered a buffered message with a CALLERROR
+PROTECTION_SETTING_REFUSED = "PROTECTION_SETTING_REFUSED"  # a DER setting outside IEEE 1547's allowed ranges
 
 LOGGER = logging.getLogger("edge_agent.session")
 

@@ -41,8 +41,9 @@ from edge_agent.firmware import FirmwareUpdater
 from edge_agent.frequency import GridSample
 from edge_agent.hardware import Hardware, Measurement
 from edge_agent.hardware.sim import SimulatedCar
+from edge_agent.metering import DEFAULT_RESOLUTION, sampled_values
 from edge_agent.profiles import ProfileStore
-from edge_agent.protection import EnterService, Protection
+from edge_agent.protection import EnterService, IslandingSettings, Protection
 
 ISO15118_TIMEOUT_S = 0.25  # PowerDeliveryRes must arrive within 250 ms
 REGULATING_MODES = {OperationMode.CENTRAL_SETPOINT, OperationMode.CENTRAL_FREQUENCY, OperationMode.LOCAL_FREQUENCY}
@@ -72,6 +73,9 @@ class StationParams:
     lookahead_s: float = 0.0
     islanding_clearing_s: float = 1.0
     enter_service: EnterService = field(default_factory=EnterService)
+    protection_category: str = "II"  # IEEE 1547 abnormal operating performance category (edge_agent.grid_code)
+    phases: int = 1
+    islanding: IslandingSettings | None = None  # None: the category's defaults
     link_loss_timeout_s: float = 2.0
     safe_mode: SafeMode = field(default_factory=SafeMode)
     vendor: str = "OpenV2G"
@@ -113,10 +117,14 @@ class Station:
         )
         self.dm.listeners.append(self._on_variable)
         self.profiles = ProfileStore(nominal_voltage_v=params.nominal_voltage_v)
-        self.protection = Protection(
+        self.protection = Protection.for_category(
+            params.protection_category,
+            nominal_hz=params.nominal_hz,
+            phases=params.phases,
             sample_period_s=params.tick_s,
             islanding_clearing_s=params.islanding_clearing_s,
             enter_service=params.enter_service,
+            **({"islanding": params.islanding} if params.islanding is not None else {}),
         )
         self.link = LinkMonitor(timeout_s=params.link_loss_timeout_s)
         self.link.started(clock.monotonic())  # not connected yet: the fail-safe grace runs from start-up
@@ -320,21 +328,8 @@ class Station:
         self.outbox.put("TransactionEvent", payload, offline=not self.link.connected)
 
     def meter_value(self, m: Measurement, ts: str) -> dict[str, Any]:
-        def sv(value: float, measurand: str, unit: str) -> dict[str, Any]:
-            return {"value": round(value, 1), "measurand": measurand, "unitOfMeasure": {"unit": unit}}
-
-        p = m.power_w
-        return {
-            "timestamp": ts,
-            "sampledValue": [
-                sv(m.soc * 100.0, "SoC", "Percent"),
-                sv(m.energy_import_wh, "Energy.Active.Import.Register", "Wh"),
-                sv(m.energy_export_wh, "Energy.Active.Export.Register", "Wh"),
-                sv(max(p, 0.0), "Power.Active.Import", "W"),
-                sv(max(-p, 0.0), "Power.Active.Export", "W"),
-                sv(m.frequency_hz if m.frequency_hz == m.frequency_hz else 0.0, "Frequency", "Hz"),
-            ],
-        }
+        res = getattr(self.hw, "meter_resolution", None) or DEFAULT_RESOLUTION  # the driver's meter, if it says
+        return {"timestamp": ts, "sampledValue": sampled_values(m, res)}
 
     def send_direct(self, action: str, payload: dict[str, Any]) -> None:
         """Queue an unbuffered station-initiated message (snake_case payload) and wake the sender."""
