@@ -37,8 +37,8 @@ from chargers.handshake import (
     Refused,
     basic_credentials,
     client_address,
-    handshake_blocked,
     handshake_failed,
+    handshake_retry_after,
     station_authenticate,
     subprotocol_negotiate,
 )
@@ -126,8 +126,9 @@ class OcppConsumer(AsyncConsumer):
         station_id = self.scope["url_route"]["kwargs"]["station_id"]
         tls = self.scope.get("extensions", {}).get(TLS_EXTENSION)
         address = client_address(self.scope)
-        if handshake_blocked(station_id, address):  # too many failures: refused without checking (chargers.handshake)
-            await self._deny(429)
+        retry_after = handshake_retry_after(station_id, address)
+        if retry_after:  # too many failures: refused without checking, told when to retry (chargers.handshake)
+            await self._deny(429, retry_after=retry_after)
         try:
             row = await station_authenticate(station_id, basic_credentials(self.scope), tls)
         except DatabaseError:  # cannot check the password now: 503, and the station retries its connection
@@ -504,9 +505,11 @@ class OcppConsumer(AsyncConsumer):
             defer=direction == Direction.OUT,
         )
 
-    async def _deny(self, status: int) -> NoReturn:
+    async def _deny(self, status: int, *, retry_after: int = 0) -> NoReturn:
         if DENIAL_EXTENSION in self.scope.get("extensions", {}):
             headers = [(b"www-authenticate", b'Basic realm="OCPP", charset="UTF-8"')] if status == 401 else []
+            if retry_after:
+                headers.append((b"retry-after", str(retry_after).encode("ascii")))
             await self.send({"type": "websocket.http.response.start", "status": status, "headers": headers})
             await self.send({"type": "websocket.http.response.body", "body": b""})
         else:  # a server without the extension can only refuse with its default (403 in Daphne)
