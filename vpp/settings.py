@@ -7,6 +7,7 @@ No configuration: SQLite file under ``var/``, in-memory channel layer, Celery ta
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -348,6 +349,10 @@ TLS_CERT_FILE = env_opt("TLS_CERT_FILE")
 TLS_KEY_FILE = env_opt("TLS_KEY_FILE")
 # Client certificates (profile 3) are verified against this CA bundle; unset: the built-in PKI's root and sub-CA.
 TLS_CLIENT_CA_FILE = env_opt("TLS_CLIENT_CA_FILE")
+# TLS terminated by a proxy in front of Daphne (deploy/haproxy.cfg, chargers.proxy): the addresses (CIDRs) whose
+# X-Forwarded-Proto/-For, Client-Cert and X-Client-Cert-Verify headers are believed. Empty: such headers are stripped
+# unread from every connection (a station connecting directly cannot claim TLS or a certificate in a header).
+OCPP_TRUSTED_PROXIES = [str(ipaddress.ip_network(cidr, strict=False)) for cidr in env_list("OCPP_TRUSTED_PROXIES", [])]
 
 # --- Regulation dispatch (vpp.dispatch) ----------------------------------------------------------------------------
 DISPATCH_REFRESH_S = env_float("DISPATCH_REFRESH_S", 5.0, minimum=0.1)  # in-memory fleet state reload period
