@@ -18,7 +18,7 @@ from django.conf import settings
 
 from chargers import ocpp_j
 from chargers.limits import FailureCounter
-from chargers.models import PkiCertificate, SecurityProfile, Station, StationEventKind
+from chargers.models import BootStatus, PkiCertificate, SecurityProfile, Station, StationEventKind
 from chargers.pki.verify import ClientCert, client_cert_from_scope, client_cert_refusal
 from chargers.services.password_rotation import rotation_adopt_on_connect
 from chargers.services.security import handshake_refusals_record
@@ -119,6 +119,12 @@ def authenticate_many(jobs: Sequence[AuthJob]) -> list[tuple[int, str] | Refused
     if refusals:
         after_batch(handshake_refusals_record, refusals)
     return outcomes
+
+
+def boot_statuses_many(pks: Sequence[int]) -> list[str]:
+    """The registration status of each station (by pk), in one query: connections re-reading theirs in a batch."""
+    statuses = dict(Station.objects.filter(pk__in=set(pks)).values_list("pk", "boot_status"))
+    return [statuses.get(pk, BootStatus.REJECTED) for pk in pks]  # a station deleted meanwhile: refused
 
 
 def _password_ok(station: Station, credentials: tuple[str, str] | None) -> bool:

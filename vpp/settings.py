@@ -331,6 +331,10 @@ OCPP_MESSAGE_BURST = env_int("OCPP_MESSAGE_BURST", 200, minimum=1)
 OCPP_AUTH_FAILURES_PER_STATION = env_int("OCPP_AUTH_FAILURES_PER_STATION", 10, minimum=1)
 OCPP_AUTH_FAILURES_PER_ADDRESS = env_int("OCPP_AUTH_FAILURES_PER_ADDRESS", 50, minimum=1)
 OCPP_AUTH_FAILURE_WINDOW_S = env_float("OCPP_AUTH_FAILURE_WINDOW_S", 60.0, minimum=1.0)
+# A connected station not yet Accepted re-reads its registration status at most this often (seconds) before a frame
+# is refused for it: an operator's `station accept` takes effect on the open connection even if the station could not
+# be asked to boot again (chargers.consumers).
+OCPP_BOOT_RECHECK_S = env_float("OCPP_BOOT_RECHECK_S", 10.0, minimum=0.0)
 # Invalid API keys (REST and ws/regulation) allowed per client address within the window (s); beyond them that
 # address's keys are refused without a database lookup until the window has passed (fleet.keys).
 API_UNKNOWN_KEYS_PER_ADDRESS = env_int("API_UNKNOWN_KEYS_PER_ADDRESS", 20, minimum=1)
