@@ -4,7 +4,7 @@ refusing it once it re-reads the registration status, and its next BootNotificat
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -16,6 +16,15 @@ from tests.chargers.factories import StationFactory
 from tests.chargers.payloads import COMMON
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+async def _close_db_threads() -> AsyncIterator[None]:
+    """The ORM ran in sync_to_async's thread: close its connection, or PostgreSQL cannot drop the test database."""
+    yield
+    from django.db import connections
+
+    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ whole seconds until the window that blocks the station id or the address ends.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import websockets.asyncio.client
@@ -17,6 +17,15 @@ from tests.chargers.conftest import LiveServer, basic_auth, start_server, stop_s
 from tests.chargers.factories import STATION_PASSWORD, StationFactory
 
 WINDOW_S = 120
+
+
+@pytest.fixture(autouse=True)
+async def _close_db_threads() -> AsyncIterator[None]:
+    """The ORM ran in sync_to_async's thread: close its connection, or PostgreSQL cannot drop the test database."""
+    yield
+    from django.db import connections
+
+    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,8 @@ their callers are not browsers riding on someone's session, and any other client
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 from asgiref.sync import sync_to_async
 from channels.security.websocket import OriginValidator
@@ -16,6 +18,15 @@ from vpp.asgi import _websocket_patterns, application
 # Browser-facing routes whose consumers authenticate by something other than the session cookie; each is proven
 # below to ignore a valid cookie. Any other route of ``websocket_urlpatterns`` must be Origin-validated.
 COOKIE_FREE = {"ws/regulation"}
+
+
+@pytest.fixture(autouse=True)
+async def _close_db_threads() -> AsyncIterator[None]:
+    """The ORM ran in sync_to_async's thread: close its connection, or PostgreSQL cannot drop the test database."""
+    yield
+    from django.db import connections
+
+    await sync_to_async(connections.close_all)()
 
 
 def _staff_session_cookie() -> bytes:
