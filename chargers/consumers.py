@@ -36,14 +36,15 @@ from chargers.handlers.storable import payload_storable_check
 from chargers.handshake import (
     Refused,
     basic_credentials,
+    boot_statuses_many,
     client_address,
-    handshake_blocked,
     handshake_failed,
+    handshake_retry_after,
     station_authenticate,
     subprotocol_negotiate,
 )
 from chargers.jobs import CallOutcome, Connected, Disconnected, IncomingCall, IncomingSend, Job, LogEntry, StationRef
-from chargers.models import Direction
+from chargers.models import BootStatus, Direction
 from chargers.ocpp_j import Frame, OcppError
 from chargers.writer import GroupCommitWriter, writer_for_loop
 
@@ -126,8 +127,9 @@ class OcppConsumer(AsyncConsumer):
         station_id = self.scope["url_route"]["kwargs"]["station_id"]
         tls = self.scope.get("extensions", {}).get(TLS_EXTENSION)
         address = client_address(self.scope)
-        if handshake_blocked(station_id, address):  # too many failures: refused without checking (chargers.handshake)
-            await self._deny(429)
+        retry_after = handshake_retry_after(station_id, address)
+        if retry_after:  # too many failures: refused without checking, told when to retry (chargers.handshake)
+            await self._deny(429, retry_after=retry_after)
         try:
             row = await station_authenticate(station_id, basic_credentials(self.scope), tls)
         except DatabaseError:  # cannot check the password now: 503, and the station retries its connection
@@ -146,6 +148,7 @@ class OcppConsumer(AsyncConsumer):
             await self.send({"type": "websocket.close", "code": CLOSE_NO_SUBPROTOCOL})
             raise StopConsumer
         pk, self.boot_status = row
+        self.boot_read_at = time.monotonic()  # when boot_status was read (chargers.handshake: just now)
         self.boot_triggered: set[str] = set()  # what our calls asked the station to send while not Accepted
         self.station = StationRef(pk=pk, station_id=station_id, version=version)
         self.writer = writer_for_loop(batch_apply)
@@ -300,7 +303,8 @@ class OcppConsumer(AsyncConsumer):
         try:
             ocpp_j.validate_station_request(frame, self.station.version)
             payload_storable_check(self.station.version, frame.action, frame.payload, frame.message_id)
-            boot_refusal_check(self.boot_status, frame.action, self.boot_triggered, frame.message_id)
+            if self.boot_status != BootStatus.ACCEPTED:
+                await self._registration_check(frame)
         except OcppError as exc:
             await self._reply_error(exc, raw=text[:10000], frame=frame)
             return
@@ -322,7 +326,28 @@ class OcppConsumer(AsyncConsumer):
         if frame.action == "BootNotification" and outcome.payload:
             self.boot_status = outcome.payload["status"]
             self.boot_triggered = set()
+            self.boot_read_at = time.monotonic()
         await self._send(ocpp_j.result_frame(frame.message_id, outcome.payload or {}))
+
+    async def _registration_check(self, frame: Frame) -> None:
+        """OCPP B02/B03: SecurityError for what a station may not send before it is Accepted.
+
+        Before refusing, the registration status is read again (at most every OCPP_BOOT_RECHECK_S): an operator may
+        have accepted the station while it was connected (``station accept``) and the TriggerMessage asking it to boot
+        again may have failed; the connection must not go on refusing it until its next boot.
+        """
+        try:
+            boot_refusal_check(self.boot_status, frame.action, self.boot_triggered, frame.message_id)
+        except OcppError as refusal:
+            now = time.monotonic()
+            if now - self.boot_read_at < settings.OCPP_BOOT_RECHECK_S:
+                raise
+            self.boot_read_at = now
+            try:
+                self.boot_status = await writer_for_loop(boot_statuses_many).submit(self.station.pk)
+            except DatabaseError:
+                raise refusal from None
+            boot_refusal_check(self.boot_status, frame.action, self.boot_triggered, frame.message_id)
 
     async def _on_send(self, frame: Frame, received_at: datetime) -> None:
         try:
@@ -504,9 +529,11 @@ class OcppConsumer(AsyncConsumer):
             defer=direction == Direction.OUT,
         )
 
-    async def _deny(self, status: int) -> NoReturn:
+    async def _deny(self, status: int, *, retry_after: int = 0) -> NoReturn:
         if DENIAL_EXTENSION in self.scope.get("extensions", {}):
             headers = [(b"www-authenticate", b'Basic realm="OCPP", charset="UTF-8"')] if status == 401 else []
+            if retry_after:
+                headers.append((b"retry-after", str(retry_after).encode("ascii")))
             await self.send({"type": "websocket.http.response.start", "status": status, "headers": headers})
             await self.send({"type": "websocket.http.response.body", "body": b""})
         else:  # a server without the extension can only refuse with its default (403 in Daphne)

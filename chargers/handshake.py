@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from django.conf import settings
 
 from chargers import ocpp_j
 from chargers.limits import FailureCounter
-from chargers.models import PkiCertificate, SecurityProfile, Station, StationEventKind
+from chargers.models import BootStatus, PkiCertificate, SecurityProfile, Station, StationEventKind
 from chargers.pki.verify import ClientCert, client_cert_from_scope, client_cert_refusal
 from chargers.services.password_rotation import rotation_adopt_on_connect
 from chargers.services.security import handshake_refusals_record
@@ -120,6 +121,12 @@ def authenticate_many(jobs: Sequence[AuthJob]) -> list[tuple[int, str] | Refused
     return outcomes
 
 
+def boot_statuses_many(pks: Sequence[int]) -> list[str]:
+    """The registration status of each station (by pk), in one query: connections re-reading theirs in a batch."""
+    statuses = dict(Station.objects.filter(pk__in=set(pks)).values_list("pk", "boot_status"))
+    return [statuses.get(pk, BootStatus.REJECTED) for pk in pks]  # a station deleted meanwhile: refused
+
+
 def _password_ok(station: Station, credentials: tuple[str, str] | None) -> bool:
     if credentials is None or credentials[0] != station.station_id:
         return False
@@ -173,13 +180,20 @@ def client_address(scope: dict[str, Any]) -> str:
     return str(client[0]) if client else ""
 
 
-def handshake_blocked(station_id: str, address: str) -> bool:
-    """True when this station id or address has failed too often in the current window (refuse with 429)."""
+def handshake_retry_after(station_id: str, address: str) -> int:
+    """0 when a handshake may be tried; else the whole seconds until every window blocking this station id or
+    address has ended: the ``Retry-After`` of the 429 refusal (RFC 9110 10.2.3), so a well-behaved station waits
+    exactly as long as it must instead of hammering, or giving up for longer than needed."""
     window = settings.OCPP_AUTH_FAILURE_WINDOW_S
-    return FAILURES.count(f"station:{station_id}", window_s=window) >= settings.OCPP_AUTH_FAILURES_PER_STATION or (
-        bool(address)
-        and FAILURES.count(f"address:{address}", window_s=window) >= settings.OCPP_AUTH_FAILURES_PER_ADDRESS
-    )
+    blocking = [(f"station:{station_id}", settings.OCPP_AUTH_FAILURES_PER_STATION)]
+    if address:
+        blocking.append((f"address:{address}", settings.OCPP_AUTH_FAILURES_PER_ADDRESS))
+    left = max(
+        (FAILURES.seconds_left(key, window_s=window) for key, limit in blocking
+         if FAILURES.count(key, window_s=window) >= limit),
+        default=0.0,
+    )  # fmt: skip
+    return math.ceil(left) if left > 0 else 0
 
 
 def handshake_failed(station_id: str, address: str, *, reason: str) -> None:

@@ -51,6 +51,13 @@ class FailureCounter:
             return 0
         return entry[1]
 
+    def seconds_left(self, key: str, *, window_s: float) -> float:
+        """Seconds until ``key``'s current window ends and its failures are forgotten (0 without a window)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return 0.0
+        return max(0.0, window_s - (self.clock() - entry[0]))
+
     def failed(self, key: str, *, window_s: float) -> int:
         """Count one failure of ``key``; returns its failures in the current window, this one included."""
         now = self.clock()

@@ -16,6 +16,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import URLPattern, URLResolver, re_path  # noqa: E402
 
+from chargers.proxy import TrustedProxyMiddleware  # noqa: E402
 from vpp.discovery import app_modules  # noqa: E402
 
 
@@ -26,14 +27,22 @@ def _websocket_patterns(name: str) -> list[URLPattern | URLResolver]:
 # Devices (OCPP stations) authenticate with HTTP Basic inside their own consumer: their routes come first and skip
 # the session and user middleware, which would otherwise wrap every frame a station is sent (a thousand per
 # regulation dispatch). Browser and API sockets (``websocket_urlpatterns``) use the Django session or a token.
+# Stations are not Origin-checked: Origin is what a browser says about the page that opened a socket, and it guards
+# against a page riding on the visitor's cookies. A station sends no cookies and proves itself by its password or
+# certificate, and any non-browser client can write any Origin it likes. Cookie-authenticated routes are wrapped in
+# Channels' AllowedHostsOriginValidator in their app's routing module (vpp.routing).
+# TrustedProxyMiddleware: behind a TLS-terminating proxy, the station's TLS, certificate and address as the proxy
+# saw them, believed only from OCPP_TRUSTED_PROXIES (chargers.proxy).
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": URLRouter(
-            [
-                *_websocket_patterns("device_websocket_urlpatterns"),
-                re_path(r"", AuthMiddlewareStack(URLRouter(_websocket_patterns("websocket_urlpatterns")))),
-            ]
+        "websocket": TrustedProxyMiddleware(
+            URLRouter(
+                [
+                    *_websocket_patterns("device_websocket_urlpatterns"),
+                    re_path(r"", AuthMiddlewareStack(URLRouter(_websocket_patterns("websocket_urlpatterns")))),
+                ]
+            )
         ),
     }
 )

@@ -7,6 +7,7 @@ No configuration: SQLite file under ``var/``, in-memory channel layer, Celery ta
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -331,6 +332,10 @@ OCPP_MESSAGE_BURST = env_int("OCPP_MESSAGE_BURST", 200, minimum=1)
 OCPP_AUTH_FAILURES_PER_STATION = env_int("OCPP_AUTH_FAILURES_PER_STATION", 10, minimum=1)
 OCPP_AUTH_FAILURES_PER_ADDRESS = env_int("OCPP_AUTH_FAILURES_PER_ADDRESS", 50, minimum=1)
 OCPP_AUTH_FAILURE_WINDOW_S = env_float("OCPP_AUTH_FAILURE_WINDOW_S", 60.0, minimum=1.0)
+# A connected station not yet Accepted re-reads its registration status at most this often (seconds) before a frame
+# is refused for it: an operator's `station accept` takes effect on the open connection even if the station could not
+# be asked to boot again (chargers.consumers).
+OCPP_BOOT_RECHECK_S = env_float("OCPP_BOOT_RECHECK_S", 10.0, minimum=0.0)
 # Invalid API keys (REST and ws/regulation) allowed per client address within the window (s); beyond them that
 # address's keys are refused without a database lookup until the window has passed (fleet.keys).
 API_UNKNOWN_KEYS_PER_ADDRESS = env_int("API_UNKNOWN_KEYS_PER_ADDRESS", 20, minimum=1)
@@ -362,6 +367,10 @@ TLS_CERT_FILE = env_opt("TLS_CERT_FILE")
 TLS_KEY_FILE = env_opt("TLS_KEY_FILE")
 # Client certificates (profile 3) are verified against this CA bundle; unset: the built-in PKI's root and sub-CA.
 TLS_CLIENT_CA_FILE = env_opt("TLS_CLIENT_CA_FILE")
+# TLS terminated by a proxy in front of Daphne (deploy/haproxy.cfg, chargers.proxy): the addresses (CIDRs) whose
+# X-Forwarded-Proto/-For, Client-Cert and X-Client-Cert-Verify headers are believed. Empty: such headers are stripped
+# unread from every connection (a station connecting directly cannot claim TLS or a certificate in a header).
+OCPP_TRUSTED_PROXIES = [str(ipaddress.ip_network(cidr, strict=False)) for cidr in env_list("OCPP_TRUSTED_PROXIES", [])]
 
 # --- Regulation dispatch (vpp.dispatch) ----------------------------------------------------------------------------
 DISPATCH_REFRESH_S = env_float("DISPATCH_REFRESH_S", 5.0, minimum=0.1)  # in-memory fleet state reload period

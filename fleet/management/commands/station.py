@@ -3,7 +3,8 @@ instead: a distinct random password per station, written to F); ``station rotate
 random password (audited, its hash kept as pending until the station uses it); ``station assign
 <id>... --org SLUG`` moves them to another; ``station call <id> <Action> '<json>'`` commands one (audited as
 ``cli:<os user>``); ``station accept <id>`` accepts a Pending station (recorded as ``cli:<os user>``; an online
-station is asked to boot again, a call audited like ``station call``); ``station ledger-check FILE`` prints
+station is asked to boot again, a call audited like ``station call``; if that fails, its open connection serves it
+within ``OCPP_BOOT_RECHECK_S`` and its next boot is Accepted); ``station ledger-check FILE`` prints
 ``N acknowledged, N stored, M missing, D doubled`` for an edge agent's ledger and exits non-zero unless nothing is
 missing or doubled.
 
@@ -194,7 +195,8 @@ class Command(BaseCommand):
                     client=client,
                 )
         except (RemoteCallError, CommandError) as exc:  # accepted all the same: Accepted at its next boot
-            return f"boot not triggered ({exc}); accepted at its next boot"
+            within = f"{settings.OCPP_BOOT_RECHECK_S:g} s"
+            return f"boot not triggered ({exc}); its connection serves it within {within}, Accepted at its next boot"
         return "booting again now" if answer.get("status") == "Accepted" else f"TriggerMessage {answer.get('status')}"
 
     def _rotate_password(self, options: dict[str, Any]) -> None:

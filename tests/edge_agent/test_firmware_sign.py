@@ -1,0 +1,120 @@
+"""``manage.py firmware signing-cert`` and ``firmware sign`` produce what UpdateFirmware carries, and the edge agent,
+trusting the built-in PKI's CA bundle, installs a package so signed and refuses it once tampered with."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from django.core.management import CommandError, call_command
+from django.test import override_settings
+from ocpp.v21 import call as c21
+
+from chargers import ocpp_j
+from chargers.pki import ca, storage
+from tests.edge_agent.csms import RecordingCsms
+from tests.edge_agent.firmware_kit import PackageServer
+
+pytestmark = pytest.mark.timeout(60)
+
+PACKAGE = b"\x7fELF edge-agent firmware 3.0.0 " + bytes(range(256)) * 16
+KEY_PASSPHRASE = "firmware-key-passphrase-0123"
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Iterator[Path]:
+    """The built-in PKI (root + CPO sub-CA) in a directory of this test's own."""
+    directory = tmp_path / "pki"
+    with override_settings(PKI_DIR=directory, PKI_PASSPHRASE="test-pki-passphrase-0123456789"):
+        storage.signing_key_forget()
+        ca.ca_init(organisation="Test CPO")
+        yield directory
+    storage.signing_key_forget()
+
+
+@pytest.fixture
+def repo() -> Iterator[PackageServer]:
+    server = PackageServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def signer(pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A firmware-signing key and certificate issued by the command, the passphrase in the environment."""
+    monkeypatch.setenv("FIRMWARE_SIGNING_PASSPHRASE", KEY_PASSPHRASE)
+    cert, key = tmp_path / "fw-signer.pem", tmp_path / "fw-signer.key"
+    call_command("firmware", "signing-cert", "--out-cert", str(cert), "--out-key", str(key), "--cn", "FW 2026")
+    return cert, key
+
+
+def _sign(path: Path, cert: Path, key: Path, location: str, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    capsys.readouterr()
+    call_command(
+        "firmware", "sign", str(path), "--key-file", str(key), "--cert-file", str(cert), "--location", location
+    )
+    return json.loads(capsys.readouterr().out)
+
+
+async def _update(csms: RecordingCsms, request_id: int, firmware: dict[str, Any]) -> Any:
+    return await csms.call("edge-1", c21.UpdateFirmware(request_id=request_id, firmware=firmware))
+
+
+def _events(csms: RecordingCsms, request_id: int) -> tuple[list[str], list[str]]:
+    statuses = [p["status"] for p in csms.of("FirmwareStatusNotification") if p["request_id"] == request_id]
+    return statuses, [p["type"] for p in csms.of("SecurityEventNotification")]
+
+
+def test_the_signing_key_is_written_encrypted_and_never_taken_from_argv(signer, tmp_path, monkeypatch):
+    # Given the key the command wrote
+    _, key = signer
+    # Then it does not load without the passphrase, and loads with it
+    with pytest.raises(TypeError):
+        serialization.load_pem_private_key(key.read_bytes(), password=None)
+    serialization.load_pem_private_key(key.read_bytes(), password=KEY_PASSPHRASE.encode())
+    assert key.stat().st_mode & 0o077 == 0
+    # And without a passphrase in a file or the environment, no key is issued (there is no argv option for one)
+    monkeypatch.delenv("FIRMWARE_SIGNING_PASSPHRASE")
+    with pytest.raises(CommandError, match="FIRMWARE_SIGNING_PASSPHRASE"):
+        call_command("firmware", "signing-cert", "--out-cert", str(tmp_path / "c"), "--out-key", str(tmp_path / "k"))
+
+
+def test_it_refuses_to_sign_with_a_certificate_that_is_not_the_keys(signer, pki, tmp_path, capsys):
+    # Given the signing key and a certificate of another key (the sub-CA's, from the same PKI)
+    _, key = signer
+    package = tmp_path / "fw.bin"
+    package.write_bytes(PACKAGE)
+    # When the operator signs with the mismatched pair / Then nothing is signed
+    with pytest.raises(CommandError, match="not the signing key's"):
+        _sign(package, pki / "ca-bundle.pem", key, "", capsys)
+
+
+async def test_the_agent_installs_a_package_signed_by_the_command_and_refuses_it_tampered(
+    signer, pki, repo, csms: RecordingCsms, make_agent: Any, tmp_path: Path, capsys
+):
+    # Given an agent trusting the PKI's CA bundle, and a package signed with the command
+    cert, key = signer
+    package = tmp_path / "edge-agent-3.0.0.bin"
+    package.write_bytes(PACKAGE)
+    signed = _sign(package, cert, key, repo.url("/fw/edge-agent-3.0.0.bin"), capsys)
+    firmware = {**signed, "retrieveDateTime": "2026-01-01T00:00:00Z"}
+    ocpp_j.check(ocpp_j.request_validator("2.0.1", "UpdateFirmware"), {"requestId": 1, "firmware": firmware})
+    agent = await make_agent(csms, firmware_trust_anchor=str(pki / "ca-bundle.pem"))
+    await csms.wait_for(lambda: "edge-1" in csms.connections and agent.station.link.connected)
+    repo.files["/fw/edge-agent-3.0.0.bin"] = PACKAGE
+    repo.files["/fw/tampered.bin"] = PACKAGE[:-1] + b"\x00"
+    # When the CSMS sends it as signed / Then the agent verifies and installs it
+    assert (await _update(csms, 1, firmware)).status == "Accepted"
+    await csms.wait_for(lambda: "Installed" in _events(csms, 1)[0])
+    assert "SignatureVerified" in _events(csms, 1)[0]
+    assert agent.station.firmware.installed_version == "edge-agent-3.0.0.bin"
+    # When the same signature comes with a package altered by one byte / Then it is refused, not installed
+    tampered = {**firmware, "location": repo.url("/fw/tampered.bin")}
+    assert (await _update(csms, 2, tampered)).status == "Accepted"
+    await csms.wait_for(lambda: "InvalidFirmwareSignature" in _events(csms, 2)[1])
+    assert _events(csms, 2)[0] == ["Downloading", "Downloaded", "InvalidSignature"]
+    assert agent.station.firmware.installed_version == "edge-agent-3.0.0.bin"
