@@ -348,6 +348,10 @@ TLS_CERT_FILE = env_opt("TLS_CERT_FILE")
 TLS_KEY_FILE = env_opt("TLS_KEY_FILE")
 # Client certificates (profile 3) are verified against this CA bundle; unset: the built-in PKI's root and sub-CA.
 TLS_CLIENT_CA_FILE = env_opt("TLS_CLIENT_CA_FILE")
+# Station certificates (SignCertificate -> CertificateSigned): at most this many requests per station per day, and
+# a connected station is asked for a new CSR (TriggerMessage) once its certificate expires within this many days.
+PKI_SIGN_PER_DAY = env_int("PKI_SIGN_PER_DAY", 5, minimum=1)
+PKI_RENEW_BEFORE_DAYS = env_int("PKI_RENEW_BEFORE_DAYS", 30, minimum=1)
 
 # --- Regulation dispatch (vpp.dispatch) ----------------------------------------------------------------------------
 DISPATCH_REFRESH_S = env_float("DISPATCH_REFRESH_S", 5.0, minimum=0.1)  # in-memory fleet state reload period
