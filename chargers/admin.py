@@ -66,7 +66,7 @@ class InstalledCertificateInline(admin.TabularInline):
     model = InstalledCertificate
     extra = 0
     can_delete = False
-    fields = ["certificate_type", "serial_number", "hash_algorithm", "issuer_name_hash", "reported_at"]
+    fields = ("certificate_type", "serial_number", "hash_algorithm", "issuer_name_hash", "reported_at")
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:

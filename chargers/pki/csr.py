@@ -111,7 +111,9 @@ def _subject_check(csr: x509.CertificateSigningRequest, *, station_id: str, orga
         raise CsrRefused(f"the subject has {len(names)} CNs: exactly one, the station id")
     common_name = str(names[0].value)
     if common_name != station_id:
-        raise CsrRefused(f"subject CN {common_name[:64]!r} is not the station id", claimed_cn=common_name)
+        # The CN is the station's text: U+0000 (which no station id holds) cannot be stored or looked up in PostgreSQL.
+        claimed = common_name.replace("\x00", "\ufffd")[:64]
+        raise CsrRefused(f"subject CN {common_name[:64]!r} is not the station id", claimed_cn=claimed)
     orgs = [str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
     if organisation and orgs and orgs != [organisation]:
         raise CsrRefused(f"subject O {orgs[0][:64]!r} is not the station's owner")
