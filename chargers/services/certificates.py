@@ -160,7 +160,7 @@ def delivery_claim(*, signing_id: int) -> Delivery | None:
     now = timezone.now()
     with transaction.atomic():
         row = (
-            CertificateSigning.objects.select_for_update()
+            CertificateSigning.objects.select_for_update(of=("self",))
             .select_related("station", "certificate")
             .filter(pk=signing_id)
             .first()
@@ -212,7 +212,11 @@ def _issue(row: CertificateSigning) -> None:
 def delivery_answered(*, signing_id: int, answer: dict[str, Any]) -> str:
     """Record the station's CertificateSigned answer; a Rejected one is a security event and revokes the certificate."""
     with transaction.atomic():
-        row = CertificateSigning.objects.select_for_update().select_related("station", "certificate").get(pk=signing_id)
+        row = (
+            CertificateSigning.objects.select_for_update(of=("self",))
+            .select_related("station", "certificate")
+            .get(pk=signing_id)
+        )
         accepted = answer.get("status") == "Accepted"
         row.status = Status.DELIVERED if accepted else Status.STATION_REJECTED
         row.answer, row.delivered_at, row.claimed_until = answer, timezone.now(), None
@@ -236,7 +240,7 @@ def delivery_answered(*, signing_id: int, answer: dict[str, Any]) -> str:
 def delivery_failed(*, signing_id: int, error: StationCallError) -> str:
     """No answer (offline, timeout, CALLERROR): release the claim for the next attempt, or give up after the last."""
     with transaction.atomic():
-        row = CertificateSigning.objects.select_for_update().select_related("station").get(pk=signing_id)
+        row = CertificateSigning.objects.select_for_update(of=("self",)).select_related("station").get(pk=signing_id)
         row.claimed_until = None
         row.reason = f"{type(error).__name__}: {error}"[:255]
         if row.attempts >= DELIVERY_ATTEMPTS:

@@ -27,6 +27,7 @@ from cryptography.x509.oid import NameOID
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.db import connections
 from websockets.typing import Subprotocol
 
 from chargers.models import (
@@ -292,12 +293,15 @@ async def test_it_signs_at_most_the_daily_limit_then_refuses_and_records_that_on
 
 
 def _certs_command(tls_csms: TlsServer, *args: str) -> str:
+    """``station certs ...`` as an operator runs it (on a thread of its own: the test's loop plays the station)."""
     out = io.StringIO()
-    user = get_user_model().objects.filter(is_superuser=True).first() or get_user_model().objects.create_superuser(
-        "certs-ops", password=None
-    )
-    server = f"http://127.0.0.1:{tls_csms.port}"
-    call_command("station", "certs", *args, "--server", server, "--user", user.username, stdout=out)
+    try:
+        users = get_user_model().objects
+        user = users.filter(is_superuser=True).first() or users.create_superuser("certs-ops", password=None)
+        server = f"http://127.0.0.1:{tls_csms.port}"
+        call_command("station", "certs", *args, "--server", server, "--user", user.username, stdout=out)
+    finally:
+        connections.close_all()  # this thread's connection: PostgreSQL cannot drop a test database still in use
     return out.getvalue()
 
 
