@@ -288,6 +288,7 @@ def station_certificates_renew(*, now: datetime | None = None) -> list[RenewalAs
     horizon = now + timedelta(days=settings.PKI_RENEW_BEFORE_DAYS)
     valid = Q(certificates__use=CertificateUse.STATION, certificates__revoked_at__isnull=True)
     asked_recently = StationCommand.objects.filter(
+        station__isnull=False,  # NOT IN over a NULL would exclude every station
         action="TriggerMessage",
         payload__requestedMessage=RENEW_TRIGGER["requestedMessage"],
         requested_at__gte=now - RENEW_EVERY,

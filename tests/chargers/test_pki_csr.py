@@ -4,6 +4,9 @@ requirements (EC P-256/P-384 or RSA >= 2048) and RFC 5280."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -13,7 +16,14 @@ from cryptography.x509.oid import NameOID
 from chargers.pki.csr import CsrRefused, csr_check
 
 
-def make_csr(key, *, names=("cs-1",), hash_algorithm=None, org="", key_usage=None) -> str:  # type: ignore[no-untyped-def]
+def make_csr(
+    key: Any,
+    *,
+    names: tuple[str, ...] = ("cs-1",),
+    hash_algorithm: hashes.SHA224 | hashes.SHA256 | None = None,
+    org: str = "",
+    key_usage: x509.KeyUsage | None = None,
+) -> str:
     attributes = [x509.NameAttribute(NameOID.COMMON_NAME, name) for name in names]
     if org:
         attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
@@ -43,7 +53,7 @@ def cert_signing_usage() -> x509.KeyUsage:
         pytest.param(lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), id="rsa-2048"),
     ],
 )
-def test_it_accepts_the_keys_ocpp_allows(key) -> None:  # type: ignore[no-untyped-def]
+def test_it_accepts_the_keys_ocpp_allows(key: Callable[[], Any]) -> None:
     private = key()
     checked = csr_check(pem=make_csr(private), station_id="cs-1", organisation="")
     assert checked.public_key == private.public_key()
@@ -73,7 +83,7 @@ def test_it_accepts_the_keys_ocpp_allows(key) -> None:  # type: ignore[no-untype
         pytest.param(lambda: "-----BEGIN CERTIFICATE REQUEST-----\n" + "A" * 5500, "longer than", id="oversized"),
     ],
 )
-def test_it_refuses_what_ocpp_does_not_allow(pem, reason: str) -> None:  # type: ignore[no-untyped-def]
+def test_it_refuses_what_ocpp_does_not_allow(pem: Callable[[], str], reason: str) -> None:
     with pytest.raises(CsrRefused, match=reason):
         csr_check(pem=pem(), station_id="cs-1", organisation="")
 

@@ -305,7 +305,7 @@ def _certs_command(tls_csms: TlsServer, *args: str) -> str:
     return out.getvalue()
 
 
-REPORTED = {
+REPORTED: dict[str, Any] = {
     "status": "Accepted",
     "certificateHashDataChain": [
         {
