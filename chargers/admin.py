@@ -10,6 +10,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from chargers.models import (
+    CertificateSigning,
     ChargingProfile,
     Connector,
     DerAlarm,
@@ -18,6 +19,7 @@ from chargers.models import (
     EvChargingNeeds,
     Evse,
     IdToken,
+    InstalledCertificate,
     MessageLog,
     MeterValue,
     SecurityEvent,
@@ -58,6 +60,22 @@ class EvseInline(admin.TabularInline):
     extra = 0
 
 
+class InstalledCertificateInline(admin.TabularInline):
+    """What the station last reported as installed (``station certs refresh``): evidence, not editable here."""
+
+    model = InstalledCertificate
+    extra = 0
+    can_delete = False
+    fields = ("certificate_type", "serial_number", "hash_algorithm", "issuer_name_hash", "reported_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Station)
 class StationAdmin(admin.ModelAdmin):
     form = StationForm
@@ -80,7 +98,7 @@ class StationAdmin(admin.ModelAdmin):
         "channel_name",
         "created_at",
     ]
-    inlines = [EvseInline]
+    inlines = [EvseInline, InstalledCertificateInline]
     actions = ["accept"]
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
@@ -242,3 +260,23 @@ class StationCommandAdmin(ReadOnlyAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(InstalledCertificate)
+class InstalledCertificateAdmin(ReadOnlyAdmin):
+    list_display = ["station", "certificate_type", "serial_number", "hash_algorithm", "reported_at"]
+    list_filter = ["certificate_type"]
+    search_fields = ["station__station_id", "serial_number"]
+    list_select_related = ["station"]
+
+
+@admin.register(CertificateSigning)
+class CertificateSigningAdmin(ReadOnlyAdmin):
+    """Every SignCertificate and what became of it: refused (why), issued, delivered, rejected by the station."""
+
+    list_display = ["received_at", "station", "certificate_type", "status", "reason_code", "reason", "attempts"]
+    list_filter = ["status", "reason_code", "certificate_type"]
+    search_fields = ["station__station_id", "reason"]
+    list_select_related = ["station"]
+    date_hierarchy = "received_at"
+    exclude = ["csr", "certificate_chain"]  # long PEM; the certificate is linked

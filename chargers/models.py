@@ -342,6 +342,8 @@ class StationEventKind(models.TextChoices):
     RATE_LIMITED = "RateLimited"  # frames beyond OCPP_MAX_MESSAGES_PER_S, or a message above OCPP_MAX_MESSAGE_BYTES
     PASSWORD_ROTATED = "PasswordRotated"  # noqa: S105 (a kind) - a new password sent, accepted, refused, used
     PROFILE_VIOLATION = "ProfileViolation"  # a connection breaking the station's security profile
+    CSR_REFUSED = "CsrRefused"  # a SignCertificate the CSMS answered Rejected (bad CSR, another's id, over the limit)
+    CERTIFICATE_REJECTED = "CertificateRejected"  # a station answered Rejected to the CertificateSigned it asked for
     OTHER = "Other"
 
 
@@ -594,3 +596,85 @@ class PkiCertificate(models.Model):
 
     def __str__(self) -> str:
         return f"{self.use} {self.subject_cn} {self.serial}"
+
+
+class CertificateSigning(models.Model):
+    """One SignCertificate a station sent, what the CSMS answered and, when it signed, the delivery of the certificate.
+
+    Written by ``chargers.handlers.certificate_signing`` (the request and the answer, in the station's batch) and
+    ``chargers.services.certificates`` (issuance, then CertificateSigned, after that batch's COMMIT). Rows of the last
+    day count towards ``PKI_SIGN_PER_DAY``.
+    """
+
+    class Status(models.TextChoices):
+        REFUSED = "refused", "refused (answered Rejected)"
+        ACCEPTED = "accepted", "accepted, certificate not issued yet"
+        ISSUED = "issued", "issued, CertificateSigned not delivered yet"
+        DELIVERED = "delivered", "delivered, the station accepted it"
+        STATION_REJECTED = "station_rejected", "delivered, the station answered Rejected"
+        FAILED = "failed", "not delivered (gave up)"
+
+    station = models.ForeignKey(Station, on_delete=models.CASCADE, related_name="certificate_signings")
+    received_at = models.DateTimeField()
+    certificate_type = models.CharField(max_length=32, blank=True, help_text="as requested; empty: not given")
+    request_id = models.IntegerField(null=True, blank=True, help_text="OCPP 2.1 requestId, echoed in CertificateSigned")
+    csr = models.TextField(blank=True, help_text="the PEM CSR as received (schema: up to 5500 characters)")
+    status = models.CharField(max_length=16, choices=Status.choices)
+    reason_code = models.CharField(max_length=20, blank=True, help_text="statusInfo.reasonCode of a refusal")
+    reason = models.CharField(max_length=255, blank=True)
+    certificate = models.ForeignKey(
+        "PkiCertificate", null=True, blank=True, on_delete=models.SET_NULL, related_name="signings"
+    )
+    certificate_chain = models.TextField(blank=True, help_text="leaf + sub-CA PEM, as sent in CertificateSigned")
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="CertificateSigned calls made")
+    claimed_until = models.DateTimeField(null=True, blank=True, help_text="a delivery in progress holds it until then")
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    answer = models.JSONField(null=True, blank=True, help_text="the station's CertificateSigned answer")
+
+    class Meta:
+        ordering = ["-received_at"]
+        indexes = [
+            models.Index(fields=["station", "received_at"], name="certsigning_station_received"),
+            models.Index(fields=["status", "received_at"], name="certsigning_status_received"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.station_id} SignCertificate {self.received_at:%Y-%m-%d %H:%M} {self.status}"
+
+
+class InstalledCertificate(models.Model):
+    """A certificate a station reports as installed (GetInstalledCertificateIds), or installed through the CSMS
+    (InstallCertificate accepted): its OCPP CertificateHashData, type and child chain. Kept per station by
+    ``chargers.services.installed_certificates``; DeleteCertificate removes the row."""
+
+    station = models.ForeignKey(Station, on_delete=models.CASCADE, related_name="installed_certificates")
+    certificate_type = models.CharField(max_length=32, help_text="GetCertificateIdUseEnumType, e.g. V2GRootCertificate")
+    hash_algorithm = models.CharField(max_length=8)
+    issuer_name_hash = models.CharField(max_length=128)
+    issuer_key_hash = models.CharField(max_length=128)
+    serial_number = models.CharField(max_length=40, help_text="hex, no 0x, no leading zeroes (as reported)")
+    child_certificates = models.JSONField(
+        default=list, blank=True, help_text="childCertificateHashData of a V2GCertificateChain"
+    )
+    reported_at = models.DateTimeField(help_text="when the station last reported it (or accepted its installation)")
+
+    class Meta:
+        ordering = ["station", "certificate_type", "serial_number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["station", "hash_algorithm", "issuer_name_hash", "issuer_key_hash", "serial_number"],
+                name="installedcert_unique_per_station",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.station_id} {self.certificate_type} {self.serial_number}"
+
+    def hash_data(self) -> dict[str, str]:
+        """The OCPP CertificateHashDataType naming this certificate (what DeleteCertificate sends)."""
+        return {
+            "hashAlgorithm": self.hash_algorithm,
+            "issuerNameHash": self.issuer_name_hash,
+            "issuerKeyHash": self.issuer_key_hash,
+            "serialNumber": self.serial_number,
+        }

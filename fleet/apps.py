@@ -13,4 +13,10 @@ class FleetConfig(AppConfig):
 
         telemetry_receiver_register(on_telemetry_committed)
 
+        # The owner's name is the O of a station certificate the CSMS signs (SignCertificate).
+        from chargers.services.certificates import station_owner_resolver_register
+        from fleet.selectors import station_owner_name
+
+        station_owner_resolver_register(station_owner_name)
+
         import fleet.schema  # noqa: F401 - registers the API key scheme with drf-spectacular

@@ -25,6 +25,7 @@ from fleet.models import (
     Role,
     SocEstimate,
     SocSource,
+    StationOwnership,
     Vehicle,
     WeeklyDeparture,
 )
@@ -348,3 +349,10 @@ def api_keys_of(user: AbstractBaseUser | AnonymousUser) -> QuerySet[ApiKey]:
     if not user.is_authenticated:
         return ApiKey.objects.none()
     return ApiKey.objects.filter(user_id=user.pk).select_related("organisation").order_by("-created")
+
+
+def station_owner_name(station_pk: int) -> str:
+    """The name of the organisation owning a station ("" when none): the O of the certificates the CSMS issues it
+    (registered with ``chargers.services.certificates`` at start)."""
+    name = StationOwnership.objects.filter(station_id=station_pk).values_list("organisation__name", flat=True).first()
+    return name or ""

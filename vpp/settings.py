@@ -371,6 +371,10 @@ TLS_CLIENT_CA_FILE = env_opt("TLS_CLIENT_CA_FILE")
 # X-Forwarded-Proto/-For, Client-Cert and X-Client-Cert-Verify headers are believed. Empty: such headers are stripped
 # unread from every connection (a station connecting directly cannot claim TLS or a certificate in a header).
 OCPP_TRUSTED_PROXIES = [str(ipaddress.ip_network(cidr, strict=False)) for cidr in env_list("OCPP_TRUSTED_PROXIES", [])]
+# Station certificates (SignCertificate -> CertificateSigned): at most this many requests per station per day, and
+# a connected station is asked for a new CSR (TriggerMessage) once its certificate expires within this many days.
+PKI_SIGN_PER_DAY = env_int("PKI_SIGN_PER_DAY", 5, minimum=1)
+PKI_RENEW_BEFORE_DAYS = env_int("PKI_RENEW_BEFORE_DAYS", 30, minimum=1)
 
 # --- Regulation dispatch (vpp.dispatch) ----------------------------------------------------------------------------
 DISPATCH_REFRESH_S = env_float("DISPATCH_REFRESH_S", 5.0, minimum=0.1)  # in-memory fleet state reload period

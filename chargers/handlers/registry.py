@@ -8,6 +8,7 @@ from chargers.batch import BatchContext
 from chargers.handlers import (
     authorization,
     availability,
+    certificate_signing,
     data_transfer,
     der,
     firmware_diagnostics,
@@ -59,7 +60,7 @@ HANDLERS: dict[str, Handler] = {
     # Security, ISO 15118 certificate management
     "SecurityEventNotification": security.security_event_record,
     "GetCertificateChainStatus": security.certificate_chain_status_answer,
-    "SignCertificate": security.certificate_signing_refuse,
+    "SignCertificate": certificate_signing.certificate_signing_answer,
     "GetCertificateStatus": security.certificate_status_refuse,
     "Get15118EVCertificate": security.ev_certificate_refuse,
     # Reservation, data transfer, tariff and cost (2.1)

@@ -42,11 +42,6 @@ def certificate_chain_status_answer(ctx: BatchContext, station: StationRef, payl
     }
 
 
-def certificate_signing_refuse(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
-    # SignCertificate: no PKI signs station certificates here.
-    return {"status": "Rejected"}
-
-
 def certificate_status_refuse(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
     # GetCertificateStatus: no OCSP client to ask.
     return {"status": "Failed"}

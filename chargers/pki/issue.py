@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.db import transaction
 
@@ -22,6 +22,7 @@ from chargers.pki import ca, storage
 from chargers.pki.storage import PkiError
 
 LEAF_VALIDITY = timedelta(days=365)
+StationPublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey  # the keys a station's CSR may carry (pki.csr)
 CRL_VALIDITY = timedelta(days=1)  # nextUpdate: relying parties fetch a fresh one at least daily
 CRL_REBUILD_AFTER = timedelta(hours=1)
 
@@ -54,51 +55,78 @@ def _leaf(
     not_before: datetime | None,
     not_after: datetime | None,
 ) -> Issued:
-    issuer = ca.sub_ca()
     key = ec.generate_private_key(ca.CURVE)
+    cert = _leaf_cert(
+        subject=subject, public_key=key.public_key(), eku=eku, san=san, not_before=not_before, not_after=not_after
+    )
+    return Issued(cert, key)
+
+
+def _leaf_cert(
+    *,
+    subject: x509.Name,
+    public_key: StationPublicKey,
+    eku: list[x509.ObjectIdentifier],
+    san: list[x509.GeneralName],
+    not_before: datetime | None,
+    not_after: datetime | None,
+) -> x509.Certificate:
+    """An end-entity certificate for ``public_key``, signed by the sub-CA (through its method: the key stays put)."""
+    issuer = ca.sub_ca()
     now = datetime.now(UTC)
     start = not_before or now - ca.BACKDATE
     end = min(not_after or now + LEAF_VALIDITY, issuer.cert.not_valid_after_utc)  # never outlive the issuer
+    # EC keys agree on keys (ECDHE); RSA keys encipher them (RFC 5280 4.2.1.3 pairs the bits with the key type).
+    usage = (
+        ca.key_usage(digital_signature=True, key_encipherment=True)
+        if isinstance(public_key, rsa.RSAPublicKey)
+        else ca.key_usage(digital_signature=True, key_agreement=True)
+    )
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer.cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(ca.key_usage(digital_signature=True, key_agreement=True), critical=True)
+        .add_extension(usage, critical=True)
         .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(issuer.authority_key_id(), critical=False)
     )
     if san:
         builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return Issued(issuer.certificate_sign(builder), key)
+    return issuer.certificate_sign(builder)
 
 
-def _record(issued: Issued, *, use: str, subject_cn: str, station: Station | None) -> None:
-    PkiCertificate.objects.create(
-        serial=serial_hex(issued.cert.serial_number),
+def _record(issued: Issued | x509.Certificate, *, use: str, subject_cn: str, station: Station | None) -> PkiCertificate:
+    cert = issued.cert if isinstance(issued, Issued) else issued
+    return PkiCertificate.objects.create(
+        serial=serial_hex(cert.serial_number),
         use=use,
         subject_cn=subject_cn,
         station=station,
-        fingerprint_sha256=issued.cert.fingerprint(hashes.SHA256()).hex(),
-        not_before=issued.cert.not_valid_before_utc,
-        not_after=issued.cert.not_valid_after_utc,
+        fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
     )
+
+
+def _station_subject(station_id: str, organisation: str) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, station_id)]
+    if organisation:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation[:64]))  # X.520 upper bound
+    return x509.Name(attributes)
 
 
 def station_certificate_issue(
     *, station_id: str, organisation: str = "", not_before: datetime | None = None, not_after: datetime | None = None
 ) -> Issued:
     """A profile-3 client certificate: CN = the station id (OCPP 2.0.1 A00.FR.417), O = its owner, clientAuth."""
-    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, station_id)]
-    if organisation:
-        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation))
     issued = _leaf(
-        subject=x509.Name(attributes),
+        subject=_station_subject(station_id, organisation),
         eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
         san=[],
         not_before=not_before,
@@ -111,6 +139,30 @@ def station_certificate_issue(
         station=Station.objects.filter(station_id=station_id).first(),
     )
     return issued
+
+
+def station_certificate_issue_for_key(
+    *, station: Station, public_key: StationPublicKey, organisation: str = ""
+) -> tuple[x509.Certificate, PkiCertificate]:
+    """A station certificate for a key the station generated and keeps (SignCertificate's CSR): the same profile as
+    ``station_certificate_issue``, recorded in the register in the caller's transaction. Returns the certificate and
+    its register row."""
+    cert = _leaf_cert(
+        subject=_station_subject(station.station_id, organisation),
+        public_key=public_key,
+        eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
+        san=[],
+        not_before=None,
+        not_after=None,
+    )
+    row = _record(cert, use=CertificateUse.STATION, subject_cn=station.station_id, station=station)
+    return cert, row
+
+
+def chain_pem(cert: x509.Certificate) -> str:
+    """``cert`` followed by the sub-CA that signed it, PEM: the chain a station presents (CertificateSigned)."""
+    issuer = ca.sub_ca().cert
+    return (cert.public_bytes(serialization.Encoding.PEM) + issuer.public_bytes(serialization.Encoding.PEM)).decode()
 
 
 def server_certificate_issue(*, hosts: list[str], organisation: str = "") -> Issued:

@@ -40,7 +40,6 @@ def test_every_registered_action_is_one_a_station_sends() -> None:
     [
         ("Get15118EVCertificate", {}, {"status": "Failed", "exiResponse": ""}),
         ("GetCertificateStatus", {}, {"status": "Failed"}),
-        ("SignCertificate", {}, {"status": "Rejected"}),
         ("NotifyEVChargingSchedule", {}, {"status": "Accepted"}),
         ("OpenPeriodicEventStream", {}, {"status": "Accepted"}),
         ("PullDynamicScheduleUpdate", {}, {"status": "Rejected"}),

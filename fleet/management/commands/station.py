@@ -8,6 +8,12 @@ within ``OCPP_BOOT_RECHECK_S`` and its next boot is Accepted); ``station ledger-
 ``N acknowledged, N stored, M missing, D doubled`` for an edge agent's ledger and exits non-zero unless nothing is
 missing or doubled.
 
+``station certs list <id>`` shows the certificates a station reported as installed and those the PKI issued it;
+``station certs refresh <id> [--type T]...`` asks it (GetInstalledCertificateIds) and stores the answer; ``station
+certs install-root <id> [--type CSMSRootCertificate|V2GRootCertificate]`` installs our CA's root (InstallCertificate);
+``station certs delete <id> SERIAL`` removes an installed certificate (DeleteCertificate). The calls are audited like
+``station call``.
+
 Passwords never go on the command line (where ``ps`` and shell history see them): ``--password-file`` or the
 ``STATION_PASSWORD`` environment variable.
 """
@@ -29,9 +35,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from chargers.ledger import ledger_compare, ledger_read
-from chargers.models import BootStatus, Station
+from chargers.models import BootStatus, InstalledCertificate, PkiCertificate, Station
 from chargers.passwords import WeakStationPassword
 from chargers.remote import RemoteCallError, station_call_remote
+from chargers.services import installed_certificates as installed
 from chargers.services.password_rotation import ADOPTED, password_generate, rotation_payload, rotation_status
 from chargers.services.provisioning import BOOT_TRIGGER, PasswordRotation, station_accept, station_password_rotate
 from chargers.services.station_call import StationCallError, StationUnknown, station_call
@@ -41,6 +48,11 @@ from fleet.services.errors import FleetError
 from fleet.services.stations import station_ownership_set, stations_provision
 
 PASSWORD_ENV = "STATION_PASSWORD"  # noqa: S105 - the variable's name, not a password
+# GetCertificateIdUseEnumType (2.1's list; OEMRootCertificate is 2.1 only)
+CERTIFICATE_ID_TYPES = (
+    "V2GRootCertificate", "MORootCertificate", "CSMSRootCertificate", "V2GCertificateChain",
+    "ManufacturerRootCertificate", "OEMRootCertificate",
+)  # fmt: skip
 
 
 class Command(BaseCommand):
@@ -110,6 +122,8 @@ class Command(BaseCommand):
             help="without $VPP_API_KEY: the staff user a 5-minute key is issued to (default: first superuser)",
         )
 
+        self._certs_arguments(sub)
+
         check = sub.add_parser(
             "ledger-check",
             help="compare an edge agent's ledger (edge-agent simulate --ledger FILE) with what is stored",
@@ -124,8 +138,108 @@ class Command(BaseCommand):
             "accept": self._accept,
             "rotate-password": self._rotate_password,
             "ledger-check": self._ledger_check,
+            "certs": self._certs,
         }
         handlers[options["subcommand"]](options)
+
+    # --- station certs ----------------------------------------------------------------------------------------
+
+    def _certs_arguments(self, sub: Any) -> None:
+        certs = sub.add_parser("certs", help="a station's certificates: list, refresh, install-root, delete")
+        certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+        listing = certs_sub.add_parser("list", help="installed certificates as last reported, and those we issued")
+        listing.add_argument("station_id")
+        refresh = certs_sub.add_parser("refresh", help="GetInstalledCertificateIds: ask the station, store the answer")
+        refresh.add_argument("station_id")
+        refresh.add_argument(
+            "--type", dest="types", action="append", choices=CERTIFICATE_ID_TYPES, help="repeatable; default: all"
+        )
+        install = certs_sub.add_parser("install-root", help="InstallCertificate: our CA's root certificate")
+        install.add_argument("station_id")
+        install.add_argument("--type", dest="root_type", choices=installed.ROOT_TYPES, default=installed.ROOT_TYPES[0])
+        delete = certs_sub.add_parser("delete", help="DeleteCertificate: an installed certificate, by serial number")
+        delete.add_argument("station_id")
+        delete.add_argument("serial", help="hexadecimal, as `station certs list` shows it")
+        for parser in (refresh, install, delete):
+            parser.add_argument("--timeout", type=float, default=float(settings.OCPP_CALL_TIMEOUT))
+            parser.add_argument("--server", default=None, help="as for call")
+            parser.add_argument("--user", default=None, help="as for call")
+
+    def _certs(self, options: dict[str, Any]) -> None:
+        station_id = options["station_id"]
+        if not Station.objects.filter(station_id=station_id).exists():
+            raise CommandError(f"no station {station_id!r}")
+        command = options["certs_command"]
+        try:
+            if command == "list":
+                self._certs_list(station_id)
+            elif command == "refresh":
+                types = list(dict.fromkeys(options["types"] or [])) or None
+                answer = self._call_any(
+                    options, "GetInstalledCertificateIds", installed.installed_ids_payload(certificate_types=types)
+                )
+                rows = installed.installed_certificates_record(
+                    station_id=station_id, certificate_types=types, answer=answer
+                )
+                self.stdout.write(f"{station_id}: {answer.get('status')}, {len(rows)} certificate(s) stored")
+            elif command == "install-root":
+                payload = installed.root_install_payload(certificate_type=options["root_type"])
+                answer = self._call_any(options, "InstallCertificate", payload)
+                installed.certificate_install_record(station_id=station_id, payload=payload, answer=answer)
+                status = answer.get("status")
+                self.stdout.write(f"{station_id}: InstallCertificate {payload['certificateType']} {status}")
+            else:
+                row = installed.installed_certificate_find(station_id=station_id, serial=options["serial"])
+                payload = installed.certificate_delete_payload(row)
+                answer = self._call_any(options, "DeleteCertificate", payload)
+                installed.certificate_delete_record(station_id=station_id, payload=payload, answer=answer)
+                self.stdout.write(f"{station_id}: DeleteCertificate {row.serial_number} {answer.get('status')}")
+        except installed.InstalledCertificateError as exc:
+            raise CommandError(str(exc)) from exc
+
+    def _certs_list(self, station_id: str) -> None:
+        rows = InstalledCertificate.objects.filter(station__station_id=station_id)
+        self.stdout.write(f"installed on {station_id} (as last reported):")
+        for row in rows:
+            children = f", {len(row.child_certificates)} child(ren)" if row.child_certificates else ""
+            self.stdout.write(
+                f"  {row.certificate_type:<28} serial {row.serial_number} ({row.hash_algorithm}{children}), "
+                f"reported {row.reported_at:%Y-%m-%d %H:%M}"
+            )
+        issued = PkiCertificate.objects.filter(station__station_id=station_id)
+        self.stdout.write(f"issued to {station_id} by this PKI:")
+        for cert in issued:
+            state = f"revoked {cert.revoked_at:%Y-%m-%d}" if cert.revoked_at else "valid"
+            self.stdout.write(f"  serial {cert.serial}, until {cert.not_after:%Y-%m-%d}, {state}")
+
+    def _call_any(self, options: dict[str, Any], action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """One audited call: through station_call with Redis, else through the server holding the socket."""
+        client = f"cli:{_os_user()}"
+        if settings.REDIS_URL:
+            try:
+                return station_call(
+                    station_id=options["station_id"],
+                    action=action,
+                    payload=payload,
+                    actor_user_id=None,
+                    actor_label=client,
+                    timeout=options["timeout"],
+                )
+            except StationCallError as exc:
+                raise CommandError(f"{action}: {type(exc).__name__}: {exc}") from exc
+        with _call_key(options["user"]) as api_key:
+            try:
+                return station_call_remote(
+                    station_id=options["station_id"],
+                    action=action,
+                    payload=payload,
+                    timeout=options["timeout"],
+                    server=options["server"],
+                    api_key=api_key,
+                    client=client,
+                )
+            except RemoteCallError as exc:
+                raise CommandError(f"{action}: {exc}") from exc
 
     def _add(self, options: dict[str, Any]) -> None:
         organisation = _organisation(options["org"], create=options["create_org"])
