@@ -35,7 +35,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
-from chargers.pki.storage import PkiError
+from chargers.pki.errors import PkiError
 
 LOG = logging.getLogger("chargers.pki")
 CURVE_NAME = "secp256r1"  # ca.CURVE: P-256

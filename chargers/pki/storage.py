@@ -26,12 +26,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
 
+from chargers.pki.errors import PkiError
+
 PASSPHRASE_FILE_NAME = "pki_passphrase"  # noqa: S105 - a file name, not a secret
 LOG = logging.getLogger("chargers.pki")
-
-
-class PkiError(Exception):
-    """The PKI cannot do what was asked (not initialised, unknown certificate, bad passphrase, ...)."""
 
 
 class KeyStore(Protocol):
