@@ -348,6 +348,17 @@ TLS_CERT_FILE = env_opt("TLS_CERT_FILE")
 TLS_KEY_FILE = env_opt("TLS_KEY_FILE")
 # Client certificates (profile 3) are verified against this CA bundle; unset: the built-in PKI's root and sub-CA.
 TLS_CLIENT_CA_FILE = env_opt("TLS_CLIENT_CA_FILE")
+# OCSP and Plug & Charge (chargers.pki.ocsp, chargers.handlers.plug_and_charge). PKI_OCSP_URL: the public base URL
+# relying parties reach this server at (e.g. https://csms.example.com); set, every leaf certificate issued names
+# <base>/pki/ocsp in its authorityInfoAccess. PKI_OCSP_TIMEOUT_S bounds each request to a responder (connect + answer).
+PKI_OCSP_URL = env_opt("PKI_OCSP_URL")
+PKI_OCSP_TIMEOUT_S = env_float("PKI_OCSP_TIMEOUT_S", 5.0, minimum=0.1)
+# PEM bundle of the contract (MO) CA certificates whose responders' answers are verified even when an answer does
+# not carry its issuer's certificate; our own CAs are always known.
+PKI_CONTRACT_CA_FILE = env_opt("PKI_CONTRACT_CA_FILE")
+# Where Get15118EVCertificate's EXI requests are relayed (HTTP POST, JSON); unset: they are answered Failed.
+PKI_CONTRACT_PROVIDER_URL = env_opt("PKI_CONTRACT_PROVIDER_URL")
+PKI_CONTRACT_PROVIDER_TIMEOUT_S = env_float("PKI_CONTRACT_PROVIDER_TIMEOUT_S", 5.0, minimum=0.1)
 
 # --- Regulation dispatch (vpp.dispatch) ----------------------------------------------------------------------------
 DISPATCH_REFRESH_S = env_float("DISPATCH_REFRESH_S", 5.0, minimum=0.1)  # in-memory fleet state reload period
