@@ -219,9 +219,7 @@ async def test_get_certificate_status_relays_the_responders_answer(world: World)
     response = ocsp.load_der_ocsp_response(base64.b64decode(answer[2]["ocspResult"]))
     assert response.certificate_status == ocsp.OCSPCertStatus.REVOKED
     assert response.serial_number == world.revoked.serial_number
-    world.mo.cert.public_key().verify(  # type: ignore[call-arg]
-        response.signature, response.tbs_response_bytes, ec.ECDSA(hashes.SHA256())
-    )
+    _signature_verify(world.mo.cert, response)
     # And a responder that is down is Failed
     assert failed[2]["status"] == "Failed"
 
@@ -276,6 +274,14 @@ def _post(world: World, body: bytes, content_type: str = "application/ocsp-reque
         return ocsp.load_der_ocsp_response(answer.read())
 
 
+def _signature_verify(signer: x509.Certificate, response: ocsp.OCSPResponse) -> None:
+    """Raises InvalidSignature unless ``signer``'s (EC) key signed ``response`` (cryptography's check, not ours)."""
+    key, algorithm = signer.public_key(), response.signature_hash_algorithm
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    assert algorithm is not None
+    key.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(algorithm))
+
+
 def _get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as answer:
         return answer.read()
@@ -303,9 +309,7 @@ async def test_our_responder_answers_good_revoked_and_unknown_signed_by_the_sub_
     for response, status in ((good, "GOOD"), (revoked, "REVOKED"), (unknown, "UNKNOWN")):
         assert response.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
         assert response.certificate_status == ocsp.OCSPCertStatus[status]
-        sub_ca.public_key().verify(  # type: ignore[call-arg]
-            response.signature, response.tbs_response_bytes, ec.ECDSA(response.signature_hash_algorithm)
-        )
+        _signature_verify(sub_ca, response)
         assert response.next_update_utc is not None
         assert response.this_update_utc < response.next_update_utc
     assert good.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
