@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import itertools
 import json
 import logging
 import threading
@@ -24,6 +25,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from django.conf import settings
 
 from chargers.batch import BatchContext
@@ -148,22 +151,67 @@ def authorize_certificate_status(verdicts: Iterable[Verdict]) -> str:
     return "CertChainError"
 
 
+def _issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def central_chain(pem: str, now: datetime) -> tuple[list[tuple[CertId, str]], str]:
+    """C07.FR.06, central validation of the PEM chain a station could not validate (leaf first, up to but excluding
+    the root): ``(one OCSP question per certificate, "")``, or ``([], the certificateStatus refusing it)``.
+
+    The chain must link up, each certificate signed by the next, to a trust anchor this CSMS knows (our CAs and
+    PKI_CONTRACT_CA_FILE); every certificate must be within its validity; each is asked about at the responder its
+    authorityInfoAccess names (ours answer from the register), and one without a responder cannot be checked.
+    """
+    try:
+        chain = x509.load_pem_x509_certificates(pem.encode())
+    except ValueError:
+        return [], "NoCertificateAvailable"  # nothing readable was presented
+    anchors = ocsp.known_issuers()
+    if chain and any(chain[-1] == anchor for anchor in anchors):
+        chain = chain[:-1]  # the station sent the root along
+    if not chain:
+        return [], "CertChainError"
+    anchor = next((a for a in anchors if _issued(chain[-1], a)), None)
+    links = itertools.pairwise(chain)
+    if anchor is None or not all(_issued(cert, issuer) for cert, issuer in links):
+        return [], "CertChainError"
+    if any(not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc for cert in [*chain, anchor]):
+        return [], "CertificateExpired"
+    issuers = [*chain[1:], anchor]
+    questions = [
+        (CertId.for_certificate(cert, issuer), ocsp.aia_url(cert) or "")
+        for cert, issuer in zip(chain, issuers, strict=True)
+    ]
+    if any(not url and not ocsp.ours(cert_id) for cert_id, url in questions):
+        return [], "CertChainError"  # a certificate whose revocation status nobody can be asked about
+    return questions, ""
+
+
 async def authorize_prefetch(station: StationRef, payload: dict[str, Any]) -> dict[str, Any] | None:
-    """The contract certificate's status for an Authorize that carries one; None for any other Authorize."""
+    """The contract certificate's status for an Authorize that carries one; None for any other Authorize.
+
+    The station's hash data when it sent some (it validated the chain itself), else its PEM chain (C07.FR.06).
+    """
     entries = payload.get("iso15118CertificateHashData") or []
+    questions: list[tuple[CertId, str]] = []
     if not entries:
-        if payload.get("certificate"):
-            # C07.FR.06 central validation of the PEM chain needs the MO roots as trust anchors; not offered here.
-            LOG.warning(
-                "Authorize from %s: a PEM contract chain without hash data is not validated centrally; "
-                "answered CertChainError",
-                station.station_id,
-            )
-            return {"certificateStatus": "CertChainError", "reasons": ["central chain validation not offered"]}
-        return None
+        if not payload.get("certificate"):
+            return None
+        questions, refusal = central_chain(payload["certificate"], datetime.now(UTC))
+        if refusal:
+            LOG.warning("Authorize from %s: the PEM contract chain: %s", station.station_id, refusal)
+            return {"certificateStatus": refusal, "reasons": [f"central chain validation: {refusal}"]}
+    asks = [_ask_entry(entry) for entry in entries] + [certificate_ask(cid, url) for cid, url in questions]
     try:
         async with asyncio.timeout(_deadline()):
-            verdicts = await asyncio.gather(*(_ask_entry(entry) for entry in entries))
+            verdicts = await asyncio.gather(*asks)
     except TimeoutError:
         verdicts = [Verdict(Status.UNAVAILABLE, f"no answer within {_deadline():g} s")]
     status = authorize_certificate_status(verdicts)
@@ -181,14 +229,15 @@ async def authorize_prefetch(station: StationRef, payload: dict[str, Any]) -> di
 
 def contract_authorize(ctx: BatchContext, id_token_info: dict[str, Any]) -> dict[str, Any]:
     """Authorize's answer for a contract certificate (C07.FR.13 to 16): the prefetched certificate status combined
-    with the eMAID's own status; anything but a good certificate is Invalid."""
+    with the eMAID's own status; anything but a good certificate is Invalid (an expired one: Expired)."""
     looked_up = ctx.looked_up
     certificate_status = looked_up["certificateStatus"] if looked_up else "CertChainError"  # not checked: refused
     if certificate_status == "Accepted":
         if id_token_info["status"] in TOKEN_REFUSALS:
             return {"idTokenInfo": id_token_info, "certificateStatus": "ContractCancelled"}
         return {"idTokenInfo": id_token_info, "certificateStatus": "Accepted"}
-    return {"idTokenInfo": {"status": "Invalid"}, "certificateStatus": certificate_status}
+    token_status = "Expired" if certificate_status == "CertificateExpired" else "Invalid"
+    return {"idTokenInfo": {"status": token_status}, "certificateStatus": certificate_status}
 
 
 # --- GetCertificateStatus (M06): relay -------------------------------------------------------------------------

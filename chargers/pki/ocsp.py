@@ -147,6 +147,10 @@ class CertId:
         algorithm = single.hash_algorithm.name.upper()
         return cls(algorithm, single.issuer_name_hash, single.issuer_key_hash, single.serial_number)
 
+    @classmethod
+    def for_certificate(cls, cert: x509.Certificate, issuer: x509.Certificate, algorithm: str = "SHA256") -> CertId:
+        return cls(algorithm, *issuer_hashes(issuer, algorithm), cert.serial_number)
+
     def request_der(self) -> bytes:
         """An OCSPRequest for this one certificate (no nonce: RFC 5019's profile, answers stay cacheable)."""
         request = (
@@ -332,6 +336,21 @@ def aia_extension() -> x509.AuthorityInformationAccess | None:
     return x509.AuthorityInformationAccess(
         [x509.AccessDescription(x509.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(url))]
     )
+
+
+def aia_url(cert: x509.Certificate) -> str | None:
+    """The OCSP responder a certificate names in its authorityInfoAccess (the first http(s) one), if any."""
+    try:
+        access = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+    for description in access:
+        location = description.access_location
+        if description.access_method == x509.AuthorityInformationAccessOID.OCSP and isinstance(
+            location, x509.UniformResourceIdentifier
+        ):
+            return location.value
+    return None
 
 
 # --- the client -----------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ def certificate(
     eku: list[x509.ObjectIdentifier] | None = None,
     key: ec.EllipticCurvePrivateKey | None = None,
     valid_for: timedelta = timedelta(days=30),
+    ocsp_url: str = "",
 ) -> Authority:
     """A certificate for ``cn`` signed by ``issuer`` (self-signed without one)."""
     key = key or ec.generate_private_key(ec.SECP256R1())
@@ -54,11 +55,26 @@ def certificate(
     )
     if eku:
         builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+    if ocsp_url:
+        access = x509.AccessDescription(
+            x509.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url)
+        )
+        builder = builder.add_extension(x509.AuthorityInformationAccess([access]), critical=False)
     return Authority(builder.sign(issuer.key if issuer else key, hashes.SHA256()), key)
 
 
 def mo_sub_ca() -> Authority:
-    return certificate("MO Sub-CA", issuer=certificate("MO Root CA", ca=True), ca=True)
+    return mo_chain()[1]
+
+
+def mo_chain(root: Authority | None = None, *, ocsp_url: str = "") -> tuple[Authority, Authority]:
+    """An MO root CA and the sub-CA it issued (naming ``ocsp_url`` as its responder), which issues contracts."""
+    root = root or certificate("MO Root CA", ca=True)
+    return root, certificate("MO Sub-CA", issuer=root, ca=True, ocsp_url=ocsp_url)
+
+
+def pem(*certs: x509.Certificate) -> str:
+    return "".join(cert.public_bytes(serialization.Encoding.PEM).decode() for cert in certs)
 
 
 def ocsp_request_data(cert: x509.Certificate, issuer: x509.Certificate, url: str) -> dict[str, str]:

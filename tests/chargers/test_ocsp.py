@@ -19,7 +19,7 @@ from chargers.handlers import plug_and_charge
 from chargers.jobs import StationRef
 from chargers.pki import ca, issue, ocsp, storage
 from chargers.pki.ocsp import CertId, OcspDataError, Status
-from tests.chargers.mo_pki import Authority, certificate, mo_sub_ca, ocsp_request_data
+from tests.chargers.mo_pki import Authority, certificate, mo_chain, mo_sub_ca, ocsp_request_data, pem
 from tests.live import free_port
 
 STATION = StationRef(pk=1, station_id="cs-ocsp", version="2.0.1")
@@ -195,3 +195,41 @@ async def test_ev_certificate_requests_fail_with_a_reason_when_the_provider_is_d
 async def test_the_client_asks_only_http_and_https_urls(url: str) -> None:
     with pytest.raises(ocsp.FetchError):
         await ocsp.http_post(url, b"", content_type="x/y", accept="x/y", within_s=1, limit=10)
+
+
+@pytest.fixture
+def mo_trusted(tmp_path: Path) -> Iterator[tuple[Authority, Authority]]:
+    """An MO root (trusted through PKI_CONTRACT_CA_FILE) and its sub-CA."""
+    root, sub = mo_chain()
+    bundle = tmp_path / "mo-root.pem"
+    bundle.write_text(pem(root.cert))
+    with override_settings(PKI_CONTRACT_CA_FILE=str(bundle), PKI_DIR=tmp_path / "no-pki"):
+        yield root, sub
+
+
+def test_a_pem_chain_is_checked_up_to_a_trusted_root(mo_trusted: tuple[Authority, Authority]) -> None:
+    # Given contract chains: sound, expired, from an untrusted MO, with a gap, without an OCSP responder, garbage
+    root, sub = mo_trusted
+    _, stranger_sub = mo_chain()
+    url = "http://127.0.0.1:9/ocsp"
+    sound = certificate("DEMOA1", issuer=sub, ocsp_url=url).cert
+    expired = certificate("DEMOA2", issuer=sub, ocsp_url=url, valid_for=timedelta(minutes=-1)).cert
+    untrusted = certificate("DEMOA3", issuer=stranger_sub, ocsp_url=url).cert
+    silent = certificate("DEMOA4", issuer=sub).cert
+    now = datetime.now(UTC)
+    # When each is validated centrally
+    questions, refusal = plug_and_charge.central_chain(pem(sound, sub.cert), now)
+    # Then the sound one yields one OCSP question per certificate, at the responder each names (the sub-CA has none)
+    assert refusal == "CertChainError"  # the sub-CA names no responder: its revocation cannot be checked
+    sub_with_aia = certificate("MO Sub-CA", issuer=root, ca=True, ocsp_url=url, key=sub.key).cert
+    questions, refusal = plug_and_charge.central_chain(pem(sound, sub_with_aia, root.cert), now)
+    assert refusal == ""
+    assert [(q.serial, u) for q, u in questions] == [(sound.serial_number, url), (sub_with_aia.serial_number, url)]
+    assert questions[0][0].issued_by(sub.cert)
+    assert questions[1][0].issued_by(root.cert)
+    # And the others are refused with the status that says why
+    assert plug_and_charge.central_chain(pem(expired, sub_with_aia), now)[1] == "CertificateExpired"
+    assert plug_and_charge.central_chain(pem(untrusted, stranger_sub.cert), now)[1] == "CertChainError"
+    assert plug_and_charge.central_chain(pem(sound), now)[1] == "CertChainError"  # leaf straight to the root: a gap
+    assert plug_and_charge.central_chain(pem(silent, sub_with_aia), now)[1] == "CertChainError"
+    assert plug_and_charge.central_chain("not PEM", now)[1] == "NoCertificateAvailable"

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import ocpp.messages
 import pytest
 from asgiref.sync import sync_to_async
 from cryptography import x509
@@ -26,7 +27,7 @@ from django.test import override_settings
 from chargers.pki import ca, issue, storage
 from tests.chargers.conftest import LiveServer, raw_station, start_server, stop_server
 from tests.chargers.factories import IdTokenFactory, StationFactory
-from tests.chargers.mo_pki import Authority, ContractProvider, Responder, certificate, mo_sub_ca, ocsp_request_data
+from tests.chargers.mo_pki import Authority, ContractProvider, Responder, certificate, mo_chain, ocsp_request_data, pem
 from tests.live import free_port
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -55,7 +56,11 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory, django_db_setup: None) -> Iterator[World]:
     pki_dir = tmp_path_factory.mktemp("pnc-pki")
     log = tmp_path_factory.mktemp("pnc-log") / "csms.log"
-    mo = mo_sub_ca()
+    mo_root = certificate("MO Root CA", ca=True)
+    root_responder = Responder(mo_root).start()  # answers for the MO sub-CA itself (PEM chains name it)
+    mo_root, mo = mo_chain(mo_root, ocsp_url=root_responder.url("ok"))
+    root_responder.statuses[mo.cert.serial_number] = ocsp.OCSPCertStatus.GOOD
+    (trust := tmp_path_factory.mktemp("pnc-mo") / "mo-root.pem").write_text(pem(mo_root.cert))
     good, revoked, stranger = (certificate(EMAID, issuer=mo).cert for _ in range(3))
     responder = Responder(mo, {good.serial_number: ocsp.OCSPCertStatus.GOOD,
                                revoked.serial_number: ocsp.OCSPCertStatus.REVOKED}).start()  # fmt: skip
@@ -68,6 +73,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, django_db_setup: None) -> It
             "PKI_PASSPHRASE": PASSPHRASE,
             "PKI_OCSP_TIMEOUT_S": "2",
             "PKI_CONTRACT_PROVIDER_URL": provider.url,
+            "PKI_CONTRACT_CA_FILE": str(trust),  # the MO root: the anchor of PEM chains validated centrally
         }
         csms = start_server(env, log_path=log)
         try:
@@ -75,6 +81,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, django_db_setup: None) -> It
         finally:
             stop_server(csms)
             responder.stop()
+            root_responder.stop()
             provider.stop()
             storage.signing_key_forget()
 
@@ -91,7 +98,7 @@ async def _authorize(world: World, hash_data: list[dict[str, str]], *, version: 
         request = {"idToken": {"idToken": token.id_token, "type": "eMAID"}, "iso15118CertificateHashData": hash_data}
         answer = await cs.rpc([2, "auth-1", "Authorize", request])
     assert answer[:2] == [3, "auth-1"], answer
-    return answer[2]
+    return _valid(version, "Authorize", answer[2])
 
 
 async def _until(predicate, within: float = 10.0) -> None:
@@ -100,6 +107,12 @@ async def _until(predicate, within: float = 10.0) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not met")
+
+
+def _valid(version: str, action: str, payload: dict) -> dict:
+    """``payload``, once the ocpp library's CALLRESULT schema for ``action`` accepts it."""
+    ocpp.messages.get_validator(3, action, version).validate(payload)
+    return payload
 
 
 def _log(world: World) -> str:
@@ -192,6 +205,27 @@ async def test_an_unknown_emaid_with_a_good_certificate_is_contract_cancelled(wo
     assert answer[2] == {"idTokenInfo": {"status": "Unknown"}, "certificateStatus": "ContractCancelled"}
 
 
+async def test_a_pem_chain_the_station_could_not_validate_is_validated_centrally(world: World) -> None:
+    # Given contract certificates naming the MO's responder in their AIA, one good and one revoked, sent as PEM
+    # chains (leaf, MO sub-CA) without hash data (C07.FR.06)
+    good = certificate(EMAID, issuer=world.mo, ocsp_url=world.responder.url("ok")).cert
+    revoked = certificate(EMAID, issuer=world.mo, ocsp_url=world.responder.url("ok")).cert
+    world.responder.statuses[good.serial_number] = ocsp.OCSPCertStatus.GOOD
+    world.responder.statuses[revoked.serial_number] = ocsp.OCSPCertStatus.REVOKED
+    token = await sync_to_async(IdTokenFactory.create)(type="eMAID")
+    answers = []
+    async with raw_station(world.csms, await _station(), version="2.1") as cs:
+        for n, contract in enumerate((good, revoked)):
+            request = {
+                "idToken": {"idToken": token.id_token, "type": "eMAID"},
+                "certificate": pem(contract, world.mo.cert),
+            }
+            answers.append((await cs.rpc([2, f"pem-{n}", "Authorize", request]))[2])
+    # Then the CSMS checks the chain up to the MO root it trusts and asks the responders: good accepted, revoked not
+    assert answers[0] == {"idTokenInfo": {"status": "Accepted"}, "certificateStatus": "Accepted"}
+    assert answers[1] == {"idTokenInfo": {"status": "Invalid"}, "certificateStatus": "CertificateRevoked"}
+
+
 async def test_our_own_certificate_is_refused_once_revoked(world: World) -> None:
     # Given a certificate our CPO sub-CA issued, named with our responder's URL
     issued = await sync_to_async(_issue)(world)
@@ -215,13 +249,13 @@ async def test_get_certificate_status_relays_the_responders_answer(world: World)
         down = {**data, "responderURL": f"http://127.0.0.1:{free_port()}/"}
         failed = await cs.rpc([2, "gcs-2", "GetCertificateStatus", {"ocspRequestData": down}])
     # Then the DER OCSPResponse comes back, base64, signed by the MO sub-CA and saying revoked
-    assert answer[2]["status"] == "Accepted"
+    assert _valid("2.0.1", "GetCertificateStatus", answer[2])["status"] == "Accepted"
     response = ocsp.load_der_ocsp_response(base64.b64decode(answer[2]["ocspResult"]))
     assert response.certificate_status == ocsp.OCSPCertStatus.REVOKED
     assert response.serial_number == world.revoked.serial_number
     _signature_verify(world.mo.cert, response)
     # And a responder that is down is Failed
-    assert failed[2]["status"] == "Failed"
+    assert _valid("2.0.1", "GetCertificateStatus", failed[2])["status"] == "Failed"
 
 
 async def test_get_15118_ev_certificate_relays_the_exi_request_to_the_provider(world: World) -> None:
@@ -230,7 +264,7 @@ async def test_get_15118_ev_certificate_relays_the_exi_request_to_the_provider(w
     async with raw_station(world.csms, station_id := await _station()) as cs:
         answer = await cs.rpc([2, "ev-1", "Get15118EVCertificate", request])
     # Then the provider got the request as sent, and its answer comes back untouched
-    assert answer[2]["status"] == "Accepted"
+    assert _valid("2.0.1", "Get15118EVCertificate", answer[2])["status"] == "Accepted"
     seen = world.provider.requests[-1]
     assert (seen["exiRequest"], seen["action"], seen["stationId"]) == (exi, "Install", station_id)
     payload = json.loads(base64.b64decode(answer[2]["exiResponse"]))
@@ -259,7 +293,11 @@ async def test_get_certificate_chain_status_answers_from_the_responders(world: W
         await sync_to_async(_revoke)(world, issued)
         second = await cs.rpc([2, "chain-2", "GetCertificateChainStatus", {"certificateStatusRequests": requests}])
     # Then ours and the MO's are Good, the CRL source (no CRL client) Failed; ours is Revoked once revoked
-    assert [s["status"] for s in first[2]["certificateStatus"]] == ["Good", "Good", "Failed"]
+    assert [s["status"] for s in _valid("2.1", "GetCertificateChainStatus", first[2])["certificateStatus"]] == [
+        "Good",
+        "Good",
+        "Failed",
+    ]
     assert [s["status"] for s in second[2]["certificateStatus"]] == ["Revoked", "Good", "Failed"]
 
 
