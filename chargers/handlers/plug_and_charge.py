@@ -218,9 +218,8 @@ async def authorize_prefetch(station: StationRef, payload: dict[str, Any]) -> di
     reasons = [v.reason for v in verdicts if v.reason]
     if status != "Accepted":
         LOG.warning(
-            "Authorize from %s (%s): contract certificate %s: %s",
+            "Authorize from %s: contract certificate %s: %s",
             station.station_id,
-            payload["idToken"].get("idToken", ""),
             status,
             "; ".join(reasons) or "revoked",
         )

@@ -161,7 +161,10 @@ class CertId:
         return request.public_bytes(serialization.Encoding.DER)
 
     def issued_by(self, cert: x509.Certificate) -> bool:
-        return issuer_hashes(cert, self.algorithm) == (self.issuer_name_hash, self.issuer_key_hash)
+        try:
+            return issuer_hashes(cert, self.algorithm) == (self.issuer_name_hash, self.issuer_key_hash)
+        except (ValueError, UnsupportedAlgorithm):  # a key type this library cannot read names nobody here
+            return False
 
 
 # --- the responder --------------------------------------------------------------------------------------------------
@@ -521,15 +524,19 @@ def response_check(
         return Verdict(Status.UNAVAILABLE, f"responder answered {response.response_status.name}", der)
     try:
         single = next((s for s in response.responses if CertId.of(s) == cert_id), None)
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):
         single = None
     if single is None:
         return Verdict(Status.UNAVAILABLE, "the answer is not about the certificate asked about", der)
-    signer, why = _signer(response, cert_id, known, now)
+    try:
+        signer, why = _signer(response, cert_id, known, now)
+        signed = (response.signature, response.tbs_response_bytes, response.signature_hash_algorithm)
+        verified = signer is not None and _verify(signer.public_key(), *signed)
+    except (ValueError, UnsupportedAlgorithm) as exc:  # an algorithm or key this library cannot check
+        signer, why, verified = None, f"cannot be checked: {exc}"[:200], False
     if signer is None:
         return Verdict(Status.SIGNATURE, why, der)
-    signed = (response.signature, response.tbs_response_bytes, response.signature_hash_algorithm)
-    if not _verify(signer.public_key(), *signed):
+    if not verified:
         return Verdict(Status.SIGNATURE, "the signature does not verify", der)
     next_update = single.next_update_utc
     if single.this_update_utc > now + CLOCK_SKEW:
