@@ -90,6 +90,7 @@ def _apply_call(ctx: BatchContext, job: IncomingCall) -> CallOutcome:
     if known is not None:
         return CallOutcome(known.payload, known.error_code, known.error_description, retransmit=True)
     handler = HANDLERS.get(job.action, log_only)
+    ctx.looked_up = job.looked_up
     try:
         payload = handler(ctx, job.station, job.payload)
         outcome = CallOutcome(payload=payload)

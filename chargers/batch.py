@@ -44,6 +44,8 @@ class BatchContext:
         self.stored_events: set[tuple[int, int]] = set()  # (transaction pk, seqNo) already in the database
         self.tx_events: list[tuple[Any, ...]] = []  # TRANSACTION_EVENT_COLUMNS
         self.tx_changed: dict[int, set[str]] = {}  # transaction pk -> fields to write
+        # The network half of the call being applied (IncomingCall.looked_up), for its handler; None for most calls.
+        self.looked_up: Any = None
 
     def event(self, station: StationRef, kind: str, *, at: datetime | None = None, summary: str = "", **data: Any):
         self.events.append(

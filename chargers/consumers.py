@@ -32,6 +32,7 @@ from chargers.daphne_denial import EXTENSION as DENIAL_EXTENSION
 from chargers.daphne_tls import EXTENSION as TLS_EXTENSION
 from chargers.frame_gate import CLOSE_TOO_BIG, RATE_LIMITED_CODE, RATE_LIMITED_DESCRIPTION, FrameGate
 from chargers.handlers.provisioning import boot_refusal_check, boot_triggers
+from chargers.handlers.registry import PREFETCH
 from chargers.handlers.storable import payload_storable_check
 from chargers.handshake import (
     Refused,
@@ -308,7 +309,13 @@ class OcppConsumer(AsyncConsumer):
         except OcppError as exc:
             await self._reply_error(exc, raw=text[:10000], frame=frame)
             return
-        job = IncomingCall(self.station, frame.message_id, frame.action, frame.payload, received_at)
+        looked_up = None
+        if (prefetch := PREFETCH.get(frame.action)) is not None:  # network look-ups (OCSP): here, not in the batch
+            try:
+                looked_up = await prefetch(self.station, frame.payload)
+            except Exception:  # the handler answers its fail-safe without it
+                LOG.exception("looking up %s for %s failed", frame.action, self.station.station_id)
+        job = IncomingCall(self.station, frame.message_id, frame.action, frame.payload, received_at, "", looked_up)
         try:
             outcome: CallOutcome = await self.writer.submit(job)
         except Exception as exc:

@@ -38,6 +38,7 @@ class IncomingCall:
     payload: dict[str, Any]
     received_at: datetime
     payload_sha256: str = ""  # ocpp_j.payload_digest of the payload as received; computed by the batch if empty
+    looked_up: Any = None  # what the consumer fetched from the network for it (chargers.handlers.registry.PREFETCH)
 
 
 @dataclass(frozen=True, slots=True)

@@ -211,6 +211,11 @@ MATRIX: dict[str, Row] = {
     ),
     # -- the PKI's CRL: public by design (RFC 5280 distribution point); contents in tests/chargers/test_pki.py
     "pki/crl": Row("/pki/crl", api=False, read=PUBLIC),
+    # -- the PKI's OCSP responder: public by design (RFC 6960: relying parties are anonymous, the answers signed);
+    #    every answer is an OCSPResponse with 200 (these bodies get malformedRequest); contents in
+    #    tests/chargers/test_plug_and_charge.py and test_ocsp.py
+    "pki/ocsp": Row("/pki/ocsp", api=False, write=PUBLIC, body={"not": "an OCSP request"}),
+    "pki/ocsp/<path:encoded>": Row("/pki/ocsp/MAMCAQA=", api=False, read=PUBLIC),
     # -- pages
     "": Row("/", api=False, read=expect(LOGIN, OK, OK, OK, OK)),
     "dashboard/overview.json": Row("/dashboard/overview.json", api=False, read=expect(LOGIN, OK, OK, OK, OK)),

@@ -375,6 +375,17 @@ OCPP_TRUSTED_PROXIES = [str(ipaddress.ip_network(cidr, strict=False)) for cidr i
 # a connected station is asked for a new CSR (TriggerMessage) once its certificate expires within this many days.
 PKI_SIGN_PER_DAY = env_int("PKI_SIGN_PER_DAY", 5, minimum=1)
 PKI_RENEW_BEFORE_DAYS = env_int("PKI_RENEW_BEFORE_DAYS", 30, minimum=1)
+# OCSP and Plug & Charge (chargers.pki.ocsp, chargers.handlers.plug_and_charge). PKI_OCSP_URL: the public base URL
+# relying parties reach this server at (e.g. https://csms.example.com); set, every leaf certificate issued names
+# <base>/pki/ocsp in its authorityInfoAccess. PKI_OCSP_TIMEOUT_S bounds each request to a responder (connect + answer).
+PKI_OCSP_URL = env_opt("PKI_OCSP_URL")
+PKI_OCSP_TIMEOUT_S = env_float("PKI_OCSP_TIMEOUT_S", 5.0, minimum=0.1)
+# PEM bundle of the contract (MO) CA certificates whose responders' answers are verified even when an answer does
+# not carry its issuer's certificate; our own CAs are always known.
+PKI_CONTRACT_CA_FILE = env_opt("PKI_CONTRACT_CA_FILE")
+# Where Get15118EVCertificate's EXI requests are relayed (HTTP POST, JSON); unset: they are answered Failed.
+PKI_CONTRACT_PROVIDER_URL = env_opt("PKI_CONTRACT_PROVIDER_URL")
+PKI_CONTRACT_PROVIDER_TIMEOUT_S = env_float("PKI_CONTRACT_PROVIDER_TIMEOUT_S", 5.0, minimum=0.1)
 
 # --- Regulation dispatch (vpp.dispatch) ----------------------------------------------------------------------------
 DISPATCH_REFRESH_S = env_float("DISPATCH_REFRESH_S", 5.0, minimum=0.1)  # in-memory fleet state reload period

@@ -13,8 +13,9 @@ group-commit writer's batch transaction (``chargers.apply``) and queues its rows
   NotifyEVChargingSchedule, PullDynamicScheduleUpdate
 - ``der``: NotifyDERAlarm, NotifyDERStartStop, ReportDERControl
 - ``firmware_diagnostics``: FirmwareStatusNotification, LogStatusNotification, NotifyEvent, OpenPeriodicEventStream
-- ``security``: SecurityEventNotification, GetCertificateChainStatus, SignCertificate, GetCertificateStatus,
-  Get15118EVCertificate
+- ``security``: SecurityEventNotification, SignCertificate
+- ``plug_and_charge``: GetCertificateStatus, Get15118EVCertificate, GetCertificateChainStatus, and Authorize with a
+  contract certificate (through ``authorization``); their network half runs in the consumer (``registry.PREFETCH``)
 - ``reservation``: ReservationStatusUpdate
 - ``data_transfer``: DataTransfer
 - ``tariff_cost``: VatNumberValidation

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from chargers.batch import BatchContext
+from chargers.handlers.plug_and_charge import contract_authorize
 from chargers.jobs import StationRef
 from chargers.models import IdToken
 
@@ -20,4 +21,6 @@ def id_token_info(id_token: dict[str, Any]) -> dict[str, Any]:
 
 
 def id_token_authorize(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
+    if "iso15118CertificateHashData" in payload or "certificate" in payload:  # Plug & Charge (C07)
+        return contract_authorize(ctx, id_token_info(payload["idToken"]))
     return {"idTokenInfo": id_token_info(payload["idToken"])}

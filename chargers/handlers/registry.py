@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chargers.batch import BatchContext
@@ -13,6 +14,7 @@ from chargers.handlers import (
     der,
     firmware_diagnostics,
     meter_values,
+    plug_and_charge,
     provisioning,
     reservation,
     security,
@@ -59,12 +61,28 @@ HANDLERS: dict[str, Handler] = {
     "OpenPeriodicEventStream": firmware_diagnostics.periodic_event_stream_accept,
     # Security, ISO 15118 certificate management
     "SecurityEventNotification": security.security_event_record,
-    "GetCertificateChainStatus": security.certificate_chain_status_answer,
     "SignCertificate": certificate_signing.certificate_signing_answer,
-    "GetCertificateStatus": security.certificate_status_refuse,
-    "Get15118EVCertificate": security.ev_certificate_refuse,
+    # Plug & Charge (ISO 15118 certificate management): answered from what PREFETCH found
+    "GetCertificateChainStatus": plug_and_charge.chain_status_answer,
+    "GetCertificateStatus": plug_and_charge.certificate_status_answer,
+    "Get15118EVCertificate": plug_and_charge.ev_certificate_answer,
     # Reservation, data transfer, tariff and cost (2.1)
     "ReservationStatusUpdate": reservation.reservation_status_record,
     "DataTransfer": data_transfer.data_transfer_record,
     "VatNumberValidation": tariff_cost.vat_number_refuse,
+}
+
+
+#: What a handler needs from the network, fetched by the consumer before the call is submitted; the outcome reaches
+#: the handler as ``BatchContext.looked_up`` (None: nothing to look up).
+Prefetch = Callable[[StationRef, dict[str, Any]], Awaitable[Any]]
+
+# Actions whose answer needs the network (OCSP responders, the contract-certificate provider). The consumer awaits
+# the action's prefetch on the event loop, outside the group-commit batch (a network wait there would hold every
+# station's writes), and submits the call with the outcome; its handler above reads it as ``ctx.looked_up``.
+PREFETCH: dict[str, Prefetch] = {
+    "Authorize": plug_and_charge.authorize_prefetch,  # only an Authorize with a contract certificate goes out
+    "GetCertificateStatus": plug_and_charge.certificate_status_prefetch,
+    "Get15118EVCertificate": plug_and_charge.ev_certificate_prefetch,
+    "GetCertificateChainStatus": plug_and_charge.chain_status_prefetch,
 }

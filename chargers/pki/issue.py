@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.db import transaction
 
 from chargers.models import CertificateUse, PkiCertificate, Station
-from chargers.pki import ca, storage
+from chargers.pki import ca, ocsp, storage
 from chargers.pki.storage import PkiError
 
 LEAF_VALIDITY = timedelta(days=365)
@@ -98,6 +98,8 @@ def _leaf_cert(
     )
     if san:
         builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    if (aia := ocsp.aia_extension()) is not None:  # PKI_OCSP_URL: where relying parties ask about this certificate
+        builder = builder.add_extension(aia, critical=False)
     return issuer.certificate_sign(builder)
 
 

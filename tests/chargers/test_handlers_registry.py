@@ -38,8 +38,24 @@ def test_every_registered_action_is_one_a_station_sends() -> None:
 @pytest.mark.parametrize(
     ("action", "payload", "answer"),
     [
-        ("Get15118EVCertificate", {}, {"status": "Failed", "exiResponse": ""}),
-        ("GetCertificateStatus", {}, {"status": "Failed"}),
+        # Plug & Charge calls submitted without their network look-up (chargers.handlers.plug_and_charge): Failed
+        (
+            "Get15118EVCertificate",
+            {},
+            {
+                "status": "Failed",
+                "exiResponse": "",
+                "statusInfo": {"reasonCode": "NoResponse", "additionalInfo": "the provider was not asked"},
+            },
+        ),
+        (
+            "GetCertificateStatus",
+            {},
+            {
+                "status": "Failed",
+                "statusInfo": {"reasonCode": "NoResponse", "additionalInfo": "the responder was not asked"},
+            },
+        ),
         ("NotifyEVChargingSchedule", {}, {"status": "Accepted"}),
         ("OpenPeriodicEventStream", {}, {"status": "Accepted"}),
         ("PullDynamicScheduleUpdate", {}, {"status": "Rejected"}),

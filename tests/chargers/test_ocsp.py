@@ -1,0 +1,235 @@
+"""OCSP without a server: the client's acceptance rules (RFC 6960 3.2) against answers cryptography builds for a
+third party's CA, our responder's signing budget, the AIA in what we issue, and the Plug & Charge relays whose
+provider is not configured or down."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp as x509_ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
+from django.test import override_settings
+
+from chargers.handlers import plug_and_charge
+from chargers.jobs import StationRef
+from chargers.pki import ca, issue, ocsp, storage
+from chargers.pki.ocsp import CertId, OcspDataError, Status
+from tests.chargers.mo_pki import Authority, certificate, mo_chain, mo_sub_ca, ocsp_request_data, pem
+from tests.live import free_port
+
+STATION = StationRef(pk=1, station_id="cs-ocsp", version="2.0.1")
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Iterator[Path]:
+    with override_settings(PKI_DIR=tmp_path / "pki", PKI_PASSPHRASE="ocsp-unit-test"):
+        storage.signing_key_forget()
+        ca.ca_init()
+        yield tmp_path / "pki"
+    storage.signing_key_forget()
+
+
+def _answer(
+    issuer: Authority,
+    cert: x509.Certificate,
+    *,
+    signer: Authority | None = None,
+    certs: list[x509.Certificate] | None = None,
+    this_update: datetime | None = None,
+    next_update: datetime | None = None,
+) -> bytes:
+    """A responder's answer that ``cert`` is good, built and signed with cryptography (by ``signer``, default the
+    issuer)."""
+    now = datetime.now(UTC)
+    signer = signer or issuer
+    builder = x509_ocsp.OCSPResponseBuilder().add_response(
+        cert, issuer.cert, hashes.SHA256(), x509_ocsp.OCSPCertStatus.GOOD,
+        this_update or now, next_update or now + timedelta(hours=1), None, None,
+    )  # fmt: skip
+    builder = builder.responder_id(x509_ocsp.OCSPResponderEncoding.HASH, signer.cert)
+    return (
+        builder.certificates(certs or [issuer.cert])
+        .sign(signer.key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+
+
+def _cert_id(cert: x509.Certificate, issuer: x509.Certificate) -> CertId:
+    return CertId.from_ocpp(ocsp_request_data(cert, issuer, ""))
+
+
+def test_it_reads_ocpp_hash_data_as_cryptography_computes_it() -> None:
+    # Given a contract certificate and OCPP's OCSPRequestData for it (hashes from cryptography's request builder)
+    mo = mo_sub_ca()
+    contract = certificate("DEMOA1", issuer=mo).cert
+    # When it is read / Then it names that certificate of that issuer
+    cert_id = _cert_id(contract, mo.cert)
+    assert cert_id.serial == contract.serial_number
+    assert cert_id.issued_by(mo.cert)
+    assert not cert_id.issued_by(contract)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("issuerNameHash", "abc"), ("issuerKeyHash", "00" * 31), ("serialNumber", "xyz"), ("hashAlgorithm", "MD5")],
+)
+def test_it_refuses_hash_data_that_names_no_certificate(field: str, value: str) -> None:
+    mo = mo_sub_ca()
+    data = ocsp_request_data(certificate("DEMOA1", issuer=mo).cert, mo.cert, "") | {field: value}
+    with pytest.raises(OcspDataError):
+        CertId.from_ocpp(data)
+
+
+def test_it_accepts_a_good_answer_signed_by_the_issuer() -> None:
+    mo = mo_sub_ca()
+    contract = certificate("DEMOA1", issuer=mo).cert
+    verdict = ocsp.response_check(_answer(mo, contract), _cert_id(contract, mo.cert))
+    assert verdict.status == Status.GOOD
+    assert verdict.next_update is not None
+
+
+def test_it_refuses_a_delegate_without_ocsp_signing_or_from_another_issuer() -> None:
+    # Given a responder certificate the issuer gave no id-kp-OCSPSigning, and one another CA issued with it
+    mo, other = mo_sub_ca(), mo_sub_ca()
+    contract = certificate("DEMOA1", issuer=mo).cert
+    no_eku = certificate("signer", issuer=mo, eku=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    foreign = certificate("signer", issuer=other, eku=[ExtendedKeyUsageOID.OCSP_SIGNING])
+    authorised = certificate("signer", issuer=mo, eku=[ExtendedKeyUsageOID.OCSP_SIGNING])
+    cert_id = _cert_id(contract, mo.cert)
+    # When their answers are checked / Then only the authorised delegate's is accepted
+    for delegate, expected in ((no_eku, Status.SIGNATURE), (foreign, Status.SIGNATURE), (authorised, Status.GOOD)):
+        der = _answer(mo, contract, signer=delegate, certs=[delegate.cert, mo.cert])
+        assert ocsp.response_check(der, cert_id).status == expected
+
+
+def test_an_issuer_known_here_need_not_be_in_the_answer(tmp_path: Path) -> None:
+    # Given an answer signed by the MO sub-CA that does not carry the sub-CA's certificate
+    mo = mo_sub_ca()
+    contract = certificate("DEMOA1", issuer=mo).cert
+    stranger = certificate("someone")
+    der = _answer(mo, contract, certs=[stranger.cert])
+    cert_id = _cert_id(contract, mo.cert)
+    # When checked without, then with, the sub-CA in PKI_CONTRACT_CA_FILE
+    unknown = ocsp.response_check(der, cert_id, known=ocsp.known_issuers())
+    bundle = tmp_path / "mo.pem"
+    bundle.write_bytes(mo.cert.public_bytes(serialization.Encoding.PEM))
+    with override_settings(PKI_CONTRACT_CA_FILE=str(bundle)):
+        known = ocsp.response_check(der, cert_id, known=ocsp.known_issuers())
+    # Then it cannot be verified until the issuer is known
+    assert unknown.status == Status.SIGNATURE
+    assert known.status == Status.GOOD
+
+
+def test_it_refuses_stale_and_future_answers_and_answers_about_another_certificate() -> None:
+    mo = mo_sub_ca()
+    contract, other = certificate("DEMOA1", issuer=mo).cert, certificate("DEMOA2", issuer=mo).cert
+    now = datetime.now(UTC)
+    stale = _answer(mo, contract, this_update=now - timedelta(days=2), next_update=now - timedelta(days=1))
+    future = _answer(mo, contract, this_update=now + timedelta(hours=1), next_update=now + timedelta(hours=2))
+    cert_id = _cert_id(contract, mo.cert)
+    assert ocsp.response_check(stale, cert_id).status == Status.UNAVAILABLE
+    assert ocsp.response_check(future, cert_id).status == Status.UNAVAILABLE
+    assert ocsp.response_check(_answer(mo, other), cert_id).status == Status.UNAVAILABLE
+    assert ocsp.response_check(b"\x30\x03\x0a\x01\x06", cert_id).status == Status.UNAVAILABLE  # unauthorized
+
+
+@pytest.mark.django_db
+def test_our_responder_says_try_later_beyond_its_signing_budget(pki: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a signing budget of two signatures
+    monkeypatch.setattr(ocsp, "_RESPONSES", ocsp._Responses())
+    ocsp._RESPONSES._signs = ocsp._Bucket(rate=0.0, burst=2.0)
+    sub_ca = ca.sub_ca().cert
+    issued = [issue.station_certificate_issue(station_id=f"cs-{n}").cert for n in range(3)]
+    requests = [
+        x509_ocsp.OCSPRequestBuilder()
+        .add_certificate(cert, sub_ca, hashes.SHA256())
+        .build()
+        .public_bytes(serialization.Encoding.DER)
+        for cert in issued
+    ]
+    # When three different certificates are asked about, then the first again
+    answers = [x509_ocsp.load_der_ocsp_response(ocsp.responder_answer(r)) for r in [*requests, requests[0]]]
+    # Then two are signed, the third is tryLater (no signature), and the first is served from the cache
+    statuses = [a.response_status for a in answers]
+    ok, later = x509_ocsp.OCSPResponseStatus.SUCCESSFUL, x509_ocsp.OCSPResponseStatus.TRY_LATER
+    assert statuses == [ok, ok, later, ok]
+
+
+@pytest.mark.django_db
+def test_issued_certificates_name_our_responder_when_a_public_url_is_set(pki: Path) -> None:
+    with override_settings(PKI_OCSP_URL="https://csms.example.com/"):
+        named = issue.station_certificate_issue(station_id="cs-aia").cert
+    unnamed = issue.station_certificate_issue(station_id="cs-no-aia").cert
+    access = named.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    assert [(d.access_method, d.access_location.value) for d in access] == [
+        (AuthorityInformationAccessOID.OCSP, "https://csms.example.com/pki/ocsp")
+    ]
+    with pytest.raises(x509.ExtensionNotFound):
+        unnamed.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+
+
+EV_REQUEST = {"iso15118SchemaVersion": "urn:iso:15118:2:2013:MsgDef", "action": "Install", "exiRequest": "gJgC"}
+
+
+async def test_ev_certificate_requests_fail_with_a_reason_without_a_provider() -> None:
+    with override_settings(PKI_CONTRACT_PROVIDER_URL=None):
+        answer = await plug_and_charge.ev_certificate_prefetch(STATION, EV_REQUEST)
+    assert answer["status"] == "Failed"
+    assert answer["exiResponse"] == ""
+    assert answer["statusInfo"]["reasonCode"] == "NotEnabled"
+
+
+async def test_ev_certificate_requests_fail_with_a_reason_when_the_provider_is_down() -> None:
+    with override_settings(PKI_CONTRACT_PROVIDER_URL=f"http://127.0.0.1:{free_port()}/"):
+        answer = await plug_and_charge.ev_certificate_prefetch(STATION, EV_REQUEST)
+    assert answer["status"] == "Failed"
+    assert answer["statusInfo"]["reasonCode"] == "NoResponse"
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/ocsp", "file:///etc/passwd", "http://:80/", "not a url"])
+async def test_the_client_asks_only_http_and_https_urls(url: str) -> None:
+    with pytest.raises(ocsp.FetchError):
+        await ocsp.http_post(url, b"", content_type="x/y", accept="x/y", within_s=1, limit=10)
+
+
+@pytest.fixture
+def mo_trusted(tmp_path: Path) -> Iterator[tuple[Authority, Authority]]:
+    """An MO root (trusted through PKI_CONTRACT_CA_FILE) and its sub-CA."""
+    root, sub = mo_chain()
+    bundle = tmp_path / "mo-root.pem"
+    bundle.write_text(pem(root.cert))
+    with override_settings(PKI_CONTRACT_CA_FILE=str(bundle), PKI_DIR=tmp_path / "no-pki"):
+        yield root, sub
+
+
+def test_a_pem_chain_is_checked_up_to_a_trusted_root(mo_trusted: tuple[Authority, Authority]) -> None:
+    # Given contract chains: sound, expired, from an untrusted MO, with a gap, without an OCSP responder, garbage
+    root, sub = mo_trusted
+    _, stranger_sub = mo_chain()
+    url = "http://127.0.0.1:9/ocsp"
+    sound = certificate("DEMOA1", issuer=sub, ocsp_url=url).cert
+    expired = certificate("DEMOA2", issuer=sub, ocsp_url=url, valid_for=timedelta(minutes=-1)).cert
+    untrusted = certificate("DEMOA3", issuer=stranger_sub, ocsp_url=url).cert
+    silent = certificate("DEMOA4", issuer=sub).cert
+    now = datetime.now(UTC)
+    # When each is validated centrally
+    questions, refusal = plug_and_charge.central_chain(pem(sound, sub.cert), now)
+    # Then the sound one yields one OCSP question per certificate, at the responder each names (the sub-CA has none)
+    assert refusal == "CertChainError"  # the sub-CA names no responder: its revocation cannot be checked
+    sub_with_aia = certificate("MO Sub-CA", issuer=root, ca=True, ocsp_url=url, key=sub.key).cert
+    questions, refusal = plug_and_charge.central_chain(pem(sound, sub_with_aia, root.cert), now)
+    assert refusal == ""
+    assert [(q.serial, u) for q, u in questions] == [(sound.serial_number, url), (sub_with_aia.serial_number, url)]
+    assert questions[0][0].issued_by(sub.cert)
+    assert questions[1][0].issued_by(root.cert)
+    # And the others are refused with the status that says why
+    assert plug_and_charge.central_chain(pem(expired, sub_with_aia), now)[1] == "CertificateExpired"
+    assert plug_and_charge.central_chain(pem(untrusted, stranger_sub.cert), now)[1] == "CertChainError"
+    assert plug_and_charge.central_chain(pem(sound), now)[1] == "CertChainError"  # leaf straight to the root: a gap
+    assert plug_and_charge.central_chain(pem(silent, sub_with_aia), now)[1] == "CertChainError"
+    assert plug_and_charge.central_chain("not PEM", now)[1] == "NoCertificateAvailable"
