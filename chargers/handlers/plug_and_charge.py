@@ -32,8 +32,9 @@ from django.conf import settings
 from chargers.batch import BatchContext
 from chargers.handlers.common import datetime_iso
 from chargers.jobs import StationRef
-from chargers.pki import ocsp
-from chargers.pki.ocsp import CertId, OcspDataError, Status, Verdict
+from chargers.pki import ocsp, ocsp_client
+from chargers.pki.ocsp import CertId, OcspDataError
+from chargers.pki.ocsp_client import Status, Verdict
 from chargers.writer import writer_for_loop
 
 LOG = logging.getLogger(__name__)
@@ -92,13 +93,13 @@ async def certificate_ask(cert_id: CertId, url: str) -> Verdict:
             der = await writer_for_loop(ocsp.responder_answers).submit(cert_id.request_der())
         except Exception as exc:  # the register cannot be read now: no answer, never a guess
             return Verdict(Status.UNAVAILABLE, f"our responder: {type(exc).__name__}")
-        return ocsp.response_check(der, cert_id, known=ocsp.known_issuers())
+        return ocsp_client.response_check(der, cert_id, known=ocsp_client.known_issuers())
     now = datetime.now(UTC)
     cached = ANSWERS.get(cert_id, url, now)
     if cached is not None:
         return cached
     try:
-        der = await ocsp.http_post(
+        der = await ocsp_client.http_post(
             url,
             cert_id.request_der(),
             content_type="application/ocsp-request",
@@ -106,9 +107,9 @@ async def certificate_ask(cert_id: CertId, url: str) -> Verdict:
             within_s=settings.PKI_OCSP_TIMEOUT_S,
             limit=ocsp.RESPONSE_MAX_BYTES,
         )
-    except ocsp.FetchError as exc:
+    except ocsp_client.FetchError as exc:
         return Verdict(Status.UNAVAILABLE, f"{url[:100]}: {exc}")
-    verdict = ocsp.response_check(der, cert_id, known=ocsp.known_issuers(), now=now)
+    verdict = ocsp_client.response_check(der, cert_id, known=ocsp_client.known_issuers(), now=now)
     ANSWERS.keep(cert_id, url, verdict, now)
     return verdict
 
@@ -173,7 +174,7 @@ def central_chain(pem: str, now: datetime) -> tuple[list[tuple[CertId, str]], st
         chain = x509.load_pem_x509_certificates(pem.encode())
     except ValueError:
         return [], "NoCertificateAvailable"  # nothing readable was presented
-    anchors = ocsp.known_issuers()
+    anchors = ocsp_client.known_issuers()
     if chain and any(chain[-1] == anchor for anchor in anchors):
         chain = chain[:-1]  # the station sent the root along
     if not chain:
@@ -316,7 +317,7 @@ async def ev_certificate_prefetch(station: StationRef, payload: dict[str, Any]) 
     body = {name: payload[name] for name in fields if name in payload}
     body |= {"stationId": station.station_id, "ocppVersion": station.version}
     try:
-        raw = await ocsp.http_post(
+        raw = await ocsp_client.http_post(
             url,
             json.dumps(body).encode(),
             content_type="application/json",
@@ -324,7 +325,7 @@ async def ev_certificate_prefetch(station: StationRef, payload: dict[str, Any]) 
             within_s=settings.PKI_CONTRACT_PROVIDER_TIMEOUT_S,
             limit=PROVIDER_ANSWER_MAX_BYTES,
         )
-    except ocsp.FetchError as exc:
+    except ocsp_client.FetchError as exc:
         LOG.warning("Get15118EVCertificate from %s: the contract-certificate provider: %s", station.station_id, exc)
         return _provider_failed("NoResponse", f"the contract-certificate provider: {exc}"[:512])
     return _provider_answer(raw, station.version)

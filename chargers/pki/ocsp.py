@@ -1,4 +1,4 @@
-"""OCSP (RFC 6960): the responder for what the CPO sub-CA issued, and the client that asks others' responders.
+"""OCSP (RFC 6960): the responder for what the CPO sub-CA issued, and the CertID both it and the client speak.
 
 Responder (``GET/POST /pki/ocsp``, ``chargers.pages``): ``responder_answer(request_der)`` always returns a DER
 OCSPResponse: ``malformedRequest`` for what does not parse, ``unauthorized`` for another issuer, else a response
@@ -9,37 +9,26 @@ revocation, in this process or another, changes the key and is answered at once;
 nonces) draw on a token bucket, and beyond it a nonce request gets the cached answer without its nonce (RFC 5019's
 profile) or, with nothing cached, ``tryLater``, which costs no signature.
 
-Client (Plug & Charge, ``chargers.handlers.plug_and_charge``): ``CertId`` from OCPP's OCSPRequestData,
-``http_post`` (asyncio, one deadline for connect + send + receive, size-limited, http/https only) and
-``response_check``, which accepts an answer only as RFC 6960 3.2 says: it answers the certificate asked about, it is
-signed by the issuer (the key whose hash the request names) or by a responder certificate that issuer gave
-id-kp-OCSPSigning, and it is current.
+Client (Plug & Charge): ``CertId`` from OCPP's OCSPRequestData here; asking others' responders and judging their
+answers is ``chargers.pki.ocsp_client``'s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
-import enum
-import ssl
 import threading
 import time
-import urllib.parse
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import ExtendedKeyUsageOID
 from django.conf import settings
 
 from chargers.models import PkiCertificate
@@ -64,13 +53,13 @@ HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 }
 
 
-def _hash(algorithm: str, data: bytes) -> bytes:
+def value_hash(algorithm: str, data: bytes) -> bytes:
     digest = hashes.Hash(HASHES[algorithm]())
     digest.update(data)
     return digest.finalize()
 
 
-def _public_key_bits(cert: x509.Certificate) -> bytes:
+def public_key_bits(cert: x509.Certificate) -> bytes:
     """The subjectPublicKey BIT STRING's value (RFC 6960 4.1.1 hashes this, not the whole SubjectPublicKeyInfo)."""
     der = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
@@ -89,7 +78,7 @@ def _public_key_bits(cert: x509.Certificate) -> bytes:
 
 def issuer_hashes(cert: x509.Certificate, algorithm: str) -> tuple[bytes, bytes]:
     """(issuerNameHash, issuerKeyHash) of the certificates ``cert`` issues, under ``algorithm``."""
-    return _hash(algorithm, cert.subject.public_bytes()), _hash(algorithm, _public_key_bits(cert))
+    return value_hash(algorithm, cert.subject.public_bytes()), value_hash(algorithm, public_key_bits(cert))
 
 
 # --- the CertID both sides speak ------------------------------------------------------------------------------------
@@ -354,218 +343,3 @@ def aia_url(cert: x509.Certificate) -> str | None:
         ):
             return location.value
     return None
-
-
-# --- the client -----------------------------------------------------------------------------------------------------
-
-
-class FetchError(Exception):
-    """The responder (or provider) could not be asked, or did not answer usably."""
-
-
-def _checked_url(url: str) -> urllib.parse.SplitResult:
-    try:
-        parts = urllib.parse.urlsplit(url.strip())
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError as exc:
-        raise FetchError(f"not a URL: {url[:80]!r}") from exc
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise FetchError(f"only http and https URLs are asked, not {url[:80]!r}")
-    return parts
-
-
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], limit: int) -> bytes:
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = b""
-        while True:
-            size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                return body
-            if len(body) + size > limit:
-                raise FetchError(f"answer larger than {limit} bytes")
-            body += await reader.readexactly(size)
-            await reader.readexactly(2)
-    if "content-length" in headers:
-        length = int(headers["content-length"])
-        if not 0 <= length <= limit:
-            raise FetchError(f"answer of {length} bytes (at most {limit})")
-        return await reader.readexactly(length)
-    body = await reader.read(limit + 1)
-    while len(body) <= limit and (more := await reader.read(limit + 1 - len(body))):
-        body += more
-    if len(body) > limit:
-        raise FetchError(f"answer larger than {limit} bytes")
-    return body
-
-
-async def http_post(url: str, body: bytes, *, content_type: str, accept: str, within_s: float, limit: int) -> bytes:
-    """POST ``body`` to ``url`` (HTTP/1.1, no redirects) and return a 200 answer's body; FetchError otherwise.
-
-    One deadline covers connecting, sending and reading, so a responder that dribbles its answer is cut off too.
-    """
-    parts = _checked_url(url)
-    https = parts.scheme.lower() == "https"
-    host = parts.hostname or ""
-    port = parts.port or (443 if https else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host_header = f"[{host}]" if ":" in host else host
-    if parts.port:
-        host_header += f":{parts.port}"
-    head = (
-        f"POST {target} HTTP/1.1\r\nHost: {host_header}\r\nContent-Type: {content_type}\r\nAccept: {accept}\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\nUser-Agent: vpp-csms\r\n\r\n"
-    )
-    writer: asyncio.StreamWriter | None = None
-    try:
-        async with asyncio.timeout(within_s):
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=ssl.create_default_context() if https else None
-            )
-            writer.write(head.encode("latin-1") + body)
-            await writer.drain()
-            status_line = (await reader.readline()).decode("latin-1").split()
-            if len(status_line) < 2 or not status_line[0].startswith("HTTP/"):
-                raise FetchError("not an HTTP answer")
-            headers: dict[str, str] = {}
-            for _ in range(100):
-                line = await reader.readline()
-                if line in (b"\r\n", b"\n", b""):
-                    break
-                name, _, value = line.decode("latin-1").partition(":")
-                headers[name.strip().lower()] = value.strip()
-            if status_line[1] != "200":
-                raise FetchError(f"HTTP {status_line[1]}")
-            return await _read_body(reader, headers, limit)
-    except TimeoutError as exc:
-        raise FetchError(f"no answer within {within_s:g} s") from exc
-    except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-        raise FetchError(f"{type(exc).__name__}: {exc}"[:200]) from exc
-    finally:
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1)
-
-
-class Status(enum.StrEnum):
-    GOOD = "good"
-    REVOKED = "revoked"
-    UNKNOWN = "unknown"
-    SIGNATURE = "signature"  # the answer is not signed by the issuer or a responder it authorised
-    UNAVAILABLE = "unavailable"  # no usable answer: responder down, slow, unsuccessful, stale, about another cert
-
-
-@dataclass(frozen=True)
-class Verdict:
-    status: Status
-    reason: str = ""
-    der: bytes = b""  # the responder's OCSPResponse, when it sent one
-    next_update: datetime | None = None
-
-
-def _verify(key: object, signature: bytes, data: bytes, algorithm: hashes.HashAlgorithm | None) -> bool:
-    try:
-        if isinstance(key, ec.EllipticCurvePublicKey) and algorithm is not None:
-            key.verify(signature, data, ec.ECDSA(algorithm))
-        elif isinstance(key, rsa.RSAPublicKey) and algorithm is not None:
-            key.verify(signature, data, padding.PKCS1v15(), algorithm)
-        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-            key.verify(signature, data)
-        else:
-            return False
-    except InvalidSignature:
-        return False
-    return True
-
-
-def _names_signer(response: ocsp.OCSPResponse, cert: x509.Certificate) -> bool:
-    if response.responder_key_hash is not None:
-        return response.responder_key_hash == _hash("SHA1", _public_key_bits(cert))
-    return response.responder_name == cert.subject
-
-
-def _signer(
-    response: ocsp.OCSPResponse, cert_id: CertId, known: Sequence[x509.Certificate], now: datetime
-) -> tuple[x509.Certificate | None, str]:
-    """The certificate whose key must have signed ``response`` (RFC 6960 4.2.2.2), or (None, why none may)."""
-    issuer = next((c for c in [*response.certificates, *known] if cert_id.issued_by(c)), None)
-    if issuer is None:
-        return None, "the issuer's certificate is neither in the answer nor known here"
-    if _names_signer(response, issuer):
-        return issuer, ""
-    delegate = next((c for c in response.certificates if _names_signer(response, c)), None)
-    if delegate is None:
-        return None, "signed by a responder whose certificate is not in the answer"
-    try:
-        delegate.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return None, "the responder's certificate was not issued by the certificate's issuer"
-    try:
-        usages = delegate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        usages = x509.ExtendedKeyUsage([])
-    if ExtendedKeyUsageOID.OCSP_SIGNING not in usages:
-        return None, "the responder's certificate lacks id-kp-OCSPSigning"
-    if not delegate.not_valid_before_utc <= now <= delegate.not_valid_after_utc:
-        return None, "the responder's certificate is outside its validity"
-    return delegate, ""
-
-
-def response_check(
-    der: bytes, cert_id: CertId, *, known: Sequence[x509.Certificate] = (), now: datetime | None = None
-) -> Verdict:
-    """What a responder's answer says about ``cert_id``, accepted only as RFC 6960 3.2 allows."""
-    now = now or datetime.now(UTC)
-    try:
-        response = ocsp.load_der_ocsp_response(der)
-    except ValueError:
-        return Verdict(Status.UNAVAILABLE, "not an OCSP response")
-    if response.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
-        return Verdict(Status.UNAVAILABLE, f"responder answered {response.response_status.name}", der)
-    try:
-        single = next((s for s in response.responses if CertId.of(s) == cert_id), None)
-    except (ValueError, UnsupportedAlgorithm):
-        single = None
-    if single is None:
-        return Verdict(Status.UNAVAILABLE, "the answer is not about the certificate asked about", der)
-    try:
-        signer, why = _signer(response, cert_id, known, now)
-        signed = (response.signature, response.tbs_response_bytes, response.signature_hash_algorithm)
-        verified = signer is not None and _verify(signer.public_key(), *signed)
-    except (ValueError, UnsupportedAlgorithm) as exc:  # an algorithm or key this library cannot check
-        signer, why, verified = None, f"cannot be checked: {exc}"[:200], False
-    if signer is None:
-        return Verdict(Status.SIGNATURE, why, der)
-    if not verified:
-        return Verdict(Status.SIGNATURE, "the signature does not verify", der)
-    next_update = single.next_update_utc
-    if single.this_update_utc > now + CLOCK_SKEW:
-        return Verdict(Status.UNAVAILABLE, "thisUpdate is in the future", der)
-    if next_update is not None and next_update < now - CLOCK_SKEW:
-        return Verdict(Status.UNAVAILABLE, "the answer is stale (nextUpdate has passed)", der)
-    status = {
-        ocsp.OCSPCertStatus.GOOD: Status.GOOD,
-        ocsp.OCSPCertStatus.REVOKED: Status.REVOKED,
-        ocsp.OCSPCertStatus.UNKNOWN: Status.UNKNOWN,
-    }[single.certificate_status]
-    return Verdict(status, "", der, next_update)
-
-
-@cache
-def _bundle_at(path: str, mtime_ns: int) -> tuple[x509.Certificate, ...]:
-    return tuple(x509.load_pem_x509_certificates(Path(path).read_bytes()))
-
-
-def known_issuers() -> list[x509.Certificate]:
-    """CA certificates whose OCSP answers can be verified without the answer carrying them: ours, and the contract
-    (MO) CAs in PKI_CONTRACT_CA_FILE."""
-    found: list[x509.Certificate] = []
-    paths = [storage.cert_path(ca.BUNDLE)]
-    if settings.PKI_CONTRACT_CA_FILE:
-        paths.append(Path(settings.PKI_CONTRACT_CA_FILE))
-    for path in paths:
-        try:
-            found.extend(_bundle_at(str(path), path.stat().st_mtime_ns))
-        except (OSError, ValueError):
-            continue
-    return found

@@ -17,8 +17,9 @@ from django.test import override_settings
 
 from chargers.handlers import plug_and_charge
 from chargers.jobs import StationRef
-from chargers.pki import ca, issue, ocsp, storage
-from chargers.pki.ocsp import CertId, OcspDataError, Status
+from chargers.pki import ca, issue, ocsp, ocsp_client, storage
+from chargers.pki.ocsp import CertId, OcspDataError
+from chargers.pki.ocsp_client import Status
 from tests.chargers.mo_pki import Authority, certificate, mo_chain, mo_sub_ca, ocsp_request_data, pem
 from tests.live import free_port
 
@@ -88,7 +89,7 @@ def test_it_refuses_hash_data_that_names_no_certificate(field: str, value: str) 
 def test_it_accepts_a_good_answer_signed_by_the_issuer() -> None:
     mo = mo_sub_ca()
     contract = certificate("DEMOA1", issuer=mo).cert
-    verdict = ocsp.response_check(_answer(mo, contract), _cert_id(contract, mo.cert))
+    verdict = ocsp_client.response_check(_answer(mo, contract), _cert_id(contract, mo.cert))
     assert verdict.status == Status.GOOD
     assert verdict.next_update is not None
 
@@ -104,7 +105,7 @@ def test_it_refuses_a_delegate_without_ocsp_signing_or_from_another_issuer() -> 
     # When their answers are checked / Then only the authorised delegate's is accepted
     for delegate, expected in ((no_eku, Status.SIGNATURE), (foreign, Status.SIGNATURE), (authorised, Status.GOOD)):
         der = _answer(mo, contract, signer=delegate, certs=[delegate.cert, mo.cert])
-        assert ocsp.response_check(der, cert_id).status == expected
+        assert ocsp_client.response_check(der, cert_id).status == expected
 
 
 def test_an_issuer_known_here_need_not_be_in_the_answer(tmp_path: Path) -> None:
@@ -115,11 +116,11 @@ def test_an_issuer_known_here_need_not_be_in_the_answer(tmp_path: Path) -> None:
     der = _answer(mo, contract, certs=[stranger.cert])
     cert_id = _cert_id(contract, mo.cert)
     # When checked without, then with, the sub-CA in PKI_CONTRACT_CA_FILE
-    unknown = ocsp.response_check(der, cert_id, known=ocsp.known_issuers())
+    unknown = ocsp_client.response_check(der, cert_id, known=ocsp_client.known_issuers())
     bundle = tmp_path / "mo.pem"
     bundle.write_bytes(mo.cert.public_bytes(serialization.Encoding.PEM))
     with override_settings(PKI_CONTRACT_CA_FILE=str(bundle)):
-        known = ocsp.response_check(der, cert_id, known=ocsp.known_issuers())
+        known = ocsp_client.response_check(der, cert_id, known=ocsp_client.known_issuers())
     # Then it cannot be verified until the issuer is known
     assert unknown.status == Status.SIGNATURE
     assert known.status == Status.GOOD
@@ -132,10 +133,10 @@ def test_it_refuses_stale_and_future_answers_and_answers_about_another_certifica
     stale = _answer(mo, contract, this_update=now - timedelta(days=2), next_update=now - timedelta(days=1))
     future = _answer(mo, contract, this_update=now + timedelta(hours=1), next_update=now + timedelta(hours=2))
     cert_id = _cert_id(contract, mo.cert)
-    assert ocsp.response_check(stale, cert_id).status == Status.UNAVAILABLE
-    assert ocsp.response_check(future, cert_id).status == Status.UNAVAILABLE
-    assert ocsp.response_check(_answer(mo, other), cert_id).status == Status.UNAVAILABLE
-    assert ocsp.response_check(b"\x30\x03\x0a\x01\x06", cert_id).status == Status.UNAVAILABLE  # unauthorized
+    assert ocsp_client.response_check(stale, cert_id).status == Status.UNAVAILABLE
+    assert ocsp_client.response_check(future, cert_id).status == Status.UNAVAILABLE
+    assert ocsp_client.response_check(_answer(mo, other), cert_id).status == Status.UNAVAILABLE
+    assert ocsp_client.response_check(b"\x30\x03\x0a\x01\x06", cert_id).status == Status.UNAVAILABLE  # unauthorized
 
 
 @pytest.mark.django_db
@@ -193,8 +194,8 @@ async def test_ev_certificate_requests_fail_with_a_reason_when_the_provider_is_d
 
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/ocsp", "file:///etc/passwd", "http://:80/", "not a url"])
 async def test_the_client_asks_only_http_and_https_urls(url: str) -> None:
-    with pytest.raises(ocsp.FetchError):
-        await ocsp.http_post(url, b"", content_type="x/y", accept="x/y", within_s=1, limit=10)
+    with pytest.raises(ocsp_client.FetchError):
+        await ocsp_client.http_post(url, b"", content_type="x/y", accept="x/y", within_s=1, limit=10)
 
 
 @pytest.fixture
