@@ -573,6 +573,7 @@ class StationCommand(models.Model):
 class CertificateUse(models.TextChoices):
     STATION = "Station"  # a station's TLS client certificate (security profile 3)
     SERVER = "Server"  # the CSMS's TLS server certificate
+    FIRMWARE = "Firmware"  # signs firmware and configuration bundles (codeSigning; manage.py firmware signing-cert)
 
 
 class PkiCertificate(models.Model):

@@ -11,15 +11,15 @@ bundle).
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
-from chargers.pki import ca, storage
+from chargers.pki import ca, issue, storage
 from chargers.pki.storage import PkiError
 
 SIGNING_VALIDITY = timedelta(days=2 * 365)
@@ -39,22 +39,9 @@ def firmware_signing_cert_issue(
     attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
     if organisation:
         attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation))
-    now = datetime.now(UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name(attributes))
-        .issuer_name(issuer.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - ca.BACKDATE)
-        .not_valid_after(min(now + SIGNING_VALIDITY, issuer.cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(ca.key_usage(digital_signature=True), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(issuer.authority_key_id(), critical=False)
+    cert = issue.firmware_signing_certificate_issue(
+        public_key=key.public_key(), subject=x509.Name(attributes), validity=SIGNING_VALIDITY
     )
-    cert = issuer.certificate_sign(builder)
     encrypted = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(passphrase)
     )

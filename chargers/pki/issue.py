@@ -70,18 +70,23 @@ def _leaf_cert(
     san: list[x509.GeneralName],
     not_before: datetime | None,
     not_after: datetime | None,
+    usage: x509.KeyUsage | None = None,
+    validity: timedelta = LEAF_VALIDITY,
 ) -> x509.Certificate:
-    """An end-entity certificate for ``public_key``, signed by the sub-CA (through its method: the key stays put)."""
+    """An end-entity certificate for ``public_key``, signed by the sub-CA (through its method: the key stays put).
+
+    ``usage`` defaults to a TLS endpoint's: EC keys agree on keys (ECDHE), RSA keys encipher them (RFC 5280 4.2.1.3
+    pairs the bits with the key type)."""
     issuer = ca.sub_ca()
     now = datetime.now(UTC)
     start = not_before or now - ca.BACKDATE
-    end = min(not_after or now + LEAF_VALIDITY, issuer.cert.not_valid_after_utc)  # never outlive the issuer
-    # EC keys agree on keys (ECDHE); RSA keys encipher them (RFC 5280 4.2.1.3 pairs the bits with the key type).
-    usage = (
-        ca.key_usage(digital_signature=True, key_encipherment=True)
-        if isinstance(public_key, rsa.RSAPublicKey)
-        else ca.key_usage(digital_signature=True, key_agreement=True)
-    )
+    end = min(not_after or now + validity, issuer.cert.not_valid_after_utc)  # never outlive the issuer
+    if usage is None:
+        usage = (
+            ca.key_usage(digital_signature=True, key_encipherment=True)
+            if isinstance(public_key, rsa.RSAPublicKey)
+            else ca.key_usage(digital_signature=True, key_agreement=True)
+        )
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -101,6 +106,26 @@ def _leaf_cert(
     if (aia := ocsp.aia_extension()) is not None:  # PKI_OCSP_URL: where relying parties ask about this certificate
         builder = builder.add_extension(aia, critical=False)
     return issuer.certificate_sign(builder)
+
+
+def firmware_signing_certificate_issue(
+    *, public_key: ec.EllipticCurvePublicKey, subject: x509.Name, validity: timedelta
+) -> x509.Certificate:
+    """A codeSigning certificate (keyUsage digitalSignature only) for a firmware-signing key, recorded in the register
+    so that ``pki revoke`` and the CRL and OCSP responder know it."""
+    cert = _leaf_cert(
+        subject=subject,
+        public_key=public_key,
+        eku=[ExtendedKeyUsageOID.CODE_SIGNING],
+        san=[],
+        not_before=None,
+        not_after=None,
+        usage=ca.key_usage(digital_signature=True),
+        validity=validity,
+    )
+    common_name = subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    _record(cert, use=CertificateUse.FIRMWARE, subject_cn=str(common_name), station=None)
+    return cert
 
 
 def _record(issued: Issued | x509.Certificate, *, use: str, subject_cn: str, station: Station | None) -> PkiCertificate:

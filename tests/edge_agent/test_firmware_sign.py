@@ -19,7 +19,7 @@ from chargers.pki import ca, storage
 from tests.edge_agent.csms import RecordingCsms
 from tests.edge_agent.firmware_kit import PackageServer
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.django_db(transaction=True)]
 
 PACKAGE = b"\x7fELF edge-agent firmware 3.0.0 " + bytes(range(256)) * 16
 KEY_PASSPHRASE = "firmware-key-passphrase-0123"
@@ -118,3 +118,21 @@ async def test_the_agent_installs_a_package_signed_by_the_command_and_refuses_it
     await csms.wait_for(lambda: "InvalidFirmwareSignature" in _events(csms, 2)[1])
     assert _events(csms, 2)[0] == ["Downloading", "Downloaded", "InvalidSignature"]
     assert agent.station.firmware.installed_version == "edge-agent-3.0.0.bin"
+
+
+def test_a_firmware_signing_certificate_is_registered_and_can_be_revoked(signer, pki):
+    from cryptography import x509
+
+    from chargers.models import CertificateUse, PkiCertificate
+    from chargers.pki import issue
+
+    # Given a firmware-signing certificate issued by the command
+    cert = x509.load_pem_x509_certificate(signer[0].read_bytes())
+    serial = issue.serial_hex(cert.serial_number)
+    # Then the register knows it as a firmware signer
+    row = PkiCertificate.objects.get(serial=serial)
+    assert (row.use, row.subject_cn) == (CertificateUse.FIRMWARE, "FW 2026")
+    # And when it is revoked, the CRL lists it
+    assert issue.certificate_revoke(serial=serial, reason="keyCompromise") == 1
+    crl = x509.load_der_x509_crl(issue.crl_der())
+    assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
