@@ -380,6 +380,11 @@ PKI_RENEW_BEFORE_DAYS = env_int("PKI_RENEW_BEFORE_DAYS", 30, minimum=1)
 # <base>/pki/ocsp in its authorityInfoAccess. PKI_OCSP_TIMEOUT_S bounds each request to a responder (connect + answer).
 PKI_OCSP_URL = env_opt("PKI_OCSP_URL")
 PKI_OCSP_TIMEOUT_S = env_float("PKI_OCSP_TIMEOUT_S", 5.0, minimum=0.1)
+# Responder URLs come from stations (OCSPRequestData, certificates' authorityInfoAccess): only public addresses are
+# asked, unless in these CIDRs (e.g. an in-house responder); never loopback or cloud metadata by a station's say-so.
+PKI_OUTBOUND_ALLOWED_NETWORKS = [
+    str(ipaddress.ip_network(cidr, strict=False)) for cidr in env_list("PKI_OUTBOUND_ALLOWED_NETWORKS", [])
+]
 # PEM bundle of the contract (MO) CA certificates whose responders' answers are verified even when an answer does
 # not carry its issuer's certificate; our own CAs are always known.
 PKI_CONTRACT_CA_FILE = env_opt("PKI_CONTRACT_CA_FILE")

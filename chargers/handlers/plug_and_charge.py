@@ -324,6 +324,7 @@ async def ev_certificate_prefetch(station: StationRef, payload: dict[str, Any]) 
             accept="application/json",
             within_s=settings.PKI_CONTRACT_PROVIDER_TIMEOUT_S,
             limit=PROVIDER_ANSWER_MAX_BYTES,
+            untrusted=False,  # the operator's own setting, not a station's say-so
         )
     except ocsp_client.FetchError as exc:
         LOG.warning("Get15118EVCertificate from %s: the contract-certificate provider: %s", station.station_id, exc)

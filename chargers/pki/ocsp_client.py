@@ -9,9 +9,9 @@ id-kp-OCSPSigning, and it is current. The responder and ``CertId`` are ``charger
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
-import ssl
+import ipaddress
+import socket
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 
+import httpx
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -46,77 +47,76 @@ def _checked_url(url: str) -> urllib.parse.SplitResult:
     return parts
 
 
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], limit: int) -> bytes:
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = b""
-        while True:
-            size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                return body
-            if len(body) + size > limit:
-                raise FetchError(f"answer larger than {limit} bytes")
-            body += await reader.readexactly(size)
-            await reader.readexactly(2)
-    if "content-length" in headers:
-        length = int(headers["content-length"])
-        if not 0 <= length <= limit:
-            raise FetchError(f"answer of {length} bytes (at most {limit})")
-        return await reader.readexactly(length)
-    body = await reader.read(limit + 1)
-    while len(body) <= limit and (more := await reader.read(limit + 1 - len(body))):
-        body += more
-    if len(body) > limit:
-        raise FetchError(f"answer larger than {limit} bytes")
-    return body
+async def _address_check(host: str, port: int) -> str:
+    """The address to connect to for a URL a station gave us: one that is not this network's own.
+
+    ``responderURL`` and authorityInfoAccess come from stations and the certificates they present: without this check
+    a station could make the CSMS POST to loopback, link-local (cloud metadata) or private services. Addresses in
+    ``PKI_OUTBOUND_ALLOWED_NETWORKS`` (CIDRs; e.g. an in-house responder) are allowed. The host is resolved once and
+    the connection goes to the address checked, so a second DNS answer cannot swap it (rebinding).
+    """
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise FetchError(f"cannot resolve {host[:80]!r}: {exc}") from exc
+    allowed = [ipaddress.ip_network(cidr) for cidr in settings.PKI_OUTBOUND_ALLOWED_NETWORKS]
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if any(address in network for network in allowed) or address.is_global:
+            return str(address)
+    raise FetchError(f"{host[:80]!r} is not a public address (PKI_OUTBOUND_ALLOWED_NETWORKS allows others)")
 
 
-async def http_post(url: str, body: bytes, *, content_type: str, accept: str, within_s: float, limit: int) -> bytes:
-    """POST ``body`` to ``url`` (HTTP/1.1, no redirects) and return a 200 answer's body; FetchError otherwise.
+async def http_post(
+    url: str, body: bytes, *, content_type: str, accept: str, within_s: float, limit: int, untrusted: bool = True
+) -> bytes:
+    """POST ``body`` to ``url`` (httpx, no redirects, no proxy from the environment) and return a 200 answer's body
+    of at most ``limit`` bytes; FetchError otherwise.
 
-    One deadline covers connecting, sending and reading, so a responder that dribbles its answer is cut off too.
+    One deadline covers resolving, connecting, sending and reading, so a responder that dribbles its answer is cut off
+    too. ``untrusted`` (a URL a station gave): only public addresses, or those allowed (``_address_check``); the
+    operator's own settings (the contract-certificate provider) are trusted.
     """
     parts = _checked_url(url)
     https = parts.scheme.lower() == "https"
     host = parts.hostname or ""
     port = parts.port or (443 if https else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host_header = f"[{host}]" if ":" in host else host
-    if parts.port:
-        host_header += f":{parts.port}"
-    head = (
-        f"POST {target} HTTP/1.1\r\nHost: {host_header}\r\nContent-Type: {content_type}\r\nAccept: {accept}\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\nUser-Agent: vpp-csms\r\n\r\n"
-    )
-    writer: asyncio.StreamWriter | None = None
+    headers = {"Content-Type": content_type, "Accept": accept, "User-Agent": "vpp-csms"}
+    extensions: dict[str, str] = {}
     try:
         async with asyncio.timeout(within_s):
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=ssl.create_default_context() if https else None
-            )
-            writer.write(head.encode("latin-1") + body)
-            await writer.drain()
-            status_line = (await reader.readline()).decode("latin-1").split()
-            if len(status_line) < 2 or not status_line[0].startswith("HTTP/"):
-                raise FetchError("not an HTTP answer")
-            headers: dict[str, str] = {}
-            for _ in range(100):
-                line = await reader.readline()
-                if line in (b"\r\n", b"\n", b""):
-                    break
-                name, _, value = line.decode("latin-1").partition(":")
-                headers[name.strip().lower()] = value.strip()
-            if status_line[1] != "200":
-                raise FetchError(f"HTTP {status_line[1]}")
-            return await _read_body(reader, headers, limit)
+            target = httpx.URL(url)
+            if untrusted:
+                address = await _address_check(host, port)
+                headers["Host"] = target.netloc.decode("ascii")
+                target = target.copy_with(host=address)
+                if https:
+                    extensions["sni_hostname"] = host  # TLS names (and verifies) the host, not the address
+            async with httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=within_s) as client:
+                request = client.build_request("POST", target, content=body, headers=headers, extensions=extensions)
+                response = await client.send(request, stream=True)
+                try:
+                    if response.status_code != 200:
+                        raise FetchError(f"HTTP {response.status_code}")
+                    return await _body(response, limit)
+                finally:
+                    await response.aclose()
     except TimeoutError as exc:
         raise FetchError(f"no answer within {within_s:g} s") from exc
-    except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as exc:
         raise FetchError(f"{type(exc).__name__}: {exc}"[:200]) from exc
-    finally:
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1)
+
+
+async def _body(response: httpx.Response, limit: int) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise FetchError(f"answer of {declared} bytes (at most {limit})")
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            raise FetchError(f"answer larger than {limit} bytes")
+    return bytes(body)
 
 
 class Status(enum.StrEnum):
