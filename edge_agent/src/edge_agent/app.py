@@ -56,6 +56,8 @@ def station_params(cfg: AgentConfig) -> StationParams:
         islanding_clearing_s=c.islanding_clearing_s,
         enter_service=EnterService(delay_s=c.enter_service_delay_s, ramp_s=c.enter_service_ramp_s),
         link_loss_timeout_s=cfg.failsafe.link_loss_timeout_s,
+        hardware_timeout_s=cfg.hardware.io_timeout_s,
+        hardware_recover_s=cfg.hardware.fault_recover_s,
         safe_mode=SafeMode(cfg.failsafe.mode, cfg.failsafe.charge_limit_w),
         vendor=cfg.vendor,
         model=cfg.model,
@@ -71,11 +73,13 @@ def make_hardware(cfg: AgentConfig, clock: Clock, grid: SimulatedFrequency | Rep
     if hw.driver == "modbus":
         from edge_agent.hardware.sunspec import SunSpecHardware
 
-        return SunSpecHardware(host=hw.modbus_host, port=hw.modbus_port, unit_id=hw.modbus_unit_id)
+        return SunSpecHardware(
+            host=hw.modbus_host, port=hw.modbus_port, unit_id=hw.modbus_unit_id, revert_s=hw.revert_s
+        )
     if hw.driver == "can":
         from edge_agent.hardware.canbus import CanHardware
 
-        return CanHardware(interface=hw.can_interface, channel=hw.can_channel)
+        return CanHardware(dbc=hw.can_dbc, interface=hw.can_interface, channel=hw.can_channel, revert_s=hw.revert_s)
     return SimulatedHardware(clock=clock, grid=grid, nominal_voltage_v=hw.nominal_voltage_v, ambient_c=hw.sim_ambient_c)
 
 
