@@ -29,6 +29,7 @@ from edge_agent.hardware import HardwareError, Measurement
 from edge_agent.hardware.sim import SimulatedHardware
 from edge_agent.runner import tick_forever
 from edge_agent.station import Station
+from tests.edge_agent.csms import RecordingCsms
 from tests.edge_agent.helpers import profile, sim_station, tick_for
 from tests.edge_agent.sunspec_inverter import SunSpecInverter
 
@@ -213,6 +214,33 @@ async def test_the_runner_treats_a_tick_that_raised_as_a_fault(tmp_path: Path) -
     # then the inverter was stopped and the connector is Faulted
     assert hw.power_w == 0.0
     assert st.connector_status() == "Faulted"
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.0.1"])
+async def test_the_csms_hears_of_the_fault_and_of_its_clearing(make_agent: Any, version: str) -> None:
+    # given an agent connected over OCPP (2.1 or 2.0.1) to a CSMS, its driver about to fail
+    csms = await RecordingCsms(stations={"edge-1": "pw"}).start(subprotocols=(f"ocpp{version}",))
+    try:
+        agent = await make_agent(csms, password="pw", hardware_timeout_s=0.2, hardware_recover_s=0.5)
+        await csms.wait_for(lambda: csms.of("StatusNotification"))
+        faulty = FaultyHardware(agent.hw)
+        agent.station.hw = faulty
+        # when the driver's reads fail for a while, then work again
+        faulty.read_fails = True
+        await csms.wait_for(lambda: csms.of("NotifyEvent"))
+        faulty.read_fails = False
+        await csms.wait_for(lambda: len(csms.of("NotifyEvent")) == 2)
+        # then the CSMS was told: connector Faulted and back, the EVSE's Problem raised and cleared
+        statuses = [s["connector_status"] for s in csms.of("StatusNotification")]
+        assert statuses[-2:] == ["Faulted", "Occupied"]
+        raised, cleared = (e["event_data"][0] for e in csms.of("NotifyEvent"))
+        assert (raised["variable"]["name"], raised["actual_value"], raised["tech_code"]) == (
+            "Problem", "true", "HARDWARE_FAULT",
+        )  # fmt: skip
+        assert cleared["cleared"] is True
+        assert cleared["cause"] == raised["event_id"]
+    finally:
+        await csms.stop()
 
 
 def test_the_revert_time_may_not_exceed_the_failsafe_deadline(tmp_path: Path) -> None:
