@@ -13,6 +13,7 @@ Run it alone (``python -m tests.edge_agent.sunspec_inverter PORT``) to point an 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import sys
 import time
@@ -57,6 +58,7 @@ class SunSpecInverter:
         values: dict[tuple[int, str], Any] | None = None,
     ) -> None:
         self.base = base
+        self._output: tuple[Any, bool] | None = None  # (W target, connected) last put into model 701
         self.regs: list[int] = list(SUNS)
         self.at: dict[int, int] = {}  # model id -> address of its ID register
         self.length: dict[int, int] = {}
@@ -75,10 +77,13 @@ class SunSpecInverter:
         self.writes: list[tuple[int, list[int]]] = []
         self.last_control_write: float | None = None
         self.reverted_at: float | None = None
+        self.reverted_after_write: float | None = None  # the last control write the reversion counted from
         self.zero_at: float | None = None
         self.device = SimDevice(
             id=0, simdata=[SimData(base, values=list(self.regs), datatype=DataType.REGISTERS)], action=self._action
         )
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_for: tuple[float, int] | None = None
         self._server: ModbusTcpServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._hung = asyncio.Event()
@@ -98,8 +103,8 @@ class SunSpecInverter:
     def set(self, mid: int, point: str, value: Any) -> None:
         model = self._model(mid)
         model.points[point].value = value
-        start = self.at[mid] - self.base
-        self.regs[start : start + self.length[mid] + 2] = _words(model.get_mb())
+        self._store(mid, model)
+        self._output = None
 
     def address(self, mid: int, point: str) -> int:
         return self.at[mid] + int(self._model(mid).points[point].offset)
@@ -114,29 +119,46 @@ class SunSpecInverter:
         """Active power, + = injecting (SunSpec's sign)."""
         return float(self.get(701, "W", scaled=True))
 
+    def _store(self, mid: int, model: device.Model) -> None:
+        start = self.at[mid] - self.base
+        self.regs[start : start + self.length[mid] + 2] = _words(model.get_mb())
+
     def update(self, now: float | None = None) -> None:
+        """Run the reversion timer, then make W follow the enabled setpoint (0 W while disconnected)."""
         now = time.monotonic() if now is None else now
         ctl = self._model(704)
-        tms = ctl.points["WSetRvrtTms"].value or 0
+        pts = ctl.points
+        tms = pts["WSetRvrtTms"].value or 0
         if self.last_control_write is not None and tms > 0:
             elapsed = now - self.last_control_write
             if elapsed >= tms:  # reversion: the controls fall back on their own
-                self.set(704, "WSetEna", ctl.points["WSetEnaRvrt"].value or 0)
-                self.set(704, "WSet", ctl.points["WSetRvrt"].value or 0)
-                self.set(704, "WSetRvrtRem", 0)
+                pts["WSetEna"].value = pts["WSetEnaRvrt"].value or 0
+                pts["WSet"].value = pts["WSetRvrt"].value or 0
+                pts["WSetRvrtRem"].value = 0
+                self._store(704, ctl)
+                self.reverted_after_write = self.last_control_write
                 self.last_control_write = None
                 self.reverted_at = now
-            else:
-                self.set(704, "WSetRvrtRem", int(tms - elapsed))
-        ctl = self._model(704)
+            elif pts["WSetRvrtRem"].value != int(tms - elapsed):
+                pts["WSetRvrtRem"].value = int(tms - elapsed)
+                self._store(704, ctl)
+        if self.last_control_write is not None and tms > 0 and self._timer_for != (self.last_control_write, tms):
+            if self._timer is not None:  # the timer restarts on every control write: fire exactly when it runs out
+                self._timer.cancel()
+            delay = self.last_control_write + tms - time.monotonic()
+            with contextlib.suppress(RuntimeError):  # no running loop: only the explicit calls advance it
+                self._timer = asyncio.get_running_loop().call_later(max(0.0, delay), self.update)
+                self._timer_for = (self.last_control_write, tms)
         on = self.connected
-        target = ctl.points["WSet"].cvalue if on and ctl.points["WSetEna"].value == 1 else 0
+        target = pts["WSet"].cvalue if on and pts["WSetEna"].value == 1 else 0
+        if (target, on) == self._output:
+            return
+        self._output = (target, on)
         before = self.power_w
         model = self._model(701)
         model.points["W"].cvalue = target
         model.points["ConnSt"].value = int(on)
-        start = self.at[701] - self.base
-        self.regs[start : start + self.length[701] + 2] = _words(model.get_mb())
+        self._store(701, model)
         if before != 0 and self.power_w == 0 and self.zero_at is None:
             self.zero_at = now
 
@@ -159,8 +181,7 @@ class SunSpecInverter:
             lo, hi = self.at[mid], self.at[mid] + self.length[mid] + 1
             if address <= hi and address + count > lo:
                 return ExcCodes.DEVICE_FAILURE
-        self.update()
-        return None
+        return None  # state is kept current by the writes and the timer task
 
     async def _tick(self, period_s: float) -> None:
         while True:
@@ -168,7 +189,7 @@ class SunSpecInverter:
             self.update()
 
     # -- server --------------------------------------------------------------------------------------------------
-    async def start(self, port: int, *, host: str = "127.0.0.1", period_s: float = 0.01) -> SunSpecInverter:
+    async def start(self, port: int, *, host: str = "127.0.0.1", period_s: float = 0.1) -> SunSpecInverter:
         self._server = ModbusTcpServer(self.device, address=(host, port))
         await self._server.serve_forever(background=True)
         core: Any = self._server.context
@@ -179,6 +200,8 @@ class SunSpecInverter:
         return self
 
     async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         if self._task is not None:
             self._task.cancel()
         if self._server is not None:
