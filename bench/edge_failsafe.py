@@ -273,10 +273,11 @@ async def killed_agents(trials: int, group: int, seed: int = 5) -> tuple[list[fl
                 await asyncio.sleep(0.05)
             assert inverter.power_w >= 4_000.0, f"trial {i}: the agent never discharged"
             await asyncio.sleep(rng.uniform(0.2, 1.0))  # a random phase against the agent's 100 ms writes
-            writes = len(inverter.writes)
             proc.send_signal(signal.SIGKILL)
             killed = time.monotonic()
             await proc.wait()
+            await asyncio.sleep(0.05)  # a request already on the wire when it died may still land
+            writes = len(inverter.writes)
             for _ in range(1_000):
                 if inverter.zero_at is not None:
                     break
