@@ -101,6 +101,16 @@ async def _until(check: Any) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _read_until(hw: CanHardware, check: Any) -> Any:
+    """The driver's measurement once it shows ``check`` (status frames lag the stage's state by up to a cycle)."""
+    for _ in range(100):
+        m = await hw.read()
+        if check(m):
+            return m
+        await asyncio.sleep(0.02)
+    return m
+
+
 async def test_it_decodes_the_status_frames_the_dbc_describes(bus: Any) -> None:
     # given a power stage broadcasting its status, encoded by cantools from the example DBC
     channel, _ = bus
@@ -130,8 +140,7 @@ async def test_setpoints_decode_by_the_dbc_with_a_counter_and_the_revert_time(bu
         await _read_when_ready(hw)
         # when it commands a 4.2 kW discharge, then a trip
         await hw.apply(-4_200.0, True)
-        await _until(lambda: stage.power_w == -4_200.0)
-        assert (await hw.read()).power_w == -4_200.0
+        assert (await _read_until(hw, lambda m: m.power_w == -4_200.0)).power_w == -4_200.0
         await hw.apply(0.0, False)
         await _until(lambda: not stage.energized)
     finally:
@@ -144,18 +153,14 @@ async def test_setpoints_decode_by_the_dbc_with_a_counter_and_the_revert_time(bu
 
 async def test_a_stage_honouring_the_revert_time_stops_when_the_commands_stop(bus: Any) -> None:
     # given a stage discharging on the agent's command with a 0.3 s revert time
-    channel, stage = bus
+    channel, _ = bus
     hw = CanHardware(interface="virtual", channel=channel, revert_s=0.3)
     try:
         await _read_when_ready(hw)
         await hw.apply(-4_200.0, True)
-        await _until(lambda: stage.power_w == -4_200.0)
+        assert (await _read_until(hw, lambda m: m.power_w == -4_200.0)).power_w == -4_200.0
         # when the agent sends nothing more (and only listens)
-        for _ in range(100):
-            m = await hw.read()
-            if m.power_w == 0.0:
-                break
-            await asyncio.sleep(0.02)
+        m = await _read_until(hw, lambda m: m.power_w == 0.0)
     finally:
         await hw.close()
     # then the stage is at 0 W with its contactors open, by itself

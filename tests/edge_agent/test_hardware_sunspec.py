@@ -173,11 +173,11 @@ async def test_the_inverter_stops_by_itself_when_the_agent_stops_writing(make_in
 
 
 async def test_each_apply_restarts_the_inverters_revert_timer(make_inverter: Any, hardware: Any) -> None:
-    # given an agent refreshing its setpoint every 0.2 s with a 1 s revert time
+    # given an agent refreshing its setpoint every 0.2 s with a 2 s revert time
     sim, port = await make_inverter()
-    hw = hardware(port, revert_s=1.0)
-    # when it keeps doing so for 2 s
-    for _ in range(10):
+    hw = hardware(port, revert_s=2.0)
+    # when it keeps doing so for longer than that
+    for _ in range(13):
         await hw.apply(-3_000.0, True)
         await asyncio.sleep(0.2)
     # then the inverter never reverted

@@ -153,8 +153,9 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, cloc
     finally:
         client.stop()
         await station.firmware.close()  # a download in progress is abandoned; installing has no await to cut
-        with contextlib.suppress(Exception):
-            await station.hw.apply(0.0, True)
+        with contextlib.suppress(Exception):  # bounded: a hung device is left to its own revert timer
+            async with asyncio.timeout(cfg.hardware.io_timeout_s):
+                await station.hw.apply(0.0, True)
         await asyncio.gather(client_task, return_exceptions=True)
         await station.hw.close()
         store.close()

@@ -235,7 +235,7 @@ class Station:
             max_discharge_w=min(self.p.limits.max_discharge_w, car.max_discharge_w) * self.discharge_cap_pct / 100.0,
         )
         self.ev_ready = False
-        self.queue_status("Occupied")
+        self.queue_status(self.connector_status())  # Occupied (or still Faulted)
         self.start_transaction(trigger="CablePluggedIn")
         self.queue_charging_needs()
         self._start_handshake()
@@ -247,7 +247,7 @@ class Station:
         if getattr(self.hw, "car", "absent") != "absent":
             self.hw.car = None  # type: ignore[attr-defined]
         self.ev_ready = False
-        self.queue_status("Available" if self.available else "Unavailable")
+        self.queue_status(self.connector_status())
 
     def start_transaction(self, *, trigger: str, id_token: dict[str, Any] | None = None) -> Transaction:
         tx = Transaction(transaction_id=str(uuid.uuid4()), started_wall=self.clock.wall(), id_token=id_token)
