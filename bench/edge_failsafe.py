@@ -101,7 +101,7 @@ async def real_sockets(trials: int, tick: float, seed: int = 7) -> list[float]:
             if i in dropped and i not in reacted and power_w >= 0.0:
                 reacted[i] = loop.time() - dropped[i]
 
-        st.hw.apply = recording_apply
+        st.hw.apply = recording_apply  # type: ignore[method-assign]
 
     for i, st in enumerate(stations):
         watch(i, st)
@@ -220,7 +220,7 @@ async def hardware_faults(trials: int, tick: float, group: int, seed: int = 3) -
             if broke_at is not None and not zero_at and inner.power_w == 0.0 and not inner.energized:
                 zero_at.append(loop.time())
 
-        inner.apply_now = recording_apply_now
+        inner.apply_now = recording_apply_now  # type: ignore[method-assign]
 
         def breaks() -> None:
             nonlocal broke_at

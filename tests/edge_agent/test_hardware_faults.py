@@ -204,7 +204,7 @@ async def test_the_runner_treats_a_tick_that_raised_as_a_fault(tmp_path: Path) -
     def broken(*_: Any) -> Any:
         raise ZeroDivisionError("a bug")
 
-    st.control = broken
+    st.control = broken  # type: ignore[method-assign,assignment]
     stop = asyncio.Event()
     store = st.outbox.store
     # when the runner ticks it once
