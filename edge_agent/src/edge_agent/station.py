@@ -527,9 +527,10 @@ class Station:
         """A read or write failed or hung (``stage``): 0 W and de-energise through every path the driver still has,
         within the fail-safe deadline counted from ``began`` (loop time the failing call started), and report it.
 
-        On the first failure every path is tried (the normal command, then the driver's independent ``stop()``);
-        while the fault lasts, each tick repeats the normal command and falls back to ``stop()`` only if that
-        fails. If nothing gets through, the device's revert timer stops it (no fresh setpoint reaches it).
+        On the first failure every path is tried at once (the normal command and the driver's independent
+        ``stop()``); while the fault lasts, each tick repeats the normal command (unless that is what just failed)
+        and falls back to ``stop()``. If nothing gets through, the device's revert timer stops it: no fresh
+        setpoint reaches it.
         """
         loop = asyncio.get_running_loop()
         began = loop.time() if began is None else began
@@ -542,7 +543,7 @@ class Station:
             self.queue_status("Faulted")
             self._notify_problem(active=True, info=error)
         cmd = Command(power_w=0.0, energize=False, bound="hardware")
-        stopped, errors = await self._stop_everything(began, every_path=new)
+        stopped, errors = await self._stop_everything(began, every_path=new, command=new or stage != "write")
         if stopped != self.hw_watch.stopped_by or new:
             self.hw_watch.stopped_by = stopped
             slog.log_event(self.id, "fault_stop", code=slog.HARDWARE_FAULT,
@@ -552,13 +553,18 @@ class Station:
         self._periodic(now, metering=False)  # no meter values from a measurement we do not have
         return cmd
 
-    async def _stop_everything(self, began: float, *, every_path: bool) -> tuple[tuple[str, ...], list[str]]:
+    async def _stop_everything(
+        self, began: float, *, every_path: bool, command: bool = True
+    ) -> tuple[tuple[str, ...], list[str]]:
         """Stop through the driver's paths within the deadline, each cut at the I/O timeout; return the paths that
         got through and the errors of the others. ``every_path``: all at once (the driver's ``stop()`` has a
-        connection of its own), so a path that hangs costs no time; else the normal command, ``stop()`` if it fails.
+        connection of its own), so a path that hangs costs no time; else the normal command (if ``command``),
+        then ``stop()`` if that failed.
         """
         loop = asyncio.get_running_loop()
-        paths: list[tuple[str, Callable[[], Any]]] = [("command", lambda: self.hw.apply(0.0, False))]
+        paths: list[tuple[str, Callable[[], Any]]] = []
+        if command:
+            paths.append(("command", lambda: self.hw.apply(0.0, False)))
         stop = getattr(self.hw, "stop", None)
         if stop is not None:
             paths.append(("stop", stop))
