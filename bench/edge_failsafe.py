@@ -8,7 +8,17 @@ command stops discharging (timestamped in the driver call). The loop ticks every
 2.0 s + 0.1 s; on a closed socket the agent also runs one extra loop step the moment the 2 s grace ends.
 A second section repeats the 100 trials on the simulated clock (pure logic, no scheduling jitter).
 
-    python bench/edge_failsafe.py [--trials 100] [--tick 0.1]
+Hardware faults (100 trials, real time, 10 agents at a time, each on its own loop task): the driver of a
+discharging agent breaks at a random moment: its read raises, its read hangs, its write raises or its write
+hangs (25 each). Measured: fault -> the simulated inverter at 0 W, de-energised. Target: within the 2 s fail-safe
+deadline (expected: one tick for a raise, one tick + the 0.5 s I/O timeout for a hang).
+
+Killed agents (100 trials, ``--kill-group`` at a time): an agent process discharging 5 kW through the SunSpec
+driver into a pymodbus inverter laid out by pysunspec2 from the official models (revert time 2 s) is killed with
+SIGKILL at a random moment; measured on the inverter's clock: kill -> 0 W, and the agent's last setpoint -> 0 W.
+Target: within the revert time (2 s), plus 20 ms for the simulated inverter's timer to run on its event loop.
+
+    python bench/edge_failsafe.py [--trials 100] [--tick 0.1] [--only link,sim,hw,kill]
 """
 
 from __future__ import annotations
@@ -16,9 +26,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import random
+import signal
+import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,11 +41,19 @@ from _edge_util import percentile, table
 
 from edge_agent.buffer import Outbox, OutboxStore
 from edge_agent.clock import SimClock, SystemClock
+from edge_agent.failsafe import FAILSAFE_DEADLINE_S
 from edge_agent.frequency import SimulatedFrequency
+from edge_agent.hardware import HardwareError, Measurement
 from edge_agent.hardware.sim import SimulatedCar, SimulatedHardware
 from edge_agent.ocpp_client import OcppClient
 from edge_agent.station import Station, StationParams
 from tests.edge_agent.csms import RecordingCsms
+from tests.edge_agent.sunspec_inverter import SunSpecInverter
+
+REPO = Path(__file__).resolve().parents[1]
+REVERT_S = 2.0
+LOOP_LATENCY_S = 0.02  # the simulated inverter's timer fires on its event loop, shared with 5 Modbus servers
+FAULT_KINDS = ("read raises", "read hangs", "write raises", "write hangs")
 
 PASSWORD = "bench-failsafe"
 TIMEOUT_S = 2.0
@@ -144,6 +166,150 @@ async def simulated_clock(trials: int, tick: float) -> list[float]:
     return out
 
 
+class _BreakingDriver:
+    """The simulated charger behind a driver that breaks on demand (``kind``); its stop path keeps working."""
+
+    def __init__(self, inner: SimulatedHardware, kind: str) -> None:
+        self.inner, self.kind, self.broken = inner, kind, False
+
+    async def read(self) -> Measurement:
+        if self.broken and self.kind.startswith("read"):
+            if self.kind.endswith("hangs"):
+                await asyncio.Event().wait()
+            raise HardwareError("injected read fault")
+        return await self.inner.read()
+
+    async def apply(self, power_w: float, energize: bool) -> None:
+        if self.broken and self.kind.startswith("write"):
+            if self.kind.endswith("hangs"):
+                await asyncio.Event().wait()
+            raise HardwareError("injected write fault")
+        await self.inner.apply(power_w, energize)
+
+    async def stop(self) -> None:
+        self.inner.apply_now(0.0, False)
+
+    async def close(self) -> None:
+        return None
+
+
+async def hardware_faults(trials: int, tick: float, group: int, seed: int = 3) -> dict[str, list[float]]:
+    """fault injected -> inverter at 0 W, de-energised (seconds, loop clock), per kind of fault."""
+    loop = asyncio.get_running_loop()
+    rng = random.Random(seed)
+    out: dict[str, list[float]] = {k: [] for k in FAULT_KINDS}
+    tmp = tempfile.TemporaryDirectory(prefix="edge-hwfault-")
+    store = OutboxStore(Path(tmp.name) / "hw.sqlite3", durable=False)
+    clock = SystemClock()
+
+    async def trial(i: int) -> None:
+        kind = FAULT_KINDS[i % len(FAULT_KINDS)]
+        st = _station(f"hw-{i}", clock, store, tick)
+        st.ev_ready = True
+        st.link.up(clock.monotonic())
+        inner = st.hw
+        assert isinstance(inner, SimulatedHardware)
+        driver = _BreakingDriver(inner, kind)
+        st.hw = driver
+        broke_at: float | None = None
+        zero_at: list[float] = []
+        apply_now = inner.apply_now
+
+        def recording_apply_now(power_w: float, energize: bool) -> None:
+            apply_now(power_w, energize)
+            if broke_at is not None and not zero_at and inner.power_w == 0.0 and not inner.energized:
+                zero_at.append(loop.time())
+
+        inner.apply_now = recording_apply_now  # type: ignore[method-assign]
+
+        def breaks() -> None:
+            nonlocal broke_at
+            assert inner.power_w < -4_000.0, "the agent should be discharging when its driver breaks"
+            driver.broken, broke_at = True, loop.time()
+
+        next_at = loop.time()
+        t_break = next_at + 1.0 + rng.uniform(0.0, 1.0)  # after 1 s of discharging, at a random phase
+        loop.call_at(t_break, breaks)
+        while not zero_at and loop.time() < t_break + 10.0:
+            await st.tick()
+            next_at += tick
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+        assert broke_at is not None, f"trial {i} ({kind}): never broke"
+        assert zero_at, f"trial {i} ({kind}): never reached 0 W"
+        out[kind].append(zero_at[0] - broke_at)
+
+    for start in range(0, trials, group):
+        await asyncio.gather(*(trial(i) for i in range(start, min(trials, start + group))))
+    store.close()
+    tmp.cleanup()
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def killed_agents(trials: int, group: int, seed: int = 5) -> tuple[list[float], list[float]]:
+    """(kill -> 0 W, last setpoint written -> 0 W) in seconds on the inverter's clock, one pair per trial."""
+    rng = random.Random(seed)
+    from_kill: list[float] = []
+    from_write: list[float] = []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    tmp = tempfile.TemporaryDirectory(prefix="edge-kill-")
+
+    async def trial(i: int) -> None:
+        port = _free_port()
+        inverter = await SunSpecInverter().start(port)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.edge_agent.discharging_agent", str(port), "--revert", f"{REVERT_S:g}",
+            "--var-dir", tempfile.mkdtemp(dir=tmp.name), cwd=REPO, env=env,
+        )  # fmt: skip
+        try:
+            for _ in range(1_200):  # up to 60 s for the process to start on a loaded machine
+                if inverter.power_w >= 4_000.0:
+                    break
+                await asyncio.sleep(0.05)
+            assert inverter.power_w >= 4_000.0, f"trial {i}: the agent never discharged"
+            await asyncio.sleep(rng.uniform(0.2, 1.0))  # a random phase against the agent's 100 ms writes
+            proc.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            await proc.wait()
+            await asyncio.sleep(0.05)  # a request already on the wire when it died may still land
+            writes = len(inverter.writes)
+            for _ in range(1_000):
+                if inverter.zero_at is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert inverter.zero_at is not None, f"trial {i}: the inverter never stopped"
+            assert inverter.reverted_at is not None, "stopped by something other than its revert timer"
+            assert len(inverter.writes) == writes, "a write arrived after the kill"
+            assert inverter.reverted_after_write is not None
+            from_kill.append(inverter.zero_at - killed)
+            from_write.append(inverter.zero_at - inverter.reverted_after_write)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await inverter.stop()
+
+    for start in range(0, trials, group):
+        await asyncio.gather(*(trial(i) for i in range(start, min(trials, start + group))))
+    tmp.cleanup()
+    return from_kill, from_write
+
+
+def _limit_rows(values: list[float], limit: float, label: str) -> list[tuple[str, str, str, bool | None]]:
+    values = sorted(values)
+    return [
+        (f"{label} min", f"{values[0]:.3f} s", "", None),
+        (f"{label} p50", f"{percentile(values, 50):.3f} s", "", None),
+        (f"{label} p99", f"{percentile(values, 99):.3f} s", f"<= {limit:g} s", percentile(values, 99) <= limit),
+        (f"{label} max", f"{values[-1]:.3f} s", f"<= {limit:g} s (all trials)", values[-1] <= limit),
+    ]
+
+
 def _rows(values: list[float], tick: float) -> list[tuple[str, str, str, bool | None]]:
     values = sorted(values)
     limit = TIMEOUT_S + tick
@@ -161,15 +327,37 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--tick", type=float, default=0.1)
     parser.add_argument("--group", type=int, default=10, help="agents alive at once (trials run in groups)")
+    parser.add_argument("--kill-group", type=int, default=5, help="agent processes alive at once (killed agents)")
+    parser.add_argument("--only", default="link,sim,hw,kill", help="sections to run (comma-separated)")
     args = parser.parse_args()
+    only = set(args.only.split(","))
     logging.getLogger("edge_agent").setLevel(logging.CRITICAL)  # the session log would flood the table
-    real: list[float] = []
-    for start in range(0, args.trials, args.group):  # a gateway runs one agent: keep each process light
-        real += asyncio.run(real_sockets(min(args.group, args.trials - start), args.tick, seed=start))
-    table(f"Edge agent fail-safe over real WebSockets: link cut -> no discharge ({args.tick:g} s loop)",
-          _rows(real, args.tick))  # fmt: skip
-    sim = asyncio.run(simulated_clock(args.trials, args.tick))
-    table("Edge agent fail-safe on the simulated clock (logic only)", _rows(sim, args.tick))
+    if "link" in only:
+        real: list[float] = []
+        for start in range(0, args.trials, args.group):  # a gateway runs one agent: keep each process light
+            real += asyncio.run(real_sockets(min(args.group, args.trials - start), args.tick, seed=start))
+        table(f"Edge agent fail-safe over real WebSockets: link cut -> no discharge ({args.tick:g} s loop)",
+              _rows(real, args.tick))  # fmt: skip
+    if "sim" in only:
+        sim = asyncio.run(simulated_clock(args.trials, args.tick))
+        table("Edge agent fail-safe on the simulated clock (logic only)", _rows(sim, args.tick))
+    if "hw" in only:
+        faults = asyncio.run(hardware_faults(args.trials, args.tick, args.group))
+        every = [t for kind in FAULT_KINDS for t in faults[kind]]
+        rows: list[tuple[str, str, str, bool | None]] = [("trials", f"{len(every)}", "100", len(every) >= 100)]
+        for kind in FAULT_KINDS:
+            rows += _limit_rows(faults[kind], FAILSAFE_DEADLINE_S, kind)[2:]
+        rows += _limit_rows(every, FAILSAFE_DEADLINE_S, "all faults")
+        table(f"Edge agent hardware faults: driver breaks -> inverter at 0 W, de-energised ({args.tick:g} s loop, "
+              f"0.5 s I/O timeout)", rows)  # fmt: skip
+    if "kill" in only:
+        from_kill, from_write = asyncio.run(killed_agents(args.trials, args.kill_group))
+        limit = REVERT_S + LOOP_LATENCY_S
+        rows = [("trials", f"{len(from_kill)}", "100", len(from_kill) >= 100)]
+        rows += _limit_rows(from_kill, limit, "kill -> 0 W")
+        rows += _limit_rows(from_write, limit, "last setpoint -> 0 W")
+        table(f"Edge agent killed with SIGKILL while discharging: SunSpec inverter (pysunspec2 layout) stops by its "
+              f"own revert timer (WSetRvrtTms {REVERT_S:g} s)", rows)  # fmt: skip
 
 
 if __name__ == "__main__":

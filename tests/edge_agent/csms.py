@@ -150,6 +150,11 @@ class _Handlers:
         self._rec("SecurityEventNotification", kw)
         return self._call_result.SecurityEventNotification()
 
+    @on("NotifyEvent")
+    def notify_event(self, **kw: Any) -> Any:
+        self._rec("NotifyEvent", kw)
+        return self._call_result.NotifyEvent()
+
     @on("ReportChargingProfiles")
     def report_profiles(self, **kw: Any) -> Any:
         self._rec("ReportChargingProfiles", kw)

@@ -59,6 +59,8 @@ def station_params(cfg: AgentConfig) -> StationParams:
         phases=cfg.protection.phases,
         islanding=IslandingSettings(*cfg.protection.resolved()),
         link_loss_timeout_s=cfg.failsafe.link_loss_timeout_s,
+        hardware_timeout_s=cfg.hardware.io_timeout_s,
+        hardware_recover_s=cfg.hardware.fault_recover_s,
         safe_mode=SafeMode(cfg.failsafe.mode, cfg.failsafe.charge_limit_w),
         vendor=cfg.vendor,
         model=cfg.model,
@@ -74,11 +76,13 @@ def make_hardware(cfg: AgentConfig, clock: Clock, grid: SimulatedFrequency | Rep
     if hw.driver == "modbus":
         from edge_agent.hardware.sunspec import SunSpecHardware
 
-        return SunSpecHardware(host=hw.modbus_host, port=hw.modbus_port, unit_id=hw.modbus_unit_id)
+        return SunSpecHardware(
+            host=hw.modbus_host, port=hw.modbus_port, unit_id=hw.modbus_unit_id, revert_s=hw.revert_s
+        )
     if hw.driver == "can":
         from edge_agent.hardware.canbus import CanHardware
 
-        return CanHardware(interface=hw.can_interface, channel=hw.can_channel)
+        return CanHardware(dbc=hw.can_dbc, interface=hw.can_interface, channel=hw.can_channel, revert_s=hw.revert_s)
     return SimulatedHardware(clock=clock, grid=grid, nominal_voltage_v=hw.nominal_voltage_v, ambient_c=hw.sim_ambient_c)
 
 
@@ -152,8 +156,9 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, cloc
     finally:
         client.stop()
         await station.firmware.close()  # a download in progress is abandoned; installing has no await to cut
-        with contextlib.suppress(Exception):
-            await station.hw.apply(0.0, True)
+        with contextlib.suppress(Exception):  # bounded: a hung device is left to its own revert timer
+            async with asyncio.timeout(cfg.hardware.io_timeout_s):
+                await station.hw.apply(0.0, True)
         await asyncio.gather(client_task, return_exceptions=True)
         await station.hw.close()
         store.close()

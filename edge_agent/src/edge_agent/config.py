@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import grid_code
+from edge_agent.failsafe import FAILSAFE_DEADLINE_S
 
 ENV_PREFIX = "EDGE_AGENT_"
 
@@ -98,6 +99,12 @@ class HardwareSettings:
     modbus_unit_id: int = 1
     can_interface: str = "socketcan"
     can_channel: str = "can0"
+    can_dbc: str = ""  # the charger model's DBC file (required with driver = "can")
+    # The device's own revert timer: with no fresh setpoint for this long it goes to 0 W by itself (agent dead or
+    # hung). SunSpec 704 WSetRvrtTms (whole seconds), CAN CommandTimeout. At most the 2 s fail-safe deadline.
+    revert_s: float = 2.0
+    io_timeout_s: float = 0.5  # a read or write taking longer is a hardware fault (0 W, de-energise, Faulted)
+    fault_recover_s: float = 5.0  # a hardware fault clears after this long with every read and write working
     nominal_voltage_v: float = 240.0
     # simulator (default driver): the car plugged in at start
     sim_capacity_wh: float = 60_000.0
@@ -174,6 +181,14 @@ class AgentConfig:
         self._validate_protection()
         if self.hardware.driver not in ("sim", "modbus", "can"):
             raise ConfigError("hardware.driver must be sim, modbus or can")
+        if self.hardware.driver == "can" and not self.hardware.can_dbc:
+            raise ConfigError("hardware.can_dbc: the charger model's DBC file is required with the can driver")
+        if not 0 < self.hardware.revert_s <= FAILSAFE_DEADLINE_S:
+            raise ConfigError(f"hardware.revert_s must be in (0, {FAILSAFE_DEADLINE_S:g}] s (the fail-safe deadline)")
+        if not 0 < self.hardware.io_timeout_s < FAILSAFE_DEADLINE_S / 2:
+            raise ConfigError(f"hardware.io_timeout_s must be in (0, {FAILSAFE_DEADLINE_S / 2:g}) s")
+        if self.hardware.fault_recover_s < 0:
+            raise ConfigError("hardware.fault_recover_s must be >= 0")
         if self.frequency.source not in ("sim", "replay", "meter"):
             raise ConfigError("frequency.source must be sim, replay or meter")
         if self.ocpp.message_attempts < 1:

@@ -5,6 +5,11 @@ unanswered for longer than ``round_trip_limit_s`` (a half-open link sends nothin
 ``timeout_s`` (2 s by default) the fail-safe engages: no discharging at all, and the setpoints become the safe mode
 the CSMS configured (``FailSafeMode`` in the device model: ChargingOnly with ``FailSafeChargeLimit``, or Idle).
 Protection is not part of this: it keeps running on local measurements whatever the link does.
+
+The hardware has a fail-safe of its own (``HardwareWatch``): a read or write that fails, or hangs past its
+timeout, is a fault. The station then commands 0 W and de-energises through every path the driver still has,
+within the same deadline, and reports it; the driver's setpoints carry the device's own revert timer, so the
+inverter also stops by itself when the agent dies or hangs and its writes stop.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge_agent.control import OperationMode, Setpoints
+
+FAILSAFE_DEADLINE_S = 2.0  # the longest any fail-safe may take to stop a discharge (CSMS link lost; hardware fault)
 
 
 @dataclass
@@ -81,3 +88,50 @@ class SafeMode:
         if self.mode == OperationMode.IDLE:
             return Setpoints(mode=OperationMode.IDLE, limit_w=0.0)
         return Setpoints(mode=OperationMode.CHARGING_ONLY, limit_w=self.charge_limit_w)
+
+
+@dataclass
+class HardwareWatch:
+    """Supervision of the hardware driver: when a fault starts, and when it may count as cleared.
+
+    A fault is any read or write that raised or took longer than ``io_timeout_s``. It clears only after
+    ``recover_s`` of reads and writes that all succeeded, power held at 0 W meanwhile (a flapping link does not
+    re-energise the inverter each time it answers once).
+    """
+
+    io_timeout_s: float = 0.5
+    deadline_s: float = FAILSAFE_DEADLINE_S
+    recover_s: float = 5.0
+    faulted_since: float | None = None
+    healthy_since: float | None = None
+    error: str = ""
+    stopped_by: tuple[str, ...] = ()  # the stop paths that got through, last time they were tried
+
+    @property
+    def faulted(self) -> bool:
+        return self.faulted_since is not None
+
+    def failed(self, now: float, error: str) -> bool:
+        """Record a failed or hung call; True if this starts a fault."""
+        new = self.faulted_since is None
+        if new:
+            self.faulted_since = now
+        self.healthy_since = None
+        self.error = error
+        return new
+
+    def succeeded(self, now: float) -> bool:
+        """Record a tick whose read and write both worked; True if this clears the fault."""
+        if self.faulted_since is None:
+            return False
+        if self.healthy_since is None:
+            self.healthy_since = now
+        if now - self.healthy_since < self.recover_s:
+            return False
+        self.faulted_since = self.healthy_since = None
+        self.error, self.stopped_by = "", ()
+        return True
+
+    def budget_s(self, elapsed_s: float) -> float:
+        """What is left of the deadline for stopping, ``elapsed_s`` after the failing call began."""
+        return max(0.0, self.deadline_s - elapsed_s)

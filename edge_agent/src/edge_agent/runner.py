@@ -59,8 +59,11 @@ async def _loop(
             for st in stations:
                 try:
                     await st.tick()
-                except Exception:  # one faulty driver must not stop the other stations' loops
+                except Exception as exc:  # one faulty station must not stop the other stations' loops
                     LOG.exception("%s: tick failed", st.id)
+                    # A tick that did not finish delivered no fresh command: stop as for a hardware fault.
+                    with contextlib.suppress(Exception):
+                        await st.fault(st.clock.monotonic(), "tick", exc)
         ticks += 1
         next_at += tick_s
         delay = next_at - loop.time()

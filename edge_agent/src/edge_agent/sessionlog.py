@@ -20,6 +20,7 @@ PLL_SYNC_ERROR = "PLL_SYNC_ERROR"  # the inverter lost lock on the grid (Grid-Fo
 OVER_TEMPERATURE = "OVER_TEMPERATURE"  # pack or inverter at its maximum: power derated to zero
 GRID_TRIP = "GRID_TRIP"  # IEEE 1547 must-trip or anti-islanding: ceased to energise
 FAILSAFE = "FAILSAFE"  # CSMS link lost > timeout: discharging stopped, safe mode
+HARDWARE_FAULT = "HARDWARE_FAULT"  # a driver read or write failed or hung: 0 W, de-energised, connector Faulted
 AUTH_REJECTED = "AUTH_REJECTED"  # the CSMS refused the station's credentials
 CSMS_REJECTED = "CSMS_REJECTED"  # the CSMS answered a buffered message with a CALLERROR
 PROTECTION_SETTING_REFUSED = "PROTECTION_SETTING_REFUSED"  # a DER setting outside IEEE 1547's allowed ranges

@@ -36,7 +36,7 @@ from edge_agent.control import (
 )
 from edge_agent.delivery import RetryPolicy
 from edge_agent.devicemodel import DeviceModel, default_variables, storage_key
-from edge_agent.failsafe import LinkMonitor, SafeMode
+from edge_agent.failsafe import HardwareWatch, LinkMonitor, SafeMode
 from edge_agent.firmware import FirmwareUpdater
 from edge_agent.frequency import GridSample
 from edge_agent.hardware import Hardware, Measurement
@@ -77,6 +77,8 @@ class StationParams:
     phases: int = 1
     islanding: IslandingSettings | None = None  # None: the category's defaults
     link_loss_timeout_s: float = 2.0
+    hardware_timeout_s: float = 0.5  # a driver read or write taking longer is a hardware fault
+    hardware_recover_s: float = 5.0  # healthy this long before a hardware fault clears (power held at 0 meanwhile)
     safe_mode: SafeMode = field(default_factory=SafeMode)
     vendor: str = "OpenV2G"
     model: str = "EdgeAgent-11kW-BPT"
@@ -128,6 +130,7 @@ class Station:
         )
         self.link = LinkMonitor(timeout_s=params.link_loss_timeout_s)
         self.link.started(clock.monotonic())  # not connected yet: the fail-safe grace runs from start-up
+        self.hw_watch = HardwareWatch(io_timeout_s=params.hardware_timeout_s, recover_s=params.hardware_recover_s)
         self.filter = LookAheadFilter(size=params.filter_samples, lookahead_s=params.lookahead_s)
         self.droop = params.droop
         self.limits = params.limits
@@ -151,6 +154,7 @@ class Station:
         self._next_heartbeat: float | None = None
         self._last_tick: float | None = None
         self._flags: set[str] = set()  # edge-triggered fault codes currently active
+        self._problem_event: int | None = None  # NotifyEvent id of the hardware fault being reported
         self.pending_reset: str | None = None
         self.reset_requested: Callable[[], None] = lambda: None
         self.firmware = FirmwareUpdater(
@@ -239,7 +243,7 @@ class Station:
             max_discharge_w=min(self.p.limits.max_discharge_w, car.max_discharge_w) * self.discharge_cap_pct / 100.0,
         )
         self.ev_ready = False
-        self.queue_status("Occupied")
+        self.queue_status(self.connector_status())  # Occupied (or still Faulted)
         self.start_transaction(trigger="CablePluggedIn")
         self.queue_charging_needs()
         self._start_handshake()
@@ -251,7 +255,7 @@ class Station:
         if getattr(self.hw, "car", "absent") != "absent":
             self.hw.car = None  # type: ignore[attr-defined]
         self.ev_ready = False
-        self.queue_status("Available" if self.available else "Unavailable")
+        self.queue_status(self.connector_status())
 
     def start_transaction(self, *, trigger: str, id_token: dict[str, Any] | None = None) -> Transaction:
         tx = Transaction(transaction_id=str(uuid.uuid4()), started_wall=self.clock.wall(), id_token=id_token)
@@ -347,6 +351,8 @@ class Station:
         self.wakeup()
 
     def connector_status(self) -> str:
+        if self.hw_watch.faulted:
+            return "Faulted"
         if not self.available:
             return "Unavailable"
         return "Occupied" if self.car is not None else "Available"
@@ -482,24 +488,139 @@ class Station:
         now = self.clock.monotonic()
         dt = self.p.tick_s if self._last_tick is None else max(1e-3, min(now - self._last_tick, 5.0))
         self._last_tick = now
-        m = await self.hw.read()
+        io_timeout = self.hw_watch.io_timeout_s
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            async with asyncio.timeout(io_timeout):
+                m = await self.hw.read()
+        except Exception as exc:  # whatever the driver raised, or TimeoutError: the measurement is gone
+            return await self.fault(now, "read", exc, began=began)
         t_sample = time.perf_counter()
         self.last = m
         cmd = self.control(now, self.grid(now), m, dt)
-        await self.hw.apply(cmd.power_w, cmd.energize)
+        if self.hw_watch.faulted:  # recovering: held at 0 W, de-energised, until healthy for recover_s
+            cmd = Command(power_w=0.0, energize=False, target_w=cmd.target_w, bound="hardware")
+        began = loop.time()
+        try:
+            async with asyncio.timeout(io_timeout):
+                await self.hw.apply(cmd.power_w, cmd.energize)
+        except Exception as exc:  # the command may not have arrived
+            return await self.fault(now, "write", exc, began=began)
         # Wall-time cost from measurement in hand to command delivered (a measurement, not a decision input).
         self.last_latency_s = time.perf_counter() - t_sample
         self.last_command = cmd
+        if self.hw_watch.succeeded(now):
+            self._hardware_recovered()
         if self.car is not None and not self.ev_ready:
             self._start_handshake()
         self._periodic(now)
         return cmd
 
-    def _periodic(self, now: float) -> None:
+    # -- hardware faults -----------------------------------------------------------------------------------------
+    async def fault(self, now: float, stage: str, exc: BaseException, *, began: float | None = None) -> Command:
+        """A read or write failed or hung (``stage``): 0 W and de-energise through every path the driver still has,
+        within the fail-safe deadline counted from ``began`` (loop time the failing call started), and report it.
+
+        On the first failure every path is tried at once (the normal command and the driver's independent
+        ``stop()``); while the fault lasts, each tick repeats the normal command (unless that is what just failed)
+        and falls back to ``stop()``. If nothing gets through, the device's revert timer stops it: no fresh
+        setpoint reaches it.
+        """
+        loop = asyncio.get_running_loop()
+        began = loop.time() if began is None else began
+        error = f"{stage}: {type(exc).__name__}: {exc}" if str(exc) else f"{stage}: {type(exc).__name__}"
+        if isinstance(exc, TimeoutError):
+            error = f"{stage}: no answer within {self.hw_watch.io_timeout_s:g} s"
+        new = self.hw_watch.failed(now, error)
+        if new:
+            slog.log_event(self.id, "fault", code=slog.HARDWARE_FAULT, level=logging.ERROR, stage=stage, error=error)
+            self.queue_status("Faulted")
+            self._notify_problem(active=True, info=error)
+        cmd = Command(power_w=0.0, energize=False, bound="hardware")
+        stopped, errors = await self._stop_everything(began, every_path=new, command=new or stage != "write")
+        if stopped != self.hw_watch.stopped_by or new:
+            self.hw_watch.stopped_by = stopped
+            slog.log_event(self.id, "fault_stop", code=slog.HARDWARE_FAULT,
+                           level=logging.ERROR if not stopped else logging.WARNING, failed=errors,
+                           paths=list(stopped) or "none: the device's revert timer is the last resort")  # fmt: skip
+        self.last_command = cmd
+        self._periodic(now, metering=False)  # no meter values from a measurement we do not have
+        return cmd
+
+    async def _stop_everything(
+        self, began: float, *, every_path: bool, command: bool = True
+    ) -> tuple[tuple[str, ...], list[str]]:
+        """Stop through the driver's paths within the deadline, each cut at the I/O timeout; return the paths that
+        got through and the errors of the others. ``every_path``: all at once (the driver's ``stop()`` has a
+        connection of its own), so a path that hangs costs no time; else the normal command (if ``command``),
+        then ``stop()`` if that failed.
+        """
+        loop = asyncio.get_running_loop()
+        paths: list[tuple[str, Callable[[], Any]]] = []
+        if command:
+            paths.append(("command", lambda: self.hw.apply(0.0, False)))
+        stop = getattr(self.hw, "stop", None)
+        if stop is not None:
+            paths.append(("stop", stop))
+        done: list[str] = []
+        errors: list[str] = []
+        rounds = [paths] if every_path else [[p] for p in paths]
+        for batch in rounds:
+            if done:
+                break
+            left = self.hw_watch.budget_s(loop.time() - began)
+            if left <= 0.0:
+                errors.append(f"past the {self.hw_watch.deadline_s:g} s deadline")
+                break
+            tasks = [(name, asyncio.ensure_future(call())) for name, call in batch]
+            finished, pending = await asyncio.wait([t for _, t in tasks], timeout=min(self.hw_watch.io_timeout_s, left))
+            for task in pending:
+                task.cancel()
+            for name, task in tasks:
+                exc = task.exception() if task in finished else TimeoutError()
+                if exc is None:
+                    done.append(name)
+                else:
+                    errors.append(f"{name}: {type(exc).__name__} {exc}".strip())
+        return tuple(done), errors
+
+    def _hardware_recovered(self) -> None:
+        slog.log_event(self.id, "fault_cleared", code=slog.HARDWARE_FAULT)
+        self.queue_status(self.connector_status())
+        self._notify_problem(active=False, info="hardware answers again")
+
+    def _notify_problem(self, *, active: bool, info: str) -> None:
+        """NotifyEvent on EVSE 1's Problem variable (OCPP 2.0.1 / 2.1 device model), raised or cleared."""
+        key = "event:last_id"
+        event_id = int(self.outbox.store.kv_get(self.id, key) or 0) + 1
+        self.outbox.store.kv_set(self.id, key, str(event_id))
+        ts = iso(self.clock.wall())
+        data: dict[str, Any] = {
+            "event_id": event_id,
+            "timestamp": ts,
+            "trigger": "Delta",
+            "actual_value": "true" if active else "false",
+            "tech_code": slog.HARDWARE_FAULT,
+            "tech_info": info[:500],
+            "event_notification_type": "HardWiredNotification",
+            "component": {"name": "EVSE", "evse": {"id": 1}},
+            "variable": {"name": "Problem"},
+        }
+        if not active:
+            data["cleared"] = True
+            if self._problem_event is not None:
+                data["cause"] = self._problem_event
+        if self.tx is not None:
+            data["transaction_id"] = self.tx.transaction_id
+        self._problem_event = event_id if active else None
+        self.send_direct("NotifyEvent", {"generated_at": ts, "seq_no": 0, "event_data": [data]})
+
+    def _periodic(self, now: float, *, metering: bool = True) -> None:
         interval = self._meter_interval()
         if self._next_meter - now > interval:  # started regulating: report at the fast rate from now on
             self._next_meter = now + interval
-        if self.tx is not None and now >= self._next_meter:
+        if metering and self.tx is not None and now >= self._next_meter:
             # A fixed grid (not "now + interval"), so the tick period does not stretch the reporting interval.
             self._next_meter = max(self._next_meter + self._meter_interval(), now - self.p.tick_s)
             self._tx_event("Updated", "MeterValuePeriodic", charging_state=self._charging_state())
