@@ -26,7 +26,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from django.conf import settings
 
 from chargers.batch import BatchContext
@@ -86,14 +85,19 @@ class _Answers:
 ANSWERS = _Answers()
 
 
-async def certificate_ask(cert_id: CertId, url: str) -> Verdict:
-    """What the responder at ``url`` (or, for the CPO sub-CA's certificates, our own) says about ``cert_id``."""
+async def certificate_ask(cert_id: CertId, url: str, *, issuer: x509.Certificate | None = None) -> Verdict:
+    """What the responder at ``url`` (or, for the CPO sub-CA's certificates, our own) says about ``cert_id``.
+
+    Only an issuer this CSMS trusts is believed (``ocsp_client.response_check``): ``issuer``, when the caller has
+    already checked it chains up to a trust anchor (a PEM chain validated centrally), is trusted as well.
+    """
+    anchors = [*ocsp_client.known_issuers(), *([issuer] if issuer is not None else [])]
     if ocsp.ours(cert_id):
         try:
             der = await writer_for_loop(ocsp.responder_answers).submit(cert_id.request_der())
         except Exception as exc:  # the register cannot be read now: no answer, never a guess
             return Verdict(Status.UNAVAILABLE, f"our responder: {type(exc).__name__}")
-        return ocsp_client.response_check(der, cert_id, known=ocsp_client.known_issuers())
+        return ocsp_client.response_check(der, cert_id, anchors=anchors)
     now = datetime.now(UTC)
     cached = ANSWERS.get(cert_id, url, now)
     if cached is not None:
@@ -109,7 +113,7 @@ async def certificate_ask(cert_id: CertId, url: str) -> Verdict:
         )
     except ocsp_client.FetchError as exc:
         return Verdict(Status.UNAVAILABLE, f"{url[:100]}: {exc}")
-    verdict = ocsp_client.response_check(der, cert_id, known=ocsp_client.known_issuers(), now=now)
+    verdict = ocsp_client.response_check(der, cert_id, anchors=anchors, now=now)
     ANSWERS.keep(cert_id, url, verdict, now)
     return verdict
 
@@ -135,7 +139,8 @@ def authorize_certificate_status(verdicts: Iterable[Verdict]) -> str:
 
     Revoked anywhere: CertificateRevoked (C07.FR.16). An answer that is not signed by the certificate's issuer nor
     by a responder it authorised: SignatureError. Every one good: Accepted. Anything else fails closed as
-    CertChainError: an ``unknown`` answer (the issuer's responder does not know the certificate, RFC 6960 2.2), hash
+    CertChainError: an issuer that chains up to no trust anchor here (whatever its own responder says), an
+    ``unknown`` answer (the issuer's responder does not know the certificate, RFC 6960 2.2), hash
     data naming no certificate, and a responder that is down, slow or answers unusably. OCPP 2.0.1 names no status
     for "could not be checked"; C07.FR.04 wants acceptance or a reason for rejection, and a chain whose revocation
     status is undetermined has not been validated (RFC 5280 6.1.3 (a)(3)), so it is not Accepted, and the one
@@ -152,19 +157,10 @@ def authorize_certificate_status(verdicts: Iterable[Verdict]) -> str:
     return "CertChainError"
 
 
-def _issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if cert.issuer != issuer.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def central_chain(pem: str, now: datetime) -> tuple[list[tuple[CertId, str]], str]:
+def central_chain(pem: str, now: datetime) -> tuple[list[tuple[CertId, str, x509.Certificate]], str]:
     """C07.FR.06, central validation of the PEM chain a station could not validate (leaf first, up to but excluding
-    the root): ``(one OCSP question per certificate, "")``, or ``([], the certificateStatus refusing it)``.
+    the root): ``(one OCSP question per certificate, "")``, or ``([], the certificateStatus refusing it)``. A
+    question is (CertID, responder URL, the certificate's issuer, checked here to chain up to a trust anchor).
 
     The chain must link up, each certificate signed by the next, to a trust anchor this CSMS knows (our CAs and
     PKI_CONTRACT_CA_FILE); every certificate must be within its validity; each is asked about at the responder its
@@ -179,18 +175,18 @@ def central_chain(pem: str, now: datetime) -> tuple[list[tuple[CertId, str]], st
         chain = chain[:-1]  # the station sent the root along
     if not chain:
         return [], "CertChainError"
-    anchor = next((a for a in anchors if _issued(chain[-1], a)), None)
+    anchor = next((a for a in anchors if ocsp_client.issued_by(chain[-1], a)), None)
     links = itertools.pairwise(chain)
-    if anchor is None or not all(_issued(cert, issuer) for cert, issuer in links):
+    if anchor is None or not all(ocsp_client.issued_by(cert, issuer) for cert, issuer in links):
         return [], "CertChainError"
     if any(not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc for cert in [*chain, anchor]):
         return [], "CertificateExpired"
     issuers = [*chain[1:], anchor]
     questions = [
-        (CertId.for_certificate(cert, issuer), ocsp.aia_url(cert) or "")
+        (CertId.for_certificate(cert, issuer), ocsp.aia_url(cert) or "", issuer)
         for cert, issuer in zip(chain, issuers, strict=True)
     ]
-    if any(not url and not ocsp.ours(cert_id) for cert_id, url in questions):
+    if any(not url and not ocsp.ours(cert_id) for cert_id, url, _ in questions):
         return [], "CertChainError"  # a certificate whose revocation status nobody can be asked about
     return questions, ""
 
@@ -201,7 +197,7 @@ async def authorize_prefetch(station: StationRef, payload: dict[str, Any]) -> di
     The station's hash data when it sent some (it validated the chain itself), else its PEM chain (C07.FR.06).
     """
     entries = payload.get("iso15118CertificateHashData") or []
-    questions: list[tuple[CertId, str]] = []
+    questions: list[tuple[CertId, str, x509.Certificate]] = []
     if not entries:
         if not payload.get("certificate"):
             return None
@@ -209,7 +205,9 @@ async def authorize_prefetch(station: StationRef, payload: dict[str, Any]) -> di
         if refusal:
             LOG.warning("Authorize from %s: the PEM contract chain: %s", station.station_id, refusal)
             return {"certificateStatus": refusal, "reasons": [f"central chain validation: {refusal}"]}
-    asks = [_ask_entry(entry) for entry in entries] + [certificate_ask(cid, url) for cid, url in questions]
+    asks = [_ask_entry(entry) for entry in entries] + [
+        certificate_ask(cid, url, issuer=issuer) for cid, url, issuer in questions
+    ]
     try:
         async with asyncio.timeout(_deadline()):
             verdicts = await asyncio.gather(*asks)

@@ -5,6 +5,7 @@ provider is not configured or down."""
 from __future__ import annotations
 
 import http.server
+import logging
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -88,12 +89,40 @@ def test_it_refuses_hash_data_that_names_no_certificate(field: str, value: str) 
         CertId.from_ocpp(data)
 
 
-def test_it_accepts_a_good_answer_signed_by_the_issuer() -> None:
-    mo = mo_sub_ca()
+def test_it_accepts_a_good_answer_signed_by_an_issuer_that_chains_to_a_trusted_root() -> None:
+    # Given an MO root trusted here, and its sub-CA's good answer about a contract (the answer carries the sub-CA)
+    root, mo = mo_chain()
     contract = certificate("DEMOA1", issuer=mo).cert
-    verdict = ocsp_client.response_check(_answer(mo, contract), _cert_id(contract, mo.cert))
+    # When it is checked against the root
+    verdict = ocsp_client.response_check(_answer(mo, contract), _cert_id(contract, mo.cert), anchors=[root.cert])
+    # Then it is good, until its nextUpdate
     assert verdict.status == Status.GOOD
     assert verdict.next_update is not None
+
+
+def test_it_refuses_a_good_answer_whose_issuer_chains_to_no_trusted_root() -> None:
+    # Given a trusted MO root, and issuers it never vouched for, each signing a good answer about its own contract
+    # and carrying its own certificate: a self-signed rogue CA, a sub-CA of another root, a certificate claiming to
+    # be the trusted root's sub-CA but signed by the rogue, and one the root issued that is not a CA
+    root, _ = mo_chain()
+    rogue = certificate("Rogue MO CA", ca=True)
+    _, foreign_sub = mo_chain()
+    forged = certificate("MO Sub-CA", issuer=rogue, ca=True)
+    not_a_ca = certificate("MO Sub-CA", issuer=root, ca=False)
+    for issuer in (rogue, foreign_sub, not_a_ca):
+        contract = certificate("DEMOA1", issuer=issuer).cert
+        # When each answer is checked against the trusted root
+        verdict = ocsp_client.response_check(
+            _answer(issuer, contract), _cert_id(contract, issuer.cert), anchors=[root.cert]
+        )
+        # Then none is good: the issuer is not trusted, whatever the answer says
+        assert verdict.status == Status.UNTRUSTED, issuer.cert.subject
+    # And an answer carrying a chain whose link to the root is forged is refused alike
+    contract = certificate("DEMOA1", issuer=forged).cert
+    der = _answer(forged, contract, certs=[forged.cert, root.cert])
+    assert (
+        ocsp_client.response_check(der, _cert_id(contract, forged.cert), anchors=[root.cert]).status == Status.UNTRUSTED
+    )
 
 
 def test_it_refuses_a_delegate_without_ocsp_signing_or_from_another_issuer() -> None:
@@ -107,7 +136,7 @@ def test_it_refuses_a_delegate_without_ocsp_signing_or_from_another_issuer() -> 
     # When their answers are checked / Then only the authorised delegate's is accepted
     for delegate, expected in ((no_eku, Status.SIGNATURE), (foreign, Status.SIGNATURE), (authorised, Status.GOOD)):
         der = _answer(mo, contract, signer=delegate, certs=[delegate.cert, mo.cert])
-        assert ocsp_client.response_check(der, cert_id).status == expected
+        assert ocsp_client.response_check(der, cert_id, anchors=[mo.cert]).status == expected
 
 
 def test_an_issuer_known_here_need_not_be_in_the_answer(tmp_path: Path) -> None:
@@ -118,14 +147,32 @@ def test_an_issuer_known_here_need_not_be_in_the_answer(tmp_path: Path) -> None:
     der = _answer(mo, contract, certs=[stranger.cert])
     cert_id = _cert_id(contract, mo.cert)
     # When checked without, then with, the sub-CA in PKI_CONTRACT_CA_FILE
-    unknown = ocsp_client.response_check(der, cert_id, known=ocsp_client.known_issuers())
+    unknown = ocsp_client.response_check(der, cert_id, anchors=ocsp_client.known_issuers())
     bundle = tmp_path / "mo.pem"
     bundle.write_bytes(mo.cert.public_bytes(serialization.Encoding.PEM))
     with override_settings(PKI_CONTRACT_CA_FILE=str(bundle)):
-        known = ocsp_client.response_check(der, cert_id, known=ocsp_client.known_issuers())
-    # Then it cannot be verified until the issuer is known
-    assert unknown.status == Status.SIGNATURE
+        known = ocsp_client.response_check(der, cert_id, anchors=ocsp_client.known_issuers())
+    # Then it cannot be trusted until the issuer is known
+    assert unknown.status == Status.UNTRUSTED
     assert known.status == Status.GOOD
+
+
+def test_an_unreadable_contract_ca_file_is_logged_and_trusts_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given PKI_CONTRACT_CA_FILE naming a file that holds no PEM certificate, then one that does not exist
+    garbage = tmp_path / "mo.pem"
+    garbage.write_text("not a certificate")
+    for path in (garbage, tmp_path / "missing.pem"):
+        # When the trust anchors are read
+        with (
+            override_settings(PKI_CONTRACT_CA_FILE=str(path), PKI_DIR=tmp_path / "no-pki"),
+            caplog.at_level(logging.ERROR, logger="chargers.pki"),
+        ):
+            anchors = ocsp_client.known_issuers()
+        # Then none is trusted, and the operator is told which file and why
+        assert anchors == []
+        assert str(path) in caplog.text
 
 
 def test_it_refuses_stale_and_future_answers_and_answers_about_another_certificate() -> None:
@@ -134,11 +181,12 @@ def test_it_refuses_stale_and_future_answers_and_answers_about_another_certifica
     now = datetime.now(UTC)
     stale = _answer(mo, contract, this_update=now - timedelta(days=2), next_update=now - timedelta(days=1))
     future = _answer(mo, contract, this_update=now + timedelta(hours=1), next_update=now + timedelta(hours=2))
-    cert_id = _cert_id(contract, mo.cert)
-    assert ocsp_client.response_check(stale, cert_id).status == Status.UNAVAILABLE
-    assert ocsp_client.response_check(future, cert_id).status == Status.UNAVAILABLE
-    assert ocsp_client.response_check(_answer(mo, other), cert_id).status == Status.UNAVAILABLE
-    assert ocsp_client.response_check(b"\x30\x03\x0a\x01\x06", cert_id).status == Status.UNAVAILABLE  # unauthorized
+    cert_id, anchors = _cert_id(contract, mo.cert), [mo.cert]
+    assert ocsp_client.response_check(stale, cert_id, anchors=anchors).status == Status.UNAVAILABLE
+    assert ocsp_client.response_check(future, cert_id, anchors=anchors).status == Status.UNAVAILABLE
+    assert ocsp_client.response_check(_answer(mo, other), cert_id, anchors=anchors).status == Status.UNAVAILABLE
+    unauthorized = b"\x30\x03\x0a\x01\x06"
+    assert ocsp_client.response_check(unauthorized, cert_id, anchors=anchors).status == Status.UNAVAILABLE
 
 
 @pytest.mark.django_db
@@ -283,7 +331,10 @@ def test_a_pem_chain_is_checked_up_to_a_trusted_root(mo_trusted: tuple[Authority
     sub_with_aia = certificate("MO Sub-CA", issuer=root, ca=True, ocsp_url=url, key=sub.key).cert
     questions, refusal = plug_and_charge.central_chain(pem(sound, sub_with_aia, root.cert), now)
     assert refusal == ""
-    assert [(q.serial, u) for q, u in questions] == [(sound.serial_number, url), (sub_with_aia.serial_number, url)]
+    assert [(q.serial, u, i) for q, u, i in questions] == [
+        (sound.serial_number, url, sub_with_aia),
+        (sub_with_aia.serial_number, url, root.cert),
+    ]
     assert questions[0][0].issued_by(sub.cert)
     assert questions[1][0].issued_by(root.cert)
     # And the others are refused with the status that says why
