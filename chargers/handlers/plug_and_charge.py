@@ -85,19 +85,32 @@ class _Answers:
 ANSWERS = _Answers()
 
 
-async def certificate_ask(cert_id: CertId, url: str, *, issuer: x509.Certificate | None = None) -> Verdict:
+async def _our_answer(cert_id: CertId, *, signed: bool, anchors: list[x509.Certificate]) -> Verdict:
+    """Our own responder's word on one of the CPO sub-CA's certificates, from the register on a batcher thread:
+    never over HTTP and never on the public signing budget. Unsigned unless ``signed`` (a relay needs the DER)."""
+    try:
+        if signed:
+            der = await writer_for_loop(ocsp.responder_answers).submit(cert_id.request_der())
+            return ocsp_client.response_check(der, cert_id, anchors=anchors)
+        status, _, _ = await writer_for_loop(ocsp.register_statuses).submit(cert_id)
+    except Exception as exc:  # the register cannot be read now: no answer, never a guess
+        return Verdict(Status.UNAVAILABLE, f"our responder: {type(exc).__name__}: {exc}"[:300])
+    reason = "not in our register" if status == "unknown" else ""
+    return Verdict(Status(status), reason, b"", datetime.now(UTC) + ocsp.VALIDITY)
+
+
+async def certificate_ask(
+    cert_id: CertId, url: str, *, issuer: x509.Certificate | None = None, signed: bool = False
+) -> Verdict:
     """What the responder at ``url`` (or, for the CPO sub-CA's certificates, our own) says about ``cert_id``.
 
     Only an issuer this CSMS trusts is believed (``ocsp_client.response_check``): ``issuer``, when the caller has
-    already checked it chains up to a trust anchor (a PEM chain validated centrally), is trusted as well.
+    already checked it chains up to a trust anchor (a PEM chain validated centrally), is trusted as well. ``signed``:
+    the caller relays the answer, so ours is signed too.
     """
     anchors = [*ocsp_client.known_issuers(), *([issuer] if issuer is not None else [])]
     if ocsp.ours(cert_id):
-        try:
-            der = await writer_for_loop(ocsp.responder_answers).submit(cert_id.request_der())
-        except Exception as exc:  # the register cannot be read now: no answer, never a guess
-            return Verdict(Status.UNAVAILABLE, f"our responder: {type(exc).__name__}")
-        return ocsp_client.response_check(der, cert_id, anchors=anchors)
+        return await _our_answer(cert_id, signed=signed, anchors=anchors)
     now = datetime.now(UTC)
     cached = ANSWERS.get(cert_id, url, now)
     if cached is not None:
@@ -259,7 +272,7 @@ async def certificate_status_prefetch(station: StationRef, payload: dict[str, An
         return _failed("InvalidData", str(exc))
     try:
         async with asyncio.timeout(_deadline()):
-            verdict = await certificate_ask(cert_id, str(data.get("responderURL", "")))
+            verdict = await certificate_ask(cert_id, str(data.get("responderURL", "")), signed=True)
     except TimeoutError:
         verdict = Verdict(Status.UNAVAILABLE, f"no answer within {_deadline():g} s")
     if verdict.status == Status.UNAVAILABLE or not verdict.der:

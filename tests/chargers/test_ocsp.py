@@ -4,6 +4,7 @@ provider is not configured or down."""
 
 from __future__ import annotations
 
+import base64
 import http.server
 import logging
 import threading
@@ -12,15 +13,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from asgiref.sync import sync_to_async
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp as x509_ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
-from django.test import override_settings
+from django.db import DatabaseError
+from django.test import Client, override_settings
 
 from chargers.handlers import plug_and_charge
 from chargers.jobs import StationRef
 from chargers.pki import ca, issue, ocsp, ocsp_client, storage
+from chargers.pki.errors import PkiError
 from chargers.pki.ocsp import CertId, OcspDataError
 from chargers.pki.ocsp_client import Status
 from tests.chargers.mo_pki import Authority, certificate, mo_chain, mo_sub_ca, ocsp_request_data, pem
@@ -189,26 +194,150 @@ def test_it_refuses_stale_and_future_answers_and_answers_about_another_certifica
     assert ocsp_client.response_check(unauthorized, cert_id, anchors=anchors).status == Status.UNAVAILABLE
 
 
-@pytest.mark.django_db
-def test_our_responder_says_try_later_beyond_its_signing_budget(pki: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given a signing budget of two signatures
+def _our_request(cert: x509.Certificate, nonce: bytes | None = None) -> bytes:
+    """An OCSPRequest about one of our certificates, built by cryptography (with a nonce, when given)."""
+    builder = x509_ocsp.OCSPRequestBuilder().add_certificate(cert, ca.sub_ca().cert, hashes.SHA256())
+    if nonce is not None:
+        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
+    return builder.build().public_bytes(serialization.Encoding.DER)
+
+
+def _status(der: bytes) -> x509_ocsp.OCSPResponseStatus:
+    return x509_ocsp.load_der_ocsp_response(der).response_status
+
+
+OK, LATER = x509_ocsp.OCSPResponseStatus.SUCCESSFUL, x509_ocsp.OCSPResponseStatus.TRY_LATER
+
+
+@pytest.fixture
+def budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh responder cache and budgets for the test (each test sets the sizes it needs)."""
     monkeypatch.setattr(ocsp, "_RESPONSES", ocsp._Responses())
-    ocsp._RESPONSES._signs = ocsp._Bucket(rate=0.0, burst=2.0)
-    sub_ca = ca.sub_ca().cert
+
+
+@pytest.mark.django_db
+def test_our_responder_says_try_later_beyond_its_signing_budget(pki: Path, budget: None) -> None:
+    # Given a public signing budget of two signatures
+    ocsp._RESPONSES._public = ocsp._Bucket(rate=0.0, burst=2.0)
     issued = [issue.station_certificate_issue(station_id=f"cs-{n}").cert for n in range(3)]
-    requests = [
-        x509_ocsp.OCSPRequestBuilder()
-        .add_certificate(cert, sub_ca, hashes.SHA256())
-        .build()
-        .public_bytes(serialization.Encoding.DER)
-        for cert in issued
-    ]
+    requests = [_our_request(cert) for cert in issued]
     # When three different certificates are asked about, then the first again
-    answers = [x509_ocsp.load_der_ocsp_response(ocsp.responder_answer(r)) for r in [*requests, requests[0]]]
+    answers = [ocsp.responder_answer(r, client="192.0.2.1") for r in [*requests, requests[0]]]
     # Then two are signed, the third is tryLater (no signature), and the first is served from the cache
-    statuses = [a.response_status for a in answers]
-    ok, later = x509_ocsp.OCSPResponseStatus.SUCCESSFUL, x509_ocsp.OCSPResponseStatus.TRY_LATER
-    assert statuses == [ok, ok, later, ok]
+    assert [_status(a) for a in answers] == [OK, OK, LATER, OK]
+
+
+@pytest.mark.django_db
+def test_one_client_spending_its_signing_budget_leaves_other_clients_theirs(
+    pki: Path, budget: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two signatures per client address, and one of our certificates
+    monkeypatch.setattr(ocsp, "CLIENT_SIGNS_PER_S", 0.0)
+    monkeypatch.setattr(ocsp, "CLIENT_SIGN_BURST", 2.0)
+    request = _our_request(issue.station_certificate_issue(station_id="cs-budget").cert, nonce=b"first")
+    # When one address asks three times with a nonce (each a fresh signature), then another address once
+    greedy = [ocsp.responder_answer(request, client="192.0.2.1") for _ in range(3)]
+    other = ocsp.responder_answer(request, client="198.51.100.7")
+    # Then the greedy address gets tryLater the third time, and the other still gets its signed answer with nonce
+    assert [_status(a) for a in greedy] == [OK, OK, LATER]
+    answer = x509_ocsp.load_der_ocsp_response(other)
+    assert answer.response_status == OK
+    assert answer.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == b"first"
+
+
+@pytest.mark.django_db
+def test_a_serial_we_never_issued_is_unauthorized_and_costs_no_signature(
+    pki: Path, budget: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a certificate named as if our sub-CA had issued it, but absent from the register, and a signing count
+    sub_ca = ca.sub_ca()
+    never = certificate("never", issuer=Authority(sub_ca.cert, ec.generate_private_key(ec.SECP256R1()))).cert
+    signed: list[object] = []
+    real_sign = ca.Ca.ocsp_sign
+    monkeypatch.setattr(ca.Ca, "ocsp_sign", lambda self, builder: signed.append(1) or real_sign(self, builder))
+    # When it is asked about, many times, with and without nonces
+    answers = [ocsp.responder_answer(_our_request(never, nonce), client="192.0.2.1") for nonce in (None, b"n") * 30]
+    # Then every answer is an unsigned unauthorized (RFC 5019 2.2.3), never tryLater, and nothing was signed
+    assert {_status(a) for a in answers} == {x509_ocsp.OCSPResponseStatus.UNAUTHORIZED}
+    assert signed == []
+
+
+@pytest.mark.django_db
+def test_a_signing_or_register_failure_is_an_internal_error_answer_not_a_server_error(
+    pki: Path, budget: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given one of our certificates, and a key store that fails to sign
+    request = _our_request(issue.station_certificate_issue(station_id="cs-fail").cert)
+
+    def refuse(self: ca.Ca, builder: object) -> None:
+        raise PkiError("the token is not present")
+
+    monkeypatch.setattr(ca.Ca, "ocsp_sign", refuse)
+    client = Client()
+    # When a relying party posts its request
+    with caplog.at_level(logging.ERROR, logger="chargers.pki"):
+        response = client.post("/pki/ocsp", data=request, content_type="application/ocsp-request")
+    # Then it gets an OCSP internalError (HTTP 200, RFC 6960 2.3), and the operator a log line saying why
+    assert response.status_code == 200
+    assert _status(response.content) == x509_ocsp.OCSPResponseStatus.INTERNAL_ERROR
+    assert "the token is not present" in caplog.text
+
+    # And a register that cannot be read answers the same way
+    def unreadable(serial: int) -> None:
+        raise DatabaseError("the register is away")
+
+    monkeypatch.setattr(ocsp, "_register_status", unreadable)
+    with caplog.at_level(logging.ERROR, logger="chargers.pki"):
+        response = client.post("/pki/ocsp", data=request, content_type="application/ocsp-request")
+    assert _status(response.content) == x509_ocsp.OCSPResponseStatus.INTERNAL_ERROR
+    assert "the register is away" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_our_own_lookups_neither_spend_nor_wait_for_the_public_budget(pki: Path, budget: None) -> None:
+    # Given one of our certificates, and a public signing budget of one signature
+    issued = await sync_to_async(issue.station_certificate_issue)(station_id="cs-internal")
+    cert_id = CertId.for_certificate(issued.cert, ca.sub_ca().cert)
+    ocsp._RESPONSES._public = ocsp._Bucket(rate=0.0, burst=1.0)
+    # When a station's Authorize and GetCertificateChainStatus ask about it, over and over
+    for _ in range(5):
+        authorized = await plug_and_charge.authorize_prefetch(STATION, {"iso15118CertificateHashData": [
+            ocsp_request_data(issued.cert, ca.sub_ca().cert, "")]})  # fmt: skip
+        assert authorized == {"certificateStatus": "Accepted", "reasons": []}
+    # Then a relying party still gets its signature from the public budget
+    nonce_request = _our_request(issued.cert, nonce=b"public")
+    assert _status(await sync_to_async(ocsp.responder_answer)(nonce_request, client="192.0.2.1")) == OK
+    # And once the public budget is spent, the station's lookups still succeed, GetCertificateStatus's signed relay too
+    assert _status(await sync_to_async(ocsp.responder_answer)(nonce_request, client="192.0.2.1")) == LATER
+    authorized = await plug_and_charge.authorize_prefetch(STATION, {"iso15118CertificateHashData": [
+        ocsp_request_data(issued.cert, ca.sub_ca().cert, "")]})  # fmt: skip
+    assert authorized["certificateStatus"] == "Accepted"
+    relayed = await plug_and_charge.certificate_status_prefetch(
+        STATION, {"ocspRequestData": ocsp_request_data(issued.cert, ca.sub_ca().cert, "")}
+    )
+    assert relayed["status"] == "Accepted"
+    answer = x509_ocsp.load_der_ocsp_response(base64.b64decode(relayed["ocspResult"]))
+    assert answer.certificate_status == x509_ocsp.OCSPCertStatus.GOOD
+    assert cert_id.serial == answer.serial_number
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_register_failure_in_our_own_lookup_is_reported_with_its_message(
+    pki: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given one of our certificates, and a register that cannot be read
+    issued = await sync_to_async(issue.station_certificate_issue)(station_id="cs-unreadable")
+
+    def unreadable(serial: int) -> None:
+        raise DatabaseError("relation chargers_pkicertificate is locked")
+
+    monkeypatch.setattr(ocsp, "_register_status", unreadable)
+    # When a station authorizes with it
+    data = ocsp_request_data(issued.cert, ca.sub_ca().cert, "")
+    answer = await plug_and_charge.authorize_prefetch(STATION, {"iso15118CertificateHashData": [data]})
+    # Then it is refused as unvalidated, and the reason names what failed, not only its type
+    assert answer["certificateStatus"] == "CertChainError"
+    assert any("relation chargers_pkicertificate is locked" in reason for reason in answer["reasons"])
 
 
 @pytest.mark.django_db
