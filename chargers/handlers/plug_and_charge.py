@@ -51,29 +51,36 @@ TOKEN_REFUSALS = frozenset({"Blocked", "Expired", "Invalid", "Unknown"})
 
 
 class _Answers:
-    """Verified third-party answers until their nextUpdate (capped at CACHE_MAX), the oldest dropped beyond
-    CACHE_ENTRIES. Our own responder's answers are not kept here: the register is asked each time, so a revocation
-    counts at once."""
+    """Third-party answers: verified ones until their nextUpdate (capped at CACHE_MAX); for
+    PKI_OCSP_FAILURE_CACHE_S, answers that could not be used (kept for that certificate: a responder that rightly
+    refuses a made-up certificate stays usable for others) and responders that could not be asked at all (kept for
+    the URL, ``cert_id`` None: no connection, timeout, HTTP error). The oldest dropped beyond CACHE_ENTRIES. Our own
+    responder's answers are not kept here: the register is asked each time, so a revocation counts at once."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._kept: OrderedDict[tuple[CertId, str], tuple[Verdict, datetime]] = OrderedDict()
+        self._kept: OrderedDict[tuple[CertId | None, str], tuple[Verdict, datetime]] = OrderedDict()
 
     def get(self, cert_id: CertId, url: str, now: datetime) -> Verdict | None:
         with self._lock:
-            hit = self._kept.get((cert_id, url))
-            if hit is None:
-                return None
-            if now >= hit[1]:
-                del self._kept[(cert_id, url)]
-                return None
-            return hit[0]
+            for key in ((cert_id, url), (None, url)):
+                hit = self._kept.get(key)
+                if hit is not None and now >= hit[1]:
+                    del self._kept[key]
+                elif hit is not None:
+                    return hit[0]
+            return None
 
-    def keep(self, cert_id: CertId, url: str, verdict: Verdict, now: datetime) -> None:
-        if verdict.status not in (Status.GOOD, Status.REVOKED, Status.UNKNOWN) or verdict.next_update is None:
-            return  # no nextUpdate: "newer information is available all the time" (RFC 6960 2.4)
+    def keep(self, cert_id: CertId | None, url: str, verdict: Verdict, now: datetime) -> None:
+        if verdict.status in (Status.GOOD, Status.REVOKED, Status.UNKNOWN):
+            if verdict.next_update is None:
+                return  # no nextUpdate: "newer information is available all the time" (RFC 6960 2.4)
+            until = min(verdict.next_update, now + CACHE_MAX)
+        else:
+            until = now + timedelta(seconds=settings.PKI_OCSP_FAILURE_CACHE_S)
         with self._lock:
-            self._kept[(cert_id, url)] = (verdict, min(verdict.next_update, now + CACHE_MAX))
+            self._kept[(cert_id, url)] = (verdict, until)
+            self._kept.move_to_end((cert_id, url))
             while len(self._kept) > CACHE_ENTRIES:
                 self._kept.popitem(last=False)
 
@@ -83,6 +90,15 @@ class _Answers:
 
 
 ANSWERS = _Answers()
+
+
+class Lookups:
+    """One station message's OCSP look-ups: the station (its share of look-ups in flight) and how many responders
+    the message may still have asked (PKI_OCSP_URLS_PER_MESSAGE; kept answers and ours do not count)."""
+
+    def __init__(self, station: StationRef) -> None:
+        self.station_id = station.station_id
+        self.urls_left = settings.PKI_OCSP_URLS_PER_MESSAGE
 
 
 async def _our_answer(cert_id: CertId, *, signed: bool, anchors: list[x509.Certificate]) -> Verdict:
@@ -100,48 +116,62 @@ async def _our_answer(cert_id: CertId, *, signed: bool, anchors: list[x509.Certi
 
 
 async def certificate_ask(
-    cert_id: CertId, url: str, *, issuer: x509.Certificate | None = None, signed: bool = False
+    cert_id: CertId, url: str, lookups: Lookups, *, issuer: x509.Certificate | None = None, signed: bool = False
 ) -> Verdict:
     """What the responder at ``url`` (or, for the CPO sub-CA's certificates, our own) says about ``cert_id``.
 
     Only an issuer this CSMS trusts is believed (``ocsp_client.response_check``): ``issuer``, when the caller has
     already checked it chains up to a trust anchor (a PEM chain validated centrally), is trusted as well. ``signed``:
-    the caller relays the answer, so ours is signed too.
+    the caller relays the answer, so ours is signed too. A responder is asked within the message's and the
+    station's bounds (``Lookups``, ``ocsp_client.outbound_slot``), and not while a recent failure is remembered.
     """
     anchors = [*ocsp_client.known_issuers(), *([issuer] if issuer is not None else [])]
     if ocsp.ours(cert_id):
         return await _our_answer(cert_id, signed=signed, anchors=anchors)
-    now = datetime.now(UTC)
-    cached = ANSWERS.get(cert_id, url, now)
-    if cached is not None:
-        return cached
-    try:
-        der = await ocsp_client.http_post(
-            url,
-            cert_id.request_der(),
-            content_type="application/ocsp-request",
-            accept="application/ocsp-response",
-            within_s=settings.PKI_OCSP_TIMEOUT_S,
-            limit=ocsp.RESPONSE_MAX_BYTES,
-        )
-    except ocsp_client.FetchError as exc:
-        return Verdict(Status.UNAVAILABLE, f"{url[:100]}: {exc}")
+    kept = ANSWERS.get(cert_id, url, datetime.now(UTC))
+    if kept is not None:
+        return kept
+    if lookups.urls_left <= 0:
+        limit = settings.PKI_OCSP_URLS_PER_MESSAGE
+        return Verdict(Status.UNAVAILABLE, f"{url[:100]}: not asked, one message may have {limit} responders asked")
+    lookups.urls_left -= 1
+    async with ocsp_client.outbound_slot(lookups.station_id):
+        now = datetime.now(UTC)
+        kept = ANSWERS.get(cert_id, url, now)  # asked meanwhile (while this waited for its slot)
+        if kept is not None:
+            return kept
+        try:
+            der = await ocsp_client.http_post(
+                url,
+                cert_id.request_der(),
+                content_type="application/ocsp-request",
+                accept="application/ocsp-response",
+                within_s=settings.PKI_OCSP_TIMEOUT_S,
+                limit=ocsp.RESPONSE_MAX_BYTES,
+            )
+        except ocsp_client.FetchError as exc:
+            verdict = Verdict(Status.UNAVAILABLE, f"{url[:100]}: {exc}")
+            if not isinstance(exc, ocsp_client.Busy):  # our own congestion says nothing about the responder
+                ANSWERS.keep(None, url, verdict, now)
+            return verdict
     verdict = ocsp_client.response_check(der, cert_id, anchors=anchors, now=now)
     ANSWERS.keep(cert_id, url, verdict, now)
     return verdict
 
 
-async def _ask_entry(entry: dict[str, Any]) -> Verdict:
+async def _ask_entry(entry: dict[str, Any], lookups: Lookups) -> Verdict:
     try:
         cert_id = CertId.from_ocpp(entry)
     except OcspDataError as exc:
         return Verdict(Status.UNAVAILABLE, f"unusable certificate hash data: {exc}")
-    return await certificate_ask(cert_id, str(entry.get("responderURL", "")))
+    return await certificate_ask(cert_id, str(entry.get("responderURL", "")), lookups)
 
 
 def _deadline() -> float:
-    """The whole prefetch's bound: the requests to one responder run in parallel, so two timeouts are plenty."""
-    return 2 * settings.PKI_OCSP_TIMEOUT_S + 1
+    """The whole prefetch's bound: a message's responders are asked PKI_OCSP_LOOKUPS_PER_STATION at a time, each
+    within PKI_OCSP_TIMEOUT_S (with the defaults, four responders in two rounds)."""
+    rounds = -(-settings.PKI_OCSP_URLS_PER_MESSAGE // settings.PKI_OCSP_LOOKUPS_PER_STATION)
+    return rounds * settings.PKI_OCSP_TIMEOUT_S + 1
 
 
 # --- Authorize with a contract certificate (C07) -------------------------------------------------------------------
@@ -218,8 +248,9 @@ async def authorize_prefetch(station: StationRef, payload: dict[str, Any]) -> di
         if refusal:
             LOG.warning("Authorize from %s: the PEM contract chain: %s", station.station_id, refusal)
             return {"certificateStatus": refusal, "reasons": [f"central chain validation: {refusal}"]}
-    asks = [_ask_entry(entry) for entry in entries] + [
-        certificate_ask(cid, url, issuer=issuer) for cid, url, issuer in questions
+    lookups = Lookups(station)
+    asks = [_ask_entry(entry, lookups) for entry in entries] + [
+        certificate_ask(cid, url, lookups, issuer=issuer) for cid, url, issuer in questions
     ]
     try:
         async with asyncio.timeout(_deadline()):
@@ -272,7 +303,7 @@ async def certificate_status_prefetch(station: StationRef, payload: dict[str, An
         return _failed("InvalidData", str(exc))
     try:
         async with asyncio.timeout(_deadline()):
-            verdict = await certificate_ask(cert_id, str(data.get("responderURL", "")), signed=True)
+            verdict = await certificate_ask(cert_id, str(data.get("responderURL", "")), Lookups(station), signed=True)
     except TimeoutError:
         verdict = Verdict(Status.UNAVAILABLE, f"no answer within {_deadline():g} s")
     if verdict.status == Status.UNAVAILABLE or not verdict.der:
@@ -353,7 +384,7 @@ def ev_certificate_answer(ctx: BatchContext, station: StationRef, payload: dict[
 _CHAIN_STATUS = {Status.GOOD: "Good", Status.REVOKED: "Revoked", Status.UNKNOWN: "Unknown"}
 
 
-async def _chain_entry(request: dict[str, Any]) -> dict[str, Any]:
+async def _chain_entry(request: dict[str, Any], lookups: Lookups) -> dict[str, Any]:
     now = datetime.now(UTC)
     answer = {"certificateHashData": request["certificateHashData"], "source": request["source"]}
     try:
@@ -364,7 +395,7 @@ async def _chain_entry(request: dict[str, Any]) -> dict[str, Any]:
     # Others': their OCSP responders, in the order given; a CRL source is not fetched (no CRL client here).
     urls = [""] if ocsp.ours(cert_id) else (request["urls"] if request["source"] == "OCSP" else [])
     for url in urls:
-        verdict = await certificate_ask(cert_id, url)
+        verdict = await certificate_ask(cert_id, url, lookups)
         if verdict.status in _CHAIN_STATUS:
             next_update = verdict.next_update or now
             return answer | {"status": _CHAIN_STATUS[verdict.status], "nextUpdate": datetime_iso(next_update)}
@@ -375,7 +406,9 @@ async def _chain_entry(request: dict[str, Any]) -> dict[str, Any]:
 async def chain_status_prefetch(station: StationRef, payload: dict[str, Any]) -> dict[str, Any] | None:
     try:
         async with asyncio.timeout(_deadline()):
-            return {"certificateStatus": await asyncio.gather(*map(_chain_entry, payload["certificateStatusRequests"]))}
+            lookups = Lookups(station)
+            entries = [_chain_entry(request, lookups) for request in payload["certificateStatusRequests"]]
+            return {"certificateStatus": await asyncio.gather(*entries)}
     except TimeoutError:
         LOG.warning("GetCertificateChainStatus from %s: no answers within %g s", station.station_id, _deadline())
         return None

@@ -1,6 +1,8 @@
 """OCSP (RFC 6960) client: asks others' responders for Plug & Charge (``chargers.handlers.plug_and_charge``).
 
-``http_post`` (asyncio, one deadline for connect + send + receive, size-limited, http/https only) and
+``http_post`` (asyncio, one deadline for connect + send + receive, size-limited, http/https only; one httpx client
+per event loop, name look-ups for station-given URLs on a small executor of their own with a bound on those
+pending; ``outbound_slot`` bounds the look-ups in flight per station and in all) and
 ``response_check``, which accepts an answer only as RFC 6960 3.2 says: it answers the certificate asked about, it is
 signed by the issuer (the key whose hash the request names) or by a responder certificate that issuer gave
 id-kp-OCSPSigning, and it is current; and only when that issuer is one this CSMS trusts: a trust anchor (our CAs,
@@ -12,16 +14,21 @@ and the responder's URL is a station's say-so). The responder and ``CertId`` are
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import enum
 import ipaddress
 import logging
 import socket
+import threading
 import urllib.parse
-from collections.abc import Sequence
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import httpx
 from cryptography import x509
@@ -37,10 +44,16 @@ from chargers.pki.ocsp import CLOCK_SKEW, CertId, public_key_bits, value_hash
 
 LOG = logging.getLogger("chargers.pki")
 MAX_CHAIN = 4  # CA certificates between an issuer and its trust anchor, at most
+RESOLVER_THREADS = 4  # name look-ups of station-given hosts run on these, never on the loop's default executor
+RESOLVES_PENDING_MAX = 16  # such look-ups queued or running at most; beyond, a look-up is refused at once
 
 
 class FetchError(Exception):
     """The responder (or provider) could not be asked, or did not answer usably."""
+
+
+class Busy(FetchError):
+    """Not asked because this server has too much outbound work pending (nothing said about the responder)."""
 
 
 def _checked_url(url: str) -> urllib.parse.SplitResult:
@@ -54,6 +67,35 @@ def _checked_url(url: str) -> urllib.parse.SplitResult:
     return parts
 
 
+class _Resolver:
+    """getaddrinfo on a few threads of its own: a slow name server (a station chooses the host) can occupy only
+    these, and at most RESOLVES_PENDING_MAX look-ups wait or run; a look-up its caller gave up on before it started
+    is dropped, one that started holds its place until the system resolver returns."""
+
+    def __init__(self) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(RESOLVER_THREADS, thread_name_prefix="ocsp-resolve")
+        self._lock = threading.Lock()
+        self._pending = 0
+
+    def _done(self, _: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    async def getaddrinfo(self, host: str, port: int) -> list[Any]:
+        with self._lock:
+            if self._pending >= RESOLVES_PENDING_MAX:
+                raise Busy(f"{RESOLVES_PENDING_MAX} name look-ups pending: {host[:80]!r} is not resolved now")
+            self._pending += 1
+        future: concurrent.futures.Future[Any] = self._executor.submit(
+            socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM
+        )
+        future.add_done_callback(self._done)  # also when cancelled before it ran
+        return list(await asyncio.wrap_future(future))
+
+
+_RESOLVER = _Resolver()
+
+
 async def _address_check(host: str, port: int) -> str:
     """The address to connect to for a URL a station gave us: one that is not this network's own.
 
@@ -63,7 +105,7 @@ async def _address_check(host: str, port: int) -> str:
     the connection goes to the address checked, so a second DNS answer cannot swap it (rebinding).
     """
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await _RESOLVER.getaddrinfo(host, port)
     except OSError as exc:
         raise FetchError(f"cannot resolve {host[:80]!r}: {exc}") from exc
     allowed = [ipaddress.ip_network(cidr) for cidr in settings.PKI_OUTBOUND_ALLOWED_NETWORKS]
@@ -72,6 +114,50 @@ async def _address_check(host: str, port: int) -> str:
         if any(address in network for network in allowed) or address.is_global:
             return str(address)
     raise FetchError(f"{host[:80]!r} is not a public address (PKI_OUTBOUND_ALLOWED_NETWORKS allows others)")
+
+
+class _Outbound:
+    """One event loop's outbound state: its httpx client (built once: each builds an SSL context, tens of ms on the
+    loop) and the bounds on look-ups in flight, per station and in all."""
+
+    def __init__(self) -> None:
+        # No keep-alive: requests are pinned to an address with the host in the Host header and SNI, and a pooled
+        # connection (keyed by address) must never carry one host's request over a TLS session verified for another.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        self.client = httpx.AsyncClient(follow_redirects=False, trust_env=False, limits=limits)
+        self.total = asyncio.Semaphore(settings.PKI_OCSP_LOOKUPS_TOTAL)
+        self.stations: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
+
+
+# Per loop (Daphne runs one; tests one per test): dropped with its loop. The client holds no connection between
+# requests (no keep-alive), so there is nothing to close when the loop goes.
+_OUTBOUND: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Outbound] = weakref.WeakKeyDictionary()
+
+
+def _outbound() -> _Outbound:
+    loop = asyncio.get_running_loop()
+    state = _OUTBOUND.get(loop)
+    if state is None:
+        state = _OUTBOUND[loop] = _Outbound()
+    return state
+
+
+@asynccontextmanager
+async def outbound_slot(station_id: str) -> AsyncIterator[None]:
+    """Waits for a look-up slot of ``station_id`` (PKI_OCSP_LOOKUPS_PER_STATION) and then one of all stations'
+    (PKI_OCSP_LOOKUPS_TOTAL), held for the block: one station's burst of responders queues behind itself."""
+    state = _outbound()
+    semaphore, users = state.stations.setdefault(
+        station_id, (asyncio.Semaphore(settings.PKI_OCSP_LOOKUPS_PER_STATION), [0])
+    )
+    users[0] += 1
+    try:
+        async with semaphore, state.total:
+            yield
+    finally:
+        users[0] -= 1
+        if not users[0]:
+            del state.stations[station_id]
 
 
 async def http_post(
@@ -99,15 +185,17 @@ async def http_post(
                 target = target.copy_with(host=address)
                 if https:
                     extensions["sni_hostname"] = host  # TLS names (and verifies) the host, not the address
-            async with httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=within_s) as client:
-                request = client.build_request("POST", target, content=body, headers=headers, extensions=extensions)
-                response = await client.send(request, stream=True)
-                try:
-                    if response.status_code != 200:
-                        raise FetchError(f"HTTP {response.status_code}")
-                    return await _body(response, limit)
-                finally:
-                    await response.aclose()
+            client = _outbound().client
+            request = client.build_request(
+                "POST", target, content=body, headers=headers, extensions=extensions, timeout=within_s
+            )
+            response = await client.send(request, stream=True)
+            try:
+                if response.status_code != 200:
+                    raise FetchError(f"HTTP {response.status_code}")
+                return await _body(response, limit)
+            finally:
+                await response.aclose()
     except TimeoutError as exc:
         raise FetchError(f"no answer within {within_s:g} s") from exc
     except (httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as exc:
