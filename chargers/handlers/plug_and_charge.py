@@ -6,9 +6,11 @@ Every one of these needs the network, and the group-commit writer must never wai
 station's writes). So each action has two halves: a ``*_prefetch`` coroutine the consumer awaits on the event loop
 before it submits the call (``registry.PREFETCH``), bounded by its own deadline, and a batch handler that stores the
 call and answers with what the prefetch found (``BatchContext.looked_up``). A station waiting on a slow responder
-holds up nothing but its own answer. Questions about certificates the CPO sub-CA issued go to our own responder
-(``chargers.pki.ocsp``) on a batcher thread of their own, not over HTTP to ourselves. Third-party answers are kept,
-verified, until their nextUpdate.
+holds up nothing but its own answer. Questions about certificates the CPO sub-CA issued are answered from the
+register (``chargers.pki.ocsp``) on a batcher thread of their own, not over HTTP to ourselves and never on the
+public responder's signing budget. Third-party answers are believed only from issuers this CSMS trusts, kept,
+verified, until their nextUpdate; a responder is asked within per-message, per-station and total bounds, and one
+that failed is left alone for a while.
 """
 
 from __future__ import annotations
