@@ -4,9 +4,10 @@ provider is not configured or down."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp as x509_ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
-from django.db import DatabaseError
+from django.db import DatabaseError, connections
 from django.test import Client, override_settings
 
+from chargers import writer
 from chargers.handlers import plug_and_charge
 from chargers.jobs import StationRef
 from chargers.pki import ca, issue, ocsp, ocsp_client, storage
@@ -291,7 +293,21 @@ def test_a_signing_or_register_failure_is_an_internal_error_answer_not_a_server_
     assert "the register is away" in caplog.text
 
 
+@pytest.fixture
+async def batchers_closed() -> AsyncIterator[None]:
+    """The batcher threads our own look-ups run on (``writer_for_loop``) close their database connections after the
+    test, before the test database goes."""
+    yield
+    loop = asyncio.get_running_loop()
+    for batch_fn in (ocsp.register_statuses, ocsp.responder_answers):
+        batcher = writer._writers.pop((id(loop), batch_fn), None)
+        if batcher is not None:
+            await loop.run_in_executor(batcher._executor, connections.close_all)
+            batcher._executor.shutdown()
+
+
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("batchers_closed")
 async def test_our_own_lookups_neither_spend_nor_wait_for_the_public_budget(pki: Path, budget: None) -> None:
     # Given one of our certificates, and a public signing budget of one signature
     issued = await sync_to_async(issue.station_certificate_issue)(station_id="cs-internal")
@@ -320,6 +336,7 @@ async def test_our_own_lookups_neither_spend_nor_wait_for_the_public_budget(pki:
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("batchers_closed")
 async def test_a_register_failure_in_our_own_lookup_is_reported_with_its_message(
     pki: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
