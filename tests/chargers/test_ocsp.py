@@ -254,7 +254,12 @@ def test_a_serial_we_never_issued_is_unauthorized_and_costs_no_signature(
     never = certificate("never", issuer=Authority(sub_ca.cert, ec.generate_private_key(ec.SECP256R1()))).cert
     signed: list[object] = []
     real_sign = ca.Ca.ocsp_sign
-    monkeypatch.setattr(ca.Ca, "ocsp_sign", lambda self, builder: signed.append(1) or real_sign(self, builder))
+
+    def counted(self: ca.Ca, builder: x509_ocsp.OCSPResponseBuilder) -> x509_ocsp.OCSPResponse:
+        signed.append(builder)
+        return real_sign(self, builder)
+
+    monkeypatch.setattr(ca.Ca, "ocsp_sign", counted)
     # When it is asked about, many times, with and without nonces
     answers = [ocsp.responder_answer(_our_request(never, nonce), client="192.0.2.1") for nonce in (None, b"n") * 30]
     # Then every answer is an unsigned unauthorized (RFC 5019 2.2.3), never tryLater, and nothing was signed
@@ -325,6 +330,7 @@ async def test_our_own_lookups_neither_spend_nor_wait_for_the_public_budget(pki:
     assert _status(await sync_to_async(ocsp.responder_answer)(nonce_request, client="192.0.2.1")) == LATER
     authorized = await plug_and_charge.authorize_prefetch(STATION, {"iso15118CertificateHashData": [
         ocsp_request_data(issued.cert, ca.sub_ca().cert, "")]})  # fmt: skip
+    assert authorized is not None
     assert authorized["certificateStatus"] == "Accepted"
     relayed = await plug_and_charge.certificate_status_prefetch(
         STATION, {"ocspRequestData": ocsp_request_data(issued.cert, ca.sub_ca().cert, "")}
@@ -351,6 +357,7 @@ async def test_a_register_failure_in_our_own_lookup_is_reported_with_its_message
     data = ocsp_request_data(issued.cert, ca.sub_ca().cert, "")
     answer = await plug_and_charge.authorize_prefetch(STATION, {"iso15118CertificateHashData": [data]})
     # Then it is refused as unvalidated, and the reason names what failed, not only its type
+    assert answer is not None
     assert answer["certificateStatus"] == "CertChainError"
     assert any("relation chargers_pkicertificate is locked" in reason for reason in answer["reasons"])
 
