@@ -42,15 +42,15 @@ def _request_der(request: HttpRequest, encoded: str | None) -> bytes:
 
 
 # Public by design (RFC 6960: relying parties are anonymous) and without CSRF (a POST from a client, not a browser
-# form; it changes nothing). Every answer is an OCSPResponse with HTTP 200, errors included (RFC 6960 2.3).
+# form; it changes nothing). Every answer is an OCSPResponse with HTTP 200, errors included (RFC 6960 2.3). Fresh
+# signatures draw on the client address's budget (behind a proxy, the address the proxy middleware establishes).
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
 def pki_ocsp(request: HttpRequest, encoded: str | None = None) -> HttpResponse:
     if (request.method == "GET") != (encoded is not None):
         return HttpResponse(status=405, headers={"Allow": "GET" if encoded is not None else "POST"})
-    response = HttpResponse(
-        ocsp.responder_answer(_request_der(request, encoded)), content_type="application/ocsp-response"
-    )
+    answer = ocsp.responder_answer(_request_der(request, encoded), client=request.META.get("REMOTE_ADDR") or "")
+    response = HttpResponse(answer, content_type="application/ocsp-response")
     if encoded is not None:
         response["Cache-Control"] = f"public, max-age={int(ocsp.REBUILD_AFTER.total_seconds())}"
     return response

@@ -385,8 +385,16 @@ PKI_OCSP_TIMEOUT_S = env_float("PKI_OCSP_TIMEOUT_S", 5.0, minimum=0.1)
 PKI_OUTBOUND_ALLOWED_NETWORKS = [
     str(ipaddress.ip_network(cidr, strict=False)) for cidr in env_list("PKI_OUTBOUND_ALLOWED_NETWORKS", [])
 ]
-# PEM bundle of the contract (MO) CA certificates whose responders' answers are verified even when an answer does
-# not carry its issuer's certificate; our own CAs are always known.
+# What stations can make this server ask (review 14, finding 4): responders per message (Authorize,
+# GetCertificateStatus, GetCertificateChainStatus; the rest are not asked), look-ups in flight per station and in all
+# (the rest wait, within the message's deadline), and how long a responder that failed (no connection, timeout,
+# HTTP error) is not asked again, nor an answer that could not be used re-asked for the same certificate.
+PKI_OCSP_URLS_PER_MESSAGE = env_int("PKI_OCSP_URLS_PER_MESSAGE", 4, minimum=1)
+PKI_OCSP_LOOKUPS_PER_STATION = env_int("PKI_OCSP_LOOKUPS_PER_STATION", 2, minimum=1)
+PKI_OCSP_LOOKUPS_TOTAL = env_int("PKI_OCSP_LOOKUPS_TOTAL", 32, minimum=1)
+PKI_OCSP_FAILURE_CACHE_S = env_float("PKI_OCSP_FAILURE_CACHE_S", 60.0, minimum=0.0)
+# PEM bundle of the contract (MO) CA certificates: the trust anchors of contract certificates (with our own CAs). An
+# OCSP answer counts only when its issuer is one of these or chains up to one; a PEM chain must end at one.
 PKI_CONTRACT_CA_FILE = env_opt("PKI_CONTRACT_CA_FILE")
 # Where Get15118EVCertificate's EXI requests are relayed (HTTP POST, JSON); unset: they are answered Failed.
 PKI_CONTRACT_PROVIDER_URL = env_opt("PKI_CONTRACT_PROVIDER_URL")

@@ -6,9 +6,11 @@ Every one of these needs the network, and the group-commit writer must never wai
 station's writes). So each action has two halves: a ``*_prefetch`` coroutine the consumer awaits on the event loop
 before it submits the call (``registry.PREFETCH``), bounded by its own deadline, and a batch handler that stores the
 call and answers with what the prefetch found (``BatchContext.looked_up``). A station waiting on a slow responder
-holds up nothing but its own answer. Questions about certificates the CPO sub-CA issued go to our own responder
-(``chargers.pki.ocsp``) on a batcher thread of their own, not over HTTP to ourselves. Third-party answers are kept,
-verified, until their nextUpdate.
+holds up nothing but its own answer. Questions about certificates the CPO sub-CA issued are answered from the
+register (``chargers.pki.ocsp``) on a batcher thread of their own, not over HTTP to ourselves and never on the
+public responder's signing budget. Third-party answers are believed only from issuers this CSMS trusts, kept,
+verified, until their nextUpdate; a responder is asked within per-message, per-station and total bounds, and one
+that failed is left alone for a while.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from django.conf import settings
 
 from chargers.batch import BatchContext
@@ -52,29 +53,36 @@ TOKEN_REFUSALS = frozenset({"Blocked", "Expired", "Invalid", "Unknown"})
 
 
 class _Answers:
-    """Verified third-party answers until their nextUpdate (capped at CACHE_MAX), the oldest dropped beyond
-    CACHE_ENTRIES. Our own responder's answers are not kept here: the register is asked each time, so a revocation
-    counts at once."""
+    """Third-party answers: verified ones until their nextUpdate (capped at CACHE_MAX); for
+    PKI_OCSP_FAILURE_CACHE_S, answers that could not be used (kept for that certificate: a responder that rightly
+    refuses a made-up certificate stays usable for others) and responders that could not be asked at all (kept for
+    the URL, ``cert_id`` None: no connection, timeout, HTTP error). The oldest dropped beyond CACHE_ENTRIES. Our own
+    responder's answers are not kept here: the register is asked each time, so a revocation counts at once."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._kept: OrderedDict[tuple[CertId, str], tuple[Verdict, datetime]] = OrderedDict()
+        self._kept: OrderedDict[tuple[CertId | None, str], tuple[Verdict, datetime]] = OrderedDict()
 
     def get(self, cert_id: CertId, url: str, now: datetime) -> Verdict | None:
         with self._lock:
-            hit = self._kept.get((cert_id, url))
-            if hit is None:
-                return None
-            if now >= hit[1]:
-                del self._kept[(cert_id, url)]
-                return None
-            return hit[0]
+            for key in ((cert_id, url), (None, url)):
+                hit = self._kept.get(key)
+                if hit is not None and now >= hit[1]:
+                    del self._kept[key]
+                elif hit is not None:
+                    return hit[0]
+            return None
 
-    def keep(self, cert_id: CertId, url: str, verdict: Verdict, now: datetime) -> None:
-        if verdict.status not in (Status.GOOD, Status.REVOKED, Status.UNKNOWN) or verdict.next_update is None:
-            return  # no nextUpdate: "newer information is available all the time" (RFC 6960 2.4)
+    def keep(self, cert_id: CertId | None, url: str, verdict: Verdict, now: datetime) -> None:
+        if verdict.status in (Status.GOOD, Status.REVOKED, Status.UNKNOWN):
+            if verdict.next_update is None:
+                return  # no nextUpdate: "newer information is available all the time" (RFC 6960 2.4)
+            until = min(verdict.next_update, now + CACHE_MAX)
+        else:
+            until = now + timedelta(seconds=settings.PKI_OCSP_FAILURE_CACHE_S)
         with self._lock:
-            self._kept[(cert_id, url)] = (verdict, min(verdict.next_update, now + CACHE_MAX))
+            self._kept[(cert_id, url)] = (verdict, until)
+            self._kept.move_to_end((cert_id, url))
             while len(self._kept) > CACHE_ENTRIES:
                 self._kept.popitem(last=False)
 
@@ -86,45 +94,86 @@ class _Answers:
 ANSWERS = _Answers()
 
 
-async def certificate_ask(cert_id: CertId, url: str) -> Verdict:
-    """What the responder at ``url`` (or, for the CPO sub-CA's certificates, our own) says about ``cert_id``."""
-    if ocsp.ours(cert_id):
-        try:
-            der = await writer_for_loop(ocsp.responder_answers).submit(cert_id.request_der())
-        except Exception as exc:  # the register cannot be read now: no answer, never a guess
-            return Verdict(Status.UNAVAILABLE, f"our responder: {type(exc).__name__}")
-        return ocsp_client.response_check(der, cert_id, known=ocsp_client.known_issuers())
-    now = datetime.now(UTC)
-    cached = ANSWERS.get(cert_id, url, now)
-    if cached is not None:
-        return cached
+class Lookups:
+    """One station message's OCSP look-ups: the station (its share of look-ups in flight) and how many responders
+    the message may still have asked (PKI_OCSP_URLS_PER_MESSAGE; kept answers and ours do not count)."""
+
+    def __init__(self, station: StationRef) -> None:
+        self.station_id = station.station_id
+        self.urls_left = settings.PKI_OCSP_URLS_PER_MESSAGE
+
+
+async def _our_answer(cert_id: CertId, *, signed: bool, anchors: list[x509.Certificate]) -> Verdict:
+    """Our own responder's word on one of the CPO sub-CA's certificates, from the register on a batcher thread:
+    never over HTTP and never on the public signing budget. Unsigned unless ``signed`` (a relay needs the DER)."""
     try:
-        der = await ocsp_client.http_post(
-            url,
-            cert_id.request_der(),
-            content_type="application/ocsp-request",
-            accept="application/ocsp-response",
-            within_s=settings.PKI_OCSP_TIMEOUT_S,
-            limit=ocsp.RESPONSE_MAX_BYTES,
-        )
-    except ocsp_client.FetchError as exc:
-        return Verdict(Status.UNAVAILABLE, f"{url[:100]}: {exc}")
-    verdict = ocsp_client.response_check(der, cert_id, known=ocsp_client.known_issuers(), now=now)
+        if signed:
+            der = await writer_for_loop(ocsp.responder_answers).submit(cert_id.request_der())
+            return ocsp_client.response_check(der, cert_id, anchors=anchors)
+        status, _, _ = await writer_for_loop(ocsp.register_statuses).submit(cert_id)
+    except Exception as exc:  # the register cannot be read now: no answer, never a guess
+        return Verdict(Status.UNAVAILABLE, f"our responder: {type(exc).__name__}: {exc}"[:300])
+    reason = "not in our register" if status == "unknown" else ""
+    return Verdict(Status(status), reason, b"", datetime.now(UTC) + ocsp.VALIDITY)
+
+
+async def certificate_ask(
+    cert_id: CertId, url: str, lookups: Lookups, *, issuer: x509.Certificate | None = None, signed: bool = False
+) -> Verdict:
+    """What the responder at ``url`` (or, for the CPO sub-CA's certificates, our own) says about ``cert_id``.
+
+    Only an issuer this CSMS trusts is believed (``ocsp_client.response_check``): ``issuer``, when the caller has
+    already checked it chains up to a trust anchor (a PEM chain validated centrally), is trusted as well. ``signed``:
+    the caller relays the answer, so ours is signed too. A responder is asked within the message's and the
+    station's bounds (``Lookups``, ``ocsp_client.outbound_slot``), and not while a recent failure is remembered.
+    """
+    anchors = [*ocsp_client.known_issuers(), *([issuer] if issuer is not None else [])]
+    if ocsp.ours(cert_id):
+        return await _our_answer(cert_id, signed=signed, anchors=anchors)
+    kept = ANSWERS.get(cert_id, url, datetime.now(UTC))
+    if kept is not None:
+        return kept
+    if lookups.urls_left <= 0:
+        limit = settings.PKI_OCSP_URLS_PER_MESSAGE
+        return Verdict(Status.UNAVAILABLE, f"{url[:100]}: not asked, one message may have {limit} responders asked")
+    lookups.urls_left -= 1
+    async with ocsp_client.outbound_slot(lookups.station_id):
+        now = datetime.now(UTC)
+        kept = ANSWERS.get(cert_id, url, now)  # asked meanwhile (while this waited for its slot)
+        if kept is not None:
+            return kept
+        try:
+            der = await ocsp_client.http_post(
+                url,
+                cert_id.request_der(),
+                content_type="application/ocsp-request",
+                accept="application/ocsp-response",
+                within_s=settings.PKI_OCSP_TIMEOUT_S,
+                limit=ocsp.RESPONSE_MAX_BYTES,
+            )
+        except ocsp_client.FetchError as exc:
+            verdict = Verdict(Status.UNAVAILABLE, f"{url[:100]}: {exc}")
+            if not isinstance(exc, ocsp_client.Busy):  # our own congestion says nothing about the responder
+                ANSWERS.keep(None, url, verdict, now)
+            return verdict
+    verdict = ocsp_client.response_check(der, cert_id, anchors=anchors, now=now)
     ANSWERS.keep(cert_id, url, verdict, now)
     return verdict
 
 
-async def _ask_entry(entry: dict[str, Any]) -> Verdict:
+async def _ask_entry(entry: dict[str, Any], lookups: Lookups) -> Verdict:
     try:
         cert_id = CertId.from_ocpp(entry)
     except OcspDataError as exc:
         return Verdict(Status.UNAVAILABLE, f"unusable certificate hash data: {exc}")
-    return await certificate_ask(cert_id, str(entry.get("responderURL", "")))
+    return await certificate_ask(cert_id, str(entry.get("responderURL", "")), lookups)
 
 
 def _deadline() -> float:
-    """The whole prefetch's bound: the requests to one responder run in parallel, so two timeouts are plenty."""
-    return 2 * settings.PKI_OCSP_TIMEOUT_S + 1
+    """The whole prefetch's bound: a message's responders are asked PKI_OCSP_LOOKUPS_PER_STATION at a time, each
+    within PKI_OCSP_TIMEOUT_S (with the defaults, four responders in two rounds)."""
+    rounds = -(-settings.PKI_OCSP_URLS_PER_MESSAGE // settings.PKI_OCSP_LOOKUPS_PER_STATION)
+    return rounds * settings.PKI_OCSP_TIMEOUT_S + 1
 
 
 # --- Authorize with a contract certificate (C07) -------------------------------------------------------------------
@@ -135,7 +184,8 @@ def authorize_certificate_status(verdicts: Iterable[Verdict]) -> str:
 
     Revoked anywhere: CertificateRevoked (C07.FR.16). An answer that is not signed by the certificate's issuer nor
     by a responder it authorised: SignatureError. Every one good: Accepted. Anything else fails closed as
-    CertChainError: an ``unknown`` answer (the issuer's responder does not know the certificate, RFC 6960 2.2), hash
+    CertChainError: an issuer that chains up to no trust anchor here (whatever its own responder says), an
+    ``unknown`` answer (the issuer's responder does not know the certificate, RFC 6960 2.2), hash
     data naming no certificate, and a responder that is down, slow or answers unusably. OCPP 2.0.1 names no status
     for "could not be checked"; C07.FR.04 wants acceptance or a reason for rejection, and a chain whose revocation
     status is undetermined has not been validated (RFC 5280 6.1.3 (a)(3)), so it is not Accepted, and the one
@@ -152,19 +202,10 @@ def authorize_certificate_status(verdicts: Iterable[Verdict]) -> str:
     return "CertChainError"
 
 
-def _issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if cert.issuer != issuer.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def central_chain(pem: str, now: datetime) -> tuple[list[tuple[CertId, str]], str]:
+def central_chain(pem: str, now: datetime) -> tuple[list[tuple[CertId, str, x509.Certificate]], str]:
     """C07.FR.06, central validation of the PEM chain a station could not validate (leaf first, up to but excluding
-    the root): ``(one OCSP question per certificate, "")``, or ``([], the certificateStatus refusing it)``.
+    the root): ``(one OCSP question per certificate, "")``, or ``([], the certificateStatus refusing it)``. A
+    question is (CertID, responder URL, the certificate's issuer, checked here to chain up to a trust anchor).
 
     The chain must link up, each certificate signed by the next, to a trust anchor this CSMS knows (our CAs and
     PKI_CONTRACT_CA_FILE); every certificate must be within its validity; each is asked about at the responder its
@@ -179,18 +220,18 @@ def central_chain(pem: str, now: datetime) -> tuple[list[tuple[CertId, str]], st
         chain = chain[:-1]  # the station sent the root along
     if not chain:
         return [], "CertChainError"
-    anchor = next((a for a in anchors if _issued(chain[-1], a)), None)
+    anchor = next((a for a in anchors if ocsp_client.issued_by(chain[-1], a)), None)
     links = itertools.pairwise(chain)
-    if anchor is None or not all(_issued(cert, issuer) for cert, issuer in links):
+    if anchor is None or not all(ocsp_client.issued_by(cert, issuer) for cert, issuer in links):
         return [], "CertChainError"
     if any(not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc for cert in [*chain, anchor]):
         return [], "CertificateExpired"
     issuers = [*chain[1:], anchor]
     questions = [
-        (CertId.for_certificate(cert, issuer), ocsp.aia_url(cert) or "")
+        (CertId.for_certificate(cert, issuer), ocsp.aia_url(cert) or "", issuer)
         for cert, issuer in zip(chain, issuers, strict=True)
     ]
-    if any(not url and not ocsp.ours(cert_id) for cert_id, url in questions):
+    if any(not url and not ocsp.ours(cert_id) for cert_id, url, _ in questions):
         return [], "CertChainError"  # a certificate whose revocation status nobody can be asked about
     return questions, ""
 
@@ -201,7 +242,7 @@ async def authorize_prefetch(station: StationRef, payload: dict[str, Any]) -> di
     The station's hash data when it sent some (it validated the chain itself), else its PEM chain (C07.FR.06).
     """
     entries = payload.get("iso15118CertificateHashData") or []
-    questions: list[tuple[CertId, str]] = []
+    questions: list[tuple[CertId, str, x509.Certificate]] = []
     if not entries:
         if not payload.get("certificate"):
             return None
@@ -209,7 +250,10 @@ async def authorize_prefetch(station: StationRef, payload: dict[str, Any]) -> di
         if refusal:
             LOG.warning("Authorize from %s: the PEM contract chain: %s", station.station_id, refusal)
             return {"certificateStatus": refusal, "reasons": [f"central chain validation: {refusal}"]}
-    asks = [_ask_entry(entry) for entry in entries] + [certificate_ask(cid, url) for cid, url in questions]
+    lookups = Lookups(station)
+    asks = [_ask_entry(entry, lookups) for entry in entries] + [
+        certificate_ask(cid, url, lookups, issuer=issuer) for cid, url, issuer in questions
+    ]
     try:
         async with asyncio.timeout(_deadline()):
             verdicts = await asyncio.gather(*asks)
@@ -261,7 +305,7 @@ async def certificate_status_prefetch(station: StationRef, payload: dict[str, An
         return _failed("InvalidData", str(exc))
     try:
         async with asyncio.timeout(_deadline()):
-            verdict = await certificate_ask(cert_id, str(data.get("responderURL", "")))
+            verdict = await certificate_ask(cert_id, str(data.get("responderURL", "")), Lookups(station), signed=True)
     except TimeoutError:
         verdict = Verdict(Status.UNAVAILABLE, f"no answer within {_deadline():g} s")
     if verdict.status == Status.UNAVAILABLE or not verdict.der:
@@ -342,7 +386,7 @@ def ev_certificate_answer(ctx: BatchContext, station: StationRef, payload: dict[
 _CHAIN_STATUS = {Status.GOOD: "Good", Status.REVOKED: "Revoked", Status.UNKNOWN: "Unknown"}
 
 
-async def _chain_entry(request: dict[str, Any]) -> dict[str, Any]:
+async def _chain_entry(request: dict[str, Any], lookups: Lookups) -> dict[str, Any]:
     now = datetime.now(UTC)
     answer = {"certificateHashData": request["certificateHashData"], "source": request["source"]}
     try:
@@ -353,7 +397,7 @@ async def _chain_entry(request: dict[str, Any]) -> dict[str, Any]:
     # Others': their OCSP responders, in the order given; a CRL source is not fetched (no CRL client here).
     urls = [""] if ocsp.ours(cert_id) else (request["urls"] if request["source"] == "OCSP" else [])
     for url in urls:
-        verdict = await certificate_ask(cert_id, url)
+        verdict = await certificate_ask(cert_id, url, lookups)
         if verdict.status in _CHAIN_STATUS:
             next_update = verdict.next_update or now
             return answer | {"status": _CHAIN_STATUS[verdict.status], "nextUpdate": datetime_iso(next_update)}
@@ -364,7 +408,9 @@ async def _chain_entry(request: dict[str, Any]) -> dict[str, Any]:
 async def chain_status_prefetch(station: StationRef, payload: dict[str, Any]) -> dict[str, Any] | None:
     try:
         async with asyncio.timeout(_deadline()):
-            return {"certificateStatus": await asyncio.gather(*map(_chain_entry, payload["certificateStatusRequests"]))}
+            lookups = Lookups(station)
+            entries = [_chain_entry(request, lookups) for request in payload["certificateStatusRequests"]]
+            return {"certificateStatus": await asyncio.gather(*entries)}
     except TimeoutError:
         LOG.warning("GetCertificateChainStatus from %s: no answers within %g s", station.station_id, _deadline())
         return None

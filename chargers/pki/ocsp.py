@@ -1,13 +1,18 @@
 """OCSP (RFC 6960): the responder for what the CPO sub-CA issued, and the CertID both it and the client speak.
 
-Responder (``GET/POST /pki/ocsp``, ``chargers.pages``): ``responder_answer(request_der)`` always returns a DER
-OCSPResponse: ``malformedRequest`` for what does not parse, ``unauthorized`` for another issuer, else a response
-signed through ``Ca.ocsp_sign`` (the key never leaves its store) with the register's status: good, revoked (time
-and reason), or unknown for a serial it never issued. A nonce is echoed. Signing is what costs (and, behind an HSM,
-what queues): answers are cached per (serial, hash algorithm, register status) for ``REBUILD_AFTER``, so a
+Responder (``GET/POST /pki/ocsp``, ``chargers.pages``): ``responder_answer(request_der, client=address)`` always
+returns a DER OCSPResponse: ``malformedRequest`` for what does not parse, ``unauthorized`` for another issuer and for
+a serial the register does not hold (RFC 5019 2.2.3: we are not authoritative for what we never issued; unsigned,
+so random serials cost nothing), else a response signed through ``Ca.ocsp_sign`` (the key never leaves its store)
+with the register's status: good, or revoked (time and reason). A nonce is echoed. Signing is what costs (and,
+behind an HSM, what queues): answers are cached per (CertID, register status) for ``REBUILD_AFTER``, so a
 revocation, in this process or another, changes the key and is answered at once; fresh signatures (cache misses and
-nonces) draw on a token bucket, and beyond it a nonce request gets the cached answer without its nonce (RFC 5019's
-profile) or, with nothing cached, ``tryLater``, which costs no signature.
+nonces) draw on two token buckets, the client address's own (an IPv6 /64 counts as one) and the one all public
+clients share; beyond them a nonce request gets the cached answer without its nonce (RFC 5019's profile) or, with
+nothing cached, ``tryLater``, which costs no signature. This CSMS's own lookups (Plug & Charge) never touch the
+public budget: Authorize and GetCertificateChainStatus read the register (``register_statuses``) without signing,
+and GetCertificateStatus, which relays a signed answer, signs on a budget of its own (``INTERNAL``). A key store or
+register that fails answers ``internalError`` (logged), never an HTTP error.
 
 Client (Plug & Charge): ``CertId`` from OCPP's OCSPRequestData here; asking others' responders and judging their
 answers is ``chargers.pki.ocsp_client``'s.
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -30,15 +37,25 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from django.conf import settings
+from django.db import DatabaseError, close_old_connections
 
 from chargers.models import PkiCertificate
 from chargers.pki import ca, storage
+from chargers.pki.errors import PkiError
+
+LOG = logging.getLogger("chargers.pki")
 
 VALIDITY = timedelta(hours=1)  # nextUpdate - thisUpdate of our answers: relying parties may cache them this long
 REBUILD_AFTER = timedelta(minutes=5)  # a cached answer is re-signed after this (thisUpdate stays recent)
-SIGNS_PER_S = 20.0  # fresh signatures per second and process, sustained ...
-SIGN_BURST = 40.0  # ... and in a burst
-CACHE_ENTRIES = 4096
+PUBLIC_SIGNS_PER_S = 20.0  # fresh signatures per second and process for all public clients, sustained ...
+PUBLIC_SIGN_BURST = 40.0  # ... and in a burst
+CLIENT_SIGNS_PER_S = 2.0  # ... for one client address (an IPv6 /64)
+CLIENT_SIGN_BURST = 10.0
+CLIENTS = 4096  # client addresses whose buckets are kept (the least recently seen dropped)
+INTERNAL_SIGNS_PER_S = 20.0  # GetCertificateStatus relays of our own certificates, apart from the public budget
+INTERNAL_SIGN_BURST = 40.0
+INTERNAL = "internal"  # responder_answer's client for this CSMS's own lookups (no address reads this way)
+CACHE_ENTRIES = 16384  # only the register's certificates are signed (x 4 CertID hashes), so the cache holds them
 REQUEST_MAX_BYTES = 16 * 1024  # an OCSPRequest for one certificate is ~100 bytes
 RESPONSE_MAX_BYTES = 64 * 1024  # what the client reads from a responder (and relays) at most
 CLOCK_SKEW = timedelta(minutes=5)  # tolerated between us and a responder
@@ -200,24 +217,44 @@ class _Bucket:
     def __init__(self, rate: float, burst: float) -> None:
         self.rate, self.burst, self.tokens, self.at = rate, burst, burst, time.monotonic()
 
-    def take(self) -> bool:
+    def ready(self) -> bool:
+        """Whether a token is there (refilled up to now); ``take`` it then."""
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
-        if self.tokens < 1:
+        return self.tokens >= 1
+
+    def take(self) -> bool:
+        if not self.ready():
             return False
         self.tokens -= 1
         return True
 
 
+def _client_key(address: str) -> str:
+    """The budget an address draws on: itself, or its /64 for IPv6 (one host is commonly given a whole /64)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return "?"  # no usable address: all such clients share one bucket
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 class _Responses:
-    """Signed answers by (serial, hash algorithm, register status), least recently used dropped beyond
-    CACHE_ENTRIES, each re-signed after REBUILD_AFTER; fresh signatures limited by a token bucket."""
+    """Signed answers by (CertID, register status), least recently used dropped beyond CACHE_ENTRIES, each re-signed
+    after REBUILD_AFTER; fresh signatures limited by token buckets: per client address and for all public clients
+    together, and one of its own for INTERNAL."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._answers: OrderedDict[tuple[object, ...], tuple[bytes, datetime]] = OrderedDict()
-        self._signs = _Bucket(SIGNS_PER_S, SIGN_BURST)
+        self._public = _Bucket(PUBLIC_SIGNS_PER_S, PUBLIC_SIGN_BURST)
+        self._internal = _Bucket(INTERNAL_SIGNS_PER_S, INTERNAL_SIGN_BURST)
+        self._clients: OrderedDict[str, _Bucket] = OrderedDict()
 
     def forget(self) -> None:
         with self._lock:
@@ -231,9 +268,20 @@ class _Responses:
             self._answers.move_to_end(key)
             return hit[0]
 
-    def may_sign(self) -> bool:
+    def may_sign(self, client: str) -> bool:
         with self._lock:
-            return self._signs.take()
+            if client == INTERNAL:
+                return self._internal.take()
+            key = _client_key(client)
+            bucket = self._clients.get(key)
+            if bucket is None:
+                bucket = self._clients[key] = _Bucket(CLIENT_SIGNS_PER_S, CLIENT_SIGN_BURST)
+                while len(self._clients) > CLIENTS:
+                    self._clients.popitem(last=False)
+            self._clients.move_to_end(key)
+            if not (bucket.ready() and self._public.ready()):
+                return False
+            return bucket.take() and self._public.take()
 
     def keep(self, key: tuple[object, ...], der: bytes, now: datetime) -> None:
         with self._lock:
@@ -257,8 +305,9 @@ def _nonce(request: ocsp.OCSPRequest) -> bytes | None:
         return None
 
 
-def responder_answer(request_der: bytes, *, now: datetime | None = None) -> bytes:
-    """The DER OCSPResponse to one DER OCSPRequest (RFC 6960 2.3 for the unsuccessful ones)."""
+def responder_answer(request_der: bytes, *, client: str, now: datetime | None = None) -> bytes:
+    """The DER OCSPResponse to one DER OCSPRequest (RFC 6960 2.3 for the unsuccessful ones) from ``client`` (its
+    address, whose signing budget a fresh signature draws on; INTERNAL for this CSMS's own lookups)."""
     try:
         request = ocsp.load_der_ocsp_request(request_der)
         nonce = _nonce(request)
@@ -269,16 +318,26 @@ def responder_answer(request_der: bytes, *, now: datetime | None = None) -> byte
         return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
     if cert_id.algorithm not in HASHES:
         return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+    try:
+        return _signed_answer(cert_id, nonce, client, now or datetime.now(UTC))
+    except (PkiError, DatabaseError) as exc:
+        LOG.error("OCSP responder: cannot answer about serial %x: %s: %s", cert_id.serial, type(exc).__name__, exc)
+        return _unsuccessful(ocsp.OCSPResponseStatus.INTERNAL_ERROR)
+
+
+def _signed_answer(cert_id: CertId, nonce: bytes | None, client: str, now: datetime) -> bytes:
     issuer = _our_issuer()
     if issuer is None or not cert_id.issued_by(issuer.cert):
         return _unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)  # we answer for the CPO sub-CA only
-    now = now or datetime.now(UTC)
     status, revoked_at, reason = _register_status(cert_id.serial)
+    if status == "unknown":
+        # Not ours to vouch for (RFC 5019 2.2.3), and unsigned: a stream of made-up serials costs no signature.
+        return _unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
     key: tuple[object, ...] = (cert_id, status, revoked_at, reason)
     cached = _RESPONSES.cached(key, now)
     if cached is not None and nonce is None:
         return cached
-    if not _RESPONSES.may_sign():
+    if not _RESPONSES.may_sign(client):
         # Over the signing budget: a nonce request gets the cached answer without its nonce (RFC 5019 2.2.1 lets a
         # responder ignore nonces); with nothing cached, tryLater, which costs no signature.
         return cached if cached is not None else _unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER)
@@ -287,11 +346,7 @@ def responder_answer(request_der: bytes, *, now: datetime | None = None) -> byte
         issuer_key_hash=cert_id.issuer_key_hash,
         serial_number=cert_id.serial,
         algorithm=HASHES[cert_id.algorithm](),
-        cert_status={
-            "good": ocsp.OCSPCertStatus.GOOD,
-            "revoked": ocsp.OCSPCertStatus.REVOKED,
-            "unknown": ocsp.OCSPCertStatus.UNKNOWN,
-        }[status],
+        cert_status=ocsp.OCSPCertStatus.REVOKED if status == "revoked" else ocsp.OCSPCertStatus.GOOD,
         this_update=now,
         next_update=now + VALIDITY,
         revocation_time=revoked_at,
@@ -305,10 +360,22 @@ def responder_answer(request_der: bytes, *, now: datetime | None = None) -> byte
     return der
 
 
+_INTERNAL_ERROR = _unsuccessful(ocsp.OCSPResponseStatus.INTERNAL_ERROR)
+
+
 def responder_answers(requests: Sequence[bytes]) -> list[bytes]:
-    """``responder_answer`` for a batch (``chargers.writer`` batcher: the consumers' own-issuer lookups read the
-    register and sign on that thread, never on the event loop or the group-commit writer's)."""
-    return [responder_answer(request) for request in requests]
+    """``responder_answer`` for INTERNAL, in a batch (``chargers.writer`` batcher: GetCertificateStatus relays of our
+    own certificates read the register and sign on that thread, never on the event loop or the group commit's)."""
+    answers = [responder_answer(request, client=INTERNAL) for request in requests]
+    if _INTERNAL_ERROR in answers:
+        close_old_connections()  # a connection that failed is dropped here, as the writer does with its own failures
+    return answers
+
+
+def register_statuses(cert_ids: Sequence[CertId]) -> list[tuple[str, datetime | None, str]]:
+    """(status, revoked_at, reason) from the register for CPO sub-CA CertIDs (``ours``): "good", "revoked" or
+    "unknown". A batch function for ``chargers.writer``: Authorize and GetCertificateChainStatus ask without signing."""
+    return [_register_status(cert_id.serial) for cert_id in cert_ids]
 
 
 def responder_url() -> str | None:

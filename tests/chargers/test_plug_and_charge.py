@@ -47,6 +47,8 @@ class World:
     good: x509.Certificate
     revoked: x509.Certificate
     stranger: x509.Certificate  # issued by the MO sub-CA, unknown to its responder
+    rogue: Responder  # a self-signed "MO" CA nobody here trusts, and its responder
+    rogue_contract: x509.Certificate  # issued by the rogue CA, good according to the rogue's responder
 
     def ocsp_url(self) -> str:
         return f"{self.csms.http_url}/pki/ocsp"
@@ -65,6 +67,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, django_db_setup: None) -> It
     responder = Responder(mo, {good.serial_number: ocsp.OCSPCertStatus.GOOD,
                                revoked.serial_number: ocsp.OCSPCertStatus.REVOKED}).start()  # fmt: skip
     provider = ContractProvider(mo).start()
+    rogue_ca = certificate("Rogue MO CA", ca=True)
+    rogue_contract = certificate(EMAID, issuer=rogue_ca).cert
+    rogue = Responder(rogue_ca, {rogue_contract.serial_number: ocsp.OCSPCertStatus.GOOD}).start()
     with override_settings(PKI_DIR=pki_dir, PKI_PASSPHRASE=PASSPHRASE):
         storage.signing_key_forget()
         ca.ca_init()
@@ -74,14 +79,15 @@ def world(tmp_path_factory: pytest.TempPathFactory, django_db_setup: None) -> It
             "PKI_OCSP_TIMEOUT_S": "2",
             "PKI_OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8",  # the test's responders are on loopback
             "PKI_CONTRACT_PROVIDER_URL": provider.url,
-            "PKI_CONTRACT_CA_FILE": str(trust),  # the MO root: the anchor of PEM chains validated centrally
+            "PKI_CONTRACT_CA_FILE": str(trust),  # the MO root: the one anchor of contract certificates, however sent
         }
         csms = start_server(env, log_path=log)
         try:
-            yield World(csms, log, pki_dir, mo, responder, provider, good, revoked, stranger)
+            yield World(csms, log, pki_dir, mo, responder, provider, good, revoked, stranger, rogue, rogue_contract)
         finally:
             stop_server(csms)
             responder.stop()
+            rogue.stop()
             root_responder.stop()
             provider.stop()
             storage.signing_key_forget()
@@ -130,6 +136,17 @@ async def test_a_good_contract_certificate_is_accepted(world: World) -> None:
     answer = await _authorize(world, [data])
     # Then the CSMS asked the responder and accepts both certificate and eMAID
     assert answer == {"idTokenInfo": {"status": "Accepted"}, "certificateStatus": "Accepted"}
+
+
+async def test_a_contract_certificate_from_a_ca_nobody_trusts_is_refused(world: World) -> None:
+    # Given a contract certificate a rogue CA issued, its responder (signing with the rogue's key, carrying the
+    # rogue's certificate, or through a delegate the rogue authorised) calling it good
+    for mode in ("ok", "delegated"):
+        data = ocsp_request_data(world.rogue_contract, world.rogue.ca.cert, world.rogue.url(mode))
+        # When a station authorizes with its hash data
+        answer = await _authorize(world, [data])
+        # Then the chain is refused (the rogue is neither the MO root in PKI_CONTRACT_CA_FILE nor issued by it)
+        assert answer == {"idTokenInfo": {"status": "Invalid"}, "certificateStatus": "CertChainError"}, mode
 
 
 async def test_an_answer_signed_by_a_responder_the_issuer_authorised_is_accepted(world: World) -> None:
@@ -302,6 +319,23 @@ async def test_get_certificate_chain_status_answers_from_the_responders(world: W
     assert [s["status"] for s in second[2]["certificateStatus"]] == ["Revoked", "Good", "Failed"]
 
 
+async def test_get_certificate_chain_status_never_calls_a_rogue_cas_certificate_good(world: World) -> None:
+    # Given a rogue CA's contract certificate, good according to the rogue's own responder
+    data = ocsp_request_data(world.rogue_contract, world.rogue.ca.cert, "")
+    del data["responderURL"]
+    requests = [{"source": "OCSP", "urls": [world.rogue.url("ok")], "certificateHashData": data}]
+    # When a station asks for its status (twice: a verdict kept from the first must not turn it good either)
+    async with raw_station(world.csms, await _station(), version="2.1") as cs:
+        answers = [
+            await cs.rpc([2, f"rogue-{n}", "GetCertificateChainStatus", {"certificateStatusRequests": requests}])
+            for n in range(2)
+        ]
+    # Then it is not Good
+    for answer in answers:
+        statuses = [s["status"] for s in _valid("2.1", "GetCertificateChainStatus", answer[2])["certificateStatus"]]
+        assert statuses == ["Failed"]
+
+
 # --- our responder, /pki/ocsp, as any relying party sees it ---------------------------------------------------------
 
 
@@ -333,7 +367,9 @@ def _ocsp_request(cert: x509.Certificate, issuer: x509.Certificate, nonce: bytes
     return builder.build().public_bytes(serialization.Encoding.DER)
 
 
-async def test_our_responder_answers_good_revoked_and_unknown_signed_by_the_sub_ca(world: World) -> None:
+async def test_our_responder_answers_good_and_revoked_signed_and_a_serial_it_never_issued_unauthorized(
+    world: World,
+) -> None:
     # Given a certificate our sub-CA issued, one it revoked, and a serial it never issued
     issued, gone = await sync_to_async(_issue)(world), await sync_to_async(_issue)(world)
     await sync_to_async(_revoke)(world, gone)
@@ -344,8 +380,8 @@ async def test_our_responder_answers_good_revoked_and_unknown_signed_by_the_sub_
     good = await sync_to_async(_post)(world, _ocsp_request(issued, sub_ca, nonce))
     revoked = await sync_to_async(_post)(world, _ocsp_request(gone, sub_ca))
     unknown = await sync_to_async(_post)(world, _ocsp_request(never, sub_ca))
-    # Then each answer is successful, signed by the sub-CA, current, and says what the register says
-    for response, status in ((good, "GOOD"), (revoked, "REVOKED"), (unknown, "UNKNOWN")):
+    # Then the register's certificates get successful answers, signed by the sub-CA, current, saying what it says
+    for response, status in ((good, "GOOD"), (revoked, "REVOKED")):
         assert response.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
         assert response.certificate_status == ocsp.OCSPCertStatus[status]
         _signature_verify(sub_ca, response)
@@ -353,6 +389,8 @@ async def test_our_responder_answers_good_revoked_and_unknown_signed_by_the_sub_
         assert response.this_update_utc < response.next_update_utc
     assert good.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
     assert revoked.revocation_time_utc is not None
+    # And the serial it never issued an unsigned unauthorized (RFC 5019 2.2.3)
+    assert unknown.response_status == ocsp.OCSPResponseStatus.UNAUTHORIZED
 
 
 async def test_our_responder_answers_a_get_and_refuses_malformed_and_foreign_requests(world: World) -> None:
