@@ -81,7 +81,7 @@
     if (p.running_score) {
       const s = p.running_score;
       $("running-score").textContent = s.available
-        ? "This hour so far (" + s.rows + " of 391 rows): composite " + s.composite.toFixed(3) + " (accuracy " +
+        ? "Running score, this hour from " + s.from.slice(11, 16) + " UTC (" + s.rows + " rows of 10 s): composite " + s.composite.toFixed(3) + " (accuracy " +
           s.accuracy.toFixed(3) + ", delay " + s.delay.toFixed(3) + ", precision " + s.precision.toFixed(3) + ") — " +
           (s.passed ? "passing" : "below the pass mark") + " " + s.pass_mark
         : "Running score: " + s.why;

@@ -103,14 +103,25 @@ def regulation_series(*, product: Product, portfolio: str, start: datetime, end:
 def running_score(*, product: Product, portfolio: str, at: datetime, capacity_w: int) -> dict[str, Any]:
     """PJM's score over the current hour's rows so far (``available`` False, with why, until it can be computed)."""
     hour = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    rows = int((at - hour).total_seconds() // scoring.SAMPLE_PERIOD_S)
+    first = (
+        RegulationSignal.objects.filter(product=product, portfolio=portfolio, at__gte=hour, at__lte=at)
+        .order_by("at")
+        .values_list("at", flat=True)
+        .first()
+    )
+    # Regulation that began during the hour (the demo just started) is scored from its first 10-s row on.
+    start = hour
+    if first is not None and first > hour:
+        step = scoring.SAMPLE_PERIOD_S
+        start = datetime.fromtimestamp(-(-first.timestamp() // step) * step, UTC)
+    rows = int((at - start).total_seconds() // scoring.SAMPLE_PERIOD_S)
     rows = min(rows, scoring.HOURLY_ROWS)
-    base = {"hour": hour.isoformat(), "rows": rows, "pass_mark": scoring.PASS_MARK}
+    base = {"hour": hour.isoformat(), "from": start.isoformat(), "rows": rows, "pass_mark": scoring.PASS_MARK}
     if rows <= scoring.LOOKAHEAD_ROWS + 1:
         wait = (scoring.LOOKAHEAD_ROWS + 2 - rows) * scoring.SAMPLE_PERIOD_S
-        return base | {"available": False, "why": f"the hour's score needs 5 min 20 s of rows: {wait} s to go"}
+        return base | {"available": False, "why": f"a score needs 5 min 20 s of regulation: {wait} s to go"}
     try:
-        trace = regulation_trace(product=product, portfolio=portfolio, start=hour, rows=rows, capacity_w=capacity_w)
+        trace = regulation_trace(product=product, portfolio=portfolio, start=start, rows=rows, capacity_w=capacity_w)
         score = scoring.performance_score(trace.reg_mw, trace.response_mw)
     except (RegulationError, scoring.ScoringError) as exc:
         return base | {"available": False, "why": str(exc)}
