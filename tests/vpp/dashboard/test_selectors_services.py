@@ -248,7 +248,7 @@ def test_the_history_csv_is_the_plotted_series() -> None:
 
 @pytest.mark.django_db
 def test_the_history_page_and_its_csv_carry_the_same_numbers() -> None:
-    vehicle, station, manager = _plugged(50)
+    _vehicle, station, manager = _plugged(50)
     now = timezone.now()
     for minute in range(30):
         _reading(station, now - timedelta(minutes=minute), "Power.Active.Import", 5_000)
@@ -257,7 +257,8 @@ def test_the_history_page_and_its_csv_carry_the_same_numbers() -> None:
     plotted = client.get("/dashboard/history.json?span=week").json()
     text = client.get("/dashboard/history.csv?span=week").content.decode()
     values = [v for v in plotted["measured_kw"] if v is not None]
-    assert values and all(v == 5.0 for v in values)
+    assert values
+    assert all(v == 5.0 for v in values)
     assert [float(r["fleet_power_kw"]) for r in csv.DictReader(io.StringIO(text))] == values
     assert client.get("/dashboard/history.json?span=year").status_code == 400
 
