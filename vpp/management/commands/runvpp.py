@@ -55,6 +55,7 @@ class Command(BaseCommand):
             raise CommandError(f"{host}:{port} is already in use; pass --port (make run PORT=...)")
         bin_dir = Path(sys.executable).parent
         children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        _stop_on_signals()
         try:
             verbosity = "1" if options["access_log"] else "0"
             children.append(("daphne", _spawn(_daphne_command(host, port, options["workers"], verbosity))))
@@ -68,8 +69,11 @@ class Command(BaseCommand):
                 children.append(("edge-agents", _spawn(_fleet_command(bin_dir, host, port, options), agents_env)))
             if not options["no_market"]:
                 children.append(("demo-market", _spawn(_market_command(host, port))))
-            time.sleep(STARTUP_SETTLE_S)  # the children's start-up lines first, so the logins stay the last ones
-            self._banner(host, port, creds, options)
+            settle_until = time.monotonic() + STARTUP_SETTLE_S
+            while time.monotonic() < settle_until and not STOP["now"]:  # the children's start-up lines first
+                time.sleep(0.1)
+            if not STOP["now"]:
+                self._banner(host, port, creds, options)
             _supervise(children, self)
         finally:
             _stop_all(children)
@@ -166,15 +170,23 @@ def _wait_for_port(host: str, port: int, *, timeout_s: float) -> None:
     raise CommandError(f"Daphne did not start listening on {host}:{port} within {timeout_s:.0f} s")
 
 
-def _supervise(children: list[tuple[str, subprocess.Popen[bytes]]], cmd: BaseCommand) -> None:
-    stop = {"now": False}
+#: Set by SIGINT / SIGTERM (handlers installed before the first child starts: a Ctrl-C during start-up stops
+#: everything in order, as one later does).
+STOP = {"now": False}
+
+
+def _stop_on_signals() -> None:
+    STOP["now"] = False
 
     def _on_signal(signum: int, _frame: object) -> None:
-        stop["now"] = True
+        STOP["now"] = True
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    while not stop["now"]:
+
+
+def _supervise(children: list[tuple[str, subprocess.Popen[bytes]]], cmd: BaseCommand) -> None:
+    while not STOP["now"]:
         for name, proc in children:
             code = proc.poll()
             if code is not None:
