@@ -49,7 +49,7 @@ def trip_target_set(
     """Set the target of the vehicle's next departure only (a fleet manager's plan for that departure; the weekly
     schedule is untouched, so the trip after it has its usual target again). Audited; refusals too."""
     now = now or timezone.now()
-    request = {"target_soc_pct": target_soc_pct}
+    request: dict[str, Any] = {"target_soc_pct": target_soc_pct}
     snapshot = selectors.vehicle_snapshot(vehicle, at=now)
     reason = ""
     if not 0 <= target_soc_pct <= 100:

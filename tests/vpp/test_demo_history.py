@@ -30,12 +30,13 @@ def test_a_short_demo_seed_produces_awards_scores_and_settlements_marked_simulat
     assert not awards.filter(simulated=False).exists()
     assert not Bid.objects.filter(product__operator__code=OPERATOR, simulated=False).exists()
     # And each bid went draft -> approved -> submitted -> awarded in its audit trail
-    bid = awards.first().bid
-    assert list(BidEvent.objects.filter(bid=bid).values_list("to_status", flat=True)) == [
+    award = awards.first()
+    assert award is not None
+    assert list(BidEvent.objects.filter(bid=award.bid).values_list("to_status", flat=True)) == [
         "draft",
         "approved",
         "submitted",
-        awards.first().bid.status,
+        award.bid.status,
     ]
     # And every awarded hour was scored and settled, simulated, with lines owned by the demo organisations
     assert Settlement.objects.count() == awards.filter(awarded_w__gt=0).count()

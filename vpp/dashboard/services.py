@@ -64,7 +64,7 @@ def discharge_now(
     """
     now = now or timezone.now()
     power_w = round(power_kw * 1000)
-    request = {"power_kw": power_kw, "minutes": minutes}
+    request: dict[str, Any] = {"power_kw": power_kw, "minutes": minutes}
 
     def refuse(reason: str, *, sent: bool = False, outcome: str = VehicleCommand.Outcome.REFUSED) -> DischargeRefused:
         vehicle_command_record(

@@ -90,7 +90,12 @@ def test_discharge_now_that_would_cross_the_floor_is_refused_with_the_reason_and
     # Given a 58 kWh car at 25 % (floor 20 %: 2.9 kWh above it) on a connected OCPP 2.1 station
     vehicle, _, manager = _plugged(25)
     sent: list[dict[str, Any]] = []
-    monkeypatch.setattr(services, "station_call", lambda **call: sent.append(call) or {"status": "Accepted"})
+
+    def station_accepting(**call: Any) -> dict[str, Any]:
+        sent.append(call)
+        return {"status": "Accepted"}
+
+    monkeypatch.setattr(services, "station_call", station_accepting)
     # When its manager asks for 11 kW for 30 minutes (5.5 kWh at the grid, 6.1 kWh out of the pack)
     with pytest.raises(DischargeRefused) as refused:
         discharge_now(vehicle=vehicle, power_kw=11, minutes=30, actor_user_id=manager.pk, actor_label="m")
