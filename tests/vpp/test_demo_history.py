@@ -3,6 +3,7 @@ real code from simulated meter values, every row of it flagged simulated; and a 
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from django.core.management import call_command
 from chargers.models import MeterValue
 from markets.models import Award, Bid, BidEvent
 from markets.regulation.models import PerformanceScoreRecord, Settlement, SettlementLine
+from vpp.dashboard.selectors_regulation import running_score
 from vpp.demo_market import OPERATOR
 
 pytestmark = pytest.mark.django_db
@@ -51,6 +53,18 @@ def test_a_short_demo_seed_produces_awards_scores_and_settlements_marked_simulat
     # And the meter values behind them are marked as simulated
     assert MeterValue.objects.filter(source="simulated").exists()
     assert not MeterValue.objects.exclude(source="simulated").exists()
+
+    # And the dashboard's running score, read 20 minutes into a simulated hour, is computed from the same stored data
+    hour = awards.filter(awarded_w__gt=0).order_by("interval_start").first()
+    assert hour is not None
+    at = hour.interval_start + timedelta(minutes=20)
+    score = running_score(product=hour.product, portfolio=hour.portfolio, at=at, capacity_w=hour.awarded_w)
+    assert score["available"]
+    assert score["rows"] == 120
+    assert score["composite"] > 0.75
+    early = running_score(product=hour.product, portfolio=hour.portfolio, at=at - timedelta(minutes=15), capacity_w=1)
+    assert not early["available"]
+    assert "10 min 10 s" in early["why"]
 
     # When the demo is seeded again (a restart)
     before = (Award.objects.count(), Settlement.objects.count(), MeterValue.objects.count())

@@ -3,7 +3,7 @@ asked for and the fleet power the meters measured over the last minutes, and the
 
 The running score is PJM's score (``markets.regulation.scoring``) over the rows of the hour so far, read from
 stored data exactly as the hourly score will be (``markets.regulation.performance.regulation_trace``); it needs
-more than the 31 look-ahead rows (5 min 10 s) of the hour.
+61 rows (10 min 10 s): a 31-row window and the 31 look-ahead rows after it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from markets.regulation.services import RegulationError
 from vpp.models import Dispatch
 
 WINDOW = timedelta(minutes=10)
+#: The fewest 10-s rows PJM's score is defined on: one 31-row window and the 31 look-ahead rows after it.
+MIN_ROWS = scoring.LOOKAHEAD_ROWS + scoring.WINDOW - 1
 GRID_S = 2.0  # the measured power is put on the signal's 2-s grid
 POWER_HOLD_S = 10.0
 
@@ -117,9 +119,9 @@ def running_score(*, product: Product, portfolio: str, at: datetime, capacity_w:
     rows = int((at - start).total_seconds() // scoring.SAMPLE_PERIOD_S)
     rows = min(rows, scoring.HOURLY_ROWS)
     base = {"hour": hour.isoformat(), "from": start.isoformat(), "rows": rows, "pass_mark": scoring.PASS_MARK}
-    if rows <= scoring.LOOKAHEAD_ROWS + 1:
-        wait = (scoring.LOOKAHEAD_ROWS + 2 - rows) * scoring.SAMPLE_PERIOD_S
-        return base | {"available": False, "why": f"a score needs 5 min 20 s of regulation: {wait} s to go"}
+    if rows < MIN_ROWS:
+        wait = (MIN_ROWS - rows) * scoring.SAMPLE_PERIOD_S
+        return base | {"available": False, "why": f"a score needs 10 min 10 s of regulation: {wait} s to go"}
     try:
         trace = regulation_trace(product=product, portfolio=portfolio, start=start, rows=rows, capacity_w=capacity_w)
         score = scoring.performance_score(trace.reg_mw, trace.response_mw)
