@@ -27,7 +27,8 @@ from vpp.models import Dispatch
 WINDOW = timedelta(minutes=10)
 #: The fewest 10-s rows PJM's score is defined on: one 31-row window and the 31 look-ahead rows after it.
 MIN_ROWS = scoring.LOOKAHEAD_ROWS + scoring.WINDOW - 1
-GRID_S = 2.0  # the measured power is put on the signal's 2-s grid
+GRID_S = 2.0
+SIGNAL_GAP_S = 10.0  # a longer pause breaks the signal: the score restarts after it  # the measured power is put on the signal's 2-s grid
 POWER_HOLD_S = 10.0
 
 
@@ -105,13 +106,17 @@ def regulation_series(*, product: Product, portfolio: str, start: datetime, end:
 def running_score(*, product: Product, portfolio: str, at: datetime, capacity_w: int) -> dict[str, Any]:
     """PJM's score over the current hour's rows so far (``available`` False, with why, until it can be computed)."""
     hour = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    first = (
+    instants = list(
         RegulationSignal.objects.filter(product=product, portfolio=portfolio, at__gte=hour, at__lte=at)
         .order_by("at")
         .values_list("at", flat=True)
-        .first()
     )
-    # Regulation that began during the hour (the demo just started) is scored from its first 10-s row on.
+    # Regulation that began during the hour (the demo just started, or the signal stopped and resumed) is scored
+    # from the first 10-s row of its latest unbroken stretch.
+    first = instants[0] if instants else None
+    for before, after in zip(instants, instants[1:], strict=False):
+        if (after - before).total_seconds() > SIGNAL_GAP_S:
+            first = after
     start = hour
     if first is not None and first > hour:
         step = scoring.SAMPLE_PERIOD_S
