@@ -8,6 +8,7 @@ stored data exactly as the hourly score will be (``markets.regulation.performanc
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,8 +28,8 @@ from vpp.models import Dispatch
 WINDOW = timedelta(minutes=10)
 #: The fewest 10-s rows PJM's score is defined on: one 31-row window and the 31 look-ahead rows after it.
 MIN_ROWS = scoring.LOOKAHEAD_ROWS + scoring.WINDOW - 1
-GRID_S = 2.0
-SIGNAL_GAP_S = 10.0  # a longer pause breaks the signal: the score restarts after it  # the measured power is put on the signal's 2-s grid
+GRID_S = 2.0  # the measured power is put on the signal's 2-s grid
+SIGNAL_GAP_S = 10.0  # a longer pause breaks the signal: the score restarts after it
 POWER_HOLD_S = 10.0
 
 
@@ -114,7 +115,7 @@ def running_score(*, product: Product, portfolio: str, at: datetime, capacity_w:
     # Regulation that began during the hour (the demo just started, or the signal stopped and resumed) is scored
     # from the first 10-s row of its latest unbroken stretch.
     first = instants[0] if instants else None
-    for before, after in zip(instants, instants[1:], strict=False):
+    for before, after in itertools.pairwise(instants):
         if (after - before).total_seconds() > SIGNAL_GAP_S:
             first = after
     start = hour
