@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make `bench` importable
     sys.path.insert(0, str(ROOT))
 
+from bench._progress import track  # noqa: E402
 from bench.csms_load import (  # noqa: E402
     IDLE_TARGET,
     P99_TARGET_MS,
@@ -336,8 +337,9 @@ def run(args: argparse.Namespace) -> tuple[dict[tuple[str, str], LoadResult], di
         ensure_database(args.database_url)
         manage(env, "migrate", "--noinput")
         provision(env, station_ids(args.prefix, needed), args.password)
-    for plan in plans(args, "ws://127.0.0.1:0/ocpp"):
-        for server in servers:
+    runs = [(plan, server) for plan in plans(args, "ws://127.0.0.1:0/ocpp") for server in servers]
+    for plan, server in track(runs, "csms compare: runs"):
+        if True:  # one run per (plan, server), as before
             port = free_port()
             load = replace(plan.load, url=f"ws://127.0.0.1:{port}/ocpp")
             argv = bare_argv(port) if server == "bare" else daphne_argv(port, args.workers)

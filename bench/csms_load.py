@@ -40,6 +40,11 @@ import random
 import resource
 import sys
 import time
+
+try:
+    from bench._progress import timed
+except ImportError:
+    from _progress import timed  # type: ignore[no-redef]
 from array import array
 from collections import Counter
 from collections.abc import Sequence
@@ -482,7 +487,8 @@ def run_load(cfg: LoadConfig, *, log: Any = None) -> LoadResult:
         cpu_before = tree_cpu_s(server)
         for p in pipes:
             p.send(("run", run_at, end_at))
-        reports: list[WorkerReport] = [_recv(p, proc)[1] for p, proc in zip(pipes, workers, strict=True)]
+        with timed(f"{cfg.mode}: {cfg.stations} stations", cfg.duration + 0.2):
+            reports: list[WorkerReport] = [_recv(p, proc)[1] for p, proc in zip(pipes, workers, strict=True)]
         cpu_after = tree_cpu_s(server)
         rss_after = _rss(server)
         for p in pipes:

@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _edge_util import percentile, table
+from _progress import track
 
 from edge_agent.buffer import Outbox, OutboxStore
 from edge_agent.clock import SimClock
@@ -66,7 +67,7 @@ async def run(iterations: int) -> None:
     gc.collect()
     sample_to_cmd: list[float] = []
     whole_tick: list[float] = []
-    for _ in range(iterations):
+    for _ in track(range(iterations), "control loop"):
         clock.advance(0.1)
         t0 = time.perf_counter()
         await st.tick()

@@ -38,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _edge_util import percentile, table
+from _progress import track
 
 from edge_agent.buffer import Outbox, OutboxStore
 from edge_agent.clock import SimClock, SystemClock
@@ -334,7 +335,8 @@ def main() -> None:
     logging.getLogger("edge_agent").setLevel(logging.CRITICAL)  # the session log would flood the table
     if "link" in only:
         real: list[float] = []
-        for start in range(0, args.trials, args.group):  # a gateway runs one agent: keep each process light
+        # a gateway runs one agent: keep each process light
+        for start in track(range(0, args.trials, args.group), "fail-safe trials"):
             real += asyncio.run(real_sockets(min(args.group, args.trials - start), args.tick, seed=start))
         table(f"Edge agent fail-safe over real WebSockets: link cut -> no discharge ({args.tick:g} s loop)",
               _rows(real, args.tick))  # fmt: skip

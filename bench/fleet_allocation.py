@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._progress import track
 from fleet.numerics.allocation import allocate
 from fleet.numerics.arrays import FleetArrays
 from fleet.numerics.flexibility import fleet_flexibility
@@ -65,7 +66,7 @@ def random_fleet(n: int, seed: int = 1) -> list[VehicleSnapshot]:
 def timed(fn: Callable[[], object], repeat: int) -> list[float]:
     fn()  # warm-up
     out = []
-    for _ in range(repeat):
+    for _ in track(range(repeat), "timing"):
         start = time.perf_counter()
         fn()
         out.append((time.perf_counter() - start) * 1000)

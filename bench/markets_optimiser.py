@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench._progress import track
 from markets.optimiser import BidProblem, deliverability_violations, get_scheduler
 from markets.optimiser.naive import NaiveScheduler
 from markets.optimiser.synthetic import pjm_like_products, random_fleet
@@ -52,7 +53,7 @@ def main() -> None:
             ("naive", NaiveScheduler(deliverable=True)),
             ("naive-raw", NaiveScheduler(deliverable=False)),
         ]
-        for name, scheduler in runs:
+        for name, scheduler in track(runs, f"{n} vehicles"):
             t0 = time.perf_counter()
             s = scheduler.schedule(problem)
             took = time.perf_counter() - t0

@@ -36,6 +36,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench._progress import track  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vpp.settings")
 if not os.environ.get("DATABASE_URL"):
     os.environ.setdefault("VPP_VAR_DIR", tempfile.mkdtemp(prefix="vpp-bench-settle-"))
@@ -52,7 +55,7 @@ def bench_pure(repeat: int) -> list[tuple[str, str, str, str]]:
     reg = np.cumsum(rng.normal(0, 0.1, HOURLY_ROWS))
     resp = np.roll(reg, 1) + rng.normal(0, 0.02, HOURLY_ROWS)
     times = []
-    for _ in range(repeat):
+    for _ in track(range(repeat), "pure score"):
         t0 = time.perf_counter()
         performance_score(reg, resp)
         times.append((time.perf_counter() - t0) * 1000)
@@ -122,7 +125,7 @@ def seed(vehicles: int, interval: int, noise_pct: float = 0.2) -> tuple[Award, i
     rows = 0
     t = np.arange(0, SPAN_S, interval, dtype=float)
     target = -np.interp(t, np.arange(signal.size) * 2.0, signal) * 10_000  # W, + charging
-    for station in stations:
+    for station in track(stations, "seeding meter values"):
         power = np.empty_like(target)
         p = 0.0
         for i, goal in enumerate(target):  # first-order lag, 3 s time constant

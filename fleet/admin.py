@@ -10,12 +10,14 @@ from fleet.models import (
     ApiKey,
     DeparturePlan,
     Fleet,
+    FleetAlert,
     Membership,
     Organisation,
     PlugSession,
     SocEstimate,
     StationOwnership,
     Vehicle,
+    VehicleCommand,
     VehicleState,
     WeeklyDeparture,
 )
@@ -115,3 +117,30 @@ class VehicleStateAdmin(admin.ModelAdmin):
     list_display = ["vehicle", "plugged_in", "soc_wh", "soc_source", "departure_at", "up_w", "down_w", "refreshed_at"]
     list_filter = ["plugged_in"]
     readonly_fields = [f.name for f in VehicleState._meta.fields]
+
+
+@admin.register(FleetAlert)
+class FleetAlertAdmin(admin.ModelAdmin):
+    list_display = ["kind", "subject", "organisation", "message", "raised_at", "cleared_at"]
+    list_filter = ["kind", "organisation"]
+    search_fields = ["subject", "message"]
+    readonly_fields = [f.name for f in FleetAlert._meta.fields]
+
+
+@admin.register(VehicleCommand)
+class VehicleCommandAdmin(admin.ModelAdmin):
+    """Read-only audit trail of what people asked of vehicles."""
+
+    list_display = ["requested_at", "vehicle", "action", "outcome", "actor_label", "reason"]
+    list_filter = ["action", "outcome"]
+    search_fields = ["vehicle__name", "actor_label"]
+    readonly_fields = [f.name for f in VehicleCommand._meta.fields]
+
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+    def has_change_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: object, obj: object = None) -> bool:
+        return False

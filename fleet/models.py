@@ -323,3 +323,71 @@ class ApiKey(AbstractAPIKey):
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes
+
+
+class AlertKind(models.TextChoices):
+    NEAR_FLOOR = "near_floor", "car near its mobility floor"
+    STATION_OFFLINE = "station_offline", "station offline"
+    TRIP = "trip", "grid trip (DER alarm)"
+    OVER_TEMPERATURE = "over_temperature", "over-temperature"
+    DEPARTURE_AT_RISK = "departure_at_risk", "departure target at risk"
+
+
+class FleetAlert(models.Model):
+    """A condition a fleet manager must see, raised once when it starts and cleared once when it ends.
+
+    ``fleet.services.alerts.alerts_sync`` diffs the current conditions against the open rows (``cleared_at`` null):
+    a new condition opens a row, a gone one closes its row; one still there leaves its row alone, however often the
+    sync runs. ``subject`` names what it is about (``vehicle:<id>`` or ``station:<station_id>``).
+    """
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="alerts")
+    kind = models.CharField(max_length=24, choices=AlertKind.choices)
+    subject = models.CharField(max_length=80, help_text="vehicle:<id> or station:<station_id>")
+    vehicle = models.ForeignKey(Vehicle, null=True, blank=True, on_delete=models.CASCADE, related_name="alerts")
+    station_id = models.CharField(max_length=48, blank=True)
+    message = models.CharField(max_length=255)
+    raised_at = models.DateTimeField()
+    cleared_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-raised_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "subject"],
+                condition=models.Q(cleared_at__isnull=True),
+                name="alert_one_open_per_subject",
+            )
+        ]
+        indexes = [models.Index(fields=["organisation", "cleared_at"], name="alert_org_open")]
+
+    def __str__(self) -> str:
+        state = "open" if self.cleared_at is None else "cleared"
+        return f"{self.get_kind_display()} {self.subject} ({state})"
+
+
+class VehicleCommand(models.Model):
+    """Audit trail of what a person asked of a vehicle from the dashboard or the API (a one-off departure target,
+    discharge now), refusals included with their reason. Rows are never edited."""
+
+    class Outcome(models.TextChoices):
+        DONE = "done", "done"
+        REFUSED = "refused", "refused (reason given)"
+        FAILED = "failed", "failed at the station"
+
+    vehicle = models.ForeignKey(Vehicle, on_delete=models.CASCADE, related_name="commands")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="vehicle_commands"
+    )
+    actor_label = models.CharField(max_length=150)
+    action = models.CharField(max_length=32, help_text="trip_target or discharge_now")
+    request = models.JSONField(default=dict)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    reason = models.TextField(blank=True)
+    requested_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.vehicle_id} by {self.actor_label} ({self.outcome})"

@@ -11,13 +11,14 @@ from zoneinfo import ZoneInfo
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import OuterRef, Q, QuerySet, Subquery
 
 from chargers.models import Station
 from fleet.models import (
     ApiKey,
     DeparturePlan,
     Fleet,
+    FleetAlert,
     Membership,
     Organisation,
     PlanSource,
@@ -356,3 +357,16 @@ def station_owner_name(station_pk: int) -> str:
     (registered with ``chargers.services.certificates`` at start)."""
     name = StationOwnership.objects.filter(station_id=station_pk).values_list("organisation__name", flat=True).first()
     return name or ""
+
+
+def alerts_for(
+    user: AbstractBaseUser | AnonymousUser, *, open_only: bool = False, since: datetime | None = None
+) -> QuerySet[FleetAlert]:
+    """Alerts of the organisations a user acts in (operators: all), newest first; ``open_only``: not cleared yet;
+    ``since``: also those cleared after it."""
+    rows = FleetAlert.objects.filter(organisation__in=organisations_for(user)).select_related("vehicle")
+    if open_only:
+        return rows.filter(cleared_at__isnull=True)
+    if since is not None:
+        rows = rows.filter(Q(cleared_at__isnull=True) | Q(cleared_at__gte=since))
+    return rows

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery import shared_task
+from django.utils import timezone
 
 from fleet import jobs, telemetry
-from fleet.services import vehicles
+from fleet.services import alerts, vehicles
 
 
 @shared_task(name=jobs.REFRESH_VEHICLE_STATE, ignore_result=True)
@@ -27,3 +28,15 @@ def refresh_vehicle_state(vehicle_id: int) -> bool:
 def ingest_telemetry(readings: list[dict[str, Any]]) -> int:
     """Apply committed CSMS readings to vehicles (sessions, SoC beliefs, ISO 15118 needs); idempotent."""
     return telemetry.telemetry_ingest(readings=[telemetry.Reading.from_message(r) for r in readings])
+
+
+@shared_task(name="fleet.alerts_sync", ignore_result=True)
+def alerts_sync() -> dict[str, int]:
+    """Raise new alert conditions and clear those gone (each once: ``fleet.services.alerts``)."""
+    result = alerts.alerts_sync(now=timezone.now())
+    return {"raised": result.raised, "cleared": result.cleared, "open": result.open}
+
+
+BEAT_SCHEDULE = {
+    "fleet-alerts-sync": {"task": "fleet.alerts_sync", "schedule": 20.0},
+}

@@ -219,6 +219,23 @@ MATRIX: dict[str, Row] = {
     # -- pages
     "": Row("/", api=False, read=expect(LOGIN, OK, OK, OK, OK)),
     "dashboard/overview.json": Row("/dashboard/overview.json", api=False, read=expect(LOGIN, OK, OK, OK, OK)),
+    # the dashboard's reads are scoped (tests/vpp/dashboard: another organisation's stations, cars and power are not
+    # in them); its commands are the vehicle's fleet managers' (another organisation's car: 404)
+    "dashboard/history.json": Row("/dashboard/history.json?span=day", api=False, read=expect(LOGIN, OK, OK, OK, OK)),
+    "dashboard/history.csv": Row("/dashboard/history.csv?span=week", api=False, read=expect(LOGIN, OK, OK, OK, OK)),
+    "dashboard/regulation.json": Row("/dashboard/regulation.json", api=False, read=expect(LOGIN, OK, OK, OK, OK)),
+    "dashboard/vehicles/<int:vehicle_id>/trip-target": Row(
+        "/dashboard/vehicles/{vehicle}/trip-target",
+        api=False,
+        write=expect(LOGIN, ALLOWED, NOT_FOUND, FORBIDDEN, ALLOWED),
+        body={"target_soc_pct": 80},
+    ),
+    "dashboard/vehicles/<int:vehicle_id>/discharge": Row(
+        "/dashboard/vehicles/{vehicle}/discharge",
+        api=False,
+        write=expect(LOGIN, ALLOWED, NOT_FOUND, FORBIDDEN, ALLOWED),
+        body={"power_kw": "5", "minutes": "10"},
+    ),
     "markets/bidding/": Row(
         "/markets/bidding/?day={bid_day}",
         api=False,

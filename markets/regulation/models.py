@@ -198,6 +198,7 @@ class PerformanceScoreRecord(models.Model):
     stations = models.PositiveIntegerField()
     inputs = models.JSONField(default=dict, blank=True, help_text="basepoint, alignment and other choices made")
     computed_at = models.DateTimeField()
+    simulated = models.BooleanField(default=False, help_text="scored on the demo's simulated history")
 
     class Meta:
         ordering = ["-period_start"]
@@ -237,6 +238,7 @@ class Settlement(models.Model):
     export_wh = models.BigIntegerField()
     currency = models.CharField(max_length=3, default="USD")
     computed_at = models.DateTimeField()
+    simulated = models.BooleanField(default=False, help_text="settled on the demo's simulated history")
 
     class Meta:
         ordering = ["-period_start", "award_id"]

@@ -24,7 +24,7 @@ def test_it_seeds_stations_whose_generated_password_starts_with_a_dash(
     monkeypatch.setenv("DEMO_STATION_PASSWORD", "-starts-with-a-dash-0123")
 
     # When the demo is seeded
-    call_command("demo_seed", "--stations", "2", "--id-prefix", "dash")
+    call_command("demo_seed", "--stations", "2", "--id-prefix", "dash", "--history-days", "0")
 
     # Then both stations exist and accept that password
     for station in Station.objects.filter(station_id__in=["dash-1", "dash-2"]):
@@ -39,7 +39,7 @@ def test_it_seeds_stations_whose_generated_password_starts_with_a_dash(
 def test_each_demo_manager_sees_only_their_organisations_stations_and_cars(tmp_path: Path, settings: Any) -> None:
     # Given the demo seeded with four stations
     settings.VAR_DIR = tmp_path
-    call_command("demo_seed", "--stations", "4", "--id-prefix", "two")
+    call_command("demo_seed", "--stations", "4", "--id-prefix", "two", "--history-days", "0")
     # Then each manager's stations and vehicles are their organisation's only, and the operator sees all
     demo, harbour = (User.objects.get(username=name) for name in ("demo-manager", "harbour-manager"))
     assert sorted(stations_for(demo).values_list("station_id", flat=True)) == ["two-1", "two-2"]

@@ -17,7 +17,7 @@ from django.core.management import call_command
 from chargers.models import MeterValue, Station
 from fleet.models import PlugSession
 from tests.live import free_port
-from vpp.management.commands.runvpp import _fleet_command
+from vpp.management.commands.runvpp import _daphne_command, _fleet_command
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -46,15 +46,18 @@ def test_runvpp_brings_up_a_fleet_that_reports_to_the_csms(
     settings.VAR_DIR = tmp_path
     monkeypatch.setenv("VPP_VAR_DIR", str(tmp_path))
     monkeypatch.setenv("DATABASE_URL", _database_url_of_test_db())
-    call_command("demo_seed", "--stations", "2", "--id-prefix", "rt")
+    call_command("demo_seed", "--stations", "2", "--id-prefix", "rt", "--history-days", "0")
     env = dict(os.environ)
     # when the run command starts
     port = free_port()
+    console = tmp_path / "console.log"
     process = subprocess.Popen(
         [sys.executable, "manage.py", "runvpp", "--port", str(port), "--fleet", "2", "--id-prefix", "rt"],
         cwd=ROOT,
         env=env,
         start_new_session=True,
+        stdout=console.open("w"),
+        stderr=subprocess.STDOUT,
     )
     try:
         # then both simulated chargers connect, authenticate and their meter values are stored
@@ -67,6 +70,18 @@ def test_runvpp_brings_up_a_fleet_that_reports_to_the_csms(
         process.wait(timeout=30)
     # and Ctrl-C stops the whole product cleanly
     assert process.returncode == 0
+    # and the console kept the address and the logins readable: no access log, no Celery banner
+    text = console.read_text()
+    assert f"Dashboard: http://127.0.0.1:{port}/" in text
+    assert "Demo admin (operator): admin / " in text
+    assert "WSCONNECT" not in text
+    assert '"GET ' not in text
+    assert "celery beat v" not in text
+
+
+def test_the_access_log_is_off_unless_asked_for() -> None:
+    assert _daphne_command("127.0.0.1", 8000, 1)[5] == "0"  # Daphne's -v
+    assert _daphne_command("127.0.0.1", 8000, 1, "1")[5] == "1"
 
 
 def test_runvpp_refuses_several_workers_without_redis(settings: Any) -> None:

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -45,9 +45,11 @@ from fleet.numerics.arrays import power_bounds
 from fleet.services.accounts import api_key_issue, api_key_revoke
 from fleet.services.vehicles import departure_plan_set, session_open, session_set_limits, soc_report
 from markets.defaults import ensure_defaults
-from markets.models import Award, Bid, DepotSite, MarketOperator, Product
+from markets.models import Award, Bid, BidEvent, DepotSite, MarketOperator, Product
+from markets.regulation.models import PerformanceScoreRecord, RegulationBasepoint, RegulationSignal, Settlement
 from markets.regulation.signals import SignalTrace
 from vpp.dispatch.selectors import dispatch_state_load
+from vpp.models import Dispatch
 
 LOG = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]  # the repository: the CSMS and the agents run from there
@@ -163,6 +165,7 @@ def stations_provision(*, count: int, prefix: str, password: str) -> list[str]:
 
 
 REPLAY_KEY_NAME = "replay"
+REPLAY_ORG = "replay"
 
 
 def utility_token(username: str = "replay-utility") -> str:
@@ -244,7 +247,7 @@ def capacity_estimate_wh(needs: EvChargingNeeds, soc_pct: int) -> int:
 @transaction.atomic
 def fleet_register(ready: list[StationReady], *, name: str) -> Fleet:
     """One vehicle per ready station, plugged in there now, with its reported SoC, limits and departure plan."""
-    org, _ = Organisation.objects.get_or_create(slug="replay", defaults={"name": "Regulation replay"})
+    org, _ = Organisation.objects.get_or_create(slug=REPLAY_ORG, defaults={"name": "Regulation replay"})
     fleet = Fleet.objects.create(organisation=org, name=name)
     now = datetime.now(UTC)
     for item in ready:
@@ -323,6 +326,35 @@ def award_create(*, product: Product, portfolio: str, capacity_w: int, start: da
     )
 
 
+@transaction.atomic
+def replay_cleanup(*, station_ids: list[str], portfolio: str | None, fleet_id: int | None) -> dict[str, int]:
+    """Delete what a replay created so it does not linger in the product's views (the demo's dashboard, bids, revenue
+    and station lists): its stations (with their readings, transactions and messages), its fleet and cars, its bids,
+    awards, signal, basepoints, dispatch records and any score or settlement made of them meanwhile (the hourly task
+    may settle a replay that runs against a live server). The result CSV and the agents' log are kept."""
+    deleted: dict[str, int] = {}
+
+    def count(label: str, result: tuple[int, dict[str, int]]) -> None:
+        deleted[label] = result[0]
+
+    if portfolio:
+        awards = Award.objects.filter(portfolio=portfolio)
+        count("settlements", Settlement.objects.filter(award__in=awards).delete())
+        count("scores", PerformanceScoreRecord.objects.filter(portfolio=portfolio).delete())
+        bids = list(Bid.objects.filter(portfolio=portfolio).values_list("pk", flat=True))
+        count("awards", awards.delete())
+        BidEvent.objects.filter(bid_id__in=bids).delete()
+        count("bids", Bid.objects.filter(pk__in=bids).delete())
+        count("dispatches", Dispatch.objects.filter(portfolio=portfolio).delete())
+        count("signal", RegulationSignal.objects.filter(portfolio=portfolio).delete())
+        RegulationBasepoint.objects.filter(portfolio=portfolio).delete()
+    if fleet_id is not None:
+        count("fleet", Fleet.objects.filter(pk=fleet_id).delete())
+    count("stations", Station.objects.filter(station_id__in=station_ids).delete())
+    Organisation.objects.filter(slug=REPLAY_ORG, fleets__isnull=True, station_ownerships__isnull=True).delete()
+    return deleted
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Following the signal
 # --------------------------------------------------------------------------------------------------------------
@@ -338,8 +370,10 @@ async def signal_follow(
     t0: float,
     speed: float,
     limit_s: float,
+    progress: Callable[[float], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Send each value at its (scaled) time over ``ws/regulation``; returns the intake's answers."""
+    """Send each value at its (scaled) time over ``ws/regulation``; returns the intake's answers. ``progress`` is
+    told the signal seconds sent so far."""
     answers: list[dict[str, Any]] = []
     async with websockets.asyncio.client.connect(
         f"{ws_base}/ws/regulation", additional_headers={"Authorization": f"Api-Key {token}"}, open_timeout=10
@@ -358,6 +392,8 @@ async def signal_follow(
             await asyncio.sleep(max(due - time.time(), 0.0))
             at = datetime.fromtimestamp(due, UTC).isoformat()
             await ws.send(json.dumps({"product": product, "portfolio": portfolio, "value": value, "at": at}))
+            if progress is not None:
+                progress(offset - start)
         await asyncio.sleep(1.0)
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):

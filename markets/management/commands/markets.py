@@ -3,6 +3,12 @@ import-awards, clear."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from markets.defaults import ensure_defaults
-from markets.models import Bid, DepotSite, MarketOperator, PricePoint, Product
+from markets.models import Bid, BidProposal, DepotSite, MarketOperator, PricePoint, Product
 from markets.selectors import product_get
 from markets.services.bids import Actor, MarketError
 from markets.services.clearing import market_clear_simulated
@@ -141,7 +147,10 @@ class Command(BaseCommand):
         proposal_rerun(proposal_id=proposal.id)
         if not proposal_claim(proposal_id=proposal.id):
             raise CommandError(f"proposal {proposal.id} is being run elsewhere")
-        done = proposal_run(proposal_id=proposal.id, scheduler=o["scheduler"])
+        # The optimiser is one call: the bar's length is how long the last run of this window took (its ETA).
+        last = BidProposal.objects.filter(pk=proposal.id).values_list("solve_ms", flat=True).first()
+        with _timed_bar(f"proposal {proposal.id}: optimising", (last or 0) / 1000 or None):
+            done = proposal_run(proposal_id=proposal.id, scheduler=o["scheduler"])
         self.stdout.write(f"proposal {done.id}: {done.status} {done.error}\n{done.explanation}")
 
     def do_export_bids(self, o: dict[str, Any]) -> None:
@@ -164,6 +173,41 @@ class Command(BaseCommand):
         start, end = delivery_window(operator, self._day(o))
         counts = market_clear_simulated(operator=operator, start=start, end=end)
         self.stdout.write(f"cleared {start:%Y-%m-%d}: {counts}")
+
+
+@contextlib.contextmanager
+def _timed_bar(description: str, expected_s: float | None) -> Iterator[None]:
+    """Elapsed time and an ETA (``expected_s``: the previous run's length) on a terminal while the block runs;
+    nothing when stderr is not a terminal or ``CI`` is set."""
+    if not sys.stderr.isatty() or os.environ.get("CI"):
+        yield
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    done = threading.Event()
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task(description, total=expected_s)
+        start = time.monotonic()
+
+        def tick() -> None:
+            while not done.wait(0.25):
+                elapsed = time.monotonic() - start
+                progress.update(task, completed=min(elapsed, expected_s * 0.99) if expected_s else elapsed)
+
+        thread = threading.Thread(target=tick, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
 
 __all__ = ["UTC", "Command", "datetime"]

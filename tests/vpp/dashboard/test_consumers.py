@@ -94,3 +94,20 @@ def _operator_session_cookie() -> bytes:
     client = Client()
     client.force_login(UserFactory.create(is_staff=True))
     return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+async def test_a_subscribed_page_gets_the_overview_and_the_regulation_feed_without_reloading() -> None:
+    # Given an operator's dashboard socket
+    staff = User(username="ops-live", is_staff=True)
+    communicator = WebsocketCommunicator(DashboardConsumer.as_asgi(), "/ws/dashboard")
+    communicator.scope["user"] = staff
+    connected, _ = await communicator.connect()
+    assert connected
+    # When the page subscribes (as it does on every (re)connection)
+    await communicator.send_json_to({"subscribe": ["overview", "regulation"]})
+    # Then it receives the whole overview at once, and the regulation series (none awarded here: empty)
+    received = [await communicator.receive_json_from(timeout=10) for _ in range(2)]
+    overview = next(m["overview"] for m in received if "overview" in m)
+    assert {"stations", "vehicles", "revenue", "alerts", "fleet_power_w"} <= set(overview)
+    assert next(m for m in received if "regulation" in m)["regulation"] == []
+    await communicator.disconnect()

@@ -36,6 +36,7 @@ def test_a_short_accelerated_replay_follows_the_signal_above_the_floor_and_is_sc
         out=str(out),
         speed=20.0,
         duration=640,
+        keep=True,  # the dispatch records are looked at below (tests/vpp/replay/test_cleanup.py: the default)
         stdout=stdout,
     )
     text = stdout.getvalue()

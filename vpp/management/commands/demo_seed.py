@@ -1,7 +1,10 @@
 """Seed the demo: an operator (admin), two organisations with their own people, stations and fleets (the demo
-stations split between them, so each manager sees only their own), and the market set-up.
+stations split between them, so each manager sees only their own), the market set-up, the demo market
+(:mod:`vpp.demo_market`) and a past week of regulation generated through the real bidding, dispatch, scoring and
+settlement code, labelled simulated (:mod:`vpp.demo_history`; ``--history-days 0`` skips it).
 
-Idempotent: running it again changes nothing that is already there (passwords come from var/ or the env).
+Idempotent: running it again changes nothing that is already there (passwords come from var/ or the env); the
+history only gains the days missing since the last run.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from fleet.seeding import DEMO, HARBOUR, demo_fleet_seed, demo_organisation
 from fleet.services.accounts import user_add
 from fleet.services.stations import stations_provision
 from vpp.demo import DEMO_MEMBERS, demo_credentials
+from vpp.demo_history import DAYS, demo_history_generate
+from vpp.demo_market import demo_product
+from vpp.progress import progress_bar
 
 
 class Command(BaseCommand):
@@ -25,6 +31,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--stations", type=int, default=10)
         parser.add_argument("--id-prefix", default="demo")
+        parser.add_argument(
+            "--history-days", type=int, default=DAYS, help=f"days of simulated history to generate (default {DAYS})"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         creds = demo_credentials()
@@ -53,6 +62,18 @@ class Command(BaseCommand):
             user_add(username=username, password=creds.member_password, role=role, organisation_slug=organisation)
         if "markets" in get_commands():
             call_command("markets", "seed")
+        demo_product()
+        if options["history_days"] > 0:
+            with progress_bar("simulated history", None) as update:
+
+                def step(done: int, total: int, label: str) -> None:
+                    update(done, description=f"simulated history: {label}", total=total)
+
+                history = demo_history_generate(now=timezone.now(), days=options["history_days"], progress=step)
+            self.stdout.write(
+                f"Simulated history: {history.blocks} blocks, {history.awards} awards, {history.settlements} "
+                f"settlements, {history.meter_values} meter values (labelled simulated)"
+            )
         members = ", ".join(username for username, _, _ in DEMO_MEMBERS)
         self.stdout.write(
             self.style.SUCCESS(f"Demo ready: operator '{creds.admin_username}', members {members}; {len(ids)} stations")

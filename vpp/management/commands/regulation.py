@@ -15,6 +15,7 @@ import numpy as np
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from markets.regulation.signals import SignalFileError, read_signal_csv
+from vpp.progress import progress_bar
 from vpp.replay import harness, results
 from vpp.replay.harness import StationReady
 
@@ -36,6 +37,12 @@ class Command(BaseCommand):
         rp.add_argument(
             "--drain-timeout", type=float, default=180.0, help="seconds to wait for the last meter values (default 180)"
         )
+        rp.add_argument(
+            "--keep",
+            action="store_true",
+            help="keep the replay's stations, fleet, bids, award and signal in the database (default: deleted at the "
+            "end, so they do not show in the product's pages)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["action"] == "replay":
@@ -54,9 +61,31 @@ class Command(BaseCommand):
         product_code = f"{product.operator.code}:{product.code}"
         prefix = f"rp{secrets.token_hex(3)}"
         password = harness.env_password()
+        made: dict[str, Any] = {"station_ids": [], "portfolio": None, "fleet_id": None}
+        try:
+            self._replay(o, trace, limit_s, count, speed, product, product_code, prefix, password, made)
+        finally:
+            if not o["keep"] and made["station_ids"]:
+                gone = harness.replay_cleanup(**made)
+                self.stdout.write(f"replay data removed from the database ({gone}); --keep keeps it")
+
+    def _replay(
+        self,
+        o: dict[str, Any],
+        trace: Any,
+        limit_s: float,
+        count: int,
+        speed: float,
+        product: Any,
+        product_code: str,
+        prefix: str,
+        password: str,
+        made: dict[str, Any],
+    ) -> None:
         with harness.live_csms(o["csms"]) as (ws_base, http_base):
             self.stdout.write(f"CSMS at {http_base}; {count} stations {prefix}-1..{prefix}-{count}")
             station_ids = harness.stations_provision(count=count, prefix=prefix, password=password)
+            made["station_ids"] = station_ids
             token = harness.utility_token()
             agents_log = Path(o["out"]).with_suffix(".agents.log")
             with harness.simulated_agents(
@@ -65,6 +94,7 @@ class Command(BaseCommand):
                 ready = self._wait_ready(station_ids, o["ready_timeout"] or 60.0 + 0.2 * count)
                 fleet = harness.fleet_register(ready, name=f"replay {prefix}")
                 portfolio = f"fleet-{fleet.pk}"
+                made.update(fleet_id=fleet.pk, portfolio=portfolio)
                 capacity = (
                     int(o["capacity_kw"] * 1000)
                     if o["capacity_kw"]
@@ -78,18 +108,20 @@ class Command(BaseCommand):
                     f"{len(ready)} vehicles ready; awarded {capacity / 1000:.0f} kW of {product_code} to {portfolio}; "
                     f"following {trace.name} for {limit_s:.0f} s of signal at speed {speed:g}"
                 )
-                answers = asyncio.run(
-                    harness.signal_follow(
-                        ws_base=ws_base,
-                        token=token,
-                        product=product_code,
-                        portfolio=portfolio,
-                        trace=trace,
-                        t0=t0,
-                        speed=speed,
-                        limit_s=limit_s,
+                with progress_bar("following the signal", limit_s) as update:
+                    answers = asyncio.run(
+                        harness.signal_follow(
+                            ws_base=ws_base,
+                            token=token,
+                            product=product_code,
+                            portfolio=portfolio,
+                            trace=trace,
+                            t0=t0,
+                            speed=speed,
+                            limit_s=limit_s,
+                            progress=update,
+                        )
                     )
-                )
                 offsets = trace.offsets_s - trace.offsets_s[0]
                 keep = offsets <= limit_s
                 times = t0 + offsets[keep] / speed

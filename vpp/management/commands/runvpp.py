@@ -2,7 +2,11 @@
 
 With REDIS_URL set, a real Celery worker (with beat) consumes from Redis. Without it, tasks run eagerly in the
 process that enqueues them, so the Celery side is a beat process that runs the periodic tasks itself.
-The simulated fleet is the edge agent's own ``simulate`` command: real OCPP over real WebSockets.
+The simulated fleet is the edge agent's own ``simulate`` command: real OCPP over real WebSockets. The demo's grid
+operator (``demo_market``: regulation awards for the demo fleets and the RegD signal, looped) regulates it live.
+
+The console stays readable: Daphne's access log is off (``--access-log`` turns it on), Celery logs warnings only
+(``--celery-loglevel``), and the address and the demo's logins are printed last, once everything has started.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from vpp.demo import DEMO_MEMBERS, demo_credentials
+from vpp.demo import DEMO_MEMBERS, DemoCredentials, demo_credentials
 
 
 class Command(BaseCommand):
@@ -37,6 +41,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--workers", type=int, default=1, help="Daphne processes on one socket (more than 1 needs REDIS_URL)"
         )
+        parser.add_argument("--access-log", action="store_true", help="print Daphne's access log (one line a request)")
+        parser.add_argument("--celery-loglevel", default="WARNING", help="Celery's log level on the console")
+        parser.add_argument(
+            "--no-market", action="store_true", help="do not start the demo's grid operator (awards and signal)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         host, port = options["host"], options["port"]
@@ -46,40 +55,71 @@ class Command(BaseCommand):
             raise CommandError(f"{host}:{port} is already in use; pass --port (make run PORT=...)")
         bin_dir = Path(sys.executable).parent
         children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        _stop_on_signals()
         try:
-            children.append(("daphne", _spawn(_daphne_command(host, port, options["workers"]))))
-            children.append(("celery", _spawn(_celery_command(bin_dir))))
+            verbosity = "1" if options["access_log"] else "0"
+            children.append(("daphne", _spawn(_daphne_command(host, port, options["workers"], verbosity))))
+            children.append(("celery", _spawn(_celery_command(bin_dir, options["celery_loglevel"]))))
             _wait_for_port(host, port, timeout_s=30)
-            self.stdout.write(
-                self.style.SUCCESS(f"Dashboard: http://{host}:{port}/   admin: http://{host}:{port}/admin/")
-            )
             creds = demo_credentials()
-            self.stdout.write(f"Demo admin (operator): {creds.admin_username} / {creds.admin_password}")
-            members = ", ".join(f"{username} ({role.replace('_', ' ')}, {org})" for username, role, org in DEMO_MEMBERS)
-            self.stdout.write(f"Demo members: {members} / {creds.member_password}")
             if options["fleet"] > 0:
                 # The station password goes in the environment, not argv: `ps` shows argv, and a generated
                 # password may start with "-", which argparse would read as an option.
                 agents_env = {"EDGE_AGENT_PASSWORD": creds.station_password}
                 children.append(("edge-agents", _spawn(_fleet_command(bin_dir, host, port, options), agents_env)))
-                self.stdout.write(f"Simulated fleet: {options['fleet']} chargers ({options['id_prefix']}-1 ...)")
-            self.stdout.write(f"OCPP endpoint: ws://{host}:{port}/ocpp/<station_id>")
+            if not options["no_market"]:
+                children.append(("demo-market", _spawn(_market_command(host, port))))
+            settle_until = time.monotonic() + STARTUP_SETTLE_S
+            while time.monotonic() < settle_until and not STOP["now"]:  # the children's start-up lines first
+                time.sleep(0.1)
+            if not STOP["now"]:
+                self._banner(host, port, creds, options)
             _supervise(children, self)
         finally:
             _stop_all(children)
 
+    def _banner(self, host: str, port: int, creds: DemoCredentials, options: dict[str, Any]) -> None:
+        """What the person who typed ``make run`` needs, printed last: where, and who to sign in as."""
+        out = self.stdout
+        out.write("")
+        if options["fleet"] > 0:
+            out.write(f"Simulated fleet: {options['fleet']} chargers ({options['id_prefix']}-1 ...)")
+        if not options["no_market"]:
+            out.write("Demo market: regulation awarded for the current hours, RegD test signal looped every 2 s")
+        out.write(f"OCPP endpoint: ws://{host}:{port}/ocpp/<station_id>")
+        out.write(self.style.SUCCESS(f"Dashboard: http://{host}:{port}/   admin: http://{host}:{port}/admin/"))
+        out.write(f"Demo admin (operator): {creds.admin_username} / {creds.admin_password}")
+        members = ", ".join(f"{username} ({role.replace('_', ' ')}, {org})" for username, role, org in DEMO_MEMBERS)
+        out.write(f"Demo members: {members} / {creds.member_password}")
+        out.write("Ctrl-C stops everything" + ("" if options["access_log"] else "; --access-log shows each request"))
 
-def _daphne_command(host: str, port: int, workers: int) -> list[str]:
-    # Verbosity 1: Daphne's access log on the terminal, as a developer running the product expects.
-    return [sys.executable, "-m", "vpp.serve", str(port), "", "1", "--host", host, "--workers", str(workers)]
+
+#: Seconds to let the children print their start-up lines before the banner.
+STARTUP_SETTLE_S = 2.0
 
 
-def _celery_command(bin_dir: Path) -> list[str]:
+def _daphne_command(host: str, port: int, workers: int, verbosity: str = "0") -> list[str]:
+    # Verbosity 0: no access log (a line per request and per charger connection buries the logins); 1 with it.
+    return [sys.executable, "-m", "vpp.serve", str(port), "", verbosity, "--host", host, "--workers", str(workers)]
+
+
+def _market_command(host: str, port: int) -> list[str]:
+    return [
+        sys.executable,
+        str(Path(settings.BASE_DIR) / "manage.py"),
+        "demo_market",
+        "--server",
+        f"http://{host}:{port}",
+    ]
+
+
+def _celery_command(bin_dir: Path, loglevel: str = "WARNING") -> list[str]:
     celery = str(bin_dir / "celery")
     schedule = str(Path(settings.VAR_DIR) / "celerybeat-schedule")
     if settings.REDIS_URL:
         return [
             celery,
+            "--quiet",
             "-A",
             "vpp",
             "worker",
@@ -87,12 +127,12 @@ def _celery_command(bin_dir: Path) -> list[str]:
             "--schedule",
             schedule,
             "--loglevel",
-            "INFO",
+            loglevel,
             "--concurrency",
             "2",
         ]
-    # Eager mode: beat itself runs each periodic task when it falls due.
-    return [celery, "-A", "vpp", "beat", "--schedule", schedule, "--loglevel", "INFO"]
+    # Eager mode: beat itself runs each periodic task when it falls due. --quiet: no start-up banner.
+    return [celery, "--quiet", "-A", "vpp", "beat", "--schedule", schedule, "--loglevel", loglevel]
 
 
 def _fleet_command(bin_dir: Path, host: str, port: int, options: dict[str, Any]) -> list[str]:
@@ -130,15 +170,23 @@ def _wait_for_port(host: str, port: int, *, timeout_s: float) -> None:
     raise CommandError(f"Daphne did not start listening on {host}:{port} within {timeout_s:.0f} s")
 
 
-def _supervise(children: list[tuple[str, subprocess.Popen[bytes]]], cmd: BaseCommand) -> None:
-    stop = {"now": False}
+#: Set by SIGINT / SIGTERM (handlers installed before the first child starts: a Ctrl-C during start-up stops
+#: everything in order, as one later does).
+STOP = {"now": False}
+
+
+def _stop_on_signals() -> None:
+    STOP["now"] = False
 
     def _on_signal(signum: int, _frame: object) -> None:
-        stop["now"] = True
+        STOP["now"] = True
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    while not stop["now"]:
+
+
+def _supervise(children: list[tuple[str, subprocess.Popen[bytes]]], cmd: BaseCommand) -> None:
+    while not STOP["now"]:
         for name, proc in children:
             code = proc.poll()
             if code is not None:

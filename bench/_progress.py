@@ -1,0 +1,100 @@
+"""Progress of a bench on a terminal: a bar with elapsed time and an ETA (``rich``); nothing when the output is not a
+terminal or ``CI`` is set (the figures a bench prints stay the only output in logs). Self-contained: the benches
+that run without Django import it too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def interactive() -> bool:
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+@contextmanager
+def progress_bar(description: str, total: float | None) -> Iterator[Callable[..., None]]:
+    """``with progress_bar("load", total=60) as update: update(done)``; a no-op off a terminal."""
+    if not interactive():
+        yield lambda *args, **kwargs: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(file=sys.stderr), transient=True) as progress:
+        task = progress.add_task(description, total=total)
+
+        def update(completed: float, description: str | None = None) -> None:
+            if description is None:
+                progress.update(task, completed=completed)
+            else:
+                progress.update(task, completed=completed, description=description)
+
+        yield update
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate ``items`` with a bar (``total`` defaults to ``len(items)`` when it has one)."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with progress_bar(description, total) as update:
+        for done, item in enumerate(items, start=1):
+            yield item
+            update(done)
+
+
+def wait(seconds: float, description: str) -> None:
+    """Sleep ``seconds`` with a bar (a timed load: the ETA is exact)."""
+    end = time.monotonic() + seconds
+    with progress_bar(description, seconds) as update:
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, 0.5))
+            update(seconds - max(left - 0.5, 0.0))
+
+
+@contextmanager
+def timed(description: str, seconds: float) -> Iterator[None]:
+    """A bar that fills over ``seconds`` of wall time while the block runs (a load of known length run elsewhere,
+    e.g. in worker processes); it ends with the block."""
+    if not interactive():
+        yield
+        return
+    import threading
+
+    done = threading.Event()
+    with progress_bar(description, seconds) as update:
+        start = time.monotonic()
+
+        def tick() -> None:
+            while not done.wait(0.5):
+                update(min(time.monotonic() - start, seconds))
+
+        thread = threading.Thread(target=tick, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()

@@ -1,0 +1,73 @@
+"""The demo's generated history: bids through the bidding services, awards, scores and settlements computed by the
+real code from simulated meter values, every row of it flagged simulated; and a restart adds nothing twice."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+
+from chargers.models import MeterValue
+from markets.models import Award, Bid, BidEvent
+from markets.regulation.models import PerformanceScoreRecord, Settlement, SettlementLine
+from vpp.dashboard.selectors_regulation import running_score
+from vpp.demo_market import OPERATOR
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_short_demo_seed_produces_awards_scores_and_settlements_marked_simulated(
+    tmp_path: Path, settings: Any
+) -> None:
+    # Given the demo seeded with four stations and two days of history
+    settings.VAR_DIR = tmp_path
+    call_command("demo_seed", "--stations", "4", "--id-prefix", "hist", "--history-days", "2")
+
+    # Then regulation was awarded through bids of the demo market, every one of them flagged simulated
+    awards = Award.objects.filter(product__operator__code=OPERATOR)
+    assert awards.count() >= 4
+    assert not awards.filter(simulated=False).exists()
+    assert not Bid.objects.filter(product__operator__code=OPERATOR, simulated=False).exists()
+    # And each bid went draft -> approved -> submitted -> awarded in its audit trail
+    award = awards.first()
+    assert award is not None
+    assert list(BidEvent.objects.filter(bid=award.bid).values_list("to_status", flat=True)) == [
+        "draft",
+        "approved",
+        "submitted",
+        award.bid.status,
+    ]
+    # And every awarded hour was scored and settled, simulated, with lines owned by the demo organisations
+    assert Settlement.objects.count() == awards.filter(awarded_w__gt=0).count()
+    assert not Settlement.objects.filter(simulated=False).exists()
+    scores = PerformanceScoreRecord.objects.all()
+    assert scores.exists()
+    assert not scores.filter(simulated=False).exists()
+    assert min(s.composite for s in scores) > 0.75  # the simulated fleet follows the signal: it passes
+    owners = set(SettlementLine.objects.values_list("owner__slug", flat=True))
+    assert owners == {"demo", "harbour"}
+    assert all(line.net > 0 for line in SettlementLine.objects.all())
+    # And the meter values behind them are marked as simulated
+    assert MeterValue.objects.filter(source="simulated").exists()
+    assert not MeterValue.objects.exclude(source="simulated").exists()
+
+    # And the dashboard's running score, read 20 minutes into a simulated hour, is computed from the same stored data
+    hour = awards.filter(awarded_w__gt=0).order_by("interval_start").first()
+    assert hour is not None
+    at = hour.interval_start + timedelta(minutes=20)
+    score = running_score(product=hour.product, portfolio=hour.portfolio, at=at, capacity_w=hour.awarded_w)
+    assert score["available"]
+    assert score["rows"] == 120
+    assert score["composite"] > 0.75
+    early = running_score(product=hour.product, portfolio=hour.portfolio, at=at - timedelta(minutes=15), capacity_w=1)
+    assert not early["available"]
+    assert "10 min 10 s" in early["why"]
+
+    # When the demo is seeded again (a restart)
+    before = (Award.objects.count(), Settlement.objects.count(), MeterValue.objects.count())
+    call_command("demo_seed", "--stations", "4", "--id-prefix", "hist", "--history-days", "2")
+    # Then nothing was generated twice
+    assert (Award.objects.count(), Settlement.objects.count(), MeterValue.objects.count()) == before

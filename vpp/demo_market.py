@@ -1,0 +1,209 @@
+"""The demo's market: a regulation market sized to the demo fleet, its prices, and offers that become awards
+through the real bidding services (draft -> approved -> submitted -> ``market_clear_simulated`` -> award).
+
+**Why a demo operator.** PJM takes regulation offers in 0.1 MW steps; the demo's handful of cars holds a few tens
+of kW. ``demo-rto`` is PJM's RegD product under PJM's rules (hourly intervals, New York time, 2-s signal) with a
+5 kW minimum and 1 kW steps, so the demo fleet can be awarded at all. Nothing else about the market differs.
+
+**Late offers.** A real market closes an hour's offers before it starts. The demo starts at any moment and must
+regulate the hour under way, and the history it generates lies in the past: for those hours (gate already closed)
+the simulated operator takes the offer late, and the bid's audit trail says so (``BidEvent`` note). Hours whose
+gate is still open are submitted through ``bid_transition`` like any bid.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from fleet.models import Fleet
+from fleet.numerics.arrays import FleetArrays, power_bounds
+from fleet.numerics.snapshot import VehicleSnapshot
+from fleet.seeding import DEMO, HARBOUR
+from fleet.selectors import fleet_portfolio
+from markets.models import Award, Bid, MarketOperator, Product
+from markets.regulation.models import EnergyPrice, RegulationPrice
+from markets.regulation.services import energy_price_record, regulation_price_record
+from markets.services.bids import Actor, MarketError, bid_event_record, bid_transition
+from markets.services.clearing import market_clear_simulated
+
+OPERATOR = "demo-rto"
+PRODUCT = "reg-d"
+PRODUCT_REF = f"{OPERATOR}:{PRODUCT}"
+HOUR = timedelta(hours=1)
+WHO = Actor(label="system:demo-market")
+PRICE_SOURCE = "demo"  # prices the demo market publishes (RegulationPrice / EnergyPrice ``source``)
+
+S = Bid.Status
+
+
+def demo_product() -> Product:
+    """The demo operator and its RegD product (created once; an admin's later edits are kept)."""
+    operator, _ = MarketOperator.objects.get_or_create(
+        code=OPERATOR,
+        defaults={
+            "name": "Demo RTO (PJM RegD rules at demo-fleet scale)",
+            "timezone": "America/New_York",
+            "interval_minutes": 60,
+            "gate_closure_local": time(10, 30),
+            "intraday_gate_minutes": 0,
+            "min_bid_w": 5_000,
+            "bid_increment_w": 1_000,
+            "currency": "USD",
+        },
+    )
+    product, _ = Product.objects.get_or_create(
+        operator=operator,
+        code=PRODUCT,
+        defaults={
+            "name": "Regulation D (demo scale, 2-s signal)",
+            "kind": Product.Kind.REGULATION,
+            "direction": Product.Direction.SYMMETRIC,
+            "signal_period_s": 2,
+            "response_time_s": 2,
+            "sustain_minutes": 15,
+            "expected_up_activation": Decimal("0.32"),
+            "expected_down_activation": Decimal("0.25"),
+        },
+    )
+    return product
+
+
+def demo_portfolios() -> list[tuple[str, Fleet]]:
+    """The demo organisations' fleets as dispatch names them (``fleet-<id>``)."""
+    fleets = Fleet.objects.filter(organisation__slug__in=[DEMO.slug, HARBOUR.slug], name="Depot").order_by("pk")
+    return [(fleet_portfolio(f.pk), f) for f in fleets]
+
+
+# --- prices: a plausible daily shape (USD), published by the demo market for every hour it awards -----------------
+
+
+def capacity_price(hour: datetime) -> Decimal:
+    """RMCCP-like capacity clearing price ($/MW-h): higher in the morning and evening peaks."""
+    h = hour.astimezone(UTC).hour
+    peak = math.exp(-(((h - 13) % 24) ** 2) / 8) + math.exp(-(((h - 22) % 24) ** 2) / 6)
+    return Decimal(f"{12 + 14 * peak:.2f}")
+
+
+def energy_price(hour: datetime) -> Decimal:
+    h = hour.astimezone(UTC).hour
+    return Decimal(f"{28 + 22 * math.exp(-(((h - 22) % 24) ** 2) / 10):.2f}")
+
+
+def prices_publish(*, product: Product, hour: datetime, known_at: datetime | None = None) -> None:
+    """The demo market's regulation and energy prices for one hour (recorded once)."""
+    known_at = known_at or timezone.now()
+    if not RegulationPrice.objects.filter(product=product, interval_start=hour).exists():
+        regulation_price_record(
+            product=product,
+            interval_start=hour,
+            performance_price=Decimal("3.50"),
+            mileage_ratio=Decimal("3.0"),
+            capacity_price=capacity_price(hour),
+            source=PRICE_SOURCE,
+            source_ref="demo market",
+            belief_time=known_at,
+        )
+    if not EnergyPrice.objects.filter(operator_id=product.operator_id, location="", interval_start=hour).exists():
+        energy_price_record(
+            operator_id=product.operator_id,
+            interval_start=hour,
+            interval_minutes=60,
+            price=energy_price(hour),
+            source=PRICE_SOURCE,
+            source_ref="demo market",
+            belief_time=known_at,
+        )
+
+
+# --- offers -> awards ----------------------------------------------------------------------------------------------
+
+
+def offer_capacity_w(snapshots: list[VehicleSnapshot], *, at: datetime, share: float = 0.6) -> int:
+    """What the fleet can offer symmetrically around its must-charge level (whole kW), ``share`` of the room."""
+    if not snapshots:
+        return 0
+    fleet = FleetArrays.from_snapshots(snapshots)
+    bounds = power_bounds(fleet, now=at, duration_s=3600)
+    lo, hi = float(bounds.lo.sum()), float(bounds.hi.sum())
+    base = min(max(float(max(bounds.lo.clip(min=0).sum(), 0.0)), lo), hi)
+    room = min(hi - base, base - lo)
+    if room < (hi - lo) / 4:  # the must-charge level sits near an edge: regulate around the middle
+        room = (hi - lo) / 2
+    return max(int(room * share) // 1000 * 1000, 0)
+
+
+@dataclass(frozen=True)
+class Offer:
+    bid: Bid
+    award: Award | None
+
+
+def offer_award(
+    *, product: Product, portfolio: str, hour: datetime, capacity_w: int, simulated: bool, now: datetime | None = None
+) -> Offer | None:
+    """Offer ``capacity_w`` of regulation for ``hour`` and have the simulated operator clear it; None when the hour
+    already has a bid for the portfolio (idempotent) or the capacity is under the market's minimum."""
+    operator = product.operator
+    if capacity_w < operator.min_bid_w:
+        return None
+    if Bid.objects.filter(product=product, portfolio=portfolio, interval_start=hour).exists():
+        return None
+    clearing = capacity_price(hour)
+    price = (clearing * Decimal("0.6")).quantize(Decimal("0.01"))
+    with transaction.atomic():
+        bid = Bid.objects.create(
+            product=product,
+            portfolio=portfolio,
+            interval_start=hour,
+            interval_end=hour + HOUR,
+            quantity_w=capacity_w - capacity_w % operator.bid_increment_w,
+            price=price,
+            proposed_quantity_w=capacity_w,
+            proposed_price=price,
+            forecast_price=clearing,
+            external_ref=f"DEMO-{'H' if simulated else 'L'}-{uuid.uuid4().hex[:10].upper()}",
+            simulated=simulated,
+        )
+        bid_event_record(bid.id, WHO, "propose", after=S.DRAFT, quantity_w=bid.quantity_w, price=price)
+        bid_transition(bid_id=bid.id, to_status=S.APPROVED, actor=WHO, note="demo market: approved automatically")
+        bid_submit(bid_id=bid.id, now=now)
+    market_clear_simulated(
+        operator=operator, start=hour, end=hour + HOUR, clearing_prices={(product.code, hour): clearing}
+    )
+    award = Award.objects.filter(bid_id=bid.id).first()
+    if simulated and award is not None:
+        Award.objects.filter(pk=award.pk).update(simulated=True)
+    return Offer(bid=Bid.objects.get(pk=bid.pk), award=award)
+
+
+def bid_submit(*, bid_id: int, now: datetime | None = None) -> None:
+    """Submit through ``bid_transition``; past the gate (the hour under way, or the simulated past) the demo market
+    takes the offer late, recorded as such in the bid's audit trail."""
+    try:
+        bid_transition(bid_id=bid_id, to_status=S.SUBMITTED, actor=WHO)
+        return
+    except MarketError as exc:
+        if "gate closed" not in str(exc):
+            raise
+        why = str(exc)
+    updated = Bid.objects.filter(pk=bid_id, status=S.APPROVED).update(
+        status=S.SUBMITTED, version=F("version") + 1, updated_at=now or timezone.now()
+    )
+    if updated != 1:
+        raise MarketError(f"bid {bid_id} changed meanwhile")
+    bid_event_record(
+        bid_id,
+        WHO,
+        "transition",
+        before=S.APPROVED,
+        after=S.SUBMITTED,
+        note=f"demo market takes the offer late ({why}): the demo regulates the hour under way / its simulated past",
+    )
