@@ -95,6 +95,7 @@ MATRIX: dict[str, Row] = {
     # -- public API description
     "api/schema/": Row("/api/schema/", read=PUBLIC),
     "api/docs/": Row("/api/docs/", read=PUBLIC),
+    "api/redoc/": Row("/api/redoc/", read=PUBLIC),
     "api/": Row("/api/", read=expect(DENIED, OK, OK, OK, OK)),
     # -- fleet: fleet managers of the owning organisation (keys: read / fleet:write)
     "api/fleet/fleets/": Row("/api/fleet/fleets/", read=API_LIST, probe="fleet"),

@@ -366,6 +366,26 @@ class Dispatcher:
 
     # --- the hot path -------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _in_force(state: DispatchState, now: float) -> tuple[int, int]:
+        """(reserve W, regulation capacity W) in force at ``now``."""
+        reserve = state.reserve_w if state.reserve_until is not None and now < state.reserve_until else 0
+        capacity = state.capacity_w if state.award_until is not None and now < state.award_until else 0
+        return reserve, capacity
+
+    def nothing_to_send(self, now: float) -> str:
+        """Why a dispatch at ``now`` would send no setpoint with the state held ("" when it would send, or while no
+        state is loaded yet): what the intake tells the sender instead of "dispatched"."""
+        state = self.state
+        if state is None:
+            return ""
+        reserve, capacity = self._in_force(state, now)
+        if capacity <= 0 and reserve <= 0:
+            return "no regulation capacity awarded for this product and portfolio now"
+        if len(state.fleet) == 0:
+            return "no plugged-in vehicle on a connected station: nothing to send setpoints to"
+        return ""
+
     async def dispatch(self, signal: Signal) -> DispatchResult:
         """Allocate and send one signal value; returns once every station answered or the call deadline passed."""
         if self.state is None:
@@ -376,17 +396,12 @@ class Dispatcher:
         if self._soc_dirty:
             state = self.state = replace(state, fleet=state.fleet.with_soc(self._soc.copy()))
             self._soc_dirty = False
-        reserve = state.reserve_w if state.reserve_until is not None and now < state.reserve_until else 0
-        capacity = state.capacity_w if state.award_until is not None and now < state.award_until else 0
+        reserve, capacity = self._in_force(state, now)
         base = self.basepoint_w or 0
         setpoint = fleet_setpoint_w(
             basepoint_w=base, signal=float(signal.value), capacity_w=capacity, reserve_w=reserve
         )
-        skipped = ""
-        if capacity <= 0 and reserve <= 0:
-            skipped = "no regulation capacity awarded for this product and portfolio now"
-        elif len(state.fleet) == 0:
-            skipped = "no plugged-in vehicle on a connected station"
+        skipped = self.nothing_to_send(now)
         if skipped:
             result = DispatchResult(
                 signal, capacity, base, reserve, setpoint, None, [], [], 0.0, now - state.loaded_at, 0, skipped
