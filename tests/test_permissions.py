@@ -14,7 +14,8 @@ when the row writes, for writing:
 Expectations: ``OK`` (2xx), ``ALLOWED`` (a write got past the permission checks: neither 401/403/404 nor the login
 page; validation may still answer 400/409), ``SEES``/``BLIND`` (200, and the owner's object is/is not in the list
 or the page), ``NOT_FOUND`` (404), ``FORBIDDEN`` (403), ``DENIED`` (401 or 403: API without credentials), ``LOGIN``
-(302 to the login page), ``NOT_ALLOWED`` (405), ``ELSEWHERE`` (checked in the route's own tests).
+(302 to the login page), ``NOT_ALLOWED`` (405), ``MOVED`` (302 elsewhere: an old address), ``ELSEWHERE`` (checked in
+the route's own tests).
 
 To add a route: add a ``Row`` keyed by its route string as ``test_every_route_has_a_row`` prints it, with the
 fixture object its URL needs (``url`` is formatted with ``World``'s ids), the owner's role, a wrong role, the read
@@ -57,6 +58,7 @@ from vpp.discovery import app_modules
 
 OK, ALLOWED, SEES, BLIND = "ok", "allowed", "sees", "blind"
 NOT_FOUND, FORBIDDEN, DENIED, LOGIN, NOT_ALLOWED = "404", "403", "401/403", "login", "405"
+MOVED = "moved"  # 302 to another page (not the login page): an old address
 ELSEWHERE = "elsewhere"  # checked in the route's own tests (named in the row's note), not from this table
 ACTORS = ("anon", "owner", "other", "wrong", "operator")
 FM, BA, UT = Role.FLEET_MANAGER, Role.BIDDING_ADMIN, Role.UTILITY
@@ -213,15 +215,41 @@ MATRIX: dict[str, Row] = {
     # -- the PKI's CRL: public by design (RFC 5280 distribution point); contents in tests/chargers/test_pki.py
     "pki/crl": Row("/pki/crl", api=False, read=PUBLIC),
     # -- pages
+    "login/": Row("/login/", api=False, read=PUBLIC),
+    "logout/": Row("/logout/", api=False, write=expect(LOGIN, LOGIN, LOGIN, LOGIN, LOGIN)),  # signed out, to sign-in
     "": Row("/", api=False, read=expect(LOGIN, OK, OK, OK, OK)),
     "dashboard/overview.json": Row("/dashboard/overview.json", api=False, read=expect(LOGIN, OK, OK, OK, OK)),
+    "markets/": Row("/markets/", api=False, role=BA, wrong_role=FM, read=expect(LOGIN, OK, OK, FORBIDDEN, OK)),
     "markets/bidding/": Row(
         "/markets/bidding/?day={bid_day}",
         api=False,
         role=BA,
         wrong_role=FM,
+        read=expect(LOGIN, MOVED, MOVED, FORBIDDEN, MOVED),  # the old address of the day page
+    ),
+    "markets/<slug:operator>/<str:day>/": Row(
+        "/markets/pjm/{bid_day}/",
+        api=False,
+        role=BA,
+        wrong_role=FM,
         read=expect(LOGIN, SEES, BLIND, FORBIDDEN, SEES),
         probe="bid_marker",
+    ),
+    "markets/<slug:operator>/<str:day>/bids.csv": Row(
+        "/markets/pjm/{bid_day}/bids.csv",
+        api=False,
+        role=BA,
+        wrong_role=FM,
+        read=expect(LOGIN, SEES, BLIND, FORBIDDEN, SEES),
+        probe="bid_marker",
+    ),
+    "markets/<slug:operator>/<str:day>/propose/": Row(
+        "/markets/pjm/{bid_day}/propose/",
+        api=False,
+        role=BA,
+        wrong_role=FM,
+        write=expect(LOGIN, ALLOWED, NOT_FOUND, FORBIDDEN, ALLOWED),  # another organisation's portfolio: 404
+        body=lambda w: {"portfolio": f"fleet-{w.fleet}"},
     ),
     "markets/bids/<int:bid_id>/edit/": Row(
         "/markets/bids/{bid}/edit/",
@@ -240,6 +268,14 @@ MATRIX: dict[str, Row] = {
         body=lambda w: {"action": "approve", "bid": [str(w.bid)]},
     ),
     "regulation/": Row("/regulation/", api=False, role=FM, wrong_role=UT, read=PAGE_SCOPED, probe="line_marker"),
+    "regulation/export/<slug:kind>.csv": Row(
+        "/regulation/export/revenue-vehicle.csv",
+        api=False,
+        role=FM,
+        wrong_role=UT,
+        read=PAGE_SCOPED,
+        probe="line_marker",
+    ),
     "regulation/settlements.csv": Row(
         "/regulation/settlements.csv", api=False, role=FM, wrong_role=UT, read=PAGE_SCOPED, probe="line_marker"
     ),
@@ -480,6 +516,9 @@ def _check(response: Any, expected: str, row: Row, world: World) -> None:
     where = f"{response.request['REQUEST_METHOD']} {response.request['PATH_INFO']} -> {code}"
     if expected == LOGIN:
         assert _to_login(response), where
+    elif expected == MOVED:
+        assert code == 302, where
+        assert not _to_login(response), where
     elif expected == DENIED:
         assert code in (401, 403), where
     elif expected in (NOT_FOUND, FORBIDDEN, NOT_ALLOWED):

@@ -55,6 +55,8 @@ from vpp.dispatch.values import (  # noqa: F401 - re-exported: the dispatcher's 
     StateLoader,
     basepoint_choose,
     fleet_setpoint_w,
+    in_force,
+    nothing_to_send,
     profile_payload,
     station_commands,
 )
@@ -366,25 +368,9 @@ class Dispatcher:
 
     # --- the hot path -------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _in_force(state: DispatchState, now: float) -> tuple[int, int]:
-        """(reserve W, regulation capacity W) in force at ``now``."""
-        reserve = state.reserve_w if state.reserve_until is not None and now < state.reserve_until else 0
-        capacity = state.capacity_w if state.award_until is not None and now < state.award_until else 0
-        return reserve, capacity
-
     def nothing_to_send(self, now: float) -> str:
-        """Why a dispatch at ``now`` would send no setpoint with the state held ("" when it would send, or while no
-        state is loaded yet): what the intake tells the sender instead of "dispatched"."""
-        state = self.state
-        if state is None:
-            return ""
-        reserve, capacity = self._in_force(state, now)
-        if capacity <= 0 and reserve <= 0:
-            return "no regulation capacity awarded for this product and portfolio now"
-        if len(state.fleet) == 0:
-            return "no plugged-in vehicle on a connected station: nothing to send setpoints to"
-        return ""
+        """Why a dispatch at ``now`` would send no setpoint (:func:`~vpp.dispatch.values.nothing_to_send`)."""
+        return nothing_to_send(self.state, now)
 
     async def dispatch(self, signal: Signal) -> DispatchResult:
         """Allocate and send one signal value; returns once every station answered or the call deadline passed."""
@@ -396,7 +382,7 @@ class Dispatcher:
         if self._soc_dirty:
             state = self.state = replace(state, fleet=state.fleet.with_soc(self._soc.copy()))
             self._soc_dirty = False
-        reserve, capacity = self._in_force(state, now)
+        reserve, capacity = in_force(state, now)
         base = self.basepoint_w or 0
         setpoint = fleet_setpoint_w(
             basepoint_w=base, signal=float(signal.value), capacity_w=capacity, reserve_w=reserve
