@@ -35,9 +35,8 @@ def bidding_chart(day: BiddingDay) -> dict[str, Any]:
     operator = day.operator
     tz = ZoneInfo(operator.timezone)
     unit = price_unit(operator)
-    # Bars and markers span their interval (plotly's period positioning), from its start.
-    period = {"xperiod": operator.interval_minutes * 60_000, "xperiodalignment": "start"}
-    middle = {"xperiod": operator.interval_minutes * 60_000, "xperiodalignment": "middle"}
+    # Bars and markers stand in the middle of their interval (plotly's period positioning; x is the interval start).
+    period = {"xperiod": operator.interval_minutes * 60_000, "xperiodalignment": "middle"}
     traces: list[dict[str, Any]] = []
     by_product: dict[str, list[BidOutcome]] = {}
     for outcome in day.outcomes:
@@ -72,7 +71,7 @@ def bidding_chart(day: BiddingDay) -> dict[str, Any]:
                     "name": f"{code}: clearing price ({unit})",
                     "x": x,
                     "y": [float(o.award.clearing_price) if o.award is not None else None for o in rows],
-                    **middle,
+                    **period,
                 }
             )
         traces.append(
@@ -83,7 +82,7 @@ def bidding_chart(day: BiddingDay) -> dict[str, Any]:
                 "name": f"{code}: offer price ({unit})",
                 "x": x,
                 "y": [float(o.bid.price) for o in rows],
-                **middle,
+                **period,
             }
         )
     for code, prices in day.forecasts.items():

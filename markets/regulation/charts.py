@@ -111,9 +111,8 @@ def revenue_chart(report: RegulationReport, by: str = "day") -> dict[str, Any]:
     currency = report.currency
     symbol = currency_symbol(currency)
     x = [_utc(r["key"]) if isinstance(r["key"], datetime) else str(r["key"]) for r in rows]
-    # Bars span their hour or day (plotly's period positioning), from its start.
-    period: dict[str, Any] = {"xperiod": PERIOD_MS[by], "xperiodalignment": "start"} if by in PERIOD_MS else {}
-    middle: dict[str, Any] = {**period, "xperiodalignment": "middle"} if period else {}
+    # Bars and markers stand in the middle of their hour or day (plotly's period positioning; x is its start).
+    period: dict[str, Any] = {"xperiod": PERIOD_MS[by], "xperiodalignment": "middle"} if by in PERIOD_MS else {}
     traces: list[dict[str, Any]] = [
         {"type": "bar", "name": f"{label} ({symbol})", "x": x, "y": [float(r[key]) for r in rows], **period}
         for key, label in MONEY_PARTS
@@ -135,7 +134,7 @@ def revenue_chart(report: RegulationReport, by: str = "day") -> dict[str, Any]:
             "name": f"net ({symbol})",
             "x": x,
             "y": [float(r["net"]) for r in rows],
-            **middle,
+            **period,
         }
     )
     return {
