@@ -167,7 +167,7 @@ def _settled_day() -> tuple[date, str]:
 def test_awards_shortfall_score_and_revenue_stand_next_to_each_bid() -> None:
     # Given two settled hours; the second award was cut to half the offer
     day, portfolio = _settled_day()
-    cut = Award.objects.filter(portfolio=portfolio).order_by("interval_start").last()
+    cut = Award.objects.filter(portfolio=portfolio).order_by("interval_start").reverse()[0]
     Award.objects.filter(pk=cut.pk).update(awarded_w=cut.awarded_w // 2)
     # When the day is read for an operator
     found = bidding_day(operator=_pjm(), day=day, user=UserFactory.create(is_staff=True), now=datetime.now(UTC))
@@ -175,7 +175,10 @@ def test_awards_shortfall_score_and_revenue_stand_next_to_each_bid() -> None:
     first, second = found.outcomes
     assert (first.shortfall_w, second.shortfall_w) == (0, cut.awarded_w - cut.awarded_w // 2)
     assert first.score == Decimal("1.000")
+    assert first.award is not None
     assert first.revenue == first.award.settlements.get().net
+    assert first.revenue is not None
+    assert second.revenue is not None
     assert found.revenue == first.revenue + second.revenue
 
 
