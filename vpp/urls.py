@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from csp.constants import SELF
+from csp.decorators import csp_update
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import URLPattern, URLResolver, include, path
@@ -29,7 +31,12 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
-    path("api/redoc/", RedocView.as_view(url_name="schema"), name="api-redoc"),
+    # ReDoc renders in a web worker it creates from a blob: URL.
+    path(
+        "api/redoc/",
+        csp_update({"worker-src": [SELF, "blob:"]})(RedocView.as_view(url_name="schema")),
+        name="api-redoc",
+    ),
     path("api/", include(_app_urls("api_urls"))),
     path("", include(_app_urls("pages"))),
 ]

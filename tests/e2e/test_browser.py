@@ -128,7 +128,7 @@ def test_a_csv_downloads_with_the_tables_rows(page: Page, site: Site, console) -
 
 
 PAGES = {
-    "e2e-manager": ["/", "/regulation/?days=1", "/account/api-keys/", "/api/docs/"],
+    "e2e-manager": ["/", "/regulation/?days=1", "/account/api-keys/", "/api/docs/", "/api/redoc/"],
     "e2e-bidder": ["/markets/", "/markets/pjm/{bid_day}/", "/regulation/?days=1"],
 }
 
