@@ -12,6 +12,7 @@ Thin edges: serializers validate, one service or selector call does the work, th
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.utils import timezone
@@ -126,8 +127,17 @@ class VehicleSerializer(serializers.ModelSerializer):
 
 
 class DepartureInSerializer(serializers.Serializer):
-    departure_at = serializers.DateTimeField()
+    departure_at = serializers.DateTimeField(help_text="ISO 8601; in the future")
     target_soc_pct = serializers.IntegerField(min_value=0, max_value=100)
+
+    def validate_departure_at(self, value: datetime) -> datetime:
+        """A departure already past plans nothing: refused (400), never stored as the vehicle's next trip."""
+        now = timezone.now()
+        if value <= now:
+            raise ValidationError(
+                f"departure_at {value.isoformat()} is not in the future (server time {now.isoformat()})"
+            )
+        return value
 
 
 class WeeklyDepartureSerializer(serializers.Serializer):

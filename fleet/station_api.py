@@ -19,6 +19,7 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, serializers
 from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.permissions import IsAuthenticated
@@ -37,10 +38,10 @@ from chargers.services.station_call import (
 from chargers.services.station_commands import station_command_record
 from fleet.commands import command_refusal, command_stations
 from fleet.models import ApiKey, ApiScope
+from fleet.problems import ProblemSerializer, problem_response
 from fleet.selectors import is_operator, key_allows
 
 MAX_TIMEOUT_S = 120.0
-PROBLEM = "application/problem+json"
 
 
 class StationCallSerializer(serializers.Serializer):
@@ -89,12 +90,12 @@ class _CallGate(APIView):
         user, auth = request.user, request.auth
         if not key_allows(auth, ApiScope.COMMAND):
             raise PermissionDenied("this API key lacks the 'command' scope")
+        station = command_stations(user, auth).filter(station_id=station_id).first()
+        if station is None:  # before the body: an unknown station is 404 whatever was sent
+            raise NotFound(f"no station {station_id!r}")
         body = StationCallSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        station = command_stations(user, auth).filter(station_id=station_id).first()
-        if station is None:
-            raise NotFound(f"no station {station_id!r}")
         label = actor_label(user, auth, client=data["client"])
         refusal = command_refusal(user=user, station=station, action=data["action"])
         if refusal is not None:
@@ -108,14 +109,23 @@ class _CallGate(APIView):
                 requested_at=timezone.now(),
                 error=refusal,
             )
-            return _problem(403, "command refused", refusal, action=data["action"], station_id=station_id)
+            return problem_response(
+                status=403,
+                detail=refusal,
+                code="command_refused",
+                instance=request.path,
+                action=data["action"],
+                station_id=station_id,
+            )
         return _Approved(user.pk, label, data["action"], data["payload"], data.get("timeout"))
 
 
 @csrf_exempt  # DRF's SessionAuthentication enforces CSRF in the gate, for session auth only
 async def station_call_view(request: HttpRequest, station_id: str) -> HttpResponseBase:
     if request.method != "POST":
-        return _problem(405, "method not allowed", "use POST")
+        return problem_response(
+            status=405, detail="use POST", code="method_not_allowed", instance=request.path, headers={"Allow": "POST"}
+        )
     approved = await sync_to_async(_CallGate().run)(request, station_id)
     if isinstance(approved, HttpResponseBase):
         return approved
@@ -129,17 +139,64 @@ async def station_call_view(request: HttpRequest, station_id: str) -> HttpRespon
             timeout=approved.timeout,
         )
     except StationUnknown as exc:  # deleted since the gate saw it
-        return JsonResponse({"error": str(exc)}, status=404)
+        return problem_response(status=404, detail=str(exc), code="not_found", instance=request.path)
     except CallPayloadInvalid as exc:
-        return JsonResponse({"error": str(exc)}, status=400)
+        return problem_response(status=400, detail=str(exc), code="payload_invalid", instance=request.path)
     except StationOffline as exc:
-        return JsonResponse({"error": str(exc)}, status=409)
+        return problem_response(status=409, detail=str(exc), code="station_offline", instance=request.path)
     except CallTimeout as exc:
-        return JsonResponse({"error": str(exc)}, status=504)
+        return problem_response(status=504, detail=str(exc), code="station_timeout", instance=request.path)
     except CallErrorResponse as exc:
-        body = {"error": str(exc), "code": exc.code, "description": exc.description, "details": exc.details}
-        return JsonResponse(body, status=502)
+        return problem_response(
+            status=502,
+            detail=str(exc),
+            code="call_error",
+            instance=request.path,
+            ocpp_error_code=exc.code,
+            ocpp_error_description=exc.description,
+            ocpp_error_details=exc.details,
+        )
     return JsonResponse({"station_id": station_id, "action": approved.action, "payload": result})
+
+
+class StationCallAnswerSerializer(serializers.Serializer):
+    station_id = serializers.CharField()
+    action = serializers.CharField()
+    payload = serializers.DictField(help_text="the station's CALLRESULT payload")
+
+
+def _problem(description: str) -> OpenApiResponse:
+    return OpenApiResponse(ProblemSerializer, description=description)
+
+
+class StationCallSchema(APIView):
+    """The OpenAPI description of :func:`station_call_view` (an async function view, which drf-spectacular cannot
+    inspect): attached to the view as ``cls``, the schema generator reads it; requests never reach it."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        operation_id="station_call",
+        summary="Send an OCPP call to a station and wait for its answer",
+        description=__doc__,
+        request=StationCallSerializer,
+        responses={
+            200: StationCallAnswerSerializer,
+            400: _problem("invalid body or payload (nothing sent)"),
+            401: _problem("not authenticated"),
+            403: _problem("an API key without scope 'command', or a refused command (audited)"),
+            404: _problem("no such station for this caller"),
+            409: _problem("the station is offline"),
+            502: _problem("the station answered CALLERROR (ocpp_error_* members)"),
+            504: _problem("the station did not answer in time"),
+        },
+    )
+    def post(self, request: Request, station_id: str) -> HttpResponseBase:
+        raise NotImplementedError("served by station_call_view")
+
+
+station_call_view.cls = StationCallSchema  # type: ignore[attr-defined]
+station_call_view.initkwargs = {}  # type: ignore[attr-defined]
 
 
 def actor_label(user: Any, auth: object, *, client: str = "") -> str:
@@ -150,11 +207,6 @@ def actor_label(user: Any, auth: object, *, client: str = "") -> str:
     if client:
         label += f" via {client}"
     return label
-
-
-def _problem(status: int, title: str, detail: str, **extra: Any) -> JsonResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "error": detail, **extra}
-    return JsonResponse(body, status=status, content_type=PROBLEM)
 
 
 # --- The audit trail -------------------------------------------------------------------------------------------------

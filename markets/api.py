@@ -11,13 +11,14 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from django.db.models import QuerySet
-from rest_framework import serializers, status, viewsets
+from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from fleet.permissions import ReadKeys
+from fleet.problems import Problem
 from fleet.selectors import key_narrowed
 from markets.models import Award, Bid, BidEvent
 from markets.selectors import awards_for, bids_for, may_bid
@@ -97,9 +98,9 @@ def _bid_answer(change: Callable[[], Bid]) -> Response:
     try:
         bid = change()
     except StaleBid as exc:
-        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        raise Problem(status=409, detail=str(exc), code="stale") from exc
     except MarketError as exc:
-        return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        raise Problem(status=400, detail=str(exc), code="refused") from exc
     return Response(BidSerializer(bid).data)
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import TypeVar
+from zoneinfo import ZoneInfo
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
-from django.db.models import Model, QuerySet
+from django.db.models import Avg, Count, Model, QuerySet, Sum
 
 from fleet.models import Membership, Role
 from fleet.numerics.snapshot import VehicleSnapshot
@@ -24,6 +27,7 @@ from markets.models import (
     Product,
     SiteLoadPoint,
 )
+from markets.regulation.selectors import settlements_for
 
 M = TypeVar("M", bound=Model)
 
@@ -147,3 +151,204 @@ def bids_for(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Bid]:
 def awards_for(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Award]:
     awards = Award.objects.select_related("product", "bid")
     return in_portfolios(awards, bid_portfolios_for(user))
+
+
+# --- the bidding pages: delivery days, their gates, bids with what became of them -----------------------------------
+
+
+class GateState:
+    """Where a delivery day stands against its day-ahead gate and its own hours."""
+
+    OPEN = "open"  # bids may still be proposed, approved and submitted
+    CLOSED = "closed"  # the day-ahead gate closed; delivery has not started
+    DELIVERING = "delivering"  # the day is under way
+    DELIVERED = "delivered"  # the day is over
+
+
+@dataclass(frozen=True)
+class DeliveryDay:
+    """One operator's delivery day (local midnight to midnight) and its day-ahead gate, as of ``now``."""
+
+    day: date
+    start: datetime
+    end: datetime
+    gate_closure: datetime
+    state: str
+
+    @property
+    def open(self) -> bool:
+        return self.state == GateState.OPEN
+
+
+def delivery_day(*, operator: MarketOperator, day: date, now: datetime) -> DeliveryDay:
+    tz = ZoneInfo(operator.timezone)
+    local_start = datetime.combine(day, time.min, tzinfo=tz)
+    start, end = local_start.astimezone(UTC), (local_start + timedelta(days=1)).astimezone(UTC)
+    closes = datetime.combine(day - timedelta(days=1), operator.gate_closure_local, tzinfo=tz).astimezone(UTC)
+    if now >= end:
+        state = GateState.DELIVERED
+    elif now >= start:
+        state = GateState.DELIVERING
+    elif now >= closes:
+        state = GateState.CLOSED
+    else:
+        state = GateState.OPEN
+    return DeliveryDay(day=day, start=start, end=end, gate_closure=closes, state=state)
+
+
+def operator_today(*, operator: MarketOperator, now: datetime) -> date:
+    """The operator's local date at ``now`` (its delivery days are local days)."""
+    return now.astimezone(ZoneInfo(operator.timezone)).date()
+
+
+@dataclass(frozen=True)
+class DaySummary:
+    """A delivery day on the bidding index: its gate, and the user's bids, awards and settled revenue in it."""
+
+    operator: MarketOperator
+    delivery: DeliveryDay
+    bids: int
+    by_status: dict[str, int]
+    offered_mwh: Decimal
+    awarded_mwh: Decimal
+    revenue: Decimal | None  # settled net revenue of the day's awards (None: nothing settled the user may see)
+    proposal_status: str
+
+
+def _mwh(watts: int | None, hours: Decimal) -> Decimal:
+    return (Decimal(watts or 0) * hours / Decimal(1_000_000)).quantize(Decimal("0.1"))
+
+
+def operator_days(
+    *, operator: MarketOperator, days: Iterable[date], user: AbstractBaseUser | AnonymousUser, now: datetime
+) -> list[DaySummary]:
+    """For each of ``days``: its gate state and the user's bids (their portfolios only), awards, settled revenue."""
+    portfolios = bid_portfolios_for(user)
+    hours = Decimal(operator.interval_minutes) / Decimal(60)
+    out = []
+    for day in days:
+        delivery = delivery_day(operator=operator, day=day, now=now)
+        bids = bids_in_window(start=delivery.start, end=delivery.end, operator=operator, portfolios=portfolios)
+        by_status = dict(bids.order_by().values_list("status").annotate(n=Count("id")))
+        offered = bids.aggregate(total=Sum("quantity_w"))["total"]
+        awards = Award.objects.filter(bid__in=bids)
+        awarded = awards.aggregate(total=Sum("awarded_w"))["total"]
+        settled = settlements_for(user).filter(award__in=awards).aggregate(total=Sum("net"))["total"]
+        proposal = in_portfolios(
+            BidProposal.objects.filter(operator=operator, horizon_start=delivery.start), portfolios
+        ).first()
+        out.append(
+            DaySummary(
+                operator=operator,
+                delivery=delivery,
+                bids=sum(by_status.values()),
+                by_status=by_status,
+                offered_mwh=_mwh(offered, hours),
+                awarded_mwh=_mwh(awarded, hours),
+                revenue=settled,
+                proposal_status=proposal.status if proposal is not None else "",
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class BidOutcome:
+    """A bid with what became of it: the award, what was not awarded, the performance score, the settled revenue."""
+
+    bid: Bid
+    forecast: Decimal | None  # the newest price forecast for the bid's interval (what the chart plots)
+    award: Award | None
+    shortfall_w: int | None  # offered - awarded, once awarded
+    score: Decimal | None  # performance score applied in settlement (1 for unscored products)
+    revenue: Decimal | None  # settled net, in the operator's currency
+    settlements: int
+
+
+@dataclass(frozen=True)
+class BiddingDay:
+    """One operator's delivery day as its bidding page shows it (and its CSV exports): only that operator's products,
+    only the user's portfolios."""
+
+    operator: MarketOperator
+    delivery: DeliveryDay
+    products: list[Product]
+    outcomes: list[BidOutcome]
+    forecasts: dict[str, dict[datetime, Decimal]]  # product code -> interval start -> newest forecast price
+    proposal: BidProposal | None
+    portfolios: set[str] | None
+
+    @property
+    def revenue(self) -> Decimal | None:
+        values = [o.revenue for o in self.outcomes if o.revenue is not None]
+        return sum(values, Decimal(0)) if values else None
+
+
+def price_forecasts(*, product: Product, start: datetime, end: datetime, known_at: datetime) -> dict[datetime, Decimal]:
+    """The newest *forecast* price of each interval in ``[start, end)`` known at ``known_at`` (cleared prices aside)."""
+    rows = (
+        PricePoint.objects.filter(
+            product=product,
+            kind=PricePoint.Kind.FORECAST,
+            interval_start__gte=start,
+            interval_start__lt=end,
+            belief_time__lte=known_at,
+        )
+        .order_by("interval_start", "-belief_time", "-id")
+        .values_list("interval_start", "price")
+    )
+    newest: dict[datetime, Decimal] = {}
+    for interval_start, price in rows:
+        newest.setdefault(interval_start, price)
+    return newest
+
+
+def bidding_day(
+    *, operator: MarketOperator, day: date, user: AbstractBaseUser | AnonymousUser, now: datetime
+) -> BiddingDay:
+    delivery = delivery_day(operator=operator, day=day, now=now)
+    portfolios = bid_portfolios_for(user)
+    products = list(Product.objects.filter(operator=operator).select_related("operator").order_by("code"))
+    bids = list(
+        bids_in_window(start=delivery.start, end=delivery.end, operator=operator, portfolios=portfolios)
+        .select_related("award")
+        .order_by("interval_start", "product__code", "portfolio")
+    )
+    awards = [b.award for b in bids if _award_of(b) is not None]
+    settled: dict[int, tuple[Decimal, Decimal, int]] = {}
+    for row in (
+        settlements_for(user)
+        .filter(award__in=awards)
+        .values("award_id")
+        .annotate(net=Sum("net"), score=Avg("score_value"), n=Count("id"))
+    ):
+        settled[row["award_id"]] = (row["net"], row["score"], row["n"])
+    forecasts = {
+        p.code: price_forecasts(product=p, start=delivery.start, end=delivery.end, known_at=now) for p in products
+    }
+    outcomes = []
+    for bid in bids:
+        award = _award_of(bid)
+        money = settled.get(award.pk) if award is not None else None
+        outcomes.append(
+            BidOutcome(
+                bid=bid,
+                forecast=forecasts.get(bid.product.code, {}).get(bid.interval_start),
+                award=award,
+                shortfall_w=max(0, bid.quantity_w - award.awarded_w) if award is not None else None,
+                score=Decimal(money[1]).quantize(Decimal("0.001")) if money is not None else None,
+                revenue=money[0] if money is not None else None,
+                settlements=money[2] if money is not None else 0,
+            )
+        )
+    proposal = in_portfolios(
+        BidProposal.objects.filter(operator=operator, horizon_start=delivery.start).order_by("portfolio"), portfolios
+    ).first()
+    return BiddingDay(operator, delivery, products, outcomes, forecasts, proposal, portfolios)
+
+
+def _award_of(bid: Bid) -> Award | None:
+    try:
+        return bid.award
+    except Award.DoesNotExist:
+        return None

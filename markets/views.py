@@ -7,25 +7,30 @@ portfolios of their organisations (another portfolio's bid: 404); anyone without
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
-from functools import wraps
+from functools import partial, wraps
 from typing import TypeVar
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from markets.models import Bid, BidProposal, MarketOperator
-from markets.selectors import bid_portfolios_for, bids_for, bids_in_window, in_portfolios, may_bid
-from markets.services.bids import MarketError, bids_transition, gate_closure
+from markets.charts import bidding_chart, bidding_csv
+from markets.models import Bid, MarketOperator
+from markets.selectors import bid_portfolios_for, bidding_day, bids_for, may_bid, operator_days, operator_today
+from markets.services.bids import EDITABLE, MarketError, bids_transition
 from markets.services.bids import bid_edit as bid_edit_service
-from markets.services.proposals import delivery_window
+from markets.services.proposals import proposal_prepare
+from markets.tasks import run_proposal
+
+DESK_PORTFOLIO = "all"  # what the bidding desk (every portfolio) proposes for: the whole fleet, as the scheduler does
 
 V = TypeVar("V", bound=Callable[..., HttpResponse])
 
@@ -48,96 +53,102 @@ def bidder_required(view: V) -> V:
     return wrapped  # type: ignore[return-value]
 
 
-def _day(request: HttpRequest) -> date:
+INDEX_DAYS_AHEAD = 2  # the index lists each operator's delivery days from this many ahead of today ...
+INDEX_DAYS_BACK = 6  # ... to this many before (the last week's results)
+
+
+def _operator(code: str) -> MarketOperator:
+    return get_object_or_404(MarketOperator, code=code)
+
+
+def _day_of(text: str) -> date:
     try:
-        return date.fromisoformat(request.GET.get("day", ""))
+        return date.fromisoformat(text)
     except ValueError:
-        return (timezone.now() + timedelta(days=1)).date()
+        raise Http404("a delivery day is YYYY-MM-DD") from None
 
 
 @login_required
 @bidder_required
-def bidding_day(request: HttpRequest) -> HttpResponse:
-    operator = get_object_or_404(MarketOperator, code=request.GET.get("operator", "pjm"))
-    day = _day(request)
-    start, end = delivery_window(operator, day)
-    portfolios = bid_portfolios_for(request.user)
-    bids = list(bids_in_window(start=start, end=end, portfolios=portfolios))
-    proposals = BidProposal.objects.filter(operator=operator, horizon_start=start).order_by("portfolio")
-    proposal = in_portfolios(proposals, portfolios).first()
-    chart = _chart(bids, proposal)
-    awards = [b for b in bids if hasattr(b, "award")]
+def markets_index(request: HttpRequest) -> HttpResponse:
+    """Every active market operator with its delivery days around today: gate state, the user's bids, awards and
+    settled revenue."""
+    now = timezone.now()
+    sections = []
+    for operator in MarketOperator.objects.filter(active=True).prefetch_related("products"):
+        today = operator_today(operator=operator, now=now)
+        days = [today + timedelta(days=k) for k in range(INDEX_DAYS_AHEAD, -INDEX_DAYS_BACK - 1, -1)]
+        sections.append((operator, operator_days(operator=operator, days=days, user=request.user, now=now)))
+    return render(request, "markets/index.html", {"sections": sections, "now": now})
+
+
+@login_required
+@bidder_required
+def bidding_legacy(request: HttpRequest) -> HttpResponse:
+    """The old address (``/markets/bidding/?operator=&day=``): the operator's day page."""
+    operator = _operator(request.GET.get("operator", "pjm"))
+    try:
+        day = date.fromisoformat(request.GET.get("day", ""))
+    except ValueError:
+        day = operator_today(operator=operator, now=timezone.now()) + timedelta(days=1)
+    return redirect("markets-day", operator=operator.code, day=day.isoformat())
+
+
+@login_required
+@bidder_required
+def bidding_day_page(request: HttpRequest, operator: str, day: str) -> HttpResponse:
+    market = _operator(operator)
+    now = timezone.now()
+    data = bidding_day(operator=market, day=_day_of(day), user=request.user, now=now)
+    portfolios = sorted(data.portfolios) if data.portfolios is not None else [DESK_PORTFOLIO]
     return render(
         request,
-        "markets/bidding_day.html",
+        "markets/day.html",
         {
-            "operator": operator,
+            "d": data,
+            "operator": market,
             "operators": MarketOperator.objects.filter(active=True),
-            "day": day,
-            "bids": bids,
-            "proposal": proposal,
-            "chart": chart,  # handed to the page with json_script, never |safe
-            "awards": [(b, b.award, max(0, b.quantity_w - b.award.awarded_w)) for b in awards],
-            "gate_closure": gate_closure(operator, start),
+            "chart": bidding_chart(data),  # handed to the page with json_script, never |safe
+            "previous_day": data.delivery.day - timedelta(days=1),
+            "next_day": data.delivery.day + timedelta(days=1),
+            "portfolios": portfolios,
+            "editable": [o for o in data.outcomes if o.bid.status in EDITABLE],
+            "mw_places": max(0, 7 - len(str(market.bid_increment_w))),  # MW to the bid increment: 100 kW -> 0.1
+            "now": now,
         },
     )
 
 
-def _chart(bids: list[Bid], proposal: BidProposal | None) -> dict[str, object]:
-    """Plotly traces: bids per product (bars), the fleet's up/down envelope, and offer / forecast prices."""
-    traces: list[dict[str, object]] = []
-    by_product: dict[str, list[Bid]] = {}
-    for b in bids:
-        by_product.setdefault(str(b.product), []).append(b)
-    for name, rows in by_product.items():
-        x = [b.interval_start.isoformat() for b in rows]
-        traces.append({"type": "bar", "name": f"{name} bid (kW)", "x": x, "y": [b.quantity_w / 1000 for b in rows]})
-        traces.append(
-            {
-                "type": "scatter",
-                "mode": "lines+markers",
-                "yaxis": "y2",
-                "name": f"{name} forecast price",
-                "x": x,
-                "y": [float(b.forecast_price) if b.forecast_price is not None else None for b in rows],
-            }
-        )
-        traces.append(
-            {
-                "type": "scatter",
-                "mode": "markers",
-                "yaxis": "y2",
-                "name": f"{name} offer price",
-                "x": x,
-                "y": [float(b.price) for b in rows],
-            }
-        )
-    if proposal and proposal.inputs.get("envelope"):
-        env = proposal.inputs["envelope"]
-        start = datetime.fromisoformat(proposal.inputs["start"])
-        step = timedelta(seconds=proposal.inputs["step_s"])
-        x = [(start + k * step).isoformat() for k in range(len(env["up_w"]))]
-        for key, label in (("up_w", "fleet up headroom (kW)"), ("down_w", "fleet down headroom (kW)")):
-            traces.append(
-                {
-                    "type": "scatter",
-                    "mode": "lines",
-                    "line": {"dash": "dot"},
-                    "name": label,
-                    "x": x,
-                    "y": [v / 1000 for v in env[key]],
-                }
-            )
-    return {
-        "data": traces,
-        "layout": {
-            "barmode": "group",
-            "yaxis": {"title": "kW"},
-            "yaxis2": {"title": "price", "overlaying": "y", "side": "right"},
-            "legend": {"orientation": "h"},
-            "margin": {"t": 20},
-        },
-    }
+@login_required
+@bidder_required
+def bidding_day_csv(request: HttpRequest, operator: str, day: str) -> HttpResponse:
+    """The day's bids as the page's table lists them (``markets.charts.bidding_csv``)."""
+    market = _operator(operator)
+    data = bidding_day(operator=market, day=_day_of(day), user=request.user, now=timezone.now())
+    response = HttpResponse(bidding_csv(data), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="bids-{market.code}-{data.delivery.day:%Y-%m-%d}.csv"'
+    return response
+
+
+@login_required
+@bidder_required
+@require_POST
+def proposal_prepare_view(request: AuthenticatedHttpRequest, operator: str, day: str) -> HttpResponse:
+    """Ask the optimiser for the day's bids now (refused, with the reason, once the gate closed or the day began)."""
+    market = _operator(operator)
+    delivery = _day_of(day)
+    portfolios = bid_portfolios_for(request.user)
+    portfolio = request.POST.get("portfolio") or DESK_PORTFOLIO
+    if portfolios is not None and portfolio not in portfolios:
+        raise Http404("no such portfolio")  # another organisation's fleet: as if it did not exist
+    try:
+        proposal = proposal_prepare(operator=market, portfolio=portfolio, day=delivery, now=timezone.now())
+    except MarketError as exc:
+        messages.error(request, f"Not proposed: {exc}")
+        return _back(request, 409)
+    transaction.on_commit(partial(run_proposal.delay, proposal.pk))
+    messages.success(request, f"Proposal for {delivery:%Y-%m-%d} ({portfolio}) requested; its bids appear once done.")
+    return _back(request)
 
 
 @login_required
@@ -184,12 +195,12 @@ def bids_action(request: AuthenticatedHttpRequest) -> HttpResponse:
 
 
 def _back(request: HttpRequest, status: int = 302) -> HttpResponse:
-    url = request.POST.get("next") or "/markets/bidding/"
-    if not url.startswith("/"):
-        url = "/markets/bidding/"
-    response = redirect(url)
-    if status != 302:
-        response.status_code = 303 if status < 400 else status
-        if status >= 400:
-            return HttpResponse("\n".join(str(m) for m in messages.get_messages(request)) or "refused", status=status)
-    return response
+    """Back to the page the form was on (``next``, same site only), the messages shown there; a refusal is a page of
+    its own with its status (400, 409) and the reasons, linking back."""
+    url = request.POST.get("next") or "/markets/"
+    if not url.startswith("/") or url.startswith("//"):
+        url = "/markets/"
+    if status >= 400:
+        reasons = [str(m) for m in messages.get_messages(request)] or ["refused"]
+        return render(request, "markets/refused.html", {"reasons": reasons, "back": url}, status=status)
+    return redirect(url)

@@ -14,7 +14,8 @@ when the row writes, for writing:
 Expectations: ``OK`` (2xx), ``ALLOWED`` (a write got past the permission checks: neither 401/403/404 nor the login
 page; validation may still answer 400/409), ``SEES``/``BLIND`` (200, and the owner's object is/is not in the list
 or the page), ``NOT_FOUND`` (404), ``FORBIDDEN`` (403), ``DENIED`` (401 or 403: API without credentials), ``LOGIN``
-(302 to the login page), ``NOT_ALLOWED`` (405), ``ELSEWHERE`` (checked in the route's own tests).
+(302 to the login page), ``NOT_ALLOWED`` (405), ``MOVED`` (302 elsewhere: an old address), ``ELSEWHERE`` (checked in
+the route's own tests).
 
 To add a route: add a ``Row`` keyed by its route string as ``test_every_route_has_a_row`` prints it, with the
 fixture object its URL needs (``url`` is formatted with ``World``'s ids), the owner's role, a wrong role, the read
@@ -57,6 +58,7 @@ from vpp.discovery import app_modules
 
 OK, ALLOWED, SEES, BLIND = "ok", "allowed", "sees", "blind"
 NOT_FOUND, FORBIDDEN, DENIED, LOGIN, NOT_ALLOWED = "404", "403", "401/403", "login", "405"
+MOVED = "moved"  # 302 to another page (not the login page): an old address
 ELSEWHERE = "elsewhere"  # checked in the route's own tests (named in the row's note), not from this table
 ACTORS = ("anon", "owner", "other", "wrong", "operator")
 FM, BA, UT = Role.FLEET_MANAGER, Role.BIDDING_ADMIN, Role.UTILITY
@@ -95,6 +97,7 @@ MATRIX: dict[str, Row] = {
     # -- public API description
     "api/schema/": Row("/api/schema/", read=PUBLIC),
     "api/docs/": Row("/api/docs/", read=PUBLIC),
+    "api/redoc/": Row("/api/redoc/", read=PUBLIC),
     "api/": Row("/api/", read=expect(DENIED, OK, OK, OK, OK)),
     # -- fleet: fleet managers of the owning organisation (keys: read / fleet:write)
     "api/fleet/fleets/": Row("/api/fleet/fleets/", read=API_LIST, probe="fleet"),
@@ -217,6 +220,8 @@ MATRIX: dict[str, Row] = {
     "pki/ocsp": Row("/pki/ocsp", api=False, write=PUBLIC, body={"not": "an OCSP request"}),
     "pki/ocsp/<path:encoded>": Row("/pki/ocsp/MAMCAQA=", api=False, read=PUBLIC),
     # -- pages
+    "login/": Row("/login/", api=False, read=PUBLIC),
+    "logout/": Row("/logout/", api=False, write=expect(LOGIN, LOGIN, LOGIN, LOGIN, LOGIN)),  # signed out, to sign-in
     "": Row("/", api=False, read=expect(LOGIN, OK, OK, OK, OK)),
     "dashboard/overview.json": Row("/dashboard/overview.json", api=False, read=expect(LOGIN, OK, OK, OK, OK)),
     # the dashboard's reads are scoped (tests/vpp/dashboard: another organisation's stations, cars and power are not
@@ -236,13 +241,37 @@ MATRIX: dict[str, Row] = {
         write=expect(LOGIN, ALLOWED, NOT_FOUND, FORBIDDEN, ALLOWED),
         body={"power_kw": "5", "minutes": "10"},
     ),
+    "markets/": Row("/markets/", api=False, role=BA, wrong_role=FM, read=expect(LOGIN, OK, OK, FORBIDDEN, OK)),
     "markets/bidding/": Row(
         "/markets/bidding/?day={bid_day}",
         api=False,
         role=BA,
         wrong_role=FM,
+        read=expect(LOGIN, MOVED, MOVED, FORBIDDEN, MOVED),  # the old address of the day page
+    ),
+    "markets/<slug:operator>/<str:day>/": Row(
+        "/markets/pjm/{bid_day}/",
+        api=False,
+        role=BA,
+        wrong_role=FM,
         read=expect(LOGIN, SEES, BLIND, FORBIDDEN, SEES),
         probe="bid_marker",
+    ),
+    "markets/<slug:operator>/<str:day>/bids.csv": Row(
+        "/markets/pjm/{bid_day}/bids.csv",
+        api=False,
+        role=BA,
+        wrong_role=FM,
+        read=expect(LOGIN, SEES, BLIND, FORBIDDEN, SEES),
+        probe="bid_marker",
+    ),
+    "markets/<slug:operator>/<str:day>/propose/": Row(
+        "/markets/pjm/{bid_day}/propose/",
+        api=False,
+        role=BA,
+        wrong_role=FM,
+        write=expect(LOGIN, ALLOWED, NOT_FOUND, FORBIDDEN, ALLOWED),  # another organisation's portfolio: 404
+        body=lambda w: {"portfolio": f"fleet-{w.fleet}"},
     ),
     "markets/bids/<int:bid_id>/edit/": Row(
         "/markets/bids/{bid}/edit/",
@@ -261,6 +290,14 @@ MATRIX: dict[str, Row] = {
         body=lambda w: {"action": "approve", "bid": [str(w.bid)]},
     ),
     "regulation/": Row("/regulation/", api=False, role=FM, wrong_role=UT, read=PAGE_SCOPED, probe="line_marker"),
+    "regulation/export/<slug:kind>.csv": Row(
+        "/regulation/export/revenue-vehicle.csv",
+        api=False,
+        role=FM,
+        wrong_role=UT,
+        read=PAGE_SCOPED,
+        probe="line_marker",
+    ),
     "regulation/settlements.csv": Row(
         "/regulation/settlements.csv", api=False, role=FM, wrong_role=UT, read=PAGE_SCOPED, probe="line_marker"
     ),
@@ -501,6 +538,9 @@ def _check(response: Any, expected: str, row: Row, world: World) -> None:
     where = f"{response.request['REQUEST_METHOD']} {response.request['PATH_INFO']} -> {code}"
     if expected == LOGIN:
         assert _to_login(response), where
+    elif expected == MOVED:
+        assert code == 302, where
+        assert not _to_login(response), where
     elif expected == DENIED:
         assert code in (401, 403), where
     elif expected in (NOT_FOUND, FORBIDDEN, NOT_ALLOWED):

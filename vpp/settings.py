@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "axes",
     "csp",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc served from this server (/api/docs/ works offline)
     "channels",
     "vpp",
     "chargers",
@@ -226,7 +227,9 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static", ("plotly", str(Path(plotly.__file__).parent / "package_data"))]
 STATIC_ROOT = VAR_DIR / "staticfiles"
 
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/login/"  # every user's sign-in page (the admin's login is for staff only)
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
 # People's passwords (not stations': those are random machine secrets, chargers/passwords.py): Django's validators.
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -249,7 +252,7 @@ AXES_RESET_ON_SUCCESS = True
 # plotly package, no CDN) or inline with the per-request nonce (``nonce="{{ request.csp_nonce }}"``); styles also
 # inline, for the templates' style attributes and the styles plotly.js injects into its charts; images also data:
 # and blob: (plotly's download-as-PNG). The live feed's WebSocket is same-origin ('self' covers ws(s) in CSP 3).
-# The API docs page loads Swagger UI from its CDN: vpp.urls widens the policy for that page only.
+# The API docs (Swagger UI, ReDoc) are static files of this server too (drf-spectacular-sidecar).
 CONTENT_SECURITY_POLICY: dict[str, Any] = {
     "DIRECTIVES": {
         "default-src": [SELF],
@@ -289,11 +292,19 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
+    # Every API error is an RFC 9457 problem document (application/problem+json): vpp/problems.py.
+    "EXCEPTION_HANDLER": "vpp.problems.api_exception_handler",
 }
+# Django's own CSRF refusal: a problem document under /api/, Django's page elsewhere.
+CSRF_FAILURE_VIEW = "vpp.problems.csrf_failure"
 SPECTACULAR_SETTINGS = {
     "TITLE": "V2G fleet VPP aggregator API",
     "DESCRIPTION": "Fleet flexibility, stations, market bids and regulation dispatch.",
     "VERSION": "0.1.0",
+    # Swagger UI and ReDoc from the pinned drf-spectacular-sidecar package (static files of this server), no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- CSMS --------------------------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from csp.constants import SELF
 from csp.decorators import csp_update
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import URLPattern, URLResolver, include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from vpp.discovery import app_modules
 
@@ -13,17 +15,34 @@ def _app_urls(suffix: str) -> list[URLPattern | URLResolver]:
     return [path("", include(module)) for module in app_modules(suffix)]
 
 
-# Swagger UI comes from its CDN (drf-spectacular's default): the docs page alone may load from there. The split view
-# serves its start-up script as a file (``?script``), so no inline script needs the CSP nonce.
-SWAGGER_CDN = "https://cdn.jsdelivr.net"
-api_docs = csp_update({"script-src": [SWAGGER_CDN], "style-src": [SWAGGER_CDN], "img-src": [SWAGGER_CDN]})(
-    SpectacularSwaggerSplitView.as_view(url_name="schema")
-)
+class RedocView(SpectacularRedocView):
+    """ReDoc from this server (drf-spectacular-sidecar), started by a script carrying the request's CSP nonce and
+    without the web fonts drf-spectacular's own template fetches from a CDN."""
 
+    template_name = "api/redoc.html"
+
+
+# Swagger UI and ReDoc are static files of this server (drf-spectacular-sidecar): the docs work offline and under
+# the site's CSP. The split view serves its start-up script as a file (``?script``), so no inline script is needed.
 urlpatterns: list[URLPattern | URLResolver] = [
     path("admin/", admin.site.urls),
+    # Everyone's sign-in (the admin's own login takes staff only): django-axes guards it like the admin's.
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", api_docs, name="api-docs"),
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
+    # ReDoc renders in a web worker it creates from a blob: URL.
+    path(
+        "api/redoc/",
+        csp_update({"worker-src": [SELF, "blob:"]})(RedocView.as_view(url_name="schema")),
+        name="api-redoc",
+    ),
     path("api/", include(_app_urls("api_urls"))),
     path("", include(_app_urls("pages"))),
 ]
+
+# Errors of /api/ URLs are RFC 9457 problem documents; pages keep Django's (vpp/problems.py).
+handler400 = "vpp.problems.bad_request"
+handler403 = "vpp.problems.permission_denied"
+handler404 = "vpp.problems.page_not_found"
+handler500 = "vpp.problems.server_error"

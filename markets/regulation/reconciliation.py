@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
+from django.db.models import QuerySet
 
 from markets.regulation.metering import Reconciliation
 from markets.regulation.models import (
@@ -45,7 +46,9 @@ def _register_delta(series: MeterSeries, start: datetime, end: datetime) -> tupl
     return round(imp[1] - imp[0]), round(exp[1] - exp[0])
 
 
-def reconciliation_report(*, start: datetime, end: datetime) -> list[ReconciliationRow]:
+def reconciliation_report(
+    *, start: datetime, end: datetime, lines: QuerySet[SettlementLine] | None = None
+) -> list[ReconciliationRow]:
     """Per charge point: energy settled in the periods settled within ``[start, end)`` against its meter
     registers' deltas over those same periods.
 
@@ -53,9 +56,13 @@ def reconciliation_report(*, start: datetime, end: datetime) -> list[Reconciliat
     meter's own energy counters, interpolated linearly at each settled period's start and end. Each period counts
     once per charge point, however many awards it was settled under. Each direction agrees within 0.1 % (or 1 Wh).
     A period whose register readings do not bracket it counts a register delta of 0, so it shows as disagreeing.
+    ``lines``: the settlement lines to check (default every one: the market-wide report; the pages pass the user's,
+    :func:`markets.regulation.selectors.settlement_lines_for`, so an organisation sees its own charge points only).
     """
     start, end = utc_instant(start, "start"), utc_instant(end, "end")
-    lines = SettlementLine.objects.filter(settlement__period_start__gte=start, settlement__period_end__lte=end)
+    lines = (SettlementLine.objects.all() if lines is None else lines).filter(
+        settlement__period_start__gte=start, settlement__period_end__lte=end
+    )
     settled: dict[tuple[int, int], list[int]] = {}
     periods: dict[tuple[int, int], set[tuple[datetime, datetime]]] = {}
     names: dict[tuple[int, int], str] = {}

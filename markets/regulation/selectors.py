@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from django.db.models import Count, F, Min, Q, QuerySet, Sum
-from django.db.models.functions import TruncDate
+from django.db.models.functions import TruncDate, TruncHour
 from numpy.typing import NDArray
 
 from chargers.models import ENERGY_IMPORT_REGISTER, MeterValue, Station
@@ -358,21 +358,23 @@ _MONEY_FIELDS = ("capacity_credit", "performance_credit", "energy_amount", "degr
 
 
 def revenue_by(lines: QuerySet[SettlementLine], *, by: str) -> list[dict[str, Any]]:
-    """Revenue totals of settlement lines per ``day`` (UTC), ``product`` or ``vehicle``; money as Decimal."""
+    """Revenue totals of settlement lines per ``hour`` or ``day`` (UTC), ``product`` or ``vehicle``, and currency;
+    money as Decimal."""
     keys = {
+        "hour": ("key", TruncHour("settlement__period_start", tzinfo=UTC)),
         "day": ("key", TruncDate("settlement__period_start", tzinfo=UTC)),
         "product": ("key", F("settlement__award__product__code")),
         "vehicle": ("key", F("vehicle_ref")),
     }
     if by not in keys:
-        raise ValueError(f"revenue can be grouped by day, product or vehicle, not {by!r}")
+        raise ValueError(f"revenue can be grouped by hour, day, product or vehicle, not {by!r}")
     name, expression = keys[by]
     sums = {field: Sum(field) for field in _MONEY_FIELDS}
     rows = (
-        lines.annotate(**{name: expression})
-        .values(name)
+        lines.annotate(**{name: expression}, currency=F("settlement__currency"))
+        .values(name, "currency")
         .annotate(**sums, import_wh=Sum("import_wh"), export_wh=Sum("export_wh"), lines=Count("id"))
-        .order_by(name)
+        .order_by(name, "currency")
     )
     return list(rows)
 

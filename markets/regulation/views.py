@@ -9,10 +9,9 @@ their organisations' vehicles. Another organisation's settlement: 404 (``markets
 from __future__ import annotations
 
 import csv
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-import numpy as np
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, render
@@ -21,8 +20,9 @@ from django.utils.dateparse import parse_datetime
 
 from chargers.models import MeterValue
 from markets.regulation.api import settlement_csv
-from markets.regulation.models import PerformanceScoreRecord, Settlement
-from markets.regulation.performance import regulation_trace
+from markets.regulation.charts import revenue_chart, scores_chart, signal_chart
+from markets.regulation.models import Settlement
+from markets.regulation.reports import CSV_KINDS, regulation_report, report_csv
 from markets.regulation.scoring import HOURLY_ROWS
 from markets.regulation.selectors import (
     POWER_EXPORT,
@@ -32,73 +32,71 @@ from markets.regulation.selectors import (
     REGISTER_IMPORT,
     charge_point_power,
     market_wide,
-    revenue_by,
-    scores_for,
     settlement_lines_for,
     settlements_for,
 )
-from markets.regulation.services import RegulationError
 
 AUDIT_ROWS_SHOWN = 120
+MAX_DAYS = 62
 
 
-def _chart(score: PerformanceScoreRecord) -> dict[str, Any] | None:
-    """Signal vs measured response (MW) on the scored hour's 10-s rows, for plotly."""
-    try:
-        trace = regulation_trace(
-            product=score.product,
-            portfolio=score.portfolio,
-            start=score.period_start,
-            rows=score.rows,
-            capacity_w=score.capacity_w,
-        )
-    except RegulationError:
-        return None
-    times = [datetime.fromtimestamp(t, UTC).isoformat() for t in trace.grid_s]
-    return {
-        "times": times,
-        "signal_mw": np.round(trace.reg_mw, 4).tolist(),
-        "response_mw": np.round(trace.response_mw, 4).tolist(),
-        "fleet_kw": np.round(trace.fleet_power_w / 1000, 2).tolist(),
-        "title": f"{score.product} {score.portfolio} from {score.period_start:%Y-%m-%d %H:%M} UTC",
-    }
+def _period(request: HttpRequest) -> tuple[datetime, datetime, int]:
+    """``days`` (1-62, default 7) up to ``until`` (ISO 8601 with an offset, default now); ValueError says what is
+    wrong."""
+    days = request.GET.get("days", "7")
+    if not days.isdigit() or not 1 <= int(days) <= MAX_DAYS:
+        raise ValueError(f"days must be a whole number from 1 to {MAX_DAYS}")
+    until = parse_datetime(request.GET.get("until", "")) or timezone.now()
+    if timezone.is_naive(until):
+        raise ValueError("until must be ISO 8601 with an offset")
+    return until - timedelta(days=int(days)), until, int(days)
+
+
+def _score_id(request: HttpRequest) -> int | None:
+    chosen = request.GET.get("score", "")
+    return int(chosen) if chosen.isdigit() else None
 
 
 @login_required
 def regulation_reports(request: HttpRequest) -> HttpResponse:
-    days = request.GET.get("days", "7")
-    if not days.isdigit() or not 1 <= int(days) <= 62:
-        return HttpResponseBadRequest("days must be a whole number from 1 to 62")
-    until = parse_datetime(request.GET.get("until", "")) or timezone.now()
-    if timezone.is_naive(until):
-        return HttpResponseBadRequest("until must be ISO 8601 with an offset")
-    since = until - timedelta(days=int(days))
-    lines = settlement_lines_for(request.user).filter(
-        settlement__period_start__gte=since, settlement__period_start__lt=until
-    )
-    scores = scores_for(request.user).filter(period_start__gte=since, period_start__lt=until).order_by("-period_start")
-    settlements = settlements_for(request.user).filter(period_start__gte=since, period_start__lt=until)
+    try:
+        since, until, days = _period(request)
+    except ValueError as exc:
+        return HttpResponseBadRequest(str(exc))
+    report = regulation_report(user=request.user, since=since, until=until, score_id=_score_id(request))
+    revenue_by = "hour" if days <= 2 else "day"
+    query = request.GET.copy()
+    query.pop("score", None)
     context: dict[str, Any] = {
-        "days": int(days),
+        "r": report,
+        "days": days,
         "until": until,
-        "award_figures": market_wide(request.user) or scores.exists() or settlements.exists(),
-        "by_day": revenue_by(lines, by="day"),
-        "by_product": revenue_by(lines, by="product"),
-        "by_vehicle": revenue_by(lines, by="vehicle"),
-        "scores": [],
-        "settlements": [],
-        "chart": None,
-        "chart_score": None,
+        "query": query.urlencode(),
+        "revenue_by": revenue_by,
+        # Figures for plotly.js, handed to the page with json_script (never |safe).
+        "revenue_chart": revenue_chart(report, revenue_by) if report.revenue[revenue_by] else None,
+        "scores_chart": scores_chart(report) if report.scores else None,
+        "signal_chart": signal_chart(report.series) if report.series and not report.series.error else None,
+        "csv_kinds": CSV_KINDS,
     }
-    if context["award_figures"]:
-        context["scores"] = list(scores[:200])
-        context["settlements"] = list(settlements.order_by("-period_start")[:200])
-        chosen = request.GET.get("score")
-        score = scores.filter(pk=int(chosen)).first() if chosen and chosen.isdigit() else scores.first()
-        if score is not None:
-            context["chart"] = _chart(score)
-            context["chart_score"] = score
     return render(request, "markets/regulation/reports.html", context)
+
+
+@login_required
+def regulation_report_csv(request: HttpRequest, kind: str) -> HttpResponse:
+    """One series of the page as CSV (``markets.regulation.reports.report_csv``): what the page plots or lists for
+    the same ``days``, ``until`` and ``score``."""
+    if kind not in CSV_KINDS:
+        raise Http404(f"no CSV of {kind!r}")
+    try:
+        since, until, _ = _period(request)
+    except ValueError as exc:
+        return HttpResponseBadRequest(str(exc))
+    report = regulation_report(user=request.user, since=since, until=until, score_id=_score_id(request))
+    filename, text = report_csv(report, kind)
+    response = HttpResponse(text, content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
 
 
 @login_required

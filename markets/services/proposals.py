@@ -40,6 +40,33 @@ def proposal_request(*, operator: MarketOperator, portfolio: str, day: date) -> 
     )
 
 
+def proposal_prepare(*, operator: MarketOperator, portfolio: str, day: date, now: datetime) -> BidProposal:
+    """Ask for a (fresh) proposal for delivery ``day`` from a person (the bidding page): the row, pending, for the
+    caller to run. Refused (``MarketError``, with the reason) once the day's intervals have begun or its day-ahead
+    gate has closed: bids made then could never be submitted. The scheduler (``markets.tasks``) and the command keep
+    calling :func:`proposal_request`."""
+    start, end = delivery_window(operator, day)
+    if now >= start:
+        what = "is over" if now >= end else "has begun"
+        raise MarketError(
+            f"delivery day {day:%Y-%m-%d} {what} (its intervals start {start:%Y-%m-%d %H:%M} UTC): "
+            "no bids can be proposed for past intervals"
+        )
+    closes = gate_closure(operator, start)
+    if now >= closes:
+        local = closes.astimezone(ZoneInfo(operator.timezone))
+        raise MarketError(
+            f"the day-ahead gate for {day:%Y-%m-%d} closed at {closes:%Y-%m-%d %H:%M} UTC "
+            f"({local:%H:%M} {operator.timezone}): no new proposal for that day"
+        )
+    proposal, created = proposal_request(operator=operator, portfolio=portfolio, day=day)
+    if not created and proposal.status == BidProposal.Status.RUNNING:
+        raise MarketError(f"the proposal for {day:%Y-%m-%d} ({portfolio}) is being computed; reload in a moment")
+    proposal_rerun(proposal_id=proposal.pk)
+    proposal.refresh_from_db()
+    return proposal
+
+
 def proposal_claim(*, proposal_id: int) -> bool:
     """Claim a pending proposal for running (atomic; False if another worker has it or it is done)."""
     return (

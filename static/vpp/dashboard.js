@@ -145,8 +145,8 @@
     $("online").textContent = o.stations_online;
     $("vehicles-count").textContent = o.vehicles.length;
     $("fleet-kw").textContent = Math.round(o.fleet_power_w / 1000);
-    $("revenue-today").textContent = o.revenue.today.net;
-    $("revenue-month").textContent = o.revenue.month.net;
+    $("revenue-today").textContent = o.revenue.today.net_text;
+    $("revenue-month").textContent = o.revenue.month.net_text;
     drawFlex(o.flexibility);
     o.stations.forEach((s) => {
       const row = $("st-" + s.station_id);
@@ -190,7 +190,7 @@
       const tr = el("tr");
       const name = el("td", {}, r.vehicle);
       if (r.simulated) name.append(" ", el("span", { class: "sim" }, "simulated"));
-      tr.append(name, el("td", {}, r.today), el("td", {}, r.month));
+      tr.append(name, el("td", {}, r.today_text), el("td", {}, r.month_text));
       body.append(tr);
     });
     if (o.vehicles.length !== document.querySelectorAll("tr[data-vehicle]").length) {

@@ -238,10 +238,12 @@ def call_station(live_csms: LiveServer, transactional_db: None):
             with urllib.request.urlopen(request, timeout=timeout + 10) as response:
                 return json.loads(response.read())["payload"]
         except urllib.error.HTTPError as exc:
-            body = json.loads(exc.read())
+            body = json.loads(exc.read())  # an RFC 9457 problem document (fleet.problems)
             if exc.code == 502:
-                raise station_call.CallErrorResponse(body["code"], body["description"], body.get("details")) from exc
-            raise errors.get(exc.code, RuntimeError)(body.get("error")) from exc
+                raise station_call.CallErrorResponse(
+                    body["ocpp_error_code"], body["ocpp_error_description"], body.get("ocpp_error_details")
+                ) from exc
+            raise errors.get(exc.code, RuntimeError)(body.get("detail")) from exc
 
     async def via_api(station_id: str, action: str, payload: dict, timeout: float = 10.0) -> dict:  # noqa: ASYNC109
         return await asyncio.to_thread(post, station_id, action, payload, timeout)

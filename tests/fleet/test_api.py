@@ -57,7 +57,7 @@ def test_the_fleet_manager_sets_a_departure_and_bad_input_is_refused(setup: dict
     assert (plan.source, plan.target_soc_pct) == (PlanSource.FLEET_MANAGER, 85)
     bad = client.post(url, {"departure_at": leave, "target_soc_pct": 150}, format="json")
     assert bad.status_code == 400
-    assert "target_soc_pct" in bad.json()
+    assert "#/target_soc_pct" in [error["pointer"] for error in bad.json()["errors"]]
     other = client.post(
         f"/api/fleet/vehicles/{setup['other'].id}/departure/",
         {"departure_at": leave, "target_soc_pct": 80},
@@ -105,7 +105,7 @@ def test_a_duplicate_identifier_is_refused_with_a_reason(setup: dict) -> None:
     url = f"/api/fleet/vehicles/{setup['vehicle'].id}/"
     response = operator.patch(url, {"id_token": setup["other"].id_token}, format="json")
     assert response.status_code == 400
-    assert "already exists" in str(response.json()["id_token"])
+    assert "already exists" in _refusal(response, "id_token")
 
 
 @pytest.mark.parametrize("field", ["id_token", "evccid", "vin"])
@@ -116,7 +116,7 @@ def test_only_an_operator_changes_a_vehicles_identity(setup: dict, field: str) -
     before = getattr(vehicle, field)
     response = setup["client"].patch(url, {field: "CLAIMED0001"}, format="json")
     assert response.status_code == 400
-    assert "operator" in str(response.json()[field])
+    assert "operator" in _refusal(response, field)
     vehicle.refresh_from_db()
     assert getattr(vehicle, field) == before
     # the unchanged value sent back (a GET-modify-PUT client) passes, with the other changes
@@ -148,3 +148,21 @@ def test_the_weekly_schedule_is_replaced_and_validated(setup: dict) -> None:
         == 400
     )
     assert len(client.get(url).json()) == 2
+
+
+def _refusal(response, field: str) -> str:
+    """The messages a problem document (RFC 9457) gives for one field of the body."""
+    return " ".join(e["detail"] for e in response.json()["errors"] if e["pointer"] == f"#/{field}")
+
+
+@pytest.mark.parametrize("ago", [timedelta(seconds=1), timedelta(days=3)])
+def test_it_refuses_a_departure_in_the_past(setup: dict, ago: timedelta) -> None:
+    # Given a fleet manager's vehicle
+    url = f"/api/fleet/vehicles/{setup['vehicle'].id}/departure/"
+    # When the manager sets a departure that has already passed
+    past = (timezone.now() - ago).isoformat()
+    response = setup["client"].post(url, {"departure_at": past, "target_soc_pct": 80}, format="json")
+    # Then it is refused with the reason, and no plan is stored
+    assert response.status_code == 400
+    assert "not in the future" in _refusal(response, "departure_at")
+    assert not DeparturePlan.objects.filter(vehicle=setup["vehicle"]).exists()

@@ -207,13 +207,13 @@ def test_the_station_call_endpoint_wants_a_staff_key_with_scope_command() -> Non
     staff = UserFactory.create(username="ops", is_staff=True)
     read_only, command = api_key_for(staff, "read", name="r"), api_key_for(staff, "command", name="c")
     url = "/api/stations/x/call"
-    # A key without scope command: 403; a bad key: 401; a good one passes auth and is judged on its body (400)
+    # A key without scope command: 403; a bad key: 401; a good one passes auth and finds no station "x" (404)
     assert (
         Client().post(url, {}, "application/json", headers={"Authorization": f"Api-Key {read_only}"}).status_code == 403
     )
     assert Client().post(url, {}, "application/json", headers={"Authorization": "Api-Key x.y"}).status_code == 401
     assert (
-        Client().post(url, {}, "application/json", headers={"Authorization": f"Api-Key {command}"}).status_code == 400
+        Client().post(url, {}, "application/json", headers={"Authorization": f"Api-Key {command}"}).status_code == 404
     )
 
 

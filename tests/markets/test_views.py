@@ -9,7 +9,7 @@ def test_the_bidding_page_renders_for_a_bidding_admin(client, bidding_admin, bid
     bid = bid_factory()
     client.force_login(bidding_admin)
     day = bid.interval_start.astimezone(__import__("zoneinfo").ZoneInfo("America/New_York")).date()
-    response = client.get(f"/markets/bidding/?operator=pjm&day={day}")
+    response = client.get(f"/markets/pjm/{day}/")
     assert response.status_code == 200
     assert bid.external_ref in response.content.decode()
     assert "plotly/plotly.min.js" in response.content.decode()

@@ -74,7 +74,7 @@ def test_inline_scripts_carry_the_nonce_of_the_policy() -> None:
     # Given the bidding page (an inline script drawing its chart from json_script data)
     browser = Client()
     browser.force_login(UserFactory.create(is_staff=True, is_superuser=True))
-    response = browser.get("/markets/bidding/?operator=pjm")
+    response = browser.get("/markets/bidding/?operator=pjm", follow=True)
     assert response.status_code == 200
     html = response.content.decode()
     nonce = re.search(r"'nonce-([^']+)'", response["Content-Security-Policy"])

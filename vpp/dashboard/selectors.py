@@ -23,6 +23,7 @@ from fleet.numerics.flexibility import fleet_flexibility
 from fleet.numerics.snapshot import VehicleSnapshot
 from fleet.selectors import alerts_for, plugged_in_snapshots, stations_for, vehicles_for
 from markets.regulation.selectors import settlement_lines_for
+from markets.templatetags.money import money_text
 
 #: The dashboard's horizon: the next 24 h in market intervals of 15 min.
 HORIZON_INTERVALS = 96
@@ -150,11 +151,19 @@ def revenue_summary(*, user: AbstractBaseUser | AnonymousUser, at: datetime) -> 
     lines = settlement_lines_for(user).filter(settlement__period_start__gte=month, settlement__period_start__lt=at)
     today = lines.filter(settlement__period_start__gte=day)
     currencies = sorted(set(lines.values_list("settlement__currency", flat=True)))
+    currency = currencies[0] if len(currencies) == 1 else ("mixed" if currencies else "USD")
 
-    def totals(rows: Any) -> dict[str, Decimal]:
+    def totals(rows: Any) -> dict[str, Any]:
         sums = rows.aggregate(net=Sum("net"))
         simulated = rows.filter(settlement__simulated=True).aggregate(net=Sum("net"))
-        return {"net": _money(sums["net"]), "simulated": _money(simulated["net"])}
+        net, sim = _money(sums["net"]), _money(simulated["net"])
+        # The *_text forms are what the page shows ("$1,234.56"), written once here for the template and the feed.
+        return {
+            "net": net,
+            "simulated": sim,
+            "net_text": money_text(net, currency),
+            "simulated_text": money_text(sim, currency),
+        }
 
     by_vehicle: dict[str, dict[str, Any]] = {}
     for when, rows in (("month", lines), ("today", today)):
@@ -168,8 +177,13 @@ def revenue_summary(*, user: AbstractBaseUser | AnonymousUser, at: datetime) -> 
             )
             entry[when] = _money(entry[when] + (net or 0))
             entry["simulated"] = entry["simulated"] or simulated
+    for entry in by_vehicle.values():
+        entry["today_text"], entry["month_text"] = (
+            money_text(entry["today"], currency),
+            money_text(entry["month"], currency),
+        )
     return {
-        "currency": currencies[0] if len(currencies) == 1 else ("mixed" if currencies else "USD"),
+        "currency": currency,
         "today": totals(today),
         "month": totals(lines),
         "by_vehicle": sorted(by_vehicle.values(), key=lambda e: (-e["month"], e["vehicle"])),

@@ -55,6 +55,8 @@ from vpp.dispatch.values import (  # noqa: F401 - re-exported: the dispatcher's 
     StateLoader,
     basepoint_choose,
     fleet_setpoint_w,
+    in_force,
+    nothing_to_send,
     profile_payload,
     station_commands,
 )
@@ -366,6 +368,10 @@ class Dispatcher:
 
     # --- the hot path -------------------------------------------------------------------------------------------
 
+    def nothing_to_send(self, now: float) -> str:
+        """Why a dispatch at ``now`` would send no setpoint (:func:`~vpp.dispatch.values.nothing_to_send`)."""
+        return nothing_to_send(self.state, now)
+
     async def dispatch(self, signal: Signal) -> DispatchResult:
         """Allocate and send one signal value; returns once every station answered or the call deadline passed."""
         if self.state is None:
@@ -376,17 +382,12 @@ class Dispatcher:
         if self._soc_dirty:
             state = self.state = replace(state, fleet=state.fleet.with_soc(self._soc.copy()))
             self._soc_dirty = False
-        reserve = state.reserve_w if state.reserve_until is not None and now < state.reserve_until else 0
-        capacity = state.capacity_w if state.award_until is not None and now < state.award_until else 0
+        reserve, capacity = in_force(state, now)
         base = self.basepoint_w or 0
         setpoint = fleet_setpoint_w(
             basepoint_w=base, signal=float(signal.value), capacity_w=capacity, reserve_w=reserve
         )
-        skipped = ""
-        if capacity <= 0 and reserve <= 0:
-            skipped = "no regulation capacity awarded for this product and portfolio now"
-        elif len(state.fleet) == 0:
-            skipped = "no plugged-in vehicle on a connected station"
+        skipped = self.nothing_to_send(now)
         if skipped:
             result = DispatchResult(
                 signal, capacity, base, reserve, setpoint, None, [], [], 0.0, now - state.loaded_at, 0, skipped

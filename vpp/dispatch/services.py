@@ -27,6 +27,7 @@ nothing to dispatch, and each portfolio named would otherwise start a dispatcher
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,6 +63,7 @@ __all__ = [
     "dispatch_basepoint_record",
     "dispatch_record",
     "product_resolve",
+    "regulation_dispatch_answer",
     "regulation_dispatch_from_sync",
     "regulation_dispatch_start",
     "regulation_signal_accept",
@@ -70,6 +72,7 @@ __all__ = [
     "signal_portfolio_check",
 ]
 
+FIRST_LOAD_WAIT_S = 5.0  # the intake's answer to a process's first signal waits this long for the fleet's state
 _products: dict[str, int] = {}  # "operator:code" -> product id, cached per process (products do not move)
 
 
@@ -140,6 +143,19 @@ async def regulation_dispatch_start(*, signal: Signal) -> asyncio.Task[DispatchR
     Returns the running dispatch, or why it was not dispatched (:meth:`Dispatcher.take`: not newer than the last
     one dispatched, too old, or stamped in the future).
     """
+    task, why_not = await _dispatch_begin(signal, check_recipients=False)
+    return task if task is not None else why_not
+
+
+async def regulation_dispatch_answer(*, signal: Signal) -> str:
+    """Dispatch ``signal`` without waiting for the stations; "" when setpoints are going out, else why none are:
+    not taken (:meth:`Dispatcher.take`), or nothing to send them to (:meth:`Dispatcher.nothing_to_send`: no
+    capacity in force, no plugged-in vehicle on a connected station). What the intake answers its sender."""
+    _, why_not = await _dispatch_begin(signal, check_recipients=True)
+    return why_not
+
+
+async def _dispatch_begin(signal: Signal, *, check_recipients: bool) -> tuple[asyncio.Task[DispatchResult] | None, str]:
     dispatcher = dispatcher_for(
         product_id=signal.product_id,
         portfolio=signal.portfolio,
@@ -147,8 +163,14 @@ async def regulation_dispatch_start(*, signal: Signal) -> asyncio.Task[DispatchR
     )
     why_not = dispatcher.take(signal)
     if why_not:
-        return why_not
-    return asyncio.get_running_loop().create_task(dispatcher.dispatch(signal))
+        return None, why_not
+    if check_recipients and dispatcher.state is None:
+        # The first signal of a process: its dispatch waits for the first load anyway; the answer waits a bounded time.
+        with contextlib.suppress(TimeoutError):
+            await dispatcher.ready(timeout=FIRST_LOAD_WAIT_S)
+    nothing = dispatcher.nothing_to_send(time.time()) if check_recipients else ""
+    # Dispatched even with nothing to send: the dispatch record says it was skipped, and why.
+    return asyncio.get_running_loop().create_task(dispatcher.dispatch(signal)), nothing
 
 
 def regulation_dispatch_from_sync(
@@ -163,8 +185,7 @@ def regulation_dispatch_from_sync(
         # Not inside an ASGI server (a WSGI or test-client request): no long-lived loop to dispatch on.
         return "not served by an ASGI server: no dispatcher in this process"
     signal = Signal(product_id, portfolio, signal_value(value), at.astimezone(UTC), source, received_at)
-    started = async_to_sync(regulation_dispatch_start)(signal=signal)
-    return started if isinstance(started, str) else ""
+    return async_to_sync(regulation_dispatch_answer)(signal=signal)
 
 
 def reserve_deployment_intake(
@@ -242,8 +263,8 @@ async def regulation_signal_intake(
     )
     if not created:
         return SignalIntake(row, created, False, ALREADY_STORED)
-    started = await regulation_dispatch_start(signal=Signal(product_id, portfolio, number, moment, source, received))
-    return SignalIntake(row, created, not isinstance(started, str), started if isinstance(started, str) else "")
+    why_not = await regulation_dispatch_answer(signal=Signal(product_id, portfolio, number, moment, source, received))
+    return SignalIntake(row, created, not why_not, why_not)
 
 
 def regulation_signal_accept(

@@ -176,3 +176,23 @@ class DispatchResult:
     @property
     def accepted(self) -> int:
         return sum(1 for r in self.results if r.status == "result" and r.answer == "Accepted")
+
+
+def in_force(state: DispatchState, now: float) -> tuple[int, int]:
+    """(reserve W, regulation capacity W) of ``state`` in force at ``now``."""
+    reserve = state.reserve_w if state.reserve_until is not None and now < state.reserve_until else 0
+    capacity = state.capacity_w if state.award_until is not None and now < state.award_until else 0
+    return reserve, capacity
+
+
+def nothing_to_send(state: DispatchState | None, now: float) -> str:
+    """Why a dispatch at ``now`` would send no setpoint with ``state`` ("" when it would send, or while no state is
+    loaded yet): what the intake tells the sender instead of "dispatched"."""
+    if state is None:
+        return ""
+    reserve, capacity = in_force(state, now)
+    if capacity <= 0 and reserve <= 0:
+        return "no regulation capacity awarded for this product and portfolio now"
+    if len(state.fleet) == 0:
+        return "no plugged-in vehicle on a connected station: nothing to send setpoints to"
+    return ""

@@ -6,7 +6,7 @@ authenticated (API key or session) and needs ``markets.submit_regulation_signal`
 same signal is :mod:`vpp.intake.consumers`, under the same rule.
 
 A signal value stamped too far ahead of this server's clock, or for a portfolio with nothing awarded at its instant,
-is refused with 422 (``application/problem+json``: the reason, and the window of instants taken);
+is refused with 422 (a problem document, code ``signal_refused``: the reason, and the window of instants taken);
 ``vpp.dispatch.services`` says why.
 """
 
@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.permissions import IsAuthenticated
@@ -26,6 +26,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from fleet.models import ApiScope
+from fleet.problems import Problem, ProblemSerializer
 from fleet.selectors import (
     key_allows,
     key_portfolios,
@@ -91,7 +92,14 @@ class SignalIntakeView(APIView):
     permission_classes = [IsAuthenticated]
 
     @extend_schema(
-        request=SignalInSerializer, responses={201: dict, 200: dict, 400: dict, 403: dict, 409: dict, 422: dict}
+        request=SignalInSerializer,
+        responses={
+            201: dict,
+            200: dict,
+            **dict.fromkeys((400, 401, 403, 409), ProblemSerializer),
+            422: OpenApiResponse(ProblemSerializer, description="refused: code signal_refused, the window taken"),
+        },
+        description="The answer says whether the value was dispatched; when not, ``not_dispatched`` says why.",
     )
     def post(self, request: Request) -> Response:
         received_at = time.time()  # dispatch latency is measured from here
@@ -114,9 +122,9 @@ class SignalIntakeView(APIView):
             )
         except SignalRefused as exc:
             extra = {"window": exc.window} if exc.window else {}
-            return problem(422, "signal value refused", str(exc), **extra)
+            raise Problem(status=422, detail=str(exc), code="signal_refused", **extra) from exc
         except SignalConflict as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+            raise Problem(status=409, detail=str(exc), code="conflict") from exc
         except RegulationError as exc:
             raise ValidationError({"detail": str(exc)}) from exc
         row = intake.row
@@ -133,12 +141,6 @@ class SignalIntakeView(APIView):
         if not intake.dispatched:
             body["not_dispatched"] = intake.why_not
         return Response(body, status=status.HTTP_201_CREATED if intake.created else status.HTTP_200_OK)
-
-
-def problem(status_code: int, title: str, detail: str, **extra: Any) -> Response:
-    """An RFC 9457 problem document (``application/problem+json``); ``error`` repeats ``detail`` for older clients."""
-    body = {"type": "about:blank", "title": title, "status": status_code, "detail": detail, "error": detail, **extra}
-    return Response(body, status=status_code, content_type="application/problem+json")
 
 
 class ReserveInSerializer(serializers.Serializer):
@@ -161,7 +163,10 @@ class ReserveDeploymentView(APIView):
 
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(request=ReserveInSerializer, responses={201: dict, 200: dict, 400: dict, 403: dict, 409: dict})
+    @extend_schema(
+        request=ReserveInSerializer,
+        responses={201: dict, 200: dict, **dict.fromkeys((400, 401, 403, 409), ProblemSerializer)},
+    )
     def post(self, request: Request) -> Response:
         signal_sender_check(request, what="calling reserve deployments")
         data = ReserveInSerializer(data=request.data)
@@ -172,7 +177,7 @@ class ReserveDeploymentView(APIView):
                 **data.validated_data, source=SignalSource.UTILITY_API, received_by_id=request.user.pk
             )
         except ReserveConflict as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+            raise Problem(status=409, detail=str(exc), code="conflict") from exc
         except RegulationError as exc:
             raise ValidationError({"detail": str(exc)}) from exc
         body = {

@@ -281,5 +281,6 @@ def test_revenue_counts_the_simulated_part_apart() -> None:
     overview = dashboard_overview(user=manager, at=timezone.now())
     revenue = overview.revenue
     # Then this month shows it, and says it is simulated
-    assert revenue["month"] == {"net": Decimal("1.00"), "simulated": Decimal("1.00")}
+    assert (revenue["month"]["net"], revenue["month"]["simulated"]) == (Decimal("1.00"), Decimal("1.00"))
+    assert revenue["month"]["net_text"] == "$1.00"
     assert [r["simulated"] for r in revenue["by_vehicle"]] == [True]

@@ -99,7 +99,7 @@ def test_a_retransmitted_value_is_acknowledged_once_and_a_conflicting_one_refuse
 def test_bad_signal_values_are_refused_with_a_reason(utility, payload, field):
     response = utility.post(URL, payload, format="json")
     assert response.status_code == 400
-    assert field in response.json()
+    assert f"#/{field}" in _pointers(response)
     assert not RegulationSignal.objects.exists()
 
 
@@ -172,7 +172,13 @@ def test_a_reserve_event_is_stored_once_and_a_different_one_under_its_reference_
 def test_a_bad_reserve_event_gets_a_400_with_the_reason(utility, body, field):
     response = utility.post(RESERVE_URL, body, format="json")
     assert response.status_code == 400
-    assert field in response.json()
+    assert ("#" if field == "detail" else f"#/{field}") in _pointers(response)
+
+
+def _pointers(response) -> list[str]:
+    """The JSON Pointers of a problem document's ``errors`` (RFC 9457): the fields it refused."""
+    assert response["Content-Type"] == "application/problem+json"
+    return [error["pointer"] for error in response.json()["errors"]]
 
 
 def test_calling_reserve_needs_the_utility_permission():

@@ -169,10 +169,12 @@ async def test_a_frame_stamped_beyond_the_clock_skew_window_is_refused_with_the_
     assert "ahead of this server's clock" in answer["error"]
     assert answer["window"]["max_skew_s"] == 5.0
     assert not await RegulationSignal.objects.aexists()
-    # And the next frame, stamped now, is stored and dispatched (the future one froze nothing)
+    # And the next frame, stamped now, is stored and taken for dispatch (the future one froze nothing): with no car
+    # plugged in, the answer says that nothing could be sent, not that the value came too late
     await communicator.send_json_to({"product": "pjm:reg-d", "portfolio": "ws-test", "value": 0.5, "at": _now()})
     answer = await communicator.receive_json_from(timeout=10)
-    assert (answer["ok"], answer["created"], answer["dispatched"]) == (True, True, True)
+    assert (answer["ok"], answer["created"], answer["dispatched"]) == (True, True, False)
+    assert "no plugged-in vehicle" in answer["not_dispatched"]
     await communicator.disconnect()
 
 
