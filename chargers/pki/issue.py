@@ -168,22 +168,25 @@ def station_certificate_issue(
     return issued
 
 
-def station_certificate_issue_for_key(
-    *, station: Station, public_key: StationPublicKey, organisation: str = ""
-) -> tuple[x509.Certificate, PkiCertificate]:
+def station_certificate_sign(
+    *, station_id: str, public_key: StationPublicKey, organisation: str = ""
+) -> x509.Certificate:
     """A station certificate for a key the station generated and keeps (SignCertificate's CSR): the same profile as
-    ``station_certificate_issue``, recorded in the register in the caller's transaction. Returns the certificate and
-    its register row."""
-    cert = _leaf_cert(
-        subject=_station_subject(station.station_id, organisation),
+    ``station_certificate_issue``. Only signs: no database, so it may run on any thread and outside any transaction
+    (the key may sit in a slow token). Usable once ``station_certificate_record`` has put it in the register."""
+    return _leaf_cert(
+        subject=_station_subject(station_id, organisation),
         public_key=public_key,
         eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
         san=[],
         not_before=None,
         not_after=None,
     )
-    row = _record(cert, use=CertificateUse.STATION, subject_cn=station.station_id, station=station)
-    return cert, row
+
+
+def station_certificate_record(*, cert: x509.Certificate, station: Station) -> PkiCertificate:
+    """Put a certificate from ``station_certificate_sign`` in the register (the caller's transaction)."""
+    return _record(cert, use=CertificateUse.STATION, subject_cn=station.station_id, station=station)
 
 
 def chain_pem(cert: x509.Certificate) -> str:
