@@ -7,9 +7,12 @@ certificate the register does not know, so a certificate is usable only once it 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,9 +20,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.db import transaction
 
-from chargers.models import CertificateUse, PkiCertificate, Station
+from chargers import certificate_sessions
+from chargers.models import CertificateUse, PkiCertificate, Station, StationEventKind
 from chargers.pki import ca, ocsp, storage
 from chargers.pki.storage import PkiError
+from chargers.services.security_events import security_event_record
+
+LOG = logging.getLogger("chargers.security")
 
 LEAF_VALIDITY = timedelta(days=365)
 StationPublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey  # the keys a station's CSR may carry (pki.csr)
@@ -219,16 +226,60 @@ def server_certificate_issue(*, hosts: list[str], organisation: str = "") -> Iss
     return issued
 
 
-def certificate_revoke(*, serial: str | None = None, station_id: str | None = None, reason: str = "") -> int:
-    """Revoke one certificate by serial (hex), or every unrevoked certificate of a station. Returns how many."""
-    if (serial is None) == (station_id is None):
-        raise PkiError("revoke by serial or by station id, one of them")
+def certificate_revoke(
+    *,
+    serial: str | None = None,
+    station_id: str | None = None,
+    serials: Sequence[str] | None = None,
+    reason: str = "",
+    actor: str = "system",
+) -> int:
+    """Revoke one certificate by serial (hex), several by serials, or every unrevoked certificate of a station.
+    Returns how many.
+
+    Each revocation is logged and stored as a ``CertificateRevoked`` security event naming ``actor`` (who or what
+    revoked it, e.g. ``cli:alice``). Once committed, every connection presenting a revoked certificate is closed,
+    in this process and, through the channel layer, in the others (``chargers.certificate_sessions``).
+    """
+    if sum(x is not None for x in (serial, station_id, serials)) != 1:
+        raise PkiError("revoke by serial, serials or station id, one of them")
     rows = PkiCertificate.objects.filter(revoked_at__isnull=True)
-    rows = rows.filter(serial=serial.lower().removeprefix("0x")) if serial else rows.filter(subject_cn=station_id)
+    if serial is not None:
+        rows = rows.filter(serial=_serial(serial))
+    elif serials is not None:
+        rows = rows.filter(serial__in=[_serial(s) for s in serials])
+    else:
+        rows = rows.filter(subject_cn=station_id)
+    now = datetime.now(UTC)
     with transaction.atomic():
-        count = rows.update(revoked_at=datetime.now(UTC), revocation_reason=reason[:32])
+        found = list(rows.select_for_update().values_list("serial", "subject_cn", "use"))
+        revoked = [s for s, _, _ in found]
+        count = PkiCertificate.objects.filter(serial__in=revoked, revoked_at__isnull=True).update(
+            revoked_at=now, revocation_reason=reason[:32]
+        )
+        subjects: dict[tuple[str, str], list[str]] = {}
+        for serial_, subject, use in found:
+            subjects.setdefault((subject, use), []).append(serial_)
+        for (subject, use), of_subject in subjects.items():
+            LOG.warning("revoked %s certificate(s) %s of %s (%s) by %s", use, ", ".join(of_subject), subject,
+                        reason or "no reason given", actor)  # fmt: skip
+            security_event_record(
+                kind=StationEventKind.CERTIFICATE_REVOKED,
+                station_ident=subject if use == CertificateUse.STATION else "",
+                summary=f"{use} certificate {', '.join(of_subject)} of {subject} revoked by {actor}",
+                data={"type": "CertificateRevoked", "serials": of_subject, "subject": subject, "use": use,
+                      "reason": reason, "actor": actor},
+            )  # fmt: skip
+        stations = sorted({subject for (subject, use) in subjects if use == CertificateUse.STATION})
+        if revoked:
+            transaction.on_commit(partial(certificate_sessions.revoked_notify, serials=revoked, station_ids=stations,
+                                          reason=reason))  # fmt: skip
     _CRL.forget()
     return count
+
+
+def _serial(serial: str) -> str:
+    return serial.lower().removeprefix("0x")
 
 
 class _CrlCache:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,6 +36,7 @@ from django.utils import timezone
 from chargers.models import (
     CertificateSigning,
     CertificateUse,
+    PkiCertificate,
     Station,
     StationCommand,
     StationEventKind,
@@ -323,6 +324,32 @@ def certificate_signings_sweep(*, now: datetime | None = None) -> int:
     for signing_id in ids:
         certificate_signing_complete(signing_id=signing_id)
     return len(ids)
+
+
+# --- raising a station to profile 3 ---------------------------------------------------------------------------
+
+
+def station_certificates_revoke_insecure(*, station_ids: Sequence[str], actor: str) -> int:
+    """Revoke the certificates these stations got from SignCertificate requests that did not come over TLS.
+
+    Called when stations are raised to security profile 3, where a certificate alone opens the station's socket:
+    whoever read the Basic-auth password on a plain ws:// connection could have sent their own CSR then. A station
+    that asked over TLS keeps its certificate; certificates an operator issued (``pki station-cert``) are kept.
+    Returns how many were revoked (each logged and stored as a security event by ``certificate_revoke``).
+    """
+    serials = list(
+        PkiCertificate.objects.filter(
+            use=CertificateUse.STATION,
+            revoked_at__isnull=True,
+            station__station_id__in=station_ids,
+            signings__over_tls=False,
+        )
+        .values_list("serial", flat=True)
+        .distinct()
+    )
+    if not serials:
+        return 0
+    return issue.certificate_revoke(serials=serials, reason="CSR came over plain ws://", actor=actor)
 
 
 # --- renewal --------------------------------------------------------------------------------------------------
