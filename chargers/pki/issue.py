@@ -32,6 +32,7 @@ LEAF_VALIDITY = timedelta(days=365)
 StationPublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey  # the keys a station's CSR may carry (pki.csr)
 CRL_VALIDITY = timedelta(days=1)  # nextUpdate: relying parties fetch a fresh one at least daily
 CRL_REBUILD_AFTER = timedelta(hours=1)
+KEY_PASSPHRASE_MIN = 8  # characters of the passphrase a station key is written under (pki station-cert)
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,34 @@ def station_certificate_issue(
         station=Station.objects.filter(station_id=station_id).first(),
     )
     return issued
+
+
+def station_credentials_issue(
+    *, station_id: str, organisation: str = "", passphrase: bytes, actor: str
+) -> tuple[bytes, bytes]:
+    """A certificate and a new key for a station that cannot make its own (``pki station-cert``): (the chain PEM,
+    the key as encrypted PKCS#8 PEM). No private key leaves the server unencrypted.
+
+    Refuses (PkiError) an id no station has (a certificate waiting for whoever later adds that id would open its
+    profile-3 socket) and a passphrase under ``KEY_PASSPHRASE_MIN`` characters. The issue is logged and stored as a
+    ``CertificateIssued`` security event naming ``actor`` (who ran it, e.g. ``cli:alice``).
+    """
+    if len(passphrase) < KEY_PASSPHRASE_MIN:
+        raise PkiError(f"the key's passphrase must have at least {KEY_PASSPHRASE_MIN} characters")
+    with transaction.atomic():
+        if not Station.objects.filter(station_id=station_id).exists():
+            raise PkiError(f"no station {station_id!r}: add it first (`manage.py station add`)")
+        issued = station_certificate_issue(station_id=station_id, organisation=organisation)
+        serial = serial_hex(issued.cert.serial_number)
+        not_after = issued.cert.not_valid_after_utc
+        LOG.warning("station certificate %s and key issued for %s by %s", serial, station_id, actor)
+        security_event_record(
+            kind=StationEventKind.CERTIFICATE_ISSUED,
+            station_ident=station_id,
+            summary=f"certificate {serial} and its key issued by {actor}",
+            data={"type": "CertificateIssued", "serial": serial, "actor": actor, "notAfter": not_after.isoformat()},
+        )
+    return issued.cert_pem(), issued.key_pem(passphrase)
 
 
 def station_certificate_sign(
