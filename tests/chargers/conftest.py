@@ -263,3 +263,21 @@ def call_station(live_csms: LiveServer, transactional_db: None):
         return await asyncio.to_thread(post, station_id, action, payload, timeout)
 
     return via_api
+
+
+@pytest.fixture
+async def batchers_closed() -> AsyncIterator[None]:
+    """In-process consumers' batcher threads (``writer_for_loop``) close their database connections after the test,
+    and the sync_to_async thread its own, before the test database goes (PostgreSQL refuses to drop one in use)."""
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    from chargers import writer
+
+    yield
+    loop = asyncio.get_running_loop()
+    for key in [key for key in writer._writers if key[0] == id(loop)]:
+        batcher = writer._writers.pop(key)
+        await loop.run_in_executor(batcher._executor, connections.close_all)
+        batcher._executor.shutdown()
+    await sync_to_async(connections.close_all)()

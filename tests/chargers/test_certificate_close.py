@@ -33,7 +33,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from chargers.consumers import CLOSE_CERTIFICATE_EXPIRED, CLOSE_CERTIFICATE_REVOKED
-from chargers.models import StationEvent, StationEventKind
+from chargers.models import Station, StationEvent, StationEventKind
 from chargers.pki import ca, issue, storage
 from tests.chargers.conftest import ROOT, station_socket, wait_until
 from tests.chargers.factories import StationFactory
@@ -181,7 +181,7 @@ def pki(tmp_path: Path) -> Iterator[Path]:
     storage.signing_key_forget()
 
 
-@pytest.mark.usefixtures("close_db_threads")
+@pytest.mark.usefixtures("close_db_threads", "batchers_closed")
 async def test_a_revocation_in_the_process_holding_the_socket_closes_it_without_the_channel_layer(pki, tmp_path):
     # Given a profile-3 station connected to a consumer in this process with its (verified) certificate
     station_id, leaf, serial = await sync_to_async(in_process_station)(tmp_path)
@@ -195,3 +195,5 @@ async def test_a_revocation_in_the_process_holding_the_socket_closes_it_without_
     event = await wait_until(lambda: sync_to_async(closing_event)(station_id, StationEventKind.CERTIFICATE_REVOKED))
     assert event["serial"] == serial
     await socket.disconnect()
+    # (the disconnection stored before the test's batcher threads are closed)
+    await wait_until(lambda: sync_to_async(lambda: not Station.objects.exclude(channel_name="").exists())())
