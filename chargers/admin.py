@@ -23,6 +23,7 @@ from chargers.models import (
     MessageLog,
     MeterValue,
     SecurityEvent,
+    SecurityProfile,
     Station,
     StationCommand,
     StationEvent,
@@ -30,6 +31,7 @@ from chargers.models import (
     TransactionEvent,
 )
 from chargers.passwords import MAX_LENGTH, MIN_LENGTH
+from chargers.services.certificates import station_certificates_revoke_insecure
 from chargers.services.provisioning import station_accept
 
 
@@ -100,6 +102,17 @@ class StationAdmin(admin.ModelAdmin):
     ]
     inlines = [EvseInline, InstalledCertificateInline]
     actions = ["accept"]
+
+    def save_model(self, request: HttpRequest, obj: Station, form: forms.ModelForm[Station], change: bool) -> None:
+        previous = form.initial.get("security_profile") or 0
+        super().save_model(request, obj, form, change)
+        if change and obj.security_profile == SecurityProfile.TLS_CLIENT_CERT and previous < obj.security_profile:
+            # Raised to profile 3: certificates from CSRs sent over plain ws:// would open its socket; revoked.
+            actor = f"admin:{getattr(request.user, 'username', '') or '?'}"
+            revoked = station_certificates_revoke_insecure(station_ids=[obj.station_id], actor=actor)
+            if revoked:
+                self.message_user(request, f"{obj.station_id}: revoked {revoked} certificate(s) requested over ws://",
+                                  messages.WARNING)  # fmt: skip
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         return (

@@ -11,6 +11,7 @@ the handshake's checks (chargers.handshake) and the frame limits (chargers.frame
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -26,7 +27,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
 
-from chargers import fanout, ocpp_j, outage, ownership
+from chargers import certificate_sessions, fanout, ocpp_j, outage, ownership
 from chargers.apply import batch_apply
 from chargers.daphne_denial import EXTENSION as DENIAL_EXTENSION
 from chargers.daphne_tls import EXTENSION as TLS_EXTENSION
@@ -45,18 +46,23 @@ from chargers.handshake import (
     subprotocol_negotiate,
 )
 from chargers.jobs import CallOutcome, Connected, Disconnected, IncomingCall, IncomingSend, Job, LogEntry, StationRef
-from chargers.models import BootStatus, Direction
+from chargers.models import BootStatus, Direction, StationEventKind
 from chargers.ocpp_j import Frame, OcppError
+from chargers.pki.verify import ClientCert
+from chargers.services.security_events import security_event_later
 from chargers.writer import GroupCommitWriter, writer_for_loop
 
 LOG = logging.getLogger(__name__)
 CLOSE_NO_SUBPROTOCOL = 4002  # application code (autobahn allows 1000 and 3000-4999 only)
 CLOSE_REPLACED = 4000  # application code: another connection took over this station id
+CLOSE_CERTIFICATE_REVOKED = 4003  # application code: the client certificate this connection opened with was revoked
+CLOSE_CERTIFICATE_EXPIRED = 4004  # application code: ... expired while connected
 
 
 class OcppConsumer(AsyncConsumer):
     station: StationRef
     boot_status: str
+    client_cert: ClientCert | None = None  # profile 3: the certificate admitted at the handshake
     writer: GroupCommitWriter[Job]
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -148,10 +154,10 @@ class OcppConsumer(AsyncConsumer):
             await self.send({"type": "websocket.accept"})
             await self.send({"type": "websocket.close", "code": CLOSE_NO_SUBPROTOCOL})
             raise StopConsumer
-        pk, self.boot_status = row
+        pk, self.boot_status, self.client_cert = row
         self.boot_read_at = time.monotonic()  # when boot_status was read (chargers.handshake: just now)
         self.boot_triggered: set[str] = set()  # what our calls asked the station to send while not Accepted
-        self.station = StationRef(pk=pk, station_id=station_id, version=version)
+        self.station = StationRef(pk=pk, station_id=station_id, version=version, tls=tls is not None)
         self.writer = writer_for_loop(batch_apply)
         self.closed = False
         # CSMS calls waiting for their turn (one outstanding at a time); a full queue answers "busy" at once.
@@ -180,6 +186,10 @@ class OcppConsumer(AsyncConsumer):
             self.channel_pump = loop.create_task(self._pump_channel())
         fanout.LOCAL.register(station_id, self)
         ownership.holder_watch(self)
+        if self.client_cert is not None:  # closed when it is revoked or expires
+            certificate_sessions.session_watch(
+                self, serial=self.client_cert.serial, not_after=self.client_cert.not_after
+            )
 
     @property
     def held_station_id(self) -> str:
@@ -253,6 +263,7 @@ class OcppConsumer(AsyncConsumer):
                 self.gate.closed_too_big()
             fanout.LOCAL.unregister(self.station.station_id, self)
             ownership.holder_forget(self)
+            self._certificate_forget()
             self.closed = True
             self.call_worker.cancel()
             await self.inbox.put(None)  # the inbox worker stores what is queued, then stops (waits if it is full)
@@ -282,9 +293,47 @@ class OcppConsumer(AsyncConsumer):
             return
         fanout.LOCAL.unregister(self.station.station_id, self)
         ownership.holder_forget(self)
+        self._certificate_forget()
         self.closed = True
         self._fail_outstanding("offline")
         await self.send({"type": "websocket.close", "code": CLOSE_REPLACED})
+
+    async def ocpp_certificate_revoked(self, message: dict[str, Any]) -> None:
+        """Certificates revoked (chargers.certificate_sessions, from another process): close if this socket
+        presented one of them."""
+        if self.client_cert is not None and self.client_cert.serial in message.get("serials", ()):
+            await self.certificate_close(expired=False, reason=str(message.get("reason", "")))
+
+    async def certificate_close(self, *, expired: bool, reason: str) -> None:
+        """The client certificate this socket opened with was revoked or has expired: close it (4003/4004), log the
+        reason and store a security event. The station must reconnect with a valid certificate."""
+        if self.closed or self.client_cert is None:
+            return
+        fanout.LOCAL.unregister(self.station.station_id, self)
+        ownership.holder_forget(self)
+        self._certificate_forget()
+        self.closed = True
+        self._fail_outstanding("offline")
+        serial, station_id = self.client_cert.serial, self.station.station_id
+        if expired:
+            code, kind, what = CLOSE_CERTIFICATE_EXPIRED, StationEventKind.CERTIFICATE_EXPIRED, "expired"
+        else:
+            code, kind, what = CLOSE_CERTIFICATE_REVOKED, StationEventKind.CERTIFICATE_REVOKED, "was revoked"
+        LOG.warning("closing %s's connection (%d): its client certificate %s %s%s", station_id, code, serial, what,
+                    f" ({reason})" if reason else "")  # fmt: skip
+        security_event_later(
+            kind=kind,
+            station_ident=station_id,
+            summary=f"connection closed ({code}): client certificate {serial} {what}",
+            data={"type": "ConnectionClosed", "serial": serial, "code": code, "reason": reason,
+                  "notAfter": self.client_cert.not_after.isoformat()},
+        )  # fmt: skip
+        with contextlib.suppress(SocketClosed):  # gone already: its disconnect event follows
+            await self.send({"type": "websocket.close", "code": code})
+
+    def _certificate_forget(self) -> None:
+        if self.client_cert is not None:
+            certificate_sessions.session_forget(self, serial=self.client_cert.serial)
 
     def call_local(self, action: str, payload: dict[str, Any], deadline: float) -> asyncio.Future[dict[str, Any]]:
         """The same queued call as ``ocpp_call``, from this process without a channel-layer hop (chargers.fanout).

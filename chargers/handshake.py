@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 
@@ -64,20 +64,29 @@ class Refused:
 UNAUTHENTICATED = Refused(401, "unknown station or wrong credentials")
 
 
+class Admitted(NamedTuple):
+    """An admitted handshake: the station, its registration status and, for profile 3, the certificate it was
+    admitted on (the connection closes when that certificate is revoked or expires: chargers.certificate_sessions)."""
+
+    pk: int
+    boot_status: str
+    client_cert: ClientCert | None = None
+
+
 async def station_authenticate(
     station_id: str, credentials: tuple[str, str] | None, tls: dict[str, Any] | None = None
-) -> tuple[int, str] | Refused:
-    """(pk, boot status) when the station may connect this way under its security profile; else a ``Refused``.
+) -> Admitted | Refused:
+    """``Admitted`` when the station may connect this way under its security profile; else a ``Refused``.
 
     Handshakes are batched like writes: when 1,000 stations reconnect at once, one query serves all that are
     waiting, on the batcher's own thread and connection (a per-handshake sync_to_async hop with its health-check
     round trip made a reconnect wave overrun Daphne's handshake timeout).
     """
-    outcome: tuple[int, str] | Refused = await writer_for_loop(authenticate_many).submit((station_id, credentials, tls))
+    outcome: Admitted | Refused = await writer_for_loop(authenticate_many).submit((station_id, credentials, tls))
     return outcome
 
 
-def authenticate_many(jobs: Sequence[AuthJob]) -> list[tuple[int, str] | Refused]:
+def authenticate_many(jobs: Sequence[AuthJob]) -> list[Admitted | Refused]:
     """One outcome per handshake, with one query for the stations and one for the client certificates presented.
 
     The profiles (OCPP 2.0.1 Part 2 A00): 1, Basic auth over ws:// or wss://; 2, Basic auth over TLS; 3, a client
@@ -104,7 +113,7 @@ def authenticate_many(jobs: Sequence[AuthJob]) -> list[tuple[int, str] | Refused
         else {}
     )
     now = datetime.now(UTC)
-    outcomes: list[tuple[int, str] | Refused] = []
+    outcomes: list[Admitted | Refused] = []
     refusals: list[tuple[int, str, int, str]] = []
     for (station_id, credentials, tls), (cert, cert_problem) in zip(jobs, certs, strict=True):
         station = stations.get(station_id)
@@ -146,8 +155,8 @@ def _admit(
     cert_problem: str,
     now: datetime,
     registered: dict[str, tuple[str, bool]],
-) -> tuple[int, str] | Refused:
-    admitted = (station.pk, station.boot_status)
+) -> Admitted | Refused:
+    admitted = Admitted(station.pk, station.boot_status)
     profile = station.security_profile
     if profile == SecurityProfile.TLS_CLIENT_CERT:
         if cert is None:
@@ -158,7 +167,7 @@ def _admit(
         problem = client_cert_refusal(
             station_id=station.station_id, cert=cert, now=now, registered=registered.get(cert.serial)
         )
-        return Refused(403, problem) if problem else admitted
+        return Refused(403, problem) if problem else admitted._replace(client_cert=cert)
     if not password_ok:
         return UNAUTHENTICATED
     if profile == SecurityProfile.TLS_BASIC and tls is None:

@@ -18,6 +18,7 @@ class StationRef:
     pk: int
     station_id: str
     version: str
+    tls: bool = False  # the connection came over TLS (wss://, or a trusted proxy's TLS port): SignCertificate needs it
 
 
 @dataclass(frozen=True, slots=True)

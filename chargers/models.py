@@ -344,6 +344,9 @@ class StationEventKind(models.TextChoices):
     PROFILE_VIOLATION = "ProfileViolation"  # a connection breaking the station's security profile
     CSR_REFUSED = "CsrRefused"  # a SignCertificate the CSMS answered Rejected (bad CSR, another's id, over the limit)
     CERTIFICATE_REJECTED = "CertificateRejected"  # a station answered Rejected to the CertificateSigned it asked for
+    CERTIFICATE_ISSUED = "CertificateIssued"  # an operator issued a certificate and its key (`pki station-cert`)
+    CERTIFICATE_REVOKED = "CertificateRevoked"  # a certificate revoked, or a connection closed because its was
+    CERTIFICATE_EXPIRED = "CertificateExpired"  # a connection closed when its client certificate expired
     OTHER = "Other"
 
 
@@ -631,6 +634,10 @@ class CertificateSigning(models.Model):
     claimed_until = models.DateTimeField(null=True, blank=True, help_text="a delivery in progress holds it until then")
     delivered_at = models.DateTimeField(null=True, blank=True)
     answer = models.JSONField(null=True, blank=True, help_text="the station's CertificateSigned answer")
+    over_tls = models.BooleanField(
+        default=False,
+        help_text="the request came over TLS (wss://); certificates from plain ws:// are revoked at profile 3",
+    )
 
     class Meta:
         ordering = ["-received_at"]

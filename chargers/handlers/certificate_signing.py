@@ -5,7 +5,10 @@ Rejected with a ``statusInfo.reasonCode``. Nothing is signed here, inside the wr
 has committed and the station has its CALLRESULT, ``chargers.services.certificates`` issues the certificate and
 sends CertificateSigned (OCPP: the certificate follows the SignCertificateResponse).
 
-Refused, each stored as a ``CsrRefused`` security event: a CSR that fails the checks (another station's id named
+Refused, each stored as a ``CsrRefused`` security event: a request that did not come over TLS from a station of
+security profile 2 or 3 (``InsecureConnection``: over plain ws:// anyone on the path reads the Basic-auth password,
+could send their own CSR and get a certificate that opens the station's profile-3 socket later; and a profile-1
+station's password may have crossed in clear before); a CSR that fails the checks (another station's id named
 as such), a certificate type this PKI does not issue, a CSMS without a CA, and more than ``PKI_SIGN_PER_DAY``
 requests from one station in a day (that one is recorded once a day, not per request, so a flood of requests cannot
 turn into a flood of rows).
@@ -29,7 +32,7 @@ from django.db import transaction
 
 from chargers.batch import BatchContext
 from chargers.jobs import StationRef
-from chargers.models import CertificateSigning, Station, StationEventKind
+from chargers.models import CertificateSigning, SecurityProfile, Station, StationEventKind
 from chargers.pki import ca
 from chargers.pki.csr import INVALID_CSR, CsrRefused, csr_check
 from chargers.services.certificates import certificate_signings_start, station_owner_name
@@ -41,6 +44,7 @@ STATION_CERTIFICATE = "ChargingStationCertificate"
 RATE_LIMITED = "RateLimitExceeded"
 UNSUPPORTED = "UnsupportedRequest"
 NOT_ENABLED = "NotEnabled"
+INSECURE = "InsecureConnection"
 Status = CertificateSigning.Status
 
 
@@ -51,6 +55,7 @@ def certificate_signing_answer(ctx: BatchContext, station: StationRef, payload: 
         "received_at": ctx.now,
         "certificate_type": certificate_type,
         "request_id": payload.get("requestId"),
+        "over_tls": station.tls,
     }
     recent = CertificateSigning.objects.filter(station_id=station.pk, received_at__gte=ctx.now - timedelta(days=1))
     if recent.count() >= settings.PKI_SIGN_PER_DAY:
@@ -61,6 +66,12 @@ def certificate_signing_answer(ctx: BatchContext, station: StationRef, payload: 
         LOG.warning("refused %s's SignCertificate: %s", station.station_id, reason)
         return _rejected(RATE_LIMITED, reason)
     csr = payload["csr"]
+    if not station.tls:
+        return _refuse(ctx, station, request, csr, INSECURE, "SignCertificate needs a TLS connection (wss://)")
+    profile = Station.objects.filter(pk=station.pk).values_list("security_profile", flat=True).first() or 0
+    if profile < SecurityProfile.TLS_BASIC:
+        reason = f"SignCertificate needs security profile 2 or 3 (the station has {profile})"
+        return _refuse(ctx, station, request, csr, INSECURE, reason)
     if certificate_type not in ("", STATION_CERTIFICATE):
         return _refuse(ctx, station, request, csr, UNSUPPORTED, f"this CSMS signs no {certificate_type}")
     if not ca.ca_exists():

@@ -7,9 +7,12 @@ certificate the register does not know, so a certificate is usable only once it 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,14 +20,19 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.db import transaction
 
-from chargers.models import CertificateUse, PkiCertificate, Station
+from chargers import certificate_sessions
+from chargers.models import CertificateUse, PkiCertificate, Station, StationEventKind
 from chargers.pki import ca, ocsp, storage
 from chargers.pki.storage import PkiError
+from chargers.services.security_events import security_event_record
+
+LOG = logging.getLogger("chargers.security")
 
 LEAF_VALIDITY = timedelta(days=365)
 StationPublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey  # the keys a station's CSR may carry (pki.csr)
 CRL_VALIDITY = timedelta(days=1)  # nextUpdate: relying parties fetch a fresh one at least daily
 CRL_REBUILD_AFTER = timedelta(hours=1)
+KEY_PASSPHRASE_MIN = 8  # characters of the passphrase a station key is written under (pki station-cert)
 
 
 @dataclass(frozen=True)
@@ -168,22 +176,53 @@ def station_certificate_issue(
     return issued
 
 
-def station_certificate_issue_for_key(
-    *, station: Station, public_key: StationPublicKey, organisation: str = ""
-) -> tuple[x509.Certificate, PkiCertificate]:
+def station_credentials_issue(
+    *, station_id: str, organisation: str = "", passphrase: bytes, actor: str
+) -> tuple[bytes, bytes]:
+    """A certificate and a new key for a station that cannot make its own (``pki station-cert``): (the chain PEM,
+    the key as encrypted PKCS#8 PEM). No private key leaves the server unencrypted.
+
+    Refuses (PkiError) an id no station has (a certificate waiting for whoever later adds that id would open its
+    profile-3 socket) and a passphrase under ``KEY_PASSPHRASE_MIN`` characters. The issue is logged and stored as a
+    ``CertificateIssued`` security event naming ``actor`` (who ran it, e.g. ``cli:alice``).
+    """
+    if len(passphrase) < KEY_PASSPHRASE_MIN:
+        raise PkiError(f"the key's passphrase must have at least {KEY_PASSPHRASE_MIN} characters")
+    with transaction.atomic():
+        if not Station.objects.filter(station_id=station_id).exists():
+            raise PkiError(f"no station {station_id!r}: add it first (`manage.py station add`)")
+        issued = station_certificate_issue(station_id=station_id, organisation=organisation)
+        serial = serial_hex(issued.cert.serial_number)
+        not_after = issued.cert.not_valid_after_utc
+        LOG.warning("station certificate %s and key issued for %s by %s", serial, station_id, actor)
+        security_event_record(
+            kind=StationEventKind.CERTIFICATE_ISSUED,
+            station_ident=station_id,
+            summary=f"certificate {serial} and its key issued by {actor}",
+            data={"type": "CertificateIssued", "serial": serial, "actor": actor, "notAfter": not_after.isoformat()},
+        )
+    return issued.cert_pem(), issued.key_pem(passphrase)
+
+
+def station_certificate_sign(
+    *, station_id: str, public_key: StationPublicKey, organisation: str = ""
+) -> x509.Certificate:
     """A station certificate for a key the station generated and keeps (SignCertificate's CSR): the same profile as
-    ``station_certificate_issue``, recorded in the register in the caller's transaction. Returns the certificate and
-    its register row."""
-    cert = _leaf_cert(
-        subject=_station_subject(station.station_id, organisation),
+    ``station_certificate_issue``. Only signs: no database, so it may run on any thread and outside any transaction
+    (the key may sit in a slow token). Usable once ``station_certificate_record`` has put it in the register."""
+    return _leaf_cert(
+        subject=_station_subject(station_id, organisation),
         public_key=public_key,
         eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
         san=[],
         not_before=None,
         not_after=None,
     )
-    row = _record(cert, use=CertificateUse.STATION, subject_cn=station.station_id, station=station)
-    return cert, row
+
+
+def station_certificate_record(*, cert: x509.Certificate, station: Station) -> PkiCertificate:
+    """Put a certificate from ``station_certificate_sign`` in the register (the caller's transaction)."""
+    return _record(cert, use=CertificateUse.STATION, subject_cn=station.station_id, station=station)
 
 
 def chain_pem(cert: x509.Certificate) -> str:
@@ -216,16 +255,60 @@ def server_certificate_issue(*, hosts: list[str], organisation: str = "") -> Iss
     return issued
 
 
-def certificate_revoke(*, serial: str | None = None, station_id: str | None = None, reason: str = "") -> int:
-    """Revoke one certificate by serial (hex), or every unrevoked certificate of a station. Returns how many."""
-    if (serial is None) == (station_id is None):
-        raise PkiError("revoke by serial or by station id, one of them")
+def certificate_revoke(
+    *,
+    serial: str | None = None,
+    station_id: str | None = None,
+    serials: Sequence[str] | None = None,
+    reason: str = "",
+    actor: str = "system",
+) -> int:
+    """Revoke one certificate by serial (hex), several by serials, or every unrevoked certificate of a station.
+    Returns how many.
+
+    Each revocation is logged and stored as a ``CertificateRevoked`` security event naming ``actor`` (who or what
+    revoked it, e.g. ``cli:alice``). Once committed, every connection presenting a revoked certificate is closed,
+    in this process and, through the channel layer, in the others (``chargers.certificate_sessions``).
+    """
+    if sum(x is not None for x in (serial, station_id, serials)) != 1:
+        raise PkiError("revoke by serial, serials or station id, one of them")
     rows = PkiCertificate.objects.filter(revoked_at__isnull=True)
-    rows = rows.filter(serial=serial.lower().removeprefix("0x")) if serial else rows.filter(subject_cn=station_id)
+    if serial is not None:
+        rows = rows.filter(serial=_serial(serial))
+    elif serials is not None:
+        rows = rows.filter(serial__in=[_serial(s) for s in serials])
+    else:
+        rows = rows.filter(subject_cn=station_id)
+    now = datetime.now(UTC)
     with transaction.atomic():
-        count = rows.update(revoked_at=datetime.now(UTC), revocation_reason=reason[:32])
+        found = list(rows.select_for_update().values_list("serial", "subject_cn", "use"))
+        revoked = [s for s, _, _ in found]
+        count = PkiCertificate.objects.filter(serial__in=revoked, revoked_at__isnull=True).update(
+            revoked_at=now, revocation_reason=reason[:32]
+        )
+        subjects: dict[tuple[str, str], list[str]] = {}
+        for serial_, subject, use in found:
+            subjects.setdefault((subject, use), []).append(serial_)
+        for (subject, use), of_subject in subjects.items():
+            LOG.warning("revoked %s certificate(s) %s of %s (%s) by %s", use, ", ".join(of_subject), subject,
+                        reason or "no reason given", actor)  # fmt: skip
+            security_event_record(
+                kind=StationEventKind.CERTIFICATE_REVOKED,
+                station_ident=subject if use == CertificateUse.STATION else "",
+                summary=f"{use} certificate {', '.join(of_subject)} of {subject} revoked by {actor}",
+                data={"type": "CertificateRevoked", "serials": of_subject, "subject": subject, "use": use,
+                      "reason": reason, "actor": actor},
+            )  # fmt: skip
+        stations = sorted({subject for (subject, use) in subjects if use == CertificateUse.STATION})
+        if revoked:
+            transaction.on_commit(partial(certificate_sessions.revoked_notify, serials=revoked, station_ids=stations,
+                                          reason=reason))  # fmt: skip
     _CRL.forget()
     return count
+
+
+def _serial(serial: str) -> str:
+    return serial.lower().removeprefix("0x")
 
 
 class _CrlCache:

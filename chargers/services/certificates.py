@@ -3,8 +3,10 @@ delivering it with CertificateSigned, and asking stations to renew before their 
 
 The station's SignCertificate is answered in its batch (``chargers.handlers.certificate_signing``), which stores the
 accepted request. Only after that batch's COMMIT, and after the station has its CALLRESULT, does the writer hand the
-request to ``certificate_signings_start``: on the server's own loop the certificate is issued and recorded
-(``PkiCertificate``, so the profile-3 handshake knows it) in one transaction, and only then sent. A delivery that
+request to ``certificate_signings_start``: on the server's own loop the request is claimed (a committed UPDATE), the
+certificate signed on a small executor of its own (``PKI_EXECUTOR``: outside any transaction and off Channels' shared
+sync thread, so a slow HSM holds neither a row lock nor other consumers' database calls), recorded (``PkiCertificate``,
+so the profile-3 handshake knows it) in a second short transaction, and only then sent. A delivery that
 could not happen then (station offline, no answer, a process restart) is picked up by the periodic
 ``certificate_signings_sweep``. Every CertificateSigned and every renewal TriggerMessage goes through
 ``station_call`` and is audited under ``system:pki``.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,12 +30,13 @@ from channels.db import database_sync_to_async
 from cryptography import x509
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max, Q
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from chargers.models import (
     CertificateSigning,
     CertificateUse,
+    PkiCertificate,
     Station,
     StationCommand,
     StationEventKind,
@@ -89,6 +92,20 @@ class Delivery:
     payload: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A request claimed for one delivery attempt (committed): its delivery, or what is needed to issue it first."""
+
+    signing_id: int
+    station_id: str
+    delivery: Delivery | None  # None: not issued yet
+    csr: str = ""
+    organisation: str = ""
+
+
+# Signing may wait on a slow HSM: it runs here, never on Channels' one shared sync thread (which also stores
+# station_call audits, regulation signals and dashboard reads) and never inside a transaction holding a row lock.
+PKI_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="pki-sign")
 _running: set[concurrent.futures.Future[str]] = set()  # strong references until done
 
 
@@ -111,10 +128,22 @@ def _done(future: concurrent.futures.Future[str]) -> None:
 
 
 async def certificate_signing_complete_async(*, signing_id: int) -> str:
-    """Issue (once) and deliver one accepted request; returns its status afterwards."""
-    delivery = await database_sync_to_async(delivery_claim)(signing_id=signing_id)
-    if delivery is None:
+    """Issue (once) and deliver one accepted request; returns its status afterwards.
+
+    Three steps, none holding a lock across the next: claim (committed), sign on ``PKI_EXECUTOR``, record and send.
+    """
+    claim = await database_sync_to_async(delivery_claim)(signing_id=signing_id)
+    if claim is None:
         return await database_sync_to_async(_status)(signing_id)
+    delivery = claim.delivery
+    if delivery is None:
+        try:
+            cert = await asyncio.get_running_loop().run_in_executor(PKI_EXECUTOR, delivery_sign, claim)
+        except PkiError as exc:
+            return await database_sync_to_async(delivery_not_issued)(claim=claim, error=exc)
+        delivery = await database_sync_to_async(delivery_issued)(claim=claim, cert=cert)
+        if delivery is None:
+            return await database_sync_to_async(_status)(signing_id)
     try:
         answer = await station_call_async(
             station_id=delivery.station_id,
@@ -129,10 +158,20 @@ async def certificate_signing_complete_async(*, signing_id: int) -> str:
 
 
 def certificate_signing_complete(*, signing_id: int) -> str:
-    """The synchronous twin of ``certificate_signing_complete_async`` (the periodic sweep, commands)."""
-    delivery = delivery_claim(signing_id=signing_id)
-    if delivery is None:
+    """The synchronous twin of ``certificate_signing_complete_async`` (the periodic sweep, commands): the same three
+    steps on the caller's thread, which is not the server's shared one."""
+    claim = delivery_claim(signing_id=signing_id)
+    if claim is None:
         return _status(signing_id)
+    delivery = claim.delivery
+    if delivery is None:
+        try:
+            cert = delivery_sign(claim)
+        except PkiError as exc:
+            return delivery_not_issued(claim=claim, error=exc)
+        delivery = delivery_issued(claim=claim, cert=cert)
+        if delivery is None:
+            return _status(signing_id)
     try:
         answer = station_call(
             station_id=delivery.station_id,
@@ -150,63 +189,83 @@ def _status(signing_id: int) -> str:
     return CertificateSigning.objects.filter(pk=signing_id).values_list("status", flat=True).first() or ""
 
 
-def delivery_claim(*, signing_id: int) -> Delivery | None:
-    """Claim the request for one delivery attempt, issuing its certificate first if that is not done yet.
+def delivery_claim(*, signing_id: int) -> Claim | None:
+    """Claim the request for one delivery attempt: one conditional UPDATE, committed before anything is signed.
 
     None when there is nothing to send now: delivered or refused already, another attempt holds it, or it ran out of
-    attempts or time (then marked failed). The certificate is in the register before this returns: durable before
-    it is sent.
+    attempts or time (then marked failed). A claim lasts a call's timeout and a margin; the attempt releases it.
     """
     now = timezone.now()
+    claimable = CertificateSigning.objects.filter(
+        Q(claimed_until__isnull=True) | Q(claimed_until__lte=now),
+        pk=signing_id,
+        status__in=(Status.ACCEPTED, Status.ISSUED),
+    )
+    claimed = claimable.filter(attempts__lt=DELIVERY_ATTEMPTS, received_at__gte=now - DELIVERY_WINDOW).update(
+        attempts=F("attempts") + 1, claimed_until=now + timedelta(seconds=settings.OCPP_CALL_TIMEOUT + 30)
+    )
+    if not claimed:
+        if claimable.update(status=Status.FAILED):  # claimable, but out of attempts or time
+            CertificateSigning.objects.filter(pk=signing_id, reason="").update(reason="not delivered in time")
+            LOG.warning("gave up delivering a certificate (request %d)", signing_id)
+        return None
+    row = CertificateSigning.objects.select_related("station").get(pk=signing_id)
+    station_id = row.station.station_id
+    if row.status == Status.ISSUED:
+        return Claim(row.pk, station_id, _delivery(row))
+    return Claim(row.pk, station_id, None, csr=row.csr, organisation=station_owner_name(row.station.pk))
+
+
+def delivery_sign(claim: Claim) -> x509.Certificate:
+    """Sign the claimed request's certificate. No database and no transaction: see ``PKI_EXECUTOR``."""
+    csr = x509.load_pem_x509_csr(claim.csr.encode())  # checked when the request was accepted
+    public_key = csr.public_key()
+    if not isinstance(public_key, issue.StationPublicKey):  # the acceptance checked the key type
+        raise PkiError(f"cannot certify a {type(public_key).__name__}")
+    return issue.station_certificate_sign(
+        station_id=claim.station_id, public_key=public_key, organisation=claim.organisation
+    )
+
+
+def delivery_issued(*, claim: Claim, cert: x509.Certificate) -> Delivery | None:
+    """Record the signed certificate (register and request, one short transaction): durable before it is sent.
+
+    Another attempt may have issued one meanwhile (a claim that lapsed while a token was slow): that one is sent and
+    this one, never recorded, is unusable (the profile-3 handshake refuses a certificate the register does not know).
+    """
     with transaction.atomic():
         row = (
             CertificateSigning.objects.select_for_update(of=("self",))
-            .select_related("station", "certificate")
-            .filter(pk=signing_id)
-            .first()
+            .select_related("station")
+            .get(pk=claim.signing_id)
         )
-        if row is None or row.status not in (Status.ACCEPTED, Status.ISSUED):
-            return None
-        if row.claimed_until is not None and row.claimed_until > now:
-            return None
-        if row.attempts >= DELIVERY_ATTEMPTS or row.received_at < now - DELIVERY_WINDOW:
-            row.status = Status.FAILED
-            row.reason = row.reason or "not delivered in time"
-            row.save(update_fields=["status", "reason"])
-            LOG.warning("gave up delivering %s's certificate (request %d)", row.station.station_id, row.pk)
-            return None
-        if row.status == Status.ACCEPTED:
-            try:
-                _issue(row)
-            except PkiError as exc:  # the CA went away since the request was accepted
-                row.status, row.reason = Status.FAILED, f"not issued: {exc}"[:255]
-                row.save(update_fields=["status", "reason"])
-                LOG.error("could not issue %s's certificate: %s", row.station.station_id, exc)
-                return None
-        row.attempts += 1
-        row.claimed_until = now + timedelta(seconds=settings.OCPP_CALL_TIMEOUT + 30)
-        row.save(update_fields=["attempts", "claimed_until"])
+        if row.status != Status.ACCEPTED:
+            return _delivery(row) if row.status == Status.ISSUED else None
+        record = issue.station_certificate_record(cert=cert, station=row.station)
+        row.certificate = record
+        row.certificate_chain = issue.chain_pem(cert)
+        row.status = Status.ISSUED
+        row.save(update_fields=["certificate", "certificate_chain", "status"])
+    LOG.info("issued certificate %s to %s", record.serial, row.station.station_id)
+    return _delivery(row)
+
+
+def delivery_not_issued(*, claim: Claim, error: PkiError) -> str:
+    """The CA could not sign (gone since the request was accepted, a token error): the request fails."""
+    CertificateSigning.objects.filter(pk=claim.signing_id, status=Status.ACCEPTED).update(
+        status=Status.FAILED, reason=f"not issued: {error}"[:255], claimed_until=None
+    )
+    LOG.error("could not issue %s's certificate: %s", claim.station_id, error)
+    return _status(claim.signing_id)
+
+
+def _delivery(row: CertificateSigning) -> Delivery:
     payload: dict[str, Any] = {"certificateChain": row.certificate_chain}
     if row.certificate_type:
         payload["certificateType"] = row.certificate_type
     if row.request_id is not None and row.station.ocpp_version == "2.1":  # 2.1 correlates the two messages
         payload["requestId"] = row.request_id
     return Delivery(row.pk, row.station.station_id, payload)
-
-
-def _issue(row: CertificateSigning) -> None:
-    csr = x509.load_pem_x509_csr(row.csr.encode())  # checked when the request was accepted
-    public_key = csr.public_key()
-    if not isinstance(public_key, issue.StationPublicKey):  # the acceptance checked the key type
-        raise PkiError(f"cannot certify a {type(public_key).__name__}")
-    cert, record = issue.station_certificate_issue_for_key(
-        station=row.station, public_key=public_key, organisation=station_owner_name(row.station.pk)
-    )
-    row.certificate = record
-    row.certificate_chain = issue.chain_pem(cert)
-    row.status = Status.ISSUED
-    row.save(update_fields=["certificate", "certificate_chain", "status"])
-    LOG.info("issued certificate %s to %s", record.serial, row.station.station_id)
 
 
 def delivery_answered(*, signing_id: int, answer: dict[str, Any]) -> str:
@@ -265,6 +324,32 @@ def certificate_signings_sweep(*, now: datetime | None = None) -> int:
     for signing_id in ids:
         certificate_signing_complete(signing_id=signing_id)
     return len(ids)
+
+
+# --- raising a station to profile 3 ---------------------------------------------------------------------------
+
+
+def station_certificates_revoke_insecure(*, station_ids: Sequence[str], actor: str) -> int:
+    """Revoke the certificates these stations got from SignCertificate requests that did not come over TLS.
+
+    Called when stations are raised to security profile 3, where a certificate alone opens the station's socket:
+    whoever read the Basic-auth password on a plain ws:// connection could have sent their own CSR then. A station
+    that asked over TLS keeps its certificate; certificates an operator issued (``pki station-cert``) are kept.
+    Returns how many were revoked (each logged and stored as a security event by ``certificate_revoke``).
+    """
+    serials = list(
+        PkiCertificate.objects.filter(
+            use=CertificateUse.STATION,
+            revoked_at__isnull=True,
+            station__station_id__in=station_ids,
+            signings__over_tls=False,
+        )
+        .values_list("serial", flat=True)
+        .distinct()
+    )
+    if not serials:
+        return 0
+    return issue.certificate_revoke(serials=serials, reason="CSR came over plain ws://", actor=actor)
 
 
 # --- renewal --------------------------------------------------------------------------------------------------

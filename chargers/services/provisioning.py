@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from chargers.models import BootStatus, IdToken, SecurityProfile, Station, StationEvent, StationEventKind
 from chargers.passwords import password_hash
+from chargers.services.certificates import station_certificates_revoke_insecure
 from chargers.services.password_rotation import (
     ADOPTED,
     password_generate,
@@ -117,9 +118,12 @@ def stations_add(
         ]
         Station.objects.bulk_create(new, batch_size=1000)
         updated = 0
+        raised: list[str] = []  # to profile 3: certificates from CSRs sent over ws:// are revoked
         if update and existing:
             # One salted hash per station; bulk_update keeps it to a few statements for a whole fleet.
             rows = list(Station.objects.filter(station_id__in=existing))
+            if security_profile == SecurityProfile.TLS_CLIENT_CERT:
+                raised = [row.station_id for row in rows if row.security_profile < security_profile]
             for row in rows:
                 row.set_password(raw(row.station_id))
                 row.boot_status = boot_status
@@ -127,6 +131,8 @@ def stations_add(
                     row.security_profile = security_profile
             fields = ["password_hash", "boot_status", *(["security_profile"] if security_profile is not None else [])]
             updated = Station.objects.bulk_update(rows, fields, batch_size=1000)
+        if raised:
+            station_certificates_revoke_insecure(station_ids=raised, actor="security profile raised to 3")
     return len(new), updated
 
 

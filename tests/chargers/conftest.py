@@ -12,9 +12,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import websockets.asyncio.client
@@ -100,8 +101,12 @@ def basic_auth(station_id: str, password: str = STATION_PASSWORD) -> dict[str, s
     return {"Authorization": f"Basic {token}"}
 
 
-def station_socket(station_id: str, *, password: str = STATION_PASSWORD) -> WebsocketCommunicator:
-    """An in-process connection to the OCPP consumer (no server): Basic auth and the ocpp2.1 subprotocol."""
+def station_socket(
+    station_id: str, *, password: str = STATION_PASSWORD, tls: Mapping[str, Any] | None = None
+) -> WebsocketCommunicator:
+    """An in-process connection to the OCPP consumer (no server): Basic auth and the ocpp2.1 subprotocol.
+
+    ``tls``: the ASGI ``tls`` scope extension the TLS listener would add (chargers.daphne_tls), e.g. ``TLS``."""
     communicator = WebsocketCommunicator(
         OcppConsumer.as_asgi(),
         f"/ocpp/{station_id}",
@@ -109,7 +114,18 @@ def station_socket(station_id: str, *, password: str = STATION_PASSWORD) -> Webs
         subprotocols=["ocpp2.1"],
     )
     communicator.scope["url_route"] = {"kwargs": {"station_id": station_id}}
+    if tls is not None:
+        communicator.scope["extensions"] = {**communicator.scope.get("extensions", {}), "tls": dict(tls)}
     return communicator
+
+
+# A connection over TLS without a client certificate (profile 2), as the TLS listener describes it.
+TLS: dict[str, Any] = {
+    "client_cert_chain": [],
+    "client_cert_name": None,
+    "client_cert_error": None,
+    "tls_version": 0x0304,
+}
 
 
 class StationClient:
@@ -249,3 +265,21 @@ def call_station(live_csms: LiveServer, transactional_db: None):
         return await asyncio.to_thread(post, station_id, action, payload, timeout)
 
     return via_api
+
+
+@pytest.fixture
+async def batchers_closed() -> AsyncIterator[None]:
+    """In-process consumers' batcher threads (``writer_for_loop``) close their database connections after the test,
+    and the sync_to_async thread its own, before the test database goes (PostgreSQL refuses to drop one in use)."""
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    from chargers import writer
+
+    yield
+    loop = asyncio.get_running_loop()
+    for key in [key for key in writer._writers if key[0] == id(loop)]:
+        batcher = writer._writers.pop(key)
+        await loop.run_in_executor(batcher._executor, connections.close_all)
+        batcher._executor.shutdown()
+    await sync_to_async(connections.close_all)()

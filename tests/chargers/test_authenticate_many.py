@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from chargers.handshake import UNAUTHENTICATED, Refused, authenticate_many
+from chargers.handshake import UNAUTHENTICATED, Admitted, Refused, authenticate_many
 from chargers.models import StationEvent, StationEventKind
 from tests.chargers.factories import STATION_PASSWORD, StationFactory
 
@@ -37,7 +37,7 @@ def test_a_wave_of_handshakes_is_authenticated_with_one_query():
     with CaptureQueriesContext(connection) as queries:
         outcomes = authenticate_many(jobs)
     # Then only the right credentials pass, with the station's boot status, in one read
-    assert outcomes == [(a.pk, "Accepted"), *[UNAUTHENTICATED] * 4, (c.pk, "Pending")]
+    assert outcomes == [Admitted(a.pk, "Accepted"), *[UNAUTHENTICATED] * 4, Admitted(c.pk, "Pending")]
     reads = [q for q in queries if q["sql"].lstrip().upper().startswith("SELECT")]
     assert len(reads) == 1
 

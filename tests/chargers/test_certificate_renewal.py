@@ -24,7 +24,7 @@ from django.utils import timezone
 from chargers.models import CertificateSigning, PkiCertificate, StationCommand
 from chargers.pki import ca, issue, storage
 from chargers.services.certificates import certificate_signings_sweep, station_certificates_renew
-from tests.chargers.conftest import station_socket
+from tests.chargers.conftest import TLS, station_socket
 from tests.chargers.factories import StationFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -89,9 +89,11 @@ async def test_it_asks_a_station_whose_certificate_expires_soon_to_renew_once_a_
 
 
 async def test_a_certificate_not_delivered_is_delivered_by_the_sweep_and_issued_only_once(pki: Path) -> None:
-    # Given a connected station that sends a valid CSR and answers the first CertificateSigned with a CALLERROR
-    station_id = await sync_to_async(lambda: StationFactory.create().station_id)()
-    socket = await connected(station_id)
+    # Given a profile-2 station connected over TLS that sends a valid CSR and answers the first CertificateSigned
+    # with a CALLERROR
+    station_id = await sync_to_async(lambda: StationFactory.create(security_profile=2).station_id)()
+    socket = station_socket(station_id, tls=TLS)
+    assert (await socket.connect(timeout=5))[0]
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()

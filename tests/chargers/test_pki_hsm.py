@@ -32,6 +32,7 @@ from pkcs11.util.ec import encode_ec_public_key
 
 from chargers.pki import ca, hsm, issue, storage
 from chargers.pki.storage import PkiError
+from tests.chargers.factories import StationFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -40,6 +41,17 @@ MODULE = next((path for path in MODULE_CANDIDATES if Path(path).is_file()), None
 LABEL = "vpp-test-ca"
 PIN = "123456"
 SO_PIN = "87654321"
+
+
+def station_cert(station_id: str, tmp_path: Path) -> None:
+    """``pki station-cert`` for a station added first, its key under a passphrase from a file: c.pem and k.pem."""
+    StationFactory.create(station_id=station_id)
+    passphrase = tmp_path / "key-passphrase"
+    passphrase.write_text("station-key-passphrase-01\n")
+    call_command(
+        "pki", "station-cert", station_id, out_cert=str(tmp_path / "c.pem"), out_key=str(tmp_path / "k.pem"),
+        passphrase_file=str(passphrase),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -145,7 +157,7 @@ def test_the_token_keys_cannot_be_read_out(softhsm: SoftHsm, hsm_pki: Path) -> N
 
 def test_a_station_certificate_signed_in_the_token_chains_to_the_root(hsm_pki: Path, tmp_path: Path) -> None:
     # When a station certificate is issued through the command
-    call_command("pki", "station-cert", "cs-9", out_cert=str(tmp_path / "c.pem"), out_key=str(tmp_path / "k.pem"))
+    station_cert("cs-9", tmp_path)
     # Then leaf -> sub-CA -> root verifies
     leaf, sub = chain(tmp_path / "c.pem")
     root = chain(hsm_pki / "v2g-root-ca.pem")[0]
@@ -155,7 +167,7 @@ def test_a_station_certificate_signed_in_the_token_chains_to_the_root(hsm_pki: P
 
 def test_the_crl_signed_in_the_token_verifies_and_lists_the_revocation(hsm_pki: Path, tmp_path: Path) -> None:
     # Given a revoked station certificate
-    call_command("pki", "station-cert", "cs-3", out_cert=str(tmp_path / "c.pem"), out_key=str(tmp_path / "k.pem"))
+    station_cert("cs-3", tmp_path)
     call_command("pki", "revoke", "cs-3", reason="keyCompromise")
     # When the CRL is fetched
     crl = x509.load_der_x509_crl(Client().get("/pki/crl").content)
@@ -240,9 +252,7 @@ def test_a_wrong_pin_is_a_clear_error_and_nothing_falls_back_to_files(
     with hsm_settings(softhsm, tmp_path, PKI_PKCS11_PIN="000000"), caplog.at_level(logging.ERROR, "chargers.pki"):
         # When a station certificate is asked for
         with pytest.raises(CommandError, match="refused the PIN"):
-            call_command(
-                "pki", "station-cert", "cs-1", out_cert=str(tmp_path / "c.pem"), out_key=str(tmp_path / "k.pem")
-            )
+            station_cert("cs-1", tmp_path)
         # And pki init is tried
         with pytest.raises(CommandError, match="refused the PIN"):
             call_command("pki", "init", force=True)

@@ -119,6 +119,13 @@ def new_station(**fields: Any) -> str:
     return StationFactory.create(**fields).station_id
 
 
+def over_tls(
+    server: TlsServer, station_id: str, *, version: str = "2.0.1"
+) -> contextlib.AbstractAsyncContextManager[Socket]:
+    """A profile-2 station's connection over TLS with its password: where a SignCertificate may be accepted."""
+    return station(server.wss(station_id), version=version, context=client_context(server))
+
+
 async def test_a_station_gets_its_certificate_after_the_answer_and_connects_with_it_on_profile_3(
     tls_csms: TlsServer, tmp_path: Path
 ) -> None:
@@ -169,8 +176,8 @@ async def test_a_station_refusing_its_certificate_is_a_security_event_and_the_ce
     tls_csms: TlsServer,
 ) -> None:
     # Given a station that asks for a certificate
-    station_id = await _sync(new_station)
-    async with station(tls_csms.ws(station_id), version="2.1") as socket:
+    station_id = await _sync(new_station, security_profile=2)
+    async with over_tls(tls_csms, station_id, version="2.1") as socket:
         answer, _ = await socket.sign(csr_pem(station_id), requestId=77)
         assert answer == {"status": "Accepted"}
         # When it answers the CertificateSigned (which names its 2.1 requestId) Rejected
@@ -190,6 +197,27 @@ async def test_a_station_refusing_its_certificate_is_a_security_event_and_the_ce
     revoked = await _sync(lambda: list(PkiCertificate.objects.filter(subject_cn=station_id).values("revoked_at")))
     assert len(revoked) == 1
     assert revoked[0]["revoked_at"] is not None
+
+
+@pytest.mark.parametrize(("profile", "scheme"), [(1, "ws"), (1, "wss")])
+async def test_it_refuses_a_csr_unless_it_comes_over_tls_from_profile_2_or_3_and_records_it(
+    tls_csms: TlsServer, profile: int, scheme: str
+) -> None:
+    # Given a profile-1 station connected with its password over plain ws://, or over TLS (its password may have
+    # crossed in clear on another connection)
+    station_id = await _sync(new_station, security_profile=profile)
+    connection = station(tls_csms.ws(station_id)) if scheme == "ws" else over_tls(tls_csms, station_id)
+    async with connection as socket:
+        # When it sends a valid CSR for its own id
+        answer, _ = await socket.sign(csr_pem(station_id))
+    # Then it is answered Rejected with a reason code, a security event is stored, nothing is issued, and the
+    # request is kept with the transport it came over
+    assert answer["status"] == "Rejected"
+    assert answer["statusInfo"]["reasonCode"] == "InsecureConnection"
+    assert [e["reasonCode"] for e in await _sync(_csr_events, station_id)] == ["InsecureConnection"]
+    assert not await _sync(lambda: PkiCertificate.objects.filter(subject_cn=station_id).exists())
+    request = await _sync(lambda: CertificateSigning.objects.get(station__station_id=station_id))
+    assert (request.status, request.over_tls) == (CertificateSigning.Status.REFUSED, scheme == "wss")
 
 
 def _abusive_csr(kind: str, station_id: str, other_id: str) -> str:
@@ -220,7 +248,7 @@ async def test_it_refuses_an_abusive_csr_and_stores_a_security_event(tls_csms: T
     # Given a station owned by an organisation, and another station
     station_id = await _sync(_owned_station, "Depot Co")
     other_id = await _sync(new_station)
-    async with station(tls_csms.ws(station_id)) as socket:
+    async with over_tls(tls_csms, station_id) as socket:
         # When it sends a CSR that is wrong in one way
         answer, _ = await socket.sign(_abusive_csr(kind, station_id, other_id))
     # Then it is answered Rejected with InvalidCSR, a security event is stored, and nothing is issued
@@ -238,7 +266,7 @@ async def test_it_refuses_an_abusive_csr_and_stores_a_security_event(tls_csms: T
 def _owned_station(org_name: str) -> str:
     from fleet.models import Organisation, StationOwnership
 
-    station = StationFactory.create()
+    station = StationFactory.create(security_profile=2)
     organisation = Organisation.objects.create(name=org_name, slug=f"org-{station.pk}")
     StationOwnership.objects.create(station=station, organisation=organisation)
     return station.station_id
@@ -253,7 +281,7 @@ async def test_an_owned_station_gets_its_owner_as_o_and_an_rsa_2048_key_is_accep
     # Given a station owned by "Depot Co" with an RSA-2048 key, asking with O = its owner
     station_id = await _sync(_owned_station, "Depot Co")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    async with station(tls_csms.ws(station_id)) as socket:
+    async with over_tls(tls_csms, station_id) as socket:
         answer, _ = await socket.sign(csr_pem(station_id, key, org="Depot Co"))
         call = await socket.recv()
         await socket.send([3, call[1], {"status": "Accepted"}])
@@ -268,17 +296,17 @@ async def test_an_owned_station_gets_its_owner_as_o_and_an_rsa_2048_key_is_accep
 
 
 async def test_it_refuses_v2g_certificates_it_cannot_chain_to_a_root_cars_trust(tls_csms: TlsServer) -> None:
-    station_id = await _sync(new_station)
-    async with station(tls_csms.ws(station_id)) as socket:
+    station_id = await _sync(new_station, security_profile=2)
+    async with over_tls(tls_csms, station_id) as socket:
         answer, _ = await socket.sign(csr_pem(station_id), certificateType="V2GCertificate")
     assert (answer["status"], answer["statusInfo"]["reasonCode"]) == ("Rejected", "UnsupportedRequest")
 
 
 async def test_it_signs_at_most_the_daily_limit_then_refuses_and_records_that_once(tls_csms: TlsServer) -> None:
     # Given a station and the daily limit of certificate requests
-    station_id = await _sync(new_station)
+    station_id = await _sync(new_station, security_profile=2)
     limit = settings.PKI_SIGN_PER_DAY
-    async with station(tls_csms.ws(station_id)) as socket:
+    async with over_tls(tls_csms, station_id) as socket:
         # When it sends valid CSRs up to the limit, and then two more
         answers = [(await socket.sign(csr_pem(station_id)))[0]["status"] for _ in range(limit)]
         over = [(await socket.sign(csr_pem(station_id)))[0] for _ in range(2)]

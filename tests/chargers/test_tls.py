@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import ssl
 import subprocess
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.conf import settings
+from django.core.management import call_command
 from django.test import override_settings
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
@@ -29,6 +31,7 @@ from websockets.typing import Subprotocol
 from chargers.models import Station, StationEvent, StationEventKind
 from chargers.pki import ca, issue, storage
 from edge_agent.simulate import Fleet
+from edge_agent.tls import key_passphrase_from_env
 from tests.chargers.conftest import ROOT, basic_auth
 from tests.chargers.factories import STATION_PASSWORD, StationFactory
 from tests.live import free_port, wait_listening
@@ -278,13 +281,36 @@ async def test_the_edge_agent_connects_as_a_profile_3_station_with_its_certifica
     issued = await _sync(issue.station_certificate_issue, station_id=station_id)
     pem_files(tmp_path, station_id, issued.cert_pem(), issued.key)
     # When `edge-agent simulate --ca ... --cert-dir ...` connects over wss:// without a password
+    # Then the CSMS admits it and it boots
+    await _agent_boots(tls_csms, tmp_path, "edge-tls", station_id)
+
+
+async def test_the_edge_agent_connects_with_the_encrypted_key_pki_station_cert_writes(tls_csms, tmp_path):
+    # Given a profile-3 station whose certificate and key (encrypted) `pki station-cert` wrote into the agent's
+    # certificate directory, and the key's passphrase in a file
+    station_id = await _sync(lambda: StationFactory.create(station_id="edge-enc-1", security_profile=3).station_id)
+    passphrase_file = tmp_path / "key-pass"
+    passphrase_file.write_text("edge-key-passphrase-0123\n")
+    out = {"out_cert": str(tmp_path / f"{station_id}.pem"), "out_key": str(tmp_path / f"{station_id}.key")}
+    await _sync(call_command, "pki", "station-cert", station_id, **out, passphrase_file=str(passphrase_file),
+                stdout=io.StringIO())  # fmt: skip
+    assert (tmp_path / f"{station_id}.key").read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    # When the agent connects with the passphrase from that file (EDGE_AGENT_TLS_KEY_PASSPHRASE_FILE, as simulate
+    # reads it) / Then the CSMS admits it and it boots
+    passphrase = key_passphrase_from_env({"EDGE_AGENT_TLS_KEY_PASSPHRASE_FILE": str(passphrase_file)})
+    await _agent_boots(tls_csms, tmp_path, "edge-enc", station_id, key_passphrase=passphrase)
+
+
+async def _agent_boots(
+    tls_csms: TlsServer, cert_dir: Path, prefix: str, station_id: str, *, key_passphrase: str = ""
+) -> None:
+    """Run `edge-agent simulate`'s fleet of one (``<prefix>-1``) over wss:// until the station has booted."""
     fleet = Fleet(
-        1, f"wss://localhost:{tls_csms.tls_port}/ocpp", "edge-tls", "", var_dir=tmp_path / "agent",
-        ca_file=str(tls_csms.pki / "ca-bundle.pem"), cert_dir=tmp_path,
+        1, f"wss://localhost:{tls_csms.tls_port}/ocpp", prefix, "", var_dir=cert_dir / "agent",
+        ca_file=str(tls_csms.pki / "ca-bundle.pem"), cert_dir=cert_dir, key_passphrase=key_passphrase,
     )  # fmt: skip
     task = asyncio.create_task(fleet.run(30))
     try:
-        # Then the CSMS admits it and it boots
         deadline = asyncio.get_running_loop().time() + 20
         while not await _sync(
             lambda: Station.objects.filter(station_id=station_id, last_boot_at__isnull=False).exists()

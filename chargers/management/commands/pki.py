@@ -2,13 +2,22 @@
 
 pki init [--organisation O] [--force]            root CA + CPO sub-CA (keys in the PKCS#11 token, or encrypted files)
 pki status                                       which key store holds the CA keys, and the CA certificates
-pki station-cert ID --out-cert F --out-key F [--organisation O]   a station's client certificate (CN = ID)
+pki station-cert ID --out-cert F --out-key F [--organisation O] [--passphrase-file F]
+                                                 a station's client certificate (CN = ID) and a new key, encrypted
 pki server-cert --host H [--host H2] --out-cert F --out-key F    the CSMS's TLS server certificate
-pki revoke SERIAL|STATION_ID [--reason R]        revoke one certificate, or all of a station's; the CRL follows
+pki revoke SERIAL|STATION_ID [--reason R]        revoke one certificate, or all of a station's; the CRL follows and
+                                                 the station's open connection closes
+
+station-cert refuses an id no station has, and writes the key as encrypted PKCS#8 under a passphrase from
+``--passphrase-file`` or ``$PKI_STATION_KEY_PASSPHRASE_FILE`` (its first line) or ``$PKI_STATION_KEY_PASSPHRASE``,
+never from the command line, where ``ps`` and shell history show it. station-cert and revoke are logged and stored
+as security events naming the OS user who ran them.
 """
 
 from __future__ import annotations
 
+import getpass
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +27,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from chargers.models import PkiCertificate
 from chargers.pki import ca, issue, storage
 from chargers.pki.storage import PkiError
+
+PASSPHRASE_ENV = "PKI_STATION_KEY_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 
 
 class Command(BaseCommand):
@@ -31,12 +42,21 @@ class Command(BaseCommand):
             "--force", action="store_true", help="replace an existing CA (its certificates stop verifying)"
         )
         sub.add_parser("status", help="say which key store holds the CA keys, and show the CA certificates")
-        station = sub.add_parser("station-cert", help="issue a station's TLS client certificate (profile 3)")
+        station = sub.add_parser(
+            "station-cert",
+            help="issue a station's TLS client certificate (profile 3) and a key, encrypted",
+            allow_abbrev=False,  # `--passphrase SECRET` must not pass for --passphrase-file (and show in ps)
+        )
         station.add_argument("station_id")
         station.add_argument("--out-cert", required=True)
         station.add_argument("--out-key", required=True)
         # The CSMS layer knows no organisations (fleet owns that): the operator names the owner for O=.
         station.add_argument("--organisation", default="", help="O= of the certificate (the station's owner)")
+        station.add_argument(
+            "--passphrase-file",
+            default=None,
+            help=f"the key's passphrase; else ${PASSPHRASE_ENV}_FILE or ${PASSPHRASE_ENV}",
+        )
         server = sub.add_parser("server-cert", help="issue the CSMS's TLS server certificate")
         server.add_argument("--host", action="append", required=True, help="DNS name or IP address (repeatable)")
         server.add_argument("--out-cert", required=True)
@@ -81,9 +101,17 @@ class Command(BaseCommand):
 
     def _station_cert(self, options: dict[str, Any]) -> None:
         station_id = options["station_id"]
-        issued = issue.station_certificate_issue(station_id=station_id, organisation=options["organisation"])
-        self._write(issued, options)
-        self.stdout.write(f"station certificate {issued.cert.serial_number:x} for {station_id}")
+        passphrase = _passphrase(options["passphrase_file"])
+        if passphrase is None:
+            raise CommandError(f"the key is written encrypted: give --passphrase-file, ${PASSPHRASE_ENV}_FILE or "
+                               f"${PASSPHRASE_ENV}")  # fmt: skip
+        cert_pem, key_pem = issue.station_credentials_issue(
+            station_id=station_id, organisation=options["organisation"], passphrase=passphrase, actor=_actor()
+        )
+        Path(options["out_cert"]).write_bytes(cert_pem)
+        storage.write_private(Path(options["out_key"]), key_pem)
+        serial = format(x509.load_pem_x509_certificate(cert_pem).serial_number, "x")
+        self.stdout.write(f"station certificate {serial} for {station_id}; key (encrypted) in {options['out_key']}")
 
     def _server_cert(self, options: dict[str, Any]) -> None:
         issued = issue.server_certificate_issue(hosts=options["host"])
@@ -94,7 +122,10 @@ class Command(BaseCommand):
         target: str = options["target"]
         by_serial = PkiCertificate.objects.filter(serial=target.lower().removeprefix("0x")).exists()
         count = issue.certificate_revoke(
-            serial=target if by_serial else None, station_id=None if by_serial else target, reason=options["reason"]
+            serial=target if by_serial else None,
+            station_id=None if by_serial else target,
+            reason=options["reason"],
+            actor=_actor(),
         )
         if not count:
             raise CommandError(f"no unrevoked certificate with serial or station id {target}")
@@ -104,3 +135,23 @@ class Command(BaseCommand):
     def _write(issued: issue.Issued, options: dict[str, Any]) -> None:
         Path(options["out_cert"]).write_bytes(issued.cert_pem())
         storage.write_private(Path(options["out_key"]), issued.key_pem())
+
+
+def _passphrase(path: str | None) -> bytes | None:
+    """The passphrase from a file (first line) or the environment; None when none is given."""
+    path = path or os.environ.get(f"{PASSPHRASE_ENV}_FILE")
+    if path:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as exc:
+            raise CommandError(f"cannot read the passphrase file {path}: {exc}") from exc
+        return lines[0].encode() if lines and lines[0] else None
+    return os.environ.get(PASSPHRASE_ENV, "").encode() or None
+
+
+def _actor() -> str:
+    """Who runs the command, for the log and the security events: ``cli:<OS user>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid {os.getuid()}"

@@ -144,7 +144,12 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, cloc
         ping_interval_s=cfg.ocpp.ping_interval_s,
         validate_messages=cfg.ocpp.validate_messages,
         ssl_context=(
-            client_context(ca_file=cfg.tls.ca_file, cert_file=cfg.tls.cert_file, key_file=cfg.tls.key_file)
+            client_context(
+                ca_file=cfg.tls.ca_file,
+                cert_file=cfg.tls.cert_file,
+                key_file=cfg.tls.key_file,
+                key_passphrase=cfg.tls.key_passphrase,
+            )
             if cfg.csms_url.startswith("wss://")
             else None
         ),

@@ -5,7 +5,9 @@ EDGE_AGENT_PASSWORD_FILE=F edge-agent simulate --count 10 --csms ws://127.0.0.1:
 edge-agent apply-config --bundle new.toml --signature new.sig --cert signer.pem --config /etc/edge-agent/agent.toml
 
 The simulated stations' password comes from ``$EDGE_AGENT_PASSWORD_FILE`` (its first line) or ``$EDGE_AGENT_PASSWORD``,
-never from the command line, where ``ps`` and shell history show it to every user of the machine.
+never from the command line, where ``ps`` and shell history show it to every user of the machine; so does the
+passphrase of encrypted ``--cert-dir`` keys: ``$EDGE_AGENT_TLS_KEY_PASSPHRASE_FILE`` or
+``$EDGE_AGENT_TLS_KEY_PASSPHRASE``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Mapping
 from edge_agent import __version__
 from edge_agent.config import ConfigError, load_config
 from edge_agent.sessionlog import configure_session_log
+from edge_agent.tls import key_passphrase_from_env
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -136,6 +139,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"edge-agent: cannot read EDGE_AGENT_PASSWORD_FILE: {exc}", file=sys.stderr)
         return 2
+    try:
+        key_passphrase = key_passphrase_from_env(os.environ)
+    except OSError as exc:
+        print(f"edge-agent: cannot read EDGE_AGENT_TLS_KEY_PASSPHRASE_FILE: {exc}", file=sys.stderr)
+        return 2
     if args.count < 1:
         print("edge-agent: --count must be >= 1", file=sys.stderr)
         return 2
@@ -164,6 +172,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             message_attempt_interval_s=args.message_attempt_interval,
             ca_file=args.ca,
             cert_dir=args.cert_dir,
+            key_passphrase=key_passphrase,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -3,7 +3,8 @@
 Every setting ``[section] key`` can be overridden by ``EDGE_AGENT_<SECTION>_<KEY>`` (top-level keys by
 ``EDGE_AGENT_<KEY>``), e.g. ``EDGE_AGENT_CSMS_URL``, ``EDGE_AGENT_CONTROL_FLOOR_SOC``. The station password is
 never read from the TOML file: it comes from ``EDGE_AGENT_PASSWORD`` (or the file named by
-``EDGE_AGENT_PASSWORD_FILE``, e.g. a systemd credential).
+``EDGE_AGENT_PASSWORD_FILE``, e.g. a systemd credential). Nor is the client key's passphrase: it comes from the file
+``[tls] key_passphrase_file`` names (or ``EDGE_AGENT_TLS_KEY_PASSPHRASE_FILE``) or ``EDGE_AGENT_TLS_KEY_PASSPHRASE``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from edge_agent import grid_code
 from edge_agent.failsafe import FAILSAFE_DEADLINE_S
 
 ENV_PREFIX = "EDGE_AGENT_"
+SECRETS = ("password", "key_passphrase")  # from the environment only, never from the TOML file
 
 
 class ConfigError(ValueError):
@@ -134,7 +136,9 @@ class TlsSettings:
 
     ca_file: str = ""  # CA bundle the CSMS certificate must chain to; empty: the system trust store
     cert_file: str = ""  # security profile 3: this station's certificate chain (PEM), CN = station_id
-    key_file: str = ""  # ... and its private key
+    key_file: str = ""  # ... and its private key (PEM; encrypted PKCS#8 from `manage.py pki station-cert`)
+    key_passphrase_file: str = ""  # the encrypted key's passphrase, first line (a path, not the secret)
+    key_passphrase: str = field(default="", repr=False)  # env EDGE_AGENT_TLS_KEY_PASSPHRASE only, never the TOML
 
 
 @dataclass
@@ -234,8 +238,8 @@ def _coerce(name: str, raw: Any, default: Any) -> Any:
 def _fill(obj: Any, data: Mapping[str, Any], env: Mapping[str, str], path: str) -> None:
     known = {f.name for f in dataclasses.fields(obj)}
     for key in data:
-        if key not in known or key == "password":
-            raise ConfigError(f"unknown setting {path}{key}" if key != "password" else "password belongs in env")
+        if key not in known or key in SECRETS:
+            raise ConfigError(f"unknown setting {path}{key}" if key not in SECRETS else f"{key} belongs in env")
     for f in dataclasses.fields(obj):
         current = getattr(obj, f.name)
         if dataclasses.is_dataclass(current):
@@ -269,4 +273,11 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         cfg.password = Path(env[ENV_PREFIX + "PASSWORD_FILE"]).read_text().strip()
     if env.get(ENV_PREFIX + "PASSWORD"):
         cfg.password = env[ENV_PREFIX + "PASSWORD"]
+    if cfg.tls.key_passphrase_file and not cfg.tls.key_passphrase:  # the variable, when set, wins (as the password)
+        try:
+            cfg.tls.key_passphrase = Path(cfg.tls.key_passphrase_file).read_text().splitlines()[0]
+        except (OSError, IndexError) as exc:
+            raise ConfigError(
+                f"tls.key_passphrase_file: cannot read a passphrase from {cfg.tls.key_passphrase_file}"
+            ) from exc
     return cfg.validate()

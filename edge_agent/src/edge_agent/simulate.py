@@ -101,9 +101,11 @@ class Fleet:
         message_attempt_interval_s: float = 10.0,
         ca_file: str = "",
         cert_dir: str | Path | None = None,
+        key_passphrase: str = "",
     ) -> None:
         """``ca_file``/``cert_dir`` (wss://): the CA bundle to trust, and a directory of ``<station id>.pem`` /
-        ``<station id>.key`` client certificates (security profile 3, e.g. from ``manage.py pki station-cert``)."""
+        ``<station id>.key`` client certificates (security profile 3, e.g. from ``manage.py pki station-cert``);
+        ``key_passphrase`` opens the keys when they are encrypted (``pki station-cert`` writes them so)."""
         if count < 1:
             raise ValueError("count must be >= 1")
         # One ledger for the whole fleet: a line per CALLRESULT, appended by whichever station got it.
@@ -156,7 +158,7 @@ class Fleet:
                     validate_messages=validate_messages,
                     seed=rng.randrange(2**31),
                     ledger=self.ledger,
-                    ssl_context=_station_tls(csms_url, sid, ca_file, cert_dir),
+                    ssl_context=_station_tls(csms_url, sid, ca_file, cert_dir, key_passphrase),
                 )
             )
         self._rng = rng
@@ -255,13 +257,17 @@ class Fleet:
         return report
 
 
-def _station_tls(csms_url: str, station_id: str, ca_file: str, cert_dir: str | Path | None) -> ssl.SSLContext | None:
+def _station_tls(
+    csms_url: str, station_id: str, ca_file: str, cert_dir: str | Path | None, key_passphrase: str
+) -> ssl.SSLContext | None:
     if not csms_url.startswith("wss://"):
         return None
     if cert_dir is None:
         return client_context(ca_file=ca_file)
     base = Path(cert_dir) / station_id
-    return client_context(ca_file=ca_file, cert_file=f"{base}.pem", key_file=f"{base}.key")
+    return client_context(
+        ca_file=ca_file, cert_file=f"{base}.pem", key_file=f"{base}.key", key_passphrase=key_passphrase
+    )
 
 
 async def run_fleet(
