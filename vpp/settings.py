@@ -237,8 +237,10 @@ AUTH_PASSWORD_VALIDATORS = [
 
 # --- Access hardening ----------------------------------------------------------------------------------------------
 # Login attempts (admin login): AXES_FAILURE_LIMIT failures for one username from one IP lock that pair out for
-# AXES_COOLOFF_MINUTES; a success resets the count. The IP is REMOTE_ADDR: behind a reverse proxy, have Daphne take
-# the client's address from the proxy (``daphne --proxy-headers``), or every login shares the proxy's IP.
+# AXES_COOLOFF_MINUTES; a success resets the count. The IP is REMOTE_ADDR, which behind the trusted proxy
+# (OCPP_TRUSTED_PROXIES + OCPP_PROXY_SECRET, chargers.proxy) is the client's address the proxy saw, and otherwise the
+# TCP peer's: never a header a client wrote (axes would read X-Forwarded-For through django-ipware if installed).
+AXES_CLIENT_IP_CALLABLE = "chargers.proxy.request_client_address"
 AXES_ENABLED = env_bool("AXES_ENABLED", True)
 AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15, minimum=1))
@@ -371,6 +373,34 @@ TLS_CLIENT_CA_FILE = env_opt("TLS_CLIENT_CA_FILE")
 # X-Forwarded-Proto/-For, Client-Cert and X-Client-Cert-Verify headers are believed. Empty: such headers are stripped
 # unread from every connection (a station connecting directly cannot claim TLS or a certificate in a header).
 OCPP_TRUSTED_PROXIES = [str(ipaddress.ip_network(cidr, strict=False)) for cidr in env_list("OCPP_TRUSTED_PROXIES", [])]
+# ... and only when the request also carries X-Proxy-Secret equal to this (the proxy adds it: VPP_PROXY_SECRET in
+# deploy/haproxy.cfg). The proxy's address alone is not proof: any process on its host has it. From the file
+# OCPP_PROXY_SECRET_FILE (read once at start) or OCPP_PROXY_SECRET; at least 32 characters. OCPP_TRUSTED_PROXIES
+# without a secret stops the start: every proxied station would otherwise be refused, or (worse) believed.
+OCPP_PROXY_SECRET_MIN_LENGTH = 32
+
+
+def _proxy_secret() -> str:
+    path, value = env_opt("OCPP_PROXY_SECRET_FILE"), env_opt("OCPP_PROXY_SECRET")
+    if path and value:
+        raise ImproperlyConfiguredEnv("set one of OCPP_PROXY_SECRET_FILE and OCPP_PROXY_SECRET, not both")
+    if path:
+        try:
+            value = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfiguredEnv(f"OCPP_PROXY_SECRET_FILE {path}: {exc.strerror}") from exc
+    secret = value or ""
+    if secret and len(secret) < OCPP_PROXY_SECRET_MIN_LENGTH:
+        raise ImproperlyConfiguredEnv(f"the proxy secret must be at least {OCPP_PROXY_SECRET_MIN_LENGTH} characters")
+    if OCPP_TRUSTED_PROXIES and not secret:
+        raise ImproperlyConfiguredEnv(
+            "OCPP_TRUSTED_PROXIES is set: set OCPP_PROXY_SECRET_FILE (or OCPP_PROXY_SECRET) to the secret the proxy "
+            "adds as X-Proxy-Secret (VPP_PROXY_SECRET in deploy/haproxy.cfg)"
+        )
+    return secret
+
+
+OCPP_PROXY_SECRET = _proxy_secret()
 # Station certificates (SignCertificate -> CertificateSigned): at most this many requests per station per day, and
 # a connected station is asked for a new CSR (TriggerMessage) once its certificate expires within this many days.
 PKI_SIGN_PER_DAY = env_int("PKI_SIGN_PER_DAY", 5, minimum=1)
