@@ -347,10 +347,13 @@ GC_PAUSE_LOG_MS = env_float("GC_PAUSE_LOG_MS", 0.0, minimum=0.0)
 
 # --- Security profiles 2/3: the built-in PKI and the TLS listener (chargers.pki, vpp.serve --tls-port) ------------
 # CA keys are encrypted PEM files under PKI_DIR; the passphrase comes from PKI_PASSPHRASE or PKI_PASSPHRASE_FILE, else
-# one is generated into var/ (0600) on first use, as SECRET_KEY is.
+# (development only) one is generated into var/ (0600) on first use, as SECRET_KEY is.
 PKI_DIR = Path(env_str("PKI_DIR", str(VAR_DIR / "pki")))
 PKI_PASSPHRASE = env_opt("PKI_PASSPHRASE")
 PKI_PASSPHRASE_FILE = env_opt("PKI_PASSPHRASE_FILE")
+# Production never generates one: a passphrase in var/ next to var/pki/*.key.pem protects nothing (whoever reads
+# one reads the other). Set PKI_PASSPHRASE_FILE outside VPP_VAR_DIR, or use PKCS#11; `check --deploy` says so.
+PKI_PASSPHRASE_GENERATE = not PRODUCTION
 # CA keys in an HSM instead (chargers.pki.hsm): the token's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so;
 # unset: the encrypted files above. Keys are generated in the token labelled PKI_PKCS11_TOKEN_LABEL and never leave
 # it; the user PIN comes from PKI_PKCS11_PIN or the file PKI_PKCS11_PIN_FILE. A token that does not answer within
