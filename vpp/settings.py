@@ -276,7 +276,8 @@ if PRODUCTION:
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000, minimum=0)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
     SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
-    # Only behind a TLS-terminating proxy that sets X-Forwarded-Proto and strips it from clients: opt in.
+    # Inert since chargers.proxy (ASGI, HTTP too) drops X-Forwarded-Proto before Django sees it and sets the scheme
+    # itself from the trusted proxy (OCPP_TRUSTED_PROXIES + OCPP_PROXY_SECRET); kept so an existing setting still loads.
     if env_bool("SECURE_PROXY_SSL_HEADER", False):
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
@@ -372,9 +373,10 @@ TLS_CERT_FILE = env_opt("TLS_CERT_FILE")
 TLS_KEY_FILE = env_opt("TLS_KEY_FILE")
 # Client certificates (profile 3) are verified against this CA bundle; unset: the built-in PKI's root and sub-CA.
 TLS_CLIENT_CA_FILE = env_opt("TLS_CLIENT_CA_FILE")
-# TLS terminated by a proxy in front of Daphne (deploy/haproxy.cfg, chargers.proxy): the addresses (CIDRs) whose
-# X-Forwarded-Proto/-For, Client-Cert and X-Client-Cert-Verify headers are believed. Empty: such headers are stripped
-# unread from every connection (a station connecting directly cannot claim TLS or a certificate in a header).
+# TLS terminated by a proxy in front of Daphne (deploy/haproxy.cfg, chargers.proxy; HTTP and WebSockets): the addresses
+# (CIDRs) whose X-Forwarded-Proto/-For, Client-Cert and X-Client-Cert-Verify headers are believed. Empty: such headers
+# are stripped unread from every connection (a client connecting directly cannot claim TLS, a certificate or an
+# address in a header).
 OCPP_TRUSTED_PROXIES = [str(ipaddress.ip_network(cidr, strict=False)) for cidr in env_list("OCPP_TRUSTED_PROXIES", [])]
 # ... and only when the request also carries X-Proxy-Secret equal to this (the proxy adds it: VPP_PROXY_SECRET in
 # deploy/haproxy.cfg). The proxy's address alone is not proof: any process on its host has it. From the file
