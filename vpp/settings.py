@@ -267,6 +267,11 @@ CONTENT_SECURITY_POLICY: dict[str, Any] = {
     }
 }
 
+# The CRL and the OCSP responder stay plain HTTP where asked so (RFC 5280 / RFC 6960 distribute them over http; they
+# are signed, carry no secret, and a relying party checking a certificate may not be able to verify TLS yet): never
+# redirected to HTTPS. The proxy's plain port forwards these and the stations' /ocpp/ only (deploy/haproxy.cfg).
+SECURE_REDIRECT_EXEMPT = [r"^pki/(crl|ocsp)(/|$)"]
+
 if PRODUCTION:
     if DEBUG:
         raise RuntimeError("VPP_ENV=production with DEBUG=1: turn DEBUG off")

@@ -287,17 +287,19 @@ async def test_forged_proxy_headers_from_the_proxys_own_address_without_its_secr
 
 
 @live
-async def test_the_plain_port_serves_stations_and_the_crl_but_no_page(proxied):
+async def test_the_plain_port_serves_stations_and_revocation_but_no_page(proxied):
     # Given the proxy's plain (unencrypted) port
     async with httpx.AsyncClient(timeout=10) as client:
         # When a browser asks it for the admin login, the dashboard or the API, and a relying party for the CRL
         pages = [(await client.get(proxied.http(path))).status_code for path in ("/admin/login/", "/", "/api/")]
         crl = await client.get(proxied.http("/pki/crl"))
-    # Then no page is served in cleartext (a password typed there would cross the network readable); the CRL,
-    # public and signed, is
+        ocsp = await client.get(proxied.http("/pki/ocsp/MAA="))  # RFC 6960 A.1 GET (a malformed request)
+    # Then no page is served in cleartext (a password typed there would cross the network readable); the CRL and
+    # the OCSP responder, public and signed, are
     assert pages == [403, 403, 403]
     assert crl.status_code == 200
     assert crl.headers["content-type"] == "application/pkix-crl"
+    assert ocsp.headers["content-type"] == "application/ocsp-response"
 
 
 async def _login_status(proxied: Proxied, source: str, username: str) -> int:
@@ -402,6 +404,27 @@ async def test_trusting_a_proxy_without_its_secret_stops_the_csms_and_the_proxy_
     assert "OCPP_PROXY_SECRET" in csms.stderr
     assert proxy.returncode != 0
     assert "VPP_PROXY_SECRET" in proxy.stdout + proxy.stderr
+
+
+@pytest.mark.django_db
+def test_in_production_the_crl_and_ocsp_answer_over_plain_http_and_pages_still_redirect(settings, tmp_path):
+    # Given production's redirect of plain HTTP to HTTPS, and a PKI
+    from django.test import Client
+
+    settings.SECURE_SSL_REDIRECT = True
+    settings.PKI_DIR, settings.PKI_PASSPHRASE = tmp_path / "pki", PASSPHRASE
+    storage.signing_key_forget()
+    ca.ca_init(organisation="Test CPO")
+    browser = Client()
+    # When a relying party fetches the CRL and asks the OCSP responder over http (as RFC 5280 / 6960 distribute
+    # them, and as the proxy's plain port forwards them), and a browser asks for the admin login
+    crl, ocsp = browser.get("/pki/crl"), browser.get("/pki/ocsp/MAA=")
+    login = browser.get("/admin/login/")
+    storage.signing_key_forget()
+    # Then the CRL and the OCSP answer come back as such (signed: HTTPS adds nothing), while the page redirects
+    assert (crl.status_code, crl["Content-Type"]) == (200, "application/pkix-crl")
+    assert ocsp.status_code != 301
+    assert login.status_code == 301
 
 
 def test_a_trusted_address_without_the_secret_is_not_believed(settings):
