@@ -75,7 +75,7 @@ def test_the_deployment_check_reports_a_passphrase_kept_beside_the_keys(
 ) -> None:
     # Given the passphrase configured in one way
     secrets_dir = tmp_path / "secrets"
-    overrides: dict[str, object] = {
+    overrides: dict[str, str] = {
         "none": {},
         "file in var": {"PKI_PASSPHRASE_FILE": str(var_dir / "my-passphrase")},
         "file in the pki dir": {"PKI_PASSPHRASE_FILE": str(var_dir / "pki" / "passphrase")},
