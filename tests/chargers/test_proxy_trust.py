@@ -19,10 +19,15 @@ from tests.chargers.test_tls_proxy import PASSPHRASE, PROXY_ADDRESS, PROXY_SECRE
 @pytest.fixture
 async def close_db_threads() -> object:
     yield
+    import gc
+
     from asgiref.sync import sync_to_async
     from django.db import connections
 
     await sync_to_async(connections.close_all)()
+    # Django ran each request's ORM calls on a thread of its own (ThreadSensitiveContext), now gone; with
+    # CONN_MAX_AGE its connection was kept. Collected, it closes: PostgreSQL cannot drop a test database in use.
+    gc.collect()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,16 @@ def pki(tmp_path: Path) -> Iterator[Path]:
         ca.ca_init(organisation="Test CPO")
         yield directory
     storage.signing_key_forget()
+
+
+@pytest.fixture(autouse=True)
+async def close_db_threads() -> Any:
+    yield
+    # sync_to_async ran the ORM on its worker thread: close that thread's connection, or PostgreSQL cannot drop the
+    # test database at the end of the session ("being accessed by other users").
+    from django.db import connections
+
+    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture
@@ -140,9 +151,9 @@ async def test_the_agent_installs_a_package_signed_by_the_command_and_refuses_it
     signed = _sign(package, cert, key, repo.url("/fw/edge-agent-3.0.0.bin"), capsys)
     firmware = {**signed, "retrieveDateTime": "2026-01-01T00:00:00Z"}
     ocpp_j.check(ocpp_j.request_validator("2.0.1", "UpdateFirmware"), {"requestId": 1, "firmware": firmware})
-    repo.files["/pki/crl"] = await sync_to_async(
-        issue.crl_der
-    )()  # what the CSMS's /pki/crl serves (fetched live in the tests below)
+    # The sub-CA's CRL as the CSMS's /pki/crl builds it (fetched from a live CSMS in the tests below). Built here, not
+    # through issue.crl_der(): that process-wide cache may still hold an earlier test's CRL, signed by another sub-CA.
+    repo.files["/pki/crl"] = await sync_to_async(issue.crl_build)(now=datetime.now(UTC))
     crl = CrlSettings(url=repo.url("/pki/crl"), cache_dir=str(tmp_path / "crl"))
     agent = await make_agent(csms, firmware_trust_anchor=str(pki / "ca-bundle.pem"), firmware_crl=crl)
     await csms.wait_for(lambda: "edge-1" in csms.connections and agent.station.link.connected)
