@@ -1,17 +1,22 @@
-"""TLS terminated in front of Daphne (HAProxy; ``deploy/haproxy.cfg``): the station's TLS as the proxy saw it.
+"""TLS terminated in front of Daphne (HAProxy; ``deploy/haproxy.cfg``): the client's TLS as the proxy saw it.
 
 Behind a TLS-terminating proxy Daphne sees a plain connection from the proxy. The proxy says what it saw in request
-headers: ``X-Forwarded-Proto`` (``https`` on its TLS port), ``X-Forwarded-For`` (the station's address),
+headers: ``X-Forwarded-Proto`` (``https`` on its TLS port), ``X-Forwarded-For`` (the client's address),
 ``Client-Cert`` (RFC 9440: the client certificate's DER, base64, between colons) and ``X-Client-Cert-Verify`` (the
 OpenSSL verification result of that certificate against our CA bundle, 0 when it verified; HAProxy's
 ``ssl_c_verify``). This ASGI middleware turns them into what the embedded TLS listener would have put in the scope
 (``scope["client"]``, ``scope["scheme"]`` and the ``tls`` extension of ``chargers.daphne_tls``), so the handshake
-applies the same profile rules (``chargers.handshake``) and the failure limits count the station's address.
+applies the same profile rules (``chargers.handshake``) and the failure limits count the station's address. It
+wraps HTTP too: Django's ``REMOTE_ADDR`` (the login lock-out, the per-address API key limit) and ``is_secure()``
+are the client's, not the proxy's.
 
-Only a connection from one of ``OCPP_TRUSTED_PROXIES`` (CIDRs; none by default) is believed. From anywhere else the
-headers are stripped from the scope unread: anyone can put a valid station certificate (it is public) in a header,
-so a direct connection must not be able to claim TLS, a certificate or an address it does not have. From a trusted
-proxy, the headers alone describe the station's connection: without ``X-Forwarded-Proto: https`` it was plain ws://.
+The headers are believed only from a connection that comes from one of ``OCPP_TRUSTED_PROXIES`` (CIDRs; none by
+default) AND carries ``X-Proxy-Secret`` equal to ``OCPP_PROXY_SECRET`` (compared in constant time). The address alone
+proves nothing: every local process connects from 127.0.0.1, and anyone can put a valid station certificate (it is
+public) in a header. Without a configured secret nothing is believed (the settings refuse OCPP_TRUSTED_PROXIES
+without one). Otherwise the headers, the secret among them, are stripped from the scope unread, so a direct
+connection cannot claim TLS, a certificate or an address it does not have. From the proxy, the headers alone describe
+the client's connection: without ``X-Forwarded-Proto: https`` it was plain ws:// (http://).
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hmac
 import ipaddress
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,7 +41,9 @@ FORWARDED_PROTO = b"x-forwarded-proto"
 FORWARDED_FOR = b"x-forwarded-for"
 CLIENT_CERT = b"client-cert"
 CLIENT_CERT_VERIFY = b"x-client-cert-verify"
-PROXY_HEADERS = frozenset({FORWARDED_PROTO, FORWARDED_FOR, CLIENT_CERT, CLIENT_CERT_VERIFY})
+PROXY_SECRET = b"x-proxy-secret"
+PROXY_HEADERS = frozenset({FORWARDED_PROTO, FORWARDED_FOR, CLIENT_CERT, CLIENT_CERT_VERIFY, PROXY_SECRET})
+LOG = logging.getLogger("chargers.proxy")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -53,16 +62,25 @@ def proxy_trusted(address: str, cidrs: Iterable[str]) -> bool:
     return any(ip in network for network in _networks(tuple(cidrs)))
 
 
-def forwarded_cert_pem(value: bytes) -> str | None:
-    """The PEM of an RFC 9440 ``Client-Cert`` value (``:<base64 DER>:``), or None when it is not one."""
+def proxy_secret_matches(said: bytes | None, secret: str) -> bool:
+    """True when the proxy's ``X-Proxy-Secret`` is ``secret`` (constant time); never with no secret configured."""
+    if not secret or said is None:
+        return False
+    return hmac.compare_digest(said.strip(), secret.encode())
+
+
+def forwarded_cert(value: bytes) -> tuple[str, str] | None:
+    """(PEM, subject) of an RFC 9440 ``Client-Cert`` value (``:<base64 DER>:``), or None when it is not one or its
+    subject cannot be read (a DER that loads may still hold a name that does not parse: ValueError on access)."""
     body = value.strip()
     if len(body) < 2 or body[:1] != b":" or body[-1:] != b":":
         return None
     try:
         cert = x509.load_der_x509_certificate(base64.b64decode(body[1:-1], validate=True))
+        subject = cert.subject.rfc4514_string()
     except (binascii.Error, ValueError):
         return None
-    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii"), subject
 
 
 def forwarded_tls(headers: dict[bytes, bytes]) -> dict[str, Any] | None:
@@ -80,19 +98,23 @@ def forwarded_tls(headers: dict[bytes, bytes]) -> dict[str, Any] | None:
     raw = headers.get(CLIENT_CERT)
     if raw is None:
         return tls  # TLS without a client certificate (profile 2)
-    pem = forwarded_cert_pem(raw)
-    if pem is None:
-        tls["client_cert_chain"] = ["-"]  # presented, but unreadable: refused as such by the handshake
-        tls["client_cert_error"] = "client certificate header unreadable"
-        return tls
-    tls["client_cert_chain"] = [pem]
-    tls["client_cert_name"] = x509.load_pem_x509_certificate(pem.encode("ascii")).subject.rfc4514_string()
+    # The verification result first: a certificate the proxy did not verify is refused as such, unparsed (it may be
+    # anything a client cared to send). "-" marks a certificate presented but not passed on: refused by the handshake.
     verify = headers.get(CLIENT_CERT_VERIFY, b"").strip()
     if not verify.isdigit():
+        tls["client_cert_chain"] = ["-"]
         tls["client_cert_error"] = "the proxy did not say whether the client certificate verified"
-    elif int(verify):
-        code = int(verify)
+        return tls
+    if code := int(verify):
+        tls["client_cert_chain"] = ["-"]
         tls["client_cert_error"] = f"{VERIFY_ERRORS.get(code, f'X509 error {code}')} (at the proxy)"
+        return tls
+    cert = forwarded_cert(raw)
+    if cert is None:
+        tls["client_cert_chain"] = ["-"]
+        tls["client_cert_error"] = "client certificate header unreadable"
+        return tls
+    tls["client_cert_chain"], tls["client_cert_name"] = [cert[0]], cert[1]
     return tls
 
 
@@ -105,17 +127,25 @@ def _forwarded_for(value: bytes) -> str:
         return ""
 
 
-def scope_from_proxy(scope: dict[str, Any], trusted_cidrs: Iterable[str]) -> dict[str, Any]:
-    """``scope`` as the application sees it: the proxy headers stripped; from a trusted proxy, their meaning applied."""
+def scope_from_proxy(scope: dict[str, Any], trusted_cidrs: Iterable[str], secret: str) -> dict[str, Any]:
+    """``scope`` as the application sees it: the proxy headers stripped; from the trusted proxy (its address and its
+    secret), their meaning applied."""
     headers = scope.get("headers", [])
-    client = scope.get("client") or ("", 0)
-    trusted = proxy_trusted(str(client[0]), trusted_cidrs)
-    if not trusted and not any(name in PROXY_HEADERS for name, _ in headers):
+    if not any(name in PROXY_HEADERS for name, _ in headers):
         return scope  # the common case, untouched: a direct connection that sent no proxy headers
-    scope = {**scope, "headers": [(name, value) for name, value in headers if name not in PROXY_HEADERS]}
-    if not trusted:
-        return scope
+    client = scope.get("client") or ("", 0)
     said = {name: value for name, value in headers if name in PROXY_HEADERS}
+    scope = {**scope, "headers": [(name, value) for name, value in headers if name not in PROXY_HEADERS]}
+    if not proxy_trusted(str(client[0]), trusted_cidrs):
+        return scope
+    if not proxy_secret_matches(said.get(PROXY_SECRET), secret):
+        # From the proxy's address but not from the proxy: another process on its host, or a proxy misconfigured.
+        LOG.warning(
+            "proxy headers from %s without the proxy's secret (%s): ignored",
+            client[0],
+            "none sent" if PROXY_SECRET not in said else "wrong" if secret else "OCPP_PROXY_SECRET unset",
+        )
+        return scope
     tls = forwarded_tls(said)
     extensions = {k: v for k, v in (scope.get("extensions") or {}).items() if k != TLS_EXTENSION}
     if tls is not None:
@@ -131,11 +161,21 @@ def scope_from_proxy(scope: dict[str, Any], trusted_cidrs: Iterable[str]) -> dic
     return scope
 
 
+def request_client_address(request: Any) -> str | None:
+    """The client's address for django-axes (``AXES_CLIENT_IP_CALLABLE``): ``REMOTE_ADDR``, which Django takes from
+    the scope this middleware wrote (the client behind the trusted proxy); never a header the client wrote."""
+    address = request.META.get("REMOTE_ADDR")
+    return str(address) if address else None
+
+
 class TrustedProxyMiddleware:
-    """ASGI middleware: ``scope_from_proxy`` with ``settings.OCPP_TRUSTED_PROXIES``, for every connection."""
+    """ASGI middleware: ``scope_from_proxy`` with ``settings.OCPP_TRUSTED_PROXIES`` and ``OCPP_PROXY_SECRET``, for
+    every HTTP request and WebSocket."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        return await self.app(scope_from_proxy(scope, settings.OCPP_TRUSTED_PROXIES), receive, send)
+        if scope.get("type") in ("http", "websocket"):
+            scope = scope_from_proxy(scope, settings.OCPP_TRUSTED_PROXIES, settings.OCPP_PROXY_SECRET)
+        return await self.app(scope, receive, send)

@@ -31,11 +31,12 @@ def _websocket_patterns(name: str) -> list[URLPattern | URLResolver]:
 # against a page riding on the visitor's cookies. A station sends no cookies and proves itself by its password or
 # certificate, and any non-browser client can write any Origin it likes. Cookie-authenticated routes are wrapped in
 # Channels' AllowedHostsOriginValidator in their app's routing module (vpp.routing).
-# TrustedProxyMiddleware: behind a TLS-terminating proxy, the station's TLS, certificate and address as the proxy
-# saw them, believed only from OCPP_TRUSTED_PROXIES (chargers.proxy).
+# TrustedProxyMiddleware, on HTTP and WebSockets alike: behind a TLS-terminating proxy, the client's TLS, certificate
+# and address as the proxy saw them, believed only from OCPP_TRUSTED_PROXIES with the proxy's secret (chargers.proxy);
+# from anyone else those headers are dropped unread.
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": TrustedProxyMiddleware(django_asgi_app),
         "websocket": TrustedProxyMiddleware(
             URLRouter(
                 [

@@ -240,8 +240,10 @@ AUTH_PASSWORD_VALIDATORS = [
 
 # --- Access hardening ----------------------------------------------------------------------------------------------
 # Login attempts (admin login): AXES_FAILURE_LIMIT failures for one username from one IP lock that pair out for
-# AXES_COOLOFF_MINUTES; a success resets the count. The IP is REMOTE_ADDR: behind a reverse proxy, have Daphne take
-# the client's address from the proxy (``daphne --proxy-headers``), or every login shares the proxy's IP.
+# AXES_COOLOFF_MINUTES; a success resets the count. The IP is REMOTE_ADDR, which behind the trusted proxy
+# (OCPP_TRUSTED_PROXIES + OCPP_PROXY_SECRET, chargers.proxy) is the client's address the proxy saw, and otherwise the
+# TCP peer's: never a header a client wrote (axes would read X-Forwarded-For through django-ipware if installed).
+AXES_CLIENT_IP_CALLABLE = "chargers.proxy.request_client_address"
 AXES_ENABLED = env_bool("AXES_ENABLED", True)
 AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15, minimum=1))
@@ -268,6 +270,11 @@ CONTENT_SECURITY_POLICY: dict[str, Any] = {
     }
 }
 
+# The CRL and the OCSP responder stay plain HTTP where asked so (RFC 5280 / RFC 6960 distribute them over http; they
+# are signed, carry no secret, and a relying party checking a certificate may not be able to verify TLS yet): never
+# redirected to HTTPS. The proxy's plain port forwards these and the stations' /ocpp/ only (deploy/haproxy.cfg).
+SECURE_REDIRECT_EXEMPT = [r"^pki/(crl|ocsp)(/|$)"]
+
 if PRODUCTION:
     if DEBUG:
         raise RuntimeError("VPP_ENV=production with DEBUG=1: turn DEBUG off")
@@ -277,7 +284,8 @@ if PRODUCTION:
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000, minimum=0)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
     SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
-    # Only behind a TLS-terminating proxy that sets X-Forwarded-Proto and strips it from clients: opt in.
+    # Inert since chargers.proxy (ASGI, HTTP too) drops X-Forwarded-Proto before Django sees it and sets the scheme
+    # itself from the trusted proxy (OCPP_TRUSTED_PROXIES + OCPP_PROXY_SECRET); kept so an existing setting still loads.
     if env_bool("SECURE_PROXY_SSL_HEADER", False):
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
@@ -356,10 +364,13 @@ GC_PAUSE_LOG_MS = env_float("GC_PAUSE_LOG_MS", 0.0, minimum=0.0)
 
 # --- Security profiles 2/3: the built-in PKI and the TLS listener (chargers.pki, vpp.serve --tls-port) ------------
 # CA keys are encrypted PEM files under PKI_DIR; the passphrase comes from PKI_PASSPHRASE or PKI_PASSPHRASE_FILE, else
-# one is generated into var/ (0600) on first use, as SECRET_KEY is.
+# (development only) one is generated into var/ (0600) on first use, as SECRET_KEY is.
 PKI_DIR = Path(env_str("PKI_DIR", str(VAR_DIR / "pki")))
 PKI_PASSPHRASE = env_opt("PKI_PASSPHRASE")
 PKI_PASSPHRASE_FILE = env_opt("PKI_PASSPHRASE_FILE")
+# Production never generates one: a passphrase in var/ next to var/pki/*.key.pem protects nothing (whoever reads
+# one reads the other). Set PKI_PASSPHRASE_FILE outside VPP_VAR_DIR, or use PKCS#11; `check --deploy` says so.
+PKI_PASSPHRASE_GENERATE = not PRODUCTION
 # CA keys in an HSM instead (chargers.pki.hsm): the token's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so;
 # unset: the encrypted files above. Keys are generated in the token labelled PKI_PKCS11_TOKEN_LABEL and never leave
 # it; the user PIN comes from PKI_PKCS11_PIN or the file PKI_PKCS11_PIN_FILE. A token that does not answer within
@@ -378,10 +389,39 @@ TLS_CERT_FILE = env_opt("TLS_CERT_FILE")
 TLS_KEY_FILE = env_opt("TLS_KEY_FILE")
 # Client certificates (profile 3) are verified against this CA bundle; unset: the built-in PKI's root and sub-CA.
 TLS_CLIENT_CA_FILE = env_opt("TLS_CLIENT_CA_FILE")
-# TLS terminated by a proxy in front of Daphne (deploy/haproxy.cfg, chargers.proxy): the addresses (CIDRs) whose
-# X-Forwarded-Proto/-For, Client-Cert and X-Client-Cert-Verify headers are believed. Empty: such headers are stripped
-# unread from every connection (a station connecting directly cannot claim TLS or a certificate in a header).
+# TLS terminated by a proxy in front of Daphne (deploy/haproxy.cfg, chargers.proxy; HTTP and WebSockets): the addresses
+# (CIDRs) whose X-Forwarded-Proto/-For, Client-Cert and X-Client-Cert-Verify headers are believed. Empty: such headers
+# are stripped unread from every connection (a client connecting directly cannot claim TLS, a certificate or an
+# address in a header).
 OCPP_TRUSTED_PROXIES = [str(ipaddress.ip_network(cidr, strict=False)) for cidr in env_list("OCPP_TRUSTED_PROXIES", [])]
+# ... and only when the request also carries X-Proxy-Secret equal to this (the proxy adds it: VPP_PROXY_SECRET in
+# deploy/haproxy.cfg). The proxy's address alone is not proof: any process on its host has it. From the file
+# OCPP_PROXY_SECRET_FILE (read once at start) or OCPP_PROXY_SECRET; at least 32 characters. OCPP_TRUSTED_PROXIES
+# without a secret stops the start: every proxied station would otherwise be refused, or (worse) believed.
+OCPP_PROXY_SECRET_MIN_LENGTH = 32
+
+
+def _proxy_secret() -> str:
+    path, value = env_opt("OCPP_PROXY_SECRET_FILE"), env_opt("OCPP_PROXY_SECRET")
+    if path and value:
+        raise ImproperlyConfiguredEnv("set one of OCPP_PROXY_SECRET_FILE and OCPP_PROXY_SECRET, not both")
+    if path:
+        try:
+            value = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfiguredEnv(f"OCPP_PROXY_SECRET_FILE {path}: {exc.strerror}") from exc
+    secret = value or ""
+    if secret and len(secret) < OCPP_PROXY_SECRET_MIN_LENGTH:
+        raise ImproperlyConfiguredEnv(f"the proxy secret must be at least {OCPP_PROXY_SECRET_MIN_LENGTH} characters")
+    if OCPP_TRUSTED_PROXIES and not secret:
+        raise ImproperlyConfiguredEnv(
+            "OCPP_TRUSTED_PROXIES is set: set OCPP_PROXY_SECRET_FILE (or OCPP_PROXY_SECRET) to the secret the proxy "
+            "adds as X-Proxy-Secret (VPP_PROXY_SECRET in deploy/haproxy.cfg)"
+        )
+    return secret
+
+
+OCPP_PROXY_SECRET = _proxy_secret()
 # Station certificates (SignCertificate -> CertificateSigned): at most this many requests per station per day, and
 # a connected station is asked for a new CSR (TriggerMessage) once its certificate expires within this many days.
 PKI_SIGN_PER_DAY = env_int("PKI_SIGN_PER_DAY", 5, minimum=1)

@@ -13,6 +13,13 @@ PKCS#11 sessions are not thread-safe and ``C_Initialize(NULL)`` promises the lib
 runs on one worker thread, in order; a caller waits at most ``PKI_PKCS11_TIMEOUT_S`` and then gets a ``PkiError``
 (a token that hangs cannot hang a request). After a token error the session is dropped and the library re-initialised
 on the next call (a token unplugged and plugged back works again without a restart); the failing call is retried once.
+
+A call that is still inside the token when its caller gives up would hold that one thread for good, and every later
+signature would wait its full timeout behind it. So that thread is abandoned (it ends by itself if the call ever
+returns, touching nothing), a fresh one takes over the queue, and the library is re-initialised and a new session
+opened on it. Re-initialising while the abandoned call may still be inside the library is what PKCS#11 leaves
+undefined; it is the one way to recover short of a restart, and it is tried once: while ``MAX_HUNG_CALLS`` abandoned
+calls are still outstanding, every call fails at once (no thread, no wait) until one of them returns.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ from chargers.pki.errors import PkiError
 
 LOG = logging.getLogger("chargers.pki")
 CURVE_NAME = "secp256r1"  # ca.CURVE: P-256
+# Abandoned worker threads still inside a token call; at this many, calls fail at once until one returns.
+MAX_HUNG_CALLS = 2
 _T = TypeVar("_T")
 
 # Errors after which a fresh session (and a re-initialised library) may well succeed: the token went away and came
@@ -62,45 +71,98 @@ def _error_name(exc: BaseException) -> str:
     return f"{type(exc).__name__}{': ' + str(exc) if str(exc) else ''}"
 
 
+class TokenHung(TimeoutError):
+    """Calls abandoned inside the token have not returned: this call was not even queued."""
+
+
+_Job = tuple[Callable[[], Any], Future[Any]]
+
+
 class _Worker:
-    """The one thread that talks to PKCS#11 libraries in this process. Started on first use and again in a forked
-    child (threads do not survive a fork)."""
+    """The one thread that talks to PKCS#11 libraries in this process. Started on first use, again in a forked child
+    (threads do not survive a fork), and again in place of a thread stuck in a call its caller gave up on.
+
+    ``generation`` changes with every new thread: a store that sees it change re-initialises the library and opens a
+    new session before its next call (the abandoned thread's session may be mid-operation)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._pid = 0
+        self.generation = 0
+        self._running: Future[Any] | None = None  # the call the current thread is in
+        self._hung = 0  # abandoned threads still inside a call
 
     def run(self, call: Callable[[], _T], *, timeout: float) -> _T:
-        """``call()`` on the worker thread; ``TimeoutError`` if it has not finished within ``timeout`` s."""
-        self._ensure()
+        """``call()`` on the worker thread; ``TimeoutError`` if it has not finished within ``timeout`` s, at once
+        (``TokenHung``) while ``MAX_HUNG_CALLS`` abandoned calls are outstanding."""
         future: Future[_T] = Future()
-        self._queue.put((call, future))
+        with self._lock:
+            self._ensure()
+            if self._hung >= MAX_HUNG_CALLS:
+                raise TokenHung(f"{self._hung} calls abandoned inside the token have not returned")
+            self._queue.put((call, future))
         try:
             return future.result(timeout)
         except TimeoutError:
-            future.cancel()  # not started yet (behind a stuck call): it never will be
+            with self._lock:
+                if not future.cancel() and future is self._running:
+                    self._abandon()  # the call itself hangs: give up on its thread
+                # else: not started yet (behind a call still within its own caller's time), and now it never will
             raise
 
-    def _ensure(self) -> None:
+    def hung_calls(self) -> int:
         with self._lock:
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
-                self._queue = queue.SimpleQueue()
-                threading.Thread(target=self._loop, args=(self._queue,), name="pkcs11", daemon=True).start()
+            return self._hung
 
-    @staticmethod
-    def _loop(jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]) -> None:
+    def _ensure(self) -> None:  # with the lock held
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._queue, self._running, self._hung = queue.SimpleQueue(), None, 0
+            self._start()
+
+    def _abandon(self) -> None:  # with the lock held
+        self._hung += 1
+        self._running = None
+        stuck, self._queue = self._queue, queue.SimpleQueue()
+        while True:  # the calls queued behind the stuck one go to the fresh thread, in order
+            try:
+                self._queue.put(stuck.get_nowait())
+            except queue.Empty:
+                break
+        LOG.error(
+            "a PKCS#11 call did not return in time: its thread is abandoned (%d outstanding), a fresh one re-opens "
+            "the token",
+            self._hung,
+        )
+        self._start()
+
+    def _start(self) -> None:  # with the lock held
+        self.generation += 1
+        threading.Thread(target=self._loop, args=(self.generation, self._queue), name="pkcs11", daemon=True).start()
+
+    def _loop(self, generation: int, jobs: queue.SimpleQueue[_Job]) -> None:
         while True:
             call, future = jobs.get()
-            if not future.set_running_or_notify_cancel():
-                continue
+            with self._lock:
+                if generation != self.generation:  # replaced meanwhile: hand the job on
+                    self._queue.put((call, future))
+                    return
+                if not future.set_running_or_notify_cancel():
+                    continue
+                self._running = future
             try:
                 result = call()
             except BaseException as exc:
                 future.set_exception(exc)
             else:
                 future.set_result(result)
+            with self._lock:
+                if generation != self.generation:  # abandoned while in the call: it has returned, this thread ends
+                    self._hung = max(0, self._hung - 1)
+                    LOG.warning("an abandoned PKCS#11 call returned (%d still outstanding)", self._hung)
+                    return
+                self._running = None
 
 
 _WORKER = _Worker()
@@ -120,6 +182,7 @@ class Pkcs11KeyStore:
         self._keys: dict[str, TokenKey] = {}
         self._reinitialize = False
         self._pid = os.getpid()
+        self._generation = 0  # the worker thread generation ``_session`` was opened on
 
     def describe(self) -> str:
         return f"PKCS#11 token {self.token_label!r} ({self.module})"
@@ -170,6 +233,10 @@ class Pkcs11KeyStore:
     def _call(self, what: str, operation: Callable[[pkcs11.Session], _T]) -> _T:
         try:
             return _WORKER.run(lambda: self._with_session(what, operation), timeout=self.timeout_s)
+        except TokenHung as exc:
+            message = f"{self.describe()} is not answering ({exc}): failing at once ({what}), nothing was done"
+            LOG.error("%s", message)
+            raise PkiError(message) from None
         except TimeoutError:
             message = f"{self.describe()} did not answer within {self.timeout_s:g} s ({what}): nothing was done"
             LOG.error("%s", message)
@@ -178,9 +245,12 @@ class Pkcs11KeyStore:
     def _with_session(self, what: str, operation: Callable[[pkcs11.Session], _T]) -> _T:
         for attempt in (1, 2):
             session = self._open()
+            generation = self._generation
             try:
                 return operation(session)
             except p11.PKCS11Error as exc:
+                if generation != _WORKER.generation:  # abandoned meanwhile: the session is no longer this thread's
+                    raise PkiError(f"{self.describe()} failed to {what} after the call was abandoned") from exc
                 self._drop()
                 if attempt == 1 and isinstance(exc, _TRANSIENT):
                     LOG.warning("%s: %s failed (%s); reopening the session", self.describe(), what, _error_name(exc))
@@ -216,6 +286,14 @@ class Pkcs11KeyStore:
         if self._pid != os.getpid():  # a forked child: the parent's session is not ours to close
             self._pid, self._session, self._reinitialize = os.getpid(), None, True
             self._handles.clear()
+        if self._generation != _WORKER.generation:
+            if self._generation:
+                # A fresh worker thread after an abandoned one: that thread's session may be mid-operation (and it
+                # may still be in it). Not closed from here; the re-initialisation ends it.
+                self._session, self._reinitialize = None, True
+                self._handles.clear()
+            self._generation = _WORKER.generation
+        generation = self._generation
         if self._session is not None:
             return self._session
         library = self._library()
@@ -230,7 +308,7 @@ class Pkcs11KeyStore:
             self._reinitialize = True
             raise self._fail(f"cannot reach {self.describe()}: {_error_name(exc)}") from exc
         try:
-            self._session = token.open(rw=True, user_pin=self.pin)
+            session = token.open(rw=True, user_pin=self.pin)
         except _PIN_REFUSED as exc:
             self._reinitialize = True  # closes the session python-pkcs11 opened before the login failed
             raise self._fail(f"{self.describe()} refused the PIN (PKI_PKCS11_PIN / PKI_PKCS11_PIN_FILE)") from exc
@@ -239,7 +317,10 @@ class Pkcs11KeyStore:
         except p11.PKCS11Error as exc:
             self._reinitialize = True
             raise self._fail(f"cannot open a session on {self.describe()}: {_error_name(exc)}") from exc
-        return self._session
+        if generation != _WORKER.generation:  # this thread was abandoned while opening: the session is not kept
+            raise PkiError(f"{self.describe()}: a session opened after its call was abandoned")
+        self._session = session
+        return session
 
     def _fail(self, message: str) -> PkiError:
         LOG.error("%s", message)
@@ -259,7 +340,8 @@ class Pkcs11KeyStore:
             handle = _find(session, name, ObjectClass.PRIVATE_KEY)
             if handle is None:
                 raise PkiError(f"no key {name} in {self.describe()}: run `manage.py pki init`")
-            self._handles[name] = handle
+            if self._generation == _WORKER.generation:  # not from a session abandoned meanwhile
+                self._handles[name] = handle
         return handle
 
     def _generate(self, session: pkcs11.Session, name: str, *, replace: bool) -> ec.EllipticCurvePublicKey:

@@ -3,7 +3,9 @@
 Two stores, chosen by ``PKI_PKCS11_MODULE``:
 
 - unset (the embedded default): encrypted files. Each key is a PKCS#8 PEM encrypted with ``BestAvailableEncryption``
-  under one passphrase from ``PKI_PASSPHRASE`` / ``PKI_PASSPHRASE_FILE``, or generated once into ``var/`` (0600).
+  under one passphrase from ``PKI_PASSPHRASE`` / ``PKI_PASSPHRASE_FILE``, or generated once into ``var/`` (0600) in
+  development only (``PKI_PASSPHRASE_GENERATE``): in production a passphrase beside the keys is refused, and
+  ``check --deploy`` reports one (``chargers.checks``).
 - set: a PKCS#11 token (``chargers.pki.hsm``): keys generated in the token, never extractable, signing in the token.
   A token that cannot be used is a ``PkiError``, never a quiet fall back to files.
 
@@ -67,6 +69,13 @@ def passphrase() -> bytes:
     if not path.exists():
         if settings.PKI_PASSPHRASE_FILE:  # a configured file that is missing is a mistake, not a first start
             raise PkiError(f"PKI_PASSPHRASE_FILE {path} does not exist")
+        if not settings.PKI_PASSPHRASE_GENERATE:  # production: a passphrase beside the keys protects nothing
+            message = (
+                "no PKI passphrase is generated next to the CA keys in production: set PKI_PASSPHRASE_FILE to a file "
+                "outside VPP_VAR_DIR (or PKI_PASSPHRASE), or keep the keys in an HSM (PKI_PKCS11_MODULE)"
+            )
+            LOG.error("%s", message)
+            raise PkiError(message)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:  # another process generated it first: use theirs

@@ -332,6 +332,63 @@ def test_a_token_that_does_not_answer_in_time_fails_the_signing_and_then_recover
     leaf.verify_directly_issued_by(ca.sub_ca().cert)
 
 
+def _hang_the_token_thread(release: threading.Event) -> None:
+    """A call that sits on the token's one thread until ``release`` (a token that stopped answering mid-call), whose
+    caller gives up after 0.2 s as any signing caller would after PKI_PKCS11_TIMEOUT_S."""
+    with pytest.raises(TimeoutError):
+        hsm._WORKER.run(release.wait, timeout=0.2)
+
+
+def _abandoned_calls_returned() -> None:
+    """Wait (bounded) until the threads of released calls have ended, so the next test starts with none hung."""
+    for _ in range(200):
+        if hsm._WORKER.hung_calls() == 0:
+            return
+        threading.Event().wait(0.05)
+    raise AssertionError("abandoned PKCS#11 calls did not return after their release")
+
+
+def test_a_token_call_that_hangs_is_abandoned_and_signing_goes_on_without_waiting_for_it(
+    softhsm: SoftHsm, hsm_pki: Path, tmp_path: Path
+) -> None:
+    # Given a call that hangs on the token's thread past its caller's patience, and is still hanging
+    release = threading.Event()
+    with hsm_settings(softhsm, tmp_path, PKI_PKCS11_TIMEOUT_S=5.0):
+        try:
+            _hang_the_token_thread(release)
+            # When a certificate is issued meanwhile
+            leaf = issue.station_certificate_issue(station_id="cs-12").cert
+        finally:
+            release.set()
+            _abandoned_calls_returned()
+        # Then it is signed (on a fresh thread, with the library re-initialised), not queued behind the hung call
+        leaf.verify_directly_issued_by(ca.sub_ca().cert)
+        # And once the hung call returns, its thread ends and signing goes on as before
+        issue.station_certificate_issue(station_id="cs-13").cert.verify_directly_issued_by(ca.sub_ca().cert)
+
+
+def test_while_hung_token_calls_are_outstanding_signing_fails_at_once_and_recovers_when_they_return(
+    softhsm: SoftHsm, hsm_pki: Path, tmp_path: Path
+) -> None:
+    # Given a token that hung twice (the second time on the fresh thread started after the first): a dead token
+    releases = [threading.Event(), threading.Event()]
+    with hsm_settings(softhsm, tmp_path, PKI_PKCS11_TIMEOUT_S=5.0):
+        try:
+            for release in releases:
+                _hang_the_token_thread(release)
+            # When a certificate is to be issued while both calls are still outstanding
+            # Then it fails at once with a PkiError saying so: no new thread, no wait for a timeout behind them
+            with pytest.raises(PkiError, match=r"is not answering .*failing at once"):
+                issue.station_certificate_issue(station_id="cs-14")
+        finally:
+            for release in releases:
+                release.set()
+            _abandoned_calls_returned()
+        # And once they have returned, signing works again (no restart)
+        leaf = issue.station_certificate_issue(station_id="cs-15").cert
+    leaf.verify_directly_issued_by(ca.sub_ca().cert)
+
+
 def test_a_forked_worker_process_signs_with_the_token(hsm_pki: Path) -> None:
     # Given a parent that has used the token (its session and library state do not survive a fork)
     sub = ca.sub_ca()

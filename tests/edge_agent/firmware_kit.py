@@ -41,6 +41,32 @@ class Ca:
         path.write_bytes(self.pem())
         return str(path)
 
+    def crl(self, *revoked: x509.Certificate, updated_days_ago: float = 0.0, valid_days: float = 1.0) -> bytes:
+        """This CA's CRL (DER, RFC 5280) listing ``revoked``: last updated ``updated_days_ago``, next update
+        ``valid_days`` after that."""
+        return make_crl(self.cert.subject, self.key, *revoked, updated_days_ago=updated_days_ago, valid_days=valid_days)
+
+
+def make_crl(
+    issuer: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    *revoked: x509.Certificate,
+    updated_days_ago: float = 0.0,
+    valid_days: float = 1.0,
+) -> bytes:
+    """A CRL naming ``issuer`` signed with ``key`` (which need not be the issuer's: a forgery), DER."""
+    updated = datetime.now(UTC) - timedelta(days=updated_days_ago)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer)
+        .last_update(updated)
+        .next_update(updated + timedelta(days=valid_days))
+    )
+    for cert in revoked:
+        entry = x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(updated)
+        builder = builder.add_revoked_certificate(entry.build())
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
 
 def make_ca(cn: str = "V2G Firmware Signing CA") -> Ca:
     key = ec.generate_private_key(ec.SECP256R1())

@@ -20,6 +20,7 @@ from django.core.management import call_command
 from django.db import connections
 
 from chargers.models import StationEvent, StationEventKind, TransactionEvent
+from edge_agent.revocation import CrlSettings
 from tests.chargers.conftest import LiveServer, start_server, stop_server
 from tests.chargers.factories import STATION_PASSWORD, StationFactory
 from tests.edge_agent.firmware_kit import PackageServer, make_ca, make_signer, update_firmware
@@ -145,14 +146,17 @@ async def test_the_csms_stores_a_signed_updates_progress_and_a_forged_ones_secur
     ca = make_ca()
     signer = make_signer(ca, algorithm="ed25519")
     package = b"edge-agent firmware 3.1.0"
-    repo = PackageServer(files={"/fw/edge-agent-3.1.0.bin": package, "/fw/forged.bin": package + b"!"}).start()
+    repo = PackageServer(
+        files={"/fw/edge-agent-3.1.0.bin": package, "/fw/forged.bin": package + b"!", "/crl": ca.crl()}
+    ).start()
     try:
-        # given an agent connected to the real CSMS, trusting our firmware-signing CA
+        # given an agent connected to the real CSMS, trusting our firmware-signing CA (and its CRL)
         agent = await make_agent(
             Endpoint(django_csms.ws_url),
             sid,
             password=STATION_PASSWORD,
             firmware_trust_anchor=ca.write(tmp_path / "ca.pem"),
+            firmware_crl=CrlSettings(url=repo.url("/crl"), cache_dir=str(tmp_path / "crl")),
         )
         await _until(lambda: _ready(agent))
 

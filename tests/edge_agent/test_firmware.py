@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from ocpp.v21 import call as c21
 
+from edge_agent.revocation import CrlSettings
 from tests.edge_agent.csms import RecordingCsms
 from tests.edge_agent.firmware_kit import Ca, PackageServer, make_ca, make_signer, update_firmware
 
@@ -30,8 +31,16 @@ def ca() -> Ca:
     return make_ca()
 
 
-async def _connected(csms: RecordingCsms, make_agent: Any, anchor: str) -> Any:
-    agent = await make_agent(csms, firmware_trust_anchor=anchor)
+@pytest.fixture
+def crl(ca: Ca, tmp_path: Path) -> Iterator[CrlSettings]:
+    """Where the agent finds the CA's CRL (revoking nothing): a server of its own, so ``repo.requests`` are packages."""
+    server = PackageServer(files={"/pki/crl": ca.crl()}).start()
+    yield CrlSettings(url=server.url("/pki/crl"), cache_dir=str(tmp_path / "crl"))
+    server.stop()
+
+
+async def _connected(csms: RecordingCsms, make_agent: Any, anchor: str, crl: CrlSettings) -> Any:
+    agent = await make_agent(csms, firmware_trust_anchor=anchor, firmware_crl=crl)
     await csms.wait_for(lambda: "edge-1" in csms.connections and agent.station.link.connected)
     return agent
 
@@ -50,10 +59,10 @@ def _security(csms: RecordingCsms) -> list[str]:
 
 @pytest.mark.parametrize("algorithm", ["ecdsa", "ed25519"])
 async def test_it_installs_a_package_signed_under_its_trust_anchor(
-    csms: RecordingCsms, make_agent: Any, repo: PackageServer, ca: Ca, tmp_path: Path, algorithm: str
+    csms: RecordingCsms, make_agent: Any, repo: PackageServer, ca: Ca, tmp_path: Path, crl: CrlSettings, algorithm: str
 ) -> None:
     # given an agent trusting our firmware-signing CA, and a package signed by a certificate that CA issued
-    agent = await _connected(csms, make_agent, ca.write(tmp_path / "fw-ca.pem"))
+    agent = await _connected(csms, make_agent, ca.write(tmp_path / "fw-ca.pem"), crl)
     signer = make_signer(ca, algorithm=algorithm)
     repo.files["/fw/edge-agent-2.0.0.bin"] = PACKAGE
     # when the CSMS asks it to update
@@ -75,10 +84,10 @@ async def test_it_installs_a_package_signed_under_its_trust_anchor(
 
 @pytest.mark.parametrize("forgery", ["tampered package", "signed by another key"])
 async def test_it_refuses_a_package_whose_signature_does_not_verify(
-    csms: RecordingCsms, make_agent: Any, repo: PackageServer, ca: Ca, tmp_path: Path, forgery: str
+    csms: RecordingCsms, make_agent: Any, repo: PackageServer, ca: Ca, tmp_path: Path, crl: CrlSettings, forgery: str
 ) -> None:
     # given a trusted signing certificate
-    agent = await _connected(csms, make_agent, ca.write(tmp_path / "fw-ca.pem"))
+    agent = await _connected(csms, make_agent, ca.write(tmp_path / "fw-ca.pem"), crl)
     signer = make_signer(ca)
     if forgery == "tampered package":
         # ... and a package altered after it was signed (one byte)
@@ -103,10 +112,10 @@ async def test_it_refuses_a_package_whose_signature_does_not_verify(
 
 @pytest.mark.parametrize("problem", ["issued by another CA", "expired", "not yet valid"])
 async def test_it_refuses_an_untrusted_signing_certificate_before_downloading(
-    csms: RecordingCsms, make_agent: Any, repo: PackageServer, ca: Ca, tmp_path: Path, problem: str
+    csms: RecordingCsms, make_agent: Any, repo: PackageServer, ca: Ca, tmp_path: Path, crl: CrlSettings, problem: str
 ) -> None:
     # given an agent trusting our CA, and a package correctly signed with a certificate that is not acceptable
-    agent = await _connected(csms, make_agent, ca.write(tmp_path / "fw-ca.pem"))
+    agent = await _connected(csms, make_agent, ca.write(tmp_path / "fw-ca.pem"), crl)
     if problem == "issued by another CA":
         signer = make_signer(make_ca("Someone else's CA"))
     elif problem == "expired":
@@ -127,10 +136,10 @@ async def test_it_refuses_an_untrusted_signing_certificate_before_downloading(
 
 
 async def test_it_refuses_unsigned_firmware_and_firmware_without_a_trust_anchor(
-    csms: RecordingCsms, make_agent: Any, repo: PackageServer, ca: Ca, tmp_path: Path
+    csms: RecordingCsms, make_agent: Any, repo: PackageServer, ca: Ca, tmp_path: Path, crl: CrlSettings
 ) -> None:
     # given an agent whose trust anchor file does not exist
-    agent = await _connected(csms, make_agent, str(tmp_path / "missing-ca.pem"))
+    agent = await _connected(csms, make_agent, str(tmp_path / "missing-ca.pem"), crl)
     signer = make_signer(ca)
     repo.files["/fw/pkg.bin"] = PACKAGE
     signed = update_firmware(10, repo.url("/fw/pkg.bin"), signature=signer.sign(PACKAGE), cert_pem=signer.cert_pem())
@@ -145,10 +154,10 @@ async def test_it_refuses_unsigned_firmware_and_firmware_without_a_trust_anchor(
 
 
 async def test_a_package_that_cannot_be_downloaded_is_reported_download_failed(
-    csms: RecordingCsms, make_agent: Any, repo: PackageServer, ca: Ca, tmp_path: Path
+    csms: RecordingCsms, make_agent: Any, repo: PackageServer, ca: Ca, tmp_path: Path, crl: CrlSettings
 ) -> None:
     # given a trusted signer and a location that answers 404
-    agent = await _connected(csms, make_agent, ca.write(tmp_path / "fw-ca.pem"))
+    agent = await _connected(csms, make_agent, ca.write(tmp_path / "fw-ca.pem"), crl)
     signer = make_signer(ca)
     request = update_firmware(12, repo.url("/fw/gone.bin"), signature=signer.sign(PACKAGE), cert_pem=signer.cert_pem())
     # when the update is sent with one retry

@@ -68,6 +68,7 @@ def station_params(cfg: AgentConfig) -> StationParams:
         message_attempt_interval_s=cfg.ocpp.message_attempt_interval_s,
         message_attempt_interval_max_s=cfg.ocpp.message_attempt_interval_max_s,
         firmware_trust_anchor=cfg.firmware.trust_anchor,
+        firmware_crl=cfg.firmware_crl(),
     )
 
 

@@ -70,15 +70,18 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("--cert", required=True, help="PEM signing certificate (intermediates may follow)")
     apply.add_argument("--config", default=None, help="current agent TOML: its [firmware] trust_anchor is used")
     apply.add_argument("--trust-anchor", default=None, help="firmware-signing CA PEM (default: from --config)")
+    apply.add_argument("--crl-url", default=None, help="the signer's issuer's CRL (default: from --config)")
     apply.add_argument("--target", default=None, help="file to replace (default: --config)")
     return parser
 
 
 def _cmd_apply_config(args: argparse.Namespace) -> int:
+    from dataclasses import replace
     from datetime import UTC, datetime
     from pathlib import Path
 
     from edge_agent.bundle import apply_config_bundle
+    from edge_agent.revocation import CrlSettings, RevocationUnknown
     from edge_agent.signing import CertificateRejected, NoTrustAnchor, SignatureRejected
 
     target = args.target or args.config
@@ -86,9 +89,12 @@ def _cmd_apply_config(args: argparse.Namespace) -> int:
         print("edge-agent: apply-config needs --target or --config", file=sys.stderr)
         return 2
     try:
-        anchor = args.trust_anchor
-        if not anchor and args.config:
-            anchor = load_config(args.config).firmware.trust_anchor
+        anchor, crl = args.trust_anchor, CrlSettings()
+        if args.config:
+            current = load_config(args.config)
+            anchor, crl = anchor or current.firmware.trust_anchor, current.firmware_crl()
+        if args.crl_url:
+            crl = replace(crl, url=args.crl_url, ca_file="")
         apply_config_bundle(
             bundle=Path(args.bundle).read_bytes(),
             signature_b64=Path(args.signature).read_text(),
@@ -96,8 +102,9 @@ def _cmd_apply_config(args: argparse.Namespace) -> int:
             trust_anchor=anchor or "",
             target=Path(target),
             now=datetime.now(UTC),
+            crl=crl,
         )
-    except (CertificateRejected, SignatureRejected, NoTrustAnchor) as exc:
+    except (CertificateRejected, SignatureRejected, NoTrustAnchor, RevocationUnknown) as exc:
         print(f"edge-agent: configuration bundle refused: {exc}", file=sys.stderr)
         return 3
     except (ConfigError, OSError) as exc:

@@ -15,10 +15,13 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent import grid_code
 from edge_agent.failsafe import FAILSAFE_DEADLINE_S
+
+if TYPE_CHECKING:
+    from edge_agent.revocation import CrlSettings
 
 ENV_PREFIX = "EDGE_AGENT_"
 SECRETS = ("password", "key_passphrase")  # from the environment only, never from the TOML file
@@ -128,6 +131,12 @@ class FirmwareSettings:
     # PEM file with the firmware-signing CA certificate(s): UpdateFirmware packages and configuration bundles must
     # be signed by a certificate issued under one of them. Empty: every signed update is refused.
     trust_anchor: str = ""
+    # The signing certificate's issuer's CRL, checked before anything is installed (edge_agent.revocation). Empty:
+    # the CSMS's own, csms_url's host + /pki/crl (https for wss://, trusting [tls] ca_file). No fresh CRL (none
+    # fetched or cached, or past its nextUpdate + crl_grace_s): nothing is installed.
+    crl_url: str = ""
+    crl_cache_dir: str = ""  # the last good CRL per issuer; empty: <var_dir>/crl
+    crl_grace_s: float = 86_400.0
 
 
 @dataclass
@@ -163,6 +172,18 @@ class AgentConfig:
     def versions(self) -> list[str]:
         return [v.strip() for v in self.ocpp.versions.split(",") if v.strip()]
 
+    def firmware_crl(self) -> CrlSettings:
+        """Where signed packages' revocation is checked: ``[firmware] crl_*``, by default the CSMS's /pki/crl."""
+        from edge_agent.revocation import CrlSettings, default_crl_url
+
+        own = not self.firmware.crl_url  # the CSMS's: its server certificate chains to [tls] ca_file
+        return CrlSettings(
+            url=self.firmware.crl_url or default_crl_url(self.csms_url),
+            cache_dir=self.firmware.crl_cache_dir or str(Path(self.var_dir) / "crl"),
+            grace_s=self.firmware.crl_grace_s,
+            ca_file=self.tls.ca_file if own else "",
+        )
+
     def validate(self) -> AgentConfig:
         if not self.station_id:
             raise ConfigError("station_id is required")
@@ -193,6 +214,10 @@ class AgentConfig:
             raise ConfigError(f"hardware.io_timeout_s must be in (0, {FAILSAFE_DEADLINE_S / 2:g}) s")
         if self.hardware.fault_recover_s < 0:
             raise ConfigError("hardware.fault_recover_s must be >= 0")
+        if self.firmware.crl_url and not self.firmware.crl_url.startswith(("http://", "https://")):
+            raise ConfigError("firmware.crl_url must be an http:// or https:// URL")
+        if self.firmware.crl_grace_s < 0:
+            raise ConfigError("firmware.crl_grace_s must be >= 0")
         if self.frequency.source not in ("sim", "replay", "meter"):
             raise ConfigError("frequency.source must be sim, replay or meter")
         if self.ocpp.message_attempts < 1:

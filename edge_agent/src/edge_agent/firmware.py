@@ -7,7 +7,11 @@ progress, else ``Accepted``. Then, in the background, FirmwareStatusNotification
 Downloading -> Downloaded -> SignatureVerified -> Installing -> Installed (with a SecurityEventNotification
 ``FirmwareUpdated``). A package whose signature does not verify is reported ``InvalidSignature`` with a
 SecurityEventNotification ``InvalidFirmwareSignature`` and is NOT installed; a download that fails after all retries
-is ``DownloadFailed``.
+is ``DownloadFailed``. Before installing, the signing certificate's revocation is checked against its issuer's CRL
+(``edge_agent.revocation``, fetched from ``[firmware] crl_url``): a revoked one is ``InvalidSignature`` with a
+SecurityEventNotification ``InvalidFirmwareSigningCertificate``; when no fresh CRL can be had the package is not
+installed either, reported ``InstallVerificationFailed`` with a SecurityEventNotification
+``FirmwareRevocationStatusUnknown`` (not knowing is not the same as not revoked).
 
 "Installing" in this agent records the new firmware (version = the package's file name, and its SHA-256) in the
 agent's state and device model (``ChargingStation.FirmwareVersion``, reported in BootNotification); a real gateway
@@ -30,6 +34,7 @@ from typing import Any
 
 from edge_agent import sessionlog as slog
 from edge_agent.clock import Clock, iso
+from edge_agent.revocation import CertificateRevoked, CrlSettings, RevocationUnknown, revocation_check
 from edge_agent.signing import (
     CertificateRejected,
     NoTrustAnchor,
@@ -43,6 +48,7 @@ LOG = logging.getLogger("edge_agent.firmware")
 MAX_PACKAGE_BYTES = 64 * 1024 * 1024
 DOWNLOAD_TIMEOUT_S = 60.0
 VERSION_KEY, SHA256_KEY = "firmware:version", "firmware:sha256"
+REVOCATION_UNKNOWN = "FirmwareRevocationStatusUnknown"  # security event: no fresh CRL, nothing installed
 
 
 class DownloadError(Exception):
@@ -103,10 +109,12 @@ class FirmwareUpdater:
         on_installed: Callable[[str], None] = lambda version: None,
         download: Callable[[str], bytes] = fetch,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        crl: CrlSettings | None = None,
     ) -> None:
         self.station_id = station_id
         self.clock = clock
         self.trust_anchor = trust_anchor
+        self.crl = crl or CrlSettings()  # no CRL location: every package is refused as revocation unknown
         self._emit = emit
         self._kv_get, self._kv_set = kv_get, kv_set
         self._on_installed = on_installed
@@ -203,7 +211,7 @@ class FirmwareUpdater:
         self._status(request, "Downloaded")
         try:
             # Checked again: time has passed, and the anchor file may have changed since the request was accepted.
-            verify_package(
+            cert, issuer = verify_package(
                 package,
                 signature_b64=request.signature,
                 certificate_pem=request.signing_certificate,
@@ -221,6 +229,18 @@ class FirmwareUpdater:
             self._status(request, "InvalidSignature")
             self._security_event("InvalidFirmwareSignature", f"request {request.request_id}: {exc}")
             return
+        try:
+            await asyncio.to_thread(revocation_check, cert, issuer, self.crl, now=self.clock.wall())
+        except CertificateRevoked as exc:
+            self._refused_install(request, "firmware_signer_revoked", str(exc))
+            self._status(request, "InvalidSignature")
+            self._security_event("InvalidFirmwareSigningCertificate", f"request {request.request_id}: {exc}")
+            return
+        except RevocationUnknown as exc:
+            self._refused_install(request, "firmware_revocation_unknown", str(exc))
+            self._status(request, "InstallVerificationFailed")
+            self._security_event(REVOCATION_UNKNOWN, f"request {request.request_id}: {exc}")
+            return
         self._status(request, "SignatureVerified")
         if request.install_at is not None and request.install_at > self.clock.wall():
             self._status(request, "InstallScheduled")
@@ -235,6 +255,9 @@ class FirmwareUpdater:
         )
         self._status(request, "Installed")
         self._security_event("FirmwareUpdated", f"{version} sha256={digest}")
+
+    def _refused_install(self, request: FirmwareRequest, event: str, reason: str) -> None:
+        slog.log_event(self.station_id, event, level=logging.ERROR, request_id=request.request_id, reason=reason)
 
     async def _fetch(self, request: FirmwareRequest) -> bytes | None:
         attempts = 1 + max(0, request.retries)

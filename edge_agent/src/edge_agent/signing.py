@@ -4,7 +4,8 @@ A package is trusted when its signing certificate chains, through any intermedia
 agent's configured firmware-signing trust anchors, every certificate on the way is within its validity period,
 and the signature over the package's bytes verifies with the signing certificate's key: ECDSA P-256 with SHA-256
 (DER signature) or Ed25519. Pure functions, no I/O but reading the anchor file: the caller decides what a refusal
-means (OCPP status, security event, exit code).
+means (OCPP status, security event, exit code). Whether the signing certificate has been revoked is
+``edge_agent.revocation``'s check (a CRL, fetched), made by the callers before anything is installed.
 """
 
 from __future__ import annotations
@@ -86,22 +87,31 @@ def _check_leaf_usage(cert: x509.Certificate) -> None:
 
 def check_signing_certificate(pem: str, anchors: list[x509.Certificate], *, now: datetime) -> x509.Certificate:
     """The signing certificate (the first in ``pem``) once its chain to an anchor holds at ``now``."""
+    return signing_chain(pem, anchors, now=now)[0]
+
+
+def signing_chain(
+    pem: str, anchors: list[x509.Certificate], *, now: datetime
+) -> tuple[x509.Certificate, x509.Certificate]:
+    """(signing certificate, its issuer) once the chain to an anchor holds at ``now``. The issuer is an anchor or an
+    intermediate that chains to one: the key its CRL must verify with (``edge_agent.revocation``)."""
     try:
         chain = x509.load_pem_x509_certificates(pem.encode())
     except ValueError as exc:
         raise CertificateRejected(f"signing certificate is not PEM X.509: {exc}") from exc
     leaf, intermediates = chain[0], chain[1:]
     _check_leaf_usage(leaf)
-    current = leaf
+    current, issuer = leaf, None
     for _ in range(MAX_CHAIN + 1):
         _within_validity(current, now, "signing" if current is leaf else "intermediate")
         anchor = next((a for a in anchors if _issued_by(current, a)), None)
         if anchor is not None:
             _within_validity(anchor, now, "trust anchor")
-            return leaf
+            return leaf, issuer or anchor
         parent = next((c for c in intermediates if _is_ca(c) and _issued_by(current, c)), None)
         if parent is None:
             raise CertificateRejected(f"signing certificate not issued under a trust anchor (issuer {current.issuer})")
+        issuer = issuer or parent
         current = parent
     raise CertificateRejected("certificate chain too long")
 
@@ -126,8 +136,8 @@ def verify_signature(package: bytes, signature_b64: str, cert: x509.Certificate)
 
 def verify_package(
     package: bytes, *, signature_b64: str, certificate_pem: str, anchors: list[x509.Certificate], now: datetime
-) -> x509.Certificate:
-    """Both checks, certificate first; returns the signing certificate."""
-    cert = check_signing_certificate(certificate_pem, anchors, now=now)
+) -> tuple[x509.Certificate, x509.Certificate]:
+    """Both checks, certificate first; returns (signing certificate, its issuer) for the revocation check."""
+    cert, issuer = signing_chain(certificate_pem, anchors, now=now)
     verify_signature(package, signature_b64, cert)
-    return cert
+    return cert, issuer

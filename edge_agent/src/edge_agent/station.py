@@ -44,6 +44,7 @@ from edge_agent.hardware.sim import SimulatedCar
 from edge_agent.metering import DEFAULT_RESOLUTION, sampled_values
 from edge_agent.profiles import ProfileStore
 from edge_agent.protection import EnterService, IslandingSettings, Protection
+from edge_agent.revocation import CrlSettings
 
 ISO15118_TIMEOUT_S = 0.25  # PowerDeliveryRes must arrive within 250 ms
 REGULATING_MODES = {OperationMode.CENTRAL_SETPOINT, OperationMode.CENTRAL_FREQUENCY, OperationMode.LOCAL_FREQUENCY}
@@ -86,6 +87,7 @@ class StationParams:
     message_attempt_interval_s: float = 10.0  # OCPPCommCtrlr.MessageAttemptInterval[TransactionEvent]
     message_attempt_interval_max_s: float = 60.0  # EdgeAgentCtrlr.MessageAttemptIntervalMax
     firmware_trust_anchor: str = ""  # PEM file of the firmware-signing CA(s); empty: every update is refused
+    firmware_crl: CrlSettings = field(default_factory=CrlSettings)  # no CRL location: every update is refused
 
 
 TX = "TransactionEvent"  # the variable instance of the E13 retry settings
@@ -161,6 +163,7 @@ class Station:
             self.id,
             clock=clock,
             trust_anchor=params.firmware_trust_anchor,
+            crl=params.firmware_crl,
             emit=self.send_direct,
             kv_get=lambda k: store.kv_get(self.id, k),
             kv_set=lambda k, v: store.kv_set(self.id, k, v),
