@@ -69,12 +69,12 @@ def _settle(periods: list[tuple[Award, datetime, datetime]], *, skip_stored: boo
 
 
 @shared_task(name="markets.regulation_settle_hour", ignore_result=True)
-def regulation_settle_hour(period_start: str | None = None) -> dict[str, int]:
+def regulation_settle_hour(period_start: str | None = None, now: str | None = None) -> dict[str, int]:
     """Score and settle settlement periods. With ``period_start``: every period that starts in that hour. Without:
     every period that is due (its look-ahead and margin passed) and fell due less than :data:`RETRY_FOR` ago.
 
     Idempotent: settled periods are kept as stored; a period whose inputs are missing (prices, signal) is logged
-    once and retried on the next runs, nothing half-written.
+    once and retried on the next runs, nothing half-written. ``now`` (ISO 8601) stands in for the clock.
     """
     if period_start:
         start = datetime.fromisoformat(period_start).astimezone(UTC)
@@ -84,8 +84,8 @@ def regulation_settle_hour(period_start: str | None = None) -> dict[str, int]:
             LOG.warning("settlement periods from %s: %s", start.isoformat(), exc)
             return {"settled": 0, "failed": 1}
         return _settle(periods, skip_stored=False)
-    now = timezone.now()
-    due_before = now - SETTLE_AFTER  # a period ending at or before this is due
+    clock = datetime.fromisoformat(now).astimezone(UTC) if now else timezone.now()
+    due_before = clock - SETTLE_AFTER  # a period ending at or before this is due
     try:
         candidates = settlement_periods_between(start=due_before - RETRY_FOR - timedelta(hours=1), end=due_before)
     except SettlementError as exc:

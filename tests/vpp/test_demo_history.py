@@ -40,8 +40,10 @@ def test_a_short_demo_seed_produces_awards_scores_and_settlements_marked_simulat
         "submitted",
         award.bid.status,
     ]
-    # And every awarded hour was scored and settled, simulated, with lines owned by the demo organisations
-    assert Settlement.objects.count() == awards.filter(awarded_w__gt=0).count()
+    # And every awarded hour was scored and settled per quarter-hour (the demo operator's settlement period),
+    # simulated, with lines owned by the demo organisations
+    assert Settlement.objects.count() == 4 * awards.filter(awarded_w__gt=0).count()
+    assert {s.period_end - s.period_start for s in Settlement.objects.all()} == {timedelta(minutes=15)}
     assert not Settlement.objects.filter(simulated=False).exists()
     scores = PerformanceScoreRecord.objects.all()
     assert scores.exists()
