@@ -46,8 +46,8 @@ from fleet.seeding import DEMO, HARBOUR
 from fleet.selectors import fleet_portfolio
 from markets.models import Award, Bid, MarketOperator, Product
 from markets.regulation.models import EnergyPrice, RegulationPrice
-from markets.regulation.settling import MIN_PERIOD
 from markets.regulation.services import energy_price_record, regulation_price_record
+from markets.regulation.settling import MIN_PERIOD
 from markets.services.bids import Actor, MarketError, bid_event_record, bid_transition
 from markets.services.clearing import market_clear_simulated
 

@@ -10,9 +10,9 @@ from decimal import Decimal
 
 import pytest
 
+from markets.regulation import tasks
 from markets.regulation.models import PerformanceScoreRecord, Settlement
 from markets.regulation.services import energy_price_record, regulation_price_record
-from markets.regulation import tasks
 from markets.regulation.settling import settlement_compute, settlement_periods
 from markets.regulation.tasks import SETTLE_AFTER, regulation_settle_hour
 from tests.markets.regulation.data import (
