@@ -94,6 +94,7 @@ def test_a_quarter_hour_is_scored_on_its_own_rows_and_paid_a_quarter_of_the_hour
     settlement = settlement_compute(award=award, period_start=HOUR_START + Q)
     # Then it covers that quarter only, scored with PJM's method on its 90 rows + 31 look-ahead rows
     assert (settlement.period_start, settlement.period_end) == (HOUR_START + Q, HOUR_START + 2 * Q)
+    assert settlement.score is not None
     assert settlement.score.kind == PerformanceScoreRecord.Kind.INTERVAL
     assert settlement.score.rows == 90 + 31
     assert settlement.score.composite > Decimal("0.95")
@@ -127,6 +128,7 @@ def test_the_task_settles_an_hourly_product_per_hour_once_the_hour_is_due():
     # Then the hour is settled as one hourly period, scored on 391 rows
     settlement = Settlement.objects.get()
     assert (settlement.period_start, settlement.period_end) == (HOUR_START, HOUR_START + timedelta(hours=1))
+    assert settlement.score is not None
     assert settlement.score.kind == PerformanceScoreRecord.Kind.HOURLY
     assert settlement.score.rows == 391
 
