@@ -106,6 +106,12 @@ class Product(models.Model):
     expected_down_activation = models.DecimalField(max_digits=6, decimal_places=4, default=Decimal("0"))
     site = models.ForeignKey(DepotSite, null=True, blank=True, on_delete=models.PROTECT, related_name="products")
     active = models.BooleanField(default=True)
+    settlement_minutes = models.PositiveSmallIntegerField(
+        default=60,
+        validators=[MinValueValidator(5)],
+        help_text="settlement period, minutes (a divisor of 60): PJM settles and scores regulation per hour (60); the "
+        "demo operator per 15 minutes (see vpp/demo_market.py)",
+    )
 
     class Meta:
         ordering = ["operator__code", "code"]

@@ -11,8 +11,9 @@ For each demo fleet (portfolio ``fleet-<id>``), each of the last ``days`` days a
    lag and meter noise, its state of charge tracked (``FleetArrays.advance``); its meter reports power and energy
    registers every 10 s -- stored as ``MeterValue`` rows with ``source = "simulated"`` -- and the signal and
    basepoint are stored as dispatch stores them (``source = "simulated"``);
-4. every awarded hour is then scored and settled by ``markets.regulation.settling.settlement_compute`` (the hourly
-   task's own code), and the scores and settlements are flagged ``simulated``.
+4. every settlement period of every awarded hour (the demo product's quarter-hours) is then scored and settled by
+   ``markets.regulation.settling.settlement_compute`` (the settlement task's own code), and the scores and
+   settlements are flagged ``simulated``.
 
 Idempotent: an hour that already has a bid for the portfolio is skipped, so a restart only fills the days missing.
 Hours that would overlap a real plug session at a station leave that station out.
@@ -42,7 +43,7 @@ from markets.models import Award, Product
 from markets.regulation.models import PerformanceScoreRecord, RegulationSignal, Settlement
 from markets.regulation.services import RegulationError, regulation_basepoint_record
 from markets.regulation.settlement import SettlementError
-from markets.regulation.settling import settlement_compute
+from markets.regulation.settling import settlement_compute, settlement_periods
 from markets.regulation.signals import read_signal_csv
 from vpp.demo_market import HOUR, demo_portfolios, demo_product, offer_award, offer_capacity_w, prices_publish
 from vpp.dispatch.values import basepoint_choose, fleet_setpoint_w
@@ -102,12 +103,13 @@ def demo_history_generate(
         if progress is not None:
             progress(n, len(jobs), f"{portfolio} {start:%a %d %H:%M}")
         awards = _block(product, portfolio, fleet, start, hours, signal, rng, result, index=n)
-        for award in awards:  # one award per hour
-            try:
-                settlement_compute(award=award, period_start=award.interval_start)
-                result.settlements += 1
-            except (RegulationError, SettlementError) as exc:
-                result.skipped.append(f"{portfolio} {award.interval_start:%Y-%m-%d %H:%M}: {exc}")
+        for award in awards:  # one award per hour, settled per the product's periods (the demo's: quarter-hours)
+            for period_start, _ in settlement_periods(award):
+                try:
+                    settlement_compute(award=award, period_start=period_start)
+                    result.settlements += 1
+                except (RegulationError, SettlementError) as exc:
+                    result.skipped.append(f"{portfolio} {period_start:%Y-%m-%d %H:%M}: {exc}")
         _flag(product, portfolio, start, hours)
     if progress is not None:
         progress(len(jobs), len(jobs), "done")

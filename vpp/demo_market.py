@@ -8,7 +8,23 @@ of kW. ``demo-rto`` is PJM's RegD product under PJM's rules (hourly intervals, N
 **Late offers.** A real market closes an hour's offers before it starts. The demo starts at any moment and must
 regulate the hour under way, and the history it generates lies in the past: for those hours (gate already closed)
 the simulated operator takes the offer late, and the bid's audit trail says so (``BidEvent`` note). Hours whose
-gate is still open are submitted through ``bid_transition`` like any bid.
+gate is still open are submitted through ``bid_transition`` like any bid. The hour under way is taken from the
+moment the offer is made (the next 10-s scoring row, :func:`late_start`), not from the top of the hour: the fleet
+cannot have regulated the minutes before it, so the award does not claim them and settlement never has to pay or
+score them. With less than :data:`LATE_MIN` left in the hour, the demo waits for the next hour instead.
+
+**Quarter-hour settlement.** PJM settles and scores regulation per hour, so a demo started mid-hour would show its
+first settlement only after the first full hour and its 5 min 10 s of scoring look-ahead (up to 1 h 7 min). The
+demo operator settles per 15 minutes (``Product.settlement_minutes = 15``), as markets with a 15-minute settlement
+period do; each quarter-hour is scored with PJM's method on its own rows (90 scored rows, 61 windows of 31, plus
+the 31 look-ahead rows: the same method as PJM's hourly and 40-minute scores, on a shorter period) and paid pro
+rata (MW x 0.25 h x price x score). A shorter grid would rest every score on too few windows (5 min: one). Only
+the first period of a late award is shorter: it runs from the award's start to the next quarter-hour, joined to the
+following quarter when under 5 minutes (PJM's minimum: one window and its look-ahead). So the first settlement is
+due 12 to 27 minutes after the award starts (its period, 5 to 20 minutes, then 5 min 10 s of look-ahead and the
+settlement task's 2-min margin for late meter values), i.e. within about half an hour of ``make run``.
+Prices stay hourly, as PJM publishes them: a quarter-hour is paid at its hour's prices. Real operators' products
+keep hourly settlement (the default).
 """
 
 from __future__ import annotations
@@ -31,6 +47,7 @@ from fleet.selectors import fleet_portfolio
 from markets.models import Award, Bid, MarketOperator, Product
 from markets.regulation.models import EnergyPrice, RegulationPrice
 from markets.regulation.services import energy_price_record, regulation_price_record
+from markets.regulation.settling import MIN_PERIOD
 from markets.services.bids import Actor, MarketError, bid_event_record, bid_transition
 from markets.services.clearing import market_clear_simulated
 
@@ -38,6 +55,10 @@ OPERATOR = "demo-rto"
 PRODUCT = "reg-d"
 PRODUCT_REF = f"{OPERATOR}:{PRODUCT}"
 HOUR = timedelta(hours=1)
+SETTLEMENT_MINUTES = 15
+#: The least of the hour under way the demo takes late: PJM's shortest scorable period (a 31-row window).
+LATE_MIN = MIN_PERIOD
+ROW_S = 10  # PJM's scoring rows: an award starts on one
 WHO = Actor(label="system:demo-market")
 PRICE_SOURCE = "demo"  # prices the demo market publishes (RegulationPrice / EnergyPrice ``source``)
 
@@ -71,9 +92,20 @@ def demo_product() -> Product:
             "sustain_minutes": 15,
             "expected_up_activation": Decimal("0.32"),
             "expected_down_activation": Decimal("0.25"),
+            "settlement_minutes": SETTLEMENT_MINUTES,
         },
     )
     return product
+
+
+def late_start(*, hour: datetime, now: datetime) -> datetime | None:
+    """When the demo's award for ``hour`` starts: the hour itself if it is still ahead, else the next 10-s scoring
+    row after ``now`` (a late offer for the rest of the hour under way), or None when less than :data:`LATE_MIN`
+    of the hour is left."""
+    if now <= hour:
+        return hour
+    start = datetime.fromtimestamp(-(-now.timestamp() // ROW_S) * ROW_S, UTC)
+    return start if hour + HOUR - start >= LATE_MIN else None
 
 
 def demo_portfolios() -> list[tuple[str, Fleet]]:
@@ -147,14 +179,26 @@ class Offer:
 
 
 def offer_award(
-    *, product: Product, portfolio: str, hour: datetime, capacity_w: int, simulated: bool, now: datetime | None = None
+    *,
+    product: Product,
+    portfolio: str,
+    hour: datetime,
+    capacity_w: int,
+    simulated: bool,
+    now: datetime | None = None,
+    start: datetime | None = None,
 ) -> Offer | None:
-    """Offer ``capacity_w`` of regulation for ``hour`` and have the simulated operator clear it; None when the hour
-    already has a bid for the portfolio (idempotent) or the capacity is under the market's minimum."""
+    """Offer ``capacity_w`` of regulation for ``hour`` (from ``start`` within it: a late offer, :func:`late_start`)
+    and have the simulated operator clear it; None when the hour already has a bid for the portfolio (idempotent)
+    or the capacity is under the market's minimum."""
     operator = product.operator
-    if capacity_w < operator.min_bid_w:
+    start = start or hour
+    if capacity_w < operator.min_bid_w or not hour <= start < hour + HOUR:
         return None
-    if Bid.objects.filter(product=product, portfolio=portfolio, interval_start=hour).exists():
+    overlapping = Bid.objects.filter(
+        product=product, portfolio=portfolio, interval_start__lt=hour + HOUR, interval_end__gt=hour
+    )
+    if overlapping.exists():
         return None
     clearing = capacity_price(hour)
     price = (clearing * Decimal("0.6")).quantize(Decimal("0.01"))
@@ -162,7 +206,7 @@ def offer_award(
         bid = Bid.objects.create(
             product=product,
             portfolio=portfolio,
-            interval_start=hour,
+            interval_start=start,
             interval_end=hour + HOUR,
             quantity_w=capacity_w - capacity_w % operator.bid_increment_w,
             price=price,
@@ -176,7 +220,7 @@ def offer_award(
         bid_transition(bid_id=bid.id, to_status=S.APPROVED, actor=WHO, note="demo market: approved automatically")
         bid_submit(bid_id=bid.id, now=now)
     market_clear_simulated(
-        operator=operator, start=hour, end=hour + HOUR, clearing_prices={(product.code, hour): clearing}
+        operator=operator, start=start, end=hour + HOUR, clearing_prices={(product.code, start): clearing}
     )
     award = Award.objects.filter(bid_id=bid.id).first()
     if simulated and award is not None:

@@ -177,6 +177,7 @@ class PerformanceScoreRecord(models.Model):
 
     class Kind(models.TextChoices):
         HOURLY = "hourly", "hourly (391 rows, 360 scored)"
+        INTERVAL = "interval", "settlement period shorter than an hour (its rows + 31 look-ahead)"
         TEST = "test", "qualification / replay test"
 
     product = models.ForeignKey("markets.Product", on_delete=models.PROTECT, related_name="performance_scores")

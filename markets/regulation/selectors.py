@@ -240,6 +240,12 @@ def awards_in_force(*, product: Product | None = None, at: datetime) -> list[Awa
     return list(query.select_related("product__operator").order_by("id"))
 
 
+def awards_overlapping(*, start: datetime, end: datetime) -> list[Award]:
+    """Awards (awarded_w > 0) in force at some instant of ``[start, end)``."""
+    query = Award.objects.filter(interval_start__lt=end, interval_end__gt=start, awarded_w__gt=0)
+    return list(query.select_related("product__operator").order_by("id"))
+
+
 def regulation_price(*, product: Product, interval_start: datetime, as_of: datetime) -> RegulationPrice | None:
     """The newest belief about an hour's regulation prices known at ``as_of``."""
     return (

@@ -1,11 +1,23 @@
 """Regulation settlement from stored data (the arithmetic itself, pure, is :mod:`.settlement`).
 
-* :func:`settlement_compute` -- settle one award over one hour, attributed to charge points / vehicles / owners.
-* :func:`regulation_hour_settle` -- score and settle every award in force in an hour (the Celery task calls it).
+* :func:`settlement_periods` -- the periods an award is settled over (the product's ``settlement_minutes``).
+* :func:`settlement_compute` -- settle one award over one period, attributed to charge points / vehicles / owners.
+* :func:`regulation_hour_settle` -- score and settle every award in force in an hour.
+
+**Settlement periods.** PJM settles and scores regulation per hour, and so does every product by default
+(``Product.settlement_minutes = 60``). A product may settle on a shorter grid (a divisor of 60 minutes, as markets
+with a 15-minute settlement period do): each period is then scored on its own with PJM's method -- its rows plus
+the 31 look-ahead rows, as the hour is -- and paid pro rata of its length (capacity and performance credits are
+MW x hours x price x score, so four quarter-hours at one score pay exactly what the hour does). An award that
+does not start or end on the grid (one taken late, after its hour began) has a first / last period from its own
+start / to its own end; one shorter than :data:`MIN_PERIOD` -- too short for a PJM score, which needs a 31-row
+window and its 31 look-ahead rows -- is merged into its neighbour. Prices are read for the market interval
+(``MarketOperator.interval_minutes``) the period lies in.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -18,6 +30,7 @@ from markets.models import Award, Product
 from markets.regulation import scoring
 from markets.regulation.metering import interval_energy_wh
 from markets.regulation.models import (
+    PerformanceScoreRecord,
     Settlement,
     SettlementLine,
 )
@@ -31,6 +44,7 @@ from markets.regulation.selectors import (
     POWER_MAX_AGE_S,
     ChargePointVehicle,
     awards_in_force,
+    awards_overlapping,
     charge_point_vehicles,
     energy_prices,
     regulation_price,
@@ -46,21 +60,68 @@ from markets.regulation.settlement import (
 )
 
 HOUR = timedelta(hours=1)
+ROW = timedelta(seconds=scoring.SAMPLE_PERIOD_S)
+#: The shortest period PJM's method can score: one 31-row window (30 scored rows) and its 31 look-ahead rows.
+MIN_PERIOD = ROW * (scoring.WINDOW - 1)
+
+
+def _floor(at: datetime, step: timedelta) -> datetime:
+    seconds = step.total_seconds()
+    return datetime.fromtimestamp(at.timestamp() // seconds * seconds, at.tzinfo)
+
+
+def settlement_periods(award: Award) -> list[tuple[datetime, datetime]]:
+    """``[start, end)`` of every settlement period of ``award``, in order (see the module docstring)."""
+    minutes = award.product.settlement_minutes
+    if minutes < MIN_PERIOD.total_seconds() / 60 or 60 % minutes:
+        raise SettlementError(f"{award.product}: a settlement period of {minutes} min does not divide the hour")
+    step = timedelta(minutes=minutes)
+    start, end = award.interval_start, award.interval_end
+    edges = [start]
+    edge = _floor(start, step) + step
+    while edge < end:
+        edges.append(edge)
+        edge += step
+    edges.append(end)
+    if len(edges) > 2 and edges[1] - edges[0] < MIN_PERIOD:
+        del edges[1]  # a short first stub joins the next period
+    if len(edges) > 2 and edges[-1] - edges[-2] < MIN_PERIOD:
+        del edges[-2]  # a short last stub joins the previous one
+    return list(itertools.pairwise(edges))
+
+
+def _period_of(award: Award, period_start: datetime) -> tuple[datetime, datetime]:
+    for start, end in settlement_periods(award):
+        if start == period_start:
+            return start, end
+    raise SettlementError(
+        f"{period_start.isoformat()} does not start a settlement period of award {award.pk} "
+        f"({award.interval_start.isoformat()} to {award.interval_end.isoformat()}, "
+        f"{award.product.settlement_minutes}-min periods)"
+    )
 
 
 def _price_edges(
     award: Award, start: datetime, end: datetime, as_of: datetime, location: str
 ) -> tuple[list[datetime], dict[datetime, Decimal]]:
+    """Energy price intervals over ``[start, end)``, clipped to it: a period shorter than the price interval (a
+    quarter-hour of an hourly price) uses the price of the interval it lies in, keyed by the period's own start."""
+    market_start = _floor(start, award.product.operator.interval)
     intervals = energy_prices(
-        operator_id=award.product.operator_id, location=location, start=start, end=end, as_of=as_of
+        operator_id=award.product.operator_id, location=location, start=min(market_start, start), end=end, as_of=as_of
     )
     edges = [start]
     prices: dict[datetime, Decimal] = {}
     for interval_start, minutes, price in intervals:
-        if interval_start != edges[-1]:
+        interval_end = interval_start + timedelta(minutes=minutes)
+        if interval_end <= edges[-1]:
+            continue  # an interval of the market interval that ends before the period starts
+        if interval_start > edges[-1]:
             raise SettlementError(f"no energy price for {edges[-1].isoformat()} (next known: {interval_start})")
-        prices[interval_start] = price
-        edges.append(interval_start + timedelta(minutes=minutes))
+        prices[edges[-1]] = price
+        edges.append(min(interval_end, end))
+        if edges[-1] >= end:
+            break
     if edges[-1] < end:
         raise SettlementError(f"no energy price for {edges[-1].isoformat()} onwards")
     return edges, prices
@@ -113,17 +174,21 @@ def settlement_compute(
     stations: Iterable[int] | None = None,
     recompute: bool = False,
 ) -> Settlement:
-    """Settle one award over the hour from ``period_start``; stored with its vehicle lines (returned if stored).
+    """Settle one award over the settlement period from ``period_start`` (an hour unless the product settles on a
+    shorter grid: :func:`settlement_periods`); stored with its vehicle lines (returned if stored).
 
-    Regulation awards are paid at the hour's performance score (computed if not yet stored); other products at 1.
-    Prices: the newest :class:`RegulationPrice` belief for the hour (capacity price defaults to the award's
-    clearing price) and the :class:`EnergyPrice` intervals covering the hour. Raises :class:`SettlementError` for
-    missing inputs rather than settling on a guess.
+    Regulation awards are paid at the period's performance score (computed if not yet stored); other products at 1.
+    Prices: the newest :class:`RegulationPrice` belief for the market interval the period lies in (capacity price
+    defaults to the award's clearing price) and the :class:`EnergyPrice` intervals covering the period. Raises
+    :class:`SettlementError` for missing inputs rather than settling on a guess.
     """
     period_start = utc_instant(period_start, "period_start")
-    period_end = period_start + HOUR
-    if not (award.interval_start <= period_start and period_end <= award.interval_end):
-        raise SettlementError(f"the hour from {period_start.isoformat()} is outside award {award.pk}'s interval")
+    if not (award.interval_start <= period_start < award.interval_end):
+        raise SettlementError(f"the period from {period_start.isoformat()} is outside award {award.pk}'s interval")
+    period_start, period_end = _period_of(award, period_start)
+    period_rows = int((period_end - period_start) / ROW)
+    if period_end - period_start != ROW * period_rows:
+        raise SettlementError(f"the period from {period_start.isoformat()} is not a whole number of 10-s rows")
     if not recompute:
         stored = Settlement.objects.filter(award=award, period_start=period_start).first()
         if stored is not None:
@@ -135,15 +200,18 @@ def settlement_compute(
     score: Decimal = Decimal(1)
     capacity_price, performance_price, mileage_ratio = award.clearing_price, Decimal(0), Decimal(1)
     if regulated:  # prices first: a missing price fails fast, before the meter values are read
-        price = regulation_price(product=product, interval_start=period_start, as_of=now)
+        market_interval = _floor(period_start, product.operator.interval)
+        price = regulation_price(product=product, interval_start=market_interval, as_of=now)
         if price is None:
-            raise SettlementError(f"no regulation prices (RMPCP, mileage ratio) for {period_start.isoformat()}")
+            raise SettlementError(f"no regulation prices (RMPCP, mileage ratio) for {market_interval.isoformat()}")
         capacity_price = price.capacity_price if price.capacity_price is not None else award.clearing_price
         performance_price, mileage_ratio = price.performance_price, price.mileage_ratio
     with_energy = _energy_award(award, period_start)
     edges, prices = _price_edges(award, period_start, period_end, now, location) if with_energy else ([], {})
-    rows = scoring.HOURLY_ROWS if regulated else 361
-    scored = rows - scoring.LOOKAHEAD_ROWS if regulated else 360
+    # PJM: an hour is 391 rows (360 scored + 31 look-ahead); a shorter period is its rows + the same look-ahead.
+    rows = period_rows + scoring.LOOKAHEAD_ROWS if regulated else period_rows + 1
+    scored = period_rows
+    hourly = period_end - period_start == HOUR
     if regulated:
         # One read of the hour serves both the score (signal scaled by the portfolio's awarded capacity, as the
         # operator scores it) and the metering of this award.
@@ -151,7 +219,12 @@ def settlement_compute(
             product=product, portfolio=award.portfolio, start=period_start, rows=rows, stations=stations
         )
         score_row = performance_score_compute(
-            product=product, portfolio=award.portfolio, period_start=period_start, trace=trace
+            product=product,
+            portfolio=award.portfolio,
+            period_start=period_start,
+            kind=PerformanceScoreRecord.Kind.HOURLY if hourly else PerformanceScoreRecord.Kind.INTERVAL,
+            rows=rows,
+            trace=trace,
         )
         score = score_row.composite
     else:
@@ -160,7 +233,7 @@ def settlement_compute(
     metering = _metering(trace, owners, edges, with_energy, scored)
     terms = RegulationTerms(
         awarded_w=award.awarded_w,
-        hours=Decimal(1),
+        hours=Decimal(period_rows) / Decimal(360),  # the period's length in hours, exactly (10-s rows)
         capacity_price=capacity_price,
         performance_price=performance_price,
         mileage_ratio=mileage_ratio,
@@ -251,10 +324,19 @@ def _settlement_write(
     return settlement
 
 
+def settlement_periods_between(*, start: datetime, end: datetime) -> list[tuple[Award, datetime, datetime]]:
+    """(award, period start, period end) of every settlement period starting in ``[start, end)``, by award."""
+    out: list[tuple[Award, datetime, datetime]] = []
+    for award in awards_overlapping(start=start, end=end):
+        out.extend((award, s, e) for s, e in settlement_periods(award) if start <= s < end)
+    return out
+
+
 def regulation_hour_settle(*, period_start: datetime, location: str = "") -> list[Settlement]:
-    """Score and settle every award in force for the hour from ``period_start`` (idempotent)."""
+    """Score and settle every settlement period that starts in the hour from ``period_start`` (for hourly products:
+    every award in force that hour) (idempotent)."""
     period_start = utc_instant(period_start, "period_start")
     return [
-        settlement_compute(award=award, period_start=period_start, location=location)
-        for award in awards_in_force(at=period_start)
+        settlement_compute(award=award, period_start=start, location=location)
+        for award, start, _ in settlement_periods_between(start=period_start, end=period_start + HOUR)
     ]

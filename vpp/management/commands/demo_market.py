@@ -1,11 +1,12 @@
 """``manage.py demo_market --server http://HOST:PORT``: the demo's grid operator, live (``runvpp`` starts it).
 
-Every minute it makes sure each demo fleet holds a regulation award for the hour under way and the next two (the
-fleet's offer, sized from its plugged-in cars, becomes an award through the real bidding services:
-:mod:`vpp.demo_market`), with the hour's prices published for settlement. Every 2 s it sends each awarded portfolio
-the RegD test signal, looped, through the utility intake ``ws/regulation`` (as a utility would: an API key of scope
-``signal``), so the live dispatcher regulates the simulated cars, the hourly task scores and settles each hour, and
-the dashboard shows the signal, the setpoint and the measured response as they happen.
+Every minute it makes sure each demo fleet holds a regulation award for the hour under way (taken late, from the
+next 10-s row) and the next two (the fleet's offer, sized from its plugged-in cars, becomes an award through the
+real bidding services: :mod:`vpp.demo_market`), with the hour's prices published for settlement. Every 2 s it
+sends each awarded portfolio the RegD test signal, looped, through the utility intake ``ws/regulation`` (as a
+utility would: an API key of scope ``signal``), so the live dispatcher regulates the simulated cars, the
+settlement task scores and settles each quarter-hour, and the dashboard shows the signal, the setpoint and the
+measured response as they happen.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,13 +27,14 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from fleet.selectors import plugged_in_snapshots
-from markets.regulation.selectors import awards_in_force
+from markets.regulation.selectors import awards_overlapping
 from vpp.demo_history import regd_signal
 from vpp.demo_market import (
     HOUR,
     PRODUCT_REF,
     demo_portfolios,
     demo_product,
+    late_start,
     offer_award,
     offer_capacity_w,
     prices_publish,
@@ -44,8 +47,18 @@ ENSURE_EVERY_S = 60.0
 STEP_S = 2
 
 
-def awards_ensure(*, now: datetime) -> list[str]:
-    """Offer and award the coming hours where missing; returns the portfolios awarded regulation at ``now``."""
+@dataclass(frozen=True)
+class Awarded:
+    """A portfolio's award window: the signal is sent for instants within it only (the intake refuses others)."""
+
+    portfolio: str
+    start: datetime
+    end: datetime
+
+
+def awards_ensure(*, now: datetime) -> list[Awarded]:
+    """Offer and award the coming hours where missing (the hour under way late, from the next 10-s row:
+    :func:`vpp.demo_market.late_start`); returns the demo's awards in force from ``now`` on."""
     close_old_connections()
     product = demo_product()
     hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
@@ -55,8 +68,24 @@ def awards_ensure(*, now: datetime) -> list[str]:
         for k in range(AHEAD_HOURS):
             start = hour + k * HOUR
             prices_publish(product=product, hour=start)
-            offer_award(product=product, portfolio=portfolio, hour=start, capacity_w=capacity, simulated=False, now=now)
-    return sorted({a.portfolio for a in awards_in_force(product=product, at=now) if a.awarded_w > 0})
+            begins = late_start(hour=start, now=now)
+            if begins is not None:
+                offer_award(
+                    product=product,
+                    portfolio=portfolio,
+                    hour=start,
+                    capacity_w=capacity,
+                    simulated=False,
+                    now=now,
+                    start=begins,
+                )
+    ahead = awards_overlapping(start=now, end=hour + AHEAD_HOURS * HOUR)
+    return [Awarded(a.portfolio, a.interval_start, a.interval_end) for a in ahead if a.product_id == product.pk]
+
+
+def portfolios_at(awarded: list[Awarded], at: datetime) -> list[str]:
+    """The portfolios whose award is in force at ``at``."""
+    return sorted({a.portfolio for a in awarded if a.start <= at < a.end})
 
 
 class Command(BaseCommand):
@@ -99,17 +128,18 @@ class Command(BaseCommand):
 
             reader = asyncio.ensure_future(read())
             try:
-                portfolios: list[str] = []
+                awarded: list[Awarded] = []
                 ensured_at = 0.0
                 due = (time.time() // STEP_S + 1) * STEP_S
                 while deadline is None or due < deadline:
                     await asyncio.sleep(max(due - time.time(), 0.0))
                     if due - ensured_at >= ENSURE_EVERY_S:
-                        portfolios = await ensure(now=timezone.now())
+                        awarded = await ensure(now=timezone.now())
                         ensured_at = due
                     value = float(signal[int(due // STEP_S) % signal.size])
-                    at = datetime.fromtimestamp(due, UTC).isoformat()
-                    for portfolio in portfolios:
+                    instant = datetime.fromtimestamp(due, UTC)
+                    at = instant.isoformat()
+                    for portfolio in portfolios_at(awarded, instant):
                         await ws.send(
                             json.dumps({"product": PRODUCT_REF, "portfolio": portfolio, "value": value, "at": at})
                         )
