@@ -25,7 +25,6 @@ ISLAND_AT = 30.05  # s into the recording (between two samples)
 # The 1-s recording of ../shared/data as the agent package ships it (byte for byte, gzip; edge_agent/data/README.md):
 # in the repository, so a clean clone (CI) runs these tests instead of skipping them.
 RECORDING = Path(edge_agent.data.__file__).parent / "grid-frequency-voltage-1s-one-day.csv.gz"
-needs_recording = pytest.mark.skipif(not RECORDING.exists(), reason=f"{RECORDING} (the shared grid data) is missing")
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,6 @@ def trip_time(prot: Protection, grid: IslandingGrid, until: float) -> float | No
     return None
 
 
-@needs_recording
 @pytest.mark.parametrize(("category", "phases"), [("I", 1), ("II", 1), ("III", 1), ("II", 3)])
 @pytest.mark.parametrize("island", ISLANDS, ids=lambda i: i.name)
 def test_every_island_is_detected_within_two_seconds(category: str, phases: int, island: Island) -> None:
@@ -114,7 +112,6 @@ def test_every_island_is_detected_within_two_seconds(category: str, phases: int,
     assert ISLAND_AT < tripped <= ISLAND_AT + 2.0, f"{island.name}: tripped at +{tripped - ISLAND_AT:.1f} s"
 
 
-@needs_recording
 @pytest.mark.parametrize("island", RIDE_THROUGH, ids=lambda i: i.name)
 def test_it_rides_through_what_ieee_1547_obliges_it_to_and_leaves_such_islands_to_the_inverter(island: Island) -> None:
     # given Category II (ROCOF ride-through 2 Hz/s, a single-phase DER rides through 60 degree phase jumps)
@@ -126,8 +123,6 @@ def test_it_rides_through_what_ieee_1547_obliges_it_to_and_leaves_such_islands_t
 
 
 async def test_the_station_ceases_to_energise_within_two_seconds_of_an_island(tmp_path: Path) -> None:
-    if not RECORDING.exists():
-        pytest.skip(f"{RECORDING} is missing")
     for n, island in enumerate((ISLANDS[3], ISLANDS[7])):
         # given a station discharging 6 kW on a healthy grid
         where = tmp_path / f"island-{n}"
@@ -168,7 +163,6 @@ def _no_trips(prot: Protection, samples: Callable[[float], tuple[float, float]],
         t += dt
 
 
-@needs_recording
 @pytest.mark.parametrize("category", ["I", "II", "III"])
 def test_the_one_second_recording_never_trips_at_its_own_resolution(category: str) -> None:
     # given a day of 1-s grid frequency and voltage, sampled once a second as recorded
@@ -178,7 +172,6 @@ def test_the_one_second_recording_never_trips_at_its_own_resolution(category: st
     _no_trips(prot, lambda t: (f[int(t) % len(f)], v[int(t) % len(v)]), len(f) - 1.0, 1.0)
 
 
-@needs_recording
 @pytest.mark.parametrize("resolution_s", [1, 10])
 def test_a_day_of_normal_grid_replayed_through_the_agents_loop_causes_no_false_trip(resolution_s: int) -> None:
     # given the day recorded every second, or every 10 s, replayed (interpolated) at the agent's 100 ms tick

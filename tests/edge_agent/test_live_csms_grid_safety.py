@@ -93,7 +93,6 @@ def _is_subsequence(stored: list[int], recording: list[int]) -> bool:
     return all(any(value == r for r in it) for value in stored)
 
 
-@pytest.mark.skipif(not RECORDING.exists(), reason=f"{RECORDING} (the shared grid data) is missing")
 @pytest.mark.usefixtures("close_db_threads")
 async def test_a_replayed_frequency_recording_reaches_the_csms_to_the_millihertz(
     django_csms: LiveServer, make_agent: Any
