@@ -51,6 +51,20 @@ def browser_context_args(browser_context_args: dict[str, Any]) -> dict[str, Any]
     return {**browser_context_args, "accept_downloads": True, "viewport": {"width": 1280, "height": 900}}
 
 
+@pytest.fixture(autouse=True)
+def _django_db_marker() -> None:
+    """The browser tests carry ``django_db`` only so that pytest-django creates the test database when they run on
+    their own (it sets up the aliases its collected tests ask for). No test here may wrap itself in a transaction on
+    the main thread, where Playwright's event loop runs: the site is written once per module, from a thread of its
+    own, and read by the server process. So pytest-django's per-test handling of the marker is switched off here."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_database_before_the_browser(django_db_setup: None) -> None:
+    """The test database is made before Playwright starts: once its event loop runs on the main thread, Django
+    refuses synchronous work there."""
+
+
 @dataclass
 class Site:
     """The running site: its address, who signs in, what the market history holds, and the simulated chargers."""

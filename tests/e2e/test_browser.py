@@ -21,7 +21,7 @@ pytest.importorskip("playwright", reason="playwright (requirements.txt) is not i
 
 from playwright.sync_api import Page, expect
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db, pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)]
 LIVE_S = 30_000  # ms: how long a live value may take to arrive (the chargers connect and report every second)
 
 
