@@ -1,58 +1,22 @@
 """Progress of a bench on a terminal: a bar with elapsed time and an ETA (``rich``); nothing when the output is not a
-terminal or ``CI`` is set (the figures a bench prints stay the only output in logs). Self-contained: the benches
-that run without Django import it too.
+terminal or ``CI`` is set (the figures a bench prints stay the only output in logs). The bar is
+:mod:`vpp.progress` (Django-free), with the shapes the benches use.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
+# A bench run as ``python bench/x.py`` has bench/ on its path, not the repository: the bar is the project's own.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from vpp.progress import interactive, progress_bar
+
 T = TypeVar("T")
-
-
-def interactive() -> bool:
-    return sys.stderr.isatty() and not os.environ.get("CI")
-
-
-@contextmanager
-def progress_bar(description: str, total: float | None) -> Iterator[Callable[..., None]]:
-    """``with progress_bar("load", total=60) as update: update(done)``; a no-op off a terminal."""
-    if not interactive():
-        yield lambda *args, **kwargs: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(file=sys.stderr), transient=True) as progress:
-        task = progress.add_task(description, total=total)
-
-        def update(completed: float, description: str | None = None) -> None:
-            if description is None:
-                progress.update(task, completed=completed)
-            else:
-                progress.update(task, completed=completed, description=description)
-
-        yield update
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
