@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -89,6 +90,28 @@ def ocsp_request_data(cert: x509.Certificate, issuer: x509.Certificate, url: str
     }
 
 
+def _serve(post: Callable[[str, bytes], tuple[bytes, str]]) -> ThreadingHTTPServer:
+    """An HTTP server on 127.0.0.1 (a free port, its own thread) answering each POST with ``post(path, body)``:
+    the body and content type to send."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            out, content_type = post(self.path, self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 @dataclass
 class Responder:
     """An OCSP responder for ``ca`` on 127.0.0.1. Paths choose how it answers: ``/ok`` signs with the CA's key,
@@ -136,28 +159,15 @@ class Responder:
         return response.public_bytes(serialization.Encoding.DER)
 
     def start(self) -> Responder:
-        responder = self
+        def post(path: str, body: bytes) -> tuple[bytes, str]:
+            mode = path.strip("/")
+            self.asked.append(mode)
+            if mode == "slow":
+                self.release.wait(10)
+            out = b"<html>not OCSP</html>" if mode == "garbage" else self.answer(mode, body)
+            return out, "application/ocsp-response"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                mode = self.path.strip("/")
-                responder.asked.append(mode)
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if mode == "slow":
-                    responder.release.wait(10)
-                out = b"<html>not OCSP</html>" if mode == "garbage" else responder.answer(mode, body)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/ocsp-response")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = _serve(post)
         return self
 
     def stop(self) -> None:
@@ -183,32 +193,18 @@ class ContractProvider:
         return f"http://127.0.0.1:{self.server.server_address[1]}/contracts"
 
     def start(self) -> ContractProvider:
-        provider = self
+        def post(path: str, body: bytes) -> tuple[bytes, str]:
+            request = json.loads(body)
+            self.requests.append(request)
+            contract = certificate("DEMOA1234567890", issuer=self.ca)
+            payload = {
+                "contract": contract.cert.public_bytes(serialization.Encoding.PEM).decode(),
+                "for": request["exiRequest"],
+            }
+            exi = base64.b64encode(json.dumps(payload).encode()).decode()
+            return json.dumps({"status": "Accepted", "exiResponse": exi}).encode(), "application/json"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                provider.requests.append(request)
-                contract = certificate("DEMOA1234567890", issuer=provider.ca)
-                payload = {
-                    "contract": contract.cert.public_bytes(serialization.Encoding.PEM).decode(),
-                    "for": request["exiRequest"],
-                }
-                out = json.dumps(
-                    {"status": "Accepted", "exiResponse": base64.b64encode(json.dumps(payload).encode()).decode()}
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = _serve(post)
         return self
 
     def stop(self) -> None:
