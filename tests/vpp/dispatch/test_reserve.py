@@ -207,3 +207,48 @@ def test_an_event_on_a_portfolio_without_a_reserve_award_needs_its_mw(db):
         portfolio="fleet-9", event_id="y", power_w=20_000, start=EVENT_START, end=EVENT_END, source="utility_api"
     )
     assert (row.product_id, ReserveDeployment.objects.count()) == (None, 1)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_while_regulation_flows_the_regulation_setpoints_carry_the_event_and_the_run_sends_none(
+    stations, monkeypatch
+):
+    from vpp.dispatch import dispatcher as dispatcher_module
+    from vpp.dispatch.dispatcher import Dispatcher, Signal, dispatcher_for
+
+    # Given regulation flowing for the portfolio: a dispatcher that just sent a value carrying a 100 kW event
+    monkeypatch.setattr(dispatcher_module, "_dispatchers", {})
+    fleet, routes = fleet_of(10)
+    agents = {r.station_id: AnsweringStation() for r in routes}
+    for sid, agent in agents.items():
+        stations(sid, agent)
+
+    def regulated(**_: Any) -> DispatchState:
+        now = time.time()
+        return DispatchState(fleet, routes, 20_000, now + 3600, now, reserve_w=100_000, reserve_until=now + 600)
+
+    regulation = dispatcher_for(
+        product_id=1,
+        portfolio="default",
+        factory=lambda: Dispatcher(product_id=1, portfolio="default", loader=regulated, recorder=None, telemetry=False),
+    )
+    try:
+        await regulation.ready()
+        result = await regulation.dispatch(Signal(1, "default", D("0.5"), datetime.now(UTC), "websocket", time.time()))
+        # When the event's own run starts
+        now = datetime.now(UTC)
+        event = ReserveEvent(1, 1, "default", 100_000, now, now + timedelta(seconds=2), time.time())
+        run = ReserveRun(event=event, loader=regulated, baseline=lambda *_: 0, recorder=None, resend_s=0.5)
+        reserve_run_start(run=run)
+        for _ in range(50):
+            if not any(t.get_name() == "reserve-1" for t in asyncio.all_tasks()):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await reserve_runs_stop()
+        await regulation.stop()
+    # Then the regulation setpoints held the reserve (0 - 0.5 x 20 kW - 100 kW), and the run sent nothing, not even a
+    # release that would have dropped the regulation profile
+    assert result.setpoint_w == -110_000
+    assert (run.results, run.released) == ([], False)
+    assert {len(agent.calls) for agent in agents.values()} == {1}
