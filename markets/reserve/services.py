@@ -63,7 +63,8 @@ def reserve_event_measure(*, deployment: ReserveDeployment, now: datetime | None
         return ReserveEventPerformance.objects.get(deployment=deployment)
 
 
-def _penalty(deployment: ReserveDeployment, shortfall_w: int) -> tuple[timedelta, Decimal, list[list[str]]]:
+def _penalty(deployment: ReserveDeployment, shortfall_w: int) -> tuple[timedelta, Decimal, list[list[object]]]:
+    assert deployment.product_id is not None  # reserve_event_measure refused an event of no product
     previous = (
         ReserveEventPerformance.objects.filter(
             deployment__portfolio=deployment.portfolio,
