@@ -35,7 +35,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from chargers.fanout import Command, calls_fanout
 from fleet.numerics.allocation import allocate
@@ -123,6 +123,8 @@ class ReserveRun:
             LOG.exception("reserve event %s of %s: run failed; setpoints end by themselves", event.pk, event.portfolio)
         finally:
             self.first_sent.set()
+            with contextlib.suppress(RuntimeError):
+                self._db.submit(connections.close_all)  # the DB thread's own connection: a run is not a request
             self._db.shutdown(wait=False)
 
     async def _in_db(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -185,7 +187,7 @@ class ReserveRun:
             )
         )
 
-    def _sent_from(self, now: float) -> float:
+    def _sent_from(self, _now: float) -> float:
         """Latency origin (epoch s, wall clock): the event's receipt for the first send, this send's start after."""
         return self.event.received_at if not self.results else time.time()
 
