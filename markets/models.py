@@ -345,3 +345,6 @@ class BidEvent(models.Model):
 
 # Regulation signal, scores and settlement (the settlement engineer's models, kept in their own module).
 from markets.regulation.models import *  # noqa: E402, F403
+
+# Synchronized reserve event performance (markets/reserve/).
+from markets.reserve.models import *  # noqa: E402, F403

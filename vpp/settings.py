@@ -463,6 +463,12 @@ REGULATION_SIGNAL_MAX_AGE_S = env_float("REGULATION_SIGNAL_MAX_AGE_S", 10.0, min
 DISPATCH_IDLE_S = env_float("DISPATCH_IDLE_S", 600.0, minimum=1.0)  # a dispatcher with no signal this long stops
 DISPATCHERS_MAX = env_int("DISPATCHERS_MAX", 64, minimum=1)  # per server process; the least recently used goes
 DISPATCH_TELEMETRY_REJOIN_S = env_float("DISPATCH_TELEMETRY_REJOIN_S", 5.0, minimum=0.1)  # group_add again this often
+# A reserve event's own run (vpp.dispatch.reserve) re-sends its setpoints (each valid DISPATCH_HOLD_S) this often.
+RESERVE_RESEND_S = env_float("RESERVE_RESEND_S", 15.0, minimum=0.5)
+
+# --- Markets: synchronized reserve (markets.reserve) ---------------------------------------------------------------
+# PJM's average days between synchronized reserve events: how far a shortfall penalty reaches back (check PJM's).
+RESERVE_PENALTY_AVERAGE_DAYS = env_float("RESERVE_PENALTY_AVERAGE_DAYS", 3.0, minimum=0.0)
 
 # --- Markets: bid optimiser ------------------------------------------------------------------------------------
 # Flat energy price ($/MWh) for the fleet's own charging and the expected energy of activations: the imported

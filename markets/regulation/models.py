@@ -67,13 +67,24 @@ class RegulationSignal(models.Model):
 
 
 class ReserveDeployment(models.Model):
-    """A reserve event called on a portfolio: extra discharge (W) on top of regulation, from ``start`` to ``end``.
+    """A reserve event called on a portfolio: ``power_w`` of response (less charging / more discharging) asked for
+    from ``start`` to ``end``.
 
-    Every dispatch of the portfolio in that window adds ``power_w`` of discharge to its setpoint
-    (:func:`vpp.dispatch.dispatcher.fleet_setpoint_w`). One row per operator event: a retransmission is a no-op, a
-    different event under the same reference is refused.
+    Dispatched by itself (:mod:`vpp.dispatch.reserve`: fleet power at the start minus ``power_w``, held to the end,
+    released after) and, while regulation signals flow for the portfolio, added to each regulation setpoint
+    (:func:`vpp.dispatch.dispatcher.fleet_setpoint_w`). ``product`` is the reserve product whose award the event
+    deploys (measured and settled, :mod:`markets.reserve`); an event without one is an offset only. One row per
+    operator event: a retransmission is a no-op, a different event under the same reference is refused.
     """
 
+    product = models.ForeignKey(
+        "markets.Product",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="reserve_events",
+        help_text="reserve product deployed (measured and settled); blank: an offset on regulation only",
+    )
     portfolio = models.CharField(max_length=64, default="default")
     event_id = models.CharField(max_length=100, help_text="the operator's reference for the event")
     power_w = models.PositiveBigIntegerField(help_text="extra discharge asked for (W)")
@@ -233,6 +244,9 @@ class Settlement(models.Model):
     performance_credit = models.DecimalField(max_digits=14, decimal_places=2)
     energy_amount = models.DecimalField(max_digits=14, decimal_places=2)
     degradation_cost = models.DecimalField(max_digits=14, decimal_places=2)
+    penalty = models.DecimalField(
+        max_digits=14, decimal_places=2, default=0, help_text="reserve shortfall penalties charged (a cost)"
+    )
     net = models.DecimalField(max_digits=14, decimal_places=2)
     exact = models.JSONField(help_text="unrounded components as decimal strings")
     import_wh = models.BigIntegerField()
@@ -277,6 +291,7 @@ class SettlementLine(models.Model):
     performance_credit = models.DecimalField(max_digits=14, decimal_places=2)
     energy_amount = models.DecimalField(max_digits=14, decimal_places=2)
     degradation_cost = models.DecimalField(max_digits=14, decimal_places=2)
+    penalty = models.DecimalField(max_digits=14, decimal_places=2, default=0)
     net = models.DecimalField(max_digits=14, decimal_places=2)
     response_wh = models.BigIntegerField()
     import_wh = models.BigIntegerField()

@@ -16,9 +16,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 from django.db import IntegrityError, transaction
+from django.db.models import Sum
 from django.utils import timezone
 
-from markets.models import Product
+from markets.models import Award, Product
 from markets.regulation.models import (
     EnergyPrice,
     RegulationBasepoint,
@@ -75,30 +76,42 @@ def reserve_deployment_record(
     *,
     portfolio: str,
     event_id: str,
-    power_w: int,
+    power_w: int | None,
     start: datetime,
     end: datetime,
     source: str,
     received_by_id: int | None = None,
+    product: Product | None = None,
 ) -> tuple[ReserveDeployment, bool]:
     """Store one reserve event called on ``portfolio``; returns ``(row, created)``.
+
+    ``product``: the reserve product deployed; when not given, the one reserve product the portfolio holds an award
+    of at ``start`` (none: the event is an offset on regulation only, neither measured nor settled). ``power_w``:
+    the reserve asked for; when not given, all of the product's award in force at ``start`` (PJM deploys every
+    cleared MW in an event).
 
     Idempotent on ``(portfolio, event_id)``: the same event again returns the stored row with ``created=False``,
     a different one under the same reference raises :class:`ReserveConflict`.
     """
     start, end = utc_instant(start, "start"), utc_instant(end, "end")
-    if power_w <= 0:
-        raise RegulationError("a reserve deployment asks for a positive power (W of discharge)")
     if end <= start:
         raise RegulationError("a reserve deployment ends after it starts")
     if end - start > RESERVE_MAX:
         raise RegulationError(f"a reserve deployment lasts at most {RESERVE_MAX}")
+    if product is not None and product.kind != Product.Kind.RESERVE:
+        raise RegulationError(f"{product} is not a reserve product")
+    product = product or _reserve_held(portfolio, start)
+    if power_w is None:
+        power_w = _reserve_awarded_w(product, portfolio, start)
+    if power_w <= 0:
+        raise RegulationError("a reserve deployment asks for a positive power (W of discharge)")
     fields = {"power_w": power_w, "start": start, "end": end}
     try:
         with transaction.atomic():
             row = ReserveDeployment.objects.create(
                 portfolio=portfolio,
                 event_id=event_id,
+                product=product,
                 source=source,
                 belief_time=timezone.now(),
                 received_by_id=received_by_id,
@@ -112,6 +125,33 @@ def reserve_deployment_record(
                 f"reserve event {event_id!r} of {portfolio!r} is already stored as {existing}; refusing a different one"
             ) from None
         return existing, False
+
+
+def _reserve_held(portfolio: str, at: datetime) -> Product | None:
+    """The reserve product ``portfolio`` holds an award of at ``at``, if exactly one."""
+    ids = set(
+        Award.objects.filter(
+            product__kind=Product.Kind.RESERVE,
+            portfolio=portfolio,
+            interval_start__lte=at,
+            interval_end__gt=at,
+            awarded_w__gt=0,
+        ).values_list("product_id", flat=True)
+    )
+    return Product.objects.select_related("operator").get(pk=ids.pop()) if len(ids) == 1 else None
+
+
+def _reserve_awarded_w(product: Product | None, portfolio: str, at: datetime) -> int:
+    if product is None:
+        raise RegulationError(
+            f"give power_w: portfolio {portfolio!r} holds no reserve award at {at.isoformat()} to deploy"
+        )
+    total = Award.objects.filter(
+        product=product, portfolio=portfolio, interval_start__lte=at, interval_end__gt=at
+    ).aggregate(total=Sum("awarded_w"))["total"]
+    if not total:
+        raise RegulationError(f"portfolio {portfolio!r} holds no award of {product} at {at.isoformat()}")
+    return int(total)
 
 
 def regulation_signal_record(

@@ -6,7 +6,8 @@ Credits (PJM, ``grid-and-market-figures.md``)::
     performance credit  = MW x hours x mileage ratio x performance price (RMPCP, $/MW-h) x score
     energy              = sum over intervals of (injected - withdrawn) MWh x interval price ($/MWh)
     degradation         = throughput cost of the energy through each pack (``fleet.numerics.degradation``)
-    net                 = capacity + performance + energy - degradation
+    penalty             = reserve shortfall penalties charged in the period (``markets.reserve.penalty``)
+    net                 = capacity + performance + energy - degradation - penalty
 
 Numbers: energy is integer Wh throughout; money is ``Decimal``. Each award-hour component is computed exactly
 (Decimal arithmetic on exact inputs, no float) and then rounded once to the cent with ``ROUND_HALF_EVEN`` -- banker's
@@ -19,7 +20,8 @@ exactly (largest-remainder method on the exact shares; ties go to the lower vehi
 * capacity and performance credits pro rata of each vehicle's regulation work -- the integral of the magnitude of
   its metered response, Wh (equal shares if no vehicle moved at all);
 * energy: each vehicle's own metered import/export at the interval prices (exact per vehicle);
-* degradation: each vehicle's own pack throughput.
+* degradation: each vehicle's own pack throughput;
+* penalty: pro rata of the same key as the credits (who was paid for holding the reserve pays for not delivering).
 
 Each line names its fleet owner; an owner's revenue is the sum of its vehicles' stored lines.
 """
@@ -124,16 +126,17 @@ def throughput_degradation(params: DegradationParams | None = None) -> Degradati
 
 @dataclass(frozen=True, slots=True)
 class Amounts:
-    """The four components of a settlement line and their net, $ (signs: credits +, degradation is a cost +)."""
+    """The components of a settlement line and their net, $ (signs: credits +, degradation and penalty are costs +)."""
 
     capacity: Decimal
     performance: Decimal
     energy: Decimal
     degradation: Decimal
+    penalty: Decimal = Decimal("0.00")
 
     @property
     def net(self) -> Decimal:
-        return self.capacity + self.performance + self.energy - self.degradation
+        return self.capacity + self.performance + self.energy - self.degradation - self.penalty
 
     def __add__(self, other: Amounts) -> Amounts:
         return Amounts(
@@ -141,6 +144,7 @@ class Amounts:
             self.performance + other.performance,
             self.energy + other.energy,
             self.degradation + other.degradation,
+            self.penalty + other.penalty,
         )
 
 
@@ -226,10 +230,12 @@ def settle_award_hour(
     vehicles: Sequence[VehicleMetering],
     energy_prices: Mapping[datetime, Decimal],
     degradation: DegradationCost | None = None,
+    penalty: Decimal = Decimal(0),
 ) -> AwardSettlement:
     """Settle one award over one interval and attribute every cent to a vehicle (see the module docstring).
 
     ``score`` is the composite performance score of the interval (pass 1 for products that are not scored).
+    ``penalty``: the exact reserve shortfall penalties charged in the interval (0 for other products).
     Vehicles are attributed in ascending ``vehicle_id`` order, which makes the cent split deterministic.
     """
     settled_score = score_decimal(score)
@@ -242,11 +248,21 @@ def settle_award_hour(
     exact_performance = performance_credit(terms, settled_score)
     vehicle_energy = [energy_amount(v.energy, energy_prices) for v in fleet]
     vehicle_degradation = [cost_of(v) for v in fleet]
+    if penalty < 0:
+        raise SettlementError("a penalty is a cost (>= 0)")
     exact = Amounts(
-        exact_capacity, exact_performance, sum(vehicle_energy, Decimal(0)), sum(vehicle_degradation, Decimal(0))
+        exact_capacity,
+        exact_performance,
+        sum(vehicle_energy, Decimal(0)),
+        sum(vehicle_degradation, Decimal(0)),
+        penalty,
     )
     rounded = Amounts(
-        to_cents(exact.capacity), to_cents(exact.performance), to_cents(exact.energy), to_cents(exact.degradation)
+        to_cents(exact.capacity),
+        to_cents(exact.performance),
+        to_cents(exact.energy),
+        to_cents(exact.degradation),
+        to_cents(exact.penalty),
     )
     if not fleet:
         return AwardSettlement(score=settled_score, amounts=rounded, exact=exact)
@@ -256,11 +272,12 @@ def settle_award_hour(
     performance = split_cents(rounded.performance, _pro_rata(exact.performance, keys))
     energy = split_cents(rounded.energy, vehicle_energy)
     wear = split_cents(rounded.degradation, vehicle_degradation)
+    charged = split_cents(rounded.penalty, _pro_rata(exact.penalty, keys))
     lines = tuple(
         VehicleLine(
             vehicle_id=v.vehicle_id,
             owner=v.owner,
-            amounts=Amounts(capacity[i], performance[i], energy[i], wear[i]),
+            amounts=Amounts(capacity[i], performance[i], energy[i], wear[i], charged[i]),
             response_wh=v.response_wh,
             import_wh=v.import_wh,
             export_wh=v.export_wh,

@@ -58,6 +58,7 @@ from markets.regulation.settlement import (
     VehicleMetering,
     settle_award_hour,
 )
+from markets.reserve.services import reserve_period_penalty
 
 HOUR = timedelta(hours=1)
 ROW = timedelta(seconds=scoring.SAMPLE_PERIOD_S)
@@ -206,6 +207,8 @@ def settlement_compute(
             raise SettlementError(f"no regulation prices (RMPCP, mileage ratio) for {market_interval.isoformat()}")
         capacity_price = price.capacity_price if price.capacity_price is not None else award.clearing_price
         performance_price, mileage_ratio = price.performance_price, price.mileage_ratio
+    # Reserve: the shortfall penalties of the events starting in the period (they wait for their measurement).
+    penalty = reserve_period_penalty(award=award, period_start=period_start, period_end=period_end, now=now)
     with_energy = _energy_award(award, period_start)
     edges, prices = _price_edges(award, period_start, period_end, now, location) if with_energy else ([], {})
     # PJM: an hour is 391 rows (360 scored + 31 look-ahead); a shorter period is its rows + the same look-ahead.
@@ -239,7 +242,7 @@ def settlement_compute(
         mileage_ratio=mileage_ratio,
     )
     result = settle_award_hour(
-        terms=terms, score=score, vehicles=metering, energy_prices=prices, degradation=degradation
+        terms=terms, score=score, vehicles=metering, energy_prices=prices, degradation=degradation, penalty=penalty
     )
     used_prices = [[start.isoformat(), str(price)] for start, price in sorted(prices.items())]
     return _settlement_store(award, period_start, period_end, score_row, terms, result, trace, owners, now, used_prices)
@@ -277,12 +280,14 @@ def _settlement_write(
             performance_credit=amounts.performance,
             energy_amount=amounts.energy,
             degradation_cost=amounts.degradation,
+            penalty=amounts.penalty,
             net=amounts.net,
             exact={
                 "capacity": str(exact.capacity),
                 "performance": str(exact.performance),
                 "energy": str(exact.energy),
                 "degradation": str(exact.degradation),
+                "penalty": str(exact.penalty),
                 "energy_prices": used_prices,  # [interval start, $/MWh]: the beliefs used
             },
             import_wh=sum(line.import_wh for line in result.vehicles),
@@ -308,6 +313,7 @@ def _settlement_write(
                     performance_credit=line.amounts.performance,
                     energy_amount=line.amounts.energy,
                     degradation_cost=line.amounts.degradation,
+                    penalty=line.amounts.penalty,
                     net=line.amounts.net,
                     response_wh=line.response_wh,
                     import_wh=line.import_wh,

@@ -19,6 +19,7 @@ from markets.regulation.models import Settlement
 from markets.regulation.services import RegulationError
 from markets.regulation.settlement import SettlementError
 from markets.regulation.settling import settlement_compute, settlement_periods_between
+from markets.reserve.services import reserve_events_measure_due
 
 LOG = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def regulation_settle_hour(period_start: str | None = None, now: str | None = No
             return {"settled": 0, "failed": 1}
         return _settle(periods, skip_stored=False)
     clock = datetime.fromisoformat(now).astimezone(UTC) if now else timezone.now()
+    reserve_events_measure_due(now=clock)  # reserve events first: their award periods carry the penalties
     due_before = clock - SETTLE_AFTER  # a period ending at or before this is due
     try:
         candidates = settlement_periods_between(start=due_before - RETRY_FOR - timedelta(hours=1), end=due_before)

@@ -8,7 +8,7 @@ Called on the dispatcher's background thread, never per signal.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from django.db.models import Min, Sum
@@ -17,7 +17,7 @@ from chargers.models import Station, Transaction
 from fleet.numerics.arrays import FleetArrays, power_bounds
 from fleet.selectors import plugged_in_snapshots
 from markets.models import Award
-from markets.regulation.selectors import reserve_in_force
+from markets.regulation.selectors import POWER_MAX_AGE_S, charge_point_power, reserve_in_force
 from vpp.dispatch.dispatcher import DispatchState, Route
 
 
@@ -110,3 +110,23 @@ def portfolio_dispatchable(*, product_id: int, portfolio: str, at: datetime) -> 
         return True
     reserve_w, _ = reserve_in_force(portfolio=portfolio, at=at)
     return reserve_w > 0
+
+
+def fleet_power_at(station_ids: list[str], at_s: float) -> int:
+    """Metered power (W, + charging) of ``station_ids`` in force at the epoch second ``at_s``: each charge point's
+    newest deduplicated reading at or before it, no older than ``POWER_MAX_AGE_S`` (else 0: unknown counts as idle).
+
+    A reserve event's response is measured against this (PJM: output at the event start).
+    """
+    at = datetime.fromtimestamp(at_s, UTC)
+    pks = list(Station.objects.filter(station_id__in=station_ids).values_list("pk", flat=True))
+    if not pks:
+        return 0
+    total = 0.0
+    for series in charge_point_power(start=at, end=at + timedelta(microseconds=1), stations=pks):
+        before = series.times_s <= at_s
+        if before.any():
+            k = int(np.flatnonzero(before)[-1])
+            if at_s - series.times_s[k] <= POWER_MAX_AGE_S:
+                total += float(series.values[k])
+    return round(total)

@@ -53,11 +53,13 @@ from markets.regulation.services import (
 )
 from markets.selectors import product_get
 from vpp.dispatch.dispatcher import Dispatcher, DispatchResult, Signal, dispatcher_for, dispatchers_refresh
-from vpp.dispatch.selectors import dispatch_state_load, portfolio_dispatchable
+from vpp.dispatch.reserve import ReserveEvent, ReserveRun, regulation_flowing, reserve_run_start
+from vpp.dispatch.selectors import dispatch_state_load, fleet_power_at, portfolio_dispatchable
 from vpp.models import Dispatch, DispatchCommand
 
 __all__ = [
     "RegulationError",
+    "ReserveIntake",
     "SignalIntake",
     "SignalRefused",
     "dispatch_basepoint_record",
@@ -68,6 +70,8 @@ __all__ = [
     "regulation_dispatch_start",
     "regulation_signal_accept",
     "regulation_signal_intake",
+    "reserve_deployment_intake",
+    "reserve_dispatch_begin",
     "signal_instant_check",
     "signal_portfolio_check",
 ]
@@ -188,20 +192,38 @@ def regulation_dispatch_from_sync(
     return async_to_sync(regulation_dispatch_answer)(signal=signal)
 
 
+RESERVE_ALREADY_STORED = "already stored: a retransmission of the event, dispatched when it was first received"
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveIntake:
+    """What the reserve intake answers: the stored event, whether this call created it, and whether its setpoints
+    went out (``why_not`` says why not)."""
+
+    row: ReserveDeployment
+    created: bool
+    dispatched: bool
+    why_not: str = ""
+
+
 def reserve_deployment_intake(
     *,
     portfolio: str,
     event_id: str,
-    power_w: int,
+    power_w: int | None = None,
     start: datetime,
     end: datetime,
     source: str,
     received_by_id: int | None = None,
-) -> tuple[ReserveDeployment, bool]:
-    """Record a reserve event (markets) and, once committed, have this process's dispatchers of the portfolio
-    reload at once: the next signal's setpoint carries the extra discharge. Other server processes pick it up
-    within ``DISPATCH_REFRESH_S``; a 10-minute reserve product leaves ample time for both.
+    product: Product | None = None,
+    received_at: float | None = None,
+) -> ReserveIntake:
+    """Record a reserve event (markets), then dispatch it by itself on this server's loop
+    (:mod:`vpp.dispatch.reserve`), and have this process's regulation dispatchers of the portfolio reload at once so
+    their setpoints carry it while signals flow. Other server processes' dispatchers pick it up within
+    ``DISPATCH_REFRESH_S``.
     """
+    received_at = time.time() if received_at is None else received_at
     row, created = reserve_deployment_record(
         portfolio=portfolio,
         event_id=event_id,
@@ -210,10 +232,56 @@ def reserve_deployment_intake(
         end=end,
         source=source,
         received_by_id=received_by_id,
+        product=product,
     )
-    if created:
-        transaction.on_commit(lambda: dispatchers_refresh(portfolio=portfolio))
-    return row, created
+    if not created:
+        return ReserveIntake(
+            row, False, False, "already stored: a retransmission of the event, dispatched when first received"
+        )
+    transaction.on_commit(lambda: dispatchers_refresh(portfolio=portfolio))
+    why_not = reserve_dispatch_from_sync(event=reserve_event_of(row, received_at=received_at))
+    return ReserveIntake(row, True, not why_not, why_not)
+
+
+def reserve_event_of(row: ReserveDeployment, *, received_at: float) -> ReserveEvent:
+    """The run's view of a stored event; an event of no product is recorded under the first active reserve product."""
+    product_id = row.product_id
+    if product_id is None:
+        product_id = (
+            Product.objects.filter(kind=Product.Kind.RESERVE, active=True).order_by("id").values_list("id", flat=True)
+        ).first() or 0
+    return ReserveEvent(row.pk, product_id, row.portfolio, row.power_w, row.start, row.end, received_at)
+
+
+def _reserve_run_create(event: ReserveEvent) -> ReserveRun:
+    return ReserveRun(
+        event=event,
+        loader=dispatch_state_load,
+        baseline=fleet_power_at,
+        recorder=dispatch_record if event.product_id else None,
+    )
+
+
+async def reserve_dispatch_begin(*, event: ReserveEvent, wait_s: float = FIRST_LOAD_WAIT_S) -> str:
+    """Start the event's run on this loop; "" once its first setpoints went out, else why none did (yet)."""
+    run, _ = reserve_run_start(run=_reserve_run_create(event))
+    if event.start.timestamp() > time.time():
+        return f"scheduled: setpoints go out at the event start, {event.start.isoformat()}"
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(run.first_sent.wait(), wait_s)
+    if not run.results:
+        if regulation_flowing(event.portfolio):
+            return ""  # the regulation setpoints carry it
+        return "no setpoint sent yet (the fleet's state is still loading)"
+    first = run.results[0]
+    return first.skipped
+
+
+def reserve_dispatch_from_sync(*, event: ReserveEvent) -> str:
+    """:func:`reserve_dispatch_begin` from a sync view, on the ASGI server's loop (the run outlives the request)."""
+    if getattr(SyncToAsync.threadlocal, "main_event_loop", None) is None:
+        return "not served by an ASGI server: no dispatcher in this process"
+    return async_to_sync(reserve_dispatch_begin)(event=event)
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,9 +146,20 @@ class SignalIntakeView(APIView):
 class ReserveInSerializer(serializers.Serializer):
     portfolio = serializers.CharField(default="default", max_length=64)
     event_id = serializers.CharField(max_length=100, help_text="the operator's reference (idempotency key)")
-    power_w = serializers.IntegerField(min_value=1, help_text="extra discharge asked for, W")
+    product = serializers.CharField(
+        required=False, help_text="reserve product '<operator>:<product>'; default: the one the portfolio holds"
+    )
+    power_w = serializers.IntegerField(
+        min_value=1, required=False, help_text="reserve asked for, W; default: all of the award in force at start"
+    )
     start = OffsetDateTimeField(required=False, help_text="default: now; ISO 8601 with offset")
     end = OffsetDateTimeField(help_text="ISO 8601 with offset")
+
+    def validate_product(self, value: str) -> Product:
+        try:
+            return product_get(ref=value, kind=Product.Kind.RESERVE, active_only=True)
+        except Product.DoesNotExist as exc:
+            raise serializers.ValidationError(str(exc)) from None
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs.setdefault("start", timezone.now())
@@ -156,9 +167,11 @@ class ReserveInSerializer(serializers.Serializer):
 
 
 class ReserveDeploymentView(APIView):
-    """``POST /api/regulation/reserve``: a reserve event called on a portfolio (extra discharge on top of regulation).
+    """``POST /api/regulation/reserve``: a synchronized reserve event called on a portfolio, dispatched at once by
+    itself (and carried by the regulation setpoints while signals flow), held to its end, released after.
 
-    201 when new, 200 for the same event again, 409 for a different event under the same ``event_id``.
+    201 when new, 200 for the same event again, 409 for a different event under the same ``event_id``. The answer
+    says whether setpoints went out (``dispatched``; ``not_dispatched`` says why not).
     """
 
     permission_classes = [IsAuthenticated]
@@ -168,26 +181,35 @@ class ReserveDeploymentView(APIView):
         responses={201: dict, 200: dict, **dict.fromkeys((400, 401, 403, 409), ProblemSerializer)},
     )
     def post(self, request: Request) -> Response:
+        received_at = time.time()  # the reserve response time is measured from here
         signal_sender_check(request, what="calling reserve deployments")
         data = ReserveInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         portfolio_check(request, data.validated_data["portfolio"])
         try:
-            row, created = reserve_deployment_intake(
-                **data.validated_data, source=SignalSource.UTILITY_API, received_by_id=request.user.pk
+            intake = reserve_deployment_intake(
+                **data.validated_data,
+                source=SignalSource.UTILITY_API,
+                received_by_id=request.user.pk,
+                received_at=received_at,
             )
         except ReserveConflict as exc:
             raise Problem(status=409, detail=str(exc), code="conflict") from exc
         except RegulationError as exc:
             raise ValidationError({"detail": str(exc)}) from exc
+        row = intake.row
         body = {
             "id": row.pk,
-            "created": created,
+            "created": intake.created,
             "portfolio": row.portfolio,
             "event_id": row.event_id,
+            "product": str(row.product) if row.product else None,
             "power_w": row.power_w,
             "start": row.start,
             "end": row.end,
             "belief_time": row.belief_time,
+            "dispatched": intake.dispatched,
         }
-        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        if not intake.dispatched:
+            body["not_dispatched"] = intake.why_not
+        return Response(body, status=status.HTTP_201_CREATED if intake.created else status.HTTP_200_OK)

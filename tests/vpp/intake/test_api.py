@@ -9,6 +9,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from fleet.models import Membership, Role
+from markets.models import Product
 from markets.regulation.models import RegulationSignal, ReserveDeployment
 from tests.fleet.factories import FleetFactory, UserFactory, api_key_for
 from tests.markets.regulation.data import HOUR_START, award_for, client_for, regulation_product, user_with
@@ -157,6 +158,29 @@ def test_a_reserve_event_is_stored_once_and_a_different_one_under_its_reference_
     assert first.json()["id"] == again.json()["id"]
     assert "sr-1" in changed.json()["detail"]
     assert ReserveDeployment.objects.get().power_w == 50_000
+
+
+def test_a_reserve_event_without_mw_deploys_the_portfolios_reserve_award(utility):
+    # Given 200 kW of PJM synchronized reserve awarded to "default" for 14:00-15:00
+    product = Product.objects.get(operator__code="pjm", code="sync-reserve")
+    award(product, "default", HOUR_START, HOUR_START + timedelta(hours=1), 200_000)
+    body = {"portfolio": "default", "event_id": "sr-9", "start": "2025-07-01T14:05:00Z", "end": "2025-07-01T14:25:00Z"}
+    # When the operator calls an event naming neither product nor MW
+    response = utility.post(RESERVE_URL, body, format="json")
+    # Then the event deploys all 200 kW of the award; served outside an ASGI server, it says why it went nowhere
+    assert response.status_code == 201
+    answer = response.json()
+    assert (answer["product"], answer["power_w"], answer["dispatched"]) == ("pjm:sync-reserve", 200_000, False)
+    assert "ASGI" in answer["not_dispatched"]
+    assert ReserveDeployment.objects.get().product == product
+
+
+def test_a_reserve_event_without_mw_on_a_portfolio_holding_no_reserve_is_refused(utility):
+    body = {"portfolio": "default", "event_id": "sr-10", "start": "2025-07-01T14:05:00Z", "end": "2025-07-01T14:25:00Z"}
+    response = utility.post(RESERVE_URL, body, format="json")
+    assert response.status_code == 400
+    assert "power_w" in response.json()["detail"]
+    assert not ReserveDeployment.objects.exists()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,260 @@
+"""Synchronized reserve dispatched by itself: an event's MW sent to the stations whether or not regulation runs.
+
+PJM asks a synchronized reserve resource for its assigned MW within 10 minutes of an event's start, held until the
+event ends. A :class:`ReserveRun` (one per event, in the server process that received it) does::
+
+    fleet setpoint (W, + charging) = fleet power metered at the event start - assigned reserve
+
+allocated over the plugged-in cars with :func:`fleet.numerics.allocation.allocate` for the *rest of the event* (so
+every car can hold its share to the end above its floor and departure need), sent as the same SetChargingProfile
+TxProfile regulation sends (:mod:`vpp.dispatch.values`), each valid until the earlier of the hold
+(``DISPATCH_HOLD_S``) and the event end, re-sent every ``RESERVE_RESEND_S`` on the fleet's new state, and released
+at the end (ClearChargingProfile of that profile: the stations go back to their own schedule).
+
+**With regulation.** While regulation signals flow for the portfolio (a dispatcher of it dispatched in the last
+10 s), every regulation setpoint already carries the event (``basepoint - signal x capacity - reserve``, the same
+profile id): the run sends nothing then, and takes over within ``RESERVE_RESEND_S`` if the signal stops. The
+release is skipped too (clearing would drop the regulation profile until its next value).
+
+**Fail safe.** Each setpoint ends by itself (``validTo``), so a run that dies (the process, the database) stops
+the discharge within ``DISPATCH_HOLD_S`` and never past the event end. A failed reload keeps the previous state and
+is logged; the run carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, connections
+
+from chargers.fanout import Command, calls_fanout
+from fleet.numerics.allocation import allocate
+from fleet.numerics.arrays import power_bounds
+from vpp.dispatch.dispatcher import FLOWING_S, dispatchers_running
+from vpp.dispatch.values import PROFILE_ID, DispatchResult, DispatchState, Signal, station_commands
+
+LOG = logging.getLogger(__name__)
+SOURCE = "reserve"
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveEvent:
+    """What a run needs of a stored event (``markets.ReserveDeployment``)."""
+
+    pk: int
+    product_id: int
+    portfolio: str
+    assigned_w: int
+    start: datetime
+    end: datetime
+    received_at: float  # epoch s the intake got it: dispatch latency is measured from here
+
+
+def regulation_flowing(portfolio: str, now_monotonic: float | None = None) -> bool:
+    """Whether this process's regulation dispatch of ``portfolio`` sent setpoints in the last ``FLOWING_S``."""
+    now_monotonic = time.monotonic() if now_monotonic is None else now_monotonic
+    for dispatcher in dispatchers_running():
+        last, ended = dispatcher.last, dispatcher._last_dispatch_end
+        if dispatcher.portfolio != portfolio or last is None or ended is None or last.skipped:
+            continue
+        if last.signal.source != SOURCE and now_monotonic - ended <= FLOWING_S:
+            return True
+    return False
+
+
+class ReserveRun:
+    """Dispatches one reserve event from its start to its end, then releases it (module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        event: ReserveEvent,
+        loader: Callable[..., DispatchState],
+        baseline: Callable[[list[str], float], int],
+        recorder: Callable[[DispatchResult], None] | None,
+        clock: Callable[[], float] = time.time,
+        hold_s: float | None = None,
+        resend_s: float | None = None,
+        call_timeout_s: float | None = None,
+    ) -> None:
+        self.event = event
+        self._loader = loader
+        self._baseline = baseline
+        self._recorder = recorder
+        self._clock = clock  # tests run an event on a fixed calendar; sleeps are real
+        self.hold_s = hold_s if hold_s is not None else settings.DISPATCH_HOLD_S
+        self.resend_s = resend_s if resend_s is not None else settings.RESERVE_RESEND_S
+        self.call_timeout_s = call_timeout_s if call_timeout_s is not None else settings.DISPATCH_CALL_TIMEOUT_S
+        self.baseline_w: int | None = None
+        self.state: DispatchState | None = None
+        self.results: list[DispatchResult] = []
+        self.released = False
+        self.first_sent = asyncio.Event()  # set once the first setpoints went out (or the run found nothing to send)
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reserve-db")
+
+    # --- the run ------------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        event = self.event
+        try:
+            wait = event.start.timestamp() - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            while (now := self._clock()) < event.end.timestamp():
+                if regulation_flowing(event.portfolio):
+                    self.first_sent.set()  # the regulation setpoints carry the event
+                else:
+                    await self._send(now)
+                await asyncio.sleep(max(min(self.resend_s, event.end.timestamp() - self._clock()), 0.0))
+            await self._release()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            LOG.exception("reserve event %s of %s: run failed; setpoints end by themselves", event.pk, event.portfolio)
+        finally:
+            self.first_sent.set()
+            with contextlib.suppress(RuntimeError):
+                self._db.submit(connections.close_all)  # the DB thread's own connection: a run is not a request
+            self._db.shutdown(wait=False)
+
+    async def _in_db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        def guarded() -> Any:
+            close_old_connections()
+            try:
+                return fn(*args)
+            finally:
+                close_old_connections()
+
+        return await asyncio.get_running_loop().run_in_executor(self._db, guarded)
+
+    async def _reload(self, now: float) -> DispatchState | None:
+        try:
+            self.state = await self._in_db(
+                lambda: self._loader(product_id=self.event.product_id, portfolio=self.event.portfolio, now=now)
+            )
+        except Exception:
+            LOG.exception("reserve event %s: state reload failed; keeping the previous state", self.event.pk)
+        return self.state
+
+    async def _send(self, now: float) -> None:
+        event = self.event
+        state = await self._reload(now)
+        if state is None:
+            return
+        if self.baseline_w is None:
+            # The fleet's metered power at the event start: what the operator measures the response against.
+            stations = [route.station_id for route in state.routes]
+            self.baseline_w = int(await self._in_db(self._baseline, stations, event.start.timestamp()))
+        setpoint = self.baseline_w - event.assigned_w
+        signal = Signal(event.product_id, event.portfolio, Decimal(0), _dt(now), SOURCE, self._sent_from(now))
+        if len(state.fleet) == 0:
+            why = "no plugged-in vehicle on a connected station"
+            age = now - state.loaded_at
+            self._record(
+                DispatchResult(signal, 0, self.baseline_w, event.assigned_w, setpoint, None, [], [], 0.0, age, 0, why)
+            )
+            return
+        remaining = max(event.end.timestamp() - now, self.hold_s)  # every share holdable to the end of the event
+        bounds = power_bounds(state.fleet, now=now, duration_s=remaining)
+        allocation = allocate(state.fleet, setpoint, now=now, duration_s=remaining)
+        valid_until = min(now + self.hold_s, event.end.timestamp())
+        commands = station_commands(state.routes, allocation, bounds, valid_until_s=valid_until)
+        compute_ms = (time.time() - signal.received_at) * 1000.0
+        outcome = await calls_fanout(commands, timeout=self.call_timeout_s)
+        self._record(
+            DispatchResult(
+                signal=signal,
+                capacity_w=0,
+                basepoint_w=self.baseline_w,
+                reserve_w=event.assigned_w,
+                setpoint_w=setpoint,
+                allocation=allocation,
+                routes=state.routes,
+                results=outcome.results,
+                compute_ms=compute_ms,
+                state_age_s=now - state.loaded_at,
+                nodes=outcome.nodes,
+            )
+        )
+
+    def _sent_from(self, _now: float) -> float:
+        """Latency origin (epoch s, wall clock): the event's receipt for the first send, this send's start after."""
+        return self.event.received_at if not self.results else time.time()
+
+    async def _release(self) -> None:
+        """Clear the reserve setpoints at the end (unless regulation took over: its profile must stay)."""
+        if self.state is None or not self.results or regulation_flowing(self.event.portfolio):
+            return
+        commands = [
+            Command(route.station_id, "ClearChargingProfile", {"chargingProfileId": PROFILE_ID})
+            for route in self.state.routes
+        ]
+        outcome = await calls_fanout(commands, timeout=self.call_timeout_s)
+        self.released = True
+        LOG.info(
+            "reserve event %s of %s released: %d of %d stations cleared",
+            self.event.pk, self.event.portfolio, sum(1 for r in outcome.results if r.status == "result"), len(commands),
+        )  # fmt: skip
+
+    def _record(self, result: DispatchResult) -> None:
+        self.results.append(result)
+        self.first_sent.set()
+        if self._recorder is not None:
+            recorder = self._recorder
+            with contextlib.suppress(RuntimeError):  # the DB thread is gone once the run ended
+                self._db.submit(_guarded_record, recorder, result)
+
+
+def _guarded_record(recorder: Callable[[DispatchResult], None], result: DispatchResult) -> None:
+    close_old_connections()
+    try:
+        recorder(result)
+    except Exception:  # a failed record must not stop the run; the log says what was lost
+        LOG.exception("recording a reserve dispatch failed")
+    finally:
+        close_old_connections()
+
+
+def _dt(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(epoch_s, UTC)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Per-process registry: one run per event
+# --------------------------------------------------------------------------------------------------------------
+
+_runs: dict[int, tuple[ReserveRun, asyncio.Task[None]]] = {}
+
+
+def reserve_run_start(*, run: ReserveRun) -> tuple[ReserveRun, bool]:
+    """Start ``run`` on this loop unless its event already runs here; returns (the event's run, started now)."""
+    running = _runs.get(run.event.pk)
+    if running is not None and not running[1].done():
+        return running[0], False
+    task = asyncio.get_running_loop().create_task(run.run(), name=f"reserve-{run.event.pk}")
+    _runs[run.event.pk] = (run, task)
+    task.add_done_callback(lambda _: _runs.pop(run.event.pk, None))
+    return run, True
+
+
+def reserve_runs() -> list[ReserveRun]:
+    return [run for run, _ in _runs.values()]
+
+
+async def reserve_runs_stop() -> None:
+    """Cancel every run of this process (tests, shutdown); their setpoints end by themselves."""
+    for _, task in list(_runs.values()):
+        task.cancel()
+    for _, task in list(_runs.values()):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
