@@ -125,7 +125,7 @@ def test_shallow_cycles_cost_in_proportion_to_their_depth_below_ten_percent() ->
     one = cycle_aging_cost([0.495, 0.505, 0.495], capacity_wh=60_000, params=DegradationParams())
     ten = cycle_aging_cost([0.45, 0.55, 0.45], capacity_wh=60_000, params=DegradationParams())
     # a 10 % cycle at mean SoC 0.5: $3.00 x 33,559.69 / 320,739.44 = $0.313896;
-    # a 1 % cycle a tenth of it (Phi(0.01) unheld would make it 2.6x that)
+    # a 1 % cycle a tenth of it (Phi(0.01) unheld would make it 2.5x that)
     assert ten == pytest.approx(Decimal("0.313896"), abs=Decimal("0.000002"))
     assert one == pytest.approx(ten / 10, abs=Decimal("0.000002"))
     # per kWh through the pack (2 x 0.1 x 60 = 12 kWh): $0.026158, the rate bids use for shallow cycling
