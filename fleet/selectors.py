@@ -21,6 +21,7 @@ from fleet.models import (
     FleetAlert,
     Membership,
     Organisation,
+    PackTemperature,
     PlanSource,
     PlugSession,
     Role,
@@ -192,6 +193,15 @@ def latest_chain_start(vehicle_id: int, *, at: datetime) -> SocEstimate | None:
         .order_by("-valid_at", "-known_at", "-id")
         .first()
     )
+
+
+def pack_temperatures(vehicle_id: int, *, start: datetime, end: datetime) -> list[tuple[datetime, float]]:
+    """(valid_at, degC) of a vehicle's pack temperatures over ``[start, end]``, the one in force at ``start``
+    first (when there is one), oldest first."""
+    rows = PackTemperature.objects.filter(vehicle_id=vehicle_id)
+    first = rows.filter(valid_at__lte=start).order_by("-valid_at", "-id").values_list("valid_at", "temperature_c")[:1]
+    inside = rows.filter(valid_at__gt=start, valid_at__lte=end).order_by("valid_at", "id")
+    return list(first) + list(inside.values_list("valid_at", "temperature_c"))
 
 
 def open_session(vehicle_id: int) -> PlugSession | None:

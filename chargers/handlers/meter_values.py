@@ -34,6 +34,10 @@ _UNITS: dict[str, tuple[str, int]] = {
     "Celsius": ("mCelsius", 1000),
     "K": ("mK", 1000),
 }
+# Measurands read at location EV that the telemetry feed passes on (TelemetryUpdate.values: "SoC",
+# "Temperature@EV"); the rows themselves are stored whatever their location.
+EV_MEASURANDS = frozenset({"SoC", "Temperature"})
+
 _DEFAULT_UNIT = [
     ("Energy.Reactive", "varh"),
     ("Energy", "Wh"),
@@ -115,6 +119,12 @@ def meter_rows_queue(
             if location in ("", "Outlet"):
                 values[name] = value
                 units[name] = unit
+            elif location == "EV" and measurand in EV_MEASURANDS:
+                # The EV's own data (ISO 15118-20 via the station, or the edge agent's BMS reading): SoC is the EV's
+                # wherever it is read; an EV temperature is the pack's, kept apart from the station's own.
+                ev_name = measurand if measurand == "SoC" else f"{name}@EV"
+                values.setdefault(ev_name, value)
+                units.setdefault(ev_name, unit)
         if newest is None or at >= newest.timestamp:
             newest = TelemetryUpdate(
                 station.station_id,
