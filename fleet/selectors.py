@@ -31,7 +31,7 @@ from fleet.models import (
     Vehicle,
     WeeklyDeparture,
 )
-from fleet.numerics.degradation import throughput_cost_per_kwh
+from fleet.numerics.degradation import marginal_cost_per_kwh
 from fleet.numerics.snapshot import VehicleSnapshot
 
 # Beliefs that start an estimate chain: values observed or entered, not derived from metering.
@@ -319,6 +319,7 @@ def snapshot_of(
         plugged_since=session.started_at if session else None,
     )
     capacity = vehicle.usable_capacity_wh
+    params = vehicle.degradation_params()
     return VehicleSnapshot(
         vehicle_id=vehicle.id,
         capacity_wh=capacity,
@@ -336,7 +337,15 @@ def snapshot_of(
         node=vehicle.effective_node,
         station_id=session.station_id if session else None,
         evse_id=session.evse_id if session else None,
-        degradation_cost_per_kwh=float(throughput_cost_per_kwh(vehicle.degradation_params())),
+        degradation_cost_per_kwh=float(
+            marginal_cost_per_kwh(
+                capacity_wh=capacity,
+                params=params,
+                soc=min(max(int(soc_wh), 0), capacity) / capacity,
+                temperature_c=vehicle.pack_temperature_c,
+            )
+        ),
+        degradation=params,
     )
 
 
