@@ -36,3 +36,15 @@ def test_the_evs_soc_and_pack_temperature_are_passed_on_apart_from_the_stations_
     assert update is not None
     assert update.values == {"SoC": 64, "Temperature@EV": 41_500, "Energy.Active.Import.Register": 12_500}
     assert update.units["Temperature@EV"] == "mCelsius"
+
+
+def test_the_edge_agents_pack_temperature_is_read_from_its_soc_samples_custom_data() -> None:
+    # given an OCPP 2.x meter value (no Temperature measurand there) whose SoC sample carries the pack temperature
+    ctx = BatchContext(NOW)
+    soc = sampled("SoC", 64.2, "Percent")
+    soc["customData"] = {"vendorId": "org.openv2g.ev", "packTemperatureCelsius": 38.7}
+    update = meter_rows_queue(ctx, STATION, [{"timestamp": NOW.isoformat(), "sampledValue": [soc]}], evse_id=1,
+                              source="TransactionEvent")  # fmt: skip
+    # then the feed carries it in m degC beside the SoC
+    assert update is not None
+    assert update.values == {"SoC": 64, "Temperature@EV": 38_700}

@@ -54,14 +54,15 @@ async def test_the_station_sends_the_frequency_it_measured_not_60_hz(tmp_path: P
     assert by_measurand(payload["meterValue"][0]["sampledValue"])["Frequency"] == 60.012
 
 
-def test_the_cars_pack_temperature_is_reported_at_location_ev_to_the_bms_resolution() -> None:
+def test_the_cars_pack_temperature_rides_on_its_soc_sample_to_the_bms_resolution() -> None:
     # given a car whose BMS reads its pack at 41.26 degC
     values = sampled_values(reading(pack_temp_c=41.26, capacity_wh=60_000.0))
-    # then the CSMS is told Temperature 41.3 Celsius at location EV (the EV's own, not the charger's)
-    (temp,) = [v for v in values if v["measurand"] == "Temperature"]
-    assert temp == {"value": 41.3, "measurand": "Temperature", "unitOfMeasure": {"unit": "Celsius"}, "location": "EV"}
+    # then the EV's SoC sample carries it at 0.1 degC (OCPP 2.x has no Temperature measurand: customData)
+    (soc,) = [v for v in values if v["measurand"] == "SoC"]
+    assert soc["customData"] == {"vendorId": "org.openv2g.ev", "packTemperatureCelsius": 41.3}
     # and with no car plugged in there is no pack to report
-    assert "Temperature" not in by_measurand(sampled_values(reading(capacity_wh=0.0)))
+    (empty,) = [v for v in sampled_values(reading(capacity_wh=0.0)) if v["measurand"] == "SoC"]
+    assert "customData" not in empty
 
 
 def test_a_can_charger_reports_what_its_dbc_frames_resolve() -> None:
@@ -84,6 +85,5 @@ async def test_the_simulated_car_reports_its_pack_temperature(tmp_path: Path) ->
     await st.tick()
     st.trigger_meter_values()
     values = st.outbox.items[-1].payload["meterValue"][0]["sampledValue"]
-    (temp,) = [v for v in values if v["measurand"] == "Temperature"]
-    assert temp["location"] == "EV"
-    assert isinstance(temp["value"], float)
+    (soc,) = [v for v in values if v["measurand"] == "SoC"]
+    assert isinstance(soc["customData"]["packTemperatureCelsius"], float)

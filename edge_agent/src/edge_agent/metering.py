@@ -29,6 +29,10 @@ class MeterResolution:
 
 
 DEFAULT_RESOLUTION = MeterResolution()
+# customData of the SoC sample carrying the car's pack temperature (degC); the CSMS reads the same names
+# (chargers.handlers.meter_values).
+EV_VENDOR_ID = "org.openv2g.ev"
+PACK_TEMPERATURE_KEY = "packTemperatureCelsius"
 
 
 def _at(value: float, places: int) -> float | int:
@@ -53,7 +57,8 @@ def sampled_values(m: Measurement, res: MeterResolution = DEFAULT_RESOLUTION) ->
         sv(m.voltage_v if math.isfinite(m.voltage_v) else 0.0, res.voltage_v, "Voltage", "V"),
     ]
     if m.capacity_wh > 0 and math.isfinite(m.pack_temp_c):
-        # The car's pack temperature from its BMS, as OCPP places the EV's own data: measurand Temperature at
-        # location EV (the CSMS keeps it apart from the charger's own temperatures). No car, no reading.
-        out.append({**sv(m.pack_temp_c, res.temperature_c, "Temperature", "Celsius"), "location": "EV"})
+        # The car's pack temperature from its BMS. OCPP 2.0.1 and 2.1 have no Temperature measurand (1.6 had one;
+        # their MeasurandEnum refuses it), so it rides on the EV's SoC sample as customData, which both schemas
+        # allow on every object. No car, no reading.
+        out[0]["customData"] = {"vendorId": EV_VENDOR_ID, PACK_TEMPERATURE_KEY: _at(m.pack_temp_c, res.temperature_c)}
     return out
