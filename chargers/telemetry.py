@@ -30,7 +30,8 @@ TELEMETRY_GROUP = "telemetry"
 class TelemetryUpdate:
     """One live reading for the dashboard feed and downstream estimators (integer units, UTC timestamp).
 
-    ``kind``: "meter" (``values`` maps measurand[.phase] to its stored integer), "status" (``status`` is the
+    ``kind``: "meter" (``values`` maps measurand[.phase] to its stored integer, in ``units``; readings at the
+    outlet, plus the EV's own "SoC" and its pack temperature as "Temperature@EV"), "status" (``status`` is the
     connector status) or "connection" (``status`` is "online"/"offline").
     """
 

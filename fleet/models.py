@@ -117,7 +117,10 @@ class Vehicle(models.Model):
     equivalent_full_cycles = models.FloatField(default=0.0, validators=[MinValueValidator(0.0)])
     cycles_today = models.FloatField(default=0.0, help_text="equivalent full cycles on cycles_date (UTC)")
     cycles_date = models.DateField(null=True, blank=True)
-    pack_temperature_c = models.FloatField(default=25.0)
+    pack_temperature_c = models.FloatField(default=25.0, help_text="newest pack temperature known (degC)")
+    pack_temperature_at = models.DateTimeField(
+        null=True, blank=True, help_text="when pack_temperature_c was measured (blank: never reported)"
+    )
     pack_cost_per_kwh = models.DecimalField(
         max_digits=8, decimal_places=2, default=Decimal("150.00"), help_text="pack replacement cost, $ per kWh"
     )
@@ -271,6 +274,33 @@ class SocEstimate(models.Model):
 
     def __str__(self) -> str:
         return f"{self.vehicle}: {self.soc_wh} Wh at {self.valid_at:%H:%M:%S} ({self.source})"
+
+
+class TemperatureSource(models.TextChoices):
+    REPORTED = "reported", "reported by the station (EV data, ISO 15118 / the edge agent's BMS reading)"
+    FLEET_MANAGER = "fleet_manager", "entered by the fleet manager"
+
+
+class PackTemperature(models.Model):
+    """A pack temperature reading of a vehicle: value, source, when valid and when known.
+
+    Stored when it changed or at least every ``fleet.services.vehicles.TEMPERATURE_KEEP_S`` (a pack's thermal mass
+    makes a per-second series redundant); the newest is copied to ``Vehicle.pack_temperature_c`` for allocation,
+    derating and bids, and the series prices each settled cycle at the temperature it ran at.
+    """
+
+    vehicle = models.ForeignKey(Vehicle, on_delete=models.CASCADE, related_name="pack_temperatures")
+    temperature_c = models.FloatField()
+    source = models.CharField(max_length=16, choices=TemperatureSource.choices)
+    valid_at = models.DateTimeField(help_text="the instant the value describes")
+    known_at = models.DateTimeField(help_text="when the aggregator learned it")
+
+    class Meta:
+        ordering = ["-valid_at", "-id"]
+        indexes = [models.Index(fields=["vehicle", "-valid_at"], name="packtemp_vehicle_latest")]
+
+    def __str__(self) -> str:
+        return f"{self.vehicle}: {self.temperature_c:.1f} degC at {self.valid_at:%H:%M:%S} ({self.source})"
 
 
 class VehicleState(models.Model):

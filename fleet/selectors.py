@@ -21,6 +21,7 @@ from fleet.models import (
     FleetAlert,
     Membership,
     Organisation,
+    PackTemperature,
     PlanSource,
     PlugSession,
     Role,
@@ -30,7 +31,7 @@ from fleet.models import (
     Vehicle,
     WeeklyDeparture,
 )
-from fleet.numerics.degradation import throughput_cost_per_kwh
+from fleet.numerics.degradation import marginal_cost_per_kwh
 from fleet.numerics.snapshot import VehicleSnapshot
 
 # Beliefs that start an estimate chain: values observed or entered, not derived from metering.
@@ -194,6 +195,15 @@ def latest_chain_start(vehicle_id: int, *, at: datetime) -> SocEstimate | None:
     )
 
 
+def pack_temperatures(vehicle_id: int, *, start: datetime, end: datetime) -> list[tuple[datetime, float]]:
+    """(valid_at, degC) of a vehicle's pack temperatures over ``[start, end]``, the one in force at ``start``
+    first (when there is one), oldest first."""
+    rows = PackTemperature.objects.filter(vehicle_id=vehicle_id)
+    first = rows.filter(valid_at__lte=start).order_by("-valid_at", "-id").values_list("valid_at", "temperature_c")[:1]
+    inside = rows.filter(valid_at__gt=start, valid_at__lte=end).order_by("valid_at", "id")
+    return list(first) + list(inside.values_list("valid_at", "temperature_c"))
+
+
 def open_session(vehicle_id: int) -> PlugSession | None:
     return PlugSession.objects.filter(vehicle_id=vehicle_id, ended_at__isnull=True).first()
 
@@ -309,6 +319,7 @@ def snapshot_of(
         plugged_since=session.started_at if session else None,
     )
     capacity = vehicle.usable_capacity_wh
+    params = vehicle.degradation_params()
     return VehicleSnapshot(
         vehicle_id=vehicle.id,
         capacity_wh=capacity,
@@ -326,7 +337,15 @@ def snapshot_of(
         node=vehicle.effective_node,
         station_id=session.station_id if session else None,
         evse_id=session.evse_id if session else None,
-        degradation_cost_per_kwh=float(throughput_cost_per_kwh(vehicle.degradation_params())),
+        degradation_cost_per_kwh=float(
+            marginal_cost_per_kwh(
+                capacity_wh=capacity,
+                params=params,
+                soc=min(max(int(soc_wh), 0), capacity) / capacity,
+                temperature_c=vehicle.pack_temperature_c,
+            )
+        ),
+        degradation=params,
     )
 
 

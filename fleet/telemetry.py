@@ -21,12 +21,16 @@ from chargers.models import Transaction as ChargerTransaction
 from fleet import jobs, selectors
 from fleet.models import DeparturePlan, PlanSource, PlugSession, SocEstimate, SocSource, Vehicle
 from fleet.services import vehicles
+from fleet.services.errors import FleetError
 
 LOG = logging.getLogger(__name__)
 
 SOC = "SoC"
 IMPORT = ENERGY_IMPORT_REGISTER
 EXPORT = "Energy.Active.Export.Register"
+# The pack temperature the station reports for the EV (MeterValues measurand Temperature at location EV), passed on
+# in milli-degC whatever unit the station used.
+PACK_TEMPERATURE = "Temperature@EV"
 FREE_STATUSES = {"Available"}
 
 
@@ -69,7 +73,20 @@ class Reading:
 def _relevant(update: Any) -> bool:
     if update.kind == "status":
         return update.status in FREE_STATUSES
-    return update.kind == "meter" and bool(update.transaction_id or SOC in update.values or IMPORT in update.values)
+    return update.kind == "meter" and bool(
+        update.transaction_id or SOC in update.values or IMPORT in update.values or PACK_TEMPERATURE in update.values
+    )
+
+
+def _fleet_values(update: Any) -> dict[str, int]:
+    """SoC, registers and the pack temperature in milli-degC (a temperature in an unknown unit is left out)."""
+    values = {k: v for k, v in update.values.items() if k in (SOC, IMPORT, EXPORT)}
+    if PACK_TEMPERATURE in update.values:
+        unit = (getattr(update, "units", None) or {}).get(PACK_TEMPERATURE, "mCelsius")
+        offset = {"mCelsius": 0, "mK": -273_150}.get(unit)
+        if offset is not None:
+            values[PACK_TEMPERATURE] = int(update.values[PACK_TEMPERATURE]) + offset
+    return values
 
 
 def on_telemetry_committed(updates: Iterable[Any]) -> None:
@@ -81,7 +98,7 @@ def on_telemetry_committed(updates: Iterable[Any]) -> None:
                 kind=u.kind,
                 timestamp=u.timestamp,
                 evse_id=u.evse_id,
-                values={k: v for k, v in u.values.items() if k in (SOC, IMPORT, EXPORT)},
+                values=_fleet_values(u),
                 status=u.status,
                 transaction_id=u.transaction_id,
             ).as_message()
@@ -146,8 +163,21 @@ def _apply(reading: Reading) -> int:
         vehicles.session_close(station_id=session.station_id, transaction_id=session.transaction_id, ended_at=ended)
         return 1
     _apply_charging_needs(session)
+    _apply_needs_soc(session, reading)
     _apply_soc(session.vehicle, reading)
+    _apply_temperature(session.vehicle, reading)
     return 1
+
+
+def _apply_temperature(vehicle: Vehicle, reading: Reading) -> None:
+    """The pack temperature the station reported for the EV becomes the vehicle's (derating, allocation, bids)."""
+    milli = reading.values.get(PACK_TEMPERATURE)
+    if milli is None:
+        return
+    try:
+        vehicles.pack_temperature_report(vehicle=vehicle, temperature_c=milli / 1000.0, valid_at=reading.timestamp)
+    except FleetError as exc:  # a broken sensor: keep the last good value, say so
+        LOG.warning("vehicle %s at %s: %s; reading ignored", vehicle.id, reading.station_id, exc)
 
 
 def _close_at_evse(reading: Reading) -> int:
@@ -257,6 +287,36 @@ def _apply_charging_needs(session: PlugSession) -> None:
         source=PlanSource.STATION,
         known_at=needs.received_at,
         session=session,
+    )
+
+
+def _apply_needs_soc(session: PlugSession, reading: Reading) -> None:
+    """For a station whose meter values carry no SoC: the EV's SoC from its ISO 15118 DC charging parameters
+    (OCPP ``dcChargingParameters.stateOfCharge`` of the newest NotifyEVChargingNeeds) is a report, taken with this
+    reading's registers (the first reading after the needs arrived) so the meter can advance it."""
+    if SOC in reading.values or session.evse_id is None:
+        return
+    needs = (
+        EvChargingNeeds.objects.filter(
+            station__station_id=session.station_id, evse_id=session.evse_id, received_at__gte=session.started_at
+        )
+        .order_by("-received_at", "-id")
+        .first()
+    )
+    dc = needs.payload.get("dcChargingParameters") if needs is not None and isinstance(needs.payload, dict) else None
+    pct = dc.get("stateOfCharge") if isinstance(dc, dict) else None
+    if needs is None or not isinstance(pct, int) or not 0 <= pct <= 100 or reading.timestamp < needs.received_at:
+        return
+    vehicle = session.vehicle
+    if SocEstimate.objects.filter(vehicle=vehicle, source=SocSource.REPORTED, valid_at__gte=needs.received_at).exists():
+        return
+    imported, exported = reading.values.get(IMPORT), reading.values.get(EXPORT)
+    vehicles.soc_report(
+        vehicle=vehicle,
+        soc_wh=vehicle.usable_capacity_wh * pct // 100,
+        valid_at=reading.timestamp,
+        import_register_wh=imported,
+        export_register_wh=exported if exported is not None else (0 if imported is not None else None),
     )
 
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from django.conf import settings
 
-from fleet.numerics.degradation import throughput_cost_per_kwh
 from markets.models import BidProposal, MarketOperator, Product
 from markets.optimiser import BidProblem, BidSchedule, ProductSpec, schedule_bids
+from markets.optimiser.wear import expected_wear
 from markets.selectors import latest_prices, latest_site_load, portfolio_snapshots
 
 
@@ -37,7 +37,6 @@ def build_problem(*, proposal: BidProposal, now: datetime) -> tuple[BidProblem, 
     steps = first + int((proposal.horizon_end - proposal.horizon_start) / step)
     specs = [_spec(p, start=start, step=step, steps=steps, first=first, now=now) for p in products]
     vehicles = portfolio_snapshots(portfolio=proposal.portfolio, at=now)
-    deg = float(throughput_cost_per_kwh()) / 1000.0
     problem = BidProblem(
         start=start,
         step_s=int(step.total_seconds()),
@@ -46,7 +45,9 @@ def build_problem(*, proposal: BidProposal, now: datetime) -> tuple[BidProblem, 
         products=specs,
         first_biddable_step=first,
         energy_price=[float(settings.MARKETS_ENERGY_PRICE_USD_PER_MWH)] * steps,
-        degradation_usd_per_wh={v.vehicle_id: deg / max(v.state_of_health, 0.5) for v in vehicles},
+        # Each pack's own rate: the cycle-ageing cost (the function settlement charges) of a shallow cycle at its
+        # SoC and temperature now, under its own pack cost and cycle life (VehicleSnapshot.degradation_cost_per_kwh).
+        degradation_usd_per_wh={v.vehicle_id: v.degradation_cost_per_kwh / 1000.0 for v in vehicles},
     )
     context: dict[str, Any] = {
         "products": {p.code: p for p in products},
@@ -100,7 +101,10 @@ def _spec(product: Product, *, start: datetime, step: timedelta, steps: int, fir
 
 
 def schedule_for(problem: BidProblem, *, scheduler: str = "highs") -> BidSchedule:
-    return schedule_bids(problem, scheduler=scheduler)
+    schedule = schedule_bids(problem, scheduler=scheduler)
+    # The bids' expected pack wear, by the function settlement will charge the delivery with.
+    schedule.expected_wear_usd = expected_wear(problem, schedule)
+    return schedule
 
 
 def explain(problem: BidProblem, schedule: BidSchedule) -> str:
@@ -109,6 +113,8 @@ def explain(problem: BidProblem, schedule: BidSchedule) -> str:
         f"{schedule.clusters} clusters over {problem.steps} x {problem.step_s // 60} min.",
         f"Expected capacity revenue and avoided demand charge {schedule.revenue_usd:.2f}, degradation and energy "
         f"cost {schedule.cost_usd:.2f}, net {schedule.objective_usd:.2f}.",
+        f"Expected pack wear of the plan, car by car on its own battery (rainflow on the planned SoC, as settlement "
+        f"charges it): {schedule.expected_wear_usd:.2f}.",
         "Offers are capped so every car keeps its floor and departure need even after a full activation; offer "
         "prices are the marginal cost of the capacity (opportunity cost of the other products included).",
     ]

@@ -34,6 +34,26 @@ _UNITS: dict[str, tuple[str, int]] = {
     "Celsius": ("mCelsius", 1000),
     "K": ("mK", 1000),
 }
+# Measurands read at location EV that the telemetry feed passes on (TelemetryUpdate.values: "SoC",
+# "Temperature@EV"); the rows themselves are stored whatever their location. (OCPP 1.6 had a Temperature measurand;
+# 2.0.1 and 2.1 do not, so a 2.x station sends the EV's pack temperature as customData, below.)
+EV_MEASURANDS = frozenset({"SoC", "Temperature"})
+# The pack temperature (degC) as the edge agent sends it: customData of a sampled value (edge_agent.metering).
+EV_VENDOR_ID = "org.openv2g.ev"
+PACK_TEMPERATURE_KEY = "packTemperatureCelsius"
+
+
+def _pack_temperature_mc(sampled: dict[str, Any]) -> int | None:
+    """The EV pack temperature (m degC) a sampled value carries as customData, None if none or not a finite number."""
+    custom = sampled.get("customData")
+    if not isinstance(custom, dict) or custom.get("vendorId") != EV_VENDOR_ID:
+        return None
+    value = custom.get(PACK_TEMPERATURE_KEY)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return round(value * 1000)
+
+
 _DEFAULT_UNIT = [
     ("Energy.Reactive", "varh"),
     ("Energy", "Wh"),
@@ -115,6 +135,15 @@ def meter_rows_queue(
             if location in ("", "Outlet"):
                 values[name] = value
                 units[name] = unit
+            elif location == "EV" and measurand in EV_MEASURANDS:
+                # The EV's own data (ISO 15118-20 via the station, or the edge agent's BMS reading): SoC is the EV's
+                # wherever it is read; an EV temperature is the pack's, kept apart from the station's own.
+                ev_name = measurand if measurand == "SoC" else f"{name}@EV"
+                values.setdefault(ev_name, value)
+                units.setdefault(ev_name, unit)
+            pack_mc = _pack_temperature_mc(sv)
+            if pack_mc is not None:
+                values["Temperature@EV"], units["Temperature@EV"] = pack_mc, "mCelsius"
         if newest is None or at >= newest.timestamp:
             newest = TelemetryUpdate(
                 station.station_id,

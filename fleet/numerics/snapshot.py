@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from fleet.numerics.degradation import DegradationParams
+
+REFERENCE_PACK = DegradationParams()  # frozen: safe as a shared default
+
 
 @dataclass(frozen=True, slots=True)
 class VehicleSnapshot:
@@ -35,9 +39,11 @@ class VehicleSnapshot:
     node: str = "default"  # market location / grid node
     station_id: str | None = None
     evse_id: int | None = None
-    # Throughput degradation cost of this pack, $ per kWh through it (degradation.throughput_cost_per_kwh of
-    # the vehicle's pack cost and cycle life); a float weight for optimisers, money stays Decimal at the boundary.
+    # What cycling this pack costs, $ per kWh through it: degradation.marginal_cost_per_kwh, the cycle-ageing cost
+    # of a shallow cycle at this SoC and temperature under the vehicle's own rating (``degradation``); a float
+    # weight for optimisers, money stays Decimal at the boundary.
     degradation_cost_per_kwh: float = 0.03125
+    degradation: DegradationParams = REFERENCE_PACK  # the pack's own cost, cycle life and rated DoD
 
     @property
     def soc_fraction(self) -> float:

@@ -12,10 +12,12 @@ from django.utils import timezone
 from fleet import jobs, selectors
 from fleet.models import (
     DeparturePlan,
+    PackTemperature,
     PlanSource,
     PlugSession,
     SocEstimate,
     SocSource,
+    TemperatureSource,
     Vehicle,
     VehicleState,
     WeeklyDeparture,
@@ -28,6 +30,12 @@ FLEX_INTERVALS = 96
 FLEX_INTERVAL_S = 900
 REFRESH_DEBOUNCE_S = 2  # telemetry arriving within this window shares one refresh
 REFRESH_STALE_S = 60  # a refresh pending longer than this is assumed lost and enqueued again
+# Pack temperature: an unchanged value is stored again only after this long (a pack's thermal time constant is
+# minutes; settlement needs the series, not a row per second).
+TEMPERATURE_KEEP_S = 60
+# What a pack temperature sensor can truthfully say (beyond the -40..85 degC range automotive cells are specified
+# for, with margin): a value outside is a broken sensor or a unit error, refused rather than derated on.
+TEMPERATURE_PLAUSIBLE_C = (-50.0, 120.0)
 
 
 # --- Matching vehicles to sessions ----------------------------------------------------------------------------------
@@ -236,6 +244,53 @@ def soc_advance(
     )
     vehicle_request_refresh(vehicle_id=vehicle.id)
     return belief
+
+
+# --- Pack temperature -----------------------------------------------------------------------------------------------
+
+
+def pack_temperature_report(
+    *,
+    vehicle: Vehicle,
+    temperature_c: float,
+    valid_at: datetime,
+    source: TemperatureSource | str = TemperatureSource.REPORTED,
+    known_at: datetime | None = None,
+) -> PackTemperature | None:
+    """Record a pack temperature; the newest becomes the vehicle's (allocation, derating, bids). Idempotent.
+
+    Stored when the value changed since the reading before it, or that one is :data:`TEMPERATURE_KEEP_S` old;
+    returns the row stored, or None when the reading added nothing (a repeat). An implausible value is refused
+    (:class:`FleetError`): derating on a broken sensor's 400 degC, or its -273, would be worse than the last good value.
+    """
+    low, high = TEMPERATURE_PLAUSIBLE_C
+    if not low <= temperature_c <= high:
+        raise FleetError(f"pack temperature {temperature_c} degC is outside {low:.0f}..{high:.0f} degC")
+    if source not in TemperatureSource.values:
+        raise FleetError(f"unknown temperature source {source!r}")
+    before = (
+        PackTemperature.objects.filter(vehicle=vehicle, valid_at__lte=valid_at).order_by("-valid_at", "-id").first()
+    )
+    if before is not None and (
+        before.valid_at == valid_at
+        or (before.temperature_c == temperature_c and (valid_at - before.valid_at).total_seconds() < TEMPERATURE_KEEP_S)
+    ):
+        return None
+    row = PackTemperature.objects.create(
+        vehicle=vehicle,
+        temperature_c=temperature_c,
+        source=source,
+        valid_at=valid_at,
+        known_at=known_at or timezone.now(),
+    )
+    newer = Vehicle.objects.filter(id=vehicle.id).filter(
+        Q(pack_temperature_at__isnull=True) | Q(pack_temperature_at__lt=valid_at)
+    )
+    if newer.update(pack_temperature_c=temperature_c, pack_temperature_at=valid_at):
+        vehicle.pack_temperature_c, vehicle.pack_temperature_at = temperature_c, valid_at
+        if before is None or before.temperature_c != temperature_c:
+            vehicle_request_refresh(vehicle_id=vehicle.id)
+    return row
 
 
 # --- Derived state refresh ------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -163,6 +164,8 @@ class BidSchedule:
     notes: list[str] = field(default_factory=list)
     capacity_revenue_usd: float = 0.0  # forecast price x capacity bid, priced products only
     peak_value_usd: float = 0.0  # demand charge avoided vs the site without the fleet (may be negative)
+    # Expected pack wear of the plan by the settlement's own function (markets.optimiser.wear), set by the caller.
+    expected_wear_usd: Decimal = Decimal(0)
 
     def plan(self, vehicle_id: int) -> VehiclePlan | None:
         return None if self.solution is None else self.solution.plan(vehicle_id)

@@ -22,7 +22,8 @@ from numpy.typing import NDArray
 
 from chargers.models import ENERGY_IMPORT_REGISTER, MeterValue, Station
 from fleet.models import PlugSession, Role
-from fleet.selectors import is_operator, organisations_for, portfolios_for
+from fleet.numerics.degradation import RATED_TEMPERATURE_C, DegradationParams
+from fleet.selectors import is_operator, latest_soc, organisations_for, pack_temperatures, portfolios_for
 from markets.models import Award, Product
 from markets.regulation.models import (
     EnergyPrice,
@@ -284,6 +285,29 @@ class ChargePointVehicle:
     owner_ref: str
     charge_efficiency: float = 0.92
     discharge_efficiency: float = 0.92
+    capacity_wh: int = 0  # 0: unknown (no vehicle)
+    degradation: DegradationParams | None = None  # the vehicle's own pack cost, cycle life and rated DoD
+    pack_temperature_c: float = RATED_TEMPERATURE_C  # its newest known temperature
+
+
+@dataclass(frozen=True, slots=True)
+class PackHistory:
+    """What settlement needs besides the meter to follow a pack over a period: the SoC belief at its start and the
+    pack temperatures (epoch s, degC) in force over it."""
+
+    soc_start_wh: int | None
+    temperature_times_s: list[float]
+    temperature_c: list[float]
+
+
+def pack_history(*, vehicle_id: int, start: datetime, end: datetime) -> PackHistory:
+    belief = latest_soc(vehicle_id, at=start)
+    temps = pack_temperatures(vehicle_id, start=start, end=end)
+    return PackHistory(
+        soc_start_wh=belief.soc_wh if belief is not None else None,
+        temperature_times_s=[at.timestamp() for at, _ in temps],
+        temperature_c=[value for _, value in temps],
+    )
 
 
 def charge_point_vehicles(*, series: list[MeterSeries], start: datetime, end: datetime) -> list[ChargePointVehicle]:
@@ -319,6 +343,9 @@ def charge_point_vehicles(*, series: list[MeterSeries], start: datetime, end: da
                 organisation.name,
                 vehicle.charge_efficiency,
                 vehicle.discharge_efficiency,
+                capacity_wh=vehicle.usable_capacity_wh,
+                degradation=vehicle.degradation_params(),
+                pack_temperature_c=vehicle.pack_temperature_c,
             )
         )
     return out

@@ -5,7 +5,10 @@ Credits (PJM, ``grid-and-market-figures.md``)::
     capacity credit     = MW x hours x capacity price (RMCCP, $/MW-h) x score
     performance credit  = MW x hours x mileage ratio x performance price (RMPCP, $/MW-h) x score
     energy              = sum over intervals of (injected - withdrawn) MWh x interval price ($/MWh)
-    degradation         = throughput cost of the energy through each pack (``fleet.numerics.degradation``)
+    degradation         = each vehicle's own pack wear: the cycle-ageing cost of its metered SoC trace over the
+                          period under its own pack cost, cycle life and rated DoD
+                          (``fleet.numerics.degradation.cycle_aging_cost``, the function bids are costed with);
+                          a charge point with no known vehicle: throughput cost at the default parameters
     penalty             = reserve shortfall penalties charged in the period (``markets.reserve.penalty``)
     net                 = capacity + performance + energy - degradation - penalty
 
@@ -20,7 +23,7 @@ exactly (largest-remainder method on the exact shares; ties go to the lower vehi
 * capacity and performance credits pro rata of each vehicle's regulation work -- the integral of the magnitude of
   its metered response, Wh (equal shares if no vehicle moved at all);
 * energy: each vehicle's own metered import/export at the interval prices (exact per vehicle);
-* degradation: each vehicle's own pack throughput;
+* degradation: each vehicle's own pack wear (its SoC trace, its battery);
 * penalty: pro rata of the same key as the credits (who was paid for holding the reserve pays for not delivering).
 
 Each line names its fleet owner; an owner's revenue is the sum of its vehicles' stored lines.
@@ -33,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
-from fleet.numerics.degradation import DegradationParams, throughput_cost
+from fleet.numerics.degradation import DegradationParams, cycle_aging_cost, throughput_cost
 
 CENT = Decimal("0.01")
 SCORE_PLACES = Decimal("0.000001")
@@ -87,6 +90,21 @@ class IntervalEnergy:
 
 
 @dataclass(frozen=True, slots=True)
+class PackTrace:
+    """A vehicle's pack over the settled period, from its meter: SoC (fraction of capacity) and pack temperature
+    (degC) at the same instants, with the pack's capacity and its own rating."""
+
+    soc_fraction: tuple[float, ...]
+    temperature_c: tuple[float, ...]
+    capacity_wh: int
+    params: DegradationParams
+
+    def __post_init__(self) -> None:
+        if len(self.soc_fraction) != len(self.temperature_c) or self.capacity_wh <= 0:
+            raise SettlementError("a pack trace has one temperature per SoC sample and a capacity > 0")
+
+
+@dataclass(frozen=True, slots=True)
 class VehicleMetering:
     """What the meters say one vehicle delivered during the award interval."""
 
@@ -96,6 +114,7 @@ class VehicleMetering:
     energy: tuple[IntervalEnergy, ...]
     charge_efficiency: float = 0.92
     discharge_efficiency: float = 0.92
+    pack: PackTrace | None = None  # None: no vehicle known at this charge point
 
     @property
     def import_wh(self) -> int:
@@ -120,6 +139,23 @@ def throughput_degradation(params: DegradationParams | None = None) -> Degradati
 
     def cost(vehicle: VehicleMetering) -> Decimal:
         return throughput_cost(vehicle.pack_throughput_wh, chosen)
+
+    return cost
+
+
+def vehicle_degradation(default: DegradationParams | None = None) -> DegradationCost:
+    """Each vehicle's own wear (:func:`~fleet.numerics.degradation.cycle_aging_cost` of its pack trace, its own
+    rating); a charge point with no known vehicle, hence no capacity to cycle, at the throughput cost of ``default``.
+    """
+    fallback = throughput_degradation(default)
+
+    def cost(vehicle: VehicleMetering) -> Decimal:
+        pack = vehicle.pack
+        if pack is None:
+            return fallback(vehicle)
+        return cycle_aging_cost(
+            pack.soc_fraction, capacity_wh=pack.capacity_wh, params=pack.params, temperature_c=pack.temperature_c
+        )
 
     return cost
 
@@ -239,7 +275,7 @@ def settle_award_hour(
     Vehicles are attributed in ascending ``vehicle_id`` order, which makes the cent split deterministic.
     """
     settled_score = score_decimal(score)
-    cost_of = degradation or throughput_degradation()
+    cost_of = degradation or vehicle_degradation()
     fleet = sorted(vehicles, key=lambda v: v.vehicle_id)
     if len({v.vehicle_id for v in fleet}) != len(fleet):
         raise SettlementError("a vehicle appears twice in one award settlement")
@@ -247,14 +283,14 @@ def settle_award_hour(
     exact_capacity = capacity_credit(terms, settled_score)
     exact_performance = performance_credit(terms, settled_score)
     vehicle_energy = [energy_amount(v.energy, energy_prices) for v in fleet]
-    vehicle_degradation = [cost_of(v) for v in fleet]
+    wear_costs = [cost_of(v) for v in fleet]
     if penalty < 0:
         raise SettlementError("a penalty is a cost (>= 0)")
     exact = Amounts(
         exact_capacity,
         exact_performance,
         sum(vehicle_energy, Decimal(0)),
-        sum(vehicle_degradation, Decimal(0)),
+        sum(wear_costs, Decimal(0)),
         penalty,
     )
     rounded = Amounts(
@@ -271,7 +307,7 @@ def settle_award_hour(
     capacity = split_cents(rounded.capacity, _pro_rata(exact.capacity, keys))
     performance = split_cents(rounded.performance, _pro_rata(exact.performance, keys))
     energy = split_cents(rounded.energy, vehicle_energy)
-    wear = split_cents(rounded.degradation, vehicle_degradation)
+    wear = split_cents(rounded.degradation, wear_costs)
     charged = split_cents(rounded.penalty, _pro_rata(exact.penalty, keys))
     lines = tuple(
         VehicleLine(

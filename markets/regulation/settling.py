@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from markets.models import Award, Product
 from markets.regulation import scoring
-from markets.regulation.metering import interval_energy_wh
+from markets.regulation.metering import cumulative_energy_wh, interval_energy_wh
 from markets.regulation.models import (
     PerformanceScoreRecord,
     Settlement,
@@ -47,12 +47,14 @@ from markets.regulation.selectors import (
     awards_overlapping,
     charge_point_vehicles,
     energy_prices,
+    pack_history,
     regulation_price,
 )
 from markets.regulation.services import utc_instant
 from markets.regulation.settlement import (
     DegradationCost,
     IntervalEnergy,
+    PackTrace,
     RegulationTerms,
     SettlementError,
     VehicleMetering,
@@ -150,9 +152,11 @@ def _metering(
         held = trace.power_w[i, :scored]
         response_wh = round(float(np.abs(held - held.mean()).sum()) * scoring.SAMPLE_PERIOD_S / 3600.0)
         energy: tuple[IntervalEnergy, ...] = ()
+        pack = None
         if with_energy:
             imported, exported = interval_energy_wh(s.times_s, s.values, edges_s, max_hold_s=POWER_MAX_AGE_S)
             energy = tuple(IntervalEnergy(edges[k], int(imported[k]), int(exported[k])) for k in range(len(edges) - 1))
+            pack = _pack_trace(s.times_s, s.values, who, edges[0], edges[-1])
         out.append(
             VehicleMetering(
                 vehicle_id=i,  # position in trace.series: lines are mapped back to charge points by it
@@ -161,9 +165,43 @@ def _metering(
                 energy=energy,
                 charge_efficiency=who.charge_efficiency,
                 discharge_efficiency=who.discharge_efficiency,
+                pack=pack,
             )
         )
     return out
+
+
+def _pack_trace(
+    times_s: np.ndarray, power_w: np.ndarray, who: ChargePointVehicle, start: datetime, end: datetime
+) -> PackTrace | None:
+    """The vehicle's SoC over ``[start, end]`` at each metered power reading, from its SoC belief at ``start``
+    advanced by the metered energy (``+ import x eta_c - export / eta_d``, as the fleet's beliefs are), with the
+    pack temperature in force at each instant. None when no vehicle (hence no capacity or rating) is known.
+
+    Meter resolution, not the station's whole-percent SoC: a regulation swing of a few hundred Wh is a fraction of
+    a percent. A vehicle with no SoC belief starts at 0.5 (mean-SoC stress 1, the rating's own condition).
+    """
+    if who.vehicle_id is None or who.degradation is None or who.capacity_wh <= 0:
+        return None
+    start_s, end_s = start.timestamp(), end.timestamp()
+    inside = times_s[(times_s > start_s) & (times_s < end_s)]
+    at = np.concatenate([[start_s], inside, [end_s]])
+    imported, exported = cumulative_energy_wh(times_s, power_w, at, max_hold_s=POWER_MAX_AGE_S)
+    pack_wh = (imported - imported[0]) * who.charge_efficiency - (exported - exported[0]) / who.discharge_efficiency
+    history = pack_history(vehicle_id=who.vehicle_id, start=start, end=end)
+    soc0 = history.soc_start_wh / who.capacity_wh if history.soc_start_wh is not None else 0.5
+    soc = np.clip(soc0 + pack_wh / who.capacity_wh, 0.0, 1.0)
+    if history.temperature_c:
+        held = np.searchsorted(np.asarray(history.temperature_times_s), at, side="right") - 1
+        temps = np.asarray(history.temperature_c)[np.clip(held, 0, None)]
+    else:
+        temps = np.full(at.shape, who.pack_temperature_c)
+    return PackTrace(
+        soc_fraction=tuple(float(x) for x in soc),
+        temperature_c=tuple(float(x) for x in temps),
+        capacity_wh=who.capacity_wh,
+        params=who.degradation,
+    )
 
 
 def settlement_compute(

@@ -109,7 +109,8 @@ def proposal_run(*, proposal_id: int, scheduler: str = "highs", now: datetime | 
                 solve_ms=int((_time.perf_counter() - started) * 1000),
                 vehicles=len(problem.vehicles),
                 clusters=schedule.clusters,
-                inputs=context["inputs"] | {"envelope": schedule.envelope},
+                inputs=context["inputs"]
+                | {"envelope": schedule.envelope, "expected_wear_usd": str(schedule.expected_wear_usd)},
                 explanation=context["explanation"](schedule),
                 finished_at=timezone.now(),
                 error="",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_agent.hardware import Measurement
+from edge_agent.hardware.canbus import CanHardware
 from edge_agent.metering import MeterResolution, sampled_values
 from tests.edge_agent.helpers import sim_station
 
@@ -51,3 +52,38 @@ async def test_the_station_sends_the_frequency_it_measured_not_60_hz(tmp_path: P
     payload = st.outbox.items[-1].payload
     # then the CSMS is told 60.012 Hz
     assert by_measurand(payload["meterValue"][0]["sampledValue"])["Frequency"] == 60.012
+
+
+def test_the_cars_pack_temperature_rides_on_its_soc_sample_to_the_bms_resolution() -> None:
+    # given a car whose BMS reads its pack at 41.26 degC
+    values = sampled_values(reading(pack_temp_c=41.26, capacity_wh=60_000.0))
+    # then the EV's SoC sample carries it at 0.1 degC (OCPP 2.x has no Temperature measurand: customData)
+    (soc,) = [v for v in values if v["measurand"] == "SoC"]
+    assert soc["customData"] == {"vendorId": "org.openv2g.ev", "packTemperatureCelsius": 41.3}
+    # and with no car plugged in there is no pack to report
+    (empty,) = [v for v in sampled_values(reading(capacity_wh=0.0)) if v["measurand"] == "SoC"]
+    assert "customData" not in empty
+
+
+def test_a_can_charger_reports_what_its_dbc_frames_resolve() -> None:
+    # given the example DBC: PackTemperature 0.1 degC, SoC 0.01 %, GridFrequency 0.001 Hz, GridVoltage 0.1 V,
+    # ACPower 1 W, energy registers 1 Wh
+    res = CanHardware().meter_resolution
+    assert (res.temperature_c, res.soc_pct, res.frequency_hz, res.voltage_v, res.power_w, res.energy_wh) == (
+        1,
+        2,
+        3,
+        1,
+        0,
+        0,
+    )
+
+
+async def test_the_simulated_car_reports_its_pack_temperature(tmp_path: Path) -> None:
+    st, clock, _, _ = sim_station(tmp_path)
+    clock.advance(0.1)
+    await st.tick()
+    st.trigger_meter_values()
+    values = st.outbox.items[-1].payload["meterValue"][0]["sampledValue"]
+    (soc,) = [v for v in values if v["measurand"] == "SoC"]
+    assert isinstance(soc["customData"]["packTemperatureCelsius"], float)

@@ -207,8 +207,12 @@ def test_a_snapshot_carries_the_vehicles_own_degradation_cost() -> None:
     vehicles.soc_report(vehicle=session.vehicle, soc_wh=30_000, valid_at=T0)
     snap = selectors.vehicle_snapshot(session.vehicle, at=T0)
     assert snap is not None
-    # 120 / (2 * 4000 * 0.8)
-    assert snap.degradation_cost_per_kwh == pytest.approx(0.01875)
+    # the cycle-ageing cost of a 10 % cycle around its SoC (30,000 / 58,000 = 0.5172), per kWh through the pack:
+    # its rated throughput cost 120 / (2 x 4000 x 0.8) = 0.01875 $/kWh, x the depth stress per unit depth relative to
+    # the rated 80 % (33,559.69 / 320,739.44 / 0.1) / (1 / 0.8) = 0.837072, x the SoC stress exp(1.04 x 0.017241)
+    # = 1.018095 -> 0.015979 $/kWh (it was the throughput model's 0.01875)
+    assert snap.degradation_cost_per_kwh == pytest.approx(0.015979, abs=1e-6)
+    assert snap.degradation.cycle_life == 4000
 
 
 def test_a_burst_of_telemetry_enqueues_one_refresh(django_capture_on_commit_callbacks) -> None:

@@ -9,7 +9,16 @@ import pytest
 from chargers.models import EvChargingNeeds, Transaction
 from chargers.telemetry import TelemetryUpdate, telemetry_committed
 from fleet import selectors
-from fleet.models import DeparturePlan, PlanSource, PlugSession, SocEstimate, SocSource, VehicleState
+from fleet.models import (
+    DeparturePlan,
+    PackTemperature,
+    PlanSource,
+    PlugSession,
+    SocEstimate,
+    SocSource,
+    VehicleState,
+)
+from fleet.numerics.allocation import allocate
 from fleet.telemetry import Reading, telemetry_ingest
 from tests.chargers.factories import StationFactory
 from tests.fleet.factories import T0, VehicleFactory
@@ -157,3 +166,107 @@ def test_readings_from_foreign_stations_cost_a_few_queries(plugged: dict, django
     # when their batch is ingested, then it costs at most three queries and touches nothing
     with django_assert_max_num_queries(3):
         assert telemetry_ingest(readings=readings) == 0
+
+
+# --- pack temperature and SoC from the EV's own data ---------------------------------------------------------------
+
+
+def ev_update(at_min: int, temp_mc: int, unit: str = "mCelsius", **values: int) -> TelemetryUpdate:
+    """A committed meter reading as the CSMS hands it on: the EV's pack temperature under "Temperature@EV"."""
+    return TelemetryUpdate(
+        "depot-7",
+        "meter",
+        T0 + timedelta(minutes=at_min),
+        evse_id=1,
+        values={"Temperature@EV": temp_mc, **values},
+        units={"Temperature@EV": unit},
+        transaction_id="tx-1",
+    )
+
+
+def test_the_reported_pack_temperature_is_stored_and_derates_the_cars_allocation(
+    plugged: dict, django_capture_on_commit_callbacks
+) -> None:
+    # given a car at 50 % whose station reports its pack at 47.5 degC (MeterValues, Temperature at location EV)
+    with django_capture_on_commit_callbacks(execute=True):
+        telemetry_committed(updates=[ev_update(1, 47_500, SoC=50, **{"Energy.Active.Import.Register": 1_000})])
+    vehicle = plugged["vehicle"]
+    vehicle.refresh_from_db()
+    # then the reading is stored with its source and instant, and is the vehicle's temperature now
+    row = PackTemperature.objects.get(vehicle=vehicle)
+    assert (row.temperature_c, row.source, row.valid_at) == (47.5, "reported", T0 + timedelta(minutes=1))
+    assert (vehicle.pack_temperature_c, vehicle.pack_temperature_at) == (47.5, T0 + timedelta(minutes=1))
+    # and when the fleet is asked for 11 kW of discharge, the car gives what its pack allows at 47.5 degC:
+    # full power up to 40 degC, none at 55 degC -> (55 - 47.5) / 15 = half of its 11,000 W
+    snapshot = selectors.vehicle_snapshot(vehicle, at=T0 + timedelta(minutes=2))
+    assert snapshot is not None
+    allocation = allocate([snapshot], -11_000, now=T0 + timedelta(minutes=2))
+    assert allocation.power_w.tolist() == [-5_500]
+
+
+def test_an_over_temperature_car_is_taken_out_of_discharge(plugged: dict) -> None:
+    # given a car discharging normally at 30 degC
+    telemetry_ingest(readings=[meter(1, SoC=50, **{"Temperature@EV": 30_000})])
+    vehicle = plugged["vehicle"]
+    snapshot = selectors.vehicle_snapshot(vehicle, at=T0 + timedelta(minutes=2))
+    assert snapshot is not None
+    assert allocate([snapshot], -11_000, now=T0 + timedelta(minutes=2)).power_w.tolist() == [-11_000]
+    # when its pack reaches 56 degC (beyond the 55 degC where discharge derates to nothing)
+    telemetry_ingest(readings=[meter(3, SoC=50, **{"Temperature@EV": 56_000})])
+    vehicle.refresh_from_db()
+    hot = selectors.vehicle_snapshot(vehicle, at=T0 + timedelta(minutes=4))
+    assert hot is not None
+    # then it discharges nothing, whatever the fleet is asked
+    allocation = allocate([hot], -11_000, now=T0 + timedelta(minutes=4))
+    assert allocation.power_w.tolist() == [0]
+    assert not allocation.feasible
+
+
+def test_a_temperature_in_kelvin_is_converted_and_an_implausible_one_is_ignored(
+    plugged: dict, django_capture_on_commit_callbacks
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        telemetry_committed(updates=[ev_update(1, 308_150, unit="mK", SoC=50)])
+    vehicle = plugged["vehicle"]
+    vehicle.refresh_from_db()
+    assert vehicle.pack_temperature_c == pytest.approx(35.0)
+    # a broken sensor's 400 degC is refused: the last good value stays
+    telemetry_ingest(readings=[meter(2, SoC=50, **{"Temperature@EV": 400_000})])
+    vehicle.refresh_from_db()
+    assert vehicle.pack_temperature_c == pytest.approx(35.0)
+    assert PackTemperature.objects.filter(vehicle=vehicle).count() == 1
+
+
+def test_an_unchanged_temperature_is_stored_once_a_minute_and_a_repeat_never(plugged: dict) -> None:
+    # given the same reading twice, then the same value 30 s later
+    reading = meter(1, SoC=50, **{"Temperature@EV": 31_200})
+    telemetry_ingest(readings=[reading, reading])
+    later = Reading.from_message({**reading.as_message(), "timestamp": (T0 + timedelta(seconds=90)).isoformat()})
+    telemetry_ingest(readings=[later])
+    # then one row; the same value a minute after the stored one is stored again
+    assert PackTemperature.objects.count() == 1
+    telemetry_ingest(readings=[meter(2, SoC=50, **{"Temperature@EV": 31_200})])
+    assert PackTemperature.objects.count() == 2
+
+
+def test_a_dc_stations_iso15118_soc_is_taken_when_its_meter_values_carry_none(plugged: dict) -> None:
+    # given an OCPP 2.1 NotifyEVChargingNeeds whose DC charging parameters carry the EV's SoC (42 %)
+    EvChargingNeeds.objects.create(
+        station=plugged["station"],
+        evse_id=1,
+        received_at=T0 + timedelta(seconds=30),
+        requested_energy_transfer="DC_BPT",
+        payload={"requestedEnergyTransfer": "DC_BPT", "dcChargingParameters": {"evMaxCurrent": 200,
+                 "evMaxVoltage": 500, "stateOfCharge": 42}},
+    )  # fmt: skip
+    # when the station's next meter values carry only the registers
+    telemetry_ingest(readings=[meter(1, **{"Energy.Active.Import.Register": 5_000})])
+    # then the EV's SoC is a report, with the registers it can be advanced from
+    belief = selectors.latest_soc(plugged["vehicle"].id)
+    assert belief is not None
+    assert (belief.soc_wh, belief.source, belief.import_register_wh) == (25_200, SocSource.REPORTED, 5_000)
+    # and the meter advances it: 1,000 Wh more at eta_c 0.9
+    telemetry_ingest(readings=[meter(2, **{"Energy.Active.Import.Register": 6_000})])
+    advanced = selectors.latest_soc(plugged["vehicle"].id)
+    assert advanced is not None
+    assert (advanced.soc_wh, advanced.source) == (26_100, SocSource.METERED)

@@ -177,6 +177,18 @@ async def _dispatch_begin(signal: Signal, *, check_recipients: bool) -> tuple[as
     return asyncio.get_running_loop().create_task(dispatcher.dispatch(signal)), nothing
 
 
+NOT_SERVED_BY_ASGI = "not served by an ASGI server: no dispatcher in this process"
+
+
+def served_by_asgi() -> bool:
+    """This sync code runs for an ASGI server's loop, which is alive: there is a long-lived loop to dispatch on.
+
+    asgiref marks the thread with the loop that called it and never unmarks it, so a WSGI or test-client request on
+    a thread an earlier ``sync_to_async`` call used still carries a loop that has since stopped or closed."""
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    return loop is not None and loop.is_running() and not loop.is_closed()
+
+
 def regulation_dispatch_from_sync(
     *, product_id: int, portfolio: str, value: Decimal, at: datetime, source: str, received_at: float
 ) -> str:
@@ -185,9 +197,8 @@ def regulation_dispatch_from_sync(
 
     ``received_at`` (epoch s) is when the edge received the value: dispatch latency is measured from it.
     """
-    if getattr(SyncToAsync.threadlocal, "main_event_loop", None) is None:
-        # Not inside an ASGI server (a WSGI or test-client request): no long-lived loop to dispatch on.
-        return "not served by an ASGI server: no dispatcher in this process"
+    if not served_by_asgi():
+        return NOT_SERVED_BY_ASGI
     signal = Signal(product_id, portfolio, signal_value(value), at.astimezone(UTC), source, received_at)
     return async_to_sync(regulation_dispatch_answer)(signal=signal)
 
@@ -279,8 +290,8 @@ async def reserve_dispatch_begin(*, event: ReserveEvent, wait_s: float = FIRST_L
 
 def reserve_dispatch_from_sync(*, event: ReserveEvent) -> str:
     """:func:`reserve_dispatch_begin` from a sync view, on the ASGI server's loop (the run outlives the request)."""
-    if getattr(SyncToAsync.threadlocal, "main_event_loop", None) is None:
-        return "not served by an ASGI server: no dispatcher in this process"
+    if not served_by_asgi():
+        return NOT_SERVED_BY_ASGI
     return async_to_sync(reserve_dispatch_begin)(event=event)
 
 

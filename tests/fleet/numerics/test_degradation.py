@@ -9,7 +9,10 @@ import pytest
 from fleet.numerics.degradation import (
     DegradationParams,
     count_cycles,
+    cycle_aging_cost,
+    cycle_wear,
     equivalent_full_cycles,
+    marginal_cost_per_kwh,
     pack_throughput_wh,
     throughput_cost,
     throughput_cost_per_kwh,
@@ -50,3 +53,82 @@ def test_it_refuses_impossible_inputs() -> None:
         DegradationParams(cycle_life=0)
     with pytest.raises(ValueError):
         throughput_cost(-1)
+
+
+# --- cycle ageing cost: the one model settlement and bidding share ------------------------------------------------
+
+VAN = DegradationParams(pack_cost_per_kwh=Decimal("120"), cycle_life=2500, rated_dod=Decimal("0.8"))
+
+
+def test_rainflow_counts_a_small_trace_as_done_by_hand() -> None:
+    # given SoC 20 -> 60 -> 40 -> 80 -> 20 %
+    # by hand (ASTM E1049): stack 20,60,40 (X=20 < Y=40); add 80: X=40 >= Y=20 and Y (60-40) does not hold the
+    # start -> one full cycle of depth 0.2, mean 0.5; stack 20,80; add 20: X=60 >= Y=60 holding the start -> a half
+    # cycle of 0.6 (mean 0.5); what is left, 80 -> 20, is the other half cycle of 0.6.
+    cycles = count_cycles([0.2, 0.6, 0.4, 0.8, 0.2])
+    assert sorted(zip(cycles.depth.round(9), cycles.count, cycles.mean_soc.round(9), strict=True)) == [
+        (0.2, 1.0, 0.5),
+        (0.6, 0.5, 0.5),
+        (0.6, 0.5, 0.5),
+    ]
+
+
+def test_a_full_cycle_at_the_rated_depth_costs_the_pack_over_its_cycle_life() -> None:
+    # given 60 kWh at $150/kWh rated 3,000 cycles at 80 %: one cycle 10 -> 90 -> 10 % at mean 50 %, 25 degC
+    cost = cycle_aging_cost([0.1, 0.9, 0.1], capacity_wh=60_000, params=DegradationParams())
+    # then it uses 1/3000 of the pack: 150 x 60 / 3000 = $3.00, exactly what the throughput model charges for the
+    # 2 x 0.8 x 60 = 96 kWh it moves (96 x $0.03125)
+    assert cost == Decimal("3.000000")
+    assert cost == throughput_cost(96_000)
+
+
+def test_a_vehicle_is_charged_its_own_pack_cost_and_cycle_life_to_the_cent() -> None:
+    # given a 50 kWh van at $120/kWh rated 2,500 cycles at 80 %: one rated cycle costs 120 x 50 / 2500 = $2.40
+    # and the trace counted by hand above: a full cycle of 0.2 and a full cycle of 0.6, both at mean SoC 0.5
+    # depth stress denominators 1.4e5 x d^-0.501 - 1.23e5: d=0.8: 1.4e5 x 1.1182835 - 1.23e5 = 33,559.69;
+    # d=0.6: 1.4e5 x 1.2916541 - 1.23e5 = 57,831.57; d=0.2: 1.4e5 x 2.2396697 - 1.23e5 = 190,553.76
+    # life used = (33,559.69 / 190,553.76 + 33,559.69 / 57,831.57) / 2500 = (0.176117 + 0.580300) / 2500
+    wear = cycle_wear([0.2, 0.6, 0.4, 0.8, 0.2], capacity_wh=50_000, params=VAN)
+    assert wear.life_used == pytest.approx(0.756417 / 2500, rel=1e-5)
+    # cost = 0.756417 x $2.40 = $1.8154 -> $1.82
+    assert wear.cost.quantize(Decimal("0.01")) == Decimal("1.82")
+    assert wear.cost == pytest.approx(Decimal("1.815401"), abs=Decimal("0.000002"))
+    # the default $150 / 3,000-cycle parameters would have charged 150 x 50 / 3000 x 0.756417 = $1.89
+    assert cycle_aging_cost([0.2, 0.6, 0.4, 0.8, 0.2], capacity_wh=50_000, params=DegradationParams()).quantize(
+        Decimal("0.01")
+    ) == Decimal("1.89")
+
+
+def test_a_hot_pack_wears_faster_and_a_cold_one_is_not_cheaper() -> None:
+    # temperature stress exp(0.0693 (T - 293) 293 / T), T in K: 35 degC -> 2.713604, 25 degC -> 1.420104
+    rated = cycle_aging_cost([0.1, 0.9, 0.1], capacity_wh=60_000, params=DegradationParams())
+    hot = cycle_aging_cost([0.1, 0.9, 0.1], capacity_wh=60_000, params=DegradationParams(), temperature_c=35.0)
+    cold = cycle_aging_cost([0.1, 0.9, 0.1], capacity_wh=60_000, params=DegradationParams(), temperature_c=0.0)
+    # $3.00 x 2.713604 / 1.420104 = $3.00 x 1.910848 = $5.73
+    assert hot.quantize(Decimal("0.01")) == Decimal("5.73")
+    assert cold == rated
+
+
+def test_a_cycle_is_stressed_at_the_temperature_of_the_samples_it_spans() -> None:
+    # given one swing at 25 degC and the same swing again with the pack at 35 degC
+    trace = [0.1, 0.9, 0.1, 0.9, 0.1]
+    temps = [25.0, 25.0, 35.0, 35.0, 35.0]
+    wear = cycle_aging_cost(trace, capacity_wh=60_000, params=DegradationParams(), temperature_c=temps)
+    # rainflow: four half cycles of 0.8 at mean 0.5, samples 0-1 (25, 25 -> 25 degC), 1-2 (25, 35 -> 30 degC),
+    # 2-3 and 3-4 (35 degC); stress ratio at 30 degC: exp(0.0693 (303.15 - 293) 293 / 303.15) / 1.420104
+    # = 1.973570 / 1.420104 = 1.389736
+    # cost = $3.00 x 0.5 x (1 + 1.389736 + 1.910848 x 2) = $9.32
+    assert wear.quantize(Decimal("0.01")) == Decimal("9.32")
+
+
+def test_shallow_cycles_cost_in_proportion_to_their_depth_below_ten_percent() -> None:
+    one = cycle_aging_cost([0.495, 0.505, 0.495], capacity_wh=60_000, params=DegradationParams())
+    ten = cycle_aging_cost([0.45, 0.55, 0.45], capacity_wh=60_000, params=DegradationParams())
+    # a 10 % cycle at mean SoC 0.5: $3.00 x 33,559.69 / 320,739.44 = $0.313896;
+    # a 1 % cycle a tenth of it (Phi(0.01) unheld would make it 2.5x that)
+    assert ten == pytest.approx(Decimal("0.313896"), abs=Decimal("0.000002"))
+    assert one == pytest.approx(ten / 10, abs=Decimal("0.000002"))
+    # per kWh through the pack (2 x 0.1 x 60 = 12 kWh): $0.026158, the rate bids use for shallow cycling
+    assert marginal_cost_per_kwh(capacity_wh=60_000, params=DegradationParams()) == pytest.approx(
+        Decimal("0.026158"), abs=Decimal("0.000001")
+    )

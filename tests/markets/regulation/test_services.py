@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from chargers.models import MeterValue
-from fleet.models import Fleet, Organisation, PlugSession, Vehicle
+from fleet.models import Fleet, Organisation, PackTemperature, PlugSession, SocEstimate, SocSource, Vehicle
 from markets.regulation import scoring
 from markets.regulation.models import PerformanceScoreRecord, RegulationSignal, Settlement, SignalSource
 from markets.regulation.performance import performance_score_compute, regulation_trace
@@ -316,3 +316,41 @@ def test_a_fleet_portfolio_is_scored_on_its_own_vehicles_stations_only(product):
     # then only its own station counts, and it followed perfectly
     assert record.stations == 1
     assert record.composite == D(1)
+
+
+def test_a_vehicle_is_charged_its_own_cycle_wear_on_its_metered_soc_trace(product, prices):
+    # given a 20 kW award served by one van: 50 kWh, its own pack at $120/kWh rated 2,500 cycles at 80 %,
+    # efficiencies 1 (so pack energy is metered energy), at 50 % SoC and 35 degC when the hour starts
+    award = award_for(product, HOUR_START, awarded_w=20_000, price="20.00")
+    store_signal(product, HOUR_START)
+    (station,) = stations(1)
+    # it discharges 20 kW for the first half hour and charges 20 kW for the second: SoC 50 -> 30 -> 50 %
+    store_following([station], HOUR_START, capacity_w=20_000, fn=lambda t: 1.0 if t < 1800 else -1.0)
+    owner = Organisation.objects.create(name="Acme Logistics", slug="acme")
+    van = Vehicle.objects.create(
+        fleet=Fleet.objects.create(organisation=owner, name="vans"), name="VAN-9", model="e-Transit",
+        usable_capacity_wh=50_000, ac_max_charge_w=22_000, charge_efficiency=1.0, discharge_efficiency=1.0,
+        pack_cost_per_kwh=D("120.00"), cycle_life=2500, rated_dod=D("0.800"),
+    )  # fmt: skip
+    PlugSession.objects.create(
+        vehicle=van, station_id=station.station_id, evse_id=1, matched_by="manual", started_at=HOUR_START
+    )
+    SocEstimate.objects.create(
+        vehicle=van, soc_wh=25_000, source=SocSource.REPORTED, valid_at=HOUR_START, known_at=HOUR_START
+    )
+    PackTemperature.objects.create(
+        vehicle=van, temperature_c=35.0, source="reported", valid_at=HOUR_START, known_at=HOUR_START
+    )
+    # when the hour is settled
+    settlement = settlement_compute(award=award, period_start=HOUR_START)
+    # then rainflow finds one full cycle of depth 0.2 at mean SoC 0.4 (two half cycles, 0.5 -> 0.3 -> 0.5), priced
+    # on the van's own rating, one rated cycle = $120 x 50 / 2,500 = $2.40:
+    #   depth  Phi(0.2) / Phi(0.8) = 33,559.69 / 190,553.76 = 0.176117
+    #   SoC    exp(1.04 x (0.4 - 0.5)) = 0.901225
+    #   heat   stress(35 degC) / stress(25 degC) = 2.713604 / 1.420104 = 1.910848
+    #   $2.40 x 0.176117 x 0.901225 x 1.910848 = $0.727900 -> $0.73
+    (line,) = settlement.lines.all()
+    assert line.vehicle_id == van.id
+    assert line.degradation_cost == D("0.73")
+    assert D(settlement.exact["degradation"]) == pytest.approx(D("0.727900"), abs=D("0.000003"))
+    # the default-parameter throughput model would have charged 20,000 Wh x $0.03125/kWh = $0.625 -> $0.62

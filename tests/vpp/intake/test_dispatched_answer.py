@@ -3,6 +3,7 @@ sent. The dispatchers here are real and load the fleet from the database (vpp.di
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -59,3 +60,15 @@ def test_the_rest_answer_carries_the_reason_next_to_dispatched_false(monkeypatch
     body = response.json()
     assert body["dispatched"] is False
     assert body["not_dispatched"] == "not served by an ASGI server: no dispatcher in this process"
+
+
+def test_a_thread_marked_with_a_stopped_loop_is_not_taken_for_an_asgi_server(monkeypatch):
+    # Given a thread that an earlier sync_to_async call marked with its loop, since closed (asgiref never unmarks it)
+    from vpp.dispatch.services import served_by_asgi
+
+    stale = asyncio.new_event_loop()
+    stale.close()
+    monkeypatch.setattr(SyncToAsync.threadlocal, "main_event_loop", stale, raising=False)
+    # When a sync view asks whether a dispatcher can run here
+    # Then it cannot: the answer says "not served by an ASGI server" instead of waiting on a dead loop
+    assert served_by_asgi() is False

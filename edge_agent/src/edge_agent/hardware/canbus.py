@@ -18,6 +18,7 @@ Command roles (one frame the agent sends every tick): PowerSetpoint (+ = charge)
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ import cantools
 from cantools.database.can import Database, Message
 
 from edge_agent.hardware import HardwareError, Measurement
+from edge_agent.metering import MeterResolution
 
 EXAMPLE_DBC = Path(__file__).resolve().parent.parent / "data" / "example_charger.dbc"
 ROLE_ATTRIBUTE = "EdgeAgentRole"
@@ -92,6 +94,12 @@ class CanMap:
             raise HardwareError(f"{path}: the command roles must share one frame")
         return cls(db, {r: b for r, b in found.items() if r in STATUS_ROLES}, command)
 
+    def decimal_places(self, role: str) -> int:
+        """Decimal places a status role's signal resolves in its unit (DBC scale x unit factor): 0.1 degC -> 1."""
+        binding = self.status[role]
+        step = abs(binding.message.get_signal_by_name(binding.signal).scale * binding.factor)
+        return max(0, math.ceil(-math.log10(step) - 1e-9)) if step > 0 else 0
+
     @property
     def command_message(self) -> Message:
         return self.command["PowerSetpoint"].message
@@ -125,6 +133,19 @@ class CanHardware:
     _task: asyncio.Task[None] | None = None
     _state: dict[int, tuple[float, dict[str, Any]]] = field(default_factory=dict)  # frame id -> (t, signals)
     _counter: int = 0
+
+    @property
+    def meter_resolution(self) -> MeterResolution:
+        """What the charger's frames resolve (their DBC scaling), so meter values claim no digit the device lacks."""
+        places = self.map.decimal_places
+        return MeterResolution(
+            frequency_hz=places("GridFrequency"),
+            power_w=places("ACPower"),
+            energy_wh=min(places("EnergyImport"), places("EnergyExport")),
+            voltage_v=places("GridVoltage"),
+            soc_pct=places("SoC"),
+            temperature_c=places("PackTemperature"),
+        )
 
     @property
     def map(self) -> CanMap:
