@@ -469,15 +469,10 @@ DISPATCH_TELEMETRY_REJOIN_S = env_float("DISPATCH_TELEMETRY_REJOIN_S", 5.0, mini
 # price files are capacity (reserve/regulation) prices only. 0 costs charging at degradation only.
 MARKETS_ENERGY_PRICE_USD_PER_MWH = env_float("MARKETS_ENERGY_PRICE_USD_PER_MWH", 40.0, minimum=0.0)
 
-# --- Utility programs (OpenADR, IEEE 2030.5) -------------------------------------------------------------------
-# A program's certificate and key files are named relative to this directory (no path outside it is taken: a
-# tenant must not make the aggregator present another file); secrets come from environment variables named UTILITY_*.
+# --- Utility programs (vpp.utility): credential files named under this directory only, secrets in UTILITY_* vars ---
 UTILITY_CREDENTIALS_DIR = Path(env_str("UTILITY_CREDENTIALS_DIR", str(VAR_DIR / "utility-credentials")))
-UTILITY_TIMEOUT_S = env_float("UTILITY_TIMEOUT_S", 10.0, minimum=0.5)  # one request to a utility's server
-# A DR event's setpoints are re-sent this often while it runs (each profile is valid DISPATCH_HOLD_S): < hold.
-UTILITY_EVENT_REFRESH_S = env_float("UTILITY_EVENT_REFRESH_S", 30.0, minimum=1.0)
-# How long before an event's start its dispatch is readied (state reloaded with the event in force).
-UTILITY_EVENT_LEAD_S = env_float("UTILITY_EVENT_LEAD_S", 2.0, minimum=0.0)
+UTILITY_EVENT_REFRESH_S = env_float("UTILITY_EVENT_REFRESH_S", 30.0, minimum=1.0)  # < DISPATCH_HOLD_S: re-sent
+UTILITY_EVENT_LEAD_S = env_float("UTILITY_EVENT_LEAD_S", 5.0, minimum=0.0)  # setpoints out this long before start
 
 # --- Fleet -------------------------------------------------------------------------------------------------------
 FLEET_DEFAULT_MOBILITY_FLOOR_PCT = env_int("FLEET_DEFAULT_MOBILITY_FLOOR_PCT", 20, minimum=0, maximum=100)

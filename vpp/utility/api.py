@@ -57,7 +57,8 @@ class ProgramSerializer(serializers.ModelSerializer):
         model = UtilityProgram
         fields = [
             "id", "organisation", "name", "protocol", "endpoint", "program_ref", "client_name", "portfolio",
-            "product", "cert_file", "key_file", "ca_file", "secret_env", "poll_s", "report_s", "enabled",
+            "product", "cert_file", "key_file", "ca_file", "secret_env", "level_step_w", "poll_s", "report_s",
+            "enabled",
             # status (written by the client)
             "healthy", "registration_ref", "last_contact_at", "last_event_at", "last_report_at", "last_error",
             "last_error_at", "errors_in_a_row", "created_at",

@@ -59,6 +59,9 @@ class UtilityProgram(models.Model):
     secret_env = models.CharField(
         max_length=64, blank=True, help_text="environment variable holding a token or client secret (UTILITY_*)"
     )
+    level_step_w = models.PositiveIntegerField(
+        default=0, help_text="OpenADR SIMPLE signal: W of load reduction per level (0: SIMPLE events not dispatched)"
+    )
     poll_s = models.PositiveIntegerField(default=10, help_text="how often the server is polled (s)")
     report_s = models.PositiveIntegerField(default=60, help_text="telemetry report interval (s)")
     enabled = models.BooleanField(default=True)

@@ -1,7 +1,7 @@
 """Writes of the utility interfaces: program configuration (audited), connection status, events and reports.
 
 Configuration is validated here, whoever writes it (API, admin, command): the portfolio must be one of the
-organisation's fleets (a whole-aggregator portfolio is an operator's), the product an active regulation or reserve
+organisation's fleets (a whole-aggregator portfolio is an operator's), the product an active regulation
 product, credentials file names under ``UTILITY_CREDENTIALS_DIR`` and secrets environment variables named
 ``UTILITY_*`` (a tenant must not be able to make the aggregator present its own keys or ``SECRET_KEY`` to a server
 the tenant names). Each change is a :class:`~vpp.utility.models.UtilityProgramChange`.
@@ -36,9 +36,11 @@ LOG = logging.getLogger(__name__)
 
 CONFIG_FIELDS = (
     "name", "protocol", "endpoint", "program_ref", "client_name", "portfolio", "product", "cert_file", "key_file",
-    "ca_file", "secret_env", "poll_s", "report_s", "enabled",
+    "ca_file", "secret_env", "level_step_w", "poll_s", "report_s", "enabled",
 )  # fmt: skip
-DISPATCHABLE_KINDS = (Product.Kind.REGULATION, Product.Kind.RESERVE)
+# Events reach the fleet through the regulation dispatcher (vpp.dispatch): a regulation product's. (Once reserve
+# deployments dispatch by themselves, a reserve product can be allowed here.)
+DISPATCHABLE_KINDS = (Product.Kind.REGULATION,)
 MAX_EVENT = timedelta(hours=24)
 
 
@@ -70,7 +72,7 @@ def utility_program_check(program: UtilityProgram, *, user: AbstractBaseUser | A
             raise ProgramInvalid("portfolio", "a fleet of the organisation (fleet-<id>)")
     product = program.product
     if not product.active or product.kind not in DISPATCHABLE_KINDS:
-        raise ProgramInvalid("product", "an active regulation or reserve product")
+        raise ProgramInvalid("product", "an active regulation product (its dispatcher carries the events)")
     for field in ("cert_file", "key_file", "ca_file"):
         name = getattr(program, field)
         if name:

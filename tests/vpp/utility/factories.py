@@ -6,12 +6,13 @@ import factory
 
 from markets.models import Product
 from tests.fleet.factories import FleetFactory
+from tests.markets.regulation.data import regulation_product
 from vpp.utility.models import Protocol, UtilityProgram
 
 
 def reg_d() -> Product:
-    """PJM RegD, seeded by the markets migrations."""
-    return Product.objects.get(operator__code="pjm", code="reg-d")
+    """PJM RegD, seeded by the markets migrations (re-seeded after a transactional test's flush)."""
+    return regulation_product()
 
 
 class UtilityProgramFactory(factory.django.DjangoModelFactory[UtilityProgram]):

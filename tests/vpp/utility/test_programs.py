@@ -179,6 +179,7 @@ def test_an_operator_adds_a_program_in_the_admin_with_the_same_rules_and_audit()
         "portfolio": f"fleet-{fleet.pk}",
         "product": _reg_d_pk(),
         "key_file": "../secret_key",
+        "level_step_w": 0,
         "poll_s": 10,
         "report_s": 60,
         "enabled": "on",
