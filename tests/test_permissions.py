@@ -53,6 +53,7 @@ from tests.chargers.factories import StationFactory
 from tests.fleet.factories import FleetFactory, OrganisationFactory, UserFactory, VehicleFactory
 from tests.markets.conftest import BidFactory
 from vpp.discovery import app_modules
+from vpp.utility.models import UtilityProgram
 
 # --- expectations ---------------------------------------------------------------------------------------------------
 
@@ -194,6 +195,34 @@ MATRIX: dict[str, Row] = {
             "end": "2026-11-30T12:30:00Z",
         },
     ),
+    # -- utility programs (vpp.utility): bidding admins of the organisation change them, its fleet managers read
+    #    them, utilities (the servers' side) see none; keys read only (tests/vpp/utility/test_programs.py)
+    "api/utility/programs/": Row(
+        "/api/utility/programs/",
+        role=BA,
+        read=API_LIST,
+        probe="program",
+        write=expect(DENIED, ALLOWED, FORBIDDEN, FORBIDDEN, ALLOWED),
+        body=lambda w: {
+            "organisation": w.org_slug,
+            "name": "matrix program",
+            "protocol": "openadr3",
+            "endpoint": "https://vtn.example.com/openadr3",
+            "client_name": "matrix-ven",
+            "portfolio": f"fleet-{w.fleet}",
+            "product": "pjm:reg-d",
+        },
+    ),
+    "api/utility/programs/<int:pk>/": Row(
+        "/api/utility/programs/{program}/",
+        role=BA,
+        read=API_OBJECT,
+        write=API_OBJECT_WRITE,
+        method="patch",
+        body={"poll_s": 30},
+    ),
+    "api/utility/programs/<int:pk>/events/": Row("/api/utility/programs/{program}/events/", role=BA, read=API_OBJECT),
+    "api/utility/programs/<int:pk>/reports/": Row("/api/utility/programs/{program}/reports/", role=BA, read=API_OBJECT),
     # -- station commands: members of the owning organisation see their stations' commands; Reset is operator-only
     "api/stations/<str:station_id>/call": Row(
         "/api/stations/{station_id}/call",
@@ -315,6 +344,10 @@ MATRIX: dict[str, Row] = {
         wrong_role=UT,
         read=expect(LOGIN, OK, NOT_FOUND, NOT_FOUND, OK),
     ),
+    "utility/": Row("/utility/", api=False, role=BA, wrong_role=UT, read=PAGE_SCOPED, probe="program_marker"),
+    "utility/<int:pk>/": Row(
+        "/utility/{program}/", api=False, role=BA, wrong_role=UT, read=expect(LOGIN, OK, NOT_FOUND, NOT_FOUND, OK)
+    ),
     # -- WebSockets: anonymous refusal here; the scoped feeds are tested in tests/vpp/dashboard and tests/chargers
     "ws:ws/dashboard": Row("/ws/dashboard", ws=True),
     "ws:ws/regulation": Row("/ws/regulation", ws=True, pending="tbd (wt-keys): API key auth and signal scope"),
@@ -376,6 +409,9 @@ class World:
     line: int = 0
     line_marker: str = ""
     station_id: str = ""
+    org_slug: str = ""
+    program: int = 0
+    program_marker: str = ""
 
 
 def _money() -> dict[str, Decimal]:
@@ -463,7 +499,17 @@ def _tenant(org: Organisation, tag: str, world: World | None) -> tuple[Fleet, Ve
         meter_digest="",
         **_money(),
     )
+    program = UtilityProgram.objects.create(
+        organisation=org,
+        name=f"PROGRAM-{tag}-marker",
+        protocol="openadr2b",
+        endpoint="https://vtn.example.com/OpenADR2/Simple/2.0b",
+        client_name=f"ven-{tag}",
+        portfolio=portfolio,
+        product=bid.product,
+    )
     if world is not None:
+        world.org_slug, world.program, world.program_marker = org.slug, program.pk, program.name
         world.fleet, world.vehicle, world.bid, world.award = fleet.pk, vehicle.pk, bid.pk, award.pk
         world.bid_day = bid.interval_start.date().isoformat()
         world.bid_marker = bid.external_ref

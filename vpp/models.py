@@ -60,3 +60,7 @@ class DispatchCommand(models.Model):
 
     def __str__(self) -> str:
         return f"{self.station_id}: {self.power_w} W {self.status}"
+
+
+# Utility programs (OpenADR, IEEE 2030.5): the utility interfaces' models, kept in their package.
+from vpp.utility.models import *  # noqa: E402, F403

@@ -3,6 +3,9 @@
 No configuration: SQLite file under ``var/``, in-memory channel layer, Celery tasks run in-process.
 ``DATABASE_URL=postgres://...``: PostgreSQL through psycopg 3.
 ``REDIS_URL=redis://...``: channels-redis layer and a real Celery broker (workers and beat on the same Redis).
+
+Why one module: every setting the project reads is here, each with its environment variable, type and default, so an
+operator reads one file (the project's rule: one env-driven settings module with typed helpers that fail loudly).
 """
 
 from __future__ import annotations
@@ -474,6 +477,11 @@ RESERVE_PENALTY_AVERAGE_DAYS = env_float("RESERVE_PENALTY_AVERAGE_DAYS", 3.0, mi
 # Flat energy price ($/MWh) for the fleet's own charging and the expected energy of activations: the imported
 # price files are capacity (reserve/regulation) prices only. 0 costs charging at degradation only.
 MARKETS_ENERGY_PRICE_USD_PER_MWH = env_float("MARKETS_ENERGY_PRICE_USD_PER_MWH", 40.0, minimum=0.0)
+
+# --- Utility programs (vpp.utility): credential files named under this directory only, secrets in UTILITY_* vars ---
+UTILITY_CREDENTIALS_DIR = Path(env_str("UTILITY_CREDENTIALS_DIR", str(VAR_DIR / "utility-credentials")))
+UTILITY_EVENT_REFRESH_S = env_float("UTILITY_EVENT_REFRESH_S", 30.0, minimum=1.0)  # < DISPATCH_HOLD_S: re-sent
+UTILITY_EVENT_LEAD_S = env_float("UTILITY_EVENT_LEAD_S", 5.0, minimum=0.0)  # setpoints out this long before start
 
 # --- Fleet -------------------------------------------------------------------------------------------------------
 FLEET_DEFAULT_MOBILITY_FLOOR_PCT = env_int("FLEET_DEFAULT_MOBILITY_FLOOR_PCT", 20, minimum=0, maximum=100)

@@ -1,0 +1,230 @@
+"""The OpenADR 2.0b VEN against openleadr's own VTN (``OpenADRServer``), started by the test on a real socket.
+
+Registration, an event opted in and dispatched (a reserve deployment of the portfolio and a value of the program's
+product through the signal intake), an event opted out, and EiReport telemetry matching the meters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from openleadr import OpenADRServer
+
+from chargers.models import MeterValue
+from fleet.models import PlugSession
+from markets.regulation.models import RegulationSignal, ReserveDeployment
+from tests.chargers.factories import StationFactory
+from tests.fleet.factories import FleetFactory, VehicleFactory
+from tests.live import free_port
+from tests.vpp.utility.factories import UtilityProgramFactory
+from vpp.dispatch import dispatcher as dispatcher_module
+from vpp.dispatch import services as dispatch_services
+from vpp.dispatch.dispatcher import dispatchers_running
+from vpp.utility.dispatch import EventRuns
+from vpp.utility.models import EventStatus, ReportKind, UtilityEvent, UtilityProgram, UtilityReport
+from vpp.utility.openadr2 import Ven2b
+from vpp.utility.selectors import Credentials
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
+NO_CREDENTIALS = Credentials(None, None, None, None)
+VEN_ID, REGISTRATION_ID = "ven-acme-1", "reg-acme-1"
+
+
+@dataclass
+class Vtn:
+    server: OpenADRServer
+    url: str
+    opts: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
+    reports: list[tuple[datetime, float]] = field(default_factory=list)
+
+    def event(self, signal_name: str, signal_type: str, start: datetime, seconds: int, payload: float) -> str:
+        async def answered(ven_id: str, event_id: str, opt_type: str) -> None:
+            await self.opts.put((event_id, opt_type))
+
+        return str(
+            self.server.add_event(
+                ven_id=VEN_ID,
+                signal_name=signal_name,
+                signal_type=signal_type,
+                intervals=[{"dtstart": start, "duration": timedelta(seconds=seconds), "signal_payload": payload}],
+                callback=answered,
+            )
+        )
+
+
+@pytest.fixture
+async def vtn() -> AsyncIterator[Vtn]:
+    port = free_port()
+    server = OpenADRServer(
+        vtn_id="TEST_VTN",
+        http_port=port,
+        requested_poll_freq=timedelta(seconds=1),
+        show_fingerprint=False,
+        verify_message_signatures=False,
+    )
+    found = Vtn(server, f"http://127.0.0.1:{port}/OpenADR2/Simple/2.0b")
+
+    def register(payload: dict[str, Any]) -> tuple[str, str]:
+        return VEN_ID, REGISTRATION_ID
+
+    async def on_update_report(data: list[tuple[datetime, float]]) -> None:
+        found.reports.extend(data)
+
+    def on_register_report(
+        ven_id: str, resource_id: str, measurement: str, unit: str, scale: str, min_sampling_interval: Any,
+        max_sampling_interval: Any,
+    ) -> tuple[Any, timedelta]:  # fmt: skip
+        return on_update_report, timedelta(seconds=1)
+
+    server.add_handler("on_create_party_registration", register)
+    server.add_handler("on_register_report", on_register_report)
+    await server.run_async()
+    yield found
+    await server.stop()
+
+
+@pytest.fixture
+async def no_dispatchers(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    monkeypatch.setattr(dispatcher_module, "_dispatchers", {})
+    monkeypatch.setattr(dispatch_services, "_products", {})
+    yield
+    for running in dispatchers_running():
+        await running.stop()
+
+
+def _program(url: str) -> UtilityProgram:
+    fleet = FleetFactory.create()
+    program = UtilityProgramFactory.create(fleet=fleet, endpoint=url, report_s=1, poll_s=1)
+    return UtilityProgram.objects.select_related("product__operator", "organisation").get(pk=program.pk)
+
+
+@contextlib.asynccontextmanager
+async def _ven(program: UtilityProgram, runs: EventRuns) -> AsyncIterator[Ven2b]:
+    ven = Ven2b(program, runs=runs, credentials=NO_CREDENTIALS)
+    assert await ven.start()
+    try:
+        yield ven
+    finally:
+        await runs.stop()
+        await ven.stop()
+
+
+async def _wait_for(condition: Any, within: float = 30.0) -> None:
+    for _ in range(int(within * 10)):
+        if await sync_to_async(condition)():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not met within {within} s: {condition.__doc__ or condition}")
+
+
+async def test_it_registers_and_the_status_shows_the_vtns_ids(vtn: Vtn) -> None:
+    program = await sync_to_async(_program)(vtn.url)
+    async with _ven(program, EventRuns()):
+        await program.arefresh_from_db()
+        assert program.registration_ref == f"{VEN_ID}/{REGISTRATION_ID}"
+        assert program.last_contact_at is not None
+        assert program.healthy
+
+
+async def test_it_opts_in_to_a_load_dispatch_and_dispatches_it_before_its_start(vtn: Vtn, no_dispatchers: None) -> None:
+    # Given a VEN registered for fleet-N, dispatching as pjm:reg-d, events readied 2 s ahead
+    program = await sync_to_async(_program)(vtn.url)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=6)
+    async with _ven(program, EventRuns(lead_s=2.0, refresh_s=1.0)):
+        # When the VTN calls a 20 kW load reduction (delta -20 kW) for 8 s starting in 6 s
+        event_id = vtn.event("LOAD_DISPATCH", "delta", start, 8, -20.0)
+        # Then the VEN opts in
+        assert await asyncio.wait_for(vtn.opts.get(), 20) == (event_id, "optIn")
+        # And the event is stored with its source, as the aggregator will act on it
+        event = await UtilityEvent.objects.aget(program=program, event_ref=event_id)
+        assert (event.kind, event.power_w, event.start, event.end) == (
+            "LOAD_DISPATCH:delta",
+            20_000,
+            start,
+            start + timedelta(seconds=8),
+        )
+        assert event.source == vtn.url
+        assert event.payload["event_descriptor"]["event_id"] == event_id
+        assert event.opt == "optIn"
+
+        # And 2 s before the start the portfolio gets a reserve deployment of 20 kW until the end, and a value of
+        # the program's product goes in through the signal intake
+        def deployed() -> bool:
+            return ReserveDeployment.objects.filter(portfolio=program.portfolio).exists()
+
+        await _wait_for(deployed)
+        reserve = await ReserveDeployment.objects.aget(portfolio=program.portfolio)
+        assert reserve.power_w == 20_000
+        assert reserve.start == start - timedelta(seconds=2)
+        assert reserve.end == start + timedelta(seconds=8)
+
+        def signalled() -> bool:
+            return RegulationSignal.objects.filter(portfolio=program.portfolio, value=0).exists()
+
+        await _wait_for(signalled)
+        first = await RegulationSignal.objects.filter(portfolio=program.portfolio).order_by("at").afirst()
+        assert first is not None
+        assert first.at < start
+        assert first.source_ref == f"utility:{program.pk}:{event_id}"
+
+        # And once the event is over it is completed
+        def completed() -> bool:
+            return UtilityEvent.objects.filter(pk=event.pk, status=EventStatus.COMPLETED).exists()
+
+        await _wait_for(completed, within=20)
+
+
+async def test_it_opts_out_of_a_price_event_and_keeps_it_with_the_reason(vtn: Vtn) -> None:
+    program = await sync_to_async(_program)(vtn.url)
+    async with _ven(program, EventRuns()):
+        start = datetime.now(UTC) + timedelta(minutes=5)
+        event_id = vtn.event("ELECTRICITY_PRICE", "price", start, 600, 0.35)
+        assert await asyncio.wait_for(vtn.opts.get(), 20) == (event_id, "optOut")
+        event = await UtilityEvent.objects.aget(program=program, event_ref=event_id)
+        assert event.status == EventStatus.REFUSED
+        assert event.status_reason == "no dispatchable signal (ELECTRICITY_PRICE)"
+        assert not await ReserveDeployment.objects.filter(portfolio=program.portfolio).aexists()
+
+
+def _metered_fleet(program: UtilityProgram) -> None:
+    """Two charge points of the program's fleet: one importing 7,400 W, one exporting 2,000 W, read 30 s ago."""
+    fleet_id = int(program.portfolio.removeprefix("fleet-"))
+    fleet = FleetFactory._meta.model.objects.get(pk=fleet_id)
+    read_at = datetime.now(UTC) - timedelta(seconds=30)
+    for measurand, watts in (("Power.Active.Import", 7_400), ("Power.Active.Export", 2_000)):
+        station = StationFactory.create()
+        vehicle = VehicleFactory.create(fleet=fleet)
+        PlugSession.objects.create(
+            vehicle=vehicle, station_id=station.station_id, evse_id=1, started_at=read_at - timedelta(hours=1)
+        )
+        MeterValue.objects.create(
+            station=station, evse_id=1, timestamp=read_at, received_at=read_at, measurand=measurand,
+            value=watts, unit="W", source="MeterValues",
+        )  # fmt: skip
+
+
+async def test_the_vtn_receives_telemetry_that_matches_the_meters(vtn: Vtn) -> None:
+    # Given the fleet's meters: +7,400 W on one charge point, -2,000 W (export) on another, still in force
+    program = await sync_to_async(_program)(vtn.url)
+    await sync_to_async(_metered_fleet)(program)
+    async with _ven(program, EventRuns()):
+        # When the VTN has asked for TELEMETRY_USAGE every second and a few values came in
+        for _ in range(150):
+            if len(vtn.reports) >= 2:
+                break
+            await asyncio.sleep(0.1)
+    # Then each value is the net metered power, 7,400 - 2,000 = 5,400 W
+    assert len(vtn.reports) >= 2
+    assert {value for _, value in vtn.reports} == {5_400.0}
+    # And each is stored with the meter readings it came from, acknowledged by the VTN
+    stored = [r async for r in UtilityReport.objects.filter(program=program, kind=ReportKind.TELEMETRY)]
+    assert stored
+    assert all(r.values == {"power_w": 5_400} and r.basis["readings"] == 2 for r in stored)
+    assert any(r.accepted for r in stored)

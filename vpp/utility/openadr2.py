@@ -1,0 +1,159 @@
+"""OpenADR 2.0b VEN (``openleadr``): one client per program, registering the portfolio with the utility's VTN.
+
+* Registration, polling and the XML (schema validation, signatures when the program has a certificate and key) are
+  openleadr's; this module adds what the aggregator does with it. The VTN's ids (venID, registrationID) are kept
+  on the program (``registration_ref``) and shown on its status page.
+* ``on_event`` / ``on_update_event``: the event -> :func:`vpp.utility.signals.openadr2_plan` ->
+  :func:`vpp.utility.dispatch.utility_event_accept` (stored with its source, answered optIn only when it will be
+  dispatched) -> :class:`vpp.utility.dispatch.EventRuns` (setpoints on time).
+* EiReport: a ``TELEMETRY_USAGE`` report of the portfolio's metered mean power (W, + import) over each sampling
+  period (:func:`vpp.utility.metering.portfolio_metered`), each value stored as a :class:`UtilityReport` with the
+  meter values it came from, marked accepted when the VTN acknowledges the oadrUpdateReport carrying it.
+* Every request's outcome is the program's connection status (``connection_contact`` / ``connection_error``).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.utils import timezone
+from openleadr import OpenADRClient
+
+from vpp.utility.dispatch import EventRuns, utility_event_accept
+from vpp.utility.metering import portfolio_metered
+from vpp.utility.models import ReportKind, UtilityProgram, UtilityReport
+from vpp.utility.selectors import Credentials
+from vpp.utility.services import (
+    connection_contact,
+    connection_error,
+    utility_report_answered,
+    utility_report_record,
+)
+from vpp.utility.signals import openadr2_plan
+
+LOG = logging.getLogger(__name__)
+
+
+def jsonable(value: Any) -> Any:
+    """openleadr's parsed message (datetimes, timedeltas, enums) as JSON for the audit record."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+class _Client(OpenADRClient):
+    """openleadr's client, telling the program's status the outcome of every request it makes."""
+
+    ven: Ven2b
+
+    async def _perform_request(self, service: str, message: Any) -> Any:
+        result = await super()._perform_request(service, message)
+        answered = bool(result and result[0])
+        if answered:
+            await database_sync_to_async(connection_contact)(program_id=self.ven.program.pk)
+        else:
+            await database_sync_to_async(connection_error)(
+                program_id=self.ven.program.pk, error=f"no valid answer from the VTN to {service} ({self.vtn_url})"
+            )
+        text = message.decode(errors="replace") if isinstance(message, bytes) else str(message)
+        if service == "EiReport" and "oadrUpdateReport" in text:
+            await database_sync_to_async(self.ven.reports_answered)(accepted=answered)
+        return result
+
+
+class Ven2b:
+    """The program's VEN; :meth:`start` registers and starts polling, :meth:`stop` ends it."""
+
+    def __init__(self, program: UtilityProgram, *, runs: EventRuns, credentials: Credentials) -> None:
+        self.program = program
+        self.runs = runs
+        signed = credentials.cert_file is not None and credentials.key_file is not None
+        self.client = _Client(
+            ven_name=program.client_name,
+            vtn_url=program.endpoint,
+            cert=str(credentials.cert_file) if signed else None,
+            key=str(credentials.key_file) if signed else None,
+            passphrase=credentials.secret if signed else None,
+            ca_file=str(credentials.ca_file) if credentials.ca_file else None,
+            disable_signature=not signed,
+            show_fingerprint=False,
+        )
+        self.client.ven = self
+        self.client.add_handler("on_event", self.on_event)
+        self.client.add_handler("on_update_event", self.on_event)
+        self.client.add_report(
+            callback=self.telemetry,
+            resource_id=program.portfolio,
+            measurement="power_real",
+            unit="W",
+            scale="none",
+            sampling_rate=timedelta(seconds=program.report_s),
+            report_duration=timedelta(hours=1),
+            report_specifier_id=f"vpp-{program.pk}-telemetry",
+            r_id=f"vpp-{program.pk}-power",
+        )
+
+    async def start(self) -> bool:
+        """Register with the VTN and start polling; False (and the status says why) when registration failed."""
+        await self.client.run()
+        if not self.client.registration_id:
+            await database_sync_to_async(connection_error)(
+                program_id=self.program.pk, error="the VTN gave no registration (oadrCreatePartyRegistration)"
+            )
+            return False
+        ref = f"{self.client.ven_id}/{self.client.registration_id}"
+        await database_sync_to_async(connection_contact)(program_id=self.program.pk, registration_ref=ref)
+        LOG.info("utility program %s: registered with %s as %s", self.program.pk, self.program.endpoint, ref)
+        return True
+
+    async def stop(self) -> None:
+        await self.client.stop()
+
+    async def on_event(self, event: dict[str, Any]) -> str:
+        plan = openadr2_plan(event, level_step_w=self.program.level_step_w)
+        accepted = await database_sync_to_async(utility_event_accept)(
+            program=self.program, plan=plan, payload=jsonable(event)
+        )
+        if plan.cancelled:
+            self.runs.cancel(program_id=self.program.pk, event_ref=plan.event_ref)
+        elif accepted.created:
+            self.runs.schedule(program=self.program, event=accepted.event, plan=plan)
+        return accepted.opt
+
+    async def telemetry(self) -> float:
+        """The portfolio's mean metered power over the last sampling period (W, + import)."""
+        return float(await database_sync_to_async(self._telemetry_record)())
+
+    def _telemetry_record(self) -> int:
+        end = timezone.now()
+        start = end - timedelta(seconds=self.program.report_s)
+        metered = portfolio_metered(portfolio=self.program.portfolio, start=start, end=end)
+        utility_report_record(
+            program=self.program,
+            kind=ReportKind.TELEMETRY,
+            period_start=start,
+            period_end=end,
+            values={"power_w": metered.mean_power_w},
+            basis=metered.basis(),
+        )
+        return metered.mean_power_w
+
+    def reports_answered(self, *, accepted: bool) -> None:
+        """The VTN answered an oadrUpdateReport: the telemetry values waiting for an answer are answered."""
+        waiting = UtilityReport.objects.filter(program=self.program, kind=ReportKind.TELEMETRY, sent_at__isnull=True)
+        for pk in waiting.values_list("pk", flat=True):
+            utility_report_answered(report_id=pk, accepted=accepted, error="" if accepted else "VTN did not accept")

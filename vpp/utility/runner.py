@@ -1,0 +1,64 @@
+"""Runs the enabled programs' clients in one asyncio loop (``python manage.py utility run``).
+
+Where: dispatch goes out from this process (``vpp.dispatch``): with ``REDIS_URL`` set the fan-out reaches the
+stations of every server process (one group message); on the embedded in-memory channel layer only a server
+process reaches its stations, so run the clients inside it there (the end-to-end test does). A program whose
+client fails to start (credentials missing, the server down) is retried every ``RETRY_S``; the error is on its
+status page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from channels.db import database_sync_to_async
+
+from vpp.utility.dispatch import EventRuns
+from vpp.utility.models import Protocol, UtilityProgram
+from vpp.utility.selectors import CredentialError, program_credentials, programs_to_run
+from vpp.utility.services import connection_error
+
+LOG = logging.getLogger(__name__)
+RETRY_S = 30.0
+SUPPORTED = (Protocol.OPENADR_2B,)
+
+
+async def program_start(program: UtilityProgram, runs: EventRuns) -> object | None:
+    """The program's running client, or None (and its status says why)."""
+    try:
+        credentials = await database_sync_to_async(program_credentials)(program)
+    except CredentialError as exc:
+        await database_sync_to_async(connection_error)(program_id=program.pk, error=str(exc))
+        return None
+    if program.protocol == Protocol.OPENADR_2B:
+        from vpp.utility.openadr2 import Ven2b  # openleadr is loaded only where a 2.0b program runs
+
+        ven = Ven2b(program, runs=runs, credentials=credentials)
+        return ven if await ven.start() else None
+    await database_sync_to_async(connection_error)(
+        program_id=program.pk, error=f"{program.get_protocol_display()} clients are not available in this version"
+    )
+    return None
+
+
+async def programs_run(*, ids: list[int] | None = None) -> None:
+    """Start every enabled program (``ids``: those only) and keep retrying the ones that failed, until cancelled."""
+    runs = EventRuns()
+    running: dict[int, object] = {}
+    try:
+        while True:
+            for program in await database_sync_to_async(programs_to_run)(ids=ids):
+                if program.pk in running:
+                    continue
+                client = await program_start(program, runs)
+                if client is not None:
+                    running[program.pk] = client
+                    LOG.info("utility program %s (%s) running", program.pk, program)
+            await asyncio.sleep(RETRY_S)
+    finally:
+        await runs.stop()
+        for client in running.values():
+            stop = getattr(client, "stop", None)
+            if stop is not None:
+                await stop()
