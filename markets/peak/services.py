@@ -161,10 +161,14 @@ def _checked(points: list[Point], errors: list[tuple[str, str]]) -> list[Point]:
     return points
 
 
-def site_interval_data_upload(*, site: DepotSite, points: Sequence[Point], source: str, uploader: str) -> RecordResult:
+def site_interval_data_upload(
+    *, site: DepotSite, points: Sequence[Point], source: str, uploader: str, belief_time: datetime | None = None
+) -> RecordResult:
     if source not in (MeterSource.CSV, MeterSource.JSON):
         raise PeakError(f"unknown interval data source {source!r}")
-    result = site_readings_record(site_id=site.pk, points=points, source=source, source_ref=f"upload by {uploader}")
+    result = site_readings_record(
+        site_id=site.pk, points=points, source=source, source_ref=f"upload by {uploader}", belief_time=belief_time
+    )
     LOG.info("site %s: %d interval readings uploaded by %s, %d new", site.code, result.read, uploader, result.created)
     return result
 
