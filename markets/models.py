@@ -347,7 +347,6 @@ class BidEvent(models.Model):
 
 
 # Regulation signal, scores and settlement (the settlement engineer's models, kept in their own module).
-from markets.regulation.models import *  # noqa: E402, F403
-
 # Peak shaving: site meters and readings, demand-charge tariffs, plans and settlements.
 from markets.peak.models import *  # noqa: E402, F403
+from markets.regulation.models import *  # noqa: E402, F403

@@ -13,7 +13,8 @@ from typing import Protocol
 
 
 class LoadForecaster(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def forecast(self, history: Mapping[datetime, float], starts: Sequence[datetime]) -> list[float | None]:
         """One value per interval start (W), or None where history says nothing."""
@@ -36,8 +37,12 @@ class SameTimeOfWeek:
     def forecast(self, history: Mapping[datetime, float], starts: Sequence[datetime]) -> list[float | None]:
         out: list[float | None] = []
         for t in starts:
-            weekly = [history[t - timedelta(weeks=k)] for k in range(1, self.weeks + 1) if t - timedelta(weeks=k) in history]
+            weekly = [
+                history[t - timedelta(weeks=k)] for k in range(1, self.weeks + 1) if t - timedelta(weeks=k) in history
+            ]
             if not weekly:
-                weekly = [history[t - timedelta(days=k)] for k in range(1, self.days + 1) if t - timedelta(days=k) in history]
+                weekly = [
+                    history[t - timedelta(days=k)] for k in range(1, self.days + 1) if t - timedelta(days=k) in history
+                ]
             out.append(sum(weekly) / len(weekly) if weekly else None)
         return out

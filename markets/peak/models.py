@@ -143,7 +143,11 @@ class DemandCharge(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=(Q(window_start__isnull=True) & Q(window_end__isnull=True))
-                | (Q(window_start__isnull=False) & Q(window_end__isnull=False) & Q(window_start__lt=models.F("window_end"))),
+                | (
+                    Q(window_start__isnull=False)
+                    & Q(window_end__isnull=False)
+                    & Q(window_start__lt=models.F("window_end"))
+                ),
                 name="markets_demand_charge_window",
             ),
         ]

@@ -45,8 +45,7 @@ def tariff_in_force(*, site: DepotSite, at: datetime) -> tuple[DemandTariff, Tar
 
 def tariff_spec(tariff: DemandTariff) -> TariffSpec:
     charges = tuple(
-        ChargeSpec(c.pk, c.name, c.price_per_kw, c.weekdays, c.window_start, c.window_end)
-        for c in tariff.charges.all()
+        ChargeSpec(c.pk, c.name, c.price_per_kw, c.weekdays, c.window_start, c.window_end) for c in tariff.charges.all()
     )
     return TariffSpec(tariff.timezone, tariff.demand_interval_minutes, tariff.billing_day, charges, tariff.currency)
 
@@ -59,7 +58,9 @@ class SiteDemand:
     reading_ids: list[int] = field(default_factory=list)
 
 
-def site_demand(*, site: DepotSite, start: datetime, end: datetime, interval: timedelta, known_at: datetime) -> SiteDemand:
+def site_demand(
+    *, site: DepotSite, start: datetime, end: datetime, interval: timedelta, known_at: datetime
+) -> SiteDemand:
     out = SiteDemand()
     rows = SiteMeterReading.objects.filter(
         site=site, start__gte=start - timedelta(seconds=SAMPLE_MAX_HOLD_S), start__lt=end, belief_time__lte=known_at
@@ -69,9 +70,9 @@ def site_demand(*, site: DepotSite, start: datetime, end: datetime, interval: ti
     for r in rows.values_list("id", "start", "interval_s", "import_w", "source", "belief_time"):
         pk, t, interval_s, w, source, belief = r
         if interval_s and source in INTERVAL_SOURCES:
-            if interval_s == interval.total_seconds() and start <= t < end:
-                if t not in newest or belief > newest[t][0]:
-                    newest[t] = (belief, w, pk)
+            usable = interval_s == interval.total_seconds() and start <= t < end
+            if usable and (t not in newest or belief > newest[t][0]):
+                newest[t] = (belief, w, pk)
         elif not interval_s:
             samples.setdefault(t.timestamp(), (w, pk))
     starts = []

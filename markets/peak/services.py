@@ -124,7 +124,9 @@ def interval_data_parse_csv(stream: TextIO) -> list[Point]:
     points, errors = [], []
     for n, row in enumerate(reader, start=2):
         try:
-            points.append(_point(row["interval_start"], row["interval_minutes"], row.get("import_w"), row.get("import_kw")))
+            points.append(
+                _point(row["interval_start"], row["interval_minutes"], row.get("import_w"), row.get("import_kw"))
+            )
         except (ValueError, TypeError, InvalidOperation) as exc:
             errors.append((f"line {n}", str(exc)))
     return _checked(points, errors)
@@ -142,7 +144,12 @@ def interval_data_parse_json(body: Any) -> list[Point]:
             continue
         try:
             points.append(
-                _point(item.get("interval_start"), item.get("interval_minutes"), item.get("import_w"), item.get("import_kw"))
+                _point(
+                    item.get("interval_start"),
+                    item.get("interval_minutes"),
+                    item.get("import_w"),
+                    item.get("import_kw"),
+                )
             )
         except (ValueError, TypeError, InvalidOperation) as exc:
             errors.append((f"#/readings/{k}", str(exc)))
@@ -213,7 +220,12 @@ def net_import_w(values: dict[str, int]) -> int | None:
 
 
 def site_load_forecast_make(
-    *, site_id: int, start: datetime, end: datetime, now: datetime, forecaster: LoadForecaster | None = None,
+    *,
+    site_id: int,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    forecaster: LoadForecaster | None = None,
     history_days: int = 35,
 ) -> int:
     """Forecast the site's load without the fleet for ``[start, end)`` from its metered history (metered import
@@ -222,7 +234,7 @@ def site_load_forecast_make(
     site = DepotSite.objects.get(pk=site_id)
     found = tariff_in_force(site=site, at=start)
     interval = found[1].interval if found else timedelta(minutes=15)
-    forecaster = forecaster or SameTimeOfWeek()
+    model: LoadForecaster = forecaster or SameTimeOfWeek()
     h0 = now - timedelta(days=history_days)
     h0 = h0.replace(second=0, microsecond=0) - timedelta(minutes=h0.minute % int(interval.total_seconds() // 60))
     metered = site_demand(site=site, start=h0, end=now, interval=interval, known_at=now)
@@ -233,7 +245,7 @@ def site_load_forecast_make(
     while t < end:
         starts.append(t)
         t += interval
-    values = forecaster.forecast(history, starts)
+    values = model.forecast(history, starts)
     rows = [
         SiteLoadPoint(
             site=site,
@@ -241,7 +253,7 @@ def site_load_forecast_make(
             interval_minutes=int(interval.total_seconds() // 60),
             load_w=round(v),
             source=Source.FORECAST,
-            source_ref=forecaster.name[:200],
+            source_ref=model.name[:200],
             belief_time=now,
         )
         for s, v in zip(starts, values, strict=True)
@@ -254,7 +266,9 @@ def site_load_forecast_make(
 # --- plan --------------------------------------------------------------------------------------------------------
 
 
-def peak_plan_make(*, site_id: int, start: datetime, end: datetime, now: datetime, scheduler: str = "highs") -> PeakPlan:
+def peak_plan_make(
+    *, site_id: int, start: datetime, end: datetime, now: datetime, scheduler: str = "highs"
+) -> PeakPlan:
     """Plan ``[start, end)``: the optimiser shaves the forecast peak with the cars plugged in at the site's stations
     (within floors and departure needs), priced by the tariff; the cap real-time dispatch holds the site to is the
     highest planned import, and never below the billing period's metered peak so far (shaving under what the bill
@@ -298,12 +312,12 @@ def peak_plan_make(*, site_id: int, start: datetime, end: datetime, now: datetim
     fleet_w = [0.0] * steps
     shave_w = [0.0] * steps
     for v in vehicles:
-        plan = schedule.plan(v.vehicle_id)
-        if plan is None:
+        car = schedule.plan(v.vehicle_id)
+        if car is None:
             continue
         for t in range(steps):
-            fleet_w[t] += float(plan.charge_w[t] - plan.discharge_w[t])
-            shave_w[t] += float(plan.reserved_w[product.code][t])
+            fleet_w[t] += float(car.charge_w[t] - car.discharge_w[t])
+            shave_w[t] += float(car.reserved_w[product.code][t])
     planned = [forecast[t] + fleet_w[t] - shave_w[t] for t in range(steps) if priced[t]]
     threshold = max([billed, *[math.ceil(x) for x in planned]]) if planned else max(billed, round(fill))
     plan = PeakPlan.objects.create(
@@ -318,12 +332,14 @@ def peak_plan_make(*, site_id: int, start: datetime, end: datetime, now: datetim
         forecast_ref=", ".join(sorted({Source.FORECAST})),
         explanation=(
             f"{schedule.scheduler} ({schedule.status}): {len(vehicles)} cars at {len(stations)} stations, "
-            f"{steps} x {int(step.total_seconds() // 60)} min; demand charge {price}/kW; billed peak so far {billed} W; "
-            f"expected avoided {schedule.peak_value_usd:.2f}."
+            f"{steps} x {int(step.total_seconds() // 60)} min; demand charge {price}/kW; "
+            f"billed peak so far {billed} W; expected avoided {schedule.peak_value_usd:.2f}."
         ),
         created_at=now,
     )
-    LOG.info("site %s: peak plan %s..%s cap %d W (%d cars)", site.code, plan.start, plan.end, plan.threshold_w, len(vehicles))
+    LOG.info(
+        "site %s: peak plan %s..%s cap %d W (%d cars)", site.code, plan.start, plan.end, plan.threshold_w, len(vehicles)
+    )
     return plan
 
 
@@ -356,10 +372,14 @@ def peak_period_settle(*, site_id: int, period_start: datetime, now: datetime) -
     demand = site_demand(site=site, start=start, end=end, interval=spec.interval, known_at=now)
     fleet = fleet_at_site(site=site, start=start, end=end, interval=spec.interval)
     expected = spec.intervals(start, end)
-    intervals = [IntervalDemand(s, demand.demand_w[s], fleet.discharge_w.get(s, 0)) for s in expected if s in demand.demand_w]
+    intervals = [
+        IntervalDemand(s, demand.demand_w[s], fleet.discharge_w.get(s, 0)) for s in expected if s in demand.demand_w
+    ]
     result = settle_peak_period(tariff=spec, intervals=intervals)
     if len(intervals) < len(expected):
-        LOG.warning("site %s: settling %s with %d of %d intervals metered", site.code, start, len(intervals), len(expected))
+        LOG.warning(
+            "site %s: settling %s with %d of %d intervals metered", site.code, start, len(intervals), len(expected)
+        )
     try:
         with transaction.atomic():
             settlement = PeakSettlement.objects.create(
@@ -371,7 +391,9 @@ def peak_period_settle(*, site_id: int, period_start: datetime, now: datetime) -
                 metered_charge=result.metered_charge,
                 counterfactual_charge=result.counterfactual_charge,
                 avoided=result.avoided,
-                intervals=[[i.start.isoformat(), i.metered_w, i.fleet_discharge_w, i.counterfactual_w] for i in intervals],
+                intervals=[
+                    [i.start.isoformat(), i.metered_w, i.fleet_discharge_w, i.counterfactual_w] for i in intervals
+                ],
                 intervals_expected=len(expected),
                 intervals_metered=len(intervals),
                 site_readings=len(demand.reading_ids),
@@ -400,5 +422,3 @@ def peak_period_settle(*, site_id: int, period_start: datetime, now: datetime) -
         return PeakSettlement.objects.get(site=site, period_start=start)
     LOG.info("site %s: billing period %s settled, avoided %s %s", site.code, start, settlement.avoided, spec.currency)
     return settlement
-
-

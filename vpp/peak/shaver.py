@@ -70,7 +70,7 @@ class ShaveStep:
 Sender = Callable[[Sequence[Command], float], Awaitable[FanoutOutcome]]
 
 
-async def _fanout(commands: Sequence[Command], timeout: float) -> FanoutOutcome:
+async def _fanout(commands: Sequence[Command], timeout: float) -> FanoutOutcome:  # noqa: ASYNC109
     return await calls_fanout(commands, timeout=timeout)
 
 

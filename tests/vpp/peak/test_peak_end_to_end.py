@@ -26,7 +26,7 @@ from markets.peak.services import (
     site_load_forecast_make,
     site_meter_telemetry_ingest,
 )
-from tests.fleet.factories import PlugSessionFactory, VehicleFactory
+from tests.fleet.factories import PlugSessionFactory
 from tests.vpp.stand_ins import AnsweringStation
 from vpp.peak.selectors import site_state_load
 from vpp.peak.shaver import PEAK_PROFILE_ID, PEAK_STACK_LEVEL, SiteShaver
@@ -44,7 +44,9 @@ def _base_w(start: datetime, minute: int, peak_w: int) -> int:
 
 def _depot() -> DepotSite:
     site = DepotSite.objects.create(code="depot-e2e", name="E2E depot", threshold_w=500_000, demand_charge=Decimal(0))
-    tariff = DemandTariff.objects.create(site=site, name="GS-2", timezone="America/New_York", valid_from=date(2025, 1, 1))
+    tariff = DemandTariff.objects.create(
+        site=site, name="GS-2", timezone="America/New_York", valid_from=date(2025, 1, 1)
+    )
     DemandCharge.objects.create(tariff=tariff, name="facility", price_per_kw=Decimal("12.34"))
     main = Station.objects.create(station_id="depot-main", ocpp_version="2.1", channel_name="x")
     SiteMeter.objects.create(site=site, kind=SiteMeter.Kind.OCPP, station=main, evse_id=0)
@@ -54,7 +56,10 @@ def _depot() -> DepotSite:
         session = PlugSessionFactory.create(station_id=sid, evse_id=1, started_at=DAY - timedelta(hours=10))
         vehicle = session.vehicle
         SocEstimate.objects.create(
-            vehicle=vehicle, soc_wh=52_200, source=SocSource.SEED, valid_at=DAY - timedelta(hours=1),
+            vehicle=vehicle,
+            soc_wh=52_200,
+            source=SocSource.SEED,
+            valid_at=DAY - timedelta(hours=1),
             known_at=DAY - timedelta(hours=1),
         )  # fmt: skip  90 % of 58 kWh
     return site
@@ -73,12 +78,15 @@ async def test_the_fleet_shaves_a_peak_higher_than_forecast_and_the_avoided_char
         ]
     }  # fmt: skip
     points = interval_data_parse_json(history)
-    await sync_to_async(site_interval_data_upload)(site=site, points=points, source=MeterSource.JSON, uploader="test",
-                                                 belief_time=HISTORY_DAY + timedelta(days=1))
+    await sync_to_async(site_interval_data_upload)(
+        site=site, points=points, source=MeterSource.JSON, uploader="test", belief_time=HISTORY_DAY + timedelta(days=1)
+    )
 
     # When the forecast and the plan are made at 07:55 on the day
     now = DAY - timedelta(minutes=5)
-    made = await sync_to_async(site_load_forecast_make)(site_id=site.pk, start=DAY, end=DAY + timedelta(hours=4), now=now)
+    made = await sync_to_async(site_load_forecast_make)(
+        site_id=site.pk, start=DAY, end=DAY + timedelta(hours=4), now=now
+    )
     plan = await sync_to_async(peak_plan_make)(site_id=site.pk, start=DAY, end=DAY + timedelta(hours=4), now=now)
     # Then 16 intervals are forecast (same Monday profile) and the cap is the forecast peak minus the three cars'
     # discharge: 80 - 3 x 11 = 47 kW
@@ -90,7 +98,7 @@ async def test_the_fleet_shaves_a_peak_higher_than_forecast_and_the_avoided_char
     for sid, agent in agents.items():
         stations(sid, agent)
     shaver = SiteShaver(site_id=site.pk)
-    fleet_w = {sid: 0 for sid in CARS}
+    fleet_w = dict.fromkeys(CARS, 0)
     site_samples, car_rows = [], []
     for minute in range(240):
         t = DAY + timedelta(minutes=minute)
@@ -112,7 +120,10 @@ async def test_the_fleet_shaves_a_peak_higher_than_forecast_and_the_avoided_char
         car_rows += [(sid, t, fleet_w[sid]) for sid in CARS]
     # Then every command is the peak profile under regulation's stack level, and the cars end at full discharge
     _, payload = agents["depot-cs-1"].calls[-1]
-    assert (payload["chargingProfile"]["id"], payload["chargingProfile"]["stackLevel"]) == (PEAK_PROFILE_ID, PEAK_STACK_LEVEL)
+    assert (payload["chargingProfile"]["id"], payload["chargingProfile"]["stackLevel"]) == (
+        PEAK_PROFILE_ID,
+        PEAK_STACK_LEVEL,
+    )
     assert payload["chargingProfile"]["validTo"]
 
     def _store() -> None:
@@ -129,7 +140,7 @@ async def test_the_fleet_shaves_a_peak_higher_than_forecast_and_the_avoided_char
 
     await sync_to_async(_store)()
     settlement = await sync_to_async(peak_period_settle)(site_id=site.pk, period_start=DAY, now=timezone.now())
-    line = (await sync_to_async(list)(settlement.lines.all()))[0]
+    line = await settlement.lines.aget()
     # Then, by hand: the cars hold 45 kW (47 - the 2 kW margin) discharging 15 kW outside the peak; at 10:00 the
     # real load (95.04 kW) needs 50.04 kW but three cars give 33 kW: the site imports 62.04 kW, over the cap by
     # what the fleet could not give. Without the fleet (metered + discharge) the peak would have been 95.04 kW.
