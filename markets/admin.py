@@ -75,3 +75,32 @@ class ReserveDeploymentAdmin(admin.ModelAdmin):
     list_filter = ("portfolio", "source")
     search_fields = ("event_id",)
     date_hierarchy = "start"
+
+
+# Peak shaving: site meters, tariffs and their charges (plans and settlements are read-only records).
+from markets.peak.models import DemandCharge, DemandTariff, PeakPlan, PeakSettlement, SiteMeter  # noqa: E402
+
+
+class DemandChargeInline(admin.TabularInline):
+    model = DemandCharge
+    extra = 1
+
+
+@admin.register(DemandTariff)
+class DemandTariffAdmin(admin.ModelAdmin):
+    list_display = ("site", "name", "valid_from", "demand_interval_minutes", "billing_day", "timezone")
+    inlines = [DemandChargeInline]
+
+
+@admin.register(SiteMeter)
+class SiteMeterAdmin(admin.ModelAdmin):
+    list_display = ("site", "kind", "station", "evse_id", "active")
+
+
+@admin.register(PeakPlan, PeakSettlement)
+class PeakRecordAdmin(admin.ModelAdmin):
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_add_permission(self, request):
+        return False
