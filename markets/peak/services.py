@@ -296,6 +296,7 @@ def peak_plan_make(
         direction="up",
         prices=[None] * steps,
         sustain_h=step.total_seconds() / 3600.0,
+        up_activation=1.0,  # shaving held is shaving delivered: its energy comes out of the packs
         site_load_w=[f if ok else -math.inf for f, ok in zip(forecast, priced, strict=True)],
         site_threshold_w=float(billed),
         demand_charge_usd_per_w=float(price / Decimal(1000)),
