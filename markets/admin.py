@@ -78,7 +78,14 @@ class ReserveDeploymentAdmin(admin.ModelAdmin):
 
 
 # Peak shaving: site meters, tariffs and their charges (plans and settlements are read-only records).
-from markets.peak.models import DemandCharge, DemandTariff, PeakPlan, PeakSettlement, SiteMeter  # noqa: E402
+from markets.peak.models import (  # noqa: E402
+    DemandCharge,
+    DemandTariff,
+    PeakPlan,
+    PeakSettlement,
+    SiteDataUpload,
+    SiteMeter,
+)
 
 
 class DemandChargeInline(admin.TabularInline):
@@ -97,7 +104,7 @@ class SiteMeterAdmin(admin.ModelAdmin):
     list_display = ("site", "kind", "station", "evse_id", "active")
 
 
-@admin.register(PeakPlan, PeakSettlement)
+@admin.register(PeakPlan, PeakSettlement, SiteDataUpload)
 class PeakRecordAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False

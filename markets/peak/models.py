@@ -9,6 +9,7 @@ Nothing here computes: ``markets/peak/`` services do, with the pure code in ``ta
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -20,6 +21,7 @@ __all__ = [
     "PeakPlan",
     "PeakSettlement",
     "PeakSettlementLine",
+    "SiteDataUpload",
     "SiteMeter",
     "SiteMeterReading",
 ]
@@ -94,6 +96,37 @@ class SiteMeterReading(models.Model):
 
     def __str__(self) -> str:
         return f"{self.site_id} {self.start:%Y-%m-%d %H:%M:%S} {self.import_w} W ({self.source})"
+
+
+class SiteDataUpload(models.Model):
+    """Audit trail of interval data sent for a site (API or command line), refusals included with their errors.
+    The readings an accepted upload stored name it in their ``source_ref`` (``upload <id> by <actor>``). Rows are
+    never edited."""
+
+    class Outcome(models.TextChoices):
+        ACCEPTED = "accepted", "accepted (stored; unchanged intervals not stored again)"
+        REFUSED = "refused", "refused (nothing stored; errors given)"
+
+    site = models.ForeignKey("markets.DepotSite", on_delete=models.CASCADE, related_name="data_uploads")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="site_data_uploads"
+    )
+    actor_label = models.CharField(max_length=150)
+    source = models.CharField(max_length=8, choices=MeterSource.choices)
+    filename = models.CharField(max_length=200, blank=True)
+    size_bytes = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64, help_text="SHA-256 of the body as received")
+    outcome = models.CharField(max_length=8, choices=Outcome.choices)
+    readings = models.PositiveIntegerField(default=0, help_text="intervals in the upload")
+    created = models.PositiveIntegerField(default=0, help_text="new beliefs stored")
+    errors = models.JSONField(default=list, blank=True, help_text="[where, what] per refused line / pointer")
+    received_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.site_id} {self.source} by {self.actor_label} ({self.outcome}, {self.created} new)"
 
 
 class DemandTariff(models.Model):

@@ -163,12 +163,14 @@ def site_meter_map() -> dict[tuple[str, int], tuple[int, int, str]]:
     }
 
 
-def sites_for(user: Any, *, organisation_id: int | None = None) -> QuerySet[DepotSite]:
-    """Depot sites of the user's organisations (an operator: all, unassigned ones too); narrowed to one
-    organisation for an API key limited to it."""
+def sites_for(
+    user: Any, *, organisation_id: int | None = None, roles: Iterable[str] | None = None
+) -> QuerySet[DepotSite]:
+    """Depot sites of the user's organisations (where the user holds one of ``roles``; any role when None; an
+    operator: all, unassigned ones too); narrowed to one organisation for an API key limited to it."""
     sites = DepotSite.objects.all()
     if not is_operator(user):
-        sites = sites.filter(organisation__in=organisations_for(user))
+        sites = sites.filter(organisation__in=organisations_for(user, roles=roles))
     if organisation_id is not None:
         sites = sites.filter(organisation_id=organisation_id)
     return sites

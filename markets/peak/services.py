@@ -4,6 +4,9 @@ the plan (the import cap the fleet can hold the site to) and the settlement of t
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
+import json
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -20,7 +23,14 @@ from fleet.selectors import plugged_in_snapshots
 from markets.models import DepotSite, SiteLoadPoint, Source
 from markets.optimiser import BidProblem, ProductSpec, schedule_bids
 from markets.peak.forecast import LoadForecaster, SameTimeOfWeek
-from markets.peak.models import MeterSource, PeakPlan, PeakSettlement, PeakSettlementLine, SiteMeterReading
+from markets.peak.models import (
+    MeterSource,
+    PeakPlan,
+    PeakSettlement,
+    PeakSettlementLine,
+    SiteDataUpload,
+    SiteMeterReading,
+)
 from markets.peak.selectors import (
     digest,
     fleet_at_site,
@@ -102,6 +112,8 @@ def _point(start: Any, minutes: Any, import_w: Any, import_kw: Any) -> Point:
     m = int(minutes)
     if not 1 <= m <= 60:
         raise ValueError("interval_minutes must be 1 to 60")
+    import_w = None if import_w is None or str(import_w).strip() == "" else import_w  # CSV: a blank column
+    import_kw = None if import_kw is None or str(import_kw).strip() == "" else import_kw
     if (import_w is None) == (import_kw is None):
         raise ValueError("give exactly one of import_w and import_kw")
     if import_w is not None:
@@ -171,13 +183,84 @@ def _checked(points: list[Point], errors: list[tuple[str, str]]) -> list[Point]:
 def site_interval_data_upload(
     *, site: DepotSite, points: Sequence[Point], source: str, uploader: str, belief_time: datetime | None = None
 ) -> RecordResult:
+    """Store parsed interval data as readings of ``source`` (csv / json), ``source_ref`` naming the uploader."""
     if source not in (MeterSource.CSV, MeterSource.JSON):
         raise PeakError(f"unknown interval data source {source!r}")
     result = site_readings_record(
-        site_id=site.pk, points=points, source=source, source_ref=f"upload by {uploader}", belief_time=belief_time
+        site_id=site.pk, points=points, source=source, source_ref=uploader[:200], belief_time=belief_time
     )
     LOG.info("site %s: %d interval readings uploaded by %s, %d new", site.code, result.read, uploader, result.created)
     return result
+
+
+MAX_UPLOAD_ERRORS = 100  # an upload with every line wrong is told about the first hundred
+
+
+def interval_data_parse(body: bytes, *, source: str) -> list[Point]:
+    """Parse an upload's bytes as CSV (UTF-8, a BOM allowed: spreadsheets write one) or JSON; all or nothing."""
+    if source == MeterSource.CSV:
+        try:
+            text = body.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise IntervalDataError([("line 1", f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
+        return interval_data_parse_csv(io.StringIO(text, newline=""))
+    if source == MeterSource.JSON:
+        try:
+            document = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise IntervalDataError([("#", f"not JSON: {exc}")]) from None
+        return interval_data_parse_json(document)
+    raise PeakError(f"unknown interval data source {source!r}")
+
+
+def site_interval_data_receive(
+    *,
+    site: DepotSite,
+    body: bytes,
+    source: str,
+    filename: str,
+    actor_user_id: int | None,
+    actor_label: str,
+    now: datetime | None = None,
+) -> tuple[SiteDataUpload, RecordResult]:
+    """An upload of interval data for ``site`` (API, command line): parsed all or nothing, stored, audited.
+
+    A refused upload is recorded (``SiteDataUpload``, outcome ``refused``, its errors) before
+    :class:`IntervalDataError` is raised; an accepted one is recorded in the same transaction as its readings (no
+    acknowledgement without storage), and the readings name it in ``source_ref``."""
+    received = now or timezone.now()
+    audit = {
+        "site": site,
+        "user_id": actor_user_id,
+        "actor_label": actor_label[:150],
+        "source": source,
+        "filename": filename[:200],
+        "size_bytes": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "received_at": received,
+    }
+    try:
+        points = interval_data_parse(body, source=source)
+    except IntervalDataError as exc:
+        SiteDataUpload.objects.create(
+            **audit,
+            outcome=SiteDataUpload.Outcome.REFUSED,
+            errors=[list(e) for e in exc.errors[:MAX_UPLOAD_ERRORS]],
+        )
+        LOG.info("site %s: interval data from %s refused: %s", site.code, actor_label, exc)
+        raise
+    with transaction.atomic():
+        upload = SiteDataUpload.objects.create(**audit, outcome=SiteDataUpload.Outcome.ACCEPTED, readings=len(points))
+        result = site_interval_data_upload(
+            site=site,
+            points=points,
+            source=source,
+            uploader=f"upload {upload.pk} by {actor_label}",
+            belief_time=received,
+        )
+        upload.created = result.created
+        upload.save(update_fields=["created"])
+    return upload, result
 
 
 def site_meter_telemetry_ingest(*, readings: Iterable[dict[str, Any]]) -> int:
