@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import shared_task
+from django.db import DatabaseError
 from django.utils import timezone
 
 from markets.models import DepotSite
@@ -30,8 +31,12 @@ BEAT_SCHEDULE = {
 }
 
 
-@shared_task(name=INGEST_SITE_METER)
+@shared_task(
+    name=INGEST_SITE_METER, autoretry_for=(DatabaseError,), retry_backoff=True, retry_backoff_max=300, max_retries=12
+)
 def site_meter_ingest(readings: list[dict[str, Any]]) -> int:
+    """Store site-meter samples; a database outage is retried with backoff (about an hour in all), harmless since
+    a sample already stored with the same value is not stored again."""
     return site_meter_telemetry_ingest(readings=readings)
 
 

@@ -9,7 +9,10 @@ caps in force and the cars every ``refresh_s`` on a thread of its own.
 
 **Faults.** A reload that fails keeps the previous state, but a shaver whose state is older than
 ``max_state_age_s`` asks nothing of the cars (and the profiles it sent lapse by their ``validTo``); a failed
-fan-out is logged, the next reading tries again.
+fan-out is logged, the next reading tries again. A site-meter reading older than ``max_reading_age_s`` when it
+arrives (an edge agent replaying what it buffered during an outage, a station's clock adrift) drives nothing: it is
+stored by ``markets`` for the bill, but the cars follow only the present load. When the readings stop, nothing is
+sent, and the profiles already sent lapse by themselves.
 """
 
 from __future__ import annotations
@@ -32,13 +35,24 @@ from vpp.peak.shaver import SiteShaver
 
 LOG = logging.getLogger(__name__)
 REFRESH_S = 5.0
+MAX_READING_AGE_S = 30.0  # a site meter reports every few seconds; older than this is history, not the load now
+MAX_STATE_AGE_S = 120.0
 
 
 class PeakShaving:
     """This process's shavers, fed from the telemetry hook. ``feed`` runs on the event loop."""
 
-    def __init__(self, *, refresh_s: float = REFRESH_S) -> None:
+    def __init__(
+        self,
+        *,
+        refresh_s: float = REFRESH_S,
+        max_reading_age_s: float = MAX_READING_AGE_S,
+        max_state_age_s: float = MAX_STATE_AGE_S,
+    ) -> None:
         self.refresh_s = refresh_s
+        self.max_reading_age_s = max_reading_age_s
+        self.max_state_age_s = max_state_age_s
+        self._late: set[int] = set()  # sites whose readings come late (logged when it starts and when it ends)
         self.meters: dict[tuple[str, int], int] = {}
         self.shavers: dict[int, SiteShaver] = {}
         self._busy: set[int] = set()
@@ -68,7 +82,11 @@ class PeakShaving:
                 self._failing = False
                 self.meters = meters
                 for site_id, state in states.items():
-                    self.shavers.setdefault(site_id, SiteShaver(site_id=site_id)).install(state)
+                    shaver = self.shavers.get(site_id)
+                    if shaver is None:
+                        shaver = SiteShaver(site_id=site_id, max_state_age_s=self.max_state_age_s)
+                        self.shavers[site_id] = shaver
+                    shaver.install(state)
             await asyncio.sleep(self.refresh_s)
 
     @staticmethod
@@ -90,10 +108,27 @@ class PeakShaving:
             key = (u["station_id"], u["evse_id"])
             site_id = self.meters.get(key)
             if site_id is not None:
-                self._reading(site_id, w, at)
+                if self._in_time(site_id, at):
+                    self._reading(site_id, w, at)
                 continue
             for shaver in self.shavers.values():  # a car's reading: its power counts toward the site's fleet
                 shaver.car_power(key[0], key[1], at, w)
+
+    def _in_time(self, site_id: int, at: float) -> bool:
+        age = time.time() - at
+        if age <= self.max_reading_age_s:
+            if site_id in self._late:
+                LOG.warning("peak shaving: site %s readings are current again", site_id)
+                self._late.discard(site_id)
+            return True
+        if site_id not in self._late:
+            LOG.warning(
+                "peak shaving: site %s reading %.0f s old when it arrived; the cars are asked nothing on it",
+                site_id,
+                age,
+            )
+            self._late.add(site_id)
+        return False
 
     def _reading(self, site_id: int, import_w: int, at: float) -> None:
         shaver = self.shavers.get(site_id)

@@ -93,6 +93,7 @@ class SiteShaver:
         self._commanded: dict[tuple[str, int], int] = {}
         self.last: ShaveStep | None = None
         self._short = False  # the fleet cannot give what the cap needs (logged when it starts)
+        self.unanswered: set[str] = set()  # stations that did not accept the last command sent them
 
     def install(self, state: SiteState) -> None:
         self.state = state
@@ -147,6 +148,7 @@ class SiteShaver:
         self.shaving = True
         step = ShaveStep(now, import_w, fleet_w, cap, setpoint, allocation.achieved_w, "shave", commands)
         step.outcome = await self._send(commands, self.call_timeout_s)
+        self._check_answers(step.outcome)
         if not allocation.feasible and not self._short:  # once per episode, not once per reading
             LOG.warning("site %s: fleet can give %d of %d W asked: %s", self.site_id, allocation.achieved_w, setpoint,
                         allocation.reason)  # fmt: skip
@@ -162,12 +164,28 @@ class SiteShaver:
                 for r in state.routes
             ]
             step.outcome = await self._send(step.commands, self.call_timeout_s)
+            self._check_answers(step.outcome)
             LOG.info("site %s: import back under the cap with the cars charging freely; released", self.site_id)
         else:
             step.action = "under"
         self.shaving = False
         self._commanded.clear()
         return self._done(step)
+
+    def _check_answers(self, outcome: FanoutOutcome) -> None:
+        """Log the stations that did not accept (timeout, offline, an error, Rejected) when that set changes, not per
+        reading: the next reading sends again, and a car whose command did not land counts at its measured power."""
+        failed = {r.station_id for r in outcome.results if r.status != "result" or r.answer == "Rejected"}
+        for station_id in failed:
+            self._commanded = {k: v for k, v in self._commanded.items() if k[0] != station_id}
+        if failed != self.unanswered:
+            if failed:
+                LOG.warning("site %s: no acceptance from %s; sending again on the next reading", self.site_id,
+                            ", ".join(f"{r.station_id} ({r.answer})" for r in outcome.results
+                                      if r.station_id in failed))  # fmt: skip
+            else:
+                LOG.info("site %s: every station accepts again", self.site_id)
+        self.unanswered = failed
 
     def _done(self, step: ShaveStep) -> ShaveStep:
         self.last = step
