@@ -10,9 +10,11 @@ An interval with neither is missing (not zero).
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -21,9 +23,10 @@ from django.db.models import QuerySet
 from fleet.selectors import is_operator, organisations_for
 from markets.models import DepotSite
 from markets.peak.models import DemandTariff, MeterSource, PeakPlan, PeakSettlement, SiteMeter, SiteMeterReading
-from markets.peak.tariff import ChargeSpec, TariffSpec
+from markets.peak.tariff import ChargeSpec, TariffSpec, peak_so_far
 from markets.regulation.metering import interval_energy_wh
 from markets.regulation.selectors import charge_point_power
+from markets.selectors import latest_site_load
 
 SAMPLE_MAX_HOLD_S = 60.0  # a site meter reporting every few seconds; past a minute its value is unknown
 INTERVAL_SOURCES = (MeterSource.CSV, MeterSource.JSON)
@@ -161,6 +164,53 @@ def site_meter_map() -> dict[tuple[str, int], tuple[int, int, str]]:
             active=True, station__isnull=False
         ).values_list("pk", "site_id", "kind", "station__station_id", "evse_id")
     }
+
+
+def billed_peak_so_far(*, site: DepotSite, spec: TariffSpec, start: datetime, now: datetime) -> int:
+    """The highest demand (W) metered in the billing period containing ``start`` before it (known at ``now``), in any
+    charge's window: shaving below it avoids nothing this period."""
+    period_start, _ = spec.billing_period(start)
+    until = min(start, now)
+    if until <= period_start:
+        return 0
+    demand = site_demand(site=site, start=period_start, end=until, interval=spec.interval, known_at=now)
+    return peak_so_far(spec, demand.demand_w.items(), at=until)
+
+
+@dataclass(frozen=True)
+class PeakInputs:
+    """What the optimiser plans a site's peak shaving with: load without the fleet per step (-inf where no charge
+    bills the interval: shaving there avoids nothing), the threshold below which shaving is worth nothing (the
+    period's billed peak so far) and the most a kW of peak costs over the horizon (the tariff's currency)."""
+
+    site_load_w: list[float]
+    threshold_w: int
+    price_per_w: Decimal
+
+
+def tariff_peak_inputs(
+    *, site: DepotSite, start: datetime, step: timedelta, steps: int, now: datetime
+) -> PeakInputs | None:
+    """Peak-shaving inputs from the site's tariff and load forecast; None without a tariff or any load belief (the
+    caller falls back to the site's configured threshold and charge). A step without a forecast is planned as the
+    worst forecast one."""
+    found = tariff_in_force(site=site, at=start)
+    if found is None:
+        return None
+    _, spec = found
+    loads = latest_site_load(site=site, start=start, end=start + steps * step, known_at=now)
+    if not loads:
+        return None
+    fill = float(max(loads.values()))
+    starts = [start + t * step for t in range(steps)]
+    prices = [spec.max_charge_price_at(t) for t in starts]
+    return PeakInputs(
+        site_load_w=[
+            float(loads.get(t, fill)) if price > 0 else -math.inf for t, price in zip(starts, prices, strict=True)
+        ],
+        threshold_w=billed_peak_so_far(site=site, spec=spec, start=start, now=now),
+        price_per_w=max(prices, default=Decimal(0)) / Decimal(1000),
+    )
 
 
 def sites_for(

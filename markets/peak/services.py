@@ -32,6 +32,7 @@ from markets.peak.models import (
     SiteMeterReading,
 )
 from markets.peak.selectors import (
+    billed_peak_so_far,
     digest,
     fleet_at_site,
     site_demand,
@@ -39,7 +40,6 @@ from markets.peak.selectors import (
     tariff_in_force,
 )
 from markets.peak.settlement import IntervalDemand, settle_peak_period
-from markets.peak.tariff import TariffSpec, peak_so_far
 from markets.selectors import latest_site_load
 
 LOG = logging.getLogger(__name__)
@@ -369,7 +369,7 @@ def peak_plan_make(
     fill = max(loads.values())  # an interval without a forecast is planned as the worst one
     priced = [spec.max_charge_price_at(start + t * step) > 0 for t in range(steps)]
     forecast = [float(loads.get(start + t * step, fill)) for t in range(steps)]
-    billed = _billed_so_far(site, spec, start, now)
+    billed = billed_peak_so_far(site=site, spec=spec, start=start, now=now)
     price = max((spec.max_charge_price_at(start + t * step) for t in range(steps)), default=Decimal(0))
     stations = set(site.stations.values_list("station_id", flat=True))
     vehicles = [v for v in plugged_in_snapshots(at=now) if v.station_id in stations]
@@ -425,15 +425,6 @@ def peak_plan_make(
         "site %s: peak plan %s..%s cap %d W (%d cars)", site.code, plan.start, plan.end, plan.threshold_w, len(vehicles)
     )
     return plan
-
-
-def _billed_so_far(site: DepotSite, spec: TariffSpec, start: datetime, now: datetime) -> int:
-    period_start, _ = spec.billing_period(start)
-    until = min(start, now)
-    if until <= period_start:
-        return 0
-    demand = site_demand(site=site, start=period_start, end=until, interval=spec.interval, known_at=now)
-    return peak_so_far(spec, demand.demand_w.items(), at=until)
 
 
 # --- settlement --------------------------------------------------------------------------------------------------
