@@ -75,3 +75,39 @@ class ReserveDeploymentAdmin(admin.ModelAdmin):
     list_filter = ("portfolio", "source")
     search_fields = ("event_id",)
     date_hierarchy = "start"
+
+
+# Peak shaving: site meters, tariffs and their charges (plans and settlements are read-only records).
+from markets.peak.models import (  # noqa: E402
+    DemandCharge,
+    DemandTariff,
+    PeakPlan,
+    PeakSettlement,
+    SiteDataUpload,
+    SiteMeter,
+)
+
+
+class DemandChargeInline(admin.TabularInline):
+    model = DemandCharge
+    extra = 1
+
+
+@admin.register(DemandTariff)
+class DemandTariffAdmin(admin.ModelAdmin):
+    list_display = ("site", "name", "valid_from", "demand_interval_minutes", "billing_day", "timezone")
+    inlines = [DemandChargeInline]
+
+
+@admin.register(SiteMeter)
+class SiteMeterAdmin(admin.ModelAdmin):
+    list_display = ("site", "kind", "station", "evse_id", "active")
+
+
+@admin.register(PeakPlan, PeakSettlement, SiteDataUpload)
+class PeakRecordAdmin(admin.ModelAdmin):
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_add_permission(self, request):
+        return False

@@ -74,6 +74,9 @@ class DepotSite(models.Model):
     )
     currency = models.CharField(max_length=3, default="USD")
     node = models.CharField(max_length=64, default="default", help_text="grid node of the vehicles parked here")
+    stations = models.ManyToManyField(
+        "chargers.Station", blank=True, related_name="depot_sites", help_text="charging stations behind the site meter"
+    )
 
     def __str__(self) -> str:
         return self.code
@@ -344,6 +347,8 @@ class BidEvent(models.Model):
 
 
 # Regulation signal, scores and settlement (the settlement engineer's models, kept in their own module).
+# Peak shaving: site meters and readings, demand-charge tariffs, plans and settlements.
+from markets.peak.models import *  # noqa: E402, F403
 from markets.regulation.models import *  # noqa: E402, F403
 
 # Synchronized reserve event performance (markets/reserve/).

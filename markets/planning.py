@@ -18,6 +18,7 @@ from django.conf import settings
 from markets.models import BidProposal, MarketOperator, Product
 from markets.optimiser import BidProblem, BidSchedule, ProductSpec, schedule_bids
 from markets.optimiser.wear import expected_wear
+from markets.peak.selectors import tariff_peak_inputs
 from markets.selectors import latest_prices, latest_site_load, portfolio_snapshots
 
 
@@ -88,6 +89,18 @@ def _spec(product: Product, *, start: datetime, step: timedelta, steps: int, fir
     }
     if product.kind == Product.Kind.PEAK_SHAVING and product.site is not None:
         site = product.site
+        # The site's demand-charge tariff and load forecast where it has them (markets.peak); else its configured
+        # threshold and charge, the load assumed at the threshold where none is known.
+        tariff = tariff_peak_inputs(site=site, start=start, step=step, steps=steps, now=now)
+        if tariff is not None:
+            return ProductSpec(
+                prices=[None] * n,
+                node=site.node,
+                site_load_w=tariff.site_load_w,
+                site_threshold_w=float(tariff.threshold_w),
+                demand_charge_usd_per_w=float(tariff.price_per_w),
+                **common,
+            )
         loads = latest_site_load(site=site, start=start, end=start + steps * step, known_at=now)
         return ProductSpec(
             prices=[None] * n,

@@ -68,3 +68,8 @@ from markets.regulation.tasks import BEAT_SCHEDULE as _REGULATION_BEAT  # noqa: 
 from markets.regulation.tasks import regulation_settle_hour  # noqa: E402, F401
 
 BEAT_SCHEDULE.update(_REGULATION_BEAT)
+
+from markets.peak.tasks import BEAT_SCHEDULE as _PEAK_BEAT  # noqa: E402
+from markets.peak.tasks import peak_periods_settle, peak_plans_refresh, site_meter_ingest  # noqa: E402, F401
+
+BEAT_SCHEDULE.update(_PEAK_BEAT)

@@ -47,7 +47,7 @@ from rest_framework.test import APIClient
 
 from fleet.models import ApiKey, ApiScope, Fleet, Membership, Organisation, Role, StationOwnership, Vehicle
 from fleet.selectors import fleet_portfolio
-from markets.models import Award, Bid
+from markets.models import Award, Bid, DepotSite
 from markets.regulation.models import PerformanceScoreRecord, Settlement, SettlementLine
 from tests.chargers.factories import StationFactory
 from tests.fleet.factories import FleetFactory, OrganisationFactory, UserFactory, VehicleFactory
@@ -223,6 +223,13 @@ MATRIX: dict[str, Row] = {
     ),
     "api/utility/programs/<int:pk>/events/": Row("/api/utility/programs/{program}/events/", role=BA, read=API_OBJECT),
     "api/utility/programs/<int:pk>/reports/": Row("/api/utility/programs/{program}/reports/", role=BA, read=API_OBJECT),
+    # -- peak shaving: a depot's interval data, uploaded by its organisation's fleet managers (keys: fleet:write);
+    #    bodies, errors and audit in tests/markets/peak/test_interval_data_api.py
+    "api/peak/sites/<slug:site>/interval-data": Row(
+        "/api/peak/sites/{site}/interval-data",
+        write=API_OBJECT_WRITE,
+        body={"readings": [{"interval_start": "2026-11-30T12:00:00Z", "interval_minutes": 15, "import_w": 80_000}]},
+    ),
     # -- station commands: members of the owning organisation see their stations' commands; Reset is operator-only
     "api/stations/<str:station_id>/call": Row(
         "/api/stations/{station_id}/call",
@@ -412,6 +419,7 @@ class World:
     org_slug: str = ""
     program: int = 0
     program_marker: str = ""
+    site: str = ""
 
 
 def _money() -> dict[str, Decimal]:
@@ -426,6 +434,9 @@ def _tenant(org: Organisation, tag: str, world: World | None) -> tuple[Fleet, Ve
     station = StationFactory.create()
     StationOwnership.objects.create(station=station, organisation=org)
     portfolio = fleet_portfolio(fleet.pk)
+    site = DepotSite.objects.create(
+        code=f"depot-{tag.lower()}", name=f"Depot {tag}", organisation=org, threshold_w=100_000, demand_charge=0
+    )
     now = timezone.now()
     # 15:00 UTC is the same calendar day in the market operator's zone (PJM: New York) as in UTC.
     start = (now + timedelta(days=2)).replace(hour=15, minute=0, second=0, microsecond=0)
@@ -515,6 +526,7 @@ def _tenant(org: Organisation, tag: str, world: World | None) -> tuple[Fleet, Ve
         world.bid_marker = bid.external_ref
         world.score, world.settlement, world.line, world.line_marker = score.pk, settlement.pk, line.pk, vehicle.name
         world.station_id = station.station_id
+        world.site = site.code
     return fleet, vehicle, bid, settlement
 
 

@@ -132,7 +132,8 @@ def meter_rows_queue(
                  unit, source)
             )  # fmt: skip
             name = f"{measurand}.{phase}" if phase else measurand
-            if location in ("", "Outlet"):
+            # EVSE 0 is the station's main meter: at the grid connection its readings are the Inlet's.
+            if location in ("", "Outlet") or (evse_id == 0 and location == "Inlet"):
                 values[name] = value
                 units[name] = unit
             elif location == "EV" and measurand in EV_MEASURANDS:

@@ -171,14 +171,16 @@ def test_readings_from_foreign_stations_cost_a_few_queries(plugged: dict, django
 # --- pack temperature and SoC from the EV's own data ---------------------------------------------------------------
 
 
-def ev_update(at_min: int, temp_mc: int, unit: str = "mCelsius", **values: int) -> TelemetryUpdate:
+def ev_update(
+    at_min: int, temp_mc: int, *, unit: str = "mCelsius", registers: dict[str, int] | None = None, **values: int
+) -> TelemetryUpdate:
     """A committed meter reading as the CSMS hands it on: the EV's pack temperature under "Temperature@EV"."""
     return TelemetryUpdate(
         "depot-7",
         "meter",
         T0 + timedelta(minutes=at_min),
         evse_id=1,
-        values={"Temperature@EV": temp_mc, **values},
+        values={"Temperature@EV": temp_mc, **values, **(registers or {})},
         units={"Temperature@EV": unit},
         transaction_id="tx-1",
     )
@@ -189,7 +191,7 @@ def test_the_reported_pack_temperature_is_stored_and_derates_the_cars_allocation
 ) -> None:
     # given a car at 50 % whose station reports its pack at 47.5 degC (MeterValues, Temperature at location EV)
     with django_capture_on_commit_callbacks(execute=True):
-        telemetry_committed(updates=[ev_update(1, 47_500, SoC=50, **{"Energy.Active.Import.Register": 1_000})])
+        telemetry_committed(updates=[ev_update(1, 47_500, SoC=50, registers={"Energy.Active.Import.Register": 1_000})])
     vehicle = plugged["vehicle"]
     vehicle.refresh_from_db()
     # then the reading is stored with its source and instant, and is the vehicle's temperature now

@@ -24,7 +24,7 @@ from vpp import problems
 
 PROBLEM = "application/problem+json"
 PUBLIC = {"api/schema/", "api/docs/", "api/redoc/"}  # the API's description: public, never an error
-UNKNOWN = {"pk": "999999", "station_id": "no-such-station"}
+UNKNOWN = {"pk": "999999", "station_id": "no-such-station", "site": "no-such-site"}
 
 
 def _routes(patterns: list[URLPattern | URLResolver], prefix: str = "") -> Iterator[str]:

@@ -139,7 +139,7 @@ async def test_a_reserve_event_is_dispatched_by_itself_measured_and_settled_to_t
         datetime.fromisoformat(payload["chargingProfile"]["validTo"]) <= EVENT_END
         for agent in agents.values() for action, payload in agent.calls if action == "SetChargingProfile"
     )  # fmt: skip
-    recorded = await sync_to_async(list)(Dispatch.objects.filter(product=product).order_by("id"))
+    recorded = await sync_to_async(lambda: list(Dispatch.objects.filter(product=product).order_by("id")))()
     assert [(d.setpoint_w, d.reserve_w, d.accepted) for d in recorded[:1]] == [(-30_000, 100_000, 10)]
 
     # And the chargers follow from 20 s after the start, except two that stay at 7 kW; meter values to 22:00
@@ -150,7 +150,9 @@ async def test_a_reserve_event_is_dispatched_by_itself_measured_and_settled_to_t
 
     # When the event is measured (2 min after its end) and its hour settled
     measured = await sync_to_async(reserve_event_measure)(deployment=row, now=EVENT_END + timedelta(minutes=3))
-    award = await sync_to_async(lambda: row.product.awards.get(interval_start=EVENT_HOUR))()
+    assert row.product is not None
+    reserve = row.product
+    award = await sync_to_async(lambda: reserve.awards.get(interval_start=EVENT_HOUR))()
     settlement = await sync_to_async(settlement_compute)(award=award, period_start=EVENT_HOUR)
 
     # Then: fleet at 21:05 70 kW; from 21:05:20 8 x -3 kW + 2 x 7 kW = -10 kW: 80 kW at 10 min and held, 20 kW short
@@ -167,7 +169,7 @@ async def test_a_reserve_event_is_dispatched_by_itself_measured_and_settled_to_t
     # Net: 1.50 - 2.19 - 1.75 - 0.37 = -$2.81
     assert (settlement.capacity_credit, settlement.energy_amount) == (D("1.50"), D("-2.19"))
     assert (settlement.degradation_cost, settlement.penalty, settlement.net) == (D("1.75"), D("0.37"), D("-2.81"))
-    lines = await sync_to_async(list)(settlement.lines.all())
+    lines = await sync_to_async(lambda: list(settlement.lines.all()))()
     assert len(lines) == 10
     assert sum(line.penalty for line in lines) == D("0.37")
     assert sum(line.net for line in lines) == D("-2.81")
