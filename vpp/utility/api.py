@@ -11,7 +11,8 @@ from typing import Any
 
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.request import Request
@@ -35,6 +36,7 @@ class ProgramReader(ReadKeys):
         return super().has_permission(request, view) and may_see_programs(request.user)
 
 
+@extend_schema_field(OpenApiTypes.STR)
 class ProductField(serializers.Field):
     """A product as ``operator:code`` (e.g. ``pjm:reg-d``)."""
 
