@@ -147,7 +147,8 @@ class FollowingEV(SimEVController):  # type: ignore[misc]
 
 def watch(codec: WatchedCodec, ev: FollowingEV) -> None:
     def sent(name: str, body: dict[str, Any], at: float) -> None:
-        emit("sent", name=name, at=at, progress=body.get("ChargeProgress"))
+        service = (body.get("SelectedEnergyTransferService") or {}).get("ServiceID")
+        emit("sent", name=name, at=at, progress=body.get("ChargeProgress"), service=service)
 
     def received(name: str, body: dict[str, Any], at: float) -> None:
         emit("received", name=name, at=at, code=body.get("ResponseCode"))

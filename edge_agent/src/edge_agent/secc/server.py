@@ -21,21 +21,6 @@ from edge_agent.station import Station
 LOG = logging.getLogger("edge_agent.secc")
 
 
-def _josev_secc() -> Any:
-    """``iso15118.secc``, imported without letting it reconfigure the process's logging.
-
-    Josev's package runs ``logging.config.fileConfig`` on import (a DEBUG console handler on the root logger):
-    the agent keeps its own root handlers and level, and Josev's loggers say only warnings and errors.
-    """
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    module = importlib.import_module("iso15118.secc")
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.getLogger("iso15118").setLevel(logging.WARNING)
-    return module
-
-
 def secc_config(*, iface: str) -> Any:
     settings = importlib.import_module("iso15118.secc.secc_settings")
     shared = importlib.import_module("iso15118.shared.settings")
@@ -71,7 +56,7 @@ async def run_secc(
     ready: asyncio.Event | None = None,
 ) -> None:
     """Serve cars on ``iface`` until cancelled. ``ready`` is set once the codec is warm and SDP listens."""
-    secc = _josev_secc()
+    secc = importlib.import_module("iso15118.secc")
     interface = importlib.import_module("iso15118.secc.controller.interface")
     loop = asyncio.get_running_loop()
     codec = codec or await loop.run_in_executor(None, WatchedCodec)
