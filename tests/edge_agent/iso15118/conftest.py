@@ -68,8 +68,8 @@ def _link_local_ready(iface: str, namespace: str | None = None) -> bool:
     return "inet6 fe80" in out and "tentative" not in out
 
 
-@pytest.fixture
-def v2g_link() -> Iterator[Link]:
+def make_link() -> Link:
+    """A veth pair: one end here, the other in a new network namespace; returns once both have link-local IPv6."""
     tag = uuid.uuid4().hex[:6]
     link = Link(secc_iface=f"v2gs{tag}", ev_iface=f"v2ge{tag}", namespace=f"v2g-ev-{tag}")
     _ip("netns", "add", link.namespace)
@@ -83,12 +83,26 @@ def v2g_link() -> Iterator[Link]:
             if _link_local_ready(link.secc_iface) and _link_local_ready(link.ev_iface, link.namespace):
                 break
             subprocess.run(["sleep", "0.1"], check=False)
+    except BaseException:
+        remove_link(link)
+        raise
+    return link
+
+
+def remove_link(link: Link) -> None:
+    with contextlib.suppress(subprocess.SubprocessError):
+        _ip("link", "del", link.secc_iface)
+    with contextlib.suppress(subprocess.SubprocessError):
+        _ip("netns", "del", link.namespace)
+
+
+@pytest.fixture
+def v2g_link() -> Iterator[Link]:
+    link = make_link()
+    try:
         yield link
     finally:
-        with contextlib.suppress(subprocess.SubprocessError):
-            _ip("link", "del", link.secc_iface)
-        with contextlib.suppress(subprocess.SubprocessError):
-            _ip("netns", "del", link.namespace)
+        remove_link(link)
 
 
 @dataclass
@@ -121,26 +135,35 @@ class Car:
         await self.proc.stdin.drain()
 
 
+async def start_car_process(link: Link, *, soc: float = 0.6, departure_s: float = 8 * 3600.0) -> Car:
+    """Josev's EVCC (tests/edge_agent/iso15118/ev.py) in the car's namespace; it looks for a charger at once."""
+    proc = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", link.namespace, sys.executable, "-m", "tests.edge_agent.iso15118.ev",
+        "--iface", link.ev_iface, "--soc", str(soc), "--departure-s", str(departure_s),
+        cwd=REPO, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "edge_agent" / "src")])},
+    )  # fmt: skip
+    car = Car(proc)
+    car.reader = asyncio.ensure_future(car._read())
+    return car
+
+
+async def stop_car(car: Car) -> None:
+    if car.proc.returncode is None:
+        car.proc.kill()
+    await car.proc.wait()
+    if car.reader is not None:
+        await asyncio.gather(car.reader, return_exceptions=True)
+
+
 @pytest.fixture
 async def start_car(v2g_link: Link) -> AsyncIterator[Callable[..., Any]]:
     cars: list[Car] = []
 
-    async def _start(*, soc: float = 0.6, departure_s: float = 8 * 3600.0) -> Car:
-        proc = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", v2g_link.namespace, sys.executable, "-m", "tests.edge_agent.iso15118.ev",
-            "--iface", v2g_link.ev_iface, "--soc", str(soc), "--departure-s", str(departure_s),
-            cwd=REPO, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "edge_agent" / "src")])},
-        )  # fmt: skip
-        car = Car(proc)
-        car.reader = asyncio.ensure_future(car._read())
-        cars.append(car)
-        return car
+    async def _start(**kwargs: Any) -> Car:
+        cars.append(await start_car_process(v2g_link, **kwargs))
+        return cars[-1]
 
     yield _start
     for car in cars:
-        if car.proc.returncode is None:
-            car.proc.kill()
-        await car.proc.wait()
-        if car.reader is not None:
-            await asyncio.gather(car.reader, return_exceptions=True)
+        await stop_car(car)
