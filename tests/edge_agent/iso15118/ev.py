@@ -62,7 +62,7 @@ def decimal(value: dict[str, Any] | None) -> float | None:
     return float(value["Value"]) * 10.0 ** int(value["Exponent"])
 
 
-class FollowingEV(SimEVController):  # type: ignore[misc]
+class FollowingEV(SimEVController):
     """Josev's simulated EV, made to follow the charger's target power and to report a real pack."""
 
     def __init__(self, config: EVCCConfig, *, soc: float, capacity_wh: float, departure_s: float) -> None:

@@ -120,7 +120,8 @@ async def test_a_session_carries_the_csms_discharge_setpoint_to_the_car_and_the_
         assert [e["progress"] for e in car.of("sent", name="PowerDeliveryReq")][-1] == "Stop"
         await csms.wait_for(lambda: any(e["event_type"] == "Ended" for e in csms.of("TransactionEvent")), 15)
         ended = session_log(caplog, "ev_session_ended")
-        assert ended and "code" not in ended[-1], ended
+        assert ended
+        assert "code" not in ended[-1], ended
         assert agent.station.car is None
     finally:
         await stop(secc)

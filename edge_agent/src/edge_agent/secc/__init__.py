@@ -44,7 +44,7 @@ def _josev_logging_left_alone() -> None:
             logging.getLoggerClass().trace = _trace  # type: ignore[attr-defined]
         logging.getLogger("iso15118").setLevel(logging.WARNING)
 
-    josev_logging._init_logger = init_logger
+    setattr(josev_logging, "_init_logger", init_logger)  # noqa: B010 - a module attribute Josev imports by name
     init_logger()
 
 

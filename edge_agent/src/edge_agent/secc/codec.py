@@ -38,7 +38,7 @@ def _message(text: str) -> tuple[str, dict[str, Any]] | None:
     return (name, body) if isinstance(body, dict) else None
 
 
-class WatchedCodec(IEXICodec):  # type: ignore[misc]  # Josev ships no type information
+class WatchedCodec(IEXICodec):
     """EXIficient, with ``on_encoded``/``on_decoded`` called for every ISO 15118 message that passes."""
 
     def __init__(self, inner: IEXICodec | None = None) -> None:

@@ -79,7 +79,7 @@ def decimal(value: dict[str, Any] | None) -> float | None:
     return float(value["Value"]) * 10.0 ** int(value["Exponent"])
 
 
-class StationEVSEController(EVSEControllerInterface):  # type: ignore[misc]  # Josev ships no type information
+class StationEVSEController(EVSEControllerInterface):
     """One EVSE (connector 1) of the agent's ``Station`` as Josev's SECC sees it."""
 
     def __init__(self, station: Station, *, evse_id: str | None = None, phases: int = 1) -> None:
@@ -372,4 +372,3 @@ class StationEVSEController(EVSEControllerInterface):  # type: ignore[misc]  # J
 
     async def is_evse_power_limit_achieved(self) -> bool:
         return False
-

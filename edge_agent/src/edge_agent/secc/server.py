@@ -59,7 +59,8 @@ async def run_secc(
     secc = importlib.import_module("iso15118.secc")
     interface = importlib.import_module("iso15118.secc.controller.interface")
     loop = asyncio.get_running_loop()
-    codec = codec or await loop.run_in_executor(None, WatchedCodec)
+    if codec is None:
+        codec = await loop.run_in_executor(None, WatchedCodec)  # starts a Java VM: seconds
     warm_s = await loop.run_in_executor(None, codec.warm_up)
     controller = controller or StationEVSEController(station)
     codec.on_decoded.append(controller.on_decoded)
