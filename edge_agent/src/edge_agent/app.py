@@ -124,7 +124,12 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, cloc
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    if cfg.hardware.driver == "sim":
+    secc_task: asyncio.Future[None] | None = None
+    if cfg.iso15118.interface:
+        from edge_agent.secc.server import run_secc  # the iso15118 extra: only where it is configured
+
+        secc_task = asyncio.ensure_future(run_secc(station, iface=cfg.iso15118.interface))
+    elif cfg.hardware.driver == "sim":
         hw = cfg.hardware
         station.plug_in(
             SimulatedCar(
@@ -161,6 +166,9 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, cloc
         await tick_forever([station], store, cfg.control.tick_s, stop=stop)
     finally:
         client.stop()
+        if secc_task is not None:
+            secc_task.cancel()
+            await asyncio.gather(secc_task, return_exceptions=True)
         await station.firmware.close()  # a download in progress is abandoned; installing has no await to cut
         with contextlib.suppress(Exception):  # bounded: a hung device is left to its own revert timer
             async with asyncio.timeout(cfg.hardware.io_timeout_s):

@@ -151,6 +151,13 @@ class TlsSettings:
 
 
 @dataclass
+class Iso15118Settings:
+    """ISO 15118-20 towards the car (edge_agent.secc; needs ``pip install ./edge_agent[iso15118]`` and Java)."""
+
+    interface: str = ""  # the network interface to the car (PLC modem); empty: no ISO 15118, the simulated car
+
+
+@dataclass
 class AgentConfig:
     station_id: str = ""
     csms_url: str = ""  # e.g. wss://csms.example.com/ocpp (the station id is appended)
@@ -167,6 +174,7 @@ class AgentConfig:
     frequency: FrequencySettings = field(default_factory=FrequencySettings)
     firmware: FirmwareSettings = field(default_factory=FirmwareSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    iso15118: Iso15118Settings = field(default_factory=Iso15118Settings)
 
     @property
     def versions(self) -> list[str]:

@@ -240,16 +240,23 @@ class Station:
         hw_car = getattr(self.hw, "car", "absent")
         if hw_car != "absent":
             self.hw.car = car  # type: ignore[attr-defined]
-        self.limits = replace(
-            self.limits,
-            max_charge_w=min(self.p.limits.max_charge_w, car.max_charge_w),
-            max_discharge_w=min(self.p.limits.max_discharge_w, car.max_discharge_w) * self.discharge_cap_pct / 100.0,
-        )
+        self.car_limits_changed()
         self.ev_ready = False
         self.queue_status(self.connector_status())  # Occupied (or still Faulted)
         self.start_transaction(trigger="CablePluggedIn")
         self.queue_charging_needs()
         self._start_handshake()
+
+    def car_limits_changed(self) -> None:
+        """The lower of the charger's and the car's power limits (a real car reports its own, and may change them)."""
+        car = self.car
+        if car is None:
+            return
+        self.limits = replace(
+            self.limits,
+            max_charge_w=min(self.p.limits.max_charge_w, car.max_charge_w),
+            max_discharge_w=min(self.p.limits.max_discharge_w, car.max_discharge_w) * self.discharge_cap_pct / 100.0,
+        )
 
     def unplug(self) -> None:
         if self.tx is not None:
@@ -366,13 +373,22 @@ class Station:
         if car is None:
             return
         need_wh = max(0.0, (car.target_soc - car.soc) * car.capacity_wh)
+        floor_wh = (self.limits.floor_soc - car.soc) * car.capacity_wh
+        full_wh = (1.0 - car.soc) * car.capacity_wh
+        # A real car's own energy requests (ISO 15118-20 Dynamic mode) win over what the agent derives.
+        asked = getattr(car, "requests", None)
+        target_wh = asked.target_wh if asked and asked.target_wh is not None else need_wh
+        min_wh = asked.min_wh if asked and asked.min_wh is not None else max(0.0, floor_wh)
+        max_wh = asked.max_wh if asked and asked.max_wh is not None else full_wh
+        min_v2x_wh = asked.min_v2x_wh if asked and asked.min_v2x_wh is not None else floor_wh
+        max_v2x_wh = asked.max_v2x_wh if asked and asked.max_v2x_wh is not None else full_wh
         needs: dict[str, Any] = {
             "requested_energy_transfer": "AC_BPT",
             "available_energy_transfer": ["AC_single_phase", "AC_BPT"],
             "control_mode": "DynamicControl",
             "mobility_needs_mode": "EVCC",
             "ac_charging_parameters": {
-                "energy_amount": round(need_wh),
+                "energy_amount": round(max(0.0, target_wh)),
                 "ev_min_current": 6,
                 "ev_max_current": round(car.max_charge_w / self.p.nominal_voltage_v),
                 "ev_max_voltage": round(self.p.nominal_voltage_v * 1.1),
@@ -380,11 +396,11 @@ class Station:
             "v2x_charging_parameters": {
                 "max_charge_power": car.max_charge_w,
                 "max_discharge_power": car.max_discharge_w,
-                "ev_target_energy_request": round(need_wh),
-                "ev_min_energy_request": round(max(0.0, (self.limits.floor_soc - car.soc) * car.capacity_wh)),
-                "ev_max_energy_request": round((1.0 - car.soc) * car.capacity_wh),
-                "ev_min_v2x_energy_request": round(-(car.soc - self.limits.floor_soc) * car.capacity_wh),
-                "ev_max_v2x_energy_request": round((1.0 - car.soc) * car.capacity_wh),
+                "ev_target_energy_request": round(target_wh),
+                "ev_min_energy_request": round(min_wh),
+                "ev_max_energy_request": round(max_wh),
+                "ev_min_v2x_energy_request": round(min_v2x_wh),
+                "ev_max_v2x_energy_request": round(max_v2x_wh),
                 "target_soc": round(car.target_soc * 100),
             },
         }
@@ -399,6 +415,8 @@ class Station:
     def _start_handshake(self) -> None:
         if self.car is None or (self._handshake is not None and not self._handshake.done()):
             return
+        if not getattr(self.car, "handshake_by_agent", True):
+            return  # a real car (edge_agent.secc): its own PowerDeliveryReq sets ev_ready
         with contextlib.suppress(RuntimeError):  # no running loop (pure unit tests): stay not ready
             self._handshake = asyncio.get_running_loop().create_task(self._power_delivery(self.car))
 
