@@ -41,6 +41,9 @@ EV_MEASURANDS = frozenset({"SoC", "Temperature"})
 # The pack temperature (degC) as the edge agent sends it: customData of a sampled value (edge_agent.metering).
 EV_VENDOR_ID = "org.openv2g.ev"
 PACK_TEMPERATURE_KEY = "packTemperatureCelsius"
+# Beyond any pack's physics either way: a value outside is a station's error, dropped (the row itself is kept). The
+# bound also keeps ``value * 1000`` finite: a huge float would overflow and fail the whole write batch.
+PACK_TEMPERATURE_LIMIT_C = 1000.0
 
 
 def _pack_temperature_mc(sampled: dict[str, Any]) -> int | None:
@@ -50,6 +53,8 @@ def _pack_temperature_mc(sampled: dict[str, Any]) -> int | None:
         return None
     value = custom.get(PACK_TEMPERATURE_KEY)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    if not -273.15 <= value <= PACK_TEMPERATURE_LIMIT_C:
         return None
     return round(value * 1000)
 

@@ -121,7 +121,10 @@ def _point(start: Any, minutes: Any, import_w: Any, import_kw: Any) -> Point:
             raise ValueError(f"import_w {import_w!r} is not a whole number of W")
         w = int(import_w)
     else:
-        w = int((Decimal(str(import_kw)) * 1000).to_integral_value())
+        kw = Decimal(str(import_kw))  # not a number: InvalidOperation, refused by the callers
+        if not kw.is_finite():
+            raise ValueError(f"import_kw {import_kw!r} is not a finite number")
+        w = int((kw * 1000).to_integral_value())
     if abs(w) > 10**12:
         raise ValueError("import beyond 1 TW")
     return at, m * 60, w

@@ -13,6 +13,7 @@ clearing price (PJM clears Tier 2 at the SRMCP of the hour).
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -32,7 +33,12 @@ from markets.reserve.penalty import ClearedInterval, lookback, retroactive_penal
 
 #: An event is measured this long after it ends: the stations' last meter values (sent every 10 s, queued ones
 #: later) are in by then.
+LOG = logging.getLogger(__name__)
 MEASURE_AFTER = timedelta(minutes=2)
+# An event still without a single meter value this long after its end is measured as no response at all (credited 0,
+# the whole assignment short), as a market measures a resource that sent no data: waiting for ever would hold its
+# award's settlement (credits included) back for ever, and a fleet that went dark would escape its penalty.
+NO_DATA_AFTER = timedelta(hours=1)
 
 
 class ReserveNotMeasured(RegulationError):
@@ -52,9 +58,13 @@ def reserve_event_measure(*, deployment: ReserveDeployment, now: datetime | None
     duration_s = (deployment.end - deployment.start).total_seconds()
     rows = event_rows(duration_s)
     trace = power_only_trace(deployment.start, rows, deployment.portfolio, None)
-    if not trace.series:
+    if not trace.series and now < deployment.end + NO_DATA_AFTER:
         raise ReserveNotMeasured(f"no meter values of {deployment.portfolio} around {deployment.start.isoformat()}")
-    fleet = event_response(trace.fleet_power_w, duration_s=duration_s, assigned_w=deployment.power_w)
+    if trace.series:
+        fleet = event_response(trace.fleet_power_w, duration_s=duration_s, assigned_w=deployment.power_w)
+    else:
+        LOG.warning("%s: no meter values %s after its end, measured as no response", deployment, NO_DATA_AFTER)
+        fleet = event_response(np.zeros(rows), duration_s=duration_s, assigned_w=deployment.power_w)
     lines = [event_response(trace.power_w[i], duration_s=duration_s, assigned_w=0) for i in range(len(trace.series))]
     window, exact, hours = _penalty(deployment, fleet.shortfall_w)
     try:
@@ -160,8 +170,10 @@ def reserve_events_measure_due(*, now: datetime | None = None, since: timedelta 
         try:
             reserve_event_measure(deployment=deployment, now=now)
             done.append(deployment.pk)
-        except ReserveNotMeasured:
-            continue
+        except ReserveNotMeasured as exc:
+            LOG.info("reserve event not measured yet: %s", exc)
+        except Exception:  # one event's fault must not hold the others, nor the settlement run that follows
+            LOG.exception("reserve event %s could not be measured; retried on the next run", deployment.pk)
     return done
 
 

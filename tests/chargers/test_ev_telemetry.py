@@ -48,3 +48,17 @@ def test_the_edge_agents_pack_temperature_is_read_from_its_soc_samples_custom_da
     # then the feed carries it in m degC beside the SoC
     assert update is not None
     assert update.values == {"SoC": 64, "Temperature@EV": 38_700}
+
+
+def test_a_pack_temperature_beyond_physics_is_dropped_and_the_row_kept() -> None:
+    # given a station whose customData claims a pack temperature so large that scaling it to m degC would overflow
+    ctx = BatchContext(NOW)
+    soc = sampled("SoC", 64.2, "Percent")
+    soc["customData"] = {"vendorId": "org.openv2g.ev", "packTemperatureCelsius": 1e306}
+    # when it is queued for storage
+    update = meter_rows_queue(ctx, STATION, [{"timestamp": NOW.isoformat(), "sampledValue": [soc]}], evse_id=1,
+                              source="MeterValues")  # fmt: skip
+    # then nothing raises (the batch lives on), the SoC row is stored and no temperature is passed on
+    assert len(ctx.meter_values) == 1
+    assert update is not None
+    assert update.values == {"SoC": 64}

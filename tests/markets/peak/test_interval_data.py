@@ -50,6 +50,18 @@ def test_a_csv_is_refused_with_every_bad_line_named():
     assert "no UTC offset" in refused.value.errors[0][1]
 
 
+def test_an_infinite_or_not_a_number_kw_is_refused_on_its_line():
+    # Given kW columns holding Infinity and NaN (a spreadsheet's overflow), between good lines
+    text = "interval_start,interval_minutes,import_kw\n" + "\n".join(
+        ["2026-12-01T05:00:00Z,15,80.5", "2026-12-01T05:15:00Z,15,Infinity", "2026-12-01T05:30:00Z,15,NaN"]
+    )
+    # When parsed; then both lines are named as not finite (no 500, nothing returned)
+    with pytest.raises(IntervalDataError) as refused:
+        interval_data_parse_csv(io.StringIO(text))
+    assert [where for where, _ in refused.value.errors] == ["line 3", "line 4"]
+    assert all("not a finite number" in why for _, why in refused.value.errors)
+
+
 def test_a_csv_without_the_header_is_refused_on_line_1():
     with pytest.raises(IntervalDataError) as refused:
         interval_data_parse_csv(io.StringIO("start,kw\n2026-12-01T05:00:00Z,3\n"))

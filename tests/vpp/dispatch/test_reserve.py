@@ -24,7 +24,7 @@ from markets.models import Bid, MarketOperator, Product
 from markets.regulation.models import ReserveDeployment, SignalSource
 from markets.regulation.services import energy_price_record, reserve_deployment_record
 from markets.regulation.settling import settlement_compute
-from markets.reserve.services import reserve_event_measure
+from markets.reserve.services import ReserveNotMeasured, reserve_event_measure
 from markets.services.clearing import market_clear_simulated
 from markets.services.prices import prices_import_pjm_sr
 from tests.chargers.factories import StationFactory
@@ -254,3 +254,19 @@ async def test_while_regulation_flows_the_regulation_setpoints_carry_the_event_a
     assert result.setpoint_w == -110_000
     assert (run.results, run.released) == ([], False)
     assert {len(agent.calls) for agent in agents.values()} == {1}
+
+
+def test_an_event_that_got_no_meter_values_is_measured_as_no_response_an_hour_after_its_end(db):
+    # Given 100 kW of reserve cleared for 21:00 and an event 21:05-21:25 with no meter value from anyone
+    _market()
+    row, _ = reserve_deployment_record(
+        portfolio="default", event_id="dark", power_w=None, start=EVENT_START, end=EVENT_END, source="utility_api"
+    )
+    # When measured 10 minutes after its end, it waits (late data may still arrive)
+    with pytest.raises(ReserveNotMeasured):
+        reserve_event_measure(deployment=row, now=EVENT_END + timedelta(minutes=10))
+    # When measured an hour after its end
+    measured = reserve_event_measure(deployment=row, now=EVENT_END + timedelta(hours=1))
+    # Then it is measured as nothing delivered: credited 0, the whole 100 kW short, no station and no reading behind it
+    assert (measured.credited_w, measured.shortfall_w) == (0, 100_000)
+    assert (measured.stations, measured.meter_values) == (0, 0)
