@@ -12,6 +12,7 @@ Scoring from stored data is in :mod:`.performance`, settlement in :mod:`.settlin
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
@@ -30,6 +31,7 @@ from markets.regulation.models import (
 )
 from markets.regulation.signals import SignalTrace
 
+LOG = logging.getLogger(__name__)
 SIGNAL_PLACES = Decimal("0.00001")
 
 
@@ -125,6 +127,25 @@ def reserve_deployment_record(
                 f"reserve event {event_id!r} of {portfolio!r} is already stored as {existing}; refusing a different one"
             ) from None
         return existing, False
+
+
+def reserve_deployment_end(*, deployment_id: int, at: datetime, reason: str) -> ReserveDeployment | None:
+    """End a stored event early (its sender cancelled or replaced it): its end moves to ``at``, never later than it
+    was nor before its start. Regulation dispatch stops adding it at its next state reload and its reserve run
+    clears its setpoints at its next pass (``vpp.dispatch.services.reserve_dispatch_end`` wakes it at once).
+    Idempotent; None for an unknown event. The change is logged with ``reason``; the row keeps the new end."""
+    at = utc_instant(at, "at")
+    with transaction.atomic():
+        row = ReserveDeployment.objects.select_for_update().filter(pk=deployment_id).first()
+        if row is None:
+            return None
+        end = min(max(at, row.start), row.end)
+        if end < row.end:
+            LOG.info("reserve event %s of %s ends early at %s (was %s): %s", row.event_id, row.portfolio,
+                     end.isoformat(), row.end.isoformat(), reason)  # fmt: skip
+            row.end = end
+            row.save(update_fields=["end"])
+    return row
 
 
 def _reserve_held(portfolio: str, at: datetime) -> Product | None:

@@ -40,6 +40,7 @@ from django.db import close_old_connections, connections
 from chargers.fanout import Command, calls_fanout
 from fleet.numerics.allocation import allocate
 from fleet.numerics.arrays import power_bounds
+from markets.regulation.selectors import reserve_deployment_end_at
 from vpp.dispatch.dispatcher import FLOWING_S, dispatchers_running
 from vpp.dispatch.values import PROFILE_ID, DispatchResult, DispatchState, Signal, station_commands
 
@@ -100,6 +101,10 @@ class ReserveRun:
         self.results: list[DispatchResult] = []
         self.released = False
         self.first_sent = asyncio.Event()  # set once the first setpoints went out (or the run found nothing to send)
+        # The event's end as last read: its sender may cancel or shorten it (reserve_deployment_end), so each pass
+        # re-reads it from the database (any process may have taken the cancellation) and _wake cuts a sleep short.
+        self.end_ts = event.end.timestamp()
+        self._wake = asyncio.Event()
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reserve-db")
 
     # --- the run ------------------------------------------------------------------------------------------------
@@ -107,15 +112,18 @@ class ReserveRun:
     async def run(self) -> None:
         event = self.event
         try:
-            wait = event.start.timestamp() - self._clock()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            while (now := self._clock()) < event.end.timestamp():
+            while (wait := event.start.timestamp() - self._clock()) > 0:
+                await self._sleep(wait)
+                await self._end_refresh()
+                if self.end_ts <= event.start.timestamp():
+                    return  # cancelled before it began: nothing was sent, nothing to release
+            while (now := self._clock()) < self.end_ts:
                 if regulation_flowing(event.portfolio):
                     self.first_sent.set()  # the regulation setpoints carry the event
                 else:
                     await self._send(now)
-                await asyncio.sleep(max(min(self.resend_s, event.end.timestamp() - self._clock()), 0.0))
+                await self._sleep(max(min(self.resend_s, self.end_ts - self._clock()), 0.0))
+                await self._end_refresh()
             await self._release()
         except asyncio.CancelledError:
             raise
@@ -126,6 +134,28 @@ class ReserveRun:
             with contextlib.suppress(RuntimeError):
                 self._db.submit(connections.close_all)  # the DB thread's own connection: a run is not a request
             self._db.shutdown(wait=False)
+
+    def wake(self) -> None:
+        """Cut the current wait short: the event's end changed."""
+        self._wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    async def _end_refresh(self) -> None:
+        """Take an earlier end from the stored event (cancelled or shortened by its sender); a read that fails keeps
+        the last known end (the setpoints sent end by themselves within the hold either way)."""
+        try:
+            end = await self._in_db(reserve_deployment_end_at, self.event.pk)
+        except Exception:
+            LOG.exception("reserve event %s: reading its end failed; keeping %s", self.event.pk, _dt(self.end_ts))
+            return
+        end_ts = self._clock() if end is None else end.timestamp()  # a deleted event ends now
+        if end_ts < self.end_ts:
+            LOG.info("reserve event %s of %s ends early, at %s", self.event.pk, self.event.portfolio, _dt(end_ts))
+            self.end_ts = end_ts
 
     async def _in_db(self, fn: Callable[..., Any], *args: Any) -> Any:
         def guarded() -> Any:
@@ -164,10 +194,10 @@ class ReserveRun:
                 DispatchResult(signal, 0, self.baseline_w, event.assigned_w, setpoint, None, [], [], 0.0, age, 0, why)
             )
             return
-        remaining = max(event.end.timestamp() - now, self.hold_s)  # every share holdable to the end of the event
+        remaining = max(self.end_ts - now, self.hold_s)  # every share holdable to the end of the event
         bounds = power_bounds(state.fleet, now=now, duration_s=remaining)
         allocation = allocate(state.fleet, setpoint, now=now, duration_s=remaining)
-        valid_until = min(now + self.hold_s, event.end.timestamp())
+        valid_until = min(now + self.hold_s, self.end_ts)
         commands = station_commands(state.routes, allocation, bounds, valid_until_s=valid_until)
         compute_ms = (time.time() - signal.received_at) * 1000.0
         outcome = await calls_fanout(commands, timeout=self.call_timeout_s)
@@ -245,6 +275,15 @@ def reserve_run_start(*, run: ReserveRun) -> tuple[ReserveRun, bool]:
     _runs[run.event.pk] = (run, task)
     task.add_done_callback(lambda _: _runs.pop(run.event.pk, None))
     return run, True
+
+
+def reserve_run_wake(*, event_pk: int) -> bool:
+    """Tell this process's run of the event (if any) to re-read its end now; True if one runs here."""
+    running = _runs.get(event_pk)
+    if running is None or running[1].done():
+        return False
+    running[0].wake()
+    return True
 
 
 def reserve_runs() -> list[ReserveRun]:

@@ -47,13 +47,14 @@ from markets.regulation.services import (
     RegulationError,
     regulation_basepoint_record,
     regulation_signal_record,
+    reserve_deployment_end,
     reserve_deployment_record,
     signal_value,
     utc_instant,
 )
 from markets.selectors import product_get
 from vpp.dispatch.dispatcher import Dispatcher, DispatchResult, Signal, dispatcher_for, dispatchers_refresh
-from vpp.dispatch.reserve import ReserveEvent, ReserveRun, regulation_flowing, reserve_run_start
+from vpp.dispatch.reserve import ReserveEvent, ReserveRun, regulation_flowing, reserve_run_start, reserve_run_wake
 from vpp.dispatch.selectors import dispatch_state_load, fleet_power_at, portfolio_dispatchable
 from vpp.models import Dispatch, DispatchCommand
 
@@ -293,6 +294,19 @@ def reserve_dispatch_from_sync(*, event: ReserveEvent) -> str:
     if not served_by_asgi():
         return NOT_SERVED_BY_ASGI
     return async_to_sync(reserve_dispatch_begin)(event=event)
+
+
+async def reserve_dispatch_end(*, deployment_id: int, at: datetime, reason: str) -> bool:
+    """End a reserve event early (its sender cancelled or replaced it) and stop its discharge: the stored end moves
+    to ``at`` (regulation dispatch stops adding it at its next reload) and this process's run, if it has one, wakes
+    at once to clear its setpoints; a run in another process sees the new end at its next pass (``RESERVE_RESEND_S``).
+    True if the event exists."""
+    row = await database_sync_to_async(reserve_deployment_end)(deployment_id=deployment_id, at=at, reason=reason)
+    if row is None:
+        return False
+    reserve_run_wake(event_pk=deployment_id)
+    dispatchers_refresh(portfolio=row.portfolio)
+    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from tests.markets.regulation.data import regulation_product
 from tests.vpp.stand_ins import AnsweringStation, fleet_of
 from vpp.dispatch.reserve import ReserveEvent, ReserveRun, reserve_run_start, reserve_runs_stop
 from vpp.dispatch.selectors import fleet_power_at
-from vpp.dispatch.services import dispatch_record
+from vpp.dispatch.services import dispatch_record, reserve_dispatch_end
 from vpp.dispatch.values import DispatchState
 from vpp.models import Dispatch
 
@@ -270,3 +270,49 @@ def test_an_event_that_got_no_meter_values_is_measured_as_no_response_an_hour_af
     # Then it is measured as nothing delivered: credited 0, the whole 100 kW short, no station and no reading behind it
     assert (measured.credited_w, measured.shortfall_w) == (0, 100_000)
     assert (measured.stations, measured.meter_values) == (0, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_cancelled_event_stops_discharging_at_once_and_its_stored_end_moves_up(stations):
+    # Given a 20-minute event running on real time (a 60-s resend: without a wake-up the run would sleep through it)
+    product, _ = await sync_to_async(_market)()
+    chargers = [await sync_to_async(StationFactory.create)(station_id=f"disp-{k}") for k in range(1, 4)]
+    agents = {s.station_id: AnsweringStation() for s in chargers}
+    for sid, agent in agents.items():
+        stations(sid, agent)
+    await sync_to_async(_store_power)(chargers, EVENT_HOUR, EVENT_START + timedelta(seconds=10),
+                                      {s.station_id: BASELINE_W for s in chargers})  # fmt: skip
+    row, _ = await sync_to_async(reserve_deployment_record)(
+        portfolio="default", event_id="sr-cancelled", power_w=30_000, start=EVENT_START, end=EVENT_END,
+        source=SignalSource.UTILITY_API,
+    )  # fmt: skip
+    fleet, routes = fleet_of(3)
+    clock = _fast_clock(EVENT_START, 1.0)
+    event = ReserveEvent(row.pk, product.pk, "default", row.power_w, row.start, row.end, time.time())
+    run = ReserveRun(
+        event=event,
+        loader=lambda **kw: DispatchState(fleet, routes, 0, None, kw["now"]),
+        baseline=fleet_power_at,
+        recorder=None,
+        clock=clock,
+        resend_s=60,
+    )
+    reserve_run_start(run=run)
+    try:
+        await asyncio.wait_for(run.first_sent.wait(), 10)
+        # When its sender cancels it a few seconds in
+        cancelled_at = datetime.fromtimestamp(clock(), UTC)
+        assert await reserve_dispatch_end(deployment_id=row.pk, at=cancelled_at, reason="cancelled by the VTN")
+        for _ in range(50):
+            if run.released:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await reserve_runs_stop()
+    # Then the run released the cars (ClearChargingProfile the last call everywhere) within seconds, not at 21:25,
+    # and the stored event now ends when it was cancelled: regulation dispatch no longer adds it
+    assert run.released
+    assert {agent.calls[-1][0] for agent in agents.values()} == {"ClearChargingProfile"}
+    await sync_to_async(row.refresh_from_db)()
+    assert row.end == cancelled_at
+    assert row.end < EVENT_END
