@@ -12,9 +12,10 @@ Figures (monotonic clock; the car's process shares it):
   and AC_ChargeLoopReq -> Res, the same path every control cycle. Target: p99 well under 250 ms.
 - CSMS setpoint -> car's target: SetChargingProfile sent by the CSMS -> the car decodes an AC_ChargeLoopRes
   carrying it as EVSETargetActivePower (``--setpoints`` alternating discharge setpoints).
-- Fail-safe: the CSMS goes away while the car discharges 5 kW (FailSafeMode Idle) -> the car is told 0 W, and
-  -> the car reports 0 W. The agent's fail-safe engages ``LinkLossTimeout`` (2 s) after the loss by definition;
-  the target for the ISO 15118 hop is 2 s from there.
+- Fail-safe: the CSMS goes away while the car discharges 5 kW (FailSafeMode Idle, LinkLossTimeout 2 s) -> the
+  car is told 0 W, and -> the car reports 0 W. Target: both within 2 s of the loss (the agent engages early by
+  two of the car's charge-loop periods, edge_agent.failsafe).
+- The agent's own share of PowerDelivery: its PowerDeliveryReq decoded -> its PowerDeliveryRes encoded (SECC side).
 """
 
 # ruff: noqa: B023 - the loop bodies' lambdas are awaited within their own iteration
@@ -84,6 +85,7 @@ def ms(values: list[float], p: float) -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
+    from edge_agent.secc.controller import StationEVSEController
     from edge_agent.secc.server import run_secc
 
     logging.getLogger("websockets").setLevel(logging.WARNING)
@@ -102,13 +104,13 @@ async def main(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     tasks = [asyncio.ensure_future(client.run()), asyncio.ensure_future(tick_forever([st], store, 0.1, stop=stop))]
     ready = asyncio.Event()
-    tasks.append(asyncio.ensure_future(run_secc(st, iface=link.secc_iface, ready=ready)))
+    controller = StationEVSEController(st)
+    tasks.append(asyncio.ensure_future(run_secc(st, iface=link.secc_iface, ready=ready, controller=controller)))
     pd: list[float] = []
     loop_rt: list[float] = []
     to_car: list[float] = []
     loss_to_target: list[float] = []
     loss_to_power: list[float] = []
-    failsafe_to_power: list[float] = []
     try:
         await until(ready.is_set, 180, "the SECC did not start")
         for session in range(args.sessions):
@@ -149,7 +151,6 @@ async def main(args: argparse.Namespace) -> None:
                     loss_to_target.append(next(e["t"] for e in new if e["event"] == "target" and e["w"] == 0.0) - lost)
                     at_zero = next(e["t"] for e in new if e["event"] == "power" and e["w"] == 0.0)
                     loss_to_power.append(at_zero - lost)
-                    failsafe_to_power.append(at_zero - lost - LINK_LOSS_S)
                     await csms.start()
                     await until(lambda: st.link.connected and not st.in_failsafe, 30, "CSMS link not back")
                 await car.say("stop")
@@ -170,6 +171,7 @@ async def main(args: argparse.Namespace) -> None:
         await csms.stop()
         store.close()
         remove_link(link)
+    secc_pd = controller.power_delivery_latencies_s
     table("ISO 15118-20 with Josev's EV (veth pair, IPv6 link-local, plain TCP)", [
         (f"PowerDeliveryReq -> Res, p50 (n={len(pd)})", ms(pd, 50), "", None),
         (f"PowerDeliveryReq -> Res, p99 (n={len(pd)})", ms(pd, 99), "< 250 ms",
@@ -180,12 +182,11 @@ async def main(args: argparse.Namespace) -> None:
          bool(loop_rt) and percentile(sorted(loop_rt), 99) < LIMIT_S),
         (f"CSMS setpoint -> car's target, p50 (n={len(to_car)})", ms(to_car, 50), "", None),
         (f"CSMS setpoint -> car's target, p99 (n={len(to_car)})", ms(to_car, 99), "", None),
-        (f"link loss -> car told 0 W, max (n={len(loss_to_target)})", ms(loss_to_target, 100),
-         f"{LINK_LOSS_S:g} s fail-safe + 2 s", bool(loss_to_target) and max(loss_to_target) <= LINK_LOSS_S + 2.0),
-        (f"link loss -> car reports 0 W, max (n={len(loss_to_power)})", ms(loss_to_power, 100),
-         f"{LINK_LOSS_S:g} s fail-safe + 2 s", bool(loss_to_power) and max(loss_to_power) <= LINK_LOSS_S + 2.0),
-        (f"fail-safe -> car reports 0 W, max (n={len(failsafe_to_power)})", ms(failsafe_to_power, 100), "< 2 s",
-         bool(failsafe_to_power) and max(failsafe_to_power) < 2.0),
+        (f"PowerDeliveryReq decoded -> Res encoded (agent), p99 (n={len(secc_pd)})", ms(secc_pd, 99), "", None),
+        (f"link loss -> car told 0 W, max (n={len(loss_to_target)})", ms(loss_to_target, 100), "< 2 s",
+         bool(loss_to_target) and max(loss_to_target) < LINK_LOSS_S),
+        (f"link loss -> car reports 0 W, max (n={len(loss_to_power)})", ms(loss_to_power, 100), "< 2 s",
+         bool(loss_to_power) and max(loss_to_power) < LINK_LOSS_S),
     ])  # fmt: skip
 
 

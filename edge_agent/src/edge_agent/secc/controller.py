@@ -58,6 +58,7 @@ from edge_agent.secc.car import (
     RESPONSE_LIMIT_S,
     EnergyRequests,
     Iso15118Car,
+    LoopTiming,
     log_session_end,
     report_departure,
 )
@@ -92,6 +93,7 @@ class StationEVSEController(EVSEControllerInterface):
         self.evcc_id = ""
         self.power_delivery_at: float | None = None  # monotonic time the last PowerDeliveryReq was decoded
         self.power_delivery_latencies_s: list[float] = []
+        self.loop_timing = LoopTiming()
         self.evse_data_context = EVSEDataContext()
 
     # -- watching the wire (edge_agent.secc.codec) ----------------------------------------------------------------
@@ -103,7 +105,7 @@ class StationEVSEController(EVSEControllerInterface):
             self.power_delivery_at = at
             self._power_delivery(str(body.get("ChargeProgress", "")))
         elif name == "AC_ChargeLoopReq":
-            self._charge_loop(body)
+            self._charge_loop(body, at)
 
     def on_encoded(self, name: str, body: dict[str, Any], at: float) -> None:
         if name == "PowerDeliveryRes" and self.power_delivery_at is not None:
@@ -121,10 +123,13 @@ class StationEVSEController(EVSEControllerInterface):
             st.ev_ready = ready
             slog.log_event(st.id, "ev_power_delivery", progress=progress)
 
-    def _charge_loop(self, body: dict[str, Any]) -> None:
+    def _charge_loop(self, body: dict[str, Any], at: float) -> None:
         car = self.car
         if car is None:
             return
+        if self.station.car is car:
+            # The fail-safe engages early enough for the car to be safe within LinkLossTimeout (edge_agent.failsafe).
+            self.station.link.lead_s = self.loop_timing.request(at)
         display = body.get("DisplayParameters") or {}
         if display.get("PresentSOC") is not None:
             car.soc = float(display["PresentSOC"]) / 100.0
@@ -254,6 +259,7 @@ class StationEVSEController(EVSEControllerInterface):
         st = self.station
         if st.car is not car:
             st.plug_in(car)
+            st.link.lead_s = self.loop_timing.lead_s()  # until the car's own loop period is measured
             slog.log_event(st.id, "ev_plugged_in", evcc_id=car.evcc_id, soc=car.soc, target_soc=car.target_soc)
         return DynamicScheduleExchangeResParams(
             departure_time=ev.departure_time,
@@ -264,9 +270,10 @@ class StationEVSEController(EVSEControllerInterface):
     async def get_ac_charge_loop_params_v20(
         self, control_mode: ControlMode, selected_service: ServiceV20
     ) -> BPTDynamicACChargeLoopResParams:
-        """The station's latest command, as the car's target (this control cycle's output of the local loop)."""
+        """The station's latest command, as the car's target (this control cycle's output of the local loop), the
+        fail-safe applied at once if the CSMS link counts as lost now."""
         st = self.station
-        target_w = st.last_command.power_w if st.ev_ready else 0.0
+        target_w = st.car_target_w(st.clock.monotonic())
         return BPTDynamicACChargeLoopResParams(
             evse_target_active_power=rational(target_w),
             evse_present_active_power=rational(self._meter_w()),
@@ -318,6 +325,7 @@ class StationEVSEController(EVSEControllerInterface):
             st.unplug()
         self.car = None
         self.evcc_id = ""
+        self.loop_timing = LoopTiming()
         self.reset_ev_data_context()
 
     async def send_display_params(self) -> None:
