@@ -17,6 +17,7 @@ from ocpp.v21 import call as c21
 
 from edge_agent.failsafe import SafeMode
 from tests.edge_agent.csms import RecordingCsms
+from tests.edge_agent.iso15118.conftest import Tls
 
 CAPACITY_WH = 60_000.0
 SOC, MIN_SOC, TARGET_SOC = 0.6, 0.2, 0.8
@@ -35,11 +36,12 @@ def discharge_profile(tx_id: str, setpoint_w: float) -> Any:
     )  # fmt: skip
 
 
-async def serve_cars(agent: Any, iface: str) -> asyncio.Task[None]:
+async def serve_cars(agent: Any, iface: str, tls: Tls | None = None) -> asyncio.Task[None]:
     from edge_agent.secc.server import run_secc
 
     ready = asyncio.Event()
-    task = asyncio.ensure_future(run_secc(agent.station, iface=iface, ready=ready))
+    files = {"tls": tls.secc, "pki_dir": tls.secc_pki_dir} if tls else {}
+    task = asyncio.ensure_future(run_secc(agent.station, iface=iface, ready=ready, **files))
     waiting = asyncio.ensure_future(ready.wait())
     await asyncio.wait([task, waiting], timeout=120, return_when=asyncio.FIRST_COMPLETED)
     if task.done():
@@ -62,19 +64,27 @@ def near(iso: str, expected: datetime, tolerance_s: float = 120.0) -> bool:
     return abs((datetime.fromisoformat(iso.replace("Z", "+00:00")) - expected).total_seconds()) <= tolerance_s
 
 
-async def test_a_session_carries_the_csms_discharge_setpoint_to_the_car_and_the_cars_plans_to_the_csms(
-    csms: RecordingCsms, make_agent: Any, start_car: Any, v2g_link: Any, caplog: pytest.LogCaptureFixture
+async def test_a_tls_session_carries_the_csms_discharge_setpoint_to_the_car_and_the_cars_plans_to_the_csms(
+    csms: RecordingCsms, make_agent: Any, start_car: Any, v2g_link: Any, tls: Tls, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="edge_agent.session")
-    # given an agent without a car, connected to its CSMS, serving cars on the veth pair
+    # given an agent without a car, connected to its CSMS, serving cars on the veth pair over TLS with its SECC
+    # certificate from the project's PKI (`manage.py pki secc-cert`)
     agent = await make_agent(csms, plug=False, tick_s=0.1)
     await csms.wait_for(lambda: agent.station.link.connected, within_s=10)
-    secc = await serve_cars(agent, v2g_link.secc_iface)
+    secc = await serve_cars(agent, v2g_link.secc_iface, tls)
     try:
-        # when Josev's EV (SoC 60 %, leaving in 8 h) is plugged in
-        car = await start_car(soc=SOC, departure_s=8 * 3600.0)
+        # when Josev's EV (SoC 60 %, leaving in 8 h; trusting the project's V2G root, with its OEM certificate) is
+        # plugged in
+        car = await start_car(soc=SOC, departure_s=8 * 3600.0, pki=tls.ev_pki_dir)
         plugged_at = datetime.now(UTC)
-        # then it finds the charger by SDP, sets up a session, selects bidirectional AC and starts power delivery
+        # then it finds the charger by SDP and connects over TLS 1.3, having verified the charger's SECC certificate
+        await car.wait_for(lambda: car.of("connected"), within_s=90)
+        connected = car.of("connected")[0]
+        assert connected["tls"] == "TLSv1.3"
+        assert connected["peer"]["commonName"] == "edge-1"
+        assert connected["peer"]["domainComponent"] == "CPO"
+        # and sets up a session, selects bidirectional AC and starts power delivery
         await car.wait_for(lambda: car.of("received", name="PowerDeliveryRes"), within_s=90)
         assert car.of("received", name="SessionSetupRes")[0]["code"].startswith("OK")
         assert [e["service"] for e in car.of("sent", name="ServiceSelectionReq")] == [AC_BPT]
