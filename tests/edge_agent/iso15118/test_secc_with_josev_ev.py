@@ -165,3 +165,25 @@ async def test_losing_the_csms_takes_the_cars_power_to_zero_through_iso_15118(
         assert not car.of("ended")
     finally:
         await stop(secc)
+
+
+async def test_a_car_whose_maker_the_charger_does_not_trust_gets_no_session(
+    csms: RecordingCsms, make_agent: Any, start_car: Any, v2g_link: Any, tls: Tls, tmp_path: Any
+) -> None:
+    from tests.edge_agent.iso15118 import pki
+
+    # given an agent serving cars over TLS, trusting one OEM's root
+    agent = await make_agent(csms, plug=False, tick_s=0.1)
+    await csms.wait_for(lambda: agent.station.link.connected, within_s=10)
+    secc = await serve_cars(agent, v2g_link.secc_iface, tls)
+    try:
+        # when a car with a certificate from another maker (it trusts the V2G root all the same) is plugged in
+        stranger = pki.ev_pki_dir(tmp_path / "stranger", v2g_root=tls.v2g_root, oem=pki.oem_pki("Other OEM"))
+        car = await start_car(soc=SOC, pki=stranger)
+        # then the charger refuses its certificate: the car (whose side of TLS 1.3 completes before the charger
+        # checks its certificate) tries again and again, and never gets an answer; the station never gets a car
+        await car.wait_for(lambda: len(car.of("sent", name="supportedAppProtocolReq")) >= 2, within_s=90)
+        assert not car.of("received")
+        assert agent.station.car is None
+    finally:
+        await stop(secc)
