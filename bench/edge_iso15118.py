@@ -4,7 +4,11 @@ Real sockets and an EV nobody here wrote: the agent's SECC (edge_agent.secc, Jos
 (tests/edge_agent/iso15118/ev.py) over IPv6 on a veth pair into a network namespace; the agent talks OCPP 2.1 to a
 recording CSMS in this process. Needs root, Java and the iso15118 extra, so it runs in the agent's own venv:
 
-    sudo .venv-iso15118/bin/python bench/edge_iso15118.py [--sessions 5] [--setpoints 20] [--failsafe 3]
+    sudo .venv-iso15118/bin/python bench/edge_iso15118.py [--sessions 5] [--setpoints 20] [--failsafe 3] [--tcp]
+
+Over TLS 1.3 by default (the SECC certificate from the project's PKI through the CSMS's `manage.py pki secc-cert`,
+which needs the CSMS's .venv; the car's from an OEM PKI made here: tests/edge_agent/iso15118/pki.py); ``--tcp``:
+plain TCP.
 
 Figures (monotonic clock; the car's process shares it):
 - PowerDeliveryReq -> PowerDeliveryRes as the car sees it (its request encoded -> the answer decoded), over
@@ -26,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -88,11 +93,23 @@ async def main(args: argparse.Namespace) -> None:
     from edge_agent.secc.controller import StationEVSEController
     from edge_agent.secc.server import run_secc
 
+    load_at_start = os.getloadavg()
     logging.getLogger("websockets").setLevel(logging.WARNING)
     logging.getLogger("ocpp").setLevel(logging.WARNING)
     csms = await RecordingCsms(stations={"bench-1": PASSWORD}).start()
     link = make_link()
     tmp = Path(tempfile.mkdtemp(prefix="bench-iso15118-"))
+    secc_tls: dict[str, Any] = {}
+    ev_pki = None
+    if not args.tcp:
+        from edge_agent.secc.pki import SeccTlsFiles
+        from tests.edge_agent.iso15118 import pki
+
+        project, oem = pki.project_pki(tmp / "csms"), pki.oem_pki()
+        secc_tls = {"tls": SeccTlsFiles(project.secc_chain, project.secc_key,
+                                        pki.write_pem(tmp / "oem-roots.pem", oem.root.cert), project.key_passphrase),
+                    "pki_dir": tmp / "iso15118-pki"}  # fmt: skip
+        ev_pki = pki.ev_pki_dir(tmp / "ev", v2g_root=project.v2g_root, oem=oem)
     clock = SystemClock()
     grid = SimulatedFrequency(sigma_hz=0.0, seed=1)
     store = OutboxStore(tmp / "agent.sqlite3")
@@ -105,7 +122,8 @@ async def main(args: argparse.Namespace) -> None:
     tasks = [asyncio.ensure_future(client.run()), asyncio.ensure_future(tick_forever([st], store, 0.1, stop=stop))]
     ready = asyncio.Event()
     controller = StationEVSEController(st)
-    tasks.append(asyncio.ensure_future(run_secc(st, iface=link.secc_iface, ready=ready, controller=controller)))
+    secc = run_secc(st, iface=link.secc_iface, ready=ready, controller=controller, **secc_tls)
+    tasks.append(asyncio.ensure_future(secc))
     pd: list[float] = []
     loop_rt: list[float] = []
     to_car: list[float] = []
@@ -114,7 +132,7 @@ async def main(args: argparse.Namespace) -> None:
     try:
         await until(ready.is_set, 180, "the SECC did not start")
         for session in range(args.sessions):
-            car = await start_car_process(link)
+            car = await start_car_process(link, pki=ev_pki)
             try:
                 await until(lambda: st.ev_ready and st.tx is not None, 90, "no power delivery")
                 await until(lambda: st.link.connected, 30, "no CSMS link")
@@ -172,7 +190,9 @@ async def main(args: argparse.Namespace) -> None:
         store.close()
         remove_link(link)
     secc_pd = controller.power_delivery_latencies_s
-    table("ISO 15118-20 with Josev's EV (veth pair, IPv6 link-local, plain TCP)", [
+    transport = "plain TCP" if args.tcp else "TLS 1.3, mutual"
+    print(f"load average at the start {load_at_start}, at the end {os.getloadavg()} (2 CPUs shared with others)")
+    table(f"ISO 15118-20 with Josev's EV (veth pair, IPv6 link-local, {transport})", [
         (f"PowerDeliveryReq -> Res, p50 (n={len(pd)})", ms(pd, 50), "", None),
         (f"PowerDeliveryReq -> Res, p99 (n={len(pd)})", ms(pd, 99), "< 250 ms",
          bool(pd) and percentile(sorted(pd), 99) < LIMIT_S),
@@ -195,6 +215,7 @@ if __name__ == "__main__":
     parser.add_argument("--sessions", type=int, default=5)
     parser.add_argument("--setpoints", type=int, default=20)
     parser.add_argument("--failsafe", type=int, default=3)
+    parser.add_argument("--tcp", action="store_true", help="plain TCP instead of TLS 1.3")
     reason = missing()
     if reason:
         sys.exit(f"cannot run: {reason}")

@@ -116,6 +116,12 @@ class StationEVSEController(EVSEControllerInterface):
                 slog.log_event(self.station.id, "ev_slow_response", code=slog.EVSE_ERR_TIMEOUT,
                                level=logging.WARNING, message="PowerDeliveryRes", ms=round(took * 1000))  # fmt: skip
 
+    def _failsafe_lead(self, loops_s: float) -> None:
+        """The fail-safe engages early enough for the car to be safe within LinkLossTimeout (edge_agent.failsafe):
+        the car's two charge loops, and a control tick for the agent's own loop (it notices the lost link, and
+        answers the car, between the other work on its event loop)."""
+        self.station.link.lead_s = loops_s + self.station.p.tick_s
+
     def _power_delivery(self, progress: str) -> None:
         st = self.station
         ready = progress == "Start" and self.car is not None and st.car is self.car
@@ -128,8 +134,7 @@ class StationEVSEController(EVSEControllerInterface):
         if car is None:
             return
         if self.station.car is car:
-            # The fail-safe engages early enough for the car to be safe within LinkLossTimeout (edge_agent.failsafe).
-            self.station.link.lead_s = self.loop_timing.request(at)
+            self._failsafe_lead(self.loop_timing.request(at))
         display = body.get("DisplayParameters") or {}
         if display.get("PresentSOC") is not None:
             car.soc = float(display["PresentSOC"]) / 100.0
@@ -259,7 +264,7 @@ class StationEVSEController(EVSEControllerInterface):
         st = self.station
         if st.car is not car:
             st.plug_in(car)
-            st.link.lead_s = self.loop_timing.lead_s()  # until the car's own loop period is measured
+            self._failsafe_lead(self.loop_timing.lead_s())  # until the car's own loop period is measured
             slog.log_event(st.id, "ev_plugged_in", evcc_id=car.evcc_id, soc=car.soc, target_soc=car.target_soc)
         return DynamicScheduleExchangeResParams(
             departure_time=ev.departure_time,
