@@ -160,7 +160,7 @@ def report_connections() -> None:
         emit("connected", tls=tls.version() if tls is not None else None, peer=peer)
         return client
 
-    tcp_client.TCPClient.create = staticmethod(reporting)  # type: ignore[method-assign]
+    tcp_client.TCPClient.create = staticmethod(reporting)
 
 
 def watch(codec: WatchedCodec, ev: FollowingEV) -> None:
