@@ -46,7 +46,10 @@ def csms_missing() -> str | None:
 def project_pki(directory: Path) -> ProjectPki:
     """``pki init`` and ``pki secc-cert edge-1`` in a fresh CSMS instance under ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "PKI_DIR")}
+    # A development instance of its own: SQLite in ``directory``, CA keys in files there (not CI's PostgreSQL, Redis,
+    # a PKCS#11 token or a production setting that refuses a generated passphrase).
+    dropped = ("DATABASE_URL", "REDIS_URL", "VPP_ENV", "DJANGO_SETTINGS_MODULE")
+    env = {k: v for k, v in os.environ.items() if k not in dropped and not k.startswith("PKI_")}
     env |= {"VPP_VAR_DIR": str(directory / "var"), "PKI_STATION_KEY_PASSPHRASE": KEY_PASSPHRASE,
             "STATION_PASSWORD": "edge-1-password-for-tests", "PYTHONPATH": str(REPO)}  # fmt: skip
 

@@ -12,7 +12,7 @@ What flows where:
 
 Offered: ISO 15118-20 AC with the AC_BPT service, Dynamic control mode only (the agent owns the schedule), EIM
 (the CSMS authorises through OCPP; the agent does not hold an authorisation list). Not offered: DIN SPEC 70121 and
-ISO 15118-2 (their methods below raise), DC, Plug & Charge and certificate installation (no TLS towards the car).
+ISO 15118-2 (their methods below raise), DC, Plug & Charge and certificate installation. TLS: edge_agent.secc.server.
 
 Why one class this long: it is Josev's interface, one method per question its state machines ask.
 """
@@ -341,7 +341,7 @@ class StationEVSEController(EVSEControllerInterface):
             self.station.car_limits_changed()
 
     async def get_15118_ev_certificate(self, base64_encoded_cert_installation_req: str, namespace: str) -> str:
-        raise NotImplementedError("certificate installation is not offered (no TLS towards the car)")
+        raise NotImplementedError("certificate installation is not offered (EIM only, no Plug & Charge)")
 
     # -- not offered: DIN SPEC 70121, ISO 15118-2, DC ----------------------------------------------------------
     async def get_sa_schedule_list(self, *args: Any, **kwargs: Any) -> Any:
