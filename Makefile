@@ -11,7 +11,7 @@ PORT ?= 8000
 FLEET ?= 10
 WORKERS ?= 1
 
-.PHONY: run test test-iso15118 install install-iso15118 lint typecheck bench clean
+.PHONY: run test test-iso15118 install install-iso15118 exi-codec lint typecheck bench clean
 
 $(BIN)/.installed: requirements.txt edge_agent/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,15 @@ $(ISO_BIN)/.installed: edge_agent/pyproject.toml
 	touch $@
 
 install-iso15118: $(ISO_BIN)/.installed
+
+## make exi-codec: rebuild edge_agent/secc/java/cached-jaxb-exi-codec.jar (Josev's EXI codec with its JAXB contexts
+## kept, see the .java) after changing the .java or Josev's version; needs a JDK. The jar is committed.
+EXI_JAVA := edge_agent/src/edge_agent/secc/java
+exi-codec: install-iso15118
+	rm -rf build/exi-codec && mkdir -p build/exi-codec
+	javac --release 11 -Xlint:-options -cp "$$($(ISO_BIN)/python -c 'from iso15118.shared.settings import JAR_FILE_PATH; print(JAR_FILE_PATH)')" \
+		-d build/exi-codec $(EXI_JAVA)/CachedJaxbEXICodec.java
+	cd build/exi-codec && jar --create --no-manifest --file ../../$(EXI_JAVA)/cached-jaxb-exi-codec.jar edge_agent
 
 ## make run: migrate, seed the demo, start Daphne + Celery + a simulated fleet of chargers with edge agents.
 run: install

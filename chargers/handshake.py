@@ -18,7 +18,7 @@ from django.conf import settings
 
 from chargers import ocpp_j
 from chargers.limits import FailureCounter
-from chargers.models import BootStatus, PkiCertificate, SecurityProfile, Station, StationEventKind
+from chargers.models import BootStatus, CertificateUse, PkiCertificate, SecurityProfile, Station, StationEventKind
 from chargers.pki.verify import ClientCert, client_cert_from_scope, client_cert_refusal
 from chargers.services.password_rotation import rotation_adopt_on_connect
 from chargers.services.security import handshake_refusals_record
@@ -102,12 +102,12 @@ def authenticate_many(jobs: Sequence[AuthJob]) -> list[Admitted | Refused]:
     )
     stations = {s.station_id: s for s in rows} if claimed else {}
     serials = {cert.serial for cert, _ in certs if cert and cert.common_name in stations}
+    # Only station certificates open an OCPP socket: not an SECC one (the charger's, towards the car), not a server's.
+    station_certs = PkiCertificate.objects.filter(serial__in=serials, use=CertificateUse.STATION)
     registered = (
         {
             serial: (cn, revoked_at is not None)
-            for serial, cn, revoked_at in PkiCertificate.objects.filter(serial__in=serials).values_list(
-                "serial", "subject_cn", "revoked_at"
-            )
+            for serial, cn, revoked_at in station_certs.values_list("serial", "subject_cn", "revoked_at")
         }
         if serials
         else {}

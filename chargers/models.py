@@ -577,6 +577,7 @@ class CertificateUse(models.TextChoices):
     STATION = "Station"  # a station's TLS client certificate (security profile 3)
     SERVER = "Server"  # the CSMS's TLS server certificate
     FIRMWARE = "Firmware"  # signs firmware and configuration bundles (codeSigning; manage.py firmware signing-cert)
+    SECC = "SECC"  # a charger's ISO 15118-20 TLS server certificate towards the car (manage.py pki secc-cert)
 
 
 class PkiCertificate(models.Model):

@@ -176,6 +176,43 @@ def station_certificate_issue(
     return issued
 
 
+def _credentials_checked(station_id: str, passphrase: bytes) -> None:
+    if len(passphrase) < KEY_PASSPHRASE_MIN:
+        raise PkiError(f"the key's passphrase must have at least {KEY_PASSPHRASE_MIN} characters")
+    if not Station.objects.filter(station_id=station_id).exists():
+        raise PkiError(f"no station {station_id!r}: add it first (`manage.py station add`)")
+
+
+def secc_credentials_issue(
+    *, station_id: str, organisation: str = "", passphrase: bytes, actor: str
+) -> tuple[bytes, bytes]:
+    """A charger's ISO 15118-20 SECC certificate and a new key (``pki secc-cert``): the TLS server certificate the
+    charger shows the car, signed by the CPO sub-CA, which the car verifies against the V2G root (ISO 15118-20
+    Annex F: CPO chain, serverAuth, ECDSA P-256; CN = the station id, DC = CPO). Returns (the chain PEM, leaf +
+    sub-CA; the key as encrypted PKCS#8 PEM). Refuses what ``station_credentials_issue`` refuses; recorded in the
+    register (``pki revoke`` puts it on the CRL) and stored as a ``CertificateIssued`` security event."""
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, station_id[:64])]
+    if organisation:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation[:64]))
+    attributes.append(x509.NameAttribute(NameOID.DOMAIN_COMPONENT, "CPO"))
+    with transaction.atomic():
+        _credentials_checked(station_id, passphrase)
+        issued = _leaf(subject=x509.Name(attributes), eku=[ExtendedKeyUsageOID.SERVER_AUTH], san=[],
+                       not_before=None, not_after=None)  # fmt: skip
+        station = Station.objects.get(station_id=station_id)
+        _record(issued, use=CertificateUse.SECC, subject_cn=station_id, station=station)
+        serial = serial_hex(issued.cert.serial_number)
+        LOG.warning("SECC certificate %s and key issued for %s by %s", serial, station_id, actor)
+        security_event_record(
+            kind=StationEventKind.CERTIFICATE_ISSUED,
+            station_ident=station_id,
+            summary=f"SECC (ISO 15118) certificate {serial} and its key issued by {actor}",
+            data={"type": "CertificateIssued", "use": CertificateUse.SECC, "serial": serial, "actor": actor,
+                  "notAfter": issued.cert.not_valid_after_utc.isoformat()},
+        )  # fmt: skip
+    return issued.cert_pem(), issued.key_pem(passphrase)
+
+
 def station_credentials_issue(
     *, station_id: str, organisation: str = "", passphrase: bytes, actor: str
 ) -> tuple[bytes, bytes]:
@@ -186,11 +223,8 @@ def station_credentials_issue(
     profile-3 socket) and a passphrase under ``KEY_PASSPHRASE_MIN`` characters. The issue is logged and stored as a
     ``CertificateIssued`` security event naming ``actor`` (who ran it, e.g. ``cli:alice``).
     """
-    if len(passphrase) < KEY_PASSPHRASE_MIN:
-        raise PkiError(f"the key's passphrase must have at least {KEY_PASSPHRASE_MIN} characters")
     with transaction.atomic():
-        if not Station.objects.filter(station_id=station_id).exists():
-            raise PkiError(f"no station {station_id!r}: add it first (`manage.py station add`)")
+        _credentials_checked(station_id, passphrase)
         issued = station_certificate_issue(station_id=station_id, organisation=organisation)
         serial = serial_hex(issued.cert.serial_number)
         not_after = issued.cert.not_valid_after_utc

@@ -8,7 +8,8 @@ import pytest
 
 from edge_agent.buffer import Outbox, OutboxStore
 from edge_agent.clock import SimClock
-from edge_agent.failsafe import LinkMonitor
+from edge_agent.control import Command
+from edge_agent.failsafe import LinkMonitor, SafeMode
 from edge_agent.frequency import SimulatedFrequency
 from edge_agent.hardware.sim import SimulatedHardware
 from edge_agent.station import Station, StationParams
@@ -134,3 +135,39 @@ def test_the_round_trip_peak_counts_a_request_still_waiting_and_restarts_once_ta
     link.answer_received(3.3)
     assert link.rtt_peak_take(4.0) == pytest.approx(1.3)
     assert link.rtt_peak_take(5.0) == 0.0
+
+
+def test_a_lead_makes_the_failsafe_engage_that_much_earlier_but_never_within_a_round_trip() -> None:
+    # given a link lost at t = 10 s, a 2 s LinkLossTimeout and a 0.5 s round-trip limit
+    link = LinkMonitor(timeout_s=2.0, round_trip_limit_s=0.5)
+    link.up(0.0)
+    link.down(10.0)
+    # when the power stage needs 0.6 s to hear of the fail-safe (an ISO 15118 car: two 0.3 s charge loops)
+    link.lead_s = 0.6
+    # then the fail-safe engages after 2 - 0.6 = 1.4 s of loss, so the car is safe by 2 s
+    assert not link.failsafe(11.39)
+    assert link.failsafe(11.41)
+    # and a lead longer than the timeout still leaves a link quiet for less than 0.5 s alone
+    link.lead_s = 5.0
+    assert not link.failsafe(10.49)
+    assert link.failsafe(10.51)
+
+
+def test_the_car_is_told_the_safe_mode_as_soon_as_the_link_counts_as_lost_not_a_tick_later(tmp_path: Path) -> None:
+    # given a station discharging 8 kW whose link was lost 2.05 s ago, with no tick since the loss (fail-safe Idle)
+    st, clock, _hw, _ = sim_station(tmp_path, tick_s=TICK, safe_mode=SafeMode(mode="Idle"))
+    st.link.up(0.0)
+    st.last_command = Command(power_w=-8_000.0)
+    st.link.down(clock.monotonic())
+    clock.advance(2.05)
+    assert not st.in_failsafe  # the loop has not run yet
+    # when the car's charge loop asks for its target, then it is told 0 W at once
+    assert st.car_target_w(clock.monotonic()) == 0.0
+    # and with ChargingOnly (at most 3 kW) a discharge becomes 0 W and a 10 kW charge becomes 3 kW
+    st.safe_mode = SafeMode(mode="ChargingOnly", charge_limit_w=3_000.0)
+    assert st.car_target_w(clock.monotonic()) == 0.0
+    st.last_command = Command(power_w=10_000.0)
+    assert st.car_target_w(clock.monotonic()) == 3_000.0
+    # while the link is up the command passes unchanged
+    st.link.up(clock.monotonic())
+    assert st.car_target_w(clock.monotonic()) == 10_000.0

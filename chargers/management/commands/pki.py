@@ -4,11 +4,14 @@ pki init [--organisation O] [--force]            root CA + CPO sub-CA (keys in t
 pki status                                       which key store holds the CA keys, and the CA certificates
 pki station-cert ID --out-cert F --out-key F [--organisation O] [--passphrase-file F]
                                                  a station's client certificate (CN = ID) and a new key, encrypted
+pki secc-cert ID --out-cert F --out-key F [--organisation O] [--passphrase-file F]
+                                                 the charger's ISO 15118-20 TLS server certificate towards the car
+                                                 (the SECC's; the car trusts the V2G root) and a new key, encrypted
 pki server-cert --host H [--host H2] --out-cert F --out-key F    the CSMS's TLS server certificate
 pki revoke SERIAL|STATION_ID [--reason R]        revoke one certificate, or all of a station's; the CRL follows and
                                                  the station's open connection closes
 
-station-cert refuses an id no station has, and writes the key as encrypted PKCS#8 under a passphrase from
+station-cert and secc-cert refuse an id no station has, and writes the key as encrypted PKCS#8 under a passphrase from
 ``--passphrase-file`` or ``$PKI_STATION_KEY_PASSPHRASE_FILE`` (its first line) or ``$PKI_STATION_KEY_PASSPHRASE``,
 never from the command line, where ``ps`` and shell history show it. station-cert and revoke are logged and stored
 as security events naming the OS user who ran them.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import getpass
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +36,7 @@ PASSPHRASE_ENV = "PKI_STATION_KEY_PASSPHRASE"  # noqa: S105 - the variable's nam
 
 
 class Command(BaseCommand):
-    help = "The built-in V2G PKI: init, status, station-cert, server-cert, revoke"
+    help = "The built-in V2G PKI: init, status, station-cert, secc-cert, server-cert, revoke"
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
@@ -42,21 +46,22 @@ class Command(BaseCommand):
             "--force", action="store_true", help="replace an existing CA (its certificates stop verifying)"
         )
         sub.add_parser("status", help="say which key store holds the CA keys, and show the CA certificates")
-        station = sub.add_parser(
-            "station-cert",
-            help="issue a station's TLS client certificate (profile 3) and a key, encrypted",
-            allow_abbrev=False,  # `--passphrase SECRET` must not pass for --passphrase-file (and show in ps)
-        )
-        station.add_argument("station_id")
-        station.add_argument("--out-cert", required=True)
-        station.add_argument("--out-key", required=True)
-        # The CSMS layer knows no organisations (fleet owns that): the operator names the owner for O=.
-        station.add_argument("--organisation", default="", help="O= of the certificate (the station's owner)")
-        station.add_argument(
-            "--passphrase-file",
-            default=None,
-            help=f"the key's passphrase; else ${PASSPHRASE_ENV}_FILE or ${PASSPHRASE_ENV}",
-        )
+        for action, about in (
+            ("station-cert", "issue a station's TLS client certificate (profile 3) and a key, encrypted"),
+            ("secc-cert", "issue a charger's ISO 15118-20 TLS server certificate (SECC) and a key, encrypted"),
+        ):
+            # allow_abbrev: `--passphrase SECRET` must not pass for --passphrase-file (and show in ps)
+            station = sub.add_parser(action, help=about, allow_abbrev=False)
+            station.add_argument("station_id")
+            station.add_argument("--out-cert", required=True)
+            station.add_argument("--out-key", required=True)
+            # The CSMS layer knows no organisations (fleet owns that): the operator names the owner for O=.
+            station.add_argument("--organisation", default="", help="O= of the certificate (the station's owner)")
+            station.add_argument(
+                "--passphrase-file",
+                default=None,
+                help=f"the key's passphrase; else ${PASSPHRASE_ENV}_FILE or ${PASSPHRASE_ENV}",
+            )
         server = sub.add_parser("server-cert", help="issue the CSMS's TLS server certificate")
         server.add_argument("--host", action="append", required=True, help="DNS name or IP address (repeatable)")
         server.add_argument("--out-cert", required=True)
@@ -100,18 +105,24 @@ class Command(BaseCommand):
             )
 
     def _station_cert(self, options: dict[str, Any]) -> None:
+        self._credentials(options, issue.station_credentials_issue, "station certificate")
+
+    def _secc_cert(self, options: dict[str, Any]) -> None:
+        self._credentials(options, issue.secc_credentials_issue, "SECC (ISO 15118) certificate")
+
+    def _credentials(self, options: dict[str, Any], issuer: Callable[..., tuple[bytes, bytes]], what: str) -> None:
         station_id = options["station_id"]
         passphrase = _passphrase(options["passphrase_file"])
         if passphrase is None:
             raise CommandError(f"the key is written encrypted: give --passphrase-file, ${PASSPHRASE_ENV}_FILE or "
                                f"${PASSPHRASE_ENV}")  # fmt: skip
-        cert_pem, key_pem = issue.station_credentials_issue(
+        cert_pem, key_pem = issuer(
             station_id=station_id, organisation=options["organisation"], passphrase=passphrase, actor=_actor()
         )
         Path(options["out_cert"]).write_bytes(cert_pem)
         storage.write_private(Path(options["out_key"]), key_pem)
         serial = format(x509.load_pem_x509_certificate(cert_pem).serial_number, "x")
-        self.stdout.write(f"station certificate {serial} for {station_id}; key (encrypted) in {options['out_key']}")
+        self.stdout.write(f"{what} {serial} for {station_id}; key (encrypted) in {options['out_key']}")
 
     def _server_cert(self, options: dict[str, Any]) -> None:
         issued = issue.server_certificate_issue(hosts=options["host"])

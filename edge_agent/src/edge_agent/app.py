@@ -126,9 +126,17 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, cloc
             loop.add_signal_handler(sig, stop.set)
     secc_task: asyncio.Future[None] | None = None
     if cfg.iso15118.interface:
+        from edge_agent.secc.pki import SeccTlsFiles
         from edge_agent.secc.server import run_secc  # the iso15118 extra: only where it is configured
 
-        secc_task = asyncio.ensure_future(run_secc(station, iface=cfg.iso15118.interface))
+        iso = cfg.iso15118
+        tls = None
+        if iso.cert_file:
+            tls = SeccTlsFiles(cert_file=Path(iso.cert_file), key_file=Path(iso.key_file),
+                               ev_ca_file=Path(iso.ev_ca_file), key_passphrase=iso.key_passphrase)  # fmt: skip
+        secc_task = asyncio.ensure_future(
+            run_secc(station, iface=iso.interface, tls=tls, pki_dir=var_dir / "iso15118-pki")
+        )
     elif cfg.hardware.driver == "sim":
         hw = cfg.hardware
         station.plug_in(

@@ -4,7 +4,8 @@ Every setting ``[section] key`` can be overridden by ``EDGE_AGENT_<SECTION>_<KEY
 ``EDGE_AGENT_<KEY>``), e.g. ``EDGE_AGENT_CSMS_URL``, ``EDGE_AGENT_CONTROL_FLOOR_SOC``. The station password is
 never read from the TOML file: it comes from ``EDGE_AGENT_PASSWORD`` (or the file named by
 ``EDGE_AGENT_PASSWORD_FILE``, e.g. a systemd credential). Nor is the client key's passphrase: it comes from the file
-``[tls] key_passphrase_file`` names (or ``EDGE_AGENT_TLS_KEY_PASSPHRASE_FILE``) or ``EDGE_AGENT_TLS_KEY_PASSPHRASE``.
+``[tls] key_passphrase_file`` names (or ``EDGE_AGENT_TLS_KEY_PASSPHRASE_FILE``) or ``EDGE_AGENT_TLS_KEY_PASSPHRASE``;
+likewise the SECC key's (``[iso15118] key_passphrase_file``, ``EDGE_AGENT_ISO15118_KEY_PASSPHRASE``).
 """
 
 from __future__ import annotations
@@ -155,6 +156,13 @@ class Iso15118Settings:
     """ISO 15118-20 towards the car (edge_agent.secc; needs ``pip install ./edge_agent[iso15118]`` and Java)."""
 
     interface: str = ""  # the network interface to the car (PLC modem); empty: no ISO 15118, the simulated car
+    # TLS 1.3 towards the car (all three, or none for plain TCP): the SECC chain and key from `manage.py pki
+    # secc-cert`, and the OEM root(s) the cars' vehicle certificates must chain to.
+    cert_file: str = ""
+    key_file: str = ""
+    ev_ca_file: str = ""
+    key_passphrase_file: str = ""  # the encrypted key's passphrase, first line (a path, not the secret)
+    key_passphrase: str = field(default="", repr=False)  # env EDGE_AGENT_ISO15118_KEY_PASSPHRASE only
 
 
 @dataclass
@@ -201,6 +209,11 @@ class AgentConfig:
             raise ConfigError("tls.cert_file and tls.key_file go together")
         if any((self.tls.ca_file, self.tls.cert_file)) and not self.csms_url.startswith("wss://"):
             raise ConfigError("tls.* settings need a wss:// csms_url")
+        iso = self.iso15118
+        if len({bool(iso.cert_file), bool(iso.key_file), bool(iso.ev_ca_file)}) > 1:
+            raise ConfigError("iso15118.cert_file, key_file and ev_ca_file go together (TLS towards the car)")
+        if iso.cert_file and not iso.interface:
+            raise ConfigError("iso15118.cert_file needs iso15118.interface")
         if not set(self.versions) <= {"2.1", "2.0.1"} or not self.versions:
             raise ConfigError("ocpp.versions must list 2.1 and/or 2.0.1")
         if not 0 < self.failsafe.link_loss_timeout_s <= 2.0:
@@ -306,11 +319,12 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         cfg.password = Path(env[ENV_PREFIX + "PASSWORD_FILE"]).read_text().strip()
     if env.get(ENV_PREFIX + "PASSWORD"):
         cfg.password = env[ENV_PREFIX + "PASSWORD"]
-    if cfg.tls.key_passphrase_file and not cfg.tls.key_passphrase:  # the variable, when set, wins (as the password)
-        try:
-            cfg.tls.key_passphrase = Path(cfg.tls.key_passphrase_file).read_text().splitlines()[0]
-        except (OSError, IndexError) as exc:
-            raise ConfigError(
-                f"tls.key_passphrase_file: cannot read a passphrase from {cfg.tls.key_passphrase_file}"
-            ) from exc
+    for section, keys in (("tls", cfg.tls), ("iso15118", cfg.iso15118)):
+        if keys.key_passphrase_file and not keys.key_passphrase:  # the variable, when set, wins (as the password)
+            try:
+                keys.key_passphrase = Path(keys.key_passphrase_file).read_text().splitlines()[0]
+            except (OSError, IndexError) as exc:
+                raise ConfigError(
+                    f"{section}.key_passphrase_file: cannot read a passphrase from {keys.key_passphrase_file}"
+                ) from exc
     return cfg.validate()

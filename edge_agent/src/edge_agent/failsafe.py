@@ -4,6 +4,9 @@ The link counts as lost from the moment the WebSocket closes, or from the moment
 unanswered for longer than ``round_trip_limit_s`` (a half-open link sends nothing back). Once lost for more than
 ``timeout_s`` (2 s by default) the fail-safe engages: no discharging at all, and the setpoints become the safe mode
 the CSMS configured (``FailSafeMode`` in the device model: ChargingOnly with ``FailSafeChargeLimit``, or Idle).
+``timeout_s`` is when the power stage must be in that mode: where the command takes a while to get there (a car
+behind ISO 15118-20 hears it only in its next charge-loop response, and says so in the one after) the monitor is
+told that ``lead_s`` and engages that much earlier, but never on a link quiet for less than ``round_trip_limit_s``.
 Protection is not part of this: it keeps running on local measurements whatever the link does.
 
 The hardware has a fail-safe of its own (``HardwareWatch``): a read or write that fails, or hangs past its
@@ -25,6 +28,7 @@ FAILSAFE_DEADLINE_S = 2.0  # the longest any fail-safe may take to stop a discha
 class LinkMonitor:
     timeout_s: float = 2.0
     round_trip_limit_s: float = 0.5
+    lead_s: float = 0.0  # how long the safe mode takes from the agent to the power stage (an ISO 15118 car: 2 loops)
     connected: bool = False
     _down_since: float | None = 0.0  # not connected yet counts as down since start
     _pending_since: float | None = None
@@ -72,9 +76,14 @@ class LinkMonitor:
             return self._pending_since
         return None
 
+    def engage_after_s(self) -> float:
+        """How long the link may be lost before the fail-safe engages, so that the power stage is safe by
+        ``timeout_s``; a link quiet for less than a round trip is not taken as lost, whatever the lead."""
+        return max(self.round_trip_limit_s, self.timeout_s - self.lead_s)
+
     def failsafe(self, now: float) -> bool:
         since = self.lost_since(now)
-        return since is not None and now - since > self.timeout_s
+        return since is not None and now - since > self.engage_after_s()
 
 
 @dataclass(frozen=True, slots=True)

@@ -265,7 +265,18 @@ class Station:
         if getattr(self.hw, "car", "absent") != "absent":
             self.hw.car = None  # type: ignore[attr-defined]
         self.ev_ready = False
+        self.link.lead_s = 0.0  # the hardware applies the fail-safe in the tick that engages it
         self.queue_status(self.connector_status())
+
+    def car_target_w(self, now: float) -> float:
+        """The power to ask of a car behind ISO 15118-20 now: the latest command, bounded at once by the fail-safe
+        when the link counts as lost at ``now`` (the car hears it in this response, not after the next tick)."""
+        w = self.last_command.power_w if self.ev_ready else 0.0
+        if self.in_failsafe or self.link.failsafe(now):
+            safe = self.safe_mode.setpoints()
+            top = self.limits.max_charge_w if safe.limit_w is None else safe.limit_w
+            w = min(max(w, 0.0), top)
+        return w
 
     def start_transaction(self, *, trigger: str, id_token: dict[str, Any] | None = None) -> Transaction:
         tx = Transaction(transaction_id=str(uuid.uuid4()), started_wall=self.clock.wall(), id_token=id_token)

@@ -135,11 +135,15 @@ class Car:
         await self.proc.stdin.drain()
 
 
-async def start_car_process(link: Link, *, soc: float = 0.6, departure_s: float = 8 * 3600.0) -> Car:
-    """Josev's EVCC (tests/edge_agent/iso15118/ev.py) in the car's namespace; it looks for a charger at once."""
+async def start_car_process(
+    link: Link, *, soc: float = 0.6, departure_s: float = 8 * 3600.0, pki: Path | None = None
+) -> Car:
+    """Josev's EVCC (tests/edge_agent/iso15118/ev.py) in the car's namespace; it looks for a charger at once.
+    ``pki``: the car's TLS files (tests/edge_agent/iso15118/pki.py ``ev_pki_dir``); none: plain TCP."""
     proc = await asyncio.create_subprocess_exec(
         "ip", "netns", "exec", link.namespace, sys.executable, "-m", "tests.edge_agent.iso15118.ev",
         "--iface", link.ev_iface, "--soc", str(soc), "--departure-s", str(departure_s),
+        *(["--pki", str(pki)] if pki else []),
         cwd=REPO, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "edge_agent" / "src")])},
     )  # fmt: skip
@@ -167,3 +171,36 @@ async def start_car(v2g_link: Link) -> AsyncIterator[Callable[..., Any]]:
     yield _start
     for car in cars:
         await stop_car(car)
+
+
+@dataclass(frozen=True)
+class Tls:
+    """Both sides' TLS files: the charger's (the project's PKI) for ``run_secc``, the car's for ``start_car``."""
+
+    secc: Any  # edge_agent.secc.pki.SeccTlsFiles
+    secc_pki_dir: Path  # where the agent writes Josev's copy
+    ev_pki_dir: Path
+    oem: Any  # tests.edge_agent.iso15118.pki.OemPki
+    v2g_root: Path
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    """The charger's SECC certificate from the project's V2G PKI (``manage.py pki``), the car's from an OEM's."""
+    from edge_agent.secc.pki import SeccTlsFiles
+    from tests.edge_agent.iso15118 import pki
+
+    if (reason := pki.csms_missing()) is not None:
+        pytest.skip(reason)
+    base = tmp_path_factory.mktemp("v2g-pki")
+    project = pki.project_pki(base / "csms")
+    oem = pki.oem_pki()
+    secc = SeccTlsFiles(
+        cert_file=project.secc_chain,
+        key_file=project.secc_key,
+        ev_ca_file=pki.write_pem(base / "oem-roots.pem", oem.root.cert),
+        key_passphrase=project.key_passphrase,
+    )
+    ev_dir = pki.ev_pki_dir(base / "ev", v2g_root=project.v2g_root, oem=oem)
+    return Tls(secc=secc, secc_pki_dir=base / "agent-var" / "iso15118-pki", ev_pki_dir=ev_dir, oem=oem,
+               v2g_root=project.v2g_root)  # fmt: skip

@@ -13,9 +13,12 @@ to mean anything; everything on the wire stays Josev's:
 - its pack integrates that power, and it reports its SoC (DisplayParameters), energy requests and departure time;
 - commands on stdin: ``departure <seconds from now>`` (the driver changes plans), ``stop`` (the driver ends the
   session: PowerDelivery Stop, SessionStop).
+- ``--pki DIR``: TLS as ISO 15118-20 has it (Josev's ENABLE_TLS_1_3: the car trusts DIR's V2G root and shows its
+  OEM certificate); the car says which TLS version it got and whose certificate it verified (``connected``).
 
 It prints JSON lines on stdout: ``ready`` (codec warm), ``sent``/``received`` (message name, ``t`` monotonic),
-``target`` (the charger's EVSETargetActivePower, W) and ``power`` (what it reports), ``ended``.
+``target`` (the charger's EVSETargetActivePower, W) and ``power`` (what it reports), ``connected`` (the TCP or TLS
+session: ``tls`` version or null, the charger's verified ``peer`` subject), ``ended``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 from iso15118.evcc import EVCCHandler
 from iso15118.evcc.controller.simulator import SimEVController
 from iso15118.evcc.evcc_config import EVCCConfig
+from iso15118.evcc.transport import tcp_client
 from iso15118.shared.messages.enums import ControlMode, ServiceV20
 from iso15118.shared.messages.iso15118_20.ac import (
     BPTDynamicACChargeLoopReqParams,
@@ -145,6 +149,20 @@ class FollowingEV(SimEVController):
         )
 
 
+def report_connections() -> None:
+    """Say how each connection to the charger came out: Josev's EVCC opens it in ``TCPClient.create``."""
+    create = tcp_client.TCPClient.create
+
+    async def reporting(*args: Any, **kwargs: Any) -> Any:
+        client = await create(*args, **kwargs)
+        tls = client.writer.get_extra_info("ssl_object")
+        peer = dict(rdn[0] for rdn in tls.getpeercert()["subject"]) if tls is not None else None
+        emit("connected", tls=tls.version() if tls is not None else None, peer=peer)
+        return client
+
+    tcp_client.TCPClient.create = staticmethod(reporting)
+
+
 def watch(codec: WatchedCodec, ev: FollowingEV) -> None:
     def sent(name: str, body: dict[str, Any], at: float) -> None:
         service = (body.get("SelectedEnergyTransferService") or {}).get("ServiceID")
@@ -179,16 +197,19 @@ async def main() -> None:
     parser.add_argument("--soc", type=float, default=0.6)
     parser.add_argument("--capacity-wh", type=float, default=60_000.0)
     parser.add_argument("--departure-s", type=float, default=8 * 3600.0)
-    parser.add_argument("--tls", action="store_true")
+    parser.add_argument("--pki", default="", help="TLS 1.3 with this PKI directory (Josev's layout)")
     args = parser.parse_args()
     logging.getLogger("iso15118").setLevel(logging.WARNING)
     load_shared_settings()
-    shared_settings.update({SettingKey.MESSAGE_LOG_JSON: False, SettingKey.MESSAGE_LOG_EXI: False})
+    tls = bool(args.pki)
+    shared_settings.update({SettingKey.MESSAGE_LOG_JSON: False, SettingKey.MESSAGE_LOG_EXI: False,
+                            SettingKey.PKI_PATH: args.pki, SettingKey.ENABLE_TLS_1_3: tls})  # fmt: skip
+    report_connections()
     config = EVCCConfig(
         supportedEnergyServices=["AC_BPT"],
         supportedProtocols=["ISO_15118_20_AC"],
-        useTls=args.tls,
-        enforceTls=args.tls,
+        useTls=tls,
+        enforceTls=tls,
         isCertInstallNeeded=False,
         chargeLoopCycle=1_000_000,
         chargeLoopDelay=0,

@@ -17,6 +17,7 @@ from ocpp.v21 import call as c21
 
 from edge_agent.failsafe import SafeMode
 from tests.edge_agent.csms import RecordingCsms
+from tests.edge_agent.iso15118.conftest import Tls
 
 CAPACITY_WH = 60_000.0
 SOC, MIN_SOC, TARGET_SOC = 0.6, 0.2, 0.8
@@ -35,11 +36,12 @@ def discharge_profile(tx_id: str, setpoint_w: float) -> Any:
     )  # fmt: skip
 
 
-async def serve_cars(agent: Any, iface: str) -> asyncio.Task[None]:
+async def serve_cars(agent: Any, iface: str, tls: Tls | None = None) -> asyncio.Task[None]:
     from edge_agent.secc.server import run_secc
 
     ready = asyncio.Event()
-    task = asyncio.ensure_future(run_secc(agent.station, iface=iface, ready=ready))
+    files = {"tls": tls.secc, "pki_dir": tls.secc_pki_dir} if tls else {}
+    task = asyncio.ensure_future(run_secc(agent.station, iface=iface, ready=ready, **files))
     waiting = asyncio.ensure_future(ready.wait())
     await asyncio.wait([task, waiting], timeout=120, return_when=asyncio.FIRST_COMPLETED)
     if task.done():
@@ -62,19 +64,27 @@ def near(iso: str, expected: datetime, tolerance_s: float = 120.0) -> bool:
     return abs((datetime.fromisoformat(iso.replace("Z", "+00:00")) - expected).total_seconds()) <= tolerance_s
 
 
-async def test_a_session_carries_the_csms_discharge_setpoint_to_the_car_and_the_cars_plans_to_the_csms(
-    csms: RecordingCsms, make_agent: Any, start_car: Any, v2g_link: Any, caplog: pytest.LogCaptureFixture
+async def test_a_tls_session_carries_the_csms_discharge_setpoint_to_the_car_and_the_cars_plans_to_the_csms(
+    csms: RecordingCsms, make_agent: Any, start_car: Any, v2g_link: Any, tls: Tls, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="edge_agent.session")
-    # given an agent without a car, connected to its CSMS, serving cars on the veth pair
+    # given an agent without a car, connected to its CSMS, serving cars on the veth pair over TLS with its SECC
+    # certificate from the project's PKI (`manage.py pki secc-cert`)
     agent = await make_agent(csms, plug=False, tick_s=0.1)
     await csms.wait_for(lambda: agent.station.link.connected, within_s=10)
-    secc = await serve_cars(agent, v2g_link.secc_iface)
+    secc = await serve_cars(agent, v2g_link.secc_iface, tls)
     try:
-        # when Josev's EV (SoC 60 %, leaving in 8 h) is plugged in
-        car = await start_car(soc=SOC, departure_s=8 * 3600.0)
+        # when Josev's EV (SoC 60 %, leaving in 8 h; trusting the project's V2G root, with its OEM certificate) is
+        # plugged in
+        car = await start_car(soc=SOC, departure_s=8 * 3600.0, pki=tls.ev_pki_dir)
         plugged_at = datetime.now(UTC)
-        # then it finds the charger by SDP, sets up a session, selects bidirectional AC and starts power delivery
+        # then it finds the charger by SDP and connects over TLS 1.3, having verified the charger's SECC certificate
+        await car.wait_for(lambda: car.of("connected"), within_s=90)
+        connected = car.of("connected")[0]
+        assert connected["tls"] == "TLSv1.3"
+        assert connected["peer"]["commonName"] == "edge-1"
+        assert connected["peer"]["domainComponent"] == "CPO"
+        # and sets up a session, selects bidirectional AC and starts power delivery
         await car.wait_for(lambda: car.of("received", name="PowerDeliveryRes"), within_s=90)
         assert car.of("received", name="SessionSetupRes")[0]["code"].startswith("OK")
         assert [e["service"] for e in car.of("sent", name="ServiceSelectionReq")] == [AC_BPT]
@@ -92,6 +102,7 @@ async def test_a_session_carries_the_csms_discharge_setpoint_to_the_car_and_the_
         assert v2x["ev_max_v2x_energy_request"] == pytest.approx((1.0 - SOC) * CAPACITY_WH, abs=150)
         assert v2x["target_soc"] == 80
         assert near(needs["departure_time"], plugged_at + timedelta(hours=8))
+        await csms.wait_for(lambda: csms.of("TransactionEvent"), within_s=10)  # buffered: may follow the needs
         assert [e["event_type"] for e in csms.of("TransactionEvent")][:1] == ["Started"]
 
         # when the CSMS asks for a 5 kW discharge
@@ -149,7 +160,30 @@ async def test_losing_the_csms_takes_the_cars_power_to_zero_through_iso_15118(
         # then the agent enters its fail-safe, and the car is told 0 W and reports 0 W, the session still up
         await car.wait_for(lambda: any(e["event"] == "power" and e["w"] == 0.0 for e in car.events[seen:]), 20)
         assert [e for e in car.events[seen:] if e["event"] == "target"][-1]["w"] == 0.0
-        assert session_log(caplog, "failsafe_enter")
+        # and the agent's own loop enters its fail-safe too (the car may hear of it first, within a tick)
+        await csms.wait_for(lambda: session_log(caplog, "failsafe_enter"), within_s=5)
         assert not car.of("ended")
+    finally:
+        await stop(secc)
+
+
+async def test_a_car_whose_maker_the_charger_does_not_trust_gets_no_session(
+    csms: RecordingCsms, make_agent: Any, start_car: Any, v2g_link: Any, tls: Tls, tmp_path: Any
+) -> None:
+    from tests.edge_agent.iso15118 import pki
+
+    # given an agent serving cars over TLS, trusting one OEM's root
+    agent = await make_agent(csms, plug=False, tick_s=0.1)
+    await csms.wait_for(lambda: agent.station.link.connected, within_s=10)
+    secc = await serve_cars(agent, v2g_link.secc_iface, tls)
+    try:
+        # when a car with a certificate from another maker (it trusts the V2G root all the same) is plugged in
+        stranger = pki.ev_pki_dir(tmp_path / "stranger", v2g_root=tls.v2g_root, oem=pki.oem_pki("Other OEM"))
+        car = await start_car(soc=SOC, pki=stranger)
+        # then the charger refuses its certificate: the car (whose side of TLS 1.3 completes before the charger
+        # checks its certificate) tries again and again, and never gets an answer; the station never gets a car
+        await car.wait_for(lambda: len(car.of("sent", name="supportedAppProtocolReq")) >= 2, within_s=90)
+        assert not car.of("received")
+        assert agent.station.car is None
     finally:
         await stop(secc)

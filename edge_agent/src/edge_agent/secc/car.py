@@ -8,7 +8,7 @@ ISO 15118 handshake is the car's own PowerDeliveryReq, not the agent's simulated
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 # its departure as seconds from now, rounded to the second, in every loop message: jitter is not news.
 DEPARTURE_NEWS_S = 60.0
 RESPONSE_LIMIT_S = 0.25  # PowerDeliveryRes must reach the car within 250 ms of its PowerDeliveryReq
+LOOP_PERIOD_ASSUMED_S = RESPONSE_LIMIT_S  # the car's charge-loop period until two of its requests were seen
+LOOP_PERIODS_KEPT = 20
 
 # Session-log codes of the SECC (README, "ISO 15118-20 (the car's side)").
 ISO15118_SESSION_ERROR = "ISO15118_SESSION_ERROR"  # ended on an error that is not a timeout (EXI, sequence, TCP)
@@ -49,6 +51,26 @@ class Iso15118Car(SimulatedCar):
     requests: EnergyRequests | None = None
     handshake_by_agent: bool = False  # the car sends its own PowerDeliveryReq
     model: str = "ISO15118-20"
+
+
+@dataclass
+class LoopTiming:
+    """The car's charge-loop period, for the fail-safe's lead: a command reaches the car in the response to its
+    next AC_ChargeLoopReq (up to one period away) and the car reports having followed it in the request after
+    that (one more). The lead is two of the longest periods among the last ``LOOP_PERIODS_KEPT``."""
+
+    last_at: float | None = None
+    periods: list[float] = field(default_factory=list)
+
+    def request(self, at: float) -> float:
+        """A charge-loop request decoded at ``at`` (monotonic s); returns the fail-safe lead, seconds."""
+        if self.last_at is not None:
+            self.periods = [*self.periods[-(LOOP_PERIODS_KEPT - 1) :], at - self.last_at]
+        self.last_at = at
+        return self.lead_s()
+
+    def lead_s(self) -> float:
+        return 2.0 * max(self.periods, default=LOOP_PERIOD_ASSUMED_S)
 
 
 def departure_moved(old: datetime | None, new: datetime | None) -> bool:

@@ -12,7 +12,7 @@ What flows where:
 
 Offered: ISO 15118-20 AC with the AC_BPT service, Dynamic control mode only (the agent owns the schedule), EIM
 (the CSMS authorises through OCPP; the agent does not hold an authorisation list). Not offered: DIN SPEC 70121 and
-ISO 15118-2 (their methods below raise), DC, Plug & Charge and certificate installation (no TLS towards the car).
+ISO 15118-2 (their methods below raise), DC, Plug & Charge and certificate installation. TLS: edge_agent.secc.server.
 
 Why one class this long: it is Josev's interface, one method per question its state machines ask.
 """
@@ -58,6 +58,7 @@ from edge_agent.secc.car import (
     RESPONSE_LIMIT_S,
     EnergyRequests,
     Iso15118Car,
+    LoopTiming,
     log_session_end,
     report_departure,
 )
@@ -92,6 +93,7 @@ class StationEVSEController(EVSEControllerInterface):
         self.evcc_id = ""
         self.power_delivery_at: float | None = None  # monotonic time the last PowerDeliveryReq was decoded
         self.power_delivery_latencies_s: list[float] = []
+        self.loop_timing = LoopTiming()
         self.evse_data_context = EVSEDataContext()
 
     # -- watching the wire (edge_agent.secc.codec) ----------------------------------------------------------------
@@ -103,7 +105,7 @@ class StationEVSEController(EVSEControllerInterface):
             self.power_delivery_at = at
             self._power_delivery(str(body.get("ChargeProgress", "")))
         elif name == "AC_ChargeLoopReq":
-            self._charge_loop(body)
+            self._charge_loop(body, at)
 
     def on_encoded(self, name: str, body: dict[str, Any], at: float) -> None:
         if name == "PowerDeliveryRes" and self.power_delivery_at is not None:
@@ -114,6 +116,12 @@ class StationEVSEController(EVSEControllerInterface):
                 slog.log_event(self.station.id, "ev_slow_response", code=slog.EVSE_ERR_TIMEOUT,
                                level=logging.WARNING, message="PowerDeliveryRes", ms=round(took * 1000))  # fmt: skip
 
+    def _failsafe_lead(self, loops_s: float) -> None:
+        """The fail-safe engages early enough for the car to be safe within LinkLossTimeout (edge_agent.failsafe):
+        the car's two charge loops, and a control tick for the agent's own loop (it notices the lost link, and
+        answers the car, between the other work on its event loop)."""
+        self.station.link.lead_s = loops_s + self.station.p.tick_s
+
     def _power_delivery(self, progress: str) -> None:
         st = self.station
         ready = progress == "Start" and self.car is not None and st.car is self.car
@@ -121,10 +129,12 @@ class StationEVSEController(EVSEControllerInterface):
             st.ev_ready = ready
             slog.log_event(st.id, "ev_power_delivery", progress=progress)
 
-    def _charge_loop(self, body: dict[str, Any]) -> None:
+    def _charge_loop(self, body: dict[str, Any], at: float) -> None:
         car = self.car
         if car is None:
             return
+        if self.station.car is car:
+            self._failsafe_lead(self.loop_timing.request(at))
         display = body.get("DisplayParameters") or {}
         if display.get("PresentSOC") is not None:
             car.soc = float(display["PresentSOC"]) / 100.0
@@ -254,6 +264,7 @@ class StationEVSEController(EVSEControllerInterface):
         st = self.station
         if st.car is not car:
             st.plug_in(car)
+            self._failsafe_lead(self.loop_timing.lead_s())  # until the car's own loop period is measured
             slog.log_event(st.id, "ev_plugged_in", evcc_id=car.evcc_id, soc=car.soc, target_soc=car.target_soc)
         return DynamicScheduleExchangeResParams(
             departure_time=ev.departure_time,
@@ -264,9 +275,10 @@ class StationEVSEController(EVSEControllerInterface):
     async def get_ac_charge_loop_params_v20(
         self, control_mode: ControlMode, selected_service: ServiceV20
     ) -> BPTDynamicACChargeLoopResParams:
-        """The station's latest command, as the car's target (this control cycle's output of the local loop)."""
+        """The station's latest command, as the car's target (this control cycle's output of the local loop), the
+        fail-safe applied at once if the CSMS link counts as lost now."""
         st = self.station
-        target_w = st.last_command.power_w if st.ev_ready else 0.0
+        target_w = st.car_target_w(st.clock.monotonic())
         return BPTDynamicACChargeLoopResParams(
             evse_target_active_power=rational(target_w),
             evse_present_active_power=rational(self._meter_w()),
@@ -318,6 +330,7 @@ class StationEVSEController(EVSEControllerInterface):
             st.unplug()
         self.car = None
         self.evcc_id = ""
+        self.loop_timing = LoopTiming()
         self.reset_ev_data_context()
 
     async def send_display_params(self) -> None:
@@ -328,7 +341,7 @@ class StationEVSEController(EVSEControllerInterface):
             self.station.car_limits_changed()
 
     async def get_15118_ev_certificate(self, base64_encoded_cert_installation_req: str, namespace: str) -> str:
-        raise NotImplementedError("certificate installation is not offered (no TLS towards the car)")
+        raise NotImplementedError("certificate installation is not offered (EIM only, no Plug & Charge)")
 
     # -- not offered: DIN SPEC 70121, ISO 15118-2, DC ----------------------------------------------------------
     async def get_sa_schedule_list(self, *args: Any, **kwargs: Any) -> Any:
