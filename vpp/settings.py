@@ -480,7 +480,6 @@ MARKETS_ENERGY_PRICE_USD_PER_MWH = env_float("MARKETS_ENERGY_PRICE_USD_PER_MWH",
 
 # --- Utility programs (vpp.utility): credential files named under this directory only, secrets in UTILITY_* vars ---
 UTILITY_CREDENTIALS_DIR = Path(env_str("UTILITY_CREDENTIALS_DIR", str(VAR_DIR / "utility-credentials")))
-UTILITY_EVENT_REFRESH_S = env_float("UTILITY_EVENT_REFRESH_S", 30.0, minimum=1.0)  # < DISPATCH_HOLD_S: re-sent
 UTILITY_EVENT_LEAD_S = env_float("UTILITY_EVENT_LEAD_S", 5.0, minimum=0.0)  # setpoints out this long before start
 
 # --- Fleet -------------------------------------------------------------------------------------------------------

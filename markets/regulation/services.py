@@ -82,13 +82,15 @@ def reserve_deployment_record(
     source: str,
     received_by_id: int | None = None,
     product: Product | None = None,
+    offset_only: bool = False,
 ) -> tuple[ReserveDeployment, bool]:
     """Store one reserve event called on ``portfolio``; returns ``(row, created)``.
 
     ``product``: the reserve product deployed; when not given, the one reserve product the portfolio holds an award
     of at ``start`` (none: the event is an offset on regulation only, neither measured nor settled). ``power_w``:
     the reserve asked for; when not given, all of the product's award in force at ``start`` (PJM deploys every
-    cleared MW in an event).
+    cleared MW in an event). ``offset_only``: no product is looked for (a utility's DR event on a regulation
+    portfolio is not a deployment of its reserve award, so neither measured nor settled as one).
 
     Idempotent on ``(portfolio, event_id)``: the same event again returns the stored row with ``created=False``,
     a different one under the same reference raises :class:`ReserveConflict`.
@@ -100,7 +102,8 @@ def reserve_deployment_record(
         raise RegulationError(f"a reserve deployment lasts at most {RESERVE_MAX}")
     if product is not None and product.kind != Product.Kind.RESERVE:
         raise RegulationError(f"{product} is not a reserve product")
-    product = product or _reserve_held(portfolio, start)
+    if product is None and not offset_only:
+        product = _reserve_held(portfolio, start)
     if power_w is None:
         power_w = _reserve_awarded_w(product, portfolio, start)
     if power_w <= 0:
@@ -125,6 +128,19 @@ def reserve_deployment_record(
                 f"reserve event {event_id!r} of {portfolio!r} is already stored as {existing}; refusing a different one"
             ) from None
         return existing, False
+
+
+def reserve_deployment_end(*, portfolio: str, event_id: str, end: datetime) -> ReserveDeployment | None:
+    """The caller withdrew the event: it ends at ``end`` (never later than stored; at least 1 s after its start,
+    the rows' constraint). None when no such event is stored."""
+    end = utc_instant(end, "end")
+    with transaction.atomic():
+        row = ReserveDeployment.objects.select_for_update().filter(portfolio=portfolio, event_id=event_id).first()
+        if row is None:
+            return None
+        row.end = min(row.end, max(end, row.start + timedelta(seconds=1)))
+        row.save(update_fields=["end"])
+    return row
 
 
 def _reserve_held(portfolio: str, at: datetime) -> Product | None:

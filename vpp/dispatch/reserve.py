@@ -247,6 +247,20 @@ def reserve_run_start(*, run: ReserveRun) -> tuple[ReserveRun, bool]:
     return run, True
 
 
+async def reserve_run_end(*, event_pk: int) -> bool:
+    """Stop this process's run of an event withdrawn before its end and release its setpoints at once (False: it
+    does not run here; its setpoints, if any, end by themselves within ``DISPATCH_HOLD_S``)."""
+    running = _runs.pop(event_pk, None)
+    if running is None:
+        return False
+    run, task = running
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    await run._release()
+    return True
+
+
 def reserve_runs() -> list[ReserveRun]:
     return [run for run, _ in _runs.values()]
 

@@ -47,13 +47,14 @@ from markets.regulation.services import (
     RegulationError,
     regulation_basepoint_record,
     regulation_signal_record,
+    reserve_deployment_end,
     reserve_deployment_record,
     signal_value,
     utc_instant,
 )
 from markets.selectors import product_get
 from vpp.dispatch.dispatcher import Dispatcher, DispatchResult, Signal, dispatcher_for, dispatchers_refresh
-from vpp.dispatch.reserve import ReserveEvent, ReserveRun, regulation_flowing, reserve_run_start
+from vpp.dispatch.reserve import ReserveEvent, ReserveRun, regulation_flowing, reserve_run_end, reserve_run_start
 from vpp.dispatch.selectors import dispatch_state_load, fleet_power_at, portfolio_dispatchable
 from vpp.models import Dispatch, DispatchCommand
 
@@ -71,6 +72,7 @@ __all__ = [
     "regulation_signal_accept",
     "regulation_signal_intake",
     "reserve_deployment_intake",
+    "reserve_deployment_withdraw",
     "reserve_dispatch_begin",
     "signal_instant_check",
     "signal_portfolio_check",
@@ -228,6 +230,7 @@ def reserve_deployment_intake(
     received_by_id: int | None = None,
     product: Product | None = None,
     received_at: float | None = None,
+    offset_only: bool = False,
 ) -> ReserveIntake:
     """Record a reserve event (markets), then dispatch it by itself on this server's loop
     (:mod:`vpp.dispatch.reserve`), and have this process's regulation dispatchers of the portfolio reload at once so
@@ -244,6 +247,7 @@ def reserve_deployment_intake(
         source=source,
         received_by_id=received_by_id,
         product=product,
+        offset_only=offset_only,
     )
     if not created:
         return ReserveIntake(
@@ -252,6 +256,19 @@ def reserve_deployment_intake(
     transaction.on_commit(lambda: dispatchers_refresh(portfolio=portfolio))
     why_not = reserve_dispatch_from_sync(event=reserve_event_of(row, received_at=received_at))
     return ReserveIntake(row, True, not why_not, why_not)
+
+
+async def reserve_deployment_withdraw(*, portfolio: str, event_id: str) -> bool:
+    """The sender withdrew a stored event: it ends now (stored), this process's run stops and releases its
+    setpoints, and the portfolio's dispatchers reload (their setpoints stop carrying it). False: no such event."""
+    row = await database_sync_to_async(reserve_deployment_end)(
+        portfolio=portfolio, event_id=event_id, end=timezone.now()
+    )
+    if row is None:
+        return False
+    await reserve_run_end(event_pk=row.pk)
+    dispatchers_refresh(portfolio=portfolio)
+    return True
 
 
 def reserve_event_of(row: ReserveDeployment, *, received_at: float) -> ReserveEvent:

@@ -38,9 +38,9 @@ CONFIG_FIELDS = (
     "name", "protocol", "endpoint", "program_ref", "client_name", "portfolio", "product", "cert_file", "key_file",
     "ca_file", "secret_env", "level_step_w", "poll_s", "report_s", "enabled",
 )  # fmt: skip
-# Events reach the fleet through the regulation dispatcher (vpp.dispatch): a regulation product's. (Once reserve
-# deployments dispatch by themselves, a reserve product can be allowed here.)
-DISPATCHABLE_KINDS = (Product.Kind.REGULATION,)
+# Events become reserve deployments, which dispatch by themselves (vpp.dispatch.reserve): of the program's reserve
+# product, or an offset only on a regulation product's portfolio.
+DISPATCHABLE_KINDS = (Product.Kind.REGULATION, Product.Kind.RESERVE)
 MAX_EVENT = timedelta(hours=24)
 
 
@@ -72,7 +72,7 @@ def utility_program_check(program: UtilityProgram, *, user: AbstractBaseUser | A
             raise ProgramInvalid("portfolio", "a fleet of the organisation (fleet-<id>)")
     product = program.product
     if not product.active or product.kind not in DISPATCHABLE_KINDS:
-        raise ProgramInvalid("product", "an active regulation product (its dispatcher carries the events)")
+        raise ProgramInvalid("product", "an active regulation or reserve product (its events deploy it)")
     for field in ("cert_file", "key_file", "ca_file"):
         name = getattr(program, field)
         if name:
