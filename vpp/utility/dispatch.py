@@ -35,6 +35,7 @@ from django.utils import timezone
 from markets.models import Product
 from markets.regulation.models import SignalSource
 from markets.regulation.services import RegulationError
+from vpp.dispatch.selectors import dispatch_state_load, fleet_power_at
 from vpp.dispatch.services import ReserveIntake, reserve_deployment_intake, reserve_deployment_withdraw
 from vpp.utility.models import EventStatus, UtilityEvent, UtilityProgram
 from vpp.utility.services import utility_event_cancel, utility_event_record, utility_event_status
@@ -137,7 +138,7 @@ class EventRuns:
     async def _run(self, program: UtilityProgram, event_id: int, plan: EventPlan) -> None:
         try:
             for index, interval in enumerate(plan.intervals):
-                if interval.power_w > 0:
+                if interval.dispatched:
                     await self._interval(program, event_id, plan, index, interval)
             await database_sync_to_async(utility_event_status)(event_id=event_id, status=EventStatus.COMPLETED)
         except asyncio.CancelledError:
@@ -160,9 +161,12 @@ class EventRuns:
             intake = await database_sync_to_async(_reserve_record)(program, ref, interval, begin)
         except RegulationError as exc:
             raise RuntimeError(f"the reserve intake refused interval {index}: {exc}") from exc
-        if not intake.dispatched:
+        if intake is None:
+            LOG.info("utility program %s: event %s interval %s: already at or below its target", program.pk,
+                     plan.event_ref, index)  # fmt: skip
+        elif not intake.dispatched:
             LOG.warning("utility program %s: event %s: %s", program.pk, plan.event_ref, intake.why_not)
-        if index == 0 or intake.dispatched:
+        if index == 0 or (intake is not None and intake.dispatched):
             await database_sync_to_async(_active)(event_id, timezone.now())
         try:
             await _sleep_until(interval.end)
@@ -187,13 +191,28 @@ async def _withdraw(program: UtilityProgram, ref: str) -> None:
         LOG.exception("utility program %s: withdrawing reserve deployment %s failed", program.pk, ref)
 
 
-def _reserve_record(program: UtilityProgram, ref: str, interval: Interval, begin: datetime) -> ReserveIntake:
+def target_reduction_w(program: UtilityProgram, target_w: int, at: datetime) -> int:
+    """W of reduction that brings the portfolio's metered power now down to ``target_w``: the reserve run measures
+    its baseline the same way (:func:`vpp.dispatch.selectors.fleet_power_at` of the dispatchable stations), so its
+    setpoint, baseline - reduction, is the target."""
+    state = dispatch_state_load(product_id=program.product_id, portfolio=program.portfolio, now=at.timestamp())
+    stations = [route.station_id for route in state.routes]
+    return fleet_power_at(stations, at.timestamp()) - target_w
+
+
+def _reserve_record(program: UtilityProgram, ref: str, interval: Interval, begin: datetime) -> ReserveIntake | None:
+    """The interval's reserve deployment (None: a target the portfolio already meets, nothing to deploy)."""
     start = max(begin, timezone.now().replace(microsecond=0))
+    power_w = interval.power_w
+    if interval.target_w is not None:
+        power_w = target_reduction_w(program, interval.target_w, start)
+        if power_w <= 0:
+            return None
     reserve = program.product.kind == Product.Kind.RESERVE
     return reserve_deployment_intake(
         portfolio=program.portfolio,
         event_id=ref,
-        power_w=interval.power_w,
+        power_w=power_w,
         start=min(start, interval.start),
         end=interval.end,
         source=SignalSource.UTILITY_API,

@@ -21,7 +21,7 @@ from vpp.utility.services import connection_error
 
 LOG = logging.getLogger(__name__)
 RETRY_S = 30.0
-SUPPORTED = (Protocol.OPENADR_2B,)
+SUPPORTED = (Protocol.OPENADR_2B, Protocol.OPENADR_3)
 
 
 async def program_start(program: UtilityProgram, runs: EventRuns) -> object | None:
@@ -36,6 +36,11 @@ async def program_start(program: UtilityProgram, runs: EventRuns) -> object | No
 
         ven = Ven2b(program, runs=runs, credentials=credentials)
         return ven if await ven.start() else None
+    if program.protocol == Protocol.OPENADR_3:
+        from vpp.utility.openadr3 import Ven3
+
+        ven3 = Ven3(program, runs=runs, credentials=credentials)
+        return ven3 if await ven3.start() else None
     await database_sync_to_async(connection_error)(
         program_id=program.pk, error=f"{program.get_protocol_display()} clients are not available in this version"
     )
