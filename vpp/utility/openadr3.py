@@ -50,6 +50,7 @@ from vpp.utility.services import (
     utility_report_record,
 )
 from vpp.utility.signals import iso_duration_text, openadr3_plan
+from vpp.utility.tls import tls_context
 
 LOG = logging.getLogger(__name__)
 PAGE = 50  # the document's maximum ``limit``
@@ -82,6 +83,12 @@ def _problem(response: httpx.Response) -> str:
     return str(body)[:200]
 
 
+def why(exc: BaseException) -> str:
+    """An exception as the status page shows it (httpx's transport errors often have an empty message)."""
+    text = str(exc)
+    return text if isinstance(exc, Oadr3Error) else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
 class Ven3:
     """One program's OpenADR 3 VEN (module docstring)."""
 
@@ -98,9 +105,7 @@ class Ven3:
         self.base = program.endpoint.rstrip("/")
         # The secret: the environment variable, else (no client certificate) the key file's first line.
         self.secret = credentials.secret or (None if credentials.cert_file else _first_line(credentials.key_file))
-        verify: Any = str(credentials.ca_file) if credentials.ca_file else True
-        cert = (str(credentials.cert_file), str(credentials.key_file)) if credentials.cert_file else None
-        self.http = httpx.AsyncClient(timeout=TIMEOUT_S, verify=verify, cert=cert, transport=transport)
+        self.http = httpx.AsyncClient(timeout=TIMEOUT_S, verify=tls_context(credentials), transport=transport)
         self._token: str | None = None
         self._token_until = 0.0
         self.program_id = ""
@@ -162,7 +167,7 @@ class Ven3:
         try:
             await self.register()
         except (Oadr3Error, httpx.HTTPError, KeyError, ValueError) as exc:
-            await database_sync_to_async(connection_error)(program_id=self.program.pk, error=f"OpenADR 3: {exc}")
+            await database_sync_to_async(connection_error)(program_id=self.program.pk, error=f"OpenADR 3: {why(exc)}")
             await self.http.aclose()
             return False
         await database_sync_to_async(connection_contact)(program_id=self.program.pk, registration_ref=self.ven_id)
@@ -188,7 +193,9 @@ class Ven3:
             except asyncio.CancelledError:
                 raise
             except (Oadr3Error, httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
-                await database_sync_to_async(connection_error)(program_id=self.program.pk, error=f"OpenADR 3: {exc}")
+                await database_sync_to_async(connection_error)(
+                    program_id=self.program.pk, error=f"OpenADR 3: {why(exc)}"
+                )
             except Exception:  # a bug must not end the client; the log has it, the next tick tries again
                 LOG.exception("utility program %s: OpenADR 3 step failed", self.program.pk)
             await asyncio.sleep(period_s)

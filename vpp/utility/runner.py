@@ -21,7 +21,7 @@ from vpp.utility.services import connection_error
 
 LOG = logging.getLogger(__name__)
 RETRY_S = 30.0
-SUPPORTED = (Protocol.OPENADR_2B, Protocol.OPENADR_3)
+SUPPORTED = (Protocol.OPENADR_2B, Protocol.OPENADR_3, Protocol.IEEE_2030_5)
 
 
 async def program_start(program: UtilityProgram, runs: EventRuns) -> object | None:
@@ -41,6 +41,15 @@ async def program_start(program: UtilityProgram, runs: EventRuns) -> object | No
 
         ven3 = Ven3(program, runs=runs, credentials=credentials)
         return ven3 if await ven3.start() else None
+    if program.protocol == Protocol.IEEE_2030_5:
+        from vpp.utility.csip import Csip, CsipError
+
+        try:
+            client = Csip(program, runs=runs, credentials=credentials)
+        except CsipError as exc:
+            await database_sync_to_async(connection_error)(program_id=program.pk, error=f"2030.5: {exc}")
+            return None
+        return client if await client.start() else None
     await database_sync_to_async(connection_error)(
         program_id=program.pk, error=f"{program.get_protocol_display()} clients are not available in this version"
     )

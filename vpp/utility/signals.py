@@ -21,6 +21,15 @@ OpenADR 3.0 (an ``event`` object as the OpenADR 3 OpenAPI document defines it, J
 * ``SIMPLE`` level 0-3: ``level x level_step_w``, as for 2.0b.
 * ``EXPORT_CAPACITY_LIMIT``, ``PRICE`` and the rest: stored and refused with the reason (the dispatch services add
   discharge; they never cap it, nor schedule on prices).
+
+IEEE 2030.5 / CSIP ``DERControl`` (parsed by ``vpp.utility.csip`` into :class:`DerControl`), by its
+``DERControlBase`` mode (sign of 2030.5: + = the DER delivers, i.e. discharges):
+
+* ``opModFixedW`` (hundredths of a percent of ``setMaxW``, the portfolio's plugged-in discharge rating): a target
+  net import of ``-pct x setMaxW``.
+* ``opModImpLimW`` (CSIP-AUS; W): a ceiling on import, a target as for OpenADR 3's import limit.
+* ``opModConnect`` false: cease to energize -- a target of 0 W (no charging; discharge is never added).
+* ``opModExpLimW`` and the other modes: stored and refused with the reason.
 """
 
 from __future__ import annotations
@@ -225,3 +234,46 @@ def _openadr3_spans(
         spans.append((begin, begin + duration, item))
         at = begin + duration
     return spans
+
+
+# --- IEEE 2030.5 / CSIP ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DerControl:
+    """The parts of a 2030.5 ``DERControl`` acted on (``modes``: DERControlBase's elements by name, W or %x100)."""
+
+    mrid: str
+    version: int  # EventStatus dateTime (or creationTime), epoch s
+    start: datetime
+    duration_s: int
+    status: int  # EventStatus currentStatus: 0 scheduled, 1 active, 2 cancelled, 3 cancelled w/ random, 4 superseded
+    modes: dict[str, int | bool]
+
+
+def csip_plan(control: DerControl, *, set_max_w: int) -> EventPlan:
+    version = max(control.version - 1_577_836_800, 0)
+    span = [Interval(control.start, control.start + timedelta(seconds=max(control.duration_s, 1)), 0)]
+    kind = ",".join(sorted(control.modes))[:32] or "none"
+    cancelled = control.status in (2, 3, 4)
+    if control.duration_s <= 0:
+        return EventPlan(control.mrid, version, kind, span, "a control without a duration", cancelled)
+    modes = control.modes
+    target: int | None = None
+    if "opModFixedW" in modes:
+        if set_max_w <= 0:
+            return EventPlan(control.mrid, version, kind, span, "opModFixedW: no discharge rating (no car plugged in)")
+        target = -round(int(modes["opModFixedW"]) * set_max_w / 10_000)
+    elif "opModImpLimW" in modes:
+        target = int(modes["opModImpLimW"])
+    elif modes.get("opModConnect") is False:
+        target = 0
+    if target is None:
+        reason = (
+            "opModExpLimW caps discharge; the dispatch services only add it"
+            if "opModExpLimW" in modes
+            else f"no mode dispatched here ({kind})"
+        )
+        return EventPlan(control.mrid, version, kind, span, reason, cancelled)
+    interval = Interval(span[0].start, span[0].end, 0, target)
+    return EventPlan(control.mrid, version, kind, [interval], "", cancelled, limit_w=target)
