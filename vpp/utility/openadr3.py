@@ -15,8 +15,8 @@ CRUD wrapper returning raw responses and brings pendulum and openapi-core for no
 * **Reports** (``POST /reports``, one per event, resource ``AGGREGATED_REPORT``): while an event is dispatched,
   every ``report_s`` the portfolio's ``DEMAND`` (metered mean, kW) over the last period and its
   ``UP_REGULATION_AVAILABLE`` / ``DOWN_REGULATION_AVAILABLE`` (kW, from the plugged-in cars' bounds); once it is
-  over, one report with each interval's metered ``DEMAND``. Each is stored (:class:`UtilityReport`) before it is
-  sent and marked accepted on a 2xx.
+  over (and ``RESPONSE_SETTLE_S`` more, for late meter values), one report with each interval's metered
+  ``DEMAND``. Each is stored (:class:`UtilityReport`) before it is sent and marked accepted on a 2xx.
 * Every request's outcome is the program's connection status; a failed poll or report is retried at the next tick.
 """
 
@@ -56,6 +56,9 @@ LOG = logging.getLogger(__name__)
 PAGE = 50  # the document's maximum ``limit``
 TIMEOUT_S = 10.0
 AGGREGATED = "AGGREGATED_REPORT"
+#: The after-the-event report waits this long after the end: meter values arrive late (an agent's outbox catching
+#: up), and a report made before they are stored would understate the response.
+RESPONSE_SETTLE_S = 10.0
 
 
 class Oadr3Error(RuntimeError):
@@ -257,7 +260,7 @@ class Ven3:
         for event in await database_sync_to_async(self._events_to_report)():
             if event.status == EventStatus.ACTIVE:
                 await self._telemetry(event)
-            elif event.pk not in self._reported:
+            elif event.pk not in self._reported and event.end <= timezone.now() - timedelta(seconds=RESPONSE_SETTLE_S):
                 await self._response(event)
 
     def _events_to_report(self) -> list[UtilityEvent]:

@@ -1,18 +1,21 @@
-"""Runs the enabled programs' clients in one asyncio loop (``python manage.py utility run``).
+"""Runs the enabled programs' clients in one asyncio loop (``python manage.py utility run``, or inside the server).
 
 Where: dispatch goes out from this process (``vpp.dispatch``): with ``REDIS_URL`` set the fan-out reaches the
 stations of every server process (one group message); on the embedded in-memory channel layer only a server
-process reaches its stations, so run the clients inside it there (the end-to-end test does). A program whose
-client fails to start (credentials missing, the server down) is retried every ``RETRY_S``; the error is on its
-status page.
+process reaches its stations, so there the clients run inside it (``UTILITY_IN_SERVER=1``:
+:class:`InServerClients` starts them on the server's loop at its first connection). A program whose client fails
+to start (credentials missing, the server down) is retried, and a newly enabled one picked up, every
+``UTILITY_RETRY_S``; the error is on its status page.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 
 from vpp.utility.dispatch import EventRuns
 from vpp.utility.models import Protocol, UtilityProgram
@@ -20,7 +23,6 @@ from vpp.utility.selectors import CredentialError, program_credentials, programs
 from vpp.utility.services import connection_error
 
 LOG = logging.getLogger(__name__)
-RETRY_S = 30.0
 SUPPORTED = (Protocol.OPENADR_2B, Protocol.OPENADR_3, Protocol.IEEE_2030_5)
 
 
@@ -69,10 +71,31 @@ async def programs_run(*, ids: list[int] | None = None) -> None:
                 if client is not None:
                     running[program.pk] = client
                     LOG.info("utility program %s (%s) running", program.pk, program)
-            await asyncio.sleep(RETRY_S)
+            await asyncio.sleep(settings.UTILITY_RETRY_S)
     finally:
         await runs.stop()
         for client in running.values():
             stop = getattr(client, "stop", None)
             if stop is not None:
                 await stop()
+
+
+class InServerClients:
+    """ASGI wrapper: with ``UTILITY_IN_SERVER``, the first connection this server process serves starts
+    :func:`programs_run` on its loop (Daphne has no startup hook; chargers and browsers connect at once)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.task: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
+        if self.task is None and settings.UTILITY_IN_SERVER:
+            self.task = asyncio.get_running_loop().create_task(programs_run(), name="utility-clients")
+            self.task.add_done_callback(_ended)
+            LOG.info("utility clients running in this server process")
+        return await self.app(scope, receive, send)
+
+
+def _ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        LOG.error("utility clients stopped: %r (restart the server)", task.exception())

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from vpp.utility.signals import Interval, iso_duration, openadr2_plan, openadr3_plan
+from vpp.utility.signals import DerControl, Interval, csip_plan, iso_duration, openadr2_plan, openadr3_plan
 
 T0 = datetime(2026, 7, 1, 18, 0, tzinfo=UTC)
 
@@ -116,3 +116,27 @@ def test_iso_durations_of_the_documents_pattern() -> None:
     assert iso_duration("P2W") == timedelta(days=14)
     with pytest.raises(ValueError, match="no fixed length"):
         iso_duration("P1M")
+
+
+# --- IEEE 2030.5 --------------------------------------------------------------------------------------------------
+
+
+def _control(**modes: int | bool) -> DerControl:
+    return DerControl("C0FFEE", 1_782_925_200, T0, 900, 0, modes)
+
+
+def test_a_fixed_w_control_is_a_target_of_its_share_of_the_discharge_rating() -> None:
+    # opModFixedW 2,500 = 25.00 % of setMaxW 40,000 W delivered: a net import of -10,000 W
+    plan = csip_plan(_control(opModFixedW=2_500), set_max_w=40_000)
+    assert plan.intervals == [Interval(T0, T0 + timedelta(minutes=15), 0, -10_000)]
+    assert (plan.refusal, plan.kind, plan.modification) == ("", "opModFixedW", 205_088_400)
+    assert csip_plan(_control(opModFixedW=2_500), set_max_w=0).refusal.startswith("opModFixedW: no discharge rating")
+
+
+def test_an_import_limit_and_a_disconnect_are_targets_an_export_limit_is_refused() -> None:
+    assert csip_plan(_control(opModImpLimW=3_000), set_max_w=0).intervals[0].target_w == 3_000
+    assert csip_plan(_control(opModConnect=False), set_max_w=0).intervals[0].target_w == 0
+    assert csip_plan(_control(opModConnect=True), set_max_w=0).refusal == "no mode dispatched here (opModConnect)"
+    assert csip_plan(_control(opModExpLimW=5_000), set_max_w=0).refusal == (
+        "opModExpLimW caps discharge; the dispatch services only add it"
+    )
