@@ -41,6 +41,7 @@ class Vtn3:
     reports: list[dict[str, Any]] = field(default_factory=list)
     token_requests: list[dict[str, str]] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)  # token -> client_id
+    events_failing: int = 0  # the status GET /events answers with while set (a VTN in trouble), 0: normal
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def stamp(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +61,9 @@ class Vtn3:
         self.events.append(event)
         return event
 
+    def revoke_tokens(self) -> None:
+        self.tokens.clear()
+
     def delete_event(self, event_id: str) -> None:
         self.events = [e for e in self.events if e["id"] != event_id]
 
@@ -69,7 +73,7 @@ class Vtn3:
         app = web.Application(middlewares=[self._auth])
         app.router.add_post("/auth/token", self.token)
         app.router.add_get("/programs", self._lister(lambda r: self.programs))
-        app.router.add_get("/events", self._lister(self._events_of))
+        app.router.add_get("/events", self.events_search)
         app.router.add_get("/vens", self._lister(self._vens_of))
         app.router.add_post("/vens", self.ven_create)
         app.router.add_get("/vens/{venID}/resources", self._lister(self._resources_of))
@@ -111,6 +115,12 @@ class Vtn3:
             return web.json_response(list(source(request))[skip : skip + limit])
 
         return handler
+
+    async def events_search(self, request: web.Request) -> web.Response:
+        if self.events_failing:
+            return _problem(self.events_failing, "the VTN is in trouble")
+        response: web.Response = await self._lister(self._events_of)(request)
+        return response
 
     def _events_of(self, request: web.Request) -> list[dict[str, Any]]:
         program = request.query.get("programID")

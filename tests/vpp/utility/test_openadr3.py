@@ -209,3 +209,35 @@ async def test_reports_carry_the_metered_demand_during_and_after_the_event(vtn: 
     (interval,) = response[0]["resources"][0]["intervals"]
     assert interval["intervalPeriod"] == {"start": start.isoformat(), "duration": "PT4S"}
     assert interval["payloads"] == [{"type": "DEMAND", "values": [5.4]}]
+
+
+async def test_a_vtn_in_trouble_is_shown_and_the_ven_recovers_without_a_restart(vtn: Vtn3) -> None:
+    # Given a running VEN
+    program = await sync_to_async(_program)(vtn.url)
+    async with _ven(program, EventRuns(lead_s=2.0)):
+        # When the VTN answers 500 to every event search
+        vtn.events_failing = 500
+
+        def failing() -> bool:
+            return UtilityProgram.objects.filter(pk=program.pk, errors_in_a_row__gte=2).exists()
+
+        await _wait_for(failing)
+        await program.arefresh_from_db()
+        assert program.last_error == "OpenADR 3: GET /events: 500 the VTN is in trouble"
+        assert not program.healthy
+        # Then, once it answers again (and has forgotten every token), the VEN takes a new token and an event
+        # published meanwhile is dispatched
+        vtn.revoke_tokens()
+        vtn.events_failing = 0
+        start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
+        vtn.add_event(vtn.programs[0]["id"], [
+            {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-2.0]}]},
+        ], intervalPeriod={"start": _z(start), "duration": "PT6S"})  # fmt: skip
+
+        def deployed() -> bool:
+            return ReserveDeployment.objects.filter(portfolio=program.portfolio, power_w=2_000).exists()
+
+        await _wait_for(deployed)
+        await program.arefresh_from_db()
+        assert program.errors_in_a_row == 0
+        assert len(vtn.token_requests) == 2
