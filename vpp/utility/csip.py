@@ -279,8 +279,7 @@ class Csip:
         payload = {"mRID": control.mrid, "start": control.start.isoformat(), "duration_s": control.duration_s,
                    "status": control.status, "modes": control.modes, "set_max_w": set_max_w}  # fmt: skip
         accepted = await database_sync_to_async(utility_event_accept)(program=self.program, plan=plan, payload=payload)
-        if accepted.created:
-            self.runs.schedule(program=self.program, event=accepted.event, plan=plan)
+        self.runs.take(program=self.program, accepted=accepted, plan=plan)
 
     def discharge_rating_w(self) -> int:
         """``setMaxW`` of the portfolio now: the plugged-in cars' (derated) discharge power, W."""

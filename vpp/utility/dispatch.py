@@ -14,6 +14,9 @@ released), and while regulation signals flow for the portfolio their setpoints c
 product deploys that product (measured and settled as its events); a program of a regulation product deploys an
 offset only (``offset_only``: never counted as a deployment of a reserve award the portfolio may also hold).
 
+A process that restarts (the clients' or the server's) resumes, when the server sends an event again, each stored
+version still scheduled or active: its deployments' runs start again (the baseline still the one at their start).
+
 A cancelled event (or a newer version of it) stops its run: the deployment in force is withdrawn
 (:func:`vpp.dispatch.services.reserve_deployment_withdraw`: its end stored as now, its setpoints released).
 """
@@ -33,16 +36,23 @@ from django.conf import settings
 from django.utils import timezone
 
 from markets.models import Product
-from markets.regulation.models import SignalSource
+from markets.regulation.models import ReserveDeployment, SignalSource
 from markets.regulation.services import RegulationError
 from vpp.dispatch.selectors import dispatch_state_load, fleet_power_at
-from vpp.dispatch.services import ReserveIntake, reserve_deployment_intake, reserve_deployment_withdraw
+from vpp.dispatch.services import (
+    ReserveIntake,
+    reserve_deployment_intake,
+    reserve_deployment_withdraw,
+    reserve_dispatch_from_sync,
+    reserve_event_of,
+)
 from vpp.utility.models import EventStatus, UtilityEvent, UtilityProgram
 from vpp.utility.services import utility_event_cancel, utility_event_record, utility_event_status
 from vpp.utility.signals import EventPlan, Interval
 
 LOG = logging.getLogger(__name__)
 OPT_IN, OPT_OUT = "optIn", "optOut"
+RUNNABLE = (EventStatus.SCHEDULED, EventStatus.ACTIVE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +108,19 @@ class EventRuns:
         self._runs: dict[tuple[int, str], asyncio.Task[None]] = {}  # (program, event ref) -> its run
         self._withdrawn: set[asyncio.Task[Any]] = set()  # cancelled by the utility, not by a shutdown
 
+    def take(self, *, program: UtilityProgram, accepted: Accepted, plan: EventPlan) -> None:
+        """Run a new version; or resume a stored one still to do that this process does not run (it restarted)."""
+        if accepted.created:
+            self.schedule(program=program, event=accepted.event, plan=plan)
+        elif accepted.event.status in RUNNABLE and (program.pk, plan.event_ref) not in self._runs:
+            LOG.info("utility program %s: event %s resumed", program.pk, plan.event_ref)
+            self.schedule(program=program, event=accepted.event, plan=plan)
+
     def schedule(self, *, program: UtilityProgram, event: UtilityEvent, plan: EventPlan) -> None:
         """Run ``plan`` (replacing an earlier version's run of the same event)."""
         key = (program.pk, plan.event_ref)
         self.cancel(program_id=program.pk, event_ref=plan.event_ref)
-        if event.status != EventStatus.SCHEDULED:
+        if event.status not in RUNNABLE:
             return
         task = asyncio.get_running_loop().create_task(self._run(program, event.pk, plan), name=f"utility-{key}")
         self._runs[key] = task
@@ -201,7 +219,14 @@ def target_reduction_w(program: UtilityProgram, target_w: int, at: datetime) -> 
 
 
 def _reserve_record(program: UtilityProgram, ref: str, interval: Interval, begin: datetime) -> ReserveIntake | None:
-    """The interval's reserve deployment (None: a target the portfolio already meets, nothing to deploy)."""
+    """The interval's reserve deployment (None: a target the portfolio already meets, nothing to deploy).
+
+    Stored already (this process restarted during the interval): that deployment, whose run is resumed here.
+    """
+    stored = ReserveDeployment.objects.filter(portfolio=program.portfolio, event_id=ref).first()
+    if stored is not None:
+        why_not = reserve_dispatch_from_sync(event=reserve_event_of(stored, received_at=time.time()))
+        return ReserveIntake(stored, False, not why_not, why_not)
     start = max(begin, timezone.now().replace(microsecond=0))
     power_w = interval.power_w
     if interval.target_w is not None:

@@ -243,8 +243,7 @@ class Ven3:
             accepted = await database_sync_to_async(utility_event_accept)(
                 program=self.program, plan=plan, payload=event
             )
-            if accepted.created:
-                self.runs.schedule(program=self.program, event=accepted.event, plan=plan)
+            self.runs.take(program=self.program, accepted=accepted, plan=plan)
         now = timezone.now()
         for ref, end in self._listed.items():
             if ref not in listed and end > now:  # deleted by the VTN before its end: withdrawn

@@ -20,7 +20,7 @@ from tests.vpp.utility.factories import UtilityProgramFactory
 from tests.vpp.utility.oadr3_vtn import Vtn3
 from tests.vpp.utility.test_openadr2 import _metered_fleet, _wait_for
 from vpp.dispatch import dispatcher as dispatcher_module
-from vpp.dispatch.reserve import reserve_runs_stop
+from vpp.dispatch.reserve import reserve_runs, reserve_runs_stop
 from vpp.utility.dispatch import EventRuns
 from vpp.utility.models import EventStatus, Protocol, ReportKind, UtilityEvent, UtilityProgram, UtilityReport
 from vpp.utility.openadr3 import Ven3
@@ -241,3 +241,34 @@ async def test_a_vtn_in_trouble_is_shown_and_the_ven_recovers_without_a_restart(
         await program.arefresh_from_db()
         assert program.errors_in_a_row == 0
         assert len(vtn.token_requests) == 2
+
+
+async def test_a_restarted_ven_resumes_the_dispatch_of_an_event_under_way(vtn: Vtn3) -> None:
+    # Given an event under way, its deployment running in this process
+    program = await sync_to_async(_program)(vtn.url)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    vtn.add_event(vtn.programs[0]["id"], [
+        {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]},
+    ], intervalPeriod={"start": _z(start), "duration": "PT60S"})  # fmt: skip
+
+    def deployed() -> bool:
+        return ReserveDeployment.objects.filter(portfolio=program.portfolio).exists()
+
+    async with _ven(program, EventRuns(lead_s=2.0)):
+        await _wait_for(deployed)
+    # When the process stops (its reserve runs die with it) and its clients start again
+    await reserve_runs_stop()
+    reserve = await ReserveDeployment.objects.aget(portfolio=program.portfolio)
+    assert reserve.pk not in {run.event.pk for run in reserve_runs()}
+    async with _ven(program, EventRuns(lead_s=2.0)):
+
+        def resumed() -> bool:
+            return reserve.pk in {run.event.pk for run in reserve_runs()}
+
+        # Then the stored deployment runs again (the same one: nothing stored twice, nothing asked anew)
+        await _wait_for(resumed)
+        assert [(r.pk, r.power_w) async for r in ReserveDeployment.objects.filter(portfolio=program.portfolio)] == [
+            (reserve.pk, 5_000)
+        ]
+        status = await UtilityEvent.objects.filter(program=program).values_list("status", flat=True).aget()
+        assert status == EventStatus.ACTIVE
