@@ -19,7 +19,7 @@ from django.conf import settings
 
 from vpp.utility.dispatch import EventRuns
 from vpp.utility.models import Protocol, UtilityProgram
-from vpp.utility.selectors import CredentialError, program_credentials, programs_to_run
+from vpp.utility.selectors import CredentialError, Credentials, program_credentials, programs_to_run
 from vpp.utility.services import connection_error
 
 LOG = logging.getLogger(__name__)
@@ -27,12 +27,20 @@ SUPPORTED = (Protocol.OPENADR_2B, Protocol.OPENADR_3, Protocol.IEEE_2030_5)
 
 
 async def program_start(program: UtilityProgram, runs: EventRuns) -> object | None:
-    """The program's running client, or None (and its status says why)."""
+    """The program's running client, or None (and its status says why). A program that cannot start (a credential
+    missing or unreadable, a key that does not match its certificate) never stops the others."""
     try:
         credentials = await database_sync_to_async(program_credentials)(program)
+        return await _client_start(program, runs, credentials)
     except CredentialError as exc:
         await database_sync_to_async(connection_error)(program_id=program.pk, error=str(exc))
-        return None
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a certificate or key it cannot use
+        LOG.exception("utility program %s: its client could not start", program.pk)
+        await database_sync_to_async(connection_error)(program_id=program.pk, error=f"cannot start: {exc}")
+    return None
+
+
+async def _client_start(program: UtilityProgram, runs: EventRuns, credentials: Credentials) -> object | None:
     if program.protocol == Protocol.OPENADR_2B:
         from vpp.utility.openadr2 import Ven2b  # openleadr is loaded only where a 2.0b program runs
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -29,6 +30,7 @@ from vpp.dispatch.reserve import reserve_runs_stop
 from vpp.utility.csip import Csip
 from vpp.utility.dispatch import EventRuns
 from vpp.utility.models import EventStatus, Protocol, ReportKind, UtilityEvent, UtilityProgram, UtilityReport
+from vpp.utility.runner import program_start
 from vpp.utility.selectors import Credentials
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
@@ -212,3 +214,20 @@ async def test_telemetry_readings_are_the_metered_net_power(sep: tuple[SepServer
     stored = [r async for r in UtilityReport.objects.filter(program=program, kind=ReportKind.TELEMETRY)]
     assert all(r.values == {"power_w": 5_400} for r in stored)
     assert any(r.accepted for r in stored)
+
+
+async def test_a_program_whose_certificate_is_unusable_does_not_start_and_says_why(
+    tmp_path: Path, settings: Any
+) -> None:
+    # Given a 2030.5 program whose certificate file holds no certificate (its key file is as bad)
+    settings.UTILITY_CREDENTIALS_DIR = tmp_path
+    (tmp_path / "agg.pem").write_text("not a certificate\n")
+    (tmp_path / "agg.key").write_text("not a key\n")
+    program = await sync_to_async(UtilityProgramFactory.create)(
+        protocol=Protocol.IEEE_2030_5, endpoint="https://127.0.0.1:9/dcap", cert_file="agg.pem", key_file="agg.key"
+    )
+    program = await UtilityProgram.objects.select_related("product").aget(pk=program.pk)
+    # When the runner starts it: no client, and the status page says why (the runner goes on with the others)
+    assert await program_start(program, EventRuns()) is None
+    await program.arefresh_from_db()
+    assert program.last_error.startswith("cannot start: ")
