@@ -18,6 +18,7 @@ from django.urls import URLPattern, URLResolver, re_path  # noqa: E402
 
 from chargers.proxy import TrustedProxyMiddleware  # noqa: E402
 from vpp.discovery import app_modules  # noqa: E402
+from vpp.utility.runner import InServerClients  # noqa: E402
 
 
 def _websocket_patterns(name: str) -> list[URLPattern | URLResolver]:
@@ -34,16 +35,19 @@ def _websocket_patterns(name: str) -> list[URLPattern | URLResolver]:
 # TrustedProxyMiddleware, on HTTP and WebSockets alike: behind a TLS-terminating proxy, the client's TLS, certificate
 # and address as the proxy saw them, believed only from OCPP_TRUSTED_PROXIES with the proxy's secret (chargers.proxy);
 # from anyone else those headers are dropped unread.
-application = ProtocolTypeRouter(
-    {
-        "http": TrustedProxyMiddleware(django_asgi_app),
-        "websocket": TrustedProxyMiddleware(
-            URLRouter(
-                [
-                    *_websocket_patterns("device_websocket_urlpatterns"),
-                    re_path(r"", AuthMiddlewareStack(URLRouter(_websocket_patterns("websocket_urlpatterns")))),
-                ]
-            )
-        ),
-    }
+# InServerClients: the utility programs' clients on this process's loop when UTILITY_IN_SERVER is set (runner).
+application = InServerClients(
+    ProtocolTypeRouter(
+        {
+            "http": TrustedProxyMiddleware(django_asgi_app),
+            "websocket": TrustedProxyMiddleware(
+                URLRouter(
+                    [
+                        *_websocket_patterns("device_websocket_urlpatterns"),
+                        re_path(r"", AuthMiddlewareStack(URLRouter(_websocket_patterns("websocket_urlpatterns")))),
+                    ]
+                )
+            ),
+        }
+    )
 )

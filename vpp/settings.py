@@ -480,8 +480,11 @@ MARKETS_ENERGY_PRICE_USD_PER_MWH = env_float("MARKETS_ENERGY_PRICE_USD_PER_MWH",
 
 # --- Utility programs (vpp.utility): credential files named under this directory only, secrets in UTILITY_* vars ---
 UTILITY_CREDENTIALS_DIR = Path(env_str("UTILITY_CREDENTIALS_DIR", str(VAR_DIR / "utility-credentials")))
-UTILITY_EVENT_REFRESH_S = env_float("UTILITY_EVENT_REFRESH_S", 30.0, minimum=1.0)  # < DISPATCH_HOLD_S: re-sent
 UTILITY_EVENT_LEAD_S = env_float("UTILITY_EVENT_LEAD_S", 5.0, minimum=0.0)  # setpoints out this long before start
+# Run the clients inside the (one) server process, on its loop: what the embedded in-memory channel layer needs to
+# reach the stations. Several server processes (REDIS_URL, --workers): run ``manage.py utility run`` once instead.
+UTILITY_IN_SERVER = env_bool("UTILITY_IN_SERVER", False)
+UTILITY_RETRY_S = env_float("UTILITY_RETRY_S", 30.0, minimum=1.0)  # programs (re)started / picked up this often
 
 # --- Fleet -------------------------------------------------------------------------------------------------------
 FLEET_DEFAULT_MOBILITY_FLOOR_PCT = env_int("FLEET_DEFAULT_MOBILITY_FLOOR_PCT", 20, minimum=0, maximum=100)

@@ -55,6 +55,11 @@ def reserve_in_force(*, portfolio: str, at: datetime) -> tuple[int, datetime | N
     return int(totals["power"] or 0), totals["until"]
 
 
+def reserve_deployment_id(*, portfolio: str, event_id: str) -> int | None:
+    """The stored event's id from its sender's reference; None if no such event."""
+    return ReserveDeployment.objects.filter(portfolio=portfolio, event_id=event_id).values_list("pk", flat=True).first()
+
+
 def reserve_deployment_end_at(pk: int) -> datetime | None:
     """When the stored event ends now (its sender may have shortened it); None if no such event."""
     return ReserveDeployment.objects.filter(pk=pk).values_list("end", flat=True).first()

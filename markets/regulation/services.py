@@ -84,13 +84,15 @@ def reserve_deployment_record(
     source: str,
     received_by_id: int | None = None,
     product: Product | None = None,
+    offset_only: bool = False,
 ) -> tuple[ReserveDeployment, bool]:
     """Store one reserve event called on ``portfolio``; returns ``(row, created)``.
 
     ``product``: the reserve product deployed; when not given, the one reserve product the portfolio holds an award
     of at ``start`` (none: the event is an offset on regulation only, neither measured nor settled). ``power_w``:
     the reserve asked for; when not given, all of the product's award in force at ``start`` (PJM deploys every
-    cleared MW in an event).
+    cleared MW in an event). ``offset_only``: no product is looked for (a utility's DR event on a regulation
+    portfolio is not a deployment of its reserve award, so neither measured nor settled as one).
 
     Idempotent on ``(portfolio, event_id)``: the same event again returns the stored row with ``created=False``,
     a different one under the same reference raises :class:`ReserveConflict`.
@@ -102,7 +104,8 @@ def reserve_deployment_record(
         raise RegulationError(f"a reserve deployment lasts at most {RESERVE_MAX}")
     if product is not None and product.kind != Product.Kind.RESERVE:
         raise RegulationError(f"{product} is not a reserve product")
-    product = product or _reserve_held(portfolio, start)
+    if product is None and not offset_only:
+        product = _reserve_held(portfolio, start)
     if power_w is None:
         power_w = _reserve_awarded_w(product, portfolio, start)
     if power_w <= 0:
@@ -139,7 +142,7 @@ def reserve_deployment_end(*, deployment_id: int, at: datetime, reason: str) -> 
         row = ReserveDeployment.objects.select_for_update().filter(pk=deployment_id).first()
         if row is None:
             return None
-        end = min(max(at, row.start), row.end)
+        end = min(max(at, row.start + timedelta(seconds=1)), row.end)  # the rows' constraint: end > start
         if end < row.end:
             LOG.info("reserve event %s of %s ends early at %s (was %s): %s", row.event_id, row.portfolio,
                      end.isoformat(), row.end.isoformat(), reason)  # fmt: skip

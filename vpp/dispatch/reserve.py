@@ -277,12 +277,17 @@ def reserve_run_start(*, run: ReserveRun) -> tuple[ReserveRun, bool]:
     return run, True
 
 
-def reserve_run_wake(*, event_pk: int) -> bool:
-    """Tell this process's run of the event (if any) to re-read its end now; True if one runs here."""
+async def reserve_run_wake(*, event_pk: int, wait_s: float = 0.0) -> bool:
+    """Tell this process's run of the event (if any) to re-read its end now; with ``wait_s``, wait that long for it
+    to finish (an event that ended early: its release sent). True if one runs here."""
     running = _runs.get(event_pk)
     if running is None or running[1].done():
         return False
-    running[0].wake()
+    run, task = running
+    run.wake()
+    if wait_s > 0:
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.shield(task), wait_s)
     return True
 
 

@@ -43,6 +43,7 @@ from chargers.bulk import insert_rows
 from chargers.fanout import NodeListener
 from markets.models import Product
 from markets.regulation.models import RegulationSignal, ReserveDeployment
+from markets.regulation.selectors import reserve_deployment_id
 from markets.regulation.services import (
     RegulationError,
     regulation_basepoint_record,
@@ -72,6 +73,7 @@ __all__ = [
     "regulation_signal_accept",
     "regulation_signal_intake",
     "reserve_deployment_intake",
+    "reserve_deployment_withdraw",
     "reserve_dispatch_begin",
     "signal_instant_check",
     "signal_portfolio_check",
@@ -229,6 +231,7 @@ def reserve_deployment_intake(
     received_by_id: int | None = None,
     product: Product | None = None,
     received_at: float | None = None,
+    offset_only: bool = False,
 ) -> ReserveIntake:
     """Record a reserve event (markets), then dispatch it by itself on this server's loop
     (:mod:`vpp.dispatch.reserve`), and have this process's regulation dispatchers of the portfolio reload at once so
@@ -245,6 +248,7 @@ def reserve_deployment_intake(
         source=source,
         received_by_id=received_by_id,
         product=product,
+        offset_only=offset_only,
     )
     if not created:
         return ReserveIntake(
@@ -253,6 +257,15 @@ def reserve_deployment_intake(
     transaction.on_commit(lambda: dispatchers_refresh(portfolio=portfolio))
     why_not = reserve_dispatch_from_sync(event=reserve_event_of(row, received_at=received_at))
     return ReserveIntake(row, True, not why_not, why_not)
+
+
+async def reserve_deployment_withdraw(*, portfolio: str, event_id: str) -> bool:
+    """The sender withdrew a stored event: it ends now (:func:`reserve_dispatch_end`). False: no such event."""
+    pk = await database_sync_to_async(reserve_deployment_id)(portfolio=portfolio, event_id=event_id)
+    if pk is None:
+        return False
+    reason = f"withdrawn by its sender: {event_id}"
+    return await reserve_dispatch_end(deployment_id=pk, at=timezone.now(), reason=reason)
 
 
 def reserve_event_of(row: ReserveDeployment, *, received_at: float) -> ReserveEvent:
@@ -298,13 +311,14 @@ def reserve_dispatch_from_sync(*, event: ReserveEvent) -> str:
 
 async def reserve_dispatch_end(*, deployment_id: int, at: datetime, reason: str) -> bool:
     """End a reserve event early (its sender cancelled or replaced it) and stop its discharge: the stored end moves
-    to ``at`` (regulation dispatch stops adding it at its next reload) and this process's run, if it has one, wakes
-    at once to clear its setpoints; a run in another process sees the new end at its next pass (``RESERVE_RESEND_S``).
-    True if the event exists."""
+    to ``at`` (regulation dispatch stops adding it: the portfolio's dispatchers here reload now, elsewhere within
+    ``DISPATCH_REFRESH_S``), and this process's run, if it has one, wakes at once and is awaited while it clears its
+    setpoints; a run in another process sees the new end at its next pass (``RESERVE_RESEND_S``), and every setpoint
+    it sent ends by itself within ``DISPATCH_HOLD_S`` whatever happens. True if the event exists."""
     row = await database_sync_to_async(reserve_deployment_end)(deployment_id=deployment_id, at=at, reason=reason)
     if row is None:
         return False
-    reserve_run_wake(event_pk=deployment_id)
+    await reserve_run_wake(event_pk=deployment_id, wait_s=settings.DISPATCH_CALL_TIMEOUT_S + 5.0)
     dispatchers_refresh(portfolio=row.portfolio)
     return True
 

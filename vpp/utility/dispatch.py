@@ -7,15 +7,18 @@ answer is optOut with the reason kept.
 
 **Dispatching** (async, :class:`EventRuns`, on the loop that can reach the stations): ``UTILITY_EVENT_LEAD_S``
 before each interval starts, the interval becomes a reserve deployment of the program's portfolio
-(:func:`vpp.dispatch.services.reserve_deployment_intake`, the ``POST /api/regulation/reserve`` path: extra
-discharge on top of the basepoint) starting then, so its setpoints reach the stations before the utility's start;
-the portfolio's dispatchers reload with it, and a neutral value (0) of the program's regulation product goes in
-through :func:`vpp.dispatch.services.regulation_signal_intake` (the ``/api/regulation/signal`` path: check, store,
-dispatch) at once and every ``UTILITY_EVENT_REFRESH_S`` until the interval ends (each setpoint is valid
-``DISPATCH_HOLD_S``: the stations drop it by themselves if the aggregator goes quiet). While the product's own
-regulation signal flows its setpoints carry the deployment, and no neutral value is sent.
+(:func:`vpp.dispatch.services.reserve_deployment_intake`, the ``POST /api/regulation/reserve`` path) starting then,
+so its setpoints reach the stations before the utility's start. The deployment dispatches by itself
+(:mod:`vpp.dispatch.reserve`: the fleet's power at its start minus the W asked, re-sent until its end, then
+released), and while regulation signals flow for the portfolio their setpoints carry it. A program of a reserve
+product deploys that product (measured and settled as its events); a program of a regulation product deploys an
+offset only (``offset_only``: never counted as a deployment of a reserve award the portfolio may also hold).
 
-A cancelled event stops its run: no more setpoints, and those sent lapse within ``DISPATCH_HOLD_S``.
+A process that restarts (the clients' or the server's) resumes, when the server sends an event again, each stored
+version still scheduled or active: its deployments' runs start again (the baseline still the one at their start).
+
+A cancelled event (or a newer version of it) stops its run: the deployment in force is withdrawn
+(:func:`vpp.dispatch.services.reserve_deployment_withdraw`: its end stored as now, its setpoints released).
 """
 
 from __future__ import annotations
@@ -25,24 +28,31 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime, timedelta
 from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from markets.regulation.models import SignalSource
+from markets.models import Product
+from markets.regulation.models import ReserveDeployment, SignalSource
 from markets.regulation.services import RegulationError
-from vpp.dispatch.dispatcher import dispatchers_running
-from vpp.dispatch.services import regulation_signal_intake, reserve_deployment_intake
+from vpp.dispatch.selectors import dispatch_state_load, fleet_power_at
+from vpp.dispatch.services import (
+    ReserveIntake,
+    reserve_deployment_intake,
+    reserve_deployment_withdraw,
+    reserve_dispatch_from_sync,
+    reserve_event_of,
+)
 from vpp.utility.models import EventStatus, UtilityEvent, UtilityProgram
 from vpp.utility.services import utility_event_cancel, utility_event_record, utility_event_status
 from vpp.utility.signals import EventPlan, Interval
 
 LOG = logging.getLogger(__name__)
 OPT_IN, OPT_OUT = "optIn", "optOut"
+RUNNABLE = (EventStatus.SCHEDULED, EventStatus.ACTIVE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,16 +103,24 @@ def reserve_ref(program: UtilityProgram, plan_ref: str, modification: int, index
 class EventRuns:
     """The dispatch of accepted events, one asyncio task per event, on the loop that owns it."""
 
-    def __init__(self, *, lead_s: float | None = None, refresh_s: float | None = None) -> None:
+    def __init__(self, *, lead_s: float | None = None) -> None:
         self.lead_s = settings.UTILITY_EVENT_LEAD_S if lead_s is None else lead_s
-        self.refresh_s = settings.UTILITY_EVENT_REFRESH_S if refresh_s is None else refresh_s
         self._runs: dict[tuple[int, str], asyncio.Task[None]] = {}  # (program, event ref) -> its run
+        self._withdrawn: set[asyncio.Task[Any]] = set()  # cancelled by the utility, not by a shutdown
+
+    def take(self, *, program: UtilityProgram, accepted: Accepted, plan: EventPlan) -> None:
+        """Run a new version; or resume a stored one still to do that this process does not run (it restarted)."""
+        if accepted.created:
+            self.schedule(program=program, event=accepted.event, plan=plan)
+        elif accepted.event.status in RUNNABLE and (program.pk, plan.event_ref) not in self._runs:
+            LOG.info("utility program %s: event %s resumed", program.pk, plan.event_ref)
+            self.schedule(program=program, event=accepted.event, plan=plan)
 
     def schedule(self, *, program: UtilityProgram, event: UtilityEvent, plan: EventPlan) -> None:
         """Run ``plan`` (replacing an earlier version's run of the same event)."""
         key = (program.pk, plan.event_ref)
         self.cancel(program_id=program.pk, event_ref=plan.event_ref)
-        if event.status != EventStatus.SCHEDULED:
+        if event.status not in RUNNABLE:
             return
         task = asyncio.get_running_loop().create_task(self._run(program, event.pk, plan), name=f"utility-{key}")
         self._runs[key] = task
@@ -117,6 +135,8 @@ class EventRuns:
         task = self._runs.pop((program_id, event_ref), None)
         if task is None:
             return False
+        self._withdrawn.add(task)
+        task.add_done_callback(self._withdrawn.discard)
         task.cancel()
         return True
 
@@ -136,7 +156,7 @@ class EventRuns:
     async def _run(self, program: UtilityProgram, event_id: int, plan: EventPlan) -> None:
         try:
             for index, interval in enumerate(plan.intervals):
-                if interval.power_w > 0:
+                if interval.dispatched:
                     await self._interval(program, event_id, plan, index, interval)
             await database_sync_to_async(utility_event_status)(event_id=event_id, status=EventStatus.COMPLETED)
         except asyncio.CancelledError:
@@ -155,30 +175,74 @@ class EventRuns:
         if interval.end <= timezone.now():
             return
         ref = reserve_ref(program, plan.event_ref, plan.modification, index)
-        await database_sync_to_async(_reserve_record)(program, ref, interval, begin)
-        await _dispatchers_reload(program.portfolio)
-        first = True
-        sent_at: datetime | None = None
-        while (now := timezone.now()) < interval.end:
-            if not _regulation_flowing(program.product_id, program.portfolio, sent_at):
-                sent_at = await _neutral_value(program, plan, now)
-                if first and sent_at is not None:
-                    first = False
-                    await database_sync_to_async(utility_event_status)(
-                        event_id=event_id, status=EventStatus.ACTIVE, first_dispatch_at=now
-                    )
-            await asyncio.sleep(min(self.refresh_s, max((interval.end - now).total_seconds(), 0.0)))
+        try:
+            intake = await database_sync_to_async(_reserve_record)(program, ref, interval, begin)
+        except RegulationError as exc:
+            raise RuntimeError(f"the reserve intake refused interval {index}: {exc}") from exc
+        if intake is None:
+            LOG.info("utility program %s: event %s interval %s: already at or below its target", program.pk,
+                     plan.event_ref, index)  # fmt: skip
+        elif not intake.dispatched:
+            LOG.warning("utility program %s: event %s: %s", program.pk, plan.event_ref, intake.why_not)
+        if index == 0 or (intake is not None and intake.dispatched):
+            await database_sync_to_async(_active)(event_id, timezone.now())
+        try:
+            await _sleep_until(interval.end)
+        except asyncio.CancelledError:
+            # Withdrawn by the utility (cancelled or replaced): the deployment ends now (shielded: this task is being
+            # cancelled). A shutdown leaves it stored; its setpoints end by themselves within DISPATCH_HOLD_S.
+            if asyncio.current_task() in self._withdrawn:
+                await asyncio.shield(_withdraw(program, ref))
+            raise
 
 
-def _reserve_record(program: UtilityProgram, ref: str, interval: Interval, begin: datetime) -> None:
+def _active(event_id: int, at: datetime) -> None:
+    """The first interval went to dispatch: the event is active from then (its first dispatch time kept)."""
+    UtilityEvent.objects.filter(pk=event_id, first_dispatch_at__isnull=True).update(first_dispatch_at=at)
+    utility_event_status(event_id=event_id, status=EventStatus.ACTIVE)
+
+
+async def _withdraw(program: UtilityProgram, ref: str) -> None:
+    try:
+        await reserve_deployment_withdraw(portfolio=program.portfolio, event_id=ref)
+    except Exception:  # its setpoints still end by themselves within DISPATCH_HOLD_S
+        LOG.exception("utility program %s: withdrawing reserve deployment %s failed", program.pk, ref)
+
+
+def target_reduction_w(program: UtilityProgram, target_w: int, at: datetime) -> int:
+    """W of reduction that brings the portfolio's metered power now down to ``target_w``: the reserve run measures
+    its baseline the same way (:func:`vpp.dispatch.selectors.fleet_power_at` of the dispatchable stations), so its
+    setpoint, baseline - reduction, is the target."""
+    state = dispatch_state_load(product_id=program.product_id, portfolio=program.portfolio, now=at.timestamp())
+    stations = [route.station_id for route in state.routes]
+    return fleet_power_at(stations, at.timestamp()) - target_w
+
+
+def _reserve_record(program: UtilityProgram, ref: str, interval: Interval, begin: datetime) -> ReserveIntake | None:
+    """The interval's reserve deployment (None: a target the portfolio already meets, nothing to deploy).
+
+    Stored already (this process restarted during the interval): that deployment, whose run is resumed here.
+    """
+    stored = ReserveDeployment.objects.filter(portfolio=program.portfolio, event_id=ref).first()
+    if stored is not None:
+        why_not = reserve_dispatch_from_sync(event=reserve_event_of(stored, received_at=time.time()))
+        return ReserveIntake(stored, False, not why_not, why_not)
     start = max(begin, timezone.now().replace(microsecond=0))
-    reserve_deployment_intake(
+    power_w = interval.power_w
+    if interval.target_w is not None:
+        power_w = target_reduction_w(program, interval.target_w, start)
+        if power_w <= 0:
+            return None
+    reserve = program.product.kind == Product.Kind.RESERVE
+    return reserve_deployment_intake(
         portfolio=program.portfolio,
         event_id=ref,
-        power_w=interval.power_w,
+        power_w=power_w,
         start=min(start, interval.start),
         end=interval.end,
         source=SignalSource.UTILITY_API,
+        product=program.product if reserve else None,
+        offset_only=not reserve,
     )
 
 
@@ -189,43 +253,3 @@ async def _sleep_until(moment: datetime) -> None:
         if left <= 0:
             return
         await asyncio.sleep(min(left, 60.0))
-
-
-async def _dispatchers_reload(portfolio: str) -> None:
-    """Reload this process's dispatchers of ``portfolio`` now (the deployment just stored is in their state)."""
-    for dispatcher in dispatchers_running():
-        if dispatcher.portfolio == portfolio:
-            await dispatcher.refresh()
-
-
-def _regulation_flowing(product_id: int, portfolio: str, own_at: datetime | None) -> bool:
-    """Whether another source's regulation values newer than our own last one reach this process's dispatcher."""
-    flowing_s = 10.0
-    for dispatcher in dispatchers_running():
-        if dispatcher.product_id != product_id or dispatcher.portfolio != portfolio:
-            continue
-        last = dispatcher.last_signal_at
-        if last is not None and (own_at is None or last > own_at) and time.time() - last.timestamp() < flowing_s:
-            return True
-    return False
-
-
-async def _neutral_value(program: UtilityProgram, plan: EventPlan, now: datetime) -> datetime | None:
-    """A value 0 of the program's product now, through the signal intake: the setpoint is basepoint - deployment."""
-    label = f"{program.product.operator.code}:{program.product.code}"
-    at = now.astimezone(UTC)
-    try:
-        intake = await regulation_signal_intake(
-            product=label,
-            portfolio=program.portfolio,
-            value=Decimal(0),
-            at=at,
-            source=SignalSource.UTILITY_API,
-            source_ref=f"utility:{program.pk}:{plan.event_ref}"[:200],
-        )
-    except RegulationError as exc:
-        LOG.warning("utility program %s: event %s not dispatched: %s", program.pk, plan.event_ref, exc)
-        return None
-    if not intake.dispatched:
-        LOG.warning("utility program %s: event %s: %s", program.pk, plan.event_ref, intake.why_not)
-    return at

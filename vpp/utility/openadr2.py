@@ -130,8 +130,8 @@ class Ven2b:
         )
         if plan.cancelled:
             self.runs.cancel(program_id=self.program.pk, event_ref=plan.event_ref)
-        elif accepted.created:
-            self.runs.schedule(program=self.program, event=accepted.event, plan=plan)
+        else:
+            self.runs.take(program=self.program, accepted=accepted, plan=plan)
         return accepted.opt
 
     async def telemetry(self) -> float:

@@ -38,9 +38,9 @@ CONFIG_FIELDS = (
     "name", "protocol", "endpoint", "program_ref", "client_name", "portfolio", "product", "cert_file", "key_file",
     "ca_file", "secret_env", "level_step_w", "poll_s", "report_s", "enabled",
 )  # fmt: skip
-# Events reach the fleet through the regulation dispatcher (vpp.dispatch): a regulation product's. (Once reserve
-# deployments dispatch by themselves, a reserve product can be allowed here.)
-DISPATCHABLE_KINDS = (Product.Kind.REGULATION,)
+# Events become reserve deployments, which dispatch by themselves (vpp.dispatch.reserve): of the program's reserve
+# product, or an offset only on a regulation product's portfolio.
+DISPATCHABLE_KINDS = (Product.Kind.REGULATION, Product.Kind.RESERVE)
 MAX_EVENT = timedelta(hours=24)
 
 
@@ -72,7 +72,7 @@ def utility_program_check(program: UtilityProgram, *, user: AbstractBaseUser | A
             raise ProgramInvalid("portfolio", "a fleet of the organisation (fleet-<id>)")
     product = program.product
     if not product.active or product.kind not in DISPATCHABLE_KINDS:
-        raise ProgramInvalid("product", "an active regulation product (its dispatcher carries the events)")
+        raise ProgramInvalid("product", "an active regulation or reserve product (its events deploy it)")
     for field in ("cert_file", "key_file", "ca_file"):
         name = getattr(program, field)
         if name:
@@ -84,6 +84,20 @@ def utility_program_check(program: UtilityProgram, *, user: AbstractBaseUser | A
         raise ProgramInvalid("secret_env", "the NAME of an environment variable starting UTILITY_ (never the secret)")
     if program.poll_s < 1 or program.report_s < 1:
         raise ProgramInvalid("poll_s", "at least 1 s")
+    _protocol_check(program)
+
+
+def _protocol_check(program: UtilityProgram) -> None:
+    """What each client needs to start (refused here rather than failing on the status page later)."""
+    if program.protocol == Protocol.IEEE_2030_5:
+        for field in ("cert_file", "key_file"):  # 2030.5 identifies a client by its certificate (the LFDI)
+            if not getattr(program, field):
+                raise ProgramInvalid(field, "IEEE 2030.5 needs a client certificate and its key")
+    if program.protocol == Protocol.OPENADR_3:
+        if not (program.secret_env or program.key_file):
+            raise ProgramInvalid("secret_env", "OpenADR 3 needs the OAuth client secret (secret_env or key_file)")
+        if not program.program_ref:
+            raise ProgramInvalid("program_ref", "OpenADR 3: the VTN's programName")
 
 
 def _value(program: UtilityProgram, field: str) -> Any:

@@ -12,10 +12,29 @@ OpenADR 2.0b (openleadr's parsed ``oadrEvent``), per the 2.0b profile's signal n
 * ``SIMPLE`` ``level`` 0-3: ``level x level_step_w`` (the program's W per level; 0 when the program sets none, and
   the event is refused with that reason).
 * anything else (prices, bids, ``LOAD_CONTROL``): stored and refused (optOut), with the reason.
+
+OpenADR 3.0 (an ``event`` object as the OpenADR 3 OpenAPI document defines it, JSON), by payload type:
+
+* ``IMPORT_CAPACITY_LIMIT`` / ``DISPATCH_SETPOINT``: a ceiling / a setpoint of the portfolio's net import
+  (``units`` of the event's or program's payloadDescriptor, default ``KW``): ``target_w``. The W of reduction is
+  only known at dispatch time (the fleet's metered power then minus the target; nothing when already below).
+* ``SIMPLE`` level 0-3: ``level x level_step_w``, as for 2.0b.
+* ``EXPORT_CAPACITY_LIMIT``, ``PRICE`` and the rest: stored and refused with the reason (the dispatch services add
+  discharge; they never cap it, nor schedule on prices).
+
+IEEE 2030.5 / CSIP ``DERControl`` (parsed by ``vpp.utility.csip`` into :class:`DerControl`), by its
+``DERControlBase`` mode (sign of 2030.5: + = the DER delivers, i.e. discharges):
+
+* ``opModFixedW`` (hundredths of a percent of ``setMaxW``, the portfolio's plugged-in discharge rating): a target
+  net import of ``-pct x setMaxW``.
+* ``opModImpLimW`` (CSIP-AUS; W): a ceiling on import, a target as for OpenADR 3's import limit.
+* ``opModConnect`` false: cease to energize -- a target of 0 W (no charging; discharge is never added).
+* ``opModExpLimW`` and the other modes: stored and refused with the reason.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +47,11 @@ class Interval:
     start: datetime
     end: datetime
     power_w: int
+    target_w: int | None = None  # a net import to hold the portfolio to (W, + import): power_w known at dispatch
+
+    @property
+    def dispatched(self) -> bool:
+        return self.power_w > 0 or self.target_w is not None
 
 
 @dataclass(frozen=True)
@@ -96,3 +120,160 @@ def openadr2_plan(event: dict[str, Any], *, level_step_w: int = 0) -> EventPlan:
         return EventPlan(ref, modification, label, [Interval(start, end, 0)], "the signal has no intervals")
     refusal = "" if any(i.power_w > 0 for i in intervals) else "asks for no load reduction (nothing to dispatch)"
     return EventPlan(ref, modification, label, intervals, refusal, cancelled)
+
+
+# --- OpenADR 3.0 -------------------------------------------------------------------------------------------------
+
+UNITS_W = {"W": 1.0, "KW": 1e3, "MW": 1e6}
+TARGETS = ("IMPORT_CAPACITY_LIMIT", "DISPATCH_SETPOINT")
+NOT_DISPATCHED = {
+    "EXPORT_CAPACITY_LIMIT": "an export limit caps discharge; the dispatch services only add it",
+    "PRICE": "prices are not dispatched here (the fleet's schedule follows its own markets)",
+}
+_DURATION = re.compile(
+    r"^(-?)P(?=\d|T\d)(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)([DW]))?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$"
+)
+
+
+def iso_duration(text: str) -> timedelta:
+    """An ISO 8601 duration of the OpenAPI document's ``duration`` pattern (years and months refused: not fixed)."""
+    match = _DURATION.match(text or "")
+    if match is None:
+        raise ValueError(f"duration {text!r} is not ISO 8601")
+    sign, years, months, days, unit, hours, minutes, seconds = match.groups()
+    if years or months:
+        raise ValueError(f"duration {text!r}: years and months have no fixed length")
+    total = timedelta(
+        days=int(days or 0) * (7 if unit == "W" else 1),
+        hours=int(hours or 0),
+        minutes=int(minutes or 0),
+        seconds=float(seconds or 0),
+    )
+    return -total if sign else total
+
+
+def iso_duration_text(delta: timedelta) -> str:
+    return f"PT{delta.total_seconds():g}S"
+
+
+def _when(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"dateTime {text!r} carries no offset")
+    return moment.astimezone(UTC)
+
+
+def openadr3_modification(event: dict[str, Any]) -> int:
+    """OpenADR 3 has no modification number: the version is the VTN's ``modificationDateTime`` (s since 2020)."""
+    text = event.get("modificationDateTime") or event.get("createdDateTime")
+    if not text:
+        return 0
+    return max(int(_when(str(text)).timestamp()) - 1_577_836_800, 0)
+
+
+def _units_w(event: dict[str, Any], program: dict[str, Any] | None, payload_type: str) -> float | None:
+    for source in (event, program or {}):
+        for descriptor in source.get("payloadDescriptors") or []:
+            if descriptor.get("payloadType") == payload_type and descriptor.get("units"):
+                return UNITS_W.get(str(descriptor["units"]).upper())
+    return 1e3  # kW when no descriptor says
+
+
+def openadr3_plan(event: dict[str, Any], *, program: dict[str, Any] | None = None, level_step_w: int = 0) -> EventPlan:
+    """The plan of an OpenADR 3 ``event`` (its first payload of a type dispatched here)."""
+    ref, modification = str(event.get("id") or ""), openadr3_modification(event)
+    default = event.get("intervalPeriod") or {}
+    try:
+        spans = _openadr3_spans(event.get("intervals") or [], default)
+    except (ValueError, KeyError, TypeError) as exc:
+        now = datetime.now(UTC)
+        return EventPlan(ref, modification, "invalid", [Interval(now, now + timedelta(seconds=1), 0)], str(exc))
+    if not spans:
+        now = datetime.now(UTC)
+        return EventPlan(ref, modification, "empty", [Interval(now, now + timedelta(seconds=1), 0)], "no intervals")
+    types = [str(p.get("type")) for _, _, item in spans for p in item.get("payloads") or []]
+    chosen = next((t for t in types if t in TARGETS or t == "SIMPLE"), None)
+    start, end = spans[0][0], spans[-1][1]
+    if chosen is None:
+        names = ", ".join(sorted(set(types))) or "none"
+        reason = next((NOT_DISPATCHED[t] for t in types if t in NOT_DISPATCHED), f"no dispatchable payload ({names})")
+        return EventPlan(ref, modification, names[:32], [Interval(start, end, 0)], reason)
+    if chosen == "SIMPLE" and level_step_w <= 0:
+        return EventPlan(ref, modification, chosen, [Interval(start, end, 0)], "the program sets no W per SIMPLE level")
+    scale = _units_w(event, program, chosen)
+    if scale is None:
+        return EventPlan(ref, modification, chosen, [Interval(start, end, 0)], f"{chosen}: units not W, KW or MW")
+    intervals = []
+    for begin, finish, item in spans:
+        value = next((p["values"][0] for p in item.get("payloads") or [] if p.get("type") == chosen), None)
+        if value is None:
+            continue
+        if chosen == "SIMPLE":
+            intervals.append(Interval(begin, finish, round(float(value) * level_step_w)))
+        else:
+            intervals.append(Interval(begin, finish, 0, round(float(value) * scale)))
+    limit = next((i.target_w for i in intervals if i.target_w is not None), None)
+    refusal = "" if any(i.dispatched for i in intervals) else "asks for no load reduction (nothing to dispatch)"
+    return EventPlan(ref, modification, chosen[:32], intervals or [Interval(start, end, 0)], refusal, limit_w=limit)
+
+
+def _openadr3_spans(
+    intervals: list[dict[str, Any]], default: dict[str, Any]
+) -> list[tuple[datetime, datetime, dict[str, Any]]]:
+    """Each interval's [start, end): its own intervalPeriod, else the event's, intervals following one another."""
+    spans = []
+    at = _when(default["start"]) if default.get("start") else None
+    for item in intervals:
+        period = item.get("intervalPeriod") or {}
+        begin = _when(period["start"]) if period.get("start") else at
+        duration = iso_duration(period.get("duration") or default.get("duration") or "PT0S")
+        if begin is None:
+            raise ValueError("an interval without a start (no intervalPeriod)")
+        if duration <= timedelta(0):
+            raise ValueError("an open-ended interval (duration PT0S) is not a DR event dispatched here")
+        spans.append((begin, begin + duration, item))
+        at = begin + duration
+    return spans
+
+
+# --- IEEE 2030.5 / CSIP ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DerControl:
+    """The parts of a 2030.5 ``DERControl`` acted on (``modes``: DERControlBase's elements by name, W or %x100)."""
+
+    mrid: str
+    version: int  # EventStatus dateTime (or creationTime), epoch s
+    start: datetime
+    duration_s: int
+    status: int  # EventStatus currentStatus: 0 scheduled, 1 active, 2 cancelled, 3 cancelled w/ random, 4 superseded
+    modes: dict[str, int | bool]
+
+
+def csip_plan(control: DerControl, *, set_max_w: int) -> EventPlan:
+    version = max(control.version - 1_577_836_800, 0)
+    span = [Interval(control.start, control.start + timedelta(seconds=max(control.duration_s, 1)), 0)]
+    kind = ",".join(sorted(control.modes))[:32] or "none"
+    cancelled = control.status in (2, 3, 4)
+    if control.duration_s <= 0:
+        return EventPlan(control.mrid, version, kind, span, "a control without a duration", cancelled)
+    modes = control.modes
+    target: int | None = None
+    if "opModFixedW" in modes:
+        if set_max_w <= 0:
+            return EventPlan(control.mrid, version, kind, span, "opModFixedW: no discharge rating (no car plugged in)")
+        target = -round(int(modes["opModFixedW"]) * set_max_w / 10_000)
+    elif "opModImpLimW" in modes:
+        target = int(modes["opModImpLimW"])
+    elif modes.get("opModConnect") is False:
+        target = 0
+    if target is None:
+        reason = (
+            "opModExpLimW caps discharge; the dispatch services only add it"
+            if "opModExpLimW" in modes
+            else f"no mode dispatched here ({kind})"
+        )
+        return EventPlan(control.mrid, version, kind, span, reason, cancelled)
+    interval = Interval(span[0].start, span[0].end, 0, target)
+    return EventPlan(control.mrid, version, kind, [interval], "", cancelled, limit_w=target)

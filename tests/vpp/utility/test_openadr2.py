@@ -1,7 +1,7 @@
 """The OpenADR 2.0b VEN against openleadr's own VTN (``OpenADRServer``), started by the test on a real socket.
 
-Registration, an event opted in and dispatched (a reserve deployment of the portfolio and a value of the program's
-product through the signal intake), an event opted out, and EiReport telemetry matching the meters.
+Registration, an event opted in and dispatched (a reserve deployment of the portfolio, which runs by itself), a
+cancelled event's deployment withdrawn, an event opted out, and EiReport telemetry matching the meters.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from openleadr import OpenADRServer
 
 from chargers.models import MeterValue
 from fleet.models import PlugSession
-from markets.regulation.models import RegulationSignal, ReserveDeployment
+from markets.regulation.models import ReserveDeployment
 from tests.chargers.factories import StationFactory
 from tests.fleet.factories import FleetFactory, VehicleFactory
 from tests.live import free_port
@@ -27,6 +27,7 @@ from tests.vpp.utility.factories import UtilityProgramFactory
 from vpp.dispatch import dispatcher as dispatcher_module
 from vpp.dispatch import services as dispatch_services
 from vpp.dispatch.dispatcher import dispatchers_running
+from vpp.dispatch.reserve import reserve_runs, reserve_runs_stop
 from vpp.utility.dispatch import EventRuns
 from vpp.utility.models import EventStatus, ReportKind, UtilityEvent, UtilityProgram, UtilityReport
 from vpp.utility.openadr2 import Ven2b
@@ -97,6 +98,7 @@ async def no_dispatchers(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]
     yield
     for running in dispatchers_running():
         await running.stop()
+    await reserve_runs_stop()
 
 
 def _program(url: str) -> UtilityProgram:
@@ -134,10 +136,10 @@ async def test_it_registers_and_the_status_shows_the_vtns_ids(vtn: Vtn) -> None:
 
 
 async def test_it_opts_in_to_a_load_dispatch_and_dispatches_it_before_its_start(vtn: Vtn, no_dispatchers: None) -> None:
-    # Given a VEN registered for fleet-N, dispatching as pjm:reg-d, events readied 2 s ahead
+    # Given a VEN registered for fleet-N (a regulation product's program), events readied 2 s ahead
     program = await sync_to_async(_program)(vtn.url)
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=6)
-    async with _ven(program, EventRuns(lead_s=2.0, refresh_s=1.0)):
+    async with _ven(program, EventRuns(lead_s=2.0)):
         # When the VTN calls a 20 kW load reduction (delta -20 kW) for 8 s starting in 6 s
         event_id = vtn.event("LOAD_DISPATCH", "delta", start, 8, -20.0)
         # Then the VEN opts in
@@ -154,31 +156,57 @@ async def test_it_opts_in_to_a_load_dispatch_and_dispatches_it_before_its_start(
         assert event.payload["event_descriptor"]["event_id"] == event_id
         assert event.opt == "optIn"
 
-        # And 2 s before the start the portfolio gets a reserve deployment of 20 kW until the end, and a value of
-        # the program's product goes in through the signal intake
+        # And 2 s before the start the portfolio gets a reserve deployment of 20 kW until the end, an offset (no
+        # product: not a deployment of a reserve award), whose own run is dispatching it in this process
         def deployed() -> bool:
             return ReserveDeployment.objects.filter(portfolio=program.portfolio).exists()
 
         await _wait_for(deployed)
         reserve = await ReserveDeployment.objects.aget(portfolio=program.portfolio)
-        assert reserve.power_w == 20_000
+        assert (reserve.power_w, reserve.product_id) == (20_000, None)
         assert reserve.start == start - timedelta(seconds=2)
         assert reserve.end == start + timedelta(seconds=8)
-
-        def signalled() -> bool:
-            return RegulationSignal.objects.filter(portfolio=program.portfolio, value=0).exists()
-
-        await _wait_for(signalled)
-        first = await RegulationSignal.objects.filter(portfolio=program.portfolio).order_by("at").afirst()
-        assert first is not None
-        assert first.at < start
-        assert first.source_ref == f"utility:{program.pk}:{event_id}"
+        assert reserve.pk in {run.event.pk for run in reserve_runs()}
+        await event.arefresh_from_db()
+        assert event.status == EventStatus.ACTIVE
+        assert event.first_dispatch_at is not None
+        assert event.first_dispatch_at < start
 
         # And once the event is over it is completed
         def completed() -> bool:
             return UtilityEvent.objects.filter(pk=event.pk, status=EventStatus.COMPLETED).exists()
 
         await _wait_for(completed, within=20)
+
+
+async def test_a_cancelled_event_under_way_withdraws_its_deployment(vtn: Vtn, no_dispatchers: None) -> None:
+    # Given an opted-in 20 kW event of 60 s whose deployment is in force
+    program = await sync_to_async(_program)(vtn.url)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    async with _ven(program, EventRuns(lead_s=2.0)):
+        event_id = vtn.event("LOAD_DISPATCH", "delta", start, 60, -20.0)
+        assert await asyncio.wait_for(vtn.opts.get(), 20) == (event_id, "optIn")
+
+        def deployed() -> bool:
+            return ReserveDeployment.objects.filter(portfolio=program.portfolio).exists()
+
+        await _wait_for(deployed)
+        # When the VTN cancels it
+        vtn.server.cancel_event(VEN_ID, event_id)
+        cancelled_at = datetime.now(UTC)
+
+        # Then the deployment ends now (not at the event's end) and its run stops
+        def withdrawn() -> bool:
+            return ReserveDeployment.objects.filter(
+                portfolio=program.portfolio, end__lt=start + timedelta(seconds=60)
+            ).exists()
+
+        await _wait_for(withdrawn)
+        reserve = await ReserveDeployment.objects.aget(portfolio=program.portfolio)
+        assert cancelled_at - timedelta(seconds=1) <= reserve.end <= cancelled_at + timedelta(seconds=10)
+        assert reserve.pk not in {run.event.pk for run in reserve_runs()}
+        statuses = {e.modification: e.status async for e in UtilityEvent.objects.filter(event_ref=event_id)}
+        assert statuses == {0: EventStatus.CANCELLED, 1: EventStatus.CANCELLED}  # the cancellation is version 1
 
 
 async def test_it_opts_out_of_a_price_event_and_keeps_it_with_the_reason(vtn: Vtn) -> None:

@@ -76,6 +76,9 @@ def test_a_bidding_admin_enrols_a_fleet_and_the_change_is_audited() -> None:
         ({"secret_env": "hunter2-the-token-itself"}, "secret_env"),
         ({"product": "pjm:nope"}, "product"),
         ({"endpoint": "ftp://vtn.example.com/"}, "endpoint"),
+        ({"protocol": "ieee2030_5"}, "cert_file"),
+        ({"protocol": "openadr3"}, "secret_env"),
+        ({"protocol": "openadr3", "secret_env": "UTILITY_ACME_SECRET"}, "program_ref"),
     ],
 )
 def test_it_refuses_credentials_outside_their_place_and_bad_fields(extra: dict[str, str], field: str) -> None:
@@ -85,6 +88,16 @@ def test_it_refuses_credentials_outside_their_place_and_bad_fields(extra: dict[s
     assert response["Content-Type"] == "application/problem+json"
     assert f"#/{field}" in [e["pointer"] for e in response.json()["errors"]]
     assert not UtilityProgram.objects.exists()
+
+
+def test_a_program_may_deploy_a_reserve_product() -> None:
+    # Given PJM synchronized reserve (seeded by the markets migrations), when a program names it
+    fleet = FleetFactory.create()
+    body = _body(fleet, product="pjm:sync-reserve")
+    response = _api(_member(fleet)).post("/api/utility/programs/", body, format="json")
+    # Then it is taken: its events deploy that product
+    assert response.status_code == 201, response.json()
+    assert UtilityProgram.objects.get().product.code == "sync-reserve"
 
 
 def test_it_refuses_another_organisations_portfolio() -> None:
@@ -176,6 +189,7 @@ def test_an_operator_adds_a_program_in_the_admin_with_the_same_rules_and_audit()
         "protocol": "openadr3",
         "endpoint": "https://vtn.example.com/openadr3/3.0.1",
         "client_name": "acme",
+        "program_ref": "ELRP",
         "portfolio": f"fleet-{fleet.pk}",
         "product": _reg_d_pk(),
         "key_file": "../secret_key",

@@ -6,7 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from vpp.utility.signals import Interval, openadr2_plan
+import pytest
+
+from vpp.utility.signals import DerControl, Interval, csip_plan, iso_duration, openadr2_plan, openadr3_plan
 
 T0 = datetime(2026, 7, 1, 18, 0, tzinfo=UTC)
 
@@ -58,3 +60,83 @@ def test_it_refuses_what_it_does_not_dispatch_with_the_reason() -> None:
 
 def test_a_cancelled_event_is_marked_so() -> None:
     assert openadr2_plan(_event("LOAD_DISPATCH", "delta", [-1.0], event_status="cancelled")).cancelled
+
+
+# --- OpenADR 3 ----------------------------------------------------------------------------------------------------
+
+
+def _event3(payload_type: str, values: list[float], *, units: str | None = None, **extra: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "id": "event-7",
+        "programID": "program-1",
+        "modificationDateTime": "2026-07-01T17:00:00Z",
+        "intervalPeriod": {"start": "2026-07-01T18:00:00Z", "duration": "PT15M"},
+        "intervals": [{"id": i, "payloads": [{"type": payload_type, "values": [v]}]} for i, v in enumerate(values)],
+        **extra,
+    }
+    if units is not None:
+        event["payloadDescriptors"] = [{"payloadType": payload_type, "units": units}]
+    return event
+
+
+def test_an_import_limit_is_a_target_per_interval_in_kw_unless_the_descriptor_says_otherwise() -> None:
+    plan = openadr3_plan(_event3("IMPORT_CAPACITY_LIMIT", [40.0, 25.5]))
+    assert plan.intervals == [
+        Interval(T0, T0 + timedelta(minutes=15), 0, 40_000),
+        Interval(T0 + timedelta(minutes=15), T0 + timedelta(minutes=30), 0, 25_500),
+    ]
+    assert (plan.refusal, plan.limit_w, plan.kind) == ("", 40_000, "IMPORT_CAPACITY_LIMIT")
+    assert openadr3_plan(_event3("DISPATCH_SETPOINT", [900.0], units="W")).intervals[0].target_w == 900
+
+
+def test_its_version_is_the_vtns_modification_time() -> None:
+    # 2026-07-01T17:00:00Z is 1,782,925,200 s after 1970; 2020-01-01 is 1,577,836,800 s
+    assert openadr3_plan(_event3("IMPORT_CAPACITY_LIMIT", [1.0])).modification == 205_088_400
+
+
+def test_an_interval_with_its_own_period_starts_then() -> None:
+    event = _event3("IMPORT_CAPACITY_LIMIT", [10.0])
+    event["intervals"][0]["intervalPeriod"] = {"start": "2026-07-01T19:00:00+01:00", "duration": "PT1H"}
+    (interval,) = openadr3_plan(event).intervals
+    assert (interval.start, interval.end) == (T0, T0 + timedelta(hours=1))
+
+
+def test_it_refuses_open_ended_prices_and_export_limits_with_the_reason() -> None:
+    open_ended = _event3("IMPORT_CAPACITY_LIMIT", [10.0])
+    open_ended["intervalPeriod"]["duration"] = "PT0S"
+    assert "open-ended" in openadr3_plan(open_ended).refusal
+    assert openadr3_plan(_event3("PRICE", [0.3])).refusal.startswith("prices are not dispatched")
+    assert openadr3_plan(_event3("EXPORT_CAPACITY_LIMIT", [5.0])).refusal.startswith("an export limit caps")
+    assert openadr3_plan(_event3("IMPORT_CAPACITY_LIMIT", [5.0], units="KWH")).refusal.endswith("not W, KW or MW")
+
+
+def test_iso_durations_of_the_documents_pattern() -> None:
+    assert iso_duration("PT1H30M") == timedelta(minutes=90)
+    assert iso_duration("P1DT0.5S") == timedelta(days=1, seconds=0.5)
+    assert iso_duration("P2W") == timedelta(days=14)
+    with pytest.raises(ValueError, match="no fixed length"):
+        iso_duration("P1M")
+
+
+# --- IEEE 2030.5 --------------------------------------------------------------------------------------------------
+
+
+def _control(**modes: int | bool) -> DerControl:
+    return DerControl("C0FFEE", 1_782_925_200, T0, 900, 0, modes)
+
+
+def test_a_fixed_w_control_is_a_target_of_its_share_of_the_discharge_rating() -> None:
+    # opModFixedW 2,500 = 25.00 % of setMaxW 40,000 W delivered: a net import of -10,000 W
+    plan = csip_plan(_control(opModFixedW=2_500), set_max_w=40_000)
+    assert plan.intervals == [Interval(T0, T0 + timedelta(minutes=15), 0, -10_000)]
+    assert (plan.refusal, plan.kind, plan.modification) == ("", "opModFixedW", 205_088_400)
+    assert csip_plan(_control(opModFixedW=2_500), set_max_w=0).refusal.startswith("opModFixedW: no discharge rating")
+
+
+def test_an_import_limit_and_a_disconnect_are_targets_an_export_limit_is_refused() -> None:
+    assert csip_plan(_control(opModImpLimW=3_000), set_max_w=0).intervals[0].target_w == 3_000
+    assert csip_plan(_control(opModConnect=False), set_max_w=0).intervals[0].target_w == 0
+    assert csip_plan(_control(opModConnect=True), set_max_w=0).refusal == "no mode dispatched here (opModConnect)"
+    assert csip_plan(_control(opModExpLimW=5_000), set_max_w=0).refusal == (
+        "opModExpLimW caps discharge; the dispatch services only add it"
+    )

@@ -1,0 +1,166 @@
+"""End to end: an OpenADR 3 event from a VTN (``oadr3_vtn``, written from the OpenAPI document) reaches simulated
+edge agents (``edge-agent simulate``: real OCPP 2.1 over real sockets) as charging profiles before the event's
+start, through the VEN running inside the live server (``UTILITY_IN_SERVER``, the embedded in-memory channel
+layer), and the report the VTN receives afterwards is the fleet's metered response, worked out here from the
+stored meter values."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from chargers.models import MessageLog, MeterValue
+from markets.regulation.models import ReserveDeployment
+from tests.chargers.conftest import start_server, stop_server
+from tests.live import free_port
+from tests.vpp.utility.factories import UtilityProgramFactory
+from tests.vpp.utility.oadr3_vtn import Vtn3
+from vpp.replay import harness
+from vpp.utility.models import EventStatus, Protocol, UtilityEvent
+
+SECRET = "e2e-oauth-client-secret-9"
+PASSWORD = "ute2e-station-password-42"
+CARS = 3
+LEAD_S = 5
+
+
+@contextlib.contextmanager
+def _serving(vtn: Vtn3) -> Iterator[Vtn3]:
+    """The VTN on its own loop in a thread (the test's main thread runs sync Django code and waits)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="vtn", daemon=True)
+    thread.start()
+    port = free_port()
+
+    async def serve() -> web.AppRunner:
+        runner = web.AppRunner(vtn.app())
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner
+
+    runner = asyncio.run_coroutine_threadsafe(serve(), loop).result(10)
+    vtn.url = f"http://127.0.0.1:{port}"
+    try:
+        yield vtn
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+
+def _wait(condition: Callable[[], Any], within: float, what: str) -> Any:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        time.sleep(0.25)
+    raise AssertionError(f"not within {within} s: {what}")
+
+
+def _mean_net_w(station_ids: list[str], start: datetime, end: datetime) -> float:
+    """Mean net power (W, + import) of the stations over [start, end), from their stored Power.Active.Import and
+    .Export readings, each held until the station's next reading (the one in force at ``start`` included)."""
+    energy_ws = 0.0
+    for station_id in station_ids:
+        net: dict[datetime, float] = {}
+        rows = MeterValue.objects.filter(
+            station__station_id=station_id,
+            measurand__in=["Power.Active.Import", "Power.Active.Export"],
+            timestamp__gte=start - timedelta(seconds=60),
+            timestamp__lt=end,
+        ).values_list("timestamp", "measurand", "value")
+        for at, measurand, value in rows:
+            net[at] = net.get(at, 0.0) + (float(value) if measurand.endswith("Import") else -float(value))
+        times = sorted(net)
+        for k, at in enumerate(times):
+            begin = max(at, start)
+            finish = min(times[k + 1] if k + 1 < len(times) else end, end, at + timedelta(seconds=60))
+            if finish > begin:
+                energy_ws += net[at] * (finish - begin).total_seconds()
+    return energy_ws / (end - start).total_seconds()
+
+
+@pytest.mark.live
+@pytest.mark.timeout(300)
+@pytest.mark.django_db(transaction=True)
+def test_an_openadr3_event_reaches_the_cars_before_its_start_and_the_report_is_the_metered_response(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given three simulated chargers with a car each, a VTN with a program, and the VEN inside the server
+    ids = harness.stations_provision(count=CARS, prefix="ute2e", password=PASSWORD)
+    vtn = Vtn3(clients={"e2e-ven": SECRET})
+    vtn.add_program("e2e-program")
+    env = {"UTILITY_IN_SERVER": "1", "UTILITY_RETRY_S": "1", "UTILITY_EVENT_LEAD_S": str(LEAD_S),
+           "UTILITY_E2E_SECRET": SECRET}  # fmt: skip
+    with _serving(vtn):
+        server = start_server(env, log_path=tmp_path / "server.log")
+        try:
+            ws = f"ws://127.0.0.1:{server.port}"
+            with harness.simulated_agents(count=CARS, ws_base=ws, prefix="ute2e", password=PASSWORD):
+                _wait(lambda: len(harness.stations_ready(ids)) == CARS, 120, "the cars plugged in and reporting")
+                fleet = harness.fleet_register(harness.stations_ready(ids), name="utility e2e")
+                program = UtilityProgramFactory.create(
+                    fleet=fleet, protocol=Protocol.OPENADR_3, endpoint=vtn.url, client_name="e2e-ven",
+                    program_ref="e2e-program", secret_env="UTILITY_E2E_SECRET", poll_s=1, report_s=2,
+                )  # fmt: skip
+                _wait(lambda: vtn.vens, 30, "the VEN registered")
+                # When the VTN limits the fleet's import to 6 kW below what it draws now, for 30 s from 15 s on
+                now = datetime.now(UTC).replace(microsecond=0)
+                before_w = _mean_net_w(ids, now - timedelta(seconds=5), now)
+                limit_w = round(before_w / 1000) * 1000 - 6000
+                start = now + timedelta(seconds=15)
+                end = start + timedelta(seconds=30)
+                event = vtn.add_event(
+                    vtn.programs[0]["id"],
+                    [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [limit_w / 1000]}]}],
+                    intervalPeriod={"start": start.isoformat().replace("+00:00", "Z"), "duration": "PT30S"},
+                )
+                # Then every charger accepted a charging profile from the event's deployment before its start
+                deployment = _wait(
+                    lambda: ReserveDeployment.objects.filter(portfolio=program.portfolio).first(), 30, "deployed"
+                )
+                assert deployment.start <= start - timedelta(seconds=LEAD_S - 1)
+                assert deployment.end == end
+                _wait(lambda: datetime.now(UTC) > start, 30, "the start")
+                profiles = MessageLog.objects.filter(
+                    station__station_id__in=ids, direction="out", action="SetChargingProfile",
+                    created_at__gte=deployment.belief_time, responded_at__lt=start,
+                )  # fmt: skip
+                accepted = {m.station.station_id for m in profiles if (m.response or {}).get("status") == "Accepted"}
+                assert accepted == set(ids)
+                # And once the event is over the VTN receives its report: the metered mean demand of the interval
+                report = _wait(
+                    lambda: next((r for r in vtn.reports if r["reportName"].endswith("-event")), None),
+                    60, "the after-event report",
+                )  # fmt: skip
+        finally:
+            stop_server(server)
+    (interval,) = report["resources"][0]["intervals"]
+    assert interval["intervalPeriod"] == {"start": start.isoformat(), "duration": "PT30S"}
+    metered_w = _mean_net_w(ids, start, end)
+    (demand_kw,) = interval["payloads"][0]["values"]
+    assert interval["payloads"][0]["type"] == "DEMAND"
+    assert abs(demand_kw * 1000 - metered_w) <= 1.0  # reported in kW to the watt
+    assert report["eventID"] == event["id"]
+    # And the fleet responded: it drew less during the event than before it, and held the limit (within 1 kW over
+    # the interval: the profiles were in place before the start)
+    assert metered_w < before_w - 1000, (before_w, metered_w, limit_w)
+    assert metered_w <= limit_w + 1000, (before_w, metered_w, limit_w)
+    stored = UtilityEvent.objects.get(program=program, event_ref=event["id"])
+    assert stored.status == EventStatus.COMPLETED
+    with capsys.disabled():
+        lead = (start - max(m.responded_at for m in profiles if m.responded_at)).total_seconds()
+        print(
+            f"\nutility e2e, {CARS} cars: before {before_w:.0f} W, limit {limit_w} W, deployed "
+            f"{deployment.power_w} W, metered during {metered_w:.0f} W (reported {demand_kw} kW); "
+            f"last profile accepted {lead:.1f} s before the start"
+        )

@@ -1,0 +1,274 @@
+"""The OpenADR 3 VEN against a VTN written from the OpenADR 3.0.1 OpenAPI document (``oadr3_vtn``), on a real
+socket: client-credentials token, VEN and resources registered, events polled and dispatched as reserve
+deployments (or stored and refused with the reason), a deleted event withdrawn, reports of metered demand and
+available capacity, and the after-the-event report."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiohttp import web
+from asgiref.sync import sync_to_async
+
+from markets.regulation.models import ReserveDeployment
+from tests.live import free_port
+from tests.vpp.utility.factories import UtilityProgramFactory
+from tests.vpp.utility.oadr3_vtn import Vtn3
+from tests.vpp.utility.test_openadr2 import _metered_fleet, _wait_for
+from vpp.dispatch import dispatcher as dispatcher_module
+from vpp.dispatch.reserve import reserve_runs, reserve_runs_stop
+from vpp.utility.dispatch import EventRuns
+from vpp.utility.models import EventStatus, Protocol, ReportKind, UtilityEvent, UtilityProgram, UtilityReport
+from vpp.utility.openadr3 import Ven3
+from vpp.utility.selectors import Credentials
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
+SECRET = "s3cret-for-tests"
+
+
+def _z(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+@pytest.fixture
+async def vtn(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Vtn3]:
+    monkeypatch.setattr(dispatcher_module, "_dispatchers", {})
+    found = Vtn3(clients={"acme-ven": SECRET})
+    found.add_program("acme-cbp", payloadDescriptors=[
+        {"objectType": "EVENT_PAYLOAD_DESCRIPTOR", "payloadType": "IMPORT_CAPACITY_LIMIT", "units": "KW"},
+    ])  # fmt: skip
+    runner = web.AppRunner(found.app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    found.url = f"http://127.0.0.1:{port}"
+    yield found
+    await runner.cleanup()
+    await reserve_runs_stop()
+
+
+def _program(url: str, **fields: Any) -> UtilityProgram:
+    program = UtilityProgramFactory.create(
+        protocol=Protocol.OPENADR_3, endpoint=url, client_name="acme-ven", program_ref="acme-cbp", poll_s=1,
+        report_s=1, **fields,
+    )  # fmt: skip
+    return UtilityProgram.objects.select_related("product__operator", "organisation").get(pk=program.pk)
+
+
+@contextlib.asynccontextmanager
+async def _ven(program: UtilityProgram, runs: EventRuns, secret: str = SECRET) -> AsyncIterator[Ven3]:
+    ven = Ven3(program, runs=runs, credentials=Credentials(None, None, None, secret))
+    assert await ven.start()
+    try:
+        yield ven
+    finally:
+        await runs.stop()
+        await ven.stop()
+
+
+async def test_it_takes_a_token_and_registers_the_ven_and_the_portfolios_stations(vtn: Vtn3) -> None:
+    # Given a fleet with two metered charge points (their stations are the portfolio's resources)
+    program = await sync_to_async(_program)(vtn.url)
+    await sync_to_async(_metered_fleet)(program)
+    async with _ven(program, EventRuns()):
+        # Then the VEN asked for a token with its client credentials
+        assert vtn.token_requests[0] == {
+            "grant_type": "client_credentials", "client_id": "acme-ven", "client_secret": SECRET,
+        }  # fmt: skip
+        # And it is registered under its name, with one resource per station, and the status shows the VEN's id
+        assert [v["venName"] for v in vtn.vens] == ["acme-ven"]
+        stations = await sync_to_async(lambda: sorted(s.station_id for s in _stations()))()
+        assert sorted(r["resourceName"] for r in vtn.resources) == stations
+        assert len(stations) == 2
+        await program.arefresh_from_db()
+        assert program.registration_ref == vtn.vens[0]["id"]
+        assert program.healthy
+
+
+def _stations() -> list[Any]:
+    from chargers.models import Station
+
+    return list(Station.objects.all())
+
+
+async def test_it_refuses_to_start_with_a_wrong_secret_and_the_status_says_why(vtn: Vtn3) -> None:
+    program = await sync_to_async(_program)(vtn.url)
+    ven = Ven3(program, runs=EventRuns(), credentials=Credentials(None, None, None, "wrong"))
+    assert not await ven.start()
+    await program.arefresh_from_db()
+    assert program.last_error == "OpenADR 3: token refused (400): invalid_client"
+    assert vtn.vens == []
+
+
+async def test_an_import_limit_becomes_a_reserve_deployment_down_to_the_limit_before_its_start(vtn: Vtn3) -> None:
+    # Given a VEN of a fleet with no connected station (metered power counts as 0 W)
+    program = await sync_to_async(_program)(vtn.url)
+    program_id = vtn.programs[0]["id"]
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
+    async with _ven(program, EventRuns(lead_s=2.0)):
+        # When the VTN publishes an import limit of -5 kW (export at least 5 kW) for 6 s starting in 4 s
+        event = vtn.add_event(program_id, [
+            {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]},
+        ], intervalPeriod={"start": _z(start), "duration": "PT6S"})  # fmt: skip
+
+        # Then 2 s ahead the portfolio gets a 5,000 W reserve deployment (0 W now - (-5,000 W)) until the end
+        def deployed() -> bool:
+            return ReserveDeployment.objects.filter(portfolio=program.portfolio).exists()
+
+        await _wait_for(deployed)
+        reserve = await ReserveDeployment.objects.aget(portfolio=program.portfolio)
+        assert (reserve.power_w, reserve.start, reserve.end) == (
+            5_000,
+            start - timedelta(seconds=2),
+            start + timedelta(seconds=6),
+        )
+        stored = await UtilityEvent.objects.aget(program=program, event_ref=event["id"])
+        assert (stored.kind, stored.limit_w, stored.protocol) == ("IMPORT_CAPACITY_LIMIT", -5_000, Protocol.OPENADR_3)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ("PRICE", "prices are not dispatched here (the fleet's schedule follows its own markets)"),
+        ("EXPORT_CAPACITY_LIMIT", "an export limit caps discharge; the dispatch services only add it"),
+    ],
+)
+async def test_it_stores_and_refuses_what_it_does_not_dispatch_with_the_reason(
+    vtn: Vtn3, payload: str, reason: str
+) -> None:
+    program = await sync_to_async(_program)(vtn.url)
+    start = datetime.now(UTC) + timedelta(minutes=5)
+    async with _ven(program, EventRuns()):
+        event = vtn.add_event(vtn.programs[0]["id"], [{"id": 0, "payloads": [{"type": payload, "values": [0.3]}]}],
+                              intervalPeriod={"start": _z(start), "duration": "PT15M"})  # fmt: skip
+
+        def stored() -> bool:
+            return UtilityEvent.objects.filter(program=program, event_ref=event["id"]).exists()
+
+        await _wait_for(stored)
+    row = await UtilityEvent.objects.aget(program=program, event_ref=event["id"])
+    assert (row.status, row.status_reason) == (EventStatus.REFUSED, reason)
+    assert not await ReserveDeployment.objects.filter(portfolio=program.portfolio).aexists()
+
+
+async def test_an_event_the_vtn_deletes_before_its_end_is_withdrawn(vtn: Vtn3) -> None:
+    program = await sync_to_async(_program)(vtn.url)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    async with _ven(program, EventRuns(lead_s=2.0)):
+        event = vtn.add_event(vtn.programs[0]["id"], [
+            {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]},
+        ], intervalPeriod={"start": _z(start), "duration": "PT60S"})  # fmt: skip
+
+        def deployed() -> bool:
+            return ReserveDeployment.objects.filter(portfolio=program.portfolio).exists()
+
+        await _wait_for(deployed)
+        vtn.delete_event(event["id"])
+
+        def withdrawn() -> bool:
+            return ReserveDeployment.objects.filter(
+                portfolio=program.portfolio, end__lt=start + timedelta(seconds=60)
+            ).exists()
+
+        await _wait_for(withdrawn)
+    row = await UtilityEvent.objects.aget(program=program, event_ref=event["id"])
+    assert (row.status, row.status_reason) == (EventStatus.CANCELLED, "deleted by the VTN")
+
+
+async def test_reports_carry_the_metered_demand_during_and_after_the_event(vtn: Vtn3) -> None:
+    # Given the fleet's meters: +7,400 W on one charge point, -2,000 W on another, in force (read 30 s ago)
+    program = await sync_to_async(_program)(vtn.url)
+    await sync_to_async(_metered_fleet)(program)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    async with _ven(program, EventRuns(lead_s=1.0)):
+        # When an event of 4 s runs (a limit the fleet cannot reach by itself: no connected station)
+        event = vtn.add_event(vtn.programs[0]["id"], [
+            {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]},
+        ], intervalPeriod={"start": _z(start), "duration": "PT4S"})  # fmt: skip
+
+        def response_reported() -> bool:
+            return UtilityReport.objects.filter(program=program, kind=ReportKind.EVENT, accepted=True).exists()
+
+        await _wait_for(response_reported, within=30)
+    reports = [r for r in vtn.reports if r["eventID"] == event["id"]]
+    telemetry = [r for r in reports if r["reportName"].endswith("-telemetry")]
+    response = [r for r in reports if r["reportName"].endswith("-event")]
+    # Then while it ran each telemetry report's DEMAND is the net metered power, 7,400 - 2,000 W = 5.4 kW, with
+    # no capacity available (no plugged-in car on a connected station)
+    assert telemetry
+    for report in telemetry:
+        payloads = {p["type"]: p["values"] for p in report["resources"][0]["intervals"][0]["payloads"]}
+        assert payloads == {"DEMAND": [5.4], "UP_REGULATION_AVAILABLE": [0.0], "DOWN_REGULATION_AVAILABLE": [0.0]}
+        assert report["clientName"] == "acme-ven"
+    # And afterwards one report gives the event's interval with its metered mean demand, 5.4 kW
+    assert len(response) == 1
+    (interval,) = response[0]["resources"][0]["intervals"]
+    assert interval["intervalPeriod"] == {"start": start.isoformat(), "duration": "PT4S"}
+    assert interval["payloads"] == [{"type": "DEMAND", "values": [5.4]}]
+
+
+async def test_a_vtn_in_trouble_is_shown_and_the_ven_recovers_without_a_restart(vtn: Vtn3) -> None:
+    # Given a running VEN
+    program = await sync_to_async(_program)(vtn.url)
+    async with _ven(program, EventRuns(lead_s=2.0)):
+        # When the VTN answers 500 to every event search
+        vtn.events_failing = 500
+
+        def failing() -> bool:
+            return UtilityProgram.objects.filter(pk=program.pk, errors_in_a_row__gte=2).exists()
+
+        await _wait_for(failing)
+        await program.arefresh_from_db()
+        assert program.last_error == "OpenADR 3: GET /events: 500 the VTN is in trouble"
+        assert not program.healthy
+        # Then, once it answers again (and has forgotten every token), the VEN takes a new token and an event
+        # published meanwhile is dispatched
+        vtn.revoke_tokens()
+        vtn.events_failing = 0
+        start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
+        vtn.add_event(vtn.programs[0]["id"], [
+            {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-2.0]}]},
+        ], intervalPeriod={"start": _z(start), "duration": "PT6S"})  # fmt: skip
+
+        def deployed() -> bool:
+            return ReserveDeployment.objects.filter(portfolio=program.portfolio, power_w=2_000).exists()
+
+        await _wait_for(deployed)
+        await program.arefresh_from_db()
+        assert program.errors_in_a_row == 0
+        assert len(vtn.token_requests) == 2
+
+
+async def test_a_restarted_ven_resumes_the_dispatch_of_an_event_under_way(vtn: Vtn3) -> None:
+    # Given an event under way, its deployment running in this process
+    program = await sync_to_async(_program)(vtn.url)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    vtn.add_event(vtn.programs[0]["id"], [
+        {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]},
+    ], intervalPeriod={"start": _z(start), "duration": "PT60S"})  # fmt: skip
+
+    def deployed() -> bool:
+        return ReserveDeployment.objects.filter(portfolio=program.portfolio).exists()
+
+    async with _ven(program, EventRuns(lead_s=2.0)):
+        await _wait_for(deployed)
+    # When the process stops (its reserve runs die with it) and its clients start again
+    await reserve_runs_stop()
+    reserve = await ReserveDeployment.objects.aget(portfolio=program.portfolio)
+    assert reserve.pk not in {run.event.pk for run in reserve_runs()}
+    async with _ven(program, EventRuns(lead_s=2.0)):
+
+        def resumed() -> bool:
+            return reserve.pk in {run.event.pk for run in reserve_runs()}
+
+        # Then the stored deployment runs again (the same one: nothing stored twice, nothing asked anew)
+        await _wait_for(resumed)
+        assert [(r.pk, r.power_w) async for r in ReserveDeployment.objects.filter(portfolio=program.portfolio)] == [
+            (reserve.pk, 5_000)
+        ]
+        status = await UtilityEvent.objects.filter(program=program).values_list("status", flat=True).aget()
+        assert status == EventStatus.ACTIVE
