@@ -16,7 +16,7 @@ live meter the real controller shaves.
   settled by :func:`markets.peak.services.peak_period_settle`: the peak-shaving money on the revenue pages.
   Idempotent: a day already simulated is not again, a settled period stays as it is.
 - **Live** (:func:`depot_meter_run`, ``manage.py demo_peak``, started by ``runvpp``): an OCPP 2.1 client over a
-  real WebSocket as ``demo-depot-meter`` (BootNotification, vendor "OpenV2G demo", model "Simulated depot meter")
+  real WebSocket as ``demo-depot-meter`` (BootNotification, vendor "OpenV2G demo", model "Simulated meter")
   sends MeterValues for EVSE 0 every 5 s: the profile at this local time of day x ``SCALE`` plus the depot's cars'
   present power as their stations last reported it. The CSMS stores it as the depot's meter and the real-time
   controller (``vpp.peak``) shaves it; a plan is made at start (then every 15 min by beat).
@@ -48,7 +48,8 @@ from chargers.models import MeterValue, Station
 from fleet.numerics.snapshot import VehicleSnapshot
 from fleet.seeding import DEMO, demo_organisation
 from fleet.services.stations import stations_provision
-from markets.models import DepotSite
+from markets.defaults import ensure_defaults
+from markets.models import DepotSite, MarketOperator, Product
 from markets.peak.capacity import cap_plan
 from markets.peak.models import (
     DemandCharge,
@@ -121,6 +122,8 @@ class DemoPeak:
 
 def _site(station_ids: Sequence[str], password: str) -> tuple[DepotSite, DemandTariff]:
     org = demo_organisation(DEMO)
+    if not DepotSite.objects.filter(code=SITE_CODE).exists():  # made by a data migration; a flushed test db lacks it
+        ensure_defaults(MarketOperator, DepotSite, Product)
     site = DepotSite.objects.get(code=SITE_CODE)
     if site.organisation_id is None:
         site.organisation = org
@@ -315,7 +318,7 @@ async def depot_meter_run(*, csms_url: str, stop: asyncio.Event, period_s: float
                 additional_headers={"Authorization": f"Basic {auth}"},
             ) as ws:  # fmt: skip
                 await _exchange(ws, "BootNotification", {"reason": "PowerUp", "chargingStation": {
-                    "vendorName": "OpenV2G demo", "model": "Simulated depot meter"}})  # fmt: skip
+                    "vendorName": "OpenV2G demo", "model": "Simulated meter"}})  # fmt: skip
                 LOG.info("demo depot meter connected to %s", url)
                 while not stop.is_set():
                     now = datetime.now(UTC)
