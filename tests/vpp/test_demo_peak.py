@@ -111,7 +111,8 @@ async def test_the_live_demo_meter_is_stored_as_the_depots_site_meter_over_a_rea
         demo_peak_seed(now=datetime.now(UTC), station_ids=STATIONS, history=False)
 
     await sync_to_async(seed)()
-    server = start_server()
+    # the site meter's readings are stored by a Celery task: run eagerly in the server (no worker runs in tests)
+    server = start_server({"REDIS_URL": ""})
     stop = asyncio.Event()
     task = asyncio.ensure_future(depot_meter_run(csms_url=server.ws_url, stop=stop, period_s=0.5))
 
