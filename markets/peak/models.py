@@ -200,6 +200,12 @@ class PeakPlan(models.Model):
     forecast_peak_w = models.BigIntegerField(help_text="forecast peak of the site without the fleet")
     billed_peak_w = models.BigIntegerField(default=0, help_text="billing period's metered peak so far (free headroom)")
     planned_shave_w = models.BigIntegerField(help_text="largest discharge the plan needs of the fleet")
+    step_s = models.PositiveIntegerField(default=900, help_text="length of each step of the lists below")
+    load_w = models.JSONField(default=list, blank=True, help_text="forecast load without the fleet per step (W)")
+    billed = models.JSONField(default=list, blank=True, help_text="per step: whether a demand charge bills it")
+    fleet_w = models.JSONField(
+        default=list, blank=True, help_text="planned net fleet power per step (W, + charging): the charging schedule"
+    )
     vehicles = models.PositiveIntegerField()
     forecast_ref = models.CharField(max_length=200)
     explanation = models.TextField(blank=True)

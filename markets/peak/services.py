@@ -18,10 +18,10 @@ from typing import Any, TextIO
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from fleet.numerics.degradation import throughput_cost_per_kwh
+from fleet.numerics.snapshot import VehicleSnapshot
 from fleet.selectors import plugged_in_snapshots
 from markets.models import DepotSite, SiteLoadPoint, Source
-from markets.optimiser import BidProblem, ProductSpec, schedule_bids
+from markets.peak.capacity import CapPlan, Pack, cap_plan, holdable_cap
 from markets.peak.forecast import LoadForecaster, SameTimeOfWeek
 from markets.peak.models import (
     MeterSource,
@@ -355,10 +355,12 @@ def site_load_forecast_make(
 def peak_plan_make(
     *, site_id: int, start: datetime, end: datetime, now: datetime, scheduler: str = "highs"
 ) -> PeakPlan:
-    """Plan ``[start, end)``: the optimiser shaves the forecast peak with the cars plugged in at the site's stations
-    (within floors and departure needs), priced by the tariff; the cap real-time dispatch holds the site to is the
-    highest planned import, and never below the billing period's metered peak so far (shaving under what the bill
-    already holds avoids nothing and only wears the packs)."""
+    """Plan ``[start, end)``: the lowest cap the cars plugged in at the site's stations can hold the forecast's
+    billed steps to with the energy they have and can charge under the cap (floors, capacities, departure needs;
+    ``markets.peak.capacity``), and the fleet power per step that holds it (the charging schedule real-time dispatch
+    follows). Never below the billing period's metered peak so far (shaving under what the bill already holds avoids
+    nothing and only wears the packs). ``scheduler``: ``highs`` (per car, exact) or ``greedy`` (the fleet as one
+    pack: an optimistic cap, no schedule)."""
     site = DepotSite.objects.get(pk=site_id)
     found = tariff_in_force(site=site, at=start)
     if found is None:
@@ -376,51 +378,39 @@ def peak_plan_make(
     price = max((spec.max_charge_price_at(start + t * step) for t in range(steps)), default=Decimal(0))
     stations = set(site.stations.values_list("station_id", flat=True))
     vehicles = [v for v in plugged_in_snapshots(at=now) if v.station_id in stations]
-    deg = float(throughput_cost_per_kwh()) / 1000.0
-    product = ProductSpec(
-        code=f"peak-{site.code}",
-        direction="up",
-        prices=[None] * steps,
-        sustain_h=step.total_seconds() / 3600.0,
-        up_activation=1.0,  # shaving held is shaving delivered: its energy comes out of the packs
-        site_load_w=[f if ok else -math.inf for f, ok in zip(forecast, priced, strict=True)],
-        site_threshold_w=float(billed),
-        demand_charge_usd_per_w=float(price / Decimal(1000)),
-    )
-    problem = BidProblem(
-        start=start,
-        step_s=int(step.total_seconds()),
-        steps=steps,
-        vehicles=vehicles,
-        products=[product],
-        degradation_usd_per_wh={v.vehicle_id: deg / max(v.state_of_health, 0.5) for v in vehicles},
-    )
-    schedule = schedule_bids(problem, scheduler=scheduler)
-    fleet_w = [0.0] * steps
-    shave_w = [0.0] * steps
-    for v in vehicles:
-        car = schedule.plan(v.vehicle_id)
-        if car is None:
-            continue
-        for t in range(steps):
-            fleet_w[t] += float(car.charge_w[t] - car.discharge_w[t])
-            shave_w[t] += float(car.reserved_w[product.code][t])
-    planned = [forecast[t] + fleet_w[t] - shave_w[t] for t in range(steps) if priced[t]]
-    threshold = max([billed, *[math.ceil(x) for x in planned]]) if planned else max(billed, round(fill))
+    if scheduler == "greedy":
+        pack = fleet_pack(vehicles)
+        hours = [step.total_seconds() / 3600.0] * steps
+        cap = max(billed, holdable_cap(load_w=forecast, billed=priced, hours=hours, pack=pack))
+        found_plan = CapPlan(cap, [], 0.0, 0.0, "greedy, one pack")
+    else:
+        found_plan = cap_plan(
+            load_w=forecast, billed=priced, step_s=step.total_seconds(), start_ts=start.timestamp(),
+            vehicles=vehicles, floor_cap_w=billed,
+        )  # fmt: skip
+    threshold = max(billed, found_plan.cap_w)
+    forecast_peak = round(max(f for f, ok in zip(forecast, priced, strict=True) if ok) if any(priced) else fill)
+    shave = [max(0, -w) for w in found_plan.fleet_w]
     plan = PeakPlan.objects.create(
         site=site,
         start=start,
         end=start + steps * step,
         threshold_w=max(threshold, 0),
-        forecast_peak_w=round(max(f for f, ok in zip(forecast, priced, strict=True) if ok) if any(priced) else fill),
+        forecast_peak_w=forecast_peak,
         billed_peak_w=billed,
-        planned_shave_w=round(max(shave_w, default=0.0)),
+        planned_shave_w=max(shave, default=max(0, forecast_peak - threshold)),
+        step_s=int(step.total_seconds()),
+        load_w=[round(f) for f in forecast],
+        billed=priced,
+        fleet_w=found_plan.fleet_w,
         vehicles=len(vehicles),
         forecast_ref=", ".join(sorted({Source.FORECAST})),
         explanation=(
-            f"{schedule.scheduler} ({schedule.status}): {len(vehicles)} cars at {len(stations)} stations, "
-            f"{steps} x {int(step.total_seconds() // 60)} min; demand charge {price}/kW; "
-            f"billed peak so far {billed} W; expected avoided {schedule.peak_value_usd:.2f}."
+            f"{scheduler} ({found_plan.status}): {len(vehicles)} cars at {len(stations)} stations, "
+            f"{steps} x {int(step.total_seconds() // 60)} min; cap {threshold} W, forecast peak {forecast_peak} W; "
+            f"charge {found_plan.charge_wh / 1000:.1f} kWh, discharge {found_plan.discharge_wh / 1000:.1f} kWh; "
+            f"demand charge {price}/kW; billed peak so far {billed} W; expected avoided "
+            f"{price * Decimal(max(0, forecast_peak - threshold)) / Decimal(1000):.2f}."
         ),
         created_at=now,
     )
@@ -428,6 +418,23 @@ def peak_plan_make(
         "site %s: peak plan %s..%s cap %d W (%d cars)", site.code, plan.start, plan.end, plan.threshold_w, len(vehicles)
     )
     return plan
+
+
+def fleet_pack(vehicles: Sequence[VehicleSnapshot]) -> Pack:
+    """The cars as one pack for :func:`markets.peak.capacity.holdable_cap`: a car leaving keeps its departure need
+    (or its floor), a car under its floor gives nothing."""
+    if not vehicles:
+        return Pack(0.0, 0.0, 0.0, 0.0, 0.0)
+    n = len(vehicles)
+    return Pack(
+        energy_wh=float(sum(v.soc_wh for v in vehicles)),
+        min_wh=float(sum(min(v.soc_wh, max(v.floor_wh, v.target_wh if v.departure else 0)) for v in vehicles)),
+        max_wh=float(sum(max(v.capacity_wh, v.soc_wh) for v in vehicles)),
+        charge_w=float(sum(v.max_charge_w for v in vehicles)),
+        discharge_w=float(sum(v.max_discharge_w for v in vehicles if v.soc_wh >= v.floor_wh)),
+        charge_efficiency=sum(v.charge_efficiency for v in vehicles) / n,
+        discharge_efficiency=sum(v.discharge_efficiency for v in vehicles) / n,
+    )
 
 
 # --- settlement --------------------------------------------------------------------------------------------------

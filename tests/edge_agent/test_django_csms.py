@@ -188,3 +188,61 @@ async def test_the_csms_stores_a_signed_updates_progress_and_a_forged_ones_secur
 
 async def _has(station_id: str, kind: str, summary: str) -> bool:
     return summary in await _events(station_id, kind)
+
+
+@pytest.mark.usefixtures("close_db_threads")
+async def test_a_sunspec_site_meter_read_by_the_agent_is_stored_as_the_depots_site_meter_reading(
+    make_agent: Any,
+) -> None:
+    import socket
+
+    from chargers.models import Station
+    from edge_agent.hardware.sunspec_meter import SunSpecMeter
+    from edge_agent.sitemeter import SiteMeterReporter
+    from markets.models import DepotSite
+    from markets.peak.models import MeterSource, SiteMeter, SiteMeterReading
+    from tests.edge_agent.sunspec_meter import SunSpecMeterDevice
+
+    sid = "edge-live-meter"
+
+    def depot() -> None:
+        StationFactory(station_id=sid)
+        station = Station.objects.get(station_id=sid)
+        site = DepotSite.objects.create(code="edge-depot", name="Edge depot", threshold_w=10**9, demand_charge=0)
+        SiteMeter.objects.create(site=site, kind=SiteMeter.Kind.MODBUS, station=station, evse_id=0)
+
+    await sync_to_async(depot)()
+    # Given the depot's SunSpec meter (model 203, 152.34 kW import) and the agent of the station it is wired to
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    device = SunSpecMeterDevice(203)
+    await device.start(port)
+    meter = SunSpecMeter("127.0.0.1", port=port, timeout_s=0.5)
+    # a server of its own: the site meter's readings are stored by a Celery task, run eagerly there (no worker runs
+    # in tests, with REDIS_URL or not)
+    server = start_server({"REDIS_URL": ""})
+    agent = await make_agent(Endpoint(server.ws_url), sid, password=STATION_PASSWORD, plug=False)
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(SiteMeterReporter(agent.station, meter.read, interval_s=0.2).run(stop))
+
+    async def stored() -> list[tuple[int, str, str]]:
+        return await sync_to_async(
+            lambda: list(SiteMeterReading.objects.filter(site__code="edge-depot").values_list(
+                "import_w", "source", "source_ref"))
+        )()  # fmt: skip
+
+    try:
+        # When it reads and reports for a while
+        async def some() -> bool:
+            return bool(await stored())
+
+        await _until(some)
+    finally:
+        stop.set()
+        await task
+        await meter.close()
+        await device.stop()
+        stop_server(server)
+    # Then the CSMS stored the readings as the depot's site meter: 152,340 W, source modbus, the station's EVSE 0
+    assert set(await stored()) == {(152_340, MeterSource.MODBUS, f"{sid}/0")}

@@ -40,11 +40,12 @@ def test_each_demo_manager_sees_only_their_organisations_stations_and_cars(tmp_p
     # Given the demo seeded with four stations
     settings.VAR_DIR = tmp_path
     call_command("demo_seed", "--stations", "4", "--id-prefix", "two", "--history-days", "0")
-    # Then each manager's stations and vehicles are their organisation's only, and the operator sees all
+    # Then each manager's stations and vehicles are their organisation's only (the demo operator's include its
+    # depot's main meter, vpp.demo_peak), and the operator sees all
     demo, harbour = (User.objects.get(username=name) for name in ("demo-manager", "harbour-manager"))
-    assert sorted(stations_for(demo).values_list("station_id", flat=True)) == ["two-1", "two-2"]
+    assert sorted(stations_for(demo).values_list("station_id", flat=True)) == ["demo-depot-meter", "two-1", "two-2"]
     assert sorted(stations_for(harbour).values_list("station_id", flat=True)) == ["two-3", "two-4"]
     assert {v.fleet.organisation.slug for v in vehicles_for(harbour)} == {"harbour"}
     assert not (set(vehicles_for(demo)) & set(vehicles_for(harbour)))
-    assert stations_for(User.objects.get(username="admin")).count() == 4
+    assert stations_for(User.objects.get(username="admin")).count() == 5
     assert not demo.is_staff

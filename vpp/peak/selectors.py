@@ -18,8 +18,9 @@ MARGIN_MIN_W = 2_000
 
 
 def site_state_load(*, site_id: int, now: float) -> SiteState:
-    """The cap in force (the newest plan covering now, else the site's configured threshold) and the cars plugged
-    in at the site's online stations with their routes (OCPP 2.0.1 stations: no discharge, as in regulation)."""
+    """The cap in force (the newest plan covering now, with its forecast and charging schedule; else the site's
+    configured threshold) and the cars plugged in at the site's online stations with their routes (OCPP 2.0.1
+    stations: no discharge, as in regulation)."""
     at = datetime.fromtimestamp(now, UTC)
     site = DepotSite.objects.get(pk=site_id)
     plan = plan_in_force(site_id=site_id, at=at)
@@ -55,6 +56,11 @@ def site_state_load(*, site_id: int, now: float) -> SiteState:
         routes=routes,
         loaded_at=now,
         plan_id=plan.pk if plan is not None else None,
+        plan_start=plan.start.timestamp() if plan is not None else 0.0,
+        step_s=float(plan.step_s) if plan is not None else 900.0,
+        load_w=list(plan.load_w) if plan is not None else [],
+        billed=[bool(b) for b in plan.billed] if plan is not None else [],
+        fleet_w=list(plan.fleet_w) if plan is not None else [],
     )
 
 

@@ -111,6 +111,27 @@ def build_station(cfg: AgentConfig, *, clock: Clock, store: OutboxStore) -> Stat
     return station
 
 
+def start_site_meter(cfg: AgentConfig, station: Station, stop: asyncio.Event) -> asyncio.Future[None] | None:
+    """The depot's main meter, when one is configured: read and reported as MeterValues for EVSE 0 until ``stop``."""
+    sm = cfg.site_meter
+    if not sm.driver:
+        return None
+    from edge_agent.hardware.sunspec_meter import SunSpecMeter
+    from edge_agent.sitemeter import SiteMeterReporter
+
+    meter = SunSpecMeter(sm.host, port=sm.port, unit_id=sm.unit_id, timeout_s=cfg.hardware.io_timeout_s,
+                         import_positive=sm.import_positive)  # fmt: skip
+    reporter = SiteMeterReporter(station, meter.read, interval_s=sm.interval_s, io_timeout_s=1.0)
+
+    async def run() -> None:
+        try:
+            await reporter.run(stop)
+        finally:
+            await meter.close()
+
+    return asyncio.ensure_future(run())
+
+
 async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, clock: Clock | None = None) -> None:
     """Run one station until SIGTERM/SIGINT (or ``stop``); leaves the inverter at 0 W on the way out."""
     clock = clock or SystemClock()
@@ -170,10 +191,13 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, cloc
     )
     log_event(cfg.station_id, "agent_start", csms=client.url, driver=cfg.hardware.driver, source=cfg.frequency.source)
     client_task = asyncio.ensure_future(client.run())
+    meter_task = start_site_meter(cfg, station, stop)
     try:
         await tick_forever([station], store, cfg.control.tick_s, stop=stop)
     finally:
         client.stop()
+        if meter_task is not None:
+            await asyncio.gather(meter_task, return_exceptions=True)
         if secc_task is not None:
             secc_task.cancel()
             await asyncio.gather(secc_task, return_exceptions=True)

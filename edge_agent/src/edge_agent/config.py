@@ -121,6 +121,18 @@ class HardwareSettings:
 
 
 @dataclass
+class SiteMeterSettings:
+    """The depot's main meter, read by this agent and reported as MeterValues for EVSE 0 (peak shaving)."""
+
+    driver: str = ""  # "" (none) | sunspec (Modbus TCP, SunSpec meter model 201-204)
+    host: str = ""
+    port: int = 502
+    unit_id: int = 1
+    interval_s: float = 5.0  # one reading (one MeterValues) every this many seconds
+    import_positive: bool = True  # SunSpec counts W + for import; false for a meter wired the other way round
+
+
+@dataclass
 class FrequencySettings:
     source: str = "replay"  # sim | replay | meter
     replay_path: str = ""  # empty: the packaged one-day 1-s recording
@@ -180,6 +192,7 @@ class AgentConfig:
     failsafe: FailsafeSettings = field(default_factory=FailsafeSettings)
     hardware: HardwareSettings = field(default_factory=HardwareSettings)
     frequency: FrequencySettings = field(default_factory=FrequencySettings)
+    site_meter: SiteMeterSettings = field(default_factory=SiteMeterSettings)
     firmware: FirmwareSettings = field(default_factory=FirmwareSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     iso15118: Iso15118Settings = field(default_factory=Iso15118Settings)
@@ -239,6 +252,12 @@ class AgentConfig:
             raise ConfigError("firmware.crl_url must be an http:// or https:// URL")
         if self.firmware.crl_grace_s < 0:
             raise ConfigError("firmware.crl_grace_s must be >= 0")
+        if self.site_meter.driver not in ("", "sunspec"):
+            raise ConfigError('site_meter.driver must be "" (none) or sunspec')
+        if self.site_meter.driver and not self.site_meter.host:
+            raise ConfigError("site_meter.host: the meter's address is required with a site_meter.driver")
+        if not 1.0 <= self.site_meter.interval_s <= 60.0:
+            raise ConfigError("site_meter.interval_s must be in [1, 60] s (the CSMS holds a reading at most 60 s)")
         if self.frequency.source not in ("sim", "replay", "meter"):
             raise ConfigError("frequency.source must be sim, replay or meter")
         if self.ocpp.message_attempts < 1:

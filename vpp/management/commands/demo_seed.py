@@ -22,6 +22,7 @@ from fleet.services.stations import stations_provision
 from vpp.demo import DEMO_MEMBERS, demo_credentials
 from vpp.demo_history import DAYS, demo_history_generate
 from vpp.demo_market import demo_product
+from vpp.demo_peak import demo_peak_seed
 from vpp.progress import progress_bar
 
 
@@ -74,6 +75,8 @@ class Command(BaseCommand):
                 f"Simulated history: {history.blocks} blocks, {history.awards} awards, {history.settlements} "
                 f"settlements, {history.meter_values} meter values (labelled simulated)"
             )
+        depot = demo_peak_seed(now=timezone.now(), station_ids=ids[:split], history=options["history_days"] > 0)
+        self.stdout.write(f"Demo depot: {depot}")
         members = ", ".join(username for username, _, _ in DEMO_MEMBERS)
         self.stdout.write(
             self.style.SUCCESS(f"Demo ready: operator '{creds.admin_username}', members {members}; {len(ids)} stations")

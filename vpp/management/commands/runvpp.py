@@ -69,6 +69,12 @@ class Command(BaseCommand):
                 children.append(("edge-agents", _spawn(_fleet_command(bin_dir, host, port, options), agents_env)))
             if not options["no_market"]:
                 children.append(("demo-market", _spawn(_market_command(host, port))))
+                children.append(
+                    (
+                        "demo-peak",
+                        _spawn([*_market_command(host, port)[:2], "demo_peak", "--csms", f"ws://{host}:{port}/ocpp"]),
+                    )
+                )
             settle_until = time.monotonic() + STARTUP_SETTLE_S
             while time.monotonic() < settle_until and not STOP["now"]:  # the children's start-up lines first
                 time.sleep(0.1)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -132,6 +133,70 @@ def encode(value: int, size: int) -> list[int]:
     return [(v >> (16 * (size - 1 - i))) & 0xFFFF for i in range(size)]
 
 
+async def read_registers(client: AsyncModbusTcpClient, unit_id: int, address: int, count: int) -> list[int]:
+    """Holding registers, in requests of at most 125; any Modbus error is a :class:`HardwareError`."""
+    out: list[int] = []
+    while count > 0:
+        n = min(count, MAX_READ)
+        try:
+            rr = await client.read_holding_registers(address, count=n, device_id=unit_id)
+        except ModbusException as exc:
+            raise HardwareError(f"read {address}+{n}: {exc}") from exc
+        if rr.isError():
+            raise HardwareError(f"read {address}+{n}: {rr}")
+        out += rr.registers
+        address, count = address + n, count - n
+    return out
+
+
+async def discover_models(client: AsyncModbusTcpClient, unit_id: int, *, checked: Iterable[int]) -> dict[int, int]:
+    """Model id -> address of its ID register (the first instance of each), from the "SunS" marker along the chain;
+    a model of ``checked`` shorter than its official fixed part is refused."""
+    for base in BASE_ADDRESSES:
+        try:
+            marker = await read_registers(client, unit_id, base, 2)
+        except HardwareError:
+            continue
+        if tuple(marker) == SUNS:
+            break
+    else:
+        raise HardwareError("no SunSpec marker at 40000, 0 or 50000")
+    address = base + 2
+    found: dict[int, int] = {}
+    check = set(checked)
+    for _ in range(256):
+        model_id, length = await read_registers(client, unit_id, address, 2)
+        if model_id == END_MODEL:
+            return found
+        found.setdefault(model_id, address)  # the first instance of each model
+        if model_id in check:
+            need = model_def(model_id).length
+            if length < need:
+                raise HardwareError(f"model {model_id} at {address} has L={length}, its definition needs {need}")
+        address += 2 + length
+    raise HardwareError("no end-of-models marker (0xFFFF) after 256 models")
+
+
+async def read_block(
+    client: AsyncModbusTcpClient, unit_id: int, model: int, address: int, names: Iterable[str]
+) -> dict[str, float | None]:
+    """The named points of ``model`` (its ID register at ``address``) in one block read with the scale factors they
+    name, scaled; None where a point or its scale factor is not implemented."""
+    pts = model_def(model).points
+    wanted = [pts[n] for n in names]
+    sfs = [pts[p.sf] for p in wanted if isinstance(p.sf, str)]
+    first = min(p.offset for p in wanted + sfs)
+    last = max(p.offset + p.size for p in wanted + sfs)
+    regs = await read_registers(client, unit_id, address + first, last - first)
+    raw = {p.name: decode(regs, p.offset - first, p.type, p.size) for p in wanted + sfs}
+    out: dict[str, float | None] = {}
+    for p in wanted:
+        value = raw[p.name]
+        sf = p.sf if not isinstance(p.sf, str) else raw[p.sf]
+        out[p.name] = None if value is None or sf is None else scaled(value, sf or 0)
+    return out
+
+
 @dataclass
 class SunSpecHardware:
     host: str
@@ -182,18 +247,7 @@ class SunSpecHardware:
         self._sf_cache.clear()
 
     async def _read(self, client: AsyncModbusTcpClient, address: int, count: int) -> list[int]:
-        out: list[int] = []
-        while count > 0:
-            n = min(count, MAX_READ)
-            try:
-                rr = await client.read_holding_registers(address, count=n, device_id=self.unit_id)
-            except ModbusException as exc:
-                raise HardwareError(f"read {address}+{n}: {exc}") from exc
-            if rr.isError():
-                raise HardwareError(f"read {address}+{n}: {rr}")
-            out += rr.registers
-            address, count = address + n, count - n
-        return out
+        return await read_registers(client, self.unit_id, address, count)
 
     async def _write(self, client: AsyncModbusTcpClient, address: int, values: list[int]) -> None:
         try:
@@ -204,29 +258,9 @@ class SunSpecHardware:
             raise HardwareError(f"write {address}+{len(values)}: {rr}")
 
     async def _discover(self, client: AsyncModbusTcpClient) -> None:
-        for base in BASE_ADDRESSES:
-            try:
-                marker = await self._read(client, base, 2)
-            except HardwareError:
-                continue
-            if tuple(marker) == SUNS:
-                break
-        else:
-            raise HardwareError("no SunSpec marker at 40000, 0 or 50000")
-        address = base + 2
-        found: dict[int, int] = {}
-        for _ in range(256):
-            model_id, length = await self._read(client, address, 2)
-            if model_id == END_MODEL:
-                break
-            found.setdefault(model_id, address)  # the first instance of each model
-            if model_id in (*READ_POINTS, CONTROLS, *(m for m, _ in ENERGIZE_POINTS)):
-                need = model_def(model_id).length
-                if length < need:
-                    raise HardwareError(f"model {model_id} at {address} has L={length}, its definition needs {need}")
-            address += 2 + length
-        else:
-            raise HardwareError("no end-of-models marker (0xFFFF) after 256 models")
+        found = await discover_models(
+            client, self.unit_id, checked=(*READ_POINTS, CONTROLS, *(m for m, _ in ENERGIZE_POINTS))
+        )
         missing = sorted({*READ_POINTS, CONTROLS} - set(found))
         if missing:
             raise HardwareError(f"device lacks SunSpec model(s) {missing}")
