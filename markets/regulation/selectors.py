@@ -55,6 +55,18 @@ def reserve_in_force(*, portfolio: str, at: datetime) -> tuple[int, datetime | N
     return int(totals["power"] or 0), totals["until"]
 
 
+def reserve_deployed_w(*, portfolio: str, grid_s: NDArray[np.float64]) -> NDArray[np.float64]:
+    """W of reserve events in force on ``portfolio`` at each epoch second of ``grid_s`` (0 where none)."""
+    out = np.zeros(grid_s.shape)
+    if not grid_s.size:
+        return out
+    first, last = datetime.fromtimestamp(grid_s[0], UTC), datetime.fromtimestamp(grid_s[-1], UTC)
+    events = ReserveDeployment.objects.filter(portfolio=portfolio, start__lte=last, end__gt=first)
+    for start, end, power_w in events.values_list("start", "end", "power_w"):
+        out[(grid_s >= start.timestamp()) & (grid_s < end.timestamp())] += power_w
+    return out
+
+
 def epoch_s(moment: datetime) -> float:
     return moment.timestamp()
 
