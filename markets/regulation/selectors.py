@@ -400,28 +400,47 @@ def scores_for(user: Any) -> QuerySet[PerformanceScoreRecord]:
 
 
 _MONEY_FIELDS = ("capacity_credit", "performance_credit", "energy_amount", "degradation_cost", "net")
+MONEY_FIELDS = _MONEY_FIELDS
+
+#: What the revenue pages call each kind of product the fleet sells.
+PRODUCT_NAMES = {
+    Product.Kind.REGULATION: "regulation",
+    Product.Kind.RESERVE: "synchronized reserve",
+    Product.Kind.PEAK_SHAVING: "peak shaving",
+}
+
+
+def product_name(kind: str) -> str:
+    return PRODUCT_NAMES.get(kind, kind)  # type: ignore[call-overload]
 
 
 def revenue_by(lines: QuerySet[SettlementLine], *, by: str) -> list[dict[str, Any]]:
-    """Revenue totals of settlement lines per ``hour`` or ``day`` (UTC), ``product`` or ``vehicle``, and currency;
+    """Revenue totals of settlement lines per ``hour`` or ``day`` (UTC), ``product`` or ``vehicle``, each split by
+    product (``product``: regulation, synchronized reserve, peak shaving, :data:`PRODUCT_NAMES`), and currency;
     money as Decimal."""
     keys = {
-        "hour": ("key", TruncHour("settlement__period_start", tzinfo=UTC)),
-        "day": ("key", TruncDate("settlement__period_start", tzinfo=UTC)),
-        "product": ("key", F("settlement__award__product__code")),
-        "vehicle": ("key", F("vehicle_ref")),
+        "hour": TruncHour("settlement__period_start", tzinfo=UTC),
+        "day": TruncDate("settlement__period_start", tzinfo=UTC),
+        "product": F("settlement__award__product__kind"),
+        "vehicle": F("vehicle_ref"),
     }
     if by not in keys:
         raise ValueError(f"revenue can be grouped by hour, day, product or vehicle, not {by!r}")
-    name, expression = keys[by]
     sums = {field: Sum(field) for field in _MONEY_FIELDS}
     rows = (
-        lines.annotate(**{name: expression}, currency=F("settlement__currency"))
-        .values(name, "currency")
+        lines.annotate(key=keys[by], kind=F("settlement__award__product__kind"), currency=F("settlement__currency"))
+        .values("key", "kind", "currency")
         .annotate(**sums, import_wh=Sum("import_wh"), export_wh=Sum("export_wh"), lines=Count("id"))
-        .order_by(name, "currency")
+        .order_by("key", "kind", "currency")
     )
-    return list(rows)
+    out: list[dict[str, Any]] = []
+    for values in rows:
+        row: dict[str, Any] = dict(values)
+        row["product"] = product_name(row.pop("kind"))
+        if by == "product":
+            row["key"] = row["product"]
+        out.append(row)
+    return out
 
 
 def portfolio_stations(*, portfolio: str, start: datetime, end: datetime) -> list[int] | None:

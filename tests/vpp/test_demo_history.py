@@ -8,11 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.db.models import Sum
+from django.utils import timezone
 
 from chargers.models import MeterValue
 from markets.models import Award, Bid, BidEvent
 from markets.regulation.models import PerformanceScoreRecord, ReserveDeployment, Settlement, SettlementLine
+from markets.regulation.reports import regulation_report
 from vpp.dashboard.selectors_regulation import running_score
 from vpp.demo_market import OPERATOR
 
@@ -72,6 +76,15 @@ def test_a_short_demo_seed_produces_awards_scores_and_settlements_marked_simulat
         assert measured.credited_w >= 0.95 * event.power_w, measured
     for award in reserve:
         assert {s.capacity_credit > 0 for s in Settlement.objects.filter(award=award)} == {True}
+
+    # And the revenue page sets each product's money side by side: the settlements' nets per kind of product
+    staff = get_user_model().objects.create(username="auditor", is_staff=True)
+    since = min(a.interval_start for a in awards)
+    page = regulation_report(user=staff, since=since, until=timezone.now())
+    per_product = {r["key"]: r["net"] for r in page.revenue["product"]}
+    for kind, name in (("regulation", "regulation"), ("reserve", "synchronized reserve")):
+        settled = Settlement.objects.filter(award__product__kind=kind).aggregate(net=Sum("net"))["net"]
+        assert per_product[name] == settled, name
     # And the meter values behind them are marked as simulated
     assert MeterValue.objects.filter(source="simulated").exists()
     assert not MeterValue.objects.exclude(source="simulated").exists()
