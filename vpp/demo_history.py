@@ -15,6 +15,15 @@ For each demo fleet (portfolio ``fleet-<id>``), each of the last ``days`` days a
    ``markets.regulation.settling.settlement_compute`` (the settlement task's own code), and the scores and
    settlements are flagged ``simulated``.
 
+Synchronized reserve: each block's hours also hold a reserve award (offered first, the regulation offer sized on
+what is left, as live: :mod:`vpp.demo_market`); outside events the simulated dispatch keeps it in the cars
+(``vpp.dispatch.values.reserve_room``, as the dispatcher does), and the first hour of each block has a reserve event
+(:data:`EVENT_AFTER` into it, ``EVENT_MINUTES`` long, all of the award, stored through
+``reserve_deployment_record`` with source ``simulated``) carried by the regulation setpoints (``basepoint - signal x
+capacity - reserve``, the signal held at its value at the event start as the demo operator does). The settlement of
+the reserve award measures it from the simulated meter values (``markets.reserve``) and charges any shortfall;
+the measurement and settlements are flagged ``simulated``.
+
 Idempotent: an hour that already has a bid for the portfolio is skipped, so a restart only fills the days missing.
 Hours that would overlap a real plug session at a station leave that station out.
 """
@@ -41,12 +50,24 @@ from fleet.numerics.snapshot import VehicleSnapshot
 from fleet.services.vehicles import session_close, session_open
 from markets.models import Award, Product
 from markets.regulation.models import PerformanceScoreRecord, RegulationSignal, Settlement
-from markets.regulation.services import RegulationError, regulation_basepoint_record
+from markets.regulation.services import RegulationError, regulation_basepoint_record, reserve_deployment_record
 from markets.regulation.settlement import SettlementError
 from markets.regulation.settling import settlement_compute, settlement_periods
 from markets.regulation.signals import read_signal_csv
-from vpp.demo_market import HOUR, demo_portfolios, demo_product, offer_award, offer_capacity_w, prices_publish
-from vpp.dispatch.values import basepoint_choose, fleet_setpoint_w
+from markets.reserve.models import ReserveEventPerformance
+from vpp.demo_market import (
+    HOUR,
+    RESERVE_SUSTAIN_MINUTES,
+    demo_portfolios,
+    demo_product,
+    demo_reserve_product,
+    offer_award,
+    offer_capacity_w,
+    prices_publish,
+    reserve_offer_w,
+    reserve_price,
+)
+from vpp.dispatch.values import basepoint_choose, fleet_setpoint_w, reserve_room
 
 REGD = Path(__file__).resolve().parents[1] / "markets" / "data" / "pjm-regd-test-signal-40min.csv"
 SIMULATED = "simulated"
@@ -58,6 +79,17 @@ METER_EVERY_S = 10
 LAG_S = 2.0
 TAIL = timedelta(minutes=6)  # the hourly score looks 5 min 10 s past the hour: the fleet follows the signal on
 SESSION_MARGIN = timedelta(minutes=30)
+EVENT_AFTER = timedelta(minutes=20)  # a block's reserve event starts this far into its first hour
+EVENT_MINUTES = 12
+
+
+@dataclass(frozen=True)
+class Event:
+    """A reserve event in the simulated dispatch: epoch s start and end, W deployed."""
+
+    start: float
+    end: float
+    power_w: int
 
 
 @dataclass
@@ -66,6 +98,8 @@ class HistoryResult:
     awards: int = 0
     settlements: int = 0
     meter_values: int = 0
+    reserve_awards: int = 0
+    reserve_events: int = 0
     skipped: list[str] = field(default_factory=list)
 
 
@@ -94,7 +128,7 @@ def demo_history_generate(
     *, now: datetime, days: int = DAYS, progress: Progress | None = None, seed: int = 11
 ) -> HistoryResult:
     """Generate the missing blocks of the last ``days`` days for every demo fleet (see the module docstring)."""
-    product = demo_product()
+    product, reserve = demo_product(), demo_reserve_product()
     signal = regd_signal()
     rng = np.random.default_rng(seed)
     result = HistoryResult()
@@ -102,7 +136,7 @@ def demo_history_generate(
     for n, (portfolio, fleet, start, hours) in enumerate(jobs):
         if progress is not None:
             progress(n, len(jobs), f"{portfolio} {start:%a %d %H:%M}")
-        awards = _block(product, portfolio, fleet, start, hours, signal, rng, result, index=n)
+        awards = _block(product, reserve, portfolio, fleet, start, hours, signal, rng, result, index=n)
         for award in awards:  # one award per hour, settled per the product's periods (the demo's: quarter-hours)
             for period_start, _ in settlement_periods(award):
                 try:
@@ -111,6 +145,7 @@ def demo_history_generate(
                 except (RegulationError, SettlementError) as exc:
                     result.skipped.append(f"{portfolio} {period_start:%Y-%m-%d %H:%M}: {exc}")
         _flag(product, portfolio, start, hours)
+        _flag(reserve, portfolio, start, hours)
     if progress is not None:
         progress(len(jobs), len(jobs), "done")
     return result
@@ -125,6 +160,10 @@ def _flag(product: Product, portfolio: str, start: datetime, hours: int) -> None
     PerformanceScoreRecord.objects.filter(
         product=product, portfolio=portfolio, period_start__gte=start, period_start__lt=end
     ).filter(settlements__award__simulated=True).update(simulated=True)
+    ReserveEventPerformance.objects.filter(
+        deployment__product=product, deployment__portfolio=portfolio, deployment__source=SIMULATED,
+        deployment__start__gte=start, deployment__start__lt=end,
+    ).update(simulated=True)  # fmt: skip
 
 
 def _free_stations(fleet: Fleet, start: datetime, end: datetime) -> list[str]:
@@ -142,6 +181,7 @@ def _free_stations(fleet: Fleet, start: datetime, end: datetime) -> list[str]:
 
 def _block(
     product: Product,
+    reserve: Product,
     portfolio: str,
     fleet: Fleet,
     start: datetime,
@@ -183,7 +223,8 @@ def _block(
         )
         for car, station_id in zip(chosen, stations, strict=False)
     ]
-    capacity_w = offer_capacity_w(snapshots, at=start)
+    reserve_w = reserve_offer_w(snapshots)
+    capacity_w = offer_capacity_w(snapshots, at=start, reserve_w=reserve_w)
     if capacity_w < product.operator.min_bid_w:
         result.skipped.append(f"{portfolio} {start:%Y-%m-%d %H:%M}: {capacity_w} W is under the market minimum")
         return []
@@ -195,19 +236,41 @@ def _block(
                 started_at=session_start,
             )  # fmt: skip
             session_close(station_id=snap.station_id or "", transaction_id=tx, ended_at=session_end)
-        awards = []
+        awards, reserves = [], []
         for k in range(hours):
-            prices_publish(product=product, hour=start + k * HOUR, known_at=start + k * HOUR - HOUR)
-            offer = offer_award(
-                product=product, portfolio=portfolio, hour=start + k * HOUR, capacity_w=capacity_w, simulated=True
-            )
+            hour = start + k * HOUR
+            prices_publish(product=product, hour=hour, known_at=hour - HOUR)
+            held = offer_award(
+                product=reserve, portfolio=portfolio, hour=hour, capacity_w=reserve_w, simulated=True,
+                clearing=reserve_price(hour),
+            )  # fmt: skip
+            if held is not None and held.award is not None and held.award.awarded_w > 0:
+                reserves.append(held.award)
+            offer = offer_award(product=product, portfolio=portfolio, hour=hour, capacity_w=capacity_w, simulated=True)
             if offer is not None and offer.award is not None and offer.award.awarded_w > 0:
                 awards.append(offer.award)
         if awards:
-            result.meter_values += _simulate(product, portfolio, snapshots, start, end + TAIL, awards, signal, rng)
+            events = _reserve_events(portfolio, start, reserves)
+            result.meter_values += _simulate(
+                product, portfolio, snapshots, start, end + TAIL, awards, signal, rng, reserves=reserves, events=events
+            )
             result.blocks += 1
             result.awards += len(awards)
-    return awards
+            result.reserve_awards += len(reserves)
+            result.reserve_events += len(events)
+    return awards + reserves
+
+
+def _reserve_events(portfolio: str, start: datetime, reserves: list[Award]) -> list[Event]:
+    """The block's reserve event (in its first hour, if reserve is held then), stored as the intake stores one."""
+    at = start + EVENT_AFTER
+    if not any(a.interval_start <= at < a.interval_end for a in reserves):
+        return []
+    row, _ = reserve_deployment_record(
+        portfolio=portfolio, event_id=f"sim-{portfolio}-{at:%Y%m%dT%H%M}", power_w=None, start=at,
+        end=at + timedelta(minutes=EVENT_MINUTES), source=SIMULATED,
+    )  # fmt: skip
+    return [Event(row.start.timestamp(), row.end.timestamp(), row.power_w)]
 
 
 def _simulate(
@@ -219,13 +282,22 @@ def _simulate(
     awards: list[Award],
     signal: np.ndarray,
     rng: np.random.Generator,
+    *,
+    reserves: list[Award] | None = None,
+    events: list[Event] | None = None,
 ) -> int:
-    """Dispatch simulated every 2 s from ``start`` to ``end``; stores the signal, the basepoint and meter values."""
+    """Dispatch simulated every 2 s from ``start`` to ``end``; stores the signal, the basepoint and meter values.
+
+    ``reserves``: reserve awards kept in the cars outside ``events`` (as dispatch keeps them); during an event the
+    signal is held at its value at the event start and the setpoint carries the event's W."""
     fleet = FleetArrays.from_snapshots(snapshots)
     t0 = start.timestamp()
     steps = int((end - start).total_seconds() // STEP_S)
     capacity = max(a.awarded_w for a in awards)
-    bounds = power_bounds(fleet, now=t0, duration_s=60)
+    held_w = max((a.awarded_w for a in reserves or []), default=0)
+    sustain_h = RESERVE_SUSTAIN_MINUTES / 60
+    events = events or []
+    bounds = power_bounds(reserve_room(fleet, held_w=held_w, sustain_h=sustain_h)[0], now=t0, duration_s=60)
     preferred = int(np.maximum(bounds.lo, 0).sum())
     basepoint = basepoint_choose(
         min_w=int(bounds.lo.sum()), max_w=int(bounds.hi.sum()), capacity_w=capacity, preferred_w=preferred,
@@ -234,6 +306,13 @@ def _simulate(
     regulation_basepoint_record(product=product, portfolio=portfolio, at=start, basepoint_w=basepoint, source=SIMULATED)
     phase = int(t0 // STEP_S)
     values = signal[(phase + np.arange(steps)) % signal.size]
+    deployed = np.zeros(steps, dtype=np.int64)
+    times = t0 + STEP_S * np.arange(steps)
+    for event in events:
+        inside = (times >= event.start) & (times < event.end)
+        if inside.any():
+            values[inside] = values[int(np.flatnonzero(inside)[0])]  # the operator holds the signal
+            deployed[inside] = event.power_w
     belief = datetime.now(UTC)
     RegulationSignal.objects.bulk_create(
         (
@@ -260,30 +339,47 @@ def _simulate(
     every = METER_EVERY_S // STEP_S
     for i in range(steps):
         t = t0 + i * STEP_S
-        setpoint = fleet_setpoint_w(basepoint_w=basepoint, signal=float(values[i]), capacity_w=capacity)
-        share = allocate(fleet, setpoint, now=t, duration_s=60).power_w.astype(float)
+        if i % every == 0:  # the meter's reading at t: the power in force at t, before the car answers t's setpoint
+            rows += _readings(stations, snapshots, t, power, imported, exported, rng)
+        reserve_w = int(deployed[i])
+        setpoint = fleet_setpoint_w(
+            basepoint_w=basepoint, signal=float(values[i]), capacity_w=capacity, reserve_w=reserve_w
+        )
+        usable, _ = reserve_room(fleet, held_w=max(held_w - reserve_w, 0), sustain_h=sustain_h)
+        share = allocate(usable, setpoint, now=t, duration_s=60).power_w.astype(float)
         power += (share - power) * alpha
         fleet = fleet.advance(power, STEP_S)
         imported += np.clip(power, 0, None) * STEP_S / 3600
         exported += np.clip(-power, 0, None) * STEP_S / 3600
-        if i % every:
-            continue
-        at = datetime.fromtimestamp(t, UTC)
-        measured = np.rint(power + rng.normal(0, 1, power.size) * (0.002 * np.abs(power) + 5.0))
-        for k, snap in enumerate(snapshots):
-            station = stations[snap.station_id or ""]
-            for measurand, value, unit in (
-                ("Power.Active.Import", max(measured[k], 0), "W"),
-                ("Power.Active.Export", max(-measured[k], 0), "W"),
-                ("Energy.Active.Import.Register", round(imported[k]), "Wh"),
-                ("Energy.Active.Export.Register", round(exported[k]), "Wh"),
-            ):
-                rows.append(
-                    (station.pk, 1, at, at + timedelta(seconds=1), measurand, "", "", "", int(value), unit, SIMULATED)
-                )
     for first in range(0, len(rows), 20_000):
         insert_rows(MeterValue, METER_COLUMNS, rows[first : first + 20_000])
     return len(rows)
+
+
+def _readings(
+    stations: dict[str, Station],
+    snapshots: list[VehicleSnapshot],
+    t: float,
+    power: np.ndarray,
+    imported: np.ndarray,
+    exported: np.ndarray,
+    rng: np.random.Generator,
+) -> list[tuple[object, ...]]:
+    """Each car's meter reading at ``t`` (power with meter noise, energy registers), as MeterValue columns."""
+    at = datetime.fromtimestamp(t, UTC)
+    measured = np.rint(power + rng.normal(0, 1, power.size) * (0.002 * np.abs(power) + 5.0))
+    rows: list[tuple[object, ...]] = []
+    for k, snap in enumerate(snapshots):
+        station = stations[snap.station_id or ""]
+        for measurand, value, unit in (
+            ("Power.Active.Import", max(measured[k], 0), "W"),
+            ("Power.Active.Export", max(-measured[k], 0), "W"),
+            ("Energy.Active.Import.Register", round(imported[k]), "Wh"),
+            ("Energy.Active.Export.Register", round(exported[k]), "Wh"),
+        ):
+            received = at + timedelta(seconds=1)
+            rows.append((station.pk, 1, at, received, measurand, "", "", "", int(value), unit, SIMULATED))
+    return rows
 
 
 METER_COLUMNS = (

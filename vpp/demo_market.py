@@ -13,6 +13,15 @@ moment the offer is made (the next 10-s scoring row, :func:`late_start`), not fr
 cannot have regulated the minutes before it, so the award does not claim them and settlement never has to pay or
 score them. With less than :data:`LATE_MIN` left in the hour, the demo waits for the next hour instead.
 
+**Synchronized reserve.** The demo operator also buys synchronized reserve (``demo-rto:sync-reserve``: PJM's
+product, 10-minute response, 30 minutes sustained, at demo scale and settled per quarter-hour like its RegD). Each
+awarded hour the fleet offers :data:`RESERVE_SHARE` of what its cars could deliver for 30 minutes
+(:func:`reserve_offer_w`) and its regulation offer is sized on what is left once that reserve is kept in the cars
+(:func:`offer_capacity_w` with ``reserve_w``, as dispatch keeps it: ``vpp.dispatch.values.reserve_room``). The
+hourly reserve price (:func:`reserve_price`) has the shape of PJM's SRMCP, $6 to $14/MW-h. While it calls an event
+on a portfolio, the demo operator holds that portfolio's regulation signal at its value at the event start, so the
+metered response is the reserve's (the regulation swing would otherwise blur a demo-sized response).
+
 **Quarter-hour settlement.** PJM settles and scores regulation per hour, so a demo started mid-hour would show its
 first settlement only after the first full hour and its 5 min 10 s of scoring look-ahead (up to 1 h 7 min). The
 demo operator settles per 15 minutes (``Product.settlement_minutes = 15``), as markets with a 15-minute settlement
@@ -50,10 +59,14 @@ from markets.regulation.services import energy_price_record, regulation_price_re
 from markets.regulation.settling import MIN_PERIOD
 from markets.services.bids import Actor, MarketError, bid_event_record, bid_transition
 from markets.services.clearing import market_clear_simulated
+from vpp.dispatch.values import reserve_room
 
 OPERATOR = "demo-rto"
 PRODUCT = "reg-d"
 PRODUCT_REF = f"{OPERATOR}:{PRODUCT}"
+RESERVE_PRODUCT = "sync-reserve"
+RESERVE_SUSTAIN_MINUTES = 30  # PJM: a synchronized reserve event is held up to 30 minutes
+RESERVE_SHARE = 0.25  # of what the fleet's cars could deliver for 30 minutes, offered as reserve
 HOUR = timedelta(hours=1)
 SETTLEMENT_MINUTES = 15
 #: The least of the hour under way the demo takes late: PJM's shortest scorable period (a 31-row window).
@@ -98,6 +111,26 @@ def demo_product() -> Product:
     return product
 
 
+def demo_reserve_product() -> Product:
+    """The demo operator's synchronized reserve (PJM's product at demo scale; created once)."""
+    operator = demo_product().operator
+    product, _ = Product.objects.get_or_create(
+        operator=operator,
+        code=RESERVE_PRODUCT,
+        defaults={
+            "name": "Synchronized reserve (demo scale)",
+            "kind": Product.Kind.RESERVE,
+            "direction": Product.Direction.UP,
+            "response_time_s": 600,
+            "sustain_minutes": RESERVE_SUSTAIN_MINUTES,
+            "expected_up_activation": Decimal("0.005"),
+            "expected_down_activation": Decimal("0"),
+            "settlement_minutes": SETTLEMENT_MINUTES,
+        },
+    )
+    return product
+
+
 def late_start(*, hour: datetime, now: datetime) -> datetime | None:
     """When the demo's award for ``hour`` starts: the hour itself if it is still ahead, else the next 10-s scoring
     row after ``now`` (a late offer for the rest of the hour under way), or None when less than :data:`LATE_MIN`
@@ -125,6 +158,12 @@ def capacity_price(hour: datetime) -> Decimal:
     h = hour.astimezone(UTC).hour
     peak = math.exp(-(((h - 13) % 24) ** 2) / 8) + math.exp(-(((h - 22) % 24) ** 2) / 6)
     return Decimal(f"{20 + 14 * peak:.2f}")
+
+
+def reserve_price(hour: datetime) -> Decimal:
+    """SRMCP-like synchronized reserve clearing price ($/MW-h): $6 off-peak to $14 at the evening peak."""
+    h = hour.astimezone(UTC).hour
+    return Decimal(f"{6 + 8 * math.exp(-(((h - 22) % 24) ** 2) / 6):.2f}")
 
 
 def energy_price(hour: datetime) -> Decimal:
@@ -161,11 +200,25 @@ def prices_publish(*, product: Product, hour: datetime, known_at: datetime | Non
 # --- offers -> awards ----------------------------------------------------------------------------------------------
 
 
-def offer_capacity_w(snapshots: list[VehicleSnapshot], *, at: datetime, share: float = 0.6) -> int:
-    """What the fleet can offer symmetrically around its must-charge level (whole kW), ``share`` of the room."""
+def reserve_offer_w(snapshots: list[VehicleSnapshot], *, share: float = RESERVE_SHARE) -> int:
+    """Synchronized reserve to offer (whole kW): ``share`` of what the cars could deliver for the sustain time
+    (each its discharge power, or less if its energy above the floor runs out sooner)."""
     if not snapshots:
         return 0
-    fleet = FleetArrays.from_snapshots(snapshots)
+    _, deliverable = reserve_room(
+        FleetArrays.from_snapshots(snapshots), held_w=10**12, sustain_h=RESERVE_SUSTAIN_MINUTES / 60
+    )
+    return max(int(float(deliverable.sum()) * share) // 1000 * 1000, 0)
+
+
+def offer_capacity_w(snapshots: list[VehicleSnapshot], *, at: datetime, share: float = 0.6, reserve_w: int = 0) -> int:
+    """What the fleet can offer symmetrically around its must-charge level (whole kW), ``share`` of the room left
+    once ``reserve_w`` of synchronized reserve is kept in the cars (as dispatch keeps it)."""
+    if not snapshots:
+        return 0
+    fleet, _ = reserve_room(
+        FleetArrays.from_snapshots(snapshots), held_w=reserve_w, sustain_h=RESERVE_SUSTAIN_MINUTES / 60
+    )
     bounds = power_bounds(fleet, now=at, duration_s=3600)
     lo, hi = float(bounds.lo.sum()), float(bounds.hi.sum())
     base = min(max(float(max(bounds.lo.clip(min=0).sum(), 0.0)), lo), hi)
@@ -190,10 +243,12 @@ def offer_award(
     simulated: bool,
     now: datetime | None = None,
     start: datetime | None = None,
+    clearing: Decimal | None = None,
 ) -> Offer | None:
-    """Offer ``capacity_w`` of regulation for ``hour`` (from ``start`` within it: a late offer, :func:`late_start`)
-    and have the simulated operator clear it; None when the hour already has a bid for the portfolio (idempotent)
-    or the capacity is under the market's minimum."""
+    """Offer ``capacity_w`` of ``product`` for ``hour`` (from ``start`` within it: a late offer, :func:`late_start`)
+    and have the simulated operator clear it at ``clearing`` (default: the regulation :func:`capacity_price`);
+    None when the hour already has a bid of the product for the portfolio (idempotent) or the capacity is under
+    the market's minimum."""
     operator = product.operator
     start = start or hour
     if capacity_w < operator.min_bid_w or not hour <= start < hour + HOUR:
@@ -203,7 +258,7 @@ def offer_award(
     )
     if overlapping.exists():
         return None
-    clearing = capacity_price(hour)
+    clearing = clearing if clearing is not None else capacity_price(hour)
     price = (clearing * Decimal("0.6")).quantize(Decimal("0.01"))
     with transaction.atomic():
         bid = Bid.objects.create(

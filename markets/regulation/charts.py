@@ -98,49 +98,44 @@ def scores_chart(report: RegulationReport) -> dict[str, Any]:
 
 
 PERIOD_MS = {"hour": 3_600_000, "day": 86_400_000}
-MONEY_PARTS = (
-    ("capacity_credit", "capacity credit"),
-    ("performance_credit", "performance credit"),
-    ("energy_amount", "energy"),
-)
+PRODUCT_ORDER = ("regulation", "synchronized reserve", "peak shaving")
 
 
 def revenue_chart(report: RegulationReport, by: str = "day") -> dict[str, Any]:
-    """Settled revenue per ``by`` (hour or day): its parts stacked, degradation below zero, the net as markers."""
+    """Settled revenue per ``by`` (hour or day), each product's net side by side (stacked: one bar per product,
+    named in the legend), the total net as markers. The tables and CSVs hold each product's parts."""
     rows = report.revenue.get(by, [])
     currency = report.currency
     symbol = currency_symbol(currency)
-    x = [_utc(r["key"]) if isinstance(r["key"], datetime) else str(r["key"]) for r in rows]
+    keys = sorted({r["key"] for r in rows}, key=str)
+    x = [_utc(k) if isinstance(k, datetime) else str(k) for k in keys]
+    net: dict[str, dict[Any, float]] = {}
+    for r in rows:
+        per_key = net.setdefault(r["product"], {})
+        per_key[r["key"]] = per_key.get(r["key"], 0.0) + float(r["net"])
+    products = [p for p in PRODUCT_ORDER if p in net] + sorted(p for p in net if p not in PRODUCT_ORDER)
     # Bars and markers stand in the middle of their hour or day (plotly's period positioning; x is its start).
     period: dict[str, Any] = {"xperiod": PERIOD_MS[by], "xperiodalignment": "middle"} if by in PERIOD_MS else {}
     traces: list[dict[str, Any]] = [
-        {"type": "bar", "name": f"{label} ({symbol})", "x": x, "y": [float(r[key]) for r in rows], **period}
-        for key, label in MONEY_PARTS
-    ]
-    traces.append(
-        {
-            "type": "bar",
-            "name": f"battery degradation ({symbol})",
-            "x": x,
-            "y": [-float(r["degradation_cost"]) for r in rows],
-            **period,
-        }
-    )
+        {"type": "bar", "name": f"{product} ({symbol})", "x": x, "y": [net[product].get(k, 0.0) for k in keys],
+         **period}
+        for product in products
+    ]  # fmt: skip
     traces.append(
         {
             "type": "scatter",
             "mode": "markers",
             "marker": {"size": 10, "symbol": "diamond", "color": "#1d2430"},
-            "name": f"net ({symbol})",
+            "name": f"net, all products ({symbol})",
             "x": x,
-            "y": [float(r["net"]) for r in rows],
+            "y": [sum(net[p].get(k, 0.0) for p in products) for k in keys],
             **period,
         }
     )
     return {
         "data": traces,
         "layout": {
-            "title": {"text": f"Settled regulation revenue per {by} ({currency})"},
+            "title": {"text": f"Settled revenue per {by} by product, net of degradation ({currency})"},
             "barmode": "relative",
             "xaxis": {"title": {"text": f"{by} (UTC)"}, "type": "date" if by in ("hour", "day") else "category"},
             "yaxis": {"title": {"text": f"revenue ({symbol})"}, "zeroline": True},

@@ -93,6 +93,12 @@ class ReserveDeployment(models.Model):
     source = models.CharField(max_length=16, choices=SignalSource.choices)
     belief_time = models.DateTimeField(help_text="when the aggregator received it")
     received_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+    run_node = models.CharField(
+        max_length=32, blank=True, default="", help_text="server process dispatching the event (its lease holder)"
+    )
+    run_lease_until = models.DateTimeField(
+        null=True, blank=True, help_text="the dispatching process renews this; once past, another process takes over"
+    )
 
     class Meta:
         ordering = ["-start"]

@@ -29,6 +29,7 @@ from markets.regulation.selectors import (
     basepoint_values,
     charge_point_power,
     portfolio_stations,
+    reserve_deployed_w,
     signal_values,
 )
 from markets.regulation.services import RegulationError, utc_instant
@@ -95,7 +96,9 @@ def regulation_trace(
         raise RegulationError(f"signal incomplete from {start.isoformat()}: {exc}") from exc
     base_t, base_v, base_n = basepoint_values(product=product, portfolio=portfolio, start=start, end=end)
     basepoint = scoring.sample_hold(base_t, base_v, grid, max_age_s=np.inf) if base_n else np.zeros(grid.shape)
-    basepoint = np.nan_to_num(basepoint, nan=0.0)
+    # A reserve event lowers the fleet power asked for by its W on top of regulation (dispatch: basepoint - signal x
+    # capacity - reserve): regulation's response is measured around basepoint - reserve while one is in force.
+    basepoint = np.nan_to_num(basepoint, nan=0.0) - reserve_deployed_w(portfolio=portfolio, grid_s=grid)
     if stations is None:
         stations = portfolio_stations(portfolio=portfolio, start=start, end=end)
     series = charge_point_power(start=start, end=end, stations=stations)
@@ -183,6 +186,7 @@ def performance_score_compute(
         "stations": len(trace.series),
         "inputs": {
             "basepoint": "recorded" if trace.basepoint_samples else "none recorded: 0 W assumed",
+            "reserve": "reserve events in force lower the basepoint by their W",
             "power_max_age_s": POWER_MAX_AGE_S,
             "signal_max_age_s": SIGNAL_MAX_AGE_S,
             "alignment": "value in force at each 10-s row (sample and hold)",

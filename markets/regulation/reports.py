@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -17,10 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from markets.models import Product
+from markets.peak.models import PeakSettlement
+from markets.peak.selectors import peak_settlements_for
 from markets.regulation.models import PerformanceScoreRecord, Settlement
 from markets.regulation.performance import regulation_trace
 from markets.regulation.reconciliation import ReconciliationRow, reconciliation_report
 from markets.regulation.selectors import (
+    MONEY_FIELDS,
+    PRODUCT_NAMES,
     market_wide,
     revenue_by,
     scores_for,
@@ -111,11 +117,12 @@ def regulation_report(*, user: Any, since: datetime, until: datetime, score_id: 
     lines = settlement_lines_for(user).filter(settlement__period_start__gte=since, settlement__period_start__lt=until)
     scores = scores_for(user).filter(period_start__gte=since, period_start__lt=until).order_by("-period_start")
     settlements = settlements_for(user).filter(period_start__gte=since, period_start__lt=until)
+    peak = peak_settlements_for(user).filter(period_start__gte=since, period_start__lt=until)
     report = RegulationReport(
         since=since,
         until=until,
         award_figures=market_wide(user) or scores.exists() or settlements.exists(),
-        revenue={by: revenue_by(lines, by=by) for by in REVENUE_GROUPS},
+        revenue=revenue_all(lines=lines, peak=peak, by_groups=REVENUE_GROUPS),
         reconciliation=reconciliation_report(start=since, end=until, lines=lines),
     )
     if report.award_figures:
@@ -125,6 +132,46 @@ def regulation_report(*, user: Any, since: datetime, until: datetime, score_id: 
         if chosen is not None:
             report.series = signal_series(score=chosen)
     return report
+
+
+PEAK = PRODUCT_NAMES[Product.Kind.PEAK_SHAVING]
+
+
+def peak_revenue_by(settlements: Iterable[PeakSettlement], *, by: str) -> list[dict[str, Any]]:
+    """Peak shaving's money on the revenue grid: each billing period's avoided demand charge
+    (:class:`markets.peak.models.PeakSettlement`) at its period start, as ``net`` (no credit parts, no vehicle
+    lines: it is the site's bill, so it has no ``vehicle`` rows)."""
+    if by == "vehicle":
+        return []
+    totals: dict[tuple[Any, str], dict[str, Any]] = {}
+    for settlement in settlements:
+        start = settlement.period_start.astimezone(UTC)
+        key: Any = {
+            "hour": start.replace(minute=0, second=0, microsecond=0),
+            "day": start.date(),
+            "product": PEAK,
+        }[by]
+        row = totals.setdefault(
+            (key, settlement.currency),
+            {"key": key, "product": PEAK, "currency": settlement.currency, **dict.fromkeys(MONEY_FIELDS, Decimal(0)),
+             "import_wh": 0, "export_wh": 0, "lines": 0},
+        )  # fmt: skip
+        row["net"] += settlement.avoided
+        row["lines"] += 1
+    return list(totals.values())
+
+
+def revenue_all(
+    *, lines: Any, peak: Iterable[PeakSettlement], by_groups: tuple[str, ...]
+) -> dict[str, list[dict[str, Any]]]:
+    """Every product's revenue side by side per grouping: settlement lines (regulation, reserve) and peak
+    shaving's avoided demand charges, ordered by key then product."""
+    peak_rows = list(peak)
+    out = {}
+    for by in by_groups:
+        rows = revenue_by(lines, by=by) + peak_revenue_by(peak_rows, by=by)
+        out[by] = sorted(rows, key=lambda r: (str(r["key"]), r["product"], r["currency"]))
+    return out
 
 
 # --- CSV: the series as the page shows them ---------------------------------------------------------------------------
@@ -201,9 +248,9 @@ def _table(report: RegulationReport, kind: str) -> tuple[list[str], list[list[An
     if kind.startswith("revenue-") and kind[8:] in REVENUE_GROUPS:
         by = kind[8:]
         money = ["capacity_credit", "performance_credit", "energy_amount", "degradation_cost", "net"]
-        header = [by, *money, "currency", "import_wh", "export_wh", "lines"]
-        return header, [[r["key"], *(r[m] for m in money), r["currency"], r["import_wh"], r["export_wh"], r["lines"]]
-                        for r in report.revenue[by]]  # fmt: skip
+        header = [by, "product", *money, "currency", "import_wh", "export_wh", "lines"]
+        return header, [[r["key"], r["product"], *(r[m] for m in money), r["currency"], r["import_wh"], r["export_wh"],
+                         r["lines"]] for r in report.revenue[by]]  # fmt: skip
     if kind == "reconciliation":
         header = ["station", "evse_id", "settled_import_wh", "register_import_wh", "settled_export_wh"]
         header += ["register_export_wh", "agrees"]

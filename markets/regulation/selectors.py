@@ -65,6 +65,18 @@ def reserve_deployment_end_at(pk: int) -> datetime | None:
     return ReserveDeployment.objects.filter(pk=pk).values_list("end", flat=True).first()
 
 
+def reserve_deployed_w(*, portfolio: str, grid_s: NDArray[np.float64]) -> NDArray[np.float64]:
+    """W of reserve events in force on ``portfolio`` at each epoch second of ``grid_s`` (0 where none)."""
+    out = np.zeros(grid_s.shape)
+    if not grid_s.size:
+        return out
+    first, last = datetime.fromtimestamp(grid_s[0], UTC), datetime.fromtimestamp(grid_s[-1], UTC)
+    events = ReserveDeployment.objects.filter(portfolio=portfolio, start__lte=last, end__gt=first)
+    for start, end, power_w in events.values_list("start", "end", "power_w"):
+        out[(grid_s >= start.timestamp()) & (grid_s < end.timestamp())] += power_w
+    return out
+
+
 def epoch_s(moment: datetime) -> float:
     return moment.timestamp()
 
@@ -397,29 +409,54 @@ def scores_for(user: Any) -> QuerySet[PerformanceScoreRecord]:
     return scores.filter(portfolio__in=sorted(portfolios_for(user, roles=[Role.BIDDING_ADMIN]) or ()))
 
 
+CENT = Decimal("0.01")
 _MONEY_FIELDS = ("capacity_credit", "performance_credit", "energy_amount", "degradation_cost", "net")
+MONEY_FIELDS = _MONEY_FIELDS
+
+#: What the revenue pages call each kind of product the fleet sells.
+PRODUCT_NAMES = {
+    Product.Kind.REGULATION: "regulation",
+    Product.Kind.RESERVE: "synchronized reserve",
+    Product.Kind.PEAK_SHAVING: "peak shaving",
+}
+
+
+def product_name(kind: str) -> str:
+    return PRODUCT_NAMES.get(kind, kind)  # type: ignore[call-overload]
 
 
 def revenue_by(lines: QuerySet[SettlementLine], *, by: str) -> list[dict[str, Any]]:
-    """Revenue totals of settlement lines per ``hour`` or ``day`` (UTC), ``product`` or ``vehicle``, and currency;
+    """Revenue totals of settlement lines per ``hour`` or ``day`` (UTC), ``product`` or ``vehicle``, each split by
+    product (``product``: regulation, synchronized reserve, peak shaving, :data:`PRODUCT_NAMES`), and currency;
     money as Decimal."""
     keys = {
-        "hour": ("key", TruncHour("settlement__period_start", tzinfo=UTC)),
-        "day": ("key", TruncDate("settlement__period_start", tzinfo=UTC)),
-        "product": ("key", F("settlement__award__product__code")),
-        "vehicle": ("key", F("vehicle_ref")),
+        "hour": TruncHour("settlement__period_start", tzinfo=UTC),
+        "day": TruncDate("settlement__period_start", tzinfo=UTC),
+        "product": F("settlement__award__product__kind"),
+        "vehicle": F("vehicle_ref"),
     }
     if by not in keys:
         raise ValueError(f"revenue can be grouped by hour, day, product or vehicle, not {by!r}")
-    name, expression = keys[by]
     sums = {field: Sum(field) for field in _MONEY_FIELDS}
     rows = (
-        lines.annotate(**{name: expression}, currency=F("settlement__currency"))
-        .values(name, "currency")
+        lines.annotate(key=keys[by], kind=F("settlement__award__product__kind"), currency=F("settlement__currency"))
+        .values("key", "kind", "currency")
         .annotate(**sums, import_wh=Sum("import_wh"), export_wh=Sum("export_wh"), lines=Count("id"))
-        .order_by(name, "currency")
+        .order_by("key", "kind", "currency")
     )
-    return list(rows)
+    out: list[dict[str, Any]] = []
+    for values in rows:
+        row: dict[str, Any] = dict(values)
+        for money_field in _MONEY_FIELDS:
+            # Lines hold whole cents; SQLite sums decimals as binary floats (0.880000000000001), so the sum is put
+            # back on the cent it must be (exact on PostgreSQL already).
+            if row[money_field] is not None:
+                row[money_field] = Decimal(row[money_field]).quantize(CENT)
+        row["product"] = product_name(row.pop("kind"))
+        if by == "product":
+            row["key"] = row["product"]
+        out.append(row)
+    return out
 
 
 def portfolio_stations(*, portfolio: str, start: datetime, end: datetime) -> list[int] | None:

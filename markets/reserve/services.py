@@ -5,6 +5,8 @@ hand the settlement of the award period it starts in its penalty.
   (:mod:`.penalty`); stored with one line per charge point (meter ids, counts, SHA-256), idempotent.
 * :func:`reserve_events_measure_due` -- every event ended at least :data:`MEASURE_AFTER` ago and not yet measured.
 * :func:`reserve_period_penalty` -- the exact penalty a reserve award's settlement period carries (settling calls it).
+* :func:`reserve_run_claim` -- take or renew the lease on dispatching an event (one server process at a time).
+* :func:`reserve_events_unfinished` -- the events in force or still to come (what a (re)started process resumes).
 
 Look-back: PJM's "average number of days between synchronized reserve events" is published by PJM and changes;
 ``RESERVE_PENALTY_AVERAGE_DAYS`` (setting, default 3) stands for it. The SRMCP of a cleared hour is the award's
@@ -20,6 +22,7 @@ from decimal import Decimal
 import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from markets.models import Award, Product
@@ -212,3 +215,25 @@ def fleet_response_rows(performance: ReserveEventPerformance) -> np.ndarray:
     deployment = performance.deployment
     trace = power_only_trace(deployment.start, performance.rows, deployment.portfolio, None)
     return performance.baseline_w - trace.fleet_power_w
+
+
+def reserve_run_claim(*, deployment_id: int, node: str, now: datetime, lease: timedelta) -> bool:
+    """Take or renew the lease on dispatching event ``deployment_id`` for server process ``node`` until
+    ``now + lease``; False when another process holds an unexpired lease (it dispatches the event).
+
+    One atomic UPDATE: of two processes claiming at once, one matches the row and the other does not.
+    """
+    free = Q(run_node=node) | Q(run_lease_until__isnull=True) | Q(run_lease_until__lte=now)
+    claimed = ReserveDeployment.objects.filter(Q(pk=deployment_id, end__gt=now) & free).update(
+        run_node=node[:32], run_lease_until=now + lease
+    )
+    return claimed == 1
+
+
+def reserve_events_unfinished(*, now: datetime, ahead: timedelta = timedelta(days=1)) -> list[ReserveDeployment]:
+    """Events in force at ``now`` or starting within ``ahead``, whose lease no process holds now (none, expired)."""
+    return list(
+        ReserveDeployment.objects.filter(end__gt=now, start__lte=now + ahead)
+        .filter(Q(run_lease_until__isnull=True) | Q(run_lease_until__lte=now))
+        .order_by("start", "pk")
+    )

@@ -127,6 +127,25 @@
     drawHistory();
   }));
 
+  // --- revenue by product: one bar per product (the legend names them), today and this month ----------------------
+  function drawRevenueProducts(revenue) {
+    const products = revenue.by_product || [];
+    Plotly.react("revenue-product-chart", products.map((p) => ({
+      type: "bar", name: p.product + " (" + revenue.currency + ")", x: ["today", "this month"],
+      y: [Number(p.today), Number(p.month)],
+    })), { title: { text: "Net revenue by product (" + revenue.currency + ")" }, barmode: "group",
+           yaxis: { title: { text: "net revenue (" + revenue.currency + ")" }, zeroline: true }, legend: LEGEND,
+           margin: MARGIN }, CONFIG);
+    const body = $("revenue-by-product").querySelector("tbody");
+    body.replaceChildren();
+    products.forEach((p) => {
+      const tr = el("tr");
+      tr.append(el("td", {}, p.product), el("td", {}, p.today_text), el("td", {}, p.month_text),
+        el("td", {}, p.simulated_text));
+      body.append(tr);
+    });
+  }
+
   // --- overview: cards, vehicles, alerts, revenue ------------------------------------------------------------------
   function el(tag, attrs, text) {
     const e = document.createElement(tag);
@@ -148,6 +167,7 @@
     $("revenue-today").textContent = o.revenue.today.net_text;
     $("revenue-month").textContent = o.revenue.month.net_text;
     drawFlex(o.flexibility);
+    drawRevenueProducts(o.revenue);
     o.stations.forEach((s) => {
       const row = $("st-" + s.station_id);
       if (!row) return;
@@ -277,6 +297,7 @@
 
   loadStations(overview.stations);
   drawFlex(overview.flexibility);
+  drawRevenueProducts(overview.revenue);
   seedPower(recent);
   drawRegulation([], false);
   drawHistory();

@@ -80,10 +80,18 @@ def test_the_dashboard_shows_each_plugged_in_cars_soc_and_the_regulation_page_th
     page.goto(f"{site.url}/regulation/?days=1")
     expect(_testid(page, "period-revenue")).to_have_text(re.compile(r"^\$\d[\d,]*\.\d\d$"))
     expect(_testid(page, "revenue-chart")).to_be_visible()
+    # with each product's money a bar of its own, named in the legend (the seed settles regulation only)
+    expect(_testid(page, "revenue-chart").locator(".legendtext")).to_have_text(
+        ["regulation ($)", "net, all products ($)"]
+    )
     shot(page, "regulation-fleet-manager")
     # And the dashboard's own revenue card, in dollars
     page.goto(f"{site.url}/")
     expect(_testid(page, "revenue-today")).to_have_text(re.compile(r"^-?\$\d[\d,]*\.\d\d$"))
+    # And its revenue by product: every product the fleet sells side by side, the chart's legend naming them
+    products = _testid(page, "revenue-product-chart").locator(".legendtext")
+    expect(products).to_have_text(["regulation (USD)", "synchronized reserve (USD)", "peak shaving (USD)"])
+    expect(_testid(page, "revenue-by-product").locator("tbody tr")).to_have_count(3)
 
 
 def test_a_bidding_admin_approves_a_bid(page: Page, site: Site, console) -> None:
@@ -119,6 +127,7 @@ def test_a_csv_downloads_with_the_tables_rows(page: Page, site: Site, console) -
     assert download.value.suggested_filename.startswith("regulation-revenue-day-")
     assert len(rows) == table.locator("tbody tr").count() >= 1
     assert all(r["currency"] == "USD" and "." in r["net"] for r in rows)
+    assert {r["product"] for r in rows} == {"regulation"}
 
 
 PAGES = {

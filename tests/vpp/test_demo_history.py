@@ -4,15 +4,19 @@ real code from simulated meter values, every row of it flagged simulated; and a 
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.utils import timezone
 
 from chargers.models import MeterValue
 from markets.models import Award, Bid, BidEvent
-from markets.regulation.models import PerformanceScoreRecord, Settlement, SettlementLine
+from markets.regulation.models import PerformanceScoreRecord, ReserveDeployment, Settlement, SettlementLine
+from markets.regulation.reports import regulation_report
 from vpp.dashboard.selectors_regulation import running_score
 from vpp.demo_market import OPERATOR
 
@@ -53,8 +57,34 @@ def test_a_short_demo_seed_produces_awards_scores_and_settlements_marked_simulat
     assert owners == {"demo", "harbour"}
     # And each awarded hour earns (a quarter-hour may net a few cents' loss at demo scale when its charging cost
     # more than its quarter of the capacity credit: settled as metered)
-    for award in awards.filter(awarded_w__gt=0):
-        assert sum(s.net for s in Settlement.objects.filter(award=award)) > 0
+    for award in awards.filter(awarded_w__gt=0, product__kind="regulation"):
+        nets = [(s.period_start, s.net, s.penalty) for s in Settlement.objects.filter(award=award)]
+        assert sum(net for _, net, _ in nets) > 0, (award.product.code, nets)
+
+    # And each block's hours held synchronized reserve too, each block's first hour with a reserve event carried
+    # by the regulation setpoints, measured from the simulated meter values and settled, all flagged simulated
+    reserve = awards.filter(product__kind="reserve", awarded_w__gt=0)
+    assert reserve.exists()
+    assert not reserve.filter(simulated=False).exists()
+    events = ReserveDeployment.objects.filter(product__operator__code=OPERATOR)
+    first_hours = {a.interval_start for a in reserve if a.interval_start.hour in (12, 22)}  # history_blocks' starts
+    assert {(e.start - timedelta(minutes=20)) for e in events} == first_hours  # one event per block, 20 min in
+    assert set(events.values_list("source", flat=True)) == {"simulated"}
+    for event in events:
+        measured = event.performance
+        assert measured.simulated
+        assert measured.credited_w >= 0.95 * event.power_w, measured
+    for award in reserve:
+        assert {s.capacity_credit > 0 for s in Settlement.objects.filter(award=award)} == {True}
+
+    # And the revenue page sets each product's money side by side: the settlements' nets per kind of product
+    staff = get_user_model().objects.create(username="auditor", is_staff=True)
+    since = min(a.interval_start for a in awards)
+    page = regulation_report(user=staff, since=since, until=timezone.now())
+    per_product = {r["key"]: r["net"] for r in page.revenue["product"]}
+    for kind, name in (("regulation", "regulation"), ("reserve", "synchronized reserve")):
+        settled = sum((s.net for s in Settlement.objects.filter(award__product__kind=kind)), Decimal(0))
+        assert per_product[name] == settled, name  # summed here in Decimal: exact, whatever the database
     # And the meter values behind them are marked as simulated
     assert MeterValue.objects.filter(source="simulated").exists()
     assert not MeterValue.objects.exclude(source="simulated").exists()

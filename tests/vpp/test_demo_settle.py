@@ -18,7 +18,7 @@ from markets.models import Award
 from markets.regulation.models import PerformanceScoreRecord, Settlement
 from markets.regulation.tasks import SETTLE_AFTER, regulation_settle_hour
 from vpp.demo_history import _simulate, regd_signal
-from vpp.demo_market import HOUR, demo_portfolios, demo_product
+from vpp.demo_market import HOUR, demo_portfolios, demo_product, demo_reserve_product, reserve_price
 from vpp.management.commands import demo_market as demo_market_command
 from vpp.management.commands.demo_market import awards_ensure, portfolios_at
 
@@ -50,6 +50,16 @@ def test_a_demo_started_mid_hour_settles_its_first_quarter_hour_once_its_look_ah
     # And the signal is sent for the award's instants only (the intake refuses the others)
     assert portfolios_at(awarded, started) == []
     assert portfolios_at(awarded, begins) == sorted(a.portfolio for a in live)
+    # And each also holds synchronized reserve for the same window (offered first, at the hour's reserve price),
+    # the regulation offer sized on what the cars keep once the reserve is held
+    reserve = list(
+        Award.objects.filter(product=demo_reserve_product(), interval_start__lt=hour + HOUR, interval_end__gt=hour)
+    )
+    assert {(a.portfolio, a.interval_start, a.interval_end) for a in reserve} == {
+        (a.portfolio, begins, hour + HOUR) for a in live
+    }
+    assert {a.clearing_price for a in reserve} == {reserve_price(hour)}
+    assert portfolios_at(awarded, begins, reserve=True) == sorted(a.portfolio for a in reserve)
 
     # When dispatch is simulated on the looped RegD signal until the first quarter's look-ahead is in
     fleets = dict(demo_portfolios())
@@ -63,7 +73,8 @@ def test_a_demo_started_mid_hour_settles_its_first_quarter_hour_once_its_look_ah
     due = hour + QUARTER + SETTLE_AFTER
     assert regulation_settle_hour(now=(due - timedelta(seconds=1)).isoformat()) == {"settled": 0, "failed": 0}
     # And settles the first period of every award once it is due: from the award's start to the quarter-hour
-    assert regulation_settle_hour(now=due.isoformat()) == {"settled": len(live), "failed": 0}
+    assert regulation_settle_hour(now=due.isoformat()) == {"settled": len(live) + len(reserve), "failed": 0}
+    assert {s.capacity_credit > 0 for s in Settlement.objects.filter(award__in=reserve)} == {True}
     settlements = list(Settlement.objects.filter(award__in=live))
     assert {(s.period_start, s.period_end) for s in settlements} == {(begins, hour + QUARTER)}
     for settlement in settlements:

@@ -2,7 +2,8 @@
 
 * :func:`dashboard_overview` -- stations, plugged-in vehicles (SoC against floor and target, departure, projected SoC
   at departure), fleet power of the stations online, the flexibility envelope, revenue and open alerts.
-* :func:`revenue_summary` -- revenue today and this month, overall and per vehicle (settlement lines).
+* :func:`revenue_summary` -- revenue today and this month, overall, per vehicle (settlement lines) and per product
+  (regulation, synchronized reserve, peak shaving).
 * Power history (``selectors_history``) and regulation now (``selectors_regulation``) live beside this module.
 """
 
@@ -22,7 +23,9 @@ from fleet.numerics.departure import departure_outlook, discharge_room_wh
 from fleet.numerics.flexibility import fleet_flexibility
 from fleet.numerics.snapshot import VehicleSnapshot
 from fleet.selectors import alerts_for, plugged_in_snapshots, stations_for, vehicles_for
-from markets.regulation.selectors import settlement_lines_for
+from markets.models import Product
+from markets.peak.selectors import peak_settlements_for
+from markets.regulation.selectors import PRODUCT_NAMES, product_name, settlement_lines_for
 from markets.templatetags.money import money_text
 
 #: The dashboard's horizon: the next 24 h in market intervals of 15 min.
@@ -182,12 +185,57 @@ def revenue_summary(*, user: AbstractBaseUser | AnonymousUser, at: datetime) -> 
             money_text(entry["today"], currency),
             money_text(entry["month"], currency),
         )
-    return {
+    peak = peak_settlements_for(user).filter(period_start__gte=month, period_start__lt=at)
+    by_product = revenue_by_product(lines=lines, peak=peak, day=day, currency=currency)
+    summary: dict[str, Any] = {
         "currency": currency,
         "today": totals(today),
         "month": totals(lines),
         "by_vehicle": sorted(by_vehicle.values(), key=lambda e: (-e["month"], e["vehicle"])),
+        "by_product": by_product,
     }
+    for when in ("today", "month"):  # the site's avoided demand charges count too (peak shaving has no vehicle lines)
+        avoided = sum((p["avoided_" + when] for p in by_product), Decimal(0))
+        if avoided:
+            net = _money(summary[when]["net"] + avoided)
+            summary[when].update(net=net, net_text=money_text(net, currency))
+    return summary
+
+
+def revenue_by_product(*, lines: Any, peak: Any, day: datetime, currency: str) -> list[dict[str, Any]]:
+    """Net revenue today and this month per product, every product the fleet sells listed (side by side, zero
+    when it earned nothing): regulation and synchronized reserve from settlement lines, peak shaving from the
+    sites' avoided demand charges (``markets.peak``: per billing period, counted at the period's start)."""
+    zero = Decimal(0)
+    fields = ("today", "month", "simulated", "avoided_today", "avoided_month")
+    out: dict[str, dict[str, Any]] = {}
+
+    def entry(name: str) -> dict[str, Any]:
+        return out.setdefault(name, {"product": name, **dict.fromkeys(fields, zero)})
+
+    for name in PRODUCT_NAMES.values():
+        entry(name)
+    for kind, start, simulated, net in lines.values_list(
+        "settlement__award__product__kind", "settlement__period_start", "settlement__simulated", "net"
+    ):
+        row = entry(product_name(kind))
+        row["month"] += net
+        if start >= day:
+            row["today"] += net
+        if simulated:
+            row["simulated"] += net
+    row = entry(PRODUCT_NAMES[Product.Kind.PEAK_SHAVING])
+    for start, avoided in peak.values_list("period_start", "avoided"):
+        row["month"] += avoided
+        row["avoided_month"] += avoided
+        if start >= day:
+            row["today"] += avoided
+            row["avoided_today"] += avoided
+    for row in out.values():
+        for key in ("today", "month", "simulated"):
+            row[key] = _money(row[key])
+            row[key + "_text"] = money_text(row[key], currency)
+    return list(out.values())
 
 
 def alert_rows(alerts: QuerySet[FleetAlert]) -> list[dict[str, Any]]:

@@ -16,6 +16,12 @@ at the end (ClearChargingProfile of that profile: the stations go back to their 
 profile id): the run sends nothing then, and takes over within ``RESERVE_RESEND_S`` if the signal stops. The
 release is skipped too (clearing would drop the regulation profile until its next value).
 
+**One process per event.** A run holds a lease on its event (``ReserveDeployment.run_node`` / ``run_lease_until``,
+taken and renewed by one atomic UPDATE before each send, :func:`markets.reserve.services.reserve_run_claim`): a run
+that finds another process holding it stops without sending or releasing. A process that (re)starts while an event
+is in force resumes it (:func:`vpp.dispatch.services.reserve_runs_resume`, from the first committed telemetry) once
+the dead process's lease has expired; two processes resuming at once do not double it.
+
 **Fail safe.** Each setpoint ends by itself (``validTo``), so a run that dies (the process, the database) stops
 the discharge within ``DISPATCH_HOLD_S`` and never past the event end. A failed reload keeps the previous state and
 is logged; the run carries on.
@@ -87,8 +93,10 @@ class ReserveRun:
         hold_s: float | None = None,
         resend_s: float | None = None,
         call_timeout_s: float | None = None,
+        claim: Callable[[int], bool] | None = None,
     ) -> None:
         self.event = event
+        self._claim = claim  # takes/renews the event's lease (True: this run dispatches it); None: no lease kept
         self._loader = loader
         self._baseline = baseline
         self._recorder = recorder
@@ -100,6 +108,7 @@ class ReserveRun:
         self.state: DispatchState | None = None
         self.results: list[DispatchResult] = []
         self.released = False
+        self.claimed_elsewhere = False  # another server process holds the event's lease: this run stopped
         self.first_sent = asyncio.Event()  # set once the first setpoints went out (or the run found nothing to send)
         # The event's end as last read: its sender may cancel or shorten it (reserve_deployment_end), so each pass
         # re-reads it from the database (any process may have taken the cancellation) and _wake cuts a sleep short.
@@ -118,6 +127,8 @@ class ReserveRun:
                 if self.end_ts <= event.start.timestamp():
                     return  # cancelled before it began: nothing was sent, nothing to release
             while (now := self._clock()) < self.end_ts:
+                if not await self._lease_held():
+                    return  # another process dispatches the event (and releases it)
                 if regulation_flowing(event.portfolio):
                     self.first_sent.set()  # the regulation setpoints carry the event
                 else:
@@ -156,6 +167,21 @@ class ReserveRun:
         if end_ts < self.end_ts:
             LOG.info("reserve event %s of %s ends early, at %s", self.event.pk, self.event.portfolio, _dt(end_ts))
             self.end_ts = end_ts
+
+    async def _lease_held(self) -> bool:
+        """Take or renew the event's lease; a failed renewal (database away) keeps dispatching: the setpoints are
+        absolute (another process sending the same event sends the same kind of setpoint, never an extra MW)."""
+        if self._claim is None:
+            return True
+        try:
+            held = bool(await self._in_db(self._claim, self.event.pk))
+        except Exception:
+            LOG.exception("reserve event %s: lease renewal failed; dispatching on", self.event.pk)
+            return True
+        if not held:
+            self.claimed_elsewhere = True
+            LOG.info("reserve event %s: another server process dispatches it", self.event.pk)
+        return held
 
     async def _in_db(self, fn: Callable[..., Any], *args: Any) -> Any:
         def guarded() -> Any:

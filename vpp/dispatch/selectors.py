@@ -16,9 +16,10 @@ from django.db.models import Min, Sum
 from chargers.models import Station, Transaction
 from fleet.numerics.arrays import FleetArrays, power_bounds
 from fleet.selectors import plugged_in_snapshots
-from markets.models import Award
+from markets.models import Award, Product
 from markets.regulation.selectors import POWER_MAX_AGE_S, charge_point_power, reserve_in_force
 from vpp.dispatch.dispatcher import DispatchState, Route
+from vpp.dispatch.values import reserve_room
 
 
 def dispatch_state_load(*, product_id: int, portfolio: str, now: float, hold_s: float = 60.0) -> DispatchState:
@@ -60,6 +61,11 @@ def dispatch_state_load(*, product_id: int, portfolio: str, now: float, hold_s: 
     fleet = FleetArrays.from_snapshots(usable)
     capacity, until = awarded_capacity(product_id=product_id, portfolio=portfolio, at=at)
     reserve_w, reserve_until = reserve_in_force(portfolio=portfolio, at=at)
+    # While no event deploys it, the reserve awarded now stays in the cars (an event may come mid-regulation);
+    # what an event in force deploys is no longer held.
+    awarded_w, sustain_h = reserve_awarded(portfolio=portfolio, at=at)
+    held_w = max(awarded_w - reserve_w, 0)
+    fleet, _ = reserve_room(fleet, held_w=held_w, sustain_h=sustain_h)
     preferred = 0
     if len(fleet):
         # Basepoint preference: what the fleet must charge anyway to keep every departure reachable.
@@ -74,7 +80,25 @@ def dispatch_state_load(*, product_id: int, portfolio: str, now: float, hold_s: 
         preferred_basepoint_w=preferred,
         reserve_w=reserve_w,
         reserve_until=reserve_until.timestamp() if reserve_until is not None else None,
+        reserve_held_w=held_w if len(fleet) else 0,
     )
+
+
+def reserve_awarded(*, portfolio: str, at: datetime) -> tuple[int, float]:
+    """The reserve awarded to ``portfolio`` at ``at`` (W, over every reserve product) and the sustain time (h) a
+    full deployment of it lasts: with products of different sustain times, the one that keeps the same energy
+    (sum of W x sustain h over the sum of W). ``(0, 0.0)`` when none."""
+    rows = Award.objects.filter(
+        product__kind=Product.Kind.RESERVE,
+        portfolio=portfolio,
+        interval_start__lte=at,
+        interval_end__gt=at,
+        awarded_w__gt=0,
+    ).values_list("awarded_w", "product__sustain_minutes")
+    total_w = sum(w for w, _ in rows)
+    if total_w <= 0:
+        return 0, 0.0
+    return total_w, sum(w * minutes for w, minutes in rows) / 60.0 / total_w
 
 
 def portfolio_fleet_id(portfolio: str) -> int | None:

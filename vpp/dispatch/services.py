@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from asgiref.sync import SyncToAsync, async_to_sync
@@ -41,6 +43,7 @@ from django.utils import timezone
 
 from chargers.bulk import insert_rows
 from chargers.fanout import NodeListener
+from chargers.writer import writer_loop
 from markets.models import Product
 from markets.regulation.models import RegulationSignal, ReserveDeployment
 from markets.regulation.selectors import reserve_deployment_id
@@ -53,6 +56,7 @@ from markets.regulation.services import (
     signal_value,
     utc_instant,
 )
+from markets.reserve.services import reserve_events_unfinished, reserve_run_claim
 from markets.selectors import product_get
 from vpp.dispatch.dispatcher import Dispatcher, DispatchResult, Signal, dispatcher_for, dispatchers_refresh
 from vpp.dispatch.reserve import ReserveEvent, ReserveRun, regulation_flowing, reserve_run_start, reserve_run_wake
@@ -75,10 +79,12 @@ __all__ = [
     "reserve_deployment_intake",
     "reserve_deployment_withdraw",
     "reserve_dispatch_begin",
+    "reserve_runs_resume",
     "signal_instant_check",
     "signal_portfolio_check",
 ]
 
+LOG = logging.getLogger(__name__)
 FIRST_LOAD_WAIT_S = 5.0  # the intake's answer to a process's first signal waits this long for the fleet's state
 _products: dict[str, int] = {}  # "operator:code" -> product id, cached per process (products do not move)
 
@@ -278,13 +284,80 @@ def reserve_event_of(row: ReserveDeployment, *, received_at: float) -> ReserveEv
     return ReserveEvent(row.pk, product_id, row.portfolio, row.power_w, row.start, row.end, received_at)
 
 
+def reserve_lease_s() -> float:
+    """How long a run's lease on its event lasts: two and a half re-send periods (it renews at each), so a dead
+    process's event is taken over within about 40 s while its last setpoints (``DISPATCH_HOLD_S``) still hold."""
+    return 2.5 * settings.RESERVE_RESEND_S
+
+
+def _reserve_claim(deployment_id: int) -> bool:
+    return reserve_run_claim(
+        deployment_id=deployment_id,
+        node=NodeListener.node_id,
+        now=timezone.now(),
+        lease=timedelta(seconds=reserve_lease_s()),
+    )
+
+
 def _reserve_run_create(event: ReserveEvent) -> ReserveRun:
     return ReserveRun(
         event=event,
         loader=dispatch_state_load,
         baseline=fleet_power_at,
         recorder=dispatch_record if event.product_id else None,
+        claim=_reserve_claim,
     )
+
+
+def _events_to_resume(now: datetime) -> list[ReserveEvent]:
+    received = time.time()
+    return [reserve_event_of(row, received_at=received) for row in reserve_events_unfinished(now=now)]
+
+
+async def reserve_runs_resume(*, now: datetime | None = None) -> list[ReserveRun]:
+    """Start a run for every reserve event in force (or still to come) that no process dispatches: what a server
+    process that (re)started mid-event does, so the rest of the event is dispatched. Returns the runs started.
+
+    Idempotent: an event already running in this process is not started again, and of two processes resuming the
+    same event only the one whose lease claim matches dispatches it (the other's run stops at once)."""
+    events = await database_sync_to_async(_events_to_resume)(now or timezone.now())
+    started = []
+    for event in events:
+        run, new = reserve_run_start(run=_reserve_run_create(event))
+        if new:
+            started.append(run)
+            LOG.warning(
+                "reserve event %s of %s in force (or scheduled) with no process dispatching it: resumed here, to %s",
+                event.pk, event.portfolio, event.end.isoformat(),
+            )  # fmt: skip
+    return started
+
+
+_resume_checked_at = [-math.inf]  # time.monotonic() of this process's last resume check
+
+
+def on_telemetry_resume(updates: object) -> None:
+    """CSMS hook (writer thread): at most every ``RESERVE_RESEND_S``, look for reserve events to resume on the
+    server loop. The first committed telemetry after a (re)start is the first moment this process can reach
+    stations; checking again later also takes over from a process that died. Never raises."""
+    try:
+        loop = writer_loop()
+        if loop is None or loop.is_closed():
+            return  # not in a server process
+        now = time.monotonic()
+        if now - _resume_checked_at[0] < settings.RESERVE_RESEND_S:
+            return
+        _resume_checked_at[0] = now
+        asyncio.run_coroutine_threadsafe(_resume_logged(), loop)
+    except Exception:
+        LOG.exception("reserve resume hook failed")
+
+
+async def _resume_logged() -> None:
+    try:
+        await reserve_runs_resume()
+    except Exception:  # the database away: the next telemetry tries again
+        LOG.exception("reserve events could not be checked for resuming; trying again with the next telemetry")
 
 
 async def reserve_dispatch_begin(*, event: ReserveEvent, wait_s: float = FIRST_LOAD_WAIT_S) -> str:
@@ -295,6 +368,8 @@ async def reserve_dispatch_begin(*, event: ReserveEvent, wait_s: float = FIRST_L
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(run.first_sent.wait(), wait_s)
     if not run.results:
+        if run.claimed_elsewhere:
+            return "dispatched by another server process (it holds the event's lease)"
         if regulation_flowing(event.portfolio):
             return ""  # the regulation setpoints carry it
         return "no setpoint sent yet (the fleet's state is still loading)"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -52,6 +52,34 @@ def basepoint_choose(*, min_w: int, max_w: int, capacity_w: int, preferred_w: in
     if current_w is not None and low <= current_w <= high:
         return current_w
     return min(max(preferred_w, low), high)
+
+
+def reserve_room(fleet: FleetArrays, *, held_w: int, sustain_h: float) -> tuple[FleetArrays, np.ndarray]:
+    """The fleet as regulation may use it while ``held_w`` of awarded reserve waits for a deployment.
+
+    Each car that can discharge takes a share of the reserve in proportion to what it could deliver for the
+    product's sustain time ``sustain_h`` (its derated discharge power, or less if its energy above the floor runs
+    out sooner), so every share is deliverable. A car's share (W, grid side) is then kept out of regulation twice:
+
+    * its floor rises by the pack energy a full deployment draws, ``share x sustain_h / eta_d`` (Wh), so regulation
+      never spends the energy the deployment needs;
+    * its discharge limit drops by the share, so whatever regulation asks of it, the car can still discharge its
+      share more when an event comes mid-regulation.
+
+    Returns the adjusted fleet (a view sharing the other arrays) and each car's share (W, float).
+    """
+    share = np.zeros(len(fleet))
+    if held_w <= 0 or sustain_h <= 0 or len(fleet) == 0:
+        return fleet, share
+    above_floor = np.maximum(fleet.soc_wh - fleet.floor_wh, 0.0)
+    can = np.minimum(fleet.max_discharge_w, above_floor * fleet.discharge_efficiency / sustain_h)
+    total = float(can.sum())
+    if total <= 0:
+        return fleet, share
+    share = can * min(held_w / total, 1.0)  # more reserve than the fleet can deliver: each car holds all it can
+    floor = np.minimum(fleet.floor_wh + share * sustain_h / fleet.discharge_efficiency, fleet.capacity_wh)
+    discharge = np.maximum(fleet.max_discharge_w - share, 0.0)
+    return replace(fleet, floor_wh=floor, max_discharge_w=discharge), share
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +151,7 @@ class DispatchState:
     preferred_basepoint_w: int = 0
     reserve_w: int = 0  # reserve deployments called on the portfolio (W of extra discharge) ...
     reserve_until: float | None = None  # ... until this epoch s (the first of them to end)
+    reserve_held_w: int = 0  # awarded reserve kept out of regulation (floors raised, discharge headroom kept)
     row_of: dict[str, int] = field(default_factory=dict)  # station id -> fleet row
 
     def __post_init__(self) -> None:

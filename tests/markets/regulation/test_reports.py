@@ -17,8 +17,16 @@ from django.db import transaction
 from django.test import Client
 
 from fleet.models import Fleet, Membership, PlugSession, Role
+from markets.peak.models import PeakSettlement
 from markets.regulation.charts import revenue_chart, scores_chart, signal_chart
-from markets.regulation.reports import CSV_KINDS, RegulationReport, SignalSeries, regulation_report, report_csv
+from markets.regulation.reports import (
+    CSV_KINDS,
+    RegulationReport,
+    SignalSeries,
+    peak_revenue_by,
+    regulation_report,
+    report_csv,
+)
 from tests.e2e.seed import settled_hours_seed
 from tests.fleet.factories import FleetFactory, UserFactory, VehicleFactory
 from tests.markets.regulation.data import stations
@@ -105,8 +113,11 @@ def test_the_revenue_chart_plots_the_csvs_figures(two_tenants) -> None:
     chart = revenue_chart(report, "hour")
     rows = list(csv.DictReader(io.StringIO(report_csv(report, "revenue-hour")[1])))
     # Then the chart's net markers are the CSV's net column, hour by hour
-    net = next(t for t in chart["data"] if t["name"] == "net ($)")
+    net = next(t for t in chart["data"] if t["name"] == "net, all products ($)")
     assert net["y"] == [float(r["net"]) for r in rows]
+    # And each hour's regulation bar is its net (the only product settled in these hours), named in the legend
+    assert [t["name"] for t in chart["data"]] == ["regulation ($)", "net, all products ($)"]
+    assert {r["product"] for r in rows} == {"regulation"}
     assert net["x"] == ["2026-03-10 14:00:00", "2026-03-10 15:00:00"]
     assert [r["hour"] for r in rows] == [h.isoformat() for h in HOURS]
 
@@ -163,3 +174,32 @@ def test_a_period_is_checked(two_tenants) -> None:
     assert client.get("/regulation/export/scores.csv", {"days": "100"}).status_code == 400
     naive = (datetime.now(UTC) - timedelta(days=1)).replace(tzinfo=None)
     assert client.get("/regulation/", {"until": naive.isoformat()}).status_code == 400
+
+
+def test_the_revenue_chart_sets_each_products_money_side_by_side() -> None:
+    # Given an hour's settled revenue: regulation $1.20 and reserve $0.30 at 14:00, reserve $0.10 at 15:00, and a
+    # depot's avoided demand charge of $25.00 whose billing period starts at 15:00
+    peak = PeakSettlement(period_start=HOURS[1], currency="USD", avoided=Decimal("25.00"))
+    money = dict.fromkeys(("capacity_credit", "performance_credit", "energy_amount", "degradation_cost"), Decimal(0))
+    rows = [
+        {"key": HOURS[0], "product": "regulation", "currency": "USD", **money, "net": Decimal("1.20")},
+        {"key": HOURS[0], "product": "synchronized reserve", "currency": "USD", **money, "net": Decimal("0.30")},
+        {"key": HOURS[1], "product": "synchronized reserve", "currency": "USD", **money, "net": Decimal("0.10")},
+        *peak_revenue_by([peak], by="hour"),
+    ]
+    report = RegulationReport(since=SINCE, until=UNTIL, award_figures=True, revenue={"hour": rows})
+    # When its chart is drawn
+    chart = revenue_chart(report, "hour")
+    # Then one bar per product, named in the legend, and the net of all of them as markers
+    traces = {t["name"]: t["y"] for t in chart["data"]}
+    assert traces == {
+        "regulation ($)": [1.2, 0.0],
+        "synchronized reserve ($)": [0.3, 0.1],
+        "peak shaving ($)": [0.0, 25.0],
+        "net, all products ($)": [1.5, 25.1],
+    }
+    # And peak shaving has no vehicle lines, and counts once per billing period
+    assert peak_revenue_by([peak], by="vehicle") == []
+    assert [(r["key"], r["net"], r["lines"]) for r in peak_revenue_by([peak], by="product")] == [
+        ("peak shaving", Decimal("25.00"), 1)
+    ]

@@ -21,6 +21,7 @@ from markets.regulation.services import (
     regulation_price_record,
     regulation_signal_import,
     regulation_signal_record,
+    reserve_deployment_record,
 )
 from markets.regulation.settlement import SettlementError
 from markets.regulation.settling import regulation_hour_settle, settlement_compute
@@ -354,3 +355,30 @@ def test_a_vehicle_is_charged_its_own_cycle_wear_on_its_metered_soc_trace(produc
     assert line.degradation_cost == D("0.73")
     assert D(settlement.exact["degradation"]) == pytest.approx(D("0.727900"), abs=D("0.000003"))
     # the default-parameter throughput model would have charged 20,000 Wh x $0.03125/kWh = $0.625 -> $0.62
+
+
+def test_a_reserve_event_mid_hour_is_not_counted_as_regulation_response(product, award):
+    # Given two stations following the signal, and a 200 kW reserve event from 14:10 to 14:20 during which each
+    # discharges 100 kW more (the dispatcher's setpoint: basepoint - signal x capacity - reserve)
+    store_signal(product, HOUR_START)
+    rows = store_following(stations(2), HOUR_START, capacity_w=CAPACITY_W)
+    event_start, event_end = HOUR_START + timedelta(minutes=10), HOUR_START + timedelta(minutes=20)
+    reserve_deployment_record(
+        portfolio="default", event_id="mid-hour", power_w=200_000, start=event_start, end=event_end,
+        source=SignalSource.UTILITY_API,
+    )  # fmt: skip
+    readings: dict[tuple[int, object], dict[str, MeterValue]] = {}
+    for row in rows:
+        if row.measurand.startswith("Power.") and event_start <= row.timestamp < event_end:
+            readings.setdefault((row.station_id, row.timestamp), {})[row.measurand] = row
+    for pair in readings.values():
+        imported, exported = pair["Power.Active.Import"], pair["Power.Active.Export"]
+        net = imported.value - exported.value - 100_000
+        imported.value, exported.value = max(net, 0), max(-net, 0)
+    MeterValue.objects.bulk_update(rows, ["value"], batch_size=5000)
+    # When the hour's trace is read
+    trace = regulation_trace(product=product, portfolio="default", start=HOUR_START, rows=391)
+    # Then the fleet power shows the 200 kW, yet the regulation response is the signal throughout
+    expected = np.array([triangle(10 * i) for i in range(391)])
+    assert trace.fleet_power_w[60] == pytest.approx(-expected[60] * CAPACITY_W - 200_000)
+    assert trace.response_mw == pytest.approx(expected, abs=1e-6)

@@ -284,3 +284,40 @@ def test_revenue_counts_the_simulated_part_apart() -> None:
     assert (revenue["month"]["net"], revenue["month"]["simulated"]) == (Decimal("1.00"), Decimal("1.00"))
     assert revenue["month"]["net_text"] == "$1.00"
     assert [r["simulated"] for r in revenue["by_vehicle"]] == [True]
+
+
+@pytest.mark.django_db
+def test_revenue_sets_each_products_money_side_by_side() -> None:
+    from markets.models import DepotSite
+    from markets.peak.models import DemandTariff, PeakSettlement
+    from tests.test_permissions import _tenant
+
+    # Given a manager's settled regulation hour ($1.00 net, simulated) and their depot's billing period that starts
+    # today with $25.00 of demand charge avoided
+    vehicle, _, manager = _plugged(50)
+    organisation = vehicle.fleet.organisation
+    _, _, _, settlement = _tenant(organisation, "P", None)
+    settlement.simulated = True
+    settlement.save(update_fields=["simulated"])
+    site = DepotSite.objects.get(organisation=organisation)
+    now = timezone.now()
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    tariff = DemandTariff.objects.create(site=site, name="demand", valid_from=day.date())
+    PeakSettlement.objects.create(
+        site=site, tariff=tariff, period_start=day, period_end=day + timedelta(days=30), currency="USD",
+        metered_charge=Decimal("100.00"), counterfactual_charge=Decimal("125.00"), avoided=Decimal("25.00"),
+        intervals=[], intervals_expected=0, intervals_metered=0, site_readings=0, site_digest="", fleet_readings=0,
+        fleet_digest="", computed_at=now,
+    )  # fmt: skip
+    # When the overview is read now
+    revenue = dashboard_overview(user=manager, at=now).revenue
+    # Then every product is listed side by side: regulation $1.00 (simulated), no reserve, peak shaving $25.00
+    month = {r["product"]: (r["month_text"], r["simulated_text"]) for r in revenue["by_product"]}
+    assert month == {
+        "regulation": ("$1.00", "$1.00"),
+        "synchronized reserve": ("$0.00", "$0.00"),
+        "peak shaving": ("$25.00", "$0.00"),
+    }
+    assert [r["today_text"] for r in revenue["by_product"] if r["product"] == "peak shaving"] == ["$25.00"]
+    # And the month's total counts all of them
+    assert revenue["month"]["net_text"] == "$26.00"

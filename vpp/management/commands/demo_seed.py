@@ -21,7 +21,7 @@ from fleet.services.accounts import user_add
 from fleet.services.stations import stations_provision
 from vpp.demo import DEMO_MEMBERS, demo_credentials
 from vpp.demo_history import DAYS, demo_history_generate
-from vpp.demo_market import demo_product
+from vpp.demo_market import demo_product, demo_reserve_product
 from vpp.demo_peak import demo_peak_seed
 from vpp.progress import progress_bar
 
@@ -64,6 +64,7 @@ class Command(BaseCommand):
         if "markets" in get_commands():
             call_command("markets", "seed")
         demo_product()
+        demo_reserve_product()
         if options["history_days"] > 0:
             with progress_bar("simulated history", None) as update:
 

@@ -91,7 +91,10 @@ class Command(BaseCommand):
         if options["fleet"] > 0:
             out.write(f"Simulated fleet: {options['fleet']} chargers ({options['id_prefix']}-1 ...)")
         if not options["no_market"]:
-            out.write("Demo market: regulation awarded for the current hours, RegD test signal looped every 2 s")
+            out.write(
+                "Demo market: regulation and synchronized reserve awarded for the current hours, RegD test signal "
+                "looped every 2 s, a reserve event 3 min after start and then hourly"
+            )
         out.write(f"OCPP endpoint: ws://{host}:{port}/ocpp/<station_id>")
         out.write(self.style.SUCCESS(f"Dashboard: http://{host}:{port}/   admin: http://{host}:{port}/admin/"))
         out.write(f"Demo admin (operator): {creds.admin_username} / {creds.admin_password}")
