@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.secc.car import LoopTiming
+from edge_agent.secc.car import LoopTiming, power_limit
 
 
 def test_the_failsafe_lead_is_two_of_the_cars_longest_recent_charge_loops() -> None:
@@ -32,3 +32,12 @@ def test_a_long_pause_ages_out_after_twenty_requests() -> None:
     assert leads[1] == pytest.approx(2.0)
     assert leads[-2] == pytest.approx(2.0)
     assert leads[-1] == pytest.approx(0.2)
+
+
+def test_a_car_reporting_zero_discharge_power_allows_no_discharge_from_then_on():
+    # Given a car that allowed 11 kW of discharge
+    # When it reports 0 W as its maximum discharge power, then nothing reported, then a limit sent signed
+    # Then 0 W is the limit (not "not given"), a message without it keeps 0 W, and a limit is a magnitude
+    assert power_limit(0.0, 11_000.0) == 0.0
+    assert power_limit(None, 0.0) == 0.0
+    assert power_limit(-7_400.0, 0.0) == 7_400.0

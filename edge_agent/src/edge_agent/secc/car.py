@@ -104,3 +104,11 @@ def log_session_end(station_id: str, state: str, reason: str) -> None:
     code = session_end_code(state, reason)
     slog.log_event(station_id, "ev_session_ended", code=code, level=logging.WARNING if code else logging.INFO,
                    state=state, reason=reason[:300])  # fmt: skip
+
+
+def power_limit(reported: float | None, current: float) -> float:
+    """The car's power limit after a message: what it reported (a magnitude, W), else the one in force. A reported 0
+    is a limit like any other (the car allows no more discharge), never "not given"."""
+    if reported is None:
+        return current
+    return abs(float(reported))

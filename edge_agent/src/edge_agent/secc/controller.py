@@ -60,6 +60,7 @@ from edge_agent.secc.car import (
     Iso15118Car,
     LoopTiming,
     log_session_end,
+    power_limit,
     report_departure,
 )
 from edge_agent.station import Station
@@ -147,8 +148,8 @@ class StationEVSEController(EVSEControllerInterface):
         if present is not None:
             car.reported_power_w = present
         limits_before = (car.max_charge_w, car.max_discharge_w)
-        car.max_charge_w = decimal(params.get("EVMaximumChargePower")) or car.max_charge_w
-        car.max_discharge_w = decimal(params.get("EVMaximumDischargePower")) or car.max_discharge_w
+        car.max_charge_w = power_limit(decimal(params.get("EVMaximumChargePower")), car.max_charge_w)
+        car.max_discharge_w = power_limit(decimal(params.get("EVMaximumDischargePower")), car.max_discharge_w)
         if (car.max_charge_w, car.max_discharge_w) != limits_before and self.station.car is car:
             self.station.car_limits_changed()
         car.requests = EnergyRequests(
@@ -221,8 +222,8 @@ class StationEVSEController(EVSEControllerInterface):
         ev = self.ev_data_context.rated_limits.ac_limits
         car = self.car
         assert car is not None
-        car.max_charge_w = float(ev.max_charge_power or car.max_charge_w)
-        car.max_discharge_w = float(ev.max_discharge_power or car.max_discharge_w)
+        car.max_charge_w = power_limit(ev.max_charge_power, car.max_charge_w)
+        car.max_discharge_w = power_limit(ev.max_discharge_power, car.max_discharge_w)
         return BPTACChargeParameterDiscoveryResParams(
             evse_max_charge_power=rational(lim.max_charge_w),
             evse_min_charge_power=rational(0),
