@@ -270,6 +270,15 @@ def power_limits(vehicle: Vehicle, session: PlugSession | None) -> tuple[int, in
     return charge, discharge
 
 
+def site_vehicles(*, organisation_id: int | None) -> QuerySet[Vehicle] | None:
+    """The vehicles a depot site of ``organisation_id`` may command: that organisation's own, never another's that
+    happens to be plugged in at its stations; None (no restriction) for a site no organisation owns yet, which only
+    operators configure."""
+    if organisation_id is None:
+        return None
+    return Vehicle.objects.filter(fleet__organisation_id=organisation_id)
+
+
 def plugged_in_snapshots(
     *, at: datetime, vehicles: QuerySet[Vehicle] | None = None, fleet_id: int | None = None
 ) -> list[VehicleSnapshot]:

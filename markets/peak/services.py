@@ -19,7 +19,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from fleet.numerics.snapshot import VehicleSnapshot
-from fleet.selectors import plugged_in_snapshots
+from fleet.selectors import plugged_in_snapshots, site_vehicles
 from markets.models import DepotSite, SiteLoadPoint, Source
 from markets.peak.capacity import CapPlan, Pack, cap_plan, holdable_cap
 from markets.peak.forecast import LoadForecaster, SameTimeOfWeek
@@ -377,7 +377,8 @@ def peak_plan_make(
     billed = billed_peak_so_far(site=site, spec=spec, start=start, now=now)
     price = max((spec.max_charge_price_at(start + t * step) for t in range(steps)), default=Decimal(0))
     stations = set(site.stations.values_list("station_id", flat=True))
-    vehicles = [v for v in plugged_in_snapshots(at=now) if v.station_id in stations]
+    own = site_vehicles(organisation_id=site.organisation_id)
+    vehicles = [v for v in plugged_in_snapshots(at=now, vehicles=own) if v.station_id in stations]
     if scheduler == "greedy":
         pack = fleet_pack(vehicles)
         hours = [step.total_seconds() / 3600.0] * steps

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from chargers.models import Station, Transaction
 from fleet.numerics.arrays import FleetArrays
-from fleet.selectors import plugged_in_snapshots
+from fleet.selectors import plugged_in_snapshots, site_vehicles
 from markets.models import DepotSite
 from markets.peak.selectors import plan_in_force, site_meter_map
 from vpp.dispatch.values import Route
@@ -26,7 +26,8 @@ def site_state_load(*, site_id: int, now: float) -> SiteState:
     plan = plan_in_force(site_id=site_id, at=at)
     threshold = plan.threshold_w if plan is not None else int(site.threshold_w)
     site_stations = set(site.stations.values_list("station_id", flat=True))
-    snapshots = [s for s in plugged_in_snapshots(at=at) if s.station_id in site_stations]
+    vehicles = site_vehicles(organisation_id=site.organisation_id)
+    snapshots = [s for s in plugged_in_snapshots(at=at, vehicles=vehicles) if s.station_id in site_stations]
     online = dict(
         Station.objects.filter(station_id__in={s.station_id for s in snapshots})
         .exclude(channel_name="")

@@ -229,3 +229,21 @@ async def test_a_shaver_that_never_loaded_a_state_asks_nothing():
     # When a reading far over any cap comes; then nothing is asked of any car
     step = await shaver.step(import_w=500_000)
     assert (step.action, step.commands, shaver.shaving) == ("stale", [], False)
+
+
+def test_a_site_commands_only_its_own_organisations_cars_plugged_in_at_its_stations():
+    # Given the depot's three charge points, the site now owned by the first car's organisation, and two cars of
+    # other organisations plugged in beside it (PlugSessionFactory gives each car a fleet of its own)
+    from fleet.models import PlugSession
+    from vpp.peak.selectors import site_state_load
+
+    site = DepotSite.objects.get(pk=_depot())
+    sessions = list(PlugSession.objects.filter(station_id__in=CARS).select_related("vehicle__fleet"))
+    owner = sessions[0].vehicle.fleet.organisation
+    assert {s.vehicle.fleet.organisation_id for s in sessions[1:]} != {owner.pk}
+    site.organisation = owner
+    site.save(update_fields=["organisation"])
+    # When the controller loads the site's state
+    state = site_state_load(site_id=site.pk, now=time.time())
+    # Then only the owner's car is there to command
+    assert [route.station_id for route in state.routes] == [sessions[0].station_id]
