@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from edge_agent.buffer import Outbox, OutboxStore
@@ -132,6 +133,35 @@ def start_site_meter(cfg: AgentConfig, station: Station, stop: asyncio.Event) ->
     return asyncio.ensure_future(run())
 
 
+async def supervise(
+    name: str,
+    start: Callable[[], Awaitable[object]],
+    stop: asyncio.Event,
+    *,
+    station_id: str,
+    first_s: float = 2.0,
+    max_s: float = 60.0,
+) -> None:
+    """Run ``start()`` until ``stop``: a failure (Java or the interface missing, the stack crashing) is logged with
+    its exception and in the session log, then retried with a growing delay, so it is a clear error rather than a
+    silent absence and recovers without restarting the agent (the grid-side loop runs on regardless)."""
+    delay = first_s
+    while not stop.is_set():
+        try:
+            await start()
+            if stop.is_set():
+                return
+            LOG.warning("%s ended by itself; restarting in %.0f s", name, delay)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            LOG.exception("%s failed; retrying in %.0f s", name, delay)
+            log_event(station_id, "component_failed", component=name, error=f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, max_s)
+
+
 async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, clock: Clock | None = None) -> None:
     """Run one station until SIGTERM/SIGINT (or ``stop``); leaves the inverter at 0 W on the way out."""
     clock = clock or SystemClock()
@@ -156,7 +186,12 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, cloc
             tls = SeccTlsFiles(cert_file=Path(iso.cert_file), key_file=Path(iso.key_file),
                                ev_ca_file=Path(iso.ev_ca_file), key_passphrase=iso.key_passphrase)  # fmt: skip
         secc_task = asyncio.ensure_future(
-            run_secc(station, iface=iso.interface, tls=tls, pki_dir=var_dir / "iso15118-pki")
+            supervise(
+                "ISO 15118 SECC",
+                lambda: run_secc(station, iface=iso.interface, tls=tls, pki_dir=var_dir / "iso15118-pki"),
+                stop,
+                station_id=cfg.station_id,
+            )
         )
     elif cfg.hardware.driver == "sim":
         hw = cfg.hardware
