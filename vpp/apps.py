@@ -9,7 +9,7 @@ class VppConfig(AppConfig):
     def ready(self) -> None:
         # Real-time peak shaving follows the site meters in the CSMS's committed telemetry (vpp.peak.service).
         from chargers.telemetry import telemetry_receiver_register
-        from vpp.dispatch.services import on_telemetry_resume
+        from vpp.dispatch.reserve_intake import on_telemetry_resume
         from vpp.peak.service import on_telemetry_committed
 
         telemetry_receiver_register(on_telemetry_committed)

@@ -27,9 +27,10 @@ from fleet.problems import Problem, ProblemSerializer
 from fleet.selectors import is_operator, organisations_for
 from fleet.station_api import actor_label
 from markets.models import DepotSite
+from markets.peak.interval_data import MAX_UPLOAD_ERRORS, IntervalDataError
 from markets.peak.models import MeterSource
 from markets.peak.selectors import sites_for
-from markets.peak.services import MAX_UPLOAD_ERRORS, IntervalDataError, site_interval_data_receive
+from markets.peak.services import site_interval_data_receive
 
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # a year of 5-min intervals as CSV is about 5 MB
 UPLOADERS = (Role.FLEET_MANAGER,)

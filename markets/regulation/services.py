@@ -135,7 +135,7 @@ def reserve_deployment_record(
 def reserve_deployment_end(*, deployment_id: int, at: datetime, reason: str) -> ReserveDeployment | None:
     """End a stored event early (its sender cancelled or replaced it): its end moves to ``at``, never later than it
     was nor before its start. Regulation dispatch stops adding it at its next state reload and its reserve run
-    clears its setpoints at its next pass (``vpp.dispatch.services.reserve_dispatch_end`` wakes it at once).
+    clears its setpoints at its next pass (``vpp.dispatch.reserve_intake.reserve_dispatch_end`` wakes it at once).
     Idempotent; None for an unknown event. The change is logged with ``reason``; the row keeps the new end."""
     at = utc_instant(at, "at")
     with transaction.atomic():

@@ -19,8 +19,8 @@ release is skipped too (clearing would drop the regulation profile until its nex
 **One process per event.** A run holds a lease on its event (``ReserveDeployment.run_node`` / ``run_lease_until``,
 taken and renewed by one atomic UPDATE before each send, :func:`markets.reserve.services.reserve_run_claim`): a run
 that finds another process holding it stops without sending or releasing. A process that (re)starts while an event
-is in force resumes it (:func:`vpp.dispatch.services.reserve_runs_resume`, from the first committed telemetry) once
-the dead process's lease has expired; two processes resuming at once do not double it.
+is in force resumes it (:func:`vpp.dispatch.reserve_intake.reserve_runs_resume`, from the first committed
+telemetry) once the dead process's lease has expired; two processes resuming at once do not double it.
 
 **Fail safe.** Each setpoint ends by itself (``validTo``), so a run that dies (the process, the database) stops
 the discharge within ``DISPATCH_HOLD_S`` and never past the event end. A failed reload keeps the previous state and

@@ -39,7 +39,8 @@ from markets.models import Product
 from markets.regulation.models import SignalSource
 from markets.regulation.services import RegulationError, ReserveConflict, SignalConflict
 from markets.selectors import product_get
-from vpp.dispatch.services import SignalRefused, regulation_signal_accept, reserve_deployment_intake
+from vpp.dispatch.reserve_intake import reserve_deployment_intake
+from vpp.dispatch.services import SignalRefused, regulation_signal_accept
 
 
 def signal_sender_check(request: Request, *, what: str) -> None:

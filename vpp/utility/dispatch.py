@@ -7,8 +7,8 @@ answer is optOut with the reason kept.
 
 **Dispatching** (async, :class:`EventRuns`, on the loop that can reach the stations): ``UTILITY_EVENT_LEAD_S``
 before each interval starts, the interval becomes a reserve deployment of the program's portfolio
-(:func:`vpp.dispatch.services.reserve_deployment_intake`, the ``POST /api/regulation/reserve`` path) starting then,
-so its setpoints reach the stations before the utility's start. The deployment dispatches by itself
+(:func:`vpp.dispatch.reserve_intake.reserve_deployment_intake`, the ``POST /api/regulation/reserve`` path)
+starting then, so its setpoints reach the stations before the utility's start. The deployment dispatches by itself
 (:mod:`vpp.dispatch.reserve`: the fleet's power at its start minus the W asked, re-sent until its end, then
 released), and while regulation signals flow for the portfolio their setpoints carry it. A program of a reserve
 product deploys that product (measured and settled as its events); a program of a regulation product deploys an
@@ -18,7 +18,7 @@ A process that restarts (the clients' or the server's) resumes, when the server 
 version still scheduled or active: its deployments' runs start again (the baseline still the one at their start).
 
 A cancelled event (or a newer version of it) stops its run: the deployment in force is withdrawn
-(:func:`vpp.dispatch.services.reserve_deployment_withdraw`: its end stored as now, its setpoints released).
+(:func:`vpp.dispatch.reserve_intake.reserve_deployment_withdraw`: its end stored as now, its setpoints released).
 """
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ from django.utils import timezone
 from markets.models import Product
 from markets.regulation.models import ReserveDeployment, SignalSource
 from markets.regulation.services import RegulationError
-from vpp.dispatch.selectors import dispatch_state_load, fleet_power_at
-from vpp.dispatch.services import (
+from vpp.dispatch.reserve_intake import (
     ReserveIntake,
     reserve_deployment_intake,
     reserve_deployment_withdraw,
     reserve_dispatch_from_sync,
     reserve_event_of,
 )
+from vpp.dispatch.selectors import dispatch_state_load, fleet_power_at
 from vpp.utility.models import EventStatus, UtilityEvent, UtilityProgram
 from vpp.utility.services import utility_event_cancel, utility_event_record, utility_event_status
 from vpp.utility.signals import EventPlan, Interval

@@ -10,13 +10,9 @@ from decimal import Decimal
 import pytest
 
 from markets.models import DepotSite
+from markets.peak.interval_data import IntervalDataError, interval_data_parse_csv, interval_data_parse_json
 from markets.peak.models import MeterSource, SiteDataUpload, SiteMeterReading
-from markets.peak.services import (
-    IntervalDataError,
-    interval_data_parse_csv,
-    interval_data_parse_json,
-    site_interval_data_receive,
-)
+from markets.peak.services import site_interval_data_receive
 
 T0 = datetime(2026, 12, 1, 5, 0, tzinfo=UTC)  # 00:00 EST
 

@@ -31,8 +31,9 @@ from tests.chargers.factories import StationFactory
 from tests.markets.regulation.data import regulation_product
 from tests.vpp.stand_ins import AnsweringStation, fleet_of
 from vpp.dispatch.reserve import ReserveEvent, ReserveRun, reserve_run_start, reserve_runs_stop
+from vpp.dispatch.reserve_intake import reserve_dispatch_end
 from vpp.dispatch.selectors import fleet_power_at
-from vpp.dispatch.services import dispatch_record, reserve_dispatch_end
+from vpp.dispatch.services import dispatch_record
 from vpp.dispatch.values import DispatchState
 from vpp.models import Dispatch
 

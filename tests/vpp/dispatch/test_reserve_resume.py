@@ -27,9 +27,9 @@ from markets.reserve.services import reserve_run_claim
 from tests.fleet.factories import PlugSessionFactory
 from tests.markets.regulation.data import regulation_product
 from tests.vpp.stand_ins import AnsweringStation
-from vpp.dispatch import services
+from vpp.dispatch import reserve_intake as services
 from vpp.dispatch.reserve import reserve_runs, reserve_runs_stop
-from vpp.dispatch.services import _reserve_run_create, reserve_event_of, reserve_runs_resume
+from vpp.dispatch.reserve_intake import _reserve_run_create, reserve_event_of, reserve_runs_resume
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CARS = ("rs-1", "rs-2")

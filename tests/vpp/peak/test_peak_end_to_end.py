@@ -17,9 +17,9 @@ from django.utils import timezone
 from chargers.models import MeterValue, Station
 from fleet.models import SocEstimate, SocSource
 from markets.models import DepotSite
+from markets.peak.interval_data import interval_data_parse_json
 from markets.peak.models import DemandCharge, DemandTariff, MeterSource, SiteMeter
 from markets.peak.services import (
-    interval_data_parse_json,
     peak_period_settle,
     peak_plan_make,
     site_interval_data_upload,
