@@ -60,6 +60,8 @@ def peak_plans_refresh() -> list[int]:
             planned.append(peak_plan_make(site_id=site.pk, start=aligned, end=aligned + PLAN_HORIZON, now=now).pk)
         except PeakError as exc:
             LOG.warning("site %s: %s", site.code, exc)
+        except Exception:  # one site's fault (its data, a failed query) must not leave every other site unplanned
+            LOG.exception("site %s: planning failed; the other sites are planned, this one again in 15 min", site.code)
     return planned
 
 
@@ -78,4 +80,6 @@ def peak_periods_settle() -> list[int]:
             settled.append(peak_period_settle(site_id=site.pk, period_start=previous, now=now).pk)
         except PeakError as exc:
             LOG.info("site %s: %s", site.code, exc)
+        except Exception:  # as above: the next run (hourly) tries this site again, the others are settled now
+            LOG.exception("site %s: settling the billing period failed; retried at the next run", site.code)
     return settled
