@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
 from django.db.models import Q
+from django.utils import timezone
 
 from chargers.models import ENERGY_IMPORT_REGISTER, EvChargingNeeds
 from chargers.models import Transaction as ChargerTransaction
@@ -32,6 +33,9 @@ EXPORT = "Energy.Active.Export.Register"
 # in milli-degC whatever unit the station used.
 PACK_TEMPERATURE = "Temperature@EV"
 FREE_STATUSES = {"Available"}
+# How far ahead of this server's clock a reading may be stamped and still be applied: station clocks drift by
+# seconds (NTP keeps them within that); minutes ahead means a wrong clock, not a fast one.
+MAX_AHEAD = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +128,18 @@ def telemetry_ingest(*, readings: Sequence[Reading]) -> int:
     dropped with two or three queries per batch, so a CSMS full of foreign stations pays next to nothing.
     """
     touched = 0
+    ahead_limit = timezone.now() + MAX_AHEAD
     for reading in sorted(_fleet_readings(readings), key=lambda r: r.timestamp):
+        if reading.timestamp > ahead_limit:
+            # A station clock running ahead would make this reading the newest belief for as long as the clock
+            # is wrong: every true reading after it would be "older" and ignored (SoC, pack temperature). The
+            # reading stays in the CSMS's tables; the fleet waits for one it can place in time.
+            LOG.warning(
+                "station %s: reading stamped %s is more than %d s ahead of this server's clock; not applied to the "
+                "fleet (check the station's time source)",
+                reading.station_id, reading.timestamp.isoformat(), MAX_AHEAD.total_seconds(),
+            )  # fmt: skip
+            continue
         with transaction.atomic():
             touched += _apply(reading)
     return touched

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from chargers.models import EvChargingNeeds, Transaction
 from chargers.telemetry import TelemetryUpdate, telemetry_committed
@@ -272,3 +273,22 @@ def test_a_dc_stations_iso15118_soc_is_taken_when_its_meter_values_carry_none(pl
     advanced = selectors.latest_soc(plugged["vehicle"].id)
     assert advanced is not None
     assert (advanced.soc_wh, advanced.source) == (26_100, SocSource.METERED)
+
+
+def test_a_reading_stamped_far_ahead_of_the_server_clock_is_not_applied(plugged: dict, caplog) -> None:
+    # Given a station whose clock runs a day ahead, then is corrected
+    now = timezone.now()
+    ahead = Reading(station_id="depot-7", kind="meter", timestamp=now + timedelta(days=1), evse_id=1,
+                    values={"SoC": 90, "Temperature@EV": 45_000}, transaction_id="tx-1")  # fmt: skip
+    right = Reading(station_id="depot-7", kind="meter", timestamp=now, evse_id=1,
+                    values={"SoC": 40, "Temperature@EV": 25_000}, transaction_id="tx-1")  # fmt: skip
+    # When both readings are ingested
+    telemetry_ingest(readings=[ahead])
+    telemetry_ingest(readings=[right])
+    # Then only the one placed in time is the vehicle's SoC and temperature, and the other one is logged
+    belief = selectors.latest_soc(plugged["vehicle"].id, at=now + timedelta(days=2))
+    assert belief is not None
+    assert belief.soc_wh == 24_000
+    plugged["vehicle"].refresh_from_db()
+    assert plugged["vehicle"].pack_temperature_c == 25.0
+    assert any("ahead of this server's clock" in r.getMessage() for r in caplog.records)
