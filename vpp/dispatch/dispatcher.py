@@ -121,6 +121,11 @@ class Dispatcher:
         if self.telemetry:
             self._tasks.append(loop.create_task(self._telemetry_loop(), name=f"dispatch-telemetry-{self.product_id}"))
 
+    @property
+    def last_dispatch_end(self) -> float | None:
+        """When (``time.monotonic()``) this dispatcher's last fan-out ended; None before the first."""
+        return self._last_dispatch_end
+
     def refresh_soon(self) -> None:
         """Reload the state now rather than at the next period; callable from any thread (e.g. a request's)."""
         if self._loop is not None and not self._loop.is_closed():

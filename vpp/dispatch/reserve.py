@@ -71,7 +71,7 @@ def regulation_flowing(portfolio: str, now_monotonic: float | None = None) -> bo
     """Whether this process's regulation dispatch of ``portfolio`` sent setpoints in the last ``FLOWING_S``."""
     now_monotonic = time.monotonic() if now_monotonic is None else now_monotonic
     for dispatcher in dispatchers_running():
-        last, ended = dispatcher.last, dispatcher._last_dispatch_end
+        last, ended = dispatcher.last, dispatcher.last_dispatch_end
         if dispatcher.portfolio != portfolio or last is None or ended is None or last.skipped:
             continue
         if last.signal.source != SOURCE and now_monotonic - ended <= FLOWING_S:
