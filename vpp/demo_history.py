@@ -223,7 +223,7 @@ def _block(
         )
         for car, station_id in zip(chosen, stations, strict=False)
     ]
-    reserve_w = reserve_offer_w(snapshots)
+    reserve_w = reserve_offer_w(snapshots, at=start)
     capacity_w = offer_capacity_w(snapshots, at=start, reserve_w=reserve_w)
     if capacity_w < product.operator.min_bid_w:
         result.skipped.append(f"{portfolio} {start:%Y-%m-%d %H:%M}: {capacity_w} W is under the market minimum")
@@ -297,7 +297,7 @@ def _simulate(
     held_w = max((a.awarded_w for a in reserves or []), default=0)
     sustain_h = RESERVE_SUSTAIN_MINUTES / 60
     events = events or []
-    bounds = power_bounds(reserve_room(fleet, held_w=held_w, sustain_h=sustain_h)[0], now=t0, duration_s=60)
+    bounds = power_bounds(reserve_room(fleet, held_w=held_w, sustain_h=sustain_h, now=t0)[0], now=t0, duration_s=60)
     preferred = int(np.maximum(bounds.lo, 0).sum())
     basepoint = basepoint_choose(
         min_w=int(bounds.lo.sum()), max_w=int(bounds.hi.sum()), capacity_w=capacity, preferred_w=preferred,
@@ -345,7 +345,7 @@ def _simulate(
         setpoint = fleet_setpoint_w(
             basepoint_w=basepoint, signal=float(values[i]), capacity_w=capacity, reserve_w=reserve_w
         )
-        usable, _ = reserve_room(fleet, held_w=max(held_w - reserve_w, 0), sustain_h=sustain_h)
+        usable, _ = reserve_room(fleet, held_w=max(held_w - reserve_w, 0), sustain_h=sustain_h, now=t)
         share = allocate(usable, setpoint, now=t, duration_s=60).power_w.astype(float)
         power += (share - power) * alpha
         fleet = fleet.advance(power, STEP_S)

@@ -200,13 +200,13 @@ def prices_publish(*, product: Product, hour: datetime, known_at: datetime | Non
 # --- offers -> awards ----------------------------------------------------------------------------------------------
 
 
-def reserve_offer_w(snapshots: list[VehicleSnapshot], *, share: float = RESERVE_SHARE) -> int:
-    """Synchronized reserve to offer (whole kW): ``share`` of what the cars could deliver for the sustain time
-    (each its discharge power, or less if its energy above the floor runs out sooner)."""
+def reserve_offer_w(snapshots: list[VehicleSnapshot], *, at: datetime, share: float = RESERVE_SHARE) -> int:
+    """Synchronized reserve to offer (whole kW): ``share`` of what the cars could deliver for the sustain time from
+    ``at`` (each its discharge power, or less if its energy above its floor or departure need runs out sooner)."""
     if not snapshots:
         return 0
     _, deliverable = reserve_room(
-        FleetArrays.from_snapshots(snapshots), held_w=10**12, sustain_h=RESERVE_SUSTAIN_MINUTES / 60
+        FleetArrays.from_snapshots(snapshots), held_w=10**12, sustain_h=RESERVE_SUSTAIN_MINUTES / 60, now=at.timestamp()
     )
     return max(int(float(deliverable.sum()) * share) // 1000 * 1000, 0)
 
@@ -217,7 +217,10 @@ def offer_capacity_w(snapshots: list[VehicleSnapshot], *, at: datetime, share: f
     if not snapshots:
         return 0
     fleet, _ = reserve_room(
-        FleetArrays.from_snapshots(snapshots), held_w=reserve_w, sustain_h=RESERVE_SUSTAIN_MINUTES / 60
+        FleetArrays.from_snapshots(snapshots),
+        held_w=reserve_w,
+        sustain_h=RESERVE_SUSTAIN_MINUTES / 60,
+        now=at.timestamp(),
     )
     bounds = power_bounds(fleet, now=at, duration_s=3600)
     lo, hi = float(bounds.lo.sum()), float(bounds.hi.sum())

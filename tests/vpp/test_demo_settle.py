@@ -5,6 +5,7 @@ settlement task as soon as that quarter's look-ahead is in -- not after the firs
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from django.utils import timezone
 from fleet.selectors import plugged_in_snapshots
 from markets.models import Award
 from markets.regulation.models import PerformanceScoreRecord, Settlement
+from markets.regulation.settlement import to_cents
 from markets.regulation.tasks import SETTLE_AFTER, regulation_settle_hour
 from vpp.demo_history import _simulate, regd_signal
 from vpp.demo_market import HOUR, demo_portfolios, demo_product, demo_reserve_product, reserve_price
@@ -74,7 +76,12 @@ def test_a_demo_started_mid_hour_settles_its_first_quarter_hour_once_its_look_ah
     assert regulation_settle_hour(now=(due - timedelta(seconds=1)).isoformat()) == {"settled": 0, "failed": 0}
     # And settles the first period of every award once it is due: from the award's start to the quarter-hour
     assert regulation_settle_hour(now=due.isoformat()) == {"settled": len(live) + len(reserve), "failed": 0}
-    assert {s.capacity_credit > 0 for s in Settlement.objects.filter(award__in=reserve)} == {True}
+    # (the reserve credit to the cent: awarded MW x clearing price x the period's hours; a few kW for 7.5 min may
+    # round to nothing)
+    for s in Settlement.objects.filter(award__in=reserve).select_related("award"):
+        hours = Decimal((s.period_end - s.period_start).total_seconds()) / 3600
+        exact = Decimal(s.award.awarded_w) / 1_000_000 * s.award.clearing_price * hours
+        assert s.capacity_credit == to_cents(exact), s.award
     settlements = list(Settlement.objects.filter(award__in=live))
     assert {(s.period_start, s.period_end) for s in settlements} == {(begins, hour + QUARTER)}
     for settlement in settlements:

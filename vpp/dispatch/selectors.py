@@ -65,7 +65,7 @@ def dispatch_state_load(*, product_id: int, portfolio: str, now: float, hold_s: 
     # what an event in force deploys is no longer held.
     awarded_w, sustain_h = reserve_awarded(portfolio=portfolio, at=at)
     held_w = max(awarded_w - reserve_w, 0)
-    fleet, _ = reserve_room(fleet, held_w=held_w, sustain_h=sustain_h)
+    fleet, _ = reserve_room(fleet, held_w=held_w, sustain_h=sustain_h, now=now)
     preferred = 0
     if len(fleet):
         # Basepoint preference: what the fleet must charge anyway to keep every departure reachable.

@@ -54,15 +54,19 @@ def basepoint_choose(*, min_w: int, max_w: int, capacity_w: int, preferred_w: in
     return min(max(preferred_w, low), high)
 
 
-def reserve_room(fleet: FleetArrays, *, held_w: int, sustain_h: float) -> tuple[FleetArrays, np.ndarray]:
-    """The fleet as regulation may use it while ``held_w`` of awarded reserve waits for a deployment.
+def reserve_room(fleet: FleetArrays, *, held_w: int, sustain_h: float, now: float) -> tuple[FleetArrays, np.ndarray]:
+    """The fleet as regulation may use it at ``now`` (epoch s) while ``held_w`` of awarded reserve waits for a
+    deployment.
 
     Each car that can discharge takes a share of the reserve in proportion to what it could deliver for the
-    product's sustain time ``sustain_h`` (its derated discharge power, or less if its energy above the floor runs
-    out sooner), so every share is deliverable. A car's share (W, grid side) is then kept out of regulation twice:
+    product's sustain time ``sustain_h`` (its derated discharge power, or less if its energy above what it keeps
+    runs out sooner), so every share is deliverable. A car keeps its floor, or its departure need if that is higher
+    (its target less what it can still charge after a full deployment), and a car that leaves before a deployment
+    starting now would end holds no share: it could not sustain one. A car's share (W, grid side) is then kept out
+    of regulation twice:
 
-    * its floor rises by the pack energy a full deployment draws, ``share x sustain_h / eta_d`` (Wh), so regulation
-      never spends the energy the deployment needs;
+    * its floor rises to what it keeps plus the pack energy a full deployment draws, ``share x sustain_h / eta_d``
+      (Wh), so regulation never spends the energy the deployment needs;
     * its discharge limit drops by the share, so whatever regulation asks of it, the car can still discharge its
       share more when an event comes mid-regulation.
 
@@ -71,13 +75,25 @@ def reserve_room(fleet: FleetArrays, *, held_w: int, sustain_h: float) -> tuple[
     share = np.zeros(len(fleet))
     if held_w <= 0 or sustain_h <= 0 or len(fleet) == 0:
         return fleet, share
-    above_floor = np.maximum(fleet.soc_wh - fleet.floor_wh, 0.0)
-    can = np.minimum(fleet.max_discharge_w, above_floor * fleet.discharge_efficiency / sustain_h)
+    sustain_s = sustain_h * 3600.0
+    until_s = fleet.departure_ts - now
+    charge_after_h = np.maximum(until_s - sustain_s, 0.0) / 3600.0
+    with np.errstate(invalid="ignore"):  # no departure: inf hours of charging (0 W x inf = nan), no need
+        need = np.where(
+            np.isfinite(until_s) & (fleet.target_wh > 0),
+            fleet.target_wh - fleet.max_charge_w * fleet.charge_efficiency * charge_after_h,
+            -np.inf,
+        )
+    keep = np.maximum(fleet.floor_wh, need)
+    above = np.maximum(fleet.soc_wh - keep, 0.0)
+    can = np.minimum(fleet.max_discharge_w, above * fleet.discharge_efficiency / sustain_h)
+    can[until_s < sustain_s] = 0.0  # gone before a deployment starting now would end
     total = float(can.sum())
     if total <= 0:
         return fleet, share
     share = can * min(held_w / total, 1.0)  # more reserve than the fleet can deliver: each car holds all it can
-    floor = np.minimum(fleet.floor_wh + share * sustain_h / fleet.discharge_efficiency, fleet.capacity_wh)
+    raised = np.minimum(keep + share * sustain_h / fleet.discharge_efficiency, fleet.capacity_wh)
+    floor = np.where(share > 0, np.maximum(fleet.floor_wh, raised), fleet.floor_wh)
     discharge = np.maximum(fleet.max_discharge_w - share, 0.0)
     return replace(fleet, floor_wh=floor, max_discharge_w=discharge), share
 

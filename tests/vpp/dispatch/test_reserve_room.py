@@ -12,7 +12,8 @@ Hand-computed fleet (sustain 30 min, discharge efficiency 0.9, 11 kW charging ea
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -48,7 +49,7 @@ def test_each_car_holds_its_share_of_the_reserve_above_a_raised_floor():
     # Given the hand-computed fleet and 5.9 kW of reserve awarded, no event
     fleet = _fleet()
     # When regulation's view of it is made
-    held, share = reserve_room(fleet, held_w=5_900, sustain_h=SUSTAIN_H)
+    held, share = reserve_room(fleet, held_w=5_900, sustain_h=SUSTAIN_H, now=0.0)
     # Then A holds 5 kW, B 0.9 kW, C nothing
     assert share.tolist() == pytest.approx([5_000, 900, 0])
     # And each floor rises by share x 0.5 h / 0.9: A 2,777.78 Wh, B 500 Wh
@@ -62,7 +63,7 @@ def test_each_car_holds_its_share_of_the_reserve_above_a_raised_floor():
 def test_the_basepoint_rises_so_full_regulation_up_still_leaves_the_reserve():
     # Given 20 kW of regulation and the hand-computed fleet, with and without 5.9 kW of reserve held
     bare = power_bounds(_fleet(), now=0.0, duration_s=60)
-    held, share = reserve_room(_fleet(), held_w=5_900, sustain_h=SUSTAIN_H)
+    held, share = reserve_room(_fleet(), held_w=5_900, sustain_h=SUSTAIN_H, now=0.0)
     room = power_bounds(held, now=0.0, duration_s=60)
     # When the basepoint is chosen (preferred 0 W)
     without = basepoint_choose(
@@ -81,7 +82,7 @@ def test_the_basepoint_rises_so_full_regulation_up_still_leaves_the_reserve():
 
 
 def test_more_reserve_than_the_fleet_can_deliver_keeps_all_it_can_and_no_more():
-    held, share = reserve_room(_fleet(), held_w=50_000, sustain_h=SUSTAIN_H)
+    held, share = reserve_room(_fleet(), held_w=50_000, sustain_h=SUSTAIN_H, now=0.0)
     assert share.tolist() == pytest.approx([10_000, 1_800, 0])
     # B's floor reaches its state of charge (13 kWh): it keeps 1 kWh for 1.8 kW x 0.5 h / 0.9
     assert held.floor_wh.tolist() == pytest.approx([12_000 + 10_000 * 0.5 / 0.9, 13_000, 12_000])
@@ -90,9 +91,31 @@ def test_more_reserve_than_the_fleet_can_deliver_keeps_all_it_can_and_no_more():
 
 def test_no_reserve_leaves_the_fleet_as_it_is():
     fleet = _fleet()
-    held, share = reserve_room(fleet, held_w=0, sustain_h=SUSTAIN_H)
+    held, share = reserve_room(fleet, held_w=0, sustain_h=SUSTAIN_H, now=0.0)
     assert held is fleet
     assert share.tolist() == [0, 0, 0]
+
+
+def test_a_car_keeps_its_departure_need_out_of_its_reserve_share():
+    # Given car A (30 kWh, floor 12 kWh, 11 kW x 0.9 charging) leaving in 1.5 h for 40 kWh: after a full 30-min
+    # deployment it charges 1 h, 9.9 kWh, so it must keep 40 - 9.9 = 30.1 kWh: above its 30 kWh, nothing to give
+    now = 1_000_000.0
+    leaving = VehicleSnapshot(
+        vehicle_id=1, capacity_wh=60_000, soc_wh=30_000, floor_wh=12_000, max_charge_w=11_000, max_discharge_w=10_000,
+        charge_efficiency=0.9, discharge_efficiency=0.9, station_id="rr-1", evse_id=1,
+        departure=datetime.fromtimestamp(now + 5_400, UTC), target_wh=40_000,
+    )  # fmt: skip
+    # and car A' the same but leaving in 3 h: it keeps 40 - 2.5 h x 9.9 kW = 15.25 kWh and can give
+    # min(10 kW, 14.75 kWh x 0.9 / 0.5 h) = 10 kW
+    later = replace(leaving, vehicle_id=2, station_id="rr-2", departure=datetime.fromtimestamp(now + 10_800, UTC))
+    # and car A'' leaving in 20 min, before a deployment starting now would end
+    soon = replace(leaving, vehicle_id=3, station_id="rr-3", departure=datetime.fromtimestamp(now + 1_200, UTC))
+    fleet = FleetArrays.from_snapshots([leaving, later, soon])
+    # When 6 kW of reserve is held
+    held, share = reserve_room(fleet, held_w=6_000, sustain_h=SUSTAIN_H, now=now)
+    # Then only A' holds it, above its departure need: floor 15.25 kWh + 6 kW x 0.5 h / 0.9
+    assert share.tolist() == pytest.approx([0, 6_000, 0])
+    assert held.floor_wh.tolist() == pytest.approx([12_000, 15_250 + 6_000 * 0.5 / 0.9, 12_000])
 
 
 def _two_cars_plugged_in() -> None:

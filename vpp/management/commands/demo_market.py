@@ -79,7 +79,7 @@ def awards_ensure(*, now: datetime) -> list[Awarded]:
     hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     for portfolio, fleet in demo_portfolios():
         snapshots = plugged_in_snapshots(at=now, fleet_id=fleet.pk)
-        reserve_w = reserve_offer_w(snapshots)
+        reserve_w = reserve_offer_w(snapshots, at=now)
         capacity = offer_capacity_w(snapshots, at=now, reserve_w=reserve_w)
         for k in range(AHEAD_HOURS):
             start = hour + k * HOUR

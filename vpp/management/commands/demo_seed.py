@@ -76,6 +76,8 @@ class Command(BaseCommand):
                 f"Simulated history: {history.blocks} blocks, {history.awards} awards, {history.settlements} "
                 f"settlements, {history.meter_values} meter values (labelled simulated)"
             )
+            for why in history.skipped:
+                self.stdout.write(f"  not simulated: {why}")
         depot = demo_peak_seed(now=timezone.now(), station_ids=ids[:split], history=options["history_days"] > 0)
         self.stdout.write(f"Demo depot: {depot}")
         members = ", ".join(username for username, _, _ in DEMO_MEMBERS)
