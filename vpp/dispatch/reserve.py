@@ -94,9 +94,13 @@ class ReserveRun:
         resend_s: float | None = None,
         call_timeout_s: float | None = None,
         claim: Callable[[int], bool] | None = None,
+        regulated_elsewhere: Callable[[str, float], bool] | None = None,
     ) -> None:
         self.event = event
         self._claim = claim  # takes/renews the event's lease (True: this run dispatches it); None: no lease kept
+        # Whether another server process's regulation dispatch of the portfolio sent setpoints since the given
+        # epoch s (it carries the event in its setpoints); None: only this process's dispatchers are looked at.
+        self._regulated_elsewhere = regulated_elsewhere
         self._loader = loader
         self._baseline = baseline
         self._recorder = recorder
@@ -129,7 +133,7 @@ class ReserveRun:
             while (now := self._clock()) < self.end_ts:
                 if not await self._lease_held():
                     return  # another process dispatches the event (and releases it)
-                if regulation_flowing(event.portfolio):
+                if await self._regulation_carries():
                     self.first_sent.set()  # the regulation setpoints carry the event
                 else:
                     await self._send(now)
@@ -182,6 +186,21 @@ class ReserveRun:
             self.claimed_elsewhere = True
             LOG.info("reserve event %s: another server process dispatches it", self.event.pk)
         return held
+
+    async def _regulation_carries(self) -> bool:
+        """Whether regulation dispatch of the portfolio is flowing, here or on another node: its setpoints carry the
+        event (reserve included), and this run's own would fight them. A failed look (database away) says no: the
+        reserve setpoints are then sent, as absolute as regulation's, and end by themselves."""
+        if regulation_flowing(self.event.portfolio):
+            return True
+        if self._regulated_elsewhere is None:
+            return False
+        try:
+            since = self._clock() - FLOWING_S
+            return bool(await self._in_db(self._regulated_elsewhere, self.event.portfolio, since))
+        except Exception:
+            LOG.exception("reserve event %s: could not check for regulation on other nodes", self.event.pk)
+            return False
 
     async def _in_db(self, fn: Callable[..., Any], *args: Any) -> Any:
         def guarded() -> Any:
@@ -249,7 +268,7 @@ class ReserveRun:
 
     async def _release(self) -> None:
         """Clear the reserve setpoints at the end (unless regulation took over: its profile must stay)."""
-        if self.state is None or not self.results or regulation_flowing(self.event.portfolio):
+        if self.state is None or not self.results or await self._regulation_carries():
             return
         commands = [
             Command(route.station_id, "ClearChargingProfile", {"chargingProfileId": PROFILE_ID})

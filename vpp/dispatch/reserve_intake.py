@@ -28,7 +28,7 @@ from markets.regulation.services import reserve_deployment_end, reserve_deployme
 from markets.reserve.services import reserve_events_unfinished, reserve_run_claim
 from vpp.dispatch.dispatcher import dispatchers_refresh
 from vpp.dispatch.reserve import ReserveEvent, ReserveRun, regulation_flowing, reserve_run_start, reserve_run_wake
-from vpp.dispatch.selectors import dispatch_state_load, fleet_power_at
+from vpp.dispatch.selectors import dispatch_state_load, fleet_power_at, regulation_dispatched_since
 from vpp.dispatch.services import FIRST_LOAD_WAIT_S, NOT_SERVED_BY_ASGI, dispatch_record, served_by_asgi
 
 LOG = logging.getLogger(__name__)
@@ -128,6 +128,7 @@ def _reserve_run_create(event: ReserveEvent) -> ReserveRun:
         baseline=fleet_power_at,
         recorder=dispatch_record if event.product_id else None,
         claim=_reserve_claim,
+        regulated_elsewhere=regulation_dispatched_since,
     )
 
 

@@ -20,6 +20,7 @@ from markets.models import Award, Product
 from markets.regulation.selectors import POWER_MAX_AGE_S, charge_point_power, reserve_in_force
 from vpp.dispatch.dispatcher import DispatchState, Route
 from vpp.dispatch.values import reserve_room
+from vpp.models import Dispatch
 
 
 def dispatch_state_load(*, product_id: int, portfolio: str, now: float, hold_s: float = 60.0) -> DispatchState:
@@ -154,3 +155,13 @@ def fleet_power_at(station_ids: list[str], at_s: float) -> int:
             if at_s - series.times_s[k] <= POWER_MAX_AGE_S:
                 total += float(series.values[k])
     return round(total)
+
+
+def regulation_dispatched_since(portfolio: str, since_s: float) -> bool:
+    """Whether any server process's regulation dispatch of ``portfolio`` sent setpoints since ``since_s`` (epoch s):
+    a recorded :class:`~vpp.models.Dispatch` of a regulation product with commands, signalled since then."""
+    since = datetime.fromtimestamp(since_s, UTC)
+    regulation = Product.objects.filter(kind=Product.Kind.REGULATION).values_list("id", flat=True)
+    return Dispatch.objects.filter(
+        product_id__in=list(regulation), portfolio=portfolio, signal_at__gte=since, commands__gt=0
+    ).exists()

@@ -32,7 +32,7 @@ from tests.markets.regulation.data import regulation_product
 from tests.vpp.stand_ins import AnsweringStation, fleet_of
 from vpp.dispatch.reserve import ReserveEvent, ReserveRun, reserve_run_start, reserve_runs_stop
 from vpp.dispatch.reserve_intake import reserve_dispatch_end
-from vpp.dispatch.selectors import fleet_power_at
+from vpp.dispatch.selectors import fleet_power_at, regulation_dispatched_since
 from vpp.dispatch.services import dispatch_record
 from vpp.dispatch.values import DispatchState
 from vpp.models import Dispatch
@@ -317,3 +317,78 @@ async def test_a_cancelled_event_stops_discharging_at_once_and_its_stored_end_mo
     await sync_to_async(row.refresh_from_db)()
     assert row.end == max(cancelled_at, EVENT_START + timedelta(seconds=1))  # the rows' constraint: end > start
     assert row.end < EVENT_END
+
+
+def _regulation_dispatched_on_another_node(portfolio: str) -> None:
+    """A Dispatch row as another server process records its regulation fan-out: now, with commands."""
+    now = datetime.now(UTC)
+    Dispatch.objects.create(
+        product=regulation_product(), portfolio=portfolio, node="other-node", signal_at=now, signal=D("0.5"),
+        source="websocket", received_at=now, capacity_w=20_000, basepoint_w=0, reserve_w=100_000,
+        setpoint_w=-110_000, allocated_w=-110_000, feasible=True, vehicles=2, commands=2, accepted=2, failed=0,
+        compute_ms=1.0, state_age_s=0.5, recorded_at=now,
+    )  # fmt: skip
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_event_carried_by_regulation_on_another_node_gets_no_setpoint_of_its_own(stations):
+    # Given regulation of the portfolio dispatched by another server process (its setpoints carry the reserve)
+    await sync_to_async(_regulation_dispatched_on_another_node)("default")
+    fleet, routes = fleet_of(2)
+    agents = {r.station_id: AnsweringStation() for r in routes}
+    for sid, agent in agents.items():
+        stations(sid, agent)
+    # When the event's run starts here
+    now = datetime.now(UTC)
+    event = ReserveEvent(1, 1, "default", 100_000, now, now + timedelta(seconds=2), time.time())
+    run = ReserveRun(
+        event=event,
+        loader=lambda **kw: DispatchState(fleet, routes, 0, None, kw["now"]),
+        baseline=lambda *_: 0,
+        recorder=None,
+        resend_s=0.5,
+        regulated_elsewhere=regulation_dispatched_since,
+    )
+    reserve_run_start(run=run)
+    try:
+        for _ in range(50):
+            if not any(t.get_name() == "reserve-1" for t in asyncio.all_tasks()):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await reserve_runs_stop()
+    # Then it sent nothing, not even a release that would drop the other node's regulation profile
+    assert (run.results, run.released) == ([], False)
+    assert {len(agent.calls) for agent in agents.values()} == {0}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_event_whose_regulation_stopped_long_ago_is_dispatched_by_its_run(stations):
+    # Given regulation of another portfolio only
+    await sync_to_async(_regulation_dispatched_on_another_node)("elsewhere")
+    fleet, routes = fleet_of(2)
+    agents = {r.station_id: AnsweringStation() for r in routes}
+    for sid, agent in agents.items():
+        stations(sid, agent)
+    # When the event's run starts here
+    now = datetime.now(UTC)
+    event = ReserveEvent(1, 1, "default", 10_000, now, now + timedelta(seconds=1), time.time())
+    run = ReserveRun(
+        event=event,
+        loader=lambda **kw: DispatchState(fleet, routes, 0, None, kw["now"]),
+        baseline=lambda *_: 0,
+        recorder=None,
+        resend_s=0.5,
+        regulated_elsewhere=regulation_dispatched_since,
+    )
+    reserve_run_start(run=run)
+    try:
+        for _ in range(50):
+            if run.released:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await reserve_runs_stop()
+    # Then its own setpoints went out and were released at its end
+    assert run.results
+    assert run.released
