@@ -484,7 +484,10 @@ UTILITY_EVENT_LEAD_S = env_float("UTILITY_EVENT_LEAD_S", 5.0, minimum=0.0)  # se
 # Run the clients inside the (one) server process, on its loop: what the embedded in-memory channel layer needs to
 # reach the stations. Several server processes (REDIS_URL, --workers): run ``manage.py utility run`` once instead.
 UTILITY_IN_SERVER = env_bool("UTILITY_IN_SERVER", False)
-UTILITY_RETRY_S = env_float("UTILITY_RETRY_S", 30.0, minimum=1.0)  # programs (re)started / picked up this often
+UTILITY_RETRY_S = env_float("UTILITY_RETRY_S", 30.0, minimum=1.0)  # a program that failed to start: retried this often
+# The programs are re-read this often: a disabled, deleted or changed program's client stops (and restarts with the
+# new configuration), a newly enabled one starts.
+UTILITY_RELOAD_S = env_float("UTILITY_RELOAD_S", 5.0, minimum=0.5)
 
 # --- Fleet -------------------------------------------------------------------------------------------------------
 FLEET_DEFAULT_MOBILITY_FLOOR_PCT = env_int("FLEET_DEFAULT_MOBILITY_FLOOR_PCT", 20, minimum=0, maximum=100)

@@ -95,8 +95,13 @@ def program_credentials(program: UtilityProgram) -> Credentials:
     return Credentials(files["cert_file"], files["key_file"], files["ca_file"], secret)
 
 
-def programs_to_run(*, protocols: list[str] | None = None, ids: list[int] | None = None) -> list[UtilityProgram]:
-    rows = UtilityProgram.objects.filter(enabled=True).select_related("product__operator", "organisation")
+def programs_to_run(
+    *, protocols: list[str] | None = None, ids: list[int] | None = None, disabled: bool = False
+) -> list[UtilityProgram]:
+    """The enabled programs (``disabled``: the disabled ones too), read afresh."""
+    rows = UtilityProgram.objects.select_related("product__operator", "organisation")
+    if not disabled:
+        rows = rows.filter(enabled=True)
     if protocols:
         rows = rows.filter(protocol__in=protocols)
     if ids:

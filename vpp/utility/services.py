@@ -252,6 +252,14 @@ def utility_event_cancel(*, program: UtilityProgram, event_ref: str, reason: str
     )
 
 
+def utility_events_withdraw(*, program_id: int, reason: str) -> int:
+    """The aggregator stops taking part in a program's events still to do (the program was disabled, deleted or
+    re-enrolled): each scheduled or active version is opted out, with the reason kept."""
+    return UtilityEvent.objects.filter(
+        program_id=program_id, status__in=[EventStatus.SCHEDULED, EventStatus.ACTIVE]
+    ).update(status=EventStatus.OPTED_OUT, status_reason=reason, opt="optOut")
+
+
 def utility_report_record(
     *,
     program: UtilityProgram,

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.vpp.utility.factories import UtilityProgramFactory
 from tests.vpp.utility.oadr3_vtn import Vtn3
 from vpp.replay import harness
 from vpp.utility.models import EventStatus, Protocol, UtilityEvent
+from vpp.utility.services import utility_program_update
 
 SECRET = "e2e-oauth-client-secret-9"
 PASSWORD = "ute2e-station-password-42"
@@ -100,7 +102,7 @@ def test_an_openadr3_event_reaches_the_cars_before_its_start_and_the_report_is_t
     vtn = Vtn3(clients={"e2e-ven": SECRET})
     vtn.add_program("e2e-program")
     env = {"UTILITY_IN_SERVER": "1", "UTILITY_RETRY_S": "1", "UTILITY_EVENT_LEAD_S": str(LEAD_S),
-           "UTILITY_E2E_SECRET": SECRET}  # fmt: skip
+           "UTILITY_ALLOW_HTTP": "1", "UTILITY_E2E_SECRET": SECRET}  # fmt: skip
     with _serving(vtn):
         server = start_server(env, log_path=tmp_path / "server.log")
         try:
@@ -164,3 +166,55 @@ def test_an_openadr3_event_reaches_the_cars_before_its_start_and_the_report_is_t
             f"{deployment.power_w} W, metered during {metered_w:.0f} W (reported {demand_kw} kW); "
             f"last profile accepted {lead:.1f} s before the start"
         )
+
+
+@pytest.mark.live
+@pytest.mark.timeout(180)
+@pytest.mark.django_db(transaction=True)
+def test_the_server_takes_a_disabled_and_a_changed_program_without_a_restart(tmp_path: Path) -> None:
+    # Given the live server running the clients (re-reading the programs every second) and a program running in it
+    vtn = Vtn3(clients={"live-ven": SECRET, "live-ven-2": SECRET})
+    vtn.add_program("live-program")
+    env = {"UTILITY_IN_SERVER": "1", "UTILITY_RETRY_S": "1", "UTILITY_RELOAD_S": "1", "UTILITY_EVENT_LEAD_S": "2",
+           "UTILITY_ALLOW_HTTP": "1", "UTILITY_E2E_SECRET": SECRET}  # fmt: skip
+    with _serving(vtn):
+        server = start_server(env, log_path=tmp_path / "server.log")
+        try:
+            program = UtilityProgramFactory.create(
+                protocol=Protocol.OPENADR_3, endpoint=vtn.url, client_name="live-ven", program_ref="live-program",
+                secret_env="UTILITY_E2E_SECRET", poll_s=1, report_s=5,
+            )  # fmt: skip
+            # (the clients start at the server's first connection: this request)
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/login/", timeout=10).close()
+            _wait(lambda: vtn.vens, 30, "the VEN registered")
+            start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+            end = start + timedelta(seconds=120)
+            event = vtn.add_event(
+                vtn.programs[0]["id"],
+                [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]}],
+                intervalPeriod={"start": start.isoformat().replace("+00:00", "Z"), "duration": "PT120S"},
+            )
+            rows = ReserveDeployment.objects.filter(portfolio=program.portfolio)
+            _wait(lambda: rows.filter(end=end).exists(), 30, "the event deployed")
+            # When a bidding admin disables the program (the service the API and the admin write through)
+            utility_program_update(program=program, user=None, enabled=False)
+            # Then the server withdraws the event's deployment (its end is now) and opts the event out
+            _wait(lambda: rows.filter(end__lt=end).exists(), 15, "the deployment withdrawn")
+            stored = UtilityEvent.objects.get(program=program, event_ref=event["id"])
+            assert (stored.status, stored.status_reason) == (
+                EventStatus.OPTED_OUT,
+                "withdrawn: the program was disabled",
+            )
+            # And its VEN polls the VTN no more
+            time.sleep(2.0)
+            polls = len(vtn.polls)
+            time.sleep(3.0)
+            assert len(vtn.polls) == polls
+            # When it is enabled again under another client name
+            program.refresh_from_db()
+            utility_program_update(program=program, user=None, enabled=True, client_name="live-ven-2")
+            # Then the server's VEN runs with the new configuration: registered and polling under the new name
+            _wait(lambda: [v["venName"] for v in vtn.vens] == ["live-ven", "live-ven-2"], 30, "re-registered")
+            _wait(lambda: vtn.polls[-1:] == ["live-ven-2"], 15, "polling as live-ven-2")
+        finally:
+            stop_server(server)
