@@ -28,7 +28,14 @@ from django.conf import settings
 
 from vpp.utility.dispatch import EventRuns
 from vpp.utility.models import Protocol, UtilityProgram
-from vpp.utility.selectors import CredentialError, Credentials, program_credentials, programs_to_run
+from vpp.utility.selectors import (
+    ENDPOINT_RULE,
+    CredentialError,
+    Credentials,
+    endpoint_allowed,
+    program_credentials,
+    programs_to_run,
+)
 from vpp.utility.services import connection_error, utility_events_withdraw
 
 LOG = logging.getLogger(__name__)
@@ -56,6 +63,9 @@ class Held:
 async def program_start(program: UtilityProgram, runs: EventRuns) -> object | None:
     """The program's running client, or None (and its status says why). A program that cannot start (a credential
     missing or unreadable, a key that does not match its certificate) never stops the others."""
+    if not endpoint_allowed(program.endpoint):  # stored before the rule, or the operator's setting changed since
+        await database_sync_to_async(connection_error)(program_id=program.pk, error=f"endpoint: {ENDPOINT_RULE}")
+        return None
     try:
         credentials = await database_sync_to_async(program_credentials)(program)
         return await _client_start(program, runs, credentials)

@@ -20,8 +20,10 @@ import pytest
 from aiohttp import web
 
 from chargers.models import MessageLog, MeterValue
+from fleet.models import Organisation
 from markets.regulation.models import ReserveDeployment
 from tests.chargers.conftest import start_server, stop_server
+from tests.fleet.factories import FleetFactory
 from tests.live import free_port
 from tests.vpp.utility.factories import UtilityProgramFactory
 from tests.vpp.utility.oadr3_vtn import Vtn3
@@ -101,8 +103,11 @@ def test_an_openadr3_event_reaches_the_cars_before_its_start_and_the_report_is_t
     ids = harness.stations_provision(count=CARS, prefix="ute2e", password=PASSWORD)
     vtn = Vtn3(clients={"e2e-ven": SECRET})
     vtn.add_program("e2e-program")
+    # (the fleet's organisation, made here: its secret's variable is named by its id, set in the server's environment)
+    org, _ = Organisation.objects.get_or_create(slug=harness.REPLAY_ORG, defaults={"name": "Regulation replay"})
+    secret_env = f"UTILITY_ORG{org.pk}_SECRET"
     env = {"UTILITY_IN_SERVER": "1", "UTILITY_RETRY_S": "1", "UTILITY_EVENT_LEAD_S": str(LEAD_S),
-           "UTILITY_ALLOW_HTTP": "1", "UTILITY_E2E_SECRET": SECRET}  # fmt: skip
+           "UTILITY_ALLOW_HTTP": "1", secret_env: SECRET}  # fmt: skip
     with _serving(vtn):
         server = start_server(env, log_path=tmp_path / "server.log")
         try:
@@ -112,7 +117,7 @@ def test_an_openadr3_event_reaches_the_cars_before_its_start_and_the_report_is_t
                 fleet = harness.fleet_register(harness.stations_ready(ids), name="utility e2e")
                 program = UtilityProgramFactory.create(
                     fleet=fleet, protocol=Protocol.OPENADR_3, endpoint=vtn.url, client_name="e2e-ven",
-                    program_ref="e2e-program", secret_env="UTILITY_E2E_SECRET", poll_s=1, report_s=2,
+                    program_ref="e2e-program", secret_env=secret_env, poll_s=1, report_s=2,
                 )  # fmt: skip
                 _wait(lambda: vtn.vens, 30, "the VEN registered")
                 # When the VTN limits the fleet's import to 6 kW below what it draws now, for 30 s from 15 s on
@@ -171,18 +176,21 @@ def test_an_openadr3_event_reaches_the_cars_before_its_start_and_the_report_is_t
 @pytest.mark.live
 @pytest.mark.timeout(180)
 @pytest.mark.django_db(transaction=True)
-def test_the_server_takes_a_disabled_and_a_changed_program_without_a_restart(tmp_path: Path) -> None:
+def test_the_server_takes_a_disabled_and_a_changed_program_without_a_restart(tmp_path: Path, settings: Any) -> None:
+    settings.UTILITY_ALLOW_HTTP = True  # the test VTN serves plain HTTP on 127.0.0.1 (the server has it in its env)
     # Given the live server running the clients (re-reading the programs every second) and a program running in it
     vtn = Vtn3(clients={"live-ven": SECRET, "live-ven-2": SECRET})
     vtn.add_program("live-program")
+    fleet = FleetFactory.create()
+    secret_env = f"UTILITY_ORG{fleet.organisation_id}_SECRET"
     env = {"UTILITY_IN_SERVER": "1", "UTILITY_RETRY_S": "1", "UTILITY_RELOAD_S": "1", "UTILITY_EVENT_LEAD_S": "2",
-           "UTILITY_ALLOW_HTTP": "1", "UTILITY_E2E_SECRET": SECRET}  # fmt: skip
+           "UTILITY_ALLOW_HTTP": "1", secret_env: SECRET}  # fmt: skip
     with _serving(vtn):
         server = start_server(env, log_path=tmp_path / "server.log")
         try:
             program = UtilityProgramFactory.create(
-                protocol=Protocol.OPENADR_3, endpoint=vtn.url, client_name="live-ven", program_ref="live-program",
-                secret_env="UTILITY_E2E_SECRET", poll_s=1, report_s=5,
+                fleet=fleet, protocol=Protocol.OPENADR_3, endpoint=vtn.url, client_name="live-ven",
+                program_ref="live-program", secret_env=secret_env, poll_s=1, report_s=5,
             )  # fmt: skip
             # (the clients start at the server's first connection: this request)
             urllib.request.urlopen(f"http://127.0.0.1:{server.port}/login/", timeout=10).close()

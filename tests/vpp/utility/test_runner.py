@@ -26,11 +26,10 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
 
 @pytest.fixture
-def runner_settings(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def runner_settings(settings: Any) -> None:
     settings.UTILITY_RELOAD_S = 0.5
     settings.UTILITY_RETRY_S = 1.0
     settings.UTILITY_ALLOW_HTTP = True  # the test VTN serves plain HTTP on 127.0.0.1
-    monkeypatch.setenv("UTILITY_ACME_SECRET", SECRET)
 
 
 @contextlib.asynccontextmanager
@@ -49,12 +48,15 @@ def _update(program: UtilityProgram, **fields: Any) -> None:
 
 
 async def test_a_changed_program_restarts_and_a_disabled_one_stops_and_withdraws_its_event(
-    oadr3_vtn: Vtn3, runner_settings: None
+    oadr3_vtn: Vtn3, runner_settings: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     vtn = oadr3_vtn
     # Given a running program with an import limit under way (60 s, deployed 2 s ahead of its start)
     vtn.clients["acme-ven-2"] = SECRET
-    program = await sync_to_async(_program)(vtn.url, secret_env="UTILITY_ACME_SECRET")
+    program = await sync_to_async(_program)(vtn.url)
+    secret_env = f"UTILITY_ORG{program.organisation_id}_SECRET"
+    monkeypatch.setenv(secret_env, SECRET)
+    await sync_to_async(_update)(program, secret_env=secret_env)
     async with _running():
         await _wait_for(lambda: vtn.vens, 20)
         start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
