@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from vpp.serve import WORKER_ENV
 from vpp.utility.dispatch import EventRuns
 from vpp.utility.models import Protocol, UtilityProgram
 from vpp.utility.selectors import (
@@ -160,16 +162,23 @@ async def _withdraw(runs: EventRuns, pk: int, reason: str) -> None:
         LOG.warning("utility program %s: %s event(s) %s", pk, count, reason)
 
 
+def in_first_worker() -> bool:
+    """This server process is ``vpp.serve``'s worker 0, or its only process: with ``--workers N`` the clients run in
+    worker 0 only (one client per program; their dispatch reaches every worker's stations over Redis)."""
+    return os.environ.get(WORKER_ENV, "0") == "0"
+
+
 class InServerClients:
     """ASGI wrapper: with ``UTILITY_IN_SERVER``, the first connection this server process serves starts
-    :func:`programs_run` on its loop (Daphne has no startup hook; chargers and browsers connect at once)."""
+    :func:`programs_run` on its loop (Daphne has no startup hook; chargers and browsers connect at once) -- in
+    worker 0 only when the server runs several (:func:`in_first_worker`)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.task: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
-        if self.task is None and settings.UTILITY_IN_SERVER:
+        if self.task is None and settings.UTILITY_IN_SERVER and in_first_worker():
             self.task = asyncio.get_running_loop().create_task(programs_run(), name="utility-clients")
             self.task.add_done_callback(_ended)
             LOG.info("utility clients running in this server process")

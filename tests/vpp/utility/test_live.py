@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -16,18 +19,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from aiohttp import web
+from django.conf import settings as django_settings
 
 from chargers.models import MessageLog, MeterValue
 from fleet.models import Organisation
 from markets.regulation.models import ReserveDeployment
 from tests.chargers.conftest import start_server, stop_server
 from tests.fleet.factories import FleetFactory
-from tests.live import free_port
+from tests.live import free_port, wait_listening
 from tests.vpp.utility.factories import UtilityProgramFactory
 from tests.vpp.utility.oadr3_vtn import Vtn3
 from vpp.replay import harness
+from vpp.serve import WORKER_ENV
 from vpp.utility.models import EventStatus, Protocol, UtilityEvent
 from vpp.utility.services import utility_program_update
 
@@ -226,3 +232,46 @@ def test_the_server_takes_a_disabled_and_a_changed_program_without_a_restart(tmp
             _wait(lambda: vtn.polls[-1:] == ["live-ven-2"], 15, "polling as live-ven-2")
         finally:
             stop_server(server)
+
+
+@pytest.mark.live
+@pytest.mark.timeout(120)
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(not django_settings.REDIS_URL, reason="several workers serve one port only over Redis")
+def test_with_several_workers_only_worker_0_runs_the_clients(tmp_path: Path, settings: Any) -> None:
+    # Given a program, and the server started with two workers, the clients inside it
+    settings.UTILITY_ALLOW_HTTP = True
+    vtn = Vtn3(clients={"multi-ven": SECRET})
+    vtn.add_program("multi-program")
+    fleet = FleetFactory.create()
+    secret_env = f"UTILITY_ORG{fleet.organisation_id}_SECRET"
+    with _serving(vtn):
+        UtilityProgramFactory.create(
+            fleet=fleet, protocol=Protocol.OPENADR_3, endpoint=vtn.url, client_name="multi-ven",
+            program_ref="multi-program", secret_env=secret_env, poll_s=1, report_s=5,
+        )  # fmt: skip
+        env = {**os.environ, "UTILITY_IN_SERVER": "1", "UTILITY_ALLOW_HTTP": "1", secret_env: SECRET}
+        port = free_port()
+        db_name = str(django_settings.DATABASES["default"]["NAME"])
+        log = (tmp_path / "server.log").open("wb")
+        argv = [sys.executable, "-m", "vpp.serve", str(port), db_name, "1", "--workers", "2"]
+        server = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_listening(server, port)
+            workers = _wait(lambda: [*psutil.Process(server.pid).children()][1:] and
+                            psutil.Process(server.pid).children(), 30, "two workers")  # fmt: skip
+            assert sorted(w.environ()[WORKER_ENV] for w in workers) == ["0", "1"]
+            # When both workers serve connections (the kernel spreads 16 new connections over them)
+            for _ in range(16):
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/login/", timeout=60).close()
+            _wait(lambda: vtn.polls, 30, "the VEN polling")
+            time.sleep(3.0)
+        finally:
+            server.terminate()
+            server.wait(20)
+            log.close()
+    # Then one client ran: one token taken, one VEN registered, and one server process says it runs the clients
+    assert len(vtn.token_requests) == 1
+    assert [v["venName"] for v in vtn.vens] == ["multi-ven"]
+    said = (tmp_path / "server.log").read_text().count("utility clients running in this server process")
+    assert said == 1
