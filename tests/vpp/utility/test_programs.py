@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db.models import ProtectedError
 from django.test import Client, override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -14,7 +15,7 @@ from rest_framework.test import APIClient
 from fleet.models import ApiScope, Membership, Role
 from tests.fleet.factories import FleetFactory, UserFactory
 from tests.vpp.utility.factories import UtilityProgramFactory
-from vpp.utility.models import UtilityProgram
+from vpp.utility.models import UtilityProgram, UtilityProgramChange
 from vpp.utility.selectors import CredentialError, program_credentials
 from vpp.utility.services import connection_contact, connection_error
 
@@ -308,3 +309,24 @@ def _reg_d_pk() -> int:
     from tests.vpp.utility.factories import reg_d
 
     return reg_d().pk
+
+
+def test_a_program_is_never_deleted_with_its_audit_trail() -> None:
+    # Given a program created through the services (its creation audited)
+    fleet = FleetFactory.create()
+    admin = _member(fleet)
+    pk = _api(admin).post("/api/utility/programs/", _body(fleet), format="json").json()["id"]
+    operator = UserFactory.create(is_staff=True, is_superuser=True)
+    client = Client()
+    client.force_login(operator)
+    # When an operator tries to delete it in the admin, then it is refused (disable it instead)
+    assert client.get(f"/admin/vpp/utilityprogram/{pk}/delete/").status_code == 403
+    response = client.post(
+        "/admin/vpp/utilityprogram/", {"action": "delete_selected", "_selected_action": [pk], "post": "yes"}
+    )
+    assert response.status_code in (200, 302)
+    # And deleting the row anyway (a shell, a script) is refused by the database model: the trail stays
+    with pytest.raises(ProtectedError):
+        UtilityProgram.objects.get(pk=pk).delete()
+    assert UtilityProgram.objects.filter(pk=pk).exists()
+    assert UtilityProgramChange.objects.filter(program_id=pk, action="created").exists()
