@@ -72,6 +72,9 @@ class UtilityProgramAdmin(admin.ModelAdmin):
     readonly_fields = STATUS_FIELDS
     inlines = [ChangeInline]
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # its audit trail, events and reports stay: a program is disabled, never deleted
+
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         form = super().get_form(request, obj, change=change, **kwargs)
         form.user = request.user  # type: ignore[attr-defined]  # ProgramForm's: the rules depend on who saves

@@ -40,6 +40,10 @@ DAPHNE_OPTIONS = ("--websocket_timeout", "-1", "--websocket_connect_timeout", "6
 #: Listen backlog: Twisted's default of 50 drops SYNs when a thousand chargers reconnect at once.
 BACKLOG = 2048
 APPLICATION = "vpp.asgi:application"
+#: Each worker of ``--workers N`` is told its index (0 ... N-1): what runs once per server (the utility programs'
+#: clients with ``UTILITY_IN_SERVER``) runs in worker 0 only. A worker that dies stops the whole server, so there is
+#: never a server without its worker 0.
+WORKER_ENV = "VPP_SERVE_WORKER"
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -215,7 +219,8 @@ def serve_workers(args: argparse.Namespace) -> int:
         tls_sock = tls_sockets[i] if tls_sockets else None
         fds = (sock.fileno(),) if tls_sock is None else (sock.fileno(), tls_sock.fileno())
         argv = worker_argv(args, sock.fileno(), None if tls_sock is None else tls_sock.fileno())
-        workers.append(subprocess.Popen(argv, pass_fds=fds))  # noqa: S603
+        env = {**os.environ, WORKER_ENV: str(i)}
+        workers.append(subprocess.Popen(argv, pass_fds=fds, env=env))  # noqa: S603
     for sock in [*sockets, *tls_sockets]:
         sock.close()  # each worker holds its own now
     stopping = {"signal": 0}

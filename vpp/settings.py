@@ -478,13 +478,19 @@ RESERVE_PENALTY_AVERAGE_DAYS = env_float("RESERVE_PENALTY_AVERAGE_DAYS", 3.0, mi
 # price files are capacity (reserve/regulation) prices only. 0 costs charging at degradation only.
 MARKETS_ENERGY_PRICE_USD_PER_MWH = env_float("MARKETS_ENERGY_PRICE_USD_PER_MWH", 40.0, minimum=0.0)
 
-# --- Utility programs (vpp.utility): credential files named under this directory only, secrets in UTILITY_* vars ---
+# --- Utility programs (vpp.utility) ------------------------------------------------------------------------------
+# Each organisation's files in its own subdirectory (<slug>/), its secrets in UTILITY_ORG<id>_* variables.
 UTILITY_CREDENTIALS_DIR = Path(env_str("UTILITY_CREDENTIALS_DIR", str(VAR_DIR / "utility-credentials")))
+# Plain-http utility endpoints (a token or a secret would go in clear): tests and development only.
+UTILITY_ALLOW_HTTP = env_bool("UTILITY_ALLOW_HTTP", False)
 UTILITY_EVENT_LEAD_S = env_float("UTILITY_EVENT_LEAD_S", 5.0, minimum=0.0)  # setpoints out this long before start
 # Run the clients inside the (one) server process, on its loop: what the embedded in-memory channel layer needs to
 # reach the stations. Several server processes (REDIS_URL, --workers): run ``manage.py utility run`` once instead.
 UTILITY_IN_SERVER = env_bool("UTILITY_IN_SERVER", False)
-UTILITY_RETRY_S = env_float("UTILITY_RETRY_S", 30.0, minimum=1.0)  # programs (re)started / picked up this often
+UTILITY_RETRY_S = env_float("UTILITY_RETRY_S", 30.0, minimum=1.0)  # a program that failed to start: retried this often
+# The programs are re-read this often: a disabled, deleted or changed program's client stops (and restarts with the
+# new configuration), a newly enabled one starts.
+UTILITY_RELOAD_S = env_float("UTILITY_RELOAD_S", 5.0, minimum=0.5)
 
 # --- Fleet -------------------------------------------------------------------------------------------------------
 FLEET_DEFAULT_MOBILITY_FLOOR_PCT = env_int("FLEET_DEFAULT_MOBILITY_FLOOR_PCT", 20, minimum=0, maximum=100)

@@ -25,7 +25,7 @@ from fleet.selectors import organisations_for
 from markets.models import Product
 from markets.selectors import product_get
 from vpp.utility.models import Protocol, UtilityEvent, UtilityProgram, UtilityProgramChange, UtilityReport
-from vpp.utility.selectors import WRITE_ROLES, may_see_programs, programs_for
+from vpp.utility.selectors import WRITE_ROLES, may_see_programs, programs_for, secret_env_prefix
 from vpp.utility.services import ProgramInvalid, utility_program_create, utility_program_update
 
 
@@ -54,13 +54,23 @@ class ProgramSerializer(serializers.ModelSerializer):
     organisation = serializers.SlugRelatedField(slug_field="slug", queryset=Organisation.objects.all())
     product = ProductField()
     healthy = serializers.BooleanField(read_only=True)
+    credentials_dir = serializers.SerializerMethodField(
+        help_text="where cert_file, key_file and ca_file are read from: this directory of UTILITY_CREDENTIALS_DIR"
+    )
+    secret_env_prefix = serializers.SerializerMethodField(help_text="secret_env must start with it")
+
+    def get_credentials_dir(self, program: UtilityProgram) -> str:
+        return f"{program.organisation.slug}/"
+
+    def get_secret_env_prefix(self, program: UtilityProgram) -> str:
+        return secret_env_prefix(program.organisation)
 
     class Meta:
         model = UtilityProgram
         fields = [
             "id", "organisation", "name", "protocol", "endpoint", "program_ref", "client_name", "portfolio",
             "product", "cert_file", "key_file", "ca_file", "secret_env", "level_step_w", "poll_s", "report_s",
-            "enabled",
+            "enabled", "credentials_dir", "secret_env_prefix",
             # status (written by the client)
             "healthy", "registration_ref", "last_contact_at", "last_event_at", "last_report_at", "last_error",
             "last_error_at", "errors_in_a_row", "created_at",

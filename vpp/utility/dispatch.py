@@ -140,6 +140,14 @@ class EventRuns:
         task.cancel()
         return True
 
+    def withdraw_program(self, *, program_id: int) -> list[str]:
+        """Withdraw every run of a program (disabled, deleted or re-enrolled elsewhere): each deployment in force
+        ends now, its setpoints released. The event refs withdrawn."""
+        refs = [ref for (pk, ref) in self._runs if pk == program_id]
+        for ref in refs:
+            self.cancel(program_id=program_id, event_ref=ref)
+        return refs
+
     async def stop(self) -> None:
         tasks = list(self._runs.values())
         for task in tasks:

@@ -1,7 +1,8 @@
 """What the fleet did, from stored meter values: the numbers reports send to utilities.
 
-Power is integer W, + = import (charging), as the meters report it; a reading holds at most ``POWER_MAX_AGE_S``
-(the settlement's rule), retransmitted readings count once (``markets.regulation.selectors.charge_point_power``).
+Power is integer W, energy integer (Wh; W·s for periods of seconds), + = import (charging), as the meters report
+it; a reading holds at most ``POWER_MAX_AGE_S`` (the settlement's rule), retransmitted readings count once
+(``markets.regulation.selectors.charge_point_power``).
 """
 
 from __future__ import annotations
@@ -20,25 +21,38 @@ POWER_MAX_AGE_S = 60.0
 
 @dataclass(frozen=True, slots=True)
 class Metered:
-    """Mean net power over ``[start, end)`` of a portfolio's charge points, and what it was computed from."""
+    """Mean net power over ``[start, end)`` of a portfolio's charge points, and what it was computed from.
+
+    Energy is integer: watt-seconds (J) as integrated, exact enough for a report period of a second, and whole Wh
+    as the basis states it."""
 
     start: datetime
     end: datetime
-    import_wh: float
-    export_wh: float
+    import_ws: int
+    export_ws: int
     readings: int
     charge_points: int
     digest: str  # SHA-256 of the meter value ids used (an auditor recomputes it)
 
     @property
+    def import_wh(self) -> int:
+        return round(self.import_ws / 3600)
+
+    @property
+    def export_wh(self) -> int:
+        return round(self.export_ws / 3600)
+
+    @property
     def mean_power_w(self) -> int:
         seconds = (self.end - self.start).total_seconds()
-        return round((self.import_wh - self.export_wh) * 3600.0 / seconds) if seconds > 0 else 0
+        return round((self.import_ws - self.export_ws) / seconds) if seconds > 0 else 0
 
     def basis(self) -> dict[str, object]:
         return {
-            "import_wh": round(self.import_wh, 3),
-            "export_wh": round(self.export_wh, 3),
+            "import_wh": self.import_wh,
+            "export_wh": self.export_wh,
+            "import_ws": self.import_ws,
+            "export_ws": self.export_ws,
             "readings": self.readings,
             "charge_points": self.charge_points,
             "meter_values_sha256": self.digest,
@@ -47,7 +61,7 @@ class Metered:
 
 def portfolio_metered(*, portfolio: str, start: datetime, end: datetime) -> Metered:
     """Energy in and out of the portfolio's charge points over ``[start, end)``, integrated from power readings
-    (the reading in force at ``start`` looked back for). Not rounded to whole Wh: a report's period may be seconds."""
+    (the reading in force at ``start`` looked back for), to the watt-second."""
     stations = portfolio_stations(portfolio=portfolio, start=start, end=end)
     series = charge_point_power(start=start, end=end, stations=stations)
     edges = np.array([start.timestamp(), end.timestamp()])
@@ -63,4 +77,4 @@ def portfolio_metered(*, portfolio: str, start: datetime, end: datetime) -> Mete
         readings += len(s.meter_ids)
         ids.extend(s.meter_ids)
     digest = hashlib.sha256(",".join(map(str, sorted(ids))).encode()).hexdigest()
-    return Metered(start, end, imported, exported, readings, len(series), digest)
+    return Metered(start, end, round(imported * 3600), round(exported * 3600), readings, len(series), digest)

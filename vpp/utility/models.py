@@ -95,9 +95,10 @@ class UtilityProgram(models.Model):
 
 
 class UtilityProgramChange(models.Model):
-    """Audit trail of a program's configuration: who changed what, when. Append-only."""
+    """Audit trail of a program's configuration: who changed what, when. Append-only: a program with a trail (every
+    program: its creation is one) cannot be deleted (PROTECT); it is disabled instead."""
 
-    program = models.ForeignKey(UtilityProgram, on_delete=models.CASCADE, related_name="changes")
+    program = models.ForeignKey(UtilityProgram, on_delete=models.PROTECT, related_name="changes")
     at = models.DateTimeField(db_index=True)
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
     actor_label = models.CharField(max_length=64, help_text="username, or system:<component>")

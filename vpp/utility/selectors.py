@@ -16,7 +16,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 
-from fleet.models import Role
+from fleet.models import Organisation, Role
 from fleet.selectors import is_operator, organisations_for
 from vpp.utility.models import UtilityEvent, UtilityProgram, UtilityReport
 
@@ -49,13 +49,51 @@ class CredentialError(ValueError):
     """A program's credential is not where its configuration says (the connection reports it as its error)."""
 
 
-def credential_path(name: str) -> Path:
-    """``name`` (a file name relative to ``UTILITY_CREDENTIALS_DIR``) resolved inside that directory; raises
-    :class:`CredentialError` for a name leading outside it (``..``, an absolute path, a link out)."""
-    base = Path(settings.UTILITY_CREDENTIALS_DIR).resolve()
+# Each organisation's credentials are its own: files in its own directory, secrets in variables of its own prefix.
+# A tenant cannot make the aggregator present another organisation's (or the aggregator's own) keys or secrets to
+# a server the tenant names. The answers never depend on whether a file exists or a variable is set: nothing is
+# learnt about the server's files from a refusal.
+CREDENTIAL_NAME = "a file name inside the organisation's credentials directory (no '..', not absolute)"
+
+
+ENDPOINT_RULE = "an https URL (plain http only where the operator sets UTILITY_ALLOW_HTTP, for tests)"
+
+
+def endpoint_allowed(url: str) -> bool:
+    """``https://...``; ``http://...`` only with ``UTILITY_ALLOW_HTTP`` (a credential or secret would go in clear)."""
+    return url.startswith("https://") or (settings.UTILITY_ALLOW_HTTP and url.startswith("http://"))
+
+
+def credentials_dir(organisation: Organisation) -> Path:
+    """``UTILITY_CREDENTIALS_DIR/<organisation slug>``: where its programs' certificates and keys are."""
+    return Path(settings.UTILITY_CREDENTIALS_DIR) / organisation.slug
+
+
+def secret_env_prefix(organisation: Organisation) -> str:
+    """``UTILITY_ORG<id>_``: the organisation's secrets' environment variables start with it (by id: a slug may hold
+    characters an environment variable cannot, and two slugs could map to the same name)."""
+    return f"UTILITY_ORG{organisation.pk}_"
+
+
+def secret_env_allowed(name: str, organisation: Organisation) -> bool:
+    return (
+        bool(SECRET_ENV.match(name))
+        and name.startswith(secret_env_prefix(organisation))
+        and len(name) > len(secret_env_prefix(organisation))
+    )
+
+
+def credential_path(name: str, organisation: Organisation) -> Path:
+    """``name`` (relative to the organisation's credentials directory) resolved inside that directory; raises
+    :class:`CredentialError` (always the same message) for a name leading outside it: ``..``, an absolute path, a
+    link out of the directory."""
+    parts = Path(name).parts
+    if not name or "\\" in name or "\x00" in name or Path(name).is_absolute() or ".." in parts:
+        raise CredentialError(CREDENTIAL_NAME)
+    base = credentials_dir(organisation).resolve()
     path = (base / name).resolve()
-    if Path(name).is_absolute() or not path.is_relative_to(base):
-        raise CredentialError(f"{name!r} is not a file under UTILITY_CREDENTIALS_DIR ({base})")
+    if not path.is_relative_to(base) or path == base:
+        raise CredentialError(CREDENTIAL_NAME)
     return path
 
 
@@ -75,28 +113,38 @@ class Credentials:
 
 def program_credentials(program: UtilityProgram) -> Credentials:
     """The program's credentials, read now (a rotated certificate is picked up at the next connection)."""
+    organisation = program.organisation
     files: dict[str, Path | None] = {}
     for field in ("cert_file", "key_file", "ca_file"):
         name = getattr(program, field)
         if not name:
             files[field] = None
             continue
-        path = credential_path(name)
+        try:
+            path = credential_path(name, organisation)
+        except CredentialError as exc:
+            raise CredentialError(f"{field} {name!r}: {exc}") from None
         if not path.is_file():
-            raise CredentialError(f"{field} {name!r}: no such file under UTILITY_CREDENTIALS_DIR")
+            raise CredentialError(f"{field} {name!r}: no such file in the organisation's credentials directory")
         files[field] = path
     secret = None
     if program.secret_env:
-        if not SECRET_ENV.match(program.secret_env):
-            raise CredentialError(f"secret_env {program.secret_env!r}: must be an environment variable UTILITY_*")
+        if not secret_env_allowed(program.secret_env, organisation):
+            prefix = secret_env_prefix(organisation)
+            raise CredentialError(f"secret_env {program.secret_env!r}: must be an environment variable {prefix}*")
         secret = os.environ.get(program.secret_env)
         if not secret:
             raise CredentialError(f"environment variable {program.secret_env} is not set")
     return Credentials(files["cert_file"], files["key_file"], files["ca_file"], secret)
 
 
-def programs_to_run(*, protocols: list[str] | None = None, ids: list[int] | None = None) -> list[UtilityProgram]:
-    rows = UtilityProgram.objects.filter(enabled=True).select_related("product__operator", "organisation")
+def programs_to_run(
+    *, protocols: list[str] | None = None, ids: list[int] | None = None, disabled: bool = False
+) -> list[UtilityProgram]:
+    """The enabled programs (``disabled``: the disabled ones too), read afresh."""
+    rows = UtilityProgram.objects.select_related("product__operator", "organisation")
+    if not disabled:
+        rows = rows.filter(enabled=True)
     if protocols:
         rows = rows.filter(protocol__in=protocols)
     if ids:

@@ -2,9 +2,11 @@
 
 Configuration is validated here, whoever writes it (API, admin, command): the portfolio must be one of the
 organisation's fleets (a whole-aggregator portfolio is an operator's), the product an active regulation
-product, credentials file names under ``UTILITY_CREDENTIALS_DIR`` and secrets environment variables named
-``UTILITY_*`` (a tenant must not be able to make the aggregator present its own keys or ``SECRET_KEY`` to a server
-the tenant names). Each change is a :class:`~vpp.utility.models.UtilityProgramChange`.
+or reserve product, the endpoint ``https`` (plain ``http`` only where the operator sets ``UTILITY_ALLOW_HTTP``),
+credential file names inside the organisation's own directory (``UTILITY_CREDENTIALS_DIR/<slug>/``) and secrets
+environment variables of its own prefix (``UTILITY_ORG<id>_``): a tenant must not be able to make the aggregator
+present another organisation's keys, its own or ``SECRET_KEY`` to a server the tenant names.
+Each change is a :class:`~vpp.utility.models.UtilityProgramChange`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from vpp.utility.models import (
     UtilityProgramChange,
     UtilityReport,
 )
-from vpp.utility.selectors import SECRET_ENV, CredentialError, credential_path
+from vpp.utility.selectors import (
+    ENDPOINT_RULE,
+    CredentialError,
+    credential_path,
+    endpoint_allowed,
+    secret_env_allowed,
+    secret_env_prefix,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -63,8 +72,8 @@ def utility_program_check(program: UtilityProgram, *, user: AbstractBaseUser | A
     """Raise :class:`ProgramInvalid` unless ``program`` (unsaved changes included) may be saved by ``user``."""
     if program.protocol not in Protocol.values:
         raise ProgramInvalid("protocol", f"one of {', '.join(Protocol.values)}")
-    if not program.endpoint.startswith(("https://", "http://")):
-        raise ProgramInvalid("endpoint", "an http(s) URL")
+    if not endpoint_allowed(program.endpoint):
+        raise ProgramInvalid("endpoint", ENDPOINT_RULE)
     fleets = Fleet.objects.filter(organisation_id=program.organisation_id).values_list("pk", flat=True)
     if program.portfolio not in {fleet_portfolio(pk) for pk in fleets}:
         whole = not program.portfolio.startswith("fleet-")
@@ -77,11 +86,12 @@ def utility_program_check(program: UtilityProgram, *, user: AbstractBaseUser | A
         name = getattr(program, field)
         if name:
             try:
-                credential_path(name)
+                credential_path(name, program.organisation)
             except CredentialError as exc:
                 raise ProgramInvalid(field, str(exc)) from None
-    if program.secret_env and not SECRET_ENV.match(program.secret_env):
-        raise ProgramInvalid("secret_env", "the NAME of an environment variable starting UTILITY_ (never the secret)")
+    if program.secret_env and not secret_env_allowed(program.secret_env, program.organisation):
+        prefix = secret_env_prefix(program.organisation)
+        raise ProgramInvalid("secret_env", f"the NAME of an environment variable starting {prefix} (never the secret)")
     if program.poll_s < 1 or program.report_s < 1:
         raise ProgramInvalid("poll_s", "at least 1 s")
     _protocol_check(program)
@@ -250,6 +260,14 @@ def utility_event_cancel(*, program: UtilityProgram, event_ref: str, reason: str
         .exclude(status__in=[EventStatus.COMPLETED, EventStatus.REFUSED, EventStatus.CANCELLED])
         .update(status=EventStatus.CANCELLED, status_reason=reason)
     )
+
+
+def utility_events_withdraw(*, program_id: int, reason: str) -> int:
+    """The aggregator stops taking part in a program's events still to do (the program was disabled, deleted or
+    re-enrolled): each scheduled or active version is opted out, with the reason kept."""
+    return UtilityEvent.objects.filter(
+        program_id=program_id, status__in=[EventStatus.SCHEDULED, EventStatus.ACTIVE]
+    ).update(status=EventStatus.OPTED_OUT, status_reason=reason, opt="optOut")
 
 
 def utility_report_record(

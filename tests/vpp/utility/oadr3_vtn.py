@@ -42,6 +42,7 @@ class Vtn3:
     token_requests: list[dict[str, str]] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)  # token -> client_id
     events_failing: int = 0  # the status GET /events answers with while set (a VTN in trouble), 0: normal
+    polls: list[str] = field(default_factory=list)  # the client id of each GET /events, in order
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def stamp(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
@@ -117,6 +118,7 @@ class Vtn3:
         return handler
 
     async def events_search(self, request: web.Request) -> web.Response:
+        self.polls.append(self.tokens.get(request.headers.get("Authorization", "")[7:], ""))
         if self.events_failing:
             return _problem(self.events_failing, "the VTN is in trouble")
         response: web.Response = await self._lister(self._events_of)(request)

@@ -221,11 +221,13 @@ async def test_a_program_whose_certificate_is_unusable_does_not_start_and_says_w
 ) -> None:
     # Given a 2030.5 program whose certificate file holds no certificate (its key file is as bad)
     settings.UTILITY_CREDENTIALS_DIR = tmp_path
-    (tmp_path / "agg.pem").write_text("not a certificate\n")
-    (tmp_path / "agg.key").write_text("not a key\n")
     program = await sync_to_async(UtilityProgramFactory.create)(
         protocol=Protocol.IEEE_2030_5, endpoint="https://127.0.0.1:9/dcap", cert_file="agg.pem", key_file="agg.key"
     )
+    slug = await sync_to_async(lambda: program.organisation.slug)()
+    (tmp_path / slug).mkdir()
+    (tmp_path / slug / "agg.pem").write_text("not a certificate\n")
+    (tmp_path / slug / "agg.key").write_text("not a key\n")
     program = await UtilityProgram.objects.select_related("product").aget(pk=program.pk)
     # When the runner starts it: no client, and the status page says why (the runner goes on with the others)
     assert await program_start(program, EventRuns()) is None

@@ -8,24 +8,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from aiohttp import web
+from django.conf import settings as django_settings
 
 from chargers.models import MessageLog, MeterValue
+from fleet.models import Organisation
 from markets.regulation.models import ReserveDeployment
 from tests.chargers.conftest import start_server, stop_server
-from tests.live import free_port
+from tests.fleet.factories import FleetFactory
+from tests.live import free_port, wait_listening
 from tests.vpp.utility.factories import UtilityProgramFactory
 from tests.vpp.utility.oadr3_vtn import Vtn3
 from vpp.replay import harness
+from vpp.serve import WORKER_ENV
 from vpp.utility.models import EventStatus, Protocol, UtilityEvent
+from vpp.utility.services import utility_program_update
 
 SECRET = "e2e-oauth-client-secret-9"
 PASSWORD = "ute2e-station-password-42"
@@ -99,8 +109,11 @@ def test_an_openadr3_event_reaches_the_cars_before_its_start_and_the_report_is_t
     ids = harness.stations_provision(count=CARS, prefix="ute2e", password=PASSWORD)
     vtn = Vtn3(clients={"e2e-ven": SECRET})
     vtn.add_program("e2e-program")
+    # (the fleet's organisation, made here: its secret's variable is named by its id, set in the server's environment)
+    org, _ = Organisation.objects.get_or_create(slug=harness.REPLAY_ORG, defaults={"name": "Regulation replay"})
+    secret_env = f"UTILITY_ORG{org.pk}_SECRET"
     env = {"UTILITY_IN_SERVER": "1", "UTILITY_RETRY_S": "1", "UTILITY_EVENT_LEAD_S": str(LEAD_S),
-           "UTILITY_E2E_SECRET": SECRET}  # fmt: skip
+           "UTILITY_ALLOW_HTTP": "1", secret_env: SECRET}  # fmt: skip
     with _serving(vtn):
         server = start_server(env, log_path=tmp_path / "server.log")
         try:
@@ -110,7 +123,7 @@ def test_an_openadr3_event_reaches_the_cars_before_its_start_and_the_report_is_t
                 fleet = harness.fleet_register(harness.stations_ready(ids), name="utility e2e")
                 program = UtilityProgramFactory.create(
                     fleet=fleet, protocol=Protocol.OPENADR_3, endpoint=vtn.url, client_name="e2e-ven",
-                    program_ref="e2e-program", secret_env="UTILITY_E2E_SECRET", poll_s=1, report_s=2,
+                    program_ref="e2e-program", secret_env=secret_env, poll_s=1, report_s=2,
                 )  # fmt: skip
                 _wait(lambda: vtn.vens, 30, "the VEN registered")
                 # When the VTN limits the fleet's import to 6 kW below what it draws now, for 30 s from 15 s on
@@ -164,3 +177,101 @@ def test_an_openadr3_event_reaches_the_cars_before_its_start_and_the_report_is_t
             f"{deployment.power_w} W, metered during {metered_w:.0f} W (reported {demand_kw} kW); "
             f"last profile accepted {lead:.1f} s before the start"
         )
+
+
+@pytest.mark.live
+@pytest.mark.timeout(180)
+@pytest.mark.django_db(transaction=True)
+def test_the_server_takes_a_disabled_and_a_changed_program_without_a_restart(tmp_path: Path, settings: Any) -> None:
+    settings.UTILITY_ALLOW_HTTP = True  # the test VTN serves plain HTTP on 127.0.0.1 (the server has it in its env)
+    # Given the live server running the clients (re-reading the programs every second) and a program running in it
+    vtn = Vtn3(clients={"live-ven": SECRET, "live-ven-2": SECRET})
+    vtn.add_program("live-program")
+    fleet = FleetFactory.create()
+    secret_env = f"UTILITY_ORG{fleet.organisation_id}_SECRET"
+    env = {"UTILITY_IN_SERVER": "1", "UTILITY_RETRY_S": "1", "UTILITY_RELOAD_S": "1", "UTILITY_EVENT_LEAD_S": "2",
+           "UTILITY_ALLOW_HTTP": "1", secret_env: SECRET}  # fmt: skip
+    with _serving(vtn):
+        server = start_server(env, log_path=tmp_path / "server.log")
+        try:
+            program = UtilityProgramFactory.create(
+                fleet=fleet, protocol=Protocol.OPENADR_3, endpoint=vtn.url, client_name="live-ven",
+                program_ref="live-program", secret_env=secret_env, poll_s=1, report_s=5,
+            )  # fmt: skip
+            # (the clients start at the server's first connection: this request)
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/login/", timeout=10).close()
+            _wait(lambda: vtn.vens, 30, "the VEN registered")
+            start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+            end = start + timedelta(seconds=120)
+            event = vtn.add_event(
+                vtn.programs[0]["id"],
+                [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]}],
+                intervalPeriod={"start": start.isoformat().replace("+00:00", "Z"), "duration": "PT120S"},
+            )
+            rows = ReserveDeployment.objects.filter(portfolio=program.portfolio)
+            _wait(lambda: rows.filter(end=end).exists(), 30, "the event deployed")
+            # When a bidding admin disables the program (the service the API and the admin write through)
+            utility_program_update(program=program, user=None, enabled=False)
+            # Then the server withdraws the event's deployment (its end is now) and opts the event out
+            _wait(lambda: rows.filter(end__lt=end).exists(), 15, "the deployment withdrawn")
+            stored = UtilityEvent.objects.get(program=program, event_ref=event["id"])
+            assert (stored.status, stored.status_reason) == (
+                EventStatus.OPTED_OUT,
+                "withdrawn: the program was disabled",
+            )
+            # And its VEN polls the VTN no more
+            time.sleep(2.0)
+            polls = len(vtn.polls)
+            time.sleep(3.0)
+            assert len(vtn.polls) == polls
+            # When it is enabled again under another client name
+            program.refresh_from_db()
+            utility_program_update(program=program, user=None, enabled=True, client_name="live-ven-2")
+            # Then the server's VEN runs with the new configuration: registered and polling under the new name
+            _wait(lambda: [v["venName"] for v in vtn.vens] == ["live-ven", "live-ven-2"], 30, "re-registered")
+            _wait(lambda: vtn.polls[-1:] == ["live-ven-2"], 15, "polling as live-ven-2")
+        finally:
+            stop_server(server)
+
+
+@pytest.mark.live
+@pytest.mark.timeout(120)
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(not django_settings.REDIS_URL, reason="several workers serve one port only over Redis")
+def test_with_several_workers_only_worker_0_runs_the_clients(tmp_path: Path, settings: Any) -> None:
+    # Given a program, and the server started with two workers, the clients inside it
+    settings.UTILITY_ALLOW_HTTP = True
+    vtn = Vtn3(clients={"multi-ven": SECRET})
+    vtn.add_program("multi-program")
+    fleet = FleetFactory.create()
+    secret_env = f"UTILITY_ORG{fleet.organisation_id}_SECRET"
+    with _serving(vtn):
+        UtilityProgramFactory.create(
+            fleet=fleet, protocol=Protocol.OPENADR_3, endpoint=vtn.url, client_name="multi-ven",
+            program_ref="multi-program", secret_env=secret_env, poll_s=1, report_s=5,
+        )  # fmt: skip
+        env = {**os.environ, "UTILITY_IN_SERVER": "1", "UTILITY_ALLOW_HTTP": "1", secret_env: SECRET}
+        port = free_port()
+        db_name = str(django_settings.DATABASES["default"]["NAME"])
+        log = (tmp_path / "server.log").open("wb")
+        argv = [sys.executable, "-m", "vpp.serve", str(port), db_name, "1", "--workers", "2"]
+        server = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_listening(server, port)
+            workers = _wait(lambda: [*psutil.Process(server.pid).children()][1:] and
+                            psutil.Process(server.pid).children(), 30, "two workers")  # fmt: skip
+            assert sorted(w.environ()[WORKER_ENV] for w in workers) == ["0", "1"]
+            # When both workers serve connections (the kernel spreads 16 new connections over them)
+            for _ in range(16):
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/login/", timeout=60).close()
+            _wait(lambda: vtn.polls, 30, "the VEN polling")
+            time.sleep(3.0)
+        finally:
+            server.terminate()
+            server.wait(20)
+            log.close()
+    # Then one client ran: one token taken, one VEN registered, and one server process says it runs the clients
+    assert len(vtn.token_requests) == 1
+    assert [v["venName"] for v in vtn.vens] == ["multi-ven"]
+    said = (tmp_path / "server.log").read_text().count("utility clients running in this server process")
+    assert said == 1

@@ -11,15 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from aiohttp import web
 from asgiref.sync import sync_to_async
 
 from markets.regulation.models import ReserveDeployment
-from tests.live import free_port
+from tests.vpp.utility.conftest import SECRET
 from tests.vpp.utility.factories import UtilityProgramFactory
 from tests.vpp.utility.oadr3_vtn import Vtn3
 from tests.vpp.utility.test_openadr2 import _metered_fleet, _wait_for
-from vpp.dispatch import dispatcher as dispatcher_module
 from vpp.dispatch.reserve import reserve_runs, reserve_runs_stop
 from vpp.utility.dispatch import EventRuns
 from vpp.utility.models import EventStatus, Protocol, ReportKind, UtilityEvent, UtilityProgram, UtilityReport
@@ -27,7 +25,6 @@ from vpp.utility.openadr3 import Ven3
 from vpp.utility.selectors import Credentials
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
-SECRET = "s3cret-for-tests"
 
 
 def _z(moment: datetime) -> str:
@@ -35,20 +32,8 @@ def _z(moment: datetime) -> str:
 
 
 @pytest.fixture
-async def vtn(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Vtn3]:
-    monkeypatch.setattr(dispatcher_module, "_dispatchers", {})
-    found = Vtn3(clients={"acme-ven": SECRET})
-    found.add_program("acme-cbp", payloadDescriptors=[
-        {"objectType": "EVENT_PAYLOAD_DESCRIPTOR", "payloadType": "IMPORT_CAPACITY_LIMIT", "units": "KW"},
-    ])  # fmt: skip
-    runner = web.AppRunner(found.app())
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    found.url = f"http://127.0.0.1:{port}"
-    yield found
-    await runner.cleanup()
-    await reserve_runs_stop()
+def vtn(oadr3_vtn: Vtn3) -> Vtn3:
+    return oadr3_vtn
 
 
 def _program(url: str, **fields: Any) -> UtilityProgram:

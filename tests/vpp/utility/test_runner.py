@@ -1,0 +1,97 @@
+"""The runner (``vpp.utility.runner.programs_run``) takes program changes without a restart: a changed program's
+client is restarted with the new configuration, a disabled one stopped and its events' dispatch withdrawn, a
+re-enabled one started again. Against the OpenADR 3 test VTN (``oadr3_vtn``) on a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from markets.regulation.models import ReserveDeployment
+from tests.vpp.utility.conftest import SECRET
+from tests.vpp.utility.oadr3_vtn import Vtn3
+from tests.vpp.utility.test_openadr2 import _wait_for
+from tests.vpp.utility.test_openadr3 import _program, _z
+from vpp.utility.models import EventStatus, UtilityEvent, UtilityProgram
+from vpp.utility.runner import programs_run
+from vpp.utility.services import utility_program_update
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def runner_settings(settings: Any) -> None:
+    settings.UTILITY_RELOAD_S = 0.5
+    settings.UTILITY_RETRY_S = 1.0
+    settings.UTILITY_ALLOW_HTTP = True  # the test VTN serves plain HTTP on 127.0.0.1
+
+
+@contextlib.asynccontextmanager
+async def _running() -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.get_running_loop().create_task(programs_run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _update(program: UtilityProgram, **fields: Any) -> None:
+    utility_program_update(program=UtilityProgram.objects.get(pk=program.pk), user=None, **fields)
+
+
+async def test_a_changed_program_restarts_and_a_disabled_one_stops_and_withdraws_its_event(
+    oadr3_vtn: Vtn3, runner_settings: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vtn = oadr3_vtn
+    # Given a running program with an import limit under way (60 s, deployed 2 s ahead of its start)
+    vtn.clients["acme-ven-2"] = SECRET
+    program = await sync_to_async(_program)(vtn.url)
+    secret_env = f"UTILITY_ORG{program.organisation_id}_SECRET"
+    monkeypatch.setenv(secret_env, SECRET)
+    await sync_to_async(_update)(program, secret_env=secret_env)
+    async with _running():
+        await _wait_for(lambda: vtn.vens, 20)
+        start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+        end = start + timedelta(seconds=60)
+        event = vtn.add_event(vtn.programs[0]["id"], [
+            {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]},
+        ], intervalPeriod={"start": _z(start), "duration": "PT60S"})  # fmt: skip
+
+        def deployed() -> bool:
+            return ReserveDeployment.objects.filter(portfolio=program.portfolio, end=end).exists()
+
+        await _wait_for(deployed)
+        # When its report period changes (nothing its events dispatch): the client restarts (a new token) and the
+        # event's deployment goes on
+        tokens = len(vtn.token_requests)
+        await sync_to_async(_update)(program, report_s=2)
+        await _wait_for(lambda: len(vtn.token_requests) > tokens, 10)
+        assert await sync_to_async(deployed)()
+        # When the program is disabled
+        await sync_to_async(_update)(program, enabled=False)
+
+        # Then the deployment in force ends now and the event is opted out with the reason
+        def withdrawn() -> bool:
+            return ReserveDeployment.objects.filter(portfolio=program.portfolio, end__lt=end).exists()
+
+        await _wait_for(withdrawn, 10)
+        row = await UtilityEvent.objects.aget(program=program, event_ref=event["id"])
+        assert (row.status, row.status_reason) == (EventStatus.OPTED_OUT, "withdrawn: the program was disabled")
+        # And its client polls no more
+        await asyncio.sleep(1.0)
+        polls = len(vtn.polls)
+        await asyncio.sleep(2.5)
+        assert len(vtn.polls) == polls
+        # When it is enabled again under another client name
+        await sync_to_async(_update)(program, enabled=True, client_name="acme-ven-2")
+        # Then a client runs with the new configuration: registered under that name, polling with its token
+        await _wait_for(lambda: [v["venName"] for v in vtn.vens] == ["acme-ven", "acme-ven-2"], 10)
+        await _wait_for(lambda: vtn.polls[-1:] == ["acme-ven-2"], 10)
