@@ -53,6 +53,7 @@ from vpp.utility.signals import EventPlan, Interval
 LOG = logging.getLogger(__name__)
 OPT_IN, OPT_OUT = "optIn", "optOut"
 RUNNABLE = (EventStatus.SCHEDULED, EventStatus.ACTIVE)
+DISABLED_REASON = "the program is disabled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +80,7 @@ def utility_event_accept(*, program: UtilityProgram, plan: EventPlan, payload: d
     )
     if not created:
         return Accepted(event, False, event.opt or (OPT_IN if event.status != EventStatus.REFUSED else OPT_OUT))
-    refusal = plan.refusal or ("" if program.enabled else "the program is disabled")
+    refusal = plan.refusal or ("" if program.enabled else DISABLED_REASON)
     if plan.cancelled:
         status, refusal = EventStatus.CANCELLED, "cancelled by the utility"
     elif refusal or event.status == EventStatus.REFUSED:

@@ -18,7 +18,7 @@ from django.db.models import QuerySet
 
 from fleet.models import Organisation, Role
 from fleet.selectors import is_operator, organisations_for
-from vpp.utility.models import UtilityEvent, UtilityProgram, UtilityReport
+from vpp.utility.models import ReportKind, UtilityEvent, UtilityProgram, UtilityReport
 
 READ_ROLES = (Role.BIDDING_ADMIN, Role.FLEET_MANAGER)
 WRITE_ROLES = (Role.BIDDING_ADMIN,)
@@ -43,6 +43,22 @@ def events_of(program: UtilityProgram) -> QuerySet[UtilityEvent]:
 
 def reports_of(program: UtilityProgram) -> QuerySet[UtilityReport]:
     return program.reports.select_related("event")
+
+
+def event_latest(program: UtilityProgram, event_ref: str) -> UtilityEvent | None:
+    """The newest stored version of a utility's event."""
+    return program.events.filter(event_ref=event_ref[:120]).order_by("-modification").first()
+
+
+def responses_of(program: UtilityProgram, event_ref: str) -> dict[tuple[int, str], UtilityReport]:
+    """The 2030.5 Responses stored for an event (any version), by (status, endDeviceLFDI): an accepted one wins."""
+    found: dict[tuple[int, str], UtilityReport] = {}
+    rows = program.reports.filter(kind=ReportKind.EVENT, event__event_ref=event_ref[:120]).order_by("id")
+    for row in rows:
+        key = (int(row.values.get("status", 0)), str(row.values.get("endDeviceLFDI", "")))
+        if key not in found or (row.accepted and not found[key].accepted):
+            found[key] = row
+    return found
 
 
 class CredentialError(ValueError):

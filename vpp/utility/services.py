@@ -51,6 +51,7 @@ CONFIG_FIELDS = (
 # product, or an offset only on a regulation product's portfolio.
 DISPATCHABLE_KINDS = (Product.Kind.REGULATION, Product.Kind.RESERVE)
 MAX_EVENT = timedelta(hours=24)
+EXPIRED_REASON = "already over when received"
 
 
 class ProgramInvalid(ValueError):
@@ -220,7 +221,7 @@ def utility_event_record(
     elif end - start > MAX_EVENT:
         status, reason = EventStatus.REFUSED, f"longer than {MAX_EVENT}: not a DR event this aggregator dispatches"
     elif end <= moment:
-        status, reason = EventStatus.REFUSED, "already over when received"
+        status, reason = EventStatus.REFUSED, EXPIRED_REASON
     try:
         with transaction.atomic():
             row = UtilityEvent.objects.create(

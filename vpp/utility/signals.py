@@ -249,6 +249,15 @@ class DerControl:
     duration_s: int
     status: int  # EventStatus currentStatus: 0 scheduled, 1 active, 2 cancelled, 3 cancelled w/ random, 4 superseded
     modes: dict[str, int | bool]
+    reply_to: str = ""  # where Responses go (the control's replyTo), "" when none is asked
+    response_required: int = 0  # responseRequired bits
+
+    @property
+    def end(self) -> datetime:
+        return self.start + timedelta(seconds=max(self.duration_s, 0))
+
+
+INVALID_CONTROL = "a control without a duration"
 
 
 def csip_plan(control: DerControl, *, set_max_w: int) -> EventPlan:
@@ -257,7 +266,7 @@ def csip_plan(control: DerControl, *, set_max_w: int) -> EventPlan:
     kind = ",".join(sorted(control.modes))[:32] or "none"
     cancelled = control.status in (2, 3, 4)
     if control.duration_s <= 0:
-        return EventPlan(control.mrid, version, kind, span, "a control without a duration", cancelled)
+        return EventPlan(control.mrid, version, kind, span, INVALID_CONTROL, cancelled)
     modes = control.modes
     target: int | None = None
     if "opModFixedW" in modes:
