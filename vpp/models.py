@@ -64,3 +64,43 @@ class DispatchCommand(models.Model):
 
 # Utility programs (OpenADR, IEEE 2030.5): the utility interfaces' models, kept in their package.
 from vpp.utility.models import *  # noqa: E402, F403
+
+
+class PowerCap(models.Model):
+    """A cap on a portfolio's net power over a time window, from a utility's event (an export or import limit).
+
+    Dispatch reads the caps in force (:func:`vpp.dispatch.selectors.dispatch_state_load`) and bounds both the
+    regulation dispatcher's and the reserve run's allocation with them (:func:`vpp.dispatch.values.capped_allocate`):
+    an export cap lowers each car's discharge power pro rata (never more discharge, floors untouched); an import
+    cap lowers the fleet setpoint and each car's charging headroom, except where a car's departure need asks for
+    more (the departure need wins). W: ``export_w`` >= 0 is the most the portfolio may send out, ``import_w`` the
+    most it may draw (+ import).
+    """
+
+    portfolio = models.CharField(max_length=64)
+    export_w = models.BigIntegerField(null=True, blank=True, help_text="net export at most this, W")
+    import_w = models.BigIntegerField(null=True, blank=True, help_text="net import at most this, W")
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    source = models.CharField(max_length=16, help_text="who asked: utility_api, ...")
+    source_ref = models.CharField(max_length=100, unique=True, help_text="the event (and interval) it comes from")
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-start", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(end__gt=models.F("start")), name="power_cap_ends_after_start"),
+            models.CheckConstraint(
+                condition=models.Q(export_w__isnull=False) | models.Q(import_w__isnull=False),
+                name="power_cap_caps_something",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(export_w__isnull=True) | models.Q(export_w__gte=0), name="power_cap_export_positive"
+            ),
+        ]
+        indexes = [models.Index(fields=["portfolio", "end"], name="power_cap_portfolio_end")]
+
+    def __str__(self) -> str:
+        caps = f"export<={self.export_w} import<={self.import_w}"
+        return f"{self.portfolio} {caps} {self.start:%H:%M:%S}-{self.end:%H:%M:%S}"

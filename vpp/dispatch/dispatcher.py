@@ -1,5 +1,8 @@
 """Real-time regulation dispatch: signal -> fleet setpoint -> allocation -> one command per station -> fan-out.
 
+Why one module: a :class:`Dispatcher`'s refresh, telemetry and hot path share one in-memory state, and the
+registry below is its lifecycle (the pure arithmetic and values are in :mod:`vpp.dispatch.values`).
+
 Arithmetic (PJM sign convention: a positive signal asks for regulation *up*, i.e. inject more / consume less;
 power here is + charging as everywhere in the VPP)::
 
@@ -43,7 +46,6 @@ from django.db import close_old_connections
 
 from chargers.fanout import FanoutOutcome, calls_fanout
 from chargers.telemetry import TELEMETRY_GROUP  # committed meter values, statuses, connections
-from fleet.numerics.allocation import allocate
 from fleet.numerics.arrays import power_bounds
 from vpp.dispatch.values import (  # noqa: F401 - re-exported: the dispatcher's arithmetic, payloads and values
     PROFILE_ID,
@@ -54,6 +56,7 @@ from vpp.dispatch.values import (  # noqa: F401 - re-exported: the dispatcher's 
     Signal,
     StateLoader,
     basepoint_choose,
+    capped_allocate,
     fleet_setpoint_w,
     in_force,
     nothing_to_send,
@@ -399,9 +402,9 @@ class Dispatcher:
             )
             self._record(result)
             return result
-        bounds = power_bounds(state.fleet, now=now, duration_s=self.hold_s)
-        allocation = allocate(state.fleet, setpoint, now=now, duration_s=self.hold_s)
-        commands = station_commands(state.routes, allocation, bounds, valid_until_s=now + self.hold_s)
+        capped = capped_allocate(state.fleet, setpoint, state.caps, now=now, duration_s=self.hold_s)
+        allocation, setpoint = capped.allocation, capped.setpoint_w  # within the export / import caps in force
+        commands = station_commands(state.routes, allocation, capped.bounds, valid_until_s=now + self.hold_s)
         compute_ms = (time.time() - signal.received_at) * 1000.0
         outcome: FanoutOutcome = await calls_fanout(commands, timeout=self.call_timeout_s)
         result = DispatchResult(
@@ -416,6 +419,7 @@ class Dispatcher:
             compute_ms=compute_ms,
             state_age_s=now - state.loaded_at,
             nodes=outcome.nodes,
+            capped=capped.note,
         )
         self._record(result)
         return result

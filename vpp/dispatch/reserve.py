@@ -44,11 +44,9 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 
 from chargers.fanout import Command, calls_fanout
-from fleet.numerics.allocation import allocate
-from fleet.numerics.arrays import power_bounds
 from markets.regulation.selectors import reserve_deployment_end_at
 from vpp.dispatch.dispatcher import FLOWING_S, dispatchers_running
-from vpp.dispatch.values import PROFILE_ID, DispatchResult, DispatchState, Signal, station_commands
+from vpp.dispatch.values import PROFILE_ID, DispatchResult, DispatchState, Signal, capped_allocate, station_commands
 
 LOG = logging.getLogger(__name__)
 SOURCE = "reserve"
@@ -240,10 +238,10 @@ class ReserveRun:
             )
             return
         remaining = max(self.end_ts - now, self.hold_s)  # every share holdable to the end of the event
-        bounds = power_bounds(state.fleet, now=now, duration_s=remaining)
-        allocation = allocate(state.fleet, setpoint, now=now, duration_s=remaining)
+        capped = capped_allocate(state.fleet, setpoint, state.caps, now=now, duration_s=remaining)
+        allocation, setpoint = capped.allocation, capped.setpoint_w  # within the export / import caps in force
         valid_until = min(now + self.hold_s, self.end_ts)
-        commands = station_commands(state.routes, allocation, bounds, valid_until_s=valid_until)
+        commands = station_commands(state.routes, allocation, capped.bounds, valid_until_s=valid_until)
         compute_ms = (time.time() - signal.received_at) * 1000.0
         outcome = await calls_fanout(commands, timeout=self.call_timeout_s)
         self._record(
@@ -259,6 +257,7 @@ class ReserveRun:
                 compute_ms=compute_ms,
                 state_age_s=now - state.loaded_at,
                 nodes=outcome.nodes,
+                capped=capped.note,
             )
         )
 

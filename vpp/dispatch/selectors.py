@@ -19,8 +19,10 @@ from fleet.selectors import plugged_in_snapshots
 from markets.models import Award, Product
 from markets.regulation.selectors import POWER_MAX_AGE_S, charge_point_power, reserve_in_force
 from vpp.dispatch.dispatcher import DispatchState, Route
-from vpp.dispatch.values import reserve_room
-from vpp.models import Dispatch
+from vpp.dispatch.values import Cap, reserve_room
+from vpp.models import Dispatch, PowerCap
+
+CAPS_AHEAD = timedelta(days=1)
 
 
 def dispatch_state_load(*, product_id: int, portfolio: str, now: float, hold_s: float = 60.0) -> DispatchState:
@@ -82,7 +84,17 @@ def dispatch_state_load(*, product_id: int, portfolio: str, now: float, hold_s: 
         reserve_w=reserve_w,
         reserve_until=reserve_until.timestamp() if reserve_until is not None else None,
         reserve_held_w=held_w if len(fleet) else 0,
+        caps=power_caps_of(portfolio=portfolio, at=at),
     )
+
+
+def power_caps_of(*, portfolio: str, at: datetime) -> tuple[Cap, ...]:
+    """The portfolio's export / import caps in force at ``at`` or starting within a day (a dispatcher's state is
+    reloaded every few seconds; each dispatch applies those in force at its own instant)."""
+    rows = PowerCap.objects.filter(portfolio=portfolio, end__gt=at, start__lt=at + CAPS_AHEAD).values_list(
+        "start", "end", "export_w", "import_w"
+    )
+    return tuple(Cap(start.timestamp(), end.timestamp(), export_w, import_w) for start, end, export_w, import_w in rows)
 
 
 def reserve_awarded(*, portfolio: str, at: datetime) -> tuple[int, float]:

@@ -52,9 +52,9 @@ from markets.regulation.services import (
     utc_instant,
 )
 from markets.selectors import product_get
-from vpp.dispatch.dispatcher import Dispatcher, DispatchResult, Signal, dispatcher_for
+from vpp.dispatch.dispatcher import Dispatcher, DispatchResult, Signal, dispatcher_for, dispatchers_refresh
 from vpp.dispatch.selectors import dispatch_state_load, portfolio_dispatchable
-from vpp.models import Dispatch, DispatchCommand
+from vpp.models import Dispatch, DispatchCommand, PowerCap
 
 __all__ = [
     "RegulationError",
@@ -62,6 +62,8 @@ __all__ = [
     "SignalRefused",
     "dispatch_basepoint_record",
     "dispatch_record",
+    "power_cap_end",
+    "power_cap_record",
     "product_resolve",
     "regulation_dispatch_answer",
     "regulation_dispatch_from_sync",
@@ -333,7 +335,7 @@ def dispatch_record(result: DispatchResult) -> None:
             setpoint_w=result.setpoint_w,
             allocated_w=allocation.achieved_w if allocation is not None else 0,
             feasible=allocation.feasible if allocation is not None else False,
-            reason=result.skipped or (allocation.reason if allocation is not None else "") or "",
+            reason=result.skipped or "; ".join(filter(None, [allocation.reason if allocation else "", result.capped])),
             vehicles=len(result.routes),
             commands=len(result.results),
             accepted=result.accepted,
@@ -356,3 +358,46 @@ def dispatch_record(result: DispatchResult) -> None:
             rows.append((row.pk, route.station_id, route.evse_id, vehicle_id, power, status, code, latency))
         # A thousand rows per dispatch, every 2 s, in the server process that dispatches: COPY, not the ORM.
         insert_rows(DispatchCommand, DISPATCH_COMMAND_COLUMNS, rows)
+
+
+def power_cap_record(
+    *,
+    portfolio: str,
+    source: str,
+    source_ref: str,
+    start: datetime,
+    end: datetime,
+    export_w: int | None = None,
+    import_w: int | None = None,
+    reason: str = "",
+) -> tuple[PowerCap, bool]:
+    """Store a cap on the portfolio's net power (idempotent by ``source_ref``: a retransmission or a resumed run
+    gets the stored one) and have this process's dispatchers reload at once; other processes' take it with their
+    next reload (``DISPATCH_REFRESH_S``), reserve runs with their next send."""
+    if export_w is None and import_w is None:
+        raise ValueError("a cap caps export, import or both")
+    if export_w is not None and export_w < 0:
+        raise ValueError(f"an export cap of {export_w} W: must be >= 0 (no export is 0)")
+    if end <= start:
+        raise ValueError("a cap ends after it starts")
+    cap, created = PowerCap.objects.get_or_create(
+        source_ref=source_ref[:100],
+        defaults={"portfolio": portfolio, "export_w": export_w, "import_w": import_w, "start": start, "end": end,
+                  "source": source[:16], "reason": reason, "created_at": timezone.now()},
+    )  # fmt: skip
+    if created:
+        transaction.on_commit(lambda: dispatchers_refresh(portfolio=portfolio))
+    return cap, created
+
+
+def power_cap_end(*, source_ref: str, at: datetime) -> bool:
+    """The cap's event was cancelled or withdrawn: it ends at ``at`` (a cap not yet started is deleted)."""
+    cap = PowerCap.objects.filter(source_ref=source_ref[:100], end__gt=at).first()
+    if cap is None:
+        return False
+    if cap.start >= at:
+        cap.delete()
+    else:
+        PowerCap.objects.filter(pk=cap.pk).update(end=at)
+    transaction.on_commit(lambda: dispatchers_refresh(portfolio=cap.portfolio))
+    return True

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from chargers.fanout import Command, CommandResult
-from fleet.numerics.allocation import Allocation
-from fleet.numerics.arrays import FleetArrays, PowerBounds
+from fleet.numerics.allocation import Allocation, allocate
+from fleet.numerics.arrays import FleetArrays, PowerBounds, power_bounds
 
 PROFILE_ID = 7_700  # one TxProfile id per EVSE for regulation: each command replaces the previous one
 STACK_LEVEL = 50
@@ -99,6 +99,67 @@ def reserve_room(fleet: FleetArrays, *, held_w: int, sustain_h: float, now: floa
 
 
 @dataclass(frozen=True, slots=True)
+class Cap:
+    """A cap on the portfolio's net power from ``start_s`` to ``end_s`` (epoch s), as dispatch reads a stored
+    :class:`vpp.models.PowerCap`: net export at most ``export_w`` (>= 0), net import at most ``import_w`` (W)."""
+
+    start_s: float
+    end_s: float
+    export_w: int | None = None
+    import_w: int | None = None
+
+
+def caps_at(caps: tuple[Cap, ...], now: float) -> tuple[int | None, int | None]:
+    """The tightest export and import caps in force at ``now`` (None: no such cap)."""
+    exports = [c.export_w for c in caps if c.export_w is not None and c.start_s <= now < c.end_s]
+    imports = [c.import_w for c in caps if c.import_w is not None and c.start_s <= now < c.end_s]
+    return (min(exports) if exports else None), (min(imports) if imports else None)
+
+
+@dataclass(frozen=True)
+class Capped:
+    """An allocation within the caps in force: the bounds each station is sent, the setpoint asked, and what the
+    caps did ("" when none is in force)."""
+
+    allocation: Allocation
+    bounds: PowerBounds
+    setpoint_w: int
+    note: str = ""
+
+
+def capped_allocate(
+    fleet: FleetArrays, setpoint_w: int, caps: tuple[Cap, ...], *, now: float, duration_s: float
+) -> Capped:
+    """:func:`fleet.numerics.allocation.allocate` of ``setpoint_w`` within the caps in force at ``now``.
+
+    * **Export cap** E: each car's discharge power is lowered pro rata so that together they discharge at most E
+      (``max_discharge_w x E / sum``, rounded down), and the setpoint is at least -E. Only discharge is lowered:
+      floors, departure needs and charging are untouched, so the cap never adds discharge nor strands a driver.
+    * **Import cap** I: the setpoint is at most I, and each station's upper bound (a 2.1 station's ``limit``, the
+      room its own droop may use) is its allocated power, no more. Where the cars' departure needs (the sum of
+      their lower bounds) ask for more than I, the allocation cannot go below them: **the departure need wins**,
+      and the note says so.
+    """
+    export_w, import_w = caps_at(caps, now)
+    notes = []
+    if export_w is not None:
+        total = float(fleet.max_discharge_w.sum())
+        if total > export_w:
+            fleet = replace(fleet, max_discharge_w=np.floor(fleet.max_discharge_w * (export_w / total)))
+        setpoint_w = max(setpoint_w, -export_w)
+        notes.append(f"export cap {export_w} W")
+    bounds = power_bounds(fleet, now=now, duration_s=duration_s)
+    if import_w is not None:
+        setpoint_w = min(setpoint_w, import_w)
+        need = int(bounds.lo.sum())
+        notes.append(f"import cap {import_w} W" + (f": departure need {need} W wins" if need > import_w else ""))
+    allocation = allocate(fleet, setpoint_w, now=now, duration_s=duration_s)
+    if import_w is not None:
+        bounds = PowerBounds(lo=bounds.lo, hi=np.maximum(allocation.power_w, bounds.lo), short=bounds.short)
+    return Capped(allocation, bounds, setpoint_w, "; ".join(notes))
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """Where a vehicle's commands go: its station, EVSE, negotiated OCPP version and open transaction."""
 
@@ -168,6 +229,7 @@ class DispatchState:
     reserve_w: int = 0  # reserve deployments called on the portfolio (W of extra discharge) ...
     reserve_until: float | None = None  # ... until this epoch s (the first of them to end)
     reserve_held_w: int = 0  # awarded reserve kept out of regulation (floors raised, discharge headroom kept)
+    caps: tuple[Cap, ...] = ()  # export / import caps of the portfolio, in force now or later
     row_of: dict[str, int] = field(default_factory=dict)  # station id -> fleet row
 
     def __post_init__(self) -> None:
@@ -203,6 +265,7 @@ class DispatchResult:
     state_age_s: float
     nodes: int
     skipped: str = ""  # why nothing was sent (no award, no vehicles)
+    capped: str = ""  # what the caps in force did (Capped.note)
 
     def latencies_ms(self) -> list[float]:
         t0 = self.signal.received_at

@@ -35,6 +35,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
+from fleet.numerics.arrays import power_bounds
 from markets.models import Product
 from markets.regulation.models import ReserveDeployment, SignalSource
 from markets.regulation.services import RegulationError
@@ -46,6 +47,7 @@ from vpp.dispatch.reserve_intake import (
     reserve_event_of,
 )
 from vpp.dispatch.selectors import dispatch_state_load, fleet_power_at
+from vpp.dispatch.services import power_cap_end, power_cap_record
 from vpp.utility.models import EventStatus, UtilityEvent, UtilityProgram
 from vpp.utility.services import utility_event_cancel, utility_event_record, utility_event_status
 from vpp.utility.signals import EventPlan, Interval
@@ -184,24 +186,33 @@ class EventRuns:
         if interval.end <= timezone.now():
             return
         ref = reserve_ref(program, plan.event_ref, plan.modification, index)
-        try:
-            intake = await database_sync_to_async(_reserve_record)(program, ref, interval, begin)
-        except RegulationError as exc:
-            raise RuntimeError(f"the reserve intake refused interval {index}: {exc}") from exc
-        if intake is None:
-            LOG.info("utility program %s: event %s interval %s: already at or below its target", program.pk,
-                     plan.event_ref, index)  # fmt: skip
-        elif not intake.dispatched:
-            LOG.warning("utility program %s: event %s: %s", program.pk, plan.event_ref, intake.why_not)
+        note = await database_sync_to_async(_caps_record)(program, ref, interval, begin) if interval.capped else ""
+        intake: ReserveIntake | None = None
+        if interval.power_w > 0 or interval.target_w is not None:
+            try:
+                intake = await database_sync_to_async(_reserve_record)(program, ref, interval, begin)
+            except RegulationError as exc:
+                raise RuntimeError(f"the reserve intake refused interval {index}: {exc}") from exc
+            if intake is None:
+                LOG.info("utility program %s: event %s interval %s: already at or below its target", program.pk,
+                         plan.event_ref, index)  # fmt: skip
+            elif not intake.dispatched:
+                LOG.warning("utility program %s: event %s: %s", program.pk, plan.event_ref, intake.why_not)
         if index == 0 or (intake is not None and intake.dispatched):
             await database_sync_to_async(_active)(event_id, timezone.now())
+        if note:
+            LOG.warning("utility program %s: event %s: %s", program.pk, plan.event_ref, note)
+            await database_sync_to_async(utility_event_status)(
+                event_id=event_id, status=EventStatus.ACTIVE, reason=note
+            )
         try:
             await _sleep_until(interval.end)
         except asyncio.CancelledError:
-            # Withdrawn by the utility (cancelled or replaced): the deployment ends now (shielded: this task is being
-            # cancelled). A shutdown leaves it stored; its setpoints end by themselves within DISPATCH_HOLD_S.
+            # Withdrawn by the utility (cancelled or replaced): the deployment and the caps end now (shielded: this
+            # task is being cancelled). A shutdown leaves them stored; the setpoints end by themselves within
+            # DISPATCH_HOLD_S, the caps at the interval's end.
             if asyncio.current_task() in self._withdrawn:
-                await asyncio.shield(_withdraw(program, ref))
+                await asyncio.shield(_withdraw(program, ref, capped=interval.capped))
             raise
 
 
@@ -211,11 +222,39 @@ def _active(event_id: int, at: datetime) -> None:
     utility_event_status(event_id=event_id, status=EventStatus.ACTIVE)
 
 
-async def _withdraw(program: UtilityProgram, ref: str) -> None:
+async def _withdraw(program: UtilityProgram, ref: str, *, capped: bool = False) -> None:
+    if capped:
+        try:
+            await database_sync_to_async(power_cap_end)(source_ref=ref, at=timezone.now())
+        except Exception:  # the cap still ends with its interval
+            LOG.exception("utility program %s: ending the caps of %s failed", program.pk, ref)
     try:
         await reserve_deployment_withdraw(portfolio=program.portfolio, event_id=ref)
     except Exception:  # its setpoints still end by themselves within DISPATCH_HOLD_S
         LOG.exception("utility program %s: withdrawing reserve deployment %s failed", program.pk, ref)
+
+
+def _caps_record(program: UtilityProgram, ref: str, interval: Interval, begin: datetime) -> str:
+    """Store the interval's export / import caps of the portfolio (from ``begin``: the setpoints leading the start
+    obey them too); "" or, where the cars' departure needs ask for more than an import cap, a note saying that the
+    departure need wins (the event keeps it as its status reason)."""
+    power_cap_record(
+        portfolio=program.portfolio, source=SignalSource.UTILITY_API, source_ref=ref, start=begin, end=interval.end,
+        export_w=interval.export_cap_w, import_w=interval.import_cap_w, reason=f"utility program {program.pk}",
+    )  # fmt: skip
+    if interval.import_cap_w is None:
+        return ""
+    now = timezone.now().timestamp()
+    fleet = dispatch_state_load(product_id=program.product_id, portfolio=program.portfolio, now=now).fleet
+    if not len(fleet):
+        return ""
+    need = int(power_bounds(fleet, now=now, duration_s=max(interval.end.timestamp() - now, 1.0)).lo.sum())
+    if need <= interval.import_cap_w:
+        return ""
+    return (
+        f"departure need {need} W exceeds the import limit {interval.import_cap_w} W: the cars that must charge to "
+        "leave on time charge (departure need wins)"
+    )
 
 
 def target_reduction_w(program: UtilityProgram, target_w: int, at: datetime) -> int:

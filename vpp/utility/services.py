@@ -250,8 +250,12 @@ def utility_event_record(
     return row, True
 
 
-def utility_event_status(*, event_id: int, status: str, reason: str = "", **fields: Any) -> None:
-    UtilityEvent.objects.filter(pk=event_id).update(status=status, status_reason=reason, **fields)
+def utility_event_status(*, event_id: int, status: str, reason: str | None = None, **fields: Any) -> None:
+    """The event's new status (its reason kept when none is given: a note such as a departure need winning over
+    an import limit stays with the event to its end)."""
+    if reason is not None:
+        fields["status_reason"] = reason
+    UtilityEvent.objects.filter(pk=event_id).update(status=status, **fields)
 
 
 def utility_event_cancel(*, program: UtilityProgram, event_ref: str, reason: str) -> int:

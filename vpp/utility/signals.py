@@ -17,19 +17,22 @@ OpenADR 3.0 (an ``event`` object as the OpenADR 3 OpenAPI document defines it, J
 
 * ``IMPORT_CAPACITY_LIMIT`` / ``DISPATCH_SETPOINT``: a ceiling / a setpoint of the portfolio's net import
   (``units`` of the event's or program's payloadDescriptor, default ``KW``): ``target_w``. The W of reduction is
-  only known at dispatch time (the fleet's metered power then minus the target; nothing when already below).
+  only known at dispatch time (the fleet's metered power then minus the target; nothing when already below). An
+  import limit is also ``import_cap_w``: a cap on the fleet's charging while it lasts (departure needs win).
+* ``EXPORT_CAPACITY_LIMIT`` (>= 0): ``export_cap_w``, a cap on the portfolio's discharge while it lasts (nothing
+  deployed; an interval may carry both limits).
 * ``SIMPLE`` level 0-3: ``level x level_step_w``, as for 2.0b.
-* ``EXPORT_CAPACITY_LIMIT``, ``PRICE`` and the rest: stored and refused with the reason (the dispatch services add
-  discharge; they never cap it, nor schedule on prices).
+* ``PRICE`` and the rest: stored and refused with the reason (the fleet does not schedule on prices here).
 
 IEEE 2030.5 / CSIP ``DERControl`` (parsed by ``vpp.utility.csip`` into :class:`DerControl`), by its
 ``DERControlBase`` mode (sign of 2030.5: + = the DER delivers, i.e. discharges):
 
 * ``opModFixedW`` (hundredths of a percent of ``setMaxW``, the portfolio's plugged-in discharge rating): a target
   net import of ``-pct x setMaxW``.
-* ``opModImpLimW`` (CSIP-AUS; W): a ceiling on import, a target as for OpenADR 3's import limit.
+* ``opModImpLimW`` (CSIP-AUS; W): a ceiling on import, a target and a cap as for OpenADR 3's import limit.
+* ``opModExpLimW`` (CSIP-AUS; W >= 0): a cap on the portfolio's discharge, as OpenADR 3's export limit.
 * ``opModConnect`` false: cease to energize -- a target of 0 W (no charging; discharge is never added).
-* ``opModExpLimW`` and the other modes: stored and refused with the reason.
+* the other modes: stored and refused with the reason.
 """
 
 from __future__ import annotations
@@ -48,10 +51,16 @@ class Interval:
     end: datetime
     power_w: int
     target_w: int | None = None  # a net import to hold the portfolio to (W, + import): power_w known at dispatch
+    export_cap_w: int | None = None  # net export at most this (W >= 0): a cap on the portfolio's discharge
+    import_cap_w: int | None = None  # net import at most this (W): a cap on its charging, departure needs allowing
 
     @property
     def dispatched(self) -> bool:
-        return self.power_w > 0 or self.target_w is not None
+        return self.power_w > 0 or self.target_w is not None or self.capped
+
+    @property
+    def capped(self) -> bool:
+        return self.export_cap_w is not None or self.import_cap_w is not None
 
 
 @dataclass(frozen=True)
@@ -125,9 +134,8 @@ def openadr2_plan(event: dict[str, Any], *, level_step_w: int = 0) -> EventPlan:
 # --- OpenADR 3.0 -------------------------------------------------------------------------------------------------
 
 UNITS_W = {"W": 1.0, "KW": 1e3, "MW": 1e6}
-TARGETS = ("IMPORT_CAPACITY_LIMIT", "DISPATCH_SETPOINT")
+LIMITS = ("IMPORT_CAPACITY_LIMIT", "DISPATCH_SETPOINT", "EXPORT_CAPACITY_LIMIT")
 NOT_DISPATCHED = {
-    "EXPORT_CAPACITY_LIMIT": "an export limit caps discharge; the dispatch services only add it",
     "PRICE": "prices are not dispatched here (the fleet's schedule follows its own markets)",
 }
 _DURATION = re.compile(
@@ -192,7 +200,7 @@ def openadr3_plan(event: dict[str, Any], *, program: dict[str, Any] | None = Non
         now = datetime.now(UTC)
         return EventPlan(ref, modification, "empty", [Interval(now, now + timedelta(seconds=1), 0)], "no intervals")
     types = [str(p.get("type")) for _, _, item in spans for p in item.get("payloads") or []]
-    chosen = next((t for t in types if t in TARGETS or t == "SIMPLE"), None)
+    chosen = next((t for t in types if t in LIMITS or t == "SIMPLE"), None)
     start, end = spans[0][0], spans[-1][1]
     if chosen is None:
         names = ", ".join(sorted(set(types))) or "none"
@@ -200,21 +208,46 @@ def openadr3_plan(event: dict[str, Any], *, program: dict[str, Any] | None = Non
         return EventPlan(ref, modification, names[:32], [Interval(start, end, 0)], reason)
     if chosen == "SIMPLE" and level_step_w <= 0:
         return EventPlan(ref, modification, chosen, [Interval(start, end, 0)], "the program sets no W per SIMPLE level")
-    scale = _units_w(event, program, chosen)
-    if scale is None:
-        return EventPlan(ref, modification, chosen, [Interval(start, end, 0)], f"{chosen}: units not W, KW or MW")
+    if chosen == "SIMPLE":
+        intervals = []
+        for begin, finish, item in spans:
+            value = next((p["values"][0] for p in item.get("payloads") or [] if p.get("type") == chosen), None)
+            if value is not None:
+                intervals.append(Interval(begin, finish, round(float(value) * level_step_w)))
+        refusal = "" if any(i.dispatched for i in intervals) else "asks for no load reduction (nothing to dispatch)"
+        return EventPlan(ref, modification, chosen, intervals or [Interval(start, end, 0)], refusal)
+    return _openadr3_limits(ref, modification, spans, event, program, (start, end))
+
+
+def _openadr3_limits(
+    ref: str,
+    modification: int,
+    spans: list[tuple[datetime, datetime, dict[str, Any]]],
+    event: dict[str, Any],
+    program: dict[str, Any] | None,
+    span: tuple[datetime, datetime],
+) -> EventPlan:
+    """Import limits and setpoints (a target, and a cap on charging), export limits (a cap on discharge), per
+    interval: an interval may carry both limits."""
+    found = [t for _, _, item in spans for p in item.get("payloads") or [] if (t := str(p.get("type"))) in LIMITS]
+    kind = ",".join(dict.fromkeys(found))[:32]
+    refused = [Interval(span[0], span[1], 0)]
+    scales = {t: _units_w(event, program, t) for t in set(found)}
+    if any(scale is None for scale in scales.values()):
+        return EventPlan(ref, modification, kind, refused, f"{kind}: units not W, KW or MW")
     intervals = []
     for begin, finish, item in spans:
-        value = next((p["values"][0] for p in item.get("payloads") or [] if p.get("type") == chosen), None)
-        if value is None:
-            continue
-        if chosen == "SIMPLE":
-            intervals.append(Interval(begin, finish, round(float(value) * level_step_w)))
-        else:
-            intervals.append(Interval(begin, finish, 0, round(float(value) * scale)))
-    limit = next((i.target_w for i in intervals if i.target_w is not None), None)
+        values = {str(p.get("type")): p["values"][0] for p in item.get("payloads") or [] if p.get("values")}
+        watts = {t: round(float(values[t]) * (scales[t] or 1.0)) for t in LIMITS if t in values}
+        if watts.get("EXPORT_CAPACITY_LIMIT", 0) < 0:
+            return EventPlan(ref, modification, kind, refused, "EXPORT_CAPACITY_LIMIT below 0 W (no export is 0)")
+        target = watts.get("IMPORT_CAPACITY_LIMIT", watts.get("DISPATCH_SETPOINT"))
+        if target is not None or "EXPORT_CAPACITY_LIMIT" in watts:
+            intervals.append(Interval(begin, finish, 0, target, watts.get("EXPORT_CAPACITY_LIMIT"),
+                                      watts.get("IMPORT_CAPACITY_LIMIT")))  # fmt: skip
+    limit = next((i.target_w if i.target_w is not None else i.export_cap_w for i in intervals), None)
     refusal = "" if any(i.dispatched for i in intervals) else "asks for no load reduction (nothing to dispatch)"
-    return EventPlan(ref, modification, chosen[:32], intervals or [Interval(start, end, 0)], refusal, limit_w=limit)
+    return EventPlan(ref, modification, kind, intervals or refused, refusal, limit_w=limit)
 
 
 def _openadr3_spans(
@@ -269,20 +302,20 @@ def csip_plan(control: DerControl, *, set_max_w: int) -> EventPlan:
         return EventPlan(control.mrid, version, kind, span, INVALID_CONTROL, cancelled)
     modes = control.modes
     target: int | None = None
+    import_cap = int(modes["opModImpLimW"]) if "opModImpLimW" in modes else None
+    export_cap = int(modes["opModExpLimW"]) if "opModExpLimW" in modes else None
+    if export_cap is not None and export_cap < 0:
+        return EventPlan(control.mrid, version, kind, span, "opModExpLimW below 0 W (no export is 0)", cancelled)
     if "opModFixedW" in modes:
         if set_max_w <= 0:
             return EventPlan(control.mrid, version, kind, span, "opModFixedW: no discharge rating (no car plugged in)")
         target = -round(int(modes["opModFixedW"]) * set_max_w / 10_000)
-    elif "opModImpLimW" in modes:
-        target = int(modes["opModImpLimW"])
+    elif import_cap is not None:
+        target = import_cap
     elif modes.get("opModConnect") is False:
         target = 0
-    if target is None:
-        reason = (
-            "opModExpLimW caps discharge; the dispatch services only add it"
-            if "opModExpLimW" in modes
-            else f"no mode dispatched here ({kind})"
-        )
-        return EventPlan(control.mrid, version, kind, span, reason, cancelled)
-    interval = Interval(span[0].start, span[0].end, 0, target)
-    return EventPlan(control.mrid, version, kind, [interval], "", cancelled, limit_w=target)
+    if target is None and export_cap is None:
+        return EventPlan(control.mrid, version, kind, span, f"no mode dispatched here ({kind})", cancelled)
+    interval = Interval(span[0].start, span[0].end, 0, target, export_cap, import_cap)
+    limit = target if target is not None else export_cap
+    return EventPlan(control.mrid, version, kind, [interval], "", cancelled, limit_w=limit)

@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from django.utils import timezone
 
 from chargers.models import Station
-from fleet.models import SocEstimate, SocSource
+from fleet.models import DeparturePlan, PlanSource, SocEstimate, SocSource
 from markets.regulation.models import ReserveDeployment
 from tests.fleet.factories import FleetFactory, PlugSessionFactory
 from tests.live import free_port
@@ -35,6 +35,7 @@ from tests.vpp.utility.sep_server import SepServer, server_context, sfdi_of
 from tests.vpp.utility.test_openadr2 import _metered_fleet, _wait_for
 from vpp.dispatch import dispatcher as dispatcher_module
 from vpp.dispatch.reserve import reserve_runs_stop
+from vpp.models import PowerCap
 from vpp.utility.csip import Csip
 from vpp.utility.dispatch import EventRuns
 from vpp.utility.models import EventStatus, Protocol, ReportKind, UtilityEvent, UtilityProgram, UtilityReport
@@ -168,21 +169,51 @@ async def test_an_import_limit_control_is_deployed_before_its_start(sep: tuple[S
         assert (event.kind, event.limit_w) == ("opModImpLimW", -5_000)
 
 
-async def test_an_export_limit_is_stored_and_refused_with_the_reason(sep: tuple[SepServer, Pki]) -> None:
+async def test_an_export_limit_caps_the_portfolios_discharge_from_its_lead_to_its_end(
+    sep: tuple[SepServer, Pki],
+) -> None:
+    # Given a 3 kW export limit starting in 3 s for 4 s
     server, pki = sep
     program = await sync_to_async(_program)(server.url)
-    async with _client(program, pki, EventRuns()):
-        server.add_control("E1" * 16, datetime.now(UTC) + timedelta(minutes=5), 600, opModExpLimW=3_000)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    async with _client(program, pki, EventRuns(lead_s=1.0)):
+        server.add_control("E1" * 16, start, 4, opModExpLimW=3_000)
 
-        def stored() -> bool:
-            return UtilityEvent.objects.filter(program=program, event_ref="E1" * 16).exists()
+        def completed() -> bool:
+            return any(r["subject"] == "E1" * 16 and r["status"] == 3 for r in server.responses)
 
-        await _wait_for(stored)
+        # Then it is dispatched (answered started, completed) as a stored cap, not as a deployment
+        await _until(completed)
+    cap = await PowerCap.objects.aget(portfolio=program.portfolio)
+    assert (cap.export_w, cap.import_w, cap.start, cap.end) == (3_000, None, start - timedelta(seconds=1),
+                                                                start + timedelta(seconds=4))  # fmt: skip
+    assert not await ReserveDeployment.objects.filter(portfolio=program.portfolio).aexists()
     event = await UtilityEvent.objects.aget(program=program, event_ref="E1" * 16)
-    assert (event.status, event.status_reason) == (
-        EventStatus.REFUSED,
-        "opModExpLimW caps discharge; the dispatch services only add it",
+    assert (event.status, event.kind, event.limit_w) == (EventStatus.COMPLETED, "opModExpLimW", 3_000)
+
+
+async def test_an_import_limit_below_the_cars_departure_need_says_the_need_wins(sep: tuple[SepServer, Pki]) -> None:
+    # Given two cars plugged in (52.2 of 58 kWh) that must be full in 20 minutes: each must charge its 11 kW now
+    server, pki = sep
+    program = await sync_to_async(_program)(server.url)
+    await sync_to_async(_two_cars_plugged_in)(program, leaving_in=timedelta(minutes=20))
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    async with _client(program, pki, EventRuns(lead_s=1.0)):
+        # When the server limits the import to 1 kW for 10 minutes
+        server.add_control("D5" * 16, start, 600, opModImpLimW=1_000)
+
+        def noted() -> bool:
+            return UtilityEvent.objects.filter(program=program, event_ref="D5" * 16,
+                                               status_reason__contains="departure need").exists()  # fmt: skip
+
+        await _wait_for(noted)
+    # Then the event says the departure need (2 x 11 kW) wins over the limit, and the cap is stored all the same
+    event = await UtilityEvent.objects.aget(program=program, event_ref="D5" * 16)
+    assert event.status_reason == (
+        "departure need 22000 W exceeds the import limit 1000 W: the cars that must charge to leave on time charge "
+        "(departure need wins)"
     )
+    assert await PowerCap.objects.filter(portfolio=program.portfolio, import_w=1_000).aexists()
 
 
 async def test_a_control_cancelled_under_way_is_withdrawn(sep: tuple[SepServer, Pki]) -> None:
@@ -249,8 +280,9 @@ def _lfdi(pki: Pki) -> str:
     return x509.load_der_x509_certificate(pki.client_der).fingerprint(hashes.SHA256()).hex()[:40].upper()
 
 
-def _two_cars_plugged_in(program: UtilityProgram) -> None:
-    """Two cars of the program's fleet on connected OCPP 2.1 stations: 11 kW each way, 58 kWh, 52.2 kWh stored."""
+def _two_cars_plugged_in(program: UtilityProgram, leaving_in: timedelta | None = None) -> None:
+    """Two cars of the program's fleet on connected OCPP 2.1 stations: 11 kW each way, 58 kWh, 52.2 kWh stored
+    (``leaving_in``: each to be full then)."""
     fleet = FleetFactory._meta.model.objects.get(pk=int(program.portfolio.removeprefix("fleet-")))
     now = timezone.now()
     for n in (1, 2):
@@ -260,6 +292,9 @@ def _two_cars_plugged_in(program: UtilityProgram) -> None:
         SocEstimate.objects.create(
             vehicle=session.vehicle, soc_wh=52_200, source=SocSource.SEED, valid_at=now, known_at=now
         )
+        if leaving_in is not None:
+            DeparturePlan.objects.create(vehicle=session.vehicle, source=PlanSource.FLEET_MANAGER, session=session,
+                                         departure_at=now + leaving_in, target_soc_pct=100, known_at=now)  # fmt: skip
 
 
 async def _until(check: Any) -> None:

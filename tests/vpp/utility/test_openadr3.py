@@ -19,6 +19,7 @@ from tests.vpp.utility.factories import UtilityProgramFactory
 from tests.vpp.utility.oadr3_vtn import Vtn3
 from tests.vpp.utility.test_openadr2 import _metered_fleet, _wait_for
 from vpp.dispatch.reserve import reserve_runs, reserve_runs_stop
+from vpp.models import PowerCap
 from vpp.utility.dispatch import EventRuns
 from vpp.utility.models import EventStatus, Protocol, ReportKind, UtilityEvent, UtilityProgram, UtilityReport
 from vpp.utility.openadr3 import Ven3
@@ -119,7 +120,7 @@ async def test_an_import_limit_becomes_a_reserve_deployment_down_to_the_limit_be
     ("payload", "reason"),
     [
         ("PRICE", "prices are not dispatched here (the fleet's schedule follows its own markets)"),
-        ("EXPORT_CAPACITY_LIMIT", "an export limit caps discharge; the dispatch services only add it"),
+        ("SIMPLE", "the program sets no W per SIMPLE level"),
     ],
 )
 async def test_it_stores_and_refuses_what_it_does_not_dispatch_with_the_reason(
@@ -138,6 +139,38 @@ async def test_it_stores_and_refuses_what_it_does_not_dispatch_with_the_reason(
     row = await UtilityEvent.objects.aget(program=program, event_ref=event["id"])
     assert (row.status, row.status_reason) == (EventStatus.REFUSED, reason)
     assert not await ReserveDeployment.objects.filter(portfolio=program.portfolio).aexists()
+
+
+async def test_an_export_limit_is_stored_as_a_cap_on_the_portfolio_and_a_deletion_ends_it(vtn: Vtn3) -> None:
+    # Given an export limit of 2.5 kW (the event's units) for 60 s starting in 3 s
+    program = await sync_to_async(_program)(vtn.url)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    async with _ven(program, EventRuns(lead_s=2.0)):
+        event = vtn.add_event(vtn.programs[0]["id"], [
+            {"id": 0, "payloads": [{"type": "EXPORT_CAPACITY_LIMIT", "values": [2.5]}]},
+        ], intervalPeriod={"start": _z(start), "duration": "PT60S"})  # fmt: skip
+
+        def capped() -> bool:
+            return PowerCap.objects.filter(portfolio=program.portfolio).exists()
+
+        # Then 2 s ahead the portfolio's net export is capped at 2,500 W until the event's end, nothing deployed
+        await _wait_for(capped)
+        cap = await PowerCap.objects.aget(portfolio=program.portfolio)
+        assert (cap.export_w, cap.start, cap.end) == (
+            2_500,
+            start - timedelta(seconds=2),
+            start + timedelta(seconds=60),
+        )
+        assert not await ReserveDeployment.objects.filter(portfolio=program.portfolio).aexists()
+        # When the VTN deletes the event under way: the cap ends
+        vtn.delete_event(event["id"])
+
+        def ended() -> bool:
+            return PowerCap.objects.filter(portfolio=program.portfolio, end__lt=start + timedelta(seconds=60)).exists()
+
+        await _wait_for(ended)
+    row = await UtilityEvent.objects.aget(program=program, event_ref=event["id"])
+    assert (row.kind, row.limit_w, row.opt) == ("EXPORT_CAPACITY_LIMIT", 2_500, "optIn")
 
 
 async def test_an_event_the_vtn_deletes_before_its_end_is_withdrawn(vtn: Vtn3) -> None:

@@ -79,14 +79,29 @@ def _event3(payload_type: str, values: list[float], *, units: str | None = None,
     return event
 
 
-def test_an_import_limit_is_a_target_per_interval_in_kw_unless_the_descriptor_says_otherwise() -> None:
+def test_an_import_limit_is_a_target_and_a_cap_per_interval_in_kw_unless_the_descriptor_says_otherwise() -> None:
     plan = openadr3_plan(_event3("IMPORT_CAPACITY_LIMIT", [40.0, 25.5]))
     assert plan.intervals == [
-        Interval(T0, T0 + timedelta(minutes=15), 0, 40_000),
-        Interval(T0 + timedelta(minutes=15), T0 + timedelta(minutes=30), 0, 25_500),
+        Interval(T0, T0 + timedelta(minutes=15), 0, 40_000, import_cap_w=40_000),
+        Interval(T0 + timedelta(minutes=15), T0 + timedelta(minutes=30), 0, 25_500, import_cap_w=25_500),
     ]
     assert (plan.refusal, plan.limit_w, plan.kind) == ("", 40_000, "IMPORT_CAPACITY_LIMIT")
-    assert openadr3_plan(_event3("DISPATCH_SETPOINT", [900.0], units="W")).intervals[0].target_w == 900
+    setpoint = openadr3_plan(_event3("DISPATCH_SETPOINT", [900.0], units="W")).intervals[0]
+    assert (setpoint.target_w, setpoint.import_cap_w) == (900, None)  # a setpoint is no ceiling
+
+
+def test_an_export_limit_is_a_cap_on_discharge_alone_or_beside_an_import_limit() -> None:
+    # 5 kW of export at most: no target (nothing is deployed), a cap
+    plan = openadr3_plan(_event3("EXPORT_CAPACITY_LIMIT", [5.0]))
+    assert plan.intervals == [Interval(T0, T0 + timedelta(minutes=15), 0, None, export_cap_w=5_000)]
+    assert (plan.refusal, plan.kind, plan.limit_w) == ("", "EXPORT_CAPACITY_LIMIT", 5_000)
+    # Both limits in one interval (MW): a target and both caps
+    both = _event3("IMPORT_CAPACITY_LIMIT", [0.2], units="MW")
+    both["intervals"][0]["payloads"].append({"type": "EXPORT_CAPACITY_LIMIT", "values": [0.0]})
+    both["payloadDescriptors"].append({"payloadType": "EXPORT_CAPACITY_LIMIT", "units": "MW"})
+    assert openadr3_plan(both).intervals == [Interval(T0, T0 + timedelta(minutes=15), 0, 200_000, 0, 200_000)]
+    # A negative export limit means nothing the fleet can do: refused
+    assert openadr3_plan(_event3("EXPORT_CAPACITY_LIMIT", [-1.0])).refusal.startswith("EXPORT_CAPACITY_LIMIT below 0")
 
 
 def test_its_version_is_the_vtns_modification_time() -> None:
@@ -101,12 +116,11 @@ def test_an_interval_with_its_own_period_starts_then() -> None:
     assert (interval.start, interval.end) == (T0, T0 + timedelta(hours=1))
 
 
-def test_it_refuses_open_ended_prices_and_export_limits_with_the_reason() -> None:
+def test_it_refuses_open_ended_events_and_prices_with_the_reason() -> None:
     open_ended = _event3("IMPORT_CAPACITY_LIMIT", [10.0])
     open_ended["intervalPeriod"]["duration"] = "PT0S"
     assert "open-ended" in openadr3_plan(open_ended).refusal
     assert openadr3_plan(_event3("PRICE", [0.3])).refusal.startswith("prices are not dispatched")
-    assert openadr3_plan(_event3("EXPORT_CAPACITY_LIMIT", [5.0])).refusal.startswith("an export limit caps")
     assert openadr3_plan(_event3("IMPORT_CAPACITY_LIMIT", [5.0], units="KWH")).refusal.endswith("not W, KW or MW")
 
 
@@ -133,10 +147,13 @@ def test_a_fixed_w_control_is_a_target_of_its_share_of_the_discharge_rating() ->
     assert csip_plan(_control(opModFixedW=2_500), set_max_w=0).refusal.startswith("opModFixedW: no discharge rating")
 
 
-def test_an_import_limit_and_a_disconnect_are_targets_an_export_limit_is_refused() -> None:
-    assert csip_plan(_control(opModImpLimW=3_000), set_max_w=0).intervals[0].target_w == 3_000
+def test_an_import_limit_and_a_disconnect_are_targets_an_export_limit_a_cap() -> None:
+    span = (T0, T0 + timedelta(minutes=15))
+    assert csip_plan(_control(opModImpLimW=3_000), set_max_w=0).intervals == [Interval(*span, 0, 3_000, None, 3_000)]
     assert csip_plan(_control(opModConnect=False), set_max_w=0).intervals[0].target_w == 0
     assert csip_plan(_control(opModConnect=True), set_max_w=0).refusal == "no mode dispatched here (opModConnect)"
-    assert csip_plan(_control(opModExpLimW=5_000), set_max_w=0).refusal == (
-        "opModExpLimW caps discharge; the dispatch services only add it"
-    )
+    exported = csip_plan(_control(opModExpLimW=5_000), set_max_w=0)
+    assert (exported.intervals, exported.refusal) == ([Interval(*span, 0, None, 5_000)], "")
+    both = csip_plan(_control(opModImpLimW=3_000, opModExpLimW=0), set_max_w=0)
+    assert both.intervals == [Interval(*span, 0, 3_000, 0, 3_000)]
+    assert csip_plan(_control(opModExpLimW=-1), set_max_w=0).refusal == "opModExpLimW below 0 W (no export is 0)"
