@@ -116,6 +116,14 @@ def caps_at(caps: tuple[Cap, ...], now: float) -> tuple[int | None, int | None]:
     return (min(exports) if exports else None), (min(imports) if imports else None)
 
 
+def departure_need_wins(lo: np.ndarray, import_w: int) -> str:
+    """ ": departure need N W wins" where the cars that must charge to leave on time (``lo`` > 0: N W in all) keep
+    the fleet's least power (the sum of ``lo``) above the import cap; "" otherwise (a fleet that merely cannot
+    discharge as much as a negative cap asks is not a departure need)."""
+    need, least = int(np.maximum(lo, 0).sum()), int(lo.sum())
+    return f": departure need {need} W wins" if need > 0 and least > import_w else ""
+
+
 @dataclass(frozen=True)
 class Capped:
     """An allocation within the caps in force: the bounds each station is sent, the setpoint asked, and what the
@@ -135,14 +143,17 @@ def capped_allocate(
     * **Export cap** E: each car's discharge power is lowered pro rata so that together they discharge at most E
       (``max_discharge_w x E / sum``, rounded down), and the setpoint is at least -E. Only discharge is lowered:
       floors, departure needs and charging are untouched, so the cap never adds discharge nor strands a driver.
-    * **Import cap** I: the setpoint is at most I, and each station's upper bound (a 2.1 station's ``limit``, the
+    * **Import cap** I: the setpoint is at most I (but never below -E: the export cap wins over a negative import
+      cap, which asks for export), and each station's upper bound (a 2.1 station's ``limit``, the
       room its own droop may use) is its allocated power, no more. Where the cars' departure needs (the sum of
       their lower bounds) ask for more than I, the allocation cannot go below them: **the departure need wins**,
       and the note says so.
     """
     export_w, import_w = caps_at(caps, now)
     notes = []
-    if export_w is not None:
+    if import_w is not None:
+        setpoint_w = min(setpoint_w, import_w)
+    if export_w is not None:  # after the import cap: a negative import cap (export at least) never beats it
         total = float(fleet.max_discharge_w.sum())
         if total > export_w:
             fleet = replace(fleet, max_discharge_w=np.floor(fleet.max_discharge_w * (export_w / total)))
@@ -150,9 +161,7 @@ def capped_allocate(
         notes.append(f"export cap {export_w} W")
     bounds = power_bounds(fleet, now=now, duration_s=duration_s)
     if import_w is not None:
-        setpoint_w = min(setpoint_w, import_w)
-        need = int(bounds.lo.sum())
-        notes.append(f"import cap {import_w} W" + (f": departure need {need} W wins" if need > import_w else ""))
+        notes.append(f"import cap {import_w} W" + departure_need_wins(bounds.lo, import_w))
     allocation = allocate(fleet, setpoint_w, now=now, duration_s=duration_s)
     if import_w is not None:
         bounds = PowerBounds(lo=bounds.lo, hi=np.maximum(allocation.power_w, bounds.lo), short=bounds.short)

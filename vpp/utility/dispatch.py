@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
@@ -48,6 +49,7 @@ from vpp.dispatch.reserve_intake import (
 )
 from vpp.dispatch.selectors import dispatch_state_load, fleet_power_at
 from vpp.dispatch.services import power_cap_end, power_cap_record
+from vpp.dispatch.values import departure_need_wins
 from vpp.utility.models import EventStatus, UtilityEvent, UtilityProgram
 from vpp.utility.services import utility_event_cancel, utility_event_record, utility_event_status
 from vpp.utility.signals import EventPlan, Interval
@@ -248,12 +250,13 @@ def _caps_record(program: UtilityProgram, ref: str, interval: Interval, begin: d
     fleet = dispatch_state_load(product_id=program.product_id, portfolio=program.portfolio, now=now).fleet
     if not len(fleet):
         return ""
-    need = int(power_bounds(fleet, now=now, duration_s=max(interval.end.timestamp() - now, 1.0)).lo.sum())
-    if need <= interval.import_cap_w:
+    lo = power_bounds(fleet, now=now, duration_s=max(interval.end.timestamp() - now, 1.0)).lo
+    if not departure_need_wins(lo, interval.import_cap_w):
         return ""
     return (
-        f"departure need {need} W exceeds the import limit {interval.import_cap_w} W: the cars that must charge to "
-        "leave on time charge (departure need wins)"
+        f"departure need {int(np.maximum(lo, 0).sum())} W: the fleet draws at least {int(lo.sum())} W, above the "
+        f"import limit {interval.import_cap_w} W: the cars that must charge to leave on time charge (departure "
+        "need wins)"
     )
 
 

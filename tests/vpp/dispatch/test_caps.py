@@ -82,6 +82,10 @@ def test_the_tightest_of_overlapping_caps_applies() -> None:
     caps = (Cap(NOW - 60, NOW + HOUR, export_w=8_000), Cap(NOW - 60, NOW + 60, export_w=3_000, import_w=5_000))
     capped = capped_allocate(fleet, -22_000, caps, now=NOW, duration_s=60)
     assert (int(capped.allocation.power_w.sum()), capped.note) == (-3_000, "export cap 3000 W; import cap 5000 W")
+    # An import cap of -30 kW (export at least 30 kW) against a 2 kW export cap: the export cap wins
+    contrary = (Cap(NOW - 60, NOW + 60, export_w=2_000, import_w=-30_000),)
+    capped = capped_allocate(fleet, -30_000, contrary, now=NOW, duration_s=60)
+    assert (capped.setpoint_w, int(capped.allocation.power_w.sum())) == (-2_000, -2_000)
 
 
 def test_the_state_loader_reads_the_caps_in_force_or_to_come_and_an_ended_cap_is_gone(db: Any) -> None:

@@ -210,8 +210,8 @@ async def test_an_import_limit_below_the_cars_departure_need_says_the_need_wins(
     # Then the event says the departure need (2 x 11 kW) wins over the limit, and the cap is stored all the same
     event = await UtilityEvent.objects.aget(program=program, event_ref="D5" * 16)
     assert event.status_reason == (
-        "departure need 22000 W exceeds the import limit 1000 W: the cars that must charge to leave on time charge "
-        "(departure need wins)"
+        "departure need 22000 W: the fleet draws at least 22000 W, above the import limit 1000 W: the cars that must "
+        "charge to leave on time charge (departure need wins)"
     )
     assert await PowerCap.objects.filter(portfolio=program.portfolio, import_w=1_000).aexists()
 

@@ -32,6 +32,7 @@ from tests.fleet.factories import FleetFactory
 from tests.live import free_port, wait_listening
 from tests.vpp.utility.factories import UtilityProgramFactory
 from tests.vpp.utility.oadr3_vtn import Vtn3
+from vpp.models import Dispatch
 from vpp.replay import harness
 from vpp.serve import WORKER_ENV
 from vpp.utility.models import EventStatus, Protocol, UtilityEvent
@@ -177,6 +178,67 @@ def test_an_openadr3_event_reaches_the_cars_before_its_start_and_the_report_is_t
             f"{deployment.power_w} W, metered during {metered_w:.0f} W (reported {demand_kw} kW); "
             f"last profile accepted {lead:.1f} s before the start"
         )
+
+
+@pytest.mark.live
+@pytest.mark.timeout(300)
+@pytest.mark.django_db(transaction=True)
+def test_an_export_limit_bounds_the_discharge_an_import_limit_event_deploys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given three simulated chargers (OCPP 2.1, cars that can discharge 11 kW each) and the VEN inside the server
+    ids = harness.stations_provision(count=CARS, prefix="utcap", password=PASSWORD)
+    vtn = Vtn3(clients={"cap-ven": SECRET})
+    vtn.add_program("cap-program")
+    org, _ = Organisation.objects.get_or_create(slug=harness.REPLAY_ORG, defaults={"name": "Regulation replay"})
+    secret_env = f"UTILITY_ORG{org.pk}_SECRET"
+    env = {"UTILITY_IN_SERVER": "1", "UTILITY_RETRY_S": "1", "UTILITY_EVENT_LEAD_S": str(LEAD_S),
+           "UTILITY_ALLOW_HTTP": "1", secret_env: SECRET}  # fmt: skip
+    with _serving(vtn):
+        server = start_server(env, log_path=tmp_path / "server.log")
+        try:
+            ws = f"ws://127.0.0.1:{server.port}"
+            with harness.simulated_agents(count=CARS, ws_base=ws, prefix="utcap", password=PASSWORD):
+                _wait(lambda: len(harness.stations_ready(ids)) == CARS, 120, "the cars plugged in and reporting")
+                fleet = harness.fleet_register(harness.stations_ready(ids), name="utility caps e2e")
+                program = UtilityProgramFactory.create(
+                    fleet=fleet, protocol=Protocol.OPENADR_3, endpoint=vtn.url, client_name="cap-ven",
+                    program_ref="cap-program", secret_env=secret_env, poll_s=1, report_s=2,
+                )  # fmt: skip
+                _wait(lambda: vtn.vens, 30, "the VEN registered")
+                # When one interval asks the fleet to export 30 kW (import limit -30 kW) but to export 2 kW at most
+                start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=15)
+                vtn.add_event(
+                    vtn.programs[0]["id"],
+                    [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-30.0]},
+                                            {"type": "EXPORT_CAPACITY_LIMIT", "values": [2.0]}]}],
+                    intervalPeriod={"start": start.isoformat().replace("+00:00", "Z"), "duration": "PT30S"},
+                )  # fmt: skip
+                _wait(lambda: datetime.now(UTC) > start + timedelta(seconds=20), 60, "the event under way")
+                profiles = list(MessageLog.objects.filter(
+                    station__station_id__in=ids, direction="out", action="SetChargingProfile", created_at__gte=start,
+                ))  # fmt: skip
+                dispatches = list(Dispatch.objects.filter(portfolio=program.portfolio, signal_at__gte=start))
+        finally:
+            stop_server(server)
+    # Then every profile sent during the event keeps to the cap: the stations' setpoints add up to no more than
+    # 2 kW of export, and no station may discharge past its share of it
+    periods = [
+        (m.payload or {})["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"][0] for m in profiles
+    ]
+    assert periods
+    assert all(p["dischargeLimit"] >= -2_000 for p in periods)
+    assert {d.setpoint_w for d in dispatches} == {-2_000}
+    assert all("export cap 2000 W" in d.reason for d in dispatches)
+    assert all(-2_000 <= d.allocated_w < 0 for d in dispatches)
+    # And the meters agree: the fleet never exported more than the cap (mean over the event's first 20 s; the
+    # simulated cars of this test may idle at 0 W, so this bounds the export, it does not show the discharge)
+    metered_w = _mean_net_w(ids, start, start + timedelta(seconds=20))
+    assert metered_w >= -2_000, metered_w
+    with capsys.disabled():
+        print(f"\nutility caps e2e, {CARS} cars: {len(dispatches)} dispatches at "
+              f"{sorted({d.allocated_w for d in dispatches})} W under a 2 kW export cap (30 kW asked); "
+              f"metered {metered_w:.0f} W")  # fmt: skip
 
 
 @pytest.mark.live
