@@ -109,7 +109,7 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[Any]] = []
         self._loaded = asyncio.Event()
         self._dispatch_ended = asyncio.Event()
-        self._last_dispatch_end: float | None = None  # time.monotonic()
+        self.last_dispatch_end: float | None = None  # time.monotonic()
         self.last: DispatchResult | None = None
         self.last_signal_at: datetime | None = None  # newest signal instant handed to dispatch
 
@@ -120,11 +120,6 @@ class Dispatcher:
         self._tasks = [loop.create_task(self._refresh_loop(), name=f"dispatch-refresh-{self.product_id}")]
         if self.telemetry:
             self._tasks.append(loop.create_task(self._telemetry_loop(), name=f"dispatch-telemetry-{self.product_id}"))
-
-    @property
-    def last_dispatch_end(self) -> float | None:
-        """When (``time.monotonic()``) this dispatcher's last fan-out ended; None before the first."""
-        return self._last_dispatch_end
 
     def refresh_soon(self) -> None:
         """Reload the state now rather than at the next period; callable from any thread (e.g. a request's)."""
@@ -232,7 +227,7 @@ class Dispatcher:
         random moment it lands in the middle of a fan-out and stretches that dispatch's latency. Right after a
         dispatch there is most of a signal interval (2 s) to spare. The state is at most one interval staler.
         """
-        if self._last_dispatch_end is None or time.monotonic() - self._last_dispatch_end > FLOWING_S:
+        if self.last_dispatch_end is None or time.monotonic() - self.last_dispatch_end > FLOWING_S:
             return
         self._dispatch_ended.clear()
         with contextlib.suppress(TimeoutError):
@@ -422,7 +417,7 @@ class Dispatcher:
 
     def _record(self, result: DispatchResult) -> None:
         self.last = result
-        self._last_dispatch_end = time.monotonic()
+        self.last_dispatch_end = time.monotonic()
         self._dispatch_ended.set()
         if self._recorder is not None:
             self._submit(self._recorder, result)
