@@ -32,6 +32,7 @@ import multiprocessing as mp
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -150,6 +151,31 @@ def kill(agents: int, per_process: int, tick: float) -> None:
 # --- storm: N stations connecting at once through the balancer --------------------------------------------------
 
 
+class SpreadWatch(threading.Thread):
+    """Samples :func:`holders` while the stations are connected; keeps the sample holding the most stations."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.ids = ids
+        self.widest: list[int] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self._stop_event.wait(0.5):
+                sample = holders(self.ids)
+                if sum(sample) > sum(self.widest):
+                    self.widest = sample
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(10)
+
+
 def storm(stations: int, runs: int) -> None:
     prefix = f"ms{os.getpid() % 10000}-"
     ids = station_ids(prefix, stations)
@@ -163,7 +189,12 @@ def storm(stations: int, runs: int) -> None:
                 server_pid=cluster.process.pid,
             )  # fmt: skip
             before = load_average()
-            result = run_load(cfg, log=lambda _msg: None)
+            spread = SpreadWatch(ids)
+            spread.start()
+            try:
+                result = run_load(cfg, log=lambda _msg: None)
+            finally:
+                spread.stop()
             refused = {k: v for k, v in result.errors.items() if k.startswith("connect: ")}
             verdict = "MET" if result.booted == stations and result.reconnect_s < STORM_TARGET_S else "NOT MET"
             kind = "first connection" if run == 1 else "reconnect"
@@ -171,7 +202,7 @@ def storm(stations: int, runs: int) -> None:
                 f"storm {run} ({kind}): {result.booted}/{stations} booted in {result.reconnect_s:.2f} s "
                 f"(p99 {result.connect_p99_s:.2f} s), refused {sum(refused.values())} {refused or ''}, "
                 f"retried {result.errors.get('connect retries', 0)}, open at the end {result.open_at_end}, "
-                f"spread {holders(ids)}; target < {STORM_TARGET_S:.0f} s, none refused: {verdict}; "
+                f"spread {spread.widest}; target < {STORM_TARGET_S:.0f} s, none refused: {verdict}; "
                 f"before: {before}, after: {load_average()}"
             )
             time.sleep(3)
