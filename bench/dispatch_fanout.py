@@ -46,7 +46,6 @@ django.setup()
 
 from django.core.management import call_command  # noqa: E402
 
-from bench.csms_load import tree_cpu_s  # noqa: E402
 from markets.regulation.signals import SignalTrace  # noqa: E402
 from vpp.models import Dispatch, DispatchCommand  # noqa: E402
 from vpp.replay import harness as replay  # noqa: E402
@@ -141,6 +140,17 @@ def csms_process() -> psutil.Process:
     return next(p for p in psutil.Process().children() if {"vpp.serve", "runcluster"} & set(p.cmdline()))
 
 
+def serving_cpu_s(server: psutil.Process) -> float:
+    """CPU seconds of the server processes (``vpp.serve`` and its workers, or every node of a cluster): the Celery
+    side and HAProxy of a cluster are left out, so the figure compares with one server's."""
+    total = 0.0
+    for process in [server, *server.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            if "vpp.serve" in process.cmdline():
+                total += sum(process.cpu_times()[:2])
+    return total
+
+
 @contextlib.contextmanager
 def csms(workers: int, nodes: int):
     """(ws base URL, http base URL) of one server (``workers`` processes on one socket) or of ``nodes`` nodes."""
@@ -154,18 +164,16 @@ def csms(workers: int, nodes: int):
         yield cluster.ws, cluster.http
 
 
-def holders(station_ids: list[str]) -> list[int]:
-    """Stations held by each server process, most first (channels-redis: ``specific.<process>!<connection>``)."""
-    from collections import Counter
-
+def holders(station_ids: list[str]) -> dict[str, str]:
+    """station id -> the server process holding its socket (channels-redis: ``specific.<process>!<connection>``)."""
     from chargers.models import Station
 
-    names = Station.objects.filter(station_id__in=station_ids).exclude(channel_name="").values_list("channel_name")
-    return sorted(Counter(name.split("!")[0] for (name,) in names).values(), reverse=True)
+    rows = Station.objects.filter(station_id__in=station_ids).exclude(channel_name="")
+    return {sid: name.split("!")[0] for sid, name in rows.values_list("station_id", "channel_name")}
 
 
-#: Stations held per server process during the last run (filled by run()).
-SPREAD: list[int] = []
+#: Stations held per server process during the last run, and each one's answers p50/p99 ms (filled by run()).
+SPREAD: list[str] = []
 
 
 def run(
@@ -206,9 +214,9 @@ def run(
             )
             offsets = np.arange(signals, dtype=np.int64) * 2
             trace = SignalTrace("bench", offsets, np.sin(offsets / 20.0) * 0.8)
-            SPREAD[:] = holders(ids)
+            held = holders(ids)
             server = csms_process()
-            cpu_before = tree_cpu_s(server) or 0.0
+            cpu_before = serving_cpu_s(server)
             asyncio.run(
                 replay.signal_follow(
                     ws_base=ws_base,
@@ -222,7 +230,7 @@ def run(
                 )
             )
             time.sleep(2.0)
-            cpu_s = (tree_cpu_s(server) or 0.0) - cpu_before
+            cpu_s = serving_cpu_s(server) - cpu_before
     rows = Dispatch.objects.filter(portfolio=portfolio).exclude(last_ms=None)
     # The first dispatch of a process loads the state from the database (once): reported apart, not in the figures.
     last = np.array(list(rows.order_by("signal_at").values_list("last_ms", flat=True))[1:], dtype=float)
@@ -234,6 +242,16 @@ def run(
         ),
         dtype=float,
     )
+    by_process: dict[str, list[float]] = {}
+    measured = DispatchCommand.objects.filter(dispatch__in=rows.order_by("signal_at")[1:]).exclude(latency_ms=None)
+    for sid, ms in measured.values_list("station_id", "latency_ms"):
+        by_process.setdefault(held.get(sid, "?"), []).append(float(ms or 0.0))
+    # Per server process: the stations it held and their answers' p50/p99 (ms). The dispatching process's own
+    # stations get their calls with no hop; the others' go through one group message over Redis.
+    SPREAD[:] = []
+    for process, values in sorted(by_process.items(), key=lambda kv: -len(kv[1])):
+        p50, p99 = np.percentile(values, [50, 99])
+        SPREAD.append(f"{sum(1 for p in held.values() if p == process)}: {p50:.0f}/{p99:.0f}")
     accepted = DispatchCommand.objects.filter(dispatch__portfolio=portfolio, answer="Accepted").count()
     sent = DispatchCommand.objects.filter(dispatch__portfolio=portfolio).count()
     # Everything the server did for the signals (intake, allocation, the calls, their records) per command sent:
@@ -274,7 +292,9 @@ def main() -> None:
         # Edge agents also send meter values all along: the server's CPU is then not the commands' alone.
         cpu = f"{cpu_us:.0f}" if args.light else "n/a"
         print(f"{count:>8} {last.size:>10} {p50:>8.1f} {p90:>8.1f} {p99:>8.1f} {worst:>8.1f} {answers:>20} "
-              f"{accepted:>5}/{sent:<6} {cpu:>10} {f'<= {target:.0f} ' + verdict:>11}  {SPREAD}")  # fmt: skip
+              f"{accepted:>5}/{sent:<6} {cpu:>10} {f'<= {target:.0f} ' + verdict:>11}")  # fmt: skip
+        if len(SPREAD) > 1:
+            print(f"{'':>8} per server process, stations held: answers p50/p99 ms: {'; '.join(SPREAD)}")
 
 
 if __name__ == "__main__":
