@@ -108,7 +108,7 @@ def kill(agents: int, per_process: int, tick: float) -> None:
             for group in groups:
                 group.start()
             ready_s = wait(lambda: len(harness.stations_ready(ids)) == agents, 120 + 0.5 * agents, "agents ready")
-            portfolio = award(harness.stations_ready(ids))
+            portfolio = award(harness.stations_ready(ids), name=f"node killed {prefix}")
             sender = SignalSender(cluster.ws, harness.utility_token(), portfolio)
             sender.start()
             begun = datetime.now(UTC)

@@ -139,8 +139,8 @@ class SignalSender:
                     self.refused.append(answer)
 
 
-def award(ready: list[harness.StationReady]) -> str:
-    fleet = harness.fleet_register(ready, name="fault drill")
+def award(ready: list[harness.StationReady], *, name: str = "fault drill") -> str:
+    fleet = harness.fleet_register(ready, name=name)
     portfolio = f"fleet-{fleet.pk}"
     product = harness.product_default()
     now = datetime.now(UTC)
