@@ -276,7 +276,8 @@ CONTENT_SECURITY_POLICY: dict[str, Any] = {
 # The CRL and the OCSP responder stay plain HTTP where asked so (RFC 5280 / RFC 6960 distribute them over http; they
 # are signed, carry no secret, and a relying party checking a certificate may not be able to verify TLS yet): never
 # redirected to HTTPS. The proxy's plain port forwards these and the stations' /ocpp/ only (deploy/haproxy.cfg).
-SECURE_REDIRECT_EXEMPT = [r"^pki/(crl|ocsp)(/|$)"]
+# Nor is the load balancer's health check (/healthz: plain HTTP from the balancer to each node).
+SECURE_REDIRECT_EXEMPT = [r"^pki/(crl|ocsp)(/|$)", r"^healthz$"]
 
 if PRODUCTION:
     if DEBUG:
