@@ -431,9 +431,9 @@ class Dispatcher:
         compute_ms = (time.time() - signal.received_at) * 1000.0
         outcome: FanoutOutcome = await calls_fanout(commands, timeout=self.call_timeout_s)
         if tracker is not None and gain is not None:
-            station_ids = [route.station_id for route in state.routes]
-            tracker.sent(station_ids=station_ids, allocation=allocation, bounds=bounds, gain=gain,
-                         requested_w=setpoint, results=outcome.results)  # fmt: skip
+            evses = [(route.station_id, route.evse_id) for route in state.routes]
+            tracker.sent(evses=evses, allocation=allocation, bounds=bounds, gain=gain, requested_w=setpoint,
+                         results=outcome.results)  # fmt: skip
         result = DispatchResult(
             signal=signal,
             capacity_w=capacity,

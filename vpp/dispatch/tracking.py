@@ -52,11 +52,12 @@ POWER_IMPORT, POWER_EXPORT = "Power.Active.Import", "Power.Active.Export"  # at 
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """One metered net grid power (W, + import) of a station, taken at ``at`` (epoch s, the station's clock)."""
+    """One metered net grid power (W, + import) of a station's EVSE, taken at ``at`` (epoch s, the station's clock)."""
 
     station_id: str
     at: float
     power_w: float
+    evse_id: int = 1
 
 
 def power_reading(station_id: str, update: dict[str, Any], values: dict[str, Any]) -> Reading | None:
@@ -67,7 +68,7 @@ def power_reading(station_id: str, update: dict[str, Any], values: dict[str, Any
         return None
     try:
         at = datetime.fromisoformat(update["timestamp"]).timestamp()
-        return Reading(station_id, at, float(imp or 0) - float(exp or 0))
+        return Reading(station_id, at, float(imp or 0) - float(exp or 0), int(update.get("evse_id", 1)))
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -94,7 +95,7 @@ class ResponseTracker:
     def __init__(self, settings: TrackingSettings = DEFAULT) -> None:
         self.settings = settings
         self._keys: list[Key] = []
-        self._row_of: dict[str, int] = {}
+        self._row_of: dict[tuple[str, int], int] = {}  # (station id, EVSE id) -> row
         self._num, self._den = gain_prior(0, settings)
         self._current = _Commands(0)  # the newest accepted command per row
         self._previous = _Commands(0)  # the one before it (a reading taken before the newest had settled)
@@ -125,21 +126,20 @@ class ResponseTracker:
             previous.take(new_rows, self._previous, old_rows)
             residual[new_rows], residual_at[new_rows] = self._residual[old_rows], self._residual_at[old_rows]
         self._keys = list(keys)
-        self._row_of = {key[0]: row for row, key in enumerate(self._keys)}
+        self._row_of = {(key[0], key[1]): row for row, key in enumerate(self._keys)}
         self._num, self._den = num, den
         self._current, self._previous = current, previous
         self._residual, self._residual_at = residual, residual_at
 
     def forget(self, station_id: str) -> None:
-        """The station (dis)connected: its vehicle's gain and commands start again (a new session may follow)."""
-        row = self._row_of.get(station_id)
-        if row is None:
-            return
+        """The station (dis)connected: its vehicles' gains and commands start again (a new session may follow)."""
         weight = self.settings.prior_w * self.settings.prior_w
-        self._num[row] = self._den[row] = weight
-        for commands in (self._current, self._previous):
-            commands.power[row] = np.nan
-        self._residual[row], self._residual_at[row] = 0.0, -np.inf
+        for row, key in enumerate(self._keys):
+            if key[0] == station_id:
+                self._num[row] = self._den[row] = weight
+                for commands in (self._current, self._previous):
+                    commands.power[row] = np.nan
+                self._residual[row], self._residual_at[row] = 0.0, -np.inf
 
     # --- the dispatch -------------------------------------------------------------------------------------------
 
@@ -181,27 +181,28 @@ class ResponseTracker:
     def sent(
         self,
         *,
-        station_ids: Sequence[str],
+        evses: Sequence[tuple[str, int]],
         allocation: Allocation,
         bounds: PowerBounds,
         gain: FloatArray,
         requested_w: int,
         results: Iterable[CommandResult],
     ) -> None:
-        """The fan-out of a dispatch ended: record what each station accepted (rows by ``station_ids``)."""
+        """The fan-out of a dispatch ended: record what each EVSE accepted (``evses[i]``: (station id, EVSE id) of
+        the allocation's row ``i``)."""
         self._last = (float(requested_w), float(allocation.expected_w))
         answered = {
             r.station_id: r.answered_at
             for r in results
             if r.status == "result" and r.answer == "Accepted" and r.answered_at is not None
         }
-        pairs = [(i, self._row_of.get(sid)) for i, sid in enumerate(station_ids)]
+        pairs = [(i, self._row_of.get(evse)) for i, evse in enumerate(evses)]
         src = np.array([i for i, row in pairs if row is not None], dtype=np.int64)
         rows = np.array([row for _, row in pairs if row is not None], dtype=np.int64)
         if rows.size == 0:
             return
         self._previous.take(rows, self._current, rows)
-        at = np.array([answered.get(station_ids[i], math.nan) for i in src.tolist()], dtype=np.float64)
+        at = np.array([answered.get(evses[i][0], math.nan) for i in src.tolist()], dtype=np.float64)
         cur = self._current
         cur.power[rows] = np.where(np.isnan(at), np.nan, allocation.power_w[src].astype(np.float64))
         cur.lo[rows], cur.hi[rows], cur.gain[rows] = bounds.lo[src], bounds.hi[src], gain[src]
@@ -213,7 +214,7 @@ class ResponseTracker:
         s = self.settings
         rows, measured, commands, lows, highs = [], [], [], [], []
         for reading in readings:
-            row = self._row_of.get(reading.station_id)
+            row = self._row_of.get((reading.station_id, reading.evse_id))
             if row is None or not math.isfinite(reading.power_w):
                 continue
             if reading.at > now + FUTURE_TOLERANCE_S or now - reading.at > s.max_age_s:

@@ -103,11 +103,10 @@ def test_agents_delivering_90_percent_track_the_requested_regulation_after_a_few
                              end=datetime.now(UTC) + timedelta(minutes=10))  # fmt: skip
         # When the operator's signal is followed for 90 s through ws/regulation
         trace = _signal()
-        answers = asyncio.run(
-            harness.signal_follow(ws_base=csms.ws_url.removesuffix("/ocpp"), token=harness.utility_token(),
-                                  product="pjm:reg-d", portfolio=portfolio, trace=trace, t0=t0, speed=1.0,
-                                  limit_s=SIGNAL_S)  # fmt: skip
-        )
+        follow = harness.signal_follow(ws_base=csms.ws_url.removesuffix("/ocpp"), token=harness.utility_token(),
+                                       product="pjm:reg-d", portfolio=portfolio, trace=trace, t0=t0, speed=1.0,
+                                       limit_s=SIGNAL_S)  # fmt: skip
+        answers = asyncio.run(follow)
         times = t0 + trace.offsets_s.astype(float)
         last = datetime.fromtimestamp(float(times[-1]) + 2.0, UTC)
         harness.meter_values_await(station_ids=ids, since=last, timeout_s=30)

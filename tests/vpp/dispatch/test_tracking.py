@@ -26,6 +26,7 @@ class SimulatedFleet:
         self.fleet = FleetArrays.from_snapshots([car(i + 1, max_charge_w=11_000, max_discharge_w=11_000)
                                                  for i in range(len(gains))])  # fmt: skip
         self.ids = [f"st-{i + 1}" for i in range(len(gains))]
+        self.evses = [(sid, 1) for sid in self.ids]
         self.gains = np.array(gains)
         self.own_limit = np.array(own_limit_w if own_limit_w is not None else [np.inf] * len(gains))
         self.rng = random.Random(seed)
@@ -44,7 +45,7 @@ class SimulatedFleet:
             gain, correction = np.ones(len(self.ids)), 0
         allocation = allocate(self.fleet, setpoint_w + correction, now=t, duration_s=HOLD_S, gain=gain)
         answers = [CommandResult(sid, "result", "Accepted", t + 0.1) for sid in self.ids]
-        self.tracker.sent(station_ids=self.ids, allocation=allocation, bounds=bounds, gain=gain,
+        self.tracker.sent(evses=self.evses, allocation=allocation, bounds=bounds, gain=gain,
                           requested_w=setpoint_w, results=answers)  # fmt: skip
         metered = [p + self.rng.gauss(0.0, 0.002 * abs(p) + 5.0) for p in self.delivered(allocation.power_w).tolist()]
         self.tracker.readings([Reading(sid, t + 1.0, m) for sid, m in zip(self.ids, metered, strict=True)], now=t + 1.3)
@@ -101,12 +102,15 @@ def test_a_reading_is_paired_with_the_command_in_force_when_it_was_taken() -> No
     def send(t: float, setpoint: int, answer: str = "Accepted") -> None:
         gain, correction = tracker.plan(now=t, setpoint_w=setpoint, capacity_w=0, bounds=bounds)
         allocation = allocate(sim.fleet, setpoint + correction, now=t, duration_s=HOLD_S, gain=gain)
-        tracker.sent(station_ids=sim.ids, allocation=allocation, bounds=bounds, gain=gain, requested_w=setpoint,
+        tracker.sent(evses=sim.evses, allocation=allocation, bounds=bounds, gain=gain, requested_w=setpoint,
                      results=[CommandResult("st-1", "result", answer, t + 0.1)])  # fmt: skip
 
     send(T0, 5_000)
     # a reading taken before the command settled shows the one before (none here): nothing learnt
     assert tracker.readings([Reading("st-1", T0 + 0.3, 4_000.0)], now=T0 + 0.5) == 0
+    # the station's main meter (EVSE 0) or another EVSE is not the car's
+    assert tracker.readings([Reading("st-1", T0 + 1.0, 4_000.0, evse_id=0)], now=T0 + 1.2) == 0
+    assert tracker.readings([Reading("st-1", T0 + 1.0, 4_000.0, evse_id=2)], now=T0 + 1.2) == 0
     # a settled one is learnt from
     assert tracker.readings([Reading("st-1", T0 + 1.0, 4_000.0)], now=T0 + 1.2) == 1
     send(T0 + 2, 8_000)
@@ -152,15 +156,15 @@ def test_without_fresh_readings_the_correction_fades_to_open_loop() -> None:
     for k in range(60):
         gain, correction = sim.tracker.plan(now=t + 2 * k, setpoint_w=0, capacity_w=100_000, bounds=bounds)
         allocation = allocate(sim.fleet, correction, now=t + 2 * k, duration_s=HOLD_S, gain=gain)
-        sim.tracker.sent(station_ids=sim.ids, allocation=allocation, bounds=bounds, gain=gain, requested_w=0,
+        sim.tracker.sent(evses=sim.evses, allocation=allocation, bounds=bounds, gain=gain, requested_w=0,
                          results=[])  # fmt: skip
     assert abs(sim.tracker.correction_w) < 5.0  # whole-watt rounding of the commands
 
 
 def test_the_feed_gives_net_power_in_watts_at_the_stations_instant() -> None:
     update = {"timestamp": "2025-06-02T06:00:01+00:00", "units": {"Power.Active.Import": "W"}}
-    reading = power_reading("st-1", update, {"Power.Active.Import": 0, "Power.Active.Export": 4_200})
-    assert reading == Reading("st-1", T0 + 1.0, -4_200.0)
+    reading = power_reading("st-1", {**update, "evse_id": 2}, {"Power.Active.Import": 0, "Power.Active.Export": 4_200})
+    assert reading == Reading("st-1", T0 + 1.0, -4_200.0, evse_id=2)
     # no power in the update, a unit other than W, or no usable timestamp: no reading
     assert power_reading("st-1", update, {"SoC": 50}) is None
     assert power_reading("st-1", {**update, "units": {"Power.Active.Import": "kW"}}, {"Power.Active.Import": 4}) is None
