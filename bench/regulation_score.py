@@ -50,16 +50,20 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     out = Path(tempfile.mkdtemp(prefix="regulation-score-")) / "replay.csv"
     buffer = io.StringIO()
-    call_command(
-        "regulation",
-        "replay",
-        signal=args.signal,
-        vehicles=args.vehicles,
-        out=str(out),
-        speed=args.speed,
-        duration=args.duration,
-        stdout=buffer,
-    )
+    try:
+        call_command(
+            "regulation",
+            "replay",
+            signal=args.signal,
+            vehicles=args.vehicles,
+            out=str(out),
+            speed=args.speed,
+            duration=args.duration,
+            stdout=buffer,
+        )
+    finally:  # a failure after the score (e.g. the clean-up) must not lose the figures already printed
+        if sys.exc_info()[0] is not None:
+            print(buffer.getvalue())
     text = buffer.getvalue()
     print(text)
     score = re.search(r"composite ([0-9.]+) = mean\(accuracy ([0-9.]+), delay ([0-9.]+), precision ([0-9.]+)", text)

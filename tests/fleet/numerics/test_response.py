@@ -61,7 +61,7 @@ def test_it_keeps_every_command_within_floor_and_limits_whatever_the_gains(
         # ... so it never discharges beyond the derated limit nor below the mobility floor
         if p < 0:
             assert -p <= math.floor(v.max_discharge_w * float(discharge_derate(v.temperature_c)))
-            hold = duration_s
+            hold: float = duration_s
             if v.departure is not None and 0 < (left := (v.departure - NOW).total_seconds()) < duration_s:
                 hold = max(left, 1.0)
             assert v.soc_wh + p / v.discharge_efficiency * hold / 3600.0 >= v.floor_wh - 1e-6
