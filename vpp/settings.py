@@ -459,6 +459,8 @@ PKI_CONTRACT_PROVIDER_TIMEOUT_S = env_float("PKI_CONTRACT_PROVIDER_TIMEOUT_S", 5
 DISPATCH_REFRESH_S = env_float("DISPATCH_REFRESH_S", 5.0, minimum=0.1)  # in-memory fleet state reload period
 DISPATCH_HOLD_S = env_float("DISPATCH_HOLD_S", 60.0, minimum=1.0)  # each setpoint must be holdable this long
 DISPATCH_CALL_TIMEOUT_S = env_float("DISPATCH_CALL_TIMEOUT_S", 1.5, minimum=0.1)  # per command, < signal period
+# Closed-loop tracking: allocate by each vehicle's measured response gain plus a bounded fleet correction.
+DISPATCH_CLOSED_LOOP = env_bool("DISPATCH_CLOSED_LOOP", True)
 # Issue 13 (dispatch correctness): the intake's clock window, idle dispatchers, the telemetry group re-join.
 # A value stamped further than this ahead of this server's clock is refused (422 / an error frame), never dispatched.
 REGULATION_SIGNAL_MAX_SKEW_S = env_float("REGULATION_SIGNAL_MAX_SKEW_S", 5.0, minimum=0.0)

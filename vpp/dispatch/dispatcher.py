@@ -6,7 +6,12 @@ power here is + charging as everywhere in the VPP)::
     fleet setpoint (W) = basepoint - signal x awarded capacity - reserve deployment
 
 Each vehicle's share (:func:`fleet.numerics.allocation.allocate`) becomes an OCPP SetChargingProfile TxProfile
-(:mod:`vpp.dispatch.values` says what a 2.1 and a 2.0.1 station get).
+(:mod:`vpp.dispatch.values` says what a 2.1 and a 2.0.1 station get). **Closed loop** (``DISPATCH_CLOSED_LOOP``):
+the allocation splits the setpoint by each vehicle's measured response gain, plus a bounded fleet correction
+(:mod:`vpp.dispatch.tracking`, learnt from the same telemetry feed as state of charge).
+
+Why one module: the dispatcher's lifecycle, its telemetry feed and its hot path share one in-memory state on one
+event loop; the pure parts are already apart (``values``, ``tracking``, ``fleet.numerics``).
 
 **The hot path does not touch the database.** A :class:`Dispatcher` (one per product and portfolio, per server
 process) holds in memory the :class:`~fleet.numerics.arrays.FleetArrays` of the plugged-in vehicles, their station
@@ -45,6 +50,7 @@ from chargers.fanout import FanoutOutcome, calls_fanout
 from chargers.telemetry import TELEMETRY_GROUP  # committed meter values, statuses, connections
 from fleet.numerics.allocation import allocate
 from fleet.numerics.arrays import power_bounds
+from vpp.dispatch.tracking import Reading, ResponseTracker, power_reading
 from vpp.dispatch.values import (  # noqa: F401 - re-exported: the dispatcher's arithmetic, payloads and values
     PROFILE_ID,
     STACK_LEVEL,
@@ -84,6 +90,7 @@ class Dispatcher:
         telemetry: bool = True,
         idle_s: float | None = None,
         rejoin_s: float | None = None,
+        closed_loop: bool | None = None,
     ) -> None:
         self.product_id = product_id
         self.portfolio = portfolio
@@ -112,6 +119,8 @@ class Dispatcher:
         self.last_dispatch_end: float | None = None  # time.monotonic()
         self.last: DispatchResult | None = None
         self.last_signal_at: datetime | None = None  # newest signal instant handed to dispatch
+        closed_loop = settings.DISPATCH_CLOSED_LOOP if closed_loop is None else closed_loop
+        self.tracker = ResponseTracker() if closed_loop else None  # response gains and the fleet correction
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -258,6 +267,10 @@ class Dispatcher:
         self._soc = soc
         self.state = replace(state, fleet=state.fleet.with_soc(soc.copy()))
         self._soc_dirty = False
+        if self.tracker is not None:
+            ids = state.fleet.vehicle_id.tolist()
+            keys = [(r.station_id, r.evse_id, r.transaction_id, v) for r, v in zip(state.routes, ids, strict=True)]
+            self.tracker.install(keys)
         self._update_basepoint(now)
 
     def _update_basepoint(self, now: float) -> None:
@@ -346,16 +359,23 @@ class Dispatcher:
         return self._live_soc_pct.get(station_id)
 
     def telemetry_apply(self, updates: list[dict[str, Any]]) -> None:
-        """SoC readings update the in-memory fleet; a station connecting or leaving triggers a reload."""
+        """SoC readings update the in-memory fleet; a station connecting or leaving triggers a reload (and starts
+        its response gain again); metered power feeds the closed loop."""
         state = self.state
+        readings: list[Reading] = []
         for update in updates:
             if update.get("kind") == "connection":
                 self._refresh_now.set()
+                if self.tracker is not None:
+                    self.tracker.forget(update.get("station_id", ""))
                 continue
             if update.get("kind") != "meter":
                 continue
             station_id = update.get("station_id", "")
-            soc_pct = (update.get("values") or {}).get("SoC")
+            values = update.get("values") or {}
+            if self.tracker is not None and (reading := power_reading(station_id, update, values)) is not None:
+                readings.append(reading)
+            soc_pct = values.get("SoC")
             if soc_pct is None:
                 continue
             pct = min(max(float(soc_pct), 0.0), 100.0)
@@ -365,6 +385,11 @@ class Dispatcher:
                 continue
             self._soc[row] = pct * state.fleet.capacity_wh[row] / 100.0
             self._soc_dirty = True
+        if readings and self.tracker is not None:
+            try:
+                self.tracker.readings(readings, now=time.time())
+            except Exception:  # the closed loop is an improvement: never let it stop the feed (open loop remains)
+                LOG.exception("dispatch %s/%s: response tracking failed on readings", self.product_id, self.portfolio)
 
     # --- the hot path -------------------------------------------------------------------------------------------
 
@@ -395,10 +420,20 @@ class Dispatcher:
             self._record(result)
             return result
         bounds = power_bounds(state.fleet, now=now, duration_s=self.hold_s)
-        allocation = allocate(state.fleet, setpoint, now=now, duration_s=self.hold_s)
+        tracker, gain, correction = self.tracker, None, 0
+        if tracker is not None:
+            try:
+                gain, correction = tracker.plan(now=now, setpoint_w=setpoint, capacity_w=capacity, bounds=bounds)
+            except Exception:  # open loop for this dispatch rather than none
+                LOG.exception("dispatch %s/%s: response tracking failed; open loop", self.product_id, self.portfolio)
+        allocation = allocate(state.fleet, setpoint + correction, now=now, duration_s=self.hold_s, gain=gain)
         commands = station_commands(state.routes, allocation, bounds, valid_until_s=now + self.hold_s)
         compute_ms = (time.time() - signal.received_at) * 1000.0
         outcome: FanoutOutcome = await calls_fanout(commands, timeout=self.call_timeout_s)
+        if tracker is not None and gain is not None:
+            evses = [(route.station_id, route.evse_id) for route in state.routes]
+            tracker.sent(evses=evses, allocation=allocation, bounds=bounds, gain=gain, requested_w=setpoint,
+                         results=outcome.results)  # fmt: skip
         result = DispatchResult(
             signal=signal,
             capacity_w=capacity,
