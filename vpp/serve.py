@@ -106,6 +106,7 @@ def tls_files(host: str) -> tuple[str, str, str]:
 
 
 def _serve_one(args: argparse.Namespace) -> None:
+    event_loop_install()
     _django_setup(args)
     from django.conf import settings
 
@@ -130,6 +131,33 @@ def _serve_one(args: argparse.Namespace) -> None:
             endpoints += ["-e", f"{daphne_tls.PREFIX}port={args.tls_port}:interface={args.host}:backlog={BACKLOG}"]
     options = [*DAPHNE_OPTIONS, *message_size_options(settings.OCPP_MAX_MESSAGE_BYTES)]
     CommandLineInterface().run([*endpoints, *options, "-v", args.verbosity, APPLICATION])
+
+
+def event_loop_install() -> str:
+    """Make the loop Daphne builds its Twisted reactor on a uvloop loop (``SERVER_EVENT_LOOP``, default uvloop).
+
+    Daphne creates that loop with ``asyncio.new_event_loop()`` and installs Twisted's asyncio reactor on it when
+    ``daphne.server`` is first imported, which ``django.setup()`` does (the ``daphne`` app): so the event loop
+    policy is set here, before Django is set up. Every frame's reads, writes, timers and futures run on this loop;
+    uvloop does in C what asyncio's selector loop does in Python. Returns the loop's name; once a reactor is
+    installed it is too late, and the standard loop stays (logged).
+    """
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vpp.settings")
+    from django.conf import settings  # settings only: no app (and no reactor) is loaded by reading them
+
+    if settings.SERVER_EVENT_LOOP != "uvloop":
+        return "asyncio"
+    if "twisted.internet.reactor" in sys.modules:
+        LOG.warning("SERVER_EVENT_LOOP=uvloop: a Twisted reactor is already installed; serving on asyncio's loop")
+        return "asyncio"
+    import asyncio
+
+    import uvloop
+
+    # EventLoopPolicy is deprecated from Python 3.12 and goes in 3.16 (the project pins 3.11): Daphne calls
+    # asyncio.new_event_loop() itself, and a policy is the one way to choose what that returns.
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
 
 
 def _close_failed_sockets_cleanly() -> None:

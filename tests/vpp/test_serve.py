@@ -86,3 +86,20 @@ def test_the_gc_pause_log_reports_a_collection_longer_than_its_threshold(caplog:
     lines = [r.getMessage() for r in caplog.records if "cyclic GC paused" in r.getMessage()]
     assert len(lines) == 1
     assert "generation 2" in lines[0]
+
+
+_REACTOR_LOOP = (
+    "from vpp.serve import event_loop_install; chosen = event_loop_install(); import django; django.setup(); "
+    "from twisted.internet import reactor; print(chosen, type(reactor._asyncioEventloop).__module__)"
+)
+
+
+@pytest.mark.parametrize(("setting", "loop_module"), [("uvloop", "uvloop"), ("asyncio", "asyncio.unix_events")])
+def test_the_reactor_daphne_serves_on_runs_on_the_configured_event_loop(setting: str, loop_module: str) -> None:
+    # Given SERVER_EVENT_LOOP set, in a fresh interpreter (the reactor is installed once per process)
+    env = {**os.environ, "SERVER_EVENT_LOOP": setting, "DJANGO_SETTINGS_MODULE": "vpp.settings"}
+    # When the server's start-up chooses the loop and Django is set up (which installs Daphne's reactor)
+    done = subprocess.run([sys.executable, "-c", _REACTOR_LOOP], env=env, capture_output=True, text=True, timeout=60)
+    # Then Twisted's reactor runs on that loop
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [setting, loop_module]
