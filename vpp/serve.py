@@ -114,6 +114,7 @@ def _serve_one(args: argparse.Namespace) -> None:
     from daphne.cli import CommandLineInterface
 
     _close_failed_sockets_cleanly()
+    autobahn_log_arguments_plain()
 
     if args.fd is not None:
         endpoint = f"fd:fileno={args.fd}"  # Daphne's own fd parser; AF_INET by default
@@ -174,6 +175,26 @@ def _close_failed_sockets_cleanly() -> None:
             self.setProtocolOptions(failByDrop=False)
 
     daphne.server.WebSocketFactory = ClosingWebSocketFactory
+
+
+def autobahn_log_arguments_plain() -> None:
+    """Format the arguments of autobahn's debug lines without colour, on the path every frame takes.
+
+    autobahn builds its debug lines' arguments even when debug logging is off, and colours them with ``click``
+    (``autobahn.util.hltype``/``hlval``): about 6 us per frame received and again per frame sent, ~4 % of the
+    CSMS's CPU per message under load (py-spy). The two helpers are replaced, in the two modules a frame passes
+    through, by plain formatting of the same text; with autobahn debug logging on, its lines read the same, uncoloured.
+    """
+    import autobahn.twisted.websocket
+    import autobahn.websocket.protocol
+
+    for module in (autobahn.twisted.websocket, autobahn.websocket.protocol):
+        module.hltype = _plain_type  # type: ignore[attr-defined]
+        module.hlval = str  # type: ignore[attr-defined]
+
+
+def _plain_type(obj: object) -> str:
+    return f"<{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}>"
 
 
 def message_size_options(limit: int) -> list[str]:

@@ -103,3 +103,27 @@ def test_the_reactor_daphne_serves_on_runs_on_the_configured_event_loop(setting:
     # Then Twisted's reactor runs on that loop
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [setting, loop_module]
+
+
+def test_autobahns_per_frame_debug_arguments_are_plain_text() -> None:
+    import autobahn.twisted.websocket
+    import autobahn.websocket.protocol
+
+    from vpp.serve import autobahn_log_arguments_plain
+
+    # Given autobahn as Daphne uses it (its debug lines' arguments are built for every frame, logged or not)
+    modules = (autobahn.twisted.websocket, autobahn.websocket.protocol)
+    saved = [(getattr(m, "hltype"), getattr(m, "hlval")) for m in modules]  # noqa: B009 - not in the stubs
+    try:
+        # When the server replaces the helpers
+        autobahn_log_arguments_plain()
+        # Then a frame's debug arguments are the same text without click's colour codes
+        for module in modules:
+            hltype, hlval = getattr(module, "hltype"), getattr(module, "hlval")  # noqa: B009
+            method = autobahn.twisted.websocket.WebSocketServerProtocol.sendMessage
+            assert hltype(method) == "<autobahn.websocket.protocol.WebSocketProtocol.sendMessage>"
+            assert hlval(42) == "42"
+    finally:
+        for module, (hltype, hlval) in zip(modules, saved, strict=True):
+            setattr(module, "hltype", hltype)  # noqa: B010
+            setattr(module, "hlval", hlval)  # noqa: B010
