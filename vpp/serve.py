@@ -30,7 +30,9 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Sequence
+from typing import Any
 
 #: How every Daphne of this project runs (``make run``, the live tests, replays and benchmarks). Charger WebSockets
 #: live for months, so no 24-h cut-off; a 60-s handshake timeout lets a reconnect wave of thousands of chargers
@@ -162,10 +164,15 @@ def event_loop_install() -> str:
 
 
 def _close_failed_sockets_cleanly() -> None:
-    """Make autobahn send a close frame with its reason (e.g. 1009, message too big) before dropping a connection
-    it fails, instead of only dropping the TCP connection (its default, ``failByDrop``): the station then learns why
-    (OCPP-J: a close with a reason) and our consumer sees the code. Daphne exposes no option, so its factory is
-    subclassed before its server is built."""
+    """Daphne's WebSocket factory, subclassed before its server is built (Daphne exposes no option for either):
+
+    - autobahn sends a close frame with its reason (e.g. 1009, message too big) before dropping a connection it
+      fails, instead of only dropping the TCP connection (its default, ``failByDrop``): the station then learns
+      why (OCPP-J: a close with a reason) and our consumer sees the code;
+    - the protocol options are attributes of the protocol class, not of every connection: autobahn copies each of
+      its ~30 options from the factory into a new connection's ``__dict__`` unless its class already has it
+      (``WebSocketProtocol._connectionMade``), which costs every idle connection a larger instance dict.
+    """
     import daphne.server
     from daphne.ws_protocol import WebSocketFactory
 
@@ -174,7 +181,21 @@ def _close_failed_sockets_cleanly() -> None:
             super().__init__(*args, **kwargs)
             self.setProtocolOptions(failByDrop=False)
 
+        def setProtocolOptions(self, **options: object) -> None:
+            super().setProtocolOptions(**options)
+            self.protocol = options_as_class_attributes(self, WebSocketFactory.protocol)
+
     daphne.server.WebSocketFactory = ClosingWebSocketFactory
+
+
+def options_as_class_attributes(factory: Any, protocol: type[Any]) -> type[Any]:
+    """A subclass of ``protocol`` whose class attributes are the factory's current protocol options.
+
+    A function-valued option (``perMessageCompressionAccept``) stays a plain function, not a method of the class.
+    """
+    options = {name: getattr(factory, name) for name in protocol.CONFIG_ATTRS}
+    plain = {name: staticmethod(v) if isinstance(v, types.FunctionType) else v for name, v in options.items()}
+    return type(protocol.__name__, (protocol,), plain)
 
 
 def autobahn_log_arguments_plain() -> None:
@@ -191,6 +212,9 @@ def autobahn_log_arguments_plain() -> None:
     for module in (autobahn.twisted.websocket, autobahn.websocket.protocol):
         module.hltype = _plain_type  # type: ignore[attr-defined]
         module.hlval = str  # type: ignore[attr-defined]
+    # Every new connection pretty-prints its ~30 options for a debug line: 9 % of the server's CPU while a
+    # thousand stations connect. repr() gives the same content on one line.
+    autobahn.websocket.protocol.pformat = repr  # type: ignore[assignment]
 
 
 def _plain_type(obj: object) -> str:

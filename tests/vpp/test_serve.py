@@ -114,6 +114,7 @@ def test_autobahns_per_frame_debug_arguments_are_plain_text() -> None:
     # Given autobahn as Daphne uses it (its debug lines' arguments are built for every frame, logged or not)
     modules = (autobahn.twisted.websocket, autobahn.websocket.protocol)
     saved = [(getattr(m, "hltype"), getattr(m, "hlval")) for m in modules]  # noqa: B009 - not in the stubs
+    saved_pformat = autobahn.websocket.protocol.pformat
     try:
         # When the server replaces the helpers
         autobahn_log_arguments_plain()
@@ -123,7 +124,30 @@ def test_autobahns_per_frame_debug_arguments_are_plain_text() -> None:
             method = autobahn.twisted.websocket.WebSocketServerProtocol.sendMessage
             assert hltype(method) == "<autobahn.websocket.protocol.WebSocketProtocol.sendMessage>"
             assert hlval(42) == "42"
+        assert autobahn.websocket.protocol.pformat([("failByDrop", False)]) == "[('failByDrop', False)]"
     finally:
+        autobahn.websocket.protocol.pformat = saved_pformat
         for module, (hltype, hlval) in zip(modules, saved, strict=True):
             setattr(module, "hltype", hltype)  # noqa: B010
             setattr(module, "hlval", hlval)  # noqa: B010
+
+
+def test_websocket_options_are_class_attributes_so_a_connection_does_not_copy_them() -> None:
+    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+
+    from vpp.serve import options_as_class_attributes
+
+    # Given a factory with options set as Daphne sets them, including a function-valued one
+    factory = WebSocketServerFactory()
+    factory.setProtocolOptions(failByDrop=False, maxMessagePayloadSize=4096)
+    # When the protocol class is made to carry them
+    protocol_class = options_as_class_attributes(factory, WebSocketServerProtocol)
+    connection = protocol_class()
+    # Then a connection reads every option from its class (none in its own __dict__) with the factory's value
+    for name in WebSocketServerProtocol.CONFIG_ATTRS:
+        assert name not in vars(connection)
+        assert getattr(connection, name) == getattr(factory, name)
+    assert connection.failByDrop is False
+    assert connection.maxMessagePayloadSize == 4096
+    # and the function-valued option is still called with its one argument (not bound as a method)
+    assert connection.perMessageCompressionAccept([]) is None
