@@ -14,7 +14,7 @@ Targets (issue 2, on this 2-core machine): 1,000 stations at 1 msg/s with p99 <=
 saturation throughput >= 2x the bare server's; 10,000 idle connections in one server process.
 
 Defaults take about two minutes; ``--full`` runs the full-size loads (1,000 x 1 msg/s x 30 s, saturation with
-500 stations x 30 s, 10,000 idle for 10 s), about six to eight minutes.
+500 and with 3,000 stations x 30 s each, 10,000 idle for 30 s with a Heartbeat every 20 s), about ten minutes.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from bench.csms_load import run_load as run_generator  # noqa: E402
 VAR_DIR = Path(os.environ.get("VPP_VAR_DIR", "/tmp/vpp-bench"))
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/vpp_bench"
 SATURATION_RATIO_TARGET = 2.0
+MEMORY_PER_CONNECTION_TARGET_KIB = 50  # issue 17: idle connections held by one process
 
 
 @dataclass
@@ -208,7 +209,7 @@ def count_rows(env: dict[str, str], label: str, station_field: str, prefix: str)
 
 @dataclass
 class Plan:
-    name: str
+    name: str  # the mode, and the size for a saturation load ("saturation 3000"): one run per plan and server
     load: LoadConfig
 
 
@@ -219,11 +220,13 @@ def plans(args: argparse.Namespace, url: str) -> list[Plan]:
     if args.stations:
         out.append(Plan("fixed", replace(base, mode="fixed", stations=args.stations, rate=args.rate,
                                          duration=args.duration)))  # fmt: skip
-    if args.saturation_stations:
-        out.append(Plan("saturation", replace(base, mode="saturation", stations=args.saturation_stations,
-                                              duration=args.saturation_duration)))  # fmt: skip
+    for n in args.saturation_stations:
+        if n:
+            out.append(Plan(f"saturation {n}", replace(base, mode="saturation", stations=n,
+                                                       duration=args.saturation_duration)))  # fmt: skip
     if args.idle:
-        out.append(Plan("idle", replace(base, mode="idle", stations=args.idle, duration=args.idle_duration)))
+        out.append(Plan("idle", replace(base, mode="idle", stations=args.idle, duration=args.idle_duration,
+                                        heartbeat=args.idle_heartbeat)))  # fmt: skip
     return out
 
 
@@ -267,12 +270,14 @@ def _row(
 
 
 def compare_rows(results: dict[tuple[str, str], LoadResult], persisted: dict[str, Persistence]) -> list[Row]:
-    """(figure, bare, django, ratio, target, verdict-for-django) rows; a run that did not happen shows as '-'."""
+    """(figure, bare, django, ratio, target, verdict-for-django) rows, one block per plan in the order run; a run
+    that did not happen shows as '-'."""
     rows: list[Row] = []
-    for mode in ("fixed", "saturation", "idle"):
-        pair = (results.get((mode, "bare")), results.get((mode, "django")))
-        if pair != (None, None):
-            rows += _mode_rows(mode, pair, persisted.get(mode))
+    for name in dict.fromkeys(name for name, _ in results):
+        pair = (results.get((name, "bare")), results.get((name, "django")))
+        some = pair[1] or pair[0]
+        assert some is not None
+        rows += _mode_rows(some.config.mode, pair, persisted.get(name))
     return rows
 
 
@@ -294,6 +299,12 @@ def _mode_rows(mode: str, pair: tuple[LoadResult | None, LoadResult | None], p: 
     if mode == "idle":
         rows.append(_row(label, "still open after hold", pair, lambda r: r.open_at_end, "d", "",
                          f"{n} ({IDLE_TARGET:,} full)", lambda v: v == n))  # fmt: skip
+        if some.heartbeat_s:
+            rows.append(_row(label, f"heartbeats sent (every {some.heartbeat_s:g} s)", pair, lambda r: r.sent, "d"))
+            rows.append(_row(label, "heartbeats missed or unanswered", pair,
+                             lambda r: r.missed + r.sent - r.answered, "d", "", "0", lambda v: v == 0))  # fmt: skip
+            rows.append(_row(label, "heartbeat latency p99", pair, lambda r: r.p99_ms, ".1f", " ms"))
+        rows.append(_row(label, "server CPU at rest", pair, lambda r: r.server_cpu_pct, ".1f", " %"))
         rows.append(_row(label, "server RSS connected", pair, lambda r: (r.server_rss_connected or 0) / 1e6,
                          ".1f", " MB"))  # fmt: skip
     else:
@@ -310,7 +321,9 @@ def _mode_rows(mode: str, pair: tuple[LoadResult | None, LoadResult | None], p: 
         rows.append(_row(label, "server CPU per CALL", pair, lambda r: r.server_cpu_us_per_msg, ".0f", " us",
                          ratio=True))  # fmt: skip
     rows.append(_row(label, "errors", pair, lambda r: sum(r.errors.values()), "d", "", "0", lambda v: v == 0))
-    rows.append(_row(label, "memory per connection", pair, lambda r: (r.mem_per_conn or 0) / 1e3, ".1f", " kB"))
+    rows.append(_row(label, "memory per connection", pair, lambda r: (r.mem_per_conn or 0) / 1024, ".1f", " KiB",
+                     f"<= {MEMORY_PER_CONNECTION_TARGET_KIB} KiB" if mode == "idle" else "",
+                     (lambda v: v <= MEMORY_PER_CONNECTION_TARGET_KIB) if mode == "idle" else None))  # fmt: skip
     bare, ours = pair
     if mode == "saturation" and bare and ours:
         ratio = ours.throughput / bare.throughput if bare.throughput else 0.0
@@ -332,7 +345,7 @@ def run(args: argparse.Namespace) -> tuple[dict[tuple[str, str], LoadResult], di
     servers = [s for s in ("bare", "django") if s in args.servers]
     env = django_env(args.database_url, args.redis_url)
     if "django" in servers:
-        needed = max(args.stations, args.saturation_stations, args.idle)
+        needed = max(args.stations, *args.saturation_stations, args.idle)
         print(f"preparing Django: database {args.database_url}, migrate, provision {needed} stations", file=sys.stderr)
         ensure_database(args.database_url)
         manage(env, "migrate", "--noinput")
@@ -363,14 +376,22 @@ def run(args: argparse.Namespace) -> tuple[dict[tuple[str, str], LoadResult], di
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--full", action="store_true", help="full-size loads: 1,000 fixed, 500 saturation, 10,000 idle")
+    p.add_argument("--full", action="store_true",
+                   help="full-size loads: 1,000 fixed, 500 and 3,000 saturation, 10,000 idle")  # fmt: skip
     p.add_argument("--stations", type=int, default=200, help="fixed-rate stations (0 skips the fixed load)")
     p.add_argument("--rate", type=float, default=1.0, help="fixed-rate MeterValues/s per station")
     p.add_argument("--duration", type=float, default=10.0)
-    p.add_argument("--saturation-stations", type=int, default=100, help="0 skips the saturation load")
+    p.add_argument("--saturation-stations", type=int, nargs="+", default=[100],
+                   help="one saturation load per size (0 skips the saturation load)")  # fmt: skip
     p.add_argument("--saturation-duration", type=float, default=10.0)
     p.add_argument("--idle", type=int, default=1000, help="idle connections (0 skips the idle load)")
     p.add_argument("--idle-duration", type=float, default=5.0)
+    p.add_argument(
+        "--idle-heartbeat",
+        type=float,
+        default=None,
+        help="s between an idle station's Heartbeats (default: the boot answer's interval; 0: silent)",
+    )
     p.add_argument("--processes", type=int, default=2, help="load-generator processes")
     p.add_argument("--ocpp", dest="ocpp_version", choices=("2.0.1", "2.1"), default="2.0.1")
     p.add_argument("--values", type=int, default=3, help="sampled values per MeterValues (1-3)")
@@ -391,8 +412,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.full:
         args.stations, args.duration = max(args.stations, 1000), max(args.duration, 30.0)
-        args.saturation_stations, args.saturation_duration = max(args.saturation_stations, 500), 30.0
-        args.idle, args.idle_duration = max(args.idle, IDLE_TARGET), 10.0
+        args.saturation_stations = sorted({max(n, 500) for n in args.saturation_stations} | {3000})
+        args.saturation_duration = 30.0
+        args.idle, args.idle_duration = max(args.idle, IDLE_TARGET), 30.0
+        if args.idle_heartbeat is None:  # every station heartbeats once or twice within the hold (~500/s)
+            args.idle_heartbeat = 20.0
     results, persisted, failures = run(args)
     if args.workers > 1 and not args.redis_url:
         raise SystemExit("--workers > 1 needs --redis-url (workers reach each other's stations over Redis)")

@@ -365,6 +365,9 @@ API_UNKNOWN_KEYS_PER_ADDRESS = env_int("API_UNKNOWN_KEYS_PER_ADDRESS", 20, minim
 API_UNKNOWN_KEY_WINDOW_S = env_float("API_UNKNOWN_KEY_WINDOW_S", 60.0, minimum=1.0)
 # vpp.serve logs every cyclic-GC pass that stops the server longer than this (ms); 0 = off. For diagnosing tails.
 GC_PAUSE_LOG_MS = env_float("GC_PAUSE_LOG_MS", 0.0, minimum=0.0)
+# The event loop under Daphne's Twisted reactor (vpp.serve): uvloop (libuv) spends less CPU per frame than asyncio's
+# pure-Python selector loop; "asyncio" is the standard loop, e.g. to rule uvloop out when diagnosing.
+SERVER_EVENT_LOOP = env_choice("SERVER_EVENT_LOOP", "uvloop", choices=("uvloop", "asyncio"))
 
 # --- Security profiles 2/3: the built-in PKI and the TLS listener (chargers.pki, vpp.serve --tls-port) ------------
 # CA keys are encrypted PEM files under PKI_DIR; the passphrase comes from PKI_PASSPHRASE or PKI_PASSPHRASE_FILE, else
