@@ -166,6 +166,7 @@ class OcppConsumer(AsyncConsumer):
         self.calls: asyncio.Queue[dict[str, Any]] | None = None
         self.call_worker: asyncio.Task[None] | None = None
         self.pending: tuple[str, asyncio.Future[tuple[Frame, float]]] | None = None
+        self.call_idle = True  # the call worker waits for the next call (not sending, awaiting or handing over one)
         # The station's own frames, handled strictly in arrival order by one task; see websocket_receive. Bounded:
         # a full inbox stops this consumer reading further frames until the writer catches up (websocket_receive).
         self.inbox: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue(settings.OCPP_INBOX_MAX)
@@ -267,6 +268,7 @@ class OcppConsumer(AsyncConsumer):
             ownership.holder_forget(self)
             self._certificate_forget()
             self.closed = True
+            await self._answered_call_handed_over()
             if self.call_worker is not None:
                 self.call_worker.cancel()
             await self.inbox.put(None)  # the inbox worker stores what is queued, then stops (waits if it is full)
@@ -444,7 +446,9 @@ class OcppConsumer(AsyncConsumer):
     async def _call_worker(self) -> None:
         assert self.calls is not None
         while True:
+            self.call_idle = True
             message = await self.calls.get()
+            self.call_idle = False
             try:
                 reply, log = await self._call_once(message)
             except asyncio.CancelledError:
@@ -528,6 +532,17 @@ class OcppConsumer(AsyncConsumer):
             await self.channel_layer.send(message["reply_to"], reply)
         except Exception:
             LOG.warning("could not deliver a call reply to %s", message["reply_to"], exc_info=True)
+
+    async def _answered_call_handed_over(self, within_s: float = 1.0) -> None:
+        """A station may answer our call and close in the same read: the answer is in, but the call worker has not
+        yet handed it to its caller (and logged it). Let it, briefly, rather than report an answered call as offline;
+        a call still waiting for its answer is failed at once (none will come now)."""
+        deadline = time.monotonic() + within_s
+        while self.call_worker is not None and not self.call_worker.done() and not self.call_idle:
+            pending = self.pending
+            if (pending is not None and not pending[1].done()) or time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.005)
 
     def _fail_outstanding(self, status: str) -> None:
         if self.pending is not None and not self.pending[1].done():
