@@ -26,6 +26,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -121,6 +122,28 @@ def running(name: str, argv: list[str], env: dict[str, str], port: int) -> Itera
 
 def bare_argv(port: int) -> list[str]:
     return [sys.executable, str(ROOT / "bench" / "ocpp_bare_server.py"), "--host", "127.0.0.1", "--port", str(port)]
+
+
+SERVERS = ("bare", "node", "django")
+NODE_PEER = ROOT / "bench" / "ocpp_rpc_server"
+
+
+def node_argv(port: int) -> list[str]:
+    """The Node.js peer: ocpp-rpc's strict RPCServer (``bench/ocpp_rpc_server``), storing nothing."""
+    return ["node", str(NODE_PEER / "server.js"), "--host", "127.0.0.1", "--port", str(port)]
+
+
+def node_ready() -> bool:
+    """Whether the Node peer can run: node and npm installed, its pinned packages installed (``npm ci``) once."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        print("node peer skipped: node and npm are not installed (apt-get install nodejs npm)", file=sys.stderr)
+        return False
+    if not (NODE_PEER / "node_modules" / "ocpp-rpc").is_dir():
+        done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--prefix", str(NODE_PEER)], check=False)
+        if done.returncode != 0:
+            print("node peer skipped: npm ci failed in bench/ocpp_rpc_server", file=sys.stderr)
+            return False
+    return True
 
 
 def daphne_argv(port: int, workers: int) -> list[str]:
@@ -248,13 +271,14 @@ def _verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("PASS" if ok else "MISS")
 
 
-Row = tuple[str, str, str, str, str, str]
+Row = tuple[str, str, str, str, str, str, str]  # figure, bare, node, django, ratio, target, verdict
+Trio = tuple[LoadResult | None, LoadResult | None, LoadResult | None]  # bare, node, django
 
 
 def _row(
     label: str,
     figure: str,
-    results: tuple[LoadResult | None, LoadResult | None],
+    results: Trio,
     attr: Callable[[LoadResult], float | None],
     spec: str,
     unit: str = "",
@@ -263,9 +287,9 @@ def _row(
     ratio: bool = False,
 ) -> Row:
     """One figure for both servers; the verdict judges the Django CSMS against the target."""
-    bare, ours = (attr(r) if r is not None else None for r in results)
+    bare, node, ours = (attr(r) if r is not None else None for r in results)
     verdict = _verdict(ok(ours) if ok is not None and ours is not None else None)
-    return (f"{label}: {figure}", _fmt(bare, spec, unit), _fmt(ours, spec, unit),
+    return (f"{label}: {figure}", _fmt(bare, spec, unit), _fmt(node, spec, unit), _fmt(ours, spec, unit),
             _ratio(ours, bare) if ratio else "", target, verdict)  # fmt: skip
 
 
@@ -274,16 +298,16 @@ def compare_rows(results: dict[tuple[str, str], LoadResult], persisted: dict[str
     that did not happen shows as '-'."""
     rows: list[Row] = []
     for name in dict.fromkeys(name for name, _ in results):
-        pair = (results.get((name, "bare")), results.get((name, "django")))
-        some = pair[1] or pair[0]
+        pair = (results.get((name, "bare")), results.get((name, "node")), results.get((name, "django")))
+        some = pair[2] or pair[0] or pair[1]
         assert some is not None
         rows += _mode_rows(some.config.mode, pair, persisted.get(name))
     return rows
 
 
-def _mode_rows(mode: str, pair: tuple[LoadResult | None, LoadResult | None], p: Persistence | None) -> list[Row]:
+def _mode_rows(mode: str, pair: Trio, p: Persistence | None) -> list[Row]:
     rows: list[Row] = []
-    some = pair[1] or pair[0]
+    some = pair[2] or pair[0] or pair[1]
     assert some is not None
     n, rate = some.config.stations, some.config.rate
     label = {"fixed": f"fixed {n} x {rate:g}/s", "saturation": f"saturation {n}", "idle": f"idle {n}"}[mode]
@@ -324,13 +348,13 @@ def _mode_rows(mode: str, pair: tuple[LoadResult | None, LoadResult | None], p: 
     rows.append(_row(label, "memory per connection", pair, lambda r: (r.mem_per_conn or 0) / 1024, ".1f", " KiB",
                      f"<= {MEMORY_PER_CONNECTION_TARGET_KIB} KiB" if mode == "idle" else "",
                      (lambda v: v <= MEMORY_PER_CONNECTION_TARGET_KIB) if mode == "idle" else None))  # fmt: skip
-    bare, ours = pair
+    bare, _, ours = pair
     if mode == "saturation" and bare and ours:
         ratio = ours.throughput / bare.throughput if bare.throughput else 0.0
-        rows.append((f"{label}: ours / bare throughput", "", "", f"{ratio:.2f}x",
+        rows.append((f"{label}: ours / bare throughput", "", "", "", f"{ratio:.2f}x",
                      f">= {SATURATION_RATIO_TARGET:g}x", _verdict(ratio >= SATURATION_RATIO_TARGET)))  # fmt: skip
     if p is not None:
-        rows.append((f"{label}: values stored / sent / acked", "(stores nothing)",
+        rows.append((f"{label}: values stored / sent / acked", "(stores nothing)", "(stores nothing)",
                      f"{p.stored} / {p.values_sent} / {p.values_answered}", "", "all equal",
                      _verdict(p.ok)))  # fmt: skip
     return rows
@@ -342,7 +366,9 @@ def run(args: argparse.Namespace) -> tuple[dict[tuple[str, str], LoadResult], di
     results: dict[tuple[str, str], LoadResult] = {}
     persisted: dict[str, Persistence] = {}
     failures: list[str] = []
-    servers = [s for s in ("bare", "django") if s in args.servers]
+    servers = [s for s in SERVERS if s in args.servers]
+    if "node" in servers and not node_ready():
+        servers.remove("node")
     env = django_env(args.database_url, args.redis_url)
     if "django" in servers:
         needed = max(args.stations, *args.saturation_stations, args.idle)
@@ -355,8 +381,8 @@ def run(args: argparse.Namespace) -> tuple[dict[tuple[str, str], LoadResult], di
         if True:  # one run per (plan, server), as before
             port = free_port()
             load = replace(plan.load, url=f"ws://127.0.0.1:{port}/ocpp")
-            argv = bare_argv(port) if server == "bare" else daphne_argv(port, args.workers)
-            server_env = dict(os.environ) if server == "bare" else env
+            argv = {"bare": bare_argv, "node": node_argv}.get(server, lambda p: daphne_argv(p, args.workers))(port)
+            server_env = env if server == "django" else dict(os.environ)
             counting = server == "django" and plan.name != "idle" and args.meter_model
             try:
                 with running(f"{server}-{plan.name}", argv, server_env, port) as pid:
@@ -395,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, default=2, help="load-generator processes")
     p.add_argument("--ocpp", dest="ocpp_version", choices=("2.0.1", "2.1"), default="2.0.1")
     p.add_argument("--values", type=int, default=3, help="sampled values per MeterValues (1-3)")
-    p.add_argument("--servers", nargs="+", choices=("bare", "django"), default=["bare", "django"])
+    p.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS),
+                   help="node: the Node.js peer, run when node and npm are installed")  # fmt: skip
     p.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
     p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL"), help="e.g. redis://127.0.0.1:6379/4")
     p.add_argument("--workers", type=int, default=1, help="Daphne worker processes on one socket (needs --redis-url)")
@@ -422,10 +449,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--workers > 1 needs --redis-url (workers reach each other's stations over Redis)")
     title = (f"CSMS comparison: Django CSMS ({args.workers} Daphne process(es), "
              f"{'Redis' if args.redis_url else 'in-memory'} layer, "
-             f"{urlsplit(args.database_url).scheme}) vs bare ocpp-library server; OCPP {args.ocpp_version}, "
+             f"{urlsplit(args.database_url).scheme}) vs the bare ocpp-library server and Node ocpp-rpc; "
+             f"OCPP {args.ocpp_version}, "
              f"{args.processes} generator processes, {os.cpu_count()} CPUs shared")  # fmt: skip
     rows = compare_rows(results, persisted)
-    print(format_table(title, rows, ("figure", "bare ocpp", "django csms", "ratio", "target", "django")))
+    header = ("figure", "bare ocpp", "node ocpp-rpc", "django csms", "ratio", "target", "django")
+    print(format_table(title, rows, header))
     for failure in failures:
         print(f"RUN FAILED: {failure}")
     if args.json_path:
