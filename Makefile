@@ -10,8 +10,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 FLEET ?= 10
 WORKERS ?= 1
+NODES ?= 2
 
-.PHONY: run test test-iso15118 install install-iso15118 exi-codec lint typecheck bench clean
+.PHONY: run run-cluster test test-iso15118 install install-iso15118 exi-codec lint typecheck bench clean
 
 $(BIN)/.installed: requirements.txt edge_agent/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -44,6 +45,16 @@ run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py demo_seed --stations $(FLEET)
 	$(BIN)/python manage.py runvpp --host $(HOST) --port $(PORT) --fleet $(FLEET) --workers $(WORKERS)
+
+## make run-cluster: the same product as several nodes (README "Operations: several nodes"): NODES Daphne processes
+## on PORT+1.. behind HAProxy (deploy/haproxy-cluster.cfg) on PORT, a Celery worker, one beat, the simulated fleet.
+## Needs PostgreSQL and Redis shared by all: DATABASE_URL and REDIS_URL.
+run-cluster:
+	@test -n "$$DATABASE_URL" -a -n "$$REDIS_URL" || { echo "make run-cluster: set DATABASE_URL=postgres://user@host:5432/db and REDIS_URL=redis://host:6379/0 (several nodes share one PostgreSQL and one Redis; the embedded SQLite and in-memory channel layer belong to one process)" >&2; exit 2; }
+	@$(MAKE) --no-print-directory install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py demo_seed --stations $(FLEET)
+	$(BIN)/python manage.py runcluster --host $(HOST) --port $(PORT) --nodes $(NODES) --fleet $(FLEET)
 
 ## make test: the whole test suite (SQLite + in-memory layer by default; DATABASE_URL/REDIS_URL for the real ones),
 ## then the ISO 15118 tests in the agent's own environment (they skip, saying why, without Java or root).

@@ -14,7 +14,7 @@ Targets (issue 2, on this 2-core machine): 1,000 stations at 1 msg/s with p99 <=
 saturation throughput >= 2x the bare server's; 10,000 idle connections in one server process.
 
 Defaults take about two minutes; ``--full`` runs the full-size loads (1,000 x 1 msg/s x 30 s, saturation with
-500 stations x 30 s, 10,000 idle for 10 s), about six to eight minutes.
+500 and with 3,000 stations x 30 s each, 10,000 idle for 30 s with a Heartbeat every 20 s), about ten minutes.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -57,6 +58,7 @@ from bench.csms_load import run_load as run_generator  # noqa: E402
 VAR_DIR = Path(os.environ.get("VPP_VAR_DIR", "/tmp/vpp-bench"))
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/vpp_bench"
 SATURATION_RATIO_TARGET = 2.0
+MEMORY_PER_CONNECTION_TARGET_KIB = 50  # issue 17: idle connections held by one process
 
 
 @dataclass
@@ -120,6 +122,28 @@ def running(name: str, argv: list[str], env: dict[str, str], port: int) -> Itera
 
 def bare_argv(port: int) -> list[str]:
     return [sys.executable, str(ROOT / "bench" / "ocpp_bare_server.py"), "--host", "127.0.0.1", "--port", str(port)]
+
+
+SERVERS = ("bare", "node", "django")
+NODE_PEER = ROOT / "bench" / "ocpp_rpc_server"
+
+
+def node_argv(port: int) -> list[str]:
+    """The Node.js peer: ocpp-rpc's strict RPCServer (``bench/ocpp_rpc_server``), storing nothing."""
+    return ["node", str(NODE_PEER / "server.js"), "--host", "127.0.0.1", "--port", str(port)]
+
+
+def node_ready() -> bool:
+    """Whether the Node peer can run: node and npm installed, its pinned packages installed (``npm ci``) once."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        print("node peer skipped: node and npm are not installed (apt-get install nodejs npm)", file=sys.stderr)
+        return False
+    if not (NODE_PEER / "node_modules" / "ocpp-rpc").is_dir():
+        done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--prefix", str(NODE_PEER)], check=False)
+        if done.returncode != 0:
+            print("node peer skipped: npm ci failed in bench/ocpp_rpc_server", file=sys.stderr)
+            return False
+    return True
 
 
 def daphne_argv(port: int, workers: int) -> list[str]:
@@ -208,7 +232,7 @@ def count_rows(env: dict[str, str], label: str, station_field: str, prefix: str)
 
 @dataclass
 class Plan:
-    name: str
+    name: str  # the mode, and the size for a saturation load ("saturation 3000"): one run per plan and server
     load: LoadConfig
 
 
@@ -219,11 +243,13 @@ def plans(args: argparse.Namespace, url: str) -> list[Plan]:
     if args.stations:
         out.append(Plan("fixed", replace(base, mode="fixed", stations=args.stations, rate=args.rate,
                                          duration=args.duration)))  # fmt: skip
-    if args.saturation_stations:
-        out.append(Plan("saturation", replace(base, mode="saturation", stations=args.saturation_stations,
-                                              duration=args.saturation_duration)))  # fmt: skip
+    for n in args.saturation_stations:
+        if n:
+            out.append(Plan(f"saturation {n}", replace(base, mode="saturation", stations=n,
+                                                       duration=args.saturation_duration)))  # fmt: skip
     if args.idle:
-        out.append(Plan("idle", replace(base, mode="idle", stations=args.idle, duration=args.idle_duration)))
+        out.append(Plan("idle", replace(base, mode="idle", stations=args.idle, duration=args.idle_duration,
+                                        heartbeat=args.idle_heartbeat)))  # fmt: skip
     return out
 
 
@@ -245,13 +271,14 @@ def _verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("PASS" if ok else "MISS")
 
 
-Row = tuple[str, str, str, str, str, str]
+Row = tuple[str, str, str, str, str, str, str]  # figure, bare, node, django, ratio, target, verdict
+Trio = tuple[LoadResult | None, LoadResult | None, LoadResult | None]  # bare, node, django
 
 
 def _row(
     label: str,
     figure: str,
-    results: tuple[LoadResult | None, LoadResult | None],
+    results: Trio,
     attr: Callable[[LoadResult], float | None],
     spec: str,
     unit: str = "",
@@ -260,25 +287,27 @@ def _row(
     ratio: bool = False,
 ) -> Row:
     """One figure for both servers; the verdict judges the Django CSMS against the target."""
-    bare, ours = (attr(r) if r is not None else None for r in results)
+    bare, node, ours = (attr(r) if r is not None else None for r in results)
     verdict = _verdict(ok(ours) if ok is not None and ours is not None else None)
-    return (f"{label}: {figure}", _fmt(bare, spec, unit), _fmt(ours, spec, unit),
+    return (f"{label}: {figure}", _fmt(bare, spec, unit), _fmt(node, spec, unit), _fmt(ours, spec, unit),
             _ratio(ours, bare) if ratio else "", target, verdict)  # fmt: skip
 
 
 def compare_rows(results: dict[tuple[str, str], LoadResult], persisted: dict[str, Persistence]) -> list[Row]:
-    """(figure, bare, django, ratio, target, verdict-for-django) rows; a run that did not happen shows as '-'."""
+    """(figure, bare, django, ratio, target, verdict-for-django) rows, one block per plan in the order run; a run
+    that did not happen shows as '-'."""
     rows: list[Row] = []
-    for mode in ("fixed", "saturation", "idle"):
-        pair = (results.get((mode, "bare")), results.get((mode, "django")))
-        if pair != (None, None):
-            rows += _mode_rows(mode, pair, persisted.get(mode))
+    for name in dict.fromkeys(name for name, _ in results):
+        pair = (results.get((name, "bare")), results.get((name, "node")), results.get((name, "django")))
+        some = pair[2] or pair[0] or pair[1]
+        assert some is not None
+        rows += _mode_rows(some.config.mode, pair, persisted.get(name))
     return rows
 
 
-def _mode_rows(mode: str, pair: tuple[LoadResult | None, LoadResult | None], p: Persistence | None) -> list[Row]:
+def _mode_rows(mode: str, pair: Trio, p: Persistence | None) -> list[Row]:
     rows: list[Row] = []
-    some = pair[1] or pair[0]
+    some = pair[2] or pair[0] or pair[1]
     assert some is not None
     n, rate = some.config.stations, some.config.rate
     label = {"fixed": f"fixed {n} x {rate:g}/s", "saturation": f"saturation {n}", "idle": f"idle {n}"}[mode]
@@ -294,6 +323,12 @@ def _mode_rows(mode: str, pair: tuple[LoadResult | None, LoadResult | None], p: 
     if mode == "idle":
         rows.append(_row(label, "still open after hold", pair, lambda r: r.open_at_end, "d", "",
                          f"{n} ({IDLE_TARGET:,} full)", lambda v: v == n))  # fmt: skip
+        if some.heartbeat_s:
+            rows.append(_row(label, f"heartbeats sent (every {some.heartbeat_s:g} s)", pair, lambda r: r.sent, "d"))
+            rows.append(_row(label, "heartbeats missed or unanswered", pair,
+                             lambda r: r.missed + r.sent - r.answered, "d", "", "0", lambda v: v == 0))  # fmt: skip
+            rows.append(_row(label, "heartbeat latency p99", pair, lambda r: r.p99_ms, ".1f", " ms"))
+        rows.append(_row(label, "server CPU at rest", pair, lambda r: r.server_cpu_pct, ".1f", " %"))
         rows.append(_row(label, "server RSS connected", pair, lambda r: (r.server_rss_connected or 0) / 1e6,
                          ".1f", " MB"))  # fmt: skip
     else:
@@ -310,14 +345,16 @@ def _mode_rows(mode: str, pair: tuple[LoadResult | None, LoadResult | None], p: 
         rows.append(_row(label, "server CPU per CALL", pair, lambda r: r.server_cpu_us_per_msg, ".0f", " us",
                          ratio=True))  # fmt: skip
     rows.append(_row(label, "errors", pair, lambda r: sum(r.errors.values()), "d", "", "0", lambda v: v == 0))
-    rows.append(_row(label, "memory per connection", pair, lambda r: (r.mem_per_conn or 0) / 1e3, ".1f", " kB"))
-    bare, ours = pair
+    rows.append(_row(label, "memory per connection", pair, lambda r: (r.mem_per_conn or 0) / 1024, ".1f", " KiB",
+                     f"<= {MEMORY_PER_CONNECTION_TARGET_KIB} KiB" if mode == "idle" else "",
+                     (lambda v: v <= MEMORY_PER_CONNECTION_TARGET_KIB) if mode == "idle" else None))  # fmt: skip
+    bare, _, ours = pair
     if mode == "saturation" and bare and ours:
         ratio = ours.throughput / bare.throughput if bare.throughput else 0.0
-        rows.append((f"{label}: ours / bare throughput", "", "", f"{ratio:.2f}x",
+        rows.append((f"{label}: ours / bare throughput", "", "", "", f"{ratio:.2f}x",
                      f">= {SATURATION_RATIO_TARGET:g}x", _verdict(ratio >= SATURATION_RATIO_TARGET)))  # fmt: skip
     if p is not None:
-        rows.append((f"{label}: values stored / sent / acked", "(stores nothing)",
+        rows.append((f"{label}: values stored / sent / acked", "(stores nothing)", "(stores nothing)",
                      f"{p.stored} / {p.values_sent} / {p.values_answered}", "", "all equal",
                      _verdict(p.ok)))  # fmt: skip
     return rows
@@ -329,10 +366,12 @@ def run(args: argparse.Namespace) -> tuple[dict[tuple[str, str], LoadResult], di
     results: dict[tuple[str, str], LoadResult] = {}
     persisted: dict[str, Persistence] = {}
     failures: list[str] = []
-    servers = [s for s in ("bare", "django") if s in args.servers]
+    servers = [s for s in SERVERS if s in args.servers]
+    if "node" in servers and not node_ready():
+        servers.remove("node")
     env = django_env(args.database_url, args.redis_url)
     if "django" in servers:
-        needed = max(args.stations, args.saturation_stations, args.idle)
+        needed = max(args.stations, *args.saturation_stations, args.idle)
         print(f"preparing Django: database {args.database_url}, migrate, provision {needed} stations", file=sys.stderr)
         ensure_database(args.database_url)
         manage(env, "migrate", "--noinput")
@@ -342,8 +381,8 @@ def run(args: argparse.Namespace) -> tuple[dict[tuple[str, str], LoadResult], di
         if True:  # one run per (plan, server), as before
             port = free_port()
             load = replace(plan.load, url=f"ws://127.0.0.1:{port}/ocpp")
-            argv = bare_argv(port) if server == "bare" else daphne_argv(port, args.workers)
-            server_env = dict(os.environ) if server == "bare" else env
+            argv = {"bare": bare_argv, "node": node_argv}.get(server, lambda p: daphne_argv(p, args.workers))(port)
+            server_env = env if server == "django" else dict(os.environ)
             counting = server == "django" and plan.name != "idle" and args.meter_model
             try:
                 with running(f"{server}-{plan.name}", argv, server_env, port) as pid:
@@ -363,18 +402,27 @@ def run(args: argparse.Namespace) -> tuple[dict[tuple[str, str], LoadResult], di
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--full", action="store_true", help="full-size loads: 1,000 fixed, 500 saturation, 10,000 idle")
+    p.add_argument("--full", action="store_true",
+                   help="full-size loads: 1,000 fixed, 500 and 3,000 saturation, 10,000 idle")  # fmt: skip
     p.add_argument("--stations", type=int, default=200, help="fixed-rate stations (0 skips the fixed load)")
     p.add_argument("--rate", type=float, default=1.0, help="fixed-rate MeterValues/s per station")
     p.add_argument("--duration", type=float, default=10.0)
-    p.add_argument("--saturation-stations", type=int, default=100, help="0 skips the saturation load")
+    p.add_argument("--saturation-stations", type=int, nargs="+", default=[100],
+                   help="one saturation load per size (0 skips the saturation load)")  # fmt: skip
     p.add_argument("--saturation-duration", type=float, default=10.0)
     p.add_argument("--idle", type=int, default=1000, help="idle connections (0 skips the idle load)")
     p.add_argument("--idle-duration", type=float, default=5.0)
+    p.add_argument(
+        "--idle-heartbeat",
+        type=float,
+        default=None,
+        help="s between an idle station's Heartbeats (default: the boot answer's interval; 0: silent)",
+    )
     p.add_argument("--processes", type=int, default=2, help="load-generator processes")
     p.add_argument("--ocpp", dest="ocpp_version", choices=("2.0.1", "2.1"), default="2.0.1")
     p.add_argument("--values", type=int, default=3, help="sampled values per MeterValues (1-3)")
-    p.add_argument("--servers", nargs="+", choices=("bare", "django"), default=["bare", "django"])
+    p.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS),
+                   help="node: the Node.js peer, run when node and npm are installed")  # fmt: skip
     p.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB))
     p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL"), help="e.g. redis://127.0.0.1:6379/4")
     p.add_argument("--workers", type=int, default=1, help="Daphne worker processes on one socket (needs --redis-url)")
@@ -391,17 +439,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.full:
         args.stations, args.duration = max(args.stations, 1000), max(args.duration, 30.0)
-        args.saturation_stations, args.saturation_duration = max(args.saturation_stations, 500), 30.0
-        args.idle, args.idle_duration = max(args.idle, IDLE_TARGET), 10.0
+        args.saturation_stations = sorted({max(n, 500) for n in args.saturation_stations} | {3000})
+        args.saturation_duration = 30.0
+        args.idle, args.idle_duration = max(args.idle, IDLE_TARGET), 30.0
+        if args.idle_heartbeat is None:  # every station heartbeats once or twice within the hold (~500/s)
+            args.idle_heartbeat = 20.0
     results, persisted, failures = run(args)
     if args.workers > 1 and not args.redis_url:
         raise SystemExit("--workers > 1 needs --redis-url (workers reach each other's stations over Redis)")
     title = (f"CSMS comparison: Django CSMS ({args.workers} Daphne process(es), "
              f"{'Redis' if args.redis_url else 'in-memory'} layer, "
-             f"{urlsplit(args.database_url).scheme}) vs bare ocpp-library server; OCPP {args.ocpp_version}, "
+             f"{urlsplit(args.database_url).scheme}) vs the bare ocpp-library server and Node ocpp-rpc; "
+             f"OCPP {args.ocpp_version}, "
              f"{args.processes} generator processes, {os.cpu_count()} CPUs shared")  # fmt: skip
     rows = compare_rows(results, persisted)
-    print(format_table(title, rows, ("figure", "bare ocpp", "django csms", "ratio", "target", "django")))
+    header = ("figure", "bare ocpp", "node ocpp-rpc", "django csms", "ratio", "target", "django")
+    print(format_table(title, rows, header))
     for failure in failures:
         print(f"RUN FAILED: {failure}")
     if args.json_path:

@@ -9,8 +9,11 @@ Modes
               x 1 msg/s with p99 <= 50 ms, and all 1,000 connected and booted within 10 s)
   saturation  every station sends its next MeterValues as soon as the previous one is answered (OCPP allows one
               outstanding CALL per station), which measures the server's maximum throughput
-  idle        stations connect, boot and then stay silent for ``--duration`` s (target: 10,000 held by one server
-              process); reports how many are still open and the server's RSS
+  idle        stations connect, boot and then hold their connection for ``--duration`` s, sending only Heartbeats
+              (target: 10,000 held by one server process, no heartbeat missed); every ``--heartbeat`` s, by
+              default the interval the CSMS named in its BootNotification answer, each phase random; reports how
+              many are still open, the heartbeats sent / answered / missed (an answer later than the interval,
+              or none), the server's RSS and its CPU at rest (``--heartbeat 0``: silent)
 
 Each station answers a CSMS-initiated CALL with ``{"status": "Accepted"}`` so that a CSMS that talks back after
 BootNotification does not stall the run. With ``--server-pid`` the server's RSS (psutil) is sampled before and after
@@ -87,6 +90,7 @@ class LoadConfig:
     connect_timeout: float = 30.0
     call_timeout: float = 30.0
     server_pid: int | None = None
+    heartbeat: float | None = None  # idle mode: s between Heartbeats; None = the boot answer's interval, 0 = none
 
     def station_ids(self) -> list[str]:
         return station_ids(self.prefix, self.stations, self.first)
@@ -112,6 +116,8 @@ class WorkerReport:
     server_calls: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     cpu_s: float = 0.0
+    missed: int = 0  # idle mode: heartbeats answered later than the interval, or not at all
+    heartbeat_s: float = 0.0  # idle mode: the interval the stations used (0: silent)
 
 
 @dataclass
@@ -136,6 +142,8 @@ class LoadResult:
     server_rss_after: int | None
     server_cpu_pct: float | None
     generator_cpu_pct: list[float]
+    missed: int = 0
+    heartbeat_s: float = 0.0
 
     @property
     def values_sent(self) -> int:
@@ -205,6 +213,7 @@ class Station:
         self._id_prefix = f"{random.getrandbits(48):012x}-"
         self._seq = 0
         self.energy_wh = random.randint(1_000, 50_000_000)
+        self.interval = 0.0  # the heartbeat interval of the BootNotification answer
 
     async def open(self) -> None:
         token = base64.b64encode(f"{self.id}:{self.cfg.password}".encode()).decode()
@@ -254,6 +263,7 @@ class Station:
         answer = await self.call(mid, json.dumps([2, mid, "BootNotification", payload], separators=(",", ":")))
         if answer.get("status") != "Accepted":
             raise CallError(f"boot {answer.get('status')}")
+        self.interval = float(answer.get("interval") or 0)
         mid = self._next_id()
         status = {"timestamp": _now(), "connectorStatus": "Available", "evseId": 1, "connectorId": 1}
         await self.call(mid, json.dumps([2, mid, "StatusNotification", status], separators=(",", ":")))
@@ -268,6 +278,22 @@ class Station:
         await self.call(mid, frame)
         self.report.latencies.append(time.perf_counter() - started)
         self.report.answered += 1
+
+    async def heartbeat(self, interval: float) -> None:
+        """One Heartbeat; an answer later than ``interval`` (when the next one is due) counts as missed."""
+        mid = self._next_id()
+        started = time.perf_counter()
+        self.report.sent += 1
+        try:
+            await self.call(mid, f'[2,"{mid}","Heartbeat",{{}}]')
+        except BaseException:
+            self.report.missed += 1
+            raise
+        took = time.perf_counter() - started
+        self.report.latencies.append(took)
+        self.report.answered += 1
+        if took > interval:
+            self.report.missed += 1
 
     async def close(self) -> None:
         if self.ws is not None:
@@ -350,6 +376,27 @@ async def _drive(station: Station, cfg: LoadConfig, run_at: float, end_at: float
             return
 
 
+async def _hold(station: Station, cfg: LoadConfig, run_at: float, end_at: float) -> None:
+    """Idle mode: keep the connection, sending a Heartbeat every interval (random phase) until end_at."""
+    interval = station.interval if cfg.heartbeat is None else cfg.heartbeat
+    if interval <= 0:
+        await _sleep_until(end_at)
+        return
+    next_at = run_at + random.random() * interval
+    while next_at < end_at:
+        await _sleep_until(next_at)
+        next_at += interval
+        try:
+            await station.heartbeat(interval)
+        except (TimeoutError, ConnectionClosed, CallError, OSError) as exc:
+            station.report.errors[f"heartbeat: {_error_key(exc)}"] += 1
+            if isinstance(exc, ConnectionClosed | OSError):
+                return
+        except Exception as exc:
+            station.report.errors[f"heartbeat: {type(exc).__name__}"] += 1
+            return
+
+
 def _own_cpu() -> float:
     times = os.times()
     return times.user + times.system
@@ -377,7 +424,9 @@ async def _worker_main(cfg: LoadConfig, ids: list[str], pipe: Connection) -> Non
     await _sleep_until(run_at)
     cpu_at_start = _own_cpu()
     if cfg.mode == "idle":
-        await _sleep_until(end_at)
+        await asyncio.gather(*(_hold(s, cfg, run_at, end_at) for s in live))
+        intervals = {s.interval if cfg.heartbeat is None else cfg.heartbeat for s in live}
+        report.heartbeat_s = max(intervals, default=0.0)
     else:
         await asyncio.gather(*(_drive(s, cfg, run_at, end_at) for s in live))
     report.run_ended_at = time.monotonic()
@@ -528,6 +577,8 @@ def run_load(cfg: LoadConfig, *, log: Any = None) -> LoadResult:
         server_rss_after=rss_after,
         server_cpu_pct=None if cpu_before is None or cpu_after is None else 100 * (cpu_after - cpu_before) / elapsed,
         generator_cpu_pct=[100 * r.cpu_s / max(1e-9, r.run_ended_at - run_at) for r in reports],
+        missed=sum(r.missed for r in reports),
+        heartbeat_s=max(r.heartbeat_s for r in reports),
     )
 
 
@@ -565,6 +616,11 @@ def result_rows(res: LoadResult) -> list[tuple[str, str, str, str]]:
     if cfg.mode == "idle":
         rows.append(("open after hold", f"{res.open_at_end}", f"{IDLE_TARGET:,} in one process",
                      _verdict(res.open_at_end == n and n >= IDLE_TARGET if n >= IDLE_TARGET else None)))  # fmt: skip
+        if res.heartbeat_s:
+            rows.append((f"heartbeats (every {res.heartbeat_s:g} s) sent / answered / missed",
+                         f"{res.sent} / {res.answered} / {res.missed}", "none missed",
+                         _verdict(res.missed == 0 and res.sent == res.answered)))  # fmt: skip
+            rows.append(("heartbeat latency p99", f"{res.p99_ms:.1f} ms", "", "-"))
     else:
         offered = n * cfg.rate if cfg.mode == "fixed" else None
         rows.append(
@@ -590,8 +646,9 @@ def result_rows(res: LoadResult) -> list[tuple[str, str, str, str]]:
                  "", "-"))  # fmt: skip
     rows.append(("memory per connection", _kb(res.mem_per_conn), "", "-"))
     if res.server_cpu_pct is not None:
-        rows.append(("server CPU during run", f"{res.server_cpu_pct:.0f} %", "", "-"))
-        if res.answered:
+        rows.append(("server CPU during run" if cfg.mode != "idle" else "server CPU at rest (hold)",
+                     f"{res.server_cpu_pct:.1f} %", "", "-"))  # fmt: skip
+        if res.answered and cfg.mode != "idle":
             rows.append(("server CPU per answered CALL", f"{res.server_cpu_us_per_msg:.0f} us",
                          "load-independent cost figure", "-"))  # fmt: skip
     gen = ", ".join(f"{x:.0f}%" for x in res.generator_cpu_pct)
@@ -614,7 +671,7 @@ def format_table(title: str, rows: Sequence[Sequence[str]], header: Sequence[str
 def describe(res: LoadResult) -> str:
     cfg = res.config
     rate = f"{cfg.rate:g} msg/s/station" if cfg.mode == "fixed" else ("as fast as answered" if cfg.mode == "saturation"
-                                                                       else "silent")  # fmt: skip
+                                                                       else "heartbeats only")  # fmt: skip
     return f"{cfg.mode}: {cfg.stations} stations, {rate}, {cfg.duration:g} s, OCPP {cfg.ocpp_version}, {cfg.url}"
 
 
@@ -639,6 +696,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--connect-retries", type=int, default=2)
     parser.add_argument("--call-timeout", type=float, default=30.0)
     parser.add_argument("--server-pid", type=int, help="pid of the server process, for RSS and CPU figures")
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=None,
+        help="idle mode: s between Heartbeats (default: the boot answer's interval; 0: silent)",
+    )
     parser.add_argument("--json", dest="json_path", help="also write the figures as JSON to this file")
     return parser
 
@@ -652,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     if json_path:
         with open(json_path, "w") as fh:
             json.dump(res.to_dict(), fh, indent=1, default=list)
-    return 0 if res.booted == cfg.stations and not res.errors else 1
+    return 0 if res.booted == cfg.stations and not res.errors and not res.missed else 1
 
 
 if __name__ == "__main__":

@@ -160,9 +160,13 @@ class OcppConsumer(AsyncConsumer):
         self.station = StationRef(pk=pk, station_id=station_id, version=version, tls=tls is not None)
         self.writer = writer_for_loop(batch_apply)
         self.closed = False
-        # CSMS calls waiting for their turn (one outstanding at a time); a full queue answers "busy" at once.
-        self.calls: asyncio.Queue[dict[str, Any]] = asyncio.Queue(settings.OCPP_CALLS_MAX)
+        # CSMS calls waiting for their turn (one outstanding at a time); a full queue answers "busy" at once. Made
+        # with its worker at the first call (_call_queue): most connections spend their life without one, and an
+        # idle connection's memory is what 10,000 stations on one process multiply.
+        self.calls: asyncio.Queue[dict[str, Any]] | None = None
+        self.call_worker: asyncio.Task[None] | None = None
         self.pending: tuple[str, asyncio.Future[tuple[Frame, float]]] | None = None
+        self.call_idle = True  # the call worker waits for the next call (not sending, awaiting or handing over one)
         # The station's own frames, handled strictly in arrival order by one task; see websocket_receive. Bounded:
         # a full inbox stops this consumer reading further frames until the writer catches up (websocket_receive).
         self.inbox: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue(settings.OCPP_INBOX_MAX)
@@ -180,7 +184,6 @@ class OcppConsumer(AsyncConsumer):
             except Exception:  # the claim above already moved the station; the ownership check closes the old one
                 LOG.warning("could not tell %s's previous connection it was replaced", station_id, exc_info=True)
         loop = asyncio.get_running_loop()
-        self.call_worker = loop.create_task(self._call_worker())
         self.inbox_worker = loop.create_task(self._drain_inbox())
         if self.channel_layer is not None:
             self.channel_pump = loop.create_task(self._pump_channel())
@@ -265,7 +268,9 @@ class OcppConsumer(AsyncConsumer):
             ownership.holder_forget(self)
             self._certificate_forget()
             self.closed = True
-            self.call_worker.cancel()
+            await self._answered_call_handed_over()
+            if self.call_worker is not None:
+                self.call_worker.cancel()
             await self.inbox.put(None)  # the inbox worker stores what is queued, then stops (waits if it is full)
             self._fail_outstanding("offline")
             try:
@@ -282,10 +287,14 @@ class OcppConsumer(AsyncConsumer):
 
     async def ocpp_call(self, message: dict[str, Any]) -> None:
         """A CSMS-initiated call from ``station_call``; queued so only one is outstanding at a time."""
-        if self.calls.full():  # the caller learns at once rather than queueing behind calls that will time out
+        if self.closed:  # closing (replaced, certificate revoked): the worker would answer the same
+            await self._reply(message, {"status": "offline"})
+            return
+        calls = self._call_queue()
+        if calls.full():  # the caller learns at once rather than queueing behind calls that will time out
             await self._reply(message, {"status": "busy"})
             return
-        self.calls.put_nowait(message)
+        calls.put_nowait(message)
 
     async def ocpp_replaced(self, message: dict[str, Any]) -> None:
         """A newer connection took over this station id: close this socket; the new one owns the state."""
@@ -341,11 +350,22 @@ class OcppConsumer(AsyncConsumer):
         Resolves with the reply ``ocpp_call`` would send (``answered_at``: when the station's answer arrived).
         """
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        if self.calls.full():
+        if self.closed:
+            future.set_result({"status": "offline"})
+            return future
+        calls = self._call_queue()
+        if calls.full():
             future.set_result({"status": "busy"})
         else:
-            self.calls.put_nowait({"action": action, "payload": payload, "deadline": deadline, "future": future})
+            calls.put_nowait({"action": action, "payload": payload, "deadline": deadline, "future": future})
         return future
+
+    def _call_queue(self) -> asyncio.Queue[dict[str, Any]]:
+        """The queue of CSMS calls, and the worker sending them one at a time: made at the first call."""
+        if self.calls is None:
+            self.calls = asyncio.Queue(settings.OCPP_CALLS_MAX)
+            self.call_worker = asyncio.get_running_loop().create_task(self._call_worker())
+        return self.calls
 
     # --- station-initiated messages ----------------------------------------------------------------------------
 
@@ -424,8 +444,11 @@ class OcppConsumer(AsyncConsumer):
     # --- CSMS-initiated calls ----------------------------------------------------------------------------------
 
     async def _call_worker(self) -> None:
+        assert self.calls is not None
         while True:
+            self.call_idle = True
             message = await self.calls.get()
+            self.call_idle = False
             try:
                 reply, log = await self._call_once(message)
             except asyncio.CancelledError:
@@ -510,10 +533,21 @@ class OcppConsumer(AsyncConsumer):
         except Exception:
             LOG.warning("could not deliver a call reply to %s", message["reply_to"], exc_info=True)
 
+    async def _answered_call_handed_over(self, within_s: float = 1.0) -> None:
+        """A station may answer our call and close in the same read: the answer is in, but the call worker has not
+        yet handed it to its caller (and logged it). Let it, briefly, rather than report an answered call as offline;
+        a call still waiting for its answer is failed at once (none will come now)."""
+        deadline = time.monotonic() + within_s
+        while self.call_worker is not None and not self.call_worker.done() and not self.call_idle:
+            pending = self.pending
+            if (pending is not None and not pending[1].done()) or time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.005)
+
     def _fail_outstanding(self, status: str) -> None:
         if self.pending is not None and not self.pending[1].done():
             self.pending[1].set_exception(_Offline())
-        while not self.calls.empty():
+        while self.calls is not None and not self.calls.empty():
             message = self.calls.get_nowait()
             asyncio.get_running_loop().create_task(self._reply(message, {"status": status}))
 

@@ -140,17 +140,29 @@ async def calls_fanout(commands: Sequence[Command], *, timeout: float) -> Fanout
     """Send every command to its station, wherever its socket is; one result per command, in no particular order."""
     started = time.time()
     deadline = started + timeout
-    local_task = asyncio.ensure_future(deliver_local(commands, deadline))
     remote = [c for c in commands if c.station_id not in LOCAL]
     remote_results: list[CommandResult] = []
+    collecting: asyncio.Future[tuple[list[CommandResult], int]] | None = None
+    send_failed: BaseException | None = None
     nodes = 0
     if remote:
         layer = get_channel_layer()
         if layer is None or isinstance(layer, InMemoryChannelLayer):
             remote_results = [CommandResult(c.station_id, "offline", "offline", None) for c in remote]
         else:
-            remote_results, nodes = await _remote(layer, remote, deadline)
-    local_results = await local_task
+            # The other nodes' message goes out BEFORE this node starts on its own stations: sent after, its Redis
+            # round trips would wait behind the local burst (hundreds of frames on this loop) and every other node
+            # would start its share that much later (measured: bench/README.md, "Several nodes").
+            try:
+                reply_to = await _remote_send(layer, remote, deadline)
+                collecting = asyncio.ensure_future(_remote_collect(layer, reply_to, remote, deadline))
+            except Exception as exc:  # this node's own stations still get their commands; the error is raised after
+                send_failed = exc
+    local_results = await deliver_local(commands, deadline)
+    if send_failed is not None:
+        raise send_failed
+    if collecting is not None:
+        remote_results, nodes = await collecting
     return FanoutOutcome(
         results=local_results + remote_results,
         started_at=started,
@@ -159,10 +171,11 @@ async def calls_fanout(commands: Sequence[Command], *, timeout: float) -> Fanout
     )
 
 
-async def _remote(layer: Any, commands: list[Command], deadline: float) -> tuple[list[CommandResult], int]:
+async def _remote_send(layer: Any, commands: list[Command], deadline: float) -> str:
+    """One group message to every node with the commands for stations not held here; returns the reply channel."""
     # The default "specific" prefix matters on channels-redis: every process-local channel of a layer is served by
     # one receive loop per real channel, and a second prefix would queue behind the consumers' 5-s blocking pops.
-    reply_to = await layer.new_channel()
+    reply_to: str = await layer.new_channel()
     await layer.group_send(
         NODES_GROUP,
         {
@@ -173,6 +186,13 @@ async def _remote(layer: Any, commands: list[Command], deadline: float) -> tuple
             "commands": [[c.station_id, c.action, c.payload] for c in commands],
         },
     )
+    return reply_to
+
+
+async def _remote_collect(
+    layer: Any, reply_to: str, commands: list[Command], deadline: float
+) -> tuple[list[CommandResult], int]:
+    """The nodes' aggregated answers on ``reply_to`` until every command has one or the deadline passed."""
     wanted = {c.station_id for c in commands}
     results: list[CommandResult] = []
     nodes = 0
@@ -215,7 +235,7 @@ class NodeListener:
 
     @classmethod
     async def _run(cls, layer: Any) -> None:
-        channel = await layer.new_channel()  # default prefix: see _remote
+        channel = await layer.new_channel()  # default prefix: see _remote_send
         failures = 0
         joined: float | None = None
         receiving: asyncio.Future[Any] | None = None

@@ -255,6 +255,9 @@ MATRIX: dict[str, Row] = {
     #    tests/chargers/test_plug_and_charge.py and test_ocsp.py
     "pki/ocsp": Row("/pki/ocsp", api=False, write=PUBLIC, body={"not": "an OCSP request"}),
     "pki/ocsp/<path:encoded>": Row("/pki/ocsp/MAMCAQA=", api=False, read=PUBLIC),
+    # -- the load balancer's health check: public by design, says "ok"/"down" per dependency and nothing else; contents
+    #    in tests/vpp/test_health.py
+    "healthz": Row("/healthz", api=False, read=PUBLIC),
     # -- pages
     "login/": Row("/login/", api=False, read=PUBLIC),
     "logout/": Row("/logout/", api=False, write=expect(LOGIN, LOGIN, LOGIN, LOGIN, LOGIN)),  # signed out, to sign-in

@@ -30,7 +30,9 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Sequence
+from typing import Any
 
 #: How every Daphne of this project runs (``make run``, the live tests, replays and benchmarks). Charger WebSockets
 #: live for months, so no 24-h cut-off; a 60-s handshake timeout lets a reconnect wave of thousands of chargers
@@ -110,6 +112,7 @@ def tls_files(host: str) -> tuple[str, str, str]:
 
 
 def _serve_one(args: argparse.Namespace) -> None:
+    event_loop_install()
     _django_setup(args)
     from django.conf import settings
 
@@ -117,6 +120,7 @@ def _serve_one(args: argparse.Namespace) -> None:
     from daphne.cli import CommandLineInterface
 
     _close_failed_sockets_cleanly()
+    autobahn_log_arguments_plain()
 
     if args.fd is not None:
         endpoint = f"fd:fileno={args.fd}"  # Daphne's own fd parser; AF_INET by default
@@ -136,11 +140,43 @@ def _serve_one(args: argparse.Namespace) -> None:
     CommandLineInterface().run([*endpoints, *options, "-v", args.verbosity, APPLICATION])
 
 
+def event_loop_install() -> str:
+    """Make the loop Daphne builds its Twisted reactor on a uvloop loop (``SERVER_EVENT_LOOP``, default uvloop).
+
+    Daphne creates that loop with ``asyncio.new_event_loop()`` and installs Twisted's asyncio reactor on it when
+    ``daphne.server`` is first imported, which ``django.setup()`` does (the ``daphne`` app): so the event loop
+    policy is set here, before Django is set up. Every frame's reads, writes, timers and futures run on this loop;
+    uvloop does in C what asyncio's selector loop does in Python. Returns the loop's name; once a reactor is
+    installed it is too late, and the standard loop stays (logged).
+    """
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vpp.settings")
+    from django.conf import settings  # settings only: no app (and no reactor) is loaded by reading them
+
+    if settings.SERVER_EVENT_LOOP != "uvloop":
+        return "asyncio"
+    if "twisted.internet.reactor" in sys.modules:
+        LOG.warning("SERVER_EVENT_LOOP=uvloop: a Twisted reactor is already installed; serving on asyncio's loop")
+        return "asyncio"
+    import asyncio
+
+    import uvloop
+
+    # EventLoopPolicy is deprecated from Python 3.12 and goes in 3.16 (the project pins 3.11): Daphne calls
+    # asyncio.new_event_loop() itself, and a policy is the one way to choose what that returns.
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
 def _close_failed_sockets_cleanly() -> None:
-    """Make autobahn send a close frame with its reason (e.g. 1009, message too big) before dropping a connection
-    it fails, instead of only dropping the TCP connection (its default, ``failByDrop``): the station then learns why
-    (OCPP-J: a close with a reason) and our consumer sees the code. Daphne exposes no option, so its factory is
-    subclassed before its server is built."""
+    """Daphne's WebSocket factory, subclassed before its server is built (Daphne exposes no option for either):
+
+    - autobahn sends a close frame with its reason (e.g. 1009, message too big) before dropping a connection it
+      fails, instead of only dropping the TCP connection (its default, ``failByDrop``): the station then learns
+      why (OCPP-J: a close with a reason) and our consumer sees the code;
+    - the protocol options are attributes of the protocol class, not of every connection: autobahn copies each of
+      its ~30 options from the factory into a new connection's ``__dict__`` unless its class already has it
+      (``WebSocketProtocol._connectionMade``), which costs every idle connection a larger instance dict.
+    """
     import daphne.server
     from daphne.ws_protocol import WebSocketFactory
 
@@ -149,7 +185,44 @@ def _close_failed_sockets_cleanly() -> None:
             super().__init__(*args, **kwargs)
             self.setProtocolOptions(failByDrop=False)
 
+        def setProtocolOptions(self, **options: object) -> None:
+            super().setProtocolOptions(**options)
+            self.protocol = options_as_class_attributes(self, WebSocketFactory.protocol)
+
     daphne.server.WebSocketFactory = ClosingWebSocketFactory
+
+
+def options_as_class_attributes(factory: Any, protocol: type[Any]) -> type[Any]:
+    """A subclass of ``protocol`` whose class attributes are the factory's current protocol options.
+
+    A function-valued option (``perMessageCompressionAccept``) stays a plain function, not a method of the class.
+    """
+    options = {name: getattr(factory, name) for name in protocol.CONFIG_ATTRS}
+    plain = {name: staticmethod(v) if isinstance(v, types.FunctionType) else v for name, v in options.items()}
+    return type(protocol.__name__, (protocol,), plain)
+
+
+def autobahn_log_arguments_plain() -> None:
+    """Format the arguments of autobahn's debug lines without colour, on the path every frame takes.
+
+    autobahn builds its debug lines' arguments even when debug logging is off, and colours them with ``click``
+    (``autobahn.util.hltype``/``hlval``): about 6 us per frame received and again per frame sent, ~4 % of the
+    CSMS's CPU per message under load (py-spy). The two helpers are replaced, in the two modules a frame passes
+    through, by plain formatting of the same text; with autobahn debug logging on, its lines read the same, uncoloured.
+    """
+    import autobahn.twisted.websocket
+    import autobahn.websocket.protocol
+
+    for module in (autobahn.twisted.websocket, autobahn.websocket.protocol):
+        module.hltype = _plain_type  # type: ignore[attr-defined]
+        module.hlval = str  # type: ignore[attr-defined]
+    # Every new connection pretty-prints its ~30 options for a debug line: 9 % of the server's CPU while a
+    # thousand stations connect. repr() gives the same content on one line.
+    autobahn.websocket.protocol.pformat = repr  # type: ignore[assignment]
+
+
+def _plain_type(obj: object) -> str:
+    return f"<{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}>"
 
 
 def message_size_options(limit: int) -> list[str]:

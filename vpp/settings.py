@@ -276,7 +276,8 @@ CONTENT_SECURITY_POLICY: dict[str, Any] = {
 # The CRL and the OCSP responder stay plain HTTP where asked so (RFC 5280 / RFC 6960 distribute them over http; they
 # are signed, carry no secret, and a relying party checking a certificate may not be able to verify TLS yet): never
 # redirected to HTTPS. The proxy's plain port forwards these and the stations' /ocpp/ only (deploy/haproxy.cfg).
-SECURE_REDIRECT_EXEMPT = [r"^pki/(crl|ocsp)(/|$)"]
+# Nor is the load balancer's health check (/healthz: plain HTTP from the balancer to each node).
+SECURE_REDIRECT_EXEMPT = [r"^pki/(crl|ocsp)(/|$)", r"^healthz$"]
 
 if PRODUCTION:
     if DEBUG:
@@ -364,6 +365,9 @@ API_UNKNOWN_KEYS_PER_ADDRESS = env_int("API_UNKNOWN_KEYS_PER_ADDRESS", 20, minim
 API_UNKNOWN_KEY_WINDOW_S = env_float("API_UNKNOWN_KEY_WINDOW_S", 60.0, minimum=1.0)
 # vpp.serve logs every cyclic-GC pass that stops the server longer than this (ms); 0 = off. For diagnosing tails.
 GC_PAUSE_LOG_MS = env_float("GC_PAUSE_LOG_MS", 0.0, minimum=0.0)
+# The event loop under Daphne's Twisted reactor (vpp.serve): uvloop (libuv) spends less CPU per frame than asyncio's
+# pure-Python selector loop; "asyncio" is the standard loop, e.g. to rule uvloop out when diagnosing.
+SERVER_EVENT_LOOP = env_choice("SERVER_EVENT_LOOP", "uvloop", choices=("uvloop", "asyncio"))
 
 # --- Security profiles 2/3: the built-in PKI and the TLS listener (chargers.pki, vpp.serve --tls-port) ------------
 # CA keys are encrypted PEM files under PKI_DIR; the passphrase comes from PKI_PASSPHRASE or PKI_PASSPHRASE_FILE, else
@@ -458,6 +462,8 @@ PKI_CONTRACT_PROVIDER_TIMEOUT_S = env_float("PKI_CONTRACT_PROVIDER_TIMEOUT_S", 5
 DISPATCH_REFRESH_S = env_float("DISPATCH_REFRESH_S", 5.0, minimum=0.1)  # in-memory fleet state reload period
 DISPATCH_HOLD_S = env_float("DISPATCH_HOLD_S", 60.0, minimum=1.0)  # each setpoint must be holdable this long
 DISPATCH_CALL_TIMEOUT_S = env_float("DISPATCH_CALL_TIMEOUT_S", 1.5, minimum=0.1)  # per command, < signal period
+# Closed-loop tracking: allocate by each vehicle's measured response gain plus a bounded fleet correction.
+DISPATCH_CLOSED_LOOP = env_bool("DISPATCH_CLOSED_LOOP", True)
 # Issue 13 (dispatch correctness): the intake's clock window, idle dispatchers, the telemetry group re-join.
 # A value stamped further than this ahead of this server's clock is refused (422 / an error frame), never dispatched.
 REGULATION_SIGNAL_MAX_SKEW_S = env_float("REGULATION_SIGNAL_MAX_SKEW_S", 5.0, minimum=0.0)

@@ -8,6 +8,7 @@ from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from vpp.discovery import app_modules
+from vpp.health import healthz
 
 
 def _app_urls(suffix: str) -> list[URLPattern | URLResolver]:
@@ -26,6 +27,8 @@ class RedocView(SpectacularRedocView):
 # the site's CSP. The split view serves its start-up script as a file (``?script``), so no inline script is needed.
 urlpatterns: list[URLPattern | URLResolver] = [
     path("admin/", admin.site.urls),
+    # The load balancer's health check (deploy/haproxy-cluster.cfg): database and channel layer reachable, or 503.
+    path("healthz", healthz, name="healthz"),
     # Everyone's sign-in (the admin's own login takes staff only): django-axes guards it like the admin's.
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -23,12 +23,23 @@ the fleet charges beyond its must-run level, the discharge weight otherwise (see
 The powers are then rounded to whole watts, handing the remainder out by largest fractional part, so the integer
 sum is exact. 10,000 vehicles take a few milliseconds (see ``bench/fleet_allocation.py``).
 
+**Response gains (closed-loop dispatch).** ``gain[i]`` is vehicle ``i``'s measured delivery per watt commanded
+(:mod:`fleet.numerics.response`), taken within ``[0, GAIN_MAX]``. The setpoint is then met in *expected delivery*
+``sum g_i p_i`` with commands ``p_i = clip(lambda w_i / max(g_i, GAIN_MIN), lo_i, hi_i)``: each car's delivered
+share follows the same weights as without gains, its command is scaled by at most ``1 / GAIN_MIN`` (2x) and at least
+``1 / GAIN_MAX``, and a car that over-delivers is commanded at most ``hi_i / g_i`` (``lo_i / g_i``) so it is never
+planned past its limits. A car that delivers nothing (``g = 0``) still gets a command (twice its share, so its
+response can be measured again) but counts for nothing, and the others carry its part. ``lambda`` solves the same
+monotone piecewise-linear equation in expected delivery. The commands respect every bound whatever the gains;
+``expected_w`` meets the request when it can, and ``min_w``/``max_w`` and ``feasible`` are in expected delivery.
+
 For the dispatch hot path, build :class:`~fleet.numerics.arrays.FleetArrays` once and pass it in (and
 ``fleet.with_soc(...)`` when state of charge changes): no Python loop over vehicles and no database access here.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fleet.numerics.arrays import FleetArrays, PowerBounds, power_bounds
+from fleet.numerics.response import GAIN_MAX, GAIN_MIN
 from fleet.numerics.snapshot import VehicleSnapshot
 from fleet.numerics.thermal import wear_weight
 
@@ -56,6 +68,8 @@ class Allocation:
     ``feasible`` is True when ``achieved_w == requested_w``. ``reason`` explains an infeasible request and names
     vehicles that cannot reach their departure target even at full charge power (``short_vehicle_ids``; they are
     charged at full power and never discharged). ``min_w``/``max_w`` are the fleet's feasible range this interval.
+    ``expected_w`` is the delivery expected from the commands: ``achieved_w`` without gains, ``sum g_i p_i`` with
+    them (then ``feasible``, ``min_w`` and ``max_w`` are in expected delivery too).
     """
 
     vehicle_id: IntArray
@@ -67,6 +81,7 @@ class Allocation:
     min_w: int
     max_w: int
     short_vehicle_ids: tuple[int, ...]
+    expected_w: int
 
     def items(self) -> Iterator[tuple[int, int]]:
         """(vehicle_id, power_w) pairs as plain ints."""
@@ -96,10 +111,17 @@ def allocate(
     now: datetime | float,
     duration_s: float = 900.0,
     weighting: Weighting = wear_balanced_weights,
+    gain: npt.ArrayLike | None = None,
 ) -> Allocation:
-    """Split ``setpoint_w`` across ``vehicles`` for ``duration_s`` seconds from ``now`` (see module docstring)."""
+    """Split ``setpoint_w`` across ``vehicles`` for ``duration_s`` seconds from ``now`` (see module docstring).
+
+    ``gain``: each vehicle's response gain (delivered / commanded; non-finite or non-positive values count as 1),
+    to split the expected delivery rather than the commands.
+    """
     fleet = vehicles if isinstance(vehicles, FleetArrays) else FleetArrays.from_snapshots(vehicles)
     bounds = power_bounds(fleet, now=now, duration_s=duration_s)
+    if gain is not None:
+        return _allocate_by_gain(fleet, bounds, int(setpoint_w), _gains(gain, len(fleet)), weighting)
     requested = int(setpoint_w)
     min_w, max_w = int(bounds.lo.sum()), int(bounds.hi.sum())
     target = min(max(requested, min_w), max_w)
@@ -124,6 +146,56 @@ def allocate(
         min_w=min_w,
         max_w=max_w,
         short_vehicle_ids=short_ids,
+        expected_w=int(power.sum()),
+    )
+
+
+def _gains(gain: npt.ArrayLike, n: int) -> FloatArray:
+    g = np.asarray(gain, dtype=np.float64)
+    if g.shape != (n,):
+        raise ValueError(f"gain has shape {g.shape}, fleet has ({n},)")
+    return np.clip(np.where(np.isnan(g), 1.0, g), 0.0, GAIN_MAX)
+
+
+def _allocate_by_gain(
+    fleet: FleetArrays, bounds: PowerBounds, requested: int, g: FloatArray, weighting: Weighting
+) -> Allocation:
+    """:func:`allocate` in expected delivery (module docstring, "Response gains")."""
+    lo, hi = bounds.lo, bounds.hi
+    scale = 1.0 / np.maximum(g, GAIN_MIN)  # command per unit of weighted share
+    over = g > 1.0  # over-delivering: the command is cut so the expected delivery stays within the bounds
+    c_lo = np.where(over, np.maximum(lo, lo / np.maximum(g, 1.0)), lo)
+    c_hi = np.maximum(np.where(over, np.minimum(hi, hi / np.maximum(g, 1.0)), hi), c_lo)
+    e_lo, e_hi = g * c_lo, g * c_hi  # expected delivery range of each car
+    min_w = math.ceil(float(e_lo.sum()) - 1e-6)
+    max_w = max(math.floor(float(e_hi.sum()) + 1e-6), min_w)
+    target = min(max(requested, min_w), max_w)
+    if len(fleet) == 0:
+        power = np.zeros(0, dtype=np.int64)
+    else:
+        if target <= min_w:
+            p = c_lo
+        elif target >= max_w:
+            p = c_hi
+        else:
+            w_charge, w_discharge = weighting(fleet)
+            e_bounds = PowerBounds(lo=e_lo, hi=e_hi, short=bounds.short)
+            lam, charging = _lambda(e_bounds, target, g * scale * w_charge, g * scale * w_discharge)
+            p = np.clip(lam * scale * (w_charge if charging else w_discharge), c_lo, c_hi)
+        total = min(max(round(float(p.sum())), int(lo.sum())), int(hi.sum()))
+        power = _round_to_total(p, lo, hi, total)
+    short_ids = tuple(fleet.vehicle_id[bounds.short].tolist())
+    return Allocation(
+        vehicle_id=fleet.vehicle_id,
+        power_w=power,
+        requested_w=requested,
+        achieved_w=int(power.sum()),
+        feasible=target == requested,
+        reason=_reason(requested, min_w, max_w, short_ids),
+        min_w=min_w,
+        max_w=max_w,
+        short_vehicle_ids=short_ids,
+        expected_w=round(float((g * power).sum())),
     )
 
 
@@ -145,16 +217,23 @@ def _reason(requested: int, min_w: int, max_w: int, short_ids: tuple[int, ...]) 
 
 def _solve(bounds: PowerBounds, target: int, w_charge: FloatArray, w_discharge: FloatArray) -> FloatArray:
     """Continuous KKT solution with direction-dependent weights (charge side for lambda >= 0)."""
+    lam, charging = _lambda(bounds, target, w_charge, w_discharge)
+    return np.clip(lam * (w_charge if charging else w_discharge), bounds.lo, bounds.hi)
+
+
+def _lambda(bounds: PowerBounds, target: int, w_charge: FloatArray, w_discharge: FloatArray) -> tuple[float, bool]:
+    """``(lambda, charging)``: ``sum clip(lambda * w, lo, hi) = target`` with ``w`` the charge weights when
+    ``charging`` (``lambda >= 0``), else the discharge weights (``lambda <= 0``)."""
     lo, hi = bounds.lo, bounds.hi
     at_zero = float(np.clip(0.0, lo, hi).sum())
     if target >= at_zero:
-        return _waterfill_up(lo, hi, np.maximum(w_charge, 1e-12), float(target))
+        return _waterfill_up(lo, hi, np.maximum(w_charge, 1e-12), float(target)), True
     # Mirror the discharge side into the same increasing problem: p' = -p.
-    return -_waterfill_up(-hi, -lo, np.maximum(w_discharge, 1e-12), float(-target))
+    return -_waterfill_up(-hi, -lo, np.maximum(w_discharge, 1e-12), float(-target)), False
 
 
-def _waterfill_up(lo: FloatArray, hi: FloatArray, w: FloatArray, target: float) -> FloatArray:
-    """``clip(lam * w, lo, hi)`` with ``lam >= 0`` whose sum is ``target`` (within half a watt).
+def _waterfill_up(lo: FloatArray, hi: FloatArray, w: FloatArray, target: float) -> float:
+    """``lam >= 0`` such that ``clip(lam * w, lo, hi)`` sums to ``target`` (within half a watt).
 
     Safeguarded Newton on the monotone piecewise-linear ``F(lam)``: once the set of unclamped vehicles is right,
     one step lands exactly, so it takes a handful of O(n) passes; a step leaving the bracket bisects instead. If it
@@ -166,7 +245,7 @@ def _waterfill_up(lo: FloatArray, hi: FloatArray, w: FloatArray, target: float) 
         x = lam * w
         err = target - float(np.clip(x, lo, hi).sum())
         if abs(err) < 0.5:
-            return np.clip(x, lo, hi)
+            return lam
         if err > 0:
             lam_lo = lam
         else:
@@ -177,7 +256,7 @@ def _waterfill_up(lo: FloatArray, hi: FloatArray, w: FloatArray, target: float) 
     return _waterfill_sorted(lo, hi, w, target)
 
 
-def _waterfill_sorted(lo: FloatArray, hi: FloatArray, w: FloatArray, target: float) -> FloatArray:
+def _waterfill_sorted(lo: FloatArray, hi: FloatArray, w: FloatArray, target: float) -> float:
     """Exact ``lam`` from the 2n sorted breakpoints of ``F`` (where each vehicle starts and stops following it)."""
     start = np.maximum(lo, 0.0) / w
     stop = np.maximum(hi, 0.0) / w
@@ -189,7 +268,7 @@ def _waterfill_sorted(lo: FloatArray, hi: FloatArray, w: FloatArray, target: flo
     total_at = np.maximum.accumulate(total_at)  # guard the sort key against rounding noise
     k = int(np.clip(np.searchsorted(total_at, target, side="right") - 1, 0, keys.size - 1))
     lam = keys[k] + (target - total_at[k]) / slope[k] if slope[k] > 1e-12 else keys[k]
-    return np.clip(lam * w, lo, hi)
+    return float(lam)
 
 
 def _round_to_total(p: FloatArray, lo: FloatArray, hi: FloatArray, total: int) -> IntArray:

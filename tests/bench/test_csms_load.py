@@ -86,3 +86,23 @@ def test_it_reports_refused_stations_as_errors_not_as_connected(bare_server, tmp
     assert figures["booted"] == 0
     assert figures["errors"] == {"connect: HTTP 404": 3}
     assert "MISS" in table
+
+
+def test_idle_stations_send_heartbeats_and_none_is_missed(bare_server, tmp_path):
+    # Given a bare server and 4 idle stations holding their connection for 2 s, a Heartbeat every 0.5 s
+    port, pid = bare_server
+    # When the idle load runs
+    code, figures, table = run_load(
+        tmp_path,
+        *("--url", f"ws://127.0.0.1:{port}/ocpp", "--mode", "idle", "--stations", "4", "--duration", "2"),
+        *("--heartbeat", "0.5", "--processes", "1", "--server-pid", str(pid)),
+    )
+    # Then every station sent one per interval (4 each, random phase), all answered in time, and all are still open
+    assert code == 0, table
+    assert figures["sent"] == figures["answered"] == 4 * 4
+    assert figures["missed"] == 0
+    assert figures["heartbeat_s"] == 0.5
+    assert figures["open_at_end"] == 4
+    assert figures["server_cpu_pct"] is not None
+    assert "heartbeats (every 0.5 s) sent / answered / missed" in table
+    assert "server CPU at rest" in table

@@ -102,20 +102,18 @@ def test_a_short_demo_seed_produces_awards_scores_and_settlements_marked_simulat
     assert "10 min 10 s" in early["why"]
 
     # When the demo is seeded again (a restart)
-    before = {
-        "awards": set(Award.objects.values_list("product_id", "portfolio", "interval_start")),
-        "settlements": set(Settlement.objects.values_list("award_id", "period_start")),
-        "meter values": MeterValue.objects.count(),
-    }
+    awards_before = set(Award.objects.values_list("product_id", "portfolio", "interval_start"))
+    periods_before = set(Settlement.objects.values_list("award_id", "period_start"))
+    meter_values_before = MeterValue.objects.count()
     call_command("demo_seed", "--stations", "4", "--id-prefix", "hist", "--history-days", "2")
     # Then nothing was generated twice: every hour is awarded and every period settled once. (A block the first
     # seed could not simulate, its stations then busy with the live fleet's plug-ins, may be simulated now: at
     # some hours of the day the live sessions overlap the last history block.)
-    awarded = list(Award.objects.values_list("product_id", "portfolio", "interval_start"))
-    settled = list(Settlement.objects.values_list("award_id", "period_start"))
-    assert len(awarded) == len(set(awarded))
-    assert len(settled) == len(set(settled))
-    assert before["awards"] <= set(awarded)
-    assert before["settlements"] <= set(settled)
-    new_blocks = len(set(awarded) - before["awards"])
-    assert MeterValue.objects.count() == before["meter values"] or new_blocks > 0
+    awarded_hours = list(Award.objects.values_list("product_id", "portfolio", "interval_start"))
+    settled_periods = list(Settlement.objects.values_list("award_id", "period_start"))
+    assert len(awarded_hours) == len(set(awarded_hours))
+    assert len(settled_periods) == len(set(settled_periods))
+    assert awards_before <= set(awarded_hours)
+    assert periods_before <= set(settled_periods)
+    new_blocks = len(set(awarded_hours) - awards_before)
+    assert MeterValue.objects.count() == meter_values_before or new_blocks > 0

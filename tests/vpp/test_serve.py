@@ -86,3 +86,68 @@ def test_the_gc_pause_log_reports_a_collection_longer_than_its_threshold(caplog:
     lines = [r.getMessage() for r in caplog.records if "cyclic GC paused" in r.getMessage()]
     assert len(lines) == 1
     assert "generation 2" in lines[0]
+
+
+_REACTOR_LOOP = (
+    "from vpp.serve import event_loop_install; chosen = event_loop_install(); import django; django.setup(); "
+    "from twisted.internet import reactor; print(chosen, type(reactor._asyncioEventloop).__module__)"
+)
+
+
+@pytest.mark.parametrize(("setting", "loop_module"), [("uvloop", "uvloop"), ("asyncio", "asyncio.unix_events")])
+def test_the_reactor_daphne_serves_on_runs_on_the_configured_event_loop(setting: str, loop_module: str) -> None:
+    # Given SERVER_EVENT_LOOP set, in a fresh interpreter (the reactor is installed once per process)
+    env = {**os.environ, "SERVER_EVENT_LOOP": setting, "DJANGO_SETTINGS_MODULE": "vpp.settings"}
+    # When the server's start-up chooses the loop and Django is set up (which installs Daphne's reactor)
+    done = subprocess.run([sys.executable, "-c", _REACTOR_LOOP], env=env, capture_output=True, text=True, timeout=60)
+    # Then Twisted's reactor runs on that loop
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [setting, loop_module]
+
+
+def test_autobahns_per_frame_debug_arguments_are_plain_text() -> None:
+    import autobahn.twisted.websocket
+    import autobahn.websocket.protocol
+
+    from vpp.serve import autobahn_log_arguments_plain
+
+    # Given autobahn as Daphne uses it (its debug lines' arguments are built for every frame, logged or not)
+    modules = (autobahn.twisted.websocket, autobahn.websocket.protocol)
+    saved = [(getattr(m, "hltype"), getattr(m, "hlval")) for m in modules]  # noqa: B009 - not in the stubs
+    saved_pformat = autobahn.websocket.protocol.pformat
+    try:
+        # When the server replaces the helpers
+        autobahn_log_arguments_plain()
+        # Then a frame's debug arguments are the same text without click's colour codes
+        for module in modules:
+            hltype, hlval = getattr(module, "hltype"), getattr(module, "hlval")  # noqa: B009
+            method = autobahn.twisted.websocket.WebSocketServerProtocol.sendMessage
+            assert hltype(method) == "<autobahn.websocket.protocol.WebSocketProtocol.sendMessage>"
+            assert hlval(42) == "42"
+        assert autobahn.websocket.protocol.pformat([("failByDrop", False)]) == "[('failByDrop', False)]"
+    finally:
+        autobahn.websocket.protocol.pformat = saved_pformat
+        for module, (hltype, hlval) in zip(modules, saved, strict=True):
+            setattr(module, "hltype", hltype)  # noqa: B010
+            setattr(module, "hlval", hlval)  # noqa: B010
+
+
+def test_websocket_options_are_class_attributes_so_a_connection_does_not_copy_them() -> None:
+    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+
+    from vpp.serve import options_as_class_attributes
+
+    # Given a factory with options set as Daphne sets them, including a function-valued one
+    factory = WebSocketServerFactory()
+    factory.setProtocolOptions(failByDrop=False, maxMessagePayloadSize=4096)
+    # When the protocol class is made to carry them
+    protocol_class = options_as_class_attributes(factory, WebSocketServerProtocol)
+    connection = protocol_class()
+    # Then a connection reads every option from its class (none in its own __dict__) with the factory's value
+    for name in WebSocketServerProtocol.CONFIG_ATTRS:
+        assert name not in vars(connection)
+        assert getattr(connection, name) == getattr(factory, name)
+    assert connection.failByDrop is False
+    assert connection.maxMessagePayloadSize == 4096
+    # and the function-valued option is still called with its one argument (not bound as a method)
+    assert connection.perMessageCompressionAccept([]) is None

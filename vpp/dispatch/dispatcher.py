@@ -1,15 +1,17 @@
 """Real-time regulation dispatch: signal -> fleet setpoint -> allocation -> one command per station -> fan-out.
 
-Why one module: a :class:`Dispatcher`'s refresh, telemetry and hot path share one in-memory state, and the
-registry below is its lifecycle (the pure arithmetic and values are in :mod:`vpp.dispatch.values`).
-
 Arithmetic (PJM sign convention: a positive signal asks for regulation *up*, i.e. inject more / consume less;
 power here is + charging as everywhere in the VPP)::
 
     fleet setpoint (W) = basepoint - signal x awarded capacity - reserve deployment
 
 Each vehicle's share (:func:`fleet.numerics.allocation.allocate`) becomes an OCPP SetChargingProfile TxProfile
-(:mod:`vpp.dispatch.values` says what a 2.1 and a 2.0.1 station get).
+(:mod:`vpp.dispatch.values` says what a 2.1 and a 2.0.1 station get). **Closed loop** (``DISPATCH_CLOSED_LOOP``):
+the allocation splits the setpoint by each vehicle's measured response gain, plus a bounded fleet correction
+(:mod:`vpp.dispatch.tracking`, learnt from the same telemetry feed as state of charge).
+
+Why one module: the dispatcher's lifecycle, its telemetry feed and its hot path share one in-memory state on one
+event loop; the pure parts are already apart (``values``, ``tracking``, ``fleet.numerics``).
 
 **The hot path does not touch the database.** A :class:`Dispatcher` (one per product and portfolio, per server
 process) holds in memory the :class:`~fleet.numerics.arrays.FleetArrays` of the plugged-in vehicles, their station
@@ -46,7 +48,9 @@ from django.db import close_old_connections
 
 from chargers.fanout import FanoutOutcome, calls_fanout
 from chargers.telemetry import TELEMETRY_GROUP  # committed meter values, statuses, connections
+from fleet.numerics.allocation import allocate
 from fleet.numerics.arrays import power_bounds
+from vpp.dispatch.tracking import Reading, ResponseTracker, power_reading
 from vpp.dispatch.values import (  # noqa: F401 - re-exported: the dispatcher's arithmetic, payloads and values
     PROFILE_ID,
     STACK_LEVEL,
@@ -56,7 +60,7 @@ from vpp.dispatch.values import (  # noqa: F401 - re-exported: the dispatcher's 
     Signal,
     StateLoader,
     basepoint_choose,
-    capped_allocate,
+    caps_apply,
     fleet_setpoint_w,
     in_force,
     nothing_to_send,
@@ -87,6 +91,7 @@ class Dispatcher:
         telemetry: bool = True,
         idle_s: float | None = None,
         rejoin_s: float | None = None,
+        closed_loop: bool | None = None,
     ) -> None:
         self.product_id = product_id
         self.portfolio = portfolio
@@ -112,9 +117,11 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[Any]] = []
         self._loaded = asyncio.Event()
         self._dispatch_ended = asyncio.Event()
-        self._last_dispatch_end: float | None = None  # time.monotonic()
+        self.last_dispatch_end: float | None = None  # time.monotonic()
         self.last: DispatchResult | None = None
         self.last_signal_at: datetime | None = None  # newest signal instant handed to dispatch
+        closed_loop = settings.DISPATCH_CLOSED_LOOP if closed_loop is None else closed_loop
+        self.tracker = ResponseTracker() if closed_loop else None  # response gains and the fleet correction
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -123,11 +130,6 @@ class Dispatcher:
         self._tasks = [loop.create_task(self._refresh_loop(), name=f"dispatch-refresh-{self.product_id}")]
         if self.telemetry:
             self._tasks.append(loop.create_task(self._telemetry_loop(), name=f"dispatch-telemetry-{self.product_id}"))
-
-    @property
-    def last_dispatch_end(self) -> float | None:
-        """When (``time.monotonic()``) this dispatcher's last fan-out ended; None before the first."""
-        return self._last_dispatch_end
 
     def refresh_soon(self) -> None:
         """Reload the state now rather than at the next period; callable from any thread (e.g. a request's)."""
@@ -235,7 +237,7 @@ class Dispatcher:
         random moment it lands in the middle of a fan-out and stretches that dispatch's latency. Right after a
         dispatch there is most of a signal interval (2 s) to spare. The state is at most one interval staler.
         """
-        if self._last_dispatch_end is None or time.monotonic() - self._last_dispatch_end > FLOWING_S:
+        if self.last_dispatch_end is None or time.monotonic() - self.last_dispatch_end > FLOWING_S:
             return
         self._dispatch_ended.clear()
         with contextlib.suppress(TimeoutError):
@@ -266,6 +268,10 @@ class Dispatcher:
         self._soc = soc
         self.state = replace(state, fleet=state.fleet.with_soc(soc.copy()))
         self._soc_dirty = False
+        if self.tracker is not None:
+            ids = state.fleet.vehicle_id.tolist()
+            keys = [(r.station_id, r.evse_id, r.transaction_id, v) for r, v in zip(state.routes, ids, strict=True)]
+            self.tracker.install(keys)
         self._update_basepoint(now)
 
     def _update_basepoint(self, now: float) -> None:
@@ -354,16 +360,23 @@ class Dispatcher:
         return self._live_soc_pct.get(station_id)
 
     def telemetry_apply(self, updates: list[dict[str, Any]]) -> None:
-        """SoC readings update the in-memory fleet; a station connecting or leaving triggers a reload."""
+        """SoC readings update the in-memory fleet; a station connecting or leaving triggers a reload (and starts
+        its response gain again); metered power feeds the closed loop."""
         state = self.state
+        readings: list[Reading] = []
         for update in updates:
             if update.get("kind") == "connection":
                 self._refresh_now.set()
+                if self.tracker is not None:
+                    self.tracker.forget(update.get("station_id", ""))
                 continue
             if update.get("kind") != "meter":
                 continue
             station_id = update.get("station_id", "")
-            soc_pct = (update.get("values") or {}).get("SoC")
+            values = update.get("values") or {}
+            if self.tracker is not None and (reading := power_reading(station_id, update, values)) is not None:
+                readings.append(reading)
+            soc_pct = values.get("SoC")
             if soc_pct is None:
                 continue
             pct = min(max(float(soc_pct), 0.0), 100.0)
@@ -373,6 +386,11 @@ class Dispatcher:
                 continue
             self._soc[row] = pct * state.fleet.capacity_wh[row] / 100.0
             self._soc_dirty = True
+        if readings and self.tracker is not None:
+            try:
+                self.tracker.readings(readings, now=time.time())
+            except Exception:  # the closed loop is an improvement: never let it stop the feed (open loop remains)
+                LOG.exception("dispatch %s/%s: response tracking failed on readings", self.product_id, self.portfolio)
 
     # --- the hot path -------------------------------------------------------------------------------------------
 
@@ -402,11 +420,24 @@ class Dispatcher:
             )
             self._record(result)
             return result
-        capped = capped_allocate(state.fleet, setpoint, state.caps, now=now, duration_s=self.hold_s)
-        allocation, setpoint = capped.allocation, capped.setpoint_w  # within the export / import caps in force
-        commands = station_commands(state.routes, allocation, capped.bounds, valid_until_s=now + self.hold_s)
+        limits = caps_apply(state.fleet, setpoint, state.caps, now=now)  # the export / import caps in force
+        fleet, setpoint = limits.fleet, limits.setpoint_w
+        bounds = power_bounds(fleet, now=now, duration_s=self.hold_s)
+        tracker, gain, correction = self.tracker, None, 0
+        if tracker is not None:
+            try:
+                gain, correction = tracker.plan(now=now, setpoint_w=setpoint, capacity_w=capacity, bounds=bounds)
+            except Exception:  # open loop for this dispatch rather than none
+                LOG.exception("dispatch %s/%s: response tracking failed; open loop", self.product_id, self.portfolio)
+        allocation = allocate(fleet, limits.clamp(setpoint + correction), now=now, duration_s=self.hold_s, gain=gain)
+        sent_bounds = limits.station_bounds(bounds, allocation)
+        commands = station_commands(state.routes, allocation, sent_bounds, valid_until_s=now + self.hold_s)
         compute_ms = (time.time() - signal.received_at) * 1000.0
         outcome: FanoutOutcome = await calls_fanout(commands, timeout=self.call_timeout_s)
+        if tracker is not None and gain is not None:
+            evses = [(route.station_id, route.evse_id) for route in state.routes]
+            tracker.sent(evses=evses, allocation=allocation, bounds=bounds, gain=gain, requested_w=setpoint,
+                         results=outcome.results)  # fmt: skip
         result = DispatchResult(
             signal=signal,
             capacity_w=capacity,
@@ -419,14 +450,14 @@ class Dispatcher:
             compute_ms=compute_ms,
             state_age_s=now - state.loaded_at,
             nodes=outcome.nodes,
-            capped=capped.note,
+            capped=limits.note(bounds.lo),
         )
         self._record(result)
         return result
 
     def _record(self, result: DispatchResult) -> None:
         self.last = result
-        self._last_dispatch_end = time.monotonic()
+        self.last_dispatch_end = time.monotonic()
         self._dispatch_ended.set()
         if self._recorder is not None:
             self._submit(self._recorder, result)

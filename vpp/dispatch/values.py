@@ -135,6 +135,50 @@ class Capped:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class CapsInForce:
+    """The caps in force at one dispatch (:func:`caps_apply`): the fleet with its discharge lowered to the export cap
+    and the setpoint within both caps."""
+
+    fleet: FleetArrays
+    setpoint_w: int
+    export_w: int | None = None
+    import_w: int | None = None
+
+    def clamp(self, power_w: int) -> int:
+        """``power_w`` within the caps: at most the import cap, then at least -export cap (the export cap wins over a
+        negative import cap, which asks for export)."""
+        if self.import_w is not None:
+            power_w = min(power_w, self.import_w)
+        if self.export_w is not None:
+            power_w = max(power_w, -self.export_w)
+        return power_w
+
+    def station_bounds(self, bounds: PowerBounds, allocation: Allocation) -> PowerBounds:
+        """Under an import cap no station may charge past its allocated power (its upper bound, a 2.1 station's
+        ``limit``, is that power); the lower bounds stay (departure needs)."""
+        if self.import_w is None:
+            return bounds
+        return PowerBounds(lo=bounds.lo, hi=np.maximum(allocation.power_w, bounds.lo), short=bounds.short)
+
+    def note(self, lo: np.ndarray) -> str:
+        notes = [f"export cap {self.export_w} W"] if self.export_w is not None else []
+        if self.import_w is not None:
+            notes.append(f"import cap {self.import_w} W" + departure_need_wins(lo, self.import_w))
+        return "; ".join(notes)
+
+
+def caps_apply(fleet: FleetArrays, setpoint_w: int, caps: tuple[Cap, ...], *, now: float) -> CapsInForce:
+    """The caps in force at ``now`` applied to the fleet and the setpoint (:func:`capped_allocate` says how)."""
+    export_w, import_w = caps_at(caps, now)
+    if export_w is not None:
+        total = float(fleet.max_discharge_w.sum())
+        if total > export_w:
+            fleet = replace(fleet, max_discharge_w=np.floor(fleet.max_discharge_w * (export_w / total)))
+    limits = CapsInForce(fleet, setpoint_w, export_w, import_w)
+    return replace(limits, setpoint_w=limits.clamp(setpoint_w))
+
+
 def capped_allocate(
     fleet: FleetArrays, setpoint_w: int, caps: tuple[Cap, ...], *, now: float, duration_s: float
 ) -> Capped:
@@ -144,28 +188,15 @@ def capped_allocate(
       (``max_discharge_w x E / sum``, rounded down), and the setpoint is at least -E. Only discharge is lowered:
       floors, departure needs and charging are untouched, so the cap never adds discharge nor strands a driver.
     * **Import cap** I: the setpoint is at most I (but never below -E: the export cap wins over a negative import
-      cap, which asks for export), and each station's upper bound (a 2.1 station's ``limit``, the
-      room its own droop may use) is its allocated power, no more. Where the cars' departure needs (the sum of
-      their lower bounds) ask for more than I, the allocation cannot go below them: **the departure need wins**,
-      and the note says so.
+      cap, which asks for export), and each station's upper bound (a 2.1 station's ``limit``, the room its own
+      droop may use) is its allocated power, no more. Where the cars' departure needs (the sum of their lower
+      bounds) ask for more than I, the allocation cannot go below them: **the departure need wins**, and the note
+      says so.
     """
-    export_w, import_w = caps_at(caps, now)
-    notes = []
-    if import_w is not None:
-        setpoint_w = min(setpoint_w, import_w)
-    if export_w is not None:  # after the import cap: a negative import cap (export at least) never beats it
-        total = float(fleet.max_discharge_w.sum())
-        if total > export_w:
-            fleet = replace(fleet, max_discharge_w=np.floor(fleet.max_discharge_w * (export_w / total)))
-        setpoint_w = max(setpoint_w, -export_w)
-        notes.append(f"export cap {export_w} W")
-    bounds = power_bounds(fleet, now=now, duration_s=duration_s)
-    if import_w is not None:
-        notes.append(f"import cap {import_w} W" + departure_need_wins(bounds.lo, import_w))
-    allocation = allocate(fleet, setpoint_w, now=now, duration_s=duration_s)
-    if import_w is not None:
-        bounds = PowerBounds(lo=bounds.lo, hi=np.maximum(allocation.power_w, bounds.lo), short=bounds.short)
-    return Capped(allocation, bounds, setpoint_w, "; ".join(notes))
+    limits = caps_apply(fleet, setpoint_w, caps, now=now)
+    bounds = power_bounds(limits.fleet, now=now, duration_s=duration_s)
+    allocation = allocate(limits.fleet, limits.setpoint_w, now=now, duration_s=duration_s)
+    return Capped(allocation, limits.station_bounds(bounds, allocation), limits.setpoint_w, limits.note(bounds.lo))
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,6 +140,18 @@ def _kw(watts: float) -> str:
     return "" if math.isnan(watts) else f"{watts / 1000:.3f}"
 
 
+def tracking(rows: ReplayRows) -> tuple[float, float]:
+    """(amplitude, rms error W): how much of the requested regulation the fleet delivered (least-squares fit of
+    delivered = amplitude x requested, 1.0 = exact) and the rms of delivered - requested, over every row."""
+    requested = rows.signal * rows.capacity_w
+    delivered = rows.basepoint_w - rows.fleet_power_w
+    ok = np.isfinite(requested) & np.isfinite(delivered)
+    energy = float(requested[ok] @ requested[ok])
+    amplitude = float(delivered[ok] @ requested[ok]) / energy if energy > 0 else math.nan
+    rms = float(np.sqrt(np.mean((delivered[ok] - requested[ok]) ** 2))) if ok.any() else math.nan
+    return amplitude, rms
+
+
 def replay_score(rows: ReplayRows, *, speed: float) -> scoring.PerformanceScore:
     """PJM score on 10-s rows of signal time (10/speed s of wall time), from the stored rows above.
 

@@ -219,7 +219,7 @@ def test_the_newton_solution_matches_the_exact_breakpoint_solution(
     start = float(np.clip(0.0, lo, hi).sum())
     target = start + fraction * (float(hi.sum()) - start)
     weights = np.maximum(wear_balanced_weights(arrays)[0], 1e-12)
-    newton = _waterfill_up(lo, hi, weights, target)
-    exact = _waterfill_sorted(lo, hi, weights, target)
+    newton = np.clip(_waterfill_up(lo, hi, weights, target) * weights, lo, hi)
+    exact = np.clip(_waterfill_sorted(lo, hi, weights, target) * weights, lo, hi)
     assert abs(newton.sum() - target) < 0.5
     assert np.allclose(newton, exact, atol=1.0)

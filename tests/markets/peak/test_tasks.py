@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db
 
 def _site_with_tariff(code: str) -> DepotSite:
     site = DepotSite.objects.create(code=code, name=code, threshold_w=100_000, demand_charge=Decimal("10"))
-    site.stations.add(StationFactory(station_id=f"{code}-cs"))
+    site.stations.add(StationFactory.create(station_id=f"{code}-cs"))
     tariff = DemandTariff.objects.create(site=site, name="GS", valid_from=date(2020, 1, 1))
     DemandCharge.objects.create(tariff=tariff, name="facility", price_per_kw=Decimal("12.00"))
     return site

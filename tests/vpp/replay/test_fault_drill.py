@@ -11,23 +11,19 @@ without a restart, not how fast.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import io
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 import websockets.asyncio.client
@@ -37,11 +33,9 @@ from django.core.management import call_command
 from django.db import connection
 from websockets.typing import Subprotocol
 
-from chargers.models import MeterValue
-from markets.regulation.signals import read_signal_csv
+from tests.drill import Agents, SignalSender, award, recovered, regulating, wait
 from tests.faults import PausableTcpProxy, RedisProcess
 from tests.live import free_port, wait_listening
-from vpp.models import DispatchCommand
 from vpp.replay import harness
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -70,20 +64,27 @@ def test_nothing_acknowledged_is_lost_or_doubled_through_faults_and_every_agent_
         ids = harness.stations_provision(count=AGENTS, prefix=prefix, password=password)
         poison_id = harness.stations_provision(count=1, prefix=f"{prefix}x", password=password)[0]
         groups = [
-            Agents(tmp_path / f"agents-{n}", prefix=prefix, start=1 + n * GROUP, ws_base=csms.ws, password=password)
+            Agents(
+                tmp_path / f"agents-{n}",
+                prefix=prefix,
+                start=1 + n * GROUP,
+                ws_base=csms.ws,
+                password=password,
+                count=GROUP,
+            )
             for n in range(AGENTS // GROUP)
         ]
         with contextlib.ExitStack() as stack:
             for group in groups:
                 stack.callback(group.stop)
                 group.start()
-            timings["agents ready"] = _wait(lambda: len(harness.stations_ready(ids)) == AGENTS, 120, "agents ready")
-            portfolio = _award(harness.stations_ready(ids))
+            timings["agents ready"] = wait(lambda: len(harness.stations_ready(ids)) == AGENTS, 120, "agents ready")
+            portfolio = award(harness.stations_ready(ids))
             sender = SignalSender(csms.ws, harness.utility_token(), portfolio)
             stack.callback(sender.stop)
             sender.start()
             begun = datetime.now(UTC)
-            timings["all regulating"] = _wait(lambda: _regulating(ids, begun), within=60, what="regulating")
+            timings["all regulating"] = wait(lambda: regulating(ids, begun), within=60, what="regulating")
 
             # When poison frames arrive from another station (e)
             timings["poison frames answered"] = _poison(csms, poison_id, password)
@@ -91,26 +92,26 @@ def test_nothing_acknowledged_is_lost_or_doubled_through_faults_and_every_agent_
             time.sleep(STEADY_S)
             proxy.pause()
             time.sleep(DB_PAUSE_S)
-            recoveries["database paused 30 s"] = _recovered(ids, fault_over=proxy.resume)
+            recoveries["database paused 30 s"] = recovered(ids, fault_over=proxy.resume, within=RECOVERY_LIMIT_S)
             # and Redis restarts, losing everything it held (b)
             time.sleep(STEADY_S)
             redis.stop()
             time.sleep(5)
-            recoveries["redis down 5 s"] = _recovered(ids, fault_over=redis.start)
+            recoveries["redis down 5 s"] = recovered(ids, fault_over=redis.start, within=RECOVERY_LIMIT_S)
             # and the server processes are killed and started again (c)
             time.sleep(STEADY_S)
             csms.kill()
-            recoveries["server killed"] = _recovered(ids, fault_over=csms.start)
+            recoveries["server killed"] = recovered(ids, fault_over=csms.start, within=RECOVERY_LIMIT_S)
             # and one agent process is killed mid-flight and started again on its outbox (d)
             time.sleep(STEADY_S)
             groups[1].kill()
-            recoveries["agents killed"] = _recovered(ids, fault_over=groups[1].start)
+            recoveries["agents killed"] = recovered(ids, fault_over=groups[1].start, within=RECOVERY_LIMIT_S)
 
-            # Then every agent is connected and regulating again (checked by _recovered), and once the agents
+            # Then every agent is connected and regulating again (checked by recovered), and once the agents
             # have sent what they queued, their ledgers match what is stored
             sender.stop()
             settled = datetime.now(UTC)
-            _wait(lambda: harness.stations_reported_since(station_ids=ids, since=settled) == AGENTS, 60, "caught up")
+            wait(lambda: harness.stations_reported_since(station_ids=ids, since=settled) == AGENTS, 60, "caught up")
             for group in groups:
                 group.stop()
         # And nothing is stuck in an outbox: what is left is what the last second produced, and no agent had a
@@ -132,7 +133,7 @@ def test_nothing_acknowledged_is_lost_or_doubled_through_faults_and_every_agent_
     assert " 0 missing, 0 doubled" in out.getvalue()
 
 
-# --- the drill's pieces -----------------------------------------------------------------------------------------
+# --- the drill's own pieces (the shared ones: tests/drill.py) -----------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -197,143 +198,6 @@ class Csms:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
-
-
-class Agents:
-    """One ``edge-agent simulate`` process of ``GROUP`` agents, its outbox and ledger kept across restarts."""
-
-    def __init__(self, var_dir: Path, *, prefix: str, start: int, ws_base: str, password: str) -> None:
-        self.var_dir, self.prefix, self.first, self.ws_base, self.password = var_dir, prefix, start, ws_base, password
-        self.ledger = var_dir / "ledger.jsonl"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.var_dir.mkdir(exist_ok=True)
-        exe = shutil.which("edge-agent", path=str(Path(sys.executable).parent)) or "edge-agent"
-        argv = [
-            exe, "simulate", "--count", str(GROUP), "--start-index", str(self.first), "--id-prefix", self.prefix,
-            "--csms", f"{self.ws_base}/ocpp", "--ocpp", "2.1", "--tick", "0.25", "--var-dir", str(self.var_dir),
-            "--ledger", str(self.ledger),
-        ]  # fmt: skip
-        with (self.var_dir / "agents.log").open("ab") as log:
-            env = {**os.environ, "EDGE_AGENT_PASSWORD": self.password}
-            self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=log)
-
-    def queued_at_exit(self) -> int | None:
-        """Messages still in the outboxes when the process last stopped (its exit line), None if it never said."""
-        found = re.findall(r"(\d+) messages still queued", (self.var_dir / "agents.log").read_text(errors="replace"))
-        return int(found[-1]) if found else None
-
-    def refused_for_good(self) -> bool:
-        return any("buffered_message_refused" in log.read_text(errors="replace") for log in self.var_dir.glob("*.log"))
-
-    def kill(self) -> None:
-        """SIGKILL: no goodbye, no flush; whatever was in flight is what the outbox and the CSMS must reconcile."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-class SignalSender:
-    """The utility's side: one RegD value every 2 s over ``ws/regulation``, reconnecting while the server is away."""
-
-    def __init__(self, ws_base: str, token: str, portfolio: str) -> None:
-        self.ws_base, self.token, self.portfolio = ws_base, token, portfolio
-        self.values = read_signal_csv(str(SIGNAL)).values.tolist()
-        self.refused: list[dict[str, Any]] = []
-        self.reconnects = 0
-        self.drops: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=15)
-
-    async def _run(self) -> None:
-        index = 0
-        while not self._stop.is_set():
-            try:
-                async with websockets.asyncio.client.connect(
-                    f"{self.ws_base}/ws/regulation",
-                    additional_headers={"Authorization": f"Api-Key {self.token}"},
-                    open_timeout=5,
-                ) as ws:
-                    reader = asyncio.ensure_future(self._read(ws))
-                    while not self._stop.is_set():
-                        value = self.values[index % len(self.values)]
-                        at = datetime.now(UTC).isoformat()
-                        await ws.send(json.dumps({"product": "pjm:reg-d", "portfolio": self.portfolio, "value": value,
-                                                  "at": at}))  # fmt: skip
-                        index += 1
-                        await asyncio.sleep(2.0)
-                    reader.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, websockets.exceptions.WebSocketException):
-                        await reader
-            except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as exc:
-                self.reconnects += 1
-                self.drops.append(f"{time.strftime('%H:%M:%S')} {type(exc).__name__}: {exc}")
-                await asyncio.sleep(1.0)
-
-    async def _read(self, ws: Any) -> None:
-        with contextlib.suppress(websockets.exceptions.ConnectionClosed):  # the sender's next send reconnects
-            async for frame in ws:
-                answer = json.loads(frame)
-                if not answer.get("ok", True):
-                    self.refused.append(answer)
-
-
-def _award(ready: list[harness.StationReady]) -> str:
-    fleet = harness.fleet_register(ready, name="fault drill")
-    portfolio = f"fleet-{fleet.pk}"
-    product = harness.product_default()
-    now = datetime.now(UTC)
-    capacity = harness.capacity_offer_w(product=product, portfolio=portfolio)
-    harness.award_create(
-        product=product, portfolio=portfolio, capacity_w=capacity, start=now - timedelta(minutes=1),
-        end=now + timedelta(hours=1),
-    )  # fmt: skip
-    return portfolio
-
-
-def _regulating(ids: list[str], since: datetime) -> bool:
-    """Every station accepted a dispatch command made after ``since``."""
-    accepted = DispatchCommand.objects.filter(station_id__in=ids, dispatch__received_at__gte=since, answer="Accepted")
-    return accepted.values("station_id").distinct().count() == len(ids)
-
-
-def _recovered(ids: list[str], *, fault_over: Callable[[], Any]) -> float:
-    """Ends the fault; returns the seconds until every station reports meter values and accepts dispatch
-    commands again."""
-    since = datetime.now(UTC)
-    fault_over()
-
-    def done() -> bool:
-        reporting = MeterValue.objects.filter(station__station_id__in=ids, received_at__gte=since)
-        return reporting.values("station_id").distinct().count() == len(ids) and _regulating(ids, since)
-
-    return _wait(done, within=RECOVERY_LIMIT_S, what="recovery")
-
-
-def _wait(predicate: Callable[[], bool], within: float, what: str) -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > within:
-            raise AssertionError(f"{what}: not within {within:.0f} s")
-        time.sleep(0.5)
-    return time.monotonic() - start
 
 
 # Frames the group commit used to choke on: each must get its own answer while everyone else's batch commits.

@@ -204,7 +204,12 @@ async def test_a_cancelled_event_under_way_withdraws_its_deployment(vtn: Vtn, no
         await _wait_for(withdrawn)
         reserve = await ReserveDeployment.objects.aget(portfolio=program.portfolio)
         assert cancelled_at - timedelta(seconds=1) <= reserve.end <= cancelled_at + timedelta(seconds=10)
-        assert reserve.pk not in {run.event.pk for run in reserve_runs()}
+
+        def run_stopped() -> bool:
+            """the run cleared its setpoints and stopped (it was woken when the end moved)"""
+            return reserve.pk not in {run.event.pk for run in reserve_runs()}
+
+        await _wait_for(run_stopped, within=10.0)
         statuses = {e.modification: e.status async for e in UtilityEvent.objects.filter(event_ref=event_id)}
         assert statuses == {0: EventStatus.CANCELLED, 1: EventStatus.CANCELLED}  # the cancellation is version 1
 

@@ -157,6 +157,11 @@ class Command(BaseCommand):
             f"lowest SoC in the fleet: {low:.0f} % (floor {20} %); meter values used: {rows.meter_values}, "
             f"retransmissions ignored: {rows.duplicates}"
         )
+        amplitude, rms = results.tracking(rows)
+        self.stdout.write(
+            f"tracking: the fleet delivered {amplitude * 100:.1f} % of the requested regulation (least-squares "
+            f"amplitude), rms error {rms / 1000:.2f} kW; response read mid-interval"
+        )
         try:
             score, worst = (results.replay_score(r, speed=speed) for r in (rows, at_updates))
         except (harness.ReplayError, ValueError) as exc:
