@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import OperationalError
 
 from markets.regulation.models import ReserveDeployment
 from tests.vpp.utility.conftest import SECRET
@@ -19,6 +20,7 @@ from tests.vpp.utility.oadr3_vtn import Vtn3
 from tests.vpp.utility.test_openadr2 import _wait_for
 from tests.vpp.utility.test_openadr3 import _program, _ven, _z
 from vpp.models import PowerCap
+from vpp.utility import runner as runner_module
 from vpp.utility.dispatch import EventRuns
 from vpp.utility.models import EventStatus, UtilityEvent, UtilityProgram
 from vpp.utility.runner import programs_run
@@ -153,3 +155,27 @@ async def test_disabling_a_program_ends_its_deployment_and_cap_even_with_no_runn
     # Then both end now, and its events are opted out
     assert await sync_to_async(_ended)(program, end)
     assert {e.status async for e in UtilityEvent.objects.filter(program=program)} == {EventStatus.OPTED_OUT}
+
+
+async def test_a_database_blip_while_reloading_does_not_end_the_runner(
+    oadr3_vtn: Vtn3, runner_settings: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an enabled program and a database that fails the runner's first two reloads
+    program = await sync_to_async(_program)(oadr3_vtn.url)
+    secret_env = f"UTILITY_ORG{program.organisation_id}_SECRET"
+    monkeypatch.setenv(secret_env, SECRET)
+    await sync_to_async(_update)(program, secret_env=secret_env)
+    real, calls = runner_module.programs_to_run, []
+
+    def flaky(**kwargs: Any) -> list[UtilityProgram]:
+        calls.append(kwargs)
+        if len(calls) <= 2:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(**kwargs)
+
+    monkeypatch.setattr(runner_module, "programs_to_run", flaky)
+    # Then the runner goes on and, once the database answers, starts the program's client
+    async with _running() as task:
+        await _wait_for(lambda: oadr3_vtn.vens, 20)
+        assert not task.done()
+    assert len(calls) > 2
