@@ -46,6 +46,7 @@ import httpx
 from channels.db import database_sync_to_async
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from django.db import DataError
 from django.utils import timezone
 
 from vpp.dispatch.selectors import dispatch_state_load
@@ -62,7 +63,7 @@ from vpp.utility.services import (
     utility_report_answered,
     utility_report_record,
 )
-from vpp.utility.signals import INVALID_CONTROL, DerControl, csip_plan
+from vpp.utility.signals import INVALID_CONTROL, MALFORMED, MALFORMED_REASON, DerControl, csip_plan, malformed_plan
 from vpp.utility.tls import tls_context
 
 LOG = logging.getLogger(__name__)
@@ -74,6 +75,13 @@ der_control = sep.der_control  # the parser, where the tests and callers found i
 
 class CsipError(RuntimeError):
     """The server refused a request or sent what the schema does not allow."""
+
+
+#: A malformed object from the server, or one the database cannot store: refused on its own.
+STORE_ERRORS: tuple[type[BaseException], ...] = (*MALFORMED, DataError)
+#: What ends one step of the client (the status page shows it; the next tick tries again).
+STEP_ERRORS: tuple[type[BaseException], ...] = (CsipError, sep.SepError, httpx.HTTPError, *MALFORMED)
+READ_ERRORS: tuple[type[BaseException], ...] = (sep.SepError, *MALFORMED)
 
 
 def lfdi(cert_pem: bytes) -> str:
@@ -89,6 +97,27 @@ def why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text and not plain else text or type(exc).__name__
 
 
+def unreadable_control(element: Any) -> DerControl:
+    """What can be read of a malformed DERControl: its mRID, version and where to answer (a refusal is stored)."""
+
+    def number(text: str, base: int = 10) -> int:
+        try:
+            return int(text or "0", base)
+        except ValueError:
+            return 0
+
+    return DerControl(
+        mrid=sep.text(element, "mRID")[:120],
+        version=number(sep.text(element, "creationTime")),
+        start=timezone.now(),
+        duration_s=1,
+        status=0,
+        modes={},
+        reply_to=str(element.get("replyTo") or ""),
+        response_required=number(str(element.get("responseRequired") or ""), 16),
+    )
+
+
 def response_codes(event: UtilityEvent, control: DerControl) -> list[int]:
     """The Response statuses an event's stored state calls for, in order (2030.5-2018 Table 27)."""
     codes = [sep.RECEIVED]
@@ -96,7 +125,8 @@ def response_codes(event: UtilityEvent, control: DerControl) -> list[int]:
     if event.status == EventStatus.REFUSED:
         reason = event.status_reason
         refusal = {INVALID_CONTROL: sep.INVALID, EXPIRED_REASON: sep.EXPIRED, DISABLED_REASON: sep.OPT_OUT}
-        codes += [*started, refusal.get(reason, sep.NOT_APPLICABLE)]
+        invalid = reason.startswith(f"{MALFORMED_REASON} ")
+        codes += [*started, sep.INVALID if invalid else refusal.get(reason, sep.NOT_APPLICABLE)]
     elif event.status == EventStatus.OPTED_OUT:
         codes += [*started, sep.OPT_OUT]
     elif event.status == EventStatus.CANCELLED:
@@ -198,7 +228,7 @@ class Csip:
                 await step()
             except asyncio.CancelledError:
                 raise
-            except (CsipError, sep.SepError, httpx.HTTPError, ValueError, TypeError) as exc:
+            except STEP_ERRORS as exc:
                 await database_sync_to_async(connection_error)(program_id=self.program.pk, error=f"2030.5: {why(exc)}")
             except Exception:  # a bug must not end the client; the next tick tries again
                 LOG.exception("utility program %s: 2030.5 step failed", self.program.pk)
@@ -253,16 +283,30 @@ class Csip:
                 key = der_program.get("href") or sep.text(der_program, "mRID")
                 programs.setdefault(key, (der_program, set()))[1].update(lfdis)
         controls: dict[str, tuple[DerControl, set[str]]] = {}
+        malformed: dict[str, BaseException] = {}  # mRID -> why its control cannot be read
         for der_program, lfdis in programs.values():
             href = sep.href(der_program, "DERControlListLink")
             for element in await self._list(href, "DERControlList", "DERControl") if href else []:
-                control = sep.der_control(element)
+                try:
+                    control = sep.der_control(element)
+                except READ_ERRORS as exc:  # refused on its own (253 invalid), the others go on
+                    control = unreadable_control(element)
+                    if not control.mrid:
+                        LOG.warning("utility program %s: a DERControl without an mRID: %s", self.program.pk, exc)
+                        continue
+                    malformed[control.mrid] = exc
                 controls.setdefault(control.mrid, (control, set()))[1].update(lfdis)
         await database_sync_to_async(connection_contact)(program_id=self.program.pk)
         set_max_w = await database_sync_to_async(self.discharge_rating_w)() if controls else 0
         failed: list[str] = []
         for control, lfdis in controls.values():
-            await self._control(control, set_max_w)
+            try:
+                if control.mrid in malformed:
+                    await self._refuse(control, malformed[control.mrid])
+                else:
+                    await self._control(control, set_max_w)
+            except STORE_ERRORS as exc:  # e.g. a value beyond the columns
+                await self._refuse(control, exc)
             failed += await self._respond(control, sorted(lfdis))
         if failed:
             raise CsipError(f"{len(failed)} response(s) not accepted, first: {failed[0]}")
@@ -280,6 +324,12 @@ class Csip:
                    "status": control.status, "modes": control.modes, "set_max_w": set_max_w}  # fmt: skip
         accepted = await database_sync_to_async(utility_event_accept)(program=self.program, plan=plan, payload=payload)
         self.runs.take(program=self.program, accepted=accepted, plan=plan)
+
+    async def _refuse(self, control: DerControl, exc: BaseException) -> None:
+        """Store a control that cannot be read or stored as refused, with the reason (answered 253 invalid)."""
+        plan = malformed_plan(control.mrid, max(control.version - 1_577_836_800, 0), exc, what="control")
+        payload = {"mRID": control.mrid, "error": plan.refusal}
+        await database_sync_to_async(utility_event_accept)(program=self.program, plan=plan, payload=payload)
 
     async def _respond(self, control: DerControl, lfdis: list[str]) -> list[str]:
         """Post the Responses the control's stored state calls for and the server has not accepted yet; the errors."""

@@ -20,10 +20,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.db import DataError
 from django.utils import timezone
 from openleadr import OpenADRClient
 
-from vpp.utility.dispatch import EventRuns, utility_event_accept
+from vpp.utility.dispatch import OPT_OUT, EventRuns, utility_event_accept
 from vpp.utility.metering import portfolio_metered
 from vpp.utility.models import ReportKind, UtilityProgram, UtilityReport
 from vpp.utility.selectors import Credentials
@@ -33,9 +34,13 @@ from vpp.utility.services import (
     utility_report_answered,
     utility_report_record,
 )
-from vpp.utility.signals import openadr2_plan
+from vpp.utility.signals import MALFORMED, EventPlan, finite, malformed_plan, openadr2_plan
 
 LOG = logging.getLogger(__name__)
+
+
+#: A malformed object from the server, or one the database cannot store: refused on its own.
+STORE_ERRORS: tuple[type[BaseException], ...] = (*MALFORMED, DataError)
 
 
 def jsonable(value: Any) -> Any:
@@ -53,6 +58,16 @@ def jsonable(value: Any) -> Any:
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return str(value)
+
+
+def _malformed(event: Any, exc: BaseException) -> EventPlan:
+    descriptor = event.get("event_descriptor") if isinstance(event, dict) else None
+    descriptor = descriptor if isinstance(descriptor, dict) else {}
+    try:
+        modification = int(descriptor.get("modification_number") or 0)
+    except MALFORMED:
+        modification = 0
+    return malformed_plan(str(descriptor.get("event_id") or ""), modification, exc)
 
 
 class _Client(OpenADRClient):
@@ -124,10 +139,25 @@ class Ven2b:
         await self.client.stop()
 
     async def on_event(self, event: dict[str, Any]) -> str:
-        plan = openadr2_plan(event, level_step_w=self.program.level_step_w)
-        accepted = await database_sync_to_async(utility_event_accept)(
-            program=self.program, plan=plan, payload=jsonable(event)
-        )
+        """One event (openleadr calls this for each event of a message: a malformed one is stored refused with the
+        reason and answered optOut, the others go on)."""
+        payload = finite(jsonable(event))
+        try:
+            plan = openadr2_plan(event, level_step_w=self.program.level_step_w)
+        except MALFORMED as exc:
+            plan = _malformed(event, exc)
+        if not plan.event_ref:
+            LOG.warning("utility program %s: an event without an event_id: %s", self.program.pk, plan.refusal)
+            return OPT_OUT
+        try:
+            accepted = await database_sync_to_async(utility_event_accept)(
+                program=self.program, plan=plan, payload=payload
+            )
+        except STORE_ERRORS as exc:  # e.g. a value beyond the columns: stored refused instead
+            plan = _malformed(event, exc)
+            accepted = await database_sync_to_async(utility_event_accept)(
+                program=self.program, plan=plan, payload=payload
+            )
         if plan.cancelled:
             self.runs.cancel(program_id=self.program.pk, event_ref=plan.event_ref)
         else:

@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 from channels.db import database_sync_to_async
+from django.db import DataError
 from django.utils import timezone
 
 from chargers.models import Station
@@ -49,7 +50,15 @@ from vpp.utility.services import (
     utility_report_answered,
     utility_report_record,
 )
-from vpp.utility.signals import iso_duration_text, openadr3_plan
+from vpp.utility.signals import (
+    MALFORMED,
+    EventPlan,
+    finite,
+    iso_duration_text,
+    malformed_plan,
+    openadr3_modification,
+    openadr3_plan,
+)
 from vpp.utility.tls import tls_context
 
 LOG = logging.getLogger(__name__)
@@ -61,8 +70,22 @@ AGGREGATED = "AGGREGATED_REPORT"
 RESPONSE_SETTLE_S = 10.0
 
 
+def _malformed(event: dict[str, Any], exc: BaseException) -> EventPlan:
+    try:
+        modification = openadr3_modification(event)
+    except MALFORMED:
+        modification = 0
+    return malformed_plan(str(event.get("id") or ""), modification, exc)
+
+
 class Oadr3Error(RuntimeError):
     """The VTN refused a request or answered outside the document; the message has its problem detail."""
+
+
+#: A malformed object from the server, or one the database cannot store: refused on its own.
+STORE_ERRORS: tuple[type[BaseException], ...] = (*MALFORMED, DataError)
+#: What ends one step of the client (the status page shows it; the next tick tries again).
+STEP_ERRORS: tuple[type[BaseException], ...] = (Oadr3Error, httpx.HTTPError, *MALFORMED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +218,7 @@ class Ven3:
                 await step()
             except asyncio.CancelledError:
                 raise
-            except (Oadr3Error, httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
+            except STEP_ERRORS as exc:
                 await database_sync_to_async(connection_error)(
                     program_id=self.program.pk, error=f"OpenADR 3: {why(exc)}"
                 )
@@ -235,14 +258,27 @@ class Ven3:
         events = await self._search("/events", programID=self.program_id)
         await database_sync_to_async(connection_contact)(program_id=self.program.pk)
         listed: dict[str, datetime] = {}
-        for event in events:
-            plan = openadr3_plan(event, program=self.program_object, level_step_w=self.program.level_step_w)
+        for event in events:  # each on its own: one malformed event must not keep the others (or withdrawals) out
+            if not isinstance(event, dict):
+                continue
+            payload = finite(event)
+            try:
+                plan = openadr3_plan(event, program=self.program_object, level_step_w=self.program.level_step_w)
+            except MALFORMED as exc:
+                plan = _malformed(event, exc)
             if not plan.event_ref:
                 continue
             listed[plan.event_ref] = plan.end
-            accepted = await database_sync_to_async(utility_event_accept)(
-                program=self.program, plan=plan, payload=event
-            )
+            try:
+                accepted = await database_sync_to_async(utility_event_accept)(
+                    program=self.program, plan=plan, payload=payload
+                )
+            except STORE_ERRORS as exc:  # e.g. a value beyond the columns: stored refused instead
+                plan = _malformed(event, exc)
+                listed[plan.event_ref] = plan.end
+                accepted = await database_sync_to_async(utility_event_accept)(
+                    program=self.program, plan=plan, payload=payload
+                )
             self.runs.take(program=self.program, accepted=accepted, plan=plan)
         now = timezone.now()
         for ref, end in self._listed.items():

@@ -38,7 +38,12 @@ from vpp.utility.selectors import (
     program_credentials,
     programs_to_run,
 )
-from vpp.utility.services import connection_error, utility_events_withdraw
+from vpp.utility.services import (
+    DISABLED_WITHDRAWN,
+    connection_error,
+    utility_events_withdraw,
+    utility_program_dispatch_end,
+)
 
 LOG = logging.getLogger(__name__)
 SUPPORTED = (Protocol.OPENADR_2B, Protocol.OPENADR_3, Protocol.IEEE_2030_5)
@@ -111,33 +116,47 @@ async def programs_run(*, ids: list[int] | None = None) -> None:
     runs = EventRuns()
     running: dict[int, Held] = {}
     failed: dict[int, tuple[tuple[Any, ...], float]] = {}  # program -> the configuration that failed, when
+    swept: set[int] = set()  # disabled programs whose dispatch was ended since this runner started
     try:
         while True:
-            programs = {p.pk: p for p in await database_sync_to_async(programs_to_run)(ids=ids, disabled=True)}
-            for pk, held in list(running.items()):
-                program = programs.get(pk)
-                if program is not None and program.enabled and config_of(program) == held.config:
-                    continue
-                del running[pk]
-                await _client_stop(pk, held.client)
-                if program is None or not program.enabled or config_of(program, DISPATCH_FIELDS) != held.dispatch:
-                    why = "deleted" if program is None else "disabled" if not program.enabled else "re-enrolled"
-                    await _withdraw(runs, pk, f"withdrawn: the program was {why}")
-                LOG.info("utility program %s: client stopped (%s)", pk, "changed" if program else "deleted")
-            now = time.monotonic()
-            for pk, program in programs.items():
-                if pk in running or not program.enabled:
-                    continue
-                config, tried = failed.get(pk, ((), -1e18))
-                if config == config_of(program) and now - tried < settings.UTILITY_RETRY_S:
-                    continue  # failed with this configuration: retried every UTILITY_RETRY_S, at once when changed
-                client = await program_start(program, runs)
-                if client is None:
-                    failed[pk] = (config_of(program), now)
-                    continue
-                failed.pop(pk, None)
-                running[pk] = Held(client, config_of(program), config_of(program, DISPATCH_FIELDS))
-                LOG.info("utility program %s (%s) running", pk, program)
+            try:
+                programs = {p.pk: p for p in await database_sync_to_async(programs_to_run)(ids=ids, disabled=True)}
+                for pk, program in programs.items():  # disabled while no runner ran: what it left in force ends now
+                    if not program.enabled and pk not in running and pk not in swept:
+                        await _withdraw(runs, pk, DISABLED_WITHDRAWN)
+                        swept.add(pk)
+                    elif program.enabled:
+                        swept.discard(pk)
+                for pk, held in list(running.items()):
+                    program = programs.get(pk)
+                    if program is not None and program.enabled and config_of(program) == held.config:
+                        continue
+                    del running[pk]
+                    await _client_stop(pk, held.client)
+                    if program is None or not program.enabled or config_of(program, DISPATCH_FIELDS) != held.dispatch:
+                        why = "deleted" if program is None else "disabled" if not program.enabled else "re-enrolled"
+                        await _withdraw(runs, pk, f"withdrawn: the program was {why}")
+                    LOG.info("utility program %s: client stopped (%s)", pk, "changed" if program else "deleted")
+                now = time.monotonic()
+                for pk, program in programs.items():
+                    if pk in running or not program.enabled:
+                        continue
+                    config, tried = failed.get(pk, ((), -1e18))
+                    if config == config_of(program) and now - tried < settings.UTILITY_RETRY_S:
+                        continue  # failed with this configuration: retried every UTILITY_RETRY_S, at once when changed
+                    try:
+                        client = await program_start(program, runs)
+                    except Exception:  # one client's failure to start never stops the others
+                        LOG.exception("utility program %s: its client could not start", pk)
+                        client = None
+                    if client is None:
+                        failed[pk] = (config_of(program), now)
+                        continue
+                    failed.pop(pk, None)
+                    running[pk] = Held(client, config_of(program), config_of(program, DISPATCH_FIELDS))
+                    LOG.info("utility program %s (%s) running", pk, program)
+            except Exception:  # a database blip (or a bug): logged, every client kept, the next reload tries again
+                LOG.exception("utility programs: reload failed; retried in %s s", settings.UTILITY_RELOAD_S)
             await asyncio.sleep(settings.UTILITY_RELOAD_S)
     finally:
         await runs.stop()
@@ -156,10 +175,15 @@ async def _client_stop(pk: int, client: object) -> None:
 
 
 async def _withdraw(runs: EventRuns, pk: int, reason: str) -> None:
+    """The program's events are dispatched no more: its runs here withdrawn, its events opted out, and what any
+    process put in force for it (deployments, caps) ended now."""
     refs = runs.withdraw_program(program_id=pk)
     count = await database_sync_to_async(utility_events_withdraw)(program_id=pk, reason=reason)
     if refs or count:
         LOG.warning("utility program %s: %s event(s) %s", pk, count, reason)
+    # The stored ends move to now: each reserve run sees it at its next pass (RESERVE_RESEND_S), the dispatchers at
+    # their next reload, and every setpoint sent ends by itself within DISPATCH_HOLD_S.
+    await database_sync_to_async(utility_program_dispatch_end)(program_id=pk, reason=reason)
 
 
 def in_first_worker() -> bool:

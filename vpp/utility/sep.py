@@ -77,6 +77,22 @@ def parse(body: bytes, root: str) -> Any:
     return element
 
 
+def _int16(name: str, text: str) -> int:
+    value = int(text)
+    if not -INT16_MAX - 1 <= value <= INT16_MAX:
+        raise SepError(f"{name}: {value} is not an Int16")
+    return value
+
+
+def _active_power_w(name: str, value: str, multiplier: str) -> int:
+    """An ActivePower in W, refused outside the schema (value Int16, PowerOfTenMultiplierType -9..9) before any
+    power of ten is computed: a server's ``10**99999999`` must not stall the client."""
+    exponent = int(multiplier)
+    if not -9 <= exponent <= 9:
+        raise SepError(f"{name}: multiplier {exponent} outside -9..9")
+    return round(_int16(name, value) * 10**exponent)
+
+
 def der_control(element: Any) -> DerControl:
     """A ``DERControl`` element: mRID, EventStatus, interval, DERControlBase modes (W = value x 10^multiplier),
     and where to respond (``replyTo``, ``responseRequired``)."""
@@ -93,9 +109,9 @@ def der_control(element: Any) -> DerControl:
         if name in ("opModConnect", "opModEnergize"):
             modes[name] = (mode.text or "").strip().lower() == "true"
         elif len(mode):  # ActivePower: multiplier, value
-            modes[name] = round(int(text(mode, "value", "0")) * 10 ** int(text(mode, "multiplier", "0")))
+            modes[name] = _active_power_w(name, text(mode, "value", "0"), text(mode, "multiplier", "0"))
         else:  # SignedPerCent / PerCent (hundredths of a percent)
-            modes[name] = int((mode.text or "0").strip())
+            modes[name] = _int16(name, (mode.text or "0").strip())
     return DerControl(
         mrid=text(element, "mRID"),
         version=int(text(element, "creationTime", "0")),  # a control does not change; its EventStatus does

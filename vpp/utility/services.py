@@ -17,12 +17,16 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from fleet.models import Fleet, Organisation
 from fleet.selectors import fleet_portfolio, is_operator
 from markets.models import Product
+from markets.regulation.models import ReserveDeployment
+from markets.regulation.services import reserve_deployment_end
+from vpp.dispatch.services import power_cap_end
+from vpp.models import PowerCap
 from vpp.utility.models import (
     EventStatus,
     Protocol,
@@ -52,6 +56,7 @@ CONFIG_FIELDS = (
 DISPATCHABLE_KINDS = (Product.Kind.REGULATION, Product.Kind.RESERVE)
 MAX_EVENT = timedelta(hours=24)
 EXPIRED_REASON = "already over when received"
+DISABLED_WITHDRAWN = "withdrawn: the program was disabled"
 
 
 class ProgramInvalid(ValueError):
@@ -163,6 +168,9 @@ def utility_program_update(
         UtilityProgramChange.objects.create(
             program=row, at=timezone.now(), actor_id=actor_id, actor_label=label, action=action, changes=changes
         )
+        if "enabled" in changes and not row.enabled:  # no discharge for it from now, whether a runner is up or not
+            utility_events_withdraw(program_id=row.pk, reason=DISABLED_WITHDRAWN)
+            utility_program_dispatch_end(program_id=row.pk, reason=DISABLED_WITHDRAWN)
     LOG.info("utility program %s %s by %s: %s", row.pk, action, label, ", ".join(changes))
     return row
 
@@ -273,6 +281,30 @@ def utility_events_withdraw(*, program_id: int, reason: str) -> int:
     return UtilityEvent.objects.filter(
         program_id=program_id, status__in=[EventStatus.SCHEDULED, EventStatus.ACTIVE]
     ).update(status=EventStatus.OPTED_OUT, status_reason=reason, opt="optOut")
+
+
+def utility_program_dispatch_end(*, program_id: int, reason: str, at: datetime | None = None) -> list[int]:
+    """End now what the program's events put in force, whichever process (or none: a runner that is down) ran them:
+    every reserve deployment and power cap not over yet whose ref is the program's (``<protocol>:<pk>:``, as
+    :func:`vpp.utility.dispatch.reserve_ref` makes it). The deployments ended (their runs, where this process has
+    them, are to be woken: :func:`vpp.dispatch.reserve_intake.reserve_dispatch_end`)."""
+    moment = at or timezone.now()
+    deployments, caps = Q(), Q()
+    for protocol in Protocol.values:
+        deployments |= Q(event_id__startswith=f"{protocol}:{program_id}:")
+        caps |= Q(source_ref__startswith=f"{protocol}:{program_id}:")
+    ended = []
+    for pk in ReserveDeployment.objects.filter(deployments, end__gt=moment).values_list("pk", flat=True):
+        if reserve_deployment_end(deployment_id=pk, at=moment, reason=reason) is not None:
+            ended.append(pk)
+    refs = list(PowerCap.objects.filter(caps, end__gt=moment).values_list("source_ref", flat=True))
+    for ref in refs:
+        power_cap_end(source_ref=ref, at=moment)
+    if ended or refs:
+        LOG.warning(
+            "utility program %s: %s deployment(s), %s cap(s) ended: %s", program_id, len(ended), len(refs), reason
+        )
+    return ended
 
 
 def utility_report_record(

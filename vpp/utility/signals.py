@@ -37,6 +37,7 @@ IEEE 2030.5 / CSIP ``DERControl`` (parsed by ``vpp.utility.csip`` into :class:`D
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -86,6 +87,30 @@ class EventPlan:
     @property
     def power_w(self) -> int:
         return max((i.power_w for i in self.intervals), default=0)
+
+
+#: What a malformed object from a server raises while it is read (a string or NaN value, ``values: []``, a
+#: dateTime or duration past year 9999...): that object is refused with the reason, the others carry on.
+MALFORMED: tuple[type[Exception], ...] = (KeyError, ValueError, TypeError, IndexError, OverflowError, AttributeError)
+MALFORMED_REASON = "malformed"
+
+
+def malformed_plan(ref: str, modification: int, exc: BaseException, *, what: str = "event") -> EventPlan:
+    """A malformed event as a refused plan, its reason saying what was wrong (a one-second span from now)."""
+    now = datetime.now(UTC)
+    reason = f"{MALFORMED_REASON} {what}: {type(exc).__name__}: {exc}"[:500]
+    return EventPlan(ref, modification, "invalid", [Interval(now, now + timedelta(seconds=1), 0)], reason)
+
+
+def finite(value: Any) -> Any:
+    """``value`` as JSON PostgreSQL stores (NaN and Infinity, which Python's JSON parser accepts, as strings)."""
+    if isinstance(value, dict):
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 def _utc(moment: datetime) -> datetime:

@@ -261,3 +261,41 @@ async def test_the_vtn_receives_telemetry_that_matches_the_meters(vtn: Vtn) -> N
     assert stored
     assert all(r.values == {"power_w": 5_400} and r.basis["readings"] == 2 for r in stored)
     assert any(r.accepted for r in stored)
+
+
+async def test_a_malformed_event_is_opted_out_with_the_reason_and_the_next_one_of_the_message_is_taken(
+    no_dispatchers: None,
+) -> None:
+    # Given a program (its VEN not started: openleadr hands each event of a message to on_event in turn, and one
+    # raising opts out of every event of the message)
+    program = await sync_to_async(_program)("http://127.0.0.1:9/OpenADR2/Simple/2.0b")
+    ven = Ven2b(program, runs=(runs := EventRuns(lead_s=0.0)), credentials=NO_CREDENTIALS)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5)
+
+    def event(ref: str, dtstart: datetime, payload: Any) -> dict[str, Any]:
+        return {
+            "event_descriptor": {"event_id": ref, "modification_number": 0, "event_status": "far"},
+            "active_period": {"dtstart": dtstart, "duration": timedelta(minutes=15)},
+            "event_signals": [{"signal_name": "LOAD_DISPATCH", "signal_type": "delta",
+                               "intervals": [{"duration": timedelta(minutes=15), "signal_payload": payload}]}],
+        }  # fmt: skip
+
+    try:
+        # When a message carries a NaN, an Infinity, a string, a start past year 9999, then a good event
+        answers = [
+            await ven.on_event(event("bad-nan", start, float("nan"))),
+            await ven.on_event(event("bad-inf", start, float("inf"))),
+            await ven.on_event(event("bad-text", start, "abc")),
+            await ven.on_event(event("bad-year", datetime(9999, 12, 31, 23, 50, tzinfo=UTC), -5.0)),
+            await ven.on_event(event("good", start, -5.0)),
+        ]
+    finally:
+        await runs.stop()
+    # Then the bad ones are opted out and stored refused with the reason, the good one opted in
+    assert answers == ["optOut"] * 4 + ["optIn"]
+    async for row in UtilityEvent.objects.filter(program=program, event_ref__startswith="bad-"):
+        assert row.status == EventStatus.REFUSED, row.event_ref
+        assert row.status_reason.startswith("malformed event: "), row.status_reason
+    good = await UtilityEvent.objects.aget(program=program, event_ref="good")
+    assert good.status == EventStatus.SCHEDULED
+    assert await UtilityEvent.objects.filter(program=program).acount() == 5

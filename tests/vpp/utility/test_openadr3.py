@@ -290,3 +290,48 @@ async def test_a_restarted_ven_resumes_the_dispatch_of_an_event_under_way(vtn: V
         ]
         status = await UtilityEvent.objects.filter(program=program).values_list("status", flat=True).aget()
         assert status == EventStatus.ACTIVE
+
+
+async def test_a_malformed_event_is_refused_and_the_others_and_a_deletion_still_go_through(vtn: Vtn3) -> None:
+    # Given an event under way, then the VTN lists poison events among a good one and deletes the first
+    program = await sync_to_async(_program)(vtn.url, level_step_w=1_000)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    period = {"start": _z(start), "duration": "PT60S"}
+    pid = vtn.programs[0]["id"]
+
+    def limit(value: Any) -> list[dict[str, Any]]:
+        return [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [value]}]}]
+
+    async with _ven(program, EventRuns(lead_s=2.0)):
+        first = vtn.add_event(pid, limit(-5.0), intervalPeriod=period)
+
+        def deployed(ref: str) -> bool:
+            return ReserveDeployment.objects.filter(portfolio=program.portfolio, event_id__contains=f":{ref}:").exists()
+
+        await _wait_for(lambda: deployed(first["id"]))
+        poison = [
+            vtn.add_event(pid, limit("abc"), intervalPeriod=period),
+            vtn.add_event(pid, limit(float("nan")), intervalPeriod=period),
+            vtn.add_event(pid, limit(float("inf")), intervalPeriod=period),
+            vtn.add_event(pid, [{"id": 0, "payloads": [{"type": "SIMPLE", "values": []}]}], intervalPeriod=period),
+            vtn.add_event(pid, limit(-5.0), intervalPeriod={"start": "9999-12-31T23:00:00Z", "duration": "PT2H"}),
+            vtn.add_event(pid, limit(-5.0), intervalPeriod={"start": _z(start), "duration": "P99999999999D"}),
+            vtn.add_event(pid, limit(-5.0), intervalPeriod=period),
+        ]
+        poison[-1]["modificationDateTime"] = "not a dateTime"
+        good = vtn.add_event(pid, limit(-3.0), intervalPeriod=period)
+        vtn.delete_event(first["id"])
+
+        def withdrawn() -> bool:
+            return ReserveDeployment.objects.filter(
+                event_id__contains=f":{first['id']}:", end__lt=start + timedelta(seconds=60)
+            ).exists()
+
+        # Then the good one is dispatched and the deletion withdraws the first
+        await _wait_for(lambda: deployed(good["id"]))
+        await _wait_for(withdrawn)
+    # And each poison event is stored refused with the reason
+    for event in poison:
+        row = await UtilityEvent.objects.aget(program=program, event_ref=event["id"])
+        assert row.status == EventStatus.REFUSED, (event["id"], row.status_reason)
+        assert row.status_reason.startswith("malformed event"), row.status_reason

@@ -12,12 +12,16 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import OperationalError
 
 from markets.regulation.models import ReserveDeployment
 from tests.vpp.utility.conftest import SECRET
 from tests.vpp.utility.oadr3_vtn import Vtn3
 from tests.vpp.utility.test_openadr2 import _wait_for
-from tests.vpp.utility.test_openadr3 import _program, _z
+from tests.vpp.utility.test_openadr3 import _program, _ven, _z
+from vpp.models import PowerCap
+from vpp.utility import runner as runner_module
+from vpp.utility.dispatch import EventRuns
 from vpp.utility.models import EventStatus, UtilityEvent, UtilityProgram
 from vpp.utility.runner import programs_run
 from vpp.utility.services import utility_program_update
@@ -95,3 +99,83 @@ async def test_a_changed_program_restarts_and_a_disabled_one_stops_and_withdraws
         # Then a client runs with the new configuration: registered under that name, polling with its token
         await _wait_for(lambda: [v["venName"] for v in vtn.vens] == ["acme-ven", "acme-ven-2"], 10)
         await _wait_for(lambda: vtn.polls[-1:] == ["acme-ven-2"], 10)
+
+
+async def _in_force_when_the_runner_went_down(vtn: Vtn3) -> tuple[UtilityProgram, datetime]:
+    """A program whose event put a reserve deployment and an export cap in force, its client then stopped (a
+    shutdown ends neither: another runner takes the runs over). The event's end."""
+    program = await sync_to_async(_program)(vtn.url)
+    program.secret_env = f"UTILITY_ORG{program.organisation_id}_SECRET"  # valid for the services (its value unread)
+    await UtilityProgram.objects.filter(pk=program.pk).aupdate(secret_env=program.secret_env)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    async with _ven(program, EventRuns(lead_s=2.0)):
+        vtn.add_event(vtn.programs[0]["id"], [{"id": 0, "payloads": [
+            {"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}, {"type": "EXPORT_CAPACITY_LIMIT", "values": [9.0]},
+        ]}], intervalPeriod={"start": _z(start), "duration": "PT60S"})  # fmt: skip
+
+        def in_force() -> bool:
+            mine = {"portfolio": program.portfolio, "end": start + timedelta(seconds=60)}
+            return ReserveDeployment.objects.filter(**mine).exists() and PowerCap.objects.filter(**mine).exists()
+
+        await _wait_for(in_force)
+    assert await sync_to_async(in_force)()
+    return program, start + timedelta(seconds=60)
+
+
+def _ended(program: UtilityProgram, end: datetime) -> bool:
+    deployments = ReserveDeployment.objects.filter(portfolio=program.portfolio)
+    caps = PowerCap.objects.filter(portfolio=program.portfolio)
+    return (
+        deployments.exists()
+        and not deployments.filter(end=end).exists()
+        and not caps.filter(end=end).exists()
+        and all(row.end < end for row in deployments)
+    )
+
+
+async def test_a_program_disabled_while_no_runner_runs_has_its_deployment_and_cap_ended_at_runner_start(
+    oadr3_vtn: Vtn3, runner_settings: None
+) -> None:
+    # Given a deployment and a cap in force and no runner, when the program is disabled behind the services' back
+    program, end = await _in_force_when_the_runner_went_down(oadr3_vtn)
+    await UtilityProgram.objects.filter(pk=program.pk).aupdate(enabled=False)
+    assert not await sync_to_async(_ended)(program, end)
+    # Then a runner starting ends both now
+    async with _running():
+        await _wait_for(lambda: _ended(program, end), 10)
+
+
+async def test_disabling_a_program_ends_its_deployment_and_cap_even_with_no_runner(
+    oadr3_vtn: Vtn3, runner_settings: None
+) -> None:
+    # Given a deployment and a cap in force and no runner
+    program, end = await _in_force_when_the_runner_went_down(oadr3_vtn)
+    # When the program is disabled
+    await sync_to_async(_update)(program, enabled=False)
+    # Then both end now, and its events are opted out
+    assert await sync_to_async(_ended)(program, end)
+    assert {e.status async for e in UtilityEvent.objects.filter(program=program)} == {EventStatus.OPTED_OUT}
+
+
+async def test_a_database_blip_while_reloading_does_not_end_the_runner(
+    oadr3_vtn: Vtn3, runner_settings: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an enabled program and a database that fails the runner's first two reloads
+    program = await sync_to_async(_program)(oadr3_vtn.url)
+    secret_env = f"UTILITY_ORG{program.organisation_id}_SECRET"
+    monkeypatch.setenv(secret_env, SECRET)
+    await sync_to_async(_update)(program, secret_env=secret_env)
+    real, calls = runner_module.programs_to_run, []
+
+    def flaky(**kwargs: Any) -> list[UtilityProgram]:
+        calls.append(kwargs)
+        if len(calls) <= 2:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(**kwargs)
+
+    monkeypatch.setattr(runner_module, "programs_to_run", flaky)
+    # Then the runner goes on and, once the database answers, starts the program's client
+    async with _running() as task:
+        await _wait_for(lambda: oadr3_vtn.vens, 20)
+        assert not task.done()
+    assert len(calls) > 2

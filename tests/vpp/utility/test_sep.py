@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from lxml import etree
 
 from tests.vpp.utility.sep_server import schema_errors, sfdi_of
@@ -92,3 +93,34 @@ def test_a_response_is_only_sent_where_the_control_asks_for_its_kind() -> None:
     silent = DerControl("C0" * 16, 0, start, 60, 0, {}, reply_to="/rsps/1/rsp", response_required=0)
     nowhere = DerControl("C0" * 16, 0, start, 60, 0, {}, reply_to="", response_required=0x07)
     assert not any(sep.response_wanted(c, 1) for c in (silent, nowhere))
+
+
+def _control(mode: str) -> etree._Element:
+    body = (
+        f'<DERControl xmlns="{sep.NS}"><mRID>AB</mRID><creationTime>1782907200</creationTime>'
+        "<interval><duration>600</duration><start>1782907200</start></interval>"
+        f"<DERControlBase>{mode}</DERControlBase></DERControl>"
+    )
+    return etree.fromstring(body.encode())
+
+
+def test_an_active_power_is_its_value_times_ten_to_its_multiplier() -> None:
+    control = sep.der_control(_control("<opModMaxLimW><multiplier>3</multiplier><value>-5</value></opModMaxLimW>"))
+    assert control.modes == {"opModMaxLimW": -5_000}
+    small = sep.der_control(_control("<opModMaxLimW><multiplier>-1</multiplier><value>55</value></opModMaxLimW>"))
+    assert small.modes == {"opModMaxLimW": 6}  # 5.5 W, rounded to even
+
+
+@pytest.mark.parametrize(
+    ("mode", "why"),
+    [
+        ("<opModMaxLimW><multiplier>99999999</multiplier><value>1</value></opModMaxLimW>", "outside -9..9"),
+        ("<opModMaxLimW><multiplier>-10</multiplier><value>1</value></opModMaxLimW>", "outside -9..9"),
+        ("<opModMaxLimW><multiplier>0</multiplier><value>32768</value></opModMaxLimW>", "not an Int16"),
+        ("<opModMaxLimW><multiplier>0</multiplier><value>-32769</value></opModMaxLimW>", "not an Int16"),
+        ("<opModFixedW>40000</opModFixedW>", "not an Int16"),
+    ],
+)
+def test_a_multiplier_or_value_outside_the_schema_is_refused_before_any_power_is_computed(mode: str, why: str) -> None:
+    with pytest.raises(sep.SepError, match=why):
+        sep.der_control(_control(mode))
