@@ -138,7 +138,9 @@ def _site_seed() -> tuple[int, str, list[str]]:
     # Every station has a car plugged in, whatever the sampled arrival times (the dashboard shows their SoC).
     open_sessions = PlugSession.objects.filter(vehicle__fleet=seeded.fleet, ended_at__isnull=True)
     busy = set(open_sessions.values_list("station_id", flat=True))
-    idle = list(seeded.fleet.vehicles.exclude(sessions__ended_at__isnull=True).order_by("id"))
+    # Not ``exclude(sessions__ended_at__isnull=True)``: across the relation that also drops every car that never had
+    # a session (its LEFT JOIN row is null), and at some times of day that leaves no idle car at all.
+    idle = list(seeded.fleet.vehicles.exclude(id__in=open_sessions.values("vehicle_id")).order_by("id"))
     for station_id, vehicle in zip([s for s in ids if s not in busy], idle, strict=False):
         vehicle_services.session_open(
             vehicle=vehicle, station_id=station_id, evse_id=1, transaction_id="", matched_by="seed", started_at=now
