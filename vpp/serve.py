@@ -46,6 +46,7 @@ APPLICATION = "vpp.asgi:application"
 #: clients with ``UTILITY_IN_SERVER``) runs in worker 0 only. A worker that dies stops the whole server, so there is
 #: never a server without its worker 0.
 WORKER_ENV = "VPP_SERVE_WORKER"
+CLOSE_HANDSHAKE_TIMEOUT_S = 5  # autobahn's default is 1 s: see _close_failed_sockets_cleanly
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -173,6 +174,9 @@ def _close_failed_sockets_cleanly() -> None:
     - autobahn sends a close frame with its reason (e.g. 1009, message too big) before dropping a connection it
       fails, instead of only dropping the TCP connection (its default, ``failByDrop``): the station then learns
       why (OCPP-J: a close with a reason) and our consumer sees the code;
+    - the closing handshake may take ``CLOSE_HANDSHAKE_TIMEOUT_S``, not autobahn's 1 s: a station still writing the
+      rest of an oversized message must finish it before it can answer our close, and a socket closed with its
+      bytes unread goes out as a TCP reset, which can take our close frame (and its reason) with it;
     - the protocol options are attributes of the protocol class, not of every connection: autobahn copies each of
       its ~30 options from the factory into a new connection's ``__dict__`` unless its class already has it
       (``WebSocketProtocol._connectionMade``), which costs every idle connection a larger instance dict.
@@ -183,7 +187,7 @@ def _close_failed_sockets_cleanly() -> None:
     class ClosingWebSocketFactory(WebSocketFactory):
         def __init__(self, *args: object, **kwargs: object) -> None:
             super().__init__(*args, **kwargs)
-            self.setProtocolOptions(failByDrop=False)
+            self.setProtocolOptions(failByDrop=False, closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT_S)
 
         def setProtocolOptions(self, **options: object) -> None:
             super().setProtocolOptions(**options)
