@@ -170,6 +170,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: channel layer and Celery -------------------------------------------------------------------------
 REDIS_URL = env_url("REDIS_URL", schemes=("redis", "rediss", "unix"))
+# A group member that stops renewing its membership (a node killed without a goodbye) leaves the group after this.
+# Every member renews far more often (fan-out nodes every 3 s, the dispatcher every DISPATCH_TELEMETRY_REJOIN_S, a
+# dashboard page every DASHBOARD_REJOIN_S), so only the dead go: channels-redis's default keeps them a day, and
+# every dispatch fan-out would keep pushing into their queues.
+CHANNEL_LAYER_GROUP_EXPIRY_S = env_int("CHANNEL_LAYER_GROUP_EXPIRY_S", 120, minimum=30)
 
 if REDIS_URL is None:
     CHANNEL_LAYERS: dict[str, Any] = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -196,6 +201,7 @@ else:
                 "prefix": env_str("CHANNEL_LAYER_PREFIX", "vpp"),
                 "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000, minimum=10),
                 "expiry": 60,
+                "group_expiry": CHANNEL_LAYER_GROUP_EXPIRY_S,
             },
         }
     }

@@ -36,6 +36,9 @@ VISIBLE_REFRESH_S = 30.0
 REGULATION_EVERY_S = 2.0
 SCORE_EVERY_S = 30.0
 OVERVIEW_EVERY_S = 15.0
+# The page joins the telemetry group again this often: a Redis restart forgets every group, and on Redis a member
+# that stops renewing leaves after CHANNEL_LAYER_GROUP_EXPIRY_S (at least 30 s), so an open page would go quiet.
+DASHBOARD_REJOIN_S = 10.0
 
 
 class DashboardConsumer(AsyncJsonWebsocketConsumer):
@@ -54,14 +57,26 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         await self._refresh_visible()
         await self.channel_layer.group_add(TELEMETRY_GROUP, self.channel_name)
         await self.accept()
+        self._member = asyncio.ensure_future(self._stay_member())
 
     async def disconnect(self, code: int) -> None:
-        task = getattr(self, "_pusher", None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for task in (getattr(self, "_pusher", None), getattr(self, "_member", None)):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await self.channel_layer.group_discard(TELEMETRY_GROUP, self.channel_name)
+
+    async def _stay_member(self) -> None:
+        """Renew the telemetry-group membership until the socket closes (group_add is idempotent)."""
+        while True:
+            await asyncio.sleep(DASHBOARD_REJOIN_S)
+            try:
+                await self.channel_layer.group_add(TELEMETRY_GROUP, self.channel_name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis away: the page keeps its socket and joins again at the next period
+                LOG.warning("dashboard feed: could not renew the telemetry membership", exc_info=True)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         # Read-only feed: the browser only says which periodic views it wants (anything else is a keep-alive).

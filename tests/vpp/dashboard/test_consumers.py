@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -110,4 +112,26 @@ async def test_a_subscribed_page_gets_the_overview_and_the_regulation_feed_witho
     overview = next(m["overview"] for m in received if "overview" in m)
     assert {"stations", "vehicles", "revenue", "alerts", "fleet_power_w"} <= set(overview)
     assert next(m for m in received if "regulation" in m)["regulation"] == []
+    await communicator.disconnect()
+
+
+async def test_an_open_page_keeps_receiving_after_its_group_membership_would_have_expired(
+    settings, monkeypatch
+) -> None:
+    # Given a channel layer whose group memberships expire after 1 s unless renewed (on Redis:
+    # CHANNEL_LAYER_GROUP_EXPIRY_S, and a Redis restart forgets them at once), and a page renewing every 0.2 s
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"group_expiry": 1}}
+    }
+    monkeypatch.setattr("vpp.dashboard.consumers.DASHBOARD_REJOIN_S", 0.2)
+    communicator = WebsocketCommunicator(DashboardConsumer.as_asgi(), "/ws/dashboard")
+    communicator.scope["user"] = User(username="ops", is_staff=True)
+    connected, _ = await communicator.connect()
+    assert connected
+    # When the page has been open longer than the expiry and the CSMS publishes an update
+    await asyncio.sleep(1.6)
+    update = {"kind": "meter", "station_id": "cs-1", "values": {"Power.Active.Export": 7200}}
+    await get_channel_layer().group_send(TELEMETRY_GROUP, {"type": "telemetry.update", "updates": [update]})
+    # Then the page still receives it
+    assert await communicator.receive_json_from(timeout=2) == {"updates": [update]}
     await communicator.disconnect()
