@@ -37,6 +37,11 @@ def task_enqueue_on_commit(*, name: str, args: tuple[Any, ...] = (), countdown: 
     transaction.on_commit(lambda: task.apply_async(args, countdown=countdown))
 
 
+def tasks_run_eagerly() -> bool:
+    """True with no broker (the embedded default): a task runs in the caller when it is sent."""
+    return bool(current_app.conf.task_always_eager)
+
+
 def task_enqueue_background(*, name: str, args: tuple[Any, ...] = ()) -> None:
     """Like ``task_enqueue_on_commit``, but the caller never waits on the broker: a background thread publishes.
 
@@ -45,7 +50,7 @@ def task_enqueue_background(*, name: str, args: tuple[Any, ...] = ()) -> None:
     stays away long enough to fill it, the oldest messages are dropped, counted and logged.
     """
     task = current_app.tasks[name]
-    if current_app.conf.task_always_eager:
+    if tasks_run_eagerly():
         transaction.on_commit(lambda: task.apply_async(args))
     else:
         transaction.on_commit(lambda: PUBLISHER.put(name, args))

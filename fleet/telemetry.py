@@ -7,12 +7,16 @@ calls :func:`telemetry_ingest`. Everything here is idempotent: a redelivered bat
 
 from __future__ import annotations
 
+import collections
 import logging
-from collections.abc import Iterable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -109,16 +113,96 @@ def on_telemetry_committed(updates: Iterable[Any]) -> None:
             for u in updates
             if _relevant(u)
         ]
-        if readings:
-            # This runs on the CSMS's writer thread: never wait on the broker here (jobs.task_enqueue_background).
-            # What a broker outage long enough to fill its queue loses: the oldest ingest batches. Mostly
-            # superseded by the next readings (SoC reports are absolute, energy registers cumulative, and the next
-            # reading of a transaction opens its session); a dropped "Available" status leaves a plug session open
-            # until that EVSE next reports Available or a reading of its ended transaction arrives. The readings
-            # themselves stay in the CSMS's tables.
-            jobs.task_enqueue_background(name=jobs.INGEST_TELEMETRY, args=(readings,))
+        if not readings:
+            return
+        if COALESCER.window_s > 0 and not jobs.tasks_run_eagerly():
+            COALESCER.add(readings)
+            return
+        # This runs on the CSMS's writer thread: never wait on the broker here (jobs.task_enqueue_background).
+        # What a broker outage long enough to fill its queue loses: the oldest ingest batches. Mostly
+        # superseded by the next readings (SoC reports are absolute, energy registers cumulative, and the next
+        # reading of a transaction opens its session); a dropped "Available" status leaves a plug session open
+        # until that EVSE next reports Available or a reading of its ended transaction arrives. The readings
+        # themselves stay in the CSMS's tables.
+        jobs.task_enqueue_background(name=jobs.INGEST_TELEMETRY, args=(readings,))
     except Exception:  # the CSMS has already stored and acknowledged the data: never fail it from here
         LOG.exception("fleet telemetry hook failed")
+
+
+class ReadingCoalescer:
+    """Fleet readings held for ``window_s`` and handed on as one ingest task (through ``jobs.PUBLISHER``).
+
+    Kept: the newest meter reading of each station, EVSE, transaction and set of measurands (a reading that carries
+    SoC or the pack temperature is never replaced by a newer one that does not), and every status change, in time
+    order at ingest. What that drops changes nothing the fleet keeps: energy registers are cumulative, SoC reports
+    absolute; only the metered refinement within one SoC percent between two reports of a window is coarser.
+    Thread-safe: ``add`` runs on the CSMS's writer thread and never blocks on the broker; a daemon thread flushes.
+    Bounded: ``max_statuses`` status messages at most (the oldest dropped, logged); meter readings one per key.
+    """
+
+    def __init__(self, *, window_s: float, publish: Callable[[list[dict[str, Any]]], None], max_statuses: int = 10_000):
+        self.window_s = window_s
+        self.max_statuses = max_statuses
+        self._publish = publish
+        self._meters: dict[tuple[str, int, str, frozenset[str]], dict[str, Any]] = {}
+        self._statuses: collections.deque[dict[str, Any]] = collections.deque()
+        self._dropped = 0
+        self._ready = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, messages: Iterable[dict[str, Any]]) -> None:
+        with self._ready:
+            for m in messages:
+                if m["kind"] == "status":
+                    if len(self._statuses) >= self.max_statuses:
+                        self._statuses.popleft()
+                        self._dropped += 1
+                        if self._dropped == 1 or self._dropped % 1000 == 0:
+                            LOG.error("fleet ingest: %d status changes dropped (the flush thread is not keeping up)",
+                                      self._dropped)  # fmt: skip
+                    self._statuses.append(m)
+                    continue
+                key = (m["station_id"], m["evse_id"], m["transaction_id"], frozenset(m["values"]))
+                held = self._meters.get(key)
+                if held is None or _instant(m) >= _instant(held):  # a reordered batch keeps the newest
+                    self._meters[key] = m
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="fleet-ingest-window", daemon=True)
+                self._thread.start()
+            self._ready.notify()
+
+    def flush(self) -> int:
+        """Hand everything held to ``publish`` as one message now; returns how many readings it carried."""
+        with self._ready:
+            batch = [*self._statuses, *self._meters.values()]
+            self._statuses.clear()
+            self._meters.clear()
+        if batch:
+            self._publish(batch)
+        return len(batch)
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._statuses and not self._meters:
+                    self._ready.wait()
+            time.sleep(self.window_s)  # collect for one window, then hand on
+            try:
+                self.flush()
+            except Exception:  # never let the thread die: the next window flushes again
+                LOG.exception("fleet ingest: could not hand readings on")
+
+
+def _instant(message: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(message["timestamp"])
+
+
+def _publish_ingest(messages: list[dict[str, Any]]) -> None:
+    jobs.PUBLISHER.put(jobs.INGEST_TELEMETRY, (messages,))
+
+
+#: The process's coalescer (the window is read once, at import: FLEET_INGEST_WINDOW_S).
+COALESCER = ReadingCoalescer(window_s=settings.FLEET_INGEST_WINDOW_S, publish=_publish_ingest)
 
 
 def telemetry_ingest(*, readings: Sequence[Reading]) -> int:

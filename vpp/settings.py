@@ -505,6 +505,10 @@ UTILITY_RETRY_S = env_float("UTILITY_RETRY_S", 30.0, minimum=1.0)  # a program t
 UTILITY_RELOAD_S = env_float("UTILITY_RELOAD_S", 5.0, minimum=0.5)
 
 # --- Fleet -------------------------------------------------------------------------------------------------------
+# Committed telemetry reaches the fleet (SoC beliefs, sessions) as one Celery task per window per server process,
+# carrying the newest reading of each station's EVSE and transaction and every status change: the worker's load
+# follows the number of cars, not the stations' reporting rate. 0: one task per committed batch.
+FLEET_INGEST_WINDOW_S = env_float("FLEET_INGEST_WINDOW_S", 2.0, minimum=0.0)
 FLEET_DEFAULT_MOBILITY_FLOOR_PCT = env_int("FLEET_DEFAULT_MOBILITY_FLOOR_PCT", 20, minimum=0, maximum=100)
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

@@ -10,6 +10,7 @@ from django.utils import timezone
 from chargers.models import EvChargingNeeds, Transaction
 from chargers.telemetry import TelemetryUpdate, telemetry_committed
 from fleet import selectors
+from fleet import telemetry as telemetry_module
 from fleet.models import (
     DeparturePlan,
     PackTemperature,
@@ -20,7 +21,7 @@ from fleet.models import (
     VehicleState,
 )
 from fleet.numerics.allocation import allocate
-from fleet.telemetry import Reading, telemetry_ingest
+from fleet.telemetry import Reading, ReadingCoalescer, telemetry_ingest
 from tests.chargers.factories import StationFactory
 from tests.fleet.factories import T0, VehicleFactory
 
@@ -292,3 +293,106 @@ def test_a_reading_stamped_far_ahead_of_the_server_clock_is_not_applied(plugged:
     plugged["vehicle"].refresh_from_db()
     assert plugged["vehicle"].pack_temperature_c == 25.0
     assert any("ahead of this server's clock" in r.getMessage() for r in caplog.records)
+
+
+def _status(station_id: str, at_s: int, status: str) -> dict:
+    return Reading(station_id, "status", T0 + timedelta(seconds=at_s), evse_id=1, status=status).as_message()
+
+
+def _meter_message(station_id: str, tx: str, at_s: int, **values: int) -> dict:
+    when = T0 + timedelta(seconds=at_s)
+    return Reading(station_id, "meter", when, evse_id=1, values=values, transaction_id=tx).as_message()
+
+
+def test_the_ingest_window_hands_on_the_newest_reading_of_each_evse_and_every_status() -> None:
+    # Given a coalescer whose window is flushed by hand
+    published: list[list[dict]] = []
+    coalescer = ReadingCoalescer(window_s=3600, publish=published.append)
+    imp = "Energy.Active.Import.Register"
+    # When one window brings three register readings of one transaction (the newest second), one SoC reading,
+    # another station's reading and two status changes
+    newest = _meter_message("a", "tx-a", 5, **{imp: 1_500})
+    coalescer.add(
+        [_meter_message("a", "tx-a", 1, **{imp: 1_000}), newest, _meter_message("a", "tx-a", 3, **{imp: 1_200})]
+    )
+    with_soc = _meter_message("a", "tx-a", 2, SoC=50, **{imp: 1_100})
+    other = _meter_message("b", "tx-b", 4, **{imp: 9_000})
+    statuses = [_status("a", 6, "Available"), _status("a", 7, "Occupied")]
+    coalescer.add([with_soc, other, *statuses])
+    carried = coalescer.flush()
+    # Then one message carries the newest reading per station, transaction and measurands, and every status
+    assert carried == 5
+    assert len(published) == 1
+    assert sorted(published[0], key=lambda m: m["timestamp"]) == [with_soc, other, newest, *statuses]
+    # and the next window starts empty
+    assert coalescer.flush() == 0
+    assert len(published) == 1
+
+
+def test_a_window_of_readings_leaves_the_cars_soc_where_every_reading_would(plugged: dict) -> None:
+    # Given two identical cars charging at 72 kW (DC) on two stations, each station reporting every second
+    second = VehicleFactory.create(id_token="CARD-43", usable_capacity_wh=60_000)
+    Transaction.objects.create(
+        station=StationFactory.create(station_id="depot-8"),
+        transaction_id="tx-2",
+        evse_id=1,
+        id_token="CARD-43",
+        started_at=T0,
+        active=True,
+    )
+
+    def stream(station_id: str, tx: str) -> list[dict]:
+        # 20 Wh a second into a 60 kWh pack at 50 %: the car's whole-percent SoC moves on every 33 s
+        return [
+            _meter_message(
+                station_id,
+                tx,
+                t,
+                SoC=(30_000 + 20 * t * 9 // 10) * 100 // 60_000,
+                **{"Energy.Active.Import.Register": 20 * t},
+            )
+            for t in range(0, 100)
+        ]
+
+    # When the first car's readings are ingested one by one and the second's through 2-s windows
+    for message in stream("depot-7", "tx-1"):
+        telemetry_ingest(readings=[Reading.from_message(message)])
+    coalescer = ReadingCoalescer(
+        window_s=3600,
+        publish=lambda batch: telemetry_ingest(readings=[Reading.from_message(m) for m in batch]),
+    )
+    for n, message in enumerate(stream("depot-8", "tx-2"), start=1):
+        coalescer.add([message])
+        if n % 2 == 0:
+            coalescer.flush()
+    coalescer.flush()
+    # Then both cars end with the same SoC, give or take the energy metered in one window (40 Wh), from half the
+    # SoC rows
+    one, two = selectors.latest_soc(plugged["vehicle"].id), selectors.latest_soc(second.id)
+    assert one is not None
+    assert two is not None
+    assert abs(one.soc_wh - two.soc_wh) <= 40
+    assert abs(one.soc_wh - (30_000 + 20 * 99 * 9 // 10)) <= 600  # and near the truth (whole-percent reports)
+    assert (
+        SocEstimate.objects.filter(vehicle=second).count() * 2
+        <= SocEstimate.objects.filter(vehicle=plugged["vehicle"]).count() + 1
+    )
+
+
+def test_with_a_broker_the_csms_hook_hands_readings_to_the_window_not_a_task_per_batch(monkeypatch) -> None:
+    # Given a broker (tasks not run eagerly) and an ingest window
+    published: list[list[dict]] = []
+    monkeypatch.setattr(telemetry_module, "COALESCER", ReadingCoalescer(window_s=3600, publish=published.append))
+    monkeypatch.setattr(telemetry_module.jobs, "tasks_run_eagerly", lambda: False)
+    sent: list[tuple] = []
+    monkeypatch.setattr(telemetry_module.jobs, "task_enqueue_background", lambda **kw: sent.append(kw))
+    update = TelemetryUpdate(
+        "depot-7", "meter", T0, evse_id=1, values={"Energy.Active.Import.Register": 1}, transaction_id="tx-1"
+    )
+    # When two batches are committed within the window
+    telemetry_module.on_telemetry_committed([update])
+    telemetry_module.on_telemetry_committed([update])
+    # Then no task was sent per batch, and the window holds the reading once
+    assert sent == []
+    assert telemetry_module.COALESCER.flush() == 1
+    assert len(published) == 1
