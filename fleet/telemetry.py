@@ -132,12 +132,13 @@ def on_telemetry_committed(updates: Iterable[Any]) -> None:
 class ReadingCoalescer:
     """Fleet readings held for ``window_s`` and handed on as one ingest task (through ``jobs.PUBLISHER``).
 
-    Kept: the newest meter reading of each station, EVSE, transaction and set of measurands (a reading that carries
-    SoC or the pack temperature is never replaced by a newer one that does not), and every status change, in time
-    order at ingest. What that drops changes nothing the fleet keeps: energy registers are cumulative, SoC reports
-    absolute; only the metered refinement within one SoC percent between two reports of a window is coarser.
-    Thread-safe: ``add`` runs on the CSMS's writer thread and never blocks on the broker; a daemon thread flushes.
-    Bounded: ``max_statuses`` status messages at most (the oldest dropped, logged); meter readings one per key.
+    A status change is handed on at once, with the readings held so far. Kept: the newest meter reading of each
+    station, EVSE, transaction and set of measurands (a reading that carries SoC or the pack temperature is never
+    replaced by a newer one that does not), and every status change, in time order at ingest. What that drops
+    changes nothing the fleet keeps: energy registers are cumulative, SoC reports absolute; only the metered
+    refinement within one SoC percent between two reports of a window is coarser. Thread-safe: ``add`` runs on the
+    CSMS's writer thread and never blocks on the broker; a daemon thread flushes. Bounded: ``max_statuses`` status
+    messages at most (the oldest dropped, logged); meter readings one per key.
     """
 
     def __init__(self, *, window_s: float, publish: Callable[[list[dict[str, Any]]], None], max_statuses: int = 10_000):
@@ -186,7 +187,11 @@ class ReadingCoalescer:
             with self._ready:
                 while not self._statuses and not self._meters:
                     self._ready.wait()
-            time.sleep(self.window_s)  # collect for one window, then hand on
+                # Collect meter readings for one window; a status change (a car leaving, a connector free) goes at
+                # once: the dispatcher must stop counting on that car now, not a window later. Statuses are rare.
+                deadline = time.monotonic() + self.window_s
+                while not self._statuses and (left := deadline - time.monotonic()) > 0:
+                    self._ready.wait(left)
             try:
                 self.flush()
             except Exception:  # never let the thread die: the next window flushes again

@@ -507,8 +507,12 @@ UTILITY_RELOAD_S = env_float("UTILITY_RELOAD_S", 5.0, minimum=0.5)
 # --- Fleet -------------------------------------------------------------------------------------------------------
 # Committed telemetry reaches the fleet (SoC beliefs, sessions) as one Celery task per window per server process,
 # carrying the newest reading of each station's EVSE and transaction and every status change: the worker's load
-# follows the number of cars, not the stations' reporting rate. 0: one task per committed batch.
-FLEET_INGEST_WINDOW_S = env_float("FLEET_INGEST_WINDOW_S", 2.0, minimum=0.0)
+# follows the number of cars, not the stations' reporting rate; a status change (a car leaving) goes at once.
+# 0: one task per committed batch.
+FLEET_INGEST_WINDOW_S = env_float("FLEET_INGEST_WINDOW_S", 5.0, minimum=0.0)
+# A car's derived state (VehicleState: SoC shown, flexibility envelope) follows its telemetry this much later at most;
+# plug-ins, unplugs and plans within 2 s (fleet.services.vehicles.vehicle_request_refresh).
+FLEET_TELEMETRY_REFRESH_S = env_float("FLEET_TELEMETRY_REFRESH_S", 30.0, minimum=1.0)
 FLEET_DEFAULT_MOBILITY_FLOOR_PCT = env_int("FLEET_DEFAULT_MOBILITY_FLOOR_PCT", 20, minimum=0, maximum=100)
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, time, timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -194,7 +195,7 @@ def soc_report(
         import_register_wh=import_register_wh,
         export_register_wh=export_register_wh,
     )
-    vehicle_request_refresh(vehicle_id=vehicle.id)
+    vehicle_request_refresh(vehicle_id=vehicle.id, telemetry=True)
     return belief
 
 
@@ -242,7 +243,7 @@ def soc_advance(
         export_register_wh=export_register_wh,
         basis=basis,
     )
-    vehicle_request_refresh(vehicle_id=vehicle.id)
+    vehicle_request_refresh(vehicle_id=vehicle.id, telemetry=True)
     return belief
 
 
@@ -289,19 +290,23 @@ def pack_temperature_report(
     if newer.update(pack_temperature_c=temperature_c, pack_temperature_at=valid_at):
         vehicle.pack_temperature_c, vehicle.pack_temperature_at = temperature_c, valid_at
         if before is None or before.temperature_c != temperature_c:
-            vehicle_request_refresh(vehicle_id=vehicle.id)
+            vehicle_request_refresh(vehicle_id=vehicle.id, telemetry=True)
     return row
 
 
 # --- Derived state refresh ------------------------------------------------------------------------------------------
 
 
-def vehicle_request_refresh(*, vehicle_id: int) -> None:
+def vehicle_request_refresh(*, vehicle_id: int, telemetry: bool = False) -> None:
     """Mark the vehicle's derived state stale; enqueue a refresh after commit unless one is already pending.
 
-    Only the clean -> dirty transition enqueues (the task runs ``REFRESH_DEBOUNCE_S`` later), so a burst of
-    telemetry costs one recomputation. A request left pending longer than ``REFRESH_STALE_S`` (a lost message)
-    is enqueued again.
+    Only the clean -> dirty transition enqueues, so a burst of telemetry costs one recomputation. A telemetry change
+    (SoC, pack temperature: ``telemetry=True``) is refreshed ``FLEET_TELEMETRY_REFRESH_S`` later: the derived state
+    (``VehicleState``: the SoC shown, the flexibility envelope) is read by pages and the API, dispatch reads the SoC
+    beliefs themselves, and with cars reporting every second a refresh every 2 s per car was most of a worker's
+    time. Any other change (plug-in, unplug, limits, departure plans) is refreshed ``REFRESH_DEBOUNCE_S`` later,
+    even while a slower telemetry refresh is pending (the claim lets one of the two do the work). A request left
+    pending longer than ``REFRESH_STALE_S`` (a lost message) is enqueued again.
     """
     now = timezone.now()
     stale = now - timedelta(seconds=REFRESH_STALE_S)
@@ -310,13 +315,18 @@ def vehicle_request_refresh(*, vehicle_id: int) -> None:
         dirty=True, requested_at=now
     ):
         if rows.exists():
-            return  # a refresh is already pending and will read this transaction's data
+            if not telemetry:  # the pending refresh may be a telemetry one, up to a minute away: one soon too
+                jobs.task_enqueue_on_commit(
+                    name=jobs.REFRESH_VEHICLE_STATE, args=(vehicle_id,), countdown=REFRESH_DEBOUNCE_S
+                )
+            return  # else a refresh is already pending and will read this transaction's data
         try:
             with transaction.atomic():
                 VehicleState.objects.create(vehicle_id=vehicle_id, dirty=True, requested_at=now)
         except IntegrityError:  # created concurrently: that request enqueues
             return
-    jobs.task_enqueue_on_commit(name=jobs.REFRESH_VEHICLE_STATE, args=(vehicle_id,), countdown=REFRESH_DEBOUNCE_S)
+    countdown = settings.FLEET_TELEMETRY_REFRESH_S if telemetry else REFRESH_DEBOUNCE_S
+    jobs.task_enqueue_on_commit(name=jobs.REFRESH_VEHICLE_STATE, args=(vehicle_id,), countdown=countdown)
 
 
 def vehicle_state_claim(*, vehicle_id: int) -> bool:

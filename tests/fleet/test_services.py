@@ -229,3 +229,21 @@ def test_a_burst_of_telemetry_enqueues_one_refresh(django_capture_on_commit_call
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         vehicles.soc_report(vehicle=vehicle, soc_wh=31_000, valid_at=T0 + timedelta(minutes=5))
     assert len(callbacks) == 1
+
+
+def test_telemetry_refreshes_the_state_within_its_period_and_an_unplug_at_once(monkeypatch, settings) -> None:
+    # Given a plugged-in car, the refreshes it enqueues recorded with their delay
+    settings.FLEET_TELEMETRY_REFRESH_S = 30.0
+    session = PlugSessionFactory.create()
+    queued: list[float | None] = []
+    monkeypatch.setattr(
+        vehicles.jobs, "task_enqueue_on_commit", lambda *, name, args=(), countdown=None: queued.append(countdown)
+    )
+    # When a SoC report arrives, then more telemetry while that refresh is pending
+    vehicles.soc_report(vehicle=session.vehicle, soc_wh=30_000, valid_at=T0)
+    vehicles.soc_report(vehicle=session.vehicle, soc_wh=30_500, valid_at=T0 + timedelta(minutes=1))
+    # Then one refresh is queued, for the telemetry period
+    assert queued == [30.0]
+    # And when the car leaves while it is pending, a refresh 2 s later is queued too (the page shows it gone now)
+    vehicles.session_close(station_id=session.station_id, transaction_id=session.transaction_id, ended_at=T0)
+    assert queued == [30.0, vehicles.REFRESH_DEBOUNCE_S]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -396,3 +397,24 @@ def test_with_a_broker_the_csms_hook_hands_readings_to_the_window_not_a_task_per
     assert sent == []
     assert telemetry_module.COALESCER.flush() == 1
     assert len(published) == 1
+
+
+def test_a_status_change_is_handed_on_at_once_and_meter_readings_after_the_window() -> None:
+    # Given a coalescer with a 2-s window
+    published: list[list[dict]] = []
+    coalescer = ReadingCoalescer(window_s=2.0, publish=published.append)
+    # When a meter reading arrives, then a connector goes free 0.1 s later
+    coalescer.add([_meter_message("a", "tx-a", 1, **{"Energy.Active.Import.Register": 1})])
+    time.sleep(0.1)
+    coalescer.add([_status("a", 2, "Available")])
+    # Then both are handed on well before the window ends
+    deadline = time.monotonic() + 1.0
+    while not published and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [len(batch) for batch in published] == [2]
+    # And a meter reading alone waits for its window
+    coalescer.add([_meter_message("a", "tx-a", 3, **{"Energy.Active.Import.Register": 2})])
+    time.sleep(1.0)
+    assert len(published) == 1
+    time.sleep(1.5)
+    assert [len(batch) for batch in published] == [2, 1]
