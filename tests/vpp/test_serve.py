@@ -7,6 +7,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -44,7 +45,8 @@ async def test_two_workers_share_the_port_and_stop_together(transactional_db):
     server = await asyncio.to_thread(subprocess.Popen, argv)
     try:
         await asyncio.to_thread(wait_listening, server, port)
-        workers = psutil.Process(server.pid).children()
+        # The parent binds the port before it starts the workers: on a loaded machine the second may come later.
+        workers = await asyncio.to_thread(_children, server.pid, count=2, within=30.0)
         assert len(workers) == 2
         stations = [await sync_to_async(StationFactory.create)() for _ in range(16)]
         live = LiveServer(port, server)
@@ -60,6 +62,16 @@ async def test_two_workers_share_the_port_and_stop_together(transactional_db):
         server.terminate()
         await asyncio.to_thread(server.wait, 20)
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+
+
+def _children(pid: int, *, count: int, within: float) -> list[psutil.Process]:
+    """The process's children, once there are ``count`` of them (or whatever there are after ``within`` s)."""
+    deadline = time.monotonic() + within
+    children = psutil.Process(pid).children()
+    while len(children) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+        children = psutil.Process(pid).children()
+    return children
 
 
 def _holders(pks: list[int]) -> set[str]:
