@@ -330,17 +330,18 @@ def _regulation_dispatched_on_another_node(portfolio: str) -> None:
     )  # fmt: skip
 
 
-@pytest.mark.django_db(transaction=True)
-async def test_an_event_carried_by_regulation_on_another_node_gets_no_setpoint_of_its_own(stations):
-    # Given regulation of the portfolio dispatched by another server process (its setpoints carry the reserve)
-    await sync_to_async(_regulation_dispatched_on_another_node)("default")
+async def _run_beside_regulation_on_another_node(
+    stations: Any, *, regulated: str, power_w: int, seconds: float
+) -> tuple[ReserveRun, dict[str, AnsweringStation]]:
+    """Another server process dispatched regulation of portfolio ``regulated`` just now; an event of ``power_w`` on
+    ``default`` lasting ``seconds`` then runs here to its end (5 s at most) beside two answering stations."""
+    await sync_to_async(_regulation_dispatched_on_another_node)(regulated)
     fleet, routes = fleet_of(2)
     agents = {r.station_id: AnsweringStation() for r in routes}
     for sid, agent in agents.items():
         stations(sid, agent)
-    # When the event's run starts here
     now = datetime.now(UTC)
-    event = ReserveEvent(1, 1, "default", 100_000, now, now + timedelta(seconds=2), time.time())
+    event = ReserveEvent(1, 1, "default", power_w, now, now + timedelta(seconds=seconds), time.time())
     run = ReserveRun(
         event=event,
         loader=lambda **kw: DispatchState(fleet, routes, 0, None, kw["now"]),
@@ -357,6 +358,16 @@ async def test_an_event_carried_by_regulation_on_another_node_gets_no_setpoint_o
             await asyncio.sleep(0.1)
     finally:
         await reserve_runs_stop()
+    return run, agents
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_event_carried_by_regulation_on_another_node_gets_no_setpoint_of_its_own(stations):
+    # Given regulation of the portfolio dispatched by another server process (its setpoints carry the reserve)
+    # When the event's run starts here
+    run, agents = await _run_beside_regulation_on_another_node(
+        stations, regulated="default", power_w=100_000, seconds=2
+    )
     # Then it sent nothing, not even a release that would drop the other node's regulation profile
     assert (run.results, run.released) == ([], False)
     assert {len(agent.calls) for agent in agents.values()} == {0}
@@ -365,30 +376,8 @@ async def test_an_event_carried_by_regulation_on_another_node_gets_no_setpoint_o
 @pytest.mark.django_db(transaction=True)
 async def test_an_event_whose_regulation_stopped_long_ago_is_dispatched_by_its_run(stations):
     # Given regulation of another portfolio only
-    await sync_to_async(_regulation_dispatched_on_another_node)("elsewhere")
-    fleet, routes = fleet_of(2)
-    agents = {r.station_id: AnsweringStation() for r in routes}
-    for sid, agent in agents.items():
-        stations(sid, agent)
     # When the event's run starts here
-    now = datetime.now(UTC)
-    event = ReserveEvent(1, 1, "default", 10_000, now, now + timedelta(seconds=1), time.time())
-    run = ReserveRun(
-        event=event,
-        loader=lambda **kw: DispatchState(fleet, routes, 0, None, kw["now"]),
-        baseline=lambda *_: 0,
-        recorder=None,
-        resend_s=0.5,
-        regulated_elsewhere=regulation_dispatched_since,
-    )
-    reserve_run_start(run=run)
-    try:
-        for _ in range(50):
-            if run.released:
-                break
-            await asyncio.sleep(0.1)
-    finally:
-        await reserve_runs_stop()
+    run, _ = await _run_beside_regulation_on_another_node(stations, regulated="elsewhere", power_w=10_000, seconds=1)
     # Then its own setpoints went out and were released at its end
     assert run.results
     assert run.released
