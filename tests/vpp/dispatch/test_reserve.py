@@ -95,16 +95,24 @@ def _fast_clock(start: datetime, speed: float) -> Any:
     return lambda: start.timestamp() + (time.time() - t0) * speed
 
 
+async def _charging_before_the_event(stations: Any, count: int) -> tuple[list[Station], dict[str, AnsweringStation]]:
+    """``count`` stations ``disp-<k>`` answering as stand-ins, each metered charging at ``BASELINE_W`` from the event's
+    hour until 10 s into the event."""
+    chargers = [await sync_to_async(StationFactory.create)(station_id=f"disp-{k}") for k in range(1, count + 1)]
+    agents = {s.station_id: AnsweringStation() for s in chargers}
+    for sid, agent in agents.items():
+        stations(sid, agent)
+    charging = {s.station_id: BASELINE_W for s in chargers}
+    await sync_to_async(_store_power)(chargers, EVENT_HOUR, EVENT_START + timedelta(seconds=10), charging)
+    return chargers, agents
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_a_reserve_event_is_dispatched_by_itself_measured_and_settled_to_the_cent(stations):
     # Given 100 kW of synchronized reserve cleared at PJM's SRMCPs, ten cars charging at 7 kW, no regulation
     product, _ = await sync_to_async(_market)()
-    chargers = [await sync_to_async(StationFactory.create)(station_id=f"disp-{k}") for k in range(1, 11)]
-    agents = {s.station_id: AnsweringStation() for s in chargers}
-    for sid, agent in agents.items():
-        stations(sid, agent)
+    chargers, agents = await _charging_before_the_event(stations, 10)
     before = {s.station_id: BASELINE_W for s in chargers}
-    await sync_to_async(_store_power)(chargers, EVENT_HOUR, EVENT_START + timedelta(seconds=10), before)
     # When the operator calls an event at 21:05 for 20 minutes, naming neither product nor MW
     row, created = await sync_to_async(reserve_deployment_record)(
         portfolio="default", event_id="sr-2017-07-01-1705", power_w=None, start=EVENT_START, end=EVENT_END,
@@ -277,12 +285,7 @@ def test_an_event_that_got_no_meter_values_is_measured_as_no_response_an_hour_af
 async def test_a_cancelled_event_stops_discharging_at_once_and_its_stored_end_moves_up(stations):
     # Given a 20-minute event running on real time (a 60-s resend: without a wake-up the run would sleep through it)
     product, _ = await sync_to_async(_market)()
-    chargers = [await sync_to_async(StationFactory.create)(station_id=f"disp-{k}") for k in range(1, 4)]
-    agents = {s.station_id: AnsweringStation() for s in chargers}
-    for sid, agent in agents.items():
-        stations(sid, agent)
-    await sync_to_async(_store_power)(chargers, EVENT_HOUR, EVENT_START + timedelta(seconds=10),
-                                      {s.station_id: BASELINE_W for s in chargers})  # fmt: skip
+    _, agents = await _charging_before_the_event(stations, 3)
     row, _ = await sync_to_async(reserve_deployment_record)(
         portfolio="default", event_id="sr-cancelled", power_w=30_000, start=EVENT_START, end=EVENT_END,
         source=SignalSource.UTILITY_API,
