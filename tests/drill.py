@@ -1,12 +1,14 @@
 """The fault drills' pieces, shared by the single-node drill (tests/vpp/replay/test_fault_drill.py) and the one across
 nodes (tests/vpp/test_cluster.py): edge agents in a process of their own with outbox and ledger, the utility's signal
-sender, the award that makes them regulate, and the waits that say when every station is back.
+sender, the award that makes them regulate, the waits that say when every station is back, and the drills' common
+start (:func:`regulating_agents`) and end (:meth:`Drill.ledgers_checked`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import re
@@ -16,12 +18,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import websockets.asyncio.client
+from django.core.management import call_command
 
 from chargers.models import MeterValue
 from markets.regulation.signals import read_signal_csv
@@ -178,3 +182,62 @@ def wait(predicate: Callable[[], bool], within: float, what: str) -> float:
             raise AssertionError(f"{what}: not within {within:.0f} s")
         time.sleep(0.5)
     return time.monotonic() - start
+
+
+@dataclass
+class Drill:
+    """A drill's agents, regulating: their station ids, agent processes and the utility's signal sender."""
+
+    ids: list[str]
+    groups: list[Agents]
+    sender: SignalSender
+    password: str
+
+    def ledgers_checked(self, tmp_path: Path) -> tuple[str, list[int | None]]:
+        """Stops the signal, waits until every agent has sent what it queued, stops the agents and checks that nothing
+        is stuck in an outbox (what is left is what the last second produced), no buffered message was refused for
+        good and the signal was never refused; returns ``station ledger-check``'s verdict on the agents' ledgers
+        against what is stored, and what each agent process left queued at exit."""
+        self.sender.stop()
+        settled = datetime.now(UTC)
+        count = len(self.ids)
+        wait(lambda: harness.stations_reported_since(station_ids=self.ids, since=settled) == count, 60, "caught up")
+        for group in self.groups:
+            group.stop()
+        queued = [group.queued_at_exit() for group in self.groups]
+        assert all(q is not None and q <= 3 * group.count for q, group in zip(queued, self.groups, strict=True)), queued
+        assert not any(group.refused_for_good() for group in self.groups)
+        ledger = tmp_path / "ledger.jsonl"
+        ledger.write_text("".join(group.ledger.read_text() for group in self.groups))
+        out = io.StringIO()
+        call_command("station", "ledger-check", str(ledger), stdout=out)
+        assert self.sender.refused == [], self.sender.refused[:3]
+        return out.getvalue().strip(), queued
+
+
+@contextlib.contextmanager
+def regulating_agents(
+    tmp_path: Path, *, ws_base: str, prefix: str, timings: dict[str, float], count: int = 20, group: int = 10
+) -> Iterator[Drill]:
+    """``count`` agents in processes of ``group``, connected to ``ws_base``, charging and regulating on an award with
+    the utility's signal flowing (``timings``: how long until they were ready, then regulating); the sender and
+    every agent process are stopped on the way out."""
+    password = harness.env_password()
+    ids = harness.stations_provision(count=count, prefix=prefix, password=password)
+    groups = [
+        Agents(tmp_path / f"agents-{n}", prefix=prefix, start=1 + n * group, ws_base=ws_base, password=password,
+               count=group)
+        for n in range(count // group)
+    ]  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        for agents in groups:
+            stack.callback(agents.stop)
+            agents.start()
+        timings["agents ready"] = wait(lambda: len(harness.stations_ready(ids)) == count, 120, "agents ready")
+        portfolio = award(harness.stations_ready(ids))
+        sender = SignalSender(ws_base, harness.utility_token(), portfolio)
+        stack.callback(sender.stop)
+        sender.start()
+        begun = datetime.now(UTC)
+        timings["all regulating"] = wait(lambda: regulating(ids, begun), within=60, what="regulating")
+        yield Drill(ids=ids, groups=groups, sender=sender, password=password)

@@ -1,4 +1,5 @@
-"""Admin of the vpp app: utility programs (operators), their audit trail, events and reports (read-only)."""
+"""Admin of the vpp app: utility programs (operators), their audit trail, events and reports, and the peak-shaving
+steps (read-only)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from django.core.exceptions import ValidationError
 from django.forms import ModelForm
 from django.http import HttpRequest
 
+from vpp.models import PeakStep
 from vpp.utility.models import UtilityEvent, UtilityProgram, UtilityProgramChange, UtilityReport
 from vpp.utility.services import (
     CONFIG_FIELDS,
@@ -113,3 +115,21 @@ class UtilityEventAdmin(ReadOnly):
 class UtilityReportAdmin(ReadOnly):
     list_display = ("program", "kind", "period_start", "period_end", "event", "accepted", "sent_at")
     list_filter = ("kind", "accepted", "program")
+
+
+@admin.register(PeakStep)
+class PeakStepAdmin(ReadOnly):
+    list_display = (
+        "at",
+        "site",
+        "action",
+        "setpoint_w",
+        "achieved_w",
+        "cap_w",
+        "import_w",
+        "accepted",
+        "failed",
+        "node",
+    )
+    list_filter = ("action", "site")
+    search_fields = ("reason",)

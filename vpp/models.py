@@ -1,4 +1,5 @@
-"""What regulation dispatch sent and how the stations answered: written after the fan-out, off the hot path.
+"""What regulation dispatch and peak shaving sent and how the stations answered: written after the fan-out, off the
+hot path.
 
 Power in integer W (+ charging), times UTC, latencies in milliseconds from the instant the signal was received.
 """
@@ -104,3 +105,32 @@ class PowerCap(models.Model):
     def __str__(self) -> str:
         caps = f"export<={self.export_w} import<={self.import_w}"
         return f"{self.portfolio} {caps} {self.start:%H:%M:%S}-{self.end:%H:%M:%S}"
+
+
+class PeakStep(models.Model):
+    """One peak-shaving decision that sent commands to a depot's cars: which site, what was asked (the fleet
+    setpoint, or a release), why, when, by which server process, and how the stations answered. The calls
+    themselves are in the CSMS's message log; this is the decision that made them (``vpp.peak.services``)."""
+
+    site = models.ForeignKey("markets.DepotSite", on_delete=models.PROTECT, related_name="peak_steps")
+    node = models.CharField(max_length=32, help_text="server process whose shaver decided")
+    at = models.DateTimeField(help_text="the site-meter reading's decision instant")
+    action = models.CharField(max_length=16, help_text="shave, charge or release")
+    import_w = models.BigIntegerField(help_text="site net import read")
+    fleet_w = models.BigIntegerField(help_text="the cars' power counted in it")
+    cap_w = models.BigIntegerField(help_text="the cap in force (raised where the cars cannot hold the plan's)")
+    setpoint_w = models.BigIntegerField(null=True, blank=True, help_text="fleet power asked; none for a release")
+    achieved_w = models.BigIntegerField(null=True, blank=True, help_text="the nearest feasible total allocated")
+    reason = models.TextField()
+    commands = models.PositiveIntegerField()
+    accepted = models.PositiveIntegerField(help_text="CALLRESULTs with status Accepted")
+    failed = models.PositiveIntegerField(help_text="rejected, CALLERROR, timeout or offline")
+    recorded_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["site", "at"], name="peak_step_site_at")]
+
+    def __str__(self) -> str:
+        asked = "release" if self.setpoint_w is None else f"{self.setpoint_w} W"
+        return f"site {self.site_id} {self.at:%Y-%m-%d %H:%M:%S}: {self.action} {asked}"

@@ -120,34 +120,9 @@ def allocate(
     """
     fleet = vehicles if isinstance(vehicles, FleetArrays) else FleetArrays.from_snapshots(vehicles)
     bounds = power_bounds(fleet, now=now, duration_s=duration_s)
-    if gain is not None:
-        return _allocate_by_gain(fleet, bounds, int(setpoint_w), _gains(gain, len(fleet)), weighting)
-    requested = int(setpoint_w)
-    min_w, max_w = int(bounds.lo.sum()), int(bounds.hi.sum())
-    target = min(max(requested, min_w), max_w)
-    if len(fleet) == 0:
-        power = np.zeros(0, dtype=np.int64)
-    elif target == min_w:
-        power = bounds.lo.astype(np.int64)
-    elif target == max_w:
-        power = bounds.hi.astype(np.int64)
-    else:
-        w_charge, w_discharge = weighting(fleet)
-        continuous = _solve(bounds, target, w_charge, w_discharge)
-        power = _round_to_total(continuous, bounds.lo, bounds.hi, target)
-    short_ids = tuple(fleet.vehicle_id[bounds.short].tolist())
-    return Allocation(
-        vehicle_id=fleet.vehicle_id,
-        power_w=power,
-        requested_w=requested,
-        achieved_w=int(power.sum()),
-        feasible=target == requested,
-        reason=_reason(requested, min_w, max_w, short_ids),
-        min_w=min_w,
-        max_w=max_w,
-        short_vehicle_ids=short_ids,
-        expected_w=int(power.sum()),
-    )
+    # Without gains every car delivers what it is commanded (g = 1): the same solve, in commands.
+    g = np.ones(len(fleet)) if gain is None else _gains(gain, len(fleet))
+    return _allocate(fleet, bounds, int(setpoint_w), g, weighting)
 
 
 def _gains(gain: npt.ArrayLike, n: int) -> FloatArray:
@@ -157,10 +132,15 @@ def _gains(gain: npt.ArrayLike, n: int) -> FloatArray:
     return np.clip(np.where(np.isnan(g), 1.0, g), 0.0, GAIN_MAX)
 
 
-def _allocate_by_gain(
+def _allocate(
     fleet: FleetArrays, bounds: PowerBounds, requested: int, g: FloatArray, weighting: Weighting
 ) -> Allocation:
-    """:func:`allocate` in expected delivery (module docstring, "Response gains")."""
+    """:func:`allocate` in expected delivery ``sum g_i p_i`` (module docstring, "Response gains").
+
+    With every ``g_i = 1`` the command and delivery ranges are the bounds themselves (integers), the KKT weights
+    are the plain ones, and ``lambda`` puts the continuous powers within half a watt of the clamped request, so
+    rounding their sum gives that request exactly: the plain allocation, to the watt.
+    """
     lo, hi = bounds.lo, bounds.hi
     scale = 1.0 / np.maximum(g, GAIN_MIN)  # command per unit of weighted share
     over = g > 1.0  # over-delivering: the command is cut so the expected delivery stays within the bounds
@@ -213,12 +193,6 @@ def _reason(requested: int, min_w: int, max_w: int, short_ids: tuple[int, ...]) 
         more = f" and {len(short_ids) - 10} more" if len(short_ids) > 10 else ""
         parts.append(f"vehicles {shown}{more} cannot reach their departure target even at full charge power")
     return "; ".join(parts) or None
-
-
-def _solve(bounds: PowerBounds, target: int, w_charge: FloatArray, w_discharge: FloatArray) -> FloatArray:
-    """Continuous KKT solution with direction-dependent weights (charge side for lambda >= 0)."""
-    lam, charging = _lambda(bounds, target, w_charge, w_discharge)
-    return np.clip(lam * (w_charge if charging else w_discharge), bounds.lo, bounds.hi)
 
 
 def _lambda(bounds: PowerBounds, target: int, w_charge: FloatArray, w_discharge: FloatArray) -> tuple[float, bool]:

@@ -167,6 +167,15 @@ class SettlementSerializer(serializers.ModelSerializer):
         ]
 
 
+def _lines(request: Request) -> Any:
+    """The user's vehicles' settlement lines; a key of one organisation: that organisation's only (its holder may
+    manage the fleets of several), in the list and in the CSV alike."""
+    lines = settlement_lines_for(request.user)
+    if isinstance(request.auth, ApiKey) and request.auth.organisation_id is not None:
+        lines = lines.filter(owner_id=request.auth.organisation_id)
+    return lines
+
+
 @extend_schema(parameters=PERIOD_PARAMS)
 class SettlementListView(ListAPIView):
     """``GET /api/regulation/settlements``: award-hour settlements with their vehicle lines (market-wide view)."""
@@ -178,7 +187,7 @@ class SettlementListView(ListAPIView):
         since, until = period(self.request)
         user = self.request.user
         # Vehicle lines nested in an award's settlement: every line market-wide, else the user's own vehicles' only.
-        lines = settlement_lines_for(user) if not market_wide(user) else SettlementLine.objects.all()
+        lines = _lines(self.request) if not market_wide(user) else SettlementLine.objects.all()
         return (
             key_narrowed(settlements_for(user), self.request.auth, "award__portfolio")
             .filter(period_start__gte=since, period_start__lt=until)
@@ -198,10 +207,7 @@ class LineListView(ListAPIView):
 
     def get_queryset(self) -> Any:
         since, until = period(self.request)
-        lines = settlement_lines_for(self.request.user)
-        if isinstance(self.request.auth, ApiKey) and self.request.auth.organisation_id is not None:
-            lines = lines.filter(owner_id=self.request.auth.organisation_id)  # a key of one organisation: its lines
-        return lines.filter(settlement__period_start__gte=since, settlement__period_start__lt=until)
+        return _lines(self.request).filter(settlement__period_start__gte=since, settlement__period_start__lt=until)
 
 
 CSV_COLUMNS = [
@@ -283,9 +289,7 @@ class LineCsvView(APIView):
     @extend_schema(parameters=PERIOD_PARAMS, responses={200: str})
     def get(self, request: Request) -> HttpResponse:
         since, until = period(request)
-        lines = settlement_lines_for(request.user).filter(
-            settlement__period_start__gte=since, settlement__period_start__lt=until
-        )
+        lines = _lines(request).filter(settlement__period_start__gte=since, settlement__period_start__lt=until)
         return settlement_csv(lines, f"settlement-{since:%Y%m%d%H}-{until:%Y%m%d%H}.csv")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import io
 import json
 import time
 from collections import Counter
@@ -32,14 +31,13 @@ from websockets.typing import Subprotocol
 from chargers.models import Station, StationCommand
 from tests.chargers.factories import STATION_PASSWORD, StationFactory
 from tests.cluster import Cluster, cluster_unavailable, get_json, post_json
-from tests.drill import Agents, SignalSender, award, recovered, regulating, wait
+from tests.drill import recovered, regulating, regulating_agents
 from tests.fleet.factories import api_key_for
 from tests.live import free_port
-from vpp.replay import harness
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
-AGENTS, GROUP = 20, 10  # two agent processes of ten
+AGENTS = 20  # two agent processes of ten
 
 
 @pytest.fixture
@@ -125,69 +123,36 @@ def test_when_a_node_is_killed_its_agents_reconnect_to_the_other_and_nothing_is_
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     timings: dict[str, float] = {}
-    with Cluster(tmp_path / "cluster") as cluster:
-        # Given 20 agents in two processes, connected through the balancer (so spread over both nodes), regulating
-        prefix = "mn"
-        password = harness.env_password()
-        ids = harness.stations_provision(count=AGENTS, prefix=prefix, password=password)
-        groups = [
-            Agents(
-                tmp_path / f"agents-{n}",
-                prefix=prefix,
-                start=1 + n * GROUP,
-                ws_base=cluster.ws,
-                password=password,
-                count=GROUP,
-            )
-            for n in range(AGENTS // GROUP)
-        ]
-        with contextlib.ExitStack() as stack:
-            for group in groups:
-                stack.callback(group.stop)
-                group.start()
-            timings["agents ready"] = wait(lambda: len(harness.stations_ready(ids)) == AGENTS, 120, "agents ready")
-            portfolio = award(harness.stations_ready(ids))
-            sender = SignalSender(cluster.ws, harness.utility_token(), portfolio)
-            stack.callback(sender.stop)
-            sender.start()
-            begun = datetime.now(UTC)
-            timings["all regulating"] = wait(lambda: regulating(ids, begun), within=60, what="regulating")
-            before = _holders(ids)
-            assert len(before) == 2, f"leastconn should spread 20 stations over both nodes: {before}"
-            time.sleep(10)  # regulation undisturbed for a while
+    # Given 20 agents in two processes, connected through the balancer (so spread over both nodes), regulating
+    with (
+        Cluster(tmp_path / "cluster") as cluster,
+        regulating_agents(tmp_path, ws_base=cluster.ws, prefix="mn", timings=timings, count=AGENTS) as drill,
+    ):
+        ids = drill.ids
+        before = _holders(ids)
+        assert len(before) == 2, f"leastconn should spread 20 stations over both nodes: {before}"
+        time.sleep(10)  # regulation undisturbed for a while
 
-            # When node 2 is killed (SIGKILL) and left down
-            killed = datetime.now(UTC)
-            timings["every agent reporting and regulating again after the kill"] = recovered(
-                ids, fault_over=lambda: cluster.kill_node(2), within=60
-            )
-            # Then every station is on the surviving node, reached through the balancer again
-            after = _holders(ids)
-            assert len(after) == 1, (before, after)
-            assert next(iter(after)) in before, (before, after)
-            assert sum(after.values()) == AGENTS
-            # and dispatch goes on: every station keeps accepting dispatch commands
-            time.sleep(10)
-            assert regulating(ids, killed)
-            # and once the agents have sent what they queued, their ledgers match what is stored
-            sender.stop()
-            settled = datetime.now(UTC)
-            wait(lambda: harness.stations_reported_since(station_ids=ids, since=settled) == AGENTS, 60, "caught up")
-            for group in groups:
-                group.stop()
-    queued = [group.queued_at_exit() for group in groups]
-    assert all(q is not None and q <= 3 * GROUP for q in queued), queued
-    assert not any(group.refused_for_good() for group in groups)
-    ledger = tmp_path / "ledger.jsonl"
-    ledger.write_text("".join(group.ledger.read_text() for group in groups))
-    out = io.StringIO()
-    call_command("station", "ledger-check", str(ledger), stdout=out)
-    assert sender.refused == [], sender.refused[:3]
+        # When node 2 is killed (SIGKILL) and left down
+        killed = datetime.now(UTC)
+        timings["every agent reporting and regulating again after the kill"] = recovered(
+            ids, fault_over=lambda: cluster.kill_node(2), within=60
+        )
+        # Then every station is on the surviving node, reached through the balancer again
+        after = _holders(ids)
+        assert len(after) == 1, (before, after)
+        assert next(iter(after)) in before, (before, after)
+        assert sum(after.values()) == AGENTS
+        # and dispatch goes on: every station keeps accepting dispatch commands
+        time.sleep(10)
+        assert regulating(ids, killed)
+        # and once the agents have sent what they queued, their ledgers match what is stored
+        verdict, _ = drill.ledgers_checked(tmp_path)
     with capsys.disabled():
-        print(f"\nnode killed under {AGENTS} agents: {out.getvalue().strip()}; spread before {dict(before)}")
+        print(f"\nnode killed under {AGENTS} agents: {verdict}; spread before {dict(before)}")
         print("  " + ", ".join(f"{name} in {seconds:.1f} s" for name, seconds in timings.items()))
-        print(f"  the utility's signal connection was dropped {sender.reconnects} times: {sender.drops}")
-    assert " 0 missing, 0 doubled" in out.getvalue()
+        print(f"  the utility's signal connection was dropped {drill.sender.reconnects} times: {drill.sender.drops}")
+    assert " 0 missing, 0 doubled" in verdict
 
 
 def test_runcluster_refuses_to_start_without_postgresql_and_redis(settings: Any) -> None:

@@ -5,7 +5,8 @@
 (``on_telemetry_committed``, registered in ``VppConfig.ready``) runs there on the CSMS writer thread and hands the
 readings to the server's event loop, where the shaver allocates and fans the commands out to the cars wherever
 their sockets are (``chargers.fanout``). No database on that path: a background task reloads the site meters, the
-caps in force and the cars every ``refresh_s`` on a thread of its own.
+caps in force and the cars every ``refresh_s`` on a thread of its own, where each decision that sent commands is
+also stored (:class:`vpp.models.PeakStep`, written by ``vpp.peak.services.peak_step_record``).
 
 **Faults.** A reload that fails keeps the previous state, but a shaver whose state is older than
 ``max_state_age_s`` asks nothing of the cars (and the profiles it sent lapse by their ``validTo``); a failed
@@ -28,10 +29,12 @@ from typing import Any
 
 from django.db import close_old_connections
 
+from chargers.fanout import NodeListener
 from chargers.writer import writer_loop
 from markets.peak.services import net_import_w
 from vpp.peak.selectors import site_meters, site_state_load
-from vpp.peak.shaver import SiteShaver
+from vpp.peak.services import peak_step_record
+from vpp.peak.shaver import ShaveStep, SiteShaver
 
 LOG = logging.getLogger(__name__)
 REFRESH_S = 5.0
@@ -84,7 +87,9 @@ class PeakShaving:
                 for site_id, state in states.items():
                     shaver = self.shavers.get(site_id)
                     if shaver is None:
-                        shaver = SiteShaver(site_id=site_id, max_state_age_s=self.max_state_age_s)
+                        shaver = SiteShaver(
+                            site_id=site_id, max_state_age_s=self.max_state_age_s, recorder=self._record
+                        )
                         self.shavers[site_id] = shaver
                     shaver.install(state)
             await asyncio.sleep(self.refresh_s)
@@ -95,6 +100,23 @@ class PeakShaving:
         try:
             meters = site_meters()
             return meters, {site_id: site_state_load(site_id=site_id, now=now) for site_id in set(meters.values())}
+        finally:
+            close_old_connections()
+
+    def _record(self, site_id: int, step: ShaveStep) -> None:
+        """Hand a step that sent commands to the database thread (the event loop never waits for the database)."""
+        try:
+            self._db.submit(self._write, site_id, step)
+        except RuntimeError:  # stopped while a step was under way
+            LOG.error("peak shaving: stopped; site %s's step at %.0f was not recorded", site_id, step.at)
+
+    @staticmethod
+    def _write(site_id: int, step: ShaveStep) -> None:
+        close_old_connections()
+        try:
+            peak_step_record(site_id=site_id, step=step, node=NodeListener.node_id)
+        except Exception:  # a failed record must not stop shaving; the log says what was lost
+            LOG.exception("peak shaving: recording site %s's step failed", site_id)
         finally:
             close_old_connections()
 

@@ -106,9 +106,11 @@ class ShaveStep:
     action: str  # "under", "shave", "charge", "release", "no-cars", "stale"
     commands: list[Command] = field(default_factory=list)
     outcome: FanoutOutcome | None = None
+    reason: str = ""  # why the cars were asked this (the audit record's, with the allocation's own reason)
 
 
 Sender = Callable[[Sequence[Command], float], Awaitable[FanoutOutcome]]
+Recorder = Callable[[int, ShaveStep], None]  # (site id, a step that sent commands): must not block or raise
 
 
 async def _fanout(commands: Sequence[Command], timeout: float) -> FanoutOutcome:  # noqa: ASYNC109
@@ -121,13 +123,14 @@ class SiteShaver:
 
     def __init__(
         self, *, site_id: int, hold_s: float = 60.0, call_timeout_s: float = 1.5, max_state_age_s: float = 120.0,
-        sender: Sender = _fanout,
+        sender: Sender = _fanout, recorder: Recorder | None = None,
     ) -> None:  # fmt: skip
         self.site_id = site_id
         self.hold_s = hold_s
         self.call_timeout_s = call_timeout_s
         self.max_state_age_s = max_state_age_s
         self._send = sender
+        self._record = recorder
         self.state: SiteState | None = None
         self.shaving = False
         self._power: dict[tuple[str, int], tuple[float, int]] = {}  # (station, EVSE) -> (epoch s, W)
@@ -184,17 +187,26 @@ class SiteShaver:
         if billed and base > cap - state.margin_w and len(state.fleet):
             cap = self._raise_if_unholdable(state, k, base, now)
         room = cap - state.margin_w - base if billed else math.inf
+        the_cap = f"the cap {cap} W" + (f" (raised from {state.threshold_w} W)" if cap > state.threshold_w else "")
         if room < 0:
-            return await self._command(ShaveStep(now, import_w, fleet_w, cap, int(room), None, "shave"))
+            why = f"import {import_w} W (cars {fleet_w} W) is {-int(room)} W over {the_cap} less {state.margin_w} W"
+            return await self._command(ShaveStep(now, import_w, fleet_w, cap, int(room), None, "shave", reason=why))
         if planned > 0 or (self.raised_w and room < math.inf):
             # the plan's charging (all the room after a raise: the raised cap counts on it), never over the cap
             want = min(planned, room) if not self.raised_w else room
-            return await self._command(ShaveStep(now, import_w, fleet_w, cap, int(want), None, "charge"))
+            why = (
+                f"the plan charges {planned} W now; the room under {the_cap} is {int(room)} W"
+                if not self.raised_w
+                else f"{the_cap}: the cars take all the room under it, {int(room)} W"
+            )
+            return await self._command(ShaveStep(now, import_w, fleet_w, cap, int(want), None, "charge", reason=why))
         if not self.shaving and import_w <= cap - state.margin_w:
             return self._done(ShaveStep(now, import_w, fleet_w, cap, None, None, "under"))
         if room == math.inf:
-            return await self._release(ShaveStep(now, import_w, fleet_w, cap, None, None, "release"))
-        return await self._command(ShaveStep(now, import_w, fleet_w, cap, int(room), None, "shave"))
+            why = "no demand charge bills this interval: the cars charge freely"
+            return await self._release(ShaveStep(now, import_w, fleet_w, cap, None, None, "release", reason=why))
+        why = f"import {import_w} W (cars {fleet_w} W) near {the_cap}: charging limited to the room, {int(room)} W"
+        return await self._command(ShaveStep(now, import_w, fleet_w, cap, int(room), None, "shave", reason=why))
 
     def _track_interval(self, state: SiteState, k: int | None, import_w: int, now: float, billed: bool) -> None:
         """The mean import of each demand interval as the readings come (each holds until the next, at most 60 s, as
@@ -250,9 +262,12 @@ class SiteShaver:
         bounds = power_bounds(state.fleet, now=now, duration_s=self.hold_s)
         if step.action == "shave" and setpoint >= int(bounds.hi.sum()):
             step.action = "release"
+            step.reason = f"import {step.import_w} W: the cap {step.threshold_w} W holds with every car charging freely"
             return await self._release(step)
         allocation = allocate(state.fleet, setpoint, now=now, duration_s=self.hold_s)
         step.achieved_w = allocation.achieved_w
+        if allocation.reason:
+            step.reason = f"{step.reason}; {allocation.reason}"
         valid_to = datetime.fromtimestamp(now + self.hold_s, UTC)
         commands = []
         for route, p, lo, hi in zip(
@@ -309,4 +324,9 @@ class SiteShaver:
 
     def _done(self, step: ShaveStep) -> ShaveStep:
         self.last = step
+        if step.commands and self._record is not None:
+            try:  # the audit record of a decision that reached the cars; its failure must not stop shaving
+                self._record(self.site_id, step)
+            except Exception:
+                LOG.exception("site %s: the step's audit record was not handed over", self.site_id)
         return step

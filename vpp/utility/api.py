@@ -2,7 +2,9 @@
 
 Who: operators every program; bidding admins of the organisation read and change its programs; its fleet managers
 read them; anyone else 403 (a program of another organisation: 404). API keys read with scope ``read`` and never
-write: a program names credentials and a server the aggregator connects to, a change is a person's (audited).
+write: a program names credentials and a server the aggregator connects to, a change is a person's (audited). A key
+narrowed to one organisation (or portfolio) reaches that one's programs only, as for bids and awards
+(``fleet.selectors.key_narrowed``), though its holder may be a member of several.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from rest_framework.views import APIView
 
 from fleet.models import Organisation
 from fleet.permissions import ReadKeys
-from fleet.selectors import organisations_for
+from fleet.selectors import key_narrowed, organisations_for
 from markets.models import Product
 from markets.selectors import product_get
 from vpp.utility.models import Protocol, UtilityEvent, UtilityProgram, UtilityProgramChange, UtilityReport
@@ -106,6 +108,11 @@ class ChangeSerializer(serializers.ModelSerializer):
         fields = ["at", "actor_label", "action", "changes"]
 
 
+def _programs(request: Request, *, write: bool = False) -> QuerySet[UtilityProgram]:
+    """The programs this request reaches: the user's (``write``: those they may change), narrowed to an API key's."""
+    return key_narrowed(programs_for(request.user, write=write), request.auth)
+
+
 def _invalid(exc: ProgramInvalid) -> ValidationError:
     return ValidationError({exc.field: [exc.message]})
 
@@ -117,7 +124,7 @@ class ProgramList(generics.ListAPIView):
     permission_classes = [ProgramReader]
 
     def get_queryset(self) -> QuerySet[UtilityProgram]:
-        return programs_for(self.request.user).order_by("id")
+        return _programs(self.request).order_by("id")
 
     @extend_schema(request=ProgramSerializer, responses={201: ProgramSerializer})
     def post(self, request: Request) -> Response:
@@ -140,7 +147,7 @@ class ProgramDetail(APIView):
     permission_classes = [ProgramReader]
 
     def _program(self, request: Request, pk: int) -> UtilityProgram:
-        return get_object_or_404(programs_for(request.user), pk=pk)
+        return get_object_or_404(_programs(request), pk=pk)
 
     @extend_schema(responses={200: ProgramSerializer})
     def get(self, request: Request, pk: int) -> Response:
@@ -152,7 +159,7 @@ class ProgramDetail(APIView):
     @extend_schema(request=ProgramSerializer, responses={200: ProgramSerializer})
     def patch(self, request: Request, pk: int) -> Response:
         program = self._program(request, pk)
-        if not programs_for(request.user, write=True).filter(pk=program.pk).exists():
+        if not _programs(request, write=True).filter(pk=program.pk).exists():
             raise PermissionDenied("changing a program needs the organisation's bidding admin or an operator")
         data = ProgramSerializer(program, data=request.data, partial=True)
         data.is_valid(raise_exception=True)
@@ -170,7 +177,7 @@ class _ProgramRows(generics.ListAPIView):
     permission_classes = [ProgramReader]
 
     def program(self) -> UtilityProgram:
-        return get_object_or_404(programs_for(self.request.user), pk=self.kwargs["pk"])
+        return get_object_or_404(_programs(self.request), pk=self.kwargs["pk"])
 
 
 class ProgramEvents(_ProgramRows):

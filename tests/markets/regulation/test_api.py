@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
 
-from fleet.models import Fleet, Membership, Organisation, PlugSession, Role, Vehicle
+from fleet.models import ApiScope, Fleet, Membership, Organisation, PlugSession, Role, Vehicle
+from fleet.services.accounts import api_key_issue
+from markets.models import Award
 from markets.regulation.services import energy_price_record, regulation_price_record
 from markets.regulation.settling import settlement_compute
 from tests.markets.regulation.data import (
@@ -80,6 +86,63 @@ def test_owners_see_only_their_vehicles_lines(settled):
     # $14.00 of credits less the van's own cycle wear, $5.51 (see test_staff_see_scores_and_settlements_others_do_not)
     assert [(line["vehicle_ref"], line["net"]) for line in lines] == [("VAN-7", "8.49")]
     assert client_for(user_with("other")).get("/api/regulation/settlement-lines", PERIOD).json()["results"] == []
+
+
+def _key_of(user: Any, organisation: Organisation) -> APIClient:
+    """A client authenticated by a read key of ``user`` narrowed to ``organisation``."""
+    _, raw = api_key_issue(
+        user=user,
+        scopes=[ApiScope.READ],
+        expires_at=timezone.now() + timedelta(days=1),
+        organisation=organisation,
+        name="k",
+    )
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {raw}")
+    return client
+
+
+def test_a_key_narrowed_to_one_organisation_lists_and_exports_none_of_anothers_lines(settled):
+    # Given a fleet manager of Acme (whose van earned a line) and of a second organisation, with a read key of the
+    # second only
+    _, owner = settled
+    member = user_with("two-hats")
+    second = Organisation.objects.create(name="Second Co", slug="second")
+    for org in (owner, second):
+        Membership.objects.create(user=member, organisation=org, role=Role.FLEET_MANAGER)
+    key = _key_of(member, second)
+    # When the key lists the lines and exports them as CSV
+    listed = key.get("/api/regulation/settlement-lines", PERIOD).json()["results"]
+    exported = list(
+        csv.DictReader(io.StringIO(key.get("/api/regulation/settlement-lines.csv", PERIOD).content.decode()))
+    )
+    # Then neither carries Acme's line (the same person signed in sees it)
+    assert (listed, exported) == ([], [])
+    assert [
+        r["vehicle"]
+        for r in csv.DictReader(
+            io.StringIO(client_for(member).get("/api/regulation/settlement-lines.csv", PERIOD).content.decode())
+        )
+    ] == ["VAN-7"]
+
+
+def test_a_key_narrowed_to_one_organisation_sees_no_other_organisations_lines_nested_in_its_settlements(settled):
+    # Given an award-hour settled on the second organisation's portfolio, one of whose lines is Acme's van, and a
+    # person who bids for the second organisation and manages Acme's fleet, with a read key of the second only
+    settlement, owner = settled
+    second = Organisation.objects.create(name="Second Co", slug="second")
+    portfolio = f"fleet-{Fleet.objects.create(organisation=second, name='trucks').pk}"
+    Award.objects.filter(pk=settlement.award_id).update(portfolio=portfolio)
+    member = user_with("two-hats")
+    Membership.objects.create(user=member, organisation=owner, role=Role.FLEET_MANAGER)
+    Membership.objects.create(user=member, organisation=second, role=Role.BIDDING_ADMIN)
+    key = _key_of(member, second)
+    # When the key lists the settlements
+    settlements = key.get("/api/regulation/settlements", PERIOD).json()["results"]
+    # Then the second organisation's settlement is there without Acme's vehicle line (signed in, it shows)
+    assert [(s["portfolio"], s["lines"]) for s in settlements] == [(portfolio, [])]
+    signed_in = client_for(member).get("/api/regulation/settlements", PERIOD).json()["results"]
+    assert [line["vehicle_ref"] for line in signed_in[0]["lines"]] == ["VAN-7"]
 
 
 def test_the_csv_export_carries_every_line_to_the_cent_with_its_meter_links(settled):

@@ -95,16 +95,24 @@ def _fast_clock(start: datetime, speed: float) -> Any:
     return lambda: start.timestamp() + (time.time() - t0) * speed
 
 
+async def _charging_before_the_event(stations: Any, count: int) -> tuple[list[Station], dict[str, AnsweringStation]]:
+    """``count`` stations ``disp-<k>`` answering as stand-ins, each metered charging at ``BASELINE_W`` from the event's
+    hour until 10 s into the event."""
+    chargers = [await sync_to_async(StationFactory.create)(station_id=f"disp-{k}") for k in range(1, count + 1)]
+    agents = {s.station_id: AnsweringStation() for s in chargers}
+    for sid, agent in agents.items():
+        stations(sid, agent)
+    charging = {s.station_id: BASELINE_W for s in chargers}
+    await sync_to_async(_store_power)(chargers, EVENT_HOUR, EVENT_START + timedelta(seconds=10), charging)
+    return chargers, agents
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_a_reserve_event_is_dispatched_by_itself_measured_and_settled_to_the_cent(stations):
     # Given 100 kW of synchronized reserve cleared at PJM's SRMCPs, ten cars charging at 7 kW, no regulation
     product, _ = await sync_to_async(_market)()
-    chargers = [await sync_to_async(StationFactory.create)(station_id=f"disp-{k}") for k in range(1, 11)]
-    agents = {s.station_id: AnsweringStation() for s in chargers}
-    for sid, agent in agents.items():
-        stations(sid, agent)
+    chargers, agents = await _charging_before_the_event(stations, 10)
     before = {s.station_id: BASELINE_W for s in chargers}
-    await sync_to_async(_store_power)(chargers, EVENT_HOUR, EVENT_START + timedelta(seconds=10), before)
     # When the operator calls an event at 21:05 for 20 minutes, naming neither product nor MW
     row, created = await sync_to_async(reserve_deployment_record)(
         portfolio="default", event_id="sr-2017-07-01-1705", power_w=None, start=EVENT_START, end=EVENT_END,
@@ -277,12 +285,7 @@ def test_an_event_that_got_no_meter_values_is_measured_as_no_response_an_hour_af
 async def test_a_cancelled_event_stops_discharging_at_once_and_its_stored_end_moves_up(stations):
     # Given a 20-minute event running on real time (a 60-s resend: without a wake-up the run would sleep through it)
     product, _ = await sync_to_async(_market)()
-    chargers = [await sync_to_async(StationFactory.create)(station_id=f"disp-{k}") for k in range(1, 4)]
-    agents = {s.station_id: AnsweringStation() for s in chargers}
-    for sid, agent in agents.items():
-        stations(sid, agent)
-    await sync_to_async(_store_power)(chargers, EVENT_HOUR, EVENT_START + timedelta(seconds=10),
-                                      {s.station_id: BASELINE_W for s in chargers})  # fmt: skip
+    _, agents = await _charging_before_the_event(stations, 3)
     row, _ = await sync_to_async(reserve_deployment_record)(
         portfolio="default", event_id="sr-cancelled", power_w=30_000, start=EVENT_START, end=EVENT_END,
         source=SignalSource.UTILITY_API,
@@ -330,17 +333,18 @@ def _regulation_dispatched_on_another_node(portfolio: str) -> None:
     )  # fmt: skip
 
 
-@pytest.mark.django_db(transaction=True)
-async def test_an_event_carried_by_regulation_on_another_node_gets_no_setpoint_of_its_own(stations):
-    # Given regulation of the portfolio dispatched by another server process (its setpoints carry the reserve)
-    await sync_to_async(_regulation_dispatched_on_another_node)("default")
+async def _run_beside_regulation_on_another_node(
+    stations: Any, *, regulated: str, power_w: int, seconds: float
+) -> tuple[ReserveRun, dict[str, AnsweringStation]]:
+    """Another server process dispatched regulation of portfolio ``regulated`` just now; an event of ``power_w`` on
+    ``default`` lasting ``seconds`` then runs here to its end (5 s at most) beside two answering stations."""
+    await sync_to_async(_regulation_dispatched_on_another_node)(regulated)
     fleet, routes = fleet_of(2)
     agents = {r.station_id: AnsweringStation() for r in routes}
     for sid, agent in agents.items():
         stations(sid, agent)
-    # When the event's run starts here
     now = datetime.now(UTC)
-    event = ReserveEvent(1, 1, "default", 100_000, now, now + timedelta(seconds=2), time.time())
+    event = ReserveEvent(1, 1, "default", power_w, now, now + timedelta(seconds=seconds), time.time())
     run = ReserveRun(
         event=event,
         loader=lambda **kw: DispatchState(fleet, routes, 0, None, kw["now"]),
@@ -357,6 +361,16 @@ async def test_an_event_carried_by_regulation_on_another_node_gets_no_setpoint_o
             await asyncio.sleep(0.1)
     finally:
         await reserve_runs_stop()
+    return run, agents
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_event_carried_by_regulation_on_another_node_gets_no_setpoint_of_its_own(stations):
+    # Given regulation of the portfolio dispatched by another server process (its setpoints carry the reserve)
+    # When the event's run starts here
+    run, agents = await _run_beside_regulation_on_another_node(
+        stations, regulated="default", power_w=100_000, seconds=2
+    )
     # Then it sent nothing, not even a release that would drop the other node's regulation profile
     assert (run.results, run.released) == ([], False)
     assert {len(agent.calls) for agent in agents.values()} == {0}
@@ -365,30 +379,8 @@ async def test_an_event_carried_by_regulation_on_another_node_gets_no_setpoint_o
 @pytest.mark.django_db(transaction=True)
 async def test_an_event_whose_regulation_stopped_long_ago_is_dispatched_by_its_run(stations):
     # Given regulation of another portfolio only
-    await sync_to_async(_regulation_dispatched_on_another_node)("elsewhere")
-    fleet, routes = fleet_of(2)
-    agents = {r.station_id: AnsweringStation() for r in routes}
-    for sid, agent in agents.items():
-        stations(sid, agent)
     # When the event's run starts here
-    now = datetime.now(UTC)
-    event = ReserveEvent(1, 1, "default", 10_000, now, now + timedelta(seconds=1), time.time())
-    run = ReserveRun(
-        event=event,
-        loader=lambda **kw: DispatchState(fleet, routes, 0, None, kw["now"]),
-        baseline=lambda *_: 0,
-        recorder=None,
-        resend_s=0.5,
-        regulated_elsewhere=regulation_dispatched_since,
-    )
-    reserve_run_start(run=run)
-    try:
-        for _ in range(50):
-            if run.released:
-                break
-            await asyncio.sleep(0.1)
-    finally:
-        await reserve_runs_stop()
+    run, _ = await _run_beside_regulation_on_another_node(stations, regulated="elsewhere", power_w=10_000, seconds=1)
     # Then its own setpoints went out and were released at its end
     assert run.results
     assert run.released

@@ -21,18 +21,22 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import OperationalError
+from django.test import Client
 
+from chargers.fanout import Command, CommandResult, FanoutOutcome, NodeListener
 from chargers.models import Station
 from chargers.telemetry import TelemetryUpdate
 from chargers.writer import _bind_loop
 from fleet.models import SocEstimate, SocSource
 from markets.models import DepotSite
 from markets.peak.models import SiteMeter
-from tests.fleet.factories import PlugSessionFactory
+from tests.fleet.factories import PlugSessionFactory, UserFactory
 from tests.vpp.stand_ins import AnsweringStation
+from vpp.models import PeakStep
 from vpp.peak import service
 from vpp.peak.service import PeakShaving, on_telemetry_committed
-from vpp.peak.shaver import PEAK_PROFILE_ID, SiteShaver
+from vpp.peak.services import peak_step_record
+from vpp.peak.shaver import PEAK_PROFILE_ID, ShaveStep, SiteShaver
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CARS = ("pk-cs-1", "pk-cs-2", "pk-cs-3")
@@ -221,6 +225,66 @@ async def test_a_station_that_does_not_answer_is_logged_the_others_get_theirs_an
     await _until(lambda: len(silent.calls) == 2)
     await _until(lambda: not peak._busy)
     assert len([r for r in caplog.records if "no acceptance" in r.getMessage()]) == 1
+
+
+async def _recorded(count: int, within: float = 10.0) -> list[PeakStep]:
+    """The steps stored once there are ``count`` of them (they are written on the shaver's database thread)."""
+    deadline = time.monotonic() + within
+    while True:
+        rows = await sync_to_async(lambda: list(PeakStep.objects.order_by("id")))()
+        if len(rows) >= count:
+            return rows
+        assert time.monotonic() < deadline, f"{count} steps not recorded in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_each_step_that_commands_the_cars_is_recorded_with_its_site_setpoint_reason_and_time(depot):
+    site_id, peak, agents = depot
+    loop = asyncio.get_running_loop()
+    before = datetime.now(UTC)
+    # When the site reads 90 kW (under the cap: nothing asked), then 110 kW
+    _from_writer(loop, _meter(90_000))
+    await _until(lambda: peak.shavers[site_id].last is not None)
+    _from_writer(loop, _meter(110_000))
+    await _until(lambda: all(a.calls for a in agents.values()))
+    # Then the decision that sent the cars their setpoints is stored, by this process, with why and when (the
+    # reading that asked nothing is not a command, and is not stored)
+    [row] = await _recorded(1)
+    assert (row.site_id, row.action, row.setpoint_w, row.achieved_w) == (site_id, "shave", -12_000, -12_000)
+    assert (row.import_w, row.fleet_w, row.cap_w) == (110_000, 0, 100_000)
+    assert (row.commands, row.accepted, row.failed) == (3, 3, 0)
+    assert "12000 W over the cap 100000 W" in row.reason
+    assert before <= row.at <= row.recorded_at
+    assert row.node == NodeListener.node_id[:32]
+
+
+def _a_recorded_step() -> PeakStep:
+    site = DepotSite.objects.create(code="audit-depot", name="Audit depot", threshold_w=100_000, demand_charge=0)
+    step = ShaveStep(time.time(), 110_000, 0, 100_000, -12_000, -11_000, "shave", reason="import over the cap")
+    step.commands = [Command("pk-cs-1", "SetChargingProfile", {}), Command("pk-cs-2", "SetChargingProfile", {})]
+    answers = [
+        CommandResult("pk-cs-1", "result", "Accepted", step.at + 0.2),
+        CommandResult("pk-cs-2", "timeout", "timeout", None),
+    ]
+    step.outcome = FanoutOutcome(answers, step.at, step.at + 1.5, 1)
+    return peak_step_record(site_id=site.pk, step=step, node="node-a")
+
+
+def test_the_steps_are_in_the_admin_read_only() -> None:
+    # Given a recorded step, one car's station answered and the other's timed out
+    row = _a_recorded_step()
+    assert (row.commands, row.accepted, row.failed, row.setpoint_w) == (2, 1, 1, -12_000)
+    operator = Client()
+    operator.force_login(UserFactory.create(is_staff=True, is_superuser=True))
+    # When an operator opens the steps in the admin; then they are listed, and nobody adds, changes or deletes one
+    listing = operator.get("/admin/vpp/peakstep/")
+    assert listing.status_code == 200
+    assert "audit-depot" in listing.content.decode() or "Audit depot" in listing.content.decode()
+    assert operator.get("/admin/vpp/peakstep/add/").status_code == 403
+    assert operator.post(f"/admin/vpp/peakstep/{row.pk}/change/", {"reason": "edited"}).status_code == 403
+    assert operator.post(f"/admin/vpp/peakstep/{row.pk}/delete/", {"post": "yes"}).status_code == 403
+    row.refresh_from_db()
+    assert row.reason == "import over the cap"
 
 
 async def test_a_shaver_that_never_loaded_a_state_asks_nothing():

@@ -22,7 +22,7 @@ from markets.peak.models import PeakPlan
 from tests.fleet.factories import PlugSessionFactory
 from tests.vpp.stand_ins import AnsweringStation
 from vpp.peak.selectors import site_state_load
-from vpp.peak.shaver import SiteShaver
+from vpp.peak.shaver import ShaveStep, SiteShaver
 
 pytestmark = pytest.mark.django_db(transaction=True)
 T0 = datetime(2025, 7, 14, 12, 0, tzinfo=UTC)
@@ -42,12 +42,12 @@ def _depot(*, soc_wh: int, load_w: list[int], fleet_w: list[int]) -> int:
     return site.pk
 
 
-async def _shaver(stations, **depot) -> tuple[SiteShaver, dict[str, AnsweringStation], int]:
+async def _shaver(stations, recorder=None, **depot) -> tuple[SiteShaver, dict[str, AnsweringStation], int]:
     site_id = await sync_to_async(_depot)(**depot)
     agents = {sid: AnsweringStation() for sid in CARS}
     for sid, agent in agents.items():
         stations(sid, agent)
-    shaver = SiteShaver(site_id=site_id)
+    shaver = SiteShaver(site_id=site_id, recorder=recorder)
     return shaver, agents, site_id
 
 
@@ -88,6 +88,28 @@ async def test_the_cars_charge_as_planned_but_never_over_the_cap(stations):
         shaver.car_power(sid, 1, (T0 + timedelta(minutes=30)).timestamp(), 7_500)
     step = await _step(shaver, site_id, minute=30, import_w=70_000)
     assert (step.action, _total(agents)) == ("release", ("ClearChargingProfile", 0))
+
+
+async def test_each_step_that_commands_the_cars_goes_to_the_audit_with_why_and_nothing_else_does(stations):
+    # Given the plan above (15 kW of charging in the first half hour) and a recorder of the shaver's steps
+    recorded: list[tuple[int, ShaveStep]] = []
+    shaver, _, site_id = await _shaver(stations, recorder=lambda *args: recorded.append(args), soc_wh=30_000,
+                                       load_w=[70_000] * 4, fleet_w=[15_000, 15_000, 0, 0])  # fmt: skip
+    # When the site imports 82 kW (6 kW of room), then the plan stops charging with the cars fitting under the cap
+    await _step(shaver, site_id, minute=0, import_w=82_000)
+    for sid in CARS:
+        shaver.car_power(sid, 1, (T0 + timedelta(minutes=30)).timestamp(), 7_500)
+    await _step(shaver, site_id, minute=30, import_w=70_000)
+    # and, released, it reads under the cap again (nothing sent)
+    await _step(shaver, site_id, minute=31, import_w=60_000)
+    # Then the charge and the release were handed over, each with its site, its commands and why; the last was not
+    assert [(sid, s.action, len(s.commands)) for sid, s in recorded] == [
+        (site_id, "charge", 2),
+        (site_id, "release", 2),
+    ]
+    assert recorded[0][1].setpoint_w == 6_000
+    assert recorded[0][1].reason == "the plan charges 15000 W now; the room under the cap 90000 W is 6000 W"
+    assert "holds with every car charging freely" in recorded[1][1].reason
 
 
 async def test_the_cars_discharge_only_when_the_import_would_exceed_the_cap(stations):

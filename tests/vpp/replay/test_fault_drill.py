@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -29,18 +28,17 @@ import pytest
 import websockets.asyncio.client
 import websockets.sync.client
 from django.conf import settings
-from django.core.management import call_command
 from django.db import connection
 from websockets.typing import Subprotocol
 
-from tests.drill import Agents, SignalSender, award, recovered, regulating, wait
+from tests.drill import recovered, regulating_agents
 from tests.faults import PausableTcpProxy, RedisProcess
 from tests.live import free_port, wait_listening
 from vpp.replay import harness
 
 ROOT = Path(__file__).resolve().parents[3]
 SIGNAL = ROOT / "markets" / "data" / "pjm-regd-test-signal-40min.csv"
-AGENTS, GROUP = 20, 10  # two agent processes of ten: the second is killed and restarted
+AGENTS = 20  # two agent processes of ten: the second is killed and restarted
 DB_PAUSE_S = 30.0
 STEADY_S = 20.0  # regulation undisturbed between faults
 RECOVERY_LIMIT_S = 90.0  # each fault must be recovered from within this, by itself
@@ -57,80 +55,47 @@ def test_nothing_acknowledged_is_lost_or_doubled_through_faults_and_every_agent_
         pytest.skip("the drill pauses PostgreSQL through a TCP proxy (DATABASE_URL=postgres://...)")
     recoveries: dict[str, float] = {}  # fault -> seconds from its end until every agent reports and regulates
     timings: dict[str, float] = {}
-    with RedisProcess() as redis, _pg_proxy() as proxy, Csms(tmp_path, proxy_port=proxy.port, redis=redis) as csms:
-        # Given 20 agents in two processes, connected, charging and regulating on an award
-        prefix = "drill"
-        password = harness.env_password()
-        ids = harness.stations_provision(count=AGENTS, prefix=prefix, password=password)
-        poison_id = harness.stations_provision(count=1, prefix=f"{prefix}x", password=password)[0]
-        groups = [
-            Agents(
-                tmp_path / f"agents-{n}",
-                prefix=prefix,
-                start=1 + n * GROUP,
-                ws_base=csms.ws,
-                password=password,
-                count=GROUP,
-            )
-            for n in range(AGENTS // GROUP)
-        ]
-        with contextlib.ExitStack() as stack:
-            for group in groups:
-                stack.callback(group.stop)
-                group.start()
-            timings["agents ready"] = wait(lambda: len(harness.stations_ready(ids)) == AGENTS, 120, "agents ready")
-            portfolio = award(harness.stations_ready(ids))
-            sender = SignalSender(csms.ws, harness.utility_token(), portfolio)
-            stack.callback(sender.stop)
-            sender.start()
-            begun = datetime.now(UTC)
-            timings["all regulating"] = wait(lambda: regulating(ids, begun), within=60, what="regulating")
+    # Given 20 agents in two processes, connected, charging and regulating on an award
+    with (
+        RedisProcess() as redis,
+        _pg_proxy() as proxy,
+        Csms(tmp_path, proxy_port=proxy.port, redis=redis) as csms,
+        regulating_agents(tmp_path, ws_base=csms.ws, prefix="drill", timings=timings, count=AGENTS) as drill,
+    ):
+        ids, groups = drill.ids, drill.groups
+        # When poison frames arrive from another station (e)
+        poison_id = harness.stations_provision(count=1, prefix="drillx", password=drill.password)[0]
+        timings["poison frames answered"] = _poison(csms, poison_id, drill.password)
+        # and the database pauses for 30 s (a)
+        time.sleep(STEADY_S)
+        proxy.pause()
+        time.sleep(DB_PAUSE_S)
+        recoveries["database paused 30 s"] = recovered(ids, fault_over=proxy.resume, within=RECOVERY_LIMIT_S)
+        # and Redis restarts, losing everything it held (b)
+        time.sleep(STEADY_S)
+        redis.stop()
+        time.sleep(5)
+        recoveries["redis down 5 s"] = recovered(ids, fault_over=redis.start, within=RECOVERY_LIMIT_S)
+        # and the server processes are killed and started again (c)
+        time.sleep(STEADY_S)
+        csms.kill()
+        recoveries["server killed"] = recovered(ids, fault_over=csms.start, within=RECOVERY_LIMIT_S)
+        # and one agent process is killed mid-flight and started again on its outbox (d)
+        time.sleep(STEADY_S)
+        groups[1].kill()
+        recoveries["agents killed"] = recovered(ids, fault_over=groups[1].start, within=RECOVERY_LIMIT_S)
 
-            # When poison frames arrive from another station (e)
-            timings["poison frames answered"] = _poison(csms, poison_id, password)
-            # and the database pauses for 30 s (a)
-            time.sleep(STEADY_S)
-            proxy.pause()
-            time.sleep(DB_PAUSE_S)
-            recoveries["database paused 30 s"] = recovered(ids, fault_over=proxy.resume, within=RECOVERY_LIMIT_S)
-            # and Redis restarts, losing everything it held (b)
-            time.sleep(STEADY_S)
-            redis.stop()
-            time.sleep(5)
-            recoveries["redis down 5 s"] = recovered(ids, fault_over=redis.start, within=RECOVERY_LIMIT_S)
-            # and the server processes are killed and started again (c)
-            time.sleep(STEADY_S)
-            csms.kill()
-            recoveries["server killed"] = recovered(ids, fault_over=csms.start, within=RECOVERY_LIMIT_S)
-            # and one agent process is killed mid-flight and started again on its outbox (d)
-            time.sleep(STEADY_S)
-            groups[1].kill()
-            recoveries["agents killed"] = recovered(ids, fault_over=groups[1].start, within=RECOVERY_LIMIT_S)
-
-            # Then every agent is connected and regulating again (checked by recovered), and once the agents
-            # have sent what they queued, their ledgers match what is stored
-            sender.stop()
-            settled = datetime.now(UTC)
-            wait(lambda: harness.stations_reported_since(station_ids=ids, since=settled) == AGENTS, 60, "caught up")
-            for group in groups:
-                group.stop()
-        # And nothing is stuck in an outbox: what is left is what the last second produced, and no agent had a
-        # buffered message refused for good
-        queued = [group.queued_at_exit() for group in groups]
-        assert all(q is not None and q <= 3 * GROUP for q in queued), queued
-        assert not any(group.refused_for_good() for group in groups)
-        ledger = tmp_path / "ledger.jsonl"
-        ledger.write_text("".join(group.ledger.read_text() for group in groups))
-        out = io.StringIO()
-        call_command("station", "ledger-check", str(ledger), stdout=out)
-        assert sender.refused == [], sender.refused[:3]
+        # Then every agent is connected and regulating again (checked by recovered), and once the agents have
+        # sent what they queued, their ledgers match what is stored, and nothing is stuck in an outbox: what is
+        # left is what the last second produced, and no agent had a buffered message refused for good
+        verdict, queued = drill.ledgers_checked(tmp_path)
     with capsys.disabled():
-        print(f"\nfault drill, {AGENTS} agents: {out.getvalue().strip()}; left in the outboxes at exit: {queued}")
+        print(f"\nfault drill, {AGENTS} agents: {verdict}; left in the outboxes at exit: {queued}")
         print("  " + ", ".join(f"{name} in {seconds:.1f} s" for name, seconds in timings.items()))
-        print(f"  the utility's signal connection was dropped {sender.reconnects} times: {sender.drops}")
+        print(f"  the utility's signal connection was dropped {drill.sender.reconnects} times: {drill.sender.drops}")
         for name, seconds in recoveries.items():
             print(f"  {name:<22} every agent reporting and regulating again {seconds:5.1f} s after")
-    assert " 0 missing, 0 doubled" in out.getvalue()
+    assert " 0 missing, 0 doubled" in verdict
 
 
 # --- the drill's own pieces (the shared ones: tests/drill.py) -----------------------------------------------------

@@ -13,6 +13,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from fleet.models import ApiScope, Membership, Role
+from fleet.services.accounts import api_key_issue
 from tests.fleet.factories import FleetFactory, UserFactory
 from tests.vpp.utility.factories import UtilityProgramFactory
 from vpp.utility.models import UtilityProgram, UtilityProgramChange
@@ -133,6 +134,52 @@ def test_keys_read_programs_and_never_write_them() -> None:
     client.force_authenticate(admin, token=key)
     assert client.get(f"/api/utility/programs/{program.pk}/").status_code == 200
     assert client.patch(f"/api/utility/programs/{program.pk}/", {"enabled": False}, format="json").status_code == 403
+
+
+def _two_organisations_and_a_key_of_the_first() -> tuple[UtilityProgram, UtilityProgram, APIClient, Any]:
+    """A bidding admin of two organisations, a program in each, and the admin's read key narrowed to the first."""
+    mine, theirs = UtilityProgramFactory.create(), UtilityProgramFactory.create()
+    admin = _member_of(mine)
+    Membership.objects.create(user=admin, organisation=theirs.organisation, role=Role.BIDDING_ADMIN)
+    _, raw = api_key_issue(
+        user=admin,
+        scopes=[ApiScope.READ],
+        expires_at=timezone.now() + timedelta(days=1),
+        organisation=mine.organisation,
+        name="org A only",
+    )
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {raw}")
+    return mine, theirs, client, admin
+
+
+def test_a_key_narrowed_to_one_organisation_lists_and_reads_that_organisations_programs_only() -> None:
+    # Given a bidding admin of organisations A and B, with a key narrowed to A
+    mine, theirs, key, admin = _two_organisations_and_a_key_of_the_first()
+    # When the key lists the programs and reads each one, with its status, events and reports
+    listed = [p["id"] for p in key.get("/api/utility/programs/").json()["results"]]
+    # Then A's program is there and B's is not found, as if it were another tenant's
+    assert listed == [mine.pk]
+    for suffix in ("", "events/", "reports/"):
+        assert key.get(f"/api/utility/programs/{mine.pk}/{suffix}").status_code == 200, suffix
+        assert key.get(f"/api/utility/programs/{theirs.pk}/{suffix}").status_code == 404, suffix
+    assert key.get(f"/api/utility/programs/{mine.pk}/").json()["healthy"] is False  # the status is A's to see
+    # while the same person signed in (not limited by a key) sees both
+    assert len(_api(admin).get("/api/utility/programs/").json()["results"]) == 2
+
+
+def test_a_key_narrowed_to_one_organisation_neither_creates_nor_changes_a_program_of_the_other() -> None:
+    # Given a bidding admin of organisations A and B, with a key narrowed to A
+    _, theirs, key, _ = _two_organisations_and_a_key_of_the_first()
+    fleet_b = FleetFactory.create(organisation=theirs.organisation)
+    # When the key tries to enrol B's fleet and to change B's program
+    created = key.post("/api/utility/programs/", _body(fleet_b), format="json")
+    changed = key.patch(f"/api/utility/programs/{theirs.pk}/", {"enabled": False}, format="json")
+    # Then both are refused and nothing changed (keys never write programs: a change is a person's)
+    assert (created.status_code, changed.status_code) == (403, 403)
+    assert UtilityProgram.objects.count() == 2
+    theirs.refresh_from_db()
+    assert theirs.enabled
 
 
 def _member_of(program: UtilityProgram, role: str = Role.BIDDING_ADMIN) -> Any:
