@@ -141,7 +141,9 @@ class ReadingCoalescer:
     messages at most (the oldest dropped, logged); meter readings one per key.
     """
 
-    def __init__(self, *, window_s: float, publish: Callable[[list[dict[str, Any]]], None], max_statuses: int = 10_000):
+    def __init__(
+        self, *, window_s: float, publish: Callable[[list[dict[str, Any]]], object], max_statuses: int = 10_000
+    ):
         self.window_s = window_s
         self.max_statuses = max_statuses
         self._publish = publish
