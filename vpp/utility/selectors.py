@@ -14,11 +14,12 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from fleet.models import Organisation, Role
 from fleet.selectors import is_operator, organisations_for
-from vpp.utility.models import ReportKind, UtilityEvent, UtilityProgram, UtilityReport
+from markets.regulation.models import ReserveDeployment
+from vpp.utility.models import Protocol, ReportKind, UtilityEvent, UtilityProgram, UtilityReport
 
 READ_ROLES = (Role.BIDDING_ADMIN, Role.FLEET_MANAGER)
 WRITE_ROLES = (Role.BIDDING_ADMIN,)
@@ -48,6 +49,21 @@ def reports_of(program: UtilityProgram) -> QuerySet[UtilityReport]:
 def event_latest(program: UtilityProgram, event_ref: str) -> UtilityEvent | None:
     """The newest stored version of a utility's event."""
     return program.events.filter(event_ref=event_ref[:120]).order_by("-modification").first()
+
+
+def program_refs(program_id: int, field: str) -> Q:
+    """The refs a program's events put in force (``<protocol>:<pk>:``, as :func:`vpp.utility.dispatch.reserve_ref`
+    makes them) in ``field`` (``event_id`` of a reserve deployment, ``source_ref`` of a power cap)."""
+    found = Q()
+    for protocol in Protocol.values:
+        found |= Q(**{f"{field}__startswith": f"{protocol}:{program_id}:"})
+    return found
+
+
+def program_deployment_ids(*, program_id: int, among: list[int]) -> list[int]:
+    """Which of the reserve deployments ``among`` (ids) a program's events made."""
+    rows = ReserveDeployment.objects.filter(program_refs(program_id, "event_id"), pk__in=among)
+    return list(rows.values_list("pk", flat=True))
 
 
 def responses_of(program: UtilityProgram, event_ref: str) -> dict[tuple[int, str], UtilityReport]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from fleet.models import Fleet, Organisation
@@ -41,6 +41,7 @@ from vpp.utility.selectors import (
     CredentialError,
     credential_path,
     endpoint_allowed,
+    program_refs,
     secret_env_allowed,
     secret_env_prefix,
 )
@@ -286,13 +287,11 @@ def utility_events_withdraw(*, program_id: int, reason: str) -> int:
 def utility_program_dispatch_end(*, program_id: int, reason: str, at: datetime | None = None) -> list[int]:
     """End now what the program's events put in force, whichever process (or none: a runner that is down) ran them:
     every reserve deployment and power cap not over yet whose ref is the program's (``<protocol>:<pk>:``, as
-    :func:`vpp.utility.dispatch.reserve_ref` makes it). The deployments ended (their runs, where this process has
-    them, are to be woken: :func:`vpp.dispatch.reserve_intake.reserve_dispatch_end`)."""
+    :func:`vpp.utility.dispatch.reserve_ref` makes it). The deployments ended: each one's reserve run, wherever it
+    runs, sees its new end within ``vpp.dispatch.reserve.END_CHECK_S`` (the runner also wakes those of its process
+    at once) and releases its setpoints."""
     moment = at or timezone.now()
-    deployments, caps = Q(), Q()
-    for protocol in Protocol.values:
-        deployments |= Q(event_id__startswith=f"{protocol}:{program_id}:")
-        caps |= Q(source_ref__startswith=f"{protocol}:{program_id}:")
+    deployments, caps = program_refs(program_id, "event_id"), program_refs(program_id, "source_ref")
     ended = []
     for pk in ReserveDeployment.objects.filter(deployments, end__gt=moment).values_list("pk", flat=True):
         if reserve_deployment_end(deployment_id=pk, at=moment, reason=reason) is not None:
