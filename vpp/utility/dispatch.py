@@ -18,7 +18,8 @@ A process that restarts (the clients' or the server's) resumes, when the server 
 version still scheduled or active: its deployments' runs start again (the baseline still the one at their start).
 
 A cancelled event (or a newer version of it) stops its run: the deployment in force is withdrawn
-(:func:`vpp.dispatch.reserve_intake.reserve_deployment_withdraw`: its end stored as now, its setpoints released).
+(:func:`vpp.dispatch.reserve_intake.reserve_deployment_withdraw`: its end stored as now, its setpoints released),
+and so are its caps; records still being made when the cancellation arrives are waited for and ended too.
 """
 
 from __future__ import annotations
@@ -188,34 +189,54 @@ class EventRuns:
         if interval.end <= timezone.now():
             return
         ref = reserve_ref(program, plan.event_ref, plan.modification, index)
-        note = await database_sync_to_async(_caps_record)(program, ref, interval, begin) if interval.capped else ""
-        intake: ReserveIntake | None = None
-        if interval.power_w > 0 or interval.target_w is not None:
-            try:
-                intake = await database_sync_to_async(_reserve_record)(program, ref, interval, begin)
-            except RegulationError as exc:
-                raise RuntimeError(f"the reserve intake refused interval {index}: {exc}") from exc
-            if intake is None:
+        # The records (caps, deployment) are made in a task of their own, awaited shielded inside the same try that
+        # ends them: a withdrawal arriving while they are being made (a thread this task cannot stop) waits for them
+        # and ends what was made, so no deployment or cap is left in force with no run to end it.
+        records = asyncio.ensure_future(_records(program, ref, index, interval, begin))
+        records.add_done_callback(_retrieved)
+        try:
+            note, intake = await asyncio.shield(records)
+            if intake is None and (interval.power_w > 0 or interval.target_w is not None):
                 LOG.info("utility program %s: event %s interval %s: already at or below its target", program.pk,
                          plan.event_ref, index)  # fmt: skip
-            elif not intake.dispatched:
+            elif intake is not None and not intake.dispatched:
                 LOG.warning("utility program %s: event %s: %s", program.pk, plan.event_ref, intake.why_not)
-        if index == 0 or (intake is not None and intake.dispatched):
-            await database_sync_to_async(_active)(event_id, timezone.now())
-        if note:
-            LOG.warning("utility program %s: event %s: %s", program.pk, plan.event_ref, note)
-            await database_sync_to_async(utility_event_status)(
-                event_id=event_id, status=EventStatus.ACTIVE, reason=note
-            )
-        try:
+            if index == 0 or (intake is not None and intake.dispatched):
+                await database_sync_to_async(_active)(event_id, timezone.now())
+            if note:
+                LOG.warning("utility program %s: event %s: %s", program.pk, plan.event_ref, note)
+                await database_sync_to_async(utility_event_status)(
+                    event_id=event_id, status=EventStatus.ACTIVE, reason=note
+                )
             await _sleep_until(interval.end)
         except asyncio.CancelledError:
-            # Withdrawn by the utility (cancelled or replaced): the deployment and the caps end now (shielded: this
-            # task is being cancelled). A shutdown leaves them stored; the setpoints end by themselves within
-            # DISPATCH_HOLD_S, the caps at the interval's end.
+            # Withdrawn by the utility (cancelled or replaced): the deployment and the caps end now, once made
+            # (shielded: this task is being cancelled). A shutdown leaves them stored; the setpoints end by themselves
+            # within DISPATCH_HOLD_S, the caps at the interval's end.
             if asyncio.current_task() in self._withdrawn:
-                await asyncio.shield(_withdraw(program, ref, capped=interval.capped))
+                await asyncio.shield(_withdraw(program, ref, capped=interval.capped, made=records))
             raise
+
+
+async def _records(
+    program: UtilityProgram, ref: str, index: int, interval: Interval, begin: datetime
+) -> tuple[str, ReserveIntake | None]:
+    """The interval's caps (and the note they call for) and its reserve deployment (None: nothing to deploy)."""
+    note = await database_sync_to_async(_caps_record)(program, ref, interval, begin) if interval.capped else ""
+    intake: ReserveIntake | None = None
+    if interval.power_w > 0 or interval.target_w is not None:
+        try:
+            intake = await database_sync_to_async(_reserve_record)(program, ref, interval, begin)
+        except RegulationError as exc:
+            raise RuntimeError(f"the reserve intake refused interval {index}: {exc}") from exc
+    return note, intake
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark a records task's failure retrieved: the run awaiting it logs it (``_run``), and a run cancelled by a
+    shutdown no longer awaits it (asyncio would otherwise complain at exit)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _active(event_id: int, at: datetime) -> None:
@@ -224,7 +245,12 @@ def _active(event_id: int, at: datetime) -> None:
     utility_event_status(event_id=event_id, status=EventStatus.ACTIVE)
 
 
-async def _withdraw(program: UtilityProgram, ref: str, *, capped: bool = False) -> None:
+async def _withdraw(
+    program: UtilityProgram, ref: str, *, capped: bool = False, made: asyncio.Future[Any] | None = None
+) -> None:
+    if made is not None:  # the records still being made: ended once they are (a failure made nothing to end)
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await made
     if capped:
         try:
             await database_sync_to_async(power_cap_end)(source_ref=ref, at=timezone.now())

@@ -1,0 +1,97 @@
+"""A utility event's runs (``vpp.utility.dispatch.EventRuns``) on the failure paths: a withdrawal that arrives while
+the interval's records are being made still ends them; a new version of an event under way keeps its baseline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from markets.regulation.models import ReserveDeployment
+from tests.vpp.utility.factories import UtilityProgramFactory
+from tests.vpp.utility.test_openadr2 import _wait_for
+from vpp.dispatch import dispatcher as dispatcher_module
+from vpp.dispatch import services as dispatch_services
+from vpp.dispatch.dispatcher import dispatchers_running
+from vpp.dispatch.reserve import reserve_runs_stop
+from vpp.models import PowerCap
+from vpp.utility import dispatch as dispatch_module
+from vpp.utility.dispatch import EventRuns
+from vpp.utility.models import EventStatus, Protocol, UtilityEvent, UtilityProgram
+from vpp.utility.services import utility_event_record, utility_event_status
+from vpp.utility.signals import EventPlan, Interval
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+async def no_dispatchers(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    monkeypatch.setattr(dispatcher_module, "_dispatchers", {})
+    monkeypatch.setattr(dispatch_services, "_products", {})
+    yield
+    for running in dispatchers_running():
+        await running.stop()
+    await reserve_runs_stop()
+
+
+def _program() -> UtilityProgram:
+    program = UtilityProgramFactory.create(protocol=Protocol.OPENADR_3)
+    return UtilityProgram.objects.select_related("product__operator", "organisation").get(pk=program.pk)
+
+
+def _scheduled(program: UtilityProgram, plan: EventPlan) -> UtilityEvent:
+    event, _ = utility_event_record(
+        program=program, event_ref=plan.event_ref, modification=plan.modification, kind=plan.kind, start=plan.start,
+        end=plan.end, power_w=plan.power_w, payload={},
+    )  # fmt: skip
+    utility_event_status(event_id=event.pk, status=EventStatus.SCHEDULED)
+    event.refresh_from_db()
+    return event
+
+
+@pytest.mark.parametrize("slow", ["_caps_record", "_reserve_record", "_active"])
+async def test_a_withdrawal_while_the_intervals_records_are_made_still_ends_them(
+    no_dispatchers: None, monkeypatch: pytest.MonkeyPatch, slow: str
+) -> None:
+    # Given an event whose interval (5 kW of reduction under a 9 kW export cap) goes to dispatch now, one step of
+    # making its records slowed down (a busy database): the withdrawal lands inside it
+    program = await sync_to_async(_program)()
+    now = datetime.now(UTC).replace(microsecond=0)
+    end = now + timedelta(seconds=60)
+    plan = EventPlan("ev-race", 1, "LOAD_DISPATCH", [Interval(now + timedelta(seconds=1), end, 5_000, None, 9_000)])
+    event = await sync_to_async(_scheduled)(program, plan)
+    real, entered = getattr(dispatch_module, slow), asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def slowed(*args: Any) -> Any:
+        result = real(*args)
+        loop.call_soon_threadsafe(entered.set)
+        time.sleep(1.0)
+        return result
+
+    monkeypatch.setattr(dispatch_module, slow, slowed)
+    runs = EventRuns(lead_s=2.0)
+    runs.schedule(program=program, event=event, plan=plan)
+    await asyncio.wait_for(entered.wait(), 20)
+    # When the utility withdraws the event right then
+    assert runs.cancel(program_id=program.pk, event_ref="ev-race")
+
+    # Then what was made (the cap, and the deployment once made) ends now: nothing is left discharging unowned
+    def ended() -> bool:
+        caps = PowerCap.objects.filter(portfolio=program.portfolio)
+        deployments = ReserveDeployment.objects.filter(portfolio=program.portfolio)
+        return (
+            caps.exists()
+            and not caps.filter(end=end).exists()
+            and (slow == "_caps_record" or deployments.exists())
+            and not deployments.filter(end=end).exists()
+        )
+
+    await _wait_for(ended, 10)
+    await asyncio.sleep(1.5)  # a record still in flight when the task was cancelled would have landed by now
+    assert await sync_to_async(ended)()
