@@ -52,6 +52,7 @@ from vpp.dispatch.selectors import dispatch_state_load, fleet_power_at
 from vpp.dispatch.services import power_cap_end, power_cap_record
 from vpp.dispatch.values import departure_need_wins
 from vpp.utility.models import EventStatus, UtilityEvent, UtilityProgram
+from vpp.utility.selectors import event_newer
 from vpp.utility.services import utility_event_cancel, utility_event_record, utility_event_status
 from vpp.utility.signals import EventPlan, Interval
 
@@ -66,10 +67,23 @@ class Accepted:
     event: UtilityEvent
     created: bool
     opt: str
+    stale: bool = False  # older than a version stored: neither dispatched nor allowed to cancel or replace it
 
 
 def utility_event_accept(*, program: UtilityProgram, plan: EventPlan, payload: dict[str, Any]) -> Accepted:
-    """Store ``plan``'s event version and decide the answer (optIn: it will be dispatched)."""
+    """Store ``plan``'s event version and decide the answer (optIn: it will be dispatched). A version older than
+    one stored (a delayed or replayed message) is stored refused and changes nothing: not even its cancellation
+    applies (the newer version stands)."""
+    stale = event_newer(program, plan.event_ref, plan.modification) is not None
+    if stale:
+        event, created = utility_event_record(
+            program=program, event_ref=plan.event_ref, modification=plan.modification, kind=plan.kind,
+            start=plan.start, end=plan.end, power_w=plan.power_w, limit_w=plan.limit_w, payload=payload,
+        )  # fmt: skip
+        if created:
+            utility_event_status(event_id=event.pk, status=EventStatus.REFUSED, opt=OPT_OUT)
+            event.refresh_from_db()
+        return Accepted(event, created, OPT_OUT, stale=True)
     if plan.cancelled:
         utility_event_cancel(program=program, event_ref=plan.event_ref, reason="cancelled by the utility")
     event, created = utility_event_record(
@@ -116,6 +130,8 @@ class EventRuns:
 
     def take(self, *, program: UtilityProgram, accepted: Accepted, plan: EventPlan) -> None:
         """Run a new version; or resume a stored one still to do that this process does not run (it restarted)."""
+        if accepted.stale:
+            return  # the newer version stored goes on as it is
         if accepted.created:
             self.schedule(program=program, event=accepted.event, plan=plan)
         elif accepted.event.status in RUNNABLE and (program.pk, plan.event_ref) not in self._runs:

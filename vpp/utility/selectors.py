@@ -51,6 +51,13 @@ def event_latest(program: UtilityProgram, event_ref: str) -> UtilityEvent | None
     return program.events.filter(event_ref=event_ref[:120]).order_by("-modification").first()
 
 
+def event_newer(program: UtilityProgram, event_ref: str, modification: int) -> UtilityEvent | None:
+    """The newest stored version of the event if it is newer than ``modification`` (then a version of that number
+    is a delayed or replayed message, never applied over it)."""
+    latest = event_latest(program, event_ref)
+    return latest if latest is not None and latest.modification > modification else None
+
+
 def program_refs(program_id: int, field: str) -> Q:
     """The refs a program's events put in force (``<protocol>:<pk>:``, as :func:`vpp.utility.dispatch.reserve_ref`
     makes them) in ``field`` (``event_id`` of a reserve deployment, ``source_ref`` of a power cap)."""

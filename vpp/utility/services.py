@@ -41,6 +41,7 @@ from vpp.utility.selectors import (
     CredentialError,
     credential_path,
     endpoint_allowed,
+    event_newer,
     program_refs,
     secret_env_allowed,
     secret_env_prefix,
@@ -58,6 +59,7 @@ DISPATCHABLE_KINDS = (Product.Kind.REGULATION, Product.Kind.RESERVE)
 MAX_EVENT = timedelta(hours=24)
 EXPIRED_REASON = "already over when received"
 DISABLED_WITHDRAWN = "withdrawn: the program was disabled"
+STALE_REASON = "older than the version stored: a delayed or replayed message, not applied"
 
 
 class ProgramInvalid(ValueError):
@@ -225,7 +227,11 @@ def utility_event_record(
     if existing is not None:
         return existing, False
     status, reason = EventStatus.RECEIVED, ""
-    if end <= start:
+    newer = event_newer(program, event_ref, modification)
+    if newer is not None:  # a delayed or replayed message: stored for the record, never applied over the newer one
+        status, reason = EventStatus.REFUSED, f"{STALE_REASON} (modification {newer.modification} is stored)"
+        end = max(end, start + timedelta(seconds=1))
+    elif end <= start:
         status, reason, end = EventStatus.REFUSED, "the event ends before it starts", start + timedelta(seconds=1)
     elif end - start > MAX_EVENT:
         status, reason = EventStatus.REFUSED, f"longer than {MAX_EVENT}: not a DR event this aggregator dispatches"
@@ -252,6 +258,9 @@ def utility_event_record(
     except IntegrityError:  # another client process stored it first
         return UtilityEvent.objects.get(program=program, event_ref=event_ref, modification=modification), False
     UtilityProgram.objects.filter(pk=program.pk).update(last_event_at=moment)
+    if newer is not None:
+        LOG.warning("utility program %s: event %s#%s: %s", program.pk, event_ref, modification, reason)
+        return row, True
     # An earlier version of the same event is replaced by this one.
     UtilityEvent.objects.filter(program=program, event_ref=event_ref, modification__lt=modification).exclude(
         status__in=[EventStatus.COMPLETED, EventStatus.REFUSED]

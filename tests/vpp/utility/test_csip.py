@@ -428,6 +428,37 @@ async def test_a_control_the_server_marks_active_is_not_deployed_again(sep: tupl
     assert await UtilityEvent.objects.filter(program=program, event_ref="A1" * 16).acount() == 1
 
 
+async def test_an_older_copy_of_a_control_neither_cancels_nor_replaces_the_newer_one(
+    sep: tuple[SepServer, Pki],
+) -> None:
+    # Given a control deployed 2 s ahead of its start
+    server, pki = sep
+    program = await sync_to_async(_program)(server.url)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    end = start + timedelta(seconds=60)
+    async with _client(program, pki, EventRuns(lead_s=2.0)):
+        control = server.add_control("A9" * 16, start, 60, opModImpLimW=-5_000)
+
+        def deployed() -> bool:
+            return ReserveDeployment.objects.filter(portfolio=program.portfolio, end=end).exists()
+
+        await _wait_for(deployed)
+        # When the server then serves an older copy of it (creationTime 10 min earlier), cancelled: a replay
+        control["created"] -= 600
+        server.cancel("A9" * 16, datetime.now(UTC))
+
+        def stored() -> bool:
+            return UtilityEvent.objects.filter(program=program, event_ref="A9" * 16).count() == 2
+
+        await _wait_for(stored, 10)
+        await asyncio.sleep(1.5)  # another poll or two
+    # Then the newer version's deployment runs on to its end, and the older copy is stored refused with the reason
+    assert await sync_to_async(deployed)()
+    rows = [e async for e in UtilityEvent.objects.filter(program=program).order_by("modification")]
+    assert [e.status for e in rows] == [EventStatus.REFUSED, EventStatus.ACTIVE]
+    assert rows[0].status_reason.startswith("older than the version stored")
+
+
 async def test_a_plain_2030_5_server_assigning_programs_on_its_device_capability_is_followed(
     sep: tuple[SepServer, Pki],
 ) -> None:

@@ -5,6 +5,7 @@ available capacity, and the after-the-event report."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -195,6 +196,38 @@ async def test_an_event_the_vtn_deletes_before_its_end_is_withdrawn(vtn: Vtn3) -
         await _wait_for(withdrawn)
     row = await UtilityEvent.objects.aget(program=program, event_ref=event["id"])
     assert (row.status, row.status_reason) == (EventStatus.CANCELLED, "deleted by the VTN")
+
+
+async def test_an_older_version_of_an_event_never_replaces_the_newer_one(vtn: Vtn3) -> None:
+    # Given an event of 5 SIMPLE levels (5 kW) under way, deployed 2 s ahead of its start
+    program = await sync_to_async(_program)(vtn.url, level_step_w=1_000)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    end = start + timedelta(seconds=60)
+    async with _ven(program, EventRuns(lead_s=2.0)):
+        event = vtn.add_event(vtn.programs[0]["id"], [
+            {"id": 0, "payloads": [{"type": "SIMPLE", "values": [5]}]},
+        ], intervalPeriod={"start": _z(start), "duration": "PT60S"})  # fmt: skip
+
+        def deployed() -> bool:
+            return ReserveDeployment.objects.filter(portfolio=program.portfolio, power_w=5_000, end=end).exists()
+
+        await _wait_for(deployed)
+        # When the VTN then lists an older version of it (modified an hour before), asking for 2 levels: a replay
+        event["modificationDateTime"] = _z(datetime.now(UTC) - timedelta(hours=1))
+        event["intervals"] = [{"id": 0, "payloads": [{"type": "SIMPLE", "values": [2]}]}]
+
+        def stored() -> bool:
+            return UtilityEvent.objects.filter(program=program, event_ref=event["id"]).count() == 2
+
+        await _wait_for(stored, 10)
+        await asyncio.sleep(1.5)  # another poll or two
+    # Then the newer version's 5 kW deployment runs on to its end, nothing else is deployed, and the older version
+    # is stored refused with the reason
+    assert await sync_to_async(deployed)()
+    assert await ReserveDeployment.objects.filter(portfolio=program.portfolio).acount() == 1
+    rows = [e async for e in UtilityEvent.objects.filter(program=program).order_by("modification")]
+    assert [(e.status, e.power_w) for e in rows] == [(EventStatus.REFUSED, 2_000), (EventStatus.ACTIVE, 5_000)]
+    assert rows[0].status_reason.startswith("older than the version stored")
 
 
 async def test_reports_carry_the_metered_demand_during_and_after_the_event(vtn: Vtn3) -> None:
