@@ -46,6 +46,7 @@ from vpp.utility.selectors import (
     secret_env_allowed,
     secret_env_prefix,
 )
+from vpp.utility.signals import MAX_EVENT
 
 LOG = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ CONFIG_FIELDS = (
 # Events become reserve deployments, which dispatch by themselves (vpp.dispatch.reserve): of the program's reserve
 # product, or an offset only on a regulation product's portfolio.
 DISPATCHABLE_KINDS = (Product.Kind.REGULATION, Product.Kind.RESERVE)
-MAX_EVENT = timedelta(hours=24)
 EXPIRED_REASON = "already over when received"
 DISABLED_WITHDRAWN = "withdrawn: the program was disabled"
 STALE_REASON = "older than the version stored: a delayed or replayed message, not applied"

@@ -352,6 +352,12 @@ async def test_a_malformed_event_is_refused_and_the_others_and_a_deletion_still_
             vtn.add_event(pid, limit(-5.0), intervalPeriod=period),
         ]
         poison[-1]["modificationDateTime"] = "not a dateTime"
+        beyond = {  # out of bounds: refused with the reason, the rest of the poll applies
+            vtn.add_event(pid, limit(2e6), intervalPeriod=period)["id"]: "interval 0 asks for more than 1000000000 W",
+            vtn.add_event(pid, limit(-5.0), intervalPeriod={"start": _z(start), "duration": "PT5H"})["id"]: (
+                "interval 0 lasts 5:00:00, more than 4:00:00"
+            ),
+        }
         good = vtn.add_event(pid, limit(-3.0), intervalPeriod=period)
         vtn.delete_event(first["id"])
 
@@ -368,3 +374,6 @@ async def test_a_malformed_event_is_refused_and_the_others_and_a_deletion_still_
         row = await UtilityEvent.objects.aget(program=program, event_ref=event["id"])
         assert row.status == EventStatus.REFUSED, (event["id"], row.status_reason)
         assert row.status_reason.startswith("malformed event"), row.status_reason
+    for ref, reason in beyond.items():
+        row = await UtilityEvent.objects.aget(program=program, event_ref=ref)
+        assert (row.status, row.status_reason, row.opt) == (EventStatus.REFUSED, reason, "optOut")
