@@ -105,7 +105,7 @@ def utility_event_accept(*, program: UtilityProgram, plan: EventPlan, payload: d
     elif refusal or event.status == EventStatus.REFUSED:
         status, refusal = EventStatus.REFUSED, refusal or event.status_reason
     else:
-        status = EventStatus.SCHEDULED
+        status, refusal = EventStatus.SCHEDULED, plan.note  # e.g. an import limit below 0 held at 0
     opt = OPT_IN if status in (EventStatus.SCHEDULED, EventStatus.CANCELLED) else OPT_OUT
     utility_event_status(event_id=event.pk, status=status, reason=refusal, opt=opt)
     event.refresh_from_db()

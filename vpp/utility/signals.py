@@ -18,7 +18,9 @@ OpenADR 3.0 (an ``event`` object as the OpenADR 3 OpenAPI document defines it, J
 * ``IMPORT_CAPACITY_LIMIT`` / ``DISPATCH_SETPOINT``: a ceiling / a setpoint of the portfolio's net import
   (``units`` of the event's or program's payloadDescriptor, default ``KW``): ``target_w``. The W of reduction is
   only known at dispatch time (the fleet's metered power then minus the target; nothing when already below). An
-  import limit is also ``import_cap_w``: a cap on the fleet's charging while it lasts (departure needs win).
+  import limit is also ``import_cap_w``: a cap on the fleet's charging while it lasts (departure needs win). An
+  import limit below 0 is held at 0 (no import, never export: :func:`no_import_note`); a setpoint below 0 is export
+  asked for, and dispatched.
 * ``EXPORT_CAPACITY_LIMIT`` (>= 0): ``export_cap_w``, a cap on the portfolio's discharge while it lasts (nothing
   deployed; an interval may carry both limits).
 * ``SIMPLE`` level 0-3: ``level x level_step_w``, as for 2.0b.
@@ -29,7 +31,8 @@ IEEE 2030.5 / CSIP ``DERControl`` (parsed by ``vpp.utility.csip`` into :class:`D
 
 * ``opModFixedW`` (hundredths of a percent of ``setMaxW``, the portfolio's plugged-in discharge rating): a target
   net import of ``-pct x setMaxW``.
-* ``opModImpLimW`` (CSIP-AUS; W): a ceiling on import, a target and a cap as for OpenADR 3's import limit.
+* ``opModImpLimW`` (CSIP-AUS; W): a ceiling on import, a target and a cap as for OpenADR 3's import limit (below
+  0 held at 0, likewise).
 * ``opModExpLimW`` (CSIP-AUS; W >= 0): a cap on the portfolio's discharge, as OpenADR 3's export limit.
 * ``opModConnect`` false: cease to energize -- a target of 0 W (no charging; discharge is never added).
 * the other modes: stored and refused with the reason.
@@ -43,7 +46,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -79,6 +82,7 @@ class EventPlan:
     refusal: str = ""
     cancelled: bool = False
     limit_w: int | None = None
+    note: str = ""  # what the aggregator does differently from what was asked (kept as the event's status reason)
 
     @property
     def start(self) -> datetime:
@@ -135,11 +139,17 @@ def bounded(plan: EventPlan) -> EventPlan:
             return refused(f"interval {k} asks for more than {MAX_W} W")
     if intervals[-1].end - intervals[0].start > MAX_EVENT:
         return refused(f"longer than {MAX_EVENT}: not a DR event this aggregator dispatches")
-    if intervals == plan.intervals:
-        return plan
-    return EventPlan(
-        plan.event_ref, plan.modification, plan.kind, intervals, plan.refusal, plan.cancelled, plan.limit_w
-    )
+    return plan if intervals == plan.intervals else replace(plan, intervals=intervals)
+
+
+def no_import_note(name: str, limit_w: int) -> str:
+    """Why an import limit below 0 is held at 0 (no import) rather than dispatched as the export it implies: a limit
+    is a ceiling on what the portfolio draws, not a dispatch. Taken below 0 it would have the fleet discharge its cars
+    on a message meant to cap load (a sign or unit slip at the utility's end does exactly that), and the export cap
+    a negative import cap would set binds every dispatch while it lasts. Held at 0 the fleet does the part it can
+    without discharging (it stops drawing); export is asked for with ``DISPATCH_SETPOINT`` (2030.5 ``opModFixedW``),
+    which it dispatches. The event is still answered optIn, its status reason saying so."""
+    return f"{name} {limit_w} W below 0: held at 0 W (no import); an import limit never commands export"
 
 
 #: What a malformed object from a server raises while it is read (a string or NaN value, ``values: []``, a
@@ -323,19 +333,22 @@ def _openadr3_limits(
     scales = {t: _units_w(event, program, t) for t in set(found)}
     if any(scale is None for scale in scales.values()):
         return EventPlan(ref, modification, kind, refused, f"{kind}: units not W, KW or MW")
-    intervals = []
+    intervals, notes = [], []
     for begin, finish, item in spans:
         values = {str(p.get("type")): p["values"][0] for p in item.get("payloads") or [] if p.get("values")}
         watts = {t: round(number(values[t], t) * (scales[t] or 1.0)) for t in LIMITS if t in values}
         if watts.get("EXPORT_CAPACITY_LIMIT", 0) < 0:
             return EventPlan(ref, modification, kind, refused, "EXPORT_CAPACITY_LIMIT below 0 W (no export is 0)")
+        if watts.get("IMPORT_CAPACITY_LIMIT", 0) < 0:
+            notes.append(no_import_note("IMPORT_CAPACITY_LIMIT", watts["IMPORT_CAPACITY_LIMIT"]))
+            watts["IMPORT_CAPACITY_LIMIT"] = 0
         target = watts.get("IMPORT_CAPACITY_LIMIT", watts.get("DISPATCH_SETPOINT"))
         if target is not None or "EXPORT_CAPACITY_LIMIT" in watts:
             intervals.append(Interval(begin, finish, 0, target, watts.get("EXPORT_CAPACITY_LIMIT"),
                                       watts.get("IMPORT_CAPACITY_LIMIT")))  # fmt: skip
     limit = next((i.target_w if i.target_w is not None else i.export_cap_w for i in intervals), None)
     refusal = "" if any(i.dispatched for i in intervals) else "asks for no load reduction (nothing to dispatch)"
-    return EventPlan(ref, modification, kind, intervals or refused, refusal, limit_w=limit)
+    return EventPlan(ref, modification, kind, intervals or refused, refusal, limit_w=limit, note="; ".join(notes[:1]))
 
 
 def _openadr3_spans(
@@ -397,6 +410,9 @@ def _csip_plan(control: DerControl, *, set_max_w: int) -> EventPlan:
     target: int | None = None
     import_cap = int(modes["opModImpLimW"]) if "opModImpLimW" in modes else None
     export_cap = int(modes["opModExpLimW"]) if "opModExpLimW" in modes else None
+    note = ""
+    if import_cap is not None and import_cap < 0:  # held at 0, never export (no_import_note says why)
+        note, import_cap = no_import_note("opModImpLimW", import_cap), 0
     if export_cap is not None and export_cap < 0:
         return EventPlan(control.mrid, version, kind, span, "opModExpLimW below 0 W (no export is 0)", cancelled)
     if "opModFixedW" in modes:
@@ -411,4 +427,4 @@ def _csip_plan(control: DerControl, *, set_max_w: int) -> EventPlan:
         return EventPlan(control.mrid, version, kind, span, f"no mode dispatched here ({kind})", cancelled)
     interval = Interval(span[0].start, span[0].end, 0, target, export_cap, import_cap)
     limit = target if target is not None else export_cap
-    return EventPlan(control.mrid, version, kind, [interval], "", cancelled, limit_w=limit)
+    return EventPlan(control.mrid, version, kind, [interval], "", cancelled, limit_w=limit, note=note)

@@ -1,5 +1,5 @@
 """A utility event's runs (``vpp.utility.dispatch.EventRuns``) on the failure paths: a withdrawal that arrives while
-the interval's records are being made still ends them; a new version of an event under way keeps its baseline."""
+the interval's records are being made still ends them; an import limit below 0 is held at 0."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from vpp.dispatch.dispatcher import dispatchers_running
 from vpp.dispatch.reserve import reserve_runs_stop
 from vpp.models import PowerCap
 from vpp.utility import dispatch as dispatch_module
-from vpp.utility.dispatch import EventRuns
+from vpp.utility.dispatch import EventRuns, utility_event_accept
 from vpp.utility.models import EventStatus, Protocol, UtilityEvent, UtilityProgram
 from vpp.utility.services import utility_event_record, utility_event_status
-from vpp.utility.signals import EventPlan, Interval
+from vpp.utility.signals import EventPlan, Interval, openadr3_plan
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
@@ -95,3 +95,22 @@ async def test_a_withdrawal_while_the_intervals_records_are_made_still_ends_them
     await _wait_for(ended, 10)
     await asyncio.sleep(1.5)  # a record still in flight when the task was cancelled would have landed by now
     assert await sync_to_async(ended)()
+
+
+def test_an_import_limit_held_at_0_is_scheduled_with_the_note_as_its_reason() -> None:
+    # Given a program and an OpenADR 3 import limit of -5 kW starting in an hour
+    program = _program()
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    event = {
+        "id": "ev-neg", "modificationDateTime": "2026-07-01T17:00:00Z",
+        "intervalPeriod": {"start": start.isoformat().replace("+00:00", "Z"), "duration": "PT15M"},
+        "intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]}],
+    }  # fmt: skip
+    # When it is accepted
+    accepted = utility_event_accept(program=program, plan=openadr3_plan(event), payload=event)
+    # Then it is answered optIn and stored scheduled as a 0 W limit, its reason saying why
+    row = accepted.event
+    assert (accepted.opt, row.status, row.limit_w) == ("optIn", EventStatus.SCHEDULED, 0)
+    assert row.status_reason == (
+        "IMPORT_CAPACITY_LIMIT -5000 W below 0: held at 0 W (no import); an import limit never commands export"
+    )

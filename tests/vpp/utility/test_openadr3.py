@@ -91,15 +91,15 @@ async def test_it_refuses_to_start_with_a_wrong_secret_and_the_status_says_why(v
     assert vtn.vens == []
 
 
-async def test_an_import_limit_becomes_a_reserve_deployment_down_to_the_limit_before_its_start(vtn: Vtn3) -> None:
+async def test_a_setpoint_becomes_a_reserve_deployment_down_to_it_before_its_start(vtn: Vtn3) -> None:
     # Given a VEN of a fleet with no connected station (metered power counts as 0 W)
     program = await sync_to_async(_program)(vtn.url)
     program_id = vtn.programs[0]["id"]
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
     async with _ven(program, EventRuns(lead_s=2.0)):
-        # When the VTN publishes an import limit of -5 kW (export at least 5 kW) for 6 s starting in 4 s
+        # When the VTN publishes a setpoint of -5 kW (export 5 kW) for 6 s starting in 4 s
         event = vtn.add_event(program_id, [
-            {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]},
+            {"id": 0, "payloads": [{"type": "DISPATCH_SETPOINT", "values": [-5.0]}]},
         ], intervalPeriod={"start": _z(start), "duration": "PT6S"})  # fmt: skip
 
         # Then 2 s ahead the portfolio gets a 5,000 W reserve deployment (0 W now - (-5,000 W)) until the end
@@ -114,7 +114,7 @@ async def test_an_import_limit_becomes_a_reserve_deployment_down_to_the_limit_be
             start + timedelta(seconds=6),
         )
         stored = await UtilityEvent.objects.aget(program=program, event_ref=event["id"])
-        assert (stored.kind, stored.limit_w, stored.protocol) == ("IMPORT_CAPACITY_LIMIT", -5_000, Protocol.OPENADR_3)
+        assert (stored.kind, stored.limit_w, stored.protocol) == ("DISPATCH_SETPOINT", -5_000, Protocol.OPENADR_3)
 
 
 @pytest.mark.parametrize(
@@ -179,7 +179,7 @@ async def test_an_event_the_vtn_deletes_before_its_end_is_withdrawn(vtn: Vtn3) -
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     async with _ven(program, EventRuns(lead_s=2.0)):
         event = vtn.add_event(vtn.programs[0]["id"], [
-            {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]},
+            {"id": 0, "payloads": [{"type": "DISPATCH_SETPOINT", "values": [-5.0]}]},
         ], intervalPeriod={"start": _z(start), "duration": "PT60S"})  # fmt: skip
 
         def deployed() -> bool:
@@ -238,7 +238,7 @@ async def test_reports_carry_the_metered_demand_during_and_after_the_event(vtn: 
     async with _ven(program, EventRuns(lead_s=1.0)):
         # When an event of 4 s runs (a limit the fleet cannot reach by itself: no connected station)
         event = vtn.add_event(vtn.programs[0]["id"], [
-            {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]},
+            {"id": 0, "payloads": [{"type": "DISPATCH_SETPOINT", "values": [-5.0]}]},
         ], intervalPeriod={"start": _z(start), "duration": "PT4S"})  # fmt: skip
 
         def response_reported() -> bool:
@@ -282,7 +282,7 @@ async def test_a_vtn_in_trouble_is_shown_and_the_ven_recovers_without_a_restart(
         vtn.events_failing = 0
         start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
         vtn.add_event(vtn.programs[0]["id"], [
-            {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-2.0]}]},
+            {"id": 0, "payloads": [{"type": "DISPATCH_SETPOINT", "values": [-2.0]}]},
         ], intervalPeriod={"start": _z(start), "duration": "PT6S"})  # fmt: skip
 
         def deployed() -> bool:
@@ -299,7 +299,7 @@ async def test_a_restarted_ven_resumes_the_dispatch_of_an_event_under_way(vtn: V
     program = await sync_to_async(_program)(vtn.url)
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     vtn.add_event(vtn.programs[0]["id"], [
-        {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]},
+        {"id": 0, "payloads": [{"type": "DISPATCH_SETPOINT", "values": [-5.0]}]},
     ], intervalPeriod={"start": _z(start), "duration": "PT60S"})  # fmt: skip
 
     def deployed() -> bool:
@@ -333,7 +333,7 @@ async def test_a_malformed_event_is_refused_and_the_others_and_a_deletion_still_
     pid = vtn.programs[0]["id"]
 
     def limit(value: Any) -> list[dict[str, Any]]:
-        return [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [value]}]}]
+        return [{"id": 0, "payloads": [{"type": "DISPATCH_SETPOINT", "values": [value]}]}]
 
     async with _ven(program, EventRuns(lead_s=2.0)):
         first = vtn.add_event(pid, limit(-5.0), intervalPeriod=period)

@@ -57,7 +57,7 @@ async def test_a_changed_program_restarts_and_a_disabled_one_stops_and_withdraws
     oadr3_vtn: Vtn3, runner_settings: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     vtn = oadr3_vtn
-    # Given a running program with an import limit under way (60 s, deployed 2 s ahead of its start)
+    # Given a running program with a setpoint under way (60 s, deployed 2 s ahead of its start)
     vtn.clients["acme-ven-2"] = SECRET
     program = await sync_to_async(_program)(vtn.url)
     secret_env = f"UTILITY_ORG{program.organisation_id}_SECRET"
@@ -68,7 +68,7 @@ async def test_a_changed_program_restarts_and_a_disabled_one_stops_and_withdraws
         start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
         end = start + timedelta(seconds=60)
         event = vtn.add_event(vtn.programs[0]["id"], [
-            {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]},
+            {"id": 0, "payloads": [{"type": "DISPATCH_SETPOINT", "values": [-5.0]}]},
         ], intervalPeriod={"start": _z(start), "duration": "PT60S"})  # fmt: skip
 
         def deployed() -> bool:
@@ -112,7 +112,7 @@ async def _in_force_when_the_runner_went_down(vtn: Vtn3) -> tuple[UtilityProgram
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     async with _ven(program, EventRuns(lead_s=2.0)):
         vtn.add_event(vtn.programs[0]["id"], [{"id": 0, "payloads": [
-            {"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}, {"type": "EXPORT_CAPACITY_LIMIT", "values": [9.0]},
+            {"type": "DISPATCH_SETPOINT", "values": [-5.0]}, {"type": "EXPORT_CAPACITY_LIMIT", "values": [9.0]},
         ]}], intervalPeriod={"start": _z(start), "duration": "PT60S"})  # fmt: skip
 
         def in_force() -> bool:

@@ -222,3 +222,24 @@ def test_a_value_that_is_not_a_finite_number_is_malformed(value: Any) -> None:
         openadr3_plan(_event3("DISPATCH_SETPOINT", [value]))
     with pytest.raises(ValueError, match="LOAD_DISPATCH"):
         openadr2_plan(_event("LOAD_DISPATCH", "delta", [value]))
+
+
+# --- an import limit never commands export -------------------------------------------------------------------------
+
+
+def test_an_import_limit_below_0_is_held_at_0_and_the_note_says_so() -> None:
+    # Given import limits of -5 kW (OpenADR 3) and -5,000 W (2030.5): export, were they taken as targets
+    span = (T0, T0 + timedelta(minutes=15))
+    for plan in (
+        openadr3_plan(_event3("IMPORT_CAPACITY_LIMIT", [-5.0])),
+        csip_plan(_control(opModImpLimW=-5_000), set_max_w=40_000),
+    ):
+        # Then each is a target and a cap of 0 W (no import, no export), answered optIn, with the note kept
+        assert plan.intervals == [Interval(*span, 0, 0, None, 0)]
+        assert (plan.refusal, plan.limit_w) == ("", 0)
+        assert plan.note.endswith("-5000 W below 0: held at 0 W (no import); an import limit never commands export")
+    # And beside it, an export limit still caps, and a setpoint below 0 is export asked for (dispatched as such)
+    both = _event3("IMPORT_CAPACITY_LIMIT", [-5.0])
+    both["intervals"][0]["payloads"].append({"type": "EXPORT_CAPACITY_LIMIT", "values": [2.0]})
+    assert openadr3_plan(both).intervals == [Interval(*span, 0, 0, 2_000, 0)]
+    assert openadr3_plan(_event3("DISPATCH_SETPOINT", [-5.0])).intervals == [Interval(*span, 0, -5_000)]
