@@ -67,6 +67,8 @@ class ReserveEvent:
     start: datetime
     end: datetime
     received_at: float  # epoch s the intake got it: dispatch latency is measured from here
+    baseline_at: datetime | None = None  # when the baseline is measured, if not at the start (a later part of one
+    # utility event: its first start, so the baseline never includes the event's own response)
 
 
 def regulation_flowing(portfolio: str, now_monotonic: float | None = None) -> bool:
@@ -243,7 +245,8 @@ class ReserveRun:
         if self.baseline_w is None:
             # The fleet's metered power at the event start: what the operator measures the response against.
             stations = [route.station_id for route in state.routes]
-            self.baseline_w = int(await self._in_db(self._baseline, stations, event.start.timestamp()))
+            at = (event.baseline_at or event.start).timestamp()
+            self.baseline_w = int(await self._in_db(self._baseline, stations, at))
         setpoint = self.baseline_w - event.assigned_w
         signal = Signal(event.product_id, event.portfolio, Decimal(0), _dt(now), SOURCE, self._sent_from(now))
         if len(state.fleet) == 0:

@@ -16,6 +16,8 @@ offset only (``offset_only``: never counted as a deployment of a reserve award t
 
 A process that restarts (the clients' or the server's) resumes, when the server sends an event again, each stored
 version still scheduled or active: its deployments' runs start again (the baseline still the one at their start).
+Every deployment of an event after its first -- a later interval, a new version of the event under way -- is
+measured against the event's first baseline (:func:`_reserve_record`), never re-measured mid-event.
 
 A cancelled event (or a newer version of it) stops its run: the deployment in force is withdrawn
 (:func:`vpp.dispatch.reserve_intake.reserve_deployment_withdraw`: its end stored as now, its setpoints released),
@@ -52,7 +54,7 @@ from vpp.dispatch.selectors import dispatch_state_load, fleet_power_at
 from vpp.dispatch.services import power_cap_end, power_cap_record
 from vpp.dispatch.values import departure_need_wins
 from vpp.utility.models import EventStatus, UtilityEvent, UtilityProgram
-from vpp.utility.selectors import event_newer
+from vpp.utility.selectors import event_baseline_at, event_newer
 from vpp.utility.services import utility_event_cancel, utility_event_record, utility_event_status
 from vpp.utility.signals import EventPlan, Interval
 
@@ -208,7 +210,7 @@ class EventRuns:
         # The records (caps, deployment) are made in a task of their own, awaited shielded inside the same try that
         # ends them: a withdrawal arriving while they are being made (a thread this task cannot stop) waits for them
         # and ends what was made, so no deployment or cap is left in force with no run to end it.
-        records = asyncio.ensure_future(_records(program, ref, index, interval, begin))
+        records = asyncio.ensure_future(_records(program, event_id, ref, index, interval, begin))
         records.add_done_callback(_retrieved)
         try:
             note, intake = await asyncio.shield(records)
@@ -235,14 +237,14 @@ class EventRuns:
 
 
 async def _records(
-    program: UtilityProgram, ref: str, index: int, interval: Interval, begin: datetime
+    program: UtilityProgram, event_id: int, ref: str, index: int, interval: Interval, begin: datetime
 ) -> tuple[str, ReserveIntake | None]:
     """The interval's caps (and the note they call for) and its reserve deployment (None: nothing to deploy)."""
     note = await database_sync_to_async(_caps_record)(program, ref, interval, begin) if interval.capped else ""
     intake: ReserveIntake | None = None
     if interval.power_w > 0 or interval.target_w is not None:
         try:
-            intake = await database_sync_to_async(_reserve_record)(program, ref, interval, begin)
+            intake = await database_sync_to_async(_reserve_record)(program, event_id, ref, interval, begin)
         except RegulationError as exc:
             raise RuntimeError(f"the reserve intake refused interval {index}: {exc}") from exc
     return note, intake
@@ -311,32 +313,45 @@ def target_reduction_w(program: UtilityProgram, target_w: int, at: datetime) -> 
     return fleet_power_at(stations, at.timestamp()) - target_w
 
 
-def _reserve_record(program: UtilityProgram, ref: str, interval: Interval, begin: datetime) -> ReserveIntake | None:
+def _reserve_record(
+    program: UtilityProgram, event_id: int, ref: str, interval: Interval, begin: datetime
+) -> ReserveIntake | None:
     """The interval's reserve deployment (None: a target the portfolio already meets, nothing to deploy).
 
     Stored already (this process restarted during the interval): that deployment, whose run is resumed here.
+
+    **One baseline per event.** The first deployment of an event (of any version) measures the fleet's power at its
+    start; every later one -- a later interval, or a new version of the event under way (a modification) -- is
+    measured against that same instant (``baseline_at``), never re-measured mid-event: the fleet's power then
+    includes the event's own response, and a reduction asked from it would be counted twice. A target's W of
+    reduction is worked out against the same instant, so the run's setpoint (baseline - W) is the target.
     """
     stored = ReserveDeployment.objects.filter(portfolio=program.portfolio, event_id=ref).first()
     if stored is not None:
         why_not = reserve_dispatch_from_sync(event=reserve_event_of(stored, received_at=time.time()))
         return ReserveIntake(stored, False, not why_not, why_not)
-    start = max(begin, timezone.now().replace(microsecond=0))
+    start = min(max(begin, timezone.now().replace(microsecond=0)), interval.start)
+    first = event_baseline_at(program=program, event_id=event_id)
+    baseline_at = first if first is not None and first < start else None
     power_w = interval.power_w
     if interval.target_w is not None:
-        power_w = target_reduction_w(program, interval.target_w, start)
+        power_w = target_reduction_w(program, interval.target_w, baseline_at or start)
         if power_w <= 0:
             return None
     reserve = program.product.kind == Product.Kind.RESERVE
-    return reserve_deployment_intake(
+    intake = reserve_deployment_intake(
         portfolio=program.portfolio,
         event_id=ref,
         power_w=power_w,
-        start=min(start, interval.start),
+        start=start,
         end=interval.end,
         source=SignalSource.UTILITY_API,
         product=program.product if reserve else None,
         offset_only=not reserve,
+        baseline_at=baseline_at,
     )
+    UtilityEvent.objects.filter(pk=event_id, dispatch_ref="").update(dispatch_ref=ref)  # this version's first
+    return intake
 
 
 async def _sleep_until(moment: datetime) -> None:

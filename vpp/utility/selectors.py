@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
@@ -56,6 +57,17 @@ def event_newer(program: UtilityProgram, event_ref: str, modification: int) -> U
     is a delayed or replayed message, never applied over it)."""
     latest = event_latest(program, event_ref)
     return latest if latest is not None and latest.modification > modification else None
+
+
+def event_baseline_at(*, program: UtilityProgram, event_id: int) -> datetime | None:
+    """When the event's baseline was measured: the start of its first deployment, whichever version made it (each
+    version keeps its first deployment's ref, ``dispatch_ref``); None before the first."""
+    event_ref = UtilityEvent.objects.filter(pk=event_id).values_list("event_ref", flat=True).first()
+    refs = UtilityEvent.objects.filter(program=program, event_ref=event_ref).exclude(dispatch_ref="")
+    first = ReserveDeployment.objects.filter(
+        portfolio=program.portfolio, event_id__in=refs.values_list("dispatch_ref", flat=True)
+    ).order_by("start")
+    return first.values_list("start", flat=True).first()
 
 
 def program_refs(program_id: int, field: str) -> Q:

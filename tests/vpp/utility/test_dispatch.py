@@ -1,5 +1,6 @@
 """A utility event's runs (``vpp.utility.dispatch.EventRuns``) on the failure paths: a withdrawal that arrives while
-the interval's records are being made still ends them; an import limit below 0 is held at 0."""
+the interval's records are being made still ends them; an import limit below 0 is held at 0; a new version of an
+event under way keeps its baseline."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from markets.regulation.models import ReserveDeployment
 from tests.vpp.utility.factories import UtilityProgramFactory
 from tests.vpp.utility.test_openadr2 import _wait_for
 from vpp.dispatch import dispatcher as dispatcher_module
+from vpp.dispatch import reserve_intake
 from vpp.dispatch import services as dispatch_services
 from vpp.dispatch.dispatcher import dispatchers_running
-from vpp.dispatch.reserve import reserve_runs_stop
+from vpp.dispatch.reserve import ReserveRun, reserve_runs, reserve_runs_stop
 from vpp.models import PowerCap
 from vpp.utility import dispatch as dispatch_module
-from vpp.utility.dispatch import EventRuns, utility_event_accept
+from vpp.utility.dispatch import EventRuns, reserve_ref, utility_event_accept
 from vpp.utility.models import EventStatus, Protocol, UtilityEvent, UtilityProgram
 from vpp.utility.services import utility_event_record, utility_event_status
 from vpp.utility.signals import EventPlan, Interval, openadr3_plan
@@ -114,3 +116,50 @@ def test_an_import_limit_held_at_0_is_scheduled_with_the_note_as_its_reason() ->
     assert row.status_reason == (
         "IMPORT_CAPACITY_LIMIT -5000 W below 0: held at 0 W (no import); an import limit never commands export"
     )
+
+
+async def test_a_new_version_of_an_event_under_way_keeps_the_events_first_baseline(
+    no_dispatchers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a fleet metered at 10 kW until the event's response starts, 5 kW after (its own response to 5 kW asked)
+    responds_at = [float("inf")]
+
+    def metered(_stations: list[str], at_s: float) -> int:
+        return 10_000 if at_s < responds_at[0] else 5_000
+
+    monkeypatch.setattr(reserve_intake, "fleet_power_at", metered)
+    monkeypatch.setattr(dispatch_module, "fleet_power_at", metered)
+    program = await sync_to_async(_program)()
+    now = datetime.now(UTC).replace(microsecond=0)
+    span = (now + timedelta(seconds=3), now + timedelta(seconds=60))  # deployed from 2 s before its start
+    first = EventPlan("ev-base", 1, "LOAD_DISPATCH", [Interval(*span, 5_000)])
+    runs = EventRuns(lead_s=2.0)
+    runs.schedule(program=program, event=await sync_to_async(_scheduled)(program, first), plan=first)
+    run = await _run_of(program, reserve_ref(program, "ev-base", 1, 0))
+    assert (run.baseline_w, run.results[0].setpoint_w) == (10_000, 5_000)
+    responds_at[0] = run.event.start.timestamp() + 0.5
+    await asyncio.sleep(1.5)  # the fleet responds
+    # When the utility sends a new version of it, under way, asking for 6 kW
+    second = EventPlan("ev-base", 2, "LOAD_DISPATCH", [Interval(*span, 6_000)])
+    runs.schedule(program=program, event=await sync_to_async(_scheduled)(program, second), plan=second)
+    run = await _run_of(program, reserve_ref(program, "ev-base", 2, 0))
+    await runs.stop()
+    # Then it is measured against the event's first baseline (10 kW), not the fleet under the response (5 kW): the
+    # fleet is sent 10 - 6 = 4 kW, not 5 - 6 = -1 kW
+    assert (run.baseline_w, run.results[0].setpoint_w) == (10_000, 4_000)
+    assert run.event.baseline_at is not None
+    assert run.event.baseline_at < run.event.start
+
+
+async def _run_of(program: UtilityProgram, ref: str) -> ReserveRun:
+    def deployed() -> bool:
+        return ReserveDeployment.objects.filter(portfolio=program.portfolio, event_id=ref).exists()
+
+    await _wait_for(deployed, 10)
+    pk = await ReserveDeployment.objects.filter(event_id=ref).values_list("pk", flat=True).aget()
+    for _ in range(100):
+        run = next((r for r in reserve_runs() if r.event.pk == pk), None)
+        if run is not None and run.results:
+            return run
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no run of {ref} sent anything")
