@@ -183,7 +183,7 @@ def test_an_openadr3_event_reaches_the_cars_before_its_start_and_the_report_is_t
 @pytest.mark.live
 @pytest.mark.timeout(300)
 @pytest.mark.django_db(transaction=True)
-def test_an_export_limit_bounds_the_discharge_an_import_limit_event_deploys(
+def test_an_export_limit_bounds_the_discharge_a_setpoint_event_deploys(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given three simulated chargers (OCPP 2.1, cars that can discharge 11 kW each) and the VEN inside the server
