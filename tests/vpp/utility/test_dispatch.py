@@ -151,6 +151,34 @@ async def test_a_new_version_of_an_event_under_way_keeps_the_events_first_baseli
     assert run.event.baseline_at < run.event.start
 
 
+async def test_a_later_interval_is_measured_against_the_events_first_baseline(
+    no_dispatchers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a fleet metered at 10 kW until the event's response starts, 5 kW after
+    responds_at = [float("inf")]
+
+    def metered(_stations: list[str], at_s: float) -> int:
+        return 10_000 if at_s < responds_at[0] else 5_000
+
+    monkeypatch.setattr(reserve_intake, "fleet_power_at", metered)
+    monkeypatch.setattr(dispatch_module, "fleet_power_at", metered)
+    program = await sync_to_async(_program)()
+    now = datetime.now(UTC).replace(microsecond=0)
+    # When an event asks for 5 kW for 3 s, then 2 kW (deployed 2 s ahead of each interval)
+    second = now + timedelta(seconds=6)
+    plan = EventPlan("ev-steps", 1, "LOAD_DISPATCH", [
+        Interval(now + timedelta(seconds=3), second, 5_000), Interval(second, now + timedelta(seconds=60), 2_000),
+    ])  # fmt: skip
+    runs = EventRuns(lead_s=2.0)
+    runs.schedule(program=program, event=await sync_to_async(_scheduled)(program, plan), plan=plan)
+    run = await _run_of(program, reserve_ref(program, "ev-steps", 1, 0))
+    responds_at[0] = run.event.start.timestamp() + 0.5
+    run = await _run_of(program, reserve_ref(program, "ev-steps", 1, 1))
+    await runs.stop()
+    # Then the second interval's setpoint is 10 - 2 = 8 kW, not 5 - 2 = 3 kW (its response counted twice)
+    assert (run.baseline_w, run.results[0].setpoint_w) == (10_000, 8_000)
+
+
 async def _run_of(program: UtilityProgram, ref: str) -> ReserveRun:
     def deployed() -> bool:
         return ReserveDeployment.objects.filter(portfolio=program.portfolio, event_id=ref).exists()
