@@ -99,6 +99,12 @@ class ReserveDeployment(models.Model):
     run_lease_until = models.DateTimeField(
         null=True, blank=True, help_text="the dispatching process renews this; once past, another process takes over"
     )
+    baseline_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="when its baseline is measured, if before its start (a later part of one utility event: the "
+        "event's first start, so the baseline never includes the event's own response)",
+    )
 
     class Meta:
         ordering = ["-start"]

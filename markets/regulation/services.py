@@ -85,6 +85,7 @@ def reserve_deployment_record(
     received_by_id: int | None = None,
     product: Product | None = None,
     offset_only: bool = False,
+    baseline_at: datetime | None = None,
 ) -> tuple[ReserveDeployment, bool]:
     """Store one reserve event called on ``portfolio``; returns ``(row, created)``.
 
@@ -92,7 +93,8 @@ def reserve_deployment_record(
     of at ``start`` (none: the event is an offset on regulation only, neither measured nor settled). ``power_w``:
     the reserve asked for; when not given, all of the product's award in force at ``start`` (PJM deploys every
     cleared MW in an event). ``offset_only``: no product is looked for (a utility's DR event on a regulation
-    portfolio is not a deployment of its reserve award, so neither measured nor settled as one).
+    portfolio is not a deployment of its reserve award, so neither measured nor settled as one). ``baseline_at``:
+    when its dispatch measures the baseline, if not at ``start`` (at or before it: a later part of one event).
 
     Idempotent on ``(portfolio, event_id)``: the same event again returns the stored row with ``created=False``,
     a different one under the same reference raises :class:`ReserveConflict`.
@@ -102,6 +104,8 @@ def reserve_deployment_record(
         raise RegulationError("a reserve deployment ends after it starts")
     if end - start > RESERVE_MAX:
         raise RegulationError(f"a reserve deployment lasts at most {RESERVE_MAX}")
+    if baseline_at is not None and utc_instant(baseline_at, "baseline_at") > start:
+        raise RegulationError("a reserve deployment's baseline is measured at or before its start")
     if product is not None and product.kind != Product.Kind.RESERVE:
         raise RegulationError(f"{product} is not a reserve product")
     if product is None and not offset_only:
@@ -120,6 +124,7 @@ def reserve_deployment_record(
                 source=source,
                 belief_time=timezone.now(),
                 received_by_id=received_by_id,
+                baseline_at=baseline_at,
                 **fields,
             )
         return row, True

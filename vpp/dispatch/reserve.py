@@ -50,6 +50,10 @@ from vpp.dispatch.values import PROFILE_ID, DispatchResult, DispatchState, Signa
 
 LOG = logging.getLogger(__name__)
 SOURCE = "reserve"
+# Between two sends a run re-reads its stored end this often: an event ended by another thread or process (a
+# utility program disabled through the API, a withdrawal the run's own process never hears of) stops its discharge
+# within a few seconds, not at the next send (RESERVE_RESEND_S) or, with no wake at all, the event's own end.
+END_CHECK_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,8 @@ class ReserveEvent:
     start: datetime
     end: datetime
     received_at: float  # epoch s the intake got it: dispatch latency is measured from here
+    baseline_at: datetime | None = None  # when the baseline is measured, if not at the start (a later part of one
+    # utility event: its first start, so the baseline never includes the event's own response)
 
 
 def regulation_flowing(portfolio: str, now_monotonic: float | None = None) -> bool:
@@ -93,6 +99,7 @@ class ReserveRun:
         call_timeout_s: float | None = None,
         claim: Callable[[int], bool] | None = None,
         regulated_elsewhere: Callable[[str, float], bool] | None = None,
+        end_check_s: float | None = None,
     ) -> None:
         self.event = event
         self._claim = claim  # takes/renews the event's lease (True: this run dispatches it); None: no lease kept
@@ -106,6 +113,7 @@ class ReserveRun:
         self.hold_s = hold_s if hold_s is not None else settings.DISPATCH_HOLD_S
         self.resend_s = resend_s if resend_s is not None else settings.RESERVE_RESEND_S
         self.call_timeout_s = call_timeout_s if call_timeout_s is not None else settings.DISPATCH_CALL_TIMEOUT_S
+        self.end_check_s = end_check_s if end_check_s is not None else END_CHECK_S
         self.baseline_w: int | None = None
         self.state: DispatchState | None = None
         self.results: list[DispatchResult] = []
@@ -153,8 +161,18 @@ class ReserveRun:
         self._wake.set()
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+        """Wait ``seconds``, cut short by :meth:`wake` or by an end, re-read every ``end_check_s``, that has passed."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                await asyncio.wait_for(self._wake.wait(), min(left, self.end_check_s))
+                break  # woken: the caller re-reads the end
+            except TimeoutError:
+                if left <= self.end_check_s:
+                    break  # the full wait is over: the caller re-reads the end
+                await self._end_refresh()
+                if self.end_ts <= self._clock():
+                    break  # ended meanwhile (by another process or thread): no more sends
         self._wake.clear()
 
     async def _end_refresh(self) -> None:
@@ -227,7 +245,8 @@ class ReserveRun:
         if self.baseline_w is None:
             # The fleet's metered power at the event start: what the operator measures the response against.
             stations = [route.station_id for route in state.routes]
-            self.baseline_w = int(await self._in_db(self._baseline, stations, event.start.timestamp()))
+            at = (event.baseline_at or event.start).timestamp()
+            self.baseline_w = int(await self._in_db(self._baseline, stations, at))
         setpoint = self.baseline_w - event.assigned_w
         signal = Signal(event.product_id, event.portfolio, Decimal(0), _dt(now), SOURCE, self._sent_from(now))
         if len(state.fleet) == 0:

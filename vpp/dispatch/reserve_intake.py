@@ -60,6 +60,7 @@ def reserve_deployment_intake(
     product: Product | None = None,
     received_at: float | None = None,
     offset_only: bool = False,
+    baseline_at: datetime | None = None,
 ) -> ReserveIntake:
     """Record a reserve event (markets), then dispatch it by itself on this server's loop
     (:mod:`vpp.dispatch.reserve`), and have this process's regulation dispatchers of the portfolio reload at once so
@@ -77,6 +78,7 @@ def reserve_deployment_intake(
         received_by_id=received_by_id,
         product=product,
         offset_only=offset_only,
+        baseline_at=baseline_at,
     )
     if not created:
         return ReserveIntake(
@@ -103,7 +105,9 @@ def reserve_event_of(row: ReserveDeployment, *, received_at: float) -> ReserveEv
         product_id = (
             Product.objects.filter(kind=Product.Kind.RESERVE, active=True).order_by("id").values_list("id", flat=True)
         ).first() or 0
-    return ReserveEvent(row.pk, product_id, row.portfolio, row.power_w, row.start, row.end, received_at)
+    return ReserveEvent(
+        row.pk, product_id, row.portfolio, row.power_w, row.start, row.end, received_at, row.baseline_at
+    )
 
 
 def reserve_lease_s() -> float:

@@ -54,7 +54,7 @@ from vpp.utility import sep
 from vpp.utility.dispatch import DISABLED_REASON, EventRuns, utility_event_accept
 from vpp.utility.metering import portfolio_metered
 from vpp.utility.models import EventStatus, ReportKind, UtilityEvent, UtilityProgram
-from vpp.utility.selectors import Credentials, event_latest, responses_of
+from vpp.utility.selectors import Credentials, event_latest, event_newer, responses_of
 from vpp.utility.services import (
     EXPIRED_REASON,
     connection_contact,
@@ -313,7 +313,8 @@ class Csip:
 
     async def _control(self, control: DerControl, set_max_w: int) -> None:
         plan = csip_plan(control, set_max_w=set_max_w)
-        if control.status in CANCELLED:
+        stale = await database_sync_to_async(event_newer)(self.program, plan.event_ref, plan.modification)
+        if control.status in CANCELLED and stale is None:  # an older copy's cancellation never ends the newer one
             self.runs.cancel(program_id=self.program.pk, event_ref=plan.event_ref)
             await database_sync_to_async(utility_event_cancel)(
                 program=self.program, event_ref=plan.event_ref, reason=f"EventStatus {control.status}"

@@ -16,9 +16,12 @@ offset only (``offset_only``: never counted as a deployment of a reserve award t
 
 A process that restarts (the clients' or the server's) resumes, when the server sends an event again, each stored
 version still scheduled or active: its deployments' runs start again (the baseline still the one at their start).
+Every deployment of an event after its first -- a later interval, a new version of the event under way -- is
+measured against the event's first baseline (:func:`_reserve_record`), never re-measured mid-event.
 
 A cancelled event (or a newer version of it) stops its run: the deployment in force is withdrawn
-(:func:`vpp.dispatch.reserve_intake.reserve_deployment_withdraw`: its end stored as now, its setpoints released).
+(:func:`vpp.dispatch.reserve_intake.reserve_deployment_withdraw`: its end stored as now, its setpoints released),
+and so are its caps; records still being made when the cancellation arrives are waited for and ended too.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from vpp.dispatch.selectors import dispatch_state_load, fleet_power_at
 from vpp.dispatch.services import power_cap_end, power_cap_record
 from vpp.dispatch.values import departure_need_wins
 from vpp.utility.models import EventStatus, UtilityEvent, UtilityProgram
+from vpp.utility.selectors import event_baseline_at, event_newer
 from vpp.utility.services import utility_event_cancel, utility_event_record, utility_event_status
 from vpp.utility.signals import EventPlan, Interval
 
@@ -65,10 +69,23 @@ class Accepted:
     event: UtilityEvent
     created: bool
     opt: str
+    stale: bool = False  # older than a version stored: neither dispatched nor allowed to cancel or replace it
 
 
 def utility_event_accept(*, program: UtilityProgram, plan: EventPlan, payload: dict[str, Any]) -> Accepted:
-    """Store ``plan``'s event version and decide the answer (optIn: it will be dispatched)."""
+    """Store ``plan``'s event version and decide the answer (optIn: it will be dispatched). A version older than
+    one stored (a delayed or replayed message) is stored refused and changes nothing: not even its cancellation
+    applies (the newer version stands)."""
+    stale = event_newer(program, plan.event_ref, plan.modification) is not None
+    if stale:
+        event, created = utility_event_record(
+            program=program, event_ref=plan.event_ref, modification=plan.modification, kind=plan.kind,
+            start=plan.start, end=plan.end, power_w=plan.power_w, limit_w=plan.limit_w, payload=payload,
+        )  # fmt: skip
+        if created:
+            utility_event_status(event_id=event.pk, status=EventStatus.REFUSED, opt=OPT_OUT)
+            event.refresh_from_db()
+        return Accepted(event, created, OPT_OUT, stale=True)
     if plan.cancelled:
         utility_event_cancel(program=program, event_ref=plan.event_ref, reason="cancelled by the utility")
     event, created = utility_event_record(
@@ -90,7 +107,7 @@ def utility_event_accept(*, program: UtilityProgram, plan: EventPlan, payload: d
     elif refusal or event.status == EventStatus.REFUSED:
         status, refusal = EventStatus.REFUSED, refusal or event.status_reason
     else:
-        status = EventStatus.SCHEDULED
+        status, refusal = EventStatus.SCHEDULED, plan.note  # e.g. an import limit below 0 held at 0
     opt = OPT_IN if status in (EventStatus.SCHEDULED, EventStatus.CANCELLED) else OPT_OUT
     utility_event_status(event_id=event.pk, status=status, reason=refusal, opt=opt)
     event.refresh_from_db()
@@ -115,6 +132,8 @@ class EventRuns:
 
     def take(self, *, program: UtilityProgram, accepted: Accepted, plan: EventPlan) -> None:
         """Run a new version; or resume a stored one still to do that this process does not run (it restarted)."""
+        if accepted.stale:
+            return  # the newer version stored goes on as it is
         if accepted.created:
             self.schedule(program=program, event=accepted.event, plan=plan)
         elif accepted.event.status in RUNNABLE and (program.pk, plan.event_ref) not in self._runs:
@@ -188,34 +207,54 @@ class EventRuns:
         if interval.end <= timezone.now():
             return
         ref = reserve_ref(program, plan.event_ref, plan.modification, index)
-        note = await database_sync_to_async(_caps_record)(program, ref, interval, begin) if interval.capped else ""
-        intake: ReserveIntake | None = None
-        if interval.power_w > 0 or interval.target_w is not None:
-            try:
-                intake = await database_sync_to_async(_reserve_record)(program, ref, interval, begin)
-            except RegulationError as exc:
-                raise RuntimeError(f"the reserve intake refused interval {index}: {exc}") from exc
-            if intake is None:
+        # The records (caps, deployment) are made in a task of their own, awaited shielded inside the same try that
+        # ends them: a withdrawal arriving while they are being made (a thread this task cannot stop) waits for them
+        # and ends what was made, so no deployment or cap is left in force with no run to end it.
+        records = asyncio.ensure_future(_records(program, event_id, ref, index, interval, begin))
+        records.add_done_callback(_retrieved)
+        try:
+            note, intake = await asyncio.shield(records)
+            if intake is None and (interval.power_w > 0 or interval.target_w is not None):
                 LOG.info("utility program %s: event %s interval %s: already at or below its target", program.pk,
                          plan.event_ref, index)  # fmt: skip
-            elif not intake.dispatched:
+            elif intake is not None and not intake.dispatched:
                 LOG.warning("utility program %s: event %s: %s", program.pk, plan.event_ref, intake.why_not)
-        if index == 0 or (intake is not None and intake.dispatched):
-            await database_sync_to_async(_active)(event_id, timezone.now())
-        if note:
-            LOG.warning("utility program %s: event %s: %s", program.pk, plan.event_ref, note)
-            await database_sync_to_async(utility_event_status)(
-                event_id=event_id, status=EventStatus.ACTIVE, reason=note
-            )
-        try:
+            if index == 0 or (intake is not None and intake.dispatched):
+                await database_sync_to_async(_active)(event_id, timezone.now())
+            if note:
+                LOG.warning("utility program %s: event %s: %s", program.pk, plan.event_ref, note)
+                await database_sync_to_async(utility_event_status)(
+                    event_id=event_id, status=EventStatus.ACTIVE, reason=note
+                )
             await _sleep_until(interval.end)
         except asyncio.CancelledError:
-            # Withdrawn by the utility (cancelled or replaced): the deployment and the caps end now (shielded: this
-            # task is being cancelled). A shutdown leaves them stored; the setpoints end by themselves within
-            # DISPATCH_HOLD_S, the caps at the interval's end.
+            # Withdrawn by the utility (cancelled or replaced): the deployment and the caps end now, once made
+            # (shielded: this task is being cancelled). A shutdown leaves them stored; the setpoints end by themselves
+            # within DISPATCH_HOLD_S, the caps at the interval's end.
             if asyncio.current_task() in self._withdrawn:
-                await asyncio.shield(_withdraw(program, ref, capped=interval.capped))
+                await asyncio.shield(_withdraw(program, ref, capped=interval.capped, made=records))
             raise
+
+
+async def _records(
+    program: UtilityProgram, event_id: int, ref: str, index: int, interval: Interval, begin: datetime
+) -> tuple[str, ReserveIntake | None]:
+    """The interval's caps (and the note they call for) and its reserve deployment (None: nothing to deploy)."""
+    note = await database_sync_to_async(_caps_record)(program, ref, interval, begin) if interval.capped else ""
+    intake: ReserveIntake | None = None
+    if interval.power_w > 0 or interval.target_w is not None:
+        try:
+            intake = await database_sync_to_async(_reserve_record)(program, event_id, ref, interval, begin)
+        except RegulationError as exc:
+            raise RuntimeError(f"the reserve intake refused interval {index}: {exc}") from exc
+    return note, intake
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark a records task's failure retrieved: the run awaiting it logs it (``_run``), and a run cancelled by a
+    shutdown no longer awaits it (asyncio would otherwise complain at exit)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _active(event_id: int, at: datetime) -> None:
@@ -224,7 +263,12 @@ def _active(event_id: int, at: datetime) -> None:
     utility_event_status(event_id=event_id, status=EventStatus.ACTIVE)
 
 
-async def _withdraw(program: UtilityProgram, ref: str, *, capped: bool = False) -> None:
+async def _withdraw(
+    program: UtilityProgram, ref: str, *, capped: bool = False, made: asyncio.Future[Any] | None = None
+) -> None:
+    if made is not None:  # the records still being made: ended once they are (a failure made nothing to end)
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await made
     if capped:
         try:
             await database_sync_to_async(power_cap_end)(source_ref=ref, at=timezone.now())
@@ -269,32 +313,45 @@ def target_reduction_w(program: UtilityProgram, target_w: int, at: datetime) -> 
     return fleet_power_at(stations, at.timestamp()) - target_w
 
 
-def _reserve_record(program: UtilityProgram, ref: str, interval: Interval, begin: datetime) -> ReserveIntake | None:
+def _reserve_record(
+    program: UtilityProgram, event_id: int, ref: str, interval: Interval, begin: datetime
+) -> ReserveIntake | None:
     """The interval's reserve deployment (None: a target the portfolio already meets, nothing to deploy).
 
     Stored already (this process restarted during the interval): that deployment, whose run is resumed here.
+
+    **One baseline per event.** The first deployment of an event (of any version) measures the fleet's power at its
+    start; every later one -- a later interval, or a new version of the event under way (a modification) -- is
+    measured against that same instant (``baseline_at``), never re-measured mid-event: the fleet's power then
+    includes the event's own response, and a reduction asked from it would be counted twice. A target's W of
+    reduction is worked out against the same instant, so the run's setpoint (baseline - W) is the target.
     """
     stored = ReserveDeployment.objects.filter(portfolio=program.portfolio, event_id=ref).first()
     if stored is not None:
         why_not = reserve_dispatch_from_sync(event=reserve_event_of(stored, received_at=time.time()))
         return ReserveIntake(stored, False, not why_not, why_not)
-    start = max(begin, timezone.now().replace(microsecond=0))
+    start = min(max(begin, timezone.now().replace(microsecond=0)), interval.start)
+    first = event_baseline_at(program=program, event_id=event_id)
+    baseline_at = first if first is not None and first < start else None
     power_w = interval.power_w
     if interval.target_w is not None:
-        power_w = target_reduction_w(program, interval.target_w, start)
+        power_w = target_reduction_w(program, interval.target_w, baseline_at or start)
         if power_w <= 0:
             return None
     reserve = program.product.kind == Product.Kind.RESERVE
-    return reserve_deployment_intake(
+    intake = reserve_deployment_intake(
         portfolio=program.portfolio,
         event_id=ref,
         power_w=power_w,
-        start=min(start, interval.start),
+        start=start,
         end=interval.end,
         source=SignalSource.UTILITY_API,
         product=program.product if reserve else None,
         offset_only=not reserve,
+        baseline_at=baseline_at,
     )
+    UtilityEvent.objects.filter(pk=event_id, dispatch_ref="").update(dispatch_ref=ref)  # this version's first
+    return intake
 
 
 async def _sleep_until(moment: datetime) -> None:

@@ -158,7 +158,7 @@ class Ven2b:
             accepted = await database_sync_to_async(utility_event_accept)(
                 program=self.program, plan=plan, payload=payload
             )
-        if plan.cancelled:
+        if plan.cancelled and not accepted.stale:
             self.runs.cancel(program_id=self.program.pk, event_ref=plan.event_ref)
         else:
             self.runs.take(program=self.program, accepted=accepted, plan=plan)

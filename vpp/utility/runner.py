@@ -27,6 +27,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from vpp.dispatch.reserve import reserve_run_wake, reserve_runs
 from vpp.serve import WORKER_ENV
 from vpp.utility.dispatch import EventRuns
 from vpp.utility.models import Protocol, UtilityProgram
@@ -36,6 +37,7 @@ from vpp.utility.selectors import (
     Credentials,
     endpoint_allowed,
     program_credentials,
+    program_deployment_ids,
     programs_to_run,
 )
 from vpp.utility.services import (
@@ -181,9 +183,16 @@ async def _withdraw(runs: EventRuns, pk: int, reason: str) -> None:
     count = await database_sync_to_async(utility_events_withdraw)(program_id=pk, reason=reason)
     if refs or count:
         LOG.warning("utility program %s: %s event(s) %s", pk, count, reason)
-    # The stored ends move to now: each reserve run sees it at its next pass (RESERVE_RESEND_S), the dispatchers at
-    # their next reload, and every setpoint sent ends by itself within DISPATCH_HOLD_S.
+    # The stored ends move to now: the dispatchers see it at their next reload, each reserve run within its end
+    # check (END_CHECK_S), and every setpoint sent ends by itself within DISPATCH_HOLD_S. This process's runs of the
+    # program's deployments are woken at once, whoever ended them (the disable itself may have, through the API):
+    # each re-reads its end and releases its setpoints. Not awaited: a run clearing its stations must not hold the
+    # reload of every other program.
     await database_sync_to_async(utility_program_dispatch_end)(program_id=pk, reason=reason)
+    here = [run.event.pk for run in reserve_runs()]
+    if here:
+        for deployment in await database_sync_to_async(program_deployment_ids)(program_id=pk, among=here):
+            await reserve_run_wake(event_pk=deployment)
 
 
 def in_first_worker() -> bool:

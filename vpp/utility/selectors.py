@@ -10,15 +10,17 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from fleet.models import Organisation, Role
 from fleet.selectors import is_operator, organisations_for
-from vpp.utility.models import ReportKind, UtilityEvent, UtilityProgram, UtilityReport
+from markets.regulation.models import ReserveDeployment
+from vpp.utility.models import Protocol, ReportKind, UtilityEvent, UtilityProgram, UtilityReport
 
 READ_ROLES = (Role.BIDDING_ADMIN, Role.FLEET_MANAGER)
 WRITE_ROLES = (Role.BIDDING_ADMIN,)
@@ -48,6 +50,39 @@ def reports_of(program: UtilityProgram) -> QuerySet[UtilityReport]:
 def event_latest(program: UtilityProgram, event_ref: str) -> UtilityEvent | None:
     """The newest stored version of a utility's event."""
     return program.events.filter(event_ref=event_ref[:120]).order_by("-modification").first()
+
+
+def event_newer(program: UtilityProgram, event_ref: str, modification: int) -> UtilityEvent | None:
+    """The newest stored version of the event if it is newer than ``modification`` (then a version of that number
+    is a delayed or replayed message, never applied over it)."""
+    latest = event_latest(program, event_ref)
+    return latest if latest is not None and latest.modification > modification else None
+
+
+def event_baseline_at(*, program: UtilityProgram, event_id: int) -> datetime | None:
+    """When the event's baseline was measured: the start of its first deployment, whichever version made it (each
+    version keeps its first deployment's ref, ``dispatch_ref``); None before the first."""
+    event_ref = UtilityEvent.objects.filter(pk=event_id).values_list("event_ref", flat=True).first()
+    refs = UtilityEvent.objects.filter(program=program, event_ref=event_ref).exclude(dispatch_ref="")
+    first = ReserveDeployment.objects.filter(
+        portfolio=program.portfolio, event_id__in=refs.values_list("dispatch_ref", flat=True)
+    ).order_by("start")
+    return first.values_list("start", flat=True).first()
+
+
+def program_refs(program_id: int, field: str) -> Q:
+    """The refs a program's events put in force (``<protocol>:<pk>:``, as :func:`vpp.utility.dispatch.reserve_ref`
+    makes them) in ``field`` (``event_id`` of a reserve deployment, ``source_ref`` of a power cap)."""
+    found = Q()
+    for protocol in Protocol.values:
+        found |= Q(**{f"{field}__startswith": f"{protocol}:{program_id}:"})
+    return found
+
+
+def program_deployment_ids(*, program_id: int, among: list[int]) -> list[int]:
+    """Which of the reserve deployments ``among`` (ids) a program's events made."""
+    rows = ReserveDeployment.objects.filter(program_refs(program_id, "event_id"), pk__in=among)
+    return list(rows.values_list("pk", flat=True))
 
 
 def responses_of(program: UtilityProgram, event_ref: str) -> dict[tuple[int, str], UtilityReport]:

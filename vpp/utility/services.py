@@ -17,7 +17,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from fleet.models import Fleet, Organisation
@@ -41,9 +41,12 @@ from vpp.utility.selectors import (
     CredentialError,
     credential_path,
     endpoint_allowed,
+    event_newer,
+    program_refs,
     secret_env_allowed,
     secret_env_prefix,
 )
+from vpp.utility.signals import MAX_EVENT
 
 LOG = logging.getLogger(__name__)
 
@@ -54,9 +57,9 @@ CONFIG_FIELDS = (
 # Events become reserve deployments, which dispatch by themselves (vpp.dispatch.reserve): of the program's reserve
 # product, or an offset only on a regulation product's portfolio.
 DISPATCHABLE_KINDS = (Product.Kind.REGULATION, Product.Kind.RESERVE)
-MAX_EVENT = timedelta(hours=24)
 EXPIRED_REASON = "already over when received"
 DISABLED_WITHDRAWN = "withdrawn: the program was disabled"
+STALE_REASON = "older than the version stored: a delayed or replayed message, not applied"
 
 
 class ProgramInvalid(ValueError):
@@ -224,7 +227,11 @@ def utility_event_record(
     if existing is not None:
         return existing, False
     status, reason = EventStatus.RECEIVED, ""
-    if end <= start:
+    newer = event_newer(program, event_ref, modification)
+    if newer is not None:  # a delayed or replayed message: stored for the record, never applied over the newer one
+        status, reason = EventStatus.REFUSED, f"{STALE_REASON} (modification {newer.modification} is stored)"
+        end = max(end, start + timedelta(seconds=1))
+    elif end <= start:
         status, reason, end = EventStatus.REFUSED, "the event ends before it starts", start + timedelta(seconds=1)
     elif end - start > MAX_EVENT:
         status, reason = EventStatus.REFUSED, f"longer than {MAX_EVENT}: not a DR event this aggregator dispatches"
@@ -251,6 +258,9 @@ def utility_event_record(
     except IntegrityError:  # another client process stored it first
         return UtilityEvent.objects.get(program=program, event_ref=event_ref, modification=modification), False
     UtilityProgram.objects.filter(pk=program.pk).update(last_event_at=moment)
+    if newer is not None:
+        LOG.warning("utility program %s: event %s#%s: %s", program.pk, event_ref, modification, reason)
+        return row, True
     # An earlier version of the same event is replaced by this one.
     UtilityEvent.objects.filter(program=program, event_ref=event_ref, modification__lt=modification).exclude(
         status__in=[EventStatus.COMPLETED, EventStatus.REFUSED]
@@ -286,13 +296,11 @@ def utility_events_withdraw(*, program_id: int, reason: str) -> int:
 def utility_program_dispatch_end(*, program_id: int, reason: str, at: datetime | None = None) -> list[int]:
     """End now what the program's events put in force, whichever process (or none: a runner that is down) ran them:
     every reserve deployment and power cap not over yet whose ref is the program's (``<protocol>:<pk>:``, as
-    :func:`vpp.utility.dispatch.reserve_ref` makes it). The deployments ended (their runs, where this process has
-    them, are to be woken: :func:`vpp.dispatch.reserve_intake.reserve_dispatch_end`)."""
+    :func:`vpp.utility.dispatch.reserve_ref` makes it). The deployments ended: each one's reserve run, wherever it
+    runs, sees its new end within ``vpp.dispatch.reserve.END_CHECK_S`` (the runner also wakes those of its process
+    at once) and releases its setpoints."""
     moment = at or timezone.now()
-    deployments, caps = Q(), Q()
-    for protocol in Protocol.values:
-        deployments |= Q(event_id__startswith=f"{protocol}:{program_id}:")
-        caps |= Q(source_ref__startswith=f"{protocol}:{program_id}:")
+    deployments, caps = program_refs(program_id, "event_id"), program_refs(program_id, "source_ref")
     ended = []
     for pk in ReserveDeployment.objects.filter(deployments, end__gt=moment).values_list("pk", flat=True):
         if reserve_deployment_end(deployment_id=pk, at=moment, reason=reason) is not None:

@@ -18,7 +18,9 @@ OpenADR 3.0 (an ``event`` object as the OpenADR 3 OpenAPI document defines it, J
 * ``IMPORT_CAPACITY_LIMIT`` / ``DISPATCH_SETPOINT``: a ceiling / a setpoint of the portfolio's net import
   (``units`` of the event's or program's payloadDescriptor, default ``KW``): ``target_w``. The W of reduction is
   only known at dispatch time (the fleet's metered power then minus the target; nothing when already below). An
-  import limit is also ``import_cap_w``: a cap on the fleet's charging while it lasts (departure needs win).
+  import limit is also ``import_cap_w``: a cap on the fleet's charging while it lasts (departure needs win). An
+  import limit below 0 is held at 0 (no import, never export: :func:`no_import_note`); a setpoint below 0 is export
+  asked for, and dispatched.
 * ``EXPORT_CAPACITY_LIMIT`` (>= 0): ``export_cap_w``, a cap on the portfolio's discharge while it lasts (nothing
   deployed; an interval may carry both limits).
 * ``SIMPLE`` level 0-3: ``level x level_step_w``, as for 2.0b.
@@ -29,17 +31,22 @@ IEEE 2030.5 / CSIP ``DERControl`` (parsed by ``vpp.utility.csip`` into :class:`D
 
 * ``opModFixedW`` (hundredths of a percent of ``setMaxW``, the portfolio's plugged-in discharge rating): a target
   net import of ``-pct x setMaxW``.
-* ``opModImpLimW`` (CSIP-AUS; W): a ceiling on import, a target and a cap as for OpenADR 3's import limit.
+* ``opModImpLimW`` (CSIP-AUS; W): a ceiling on import, a target and a cap as for OpenADR 3's import limit (below
+  0 held at 0, likewise).
 * ``opModExpLimW`` (CSIP-AUS; W >= 0): a cap on the portfolio's discharge, as OpenADR 3's export limit.
 * ``opModConnect`` false: cease to energize -- a target of 0 W (no charging; discharge is never added).
 * the other modes: stored and refused with the reason.
+
+Whatever the protocol, a plan is :func:`bounded`: its intervals in time order, and refused with the reason when they
+overlap, an interval deploying reserve outlasts a reserve deployment, the event spans over a day or a value exceeds
+1 GW; a value that is not a finite number makes the event malformed (refused on its own).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -75,6 +82,7 @@ class EventPlan:
     refusal: str = ""
     cancelled: bool = False
     limit_w: int | None = None
+    note: str = ""  # what the aggregator does differently from what was asked (kept as the event's status reason)
 
     @property
     def start(self) -> datetime:
@@ -87,6 +95,61 @@ class EventPlan:
     @property
     def power_w(self) -> int:
         return max((i.power_w for i in self.intervals), default=0)
+
+
+#: Bounds on what one event may ask, whatever its server says (each event out of them is refused on its own, with
+#: the reason; the other events of the same poll still apply). An event spans at most MAX_EVENT; each interval that
+#: deploys reserve lasts at most MAX_INTERVAL (a reserve deployment's maximum, ``markets.regulation.services.
+#: RESERVE_MAX``: a longer one would be refused at dispatch time, after an optIn); every W value is within MAX_W.
+MAX_EVENT = timedelta(hours=24)
+MAX_INTERVAL = timedelta(hours=4)
+MAX_W = 1_000_000_000  # 1 GW: far above any portfolio; a value beyond it is a unit or encoding error
+
+
+def number(value: Any, what: str) -> float:
+    """A payload value as a finite number (a string, a boolean, NaN or Infinity is malformed: ValueError)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what}: {value!r} is not a number")
+    if not math.isfinite(value):
+        raise ValueError(f"{what}: {value!r} is not finite")
+    return float(value)
+
+
+def bounded(plan: EventPlan) -> EventPlan:
+    """``plan`` with its intervals in time order, or refused with the reason when it asks for more than one event
+    may (:data:`MAX_EVENT`, :data:`MAX_INTERVAL`, :data:`MAX_W`) or its intervals overlap."""
+    if plan.refusal or not plan.intervals:
+        return plan
+    intervals = sorted(plan.intervals, key=lambda i: (i.start, i.end))  # a VTN may list them in any order
+
+    def refused(reason: str) -> EventPlan:
+        span = [Interval(intervals[0].start, max(i.end for i in intervals), 0)]
+        return EventPlan(plan.event_ref, plan.modification, plan.kind, span, reason, plan.cancelled)
+
+    for k, interval in enumerate(intervals):
+        if interval.end <= interval.start:
+            return refused(f"interval {k} ends before it starts")
+        if k and interval.start < intervals[k - 1].end:
+            return refused(f"intervals {k - 1} and {k} overlap")
+        deploys = interval.power_w > 0 or interval.target_w is not None
+        if deploys and interval.end - interval.start > MAX_INTERVAL:
+            return refused(f"interval {k} lasts {interval.end - interval.start}, more than {MAX_INTERVAL}")
+        watts = (interval.power_w, interval.target_w, interval.export_cap_w, interval.import_cap_w)
+        if any(w is not None and abs(w) > MAX_W for w in watts):
+            return refused(f"interval {k} asks for more than {MAX_W} W")
+    if intervals[-1].end - intervals[0].start > MAX_EVENT:
+        return refused(f"longer than {MAX_EVENT}: not a DR event this aggregator dispatches")
+    return plan if intervals == plan.intervals else replace(plan, intervals=intervals)
+
+
+def no_import_note(name: str, limit_w: int) -> str:
+    """Why an import limit below 0 is held at 0 (no import) rather than dispatched as the export it implies: a limit
+    is a ceiling on what the portfolio draws, not a dispatch. Taken below 0 it would have the fleet discharge its cars
+    on a message meant to cap load (a sign or unit slip at the utility's end does exactly that), and the export cap
+    a negative import cap would set binds every dispatch while it lasts. Held at 0 the fleet does the part it can
+    without discharging (it stops drawing); export is asked for with ``DISPATCH_SETPOINT`` (2030.5 ``opModFixedW``),
+    which it dispatches. The event is still answered optIn, its status reason saying so."""
+    return f"{name} {limit_w} W below 0: held at 0 W (no import); an import limit never commands export"
 
 
 #: What a malformed object from a server raises while it is read (a string or NaN value, ``values: []``, a
@@ -124,7 +187,11 @@ def _scale(signal: dict[str, Any]) -> float:
 
 
 def openadr2_plan(event: dict[str, Any], *, level_step_w: int = 0) -> EventPlan:
-    """The plan of an openleadr-parsed 2.0b event (its first signal of a kind dispatched here)."""
+    """The plan of an openleadr-parsed 2.0b event (its first signal of a kind dispatched here), within bounds."""
+    return bounded(_openadr2_plan(event, level_step_w=level_step_w))
+
+
+def _openadr2_plan(event: dict[str, Any], *, level_step_w: int) -> EventPlan:
     descriptor = event["event_descriptor"]
     ref, modification = str(descriptor["event_id"]), int(descriptor.get("modification_number") or 0)
     cancelled = descriptor.get("event_status") == "cancelled"
@@ -146,7 +213,9 @@ def openadr2_plan(event: dict[str, Any], *, level_step_w: int = 0) -> EventPlan:
     at = start
     for item in chosen.get("intervals") or []:
         duration: timedelta = item.get("duration") or (end - at)
-        value = float(item.get("signal_payload", 0))
+        if duration <= timedelta(0):
+            raise ValueError(f"an interval of duration {duration}")
+        value = number(item.get("signal_payload", 0), name)
         power = -value * _scale(chosen) if name == "LOAD_DISPATCH" else value * level_step_w
         intervals.append(Interval(at, at + duration, round(power)))
         at += duration
@@ -213,7 +282,11 @@ def _units_w(event: dict[str, Any], program: dict[str, Any] | None, payload_type
 
 
 def openadr3_plan(event: dict[str, Any], *, program: dict[str, Any] | None = None, level_step_w: int = 0) -> EventPlan:
-    """The plan of an OpenADR 3 ``event`` (its first payload of a type dispatched here)."""
+    """The plan of an OpenADR 3 ``event`` (its first payload of a type dispatched here), within bounds."""
+    return bounded(_openadr3_plan(event, program=program, level_step_w=level_step_w))
+
+
+def _openadr3_plan(event: dict[str, Any], *, program: dict[str, Any] | None, level_step_w: int) -> EventPlan:
     ref, modification = str(event.get("id") or ""), openadr3_modification(event)
     default = event.get("intervalPeriod") or {}
     try:
@@ -226,7 +299,7 @@ def openadr3_plan(event: dict[str, Any], *, program: dict[str, Any] | None = Non
         return EventPlan(ref, modification, "empty", [Interval(now, now + timedelta(seconds=1), 0)], "no intervals")
     types = [str(p.get("type")) for _, _, item in spans for p in item.get("payloads") or []]
     chosen = next((t for t in types if t in LIMITS or t == "SIMPLE"), None)
-    start, end = spans[0][0], spans[-1][1]
+    start, end = min(b for b, _, _ in spans), max(f for _, f, _ in spans)
     if chosen is None:
         names = ", ".join(sorted(set(types))) or "none"
         reason = next((NOT_DISPATCHED[t] for t in types if t in NOT_DISPATCHED), f"no dispatchable payload ({names})")
@@ -238,7 +311,7 @@ def openadr3_plan(event: dict[str, Any], *, program: dict[str, Any] | None = Non
         for begin, finish, item in spans:
             value = next((p["values"][0] for p in item.get("payloads") or [] if p.get("type") == chosen), None)
             if value is not None:
-                intervals.append(Interval(begin, finish, round(float(value) * level_step_w)))
+                intervals.append(Interval(begin, finish, round(number(value, chosen) * level_step_w)))
         refusal = "" if any(i.dispatched for i in intervals) else "asks for no load reduction (nothing to dispatch)"
         return EventPlan(ref, modification, chosen, intervals or [Interval(start, end, 0)], refusal)
     return _openadr3_limits(ref, modification, spans, event, program, (start, end))
@@ -260,19 +333,22 @@ def _openadr3_limits(
     scales = {t: _units_w(event, program, t) for t in set(found)}
     if any(scale is None for scale in scales.values()):
         return EventPlan(ref, modification, kind, refused, f"{kind}: units not W, KW or MW")
-    intervals = []
+    intervals, notes = [], []
     for begin, finish, item in spans:
         values = {str(p.get("type")): p["values"][0] for p in item.get("payloads") or [] if p.get("values")}
-        watts = {t: round(float(values[t]) * (scales[t] or 1.0)) for t in LIMITS if t in values}
+        watts = {t: round(number(values[t], t) * (scales[t] or 1.0)) for t in LIMITS if t in values}
         if watts.get("EXPORT_CAPACITY_LIMIT", 0) < 0:
             return EventPlan(ref, modification, kind, refused, "EXPORT_CAPACITY_LIMIT below 0 W (no export is 0)")
+        if watts.get("IMPORT_CAPACITY_LIMIT", 0) < 0:
+            notes.append(no_import_note("IMPORT_CAPACITY_LIMIT", watts["IMPORT_CAPACITY_LIMIT"]))
+            watts["IMPORT_CAPACITY_LIMIT"] = 0
         target = watts.get("IMPORT_CAPACITY_LIMIT", watts.get("DISPATCH_SETPOINT"))
         if target is not None or "EXPORT_CAPACITY_LIMIT" in watts:
             intervals.append(Interval(begin, finish, 0, target, watts.get("EXPORT_CAPACITY_LIMIT"),
                                       watts.get("IMPORT_CAPACITY_LIMIT")))  # fmt: skip
     limit = next((i.target_w if i.target_w is not None else i.export_cap_w for i in intervals), None)
     refusal = "" if any(i.dispatched for i in intervals) else "asks for no load reduction (nothing to dispatch)"
-    return EventPlan(ref, modification, kind, intervals or refused, refusal, limit_w=limit)
+    return EventPlan(ref, modification, kind, intervals or refused, refusal, limit_w=limit, note="; ".join(notes[:1]))
 
 
 def _openadr3_spans(
@@ -319,6 +395,11 @@ INVALID_CONTROL = "a control without a duration"
 
 
 def csip_plan(control: DerControl, *, set_max_w: int) -> EventPlan:
+    """The plan of a 2030.5 DERControl, within bounds."""
+    return bounded(_csip_plan(control, set_max_w=set_max_w))
+
+
+def _csip_plan(control: DerControl, *, set_max_w: int) -> EventPlan:
     version = max(control.version - 1_577_836_800, 0)
     span = [Interval(control.start, control.start + timedelta(seconds=max(control.duration_s, 1)), 0)]
     kind = ",".join(sorted(control.modes))[:32] or "none"
@@ -329,6 +410,9 @@ def csip_plan(control: DerControl, *, set_max_w: int) -> EventPlan:
     target: int | None = None
     import_cap = int(modes["opModImpLimW"]) if "opModImpLimW" in modes else None
     export_cap = int(modes["opModExpLimW"]) if "opModExpLimW" in modes else None
+    note = ""
+    if import_cap is not None and import_cap < 0:  # held at 0, never export (no_import_note says why)
+        note, import_cap = no_import_note("opModImpLimW", import_cap), 0
     if export_cap is not None and export_cap < 0:
         return EventPlan(control.mrid, version, kind, span, "opModExpLimW below 0 W (no export is 0)", cancelled)
     if "opModFixedW" in modes:
@@ -343,4 +427,4 @@ def csip_plan(control: DerControl, *, set_max_w: int) -> EventPlan:
         return EventPlan(control.mrid, version, kind, span, f"no mode dispatched here ({kind})", cancelled)
     interval = Interval(span[0].start, span[0].end, 0, target, export_cap, import_cap)
     limit = target if target is not None else export_cap
-    return EventPlan(control.mrid, version, kind, [interval], "", cancelled, limit_w=limit)
+    return EventPlan(control.mrid, version, kind, [interval], "", cancelled, limit_w=limit, note=note)

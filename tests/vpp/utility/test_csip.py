@@ -81,6 +81,9 @@ def _issue(tmp: Path, name: str, issuer: tuple[x509.Certificate, ec.EllipticCurv
 @pytest.fixture
 async def sep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[SepServer, Pki]]:
     monkeypatch.setattr(dispatcher_module, "_dispatchers", {})
+    # A discharge rating (setMaxW) of 10 kW though no car is plugged in here: opModFixedW 5,000 (50.00 %) asks for
+    # 5 kW of export, which a fleet metered at 0 W is deployed for
+    monkeypatch.setattr(Csip, "discharge_rating_w", lambda self: 10_000)
     root = _issue(tmp_path, "utility-ca", None, ca=True)
     _issue(tmp_path, "server", root, ip="127.0.0.1")
     client, _ = _issue(tmp_path, "aggregator", root)
@@ -145,14 +148,14 @@ async def test_it_refuses_to_start_without_a_certificate_the_server_trusts(
     assert server.mirrors == []
 
 
-async def test_an_import_limit_control_is_deployed_before_its_start(sep: tuple[SepServer, Pki]) -> None:
+async def test_a_fixed_w_control_is_deployed_before_its_start(sep: tuple[SepServer, Pki]) -> None:
     # Given a fleet with no connected station (its metered power counts as 0 W)
     server, pki = sep
     program = await sync_to_async(_program)(server.url)
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
     async with _client(program, pki, EventRuns(lead_s=2.0)):
-        # When the server publishes opModImpLimW = -5 kW (export at least 5 kW) for 6 s starting in 4 s
-        server.add_control("C0" * 16, start, 6, opModImpLimW=-5_000)
+        # When the server publishes opModFixedW = 50 % of the 10 kW rating (export 5 kW) for 6 s starting in 4 s
+        server.add_control("C0" * 16, start, 6, opModFixedW=5_000)
 
         def deployed() -> bool:
             return ReserveDeployment.objects.filter(portfolio=program.portfolio).exists()
@@ -166,7 +169,7 @@ async def test_an_import_limit_control_is_deployed_before_its_start(sep: tuple[S
             start + timedelta(seconds=6),
         )
         event = await UtilityEvent.objects.aget(program=program, event_ref="C0" * 16)
-        assert (event.kind, event.limit_w) == ("opModImpLimW", -5_000)
+        assert (event.kind, event.limit_w) == ("opModFixedW", -5_000)
 
 
 async def test_an_export_limit_caps_the_portfolios_discharge_from_its_lead_to_its_end(
@@ -221,7 +224,7 @@ async def test_a_control_cancelled_under_way_is_withdrawn(sep: tuple[SepServer, 
     program = await sync_to_async(_program)(server.url)
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     async with _client(program, pki, EventRuns(lead_s=2.0)):
-        server.add_control("D2" * 16, start, 60, opModImpLimW=-5_000)
+        server.add_control("D2" * 16, start, 60, opModFixedW=5_000)
 
         def deployed() -> bool:
             return ReserveDeployment.objects.filter(portfolio=program.portfolio).exists()
@@ -312,7 +315,7 @@ async def test_it_registers_its_site_and_reaches_the_programs_through_its_end_de
     server, pki = sep
     program = await sync_to_async(_program)(server.url)
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5)
-    server.add_control("B1" * 16, start, 600, opModImpLimW=-5_000)
+    server.add_control("B1" * 16, start, 600, opModFixedW=5_000)
     async with _client(program, pki, EventRuns()):
         # When the client starts: it registers the portfolio's site as an EndDevice (EV | EVSE), sFDI checked
         assert len(server.devices) == 2
@@ -368,8 +371,8 @@ async def test_a_control_is_answered_received_started_completed_for_each_end_dev
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     async with _client(program, pki, EventRuns(lead_s=1.0)):
         site = server.devices[1].lfdi
-        # When a 3 s import limit control asks for responses (responseRequired 03) and runs to its end
-        server.add_control("A7" * 16, start, 3, opModImpLimW=-5_000)
+        # When a 3 s fixed W control asks for responses (responseRequired 03) and runs to its end
+        server.add_control("A7" * 16, start, 3, opModFixedW=5_000)
 
         def completed() -> bool:
             return sum(r["status"] == 3 for r in server.responses) >= 2
@@ -393,8 +396,8 @@ async def test_refused_expired_and_cancelled_controls_are_answered_with_their_co
     # Given a control of a mode not dispatched here (opModTargetW), one already over, one cancelled before its start,
     # and one that asks for no response
     server.add_control("F1" * 16, now + timedelta(minutes=5), 600, opModTargetW=3_000)
-    server.add_control("F2" * 16, now - timedelta(minutes=20), 600, opModImpLimW=-5_000)
-    server.add_control("F3" * 16, now + timedelta(minutes=5), 600, opModImpLimW=-5_000)
+    server.add_control("F2" * 16, now - timedelta(minutes=20), 600, opModFixedW=5_000)
+    server.add_control("F3" * 16, now + timedelta(minutes=5), 600, opModFixedW=5_000)
     server.cancel("F3" * 16, now)
     server.add_control("F4" * 16, now + timedelta(minutes=5), 600, response_required="00", opModTargetW=1_000)
     async with _client(program, pki, EventRuns()):
@@ -408,12 +411,12 @@ async def test_refused_expired_and_cancelled_controls_are_answered_with_their_co
 
 
 async def test_a_control_the_server_marks_active_is_not_deployed_again(sep: tuple[SepServer, Pki]) -> None:
-    # Given an import limit control deployed 2 s ahead of its start
+    # Given a fixed W control deployed 2 s ahead of its start
     server, pki = sep
     program = await sync_to_async(_program)(server.url)
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     async with _client(program, pki, EventRuns(lead_s=2.0)):
-        server.add_control("A1" * 16, start, 30, opModImpLimW=-5_000)
+        server.add_control("A1" * 16, start, 30, opModFixedW=5_000)
 
         def deployed() -> bool:
             return ReserveDeployment.objects.filter(portfolio=program.portfolio).exists()
@@ -428,6 +431,37 @@ async def test_a_control_the_server_marks_active_is_not_deployed_again(sep: tupl
     assert await UtilityEvent.objects.filter(program=program, event_ref="A1" * 16).acount() == 1
 
 
+async def test_an_older_copy_of_a_control_neither_cancels_nor_replaces_the_newer_one(
+    sep: tuple[SepServer, Pki],
+) -> None:
+    # Given a control deployed 2 s ahead of its start
+    server, pki = sep
+    program = await sync_to_async(_program)(server.url)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    end = start + timedelta(seconds=60)
+    async with _client(program, pki, EventRuns(lead_s=2.0)):
+        control = server.add_control("A9" * 16, start, 60, opModFixedW=5_000)
+
+        def deployed() -> bool:
+            return ReserveDeployment.objects.filter(portfolio=program.portfolio, end=end).exists()
+
+        await _wait_for(deployed)
+        # When the server then serves an older copy of it (creationTime 10 min earlier), cancelled: a replay
+        control["created"] -= 600
+        server.cancel("A9" * 16, datetime.now(UTC))
+
+        def stored() -> bool:
+            return UtilityEvent.objects.filter(program=program, event_ref="A9" * 16).count() == 2
+
+        await _wait_for(stored, 10)
+        await asyncio.sleep(1.5)  # another poll or two
+    # Then the newer version's deployment runs on to its end, and the older copy is stored refused with the reason
+    assert await sync_to_async(deployed)()
+    rows = [e async for e in UtilityEvent.objects.filter(program=program).order_by("modification")]
+    assert [e.status for e in rows] == [EventStatus.REFUSED, EventStatus.ACTIVE]
+    assert rows[0].status_reason.startswith("older than the version stored")
+
+
 async def test_a_plain_2030_5_server_assigning_programs_on_its_device_capability_is_followed(
     sep: tuple[SepServer, Pki],
 ) -> None:
@@ -436,7 +470,7 @@ async def test_a_plain_2030_5_server_assigning_programs_on_its_device_capability
     server.csip = False
     program = await sync_to_async(_program)(server.url)
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5)
-    server.add_control("C5" * 16, start, 600, opModImpLimW=-5_000)
+    server.add_control("C5" * 16, start, 600, opModFixedW=5_000)
     async with _client(program, pki, EventRuns()):
         # Then the control is read from /derp and answered for the aggregator itself
         await _until(lambda: any(r["subject"] == "C5" * 16 for r in server.responses))

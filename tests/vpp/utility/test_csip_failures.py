@@ -26,7 +26,7 @@ async def test_a_malformed_control_is_refused_and_the_others_and_a_cancellation_
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     async with _client(program, pki, EventRuns(lead_s=2.0)):
         # Given a control under way
-        server.add_control("A1" * 16, start, 60, opModImpLimW=-5_000)
+        server.add_control("A1" * 16, start, 60, opModFixedW=5_000)
 
         def deployed(mrid: str) -> bool:
             return ReserveDeployment.objects.filter(event_id__contains=f":{mrid}:").exists()
@@ -34,9 +34,9 @@ async def test_a_malformed_control_is_refused_and_the_others_and_a_cancellation_
         await _wait_for(lambda: deployed("A1" * 16))
         # When the server lists, before a good one, a control starting past year 9999 (a valid Int64), and
         # cancels the first
-        poison = server.add_control("A2" * 16, start, 60, opModImpLimW=-5_000)
+        poison = server.add_control("A2" * 16, start, 60, opModFixedW=5_000)
         poison["start"] = 9_000_000_000_000_000
-        server.add_control("A3" * 16, start, 60, opModImpLimW=-3_000)
+        server.add_control("A3" * 16, start, 60, opModFixedW=3_000)
         server.cancel("A1" * 16, datetime.now(UTC))
 
         def withdrawn() -> bool:

@@ -183,7 +183,7 @@ def test_an_openadr3_event_reaches_the_cars_before_its_start_and_the_report_is_t
 @pytest.mark.live
 @pytest.mark.timeout(300)
 @pytest.mark.django_db(transaction=True)
-def test_an_export_limit_bounds_the_discharge_an_import_limit_event_deploys(
+def test_an_export_limit_bounds_the_discharge_a_setpoint_event_deploys(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given three simulated chargers (OCPP 2.1, cars that can discharge 11 kW each) and the VEN inside the server
@@ -206,11 +206,11 @@ def test_an_export_limit_bounds_the_discharge_an_import_limit_event_deploys(
                     program_ref="cap-program", secret_env=secret_env, poll_s=1, report_s=2,
                 )  # fmt: skip
                 _wait(lambda: vtn.vens, 30, "the VEN registered")
-                # When one interval asks the fleet to export 30 kW (import limit -30 kW) but to export 2 kW at most
+                # When one interval asks the fleet to export 30 kW (setpoint -30 kW) but to export 2 kW at most
                 start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=15)
                 vtn.add_event(
                     vtn.programs[0]["id"],
-                    [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-30.0]},
+                    [{"id": 0, "payloads": [{"type": "DISPATCH_SETPOINT", "values": [-30.0]},
                                             {"type": "EXPORT_CAPACITY_LIMIT", "values": [2.0]}]}],
                     intervalPeriod={"start": start.isoformat().replace("+00:00", "Z"), "duration": "PT30S"},
                 )  # fmt: skip
@@ -267,7 +267,7 @@ def test_the_server_takes_a_disabled_and_a_changed_program_without_a_restart(tmp
             end = start + timedelta(seconds=120)
             event = vtn.add_event(
                 vtn.programs[0]["id"],
-                [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]}],
+                [{"id": 0, "payloads": [{"type": "DISPATCH_SETPOINT", "values": [-5.0]}]}],
                 intervalPeriod={"start": start.isoformat().replace("+00:00", "Z"), "duration": "PT120S"},
             )
             rows = ReserveDeployment.objects.filter(portfolio=program.portfolio)

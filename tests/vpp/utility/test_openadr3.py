@@ -5,6 +5,7 @@ available capacity, and the after-the-event report."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -90,15 +91,15 @@ async def test_it_refuses_to_start_with_a_wrong_secret_and_the_status_says_why(v
     assert vtn.vens == []
 
 
-async def test_an_import_limit_becomes_a_reserve_deployment_down_to_the_limit_before_its_start(vtn: Vtn3) -> None:
+async def test_a_setpoint_becomes_a_reserve_deployment_down_to_it_before_its_start(vtn: Vtn3) -> None:
     # Given a VEN of a fleet with no connected station (metered power counts as 0 W)
     program = await sync_to_async(_program)(vtn.url)
     program_id = vtn.programs[0]["id"]
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
     async with _ven(program, EventRuns(lead_s=2.0)):
-        # When the VTN publishes an import limit of -5 kW (export at least 5 kW) for 6 s starting in 4 s
+        # When the VTN publishes a setpoint of -5 kW (export 5 kW) for 6 s starting in 4 s
         event = vtn.add_event(program_id, [
-            {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]},
+            {"id": 0, "payloads": [{"type": "DISPATCH_SETPOINT", "values": [-5.0]}]},
         ], intervalPeriod={"start": _z(start), "duration": "PT6S"})  # fmt: skip
 
         # Then 2 s ahead the portfolio gets a 5,000 W reserve deployment (0 W now - (-5,000 W)) until the end
@@ -113,7 +114,7 @@ async def test_an_import_limit_becomes_a_reserve_deployment_down_to_the_limit_be
             start + timedelta(seconds=6),
         )
         stored = await UtilityEvent.objects.aget(program=program, event_ref=event["id"])
-        assert (stored.kind, stored.limit_w, stored.protocol) == ("IMPORT_CAPACITY_LIMIT", -5_000, Protocol.OPENADR_3)
+        assert (stored.kind, stored.limit_w, stored.protocol) == ("DISPATCH_SETPOINT", -5_000, Protocol.OPENADR_3)
 
 
 @pytest.mark.parametrize(
@@ -178,7 +179,7 @@ async def test_an_event_the_vtn_deletes_before_its_end_is_withdrawn(vtn: Vtn3) -
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     async with _ven(program, EventRuns(lead_s=2.0)):
         event = vtn.add_event(vtn.programs[0]["id"], [
-            {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]},
+            {"id": 0, "payloads": [{"type": "DISPATCH_SETPOINT", "values": [-5.0]}]},
         ], intervalPeriod={"start": _z(start), "duration": "PT60S"})  # fmt: skip
 
         def deployed() -> bool:
@@ -197,6 +198,38 @@ async def test_an_event_the_vtn_deletes_before_its_end_is_withdrawn(vtn: Vtn3) -
     assert (row.status, row.status_reason) == (EventStatus.CANCELLED, "deleted by the VTN")
 
 
+async def test_an_older_version_of_an_event_never_replaces_the_newer_one(vtn: Vtn3) -> None:
+    # Given an event of 5 SIMPLE levels (5 kW) under way, deployed 2 s ahead of its start
+    program = await sync_to_async(_program)(vtn.url, level_step_w=1_000)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    end = start + timedelta(seconds=60)
+    async with _ven(program, EventRuns(lead_s=2.0)):
+        event = vtn.add_event(vtn.programs[0]["id"], [
+            {"id": 0, "payloads": [{"type": "SIMPLE", "values": [5]}]},
+        ], intervalPeriod={"start": _z(start), "duration": "PT60S"})  # fmt: skip
+
+        def deployed() -> bool:
+            return ReserveDeployment.objects.filter(portfolio=program.portfolio, power_w=5_000, end=end).exists()
+
+        await _wait_for(deployed)
+        # When the VTN then lists an older version of it (modified an hour before), asking for 2 levels: a replay
+        event["modificationDateTime"] = _z(datetime.now(UTC) - timedelta(hours=1))
+        event["intervals"] = [{"id": 0, "payloads": [{"type": "SIMPLE", "values": [2]}]}]
+
+        def stored() -> bool:
+            return UtilityEvent.objects.filter(program=program, event_ref=event["id"]).count() == 2
+
+        await _wait_for(stored, 10)
+        await asyncio.sleep(1.5)  # another poll or two
+    # Then the newer version's 5 kW deployment runs on to its end, nothing else is deployed, and the older version
+    # is stored refused with the reason
+    assert await sync_to_async(deployed)()
+    assert await ReserveDeployment.objects.filter(portfolio=program.portfolio).acount() == 1
+    rows = [e async for e in UtilityEvent.objects.filter(program=program).order_by("modification")]
+    assert [(e.status, e.power_w) for e in rows] == [(EventStatus.REFUSED, 2_000), (EventStatus.ACTIVE, 5_000)]
+    assert rows[0].status_reason.startswith("older than the version stored")
+
+
 async def test_reports_carry_the_metered_demand_during_and_after_the_event(vtn: Vtn3) -> None:
     # Given the fleet's meters: +7,400 W on one charge point, -2,000 W on another, in force (read 30 s ago)
     program = await sync_to_async(_program)(vtn.url)
@@ -205,7 +238,7 @@ async def test_reports_carry_the_metered_demand_during_and_after_the_event(vtn: 
     async with _ven(program, EventRuns(lead_s=1.0)):
         # When an event of 4 s runs (a limit the fleet cannot reach by itself: no connected station)
         event = vtn.add_event(vtn.programs[0]["id"], [
-            {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]},
+            {"id": 0, "payloads": [{"type": "DISPATCH_SETPOINT", "values": [-5.0]}]},
         ], intervalPeriod={"start": _z(start), "duration": "PT4S"})  # fmt: skip
 
         def response_reported() -> bool:
@@ -249,7 +282,7 @@ async def test_a_vtn_in_trouble_is_shown_and_the_ven_recovers_without_a_restart(
         vtn.events_failing = 0
         start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
         vtn.add_event(vtn.programs[0]["id"], [
-            {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-2.0]}]},
+            {"id": 0, "payloads": [{"type": "DISPATCH_SETPOINT", "values": [-2.0]}]},
         ], intervalPeriod={"start": _z(start), "duration": "PT6S"})  # fmt: skip
 
         def deployed() -> bool:
@@ -266,7 +299,7 @@ async def test_a_restarted_ven_resumes_the_dispatch_of_an_event_under_way(vtn: V
     program = await sync_to_async(_program)(vtn.url)
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     vtn.add_event(vtn.programs[0]["id"], [
-        {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]},
+        {"id": 0, "payloads": [{"type": "DISPATCH_SETPOINT", "values": [-5.0]}]},
     ], intervalPeriod={"start": _z(start), "duration": "PT60S"})  # fmt: skip
 
     def deployed() -> bool:
@@ -300,7 +333,7 @@ async def test_a_malformed_event_is_refused_and_the_others_and_a_deletion_still_
     pid = vtn.programs[0]["id"]
 
     def limit(value: Any) -> list[dict[str, Any]]:
-        return [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [value]}]}]
+        return [{"id": 0, "payloads": [{"type": "DISPATCH_SETPOINT", "values": [value]}]}]
 
     async with _ven(program, EventRuns(lead_s=2.0)):
         first = vtn.add_event(pid, limit(-5.0), intervalPeriod=period)
@@ -319,6 +352,12 @@ async def test_a_malformed_event_is_refused_and_the_others_and_a_deletion_still_
             vtn.add_event(pid, limit(-5.0), intervalPeriod=period),
         ]
         poison[-1]["modificationDateTime"] = "not a dateTime"
+        beyond = {  # out of bounds: refused with the reason, the rest of the poll applies
+            vtn.add_event(pid, limit(2e6), intervalPeriod=period)["id"]: "interval 0 asks for more than 1000000000 W",
+            vtn.add_event(pid, limit(-5.0), intervalPeriod={"start": _z(start), "duration": "PT5H"})["id"]: (
+                "interval 0 lasts 5:00:00, more than 4:00:00"
+            ),
+        }
         good = vtn.add_event(pid, limit(-3.0), intervalPeriod=period)
         vtn.delete_event(first["id"])
 
@@ -335,3 +374,6 @@ async def test_a_malformed_event_is_refused_and_the_others_and_a_deletion_still_
         row = await UtilityEvent.objects.aget(program=program, event_ref=event["id"])
         assert row.status == EventStatus.REFUSED, (event["id"], row.status_reason)
         assert row.status_reason.startswith("malformed event"), row.status_reason
+    for ref, reason in beyond.items():
+        row = await UtilityEvent.objects.aget(program=program, event_ref=ref)
+        assert (row.status, row.status_reason, row.opt) == (EventStatus.REFUSED, reason, "optOut")

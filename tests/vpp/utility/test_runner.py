@@ -19,6 +19,8 @@ from tests.vpp.utility.conftest import SECRET
 from tests.vpp.utility.oadr3_vtn import Vtn3
 from tests.vpp.utility.test_openadr2 import _wait_for
 from tests.vpp.utility.test_openadr3 import _program, _ven, _z
+from vpp.dispatch import reserve as reserve_module
+from vpp.dispatch.reserve import ReserveRun, reserve_runs
 from vpp.models import PowerCap
 from vpp.utility import runner as runner_module
 from vpp.utility.dispatch import EventRuns
@@ -55,7 +57,7 @@ async def test_a_changed_program_restarts_and_a_disabled_one_stops_and_withdraws
     oadr3_vtn: Vtn3, runner_settings: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     vtn = oadr3_vtn
-    # Given a running program with an import limit under way (60 s, deployed 2 s ahead of its start)
+    # Given a running program with a setpoint under way (60 s, deployed 2 s ahead of its start)
     vtn.clients["acme-ven-2"] = SECRET
     program = await sync_to_async(_program)(vtn.url)
     secret_env = f"UTILITY_ORG{program.organisation_id}_SECRET"
@@ -66,7 +68,7 @@ async def test_a_changed_program_restarts_and_a_disabled_one_stops_and_withdraws
         start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
         end = start + timedelta(seconds=60)
         event = vtn.add_event(vtn.programs[0]["id"], [
-            {"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}]},
+            {"id": 0, "payloads": [{"type": "DISPATCH_SETPOINT", "values": [-5.0]}]},
         ], intervalPeriod={"start": _z(start), "duration": "PT60S"})  # fmt: skip
 
         def deployed() -> bool:
@@ -110,7 +112,7 @@ async def _in_force_when_the_runner_went_down(vtn: Vtn3) -> tuple[UtilityProgram
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     async with _ven(program, EventRuns(lead_s=2.0)):
         vtn.add_event(vtn.programs[0]["id"], [{"id": 0, "payloads": [
-            {"type": "IMPORT_CAPACITY_LIMIT", "values": [-5.0]}, {"type": "EXPORT_CAPACITY_LIMIT", "values": [9.0]},
+            {"type": "DISPATCH_SETPOINT", "values": [-5.0]}, {"type": "EXPORT_CAPACITY_LIMIT", "values": [9.0]},
         ]}], intervalPeriod={"start": _z(start), "duration": "PT60S"})  # fmt: skip
 
         def in_force() -> bool:
@@ -155,6 +157,61 @@ async def test_disabling_a_program_ends_its_deployment_and_cap_even_with_no_runn
     # Then both end now, and its events are opted out
     assert await sync_to_async(_ended)(program, end)
     assert {e.status async for e in UtilityEvent.objects.filter(program=program)} == {EventStatus.OPTED_OUT}
+
+
+def _run_of(program: UtilityProgram) -> ReserveRun:
+    return next(run for run in reserve_runs() if run.event.portfolio == program.portfolio)
+
+
+async def test_disabling_a_program_stops_its_reserve_run_in_this_process_within_seconds(
+    oadr3_vtn: Vtn3, runner_settings: None, settings: Any
+) -> None:
+    # Given a reserve run of the program's event live in this process, no client owning it any more (a process
+    # that took it over, or whose client stopped), its next send 60 s away
+    settings.RESERVE_RESEND_S = 60.0
+    program, _ = await _in_force_when_the_runner_went_down(oadr3_vtn)
+    run = await sync_to_async(_run_of)(program)
+    await _wait_for(lambda: run.results, 10)
+    assert not run.released
+    # When the program is disabled through the service (no runner up to withdraw anything)
+    await sync_to_async(_update)(program, enabled=False)
+    # Then the run sees its deployment ended and releases its setpoints within a few seconds
+    await _wait_for(lambda: run.released, 5)
+
+
+async def test_with_the_runner_up_disabling_stops_the_reserve_run_of_its_event_at_once(
+    oadr3_vtn: Vtn3, runner_settings: None, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the runner taking the program's event up again, its reserve run live here (its next send 60 s away)
+    settings.RESERVE_RESEND_S = 60.0
+    program, _ = await _in_force_when_the_runner_went_down(oadr3_vtn)
+    monkeypatch.setenv(program.secret_env, SECRET)
+    run = await sync_to_async(_run_of)(program)
+    async with _running():
+        await _wait_for(lambda: len(oadr3_vtn.polls) >= 2, 20)
+        await _wait_for(lambda: run.results, 10)
+        # When the program is disabled
+        await sync_to_async(_update)(program, enabled=False)
+        # Then its run releases its setpoints within the runner's reload (0.5 s) and a little
+        await _wait_for(lambda: run.released, 2.5)
+
+
+async def test_with_the_runner_up_a_run_no_client_owns_is_woken_when_its_program_is_disabled(
+    oadr3_vtn: Vtn3, runner_settings: None, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a reserve run of the program's event live here that no client owns (the program's client cannot start:
+    # its secret is not set), its next send and its next end check 60 s away
+    settings.RESERVE_RESEND_S = 60.0
+    monkeypatch.setattr(reserve_module, "END_CHECK_S", 60.0)
+    program, _ = await _in_force_when_the_runner_went_down(oadr3_vtn)
+    run = await sync_to_async(_run_of)(program)
+    async with _running():
+        await _wait_for(lambda: run.results, 10)
+        await asyncio.sleep(1.0)  # the runner tried the client and failed
+        # When the program is disabled through the service (its deployment ended in the database)
+        await sync_to_async(_update)(program, enabled=False)
+        # Then the runner wakes the run at its next reload and the run releases its setpoints
+        await _wait_for(lambda: run.released, 2.5)
 
 
 async def test_a_database_blip_while_reloading_does_not_end_the_runner(

@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 
-from vpp.utility.signals import DerControl, Interval, csip_plan, iso_duration, openadr2_plan, openadr3_plan
+from markets.regulation.services import RESERVE_MAX
+from vpp.utility.signals import (
+    MAX_INTERVAL,
+    DerControl,
+    Interval,
+    csip_plan,
+    iso_duration,
+    openadr2_plan,
+    openadr3_plan,
+)
 
 T0 = datetime(2026, 7, 1, 18, 0, tzinfo=UTC)
 
@@ -157,3 +166,80 @@ def test_an_import_limit_and_a_disconnect_are_targets_an_export_limit_a_cap() ->
     both = csip_plan(_control(opModImpLimW=3_000, opModExpLimW=0), set_max_w=0)
     assert both.intervals == [Interval(*span, 0, 3_000, 0, 3_000)]
     assert csip_plan(_control(opModExpLimW=-1), set_max_w=0).refusal == "opModExpLimW below 0 W (no export is 0)"
+
+
+# --- bounds on what one event may ask ------------------------------------------------------------------------------
+
+
+def _at(minutes: int) -> str:
+    return (T0 + timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
+
+
+def test_intervals_listed_out_of_order_are_dispatched_in_time_order() -> None:
+    # Given a VTN listing the 18:15 interval (20 kW) before the 18:00 one (10 kW)
+    event = _event3("DISPATCH_SETPOINT", [-20.0, -10.0])
+    event["intervals"][0]["intervalPeriod"] = {"start": _at(15), "duration": "PT15M"}
+    event["intervals"][1]["intervalPeriod"] = {"start": _at(0), "duration": "PT15M"}
+    # When it is read
+    plan = openadr3_plan(event)
+    # Then each interval keeps its own value, in time order, and the event spans 18:00-18:30
+    assert [(i.start, i.target_w) for i in plan.intervals] == [(T0, -10_000), (T0 + timedelta(minutes=15), -20_000)]
+    assert (plan.start, plan.end, plan.refusal) == (T0, T0 + timedelta(minutes=30), "")
+
+
+def test_it_refuses_overlapping_intervals_too_long_an_event_or_interval_with_the_reason() -> None:
+    overlapping = _event3("DISPATCH_SETPOINT", [-20.0, -10.0])
+    overlapping["intervals"][0]["intervalPeriod"] = {"start": _at(0), "duration": "PT30M"}
+    overlapping["intervals"][1]["intervalPeriod"] = {"start": _at(15), "duration": "PT30M"}
+    assert openadr3_plan(overlapping).refusal == "intervals 0 and 1 overlap"
+    # An interval that deploys reserve lasts at most a reserve deployment's maximum (4 h)
+    long_interval = _event3("DISPATCH_SETPOINT", [-20.0], intervalPeriod={"start": _at(0), "duration": "PT5H"})
+    assert openadr3_plan(long_interval).refusal == "interval 0 lasts 5:00:00, more than 4:00:00"
+    assert MAX_INTERVAL == RESERVE_MAX
+    # The whole event at most a day, however its intervals are laid out
+    spread = _event3("DISPATCH_SETPOINT", [-20.0, -10.0])
+    spread["intervals"][1]["intervalPeriod"] = {"start": _at(25 * 60), "duration": "PT15M"}
+    assert openadr3_plan(spread).refusal.startswith("longer than 1 day")
+    assert openadr3_plan(spread).intervals == [Interval(T0, T0 + timedelta(hours=25, minutes=15), 0)]
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        lambda: openadr3_plan(_event3("DISPATCH_SETPOINT", [-2_000.0], units="MW")),
+        lambda: openadr3_plan(_event3("EXPORT_CAPACITY_LIMIT", [2e6])),
+        lambda: openadr2_plan(_event("LOAD_DISPATCH", "delta", [-2e6])),
+        lambda: csip_plan(_control(opModExpLimW=32_767_000_000), set_max_w=0),
+    ],
+)
+def test_it_refuses_more_than_a_gigawatt_with_the_reason(plan: Any) -> None:
+    assert plan().refusal == "interval 0 asks for more than 1000000000 W"
+
+
+@pytest.mark.parametrize("value", ["5", True, float("nan"), float("inf"), None])
+def test_a_value_that_is_not_a_finite_number_is_malformed(value: Any) -> None:
+    with pytest.raises(ValueError, match="DISPATCH_SETPOINT"):
+        openadr3_plan(_event3("DISPATCH_SETPOINT", [value]))
+    with pytest.raises(ValueError, match="LOAD_DISPATCH"):
+        openadr2_plan(_event("LOAD_DISPATCH", "delta", [value]))
+
+
+# --- an import limit never commands export -------------------------------------------------------------------------
+
+
+def test_an_import_limit_below_0_is_held_at_0_and_the_note_says_so() -> None:
+    # Given import limits of -5 kW (OpenADR 3) and -5,000 W (2030.5): export, were they taken as targets
+    span = (T0, T0 + timedelta(minutes=15))
+    for plan in (
+        openadr3_plan(_event3("IMPORT_CAPACITY_LIMIT", [-5.0])),
+        csip_plan(_control(opModImpLimW=-5_000), set_max_w=40_000),
+    ):
+        # Then each is a target and a cap of 0 W (no import, no export), answered optIn, with the note kept
+        assert plan.intervals == [Interval(*span, 0, 0, None, 0)]
+        assert (plan.refusal, plan.limit_w) == ("", 0)
+        assert plan.note.endswith("-5000 W below 0: held at 0 W (no import); an import limit never commands export")
+    # And beside it, an export limit still caps, and a setpoint below 0 is export asked for (dispatched as such)
+    both = _event3("IMPORT_CAPACITY_LIMIT", [-5.0])
+    both["intervals"][0]["payloads"].append({"type": "EXPORT_CAPACITY_LIMIT", "values": [2.0]})
+    assert openadr3_plan(both).intervals == [Interval(*span, 0, 0, 2_000, 0)]
+    assert openadr3_plan(_event3("DISPATCH_SETPOINT", [-5.0])).intervals == [Interval(*span, 0, -5_000)]
