@@ -47,16 +47,20 @@ def event_rows(duration_s: float) -> int:
     return max(int(np.ceil(duration_s / ROW_S)), 1)
 
 
-def event_response(power_w: ArrayLike, *, duration_s: float, assigned_w: int) -> EventResponse:
+def event_response(
+    power_w: ArrayLike, *, duration_s: float, assigned_w: int, baseline_w: float | None = None
+) -> EventResponse:
     """Measure an event from the fleet power on its 10-s rows (row 0 = the start; see the module docstring).
 
-    ``power_w`` must hold at least :func:`event_rows` rows.
+    ``power_w`` must hold at least :func:`event_rows` rows. ``baseline_w``: the power the response is measured
+    against when it is not row 0's (a later part of one utility event keeps the event's first baseline: its own
+    start already carries the fleet's response).
     """
     power = np.asarray(power_w, dtype=float)
     rows = event_rows(duration_s)
     if power.ndim != 1 or power.size < rows:
         raise ValueError(f"an event of {duration_s:g} s needs {rows} rows of fleet power, got {power.size}")
-    baseline = float(power[0])
+    baseline = float(power[0]) if baseline_w is None else float(baseline_w)
     response = baseline - power[:rows]
     at_10 = int(RESPONSE_S // ROW_S)
     if duration_s <= RESPONSE_S:

@@ -60,20 +60,32 @@ def reserve_event_measure(*, deployment: ReserveDeployment, now: datetime | None
         raise ReserveNotMeasured(f"{deployment} is measured from {(deployment.end + MEASURE_AFTER).isoformat()}")
     duration_s = (deployment.end - deployment.start).total_seconds()
     rows = event_rows(duration_s)
-    trace = power_only_trace(deployment.start, rows, deployment.portfolio, None)
+    # A later part of a utility event is measured against the event's first baseline (baseline_at): one trace from
+    # there, its row 0 the baseline, the event's own rows from its start on.
+    baseline_at = (
+        deployment.baseline_at if deployment.baseline_at and deployment.baseline_at < deployment.start else None
+    )
+    skip = int((deployment.start - baseline_at).total_seconds() // ROW_S) if baseline_at else 0
+    trace = power_only_trace(baseline_at or deployment.start, skip + rows, deployment.portfolio, None)
     if not trace.series and now < deployment.end + NO_DATA_AFTER:
         raise ReserveNotMeasured(f"no meter values of {deployment.portfolio} around {deployment.start.isoformat()}")
     if trace.series:
-        fleet = event_response(trace.fleet_power_w, duration_s=duration_s, assigned_w=deployment.power_w)
+        fleet = _measured(trace.fleet_power_w, skip, duration_s=duration_s, assigned_w=deployment.power_w)
     else:
         LOG.warning("%s: no meter values %s after its end, measured as no response", deployment, NO_DATA_AFTER)
         fleet = event_response(np.zeros(rows), duration_s=duration_s, assigned_w=deployment.power_w)
-    lines = [event_response(trace.power_w[i], duration_s=duration_s, assigned_w=0) for i in range(len(trace.series))]
+    lines = [_measured(trace.power_w[i], skip, duration_s=duration_s, assigned_w=0) for i in range(len(trace.series))]
     window, exact, hours = _penalty(deployment, fleet.shortfall_w)
     try:
-        return _store(deployment, trace, fleet, lines, window, exact, hours, now)
+        return _store(deployment, trace, fleet, lines, window, exact, hours, now, baseline_at)
     except IntegrityError:  # measured by another worker meanwhile: same inputs, same figures
         return ReserveEventPerformance.objects.get(deployment=deployment)
+
+
+def _measured(power_w: np.ndarray, skip: int, *, duration_s: float, assigned_w: int) -> EventResponse:
+    """The event's response from ``power_w`` whose row ``skip`` is the event's start and row 0 its baseline."""
+    baseline = float(power_w[0]) if skip else None
+    return event_response(power_w[skip:], duration_s=duration_s, assigned_w=assigned_w, baseline_w=baseline)
 
 
 def _penalty(deployment: ReserveDeployment, shortfall_w: int) -> tuple[timedelta, Decimal, list[list[object]]]:
@@ -111,7 +123,7 @@ def _penalty(deployment: ReserveDeployment, shortfall_w: int) -> tuple[timedelta
     return window, exact, hours
 
 
-def _store(deployment, trace, fleet: EventResponse, lines, window, exact, hours, now) -> ReserveEventPerformance:
+def _store(deployment, trace, fleet: EventResponse, lines, window, exact, hours, now, baseline_at=None):
     owners = charge_point_vehicles(series=trace.series, start=deployment.start, end=deployment.end)
     with transaction.atomic():
         performance = ReserveEventPerformance.objects.create(
@@ -133,7 +145,12 @@ def _store(deployment, trace, fleet: EventResponse, lines, window, exact, hours,
             inputs={
                 "row_s": ROW_S,
                 "response_s": RESPONSE_S,
-                "baseline": "fleet power in force at the event start (sample and hold, readings up to 60 s old)",
+                "baseline": "fleet power in force at the event start (sample and hold, readings up to 60 s old)"
+                + (
+                    f"; this part of a utility event: at the event's first start, {baseline_at.isoformat()}"
+                    if baseline_at
+                    else ""
+                ),
                 "credited": "min(response at 10 min, mean response from 10 min to the end, assigned)",
                 "price": "award clearing price (SRMCP) of each cleared hour",
                 "average_days_between_events": str(settings.RESERVE_PENALTY_AVERAGE_DAYS),

@@ -384,3 +384,24 @@ async def test_an_event_whose_regulation_stopped_long_ago_is_dispatched_by_its_r
     # Then its own setpoints went out and were released at its end
     assert run.results
     assert run.released
+
+
+def test_a_later_part_of_a_utility_event_is_measured_against_the_events_first_baseline(db):
+    # Given 100 kW of reserve cleared for 21:00, two cars charging at 7 kW until the event's start at 21:05 and
+    # discharging at 3 kW from 10 s after it
+    _market()
+    chargers = [StationFactory.create(station_id=f"part-{k}") for k in (1, 2)]
+    responding = EVENT_START + timedelta(seconds=10)
+    _store_power(chargers, EVENT_HOUR, responding, {s.station_id: BASELINE_W for s in chargers})
+    _store_power(chargers, responding, EVENT_END + timedelta(minutes=1), {s.station_id: -3_000 for s in chargers})
+    # When the event's second part (21:15-21:25, a new interval of the same utility event) is recorded with the
+    # event's first start as its baseline, and measured
+    row, _ = reserve_deployment_record(
+        portfolio="default", event_id="utility-part-2", power_w=None, start=EVENT_START + timedelta(minutes=10),
+        end=EVENT_END, source=SignalSource.UTILITY_API, baseline_at=EVENT_START,
+    )  # fmt: skip
+    measured = reserve_event_measure(deployment=row, now=EVENT_END + timedelta(minutes=3))
+    # Then its response is the 20 kW the fleet gives against what it drew before the event, not 0 against its own start
+    assert measured.baseline_w == 2 * BASELINE_W
+    assert measured.response_10min_w == 2 * BASELINE_W + 6_000
+    assert "first start" in measured.inputs["baseline"]
