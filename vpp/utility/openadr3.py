@@ -63,6 +63,9 @@ from vpp.utility.tls import tls_context
 
 LOG = logging.getLogger(__name__)
 PAGE = 50  # the document's maximum ``limit``
+#: At most this many pages of one search (1,000 objects): a VTN that answers full pages forever, or the same page
+#: again (its ``skip`` ignored), must not keep the client looping and growing its list.
+MAX_PAGES = 20
 TIMEOUT_S = 10.0
 AGGREGATED = "AGGREGATED_REPORT"
 #: The after-the-event report waits this long after the end: meter values arrive late (an agent's outbox catching
@@ -178,14 +181,36 @@ class Ven3:
         raise AssertionError("unreachable")
 
     async def _search(self, path: str, **params: Any) -> list[dict[str, Any]]:
+        return (await self._pages(path, **params))[0]
+
+    async def _pages(self, path: str, **params: Any) -> tuple[list[dict[str, Any]], bool]:
+        """Every object of a search, page by page, and whether the listing is complete: at most ``MAX_PAGES``
+        pages, and it stops at a page with nothing new (a VTN ignoring ``skip``); either is logged. An object seen
+        again (same ``id``) is kept once."""
         found: list[dict[str, Any]] = []
-        while True:
-            page = await self.request("GET", path, params={**params, "skip": len(found), "limit": PAGE})
+        seen: set[str] = set()
+        for number in range(MAX_PAGES):
+            page = await self.request("GET", path, params={**params, "skip": number * PAGE, "limit": PAGE})
             if not isinstance(page, list):
                 raise Oadr3Error(f"GET {path}: not a list")
-            found.extend(page)
+            new = 0
+            for item in page:
+                ref = str(item.get("id")) if isinstance(item, dict) and item.get("id") is not None else None
+                if ref is not None and ref in seen:
+                    continue
+                if ref is not None:
+                    seen.add(ref)
+                found.append(item)
+                new += 1
             if len(page) < PAGE:
-                return found
+                return found, True
+            if new == 0:
+                LOG.warning("utility program %s: GET %s: page %s repeats what was listed; %s object(s) kept",
+                            self.program.pk, path, number + 1, len(found))  # fmt: skip
+                return found, False
+        LOG.warning("utility program %s: GET %s: still full pages after %s; the first %s object(s) kept",
+                    self.program.pk, path, MAX_PAGES, len(found))  # fmt: skip
+        return found, False
 
     # --- life cycle -----------------------------------------------------------------------------------------------
 
@@ -255,7 +280,7 @@ class Ven3:
     # --- events ---------------------------------------------------------------------------------------------------
 
     async def poll(self) -> None:
-        events = await self._search("/events", programID=self.program_id)
+        events, complete = await self._pages("/events", programID=self.program_id)
         await database_sync_to_async(connection_contact)(program_id=self.program.pk)
         listed: dict[str, datetime] = {}
         for event in events:  # each on its own: one malformed event must not keep the others (or withdrawals) out
@@ -281,6 +306,9 @@ class Ven3:
                 )
             self.runs.take(program=self.program, accepted=accepted, plan=plan)
         now = timezone.now()
+        if not complete:  # a listing cut short says nothing about what it left out: nothing withdrawn for it
+            self._listed = {**self._listed, **listed}
+            return
         for ref, end in self._listed.items():
             if ref not in listed and end > now:  # deleted by the VTN before its end: withdrawn
                 self.runs.cancel(program_id=self.program.pk, event_ref=ref)
