@@ -8,12 +8,16 @@
   dispatched) -> :class:`vpp.utility.dispatch.EventRuns` (setpoints on time).
 * EiReport: a ``TELEMETRY_USAGE`` report of the portfolio's metered mean power (W, + import) over each sampling
   period (:func:`vpp.utility.metering.portfolio_metered`), each value stored as a :class:`UtilityReport` with the
-  meter values it came from, marked accepted when the VTN acknowledges the oadrUpdateReport carrying it.
+  meter values it came from (its interval's ``dtstart`` is the period's end, the row's ``period_end``), marked
+  accepted only when the VTN acknowledged the oadrUpdateReport carrying it (``oadrUpdatedReport``, response 200).
+  One not acknowledged stays pending and is sent again (with the values queued meanwhile) until it is
+  (:meth:`_Client._report_queue_worker`, replacing openleadr's, which drops a report whose send failed).
 * Every request's outcome is the program's connection status (``connection_contact`` / ``connection_error``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 from datetime import datetime, timedelta
@@ -22,7 +26,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.db import DataError
 from django.utils import timezone
-from openleadr import OpenADRClient
+from openleadr import OpenADRClient, utils
 
 from vpp.utility.dispatch import OPT_OUT, EventRuns, utility_event_accept
 from vpp.utility.metering import portfolio_metered
@@ -32,11 +36,14 @@ from vpp.utility.services import (
     connection_contact,
     connection_error,
     utility_report_answered,
+    utility_report_pending,
     utility_report_record,
 )
 from vpp.utility.signals import MALFORMED, EventPlan, finite, malformed_plan, openadr2_plan
 
 LOG = logging.getLogger(__name__)
+#: Values held for one report while the VTN does not acknowledge it; older ones are given up (stored as refused).
+MAX_HELD_VALUES = 3600
 
 
 #: A malformed object from the server, or one the database cannot store: refused on its own.
@@ -84,10 +91,71 @@ class _Client(OpenADRClient):
             await database_sync_to_async(connection_error)(
                 program_id=self.ven.program.pk, error=f"no valid answer from the VTN to {service} ({self.vtn_url})"
             )
-        text = message.decode(errors="replace") if isinstance(message, bytes) else str(message)
-        if service == "EiReport" and "oadrUpdateReport" in text:
-            await database_sync_to_async(self.ven.reports_answered)(accepted=answered)
         return result
+
+    async def _report_queue_worker(self) -> None:
+        """Send each report the VTN asked for; it counts as delivered only once the VTN acknowledged it. One that
+        is not is held and sent again every ``report_s`` (at most 60 s), with the values queued for the same
+        request meanwhile, until it is: the stored values stay pending until then."""
+        held: Any = None
+        try:
+            while True:
+                report = held if held is not None else await self.pending_reports.get()
+                held = None
+                await self._merge_queued(report)
+                stamps = [interval.dtstart for interval in report.intervals or []]
+                if not stamps:
+                    continue
+                try:
+                    message = self._create_message(
+                        "oadrUpdateReport", ven_id=self.ven_id, request_id=utils.generate_id(), reports=[report]
+                    )
+                    result = await self._perform_request("EiReport", message)
+                except Exception as exc:  # a bug or a transport error: the values stay pending
+                    LOG.exception("utility program %s: report not sent", self.ven.program.pk)
+                    result, why = None, f"not sent: {exc}"
+                else:
+                    why = "the VTN did not acknowledge the oadrUpdateReport"
+                if _acknowledged(result):
+                    await database_sync_to_async(self.ven.reports_delivered)(stamps=stamps)
+                    if "cancel_report" in result[1]:
+                        await self.cancel_report(result[1]["cancel_report"])
+                    continue
+                await database_sync_to_async(self.ven.reports_pending)(stamps=stamps, error=why)
+                held = report
+                await asyncio.sleep(min(max(float(self.ven.program.report_s), 1.0), 60.0))
+        except asyncio.CancelledError:
+            return
+
+    async def _merge_queued(self, report: Any) -> None:
+        """Add to ``report`` the values queued for the same request (a held report catching up); at most
+        ``MAX_HELD_VALUES``, the oldest beyond given up."""
+        others = []
+        while not self.pending_reports.empty():
+            queued = self.pending_reports.get_nowait()
+            if queued.report_request_id == report.report_request_id:
+                report.intervals = [*(report.intervals or []), *(queued.intervals or [])]
+            else:
+                others.append(queued)
+        for queued in others:
+            self.pending_reports.put_nowait(queued)
+        intervals = report.intervals or []
+        if len(intervals) > MAX_HELD_VALUES:
+            dropped = [interval.dtstart for interval in intervals[:-MAX_HELD_VALUES]]
+            report.intervals = intervals[-MAX_HELD_VALUES:]
+            LOG.warning("utility program %s: %s report value(s) given up (the VTN has not acknowledged them)",
+                        self.ven.program.pk, len(dropped))  # fmt: skip
+            await database_sync_to_async(self.ven.reports_given_up)(stamps=dropped)
+        if report.intervals:
+            report.dtstart = min(interval.dtstart for interval in report.intervals)
+
+
+def _acknowledged(result: Any) -> bool:
+    """An oadrUpdatedReport with response code 200."""
+    if not result or result[0] != "oadrUpdatedReport":
+        return False
+    response = result[1].get("response") or {}
+    return str(response.get("response_code")) == "200"
 
 
 class Ven2b:
@@ -164,11 +232,12 @@ class Ven2b:
             self.runs.take(program=self.program, accepted=accepted, plan=plan)
         return accepted.opt
 
-    async def telemetry(self) -> float:
-        """The portfolio's mean metered power over the last sampling period (W, + import)."""
-        return float(await database_sync_to_async(self._telemetry_record)())
+    async def telemetry(self) -> list[tuple[datetime, float]]:
+        """The portfolio's mean metered power over the last sampling period (W, + import), at the period's end."""
+        end, value = await database_sync_to_async(self._telemetry_record)()
+        return [(end, float(value))]
 
-    def _telemetry_record(self) -> int:
+    def _telemetry_record(self) -> tuple[datetime, int]:
         end = timezone.now()
         start = end - timedelta(seconds=self.program.report_s)
         metered = portfolio_metered(portfolio=self.program.portfolio, start=start, end=end)
@@ -180,10 +249,20 @@ class Ven2b:
             values={"power_w": metered.mean_power_w},
             basis=metered.basis(),
         )
-        return metered.mean_power_w
+        return end, metered.mean_power_w
 
-    def reports_answered(self, *, accepted: bool) -> None:
-        """The VTN answered an oadrUpdateReport: the telemetry values waiting for an answer are answered."""
-        waiting = UtilityReport.objects.filter(program=self.program, kind=ReportKind.TELEMETRY, sent_at__isnull=True)
-        for pk in waiting.values_list("pk", flat=True):
-            utility_report_answered(report_id=pk, accepted=accepted, error="" if accepted else "VTN did not accept")
+    def _rows(self, stamps: list[datetime]) -> list[int]:
+        rows = UtilityReport.objects.filter(program=self.program, kind=ReportKind.TELEMETRY, period_end__in=stamps)
+        return list(rows.values_list("pk", flat=True))
+
+    def reports_delivered(self, *, stamps: list[datetime]) -> None:
+        """The VTN acknowledged the values at ``stamps`` (their periods' ends): accepted."""
+        for pk in self._rows(stamps):
+            utility_report_answered(report_id=pk, accepted=True)
+
+    def reports_pending(self, *, stamps: list[datetime], error: str) -> None:
+        utility_report_pending(report_ids=self._rows(stamps), error=error)
+
+    def reports_given_up(self, *, stamps: list[datetime]) -> None:
+        for pk in self._rows(stamps):
+            utility_report_answered(report_id=pk, accepted=False, error="given up: not acknowledged in time")

@@ -44,6 +44,7 @@ class Vtn:
     url: str
     opts: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
     reports: list[tuple[datetime, float]] = field(default_factory=list)
+    refusing: int = 0  # the next oadrUpdateReports the VTN fails (HTTP 500, nothing kept)
 
     def event(self, signal_name: str, signal_type: str, start: datetime, seconds: int, payload: float) -> str:
         async def answered(ven_id: str, event_id: str, opt_type: str) -> None:
@@ -76,6 +77,9 @@ async def vtn() -> AsyncIterator[Vtn]:
         return VEN_ID, REGISTRATION_ID
 
     async def on_update_report(data: list[tuple[datetime, float]]) -> None:
+        if found.refusing > 0:
+            found.refusing -= 1
+            raise RuntimeError("the VTN is in trouble")
         found.reports.extend(data)
 
     def on_register_report(
@@ -261,6 +265,29 @@ async def test_the_vtn_receives_telemetry_that_matches_the_meters(vtn: Vtn) -> N
     assert stored
     assert all(r.values == {"power_w": 5_400} and r.basis["readings"] == 2 for r in stored)
     assert any(r.accepted for r in stored)
+
+
+async def test_a_report_the_vtn_did_not_acknowledge_stays_pending_and_is_sent_again(vtn: Vtn) -> None:
+    # Given a VTN that fails the first two oadrUpdateReports (HTTP 500: nothing kept)
+    vtn.refusing = 2
+    program = await sync_to_async(_program)(vtn.url)
+    await sync_to_async(_metered_fleet)(program)
+    async with _ven(program, EventRuns()):
+        # When the VEN reports every second for a while
+        for _ in range(200):
+            if len(vtn.reports) >= 5:
+                break
+            await asyncio.sleep(0.1)
+    rows = [r async for r in UtilityReport.objects.filter(program=program, kind=ReportKind.TELEMETRY).order_by("id")]
+    received = {at.replace(microsecond=0) for at, _ in vtn.reports}
+    # Then the values of the failed sends were sent again: the first ones reached the VTN, and are accepted
+    assert rows[0].period_end.replace(microsecond=0) in received
+    assert rows[0].accepted is True
+    # And a value is accepted only if the VTN has it; the others are still pending (never refused)
+    for row in rows:
+        delivered = row.period_end.replace(microsecond=0) in received
+        assert row.accepted is (True if delivered else None), (row.period_end, row.accepted, row.error)
+    assert len(vtn.reports) == len({at for at, _ in vtn.reports})  # none twice
 
 
 async def test_a_malformed_event_is_opted_out_with_the_reason_and_the_next_one_of_the_message_is_taken(
