@@ -25,14 +25,16 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.db import DataError
+from django.db.models import Q
 from django.utils import timezone
-from openleadr import OpenADRClient, utils
+from openleadr import OpenADRClient, objects, utils
 
 from vpp.utility.dispatch import OPT_OUT, EventRuns, utility_event_accept
 from vpp.utility.metering import portfolio_metered
-from vpp.utility.models import ReportKind, UtilityProgram, UtilityReport
+from vpp.utility.models import EventStatus, ReportKind, UtilityEvent, UtilityProgram, UtilityReport
 from vpp.utility.selectors import Credentials
 from vpp.utility.services import (
+    DISABLED_WITHDRAWN,
     connection_contact,
     connection_error,
     utility_report_answered,
@@ -81,9 +83,12 @@ class _Client(OpenADRClient):
     """openleadr's client, telling the program's status the outcome of every request it makes."""
 
     ven: Ven2b
+    last_opt: Any = None  # the VTN's answer to the last oadrCreateOpt
 
     async def _perform_request(self, service: str, message: Any) -> Any:
         result = await super()._perform_request(service, message)
+        if service == "EiOpt":
+            self.last_opt = result
         answered = bool(result and result[0])
         if answered:
             await database_sync_to_async(connection_contact)(program_id=self.ven.program.pk)
@@ -150,6 +155,14 @@ class _Client(OpenADRClient):
             report.dtstart = min(interval.dtstart for interval in report.intervals)
 
 
+def _answered_ok(result: Any) -> bool:
+    """An answer (oadrCreatedOpt, or openleadr's plain oadrResponse) with response code 200."""
+    if not result or not result[0]:
+        return False
+    response = result[1].get("response") or {}
+    return str(response.get("response_code")) == "200"
+
+
 def _acknowledged(result: Any) -> bool:
     """An oadrUpdatedReport with response code 200."""
     if not result or result[0] != "oadrUpdatedReport":
@@ -204,7 +217,50 @@ class Ven2b:
         return True
 
     async def stop(self) -> None:
+        """Stop polling; when the program was disabled, first tell the VTN we opt out of the events we had opted in
+        to and that are not over (it should not count on us for them)."""
+        try:
+            await self.opt_out_disabled()
+        except Exception:  # the client stops all the same; the log has why
+            LOG.exception("utility program %s: opt-outs on disable not sent", self.program.pk)
         await self.client.stop()
+
+    def _opted_in_to_withdraw(self) -> list[UtilityEvent]:
+        """The program is disabled: its events we had opted in to (scheduled, active, or opted out by the disable)
+        and that are not over, not yet opted out at the VTN."""
+        if UtilityProgram.objects.filter(pk=self.program.pk, enabled=True).exists():
+            return []
+        told = UtilityReport.objects.filter(
+            program=self.program, kind=ReportKind.EVENT, values__opt="optOut", event__isnull=False
+        )
+        events = UtilityEvent.objects.filter(program=self.program, end__gt=timezone.now()).filter(
+            Q(status__in=[EventStatus.SCHEDULED, EventStatus.ACTIVE])
+            | Q(status=EventStatus.OPTED_OUT, status_reason=DISABLED_WITHDRAWN)
+        )
+        return list(events.exclude(pk__in=told.values("event_id")).order_by("start"))
+
+    async def opt_out_disabled(self) -> None:
+        """oadrCreateOpt (optOut, notParticipating) for each event :meth:`_opted_in_to_withdraw` finds, each stored
+        first (a report of kind ``event``) and marked accepted when the VTN answered it with success."""
+        if not self.client.ven_id:
+            return
+        for event in await database_sync_to_async(self._opted_in_to_withdraw)():
+            row = await database_sync_to_async(utility_report_record)(
+                program=self.program, kind=ReportKind.EVENT, period_start=event.start, period_end=event.end,
+                values={"opt": "optOut", "event_ref": event.event_ref, "modification": event.modification},
+                basis={"reason": DISABLED_WITHDRAWN}, event=event,
+            )  # fmt: skip
+            self.client.last_opt = None
+            await self.client.create_opt(
+                opt_type="optOut", opt_reason="notParticipating", targets=[objects.Target(ven_id=self.client.ven_id)],
+                event_id=event.event_ref, modification_number=event.modification,
+            )  # fmt: skip
+            accepted = _answered_ok(self.client.last_opt)
+            await database_sync_to_async(utility_report_answered)(
+                report_id=row.pk, accepted=accepted, error="" if accepted else "the VTN did not accept the opt-out"
+            )
+            LOG.info("utility program %s: opted out of event %s at the VTN (%s)", self.program.pk, event.event_ref,
+                     "accepted" if accepted else "not accepted")  # fmt: skip
 
     async def on_event(self, event: dict[str, Any]) -> str:
         """One event (openleadr calls this for each event of a message: a malformed one is stored refused with the

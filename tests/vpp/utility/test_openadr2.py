@@ -14,8 +14,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from aiohttp import web
 from asgiref.sync import sync_to_async
 from openleadr import OpenADRServer
+from openleadr.service import VTNService, handler
 
 from chargers.models import MeterValue
 from fleet.models import PlugSession
@@ -32,6 +34,7 @@ from vpp.utility.dispatch import EventRuns
 from vpp.utility.models import EventStatus, ReportKind, UtilityEvent, UtilityProgram, UtilityReport
 from vpp.utility.openadr2 import Ven2b
 from vpp.utility.selectors import Credentials
+from vpp.utility.services import utility_program_update
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 NO_CREDENTIALS = Credentials(None, None, None, None)
@@ -45,6 +48,7 @@ class Vtn:
     opts: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
     reports: list[tuple[datetime, float]] = field(default_factory=list)
     refusing: int = 0  # the next oadrUpdateReports the VTN fails (HTTP 500, nothing kept)
+    opts_created: list[dict[str, Any]] = field(default_factory=list)  # oadrCreateOpt messages received
 
     def event(self, signal_name: str, signal_type: str, start: datetime, seconds: int, payload: float) -> str:
         async def answered(ven_id: str, event_id: str, opt_type: str) -> None:
@@ -59,6 +63,22 @@ class Vtn:
                 callback=answered,
             )
         )
+
+
+class _OptService(VTNService):
+    """EiOpt, which openleadr's VTN does not serve (its OptService is a stub, not routed): records each
+    oadrCreateOpt and answers oadrResponse 200 (openleadr has no oadrCreatedOpt template)."""
+
+    __service_name__ = "EiOpt"
+
+    def __init__(self, vtn_id: str, received: list[dict[str, Any]]) -> None:
+        super().__init__(vtn_id)
+        self.received = received
+
+    @handler("oadrCreateOpt")
+    async def create_opt(self, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        self.received.append(payload)
+        return "oadrResponse", {}
 
 
 @pytest.fixture
@@ -90,6 +110,8 @@ async def vtn() -> AsyncIterator[Vtn]:
 
     server.add_handler("on_create_party_registration", register)
     server.add_handler("on_register_report", on_register_report)
+    opts = _OptService("TEST_VTN", found.opts_created)
+    server.app.add_routes([web.post("/OpenADR2/Simple/2.0b/EiOpt", opts.handler)])
     await server.run_async()
     yield found
     await server.stop()
@@ -216,6 +238,37 @@ async def test_a_cancelled_event_under_way_withdraws_its_deployment(vtn: Vtn, no
         await _wait_for(run_stopped, within=10.0)
         statuses = {e.modification: e.status async for e in UtilityEvent.objects.filter(event_ref=event_id)}
         assert statuses == {0: EventStatus.CANCELLED, 1: EventStatus.CANCELLED}  # the cancellation is version 1
+
+
+async def test_disabling_the_program_opts_out_at_the_vtn_of_the_events_it_had_opted_in_to(
+    vtn: Vtn, no_dispatchers: None, settings: Any
+) -> None:
+    settings.UTILITY_ALLOW_HTTP = True  # openleadr's VTN serves plain HTTP on 127.0.0.1
+    # Given a VEN that opted in to a 20 kW event starting in a minute
+    program = await sync_to_async(_program)(vtn.url)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
+    ven = Ven2b(program, runs=(runs := EventRuns(lead_s=2.0)), credentials=NO_CREDENTIALS)
+    assert await ven.start()
+    event_id = vtn.event("LOAD_DISPATCH", "delta", start, 60, -20.0)
+    assert await asyncio.wait_for(vtn.opts.get(), 20) == (event_id, "optIn")
+    # When the client is stopped while the program is still enabled (a restart): nothing is opted out
+    await runs.stop()
+    await ven.stop()
+    assert vtn.opts_created == []
+    # When it runs again and an operator disables the program (the service the API and admin write through),
+    # then the runner stops its client
+    ven = Ven2b(program, runs=(runs := EventRuns(lead_s=2.0)), credentials=NO_CREDENTIALS)
+    assert await ven.start()
+    await sync_to_async(utility_program_update)(program=program, user=None, enabled=False)
+    await runs.stop()
+    await ven.stop()
+    # Then the VTN got one oadrCreateOpt: optOut of that event, not participating, for this VEN
+    assert [(o["opt_type"], o["opt_reason"], o["event_id"], o["ven_id"]) for o in vtn.opts_created] == [
+        ("optOut", "notParticipating", event_id, VEN_ID)
+    ]
+    # And it is stored, answered
+    told = await UtilityReport.objects.aget(program=program, kind=ReportKind.EVENT)
+    assert (told.values["opt"], told.values["event_ref"], told.accepted) == ("optOut", event_id, True)
 
 
 async def test_it_opts_out_of_a_price_event_and_keeps_it_with_the_reason(vtn: Vtn) -> None:
