@@ -12,12 +12,17 @@
   accepted only when the VTN acknowledged the oadrUpdateReport carrying it (``oadrUpdatedReport``, response 200).
   One not acknowledged stays pending and is sent again (with the values queued meanwhile) until it is
   (:meth:`_Client._report_queue_worker`, replacing openleadr's, which drops a report whose send failed).
+* After an event: a second report offered at registration (``vpp-<pk>-response``) carries, once a completed event
+  is over, each of its intervals' metered mean power (:meth:`Ven2b.responses`), once per event.
+* A disabled program's client opts out at the VTN (``oadrCreateOpt``) of the events it had opted in to, before it
+  stops (:meth:`Ven2b.opt_out_disabled`).
 * Every request's outcome is the program's connection status (``connection_contact`` / ``connection_error``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from datetime import datetime, timedelta
@@ -44,6 +49,8 @@ from vpp.utility.services import (
 from vpp.utility.signals import MALFORMED, EventPlan, finite, malformed_plan, openadr2_plan
 
 LOG = logging.getLogger(__name__)
+#: The after-the-event report waits this long after the end: meter values arrive late.
+RESPONSE_SETTLE_S = 10.0
 #: Values held for one report while the VTN does not acknowledge it; older ones are given up (stored as refused).
 MAX_HELD_VALUES = 3600
 
@@ -122,11 +129,13 @@ class _Client(OpenADRClient):
                 else:
                     why = "the VTN did not acknowledge the oadrUpdateReport"
                 if _acknowledged(result):
-                    await database_sync_to_async(self.ven.reports_delivered)(stamps=stamps)
+                    await database_sync_to_async(self.ven.reports_delivered)(report.report_specifier_id, stamps=stamps)
                     if "cancel_report" in result[1]:
                         await self.cancel_report(result[1]["cancel_report"])
                     continue
-                await database_sync_to_async(self.ven.reports_pending)(stamps=stamps, error=why)
+                await database_sync_to_async(self.ven.reports_pending)(
+                    report.report_specifier_id, stamps=stamps, error=why
+                )
                 held = report
                 await asyncio.sleep(min(max(float(self.ven.program.report_s), 1.0), 60.0))
         except asyncio.CancelledError:
@@ -150,7 +159,7 @@ class _Client(OpenADRClient):
             report.intervals = intervals[-MAX_HELD_VALUES:]
             LOG.warning("utility program %s: %s report value(s) given up (the VTN has not acknowledged them)",
                         self.ven.program.pk, len(dropped))  # fmt: skip
-            await database_sync_to_async(self.ven.reports_given_up)(stamps=dropped)
+            await database_sync_to_async(self.ven.reports_given_up)(report.report_specifier_id, stamps=dropped)
         if report.intervals:
             report.dtstart = min(interval.dtstart for interval in report.intervals)
 
@@ -202,6 +211,21 @@ class Ven2b:
             report_specifier_id=f"vpp-{program.pk}-telemetry",
             r_id=f"vpp-{program.pk}-power",
         )
+        # The after-the-event report: each completed event's intervals with their metered mean power, once (2.0b
+        # lets a VEN send only reports the VTN requested: this one is offered at registration like the telemetry)
+        self.client.add_report(
+            callback=self.responses,
+            resource_id=f"{program.portfolio}/event-response",
+            measurement="power_real",
+            unit="W",
+            scale="none",
+            sampling_rate=timedelta(seconds=program.report_s),
+            report_duration=timedelta(hours=1),
+            report_specifier_id=f"vpp-{program.pk}-response",
+            r_id=f"vpp-{program.pk}-response",
+        )
+        self._responding: dict[int, int] = {}  # event -> its response row, sent or being sent by this process
+        self._response_stamps: dict[datetime, int] = {}  # an interval start sent -> the response row carrying it
 
     async def start(self) -> bool:
         """Register with the VTN and start polling; False (and the status says why) when registration failed."""
@@ -307,18 +331,82 @@ class Ven2b:
         )
         return end, metered.mean_power_w
 
-    def _rows(self, stamps: list[datetime]) -> list[int]:
+    async def responses(self) -> list[tuple[datetime, float]]:
+        """The after-the-event values due: for each completed event over (``RESPONSE_SETTLE_S`` ago, for late meter
+        values) with no accepted response, each interval's start and metered mean power (W, + import). Each event
+        once: stored first, then held by the report queue until the VTN acknowledges it."""
+        return await database_sync_to_async(self._responses_record)()
+
+    def _responses_record(self) -> list[tuple[datetime, float]]:
+        now = timezone.now()
+        answered = UtilityReport.objects.filter(
+            program=self.program, kind=ReportKind.EVENT, accepted=True, event__isnull=False, values__has_key="demand_w"
+        )
+        events = (
+            UtilityEvent.objects.filter(
+                program=self.program, status=EventStatus.COMPLETED, end__lte=now - timedelta(seconds=RESPONSE_SETTLE_S),
+                end__gte=now - timedelta(days=1),
+            )
+            .exclude(pk__in=answered.values("event_id"))
+            .exclude(pk__in=list(self._responding))
+            .order_by("start")
+        )  # fmt: skip
+        values: list[tuple[datetime, float]] = []
+        for event in events:
+            try:
+                plan = openadr2_plan(_event_of(event.payload), level_step_w=self.program.level_step_w)
+            except MALFORMED:
+                continue
+            starts, demand, readings = [], [], 0
+            for interval in plan.intervals:
+                metered = portfolio_metered(portfolio=self.program.portfolio, start=interval.start, end=interval.end)
+                starts.append(interval.start)
+                demand.append(metered.mean_power_w)
+                readings += metered.readings
+            row = utility_report_record(
+                program=self.program, kind=ReportKind.EVENT, period_start=event.start, period_end=event.end,
+                values={"demand_w": demand, "interval_starts": [t.isoformat() for t in starts]},
+                basis={"readings": readings}, event=event,
+            )  # fmt: skip
+            self._responding[event.pk] = row.pk
+            for at, watts in zip(starts, demand, strict=True):
+                self._response_stamps[at] = row.pk
+                values.append((at, float(watts)))
+        return values
+
+    def _rows(self, specifier: str, stamps: list[datetime]) -> list[int]:
+        if specifier.endswith("-response"):
+            return sorted({self._response_stamps[at] for at in stamps if at in self._response_stamps})
         rows = UtilityReport.objects.filter(program=self.program, kind=ReportKind.TELEMETRY, period_end__in=stamps)
         return list(rows.values_list("pk", flat=True))
 
-    def reports_delivered(self, *, stamps: list[datetime]) -> None:
-        """The VTN acknowledged the values at ``stamps`` (their periods' ends): accepted."""
-        for pk in self._rows(stamps):
+    def reports_delivered(self, specifier: str, *, stamps: list[datetime]) -> None:
+        """The VTN acknowledged the values at ``stamps`` (a telemetry period's end, an event interval's start):
+        accepted."""
+        for pk in self._rows(specifier, stamps):
             utility_report_answered(report_id=pk, accepted=True)
 
-    def reports_pending(self, *, stamps: list[datetime], error: str) -> None:
-        utility_report_pending(report_ids=self._rows(stamps), error=error)
+    def reports_pending(self, specifier: str, *, stamps: list[datetime], error: str) -> None:
+        utility_report_pending(report_ids=self._rows(specifier, stamps), error=error)
 
-    def reports_given_up(self, *, stamps: list[datetime]) -> None:
-        for pk in self._rows(stamps):
+    def reports_given_up(self, specifier: str, *, stamps: list[datetime]) -> None:
+        rows = self._rows(specifier, stamps)
+        for pk in rows:
             utility_report_answered(report_id=pk, accepted=False, error="given up: not acknowledged in time")
+        self._responding = {event: row for event, row in self._responding.items() if row not in rows}
+
+
+def _event_of(payload: Any) -> Any:
+    """The stored event (JSON, :func:`jsonable`) as openleadr hands it to ``on_event``: its dates and durations
+    (stored as seconds) parsed again."""
+    if isinstance(payload, dict):
+        return {
+            k: timedelta(seconds=v) if k == "duration" and isinstance(v, int | float) else _event_of(v)
+            for k, v in payload.items()
+        }
+    if isinstance(payload, list):
+        return [_event_of(v) for v in payload]
+    if isinstance(payload, str) and len(payload) >= 19 and payload[4:5] == "-" and payload[10:11] == "T":
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(payload)
+    return payload

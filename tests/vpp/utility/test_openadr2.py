@@ -30,6 +30,7 @@ from vpp.dispatch import dispatcher as dispatcher_module
 from vpp.dispatch import services as dispatch_services
 from vpp.dispatch.dispatcher import dispatchers_running
 from vpp.dispatch.reserve import reserve_runs, reserve_runs_stop
+from vpp.utility import openadr2
 from vpp.utility.dispatch import EventRuns
 from vpp.utility.models import EventStatus, ReportKind, UtilityEvent, UtilityProgram, UtilityReport
 from vpp.utility.openadr2 import Ven2b
@@ -49,6 +50,8 @@ class Vtn:
     reports: list[tuple[datetime, float]] = field(default_factory=list)
     refusing: int = 0  # the next oadrUpdateReports the VTN fails (HTTP 500, nothing kept)
     opts_created: list[dict[str, Any]] = field(default_factory=list)  # oadrCreateOpt messages received
+    responses: list[tuple[datetime, float]] = field(default_factory=list)  # the after-the-event report's values
+    refusing_responses: int = 0  # the next after-the-event reports the VTN fails (HTTP 500, nothing kept)
 
     def event(self, signal_name: str, signal_type: str, start: datetime, seconds: int, payload: float) -> str:
         async def answered(ven_id: str, event_id: str, opt_type: str) -> None:
@@ -106,7 +109,15 @@ async def vtn() -> AsyncIterator[Vtn]:
         ven_id: str, resource_id: str, measurement: str, unit: str, scale: str, min_sampling_interval: Any,
         max_sampling_interval: Any,
     ) -> tuple[Any, timedelta]:  # fmt: skip
+        if resource_id.endswith("/event-response"):
+            return on_response, timedelta(seconds=1)
         return on_update_report, timedelta(seconds=1)
+
+    async def on_response(data: list[tuple[datetime, float]]) -> None:
+        if found.refusing_responses > 0:
+            found.refusing_responses -= 1
+            raise RuntimeError("the VTN is in trouble")
+        found.responses.extend(data)
 
     server.add_handler("on_create_party_registration", register)
     server.add_handler("on_register_report", on_register_report)
@@ -341,6 +352,32 @@ async def test_a_report_the_vtn_did_not_acknowledge_stays_pending_and_is_sent_ag
         delivered = row.period_end.replace(microsecond=0) in received
         assert row.accepted is (True if delivered else None), (row.period_end, row.accepted, row.error)
     assert len(vtn.reports) == len({at for at, _ in vtn.reports})  # none twice
+
+
+async def test_after_an_event_one_report_gives_each_intervals_metered_power_once(
+    vtn: Vtn, no_dispatchers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(openadr2, "RESPONSE_SETTLE_S", 1.0)
+    # Given the fleet's meters at 5,400 W net, and a VTN that fails the first after-the-event report it gets
+    vtn.refusing_responses = 1
+    program = await sync_to_async(_program)(vtn.url)
+    await sync_to_async(_metered_fleet)(program)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    async with _ven(program, EventRuns(lead_s=1.0)):
+        # When a 3 s event is opted in to, runs and ends
+        event_id = vtn.event("LOAD_DISPATCH", "delta", start, 3, -20.0)
+        assert await asyncio.wait_for(vtn.opts.get(), 20) == (event_id, "optIn")
+        for _ in range(300):
+            if vtn.responses:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(3)  # a few more report periods
+    # Then the VTN has one report of the event: its interval's start and metered mean power, once (the failed
+    # send retried, nothing sent twice)
+    assert vtn.refusing_responses == 0
+    assert vtn.responses == [(start, 5_400.0)]
+    stored = await UtilityReport.objects.aget(program=program, kind=ReportKind.EVENT)
+    assert (stored.values["demand_w"], stored.accepted, stored.event_id is not None) == ([5_400], True, True)
 
 
 async def test_a_malformed_event_is_opted_out_with_the_reason_and_the_next_one_of_the_message_is_taken(
