@@ -347,10 +347,12 @@ async def test_a_report_the_vtn_did_not_acknowledge_stays_pending_and_is_sent_ag
     # Then the values of the failed sends were sent again: the first ones reached the VTN, and are accepted
     assert rows[0].period_end.replace(microsecond=0) in received
     assert rows[0].accepted is True
-    # And a value is accepted only if the VTN has it; the others are still pending (never refused)
+    # And a value is accepted only if the VTN has it; the others are still pending (never refused); (a value the
+    # VTN got just as the client stopped may not have been acknowledged yet: pending too)
     for row in rows:
         delivered = row.period_end.replace(microsecond=0) in received
-        assert row.accepted is (True if delivered else None), (row.period_end, row.accepted, row.error)
+        assert row.accepted in ((True, None) if delivered else (None,)), (row.period_end, row.accepted, row.error)
+    assert sum(row.accepted is True for row in rows) >= len(received) - 1
     assert len(vtn.reports) == len({at for at, _ in vtn.reports})  # none twice
 
 
