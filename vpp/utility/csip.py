@@ -40,7 +40,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 from channels.db import database_sync_to_async
@@ -88,6 +88,16 @@ def lfdi(cert_pem: bytes) -> str:
     """2030.5 §6.3.4: the Long-form Device Identifier, the SHA-256 of the certificate's DER cut to 160 bits."""
     der = x509.load_pem_x509_certificate(cert_pem).public_bytes(Encoding.DER)
     return hashlib.sha256(der).hexdigest()[:40].upper()
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port of ``url`` (the scheme's default port when none is given)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme.lower())
+    except ValueError:  # a port out of range or not a number
+        return ("", "", None)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
 
 
 def why(exc: BaseException) -> str:
@@ -169,9 +179,20 @@ class Csip:
         self._der_sent: tuple[int, ...] | None = None  # the ratings last PUT in DERCapability and DERSettings
         self.reading_mrid = hashlib.sha256(f"{self.lfdi}:{program.pk}:power".encode()).hexdigest()[:32].upper()
         self._tasks: list[asyncio.Task[None]] = []
+        self._refused: set[str] = set()  # hrefs off the configured server, logged once each
 
     def _url(self, href: str) -> str:
-        return urljoin(self.program.endpoint, href)
+        """``href`` resolved against the endpoint; refused (logged, :class:`CsipError`) unless it stays on the
+        configured server (scheme, host and port): the client's certificate and what it reports go nowhere else,
+        whatever a server (or someone able to change its content) lists."""
+        url = urljoin(self.program.endpoint, href)
+        if _origin(url) != _origin(self.program.endpoint):
+            if href not in self._refused:  # once per href: a server listing it at every poll does not flood the log
+                self._refused.add(href)
+                LOG.warning("utility program %s: refused %r: not on the configured server %s", self.program.pk, href,
+                            self.program.endpoint)  # fmt: skip
+            raise CsipError(f"refused a link off the configured server: {href[:200]}")
+        return url
 
     async def _get(self, href: str, root: str) -> Any:
         response = await self.http.get(self._url(href))

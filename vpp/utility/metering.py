@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from markets.regulation.metering import cumulative_energy_wh
 from markets.regulation.selectors import charge_point_power, portfolio_stations
 
 POWER_MAX_AGE_S = 60.0
+ONE_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +79,19 @@ def portfolio_metered(*, portfolio: str, start: datetime, end: datetime) -> Mete
         ids.extend(s.meter_ids)
     digest = hashlib.sha256(",".join(map(str, sorted(ids))).encode()).hexdigest()
     return Metered(start, end, round(imported * 3600), round(exported * 3600), readings, len(series), digest)
+
+
+def portfolio_power_at(*, portfolio: str, at: datetime) -> tuple[int, int]:
+    """The portfolio's metered power (W, + import) in force at ``at``, and the readings it came from: each charge
+    point's newest deduplicated reading at or before ``at``, no older than ``POWER_MAX_AGE_S`` (else it counts 0),
+    over the charge points :func:`portfolio_metered` reads. A report's baseline: what the fleet drew before
+    dispatch moved it (the reserve rule: output at the event start)."""
+    moment = at.timestamp()
+    stations = portfolio_stations(portfolio=portfolio, start=at, end=at + ONE_MICROSECOND)
+    total, readings = 0.0, 0
+    for s in charge_point_power(start=at, end=at + ONE_MICROSECOND, stations=stations):
+        before = np.flatnonzero(s.times_s <= moment)
+        if before.size and moment - s.times_s[before[-1]] <= POWER_MAX_AGE_S:
+            total += float(s.values[before[-1]])
+            readings += 1
+    return round(total), readings

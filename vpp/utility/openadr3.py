@@ -12,11 +12,13 @@ CRUD wrapper returning raw responses and brings pendulum and openapi-core for no
 * **Events**: ``GET /events?programID=`` every ``poll_s`` -> :func:`vpp.utility.signals.openadr3_plan` ->
   :func:`vpp.utility.dispatch.utility_event_accept` (stored with its source and version) ->
   :class:`vpp.utility.dispatch.EventRuns`. An event the VTN no longer lists before its end was withdrawn: cancelled.
-* **Reports** (``POST /reports``, one per event, resource ``AGGREGATED_REPORT``): while an event is dispatched,
-  every ``report_s`` the portfolio's ``DEMAND`` (metered mean, kW) over the last period and its
-  ``UP_REGULATION_AVAILABLE`` / ``DOWN_REGULATION_AVAILABLE`` (kW, from the plugged-in cars' bounds); once it is
-  over (and ``RESPONSE_SETTLE_S`` more, for late meter values), one report with each interval's metered
-  ``DEMAND``. Each is stored (:class:`UtilityReport`) before it is sent and marked accepted on a 2xx.
+* **Reports** (``POST /reports``, resource ``AGGREGATED_REPORT``): while an event is dispatched, every
+  ``report_s`` the portfolio's ``DEMAND`` (metered mean, kW) over the last period, the interval's ``BASELINE``
+  (metered power when its dispatch began, :meth:`Ven3.baseline`) and its ``UP_REGULATION_AVAILABLE`` /
+  ``DOWN_REGULATION_AVAILABLE`` (kW, from the plugged-in cars' bounds); once it is over (and
+  ``RESPONSE_SETTLE_S`` more, for late meter values), one report ``vpp-event-<id>`` with each interval's metered
+  ``DEMAND`` and ``BASELINE``, retried until accepted and looked up on the VTN before a retry (never twice). Each
+  is stored (:class:`UtilityReport`) before it is sent and marked accepted on a 2xx.
 * Every request's outcome is the program's connection status; a failed poll or report is retried at the next tick.
 """
 
@@ -37,11 +39,12 @@ from django.utils import timezone
 
 from chargers.models import Station
 from fleet.numerics.arrays import power_bounds
+from markets.regulation.models import ReserveDeployment
 from markets.regulation.selectors import portfolio_stations
 from vpp.dispatch.selectors import dispatch_state_load, fleet_power_at
-from vpp.utility.dispatch import EventRuns, utility_event_accept
-from vpp.utility.metering import portfolio_metered
-from vpp.utility.models import EventStatus, ReportKind, UtilityEvent, UtilityProgram
+from vpp.utility.dispatch import EventRuns, reserve_ref, utility_event_accept
+from vpp.utility.metering import portfolio_metered, portfolio_power_at
+from vpp.utility.models import EventStatus, ReportKind, UtilityEvent, UtilityProgram, UtilityReport
 from vpp.utility.selectors import Credentials
 from vpp.utility.services import (
     connection_contact,
@@ -53,6 +56,7 @@ from vpp.utility.services import (
 from vpp.utility.signals import (
     MALFORMED,
     EventPlan,
+    Interval,
     finite,
     iso_duration_text,
     malformed_plan,
@@ -63,6 +67,9 @@ from vpp.utility.tls import tls_context
 
 LOG = logging.getLogger(__name__)
 PAGE = 50  # the document's maximum ``limit``
+#: At most this many pages of one search (1,000 objects): a VTN that answers full pages forever, or the same page
+#: again (its ``skip`` ignored), must not keep the client looping and growing its list.
+MAX_PAGES = 20
 TIMEOUT_S = 10.0
 AGGREGATED = "AGGREGATED_REPORT"
 #: The after-the-event report waits this long after the end: meter values arrive late (an agent's outbox catching
@@ -138,7 +145,6 @@ class Ven3:
         self.program_object: dict[str, Any] = {}
         self.ven_id = ""
         self._listed: dict[str, datetime] = {}  # event id -> its end, as last listed by the VTN
-        self._reported: set[int] = set()  # events whose after-the-fact report was accepted
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- HTTP ---------------------------------------------------------------------------------------------------
@@ -178,14 +184,36 @@ class Ven3:
         raise AssertionError("unreachable")
 
     async def _search(self, path: str, **params: Any) -> list[dict[str, Any]]:
+        return (await self._pages(path, **params))[0]
+
+    async def _pages(self, path: str, **params: Any) -> tuple[list[dict[str, Any]], bool]:
+        """Every object of a search, page by page, and whether the listing is complete: at most ``MAX_PAGES``
+        pages, and it stops at a page with nothing new (a VTN ignoring ``skip``); either is logged. An object seen
+        again (same ``id``) is kept once."""
         found: list[dict[str, Any]] = []
-        while True:
-            page = await self.request("GET", path, params={**params, "skip": len(found), "limit": PAGE})
+        seen: set[str] = set()
+        for number in range(MAX_PAGES):
+            page = await self.request("GET", path, params={**params, "skip": number * PAGE, "limit": PAGE})
             if not isinstance(page, list):
                 raise Oadr3Error(f"GET {path}: not a list")
-            found.extend(page)
+            new = 0
+            for item in page:
+                ref = str(item.get("id")) if isinstance(item, dict) and item.get("id") is not None else None
+                if ref is not None and ref in seen:
+                    continue
+                if ref is not None:
+                    seen.add(ref)
+                found.append(item)
+                new += 1
             if len(page) < PAGE:
-                return found
+                return found, True
+            if new == 0:
+                LOG.warning("utility program %s: GET %s: page %s repeats what was listed; %s object(s) kept",
+                            self.program.pk, path, number + 1, len(found))  # fmt: skip
+                return found, False
+        LOG.warning("utility program %s: GET %s: still full pages after %s; the first %s object(s) kept",
+                    self.program.pk, path, MAX_PAGES, len(found))  # fmt: skip
+        return found, False
 
     # --- life cycle -----------------------------------------------------------------------------------------------
 
@@ -255,7 +283,7 @@ class Ven3:
     # --- events ---------------------------------------------------------------------------------------------------
 
     async def poll(self) -> None:
-        events = await self._search("/events", programID=self.program_id)
+        events, complete = await self._pages("/events", programID=self.program_id)
         await database_sync_to_async(connection_contact)(program_id=self.program.pk)
         listed: dict[str, datetime] = {}
         for event in events:  # each on its own: one malformed event must not keep the others (or withdrawals) out
@@ -281,6 +309,9 @@ class Ven3:
                 )
             self.runs.take(program=self.program, accepted=accepted, plan=plan)
         now = timezone.now()
+        if not complete:  # a listing cut short says nothing about what it left out: nothing withdrawn for it
+            self._listed = {**self._listed, **listed}
+            return
         for ref, end in self._listed.items():
             if ref not in listed and end > now:  # deleted by the VTN before its end: withdrawn
                 self.runs.cancel(program_id=self.program.pk, event_ref=ref)
@@ -295,16 +326,34 @@ class Ven3:
         for event in await database_sync_to_async(self._events_to_report)():
             if event.status == EventStatus.ACTIVE:
                 await self._telemetry(event)
-            elif event.pk not in self._reported and event.end <= timezone.now() - timedelta(seconds=RESPONSE_SETTLE_S):
+            elif event.end <= timezone.now() - timedelta(seconds=RESPONSE_SETTLE_S):
                 await self._response(event)
 
     def _events_to_report(self) -> list[UtilityEvent]:
         """Events being dispatched, and completed ones whose response report is not yet accepted (last day)."""
         since = timezone.now() - timedelta(days=1)
+        # One subquery: ``exclude(reports__kind=..., reports__accepted=...)`` across the relation would drop an
+        # event with any accepted report (a telemetry one) next to a failed response: never retried.
+        answered = UtilityReport.objects.filter(
+            program=self.program, kind=ReportKind.EVENT, accepted=True, event__isnull=False
+        )
         events = UtilityEvent.objects.filter(
             program=self.program, status__in=[EventStatus.ACTIVE, EventStatus.COMPLETED], end__gte=since
-        ).exclude(reports__kind=ReportKind.EVENT, reports__accepted=True)
+        ).exclude(pk__in=answered.values("event_id"))
         return list(events.order_by("start"))
+
+    def _plan(self, event: UtilityEvent) -> EventPlan:
+        return openadr3_plan(event.payload, program=self.program_object, level_step_w=self.program.level_step_w)
+
+    def baseline(self, plan: EventPlan, index: int, interval: Interval) -> tuple[int, datetime]:
+        """The interval's baseline (W, + import) and its instant: the portfolio's metered power in force when its
+        dispatch began -- its reserve deployment's start, else ``lead_s`` before the interval (when setpoints would
+        have gone out) -- read from the same charge points as the report's ``DEMAND``."""
+        ref = reserve_ref(self.program, plan.event_ref, plan.modification, index)
+        deployed = ReserveDeployment.objects.filter(portfolio=self.program.portfolio, event_id=ref)
+        at = deployed.values_list("start", flat=True).first() or interval.start - timedelta(seconds=self.runs.lead_s)
+        power_w, _ = portfolio_power_at(portfolio=self.program.portfolio, at=at)
+        return power_w, at
 
     async def _telemetry(self, event: UtilityEvent) -> None:
         end = timezone.now().replace(microsecond=0)
@@ -315,13 +364,19 @@ class Ven3:
     def _telemetry_record(self, event: UtilityEvent, start: datetime, end: datetime) -> tuple[int, dict[str, Any]]:
         metered = portfolio_metered(portfolio=self.program.portfolio, start=start, end=end)
         capacity = self.capacity(end)
-        values = {"demand_w": metered.mean_power_w, "up_w": capacity.up_w, "down_w": capacity.down_w}
+        plan = self._plan(event)
+        index = max([i for i, interval in enumerate(plan.intervals) if interval.start <= end] or [0])
+        baseline_w, baseline_at = self.baseline(plan, index, plan.intervals[index])
+        values = {"demand_w": metered.mean_power_w, "baseline_w": baseline_w, "up_w": capacity.up_w,
+                  "down_w": capacity.down_w}  # fmt: skip
+        basis = {**metered.basis(), "baseline_at": baseline_at.isoformat(), "interval": index}
         row = utility_report_record(
             program=self.program, kind=ReportKind.CAPACITY, period_start=start, period_end=end, values=values,
-            basis=metered.basis(), event=event,
+            basis=basis, event=event,
         )  # fmt: skip
         payloads = [
             {"type": "DEMAND", "values": [kw(metered.mean_power_w)]},
+            {"type": "BASELINE", "values": [kw(baseline_w)]},
             {"type": "UP_REGULATION_AVAILABLE", "values": [kw(capacity.up_w)]},
             {"type": "DOWN_REGULATION_AVAILABLE", "values": [kw(capacity.down_w)]},
         ]
@@ -334,22 +389,41 @@ class Ven3:
             event,
             f"vpp-{row.pk}-telemetry",
             [resource],
-            ("DEMAND", "UP_REGULATION_AVAILABLE", "DOWN_REGULATION_AVAILABLE"),
+            ("DEMAND", "BASELINE", "UP_REGULATION_AVAILABLE", "DOWN_REGULATION_AVAILABLE"),
         )
 
     async def _response(self, event: UtilityEvent) -> None:
-        row_id, body = await database_sync_to_async(self._response_record)(event)
-        if await self._send(row_id, body):
-            self._reported.add(event.pk)
+        """The after-the-event report: once per event under one name. Retried at each tick until the VTN accepts
+        it; an earlier attempt whose answer was lost (the VTN may have stored it) is looked up first, so the VTN
+        never gets it twice."""
+        name = f"vpp-event-{event.pk}"
+        tried = await database_sync_to_async(self._response_tried)(event)
+        if tried is not None:
+            stored = await self._search("/reports", programID=self.program_id, eventID=event.event_ref,
+                                        clientName=self.program.client_name)  # fmt: skip
+            if any(r.get("reportName") == name for r in stored if isinstance(r, dict)):
+                LOG.info("utility program %s: the VTN has report %s already", self.program.pk, name)
+                await database_sync_to_async(utility_report_answered)(report_id=tried, accepted=True)
+                return
+        row_id, body = await database_sync_to_async(self._response_record)(event, name)
+        await self._send(row_id, body)
 
-    def _response_record(self, event: UtilityEvent) -> tuple[int, dict[str, Any]]:
-        """Each interval's metered mean demand (what the fleet did), from the event's intervals as the VTN sent."""
-        plan = openadr3_plan(event.payload, program=self.program_object, level_step_w=self.program.level_step_w)
-        intervals, values, readings = [], [], 0
+    def _response_tried(self, event: UtilityEvent) -> int | None:
+        """The latest attempt at the event's response report, if one was made."""
+        rows = UtilityReport.objects.filter(program=self.program, event=event, kind=ReportKind.EVENT)
+        return rows.order_by("-id").values_list("pk", flat=True).first()
+
+    def _response_record(self, event: UtilityEvent, name: str) -> tuple[int, dict[str, Any]]:
+        """Each interval's metered mean demand (what the fleet did) and its baseline, from the event's intervals as
+        the VTN sent them: one report covering the whole event."""
+        plan = self._plan(event)
+        intervals, values, baselines, readings = [], [], [], 0
         for index, interval in enumerate(plan.intervals):
             metered = portfolio_metered(portfolio=self.program.portfolio, start=interval.start, end=interval.end)
+            baseline_w, _ = self.baseline(plan, index, interval)
             readings += metered.readings
             values.append(metered.mean_power_w)
+            baselines.append(baseline_w)
             intervals.append(
                 {
                     "id": index,
@@ -357,15 +431,19 @@ class Ven3:
                         "start": interval.start.isoformat(),
                         "duration": iso_duration_text(interval.end - interval.start),
                     },
-                    "payloads": [{"type": "DEMAND", "values": [kw(metered.mean_power_w)]}],
+                    "payloads": [
+                        {"type": "DEMAND", "values": [kw(metered.mean_power_w)]},
+                        {"type": "BASELINE", "values": [kw(baseline_w)]},
+                    ],
                 }
             )
         row = utility_report_record(
             program=self.program, kind=ReportKind.EVENT, period_start=event.start, period_end=event.end,
-            values={"demand_w": values}, basis={"readings": readings}, event=event,
+            values={"demand_w": values, "baseline_w": baselines}, basis={"readings": readings, "report_name": name},
+            event=event,
         )  # fmt: skip
         resource = {"resourceName": AGGREGATED, "intervals": intervals}
-        return row.pk, self._report_body(event, f"vpp-{row.pk}-event", [resource], ("DEMAND",))
+        return row.pk, self._report_body(event, name, [resource], ("DEMAND", "BASELINE"))
 
     def _report_body(
         self, event: UtilityEvent, name: str, resources: list[dict[str, Any]], types: tuple[str, ...]

@@ -346,3 +346,9 @@ def utility_report_answered(*, report_id: int, accepted: bool, error: str = "") 
     report = UtilityReport.objects.filter(pk=report_id).values_list("program_id", flat=True).first()
     if accepted and report is not None:
         UtilityProgram.objects.filter(pk=report).update(last_report_at=now)
+
+
+def utility_report_pending(*, report_ids: list[int], error: str) -> None:
+    """A send not acknowledged: the reports stay pending (neither sent nor answered) for the next try, the error
+    kept."""
+    UtilityReport.objects.filter(pk__in=report_ids, accepted__isnull=True).update(error=error[:2000])

@@ -1,7 +1,7 @@
 """A small OpenADR 3 VTN for the tests, written from the OpenADR 3.0.1 OpenAPI document (no reference VTN is
 published on PyPI or npm): the operations a VEN uses -- ``POST /auth/token`` (form-encoded client credentials,
 ``clientCredentialResponse``), ``GET /programs``, ``GET /events?programID=``, ``GET|POST /vens`` (``venName``
-filter, 409 on a duplicate), ``GET|POST /vens/{venID}/resources``, ``POST /reports`` -- with the document's
+filter, 409 on a duplicate), ``GET|POST /vens/{venID}/resources``, ``GET|POST /reports`` -- with the document's
 required fields checked (400 ``problem`` otherwise), ``skip``/``limit`` paging (limit <= 50), bearer tokens (403
 ``problem`` without a valid one, as the document lists no 401) and VTN-provisioned ``id`` / ``createdDateTime`` /
 ``modificationDateTime`` / ``objectType``. A real aiohttp server on a real socket.
@@ -43,6 +43,10 @@ class Vtn3:
     tokens: dict[str, str] = field(default_factory=dict)  # token -> client_id
     events_failing: int = 0  # the status GET /events answers with while set (a VTN in trouble), 0: normal
     polls: list[str] = field(default_factory=list)  # the client id of each GET /events, in order
+    #: What the next POSTs of a report named ``vpp-event-*`` meet, in order: "refuse" (500, nothing stored) or
+    #: "lose" (stored, but answered 500: the VEN cannot tell it arrived)
+    event_report_faults: list[str] = field(default_factory=list)
+    report_posts: list[str] = field(default_factory=list)  # the reportName of each POST /reports, in order
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def stamp(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
@@ -79,6 +83,7 @@ class Vtn3:
         app.router.add_post("/vens", self.ven_create)
         app.router.add_get("/vens/{venID}/resources", self._lister(self._resources_of))
         app.router.add_post("/vens/{venID}/resources", self.resource_create)
+        app.router.add_get("/reports", self._lister(self._reports_of))
         app.router.add_post("/reports", self.report_create)
         return app
 
@@ -135,6 +140,14 @@ class Vtn3:
     def _resources_of(self, request: web.Request) -> list[dict[str, Any]]:
         return [r for r in self.resources if r["venID"] == request.match_info["venID"]]
 
+    def _reports_of(self, request: web.Request) -> list[dict[str, Any]]:
+        """``programID``, ``eventID`` and ``clientName`` filters, as the document's ``searchAllReports``."""
+        query = request.query
+        return [
+            r for r in self.reports
+            if all(name not in query or r.get(name) == query[name] for name in ("programID", "eventID", "clientName"))
+        ]  # fmt: skip
+
     async def _body(self, request: web.Request, kind: str) -> dict[str, Any] | web.Response:
         try:
             body = await request.json()
@@ -184,6 +197,13 @@ class Vtn3:
                     return _problem(400, "valuesMap: type and values are required")
         if not OBJECT_ID.match(str(body["eventID"])) or not OBJECT_ID.match(str(body["programID"])):
             return _problem(400, "programID and eventID are objectIDs")
+        self.report_posts.append(str(body.get("reportName")))
+        fault = self.event_report_faults.pop(0) if str(body.get("reportName")).startswith("vpp-event-") and \
+            self.event_report_faults else ""  # fmt: skip
+        if fault == "refuse":
+            return _problem(500, "the VTN is in trouble")
         report = self.stamp("REPORT", {k: v for k, v in body.items() if k != "id"})
         self.reports.append(report)
+        if fault == "lose":
+            return _problem(500, "stored, but the answer is lost")
         return web.json_response(report, status=201)

@@ -116,6 +116,12 @@ class SepServer:
     clients: list[str] = field(default_factory=list)  # LFDIs that connected
     invalid: list[str] = field(default_factory=list)  # bodies the schema refused
     gets: list[str] = field(default_factory=list)  # paths read
+    #: A link (element name, ``replyTo`` or ``Location``) served as this URL instead of the stub's own path: a
+    #: server (or a man in the middle of its content) pointing the client at another host.
+    foreign: dict[str, str] = field(default_factory=dict)
+
+    def link(self, name: str, path: str) -> str:
+        return self.foreign.get(name, path)
 
     def seed_device(self, lfdi: str, programs: list[int]) -> Device:
         """An EndDevice the utility registered itself (the aggregator's own, from its certificate)."""
@@ -202,7 +208,7 @@ class SepServer:
             _sub(dcap, "DERProgramListLink", href="/derp", all=str(len(self.programs)))
         _sub(dcap, "ResponseSetListLink", href="/rsps", all=str(len(self.programs)))
         if self.csip:
-            _sub(dcap, "EndDeviceListLink", href="/edev", all=str(len(self.devices)))
+            _sub(dcap, "EndDeviceListLink", href=self.link("EndDeviceListLink", "/edev"), all=str(len(self.devices)))
         _sub(dcap, "MirrorUsagePointListLink", href="/mup", all=str(len(self.mirrors)))
         return self._xml(dcap)
 
@@ -215,7 +221,8 @@ class SepServer:
         _sub(element, "sFDI", device.sfdi)
         _sub(element, "changedTime", device.changed)
         _sub(element, "enabled", "true")
-        _sub(element, "FunctionSetAssignmentsListLink", href=f"/edev/{device.n}/fsa", all="1")
+        fsa = self.link("FunctionSetAssignmentsListLink", f"/edev/{device.n}/fsa")
+        _sub(element, "FunctionSetAssignmentsListLink", href=fsa, all="1")
         return element
 
     async def end_devices(self, request: web.Request) -> web.Response:
@@ -247,7 +254,8 @@ class SepServer:
         listed = etree.Element(_q("FunctionSetAssignmentsList"), nsmap={None: NS}, href=f"/edev/{device.n}/fsa",
                                subscribable="0", all="1", results="1")  # fmt: skip
         fsa = _sub(listed, "FunctionSetAssignments", href=f"/edev/{device.n}/fsa/1")
-        _sub(fsa, "DERProgramListLink", href=f"/edev/{device.n}/fsa/1/derp", all=str(len(device.programs)))
+        derp = self.link("DERProgramListLink", f"/edev/{device.n}/fsa/1/derp")
+        _sub(fsa, "DERProgramListLink", href=derp, all=str(len(device.programs)))
         _sub(fsa, "mRID", f"{device.n:032X}")
         _sub(fsa, "description", "DER programs of the site")
         return self._xml(listed)
@@ -259,7 +267,8 @@ class SepServer:
             program = _sub(listed, "DERProgram", href=f"/derp/{p}")
             _sub(program, "mRID", f"{p:02X}" * 16)
             _sub(program, "description", f"DER program {p}")
-            _sub(program, "DERControlListLink", href=f"/derp/{p}/derc", all=str(len(self.programs.get(p, []))))
+            derc = self.link("DERControlListLink", f"/derp/{p}/derc")
+            _sub(program, "DERControlListLink", href=derc, all=str(len(self.programs.get(p, []))))
             _sub(program, "primacy", p)
         return listed
 
@@ -279,7 +288,7 @@ class SepServer:
         base = f"/edev/{device.n}/der/1"
         _sub(der, "DERCapabilityLink", href=f"{base}/dercap")
         _sub(der, "DERSettingsLink", href=f"{base}/derg")
-        _sub(der, "DERStatusLink", href=f"{base}/ders")
+        _sub(der, "DERStatusLink", href=self.link("DERStatusLink", f"{base}/ders"))
         return self._xml(listed)
 
     async def der_put(self, request: web.Request) -> web.Response:
@@ -304,7 +313,8 @@ class SepServer:
 
     def _control(self, p: int, control: dict[str, Any]) -> Any:
         element = etree.Element(_q("DERControl"), href=f"/derp/{p}/derc/{control['mRID']}",
-                                replyTo=f"/rsps/{p}/rsp", responseRequired=control["responseRequired"])  # fmt: skip
+                                replyTo=self.link("replyTo", f"/rsps/{p}/rsp"),
+                                responseRequired=control["responseRequired"])  # fmt: skip
         _sub(element, "mRID", control["mRID"])
         _sub(element, "description", "test control")
         _sub(element, "creationTime", control["created"])
@@ -355,7 +365,7 @@ class SepServer:
         kind = reading.find(_q("ReadingType")) if reading is not None else None
         fields["uom"] = kind.findtext(_q("uom")) if kind is not None else ""
         self.mirrors.append(fields)
-        return web.Response(status=201, headers={"Location": f"/mup/{len(self.mirrors)}"})
+        return web.Response(status=201, headers={"Location": self.link("Location", f"/mup/{len(self.mirrors)}")})
 
     async def mup_reading(self, request: web.Request) -> web.Response:
         if not 1 <= int(request.match_info["n"]) <= len(self.mirrors):

@@ -153,7 +153,7 @@ def test_an_openadr3_event_reaches_the_cars_before_its_start_and_the_report_is_t
                 assert accepted == set(ids)
                 # And once the event is over the VTN receives its report: the metered mean demand of the interval
                 report = _wait(
-                    lambda: next((r for r in vtn.reports if r["reportName"].endswith("-event")), None),
+                    lambda: next((r for r in vtn.reports if r["reportName"].startswith("vpp-event-")), None),
                     60, "the after-event report",
                 )  # fmt: skip
         finally:
@@ -164,6 +164,10 @@ def test_an_openadr3_event_reaches_the_cars_before_its_start_and_the_report_is_t
     (demand_kw,) = interval["payloads"][0]["values"]
     assert interval["payloads"][0]["type"] == "DEMAND"
     assert abs(demand_kw * 1000 - metered_w) <= 1.0  # reported in kW to the watt
+    # (next to it the baseline: the metered power when the deployment began, before the fleet moved)
+    assert interval["payloads"][1]["type"] == "BASELINE"
+    (baseline_kw,) = interval["payloads"][1]["values"]
+    assert baseline_kw * 1000 > metered_w + 1000, (baseline_kw, metered_w)
     assert report["eventID"] == event["id"]
     # And the fleet responded: it drew less during the event than before it, and held the limit (within 1 kW over
     # the interval: the profiles were in place before the start)

@@ -14,8 +14,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from aiohttp import web
 from asgiref.sync import sync_to_async
 from openleadr import OpenADRServer
+from openleadr.service import VTNService, handler
 
 from chargers.models import MeterValue
 from fleet.models import PlugSession
@@ -28,10 +30,12 @@ from vpp.dispatch import dispatcher as dispatcher_module
 from vpp.dispatch import services as dispatch_services
 from vpp.dispatch.dispatcher import dispatchers_running
 from vpp.dispatch.reserve import reserve_runs, reserve_runs_stop
+from vpp.utility import openadr2
 from vpp.utility.dispatch import EventRuns
 from vpp.utility.models import EventStatus, ReportKind, UtilityEvent, UtilityProgram, UtilityReport
 from vpp.utility.openadr2 import Ven2b
 from vpp.utility.selectors import Credentials
+from vpp.utility.services import utility_program_update
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 NO_CREDENTIALS = Credentials(None, None, None, None)
@@ -44,6 +48,10 @@ class Vtn:
     url: str
     opts: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
     reports: list[tuple[datetime, float]] = field(default_factory=list)
+    refusing: int = 0  # the next oadrUpdateReports the VTN fails (HTTP 500, nothing kept)
+    opts_created: list[dict[str, Any]] = field(default_factory=list)  # oadrCreateOpt messages received
+    responses: list[tuple[datetime, float]] = field(default_factory=list)  # the after-the-event report's values
+    refusing_responses: int = 0  # the next after-the-event reports the VTN fails (HTTP 500, nothing kept)
 
     def event(self, signal_name: str, signal_type: str, start: datetime, seconds: int, payload: float) -> str:
         async def answered(ven_id: str, event_id: str, opt_type: str) -> None:
@@ -58,6 +66,22 @@ class Vtn:
                 callback=answered,
             )
         )
+
+
+class _OptService(VTNService):
+    """EiOpt, which openleadr's VTN does not serve (its OptService is a stub, not routed): records each
+    oadrCreateOpt and answers oadrResponse 200 (openleadr has no oadrCreatedOpt template)."""
+
+    __service_name__ = "EiOpt"
+
+    def __init__(self, vtn_id: str, received: list[dict[str, Any]]) -> None:
+        super().__init__(vtn_id)
+        self.received = received
+
+    @handler("oadrCreateOpt")
+    async def create_opt(self, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        self.received.append(payload)
+        return "oadrResponse", {}
 
 
 @pytest.fixture
@@ -76,16 +100,29 @@ async def vtn() -> AsyncIterator[Vtn]:
         return VEN_ID, REGISTRATION_ID
 
     async def on_update_report(data: list[tuple[datetime, float]]) -> None:
+        if found.refusing > 0:
+            found.refusing -= 1
+            raise RuntimeError("the VTN is in trouble")
         found.reports.extend(data)
 
     def on_register_report(
         ven_id: str, resource_id: str, measurement: str, unit: str, scale: str, min_sampling_interval: Any,
         max_sampling_interval: Any,
     ) -> tuple[Any, timedelta]:  # fmt: skip
+        if resource_id.endswith("/event-response"):
+            return on_response, timedelta(seconds=1)
         return on_update_report, timedelta(seconds=1)
+
+    async def on_response(data: list[tuple[datetime, float]]) -> None:
+        if found.refusing_responses > 0:
+            found.refusing_responses -= 1
+            raise RuntimeError("the VTN is in trouble")
+        found.responses.extend(data)
 
     server.add_handler("on_create_party_registration", register)
     server.add_handler("on_register_report", on_register_report)
+    opts = _OptService("TEST_VTN", found.opts_created)
+    server.app.add_routes([web.post("/OpenADR2/Simple/2.0b/EiOpt", opts.handler)])
     await server.run_async()
     yield found
     await server.stop()
@@ -214,6 +251,37 @@ async def test_a_cancelled_event_under_way_withdraws_its_deployment(vtn: Vtn, no
         assert statuses == {0: EventStatus.CANCELLED, 1: EventStatus.CANCELLED}  # the cancellation is version 1
 
 
+async def test_disabling_the_program_opts_out_at_the_vtn_of_the_events_it_had_opted_in_to(
+    vtn: Vtn, no_dispatchers: None, settings: Any
+) -> None:
+    settings.UTILITY_ALLOW_HTTP = True  # openleadr's VTN serves plain HTTP on 127.0.0.1
+    # Given a VEN that opted in to a 20 kW event starting in a minute
+    program = await sync_to_async(_program)(vtn.url)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
+    ven = Ven2b(program, runs=(runs := EventRuns(lead_s=2.0)), credentials=NO_CREDENTIALS)
+    assert await ven.start()
+    event_id = vtn.event("LOAD_DISPATCH", "delta", start, 60, -20.0)
+    assert await asyncio.wait_for(vtn.opts.get(), 20) == (event_id, "optIn")
+    # When the client is stopped while the program is still enabled (a restart): nothing is opted out
+    await runs.stop()
+    await ven.stop()
+    assert vtn.opts_created == []
+    # When it runs again and an operator disables the program (the service the API and admin write through),
+    # then the runner stops its client
+    ven = Ven2b(program, runs=(runs := EventRuns(lead_s=2.0)), credentials=NO_CREDENTIALS)
+    assert await ven.start()
+    await sync_to_async(utility_program_update)(program=program, user=None, enabled=False)
+    await runs.stop()
+    await ven.stop()
+    # Then the VTN got one oadrCreateOpt: optOut of that event, not participating, for this VEN
+    assert [(o["opt_type"], o["opt_reason"], o["event_id"], o["ven_id"]) for o in vtn.opts_created] == [
+        ("optOut", "notParticipating", event_id, VEN_ID)
+    ]
+    # And it is stored, answered
+    told = await UtilityReport.objects.aget(program=program, kind=ReportKind.EVENT)
+    assert (told.values["opt"], told.values["event_ref"], told.accepted) == ("optOut", event_id, True)
+
+
 async def test_it_opts_out_of_a_price_event_and_keeps_it_with_the_reason(vtn: Vtn) -> None:
     program = await sync_to_async(_program)(vtn.url)
     async with _ven(program, EventRuns()):
@@ -261,6 +329,57 @@ async def test_the_vtn_receives_telemetry_that_matches_the_meters(vtn: Vtn) -> N
     assert stored
     assert all(r.values == {"power_w": 5_400} and r.basis["readings"] == 2 for r in stored)
     assert any(r.accepted for r in stored)
+
+
+async def test_a_report_the_vtn_did_not_acknowledge_stays_pending_and_is_sent_again(vtn: Vtn) -> None:
+    # Given a VTN that fails the first two oadrUpdateReports (HTTP 500: nothing kept)
+    vtn.refusing = 2
+    program = await sync_to_async(_program)(vtn.url)
+    await sync_to_async(_metered_fleet)(program)
+    async with _ven(program, EventRuns()):
+        # When the VEN reports every second for a while
+        for _ in range(200):
+            if len(vtn.reports) >= 5:
+                break
+            await asyncio.sleep(0.1)
+    rows = [r async for r in UtilityReport.objects.filter(program=program, kind=ReportKind.TELEMETRY).order_by("id")]
+    received = {at.replace(microsecond=0) for at, _ in vtn.reports}
+    # Then the values of the failed sends were sent again: the first ones reached the VTN, and are accepted
+    assert rows[0].period_end.replace(microsecond=0) in received
+    assert rows[0].accepted is True
+    # And a value is accepted only if the VTN has it; the others are still pending (never refused); (a value the
+    # VTN got just as the client stopped may not have been acknowledged yet: pending too)
+    for row in rows:
+        delivered = row.period_end.replace(microsecond=0) in received
+        assert row.accepted in ((True, None) if delivered else (None,)), (row.period_end, row.accepted, row.error)
+    assert sum(row.accepted is True for row in rows) >= len(received) - 1
+    assert len(vtn.reports) == len({at for at, _ in vtn.reports})  # none twice
+
+
+async def test_after_an_event_one_report_gives_each_intervals_metered_power_once(
+    vtn: Vtn, no_dispatchers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(openadr2, "RESPONSE_SETTLE_S", 1.0)
+    # Given the fleet's meters at 5,400 W net, and a VTN that fails the first after-the-event report it gets
+    vtn.refusing_responses = 1
+    program = await sync_to_async(_program)(vtn.url)
+    await sync_to_async(_metered_fleet)(program)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    async with _ven(program, EventRuns(lead_s=1.0)):
+        # When a 3 s event is opted in to, runs and ends
+        event_id = vtn.event("LOAD_DISPATCH", "delta", start, 3, -20.0)
+        assert await asyncio.wait_for(vtn.opts.get(), 20) == (event_id, "optIn")
+        for _ in range(300):
+            if vtn.responses:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(3)  # a few more report periods
+    # Then the VTN has one report of the event: its interval's start and metered mean power, once (the failed
+    # send retried, nothing sent twice)
+    assert vtn.refusing_responses == 0
+    assert vtn.responses == [(start, 5_400.0)]
+    stored = await UtilityReport.objects.aget(program=program, kind=ReportKind.EVENT)
+    assert (stored.values["demand_w"], stored.accepted, stored.event_id is not None) == ([5_400], True, True)
 
 
 async def test_a_malformed_event_is_opted_out_with_the_reason_and_the_next_one_of_the_message_is_taken(

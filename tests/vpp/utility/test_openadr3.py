@@ -247,19 +247,21 @@ async def test_reports_carry_the_metered_demand_during_and_after_the_event(vtn: 
         await _wait_for(response_reported, within=30)
     reports = [r for r in vtn.reports if r["eventID"] == event["id"]]
     telemetry = [r for r in reports if r["reportName"].endswith("-telemetry")]
-    response = [r for r in reports if r["reportName"].endswith("-event")]
-    # Then while it ran each telemetry report's DEMAND is the net metered power, 7,400 - 2,000 W = 5.4 kW, with
-    # no capacity available (no plugged-in car on a connected station)
+    response = [r for r in reports if r["reportName"].startswith("vpp-event-")]
+    # Then while it ran each telemetry report's DEMAND (and BASELINE: nothing moved) is the net metered power,
+    # 7,400 - 2,000 W = 5.4 kW, with no capacity available (no plugged-in car on a connected station)
     assert telemetry
     for report in telemetry:
         payloads = {p["type"]: p["values"] for p in report["resources"][0]["intervals"][0]["payloads"]}
-        assert payloads == {"DEMAND": [5.4], "UP_REGULATION_AVAILABLE": [0.0], "DOWN_REGULATION_AVAILABLE": [0.0]}
+        assert payloads == {
+            "DEMAND": [5.4], "BASELINE": [5.4], "UP_REGULATION_AVAILABLE": [0.0], "DOWN_REGULATION_AVAILABLE": [0.0],
+        }  # fmt: skip
         assert report["clientName"] == "acme-ven"
-    # And afterwards one report gives the event's interval with its metered mean demand, 5.4 kW
+    # And afterwards one report gives the event's interval with its metered mean demand and baseline, 5.4 kW
     assert len(response) == 1
     (interval,) = response[0]["resources"][0]["intervals"]
     assert interval["intervalPeriod"] == {"start": start.isoformat(), "duration": "PT4S"}
-    assert interval["payloads"] == [{"type": "DEMAND", "values": [5.4]}]
+    assert interval["payloads"] == [{"type": "DEMAND", "values": [5.4]}, {"type": "BASELINE", "values": [5.4]}]
 
 
 async def test_a_vtn_in_trouble_is_shown_and_the_ven_recovers_without_a_restart(vtn: Vtn3) -> None:
