@@ -23,6 +23,7 @@ from chargers import fanout
 from chargers.consumers import OcppConsumer
 from chargers.models import MeterValue
 from fleet import jobs
+from fleet import telemetry as fleet_telemetry
 from tests.chargers.conftest import station_socket
 from tests.chargers.factories import StationFactory
 from tests.faults import PausableTcpProxy, RedisProcess
@@ -177,6 +178,9 @@ async def test_meter_values_are_stored_and_answered_while_the_broker_answers_not
         publisher = jobs.BackgroundPublisher(app=app)
         monkeypatch.setattr(jobs, "PUBLISHER", publisher)
         monkeypatch.setitem(jobs.current_app.conf, "task_always_eager", False)
+        # The fleet's ingest window hands on to the publisher after 0.1 s here (FLEET_INGEST_WINDOW_S)
+        window = fleet_telemetry.ReadingCoalescer(window_s=0.1, publish=fleet_telemetry._publish_ingest)
+        monkeypatch.setattr(fleet_telemetry, "COALESCER", window)
         proxy.pause()
         station = await sync_to_async(StationFactory.create)()
         socket = station_socket(station.station_id)
