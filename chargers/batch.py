@@ -2,8 +2,9 @@
 
 ``BatchContext`` is what every handler in ``chargers.handlers`` gets: the batch's clock, the hot-path rows it
 queues as plain tuples (message log, meter values, transaction events), the station events, the telemetry to
-release after COMMIT, and the answers and transactions the batch already knows. ``answered_load`` and
-``transactions_load`` fill it with one query each per batch; ``BatchContext.flush`` writes it in bulk.
+release after COMMIT, and the stations, answers and transactions the batch already knows. ``stations_load``,
+``answered_load`` and ``transactions_load`` fill it with one query each per batch; ``BatchContext.flush`` writes it
+in bulk.
 ``chargers.apply.batch_apply`` runs the whole sequence.
 """
 
@@ -13,6 +14,7 @@ import functools
 import json
 import operator
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +27,15 @@ from chargers.bulk import bulk_insert, insert_rows, update_rows
 from chargers.jobs import CallOutcome, IncomingCall, StationRef
 from chargers.models import Direction, MessageLog, MeterValue, Station, StationEvent, Transaction, TransactionEvent
 from chargers.telemetry import TelemetryUpdate
+
+
+@dataclass(slots=True)
+class StationState:
+    """A station row as the batch sees it: loaded under its row lock, changed in memory by the batch's jobs."""
+
+    channel_name: str  # the socket that owns the station ("" if none): connection claims read and move it
+    boot_status: str  # what a BootNotification answers
+    heartbeat_interval: int
 
 
 class BatchContext:
@@ -44,6 +55,10 @@ class BatchContext:
         self.stored_events: set[tuple[int, int]] = set()  # (transaction pk, seqNo) already in the database
         self.tx_events: list[tuple[Any, ...]] = []  # TRANSACTION_EVENT_COLUMNS
         self.tx_changed: dict[int, set[str]] = {}  # transaction pk -> fields to write
+        # The batch's station rows (stations_load), and the fields its jobs set on them, newest value per field:
+        # a reconnect storm's claims and boots, written in flush with one UPDATE per set of fields.
+        self.stations: dict[int, StationState] = {}
+        self.station_changes: dict[int, dict[str, Any]] = {}
         # The network half of the call being applied (IncomingCall.looked_up), for its handler; None for most calls.
         self.looked_up: Any = None
 
@@ -58,6 +73,10 @@ class BatchContext:
                 data=data,
             )
         )
+
+    def station_change(self, pk: int, **values: Any) -> None:
+        """Set fields of a station row at flush: a later job's value for a field replaces an earlier one's."""
+        self.station_changes.setdefault(pk, {}).update(values)
 
     def log(
         self,
@@ -113,6 +132,7 @@ class BatchContext:
         insert_rows(MeterValue, METER_VALUE_COLUMNS, self.meter_values)
         bulk_insert(StationEvent, self.events)
         insert_rows(MessageLog, MESSAGE_LOG_COLUMNS, self.logs)
+        _stations_save(self.station_changes)  # before the touch: it reads the channel the claims leave
         if self.touched:
             _stations_touch(self.touched, self.now)
 
@@ -197,23 +217,48 @@ def call_digest(ctx: BatchContext, call: IncomingCall) -> str:
     return digest
 
 
-def stations_lock(pks: set[int]) -> None:
-    """Lock the batch's stations' rows until COMMIT, in id order, before looking up what is already answered.
+def stations_load(ctx: BatchContext, pks: set[int]) -> None:
+    """Lock the batch's stations' rows until COMMIT, in id order, and read what its jobs need of them: one query.
 
+    The batch's stations are those of its CALLs and of its connection claims (``Connected``/``Disconnected``).
     Batches are sequential within one server process only. A station that reconnects to another process and
     retransmits there while its first copy sits in this process's uncommitted batch would find nothing stored and be
     stored twice; with its station row locked, the other process's batch waits for this COMMIT (up to the lock
-    timeout, then InternalError and a retransmit) and then answers from the log. The batch updates these rows anyway
-    (``_stations_touch``); this only takes the locks first. SQLite has one writer at a time: nothing to do.
+    timeout, then InternalError and a retransmit) and then answers from the log. Likewise a claim: the channel read
+    here is the owner when the batch commits, whichever process claimed the station last, so the claims applied in
+    memory (``chargers.apply.station_connected``) return the socket they really replace, and a release applies only
+    if this process's socket still owns the station. SQLite has one writer at a time: a plain read.
     """
-    if not pks or connection.vendor != "postgresql":
+    if not pks:
         return
-    with connection.cursor() as cursor:
-        cursor.execute(_LOCK_STATIONS_SQL, [sorted(pks)])
+    rows: Iterable[tuple[int, str, str, int]]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_LOAD_STATIONS_SQL, [sorted(pks)])
+            rows = cursor.fetchall()
+    else:
+        rows = Station.objects.filter(pk__in=pks).values_list("pk", "channel_name", "boot_status", "heartbeat_interval")
+    ctx.stations = {pk: StationState(channel, boot, interval) for pk, channel, boot, interval in rows}
 
 
 # Only the model's table name is interpolated (no input): S608 does not apply.
-_LOCK_STATIONS_SQL = f"SELECT id FROM {Station._meta.db_table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE"  # noqa: S608
+_LOAD_STATIONS_SQL = (
+    "SELECT id, channel_name, boot_status, heartbeat_interval"  # noqa: S608
+    f" FROM {Station._meta.db_table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+)
+
+
+def _stations_save(changes: dict[int, dict[str, Any]]) -> None:
+    """Write the batch's station changes: one UPDATE per set of fields (connected, booted, both, released: a few per
+    batch, not two round trips per station as a reconnect storm's claims and boots were)."""
+    groups: dict[tuple[str, ...], list[Station]] = {}
+    for pk, values in changes.items():
+        groups.setdefault(tuple(sorted(values)), []).append(Station(pk=pk, **values))
+    for names, rows in groups.items():
+        if connection.vendor == "postgresql":
+            update_rows(Station, names, rows)
+        else:
+            Station.objects.bulk_update(rows, names)
 
 
 def answered_load(ctx: BatchContext, calls: list[IncomingCall]) -> None:
