@@ -17,7 +17,15 @@ from typing import Any
 from django.db import transaction
 
 from chargers import ocpp_j
-from chargers.batch import ANSWERED_FRESH, BatchContext, answered_load, call_digest, stations_load, transactions_load
+from chargers.batch import (
+    ANSWERED_FRESH,
+    BatchContext,
+    answered_load,
+    call_digest,
+    connectors_load,
+    stations_load,
+    transactions_load,
+)
 from chargers.handlers.registry import HANDLERS, log_only
 from chargers.jobs import CallOutcome, Connected, Disconnected, IncomingCall, IncomingSend, Job, LogEntry
 from chargers.models import Direction, StationEventKind
@@ -35,6 +43,7 @@ def batch_apply(jobs: Sequence[Job]) -> list[Any]:
         stations_load(ctx, {j.station.pk for j in jobs if isinstance(j, IncomingCall | Connected | Disconnected)})
         answered_load(ctx, calls)
         transactions_load(ctx, [c for c in calls if c.action == "TransactionEvent"])
+        connectors_load(ctx, [c for c in calls if c.action == "StatusNotification"])
         outcomes = [_apply_job(ctx, job) for job in jobs]
         ctx.flush()
     if ctx.telemetry:

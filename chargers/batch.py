@@ -2,10 +2,9 @@
 
 ``BatchContext`` is what every handler in ``chargers.handlers`` gets: the batch's clock, the hot-path rows it
 queues as plain tuples (message log, meter values, transaction events), the station events, the telemetry to
-release after COMMIT, and the stations, answers and transactions the batch already knows. ``stations_load``,
-``answered_load`` and ``transactions_load`` fill it with one query each per batch; ``BatchContext.flush`` writes it
-in bulk.
-``chargers.apply.batch_apply`` runs the whole sequence.
+release after COMMIT, and the stations, connectors, answers and transactions the batch already knows.
+``stations_load``, ``connectors_load``, ``answered_load`` and ``transactions_load`` fill it with one query each per
+batch; ``BatchContext.flush`` writes it in bulk. ``chargers.apply.batch_apply`` runs the whole sequence.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import connection
@@ -25,7 +24,17 @@ from django.db.models import Case, Q, Value, When
 from chargers import ocpp_j
 from chargers.bulk import bulk_insert, insert_rows, update_rows
 from chargers.jobs import CallOutcome, IncomingCall, StationRef
-from chargers.models import Direction, MessageLog, MeterValue, Station, StationEvent, Transaction, TransactionEvent
+from chargers.models import (
+    Connector,
+    Direction,
+    Evse,
+    MessageLog,
+    MeterValue,
+    Station,
+    StationEvent,
+    Transaction,
+    TransactionEvent,
+)
 from chargers.telemetry import TelemetryUpdate
 
 
@@ -36,6 +45,16 @@ class StationState:
     channel_name: str  # the socket that owns the station ("" if none): connection claims read and move it
     boot_status: str  # what a BootNotification answers
     heartbeat_interval: int
+
+
+@dataclass(slots=True)
+class ConnectorState:
+    """A connector's status as the batch sees it (StatusNotification); ``pk`` None: created by this batch."""
+
+    pk: int | None
+    status: str
+    status_at: datetime | None
+    changed: bool = False
 
 
 class BatchContext:
@@ -59,6 +78,10 @@ class BatchContext:
         # a reconnect storm's claims and boots, written in flush with one UPDATE per set of fields.
         self.stations: dict[int, StationState] = {}
         self.station_changes: dict[int, dict[str, Any]] = {}
+        # The EVSEs and connectors of the batch's StatusNotifications (connectors_load): (station pk, evse id) -> EVSE
+        # pk, and (station pk, evse id, connector id) -> its status, changed in memory, written in flush.
+        self.evses: dict[tuple[int, int], int] = {}
+        self.connectors: dict[tuple[int, int, int], ConnectorState] = {}
         # The network half of the call being applied (IncomingCall.looked_up), for its handler; None for most calls.
         self.looked_up: Any = None
 
@@ -133,6 +156,7 @@ class BatchContext:
         bulk_insert(StationEvent, self.events)
         insert_rows(MessageLog, MESSAGE_LOG_COLUMNS, self.logs)
         _stations_save(self.station_changes)  # before the touch: it reads the channel the claims leave
+        _connectors_save(self)
         if self.touched:
             _stations_touch(self.touched, self.now)
 
@@ -259,6 +283,50 @@ def _stations_save(changes: dict[int, dict[str, Any]]) -> None:
             update_rows(Station, names, rows)
         else:
             Station.objects.bulk_update(rows, names)
+
+
+def connectors_load(ctx: BatchContext, calls: list[IncomingCall]) -> None:
+    """The EVSEs and connectors of the batch's StatusNotification stations and their statuses: one query.
+
+    A station has a few of them; its row is locked (``stations_load``), so no other batch creates or changes them
+    before COMMIT.
+    """
+    if not calls:
+        return
+    # No ordering: the model's (by station) would join the station table for nothing.
+    rows = Evse.objects.filter(station_id__in={c.station.pk for c in calls}).order_by().values_list(
+        "pk", "station_id", "evse_id", "connectors__pk", "connectors__connector_id", "connectors__status",
+        "connectors__status_at",
+    )  # fmt: skip
+    for evse_pk, station_pk, evse_id, connector_pk, connector_id, status, status_at in rows:
+        ctx.evses[(station_pk, evse_id)] = evse_pk
+        if connector_pk is not None:
+            ctx.connectors[(station_pk, evse_id, connector_id)] = ConnectorState(connector_pk, status, status_at)
+
+
+def _connectors_save(ctx: BatchContext) -> None:
+    """Create the EVSEs and connectors first reported in the batch, update the changed ones: three statements."""
+    created = [(key, c) for key, c in ctx.connectors.items() if c.pk is None]
+    new_evses = {(pk, evse_id) for (pk, evse_id, _), _c in created if (pk, evse_id) not in ctx.evses}
+    if new_evses:  # primary keys read back (RETURNING): the new connectors refer to them
+        rows = Evse.objects.bulk_create([Evse(station_id=pk, evse_id=evse_id) for pk, evse_id in sorted(new_evses)])
+        ctx.evses.update({(row.station_id, row.evse_id): cast(int, row.pk) for row in rows})
+    if created:
+        bulk_insert(
+            Connector,
+            [
+                Connector(evse_id=ctx.evses[(pk, evse_id)], connector_id=connector_id, status=c.status,
+                          status_at=c.status_at)
+                for (pk, evse_id, connector_id), c in created
+            ],
+        )  # fmt: skip
+    changed = [Connector(pk=c.pk, status=c.status, status_at=c.status_at) for c in ctx.connectors.values() if c.changed]
+    if not changed:
+        return
+    if connection.vendor == "postgresql":
+        update_rows(Connector, ("status", "status_at"), changed)
+    else:
+        Connector.objects.bulk_update(changed, ["status", "status_at"])
 
 
 def answered_load(ctx: BatchContext, calls: list[IncomingCall]) -> None:

@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 
 from chargers.apply import batch_apply
 from chargers.jobs import Connected, Disconnected, IncomingCall, Job, StationRef
-from chargers.models import MeterValue, Station, StationEvent, Transaction, TransactionEvent
+from chargers.models import Connector, Evse, MeterValue, Station, StationEvent, Transaction, TransactionEvent
 from chargers.telemetry import TelemetryUpdate
 from tests.chargers.factories import StationFactory
 from tests.chargers.payloads import COMMON
@@ -185,25 +185,35 @@ def test_a_station_released_and_claimed_again_in_one_batch_ends_with_the_last_cl
     assert released[-2:] == [(a.station_id, "offline"), (a.station_id, "online")]
 
 
-def test_a_storm_of_claims_and_boots_reads_and_writes_the_station_table_a_few_times_per_batch():
-    # Given 40 stations, each connecting and booting in the same batch, and some only connecting
+def test_a_storm_of_claims_boots_and_statuses_reads_and_writes_a_few_times_per_batch_not_per_station():
+    # Given 40 stations, half connecting, booting and reporting a connector in the same batch, half only connecting
     stations = refs(40)
     jobs: list[Job] = []
     for n, ref in enumerate(stations):
         jobs.append(connected(ref, f"ch-{n}"))
         if n % 2:
             jobs.append(IncomingCall(ref, f"b{n}", "BootNotification", COMMON["BootNotification"], AT))
+            jobs.append(status(ref, n, 1, "Available"))
     # When the batch is applied
-    table = Station._meta.db_table
     with CaptureQueriesContext(connection) as queries:
         outcomes = batch_apply(jobs)
-    # Then every claim and boot is stored
-    assert all(o == "" or o.payload["status"] == "Accepted" for o in outcomes)
+    # Then every claim, boot and status is stored
+    assert all(o == "" or o.error_code == "" for o in outcomes)
     assert Station.objects.filter(online=True).count() == 40
     assert Station.objects.filter(vendor="Acme").count() == 20
-    # And the station table was read once and updated once per set of fields, not per station
-    statements = [q["sql"] for q in queries.captured_queries if re.search(rf"\b{table}\b", q["sql"])]
-    assert len(statements) <= 4, statements  # load + connected+booted + connected only + the touch
+    assert Connector.objects.filter(status="Available").count() == 20
+
+    def statements(*tables: str) -> list[str]:
+        pattern = "|".join(rf"\b{table}\b" for table in tables)
+        return [q["sql"] for q in queries.captured_queries if re.search(pattern, q["sql"])]
+
+    # And the station table was read once and updated once per set of fields (connected and booted, connected only)
+    # and by the touch, not per station
+    station = statements(Station._meta.db_table)
+    assert len(station) <= 4, "\n".join(s[:150] for s in station)
+    # And the EVSEs and connectors were read once and inserted once each
+    connector = statements(Evse._meta.db_table, Connector._meta.db_table)
+    assert len(connector) <= 3, connector
 
 
 def test_two_processes_claiming_one_station_leave_the_last_one_owner_told_of_the_first():
@@ -240,3 +250,75 @@ def test_two_processes_claiming_one_station_leave_the_last_one_owner_told_of_the
     assert outcomes["late close"] == [False]
     assert owner(a) == ("node2.ch", True)
     assert kinds(a) == ["Connected", "Replaced", "Connected"]
+
+
+# StatusNotification and BootNotification: against the batch's rows in memory, the same answers and rows as one
+# message at a time.
+
+
+def status(ref: StationRef, n: int, minute: int, value: str, evse: int = 1, connector: int = 1) -> IncomingCall:
+    payload = {
+        "timestamp": f"2026-01-15T10:{minute:02d}:00Z",
+        "connectorStatus": value,
+        "evseId": evse,
+        "connectorId": connector,
+    }
+    return IncomingCall(ref, f"s{n}", "StatusNotification", payload, AT)
+
+
+def connectors(ref: StationRef) -> dict[tuple[int, int], tuple[str, int | None]]:
+    rows = Connector.objects.filter(evse__station_id=ref.pk).values_list(
+        "evse__evse_id", "connector_id", "status", "status_at"
+    )
+    return {(evse, connector): (value, at.minute if at else None) for evse, connector, value, at in rows}
+
+
+def test_statuses_in_one_batch_keep_the_newest_station_timestamp_per_connector(released):
+    # Given a station with one connector already reported at 10:05, and a second EVSE known without connectors
+    a, b = refs(2)
+    batch_apply([status(a, 0, 5, "Available")])
+    Evse.objects.create(station_id=a.pk, evse_id=2)
+    # When one batch reports: the known connector newer then older; a new connector on the known EVSE, newer then
+    # older; a new EVSE's connector older then newer; and another station's first connector
+    outcomes = batch_apply(
+        [
+            status(a, 1, 7, "Occupied"),
+            status(a, 2, 6, "Faulted"),
+            status(a, 3, 9, "Reserved", evse=2),
+            status(a, 4, 8, "Unavailable", evse=2),
+            status(a, 5, 1, "Faulted", evse=3, connector=2),
+            status(a, 6, 2, "Occupied", evse=3, connector=2),
+            status(b, 7, 3, "Available"),
+        ]
+    )
+    # Then each is answered, and each connector keeps the status of its newest timestamp
+    assert [o.error_code for o in outcomes] == [""] * 7
+    assert connectors(a) == {(1, 1): ("Occupied", 7), (2, 1): ("Reserved", 9), (3, 2): ("Occupied", 2)}
+    assert connectors(b) == {(1, 1): ("Available", 3)}
+    assert Evse.objects.filter(station_id=a.pk).count() == 3
+    # And a later batch's older report changes nothing, a newer one does
+    batch_apply([status(a, 8, 6, "Faulted"), status(a, 9, 10, "Available", evse=2)])
+    assert connectors(a) == {(1, 1): ("Occupied", 7), (2, 1): ("Available", 10), (3, 2): ("Occupied", 2)}
+
+
+def test_two_boots_in_one_batch_store_the_last_and_answer_the_registration_status():
+    # Given a Pending station with a 120-s heartbeat interval
+    row = StationFactory.create(boot_status="Pending", heartbeat_interval=120)
+    a = StationRef(pk=row.pk, station_id=row.station_id, version="2.1")
+    first = {"chargingStation": {"model": "VX-1", "vendorName": "Acme", "firmwareVersion": "1.0"}, "reason": "PowerUp"}
+    second = {"chargingStation": {"model": "VX-2", "vendorName": "Acme"}, "reason": "FirmwareUpdate"}
+    # When it boots twice within one batch
+    outcomes = batch_apply(
+        [IncomingCall(a, "b1", "BootNotification", first, AT), IncomingCall(a, "b2", "BootNotification", second, AT)]
+    )
+    # Then both are answered with its registration status and interval
+    assert [(o.payload["status"], o.payload["interval"]) for o in outcomes] == [("Pending", 120)] * 2
+    # And the row holds the second boot
+    row.refresh_from_db()
+    assert (row.model, row.firmware_version, row.last_boot_reason, row.ocpp_version) == (
+        "VX-2",
+        "",
+        "FirmwareUpdate",
+        "2.1",
+    )
+    assert kinds(a) == ["Booted", "Booted"]
