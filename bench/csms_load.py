@@ -144,6 +144,10 @@ class LoadResult:
     generator_cpu_pct: list[float]
     missed: int = 0
     heartbeat_s: float = 0.0
+    # With --server-pid: CPU seconds the server spent while the stations connected and booted, in total and of its
+    # busiest threads, busiest first (in one Daphne process: the event loop's thread, then the group-commit writer's).
+    server_connect_cpu_s: float | None = None
+    server_connect_threads_s: list[float] = field(default_factory=list)
 
     @property
     def values_sent(self) -> int:
@@ -465,6 +469,13 @@ def _rss(proc: psutil.Process | None) -> int | None:
     return sum(p.memory_info().rss for p in _tree(proc)) if proc is not None else None
 
 
+def threads_cpu_s(proc: psutil.Process | None) -> dict[tuple[int, int], float]:
+    """CPU seconds (user + system) of every thread of ``proc`` and its worker processes, by (pid, thread id)."""
+    if proc is None:
+        return {}
+    return {(p.pid, t.id): t.user_time + t.system_time for p in _tree(proc) for t in p.threads()}
+
+
 def tree_cpu_s(proc: psutil.Process | None) -> float | None:
     """CPU seconds (user + system) of ``proc`` and its worker processes."""
     if proc is None:
@@ -517,6 +528,7 @@ def run_load(cfg: LoadConfig, *, log: Any = None) -> LoadResult:
         for p, proc in zip(pipes, workers, strict=True):
             _recv(p, proc)  # ready
         rss_before = _rss(server)
+        threads_before = threads_cpu_s(server)
         connect_at = time.monotonic() + 0.2
         say(f"{cfg.mode}: connecting {len(ids)} stations over {nproc} process(es) to {cfg.url}")
         for p in pipes:
@@ -530,6 +542,10 @@ def run_load(cfg: LoadConfig, *, log: Any = None) -> LoadResult:
             last_boot = max(last_boot, last)
             connect_times.extend(times)
         rss_connected = _rss(server)
+        threads_after = threads_cpu_s(server)
+        connect_threads = sorted(
+            (cpu - threads_before.get(key, 0.0) for key, cpu in threads_after.items()), reverse=True
+        )
         say(f"{cfg.mode}: {booted}/{len(ids)} booted in {last_boot - connect_at:.2f} s; running {cfg.duration:g} s")
         run_at = time.monotonic() + 0.2
         end_at = run_at + cfg.duration
@@ -579,6 +595,8 @@ def run_load(cfg: LoadConfig, *, log: Any = None) -> LoadResult:
         generator_cpu_pct=[100 * r.cpu_s / max(1e-9, r.run_ended_at - run_at) for r in reports],
         missed=sum(r.missed for r in reports),
         heartbeat_s=max(r.heartbeat_s for r in reports),
+        server_connect_cpu_s=sum(connect_threads) if server is not None else None,
+        server_connect_threads_s=connect_threads[:3],
     )
 
 
@@ -613,6 +631,10 @@ def result_rows(res: LoadResult) -> list[tuple[str, str, str, str]]:
                  f"<= {reconnect_target:g} s (1,000 in 10 s)" if n >= 1000 else "<= 10 s for 1,000",
                  _verdict(reconnect_ok)))  # fmt: skip
     rows.append(("connect+boot p99", f"{res.connect_p99_s * 1000:.0f} ms", "", "-"))
+    if res.server_connect_cpu_s is not None:
+        busiest = " / ".join(f"{x:.2f}" for x in res.server_connect_threads_s)
+        rows.append(("server CPU while connecting: total (busiest threads)",
+                     f"{res.server_connect_cpu_s:.2f} s ({busiest} s)", "", "-"))  # fmt: skip
     if cfg.mode == "idle":
         rows.append(("open after hold", f"{res.open_at_end}", f"{IDLE_TARGET:,} in one process",
                      _verdict(res.open_at_end == n and n >= IDLE_TARGET if n >= IDLE_TARGET else None)))  # fmt: skip

@@ -2,7 +2,9 @@
 
 Station-initiated CALLs go to their action's handler (``chargers.handlers.registry.HANDLERS``, one dict lookup),
 SENDs and frames recorded as they are go to the message log, and connections and disconnections claim and release
-the station. Answers are released only after COMMIT (``chargers.writer``), committed telemetry a little later
+the station: in memory, against the batch's station rows loaded under their locks (``chargers.batch.stations_load``),
+written once per batch at ``BatchContext.flush`` (a reconnect storm's claims were two round trips per station).
+Answers are released only after COMMIT (``chargers.writer``), committed telemetry a little later
 (``chargers.telemetry.telemetry_committed`` through ``after_batch``).
 """
 
@@ -15,10 +17,18 @@ from typing import Any
 from django.db import transaction
 
 from chargers import ocpp_j
-from chargers.batch import ANSWERED_FRESH, BatchContext, answered_load, call_digest, stations_lock, transactions_load
+from chargers.batch import (
+    ANSWERED_FRESH,
+    BatchContext,
+    answered_load,
+    call_digest,
+    connectors_load,
+    stations_load,
+    transactions_load,
+)
 from chargers.handlers.registry import HANDLERS, log_only
 from chargers.jobs import CallOutcome, Connected, Disconnected, IncomingCall, IncomingSend, Job, LogEntry
-from chargers.models import Direction, Station, StationEventKind
+from chargers.models import Direction, StationEventKind
 from chargers.ocpp_j import OcppError
 from chargers.services.station_commands import SECRET_ACTIONS, payload_masked
 from chargers.telemetry import TelemetryUpdate, telemetry_committed
@@ -30,9 +40,10 @@ def batch_apply(jobs: Sequence[Job]) -> list[Any]:
     ctx = BatchContext(datetime.now(UTC))
     with transaction.atomic():
         calls = [j for j in jobs if isinstance(j, IncomingCall)]
-        stations_lock({c.station.pk for c in calls})
+        stations_load(ctx, {j.station.pk for j in jobs if isinstance(j, IncomingCall | Connected | Disconnected)})
         answered_load(ctx, calls)
         transactions_load(ctx, [c for c in calls if c.action == "TransactionEvent"])
+        connectors_load(ctx, [c for c in calls if c.action == "StatusNotification"])
         outcomes = [_apply_job(ctx, job) for job in jobs]
         ctx.flush()
     if ctx.telemetry:
@@ -117,19 +128,25 @@ def _apply_call(ctx: BatchContext, job: IncomingCall) -> CallOutcome:
     return outcome
 
 
-# Connection lifecycle: the writer claims a station for the newest socket and releases it only from that socket.
+# Connection lifecycle: the writer claims a station for the newest socket and releases it only from that socket. The
+# jobs of a batch run in order against ctx.stations (loaded under the rows' locks), so a station connected and
+# disconnected, or connected twice, in one batch ends as it would one job at a time; flush writes the last values.
 
 
 def station_connected(ctx: BatchContext, job: Connected) -> str:
     """Claim the station for ``job.channel_name``; returns the channel of a connection it replaces ("" if none)."""
-    previous = Station.objects.filter(pk=job.station.pk).values_list("channel_name", flat=True).first() or ""
-    Station.objects.filter(pk=job.station.pk).update(
-        channel_name=job.channel_name,
-        online=True,
-        connected_at=job.at,
-        last_seen=job.at,
-        ocpp_version=job.station.version,
-    )
+    row = ctx.stations.get(job.station.pk)  # None: the station was deleted meanwhile, nothing to claim
+    previous = row.channel_name if row is not None else ""
+    if row is not None:
+        row.channel_name = job.channel_name
+        ctx.station_change(
+            job.station.pk,
+            channel_name=job.channel_name,
+            online=True,
+            connected_at=job.at,
+            last_seen=job.at,
+            ocpp_version=job.station.version,
+        )
     if previous and previous != job.channel_name:
         ctx.event(job.station, StationEventKind.REPLACED, at=job.at, summary="a new connection replaced the old one")
     ctx.event(job.station, StationEventKind.CONNECTED, at=job.at, summary=f"OCPP {job.station.version}")
@@ -139,10 +156,11 @@ def station_connected(ctx: BatchContext, job: Connected) -> str:
 
 def station_disconnected(ctx: BatchContext, job: Disconnected) -> bool:
     """Mark offline only if this connection still owns the station (a replaced socket must not)."""
-    released = Station.objects.filter(pk=job.station.pk, channel_name=job.channel_name).update(
-        channel_name="", online=False
-    )
-    if released:
+    row = ctx.stations.get(job.station.pk)
+    released = row is not None and row.channel_name == job.channel_name
+    if row is not None and released:
+        row.channel_name = ""
+        ctx.station_change(job.station.pk, channel_name="", online=False)
         ctx.event(job.station, StationEventKind.DISCONNECTED, at=job.at, summary=f"close code {job.code}")
         ctx.telemetry.append(TelemetryUpdate(job.station.station_id, "connection", job.at, status="offline"))
-    return bool(released)
+    return released

@@ -2,9 +2,9 @@
 
 ``BatchContext`` is what every handler in ``chargers.handlers`` gets: the batch's clock, the hot-path rows it
 queues as plain tuples (message log, meter values, transaction events), the station events, the telemetry to
-release after COMMIT, and the answers and transactions the batch already knows. ``answered_load`` and
-``transactions_load`` fill it with one query each per batch; ``BatchContext.flush`` writes it in bulk.
-``chargers.apply.batch_apply`` runs the whole sequence.
+release after COMMIT, and the stations, connectors, answers and transactions the batch already knows.
+``stations_load``, ``connectors_load``, ``answered_load`` and ``transactions_load`` fill it with one query each per
+batch; ``BatchContext.flush`` writes it in bulk. ``chargers.apply.batch_apply`` runs the whole sequence.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import functools
 import json
 import operator
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import connection
@@ -23,8 +24,37 @@ from django.db.models import Case, Q, Value, When
 from chargers import ocpp_j
 from chargers.bulk import bulk_insert, insert_rows, update_rows
 from chargers.jobs import CallOutcome, IncomingCall, StationRef
-from chargers.models import Direction, MessageLog, MeterValue, Station, StationEvent, Transaction, TransactionEvent
+from chargers.models import (
+    Connector,
+    Direction,
+    Evse,
+    MessageLog,
+    MeterValue,
+    Station,
+    StationEvent,
+    Transaction,
+    TransactionEvent,
+)
 from chargers.telemetry import TelemetryUpdate
+
+
+@dataclass(slots=True)
+class StationState:
+    """A station row as the batch sees it: loaded under its row lock, changed in memory by the batch's jobs."""
+
+    channel_name: str  # the socket that owns the station ("" if none): connection claims read and move it
+    boot_status: str  # what a BootNotification answers
+    heartbeat_interval: int
+
+
+@dataclass(slots=True)
+class ConnectorState:
+    """A connector's status as the batch sees it (StatusNotification); ``pk`` None: created by this batch."""
+
+    pk: int | None
+    status: str
+    status_at: datetime | None
+    changed: bool = False
 
 
 class BatchContext:
@@ -44,6 +74,14 @@ class BatchContext:
         self.stored_events: set[tuple[int, int]] = set()  # (transaction pk, seqNo) already in the database
         self.tx_events: list[tuple[Any, ...]] = []  # TRANSACTION_EVENT_COLUMNS
         self.tx_changed: dict[int, set[str]] = {}  # transaction pk -> fields to write
+        # The batch's station rows (stations_load), and the fields its jobs set on them, newest value per field:
+        # a reconnect storm's claims and boots, written in flush with one UPDATE per set of fields.
+        self.stations: dict[int, StationState] = {}
+        self.station_changes: dict[int, dict[str, Any]] = {}
+        # The EVSEs and connectors of the batch's StatusNotifications (connectors_load): (station pk, evse id) -> EVSE
+        # pk, and (station pk, evse id, connector id) -> its status, changed in memory, written in flush.
+        self.evses: dict[tuple[int, int], int] = {}
+        self.connectors: dict[tuple[int, int, int], ConnectorState] = {}
         # The network half of the call being applied (IncomingCall.looked_up), for its handler; None for most calls.
         self.looked_up: Any = None
 
@@ -58,6 +96,10 @@ class BatchContext:
                 data=data,
             )
         )
+
+    def station_change(self, pk: int, **values: Any) -> None:
+        """Set fields of a station row at flush: a later job's value for a field replaces an earlier one's."""
+        self.station_changes.setdefault(pk, {}).update(values)
 
     def log(
         self,
@@ -113,6 +155,8 @@ class BatchContext:
         insert_rows(MeterValue, METER_VALUE_COLUMNS, self.meter_values)
         bulk_insert(StationEvent, self.events)
         insert_rows(MessageLog, MESSAGE_LOG_COLUMNS, self.logs)
+        _stations_save(self.station_changes)  # before the touch: it reads the channel the claims leave
+        _connectors_save(self)
         if self.touched:
             _stations_touch(self.touched, self.now)
 
@@ -197,23 +241,92 @@ def call_digest(ctx: BatchContext, call: IncomingCall) -> str:
     return digest
 
 
-def stations_lock(pks: set[int]) -> None:
-    """Lock the batch's stations' rows until COMMIT, in id order, before looking up what is already answered.
+def stations_load(ctx: BatchContext, pks: set[int]) -> None:
+    """Lock the batch's stations' rows until COMMIT, in id order, and read what its jobs need of them: one query.
 
+    The batch's stations are those of its CALLs and of its connection claims (``Connected``/``Disconnected``).
     Batches are sequential within one server process only. A station that reconnects to another process and
     retransmits there while its first copy sits in this process's uncommitted batch would find nothing stored and be
     stored twice; with its station row locked, the other process's batch waits for this COMMIT (up to the lock
-    timeout, then InternalError and a retransmit) and then answers from the log. The batch updates these rows anyway
-    (``_stations_touch``); this only takes the locks first. SQLite has one writer at a time: nothing to do.
+    timeout, then InternalError and a retransmit) and then answers from the log. Likewise a claim: the channel read
+    here is the owner when the batch commits, whichever process claimed the station last, so the claims applied in
+    memory (``chargers.apply.station_connected``) return the socket they really replace, and a release applies only
+    if this process's socket still owns the station. SQLite has one writer at a time: a plain read.
     """
-    if not pks or connection.vendor != "postgresql":
+    if not pks:
         return
-    with connection.cursor() as cursor:
-        cursor.execute(_LOCK_STATIONS_SQL, [sorted(pks)])
+    rows: Iterable[tuple[int, str, str, int]]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_LOAD_STATIONS_SQL, [sorted(pks)])
+            rows = cursor.fetchall()
+    else:
+        rows = Station.objects.filter(pk__in=pks).values_list("pk", "channel_name", "boot_status", "heartbeat_interval")
+    ctx.stations = {pk: StationState(channel, boot, interval) for pk, channel, boot, interval in rows}
 
 
 # Only the model's table name is interpolated (no input): S608 does not apply.
-_LOCK_STATIONS_SQL = f"SELECT id FROM {Station._meta.db_table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE"  # noqa: S608
+_LOAD_STATIONS_SQL = (
+    "SELECT id, channel_name, boot_status, heartbeat_interval"  # noqa: S608
+    f" FROM {Station._meta.db_table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+)
+
+
+def _stations_save(changes: dict[int, dict[str, Any]]) -> None:
+    """Write the batch's station changes: one UPDATE per set of fields (connected, booted, both, released: a few per
+    batch, not two round trips per station as a reconnect storm's claims and boots were)."""
+    groups: dict[tuple[str, ...], list[Station]] = {}
+    for pk, values in changes.items():
+        groups.setdefault(tuple(sorted(values)), []).append(Station(pk=pk, **values))
+    for names, rows in groups.items():
+        if connection.vendor == "postgresql":
+            update_rows(Station, names, rows)
+        else:
+            Station.objects.bulk_update(rows, names)
+
+
+def connectors_load(ctx: BatchContext, calls: list[IncomingCall]) -> None:
+    """The EVSEs and connectors of the batch's StatusNotification stations and their statuses: one query.
+
+    A station has a few of them; its row is locked (``stations_load``), so no other batch creates or changes them
+    before COMMIT.
+    """
+    if not calls:
+        return
+    # No ordering: the model's (by station) would join the station table for nothing.
+    rows = Evse.objects.filter(station_id__in={c.station.pk for c in calls}).order_by().values_list(
+        "pk", "station_id", "evse_id", "connectors__pk", "connectors__connector_id", "connectors__status",
+        "connectors__status_at",
+    )  # fmt: skip
+    for evse_pk, station_pk, evse_id, connector_pk, connector_id, status, status_at in rows:
+        ctx.evses[(station_pk, evse_id)] = evse_pk
+        if connector_pk is not None:
+            ctx.connectors[(station_pk, evse_id, connector_id)] = ConnectorState(connector_pk, status, status_at)
+
+
+def _connectors_save(ctx: BatchContext) -> None:
+    """Create the EVSEs and connectors first reported in the batch, update the changed ones: three statements."""
+    created = [(key, c) for key, c in ctx.connectors.items() if c.pk is None]
+    new_evses = {(pk, evse_id) for (pk, evse_id, _), _c in created if (pk, evse_id) not in ctx.evses}
+    if new_evses:  # primary keys read back (RETURNING): the new connectors refer to them
+        rows = Evse.objects.bulk_create([Evse(station_id=pk, evse_id=evse_id) for pk, evse_id in sorted(new_evses)])
+        ctx.evses.update({(row.station_id, row.evse_id): cast(int, row.pk) for row in rows})
+    if created:
+        bulk_insert(
+            Connector,
+            [
+                Connector(evse_id=ctx.evses[(pk, evse_id)], connector_id=connector_id, status=c.status,
+                          status_at=c.status_at)
+                for (pk, evse_id, connector_id), c in created
+            ],
+        )  # fmt: skip
+    changed = [Connector(pk=c.pk, status=c.status, status_at=c.status_at) for c in ctx.connectors.values() if c.changed]
+    if not changed:
+        return
+    if connection.vendor == "postgresql":
+        update_rows(Connector, ("status", "status_at"), changed)
+    else:
+        Connector.objects.bulk_update(changed, ["status", "status_at"])
 
 
 def answered_load(ctx: BatchContext, calls: list[IncomingCall]) -> None:

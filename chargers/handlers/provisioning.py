@@ -43,11 +43,18 @@ def boot_refusal_check(status: str, action: str, triggered: set[str] | frozenset
 
 
 def station_boot(ctx: BatchContext, station: StationRef, payload: dict[str, Any]) -> dict[str, Any]:
-    """BootNotification: record what the station is, answer with its configured registration status."""
-    row = Station.objects.only("boot_status", "heartbeat_interval").get(pk=station.pk)
+    """BootNotification: record what the station is, answer with its configured registration status.
+
+    From the batch's station rows (``chargers.batch.stations_load``), written at flush with the batch's other
+    station changes: a reconnect storm boots a thousand stations in a few batches.
+    """
+    row = ctx.stations.get(station.pk)
+    if row is None:
+        raise Station.DoesNotExist(f"station {station.station_id} is gone")
     cs = payload["chargingStation"]
     modem = cs.get("modem", {})
-    Station.objects.filter(pk=station.pk).update(
+    ctx.station_change(
+        station.pk,
         vendor=cs["vendorName"],
         model=cs["model"],
         serial_number=cs.get("serialNumber", ""),
