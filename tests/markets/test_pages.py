@@ -121,7 +121,7 @@ def test_an_operators_page_shows_only_its_own_products() -> None:
     # Given a PJM bid and a depot bid on the same day
     pjm_bid = BidFactory.create()
     depot = Product.objects.get(operator__code="depot")
-    depot_bid = BidFactory.create(product=depot, quantity_w=50_000)
+    depot_bid = BidFactory.create(product=depot, quantity_w=50_000, interval_start=pjm_bid.interval_start)
     day = pjm_bid.interval_start.astimezone(NY).date()
     client = Client()
     client.force_login(UserFactory.create(is_staff=True))
