@@ -213,7 +213,12 @@ class EventRuns:
         records = asyncio.ensure_future(_records(program, event_id, ref, index, interval, begin))
         records.add_done_callback(_retrieved)
         try:
-            note, intake = await asyncio.shield(records)
+            made = await asyncio.shield(records)
+            if made is None:  # the program was disabled or the event withdrawn meanwhile: nothing put in force
+                LOG.info("utility program %s: event %s interval %s not dispatched: no longer wanted", program.pk,
+                         plan.event_ref, index)  # fmt: skip
+                return
+            note, intake = made
             if intake is None and (interval.power_w > 0 or interval.target_w is not None):
                 LOG.info("utility program %s: event %s interval %s: already at or below its target", program.pk,
                          plan.event_ref, index)  # fmt: skip
@@ -238,8 +243,15 @@ class EventRuns:
 
 async def _records(
     program: UtilityProgram, event_id: int, ref: str, index: int, interval: Interval, begin: datetime
-) -> tuple[str, ReserveIntake | None]:
-    """The interval's caps (and the note they call for) and its reserve deployment (None: nothing to deploy)."""
+) -> tuple[str, ReserveIntake | None] | None:
+    """The interval's caps (and the note they call for) and its reserve deployment (None: nothing to deploy).
+
+    None when the program is disabled (or gone) or the event no longer runnable: a disable ends what is in force
+    at once, but the runner withdraws this run a moment later (after a reload), and an interval starting in between
+    must not put a new discharge in force.
+    """
+    if not await database_sync_to_async(_wanted)(program.pk, event_id):
+        return None
     note = await database_sync_to_async(_caps_record)(program, ref, interval, begin) if interval.capped else ""
     intake: ReserveIntake | None = None
     if interval.power_w > 0 or interval.target_w is not None:
@@ -248,6 +260,12 @@ async def _records(
         except RegulationError as exc:
             raise RuntimeError(f"the reserve intake refused interval {index}: {exc}") from exc
     return note, intake
+
+
+def _wanted(program_id: int, event_id: int) -> bool:
+    return UtilityEvent.objects.filter(
+        pk=event_id, program_id=program_id, program__enabled=True, status__in=RUNNABLE
+    ).exists()
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:

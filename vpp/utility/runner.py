@@ -134,9 +134,13 @@ async def programs_run(*, ids: list[int] | None = None) -> None:
                     if program is not None and program.enabled and config_of(program) == held.config:
                         continue
                     del running[pk]
+                    gone = program is None or not program.enabled
+                    why = "deleted" if program is None else "disabled" if not program.enabled else "re-enrolled"
+                    if gone:  # the discharge ends first: the client's goodbye (2.0b opt-outs) may take seconds
+                        await _withdraw(runs, pk, f"withdrawn: the program was {why}")
                     await _client_stop(pk, held.client)
-                    if program is None or not program.enabled or config_of(program, DISPATCH_FIELDS) != held.dispatch:
-                        why = "deleted" if program is None else "disabled" if not program.enabled else "re-enrolled"
+                    if program is None or gone or config_of(program, DISPATCH_FIELDS) != held.dispatch:
+                        # (again, for a program gone: whatever its client started while it was being stopped)
                         await _withdraw(runs, pk, f"withdrawn: the program was {why}")
                     LOG.info("utility program %s: client stopped (%s)", pk, "changed" if program else "deleted")
                 now = time.monotonic()

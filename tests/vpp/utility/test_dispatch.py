@@ -191,3 +191,23 @@ async def _run_of(program: UtilityProgram, ref: str) -> ReserveRun:
             return run
         await asyncio.sleep(0.1)
     raise AssertionError(f"no run of {ref} sent anything")
+
+
+async def test_an_interval_starting_after_its_program_was_disabled_puts_nothing_in_force(no_dispatchers: None) -> None:
+    # Given a scheduled event whose interval (5 kW under a 9 kW export cap) goes to dispatch in 1 s, its run started
+    program = await sync_to_async(_program)()
+    now = datetime.now(UTC).replace(microsecond=0)
+    plan = EventPlan("ev-late", 1, "LOAD_DISPATCH", [Interval(now + timedelta(seconds=3), now + timedelta(seconds=60),
+                                                              5_000, None, 9_000)])  # fmt: skip
+    event = await sync_to_async(_scheduled)(program, plan)
+    runs = EventRuns(lead_s=2.0)
+    runs.schedule(program=program, event=event, plan=plan)
+    # When the program is disabled before the interval's dispatch time, and the runner has not withdrawn the run yet
+    await sync_to_async(UtilityProgram.objects.filter(pk=program.pk).update)(enabled=False)
+    await asyncio.sleep(2.5)
+    # Then no cap and no deployment was put in force for it
+    try:
+        assert not await PowerCap.objects.filter(portfolio=program.portfolio).aexists()
+        assert not await ReserveDeployment.objects.filter(portfolio=program.portfolio).aexists()
+    finally:
+        runs.cancel(program_id=program.pk, event_ref="ev-late")
