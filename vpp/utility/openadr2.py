@@ -108,38 +108,47 @@ class _Client(OpenADRClient):
     async def _report_queue_worker(self) -> None:
         """Send each report the VTN asked for; it counts as delivered only once the VTN acknowledged it. One that
         is not is held and sent again every ``report_s`` (at most 60 s), with the values queued for the same
-        request meanwhile, until it is: the stored values stay pending until then."""
+        request meanwhile, until it is: the stored values stay pending until then. An error of ours (the database
+        away) holds the report too: this task never ends before the client does."""
         held: Any = None
-        try:
-            while True:
+        while True:
+            report = None
+            try:
                 report = held if held is not None else await self.pending_reports.get()
-                held = None
-                await self._merge_queued(report)
-                stamps = [interval.dtstart for interval in report.intervals or []]
-                if not stamps:
-                    continue
-                try:
-                    message = self._create_message(
-                        "oadrUpdateReport", ven_id=self.ven_id, request_id=utils.generate_id(), reports=[report]
-                    )
-                    result = await self._perform_request("EiReport", message)
-                except Exception as exc:  # a bug or a transport error: the values stay pending
-                    LOG.exception("utility program %s: report not sent", self.ven.program.pk)
-                    result, why = None, f"not sent: {exc}"
-                else:
-                    why = "the VTN did not acknowledge the oadrUpdateReport"
-                if _acknowledged(result):
-                    await database_sync_to_async(self.ven.reports_delivered)(report.report_specifier_id, stamps=stamps)
-                    if "cancel_report" in result[1]:
-                        await self.cancel_report(result[1]["cancel_report"])
-                    continue
-                await database_sync_to_async(self.ven.reports_pending)(
-                    report.report_specifier_id, stamps=stamps, error=why
-                )
+                held = await self._report_send(report)
+            except asyncio.CancelledError:
+                return
+            except Exception:
+                LOG.exception("utility program %s: report sender error; the report is held and sent again",
+                              self.ven.program.pk)  # fmt: skip
                 held = report
+            if held is not None:
                 await asyncio.sleep(min(max(float(self.ven.program.report_s), 1.0), 60.0))
-        except asyncio.CancelledError:
-            return
+
+    async def _report_send(self, report: Any) -> Any:
+        """Send ``report`` once; None when it is delivered (or empty), else the report to hold."""
+        await self._merge_queued(report)
+        stamps = [interval.dtstart for interval in report.intervals or []]
+        if not stamps:
+            return None
+        try:
+            message = self._create_message(
+                "oadrUpdateReport", ven_id=self.ven_id, request_id=utils.generate_id(), reports=[report]
+            )
+            result = await self._perform_request("EiReport", message)
+        except Exception as exc:  # a bug or a transport error: the values stay pending
+            LOG.exception("utility program %s: report not sent", self.ven.program.pk)
+            result, why = None, f"not sent: {exc}"
+        else:
+            why = "the VTN did not acknowledge the oadrUpdateReport"
+        if _acknowledged(result):
+            # Acknowledged: recorded as delivered even through a database blip (sent again, it would be doubled).
+            await _until_stored(self.ven.reports_delivered, report.report_specifier_id, stamps=stamps)
+            if "cancel_report" in result[1]:
+                await self.cancel_report(result[1]["cancel_report"])
+            return None
+        await database_sync_to_async(self.ven.reports_pending)(report.report_specifier_id, stamps=stamps, error=why)
+        return report
 
     async def _merge_queued(self, report: Any) -> None:
         """Add to ``report`` the values queued for the same request (a held report catching up); at most
@@ -162,6 +171,19 @@ class _Client(OpenADRClient):
             await database_sync_to_async(self.ven.reports_given_up)(report.report_specifier_id, stamps=dropped)
         if report.intervals:
             report.dtstart = min(interval.dtstart for interval in report.intervals)
+
+
+async def _until_stored(write: Any, *args: Any, **kwargs: Any) -> None:
+    """Run the database ``write`` until it succeeds (1 s doubling to 30 s between tries, each failure logged)."""
+    delay = 1.0
+    while True:
+        try:
+            await database_sync_to_async(write)(*args, **kwargs)
+            return
+        except Exception:
+            LOG.warning("utility report state not stored; retried in %.0f s", delay, exc_info=True)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 def _answered_ok(result: Any) -> bool:

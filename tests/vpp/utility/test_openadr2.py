@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from asgiref.sync import sync_to_async
+from django.db import OperationalError
 from openleadr import OpenADRServer
 from openleadr.service import VTNService, handler
 
@@ -418,3 +419,33 @@ async def test_a_malformed_event_is_opted_out_with_the_reason_and_the_next_one_o
     good = await UtilityEvent.objects.aget(program=program, event_ref="good")
     assert good.status == EventStatus.SCHEDULED
     assert await UtilityEvent.objects.filter(program=program).acount() == 5
+
+
+async def test_a_database_error_while_a_report_is_marked_neither_stops_the_sender_nor_sends_it_twice(
+    vtn: Vtn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the database failing the first time an acknowledged report is marked delivered (a blip)
+    real, failures = Ven2b.reports_delivered, [1]
+
+    def blip(self: Ven2b, *args: Any, **kwargs: Any) -> Any:
+        if failures:
+            failures.pop()
+            raise OperationalError("the database is away")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Ven2b, "reports_delivered", blip)
+    program = await sync_to_async(_program)(vtn.url)
+    await sync_to_async(_metered_fleet)(program)
+    async with _ven(program, EventRuns()):
+        # When the VEN reports every second for a while
+        for _ in range(300):
+            if len(vtn.reports) >= 6:
+                break
+            await asyncio.sleep(0.1)
+    # Then the sender carried on after the blip, nothing reached the VTN twice, and the first report is accepted
+    assert not failures
+    assert len(vtn.reports) >= 6
+    assert len(vtn.reports) == len({at for at, _ in vtn.reports})
+    first = await UtilityReport.objects.filter(program=program, kind=ReportKind.TELEMETRY).order_by("id").afirst()
+    assert first is not None
+    assert first.accepted is True
