@@ -20,6 +20,9 @@ CRUD wrapper returning raw responses and brings pendulum and openapi-core for no
   ``DEMAND`` and ``BASELINE``, retried until accepted and looked up on the VTN before a retry (never twice). Each
   is stored (:class:`UtilityReport`) before it is sent and marked accepted on a 2xx.
 * Every request's outcome is the program's connection status; a failed poll or report is retried at the next tick.
+
+Why one module: one VEN's conversation with its VTN (token, registration, events, reports) shares the client's
+session and state; split, each part would reach into the others' private state.
 """
 
 from __future__ import annotations
@@ -323,11 +326,20 @@ class Ven3:
     # --- reports --------------------------------------------------------------------------------------------------
 
     async def report(self) -> None:
-        for event in await database_sync_to_async(self._events_to_report)():
-            if event.status == EventStatus.ACTIVE:
-                await self._telemetry(event)
-            elif event.end <= timezone.now() - timedelta(seconds=RESPONSE_SETTLE_S):
-                await self._response(event)
+        """The active events' telemetry first, then the after-the-event reports still due. One event's failure
+        (a report the VTN keeps refusing) is logged and never holds the others back: each is retried next time."""
+        events = await database_sync_to_async(self._events_to_report)()
+        for event in sorted(events, key=lambda e: e.status != EventStatus.ACTIVE):
+            try:
+                if event.status == EventStatus.ACTIVE:
+                    await self._telemetry(event)
+                elif event.end <= timezone.now() - timedelta(seconds=RESPONSE_SETTLE_S):
+                    await self._response(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                LOG.warning("utility program %s: report of event %s failed; retried at the next report",
+                            self.program.pk, event.event_ref, exc_info=True)  # fmt: skip
 
     def _events_to_report(self) -> list[UtilityEvent]:
         """Events being dispatched, and completed ones whose response report is not yet accepted (last day)."""
@@ -351,7 +363,10 @@ class Ven3:
         have gone out) -- read from the same charge points as the report's ``DEMAND``."""
         ref = reserve_ref(self.program, plan.event_ref, plan.modification, index)
         deployed = ReserveDeployment.objects.filter(portfolio=self.program.portfolio, event_id=ref)
-        at = deployed.values_list("start", flat=True).first() or interval.start - timedelta(seconds=self.runs.lead_s)
+        # The event's first baseline where the deployment has one (a later interval or version: as dispatched and
+        # settled), else its start.
+        first = deployed.values_list("baseline_at", "start").first()
+        at = (first[0] or first[1]) if first else interval.start - timedelta(seconds=self.runs.lead_s)
         power_w, _ = portfolio_power_at(portfolio=self.program.portfolio, at=at)
         return power_w, at
 

@@ -8,6 +8,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from asgiref.sync import sync_to_async
 
@@ -18,7 +19,10 @@ from tests.vpp.utility.test_openadr2 import _metered_fleet, _wait_for
 from tests.vpp.utility.test_openadr3 import _program, _ven, _z
 from vpp.utility import openadr3
 from vpp.utility.dispatch import EventRuns
-from vpp.utility.models import ReportKind, UtilityProgram, UtilityReport
+from vpp.utility.models import EventStatus, ReportKind, UtilityEvent, UtilityProgram, UtilityReport
+from vpp.utility.openadr3 import Ven3
+from vpp.utility.selectors import Credentials
+from vpp.utility.services import utility_event_record, utility_event_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
@@ -133,3 +137,39 @@ async def test_the_after_the_event_report_is_retried_and_never_sent_twice(vtn: V
     rows = [(r.accepted, bool(r.error)) async for r in UtilityReport.objects.filter(kind=ReportKind.EVENT)
             .order_by("id")]  # fmt: skip
     assert rows == [(False, True), (True, False)]
+
+
+async def test_an_after_the_event_report_the_vtn_keeps_refusing_never_holds_back_an_active_events_telemetry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a completed event whose report fails every time, and an event under way (the VEN not started: its
+    # report step is called by hand)
+    program = await sync_to_async(_program)("https://vtn.invalid/openadr3")
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def events() -> None:
+        done, _ = utility_event_record(program=program, event_ref="done", modification=0, kind="LOAD_DISPATCH",
+                                       start=now - timedelta(hours=2), end=now - timedelta(hours=1), power_w=1_000,
+                                       payload={})  # fmt: skip
+        active, _ = utility_event_record(program=program, event_ref="now", modification=0, kind="LOAD_DISPATCH",
+                                         start=now - timedelta(minutes=1), end=now + timedelta(hours=1),
+                                         power_w=1_000, payload={})  # fmt: skip
+        utility_event_status(event_id=done.pk, status=EventStatus.COMPLETED)
+        utility_event_status(event_id=active.pk, status=EventStatus.ACTIVE)
+
+    await sync_to_async(events)()
+    ven = Ven3(program, runs=EventRuns(), credentials=Credentials(None, None, None, "secret"))
+    sent: list[str] = []
+
+    async def refused(event: UtilityEvent) -> None:
+        raise httpx.HTTPStatusError("400", request=httpx.Request("POST", "https://vtn.invalid"), response=None)  # type: ignore[arg-type]
+
+    async def telemetry(event: UtilityEvent) -> None:
+        sent.append(event.event_ref)
+
+    monkeypatch.setattr(ven, "_response", refused)
+    monkeypatch.setattr(ven, "_telemetry", telemetry)
+    # When the VEN reports
+    await ven.report()
+    # Then the active event's telemetry went out all the same
+    assert sent == ["now"]
