@@ -309,7 +309,8 @@ def vehicle_request_refresh(*, vehicle_id: int, telemetry: bool = False) -> None
     pending longer than ``REFRESH_STALE_S`` (a lost message) is enqueued again.
     """
     now = timezone.now()
-    stale = now - timedelta(seconds=REFRESH_STALE_S)
+    # A request is taken for lost only well after its refresh was due (a long FLEET_TELEMETRY_REFRESH_S included).
+    stale = now - timedelta(seconds=max(REFRESH_STALE_S, 2 * settings.FLEET_TELEMETRY_REFRESH_S))
     rows = VehicleState.objects.filter(vehicle_id=vehicle_id)
     if not rows.filter(Q(dirty=False) | Q(requested_at__lt=stale) | Q(requested_at__isnull=True)).update(
         dirty=True, requested_at=now

@@ -16,6 +16,7 @@ clearing price (PJM clears Tier 2 at the SRMCP of the hour).
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -65,8 +66,12 @@ def reserve_event_measure(*, deployment: ReserveDeployment, now: datetime | None
     baseline_at = (
         deployment.baseline_at if deployment.baseline_at and deployment.baseline_at < deployment.start else None
     )
-    skip = int((deployment.start - baseline_at).total_seconds() // ROW_S) if baseline_at else 0
-    trace = power_only_trace(baseline_at or deployment.start, skip + rows, deployment.portfolio, None)
+    # The event's rows stay on its own start's grid; row 0 falls at or up to one row before baseline_at (still the
+    # fleet's power before the event's response).
+    skip = math.ceil((deployment.start - baseline_at).total_seconds() / ROW_S) if baseline_at else 0
+    trace = power_only_trace(
+        deployment.start - timedelta(seconds=skip * ROW_S), skip + rows, deployment.portfolio, None
+    )
     if not trace.series and now < deployment.end + NO_DATA_AFTER:
         raise ReserveNotMeasured(f"no meter values of {deployment.portfolio} around {deployment.start.isoformat()}")
     if trace.series:
