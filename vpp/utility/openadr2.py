@@ -247,7 +247,8 @@ class Ven2b:
             r_id=f"vpp-{program.pk}-response",
         )
         self._responding: dict[int, int] = {}  # event -> its response row, sent or being sent by this process
-        self._response_stamps: dict[datetime, int] = {}  # an interval start sent -> the response row carrying it
+        # an interval start sent -> the response rows carrying it (two events may share an interval start)
+        self._response_stamps: dict[datetime, set[int]] = {}
 
     async def start(self) -> bool:
         """Register with the VTN and start polling; False (and the status says why) when registration failed."""
@@ -392,21 +393,26 @@ class Ven2b:
             )  # fmt: skip
             self._responding[event.pk] = row.pk
             for at, watts in zip(starts, demand, strict=True):
-                self._response_stamps[at] = row.pk
+                self._response_stamps.setdefault(at, set()).add(row.pk)
                 values.append((at, float(watts)))
         return values
 
     def _rows(self, specifier: str, stamps: list[datetime]) -> list[int]:
         if specifier.endswith("-response"):
-            return sorted({self._response_stamps[at] for at in stamps if at in self._response_stamps})
+            return sorted({pk for at in stamps for pk in self._response_stamps.get(at, ())})
         rows = UtilityReport.objects.filter(program=self.program, kind=ReportKind.TELEMETRY, period_end__in=stamps)
         return list(rows.values_list("pk", flat=True))
 
     def reports_delivered(self, specifier: str, *, stamps: list[datetime]) -> None:
         """The VTN acknowledged the values at ``stamps`` (a telemetry period's end, an event interval's start):
         accepted."""
-        for pk in self._rows(specifier, stamps):
+        rows = self._rows(specifier, stamps)
+        for pk in rows:
             utility_report_answered(report_id=pk, accepted=True)
+        if specifier.endswith("-response"):  # delivered: no longer this process's to track (the database says so)
+            for at in stamps:
+                self._response_stamps.pop(at, None)
+            self._responding = {event: row for event, row in self._responding.items() if row not in rows}
 
     def reports_pending(self, specifier: str, *, stamps: list[datetime], error: str) -> None:
         utility_report_pending(report_ids=self._rows(specifier, stamps), error=error)
