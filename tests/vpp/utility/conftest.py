@@ -10,6 +10,8 @@ from aiohttp import web
 from tests.live import free_port
 from tests.vpp.utility.oadr3_vtn import Vtn3
 from vpp.dispatch import dispatcher as dispatcher_module
+from vpp.dispatch import services as dispatch_services
+from vpp.dispatch.dispatcher import dispatchers_running
 from vpp.dispatch.reserve import reserve_runs_stop
 
 SECRET = "s3cret-for-tests"
@@ -29,4 +31,15 @@ async def oadr3_vtn(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Vtn3]:
     found.url = f"http://127.0.0.1:{port}"
     yield found
     await runner.cleanup()
+    await reserve_runs_stop()
+
+
+@pytest.fixture
+async def no_dispatchers(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """No dispatcher left from another test; those a test starts, and its reserve runs, stopped at its end."""
+    monkeypatch.setattr(dispatcher_module, "_dispatchers", {})
+    monkeypatch.setattr(dispatch_services, "_products", {})
+    yield
+    for running in dispatchers_running():
+        await running.stop()
     await reserve_runs_stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,11 +15,8 @@ from asgiref.sync import sync_to_async
 from markets.regulation.models import ReserveDeployment
 from tests.vpp.utility.factories import UtilityProgramFactory
 from tests.vpp.utility.test_openadr2 import _wait_for
-from vpp.dispatch import dispatcher as dispatcher_module
 from vpp.dispatch import reserve_intake
-from vpp.dispatch import services as dispatch_services
-from vpp.dispatch.dispatcher import dispatchers_running
-from vpp.dispatch.reserve import ReserveRun, reserve_runs, reserve_runs_stop
+from vpp.dispatch.reserve import ReserveRun, reserve_runs
 from vpp.models import PowerCap
 from vpp.utility import dispatch as dispatch_module
 from vpp.utility.dispatch import EventRuns, reserve_ref, utility_event_accept
@@ -29,16 +25,6 @@ from vpp.utility.services import utility_event_record, utility_event_status
 from vpp.utility.signals import EventPlan, Interval, openadr3_plan
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-async def no_dispatchers(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
-    monkeypatch.setattr(dispatcher_module, "_dispatchers", {})
-    monkeypatch.setattr(dispatch_services, "_products", {})
-    yield
-    for running in dispatchers_running():
-        await running.stop()
-    await reserve_runs_stop()
 
 
 def _program() -> UtilityProgram:
@@ -122,13 +108,7 @@ async def test_a_new_version_of_an_event_under_way_keeps_the_events_first_baseli
     no_dispatchers: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a fleet metered at 10 kW until the event's response starts, 5 kW after (its own response to 5 kW asked)
-    responds_at = [float("inf")]
-
-    def metered(_stations: list[str], at_s: float) -> int:
-        return 10_000 if at_s < responds_at[0] else 5_000
-
-    monkeypatch.setattr(reserve_intake, "fleet_power_at", metered)
-    monkeypatch.setattr(dispatch_module, "fleet_power_at", metered)
+    responds_at = _metered_10_then_5_kw(monkeypatch)
     program = await sync_to_async(_program)()
     now = datetime.now(UTC).replace(microsecond=0)
     span = (now + timedelta(seconds=3), now + timedelta(seconds=60))  # deployed from 2 s before its start
@@ -155,13 +135,7 @@ async def test_a_later_interval_is_measured_against_the_events_first_baseline(
     no_dispatchers: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a fleet metered at 10 kW until the event's response starts, 5 kW after
-    responds_at = [float("inf")]
-
-    def metered(_stations: list[str], at_s: float) -> int:
-        return 10_000 if at_s < responds_at[0] else 5_000
-
-    monkeypatch.setattr(reserve_intake, "fleet_power_at", metered)
-    monkeypatch.setattr(dispatch_module, "fleet_power_at", metered)
+    responds_at = _metered_10_then_5_kw(monkeypatch)
     program = await sync_to_async(_program)()
     now = datetime.now(UTC).replace(microsecond=0)
     # When an event asks for 5 kW for 3 s, then 2 kW (deployed 2 s ahead of each interval)
@@ -177,6 +151,19 @@ async def test_a_later_interval_is_measured_against_the_events_first_baseline(
     await runs.stop()
     # Then the second interval's setpoint is 10 - 2 = 8 kW, not 5 - 2 = 3 kW (its response counted twice)
     assert (run.baseline_w, run.results[0].setpoint_w) == (10_000, 8_000)
+
+
+def _metered_10_then_5_kw(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The fleet metered at 10 kW before ``responds_at[0]`` (an instant, s; set it once the response starts), 5 kW
+    from then on; returns ``responds_at``."""
+    responds_at = [float("inf")]
+
+    def metered(_stations: list[str], at_s: float) -> int:
+        return 10_000 if at_s < responds_at[0] else 5_000
+
+    monkeypatch.setattr(reserve_intake, "fleet_power_at", metered)
+    monkeypatch.setattr(dispatch_module, "fleet_power_at", metered)
+    return responds_at
 
 
 async def _run_of(program: UtilityProgram, ref: str) -> ReserveRun:

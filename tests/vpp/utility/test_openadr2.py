@@ -27,10 +27,7 @@ from tests.chargers.factories import StationFactory
 from tests.fleet.factories import FleetFactory, VehicleFactory
 from tests.live import free_port
 from tests.vpp.utility.factories import UtilityProgramFactory
-from vpp.dispatch import dispatcher as dispatcher_module
-from vpp.dispatch import services as dispatch_services
-from vpp.dispatch.dispatcher import dispatchers_running
-from vpp.dispatch.reserve import reserve_runs, reserve_runs_stop
+from vpp.dispatch.reserve import reserve_runs
 from vpp.utility import openadr2
 from vpp.utility.dispatch import EventRuns
 from vpp.utility.models import EventStatus, ReportKind, UtilityEvent, UtilityProgram, UtilityReport
@@ -127,16 +124,6 @@ async def vtn() -> AsyncIterator[Vtn]:
     await server.run_async()
     yield found
     await server.stop()
-
-
-@pytest.fixture
-async def no_dispatchers(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
-    monkeypatch.setattr(dispatcher_module, "_dispatchers", {})
-    monkeypatch.setattr(dispatch_services, "_products", {})
-    yield
-    for running in dispatchers_running():
-        await running.stop()
-    await reserve_runs_stop()
 
 
 def _program(url: str) -> UtilityProgram:
