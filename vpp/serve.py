@@ -122,6 +122,10 @@ def _serve_one(args: argparse.Namespace) -> None:
 
     _close_failed_sockets_cleanly()
     autobahn_log_arguments_plain()
+    if settings.SERVER_EAGER_WRITE:
+        from chargers import daphne_eager_write
+
+        daphne_eager_write.install()
 
     if args.fd is not None:
         endpoint = f"fd:fileno={args.fd}"  # Daphne's own fd parser; AF_INET by default

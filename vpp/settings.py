@@ -374,6 +374,8 @@ GC_PAUSE_LOG_MS = env_float("GC_PAUSE_LOG_MS", 0.0, minimum=0.0)
 # The event loop under Daphne's Twisted reactor (vpp.serve): uvloop (libuv) spends less CPU per frame than asyncio's
 # pure-Python selector loop; "asyncio" is the standard loop, e.g. to rule uvloop out when diagnosing.
 SERVER_EVENT_LOOP = env_choice("SERVER_EVENT_LOOP", "uvloop", choices=("uvloop", "asyncio"))
+# Frames go to the socket when written, not one loop pass later (chargers.daphne_eager_write); off = Twisted as is.
+SERVER_EAGER_WRITE = env_bool("SERVER_EAGER_WRITE", True)
 
 # --- Security profiles 2/3: the built-in PKI and the TLS listener (chargers.pki, vpp.serve --tls-port) ------------
 # CA keys are encrypted PEM files under PKI_DIR; the passphrase comes from PKI_PASSPHRASE or PKI_PASSPHRASE_FILE, else
