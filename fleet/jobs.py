@@ -101,6 +101,13 @@ class BackgroundPublisher:
             self._stopped = True
             self._ready.notify()
 
+    def drain(self, *, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for the queue to be published (a graceful exit); returns what is left."""
+        deadline = time.monotonic() + timeout_s
+        while (left := self.pending()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return left
+
     def pending(self) -> int:
         """Messages not yet handed to the broker (queued or being published)."""
         with self._ready:

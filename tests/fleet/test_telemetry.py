@@ -418,3 +418,55 @@ def test_a_status_change_is_handed_on_at_once_and_meter_readings_after_the_windo
     assert len(published) == 1
     time.sleep(1.5)
     assert [len(batch) for batch in published] == [2, 1]
+
+
+def test_at_a_graceful_exit_the_readings_held_in_the_window_reach_the_broker(monkeypatch) -> None:
+    # Given a reading held in a long window, and a publisher on kombu's in-memory broker
+    from celery import Celery
+
+    from fleet import jobs
+
+    app = Celery(broker="memory://", set_as_current=False)
+    publisher = jobs.BackgroundPublisher(app=app)
+    monkeypatch.setattr(telemetry_module.jobs, "PUBLISHER", publisher)
+    window = ReadingCoalescer(window_s=3600, publish=telemetry_module._publish_ingest)
+    monkeypatch.setattr(telemetry_module, "COALESCER", window)
+    window.add([_meter_message("a", "tx-a", 1, SoC=55)])
+    # When the process exits gracefully
+    left = telemetry_module.held_readings_hand_on(timeout_s=5.0)
+    # Then nothing is left behind: the reading is in the broker's queue as an ingest task
+    assert left == 0
+    with app.connection_for_read() as connection:
+        message = connection.SimpleQueue("celery").get(timeout=2)
+        assert message.headers["task"] == jobs.INGEST_TELEMETRY
+        assert message.decode()[0][0][0]["values"] == {"SoC": 55}
+    publisher.stop()
+
+
+def test_an_exit_waits_no_longer_than_its_bound_for_a_broker_that_is_away(monkeypatch, caplog) -> None:
+    # Given a reading held in the window and a broker nobody answers for
+    from celery import Celery
+
+    from fleet import jobs
+
+    app = Celery(broker="redis://127.0.0.1:1/0", set_as_current=False)
+    app.conf.broker_connection_timeout = 1
+    publisher = jobs.BackgroundPublisher(app=app)
+    monkeypatch.setattr(telemetry_module.jobs, "PUBLISHER", publisher)
+    window = ReadingCoalescer(window_s=3600, publish=telemetry_module._publish_ingest)
+    monkeypatch.setattr(telemetry_module, "COALESCER", window)
+    window.add([_meter_message("a", "tx-a", 1, SoC=55)])
+    # When the process exits
+    started = time.monotonic()
+    left = telemetry_module.held_readings_hand_on(timeout_s=0.5)
+    # Then it gives up after its bound, saying what it left
+    assert time.monotonic() - started < 2.0
+    assert left == 1
+    assert "not handed to the broker at exit" in caplog.text
+    publisher.stop()
+
+
+def test_an_exit_with_nothing_held_returns_at_once() -> None:
+    started = time.monotonic()
+    assert telemetry_module.held_readings_hand_on(timeout_s=5.0) == 0
+    assert time.monotonic() - started < 0.5

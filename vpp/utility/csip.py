@@ -67,6 +67,8 @@ from vpp.utility.signals import INVALID_CONTROL, MALFORMED, MALFORMED_REASON, De
 from vpp.utility.tls import tls_context
 
 LOG = logging.getLogger(__name__)
+# The refused hrefs remembered so each is logged once; past this many the memory starts again (and logs again).
+REFUSED_LOGGED_MAX = 1000
 CONTENT = "application/sep+xml"
 TIMEOUT_S = 10.0
 CANCELLED = (2, 3, 4)
@@ -188,6 +190,8 @@ class Csip:
         url = urljoin(self.program.endpoint, href)
         if _origin(url) != _origin(self.program.endpoint):
             if href not in self._refused:  # once per href: a server listing it at every poll does not flood the log
+                if len(self._refused) >= REFUSED_LOGGED_MAX:  # a server inventing new hrefs cannot grow it forever
+                    self._refused.clear()
                 self._refused.add(href)
                 LOG.warning("utility program %s: refused %r: not on the configured server %s", self.program.pk, href,
                             self.program.endpoint)  # fmt: skip

@@ -313,7 +313,9 @@ class Ven3:
             self.runs.take(program=self.program, accepted=accepted, plan=plan)
         now = timezone.now()
         if not complete:  # a listing cut short says nothing about what it left out: nothing withdrawn for it
-            self._listed = {**self._listed, **listed}
+            # Ended events can no longer be withdrawn: forgotten, so a VTN that keeps listing partially and
+            # varying what it lists does not grow this map without bound.
+            self._listed = {ref: end for ref, end in {**self._listed, **listed}.items() if end > now}
             return
         for ref, end in self._listed.items():
             if ref not in listed and end > now:  # deleted by the VTN before its end: withdrawn

@@ -17,7 +17,7 @@ from tests.live import free_port
 from tests.vpp.utility.sep_server import SepServer
 from tests.vpp.utility.test_csip import Pki, _program, sep  # noqa: F401 (sep: the fixture)
 from tests.vpp.utility.test_openadr2 import _wait_for
-from vpp.utility.csip import Csip
+from vpp.utility.csip import REFUSED_LOGGED_MAX, Csip, CsipError
 from vpp.utility.dispatch import EventRuns
 from vpp.utility.models import UtilityProgram
 from vpp.utility.selectors import Credentials
@@ -99,3 +99,19 @@ async def test_an_end_device_list_on_another_host_scheme_or_port_stops_the_start
     await program.arefresh_from_db()
     assert program.last_error == f"2030.5: {REFUSED}: {server.foreign['EndDeviceListLink']}?l=255"
     assert sent == [server.url]
+
+
+async def test_the_refused_hrefs_it_remembers_to_log_once_are_bounded(sep: tuple[SepServer, Pki]) -> None:  # noqa: F811
+    # Given a client of a server that would list ever new links elsewhere
+    server, pki = sep
+    program = await sync_to_async(_program)(server.url)
+    client = Csip(program, runs=EventRuns(), credentials=Credentials(pki.client_cert, pki.client_key, pki.ca, None))
+    try:
+        # When more distinct foreign hrefs than it remembers are refused
+        for n in range(REFUSED_LOGGED_MAX + 5):
+            with pytest.raises(CsipError):
+                client._url(f"https://elsewhere.example/{n}")
+        # Then what it remembers stays within its bound
+        assert 0 < len(client._refused) <= REFUSED_LOGGED_MAX
+    finally:
+        await client.http.aclose()

@@ -90,3 +90,19 @@ async def test_a_vtn_repeating_the_same_page_ends_the_search_and_withdraws_nothi
     # And the event it did not get to read is not taken as deleted by the VTN
     assert "earlier" not in cancelled
     assert "earlier" in ven._listed
+
+
+async def test_a_listing_cut_short_forgets_the_events_that_have_ended() -> None:
+    # Given a VEN that remembers an event which has ended and one still to come
+    program = await sync_to_async(_program)()
+    transport = _vtn(lambda skip: [{"id": f"e{n}"} for n in range(PAGE)], [])
+    ven = Ven3(program, runs=EventRuns(), credentials=Credentials(None, None, None, "s"), transport=transport)
+    ven._listed = {"ended": timezone.now() - timedelta(minutes=1), "coming": timezone.now() + timedelta(hours=1)}
+    try:
+        # When a poll's listing is cut short (a VTN repeating its page)
+        await asyncio.wait_for(ven.poll(), 20)
+    finally:
+        await ven.http.aclose()
+    # Then the ended event is forgotten (it can no longer be withdrawn), the one to come is kept
+    assert "ended" not in ven._listed
+    assert "coming" in ven._listed
