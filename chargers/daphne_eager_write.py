@@ -10,7 +10,8 @@ asyncio's own transports try the socket first and buffer only what it does not t
 Twisted's TCP connections (Daphne's, and through them the TLS layer's, which writes its records into them):
 
 * only when nothing is buffered or being written (so the order of bytes is kept), the connection is open, not
-  closing or half-closed, and TLS is not Twisted's built-in ``startTLS`` (its writes go through its own protocol);
+  closing, aborted or half-closed, has no pull producer (it is asked for more from ``doWrite`` only), and TLS is not
+  Twisted's built-in ``startTLS`` (its writes go through its own protocol);
 * what the kernel does not take (a full socket buffer) is buffered the ordinary way and written by the reactor;
 * an error (reset, broken pipe) is not handled here: the data is buffered the ordinary way, the reactor's
   ``doWrite`` meets the same error and loses the connection exactly as before.
@@ -40,6 +41,9 @@ def install() -> bool:
             and not self._writeDisconnecting
             and not self._writeDisconnected
             and not self.TLS
+            and not getattr(self, "_aborting", False)  # abortConnection drops what is written after it
+            # A pull producer is asked for more only from the reactor's doWrite: leave its connection to it.
+            and (self.producer is None or self.streamingProducer)
             and not self._tempDataLen
             and self.offset == len(self.dataBuffer)
         ):

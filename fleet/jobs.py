@@ -104,6 +104,14 @@ class BackgroundPublisher:
     def drain(self, *, timeout_s: float) -> int:
         """Wait up to ``timeout_s`` for the queue to be published (a graceful exit); returns what is left."""
         deadline = time.monotonic() + timeout_s
+        with self._ready:
+            if self._queue and (self._thread is None or not self._thread.is_alive()) and not self._stopped:
+                try:  # a process that never published has no thread yet
+                    self._thread = threading.Thread(target=self._run, name="task-publisher", daemon=True)
+                    self._thread.start()
+                except RuntimeError:  # Python >= 3.12 refuses new threads at interpreter exit
+                    LOG.warning("%d task messages not published: no thread can start at exit", len(self._queue))
+                    return len(self._queue)
         while (left := self.pending()) and time.monotonic() < deadline:
             time.sleep(0.02)
         return left

@@ -7,7 +7,6 @@ calls :func:`telemetry_ingest`. Everything here is idempotent: a redelivered bat
 
 from __future__ import annotations
 
-import atexit
 import collections
 import logging
 import threading
@@ -177,12 +176,14 @@ class ReadingCoalescer:
 
     def flush(self) -> int:
         """Hand everything held to ``publish`` as one message now; returns how many readings it carried."""
+        # Handed on under the lock (publish only queues): a graceful exit's flush that finds nothing held must mean
+        # the window thread's last batch is already with the publisher, not between the two.
         with self._ready:
             batch = [*self._statuses, *self._meters.values()]
             self._statuses.clear()
             self._meters.clear()
-        if batch:
-            self._publish(batch)
+            if batch:
+                self._publish(batch)
         return len(batch)
 
     def _run(self) -> None:
@@ -229,9 +230,6 @@ def held_readings_hand_on(*, timeout_s: float = EXIT_DRAIN_S) -> int:
     if left:
         LOG.warning("fleet ingest: %d task messages not handed to the broker at exit (waited %.0f s)", left, timeout_s)
     return left
-
-
-atexit.register(held_readings_hand_on)
 
 
 def telemetry_ingest(*, readings: Sequence[Reading]) -> int:

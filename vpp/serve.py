@@ -122,6 +122,7 @@ def _serve_one(args: argparse.Namespace) -> None:
 
     _close_failed_sockets_cleanly()
     autobahn_log_arguments_plain()
+    exit_hooks_install()
     if settings.SERVER_EAGER_WRITE:
         from chargers import daphne_eager_write
 
@@ -170,6 +171,16 @@ def event_loop_install() -> str:
     # asyncio.new_event_loop() itself, and a policy is the one way to choose what that returns.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return "uvloop"
+
+
+def exit_hooks_install() -> None:
+    """What a serving process does when it exits gracefully (SIGTERM, SIGINT: Daphne stops its reactor and returns):
+    the fleet's ingest window hands its held readings to the broker (bounded wait, ``fleet.telemetry``)."""
+    import atexit
+
+    from fleet.telemetry import held_readings_hand_on
+
+    atexit.register(held_readings_hand_on)
 
 
 def _close_failed_sockets_cleanly() -> None:

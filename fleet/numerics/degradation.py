@@ -36,6 +36,7 @@ is float. Used by bidding (marginal cost of offering flexibility) and settlement
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -208,10 +209,21 @@ def cycle_wear(
     cycle_temp = np.array([float(temps[a : b + 1].mean()) for a, b in spans], dtype=np.float64)
     damage = cycles.count * depth_stress(cycles.depth) * soc_stress(cycles.mean_soc)
     damage = damage * rated_temperature_stress(cycle_temp)
-    rated = float(params.cycle_life) * float(depth_stress(float(params.rated_dod)))
-    life_used = float(damage.sum() / rated)
+    life_used, cost = _priced(damage, capacity_wh=capacity_wh, params=params)
+    return CycleWear(cycles=cycles, life_used=life_used, cost=cost)
+
+
+@functools.lru_cache(maxsize=1024)
+def _rated_damage(params: DegradationParams) -> float:
+    """The damage of the pack's whole rated life (its cycle life at its rated depth): one per vehicle model."""
+    return float(params.cycle_life) * float(depth_stress(float(params.rated_dod)))
+
+
+def _priced(damage: FloatArray, *, capacity_wh: int, params: DegradationParams) -> tuple[float, Decimal]:
+    """Share of the pack's rated life that the cycles' ``damage`` uses, and what that costs."""
+    life_used = float(damage.sum() / _rated_damage(params))
     cost = Decimal(repr(life_used)) * params.pack_cost_per_kwh * Decimal(capacity_wh) / 1000
-    return CycleWear(cycles=cycles, life_used=life_used, cost=money(cost))
+    return life_used, money(cost)
 
 
 def cycle_aging_cost(
@@ -235,7 +247,14 @@ def marginal_cost_per_kwh(
 ) -> Decimal:
     """$ per kWh through the pack of one full cycle of ``depth`` around ``soc`` at ``temperature_c``, priced by
     :func:`cycle_aging_cost`: the linear rate a bid optimiser can use for the cycling that capacity held implies."""
+    if capacity_wh <= 0:
+        raise ValueError("a pack has a capacity > 0 Wh")
     low = min(max(soc - depth / 2, 0.0), 1.0 - depth)
-    trace = [low, low + depth, low]
-    cost = cycle_aging_cost(trace, capacity_wh=capacity_wh, params=params, temperature_c=temperature_c)
+    high = low + depth
+    # The trace low -> high -> low is two half cycles, each of range |high - low| around (low + high) / 2: what
+    # cycle_wear's rainflow count finds on it, priced by the same stresses, without running the count (the dispatch
+    # state prices every plugged-in car at each reload; the count was most of that reload's CPU).
+    half = np.array([0.5, 0.5]) * depth_stress(abs(high - low)) * soc_stress(0.5 * (low + high))
+    damage = half * rated_temperature_stress(temperature_c)
+    _, cost = _priced(damage, capacity_wh=capacity_wh, params=params)
     return money(cost / (Decimal(repr(2 * depth)) * Decimal(capacity_wh) / 1000))

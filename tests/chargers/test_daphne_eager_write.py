@@ -6,12 +6,15 @@ The reactor is a fresh ``SelectReactor`` that is never installed or run: a test 
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
-from twisted.internet import protocol, tcp
+from twisted.internet import interfaces, protocol, tcp
 from twisted.internet.selectreactor import SelectReactor
+from zope.interface import implementer
 
 from chargers import daphne_eager_write
 
@@ -33,9 +36,17 @@ def eager() -> Iterator[None]:
     tcp.Connection._eager_write_installed = False  # type: ignore[attr-defined]
 
 
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        peer = socket.create_connection(server.getsockname())
+        ours, _ = server.accept()
+    ours.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as Daphne's HTTP channel sets it
+    return ours, peer
+
+
 @pytest.fixture
 def pair() -> Iterator[tuple[tcp.Connection, socket.socket, SelectReactor, Recorder]]:
-    ours, peer = socket.socketpair()
+    ours, peer = tcp_pair()
     reactor = SelectReactor()
     recorder = Recorder()
     connection = tcp.Connection(ours, recorder, reactor)  # type: ignore[arg-type]
@@ -49,6 +60,7 @@ def pair() -> Iterator[tuple[tcp.Connection, socket.socket, SelectReactor, Recor
 
 def turn(reactor: SelectReactor, times: int = 5) -> None:
     for _ in range(times):
+        reactor.runUntilCurrent()  # timed calls (abortConnection's callLater(0))
         reactor.doIteration(0.01)
 
 
@@ -97,7 +109,8 @@ def test_what_a_full_socket_does_not_take_is_buffered_and_sent_in_order(eager: N
     assert connection in reactor.getWriters()
     # and once the peer reads, the reactor delivers everything, in order
     data = b""
-    while len(data) < len(big) + 5:
+    deadline = time.monotonic() + 30
+    while len(data) < len(big) + 5 and time.monotonic() < deadline:
         turn(reactor, 1)
         peer.setblocking(False)
         try:
@@ -136,3 +149,45 @@ def test_a_closing_connection_keeps_twisteds_buffered_path(eager: None, pair) ->
 
 def test_installing_twice_patches_once(eager: None) -> None:
     assert daphne_eager_write.install() is False
+
+
+@implementer(interfaces.IPullProducer)
+class Chunks:
+    """A pull producer (``registerProducer(..., streaming=False)``): writes one chunk each time it is asked."""
+
+    def __init__(self, connection: tcp.Connection, chunks: list[bytes]) -> None:
+        self.connection, self.chunks, self.asked = connection, chunks, 0
+
+    def resumeProducing(self) -> None:
+        self.asked += 1
+        if self.chunks:
+            self.connection.write(self.chunks.pop(0))
+        else:
+            self.connection.unregisterProducer()
+
+    def stopProducing(self) -> None:
+        self.chunks = []
+
+
+def test_a_pull_producer_is_still_asked_for_every_chunk(eager: None, pair) -> None:
+    # given a pull producer on the connection (it is asked for more by the reactor's doWrite only)
+    connection, peer, reactor, _ = pair
+    producer = Chunks(connection, [b"one", b"two", b"three"])
+    connection.registerProducer(producer, False)
+    # when the reactor turns
+    turn(reactor, 20)
+    # then every chunk was asked for and reached the peer, in order
+    assert received(peer, 11) == b"onetwothree"
+
+
+def test_nothing_written_after_an_abort_reaches_the_peer(eager: None, pair) -> None:
+    # given a connection aborted in this loop pass (it is closed on the next one)
+    connection, peer, reactor, _ = pair
+    connection.abortConnection()
+    # when something is written before the abort completes
+    connection.write(b"after-abort")
+    turn(reactor)
+    # then the peer gets nothing but the end of the connection
+    peer.settimeout(2.0)
+    with contextlib.suppress(ConnectionResetError):  # a reset is the end too
+        assert peer.recv(100) == b""

@@ -163,3 +163,18 @@ def test_websocket_options_are_class_attributes_so_a_connection_does_not_copy_th
     assert connection.maxMessagePayloadSize == 4096
     # and the function-valued option is still called with its one argument (not bound as a method)
     assert connection.perMessageCompressionAccept([]) is None
+
+
+def test_a_serving_process_hands_its_held_fleet_readings_on_at_a_graceful_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the process's exit handlers recorded instead of installed
+    import atexit
+
+    from fleet.telemetry import held_readings_hand_on
+    from vpp.serve import exit_hooks_install
+
+    registered: list[object] = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    # When a serving process installs its exit hooks
+    exit_hooks_install()
+    # Then the fleet's ingest window is handed on when it exits
+    assert held_readings_hand_on in registered

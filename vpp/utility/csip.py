@@ -193,8 +193,8 @@ class Csip:
                 if len(self._refused) >= REFUSED_LOGGED_MAX:  # a server inventing new hrefs cannot grow it forever
                     self._refused.clear()
                 self._refused.add(href)
-                LOG.warning("utility program %s: refused %r: not on the configured server %s", self.program.pk, href,
-                            self.program.endpoint)  # fmt: skip
+                LOG.warning("utility program %s: refused %r: not on the configured server %s", self.program.pk,
+                            href[:200], self.program.endpoint)  # fmt: skip
             raise CsipError(f"refused a link off the configured server: {href[:200]}")
         return url
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleet.numerics.degradation import (
     DegradationParams,
@@ -13,6 +15,7 @@ from fleet.numerics.degradation import (
     cycle_wear,
     equivalent_full_cycles,
     marginal_cost_per_kwh,
+    money,
     pack_throughput_wh,
     throughput_cost,
     throughput_cost_per_kwh,
@@ -132,3 +135,36 @@ def test_shallow_cycles_cost_in_proportion_to_their_depth_below_ten_percent() ->
     assert marginal_cost_per_kwh(capacity_wh=60_000, params=DegradationParams()) == pytest.approx(
         Decimal("0.026158"), abs=Decimal("0.000001")
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    capacity_wh=st.integers(min_value=1_000, max_value=200_000),
+    pack_cost=st.decimals(min_value=1, max_value=500, places=2),
+    cycle_life=st.integers(min_value=100, max_value=10_000),
+    rated_dod=st.decimals(min_value=Decimal("0.05"), max_value=1, places=2),
+    soc=st.floats(min_value=0.0, max_value=1.0),
+    temperature_c=st.floats(min_value=-30.0, max_value=60.0),
+    depth=st.floats(min_value=0.001, max_value=1.0),
+)
+def test_the_marginal_cost_is_what_the_rainflow_count_prices_on_its_cycle(
+    capacity_wh: int,
+    pack_cost: Decimal,
+    cycle_life: int,
+    rated_dod: Decimal,
+    soc: float,
+    temperature_c: float,
+    depth: float,
+) -> None:
+    # Given any pack, state of charge, temperature and cycle depth
+    params = DegradationParams(pack_cost_per_kwh=pack_cost, cycle_life=cycle_life, rated_dod=rated_dod)
+    # When the marginal cost is priced without running the count on its cycle
+    marginal = marginal_cost_per_kwh(
+        capacity_wh=capacity_wh, params=params, soc=soc, temperature_c=temperature_c, depth=depth
+    )
+    # Then it is exactly what cycle_aging_cost charges for that cycle (low -> low + depth -> low), per kWh through
+    low = min(max(soc - depth / 2, 0.0), 1.0 - depth)
+    counted = cycle_aging_cost(
+        [low, low + depth, low], capacity_wh=capacity_wh, params=params, temperature_c=temperature_c
+    )
+    assert marginal == money(counted / (Decimal(repr(2 * depth)) * Decimal(capacity_wh) / 1000))
