@@ -172,17 +172,6 @@ def holders(station_ids: list[str]) -> dict[str, str]:
     return {sid: name.split("!")[0] for sid, name in rows.values_list("station_id", "channel_name")}
 
 
-def machine_busy_s() -> float:
-    """CPU seconds every process of the machine spent so far (user + system + irq, all cores): the servers, the
-    stations, HAProxy, PostgreSQL, Redis, the Celery side. Over a run, divided by the cores, it bounds from below
-    the wall time the run's work needs whatever the deployment (bench/README.md, "the machine's bound")."""
-    times = psutil.cpu_times()
-    return times.user + times.system + getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0) + times.nice
-
-
-#: [machine CPU seconds during the last run's signals, signals sent] (filled by run()).
-MACHINE: list[float] = []
-
 #: Stations held per server process during the last run, and each one's answers p50/p99 ms (filled by run()).
 SPREAD: list[str] = []
 
@@ -190,7 +179,6 @@ SPREAD: list[str] = []
 def run(
     count: int, signals: int, light: bool, workers: int = 1, nodes: int = 0
 ) -> tuple[np.ndarray, np.ndarray, int, int, float]:
-    MACHINE[:] = []
     product = replay.product_default()
     prefix = f"bf{count}x{os.getpid() % 1000}"
     password = replay.env_password()
@@ -214,9 +202,6 @@ def run(
                 fleet = replay.fleet_register(ready, name=f"bench {prefix}")
             portfolio = f"fleet-{fleet.pk}"
             capacity = replay.capacity_offer_w(product=product, portfolio=portfolio)
-            idle_from, idle_at = machine_busy_s(), time.monotonic()
-            time.sleep(3.0)  # the machine at rest with every station connected: subtracted from the signals' CPU
-            idle_rate = (machine_busy_s() - idle_from) / (time.monotonic() - idle_at)
             t0 = time.time() + 2.0
             from datetime import UTC, datetime, timedelta
 
@@ -232,7 +217,6 @@ def run(
             held = holders(ids)
             server = csms_process()
             cpu_before = serving_cpu_s(server)
-            machine_before, machine_at = machine_busy_s(), time.monotonic()
             asyncio.run(
                 replay.signal_follow(
                     ws_base=ws_base,
@@ -247,8 +231,6 @@ def run(
             )
             time.sleep(2.0)
             cpu_s = serving_cpu_s(server) - cpu_before
-            busy = machine_busy_s() - machine_before - max(idle_rate, 0.0) * (time.monotonic() - machine_at)
-            MACHINE[:] = [max(busy, 0.0), float(signals)]
     rows = Dispatch.objects.filter(portfolio=portfolio).exclude(last_ms=None)
     # The first dispatch of a process loads the state from the database (once): reported apart, not in the figures.
     last = np.array(list(rows.order_by("signal_at").values_list("last_ms", flat=True))[1:], dtype=float)
@@ -311,13 +293,6 @@ def main() -> None:
         cpu = f"{cpu_us:.0f}" if args.light else "n/a"
         print(f"{count:>8} {last.size:>10} {p50:>8.1f} {p90:>8.1f} {p99:>8.1f} {worst:>8.1f} {answers:>20} "
               f"{accepted:>5}/{sent:<6} {cpu:>10} {f'<= {target:.0f} ' + verdict:>11}")  # fmt: skip
-        if MACHINE:
-            per_dispatch_ms = MACHINE[0] / MACHINE[1] * 1000.0
-            cores = os.cpu_count() or 1
-            # Every dispatch's work (calls out, answers in, records) spread perfectly over every core: no deployment
-            # on this machine can finish a dispatch faster than this, on average.
-            print(f"{'':>8} the whole machine's CPU per dispatch (every process, above its rate at rest): "
-                  f"{per_dispatch_ms:.0f} ms; / {cores} cores = {per_dispatch_ms / cores:.0f} ms at best")  # fmt: skip
         if len(SPREAD) > 1:
             print(f"{'':>8} per server process, stations held: answers p50/p99 ms: {'; '.join(SPREAD)}")
 
