@@ -90,10 +90,14 @@ class BackgroundPublisher:
                         self.dropped,
                     )
             self._queue.append((name, args))
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="task-publisher", daemon=True)
-                self._thread.start()
+            self._thread_ensure()
             self._ready.notify()
+
+    def _thread_ensure(self) -> None:
+        """Start the publishing thread unless it runs (the caller holds ``_ready``)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="task-publisher", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
         """Stop retrying and publishing (tests; a process that exits drops its daemon thread anyway)."""
@@ -105,10 +109,9 @@ class BackgroundPublisher:
         """Wait up to ``timeout_s`` for the queue to be published (a graceful exit); returns what is left."""
         deadline = time.monotonic() + timeout_s
         with self._ready:
-            if self._queue and (self._thread is None or not self._thread.is_alive()) and not self._stopped:
+            if self._queue and not self._stopped:
                 try:  # a process that never published has no thread yet
-                    self._thread = threading.Thread(target=self._run, name="task-publisher", daemon=True)
-                    self._thread.start()
+                    self._thread_ensure()
                 except RuntimeError:  # Python >= 3.12 refuses new threads at interpreter exit
                     LOG.warning("%d task messages not published: no thread can start at exit", len(self._queue))
                     return len(self._queue)
